@@ -1,0 +1,65 @@
+//! The agent's error type.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What went wrong on the device side.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The server refused the request.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's one-line reason.
+        reason: String,
+    },
+    /// The server could not be reached or the TLS session failed.
+    Connect(String),
+    /// The server's answer is not what EST promises.
+    BadAnswer(String),
+    /// The certificate received does not match our key or does not chain to our anchor.
+    Untrusted(String),
+    /// The state directory is missing, unreadable or damaged.
+    State(String),
+    /// A file operation failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        error: std::io::Error,
+    },
+    /// Bad usage (a URL, a serial).
+    Usage(String),
+    /// A core operation failed.
+    Core(iotpki_core::Error),
+}
+
+impl AgentError {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Self::Io { path: path.into(), error }
+    }
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused { status, reason } => write!(f, "the server refused (HTTP {status}): {reason}"),
+            Self::Connect(m) => write!(f, "cannot talk to the server: {m}"),
+            Self::BadAnswer(m) => write!(f, "unexpected answer from the server: {m}"),
+            Self::Untrusted(m) => write!(f, "certificate not accepted: {m}"),
+            Self::State(m) => write!(f, "device state: {m}"),
+            Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::Usage(m) => f.write_str(m),
+            Self::Core(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+impl From<iotpki_core::Error> for AgentError {
+    fn from(e: iotpki_core::Error) -> Self {
+        Self::Core(e)
+    }
+}

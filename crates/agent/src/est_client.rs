@@ -1,0 +1,238 @@
+//! A small EST client (RFC 7030) over TLS 1.3: one connection per call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use iotpki_core::keys::Signer;
+use iotpki_core::{est, pkcs7};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::tls_key::DeviceCert;
+use crate::AgentError;
+
+/// Time allowed for one whole EST call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A device certificate chain with its key, for mutual TLS.
+pub struct ClientIdentity {
+    /// Leaf first, then the issuing CAs.
+    pub chain: Vec<Vec<u8>>,
+    /// The key of the leaf.
+    pub key: Arc<dyn Signer>,
+}
+
+/// An EST server at one base URL and label.
+#[derive(Clone)]
+pub struct EstClient {
+    host: String,
+    port: u16,
+    prefix: String,
+    server_name: ServerName<'static>,
+    tls: Arc<ClientConfig>,
+}
+
+/// An answer: status and body.
+struct Answer {
+    status: u16,
+    body: Bytes,
+}
+
+fn parse_url(url: &str) -> Result<(String, u16), AgentError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| AgentError::Usage(format!("server URL {url:?} must start with https://")))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if !rest[authority.len()..].trim_matches('/').is_empty() {
+        return Err(AgentError::Usage(format!(
+            "server URL {url:?} must have no path (EST lives under /.well-known/est)"
+        )));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or_else(|| AgentError::Usage(format!("bad IPv6 address in {url:?}")))?;
+        (h.to_string(), p.strip_prefix(':').unwrap_or("443").to_string())
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (authority.to_string(), "443".to_string()),
+        }
+    };
+    let port = port.parse::<u16>().map_err(|_| AgentError::Usage(format!("bad port in {url:?}")))?;
+    if host.is_empty() {
+        return Err(AgentError::Usage(format!("no host in {url:?}")));
+    }
+    Ok((host, port))
+}
+
+impl EstClient {
+    /// A client for `server_url` (`https://host:port`) trusting only
+    /// `anchors` (DER), optionally authenticating with `identity`.
+    pub fn new(
+        server_url: &str,
+        label: Option<&str>,
+        anchors: &[Vec<u8>],
+        identity: Option<ClientIdentity>,
+    ) -> Result<Self, AgentError> {
+        let (host, port) = parse_url(server_url)?;
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| AgentError::Usage(format!("server name {host:?}: {e}")))?;
+        let mut roots = RootCertStore::empty();
+        for a in anchors {
+            roots
+                .add(CertificateDer::from(a.clone()))
+                .map_err(|e| AgentError::Untrusted(format!("trust anchor: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| AgentError::Connect(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut tls = match identity {
+            Some(id) => {
+                let chain = id.chain.into_iter().map(CertificateDer::from).collect();
+                builder.with_client_cert_resolver(Arc::new(DeviceCert::new(chain, id.key)))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let prefix = match label {
+            Some(l) => format!("/.well-known/est/{l}"),
+            None => "/.well-known/est".to_string(),
+        };
+        Ok(Self { host, port, prefix, server_name, tls: Arc::new(tls) })
+    }
+
+    /// `GET /cacerts`: the CA certificates (DER).
+    pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
+        let a = self.call("GET", "cacerts", None, None).await?;
+        certs_of(a)
+    }
+
+    /// `POST /simpleenroll` with HTTP Basic (serial, token): the new certificate (DER).
+    pub async fn simple_enroll(&self, csr_der: &[u8], serial: &str, token: &str) -> Result<Vec<u8>, AgentError> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{serial}:{token}"));
+        let a = self.call("POST", "simpleenroll", Some(csr_der), Some(format!("Basic {basic}"))).await?;
+        one_cert(certs_of(a)?)
+    }
+
+    /// `POST /simplereenroll` over mutual TLS: the new certificate (DER).
+    pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        let a = self.call("POST", "simplereenroll", Some(csr_der), None).await?;
+        one_cert(certs_of(a)?)
+    }
+
+    /// Send any body to any EST operation and return the status and body
+    /// text, without interpreting them: for tests and load generators that
+    /// need to send what a correct client never would.
+    #[doc(hidden)]
+    pub async fn raw(
+        &self,
+        method: &str,
+        op: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        auth: Option<String>,
+    ) -> Result<(u16, String), AgentError> {
+        let a = self.exchange(method, op, content_type, Bytes::from(body), auth).await?;
+        Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        op: &str,
+        csr: Option<&[u8]>,
+        auth: Option<String>,
+    ) -> Result<Answer, AgentError> {
+        let (ct, body) = match csr {
+            Some(der) => (Some(est::CT_PKCS10), Bytes::from(est::encode_body(der))),
+            None => (None, Bytes::new()),
+        };
+        let a = self.exchange(method, op, ct, body, auth).await?;
+        if a.status != 200 {
+            let text = String::from_utf8_lossy(&a.body);
+            let reason: String = text.lines().next().unwrap_or_default().chars().take(300).collect();
+            return Err(AgentError::Refused { status: a.status, reason });
+        }
+        Ok(a)
+    }
+
+    async fn exchange(
+        &self,
+        method: &str,
+        op: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+        auth: Option<String>,
+    ) -> Result<Answer, AgentError> {
+        let what = format!("{}:{}", self.host, self.port);
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| AgentError::Connect(format!("TLS with {what}: {e}")))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| AgentError::Connect(format!("HTTP with {what}: {e}")))?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("{}/{op}", self.prefix))
+                .header(hyper::header::HOST, what.clone());
+            if let Some(a) = auth {
+                req = req.header(hyper::header::AUTHORIZATION, a);
+            }
+            if let Some(ct) = content_type {
+                req = req.header(hyper::header::CONTENT_TYPE, ct);
+            }
+            let req = req.body(Full::new(body)).map_err(|e| AgentError::Usage(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| AgentError::Connect(format!("reading the answer from {what}: {e}")))?
+                .to_bytes();
+            Ok::<_, AgentError>(Answer { status, body })
+        };
+        tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| AgentError::Connect(format!("{what}: no answer within {CALL_TIMEOUT:?}")))?
+    }
+}
+
+fn certs_of(a: Answer) -> Result<Vec<Vec<u8>>, AgentError> {
+    let der = est::decode_body(&a.body).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
+    pkcs7::parse_certs_only(&der).map_err(|e| AgentError::BadAnswer(e.to_string()))
+}
+
+fn one_cert(mut certs: Vec<Vec<u8>>) -> Result<Vec<u8>, AgentError> {
+    if certs.len() != 1 {
+        return Err(AgentError::BadAnswer(format!("expected one certificate, got {}", certs.len())));
+    }
+    Ok(certs.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("https://127.0.0.1:8443").unwrap(), ("127.0.0.1".into(), 8443));
+        assert_eq!(parse_url("https://est.example/").unwrap(), ("est.example".into(), 443));
+        assert_eq!(parse_url("https://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(parse_url("http://x:1").is_err());
+        assert!(parse_url("https://x:1/other").is_err());
+        assert!(parse_url("https://x:99999").is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! The device's enrollment flows: enroll (with a one-time token), renew
+//! (mutual TLS with the current certificate), status.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::name::{self, DeviceSerial, NameBuilder};
+use iotpki_core::{csr, pem, profile};
+use rustls::pki_types::{CertificateDer, UnixTime};
+
+use crate::est_client::{ClientIdentity, EstClient};
+use crate::state::{self, Identity};
+use crate::AgentError;
+
+/// What `enroll` needs.
+#[derive(Clone, Debug)]
+pub struct EnrollOptions {
+    /// The device's state directory.
+    pub state_dir: PathBuf,
+    /// The EST server, `https://host:port`.
+    pub server: String,
+    /// The device serial number.
+    pub serial: String,
+    /// The one-time enrollment token.
+    pub token: String,
+    /// The trust anchor (root CA) PEM, obtained out of band.
+    pub anchor_pem: String,
+    /// The EST label, if not the server's default.
+    pub label: Option<String>,
+    /// The key type to generate.
+    pub key_type: KeyType,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Check that `cert_der` carries `key`'s public key and chains to `anchor`
+/// through `chain`, valid now for TLS client authentication.
+fn check_issued(cert_der: &[u8], key: &dyn Signer, chain: &[Vec<u8>], anchor: &[u8]) -> Result<(), AgentError> {
+    let info = profile::cert_info(cert_der).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
+    if info.spki_sha256 != iotpki_core::keys::spki_fingerprint(key.public_key_der()) {
+        return Err(AgentError::Untrusted("the certificate is not for this device's key".into()));
+    }
+    let anchor_der = CertificateDer::from(anchor);
+    let ta = webpki::anchor_from_trusted_cert(&anchor_der)
+        .map_err(|e| AgentError::Untrusted(format!("trust anchor: {e}")))?;
+    let inter: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let leaf = CertificateDer::from(cert_der);
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| AgentError::BadAnswer(format!("certificate: {e}")))?;
+    let t = UnixTime::since_unix_epoch(Duration::from_secs(now().max(0) as u64));
+    ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[ta], &inter, t, webpki::KeyUsage::client_auth(), None, None)
+        .map_err(|e| AgentError::Untrusted(format!("does not chain to the trust anchor: {e}")))?;
+    Ok(())
+}
+
+/// The issuing CAs from a /cacerts answer: everything but the anchor itself.
+/// The anchor must be among them or the server is not the one we trust.
+fn issuing_chain(cacerts: Vec<Vec<u8>>, anchor: &[u8]) -> Result<Vec<Vec<u8>>, AgentError> {
+    if !cacerts.iter().any(|c| c == anchor) {
+        return Err(AgentError::Untrusted("the server's CA certificates do not include our trust anchor".into()));
+    }
+    Ok(cacerts.into_iter().filter(|c| c != anchor).collect())
+}
+
+fn pem_all(certs: &[Vec<u8>]) -> String {
+    certs.iter().map(|c| pem::encode("CERTIFICATE", c)).collect()
+}
+
+/// First enrollment: generate the key on the device, enroll with the token,
+/// check the answer, store the identity atomically.
+pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
+    let dir = &opts.state_dir;
+    if state::identity_path(dir).exists() {
+        return Err(AgentError::State(format!(
+            "{} already holds an identity; use `iotpki agent renew` (or another --state directory)",
+            dir.display()
+        )));
+    }
+    let serial = DeviceSerial::parse(&opts.serial).map_err(|e| AgentError::Usage(e.to_string()))?;
+    let anchor =
+        pem::decode_one("CERTIFICATE", &opts.anchor_pem).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
+    let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
+    let chain = issuing_chain(client.cacerts().await?, &anchor)?;
+
+    let key = SoftKey::generate(opts.key_type)?;
+    let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
+    let csr_der = csr::build(&subject, &key, vec![])?;
+    let cert = client.simple_enroll(&csr_der, serial.as_str(), &opts.token).await?;
+    check_issued(&cert, &key, &chain, &anchor)?;
+    let issued = profile::cert_info(&cert)?;
+    if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
+        return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
+    }
+    let key_file = state::write_new_key(dir, &key)?;
+    let id = Identity {
+        device_serial: serial.to_string(),
+        server: opts.server.clone(),
+        label: opts.label.clone(),
+        key_file,
+        cert_pem: pem::encode("CERTIFICATE", &cert),
+        chain_pem: pem_all(&chain),
+        anchor_pem: pem::encode("CERTIFICATE", &anchor),
+        updated_at: now(),
+        renewals: 0,
+    };
+    state::store(dir, &id)?;
+    Ok(id)
+}
+
+/// Renewal: a new key, a request with the current subject, sent over mutual
+/// TLS with the current certificate; the new identity replaces the old one atomically.
+pub async fn renew(state_dir: &Path, server_override: Option<&str>) -> Result<Identity, AgentError> {
+    let old = state::load(state_dir)?;
+    let old_key: Arc<dyn Signer> = Arc::new(state::load_key(state_dir, &old)?);
+    let cert = pem::decode_one("CERTIFICATE", &old.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let chain = pem::decode_all("CERTIFICATE", &old.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let anchor = pem::decode_one("CERTIFICATE", &old.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let current = profile::cert_info(&cert)?;
+    let server = server_override.unwrap_or(&old.server).to_string();
+
+    let mut tls_chain = vec![cert.clone()];
+    tls_chain.extend(chain.iter().cloned());
+    let client = EstClient::new(
+        &server,
+        old.label.as_deref(),
+        std::slice::from_ref(&anchor),
+        Some(ClientIdentity { chain: tls_chain, key: old_key.clone() }),
+    )?;
+    let new_key = SoftKey::generate(old_key.key_type())?;
+    let csr_der = csr::build(&current.cert.tbs_certificate.subject, &new_key, vec![])?;
+    let new_cert = client.simple_reenroll(&csr_der).await?;
+    check_issued(&new_cert, &new_key, &chain, &anchor)?;
+    let issued = profile::cert_info(&new_cert)?;
+    if issued.cert.tbs_certificate.subject != current.cert.tbs_certificate.subject {
+        return Err(AgentError::Untrusted("the renewed certificate names another subject".into()));
+    }
+    let key_file = state::write_new_key(state_dir, &new_key)?;
+    let id = Identity {
+        key_file,
+        cert_pem: pem::encode("CERTIFICATE", &new_cert),
+        server,
+        updated_at: now(),
+        renewals: old.renewals + 1,
+        ..old
+    };
+    state::store(state_dir, &id)?;
+    Ok(id)
+}
+
+/// What `agent status` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// Device serial.
+    pub device_serial: String,
+    /// Subject of the current certificate.
+    pub subject: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// Its serial, hex.
+    pub cert_serial: String,
+    /// notBefore, RFC 3339.
+    pub not_before: String,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// Days until notAfter (negative when expired).
+    pub days_left: i64,
+    /// The key type.
+    pub key_type: String,
+    /// The EST server.
+    pub server: String,
+    /// Renewals so far.
+    pub renewals: u32,
+}
+
+/// Read the identity and summarise it.
+pub fn status(state_dir: &Path) -> Result<Status, AgentError> {
+    let id = state::load(state_dir)?;
+    let key = state::load_key(state_dir, &id)?;
+    let cert = pem::decode_one("CERTIFICATE", &id.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let info = profile::cert_info(&cert)?;
+    if info.spki_sha256 != iotpki_core::keys::spki_fingerprint(key.public_key_der()) {
+        return Err(AgentError::State("the stored key does not match the stored certificate".into()));
+    }
+    let tbs = &info.cert.tbs_certificate;
+    Ok(Status {
+        device_serial: id.device_serial,
+        subject: tbs.subject.to_string(),
+        issuer: tbs.issuer.to_string(),
+        cert_serial: info.serial,
+        not_before: iotpki_core::time::rfc3339(info.not_before),
+        not_after: iotpki_core::time::rfc3339(info.not_after),
+        days_left: (info.not_after - now()).div_euclid(86_400),
+        key_type: key.key_type().to_string(),
+        server: id.server,
+        renewals: id.renewals,
+    })
+}

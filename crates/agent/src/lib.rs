@@ -1,0 +1,24 @@
+//! iotpki device agent: the device side of enrollment.
+//!
+//! The key pair is generated on the device and never leaves it; the agent
+//! sends a PKCS#10 request over EST, checks that the answer matches its key
+//! and chains to the trust anchor it was given, and replaces its state on
+//! disk atomically.
+//!
+//! State directory layout:
+//! - `identity.json` (0600): the current identity; replaced by write, fsync,
+//!   rename, fsync of the directory. It names the key file in use.
+//! - `key-<n>.pem` (0600): PKCS#8 private keys; a new one is written before
+//!   the identity that names it, and the old one removed after.
+
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod est_client;
+pub mod flow;
+pub mod state;
+mod tls_key;
+
+pub use error::AgentError;
+pub use flow::{enroll, renew, status, EnrollOptions, Status};
+pub use state::Identity;

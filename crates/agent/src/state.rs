@@ -1,0 +1,174 @@
+//! The device's identity on disk, replaced atomically.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use iotpki_core::keys::SoftKey;
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// File name of the identity inside the state directory.
+pub const IDENTITY_FILE: &str = "identity.json";
+
+/// Everything the device knows about its identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// The device serial number.
+    pub device_serial: String,
+    /// The EST server's base URL.
+    pub server: String,
+    /// The EST label, if not the server's default.
+    pub label: Option<String>,
+    /// The key file in use (relative to the state directory).
+    pub key_file: String,
+    /// The device certificate, PEM.
+    pub cert_pem: String,
+    /// The issuing CA certificates between the device certificate and the anchor, PEM.
+    pub chain_pem: String,
+    /// The trust anchor (root CA), PEM.
+    pub anchor_pem: String,
+    /// When the current certificate was received, Unix seconds.
+    pub updated_at: i64,
+    /// How many times the certificate was renewed.
+    pub renewals: u32,
+}
+
+/// Read the identity in `dir`.
+pub fn load(dir: &Path) -> Result<Identity, AgentError> {
+    let p = dir.join(IDENTITY_FILE);
+    let text = fs::read_to_string(&p).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            AgentError::State(format!("no identity in {} (run `iotpki agent enroll` first)", dir.display()))
+        } else {
+            AgentError::io(&p, e)
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|e| AgentError::State(format!("{} is damaged: {e}", p.display())))
+}
+
+/// Load the key the identity names.
+pub fn load_key(dir: &Path, id: &Identity) -> Result<SoftKey, AgentError> {
+    if id.key_file.contains('/') {
+        return Err(AgentError::State(format!("key file {:?} must be a plain file name", id.key_file)));
+    }
+    let p = dir.join(&id.key_file);
+    let text = fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?;
+    let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text)
+        .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
+    Ok(SoftKey::from_pkcs8(&der)?)
+}
+
+/// Write a new key file (0600, fsync'd) and return its name. It is not in use
+/// until an identity that names it is stored.
+pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
+    fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+    let pem = iotpki_core::pem::encode("PRIVATE KEY", &key.to_pkcs8()?);
+    for n in 0u32.. {
+        let name = format!("key-{n}.pem");
+        let p = dir.join(&name);
+        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p) {
+            Ok(mut f) => {
+                f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&p, e))?;
+                sync_dir(dir)?;
+                return Ok(name);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(AgentError::io(&p, e)),
+        }
+    }
+    Err(AgentError::State("no free key file name".into()))
+}
+
+/// Replace the identity atomically: write a temporary file, fsync it, rename
+/// it over `identity.json`, fsync the directory. A power cut leaves the old
+/// identity or the new one. Then remove key files no identity names.
+pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
+    let json = serde_json::to_vec_pretty(id).map_err(|e| AgentError::State(e.to_string()))?;
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| AgentError::io(&tmp, e))?;
+    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
+    drop(f);
+    let dst = dir.join(IDENTITY_FILE);
+    fs::rename(&tmp, &dst).map_err(|e| AgentError::io(&dst, e))?;
+    sync_dir(dir)?;
+    remove_unused_keys(dir, &id.key_file);
+    Ok(())
+}
+
+/// Remove `key-*.pem` files other than `keep` (left behind by a renewal that
+/// was interrupted, or by the one just completed). Best effort.
+pub fn remove_unused_keys(dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("key-") && name.ends_with(".pem") && name != keep {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AgentError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| AgentError::io(dir, e))
+}
+
+/// The path of the identity file.
+pub fn identity_path(dir: &Path) -> PathBuf {
+    dir.join(IDENTITY_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotpki_core::keys::{KeyType, Signer};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn ident(key_file: &str) -> Identity {
+        Identity {
+            device_serial: "SN1".into(),
+            server: "https://127.0.0.1:1".into(),
+            label: None,
+            key_file: key_file.into(),
+            cert_pem: "c".into(),
+            chain_pem: "ch".into(),
+            anchor_pem: "a".into(),
+            updated_at: 1,
+            renewals: 0,
+        }
+    }
+
+    #[test]
+    fn store_replaces_and_cleans_old_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let k1 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let n1 = write_new_key(d.path(), &k1).unwrap();
+        assert_eq!(fs::metadata(d.path().join(&n1)).unwrap().permissions().mode() & 0o777, 0o600);
+        store(d.path(), &ident(&n1)).unwrap();
+        let k2 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let n2 = write_new_key(d.path(), &k2).unwrap();
+        assert_ne!(n1, n2);
+        // Before the new identity is stored, the old one still rules (a crash here loses nothing).
+        assert_eq!(load(d.path()).unwrap().key_file, n1);
+        store(d.path(), &ident(&n2)).unwrap();
+        let id = load(d.path()).unwrap();
+        assert_eq!(load_key(d.path(), &id).unwrap().public_key_der(), k2.public_key_der());
+        assert!(!d.path().join(&n1).exists(), "old key removed");
+        assert!(!d.path().join("identity.json.tmp").exists());
+    }
+
+    #[test]
+    fn missing_and_damaged_state_say_so() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(load(d.path()).unwrap_err().to_string().contains("agent enroll"));
+        fs::write(d.path().join(IDENTITY_FILE), "{").unwrap();
+        assert!(load(d.path()).unwrap_err().to_string().contains("damaged"));
+    }
+}

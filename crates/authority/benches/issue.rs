@@ -1,0 +1,166 @@
+//! Issuance benchmarks: the raw crypto limit (one ECDSA P-256 sign and one
+//! verify), CSR parse + verify, certificate build + sign, and the authority's
+//! whole issue path on the SQLite store, sequential and concurrent.
+//!
+//! `cargo bench -p iotpki-authority`; BENCHMARKS.md explains the ratios.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iotpki_authority::clock::SystemClock;
+use iotpki_authority::init::InitOptions;
+use iotpki_authority::{Authority, Credential, Passphrase};
+use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
+use iotpki_core::name::{DeviceSerial, NameBuilder};
+use iotpki_core::profile::{self, CertParams, Issuer, Profile};
+use iotpki_core::{csr, est, serial};
+use spki::der::Decode;
+
+fn raw_crypto(c: &mut Criterion) {
+    let mut g = c.benchmark_group("raw_crypto");
+    g.throughput(Throughput::Elements(1));
+    let rng = SystemRandom::new();
+    let kp = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+    let msg = [7u8; 300];
+    let sig = kp.sign(&rng, &msg).unwrap();
+    let pk = signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, kp.public_key().as_ref().to_vec());
+    g.bench_function("p256_sign", |b| b.iter(|| kp.sign(&rng, &msg).unwrap()));
+    g.bench_function("p256_verify", |b| b.iter(|| pk.verify(&msg, sig.as_ref()).unwrap()));
+    g.bench_function("p256_sign_plus_verify", |b| {
+        b.iter(|| {
+            pk.verify(&msg, sig.as_ref()).unwrap();
+            kp.sign(&rng, &msg).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn device_csr(i: usize, key: &SoftKey) -> Vec<u8> {
+    let sn = DeviceSerial::parse(&format!("B-{i:08}")).unwrap();
+    let subject = NameBuilder::default().common_name(sn.as_str()).unwrap().serial_number(&sn).unwrap().build();
+    csr::build(&subject, key, vec![]).unwrap()
+}
+
+fn core_ops(c: &mut Criterion) {
+    let mut g = c.benchmark_group("core");
+    g.throughput(Throughput::Elements(1));
+    let dev = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let req = device_csr(1, &dev);
+    g.bench_function("csr_parse_verify", |b| b.iter(|| csr::parse_and_verify(&req).unwrap()));
+
+    let ca = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let ca_name = NameBuilder::default().organization("bench").unwrap().common_name("CA").unwrap().build();
+    let ca_spki = spki::SubjectPublicKeyInfoOwned::from_der(ca.public_key_der()).unwrap();
+    let kid = keys::key_identifier(&ca_spki);
+    let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 2_500_000_000, signer: &ca };
+    let parsed = csr::parse_and_verify(&req).unwrap();
+    g.bench_function("cert_build_sign", |b| {
+        b.iter(|| {
+            let params = CertParams {
+                profile: Profile::Device,
+                serial: serial::system_random_serial().unwrap().0,
+                subject: parsed.subject.clone(),
+                spki: parsed.spki.clone(),
+                not_before: 1_800_000_000,
+                not_after: 1_900_000_000,
+                dns_names: vec![],
+                ip_addrs: vec![],
+            };
+            profile::issue(&params, &issuer).unwrap()
+        })
+    });
+    g.finish();
+}
+
+struct Bench {
+    _tmp: tempfile::TempDir,
+    authority: Arc<Authority>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let pass = Passphrase::new("benchmark passphrase".into()).unwrap();
+        iotpki_authority::init::init(&dir, &InitOptions::default(), &pass, &SystemClock).unwrap();
+        let authority = Arc::new(Authority::open(&dir, &pass, Arc::new(SystemClock)).unwrap());
+        Self { _tmp: tmp, authority, next: 0.into() }
+    }
+
+    /// `n` (serial, token, body) triples, made concurrently so that token
+    /// commits share fsyncs. Not timed.
+    fn prepare(&self, n: usize) -> Vec<(String, String, Vec<u8>)> {
+        let start = self.next.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        let threads = 16.min(n.max(1));
+        let chunks: Vec<Vec<usize>> =
+            (0..threads).map(|t| (start..start + n).filter(|i| i % threads == t).collect()).collect();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = chunks
+                .into_iter()
+                .map(|idx| {
+                    s.spawn(move || {
+                        idx.into_iter()
+                            .map(|i| {
+                                let sn = format!("B-{i:08}");
+                                let token = self
+                                    .authority
+                                    .create_token(&DeviceSerial::parse(&sn).unwrap(), None, "bench")
+                                    .unwrap();
+                                let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+                                (sn, token, est::encode_body(&device_csr(i, &key)).into_bytes())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    fn enroll(&self, job: &(String, String, Vec<u8>)) {
+        let cred = Credential::Token { user: &job.0, password: &job.1 };
+        self.authority.simple_enroll(None, cred, &job.2).unwrap();
+    }
+}
+
+fn issue_path(c: &mut Criterion) {
+    let bench = Bench::new();
+    let mut g = c.benchmark_group("issue_path_sqlite");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.bench_function("sequential", |b| {
+        b.iter_custom(|iters| {
+            let jobs = bench.prepare(iters as usize);
+            let t = Instant::now();
+            for j in &jobs {
+                bench.enroll(j);
+            }
+            t.elapsed()
+        })
+    });
+    for threads in [2usize, 32] {
+        g.bench_function(format!("concurrent_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                let jobs = bench.prepare(iters as usize);
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for part in jobs.chunks(jobs.len().div_ceil(threads).max(1)) {
+                        let bench = &bench;
+                        s.spawn(move || part.iter().for_each(|j| bench.enroll(j)));
+                    }
+                });
+                t.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, raw_crypto, core_ops, issue_path);
+criterion_main!(benches);

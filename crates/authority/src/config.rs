@@ -1,0 +1,155 @@
+//! The authority's configuration: `iotpki.toml` in its directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::AuthorityError;
+
+/// File name of the config inside the authority's directory.
+pub const CONFIG_FILE: &str = "iotpki.toml";
+
+/// The whole config file. Relative paths are relative to the authority's directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The organisation named in every subject.
+    pub organization: String,
+    /// Key type of the authority's keys (`p256`, `p384`, `ed25519`).
+    pub key_type: String,
+    /// The label used when a request names none.
+    pub default_label: String,
+    /// Where the state lives.
+    pub store: StoreConfig,
+    /// The HTTPS server.
+    pub server: ServerConfig,
+    /// One-time enrollment tokens.
+    pub tokens: TokenConfig,
+    /// The CAs, root first.
+    pub ca: Vec<CaConfig>,
+    /// EST labels: which CA and profile a request path selects.
+    pub label: Vec<LabelConfig>,
+}
+
+/// Where the state lives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite database file.
+    pub sqlite: PathBuf,
+}
+
+/// The HTTPS server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Default listen address.
+    pub listen: String,
+    /// The server certificate chain (PEM: leaf first, then its CA).
+    pub cert: PathBuf,
+    /// The server's private key (encrypted PKCS#8).
+    pub key: PathBuf,
+}
+
+/// One-time enrollment tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Lifetime when `--ttl` is not given, seconds.
+    pub default_ttl_secs: u64,
+    /// Longest lifetime allowed, seconds.
+    pub max_ttl_secs: u64,
+}
+
+/// One CA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Its name (`root`, `manufacturing`, `operational`).
+    pub name: String,
+    /// Its certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (encrypted PKCS#8 PEM).
+    pub key: PathBuf,
+    /// `root` for the trust anchor, `issuing` for a CA that signs end entities.
+    pub role: CaRole,
+}
+
+/// What a CA is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaRole {
+    /// The trust anchor: signs CAs only, its key stays offline (not loaded by `serve`).
+    Root,
+    /// Signs end-entity certificates.
+    Issuing,
+}
+
+/// An EST label (`/.well-known/est/LABEL/...`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelConfig {
+    /// The label.
+    pub name: String,
+    /// The issuing CA's name.
+    pub ca: String,
+    /// Validity of issued certificates in days; 0 means as long as the CA.
+    pub validity_days: u32,
+    /// Key types a request may carry.
+    pub allowed_keys: Vec<String>,
+}
+
+impl Config {
+    /// Read and check `DIR/iotpki.toml`.
+    pub fn load(dir: &Path) -> Result<Self, AuthorityError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                AuthorityError::Config(format!(
+                    "{} not found: is {} an authority directory? (create one with `iotpki init --dir {}`)",
+                    path.display(),
+                    dir.display(),
+                    dir.display()
+                ))
+            } else {
+                AuthorityError::io(&path, e)
+            }
+        })?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| AuthorityError::Config(format!("{}: {e}", path.display())))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), AuthorityError> {
+        let bad = |m: String| Err(AuthorityError::Config(m));
+        if self.ca.iter().filter(|c| c.role == CaRole::Root).count() != 1 {
+            return bad("exactly one CA must have role = \"root\"".into());
+        }
+        for l in &self.label {
+            match self.ca.iter().find(|c| c.name == l.ca) {
+                Some(c) if c.role == CaRole::Issuing => {}
+                Some(_) => return bad(format!("label {}: CA {} is not an issuing CA", l.name, l.ca)),
+                None => return bad(format!("label {}: no CA named {}", l.name, l.ca)),
+            }
+            if l.allowed_keys.is_empty() {
+                return bad(format!("label {}: allowed_keys is empty", l.name));
+            }
+            if l.name.is_empty() || !l.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return bad(format!("label {:?}: use letters, digits, - and _", l.name));
+            }
+        }
+        if !self.label.iter().any(|l| l.name == self.default_label) {
+            return bad(format!("default_label {} is not a label", self.default_label));
+        }
+        if self.tokens.default_ttl_secs == 0 || self.tokens.default_ttl_secs > self.tokens.max_ttl_secs {
+            return bad("tokens: need 0 < default_ttl_secs <= max_ttl_secs".into());
+        }
+        Ok(())
+    }
+
+    /// Write the config as TOML.
+    pub fn to_toml(&self) -> Result<String, AuthorityError> {
+        toml::to_string_pretty(self).map_err(|e| AuthorityError::Config(e.to_string()))
+    }
+}

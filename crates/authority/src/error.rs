@@ -1,0 +1,123 @@
+//! The authority's error type: every refusal says what was wrong and maps to one HTTP status.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use iotpki_store::StoreError;
+
+/// Why the authority refused a request or could not do its work.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// The request is malformed or asks for something no profile allows (HTTP 400).
+    BadRequest(String),
+    /// The caller did not authenticate, or its credential is bad (HTTP 401).
+    Unauthorized(String),
+    /// The caller authenticated but may not do this (HTTP 403).
+    Forbidden(String),
+    /// No such label, certificate or device (HTTP 404).
+    NotFound(String),
+    /// The authority's directory or config is wrong.
+    Config(String),
+    /// A file could not be read or written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        error: std::io::Error,
+    },
+    /// The store failed (not a refusal: those become the variants above).
+    Store(StoreError),
+    /// A cryptographic or encoding step failed.
+    Core(iotpki_core::Error),
+}
+
+impl AuthorityError {
+    /// The HTTP status this error answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Config(_) | Self::Io { .. } | Self::Store(_) | Self::Core(_) => 500,
+        }
+    }
+
+    /// The one-line reason a client may see. Internal failures say only that
+    /// something failed on our side; the details go to the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::BadRequest(m) | Self::Unauthorized(m) | Self::Forbidden(m) | Self::NotFound(m) => one_line(m),
+            _ => "internal error; the authority's log has the details".to_string(),
+        }
+    }
+
+    /// True when this is a refusal of the caller's request rather than our failure.
+    pub fn is_refusal(&self) -> bool {
+        self.http_status() < 500
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Self::Io { path: path.into(), error }
+    }
+}
+
+fn one_line(m: &str) -> String {
+    m.replace(['\r', '\n'], " ")
+}
+
+impl fmt::Display for AuthorityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadRequest(m) => write!(f, "bad request: {m}"),
+            Self::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+            Self::Forbidden(m) => write!(f, "forbidden: {m}"),
+            Self::NotFound(m) => write!(f, "not found: {m}"),
+            Self::Config(m) => write!(f, "configuration: {m}"),
+            Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::Store(e) => write!(f, "store: {e}"),
+            Self::Core(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthorityError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { error, .. } => Some(error),
+            Self::Store(e) => Some(e),
+            Self::Core(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for AuthorityError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TokenUnknown
+            | StoreError::TokenWrongSerial
+            | StoreError::TokenUsed { .. }
+            | StoreError::TokenExpired { .. } => Self::Unauthorized(e.to_string()),
+            StoreError::CertUnknown { .. } | StoreError::CertRevoked { .. } => Self::Forbidden(e.to_string()),
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<iotpki_core::Error> for AuthorityError {
+    fn from(e: iotpki_core::Error) -> Self {
+        use iotpki_core::Error as E;
+        match e {
+            E::Base64(_)
+            | E::Der { .. }
+            | E::Pem(_)
+            | E::BadSignature { .. }
+            | E::UnsupportedAlgorithm(_)
+            | E::KeyNotAllowed { .. }
+            | E::BadName(_) => Self::BadRequest(e.to_string()),
+            other => Self::Core(other),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! `iotpki init`: a complete authority in a new directory, or nothing at all.
+//!
+//! Everything is made in a sibling directory `DIR.partial-XXXX` and renamed
+//! into place at the end, so a failure (or a kill) never leaves a half
+//! authority at `DIR`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
+use iotpki_core::name::NameBuilder;
+use iotpki_core::profile::{self, CertParams, Issuer, Profile};
+use iotpki_core::{pem, serial};
+use iotpki_store::sqlite::SqliteStore;
+use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Store};
+use spki::der::Decode;
+use x509_cert::name::Name;
+
+use crate::clock::Clock;
+use crate::config::{CaConfig, CaRole, Config, LabelConfig, ServerConfig, StoreConfig, TokenConfig, CONFIG_FILE};
+use crate::keyfile::{self, Passphrase};
+use crate::AuthorityError;
+
+const YEAR: i64 = 365 * 24 * 3600;
+
+/// Choices for a new authority.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Organisation named in every subject.
+    pub organization: String,
+    /// Key type of all CA and server keys.
+    pub key_type: KeyType,
+    /// DNS names and IP addresses of the server certificate. DNS names must be
+    /// fully qualified (`est.example.com`): linters flag single labels such as `localhost`.
+    pub server_names: Vec<String>,
+    /// Default listen address written to the config.
+    pub listen: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            organization: "iotpki".into(),
+            key_type: KeyType::EcdsaP256,
+            server_names: vec!["127.0.0.1".into(), "::1".into()],
+            listen: "127.0.0.1:8443".into(),
+        }
+    }
+}
+
+/// What `init` made.
+#[derive(Clone, Debug)]
+pub struct InitReport {
+    /// The authority's directory.
+    pub dir: PathBuf,
+    /// The root CA certificate (PEM file): the trust anchor devices need.
+    pub root_cert: PathBuf,
+}
+
+struct Made {
+    name: Name,
+    kid: Vec<u8>,
+    not_after: i64,
+    der: Vec<u8>,
+}
+
+/// Create a new authority at `dir` (which must not exist, or be empty).
+pub fn init(
+    dir: &Path,
+    opts: &InitOptions,
+    pass: &Passphrase,
+    clock: &dyn Clock,
+) -> Result<InitReport, AuthorityError> {
+    if dir.join(CONFIG_FILE).exists() {
+        return Err(AuthorityError::Config(format!("{} is already an authority directory", dir.display())));
+    }
+    if let Ok(mut it) = std::fs::read_dir(dir) {
+        if it.next().is_some() {
+            return Err(AuthorityError::Config(format!("{} exists and is not empty", dir.display())));
+        }
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| AuthorityError::io(parent, e))?;
+    let base = dir.file_name().and_then(|n| n.to_str()).unwrap_or("authority");
+    let partial = parent.join(format!(".{base}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    let result = build(&partial, opts, pass, clock).and_then(|()| {
+        // An empty `dir` is replaced by the rename; a non-empty one was refused above.
+        std::fs::rename(&partial, dir).map_err(|e| AuthorityError::io(dir, e))?;
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| AuthorityError::io(parent, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result?;
+    Ok(InitReport { dir: dir.to_path_buf(), root_cert: dir.join("ca/root.crt") })
+}
+
+fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -> Result<(), AuthorityError> {
+    for d in ["", "ca", "tls"] {
+        let p = dir.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| AuthorityError::io(&p, e))?;
+    }
+    let now = clock.now();
+    let org = opts.organization.as_str();
+    let store = SqliteStore::open(&dir.join("store.db"))?;
+    let mut records = Vec::new();
+
+    let root_key = SoftKey::generate(opts.key_type)?;
+    let root_name = NameBuilder::default().organization(org)?.common_name(&format!("{org} Root CA"))?.build();
+    let root_spki = spki_of(&root_key)?;
+    let root_kid = keys::key_identifier(&root_spki);
+    let root_end = now + 25 * YEAR;
+    let root_issuer = Issuer { subject: &root_name, key_id: &root_kid, not_after: root_end, signer: &root_key };
+    let root =
+        make(Profile::Root, root_name.clone(), &root_key, now, root_end, vec![], &root_issuer, "root", &mut records)?;
+    save(dir, "ca/root", &root_key, &root.der, pass)?;
+
+    let mut cas = vec![CaConfig {
+        name: "root".into(),
+        cert: "ca/root.crt".into(),
+        key: "ca/root.key".into(),
+        role: CaRole::Root,
+    }];
+    let mut operational = None;
+    for (name, title) in [("manufacturing", "Manufacturing CA"), ("operational", "Operational CA")] {
+        let key = SoftKey::generate(opts.key_type)?;
+        let subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} {title}"))?.build();
+        let made =
+            make(Profile::IssuingCa, subject, &key, now, now + 20 * YEAR, vec![], &root_issuer, "root", &mut records)?;
+        save(dir, &format!("ca/{name}"), &key, &made.der, pass)?;
+        cas.push(CaConfig {
+            name: name.into(),
+            cert: format!("ca/{name}.crt").into(),
+            key: format!("ca/{name}.key").into(),
+            role: CaRole::Issuing,
+        });
+        if name == "operational" {
+            operational = Some((key, made));
+        }
+    }
+    let (op_key, op) = operational.ok_or_else(|| AuthorityError::Config("operational CA missing".into()))?;
+
+    // The server's TLS certificate, from the operational CA: devices trust the root, not the leaf.
+    let server_key = SoftKey::generate(opts.key_type)?;
+    for n in &opts.server_names {
+        check_server_name(n)?;
+    }
+    let server_subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} EST server"))?.build();
+    let op_issuer = Issuer { subject: &op.name, key_id: &op.kid, not_after: op.not_after, signer: &op_key };
+    let server = make(
+        Profile::Server,
+        server_subject,
+        &server_key,
+        now,
+        now + YEAR,
+        opts.server_names.clone(),
+        &op_issuer,
+        "operational",
+        &mut records,
+    )?;
+    keyfile::write_encrypted(&dir.join("tls/server.key"), &server_key, pass)?;
+    let chain = format!("{}{}", pem::encode("CERTIFICATE", &server.der), pem::encode("CERTIFICATE", &op.der));
+    keyfile::write_public(&dir.join("tls/server.crt"), chain.as_bytes())?;
+
+    let all_keys: Vec<String> = KeyType::SIGNING.iter().map(|k| k.to_string()).collect();
+    let cfg = Config {
+        organization: org.into(),
+        key_type: opts.key_type.to_string(),
+        default_label: "operational".into(),
+        store: StoreConfig { sqlite: "store.db".into() },
+        server: ServerConfig {
+            listen: opts.listen.clone(),
+            cert: "tls/server.crt".into(),
+            key: "tls/server.key".into(),
+        },
+        tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
+        ca: cas,
+        label: vec![
+            LabelConfig {
+                name: "operational".into(),
+                ca: "operational".into(),
+                validity_days: 90,
+                allowed_keys: all_keys.clone(),
+            },
+            LabelConfig { name: "birth".into(), ca: "manufacturing".into(), validity_days: 0, allowed_keys: all_keys },
+        ],
+    };
+    keyfile::write_public(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+
+    for (rec, target) in records {
+        store.record_issuance(Issuance {
+            audit: AuditEvent {
+                at: now,
+                actor: "admin".into(),
+                action: "init.issue".into(),
+                target,
+                detail: format!("{} {}", rec.profile, rec.subject),
+            },
+            cert: rec,
+            preconditions: vec![],
+        })?;
+    }
+    Ok(())
+}
+
+/// A server name is an IP address or a fully qualified DNS name in preferred
+/// name syntax (RFC 1034 section 3.5, lowercase LDH labels).
+fn check_server_name(n: &str) -> Result<(), AuthorityError> {
+    if n.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let labels: Vec<&str> = n.split('.').collect();
+    let ok_label = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if n.len() > 253 || labels.len() < 2 || !labels.iter().all(ok_label) {
+        return Err(AuthorityError::Config(format!(
+            "server name {n:?} must be an IP address or a fully qualified lowercase DNS name such as est.example.com"
+        )));
+    }
+    Ok(())
+}
+
+fn spki_of(k: &dyn Signer) -> Result<spki::SubjectPublicKeyInfoOwned, AuthorityError> {
+    spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der())
+        .map_err(|e| AuthorityError::Config(format!("public key: {e}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make(
+    profile: Profile,
+    subject: Name,
+    key: &dyn Signer,
+    now: i64,
+    not_after: i64,
+    server_names: Vec<String>,
+    issuer: &Issuer<'_>,
+    ca_name: &str,
+    records: &mut Vec<(CertRecord, String)>,
+) -> Result<Made, AuthorityError> {
+    let spki = spki_of(key)?;
+    let kid = keys::key_identifier(&spki);
+    let (sn, sn_hex) = serial::system_random_serial()?;
+    let (ip_addrs, dns_names): (Vec<_>, Vec<_>) = server_names.into_iter().partition(|n| n.parse::<IpAddr>().is_ok());
+    let params = CertParams {
+        profile,
+        serial: sn,
+        subject: subject.clone(),
+        spki,
+        not_before: now - 60,
+        not_after,
+        dns_names,
+        ip_addrs: ip_addrs.iter().filter_map(|s| s.parse().ok()).collect(),
+    };
+    let issued = profile::issue(&params, issuer)?;
+    records.push((
+        CertRecord {
+            serial: sn_hex.clone(),
+            ca: ca_name.into(),
+            profile: profile.name().into(),
+            subject: subject.to_string(),
+            device_serial: None,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            issued_at: now,
+            spki_sha256: keys::spki_fingerprint(key.public_key_der()),
+            replaces: None,
+            status: CertStatus::Good,
+            der: issued.der.clone(),
+        },
+        sn_hex,
+    ));
+    Ok(Made { name: subject, kid, not_after: issued.not_after, der: issued.der })
+}
+
+fn save(dir: &Path, stem: &str, key: &SoftKey, der: &[u8], pass: &Passphrase) -> Result<(), AuthorityError> {
+    keyfile::write_encrypted(&dir.join(format!("{stem}.key")), key, pass)?;
+    keyfile::write_public(&dir.join(format!("{stem}.crt")), pem::encode("CERTIFICATE", der).as_bytes())
+}

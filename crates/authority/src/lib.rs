@@ -1,0 +1,560 @@
+//! iotpki authority: decides who gets which certificate.
+//!
+//! The server translates HTTP into calls on [`Authority`]; the authority
+//! authenticates the caller (one-time token or client certificate), checks
+//! the request against the label's profile, signs, records the certificate
+//! durably in the store (with its audit entry, in one transaction) and only
+//! then returns it. Every refusal is written to the audit log with its reason.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+mod error;
+pub mod init;
+pub mod keyfile;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
+use iotpki_core::name::{self, DeviceSerial};
+use iotpki_core::profile::{self, CertParams, Issuer, Profile};
+use iotpki_core::{csr, est, pem, pkcs7, serial};
+use iotpki_store::sqlite::SqliteStore;
+use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, Store, StoreError};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use spki::der::{Decode, Encode};
+use x509_cert::name::Name;
+
+pub use clock::{Clock, SystemClock};
+pub use config::Config;
+pub use error::AuthorityError;
+pub use keyfile::Passphrase;
+
+/// How long before "now" issued certificates start, for devices with slow clocks.
+const BACKDATE_SECS: i64 = 60;
+
+/// An issuing CA with its key loaded.
+pub struct CaKey {
+    /// Its name in the config.
+    pub name: String,
+    /// Its certificate, DER.
+    pub cert_der: Vec<u8>,
+    subject: Name,
+    key_id: Vec<u8>,
+    not_after: i64,
+    signer: Box<dyn Signer>,
+}
+
+impl CaKey {
+    fn issuer(&self) -> Issuer<'_> {
+        Issuer { subject: &self.subject, key_id: &self.key_id, not_after: self.not_after, signer: self.signer.as_ref() }
+    }
+}
+
+/// An EST label, resolved.
+pub struct Label {
+    /// Its name.
+    pub name: String,
+    /// The CA that signs under it.
+    pub ca: Arc<CaKey>,
+    validity_secs: Option<i64>,
+    allowed: Vec<KeyType>,
+    cacerts: Vec<u8>,
+}
+
+/// How the caller authenticated.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    /// HTTP Basic: user = device serial, password = one-time token.
+    Token {
+        /// The device serial claimed.
+        user: &'a str,
+        /// The token.
+        password: &'a str,
+    },
+    /// The TLS client certificate chain (leaf first), its possession proven by the handshake.
+    ClientCert(&'a [CertificateDer<'a>]),
+    /// Nothing.
+    None,
+}
+
+/// A certificate the authority issued and recorded.
+#[derive(Clone, Debug)]
+pub struct Enrolled {
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// The answer body: a PKCS#7 certs-only structure with the certificate.
+    pub pkcs7: Vec<u8>,
+}
+
+/// A device authenticated by its certificate.
+#[derive(Clone, Debug)]
+pub struct DeviceIdentity {
+    /// The store's record of its certificate.
+    pub record: CertRecord,
+    /// The certificate.
+    pub cert: x509_cert::Certificate,
+}
+
+/// The certificate authority: CAs, labels, store and clock.
+pub struct Authority {
+    dir: PathBuf,
+    cfg: Config,
+    root_der: Vec<u8>,
+    labels: HashMap<String, Label>,
+    issuing: Vec<Arc<CaKey>>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    server_chain: Vec<Vec<u8>>,
+    server_key: Vec<u8>,
+    root_anchor: rustls_pki_types::TrustAnchor<'static>,
+    intermediates: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// Open the store of the authority at `dir` (no keys needed).
+pub fn open_store(dir: &Path, cfg: &Config) -> Result<Arc<dyn Store>, AuthorityError> {
+    let path = keyfile::resolve(dir, &cfg.store.sqlite);
+    Ok(Arc::new(SqliteStore::open(&path)?))
+}
+
+fn read_cert_pem(path: &Path) -> Result<Vec<Vec<u8>>, AuthorityError> {
+    let text = std::fs::read_to_string(path).map_err(|e| AuthorityError::io(path, e))?;
+    let certs = pem::decode_all("CERTIFICATE", &text)
+        .map_err(|e| AuthorityError::Config(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(AuthorityError::Config(format!("{}: no certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+impl Authority {
+    /// Open the authority at `dir`: read the config, unlock the issuing CA
+    /// keys and the server key with `pass` (the root key stays locked), open the store.
+    pub fn open(dir: &Path, pass: &Passphrase, clock: Arc<dyn Clock>) -> Result<Self, AuthorityError> {
+        let cfg = Config::load(dir)?;
+        let store = open_store(dir, &cfg)?;
+        Self::with_store(dir, cfg, pass, store, clock)
+    }
+
+    /// Like [`Authority::open`] with a store given by the caller.
+    pub fn with_store(
+        dir: &Path,
+        cfg: Config,
+        pass: &Passphrase,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthorityError> {
+        let mut root_der = None;
+        let mut issuing = Vec::new();
+        for ca in &cfg.ca {
+            let cert_der = read_cert_pem(&keyfile::resolve(dir, &ca.cert))?.remove(0);
+            if ca.role == config::CaRole::Root {
+                root_der = Some(cert_der);
+                continue;
+            }
+            let key = keyfile::read_encrypted(&keyfile::resolve(dir, &ca.key), pass)?;
+            let info = profile::cert_info(&cert_der)?;
+            if keys::spki_fingerprint(key.public_key_der()) != info.spki_sha256 {
+                return Err(AuthorityError::Config(format!("CA {}: key does not match certificate", ca.name)));
+            }
+            let key_id = info.ski.clone().ok_or_else(|| AuthorityError::Config(format!("CA {}: no SKI", ca.name)))?;
+            issuing.push(Arc::new(CaKey {
+                name: ca.name.clone(),
+                subject: info.cert.tbs_certificate.subject.clone(),
+                not_after: info.not_after,
+                key_id,
+                cert_der,
+                signer: Box::new(key),
+            }));
+        }
+        let root_der = root_der.ok_or_else(|| AuthorityError::Config("no root CA".into()))?;
+        let mut labels = HashMap::new();
+        for l in &cfg.label {
+            let ca = issuing
+                .iter()
+                .find(|c| c.name == l.ca)
+                .cloned()
+                .ok_or_else(|| AuthorityError::Config(format!("label {}: no CA {}", l.name, l.ca)))?;
+            let allowed = l.allowed_keys.iter().map(|k| KeyType::from_name(k)).collect::<Result<Vec<_>, _>>()?;
+            let cacerts = pkcs7::certs_only(&[&ca.cert_der, &root_der])?;
+            let validity_secs = (l.validity_days > 0).then(|| i64::from(l.validity_days) * 86_400);
+            labels.insert(l.name.clone(), Label { name: l.name.clone(), ca, validity_secs, allowed, cacerts });
+        }
+        let server_chain = read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
+        let server_key = keyfile::read_encrypted(&keyfile::resolve(dir, &cfg.server.key), pass)?.to_pkcs8()?;
+        let root_anchor = webpki::anchor_from_trusted_cert(&CertificateDer::from(root_der.as_slice()))
+            .map_err(|e| AuthorityError::Config(format!("root certificate: {e}")))?
+            .to_owned();
+        let intermediates = issuing.iter().map(|c| CertificateDer::from(c.cert_der.clone())).collect();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+            root_der,
+            labels,
+            issuing,
+            store,
+            clock,
+            server_chain,
+            server_key,
+            root_anchor,
+            intermediates,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The root CA certificate, DER: what devices trust.
+    pub fn root_der(&self) -> &[u8] {
+        &self.root_der
+    }
+
+    /// Subjects (DER) of every CA, for the TLS CertificateRequest hint.
+    pub fn ca_subjects(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for der in std::iter::once(&self.root_der).chain(self.issuing.iter().map(|c| &c.cert_der)) {
+            if let Ok(info) = profile::cert_info(der) {
+                if let Ok(s) = info.cert.tbs_certificate.subject.to_der() {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    /// The server's TLS certificate chain and key.
+    pub fn server_tls(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let chain = self.server_chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        (chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone())))
+    }
+
+    /// Resolve a label (`None`: the default label).
+    pub fn label(&self, name: Option<&str>) -> Result<&Label, AuthorityError> {
+        let n = name.unwrap_or(&self.cfg.default_label);
+        self.labels.get(n).ok_or_else(|| AuthorityError::NotFound(format!("no EST label {n:?}")))
+    }
+
+    /// `/cacerts`: the label's issuing CA and the root, PKCS#7 certs-only.
+    pub fn cacerts(&self, label: Option<&str>) -> Result<&[u8], AuthorityError> {
+        Ok(&self.label(label)?.cacerts)
+    }
+
+    /// `/csrattrs`: what a request under the label should look like.
+    pub fn csr_attrs(&self, label: Option<&str>) -> Result<Vec<u8>, AuthorityError> {
+        let l = self.label(label)?;
+        let kt = l.allowed.first().copied().unwrap_or(KeyType::EcdsaP256);
+        Ok(est::csr_attrs(kt)?)
+    }
+
+    /// Create a one-time token for `serial` (see [`tokens::create`]).
+    pub fn create_token(
+        &self,
+        serial: &DeviceSerial,
+        ttl_secs: Option<u64>,
+        actor: &str,
+    ) -> Result<String, AuthorityError> {
+        tokens::create(self.store.as_ref(), &self.cfg, self.clock.as_ref(), serial, ttl_secs, actor)
+    }
+
+    /// EST `simpleenroll`: first enrollment, authenticated by a one-time token.
+    /// `body` is the request body as received (base64 of a DER PKCS#10).
+    pub fn simple_enroll(
+        &self,
+        label: Option<&str>,
+        cred: Credential<'_>,
+        body: &[u8],
+    ) -> Result<Enrolled, AuthorityError> {
+        let actor = match cred {
+            Credential::Token { user, .. } => format!("device:{user}"),
+            Credential::ClientCert(_) => "client-cert".to_string(),
+            Credential::None => "anonymous".to_string(),
+        };
+        let r = self.enroll_inner(label, cred, body);
+        self.audit_refusal(&r, &actor, "refuse.enroll");
+        r
+    }
+
+    /// EST `simplereenroll`: renewal authenticated by the current certificate
+    /// (mutual TLS). Subject and subjectAltName must be those of the current
+    /// certificate (RFC 7030 section 4.2.2).
+    pub fn simple_reenroll(
+        &self,
+        label: Option<&str>,
+        cred: Credential<'_>,
+        body: &[u8],
+    ) -> Result<Enrolled, AuthorityError> {
+        let r = self.reenroll_inner(label, cred, body);
+        let actor = match (&r, cred) {
+            (_, Credential::ClientCert(chain)) => chain
+                .first()
+                .and_then(|c| profile::cert_info(c).ok())
+                .map(|i| format!("cert:{}", i.serial))
+                .unwrap_or_else(|| "client-cert".into()),
+            _ => "anonymous".into(),
+        };
+        self.audit_refusal(&r, &actor, "refuse.reenroll");
+        r
+    }
+
+    fn audit_refusal<T>(&self, r: &Result<T, AuthorityError>, actor: &str, action: &str) {
+        if let Err(e) = r {
+            if e.is_refusal() {
+                let ev = AuditEvent {
+                    at: self.clock.now(),
+                    actor: actor.into(),
+                    action: action.into(),
+                    target: String::new(),
+                    detail: e.public_message(),
+                };
+                if let Err(se) = self.store.append_audit(ev) {
+                    tracing::error!(error = %se, "could not audit a refusal");
+                }
+            }
+        }
+    }
+
+    fn enroll_inner(&self, label: Option<&str>, cred: Credential<'_>, body: &[u8]) -> Result<Enrolled, AuthorityError> {
+        let label = self.label(label)?;
+        let (user, password) = match cred {
+            Credential::Token { user, password } => (user, password),
+            _ => {
+                return Err(AuthorityError::Unauthorized(
+                    "enrollment needs a one-time token: HTTP Basic with the device serial as user and the token as password"
+                        .into(),
+                ))
+            }
+        };
+        let device = DeviceSerial::parse(user)
+            .map_err(|e| AuthorityError::Unauthorized(format!("the Basic user must be a device serial: {e}")))?;
+        let token_hash = tokens::hash(password);
+        let now = self.clock.now();
+        // Cheap pre-check, so a bad token costs no signature; the store re-checks in the transaction.
+        tokens::precheck(self.store.as_ref(), &token_hash, &device, now)?;
+        let der = est::decode_body(body)?;
+        let req = csr::parse_and_verify(&der)?;
+        self.check_key(label, req.key_type)?;
+        let in_csr = name::serial_numbers(&req.subject);
+        if in_csr.len() != 1 || in_csr[0] != device.as_str() {
+            return Err(AuthorityError::Forbidden(format!(
+                "the request's subject must carry serialNumber={device} (found {})",
+                if in_csr.is_empty() { "none".to_string() } else { in_csr.join(", ") }
+            )));
+        }
+        let subject = name::device_subject(&self.cfg.organization, &device)?;
+        self.issue_device(
+            label,
+            subject,
+            &req,
+            Some(device.to_string()),
+            None,
+            vec![Precondition::ConsumeToken { token_hash, device_serial: device.to_string(), now }],
+            format!("device:{device}"),
+            "enroll",
+        )
+    }
+
+    fn reenroll_inner(
+        &self,
+        label: Option<&str>,
+        cred: Credential<'_>,
+        body: &[u8],
+    ) -> Result<Enrolled, AuthorityError> {
+        let label = self.label(label)?;
+        let chain = match cred {
+            Credential::ClientCert(chain) => chain,
+            _ => {
+                return Err(AuthorityError::Unauthorized(
+                    "re-enrollment needs the current certificate as the TLS client certificate".into(),
+                ))
+            }
+        };
+        let id = self.authenticate(chain)?;
+        if id.record.profile != Profile::Device.name() {
+            return Err(AuthorityError::Forbidden(format!("a {} certificate cannot re-enroll", id.record.profile)));
+        }
+        if id.record.ca != label.ca.name {
+            return Err(AuthorityError::Forbidden(format!(
+                "the current certificate is from CA {}; label {} issues from CA {}",
+                id.record.ca, label.name, label.ca.name
+            )));
+        }
+        let der = est::decode_body(body)?;
+        let req = csr::parse_and_verify(&der)?;
+        self.check_key(label, req.key_type)?;
+        let current_subject = &id.cert.tbs_certificate.subject;
+        if !name::equivalent(&req.subject, current_subject) {
+            return Err(AuthorityError::Forbidden(format!(
+                "the request's subject ({}) differs from the current certificate's ({current_subject})",
+                req.subject
+            )));
+        }
+        let current_san = profile::subject_alt_name(&id.cert)?;
+        if req.requested_san != current_san {
+            return Err(AuthorityError::Forbidden(
+                "the request's subjectAltName differs from the current certificate's".into(),
+            ));
+        }
+        let old = id.record.serial.clone();
+        let actor = format!("device:{}", id.record.device_serial.clone().unwrap_or_default());
+        self.issue_device(
+            label,
+            current_subject.clone(),
+            &req,
+            id.record.device_serial.clone(),
+            Some(old.clone()),
+            vec![Precondition::CertIsGood { serial: old }],
+            actor,
+            "reenroll",
+        )
+    }
+
+    fn check_key(&self, label: &Label, kt: KeyType) -> Result<(), AuthorityError> {
+        if label.allowed.contains(&kt) {
+            return Ok(());
+        }
+        let allowed = label.allowed.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
+        Err(iotpki_core::Error::KeyNotAllowed { offered: kt.to_string(), allowed }.into())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_device(
+        &self,
+        label: &Label,
+        subject: Name,
+        req: &csr::VerifiedCsr,
+        device_serial: Option<String>,
+        replaces: Option<String>,
+        preconditions: Vec<Precondition>,
+        actor: String,
+        action: &str,
+    ) -> Result<Enrolled, AuthorityError> {
+        let now = self.clock.now();
+        let ca = &label.ca;
+        let not_after = match label.validity_secs {
+            Some(v) => now + v,
+            None => ca.not_after,
+        };
+        // A serial collision (2^-127 odds) is retried once with a fresh serial.
+        for attempt in 0..2 {
+            let (sn, sn_hex) = serial::system_random_serial()?;
+            let params = CertParams {
+                profile: Profile::Device,
+                serial: sn,
+                subject: subject.clone(),
+                spki: req.spki.clone(),
+                not_before: now - BACKDATE_SECS,
+                not_after,
+                dns_names: vec![],
+                ip_addrs: vec![],
+            };
+            let issued = profile::issue(&params, &ca.issuer())?;
+            let record = CertRecord {
+                serial: sn_hex.clone(),
+                ca: ca.name.clone(),
+                profile: Profile::Device.name().into(),
+                subject: subject.to_string(),
+                device_serial: device_serial.clone(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                issued_at: now,
+                spki_sha256: keys::spki_fingerprint(&req.spki_der),
+                replaces: replaces.clone(),
+                status: CertStatus::Good,
+                der: issued.der.clone(),
+            };
+            let detail = match &replaces {
+                Some(old) => format!("label={} key={} replaces={old}", label.name, req.key_type),
+                None => format!("label={} key={}", label.name, req.key_type),
+            };
+            let audit =
+                AuditEvent { at: now, actor: actor.clone(), action: action.into(), target: sn_hex.clone(), detail };
+            match self.store.record_issuance(Issuance { cert: record, preconditions: preconditions.clone(), audit }) {
+                Ok(()) => {
+                    let pkcs7 = pkcs7::certs_only(&[&issued.der])?;
+                    tracing::info!(serial = %sn_hex, action, label = %label.name, "issued");
+                    return Ok(Enrolled { cert_der: issued.der, serial: sn_hex, pkcs7 });
+                }
+                Err(StoreError::DuplicateSerial { .. }) if attempt == 0 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AuthorityError::Store(StoreError::Database("serial number collision twice".into())))
+    }
+
+    /// Authenticate a TLS client certificate chain: it must chain to our root
+    /// through one of our issuing CAs, be valid now for client auth, be the
+    /// very certificate the store recorded, and not be revoked.
+    pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
+        let leaf = chain.first().ok_or_else(|| AuthorityError::Unauthorized("no client certificate".into()))?;
+        let ee = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
+        let now = self.clock.now();
+        let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            std::slice::from_ref(&self.root_anchor),
+            &self.intermediates,
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            AuthorityError::Forbidden(match e {
+                // A CA of another authority with the same name as ours shows up as a bad signature.
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                    "client certificate was not issued by this authority".to_string()
+                }
+                webpki::Error::CertExpired { .. } => "client certificate has expired".to_string(),
+                webpki::Error::CertNotValidYet { .. } => "client certificate is not valid yet".to_string(),
+                other => format!("client certificate rejected: {other}"),
+            })
+        })?;
+        let info = profile::cert_info(leaf)?;
+        let record = self.store.certificate(&info.serial)?.ok_or_else(|| {
+            AuthorityError::Forbidden(format!("client certificate {} is not known to this authority", info.serial))
+        })?;
+        if record.der != leaf.as_ref() {
+            return Err(AuthorityError::Forbidden(format!(
+                "client certificate {} differs from the one issued",
+                info.serial
+            )));
+        }
+        if let CertStatus::Revoked { .. } = record.status {
+            return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", info.serial)));
+        }
+        Ok(DeviceIdentity { record, cert: info.cert })
+    }
+}
+
+/// Parse a certificate, mapping errors for callers outside the core.
+pub fn parse_cert(der: &[u8]) -> Result<x509_cert::Certificate, AuthorityError> {
+    x509_cert::Certificate::from_der(der).map_err(|e| AuthorityError::BadRequest(format!("malformed certificate: {e}")))
+}
+
+/// Keep `SoftKey` reachable for callers that build test authorities.
+pub type SoftSigner = SoftKey;

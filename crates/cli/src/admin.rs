@@ -1,0 +1,286 @@
+//! The authority's commands: init, serve, token, cert, audit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use iotpki_authority::config::Config;
+use iotpki_authority::init::InitOptions;
+use iotpki_authority::{Authority, Passphrase, SystemClock};
+use iotpki_core::keys::KeyType;
+use iotpki_core::name::DeviceSerial;
+use iotpki_core::time::rfc3339;
+use iotpki_store::{CertQuery, CertStatus};
+
+use crate::{DirArg, PassArg};
+
+/// `iotpki init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    pass: PassArg,
+    /// Key type of the CA and server keys: p256, p384 or ed25519.
+    #[arg(long, default_value = "p256")]
+    key_type: String,
+    /// Organisation named in every subject.
+    #[arg(long, default_value = "iotpki")]
+    org: String,
+    /// A fully qualified DNS name or an IP address for the server certificate (repeatable).
+    #[arg(long = "server-name", default_values = ["127.0.0.1", "::1"])]
+    server_names: Vec<String>,
+    /// Default listen address written to the config.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+}
+
+pub fn init(a: InitArgs) -> anyhow::Result<()> {
+    let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
+    let opts = InitOptions {
+        organization: a.org,
+        key_type: KeyType::from_name(&a.key_type)?,
+        server_names: a.server_names,
+        listen: a.listen,
+    };
+    let r = iotpki_authority::init::init(&a.dir.dir, &opts, &pass, &SystemClock)?;
+    println!("authority created in {}", r.dir.display());
+    println!("trust anchor for devices: {}", r.root_cert.display());
+    println!("next: iotpki serve --dir {}", r.dir.display());
+    Ok(())
+}
+
+/// `iotpki serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    #[command(flatten)]
+    pass: PassArg,
+    /// Address to listen on (default: the config's).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
+    let authority = Arc::new(Authority::open(&a.dir.dir, &pass, Arc::new(SystemClock))?);
+    let listen: SocketAddr = match a.listen {
+        Some(l) => l,
+        None => authority.config().server.listen.parse().context("server.listen in the config")?,
+    };
+    let rt = crate::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "EST server listening (TLS 1.3)");
+        println!("listening on https://{addr}");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            tracing::info!("shutting down");
+        };
+        iotpki_server::serve(authority, listener, iotpki_server::Limits::default(), shutdown).await?;
+        Ok(())
+    })
+}
+
+/// `iotpki token ...`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a one-time enrollment token for a device serial; prints it once.
+    Create {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The device serial the token is for.
+        #[arg(long)]
+        serial: String,
+        /// Lifetime: 90s, 30m, 1h, 7d (default: the config's, 1h).
+        #[arg(long, value_parser = crate::duration::parse_secs)]
+        ttl: Option<u64>,
+    },
+}
+
+pub fn token(c: TokenCmd) -> anyhow::Result<()> {
+    match c {
+        TokenCmd::Create { dir, serial, ttl } => {
+            let serial = DeviceSerial::parse(&serial).map_err(|e| anyhow!("--serial: {e}"))?;
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let t = iotpki_authority::tokens::create(store.as_ref(), &cfg, &SystemClock, &serial, ttl, "admin:cli")?;
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+/// `iotpki cert ...`.
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// List certificates, newest first.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only from this CA.
+        #[arg(long)]
+        ca: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one certificate by serial (hex).
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The certificate serial, hex.
+        serial: String,
+        /// Print the certificate as PEM only.
+        #[arg(long)]
+        pem: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn status_text(s: &CertStatus) -> String {
+    match s {
+        CertStatus::Good => "good".into(),
+        CertStatus::Revoked { at, reason } => format!("revoked {} (reason {reason})", rfc3339(*at)),
+    }
+}
+
+fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
+    serde_json::json!({
+        "serial": r.serial, "ca": r.ca, "profile": r.profile, "subject": r.subject,
+        "device_serial": r.device_serial, "not_before": rfc3339(r.not_before), "not_after": rfc3339(r.not_after),
+        "issued_at": rfc3339(r.issued_at), "spki_sha256": r.spki_sha256, "replaces": r.replaces,
+        "status": status_text(&r.status),
+    })
+}
+
+pub fn cert(c: CertCmd) -> anyhow::Result<()> {
+    match c {
+        CertCmd::List { dir, device, ca, limit, json } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let q = CertQuery { device_serial: device, ca, expiring_before: None, limit };
+            let rows = store.list_certificates(&q)?;
+            if json {
+                for r in &rows {
+                    println!("{}", record_json(r));
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<32}  {:<13}  {:<10}  {:<20}  {:<20}  STATUS",
+                "SERIAL", "CA", "PROFILE", "DEVICE", "NOT AFTER"
+            );
+            for r in &rows {
+                println!(
+                    "{:<32}  {:<13}  {:<10}  {:<20}  {:<20}  {}",
+                    r.serial,
+                    r.ca,
+                    r.profile,
+                    r.device_serial.as_deref().unwrap_or("-"),
+                    rfc3339(r.not_after),
+                    status_text(&r.status)
+                );
+            }
+            eprintln!("{} certificate(s)", rows.len());
+            Ok(())
+        }
+        CertCmd::Show { dir, serial, pem, json } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let r = store
+                .certificate(&serial.to_ascii_lowercase())?
+                .ok_or_else(|| anyhow!("no certificate with serial {serial} in the store"))?;
+            let pem_text = iotpki_core::pem::encode("CERTIFICATE", &r.der);
+            if pem {
+                print!("{pem_text}");
+            } else if json {
+                let mut v = record_json(&r);
+                v["pem"] = serde_json::Value::String(pem_text);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let v = record_json(&r);
+                for (k, val) in v.as_object().into_iter().flatten() {
+                    println!("{k:>13}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+                }
+                print!("{pem_text}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `iotpki audit ...`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Walk the whole chain and check every link; exits non-zero if broken.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print entries.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// First entry (sequence number).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+pub fn audit(c: AuditCmd) -> anyhow::Result<()> {
+    match c {
+        AuditCmd::Verify { dir } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            match store.verify_audit() {
+                Ok(r) => {
+                    println!("audit chain OK: {} entries, head {}", r.entries, r.head);
+                    Ok(())
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+        AuditCmd::List { dir, from, limit } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            for e in store.audit_entries(from, limit)? {
+                let ev = &e.event;
+                println!(
+                    "{:>6}  {}  {:<16}  {:<18}  {:<34}  {}",
+                    e.seq,
+                    rfc3339(ev.at),
+                    ev.actor,
+                    ev.action,
+                    ev.target,
+                    ev.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Read a PEM file for a flag, with the flag's name in the error.
+pub fn read_flag_file(flag: &str, p: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("{flag} {}", p.display()))
+}

@@ -1,0 +1,92 @@
+//! `iotpki`: one binary, a subcommand per job. Arguments are parsed first
+//! (no I/O), then each command wires the library crates together.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod agent_cmd;
+mod demo;
+mod duration;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// iotpki: device identities for IoT fleets.
+#[derive(Parser, Debug)]
+#[command(name = "iotpki", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a new authority (root, manufacturing and operational CAs, server certificate, store).
+    Init(admin::InitArgs),
+    /// Serve EST over TLS 1.3.
+    Serve(admin::ServeArgs),
+    /// One-time enrollment tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Certificates in the store.
+    #[command(subcommand)]
+    Cert(admin::CertCmd),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(admin::AuditCmd),
+    /// The device side: enroll, renew, status.
+    #[command(subcommand)]
+    Agent(agent_cmd::AgentCmd),
+    /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
+    Demo(demo::DemoArgs),
+}
+
+/// Options every admin command shares.
+#[derive(Args, Debug, Clone)]
+pub struct DirArg {
+    /// The authority's directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// Where the passphrase comes from: a file, else `$IOTPKI_PASSPHRASE`. Never an argument.
+#[derive(Args, Debug, Clone)]
+pub struct PassArg {
+    /// Read the key passphrase from this file (else from $IOTPKI_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(if matches!(cli.cmd, Cmd::Serve(_)) { "info" } else { "warn" });
+    let result = match cli.cmd {
+        Cmd::Init(a) => admin::init(a),
+        Cmd::Serve(a) => admin::serve(a),
+        Cmd::Token(c) => admin::token(c),
+        Cmd::Cert(c) => admin::cert(c),
+        Cmd::Audit(c) => admin::audit(c),
+        Cmd::Agent(c) => agent_cmd::run(c),
+        Cmd::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A multi-threaded tokio runtime for the commands that do network I/O.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,150 @@
+//! The `iotpki` binary as a user runs it: init, serve (a child process),
+//! token, agent enroll/renew/status, cert list/show, audit verify, demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::util::{bin, run_fail, run_ok, PASS};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn init_serve_enroll_renew_with_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    let pass_file = tmp.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let pf = pass_file.to_str().unwrap();
+
+    // No passphrase: a clear error and no authority left behind.
+    let err = run_fail(bin().args(["init", "--dir", d]));
+    assert!(err.contains("IOTPKI_PASSPHRASE"), "{err}");
+    assert!(!dir.exists());
+
+    let out = run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf]));
+    assert!(out.contains("authority created"), "{out}");
+    let err = run_fail(bin().args(["init", "--dir", d, "--passphrase-file", pf]));
+    assert!(err.contains("already an authority"), "{err}");
+    // The passphrase also comes from the environment.
+    let other = tmp.path().join("ca2");
+    run_ok(
+        bin().args(["init", "--dir", other.to_str().unwrap(), "--key-type", "ed25519"]).env("IOTPKI_PASSPHRASE", PASS),
+    );
+
+    // A wrong passphrase is named as such.
+    std::fs::write(tmp.path().join("bad"), "not the passphrase\n").unwrap();
+    let err = run_fail(bin().args([
+        "serve",
+        "--dir",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--passphrase-file",
+        tmp.path().join("bad").to_str().unwrap(),
+    ]));
+    assert!(err.contains("wrong passphrase"), "{err}");
+
+    let mut child = bin()
+        .args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--passphrase-file", pf])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _server = Server(child);
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+
+    let token =
+        run_ok(bin().args(["token", "create", "--dir", d, "--serial", "CLI-1", "--ttl", "10m"])).trim().to_string();
+    assert_eq!(token.len(), 43, "256-bit token, base64url");
+    let err = run_fail(bin().args(["token", "create", "--dir", d, "--serial", "bad serial!"]));
+    assert!(err.contains("--serial"), "{err}");
+
+    let state = tmp.path().join("device");
+    let st = state.to_str().unwrap();
+    let root = dir.join("ca/root.crt");
+    let out = run_ok(bin().args([
+        "agent",
+        "enroll",
+        "--state",
+        st,
+        "--server",
+        &url,
+        "--serial",
+        "CLI-1",
+        "--token",
+        &token,
+        "--ca-cert",
+        root.to_str().unwrap(),
+    ]));
+    assert!(out.contains("enrolled CLI-1"), "{out}");
+    // The same token again is refused with the server's reason.
+    let err = run_fail(bin().args([
+        "agent",
+        "enroll",
+        "--state",
+        tmp.path().join("dev2").to_str().unwrap(),
+        "--server",
+        &url,
+        "--serial",
+        "CLI-1",
+        "--token",
+        &token,
+        "--ca-cert",
+        root.to_str().unwrap(),
+    ]));
+    assert!(err.contains("HTTP 401") && err.contains("already used"), "{err}");
+
+    let out = run_ok(bin().args(["agent", "renew", "--state", st]));
+    assert!(out.contains("renewed CLI-1"), "{out}");
+    let status: serde_json::Value =
+        serde_json::from_str(&run_ok(bin().args(["agent", "status", "--state", st, "--json"]))).unwrap();
+    assert_eq!(status["device_serial"], "CLI-1");
+    assert_eq!(status["renewals"], 1);
+    let serial = status["cert_serial"].as_str().unwrap().to_string();
+
+    let list = run_ok(bin().args(["cert", "list", "--dir", d, "--device", "CLI-1", "--json"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let show = run_ok(bin().args(["cert", "show", "--dir", d, &serial, "--pem"]));
+    assert!(show.starts_with("-----BEGIN CERTIFICATE-----"));
+    let err = run_fail(bin().args(["cert", "show", "--dir", d, "00ff"]));
+    assert!(err.contains("no certificate"), "{err}");
+    let out = run_ok(bin().args(["audit", "verify", "--dir", d]));
+    assert!(out.contains("audit chain OK"), "{out}");
+    let log = run_ok(bin().args(["audit", "list", "--dir", d]));
+    assert!(log.contains("token.create") && log.contains("enroll") && log.contains("refuse.enroll"), "{log}");
+    assert!(!log.contains(&token), "the token never reaches the audit log");
+
+    let err = run_fail(bin().args(["cert", "list", "--dir", tmp.path().join("nowhere").to_str().unwrap()]));
+    assert!(err.contains("iotpki init"), "{err}");
+}
+
+#[test]
+fn demo_runs_a_small_fleet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("demo");
+    let out = run_ok(
+        bin().args(["demo", "--devices", "12", "--renew", "3", "--dir", d.to_str().unwrap()]).stdin(Stdio::null()),
+    );
+    assert!(out.contains("12 devices enrolled"), "{out}");
+    assert!(out.contains("3 devices renewed"), "{out}");
+    assert!(out.contains("is refused"), "{out}");
+    assert!(out.contains("audit chain verified"), "{out}");
+    let out = run_ok(Command::new(env!("CARGO_BIN_EXE_iotpki")).args([
+        "audit",
+        "verify",
+        "--dir",
+        d.join("authority").to_str().unwrap(),
+    ]));
+    assert!(out.contains("audit chain OK"));
+}

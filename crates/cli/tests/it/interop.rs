@@ -1,0 +1,203 @@
+//! EST with `curl` and `openssl` alone, as a plain client would do it
+//! (RFC 7030 with the RFC 8951 base64 rules); results checked by openssl.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{openssl, run_ok, Ca};
+
+fn curl(args: &[&str]) -> String {
+    run_ok(Command::new("curl").args(["--silent", "--show-error", "--fail-with-body", "--tlsv1.3"]).args(args))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The steps as a shell user would type them; blocking, so run off the async workers.
+fn curl_openssl_session(
+    url: String,
+    root: std::path::PathBuf,
+    op_ca: std::path::PathBuf,
+    d: std::path::PathBuf,
+    token: String,
+) {
+    let est = format!("{url}/.well-known/est");
+    // cacerts: base64 PKCS#7 -> PEM certificates.
+    curl(&["--cacert", s(&root), "-o", s(&d.join("cacerts.b64")), &format!("{est}/cacerts")]);
+    openssl(&["base64", "-d", "-in", s(&d.join("cacerts.b64")), "-out", s(&d.join("cacerts.p7"))]);
+    let text = openssl(&["pkcs7", "-inform", "DER", "-in", s(&d.join("cacerts.p7")), "-print_certs"]);
+    assert!(text.contains("Operational CA") && text.contains("Root CA"), "{text}");
+
+    // simpleenroll: key and CSR by openssl, body base64 WITHOUT line breaks (RFC 8951 allows both).
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", s(&d.join("key.pem"))]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        s(&d.join("key.pem")),
+        "-subj",
+        "/CN=OSSL-1/serialNumber=OSSL-1",
+        "-outform",
+        "DER",
+        "-out",
+        s(&d.join("csr.der")),
+    ]);
+    openssl(&["base64", "-A", "-in", s(&d.join("csr.der")), "-out", s(&d.join("csr.b64"))]);
+    curl(&[
+        "--cacert",
+        s(&root),
+        "-u",
+        &format!("OSSL-1:{token}"),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "-H",
+        "Content-Transfer-Encoding: base64",
+        "--data-binary",
+        &format!("@{}", s(&d.join("csr.b64"))),
+        "-o",
+        s(&d.join("cert.b64")),
+        &format!("{est}/simpleenroll"),
+    ]);
+    openssl(&["base64", "-d", "-in", s(&d.join("cert.b64")), "-out", s(&d.join("cert.p7"))]);
+    openssl(&["pkcs7", "-inform", "DER", "-in", s(&d.join("cert.p7")), "-print_certs", "-out", s(&d.join("cert.pem"))]);
+    let v = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&root),
+        "-untrusted",
+        s(&op_ca),
+        "-purpose",
+        "sslclient",
+        s(&d.join("cert.pem")),
+    ]);
+    assert!(v.contains(": OK"), "{v}");
+    // The certificate is for openssl's key.
+    let a = openssl(&["x509", "-in", s(&d.join("cert.pem")), "-noout", "-pubkey"]);
+    let b = openssl(&["pkey", "-in", s(&d.join("key.pem")), "-pubout"]);
+    assert_eq!(a, b);
+    let t = openssl(&["x509", "-in", s(&d.join("cert.pem")), "-noout", "-text"]);
+    assert!(t.contains("TLS Web Client Authentication"), "{t}");
+    assert!(t.contains("serialNumber"), "{t}");
+
+    // simplereenroll over mutual TLS with curl; the new CSR names the same subject,
+    // encoded the way openssl encodes it; body wrapped at 64 columns this time.
+    let subj = openssl(&["x509", "-in", s(&d.join("cert.pem")), "-noout", "-subject", "-nameopt", "compat"]);
+    let subj = subj.trim().trim_start_matches("subject=").trim().to_string();
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", s(&d.join("key2.pem"))]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        s(&d.join("key2.pem")),
+        "-subj",
+        &subj,
+        "-outform",
+        "DER",
+        "-out",
+        s(&d.join("csr2.der")),
+    ]);
+    openssl(&["base64", "-in", s(&d.join("csr2.der")), "-out", s(&d.join("csr2.b64"))]);
+    curl(&[
+        "--cacert",
+        s(&root),
+        "--cert",
+        s(&d.join("cert.pem")),
+        "--key",
+        s(&d.join("key.pem")),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &format!("@{}", s(&d.join("csr2.b64"))),
+        "-o",
+        s(&d.join("cert2.b64")),
+        &format!("{est}/simplereenroll"),
+    ]);
+    openssl(&["base64", "-d", "-in", s(&d.join("cert2.b64")), "-out", s(&d.join("cert2.p7"))]);
+    openssl(&[
+        "pkcs7",
+        "-inform",
+        "DER",
+        "-in",
+        s(&d.join("cert2.p7")),
+        "-print_certs",
+        "-out",
+        s(&d.join("cert2.pem")),
+    ]);
+    let v = openssl(&["verify", "-CAfile", s(&root), "-untrusted", s(&op_ca), s(&d.join("cert2.pem"))]);
+    assert!(v.contains(": OK"), "{v}");
+    let a = openssl(&["x509", "-in", s(&d.join("cert2.pem")), "-noout", "-pubkey"]);
+    let b = openssl(&["pkey", "-in", s(&d.join("key2.pem")), "-pubout"]);
+    assert_eq!(a, b);
+
+    // openssl s_client speaks TLS 1.3 with the authority and verifies its certificate.
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            url.trim_start_matches("https://"),
+            "-tls1_3",
+            "-CAfile",
+            s(&root),
+            "-verify_return_error",
+            "-brief",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLSv1.3") && err.contains("Verification: OK"), "{err}");
+    // And refuses TLS 1.2.
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", url.trim_start_matches("https://"), "-tls1_2", "-CAfile", s(&root)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "TLS 1.2 must be refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_openssl_enroll_and_reenroll() {
+    let ca = Ca::start().await;
+    let d = ca.tmp.path().join("ossl");
+    std::fs::create_dir_all(&d).unwrap();
+    let token = ca.token("OSSL-1");
+    let (url, root, op) = (ca.url.clone(), ca.root_file(), ca.ca_file("operational"));
+    tokio::task::spawn_blocking(move || curl_openssl_session(url, root, op, d, token)).await.unwrap();
+    let certs = ca
+        .authority
+        .store()
+        .list_certificates(&iotpki_store::CertQuery { device_serial: Some("OSSL-1".into()), ..Default::default() });
+    assert_eq!(certs.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_keys_are_encrypted_pkcs8_that_openssl_reads() {
+    let ca = Ca::start().await;
+    let key = ca.dir.join("ca/operational.key");
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    let dir = ca.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        // Without the passphrase openssl cannot read it; with it, the key matches the CA certificate.
+        let out = Command::new("openssl")
+            .args(["pkey", "-in", s(&dir.join("ca/operational.key")), "-passin", "pass:wrong-passphrase", "-pubout"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let a = openssl(&[
+            "pkey",
+            "-in",
+            s(&dir.join("ca/operational.key")),
+            "-passin",
+            &format!("pass:{}", crate::util::PASS),
+            "-pubout",
+        ]);
+        let b = openssl(&["x509", "-in", s(&dir.join("ca/operational.crt")), "-noout", "-pubkey"]);
+        assert_eq!(a, b);
+        let v = openssl(&["verify", "-CAfile", s(&dir.join("ca/root.crt")), s(&dir.join("ca/manufacturing.crt"))]);
+        assert!(v.contains(": OK"));
+    })
+    .await
+    .unwrap();
+}

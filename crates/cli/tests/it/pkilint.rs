@@ -1,0 +1,91 @@
+//! pkilint (a linter we did not write) reports nothing at WARNING or above on
+//! every profile we issue, nor on any signer/signee pair.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use iotpki_core::keys::KeyType;
+use iotpki_core::pem;
+
+use crate::util::Ca;
+
+fn pkilint_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("IOTPKI_PKILINT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run ./scripts/test, which installs pkilint (or set IOTPKI_PKILINT_DIR)",
+        p.display()
+    );
+    p
+}
+
+fn lint(args: &[&Path], tool: &str) {
+    let out = Command::new(pkilint_bin(tool))
+        .args(["lint", "-s", "WARNING", "--document-format", "PEM"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "{tool} {args:?}:\n{text}");
+}
+
+async fn lint_all(kt: KeyType, server_names: &[&str]) {
+    let ca = Ca::start_with(iotpki_authority::init::InitOptions {
+        key_type: kt,
+        server_names: server_names.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await;
+    let op_dev = ca.enrolled_device("LINT-1").await;
+    let birth_state = ca.tmp.path().join("birth");
+    let mut opts = ca.enroll_opts(&birth_state, "LINT-2", &ca.token("LINT-2"));
+    opts.label = Some("birth".into());
+    opts.key_type = kt;
+    iotpki_agent::enroll(&opts).await.unwrap();
+
+    let d = ca.tmp.path().join("lint");
+    std::fs::create_dir_all(&d).unwrap();
+    let dev_pem = |state: &Path, name: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, iotpki_agent::state::load(state).unwrap().cert_pem).unwrap();
+        p
+    };
+    let device = dev_pem(&op_dev, "device.pem");
+    let birth = dev_pem(&birth_state, "birth.pem");
+    let server_chain = std::fs::read_to_string(ca.dir.join("tls/server.crt")).unwrap();
+    let server = d.join("server.pem");
+    std::fs::write(&server, pem::encode("CERTIFICATE", &pem::decode_all("CERTIFICATE", &server_chain).unwrap()[0]))
+        .unwrap();
+    let (root, mfg, op) = (ca.ca_file("root"), ca.ca_file("manufacturing"), ca.ca_file("operational"));
+
+    tokio::task::spawn_blocking(move || {
+        for c in [&root, &mfg, &op, &device, &birth, &server] {
+            lint(&[c], "lint_pkix_cert");
+        }
+        for (issuer, subject) in
+            [(&root, &root), (&root, &mfg), (&root, &op), (&op, &device), (&op, &server), (&mfg, &birth)]
+        {
+            lint(&[issuer, subject], "lint_pkix_signer_signee_cert_chain");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_is_clean_p256() {
+    lint_all(KeyType::EcdsaP256, &["est.iotpki.example", "127.0.0.1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_is_clean_p384() {
+    lint_all(KeyType::EcdsaP384, &["127.0.0.1", "::1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_is_clean_ed25519() {
+    lint_all(KeyType::Ed25519, &["127.0.0.1"]).await;
+}

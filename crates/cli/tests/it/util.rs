@@ -1,0 +1,133 @@
+//! Shared helpers: a throwaway authority with its server on loopback.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use iotpki_agent::EnrollOptions;
+use iotpki_authority::clock::{Clock, FixedClock, SystemClock};
+use iotpki_authority::init::InitOptions;
+use iotpki_authority::{Authority, Passphrase};
+use iotpki_core::keys::KeyType;
+use iotpki_core::name::DeviceSerial;
+use iotpki_server::Running;
+use tempfile::TempDir;
+
+pub const PASS: &str = "integration test passphrase";
+
+/// An authority in a temp dir, with a clock the test moves and a server on 127.0.0.1:0.
+pub struct Ca {
+    pub tmp: TempDir,
+    pub dir: PathBuf,
+    pub authority: Arc<Authority>,
+    pub clock: Arc<FixedClock>,
+    pub server: Running,
+    pub url: String,
+    pub root_pem: String,
+}
+
+impl Ca {
+    pub async fn start() -> Ca {
+        Self::start_with(InitOptions::default()).await
+    }
+
+    pub async fn start_with(opts: InitOptions) -> Ca {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let pass = Passphrase::new(PASS.into()).unwrap();
+        iotpki_authority::init::init(&dir, &opts, &pass, &SystemClock).unwrap();
+        let clock = Arc::new(FixedClock::new(SystemClock.now()));
+        let authority = Arc::new(Authority::open(&dir, &pass, clock.clone()).unwrap());
+        let server = Running::start(authority.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let url = server.url();
+        let root_pem = iotpki_core::pem::encode("CERTIFICATE", authority.root_der());
+        std::fs::write(tmp.path().join("root.pem"), &root_pem).unwrap();
+        Ca { tmp, dir, authority, clock, server, url, root_pem }
+    }
+
+    pub fn root_file(&self) -> PathBuf {
+        self.tmp.path().join("root.pem")
+    }
+
+    pub fn token(&self, serial: &str) -> String {
+        self.authority.create_token(&DeviceSerial::parse(serial).unwrap(), None, "test").unwrap()
+    }
+
+    pub fn token_ttl(&self, serial: &str, ttl: u64) -> String {
+        self.authority.create_token(&DeviceSerial::parse(serial).unwrap(), Some(ttl), "test").unwrap()
+    }
+
+    pub fn enroll_opts(&self, state: &Path, serial: &str, token: &str) -> EnrollOptions {
+        EnrollOptions {
+            state_dir: state.to_path_buf(),
+            server: self.url.clone(),
+            serial: serial.into(),
+            token: token.into(),
+            anchor_pem: self.root_pem.clone(),
+            label: None,
+            key_type: KeyType::EcdsaP256,
+        }
+    }
+
+    /// Enroll a device in `self.tmp/devices/SERIAL` and return its state dir.
+    pub async fn enrolled_device(&self, serial: &str) -> PathBuf {
+        let state = self.tmp.path().join("devices").join(serial);
+        let t = self.token(serial);
+        iotpki_agent::enroll(&self.enroll_opts(&state, serial, &t)).await.unwrap();
+        state
+    }
+
+    pub fn cert_count(&self) -> u64 {
+        self.authority.store().count_certificates().unwrap()
+    }
+
+    pub fn audit_len(&self) -> u64 {
+        self.authority.store().verify_audit().unwrap().entries
+    }
+
+    /// The last audit entry.
+    pub fn last_audit(&self) -> iotpki_store::AuditEntry {
+        let n = self.audit_len();
+        self.authority.store().audit_entries(n, 1).unwrap().remove(0)
+    }
+
+    /// A CA certificate's PEM file in the authority dir (`root`, `manufacturing`, `operational`).
+    pub fn ca_file(&self, name: &str) -> PathBuf {
+        self.dir.join("ca").join(format!("{name}.crt"))
+    }
+}
+
+/// The `iotpki` binary built for these tests.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iotpki"));
+    c.env_remove("IOTPKI_PASSPHRASE");
+    c
+}
+
+/// Run a command, panic with its output if it fails; return stdout.
+pub fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{c:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    stdout
+}
+
+/// Run a command that must fail; return stderr.
+pub fn run_fail(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(!out.status.success(), "{c:?} succeeded but should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `openssl ARGS...` must succeed; returns stdout.
+pub fn openssl(args: &[&str]) -> String {
+    run_ok(Command::new("openssl").args(args))
+}
+
+/// Write the PEM text of a DER certificate to a file.
+pub fn write_pem(path: &Path, der: &[u8]) {
+    std::fs::write(path, iotpki_core::pem::encode("CERTIFICATE", der)).unwrap();
+}

@@ -1,0 +1,304 @@
+//! Keys and signatures: the [`Signer`] trait every key backend implements
+//! (key file, PKCS#11 token, TPM), the software key [`SoftKey`], and
+//! signature verification for the algorithms we accept.
+
+use std::fmt;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use const_oid::db::{rfc5912, rfc8410};
+use const_oid::ObjectIdentifier;
+use der::asn1::{AnyRef, BitString};
+use der::{Decode, Encode};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+
+use crate::Error;
+
+/// Key types a profile can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// ECDSA on NIST P-256 with SHA-256 (the default).
+    EcdsaP256,
+    /// ECDSA on NIST P-384 with SHA-384.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA of the given modulus size: recognised so it can be refused by name.
+    Rsa(usize),
+}
+
+impl KeyType {
+    /// The types we can generate and sign with.
+    pub const SIGNING: [KeyType; 3] = [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Ed25519];
+
+    /// Parse the CLI / config name (`p256`, `p384`, `ed25519`).
+    pub fn from_name(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "p256" | "ecdsa-p256" | "p-256" | "secp256r1" | "prime256v1" => Ok(Self::EcdsaP256),
+            "p384" | "ecdsa-p384" | "p-384" | "secp384r1" => Ok(Self::EcdsaP384),
+            "ed25519" => Ok(Self::Ed25519),
+            other => Err(Error::UnsupportedAlgorithm(format!("key type {other:?} (use p256, p384 or ed25519)"))),
+        }
+    }
+
+    /// The signature algorithm a key of this type signs certificates with.
+    pub fn signature_algorithm(self) -> Result<AlgorithmIdentifierOwned, Error> {
+        let oid = match self {
+            Self::EcdsaP256 => rfc5912::ECDSA_WITH_SHA_256,
+            Self::EcdsaP384 => rfc5912::ECDSA_WITH_SHA_384,
+            Self::Ed25519 => rfc8410::ID_ED_25519,
+            Self::Rsa(_) => return Err(Error::UnsupportedAlgorithm("signing with RSA".into())),
+        };
+        Ok(AlgorithmIdentifierOwned { oid, parameters: None })
+    }
+
+    /// Identify the key type of a subjectPublicKeyInfo.
+    pub fn of_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, Error> {
+        let alg = &spki.algorithm;
+        if alg.oid == rfc5912::ID_EC_PUBLIC_KEY {
+            let curve: ObjectIdentifier = alg
+                .parameters
+                .as_ref()
+                .ok_or_else(|| Error::UnsupportedAlgorithm("EC key without named curve".into()))?
+                .decode_as()
+                .map_err(|e| Error::der("EC curve parameter", e))?;
+            match curve {
+                c if c == rfc5912::SECP_256_R_1 => Ok(Self::EcdsaP256),
+                c if c == rfc5912::SECP_384_R_1 => Ok(Self::EcdsaP384),
+                c => Err(Error::UnsupportedAlgorithm(format!("EC curve {c}"))),
+            }
+        } else if alg.oid == rfc8410::ID_ED_25519 {
+            Ok(Self::Ed25519)
+        } else if alg.oid == rfc5912::RSA_ENCRYPTION {
+            // modulus size: RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+            let bits = rsa_modulus_bits(spki.subject_public_key.raw_bytes()).unwrap_or(0);
+            Ok(Self::Rsa(bits))
+        } else {
+            Err(Error::UnsupportedAlgorithm(format!("public key algorithm {}", alg.oid)))
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EcdsaP256 => f.write_str("p256"),
+            Self::EcdsaP384 => f.write_str("p384"),
+            Self::Ed25519 => f.write_str("ed25519"),
+            Self::Rsa(bits) => write!(f, "rsa-{bits}"),
+        }
+    }
+}
+
+fn rsa_modulus_bits(pk: &[u8]) -> Option<usize> {
+    #[derive(der::Sequence)]
+    struct RsaPub<'a> {
+        modulus: der::asn1::UintRef<'a>,
+        _e: der::asn1::UintRef<'a>,
+    }
+    let k = RsaPub::from_der(pk).ok()?;
+    let m = k.modulus.as_bytes();
+    let lead = m.first().map(|b| 8 - b.leading_zeros() as usize).unwrap_or(0);
+    Some(m.len().saturating_sub(1) * 8 + lead)
+}
+
+/// A private key that can sign: a key file, an HSM object, a TPM key.
+///
+/// Signatures are returned in the form X.509 and PKCS#10 carry them: DER
+/// `ECDSA-Sig-Value` for ECDSA, the raw 64 bytes for Ed25519.
+pub trait Signer: Send + Sync {
+    /// The key's type.
+    fn key_type(&self) -> KeyType;
+    /// The public key as a DER subjectPublicKeyInfo.
+    fn public_key_der(&self) -> &[u8];
+    /// Sign `message` (hashing it as the key type's algorithm says).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
+}
+
+enum SoftInner {
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+/// A software key held in memory (aws-lc-rs), loaded from or saved to PKCS#8.
+pub struct SoftKey {
+    inner: SoftInner,
+    key_type: KeyType,
+    spki: Vec<u8>,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for SoftKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("SoftKey").field("key_type", &self.key_type).finish_non_exhaustive()
+    }
+}
+
+fn ecdsa_alg(kt: KeyType) -> Result<&'static sig::EcdsaSigningAlgorithm, Error> {
+    match kt {
+        KeyType::EcdsaP256 => Ok(&sig::ECDSA_P256_SHA256_ASN1_SIGNING),
+        KeyType::EcdsaP384 => Ok(&sig::ECDSA_P384_SHA384_ASN1_SIGNING),
+        other => Err(Error::UnsupportedAlgorithm(format!("{other} is not ECDSA"))),
+    }
+}
+
+impl SoftKey {
+    /// Generate a fresh key of type `kt`.
+    pub fn generate(kt: KeyType) -> Result<Self, Error> {
+        match kt {
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
+                let kp = EcdsaKeyPair::generate(ecdsa_alg(kt)?)
+                    .map_err(|_| Error::Key("EC key generation failed".into()))?;
+                Self::from_ecdsa(kp, kt)
+            }
+            KeyType::Ed25519 => {
+                let kp = Ed25519KeyPair::generate().map_err(|_| Error::Key("Ed25519 key generation failed".into()))?;
+                Self::from_ed25519(kp)
+            }
+            KeyType::Rsa(_) => Err(Error::UnsupportedAlgorithm("RSA key generation".into())),
+        }
+    }
+
+    fn from_ecdsa(kp: EcdsaKeyPair, kt: KeyType) -> Result<Self, Error> {
+        let curve = if kt == KeyType::EcdsaP256 { rfc5912::SECP_256_R_1 } else { rfc5912::SECP_384_R_1 };
+        let spki = spki_der(rfc5912::ID_EC_PUBLIC_KEY, Some(curve), kp.public_key().as_ref())?;
+        Ok(Self { inner: SoftInner::Ecdsa(kp), key_type: kt, spki, rng: SystemRandom::new() })
+    }
+
+    fn from_ed25519(kp: Ed25519KeyPair) -> Result<Self, Error> {
+        let spki = spki_der(rfc8410::ID_ED_25519, None, kp.public_key().as_ref())?;
+        Ok(Self { inner: SoftInner::Ed25519(kp), key_type: KeyType::Ed25519, spki, rng: SystemRandom::new() })
+    }
+
+    /// Load an unencrypted PKCS#8 (v1 or v2) private key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, Error> {
+        let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| Error::der("PKCS#8 private key", e))?;
+        let oid = info.algorithm.oid;
+        if oid == rfc8410::ID_ED_25519 {
+            let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                .map_err(|e| Error::Key(format!("Ed25519 PKCS#8: {e}")))?;
+            return Self::from_ed25519(kp);
+        }
+        if oid != rfc5912::ID_EC_PUBLIC_KEY {
+            return Err(Error::UnsupportedAlgorithm(format!("private key algorithm {oid}")));
+        }
+        let curve: ObjectIdentifier = info
+            .algorithm
+            .parameters
+            .ok_or_else(|| Error::Key("EC private key without named curve".into()))?
+            .decode_as()
+            .map_err(|e| Error::der("EC curve parameter", e))?;
+        let kt = if curve == rfc5912::SECP_256_R_1 {
+            KeyType::EcdsaP256
+        } else if curve == rfc5912::SECP_384_R_1 {
+            KeyType::EcdsaP384
+        } else {
+            return Err(Error::UnsupportedAlgorithm(format!("EC curve {curve}")));
+        };
+        let kp = EcdsaKeyPair::from_pkcs8(ecdsa_alg(kt)?, der).map_err(|e| Error::Key(format!("EC PKCS#8: {e}")))?;
+        Self::from_ecdsa(kp, kt)
+    }
+
+    /// The key as unencrypted PKCS#8 v1 DER. Handle with care: this is the secret.
+    pub fn to_pkcs8(&self) -> Result<Vec<u8>, Error> {
+        let doc = match &self.inner {
+            SoftInner::Ecdsa(kp) => kp.to_pkcs8v1(),
+            SoftInner::Ed25519(kp) => kp.to_pkcs8v1(),
+        }
+        .map_err(|_| Error::Key("PKCS#8 export failed".into()))?;
+        Ok(doc.as_ref().to_vec())
+    }
+}
+
+impl Signer for SoftKey {
+    fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    fn public_key_der(&self) -> &[u8] {
+        &self.spki
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        match &self.inner {
+            SoftInner::Ecdsa(kp) => kp
+                .sign(&self.rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| Error::Signing("ECDSA signing failed".into())),
+            SoftInner::Ed25519(kp) => Ok(kp.sign(message).as_ref().to_vec()),
+        }
+    }
+}
+
+fn spki_der(alg: ObjectIdentifier, param: Option<ObjectIdentifier>, key: &[u8]) -> Result<Vec<u8>, Error> {
+    let parameters = param.map(|p| der::Any::from(AnyRef::from(&p)));
+    let spki = SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned { oid: alg, parameters },
+        subject_public_key: BitString::from_bytes(key).map_err(|e| Error::der("public key", e))?,
+    };
+    spki.to_der().map_err(|e| Error::der("subjectPublicKeyInfo", e))
+}
+
+/// SHA-256 of a DER subjectPublicKeyInfo, hex: how the store names a key.
+pub fn spki_fingerprint(spki_der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der))
+}
+
+/// The key identifier we put in SKI/AKI: the leftmost 160 bits of the SHA-256
+/// of the subjectPublicKey bits (RFC 7093, section 2, method 1).
+pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.subject_public_key.raw_bytes());
+    d.as_ref()[..20].to_vec()
+}
+
+/// Verify `signature` over `message` by the key in `spki`, using signature algorithm `alg`.
+pub fn verify(
+    spki: &SubjectPublicKeyInfoOwned,
+    alg: &AlgorithmIdentifierOwned,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Error> {
+    let kt = KeyType::of_spki(spki)?;
+    let a = alg.oid;
+    let algorithm: &dyn sig::VerificationAlgorithm = match kt {
+        KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_256 => &sig::ECDSA_P256_SHA256_ASN1,
+        KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_384 => &sig::ECDSA_P256_SHA384_ASN1,
+        KeyType::EcdsaP384 if a == rfc5912::ECDSA_WITH_SHA_384 => &sig::ECDSA_P384_SHA384_ASN1,
+        KeyType::EcdsaP384 if a == rfc5912::ECDSA_WITH_SHA_256 => &sig::ECDSA_P384_SHA256_ASN1,
+        KeyType::Ed25519 if a == rfc8410::ID_ED_25519 => &sig::ED25519,
+        KeyType::Rsa(_) if a == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA256,
+        KeyType::Rsa(_) if a == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA384,
+        KeyType::Rsa(_) if a == rfc5912::SHA_512_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA512,
+        _ => return Err(Error::UnsupportedAlgorithm(format!("signature algorithm {a} with a {kt} key"))),
+    };
+    sig::UnparsedPublicKey::new(algorithm, spki.subject_public_key.raw_bytes())
+        .verify(message, signature)
+        .map_err(|_| Error::BadSignature { what: "message" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_round_trip_each_type() {
+        for kt in KeyType::SIGNING {
+            let k = SoftKey::generate(kt).unwrap();
+            let spki = SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
+            assert_eq!(KeyType::of_spki(&spki).unwrap(), kt);
+            let s = k.sign(b"hello").unwrap();
+            let alg = kt.signature_algorithm().unwrap();
+            verify(&spki, &alg, b"hello", &s).unwrap();
+            assert!(verify(&spki, &alg, b"hellO", &s).is_err());
+            let again = SoftKey::from_pkcs8(&k.to_pkcs8().unwrap()).unwrap();
+            assert_eq!(again.public_key_der(), k.public_key_der());
+        }
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!(KeyType::from_name("P384").unwrap(), KeyType::EcdsaP384);
+        assert!(KeyType::from_name("rsa").is_err());
+    }
+}

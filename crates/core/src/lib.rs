@@ -1,0 +1,28 @@
+//! iotpki core: the pure part of the PKI.
+//!
+//! Bytes and values in, bytes and values out: CSR parsing and proof-of-possession
+//! checks, certificate profiles and TBS building, PKCS#7 certs-only encoding,
+//! the EST wire rules (RFC 7030 as clarified by RFC 8951). No sockets, files,
+//! databases or clock: the caller passes `now` and a [`keys::Signer`].
+
+#![forbid(unsafe_code)]
+
+pub mod csr;
+mod error;
+pub mod est;
+pub mod keys;
+pub mod name;
+pub mod pem;
+pub mod pkcs7;
+pub mod profile;
+pub mod serial;
+pub mod time;
+
+pub use error::Error;
+
+/// Re-exports of the ASN.1 crates our public types come from.
+pub mod asn1 {
+    pub use der;
+    pub use spki;
+    pub use x509_cert;
+}

@@ -1,0 +1,187 @@
+//! Distinguished names: device serial numbers and the subjects we build.
+
+use std::fmt;
+
+use const_oid::db::rfc4519;
+use der::asn1::{PrintableStringRef, SetOfVec, Utf8StringRef};
+use der::{Any, Tag, Tagged};
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+
+use crate::Error;
+
+/// A device serial number: 1 to 64 characters of the PrintableString set
+/// (`A-Z a-z 0-9 ' ( ) + , - . / : = ?` and space, not at either end), as
+/// X.520 `serialNumber` requires. Parsed once, trusted after.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceSerial(String);
+
+impl DeviceSerial {
+    /// Check and wrap a device serial.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if s.is_empty() || s.len() > 64 {
+            return Err(Error::BadName(format!("device serial must be 1 to 64 characters, got {}", s.len())));
+        }
+        if s.starts_with(' ') || s.ends_with(' ') {
+            return Err(Error::BadName("device serial must not start or end with a space".into()));
+        }
+        if let Some(c) = s.chars().find(|c| !is_printable(*c)) {
+            return Err(Error::BadName(format!("device serial contains {c:?}, outside the PrintableString set")));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The serial as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceSerial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_printable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
+}
+
+fn atv(oid: const_oid::ObjectIdentifier, value: Any) -> Result<RelativeDistinguishedName, Error> {
+    let set =
+        SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }]).map_err(|e| Error::BadName(e.to_string()))?;
+    Ok(RelativeDistinguishedName(set))
+}
+
+fn utf8(s: &str) -> Result<Any, Error> {
+    if s.is_empty() || s.chars().count() > 64 {
+        return Err(Error::BadName(format!("attribute value {s:?} must be 1 to 64 characters")));
+    }
+    Ok(Any::from(Utf8StringRef::new(s).map_err(|e| Error::BadName(e.to_string()))?))
+}
+
+/// Builds a subject from the most significant RDN (country/organisation) down.
+#[derive(Default)]
+pub struct NameBuilder {
+    rdns: Vec<RelativeDistinguishedName>,
+}
+
+impl NameBuilder {
+    /// `O=` (UTF8String).
+    pub fn organization(mut self, o: &str) -> Result<Self, Error> {
+        self.rdns.push(atv(rfc4519::O, utf8(o)?)?);
+        Ok(self)
+    }
+    /// `OU=` (UTF8String).
+    pub fn organizational_unit(mut self, ou: &str) -> Result<Self, Error> {
+        self.rdns.push(atv(rfc4519::OU, utf8(ou)?)?);
+        Ok(self)
+    }
+    /// `CN=` (UTF8String).
+    pub fn common_name(mut self, cn: &str) -> Result<Self, Error> {
+        self.rdns.push(atv(rfc4519::CN, utf8(cn)?)?);
+        Ok(self)
+    }
+    /// `serialNumber=` (PrintableString, as X.520 requires).
+    pub fn serial_number(mut self, sn: &DeviceSerial) -> Result<Self, Error> {
+        let v = PrintableStringRef::new(sn.as_str()).map_err(|e| Error::BadName(e.to_string()))?;
+        self.rdns.push(atv(rfc4519::SERIAL_NUMBER, Any::from(v))?);
+        Ok(self)
+    }
+    /// The name.
+    pub fn build(self) -> Name {
+        RdnSequence(self.rdns)
+    }
+}
+
+/// The subject of a device certificate: `O=org, CN=serial, serialNumber=serial`.
+pub fn device_subject(org: &str, serial: &DeviceSerial) -> Result<Name, Error> {
+    Ok(NameBuilder::default().organization(org)?.common_name(serial.as_str())?.serial_number(serial)?.build())
+}
+
+/// The first value of attribute `oid` in `name`, if it is a string type we read.
+pub fn attribute(name: &Name, oid: const_oid::ObjectIdentifier) -> Option<String> {
+    name.0.iter().flat_map(|rdn| rdn.0.iter()).find(|a| a.oid == oid).and_then(|a| any_string(&a.value))
+}
+
+fn any_string(v: &Any) -> Option<String> {
+    match v.tag() {
+        Tag::PrintableString | Tag::Utf8String | Tag::Ia5String => {
+            std::str::from_utf8(v.value()).ok().map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// Every `serialNumber` value in `name` (a well-formed device subject has exactly one).
+pub fn serial_numbers(name: &Name) -> Vec<String> {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|a| a.oid == rfc4519::SERIAL_NUMBER)
+        .filter_map(|a| any_string(&a.value))
+        .collect()
+}
+
+/// True when `a` and `b` name the same subject: the same RDNs in the same
+/// order, each with the same attribute types and the same string values,
+/// whatever string type encodes them (PrintableString or UTF8String; RFC 5280
+/// section 7.1 asks for comparison after string preparation, and a client
+/// such as OpenSSL may pick another string type than we did). Values are
+/// compared exactly otherwise: stricter than caseIgnoreMatch, never looser.
+pub fn equivalent(a: &Name, b: &Name) -> bool {
+    fn canon(n: &Name) -> Option<Vec<Vec<(const_oid::ObjectIdentifier, String)>>> {
+        n.0.iter()
+            .map(|rdn| {
+                let mut v: Vec<_> =
+                    rdn.0.iter().map(|atv| any_string(&atv.value).map(|s| (atv.oid, s))).collect::<Option<_>>()?;
+                v.sort();
+                Some(v)
+            })
+            .collect()
+    }
+    a == b || matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_rules() {
+        assert!(DeviceSerial::parse("SN-0001/a:b").is_ok());
+        assert!(DeviceSerial::parse("").is_err());
+        assert!(DeviceSerial::parse(" x").is_err());
+        assert!(DeviceSerial::parse("a_b").is_err());
+        assert!(DeviceSerial::parse("é").is_err());
+        assert!(DeviceSerial::parse(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn device_subject_carries_serial() {
+        let sn = DeviceSerial::parse("SN42").unwrap();
+        let n = device_subject("Acme", &sn).unwrap();
+        assert_eq!(serial_numbers(&n), vec!["SN42".to_string()]);
+        assert_eq!(attribute(&n, rfc4519::CN).as_deref(), Some("SN42"));
+        assert_eq!(n.to_string(), "SERIALNUMBER=SN42,CN=SN42,O=Acme");
+    }
+
+    #[test]
+    fn equivalence_ignores_string_type_only() {
+        let sn = DeviceSerial::parse("SN42").unwrap();
+        let a = device_subject("Acme", &sn).unwrap();
+        // Same values, but O as PrintableString.
+        let o = Any::from(PrintableStringRef::new("Acme").unwrap());
+        let mut b = a.clone();
+        b.0[0] = atv(rfc4519::O, o).unwrap();
+        assert_ne!(a, b);
+        assert!(equivalent(&a, &b));
+        let c = device_subject("Acme", &DeviceSerial::parse("SN43").unwrap()).unwrap();
+        assert!(!equivalent(&a, &c));
+        let d = device_subject("acme", &sn).unwrap();
+        assert!(!equivalent(&a, &d));
+        let mut reordered = a.clone();
+        reordered.0.reverse();
+        assert!(!equivalent(&a, &reordered));
+    }
+}

@@ -1,0 +1,364 @@
+//! Certificate profiles and issuance: which extensions each kind of
+//! certificate carries, and the signing of the TBS structure.
+//!
+//! | profile     | basicConstraints        | keyUsage (critical)        | extKeyUsage |
+//! |-------------|-------------------------|----------------------------|-------------|
+//! | root        | critical, CA            | keyCertSign, cRLSign       | -           |
+//! | issuing CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign       | -           |
+//! | device      | critical, not CA        | digitalSignature           | clientAuth  |
+//! | server      | critical, not CA        | digitalSignature           | serverAuth  |
+//!
+//! Every certificate carries subjectKeyIdentifier and authorityKeyIdentifier
+//! (RFC 7093 method 1 key identifiers). notAfter is clamped to the issuer's.
+
+use std::net::IpAddr;
+
+use const_oid::db::rfc5280;
+use const_oid::AssociatedOid;
+use der::asn1::{BitString, Ia5String, OctetString};
+use der::{Decode, Encode};
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
+};
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Validity;
+
+use crate::keys::{self, Signer};
+use crate::time::x509_time;
+use crate::Error;
+
+/// The kinds of certificate we issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// Self-signed root CA.
+    Root,
+    /// An issuing CA under the root (manufacturing, operational).
+    IssuingCa,
+    /// A device identity (IDevID or LDevID): TLS client.
+    Device,
+    /// A TLS server.
+    Server,
+}
+
+impl Profile {
+    /// The profile's name as stored.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::IssuingCa => "issuing-ca",
+            Self::Device => "device",
+            Self::Server => "server",
+        }
+    }
+
+    fn is_ca(self) -> bool {
+        matches!(self, Self::Root | Self::IssuingCa)
+    }
+}
+
+/// The CA that signs: its name, key identifier, validity end and key.
+pub struct Issuer<'a> {
+    /// The issuer's subject (becomes the certificate's issuer).
+    pub subject: &'a Name,
+    /// The issuer's subjectKeyIdentifier (becomes the authorityKeyIdentifier).
+    pub key_id: &'a [u8],
+    /// The issuer's notAfter: nothing it signs outlives it.
+    pub not_after: i64,
+    /// The issuer's signing key.
+    pub signer: &'a dyn Signer,
+}
+
+/// What varies between two certificates of one profile.
+#[derive(Clone, Debug)]
+pub struct CertParams {
+    /// The profile.
+    pub profile: Profile,
+    /// The serial number (see [`crate::serial`]).
+    pub serial: SerialNumber,
+    /// The subject.
+    pub subject: Name,
+    /// The subject's public key.
+    pub spki: SubjectPublicKeyInfoOwned,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds (clamped to the issuer's).
+    pub not_after: i64,
+    /// DNS names for the subjectAltName.
+    pub dns_names: Vec<String>,
+    /// IP addresses for the subjectAltName.
+    pub ip_addrs: Vec<IpAddr>,
+}
+
+/// A signed certificate and the facts the store records about it.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// notBefore as encoded.
+    pub not_before: i64,
+    /// notAfter as encoded (after clamping).
+    pub not_after: i64,
+}
+
+fn ext<T: Encode + AssociatedOid>(value: &T, critical: bool) -> Result<Extension, Error> {
+    let bytes = value.to_der().map_err(|e| Error::der("extension", e))?;
+    Ok(Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: OctetString::new(bytes).map_err(|e| Error::der("extension", e))?,
+    })
+}
+
+/// The extensions `params.profile` asks for.
+fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension>, Error> {
+    let p = params.profile;
+    let mut out = Vec::with_capacity(6);
+    let bc = match p {
+        Profile::Root => BasicConstraints { ca: true, path_len_constraint: None },
+        Profile::IssuingCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
+        Profile::Device | Profile::Server => BasicConstraints { ca: false, path_len_constraint: None },
+    };
+    out.push(ext(&bc, true)?);
+    let ku = if p.is_ca() {
+        KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
+    } else {
+        KeyUsage(KeyUsages::DigitalSignature.into())
+    };
+    out.push(ext(&ku, true)?);
+    match p {
+        Profile::Device => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]), false)?),
+        Profile::Server => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH]), false)?),
+        Profile::Root | Profile::IssuingCa => {}
+    }
+    let ski = keys::key_identifier(&params.spki);
+    out.push(ext(&SubjectKeyIdentifier(OctetString::new(ski).map_err(|e| Error::der("SKI", e))?), false)?);
+    let aki = AuthorityKeyIdentifier {
+        key_identifier: Some(OctetString::new(issuer_key_id).map_err(|e| Error::der("AKI", e))?),
+        authority_cert_issuer: None,
+        authority_cert_serial_number: None,
+    };
+    out.push(ext(&aki, false)?);
+    let mut names = Vec::new();
+    for d in &params.dns_names {
+        names
+            .push(GeneralName::DnsName(Ia5String::new(d).map_err(|e| Error::BadName(format!("DNS name {d:?}: {e}")))?));
+    }
+    for ip in &params.ip_addrs {
+        let bytes = match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        names.push(GeneralName::IpAddress(OctetString::new(bytes).map_err(|e| Error::der("IP SAN", e))?));
+    }
+    if !names.is_empty() {
+        // The subject is never empty in our profiles, so the SAN is not critical (RFC 5280 4.2.1.6).
+        out.push(ext(&SubjectAltName(names), false)?);
+    }
+    Ok(out)
+}
+
+/// Check the TBS against the rules of RFC 5280 that our profiles rely on,
+/// before anything is signed. A failure here is a bug or a bad profile, never
+/// a certificate.
+fn lint(tbs: &TbsCertificate, profile: Profile) -> Result<(), Error> {
+    let sn = tbs.serial_number.as_bytes();
+    if sn.is_empty() || sn.len() > 20 || sn[0] & 0x80 != 0 {
+        return Err(Error::Profile("serial number must be positive and at most 20 octets".into()));
+    }
+    let nb = crate::time::unix(&tbs.validity.not_before);
+    let na = crate::time::unix(&tbs.validity.not_after);
+    if nb >= na {
+        return Err(Error::Profile(format!("notBefore {nb} is not before notAfter {na}")));
+    }
+    if tbs.subject.0.is_empty() {
+        return Err(Error::Profile("empty subject".into()));
+    }
+    let exts = tbs.extensions.as_deref().unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    for e in exts {
+        if !seen.insert(e.extn_id) {
+            return Err(Error::Profile(format!("extension {} appears twice", e.extn_id)));
+        }
+    }
+    let ku =
+        exts.iter().find(|e| e.extn_id == KeyUsage::OID).ok_or_else(|| Error::Profile("keyUsage missing".into()))?;
+    if !ku.critical {
+        return Err(Error::Profile("keyUsage must be critical".into()));
+    }
+    let ku = KeyUsage::from_der(ku.extn_value.as_bytes()).map_err(|e| Error::der("keyUsage", e))?;
+    if profile.is_ca() != ku.key_cert_sign() {
+        return Err(Error::Profile("keyCertSign must be set exactly on CA certificates".into()));
+    }
+    for oid in [SubjectKeyIdentifier::OID, AuthorityKeyIdentifier::OID, BasicConstraints::OID] {
+        if !seen.contains(&oid) {
+            return Err(Error::Profile(format!("extension {oid} missing")));
+        }
+    }
+    Ok(())
+}
+
+/// Build, lint and sign a certificate.
+pub fn issue(params: &CertParams, issuer: &Issuer<'_>) -> Result<Issued, Error> {
+    let not_after = params.not_after.min(issuer.not_after);
+    let signature = issuer.signer.key_type().signature_algorithm()?;
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: params.serial.clone(),
+        signature: signature.clone(),
+        issuer: issuer.subject.clone(),
+        validity: Validity { not_before: x509_time(params.not_before)?, not_after: x509_time(not_after)? },
+        subject: params.subject.clone(),
+        subject_public_key_info: params.spki.clone(),
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions(params, issuer.key_id)?),
+    };
+    lint(&tbs, params.profile)?;
+    let tbs_der = tbs.to_der().map_err(|e| Error::der("TBS certificate", e))?;
+    let sig = issuer.signer.sign(&tbs_der)?;
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: signature,
+        signature: BitString::from_bytes(&sig).map_err(|e| Error::der("signature", e))?,
+    };
+    let der = cert.to_der().map_err(|e| Error::der("certificate", e))?;
+    Ok(Issued { der, not_before: params.not_before, not_after })
+}
+
+/// Facts about a certificate that callers need often.
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    /// The parsed certificate.
+    pub cert: Certificate,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// subjectKeyIdentifier, if present.
+    pub ski: Option<Vec<u8>>,
+    /// SHA-256 of the subjectPublicKeyInfo, hex.
+    pub spki_sha256: String,
+}
+
+/// Parse a DER certificate and pull out what the authority and agent use.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, Error> {
+    let cert = Certificate::from_der(der).map_err(|e| Error::der("certificate", e))?;
+    let tbs = &cert.tbs_certificate;
+    let spki_der = tbs.subject_public_key_info.to_der().map_err(|e| Error::der("public key", e))?;
+    let ski = tbs
+        .extensions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.extn_id == SubjectKeyIdentifier::OID)
+        .and_then(|e| SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
+        .map(|s| s.0.as_bytes().to_vec());
+    Ok(CertInfo {
+        serial: crate::serial::serial_hex(&tbs.serial_number),
+        not_before: crate::time::unix(&tbs.validity.not_before),
+        not_after: crate::time::unix(&tbs.validity.not_after),
+        ski,
+        spki_sha256: keys::spki_fingerprint(&spki_der),
+        cert,
+    })
+}
+
+/// The subjectAltName of a certificate, if it has one.
+pub fn subject_alt_name(cert: &Certificate) -> Result<Option<SubjectAltName>, Error> {
+    match cert
+        .tbs_certificate
+        .extensions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.extn_id == SubjectAltName::OID)
+    {
+        Some(e) => {
+            SubjectAltName::from_der(e.extn_value.as_bytes()).map(Some).map_err(|e| Error::der("subjectAltName", e))
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyType, SoftKey};
+    use crate::name::NameBuilder;
+    use crate::serial::system_random_serial;
+
+    fn spki_of(k: &SoftKey) -> SubjectPublicKeyInfoOwned {
+        SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap()
+    }
+
+    #[test]
+    fn root_then_device_chain_verifies_and_clamps() {
+        let root_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let root_name = NameBuilder::default().organization("Acme").unwrap().common_name("Acme Root").unwrap().build();
+        let root_spki = spki_of(&root_key);
+        let root_kid = keys::key_identifier(&root_spki);
+        let issuer = Issuer { subject: &root_name, key_id: &root_kid, not_after: 2_000_000_000, signer: &root_key };
+        let root = issue(
+            &CertParams {
+                profile: Profile::Root,
+                serial: system_random_serial().unwrap().0,
+                subject: root_name.clone(),
+                spki: root_spki.clone(),
+                not_before: 1_700_000_000,
+                not_after: 2_000_000_000,
+                dns_names: vec![],
+                ip_addrs: vec![],
+            },
+            &issuer,
+        )
+        .unwrap();
+        let dev_key = SoftKey::generate(KeyType::Ed25519).unwrap();
+        let dev = issue(
+            &CertParams {
+                profile: Profile::Device,
+                serial: system_random_serial().unwrap().0,
+                subject: NameBuilder::default().common_name("dev").unwrap().build(),
+                spki: spki_of(&dev_key),
+                not_before: 1_700_000_000,
+                not_after: 3_000_000_000,
+                dns_names: vec![],
+                ip_addrs: vec![],
+            },
+            &issuer,
+        )
+        .unwrap();
+        assert_eq!(dev.not_after, 2_000_000_000, "clamped to the issuer");
+        let info = cert_info(&dev.der).unwrap();
+        assert_eq!(info.not_after, 2_000_000_000);
+        let tbs = info.cert.tbs_certificate.to_der().unwrap();
+        keys::verify(&root_spki, &info.cert.signature_algorithm, &tbs, info.cert.signature.raw_bytes()).unwrap();
+        assert_eq!(cert_info(&root.der).unwrap().ski.unwrap(), root_kid);
+    }
+
+    #[test]
+    fn lint_refuses_inverted_validity() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let n = NameBuilder::default().common_name("x").unwrap().build();
+        let kid = keys::key_identifier(&spki_of(&k));
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let params = CertParams {
+            profile: Profile::Device,
+            serial: system_random_serial().unwrap().0,
+            subject: n.clone(),
+            spki: spki_of(&k),
+            not_before: 2_100_000_000,
+            not_after: 2_200_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+        };
+        assert!(matches!(issue(&params, &issuer), Err(Error::Profile(_))));
+    }
+}

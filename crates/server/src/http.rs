@@ -1,0 +1,252 @@
+//! EST over HTTP/1.1: routes, the one place errors become responses, and the
+//! per-connection plumbing that hands the TLS client chain to handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::Engine as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use iotpki_authority::{Authority, AuthorityError, Credential};
+use iotpki_core::est;
+use rustls::pki_types::CertificateDer;
+use tower::ServiceExt as _;
+
+use crate::Limits;
+
+/// The TLS client certificate chain of the connection a request came on.
+#[derive(Clone, Default)]
+struct PeerChain(Arc<Vec<CertificateDer<'static>>>);
+
+/// Every error answer: status, and one line of plain text for the client.
+struct ApiError(AuthorityError);
+
+impl From<AuthorityError> for ApiError {
+    fn from(e: AuthorityError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "request failed");
+        } else {
+            tracing::info!(status = status.as_u16(), reason = %self.0, "request refused");
+        }
+        let mut resp = (status, format!("{}\n", self.0.public_message())).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"iotpki EST\""));
+        }
+        resp
+    }
+}
+
+fn base64_answer(content_type: &'static str, der: &[u8]) -> Response {
+    let mut r = est::encode_body(der).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert("content-transfer-encoding", HeaderValue::from_static("base64"));
+    r
+}
+
+/// The EST routes, with and without a label.
+pub fn router(authority: Arc<Authority>) -> Router {
+    Router::new()
+        .route("/.well-known/est/cacerts", get(|s: State<Arc<Authority>>| cacerts(s, None)))
+        .route(
+            "/.well-known/est/{label}/cacerts",
+            get(|s: State<Arc<Authority>>, Path(l): Path<String>| cacerts(s, Some(l))),
+        )
+        .route("/.well-known/est/csrattrs", get(|s: State<Arc<Authority>>| csrattrs(s, None)))
+        .route(
+            "/.well-known/est/{label}/csrattrs",
+            get(|s: State<Arc<Authority>>, Path(l): Path<String>| csrattrs(s, Some(l))),
+        )
+        .route(
+            "/.well-known/est/simpleenroll",
+            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
+                enroll(s, p, h, b, None, Op::Enroll)
+            }),
+        )
+        .route(
+            "/.well-known/est/{label}/simpleenroll",
+            post(|s: State<Arc<Authority>>, Path(l): Path<String>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
+                enroll(s, p, h, b, Some(l), Op::Enroll)
+            }),
+        )
+        .route(
+            "/.well-known/est/simplereenroll",
+            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
+                enroll(s, p, h, b, None, Op::Reenroll)
+            }),
+        )
+        .route(
+            "/.well-known/est/{label}/simplereenroll",
+            post(|s: State<Arc<Authority>>, Path(l): Path<String>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
+                enroll(s, p, h, b, Some(l), Op::Reenroll)
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(est::MAX_BODY))
+        .with_state(authority)
+}
+
+async fn cacerts(State(a): State<Arc<Authority>>, label: Option<String>) -> Result<Response, ApiError> {
+    Ok(base64_answer(est::CT_PKCS7, a.cacerts(label.as_deref())?))
+}
+
+async fn csrattrs(State(a): State<Arc<Authority>>, label: Option<String>) -> Result<Response, ApiError> {
+    Ok(base64_answer(est::CT_CSRATTRS, &a.csr_attrs(label.as_deref())?))
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Enroll,
+    Reenroll,
+}
+
+/// HTTP Basic credentials, if the header is there and well-formed.
+fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthorityError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let bad = || AuthorityError::Unauthorized("malformed Authorization header (expected Basic)".into());
+    let v = v.to_str().map_err(|_| bad())?;
+    let (scheme, rest) = v.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthorityError::Unauthorized(format!("authorization scheme {scheme} is not supported; use Basic")));
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (u, p) = text.split_once(':').ok_or_else(bad)?;
+    Ok(Some((u.to_string(), p.to_string())))
+}
+
+async fn enroll(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    headers: HeaderMap,
+    body: Bytes,
+    label: Option<String>,
+    op: Op,
+) -> Result<Response, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let mime = ct.split(';').next().unwrap_or_default().trim();
+        if !mime.eq_ignore_ascii_case(est::CT_PKCS10) {
+            let msg = format!("Content-Type must be {} (got {ct})\n", est::CT_PKCS10);
+            tracing::info!(status = 415, reason = %msg.trim_end(), "request refused");
+            return Ok((StatusCode::UNSUPPORTED_MEDIA_TYPE, msg).into_response());
+        }
+    }
+    let basic = basic_auth(&headers)?;
+    // Signing and the durable store write block: keep them off the async workers.
+    let enrolled = tokio::task::spawn_blocking(move || {
+        let cred = match (&basic, peer.0.is_empty()) {
+            (Some((u, p)), _) => Credential::Token { user: u, password: p },
+            (None, false) => Credential::ClientCert(&peer.0),
+            (None, true) => Credential::None,
+        };
+        match op {
+            Op::Enroll => a.simple_enroll(label.as_deref(), cred, &body),
+            Op::Reenroll => {
+                // Re-enrollment is by certificate only, even if a token is sent too.
+                let cred = if peer.0.is_empty() { Credential::None } else { Credential::ClientCert(&peer.0) };
+                a.simple_reenroll(label.as_deref(), cred, &body)
+            }
+        }
+    })
+    .await
+    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
+}
+
+/// Run one TLS connection: handshake (bounded in time), then HTTP/1.1 with
+/// the peer's chain attached to every request.
+pub(crate) async fn serve_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: &Limits,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| format!("TLS handshake from {peer} timed out"))??;
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let peer_chain = PeerChain(Arc::new(chain));
+    let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer_chain.clone());
+        req
+    });
+    let svc = hyper_util::service::TowerToHyperService::new(svc);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.serve_connection(TokioIo::new(tls), svc).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use iotpki_authority::clock::SystemClock;
+    use iotpki_authority::Passphrase;
+
+    /// The router without a socket (tower `oneshot`), with a real authority behind it.
+    async fn call(app: Router, req: axum::http::Request<Body>) -> (StatusCode, String) {
+        let mut req = req;
+        req.extensions_mut().insert(PeerChain::default());
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn authority() -> (tempfile::TempDir, Arc<Authority>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let pass = Passphrase::new("server unit test passphrase".into()).unwrap();
+        iotpki_authority::init::init(&dir, &Default::default(), &pass, &SystemClock).unwrap();
+        let a = Arc::new(Authority::open(&dir, &pass, Arc::new(SystemClock)).unwrap());
+        (tmp, a)
+    }
+
+    fn post(path: &str, ct: &str, body: Vec<u8>) -> axum::http::Request<Body> {
+        axum::http::Request::post(path).header(header::CONTENT_TYPE, ct).body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn limits_and_content_types_without_a_socket() {
+        let (_tmp, a) = authority();
+        let before = a.store().count_certificates().unwrap();
+        let app = router(a.clone());
+        let big = vec![b'A'; est::MAX_BODY + 1];
+        let (s, _) = call(app.clone(), post("/.well-known/est/simpleenroll", est::CT_PKCS10, big)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        let (s, b) = call(app.clone(), post("/.well-known/est/simpleenroll", "application/json", b"{}".to_vec())).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(b.contains("application/pkcs10"), "{b}");
+        let (s, b) = call(app.clone(), post("/.well-known/est/simpleenroll", est::CT_PKCS10, b"AAAA".to_vec())).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(b.lines().count(), 1);
+        let (s, _) =
+            call(app.clone(), axum::http::Request::get("/.well-known/est/cacerts").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(app.clone(), axum::http::Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(a.store().count_certificates().unwrap(), before);
+    }
+}

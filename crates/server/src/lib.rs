@@ -1,0 +1,113 @@
+//! iotpki server: EST (RFC 7030) over TLS 1.3.
+//!
+//! The server only translates HTTP into [`Authority`] calls and back. TLS is
+//! 1.3 only. Client certificates are *optional* at the TLS layer and judged
+//! per request by the authority:
+//!
+//! - At the handshake, rustls checks the client's CertificateVerify signature
+//!   against the leaf's public key (proof of possession). The chain itself is
+//!   not judged there, so that a certificate from an unknown CA, an expired
+//!   or a revoked one gets an HTTP 403 with a reason instead of a bare TLS alert.
+//! - Endpoints that need a certificate ([`Authority::simple_reenroll`]) then
+//!   run full path validation to our root and check the store's record.
+
+#![forbid(unsafe_code)]
+
+mod http;
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iotpki_authority::Authority;
+use tokio::net::TcpListener;
+
+pub use http::router;
+pub use tls::server_config;
+
+/// Limits on connections.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Request headers must arrive within this.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { handshake_timeout: Duration::from_secs(10), header_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Serve EST on `listener` until `shutdown` completes.
+pub async fn serve(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let tls = server_config(&authority).map_err(std::io::Error::other)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(authority);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve_connection(acceptor, tcp, peer, app, &limits).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A server running in the background of this process (demo, tests).
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Start serving on `addr` (port 0 picks a free port).
+    pub async fn start(authority: Arc<Authority>, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(authority, listener, Limits::default(), async move {
+            let _ = rx.await;
+        }));
+        Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    /// The base URL, `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stop accepting and wait for the accept loop to end.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.map_err(std::io::Error::other)?
+    }
+}

@@ -1,0 +1,215 @@
+//! The store's contract as executable checks, independent of the backend:
+//! every implementation of [`Store`] runs [`run_all`] in its tests.
+//! Each check panics with a message naming what broke.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{AuditEvent, CertQuery, CertRecord, CertStatus, Issuance, Precondition, Store, StoreError, TokenRecord};
+
+static UNIQUE: AtomicU64 = AtomicU64::new(1);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}{:08x}", UNIQUE.fetch_add(1, Ordering::SeqCst), std::process::id())
+}
+
+/// A certificate record with a fresh serial.
+pub fn cert(device: &str) -> CertRecord {
+    CertRecord {
+        serial: unique("5e"),
+        ca: "operational".into(),
+        profile: "device".into(),
+        subject: format!("CN={device}"),
+        device_serial: Some(device.into()),
+        not_before: 1_000,
+        not_after: 2_000,
+        issued_at: 1_000,
+        spki_sha256: unique("ab"),
+        replaces: None,
+        status: CertStatus::Good,
+        der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
+    }
+}
+
+fn event(action: &str, target: &str) -> AuditEvent {
+    AuditEvent { at: 1_000, actor: "test".into(), action: action.into(), target: target.into(), detail: String::new() }
+}
+
+fn issuance(c: CertRecord, pre: Vec<Precondition>) -> Issuance {
+    let target = c.serial.clone();
+    Issuance { cert: c, preconditions: pre, audit: event("issue", &target) }
+}
+
+fn new_token(store: &dyn Store, device: &str, expires_at: i64) -> String {
+    let h = unique("70");
+    let t = TokenRecord {
+        token_hash: h.clone(),
+        device_serial: device.into(),
+        created_at: 1_000,
+        expires_at,
+        used_at: None,
+    };
+    store.create_token(t, event("token.create", device)).expect("create token");
+    h
+}
+
+fn consume(h: &str, device: &str, now: i64) -> Precondition {
+    Precondition::ConsumeToken { token_hash: h.into(), device_serial: device.into(), now }
+}
+
+fn audit_len(store: &dyn Store) -> u64 {
+    store.verify_audit().expect("audit chain verifies").entries
+}
+
+/// Run every check.
+pub fn run_all(store: &(dyn Store + 'static)) {
+    issuance_round_trip(store);
+    duplicate_serial_writes_nothing(store);
+    token_refusals_write_nothing(store);
+    token_works_once(store);
+    cert_is_good(store);
+    listing_filters(store);
+    concurrent_token_race(store);
+    concurrent_issuance(store);
+    store.verify_audit().expect("audit chain verifies at the end");
+}
+
+/// What goes in comes out, and the audit chain grows by one.
+pub fn issuance_round_trip(store: &dyn Store) {
+    let before = audit_len(store);
+    let c = cert("RT-1");
+    store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    assert_eq!(store.certificate(&c.serial).expect("read"), Some(c.clone()), "record read back identical");
+    assert_eq!(audit_len(store), before + 1, "one audit entry per issuance");
+    let last = store.audit_entries(before + 1, 10).expect("entries");
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].event.target, c.serial);
+}
+
+/// A duplicate serial is refused by constraint; the token it would have consumed is not consumed.
+pub fn duplicate_serial_writes_nothing(store: &dyn Store) {
+    let c = cert("DUP-1");
+    store.record_issuance(issuance(c.clone(), vec![])).expect("first");
+    let h = new_token(store, "DUP-1", 5_000);
+    let (count, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let mut again = cert("DUP-1");
+    again.serial = c.serial.clone();
+    let err = store.record_issuance(issuance(again, vec![consume(&h, "DUP-1", 1_500)])).expect_err("duplicate");
+    assert_eq!(err, StoreError::DuplicateSerial { serial: c.serial.clone() });
+    assert_eq!(store.count_certificates().expect("count"), count, "nothing inserted");
+    assert_eq!(audit_len(store), audit, "no audit entry for the rolled-back issuance");
+    assert_eq!(store.token(&h).expect("token").expect("exists").used_at, None, "token not consumed");
+}
+
+/// Unknown, wrong-serial, used and expired tokens: refused, nothing written.
+pub fn token_refusals_write_nothing(store: &dyn Store) {
+    let h = new_token(store, "TK-1", 2_000);
+    let cases = [
+        (consume("no-such-token", "TK-1", 1_500), StoreError::TokenUnknown),
+        (consume(&h, "TK-2", 1_500), StoreError::TokenWrongSerial),
+        (consume(&h, "TK-1", 2_000), StoreError::TokenExpired { expires_at: 2_000 }),
+    ];
+    for (pre, want) in cases {
+        let (count, audit) = (store.count_certificates().expect("count"), audit_len(store));
+        let err = store.record_issuance(issuance(cert("TK-1"), vec![pre])).expect_err("refused");
+        assert_eq!(err, want);
+        assert_eq!(store.count_certificates().expect("count"), count, "{want}: nothing inserted");
+        assert_eq!(audit_len(store), audit, "{want}: no audit entry");
+        assert_eq!(store.token(&h).expect("token").expect("exists").used_at, None, "{want}: token unconsumed");
+    }
+    let t = TokenRecord {
+        token_hash: h.clone(),
+        device_serial: "TK-1".into(),
+        created_at: 1,
+        expires_at: 2,
+        used_at: None,
+    };
+    assert_eq!(store.create_token(t, event("token.create", "TK-1")), Err(StoreError::TokenExists));
+}
+
+/// A token works exactly once.
+pub fn token_works_once(store: &dyn Store) {
+    let h = new_token(store, "ONCE-1", 5_000);
+    store.record_issuance(issuance(cert("ONCE-1"), vec![consume(&h, "ONCE-1", 1_500)])).expect("first use");
+    assert_eq!(store.token(&h).expect("token").expect("exists").used_at, Some(1_500));
+    let err = store.record_issuance(issuance(cert("ONCE-1"), vec![consume(&h, "ONCE-1", 1_600)])).expect_err("reuse");
+    assert_eq!(err, StoreError::TokenUsed { used_at: 1_500 });
+}
+
+/// Renewal guard: the replaced certificate must exist and be good.
+pub fn cert_is_good(store: &dyn Store) {
+    let good = cert("CG-1");
+    store.record_issuance(issuance(good.clone(), vec![])).expect("good");
+    let mut revoked = cert("CG-1");
+    revoked.status = CertStatus::Revoked { at: 1_200, reason: 1 };
+    store.record_issuance(issuance(revoked.clone(), vec![])).expect("revoked");
+    assert_eq!(store.certificate(&revoked.serial).expect("read").expect("there").status, revoked.status);
+    let guard = |s: &str| vec![Precondition::CertIsGood { serial: s.into() }];
+    store.record_issuance(issuance(cert("CG-1"), guard(&good.serial))).expect("renewal of a good cert");
+    assert_eq!(
+        store.record_issuance(issuance(cert("CG-1"), guard("00"))),
+        Err(StoreError::CertUnknown { serial: "00".into() })
+    );
+    assert_eq!(
+        store.record_issuance(issuance(cert("CG-1"), guard(&revoked.serial))),
+        Err(StoreError::CertRevoked { serial: revoked.serial.clone() })
+    );
+}
+
+/// Filters and limits.
+pub fn listing_filters(store: &dyn Store) {
+    let dev = unique("LS-");
+    for i in 0..3 {
+        let mut c = cert(&dev);
+        c.issued_at = 10_000 + i;
+        c.not_after = 20_000 + i * 100;
+        c.ca = if i == 2 { "manufacturing".into() } else { "operational".into() };
+        store.record_issuance(issuance(c, vec![])).expect("issue");
+    }
+    let q = |ca: Option<&str>, exp: Option<i64>, limit: Option<u32>| CertQuery {
+        device_serial: Some(dev.clone()),
+        ca: ca.map(str::to_string),
+        expiring_before: exp,
+        limit,
+    };
+    let all = store.list_certificates(&q(None, None, None)).expect("list");
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].issued_at >= w[1].issued_at), "newest first");
+    assert_eq!(store.list_certificates(&q(Some("manufacturing"), None, None)).expect("list").len(), 1);
+    assert_eq!(store.list_certificates(&q(None, Some(20_100), None)).expect("list").len(), 2);
+    assert_eq!(store.list_certificates(&q(None, None, Some(1))).expect("list").len(), 1);
+}
+
+/// 16 threads race for one token: exactly one wins.
+pub fn concurrent_token_race(store: &(dyn Store + 'static)) {
+    let h = new_token(store, "RACE-1", 5_000);
+    let before = store.count_certificates().expect("count");
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                let h = h.clone();
+                s.spawn(move || store.record_issuance(issuance(cert("RACE-1"), vec![consume(&h, "RACE-1", 1_500)])))
+            })
+            .collect();
+        hs.into_iter().map(|j| j.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "exactly one winner: {results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::TokenUsed { .. }))), "{results:?}");
+    assert_eq!(store.count_certificates().expect("count"), before + 1);
+}
+
+/// 8 threads x 200 issuances: all recorded, the chain has exactly that many more entries.
+pub fn concurrent_issuance(store: &(dyn Store + 'static)) {
+    let before = store.count_certificates().expect("count");
+    let audit = audit_len(store);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            s.spawn(move || {
+                for _ in 0..200 {
+                    store.record_issuance(issuance(cert(&format!("CC-{t}")), vec![])).expect("issue");
+                }
+            });
+        }
+    });
+    assert_eq!(store.count_certificates().expect("count"), before + 1600);
+    assert_eq!(audit_len(store), audit + 1600, "one entry each, no gaps");
+}

@@ -1,0 +1,164 @@
+//! iotpki store: the authority's durable state behind one interface.
+//!
+//! The store holds issued certificates, one-time enrollment tokens and the
+//! hash-chained audit log. It knows nothing of X.509: the authority hands it
+//! plain records. Every write that the authority relies on (an issuance, a
+//! token) is committed durably (fsync) before the call returns.
+//!
+//! Writes go through [`Store::record_issuance`] and friends with explicit
+//! [`Precondition`]s that the store checks *inside* the same transaction as the
+//! insert, so that concurrent requests (threads or processes) cannot both
+//! consume one token or both pass a check that only one may pass.
+//!
+//! The embedded default is [`sqlite::SqliteStore`].
+
+#![forbid(unsafe_code)]
+
+mod audit;
+mod error;
+pub mod sqlite;
+
+#[doc(hidden)]
+pub mod conformance;
+
+pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
+pub use error::StoreError;
+
+/// Seconds since the Unix epoch (UTC).
+pub type UnixTime = i64;
+
+/// Revocation state of a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertStatus {
+    /// Not revoked.
+    Good,
+    /// Revoked at `at` with the RFC 5280 CRLReason code `reason`.
+    Revoked {
+        /// When the revocation was recorded.
+        at: UnixTime,
+        /// RFC 5280 CRLReason code (0 = unspecified).
+        reason: u8,
+    },
+}
+
+/// One issued certificate, as recorded before it is returned to anyone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertRecord {
+    /// Serial number: lowercase hex of the DER INTEGER content bytes.
+    pub serial: String,
+    /// Name of the issuing CA (for example `manufacturing`, `operational`).
+    pub ca: String,
+    /// Name of the certificate profile (for example `device`, `server`).
+    pub profile: String,
+    /// Subject distinguished name, RFC 4514 string form.
+    pub subject: String,
+    /// The device serial number from the subject, when the certificate is a device's.
+    pub device_serial: Option<String>,
+    /// notBefore, Unix seconds.
+    pub not_before: UnixTime,
+    /// notAfter, Unix seconds.
+    pub not_after: UnixTime,
+    /// When the authority issued it, Unix seconds.
+    pub issued_at: UnixTime,
+    /// Lowercase hex SHA-256 of the subjectPublicKeyInfo DER.
+    pub spki_sha256: String,
+    /// Serial of the certificate this one renews, if any.
+    pub replaces: Option<String>,
+    /// Revocation state.
+    pub status: CertStatus,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+/// A one-time enrollment token. Only the token's SHA-256 is ever stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Lowercase hex SHA-256 of the token secret.
+    pub token_hash: String,
+    /// The device serial the token is bound to.
+    pub device_serial: String,
+    /// When it was created, Unix seconds.
+    pub created_at: UnixTime,
+    /// When it stops working, Unix seconds.
+    pub expires_at: UnixTime,
+    /// When it was used, if it was.
+    pub used_at: Option<UnixTime>,
+}
+
+/// A condition that must hold, checked in the same transaction as the write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Consume a one-time token: it must exist, be bound to `device_serial`,
+    /// be unused and not expired at `now`. It is marked used by the write.
+    ConsumeToken {
+        /// Lowercase hex SHA-256 of the token.
+        token_hash: String,
+        /// The serial the request claims.
+        device_serial: String,
+        /// The authority's clock.
+        now: UnixTime,
+    },
+    /// The certificate `serial` must be recorded and not revoked (re-enrollment).
+    CertIsGood {
+        /// Serial (lowercase hex) of the certificate.
+        serial: String,
+    },
+}
+
+/// A certificate to record, with the checks that guard it and its audit entry.
+#[derive(Clone, Debug)]
+pub struct Issuance {
+    /// The certificate.
+    pub cert: CertRecord,
+    /// Conditions checked in the same transaction; any failure writes nothing.
+    pub preconditions: Vec<Precondition>,
+    /// The audit event appended in the same transaction.
+    pub audit: AuditEvent,
+}
+
+/// Filter for [`Store::list_certificates`].
+#[derive(Clone, Debug, Default)]
+pub struct CertQuery {
+    /// Only certificates for this device serial.
+    pub device_serial: Option<String>,
+    /// Only certificates from this CA.
+    pub ca: Option<String>,
+    /// Only certificates whose notAfter is at or before this time.
+    pub expiring_before: Option<UnixTime>,
+    /// At most this many (newest first); `None` for all.
+    pub limit: Option<u32>,
+}
+
+/// The authority's durable state. Implementations are safe to share between
+/// threads; every method blocks until its work is durable (writes) or read.
+pub trait Store: Send + Sync {
+    /// Atomically: check every precondition, insert the certificate (its
+    /// serial must be new), apply the preconditions' effects (mark a token
+    /// used) and append the audit event. Durable when it returns `Ok`.
+    /// On any error nothing is written.
+    fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError>;
+
+    /// Record a new token and its audit event, atomically and durably.
+    fn create_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Look a token up by its hash (read-only; used for a cheap pre-check).
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Append one audit event (refusals, admin actions), durably.
+    fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// One certificate by serial (lowercase hex).
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;
+
+    /// Certificates matching `query`, newest first.
+    fn list_certificates(&self, query: &CertQuery) -> Result<Vec<CertRecord>, StoreError>;
+
+    /// Number of certificates recorded.
+    fn count_certificates(&self) -> Result<u64, StoreError>;
+
+    /// Audit entries with `seq >= from`, in order, at most `limit`.
+    fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Walk the whole audit chain and check every link.
+    fn verify_audit(&self) -> Result<AuditReport, StoreError>;
+}

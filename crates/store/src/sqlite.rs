@@ -1,0 +1,617 @@
+//! The embedded store: one SQLite file, WAL journal, `synchronous=FULL`.
+//!
+//! Writes go to one writer thread that owns the write connection and commits
+//! in groups: it takes the first queued operation, drains what else is
+//! waiting (up to [`MAX_BATCH`]), runs each in its own SAVEPOINT inside one
+//! `BEGIN IMMEDIATE` transaction, commits once (one fsync), and only then
+//! answers every caller. An operation whose precondition fails is rolled back
+//! to its savepoint and gets its own error; the others are unaffected.
+//!
+//! Another process may write the same file (the CLI while the server runs):
+//! `BEGIN IMMEDIATE` takes SQLite's write lock, the busy timeout waits for it,
+//! and the audit chain's head is read inside each transaction, never cached.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+
+use crate::{
+    audit_hash, AuditEntry, AuditEvent, AuditReport, CertQuery, CertRecord, CertStatus, Issuance, Precondition, Store,
+    StoreError, TokenRecord, GENESIS_HASH,
+};
+
+/// Most operations committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// How long a connection waits for another's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read connections kept open.
+const READERS: usize = 4;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{what}: {e}"))
+}
+
+enum Op {
+    Issue(Box<Issuance>),
+    Token(TokenRecord, AuditEvent),
+    Audit(AuditEvent),
+}
+
+struct Job {
+    op: Op,
+    reply: SyncSender<Result<(), StoreError>>,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+    c.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    c.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    c.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    Ok(c)
+}
+
+fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    let mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(ctx("journal mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Database(format!("cannot use WAL journal mode (got {mode})")));
+    }
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .map_err(ctx("migrations table"))?;
+    for (version, sql) in MIGRATIONS {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let done: Option<i64> = tx
+            .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", params![version, now])
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Open (creating and migrating when needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut w = connect(path, rw)?;
+        migrate(&mut w)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            readers.push(Mutex::new(r));
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("iotpki-store-writer".into())
+            .spawn(move || writer_loop(w, rx))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers,
+            next_reader: 0.into(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(&self, op: Op) -> Result<(), StoreError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        {
+            let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
+            guard.as_ref().ok_or(StoreError::Closed)?.send(Job { op, reply }).map_err(|_| StoreError::Closed)?;
+        }
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let i = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        let c = self.readers[i].lock().map_err(|_| StoreError::Database("a reader panicked".into()))?;
+        f(&c)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take(); // closing the channel ends the writer loop
+        }
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(h) = t.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = run_batch(&mut conn, &batch);
+        for (job, r) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(r);
+        }
+    }
+}
+
+/// One transaction for the whole batch; one savepoint per operation.
+fn run_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(t) => t,
+        Err(e) => {
+            let err = StoreError::Database(format!("begin: {e}"));
+            return batch.iter().map(|_| Err(err.clone())).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        results.push(run_one(&tx, &job.op));
+    }
+    if let Err(e) = tx.commit() {
+        let err = StoreError::Database(format!("commit: {e}"));
+        return batch.iter().map(|_| Err(err.clone())).collect();
+    }
+    results
+}
+
+fn run_one(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
+    tx.execute_batch("SAVEPOINT op").map_err(db)?;
+    let r = match op {
+        Op::Issue(i) => issue(tx, i),
+        Op::Token(t, a) => token(tx, t).and_then(|()| append(tx, a)),
+        Op::Audit(a) => append(tx, a),
+    };
+    match r {
+        Ok(()) => tx.execute_batch("RELEASE op").map_err(db)?,
+        Err(_) => tx.execute_batch("ROLLBACK TO op; RELEASE op").map_err(db)?,
+    }
+    r
+}
+
+fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
+    match p {
+        Precondition::ConsumeToken { token_hash, device_serial, now } => {
+            let row: Option<(String, i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT device_serial, expires_at, used_at FROM tokens WHERE token_hash = ?1",
+                    [token_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let (serial, expires_at, used_at) = row.ok_or(StoreError::TokenUnknown)?;
+            if &serial != device_serial {
+                return Err(StoreError::TokenWrongSerial);
+            }
+            if let Some(used_at) = used_at {
+                return Err(StoreError::TokenUsed { used_at });
+            }
+            if expires_at <= *now {
+                return Err(StoreError::TokenExpired { expires_at });
+            }
+            let n = tx
+                .execute(
+                    "UPDATE tokens SET used_at = ?1 WHERE token_hash = ?2 AND used_at IS NULL",
+                    params![now, token_hash],
+                )
+                .map_err(db)?;
+            if n != 1 {
+                return Err(StoreError::TokenUsed { used_at: *now });
+            }
+            Ok(())
+        }
+        Precondition::CertIsGood { serial } => {
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM certificates WHERE serial = ?1", [serial], |r| r.get(0))
+                .optional()
+                .map_err(db)?;
+            match status.as_deref() {
+                None => Err(StoreError::CertUnknown { serial: serial.clone() }),
+                Some("good") => Ok(()),
+                Some(_) => Err(StoreError::CertRevoked { serial: serial.clone() }),
+            }
+        }
+    }
+}
+
+fn issue(tx: &Transaction<'_>, i: &Issuance) -> Result<(), StoreError> {
+    for p in &i.preconditions {
+        check(tx, p)?;
+    }
+    let c = &i.cert;
+    let (status, revoked_at, reason) = match c.status {
+        CertStatus::Good => ("good", None, None),
+        CertStatus::Revoked { at, reason } => ("revoked", Some(at), Some(i64::from(reason))),
+    };
+    let r = tx.execute(
+        "INSERT INTO certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at,
+             spki_sha256, replaces, status, revoked_at, revocation_reason, der)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            c.serial,
+            c.ca,
+            c.profile,
+            c.subject,
+            c.device_serial,
+            c.not_before,
+            c.not_after,
+            c.issued_at,
+            c.spki_sha256,
+            c.replaces,
+            status,
+            revoked_at,
+            reason,
+            c.der
+        ],
+    );
+    match r {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            return Err(StoreError::DuplicateSerial { serial: c.serial.clone() })
+        }
+        Err(e) => return Err(ctx("insert certificate")(e)),
+    }
+    append(tx, &i.audit)
+}
+
+fn token(tx: &Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
+    let r = tx.execute(
+        "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.token_hash, t.device_serial, t.created_at, t.expires_at, t.used_at],
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(StoreError::TokenExists)
+        }
+        Err(e) => Err(ctx("insert token")(e)),
+    }
+}
+
+/// Append to the chain, reading its head inside this transaction.
+fn append(tx: &Transaction<'_>, ev: &AuditEvent) -> Result<(), StoreError> {
+    let head: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(db)?;
+    let (seq, prev) = match head {
+        Some((s, h)) => (s + 1, h),
+        None => (1, GENESIS_HASH.to_string()),
+    };
+    let seq_u = u64::try_from(seq).map_err(|_| StoreError::Database(format!("negative audit seq {seq}")))?;
+    let hash = audit_hash(&prev, seq_u, ev);
+    tx.execute(
+        "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![seq, ev.at, ev.actor, ev.action, ev.target, ev.detail, prev, hash],
+    )
+    .map_err(ctx("append audit"))?;
+    Ok(())
+}
+
+const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der";
+
+fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    let status: String = r.get(10)?;
+    let status = if status == "revoked" {
+        let reason: Option<i64> = r.get(12)?;
+        CertStatus::Revoked {
+            at: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
+            reason: reason.and_then(|v| u8::try_from(v).ok()).unwrap_or(0),
+        }
+    } else {
+        CertStatus::Good
+    };
+    Ok(CertRecord {
+        serial: r.get(0)?,
+        ca: r.get(1)?,
+        profile: r.get(2)?,
+        subject: r.get(3)?,
+        device_serial: r.get(4)?,
+        not_before: r.get(5)?,
+        not_after: r.get(6)?,
+        issued_at: r.get(7)?,
+        spki_sha256: r.get(8)?,
+        replaces: r.get(9)?,
+        status,
+        der: r.get(13)?,
+    })
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, AuditEvent, String, String)> {
+    Ok((
+        r.get(0)?,
+        AuditEvent { at: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, detail: r.get(5)? },
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+impl Store for SqliteStore {
+    fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError> {
+        self.submit(Op::Issue(Box::new(issuance)))
+    }
+
+    fn create_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::Token(token, audit))
+    }
+
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT token_hash, device_serial, created_at, expires_at, used_at FROM tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(TokenRecord {
+                        token_hash: r.get(0)?,
+                        device_serial: r.get(1)?,
+                        created_at: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        used_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+        })
+    }
+
+    fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::Audit(event))
+    }
+
+    fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        self.read(|c| {
+            c.query_row(&format!("SELECT {CERT_COLS} FROM certificates WHERE serial = ?1"), [serial], cert_row)
+                .optional()
+                .map_err(db)
+        })
+    }
+
+    fn list_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {CERT_COLS} FROM certificates
+                 WHERE (?1 IS NULL OR device_serial = ?1) AND (?2 IS NULL OR ca = ?2) AND (?3 IS NULL OR not_after <= ?3)
+                 ORDER BY issued_at DESC, serial LIMIT ?4"
+            );
+            let limit = q.limit.map(i64::from).unwrap_or(-1);
+            let mut st = c.prepare_cached(&sql).map_err(db)?;
+            let rows = st.query_map(params![q.device_serial, q.ca, q.expiring_before, limit], cert_row).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn count_certificates(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0)).map_err(db)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(|c| {
+            let from = i64::try_from(from).unwrap_or(i64::MAX);
+            let mut st = c
+                .prepare_cached("SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2")
+                .map_err(db)?;
+            let rows = st.query_map(params![from, i64::from(limit)], audit_row).map_err(db)?;
+            rows.map(|r| {
+                let (seq, event, prev_hash, hash) = r.map_err(db)?;
+                Ok(AuditEntry { seq: u64::try_from(seq).unwrap_or(0), event, prev_hash, hash })
+            })
+            .collect()
+        })
+    }
+
+    fn verify_audit(&self) -> Result<AuditReport, StoreError> {
+        const PAGE: u32 = 1000;
+        let mut expect_seq = 1u64;
+        let mut prev = GENESIS_HASH.to_string();
+        loop {
+            let page = self.audit_entries(expect_seq, PAGE)?;
+            let n = page.len();
+            for e in page {
+                if e.seq != expect_seq {
+                    return Err(StoreError::AuditBroken {
+                        seq: expect_seq,
+                        reason: format!("entry missing (next is {})", e.seq),
+                    });
+                }
+                if e.prev_hash != prev {
+                    return Err(StoreError::AuditBroken {
+                        seq: e.seq,
+                        reason: "does not link to the previous entry".into(),
+                    });
+                }
+                if audit_hash(&e.prev_hash, e.seq, &e.event) != e.hash {
+                    return Err(StoreError::AuditBroken {
+                        seq: e.seq,
+                        reason: "hash does not match its content".into(),
+                    });
+                }
+                prev = e.hash;
+                expect_seq += 1;
+            }
+            if n < PAGE as usize {
+                break;
+            }
+        }
+        Ok(AuditReport { entries: expect_seq - 1, head: prev })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("store.db")).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn conformance_suite() {
+        let (_d, s) = fresh();
+        conformance::run_all(&s);
+    }
+
+    #[test]
+    fn tampering_is_detected_at_the_edited_entry() {
+        let (d, s) = fresh();
+        for i in 0..5 {
+            s.append_audit(AuditEvent {
+                at: i,
+                actor: "a".into(),
+                action: "x".into(),
+                target: "t".into(),
+                detail: "d".into(),
+            })
+            .unwrap();
+        }
+        assert_eq!(s.verify_audit().unwrap().entries, 5);
+        let raw = Connection::open(d.path().join("store.db")).unwrap();
+        raw.execute("UPDATE audit SET detail = 'edited' WHERE seq = 3", []).unwrap();
+        assert_eq!(
+            s.verify_audit().unwrap_err(),
+            StoreError::AuditBroken { seq: 3, reason: "hash does not match its content".into() }
+        );
+        raw.execute("UPDATE audit SET detail = 'd' WHERE seq = 3", []).unwrap();
+        raw.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+        assert!(matches!(s.verify_audit(), Err(StoreError::AuditBroken { seq: 4, .. })));
+    }
+
+    #[test]
+    fn two_handles_on_one_file_keep_one_chain() {
+        let (d, a) = fresh();
+        let b = SqliteStore::open(&d.path().join("store.db")).unwrap();
+        std::thread::scope(|sc| {
+            for st in [&a, &b] {
+                sc.spawn(move || {
+                    for i in 0..100 {
+                        st.append_audit(AuditEvent {
+                            at: i,
+                            actor: "p".into(),
+                            action: "x".into(),
+                            target: String::new(),
+                            detail: String::new(),
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(a.verify_audit().unwrap().entries, 200);
+        assert_eq!(b.verify_audit().unwrap(), a.verify_audit().unwrap());
+    }
+
+    #[test]
+    fn survives_reopen_and_migrates_once() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("store.db");
+        let c = conformance::cert("P-1");
+        {
+            let s = SqliteStore::open(&p).unwrap();
+            s.record_issuance(Issuance {
+                cert: c.clone(),
+                preconditions: vec![],
+                audit: AuditEvent {
+                    at: 1,
+                    actor: "a".into(),
+                    action: "issue".into(),
+                    target: c.serial.clone(),
+                    detail: String::new(),
+                },
+            })
+            .unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        assert_eq!(s.certificate(&c.serial).unwrap(), Some(c));
+        let n: i64 =
+            s.read(|c| c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0)).map_err(db)).unwrap();
+        assert_eq!(n, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_failing_op_does_not_spoil_its_batch() {
+        let (_d, s) = fresh();
+        let dup = conformance::cert("B-1");
+        let mk = |c: CertRecord| Issuance {
+            audit: AuditEvent {
+                at: 1,
+                actor: "a".into(),
+                action: "issue".into(),
+                target: c.serial.clone(),
+                detail: String::new(),
+            },
+            cert: c,
+            preconditions: vec![],
+        };
+        s.record_issuance(mk(dup.clone())).unwrap();
+        // Many writers at once so that good and failing ops share batches.
+        let results: Vec<bool> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..64)
+                .map(|i| {
+                    let (s, dup) = (&s, dup.clone());
+                    sc.spawn(move || {
+                        let c = if i % 4 == 0 { dup } else { conformance::cert("B-2") };
+                        s.record_issuance(mk(c)).is_ok()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|ok| !**ok).count(), 16);
+        assert_eq!(s.count_certificates().unwrap(), 1 + 48);
+        assert_eq!(s.verify_audit().unwrap().entries, 1 + 48);
+    }
+}
