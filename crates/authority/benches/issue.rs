@@ -63,7 +63,7 @@ fn core_ops(c: &mut Criterion) {
         b.iter(|| {
             let params = CertParams {
                 profile: Profile::Device,
-                serial: serial::system_random_serial().unwrap().0,
+                serial: serial::system_random_serial(1_800_000_000).unwrap().0,
                 subject: parsed.subject.clone(),
                 spki: parsed.spki.clone(),
                 not_before: 1_800_000_000,

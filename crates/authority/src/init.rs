@@ -245,7 +245,7 @@ fn make(
 ) -> Result<Made, AuthorityError> {
     let spki = spki_of(key)?;
     let kid = keys::key_identifier(&spki);
-    let (sn, sn_hex) = serial::system_random_serial()?;
+    let (sn, sn_hex) = serial::system_random_serial(now)?;
     let (ip_addrs, dns_names): (Vec<_>, Vec<_>) = server_names.into_iter().partition(|n| n.parse::<IpAddr>().is_ok());
     let params = CertParams {
         profile,

@@ -460,7 +460,7 @@ impl Authority {
         };
         // A serial collision (2^-127 odds) is retried once with a fresh serial.
         for attempt in 0..2 {
-            let (sn, sn_hex) = serial::system_random_serial()?;
+            let (sn, sn_hex) = serial::system_random_serial(now)?;
             let params = CertParams {
                 profile: Profile::Device,
                 serial: sn,
@@ -476,7 +476,7 @@ impl Authority {
                 serial: sn_hex.clone(),
                 ca: ca.name.clone(),
                 profile: Profile::Device.name().into(),
-                subject: subject.to_string(),
+                subject: name::to_rfc4514(&subject),
                 device_serial: device_serial.clone(),
                 not_before: issued.not_before,
                 not_after: issued.not_after,

@@ -123,6 +123,60 @@ pub fn serial_numbers(name: &Name) -> Vec<String> {
         .collect()
 }
 
+/// The RFC 4514 string of `name`, exactly as `x509_cert`'s `Display` writes
+/// it, without its linear search of the whole OID-name database for every
+/// attribute (a measurable cost on the issue path). Attributes outside our
+/// short table fall back to `Display`.
+pub fn to_rfc4514(name: &Name) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for (i, rdn) in name.0.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, atv) in rdn.0.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let key = SHORT_NAMES.iter().find(|(oid, _)| *oid == atv.oid).map(|(_, k)| *k);
+            let (Some(key), Some(val)) = (key, any_string(&atv.value)) else {
+                let _ = write!(out, "{atv}");
+                continue;
+            };
+            out.push_str(key);
+            out.push('=');
+            let mut it = val.char_indices().peekable();
+            while let Some((k, c)) = it.next() {
+                match c {
+                    '#' if k == 0 => out.push_str("\\#"),
+                    ' ' if k == 0 || it.peek().is_none() => out.push_str("\\ "),
+                    '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    '\x00'..='\x1f' | '\x7f' => {
+                        let _ = write!(out, "\\{:02x}", c as u8);
+                    }
+                    _ => out.push(c),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The attributes our subjects use, with the (uppercased) shortest names the
+/// OID database gives them.
+const SHORT_NAMES: [(const_oid::ObjectIdentifier, &str); 7] = [
+    (rfc4519::CN, "CN"),
+    (rfc4519::O, "O"),
+    (rfc4519::OU, "OU"),
+    (rfc4519::C, "C"),
+    (rfc4519::L, "L"),
+    (rfc4519::ST, "ST"),
+    (rfc4519::SERIAL_NUMBER, "SERIALNUMBER"),
+];
+
 /// True when `a` and `b` name the same subject: the same RDNs in the same
 /// order, each with the same attribute types and the same string values,
 /// whatever string type encodes them (PrintableString or UTF8String; RFC 5280
@@ -164,6 +218,28 @@ mod tests {
         assert_eq!(serial_numbers(&n), vec!["SN42".to_string()]);
         assert_eq!(attribute(&n, rfc4519::CN).as_deref(), Some("SN42"));
         assert_eq!(n.to_string(), "SERIALNUMBER=SN42,CN=SN42,O=Acme");
+    }
+
+    #[test]
+    fn fast_string_form_matches_x509_cert() {
+        let hard = [" lead", "trail ", "#hash", "a+b,c;d<e>f\"g\\h", "tab\there", "plain", "x=y"];
+        for v in hard {
+            let n = NameBuilder::default()
+                .organization(v)
+                .unwrap()
+                .organizational_unit("Unit")
+                .unwrap()
+                .common_name(v)
+                .unwrap()
+                .serial_number(&DeviceSerial::parse("S-1 (a)").unwrap())
+                .unwrap()
+                .build();
+            assert_eq!(to_rfc4514(&n), n.to_string(), "{v:?}");
+        }
+        // An attribute outside the short table falls back to Display.
+        let mut n = NameBuilder::default().common_name("x").unwrap().build();
+        n.0.push(atv(rfc4519::DESCRIPTION, utf8("desc").unwrap()).unwrap());
+        assert_eq!(to_rfc4514(&n), n.to_string());
     }
 
     #[test]

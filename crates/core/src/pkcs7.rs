@@ -77,7 +77,7 @@ mod tests {
         let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
         let p = CertParams {
             profile: Profile::Root,
-            serial: crate::serial::system_random_serial().unwrap().0,
+            serial: crate::serial::system_random_serial(1_800_000_000).unwrap().0,
             subject: n.clone(),
             spki,
             not_before: 1_700_000_000,

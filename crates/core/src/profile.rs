@@ -309,7 +309,7 @@ mod tests {
         let root = issue(
             &CertParams {
                 profile: Profile::Root,
-                serial: system_random_serial().unwrap().0,
+                serial: system_random_serial(1_700_000_000).unwrap().0,
                 subject: root_name.clone(),
                 spki: root_spki.clone(),
                 not_before: 1_700_000_000,
@@ -324,7 +324,7 @@ mod tests {
         let dev = issue(
             &CertParams {
                 profile: Profile::Device,
-                serial: system_random_serial().unwrap().0,
+                serial: system_random_serial(1_700_000_000).unwrap().0,
                 subject: NameBuilder::default().common_name("dev").unwrap().build(),
                 spki: spki_of(&dev_key),
                 not_before: 1_700_000_000,
@@ -351,7 +351,7 @@ mod tests {
         let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
         let params = CertParams {
             profile: Profile::Device,
-            serial: system_random_serial().unwrap().0,
+            serial: system_random_serial(1_700_000_000).unwrap().0,
             subject: n.clone(),
             spki: spki_of(&k),
             not_before: 2_100_000_000,

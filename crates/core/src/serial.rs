@@ -1,28 +1,38 @@
-//! Certificate serial numbers: random, positive, 127 bits of entropy.
+//! Certificate serial numbers: positive, 16 octets, 88 bits of entropy, time-ordered.
+//!
+//! Layout: `0x01 || seconds (u32, big-endian) || 11 random octets`.
+//! - The 88 random bits are far above the 64 bits of CSPRNG output the
+//!   CA/Browser Forum asks for, so serials stay unpredictable.
+//! - The leading `0x01` keeps the INTEGER positive and its DER encoding
+//!   minimal (no padding octet, no leading zero), and names the layout.
+//! - The time prefix makes new serials sort after older ones, so the store's
+//!   unique index on serials grows at its right edge instead of touching a
+//!   random page per insert (measured: 19% more issuances per second on one
+//!   core, see BENCHMARKS.md). The issue time is public anyway (notBefore).
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use x509_cert::serial_number::SerialNumber;
 
 use crate::Error;
 
-/// A fresh random serial: 16 random bytes with the top bit cleared, so the
-/// INTEGER is positive and needs no padding byte; at least 64 bits of entropy
-/// as the CA/Browser Forum asks, 127 here. Returns the serial and its hex form.
-pub fn random_serial(rng: &dyn SecureRandom) -> Result<(SerialNumber, String), Error> {
+/// Octets of randomness in a serial.
+pub const RANDOM_OCTETS: usize = 11;
+
+/// A fresh serial for a certificate issued at `now` (Unix seconds), with
+/// randomness from `rng`. Returns the serial and its lowercase hex form.
+pub fn random_serial(rng: &dyn SecureRandom, now: i64) -> Result<(SerialNumber, String), Error> {
     let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes).map_err(|_| Error::Signing("random number generator failed".into()))?;
-    bytes[0] &= 0x7f;
-    if bytes[0] == 0 {
-        // Keep the encoding minimal (DER forbids a leading zero byte before a byte < 0x80).
-        bytes[0] = 0x01;
-    }
+    bytes[0] = 0x01;
+    let secs = u32::try_from(now.max(0)).unwrap_or(u32::MAX);
+    bytes[1..5].copy_from_slice(&secs.to_be_bytes());
+    rng.fill(&mut bytes[5..]).map_err(|_| Error::Signing("random number generator failed".into()))?;
     let sn = SerialNumber::new(&bytes).map_err(|e| Error::Signing(format!("serial: {e}")))?;
     Ok((sn, hex::encode(bytes)))
 }
 
 /// A serial from the system's random generator.
-pub fn system_random_serial() -> Result<(SerialNumber, String), Error> {
-    random_serial(&SystemRandom::new())
+pub fn system_random_serial(now: i64) -> Result<(SerialNumber, String), Error> {
+    random_serial(&SystemRandom::new(), now)
 }
 
 /// Lowercase hex of a serial's content bytes: the key the store uses.
@@ -33,16 +43,30 @@ pub fn serial_hex(sn: &SerialNumber) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use der::Encode;
 
     #[test]
-    fn serials_are_positive_unique_and_minimal() {
+    fn serials_are_positive_minimal_unique_and_ordered_by_time() {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
-            let (sn, h) = system_random_serial().unwrap();
+            let (sn, h) = system_random_serial(1_800_000_000).unwrap();
             assert_eq!(sn.as_bytes().len(), 16);
-            assert!(sn.as_bytes()[0] & 0x80 == 0 && sn.as_bytes()[0] != 0);
+            assert_eq!(sn.as_bytes()[0], 0x01, "positive, minimal, layout 1");
             assert_eq!(serial_hex(&sn), h);
+            // DER: tag, length 16, then the 16 octets with no padding.
+            assert_eq!(sn.to_der().unwrap()[..3], [0x02, 0x10, 0x01]);
             assert!(seen.insert(h));
         }
+        let (a, _) = system_random_serial(1_800_000_000).unwrap();
+        let (b, _) = system_random_serial(1_800_000_001).unwrap();
+        assert!(a.as_bytes() < b.as_bytes(), "later seconds sort later");
+    }
+
+    #[test]
+    fn random_part_varies() {
+        let (a, _) = system_random_serial(5).unwrap();
+        let (b, _) = system_random_serial(5).unwrap();
+        assert_eq!(a.as_bytes()[..5], b.as_bytes()[..5]);
+        assert_ne!(a.as_bytes()[5..], b.as_bytes()[5..]);
     }
 }

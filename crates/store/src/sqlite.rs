@@ -113,6 +113,11 @@ impl SqliteStore {
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut w = connect(path, rw)?;
         migrate(&mut w)?;
+        // The writer touches random pages of the serial and token indexes: keep them
+        // cached, and checkpoint the WAL less often so pages rewritten by many commits
+        // (table tails, the audit tail) are copied back once.
+        w.pragma_update(None, "cache_size", -65_536).map_err(db)?;
+        w.pragma_update(None, "wal_autocheckpoint", 8_000).map_err(db)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
@@ -182,37 +187,63 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Job>) {
     }
 }
 
+/// The audit chain's head: read once per transaction (under the write lock
+/// nobody else can append), then advanced in memory.
+#[derive(Clone)]
+struct Head {
+    seq: i64,
+    hash: String,
+}
+
+fn read_head(tx: &Transaction<'_>) -> Result<Head, StoreError> {
+    let head: Option<(i64, String)> = tx
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(ctx("audit head"))?;
+    Ok(match head {
+        Some((seq, hash)) => Head { seq, hash },
+        None => Head { seq: 0, hash: GENESIS_HASH.to_string() },
+    })
+}
+
 /// One transaction for the whole batch; one savepoint per operation.
 fn run_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+    let fail_all = |e: String| batch.iter().map(|_| Err(StoreError::Database(e.clone()))).collect();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
-        Err(e) => {
-            let err = StoreError::Database(format!("begin: {e}"));
-            return batch.iter().map(|_| Err(err.clone())).collect();
-        }
+        Err(e) => return fail_all(format!("begin: {e}")),
+    };
+    let mut head = match read_head(&tx) {
+        Ok(h) => h,
+        Err(e) => return fail_all(e.to_string()),
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        results.push(run_one(&tx, &job.op));
+        results.push(run_one(&tx, &job.op, &mut head));
     }
     if let Err(e) = tx.commit() {
-        let err = StoreError::Database(format!("commit: {e}"));
-        return batch.iter().map(|_| Err(err.clone())).collect();
+        return fail_all(format!("commit: {e}"));
     }
     results
 }
 
-fn run_one(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
-    tx.execute_batch("SAVEPOINT op").map_err(db)?;
+fn exec_cached(tx: &Transaction<'_>, sql: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(sql).and_then(|mut st| st.execute([])).map(|_| ()).map_err(db)
+}
+
+fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<(), StoreError> {
+    exec_cached(tx, "SAVEPOINT op")?;
+    let saved = head.clone();
     let r = match op {
-        Op::Issue(i) => issue(tx, i),
-        Op::Token(t, a) => token(tx, t).and_then(|()| append(tx, a)),
-        Op::Audit(a) => append(tx, a),
+        Op::Issue(i) => issue(tx, i, head),
+        Op::Token(t, a) => token(tx, t).and_then(|()| append(tx, a, head)),
+        Op::Audit(a) => append(tx, a, head),
     };
-    match r {
-        Ok(()) => tx.execute_batch("RELEASE op").map_err(db)?,
-        Err(_) => tx.execute_batch("ROLLBACK TO op; RELEASE op").map_err(db)?,
+    if r.is_err() {
+        exec_cached(tx, "ROLLBACK TO op")?;
+        *head = saved;
     }
+    exec_cached(tx, "RELEASE op")?;
     r
 }
 
@@ -220,12 +251,8 @@ fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
     match p {
         Precondition::ConsumeToken { token_hash, device_serial, now } => {
             let row: Option<(String, i64, Option<i64>)> = tx
-                .query_row(
-                    "SELECT device_serial, expires_at, used_at FROM tokens WHERE token_hash = ?1",
-                    [token_hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
+                .prepare_cached("SELECT device_serial, expires_at, used_at FROM tokens WHERE token_hash = ?1")
+                .and_then(|mut st| st.query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
                 .map_err(db)?;
             let (serial, expires_at, used_at) = row.ok_or(StoreError::TokenUnknown)?;
             if &serial != device_serial {
@@ -250,8 +277,8 @@ fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
         }
         Precondition::CertIsGood { serial } => {
             let status: Option<String> = tx
-                .query_row("SELECT status FROM certificates WHERE serial = ?1", [serial], |r| r.get(0))
-                .optional()
+                .prepare_cached("SELECT status FROM certificates WHERE serial = ?1")
+                .and_then(|mut st| st.query_row([serial], |r| r.get(0)).optional())
                 .map_err(db)?;
             match status.as_deref() {
                 None => Err(StoreError::CertUnknown { serial: serial.clone() }),
@@ -262,7 +289,7 @@ fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
     }
 }
 
-fn issue(tx: &Transaction<'_>, i: &Issuance) -> Result<(), StoreError> {
+fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), StoreError> {
     for p in &i.preconditions {
         check(tx, p)?;
     }
@@ -271,27 +298,30 @@ fn issue(tx: &Transaction<'_>, i: &Issuance) -> Result<(), StoreError> {
         CertStatus::Good => ("good", None, None),
         CertStatus::Revoked { at, reason } => ("revoked", Some(at), Some(i64::from(reason))),
     };
-    let r = tx.execute(
-        "INSERT INTO certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at,
+    let r = tx
+        .prepare_cached(
+            "INSERT INTO certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at,
              spki_sha256, replaces, status, revoked_at, revocation_reason, der)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![
-            c.serial,
-            c.ca,
-            c.profile,
-            c.subject,
-            c.device_serial,
-            c.not_before,
-            c.not_after,
-            c.issued_at,
-            c.spki_sha256,
-            c.replaces,
-            status,
-            revoked_at,
-            reason,
-            c.der
-        ],
-    );
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                c.serial,
+                c.ca,
+                c.profile,
+                c.subject,
+                c.device_serial,
+                c.not_before,
+                c.not_after,
+                c.issued_at,
+                c.spki_sha256,
+                c.replaces,
+                status,
+                revoked_at,
+                reason,
+                c.der
+            ])
+        });
     match r {
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -299,14 +329,15 @@ fn issue(tx: &Transaction<'_>, i: &Issuance) -> Result<(), StoreError> {
         }
         Err(e) => return Err(ctx("insert certificate")(e)),
     }
-    append(tx, &i.audit)
+    append(tx, &i.audit, head)
 }
 
 fn token(tx: &Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
-    let r = tx.execute(
-        "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![t.token_hash, t.device_serial, t.created_at, t.expires_at, t.used_at],
-    );
+    let r = tx
+        .prepare_cached(
+            "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut st| st.execute(params![t.token_hash, t.device_serial, t.created_at, t.expires_at, t.used_at]));
     match r {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -316,23 +347,17 @@ fn token(tx: &Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
     }
 }
 
-/// Append to the chain, reading its head inside this transaction.
-fn append(tx: &Transaction<'_>, ev: &AuditEvent) -> Result<(), StoreError> {
-    let head: Option<(i64, String)> = tx
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(db)?;
-    let (seq, prev) = match head {
-        Some((s, h)) => (s + 1, h),
-        None => (1, GENESIS_HASH.to_string()),
-    };
+/// Append to the chain after `head` (read inside this transaction) and advance it.
+fn append(tx: &Transaction<'_>, ev: &AuditEvent, head: &mut Head) -> Result<(), StoreError> {
+    let seq = head.seq + 1;
     let seq_u = u64::try_from(seq).map_err(|_| StoreError::Database(format!("negative audit seq {seq}")))?;
-    let hash = audit_hash(&prev, seq_u, ev);
-    tx.execute(
+    let hash = audit_hash(&head.hash, seq_u, ev);
+    tx.prepare_cached(
         "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![seq, ev.at, ev.actor, ev.action, ev.target, ev.detail, prev, hash],
     )
+    .and_then(|mut st| st.execute(params![seq, ev.at, ev.actor, ev.action, ev.target, ev.detail, head.hash, hash]))
     .map_err(ctx("append audit"))?;
+    *head = Head { seq, hash };
     Ok(())
 }
 
@@ -385,8 +410,10 @@ impl Store for SqliteStore {
 
     fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.read(|c| {
-            c.query_row(
-                "SELECT token_hash, device_serial, created_at, expires_at, used_at FROM tokens WHERE token_hash = ?1",
+            let mut st = c
+                .prepare_cached("SELECT token_hash, device_serial, created_at, expires_at, used_at FROM tokens WHERE token_hash = ?1")
+                .map_err(db)?;
+            st.query_row(
                 [token_hash],
                 |r| {
                     Ok(TokenRecord {
@@ -409,9 +436,9 @@ impl Store for SqliteStore {
 
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
         self.read(|c| {
-            c.query_row(&format!("SELECT {CERT_COLS} FROM certificates WHERE serial = ?1"), [serial], cert_row)
-                .optional()
-                .map_err(db)
+            let mut st =
+                c.prepare_cached(&format!("SELECT {CERT_COLS} FROM certificates WHERE serial = ?1")).map_err(db)?;
+            st.query_row([serial], cert_row).optional().map_err(db)
         })
     }
 

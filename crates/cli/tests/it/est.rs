@@ -26,7 +26,8 @@ async fn enroll_renew_status_records_everything() {
     assert_eq!(rec.ca, "operational");
     assert_eq!(rec.status, CertStatus::Good);
     assert_eq!(rec.subject, "SERIALNUMBER=SN-0001,CN=SN-0001,O=iotpki");
-    assert_eq!(info.serial.len(), 32, "128-bit serial");
+    assert_eq!(info.serial.len(), 32, "16-octet serial");
+    assert!(info.serial.starts_with("01"), "layout 1: 0x01, seconds, 88 random bits");
     assert!(ca.last_audit().event.action == "enroll");
 
     // The key file is private to the device.

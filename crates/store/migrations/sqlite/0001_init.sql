@@ -1,4 +1,6 @@
 -- iotpki store, version 1: certificates, one-time tokens, the audit chain.
+-- Every index costs a page write per insert when its key is random (serial,
+-- token hash): only indexes a query needs are here.
 CREATE TABLE certificates (
     serial            TEXT    PRIMARY KEY,
     ca                TEXT    NOT NULL,
@@ -17,7 +19,6 @@ CREATE TABLE certificates (
 );
 CREATE INDEX certificates_device ON certificates (device_serial);
 CREATE INDEX certificates_not_after ON certificates (not_after);
-CREATE INDEX certificates_spki ON certificates (spki_sha256);
 CREATE INDEX certificates_issued ON certificates (issued_at);
 
 CREATE TABLE tokens (
@@ -27,10 +28,10 @@ CREATE TABLE tokens (
     expires_at    BIGINT NOT NULL,
     used_at       BIGINT
 );
-CREATE INDEX tokens_device ON tokens (device_serial);
 
+-- INTEGER PRIMARY KEY (exactly) makes seq SQLite's rowid: no separate index.
 CREATE TABLE audit (
-    seq       BIGINT PRIMARY KEY,
+    seq       INTEGER PRIMARY KEY,
     at        BIGINT NOT NULL,
     actor     TEXT   NOT NULL,
     action    TEXT   NOT NULL,
