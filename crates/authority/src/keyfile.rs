@@ -90,21 +90,19 @@ pub fn read_encrypted(path: &Path, pass: &Passphrase) -> Result<SoftKey, Authori
 
 /// Write a secret file: mode 0600 from creation, fsync'd, refusing to overwrite.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthorityError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| AuthorityError::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AuthorityError::io(path, e))
+    write_new(path, bytes, 0o600)
 }
 
-/// Write a public file (certificate, config), fsync'd.
+/// Write a public file (certificate, config), fsync'd, refusing to overwrite.
 pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), AuthorityError> {
+    write_new(path, bytes, 0o644)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AuthorityError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .open(path)
         .map_err(|e| AuthorityError::io(path, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AuthorityError::io(path, e))

@@ -288,13 +288,8 @@ impl Authority {
         cred: Credential<'_>,
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
-        let actor = match cred {
-            Credential::Token { user, .. } => format!("device:{user}"),
-            Credential::ClientCert(_) => "client-cert".to_string(),
-            Credential::None => "anonymous".to_string(),
-        };
         let r = self.enroll_inner(label, cred, body);
-        self.audit_refusal(&r, &actor, "refuse.enroll");
+        self.audit_refusal(&r, cred, "refuse.enroll");
         r
     }
 
@@ -308,32 +303,25 @@ impl Authority {
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
         let r = self.reenroll_inner(label, cred, body);
-        let actor = match (&r, cred) {
-            (_, Credential::ClientCert(chain)) => chain
-                .first()
-                .and_then(|c| profile::cert_info(c).ok())
-                .map(|i| format!("cert:{}", i.serial))
-                .unwrap_or_else(|| "client-cert".into()),
-            _ => "anonymous".into(),
-        };
-        self.audit_refusal(&r, &actor, "refuse.reenroll");
+        self.audit_refusal(&r, cred, "refuse.reenroll");
         r
     }
 
-    fn audit_refusal<T>(&self, r: &Result<T, AuthorityError>, actor: &str, action: &str) {
-        if let Err(e) = r {
-            if e.is_refusal() {
-                let ev = AuditEvent {
-                    at: self.clock.now(),
-                    actor: actor.into(),
-                    action: action.into(),
-                    target: String::new(),
-                    detail: e.public_message(),
-                };
-                if let Err(se) = self.store.append_audit(ev) {
-                    tracing::error!(error = %se, "could not audit a refusal");
-                }
-            }
+    /// Write a refusal (never our own failures) to the audit log.
+    fn audit_refusal<T>(&self, r: &Result<T, AuthorityError>, cred: Credential<'_>, action: &str) {
+        let Err(e) = r else { return };
+        if !e.is_refusal() {
+            return;
+        }
+        let ev = AuditEvent {
+            at: self.clock.now(),
+            actor: actor_of(cred),
+            action: action.into(),
+            target: String::new(),
+            detail: e.public_message(),
+        };
+        if let Err(se) = self.store.append_audit(ev) {
+            tracing::error!(error = %se, "could not audit a refusal");
         }
     }
 
@@ -548,6 +536,20 @@ impl Authority {
             return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", info.serial)));
         }
         Ok(DeviceIdentity { record, cert: info.cert })
+    }
+}
+
+/// Who a credential claims to be, for the audit log: `device:SERIAL` for a
+/// token, `cert:SERIAL` for a client certificate, else `anonymous`.
+fn actor_of(cred: Credential<'_>) -> String {
+    match cred {
+        Credential::Token { user, .. } => format!("device:{user}"),
+        Credential::ClientCert(chain) => chain
+            .first()
+            .and_then(|c| profile::cert_info(c).ok())
+            .map(|i| format!("cert:{}", i.serial))
+            .unwrap_or_else(|| "client-cert".into()),
+        Credential::None => "anonymous".into(),
     }
 }
 
