@@ -85,7 +85,15 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;
 
-    let key = SoftKey::generate(opts.key_type)?;
+    // The key is on disk before the request leaves: if the answer is lost (network,
+    // power cut), running enroll again with the same token gets the same certificate.
+    let (key_file, key) = match state::pending_key(dir)? {
+        Some((name, key)) if key.key_type() == opts.key_type => (name, key),
+        _ => {
+            let key = SoftKey::generate(opts.key_type)?;
+            (state::write_new_key(dir, &key)?, key)
+        }
+    };
     let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
     let csr_der = csr::build(&subject, &key, vec![])?;
     let cert = client.simple_enroll(&csr_der, serial.as_str(), &opts.token).await?;
@@ -94,7 +102,6 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
         return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
     }
-    let key_file = state::write_new_key(dir, &key)?;
     let id = Identity {
         device_serial: serial.to_string(),
         server: opts.server.clone(),

@@ -82,6 +82,33 @@ pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
     Err(AgentError::State("no free key file name".into()))
 }
 
+/// The key of an enrollment that was started but not finished (no identity
+/// yet, a key file written): its name and key, if there is one. A retry with
+/// the same token and this key gets the certificate the first attempt was
+/// issued, if the answer was lost.
+pub fn pending_key(dir: &Path) -> Result<Option<(String, SoftKey)>, AgentError> {
+    if identity_path(dir).exists() {
+        return Ok(None);
+    }
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(None) };
+    let mut newest: Option<(u32, String)> = None;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let n = name.strip_prefix("key-").and_then(|r| r.strip_suffix(".pem")).and_then(|n| n.parse::<u32>().ok());
+        if let Some(n) = n {
+            if newest.as_ref().is_none_or(|(m, _)| n > *m) {
+                newest = Some((n, name));
+            }
+        }
+    }
+    let Some((_, name)) = newest else { return Ok(None) };
+    let p = dir.join(&name);
+    let text = fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?;
+    let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text)
+        .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
+    Ok(Some((name, SoftKey::from_pkcs8(&der)?)))
+}
+
 /// Replace the identity atomically: write a temporary file, fsync it, rename
 /// it over `identity.json`, fsync the directory. A power cut leaves the old
 /// identity or the new one. Then remove key files no identity names.

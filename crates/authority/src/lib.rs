@@ -341,9 +341,12 @@ impl Authority {
         let token_hash = tokens::hash(password);
         let now = self.clock.now();
         // Cheap pre-check, so a bad token costs no signature; the store re-checks in the transaction.
-        tokens::precheck(self.store.as_ref(), &token_hash, &device, now)?;
+        let state = tokens::precheck(self.store.as_ref(), &token_hash, &device, now)?;
         let der = est::decode_body(body)?;
         let req = csr::parse_and_verify(&der)?;
+        if let tokens::TokenState::Spent { cert_serial, used_at } = state {
+            return self.replay(label, &device, &cert_serial, used_at, &req);
+        }
         self.check_key(label, req.key_type)?;
         let in_csr = name::serial_numbers(&req.subject);
         if in_csr.len() != 1 || in_csr[0] != device.as_str() {
@@ -353,16 +356,65 @@ impl Authority {
             )));
         }
         let subject = name::device_subject(&self.cfg.organization, &device)?;
-        self.issue_device(
+        let issued = self.issue_device(
             label,
             subject,
             &req,
             Some(device.to_string()),
             None,
-            vec![Precondition::ConsumeToken { token_hash, device_serial: device.to_string(), now }],
+            vec![Precondition::ConsumeToken { token_hash: token_hash.clone(), device_serial: device.to_string(), now }],
             format!("device:{device}"),
             "enroll",
-        )
+        );
+        match issued {
+            // Lost a race for this token to a request with the same key (a client retrying
+            // before its first answer came): answer with the certificate that request got.
+            Err(AuthorityError::Unauthorized(_)) => {
+                match tokens::precheck(self.store.as_ref(), &token_hash, &device, now)? {
+                    tokens::TokenState::Spent { cert_serial, used_at } => {
+                        self.replay(label, &device, &cert_serial, used_at, &req)
+                    }
+                    tokens::TokenState::Fresh => issued,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// A retry with a spent token: if the request proves possession of the
+    /// very key the token's certificate was issued for (same device, same
+    /// label), the answer is that certificate again. Nothing new is issued;
+    /// an answer lost on the way (network, power cut) is not a lost identity.
+    fn replay(
+        &self,
+        label: &Label,
+        device: &DeviceSerial,
+        cert_serial: &str,
+        used_at: i64,
+        req: &csr::VerifiedCsr,
+    ) -> Result<Enrolled, AuthorityError> {
+        let used = || AuthorityError::from(StoreError::TokenUsed { used_at });
+        let Some(rec) = self.store.certificate(cert_serial)? else { return Err(used()) };
+        if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der)
+            || rec.ca != label.ca.name
+            || rec.device_serial.as_deref() != Some(device.as_str())
+        {
+            return Err(used());
+        }
+        if let CertStatus::Revoked { .. } = rec.status {
+            return Err(AuthorityError::Forbidden(format!(
+                "enrollment token already used for certificate {cert_serial}, which is revoked"
+            )));
+        }
+        self.store.append_audit(AuditEvent {
+            at: self.clock.now(),
+            actor: format!("device:{device}"),
+            action: "enroll.replay".into(),
+            target: rec.serial.clone(),
+            detail: "same token and key: the certificate issued before is sent again".into(),
+        })?;
+        let pkcs7 = pkcs7::certs_only(&[&rec.der])?;
+        Ok(Enrolled { cert_der: rec.der, serial: rec.serial, pkcs7 })
     }
 
     fn reenroll_inner(

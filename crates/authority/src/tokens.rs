@@ -45,6 +45,7 @@ pub fn create(
             created_at: now,
             expires_at: now.saturating_add(ttl_i),
             used_at: None,
+            cert_serial: None,
         },
         AuditEvent {
             at: now,
@@ -57,18 +58,40 @@ pub fn create(
     Ok(token)
 }
 
-/// Read-only check that a token would be accepted now (no side effect).
-pub fn precheck(store: &dyn Store, token_hash: &str, serial: &DeviceSerial, now: i64) -> Result<(), AuthorityError> {
+/// What a token check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    /// Unused and valid now.
+    Fresh,
+    /// Already spent on the certificate with this serial: a retry may get it again.
+    Spent {
+        /// The certificate's serial.
+        cert_serial: String,
+        /// When the token was spent.
+        used_at: i64,
+    },
+}
+
+/// Read-only check of a token for `serial` at `now` (no side effect).
+pub fn precheck(
+    store: &dyn Store,
+    token_hash: &str,
+    serial: &DeviceSerial,
+    now: i64,
+) -> Result<TokenState, AuthorityError> {
     use iotpki_store::StoreError as E;
     let t = store.token(token_hash)?.ok_or(E::TokenUnknown)?;
     if t.device_serial != serial.as_str() {
         return Err(E::TokenWrongSerial.into());
     }
     if let Some(used_at) = t.used_at {
-        return Err(E::TokenUsed { used_at }.into());
+        return match t.cert_serial {
+            Some(cert_serial) => Ok(TokenState::Spent { cert_serial, used_at }),
+            None => Err(E::TokenUsed { used_at }.into()),
+        };
     }
     if t.expires_at <= now {
         return Err(E::TokenExpired { expires_at: t.expires_at }.into());
     }
-    Ok(())
+    Ok(TokenState::Fresh)
 }

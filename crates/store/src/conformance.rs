@@ -47,6 +47,7 @@ fn new_token(store: &dyn Store, device: &str, expires_at: i64) -> String {
         created_at: 1_000,
         expires_at,
         used_at: None,
+        cert_serial: None,
     };
     store.create_token(t, event("token.create", device)).expect("create token");
     h
@@ -122,6 +123,7 @@ pub fn token_refusals_write_nothing(store: &dyn Store) {
         created_at: 1,
         expires_at: 2,
         used_at: None,
+        cert_serial: None,
     };
     assert_eq!(store.create_token(t, event("token.create", "TK-1")), Err(StoreError::TokenExists));
 }
@@ -129,8 +131,11 @@ pub fn token_refusals_write_nothing(store: &dyn Store) {
 /// A token works exactly once.
 pub fn token_works_once(store: &dyn Store) {
     let h = new_token(store, "ONCE-1", 5_000);
-    store.record_issuance(issuance(cert("ONCE-1"), vec![consume(&h, "ONCE-1", 1_500)])).expect("first use");
-    assert_eq!(store.token(&h).expect("token").expect("exists").used_at, Some(1_500));
+    let c = cert("ONCE-1");
+    store.record_issuance(issuance(c.clone(), vec![consume(&h, "ONCE-1", 1_500)])).expect("first use");
+    let t = store.token(&h).expect("token").expect("exists");
+    assert_eq!(t.used_at, Some(1_500));
+    assert_eq!(t.cert_serial, Some(c.serial), "the token remembers its certificate");
     let err = store.record_issuance(issuance(cert("ONCE-1"), vec![consume(&h, "ONCE-1", 1_600)])).expect_err("reuse");
     assert_eq!(err, StoreError::TokenUsed { used_at: 1_500 });
 }

@@ -83,13 +83,16 @@ pub struct TokenRecord {
     pub expires_at: UnixTime,
     /// When it was used, if it was.
     pub used_at: Option<UnixTime>,
+    /// The serial of the certificate it was used for, if it was.
+    pub cert_serial: Option<String>,
 }
 
 /// A condition that must hold, checked in the same transaction as the write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Precondition {
     /// Consume a one-time token: it must exist, be bound to `device_serial`,
-    /// be unused and not expired at `now`. It is marked used by the write.
+    /// be unused and not expired at `now`. It is marked used by the write,
+    /// and remembers the serial of the certificate it was spent on.
     ConsumeToken {
         /// Lowercase hex SHA-256 of the token.
         token_hash: String,

@@ -247,7 +247,7 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<(), StoreEr
     r
 }
 
-fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
+fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<(), StoreError> {
     match p {
         Precondition::ConsumeToken { token_hash, device_serial, now } => {
             let row: Option<(String, i64, Option<i64>)> = tx
@@ -265,10 +265,10 @@ fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
                 return Err(StoreError::TokenExpired { expires_at });
             }
             let n = tx
-                .execute(
-                    "UPDATE tokens SET used_at = ?1 WHERE token_hash = ?2 AND used_at IS NULL",
-                    params![now, token_hash],
+                .prepare_cached(
+                    "UPDATE tokens SET used_at = ?1, cert_serial = ?2 WHERE token_hash = ?3 AND used_at IS NULL",
                 )
+                .and_then(|mut st| st.execute(params![now, cert_serial, token_hash]))
                 .map_err(db)?;
             if n != 1 {
                 return Err(StoreError::TokenUsed { used_at: *now });
@@ -291,7 +291,7 @@ fn check(tx: &Transaction<'_>, p: &Precondition) -> Result<(), StoreError> {
 
 fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), StoreError> {
     for p in &i.preconditions {
-        check(tx, p)?;
+        check(tx, p, &i.cert.serial)?;
     }
     let c = &i.cert;
     let (status, revoked_at, reason) = match c.status {
@@ -335,9 +335,12 @@ fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), Stor
 fn token(tx: &Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
     let r = tx
         .prepare_cached(
-            "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at, cert_serial)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
-        .and_then(|mut st| st.execute(params![t.token_hash, t.device_serial, t.created_at, t.expires_at, t.used_at]));
+        .and_then(|mut st| {
+            st.execute(params![t.token_hash, t.device_serial, t.created_at, t.expires_at, t.used_at, t.cert_serial])
+        });
     match r {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -411,7 +414,7 @@ impl Store for SqliteStore {
     fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.read(|c| {
             let mut st = c
-                .prepare_cached("SELECT token_hash, device_serial, created_at, expires_at, used_at FROM tokens WHERE token_hash = ?1")
+                .prepare_cached("SELECT token_hash, device_serial, created_at, expires_at, used_at, cert_serial FROM tokens WHERE token_hash = ?1")
                 .map_err(db)?;
             st.query_row(
                 [token_hash],
@@ -422,6 +425,7 @@ impl Store for SqliteStore {
                         created_at: r.get(2)?,
                         expires_at: r.get(3)?,
                         used_at: r.get(4)?,
+                        cert_serial: r.get(5)?,
                     })
                 },
             )

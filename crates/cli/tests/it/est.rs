@@ -147,3 +147,36 @@ async fn concurrent_enrollments_all_recorded_with_unique_serials() {
     assert_eq!(ca.cert_count(), before + 40);
     ca.authority.store().verify_audit().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_recovered_by_enrolling_again() {
+    use iotpki_core::keys::SoftKey;
+    use iotpki_core::name::{DeviceSerial, NameBuilder};
+    let ca = Ca::start().await;
+    let state = ca.tmp.path().join("lost");
+    let token = ca.token("LOST-1");
+    // What the agent does before its request: the key is on disk first...
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    iotpki_agent::state::write_new_key(&state, &key).unwrap();
+    // ...then the request is issued and recorded, and the device loses power before
+    // it stores the answer (we send it ourselves and drop the answer).
+    let sn = DeviceSerial::parse("LOST-1").unwrap();
+    let subject = NameBuilder::default().common_name("LOST-1").unwrap().serial_number(&sn).unwrap().build();
+    let csr = iotpki_core::csr::build(&subject, &key, vec![]).unwrap();
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let c = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), None).unwrap();
+    let issued = c.simple_enroll(&csr, "LOST-1", &token).await.unwrap();
+    assert!(!state.join("identity.json").exists());
+    let count = ca.cert_count();
+
+    // Back on power: enroll again with the same token.
+    let id = iotpki_agent::enroll(&ca.enroll_opts(&state, "LOST-1", &token)).await.unwrap();
+    assert_eq!(pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap(), issued, "the same certificate");
+    assert_eq!(ca.cert_count(), count, "nothing new issued");
+    iotpki_agent::status(&state).unwrap();
+    iotpki_agent::renew(&state, None).await.unwrap();
+
+    // Someone else with that token (another key) is still refused.
+    let err = iotpki_agent::enroll(&ca.enroll_opts(&ca.tmp.path().join("thief"), "LOST-1", &token)).await.unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
+}

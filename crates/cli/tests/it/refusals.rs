@@ -253,15 +253,24 @@ async fn bad_enrollments_are_refused_and_change_nothing() {
     }];
     check(&ca, &client, cases, &hashes).await;
 
-    // The good request still works after all that, exactly once.
-    let (status, body) = client.raw("POST", "simpleenroll", ct, b64(&good), basic("SN-1", &token)).await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    // The good request still works after all that.
+    let (status, first) = client.raw("POST", "simpleenroll", ct, b64(&good), basic("SN-1", &token)).await.unwrap();
+    assert_eq!(status, 200, "{first}");
     let certs = ca.cert_count();
+    // The same token and the same key again (a client whose answer was lost): the same
+    // certificate, nothing new issued, and the retry is in the audit log.
+    let (status, again) = client.raw("POST", "simpleenroll", ct, b64(&good), basic("SN-1", &token)).await.unwrap();
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(est::decode_body(again.as_bytes()).unwrap(), est::decode_body(first.as_bytes()).unwrap());
+    assert_eq!(ca.cert_count(), certs);
+    assert_eq!(ca.last_audit().event.action, "enroll.replay");
+    // The same token with another key: refused.
+    let other_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
     let cases = vec![Case {
-        name: "reused token",
+        name: "reused token, other key",
         op: "simpleenroll",
         content_type: ct,
-        body: b64(&good),
+        body: b64(&device_csr("SN-1", &other_key)),
         auth: basic("SN-1", &token),
         status: 401,
         reason: "already used",

@@ -26,7 +26,9 @@ CREATE TABLE tokens (
     device_serial TEXT   NOT NULL,
     created_at    BIGINT NOT NULL,
     expires_at    BIGINT NOT NULL,
-    used_at       BIGINT
+    used_at       BIGINT,
+    -- the certificate the token was spent on (a retry with the same key gets it again)
+    cert_serial   TEXT
 );
 
 -- INTEGER PRIMARY KEY (exactly) makes seq SQLite's rowid: no separate index.
