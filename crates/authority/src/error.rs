@@ -101,6 +101,16 @@ impl From<StoreError> for AuthorityError {
             | StoreError::TokenUsed { .. }
             | StoreError::TokenExpired { .. } => Self::Unauthorized(e.to_string()),
             StoreError::CertUnknown { .. } | StoreError::CertRevoked { .. } => Self::Forbidden(e.to_string()),
+            StoreError::StationUnknown { .. }
+            | StoreError::StationRevoked { .. }
+            | StoreError::StationNotAuthorized { .. }
+            | StoreError::BatchClosed { .. }
+            | StoreError::BatchOutsideWindow { .. }
+            | StoreError::QuotaExhausted { .. }
+            | StoreError::SerialNotAllowed { .. }
+            | StoreError::AlreadyBorn { .. } => Self::Forbidden(e.to_string()),
+            StoreError::BatchUnknown { .. } => Self::NotFound(e.to_string()),
+            StoreError::BatchExists { .. } | StoreError::StationExists { .. } => Self::BadRequest(e.to_string()),
             other => Self::Store(other),
         }
     }

@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{AuditEvent, CertQuery, CertRecord, CertStatus, Issuance, Precondition, Store, StoreError, TokenRecord};
+use crate::{
+    AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, Precondition, StationRecord,
+    StationStatus, Store, StoreError, TokenRecord,
+};
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
 
@@ -71,6 +74,9 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     listing_filters(store);
     concurrent_token_race(store);
     concurrent_issuance(store);
+    factory_births_and_refusals(store);
+    quota_race(store);
+    clone_race(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -217,4 +223,174 @@ pub fn concurrent_issuance(store: &(dyn Store + 'static)) {
     });
     assert_eq!(store.count_certificates().expect("count"), before + 1600);
     assert_eq!(audit_len(store), audit + 1600, "one entry each, no gaps");
+}
+
+/// A batch `id` of `quota` over `serials`, open from 0 until 10_000.
+pub fn batch(store: &dyn Store, id: &str, quota: u64, serials: &[String]) {
+    let b = BatchRecord {
+        id: id.into(),
+        product: "widget".into(),
+        quota,
+        issued: 0,
+        refused: 0,
+        flagged: 0,
+        valid_from: 0,
+        valid_until: 10_000,
+        status: BatchStatus::Open,
+        created_at: 1,
+        allowlist: 0,
+    };
+    store.create_batch(b, serials.to_vec(), event("batch.create", id)).expect("create batch");
+}
+
+/// A station `name` authorised for `batches`.
+pub fn station(store: &dyn Store, name: &str, batches: &[&str]) -> CertRecord {
+    let mut c = cert(name);
+    c.profile = "station".into();
+    c.device_serial = None;
+    let st = StationRecord {
+        name: name.into(),
+        cert_serial: c.serial.clone(),
+        batches: batches.iter().map(|b| b.to_string()).collect(),
+        status: StationStatus::Active,
+        created_at: 1,
+    };
+    store.add_station(st, c.clone(), event("station.add", name)).expect("add station");
+    c
+}
+
+fn birth(batch: &str, station: &str, serial: &str, now: i64) -> Vec<Precondition> {
+    vec![Precondition::Birth { batch: batch.into(), station: station.into(), device_serial: serial.into(), now }]
+}
+
+/// Batches and stations: reads, the happy path, and every refusal writing nothing.
+pub fn factory_births_and_refusals(store: &dyn Store) {
+    let b = unique("FB-");
+    let other = unique("FO-");
+    let serials: Vec<String> = (0..3).map(|i| format!("{b}-{i}")).collect();
+    batch(store, &b, 2, &serials);
+    batch(store, &other, 5, &[format!("{other}-0")]);
+    let dup = BatchRecord { id: b.clone(), ..store.batch(&b).expect("read").expect("exists") };
+    assert_eq!(store.create_batch(dup, vec![], event("x", "y")), Err(StoreError::BatchExists { batch: b.clone() }));
+    let got = store.batch(&b).expect("read").expect("exists");
+    assert_eq!((got.quota, got.issued, got.allowlist, got.status), (2, 0, 3, BatchStatus::Open));
+    let st = unique("ST-");
+    let st_cert = station(store, &st, &[&b]);
+    assert_eq!(store.station(&st).expect("read").expect("exists").batches, vec![b.clone()]);
+    assert_eq!(store.station_by_cert(&st_cert.serial).expect("read").expect("exists").name, st);
+    assert_eq!(store.certificate(&st_cert.serial).expect("read").expect("recorded").profile, "station");
+    let unknown_batch = StationRecord {
+        name: unique("SX-"),
+        cert_serial: unique("5e"),
+        batches: vec!["no-such-batch".into()],
+        status: StationStatus::Active,
+        created_at: 1,
+    };
+    assert_eq!(
+        store.add_station(unknown_batch, cert("SX"), event("station.add", "SX")),
+        Err(StoreError::BatchUnknown { batch: "no-such-batch".into() })
+    );
+
+    let ok = |serial: &str| store.record_issuance(issuance(cert(serial), birth(&b, &st, serial, 100)));
+    ok(&serials[0]).expect("first birth");
+    assert_eq!(store.unborn_serials(&b, 10).expect("unborn"), serials[1..].to_vec());
+
+    let refusals: Vec<(Vec<Precondition>, StoreError)> = vec![
+        (birth(&b, "nobody", &serials[1], 100), StoreError::StationUnknown { station: "nobody".into() }),
+        (birth("nothing", &st, &serials[1], 100), StoreError::BatchUnknown { batch: "nothing".into() }),
+        (
+            birth(&other, &st, &format!("{other}-0"), 100),
+            StoreError::StationNotAuthorized { station: st.clone(), batch: other.clone() },
+        ),
+        (
+            birth(&b, &st, &serials[1], 10_000),
+            StoreError::BatchOutsideWindow { batch: b.clone(), from: 0, until: 10_000 },
+        ),
+        (
+            birth(&b, &st, "not-listed", 100),
+            StoreError::SerialNotAllowed { batch: b.clone(), serial: "not-listed".into() },
+        ),
+        (birth(&b, &st, &serials[0], 100), StoreError::AlreadyBorn { serial: serials[0].clone(), cert: String::new() }),
+    ];
+    for (pre, want) in refusals {
+        let before = (store.batch(&b).expect("read"), store.count_certificates().expect("count"), audit_len(store));
+        let err = store.record_issuance(issuance(cert("R"), pre)).expect_err("refused");
+        match (&err, &want) {
+            (StoreError::AlreadyBorn { serial: a, .. }, StoreError::AlreadyBorn { serial: w, .. }) => assert_eq!(a, w),
+            _ => assert_eq!(err, want),
+        }
+        let after = (store.batch(&b).expect("read"), store.count_certificates().expect("count"), audit_len(store));
+        assert_eq!(before, after, "{want}: nothing written");
+    }
+    ok(&serials[1]).expect("second birth");
+    assert_eq!(ok(&serials[2]), Err(StoreError::QuotaExhausted { batch: b.clone(), quota: 2 }), "quota of 2 used up");
+    let before = store.batch(&b).expect("read").expect("exists").refused;
+    store.record_refusal(Some(&b), event("refuse.birth", "x")).expect("refusal");
+    assert_eq!(store.batch(&b).expect("read").expect("exists").refused, before + 1);
+
+    store.close_batch(&other, event("batch.close", &other)).expect("close");
+    assert_eq!(store.batch(&other).expect("read").expect("exists").status, BatchStatus::Closed);
+    let st2 = unique("ST-");
+    station(store, &st2, &[&other]);
+    assert_eq!(
+        store.record_issuance(issuance(cert("C"), birth(&other, &st2, &format!("{other}-0"), 100))),
+        Err(StoreError::BatchClosed { batch: other.clone() })
+    );
+    store.revoke_station(&st2, 200, event("station.revoke", &st2)).expect("revoke");
+    assert!(matches!(store.station(&st2).expect("read").expect("exists").status, StationStatus::Revoked { at: 200 }));
+    let st2_cert = store.station(&st2).expect("read").expect("exists").cert_serial;
+    assert!(matches!(
+        store.certificate(&st2_cert).expect("read").expect("exists").status,
+        CertStatus::Revoked { reason: 5, .. }
+    ));
+    assert_eq!(
+        store.record_issuance(issuance(cert("C"), birth(&other, &st2, &format!("{other}-0"), 100))),
+        Err(StoreError::StationRevoked { station: st2.clone() })
+    );
+    assert_eq!(store.revoke_station(&st2, 300, event("x", "y")), Err(StoreError::StationRevoked { station: st2 }));
+}
+
+/// 40 requests with distinct allowed serials race for a quota of 5: exactly 5 are born.
+pub fn quota_race(store: &(dyn Store + 'static)) {
+    let b = unique("QR-");
+    let serials: Vec<String> = (0..40).map(|i| format!("{b}-{i}")).collect();
+    batch(store, &b, 5, &serials);
+    let st = unique("ST-");
+    station(store, &st, &[&b]);
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = serials
+            .iter()
+            .map(|serial| {
+                let (b, st) = (b.clone(), st.clone());
+                s.spawn(move || store.record_issuance(issuance(cert(serial), birth(&b, &st, serial, 100))))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5, "exactly the quota: {results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::QuotaExhausted { .. }))), "{results:?}");
+    let got = store.batch(&b).expect("read").expect("exists");
+    assert_eq!(got.issued, 5);
+    assert_eq!(store.unborn_serials(&b, 100).expect("unborn").len(), 35);
+}
+
+/// 16 requests for one serial race: one birth, the others are clones refused.
+pub fn clone_race(store: &(dyn Store + 'static)) {
+    let b = unique("CR-");
+    let serial = format!("{b}-0");
+    batch(store, &b, 100, std::slice::from_ref(&serial));
+    let st = unique("ST-");
+    station(store, &st, &[&b]);
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                let (b, st, serial) = (b.clone(), st.clone(), serial.clone());
+                s.spawn(move || store.record_issuance(issuance(cert(&serial), birth(&b, &st, &serial, 100))))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "one birth: {results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::AlreadyBorn { .. }))), "{results:?}");
+    assert_eq!(store.batch(&b).expect("read").expect("exists").issued, 1);
 }

@@ -39,6 +39,73 @@ pub enum StoreError {
         /// The serial.
         serial: String,
     },
+    /// No batch with this id.
+    BatchUnknown {
+        /// The id.
+        batch: String,
+    },
+    /// A batch with this id exists already.
+    BatchExists {
+        /// The id.
+        batch: String,
+    },
+    /// The batch was closed.
+    BatchClosed {
+        /// The id.
+        batch: String,
+    },
+    /// The batch does not issue at this time.
+    BatchOutsideWindow {
+        /// The id.
+        batch: String,
+        /// First second it issues in.
+        from: UnixTime,
+        /// First second it no longer issues in.
+        until: UnixTime,
+    },
+    /// The batch's quota is used up.
+    QuotaExhausted {
+        /// The id.
+        batch: String,
+        /// Its quota.
+        quota: u64,
+    },
+    /// The serial is not on the batch's allowlist.
+    SerialNotAllowed {
+        /// The batch.
+        batch: String,
+        /// The serial.
+        serial: String,
+    },
+    /// The serial already has a birth certificate.
+    AlreadyBorn {
+        /// The serial.
+        serial: String,
+        /// Its birth certificate.
+        cert: String,
+    },
+    /// No station with this name.
+    StationUnknown {
+        /// The name.
+        station: String,
+    },
+    /// A station with this name exists already.
+    StationExists {
+        /// The name.
+        station: String,
+    },
+    /// The station was revoked.
+    StationRevoked {
+        /// The name.
+        station: String,
+    },
+    /// The station may not serve this batch.
+    StationNotAuthorized {
+        /// The station.
+        station: String,
+        /// The batch.
+        batch: String,
+    },
     /// The audit chain does not verify at `seq`.
     AuditBroken {
         /// First entry that does not verify.
@@ -63,6 +130,23 @@ impl fmt::Display for StoreError {
             Self::CertUnknown { serial } => write!(f, "certificate {serial} is not in the store"),
             Self::CertRevoked { serial } => write!(f, "certificate {serial} is revoked"),
             Self::DuplicateSerial { serial } => write!(f, "serial number {serial} is already recorded"),
+            Self::BatchUnknown { batch } => write!(f, "batch {batch} does not exist"),
+            Self::BatchExists { batch } => write!(f, "batch {batch} exists already"),
+            Self::BatchClosed { batch } => write!(f, "batch {batch} is closed"),
+            Self::BatchOutsideWindow { batch, from, until } => {
+                write!(f, "batch {batch} issues only from {from} until {until} (Unix time)")
+            }
+            Self::QuotaExhausted { batch, quota } => write!(f, "batch {batch} has used up its quota of {quota}"),
+            Self::SerialNotAllowed { batch, serial } => {
+                write!(f, "serial {serial} is not on the allowlist of batch {batch}")
+            }
+            Self::AlreadyBorn { serial, cert } => write!(f, "serial {serial} already has a birth certificate ({cert})"),
+            Self::StationUnknown { station } => write!(f, "station {station} does not exist"),
+            Self::StationExists { station } => write!(f, "station {station} exists already"),
+            Self::StationRevoked { station } => write!(f, "station {station} is revoked"),
+            Self::StationNotAuthorized { station, batch } => {
+                write!(f, "station {station} is not authorised for batch {batch}")
+            }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
             Self::Database(e) => write!(f, "database error: {e}"),
             Self::Closed => f.write_str("store is closed"),

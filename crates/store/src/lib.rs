@@ -106,6 +106,84 @@ pub enum Precondition {
         /// Serial (lowercase hex) of the certificate.
         serial: String,
     },
+    /// A birth certificate on the factory line: the station is active and
+    /// authorised for the batch; the batch is open and inside its window at
+    /// `now`; its quota is not used up; the serial is on its allowlist and was
+    /// never born. The write counts the birth against the quota and records
+    /// it (one birth per serial, by constraint).
+    Birth {
+        /// The batch.
+        batch: String,
+        /// The station asking.
+        station: String,
+        /// The device serial.
+        device_serial: String,
+        /// The authority's clock.
+        now: UnixTime,
+    },
+}
+
+/// Whether a batch still issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchStatus {
+    /// Issues inside its window, up to its quota.
+    Open,
+    /// Closed by the admin: issues nothing more.
+    Closed,
+}
+
+/// A production batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// Its id.
+    pub id: String,
+    /// The product it makes.
+    pub product: String,
+    /// Most birth certificates it may issue.
+    pub quota: u64,
+    /// Birth certificates issued so far.
+    pub issued: u64,
+    /// Requests refused for it so far.
+    pub refused: u64,
+    /// Certificates flagged (overbuild, clones) so far.
+    pub flagged: u64,
+    /// First second it issues in.
+    pub valid_from: UnixTime,
+    /// First second it no longer issues in.
+    pub valid_until: UnixTime,
+    /// Open or closed.
+    pub status: BatchStatus,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// Size of its serial allowlist.
+    pub allowlist: u64,
+}
+
+/// Whether a station may still enroll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StationStatus {
+    /// May enroll for its batches.
+    Active,
+    /// Revoked at this time: refused everywhere, its certificate revoked too.
+    Revoked {
+        /// When.
+        at: UnixTime,
+    },
+}
+
+/// A factory station.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StationRecord {
+    /// Its name.
+    pub name: String,
+    /// Serial of its certificate.
+    pub cert_serial: String,
+    /// The batches it may serve.
+    pub batches: Vec<String>,
+    /// Active or revoked.
+    pub status: StationStatus,
+    /// When it was added.
+    pub created_at: UnixTime,
 }
 
 /// A certificate to record, with the checks that guard it and its audit entry.
@@ -164,4 +242,34 @@ pub trait Store: Send + Sync {
 
     /// Walk the whole audit chain and check every link.
     fn verify_audit(&self) -> Result<AuditReport, StoreError>;
+
+    /// Create a batch with its serial allowlist (ids and serials must be new to it).
+    fn create_batch(&self, batch: BatchRecord, serials: Vec<String>, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// One batch.
+    fn batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError>;
+
+    /// Every batch, newest first.
+    fn list_batches(&self) -> Result<Vec<BatchRecord>, StoreError>;
+
+    /// Close a batch: it issues nothing more.
+    fn close_batch(&self, id: &str, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Serials on a batch's allowlist that have no birth certificate yet, in order, at most `limit`.
+    fn unborn_serials(&self, id: &str, limit: u32) -> Result<Vec<String>, StoreError>;
+
+    /// Record a station with its certificate, atomically. Its batches must exist.
+    fn add_station(&self, station: StationRecord, cert: CertRecord, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// One station by name.
+    fn station(&self, name: &str) -> Result<Option<StationRecord>, StoreError>;
+
+    /// The station whose certificate has this serial.
+    fn station_by_cert(&self, cert_serial: &str) -> Result<Option<StationRecord>, StoreError>;
+
+    /// Revoke a station and its certificate (reason: cessationOfOperation).
+    fn revoke_station(&self, name: &str, at: UnixTime, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Audit a refused request and count it against `batch`, if it names one that exists.
+    fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError>;
 }

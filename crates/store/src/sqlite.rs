@@ -20,8 +20,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::{
-    audit_hash, AuditEntry, AuditEvent, AuditReport, CertQuery, CertRecord, CertStatus, Issuance, Precondition, Store,
-    StoreError, TokenRecord, GENESIS_HASH,
+    audit_hash, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus,
+    Issuance, Precondition, StationRecord, StationStatus, Store, StoreError, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -33,7 +33,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read connections kept open.
 const READERS: usize = 4;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_factory.sql")),
+];
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -47,6 +50,11 @@ enum Op {
     Issue(Box<Issuance>),
     Token(TokenRecord, AuditEvent),
     Audit(AuditEvent),
+    CreateBatch(Box<BatchRecord>, Vec<String>, AuditEvent),
+    CloseBatch(String, AuditEvent),
+    AddStation(Box<StationRecord>, Box<CertRecord>, AuditEvent),
+    RevokeStation(String, i64, AuditEvent),
+    Refusal(Option<String>, AuditEvent),
 }
 
 struct Job {
@@ -238,6 +246,11 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<(), StoreEr
         Op::Issue(i) => issue(tx, i, head),
         Op::Token(t, a) => token(tx, t).and_then(|()| append(tx, a, head)),
         Op::Audit(a) => append(tx, a, head),
+        Op::CreateBatch(b, serials, a) => create_batch(tx, b, serials).and_then(|()| append(tx, a, head)),
+        Op::CloseBatch(id, a) => close_batch(tx, id).and_then(|()| append(tx, a, head)),
+        Op::AddStation(st, cert, a) => add_station(tx, st, cert).and_then(|()| append(tx, a, head)),
+        Op::RevokeStation(name, at, a) => revoke_station(tx, name, *at).and_then(|()| append(tx, a, head)),
+        Op::Refusal(batch, a) => refusal(tx, batch.as_deref()).and_then(|()| append(tx, a, head)),
     };
     if r.is_err() {
         exec_cached(tx, "ROLLBACK TO op")?;
@@ -275,6 +288,9 @@ fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<()
             }
             Ok(())
         }
+        Precondition::Birth { batch, station, device_serial, now } => {
+            birth(tx, batch, station, device_serial, *now, cert_serial)
+        }
         Precondition::CertIsGood { serial } => {
             let status: Option<String> = tx
                 .prepare_cached("SELECT status FROM certificates WHERE serial = ?1")
@@ -289,11 +305,174 @@ fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<()
     }
 }
 
+fn opt<T>(r: rusqlite::Result<T>) -> Result<Option<T>, StoreError> {
+    r.optional().map_err(db)
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// The factory-line checks, in the order a station would want to hear them.
+fn birth(
+    tx: &Transaction<'_>,
+    batch: &str,
+    station: &str,
+    serial: &str,
+    now: i64,
+    cert: &str,
+) -> Result<(), StoreError> {
+    let st: Option<String> = opt(tx
+        .prepare_cached("SELECT status FROM stations WHERE name = ?1")
+        .and_then(|mut q| q.query_row([station], |r| r.get(0))))?;
+    match st.as_deref() {
+        None => return Err(StoreError::StationUnknown { station: station.into() }),
+        Some("active") => {}
+        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+    }
+    let b: Option<(i64, i64, i64, i64, String)> = opt(tx
+        .prepare_cached("SELECT quota, issued, valid_from, valid_until, status FROM batches WHERE id = ?1")
+        .and_then(|mut q| q.query_row([batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))))?;
+    let Some((quota, issued, from, until, status)) = b else {
+        return Err(StoreError::BatchUnknown { batch: batch.into() });
+    };
+    let allowed: Option<i64> = opt(tx
+        .prepare_cached("SELECT 1 FROM station_batches WHERE station = ?1 AND batch_id = ?2")
+        .and_then(|mut q| q.query_row([station, batch], |r| r.get(0))))?;
+    if allowed.is_none() {
+        return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
+    }
+    if status != "open" {
+        return Err(StoreError::BatchClosed { batch: batch.into() });
+    }
+    if now < from || now >= until {
+        return Err(StoreError::BatchOutsideWindow { batch: batch.into(), from, until });
+    }
+    if issued >= quota {
+        return Err(StoreError::QuotaExhausted { batch: batch.into(), quota: u64::try_from(quota).unwrap_or(0) });
+    }
+    let listed: Option<i64> = opt(tx
+        .prepare_cached("SELECT 1 FROM batch_serials WHERE batch_id = ?1 AND device_serial = ?2")
+        .and_then(|mut q| q.query_row([batch, serial], |r| r.get(0))))?;
+    if listed.is_none() {
+        return Err(StoreError::SerialNotAllowed { batch: batch.into(), serial: serial.into() });
+    }
+    let born: Option<String> = opt(tx
+        .prepare_cached("SELECT cert_serial FROM births WHERE device_serial = ?1")
+        .and_then(|mut q| q.query_row([serial], |r| r.get(0))))?;
+    if let Some(cert) = born {
+        return Err(StoreError::AlreadyBorn { serial: serial.into(), cert });
+    }
+    let n = tx
+        .prepare_cached("UPDATE batches SET issued = issued + 1 WHERE id = ?1 AND issued < quota")
+        .and_then(|mut q| q.execute([batch]))
+        .map_err(db)?;
+    if n != 1 {
+        return Err(StoreError::QuotaExhausted { batch: batch.into(), quota: u64::try_from(quota).unwrap_or(0) });
+    }
+    tx.prepare_cached(
+        "INSERT INTO births (device_serial, cert_serial, batch_id, station, born_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut q| q.execute(params![serial, cert, batch, station, now]))
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::AlreadyBorn { serial: serial.into(), cert: String::new() }
+        } else {
+            db(e)
+        }
+    })?;
+    Ok(())
+}
+
+fn create_batch(tx: &Transaction<'_>, b: &BatchRecord, serials: &[String]) -> Result<(), StoreError> {
+    let status = if b.status == BatchStatus::Open { "open" } else { "closed" };
+    tx.prepare_cached(
+        "INSERT INTO batches (id, product, quota, issued, refused, flagged, valid_from, valid_until, status, created_at)
+         VALUES (?1, ?2, ?3, 0, 0, 0, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut q| {
+        q.execute(params![b.id, b.product, i64::try_from(b.quota).unwrap_or(i64::MAX), b.valid_from, b.valid_until, status, b.created_at])
+    })
+    .map_err(|e| if is_constraint(&e) { StoreError::BatchExists { batch: b.id.clone() } } else { db(e) })?;
+    let mut q = tx
+        .prepare_cached("INSERT INTO batch_serials (batch_id, device_serial, position) VALUES (?1, ?2, ?3)")
+        .map_err(db)?;
+    for (i, s) in serials.iter().enumerate() {
+        q.execute(params![b.id, s, i64::try_from(i).unwrap_or(i64::MAX)])
+            .map_err(|e| StoreError::Database(format!("allowlist serial {s}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn close_batch(tx: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    let n = tx
+        .prepare_cached("UPDATE batches SET status = 'closed' WHERE id = ?1")
+        .and_then(|mut q| q.execute([id]))
+        .map_err(db)?;
+    if n == 0 {
+        return Err(StoreError::BatchUnknown { batch: id.into() });
+    }
+    Ok(())
+}
+
+fn add_station(tx: &Transaction<'_>, st: &StationRecord, cert: &CertRecord) -> Result<(), StoreError> {
+    for b in &st.batches {
+        let found: Option<i64> = opt(tx
+            .prepare_cached("SELECT 1 FROM batches WHERE id = ?1")
+            .and_then(|mut q| q.query_row([b], |r| r.get(0))))?;
+        if found.is_none() {
+            return Err(StoreError::BatchUnknown { batch: b.clone() });
+        }
+    }
+    tx.prepare_cached("INSERT INTO stations (name, cert_serial, status, created_at) VALUES (?1, ?2, 'active', ?3)")
+        .and_then(|mut q| q.execute(params![st.name, st.cert_serial, st.created_at]))
+        .map_err(|e| if is_constraint(&e) { StoreError::StationExists { station: st.name.clone() } } else { db(e) })?;
+    for b in &st.batches {
+        tx.prepare_cached("INSERT OR IGNORE INTO station_batches (station, batch_id) VALUES (?1, ?2)")
+            .and_then(|mut q| q.execute([&st.name, b]))
+            .map_err(db)?;
+    }
+    insert_cert(tx, cert)
+}
+
+fn revoke_station(tx: &Transaction<'_>, name: &str, at: i64) -> Result<(), StoreError> {
+    let row: Option<(String, String)> = opt(tx
+        .prepare_cached("SELECT status, cert_serial FROM stations WHERE name = ?1")
+        .and_then(|mut q| q.query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))))?;
+    let Some((status, cert)) = row else { return Err(StoreError::StationUnknown { station: name.into() }) };
+    if status != "active" {
+        return Err(StoreError::StationRevoked { station: name.into() });
+    }
+    tx.prepare_cached("UPDATE stations SET status = 'revoked', revoked_at = ?1 WHERE name = ?2")
+        .and_then(|mut q| q.execute(params![at, name]))
+        .map_err(db)?;
+    // RFC 5280 CRLReason cessationOfOperation (5).
+    tx.prepare_cached(
+        "UPDATE certificates SET status = 'revoked', revoked_at = ?1, revocation_reason = 5 WHERE serial = ?2",
+    )
+    .and_then(|mut q| q.execute(params![at, cert]))
+    .map_err(db)?;
+    Ok(())
+}
+
+fn refusal(tx: &Transaction<'_>, batch: Option<&str>) -> Result<(), StoreError> {
+    if let Some(b) = batch {
+        tx.prepare_cached("UPDATE batches SET refused = refused + 1 WHERE id = ?1")
+            .and_then(|mut q| q.execute([b]))
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
 fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), StoreError> {
     for p in &i.preconditions {
         check(tx, p, &i.cert.serial)?;
     }
-    let c = &i.cert;
+    insert_cert(tx, &i.cert)?;
+    append(tx, &i.audit, head)
+}
+
+fn insert_cert(tx: &Transaction<'_>, c: &CertRecord) -> Result<(), StoreError> {
     let (status, revoked_at, reason) = match c.status {
         CertStatus::Good => ("good", None, None),
         CertStatus::Revoked { at, reason } => ("revoked", Some(at), Some(i64::from(reason))),
@@ -329,7 +508,7 @@ fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), Stor
         }
         Err(e) => return Err(ctx("insert certificate")(e)),
     }
-    append(tx, &i.audit, head)
+    Ok(())
 }
 
 fn token(tx: &Transaction<'_>, t: &TokenRecord) -> Result<(), StoreError> {
@@ -362,6 +541,49 @@ fn append(tx: &Transaction<'_>, ev: &AuditEvent, head: &mut Head) -> Result<(), 
     .map_err(ctx("append audit"))?;
     *head = Head { seq, hash };
     Ok(())
+}
+
+const BATCH_SELECT: &str =
+    "SELECT b.id, b.product, b.quota, b.issued, b.refused, b.flagged, b.valid_from, b.valid_until,
+     b.status, b.created_at, (SELECT COUNT(*) FROM batch_serials s WHERE s.batch_id = b.id) FROM batches b";
+
+fn count(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
+}
+
+fn batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
+    let status: String = r.get(8)?;
+    Ok(BatchRecord {
+        id: r.get(0)?,
+        product: r.get(1)?,
+        quota: count(r, 2)?,
+        issued: count(r, 3)?,
+        refused: count(r, 4)?,
+        flagged: count(r, 5)?,
+        valid_from: r.get(6)?,
+        valid_until: r.get(7)?,
+        status: if status == "open" { BatchStatus::Open } else { BatchStatus::Closed },
+        created_at: r.get(9)?,
+        allowlist: count(r, 10)?,
+    })
+}
+
+/// A station by `name` or by `cert_serial` (the column is ours, never the caller's).
+fn station_query(c: &Connection, column: &'static str, value: &str) -> Result<Option<StationRecord>, StoreError> {
+    let sql = format!("SELECT name, cert_serial, status, created_at, revoked_at FROM stations WHERE {column} = ?1");
+    let row: Option<(String, String, String, i64, Option<i64>)> = c
+        .prepare_cached(&sql)
+        .and_then(|mut q| {
+            q.query_row([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).optional()
+        })
+        .map_err(db)?;
+    let Some((name, cert_serial, status, created_at, revoked_at)) = row else { return Ok(None) };
+    let mut q =
+        c.prepare_cached("SELECT batch_id FROM station_batches WHERE station = ?1 ORDER BY batch_id").map_err(db)?;
+    let batches = q.query_map([&name], |r| r.get(0)).map_err(db)?.collect::<Result<Vec<String>, _>>().map_err(db)?;
+    let status =
+        if status == "active" { StationStatus::Active } else { StationStatus::Revoked { at: revoked_at.unwrap_or(0) } };
+    Ok(Some(StationRecord { name, cert_serial, batches, status, created_at }))
 }
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der";
@@ -516,6 +738,62 @@ impl Store for SqliteStore {
             }
         }
         Ok(AuditReport { entries: expect_seq - 1, head: prev })
+    }
+
+    fn create_batch(&self, batch: BatchRecord, serials: Vec<String>, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::CreateBatch(Box::new(batch), serials, audit))
+    }
+
+    fn batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!("{BATCH_SELECT} WHERE b.id = ?1")).map_err(db)?;
+            st.query_row([id], batch_row).optional().map_err(db)
+        })
+    }
+
+    fn list_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!("{BATCH_SELECT} ORDER BY b.created_at DESC, b.id")).map_err(db)?;
+            let rows = st.query_map([], batch_row).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn close_batch(&self, id: &str, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::CloseBatch(id.to_string(), audit))
+    }
+
+    fn unborn_serials(&self, id: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT s.device_serial FROM batch_serials s LEFT JOIN births b ON b.device_serial = s.device_serial
+                     WHERE s.batch_id = ?1 AND b.device_serial IS NULL ORDER BY s.position LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = st.query_map(params![id, i64::from(limit)], |r| r.get(0)).map_err(db)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(db)
+        })
+    }
+
+    fn add_station(&self, station: StationRecord, cert: CertRecord, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::AddStation(Box::new(station), Box::new(cert), audit))
+    }
+
+    fn station(&self, name: &str) -> Result<Option<StationRecord>, StoreError> {
+        self.read(|c| station_query(c, "name", name))
+    }
+
+    fn station_by_cert(&self, cert_serial: &str) -> Result<Option<StationRecord>, StoreError> {
+        self.read(|c| station_query(c, "cert_serial", cert_serial))
+    }
+
+    fn revoke_station(&self, name: &str, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::RevokeStation(name.to_string(), at, audit))
+    }
+
+    fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::Refusal(batch.map(str::to_string), audit))
     }
 }
 
