@@ -119,6 +119,24 @@ impl EstClient {
         one_cert(certs_of(a)?)
     }
 
+    /// `POST /simpleenroll?batch=ID` over mutual TLS with a factory station's
+    /// certificate: a device's birth certificate (DER).
+    pub async fn simple_enroll_batch(&self, csr_der: &[u8], batch: &str) -> Result<Vec<u8>, AgentError> {
+        if batch.is_empty() || !batch.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(AgentError::Usage(format!("batch id {batch:?} must be A-Z a-z 0-9 - _ .")));
+        }
+        let a = self.call("POST", &format!("simpleenroll?batch={batch}"), Some(csr_der), None).await?;
+        one_cert(certs_of(a)?)
+    }
+
+    /// `GET /factory/batches/ID?unborn=N`: a station's view of its batch (JSON).
+    pub async fn factory_batch(&self, batch: &str, unborn: u32) -> Result<serde_json::Value, AgentError> {
+        let path = format!("/factory/batches/{batch}?unborn={unborn}");
+        let a = self.exchange("GET", &path, None, Bytes::new(), None).await?;
+        let a = refuse_unless_ok(a)?;
+        serde_json::from_slice(&a.body).map_err(|e| AgentError::BadAnswer(format!("batch view: {e}")))
+    }
+
     /// `POST /simplereenroll` over mutual TLS: the new certificate (DER).
     pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         let a = self.call("POST", "simplereenroll", Some(csr_der), None).await?;
@@ -137,7 +155,8 @@ impl EstClient {
         body: Vec<u8>,
         auth: Option<String>,
     ) -> Result<(u16, String), AgentError> {
-        let a = self.exchange(method, op, content_type, Bytes::from(body), auth).await?;
+        let path = format!("{}/{op}", self.prefix);
+        let a = self.exchange(method, &path, content_type, Bytes::from(body), auth).await?;
         Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
     }
 
@@ -152,19 +171,14 @@ impl EstClient {
             Some(der) => (Some(est::CT_PKCS10), Bytes::from(est::encode_body(der))),
             None => (None, Bytes::new()),
         };
-        let a = self.exchange(method, op, ct, body, auth).await?;
-        if a.status != 200 {
-            let text = String::from_utf8_lossy(&a.body);
-            let reason: String = text.lines().next().unwrap_or_default().chars().take(300).collect();
-            return Err(AgentError::Refused { status: a.status, reason });
-        }
-        Ok(a)
+        let path = format!("{}/{op}", self.prefix);
+        refuse_unless_ok(self.exchange(method, &path, ct, body, auth).await?)
     }
 
     async fn exchange(
         &self,
         method: &str,
-        op: &str,
+        path: &str,
         content_type: Option<&str>,
         body: Bytes,
         auth: Option<String>,
@@ -183,10 +197,7 @@ impl EstClient {
                 .await
                 .map_err(|e| AgentError::Connect(format!("HTTP with {what}: {e}")))?;
             tokio::spawn(conn);
-            let mut req = hyper::Request::builder()
-                .method(method)
-                .uri(format!("{}/{op}", self.prefix))
-                .header(hyper::header::HOST, what.clone());
+            let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, what.clone());
             if let Some(a) = auth {
                 req = req.header(hyper::header::AUTHORIZATION, a);
             }
@@ -208,6 +219,15 @@ impl EstClient {
             .await
             .map_err(|_| AgentError::Connect(format!("{what}: no answer within {CALL_TIMEOUT:?}")))?
     }
+}
+
+fn refuse_unless_ok(a: Answer) -> Result<Answer, AgentError> {
+    if a.status != 200 {
+        let text = String::from_utf8_lossy(&a.body);
+        let reason: String = text.lines().next().unwrap_or_default().chars().take(300).collect();
+        return Err(AgentError::Refused { status: a.status, reason });
+    }
+    Ok(a)
 }
 
 fn certs_of(a: Answer) -> Result<Vec<Vec<u8>>, AgentError> {

@@ -117,6 +117,61 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     Ok(id)
 }
 
+/// On the factory line, step 1 on the device: make the key pair in the
+/// device's keystore (state directory `dir`) and return a PKCS#10 request
+/// carrying its serial. The private key never leaves `dir`.
+pub fn begin_birth(dir: &Path, serial: &str, key_type: KeyType) -> Result<Vec<u8>, AgentError> {
+    if state::identity_path(dir).exists() {
+        return Err(AgentError::State(format!("{} already holds an identity", dir.display())));
+    }
+    let serial = DeviceSerial::parse(serial).map_err(|e| AgentError::Usage(e.to_string()))?;
+    let key = match state::pending_key(dir)? {
+        Some((_, key)) if key.key_type() == key_type => key,
+        _ => {
+            let key = SoftKey::generate(key_type)?;
+            state::write_new_key(dir, &key)?;
+            key
+        }
+    };
+    let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
+    Ok(csr::build(&subject, &key, vec![])?)
+}
+
+/// On the factory line, step 2 on the device: take the birth certificate, its
+/// chain and the trust anchor the station writes in, check that the
+/// certificate is for this device's key and serial and chains to the anchor,
+/// and store the identity atomically.
+pub fn finish_birth(
+    dir: &Path,
+    serial: &str,
+    cert: &[u8],
+    chain: &[Vec<u8>],
+    anchor: &[u8],
+    server: &str,
+    label: Option<&str>,
+) -> Result<Identity, AgentError> {
+    let (key_file, key) =
+        state::pending_key(dir)?.ok_or_else(|| AgentError::State(format!("no key pending in {}", dir.display())))?;
+    check_issued(cert, &key, chain, anchor)?;
+    let issued = profile::cert_info(cert)?;
+    if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
+        return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
+    }
+    let id = Identity {
+        device_serial: serial.to_string(),
+        server: server.to_string(),
+        label: label.map(str::to_string),
+        key_file,
+        cert_pem: pem::encode("CERTIFICATE", cert),
+        chain_pem: pem_all(chain),
+        anchor_pem: pem::encode("CERTIFICATE", anchor),
+        updated_at: now(),
+        renewals: 0,
+    };
+    state::store(dir, &id)?;
+    Ok(id)
+}
+
 /// Renewal: a new key, a request with the current subject, sent over mutual
 /// TLS with the current certificate; the new identity replaces the old one atomically.
 pub async fn renew(state_dir: &Path, server_override: Option<&str>) -> Result<Identity, AgentError> {

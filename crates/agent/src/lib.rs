@@ -15,6 +15,7 @@
 
 mod error;
 pub mod est_client;
+pub mod factory;
 pub mod flow;
 pub mod state;
 mod tls_key;

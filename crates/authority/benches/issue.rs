@@ -125,7 +125,7 @@ impl Bench {
 
     fn enroll(&self, job: &(String, String, Vec<u8>)) {
         let cred = Credential::Token { user: &job.0, password: &job.1 };
-        self.authority.simple_enroll(None, cred, &job.2).unwrap();
+        self.authority.simple_enroll(None, cred, None, &job.2).unwrap();
     }
 }
 

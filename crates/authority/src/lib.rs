@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod config;
 mod error;
+pub mod factory;
 pub mod init;
 pub mod keyfile;
 pub mod tokens;
@@ -24,7 +25,10 @@ use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{csr, est, pem, pkcs7, serial};
 use iotpki_store::sqlite::SqliteStore;
-use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, Store, StoreError};
+use iotpki_store::{
+    AuditEvent, BatchRecord, CertRecord, CertStatus, Issuance, Precondition, StationRecord, StationStatus, Store,
+    StoreError,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spki::der::{Decode, Encode};
 use x509_cert::name::Name;
@@ -280,16 +284,33 @@ impl Authority {
         tokens::create(self.store.as_ref(), &self.cfg, self.clock.as_ref(), serial, ttl_secs, actor)
     }
 
-    /// EST `simpleenroll`: first enrollment, authenticated by a one-time token.
-    /// `body` is the request body as received (base64 of a DER PKCS#10).
+    /// EST `simpleenroll`: a first enrollment. Either a device with a one-time
+    /// token (HTTP Basic), or a factory station with its certificate asking
+    /// for a device's birth certificate in `batch`. `body` is the request body
+    /// as received (base64 of a DER PKCS#10).
     pub fn simple_enroll(
         &self,
         label: Option<&str>,
         cred: Credential<'_>,
+        batch: Option<&str>,
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
-        let r = self.enroll_inner(label, cred, body);
-        self.audit_refusal(&r, cred, "refuse.enroll");
+        let (r, counted) = match (cred, batch) {
+            (Credential::ClientCert(chain), Some(batch)) => match self.authenticate_station(chain) {
+                // Only an authenticated station's refusals count against the batch:
+                // anyone else could inflate its counters.
+                Ok(station) => (self.station_birth(label, station, batch, body), Some(batch)),
+                Err(e) => (Err(e), None),
+            },
+            (_, Some(_)) => (
+                Err(AuthorityError::Unauthorized(
+                    "an enrollment for a batch needs a factory station's certificate (mutual TLS)".into(),
+                )),
+                None,
+            ),
+            (_, None) => (self.enroll_inner(label, cred, body), None),
+        };
+        self.audit_refusal(&r, cred, counted, "refuse.enroll");
         r
     }
 
@@ -303,12 +324,13 @@ impl Authority {
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
         let r = self.reenroll_inner(label, cred, body);
-        self.audit_refusal(&r, cred, "refuse.reenroll");
+        self.audit_refusal(&r, cred, None, "refuse.reenroll");
         r
     }
 
-    /// Write a refusal (never our own failures) to the audit log.
-    fn audit_refusal<T>(&self, r: &Result<T, AuthorityError>, cred: Credential<'_>, action: &str) {
+    /// Write a refusal (never our own failures) to the audit log, counted
+    /// against `batch` when the request named one.
+    fn audit_refusal<T>(&self, r: &Result<T, AuthorityError>, cred: Credential<'_>, batch: Option<&str>, action: &str) {
         let Err(e) = r else { return };
         if !e.is_refusal() {
             return;
@@ -317,10 +339,10 @@ impl Authority {
             at: self.clock.now(),
             actor: actor_of(cred),
             action: action.into(),
-            target: String::new(),
+            target: batch.map(|b| format!("batch:{b}")).unwrap_or_default(),
             detail: e.public_message(),
         };
-        if let Err(se) = self.store.append_audit(ev) {
+        if let Err(se) = self.store.record_refusal(batch, ev) {
             tracing::error!(error = %se, "could not audit a refusal");
         }
     }
@@ -415,6 +437,161 @@ impl Authority {
         })?;
         let pkcs7 = pkcs7::certs_only(&[&rec.der])?;
         Ok(Enrolled { cert_der: rec.der, serial: rec.serial, pkcs7 })
+    }
+
+    /// A birth certificate for a device on the factory line, asked for by a
+    /// station with its certificate: the station must be authorised for the
+    /// batch, and the request (made on the device) must carry the device's
+    /// serial; the store checks quota, allowlist and one birth per serial in
+    /// the issuance's transaction.
+    fn station_birth(
+        &self,
+        label: Option<&str>,
+        station: (StationRecord, String),
+        batch: &str,
+        body: &[u8],
+    ) -> Result<Enrolled, AuthorityError> {
+        let label = self.label(label)?;
+        if label.ca.name != station.1 {
+            return Err(AuthorityError::Forbidden(format!(
+                "station enrollments go to a label of CA {} (label {} issues from CA {})",
+                station.1, label.name, label.ca.name
+            )));
+        }
+        let der = est::decode_body(body)?;
+        let req = csr::parse_and_verify(&der)?;
+        self.check_key(label, req.key_type)?;
+        let in_csr = name::serial_numbers(&req.subject);
+        let [serial] = in_csr.as_slice() else {
+            return Err(AuthorityError::BadRequest(format!(
+                "the device's request must carry exactly one serialNumber (found {})",
+                in_csr.len()
+            )));
+        };
+        let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+        let subject = name::device_subject(&self.cfg.organization, &device)?;
+        let now = self.clock.now();
+        self.issue_device(
+            label,
+            subject,
+            &req,
+            Some(device.to_string()),
+            None,
+            vec![Precondition::Birth {
+                batch: batch.to_string(),
+                station: station.0.name.clone(),
+                device_serial: device.to_string(),
+                now,
+            }],
+            format!("station:{}", station.0.name),
+            "birth",
+        )
+    }
+
+    /// A station authenticated by its certificate, with the name of its CA.
+    fn authenticate_station(&self, chain: &[CertificateDer<'_>]) -> Result<(StationRecord, String), AuthorityError> {
+        let id = self.authenticate(chain)?;
+        if id.record.profile != Profile::Station.name() {
+            return Err(AuthorityError::Forbidden(format!(
+                "a {} certificate is not a factory station's",
+                id.record.profile
+            )));
+        }
+        let st = self
+            .store
+            .station_by_cert(&id.record.serial)?
+            .ok_or_else(|| AuthorityError::Forbidden(format!("no station holds certificate {}", id.record.serial)))?;
+        if let StationStatus::Revoked { .. } = st.status {
+            return Err(StoreError::StationRevoked { station: st.name }.into());
+        }
+        Ok((st, id.record.ca))
+    }
+
+    /// What a station may know of one of its batches: the record and up to
+    /// `limit` serials of its allowlist that are not born yet, in order.
+    pub fn station_batch(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+        limit: u32,
+    ) -> Result<(BatchRecord, Vec<String>), AuthorityError> {
+        let (st, _) = self.authenticate_station(chain)?;
+        if !st.batches.iter().any(|b| b == batch) {
+            return Err(StoreError::StationNotAuthorized { station: st.name, batch: batch.into() }.into());
+        }
+        let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
+        Ok((rec, self.store.unborn_serials(batch, limit.min(100_000))?))
+    }
+
+    /// Certify a new factory station `name` for `batches` (admin). Its key was
+    /// made on the station: only its public key (`spki_der`) comes here. The
+    /// certificate comes from the CA of the `birth` label (default: the
+    /// manufacturing CA). Returns the certificate and its issuing chain.
+    pub fn add_station(
+        &self,
+        name: &str,
+        batches: &[String],
+        spki_der: &[u8],
+        actor: &str,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), AuthorityError> {
+        factory::check_name("station name", name)?;
+        if batches.is_empty() {
+            return Err(AuthorityError::BadRequest("a station needs at least one batch (--batches B1,B2)".into()));
+        }
+        for b in batches {
+            factory::check_name("batch id", b)?;
+        }
+        let ca = &self.label(Some("birth"))?.ca;
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
+            .map_err(|e| AuthorityError::BadRequest(format!("station public key: {e}")))?;
+        let now = self.clock.now();
+        let (sn, sn_hex) = serial::system_random_serial(now)?;
+        let subject = name::NameBuilder::default()
+            .organization(&self.cfg.organization)?
+            .organizational_unit("Factory stations")?
+            .common_name(name)?
+            .build();
+        let params = CertParams {
+            profile: Profile::Station,
+            serial: sn,
+            subject: subject.clone(),
+            spki,
+            not_before: now - BACKDATE_SECS,
+            not_after: now + 2 * 365 * 86_400,
+            dns_names: vec![],
+            ip_addrs: vec![],
+        };
+        let issued = profile::issue(&params, &ca.issuer())?;
+        let cert = CertRecord {
+            serial: sn_hex.clone(),
+            ca: ca.name.clone(),
+            profile: Profile::Station.name().into(),
+            subject: name::to_rfc4514(&subject),
+            device_serial: None,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            issued_at: now,
+            spki_sha256: keys::spki_fingerprint(spki_der),
+            replaces: None,
+            status: CertStatus::Good,
+            der: issued.der.clone(),
+        };
+        let station = StationRecord {
+            name: name.into(),
+            cert_serial: sn_hex.clone(),
+            batches: batches.to_vec(),
+            status: StationStatus::Active,
+            created_at: now,
+        };
+        let audit = AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "station.add".into(),
+            target: name.into(),
+            detail: format!("cert={sn_hex} batches={}", batches.join(",")),
+        };
+        self.store.add_station(station, cert, audit)?;
+        Ok((issued.der, vec![ca.cert_der.clone()]))
     }
 
     fn reenroll_inner(

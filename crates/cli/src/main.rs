@@ -7,6 +7,7 @@ mod admin;
 mod agent_cmd;
 mod demo;
 mod duration;
+mod factory_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,15 @@ enum Cmd {
     /// The device side: enroll, renew, status.
     #[command(subcommand)]
     Agent(agent_cmd::AgentCmd),
+    /// Production batches: serial allowlists, quotas, windows.
+    #[command(subcommand)]
+    Batch(factory_cmd::BatchCmd),
+    /// Factory stations.
+    #[command(subcommand)]
+    Station(factory_cmd::StationCmd),
+    /// The factory line: give birth to devices on a station.
+    #[command(subcommand)]
+    Factory(factory_cmd::FactoryCmd),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
 }
@@ -75,6 +85,9 @@ fn main() -> ExitCode {
         Cmd::Cert(c) => admin::cert(c),
         Cmd::Audit(c) => admin::audit(c),
         Cmd::Agent(c) => agent_cmd::run(c),
+        Cmd::Batch(c) => factory_cmd::batch(c),
+        Cmd::Station(c) => factory_cmd::station(c),
+        Cmd::Factory(c) => factory_cmd::factory(c),
         Cmd::Demo(a) => demo::run(a),
     };
     match result {

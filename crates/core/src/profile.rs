@@ -7,6 +7,7 @@
 //! | issuing CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign       | -           |
 //! | device      | critical, not CA        | digitalSignature           | clientAuth  |
 //! | server      | critical, not CA        | digitalSignature           | serverAuth  |
+//! | station     | critical, not CA        | digitalSignature           | clientAuth  |
 //!
 //! Every certificate carries subjectKeyIdentifier and authorityKeyIdentifier
 //! (RFC 7093 method 1 key identifiers). notAfter is clamped to the issuer's.
@@ -44,6 +45,8 @@ pub enum Profile {
     Device,
     /// A TLS server.
     Server,
+    /// A factory station: a TLS client that enrolls devices for its batches.
+    Station,
 }
 
 impl Profile {
@@ -54,6 +57,7 @@ impl Profile {
             Self::IssuingCa => "issuing-ca",
             Self::Device => "device",
             Self::Server => "server",
+            Self::Station => "station",
         }
     }
 
@@ -122,7 +126,9 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     let bc = match p {
         Profile::Root => BasicConstraints { ca: true, path_len_constraint: None },
         Profile::IssuingCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
-        Profile::Device | Profile::Server => BasicConstraints { ca: false, path_len_constraint: None },
+        Profile::Device | Profile::Server | Profile::Station => {
+            BasicConstraints { ca: false, path_len_constraint: None }
+        }
     };
     out.push(ext(&bc, true)?);
     let ku = if p.is_ca() {
@@ -132,7 +138,9 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     };
     out.push(ext(&ku, true)?);
     match p {
-        Profile::Device => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]), false)?),
+        Profile::Device | Profile::Station => {
+            out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]), false)?)
+        }
         Profile::Server => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH]), false)?),
         Profile::Root | Profile::IssuingCa => {}
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -72,28 +72,39 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simpleenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
-                enroll(s, p, h, b, None, Op::Enroll)
+            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+                enroll(s, p, q, h, b, None, Op::Enroll)
             }),
         )
         .route(
             "/.well-known/est/{label}/simpleenroll",
-            post(|s: State<Arc<Authority>>, Path(l): Path<String>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
-                enroll(s, p, h, b, Some(l), Op::Enroll)
-            }),
+            post(
+                |s: State<Arc<Authority>>,
+                 Path(l): Path<String>,
+                 p: Extension<PeerChain>,
+                 q: Query<EnrollQuery>,
+                 h: HeaderMap,
+                 b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Enroll) },
+            ),
         )
         .route(
             "/.well-known/est/simplereenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
-                enroll(s, p, h, b, None, Op::Reenroll)
+            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+                enroll(s, p, q, h, b, None, Op::Reenroll)
             }),
         )
         .route(
             "/.well-known/est/{label}/simplereenroll",
-            post(|s: State<Arc<Authority>>, Path(l): Path<String>, p: Extension<PeerChain>, h: HeaderMap, b: Bytes| {
-                enroll(s, p, h, b, Some(l), Op::Reenroll)
-            }),
+            post(
+                |s: State<Arc<Authority>>,
+                 Path(l): Path<String>,
+                 p: Extension<PeerChain>,
+                 q: Query<EnrollQuery>,
+                 h: HeaderMap,
+                 b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Reenroll) },
+            ),
         )
+        .route("/factory/batches/{id}", get(station_batch))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
@@ -105,6 +116,44 @@ async fn cacerts(State(a): State<Arc<Authority>>, label: Option<String>) -> Resu
 
 async fn csrattrs(State(a): State<Arc<Authority>>, label: Option<String>) -> Result<Response, ApiError> {
     Ok(base64_answer(est::CT_CSRATTRS, &a.csr_attrs(label.as_deref())?))
+}
+
+/// `?batch=ID` on simpleenroll: a factory station enrolling a device of that batch.
+#[derive(serde::Deserialize, Default)]
+struct EnrollQuery {
+    batch: Option<String>,
+}
+
+/// `?unborn=N` on /factory/batches/ID: how many not-yet-born serials to list.
+#[derive(serde::Deserialize)]
+struct BatchQuery {
+    unborn: Option<u32>,
+}
+
+/// `GET /factory/batches/ID`: a station's view of one of its batches (JSON).
+async fn station_batch(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    Path(id): Path<String>,
+    Query(q): Query<BatchQuery>,
+) -> Result<Response, ApiError> {
+    if peer.0.is_empty() {
+        return Err(
+            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
+        );
+    }
+    let (rec, unborn) = tokio::task::spawn_blocking(move || a.station_batch(&peer.0, &id, q.unborn.unwrap_or(0)))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let body = serde_json::json!({
+        "id": rec.id, "product": rec.product, "quota": rec.quota, "issued": rec.issued,
+        "refused": rec.refused, "flagged": rec.flagged, "valid_from": rec.valid_from,
+        "valid_until": rec.valid_until, "open": rec.status == iotpki_store::BatchStatus::Open,
+        "allowlist": rec.allowlist, "unborn": unborn,
+    });
+    let mut r = body.to_string().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
 }
 
 #[derive(Clone, Copy)]
@@ -131,6 +180,7 @@ fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, Authority
 async fn enroll(
     State(a): State<Arc<Authority>>,
     Extension(peer): Extension<PeerChain>,
+    Query(query): Query<EnrollQuery>,
     headers: HeaderMap,
     body: Bytes,
     label: Option<String>,
@@ -154,7 +204,7 @@ async fn enroll(
             (None, true) => Credential::None,
         };
         match op {
-            Op::Enroll => a.simple_enroll(label.as_deref(), cred, &body),
+            Op::Enroll => a.simple_enroll(label.as_deref(), cred, query.batch.as_deref(), &body),
             Op::Reenroll => {
                 // Re-enrollment is by certificate only, even if a token is sent too.
                 let cred = if peer.0.is_empty() { Credential::None } else { Credential::ClientCert(&peer.0) };

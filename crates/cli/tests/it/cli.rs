@@ -130,6 +130,121 @@ fn init_serve_enroll_renew_with_the_binary() {
 }
 
 #[test]
+fn factory_line_with_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("ca");
+    let dir = d.to_str().unwrap();
+    let env = |c: &mut Command| {
+        c.env("IOTPKI_PASSPHRASE", PASS);
+    };
+    let mut c = bin();
+    env(&mut c);
+    run_ok(c.args(["init", "--dir", dir]));
+    let mut child = bin()
+        .args(["serve", "--dir", dir, "--listen", "127.0.0.1:0"])
+        .env("IOTPKI_PASSPHRASE", PASS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _server = Server(child);
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+
+    let list = tmp.path().join("serials.csv");
+    std::fs::write(&list, "serial\nL-1\nL-2\nL-3\nL-4\n").unwrap();
+    let err = run_fail(bin().args([
+        "batch",
+        "create",
+        "--dir",
+        dir,
+        "--product",
+        "p",
+        "--serials",
+        list.to_str().unwrap(),
+        "--quota",
+        "5",
+    ]));
+    assert!(err.contains("between 1 and the allowlist's 4"), "{err}");
+    let id = run_ok(bin().args([
+        "batch",
+        "create",
+        "--dir",
+        dir,
+        "--id",
+        "B-7",
+        "--product",
+        "p",
+        "--serials",
+        list.to_str().unwrap(),
+        "--quota",
+        "3",
+        "--from",
+        "2020-01-01T00:00:00Z",
+        "--until",
+        "2099-01-01T00:00:00Z",
+    ]));
+    assert_eq!(id.trim(), "B-7");
+    let st = tmp.path().join("station");
+    let mut c = bin();
+    env(&mut c);
+    run_ok(c.args([
+        "station",
+        "add",
+        "line-9",
+        "--dir",
+        dir,
+        "--batches",
+        "B-7",
+        "--out",
+        st.to_str().unwrap(),
+        "--server",
+        &url,
+    ]));
+    let out = run_ok(bin().args([
+        "factory",
+        "run",
+        "--station-dir",
+        st.to_str().unwrap(),
+        "--batch",
+        "B-7",
+        "--simulate",
+        "4",
+        "--parallel",
+        "2",
+    ]));
+    assert!(out.contains("3 born, 1 refused, 0 failed"), "{out}");
+    let show: serde_json::Value =
+        serde_json::from_str(&run_ok(bin().args(["batch", "show", "--dir", dir, "B-7", "--json"]))).unwrap();
+    assert_eq!(
+        (show["quota"].as_u64(), show["issued"].as_u64(), show["refused"].as_u64(), show["flagged"].as_u64()),
+        (Some(3), Some(3), Some(1), Some(0))
+    );
+    assert_eq!(std::fs::read_to_string(st.join("production.jsonl")).unwrap().lines().count(), 4);
+    run_ok(bin().args(["batch", "close", "--dir", dir, "B-7"]));
+    run_ok(bin().args(["station", "revoke", "line-9", "--dir", dir]));
+    let out = run_ok(bin().args(["station", "show", "line-9", "--dir", dir]));
+    assert!(out.contains("revoked"), "{out}");
+    let err = run_fail(bin().args([
+        "factory",
+        "run",
+        "--station-dir",
+        st.to_str().unwrap(),
+        "--batch",
+        "B-7",
+        "--simulate",
+        "1",
+    ]));
+    assert!(err.contains("revoked"), "{err}");
+    let log = run_ok(bin().args(["audit", "list", "--dir", dir, "--limit", "1000"]));
+    for action in ["batch.create", "station.add", "birth", "batch.close", "station.revoke"] {
+        assert!(log.contains(action), "{action} missing from the audit log");
+    }
+    run_ok(bin().args(["audit", "verify", "--dir", dir]));
+}
+
+#[test]
 fn demo_runs_a_small_fleet() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("demo");

@@ -5,6 +5,7 @@
 
 mod cli;
 mod est;
+mod factory;
 mod interop;
 mod pkilint;
 mod refusals;

@@ -60,14 +60,38 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
     std::fs::write(&server, pem::encode("CERTIFICATE", &pem::decode_all("CERTIFICATE", &server_chain).unwrap()[0]))
         .unwrap();
     let (root, mfg, op) = (ca.ca_file("root"), ca.ca_file("manufacturing"), ca.ca_file("operational"));
+    // A factory station's certificate too.
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let nb = iotpki_authority::factory::NewBatch {
+        id: Some("LINT".into()),
+        product: "p".into(),
+        allowlist: "S-1".into(),
+        quota: 1,
+        from: now,
+        until: now + 3600,
+    };
+    iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
+    let station_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();
+    let (station_der, _) = ca
+        .authority
+        .add_station("lint-station", &["LINT".into()], iotpki_core::keys::Signer::public_key_der(&station_key), "test")
+        .unwrap();
+    let station = d.join("station.pem");
+    std::fs::write(&station, pem::encode("CERTIFICATE", &station_der)).unwrap();
 
     tokio::task::spawn_blocking(move || {
-        for c in [&root, &mfg, &op, &device, &birth, &server] {
+        for c in [&root, &mfg, &op, &device, &birth, &server, &station] {
             lint(&[c], "lint_pkix_cert");
         }
-        for (issuer, subject) in
-            [(&root, &root), (&root, &mfg), (&root, &op), (&op, &device), (&op, &server), (&mfg, &birth)]
-        {
+        for (issuer, subject) in [
+            (&root, &root),
+            (&root, &mfg),
+            (&root, &op),
+            (&op, &device),
+            (&op, &server),
+            (&mfg, &birth),
+            (&mfg, &station),
+        ] {
             lint(&[issuer, subject], "lint_pkix_signer_signee_cert_chain");
         }
     })

@@ -1,0 +1,228 @@
+//! The factory station: its credential, and a production run that drives
+//! devices under test through their birth.
+//!
+//! A station's directory has the same layout as a device's state directory
+//! (`identity.json` naming `key-N.pem`, mode 0600): its key is made there, on
+//! the station; the authority only ever sees the public key. `identity.json`'s
+//! `device_serial` holds the station's name.
+//!
+//! One device's birth costs the station one EST round trip to the authority;
+//! on the device side it is two steps of the same agent code as in the field
+//! ([`crate::flow::begin_birth`], [`crate::flow::finish_birth`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::pem;
+
+use crate::est_client::{ClientIdentity, EstClient};
+use crate::state::{self, Identity};
+use crate::AgentError;
+
+/// The label station enrollments go to.
+pub const BIRTH_LABEL: &str = "birth";
+
+/// Make the station's key in `dir` (which must hold no identity yet); returns it.
+pub fn new_station_key(dir: &Path, key_type: KeyType) -> Result<SoftKey, AgentError> {
+    if state::identity_path(dir).exists() {
+        return Err(AgentError::State(format!("{} already holds a station identity", dir.display())));
+    }
+    let key = SoftKey::generate(key_type)?;
+    state::write_new_key(dir, &key)?;
+    Ok(key)
+}
+
+/// Store the station's certificate, chain and trust anchor next to its key.
+pub fn store_station(
+    dir: &Path,
+    name: &str,
+    server: &str,
+    cert: &[u8],
+    chain: &[Vec<u8>],
+    anchor: &[u8],
+) -> Result<Identity, AgentError> {
+    let (key_file, key) =
+        state::pending_key(dir)?.ok_or_else(|| AgentError::State(format!("no station key in {}", dir.display())))?;
+    let info = iotpki_core::profile::cert_info(cert)?;
+    if info.spki_sha256 != iotpki_core::keys::spki_fingerprint(key.public_key_der()) {
+        return Err(AgentError::Untrusted("the station certificate is not for the station's key".into()));
+    }
+    let id = Identity {
+        device_serial: name.into(),
+        server: server.into(),
+        label: Some(BIRTH_LABEL.into()),
+        key_file,
+        cert_pem: pem::encode("CERTIFICATE", cert),
+        chain_pem: chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        anchor_pem: pem::encode("CERTIFICATE", anchor),
+        updated_at: 0,
+        renewals: 0,
+    };
+    state::store(dir, &id)?;
+    Ok(id)
+}
+
+/// A station ready to enroll: its EST client (mutual TLS) and what it writes into devices.
+pub struct Station {
+    /// The station's name.
+    pub name: String,
+    /// The server it talks to.
+    pub server: String,
+    client: EstClient,
+    chain: Vec<Vec<u8>>,
+    anchor: Vec<u8>,
+}
+
+impl Station {
+    /// Open the station directory `dir`, talking to `server` (default: the one stored).
+    pub fn open(dir: &Path, server: Option<&str>) -> Result<Self, AgentError> {
+        let id = state::load(dir)?;
+        let key: Arc<dyn Signer> = Arc::new(state::load_key(dir, &id)?);
+        let cert = pem::decode_one("CERTIFICATE", &id.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
+        let chain = pem::decode_all("CERTIFICATE", &id.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
+        let anchor = pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
+        let server = server.unwrap_or(&id.server).to_string();
+        if server.is_empty() {
+            return Err(AgentError::Usage("no server: pass --server https://HOST:PORT".into()));
+        }
+        let mut tls_chain = vec![cert];
+        tls_chain.extend(chain.iter().cloned());
+        let client = EstClient::new(
+            &server,
+            Some(BIRTH_LABEL),
+            std::slice::from_ref(&anchor),
+            Some(ClientIdentity { chain: tls_chain, key }),
+        )?;
+        Ok(Self { name: id.device_serial, server, client, chain, anchor })
+    }
+
+    /// The batch as the authority shows it to this station, with up to `unborn` serials not born yet.
+    pub async fn batch(&self, batch: &str, unborn: u32) -> Result<serde_json::Value, AgentError> {
+        self.client.factory_batch(batch, unborn).await
+    }
+
+    /// Give birth to the simulated device at `dir` with serial `serial`:
+    /// the device makes its key and request, the station enrolls it, the
+    /// device checks and stores what the station writes in.
+    pub async fn birth(&self, batch: &str, dir: &Path, serial: &str, key_type: KeyType) -> Result<String, AgentError> {
+        let csr = crate::flow::begin_birth(dir, serial, key_type)?;
+        let cert = self.client.simple_enroll_batch(&csr, batch).await?;
+        crate::flow::finish_birth(dir, serial, &cert, &self.chain, &self.anchor, &self.server, Some(BIRTH_LABEL))?;
+        Ok(iotpki_core::profile::cert_info(&cert)?.serial)
+    }
+}
+
+/// One line of the production log.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Produced {
+    /// When, Unix seconds.
+    pub at: i64,
+    /// The station.
+    pub station: String,
+    /// The batch.
+    pub batch: String,
+    /// The device serial.
+    pub serial: String,
+    /// `born`, `refused` (the authority said no) or `failed` (anything else).
+    pub result: &'static str,
+    /// The birth certificate's serial.
+    pub cert_serial: Option<String>,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    /// How long it took, milliseconds.
+    pub millis: u64,
+}
+
+/// Options of a simulated production run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The batch.
+    pub batch: String,
+    /// How many devices.
+    pub devices: usize,
+    /// How many at once.
+    pub parallel: usize,
+    /// Where the simulated devices' state directories go.
+    pub devices_dir: PathBuf,
+    /// The production log (JSON lines, appended).
+    pub log: PathBuf,
+    /// Device key type.
+    pub key_type: KeyType,
+}
+
+/// Run `opts.devices` simulated devices (serials in order from the batch's
+/// allowlist, skipping those born already) through their birth, `parallel`
+/// at a time; append a line per device to the production log (fsync'd at the
+/// end). `progress` is called after each device.
+pub async fn run_simulated(
+    station: Arc<Station>,
+    opts: &RunOptions,
+    progress: impl Fn(&Produced) + Send + Sync + 'static,
+) -> Result<Vec<Produced>, AgentError> {
+    let view = station.batch(&opts.batch, u32::try_from(opts.devices).unwrap_or(u32::MAX)).await?;
+    let serials: Vec<String> = view["unborn"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if serials.is_empty() {
+        return Err(AgentError::Usage(format!("batch {} has no serial left to give birth to", opts.batch)));
+    }
+    std::fs::create_dir_all(&opts.devices_dir).map_err(|e| AgentError::io(&opts.devices_dir, e))?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+    let progress = Arc::new(progress);
+    let mut set = tokio::task::JoinSet::new();
+    for serial in serials {
+        let permit = sem.clone().acquire_owned().await.map_err(|e| AgentError::State(e.to_string()))?;
+        let (station, progress, batch) = (station.clone(), progress.clone(), opts.batch.clone());
+        let dir = opts.devices_dir.join(&serial);
+        let kt = opts.key_type;
+        set.spawn(async move {
+            let t0 = Instant::now();
+            let r = station.birth(&batch, &dir, &serial, kt).await;
+            drop(permit);
+            let (result, cert_serial, reason) = match r {
+                Ok(c) => ("born", Some(c), None),
+                Err(AgentError::Refused { status, reason }) => {
+                    ("refused", None, Some(format!("HTTP {status}: {reason}")))
+                }
+                Err(e) => ("failed", None, Some(e.to_string())),
+            };
+            let p = Produced {
+                at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                station: station.name.clone(),
+                batch,
+                serial,
+                result,
+                cert_serial,
+                reason,
+                millis: t0.elapsed().as_millis() as u64,
+            };
+            progress(&p);
+            p
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(j) = set.join_next().await {
+        out.push(j.map_err(|e| AgentError::State(format!("device task failed: {e}")))?);
+    }
+    out.sort_by(|a, b| a.serial.cmp(&b.serial));
+    append_log(&opts.log, &out)?;
+    Ok(out)
+}
+
+fn append_log(path: &Path, lines: &[Produced]) -> Result<(), AgentError> {
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| AgentError::io(path, e))?;
+    let mut buf = Vec::new();
+    for l in lines {
+        serde_json::to_writer(&mut buf, l).map_err(|e| AgentError::State(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    f.write_all(&buf).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(path, e))
+}

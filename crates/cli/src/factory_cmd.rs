@@ -1,0 +1,320 @@
+//! `iotpki batch ...`, `iotpki station ...`, `iotpki factory ...`: the factory line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use iotpki_authority::config::Config;
+use iotpki_authority::factory::{self, NewBatch};
+use iotpki_authority::{Authority, Passphrase, SystemClock};
+use iotpki_core::keys::{KeyType, Signer};
+use iotpki_core::time::rfc3339;
+use iotpki_store::{BatchRecord, BatchStatus, StationStatus};
+
+use crate::{DirArg, PassArg};
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time (2026-11-25T08:00:00Z): {e}"))
+}
+
+/// `iotpki batch ...`.
+#[derive(Subcommand, Debug)]
+pub enum BatchCmd {
+    /// Create a production batch: a serial allowlist, a quota, a time window.
+    Create {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The batch id (default: generated, printed).
+        #[arg(long)]
+        id: Option<String>,
+        /// The product made in this batch.
+        #[arg(long)]
+        product: String,
+        /// The allowlist: one device serial per line (or a CSV whose first column is the serial).
+        #[arg(long, value_name = "FILE.csv")]
+        serials: PathBuf,
+        /// Most birth certificates (at most the allowlist's size).
+        #[arg(long)]
+        quota: u64,
+        /// Start of the window, RFC 3339 (default: now).
+        #[arg(long, value_parser = parse_time)]
+        from: Option<i64>,
+        /// End of the window, RFC 3339 (default: 90 days after --from).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+    },
+    /// List batches, newest first.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one batch: quota, issued, refused, flagged, window, status.
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The batch id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a batch: it issues nothing more.
+    Close {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The batch id.
+        id: String,
+    },
+}
+
+fn batch_json(b: &BatchRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": b.id, "product": b.product, "quota": b.quota, "issued": b.issued, "refused": b.refused,
+        "flagged": b.flagged, "remaining": b.quota.saturating_sub(b.issued), "allowlist": b.allowlist,
+        "from": rfc3339(b.valid_from), "until": rfc3339(b.valid_until),
+        "status": if b.status == BatchStatus::Open { "open" } else { "closed" },
+        "created_at": rfc3339(b.created_at),
+    })
+}
+
+pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
+    match c {
+        BatchCmd::Create { dir, id, product, serials, quota, from, until } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let allowlist =
+                std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
+            let from = from.unwrap_or_else(|| iotpki_authority::Clock::now(&SystemClock));
+            let until = until.unwrap_or(from + 90 * 86_400);
+            let nb = NewBatch { id, product, allowlist, quota, from, until };
+            let b = factory::create_batch(store.as_ref(), &SystemClock, nb, "admin:cli")?;
+            println!("{}", b.id);
+            eprintln!(
+                "batch {} created: {} serials, quota {}, {} .. {}",
+                b.id,
+                b.allowlist,
+                b.quota,
+                rfc3339(b.valid_from),
+                rfc3339(b.valid_until)
+            );
+            Ok(())
+        }
+        BatchCmd::List { dir, json } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let all = store.list_batches()?;
+            if json {
+                for b in &all {
+                    println!("{}", batch_json(b));
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  UNTIL",
+                "ID", "PRODUCT", "QUOTA", "ISSUED", "REFUSED", "FLAGGED", "STATUS"
+            );
+            for b in &all {
+                let st = if b.status == BatchStatus::Open { "open" } else { "closed" };
+                println!(
+                    "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {}",
+                    b.id,
+                    b.product,
+                    b.quota,
+                    b.issued,
+                    b.refused,
+                    b.flagged,
+                    st,
+                    rfc3339(b.valid_until)
+                );
+            }
+            Ok(())
+        }
+        BatchCmd::Show { dir, id, json } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let b = store.batch(&id)?.ok_or_else(|| anyhow!("no batch {id}"))?;
+            let v = batch_json(&b);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (k, val) in v.as_object().into_iter().flatten() {
+                    println!("{k:>10}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+                }
+            }
+            Ok(())
+        }
+        BatchCmd::Close { dir, id } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            factory::close_batch(store.as_ref(), &SystemClock, &id, "admin:cli")?;
+            println!("batch {id} closed");
+            Ok(())
+        }
+    }
+}
+
+/// `iotpki station ...`.
+#[derive(Subcommand, Debug)]
+pub enum StationCmd {
+    /// Certify a factory station for some batches; its key is made in --out (the station's directory).
+    Add {
+        /// The station's name.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        pass: PassArg,
+        /// The batches it may serve, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        batches: Vec<String>,
+        /// The station's directory (made here, with the station's key in it).
+        #[arg(long)]
+        out: PathBuf,
+        /// The authority's EST server the station talks to, stored in its directory.
+        #[arg(long, default_value = "")]
+        server: String,
+        /// Key type of the station's key.
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+    },
+    /// Revoke a station: it and its certificate are refused from now on.
+    Revoke {
+        /// The station's name.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Show a station.
+    Show {
+        /// The station's name.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+pub fn station(c: StationCmd) -> anyhow::Result<()> {
+    match c {
+        StationCmd::Add { name, dir, pass, batches, out, server, key_type } => {
+            let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
+            let authority = Authority::open(&dir.dir, &pass, Arc::new(SystemClock))?;
+            factory::check_name("station name", &name)?;
+            // The key is made in the station's directory; only its public key goes to the authority.
+            let key = iotpki_agent::factory::new_station_key(&out, KeyType::from_name(&key_type)?)?;
+            let (cert, chain) = authority.add_station(&name, &batches, key.public_key_der(), "admin:cli")?;
+            iotpki_agent::factory::store_station(&out, &name, &server, &cert, &chain, authority.root_der())?;
+            println!("station {name} certified for {}; its directory is {}", batches.join(","), out.display());
+            Ok(())
+        }
+        StationCmd::Revoke { name, dir } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            factory::revoke_station(store.as_ref(), &SystemClock, &name, "admin:cli")?;
+            println!("station {name} revoked");
+            Ok(())
+        }
+        StationCmd::Show { name, dir } => {
+            let cfg = Config::load(&dir.dir)?;
+            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let st = store.station(&name)?.ok_or_else(|| anyhow!("no station {name}"))?;
+            let status = match st.status {
+                StationStatus::Active => "active".to_string(),
+                StationStatus::Revoked { at } => format!("revoked {}", rfc3339(at)),
+            };
+            println!(
+                "station:     {}\ncertificate: {}\nbatches:     {}\nstatus:      {status}",
+                st.name,
+                st.cert_serial,
+                st.batches.join(",")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `iotpki factory ...`.
+#[derive(Subcommand, Debug)]
+pub enum FactoryCmd {
+    /// Give birth to devices of a batch on this station.
+    Run {
+        /// The station's directory (`iotpki station add --out`).
+        #[arg(long)]
+        station_dir: PathBuf,
+        /// The batch.
+        #[arg(long)]
+        batch: String,
+        /// The authority's EST server (default: the one in the station's directory).
+        #[arg(long)]
+        server: Option<String>,
+        /// Simulate N devices in this process (file keystores, serials in order from the allowlist).
+        #[arg(long, value_name = "N", required = true)]
+        simulate: usize,
+        /// Devices at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Where the simulated devices' state directories go (default: STATION_DIR/devices).
+        #[arg(long)]
+        devices_dir: Option<PathBuf>,
+        /// The production log, JSON lines (default: STATION_DIR/production.jsonl).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Device key type.
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+    },
+}
+
+pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
+    let FactoryCmd::Run { station_dir, batch, server, simulate, parallel, devices_dir, log, key_type } = c;
+    if simulate == 0 || parallel == 0 {
+        bail!("--simulate and --parallel must be at least 1");
+    }
+    let opts = iotpki_agent::factory::RunOptions {
+        batch: batch.clone(),
+        devices: simulate,
+        parallel,
+        devices_dir: devices_dir.unwrap_or_else(|| station_dir.join("devices")),
+        log: log.unwrap_or_else(|| station_dir.join("production.jsonl")),
+        key_type: KeyType::from_name(&key_type)?,
+    };
+    let station = Arc::new(iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?);
+    let bar = ProgressBar::new(simulate as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} / {batch}", station.name));
+    let b2 = bar.clone();
+    let t0 = std::time::Instant::now();
+    let out = crate::runtime()?.block_on(iotpki_agent::factory::run_simulated(station, &opts, move |p| {
+        b2.inc(1);
+        if p.result != "born" {
+            b2.set_message(format!("last refusal: {} {}", p.serial, p.reason.as_deref().unwrap_or("")));
+        }
+    }))?;
+    bar.finish_and_clear();
+    let born = out.iter().filter(|p| p.result == "born").count();
+    let refused = out.iter().filter(|p| p.result == "refused").count();
+    let failed = out.len() - born - refused;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{born} born, {refused} refused, {failed} failed in {secs:.2} s ({:.0} devices/s); log: {}",
+        out.len() as f64 / secs,
+        opts.log.display()
+    );
+    for p in out.iter().filter(|p| p.result != "born").take(5) {
+        println!("  {} {}: {}", p.serial, p.result, p.reason.as_deref().unwrap_or(""));
+    }
+    if failed > 0 {
+        bail!("{failed} devices failed");
+    }
+    Ok(())
+}

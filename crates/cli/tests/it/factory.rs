@@ -1,0 +1,236 @@
+//! The factory line, online: batches, stations, births over EST with the
+//! station's certificate; quotas and one birth per serial under concurrency.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use iotpki_agent::est_client::{ClientIdentity, EstClient};
+use iotpki_agent::factory::{RunOptions, Station};
+use iotpki_authority::factory::{self, NewBatch};
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::name::{DeviceSerial, NameBuilder};
+use iotpki_core::{csr, est, pem};
+
+use crate::util::{openssl, Ca};
+
+fn serials(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:03}")).collect()
+}
+
+fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let nb = NewBatch {
+        id: Some(id.into()),
+        product: "widget".into(),
+        allowlist: serials.join("\n"),
+        quota,
+        from: now - 60,
+        until: now + 86_400,
+    };
+    factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
+}
+
+fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
+    let dir = ca.tmp.path().join("stations").join(name);
+    let key = iotpki_agent::factory::new_station_key(&dir, KeyType::EcdsaP256).unwrap();
+    let b: Vec<String> = batches.iter().map(|s| s.to_string()).collect();
+    let (cert, chain) = ca.authority.add_station(name, &b, key.public_key_der(), "test").unwrap();
+    iotpki_agent::factory::store_station(&dir, name, &ca.url, &cert, &chain, ca.authority.root_der()).unwrap();
+    dir
+}
+
+fn run_opts(ca: &Ca, batch: &str, n: usize, parallel: usize, tag: &str) -> RunOptions {
+    RunOptions {
+        batch: batch.into(),
+        devices: n,
+        parallel,
+        devices_dir: ca.tmp.path().join("dut").join(tag),
+        log: ca.tmp.path().join(format!("{tag}.jsonl")),
+        key_type: KeyType::EcdsaP256,
+    }
+}
+
+fn issued(ca: &Ca, batch: &str) -> (u64, u64) {
+    let b = ca.authority.store().batch(batch).unwrap().unwrap();
+    (b.issued, b.refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_gives_birth_within_its_quota() {
+    let ca = Ca::start().await;
+    let list = serials("W", 10);
+    batch(&ca, "B1", &list, 6);
+    let st = Arc::new(Station::open(&station(&ca, "line-1", &["B1"]), None).unwrap());
+    let opts = run_opts(&ca, "B1", 10, 4, "run1");
+    let out = iotpki_agent::factory::run_simulated(st, &opts, |_| {}).await.unwrap();
+    let born: Vec<_> = out.iter().filter(|p| p.result == "born").collect();
+    assert_eq!(born.len(), 6, "{out:?}");
+    assert!(out.iter().filter(|p| p.result == "refused").all(|p| p
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("used up its quota")));
+    assert_eq!(issued(&ca, "B1"), (6, 4));
+    assert_eq!(std::fs::read_to_string(&opts.log).unwrap().lines().count(), 10, "a log line per device");
+
+    // Each born device holds a birth certificate for its own key and serial, from the
+    // manufacturing CA, that openssl verifies; the store knows it.
+    let p = &born[0];
+    let dir = opts.devices_dir.join(&p.serial);
+    let st = iotpki_agent::status(&dir).unwrap();
+    assert_eq!(st.device_serial, p.serial);
+    assert!(st.issuer.contains("Manufacturing CA"), "{}", st.issuer);
+    let rec = ca.authority.store().certificate(p.cert_serial.as_deref().unwrap()).unwrap().unwrap();
+    assert_eq!(rec.device_serial.as_deref(), Some(p.serial.as_str()));
+    let cert_file = ca.tmp.path().join("born.pem");
+    std::fs::write(&cert_file, iotpki_agent::state::load(&dir).unwrap().cert_pem).unwrap();
+    let (root, mfg) = (ca.ca_file("root"), ca.ca_file("manufacturing"));
+    let v = tokio::task::spawn_blocking(move || {
+        openssl(&[
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            mfg.to_str().unwrap(),
+            cert_file.to_str().unwrap(),
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(v.contains(": OK"), "{v}");
+    ca.authority.store().verify_audit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stations_racing_for_one_batch_mint_exactly_the_quota() {
+    let ca = Ca::start().await;
+    let list = serials("R", 30);
+    batch(&ca, "RACE", &list, 10);
+    let a = Arc::new(Station::open(&station(&ca, "line-a", &["RACE"]), None).unwrap());
+    let b = Arc::new(Station::open(&station(&ca, "line-b", &["RACE"]), None).unwrap());
+    // Both stations fetch the same unborn serials and race for them, and for the quota.
+    let (oa, ob) = (run_opts(&ca, "RACE", 30, 8, "a"), run_opts(&ca, "RACE", 30, 8, "b"));
+    let (ra, rb) = tokio::join!(
+        iotpki_agent::factory::run_simulated(a, &oa, |_| {}),
+        iotpki_agent::factory::run_simulated(b, &ob, |_| {})
+    );
+    let all: Vec<_> = ra.unwrap().into_iter().chain(rb.unwrap()).collect();
+    let born: Vec<_> = all.iter().filter(|p| p.result == "born").collect();
+    assert_eq!(born.len(), 10, "exactly the quota");
+    let mut serials: Vec<&str> = born.iter().map(|p| p.serial.as_str()).collect();
+    serials.sort();
+    serials.dedup();
+    assert_eq!(serials.len(), 10, "no serial born twice");
+    assert!(all.iter().all(|p| p.result != "failed"), "{all:?}");
+    assert_eq!(issued(&ca, "RACE").0, 10);
+    assert_eq!(
+        ca.authority
+            .store()
+            .list_certificates(&Default::default())
+            .unwrap()
+            .iter()
+            .filter(|c| c.ca == "manufacturing" && c.profile == "device")
+            .count(),
+        10
+    );
+}
+
+fn identity(dir: &Path) -> ClientIdentity {
+    let id = iotpki_agent::state::load(dir).unwrap();
+    let key: Arc<dyn Signer> = Arc::new(iotpki_agent::state::load_key(dir, &id).unwrap());
+    let mut chain = vec![pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap()];
+    chain.extend(pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap());
+    ClientIdentity { chain, key }
+}
+
+fn device_csr(serial: Option<&str>) -> Vec<u8> {
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let mut n = NameBuilder::default().common_name(serial.unwrap_or("none")).unwrap();
+    if let Some(s) = serial {
+        n = n.serial_number(&DeviceSerial::parse(s).unwrap()).unwrap();
+    }
+    csr::build(&n.build(), &key, vec![]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_or_mistaken_station_requests_are_refused_and_change_nothing() {
+    let ca = Ca::start().await;
+    let list = serials("H", 5);
+    batch(&ca, "B1", &list, 5);
+    batch(&ca, "B2", &serials("O", 2), 2);
+    batch(&ca, "SHUT", &serials("S", 2), 2);
+    let st_dir = station(&ca, "line-1", &["B1", "SHUT"]);
+    let gone_dir = station(&ca, "line-gone", &["B1"]);
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let birth = |dir: &Path| {
+        EstClient::new(&ca.url, Some("birth"), std::slice::from_ref(&anchor), Some(identity(dir))).unwrap()
+    };
+    let st = birth(&st_dir);
+    let st_operational = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    let device = ca.enrolled_device("FIELD-1").await;
+    let as_device = birth(&device);
+    let anonymous = EstClient::new(&ca.url, Some("birth"), std::slice::from_ref(&anchor), None).unwrap();
+    // One device born for real first, to try to clone it.
+    let first = Station::open(&st_dir, None).unwrap();
+    first.birth("B1", &ca.tmp.path().join("dut-H-000"), "H-000", KeyType::EcdsaP256).await.unwrap();
+    factory::close_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), "SHUT", "test").unwrap();
+    factory::revoke_station(ca.authority.store().as_ref(), ca.clock.as_ref(), "line-gone", "test").unwrap();
+    let gone = birth(&gone_dir);
+
+    let ct = Some(est::CT_PKCS10);
+    let b64 = |d: Vec<u8>| est::encode_body(&d).into_bytes();
+    // (name, client, batch, csr serial, status, reason, counted against B1)
+    type Case<'a> = (&'a str, &'a EstClient, &'a str, Option<&'a str>, u16, &'a str, bool);
+    let cases: Vec<Case<'_>> = vec![
+        ("not authorised for the batch", &st, "B2", Some("O-000"), 403, "not authorised for batch B2", false),
+        ("unknown batch", &st, "NOPE", Some("H-001"), 404, "batch NOPE does not exist", false),
+        ("serial not on the allowlist", &st, "B1", Some("X-999"), 403, "not on the allowlist of batch B1", true),
+        ("serial born already (clone)", &st, "B1", Some("H-000"), 403, "already has a birth certificate", true),
+        ("no serialNumber in the request", &st, "B1", None, 400, "exactly one serialNumber", true),
+        ("closed batch", &st, "SHUT", Some("S-000"), 403, "batch SHUT is closed", false),
+        ("revoked station", &gone, "B1", Some("H-001"), 403, "revoked", false),
+        (
+            "a device certificate, not a station's",
+            &as_device,
+            "B1",
+            Some("H-001"),
+            403,
+            "not a factory station's",
+            false,
+        ),
+        ("no certificate at all", &anonymous, "B1", Some("H-001"), 401, "factory station's certificate", false),
+        (
+            "station at the operational label",
+            &st_operational,
+            "B1",
+            Some("H-001"),
+            403,
+            "station enrollments go to a label of CA manufacturing",
+            true,
+        ),
+    ];
+    for (name, client, batch, serial, status, reason, counted) in cases {
+        let (certs, b1, audit) = (ca.cert_count(), issued(&ca, "B1"), ca.audit_len());
+        let (s, body) = client
+            .raw("POST", &format!("simpleenroll?batch={batch}"), ct, b64(device_csr(serial)), None)
+            .await
+            .unwrap();
+        assert_eq!(s, status, "{name}: {body}");
+        assert!(body.contains(reason), "{name}: {body:?} lacks {reason:?}");
+        assert_eq!(ca.cert_count(), certs, "{name}: nothing issued");
+        assert_eq!(issued(&ca, "B1").0, b1.0, "{name}: quota untouched");
+        assert_eq!(
+            issued(&ca, "B1").1,
+            b1.1 + u64::from(counted),
+            "{name}: refusal counted only for an authenticated station"
+        );
+        assert_eq!(ca.audit_len(), audit + 1, "{name}: audited");
+    }
+
+    // Outside the window: the authority's clock moves past it.
+    ca.clock.advance(2 * 86_400);
+    let (s, body) = st.raw("POST", "simpleenroll?batch=B1", ct, b64(device_csr(Some("H-001"))), None).await.unwrap();
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("issues only from"), "{body}");
+    assert_eq!(issued(&ca, "B1").0, 1);
+}
