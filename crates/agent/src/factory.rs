@@ -104,6 +104,55 @@ impl Station {
         self.client.factory_batch(batch, unborn).await
     }
 
+    /// Give birth to the device on the line at `addr`: ask its serial, have
+    /// it make its key and request, enroll it, install the answer, and check
+    /// the device confirms. Three line round trips and one EST call. Returns
+    /// the serial (when learnt) and the certificate's serial.
+    pub async fn birth_on_line(
+        &self,
+        batch: &str,
+        addr: &str,
+        key_type: KeyType,
+    ) -> (Option<String>, Result<String, AgentError>) {
+        let mut tcp = match tokio::net::TcpStream::connect(addr).await {
+            Ok(t) => t,
+            Err(e) => return (None, Err(AgentError::Connect(format!("line {addr}: {e}")))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let serial = match crate::line::ask(&mut tcp, crate::line::kind::HELLO, &[], crate::line::kind::SERIAL).await {
+            Ok(s) => match String::from_utf8(s)
+                .map_err(|_| AgentError::BadAnswer("the device's serial is not UTF-8".into()))
+            {
+                Ok(s) => s,
+                Err(e) => return (None, Err(e)),
+            },
+            Err(e) => return (None, Err(e)),
+        };
+        let r = async {
+            let kt = key_type.to_string();
+            let csr =
+                crate::line::ask(&mut tcp, crate::line::kind::KEYGEN, kt.as_bytes(), crate::line::kind::CSR).await?;
+            let cert = self.client.simple_enroll_batch(&csr, batch).await?;
+            let cert_serial = iotpki_core::profile::cert_info(&cert)?.serial;
+            let install = crate::line::Install {
+                cert,
+                anchor: self.anchor.clone(),
+                server: self.server.clone(),
+                label: BIRTH_LABEL.into(),
+                chain: self.chain.clone(),
+            };
+            let ok =
+                crate::line::ask(&mut tcp, crate::line::kind::INSTALL, &install.encode(), crate::line::kind::INSTALLED)
+                    .await?;
+            if ok != cert_serial.as_bytes() {
+                return Err(AgentError::BadAnswer("the device confirmed another certificate".into()));
+            }
+            Ok(cert_serial)
+        }
+        .await;
+        (Some(serial), r)
+    }
+
     /// Give birth to the simulated device at `dir` with serial `serial`:
     /// the device makes its key and request, the station enrolls it, the
     /// device checks and stores what the station writes in.
@@ -136,56 +185,80 @@ pub struct Produced {
     pub millis: u64,
 }
 
-/// Options of a simulated production run.
+/// Options of a production run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The batch.
     pub batch: String,
-    /// How many devices.
-    pub devices: usize,
-    /// How many at once.
+    /// How many devices at once.
     pub parallel: usize,
-    /// Where the simulated devices' state directories go.
-    pub devices_dir: PathBuf,
     /// The production log (JSON lines, appended).
     pub log: PathBuf,
     /// Device key type.
     pub key_type: KeyType,
 }
 
-/// Run `opts.devices` simulated devices (serials in order from the batch's
-/// allowlist, skipping those born already) through their birth, `parallel`
-/// at a time; append a line per device to the production log (fsync'd at the
-/// end). `progress` is called after each device.
-pub async fn run_simulated(
-    station: Arc<Station>,
-    opts: &RunOptions,
-    progress: impl Fn(&Produced) + Send + Sync + 'static,
-) -> Result<Vec<Produced>, AgentError> {
-    let view = station.batch(&opts.batch, u32::try_from(opts.devices).unwrap_or(u32::MAX)).await?;
+/// A device under test.
+#[derive(Clone, Debug)]
+pub enum Dut {
+    /// A device simulated in this process, with its state directory.
+    Simulated {
+        /// Its serial.
+        serial: String,
+        /// Its state directory (a file keystore).
+        dir: PathBuf,
+    },
+    /// A device at the other end of a line link (`iotpki agent line`).
+    Line {
+        /// Its address.
+        addr: String,
+    },
+}
+
+/// `n` simulated devices: serials in order from the batch's allowlist
+/// (skipping those born already), state directories under `dir`.
+pub async fn simulated(station: &Station, batch: &str, n: usize, dir: &Path) -> Result<Vec<Dut>, AgentError> {
+    let view = station.batch(batch, u32::try_from(n).unwrap_or(u32::MAX)).await?;
     let serials: Vec<String> = view["unborn"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     if serials.is_empty() {
-        return Err(AgentError::Usage(format!("batch {} has no serial left to give birth to", opts.batch)));
+        return Err(AgentError::Usage(format!("batch {batch} has no serial left to give birth to")));
     }
-    std::fs::create_dir_all(&opts.devices_dir).map_err(|e| AgentError::io(&opts.devices_dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+    Ok(serials.into_iter().map(|serial| Dut::Simulated { dir: dir.join(&serial), serial }).collect())
+}
+
+/// Drive every device in `duts` through its birth, `parallel` at a time;
+/// append a line per device to the production log (fsync'd at the end).
+/// `progress` is called after each device.
+pub async fn run(
+    station: Arc<Station>,
+    opts: &RunOptions,
+    duts: Vec<Dut>,
+    progress: impl Fn(&Produced) + Send + Sync + 'static,
+) -> Result<Vec<Produced>, AgentError> {
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
     let progress = Arc::new(progress);
     let mut set = tokio::task::JoinSet::new();
-    for serial in serials {
+    for dut in duts {
         let permit = sem.clone().acquire_owned().await.map_err(|e| AgentError::State(e.to_string()))?;
         let (station, progress, batch) = (station.clone(), progress.clone(), opts.batch.clone());
-        let dir = opts.devices_dir.join(&serial);
         let kt = opts.key_type;
         set.spawn(async move {
             let t0 = Instant::now();
-            let r = station.birth(&batch, &dir, &serial, kt).await;
+            let (serial, r) = match &dut {
+                Dut::Simulated { serial, dir } => (serial.clone(), station.birth(&batch, dir, serial, kt).await),
+                Dut::Line { addr } => {
+                    let (serial, r) = station.birth_on_line(&batch, addr, kt).await;
+                    (serial.unwrap_or_else(|| format!("line:{addr}")), r)
+                }
+            };
             drop(permit);
             let (result, cert_serial, reason) = match r {
                 Ok(c) => ("born", Some(c), None),
-                Err(AgentError::Refused { status, reason }) => {
+                Err(AgentError::Refused { status, reason }) if status > 0 => {
                     ("refused", None, Some(format!("HTTP {status}: {reason}")))
                 }
                 Err(e) => ("failed", None, Some(e.to_string())),

@@ -17,6 +17,7 @@ mod error;
 pub mod est_client;
 pub mod factory;
 pub mod flow;
+pub mod line;
 pub mod state;
 mod tls_key;
 

@@ -41,6 +41,18 @@ pub enum AgentCmd {
         #[arg(long)]
         server: Option<String>,
     },
+    /// On the factory line: wait for the station on a line link, make the key, take the birth certificate.
+    Line {
+        /// Where to listen for the station (TCP; the frames are the same on a UART).
+        #[arg(long)]
+        listen: String,
+        /// The device's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The device's serial number.
+        #[arg(long)]
+        serial: String,
+    },
     /// Show the identity: subject, issuer, validity, days left.
     Status {
         /// The device's state directory.
@@ -78,6 +90,22 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             println!("renewed {}: certificate {}, valid until {}", st.device_serial, st.cert_serial, st.not_after);
             Ok(())
         }
+        AgentCmd::Line { listen, state, serial } => crate::runtime()?.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            println!("line listening on {}", listener.local_addr()?);
+            // One station session at a time, until one installs a birth certificate.
+            loop {
+                let (mut tcp, peer) = listener.accept().await?;
+                match iotpki_agent::line::serve_device(&mut tcp, &state, &serial).await {
+                    Ok(Some(cert)) => {
+                        println!("born: {serial} holds birth certificate {cert}");
+                        return Ok(());
+                    }
+                    Ok(None) => eprintln!("station {peer} left before installing"),
+                    Err(e) => eprintln!("station {peer}: {e}"),
+                }
+            }
+        }),
         AgentCmd::Status { state, json } => {
             let st = iotpki_agent::status(&state)?;
             if json {

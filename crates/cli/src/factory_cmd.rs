@@ -254,8 +254,11 @@ pub enum FactoryCmd {
         #[arg(long)]
         server: Option<String>,
         /// Simulate N devices in this process (file keystores, serials in order from the allowlist).
-        #[arg(long, value_name = "N", required = true)]
-        simulate: usize,
+        #[arg(long, value_name = "N", required_unless_present = "line", conflicts_with = "line")]
+        simulate: Option<usize>,
+        /// A device under test on a line link (`iotpki agent line --listen ADDR`); repeatable.
+        #[arg(long, value_name = "ADDR")]
+        line: Vec<String>,
         /// Devices at once.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
@@ -272,20 +275,26 @@ pub enum FactoryCmd {
 }
 
 pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
-    let FactoryCmd::Run { station_dir, batch, server, simulate, parallel, devices_dir, log, key_type } = c;
-    if simulate == 0 || parallel == 0 {
+    let FactoryCmd::Run { station_dir, batch, server, simulate, line, parallel, devices_dir, log, key_type } = c;
+    if simulate == Some(0) || parallel == 0 {
         bail!("--simulate and --parallel must be at least 1");
     }
     let opts = iotpki_agent::factory::RunOptions {
         batch: batch.clone(),
-        devices: simulate,
         parallel,
-        devices_dir: devices_dir.unwrap_or_else(|| station_dir.join("devices")),
         log: log.unwrap_or_else(|| station_dir.join("production.jsonl")),
         key_type: KeyType::from_name(&key_type)?,
     };
     let station = Arc::new(iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?);
-    let bar = ProgressBar::new(simulate as u64);
+    let rt = crate::runtime()?;
+    let duts = match simulate {
+        Some(n) => {
+            let dir = devices_dir.unwrap_or_else(|| station_dir.join("devices"));
+            rt.block_on(iotpki_agent::factory::simulated(&station, &batch, n, &dir))?
+        }
+        None => line.into_iter().map(|addr| iotpki_agent::factory::Dut::Line { addr }).collect(),
+    };
+    let bar = ProgressBar::new(duts.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -294,7 +303,7 @@ pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
     bar.set_prefix(format!("{} / {batch}", station.name));
     let b2 = bar.clone();
     let t0 = std::time::Instant::now();
-    let out = crate::runtime()?.block_on(iotpki_agent::factory::run_simulated(station, &opts, move |p| {
+    let out = rt.block_on(iotpki_agent::factory::run(station, &opts, duts, move |p| {
         b2.inc(1);
         if p.result != "born" {
             b2.set_message(format!("last refusal: {} {}", p.serial, p.reason.as_deref().unwrap_or("")));

@@ -189,19 +189,35 @@ fn factory_line_with_the_binary() {
     let st = tmp.path().join("station");
     let mut c = bin();
     env(&mut c);
-    run_ok(c.args([
-        "station",
-        "add",
-        "line-9",
-        "--dir",
-        dir,
-        "--batches",
-        "B-7",
-        "--out",
-        st.to_str().unwrap(),
-        "--server",
-        &url,
-    ]));
+    let one = tmp.path().join("one.csv");
+    std::fs::write(&one, "LINE-1\n").unwrap();
+    let args = ["batch", "create", "--dir", dir, "--id", "B-8", "--product", "p", "--serials", one.to_str().unwrap()];
+    run_ok(bin().args(args).args(["--quota", "1"]));
+    let args = ["station", "add", "line-9", "--dir", dir, "--batches", "B-7,B-8", "--out", st.to_str().unwrap()];
+    run_ok(c.args(args).args(["--server", &url]));
+
+    // A device process on a line link: the station drives it over TCP.
+    let dev = tmp.path().join("line-device");
+    let mut device = bin()
+        .args(["agent", "line", "--listen", "127.0.0.1:0", "--state", dev.to_str().unwrap(), "--serial", "LINE-1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(device.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first.trim().trim_start_matches("line listening on ").to_string();
+    let args = ["factory", "run", "--station-dir", st.to_str().unwrap(), "--batch", "B-8", "--line", &addr];
+    let run = run_ok(bin().args(args));
+    assert!(run.contains("1 born, 0 refused, 0 failed"), "{run}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(device.wait().unwrap().success());
+    assert!(rest.contains("born: LINE-1"), "{rest}");
+    let status = run_ok(bin().args(["agent", "status", "--state", dev.to_str().unwrap(), "--json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["device_serial"], "LINE-1");
     let out = run_ok(bin().args([
         "factory",
         "run",
@@ -221,7 +237,9 @@ fn factory_line_with_the_binary() {
         (show["quota"].as_u64(), show["issued"].as_u64(), show["refused"].as_u64(), show["flagged"].as_u64()),
         (Some(3), Some(3), Some(1), Some(0))
     );
-    assert_eq!(std::fs::read_to_string(st.join("production.jsonl")).unwrap().lines().count(), 4);
+    let log = std::fs::read_to_string(st.join("production.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 5, "appended: 1 device on the line, then 4 simulated");
+    assert!(log.lines().next().unwrap().contains("\"serial\":\"LINE-1\""), "{log}");
     run_ok(bin().args(["batch", "close", "--dir", dir, "B-7"]));
     run_ok(bin().args(["station", "revoke", "line-9", "--dir", dir]));
     let out = run_ok(bin().args(["station", "show", "line-9", "--dir", dir]));

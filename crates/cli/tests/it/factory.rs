@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
-use iotpki_agent::factory::{RunOptions, Station};
+use iotpki_agent::factory::{Dut, Produced, RunOptions, Station};
 use iotpki_authority::factory::{self, NewBatch};
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
@@ -39,15 +39,26 @@ fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
     dir
 }
 
-fn run_opts(ca: &Ca, batch: &str, n: usize, parallel: usize, tag: &str) -> RunOptions {
-    RunOptions {
-        batch: batch.into(),
-        devices: n,
-        parallel,
+struct Run {
+    opts: RunOptions,
+    devices_dir: PathBuf,
+}
+
+fn run_opts(ca: &Ca, batch: &str, parallel: usize, tag: &str) -> Run {
+    Run {
+        opts: RunOptions {
+            batch: batch.into(),
+            parallel,
+            log: ca.tmp.path().join(format!("{tag}.jsonl")),
+            key_type: KeyType::EcdsaP256,
+        },
         devices_dir: ca.tmp.path().join("dut").join(tag),
-        log: ca.tmp.path().join(format!("{tag}.jsonl")),
-        key_type: KeyType::EcdsaP256,
     }
+}
+
+async fn run_sim(st: Arc<Station>, run: &Run, n: usize) -> Vec<Produced> {
+    let duts = iotpki_agent::factory::simulated(&st, &run.opts.batch, n, &run.devices_dir).await.unwrap();
+    iotpki_agent::factory::run(st, &run.opts, duts, |_| {}).await.unwrap()
 }
 
 fn issued(ca: &Ca, batch: &str) -> (u64, u64) {
@@ -61,8 +72,8 @@ async fn a_station_gives_birth_within_its_quota() {
     let list = serials("W", 10);
     batch(&ca, "B1", &list, 6);
     let st = Arc::new(Station::open(&station(&ca, "line-1", &["B1"]), None).unwrap());
-    let opts = run_opts(&ca, "B1", 10, 4, "run1");
-    let out = iotpki_agent::factory::run_simulated(st, &opts, |_| {}).await.unwrap();
+    let run = run_opts(&ca, "B1", 4, "run1");
+    let out = run_sim(st, &run, 10).await;
     let born: Vec<_> = out.iter().filter(|p| p.result == "born").collect();
     assert_eq!(born.len(), 6, "{out:?}");
     assert!(out.iter().filter(|p| p.result == "refused").all(|p| p
@@ -71,12 +82,12 @@ async fn a_station_gives_birth_within_its_quota() {
         .unwrap_or("")
         .contains("used up its quota")));
     assert_eq!(issued(&ca, "B1"), (6, 4));
-    assert_eq!(std::fs::read_to_string(&opts.log).unwrap().lines().count(), 10, "a log line per device");
+    assert_eq!(std::fs::read_to_string(&run.opts.log).unwrap().lines().count(), 10, "a log line per device");
 
     // Each born device holds a birth certificate for its own key and serial, from the
     // manufacturing CA, that openssl verifies; the store knows it.
     let p = &born[0];
-    let dir = opts.devices_dir.join(&p.serial);
+    let dir = run.devices_dir.join(&p.serial);
     let st = iotpki_agent::status(&dir).unwrap();
     assert_eq!(st.device_serial, p.serial);
     assert!(st.issuer.contains("Manufacturing CA"), "{}", st.issuer);
@@ -109,12 +120,9 @@ async fn two_stations_racing_for_one_batch_mint_exactly_the_quota() {
     let a = Arc::new(Station::open(&station(&ca, "line-a", &["RACE"]), None).unwrap());
     let b = Arc::new(Station::open(&station(&ca, "line-b", &["RACE"]), None).unwrap());
     // Both stations fetch the same unborn serials and race for them, and for the quota.
-    let (oa, ob) = (run_opts(&ca, "RACE", 30, 8, "a"), run_opts(&ca, "RACE", 30, 8, "b"));
-    let (ra, rb) = tokio::join!(
-        iotpki_agent::factory::run_simulated(a, &oa, |_| {}),
-        iotpki_agent::factory::run_simulated(b, &ob, |_| {})
-    );
-    let all: Vec<_> = ra.unwrap().into_iter().chain(rb.unwrap()).collect();
+    let (oa, ob) = (run_opts(&ca, "RACE", 8, "a"), run_opts(&ca, "RACE", 8, "b"));
+    let (ra, rb) = tokio::join!(run_sim(a, &oa, 30), run_sim(b, &ob, 30));
+    let all: Vec<_> = ra.into_iter().chain(rb).collect();
     let born: Vec<_> = all.iter().filter(|p| p.result == "born").collect();
     assert_eq!(born.len(), 10, "exactly the quota");
     let mut serials: Vec<&str> = born.iter().map(|p| p.serial.as_str()).collect();
@@ -233,4 +241,53 @@ async fn hostile_or_mistaken_station_requests_are_refused_and_change_nothing() {
     assert_eq!(s, 403, "{body}");
     assert!(body.contains("issues only from"), "{body}");
     assert_eq!(issued(&ca, "B1").0, 1);
+}
+
+/// A device under test on a line link, in this process: the real protocol on loopback.
+async fn line_device(dir: PathBuf, serial: &str) -> (String, tokio::task::JoinHandle<Option<String>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let serial = serial.to_string();
+    let h = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        iotpki_agent::line::serve_device(&mut tcp, &dir, &serial).await.unwrap()
+    });
+    (addr, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_a_line_link_are_born_through_the_station() {
+    let ca = Ca::start().await;
+    batch(&ca, "LB", &serials("L", 4), 4);
+    let st = Arc::new(Station::open(&station(&ca, "line-1", &["LB"]), None).unwrap());
+    let mut duts = Vec::new();
+    let mut devices = Vec::new();
+    for serial in ["L-000", "L-001", "L-002", "NOT-LISTED"] {
+        let dir = ca.tmp.path().join("line-dut").join(serial);
+        let (addr, h) = line_device(dir.clone(), serial).await;
+        duts.push(Dut::Line { addr });
+        devices.push((serial, dir, h));
+    }
+    duts.push(Dut::Line { addr: "127.0.0.1:1".into() }); // nothing there
+    let run = run_opts(&ca, "LB", 2, "line");
+    let out = iotpki_agent::factory::run(st, &run.opts, duts, |_| {}).await.unwrap();
+    let by = |s: &str| out.iter().find(|p| p.serial == s).unwrap_or_else(|| panic!("{s} missing: {out:?}"));
+    for serial in ["L-000", "L-001", "L-002"] {
+        assert_eq!(by(serial).result, "born", "{:?}", by(serial));
+    }
+    assert_eq!(by("NOT-LISTED").result, "refused");
+    assert!(by("NOT-LISTED").reason.as_deref().unwrap().contains("not on the allowlist"));
+    assert_eq!(by("line:127.0.0.1:1").result, "failed");
+    assert_eq!(issued(&ca, "LB").0, 3);
+    for (serial, dir, h) in devices {
+        if serial == "NOT-LISTED" {
+            // The station hung up after the refusal: the device holds no identity, only its pending key.
+            assert_eq!(h.await.unwrap(), None);
+            assert!(!dir.join("identity.json").exists());
+            continue;
+        }
+        let cert = h.await.unwrap().expect("installed");
+        let status = iotpki_agent::status(&dir).unwrap();
+        assert_eq!((status.device_serial.as_str(), status.cert_serial.as_str()), (serial, cert.as_str()));
+    }
 }
