@@ -216,30 +216,43 @@ fn read_head(tx: &Transaction<'_>) -> Result<Head, StoreError> {
 
 /// One transaction for the whole batch; one savepoint per operation.
 fn run_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
-    let fail_all = |e: String| batch.iter().map(|_| Err(StoreError::Database(e.clone()))).collect();
+    let fail_all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
-        Err(e) => return fail_all(format!("begin: {e}")),
+        Err(e) => return fail_all(ctx("begin")(e)),
     };
     let mut head = match read_head(&tx) {
         Ok(h) => h,
-        Err(e) => return fail_all(e.to_string()),
+        Err(e) => return fail_all(e),
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        results.push(run_one(&tx, &job.op, &mut head));
+        match run_one(&tx, &job.op, &mut head) {
+            Ok(r) => results.push(r),
+            // The savepoint machinery itself failed: what this op left behind is
+            // unknown, so nothing of the batch may be committed (dropping `tx`
+            // rolls it all back).
+            Err(e) => return fail_all(e),
+        }
     }
     if let Err(e) = tx.commit() {
-        return fail_all(format!("commit: {e}"));
+        return fail_all(ctx("commit")(e));
     }
     results
 }
 
 fn exec_cached(tx: &Transaction<'_>, sql: &str) -> Result<(), StoreError> {
-    tx.prepare_cached(sql).and_then(|mut st| st.execute([])).map(|_| ()).map_err(db)
+    tx.prepare_cached(sql)
+        .and_then(|mut st| st.execute([]))
+        .map(|_| ())
+        .map_err(|e| StoreError::Database(format!("{sql}: {e}")))
 }
 
-fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<(), StoreError> {
+/// Run one operation in its own savepoint. The inner result is the operation's
+/// own (on error its writes are rolled back and `head` restored); the outer
+/// error means the savepoint could not be opened, rolled back or released, and
+/// the whole transaction must be abandoned.
+fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<(), StoreError>, StoreError> {
     exec_cached(tx, "SAVEPOINT op")?;
     let saved = head.clone();
     let r = match op {
@@ -257,7 +270,7 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<(), StoreEr
         *head = saved;
     }
     exec_cached(tx, "RELEASE op")?;
-    r
+    Ok(r)
 }
 
 fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<(), StoreError> {
@@ -922,5 +935,68 @@ mod tests {
         assert_eq!(results.iter().filter(|ok| !**ok).count(), 16);
         assert_eq!(s.count_certificates().unwrap(), 1 + 48);
         assert_eq!(s.verify_audit().unwrap().entries, 1 + 48);
+    }
+
+    /// The same as above, but deterministic: one hand-built batch through
+    /// [`run_batch`], mixing successes with every kind of refusal.
+    #[test]
+    fn one_batch_with_refusals_commits_the_rest_on_one_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("store.db");
+        let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE).unwrap();
+        migrate(&mut conn).unwrap();
+        let ev = |target: &str| AuditEvent {
+            at: 1,
+            actor: "a".into(),
+            action: "x".into(),
+            target: target.into(),
+            detail: String::new(),
+        };
+        let tok = TokenRecord {
+            token_hash: "70aa".into(),
+            device_serial: "D-1".into(),
+            created_at: 1,
+            expires_at: 5_000,
+            used_at: None,
+            cert_serial: None,
+        };
+        let consume = Precondition::ConsumeToken { token_hash: "70aa".into(), device_serial: "D-1".into(), now: 1_500 };
+        let issue = |c: &CertRecord, pre: Vec<Precondition>| {
+            Op::Issue(Box::new(Issuance { cert: c.clone(), preconditions: pre, audit: ev(&c.serial) }))
+        };
+        let (c1, c2, c3, c4) =
+            (conformance::cert("D-1"), conformance::cert("D-1"), conformance::cert("D-1"), conformance::cert("D-1"));
+        let ops = vec![
+            Op::Token(tok.clone(), ev("token")),
+            issue(&c1, vec![consume.clone()]),
+            issue(&c2, vec![consume]),
+            issue(&CertRecord { serial: c1.serial.clone(), ..c3.clone() }, vec![]),
+            issue(&c3, vec![Precondition::CertIsGood { serial: "00".into() }]),
+            Op::Audit(ev("admin")),
+            Op::Token(tok, ev("token again")),
+            issue(&c4, vec![]),
+        ];
+        let jobs: Vec<Job> = ops.into_iter().map(|op| Job { op, reply: mpsc::sync_channel(1).0 }).collect();
+        let results = run_batch(&mut conn, &jobs);
+        assert_eq!(
+            results,
+            vec![
+                Ok(()),
+                Ok(()),
+                Err(StoreError::TokenUsed { used_at: 1_500 }),
+                Err(StoreError::DuplicateSerial { serial: c1.serial.clone() }),
+                Err(StoreError::CertUnknown { serial: "00".into() }),
+                Ok(()),
+                Err(StoreError::TokenExists),
+                Ok(()),
+            ]
+        );
+        drop(conn);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.count_certificates().unwrap(), 2);
+        assert_eq!(s.token("70aa").unwrap().unwrap().cert_serial, Some(c1.serial.clone()));
+        assert_eq!(s.verify_audit().unwrap().entries, 4);
+        let targets: Vec<String> = s.audit_entries(1, 10).unwrap().into_iter().map(|e| e.event.target).collect();
+        assert_eq!(targets, vec!["token".to_string(), c1.serial, "admin".into(), c4.serial]);
     }
 }
