@@ -137,6 +137,20 @@ impl EstClient {
         serde_json::from_slice(&a.body).map_err(|e| AgentError::BadAnswer(format!("batch view: {e}")))
     }
 
+    /// `GET /factory/sync?batch=ID`: where this station's record was synced up to.
+    pub async fn factory_sync_state(&self, batch: &str) -> Result<serde_json::Value, AgentError> {
+        let a = self.exchange("GET", &format!("/factory/sync?batch={batch}"), None, Bytes::new(), None).await?;
+        serde_json::from_slice(&refuse_unless_ok(a)?.body)
+            .map_err(|e| AgentError::BadAnswer(format!("sync state: {e}")))
+    }
+
+    /// `POST /factory/sync?batch=ID`: upload production record lines.
+    pub async fn factory_sync(&self, batch: &str, lines: String) -> Result<serde_json::Value, AgentError> {
+        let path = format!("/factory/sync?batch={batch}");
+        let a = self.exchange("POST", &path, Some("application/x-ndjson"), Bytes::from(lines), None).await?;
+        serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("sync: {e}")))
+    }
+
     /// `POST /simplereenroll` over mutual TLS: the new certificate (DER).
     pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         let a = self.call("POST", "simplereenroll", Some(csr_der), None).await?;

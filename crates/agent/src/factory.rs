@@ -25,6 +25,9 @@ use crate::AgentError;
 /// The label station enrollments go to.
 pub const BIRTH_LABEL: &str = "birth";
 
+/// Production record entries per sync request.
+const SYNC_CHUNK: usize = 2_000;
+
 /// Make the station's key in `dir` (which must hold no identity yet); returns it.
 pub fn new_station_key(dir: &Path, key_type: KeyType) -> Result<SoftKey, AgentError> {
     if state::identity_path(dir).exists() {
@@ -74,6 +77,7 @@ pub struct Station {
     client: EstClient,
     chain: Vec<Vec<u8>>,
     anchor: Vec<u8>,
+    offline: Option<crate::offline::Offline>,
 }
 
 impl Station {
@@ -96,7 +100,52 @@ impl Station {
             std::slice::from_ref(&anchor),
             Some(ClientIdentity { chain: tls_chain, key }),
         )?;
-        Ok(Self { name: id.device_serial, server, client, chain, anchor })
+        Ok(Self { name: id.device_serial, server, client, chain, anchor, offline: None })
+    }
+
+    /// Open the station to issue offline for `batch` with its delegated CA
+    /// (`iotpki station delegate`): births are signed here and recorded in the
+    /// production record, for `iotpki factory sync` later.
+    pub fn open_offline(dir: &Path, batch: &str) -> Result<Self, AgentError> {
+        let id = state::load(dir)?;
+        let station_key = state::load_key(dir, &id)?;
+        let offline = crate::offline::Offline::open(dir, batch, station_key)?;
+        let mut st = Self::open(dir, Some(if id.server.is_empty() { "https://offline.invalid" } else { &id.server }))?;
+        st.offline = Some(offline);
+        Ok(st)
+    }
+
+    /// A birth certificate for `csr`, and the chain the device should hold:
+    /// from the authority over EST, or from the delegated CA when offline.
+    async fn obtain(&self, csr: &[u8], batch: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
+        match &self.offline {
+            Some(off) => off.issue(csr, batch),
+            None => Ok((self.client.simple_enroll_batch(csr, batch).await?, self.chain.clone())),
+        }
+    }
+
+    /// Upload this station's production record for `batch`: ask where the
+    /// authority's copy ends, send the rest in chunks. Returns (born, flagged).
+    pub async fn sync(&self, dir: &Path, batch: &str) -> Result<(u64, Vec<(String, String)>), AgentError> {
+        let path = crate::offline::record_path(dir, batch);
+        let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
+        let entries = iotpki_core::record::parse(&text)?;
+        let state = self.client.factory_sync_state(batch).await?;
+        let synced = state["last_seq"].as_u64().unwrap_or(0);
+        let rest: Vec<&iotpki_core::record::Entry> = entries.iter().filter(|e| e.seq > synced).collect();
+        let (mut born, mut flagged) = (0, Vec::new());
+        for chunk in rest.chunks(SYNC_CHUNK) {
+            let body: String = chunk.iter().map(|e| e.to_line() + "\n").collect();
+            let out = self.client.factory_sync(batch, body).await?;
+            born += out["born"].as_u64().unwrap_or(0);
+            for f in out["flagged"].as_array().into_iter().flatten() {
+                flagged.push((
+                    f["cert_serial"].as_str().unwrap_or_default().to_string(),
+                    f["reason"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+        Ok((born, flagged))
     }
 
     /// The batch as the authority shows it to this station, with up to `unborn` serials not born yet.
@@ -132,14 +181,14 @@ impl Station {
             let kt = key_type.to_string();
             let csr =
                 crate::line::ask(&mut tcp, crate::line::kind::KEYGEN, kt.as_bytes(), crate::line::kind::CSR).await?;
-            let cert = self.client.simple_enroll_batch(&csr, batch).await?;
+            let (cert, chain) = self.obtain(&csr, batch).await?;
             let cert_serial = iotpki_core::profile::cert_info(&cert)?.serial;
             let install = crate::line::Install {
                 cert,
                 anchor: self.anchor.clone(),
                 server: self.server.clone(),
                 label: BIRTH_LABEL.into(),
-                chain: self.chain.clone(),
+                chain,
             };
             let ok =
                 crate::line::ask(&mut tcp, crate::line::kind::INSTALL, &install.encode(), crate::line::kind::INSTALLED)
@@ -158,8 +207,8 @@ impl Station {
     /// device checks and stores what the station writes in.
     pub async fn birth(&self, batch: &str, dir: &Path, serial: &str, key_type: KeyType) -> Result<String, AgentError> {
         let csr = crate::flow::begin_birth(dir, serial, key_type)?;
-        let cert = self.client.simple_enroll_batch(&csr, batch).await?;
-        crate::flow::finish_birth(dir, serial, &cert, &self.chain, &self.anchor, &self.server, Some(BIRTH_LABEL))?;
+        let (cert, chain) = self.obtain(&csr, batch).await?;
+        crate::flow::finish_birth(dir, serial, &cert, &chain, &self.anchor, &self.server, Some(BIRTH_LABEL))?;
         Ok(iotpki_core::profile::cert_info(&cert)?.serial)
     }
 }
@@ -218,11 +267,16 @@ pub enum Dut {
 /// `n` simulated devices: serials in order from the batch's allowlist
 /// (skipping those born already), state directories under `dir`.
 pub async fn simulated(station: &Station, batch: &str, n: usize, dir: &Path) -> Result<Vec<Dut>, AgentError> {
-    let view = station.batch(batch, u32::try_from(n).unwrap_or(u32::MAX)).await?;
-    let serials: Vec<String> = view["unborn"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
+    let serials: Vec<String> = match &station.offline {
+        Some(off) => off.unborn(n),
+        None => {
+            let view = station.batch(batch, u32::try_from(n).unwrap_or(u32::MAX)).await?;
+            view["unborn"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        }
+    };
     if serials.is_empty() {
         return Err(AgentError::Usage(format!("batch {batch} has no serial left to give birth to")));
     }

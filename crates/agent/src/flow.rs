@@ -51,9 +51,30 @@ fn check_issued(cert_der: &[u8], key: &dyn Signer, chain: &[Vec<u8>], anchor: &[
     let leaf = CertificateDer::from(cert_der);
     let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| AgentError::BadAnswer(format!("certificate: {e}")))?;
     let t = UnixTime::since_unix_epoch(Duration::from_secs(now().max(0) as u64));
-    ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[ta], &inter, t, webpki::KeyUsage::client_auth(), None, None)
-        .map_err(|e| AgentError::Untrusted(format!("does not chain to the trust anchor: {e}")))?;
-    Ok(())
+    match ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[ta],
+        &inter,
+        t,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    ) {
+        Ok(_) => Ok(()),
+        // rustls-webpki rejects every directoryName name constraint (it does not
+        // implement them); a station's delegated CA carries one. Such chains are
+        // validated by our own validator, which enforces them (iotpki_core::chain).
+        Err(webpki::Error::NameConstraintViolation) => {
+            iotpki_core::chain::verify(cert_der, chain, anchor, now(), const_oid_client_auth())
+                .map_err(|e| AgentError::Untrusted(format!("does not chain to the trust anchor: {e}")))
+        }
+        Err(e) => Err(AgentError::Untrusted(format!("does not chain to the trust anchor: {e}"))),
+    }
+}
+
+fn const_oid_client_auth() -> iotpki_core::asn1::der::asn1::ObjectIdentifier {
+    // id-kp-clientAuth (RFC 5280 4.2.1.12)
+    iotpki_core::asn1::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2")
 }
 
 /// The issuing CAs from a /cacerts answer: everything but the anchor itself.

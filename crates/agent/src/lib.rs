@@ -18,6 +18,7 @@ pub mod est_client;
 pub mod factory;
 pub mod flow;
 pub mod line;
+pub mod offline;
 pub mod state;
 mod tls_key;
 

@@ -70,6 +70,7 @@ fn core_ops(c: &mut Criterion) {
                 not_after: 1_900_000_000,
                 dns_names: vec![],
                 ip_addrs: vec![],
+                permitted_subtree: None,
             };
             profile::issue(&params, &issuer).unwrap()
         })

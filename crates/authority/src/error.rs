@@ -110,7 +110,10 @@ impl From<StoreError> for AuthorityError {
             | StoreError::SerialNotAllowed { .. }
             | StoreError::AlreadyBorn { .. } => Self::Forbidden(e.to_string()),
             StoreError::BatchUnknown { .. } => Self::NotFound(e.to_string()),
-            StoreError::BatchExists { .. } | StoreError::StationExists { .. } => Self::BadRequest(e.to_string()),
+            StoreError::BatchExists { .. } | StoreError::StationExists { .. } | StoreError::DelegationExists { .. } => {
+                Self::BadRequest(e.to_string())
+            }
+            StoreError::SyncOutOfOrder { .. } => Self::Forbidden(e.to_string()),
             other => Self::Store(other),
         }
     }

@@ -123,11 +123,14 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
         role: CaRole::Root,
     }];
     let mut operational = None;
-    for (name, title) in [("manufacturing", "Manufacturing CA"), ("operational", "Operational CA")] {
+    // The manufacturing CA may delegate one level: stations' offline sub-CAs for a batch.
+    for (name, title, profile) in [
+        ("manufacturing", "Manufacturing CA", Profile::DelegatingCa),
+        ("operational", "Operational CA", Profile::IssuingCa),
+    ] {
         let key = SoftKey::generate(opts.key_type)?;
         let subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} {title}"))?.build();
-        let made =
-            make(Profile::IssuingCa, subject, &key, now, now + 20 * YEAR, vec![], &root_issuer, "root", &mut records)?;
+        let made = make(profile, subject, &key, now, now + 20 * YEAR, vec![], &root_issuer, "root", &mut records)?;
         save(dir, &format!("ca/{name}"), &key, &made.der, pass)?;
         cas.push(CaConfig {
             name: name.into(),
@@ -256,6 +259,7 @@ fn make(
         not_after,
         dns_names,
         ip_addrs: ip_addrs.iter().filter_map(|s| s.parse().ok()).collect(),
+        permitted_subtree: None,
     };
     let issued = profile::issue(&params, issuer)?;
     records.push((

@@ -27,7 +27,7 @@ use iotpki_core::{csr, est, pem, pkcs7, serial};
 use iotpki_store::sqlite::SqliteStore;
 use iotpki_store::{
     AuditEvent, BatchRecord, CertRecord, CertStatus, Issuance, Precondition, StationRecord, StationStatus, Store,
-    StoreError,
+    StoreError, SyncEntry, SyncOutcome, SyncUpload,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spki::der::{Decode, Encode};
@@ -95,6 +95,19 @@ pub struct Enrolled {
     pub serial: String,
     /// The answer body: a PKCS#7 certs-only structure with the certificate.
     pub pkcs7: Vec<u8>,
+}
+
+/// A station's delegated CA for a batch, and what the station needs with it.
+#[derive(Clone, Debug)]
+pub struct Delegated {
+    /// The delegated CA's certificate, DER.
+    pub cert: Vec<u8>,
+    /// The certificates above it up to (not including) the root, DER.
+    pub chain: Vec<Vec<u8>>,
+    /// The batch as it stands now (quota left = quota - issued).
+    pub batch: BatchRecord,
+    /// The batch's serials not born yet, in order: the station's allowlist.
+    pub allowlist: Vec<String>,
 }
 
 /// A device authenticated by its certificate.
@@ -560,6 +573,7 @@ impl Authority {
             not_after: now + 2 * 365 * 86_400,
             dns_names: vec![],
             ip_addrs: vec![],
+            permitted_subtree: None,
         };
         let issued = profile::issue(&params, &ca.issuer())?;
         let cert = CertRecord {
@@ -592,6 +606,194 @@ impl Authority {
         };
         self.store.add_station(station, cert, audit)?;
         Ok((issued.der, vec![ca.cert_der.clone()]))
+    }
+
+    /// Certify a station's offline sub-CA for `batch` (admin): issued by the
+    /// `birth` label's CA, path length 0, valid only inside the batch's window,
+    /// constrained to the batch's namespace (`O=org, OU=batch`). Its key was
+    /// made on the station; only `spki_der` comes here. Returns the
+    /// certificate and its issuing chain, and the batch's terms for the station.
+    pub fn delegate_station(
+        &self,
+        station: &str,
+        batch: &str,
+        spki_der: &[u8],
+        actor: &str,
+    ) -> Result<Delegated, AuthorityError> {
+        let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
+        let ca = &self.label(Some("birth"))?.ca;
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
+            .map_err(|e| AuthorityError::BadRequest(format!("delegated CA public key: {e}")))?;
+        let now = self.clock.now();
+        if now >= rec.valid_until {
+            return Err(StoreError::BatchOutsideWindow {
+                batch: batch.into(),
+                from: rec.valid_from,
+                until: rec.valid_until,
+            }
+            .into());
+        }
+        let (sn, sn_hex) = serial::system_random_serial(now)?;
+        let subject = name::NameBuilder::default()
+            .organization(&self.cfg.organization)?
+            .organizational_unit("Factory stations")?
+            .common_name(&format!("{station} offline CA for {batch}"))?
+            .build();
+        let params = CertParams {
+            profile: Profile::DelegatedCa,
+            serial: sn,
+            subject: subject.clone(),
+            spki,
+            not_before: rec.valid_from.max(now - BACKDATE_SECS),
+            not_after: rec.valid_until,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: Some(name::batch_namespace(&self.cfg.organization, batch)?),
+        };
+        let issued = profile::issue(&params, &ca.issuer())?;
+        let cert = CertRecord {
+            serial: sn_hex.clone(),
+            ca: ca.name.clone(),
+            profile: Profile::DelegatedCa.name().into(),
+            subject: name::to_rfc4514(&subject),
+            device_serial: None,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            issued_at: now,
+            spki_sha256: keys::spki_fingerprint(spki_der),
+            replaces: None,
+            status: CertStatus::Good,
+            der: issued.der.clone(),
+        };
+        let audit = AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "station.delegate".into(),
+            target: station.into(),
+            detail: format!("batch={batch} cert={sn_hex}"),
+        };
+        self.store.add_delegation(station, batch, cert, audit)?;
+        let serials = self.store.unborn_serials(batch, u32::try_from(factory::MAX_ALLOWLIST).unwrap_or(u32::MAX))?;
+        Ok(Delegated { cert: issued.der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist: serials })
+    }
+
+    /// A station uploads its production record for `batch` (the entries after
+    /// the last sync). The chain must continue the synced one and every entry
+    /// carry the station's signature; every certificate must come from the
+    /// station's delegated CA for this batch, for the entry's serial, inside the
+    /// batch's namespace. A forged upload is refused whole. Then every
+    /// certificate is recorded: births within the batch's rights, the rest
+    /// flagged (off the allowlist, a clone, beyond the quota) and revoked.
+    pub fn sync(&self, chain: &[CertificateDer<'_>], batch: &str, record: &str) -> Result<SyncOutcome, AuthorityError> {
+        let r = self.sync_inner(chain, batch, record);
+        self.audit_refusal(&r, Credential::ClientCert(chain), None, "refuse.sync");
+        r
+    }
+
+    fn sync_inner(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+        record: &str,
+    ) -> Result<SyncOutcome, AuthorityError> {
+        let (station, _) = self.authenticate_station(chain)?;
+        let station_cert = profile::cert_info(&chain[0])?;
+        let entries = iotpki_core::record::parse(record)?;
+        let (first, last) = match (entries.first(), entries.last()) {
+            (Some(f), Some(l)) => (f.clone(), l.clone()),
+            _ => return Err(AuthorityError::BadRequest("the production record upload is empty".into())),
+        };
+        let (synced, head) = self.store.sync_state(&station.name, batch)?;
+        if first.seq != synced + 1 {
+            return Err(StoreError::SyncOutOfOrder { expected_seq: synced + 1, got_seq: first.seq }.into());
+        }
+        iotpki_core::record::verify(
+            &entries,
+            synced + 1,
+            &head,
+            &station_cert.cert.tbs_certificate.subject_public_key_info,
+        )
+        .map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
+        let delegate_serial = self.store.delegation(&station.name, batch)?.ok_or_else(|| {
+            AuthorityError::Forbidden(format!("station {} has no delegated CA for batch {batch}", station.name))
+        })?;
+        let delegate = self
+            .store
+            .certificate(&delegate_serial)?
+            .ok_or_else(|| AuthorityError::Config(format!("delegated CA {delegate_serial} is not in the store")))?;
+        let delegate = profile::cert_info(&delegate.der)?;
+        let namespace = name::batch_namespace(&self.cfg.organization, batch)?;
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let bad = |m: String| AuthorityError::Forbidden(format!("production record entry {}: {m}", e.seq));
+            if e.batch != batch {
+                return Err(bad(format!("names batch {}, not {batch}", e.batch)));
+            }
+            let der = e.cert_der()?;
+            let info = profile::cert_info(&der).map_err(|x| bad(x.to_string()))?;
+            let tbs = &info.cert.tbs_certificate;
+            let tbs_der = tbs.to_der().map_err(|x| bad(x.to_string()))?;
+            let sig = info.cert.signature.as_bytes().ok_or_else(|| bad("malformed signature".into()))?;
+            if tbs.issuer != delegate.cert.tbs_certificate.subject
+                || keys::verify(
+                    &delegate.cert.tbs_certificate.subject_public_key_info,
+                    &info.cert.signature_algorithm,
+                    &tbs_der,
+                    sig,
+                )
+                .is_err()
+            {
+                return Err(bad("the certificate was not issued by the station's delegated CA for this batch".into()));
+            }
+            let serials = name::serial_numbers(&tbs.subject);
+            let within =
+                tbs.subject.0.len() > namespace.0.len() && tbs.subject.0[..namespace.0.len()] == namespace.0[..];
+            if serials != vec![e.serial.clone()] || !within {
+                return Err(bad(format!("the certificate does not name device {} inside batch {batch}", e.serial)));
+            }
+            out.push(SyncEntry {
+                device_serial: e.serial.clone(),
+                cert: CertRecord {
+                    serial: info.serial.clone(),
+                    ca: format!("delegated:{}:{batch}", station.name),
+                    profile: Profile::Device.name().into(),
+                    subject: name::to_rfc4514(&tbs.subject),
+                    device_serial: Some(e.serial.clone()),
+                    not_before: info.not_before,
+                    not_after: info.not_after,
+                    issued_at: e.at,
+                    spki_sha256: info.spki_sha256.clone(),
+                    replaces: None,
+                    status: CertStatus::Good,
+                    der,
+                },
+            });
+        }
+        let audit = AuditEvent {
+            at: now,
+            actor: format!("station:{}", station.name),
+            action: "factory.sync".into(),
+            target: format!("batch:{batch}"),
+            detail: format!("entries={}..={}", first.seq, last.seq),
+        };
+        Ok(self.store.apply_sync(SyncUpload {
+            station: station.name.clone(),
+            batch: batch.into(),
+            from_seq: first.seq,
+            from_head: head,
+            to_seq: last.seq,
+            to_head: last.hash.clone(),
+            entries: out,
+            now,
+            audit,
+        })?)
+    }
+
+    /// Where `station`'s record for `batch` was synced up to, for the station itself.
+    pub fn sync_state(&self, chain: &[CertificateDer<'_>], batch: &str) -> Result<(u64, String), AuthorityError> {
+        let (station, _) = self.authenticate_station(chain)?;
+        Ok(self.store.sync_state(&station.name, batch)?)
     }
 
     fn reenroll_inner(
@@ -687,6 +889,7 @@ impl Authority {
                 not_after,
                 dns_names: vec![],
                 ip_addrs: vec![],
+                permitted_subtree: None,
             };
             let issued = profile::issue(&params, &ca.issuer())?;
             let record = CertRecord {

@@ -184,6 +184,25 @@ pub enum StationCmd {
         #[arg(long, default_value = "p256")]
         key_type: String,
     },
+    /// Give a station an offline sub-CA for one batch (path length 0, the batch's window,
+    /// name-constrained to the batch); its key is made in the station's directory.
+    Delegate {
+        /// The station's name.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        pass: PassArg,
+        /// The batch.
+        #[arg(long)]
+        batch: String,
+        /// The station's directory.
+        #[arg(long)]
+        station_dir: PathBuf,
+        /// Key type of the sub-CA's key.
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+    },
     /// Revoke a station: it and its certificate are refused from now on.
     Revoke {
         /// The station's name.
@@ -211,6 +230,37 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             let (cert, chain) = authority.add_station(&name, &batches, key.public_key_der(), "admin:cli")?;
             iotpki_agent::factory::store_station(&out, &name, &server, &cert, &chain, authority.root_der())?;
             println!("station {name} certified for {}; its directory is {}", batches.join(","), out.display());
+            Ok(())
+        }
+        StationCmd::Delegate { name, dir, pass, batch, station_dir, key_type } => {
+            let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
+            let authority = Authority::open(&dir.dir, &pass, Arc::new(SystemClock))?;
+            let station = iotpki_agent::state::load(&station_dir)?;
+            if station.device_serial != name {
+                bail!("{} is the directory of station {}, not {name}", station_dir.display(), station.device_serial);
+            }
+            factory::check_name("batch id", &batch)?;
+            let key = iotpki_agent::offline::new_delegate_key(&station_dir, &batch, KeyType::from_name(&key_type)?)?;
+            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist } =
+                authority.delegate_station(&name, &batch, key.public_key_der(), "admin:cli")?;
+            let pem_all =
+                |v: &[Vec<u8>]| v.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect::<String>();
+            let d = iotpki_agent::offline::Delegation {
+                batch: batch.clone(),
+                organization: authority.config().organization.clone(),
+                quota: rec.quota.saturating_sub(rec.issued),
+                valid_from: rec.valid_from,
+                valid_until: rec.valid_until,
+                allowlist,
+                cert_pem: iotpki_core::pem::encode("CERTIFICATE", &cert),
+                chain_pem: pem_all(&chain),
+            };
+            iotpki_agent::offline::store_delegation(&station_dir, &d)?;
+            println!(
+                "station {name} may issue offline for batch {batch}: {} births, until {}",
+                d.quota,
+                rfc3339(d.valid_until)
+            );
             Ok(())
         }
         StationCmd::Revoke { name, dir } => {
@@ -271,11 +321,48 @@ pub enum FactoryCmd {
         /// Device key type.
         #[arg(long, default_value = "p256")]
         key_type: String,
+        /// Issue with the station's delegated CA, without the authority (see `station delegate`).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Upload the production record of an offline batch to the authority.
+    Sync {
+        /// The station's directory.
+        #[arg(long)]
+        station_dir: PathBuf,
+        /// The batch.
+        #[arg(long)]
+        batch: String,
+        /// The authority's EST server (default: the one in the station's directory).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
 pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
-    let FactoryCmd::Run { station_dir, batch, server, simulate, line, parallel, devices_dir, log, key_type } = c;
+    let (station_dir, batch, server, simulate, line, parallel, devices_dir, log, key_type, offline) = match c {
+        FactoryCmd::Run {
+            station_dir,
+            batch,
+            server,
+            simulate,
+            line,
+            parallel,
+            devices_dir,
+            log,
+            key_type,
+            offline,
+        } => (station_dir, batch, server, simulate, line, parallel, devices_dir, log, key_type, offline),
+        FactoryCmd::Sync { station_dir, batch, server } => {
+            let station = iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?;
+            let (born, flagged) = crate::runtime()?.block_on(station.sync(&station_dir, &batch))?;
+            println!("synced: {born} born, {} flagged", flagged.len());
+            for (serial, reason) in &flagged {
+                println!("  flagged {serial}: {reason}");
+            }
+            return Ok(());
+        }
+    };
     if simulate == Some(0) || parallel == 0 {
         bail!("--simulate and --parallel must be at least 1");
     }
@@ -285,7 +372,11 @@ pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
         log: log.unwrap_or_else(|| station_dir.join("production.jsonl")),
         key_type: KeyType::from_name(&key_type)?,
     };
-    let station = Arc::new(iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?);
+    let station = Arc::new(if offline {
+        iotpki_agent::factory::Station::open_offline(&station_dir, &batch)?
+    } else {
+        iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?
+    });
     let rt = crate::runtime()?;
     let duts = match simulate {
         Some(n) => {

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod csr;
 mod error;
 pub mod est;
@@ -15,6 +16,7 @@ pub mod name;
 pub mod pem;
 pub mod pkcs7;
 pub mod profile;
+pub mod record;
 pub mod serial;
 pub mod time;
 

@@ -99,6 +99,22 @@ pub fn device_subject(org: &str, serial: &DeviceSerial) -> Result<Name, Error> {
     Ok(NameBuilder::default().organization(org)?.common_name(serial.as_str())?.serial_number(serial)?.build())
 }
 
+/// The namespace a batch's offline births live in: `O=org, OU=batch`. A
+/// station's delegated CA is constrained to it.
+pub fn batch_namespace(org: &str, batch: &str) -> Result<Name, Error> {
+    Ok(NameBuilder::default().organization(org)?.organizational_unit(batch)?.build())
+}
+
+/// The subject of a device born offline in a batch: `O=org, OU=batch, CN=serial, serialNumber=serial`.
+pub fn batch_device_subject(org: &str, batch: &str, serial: &DeviceSerial) -> Result<Name, Error> {
+    Ok(NameBuilder::default()
+        .organization(org)?
+        .organizational_unit(batch)?
+        .common_name(serial.as_str())?
+        .serial_number(serial)?
+        .build())
+}
+
 /// The first value of attribute `oid` in `name`, if it is a string type we read.
 pub fn attribute(name: &Name, oid: const_oid::ObjectIdentifier) -> Option<String> {
     name.0.iter().flat_map(|rdn| rdn.0.iter()).find(|a| a.oid == oid).and_then(|a| any_string(&a.value))

@@ -84,6 +84,7 @@ mod tests {
             not_after: 2_000_000_000,
             dns_names: vec![],
             ip_addrs: vec![],
+            permitted_subtree: None,
         };
         issue(&p, &issuer).unwrap().der
     }

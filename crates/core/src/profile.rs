@@ -5,12 +5,17 @@
 //! |-------------|-------------------------|----------------------------|-------------|
 //! | root        | critical, CA            | keyCertSign, cRLSign       | -           |
 //! | issuing CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign       | -           |
+//! | delegating CA | critical, CA, pathLen 1 | keyCertSign, cRLSign     | -           |
+//! | delegated CA  | critical, CA, pathLen 0 | keyCertSign              | -           |
 //! | device      | critical, not CA        | digitalSignature           | clientAuth  |
 //! | server      | critical, not CA        | digitalSignature           | serverAuth  |
 //! | station     | critical, not CA        | digitalSignature           | clientAuth  |
 //!
 //! Every certificate carries subjectKeyIdentifier and authorityKeyIdentifier
 //! (RFC 7093 method 1 key identifiers). notAfter is clamped to the issuer's.
+//! A delegated CA (a factory station's offline sub-CA for one batch) also
+//! carries critical nameConstraints: it may only issue under
+//! [`CertParams::permitted_subtree`].
 
 use std::net::IpAddr;
 
@@ -20,6 +25,7 @@ use der::asn1::{BitString, Ia5String, OctetString};
 use der::{Decode, Encode};
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use x509_cert::ext::pkix::constraints::name::{GeneralSubtree, NameConstraints};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
@@ -39,8 +45,12 @@ use crate::Error;
 pub enum Profile {
     /// Self-signed root CA.
     Root,
-    /// An issuing CA under the root (manufacturing, operational).
+    /// An issuing CA under the root (operational).
     IssuingCa,
+    /// An issuing CA that may certify one level of delegated CAs (manufacturing).
+    DelegatingCa,
+    /// A station's offline sub-CA for one batch: name-constrained, no sub-CAs.
+    DelegatedCa,
     /// A device identity (IDevID or LDevID): TLS client.
     Device,
     /// A TLS server.
@@ -55,6 +65,8 @@ impl Profile {
         match self {
             Self::Root => "root",
             Self::IssuingCa => "issuing-ca",
+            Self::DelegatingCa => "delegating-ca",
+            Self::DelegatedCa => "delegated-ca",
             Self::Device => "device",
             Self::Server => "server",
             Self::Station => "station",
@@ -62,7 +74,7 @@ impl Profile {
     }
 
     fn is_ca(self) -> bool {
-        matches!(self, Self::Root | Self::IssuingCa)
+        matches!(self, Self::Root | Self::IssuingCa | Self::DelegatingCa | Self::DelegatedCa)
     }
 }
 
@@ -97,6 +109,8 @@ pub struct CertParams {
     pub dns_names: Vec<String>,
     /// IP addresses for the subjectAltName.
     pub ip_addrs: Vec<IpAddr>,
+    /// For a delegated CA: the only subtree of directory names it may issue under.
+    pub permitted_subtree: Option<Name>,
 }
 
 /// A signed certificate and the facts the store records about it.
@@ -125,13 +139,17 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     let mut out = Vec::with_capacity(6);
     let bc = match p {
         Profile::Root => BasicConstraints { ca: true, path_len_constraint: None },
-        Profile::IssuingCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
+        Profile::IssuingCa | Profile::DelegatedCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
+        Profile::DelegatingCa => BasicConstraints { ca: true, path_len_constraint: Some(1) },
         Profile::Device | Profile::Server | Profile::Station => {
             BasicConstraints { ca: false, path_len_constraint: None }
         }
     };
     out.push(ext(&bc, true)?);
-    let ku = if p.is_ca() {
+    let ku = if p == Profile::DelegatedCa {
+        // A station issues certificates offline; it never signs CRLs.
+        KeyUsage(KeyUsages::KeyCertSign.into())
+    } else if p.is_ca() {
         KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
     } else {
         KeyUsage(KeyUsages::DigitalSignature.into())
@@ -142,7 +160,7 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
             out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]), false)?)
         }
         Profile::Server => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH]), false)?),
-        Profile::Root | Profile::IssuingCa => {}
+        Profile::Root | Profile::IssuingCa | Profile::DelegatingCa | Profile::DelegatedCa => {}
     }
     let ski = keys::key_identifier(&params.spki);
     out.push(ext(&SubjectKeyIdentifier(OctetString::new(ski).map_err(|e| Error::der("SKI", e))?), false)?);
@@ -167,6 +185,23 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     if !names.is_empty() {
         // The subject is never empty in our profiles, so the SAN is not critical (RFC 5280 4.2.1.6).
         out.push(ext(&SubjectAltName(names), false)?);
+    }
+    match (p, &params.permitted_subtree) {
+        (Profile::DelegatedCa, Some(base)) => {
+            let nc = NameConstraints {
+                permitted_subtrees: Some(vec![GeneralSubtree {
+                    base: GeneralName::DirectoryName(base.clone()),
+                    minimum: 0,
+                    maximum: None,
+                }]),
+                excluded_subtrees: None,
+            };
+            // RFC 5280 4.2.1.10: conforming CAs MUST mark this extension critical.
+            out.push(ext(&nc, true)?);
+        }
+        (Profile::DelegatedCa, None) => return Err(Error::Profile("a delegated CA needs a permitted subtree".into())),
+        (_, Some(_)) => return Err(Error::Profile("only a delegated CA carries name constraints".into())),
+        (_, None) => {}
     }
     Ok(out)
 }
@@ -324,6 +359,7 @@ mod tests {
                 not_after: 2_000_000_000,
                 dns_names: vec![],
                 ip_addrs: vec![],
+                permitted_subtree: None,
             },
             &issuer,
         )
@@ -339,6 +375,7 @@ mod tests {
                 not_after: 3_000_000_000,
                 dns_names: vec![],
                 ip_addrs: vec![],
+                permitted_subtree: None,
             },
             &issuer,
         )
@@ -366,6 +403,7 @@ mod tests {
             not_after: 2_200_000_000,
             dns_names: vec![],
             ip_addrs: vec![],
+            permitted_subtree: None,
         };
         assert!(matches!(issue(&params, &issuer), Err(Error::Profile(_))));
     }

@@ -19,6 +19,10 @@ use tower::ServiceExt as _;
 
 use crate::Limits;
 
+/// Largest production record upload (stations upload in chunks well under it);
+/// every other route keeps `est::MAX_BODY`.
+const SYNC_MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// The TLS client certificate chain of the connection a request came on.
 #[derive(Clone, Default)]
 struct PeerChain(Arc<Vec<CertificateDer<'static>>>);
@@ -105,6 +109,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             ),
         )
         .route("/factory/batches/{id}", get(station_batch))
+        .route("/factory/sync", get(sync_state).post(sync_upload).layer(DefaultBodyLimit::max(SYNC_MAX_BODY)))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
@@ -154,6 +159,61 @@ async fn station_batch(
     let mut r = body.to_string().into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+/// `?batch=ID` on /factory/sync.
+#[derive(serde::Deserialize)]
+struct SyncQuery {
+    batch: String,
+}
+
+fn json(v: serde_json::Value) -> Response {
+    let mut r = v.to_string().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn station_chain(peer: &PeerChain) -> Result<(), ApiError> {
+    if peer.0.is_empty() {
+        return Err(
+            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
+        );
+    }
+    Ok(())
+}
+
+/// `GET /factory/sync?batch=ID`: where this station's production record was synced up to.
+async fn sync_state(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    Query(q): Query<SyncQuery>,
+) -> Result<Response, ApiError> {
+    station_chain(&peer)?;
+    let (seq, head) = tokio::task::spawn_blocking(move || a.sync_state(&peer.0, &q.batch))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    Ok(json(serde_json::json!({ "last_seq": seq, "head": head })))
+}
+
+/// `POST /factory/sync?batch=ID`: upload production record entries (JSON lines).
+async fn sync_upload(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    Query(q): Query<SyncQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    station_chain(&peer)?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| AuthorityError::BadRequest("the production record must be UTF-8 JSON lines".into()))?;
+    let out = tokio::task::spawn_blocking(move || a.sync(&peer.0, &q.batch, &text))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let flagged: Vec<serde_json::Value> = out
+        .flagged
+        .iter()
+        .map(|(serial, f)| serde_json::json!({ "cert_serial": serial, "reason": f.name() }))
+        .collect();
+    Ok(json(serde_json::json!({ "born": out.born, "flagged": flagged })))
 }
 
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
     AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, Precondition, StationRecord,
-    StationStatus, Store, StoreError, TokenRecord,
+    StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -77,6 +77,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     factory_births_and_refusals(store);
     quota_race(store);
     clone_race(store);
+    offline_sync(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -393,4 +394,73 @@ pub fn clone_race(store: &(dyn Store + 'static)) {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "one birth: {results:?}");
     assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::AlreadyBorn { .. }))), "{results:?}");
     assert_eq!(store.batch(&b).expect("read").expect("exists").issued, 1);
+}
+
+/// Delegations and production record uploads: births, the three flags, replays.
+pub fn offline_sync(store: &dyn Store) {
+    let b = unique("OB-");
+    let listed: Vec<String> = (0..3).map(|i| format!("{b}-{i}")).collect();
+    batch(store, &b, 2, &listed);
+    let st = unique("ST-");
+    station(store, &st, &[&b]);
+    let mut ca = cert("delegate");
+    ca.profile = "delegated-ca".into();
+    ca.device_serial = None;
+    store.add_delegation(&st, &b, ca.clone(), event("station.delegate", &st)).expect("delegate");
+    assert_eq!(store.delegation(&st, &b).expect("read"), Some(ca.serial.clone()));
+    let mut again = cert("delegate");
+    again.device_serial = None;
+    assert_eq!(
+        store.add_delegation(&st, &b, again, event("x", "y")),
+        Err(StoreError::DelegationExists { station: st.clone(), batch: b.clone() })
+    );
+    assert_eq!(store.sync_state(&st, &b).expect("state"), (0, crate::GENESIS_HASH.to_string()));
+
+    let entry = |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial) };
+    let entries = vec![entry(&listed[0]), entry(&listed[0]), entry("NOT-LISTED"), entry(&listed[1]), entry(&listed[2])];
+    let serials: Vec<String> = entries.iter().map(|e| e.cert.serial.clone()).collect();
+    let upload = |from: u64, prev: &str, to: u64, head: &str, entries: Vec<SyncEntry>| SyncUpload {
+        station: st.clone(),
+        batch: b.clone(),
+        from_seq: from,
+        from_head: prev.into(),
+        to_seq: to,
+        to_head: head.into(),
+        entries,
+        now: 500,
+        audit: event("factory.sync", &b),
+    };
+    let out = store.apply_sync(upload(1, crate::GENESIS_HASH, 5, "h5", entries.clone())).expect("sync");
+    assert_eq!(
+        out,
+        SyncOutcome {
+            born: 2,
+            flagged: vec![
+                (serials[1].clone(), crate::Flag::Clone),
+                (serials[2].clone(), crate::Flag::OffAllowlist),
+                (serials[4].clone(), crate::Flag::Overbuild),
+            ],
+        }
+    );
+    let got = store.batch(&b).expect("read").expect("exists");
+    assert_eq!((got.issued, got.flagged), (2, 3));
+    assert_eq!(store.flagged(&b).expect("flags").len(), 3);
+    for (i, serial) in serials.iter().enumerate() {
+        let rec = store.certificate(serial).expect("read").expect("every certificate is recorded");
+        let flagged = [1, 2, 4].contains(&i);
+        assert_eq!(matches!(rec.status, CertStatus::Revoked { .. }), flagged, "entry {i}");
+    }
+    assert_eq!(store.sync_state(&st, &b).expect("state"), (5, "h5".to_string()));
+
+    // A replay (or an upload that skips ahead) is refused and writes nothing.
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let fresh = vec![entry(&listed[2])];
+    for (from, prev) in [(1, crate::GENESIS_HASH), (5, "h4"), (7, "h6"), (6, "wrong")] {
+        let err = store.apply_sync(upload(from, prev, from, "hx", fresh.clone())).expect_err("out of order");
+        assert_eq!(err, StoreError::SyncOutOfOrder { expected_seq: 6, got_seq: from });
+    }
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
+    // The next entry continues the chain.
+    let out = store.apply_sync(upload(6, "h5", 6, "h6", fresh)).expect("continue");
+    assert_eq!(out.flagged.len(), 1, "the quota is used up: overbuild");
 }

@@ -106,6 +106,20 @@ pub enum StoreError {
         /// The batch.
         batch: String,
     },
+    /// An upload does not continue the synced production record.
+    SyncOutOfOrder {
+        /// The sequence number expected next.
+        expected_seq: u64,
+        /// The first sequence number uploaded.
+        got_seq: u64,
+    },
+    /// The station has a delegated sub-CA for the batch already.
+    DelegationExists {
+        /// The station.
+        station: String,
+        /// The batch.
+        batch: String,
+    },
     /// The audit chain does not verify at `seq`.
     AuditBroken {
         /// First entry that does not verify.
@@ -146,6 +160,14 @@ impl fmt::Display for StoreError {
             Self::StationRevoked { station } => write!(f, "station {station} is revoked"),
             Self::StationNotAuthorized { station, batch } => {
                 write!(f, "station {station} is not authorised for batch {batch}")
+            }
+            Self::SyncOutOfOrder { expected_seq, got_seq } => write!(
+                f,
+                "the upload starts at entry {got_seq} but the record was synced up to entry {} (replayed or out of order)",
+                expected_seq.saturating_sub(1)
+            ),
+            Self::DelegationExists { station, batch } => {
+                write!(f, "station {station} already has a delegated CA for batch {batch}")
             }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
             Self::Database(e) => write!(f, "database error: {e}"),

@@ -171,6 +171,69 @@ pub enum StationStatus {
     },
 }
 
+/// One entry of a station's production record, as the authority records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncEntry {
+    /// The device serial the station gave birth to.
+    pub device_serial: String,
+    /// The certificate (status Good; the store revokes it if it flags it).
+    pub cert: CertRecord,
+}
+
+/// An upload of production record entries `from_seq..=to_seq`.
+#[derive(Clone, Debug)]
+pub struct SyncUpload {
+    /// The station.
+    pub station: String,
+    /// The batch.
+    pub batch: String,
+    /// The first entry's sequence number: one after the last synced.
+    pub from_seq: u64,
+    /// The hash the first entry links to: the last synced entry's.
+    pub from_head: String,
+    /// The last entry's sequence number.
+    pub to_seq: u64,
+    /// The last entry's hash.
+    pub to_head: String,
+    /// The entries, in order.
+    pub entries: Vec<SyncEntry>,
+    /// The authority's clock.
+    pub now: UnixTime,
+    /// The audit event.
+    pub audit: AuditEvent,
+}
+
+/// Why a certificate from a production record was flagged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    /// Its serial is not on the batch's allowlist.
+    OffAllowlist,
+    /// Its serial was born before (a clone).
+    Clone,
+    /// The batch's quota was used up (overbuild).
+    Overbuild,
+}
+
+impl Flag {
+    /// Its name as stored.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OffAllowlist => "off-allowlist",
+            Self::Clone => "clone",
+            Self::Overbuild => "overbuild",
+        }
+    }
+}
+
+/// What a sync recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Certificates counted as births.
+    pub born: u64,
+    /// Certificates flagged (and revoked), with why.
+    pub flagged: Vec<(String, Flag)>,
+}
+
 /// A factory station.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StationRecord {
@@ -272,4 +335,25 @@ pub trait Store: Send + Sync {
 
     /// Audit a refused request and count it against `batch`, if it names one that exists.
     fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Record a station's delegated sub-CA for a batch (one per station and
+    /// batch; the station must be active and authorised for it).
+    fn add_delegation(&self, station: &str, batch: &str, cert: CertRecord, audit: AuditEvent)
+        -> Result<(), StoreError>;
+
+    /// The serial of a station's delegated sub-CA for a batch.
+    fn delegation(&self, station: &str, batch: &str) -> Result<Option<String>, StoreError>;
+
+    /// Where a station's production record for a batch was synced up to:
+    /// `(last sequence number, its hash)`, `(0, GENESIS)` before the first sync.
+    fn sync_state(&self, station: &str, batch: &str) -> Result<(u64, String), StoreError>;
+
+    /// Record an upload, atomically: it must continue exactly where the last
+    /// sync ended (else [`StoreError::SyncOutOfOrder`]). Every certificate is
+    /// recorded; one within the batch's rights counts as a birth, the others
+    /// are flagged and revoked.
+    fn apply_sync(&self, sync: SyncUpload) -> Result<SyncOutcome, StoreError>;
+
+    /// The certificates flagged in a batch, with why.
+    fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError>;
 }

@@ -20,8 +20,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::{
-    audit_hash, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus,
-    Issuance, Precondition, StationRecord, StationStatus, Store, StoreError, TokenRecord, GENESIS_HASH,
+    audit_hash, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Flag,
+    Issuance, Precondition, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -36,6 +37,7 @@ const READERS: usize = 4;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_factory.sql")),
+    (3, include_str!("../migrations/sqlite/0003_offline.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -55,6 +57,10 @@ enum Op {
     AddStation(Box<StationRecord>, Box<CertRecord>, AuditEvent),
     RevokeStation(String, i64, AuditEvent),
     Refusal(Option<String>, AuditEvent),
+    Delegation(String, String, Box<CertRecord>, AuditEvent),
+    /// The outcome goes on its own channel; the caller reads it only once the
+    /// batch committed (the main reply is Ok).
+    Sync(Box<SyncUpload>, SyncSender<SyncOutcome>),
 }
 
 struct Job {
@@ -264,6 +270,14 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<(), 
         Op::AddStation(st, cert, a) => add_station(tx, st, cert).and_then(|()| append(tx, a, head)),
         Op::RevokeStation(name, at, a) => revoke_station(tx, name, *at).and_then(|()| append(tx, a, head)),
         Op::Refusal(batch, a) => refusal(tx, batch.as_deref()).and_then(|()| append(tx, a, head)),
+        Op::Delegation(station, batch, cert, a) => {
+            delegation(tx, station, batch, cert).and_then(|()| append(tx, a, head))
+        }
+        Op::Sync(sync, out) => apply_sync(tx, sync).and_then(|o| {
+            append(tx, &sync.audit, head)?;
+            let _ = out.try_send(o);
+            Ok(())
+        }),
     };
     if r.is_err() {
         exec_cached(tx, "ROLLBACK TO op")?;
@@ -475,6 +489,110 @@ fn refusal(tx: &Transaction<'_>, batch: Option<&str>) -> Result<(), StoreError> 
             .map_err(db)?;
     }
     Ok(())
+}
+
+fn delegation(tx: &Transaction<'_>, station: &str, batch: &str, cert: &CertRecord) -> Result<(), StoreError> {
+    let st: Option<String> = opt(tx
+        .prepare_cached("SELECT status FROM stations WHERE name = ?1")
+        .and_then(|mut q| q.query_row([station], |r| r.get(0))))?;
+    match st.as_deref() {
+        None => return Err(StoreError::StationUnknown { station: station.into() }),
+        Some("active") => {}
+        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+    }
+    let allowed: Option<i64> = opt(tx
+        .prepare_cached("SELECT 1 FROM station_batches WHERE station = ?1 AND batch_id = ?2")
+        .and_then(|mut q| q.query_row([station, batch], |r| r.get(0))))?;
+    if allowed.is_none() {
+        return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
+    }
+    insert_cert(tx, cert)?;
+    tx.prepare_cached("INSERT INTO delegations (cert_serial, station, batch_id, created_at) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut q| q.execute(params![cert.serial, station, batch, cert.issued_at]))
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::DelegationExists { station: station.into(), batch: batch.into() }
+            } else {
+                db(e)
+            }
+        })?;
+    Ok(())
+}
+
+fn sync_state_tx(c: &Connection, station: &str, batch: &str) -> Result<(u64, String), StoreError> {
+    let row: Option<(i64, String)> = c
+        .prepare_cached("SELECT last_seq, head FROM syncs WHERE station = ?1 AND batch_id = ?2")
+        .and_then(|mut q| q.query_row([station, batch], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(db)?;
+    Ok(match row {
+        Some((seq, head)) => (u64::try_from(seq).unwrap_or(0), head),
+        None => (0, GENESIS_HASH.to_string()),
+    })
+}
+
+/// Record a production record upload: see [`Store::apply_sync`].
+fn apply_sync(tx: &Transaction<'_>, s: &SyncUpload) -> Result<SyncOutcome, StoreError> {
+    let (last, head) = sync_state_tx(tx, &s.station, &s.batch)?;
+    if s.from_seq != last + 1 || s.from_head != head {
+        return Err(StoreError::SyncOutOfOrder { expected_seq: last + 1, got_seq: s.from_seq });
+    }
+    let quota: Option<(i64, i64)> = opt(tx
+        .prepare_cached("SELECT quota, issued FROM batches WHERE id = ?1")
+        .and_then(|mut q| q.query_row([&s.batch], |r| Ok((r.get(0)?, r.get(1)?)))))?;
+    let Some((quota, mut issued)) = quota else { return Err(StoreError::BatchUnknown { batch: s.batch.clone() }) };
+    let mut out = SyncOutcome::default();
+    for e in &s.entries {
+        let listed: Option<i64> = opt(tx
+            .prepare_cached("SELECT 1 FROM batch_serials WHERE batch_id = ?1 AND device_serial = ?2")
+            .and_then(|mut q| q.query_row([&s.batch, &e.device_serial], |r| r.get(0))))?;
+        let born: Option<String> = opt(tx
+            .prepare_cached("SELECT cert_serial FROM births WHERE device_serial = ?1")
+            .and_then(|mut q| q.query_row([&e.device_serial], |r| r.get(0))))?;
+        let flag = if listed.is_none() {
+            Some(Flag::OffAllowlist)
+        } else if born.is_some() {
+            Some(Flag::Clone)
+        } else if issued >= quota {
+            Some(Flag::Overbuild)
+        } else {
+            None
+        };
+        let mut cert = e.cert.clone();
+        match flag {
+            None => {
+                insert_cert(tx, &cert)?;
+                tx.prepare_cached(
+                    "INSERT INTO births (device_serial, cert_serial, batch_id, station, born_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut q| q.execute(params![e.device_serial, cert.serial, s.batch, s.station, cert.issued_at]))
+                .map_err(db)?;
+                issued += 1;
+                out.born += 1;
+            }
+            Some(f) => {
+                // Recorded (the store knows every certificate) and revoked at once (RFC 5280: unspecified).
+                cert.status = CertStatus::Revoked { at: s.now, reason: 0 };
+                insert_cert(tx, &cert)?;
+                tx.prepare_cached(
+                    "INSERT INTO flags (cert_serial, batch_id, reason, flagged_at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut q| q.execute(params![cert.serial, s.batch, f.name(), s.now]))
+                .map_err(db)?;
+                out.flagged.push((cert.serial.clone(), f));
+            }
+        }
+    }
+    let flagged = i64::try_from(out.flagged.len()).unwrap_or(i64::MAX);
+    tx.prepare_cached("UPDATE batches SET issued = ?1, flagged = flagged + ?2 WHERE id = ?3")
+        .and_then(|mut q| q.execute(params![issued, flagged, s.batch]))
+        .map_err(db)?;
+    tx.prepare_cached(
+        "INSERT INTO syncs (station, batch_id, last_seq, head) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (station, batch_id) DO UPDATE SET last_seq = excluded.last_seq, head = excluded.head",
+    )
+    .and_then(|mut q| q.execute(params![s.station, s.batch, i64::try_from(s.to_seq).unwrap_or(i64::MAX), s.to_head]))
+    .map_err(db)?;
+    Ok(out)
 }
 
 fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), StoreError> {
@@ -807,6 +925,56 @@ impl Store for SqliteStore {
 
     fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError> {
         self.submit(Op::Refusal(batch.map(str::to_string), audit))
+    }
+
+    fn add_delegation(
+        &self,
+        station: &str,
+        batch: &str,
+        cert: CertRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.submit(Op::Delegation(station.into(), batch.into(), Box::new(cert), audit))
+    }
+
+    fn delegation(&self, station: &str, batch: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT cert_serial FROM delegations WHERE station = ?1 AND batch_id = ?2")
+                .and_then(|mut q| q.query_row([station, batch], |r| r.get(0)).optional())
+                .map_err(db)
+        })
+    }
+
+    fn sync_state(&self, station: &str, batch: &str) -> Result<(u64, String), StoreError> {
+        self.read(|c| sync_state_tx(c, station, batch))
+    }
+
+    fn apply_sync(&self, sync: SyncUpload) -> Result<SyncOutcome, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::Sync(Box::new(sync), tx))?;
+        rx.try_recv().map_err(|_| StoreError::Database("the sync committed without an outcome".into()))
+    }
+
+    fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError> {
+        self.read(|c| {
+            let mut q = c
+                .prepare_cached(
+                    "SELECT cert_serial, reason FROM flags WHERE batch_id = ?1 ORDER BY flagged_at, cert_serial",
+                )
+                .map_err(db)?;
+            let rows = q.query_map([batch], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (serial, reason) = row.map_err(db)?;
+                let f = match reason.as_str() {
+                    "off-allowlist" => Flag::OffAllowlist,
+                    "clone" => Flag::Clone,
+                    _ => Flag::Overbuild,
+                };
+                out.push((serial, f));
+            }
+            Ok(out)
+        })
     }
 }
 

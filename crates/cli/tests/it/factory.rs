@@ -7,6 +7,7 @@ use std::sync::Arc;
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
 use iotpki_agent::factory::{Dut, Produced, RunOptions, Station};
 use iotpki_authority::factory::{self, NewBatch};
+use iotpki_core::asn1::der::Decode as _;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
 use iotpki_core::{csr, est, pem};
@@ -290,4 +291,192 @@ async fn devices_on_a_line_link_are_born_through_the_station() {
         let status = iotpki_agent::status(&dir).unwrap();
         assert_eq!((status.device_serial.as_str(), status.cert_serial.as_str()), (serial, cert.as_str()));
     }
+}
+
+fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
+    let key = iotpki_agent::offline::new_delegate_key(st_dir, batch_id, KeyType::EcdsaP256).unwrap();
+    let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist } =
+        ca.authority.delegate_station(name, batch_id, key.public_key_der(), "test").unwrap();
+    let d = iotpki_agent::offline::Delegation {
+        batch: batch_id.into(),
+        organization: ca.authority.config().organization.clone(),
+        quota: rec.quota - rec.issued,
+        valid_from: rec.valid_from,
+        valid_until: rec.valid_until,
+        allowlist,
+        cert_pem: pem::encode("CERTIFICATE", &cert),
+        chain_pem: chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+    };
+    iotpki_agent::offline::store_delegation(st_dir, &d).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_station_issues_within_its_terms_and_syncs() {
+    let ca = Ca::start().await;
+    batch(&ca, "OB", &serials("OF", 5), 3);
+    let st_dir = station(&ca, "line-1", &["OB"]);
+    delegate(&ca, &st_dir, "line-1", "OB");
+    let st = Arc::new(Station::open_offline(&st_dir, "OB").unwrap());
+    let run = run_opts(&ca, "OB", 2, "offline");
+    let out = run_sim(st.clone(), &run, 5).await;
+    assert_eq!(out.iter().filter(|p| p.result == "born").count(), 3, "{out:?}");
+    assert_eq!(issued(&ca, "OB").0, 0, "nothing reached the authority yet");
+
+    // openssl enforces the delegated CA's name constraint: the device verifies...
+    let dev = run.devices_dir.join("OF-000");
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    let d = ca.tmp.path().join("nc");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("dev.pem"), &id.cert_pem).unwrap();
+    std::fs::write(d.join("chain.pem"), &id.chain_pem).unwrap();
+    // ...and a certificate the delegated CA signs outside its batch's namespace does not.
+    let dir = iotpki_agent::offline::batch_dir(&st_dir, "OB");
+    let (_, dkey) = iotpki_agent::state::pending_key(&dir).unwrap().unwrap();
+    let delegation: iotpki_agent::offline::Delegation =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("delegation.json")).unwrap()).unwrap();
+    let dcert = pem::decode_one("CERTIFICATE", &delegation.cert_pem).unwrap();
+    let outside = forge_cert(&dcert, &dkey, "OTHER-BATCH", "OF-004");
+    std::fs::write(d.join("outside.pem"), pem::encode("CERTIFICATE", &outside)).unwrap();
+    let root = ca.ca_file("root");
+    let dd = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let v = openssl(&[
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            dd.join("chain.pem").to_str().unwrap(),
+            dd.join("dev.pem").to_str().unwrap(),
+        ]);
+        assert!(v.contains(": OK"), "{v}");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "verify",
+                "-CAfile",
+                root.to_str().unwrap(),
+                "-untrusted",
+                dd.join("chain.pem").to_str().unwrap(),
+                dd.join("outside.pem").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success() && text.contains("permitted subtree violation"), "{text}");
+    })
+    .await
+    .unwrap();
+
+    // Back online: the record is uploaded, the births counted, nothing flagged; a second sync sends nothing.
+    let online = Station::open(&st_dir, None).unwrap();
+    let (born, flagged) = online.sync(&st_dir, "OB").await.unwrap();
+    assert_eq!((born, flagged.len()), (3, 0));
+    assert_eq!(issued(&ca, "OB"), (3, 0));
+    assert_eq!(online.sync(&st_dir, "OB").await.unwrap(), (0, vec![]));
+    let rec = ca
+        .authority
+        .store()
+        .certificate(&out.iter().find(|p| p.serial == "OF-000").unwrap().cert_serial.clone().unwrap())
+        .unwrap();
+    assert_eq!(rec.unwrap().device_serial.as_deref(), Some("OF-000"));
+}
+
+/// A device certificate signed by `ca_key` (whose certificate is `ca_der`) for `serial` in `batch`'s namespace.
+fn forge_cert(ca_der: &[u8], ca_key: &SoftKey, batch_id: &str, serial: &str) -> Vec<u8> {
+    use iotpki_core::profile::{self, CertParams, Issuer, Profile};
+    let info = profile::cert_info(ca_der).unwrap();
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let sn = DeviceSerial::parse(serial).unwrap();
+    let params = CertParams {
+        profile: Profile::Device,
+        serial: iotpki_core::serial::system_random_serial(iotpki_authority::Clock::now(&iotpki_authority::SystemClock))
+            .unwrap()
+            .0,
+        subject: iotpki_core::name::batch_device_subject("iotpki", batch_id, &sn).unwrap(),
+        spki: iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).unwrap(),
+        not_before: info.not_before,
+        not_after: info.not_after,
+        dns_names: vec![],
+        ip_addrs: vec![],
+        permitted_subtree: None,
+    };
+    let subject = info.cert.tbs_certificate.subject.clone();
+    let kid = info.ski.clone().unwrap();
+    profile::issue(&params, &Issuer { subject: &subject, key_id: &kid, not_after: info.not_after, signer: ca_key })
+        .unwrap()
+        .der
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dishonest_station_is_caught_at_sync_and_forged_records_are_refused() {
+    use iotpki_core::record::Entry;
+    let ca = Ca::start().await;
+    let list = serials("DX", 4);
+    batch(&ca, "DB", &list, 2);
+    let st_dir = station(&ca, "line-x", &["DB"]);
+    delegate(&ca, &st_dir, "line-x", "DB");
+    let dir = iotpki_agent::offline::batch_dir(&st_dir, "DB");
+    let (_, dkey) = iotpki_agent::state::pending_key(&dir).unwrap().unwrap();
+    let d: iotpki_agent::offline::Delegation =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("delegation.json")).unwrap()).unwrap();
+    let dcert = pem::decode_one("CERTIFICATE", &d.cert_pem).unwrap();
+    let sid = iotpki_agent::state::load(&st_dir).unwrap();
+    let skey = iotpki_agent::state::load_key(&st_dir, &sid).unwrap();
+    // The station ignores its terms: two births, then a third (overbuild), a clone, one off the allowlist.
+    let mut entries: Vec<Entry> = Vec::new();
+    for serial in [&list[0], &list[1], &list[2], &list[0], &"INTRUDER".to_string()] {
+        let cert = forge_cert(&dcert, &dkey, "DB", serial);
+        entries.push(Entry::next(entries.last(), 1_000, "DB", serial, &cert, &skey).unwrap());
+    }
+    let text = |es: &[Entry]| es.iter().map(|e| e.to_line() + "\n").collect::<String>();
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    let refused = |r: Result<serde_json::Value, iotpki_agent::AgentError>| match r {
+        Err(iotpki_agent::AgentError::Refused { status, reason }) => (status, reason),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    // Forgeries first: each refused, nothing recorded.
+    let certs = ca.cert_count();
+    let mut edited = entries.clone();
+    edited[1].serial = list[3].clone();
+    let (s, r) = refused(client.factory_sync("DB", text(&edited)).await);
+    assert!(s == 403 && r.contains("edited"), "{s} {r}");
+    let other_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let mut resigned: Vec<Entry> = Vec::new();
+    for e in &entries {
+        resigned.push(Entry::next(resigned.last(), e.at, "DB", &e.serial, &e.cert_der().unwrap(), &other_key).unwrap());
+    }
+    let (s, r) = refused(client.factory_sync("DB", text(&resigned)).await);
+    assert!(s == 403 && r.contains("signature"), "{s} {r}");
+    let (s, r) = refused(client.factory_sync("DB", text(&entries[1..])).await);
+    assert!(s == 403 && r.contains("replayed or out of order"), "{s} {r}");
+    let stranger = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let not_delegate =
+        vec![Entry::next(None, 1_000, "DB", &list[0], &forge_cert(&dcert, &stranger, "DB", &list[0]), &skey).unwrap()];
+    let (s, r) = refused(client.factory_sync("DB", text(&not_delegate)).await);
+    assert!(s == 403 && r.contains("not issued by the station's delegated CA"), "{s} {r}");
+    let wrong_ns =
+        vec![
+            Entry::next(None, 1_000, "DB", &list[0], &forge_cert(&dcert, &dkey, "ELSEWHERE", &list[0]), &skey).unwrap()
+        ];
+    let (s, r) = refused(client.factory_sync("DB", text(&wrong_ns)).await);
+    assert!(s == 403 && r.contains("inside batch DB"), "{s} {r}");
+    assert_eq!(ca.cert_count(), certs, "no forgery recorded anything");
+
+    // The genuine (if dishonest) record: every certificate recorded, the excess flagged and revoked.
+    let out = client.factory_sync("DB", text(&entries)).await.unwrap();
+    assert_eq!(out["born"], 2);
+    let reasons: Vec<&str> = out["flagged"].as_array().unwrap().iter().map(|f| f["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, vec!["overbuild", "clone", "off-allowlist"]);
+    let b = ca.authority.store().batch("DB").unwrap().unwrap();
+    assert_eq!((b.issued, b.flagged), (2, 3));
+    assert_eq!(ca.cert_count(), certs + 5);
+    for f in out["flagged"].as_array().unwrap() {
+        let rec = ca.authority.store().certificate(f["cert_serial"].as_str().unwrap()).unwrap().unwrap();
+        assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }));
+    }
+    // Uploading it again is a replay.
+    let (s, r) = refused(client.factory_sync("DB", text(&entries)).await);
+    assert!(s == 403 && r.contains("replayed"), "{s} {r}");
+    ca.authority.store().verify_audit().unwrap();
 }

@@ -78,9 +78,45 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
         .unwrap();
     let station = d.join("station.pem");
     std::fs::write(&station, pem::encode("CERTIFICATE", &station_der)).unwrap();
+    // A station's delegated CA for the batch, and a device it gives birth to offline.
+    let sub_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();
+    let sub_der = ca
+        .authority
+        .delegate_station("lint-station", "LINT", iotpki_core::keys::Signer::public_key_der(&sub_key), "test")
+        .unwrap()
+        .cert;
+    let delegated = d.join("delegated.pem");
+    std::fs::write(&delegated, pem::encode("CERTIFICATE", &sub_der)).unwrap();
+    let sub = iotpki_core::profile::cert_info(&sub_der).unwrap();
+    let dev_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();
+    let sn = iotpki_core::name::DeviceSerial::parse("S-1").unwrap();
+    let params = iotpki_core::profile::CertParams {
+        profile: iotpki_core::profile::Profile::Device,
+        serial: iotpki_core::serial::system_random_serial(now).unwrap().0,
+        subject: iotpki_core::name::batch_device_subject("iotpki", "LINT", &sn).unwrap(),
+        spki: iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(iotpki_core::keys::Signer::public_key_der(
+            &dev_key,
+        ))
+        .unwrap(),
+        not_before: now - 60,
+        not_after: sub.not_after,
+        dns_names: vec![],
+        ip_addrs: vec![],
+        permitted_subtree: None,
+    };
+    let kid = sub.ski.clone().unwrap();
+    let issuer = iotpki_core::profile::Issuer {
+        subject: &sub.cert.tbs_certificate.subject,
+        key_id: &kid,
+        not_after: sub.not_after,
+        signer: &sub_key,
+    };
+    let offline_der = iotpki_core::profile::issue(&params, &issuer).unwrap().der;
+    let offline = d.join("offline.pem");
+    std::fs::write(&offline, pem::encode("CERTIFICATE", &offline_der)).unwrap();
 
     tokio::task::spawn_blocking(move || {
-        for c in [&root, &mfg, &op, &device, &birth, &server, &station] {
+        for c in [&root, &mfg, &op, &device, &birth, &server, &station, &delegated, &offline] {
             lint(&[c], "lint_pkix_cert");
         }
         for (issuer, subject) in [

@@ -1,0 +1,211 @@
+//! A station issuing offline for one batch, with its delegated CA.
+//!
+//! `STATION_DIR/offline/BATCH/` holds the delegated CA's key (`key-N.pem`,
+//! made there), `delegation.json` (its certificate, the chain above it and
+//! the batch's terms: window, quota left, allowlist, namespace), and
+//! `record.jsonl`, the production record: one signed, hash-chained entry per
+//! birth, appended and fsync'd *before* the certificate goes to the device.
+//! The station enforces the terms itself; the authority re-checks everything
+//! at `factory sync` and flags what a dishonest station issued beyond them.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use iotpki_core::keys::{Signer, SoftKey};
+use iotpki_core::name::{self, DeviceSerial};
+use iotpki_core::profile::{self, CertParams, Issuer, Profile};
+use iotpki_core::record::{self, Entry};
+use iotpki_core::{csr, pem, serial};
+use serde::{Deserialize, Serialize};
+use spki::der::Decode;
+
+use crate::state;
+use crate::AgentError;
+
+/// What the authority gave the station with its delegated CA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delegation {
+    /// The batch.
+    pub batch: String,
+    /// The organisation: births are named `O=org, OU=batch, CN=serial, serialNumber=serial`.
+    pub organization: String,
+    /// Births this station may still issue.
+    pub quota: u64,
+    /// First second it may issue in.
+    pub valid_from: i64,
+    /// First second it may no longer issue in.
+    pub valid_until: i64,
+    /// The serials it may give birth to.
+    pub allowlist: Vec<String>,
+    /// The delegated CA's certificate, PEM.
+    pub cert_pem: String,
+    /// The certificates above it (the manufacturing CA), PEM.
+    pub chain_pem: String,
+}
+
+/// The directory of a batch's offline material.
+pub fn batch_dir(station_dir: &Path, batch: &str) -> PathBuf {
+    station_dir.join("offline").join(batch)
+}
+
+/// The production record of a batch.
+pub fn record_path(station_dir: &Path, batch: &str) -> PathBuf {
+    batch_dir(station_dir, batch).join("record.jsonl")
+}
+
+/// Make the delegated CA's key in the station's directory.
+pub fn new_delegate_key(
+    station_dir: &Path,
+    batch: &str,
+    kt: iotpki_core::keys::KeyType,
+) -> Result<SoftKey, AgentError> {
+    let dir = batch_dir(station_dir, batch);
+    if dir.join("delegation.json").exists() {
+        return Err(AgentError::State(format!(
+            "{} already holds a delegation for batch {batch}",
+            station_dir.display()
+        )));
+    }
+    let key = SoftKey::generate(kt)?;
+    state::write_new_key(&dir, &key)?;
+    Ok(key)
+}
+
+/// Store the delegation next to its key (atomically).
+pub fn store_delegation(station_dir: &Path, d: &Delegation) -> Result<(), AgentError> {
+    let dir = batch_dir(station_dir, &d.batch);
+    let json = serde_json::to_vec_pretty(d).map_err(|e| AgentError::State(e.to_string()))?;
+    let tmp = dir.join("delegation.json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
+    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
+    std::fs::rename(&tmp, dir.join("delegation.json")).map_err(|e| AgentError::io(&dir, e))?;
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| AgentError::io(&dir, e))
+}
+
+struct Progress {
+    last: Option<Entry>,
+    born: HashSet<String>,
+}
+
+/// The offline issuer of one batch.
+pub struct Offline {
+    d: Delegation,
+    station_key: SoftKey,
+    ca_key: SoftKey,
+    ca_cert: Vec<u8>,
+    chain: Vec<Vec<u8>>,
+    record: PathBuf,
+    progress: Mutex<Progress>,
+}
+
+fn refused(reason: String) -> AgentError {
+    AgentError::Refused { status: 403, reason: format!("offline: {reason}") }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Offline {
+    /// Open the offline material of `batch`; the record is read and its chain
+    /// and signatures checked against `station_key` (a damaged record is refused).
+    pub fn open(station_dir: &Path, batch: &str, station_key: SoftKey) -> Result<Self, AgentError> {
+        let dir = batch_dir(station_dir, batch);
+        let p = dir.join("delegation.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                AgentError::State(format!("no delegation for batch {batch} (iotpki station delegate)"))
+            } else {
+                AgentError::io(&p, e)
+            }
+        })?;
+        let d: Delegation =
+            serde_json::from_str(&text).map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
+        let (_, ca_key) = state::pending_key(&dir)?
+            .ok_or_else(|| AgentError::State(format!("no delegated CA key in {}", dir.display())))?;
+        let ca_cert = pem::decode_one("CERTIFICATE", &d.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
+        let mut chain = vec![ca_cert.clone()];
+        chain.extend(pem::decode_all("CERTIFICATE", &d.chain_pem).map_err(|e| AgentError::State(e.to_string()))?);
+        let record = dir.join("record.jsonl");
+        let entries = match std::fs::read_to_string(&record) {
+            Ok(t) => record::parse(&t)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(AgentError::io(&record, e)),
+        };
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(station_key.public_key_der())
+            .map_err(|e| AgentError::State(e.to_string()))?;
+        record::verify(&entries, 1, record::GENESIS, &spki)
+            .map_err(|e| AgentError::State(format!("{}: {e}", record.display())))?;
+        let born = entries.iter().map(|e| e.serial.clone()).collect();
+        let progress = Mutex::new(Progress { last: entries.last().cloned(), born });
+        Ok(Self { d, station_key, ca_key, ca_cert, chain, record, progress })
+    }
+
+    /// Up to `n` serials of the allowlist not born here yet, in order.
+    pub fn unborn(&self, n: usize) -> Vec<String> {
+        let born = self.progress.lock().map(|p| p.born.clone()).unwrap_or_default();
+        self.d.allowlist.iter().filter(|s| !born.contains(*s)).take(n).cloned().collect()
+    }
+
+    /// Issue a birth certificate for `csr_der` within the delegation's terms,
+    /// record it (fsync'd), and return it with the chain the device holds.
+    pub fn issue(&self, csr_der: &[u8], batch: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
+        if batch != self.d.batch {
+            return Err(AgentError::Usage(format!(
+                "this offline station issues for batch {}, not {batch}",
+                self.d.batch
+            )));
+        }
+        let req = csr::parse_and_verify(csr_der)?;
+        let serials = name::serial_numbers(&req.subject);
+        let [sn] = serials.as_slice() else {
+            return Err(refused("the device's request must carry exactly one serialNumber".into()));
+        };
+        let sn = DeviceSerial::parse(sn).map_err(|e| refused(e.to_string()))?;
+        let t = now();
+        if t < self.d.valid_from || t >= self.d.valid_until {
+            return Err(refused(format!("batch {batch} does not issue now")));
+        }
+        let mut p = self.progress.lock().map_err(|_| AgentError::State("offline issuer poisoned".into()))?;
+        if !self.d.allowlist.iter().any(|s| s == sn.as_str()) {
+            return Err(refused(format!("serial {sn} is not on the allowlist of batch {batch}")));
+        }
+        if p.born.contains(sn.as_str()) {
+            return Err(refused(format!("serial {sn} already has a birth certificate")));
+        }
+        if p.born.len() as u64 >= self.d.quota {
+            return Err(refused(format!("batch {batch} has used up this station's quota of {}", self.d.quota)));
+        }
+        let ca = profile::cert_info(&self.ca_cert)?;
+        let ca_subject = ca.cert.tbs_certificate.subject.clone();
+        let key_id = ca.ski.clone().unwrap_or_default();
+        let issuer = Issuer { subject: &ca_subject, key_id: &key_id, not_after: ca.not_after, signer: &self.ca_key };
+        let params = CertParams {
+            profile: Profile::Device,
+            serial: serial::system_random_serial(t)?.0,
+            subject: name::batch_device_subject(&self.d.organization, batch, &sn)?,
+            spki: req.spki.clone(),
+            not_before: t - 60,
+            not_after: ca.not_after,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let issued = profile::issue(&params, &issuer)?;
+        // Recorded (and fsync'd) before the device ever sees it.
+        let entry = Entry::next(p.last.as_ref(), t, batch, sn.as_str(), &issued.der, &self.station_key)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.record)
+            .map_err(|e| AgentError::io(&self.record, e))?;
+        f.write_all((entry.to_line() + "\n").as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| AgentError::io(&self.record, e))?;
+        p.born.insert(sn.to_string());
+        p.last = Some(entry);
+        Ok((issued.der, self.chain.clone()))
+    }
+}
