@@ -181,6 +181,16 @@ impl Station {
             let kt = key_type.to_string();
             let csr =
                 crate::line::ask(&mut tcp, crate::line::kind::KEYGEN, kt.as_bytes(), crate::line::kind::CSR).await?;
+            // The request must be for the device that introduced itself.
+            let req = iotpki_core::csr::parse_and_verify(&csr)
+                .map_err(|e| AgentError::BadAnswer(format!("device request: {e}")))?;
+            let in_csr = iotpki_core::name::serial_numbers(&req.subject);
+            if in_csr != [serial.clone()] {
+                return Err(AgentError::Refused {
+                    status: 400,
+                    reason: format!("the device announced serial {serial} but its request names {}", in_csr.join(", ")),
+                });
+            }
             let (cert, chain) = self.obtain(&csr, batch).await?;
             let cert_serial = iotpki_core::profile::cert_info(&cert)?.serial;
             let install = crate::line::Install {

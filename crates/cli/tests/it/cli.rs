@@ -193,7 +193,11 @@ fn factory_line_with_the_binary() {
     std::fs::write(&one, "LINE-1\n").unwrap();
     let args = ["batch", "create", "--dir", dir, "--id", "B-8", "--product", "p", "--serials", one.to_str().unwrap()];
     run_ok(bin().args(args).args(["--quota", "1"]));
-    let args = ["station", "add", "line-9", "--dir", dir, "--batches", "B-7,B-8", "--out", st.to_str().unwrap()];
+    let two = tmp.path().join("two.csv");
+    std::fs::write(&two, "OFF-1\nOFF-2\n").unwrap();
+    let args = ["batch", "create", "--dir", dir, "--id", "B-9", "--product", "p", "--serials", two.to_str().unwrap()];
+    run_ok(bin().args(args).args(["--quota", "1"]));
+    let args = ["station", "add", "line-9", "--dir", dir, "--batches", "B-7,B-8,B-9", "--out", st.to_str().unwrap()];
     run_ok(c.args(args).args(["--server", &url]));
 
     // A device process on a line link: the station drives it over TCP.
@@ -237,8 +241,32 @@ fn factory_line_with_the_binary() {
         (show["quota"].as_u64(), show["issued"].as_u64(), show["refused"].as_u64(), show["flagged"].as_u64()),
         (Some(3), Some(3), Some(1), Some(0))
     );
+    // Offline: a delegated CA for B-9, births without the authority, then a sync.
+    let mut c = bin();
+    env(&mut c);
+    run_ok(c.args([
+        "station",
+        "delegate",
+        "line-9",
+        "--dir",
+        dir,
+        "--batch",
+        "B-9",
+        "--station-dir",
+        st.to_str().unwrap(),
+    ]));
+    let args =
+        ["factory", "run", "--station-dir", st.to_str().unwrap(), "--batch", "B-9", "--offline", "--simulate", "2"];
+    let out = run_ok(bin().args(args));
+    assert!(out.contains("1 born, 1 refused, 0 failed"), "{out}");
+    let out = run_ok(bin().args(["factory", "sync", "--station-dir", st.to_str().unwrap(), "--batch", "B-9"]));
+    assert!(out.contains("synced: 1 born, 0 flagged"), "{out}");
+    let show: serde_json::Value =
+        serde_json::from_str(&run_ok(bin().args(["batch", "show", "--dir", dir, "B-9", "--json"]))).unwrap();
+    assert_eq!((show["issued"].as_u64(), show["flagged"].as_u64()), (Some(1), Some(0)));
+
     let log = std::fs::read_to_string(st.join("production.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 5, "appended: 1 device on the line, then 4 simulated");
+    assert_eq!(log.lines().count(), 7, "appended: 1 device on the line, 4 simulated, 2 offline");
     assert!(log.lines().next().unwrap().contains("\"serial\":\"LINE-1\""), "{log}");
     run_ok(bin().args(["batch", "close", "--dir", dir, "B-7"]));
     run_ok(bin().args(["station", "revoke", "line-9", "--dir", dir]));
@@ -256,7 +284,9 @@ fn factory_line_with_the_binary() {
     ]));
     assert!(err.contains("revoked"), "{err}");
     let log = run_ok(bin().args(["audit", "list", "--dir", dir, "--limit", "1000"]));
-    for action in ["batch.create", "station.add", "birth", "batch.close", "station.revoke"] {
+    for action in
+        ["batch.create", "station.add", "birth", "station.delegate", "factory.sync", "batch.close", "station.revoke"]
+    {
         assert!(log.contains(action), "{action} missing from the audit log");
     }
     run_ok(bin().args(["audit", "verify", "--dir", dir]));

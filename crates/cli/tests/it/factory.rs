@@ -480,3 +480,31 @@ async fn a_dishonest_station_is_caught_at_sync_and_forged_records_are_refused() 
     assert!(s == 403 && r.contains("replayed"), "{s} {r}");
     ca.authority.store().verify_audit().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_asking_for_another_serial_is_refused_by_the_station() {
+    use iotpki_agent::line::{kind, read_frame, write_frame};
+    let ca = Ca::start().await;
+    batch(&ca, "LB", &serials("L", 2), 2);
+    let st = Arc::new(Station::open(&station(&ca, "line-1", &["LB"]), None).unwrap());
+    // A device that introduces itself as L-000 and asks for L-001.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let liar = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let _ = read_frame(&mut tcp).await.unwrap();
+        write_frame(&mut tcp, kind::SERIAL, b"L-000").await.unwrap();
+        let _ = read_frame(&mut tcp).await.unwrap();
+        write_frame(&mut tcp, kind::CSR, &device_csr(Some("L-001"))).await.unwrap();
+        read_frame(&mut tcp).await.is_err() // the station hangs up: no INSTALL
+    });
+    let run = run_opts(&ca, "LB", 1, "liar");
+    let out = iotpki_agent::factory::run(st, &run.opts, vec![Dut::Line { addr }], |_| {}).await.unwrap();
+    assert_eq!(out[0].result, "refused", "{out:?}");
+    assert!(
+        out[0].reason.as_deref().unwrap().contains("announced serial L-000 but its request names L-001"),
+        "{out:?}"
+    );
+    assert!(liar.await.unwrap());
+    assert_eq!(issued(&ca, "LB").0, 0, "nothing issued");
+}
