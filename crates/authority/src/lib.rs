@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
+use iotpki_core::keys::{self, KeyType, Signer};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{csr, est, pem, pkcs7, serial};
@@ -56,6 +56,33 @@ pub struct CaKey {
 impl CaKey {
     fn issuer(&self) -> Issuer<'_> {
         Issuer { subject: &self.subject, key_id: &self.key_id, not_after: self.not_after, signer: self.signer.as_ref() }
+    }
+
+    /// Sign `params` and describe the result as the store records it.
+    fn sign(
+        &self,
+        params: &CertParams,
+        serial_hex: String,
+        device_serial: Option<String>,
+        replaces: Option<String>,
+        now: i64,
+    ) -> Result<CertRecord, AuthorityError> {
+        let issued = profile::issue(params, &self.issuer())?;
+        let spki_der = params.spki.to_der().map_err(|e| AuthorityError::Config(format!("public key: {e}")))?;
+        Ok(CertRecord {
+            serial: serial_hex,
+            ca: self.name.clone(),
+            profile: params.profile.name().into(),
+            subject: name::to_rfc4514(&params.subject),
+            device_serial,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            issued_at: now,
+            spki_sha256: keys::spki_fingerprint(&spki_der),
+            replaces,
+            status: CertStatus::Good,
+            der: issued.der,
+        })
     }
 }
 
@@ -575,21 +602,7 @@ impl Authority {
             ip_addrs: vec![],
             permitted_subtree: None,
         };
-        let issued = profile::issue(&params, &ca.issuer())?;
-        let cert = CertRecord {
-            serial: sn_hex.clone(),
-            ca: ca.name.clone(),
-            profile: Profile::Station.name().into(),
-            subject: name::to_rfc4514(&subject),
-            device_serial: None,
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-            issued_at: now,
-            spki_sha256: keys::spki_fingerprint(spki_der),
-            replaces: None,
-            status: CertStatus::Good,
-            der: issued.der.clone(),
-        };
+        let cert = ca.sign(&params, sn_hex.clone(), None, None, now)?;
         let station = StationRecord {
             name: name.into(),
             cert_serial: sn_hex.clone(),
@@ -604,8 +617,9 @@ impl Authority {
             target: name.into(),
             detail: format!("cert={sn_hex} batches={}", batches.join(",")),
         };
+        let der = cert.der.clone();
         self.store.add_station(station, cert, audit)?;
-        Ok((issued.der, vec![ca.cert_der.clone()]))
+        Ok((der, vec![ca.cert_der.clone()]))
     }
 
     /// Certify a station's offline sub-CA for `batch` (admin): issued by the
@@ -650,21 +664,7 @@ impl Authority {
             ip_addrs: vec![],
             permitted_subtree: Some(name::batch_namespace(&self.cfg.organization, batch)?),
         };
-        let issued = profile::issue(&params, &ca.issuer())?;
-        let cert = CertRecord {
-            serial: sn_hex.clone(),
-            ca: ca.name.clone(),
-            profile: Profile::DelegatedCa.name().into(),
-            subject: name::to_rfc4514(&subject),
-            device_serial: None,
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-            issued_at: now,
-            spki_sha256: keys::spki_fingerprint(spki_der),
-            replaces: None,
-            status: CertStatus::Good,
-            der: issued.der.clone(),
-        };
+        let cert = ca.sign(&params, sn_hex.clone(), None, None, now)?;
         let audit = AuditEvent {
             at: now,
             actor: actor.into(),
@@ -672,9 +672,10 @@ impl Authority {
             target: station.into(),
             detail: format!("batch={batch} cert={sn_hex}"),
         };
+        let der = cert.der.clone();
         self.store.add_delegation(station, batch, cert, audit)?;
         let serials = self.store.unborn_serials(batch, u32::try_from(factory::MAX_ALLOWLIST).unwrap_or(u32::MAX))?;
-        Ok(Delegated { cert: issued.der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist: serials })
+        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist: serials })
     }
 
     /// A station uploads its production record for `batch` (the entries after
@@ -891,21 +892,8 @@ impl Authority {
                 ip_addrs: vec![],
                 permitted_subtree: None,
             };
-            let issued = profile::issue(&params, &ca.issuer())?;
-            let record = CertRecord {
-                serial: sn_hex.clone(),
-                ca: ca.name.clone(),
-                profile: Profile::Device.name().into(),
-                subject: name::to_rfc4514(&subject),
-                device_serial: device_serial.clone(),
-                not_before: issued.not_before,
-                not_after: issued.not_after,
-                issued_at: now,
-                spki_sha256: keys::spki_fingerprint(&req.spki_der),
-                replaces: replaces.clone(),
-                status: CertStatus::Good,
-                der: issued.der.clone(),
-            };
+            let record = ca.sign(&params, sn_hex.clone(), device_serial.clone(), replaces.clone(), now)?;
+            let der = record.der.clone();
             let detail = match &replaces {
                 Some(old) => format!("label={} key={} replaces={old}", label.name, req.key_type),
                 None => format!("label={} key={}", label.name, req.key_type),
@@ -914,9 +902,9 @@ impl Authority {
                 AuditEvent { at: now, actor: actor.clone(), action: action.into(), target: sn_hex.clone(), detail };
             match self.store.record_issuance(Issuance { cert: record, preconditions: preconditions.clone(), audit }) {
                 Ok(()) => {
-                    let pkcs7 = pkcs7::certs_only(&[&issued.der])?;
+                    let pkcs7 = pkcs7::certs_only(&[&der])?;
                     tracing::info!(serial = %sn_hex, action, label = %label.name, "issued");
-                    return Ok(Enrolled { cert_der: issued.der, serial: sn_hex, pkcs7 });
+                    return Ok(Enrolled { cert_der: der, serial: sn_hex, pkcs7 });
                 }
                 Err(StoreError::DuplicateSerial { .. }) if attempt == 0 => continue,
                 Err(e) => return Err(e.into()),
@@ -984,11 +972,3 @@ fn actor_of(cred: Credential<'_>) -> String {
         Credential::None => "anonymous".into(),
     }
 }
-
-/// Parse a certificate, mapping errors for callers outside the core.
-pub fn parse_cert(der: &[u8]) -> Result<x509_cert::Certificate, AuthorityError> {
-    x509_cert::Certificate::from_der(der).map_err(|e| AuthorityError::BadRequest(format!("malformed certificate: {e}")))
-}
-
-/// Keep `SoftKey` reachable for callers that build test authorities.
-pub type SoftSigner = SoftKey;
