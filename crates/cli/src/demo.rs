@@ -15,7 +15,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpki_authority::init::InitOptions;
 use iotpki_authority::{Authority, Passphrase, SystemClock};
-use iotpki_core::keys::KeyType;
+use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::name::DeviceSerial;
 
 /// `iotpki demo`.
@@ -177,12 +177,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 Err(e) => println!("  6. replaying {serial}'s token is refused: {e}"),
             }
         }
+        let line = factory_line(&authority, &root, &url, key_type).await?;
         server.stop().await?;
 
         let store = authority.store().clone();
         let report = tokio::task::spawn_blocking(move || store.verify_audit()).await??;
         let certs = authority.store().count_certificates()?;
-        println!("  7. audit chain verified: {} entries, head {}…", report.entries, &report.head[..16]);
+        println!("  9. audit chain verified: {} entries, head {}…", report.entries, &report.head[..16]);
         println!();
         println!("  summary");
         println!("  ---------------------------------------------");
@@ -192,15 +193,95 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!("  certificates in store   {:>8}", certs);
         println!("  enrollment p50 / p99    {:>8.1?} / {:.1?}", pct(&lat, 0.5), pct(&lat, 0.99));
         println!("  throughput              {:>8.0} enrollments/s", lat.len() as f64 / wall.as_secs_f64());
+        println!("  births on the line      {:>8} online, {} offline (synced)", line.online_born, line.offline_born);
+        println!("  refused at the quota    {:>8}", line.refused);
         println!("  audit entries           {:>8}", report.entries);
         println!();
         println!("  look around:");
         println!("    iotpki cert list --dir {}", ca_dir.display());
         println!("    iotpki agent status --state {}", dev_dir.join("DEMO-00001").display());
+        println!("    iotpki batch show --dir {} DEMO-LINE", ca_dir.display());
         println!("    iotpki audit verify --dir {}", ca_dir.display());
         if !failures.is_empty() {
             bail!("{} enrollments failed", failures.len());
         }
         Ok(())
+    })
+}
+
+/// What the factory-line part of the demo did.
+struct Line {
+    online_born: usize,
+    offline_born: u64,
+    refused: usize,
+}
+
+/// The factory line: a batch born online through a station (its quota holds),
+/// then a batch born offline with the station's delegated CA and synced.
+async fn factory_line(
+    authority: &Arc<Authority>,
+    root: &std::path::Path,
+    url: &str,
+    key_type: KeyType,
+) -> anyhow::Result<Line> {
+    use iotpki_agent::factory::{self, RunOptions, Station};
+    use iotpki_authority::factory::{create_batch, NewBatch};
+    let store = authority.store().clone();
+    let clock = authority.clock().clone();
+    let now = clock.now();
+    let mk = |id: &str, n: usize, quota: u64| NewBatch {
+        id: Some(id.into()),
+        product: "demo widget".into(),
+        allowlist: (1..=n).map(|i| format!("{id}-{i:03}")).collect::<Vec<_>>().join("\n"),
+        quota,
+        from: now - 60,
+        until: now + 30 * 86_400,
+    };
+    create_batch(store.as_ref(), clock.as_ref(), mk("DEMO-LINE", 20, 16), "admin:demo")?;
+    create_batch(store.as_ref(), clock.as_ref(), mk("DEMO-OFF", 10, 8), "admin:demo")?;
+    let st_dir = root.join("station");
+    let key = factory::new_station_key(&st_dir, key_type)?;
+    let batches = ["DEMO-LINE".to_string(), "DEMO-OFF".to_string()];
+    let (cert, chain) = authority.add_station("demo-line-1", &batches, key.public_key_der(), "admin:demo")?;
+    factory::store_station(&st_dir, "demo-line-1", url, &cert, &chain, authority.root_der())?;
+
+    let station = Arc::new(Station::open(&st_dir, None)?);
+    let opts = RunOptions { batch: "DEMO-LINE".into(), parallel: 4, log: st_dir.join("production.jsonl"), key_type };
+    let duts = factory::simulated(&station, "DEMO-LINE", 20, &root.join("line")).await?;
+    let out = factory::run(station, &opts, duts, |_| {}).await?;
+    let online_born = out.iter().filter(|p| p.result == "born").count();
+    let refused = out.iter().filter(|p| p.result == "refused").count();
+    println!("  7. factory station: {online_born} devices born online in batch DEMO-LINE, {refused} refused at its quota of 16");
+
+    let sub = iotpki_agent::offline::new_delegate_key(&st_dir, "DEMO-OFF", key_type)?;
+    let d = authority.delegate_station("demo-line-1", "DEMO-OFF", sub.public_key_der(), "admin:demo")?;
+    iotpki_agent::offline::store_delegation(
+        &st_dir,
+        &iotpki_agent::offline::Delegation {
+            batch: "DEMO-OFF".into(),
+            organization: authority.config().organization.clone(),
+            quota: d.batch.quota - d.batch.issued,
+            valid_from: d.batch.valid_from,
+            valid_until: d.batch.valid_until,
+            allowlist: d.allowlist,
+            cert_pem: iotpki_core::pem::encode("CERTIFICATE", &d.cert),
+            chain_pem: d.chain.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect(),
+        },
+    )?;
+    let offline = Arc::new(Station::open_offline(&st_dir, "DEMO-OFF")?);
+    let opts = RunOptions { batch: "DEMO-OFF".into(), ..opts };
+    let duts = factory::simulated(&offline, "DEMO-OFF", 10, &root.join("offline")).await?;
+    let out = factory::run(offline, &opts, duts, |_| {}).await?;
+    let local = out.iter().filter(|p| p.result == "born").count();
+    let online = Station::open(&st_dir, None)?;
+    let (synced, flagged) = online.sync(&st_dir, "DEMO-OFF").await?;
+    println!(
+        "  8. offline line: {local} devices born with the station's delegated CA, production record synced: {synced} births, {} flagged",
+        flagged.len()
+    );
+    Ok(Line {
+        online_born,
+        offline_born: synced,
+        refused: refused + out.iter().filter(|p| p.result == "refused").count(),
     })
 }

@@ -303,6 +303,8 @@ fn demo_runs_a_small_fleet() {
     assert!(out.contains("3 devices renewed"), "{out}");
     assert!(out.contains("is refused"), "{out}");
     assert!(out.contains("audit chain verified"), "{out}");
+    assert!(out.contains("16 devices born online in batch DEMO-LINE, 4 refused at its quota of 16"), "{out}");
+    assert!(out.contains("production record synced: 8 births, 0 flagged"), "{out}");
     let out = run_ok(Command::new(env!("CARGO_BIN_EXE_iotpki")).args([
         "audit",
         "verify",
