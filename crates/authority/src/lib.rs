@@ -14,6 +14,7 @@ mod error;
 pub mod factory;
 pub mod init;
 pub mod keyfile;
+pub mod revocation;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -159,6 +160,7 @@ pub struct Authority {
     server_key: Vec<u8>,
     root_anchor: rustls_pki_types::TrustAnchor<'static>,
     intermediates: Vec<CertificateDer<'static>>,
+    crls: std::sync::Mutex<HashMap<String, revocation::Cached>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -254,6 +256,7 @@ impl Authority {
             server_key,
             root_anchor,
             intermediates,
+            crls: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -312,6 +315,41 @@ impl Authority {
         let l = self.label(label)?;
         let kt = l.allowed.first().copied().unwrap_or(KeyType::EcdsaP256);
         Ok(est::csr_attrs(kt)?)
+    }
+
+    /// The current CRL (DER) of the issuing CA `ca`: cached, made again when
+    /// something was revoked since or half its validity has passed.
+    pub fn crl(&self, ca: &str) -> Result<Vec<u8>, AuthorityError> {
+        let key = self
+            .issuing
+            .iter()
+            .find(|c| c.name == ca)
+            .ok_or_else(|| AuthorityError::NotFound(format!("no issuing CA named {ca:?}")))?;
+        let now = self.clock.now();
+        let mark = self.store.revocation_mark(ca)?;
+        let mut cache = self.crls.lock().map_err(|_| AuthorityError::Config("CRL cache poisoned".into()))?;
+        if let Some(c) = cache.get(ca) {
+            if c.mark == mark && now < c.this_update + revocation::CRL_VALIDITY_SECS / 2 {
+                return Ok(c.der.clone());
+            }
+        }
+        let revoked: Vec<iotpki_core::crl::Revoked> = self
+            .store
+            .revoked(ca)?
+            .into_iter()
+            .map(|(serial, at, reason)| iotpki_core::crl::Revoked { serial, at, reason })
+            .collect();
+        let audit = AuditEvent {
+            at: now,
+            actor: "authority".into(),
+            action: "crl.issue".into(),
+            target: ca.into(),
+            detail: format!("entries={}", revoked.len()),
+        };
+        let number = self.store.next_crl_number(ca, audit)?;
+        let der = iotpki_core::crl::build(&key.issuer(), number, now, now + revocation::CRL_VALIDITY_SECS, &revoked)?;
+        cache.insert(ca.into(), revocation::Cached { der: der.clone(), mark, this_update: now });
+        Ok(der)
     }
 
     /// Create a one-time token for `serial` (see [`tokens::create`]).

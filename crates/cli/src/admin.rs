@@ -284,3 +284,38 @@ pub fn audit(c: AuditCmd) -> anyhow::Result<()> {
 pub fn read_flag_file(flag: &str, p: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("{flag} {}", p.display()))
 }
+
+/// `iotpki revoke`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["serial", "device"])))]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Revoke this certificate (serial, hex).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Revoke every certificate of this device that is not revoked yet.
+    #[arg(long)]
+    device: Option<String>,
+    /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+}
+
+pub fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
+    use iotpki_authority::revocation::{self, Target};
+    let reason = iotpki_core::crl::reason_code(&a.reason)?;
+    let cfg = Config::load(&a.dir.dir)?;
+    let store = iotpki_authority::open_store(&a.dir.dir, &cfg)?;
+    let device = a.device.as_deref().map(DeviceSerial::parse).transpose().map_err(|e| anyhow!("--device: {e}"))?;
+    let target = match (&a.serial, &device) {
+        (Some(s), _) => Target::Serial(s),
+        (None, Some(d)) => Target::Device(d),
+        (None, None) => bail!("name --serial or --device"),
+    };
+    for s in revocation::revoke(store.as_ref(), &SystemClock, target, reason, "admin:cli")? {
+        println!("revoked {s} ({})", iotpki_core::crl::reason_name(reason));
+    }
+    Ok(())
+}

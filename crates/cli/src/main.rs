@@ -34,6 +34,8 @@ enum Cmd {
     /// Certificates in the store.
     #[command(subcommand)]
     Cert(admin::CertCmd),
+    /// Revoke a certificate or every certificate of a device (RFC 5280 reasons).
+    Revoke(admin::RevokeArgs),
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(admin::AuditCmd),
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Token(c) => admin::token(c),
         Cmd::Cert(c) => admin::cert(c),
         Cmd::Audit(c) => admin::audit(c),
+        Cmd::Revoke(a) => admin::revoke(a),
         Cmd::Agent(c) => agent_cmd::run(c),
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Station(c) => factory_cmd::station(c),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod crl;
 pub mod csr;
 mod error;
 pub mod est;

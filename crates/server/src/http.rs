@@ -110,6 +110,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route("/factory/batches/{id}", get(station_batch))
         .route("/factory/sync", get(sync_state).post(sync_upload).layer(DefaultBodyLimit::max(SYNC_MAX_BODY)))
+        .route("/crl/{file}", get(crl))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
@@ -158,6 +159,28 @@ async fn station_batch(
     });
     let mut r = body.to_string().into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// `GET /crl/CA-NAME.crl`: the CA's CRL, DER (`application/pkix-crl`), or PEM
+/// when the client asks for it in `Accept`.
+async fn crl(
+    State(a): State<Arc<Authority>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ca = file
+        .strip_suffix(".crl")
+        .ok_or_else(|| AuthorityError::NotFound(format!("no CRL at {file:?} (try /crl/CA-NAME.crl)")))?
+        .to_string();
+    let der = tokio::task::spawn_blocking(move || a.crl(&ca))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let wants_pem = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("pem"));
+    let mut r =
+        if wants_pem { iotpki_core::pem::encode("X509 CRL", &der).into_response() } else { der.into_response() };
+    let ct = if wants_pem { "application/x-pem-file" } else { "application/pkix-crl" };
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     Ok(r)
 }
 

@@ -78,6 +78,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     quota_race(store);
     clone_race(store);
     offline_sync(store);
+    revocation(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -463,4 +464,31 @@ pub fn offline_sync(store: &dyn Store) {
     // The next entry continues the chain.
     let out = store.apply_sync(upload(6, "h5", 6, "h6", fresh)).expect("continue");
     assert_eq!(out.flagged.len(), 1, "the quota is used up: overbuild");
+}
+
+/// Revocation: once, of a known certificate; listed per CA; CRL numbers only grow.
+pub fn revocation(store: &dyn Store) {
+    let ca = unique("CA-");
+    let mut c = cert("RV-1");
+    c.ca = ca.clone();
+    store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    assert_eq!(store.revocation_mark(&ca).expect("mark"), (0, 0));
+    store.revoke(&c.serial, 1, 1_234, event("revoke", &c.serial)).expect("revoke");
+    assert_eq!(
+        store.certificate(&c.serial).expect("read").expect("there").status,
+        CertStatus::Revoked { at: 1_234, reason: 1 }
+    );
+    assert_eq!(
+        store.revoke(&c.serial, 1, 1_300, event("revoke", "x")),
+        Err(StoreError::CertRevoked { serial: c.serial.clone() })
+    );
+    assert_eq!(
+        store.revoke("00", 1, 1_300, event("revoke", "x")),
+        Err(StoreError::CertUnknown { serial: "00".into() })
+    );
+    assert_eq!(store.revoked(&ca).expect("list"), vec![(c.serial.clone(), 1_234, 1)]);
+    assert_eq!(store.revocation_mark(&ca).expect("mark"), (1, 1_234));
+    let a = store.next_crl_number(&ca, event("crl", &ca)).expect("number");
+    let b = store.next_crl_number(&ca, event("crl", &ca)).expect("number");
+    assert_eq!((a, b), (1, 2));
 }

@@ -356,4 +356,17 @@ pub trait Store: Send + Sync {
 
     /// The certificates flagged in a batch, with why.
     fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError>;
+
+    /// Revoke a certificate (it must be recorded and good) with an RFC 5280 reason code.
+    fn revoke(&self, serial: &str, reason: u8, at: UnixTime, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// A CA's revoked certificates: `(serial, revoked at, reason)`, oldest first.
+    fn revoked(&self, ca: &str) -> Result<Vec<(String, UnixTime, u8)>, StoreError>;
+
+    /// How many of a CA's certificates are revoked, and the latest revocation time:
+    /// a cheap way to tell whether a CRL is stale.
+    fn revocation_mark(&self, ca: &str) -> Result<(u64, UnixTime), StoreError>;
+
+    /// Take the next CRL number of a CA (1, 2, ...), durably, with its audit event.
+    fn next_crl_number(&self, ca: &str, audit: AuditEvent) -> Result<u64, StoreError>;
 }

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_factory.sql")),
     (3, include_str!("../migrations/sqlite/0003_offline.sql")),
+    (4, include_str!("../migrations/sqlite/0004_revocation.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -61,6 +62,8 @@ enum Op {
     /// The outcome goes on its own channel; the caller reads it only once the
     /// batch committed (the main reply is Ok).
     Sync(Box<SyncUpload>, SyncSender<SyncOutcome>),
+    Revoke(String, u8, i64, AuditEvent),
+    CrlNumber(String, AuditEvent, SyncSender<u64>),
 }
 
 struct Job {
@@ -273,6 +276,12 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<(), 
         Op::Delegation(station, batch, cert, a) => {
             delegation(tx, station, batch, cert).and_then(|()| append(tx, a, head))
         }
+        Op::Revoke(serial, reason, at, a) => revoke(tx, serial, *reason, *at).and_then(|()| append(tx, a, head)),
+        Op::CrlNumber(ca, a, out) => crl_number(tx, ca).and_then(|n| {
+            append(tx, a, head)?;
+            let _ = out.try_send(n);
+            Ok(())
+        }),
         Op::Sync(sync, out) => apply_sync(tx, sync).and_then(|o| {
             append(tx, &sync.audit, head)?;
             let _ = out.try_send(o);
@@ -593,6 +602,35 @@ fn apply_sync(tx: &Transaction<'_>, s: &SyncUpload) -> Result<SyncOutcome, Store
     .and_then(|mut q| q.execute(params![s.station, s.batch, i64::try_from(s.to_seq).unwrap_or(i64::MAX), s.to_head]))
     .map_err(db)?;
     Ok(out)
+}
+
+fn revoke(tx: &Transaction<'_>, serial: &str, reason: u8, at: i64) -> Result<(), StoreError> {
+    let status: Option<String> = opt(tx
+        .prepare_cached("SELECT status FROM certificates WHERE serial = ?1")
+        .and_then(|mut q| q.query_row([serial], |r| r.get(0))))?;
+    match status.as_deref() {
+        None => Err(StoreError::CertUnknown { serial: serial.into() }),
+        Some("good") => {
+            tx.prepare_cached(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?1, revocation_reason = ?2 WHERE serial = ?3",
+            )
+            .and_then(|mut q| q.execute(params![at, i64::from(reason), serial]))
+            .map_err(db)?;
+            Ok(())
+        }
+        Some(_) => Err(StoreError::CertRevoked { serial: serial.into() }),
+    }
+}
+
+fn crl_number(tx: &Transaction<'_>, ca: &str) -> Result<u64, StoreError> {
+    let n: i64 = tx
+        .prepare_cached(
+            "INSERT INTO crl_numbers (ca, last) VALUES (?1, 1)
+             ON CONFLICT (ca) DO UPDATE SET last = crl_numbers.last + 1 RETURNING last",
+        )
+        .and_then(|mut q| q.query_row([ca], |r| r.get(0)))
+        .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 fn issue(tx: &Transaction<'_>, i: &Issuance, head: &mut Head) -> Result<(), StoreError> {
@@ -953,6 +991,48 @@ impl Store for SqliteStore {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(Op::Sync(Box::new(sync), tx))?;
         rx.try_recv().map_err(|_| StoreError::Database("the sync committed without an outcome".into()))
+    }
+
+    fn revoke(&self, serial: &str, reason: u8, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit(Op::Revoke(serial.into(), reason, at, audit))
+    }
+
+    fn revoked(&self, ca: &str) -> Result<Vec<(String, i64, u8)>, StoreError> {
+        self.read(|c| {
+            let mut q = c
+                .prepare_cached(
+                    "SELECT serial, revoked_at, revocation_reason FROM certificates
+                     WHERE ca = ?1 AND status = 'revoked' ORDER BY revoked_at, serial",
+                )
+                .map_err(db)?;
+            let rows = q
+                .query_map([ca], |r| {
+                    let reason: Option<i64> = r.get(2)?;
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                        reason.and_then(|v| u8::try_from(v).ok()).unwrap_or(0),
+                    ))
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn revocation_mark(&self, ca: &str) -> Result<(u64, i64), StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT COUNT(*), COALESCE(MAX(revoked_at), 0) FROM certificates WHERE ca = ?1 AND status = 'revoked'",
+            )
+            .and_then(|mut q| q.query_row([ca], |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))))
+            .map_err(db)
+        })
+    }
+
+    fn next_crl_number(&self, ca: &str, audit: AuditEvent) -> Result<u64, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::CrlNumber(ca.into(), audit, tx))?;
+        rx.try_recv().map_err(|_| StoreError::Database("the CRL number committed without a value".into()))
     }
 
     fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError> {

@@ -125,6 +125,14 @@ fn init_serve_enroll_renew_with_the_binary() {
     assert!(log.contains("token.create") && log.contains("enroll") && log.contains("refuse.enroll"), "{log}");
     assert!(!log.contains(&token), "the token never reaches the audit log");
 
+    // Revocation: the device is refused from then on; a bad reason is named.
+    let err = run_fail(bin().args(["revoke", "--dir", d, "--device", "CLI-1", "--reason", "nope"]));
+    assert!(err.contains("keyCompromise"), "{err}");
+    let out = run_ok(bin().args(["revoke", "--dir", d, "--device", "CLI-1", "--reason", "keyCompromise"]));
+    assert!(out.contains("revoked") && out.contains("keyCompromise"), "{out}");
+    let err = run_fail(bin().args(["agent", "renew", "--state", st]));
+    assert!(err.contains("HTTP 403") && err.contains("revoked"), "{err}");
+
     let err = run_fail(bin().args(["cert", "list", "--dir", tmp.path().join("nowhere").to_str().unwrap()]));
     assert!(err.contains("iotpki init"), "{err}");
 }

@@ -9,4 +9,5 @@ mod factory;
 mod interop;
 mod pkilint;
 mod refusals;
+mod revocation;
 mod util;

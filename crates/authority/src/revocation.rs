@@ -1,0 +1,68 @@
+//! Revocation: `iotpki revoke`, and a CRL per issuing CA.
+//!
+//! A CRL is made on request and cached. It is made again when a revocation
+//! happened since (the store's revocation mark changed, whichever process
+//! revoked) or when half its validity has passed, so clients always find
+//! one well before its nextUpdate. Each new CRL takes the next CRL number
+//! from the store (durable, monotonic, audited).
+
+use iotpki_core::name::DeviceSerial;
+use iotpki_store::{AuditEvent, CertQuery, CertStatus, Store};
+
+use crate::clock::Clock;
+use crate::AuthorityError;
+
+/// How long a CRL is valid (thisUpdate to nextUpdate).
+pub const CRL_VALIDITY_SECS: i64 = 24 * 3600;
+
+/// What to revoke.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// One certificate by serial (hex).
+    Serial(&'a str),
+    /// Every good certificate of a device.
+    Device(&'a DeviceSerial),
+}
+
+/// Revoke (admin) with an RFC 5280 reason code; returns the serials revoked.
+pub fn revoke(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    target: Target<'_>,
+    reason: u8,
+    actor: &str,
+) -> Result<Vec<String>, AuthorityError> {
+    let now = clock.now();
+    let serials = match target {
+        Target::Serial(s) => vec![s.to_ascii_lowercase()],
+        Target::Device(d) => {
+            let all =
+                store.list_certificates(&CertQuery { device_serial: Some(d.to_string()), ..Default::default() })?;
+            let good: Vec<String> =
+                all.into_iter().filter(|c| c.status == CertStatus::Good).map(|c| c.serial).collect();
+            if good.is_empty() {
+                return Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")));
+            }
+            good
+        }
+    };
+    for s in &serials {
+        let audit = AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "revoke".into(),
+            target: s.clone(),
+            detail: format!("reason={}", iotpki_core::crl::reason_name(reason)),
+        };
+        store.revoke(s, reason, now, audit)?;
+    }
+    Ok(serials)
+}
+
+/// A CRL made earlier, and what it was made from.
+#[derive(Clone, Debug)]
+pub(crate) struct Cached {
+    pub(crate) der: Vec<u8>,
+    pub(crate) mark: (u64, i64),
+    pub(crate) this_update: i64,
+}

@@ -1,0 +1,157 @@
+//! Revocation: a revoked device is refused, and the CRLs say so to peers
+//! (openssl crl -verify, openssl verify -crl_check, pkilint lint_crl).
+
+use std::process::Command;
+
+use iotpki_authority::revocation::{self, Target};
+use iotpki_core::name::DeviceSerial;
+
+use crate::util::{run_ok, Ca};
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl").args(["--silent", "--show-error", "--fail"]).args(args).output().unwrap();
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_refused_and_listed_on_the_crl() {
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("RV-1").await;
+    let keep = ca.enrolled_device("RV-2").await;
+    let store = ca.authority.store().clone();
+    let sn = DeviceSerial::parse("RV-1").unwrap();
+    let revoked = revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap();
+    assert_eq!(revoked.len(), 1);
+    // Twice, or something unknown: refused with the reason.
+    let again = revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap_err();
+    assert!(again.to_string().contains("no certificate that is not revoked"), "{again}");
+    let unknown = revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial("00ff"), 1, "test").unwrap_err();
+    assert!(unknown.to_string().contains("not in the store"), "{unknown}");
+
+    // The revoked device cannot renew; the other one can.
+    let err = iotpki_agent::renew(&dev, None).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 403") && err.to_string().contains("revoked"), "{err}");
+    iotpki_agent::renew(&keep, None).await.unwrap();
+
+    // The CRL, over HTTP, checked by openssl and pkilint.
+    let d = ca.tmp.path().join("crl");
+    std::fs::create_dir_all(&d).unwrap();
+    let dev_cert = iotpki_agent::state::load(&dev).unwrap().cert_pem;
+    let keep_cert = iotpki_agent::state::load(&keep).unwrap().cert_pem;
+    std::fs::write(d.join("dev.pem"), dev_cert).unwrap();
+    std::fs::write(d.join("keep.pem"), keep_cert).unwrap();
+    let (url, root, op) = (ca.url.clone(), ca.root_file(), ca.ca_file("operational"));
+    let lint = std::env::var_os("IOTPKI_PKILINT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin")
+        })
+        .join("lint_crl");
+    let dd = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let der = curl(&["--cacert", &s(&root), &format!("{url}/crl/operational.crl")]);
+        std::fs::write(dd.join("op.crl"), &der).unwrap();
+        let text = String::from_utf8(curl(&[
+            "--cacert",
+            &s(&root),
+            "-H",
+            "Accept: application/x-pem-file",
+            &format!("{url}/crl/operational.crl"),
+        ]))
+        .unwrap();
+        assert!(text.starts_with("-----BEGIN X509 CRL-----"), "{text}");
+        std::fs::write(dd.join("op.crl.pem"), &text).unwrap();
+        let out = Command::new("openssl")
+            .args([
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                &s(&dd.join("op.crl")),
+                "-CAfile",
+                &s(&op),
+                "-noout",
+                "-verify",
+                "-text",
+            ])
+            .output()
+            .unwrap();
+        let all = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && all.contains("verify OK"), "{all}");
+        assert!(all.contains("Key Compromise") && all.contains("X509v3 CRL Number"), "{all}");
+        // openssl verify with the CRL: the revoked device fails, the other passes.
+        let check = |cert: &str| {
+            Command::new("openssl")
+                .args([
+                    "verify",
+                    "-crl_check",
+                    "-CAfile",
+                    &s(&root),
+                    "-untrusted",
+                    &s(&op),
+                    "-CRLfile",
+                    &s(&dd.join("op.crl.pem")),
+                    &s(&dd.join(cert)),
+                ])
+                .output()
+                .unwrap()
+        };
+        let bad = check("dev.pem");
+        let said = String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "a revoked certificate must fail: {said}");
+        assert!(said.contains("certificate revoked"), "{said}");
+        assert!(check("keep.pem").status.success());
+        let l = run_ok(Command::new(&lint).args([
+            "lint",
+            "-t",
+            "CRL",
+            "-p",
+            "PKIX",
+            "-s",
+            "WARNING",
+            "--document-format",
+            "DER",
+            &s(&dd.join("op.crl")),
+        ]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+        let missing = Command::new("curl")
+            .args([
+                "--silent",
+                "--cacert",
+                &s(&root),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{url}/crl/nosuch.crl"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
+    })
+    .await
+    .unwrap();
+
+    // The CRL is cached until something changes; then a higher number.
+    let number = |der: &[u8]| {
+        use iotpki_core::asn1::der::Decode;
+        let crl = iotpki_core::asn1::x509_cert::crl::CertificateList::from_der(der).unwrap();
+        let ext = crl
+            .tbs_cert_list
+            .crl_extensions
+            .unwrap()
+            .into_iter()
+            .find(|e| e.extn_id.to_string() == "2.5.29.20")
+            .unwrap();
+        ext.extn_value.as_bytes().to_vec()
+    };
+    let a = ca.authority.crl("operational").unwrap();
+    assert_eq!(ca.authority.crl("operational").unwrap(), a, "cached");
+    let keep_serial = iotpki_agent::status(&keep).unwrap().cert_serial;
+    revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial(&keep_serial), 4, "test").unwrap();
+    let b = ca.authority.crl("operational").unwrap();
+    assert_ne!(a, b);
+    assert!(number(&b) > number(&a), "CRL numbers grow");
+}

@@ -1,0 +1,162 @@
+//! Certificate revocation lists (RFC 5280 section 5): version 2, with the
+//! authorityKeyIdentifier and cRLNumber extensions, and a reasonCode on
+//! each entry whose reason is not `unspecified` (RFC 5280 5.3.1 recommends
+//! omitting that one).
+
+use const_oid::AssociatedOid;
+use der::asn1::{BitString, OctetString, Uint};
+use der::Encode;
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::crl::CrlNumber;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
+use x509_cert::ext::Extension;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::Version;
+
+use crate::profile::Issuer;
+use crate::time::x509_time;
+use crate::Error;
+
+/// RFC 5280 CRLReason names, by code (7 is unused).
+pub const REASONS: [(u8, &str); 10] = [
+    (0, "unspecified"),
+    (1, "keyCompromise"),
+    (2, "cACompromise"),
+    (3, "affiliationChanged"),
+    (4, "superseded"),
+    (5, "cessationOfOperation"),
+    (6, "certificateHold"),
+    (8, "removeFromCRL"),
+    (9, "privilegeWithdrawn"),
+    (10, "aACompromise"),
+];
+
+/// The code of a reason name (case-insensitive), as `iotpki revoke --reason` takes it.
+pub fn reason_code(name: &str) -> Result<u8, Error> {
+    REASONS
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(name))
+        .map(|(c, _)| *c)
+        .ok_or_else(|| Error::BadName(format!("reason {name:?}: use one of {}", REASONS.map(|(_, n)| n).join(", "))))
+}
+
+/// The name of a reason code.
+pub fn reason_name(code: u8) -> &'static str {
+    REASONS.iter().find(|(c, _)| *c == code).map(|(_, n)| *n).unwrap_or("unspecified")
+}
+
+fn reason(code: u8) -> Option<CrlReason> {
+    Some(match code {
+        1 => CrlReason::KeyCompromise,
+        2 => CrlReason::CaCompromise,
+        3 => CrlReason::AffiliationChanged,
+        4 => CrlReason::Superseded,
+        5 => CrlReason::CessationOfOperation,
+        6 => CrlReason::CertificateHold,
+        8 => CrlReason::RemoveFromCRL,
+        9 => CrlReason::PrivilegeWithdrawn,
+        10 => CrlReason::AaCompromise,
+        _ => return None,
+    })
+}
+
+fn ext<T: Encode + AssociatedOid>(value: &T) -> Result<Extension, Error> {
+    Ok(Extension {
+        extn_id: T::OID,
+        critical: false,
+        extn_value: OctetString::new(value.to_der().map_err(|e| Error::der("CRL extension", e))?)
+            .map_err(|e| Error::der("CRL extension", e))?,
+    })
+}
+
+/// One revoked certificate: serial (hex), when, reason code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// When it was revoked, Unix seconds.
+    pub at: i64,
+    /// RFC 5280 reason code.
+    pub reason: u8,
+}
+
+/// Build and sign the CRL number `number` of `issuer`, valid from `this_update` to `next_update`.
+pub fn build(
+    issuer: &Issuer<'_>,
+    number: u64,
+    this_update: i64,
+    next_update: i64,
+    revoked: &[Revoked],
+) -> Result<Vec<u8>, Error> {
+    let mut entries = Vec::with_capacity(revoked.len());
+    for r in revoked {
+        let bytes = hex::decode(&r.serial).map_err(|e| Error::Profile(format!("serial {}: {e}", r.serial)))?;
+        let serial_number =
+            SerialNumber::new(&bytes).map_err(|e| Error::Profile(format!("serial {}: {e}", r.serial)))?;
+        let crl_entry_extensions = match reason(r.reason) {
+            Some(code) => Some(vec![ext(&code)?]),
+            None => None,
+        };
+        entries.push(RevokedCert { serial_number, revocation_date: x509_time(r.at)?, crl_entry_extensions });
+    }
+    let signature = issuer.signer.key_type().signature_algorithm()?;
+    let aki = AuthorityKeyIdentifier {
+        key_identifier: Some(OctetString::new(issuer.key_id).map_err(|e| Error::der("AKI", e))?),
+        authority_cert_issuer: None,
+        authority_cert_serial_number: None,
+    };
+    let number = CrlNumber(Uint::new(&number.to_be_bytes()).map_err(|e| Error::der("CRL number", e))?);
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: signature.clone(),
+        issuer: issuer.subject.clone(),
+        this_update: x509_time(this_update)?,
+        next_update: Some(x509_time(next_update)?),
+        // RFC 5280 5.1.2.6: absent, not empty, when nothing is revoked.
+        revoked_certificates: (!entries.is_empty()).then_some(entries),
+        crl_extensions: Some(vec![ext(&aki)?, ext(&number)?]),
+    };
+    let tbs_der = tbs.to_der().map_err(|e| Error::der("TBS CRL", e))?;
+    let sig = issuer.signer.sign(&tbs_der)?;
+    let crl = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: signature,
+        signature: BitString::from_bytes(&sig).map_err(|e| Error::der("CRL signature", e))?,
+    };
+    crl.to_der().map_err(|e| Error::der("CRL", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{self, KeyType, Signer, SoftKey};
+    use crate::name::NameBuilder;
+    use der::Decode;
+
+    #[test]
+    fn builds_a_signed_v2_crl() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let n = NameBuilder::default().common_name("CA").unwrap().build();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
+        let kid = keys::key_identifier(&spki);
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let revoked = [
+            Revoked { serial: "01aa".into(), at: 1_700_000_000, reason: 1 },
+            Revoked { serial: "01bb".into(), at: 1_700_000_001, reason: 0 },
+        ];
+        let der = build(&issuer, 7, 1_700_000_100, 1_700_086_500, &revoked).unwrap();
+        let crl = CertificateList::from_der(&der).unwrap();
+        let tbs = &crl.tbs_cert_list;
+        assert_eq!(tbs.version, Version::V2);
+        let entries = tbs.revoked_certificates.as_ref().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].crl_entry_extensions.is_some(), "keyCompromise carries a reasonCode");
+        assert!(entries[1].crl_entry_extensions.is_none(), "unspecified carries none");
+        keys::verify(&spki, &crl.signature_algorithm, &tbs.to_der().unwrap(), crl.signature.raw_bytes()).unwrap();
+        let empty = CertificateList::from_der(&build(&issuer, 8, 1, 2, &[]).unwrap()).unwrap();
+        assert!(empty.tbs_cert_list.revoked_certificates.is_none());
+        assert_eq!(reason_code("KEYCOMPROMISE").unwrap(), 1);
+        assert!(reason_code("nope").is_err());
+        assert_eq!(reason_name(5), "cessationOfOperation");
+    }
+}
