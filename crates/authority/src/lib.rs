@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use iotpki_core::keys::{self, KeyType, Signer};
+use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{csr, est, pem, pkcs7, serial};
@@ -161,6 +161,8 @@ pub struct Authority {
     root_anchor: rustls_pki_types::TrustAnchor<'static>,
     intermediates: Vec<CertificateDer<'static>>,
     crls: std::sync::Mutex<HashMap<String, revocation::Cached>>,
+    ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
+    ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -257,6 +259,8 @@ impl Authority {
             root_anchor,
             intermediates,
             crls: std::sync::Mutex::new(HashMap::new()),
+            ocsp_signers: std::sync::Mutex::new(HashMap::new()),
+            ocsp_cache: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -350,6 +354,121 @@ impl Authority {
         let der = iotpki_core::crl::build(&key.issuer(), number, now, now + revocation::CRL_VALIDITY_SECS, &revoked)?;
         cache.insert(ca.into(), revocation::Cached { der: der.clone(), mark, this_update: now });
         Ok(der)
+    }
+
+    /// Answer an OCSP request (DER) with an OCSP response (DER), always: a
+    /// malformed request gets `malformedRequest`, one about a CA we do not
+    /// serve `unauthorized`, our own failure `internalError` (logged).
+    /// Answers without a nonce are cached until something is revoked or half
+    /// their validity has passed.
+    pub fn ocsp(&self, request: &[u8]) -> Vec<u8> {
+        match self.ocsp_inner(request) {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::error!(error = %e, "OCSP answer failed");
+                x509_ocsp_internal_error()
+            }
+        }
+    }
+
+    fn ocsp_inner(&self, request: &[u8]) -> Result<Vec<u8>, AuthorityError> {
+        let Ok(req) = iotpki_core::ocsp::parse_request(request) else { return Ok(iotpki_core::ocsp::malformed()) };
+        let mut ca = None;
+        for c in &self.issuing {
+            let cert = parse_cert_der(&c.cert_der)?;
+            if req.cert_ids.iter().all(|id| iotpki_core::ocsp::issued_by(id, &cert)) {
+                ca = Some(c.clone());
+                break;
+            }
+        }
+        let Some(ca) = ca else { return Ok(iotpki_core::ocsp::unauthorized()) };
+        let now = self.clock.now();
+        let mark = self.store.revocation_mark(&ca.name)?;
+        if req.nonce.is_none() {
+            let cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
+            if let Some(c) = cache.get(request) {
+                if c.ca == ca.name && c.mark == mark && now < c.produced + revocation::OCSP_VALIDITY_SECS / 2 {
+                    return Ok(c.der.clone());
+                }
+            }
+        }
+        let cacheable = req.nonce.is_none();
+        let mut answers = Vec::with_capacity(req.cert_ids.len());
+        for id in &req.cert_ids {
+            let serial = hex::encode(id.serial_number.as_bytes());
+            let status = match self.store.certificate(&serial)? {
+                Some(rec) if rec.ca == ca.name => match rec.status {
+                    CertStatus::Good => iotpki_core::ocsp::Status::Good,
+                    CertStatus::Revoked { at, reason } => iotpki_core::ocsp::Status::Revoked { at, reason },
+                },
+                _ => iotpki_core::ocsp::Status::Unknown,
+            };
+            answers.push((id.clone(), status));
+        }
+        let signer = self.ocsp_signer(&ca, now)?;
+        let der = iotpki_core::ocsp::respond(
+            &signer.key,
+            &signer.cert_der,
+            now,
+            now + revocation::OCSP_VALIDITY_SECS,
+            &answers,
+            req.nonce,
+        )?;
+        if cacheable {
+            let mut cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
+            if cache.len() >= revocation::OCSP_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(
+                request.to_vec(),
+                revocation::CachedOcsp { der: der.clone(), ca: ca.name.clone(), mark, produced: now },
+            );
+        }
+        Ok(der)
+    }
+
+    /// The CA's delegated OCSP signer, made (and recorded) when first needed
+    /// or when its certificate has less than a quarter of its life left.
+    fn ocsp_signer(&self, ca: &Arc<CaKey>, now: i64) -> Result<Arc<revocation::OcspSigner>, AuthorityError> {
+        let mut signers =
+            self.ocsp_signers.lock().map_err(|_| AuthorityError::Config("OCSP signers poisoned".into()))?;
+        if let Some(s) = signers.get(&ca.name) {
+            if now < s.not_after - revocation::OCSP_SIGNER_SECS / 4 {
+                return Ok(s.clone());
+            }
+        }
+        let key = SoftKey::generate(KeyType::from_name(&self.cfg.key_type)?)?;
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+            .map_err(|e| AuthorityError::Config(format!("OCSP key: {e}")))?;
+        let (sn, sn_hex) = serial::system_random_serial(now)?;
+        let subject = name::NameBuilder::default()
+            .organization(&self.cfg.organization)?
+            .common_name(&format!("{} {} OCSP responder", self.cfg.organization, ca.name))?
+            .build();
+        let params = CertParams {
+            profile: Profile::OcspSigner,
+            serial: sn,
+            subject,
+            spki,
+            not_before: now - BACKDATE_SECS,
+            not_after: now + revocation::OCSP_SIGNER_SECS,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let record = ca.sign(&params, sn_hex.clone(), None, None, now)?;
+        let signer =
+            Arc::new(revocation::OcspSigner { key, cert_der: record.der.clone(), not_after: record.not_after });
+        let audit = AuditEvent {
+            at: now,
+            actor: "authority".into(),
+            action: "ocsp.signer".into(),
+            target: sn_hex,
+            detail: format!("ca={}", ca.name),
+        };
+        self.store.record_issuance(Issuance { cert: record, preconditions: vec![], audit })?;
+        signers.insert(ca.name.clone(), signer.clone());
+        Ok(signer)
     }
 
     /// Create a one-time token for `serial` (see [`tokens::create`]).
@@ -995,6 +1114,15 @@ impl Authority {
         }
         Ok(DeviceIdentity { record, cert: info.cert })
     }
+}
+
+fn parse_cert_der(der: &[u8]) -> Result<x509_cert::Certificate, AuthorityError> {
+    x509_cert::Certificate::from_der(der).map_err(|e| AuthorityError::Config(format!("CA certificate: {e}")))
+}
+
+fn x509_ocsp_internal_error() -> Vec<u8> {
+    // OCSPResponse { responseStatus internalError (2) }
+    vec![0x30, 0x03, 0x0a, 0x01, 0x02]
 }
 
 /// Who a credential claims to be, for the audit log: `device:SERIAL` for a

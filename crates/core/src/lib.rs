@@ -14,6 +14,7 @@ mod error;
 pub mod est;
 pub mod keys;
 pub mod name;
+pub mod ocsp;
 pub mod pem;
 pub mod pkcs7;
 pub mod profile;

@@ -10,6 +10,7 @@
 //! | device      | critical, not CA        | digitalSignature           | clientAuth  |
 //! | server      | critical, not CA        | digitalSignature           | serverAuth  |
 //! | station     | critical, not CA        | digitalSignature           | clientAuth  |
+//! | OCSP signer | critical, not CA        | digitalSignature           | OCSPSigning, + id-pkix-ocsp-nocheck |
 //!
 //! Every certificate carries subjectKeyIdentifier and authorityKeyIdentifier
 //! (RFC 7093 method 1 key identifiers). notAfter is clamped to the issuer's.
@@ -57,6 +58,8 @@ pub enum Profile {
     Server,
     /// A factory station: a TLS client that enrolls devices for its batches.
     Station,
+    /// A CA's delegated OCSP responder (RFC 6960 4.2.2.2).
+    OcspSigner,
 }
 
 impl Profile {
@@ -70,6 +73,7 @@ impl Profile {
             Self::Device => "device",
             Self::Server => "server",
             Self::Station => "station",
+            Self::OcspSigner => "ocsp-signer",
         }
     }
 
@@ -141,7 +145,7 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
         Profile::Root => BasicConstraints { ca: true, path_len_constraint: None },
         Profile::IssuingCa | Profile::DelegatedCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
         Profile::DelegatingCa => BasicConstraints { ca: true, path_len_constraint: Some(1) },
-        Profile::Device | Profile::Server | Profile::Station => {
+        Profile::Device | Profile::Server | Profile::Station | Profile::OcspSigner => {
             BasicConstraints { ca: false, path_len_constraint: None }
         }
     };
@@ -158,6 +162,15 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     match p {
         Profile::Device | Profile::Station => {
             out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]), false)?)
+        }
+        Profile::OcspSigner => {
+            out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_OCSP_SIGNING]), false)?);
+            // id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1): clients need not check this certificate's status.
+            out.push(Extension {
+                extn_id: const_oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK,
+                critical: false,
+                extn_value: OctetString::new(vec![0x05, 0x00]).map_err(|e| Error::der("nocheck", e))?,
+            });
         }
         Profile::Server => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH]), false)?),
         Profile::Root | Profile::IssuingCa | Profile::DelegatingCa | Profile::DelegatedCa => {}

@@ -111,6 +111,8 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/factory/batches/{id}", get(station_batch))
         .route("/factory/sync", get(sync_state).post(sync_upload).layer(DefaultBodyLimit::max(SYNC_MAX_BODY)))
         .route("/crl/{file}", get(crl))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
@@ -182,6 +184,33 @@ async fn crl(
     let ct = if wants_pem { "application/x-pem-file" } else { "application/pkix-crl" };
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     Ok(r)
+}
+
+fn ocsp_answer(der: Vec<u8>) -> Response {
+    let mut r = der.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/ocsp-response"));
+    r
+}
+
+/// `POST /ocsp` (RFC 6960 A.1): a DER OCSPRequest in the body.
+async fn ocsp_post(State(a): State<Arc<Authority>>, body: Bytes) -> Result<Response, ApiError> {
+    let der = tokio::task::spawn_blocking(move || a.ocsp(&body))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))?;
+    Ok(ocsp_answer(der))
+}
+
+/// `GET /ocsp/BASE64` (RFC 6960 A.1): the request base64-encoded in the path.
+async fn ocsp_get(State(a): State<Arc<Authority>>, Path(request): Path<String>) -> Result<Response, ApiError> {
+    let compact: String = request.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(compact.trim_end_matches('=')))
+        .map_err(|_| AuthorityError::BadRequest("the OCSP request in the path is not base64".into()))?;
+    let der = tokio::task::spawn_blocking(move || a.ocsp(&der))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))?;
+    Ok(ocsp_answer(der))
 }
 
 /// `?batch=ID` on /factory/sync.

@@ -155,3 +155,173 @@ async fn a_revoked_device_is_refused_and_listed_on_the_crl() {
     assert_ne!(a, b);
     assert!(number(&b) > number(&a), "CRL numbers grow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_answers_good_revoked_unknown_and_peers_agree() {
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("OC-1").await;
+    let d = ca.tmp.path().join("ocsp");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("dev.pem"), iotpki_agent::state::load(&dev).unwrap().cert_pem).unwrap();
+    let (url, root, op) = (ca.url.clone(), ca.root_file(), ca.ca_file("operational"));
+    let pkilint = |tool: &str| {
+        std::env::var_os("IOTPKI_PKILINT_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin")
+            })
+            .join(tool)
+    };
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let ask = {
+        let (url, root, op, d) = (url.clone(), root.clone(), op.clone(), d.clone());
+        move |extra: &[&str], out: &str| {
+            let o = Command::new("openssl")
+                .args([
+                    "ocsp",
+                    "-issuer",
+                    &s(&op),
+                    "-url",
+                    &format!("{url}/ocsp"),
+                    "-CAfile",
+                    &s(&root),
+                    "-respout",
+                    &s(&d.join(out)),
+                ])
+                .args(extra)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+        }
+    };
+    let (a1, dd, lint, root1, op1, url1) =
+        (ask.clone(), d.clone(), pkilint("lint_ocsp_response"), root.clone(), op.clone(), url.clone());
+    tokio::task::spawn_blocking(move || {
+        let (root, op, url) = (root1, op1, url1);
+        let out = a1(&["-cert", &s(&dd.join("dev.pem"))], "good.der");
+        assert!(out.contains("Response verify OK") && out.contains("dev.pem: good"), "{out}");
+        let out = a1(&["-serial", "0x0123456789abcdef"], "unknown.der");
+        assert!(out.contains("Response verify OK") && out.contains(": unknown"), "{out}");
+        let l = run_ok(Command::new(&lint).args(["lint", "-s", "WARNING", &s(&dd.join("good.der"))]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+        // GET, with the request base64 in the path (RFC 6960 A.1).
+        run_ok(Command::new("openssl").args([
+            "ocsp",
+            "-issuer",
+            &s(&op),
+            "-cert",
+            &s(&dd.join("dev.pem")),
+            "-no_nonce",
+            "-reqout",
+            &s(&dd.join("req.der")),
+        ]));
+        let b64 = run_ok(Command::new("openssl").args(["base64", "-A", "-in", &s(&dd.join("req.der"))]));
+        let got = Command::new("curl")
+            .args([
+                "--silent",
+                "--fail",
+                "--cacert",
+                &s(&root),
+                "-o",
+                &s(&dd.join("get.der")),
+                &format!("{url}/ocsp/{}", b64.trim().replace('/', "%2F").replace('+', "%2B")),
+            ])
+            .status()
+            .unwrap();
+        assert!(got.success());
+        let out = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-respin",
+                &s(&dd.join("get.der")),
+                "-issuer",
+                &s(&op),
+                "-cert",
+                &s(&dd.join("dev.pem")),
+                "-CAfile",
+                &s(&root),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("Response verify OK") && text.contains("dev.pem: good"), "{text}");
+        // Garbage: malformedRequest, not an HTTP error.
+        let o = Command::new("curl")
+            .args([
+                "--silent",
+                "--fail",
+                "--cacert",
+                &s(&root),
+                "-H",
+                "Content-Type: application/ocsp-request",
+                "--data-binary",
+                "garbage",
+                "-o",
+                &s(&dd.join("bad.der")),
+                &format!("{url}/ocsp"),
+            ])
+            .status()
+            .unwrap();
+        assert!(o.success());
+        let out = Command::new("openssl")
+            .args(["ocsp", "-respin", &s(&dd.join("bad.der")), "-resp_text", "-noverify"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.to_lowercase().contains("malformedrequest"), "{text}");
+    })
+    .await
+    .unwrap();
+
+    // The OCSP signer is a recorded certificate that pkilint finds clean, alone and under its CA.
+    let signer = ca
+        .authority
+        .store()
+        .list_certificates(&Default::default())
+        .unwrap()
+        .into_iter()
+        .find(|c| c.profile == "ocsp-signer")
+        .unwrap();
+    std::fs::write(d.join("signer.pem"), iotpki_core::pem::encode("CERTIFICATE", &signer.der)).unwrap();
+    let (dd, cert_lint, chain_lint, op2) =
+        (d.clone(), pkilint("lint_pkix_cert"), pkilint("lint_pkix_signer_signee_cert_chain"), op.clone());
+    tokio::task::spawn_blocking(move || {
+        let l = run_ok(Command::new(&cert_lint).args([
+            "lint",
+            "-s",
+            "WARNING",
+            "--document-format",
+            "PEM",
+            &s(&dd.join("signer.pem")),
+        ]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+        let l = run_ok(Command::new(&chain_lint).args([
+            "lint",
+            "-s",
+            "WARNING",
+            "--document-format",
+            "PEM",
+            &s(&op2),
+            &s(&dd.join("signer.pem")),
+        ]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+    })
+    .await
+    .unwrap();
+
+    // Revoked: the answer changes at once (the cache follows the store), with its reason.
+    let sn = DeviceSerial::parse("OC-1").unwrap();
+    revocation::revoke(ca.authority.store().as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap();
+    let (a2, dd, lint) = (ask, d.clone(), pkilint("lint_ocsp_response"));
+    tokio::task::spawn_blocking(move || {
+        let out = a2(&["-cert", &s(&dd.join("dev.pem")), "-no_nonce"], "revoked.der");
+        assert!(
+            out.contains("Response verify OK") && out.contains("dev.pem: revoked") && out.contains("keyCompromise"),
+            "{out}"
+        );
+        let l = run_ok(Command::new(&lint).args(["lint", "-s", "WARNING", &s(&dd.join("revoked.der"))]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+    })
+    .await
+    .unwrap();
+}
