@@ -415,6 +415,16 @@ pub fn offline_sync(store: &dyn Store) {
         store.add_delegation(&st, &b, again, event("x", "y")),
         Err(StoreError::DelegationExists { station: st.clone(), batch: b.clone() })
     );
+    let other = unique("OX-");
+    batch(store, &other, 1, &[format!("{other}-0")]);
+    let mut foreign = cert("delegate");
+    foreign.device_serial = None;
+    assert_eq!(
+        store.add_delegation(&st, &other, foreign, event("x", "y")),
+        Err(StoreError::StationNotAuthorized { station: st.clone(), batch: other.clone() }),
+        "a station gets a delegated CA only for its own batches"
+    );
+    assert_eq!(store.delegation(&st, &other).expect("read"), None);
     assert_eq!(store.sync_state(&st, &b).expect("state"), (0, crate::GENESIS_HASH.to_string()));
 
     let entry = |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial) };
