@@ -173,8 +173,7 @@ fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
 pub fn cert(c: CertCmd) -> anyhow::Result<()> {
     match c {
         CertCmd::List { dir, device, ca, limit, json } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             let q = CertQuery { device_serial: device, ca, expiring_before: None, limit };
             let rows = store.list_certificates(&q)?;
             if json {
@@ -202,8 +201,7 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
             Ok(())
         }
         CertCmd::Show { dir, serial, pem, json } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             let r = store
                 .certificate(&serial.to_ascii_lowercase())?
                 .ok_or_else(|| anyhow!("no certificate with serial {serial} in the store"))?;
@@ -250,8 +248,7 @@ pub enum AuditCmd {
 pub fn audit(c: AuditCmd) -> anyhow::Result<()> {
     match c {
         AuditCmd::Verify { dir } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             match store.verify_audit() {
                 Ok(r) => {
                     println!("audit chain OK: {} entries, head {}", r.entries, r.head);
@@ -261,8 +258,7 @@ pub fn audit(c: AuditCmd) -> anyhow::Result<()> {
             }
         }
         AuditCmd::List { dir, from, limit } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             for e in store.audit_entries(from, limit)? {
                 let ev = &e.event;
                 println!(
@@ -306,8 +302,7 @@ pub struct RevokeArgs {
 pub fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     use iotpki_authority::revocation::{self, Target};
     let reason = iotpki_core::crl::reason_code(&a.reason)?;
-    let cfg = Config::load(&a.dir.dir)?;
-    let store = iotpki_authority::open_store(&a.dir.dir, &cfg)?;
+    let store = a.dir.store()?;
     let device = a.device.as_deref().map(DeviceSerial::parse).transpose().map_err(|e| anyhow!("--device: {e}"))?;
     let target = match (&a.serial, &device) {
         (Some(s), _) => Target::Serial(s),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use iotpki_authority::config::Config;
 use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::{Authority, Passphrase, SystemClock};
 use iotpki_core::keys::{KeyType, Signer};
@@ -87,8 +86,7 @@ fn batch_json(b: &BatchRecord) -> serde_json::Value {
 pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
     match c {
         BatchCmd::Create { dir, id, product, serials, quota, from, until } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             let allowlist =
                 std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
             let from = from.unwrap_or_else(|| iotpki_authority::Clock::now(&SystemClock));
@@ -107,8 +105,7 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
             Ok(())
         }
         BatchCmd::List { dir, json } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             let all = store.list_batches()?;
             if json {
                 for b in &all {
@@ -137,8 +134,7 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
             Ok(())
         }
         BatchCmd::Show { dir, id, json } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             let b = store.batch(&id)?.ok_or_else(|| anyhow!("no batch {id}"))?;
             let v = batch_json(&b);
             if json {
@@ -151,8 +147,7 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
             Ok(())
         }
         BatchCmd::Close { dir, id } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             factory::close_batch(store.as_ref(), &SystemClock, &id, "admin:cli")?;
             println!("batch {id} closed");
             Ok(())
@@ -264,15 +259,13 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             Ok(())
         }
         StationCmd::Revoke { name, dir } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             factory::revoke_station(store.as_ref(), &SystemClock, &name, "admin:cli")?;
             println!("station {name} revoked");
             Ok(())
         }
         StationCmd::Show { name, dir } => {
-            let cfg = Config::load(&dir.dir)?;
-            let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
+            let store = dir.store()?;
             let st = store.station(&name)?.ok_or_else(|| anyhow!("no station {name}"))?;
             let status = match st.status {
                 StationStatus::Active => "active".to_string(),

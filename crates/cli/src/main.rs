@@ -63,6 +63,14 @@ pub struct DirArg {
     pub dir: PathBuf,
 }
 
+impl DirArg {
+    /// The authority's store (no keys needed).
+    pub fn store(&self) -> anyhow::Result<std::sync::Arc<dyn iotpki_store::Store>> {
+        let cfg = iotpki_authority::config::Config::load(&self.dir)?;
+        Ok(iotpki_authority::open_store(&self.dir, &cfg)?)
+    }
+}
+
 /// Where the passphrase comes from: a file, else `$IOTPKI_PASSPHRASE`. Never an argument.
 #[derive(Args, Debug, Clone)]
 pub struct PassArg {

@@ -349,6 +349,29 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// The station exists and is not revoked.
+fn station_active(tx: &Transaction<'_>, station: &str) -> Result<(), StoreError> {
+    let st: Option<String> = opt(tx
+        .prepare_cached("SELECT status FROM stations WHERE name = ?1")
+        .and_then(|mut q| q.query_row([station], |r| r.get(0))))?;
+    match st.as_deref() {
+        None => Err(StoreError::StationUnknown { station: station.into() }),
+        Some("active") => Ok(()),
+        Some(_) => Err(StoreError::StationRevoked { station: station.into() }),
+    }
+}
+
+/// The station may serve the batch.
+fn station_authorized(tx: &Transaction<'_>, station: &str, batch: &str) -> Result<(), StoreError> {
+    let allowed: Option<i64> = opt(tx
+        .prepare_cached("SELECT 1 FROM station_batches WHERE station = ?1 AND batch_id = ?2")
+        .and_then(|mut q| q.query_row([station, batch], |r| r.get(0))))?;
+    match allowed {
+        Some(_) => Ok(()),
+        None => Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() }),
+    }
+}
+
 /// The factory-line checks, in the order a station would want to hear them.
 fn birth(
     tx: &Transaction<'_>,
@@ -358,26 +381,14 @@ fn birth(
     now: i64,
     cert: &str,
 ) -> Result<(), StoreError> {
-    let st: Option<String> = opt(tx
-        .prepare_cached("SELECT status FROM stations WHERE name = ?1")
-        .and_then(|mut q| q.query_row([station], |r| r.get(0))))?;
-    match st.as_deref() {
-        None => return Err(StoreError::StationUnknown { station: station.into() }),
-        Some("active") => {}
-        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
-    }
+    station_active(tx, station)?;
     let b: Option<(i64, i64, i64, i64, String)> = opt(tx
         .prepare_cached("SELECT quota, issued, valid_from, valid_until, status FROM batches WHERE id = ?1")
         .and_then(|mut q| q.query_row([batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))))?;
     let Some((quota, issued, from, until, status)) = b else {
         return Err(StoreError::BatchUnknown { batch: batch.into() });
     };
-    let allowed: Option<i64> = opt(tx
-        .prepare_cached("SELECT 1 FROM station_batches WHERE station = ?1 AND batch_id = ?2")
-        .and_then(|mut q| q.query_row([station, batch], |r| r.get(0))))?;
-    if allowed.is_none() {
-        return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
-    }
+    station_authorized(tx, station, batch)?;
     if status != "open" {
         return Err(StoreError::BatchClosed { batch: batch.into() });
     }
@@ -501,20 +512,8 @@ fn refusal(tx: &Transaction<'_>, batch: Option<&str>) -> Result<(), StoreError> 
 }
 
 fn delegation(tx: &Transaction<'_>, station: &str, batch: &str, cert: &CertRecord) -> Result<(), StoreError> {
-    let st: Option<String> = opt(tx
-        .prepare_cached("SELECT status FROM stations WHERE name = ?1")
-        .and_then(|mut q| q.query_row([station], |r| r.get(0))))?;
-    match st.as_deref() {
-        None => return Err(StoreError::StationUnknown { station: station.into() }),
-        Some("active") => {}
-        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
-    }
-    let allowed: Option<i64> = opt(tx
-        .prepare_cached("SELECT 1 FROM station_batches WHERE station = ?1 AND batch_id = ?2")
-        .and_then(|mut q| q.query_row([station, batch], |r| r.get(0))))?;
-    if allowed.is_none() {
-        return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
-    }
+    station_active(tx, station)?;
+    station_authorized(tx, station, batch)?;
     insert_cert(tx, cert)?;
     tx.prepare_cached("INSERT INTO delegations (cert_serial, station, batch_id, created_at) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut q| q.execute(params![cert.serial, station, batch, cert.issued_at]))
