@@ -48,6 +48,7 @@ pub struct CaKey {
     pub name: String,
     /// Its certificate, DER.
     pub cert_der: Vec<u8>,
+    cert: x509_cert::Certificate,
     subject: Name,
     key_id: Vec<u8>,
     not_after: i64,
@@ -221,6 +222,7 @@ impl Authority {
             issuing.push(Arc::new(CaKey {
                 name: ca.name.clone(),
                 subject: info.cert.tbs_certificate.subject.clone(),
+                cert: info.cert.clone(),
                 not_after: info.not_after,
                 key_id,
                 cert_der,
@@ -373,15 +375,9 @@ impl Authority {
 
     fn ocsp_inner(&self, request: &[u8]) -> Result<Vec<u8>, AuthorityError> {
         let Ok(req) = iotpki_core::ocsp::parse_request(request) else { return Ok(iotpki_core::ocsp::malformed()) };
-        let mut ca = None;
-        for c in &self.issuing {
-            let cert = parse_cert_der(&c.cert_der)?;
-            if req.cert_ids.iter().all(|id| iotpki_core::ocsp::issued_by(id, &cert)) {
-                ca = Some(c.clone());
-                break;
-            }
-        }
-        let Some(ca) = ca else { return Ok(iotpki_core::ocsp::unauthorized()) };
+        let found =
+            self.issuing.iter().find(|c| req.cert_ids.iter().all(|id| iotpki_core::ocsp::issued_by(id, &c.cert)));
+        let Some(ca) = found.cloned() else { return Ok(iotpki_core::ocsp::unauthorized()) };
         let now = self.clock.now();
         let mark = self.store.revocation_mark(&ca.name)?;
         if req.nonce.is_none() {
@@ -644,15 +640,15 @@ impl Authority {
     fn station_birth(
         &self,
         label: Option<&str>,
-        station: (StationRecord, String),
+        station: (StationRecord, DeviceIdentity),
         batch: &str,
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
         let label = self.label(label)?;
-        if label.ca.name != station.1 {
+        if label.ca.name != station.1.record.ca {
             return Err(AuthorityError::Forbidden(format!(
                 "station enrollments go to a label of CA {} (label {} issues from CA {})",
-                station.1, label.name, label.ca.name
+                station.1.record.ca, label.name, label.ca.name
             )));
         }
         let der = est::decode_body(body)?;
@@ -685,8 +681,11 @@ impl Authority {
         )
     }
 
-    /// A station authenticated by its certificate, with the name of its CA.
-    fn authenticate_station(&self, chain: &[CertificateDer<'_>]) -> Result<(StationRecord, String), AuthorityError> {
+    /// A station authenticated by its certificate, with that certificate's identity.
+    fn authenticate_station(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<(StationRecord, DeviceIdentity), AuthorityError> {
         let id = self.authenticate(chain)?;
         if id.record.profile != Profile::Station.name() {
             return Err(AuthorityError::Forbidden(format!(
@@ -701,7 +700,7 @@ impl Authority {
         if let StationStatus::Revoked { .. } = st.status {
             return Err(StoreError::StationRevoked { station: st.name }.into());
         }
-        Ok((st, id.record.ca))
+        Ok((st, id))
     }
 
     /// What a station may know of one of its batches: the record and up to
@@ -854,8 +853,7 @@ impl Authority {
         batch: &str,
         record: &str,
     ) -> Result<SyncOutcome, AuthorityError> {
-        let (station, _) = self.authenticate_station(chain)?;
-        let station_cert = profile::cert_info(&chain[0])?;
+        let (station, id) = self.authenticate_station(chain)?;
         let entries = iotpki_core::record::parse(record)?;
         let (first, last) = match (entries.first(), entries.last()) {
             (Some(f), Some(l)) => (f.clone(), l.clone()),
@@ -865,13 +863,8 @@ impl Authority {
         if first.seq != synced + 1 {
             return Err(StoreError::SyncOutOfOrder { expected_seq: synced + 1, got_seq: first.seq }.into());
         }
-        iotpki_core::record::verify(
-            &entries,
-            synced + 1,
-            &head,
-            &station_cert.cert.tbs_certificate.subject_public_key_info,
-        )
-        .map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
+        iotpki_core::record::verify(&entries, synced + 1, &head, &id.cert.tbs_certificate.subject_public_key_info)
+            .map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
         let delegate_serial = self.store.delegation(&station.name, batch)?.ok_or_else(|| {
             AuthorityError::Forbidden(format!("station {} has no delegated CA for batch {batch}", station.name))
         })?;
@@ -1114,10 +1107,6 @@ impl Authority {
         }
         Ok(DeviceIdentity { record, cert: info.cert })
     }
-}
-
-fn parse_cert_der(der: &[u8]) -> Result<x509_cert::Certificate, AuthorityError> {
-    x509_cert::Certificate::from_der(der).map_err(|e| AuthorityError::Config(format!("CA certificate: {e}")))
 }
 
 fn x509_ocsp_internal_error() -> Vec<u8> {
