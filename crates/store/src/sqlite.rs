@@ -59,16 +59,22 @@ enum Op {
     RevokeStation(String, i64, AuditEvent),
     Refusal(Option<String>, AuditEvent),
     Delegation(String, String, Box<CertRecord>, AuditEvent),
-    /// The outcome goes on its own channel; the caller reads it only once the
-    /// batch committed (the main reply is Ok).
-    Sync(Box<SyncUpload>, SyncSender<SyncOutcome>),
+    Sync(Box<SyncUpload>),
     Revoke(String, u8, i64, AuditEvent),
-    CrlNumber(String, AuditEvent, SyncSender<u64>),
+    CrlNumber(String, AuditEvent),
+}
+
+/// What a committed operation hands back to its caller.
+#[derive(Debug, PartialEq, Eq)]
+enum Done {
+    Unit,
+    Synced(SyncOutcome),
+    CrlNumber(u64),
 }
 
 struct Job {
     op: Op,
-    reply: SyncSender<Result<(), StoreError>>,
+    reply: SyncSender<Result<Done, StoreError>>,
 }
 
 /// The SQLite store.
@@ -159,7 +165,11 @@ impl SqliteStore {
         &self.path
     }
 
-    fn submit(&self, op: Op) -> Result<(), StoreError> {
+    fn submit_unit(&self, op: Op) -> Result<(), StoreError> {
+        self.submit(op).map(|_| ())
+    }
+
+    fn submit(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, rx) = mpsc::sync_channel(1);
         {
             let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
@@ -224,7 +234,7 @@ fn read_head(tx: &Transaction<'_>) -> Result<Head, StoreError> {
 }
 
 /// One transaction for the whole batch; one savepoint per operation.
-fn run_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+fn run_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<Done, StoreError>> {
     let fail_all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
@@ -261,32 +271,25 @@ fn exec_cached(tx: &Transaction<'_>, sql: &str) -> Result<(), StoreError> {
 /// own (on error its writes are rolled back and `head` restored); the outer
 /// error means the savepoint could not be opened, rolled back or released, and
 /// the whole transaction must be abandoned.
-fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<(), StoreError>, StoreError> {
+fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<Done, StoreError>, StoreError> {
     exec_cached(tx, "SAVEPOINT op")?;
     let saved = head.clone();
+    let unit = |r: Result<(), StoreError>| r.map(|()| Done::Unit);
     let r = match op {
-        Op::Issue(i) => issue(tx, i, head),
-        Op::Token(t, a) => token(tx, t).and_then(|()| append(tx, a, head)),
-        Op::Audit(a) => append(tx, a, head),
-        Op::CreateBatch(b, serials, a) => create_batch(tx, b, serials).and_then(|()| append(tx, a, head)),
-        Op::CloseBatch(id, a) => close_batch(tx, id).and_then(|()| append(tx, a, head)),
-        Op::AddStation(st, cert, a) => add_station(tx, st, cert).and_then(|()| append(tx, a, head)),
-        Op::RevokeStation(name, at, a) => revoke_station(tx, name, *at).and_then(|()| append(tx, a, head)),
-        Op::Refusal(batch, a) => refusal(tx, batch.as_deref()).and_then(|()| append(tx, a, head)),
+        Op::Issue(i) => unit(issue(tx, i, head)),
+        Op::Token(t, a) => unit(token(tx, t).and_then(|()| append(tx, a, head))),
+        Op::Audit(a) => unit(append(tx, a, head)),
+        Op::CreateBatch(b, serials, a) => unit(create_batch(tx, b, serials).and_then(|()| append(tx, a, head))),
+        Op::CloseBatch(id, a) => unit(close_batch(tx, id).and_then(|()| append(tx, a, head))),
+        Op::AddStation(st, cert, a) => unit(add_station(tx, st, cert).and_then(|()| append(tx, a, head))),
+        Op::RevokeStation(name, at, a) => unit(revoke_station(tx, name, *at).and_then(|()| append(tx, a, head))),
+        Op::Refusal(batch, a) => unit(refusal(tx, batch.as_deref()).and_then(|()| append(tx, a, head))),
         Op::Delegation(station, batch, cert, a) => {
-            delegation(tx, station, batch, cert).and_then(|()| append(tx, a, head))
+            unit(delegation(tx, station, batch, cert).and_then(|()| append(tx, a, head)))
         }
-        Op::Revoke(serial, reason, at, a) => revoke(tx, serial, *reason, *at).and_then(|()| append(tx, a, head)),
-        Op::CrlNumber(ca, a, out) => crl_number(tx, ca).and_then(|n| {
-            append(tx, a, head)?;
-            let _ = out.try_send(n);
-            Ok(())
-        }),
-        Op::Sync(sync, out) => apply_sync(tx, sync).and_then(|o| {
-            append(tx, &sync.audit, head)?;
-            let _ = out.try_send(o);
-            Ok(())
-        }),
+        Op::Revoke(serial, reason, at, a) => unit(revoke(tx, serial, *reason, *at).and_then(|()| append(tx, a, head))),
+        Op::CrlNumber(ca, a) => crl_number(tx, ca).and_then(|n| append(tx, a, head).map(|()| Done::CrlNumber(n))),
+        Op::Sync(sync) => apply_sync(tx, sync).and_then(|o| append(tx, &sync.audit, head).map(|()| Done::Synced(o))),
     };
     if r.is_err() {
         exec_cached(tx, "ROLLBACK TO op")?;
@@ -794,11 +797,11 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, AuditEvent, String
 
 impl Store for SqliteStore {
     fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError> {
-        self.submit(Op::Issue(Box::new(issuance)))
+        self.submit_unit(Op::Issue(Box::new(issuance)))
     }
 
     fn create_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::Token(token, audit))
+        self.submit_unit(Op::Token(token, audit))
     }
 
     fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -825,7 +828,7 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::Audit(event))
+        self.submit_unit(Op::Audit(event))
     }
 
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
@@ -909,7 +912,7 @@ impl Store for SqliteStore {
     }
 
     fn create_batch(&self, batch: BatchRecord, serials: Vec<String>, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::CreateBatch(Box::new(batch), serials, audit))
+        self.submit_unit(Op::CreateBatch(Box::new(batch), serials, audit))
     }
 
     fn batch(&self, id: &str) -> Result<Option<BatchRecord>, StoreError> {
@@ -928,7 +931,7 @@ impl Store for SqliteStore {
     }
 
     fn close_batch(&self, id: &str, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::CloseBatch(id.to_string(), audit))
+        self.submit_unit(Op::CloseBatch(id.to_string(), audit))
     }
 
     fn unborn_serials(&self, id: &str, limit: u32) -> Result<Vec<String>, StoreError> {
@@ -945,7 +948,7 @@ impl Store for SqliteStore {
     }
 
     fn add_station(&self, station: StationRecord, cert: CertRecord, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::AddStation(Box::new(station), Box::new(cert), audit))
+        self.submit_unit(Op::AddStation(Box::new(station), Box::new(cert), audit))
     }
 
     fn station(&self, name: &str) -> Result<Option<StationRecord>, StoreError> {
@@ -957,11 +960,11 @@ impl Store for SqliteStore {
     }
 
     fn revoke_station(&self, name: &str, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::RevokeStation(name.to_string(), at, audit))
+        self.submit_unit(Op::RevokeStation(name.to_string(), at, audit))
     }
 
     fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::Refusal(batch.map(str::to_string), audit))
+        self.submit_unit(Op::Refusal(batch.map(str::to_string), audit))
     }
 
     fn add_delegation(
@@ -971,7 +974,7 @@ impl Store for SqliteStore {
         cert: CertRecord,
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
-        self.submit(Op::Delegation(station.into(), batch.into(), Box::new(cert), audit))
+        self.submit_unit(Op::Delegation(station.into(), batch.into(), Box::new(cert), audit))
     }
 
     fn delegation(&self, station: &str, batch: &str) -> Result<Option<String>, StoreError> {
@@ -987,13 +990,14 @@ impl Store for SqliteStore {
     }
 
     fn apply_sync(&self, sync: SyncUpload) -> Result<SyncOutcome, StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::Sync(Box::new(sync), tx))?;
-        rx.try_recv().map_err(|_| StoreError::Database("the sync committed without an outcome".into()))
+        match self.submit(Op::Sync(Box::new(sync)))? {
+            Done::Synced(o) => Ok(o),
+            other => Err(StoreError::Database(format!("a sync answered {other:?}"))),
+        }
     }
 
     fn revoke(&self, serial: &str, reason: u8, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
-        self.submit(Op::Revoke(serial.into(), reason, at, audit))
+        self.submit_unit(Op::Revoke(serial.into(), reason, at, audit))
     }
 
     fn revoked(&self, ca: &str) -> Result<Vec<(String, i64, u8)>, StoreError> {
@@ -1029,9 +1033,10 @@ impl Store for SqliteStore {
     }
 
     fn next_crl_number(&self, ca: &str, audit: AuditEvent) -> Result<u64, StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::CrlNumber(ca.into(), audit, tx))?;
-        rx.try_recv().map_err(|_| StoreError::Database("the CRL number committed without a value".into()))
+        match self.submit(Op::CrlNumber(ca.into(), audit))? {
+            Done::CrlNumber(n) => Ok(n),
+            other => Err(StoreError::Database(format!("a CRL number answered {other:?}"))),
+        }
     }
 
     fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError> {
@@ -1228,14 +1233,14 @@ mod tests {
         assert_eq!(
             results,
             vec![
-                Ok(()),
-                Ok(()),
+                Ok(Done::Unit),
+                Ok(Done::Unit),
                 Err(StoreError::TokenUsed { used_at: 1_500 }),
                 Err(StoreError::DuplicateSerial { serial: c1.serial.clone() }),
                 Err(StoreError::CertUnknown { serial: "00".into() }),
-                Ok(()),
+                Ok(Done::Unit),
                 Err(StoreError::TokenExists),
-                Ok(()),
+                Ok(Done::Unit),
             ]
         );
         drop(conn);
