@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::{Authority, Passphrase, SystemClock};
@@ -282,80 +282,85 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
     }
 }
 
+/// The station and batch a factory command works on.
+#[derive(Args, Debug)]
+pub struct StationBatch {
+    /// The station's directory (`iotpki station add --out`).
+    #[arg(long)]
+    station_dir: PathBuf,
+    /// The batch.
+    #[arg(long)]
+    batch: String,
+    /// The authority's EST server (default: the one in the station's directory).
+    #[arg(long)]
+    server: Option<String>,
+}
+
+/// `iotpki factory run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    at: StationBatch,
+    /// Simulate N devices in this process (file keystores, serials in order from the allowlist).
+    #[arg(long, value_name = "N", required_unless_present = "line", conflicts_with = "line")]
+    simulate: Option<usize>,
+    /// A device under test on a line link (`iotpki agent line --listen ADDR`); repeatable.
+    #[arg(long, value_name = "ADDR")]
+    line: Vec<String>,
+    /// Devices at once.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Where the simulated devices' state directories go (default: STATION_DIR/devices).
+    #[arg(long)]
+    devices_dir: Option<PathBuf>,
+    /// The production log, JSON lines (default: STATION_DIR/production.jsonl).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Device key type.
+    #[arg(long, default_value = "p256")]
+    key_type: String,
+    /// Issue with the station's delegated CA, without the authority (see `station delegate`).
+    #[arg(long)]
+    offline: bool,
+}
+
 /// `iotpki factory ...`.
 #[derive(Subcommand, Debug)]
 pub enum FactoryCmd {
     /// Give birth to devices of a batch on this station.
-    Run {
-        /// The station's directory (`iotpki station add --out`).
-        #[arg(long)]
-        station_dir: PathBuf,
-        /// The batch.
-        #[arg(long)]
-        batch: String,
-        /// The authority's EST server (default: the one in the station's directory).
-        #[arg(long)]
-        server: Option<String>,
-        /// Simulate N devices in this process (file keystores, serials in order from the allowlist).
-        #[arg(long, value_name = "N", required_unless_present = "line", conflicts_with = "line")]
-        simulate: Option<usize>,
-        /// A device under test on a line link (`iotpki agent line --listen ADDR`); repeatable.
-        #[arg(long, value_name = "ADDR")]
-        line: Vec<String>,
-        /// Devices at once.
-        #[arg(long, default_value_t = 1)]
-        parallel: usize,
-        /// Where the simulated devices' state directories go (default: STATION_DIR/devices).
-        #[arg(long)]
-        devices_dir: Option<PathBuf>,
-        /// The production log, JSON lines (default: STATION_DIR/production.jsonl).
-        #[arg(long)]
-        log: Option<PathBuf>,
-        /// Device key type.
-        #[arg(long, default_value = "p256")]
-        key_type: String,
-        /// Issue with the station's delegated CA, without the authority (see `station delegate`).
-        #[arg(long)]
-        offline: bool,
-    },
+    Run(RunArgs),
     /// Upload the production record of an offline batch to the authority.
-    Sync {
-        /// The station's directory.
-        #[arg(long)]
-        station_dir: PathBuf,
-        /// The batch.
-        #[arg(long)]
-        batch: String,
-        /// The authority's EST server (default: the one in the station's directory).
-        #[arg(long)]
-        server: Option<String>,
-    },
+    Sync(StationBatch),
 }
 
 pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
-    let (station_dir, batch, server, simulate, line, parallel, devices_dir, log, key_type, offline) = match c {
-        FactoryCmd::Run {
-            station_dir,
-            batch,
-            server,
-            simulate,
-            line,
-            parallel,
-            devices_dir,
-            log,
-            key_type,
-            offline,
-        } => (station_dir, batch, server, simulate, line, parallel, devices_dir, log, key_type, offline),
-        FactoryCmd::Sync { station_dir, batch, server } => {
-            let station = iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?;
-            let (born, flagged) = crate::runtime()?.block_on(station.sync(&station_dir, &batch))?;
-            println!("synced: {born} born, {} flagged", flagged.len());
-            for (serial, reason) in &flagged {
-                println!("  flagged {serial}: {reason}");
-            }
-            return Ok(());
-        }
-    };
+    match c {
+        FactoryCmd::Run(a) => run(a),
+        FactoryCmd::Sync(a) => sync(a),
+    }
+}
+
+fn sync(a: StationBatch) -> anyhow::Result<()> {
+    let station = iotpki_agent::factory::Station::open(&a.station_dir, a.server.as_deref())?;
+    let (born, flagged) = crate::runtime()?.block_on(station.sync(&a.station_dir, &a.batch))?;
+    println!("synced: {born} born, {} flagged", flagged.len());
+    for (serial, reason) in &flagged {
+        println!("  flagged {serial}: {reason}");
+    }
+    Ok(())
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        at: StationBatch { station_dir, batch, server },
+        simulate,
+        line,
+        parallel,
+        devices_dir,
+        log,
+        key_type,
+        offline,
+    } = a;
     if simulate == Some(0) || parallel == 0 {
         bail!("--simulate and --parallel must be at least 1");
     }

@@ -15,6 +15,16 @@ impl Drop for Server {
     }
 }
 
+/// `iotpki serve` as a child process (killed on drop), and the URL it printed.
+fn serve(cmd: &mut Command) -> (Server, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    (Server(child), url)
+}
+
 #[test]
 fn init_serve_enroll_renew_with_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
@@ -52,17 +62,7 @@ fn init_serve_enroll_renew_with_the_binary() {
     ]));
     assert!(err.contains("wrong passphrase"), "{err}");
 
-    let mut child = bin()
-        .args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--passphrase-file", pf])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Server(child);
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    let (_server, url) = serve(bin().args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--passphrase-file", pf]));
 
     let token =
         run_ok(bin().args(["token", "create", "--dir", d, "--serial", "CLI-1", "--ttl", "10m"])).trim().to_string();
@@ -148,17 +148,8 @@ fn factory_line_with_the_binary() {
     let mut c = bin();
     env(&mut c);
     run_ok(c.args(["init", "--dir", dir]));
-    let mut child = bin()
-        .args(["serve", "--dir", dir, "--listen", "127.0.0.1:0"])
-        .env("IOTPKI_PASSPHRASE", PASS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Server(child);
-    let url = line.trim().trim_start_matches("listening on ").to_string();
+    let (_server, url) =
+        serve(bin().args(["serve", "--dir", dir, "--listen", "127.0.0.1:0"]).env("IOTPKI_PASSPHRASE", PASS));
 
     let list = tmp.path().join("serials.csv");
     std::fs::write(&list, "serial\nL-1\nL-2\nL-3\nL-4\n").unwrap();
