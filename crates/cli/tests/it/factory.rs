@@ -461,6 +461,16 @@ async fn a_dishonest_station_is_caught_at_sync_and_forged_records_are_refused() 
         ];
     let (s, r) = refused(client.factory_sync("DB", text(&wrong_ns)).await);
     assert!(s == 403 && r.contains("inside batch DB"), "{s} {r}");
+    let (s, r) = refused(client.factory_sync("DB", String::new()).await);
+    assert!(s == 400 && r.contains("empty"), "{s} {r}");
+    let mut elsewhere = entries[..1].to_vec();
+    elsewhere[0] = Entry::next(None, 1_000, "OTHER", &list[0], &entries[0].cert_der().unwrap(), &skey).unwrap();
+    let (s, r) = refused(client.factory_sync("DB", text(&elsewhere)).await);
+    assert!(s == 403 && r.contains("names batch OTHER"), "{s} {r}");
+    // Without a station's certificate there is nothing to ask or upload.
+    let anonymous = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), None).unwrap();
+    let (s, r) = refused(anonymous.factory_sync_state("DB").await);
+    assert!(s == 401 && r.contains("station's certificate"), "{s} {r}");
     assert_eq!(ca.cert_count(), certs, "no forgery recorded anything");
 
     // The genuine (if dishonest) record: every certificate recorded, the excess flagged and revoked.

@@ -202,6 +202,23 @@ async fn ocsp_answers_good_revoked_unknown_and_peers_agree() {
         assert!(out.contains("Response verify OK") && out.contains("dev.pem: good"), "{out}");
         let out = a1(&["-serial", "0x0123456789abcdef"], "unknown.der");
         assert!(out.contains("Response verify OK") && out.contains(": unknown"), "{out}");
+        // About a CA this responder does not serve (the operational CA itself, issued by the root): unauthorized.
+        let o = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-issuer",
+                &s(&root),
+                "-cert",
+                &s(&op),
+                "-url",
+                &format!("{url}/ocsp"),
+                "-CAfile",
+                &s(&root),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(text.contains("unauthorized"), "{text}");
         let l = run_ok(Command::new(&lint).args(["lint", "-s", "WARNING", &s(&dd.join("good.der"))]));
         assert!(l.trim().is_empty(), "pkilint: {l}");
         // GET, with the request base64 in the path (RFC 6960 A.1).
