@@ -108,11 +108,14 @@ impl From<StoreError> for AuthorityError {
             | StoreError::BatchOutsideWindow { .. }
             | StoreError::QuotaExhausted { .. }
             | StoreError::SerialNotAllowed { .. }
-            | StoreError::AlreadyBorn { .. } => Self::Forbidden(e.to_string()),
+            | StoreError::AlreadyBorn { .. }
+            | StoreError::NotOwned { .. }
+            | StoreError::DeviceReleased { .. } => Self::Forbidden(e.to_string()),
             StoreError::BatchUnknown { .. } => Self::NotFound(e.to_string()),
-            StoreError::BatchExists { .. } | StoreError::StationExists { .. } | StoreError::DelegationExists { .. } => {
-                Self::BadRequest(e.to_string())
-            }
+            StoreError::BatchExists { .. }
+            | StoreError::StationExists { .. }
+            | StoreError::DelegationExists { .. }
+            | StoreError::ManufacturerExists { .. } => Self::BadRequest(e.to_string()),
             StoreError::SyncOutOfOrder { .. } => Self::Forbidden(e.to_string()),
             other => Self::Store(other),
         }

@@ -5,8 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, Precondition, StationRecord,
-    StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
+    AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
+    OwnershipStatus, Precondition, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload,
+    TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -79,6 +80,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     clone_race(store);
     offline_sync(store);
     revocation(store);
+    ownership(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -501,4 +503,72 @@ pub fn revocation(store: &dyn Store) {
     let a = store.next_crl_number(&ca, event("crl", &ca)).expect("number");
     let b = store.next_crl_number(&ca, event("crl", &ca)).expect("number");
     assert_eq!((a, b), (1, 2));
+}
+
+/// Manufacturers are unique by name and by key; claims are idempotent; an
+/// issuance that needs ownership passes only while the device is owned, and a
+/// refused one writes nothing.
+pub fn ownership(store: &dyn Store) {
+    let m = ManufacturerRecord {
+        name: unique("mfg-"),
+        cert_der: vec![0x30, 0x00],
+        spki_sha256: unique("f0"),
+        added_at: 1_000,
+    };
+    store.add_manufacturer(m.clone(), event("trust.add", &m.name)).expect("add manufacturer");
+    assert!(store.manufacturers().expect("list").contains(&m));
+    let before = audit_len(store);
+    let same_key = ManufacturerRecord { name: unique("mfg-"), ..m.clone() };
+    assert!(
+        matches!(store.add_manufacturer(same_key, event("trust.add", "x")), Err(StoreError::ManufacturerExists { .. })),
+        "the same key twice is refused"
+    );
+    let same_name = ManufacturerRecord { spki_sha256: unique("f0"), ..m.clone() };
+    assert!(matches!(
+        store.add_manufacturer(same_name, event("trust.add", "x")),
+        Err(StoreError::ManufacturerExists { .. })
+    ));
+    assert_eq!(audit_len(store), before, "refused additions write nothing");
+
+    let (a, b) = (unique("OWN-"), unique("OWN-"));
+    let c = cert(&a);
+    assert!(matches!(
+        store.record_issuance(issuance(c.clone(), vec![Precondition::Owned { device_serial: a.clone() }])),
+        Err(StoreError::NotOwned { .. })
+    ));
+    assert_eq!(store.certificate(&c.serial).expect("read"), None, "nothing recorded for a device not owned");
+    assert_eq!(store.claim_devices(vec![a.clone(), b.clone()], "claim", 1_000, event("claim", "2")).expect("claim"), 2);
+    assert_eq!(store.claim_devices(vec![a.clone()], "claim", 2_000, event("claim", "1")).expect("claim again"), 0);
+    let o = store.ownership(&a).expect("read").expect("owned");
+    assert_eq!((o.status, o.since, o.via.as_str()), (OwnershipStatus::Owned, 1_000, "claim"));
+    store
+        .record_issuance(issuance(c.clone(), vec![Precondition::Owned { device_serial: a.clone() }]))
+        .expect("an owned device is issued to");
+
+    store.release_device(&a, OwnershipStatus::Revoked, 3_000, event("device.revoke", &a)).expect("revoke");
+    let c2 = cert(&a);
+    assert!(matches!(
+        store.record_issuance(issuance(c2.clone(), vec![Precondition::Owned { device_serial: a.clone() }])),
+        Err(StoreError::DeviceReleased { status: "revoked", .. })
+    ));
+    assert_eq!(store.certificate(&c2.serial).expect("read"), None);
+    assert!(
+        matches!(
+            store.release_device(&a, OwnershipStatus::Transferred, 4_000, event("x", &a)),
+            Err(StoreError::DeviceReleased { .. })
+        ),
+        "a revoked device cannot be handed on"
+    );
+    assert_eq!(store.claim_devices(vec![a.clone()], "claim", 5_000, event("claim", "1")).expect("claim"), 0);
+    assert_eq!(
+        store.ownership(&a).expect("read").expect("row").status,
+        OwnershipStatus::Revoked,
+        "a claim does not undo a revocation"
+    );
+    store.release_device(&b, OwnershipStatus::Transferred, 4_000, event("voucher", &b)).expect("transfer");
+    assert_eq!(store.ownership(&b).expect("read").expect("row").changed_at, Some(4_000));
+    assert!(matches!(
+        store.release_device(&unique("NONE-"), OwnershipStatus::Revoked, 1, event("x", "y")),
+        Err(StoreError::NotOwned { .. })
+    ));
 }

@@ -120,6 +120,23 @@ pub enum StoreError {
         /// The batch.
         batch: String,
     },
+    /// This authority does not own the device.
+    NotOwned {
+        /// The device serial.
+        device: String,
+    },
+    /// The device's ownership is revoked or was handed on.
+    DeviceReleased {
+        /// The device serial.
+        device: String,
+        /// `revoked` or `transferred`.
+        status: &'static str,
+    },
+    /// A manufacturer with this name or key is trusted already.
+    ManufacturerExists {
+        /// The name or key fingerprint.
+        name: String,
+    },
     /// The audit chain does not verify at `seq`.
     AuditBroken {
         /// First entry that does not verify.
@@ -169,6 +186,12 @@ impl fmt::Display for StoreError {
             Self::DelegationExists { station, batch } => {
                 write!(f, "station {station} already has a delegated CA for batch {batch}")
             }
+            Self::NotOwned { device } => write!(
+                f,
+                "device {device} is not owned by this authority (claim it with `iotpki device claim` or present an ownership voucher)"
+            ),
+            Self::DeviceReleased { device, status } => write!(f, "device {device} is {status} by this authority"),
+            Self::ManufacturerExists { name } => write!(f, "manufacturer {name} is trusted already"),
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
             Self::Database(e) => write!(f, "database error: {e}"),
             Self::Closed => f.write_str("store is closed"),

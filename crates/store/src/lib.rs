@@ -121,6 +121,72 @@ pub enum Precondition {
         /// The authority's clock.
         now: UnixTime,
     },
+    /// Commissioning: this authority owns the device (claimed or by voucher)
+    /// and has neither revoked it nor handed it on.
+    Owned {
+        /// The device serial.
+        device_serial: String,
+    },
+}
+
+/// A manufacturer whose manufacturing CA this authority trusts as a birth issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManufacturerRecord {
+    /// A name for it (unique).
+    pub name: String,
+    /// Its manufacturing CA certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// SHA-256 of the CA's subjectPublicKeyInfo, lowercase hex (unique).
+    pub spki_sha256: String,
+    /// When it was added.
+    pub added_at: UnixTime,
+}
+
+/// Whether this authority still owns a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnershipStatus {
+    /// Owned: it may commission and renew.
+    Owned,
+    /// Revoked by this owner: it is refused from now on.
+    Revoked,
+    /// Handed to the next owner with a voucher.
+    Transferred,
+}
+
+impl OwnershipStatus {
+    /// Its name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owned => "owned",
+            Self::Revoked => "revoked",
+            Self::Transferred => "transferred",
+        }
+    }
+
+    /// From its name in the store.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "owned" => Ok(Self::Owned),
+            "revoked" => Ok(Self::Revoked),
+            "transferred" => Ok(Self::Transferred),
+            other => Err(StoreError::Database(format!("unknown ownership status {other:?}"))),
+        }
+    }
+}
+
+/// This authority's ownership of one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    /// The device serial.
+    pub device_serial: String,
+    /// How it came: `claim`, or `voucher:<sha256 of the voucher>`.
+    pub via: String,
+    /// Since when.
+    pub since: UnixTime,
+    /// Whether it still holds.
+    pub status: OwnershipStatus,
+    /// When the status last changed away from owned.
+    pub changed_at: Option<UnixTime>,
 }
 
 /// Whether a batch still issues.
@@ -369,4 +435,33 @@ pub trait Store: Send + Sync {
 
     /// Take the next CRL number of a CA (1, 2, ...), durably, with its audit event.
     fn next_crl_number(&self, ca: &str, audit: AuditEvent) -> Result<u64, StoreError>;
+
+    /// Trust a manufacturer's CA as a birth issuer (name and key must be new).
+    fn add_manufacturer(&self, m: ManufacturerRecord, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Every trusted manufacturer, by name.
+    fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, StoreError>;
+
+    /// Take ownership of devices, atomically with one audit event. Serials this
+    /// authority knows already (owned, revoked or handed on) are left as they
+    /// are; answers how many were new.
+    fn claim_devices(
+        &self,
+        serials: Vec<String>,
+        via: &str,
+        at: UnixTime,
+        audit: AuditEvent,
+    ) -> Result<u64, StoreError>;
+
+    /// This authority's ownership of a device, if it ever had it.
+    fn ownership(&self, device_serial: &str) -> Result<Option<Ownership>, StoreError>;
+
+    /// Mark an owned device revoked or transferred (it must be owned now).
+    fn release_device(
+        &self,
+        device_serial: &str,
+        status: OwnershipStatus,
+        at: UnixTime,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
 }

@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::{
     audit_hash, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Flag,
-    Issuance, Precondition, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    GENESIS_HASH,
+    Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, StationRecord, StationStatus, Store,
+    StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_factory.sql")),
     (3, include_str!("../migrations/sqlite/0003_offline.sql")),
     (4, include_str!("../migrations/sqlite/0004_revocation.sql")),
+    (5, include_str!("../migrations/sqlite/0005_ownership.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -62,6 +63,9 @@ enum Op {
     Sync(Box<SyncUpload>),
     Revoke(String, u8, i64, AuditEvent),
     CrlNumber(String, AuditEvent),
+    AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
+    Claim(Vec<String>, String, i64, AuditEvent),
+    Release(String, OwnershipStatus, i64, AuditEvent),
 }
 
 /// What a committed operation hands back to its caller.
@@ -70,6 +74,7 @@ enum Done {
     Unit,
     Synced(SyncOutcome),
     CrlNumber(u64),
+    Count(u64),
 }
 
 struct Job {
@@ -289,6 +294,13 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<Done
         }
         Op::Revoke(serial, reason, at, a) => unit(revoke(tx, serial, *reason, *at).and_then(|()| append(tx, a, head))),
         Op::CrlNumber(ca, a) => crl_number(tx, ca).and_then(|n| append(tx, a, head).map(|()| Done::CrlNumber(n))),
+        Op::AddManufacturer(m, a) => unit(add_manufacturer(tx, m).and_then(|()| append(tx, a, head))),
+        Op::Claim(serials, via, at, a) => {
+            claim(tx, serials, via, *at).and_then(|n| append(tx, a, head).map(|()| Done::Count(n)))
+        }
+        Op::Release(serial, status, at, a) => {
+            unit(release(tx, serial, *status, *at).and_then(|()| append(tx, a, head)))
+        }
         Op::Sync(sync) => apply_sync(tx, sync).and_then(|o| append(tx, &sync.audit, head).map(|()| Done::Synced(o))),
     };
     if r.is_err() {
@@ -330,6 +342,7 @@ fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<()
         Precondition::Birth { batch, station, device_serial, now } => {
             birth(tx, batch, station, device_serial, *now, cert_serial)
         }
+        Precondition::Owned { device_serial } => owned(tx, device_serial),
         Precondition::CertIsGood { serial } => {
             let status: Option<String> = tx
                 .prepare_cached("SELECT status FROM certificates WHERE serial = ?1")
@@ -622,6 +635,70 @@ fn revoke(tx: &Transaction<'_>, serial: &str, reason: u8, at: i64) -> Result<(),
         }
         Some(_) => Err(StoreError::CertRevoked { serial: serial.into() }),
     }
+}
+
+fn add_manufacturer(tx: &Transaction<'_>, m: &ManufacturerRecord) -> Result<(), StoreError> {
+    let r = tx
+        .prepare_cached("INSERT INTO manufacturers (name, cert_der, spki_sha256, added_at) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut q| q.execute(params![m.name, m.cert_der, m.spki_sha256, m.added_at]));
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if is_constraint(&e) => {
+            let by_name: Option<String> = opt(tx
+                .prepare_cached("SELECT name FROM manufacturers WHERE name = ?1 OR spki_sha256 = ?2")
+                .and_then(|mut q| q.query_row([&m.name, &m.spki_sha256], |r| r.get(0))))?;
+            Err(StoreError::ManufacturerExists { name: by_name.unwrap_or_else(|| m.name.clone()) })
+        }
+        Err(e) => Err(db(e)),
+    }
+}
+
+fn claim(tx: &Transaction<'_>, serials: &[String], via: &str, at: i64) -> Result<u64, StoreError> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO owned_devices (device_serial, via, since) VALUES (?1, ?2, ?3) ON CONFLICT (device_serial) DO NOTHING",
+        )
+        .map_err(db)?;
+    let mut n = 0u64;
+    for s in serials {
+        n += st.execute(params![s, via, at]).map_err(db)? as u64;
+    }
+    Ok(n)
+}
+
+fn ownership_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, String, Option<i64>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn ownership_query(c: &Connection, serial: &str) -> Result<Option<Ownership>, StoreError> {
+    let row = opt(c
+        .prepare_cached(
+            "SELECT device_serial, via, since, status, changed_at FROM owned_devices WHERE device_serial = ?1",
+        )
+        .and_then(|mut q| q.query_row([serial], ownership_row)))?;
+    row.map(|(device_serial, via, since, status, changed_at)| {
+        Ok(Ownership { device_serial, via, since, status: OwnershipStatus::parse(&status)?, changed_at })
+    })
+    .transpose()
+}
+
+fn owned(tx: &Transaction<'_>, serial: &str) -> Result<(), StoreError> {
+    match ownership_query(tx, serial)? {
+        None => Err(StoreError::NotOwned { device: serial.into() }),
+        Some(o) if o.status == OwnershipStatus::Owned => Ok(()),
+        Some(o) => Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() }),
+    }
+}
+
+fn release(tx: &Transaction<'_>, serial: &str, status: OwnershipStatus, at: i64) -> Result<(), StoreError> {
+    if status == OwnershipStatus::Owned {
+        return Err(StoreError::Database("release_device needs revoked or transferred".into()));
+    }
+    owned(tx, serial)?;
+    tx.prepare_cached("UPDATE owned_devices SET status = ?1, changed_at = ?2 WHERE device_serial = ?3")
+        .and_then(|mut q| q.execute(params![status.as_str(), at, serial]))
+        .map_err(db)?;
+    Ok(())
 }
 
 fn crl_number(tx: &Transaction<'_>, ca: &str) -> Result<u64, StoreError> {
@@ -994,6 +1071,50 @@ impl Store for SqliteStore {
             Done::Synced(o) => Ok(o),
             other => Err(StoreError::Database(format!("a sync answered {other:?}"))),
         }
+    }
+
+    fn add_manufacturer(&self, m: ManufacturerRecord, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit_unit(Op::AddManufacturer(Box::new(m), audit))
+    }
+
+    fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached("SELECT name, cert_der, spki_sha256, added_at FROM manufacturers ORDER BY name")
+                .map_err(db)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(ManufacturerRecord {
+                        name: r.get(0)?,
+                        cert_der: r.get(1)?,
+                        spki_sha256: r.get(2)?,
+                        added_at: r.get(3)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn claim_devices(&self, serials: Vec<String>, via: &str, at: i64, audit: AuditEvent) -> Result<u64, StoreError> {
+        match self.submit(Op::Claim(serials, via.into(), at, audit))? {
+            Done::Count(n) => Ok(n),
+            other => Err(StoreError::Database(format!("a claim answered {other:?}"))),
+        }
+    }
+
+    fn ownership(&self, device_serial: &str) -> Result<Option<Ownership>, StoreError> {
+        self.read(|c| ownership_query(c, device_serial))
+    }
+
+    fn release_device(
+        &self,
+        device_serial: &str,
+        status: OwnershipStatus,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::Release(device_serial.into(), status, at, audit))
     }
 
     fn revoke(&self, serial: &str, reason: u8, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
