@@ -151,6 +151,13 @@ impl EstClient {
         serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("sync: {e}")))
     }
 
+    /// `POST /simpleenroll` authenticated by the TLS client certificate alone
+    /// (commissioning with the birth certificate).
+    pub async fn simple_enroll_mtls(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        let a = self.call("POST", "simpleenroll", Some(csr_der), None).await?;
+        one_cert(certs_of(a)?)
+    }
+
     /// `POST /simplereenroll` over mutual TLS: the new certificate (DER).
     pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         let a = self.call("POST", "simplereenroll", Some(csr_der), None).await?;

@@ -133,6 +133,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
         anchor_pem: pem::encode("CERTIFICATE", &anchor),
         updated_at: now(),
         renewals: 0,
+        birth: None,
     };
     state::store(dir, &id)?;
     Ok(id)
@@ -178,16 +179,23 @@ pub fn finish_birth(
     if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
         return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
     }
+    let birth = state::BirthCredential {
+        key_file: key_file.clone(),
+        cert_pem: pem::encode("CERTIFICATE", cert),
+        chain_pem: pem_all(chain),
+        anchor_pem: pem::encode("CERTIFICATE", anchor),
+    };
     let id = Identity {
         device_serial: serial.to_string(),
         server: server.to_string(),
         label: label.map(str::to_string),
         key_file,
-        cert_pem: pem::encode("CERTIFICATE", cert),
-        chain_pem: pem_all(chain),
-        anchor_pem: pem::encode("CERTIFICATE", anchor),
+        cert_pem: birth.cert_pem.clone(),
+        chain_pem: birth.chain_pem.clone(),
+        anchor_pem: birth.anchor_pem.clone(),
         updated_at: now(),
         renewals: 0,
+        birth: Some(birth),
     };
     state::store(dir, &id)?;
     Ok(id)
@@ -280,4 +288,74 @@ pub fn status(state_dir: &Path) -> Result<Status, AgentError> {
         server: id.server,
         renewals: id.renewals,
     })
+}
+
+/// Commissioning: with the birth certificate as the TLS client certificate,
+/// ask the owner's server (`server`, default the one in the state) for an
+/// operational certificate for a fresh key. `anchor_pem` is the owner's trust
+/// anchor (default: the one in the state). Also the way back after the
+/// operational certificate expired or was revoked (re-commissioning).
+pub async fn commission(
+    state_dir: &Path,
+    server: Option<&str>,
+    anchor_pem: Option<&str>,
+    label: Option<&str>,
+) -> Result<Identity, AgentError> {
+    let old = state::load(state_dir)?;
+    let birth = old.birth.clone().ok_or_else(|| {
+        AgentError::State(
+            "this device has no birth certificate (it was not born on a factory line): enroll with a token instead"
+                .into(),
+        )
+    })?;
+    let birth_key: Arc<dyn Signer> = Arc::new(state::load_key_file(state_dir, &birth.key_file)?);
+    let birth_cert = pem::decode_one("CERTIFICATE", &birth.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let birth_chain = pem::decode_all("CERTIFICATE", &birth.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let anchor = match anchor_pem {
+        Some(p) => pem::decode_one("CERTIFICATE", p).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?,
+        None => pem::decode_one("CERTIFICATE", &old.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?,
+    };
+    let server = server.unwrap_or(&old.server).to_string();
+    let label = label.map(str::to_string).or_else(|| {
+        if old.birth.as_ref().map(|b| &b.cert_pem) == Some(&old.cert_pem) {
+            None
+        } else {
+            old.label.clone()
+        }
+    });
+    let serial = DeviceSerial::parse(&old.device_serial).map_err(|e| AgentError::State(e.to_string()))?;
+
+    let mut tls_chain = vec![birth_cert];
+    tls_chain.extend(birth_chain);
+    let client = EstClient::new(
+        &server,
+        label.as_deref(),
+        std::slice::from_ref(&anchor),
+        Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
+    )?;
+    let chain = issuing_chain(client.cacerts().await?, &anchor)?;
+    let new_key = SoftKey::generate(birth_key.key_type())?;
+    let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
+    let csr_der = csr::build(&subject, &new_key, vec![])?;
+    let cert = client.simple_enroll_mtls(&csr_der).await?;
+    check_issued(&cert, &new_key, &chain, &anchor)?;
+    let issued = profile::cert_info(&cert)?;
+    if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
+        return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
+    }
+    let key_file = state::write_new_key(state_dir, &new_key)?;
+    let id = Identity {
+        device_serial: serial.to_string(),
+        server,
+        label,
+        key_file,
+        cert_pem: pem::encode("CERTIFICATE", &cert),
+        chain_pem: pem_all(&chain),
+        anchor_pem: pem::encode("CERTIFICATE", &anchor),
+        updated_at: now(),
+        renewals: 0,
+        birth: Some(birth),
+    };
+    state::store(state_dir, &id)?;
+    Ok(id)
 }

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 mod error;
 pub mod est_client;
 pub mod factory;

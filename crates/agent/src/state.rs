@@ -34,6 +34,23 @@ pub struct Identity {
     pub updated_at: i64,
     /// How many times the certificate was renewed.
     pub renewals: u32,
+    /// The birth credential, kept for commissioning and re-commissioning
+    /// after the operational certificate is lost (expired, revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth: Option<BirthCredential>,
+}
+
+/// The birth key and certificate the device got on the factory line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BirthCredential {
+    /// The birth key's file in the state directory.
+    pub key_file: String,
+    /// The birth certificate (PEM).
+    pub cert_pem: String,
+    /// The CAs between it and the manufacturer's anchor (PEM).
+    pub chain_pem: String,
+    /// The manufacturer's trust anchor (PEM).
+    pub anchor_pem: String,
 }
 
 /// Read the identity in `dir`.
@@ -51,10 +68,15 @@ pub fn load(dir: &Path) -> Result<Identity, AgentError> {
 
 /// Load the key the identity names.
 pub fn load_key(dir: &Path, id: &Identity) -> Result<SoftKey, AgentError> {
-    if id.key_file.contains('/') {
-        return Err(AgentError::State(format!("key file {:?} must be a plain file name", id.key_file)));
+    load_key_file(dir, &id.key_file)
+}
+
+/// Load the key in `name` (a plain file name inside `dir`).
+pub fn load_key_file(dir: &Path, name: &str) -> Result<SoftKey, AgentError> {
+    if name.contains('/') || name.starts_with('.') {
+        return Err(AgentError::State(format!("key file {name:?} must be a plain file name")));
     }
-    let p = dir.join(&id.key_file);
+    let p = dir.join(name);
     let text = fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?;
     let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text)
         .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
@@ -127,17 +149,21 @@ pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
     let dst = dir.join(IDENTITY_FILE);
     fs::rename(&tmp, &dst).map_err(|e| AgentError::io(&dst, e))?;
     sync_dir(dir)?;
-    remove_unused_keys(dir, &id.key_file);
+    let mut keep = vec![id.key_file.as_str()];
+    if let Some(b) = &id.birth {
+        keep.push(b.key_file.as_str());
+    }
+    remove_unused_keys(dir, &keep);
     Ok(())
 }
 
 /// Remove `key-*.pem` files other than `keep` (left behind by a renewal that
 /// was interrupted, or by the one just completed). Best effort.
-pub fn remove_unused_keys(dir: &Path, keep: &str) {
+pub fn remove_unused_keys(dir: &Path, keep: &[&str]) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("key-") && name.ends_with(".pem") && name != keep {
+        if name.starts_with("key-") && name.ends_with(".pem") && !keep.contains(&name.as_str()) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -169,6 +195,7 @@ mod tests {
             anchor_pem: "a".into(),
             updated_at: 1,
             renewals: 0,
+            birth: None,
         }
     }
 

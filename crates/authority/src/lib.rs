@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod commission;
 pub mod config;
 mod error;
 pub mod factory;
@@ -501,6 +502,8 @@ impl Authority {
                 )),
                 None,
             ),
+            // A device with its birth certificate: commissioning by its owner.
+            (Credential::ClientCert(chain), None) => (self.commission(label, chain, body), None),
             (_, None) => (self.enroll_inner(label, cred, body), None),
         };
         self.audit_refusal(&r, cred, counted, "refuse.enroll");

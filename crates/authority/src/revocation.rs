@@ -7,7 +7,7 @@
 //! from the store (durable, monotonic, audited).
 
 use iotpki_core::name::DeviceSerial;
-use iotpki_store::{AuditEvent, CertQuery, CertStatus, Store};
+use iotpki_store::{AuditEvent, CertQuery, CertStatus, OwnershipStatus, Store};
 
 use crate::clock::Clock;
 use crate::AuthorityError;
@@ -40,8 +40,21 @@ pub fn revoke(
                 store.list_certificates(&CertQuery { device_serial: Some(d.to_string()), ..Default::default() })?;
             let good: Vec<String> =
                 all.into_iter().filter(|c| c.status == CertStatus::Good).map(|c| c.serial).collect();
-            if good.is_empty() {
+            // A device this authority owns is revoked as a device too: it can
+            // no longer commission again with its birth certificate.
+            let owned = store.ownership(d.as_str())?.is_some_and(|o| o.status == OwnershipStatus::Owned);
+            if good.is_empty() && !owned {
                 return Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")));
+            }
+            if owned {
+                let audit = AuditEvent {
+                    at: now,
+                    actor: actor.into(),
+                    action: "device.revoke".into(),
+                    target: format!("device:{d}"),
+                    detail: format!("reason={}", iotpki_core::crl::reason_name(reason)),
+                };
+                store.release_device(d.as_str(), OwnershipStatus::Revoked, now, audit)?;
             }
             good
         }

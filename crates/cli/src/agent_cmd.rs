@@ -41,6 +41,48 @@ pub enum AgentCmd {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Commission with the owner's server: the birth certificate (mutual TLS) gets an
+    /// operational certificate for a fresh key. Also re-commissions after the
+    /// operational certificate expired or was revoked.
+    Commission {
+        /// The device's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The owner's EST server, https://HOST:PORT (default: the one in the state).
+        #[arg(long)]
+        server: Option<String>,
+        /// The owner's trust anchor (root CA certificate, PEM; default: the one in the state).
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+        /// EST label (default: the server's default).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// The device daemon: renew when due (with jitter), back off while the server is
+    /// away, re-commission with the birth certificate when the certificate is lost.
+    Run {
+        /// The device's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Renew when this share of the certificate's lifetime has passed.
+        #[arg(long, default_value_t = 2.0 / 3.0)]
+        renew_at: f64,
+        /// Up to this share of the lifetime is added per certificate, so a fleet spreads out.
+        #[arg(long, default_value_t = 0.1)]
+        jitter: f64,
+        /// First wait after a failure (90s, 5m, ...).
+        #[arg(long, default_value = "2s")]
+        min_backoff: String,
+        /// Longest wait after failures and between checks.
+        #[arg(long, default_value = "1h")]
+        max_backoff: String,
+        /// Do what is due now (renew, re-commission) once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Exit after this many renewals or re-commissionings.
+        #[arg(long)]
+        exit_after: Option<u32>,
+    },
     /// On the factory line: wait for the station on a line link, make the key, take the birth certificate.
     Line {
         /// Where to listen for the station (TCP; the frames are the same on a UART).
@@ -88,6 +130,60 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             crate::runtime()?.block_on(iotpki_agent::renew(&state, server.as_deref()))?;
             let st = iotpki_agent::status(&state)?;
             println!("renewed {}: certificate {}, valid until {}", st.device_serial, st.cert_serial, st.not_after);
+            Ok(())
+        }
+        AgentCmd::Commission { state, server, ca_cert, label } => {
+            let anchor = ca_cert.map(|p| crate::admin::read_flag_file("--ca-cert", &p)).transpose()?;
+            let id = crate::runtime()?.block_on(iotpki_agent::flow::commission(
+                &state,
+                server.as_deref(),
+                anchor.as_deref(),
+                label.as_deref(),
+            ))?;
+            let st = iotpki_agent::status(&state)?;
+            println!(
+                "commissioned {} with {}: certificate {} from {}, valid until {}",
+                id.device_serial, id.server, st.cert_serial, st.issuer, st.not_after
+            );
+            Ok(())
+        }
+        AgentCmd::Run { state, renew_at, jitter, min_backoff, max_backoff, once, exit_after } => {
+            use iotpki_agent::daemon::{self, Event, Step};
+            let secs = |flag: &str, v: &str| {
+                crate::duration::parse_secs(v)
+                    .map(std::time::Duration::from_secs)
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+            };
+            let mut opts = daemon::RunOptions::new(state);
+            opts.renew_share = renew_at;
+            opts.jitter_share = jitter;
+            opts.min_backoff = secs("--min-backoff", &min_backoff)?;
+            opts.max_backoff = secs("--max-backoff", &max_backoff)?;
+            opts.once = once;
+            opts.exit_after = exit_after;
+            let stamp = || {
+                iotpki_core::time::rfc3339(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0),
+                )
+            };
+            let n = crate::runtime()?.block_on(daemon::run(&opts, |ev| match ev {
+                Event::Step(Step::NotDue { due }) => {
+                    println!("{} next renewal due at {}", stamp(), iotpki_core::time::rfc3339(*due))
+                }
+                Event::Step(Step::Renewed(id)) => {
+                    println!("{} renewed {} (renewal {})", stamp(), id.device_serial, id.renewals)
+                }
+                Event::Step(Step::Recommissioned(id)) => {
+                    println!("{} commissioned {} with {}", stamp(), id.device_serial, id.server)
+                }
+                Event::Failed { error, retry_in } => {
+                    eprintln!("{} {error}; retrying in {}s", stamp(), retry_in.as_secs())
+                }
+            }))?;
+            println!("{} done: {n} renewal(s) or commissioning(s)", stamp());
             Ok(())
         }
         AgentCmd::Line { listen, state, serial } => crate::runtime()?.block_on(async move {

@@ -8,6 +8,7 @@ mod agent_cmd;
 mod demo;
 mod duration;
 mod factory_cmd;
+mod owner_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,12 @@ enum Cmd {
     Cert(admin::CertCmd),
     /// Revoke a certificate or every certificate of a device (RFC 5280 reasons).
     Revoke(admin::RevokeArgs),
+    /// Manufacturers whose birth certificates this authority trusts.
+    #[command(subcommand)]
+    Trust(owner_cmd::TrustCmd),
+    /// Devices this authority owns.
+    #[command(subcommand)]
+    Device(owner_cmd::DeviceCmd),
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(admin::AuditCmd),
@@ -95,6 +102,8 @@ fn main() -> ExitCode {
         Cmd::Cert(c) => admin::cert(c),
         Cmd::Audit(c) => admin::audit(c),
         Cmd::Revoke(a) => admin::revoke(a),
+        Cmd::Trust(c) => owner_cmd::trust(c),
+        Cmd::Device(c) => owner_cmd::device(c),
         Cmd::Agent(c) => agent_cmd::run(c),
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Station(c) => factory_cmd::station(c),

@@ -302,6 +302,8 @@ pub struct CertInfo {
     pub ski: Option<Vec<u8>>,
     /// SHA-256 of the subjectPublicKeyInfo, hex.
     pub spki_sha256: String,
+    /// Whether basicConstraints says it is a CA.
+    pub is_ca: bool,
 }
 
 /// Parse a DER certificate and pull out what the authority and agent use.
@@ -317,7 +319,16 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, Error> {
         .find(|e| e.extn_id == SubjectKeyIdentifier::OID)
         .and_then(|e| SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).ok())
         .map(|s| s.0.as_bytes().to_vec());
+    let is_ca = tbs
+        .extensions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.extn_id == BasicConstraints::OID)
+        .and_then(|e| BasicConstraints::from_der(e.extn_value.as_bytes()).ok())
+        .is_some_and(|b| b.ca);
     Ok(CertInfo {
+        is_ca,
         serial: crate::serial::serial_hex(&tbs.serial_number),
         not_before: crate::time::unix(&tbs.validity.not_before),
         not_after: crate::time::unix(&tbs.validity.not_after),

@@ -6,38 +6,16 @@ use std::sync::Arc;
 
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
 use iotpki_agent::factory::{Dut, Produced, RunOptions, Station};
-use iotpki_authority::factory::{self, NewBatch};
+use iotpki_authority::factory;
 use iotpki_core::asn1::der::Decode as _;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
 use iotpki_core::{csr, est, pem};
 
-use crate::util::{openssl, Ca};
+use crate::util::{batch, openssl, station, Ca};
 
 fn serials(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:03}")).collect()
-}
-
-fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
-    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let nb = NewBatch {
-        id: Some(id.into()),
-        product: "widget".into(),
-        allowlist: serials.join("\n"),
-        quota,
-        from: now - 60,
-        until: now + 86_400,
-    };
-    factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
-}
-
-fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
-    let dir = ca.tmp.path().join("stations").join(name);
-    let key = iotpki_agent::factory::new_station_key(&dir, KeyType::EcdsaP256).unwrap();
-    let b: Vec<String> = batches.iter().map(|s| s.to_string()).collect();
-    let (cert, chain) = ca.authority.add_station(name, &b, key.public_key_der(), "test").unwrap();
-    iotpki_agent::factory::store_station(&dir, name, &ca.url, &cert, &chain, ca.authority.root_der()).unwrap();
-    dir
 }
 
 struct Run {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod commission;
 mod est;
 mod factory;
 mod interop;

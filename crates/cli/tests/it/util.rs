@@ -10,7 +10,7 @@ use iotpki_agent::EnrollOptions;
 use iotpki_authority::clock::{Clock, FixedClock, SystemClock};
 use iotpki_authority::init::InitOptions;
 use iotpki_authority::{Authority, Passphrase};
-use iotpki_core::keys::KeyType;
+use iotpki_core::keys::{KeyType, Signer as _};
 use iotpki_core::name::DeviceSerial;
 use iotpki_server::Running;
 use tempfile::TempDir;
@@ -130,4 +130,46 @@ pub fn openssl(args: &[&str]) -> String {
 /// Write the PEM text of a DER certificate to a file.
 pub fn write_pem(path: &Path, der: &[u8]) {
     std::fs::write(path, iotpki_core::pem::encode("CERTIFICATE", der)).unwrap();
+}
+
+/// A batch `id` of `serials` with `quota`, open for a day from now.
+pub fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let nb = iotpki_authority::factory::NewBatch {
+        id: Some(id.into()),
+        product: "widget".into(),
+        allowlist: serials.join("\n"),
+        quota,
+        from: now - 60,
+        until: now + 86_400,
+    };
+    iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
+}
+
+/// A factory station `name` for `batches`, its state in `TMP/stations/NAME`.
+pub fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
+    let dir = ca.tmp.path().join("stations").join(name);
+    let key = iotpki_agent::factory::new_station_key(&dir, KeyType::EcdsaP256).unwrap();
+    let b: Vec<String> = batches.iter().map(|s| s.to_string()).collect();
+    let (cert, chain) = ca.authority.add_station(name, &b, key.public_key_der(), "test").unwrap();
+    iotpki_agent::factory::store_station(&dir, name, &ca.url, &cert, &chain, ca.authority.root_der()).unwrap();
+    dir
+}
+
+/// Devices born on `ca`'s factory line in batch `id`: one state directory each
+/// under `TMP/born/ID/SERIAL`, holding the birth identity. Returns those directories.
+pub async fn born_devices(ca: &Ca, id: &str, serials: &[String]) -> Vec<PathBuf> {
+    batch(ca, id, serials, serials.len() as u64);
+    let st = Arc::new(iotpki_agent::factory::Station::open(&station(ca, &format!("st-{id}"), &[id]), None).unwrap());
+    let opts = iotpki_agent::factory::RunOptions {
+        batch: id.into(),
+        parallel: 2,
+        log: ca.tmp.path().join(format!("{id}.jsonl")),
+        key_type: KeyType::EcdsaP256,
+    };
+    let dir = ca.tmp.path().join("born").join(id);
+    let duts = iotpki_agent::factory::simulated(&st, id, serials.len(), &dir).await.unwrap();
+    let out = iotpki_agent::factory::run(st, &opts, duts, |_| {}).await.unwrap();
+    assert!(out.iter().all(|p| p.result == "born"), "{out:?}");
+    serials.iter().map(|s| dir.join(s)).collect()
 }

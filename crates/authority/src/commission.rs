@@ -1,0 +1,245 @@
+//! Commissioning: an operator's authority issues operational certificates to
+//! devices born elsewhere. It trusts the birth certificates of the
+//! manufacturers it imported (`iotpki trust add-manufacturer`), and issues
+//! only to devices it owns (`iotpki device claim`, or an ownership voucher).
+//!
+//! The device connects with its birth certificate (mutual TLS 1.3, possession
+//! of the birth key proven by the handshake) and asks `simpleenroll` for a
+//! certificate for a fresh key. Checked, in this order:
+//! - the birth chain validates (RFC 5280, with name constraints, by
+//!   [`iotpki_core::chain`]) up to a trusted manufacturing CA, now, for client auth;
+//! - if this authority issued the birth certificate itself, it is not revoked;
+//! - the request carries the birth certificate's serial and a key that is not the birth key;
+//! - in the issuance's transaction: the device is owned and neither revoked nor handed on.
+
+use iotpki_core::asn1::der::asn1::ObjectIdentifier;
+use iotpki_core::name::{self, DeviceSerial};
+use iotpki_core::profile;
+use iotpki_core::{csr, est, keys, pem};
+use iotpki_store::{AuditEvent, CertStatus, ManufacturerRecord, OwnershipStatus, Precondition, Store};
+use rustls_pki_types::CertificateDer;
+
+use crate::clock::Clock;
+use crate::{Authority, AuthorityError, Enrolled};
+
+/// id-kp-clientAuth (RFC 5280 section 4.2.1.12).
+const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+
+/// id-at-commonName.
+const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+
+/// Longest claim list accepted in one go.
+pub const MAX_CLAIM: usize = 1_000_000;
+
+/// A birth certificate that passed every check.
+#[derive(Clone, Debug)]
+pub struct Birth {
+    /// The device serial it names.
+    pub device: DeviceSerial,
+    /// The manufacturer whose CA it chains to.
+    pub manufacturer: String,
+    /// SHA-256 of the birth key (subjectPublicKeyInfo).
+    pub spki_sha256: String,
+}
+
+/// Trust the manufacturing CA in `pem_text` (the first certificate) as a
+/// birth issuer under `name` (its subject's CN when `None`).
+pub fn add_manufacturer(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    name: Option<&str>,
+    pem_text: &str,
+    actor: &str,
+) -> Result<ManufacturerRecord, AuthorityError> {
+    let der = pem::decode_all("CERTIFICATE", pem_text)
+        .map_err(|e| AuthorityError::BadRequest(format!("manufacturer certificate: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| AuthorityError::BadRequest("the file holds no certificate".into()))?;
+    let info = profile::cert_info(&der)?;
+    if !info.is_ca {
+        return Err(AuthorityError::BadRequest(format!(
+            "{} is not a CA certificate: import the manufacturer's manufacturing CA",
+            info.cert.tbs_certificate.subject
+        )));
+    }
+    let now = clock.now();
+    if info.not_after <= now {
+        return Err(AuthorityError::BadRequest(format!(
+            "the manufacturing CA expired at {}",
+            iotpki_core::time::rfc3339(info.not_after)
+        )));
+    }
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => name::attribute(&info.cert.tbs_certificate.subject, COMMON_NAME)
+            .ok_or_else(|| AuthorityError::BadRequest("the CA has no common name: give --name".into()))?,
+    };
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        return Err(AuthorityError::BadRequest("a manufacturer name is 1 to 128 printable characters".into()));
+    }
+    let rec = ManufacturerRecord { name: name.clone(), cert_der: der, spki_sha256: info.spki_sha256, added_at: now };
+    let audit = AuditEvent {
+        at: now,
+        actor: actor.into(),
+        action: "trust.add-manufacturer".into(),
+        target: name,
+        detail: format!("subject={} spki={}", info.cert.tbs_certificate.subject, rec.spki_sha256),
+    };
+    store.add_manufacturer(rec.clone(), audit)?;
+    Ok(rec)
+}
+
+/// Take ownership of the devices listed in `text` (one serial a line;
+/// blank lines and `#` comments are skipped). Answers `(listed, new)`.
+pub fn claim_devices(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    text: &str,
+    actor: &str,
+) -> Result<(usize, u64), AuthorityError> {
+    let mut serials = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let s = DeviceSerial::parse(line).map_err(|e| AuthorityError::BadRequest(format!("line {}: {e}", i + 1)))?;
+        if seen.insert(s.to_string()) {
+            serials.push(s.to_string());
+        }
+    }
+    if serials.is_empty() {
+        return Err(AuthorityError::BadRequest("the claim list names no serial".into()));
+    }
+    if serials.len() > MAX_CLAIM {
+        return Err(AuthorityError::BadRequest(format!("claim at most {MAX_CLAIM} serials at once")));
+    }
+    let listed = serials.len();
+    let now = clock.now();
+    let audit = AuditEvent {
+        at: now,
+        actor: actor.into(),
+        action: "device.claim".into(),
+        target: format!("{listed} serials"),
+        detail: format!("first={} last={}", serials[0], serials[listed - 1]),
+    };
+    let new = store.claim_devices(serials, "claim", now, audit)?;
+    Ok((listed, new))
+}
+
+impl Authority {
+    /// Check a birth certificate chain (leaf first) as presented in the TLS handshake.
+    pub fn check_birth(&self, chain: &[CertificateDer<'_>]) -> Result<Birth, AuthorityError> {
+        let leaf = chain.first().ok_or_else(|| {
+            AuthorityError::Unauthorized(
+                "commissioning needs the birth certificate as the TLS client certificate".into(),
+            )
+        })?;
+        let info = profile::cert_info(leaf)
+            .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
+        let inter: Vec<Vec<u8>> = chain[1..].iter().map(|c| c.to_vec()).collect();
+        let now = self.clock.now();
+        let manufacturers = self.store.manufacturers()?;
+        if manufacturers.is_empty() {
+            return Err(AuthorityError::Forbidden(
+                "this authority trusts no manufacturer yet (`iotpki trust add-manufacturer`)".into(),
+            ));
+        }
+        let mut why = Vec::new();
+        let mut found = None;
+        for m in &manufacturers {
+            match iotpki_core::chain::verify(leaf, &inter, &m.cert_der, now, CLIENT_AUTH) {
+                Ok(()) => {
+                    found = Some(m.name.clone());
+                    break;
+                }
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        let Some(manufacturer) = found else {
+            let detail = if manufacturers.len() == 1 { format!(" ({})", why.join("; ")) } else { String::new() };
+            return Err(AuthorityError::Forbidden(format!(
+                "the birth certificate does not chain to a trusted manufacturer{detail}"
+            )));
+        };
+        if info.is_ca {
+            return Err(AuthorityError::Forbidden("a CA certificate is not a birth certificate".into()));
+        }
+        // Issued here (the authority is its own manufacturer): our record must agree.
+        if let Some(rec) = self.store.certificate(&info.serial)? {
+            if rec.der == leaf.as_ref() {
+                if let CertStatus::Revoked { .. } = rec.status {
+                    return Err(AuthorityError::Forbidden(format!("birth certificate {} is revoked", info.serial)));
+                }
+                if rec.profile != profile::Profile::Device.name() {
+                    return Err(AuthorityError::Forbidden(format!(
+                        "a {} certificate is not a birth certificate",
+                        rec.profile
+                    )));
+                }
+            }
+        }
+        let serials = name::serial_numbers(&info.cert.tbs_certificate.subject);
+        let [serial] = serials.as_slice() else {
+            return Err(AuthorityError::Forbidden(format!(
+                "a birth certificate names exactly one serialNumber (found {})",
+                serials.len()
+            )));
+        };
+        let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
+        Ok(Birth { device, manufacturer, spki_sha256: info.spki_sha256 })
+    }
+
+    /// `simpleenroll` with a birth certificate: an operational certificate for
+    /// a fresh key of a device this authority owns.
+    pub(crate) fn commission(
+        &self,
+        label: Option<&str>,
+        chain: &[CertificateDer<'_>],
+        body: &[u8],
+    ) -> Result<Enrolled, AuthorityError> {
+        let label = self.label(label)?;
+        let birth = self.check_birth(chain)?;
+        // Cheap refusal before any signature work; the transaction checks again.
+        match self.store.ownership(birth.device.as_str())? {
+            None => return Err(iotpki_store::StoreError::NotOwned { device: birth.device.to_string() }.into()),
+            Some(o) if o.status != OwnershipStatus::Owned => {
+                return Err(iotpki_store::StoreError::DeviceReleased {
+                    device: birth.device.to_string(),
+                    status: o.status.as_str(),
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        let der = est::decode_body(body)?;
+        let req = csr::parse_and_verify(&der)?;
+        self.check_key(label, req.key_type)?;
+        let in_csr = name::serial_numbers(&req.subject);
+        if in_csr.len() != 1 || in_csr[0] != birth.device.as_str() {
+            return Err(AuthorityError::Forbidden(format!(
+                "the request's subject must carry serialNumber={} as the birth certificate does (found {})",
+                birth.device,
+                if in_csr.is_empty() { "none".to_string() } else { in_csr.join(", ") }
+            )));
+        }
+        if keys::spki_fingerprint(&req.spki_der) == birth.spki_sha256 {
+            return Err(AuthorityError::Forbidden(
+                "the request is for the birth key: an operational certificate needs a fresh key".into(),
+            ));
+        }
+        let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
+        self.issue_device(
+            label,
+            subject,
+            &req,
+            Some(birth.device.to_string()),
+            None,
+            vec![Precondition::Owned { device_serial: birth.device.to_string() }],
+            format!("device:{}", birth.device),
+            "commission",
+        )
+    }
+}

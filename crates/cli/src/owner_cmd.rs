@@ -1,0 +1,115 @@
+//! The operator's commands: which manufacturers it trusts (`iotpki trust`)
+//! and which devices it owns (`iotpki device`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use iotpki_authority::clock::SystemClock;
+use iotpki_authority::commission;
+
+use crate::DirArg;
+
+/// `iotpki trust`.
+#[derive(Subcommand, Debug)]
+pub enum TrustCmd {
+    /// Trust a manufacturer's manufacturing CA as an issuer of birth certificates.
+    AddManufacturer {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The manufacturing CA certificate (PEM; the first certificate in the file).
+        file: PathBuf,
+        /// A name for the manufacturer (default: the CA's common name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The trusted manufacturers.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+pub fn trust(c: TrustCmd) -> anyhow::Result<()> {
+    match c {
+        TrustCmd::AddManufacturer { dir, file, name } => {
+            let pem = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+            let store = dir.store()?;
+            let m = commission::add_manufacturer(store.as_ref(), &SystemClock, name.as_deref(), &pem, "admin:cli")?;
+            println!("trusted manufacturer {} (CA key sha256 {})", m.name, m.spki_sha256);
+        }
+        TrustCmd::List { dir } => {
+            for m in dir.store()?.manufacturers()? {
+                let subject = iotpki_core::profile::cert_info(&m.cert_der)
+                    .map(|i| i.cert.tbs_certificate.subject.to_string())
+                    .unwrap_or_else(|e| format!("(unreadable: {e})"));
+                println!(
+                    "{}\t{}\t{}\tadded {}",
+                    m.name,
+                    subject,
+                    m.spki_sha256,
+                    iotpki_core::time::rfc3339(m.added_at)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `iotpki device`.
+#[derive(Subcommand, Debug)]
+pub enum DeviceCmd {
+    /// Take ownership of devices: they may then commission with their birth certificates.
+    Claim {
+        #[command(flatten)]
+        dir: DirArg,
+        /// A file with one device serial a line (`#` comments and blank lines skipped).
+        #[arg(long)]
+        serials: PathBuf,
+    },
+    /// This authority's ownership of one device and its certificates.
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The device serial.
+        serial: String,
+    },
+}
+
+pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
+    match c {
+        DeviceCmd::Claim { dir, serials } => {
+            let text = std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
+            let store = dir.store()?;
+            let (listed, new) = commission::claim_devices(store.as_ref(), &SystemClock, &text, "admin:cli")?;
+            println!("claimed {new} new device(s) of {listed} listed");
+        }
+        DeviceCmd::Show { dir, serial } => {
+            let store = dir.store()?;
+            match store.ownership(&serial)? {
+                Some(o) => println!(
+                    "ownership: {} since {} via {}",
+                    o.status.as_str(),
+                    iotpki_core::time::rfc3339(o.since),
+                    o.via
+                ),
+                None => println!("ownership: not owned by this authority"),
+            }
+            let q = iotpki_store::CertQuery { device_serial: Some(serial.clone()), ..Default::default() };
+            for c in store.list_certificates(&q)? {
+                println!(
+                    "{}\t{}\t{}\tuntil {}\t{}",
+                    c.serial,
+                    c.ca,
+                    c.profile,
+                    iotpki_core::time::rfc3339(c.not_after),
+                    match c.status {
+                        iotpki_store::CertStatus::Good => "good".to_string(),
+                        iotpki_store::CertStatus::Revoked { .. } => "revoked".to_string(),
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
