@@ -49,6 +49,14 @@ pub struct ServerConfig {
     pub cert: PathBuf,
     /// The server's private key (encrypted PKCS#8).
     pub key: PathBuf,
+    /// Where to serve CRLs and OCSP over plain HTTP (none: not served on HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+    /// The base URL of that listener as relying parties reach it
+    /// (`http://host:port`): issued certificates point there for their CRL
+    /// (`/crl/CA.crl`) and OCSP (`/ocsp`). None: no such pointers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_http_url: Option<String>,
 }
 
 /// One-time enrollment tokens.
@@ -141,6 +149,14 @@ impl Config {
         }
         if !self.label.iter().any(|l| l.name == self.default_label) {
             return bad(format!("default_label {} is not a label", self.default_label));
+        }
+        if let Some(u) = &self.server.public_http_url {
+            let rest = u.strip_prefix("http://").unwrap_or_default();
+            if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+                return bad(format!(
+                    "server.public_http_url {u:?}: give a plain http://HOST:PORT (relying parties fetch CRLs and OCSP there)"
+                ));
+            }
         }
         if self.tokens.default_ttl_secs == 0 || self.tokens.default_ttl_secs > self.tokens.max_ttl_secs {
             return bad("tokens: need 0 < default_ttl_secs <= max_ttl_secs".into());

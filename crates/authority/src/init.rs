@@ -35,6 +35,10 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
     /// Default listen address written to the config.
     pub listen: String,
+    /// Plain-HTTP listen address for CRLs and OCSP written to the config (None: none).
+    pub http_listen: Option<String>,
+    /// Base URL written into issued certificates for CRLs and OCSP (None: none).
+    pub public_http_url: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -44,6 +48,8 @@ impl Default for InitOptions {
             key_type: KeyType::EcdsaP256,
             server_names: vec!["127.0.0.1".into(), "::1".into()],
             listen: "127.0.0.1:8443".into(),
+            http_listen: Some("127.0.0.1:8080".into()),
+            public_http_url: Some("http://127.0.0.1:8080".into()),
         }
     }
 }
@@ -176,6 +182,8 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
             listen: opts.listen.clone(),
             cert: "tls/server.crt".into(),
             key: "tls/server.key".into(),
+            http_listen: opts.http_listen.clone(),
+            public_http_url: opts.public_http_url.clone(),
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
         ca: cas,

@@ -54,6 +54,7 @@ pub struct CaKey {
     key_id: Vec<u8>,
     not_after: i64,
     signer: Box<dyn Signer>,
+    urls: Option<profile::RevocationUrls>,
 }
 
 impl CaKey {
@@ -70,7 +71,7 @@ impl CaKey {
         replaces: Option<String>,
         now: i64,
     ) -> Result<CertRecord, AuthorityError> {
-        let issued = profile::issue(params, &self.issuer())?;
+        let issued = profile::issue_with(params, &self.issuer(), self.urls.as_ref())?;
         let spki_der = params.spki.to_der().map_err(|e| AuthorityError::Config(format!("public key: {e}")))?;
         Ok(CertRecord {
             serial: serial_hex,
@@ -228,6 +229,10 @@ impl Authority {
                 key_id,
                 cert_der,
                 signer: Box::new(key),
+                urls: cfg.server.public_http_url.as_ref().map(|base| profile::RevocationUrls {
+                    crl: format!("{base}/crl/{}.crl", ca.name),
+                    ocsp: Some(format!("{base}/ocsp")),
+                }),
             }));
         }
         let root_der = root_der.ok_or_else(|| AuthorityError::Config("no root CA".into()))?;
@@ -265,6 +270,11 @@ impl Authority {
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
             ocsp_cache: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The authority's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The config.

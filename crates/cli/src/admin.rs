@@ -35,6 +35,13 @@ pub struct InitArgs {
     /// Default listen address written to the config.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// Plain-HTTP listen address for CRLs and OCSP, written to the config.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: String,
+    /// Base URL written into issued certificates for their CRL and OCSP
+    /// (default: http:// and the --http-listen address).
+    #[arg(long)]
+    public_http_url: Option<String>,
 }
 
 pub fn init(a: InitArgs) -> anyhow::Result<()> {
@@ -44,6 +51,8 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
         key_type: KeyType::from_name(&a.key_type)?,
         server_names: a.server_names,
         listen: a.listen,
+        public_http_url: Some(a.public_http_url.unwrap_or_else(|| format!("http://{}", a.http_listen))),
+        http_listen: Some(a.http_listen),
     };
     let r = iotpki_authority::init::init(&a.dir.dir, &opts, &pass, &SystemClock)?;
     println!("authority created in {}", r.dir.display());
@@ -62,6 +71,9 @@ pub struct ServeArgs {
     /// Address to listen on (default: the config's).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Plain-HTTP address for CRLs and OCSP (default: the config's `server.http_listen`).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -85,7 +97,31 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        iotpki_server::serve(authority, listener, iotpki_server::Limits::default(), shutdown).await?;
+        let http_listen = match (a.http_listen, &authority.config().server.http_listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => Some(l.parse::<SocketAddr>().context("server.http_listen in the config")?),
+            (None, None) => None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let http = match http_listen {
+            Some(l) => {
+                let listener = tokio::net::TcpListener::bind(l).await.with_context(|| format!("cannot listen on {l}"))?;
+                println!("CRL and OCSP on http://{}", listener.local_addr()?);
+                let mut rx = stop_rx.clone();
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                let limits = iotpki_server::Limits::default();
+                Some(tokio::spawn(iotpki_server::serve_http(authority.clone(), listener, limits, stopped)))
+            }
+            None => None,
+        };
+        let r = iotpki_server::serve(authority, listener, iotpki_server::Limits::default(), shutdown).await;
+        let _ = stop_tx.send(true);
+        if let Some(h) = http {
+            h.await??;
+        }
+        r?;
         Ok(())
     })
 }

@@ -77,7 +77,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     println!("iotpki demo in {}", root.display());
     let t = Instant::now();
-    let opts = InitOptions { key_type, ..InitOptions::default() };
+    // The plain-HTTP listener for CRLs and OCSP: its address goes into every certificate.
+    let http_std = std::net::TcpListener::bind("127.0.0.1:0")?;
+    http_std.set_nonblocking(true)?;
+    let http_url = format!("http://{}", http_std.local_addr()?);
+    let opts = InitOptions { key_type, public_http_url: Some(http_url.clone()), ..InitOptions::default() };
     iotpki_authority::init::init(&ca_dir, &opts, &pass, &SystemClock)?;
     println!("  1. authority initialised ({key_type}): root, manufacturing and operational CAs, server certificate  [{:.1?}]", t.elapsed());
 
@@ -89,7 +93,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let server = iotpki_server::Running::start(authority.clone(), "127.0.0.1:0".parse()?).await?;
         let url = server.url();
-        println!("  2. EST server listening on {url} (TLS 1.3, mutual authentication for renewals)");
+        let http = iotpki_server::Running::start_http_on(authority.clone(), tokio::net::TcpListener::from_std(http_std)?)?;
+        println!("  2. EST server listening on {url} (TLS 1.3, mutual authentication for renewals); CRL and OCSP on {http_url}");
 
         // Tokens are minted by the admin before the devices arrive.
         let mut jobs = Vec::with_capacity(a.devices);
@@ -178,12 +183,14 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             }
         }
         let line = factory_line(&authority, &root, &url, key_type).await?;
+        let field = field_life(&authority, &root, &pass, key_type).await?;
         server.stop().await?;
+        http.stop().await?;
 
         let store = authority.store().clone();
         let report = tokio::task::spawn_blocking(move || store.verify_audit()).await??;
         let certs = authority.store().count_certificates()?;
-        println!("  9. audit chain verified: {} entries, head {}…", report.entries, &report.head[..16]);
+        println!(" 10. audit chain verified: {} entries, head {}…", report.entries, &report.head[..16]);
         println!();
         println!("  summary");
         println!("  ---------------------------------------------");
@@ -195,6 +202,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!("  throughput              {:>8.0} enrollments/s", lat.len() as f64 / wall.as_secs_f64());
         println!("  births on the line      {:>8} online, {} offline (synced)", line.online_born, line.offline_born);
         println!("  refused at the quota    {:>8}", line.refused);
+        println!("  commissioned by owner   {:>8} (of {} claimed)", field.commissioned, field.claimed);
         println!("  audit entries           {:>8}", report.entries);
         println!();
         println!("  look around:");
@@ -207,6 +215,93 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// What the field-life part of the demo did.
+struct Field {
+    claimed: u64,
+    commissioned: usize,
+}
+
+/// Field life: an operator with its own authority trusts the demo factory's
+/// manufacturing CA, claims the devices born on its line (online and
+/// offline), and they commission with it over mutual TLS with their birth
+/// certificates; the daemon renews one; a revoked device is refused.
+async fn field_life(
+    mfg: &Arc<Authority>,
+    root: &std::path::Path,
+    pass: &Passphrase,
+    key_type: KeyType,
+) -> anyhow::Result<Field> {
+    use iotpki_agent::daemon;
+    use iotpki_authority::commission;
+    use iotpki_authority::revocation::{self, Target};
+    let op_dir = root.join("operator");
+    let http_std = std::net::TcpListener::bind("127.0.0.1:0")?;
+    http_std.set_nonblocking(true)?;
+    let http_url = format!("http://{}", http_std.local_addr()?);
+    let opts = InitOptions {
+        key_type,
+        organization: "demo operator".into(),
+        public_http_url: Some(http_url),
+        ..InitOptions::default()
+    };
+    iotpki_authority::init::init(&op_dir, &opts, pass, &SystemClock)?;
+    let op = Arc::new(Authority::open(&op_dir, pass, Arc::new(SystemClock))?);
+    let server = iotpki_server::Running::start(op.clone(), "127.0.0.1:0".parse()?).await?;
+    let http = iotpki_server::Running::start_http_on(op.clone(), tokio::net::TcpListener::from_std(http_std)?)?;
+    let op_root = iotpki_core::pem::encode("CERTIFICATE", op.root_der());
+    let mfg_ca = std::fs::read_to_string(
+        mfg.config()
+            .ca
+            .iter()
+            .find(|c| c.name == "manufacturing")
+            .map(|c| mfg_dir_file(mfg, &c.cert))
+            .context("no manufacturing CA")?,
+    )?;
+    let store = op.store().clone();
+    commission::add_manufacturer(store.as_ref(), &SystemClock, Some("demo factory"), &mfg_ca, "admin:demo")?;
+    let mut born = Vec::new();
+    for sub in ["line", "offline"] {
+        for e in std::fs::read_dir(root.join(sub))?.flatten() {
+            if e.path().join("identity.json").exists() {
+                born.push(e.path());
+            }
+        }
+    }
+    born.sort();
+    let claims: String =
+        born.iter().filter_map(|p| p.file_name()).map(|n| format!("{}\n", n.to_string_lossy())).collect();
+    let (_, claimed) = commission::claim_devices(store.as_ref(), &SystemClock, &claims, "admin:demo")?;
+    let mut commissioned = 0;
+    for d in &born {
+        iotpki_agent::flow::commission(d, Some(&server.url()), Some(&op_root), None).await?;
+        commissioned += 1;
+    }
+    println!(
+        "  9. operator authority ({}) trusts the factory's manufacturing CA, claimed {claimed} devices: {commissioned} commissioned with their birth certificates (online and offline births)",
+        server.url()
+    );
+    let first = born.first().context("no device was born")?;
+    let mut o = daemon::RunOptions::new(first.clone());
+    o.renew_share = 1e-7;
+    o.jitter_share = 0.0;
+    o.once = true;
+    daemon::run(&o, |_| {}).await?;
+    let serial = iotpki_agent::state::load(first)?.device_serial;
+    let sn = DeviceSerial::parse(&serial)?;
+    revocation::revoke(store.as_ref(), &SystemClock, Target::Device(&sn), 1, "admin:demo")?;
+    match daemon::step(&o).await {
+        Ok(_) => bail!("a revoked device renewed: this is a bug"),
+        Err(e) => println!("     {serial} renewed by its daemon, then revoked by its owner: {e}"),
+    }
+    server.stop().await?;
+    http.stop().await?;
+    Ok(Field { claimed, commissioned })
+}
+
+fn mfg_dir_file(a: &Authority, p: &std::path::Path) -> PathBuf {
+    iotpki_authority::keyfile::resolve(a.dir(), p)
 }
 
 /// What the factory-line part of the demo did.

@@ -94,6 +94,19 @@ pub struct Issuer<'a> {
     pub signer: &'a dyn Signer,
 }
 
+/// Where relying parties find the issuer's revocation status: written into
+/// the certificates it issues as cRLDistributionPoints and, for end
+/// entities, authorityInfoAccess (id-ad-ocsp). Plain `http://` URLs, as
+/// RFC 5280 4.2.1.13 and RFC 6960 expect (fetching revocation data over
+/// TLS would need revocation data to check the TLS server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationUrls {
+    /// The issuer's CRL.
+    pub crl: String,
+    /// The OCSP responder.
+    pub ocsp: Option<String>,
+}
+
 /// What varies between two certificates of one profile.
 #[derive(Clone, Debug)]
 pub struct CertParams {
@@ -135,6 +148,38 @@ fn ext<T: Encode + AssociatedOid>(value: &T, critical: bool) -> Result<Extension
         critical,
         extn_value: OctetString::new(bytes).map_err(|e| Error::der("extension", e))?,
     })
+}
+
+fn uri(u: &str) -> Result<GeneralName, Error> {
+    if !u.starts_with("http://") || u.len() > 1024 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Profile(format!("revocation URL {u:?} must be a plain http:// URL")));
+    }
+    Ok(GeneralName::UniformResourceIdentifier(Ia5String::new(u).map_err(|e| Error::der("URI", e))?))
+}
+
+/// cRLDistributionPoints and authorityInfoAccess for `p`, pointing at `urls`.
+fn revocation_extensions(p: Profile, urls: &RevocationUrls, out: &mut Vec<Extension>) -> Result<(), Error> {
+    use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+    use x509_cert::ext::pkix::name::DistributionPointName;
+    use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax, CrlDistributionPoints};
+    // The root's status is not on a CRL of ours; an OCSP signer is not checked (nocheck).
+    if matches!(p, Profile::Root | Profile::OcspSigner) {
+        return Ok(());
+    }
+    let dp = DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![uri(&urls.crl)?])),
+        reasons: None,
+        crl_issuer: None,
+    };
+    out.push(ext(&CrlDistributionPoints(vec![dp]), false)?);
+    if let (Some(ocsp), false) = (&urls.ocsp, p.is_ca()) {
+        let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {
+            access_method: const_oid::db::rfc5280::ID_AD_OCSP,
+            access_location: uri(ocsp)?,
+        }]);
+        out.push(ext(&aia, false)?);
+    }
+    Ok(())
 }
 
 /// The extensions `params.profile` asks for.
@@ -261,6 +306,11 @@ fn lint(tbs: &TbsCertificate, profile: Profile) -> Result<(), Error> {
 
 /// Build, lint and sign a certificate.
 pub fn issue(params: &CertParams, issuer: &Issuer<'_>) -> Result<Issued, Error> {
+    issue_with(params, issuer, None)
+}
+
+/// Like [`issue`], with the issuer's revocation URLs written into the certificate.
+pub fn issue_with(params: &CertParams, issuer: &Issuer<'_>, urls: Option<&RevocationUrls>) -> Result<Issued, Error> {
     let not_after = params.not_after.min(issuer.not_after);
     let signature = issuer.signer.key_type().signature_algorithm()?;
     let tbs = TbsCertificate {
@@ -273,7 +323,13 @@ pub fn issue(params: &CertParams, issuer: &Issuer<'_>) -> Result<Issued, Error> 
         subject_public_key_info: params.spki.clone(),
         issuer_unique_id: None,
         subject_unique_id: None,
-        extensions: Some(extensions(params, issuer.key_id)?),
+        extensions: Some({
+            let mut e = extensions(params, issuer.key_id)?;
+            if let Some(u) = urls {
+                revocation_extensions(params.profile, u, &mut e)?;
+            }
+            e
+        }),
     };
     lint(&tbs, params.profile)?;
     let tbs_der = tbs.to_der().map_err(|e| Error::der("TBS certificate", e))?;

@@ -118,6 +118,18 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .with_state(authority)
 }
 
+/// What anyone may fetch over plain HTTP (the revocation pointers in issued
+/// certificates lead here): CRLs and OCSP. Nothing that issues.
+pub fn public_router(authority: Arc<Authority>) -> Router {
+    Router::new()
+        .route("/crl/{file}", get(crl))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(est::MAX_BODY))
+        .with_state(authority)
+}
+
 async fn cacerts(State(a): State<Arc<Authority>>, label: Option<String>) -> Result<Response, ApiError> {
     Ok(base64_answer(est::CT_PKCS7, a.cacerts(label.as_deref())?))
 }
@@ -356,6 +368,19 @@ pub(crate) async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     builder.serve_connection(TokioIo::new(tls), svc).await?;
+    Ok(())
+}
+
+/// One plain-HTTP connection (the public routes): same header timeout, no TLS.
+pub(crate) async fn serve_plain_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    limits: &Limits,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.serve_connection(TokioIo::new(tcp), svc).await?;
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use iotpki_authority::Authority;
 use tokio::net::TcpListener;
 
-pub use http::router;
+pub use http::{public_router, router};
 pub use tls::server_config;
 
 /// Limits on connections.
@@ -52,6 +52,37 @@ pub async fn serve(
     let tls = server_config(&authority).map_err(std::io::Error::other)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(authority);
+    accept_loop(listener, shutdown, move |tcp, peer| {
+        let (acceptor, app, limits) = (acceptor.clone(), app.clone(), limits.clone());
+        async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
+    })
+    .await
+}
+
+/// Serve the public routes ([`public_router`]: CRLs, OCSP) over plain HTTP
+/// on `listener` until `shutdown` completes, with the same header timeout as on TLS.
+pub async fn serve_http(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = public_router(authority);
+    accept_loop(listener, shutdown, move |tcp, _| {
+        let (app, limits) = (app.clone(), limits.clone());
+        async move { http::serve_plain_connection(tcp, app, &limits).await }
+    })
+    .await
+}
+
+type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Accept connections until `shutdown`, each served by `conn` on its own task.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, conn: F) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ConnResult> + Send + 'static,
+{
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -67,11 +98,9 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let limits = limits.clone();
+        let fut = conn(tcp, peer);
         tokio::spawn(async move {
-            if let Err(e) = http::serve_connection(acceptor, tcp, peer, app, &limits).await {
+            if let Err(e) = fut.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -93,6 +122,21 @@ impl Running {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(authority, listener, Limits::default(), async move {
+            let _ = rx.await;
+        }));
+        Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    /// Serve the public routes over plain HTTP on `addr` (port 0 picks a free port).
+    pub async fn start_http(authority: Arc<Authority>, addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_http_on(authority, TcpListener::bind(addr).await?)
+    }
+
+    /// Serve the public routes over plain HTTP on a listener bound already.
+    pub fn start_http_on(authority: Arc<Authority>, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_http(authority, listener, Limits::default(), async move {
             let _ = rx.await;
         }));
         Ok(Self { addr, stop: Some(tx), task })

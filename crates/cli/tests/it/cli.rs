@@ -19,7 +19,10 @@ impl Drop for Server {
 fn serve(cmd: &mut Command) -> (Server, String) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep reading what the server prints later, so it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let url = line.trim().trim_start_matches("listening on ").to_string();
     assert!(url.starts_with("https://127.0.0.1:"), "{line}");
     (Server(child), url)
@@ -62,7 +65,17 @@ fn init_serve_enroll_renew_with_the_binary() {
     ]));
     assert!(err.contains("wrong passphrase"), "{err}");
 
-    let (_server, url) = serve(bin().args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--passphrase-file", pf]));
+    let (_server, url) = serve(bin().args([
+        "serve",
+        "--dir",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--passphrase-file",
+        pf,
+    ]));
 
     let token =
         run_ok(bin().args(["token", "create", "--dir", d, "--serial", "CLI-1", "--ttl", "10m"])).trim().to_string();
@@ -148,8 +161,11 @@ fn factory_line_with_the_binary() {
     let mut c = bin();
     env(&mut c);
     run_ok(c.args(["init", "--dir", dir]));
-    let (_server, url) =
-        serve(bin().args(["serve", "--dir", dir, "--listen", "127.0.0.1:0"]).env("IOTPKI_PASSPHRASE", PASS));
+    let (_server, url) = serve(
+        bin()
+            .args(["serve", "--dir", dir, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .env("IOTPKI_PASSPHRASE", PASS),
+    );
 
     let list = tmp.path().join("serials.csv");
     std::fs::write(&list, "serial\nL-1\nL-2\nL-3\nL-4\n").unwrap();

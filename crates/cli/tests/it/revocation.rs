@@ -342,3 +342,71 @@ async fn ocsp_answers_good_revoked_unknown_and_peers_agree() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_certificates_point_to_their_crl_and_ocsp_and_openssl_follows_them() {
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("DP-1").await;
+    let d = ca.tmp.path().join("dp");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("dev.pem"), iotpki_agent::state::load(&dev).unwrap().cert_pem).unwrap();
+    let (root, op, http) = (ca.root_file(), ca.ca_file("operational"), ca.http_url.clone());
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let verify = {
+        let (root, op, d) = (root.clone(), op.clone(), d.clone());
+        move || {
+            let o = Command::new("openssl")
+                .args(["verify", "-crl_check", "-crl_download", "-CAfile", &s(&root), "-untrusted", &s(&op)])
+                .arg(d.join("dev.pem"))
+                .output()
+                .unwrap();
+            (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+        }
+    };
+    let ocsp = {
+        let (root, op, d) = (root.clone(), op.clone(), d.clone());
+        move |url: &str| {
+            let o = Command::new("openssl")
+                .args(["ocsp", "-issuer", &s(&op), "-CAfile", &s(&root), "-url", url])
+                .arg("-cert")
+                .arg(d.join("dev.pem"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+        }
+    };
+    let (dd, v1, o1, http1) = (d.clone(), verify.clone(), ocsp.clone(), http.clone());
+    let uri = tokio::task::spawn_blocking(move || {
+        let dev = s(&dd.join("dev.pem"));
+        let uri = run_ok(Command::new("openssl").args(["x509", "-noout", "-ocsp_uri", "-in", &dev])).trim().to_string();
+        assert_eq!(uri, format!("{http1}/ocsp"));
+        let dp = run_ok(Command::new("openssl").args(["x509", "-noout", "-ext", "crlDistributionPoints", "-in", &dev]));
+        assert!(dp.contains(&format!("URI:{http1}/crl/operational.crl")), "{dp}");
+        // openssl fetches the CRL from the distribution point and asks the OCSP responder in the AIA.
+        let (ok, said) = v1();
+        assert!(ok, "{said}");
+        let out = o1(&uri);
+        assert!(out.contains("Response verify OK") && out.contains("dev.pem: good"), "{out}");
+        uri
+    })
+    .await
+    .unwrap();
+
+    let sn = DeviceSerial::parse("DP-1").unwrap();
+    revocation::revoke(ca.authority.store().as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let (ok, said) = verify();
+        assert!(!ok && said.contains("certificate revoked"), "{said}");
+        let out = ocsp(&uri);
+        assert!(out.contains("Response verify OK") && out.contains("dev.pem: revoked"), "{out}");
+    })
+    .await
+    .unwrap();
+    // Nothing that issues is reachable without TLS.
+    let est = Command::new("curl")
+        .args(["--silent", "--output", "/dev/null", "--write-out", "%{http_code}"])
+        .arg(format!("{http}/.well-known/est/cacerts"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&est.stdout), "404");
+}

@@ -25,6 +25,10 @@ pub struct Ca {
     pub clock: Arc<FixedClock>,
     pub server: Running,
     pub url: String,
+    /// The plain-HTTP listener for CRLs and OCSP that issued certificates point to.
+    pub http: Running,
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub http_url: String,
     pub root_pem: String,
 }
 
@@ -33,8 +37,11 @@ impl Ca {
         Self::start_with(InitOptions::default()).await
     }
 
-    pub async fn start_with(opts: InitOptions) -> Ca {
+    pub async fn start_with(mut opts: InitOptions) -> Ca {
         let tmp = tempfile::tempdir().unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_url = format!("http://{}", http_listener.local_addr().unwrap());
+        opts.public_http_url = Some(http_url.clone());
         let dir = tmp.path().join("ca");
         let pass = Passphrase::new(PASS.into()).unwrap();
         iotpki_authority::init::init(&dir, &opts, &pass, &SystemClock).unwrap();
@@ -42,9 +49,10 @@ impl Ca {
         let authority = Arc::new(Authority::open(&dir, &pass, clock.clone()).unwrap());
         let server = Running::start(authority.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let url = server.url();
+        let http = Running::start_http_on(authority.clone(), http_listener).unwrap();
         let root_pem = iotpki_core::pem::encode("CERTIFICATE", authority.root_der());
         std::fs::write(tmp.path().join("root.pem"), &root_pem).unwrap();
-        Ca { tmp, dir, authority, clock, server, url, root_pem }
+        Ca { tmp, dir, authority, clock, server, url, http, http_url, root_pem }
     }
 
     pub fn root_file(&self) -> PathBuf {
