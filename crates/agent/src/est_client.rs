@@ -1,4 +1,5 @@
-//! A small EST client (RFC 7030) over TLS 1.3: one connection per call.
+//! A small EST client (RFC 7030) over TLS 1.3: one connection per call, or
+//! a kept-alive connection for many ([`EstClient::keep_alive`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use iotpki_core::keys::Signer;
 use iotpki_core::{est, pkcs7};
@@ -122,9 +124,7 @@ impl EstClient {
     /// `POST /simpleenroll?batch=ID` over mutual TLS with a factory station's
     /// certificate: a device's birth certificate (DER).
     pub async fn simple_enroll_batch(&self, csr_der: &[u8], batch: &str) -> Result<Vec<u8>, AgentError> {
-        if batch.is_empty() || !batch.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(AgentError::Usage(format!("batch id {batch:?} must be A-Z a-z 0-9 - _ .")));
-        }
+        check_batch_id(batch)?;
         let a = self.call("POST", &format!("simpleenroll?batch={batch}"), Some(csr_der), None).await?;
         one_cert(certs_of(a)?)
     }
@@ -206,40 +206,128 @@ impl EstClient {
     ) -> Result<Answer, AgentError> {
         let what = format!("{}:{}", self.host, self.port);
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-                .await
-                .map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| AgentError::Connect(format!("TLS with {what}: {e}")))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| AgentError::Connect(format!("HTTP with {what}: {e}")))?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, what.clone());
-            if let Some(a) = auth {
-                req = req.header(hyper::header::AUTHORIZATION, a);
-            }
-            if let Some(ct) = content_type {
-                req = req.header(hyper::header::CONTENT_TYPE, ct);
-            }
-            let req = req.body(Full::new(body)).map_err(|e| AgentError::Usage(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| AgentError::Connect(format!("reading the answer from {what}: {e}")))?
-                .to_bytes();
-            Ok::<_, AgentError>(Answer { status, body })
+            let mut sender = self.open().await?;
+            self.send_on(&mut sender, method, path, content_type, body, auth).await
         };
         tokio::time::timeout(CALL_TIMEOUT, fut)
             .await
             .map_err(|_| AgentError::Connect(format!("{what}: no answer within {CALL_TIMEOUT:?}")))?
     }
+
+    /// A new TLS connection speaking HTTP/1.1.
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, AgentError> {
+        let what = format!("{}:{}", self.host, self.port);
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| AgentError::Connect(format!("TLS with {what}: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| AgentError::Connect(format!("HTTP with {what}: {e}")))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    async fn send_on(
+        &self,
+        sender: &mut SendRequest<Full<Bytes>>,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+        auth: Option<String>,
+    ) -> Result<Answer, AgentError> {
+        let what = format!("{}:{}", self.host, self.port);
+        let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, what.clone());
+        if let Some(a) = auth {
+            req = req.header(hyper::header::AUTHORIZATION, a);
+        }
+        if let Some(ct) = content_type {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| AgentError::Usage(e.to_string()))?;
+        sender.ready().await.map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
+        let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| AgentError::Connect(format!("reading the answer from {what}: {e}")))?
+            .to_bytes();
+        Ok(Answer { status, body })
+    }
+
+    /// A connection kept open across requests (HTTP/1.1 keep-alive), opened
+    /// on first use and again when the server has closed it.
+    pub fn keep_alive(&self) -> KeptConnection {
+        KeptConnection { client: self.clone(), sender: None }
+    }
+}
+
+/// One kept-alive connection: requests go one after the other on it.
+pub struct KeptConnection {
+    client: EstClient,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl KeptConnection {
+    async fn call(&mut self, op: &str, csr_der: &[u8], auth: Option<String>) -> Result<Answer, AgentError> {
+        let path = format!("{}/{op}", self.client.prefix);
+        let body = Bytes::from(est::encode_body(csr_der));
+        let fut = async {
+            // A connection the server closed (idle timeout) is opened again, once.
+            for attempt in 0..2 {
+                let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
+                if !reused {
+                    self.sender = Some(self.client.open().await?);
+                }
+                let Some(sender) = self.sender.as_mut() else { continue };
+                match self.client.send_on(sender, "POST", &path, Some(est::CT_PKCS10), body.clone(), auth.clone()).await
+                {
+                    Ok(a) => return refuse_unless_ok(a),
+                    Err(e) => {
+                        self.sender = None;
+                        if !reused || attempt == 1 {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            Err(AgentError::Connect("the connection closed twice".into()))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, fut)
+            .await
+            .map_err(|_| AgentError::Connect(format!("no answer within {CALL_TIMEOUT:?}")))?
+    }
+
+    /// `simpleenroll` with a one-time token, on this connection.
+    pub async fn simple_enroll(&mut self, csr_der: &[u8], serial: &str, token: &str) -> Result<Vec<u8>, AgentError> {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{serial}:{token}"));
+        one_cert(certs_of(self.call("simpleenroll", csr_der, Some(format!("Basic {basic}"))).await?)?)
+    }
+
+    /// `simpleenroll?batch=ID` with the station's certificate, on this connection.
+    pub async fn simple_enroll_batch(&mut self, csr_der: &[u8], batch: &str) -> Result<Vec<u8>, AgentError> {
+        check_batch_id(batch)?;
+        one_cert(certs_of(self.call(&format!("simpleenroll?batch={batch}"), csr_der, None).await?)?)
+    }
+
+    /// `simplereenroll` over this (mutual TLS) connection.
+    pub async fn simple_reenroll(&mut self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        one_cert(certs_of(self.call("simplereenroll", csr_der, None).await?)?)
+    }
+}
+
+fn check_batch_id(batch: &str) -> Result<(), AgentError> {
+    if batch.is_empty() || !batch.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(AgentError::Usage(format!("batch id {batch:?} must be A-Z a-z 0-9 - _ .")));
+    }
+    Ok(())
 }
 
 fn refuse_unless_ok(a: Answer) -> Result<Answer, AgentError> {

@@ -39,7 +39,7 @@ fn now() -> i64 {
 
 /// Check that `cert_der` carries `key`'s public key and chains to `anchor`
 /// through `chain`, valid now for TLS client authentication.
-fn check_issued(cert_der: &[u8], key: &dyn Signer, chain: &[Vec<u8>], anchor: &[u8]) -> Result<(), AgentError> {
+pub fn check_issued(cert_der: &[u8], key: &dyn Signer, chain: &[Vec<u8>], anchor: &[u8]) -> Result<(), AgentError> {
     let info = profile::cert_info(cert_der).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
     if info.spki_sha256 != iotpki_core::keys::spki_fingerprint(key.public_key_der()) {
         return Err(AgentError::Untrusted("the certificate is not for this device's key".into()));

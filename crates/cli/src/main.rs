@@ -8,6 +8,7 @@ mod agent_cmd;
 mod demo;
 mod duration;
 mod factory_cmd;
+mod loadgen;
 mod owner_cmd;
 
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ enum Cmd {
     /// The factory line: give birth to devices on a station.
     #[command(subcommand)]
     Factory(factory_cmd::FactoryCmd),
+    /// Enroll (and renew) many simulated devices against a server; throughput and latency percentiles.
+    Loadgen(loadgen::LoadgenArgs),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
 }
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Audit(c) => admin::audit(c),
         Cmd::Revoke(a) => admin::revoke(a),
         Cmd::Trust(c) => owner_cmd::trust(c),
+        Cmd::Loadgen(a) => loadgen::run(a),
         Cmd::Device(c) => owner_cmd::device(c),
         Cmd::Agent(c) => agent_cmd::run(c),
         Cmd::Batch(c) => factory_cmd::batch(c),

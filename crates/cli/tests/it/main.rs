@@ -8,6 +8,7 @@ mod commission;
 mod est;
 mod factory;
 mod interop;
+mod loadgen;
 mod pkilint;
 mod refusals;
 mod revocation;
