@@ -188,6 +188,14 @@ pub enum CertCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check a client's list of received certificates against the store: each
+    /// must be recorded, byte for byte, and none received twice. Exits non-zero otherwise.
+    Reconcile {
+        #[command(flatten)]
+        dir: DirArg,
+        /// One line per received certificate: its DER, base64 (as `iotpki loadgen --record` writes).
+        file: PathBuf,
+    },
 }
 
 fn status_text(s: &CertStatus) -> String {
@@ -208,6 +216,47 @@ fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
 
 pub fn cert(c: CertCmd) -> anyhow::Result<()> {
     match c {
+        CertCmd::Reconcile { dir, file } => {
+            use base64::Engine as _;
+            let store = dir.store()?;
+            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let (mut received, mut missing, mut differ, mut twice) = (0u64, Vec::new(), Vec::new(), Vec::new());
+            let mut seen = std::collections::HashSet::new();
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(line)
+                    .map_err(|e| anyhow!("{} line {}: not base64: {e}", file.display(), i + 1))?;
+                let info = iotpki_core::profile::cert_info(&der)
+                    .map_err(|e| anyhow!("{} line {}: {e}", file.display(), i + 1))?;
+                received += 1;
+                if !seen.insert(info.serial.clone()) {
+                    twice.push(info.serial.clone());
+                }
+                match store.certificate(&info.serial)? {
+                    None => missing.push(info.serial),
+                    Some(r) if r.der != der => differ.push(info.serial),
+                    Some(_) => {}
+                }
+            }
+            println!(
+                "received {received}, recorded {}, missing {}, different {}, received twice {}",
+                received - missing.len() as u64 - differ.len() as u64,
+                missing.len(),
+                differ.len(),
+                twice.len()
+            );
+            for s in missing.iter().chain(&differ).chain(&twice).take(10) {
+                println!("  problem: {s}");
+            }
+            if !(missing.is_empty() && differ.is_empty() && twice.is_empty()) {
+                bail!("the store does not account for every certificate received");
+            }
+            Ok(())
+        }
         CertCmd::List { dir, device, ca, limit, json } => {
             let store = dir.store()?;
             let q = CertQuery { device_serial: device, ca, expiring_before: None, limit };

@@ -57,6 +57,37 @@ pub struct LoadgenArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Append every certificate received (DER, base64, one a line) to this file, as it
+    /// arrives: `iotpki cert reconcile` checks the store against it after a crash.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+}
+
+/// Where received certificates are written as they arrive.
+#[derive(Clone, Default)]
+struct Recorder(Option<Arc<Mutex<std::fs::File>>>);
+
+impl Recorder {
+    fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let Some(p) = path else { return Ok(Self(None)) };
+        let f =
+            std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| p.display().to_string())?;
+        Ok(Self(Some(Arc::new(Mutex::new(f)))))
+    }
+
+    fn record(&self, der: &[u8]) {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        if let Some(f) = &self.0 {
+            let line = format!("{}\n", base64::engine::general_purpose::STANDARD.encode(der));
+            if let Ok(mut f) = f.lock() {
+                // One write per line (O_APPEND): a line is whole or absent.
+                if let Err(e) = f.write_all(line.as_bytes()) {
+                    eprintln!("cannot record a certificate: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// One device of the run.
@@ -272,9 +303,12 @@ pub fn run(a: LoadgenArgs) -> anyhow::Result<()> {
     let _ = label;
 
     let devices = Arc::new(Mutex::new(devices));
-    let enroll = rt.block_on(enroll_phase(&a, &client, devices.clone(), &chain, &anchor, quiet))?;
-    let renew =
-        if a.renew { Some(rt.block_on(renew_phase(&a, devices.clone(), &chain, &anchor, kt, quiet))?) } else { None };
+    let rec = Recorder::open(a.record.as_deref())?;
+    let enroll = rt.block_on(enroll_phase(&a, &client, devices.clone(), &chain, &anchor, &rec, quiet))?;
+    let renew = match a.renew {
+        true => Some(rt.block_on(renew_phase(&a, devices.clone(), &chain, &anchor, kt, &rec, quiet))?),
+        false => None,
+    };
     report(&a, &enroll, renew.as_ref())
 }
 
@@ -286,6 +320,7 @@ async fn enroll_phase(
     devices: Arc<Mutex<Vec<Device>>>,
     chain: &[Vec<u8>],
     anchor: &[u8],
+    rec: &Recorder,
     quiet: bool,
 ) -> anyhow::Result<Phase> {
     let n = devices.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len();
@@ -295,7 +330,7 @@ async fn enroll_phase(
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..a.concurrency.min(n) {
-        let (client, devices, next, pb) = (client.clone(), devices.clone(), next.clone(), pb.clone());
+        let (client, devices, next, pb, rec) = (client.clone(), devices.clone(), next.clone(), pb.clone(), rec.clone());
         let (chain, anchor, batch, reuse) =
             (chain.to_vec(), anchor.to_vec(), station_batch.clone(), a.reuse_connections);
         set.spawn(async move {
@@ -319,6 +354,9 @@ async fn enroll_phase(
                     (_, None, None) => Err(iotpki_agent::AgentError::Usage("no token".into())),
                 };
                 let took = t0.elapsed();
+                if let Ok(c) = &r {
+                    rec.record(c);
+                }
                 let checked = r.and_then(|cert| {
                     iotpki_agent::flow::check_issued(&cert, key.as_ref(), &chain, &anchor).map(|()| cert)
                 });
@@ -370,6 +408,7 @@ async fn renew_phase(
     chain: &[Vec<u8>],
     anchor: &[u8],
     kt: KeyType,
+    rec: &Recorder,
     quiet: bool,
 ) -> anyhow::Result<Phase> {
     // Untimed: a client with each enrolled device's identity, and its new key and request.
@@ -393,6 +432,7 @@ async fn renew_phase(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..a.concurrency.min(jobs.len()) {
         let (jobs, next, pb, chain, anchor) = (jobs.clone(), next.clone(), pb.clone(), chain.to_vec(), anchor.to_vec());
+        let rec = rec.clone();
         set.spawn(async move {
             let mut out: Outcome = (Vec::new(), Vec::new());
             loop {
@@ -401,6 +441,9 @@ async fn renew_phase(
                 let t0 = Instant::now();
                 let r = client.simple_reenroll(csr).await;
                 let took = t0.elapsed();
+                if let Ok(c) = &r {
+                    rec.record(c);
+                }
                 match r.and_then(|cert| iotpki_agent::flow::check_issued(&cert, key.as_ref(), &chain, &anchor)) {
                     Ok(()) => out.0.push(took),
                     Err(e) => out.1.push(format!("{serial}: {e}")),

@@ -5,6 +5,7 @@
 
 mod cli;
 mod commission;
+mod crash;
 mod est;
 mod factory;
 mod interop;
