@@ -29,6 +29,46 @@ pub struct Config {
     pub ca: Vec<CaConfig>,
     /// EST labels: which CA and profile a request path selects.
     pub label: Vec<LabelConfig>,
+    /// Limits on connections, requests and request rates (defaults when absent).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Limits on connections, requests and request rates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Seconds a TLS handshake may take.
+    pub handshake_timeout_secs: u64,
+    /// Seconds for a request's headers to arrive.
+    pub header_timeout_secs: u64,
+    /// Seconds for a whole request, body and work, before 408.
+    pub request_timeout_secs: u64,
+    /// Requests per second per client (certificate, Basic user or address); 0: no limit.
+    pub client_rate_per_s: f64,
+    /// Requests a client may burst.
+    pub client_burst: u32,
+    /// Requests per second per factory station; 0: no limit.
+    pub station_rate_per_s: f64,
+    /// Requests a station may burst.
+    pub station_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            handshake_timeout_secs: 10,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            client_rate_per_s: 20.0,
+            client_burst: 40,
+            station_rate_per_s: 20_000.0,
+            station_burst: 40_000,
+        }
+    }
 }
 
 /// Where the state lives.
@@ -157,6 +197,17 @@ impl Config {
                     "server.public_http_url {u:?}: give a plain http://HOST:PORT (relying parties fetch CRLs and OCSP there)"
                 ));
             }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.handshake_timeout_secs == 0
+            || l.header_timeout_secs == 0
+            || l.request_timeout_secs == 0
+        {
+            return bad("limits: connections and timeouts must be at least 1".into());
+        }
+        if !(l.client_rate_per_s >= 0.0 && l.station_rate_per_s >= 0.0) || l.client_burst == 0 || l.station_burst == 0 {
+            return bad("limits: rates must be >= 0 (0 switches limiting off) and bursts at least 1".into());
         }
         if self.tokens.default_ttl_secs == 0 || self.tokens.default_ttl_secs > self.tokens.max_ttl_secs {
             return bad("tokens: need 0 < default_ttl_secs <= max_ttl_secs".into());

@@ -186,6 +186,7 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
             public_http_url: opts.public_http_url.clone(),
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
+        limits: Default::default(),
         ca: cas,
         label: vec![
             LabelConfig {

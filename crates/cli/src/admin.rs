@@ -111,12 +111,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 let stopped = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                let limits = iotpki_server::Limits::default();
+                let limits = iotpki_server::Limits::from(&authority.config().limits);
                 Some(tokio::spawn(iotpki_server::serve_http(authority.clone(), listener, limits, stopped)))
             }
             None => None,
         };
-        let r = iotpki_server::serve(authority, listener, iotpki_server::Limits::default(), shutdown).await;
+        let limits = iotpki_server::Limits::from(&authority.config().limits);
+        let r = iotpki_server::serve(authority, listener, limits, shutdown).await;
         let _ = stop_tx.send(true);
         if let Some(h) = http {
             h.await??;

@@ -17,6 +17,7 @@ use iotpki_core::est;
 use rustls::pki_types::CertificateDer;
 use tower::ServiceExt as _;
 
+use crate::limits::PeerAddr;
 use crate::Limits;
 
 /// Largest production record upload (stations upload in chunks well under it);
@@ -25,7 +26,14 @@ const SYNC_MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The TLS client certificate chain of the connection a request came on.
 #[derive(Clone, Default)]
-struct PeerChain(Arc<Vec<CertificateDer<'static>>>);
+pub(crate) struct PeerChain(Arc<Vec<CertificateDer<'static>>>);
+
+impl PeerChain {
+    /// The client's certificate, if it sent one.
+    pub(crate) fn leaf(&self) -> Option<&[u8]> {
+        self.0.first().map(|c| c.as_ref())
+    }
+}
 
 /// Every error answer: status, and one line of plain text for the client.
 struct ApiError(AuthorityError);
@@ -362,6 +370,7 @@ pub(crate) async fn serve_connection(
     let peer_chain = PeerChain(Arc::new(chain));
     let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer_chain.clone());
+        req.extensions_mut().insert(PeerAddr(peer));
         req
     });
     let svc = hyper_util::service::TowerToHyperService::new(svc);
@@ -374,10 +383,15 @@ pub(crate) async fn serve_connection(
 /// One plain-HTTP connection (the public routes): same header timeout, no TLS.
 pub(crate) async fn serve_plain_connection(
     tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
     app: Router,
     limits: &Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
+    });
+    let svc = hyper_util::service::TowerToHyperService::new(svc);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     builder.serve_connection(TokioIo::new(tcp), svc).await?;

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod http;
+mod limits;
 mod tls;
 
 use std::future::Future;
@@ -25,22 +26,8 @@ use iotpki_authority::Authority;
 use tokio::net::TcpListener;
 
 pub use http::{public_router, router};
+pub use limits::Limits;
 pub use tls::server_config;
-
-/// Limits on connections.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// A TLS handshake must finish within this.
-    pub handshake_timeout: Duration,
-    /// Request headers must arrive within this.
-    pub header_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { handshake_timeout: Duration::from_secs(10), header_timeout: Duration::from_secs(10) }
-    }
-}
 
 /// Serve EST on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -51,8 +38,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tls = server_config(&authority).map_err(std::io::Error::other)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(authority);
-    accept_loop(listener, shutdown, move |tcp, peer| {
+    let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
+    let app = router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
+    accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
         let (acceptor, app, limits) = (acceptor.clone(), app.clone(), limits.clone());
         async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
     })
@@ -67,22 +55,30 @@ pub async fn serve_http(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = public_router(authority);
-    accept_loop(listener, shutdown, move |tcp, _| {
+    let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
+    let app = public_router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
+    accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
         let (app, limits) = (app.clone(), limits.clone());
-        async move { http::serve_plain_connection(tcp, app, &limits).await }
+        async move { http::serve_plain_connection(tcp, peer, app, &limits).await }
     })
     .await
 }
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Accept connections until `shutdown`, each served by `conn` on its own task.
-async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: impl Future<Output = ()>, conn: F) -> std::io::Result<()>
+/// Accept connections until `shutdown`, each served by `conn` on its own
+/// task, at most `max` at once: one more is closed at once.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    shutdown: impl Future<Output = ()>,
+    conn: F,
+) -> std::io::Result<()>
 where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ConnResult> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -97,12 +93,18 @@ where
                 }
             },
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max, "connection limit reached: closing a new connection");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let fut = conn(tcp, peer);
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
 }
@@ -116,12 +118,18 @@ pub struct Running {
 }
 
 impl Running {
-    /// Start serving on `addr` (port 0 picks a free port).
+    /// Start serving on `addr` (port 0 picks a free port) with the limits of the authority's config.
     pub async fn start(authority: Arc<Authority>, addr: SocketAddr) -> std::io::Result<Self> {
+        let limits = Limits::from(&authority.config().limits);
+        Self::start_with(authority, addr, limits).await
+    }
+
+    /// Start serving on `addr` with `limits`.
+    pub async fn start_with(authority: Arc<Authority>, addr: SocketAddr, limits: Limits) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(authority, listener, Limits::default(), async move {
+        let task = tokio::spawn(serve(authority, listener, limits, async move {
             let _ = rx.await;
         }));
         Ok(Self { addr, stop: Some(tx), task })

@@ -9,6 +9,7 @@ mod crash;
 mod est;
 mod factory;
 mod interop;
+mod limits;
 mod loadgen;
 mod pkilint;
 mod refusals;

@@ -1,0 +1,212 @@
+//! Limits that keep one client from exhausting the server.
+//!
+//! - Connections: at most `max_connections` at once; one more is closed at
+//!   once (before TLS), so a flood of idle sockets cannot take every slot for long:
+//!   each must finish its TLS handshake within `handshake_timeout` and send
+//!   its request headers within `header_timeout` (slowloris).
+//! - Requests: each must be answered within `request_timeout`, body
+//!   included, or it gets 408 (a body sent a byte at a time).
+//! - Rates: a token bucket per client. The client is its TLS certificate if
+//!   it has one, else the HTTP Basic user (the device serial a token is for),
+//!   else its IP address. Factory stations (`/factory/...` and
+//!   `simpleenroll?batch=`) get their own, larger bucket. Past the bucket: 429
+//!   with Retry-After, before any work or audit write is done. CRLs, OCSP,
+//!   /cacerts, /csrattrs and /healthz are cached reads and not rate limited.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// Limits on connections, requests and request rates.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Request headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A request must be answered (body read, work done) within this.
+    pub request_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Requests per second per client (devices, anonymous).
+    pub client_rate: f64,
+    /// Requests a client may make at once before its rate applies.
+    pub client_burst: u32,
+    /// Requests per second per factory station.
+    pub station_rate: f64,
+    /// A station's burst.
+    pub station_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from(&iotpki_authority::config::LimitsConfig::default())
+    }
+}
+
+impl From<&iotpki_authority::config::LimitsConfig> for Limits {
+    fn from(c: &iotpki_authority::config::LimitsConfig) -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(c.handshake_timeout_secs),
+            header_timeout: Duration::from_secs(c.header_timeout_secs),
+            request_timeout: Duration::from_secs(c.request_timeout_secs),
+            max_connections: c.max_connections,
+            client_rate: c.client_rate_per_s,
+            client_burst: c.client_burst,
+            station_rate: c.station_rate_per_s,
+            station_burst: c.station_burst,
+        }
+    }
+}
+
+/// The peer's address, put on every request by the connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAddr(pub SocketAddr);
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+const SHARDS: usize = 16;
+/// Buckets kept per shard before full (idle) ones are dropped.
+const PRUNE_AT: usize = 8192;
+
+/// Token buckets per client key.
+pub(crate) struct RateLimiter {
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    limits: Limits,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), limits }
+    }
+
+    /// Take one token for `key`; when none is left, how long until one is.
+    pub(crate) fn take(&self, key: &str, station: bool) -> Result<(), Duration> {
+        let (rate, burst) = if station {
+            (self.limits.station_rate, f64::from(self.limits.station_burst))
+        } else {
+            (self.limits.client_rate, f64::from(self.limits.client_burst))
+        };
+        if rate <= 0.0 {
+            return Ok(()); // limiting switched off
+        }
+        let shard = usize::from(Sha256::digest(key.as_bytes())[0]) % SHARDS;
+        let Ok(mut map) = self.shards[shard].lock() else { return Ok(()) };
+        let now = Instant::now();
+        if map.len() >= PRUNE_AT {
+            map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+        }
+        let b = map
+            .entry(format!("{}{key}", if station { "station/" } else { "" }))
+            .or_insert(Bucket { tokens: burst, last: now });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+}
+
+/// Who is asking: the certificate, the Basic user, or the address.
+fn client_key(req: &Request, chain: Option<&[u8]>) -> String {
+    if let Some(leaf) = chain {
+        return format!("cert:{}", hex::encode(Sha256::digest(leaf)));
+    }
+    let basic_user = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|up| up.split_once(':').map(|(u, _)| u.to_string()));
+    if let Some(u) = basic_user {
+        return format!("user:{u}");
+    }
+    match req.extensions().get::<PeerAddr>() {
+        Some(p) => format!("ip:{}", p.0.ip()),
+        None => "ip:unknown".into(),
+    }
+}
+
+/// Cached reads that write nothing: CRLs, OCSP, the CA certificates and CSR attributes.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/crl/")
+        || path == "/ocsp"
+        || path.starts_with("/ocsp/")
+        || path == "/healthz"
+        || path.ends_with("/cacerts")
+        || path.ends_with("/csrattrs")
+}
+
+fn is_station(req: &Request) -> bool {
+    req.uri().path().starts_with("/factory/")
+        || req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("batch=")))
+}
+
+/// The middleware: rate limit, then answer within the request timeout.
+pub(crate) async fn guard(State(limiter): State<std::sync::Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+    if !exempt(req.uri().path()) {
+        let leaf = req.extensions().get::<crate::http::PeerChain>().and_then(|c| c.leaf().map(<[u8]>::to_vec));
+        let key = client_key(&req, leaf.as_deref());
+        if let Err(wait) = limiter.take(&key, is_station(&req)) {
+            let secs = wait.as_secs().max(1);
+            tracing::info!(client = %key, "rate limited");
+            let mut r =
+                (StatusCode::TOO_MANY_REQUESTS, format!("too many requests from this client; retry after {secs} s\n"))
+                    .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+    }
+    match tokio::time::timeout(limiter.limits.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request was not complete within {} s\n", limiter.limits.request_timeout.as_secs()),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_at_their_rate_and_are_per_client() {
+        let l = Limits { client_rate: 10.0, client_burst: 3, ..Limits::default() };
+        let r = RateLimiter::new(l);
+        for _ in 0..3 {
+            r.take("a", false).unwrap();
+        }
+        let wait = r.take("a", false).unwrap_err();
+        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
+        r.take("b", false).expect("another client has its own bucket");
+        r.take("a", true).expect("the station bucket is separate and larger");
+    }
+
+    #[test]
+    fn idle_buckets_are_pruned() {
+        let r = RateLimiter::new(Limits { client_rate: 1e9, client_burst: 1, ..Limits::default() });
+        for i in 0..(PRUNE_AT * SHARDS * 2) {
+            r.take(&format!("k{i}"), false).unwrap();
+        }
+        let total: usize = r.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= PRUNE_AT * SHARDS, "{total}");
+    }
+}
