@@ -88,13 +88,26 @@ pub fn load_key_file(dir: &Path, name: &str) -> Result<SoftKey, AgentError> {
 pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
     fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     let pem = iotpki_core::pem::encode("PRIVATE KEY", &key.to_pkcs8()?);
+    // Written whole to a temporary file, then linked to a free name: a key
+    // file is complete or absent, whenever the power goes.
+    let tmp = dir.join("key.pem.tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| AgentError::io(&tmp, e))?;
+    f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
+    drop(f);
     for n in 0u32.. {
         let name = format!("key-{n}.pem");
         let p = dir.join(&name);
-        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p) {
-            Ok(mut f) => {
-                f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&p, e))?;
+        match fs::hard_link(&tmp, &p) {
+            Ok(()) => {
+                let _ = fs::remove_file(&tmp);
                 sync_dir(dir)?;
+                crash_point("key.written");
                 return Ok(name);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -131,6 +144,17 @@ pub fn pending_key(dir: &Path) -> Result<Option<(String, SoftKey)>, AgentError> 
     Ok(Some((name, SoftKey::from_pkcs8(&der)?)))
 }
 
+/// Crash tests: abort the process at the named point when `IOTPKI_CRASH_AT`
+/// names it, as a power cut there would. Points: `key.written`,
+/// `identity.tmp-written`, `identity.renamed`. Unset (always, in normal
+/// operation), this is a no-op.
+pub fn crash_point(name: &str) {
+    if std::env::var_os("IOTPKI_CRASH_AT").is_some_and(|v| v == name) {
+        eprintln!("crash point {name}: aborting");
+        std::process::abort();
+    }
+}
+
 /// Replace the identity atomically: write a temporary file, fsync it, rename
 /// it over `identity.json`, fsync the directory. A power cut leaves the old
 /// identity or the new one. Then remove key files no identity names.
@@ -146,8 +170,10 @@ pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
         .map_err(|e| AgentError::io(&tmp, e))?;
     f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
     drop(f);
+    crash_point("identity.tmp-written");
     let dst = dir.join(IDENTITY_FILE);
     fs::rename(&tmp, &dst).map_err(|e| AgentError::io(&dst, e))?;
+    crash_point("identity.renamed");
     sync_dir(dir)?;
     let mut keep = vec![id.key_file.as_str()];
     if let Some(b) = &id.birth {

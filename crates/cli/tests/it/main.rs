@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod agent_crash;
 mod cli;
 mod commission;
 mod crash;
