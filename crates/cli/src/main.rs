@@ -5,6 +5,7 @@
 
 mod admin;
 mod agent_cmd;
+mod bundle_cmd;
 mod demo;
 mod duration;
 mod factory_cmd;
@@ -51,6 +52,12 @@ enum Cmd {
     /// The factory line: give birth to devices on a station.
     #[command(subcommand)]
     Factory(factory_cmd::FactoryCmd),
+    /// Trust bundles: create, sign (threshold of keys), show, verify.
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCmd),
+    /// Ownership vouchers: show, verify.
+    #[command(subcommand)]
+    Voucher(bundle_cmd::VoucherCmd),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
 }
@@ -99,6 +106,8 @@ fn main() -> ExitCode {
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Station(c) => factory_cmd::station(c),
         Cmd::Factory(c) => factory_cmd::factory(c),
+        Cmd::Bundle(c) => bundle_cmd::run(c),
+        Cmd::Voucher(c) => bundle_cmd::voucher(c),
         Cmd::Demo(a) => demo::run(a),
     };
     match result {

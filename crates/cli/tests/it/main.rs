@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod bundle;
 mod cli;
 mod est;
 mod factory;
