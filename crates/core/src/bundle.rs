@@ -531,6 +531,11 @@ pub fn verify_initial(bytes: &[u8], now: i64) -> Result<Bundle, BundleError> {
 
 /// Check a bundle offered to replace `current`, the one the device trusts.
 ///
+/// `current` is the bundle the device holds: checked when it was installed, and
+/// read back from the device's own storage with [`Bundle::decode`]. Its expiry
+/// is not checked here on purpose: a device that was offline past its bundle's
+/// `expires_at` must still be able to take the successor its signers approved.
+///
 /// Accepted only if all of these hold, checked in this order:
 /// 1. it decodes (else [`BundleError::Malformed`]);
 /// 2. every signature by a key named in `current` or in the candidate verifies
@@ -915,6 +920,19 @@ mod tests {
         assert!(matches!(verify_update(&cur, &bytes, c.expires_at + 5), Err(BundleError::Expired { .. })));
         assert!(matches!(verify_update(&cur, &bytes, c.issued_at - 3600), Err(BundleError::IssuedInFuture { .. })));
         verify_update(&cur, &bytes, NOW).unwrap();
+    }
+
+    #[test]
+    fn an_expired_current_bundle_still_authorises_its_successor() {
+        let k = keys();
+        let c1 = content(1, &[&k[0]], 1);
+        let cur = Bundle::decode(&signed(c1.clone(), &[&k[0]])).unwrap();
+        let later = c1.expires_at + 30 * 86_400;
+        assert!(matches!(verify_initial(&cur.encode(), later), Err(BundleError::Expired { .. })));
+        let mut c2 = content(2, &[&k[0]], 1);
+        c2.issued_at = later - 60;
+        c2.expires_at = later + 86_400;
+        verify_update(&cur, &signed(c2, &[&k[0]]), later).unwrap();
     }
 
     #[test]

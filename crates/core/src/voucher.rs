@@ -354,6 +354,7 @@ pub fn verify(
             return Err(VoucherError::WrongSigner { index, expected, found: e.signer_kid });
         }
         let (_, cose_entry) = VoucherEntry::decode(bytes).map_err(VoucherError::Malformed)?;
+        // (Decoded again only to reach the signed structure; Voucher keeps the octets.)
         cose::verify(signer_spki, e.alg, &cose_entry.tbs_data(&[]), &cose_entry.signature)
             .map_err(|detail| VoucherError::BadSignature { index, detail })?;
         if e.serial != *device_serial {
