@@ -310,3 +310,69 @@ fn voucher_show_and_verify() {
     let err = refused(bin().args(["voucher", "show", s(&file)]));
     assert!(err.contains("malformed voucher"), "{err}");
 }
+
+/// The Python of the venv scripts/test prepares (pkilint's, with pycose added).
+fn venv_python() -> PathBuf {
+    let dir = std::env::var_os("IOTPKI_PKILINT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin"));
+    let p = dir.join("python");
+    let ok = Command::new(&p).args(["-c", "import pycose, cbor2"]).output().map(|o| o.status.success());
+    assert!(
+        ok.unwrap_or(false),
+        "pycose not found with {}: run ./scripts/test, which installs it (or set IOTPKI_PKILINT_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// Run tests/it/cose_check.py; return (success, stdout).
+fn pycose(args: &[&str]) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/cose_check.py");
+    let out = Command::new(venv_python()).arg(script).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Flip the last octet of a file (the last signature's last octet, in both formats).
+fn damage_last_octet(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn pycose_verifies_bundles_and_vouchers() {
+    let k = Keys::new();
+    // A bundle signed with each algorithm (Ed25519, ES384, ES256), and by a key it does not name.
+    let b = k.path("b.cbor");
+    run_ok(&mut k.create(&b, 4, &[&k.plain[0].2, &k.plain[1].2, &k.plain[2].2], 3));
+    for i in [3, 0, 1, 2] {
+        k.sign(&b, i);
+    }
+    let (ok, out) = pycose(&["bundle", s(&b)]);
+    assert!(ok, "{out}");
+    for i in 0..3 {
+        assert!(out.contains(&format!("verified {}", k.kid(i))), "{out}");
+    }
+    assert!(out.contains(&format!("foreign {}", k.kid(3))) && out.contains("bundle version 4 threshold 3"), "{out}");
+    damage_last_octet(&b);
+    let (ok, out) = pycose(&["bundle", s(&b)]);
+    assert!(!ok && out.contains(&format!("FAIL signature by {}", k.kid(2))), "{out}");
+
+    // A voucher: manufacturer (P-256) -> P-384 owner -> Ed25519 owner.
+    let serial = DeviceSerial::parse("PYCOSE-1").unwrap();
+    let now = SystemClock.now();
+    let (maker, first, second) = (&k.plain[2].0, &k.plain[1].0, &k.plain[0].0);
+    let mut v = Voucher::first(maker, &serial, b"birth", first.public_key_der(), now, now + 600).unwrap();
+    v.extend(first, second.public_key_der(), now, now + 600).unwrap();
+    let file = k.path("v.cbor");
+    std::fs::write(&file, v.encode()).unwrap();
+    let (ok, out) = pycose(&["voucher", s(&file), s(&k.plain[2].2)]);
+    assert!(ok, "{out}");
+    assert!(out.contains("verified entry 1 PYCOSE-1") && out.contains(&format!("owner {}", k.kid(0))), "{out}");
+    damage_last_octet(&file);
+    let (ok, out) = pycose(&["voucher", s(&file), s(&k.plain[2].2)]);
+    assert!(!ok && out.contains("FAIL entry 1 signature"), "{out}");
+}
