@@ -5,6 +5,7 @@
 
 mod admin;
 mod agent_cmd;
+mod bundle_cmd;
 mod demo;
 mod duration;
 mod factory_cmd;
@@ -61,6 +62,12 @@ enum Cmd {
     Factory(factory_cmd::FactoryCmd),
     /// Enroll (and renew) many simulated devices against a server; throughput and latency percentiles.
     Loadgen(loadgen::LoadgenArgs),
+    /// Trust bundles: create, sign (threshold of keys), show, verify.
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCmd),
+    /// Ownership vouchers: show, verify.
+    #[command(subcommand)]
+    Voucher(bundle_cmd::VoucherCmd),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
 }
@@ -112,6 +119,8 @@ fn main() -> ExitCode {
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Station(c) => factory_cmd::station(c),
         Cmd::Factory(c) => factory_cmd::factory(c),
+        Cmd::Bundle(c) => bundle_cmd::run(c),
+        Cmd::Voucher(c) => bundle_cmd::voucher(c),
         Cmd::Demo(a) => demo::run(a),
     };
     match result {

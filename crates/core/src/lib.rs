@@ -2,12 +2,15 @@
 //!
 //! Bytes and values in, bytes and values out: CSR parsing and proof-of-possession
 //! checks, certificate profiles and TBS building, PKCS#7 certs-only encoding,
-//! the EST wire rules (RFC 7030 as clarified by RFC 8951). No sockets, files,
+//! the EST wire rules (RFC 7030 as clarified by RFC 8951), trust bundles and
+//! ownership vouchers (COSE over CBOR). No sockets, files,
 //! databases or clock: the caller passes `now` and a [`keys::Signer`].
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod chain;
+pub mod cose;
 pub mod crl;
 pub mod csr;
 mod error;
@@ -21,6 +24,7 @@ pub mod profile;
 pub mod record;
 pub mod serial;
 pub mod time;
+pub mod voucher;
 
 pub use error::Error;
 

@@ -1,0 +1,445 @@
+//! Trust bundles and ownership vouchers as files: `iotpki bundle create | sign |
+//! show | verify` and `iotpki voucher show | verify`. The formats and every rule
+//! live in `iotpki_core::{bundle, voucher}`; this only reads and writes files.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use iotpki_authority::{Clock, Passphrase, SystemClock};
+use iotpki_core::asn1::der::{Decode, Encode};
+use iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned;
+use iotpki_core::asn1::x509_cert::Certificate;
+use iotpki_core::bundle::{self, Bundle, BundleContent, SignatureState, UnsignedBundle};
+use iotpki_core::cose::key_id;
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::name::DeviceSerial;
+use iotpki_core::time::rfc3339;
+use iotpki_core::voucher::{self, Voucher};
+use serde_json::json;
+
+use crate::PassArg;
+
+/// `iotpki bundle ...`.
+#[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Write a new, unsigned trust bundle (a draft: each signer then runs `bundle sign`).
+    #[command(disable_version_flag = true)]
+    Create(CreateArgs),
+    /// Add one signature to a bundle file, in place (atomically).
+    Sign {
+        /// The bundle file.
+        file: PathBuf,
+        /// The signer's private key: PKCS#8 PEM, encrypted (needs the passphrase) or not.
+        #[arg(long, value_name = "KEY.pem")]
+        key: PathBuf,
+        #[command(flatten)]
+        pass: PassArg,
+    },
+    /// Show what a bundle says and who has signed it.
+    Show {
+        /// The bundle file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle as a device would: on its own (as put in at the factory), or
+    /// as an update of --current. Exits non-zero with the reason if a device would refuse it.
+    Verify {
+        /// The bundle file.
+        file: PathBuf,
+        /// The bundle the device holds now.
+        #[arg(long, value_name = "FILE")]
+        current: Option<PathBuf>,
+    },
+}
+
+/// `iotpki bundle create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The bundle's version: greater than the version devices hold now.
+    #[arg(long)]
+    version: u64,
+    /// A CA certificate devices trust, PEM or DER (repeatable; every certificate in a PEM file is added).
+    #[arg(long = "anchor", value_name = "CERT.pem", required = true)]
+    anchors: Vec<PathBuf>,
+    /// A server name devices may talk to (repeatable).
+    #[arg(long = "server", value_name = "NAME")]
+    servers: Vec<String>,
+    /// A key that may sign the next bundle: a PUBLIC KEY or CERTIFICATE PEM file (repeatable).
+    #[arg(long = "signer", value_name = "SPKI-or-cert.pem", required = true)]
+    signers: Vec<PathBuf>,
+    /// How many distinct signer keys must sign (this bundle, and the one that replaces it).
+    #[arg(long)]
+    threshold: u8,
+    /// How long the bundle is valid: 90d, 12h, ... (from now).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_secs)]
+    expires: u64,
+    /// Where to write the bundle (must not exist).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// `iotpki voucher ...`.
+#[derive(Subcommand, Debug)]
+pub enum VoucherCmd {
+    /// Show a voucher's entries (without checking them: see `voucher verify`).
+    Show {
+        /// The voucher file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a voucher as the device would; prints the owner's key, or exits non-zero with the reason.
+    Verify {
+        /// The voucher file.
+        file: PathBuf,
+        /// The manufacturer's key: a PUBLIC KEY or CERTIFICATE PEM file.
+        #[arg(long, value_name = "SPKI-or-cert.pem")]
+        manufacturer: PathBuf,
+        /// The device's serial.
+        #[arg(long)]
+        serial: String,
+        /// The device's birth certificate, PEM or DER.
+        #[arg(long, value_name = "CERT.pem")]
+        birth_cert: PathBuf,
+    },
+}
+
+fn now() -> i64 {
+    SystemClock.now()
+}
+
+pub fn run(c: BundleCmd) -> anyhow::Result<()> {
+    match c {
+        BundleCmd::Create(a) => create(a),
+        BundleCmd::Sign { file, key, pass } => sign(&file, &key, &pass),
+        BundleCmd::Show { file, json } => show(&file, json),
+        BundleCmd::Verify { file, current } => verify(&file, current.as_deref()),
+    }
+}
+
+fn create(a: CreateArgs) -> anyhow::Result<()> {
+    let mut anchors = Vec::new();
+    for p in &a.anchors {
+        anchors.extend(read_certs(p)?);
+    }
+    let signers = a.signers.iter().map(|p| read_spki(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let issued_at = now();
+    let expires_at = issued_at.saturating_add(i64::try_from(a.expires).unwrap_or(i64::MAX));
+    let content = BundleContent {
+        version: a.version,
+        issued_at,
+        expires_at,
+        anchors,
+        servers: a.servers,
+        threshold: a.threshold,
+        signers,
+    };
+    let draft = UnsignedBundle::new(content)?;
+    let n = draft.content().signers.len();
+    write_new(&a.out, &draft.encode())?;
+    println!(
+        "trust bundle version {} written to {} (unsigned: {} of {n} signer keys must sign it with `iotpki bundle sign`)",
+        a.version,
+        a.out.display(),
+        a.threshold
+    );
+    Ok(())
+}
+
+fn sign(file: &Path, key_file: &Path, pass: &PassArg) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    let mut b = Bundle::decode(&bytes).with_context(|| format!("{}", file.display()))?;
+    let key = read_key(key_file, pass)?;
+    b.add_signature(&key).with_context(|| format!("{}", file.display()))?;
+    replace(file, &b.encode())?;
+    let kid = key_id(key.public_key_der());
+    let own = b.own_signers();
+    let valid = own.iter().filter(|s| s.state == SignatureState::Valid).count();
+    println!(
+        "signed {} with key {} ({}); {valid} of the bundle's {} signer keys have signed, {} needed",
+        file.display(),
+        hex::encode(kid),
+        key.key_type(),
+        own.len(),
+        b.content().threshold
+    );
+    if !own.iter().any(|s| s.kid == kid) {
+        eprintln!(
+            "note: this key is not one of the bundle's own signers: its signature counts only toward the \
+             threshold of the bundle this one replaces, if that bundle names it"
+        );
+    }
+    Ok(())
+}
+
+fn show(file: &Path, as_json: bool) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    let b = Bundle::decode(&bytes).with_context(|| format!("{}", file.display()))?;
+    let c = b.content();
+    let now = now();
+    let anchors: Vec<serde_json::Value> = c
+        .anchors
+        .iter()
+        .map(|der| {
+            let (subject, not_after) = Certificate::from_der(der)
+                .map(|cert| {
+                    let v = &cert.tbs_certificate;
+                    (v.subject.to_string(), rfc3339(iotpki_core::time::unix(&v.validity.not_after)))
+                })
+                .unwrap_or_default();
+            json!({ "subject": subject, "sha256": iotpki_core::keys::spki_fingerprint(der), "not_after": not_after })
+        })
+        .collect();
+    let own = b.own_signers();
+    let valid = own.iter().filter(|s| s.state == SignatureState::Valid).count();
+    let signers: Vec<serde_json::Value> = own
+        .iter()
+        .map(|s| {
+            let (state, detail) = match &s.state {
+                SignatureState::Valid => ("signed", None),
+                SignatureState::Invalid(d) => ("bad-signature", Some(d.clone())),
+                SignatureState::Missing => ("not-signed", None),
+            };
+            json!({ "kid": hex::encode(s.kid), "key_type": key_type_name(&s.spki), "state": state, "detail": detail })
+        })
+        .collect();
+    let foreign: Vec<String> = b.foreign_signatures().iter().map(hex::encode).collect();
+    if as_json {
+        let v = json!({
+            "version": c.version,
+            "issued_at": rfc3339(c.issued_at),
+            "expires_at": rfc3339(c.expires_at),
+            "expired": now >= c.expires_at,
+            "anchors": anchors,
+            "servers": c.servers,
+            "threshold": c.threshold,
+            "signers": signers,
+            "signed_by_own_keys": valid,
+            "other_signatures": foreign,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("trust bundle version {}", c.version);
+    println!("issued   {}", rfc3339(c.issued_at));
+    let state = if now >= c.expires_at { " (EXPIRED)" } else { "" };
+    println!("expires  {}{state}", rfc3339(c.expires_at));
+    println!("anchors ({}):", anchors.len());
+    for a in &anchors {
+        let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+        println!("  {}  sha256 {}  until {}", s("subject"), s("sha256"), s("not_after"));
+    }
+    println!("servers ({}):", c.servers.len());
+    for s in &c.servers {
+        println!("  {s}");
+    }
+    println!("signers: {} of {} must sign", c.threshold, own.len());
+    for s in &signers {
+        let state = s["state"].as_str().unwrap_or("");
+        let detail = s["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
+        println!(
+            "  {state:<13} {:<8} kid {}{detail}",
+            s["key_type"].as_str().unwrap_or(""),
+            s["kid"].as_str().unwrap_or("")
+        );
+    }
+    if !foreign.is_empty() {
+        println!("other signatures (keys this bundle does not name):");
+        for k in &foreign {
+            println!("  kid {k}");
+        }
+    }
+    let verdict = if valid >= usize::from(c.threshold) { "enough for its own threshold" } else { "not enough yet" };
+    println!("signed by {valid} of its own keys: {verdict}");
+    Ok(())
+}
+
+fn verify(file: &Path, current: Option<&Path>) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    let now = now();
+    let b = match current {
+        None => bundle::verify_initial(&bytes, now).with_context(|| format!("{}", file.display()))?,
+        Some(cur) => {
+            let cur_bytes = read(cur)?;
+            let cur_bundle = Bundle::decode(&cur_bytes).with_context(|| format!("{} (current)", cur.display()))?;
+            bundle::verify_update(&cur_bundle, &bytes, now).with_context(|| format!("{}", file.display()))?
+        }
+    };
+    let how = if current.is_some() { "as an update of the current bundle" } else { "on its own" };
+    println!("trust bundle version {} is valid {how}, until {}", b.content().version, rfc3339(b.content().expires_at));
+    Ok(())
+}
+
+pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
+    match c {
+        VoucherCmd::Show { file, json } => voucher_show(&file, json),
+        VoucherCmd::Verify { file, manufacturer, serial, birth_cert } => {
+            let bytes = read(&file)?;
+            let maker = read_spki(&manufacturer)?;
+            let serial = DeviceSerial::parse(&serial).context("--serial")?;
+            let birth = read_certs(&birth_cert)?;
+            let [birth] = birth.as_slice() else { bail!("{}: expected one certificate", birth_cert.display()) };
+            let ok = voucher::verify(&bytes, &maker, &serial, birth, now())
+                .with_context(|| format!("{}", file.display()))?;
+            println!(
+                "voucher is valid: {} entries; the device's owner is key {} ({})",
+                ok.entries.len(),
+                hex::encode(key_id(&ok.owner_anchor)),
+                key_type_name(&ok.owner_anchor)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn voucher_show(file: &Path, as_json: bool) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    let v = Voucher::decode(&bytes).with_context(|| format!("{}", file.display()))?;
+    let now = now();
+    let entries: Vec<serde_json::Value> = v
+        .entries()
+        .iter()
+        .map(|e| {
+            json!({
+                "serial": e.serial.as_str(),
+                "birth_cert_sha256": hex::encode(e.birth_cert_sha256),
+                "signer_kid": hex::encode(e.signer_kid),
+                "alg": e.alg.to_string(),
+                "next_owner_kid": hex::encode(key_id(&e.next_owner)),
+                "next_owner_key_type": key_type_name(&e.next_owner),
+                "created_at": rfc3339(e.created_at),
+                "expires_at": rfc3339(e.expires_at),
+                "expired": now >= e.expires_at,
+                "prev": hex::encode(e.prev),
+            })
+        })
+        .collect();
+    if as_json {
+        let v = json!({ "verified": false, "owner_kid": hex::encode(key_id(v.owner())), "entries": entries });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let first = v.entries().first().map(|e| e.serial.to_string()).unwrap_or_default();
+    println!(
+        "ownership voucher for device {first}, {} entries (not verified: see `iotpki voucher verify`)",
+        entries.len()
+    );
+    for (i, e) in entries.iter().enumerate() {
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+        let expired = if e["expired"].as_bool() == Some(true) { " (expired)" } else { "" };
+        println!("  [{i}] signed by kid {} ({})", s("signer_kid"), s("alg"));
+        println!("      to owner kid {} ({})", s("next_owner_kid"), s("next_owner_key_type"));
+        println!("      created {}, expires {}{expired}", s("created_at"), s("expires_at"));
+    }
+    println!("owner: kid {}", hex::encode(key_id(v.owner())));
+    Ok(())
+}
+
+fn key_type_name(spki: &[u8]) -> String {
+    SubjectPublicKeyInfoOwned::from_der(spki)
+        .ok()
+        .and_then(|k| KeyType::of_spki(&k).ok())
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    // Larger than any bundle or voucher we accept: refuse before reading it all.
+    let len = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    if len > 4 * bundle::MAX_BUNDLE_BYTES as u64 {
+        bail!("{}: {len} bytes is far larger than a bundle or voucher can be", path.display());
+    }
+    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn pem_text(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.contains("-----BEGIN ").then(|| text.to_string())
+}
+
+/// Every certificate in a PEM file, or the one certificate of a DER file.
+fn read_certs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let bytes = read(path)?;
+    let certs = match pem_text(&bytes) {
+        Some(text) => {
+            iotpki_core::pem::decode_all("CERTIFICATE", &text).map_err(|e| anyhow!("{}: {e}", path.display()))?
+        }
+        None => vec![bytes],
+    };
+    if certs.is_empty() {
+        bail!("{}: no CERTIFICATE found", path.display());
+    }
+    Ok(certs)
+}
+
+/// A public key (DER SPKI) from a PUBLIC KEY PEM file or a CERTIFICATE PEM file.
+fn read_spki(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = read(path)?;
+    let text =
+        pem_text(&bytes).ok_or_else(|| anyhow!("{}: expected a PUBLIC KEY or CERTIFICATE PEM file", path.display()))?;
+    if text.contains("-----BEGIN PUBLIC KEY-----") {
+        return iotpki_core::pem::decode_one("PUBLIC KEY", &text).map_err(|e| anyhow!("{}: {e}", path.display()));
+    }
+    if text.contains("-----BEGIN CERTIFICATE-----") {
+        let der = iotpki_core::pem::decode_one("CERTIFICATE", &text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let cert = Certificate::from_der(&der).map_err(|e| anyhow!("{}: not a certificate: {e}", path.display()))?;
+        return cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| anyhow!("{}: public key: {e}", path.display()));
+    }
+    bail!("{}: expected a PUBLIC KEY or CERTIFICATE PEM block", path.display())
+}
+
+/// A signing key from a PKCS#8 PEM file: encrypted (the passphrase comes from
+/// --passphrase-file or $IOTPKI_PASSPHRASE) or not.
+fn read_key(path: &Path, pass: &PassArg) -> anyhow::Result<SoftKey> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
+        return Ok(iotpki_authority::keyfile::read_encrypted(path, &pass)?);
+    }
+    if text.contains("-----BEGIN PRIVATE KEY-----") {
+        let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        return SoftKey::from_pkcs8(&der).map_err(|e| anyhow!("{}: {e}", path.display()));
+    }
+    bail!("{}: expected a PKCS#8 PRIVATE KEY or ENCRYPTED PRIVATE KEY PEM file", path.display())
+}
+
+/// Write a new public file; refuse to overwrite.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Replace `path` atomically: a temporary file beside it, fsync'd, renamed over
+/// it, the directory fsync'd. A crash leaves the old file or the new one.
+fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| anyhow!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let result = write_new(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display())));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    fs::File::open(&dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}

@@ -1,0 +1,72 @@
+//! Seed inputs for the `bundle` and `voucher` fuzz targets (run by `scripts/fuzz seeds`):
+//! `cargo run -p iotpki-core --example fuzz_seeds -- fuzz/seeds`.
+//!
+//! Writes `bundle/draft.cbor` (no signatures), `bundle/signed.cbor` (2 of 3: P-384
+//! and Ed25519, plus a P-256 key that is not named) and `voucher/chain.cbor`
+//! (manufacturer P-256 -> P-384 -> Ed25519 owner).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+use iotpki_core::keys::{key_identifier, KeyType, Signer, SoftKey};
+use iotpki_core::name::{DeviceSerial, NameBuilder};
+use iotpki_core::profile::{issue, CertParams, Issuer, Profile};
+use iotpki_core::voucher::Voucher;
+
+const NOW: i64 = 1_750_000_000;
+
+fn root(cn: &str) -> Vec<u8> {
+    let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(k.public_key_der()).unwrap();
+    let n = NameBuilder::default().organization("Seed").unwrap().common_name(cn).unwrap().build();
+    let kid = key_identifier(&spki);
+    let issuer = Issuer { subject: &n, key_id: &kid, not_after: NOW + 86_400 * 365, signer: &k };
+    let p = CertParams {
+        profile: Profile::Root,
+        serial: iotpki_core::serial::system_random_serial(NOW).unwrap().0,
+        subject: n.clone(),
+        spki,
+        not_before: NOW,
+        not_after: NOW + 86_400 * 365,
+        dns_names: vec![],
+        ip_addrs: vec![],
+        permitted_subtree: None,
+    };
+    issue(&p, &issuer).unwrap().der
+}
+
+fn main() {
+    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/seeds".into()));
+    let keys: Vec<SoftKey> = [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Ed25519, KeyType::EcdsaP256]
+        .into_iter()
+        .map(|kt| SoftKey::generate(kt).unwrap())
+        .collect();
+
+    let content = BundleContent {
+        version: 3,
+        issued_at: NOW,
+        expires_at: NOW + 86_400 * 30,
+        anchors: vec![root("Seed Root A"), root("Seed Root B")],
+        servers: vec!["est.example.com".into(), "192.0.2.1".into()],
+        threshold: 2,
+        signers: keys[..3].iter().map(|k| k.public_key_der().to_vec()).collect(),
+    };
+    let draft = UnsignedBundle::new(content).unwrap().encode();
+    let mut signed = Bundle::decode(&draft).unwrap();
+    for k in &keys[1..] {
+        signed.add_signature(k).unwrap();
+    }
+    std::fs::create_dir_all(out.join("bundle")).unwrap();
+    std::fs::write(out.join("bundle/draft.cbor"), &draft).unwrap();
+    std::fs::write(out.join("bundle/signed.cbor"), signed.encode()).unwrap();
+
+    let serial = DeviceSerial::parse("SEED-1").unwrap();
+    let birth = root("SEED-1 birth");
+    let mut v = Voucher::first(&keys[0], &serial, &birth, keys[1].public_key_der(), NOW, NOW + 86_400).unwrap();
+    v.extend(&keys[1], keys[2].public_key_der(), NOW + 60, NOW + 86_400).unwrap();
+    std::fs::create_dir_all(out.join("voucher")).unwrap();
+    std::fs::write(out.join("voucher/chain.cbor"), v.encode()).unwrap();
+    println!("bundle and voucher seeds written to {}", out.display());
+}

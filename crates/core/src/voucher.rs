@@ -1,0 +1,749 @@
+//! Ownership vouchers: who owns a device, as a chain of signed hand-overs
+//! back to its manufacturer (the idea of RFC 8366 vouchers and of FIDO Device
+//! Onboard's ownership voucher, in our own CBOR/COSE form).
+//!
+//! A voucher is an append-only list of entries. Each entry is a COSE_Sign1
+//! (RFC 9052, tag 18) signed by the device's owner at the time, and names
+//! - the device: its serial and the SHA-256 of its birth certificate;
+//! - the next owner: the DER subjectPublicKeyInfo of the next owner's key;
+//! - when it was made and until when it may be used;
+//! - the SHA-256 of the previous entry's octets (32 zero octets for the first).
+//!
+//! The first entry is signed by the manufacturer; every later one by the key the
+//! entry before it named. The device checks the chain with [`verify`] from its
+//! manufacturer anchor (which it got at birth) and learns its owner's key.
+//! docs/voucher.md has the exact layout.
+//!
+//! Why the next owner is a key (SPKI) and not a CA certificate: the chain is a
+//! chain of signing keys (the next entry is verified with exactly this key),
+//! a key is what [`Signer::public_key_der`] gives the owner's authority, it is
+//! small, and it carries no second validity period that could disagree with the
+//! entry's. The device pins its new owner's CA by this key when it first meets
+//! the owner's server.
+//!
+//! ```
+//! use iotpki_core::keys::{KeyType, SoftKey, Signer};
+//! use iotpki_core::name::DeviceSerial;
+//! use iotpki_core::voucher::{self, Voucher};
+//!
+//! let maker = SoftKey::generate(KeyType::EcdsaP256)?;
+//! let (alice, bob) = (SoftKey::generate(KeyType::EcdsaP384)?, SoftKey::generate(KeyType::Ed25519)?);
+//! let serial = DeviceSerial::parse("SN-0001")?;
+//! let birth_cert = b"the device's birth certificate, DER";
+//! let now = 1_700_000_000;
+//! let mut v = Voucher::first(&maker, &serial, birth_cert, alice.public_key_der(), now, now + 86_400)?;
+//! v.extend(&alice, bob.public_key_der(), now + 10, now + 86_400)?;
+//! let ok = voucher::verify(&v.encode(), maker.public_key_der(), &serial, birth_cert, now + 20)?;
+//! assert_eq!(ok.owner_anchor, bob.public_key_der());
+//! assert_eq!(ok.entries.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use coset::{AsCborValue, CoseSign1, Header, HeaderBuilder, ProtectedHeader, TaggedCborSerializable};
+
+use crate::bundle::MAX_CLOCK_SKEW;
+use crate::cose::{self, cbor, kid_hex, CoseAlg, KeyId};
+use crate::keys::Signer;
+use crate::name::DeviceSerial;
+
+/// The COSE content type in each entry's protected header.
+pub const CONTENT_TYPE: &str = "application/vnd.iotpki.voucher-entry+cbor";
+/// Largest encoded voucher accepted, in octets.
+pub const MAX_VOUCHER_BYTES: usize = 64 * 1024;
+/// Most entries (hand-overs) in one voucher.
+pub const MAX_ENTRIES: usize = 32;
+/// The `prev` of the first entry.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+const K_SERIAL: u64 = 1;
+const K_BIRTH: u64 = 2;
+const K_OWNER: u64 = 3;
+const K_CREATED: u64 = 4;
+const K_EXPIRES: u64 = 5;
+const K_PREV: u64 = 6;
+const KEYS: [u64; 6] = [K_SERIAL, K_BIRTH, K_OWNER, K_CREATED, K_EXPIRES, K_PREV];
+
+/// One hand-over, as decoded (the signature is checked by [`verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoucherEntry {
+    /// The device serial.
+    pub serial: DeviceSerial,
+    /// SHA-256 of the device's birth certificate (DER).
+    pub birth_cert_sha256: [u8; 32],
+    /// The next owner's key: DER subjectPublicKeyInfo (P-256, P-384 or Ed25519).
+    pub next_owner: Vec<u8>,
+    /// When the entry was made, Unix seconds.
+    pub created_at: i64,
+    /// The first second the entry may no longer be used, Unix seconds.
+    pub expires_at: i64,
+    /// SHA-256 of the previous entry's encoded COSE_Sign1, or [`GENESIS`].
+    pub prev: [u8; 32],
+    /// The key id the entry's signature names: SHA-256 of the signer's SPKI.
+    pub signer_kid: KeyId,
+    /// The signature algorithm.
+    pub alg: CoseAlg,
+}
+
+impl VoucherEntry {
+    fn payload(&self) -> Vec<u8> {
+        use cbor::Value;
+        let int = |k: u64| Value::Integer(k.into());
+        cbor::to_vec(&Value::Map(vec![
+            (int(K_SERIAL), Value::Text(self.serial.as_str().to_string())),
+            (int(K_BIRTH), Value::Bytes(self.birth_cert_sha256.to_vec())),
+            (int(K_OWNER), Value::Bytes(self.next_owner.clone())),
+            (int(K_CREATED), cbor::time_value(self.created_at)),
+            (int(K_EXPIRES), cbor::time_value(self.expires_at)),
+            (int(K_PREV), Value::Bytes(self.prev.to_vec())),
+        ]))
+    }
+
+    /// Decode one entry's tagged COSE_Sign1, without checking its signature.
+    fn decode(bytes: &[u8]) -> Result<(Self, CoseSign1), String> {
+        let cbor::Value::Tag(tag, inner) = cbor::from_slice(bytes)? else {
+            return Err("not a tagged COSE_Sign1 (CBOR tag 18)".into());
+        };
+        if tag != CoseSign1::TAG {
+            return Err(format!("CBOR tag {tag}, expected 18 (COSE_Sign1)"));
+        }
+        let cose = CoseSign1::from_cbor_value(*inner).map_err(|e| format!("not a COSE_Sign1: {e}"))?;
+        let h = &cose.protected.header;
+        let alg = h.alg.as_ref().and_then(CoseAlg::from_label).ok_or("alg must be ES256, ES384 or EdDSA")?;
+        let kid: KeyId = h.key_id.clone().try_into().map_err(|_| "kid must be 32 octets (SHA-256 of the key)")?;
+        if cose.protected.original_data.as_deref() != Some(&protected_bytes(alg, &kid)[..]) {
+            return Err(format!("the protected header must be exactly {{1: alg, 3: \"{CONTENT_TYPE}\", 4: kid}}"));
+        }
+        if cose.unprotected != Header::default() {
+            return Err("the unprotected header must be empty".into());
+        }
+        let payload = cose.payload.as_deref().ok_or("detached payloads are not supported")?;
+        let mut f = cbor::int_map(cbor::from_slice(payload)?, &KEYS)?.into_iter();
+        let mut next = || f.next().ok_or_else(|| "payload map too short".to_string());
+        let serial = cbor::text(next()?, "serial")?;
+        let serial = DeviceSerial::parse(&serial).map_err(|e| format!("serial: {e}"))?;
+        let birth_cert_sha256 = cbor::hash(next()?, "birth certificate hash")?;
+        let next_owner = cbor::bytes(next()?, "next owner")?;
+        cose::parse_signer_key(&next_owner).map_err(|e| format!("next owner key: {e}"))?;
+        let created_at = cbor::time(&next()?, "created_at")?;
+        let expires_at = cbor::time(&next()?, "expires_at")?;
+        if expires_at <= created_at {
+            return Err(format!("expires_at {expires_at} is not after created_at {created_at}"));
+        }
+        let prev = cbor::hash(next()?, "prev")?;
+        let entry = Self { serial, birth_cert_sha256, next_owner, created_at, expires_at, prev, signer_kid: kid, alg };
+        Ok((entry, cose))
+    }
+}
+
+fn protected(alg: CoseAlg, kid: &KeyId) -> ProtectedHeader {
+    ProtectedHeader {
+        original_data: None,
+        header: HeaderBuilder::new()
+            .algorithm(alg.iana())
+            .content_type(CONTENT_TYPE.into())
+            .key_id(kid.to_vec())
+            .build(),
+    }
+}
+
+fn protected_bytes(alg: CoseAlg, kid: &KeyId) -> Vec<u8> {
+    match protected(alg, kid).cbor_bstr() {
+        Ok(cbor::Value::Bytes(b)) => b,
+        _ => Vec::new(),
+    }
+}
+
+/// A voucher: entries in order, each with its encoded octets (which the next
+/// entry's `prev` hashes). Decoding checks the form only; [`verify`] checks the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voucher {
+    entries: Vec<(VoucherEntry, Vec<u8>)>,
+}
+
+impl Voucher {
+    /// The first entry: `manufacturer` hands the device (`serial`, `birth_cert_der`)
+    /// to `next_owner` (a DER SPKI), valid from `created_at` until `expires_at`.
+    pub fn first(
+        manufacturer: &dyn Signer,
+        serial: &DeviceSerial,
+        birth_cert_der: &[u8],
+        next_owner: &[u8],
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<Self, VoucherError> {
+        let birth = cose::sha256(birth_cert_der);
+        let entry = sign_entry(manufacturer, serial, birth, next_owner, created_at, expires_at, GENESIS)?;
+        Ok(Self { entries: vec![entry] })
+    }
+
+    /// Append a hand-over from the current owner, who signs with `owner`, to
+    /// `next_owner` (a DER SPKI). Refused, with nothing changed, if `owner` is not
+    /// the key the last entry named ([`VoucherError::WrongSigner`]), if the last
+    /// entry had expired at `created_at` or was made after it, or if the voucher is full.
+    pub fn extend(
+        &mut self,
+        owner: &dyn Signer,
+        next_owner: &[u8],
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), VoucherError> {
+        let index = self.entries.len();
+        let (last, last_bytes) = self.entries.last().ok_or(VoucherError::Empty)?;
+        if index >= MAX_ENTRIES {
+            return Err(VoucherError::Invalid(format!("the voucher already has {MAX_ENTRIES} entries")));
+        }
+        let expected = cose::key_id(&last.next_owner);
+        let found = cose::key_id(owner.public_key_der());
+        if found != expected {
+            return Err(VoucherError::WrongSigner { index, expected, found });
+        }
+        check_succession(index, last, created_at)?;
+        let prev = cose::sha256(last_bytes);
+        let entry = sign_entry(owner, &last.serial, last.birth_cert_sha256, next_owner, created_at, expires_at, prev)?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// The voucher's octets: a CBOR array of byte strings, each one entry's tagged COSE_Sign1.
+    pub fn encode(&self) -> Vec<u8> {
+        let items = self.entries.iter().map(|(_, b)| cbor::Value::Bytes(b.clone())).collect();
+        cbor::to_vec(&cbor::Value::Array(items))
+    }
+
+    /// Decode a voucher. Bounded ([`MAX_VOUCHER_BYTES`], [`MAX_ENTRIES`]), only
+    /// the deterministic encoding; never panics. Signatures and the chain are not
+    /// checked: that is [`verify`]'s job.
+    pub fn decode(bytes: &[u8]) -> Result<Self, VoucherError> {
+        let m = VoucherError::Malformed;
+        if bytes.len() > MAX_VOUCHER_BYTES {
+            return Err(m(format!("{} octets, at most {MAX_VOUCHER_BYTES} allowed", bytes.len())));
+        }
+        let items = cbor::array(cbor::from_slice(bytes).map_err(m)?, "voucher", MAX_ENTRIES).map_err(m)?;
+        if items.is_empty() {
+            return Err(VoucherError::Empty);
+        }
+        let mut entries = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let b = cbor::bytes(item, &format!("entry {i}")).map_err(m)?;
+            let (e, _) = VoucherEntry::decode(&b).map_err(|e| m(format!("entry {i}: {e}")))?;
+            entries.push((e, b));
+        }
+        Ok(Self { entries })
+    }
+
+    /// The entries, first (the manufacturer's) to last.
+    pub fn entries(&self) -> Vec<&VoucherEntry> {
+        self.entries.iter().map(|(e, _)| e).collect()
+    }
+
+    /// The key the last entry hands the device to (not verified).
+    pub fn owner(&self) -> &[u8] {
+        self.entries.last().map(|(e, _)| e.next_owner.as_slice()).unwrap_or_default()
+    }
+
+    /// SHA-256 of entry `index`'s octets: what the entry after it names as `prev`.
+    pub fn entry_hash(&self, index: usize) -> Option<[u8; 32]> {
+        self.entries.get(index).map(|(_, b)| cose::sha256(b))
+    }
+}
+
+fn sign_entry(
+    signer: &dyn Signer,
+    serial: &DeviceSerial,
+    birth_cert_sha256: [u8; 32],
+    next_owner: &[u8],
+    created_at: i64,
+    expires_at: i64,
+    prev: [u8; 32],
+) -> Result<(VoucherEntry, Vec<u8>), VoucherError> {
+    cose::parse_signer_key(next_owner).map_err(|e| VoucherError::Invalid(format!("next owner key: {e}")))?;
+    if created_at < 0 || expires_at <= created_at {
+        return Err(VoucherError::Invalid(format!(
+            "expires_at {expires_at} must be after created_at {created_at} >= 0"
+        )));
+    }
+    let alg = CoseAlg::for_key(signer.key_type()).ok_or_else(|| {
+        VoucherError::Signer(format!("a {} key cannot sign a voucher (use p256, p384 or ed25519)", signer.key_type()))
+    })?;
+    let kid = cose::key_id(signer.public_key_der());
+    let entry = VoucherEntry {
+        serial: serial.clone(),
+        birth_cert_sha256,
+        next_owner: next_owner.to_vec(),
+        created_at,
+        expires_at,
+        prev,
+        signer_kid: kid,
+        alg,
+    };
+    let mut cose = CoseSign1 {
+        protected: protected(alg, &kid),
+        unprotected: Header::default(),
+        payload: Some(entry.payload()),
+        signature: Vec::new(),
+    };
+    let (_, sig) = cose::sign(signer, &cose.tbs_data(&[])).map_err(VoucherError::Signer)?;
+    cose.signature = sig;
+    // Encoding our own structure cannot fail: every header is one we built.
+    let bytes = cose.to_tagged_vec().map_err(|e| VoucherError::Signer(e.to_string()))?;
+    Ok((entry, bytes))
+}
+
+/// Entry `index` (made at `created_at`) may follow `prev` only if made while `prev` was valid.
+fn check_succession(index: usize, prev: &VoucherEntry, created_at: i64) -> Result<(), VoucherError> {
+    if created_at < prev.created_at {
+        return Err(VoucherError::Gap {
+            index,
+            detail: format!("it was made at {created_at}, before the entry it extends ({})", prev.created_at),
+        });
+    }
+    if created_at >= prev.expires_at {
+        return Err(VoucherError::Expired { index: index - 1, expires_at: prev.expires_at, at: created_at });
+    }
+    Ok(())
+}
+
+/// What a valid voucher tells the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The current owner's key (DER SPKI): the last entry's next owner.
+    pub owner_anchor: Vec<u8>,
+    /// Every entry, first to last.
+    pub entries: Vec<VoucherEntry>,
+}
+
+/// Verify a voucher for the device (`device_serial`, `birth_cert_der`) from its
+/// manufacturer's key `manufacturer_spki` (DER SPKI), at `now`.
+///
+/// For each entry, in order: its `prev` is the hash of the entry before (the
+/// first: [`GENESIS`]) (else [`VoucherError::Gap`]); its `kid` names the key
+/// that must sign it, the manufacturer's for the first and the previous entry's
+/// next owner after that (else [`VoucherError::WrongSigner`]); the signature
+/// verifies with that key (else [`VoucherError::BadSignature`]); it names this
+/// device (else [`VoucherError::WrongDevice`]); it was not made more than
+/// [`MAX_CLOCK_SKEW`] after `now` (else [`VoucherError::CreatedInFuture`]); and
+/// it was made while the entry before it was valid (else
+/// [`VoucherError::Expired`] for that entry, or [`VoucherError::Gap`] if made
+/// before it). Finally `now` must be before the last entry's `expires_at`
+/// ([`VoucherError::Expired`]): earlier entries are history and may have expired since.
+pub fn verify(
+    voucher: &[u8],
+    manufacturer_spki: &[u8],
+    device_serial: &DeviceSerial,
+    birth_cert_der: &[u8],
+    now: i64,
+) -> Result<Verified, VoucherError> {
+    let v = Voucher::decode(voucher)?;
+    let birth = cose::sha256(birth_cert_der);
+    let mut signer_spki = manufacturer_spki;
+    let mut prev: Option<(&VoucherEntry, &[u8])> = None;
+    for (index, (e, bytes)) in v.entries.iter().enumerate() {
+        let want_prev = prev.map(|(_, b)| cose::sha256(b)).unwrap_or(GENESIS);
+        if e.prev != want_prev {
+            let detail = if index == 0 {
+                "the first entry does not start at the manufacturer (its prev is not the genesis value)".into()
+            } else {
+                format!("its prev is not the hash of entry {} (an entry is missing or out of order)", index - 1)
+            };
+            return Err(VoucherError::Gap { index, detail });
+        }
+        let expected = cose::key_id(signer_spki);
+        if e.signer_kid != expected {
+            return Err(VoucherError::WrongSigner { index, expected, found: e.signer_kid });
+        }
+        let (_, cose_entry) = VoucherEntry::decode(bytes).map_err(VoucherError::Malformed)?;
+        // (Decoded again only to reach the signed structure; Voucher keeps the octets.)
+        cose::verify(signer_spki, e.alg, &cose_entry.tbs_data(&[]), &cose_entry.signature)
+            .map_err(|detail| VoucherError::BadSignature { index, detail })?;
+        if e.serial != *device_serial {
+            let detail = format!("it is for device {}, this is {}", e.serial, device_serial);
+            return Err(VoucherError::WrongDevice { index, detail });
+        }
+        if e.birth_cert_sha256 != birth {
+            let detail = "it names another birth certificate (same serial: a cloned or re-made device?)".into();
+            return Err(VoucherError::WrongDevice { index, detail });
+        }
+        if e.created_at > now.saturating_add(MAX_CLOCK_SKEW) {
+            return Err(VoucherError::CreatedInFuture { index, created_at: e.created_at, now });
+        }
+        if let Some((p, _)) = prev {
+            check_succession(index, p, e.created_at)?;
+        }
+        prev = Some((e, bytes));
+        signer_spki = &e.next_owner;
+    }
+    let (last, _) = v.entries.last().ok_or(VoucherError::Empty)?;
+    if now >= last.expires_at {
+        return Err(VoucherError::Expired { index: v.entries.len() - 1, expires_at: last.expires_at, at: now });
+    }
+    Ok(Verified { owner_anchor: last.next_owner.clone(), entries: v.entries.into_iter().map(|(e, _)| e).collect() })
+}
+
+/// Why a voucher was refused, or could not be made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VoucherError {
+    /// The voucher has no entries.
+    Empty,
+    /// The octets are not a voucher: bad CBOR or COSE, a field missing or out of
+    /// range, too large, or not the deterministic encoding.
+    Malformed(String),
+    /// An entry does not follow the one before it: one is missing, they are out
+    /// of order, or the first does not start at the manufacturer.
+    Gap {
+        /// The entry (from 0).
+        index: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An entry is for another device.
+    WrongDevice {
+        /// The entry (from 0).
+        index: usize,
+        /// What differs.
+        detail: String,
+    },
+    /// An entry is signed by someone other than the owner before it (the
+    /// manufacturer, for the first).
+    WrongSigner {
+        /// The entry (from 0).
+        index: usize,
+        /// The key id that had to sign.
+        expected: KeyId,
+        /// The key id that did.
+        found: KeyId,
+    },
+    /// An entry's signature does not verify with the key that had to sign it.
+    BadSignature {
+        /// The entry (from 0).
+        index: usize,
+        /// Why.
+        detail: String,
+    },
+    /// An entry had expired when it was used: when the next one was made, or
+    /// (the last) now.
+    Expired {
+        /// The entry (from 0).
+        index: usize,
+        /// Its `expires_at`.
+        expires_at: i64,
+        /// When it was used.
+        at: i64,
+    },
+    /// An entry says it was made further in the future than clock skew explains.
+    CreatedInFuture {
+        /// The entry (from 0).
+        index: usize,
+        /// Its `created_at`.
+        created_at: i64,
+        /// The time it was checked at.
+        now: i64,
+    },
+    /// [`Voucher::first`] or [`Voucher::extend`] was given something that breaks a rule.
+    Invalid(String),
+    /// The signer could not sign.
+    Signer(String),
+}
+
+impl fmt::Display for VoucherError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = |s: &i64| crate::time::rfc3339(*s);
+        match self {
+            Self::Empty => f.write_str("the voucher has no entries"),
+            Self::Malformed(d) => write!(f, "malformed voucher: {d}"),
+            Self::Gap { index, detail } => write!(f, "voucher entry {index} does not follow the chain: {detail}"),
+            Self::WrongDevice { index, detail } => {
+                write!(f, "voucher entry {index} is for another device: {detail}")
+            }
+            Self::WrongSigner { index, expected, found } => write!(
+                f,
+                "voucher entry {index} is signed by key {}, but only the {} (key {}) may sign it",
+                kid_hex(found),
+                if *index == 0 { "manufacturer" } else { "previous owner" },
+                kid_hex(expected)
+            ),
+            Self::BadSignature { index, detail } => write!(f, "voucher entry {index} has a bad signature: {detail}"),
+            Self::Expired { index, expires_at, at } => write!(
+                f,
+                "voucher entry {index} expired at {} but was used at {}; the owner must issue a fresh one",
+                t(expires_at),
+                t(at)
+            ),
+            Self::CreatedInFuture { index, created_at, now } => write!(
+                f,
+                "voucher entry {index} is made at {}, more than {MAX_CLOCK_SKEW} s after now ({}); check the clocks",
+                t(created_at),
+                t(now)
+            ),
+            Self::Invalid(d) => write!(f, "cannot make the voucher entry: {d}"),
+            Self::Signer(d) => write!(f, "cannot sign the voucher entry: {d}"),
+        }
+    }
+}
+
+impl std::error::Error for VoucherError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyType, SoftKey};
+
+    const NOW: i64 = 1_750_000_000;
+    const DAY: i64 = 86_400;
+    const BIRTH: &[u8] = b"birth certificate of SN-1";
+
+    struct World {
+        maker: SoftKey,
+        owners: Vec<SoftKey>,
+        serial: DeviceSerial,
+    }
+
+    fn world() -> World {
+        World {
+            maker: SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            owners: [KeyType::EcdsaP384, KeyType::Ed25519, KeyType::EcdsaP256, KeyType::Ed25519]
+                .into_iter()
+                .map(|kt| SoftKey::generate(kt).unwrap())
+                .collect(),
+            serial: DeviceSerial::parse("SN-1").unwrap(),
+        }
+    }
+
+    /// maker -> owners[0] -> owners[1] -> owners[2], a day apart, each valid 30 days.
+    fn chain(w: &World) -> Voucher {
+        let o = &w.owners;
+        let mut v =
+            Voucher::first(&w.maker, &w.serial, BIRTH, o[0].public_key_der(), NOW - 3 * DAY, NOW + 27 * DAY).unwrap();
+        v.extend(&o[0], o[1].public_key_der(), NOW - 2 * DAY, NOW + 28 * DAY).unwrap();
+        v.extend(&o[1], o[2].public_key_der(), NOW - DAY, NOW + 29 * DAY).unwrap();
+        v
+    }
+
+    fn check(w: &World, bytes: &[u8], now: i64) -> Result<Verified, VoucherError> {
+        verify(bytes, w.maker.public_key_der(), &w.serial, BIRTH, now)
+    }
+
+    fn from_entries(entries: Vec<(VoucherEntry, Vec<u8>)>) -> Vec<u8> {
+        Voucher { entries }.encode()
+    }
+
+    #[test]
+    fn a_chain_to_the_manufacturer_is_accepted() {
+        let w = world();
+        let v = chain(&w);
+        let bytes = v.encode();
+        let ok = check(&w, &bytes, NOW).unwrap();
+        assert_eq!(ok.owner_anchor, w.owners[2].public_key_der());
+        assert_eq!(ok.entries.len(), 3);
+        assert_eq!(ok.entries[0].prev, GENESIS);
+        assert_eq!(Some(ok.entries[1].prev), v.entry_hash(0));
+        assert_eq!(ok.entries[0].signer_kid, cose::key_id(w.maker.public_key_der()));
+        assert_eq!(ok.entries[2].alg, CoseAlg::EdDsa);
+        assert_eq!(ok.entries[0].birth_cert_sha256, cose::sha256(BIRTH));
+        let again = Voucher::decode(&bytes).unwrap();
+        assert_eq!(again, v);
+        assert_eq!(again.encode(), bytes);
+        assert_eq!(again.owner(), w.owners[2].public_key_der());
+        // A single entry is a voucher too.
+        let one = Voucher::first(&w.maker, &w.serial, BIRTH, w.owners[0].public_key_der(), NOW, NOW + DAY).unwrap();
+        assert_eq!(check(&w, &one.encode(), NOW).unwrap().owner_anchor, w.owners[0].public_key_der());
+    }
+
+    #[test]
+    fn empty_is_refused() {
+        let w = world();
+        assert_eq!(check(&w, &[0x80], NOW).unwrap_err(), VoucherError::Empty);
+        assert_eq!(Voucher::decode(&[0x80]).unwrap_err().to_string(), "the voucher has no entries");
+    }
+
+    #[test]
+    fn a_gap_or_reordering_is_refused() {
+        let w = world();
+        let e = chain(&w).entries;
+        // Entry 1 left out: entry 2's prev does not match entry 0.
+        let err = check(&w, &from_entries(vec![e[0].clone(), e[2].clone()]), NOW).unwrap_err();
+        assert!(matches!(&err, VoucherError::Gap { index: 1, .. }), "{err}");
+        assert!(err.to_string().contains("missing or out of order"), "{err}");
+        // Swapped.
+        let err = check(&w, &from_entries(vec![e[0].clone(), e[2].clone(), e[1].clone()]), NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::Gap { index: 1, .. }), "{err}");
+        // The head cut off: the chain does not start at the manufacturer.
+        let err = check(&w, &from_entries(vec![e[1].clone(), e[2].clone()]), NOW).unwrap_err();
+        assert!(matches!(&err, VoucherError::Gap { index: 0, .. }), "{err}");
+        assert!(err.to_string().contains("genesis"), "{err}");
+    }
+
+    #[test]
+    fn another_device_is_refused() {
+        let w = world();
+        let bytes = chain(&w).encode();
+        let other = DeviceSerial::parse("SN-2").unwrap();
+        let err = verify(&bytes, w.maker.public_key_der(), &other, BIRTH, NOW).unwrap_err();
+        assert!(matches!(&err, VoucherError::WrongDevice { index: 0, detail } if detail.contains("SN-1")), "{err}");
+        let err = verify(&bytes, w.maker.public_key_der(), &w.serial, b"another birth", NOW).unwrap_err();
+        assert!(matches!(&err, VoucherError::WrongDevice { index: 0, detail } if detail.contains("birth")), "{err}");
+    }
+
+    #[test]
+    fn only_the_previous_owner_may_sign() {
+        let w = world();
+        let bytes = chain(&w).encode();
+        // Another manufacturer.
+        let stranger = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let err = verify(&bytes, stranger.public_key_der(), &w.serial, BIRTH, NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::WrongSigner { index: 0, .. }), "{err}");
+        assert!(err.to_string().contains("only the manufacturer"), "{err}");
+        // extend by someone who is not the current owner: refused, nothing changed.
+        let mut v = chain(&w);
+        let before = v.clone();
+        let err = v.extend(&w.owners[0], w.owners[3].public_key_der(), NOW, NOW + DAY).unwrap_err();
+        assert_eq!(
+            err,
+            VoucherError::WrongSigner {
+                index: 3,
+                expected: cose::key_id(w.owners[2].public_key_der()),
+                found: cose::key_id(w.owners[0].public_key_der())
+            }
+        );
+        assert_eq!(v, before);
+        // A forged entry by a former owner, correctly chained, is refused by verify too.
+        let last = &v.entries[2];
+        let forged = sign_entry(
+            &w.owners[0],
+            &w.serial,
+            cose::sha256(BIRTH),
+            w.owners[3].public_key_der(),
+            NOW,
+            NOW + DAY,
+            cose::sha256(&last.1),
+        )
+        .unwrap();
+        let mut e = v.entries.clone();
+        e.push(forged);
+        let err = check(&w, &from_entries(e), NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::WrongSigner { index: 3, .. }), "{err}");
+        assert!(err.to_string().contains("previous owner"), "{err}");
+    }
+
+    fn resign(bytes: &[u8], f: impl FnOnce(&mut CoseSign1)) -> Vec<u8> {
+        let (_, mut cose) = VoucherEntry::decode(bytes).unwrap();
+        f(&mut cose);
+        cose.to_tagged_vec().unwrap()
+    }
+
+    #[test]
+    fn a_bad_signature_is_refused() {
+        let w = world();
+        let mut e = chain(&w).entries;
+        for i in 0..3 {
+            let mut bad = e.clone();
+            bad[i].1 = resign(&bad[i].1, |c| c.signature[3] ^= 1);
+            let err = check(&w, &from_entries(bad), NOW).unwrap_err();
+            assert!(matches!(err, VoucherError::BadSignature { index, .. } if index == i), "{err}");
+        }
+        // Someone claims to be the owner (right kid) but signs with another key.
+        let stranger = SoftKey::generate(KeyType::EcdsaP384).unwrap();
+        e[1].1 = resign(&e[1].1, |c| {
+            c.signature = cose::sign(&stranger, &c.tbs_data(&[])).unwrap().1;
+        });
+        let err = check(&w, &from_entries(e), NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::BadSignature { index: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn expiry_rules() {
+        let w = world();
+        let bytes = chain(&w).encode();
+        // History may have expired; the last entry may not.
+        check(&w, &bytes, NOW + 28 * DAY).unwrap();
+        let err = check(&w, &bytes, NOW + 29 * DAY).unwrap_err();
+        assert_eq!(err, VoucherError::Expired { index: 2, expires_at: NOW + 29 * DAY, at: NOW + 29 * DAY });
+        // An entry made after the one before it expired.
+        let mut v = Voucher::first(&w.maker, &w.serial, BIRTH, w.owners[0].public_key_der(), NOW - DAY, NOW).unwrap();
+        let err = v.extend(&w.owners[0], w.owners[1].public_key_der(), NOW, NOW + DAY).unwrap_err();
+        assert_eq!(err, VoucherError::Expired { index: 0, expires_at: NOW, at: NOW });
+        assert_eq!(v.entries.len(), 1, "nothing changed");
+        let late = sign_entry(
+            &w.owners[0],
+            &w.serial,
+            cose::sha256(BIRTH),
+            w.owners[1].public_key_der(),
+            NOW,
+            NOW + DAY,
+            v.entry_hash(0).unwrap(),
+        )
+        .unwrap();
+        let mut e = v.entries.clone();
+        e.push(late);
+        let err = check(&w, &from_entries(e), NOW).unwrap_err();
+        assert_eq!(err, VoucherError::Expired { index: 0, expires_at: NOW, at: NOW });
+        assert!(err.to_string().contains("fresh one"), "{err}");
+    }
+
+    #[test]
+    fn time_order_and_future_entries_are_refused() {
+        let w = world();
+        let v = Voucher::first(&w.maker, &w.serial, BIRTH, w.owners[0].public_key_der(), NOW, NOW + DAY).unwrap();
+        let mut early = v.clone();
+        let err = early.extend(&w.owners[0], w.owners[1].public_key_der(), NOW - 1, NOW + DAY).unwrap_err();
+        assert!(matches!(err, VoucherError::Gap { index: 1, .. }), "{err}");
+        let err = check(&w, &v.encode(), NOW - MAX_CLOCK_SKEW - 1).unwrap_err();
+        assert_eq!(err, VoucherError::CreatedInFuture { index: 0, created_at: NOW, now: NOW - MAX_CLOCK_SKEW - 1 });
+        check(&w, &v.encode(), NOW - MAX_CLOCK_SKEW).unwrap();
+    }
+
+    #[test]
+    fn bad_input_to_first_and_extend() {
+        let w = world();
+        let err = Voucher::first(&w.maker, &w.serial, BIRTH, b"not a key", NOW, NOW + 1).unwrap_err();
+        assert!(matches!(&err, VoucherError::Invalid(d) if d.contains("next owner key")), "{err}");
+        let err = Voucher::first(&w.maker, &w.serial, BIRTH, w.owners[0].public_key_der(), NOW, NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::Invalid(_)), "{err}");
+        let mut v = Voucher::first(&w.maker, &w.serial, BIRTH, w.maker.public_key_der(), NOW, NOW + DAY).unwrap();
+        for _ in 1..MAX_ENTRIES {
+            v.extend(&w.maker, w.maker.public_key_der(), NOW, NOW + DAY).unwrap();
+        }
+        let err = v.extend(&w.maker, w.maker.public_key_der(), NOW, NOW + DAY).unwrap_err();
+        assert!(matches!(&err, VoucherError::Invalid(d) if d.contains("already has")), "{err}");
+        check(&w, &v.encode(), NOW).unwrap();
+    }
+
+    #[test]
+    fn malformed_input_is_refused_never_panics() {
+        let w = world();
+        let good = chain(&w).encode();
+        let malformed = |bytes: &[u8], want: &str| match Voucher::decode(bytes) {
+            Err(VoucherError::Malformed(d)) => assert!(d.contains(want), "{d} lacks {want:?}"),
+            other => panic!("{other:?}"),
+        };
+        malformed(b"", "");
+        malformed(b"junk", "");
+        malformed(&vec![0x80; MAX_VOUCHER_BYTES + 1], "at most");
+        malformed(&[0x81, 0x01], "entry 0: expected a byte string");
+        malformed(&[0x81, 0x41, 0x00], "entry 0");
+        let mut long = good.clone();
+        long.push(0);
+        malformed(&long, "after the CBOR item");
+        for n in 0..good.len() {
+            assert!(Voucher::decode(&good[..n]).is_err());
+            let mut m = good.clone();
+            m[n] ^= 0x24;
+            let _ = check(&w, &m, NOW);
+        }
+        // An entry with an extra header, or tagged as a COSE_Sign.
+        let e = chain(&w).entries;
+        let mut x = e.clone();
+        x[0].1 = resign(&e[0].1, |c| c.unprotected = HeaderBuilder::new().key_id(vec![1]).build());
+        malformed(&from_entries(x), "unprotected");
+        let (_, cose) = VoucherEntry::decode(&e[0].1).unwrap();
+        let wrong_tag = cbor::to_vec(&cbor::Value::Tag(98, Box::new(cose.to_cbor_value().unwrap())));
+        let mut x = e.clone();
+        x[0].1 = wrong_tag;
+        malformed(&from_entries(x), "expected 18");
+        // Too many entries.
+        let many = cbor::to_vec(&cbor::Value::Array(vec![cbor::Value::Bytes(e[0].1.clone()); MAX_ENTRIES + 1]));
+        malformed(&many, "at most 32 allowed");
+    }
+}
