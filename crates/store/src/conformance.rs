@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
+    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
     OwnershipStatus, Precondition, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload,
     TokenRecord,
 };
@@ -81,6 +81,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     offline_sync(store);
     revocation(store);
     ownership(store);
+    artifacts(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -571,4 +572,49 @@ pub fn ownership(store: &dyn Store) {
         store.release_device(&unique("NONE-"), OwnershipStatus::Revoked, 1, event("x", "y")),
         Err(StoreError::NotOwned { .. })
     ));
+}
+
+/// Artifacts only move forward; a voucher claim owns the device and publishes
+/// the voucher together, and never revives a revoked device.
+pub fn artifacts(store: &dyn Store) {
+    let kind = unique("bundle-");
+    let art =
+        |v: u64| Artifact { kind: kind.clone(), version: v, body: vec![v as u8; 3], published_at: 1_000 + v as i64 };
+    assert_eq!(store.artifact(&kind).expect("read"), None);
+    store.publish_artifact(art(2), event("bundle.publish", &kind)).expect("publish 2");
+    let before = audit_len(store);
+    for v in [1, 2] {
+        assert!(
+            matches!(
+                store.publish_artifact(art(v), event("bundle.publish", &kind)),
+                Err(StoreError::NotNewer { latest: 2, .. })
+            ),
+            "version {v} after 2 is refused"
+        );
+    }
+    assert_eq!(audit_len(store), before, "refusals write nothing");
+    store.publish_artifact(art(5), event("bundle.publish", &kind)).expect("publish 5");
+    assert_eq!(store.artifact(&kind).expect("read"), Some(art(5)), "the latest");
+
+    let dev = unique("VO-");
+    let voucher =
+        |v: u64| Artifact { kind: format!("voucher/{dev}"), version: v, body: vec![1, 2, 3], published_at: 7_000 };
+    store.own_by_voucher(&dev, "voucher:ab", voucher(1), event("claim", &dev)).expect("own by voucher");
+    let o = store.ownership(&dev).expect("read").expect("row");
+    assert_eq!((o.status, o.via.as_str()), (OwnershipStatus::Owned, "voucher:ab"));
+    store.release_device(&dev, OwnershipStatus::Transferred, 8_000, event("voucher.issue", &dev)).expect("transfer");
+    store.own_by_voucher(&dev, "voucher:cd", voucher(3), event("claim", &dev)).expect("back again by a longer voucher");
+    assert_eq!(store.ownership(&dev).expect("read").expect("row").status, OwnershipStatus::Owned);
+    assert!(matches!(
+        store.own_by_voucher(&dev, "voucher:ef", voucher(2), event("claim", &dev)),
+        Err(StoreError::NotNewer { .. })
+    ));
+    store.release_device(&dev, OwnershipStatus::Revoked, 9_000, event("device.revoke", &dev)).expect("revoke");
+    let before = audit_len(store);
+    assert!(matches!(
+        store.own_by_voucher(&dev, "voucher:gh", voucher(4), event("claim", &dev)),
+        Err(StoreError::DeviceReleased { status: "revoked", .. })
+    ));
+    assert_eq!(store.artifact(&format!("voucher/{dev}")).expect("read").expect("row").version, 3, "nothing published");
+    assert_eq!(audit_len(store), before);
 }

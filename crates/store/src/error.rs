@@ -137,6 +137,15 @@ pub enum StoreError {
         /// The name or key fingerprint.
         name: String,
     },
+    /// A published artifact of this kind has this version or a higher one.
+    NotNewer {
+        /// The kind.
+        kind: String,
+        /// The latest version published.
+        latest: u64,
+        /// The version offered.
+        offered: u64,
+    },
     /// The audit chain does not verify at `seq`.
     AuditBroken {
         /// First entry that does not verify.
@@ -192,6 +201,9 @@ impl fmt::Display for StoreError {
             ),
             Self::DeviceReleased { device, status } => write!(f, "device {device} is {status} by this authority"),
             Self::ManufacturerExists { name } => write!(f, "manufacturer {name} is trusted already"),
+            Self::NotNewer { kind, latest, offered } => {
+                write!(f, "{kind} version {offered} is not newer than the published version {latest}")
+            }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
             Self::Database(e) => write!(f, "database error: {e}"),
             Self::Closed => f.write_str("store is closed"),

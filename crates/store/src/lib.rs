@@ -129,6 +129,20 @@ pub enum Precondition {
     },
 }
 
+/// A signed thing the authority publishes: a trust bundle (kind `bundle`) or
+/// an ownership voucher (kind `voucher/SERIAL`). Versions only grow per kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    /// What it is.
+    pub kind: String,
+    /// Its version (a bundle's version; a voucher's number of entries).
+    pub version: u64,
+    /// Its octets.
+    pub body: Vec<u8>,
+    /// When it was published.
+    pub published_at: UnixTime,
+}
+
 /// A manufacturer whose manufacturing CA this authority trusts as a birth issuer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManufacturerRecord {
@@ -455,6 +469,23 @@ pub trait Store: Send + Sync {
 
     /// This authority's ownership of a device, if it ever had it.
     fn ownership(&self, device_serial: &str) -> Result<Option<Ownership>, StoreError>;
+
+    /// Publish an artifact; its version must be above every published one of its kind.
+    fn publish_artifact(&self, artifact: Artifact, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// The latest artifact of a kind.
+    fn artifact(&self, kind: &str) -> Result<Option<Artifact>, StoreError>;
+
+    /// Own a device by an ownership voucher, atomically: the ownership (new,
+    /// or back from handed on; never a revoked device) and the voucher published
+    /// as artifact `voucher/SERIAL`.
+    fn own_by_voucher(
+        &self,
+        device_serial: &str,
+        via: &str,
+        voucher: Artifact,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
 
     /// Mark an owned device revoked or transferred (it must be owned now).
     fn release_device(

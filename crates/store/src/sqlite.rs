@@ -20,9 +20,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::{
-    audit_hash, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Flag,
-    Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, StationRecord, StationStatus, Store,
-    StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
+    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, StationRecord,
+    StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_offline.sql")),
     (4, include_str!("../migrations/sqlite/0004_revocation.sql")),
     (5, include_str!("../migrations/sqlite/0005_ownership.sql")),
+    (6, include_str!("../migrations/sqlite/0006_artifacts.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -66,6 +67,8 @@ enum Op {
     AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
     Claim(Vec<String>, String, i64, AuditEvent),
     Release(String, OwnershipStatus, i64, AuditEvent),
+    Publish(Box<Artifact>, AuditEvent),
+    OwnByVoucher(String, String, Box<Artifact>, AuditEvent),
 }
 
 /// What a committed operation hands back to its caller.
@@ -301,6 +304,10 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<Done
         Op::Release(serial, status, at, a) => {
             unit(release(tx, serial, *status, *at).and_then(|()| append(tx, a, head)))
         }
+        Op::Publish(art, a) => unit(publish(tx, art).and_then(|()| append(tx, a, head))),
+        Op::OwnByVoucher(serial, via, art, a) => unit(
+            own_by_voucher(tx, serial, via, art).and_then(|()| publish(tx, art)).and_then(|()| append(tx, a, head)),
+        ),
         Op::Sync(sync) => apply_sync(tx, sync).and_then(|o| append(tx, &sync.audit, head).map(|()| Done::Synced(o))),
     };
     if r.is_err() {
@@ -698,6 +705,38 @@ fn release(tx: &Transaction<'_>, serial: &str, status: OwnershipStatus, at: i64)
     tx.prepare_cached("UPDATE owned_devices SET status = ?1, changed_at = ?2 WHERE device_serial = ?3")
         .and_then(|mut q| q.execute(params![status.as_str(), at, serial]))
         .map_err(db)?;
+    Ok(())
+}
+
+fn publish(tx: &Transaction<'_>, a: &Artifact) -> Result<(), StoreError> {
+    let latest: Option<i64> = tx
+        .prepare_cached("SELECT MAX(version) FROM artifacts WHERE kind = ?1")
+        .and_then(|mut q| q.query_row([&a.kind], |r| r.get(0)))
+        .map_err(db)?;
+    let version = i64::try_from(a.version).map_err(|_| StoreError::Database("version out of range".into()))?;
+    if let Some(latest) = latest {
+        if version <= latest {
+            return Err(StoreError::NotNewer { kind: a.kind.clone(), latest: latest as u64, offered: a.version });
+        }
+    }
+    tx.prepare_cached("INSERT INTO artifacts (kind, version, body, published_at) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut q| q.execute(params![a.kind, version, a.body, a.published_at]))
+        .map_err(db)?;
+    Ok(())
+}
+
+fn own_by_voucher(tx: &Transaction<'_>, serial: &str, via: &str, a: &Artifact) -> Result<(), StoreError> {
+    if let Some(o) = ownership_query(tx, serial)? {
+        if o.status == OwnershipStatus::Revoked {
+            return Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() });
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO owned_devices (device_serial, via, since) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_serial) DO UPDATE SET via = excluded.via, since = excluded.since, status = 'owned', changed_at = NULL",
+    )
+    .and_then(|mut q| q.execute(params![serial, via, a.published_at]))
+    .map_err(db)?;
     Ok(())
 }
 
@@ -1115,6 +1154,39 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         self.submit_unit(Op::Release(device_serial.into(), status, at, audit))
+    }
+
+    fn publish_artifact(&self, artifact: Artifact, audit: AuditEvent) -> Result<(), StoreError> {
+        self.submit_unit(Op::Publish(Box::new(artifact), audit))
+    }
+
+    fn artifact(&self, kind: &str) -> Result<Option<Artifact>, StoreError> {
+        self.read(|c| {
+            opt(c
+                .prepare_cached(
+                    "SELECT kind, version, body, published_at FROM artifacts WHERE kind = ?1 ORDER BY version DESC LIMIT 1",
+                )
+                .and_then(|mut q| {
+                    q.query_row([kind], |r| {
+                        Ok(Artifact {
+                            kind: r.get(0)?,
+                            version: r.get::<_, i64>(1)? as u64,
+                            body: r.get(2)?,
+                            published_at: r.get(3)?,
+                        })
+                    })
+                }))
+        })
+    }
+
+    fn own_by_voucher(
+        &self,
+        device_serial: &str,
+        via: &str,
+        voucher: Artifact,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.submit_unit(Op::OwnByVoucher(device_serial.into(), via.into(), Box::new(voucher), audit))
     }
 
     fn revoke(&self, serial: &str, reason: u8, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
