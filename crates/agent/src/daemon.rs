@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub once: bool,
     /// Return after this many renewals or re-commissionings.
     pub exit_after: Option<u32>,
+    /// Where to look for trust bundles, vouchers and CRLs each round (the
+    /// server, its plain-HTTP listener or a relay); None: not looked for.
+    pub fetch_from: Option<String>,
 }
 
 impl RunOptions {
@@ -51,6 +54,7 @@ impl RunOptions {
             max_backoff: Duration::from_secs(3600),
             once: false,
             exit_after: None,
+            fetch_from: None,
         }
     }
 
@@ -87,6 +91,13 @@ pub enum Step {
 pub enum Event<'a> {
     /// A step finished.
     Step(&'a Step),
+    /// Something fetched was applied, or refused (with why); the state is unchanged on refusal.
+    Fetched {
+        /// What (a path).
+        what: &'a str,
+        /// What happened.
+        result: &'a Result<crate::trust::Applied, AgentError>,
+    },
     /// A step failed; the next try is after `retry_in`.
     Failed {
         /// What went wrong.
@@ -163,6 +174,16 @@ pub async fn run(opts: &RunOptions, mut report: impl FnMut(Event<'_>)) -> Result
     let mut done = 0u32;
     let mut backoff = opts.min_backoff;
     loop {
+        if let Some(base) = &opts.fetch_from {
+            match crate::trust::fetch_and_apply(&opts.state_dir, base).await {
+                Ok(results) => {
+                    for (what, result) in &results {
+                        report(Event::Fetched { what, result });
+                    }
+                }
+                Err(e) => report(Event::Fetched { what: base, result: &Err(e) }),
+            }
+        }
         match step(opts).await {
             Ok(s) => {
                 report(Event::Step(&s));

@@ -262,6 +262,12 @@ impl EstClient {
         Ok(Answer { status, body })
     }
 
+    /// `GET path` (any path on the server): status and body, uninterpreted.
+    pub async fn get(&self, path: &str) -> Result<(u16, Bytes), AgentError> {
+        let a = self.exchange("GET", path, None, Bytes::new(), None).await?;
+        Ok((a.status, a.body))
+    }
+
     /// A connection kept open across requests (HTTP/1.1 keep-alive), opened
     /// on first use and again when the server has closed it.
     pub fn keep_alive(&self) -> KeptConnection {

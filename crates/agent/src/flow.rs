@@ -9,6 +9,7 @@ use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{self, DeviceSerial, NameBuilder};
 use iotpki_core::{csr, pem, profile};
 use rustls::pki_types::{CertificateDer, UnixTime};
+use spki::der::{Decode, Encode};
 
 use crate::est_client::{ClientIdentity, EstClient};
 use crate::state::{self, Identity};
@@ -315,6 +316,20 @@ pub async fn commission(
         Some(p) => pem::decode_one("CERTIFICATE", p).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?,
         None => pem::decode_one("CERTIFICATE", &old.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?,
     };
+    // With an ownership voucher installed, only the owner it names is trusted.
+    if let Some(owner) = crate::trust::voucher_owner(state_dir)? {
+        let cert =
+            x509_cert::Certificate::from_der(&anchor).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
+        let spki =
+            cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::Usage(e.to_string()))?;
+        if spki != owner {
+            return Err(AgentError::Untrusted(format!(
+                "the ownership voucher hands this device to key {}, not to the anchor given ({})",
+                iotpki_core::keys::spki_fingerprint(&owner),
+                iotpki_core::keys::spki_fingerprint(&spki)
+            )));
+        }
+    }
     let server = server.unwrap_or(&old.server).to_string();
     let label = label.map(str::to_string).or_else(|| {
         if old.birth.as_ref().map(|b| &b.cert_pem) == Some(&old.cert_pem) {

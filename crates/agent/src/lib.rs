@@ -22,6 +22,7 @@ pub mod line;
 pub mod offline;
 pub mod state;
 mod tls_key;
+pub mod trust;
 
 pub use error::AgentError;
 pub use flow::{enroll, renew, status, EnrollOptions, Status};

@@ -146,7 +146,7 @@ pub fn pending_key(dir: &Path) -> Result<Option<(String, SoftKey)>, AgentError> 
 
 /// Crash tests: abort the process at the named point when `IOTPKI_CRASH_AT`
 /// names it, as a power cut there would. Points: `key.written`,
-/// `identity.tmp-written`, `identity.renamed`. Unset (always, in normal
+/// `state.tmp-written`, `state.renamed`. Unset (always, in normal
 /// operation), this is a no-op.
 pub fn crash_point(name: &str) {
     if std::env::var_os("IOTPKI_CRASH_AT").is_some_and(|v| v == name) {
@@ -160,21 +160,7 @@ pub fn crash_point(name: &str) {
 /// identity or the new one. Then remove key files no identity names.
 pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
     let json = serde_json::to_vec_pretty(id).map_err(|e| AgentError::State(e.to_string()))?;
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
-    drop(f);
-    crash_point("identity.tmp-written");
-    let dst = dir.join(IDENTITY_FILE);
-    fs::rename(&tmp, &dst).map_err(|e| AgentError::io(&dst, e))?;
-    crash_point("identity.renamed");
-    sync_dir(dir)?;
+    write_atomic(dir, IDENTITY_FILE, &json)?;
     let mut keep = vec![id.key_file.as_str()];
     if let Some(b) = &id.birth {
         keep.push(b.key_file.as_str());
@@ -183,8 +169,26 @@ pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Remove `key-*.pem` files other than `keep` (left behind by a renewal that
-/// was interrupted, or by the one just completed). Best effort.
+/// Replace `dir/name` atomically: a temporary file written and fsynced,
+/// renamed over it, the directory fsynced. A power cut leaves the old or the new.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| AgentError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
+    drop(f);
+    crash_point("state.tmp-written");
+    let dst = dir.join(name);
+    fs::rename(&tmp, &dst).map_err(|e| AgentError::io(&dst, e))?;
+    crash_point("state.renamed");
+    sync_dir(dir)
+}
+
 pub fn remove_unused_keys(dir: &Path, keep: &[&str]) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {

@@ -38,6 +38,8 @@ pub struct Birth {
     pub device: DeviceSerial,
     /// The manufacturer whose CA it chains to.
     pub manufacturer: String,
+    /// That manufacturing CA's certificate, DER.
+    pub manufacturer_cert: Vec<u8>,
     /// SHA-256 of the birth key (subjectPublicKeyInfo).
     pub spki_sha256: String,
 }
@@ -152,13 +154,13 @@ impl Authority {
         for m in &manufacturers {
             match iotpki_core::chain::verify(leaf, &inter, &m.cert_der, now, CLIENT_AUTH) {
                 Ok(()) => {
-                    found = Some(m.name.clone());
+                    found = Some((m.name.clone(), m.cert_der.clone()));
                     break;
                 }
                 Err(e) => why.push(e.to_string()),
             }
         }
-        let Some(manufacturer) = found else {
+        let Some((manufacturer, manufacturer_cert)) = found else {
             let detail = if manufacturers.len() == 1 { format!(" ({})", why.join("; ")) } else { String::new() };
             return Err(AuthorityError::Forbidden(format!(
                 "the birth certificate does not chain to a trusted manufacturer{detail}"
@@ -189,7 +191,7 @@ impl Authority {
             )));
         };
         let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
-        Ok(Birth { device, manufacturer, spki_sha256: info.spki_sha256 })
+        Ok(Birth { device, manufacturer, manufacturer_cert, spki_sha256: info.spki_sha256 })
     }
 
     /// `simpleenroll` with a birth certificate: an operational certificate for
@@ -211,6 +213,11 @@ impl Authority {
                     status: o.status.as_str(),
                 }
                 .into())
+            }
+            Some(o) if o.via.starts_with("voucher:") => {
+                // Owned by voucher: the whole chain, from the manufacturer that made
+                // this very birth certificate to this authority, must hold now.
+                self.check_voucher(&birth.device, chain[0].as_ref(), &birth.manufacturer_cert)?;
             }
             Some(_) => {}
         }

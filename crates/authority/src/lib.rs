@@ -17,6 +17,7 @@ pub mod init;
 pub mod keyfile;
 pub mod revocation;
 pub mod tokens;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -82,6 +82,30 @@ pub enum AgentCmd {
         /// Exit after this many renewals or re-commissionings.
         #[arg(long)]
         exit_after: Option<u32>,
+        /// Look for trust bundles, vouchers and CRLs here each round (server, http listener or relay).
+        #[arg(long, value_name = "URL")]
+        fetch_from: Option<String>,
+    },
+    /// Apply a trust bundle, an ownership voucher or a CRL brought by any intermediary
+    /// (the kind is told from the file). Refused, with the state unchanged, unless its signatures hold.
+    Apply {
+        /// The device's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The file.
+        file: PathBuf,
+        /// Install a first trust bundle (at the factory): it must carry its own threshold of signatures.
+        #[arg(long)]
+        initial: bool,
+    },
+    /// Fetch the trust bundle, this device's voucher and its CRLs from a server or a relay, and apply them.
+    Fetch {
+        /// The device's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Where from: https://server, http://listener or http://relay.
+        #[arg(long, value_name = "URL")]
+        from: String,
     },
     /// On the factory line: wait for the station on a line link, make the key, take the birth certificate.
     Line {
@@ -147,7 +171,30 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AgentCmd::Run { state, renew_at, jitter, min_backoff, max_backoff, once, exit_after } => {
+        AgentCmd::Apply { state, file, initial } => {
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let r = iotpki_agent::trust::apply(&state, &bytes, initial)?;
+            println!("{}", applied_text(&r));
+            Ok(())
+        }
+        AgentCmd::Fetch { state, from } => {
+            let results = crate::runtime()?.block_on(iotpki_agent::trust::fetch_and_apply(&state, &from))?;
+            let mut refused = 0;
+            for (what, r) in &results {
+                match r {
+                    Ok(a) => println!("{what}: {}", applied_text(a)),
+                    Err(e) => {
+                        refused += 1;
+                        println!("{what}: REFUSED: {e}");
+                    }
+                }
+            }
+            if refused > 0 {
+                anyhow::bail!("{refused} of {} refused; the device's state is unchanged for those", results.len());
+            }
+            Ok(())
+        }
+        AgentCmd::Run { state, renew_at, jitter, min_backoff, max_backoff, once, exit_after, fetch_from } => {
             use iotpki_agent::daemon::{self, Event, Step};
             let secs = |flag: &str, v: &str| {
                 crate::duration::parse_secs(v)
@@ -161,6 +208,7 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             opts.max_backoff = secs("--max-backoff", &max_backoff)?;
             opts.once = once;
             opts.exit_after = exit_after;
+            opts.fetch_from = fetch_from;
             let stamp = || {
                 iotpki_core::time::rfc3339(
                     std::time::SystemTime::now()
@@ -179,6 +227,8 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
                 Event::Step(Step::Recommissioned(id)) => {
                     println!("{} commissioned {} with {}", stamp(), id.device_serial, id.server)
                 }
+                Event::Fetched { what, result: Ok(a) } => println!("{} {what}: {}", stamp(), applied_text(a)),
+                Event::Fetched { what, result: Err(e) } => eprintln!("{} {what}: refused: {e}", stamp()),
                 Event::Failed { error, retry_in } => {
                     eprintln!("{} {error}; retrying in {}s", stamp(), retry_in.as_secs())
                 }
@@ -219,5 +269,20 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn applied_text(a: &iotpki_agent::trust::Applied) -> String {
+    use iotpki_agent::trust::Applied;
+    match a {
+        Applied::Bundle { version } => format!("trust bundle version {version} installed"),
+        Applied::Voucher { entries, owner } => {
+            format!("ownership voucher installed ({entries} entries): the owner is now key {owner}")
+        }
+        Applied::Crl { issuer, number, own_revoked } => format!(
+            "CRL {number} of {issuer} installed{}",
+            if *own_revoked { "; it lists this device's certificate: commission again" } else { "" }
+        ),
+        Applied::Unchanged(why) => format!("unchanged: {why}"),
     }
 }

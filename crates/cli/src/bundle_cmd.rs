@@ -47,6 +47,14 @@ pub enum BundleCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a signed bundle: the server serves it at /.well-known/iotpki/bundle. Refused
+    /// unless devices holding the published bundle would accept it.
+    Publish {
+        #[command(flatten)]
+        dir: crate::DirArg,
+        /// The bundle file.
+        file: PathBuf,
+    },
     /// Check a bundle as a device would: on its own (as put in at the factory), or
     /// as an update of --current. Exits non-zero with the reason if a device would refuse it.
     Verify {
@@ -95,6 +103,30 @@ pub enum VoucherCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand a device to its next owner: sign the next entry of its voucher (the first
+    /// with the manufacturing CA, later ones with this authority's root key), publish it,
+    /// and revoke this authority's operational certificates for the device.
+    Issue {
+        #[command(flatten)]
+        dir: crate::DirArg,
+        #[command(flatten)]
+        pass: PassArg,
+        /// The device serial.
+        #[arg(long)]
+        device: String,
+        /// The next owner's anchor: its root CA certificate or public key (PEM).
+        #[arg(long, value_name = "OWNER-ANCHOR.pem")]
+        to: PathBuf,
+        /// How long the voucher is valid: 30d, 12h, ...
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = crate::duration::parse_secs)]
+        expires: u64,
+        /// This authority's root key (to extend a voucher that names this authority; default: from the config).
+        #[arg(long, value_name = "KEY.pem")]
+        root_key: Option<PathBuf>,
+        /// Where to write the voucher (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Check a voucher as the device would; prints the owner's key, or exits non-zero with the reason.
     Verify {
         /// The voucher file.
@@ -121,6 +153,21 @@ pub fn run(c: BundleCmd) -> anyhow::Result<()> {
         BundleCmd::Sign { file, key, pass } => sign(&file, &key, &pass),
         BundleCmd::Show { file, json } => show(&file, json),
         BundleCmd::Verify { file, current } => verify(&file, current.as_deref()),
+        BundleCmd::Publish { dir, file } => {
+            let bytes = read(&file)?;
+            let store = dir.store()?;
+            let b = iotpki_authority::trust::publish_bundle(store.as_ref(), &SystemClock, &bytes, "admin:cli")
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let c = b.content();
+            println!(
+                "published bundle version {} ({} anchors, threshold {}, expires {})",
+                c.version,
+                c.anchors.len(),
+                c.threshold,
+                iotpki_core::time::rfc3339(c.expires_at)
+            );
+            Ok(())
+        }
     }
 }
 
@@ -280,6 +327,50 @@ fn verify(file: &Path, current: Option<&Path>) -> anyhow::Result<()> {
 pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
     match c {
         VoucherCmd::Show { file, json } => voucher_show(&file, json),
+        VoucherCmd::Issue { dir, pass, device, to, expires, root_key, out } => {
+            let serial = DeviceSerial::parse(&device).context("--device")?;
+            let to_spki = read_spki(&to)?;
+            let passphrase = iotpki_authority::Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
+            let authority = iotpki_authority::Authority::open(&dir.dir, &passphrase, std::sync::Arc::new(SystemClock))?;
+            // The root key is needed only to extend a voucher that names this authority.
+            let root_key_path = match root_key {
+                Some(p) => p,
+                None => {
+                    let cfg = authority.config();
+                    let root = cfg
+                        .ca
+                        .iter()
+                        .find(|c| c.role == iotpki_authority::config::CaRole::Root)
+                        .context("no root CA in the config")?;
+                    iotpki_authority::keyfile::resolve(&dir.dir, &root.key)
+                }
+            };
+            let key = if authority.store().artifact(&iotpki_authority::trust::voucher_kind(serial.as_str()))?.is_some()
+            {
+                Some(iotpki_authority::keyfile::read_encrypted(&root_key_path, &passphrase)?)
+            } else {
+                None
+            };
+            if out.exists() {
+                bail!("{} exists; pick another --out", out.display());
+            }
+            let expires_at = now().saturating_add(i64::try_from(expires).unwrap_or(i64::MAX));
+            let issued = authority.issue_voucher(
+                &serial,
+                &to_spki,
+                expires_at,
+                key.as_ref().map(|k| k as &dyn iotpki_core::keys::Signer),
+                "admin:cli",
+            )?;
+            iotpki_authority::keyfile::write_private(&out, &issued.bytes)?;
+            println!(
+                "voucher for {serial} ({} entries) written to {}; {} operational certificate(s) revoked",
+                issued.entries,
+                out.display(),
+                issued.revoked.len()
+            );
+            Ok(())
+        }
         VoucherCmd::Verify { file, manufacturer, serial, birth_cert } => {
             let bytes = read(&file)?;
             let maker = read_spki(&manufacturer)?;

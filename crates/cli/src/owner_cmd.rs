@@ -60,12 +60,18 @@ pub fn trust(c: TrustCmd) -> anyhow::Result<()> {
 #[derive(Subcommand, Debug)]
 pub enum DeviceCmd {
     /// Take ownership of devices: they may then commission with their birth certificates.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["serials", "voucher"])))]
     Claim {
         #[command(flatten)]
         dir: DirArg,
         /// A file with one device serial a line (`#` comments and blank lines skipped).
         #[arg(long)]
-        serials: PathBuf,
+        serials: Option<PathBuf>,
+        /// An ownership voucher that hands a device to this authority (its last entry names our root key).
+        #[arg(long)]
+        voucher: Option<PathBuf>,
+        #[command(flatten)]
+        pass: crate::PassArg,
     },
     /// This authority's ownership of one device and its certificates.
     Show {
@@ -78,12 +84,20 @@ pub enum DeviceCmd {
 
 pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
     match c {
-        DeviceCmd::Claim { dir, serials } => {
+        DeviceCmd::Claim { dir, serials: Some(serials), .. } => {
             let text = std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
             let store = dir.store()?;
             let (listed, new) = commission::claim_devices(store.as_ref(), &SystemClock, &text, "admin:cli")?;
             println!("claimed {new} new device(s) of {listed} listed");
         }
+        DeviceCmd::Claim { dir, voucher: Some(voucher), pass, .. } => {
+            let bytes = std::fs::read(&voucher).with_context(|| format!("--voucher {}", voucher.display()))?;
+            let passphrase = iotpki_authority::Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
+            let a = iotpki_authority::Authority::open(&dir.dir, &passphrase, std::sync::Arc::new(SystemClock))?;
+            let serial = a.claim_by_voucher(&bytes, "admin:cli")?;
+            println!("claimed {serial} by voucher: it may now commission here with its birth certificate");
+        }
+        DeviceCmd::Claim { .. } => anyhow::bail!("give --serials FILE or --voucher FILE"),
         DeviceCmd::Show { dir, serial } => {
             let store = dir.store()?;
             match store.ownership(&serial)? {

@@ -10,6 +10,8 @@ use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::CrlNumber;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
 use x509_cert::ext::Extension;
+#[cfg(test)]
+use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::Version;
 
@@ -126,6 +128,93 @@ pub fn build(
     crl.to_der().map_err(|e| Error::der("CRL", e))
 }
 
+fn number_of(tbs: &TbsCertList) -> Result<u64, Error> {
+    use der::Decode;
+    Ok(tbs
+        .crl_extensions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.extn_id == CrlNumber::OID)
+        .map(|e| {
+            CrlNumber::from_der(e.extn_value.as_bytes()).map_err(|e| Error::der("cRLNumber", e)).map(|n| {
+                n.0.as_bytes().iter().fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b)))
+            })
+        })
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// The cRLNumber of a DER CRL (0 when absent), without checking anything else.
+pub fn number(der: &[u8]) -> Result<u64, Error> {
+    use der::Decode;
+    number_of(&CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?.tbs_cert_list)
+}
+
+/// What a relying party learns from a CRL that checks out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedCrl {
+    /// Its cRLNumber (0 when absent).
+    pub number: u64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// The revoked serials, lowercase hex.
+    pub revoked: Vec<String>,
+}
+
+/// Largest CRL a device takes.
+pub const MAX_CRL_BYTES: usize = 4 * 1024 * 1024;
+
+/// Check a DER CRL as a relying party must before believing it: issued (name
+/// and signature) by `issuer_cert_der`, current at `now` (thisUpdate not in the
+/// future beyond `skew`; nextUpdate present and not passed: a stale CRL is refused).
+pub fn check(der: &[u8], issuer_cert_der: &[u8], now: i64, skew: i64) -> Result<CheckedCrl, Error> {
+    use der::Decode;
+    if der.len() > MAX_CRL_BYTES {
+        return Err(Error::Profile(format!("CRL of {} octets is larger than {MAX_CRL_BYTES}", der.len())));
+    }
+    let crl = CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?;
+    let issuer = x509_cert::Certificate::from_der(issuer_cert_der).map_err(|e| Error::der("CRL issuer", e))?;
+    let tbs = &crl.tbs_cert_list;
+    if tbs.issuer != issuer.tbs_certificate.subject {
+        return Err(Error::Profile(format!(
+            "the CRL is issued by {}, not by {}",
+            crate::name::to_rfc4514(&tbs.issuer),
+            crate::name::to_rfc4514(&issuer.tbs_certificate.subject)
+        )));
+    }
+    let tbs_der = tbs.to_der().map_err(|e| Error::der("CRL", e))?;
+    let sig = crl.signature.as_bytes().ok_or_else(|| Error::Profile("CRL signature is not whole octets".into()))?;
+    crate::keys::verify(&issuer.tbs_certificate.subject_public_key_info, &crl.signature_algorithm, &tbs_der, sig)
+        .map_err(|_| Error::Profile("the CRL's signature does not verify with its issuer's key".into()))?;
+    let this_update = crate::time::unix(&tbs.this_update);
+    let next_update = tbs
+        .next_update
+        .as_ref()
+        .map(crate::time::unix)
+        .ok_or_else(|| Error::Profile("the CRL has no nextUpdate".into()))?;
+    if this_update > now + skew {
+        return Err(Error::Profile(format!("the CRL's thisUpdate {this_update} is in the future (now {now})")));
+    }
+    if next_update <= now {
+        return Err(Error::Profile(format!(
+            "the CRL is stale: its nextUpdate {} has passed",
+            crate::time::rfc3339(next_update)
+        )));
+    }
+    let number = number_of(tbs)?;
+    let revoked = tbs
+        .revoked_certificates
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| crate::serial::serial_hex(&r.serial_number))
+        .collect();
+    Ok(CheckedCrl { number, this_update, next_update, revoked })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +247,49 @@ mod tests {
         assert_eq!(reason_code("KEYCOMPROMISE").unwrap(), 1);
         assert!(reason_code("nope").is_err());
         assert_eq!(reason_name(5), "cessationOfOperation");
+    }
+
+    fn self_signed(k: &SoftKey, cn: &str) -> (Vec<u8>, Name, Vec<u8>) {
+        use crate::profile::{issue, CertParams, Profile};
+        let n = NameBuilder::default().common_name(cn).unwrap().build();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
+        let kid = keys::key_identifier(&spki);
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: k };
+        let p = CertParams {
+            profile: Profile::Root,
+            serial: crate::serial::system_random_serial(1_700_000_000).unwrap().0,
+            subject: n.clone(),
+            spki,
+            not_before: 1_600_000_000,
+            not_after: 2_000_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        (issue(&p, &issuer).unwrap().der, n, kid)
+    }
+
+    #[test]
+    fn a_relying_party_checks_issuer_signature_and_freshness() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (ca, n, kid) = self_signed(&k, "CA");
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let revoked = [Revoked { serial: "01aa".into(), at: 1_700_000_000, reason: 1 }];
+        let der = build(&issuer, 9, 1_700_000_100, 1_700_086_500, &revoked).unwrap();
+        let c = check(&der, &ca, 1_700_000_200, 300).unwrap();
+        assert_eq!((c.number, c.revoked.as_slice()), (9, ["01aa".to_string()].as_slice()));
+        assert_eq!(number(&der).unwrap(), 9);
+        let stale = check(&der, &ca, 1_700_086_500, 300).unwrap_err().to_string();
+        assert!(stale.contains("stale"), "{stale}");
+        assert!(check(&der, &ca, 1_699_000_000, 300).unwrap_err().to_string().contains("future"));
+        let other = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (impostor, _, _) = self_signed(&other, "CA");
+        assert!(check(&der, &impostor, 1_700_000_200, 300).unwrap_err().to_string().contains("does not verify"));
+        let (stranger, _, _) = self_signed(&other, "Other CA");
+        assert!(check(&der, &stranger, 1_700_000_200, 300).unwrap_err().to_string().contains("issued by"));
+        let mut bad = der.clone();
+        let i = bad.len() - 3;
+        bad[i] ^= 1;
+        assert!(check(&bad, &ca, 1_700_000_200, 300).is_err());
     }
 }

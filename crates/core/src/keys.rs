@@ -242,7 +242,12 @@ fn spki_der(alg: ObjectIdentifier, param: Option<ObjectIdentifier>, key: &[u8]) 
 
 /// SHA-256 of a DER subjectPublicKeyInfo, hex: how the store names a key.
 pub fn spki_fingerprint(spki_der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der))
+    sha256_hex(spki_der)
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
 }
 
 /// The key identifier we put in SKI/AKI: the leftmost 160 bits of the SHA-256

@@ -121,6 +121,8 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/crl/{file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
+        .route(BUNDLE_PATH, get(bundle))
+        .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
@@ -133,9 +135,38 @@ pub fn public_router(authority: Arc<Authority>) -> Router {
         .route("/crl/{file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
+        .route(BUNDLE_PATH, get(bundle))
+        .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
+}
+
+/// Where the latest trust bundle is served.
+pub const BUNDLE_PATH: &str = "/.well-known/iotpki/bundle";
+
+fn cose_answer(body: Vec<u8>) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cose"));
+    r
+}
+
+/// `GET /.well-known/iotpki/bundle`: the latest published trust bundle (COSE_Sign).
+async fn bundle(State(a): State<Arc<Authority>>) -> Result<Response, ApiError> {
+    let body = tokio::task::spawn_blocking(move || a.published(iotpki_authority::trust::BUNDLE))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    Ok(cose_answer(body))
+}
+
+/// `GET /.well-known/iotpki/voucher/SERIAL`: the device's ownership voucher.
+async fn voucher(State(a): State<Arc<Authority>>, Path(serial): Path<String>) -> Result<Response, ApiError> {
+    iotpki_core::name::DeviceSerial::parse(&serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+    let kind = iotpki_authority::trust::voucher_kind(&serial);
+    let body = tokio::task::spawn_blocking(move || a.published(&kind))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    Ok(cose_answer(body))
 }
 
 async fn cacerts(State(a): State<Arc<Authority>>, label: Option<String>) -> Result<Response, ApiError> {

@@ -11,7 +11,7 @@
 //!   else its IP address. Factory stations (`/factory/...` and
 //!   `simpleenroll?batch=`) get their own, larger bucket. Past the bucket: 429
 //!   with Retry-After, before any work or audit write is done. CRLs, OCSP,
-//!   /cacerts, /csrattrs and /healthz are cached reads and not rate limited.
+//!   /cacerts, /csrattrs, bundles, vouchers and /healthz are reads and not rate limited.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -151,6 +151,7 @@ fn exempt(path: &str) -> bool {
         || path == "/healthz"
         || path.ends_with("/cacerts")
         || path.ends_with("/csrattrs")
+        || path.starts_with("/.well-known/iotpki/")
 }
 
 fn is_station(req: &Request) -> bool {

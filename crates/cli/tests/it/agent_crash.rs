@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::util::{bin, run_ok, Ca};
 
-const POINTS: [&str; 3] = ["key.written", "identity.tmp-written", "identity.renamed"];
+const POINTS: [&str; 3] = ["key.written", "state.tmp-written", "state.renamed"];
 
 fn status_serial(state: &Path) -> String {
     // `agent status` refuses a state whose key does not match its certificate.
@@ -48,7 +48,7 @@ async fn an_aborted_enroll_or_renew_leaves_a_whole_identity_and_recovers() {
         let mut again = enroll(None);
         let out = tokio::task::spawn_blocking(move || again.output().unwrap()).await.unwrap();
         let said = String::from_utf8_lossy(&out.stderr).to_string();
-        if point2 == "identity.renamed" {
+        if point2 == "state.renamed" {
             // The identity was in place before the power went: it is kept.
             assert!(said.contains("already holds an identity"), "{said}");
         } else {
@@ -70,7 +70,7 @@ async fn an_aborted_enroll_or_renew_leaves_a_whole_identity_and_recovers() {
         tokio::task::spawn_blocking(move || crashed(&mut r)).await.unwrap();
         let st = state.clone();
         let mid = tokio::task::spawn_blocking(move || status_serial(&st)).await.unwrap();
-        if *point == "identity.renamed" {
+        if *point == "state.renamed" {
             assert_ne!(mid, before, "renamed: the new identity is in place");
         } else {
             assert_eq!(mid, before, "before the rename: the old identity is in place");

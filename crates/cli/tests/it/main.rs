@@ -13,6 +13,7 @@ mod factory;
 mod interop;
 mod limits;
 mod loadgen;
+mod owner;
 mod pkilint;
 mod refusals;
 mod revocation;

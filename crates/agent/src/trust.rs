@@ -1,0 +1,423 @@
+//! What the device trusts beyond its identity, and how it changes: the trust
+//! bundle, the ownership voucher, and CRLs of the CAs it knows. Each can come
+//! from the server, a relay or any intermediary (`iotpki agent apply FILE`):
+//! none of them is trusted, the signatures are.
+//!
+//! - A bundle replaces the installed one only if [`bundle::verify_update`]
+//!   accepts it (threshold of distinct keys named in the installed bundle and
+//!   in its own, a higher version, not expired). The first one comes from the
+//!   factory ([`apply`] with `initial`).
+//! - A voucher is verified from the manufacturing CA in the device's birth
+//!   chain to its last owner ([`voucher::verify`]), for this device's serial
+//!   and birth certificate; a voucher with fewer entries than the installed
+//!   one is a rollback. The owner it names is what commissioning then trusts.
+//! - A CRL must be signed by a CA the device knows, current (a stale one past
+//!   its nextUpdate is refused), and not older than the installed one.
+//!
+//! Every refusal leaves the state as it was; every change is written with
+//! [`state::write_atomic`] (temporary file, fsync, rename, fsync of the directory).
+
+use std::path::Path;
+
+use iotpki_core::bundle::{self, Bundle};
+use iotpki_core::name::DeviceSerial;
+use iotpki_core::{crl, pem, voucher};
+use spki::der::{Decode, Encode};
+
+use crate::{state, AgentError};
+
+/// The installed trust bundle.
+pub const BUNDLE_FILE: &str = "bundle.cbor";
+/// The installed ownership voucher.
+pub const VOUCHER_FILE: &str = "voucher.cbor";
+
+/// Allowed clock difference for "not in the future" checks.
+const SKEW: i64 = 300;
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A trust bundle of this version is installed now.
+    Bundle {
+        /// Its version.
+        version: u64,
+    },
+    /// A voucher with this many entries is installed; it names this owner key (SHA-256 of its SPKI).
+    Voucher {
+        /// Entries.
+        entries: usize,
+        /// The owner's key fingerprint.
+        owner: String,
+    },
+    /// A CRL with this number from this issuer is installed; `own_revoked` if it lists our certificate.
+    Crl {
+        /// The issuer's subject.
+        issuer: String,
+        /// Its cRLNumber.
+        number: u64,
+        /// Whether the device's current certificate is on it.
+        own_revoked: bool,
+    },
+    /// The same thing is installed already: nothing changed.
+    Unchanged(String),
+}
+
+/// What kind of thing some octets are.
+fn kind(bytes: &[u8]) -> &'static str {
+    match bytes {
+        [0xd8, 0x62, ..] => "bundle",
+        [b, ..] if (0x80..=0x9b).contains(b) => "voucher",
+        [0x30, ..] => "crl",
+        _ if bytes.starts_with(b"-----BEGIN X509 CRL-----") => "crl-pem",
+        _ => "unknown",
+    }
+}
+
+/// Apply a bundle, voucher or CRL (detected from its octets) to the device in `dir`.
+pub fn apply(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, AgentError> {
+    match kind(bytes) {
+        "bundle" => apply_bundle(dir, bytes, initial),
+        "voucher" => apply_voucher(dir, bytes),
+        "crl" => apply_crl(dir, bytes),
+        "crl-pem" => {
+            let text = String::from_utf8_lossy(bytes);
+            let der = pem::decode_one("X509 CRL", &text).map_err(|e| AgentError::Untrusted(format!("CRL: {e}")))?;
+            apply_crl(dir, &der)
+        }
+        _ => Err(AgentError::Usage(
+            "not a trust bundle (COSE_Sign), an ownership voucher (CBOR array) or a CRL (DER or PEM)".into(),
+        )),
+    }
+}
+
+/// The installed bundle, if any.
+pub fn installed_bundle(dir: &Path) -> Result<Option<Bundle>, AgentError> {
+    let p = dir.join(BUNDLE_FILE);
+    match std::fs::read(&p) {
+        Ok(b) => Bundle::decode(&b).map(Some).map_err(|e| AgentError::State(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::io(&p, e)),
+    }
+}
+
+fn apply_bundle(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, AgentError> {
+    let refused = |e: bundle::BundleError| AgentError::Untrusted(format!("trust bundle refused: {e}"));
+    let installed = installed_bundle(dir)?;
+    if let Some(cur) = &installed {
+        if cur.encode() == bytes {
+            return Ok(Applied::Unchanged(format!("bundle version {} is installed already", cur.content().version)));
+        }
+    }
+    let b = match (&installed, initial) {
+        (Some(cur), _) => bundle::verify_update(cur, bytes, now()).map_err(refused)?,
+        (None, true) => bundle::verify_initial(bytes, now()).map_err(refused)?,
+        (None, false) => {
+            return Err(AgentError::Untrusted(
+                "this device has no trust bundle yet: the first one is put in at the factory (apply --initial)".into(),
+            ))
+        }
+    };
+    state::write_atomic(dir, BUNDLE_FILE, bytes)?;
+    Ok(Applied::Bundle { version: b.content().version })
+}
+
+/// The manufacturing CA of the device: the CA in its birth chain that its
+/// birth anchor signed (the manufacturer's key in vouchers).
+fn manufacturer_cert(birth: &state::BirthCredential) -> Result<Vec<u8>, AgentError> {
+    let anchor = pem::decode_one("CERTIFICATE", &birth.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let anchor = x509_cert::Certificate::from_der(&anchor).map_err(|e| AgentError::State(e.to_string()))?;
+    let chain = pem::decode_all("CERTIFICATE", &birth.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    for c in chain {
+        let cert = x509_cert::Certificate::from_der(&c).map_err(|e| AgentError::State(e.to_string()))?;
+        if cert.tbs_certificate.issuer == anchor.tbs_certificate.subject {
+            return Ok(c);
+        }
+    }
+    Err(AgentError::State("the birth chain holds no CA under the birth anchor".into()))
+}
+
+fn spki_der(cert_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+    let c = x509_cert::Certificate::from_der(cert_der).map_err(|e| AgentError::State(e.to_string()))?;
+    c.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::State(e.to_string()))
+}
+
+/// The installed voucher, verified again now: the owner key it names (DER SPKI), if any.
+pub fn voucher_owner(dir: &Path) -> Result<Option<Vec<u8>>, AgentError> {
+    let p = dir.join(VOUCHER_FILE);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AgentError::io(&p, e)),
+    };
+    Ok(Some(verify_voucher(dir, &bytes)?.owner_anchor))
+}
+
+fn verify_voucher(dir: &Path, bytes: &[u8]) -> Result<voucher::Verified, AgentError> {
+    let id = state::load(dir)?;
+    let birth = id.birth.as_ref().ok_or_else(|| {
+        AgentError::State(
+            "this device has no birth certificate: vouchers name devices by their birth certificate".into(),
+        )
+    })?;
+    let birth_der = pem::decode_one("CERTIFICATE", &birth.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let maker = spki_der(&manufacturer_cert(birth)?)?;
+    let serial = DeviceSerial::parse(&id.device_serial).map_err(|e| AgentError::State(e.to_string()))?;
+    voucher::verify(bytes, &maker, &serial, &birth_der, now())
+        .map_err(|e| AgentError::Untrusted(format!("ownership voucher refused: {e}")))
+}
+
+fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
+    let v = verify_voucher(dir, bytes)?;
+    let p = dir.join(VOUCHER_FILE);
+    if let Ok(old) = std::fs::read(&p) {
+        if old == bytes {
+            return Ok(Applied::Unchanged("this voucher is installed already".into()));
+        }
+        let had = voucher::Voucher::decode(&old).map(|o| o.entries().len()).unwrap_or(0);
+        if v.entries.len() <= had {
+            return Err(AgentError::Untrusted(format!(
+                "ownership voucher refused: it has {} entries, the installed one {had} (a rollback)",
+                v.entries.len()
+            )));
+        }
+    }
+    state::write_atomic(dir, VOUCHER_FILE, bytes)?;
+    Ok(Applied::Voucher { entries: v.entries.len(), owner: iotpki_core::keys::spki_fingerprint(&v.owner_anchor) })
+}
+
+/// Every CA certificate the device knows: its anchors and the chains of its identities.
+fn known_cas(dir: &Path) -> Result<Vec<Vec<u8>>, AgentError> {
+    let id = state::load(dir)?;
+    let mut pems = vec![id.anchor_pem.clone(), id.chain_pem.clone()];
+    if let Some(b) = &id.birth {
+        pems.push(b.anchor_pem.clone());
+        pems.push(b.chain_pem.clone());
+    }
+    let mut out = Vec::new();
+    for p in pems {
+        for c in pem::decode_all("CERTIFICATE", &p).map_err(|e| AgentError::State(e.to_string()))? {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    if let Some(b) = installed_bundle(dir)? {
+        for a in &b.content().anchors {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn crl_file(issuer_cert: &[u8]) -> String {
+    format!("crl-{}.der", &iotpki_core::keys::sha256_hex(issuer_cert)[..16])
+}
+
+fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
+    let list = x509_cert::crl::CertificateList::from_der(der)
+        .map_err(|e| AgentError::Untrusted(format!("CRL refused: not a CRL: {e}")))?;
+    let issuer_name = list.tbs_cert_list.issuer.clone();
+    let t = now();
+    let mut why = format!("no CA this device knows is named {issuer_name}");
+    for ca in known_cas(dir)? {
+        let Ok(c) = x509_cert::Certificate::from_der(&ca) else { continue };
+        if c.tbs_certificate.subject != issuer_name {
+            continue;
+        }
+        match crl::check(der, &ca, t, SKEW) {
+            Ok(checked) => {
+                let file = crl_file(&ca);
+                if let Ok(old) = std::fs::read(dir.join(&file)) {
+                    if old == der {
+                        return Ok(Applied::Unchanged(format!(
+                            "CRL {} of {issuer_name} is installed already",
+                            checked.number
+                        )));
+                    }
+                    // The installed one may have gone stale since; its number still counts.
+                    if let Ok(prev) = crl::number(&old) {
+                        if checked.number <= prev {
+                            return Err(AgentError::Untrusted(format!(
+                                "CRL refused: number {} is not newer than the installed {prev} (a rollback)",
+                                checked.number
+                            )));
+                        }
+                    }
+                }
+                let id = state::load(dir)?;
+                let own = pem::decode_one("CERTIFICATE", &id.cert_pem)
+                    .ok()
+                    .and_then(|c| iotpki_core::profile::cert_info(&c).ok())
+                    .map(|i| i.serial);
+                state::write_atomic(dir, &file, der)?;
+                return Ok(Applied::Crl {
+                    issuer: issuer_name.to_string(),
+                    number: checked.number,
+                    own_revoked: own.is_some_and(|s| checked.revoked.contains(&s)),
+                });
+            }
+            Err(e) => why = e.to_string(),
+        }
+    }
+    Err(AgentError::Untrusted(format!("CRL refused: {why}")))
+}
+
+/// GET `url` (http:// or https://) and return the body of a 200 answer;
+/// `Ok(None)` for a 404 (nothing published). Over https the server must
+/// chain to one of `anchors`. Bodies are bounded.
+pub async fn fetch(url: &str, anchors: &[Vec<u8>]) -> Result<Option<Vec<u8>>, AgentError> {
+    use http_body_util::{BodyExt, Full};
+    const MAX: usize = crl::MAX_CRL_BYTES;
+    if url.starts_with("https://") {
+        let (base, path) = split_url(url, "https://")?;
+        let c = crate::est_client::EstClient::new(&base, None, anchors, None)?;
+        let (status, body) = c.get(&path).await?;
+        return answer(status, body.to_vec(), MAX);
+    }
+    let (base, path) = split_url(url, "http://")?;
+    let host = base.trim_start_matches("http://").to_string();
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(host.as_str())
+            .await
+            .map_err(|e| AgentError::Connect(format!("{host}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| AgentError::Connect(format!("HTTP with {host}: {e}")))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("GET")
+            .uri(path.as_str())
+            .header(hyper::header::HOST, host.as_str())
+            .body(Full::new(bytes::Bytes::new()))
+            .map_err(|e| AgentError::Usage(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{host}: {e}")))?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX)
+            .collect()
+            .await
+            .map_err(|e| AgentError::Connect(format!("reading from {host}: {e}")))?
+            .to_bytes();
+        Ok::<_, AgentError>((status, body.to_vec()))
+    };
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+        .await
+        .map_err(|_| AgentError::Connect(format!("{host}: no answer within 30 s")))??;
+    answer(status, body, MAX)
+}
+
+fn answer(status: u16, body: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, AgentError> {
+    match status {
+        200 if body.len() <= max => Ok(Some(body)),
+        200 => Err(AgentError::BadAnswer(format!("answer of {} octets is too large", body.len()))),
+        404 => Ok(None),
+        s => Err(AgentError::Refused {
+            status: s,
+            reason: String::from_utf8_lossy(&body).lines().next().unwrap_or_default().into(),
+        }),
+    }
+}
+
+fn split_url(url: &str, scheme: &str) -> Result<(String, String), AgentError> {
+    let rest =
+        url.strip_prefix(scheme).ok_or_else(|| AgentError::Usage(format!("{url:?} must start with {scheme}")))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if host.is_empty() {
+        return Err(AgentError::Usage(format!("no host in {url:?}")));
+    }
+    Ok((format!("{scheme}{host}"), path.to_string()))
+}
+
+/// The paths of the CRLs that cover the device's certificates (from their
+/// cRLDistributionPoints), e.g. `/crl/operational.crl`.
+fn crl_paths(dir: &Path) -> Result<Vec<String>, AgentError> {
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    use x509_cert::ext::pkix::CrlDistributionPoints;
+    let id = state::load(dir)?;
+    let mut pems = vec![id.cert_pem.clone(), id.chain_pem.clone()];
+    if let Some(b) = &id.birth {
+        pems.push(b.cert_pem.clone());
+    }
+    let mut out = Vec::new();
+    for p in pems {
+        for der in pem::decode_all("CERTIFICATE", &p).map_err(|e| AgentError::State(e.to_string()))? {
+            let Ok(c) = x509_cert::Certificate::from_der(&der) else { continue };
+            for e in c.tbs_certificate.extensions.as_deref().unwrap_or_default() {
+                if e.extn_id != const_oid_crl_dp() {
+                    continue;
+                }
+                let Ok(dps) = CrlDistributionPoints::from_der(e.extn_value.as_bytes()) else { continue };
+                for dp in dps.0 {
+                    if let Some(DistributionPointName::FullName(names)) = dp.distribution_point {
+                        for n in names {
+                            if let GeneralName::UniformResourceIdentifier(u) = n {
+                                if let Ok((_, path)) = split_url(u.as_str(), "http://") {
+                                    if !out.contains(&path) {
+                                        out.push(path);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn const_oid_crl_dp() -> iotpki_core::asn1::der::asn1::ObjectIdentifier {
+    // id-ce-cRLDistributionPoints (RFC 5280 4.2.1.13)
+    iotpki_core::asn1::der::asn1::ObjectIdentifier::new_unwrap("2.5.29.31")
+}
+
+/// Fetch what is published at `base` (the server, its plain-HTTP listener, or a
+/// relay): the trust bundle, this device's voucher, the CRLs of its
+/// certificates; apply each. One result per thing found (404s are skipped).
+pub async fn fetch_and_apply(dir: &Path, base: &str) -> Result<Vec<(String, Result<Applied, AgentError>)>, AgentError> {
+    let id = state::load(dir)?;
+    let base = base.trim_end_matches('/');
+    let mut anchors =
+        vec![pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?];
+    if let Some(b) = installed_bundle(dir)? {
+        anchors.extend(b.content().anchors.iter().cloned());
+    }
+    let mut paths =
+        vec!["/.well-known/iotpki/bundle".to_string(), format!("/.well-known/iotpki/voucher/{}", id.device_serial)];
+    paths.extend(crl_paths(dir)?);
+    let mut out = Vec::new();
+    for p in paths {
+        match fetch(&format!("{base}{p}"), &anchors).await {
+            Ok(None) => {}
+            Ok(Some(body)) => {
+                let r = apply(dir, &body, false);
+                out.push((p, r));
+            }
+            Err(e) => out.push((p, Err(e))),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_told_apart() {
+        assert_eq!(kind(&[0xd8, 0x62, 0x84]), "bundle");
+        assert_eq!(kind(&[0x82, 0x58]), "voucher");
+        assert_eq!(kind(&[0x30, 0x82]), "crl");
+        assert_eq!(kind(b"-----BEGIN X509 CRL-----\n"), "crl-pem");
+        assert_eq!(kind(b"hello"), "unknown");
+        assert_eq!(kind(&[]), "unknown");
+    }
+}

@@ -1,0 +1,287 @@
+//! What the authority publishes for devices to verify themselves: trust
+//! bundles (`iotpki bundle publish`) and ownership vouchers (`iotpki voucher
+//! issue`, `iotpki device claim --voucher`).
+//!
+//! A bundle is published only if the devices that trust the published one
+//! would accept it ([`bundle::verify_update`]; the first with
+//! [`bundle::verify_initial`]), so the authority never serves what devices
+//! must refuse. Vouchers are signed with the key the device expects next: the
+//! manufacturing CA's for the first entry (the device knows that CA from its
+//! birth chain), then the root key of the owner the previous entry named.
+
+use iotpki_core::bundle::{self, Bundle};
+use iotpki_core::keys::{self, Signer};
+use iotpki_core::name::DeviceSerial;
+use iotpki_core::voucher::{self, Voucher};
+use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, OwnershipStatus, Store};
+use spki::der::{Decode, Encode};
+
+use crate::clock::Clock;
+use crate::{Authority, AuthorityError};
+
+/// The artifact kind of trust bundles.
+pub const BUNDLE: &str = "bundle";
+
+/// The artifact kind of a device's voucher.
+pub fn voucher_kind(serial: &str) -> String {
+    format!("voucher/{serial}")
+}
+
+fn bad_bundle(e: bundle::BundleError) -> AuthorityError {
+    AuthorityError::BadRequest(format!("bundle refused: {e}"))
+}
+
+fn bad_voucher(e: voucher::VoucherError) -> AuthorityError {
+    AuthorityError::BadRequest(format!("voucher refused: {e}"))
+}
+
+/// Publish a signed trust bundle: it must be one that devices trusting the
+/// published bundle accept (signers, thresholds, a higher version, not expired).
+pub fn publish_bundle(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    bytes: &[u8],
+    actor: &str,
+) -> Result<Bundle, AuthorityError> {
+    let now = clock.now();
+    let verified = match store.artifact(BUNDLE)? {
+        None => bundle::verify_initial(bytes, now).map_err(bad_bundle)?,
+        Some(cur) => {
+            let current = Bundle::decode(&cur.body).map_err(bad_bundle)?;
+            bundle::verify_update(&current, bytes, now).map_err(bad_bundle)?
+        }
+    };
+    let c = verified.content();
+    let audit = AuditEvent {
+        at: now,
+        actor: actor.into(),
+        action: "bundle.publish".into(),
+        target: format!("bundle v{}", c.version),
+        detail: format!("anchors={} threshold={} expires={}", c.anchors.len(), c.threshold, c.expires_at),
+    };
+    store.publish_artifact(
+        Artifact { kind: BUNDLE.into(), version: c.version, body: bytes.to_vec(), published_at: now },
+        audit,
+    )?;
+    Ok(verified)
+}
+
+/// The DER subjectPublicKeyInfo of a certificate.
+pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, AuthorityError> {
+    let c = x509_cert::Certificate::from_der(cert_der)
+        .map_err(|e| AuthorityError::BadRequest(format!("certificate: {e}")))?;
+    c.tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| AuthorityError::BadRequest(format!("public key: {e}")))
+}
+
+/// A voucher issued: the file's octets and what else happened.
+#[derive(Clone, Debug)]
+pub struct IssuedVoucher {
+    /// The whole voucher (every entry so far).
+    pub bytes: Vec<u8>,
+    /// Its number of entries.
+    pub entries: usize,
+    /// This authority's certificates for the device revoked by the hand-over.
+    pub revoked: Vec<String>,
+}
+
+impl Authority {
+    /// The published artifact `kind` (the latest trust bundle, a device's voucher).
+    pub fn published(&self, kind: &str) -> Result<Vec<u8>, AuthorityError> {
+        self.store
+            .artifact(kind)?
+            .map(|a| a.body)
+            .ok_or_else(|| AuthorityError::NotFound(format!("nothing published as {kind}")))
+    }
+
+    /// The root CA's subjectPublicKeyInfo (DER): this authority as an owner in vouchers.
+    pub fn root_spki(&self) -> Result<Vec<u8>, AuthorityError> {
+        spki_of(&self.root_der)
+    }
+
+    /// The birth certificate this authority (as manufacturer) issued to `serial`,
+    /// online or through a station's delegated CA.
+    fn birth_certificate(&self, serial: &str) -> Result<Vec<u8>, AuthorityError> {
+        let birth_ca = self.labels.get("birth").map(|l| l.ca.name.clone()).unwrap_or_default();
+        let q = CertQuery { device_serial: Some(serial.into()), ..Default::default() };
+        let mut births: Vec<_> = self
+            .store
+            .list_certificates(&q)?
+            .into_iter()
+            .filter(|c| c.status == CertStatus::Good && (c.ca == birth_ca || c.ca.starts_with("delegated:")))
+            .collect();
+        births.sort_by_key(|c| c.issued_at);
+        births.into_iter().next().map(|c| c.der).ok_or_else(|| {
+            AuthorityError::NotFound(format!(
+                "device {serial} has no birth certificate from this authority, and no voucher of it names this authority"
+            ))
+        })
+    }
+
+    /// Hand `serial` to the owner whose key is `to_spki` (DER SPKI), until
+    /// `expires_at`. The first voucher of a device is signed by the
+    /// manufacturing CA (this authority made the device); a later one extends
+    /// the published voucher, signed by `owner_key` (this authority's root key,
+    /// which the last entry must name). The voucher is published, and this
+    /// authority's operational certificates for the device are revoked
+    /// (affiliationChanged) and its ownership marked handed on.
+    pub fn issue_voucher(
+        &self,
+        serial: &DeviceSerial,
+        to_spki: &[u8],
+        expires_at: i64,
+        owner_key: Option<&dyn Signer>,
+        actor: &str,
+    ) -> Result<IssuedVoucher, AuthorityError> {
+        let now = self.clock.now();
+        if expires_at <= now {
+            return Err(AuthorityError::BadRequest("the voucher would be expired already".into()));
+        }
+        spki::SubjectPublicKeyInfoOwned::from_der(to_spki)
+            .map_err(|e| AuthorityError::BadRequest(format!("the next owner's key: {e}")))
+            .and_then(|k| {
+                iotpki_core::keys::KeyType::of_spki(&k)
+                    .map_err(|e| AuthorityError::BadRequest(format!("the next owner's key: {e}")))
+            })?;
+        if to_spki == self.root_spki()?.as_slice() {
+            return Err(AuthorityError::BadRequest("the next owner is this authority itself".into()));
+        }
+        let kind = voucher_kind(serial.as_str());
+        let voucher = match self.store.artifact(&kind)? {
+            Some(prev) => {
+                let mut v = Voucher::decode(&prev.body).map_err(bad_voucher)?;
+                let key = owner_key.ok_or_else(|| {
+                    AuthorityError::BadRequest(
+                        "the device has a voucher: extending it needs this authority's root key (--root-key)".into(),
+                    )
+                })?;
+                if v.owner() != key.public_key_der() {
+                    return Err(AuthorityError::Forbidden(format!(
+                        "the voucher of {serial} names another owner than this key: this authority does not own it"
+                    )));
+                }
+                v.extend(key, to_spki, now, expires_at).map_err(bad_voucher)?;
+                v
+            }
+            None => {
+                let birth = self.birth_certificate(serial.as_str())?;
+                let label = self.label(Some("birth"))?;
+                Voucher::first(label.ca.signer.as_ref(), serial, &birth, to_spki, now, expires_at)
+                    .map_err(bad_voucher)?
+            }
+        };
+        let bytes = voucher.encode();
+        let entries = voucher.entries().len();
+        let audit = AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "voucher.issue".into(),
+            target: format!("device:{serial}"),
+            detail: format!("entries={entries} to={} expires={expires_at}", keys::spki_fingerprint(to_spki)),
+        };
+        self.store.publish_artifact(
+            Artifact { kind, version: entries as u64, body: bytes.clone(), published_at: now },
+            audit,
+        )?;
+        // The hand-over: this authority's operational certificates end; the birth certificate stays.
+        let birth_ca = self.labels.get("birth").map(|l| l.ca.name.clone()).unwrap_or_default();
+        let q = CertQuery { device_serial: Some(serial.to_string()), ..Default::default() };
+        let mut revoked = Vec::new();
+        for c in self.store.list_certificates(&q)? {
+            if c.status == CertStatus::Good && c.ca != birth_ca && !c.ca.starts_with("delegated:") {
+                let audit = AuditEvent {
+                    at: now,
+                    actor: actor.into(),
+                    action: "revoke".into(),
+                    target: c.serial.clone(),
+                    detail: "reason=affiliationChanged (ownership voucher)".into(),
+                };
+                self.store.revoke(&c.serial, 3, now, audit)?;
+                revoked.push(c.serial);
+            }
+        }
+        if self.store.ownership(serial.as_str())?.is_some_and(|o| o.status == OwnershipStatus::Owned) {
+            let audit = AuditEvent {
+                at: now,
+                actor: actor.into(),
+                action: "device.transfer".into(),
+                target: format!("device:{serial}"),
+                detail: format!("to={}", keys::spki_fingerprint(to_spki)),
+            };
+            self.store.release_device(serial.as_str(), OwnershipStatus::Transferred, now, audit)?;
+        }
+        Ok(IssuedVoucher { bytes, entries, revoked })
+    }
+
+    /// Take ownership of a device with its voucher: the last entry must name
+    /// this authority's root key and the first must be signed by a trusted
+    /// manufacturer. The birth certificate it names is checked when the device
+    /// commissions (the chain is verified again then, in full).
+    pub fn claim_by_voucher(&self, bytes: &[u8], actor: &str) -> Result<DeviceSerial, AuthorityError> {
+        let v = Voucher::decode(bytes).map_err(bad_voucher)?;
+        let entries = v.entries();
+        let (first, last) = match (entries.first(), entries.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Err(bad_voucher(voucher::VoucherError::Empty)),
+        };
+        if v.owner() != self.root_spki()?.as_slice() {
+            return Err(AuthorityError::Forbidden(
+                "the voucher hands the device to another owner, not this authority".into(),
+            ));
+        }
+        let now = self.clock.now();
+        if now >= last.expires_at {
+            return Err(AuthorityError::Forbidden("the voucher has expired".into()));
+        }
+        let trusted = self
+            .store
+            .manufacturers()?
+            .iter()
+            .filter_map(|m| spki_of(&m.cert_der).ok())
+            .any(|spki| iotpki_core::cose::key_id(&spki) == first.signer_kid);
+        if !trusted {
+            return Err(AuthorityError::Forbidden(
+                "the voucher's first entry is not signed by a trusted manufacturer (`iotpki trust add-manufacturer`)"
+                    .into(),
+            ));
+        }
+        let serial = first.serial.clone();
+        let hash = keys::sha256_hex(bytes);
+        let audit = AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "device.claim".into(),
+            target: format!("device:{serial}"),
+            detail: format!("voucher={hash} entries={}", entries.len()),
+        };
+        let art = Artifact {
+            kind: voucher_kind(serial.as_str()),
+            version: entries.len() as u64,
+            body: bytes.to_vec(),
+            published_at: now,
+        };
+        self.store.own_by_voucher(serial.as_str(), &format!("voucher:{hash}"), art, audit)?;
+        Ok(serial)
+    }
+
+    /// For a device owned by voucher: verify the stored voucher in full for this
+    /// birth certificate, from the manufacturer's key to this authority.
+    pub(crate) fn check_voucher(
+        &self,
+        serial: &DeviceSerial,
+        birth_der: &[u8],
+        mfg_cert: &[u8],
+    ) -> Result<(), AuthorityError> {
+        let v = self.store.artifact(&voucher_kind(serial.as_str()))?.ok_or_else(|| {
+            AuthorityError::Forbidden(format!("device {serial} is owned by voucher but none is stored"))
+        })?;
+        let verified = voucher::verify(&v.body, &spki_of(mfg_cert)?, serial, birth_der, self.clock.now())
+            .map_err(|e| AuthorityError::Forbidden(format!("the device's voucher does not hold: {e}")))?;
+        if verified.owner_anchor != self.root_spki()? {
+            return Err(AuthorityError::Forbidden("the device's voucher names another owner".into()));
+        }
+        Ok(())
+    }
+}
