@@ -25,6 +25,7 @@ use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{csr, est, pem, pkcs7, serial};
+use iotpki_store::postgres::PgStore;
 use iotpki_store::sqlite::SqliteStore;
 use iotpki_store::{
     AuditEvent, BatchRecord, CertRecord, CertStatus, Issuance, Precondition, StationRecord, StationStatus, Store,
@@ -172,8 +173,13 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-/// Open the store of the authority at `dir` (no keys needed).
+/// Open the store of the authority at `dir` (no keys needed): the PostgreSQL
+/// database `store.database` when set, else the SQLite file `store.sqlite`.
 pub fn open_store(dir: &Path, cfg: &Config) -> Result<Arc<dyn Store>, AuthorityError> {
+    if let Some(url) = &cfg.store.database {
+        config::check_database(url)?;
+        return Ok(Arc::new(PgStore::open(url)?));
+    }
     let path = keyfile::resolve(dir, &cfg.store.sqlite);
     Ok(Arc::new(SqliteStore::open(&path)?))
 }
@@ -192,7 +198,17 @@ impl Authority {
     /// Open the authority at `dir`: read the config, unlock the issuing CA
     /// keys and the server key with `pass` (the root key stays locked), open the store.
     pub fn open(dir: &Path, pass: &Passphrase, clock: Arc<dyn Clock>) -> Result<Self, AuthorityError> {
-        let cfg = Config::load(dir)?;
+        Self::open_with_config(dir, Config::load(dir)?, pass, clock)
+    }
+
+    /// Like [`Authority::open`] with a config the caller read (and perhaps
+    /// adjusted, e.g. [`Config::set_database`]).
+    pub fn open_with_config(
+        dir: &Path,
+        cfg: Config,
+        pass: &Passphrase,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthorityError> {
         let store = open_store(dir, &cfg)?;
         Self::with_store(dir, cfg, pass, store, clock)
     }
