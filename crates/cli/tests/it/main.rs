@@ -8,6 +8,7 @@ mod est;
 mod factory;
 mod interop;
 mod pkilint;
+mod postgres;
 mod refusals;
 mod revocation;
 mod util;
