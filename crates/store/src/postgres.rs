@@ -140,10 +140,12 @@ fn connect(url: &str, writer: bool) -> Result<Conn, StoreError> {
     let mut client = Client::connect(url, NoTls)
         .map_err(|e| StoreError::Database(format!("cannot connect to {}: {}", redact(url), msg(&e))))?;
     // Commits must be durable before a caller hears of them, whatever the server's default.
+    // NOTICEs ("already exists, skipping") are not worth a log line.
     let setup = if writer {
-        "SET synchronous_commit = on; SET default_transaction_isolation = 'read committed'"
+        "SET synchronous_commit = on; SET default_transaction_isolation = 'read committed'; \
+         SET client_min_messages = warning"
     } else {
-        "SET default_transaction_isolation = 'read committed'"
+        "SET default_transaction_isolation = 'read committed'; SET client_min_messages = warning"
     };
     client.batch_execute(setup).map_err(ctx("session setup"))?;
     Ok(Conn { client, stmts: HashMap::new() })
