@@ -68,6 +68,9 @@ pub const MAX_BATCH: usize = 512;
 /// Most read connections open at once (per store).
 pub const READERS: usize = 4;
 
+/// How long connecting may take unless the URL says (`?connect_timeout=SECONDS`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Key of the advisory lock migrations take ("iotpki" in ASCII).
 const MIGRATION_LOCK: i64 = 0x696f_7470_6b69;
 
@@ -137,8 +140,13 @@ struct Conn {
 }
 
 fn connect(url: &str, writer: bool) -> Result<Conn, StoreError> {
-    let mut client = Client::connect(url, NoTls)
-        .map_err(|e| StoreError::Database(format!("cannot connect to {}: {}", redact(url), msg(&e))))?;
+    let cannot = |e: String| StoreError::Database(format!("cannot connect to {}: {e}", redact(url)));
+    let mut cfg: postgres::Config = url.parse().map_err(|e: postgres::Error| cannot(msg(&e)))?;
+    // An unreachable server is an error after a while, not a hang (the URL's connect_timeout wins).
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let mut client = cfg.connect(NoTls).map_err(|e| cannot(msg(&e)))?;
     // Commits must be durable before a caller hears of them, whatever the server's default.
     // NOTICEs ("already exists, skipping") are not worth a log line.
     let setup = if writer {
@@ -1220,10 +1228,33 @@ pub fn with_database(url: &str, name: &str) -> Result<String, StoreError> {
     Ok(format!("{scheme}://{authority}/{name}{query}"))
 }
 
-/// For tests: create a new, empty database next to the one `base_url` names
-/// (the base URL's user must be allowed to create databases) and return its URL.
+/// For tests: a database of its own, dropped (with any connections left) when this is.
 #[doc(hidden)]
-pub fn create_test_database(base_url: &str, prefix: &str) -> Result<String, StoreError> {
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Its URL.
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // On a thread of its own: the client must not run on an async worker.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = connect(&base, false) {
+                let _ = c.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
+/// For tests: create a new, empty database next to the one `base_url` names
+/// (the base URL's user must be allowed to create databases).
+#[doc(hidden)]
+pub fn create_test_database(base_url: &str, prefix: &str) -> Result<TestDatabase, StoreError> {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -1235,7 +1266,7 @@ pub fn create_test_database(base_url: &str, prefix: &str) -> Result<String, Stor
     // The name is ours (letters, digits, _), never a caller's SQL.
     c.client.batch_execute(&format!("CREATE DATABASE {name}")).map_err(ctx("create database"))?;
     close(vec![c]);
-    with_database(base_url, &name)
+    Ok(TestDatabase { url: with_database(base_url, &name)?, base: base_url.to_string(), name })
 }
 
 /// For tests: the base URL of the test cluster from `IOTPKI_TEST_PG`; panics
@@ -1257,10 +1288,11 @@ mod tests {
     use super::*;
     use crate::conformance;
 
-    fn fresh(name: &str) -> (String, PgStore) {
-        let url = create_test_database(&test_base_url(), &format!("store_{name}")).unwrap();
-        let s = PgStore::open(&url).unwrap();
-        (url, s)
+    /// A store on a database of its own (dropped after the store: bind both).
+    fn fresh(name: &str) -> (TestDatabase, PgStore) {
+        let db = create_test_database(&test_base_url(), &format!("store_{name}")).unwrap();
+        let s = PgStore::open(&db.url).unwrap();
+        (db, s)
     }
 
     fn ev(i: i64) -> AuditEvent {
@@ -1353,7 +1385,8 @@ mod tests {
 
     #[test]
     fn migrations_are_applied_once_and_tracked() {
-        let (url, s) = fresh("migrate");
+        let (tdb, s) = fresh("migrate");
+        let url = tdb.url.clone();
         let c = conformance::cert("P-1");
         s.record_issuance(Issuance {
             cert: c.clone(),
@@ -1378,7 +1411,8 @@ mod tests {
 
     #[test]
     fn tampering_is_detected_at_the_edited_entry() {
-        let (url, s) = fresh("tamper");
+        let (tdb, s) = fresh("tamper");
+        let url = tdb.url.clone();
         for i in 0..5 {
             s.append_audit(ev(i)).unwrap();
         }
@@ -1399,7 +1433,8 @@ mod tests {
     /// database: races across them keep every guarantee and one chain.
     #[test]
     fn two_stores_on_one_database_share_quota_tokens_and_chain() {
-        let (url, a) = fresh("two");
+        let (tdb, a) = fresh("two");
+        let url = tdb.url.clone();
         let b = PgStore::open(&url).unwrap();
         let nodes: [&(dyn Store + 'static); 2] = [&a, &b];
         // Interleaved appends.
@@ -1510,7 +1545,8 @@ mod tests {
     /// successes with every kind of refusal; the head row ends where the chain does.
     #[test]
     fn one_batch_with_refusals_commits_the_rest_on_one_chain() {
-        let url = create_test_database(&test_base_url(), "store_onebatch").unwrap();
+        let tdb = create_test_database(&test_base_url(), "store_onebatch").unwrap();
+        let url = tdb.url.clone();
         let mut conn = connect(&url, true).unwrap();
         migrate(&mut conn.client).unwrap();
         let e = |target: &str| AuditEvent { target: target.into(), ..ev(1) };

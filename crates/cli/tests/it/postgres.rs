@@ -14,7 +14,7 @@ use std::sync::Arc;
 use iotpki_agent::factory::{Produced, RunOptions, Station};
 use iotpki_agent::EnrollOptions;
 use iotpki_core::keys::KeyType;
-use iotpki_store::postgres::{create_test_database, test_base_url, PgStore};
+use iotpki_store::postgres::{create_test_database, test_base_url, PgStore, TestDatabase};
 use iotpki_store::Store;
 
 use crate::util::{bin, run_fail, run_ok, PASS};
@@ -31,18 +31,21 @@ impl Drop for Node {
 
 /// An authority whose state is in a fresh PostgreSQL database, and two nodes serving it.
 struct Cluster {
+    // Fields drop in this order: the nodes stop before their database goes.
+    nodes: Vec<(Node, String)>,
     tmp: tempfile::TempDir,
     dir: PathBuf,
     pass_file: PathBuf,
     database: String,
-    nodes: Vec<(Node, String)>,
     root_pem: String,
+    _db: TestDatabase,
 }
 
 impl Cluster {
     /// Blocking (it creates the database): call it on a blocking thread.
     fn start(tag: &str) -> Cluster {
-        let database = create_test_database(&test_base_url(), tag).unwrap();
+        let db = create_test_database(&test_base_url(), tag).unwrap();
+        let database = db.url.clone();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
         let pass_file = tmp.path().join("pass");
@@ -54,7 +57,7 @@ impl Cluster {
         assert!(cfg.contains(&format!("database = \"{database}\"")), "{cfg}");
         assert!(!dir.join("store.db").exists(), "no SQLite file when the state is in PostgreSQL");
         let root_pem = std::fs::read_to_string(dir.join("ca/root.crt")).unwrap();
-        let mut c = Cluster { tmp, dir, pass_file, database, nodes: Vec::new(), root_pem };
+        let mut c = Cluster { nodes: Vec::new(), tmp, dir, pass_file, database, root_pem, _db: db };
         for _ in 0..2 {
             let node = c.serve();
             c.nodes.push(node);
@@ -268,7 +271,8 @@ async fn a_revocation_is_seen_at_once_by_every_node() {
 
 #[test]
 fn init_refuses_a_database_that_holds_state_and_urls_that_are_not_postgres() {
-    let database = create_test_database(&test_base_url(), "it_refusals").unwrap();
+    let db = create_test_database(&test_base_url(), "it_refusals").unwrap();
+    let database = db.url.clone();
     let tmp = tempfile::tempdir().unwrap();
     let pf = tmp.path().join("pass");
     std::fs::write(&pf, PASS).unwrap();
