@@ -246,6 +246,20 @@ impl Authority {
             }));
         }
         let root_der = root_der.ok_or_else(|| AuthorityError::Config("no root CA".into()))?;
+        // The store must be this authority's: a node pointed at another
+        // authority's database (or an empty one) would record into the wrong state.
+        let root_serial = profile::cert_info(&root_der)?.serial;
+        match store.certificate(&root_serial)? {
+            Some(rec) if rec.der == root_der => {}
+            _ => {
+                return Err(AuthorityError::Config(format!(
+                    "the store does not hold this authority's root certificate (serial {root_serial}): it is another \
+                     authority's or empty. Check store.database / store.sqlite in {} and --database / \
+                     $IOTPKI_DATABASE",
+                    dir.join(config::CONFIG_FILE).display()
+                )))
+            }
+        }
         let mut labels = HashMap::new();
         for l in &cfg.label {
             let ca = issuing

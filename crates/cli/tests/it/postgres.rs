@@ -294,3 +294,38 @@ fn init_refuses_a_database_that_holds_state_and_urls_that_are_not_postgres() {
     let out = run_ok(bin().args(["audit", "verify", "--dir", s(&one)]).env("IOTPKI_DATABASE", &database));
     assert!(out.starts_with("audit chain OK"), "{out}");
 }
+
+#[test]
+fn a_node_refuses_a_database_of_another_authority() {
+    let (db1, db2) = (
+        create_test_database(&test_base_url(), "it_other_a").unwrap(),
+        create_test_database(&test_base_url(), "it_other_b").unwrap(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let pf = tmp.path().join("pass");
+    std::fs::write(&pf, PASS).unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    run_ok(bin().args(["init", "--dir", s(&one), "--passphrase-file", s(&pf), "--database", &db1.url]));
+    run_ok(bin().args(["init", "--dir", s(&two), "--passphrase-file", s(&pf), "--database", &db2.url]));
+    let serve = |dir: &Path, db: &str| {
+        run_fail(
+            bin()
+                .args(["serve", "--dir", s(dir), "--passphrase-file", s(&pf), "--listen", "127.0.0.1:0"])
+                .args(["--database", db]),
+        )
+    };
+    // Authority one on two's database, and on an empty one: refused before serving.
+    let err = serve(&one, &db2.url);
+    assert!(err.contains("does not hold this authority's root certificate"), "{err}");
+    let empty = create_test_database(&test_base_url(), "it_other_c").unwrap();
+    let err = serve(&one, &empty.url);
+    assert!(err.contains("does not hold this authority's root certificate"), "{err}");
+    assert_eq!(run_ok(bin().args(["audit", "verify", "--dir", s(&two)])).split(':').next(), Some("audit chain OK"));
+    // The same check guards the embedded store: a lost store.db is not silently replaced.
+    let three = tmp.path().join("three");
+    run_ok(bin().args(["init", "--dir", s(&three), "--passphrase-file", s(&pf)]));
+    std::fs::remove_file(three.join("store.db")).unwrap();
+    let args = ["serve", "--dir", s(&three), "--passphrase-file", s(&pf), "--listen", "127.0.0.1:0"];
+    let err = run_fail(bin().args(args));
+    assert!(err.contains("does not hold this authority's root certificate"), "{err}");
+}
