@@ -34,6 +34,8 @@
 //!   the store needs nothing of a general pool (no async, no health checks
 //!   beyond dropping a closed connection) and one dependency less is worth it.
 //!   Reads run on the caller's thread and see every committed write.
+//!   Text ties in listings sort bytewise (`COLLATE "C"`), as SQLite sorts
+//!   them, whatever the database's locale.
 //!
 //! The `postgres` client is synchronous: it runs a small tokio runtime of its
 //! own and must not be called on a thread that drives async tasks (the
@@ -908,8 +910,9 @@ fn station_query<C: GenericClient>(
     let Some(row) = d.opt(&sql, &[&value]).map_err(db)? else { return Ok(None) };
     let (name, cert_serial, status, created_at, revoked_at): (String, String, String, i64, Option<i64>) =
         (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?, col(&row, 4)?);
-    let rows =
-        d.all("SELECT batch_id FROM station_batches WHERE station = $1 ORDER BY batch_id", &[&name]).map_err(db)?;
+    let rows = d
+        .all("SELECT batch_id FROM station_batches WHERE station = $1 ORDER BY batch_id COLLATE \"C\"", &[&name])
+        .map_err(db)?;
     let batches = rows.iter().map(|r| col(r, 0)).collect::<Result<Vec<String>, _>>()?;
     let status =
         if status == "active" { StationStatus::Active } else { StationStatus::Revoked { at: revoked_at.unwrap_or(0) } };
@@ -994,7 +997,7 @@ impl Store for PgStore {
                 "SELECT {CERT_COLS} FROM certificates
                  WHERE ($1::TEXT IS NULL OR device_serial = $1) AND ($2::TEXT IS NULL OR ca = $2)
                    AND ($3::BIGINT IS NULL OR not_after <= $3)
-                 ORDER BY issued_at DESC, serial LIMIT $4"
+                 ORDER BY issued_at DESC, serial COLLATE \"C\" LIMIT $4"
             );
             let limit: Option<i64> = q.limit.map(i64::from);
             let rows = d.all(&sql, &[&q.device_serial, &q.ca, &q.expiring_before, &limit]).map_err(db)?;
@@ -1082,7 +1085,8 @@ impl Store for PgStore {
 
     fn list_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
         self.read(|d| {
-            let rows = d.all(&format!("{BATCH_SELECT} ORDER BY b.created_at DESC, b.id"), &[]).map_err(db)?;
+            let rows =
+                d.all(&format!("{BATCH_SELECT} ORDER BY b.created_at DESC, b.id COLLATE \"C\""), &[]).map_err(db)?;
             rows.iter().map(batch_row).collect()
         })
     }
@@ -1163,7 +1167,7 @@ impl Store for PgStore {
             let rows = d
                 .all(
                     "SELECT serial, revoked_at, revocation_reason FROM certificates
-                     WHERE ca = $1 AND status = 'revoked' ORDER BY revoked_at, serial",
+                     WHERE ca = $1 AND status = 'revoked' ORDER BY revoked_at, serial COLLATE \"C\"",
                     &[&ca],
                 )
                 .map_err(db)?;
@@ -1196,7 +1200,7 @@ impl Store for PgStore {
         self.read(|d| {
             let rows = d
                 .all(
-                    "SELECT cert_serial, reason FROM flags WHERE batch_id = $1 ORDER BY flagged_at, cert_serial",
+                    "SELECT cert_serial, reason FROM flags WHERE batch_id = $1 ORDER BY flagged_at, cert_serial COLLATE \"C\"",
                     &[&batch],
                 )
                 .map_err(db)?;
