@@ -43,6 +43,10 @@
 //! closes its connections on threads of their own, so that the last handle
 //! may be dropped anywhere.
 //!
+//! Connections are plain TCP (no TLS yet): keep the database on loopback, a
+//! private network or behind a TLS tunnel; `sslmode=require` is refused with
+//! that advice rather than failing in the handshake.
+//!
 //! Migrations (`migrations/postgres/`, one file per file of
 //! `migrations/sqlite/`) are applied when the store is opened, each in its own
 //! transaction under an advisory lock (two nodes starting at once apply each
@@ -144,6 +148,13 @@ struct Conn {
 fn connect(url: &str, writer: bool) -> Result<Conn, StoreError> {
     let cannot = |e: String| StoreError::Database(format!("cannot connect to {}: {e}", redact(url)));
     let mut cfg: postgres::Config = url.parse().map_err(|e: postgres::Error| cannot(msg(&e)))?;
+    if cfg.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(cannot(
+            "sslmode=require asks for TLS, which this build does not speak to PostgreSQL yet: reach the database \
+             over loopback, a private network or a TLS tunnel, and drop sslmode=require"
+                .into(),
+        ));
+    }
     // An unreachable server is an error after a while, not a hang (the URL's connect_timeout wins).
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
@@ -1338,6 +1349,12 @@ mod tests {
         assert!(is_postgres_url("postgresql://x") && !is_postgres_url("store.db"));
         let e = PgStore::open("store.db").unwrap_err();
         assert!(e.to_string().contains("not a PostgreSQL URL"), "{e}");
+    }
+
+    #[test]
+    fn tls_is_refused_with_advice() {
+        let e = PgStore::open("postgres://u@127.0.0.1:1/x?sslmode=require").unwrap_err().to_string();
+        assert!(e.contains("sslmode=require asks for TLS") && e.contains("tunnel"), "{e}");
     }
 
     #[test]
