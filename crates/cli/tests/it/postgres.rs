@@ -242,12 +242,35 @@ async fn a_revocation_is_seen_at_once_by_every_node() {
             .unwrap();
         String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
     };
+    // Node B's CRL of the operational CA, as `openssl crl -text` shows it (B caches it too).
+    let crl = {
+        let (root, work) = (c.dir.join("ca/root.crt"), c.tmp.path().to_path_buf());
+        move |url: String| {
+            let der = work.join("op.crl");
+            run_ok(Command::new("curl").args(["--silent", "--show-error", "--fail", "--cacert", s(&root)]).args([
+                "-o",
+                s(&der),
+                &format!("{url}/crl/operational.crl"),
+            ]));
+            run_ok(Command::new("openssl").args(["crl", "-inform", "DER", "-noout", "-text", "-in", s(&der)]))
+        }
+    };
+    let serial =
+        run_ok(Command::new("openssl").args(["x509", "-noout", "-serial", "-in", s(&c.tmp.path().join("dev.pem"))]));
+    let serial = serial.trim().trim_start_matches("serial=").to_string();
     let (a, b) = (c.url(0), c.url(1));
-    let ask2 = ask.clone();
+    let (ask2, crl2) = (ask.clone(), crl.clone());
     let (b1, b2) = (b.clone(), b.clone());
-    let before = tokio::task::spawn_blocking(move || [ask2(b1.clone()), ask2(b1), ask2(a)]).await.unwrap();
+    let (before, crl_before) = tokio::task::spawn_blocking(move || {
+        ([ask2(b1.clone()), ask2(b1.clone()), ask2(a)], [crl2(b1.clone()), crl2(b1)])
+    })
+    .await
+    .unwrap();
     for out in &before {
         assert!(out.contains("Response verify OK") && out.contains("dev.pem: good"), "{out}");
+    }
+    for text in &crl_before {
+        assert!(!text.contains(&serial), "not revoked yet: {text}");
     }
 
     // Revoked by another process on the shared database (the admin CLI)...
@@ -255,11 +278,12 @@ async fn a_revocation_is_seen_at_once_by_every_node() {
     assert!(out.starts_with("revoked "), "{out}");
     // ...and node B, whose cache held "good" for this very request, says revoked at once.
     let a = c.url(0);
-    let after = tokio::task::spawn_blocking(move || [ask(b2), ask(a)]).await.unwrap();
+    let (after, crl_after) = tokio::task::spawn_blocking(move || ([ask(b2.clone()), ask(a)], crl(b2))).await.unwrap();
     for out in &after {
         assert!(out.contains("Response verify OK") && out.contains("dev.pem: revoked"), "{out}");
         assert!(out.contains("Reason: keyCompromise"), "{out}");
     }
+    assert!(crl_after.contains(&format!("Serial Number: {serial}")), "node B's CRL lists it: {crl_after}");
     // The device can no longer renew through either node.
     for node in 0..2 {
         let err = iotpki_agent::renew(&state, Some(&c.url(node))).await.unwrap_err();
