@@ -222,7 +222,10 @@ fn build(
             LabelConfig { name: "birth".into(), ca: "manufacturing".into(), validity_days: 0, allowed_keys: all_keys },
         ],
     };
-    keyfile::write_public(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    // A database URL with a password in it makes the config a secret.
+    let secret = opts.database.as_deref().is_some_and(|u| iotpki_store::postgres::redact(u) != u);
+    let write = if secret { keyfile::write_private } else { keyfile::write_public };
+    write(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
 
     for (rec, target) in records {
         store.record_issuance(Issuance {

@@ -311,6 +311,16 @@ fn init_refuses_a_database_that_holds_state_and_urls_that_are_not_postgres() {
     assert!(err.contains("expected a PostgreSQL URL"), "{err}");
     let err = run_fail(bin().args(["audit", "verify", "--dir", s(&one), "--database", "mysql://x/y"]));
     assert!(err.contains("expected a PostgreSQL URL"), "{err}");
+    // A URL with a password (trust authentication ignores it) makes the config readable by its owner only.
+    let fresh = create_test_database(&test_base_url(), "it_password").unwrap();
+    let with_password_fresh = fresh.url.replacen("@", ":hunter2@", 1);
+    assert!(with_password_fresh.contains(":hunter2@") && !fresh.url.contains(":hunter2@"));
+    let three = tmp.path().join("three");
+    run_ok(bin().args(["init", "--dir", s(&three), "--passphrase-file", s(&pf), "--database", &with_password_fresh]));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(three.join("iotpki.toml")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the config holds a password");
+    assert_eq!(std::fs::metadata(one.join("iotpki.toml")).unwrap().permissions().mode() & 0o777, 0o644);
     // The password of a URL never shows in a message.
     let err = run_fail(bin().args(["db", "migrate", "--database", "postgres://u:hunter2@127.0.0.1:1/x"]));
     assert!(err.contains("cannot connect to postgres://u:***@127.0.0.1:1/x") && !err.contains("hunter2"), "{err}");
