@@ -313,8 +313,12 @@ fn init_refuses_a_database_that_holds_state_and_urls_that_are_not_postgres() {
     assert!(err.contains("expected a PostgreSQL URL"), "{err}");
     // A URL with a password (trust authentication ignores it) makes the config readable by its owner only.
     let fresh = create_test_database(&test_base_url(), "it_password").unwrap();
-    let with_password_fresh = fresh.url.replacen("@", ":hunter2@", 1);
-    assert!(with_password_fresh.contains(":hunter2@") && !fresh.url.contains(":hunter2@"));
+    // (A base URL with a password of its own is used as it is.)
+    let with_password_fresh = if iotpki_store::postgres::redact(&fresh.url) == fresh.url {
+        fresh.url.replacen('@', ":hunter2@", 1)
+    } else {
+        fresh.url.clone()
+    };
     let three = tmp.path().join("three");
     run_ok(bin().args(["init", "--dir", s(&three), "--passphrase-file", s(&pf), "--database", &with_password_fresh]));
     use std::os::unix::fs::PermissionsExt as _;
