@@ -71,12 +71,17 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Where the state lives.
+/// Where the state lives: the embedded SQLite file, unless `database` names
+/// a PostgreSQL database (which several authority nodes may share).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The SQLite database file.
+    /// The SQLite database file (unused when `database` is set).
     pub sqlite: PathBuf,
+    /// A PostgreSQL database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
+    /// `iotpki --database URL` (or `$IOTPKI_DATABASE`) overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// The HTTPS server.
@@ -209,14 +214,37 @@ impl Config {
         if !(l.client_rate_per_s >= 0.0 && l.station_rate_per_s >= 0.0) || l.client_burst == 0 || l.station_burst == 0 {
             return bad("limits: rates must be >= 0 (0 switches limiting off) and bursts at least 1".into());
         }
+        if let Some(url) = &self.store.database {
+            check_database(url)?;
+        }
         if self.tokens.default_ttl_secs == 0 || self.tokens.default_ttl_secs > self.tokens.max_ttl_secs {
             return bad("tokens: need 0 < default_ttl_secs <= max_ttl_secs".into());
         }
         Ok(())
     }
 
+    /// Use the PostgreSQL database at `url` instead of what the file says.
+    pub fn set_database(&mut self, url: &str) -> Result<(), AuthorityError> {
+        check_database(url)?;
+        self.store.database = Some(url.to_string());
+        Ok(())
+    }
+
     /// Write the config as TOML.
     pub fn to_toml(&self) -> Result<String, AuthorityError> {
         toml::to_string_pretty(self).map_err(|e| AuthorityError::Config(e.to_string()))
+    }
+}
+
+/// A database URL must name PostgreSQL (SQLite is configured by `store.sqlite`).
+pub fn check_database(url: &str) -> Result<(), AuthorityError> {
+    if iotpki_store::postgres::is_postgres_url(url) {
+        Ok(())
+    } else {
+        Err(AuthorityError::Config(format!(
+            "database {}: expected a PostgreSQL URL postgres://USER@HOST:PORT/DATABASE (for SQLite set store.sqlite \
+             in the config and give no database)",
+            iotpki_store::postgres::redact(url)
+        )))
     }
 }

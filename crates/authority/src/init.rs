@@ -6,11 +6,13 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::NameBuilder;
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{pem, serial};
+use iotpki_store::postgres::PgStore;
 use iotpki_store::sqlite::SqliteStore;
 use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Store};
 use spki::der::Decode;
@@ -39,6 +41,9 @@ pub struct InitOptions {
     pub http_listen: Option<String>,
     /// Base URL written into issued certificates for CRLs and OCSP (None: none).
     pub public_http_url: Option<String>,
+    /// A PostgreSQL database for the state (written to the config), instead
+    /// of `store.db` in the directory. It must hold no authority's state yet.
+    pub database: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -50,6 +55,7 @@ impl Default for InitOptions {
             listen: "127.0.0.1:8443".into(),
             http_listen: Some("127.0.0.1:8080".into()),
             public_http_url: Some("http://127.0.0.1:8080".into()),
+            database: None,
         }
     }
 }
@@ -85,12 +91,30 @@ pub fn init(
             return Err(AuthorityError::Config(format!("{} exists and is not empty", dir.display())));
         }
     }
+    // A shared database is checked before any key is made: it must be empty.
+    let shared: Option<Arc<dyn Store>> = match &opts.database {
+        Some(url) => {
+            crate::config::check_database(url)?;
+            let store = PgStore::open(url)?;
+            let (certs, audit) = (store.count_certificates()?, store.verify_audit()?.entries);
+            if certs > 0 || audit > 0 {
+                return Err(AuthorityError::Config(format!(
+                    "database {} already holds an authority's state ({certs} certificates, {audit} audit entries): \
+                     give a new, empty database, or use this one with `iotpki serve --database` from the \
+                     authority's own directory",
+                    iotpki_store::postgres::redact(url)
+                )));
+            }
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| AuthorityError::io(parent, e))?;
     let base = dir.file_name().and_then(|n| n.to_str()).unwrap_or("authority");
     let partial = parent.join(format!(".{base}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
-    let result = build(&partial, opts, pass, clock).and_then(|()| {
+    let result = build(&partial, opts, pass, clock, shared).and_then(|()| {
         // An empty `dir` is replaced by the rename; a non-empty one was refused above.
         std::fs::rename(&partial, dir).map_err(|e| AuthorityError::io(dir, e))?;
         std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| AuthorityError::io(parent, e))
@@ -102,14 +126,23 @@ pub fn init(
     Ok(InitReport { dir: dir.to_path_buf(), root_cert: dir.join("ca/root.crt") })
 }
 
-fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -> Result<(), AuthorityError> {
+fn build(
+    dir: &Path,
+    opts: &InitOptions,
+    pass: &Passphrase,
+    clock: &dyn Clock,
+    shared: Option<Arc<dyn Store>>,
+) -> Result<(), AuthorityError> {
     for d in ["", "ca", "tls"] {
         let p = dir.join(d);
         std::fs::create_dir_all(&p).map_err(|e| AuthorityError::io(&p, e))?;
     }
     let now = clock.now();
     let org = opts.organization.as_str();
-    let store = SqliteStore::open(&dir.join("store.db"))?;
+    let store: Arc<dyn Store> = match shared {
+        Some(s) => s,
+        None => Arc::new(SqliteStore::open(&dir.join("store.db"))?),
+    };
     let mut records = Vec::new();
 
     let root_key = SoftKey::generate(opts.key_type)?;
@@ -177,7 +210,7 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
         organization: org.into(),
         key_type: opts.key_type.to_string(),
         default_label: "operational".into(),
-        store: StoreConfig { sqlite: "store.db".into() },
+        store: StoreConfig { sqlite: "store.db".into(), database: opts.database.clone() },
         server: ServerConfig {
             listen: opts.listen.clone(),
             cert: "tls/server.crt".into(),
@@ -198,7 +231,10 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
             LabelConfig { name: "birth".into(), ca: "manufacturing".into(), validity_days: 0, allowed_keys: all_keys },
         ],
     };
-    keyfile::write_public(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    // A database URL with a password in it makes the config a secret.
+    let secret = opts.database.as_deref().is_some_and(|u| iotpki_store::postgres::redact(u) != u);
+    let write = if secret { keyfile::write_private } else { keyfile::write_public };
+    write(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
 
     for (rec, target) in records {
         store.record_issuance(Issuance {

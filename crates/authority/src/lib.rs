@@ -27,6 +27,7 @@ use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{csr, est, pem, pkcs7, serial};
+use iotpki_store::postgres::PgStore;
 use iotpki_store::sqlite::SqliteStore;
 use iotpki_store::{
     AuditEvent, BatchRecord, CertRecord, CertStatus, Issuance, Precondition, StationRecord, StationStatus, Store,
@@ -175,8 +176,13 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-/// Open the store of the authority at `dir` (no keys needed).
+/// Open the store of the authority at `dir` (no keys needed): the PostgreSQL
+/// database `store.database` when set, else the SQLite file `store.sqlite`.
 pub fn open_store(dir: &Path, cfg: &Config) -> Result<Arc<dyn Store>, AuthorityError> {
+    if let Some(url) = &cfg.store.database {
+        config::check_database(url)?;
+        return Ok(Arc::new(PgStore::open(url)?));
+    }
     let path = keyfile::resolve(dir, &cfg.store.sqlite);
     Ok(Arc::new(SqliteStore::open(&path)?))
 }
@@ -195,7 +201,17 @@ impl Authority {
     /// Open the authority at `dir`: read the config, unlock the issuing CA
     /// keys and the server key with `pass` (the root key stays locked), open the store.
     pub fn open(dir: &Path, pass: &Passphrase, clock: Arc<dyn Clock>) -> Result<Self, AuthorityError> {
-        let cfg = Config::load(dir)?;
+        Self::open_with_config(dir, Config::load(dir)?, pass, clock)
+    }
+
+    /// Like [`Authority::open`] with a config the caller read (and perhaps
+    /// adjusted, e.g. [`Config::set_database`]).
+    pub fn open_with_config(
+        dir: &Path,
+        cfg: Config,
+        pass: &Passphrase,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthorityError> {
         let store = open_store(dir, &cfg)?;
         Self::with_store(dir, cfg, pass, store, clock)
     }
@@ -237,6 +253,20 @@ impl Authority {
             }));
         }
         let root_der = root_der.ok_or_else(|| AuthorityError::Config("no root CA".into()))?;
+        // The store must be this authority's: a node pointed at another
+        // authority's database (or an empty one) would record into the wrong state.
+        let root_serial = profile::cert_info(&root_der)?.serial;
+        match store.certificate(&root_serial)? {
+            Some(rec) if rec.der == root_der => {}
+            _ => {
+                return Err(AuthorityError::Config(format!(
+                    "the store does not hold this authority's root certificate (serial {root_serial}): it is another \
+                     authority's or empty. Check store.database / store.sqlite in {} and --database / \
+                     $IOTPKI_DATABASE",
+                    dir.join(config::CONFIG_FILE).display()
+                )))
+            }
+        }
         let mut labels = HashMap::new();
         for l in &cfg.label {
             let ca = issuing

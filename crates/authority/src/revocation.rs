@@ -5,6 +5,18 @@
 //! revoked) or when half its validity has passed, so clients always find
 //! one well before its nextUpdate. Each new CRL takes the next CRL number
 //! from the store (durable, monotonic, audited).
+//!
+//! Several nodes on one database (PostgreSQL): no node trusts its own cache
+//! without asking the store first. Every CRL and every OCSP request reads the
+//! CA's revocation mark (count of revoked certificates, latest revocation
+//! time: one indexed query) before it uses a cached answer, and a cached
+//! answer is used only while the mark is unchanged. The count only grows
+//! (revocations are never undone), so any revocation, committed by whichever
+//! node or CLI process, changes the mark. The bound is therefore zero: a
+//! request that starts after a revocation committed is answered from the
+//! store's state including it, on every node; only a request already being
+//! answered when it committed may still say good. Nothing is pushed between
+//! nodes and there is no polling interval to tune.
 
 use iotpki_core::name::DeviceSerial;
 use iotpki_store::{AuditEvent, CertQuery, CertStatus, OwnershipStatus, Store};

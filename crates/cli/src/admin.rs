@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use iotpki_authority::config::Config;
 use iotpki_authority::init::InitOptions;
-use iotpki_authority::{Authority, Passphrase, SystemClock};
+use iotpki_authority::{Passphrase, SystemClock};
 use iotpki_core::keys::KeyType;
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
@@ -53,6 +52,7 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
         listen: a.listen,
         public_http_url: Some(a.public_http_url.unwrap_or_else(|| format!("http://{}", a.http_listen))),
         http_listen: Some(a.http_listen),
+        database: a.dir.database.clone(),
     };
     let r = iotpki_authority::init::init(&a.dir.dir, &opts, &pass, &SystemClock)?;
     println!("authority created in {}", r.dir.display());
@@ -78,7 +78,7 @@ pub struct ServeArgs {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
-    let authority = Arc::new(Authority::open(&a.dir.dir, &pass, Arc::new(SystemClock))?);
+    let authority = Arc::new(a.dir.authority(&pass)?);
     let listen: SocketAddr = match a.listen {
         Some(l) => l,
         None => authority.config().server.listen.parse().context("server.listen in the config")?,
@@ -147,7 +147,7 @@ pub fn token(c: TokenCmd) -> anyhow::Result<()> {
     match c {
         TokenCmd::Create { dir, serial, ttl } => {
             let serial = DeviceSerial::parse(&serial).map_err(|e| anyhow!("--serial: {e}"))?;
-            let cfg = Config::load(&dir.dir)?;
+            let cfg = dir.config()?;
             let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
             let t = iotpki_authority::tokens::create(store.as_ref(), &cfg, &SystemClock, &serial, ttl, "admin:cli")?;
             println!("{t}");
@@ -397,6 +397,28 @@ pub fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     };
     for s in revocation::revoke(store.as_ref(), &SystemClock, target, reason, "admin:cli")? {
         println!("revoked {s} ({})", iotpki_core::crl::reason_name(reason));
+    }
+    Ok(())
+}
+
+/// `iotpki db ...`.
+#[derive(Subcommand, Debug)]
+pub enum DbCmd {
+    /// Apply the migrations a PostgreSQL database lacks (idempotent) and print its schema version.
+    Migrate {
+        /// The database: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE.
+        #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true)]
+        database: String,
+    },
+}
+
+pub fn db(c: DbCmd) -> anyhow::Result<()> {
+    match c {
+        DbCmd::Migrate { database } => {
+            iotpki_authority::config::check_database(&database)?;
+            let store = iotpki_store::postgres::PgStore::open(&database)?;
+            println!("schema version {}", store.schema_version()?);
+        }
     }
     Ok(())
 }

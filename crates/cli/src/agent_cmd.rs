@@ -19,8 +19,8 @@ pub enum AgentCmd {
         /// The device serial number.
         #[arg(long)]
         serial: String,
-        /// The one-time enrollment token (`iotpki token create`).
-        #[arg(long, env = "IOTPKI_TOKEN", hide_env_values = true)]
+        /// The one-time enrollment token (`iotpki token create`). Base64url: it may begin with `-`.
+        #[arg(long, env = "IOTPKI_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
         token: String,
         /// The trust anchor (root CA certificate, PEM), obtained out of band.
         #[arg(long, value_name = "FILE")]

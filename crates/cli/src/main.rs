@@ -70,6 +70,9 @@ enum Cmd {
     Voucher(bundle_cmd::VoucherCmd),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
+    /// The shared PostgreSQL database.
+    #[command(subcommand)]
+    Db(admin::DbCmd),
 }
 
 /// Options every admin command shares.
@@ -78,13 +81,31 @@ pub struct DirArg {
     /// The authority's directory.
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
+    /// Keep the state in this PostgreSQL database (postgres://USER[:PASSWORD]@HOST:PORT/DATABASE)
+    /// instead of the one the config names; several nodes may share it. Default: the config's store.
+    #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 impl DirArg {
+    /// The authority's config, with `--database` applied.
+    pub fn config(&self) -> anyhow::Result<iotpki_authority::config::Config> {
+        let mut cfg = iotpki_authority::config::Config::load(&self.dir)?;
+        if let Some(url) = &self.database {
+            cfg.set_database(url)?;
+        }
+        Ok(cfg)
+    }
+
     /// The authority's store (no keys needed).
     pub fn store(&self) -> anyhow::Result<std::sync::Arc<dyn iotpki_store::Store>> {
-        let cfg = iotpki_authority::config::Config::load(&self.dir)?;
-        Ok(iotpki_authority::open_store(&self.dir, &cfg)?)
+        Ok(iotpki_authority::open_store(&self.dir, &self.config()?)?)
+    }
+
+    /// The authority, its keys unlocked with `pass`.
+    pub fn authority(&self, pass: &iotpki_authority::Passphrase) -> anyhow::Result<iotpki_authority::Authority> {
+        let clock = std::sync::Arc::new(iotpki_authority::SystemClock);
+        Ok(iotpki_authority::Authority::open_with_config(&self.dir, self.config()?, pass, clock)?)
     }
 }
 
@@ -122,6 +143,7 @@ fn main() -> ExitCode {
         Cmd::Bundle(c) => bundle_cmd::run(c),
         Cmd::Voucher(c) => bundle_cmd::voucher(c),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Db(c) => admin::db(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,12 +10,15 @@
 //! insert, so that concurrent requests (threads or processes) cannot both
 //! consume one token or both pass a check that only one may pass.
 //!
-//! The embedded default is [`sqlite::SqliteStore`].
+//! The embedded default is [`sqlite::SqliteStore`]; [`postgres::PgStore`] keeps the
+//! same contract on a PostgreSQL database that several authority nodes share.
 
 #![forbid(unsafe_code)]
 
 mod audit;
 mod error;
+mod ops;
+pub mod postgres;
 pub mod sqlite;
 
 #[doc(hidden)]

@@ -12,13 +12,14 @@
 //! and the audit chain's head is read inside each transaction, never cached.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
+use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
     CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, StationRecord,
@@ -49,40 +50,6 @@ fn db(e: rusqlite::Error) -> StoreError {
 
 fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::Database(format!("{what}: {e}"))
-}
-
-enum Op {
-    Issue(Box<Issuance>),
-    Token(TokenRecord, AuditEvent),
-    Audit(AuditEvent),
-    CreateBatch(Box<BatchRecord>, Vec<String>, AuditEvent),
-    CloseBatch(String, AuditEvent),
-    AddStation(Box<StationRecord>, Box<CertRecord>, AuditEvent),
-    RevokeStation(String, i64, AuditEvent),
-    Refusal(Option<String>, AuditEvent),
-    Delegation(String, String, Box<CertRecord>, AuditEvent),
-    Sync(Box<SyncUpload>),
-    Revoke(String, u8, i64, AuditEvent),
-    CrlNumber(String, AuditEvent),
-    AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
-    Claim(Vec<String>, String, i64, AuditEvent),
-    Release(String, OwnershipStatus, i64, AuditEvent),
-    Publish(Box<Artifact>, AuditEvent),
-    OwnByVoucher(String, String, Box<Artifact>, AuditEvent),
-}
-
-/// What a committed operation hands back to its caller.
-#[derive(Debug, PartialEq, Eq)]
-enum Done {
-    Unit,
-    Synced(SyncOutcome),
-    CrlNumber(u64),
-    Count(u64),
-}
-
-struct Job {
-    op: Op,
-    reply: SyncSender<Result<Done, StoreError>>,
 }
 
 /// The SQLite store.

@@ -15,6 +15,7 @@ mod limits;
 mod loadgen;
 mod owner;
 mod pkilint;
+mod postgres;
 mod refusals;
 mod revocation;
 mod util;

@@ -1,0 +1,43 @@
+//! The write operations both backends queue to their writer thread.
+
+use std::sync::mpsc::SyncSender;
+
+use crate::{
+    Artifact, AuditEvent, BatchRecord, CertRecord, Issuance, ManufacturerRecord, OwnershipStatus, StationRecord,
+    StoreError, SyncOutcome, SyncUpload, TokenRecord,
+};
+
+/// One write, as a caller hands it to the writer.
+pub(crate) enum Op {
+    Issue(Box<Issuance>),
+    Token(TokenRecord, AuditEvent),
+    Audit(AuditEvent),
+    CreateBatch(Box<BatchRecord>, Vec<String>, AuditEvent),
+    CloseBatch(String, AuditEvent),
+    AddStation(Box<StationRecord>, Box<CertRecord>, AuditEvent),
+    RevokeStation(String, i64, AuditEvent),
+    Refusal(Option<String>, AuditEvent),
+    Delegation(String, String, Box<CertRecord>, AuditEvent),
+    Sync(Box<SyncUpload>),
+    Revoke(String, u8, i64, AuditEvent),
+    CrlNumber(String, AuditEvent),
+    AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
+    Claim(Vec<String>, String, i64, AuditEvent),
+    Release(String, OwnershipStatus, i64, AuditEvent),
+    Publish(Box<Artifact>, AuditEvent),
+    OwnByVoucher(String, String, Box<Artifact>, AuditEvent),
+}
+
+/// What a committed operation hands back to its caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Done {
+    Unit,
+    Synced(SyncOutcome),
+    CrlNumber(u64),
+    Count(u64),
+}
+
+pub(crate) struct Job {
+    pub(crate) op: Op,
+    pub(crate) reply: SyncSender<Result<Done, StoreError>>,
+}
