@@ -2,22 +2,27 @@
 //!
 //! Everything is made in a sibling directory `DIR.partial-XXXX` and renamed
 //! into place at the end, so a failure (or a kill) never leaves a half
-//! authority at `DIR`.
+//! authority at `DIR`. With an HSM, the CA keys are generated inside the
+//! token, and deleted from it again if init fails.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::NameBuilder;
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{pem, serial};
+use iotpki_hsm::{HsmKey, Pin, Pkcs11Uri, Token};
 use iotpki_store::sqlite::SqliteStore;
 use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Store};
 use spki::der::Decode;
 use x509_cert::name::Name;
 
 use crate::clock::Clock;
-use crate::config::{CaConfig, CaRole, Config, LabelConfig, ServerConfig, StoreConfig, TokenConfig, CONFIG_FILE};
+use crate::config::{
+    CaConfig, CaRole, Config, HsmConfig, LabelConfig, ServerConfig, StoreConfig, TokenConfig, CONFIG_FILE,
+};
 use crate::keyfile::{self, Passphrase};
 use crate::AuthorityError;
 
@@ -35,6 +40,19 @@ pub struct InitOptions {
     pub server_names: Vec<String>,
     /// Default listen address written to the config.
     pub listen: String,
+    /// Generate the CA keys in this PKCS#11 token instead of key files.
+    pub hsm: Option<HsmInit>,
+}
+
+/// Where `init` generates the CA keys when they live in an HSM.
+#[derive(Clone, Debug)]
+pub struct HsmInit {
+    /// The vendor's PKCS#11 module.
+    pub module: PathBuf,
+    /// The token: `pkcs11:token=LABEL`.
+    pub token: Pkcs11Uri,
+    /// The token's user PIN.
+    pub pin: Pin,
 }
 
 impl Default for InitOptions {
@@ -44,6 +62,7 @@ impl Default for InitOptions {
             key_type: KeyType::EcdsaP256,
             server_names: vec!["127.0.0.1".into(), "::1".into()],
             listen: "127.0.0.1:8443".into(),
+            hsm: None,
         }
     }
 }
@@ -84,19 +103,77 @@ pub fn init(
     let base = dir.file_name().and_then(|n| n.to_str()).unwrap_or("authority");
     let partial = parent.join(format!(".{base}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
-    let result = build(&partial, opts, pass, clock).and_then(|()| {
+    // Refuse a token we cannot use before anything is made.
+    let token = match &opts.hsm {
+        Some(h) => {
+            let t = Token::open(&h.module, &h.token)?;
+            t.check_pin(&h.pin)?;
+            if !t.supports(opts.key_type)? {
+                return Err(AuthorityError::Config(format!(
+                    "token {:?} cannot generate and sign with {} keys (for Ed25519 it must offer CKM_EDDSA); \
+                     choose another --key-type",
+                    t.label(),
+                    opts.key_type
+                )));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let mut keys = KeyMaker { hsm: token.as_ref().zip(opts.hsm.as_ref()), made: Vec::new() };
+    let result = build(&partial, opts, pass, clock, &mut keys).and_then(|()| {
         // An empty `dir` is replaced by the rename; a non-empty one was refused above.
         std::fs::rename(&partial, dir).map_err(|e| AuthorityError::io(dir, e))?;
         std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| AuthorityError::io(parent, e))
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
+        for k in keys.made.drain(..) {
+            if let Err(e) = k.destroy() {
+                tracing::error!(key = %k.uri(), error = %e, "init failed and could not delete the key it made in the token");
+            }
+        }
     }
     result?;
     Ok(InitReport { dir: dir.to_path_buf(), root_cert: dir.join("ca/root.crt") })
 }
 
-fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -> Result<(), AuthorityError> {
+/// Makes the CA keys: key files, or keys in the token (remembered so that a
+/// failed init can delete them).
+struct KeyMaker<'a> {
+    hsm: Option<(&'a Token, &'a HsmInit)>,
+    made: Vec<Arc<HsmKey>>,
+}
+
+/// A new CA key and where the config says it is.
+struct NewKey {
+    signer: Arc<dyn Signer>,
+    soft: Option<Arc<SoftKey>>,
+    uri: Option<String>,
+}
+
+impl KeyMaker<'_> {
+    fn generate(&mut self, kt: KeyType, name: &str) -> Result<NewKey, AuthorityError> {
+        let Some((token, h)) = self.hsm else {
+            let k = Arc::new(SoftKey::generate(kt)?);
+            return Ok(NewKey { signer: k.clone(), soft: Some(k), uri: None });
+        };
+        let mut tag = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut tag).map_err(|_| AuthorityError::Config("the system RNG failed".into()))?;
+        let label = format!("iotpki-{name}-{}", hex::encode(tag));
+        let key = Arc::new(HsmKey::generate(token, &h.pin, kt, &label)?);
+        self.made.push(key.clone());
+        Ok(NewKey { uri: Some(key.uri().to_string()), signer: key, soft: None })
+    }
+}
+
+fn build(
+    dir: &Path,
+    opts: &InitOptions,
+    pass: &Passphrase,
+    clock: &dyn Clock,
+    keys: &mut KeyMaker<'_>,
+) -> Result<(), AuthorityError> {
     for d in ["", "ca", "tls"] {
         let p = dir.join(d);
         std::fs::create_dir_all(&p).map_err(|e| AuthorityError::io(&p, e))?;
@@ -106,38 +183,45 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
     let store = SqliteStore::open(&dir.join("store.db"))?;
     let mut records = Vec::new();
 
-    let root_key = SoftKey::generate(opts.key_type)?;
+    let root_key = keys.generate(opts.key_type, "root")?;
     let root_name = NameBuilder::default().organization(org)?.common_name(&format!("{org} Root CA"))?.build();
-    let root_spki = spki_of(&root_key)?;
+    let root_spki = spki_of(root_key.signer.as_ref())?;
     let root_kid = keys::key_identifier(&root_spki);
     let root_end = now + 25 * YEAR;
-    let root_issuer = Issuer { subject: &root_name, key_id: &root_kid, not_after: root_end, signer: &root_key };
-    let root =
-        make(Profile::Root, root_name.clone(), &root_key, now, root_end, vec![], &root_issuer, "root", &mut records)?;
-    save(dir, "ca/root", &root_key, &root.der, pass)?;
-
-    let mut cas = vec![CaConfig {
-        name: "root".into(),
-        cert: "ca/root.crt".into(),
-        key: "ca/root.key".into(),
-        role: CaRole::Root,
-    }];
+    let root_issuer =
+        Issuer { subject: &root_name, key_id: &root_kid, not_after: root_end, signer: root_key.signer.as_ref() };
+    let root = make(
+        Profile::Root,
+        root_name.clone(),
+        root_key.signer.as_ref(),
+        now,
+        root_end,
+        vec![],
+        &root_issuer,
+        "root",
+        &mut records,
+    )?;
+    let mut cas = vec![save(dir, "root", CaRole::Root, &root_key, &root.der, pass)?];
     let mut operational = None;
     // The manufacturing CA may delegate one level: stations' offline sub-CAs for a batch.
     for (name, title, profile) in [
         ("manufacturing", "Manufacturing CA", Profile::DelegatingCa),
         ("operational", "Operational CA", Profile::IssuingCa),
     ] {
-        let key = SoftKey::generate(opts.key_type)?;
+        let key = keys.generate(opts.key_type, name)?;
         let subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} {title}"))?.build();
-        let made = make(profile, subject, &key, now, now + 20 * YEAR, vec![], &root_issuer, "root", &mut records)?;
-        save(dir, &format!("ca/{name}"), &key, &made.der, pass)?;
-        cas.push(CaConfig {
-            name: name.into(),
-            cert: format!("ca/{name}.crt").into(),
-            key: format!("ca/{name}.key").into(),
-            role: CaRole::Issuing,
-        });
+        let made = make(
+            profile,
+            subject,
+            key.signer.as_ref(),
+            now,
+            now + 20 * YEAR,
+            vec![],
+            &root_issuer,
+            "root",
+            &mut records,
+        )?;
+        cas.push(save(dir, name, CaRole::Issuing, &key, &made.der, pass)?);
         if name == "operational" {
             operational = Some((key, made));
         }
@@ -150,7 +234,8 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
         check_server_name(n)?;
     }
     let server_subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} EST server"))?.build();
-    let op_issuer = Issuer { subject: &op.name, key_id: &op.kid, not_after: op.not_after, signer: &op_key };
+    let op_issuer =
+        Issuer { subject: &op.name, key_id: &op.kid, not_after: op.not_after, signer: op_key.signer.as_ref() };
     let server = make(
         Profile::Server,
         server_subject,
@@ -178,6 +263,10 @@ fn build(dir: &Path, opts: &InitOptions, pass: &Passphrase, clock: &dyn Clock) -
             key: "tls/server.key".into(),
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
+        hsm: opts.hsm.as_ref().map(|h| HsmConfig {
+            module: h.module.clone(),
+            token: Pkcs11Uri { token: h.token.token.clone(), ..Default::default() }.to_string(),
+        }),
         ca: cas,
         label: vec![
             LabelConfig {
@@ -282,7 +371,22 @@ fn make(
     Ok(Made { name: subject, kid, not_after: issued.not_after, der: issued.der })
 }
 
-fn save(dir: &Path, stem: &str, key: &SoftKey, der: &[u8], pass: &Passphrase) -> Result<(), AuthorityError> {
-    keyfile::write_encrypted(&dir.join(format!("{stem}.key")), key, pass)?;
-    keyfile::write_public(&dir.join(format!("{stem}.crt")), pem::encode("CERTIFICATE", der).as_bytes())
+/// Write the CA's certificate (and its key file, unless the key is in the token); its config entry.
+fn save(
+    dir: &Path,
+    name: &str,
+    role: CaRole,
+    key: &NewKey,
+    der: &[u8],
+    pass: &Passphrase,
+) -> Result<CaConfig, AuthorityError> {
+    let mut key_file = None;
+    if let Some(soft) = &key.soft {
+        let rel = PathBuf::from(format!("ca/{name}.key"));
+        keyfile::write_encrypted(&dir.join(&rel), soft, pass)?;
+        key_file = Some(rel);
+    }
+    let cert = PathBuf::from(format!("ca/{name}.crt"));
+    keyfile::write_public(&dir.join(&cert), pem::encode("CERTIFICATE", der).as_bytes())?;
+    Ok(CaConfig { name: name.into(), cert, key: key_file, key_uri: key.uri.clone(), role })
 }

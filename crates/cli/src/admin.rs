@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use iotpki_authority::config::Config;
 use iotpki_authority::init::InitOptions;
-use iotpki_authority::{Authority, Passphrase, SystemClock};
+use iotpki_authority::SystemClock;
 use iotpki_core::keys::KeyType;
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
@@ -35,15 +35,40 @@ pub struct InitArgs {
     /// Default listen address written to the config.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// Generate the CA keys inside this PKCS#11 token (RFC 7512 URI: 'pkcs11:token=LABEL'); the
+    /// PIN comes from --pin-file or $IOTPKI_PIN.
+    #[arg(long, value_name = "URI")]
+    hsm: Option<String>,
+    /// The token vendor's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, value_name = "PATH", requires = "hsm")]
+    pkcs11_module: Option<PathBuf>,
 }
 
 pub fn init(a: InitArgs) -> anyhow::Result<()> {
-    let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
+    let pass = a.pass.passphrase()?;
+    let hsm = match &a.hsm {
+        Some(uri) => {
+            let token = iotpki_hsm::Pkcs11Uri::parse(uri)?;
+            token.token_label()?;
+            if token.object.is_some() || token.id.is_some() {
+                bail!("--hsm names the token only (pkcs11:token=LABEL): init generates the keys and names them");
+            }
+            let module = match (&a.pkcs11_module, &token.module_path) {
+                (Some(m), _) => m.clone(),
+                (None, Some(m)) => PathBuf::from(m),
+                (None, None) => bail!("--hsm needs --pkcs11-module PATH (the token vendor's PKCS#11 library)"),
+            };
+            let pin = iotpki_authority::Pin::from_file_or_env(a.pass.pin_file.as_deref())?;
+            Some(iotpki_authority::init::HsmInit { module, token, pin })
+        }
+        None => None,
+    };
     let opts = InitOptions {
         organization: a.org,
         key_type: KeyType::from_name(&a.key_type)?,
         server_names: a.server_names,
         listen: a.listen,
+        hsm,
     };
     let r = iotpki_authority::init::init(&a.dir.dir, &opts, &pass, &SystemClock)?;
     println!("authority created in {}", r.dir.display());
@@ -65,8 +90,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
-    let authority = Arc::new(Authority::open(&a.dir.dir, &pass, Arc::new(SystemClock))?);
+    let authority = Arc::new(a.pass.open(&a.dir.dir)?);
     let listen: SocketAddr = match a.listen {
         Some(l) => l,
         None => authority.config().server.listen.parse().context("server.listen in the config")?,

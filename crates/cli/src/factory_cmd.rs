@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpki_authority::factory::{self, NewBatch};
-use iotpki_authority::{Authority, Passphrase, SystemClock};
+use iotpki_authority::SystemClock;
 use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::time::rfc3339;
 use iotpki_store::{BatchRecord, BatchStatus, StationStatus};
@@ -217,8 +217,7 @@ pub enum StationCmd {
 pub fn station(c: StationCmd) -> anyhow::Result<()> {
     match c {
         StationCmd::Add { name, dir, pass, batches, out, server, key_type } => {
-            let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
-            let authority = Authority::open(&dir.dir, &pass, Arc::new(SystemClock))?;
+            let authority = pass.open(&dir.dir)?;
             factory::check_name("station name", &name)?;
             // The key is made in the station's directory; only its public key goes to the authority.
             let key = iotpki_agent::factory::new_station_key(&out, KeyType::from_name(&key_type)?)?;
@@ -228,8 +227,7 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             Ok(())
         }
         StationCmd::Delegate { name, dir, pass, batch, station_dir, key_type } => {
-            let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
-            let authority = Authority::open(&dir.dir, &pass, Arc::new(SystemClock))?;
+            let authority = pass.open(&dir.dir)?;
             let station = iotpki_agent::state::load(&station_dir)?;
             if station.device_serial != name {
                 bail!("{} is the directory of station {}, not {name}", station_dir.display(), station.device_serial);

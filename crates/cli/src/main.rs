@@ -71,12 +71,33 @@ impl DirArg {
     }
 }
 
-/// Where the passphrase comes from: a file, else `$IOTPKI_PASSPHRASE`. Never an argument.
+/// Where the secrets come from: a file, else the environment. Never an argument.
 #[derive(Args, Debug, Clone)]
 pub struct PassArg {
     /// Read the key passphrase from this file (else from $IOTPKI_PASSPHRASE).
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Read the HSM token's user PIN from this file (else from $IOTPKI_PIN), when the CA keys are in a PKCS#11 token.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+}
+
+impl PassArg {
+    /// The passphrase.
+    pub fn passphrase(&self) -> anyhow::Result<iotpki_authority::Passphrase> {
+        Ok(iotpki_authority::Passphrase::from_file_or_env(self.passphrase_file.as_deref())?)
+    }
+
+    /// The PIN from --pin-file, if given (else the authority reads $IOTPKI_PIN when it needs one).
+    pub fn pin(&self) -> anyhow::Result<Option<iotpki_authority::Pin>> {
+        Ok(self.pin_file.as_deref().map(|p| iotpki_authority::Pin::from_file_or_env(Some(p))).transpose()?)
+    }
+
+    /// Open the authority at `dir` with these secrets.
+    pub fn open(&self, dir: &std::path::Path) -> anyhow::Result<iotpki_authority::Authority> {
+        let clock = std::sync::Arc::new(iotpki_authority::SystemClock);
+        Ok(iotpki_authority::Authority::open_with_pin(dir, &self.passphrase()?, self.pin()?.as_ref(), clock)?)
+    }
 }
 
 fn init_tracing(default: &str) {

@@ -276,22 +276,24 @@ impl Token {
         self.session(pin).map(drop)
     }
 
-    fn mechanisms(&self) -> Result<Vec<MechanismType>, HsmError> {
-        self.ctx.get_mechanism_list(self.slot).map_err(ck(format!("listing the mechanisms of {:?}", self.label)))
+    /// Whether the token offers mechanism `m` (asked one by one: the whole
+    /// list would include vendor mechanisms cryptoki complains about).
+    fn offers(&self, m: MechanismType) -> Result<bool, HsmError> {
+        match self.ctx.get_mechanism_info(self.slot, m) {
+            Ok(_) => Ok(true),
+            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => Ok(false),
+            Err(e) => Err(HsmError::Pkcs11 { what: format!("asking {:?} for mechanism {m}", self.label), error: e }),
+        }
     }
 
     /// Whether the token can generate and sign with keys of type `kt`.
     pub fn supports(&self, kt: KeyType) -> Result<bool, HsmError> {
-        let m = self.mechanisms()?;
-        Ok(match kt {
-            KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
-                m.contains(&MechanismType::ECC_KEY_PAIR_GEN) && m.contains(&MechanismType::ECDSA)
-            }
-            KeyType::Ed25519 => {
-                m.contains(&MechanismType::ECC_EDWARDS_KEY_PAIR_GEN) && m.contains(&MechanismType::EDDSA)
-            }
-            KeyType::Rsa(_) => false,
-        })
+        let (generate, sign) = match kt {
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 => (MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA),
+            KeyType::Ed25519 => (MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, MechanismType::EDDSA),
+            KeyType::Rsa(_) => return Ok(false),
+        };
+        Ok(self.offers(generate)? && self.offers(sign)?)
     }
 }
 
@@ -357,6 +359,9 @@ impl HsmKey {
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Derive(false),
             Attribute::EcParams(params),
             Attribute::Label(label_b.clone()),
             Attribute::Id(id.clone()),
@@ -367,6 +372,9 @@ impl HsmKey {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
             Attribute::KeyType(ck_type),
             Attribute::Label(label_b),
             Attribute::Id(id.clone()),
@@ -509,7 +517,7 @@ impl HsmKey {
     }
 
     /// Delete both halves of the key pair from the token.
-    pub fn destroy(self) -> Result<(), HsmError> {
+    pub fn destroy(&self) -> Result<(), HsmError> {
         let s = self.session.lock().map_err(|_| HsmError::Unsupported("session lock poisoned".into()))?;
         s.destroy_object(self.private).map_err(ck(format!("deleting {}", self.uri)))?;
         s.destroy_object(self.public).map_err(ck(format!("deleting the public half of {}", self.uri)))
