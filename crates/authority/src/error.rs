@@ -91,7 +91,7 @@ impl std::error::Error for AuthorityError {
             Self::Io { error, .. } => Some(error),
             Self::Store(e) => Some(e),
             Self::Core(e) => Some(e),
-            Self::Hsm(e) => Some(e),
+            // Hsm: its message is already in ours (no source, or `{:#}` would say it twice).
             _ => None,
         }
     }

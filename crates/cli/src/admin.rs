@@ -338,3 +338,54 @@ pub fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `iotpki hsm ...`.
+#[derive(Subcommand, Debug)]
+pub enum HsmCmd {
+    /// Check every CA key the config names in the token: present, signs, and protected
+    /// (never readable or extractable, generated in the token). Fails if one is not.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Read the token's user PIN from this file (else from $IOTPKI_PIN).
+        #[arg(long, value_name = "FILE")]
+        pin_file: Option<PathBuf>,
+    },
+}
+
+pub fn hsm(c: HsmCmd) -> anyhow::Result<()> {
+    match c {
+        HsmCmd::Status { dir, pin_file } => {
+            let cfg = Config::load(&dir.dir)?;
+            let Some(h) = &cfg.hsm else {
+                bail!("{} keeps its CA keys in files, not in a PKCS#11 token", dir.dir.display());
+            };
+            let pin = iotpki_authority::Pin::from_file_or_env(pin_file.as_deref())?;
+            let module = iotpki_authority::keyfile::resolve(&dir.dir, &h.module);
+            let token = iotpki_hsm::Token::open(&module, &iotpki_hsm::Pkcs11Uri::parse(&h.token)?)?;
+            println!("token {:?} in {}", token.label(), module.display());
+            let mut weak = Vec::new();
+            for ca in &cfg.ca {
+                let Some(uri) = &ca.key_uri else {
+                    println!(
+                        "{}: key file {}",
+                        ca.name,
+                        ca.key.as_deref().unwrap_or(std::path::Path::new("?")).display()
+                    );
+                    continue;
+                };
+                let key = iotpki_hsm::HsmKey::open(&token, &pin, &iotpki_hsm::Pkcs11Uri::parse(uri)?)?;
+                let p = key.protection()?;
+                println!("{}: {} {}", ca.name, iotpki_core::keys::Signer::key_type(&key), key.uri());
+                println!("  signs: ok; {p}");
+                if !p.is_protected() {
+                    weak.push(ca.name.clone());
+                }
+            }
+            if !weak.is_empty() {
+                bail!("the private keys of {} are not protected by the token", weak.join(", "));
+            }
+            Ok(())
+        }
+    }
+}

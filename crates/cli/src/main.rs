@@ -51,6 +51,9 @@ enum Cmd {
     /// The factory line: give birth to devices on a station.
     #[command(subcommand)]
     Factory(factory_cmd::FactoryCmd),
+    /// The authority's CA keys in a PKCS#11 token.
+    #[command(subcommand)]
+    Hsm(admin::HsmCmd),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
 }
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Station(c) => factory_cmd::station(c),
         Cmd::Factory(c) => factory_cmd::factory(c),
+        Cmd::Hsm(c) => admin::hsm(c),
         Cmd::Demo(a) => demo::run(a),
     };
     match result {

@@ -315,6 +315,51 @@ fn point_len(kt: KeyType) -> usize {
     }
 }
 
+/// How a private key is protected, as the token reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// `C_GetAttributeValue(CKA_VALUE)` returned the key (it must not).
+    pub value_readable: bool,
+    /// CKA_SENSITIVE.
+    pub sensitive: bool,
+    /// CKA_ALWAYS_SENSITIVE: sensitive since it was made.
+    pub always_sensitive: bool,
+    /// CKA_EXTRACTABLE: may be wrapped out of the token.
+    pub extractable: bool,
+    /// CKA_NEVER_EXTRACTABLE: never was extractable.
+    pub never_extractable: bool,
+    /// CKA_LOCAL: generated in the token (not imported).
+    pub local: bool,
+}
+
+impl Protection {
+    /// Made in the token, never readable or extractable.
+    pub fn is_protected(&self) -> bool {
+        !self.value_readable
+            && self.sensitive
+            && self.always_sensitive
+            && !self.extractable
+            && self.never_extractable
+            && self.local
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        write!(
+            f,
+            "value {}, sensitive {}, always sensitive {}, extractable {}, never extractable {}, generated in token {}",
+            if self.value_readable { "READABLE" } else { "refused" },
+            yn(self.sensitive),
+            yn(self.always_sensitive),
+            yn(self.extractable),
+            yn(self.never_extractable),
+            yn(self.local)
+        )
+    }
+}
+
 /// A key pair in a token, signing through its own logged-in session.
 pub struct HsmKey {
     session: Mutex<Session>,
@@ -502,18 +547,38 @@ impl HsmKey {
         &self.uri
     }
 
-    /// Whether the token refuses to reveal the private key: CKA_VALUE is
-    /// sensitive (or absent), CKA_SENSITIVE is true and CKA_EXTRACTABLE false.
-    pub fn private_key_protected(&self) -> Result<bool, HsmError> {
+    /// What the token says about the private key's protection.
+    pub fn protection(&self) -> Result<Protection, HsmError> {
         let s = self.session.lock().map_err(|_| HsmError::Unsupported("session lock poisoned".into()))?;
-        let info = s.get_attribute_info(self.private, &[AttributeType::Value]).map_err(ck("reading CKA_VALUE"))?;
-        let value_hidden = matches!(info.first(), Some(AttributeInfo::Sensitive | AttributeInfo::Unavailable));
+        let info = s.get_attribute_info(self.private, &[AttributeType::Value]).map_err(ck("asking for CKA_VALUE"))?;
+        let value_readable = !matches!(
+            info.first(),
+            Some(AttributeInfo::Sensitive | AttributeInfo::Unavailable | AttributeInfo::TypeInvalid)
+        );
         let flags = s
-            .get_attributes(self.private, &[AttributeType::Sensitive, AttributeType::Extractable])
-            .map_err(ck("reading CKA_SENSITIVE and CKA_EXTRACTABLE"))?;
-        let sensitive = flags.iter().any(|a| matches!(a, Attribute::Sensitive(true)));
-        let extractable = flags.iter().any(|a| matches!(a, Attribute::Extractable(true)));
-        Ok(value_hidden && sensitive && !extractable)
+            .get_attributes(
+                self.private,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Local,
+                ],
+            )
+            .map_err(ck("reading the private key's flags"))?;
+        let mut p = Protection { value_readable, ..Default::default() };
+        for a in flags {
+            match a {
+                Attribute::Sensitive(v) => p.sensitive = v,
+                Attribute::AlwaysSensitive(v) => p.always_sensitive = v,
+                Attribute::Extractable(v) => p.extractable = v,
+                Attribute::NeverExtractable(v) => p.never_extractable = v,
+                Attribute::Local(v) => p.local = v,
+                _ => {}
+            }
+        }
+        Ok(p)
     }
 
     /// Delete both halves of the key pair from the token.

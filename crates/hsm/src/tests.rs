@@ -68,7 +68,9 @@ fn each_key_type_signs_verifiably_and_reopens() {
             verify(&k, msg.as_bytes(), &sig).unwrap();
             assert!(verify(&k, b"another message", &sig).is_err());
         }
-        assert!(k.private_key_protected().unwrap(), "{kt}: private key must be sensitive, not extractable");
+        let p = k.protection().unwrap();
+        assert!(p.is_protected(), "{kt}: {p}");
+        assert!(p.to_string().starts_with("value refused, sensitive yes"), "{p}");
         // Found again by its URI (as a config records it), by id alone and by label alone.
         let uri = k.uri().clone();
         let again = HsmKey::open(&t, &pin(), &uri).unwrap();
@@ -155,4 +157,38 @@ fn raw_ecdsa_signature_to_der() {
     want.extend([0u8; 31]);
     assert_eq!(der, want);
     assert!(ecdsa_raw_to_der(&raw[..63], 32).is_err());
+}
+
+#[test]
+fn an_exportable_key_is_reported_as_such() {
+    // A key made without our template (sensitive false, extractable): the
+    // protection check must see it, and C_GetAttributeValue(CKA_VALUE) gives it out.
+    let t = token("unit");
+    let k = HsmKey::generate(&t, &pin(), KeyType::EcdsaP256, "weak").unwrap();
+    let session = t.session(&pin()).unwrap();
+    let params = curve_oid(KeyType::EcdsaP256).unwrap().to_der().unwrap();
+    let id = vec![0xee; 4];
+    session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::Token(true), Attribute::EcParams(params), Attribute::Id(id.clone())],
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Sign(true),
+                Attribute::Id(id.clone()),
+            ],
+        )
+        .unwrap();
+    drop(session);
+    let weak = HsmKey::open(&t, &pin(), &Pkcs11Uri { id: Some(id), ..Default::default() }).unwrap();
+    let p = weak.protection().unwrap();
+    assert!(p.value_readable && !p.sensitive && p.extractable, "{p}");
+    assert!(!p.is_protected());
+    assert!(p.to_string().contains("value READABLE"), "{p}");
+    assert!(k.protection().unwrap().is_protected());
+    weak.destroy().unwrap();
+    k.destroy().unwrap();
 }

@@ -6,6 +6,7 @@
 mod cli;
 mod est;
 mod factory;
+mod hsm;
 mod interop;
 mod pkilint;
 mod refusals;
