@@ -63,6 +63,7 @@ pub fn store_station(
         anchor_pem: pem::encode("CERTIFICATE", anchor),
         updated_at: 0,
         renewals: 0,
+        keystore: None,
     };
     state::store(dir, &id)?;
     Ok(id)

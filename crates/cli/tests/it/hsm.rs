@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{openssl, run_fail, run_ok, serve, SoftHsm, PASS, SOFTHSM_MODULE};
+use crate::util::{openssl, run_fail, run_ok, serve, Ca, SoftHsm, PASS, SOFTHSM_MODULE};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -240,4 +240,80 @@ fn token_failures_say_what_to_do() {
         s(&hsm.pin_file),
     ]));
     assert!(e.contains(&label) && e.contains("is not in token \"ca\"") && e.contains("restore the token"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_key_in_a_token_enrolls_and_renews_over_mtls() {
+    let ca = Ca::start().await;
+    let token = ca.token("TOK-1");
+    let (url, root) = (ca.url.clone(), ca.root_file());
+    let state = ca.tmp.path().join("device");
+    let st = state.clone();
+    let (first, renewed) = tokio::task::spawn_blocking(move || {
+        let hsm = SoftHsm::new(&["dev"]);
+        let enroll = |pin: &Path| {
+            let mut c = hsm.bin();
+            c.args(["agent", "enroll", "--state", s(&st), "--server", &url, "--serial", "TOK-1", "--token", &token])
+                .args(["--ca-cert", s(&root), "--keystore", "pkcs11:token=dev", "--pkcs11-module", SOFTHSM_MODULE])
+                .args(["--pin-file", s(pin)]);
+            c
+        };
+        // A wrong PIN: refused before anything is asked of the server.
+        let bad = hsm.dir.path().join("bad-pin");
+        std::fs::write(&bad, "0000\n").unwrap();
+        let e = run_fail(&mut enroll(&bad));
+        assert!(e.contains("keystore: token \"dev\" refused the PIN"), "{e}");
+        assert!(!st.join("identity.json").exists());
+
+        let out = run_ok(&mut enroll(&hsm.pin_file));
+        assert!(out.contains("enrolled TOK-1"), "{out}");
+        let read = || -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(st.join("identity.json")).unwrap()).unwrap()
+        };
+        let first = read();
+        assert_eq!(first["keystore"]["kind"], "pkcs11");
+        assert_eq!(first["keystore"]["token"], "pkcs11:token=dev");
+        let key = first["key_file"].as_str().unwrap().to_string();
+        assert!(key.starts_with("pkcs11:token=dev;object=iotpki-device-TOK-1-"), "{key}");
+        // No key on disk: the CSR was signed in the token.
+        let files: Vec<String> =
+            std::fs::read_dir(&st).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(files, vec!["identity.json".to_string()], "only the identity on disk");
+        let label = |k: &str| k.split(';').find_map(|a| a.strip_prefix("object=")).unwrap().to_string();
+        let objects = hsm.objects("dev");
+        assert!(objects.contains(&format!("label:      {}\n", label(&key))), "{objects}");
+        assert!(objects.contains("Access:     sensitive, always sensitive, never extractable, local"), "{objects}");
+
+        // Renewal over mutual TLS: the CertificateVerify is signed by the token
+        // key (there is no other copy); the PIN file recorded at enrollment is used.
+        let out = run_ok(hsm.bin().args(["agent", "renew", "--state", s(&st)]));
+        assert!(out.contains("renewed TOK-1"), "{out}");
+        let renewed = read();
+        let new_key = renewed["key_file"].as_str().unwrap().to_string();
+        assert_ne!(new_key, key);
+        assert!(new_key.starts_with("pkcs11:token=dev;object=iotpki-device-TOK-1-"), "{new_key}");
+        let objects = hsm.objects("dev");
+        assert!(objects.contains(&label(&new_key)), "{objects}");
+        assert!(!objects.contains(&label(&key)), "the replaced key is deleted from the token: {objects}");
+        let status = run_ok(hsm.bin().args(["agent", "status", "--state", s(&st)]));
+        assert!(
+            status.contains("key:           p256 (pkcs11:token=dev)") && status.contains("renewals:      1"),
+            "{status}"
+        );
+        (first, renewed)
+    })
+    .await
+    .unwrap();
+
+    // The authority saw a token-authenticated re-enrollment of the same device.
+    let cert = |v: &serde_json::Value| {
+        let der = iotpki_core::pem::decode_one("CERTIFICATE", v["cert_pem"].as_str().unwrap()).unwrap();
+        iotpki_core::profile::cert_info(&der).unwrap()
+    };
+    let (a, b) = (cert(&first), cert(&renewed));
+    let rec = ca.authority.store().certificate(&b.serial).unwrap().unwrap();
+    assert_eq!(rec.replaces.as_deref(), Some(a.serial.as_str()));
+    assert_eq!(ca.last_audit().event.action, "reenroll");
+    assert_ne!(a.spki_sha256, b.spki_sha256);
+    let _ = state;
 }

@@ -69,6 +69,8 @@ impl Ca {
             anchor_pem: self.root_pem.clone(),
             label: None,
             key_type: KeyType::EcdsaP256,
+            keystore: None,
+            pin_file: None,
         }
     }
 
