@@ -23,6 +23,9 @@ use crate::AgentError;
 /// File that names the token key of an enrollment in progress.
 const PENDING_PKCS11: &str = "pending-key.uri";
 
+/// A key and its name (the file name, or the token key's URI).
+pub type NamedKey = (String, Arc<dyn Signer>);
+
 /// A keystore other than key files, as `identity.json` records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -97,7 +100,7 @@ impl Keystore {
     }
 
     /// Make a new key and name it. `serial` goes into a token key's label.
-    pub fn new_key(&self, kt: KeyType, serial: &str) -> Result<(String, Arc<dyn Signer>), AgentError> {
+    pub fn new_key(&self, kt: KeyType, serial: &str) -> Result<NamedKey, AgentError> {
         match self {
             Self::File { dir } => {
                 let key = SoftKey::generate(kt)?;
@@ -131,7 +134,7 @@ impl Keystore {
     }
 
     /// The key of an enrollment started but not finished, if there is one.
-    pub fn pending(&self) -> Result<Option<(String, Arc<dyn Signer>)>, AgentError> {
+    pub fn pending(&self) -> Result<Option<NamedKey>, AgentError> {
         match self {
             Self::File { dir } => Ok(state::pending_key(dir)?.map(|(n, k)| (n, Arc::new(k) as Arc<dyn Signer>))),
             Self::Pkcs11 { dir, .. } => {
