@@ -42,6 +42,9 @@ fn pct_decode(uri: &str, s: &str) -> Result<Vec<u8>, HsmError> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3).ok_or_else(|| bad(uri, "a % must be followed by two hex digits"))?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(bad(uri, format!("bad percent escape %{}", String::from_utf8_lossy(hex))));
+            }
             let hex = std::str::from_utf8(hex).map_err(|_| bad(uri, "bad percent escape"))?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| bad(uri, format!("bad percent escape %{hex}")))?);
             i += 3;
@@ -242,6 +245,7 @@ mod tests {
             ("pkcs11:tokn=a", "unknown attribute \"tokn\""),
             ("pkcs11:token=a%2", "two hex digits"),
             ("pkcs11:token=a%zz", "bad percent escape"),
+            ("pkcs11:token=a%+1", "bad percent escape %+1"),
             ("pkcs11:token=%ff", "not UTF-8"),
             ("pkcs11:object=a;type=key", "unknown object type"),
             ("pkcs11:token=a?pin-value=1234", "must not carry the PIN"),

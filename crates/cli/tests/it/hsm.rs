@@ -103,6 +103,39 @@ fn authority_in_softhsm_issues_what_openssl_verifies() {
     let out = openssl(&["verify", "-CAfile", s(&root), "-untrusted", s(&op), s(&dev)]);
     assert!(out.contains(": OK"), "{out}");
 
+    // The manufacturing CA's token key certifies a factory station.
+    let serials = hsm.dir.path().join("serials.csv");
+    std::fs::write(&serials, "F-1\n").unwrap();
+    run_ok(hsm.bin().args([
+        "batch",
+        "create",
+        "--dir",
+        d,
+        "--id",
+        "B-1",
+        "--product",
+        "p",
+        "--serials",
+        s(&serials),
+        "--quota",
+        "1",
+    ]));
+    let station = hsm.dir.path().join("station");
+    run_ok(hsm.bin().args(["station", "add", "line-1", "--dir", d, "--batches", "B-1", "--out", s(&station)]).args([
+        "--server",
+        &url,
+        "--passphrase-file",
+        s(&ca.pass_file),
+        "--pin-file",
+        s(&hsm.pin_file),
+    ]));
+    let sid: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(station.join("identity.json")).unwrap()).unwrap();
+    let station_pem = hsm.dir.path().join("station.pem");
+    std::fs::write(&station_pem, sid["cert_pem"].as_str().unwrap()).unwrap();
+    let out = openssl(&["verify", "-CAfile", s(&root), "-untrusted", s(&ca.ca("manufacturing")), s(&station_pem)]);
+    assert!(out.contains(": OK"), "{out}");
+
     // The CRL, signed in the token, verified by openssl.
     let crl = hsm.dir.path().join("op.crl");
     std::fs::write(&crl, curl(&["--cacert", s(&root), &format!("{url}/crl/operational.crl")])).unwrap();
