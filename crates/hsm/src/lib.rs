@@ -362,13 +362,65 @@ impl fmt::Display for Protection {
 
 /// A key pair in a token, signing through its own logged-in session.
 pub struct HsmKey {
-    session: Mutex<Session>,
-    private: ObjectHandle,
-    public: ObjectHandle,
+    live: Mutex<Live>,
     key_type: KeyType,
     spki: Vec<u8>,
     uri: Pkcs11Uri,
-    token: String,
+    token: Token,
+    pin: Pin,
+}
+
+/// The key's session and object handles; replaced when the session is lost.
+struct Live {
+    session: Session,
+    private: ObjectHandle,
+    public: ObjectHandle,
+}
+
+/// Find the key pair `uri` names: exactly one private key, and its public half.
+fn find_pair(session: &Session, token: &str, uri: &Pkcs11Uri) -> Result<(ObjectHandle, ObjectHandle), HsmError> {
+    let missing = || HsmError::KeyMissing { token: token.to_string(), key: uri.to_string() };
+    let find = |class: ObjectClass| -> Result<Vec<ObjectHandle>, HsmError> {
+        let mut tpl = vec![Attribute::Class(class)];
+        if let Some(id) = &uri.id {
+            tpl.push(Attribute::Id(id.clone()));
+        }
+        if let Some(l) = &uri.object {
+            tpl.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        session.find_objects(&tpl).map_err(ck(format!("looking for {uri}")))
+    };
+    let private = match find(ObjectClass::PRIVATE_KEY)?.as_slice() {
+        [] => return Err(missing()),
+        [one] => *one,
+        more => {
+            return Err(HsmError::Uri(format!(
+                "{uri} matches {} private keys in token {token:?}: add id= to name one",
+                more.len()
+            )))
+        }
+    };
+    let public = *find(ObjectClass::PUBLIC_KEY)?.first().ok_or_else(missing)?;
+    Ok((private, public))
+}
+
+/// Errors after which a new session (and login) may succeed. An invalid key
+/// handle is one of them: private objects vanish from a session whose login
+/// was lost; finding the key again tells that apart from a deleted key.
+fn session_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+            _
+        )
+    )
 }
 
 impl fmt::Debug for HsmKey {
@@ -384,6 +436,9 @@ impl HsmKey {
         if !token.supports(kt)? {
             let how = match kt {
                 KeyType::Ed25519 => "CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA",
+                KeyType::Rsa(_) => {
+                    return Err(HsmError::Unsupported("RSA keys are not supported; use p256, p384 or ed25519".into()))
+                }
                 _ => "CKM_EC_KEY_PAIR_GEN and CKM_ECDSA",
             };
             return Err(HsmError::Unsupported(format!(
@@ -442,7 +497,14 @@ impl HsmKey {
                 return Err(e);
             }
         };
-        Ok(Self { session: Mutex::new(session), private, public, key_type: kt, spki, uri, token: token.label.clone() })
+        Ok(Self {
+            live: Mutex::new(Live { session, private, public }),
+            key_type: kt,
+            spki,
+            uri,
+            token: token.clone(),
+            pin: pin.clone(),
+        })
     }
 
     /// Open the key `uri` names (by `id=` and/or `object=`) in `token`, and
@@ -456,29 +518,7 @@ impl HsmKey {
         key_uri.token = Some(token.label.clone());
         key_uri.module_path = None;
         key_uri.object_type = Some("private".into());
-        let missing = || HsmError::KeyMissing { token: token.label.clone(), key: key_uri.to_string() };
-        let find = |class: ObjectClass| -> Result<Vec<ObjectHandle>, HsmError> {
-            let mut tpl = vec![Attribute::Class(class)];
-            if let Some(id) = &uri.id {
-                tpl.push(Attribute::Id(id.clone()));
-            }
-            if let Some(l) = &uri.object {
-                tpl.push(Attribute::Label(l.as_bytes().to_vec()));
-            }
-            session.find_objects(&tpl).map_err(ck(format!("looking for {key_uri}")))
-        };
-        let private = match find(ObjectClass::PRIVATE_KEY)?.as_slice() {
-            [] => return Err(missing()),
-            [one] => *one,
-            more => {
-                return Err(HsmError::Uri(format!(
-                    "{key_uri} matches {} private keys in token {:?}: add id= to name one",
-                    more.len(),
-                    token.label
-                )))
-            }
-        };
-        let public = *find(ObjectClass::PUBLIC_KEY)?.first().ok_or_else(missing)?;
+        let (private, public) = find_pair(&session, &token.label, &key_uri)?;
         // The curve from the public half (tokens need not copy CKA_EC_PARAMS to the private one).
         let mut attrs =
             session.get_attributes(private, &[AttributeType::KeyType]).map_err(ck(format!("reading {key_uri}")))?;
@@ -514,13 +554,12 @@ impl HsmKey {
         };
         let spki = read_spki(&session, public, kt)?;
         let key = Self {
-            session: Mutex::new(session),
-            private,
-            public,
+            live: Mutex::new(Live { session, private, public }),
             key_type: kt,
             spki,
             uri: key_uri,
-            token: token.label.clone(),
+            token: token.clone(),
+            pin: pin.clone(),
         };
         key.self_test()?;
         Ok(key)
@@ -549,15 +588,16 @@ impl HsmKey {
 
     /// What the token says about the private key's protection.
     pub fn protection(&self) -> Result<Protection, HsmError> {
-        let s = self.session.lock().map_err(|_| HsmError::Unsupported("session lock poisoned".into()))?;
-        let info = s.get_attribute_info(self.private, &[AttributeType::Value]).map_err(ck("asking for CKA_VALUE"))?;
+        let live = self.lock()?;
+        let (s, private) = (&live.session, live.private);
+        let info = s.get_attribute_info(private, &[AttributeType::Value]).map_err(ck("asking for CKA_VALUE"))?;
         let value_readable = !matches!(
             info.first(),
             Some(AttributeInfo::Sensitive | AttributeInfo::Unavailable | AttributeInfo::TypeInvalid)
         );
         let flags = s
             .get_attributes(
-                self.private,
+                private,
                 &[
                     AttributeType::Sensitive,
                     AttributeType::AlwaysSensitive,
@@ -583,32 +623,56 @@ impl HsmKey {
 
     /// Delete both halves of the key pair from the token.
     pub fn destroy(&self) -> Result<(), HsmError> {
-        let s = self.session.lock().map_err(|_| HsmError::Unsupported("session lock poisoned".into()))?;
-        s.destroy_object(self.private).map_err(ck(format!("deleting {}", self.uri)))?;
-        s.destroy_object(self.public).map_err(ck(format!("deleting the public half of {}", self.uri)))
+        let live = self.lock()?;
+        live.session.destroy_object(live.private).map_err(ck(format!("deleting {}", self.uri)))?;
+        live.session.destroy_object(live.public).map_err(ck(format!("deleting the public half of {}", self.uri)))
     }
 
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Live>, HsmError> {
+        self.live.lock().map_err(|_| HsmError::Unsupported("session lock poisoned".into()))
+    }
+
+    /// Sign; if the session was lost (token reset, logged out, HSM restarted),
+    /// log in on a new session, find the key again, and try once more.
     fn sign_inner(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let s = self.session.lock().map_err(|_| HsmError::Unsupported("session lock poisoned".into()))?;
-        let gone = |e: CkError| match e {
+        let mut live = self.lock()?;
+        match self.sign_with(&live, message) {
+            Err(e) if session_lost(&e) => {
+                tracing::warn!(key = %self.uri, error = %e, "PKCS#11 signing failed; logging in again on a new session");
+                let session = self.token.session(&self.pin)?;
+                let (private, public) = find_pair(&session, &self.token.label, &self.uri)?;
+                *live = Live { session, private, public };
+                self.sign_with(&live, message).map_err(|e| self.sign_error(e))
+            }
+            r => r.map_err(|e| self.sign_error(e)),
+        }
+    }
+
+    fn sign_error(&self, e: CkError) -> HsmError {
+        match e {
             CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _) => {
-                HsmError::KeyMissing { token: self.token.clone(), key: self.uri.to_string() }
+                HsmError::KeyMissing { token: self.token.label.clone(), key: self.uri.to_string() }
             }
             e => HsmError::Pkcs11 { what: format!("signing with {}", self.uri), error: e },
-        };
+        }
+    }
+
+    fn sign_with(&self, live: &Live, message: &[u8]) -> Result<Vec<u8>, CkError> {
         match self.key_type {
             KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
                 let (alg, n) =
                     if self.key_type == KeyType::EcdsaP256 { (&digest::SHA256, 32) } else { (&digest::SHA384, 48) };
                 let d = digest::digest(alg, message);
-                let raw = s.sign(&Mechanism::Ecdsa, self.private, d.as_ref()).map_err(gone)?;
+                let raw = live.session.sign(&Mechanism::Ecdsa, live.private, d.as_ref())?;
+                // A token answering with the wrong length is a device error, not a lost session.
                 ecdsa_raw_to_der(&raw, n)
+                    .map_err(|_| CkError::Pkcs11(RvError::DeviceError, cryptoki::context::Function::Sign))
             }
             KeyType::Ed25519 => {
                 let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-                s.sign(&mech, self.private, message).map_err(gone)
+                live.session.sign(&mech, live.private, message)
             }
-            KeyType::Rsa(_) => Err(HsmError::Unsupported("RSA signing".into())),
+            KeyType::Rsa(_) => Err(CkError::NotSupported),
         }
     }
 }

@@ -26,7 +26,7 @@ fn softhsm() -> &'static Fixture {
         std::fs::create_dir(&tokens).unwrap();
         let conf = dir.path().join("softhsm2.conf");
         std::fs::write(&conf, format!("directories.tokendir = {}\nlog.level = ERROR\n", tokens.display())).unwrap();
-        for label in ["unit", "unit-pin", "unit-threads"] {
+        for label in ["unit", "unit-pin", "unit-threads", "unit-relogin"] {
             let out = Command::new("softhsm2-util")
                 .env("SOFTHSM2_CONF", &conf)
                 .args(["--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678"])
@@ -137,6 +137,10 @@ fn refusals_say_what_to_do() {
     let e = HsmKey::open(&token("unit"), &pin(), &Pkcs11Uri::parse("pkcs11:token=unit").unwrap()).unwrap_err();
     assert!(e.to_string().contains("names no key"), "{e}");
 
+    // Key types the token cannot hold.
+    let e = HsmKey::generate(&token("unit"), &pin(), KeyType::Rsa(2048), "rsa").unwrap_err().to_string();
+    assert!(e.contains("RSA keys are not supported"), "{e}");
+
     // PINs: empty refused, file missing named.
     assert!(Pin::new("\n").is_err());
     let e = Pin::from_file_or_env(Some(Path::new("/nonexistent/pin"))).unwrap_err().to_string();
@@ -190,5 +194,25 @@ fn an_exportable_key_is_reported_as_such() {
     assert!(p.to_string().contains("value READABLE"), "{p}");
     assert!(k.protection().unwrap().is_protected());
     weak.destroy().unwrap();
+    k.destroy().unwrap();
+}
+
+#[test]
+fn a_lost_login_is_recovered_on_the_next_signature() {
+    let t = token("unit-relogin");
+    let k = HsmKey::generate(&t, &pin(), KeyType::EcdsaP256, "relogin").unwrap();
+    verify(&k, b"before", &k.sign(b"before").unwrap()).unwrap();
+    // Logging out ends the login of every session of this process on the token
+    // (as a token reset would): the key's own session can no longer sign.
+    let other = t.session(&pin()).unwrap();
+    other.logout().unwrap();
+    let live = k.lock().unwrap();
+    let e = k.sign_with(&live, b"x").unwrap_err();
+    assert!(session_lost(&e), "{e}");
+    drop(live);
+    // Signing logs in again on a new session and finds the key again.
+    verify(&k, b"after", &k.sign(b"after").unwrap()).unwrap();
+    verify(&k, b"again", &k.sign(b"again").unwrap()).unwrap();
+    drop(other);
     k.destroy().unwrap();
 }
