@@ -58,6 +58,8 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
                 (None, Some(m)) => PathBuf::from(m),
                 (None, None) => bail!("--hsm needs --pkcs11-module PATH (the token vendor's PKCS#11 library)"),
             };
+            // The config resolves relative paths against the authority's directory: record it absolute.
+            let module = std::path::absolute(&module)?;
             let pin = iotpki_authority::Pin::from_file_or_env(a.pass.pin_file.as_deref())?;
             Some(iotpki_authority::init::HsmInit { module, token, pin })
         }

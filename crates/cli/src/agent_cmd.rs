@@ -109,7 +109,8 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
                     };
                     let token =
                         iotpki_hsm::Pkcs11Uri { token: Some(label.to_string()), ..Default::default() }.to_string();
-                    // Recorded as an absolute path: renewals may run from another directory.
+                    // Recorded as absolute paths: renewals may run from another directory.
+                    let module = std::path::absolute(&module)?;
                     let pin_file = pin_file.map(|p| std::path::absolute(&p)).transpose()?;
                     Some(iotpki_agent::keystore::KeystoreConfig::Pkcs11 { module, token, pin_file })
                 }
