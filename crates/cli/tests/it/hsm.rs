@@ -273,6 +273,10 @@ fn token_failures_say_what_to_do() {
         s(&hsm.pin_file),
     ]));
     assert!(e.contains(&label) && e.contains("is not in token \"ca\"") && e.contains("restore the token"), "{e}");
+    let e = run_fail(hsm.bin().args(["hsm", "status", "--dir", d, "--pin-file", s(&hsm.pin_file)]));
+    assert!(e.contains(&label) && e.contains("is not in token \"ca\""), "{e}");
+    let e = run_fail(hsm.bin().args(["hsm", "status", "--dir", d, "--pin-file", s(&bad_pin)]));
+    assert!(e.contains("refused the PIN"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
