@@ -258,7 +258,10 @@ impl Token {
         &self.module
     }
 
-    /// A read-write session logged in as the user.
+    /// A read-write session logged in as the user. PKCS#11 login state is
+    /// per process and token: once one session is logged in, later logins
+    /// answer "already logged in" whatever PIN they carry (so a wrong PIN is
+    /// only detected by the first login of a process).
     fn session(&self, pin: &Pin) -> Result<Session, HsmError> {
         let s = self.ctx.open_rw_session(self.slot).map_err(ck(format!("opening a session on {:?}", self.label)))?;
         match s.login(UserType::User, Some(&AuthPin::from(pin.0.clone()))) {
