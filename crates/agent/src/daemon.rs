@@ -157,7 +157,7 @@ pub async fn step(opts: &RunOptions) -> Result<Step, AgentError> {
     if t < due {
         return Ok(Step::NotDue { due });
     }
-    match flow::renew(dir, None).await {
+    match flow::renew(dir, None, None).await {
         Ok(id) => Ok(Step::Renewed(Box::new(id))),
         Err(e) if lost_certificate(&e) && id.birth.is_some() => {
             Ok(Step::Recommissioned(Box::new(flow::commission(dir, None, None, None).await?)))

@@ -29,6 +29,8 @@ pub enum AgentError {
         /// What happened.
         error: std::io::Error,
     },
+    /// The keystore (a PKCS#11 token) failed or refused.
+    Keystore(String),
     /// Bad usage (a URL, a serial).
     Usage(String),
     /// A core operation failed.
@@ -50,6 +52,7 @@ impl fmt::Display for AgentError {
             Self::Untrusted(m) => write!(f, "certificate not accepted: {m}"),
             Self::State(m) => write!(f, "device state: {m}"),
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::Keystore(m) => write!(f, "keystore: {m}"),
             Self::Usage(m) => f.write_str(m),
             Self::Core(e) => write!(f, "{e}"),
         }

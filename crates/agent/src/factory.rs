@@ -64,6 +64,7 @@ pub fn store_station(
         updated_at: 0,
         renewals: 0,
         birth: None,
+        keystore: None,
     };
     state::store(dir, &id)?;
     Ok(id)

@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use spki::der::{Decode, Encode};
 
 use crate::est_client::{ClientIdentity, EstClient};
+use crate::keystore::{Keystore, KeystoreConfig};
 use crate::state::{self, Identity};
 use crate::AgentError;
 
@@ -32,6 +33,10 @@ pub struct EnrollOptions {
     pub label: Option<String>,
     /// The key type to generate.
     pub key_type: KeyType,
+    /// Where the key is made (`None`: a key file in the state directory).
+    pub keystore: Option<KeystoreConfig>,
+    /// The keystore's PIN file (else `$IOTPKI_PIN`), for a token keystore.
+    pub pin_file: Option<PathBuf>,
 }
 
 fn now() -> i64 {
@@ -104,22 +109,21 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     let serial = DeviceSerial::parse(&opts.serial).map_err(|e| AgentError::Usage(e.to_string()))?;
     let anchor =
         pem::decode_one("CERTIFICATE", &opts.anchor_pem).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
+    let keystore = Keystore::open(dir, opts.keystore.as_ref(), opts.pin_file.as_deref())?;
     let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;
 
-    // The key is on disk before the request leaves: if the answer is lost (network,
-    // power cut), running enroll again with the same token gets the same certificate.
-    let (key_file, key) = match state::pending_key(dir)? {
+    // The key exists (on disk, or in the token and noted on disk) before the request
+    // leaves: if the answer is lost (network, power cut), running enroll again with
+    // the same token gets the same certificate.
+    let (key_file, key) = match keystore.pending()? {
         Some((name, key)) if key.key_type() == opts.key_type => (name, key),
-        _ => {
-            let key = SoftKey::generate(opts.key_type)?;
-            (state::write_new_key(dir, &key)?, key)
-        }
+        _ => keystore.new_key(opts.key_type, serial.as_str())?,
     };
     let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
-    let csr_der = csr::build(&subject, &key, vec![])?;
+    let csr_der = csr::build(&subject, key.as_ref(), vec![])?;
     let cert = client.simple_enroll(&csr_der, serial.as_str(), &opts.token).await?;
-    check_issued(&cert, &key, &chain, &anchor)?;
+    check_issued(&cert, key.as_ref(), &chain, &anchor)?;
     let issued = profile::cert_info(&cert)?;
     if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
         return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
@@ -135,8 +139,10 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
         updated_at: now(),
         renewals: 0,
         birth: None,
+        keystore: keystore.config(),
     };
     state::store(dir, &id)?;
+    keystore.retire(&id.key_file, None);
     Ok(id)
 }
 
@@ -197,20 +203,32 @@ pub fn finish_birth(
         updated_at: now(),
         renewals: 0,
         birth: Some(birth),
+        keystore: None,
     };
     state::store(dir, &id)?;
     Ok(id)
 }
 
-/// Renewal: a new key, a request with the current subject, sent over mutual
-/// TLS with the current certificate; the new identity replaces the old one atomically.
-pub async fn renew(state_dir: &Path, server_override: Option<&str>) -> Result<Identity, AgentError> {
+/// Renewal: a new key (in the same keystore), a request with the current
+/// subject, sent over mutual TLS with the current certificate (the TLS 1.3
+/// CertificateVerify signed by the current key, wherever it lives); the new
+/// identity replaces the old one atomically, then the old key is forgotten.
+/// `pin_file`: the token PIN for a PKCS#11 keystore (else the recorded file, else `$IOTPKI_PIN`).
+pub async fn renew(
+    state_dir: &Path,
+    server_override: Option<&str>,
+    pin_file: Option<&Path>,
+) -> Result<Identity, AgentError> {
     let old = state::load(state_dir)?;
-    let old_key: Arc<dyn Signer> = Arc::new(state::load_key(state_dir, &old)?);
+    let keystore = Keystore::open(state_dir, old.keystore.as_ref(), pin_file)?;
+    let old_key = keystore.load(&old.key_file)?;
     let cert = pem::decode_one("CERTIFICATE", &old.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let chain = pem::decode_all("CERTIFICATE", &old.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let anchor = pem::decode_one("CERTIFICATE", &old.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let current = profile::cert_info(&cert)?;
+    if current.spki_sha256 != iotpki_core::keys::spki_fingerprint(old_key.public_key_der()) {
+        return Err(AgentError::State("the stored key does not match the stored certificate".into()));
+    }
     let server = server_override.unwrap_or(&old.server).to_string();
 
     let mut tls_chain = vec![cert.clone()];
@@ -221,15 +239,25 @@ pub async fn renew(state_dir: &Path, server_override: Option<&str>) -> Result<Id
         std::slice::from_ref(&anchor),
         Some(ClientIdentity { chain: tls_chain, key: old_key.clone() }),
     )?;
-    let new_key = SoftKey::generate(old_key.key_type())?;
-    let csr_der = csr::build(&current.cert.tbs_certificate.subject, &new_key, vec![])?;
-    let new_cert = client.simple_reenroll(&csr_der).await?;
-    check_issued(&new_cert, &new_key, &chain, &anchor)?;
-    let issued = profile::cert_info(&new_cert)?;
-    if issued.cert.tbs_certificate.subject != current.cert.tbs_certificate.subject {
-        return Err(AgentError::Untrusted("the renewed certificate names another subject".into()));
-    }
-    let key_file = state::write_new_key(state_dir, &new_key)?;
+    let (key_file, new_key) = keystore.new_key(old_key.key_type(), &old.device_serial)?;
+    let attempt = async {
+        let csr_der = csr::build(&current.cert.tbs_certificate.subject, new_key.as_ref(), vec![])?;
+        let new_cert = client.simple_reenroll(&csr_der).await?;
+        check_issued(&new_cert, new_key.as_ref(), &chain, &anchor)?;
+        let issued = profile::cert_info(&new_cert)?;
+        if issued.cert.tbs_certificate.subject != current.cert.tbs_certificate.subject {
+            return Err(AgentError::Untrusted("the renewed certificate names another subject".into()));
+        }
+        Ok(new_cert)
+    };
+    let new_cert = match attempt.await {
+        Ok(c) => c,
+        Err(e) => {
+            keystore.discard(&key_file);
+            return Err(e);
+        }
+    };
+    let old_key_file = old.key_file.clone();
     let id = Identity {
         key_file,
         cert_pem: pem::encode("CERTIFICATE", &new_cert),
@@ -239,6 +267,7 @@ pub async fn renew(state_dir: &Path, server_override: Option<&str>) -> Result<Id
         ..old
     };
     state::store(state_dir, &id)?;
+    keystore.retire(&id.key_file, Some(&old_key_file));
     Ok(id)
 }
 
@@ -261,6 +290,8 @@ pub struct Status {
     pub days_left: i64,
     /// The key type.
     pub key_type: String,
+    /// Where the key lives: `file`, or the token's PKCS#11 URI.
+    pub keystore: String,
     /// The EST server.
     pub server: String,
     /// Renewals so far.
@@ -270,11 +301,17 @@ pub struct Status {
 /// Read the identity and summarise it.
 pub fn status(state_dir: &Path) -> Result<Status, AgentError> {
     let id = state::load(state_dir)?;
-    let key = state::load_key(state_dir, &id)?;
     let cert = pem::decode_one("CERTIFICATE", &id.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let info = profile::cert_info(&cert)?;
-    if info.spki_sha256 != iotpki_core::keys::spki_fingerprint(key.public_key_der()) {
-        return Err(AgentError::State("the stored key does not match the stored certificate".into()));
+    let spki = info.cert.tbs_certificate.subject_public_key_info.clone();
+    let key_type = KeyType::of_spki(&spki)?;
+    // A key file is checked against the certificate here; a token key needs the
+    // PIN to be found, so it is checked when it is used (renew).
+    if id.keystore.is_none() {
+        let key = state::load_key(state_dir, &id)?;
+        if info.spki_sha256 != iotpki_core::keys::spki_fingerprint(key.public_key_der()) {
+            return Err(AgentError::State("the stored key does not match the stored certificate".into()));
+        }
     }
     let tbs = &info.cert.tbs_certificate;
     Ok(Status {
@@ -285,7 +322,11 @@ pub fn status(state_dir: &Path) -> Result<Status, AgentError> {
         not_before: iotpki_core::time::rfc3339(info.not_before),
         not_after: iotpki_core::time::rfc3339(info.not_after),
         days_left: (info.not_after - now()).div_euclid(86_400),
-        key_type: key.key_type().to_string(),
+        key_type: key_type.to_string(),
+        keystore: match &id.keystore {
+            None => "file".into(),
+            Some(KeystoreConfig::Pkcs11 { token, .. }) => token.clone(),
+        },
         server: id.server,
         renewals: id.renewals,
     })
@@ -370,6 +411,7 @@ pub async fn commission(
         updated_at: now(),
         renewals: 0,
         birth: Some(birth),
+        keystore: None,
     };
     state::store(state_dir, &id)?;
     Ok(id)

@@ -10,6 +10,9 @@
 //!   rename, fsync of the directory. It names the key file in use.
 //! - `key-<n>.pem` (0600): PKCS#8 private keys; a new one is written before
 //!   the identity that names it, and the old one removed after.
+//! - or, with a PKCS#11 keystore (recorded in `identity.json`), the keys are
+//!   generated in the token and named by URI; `pending-key.uri` names the key
+//!   of an enrollment in progress.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +21,7 @@ mod error;
 pub mod est_client;
 pub mod factory;
 pub mod flow;
+pub mod keystore;
 pub mod line;
 pub mod offline;
 pub mod state;

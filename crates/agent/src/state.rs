@@ -22,7 +22,8 @@ pub struct Identity {
     pub server: String,
     /// The EST label, if not the server's default.
     pub label: Option<String>,
-    /// The key file in use (relative to the state directory).
+    /// The key in use: a file name in the state directory, or (with a PKCS#11
+    /// `keystore`) the key's RFC 7512 URI.
     pub key_file: String,
     /// The device certificate, PEM.
     pub cert_pem: String,
@@ -34,6 +35,9 @@ pub struct Identity {
     pub updated_at: i64,
     /// How many times the certificate was renewed.
     pub renewals: u32,
+    /// Where the keys live when not in key files (absent: key files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore: Option<crate::keystore::KeystoreConfig>,
     /// The birth credential, kept for commissioning and re-commissioning
     /// after the operational certificate is lost (expired, revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,12 +70,15 @@ pub fn load(dir: &Path) -> Result<Identity, AgentError> {
     serde_json::from_str(&text).map_err(|e| AgentError::State(format!("{} is damaged: {e}", p.display())))
 }
 
-/// Load the key the identity names.
+/// Load the key file the identity names (a key-file identity).
 pub fn load_key(dir: &Path, id: &Identity) -> Result<SoftKey, AgentError> {
+    if id.keystore.is_some() {
+        return Err(AgentError::State(format!("the key of {} is in a PKCS#11 token, not a file", dir.display())));
+    }
     load_key_file(dir, &id.key_file)
 }
 
-/// Load the key in `name` (a plain file name inside `dir`).
+/// Load the key file `name` in `dir`.
 pub fn load_key_file(dir: &Path, name: &str) -> Result<SoftKey, AgentError> {
     if name.contains('/') || name.starts_with('.') {
         return Err(AgentError::State(format!("key file {name:?} must be a plain file name")));
@@ -226,6 +233,7 @@ mod tests {
             updated_at: 1,
             renewals: 0,
             birth: None,
+            keystore: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// One-time enrollment tokens.
     pub tokens: TokenConfig,
+    /// The PKCS#11 token holding the CA keys, if they are not key files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsm: Option<HsmConfig>,
     /// The CAs, root first.
     pub ca: Vec<CaConfig>,
     /// EST labels: which CA and profile a request path selects.
@@ -104,6 +107,17 @@ pub struct ServerConfig {
     pub public_http_url: Option<String>,
 }
 
+/// The PKCS#11 token (HSM) that holds the CA keys. Its PIN is never in the
+/// config: it comes from `--pin-file FILE` or `$IOTPKI_PIN`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// The vendor's PKCS#11 module (a shared library).
+    pub module: PathBuf,
+    /// The token, as an RFC 7512 URI: `pkcs11:token=LABEL`.
+    pub token: String,
+}
+
 /// One-time enrollment tokens.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,8 +136,12 @@ pub struct CaConfig {
     pub name: String,
     /// Its certificate (PEM).
     pub cert: PathBuf,
-    /// Its private key (encrypted PKCS#8 PEM).
-    pub key: PathBuf,
+    /// Its private key as a file (encrypted PKCS#8 PEM)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// ...or in the `[hsm]` token: the key's RFC 7512 URI (`pkcs11:token=..;object=..;id=..`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_uri: Option<String>,
     /// `root` for the trust anchor, `issuing` for a CA that signs end entities.
     pub role: CaRole,
 }
@@ -178,6 +196,16 @@ impl Config {
         let bad = |m: String| Err(AuthorityError::Config(m));
         if self.ca.iter().filter(|c| c.role == CaRole::Root).count() != 1 {
             return bad("exactly one CA must have role = \"root\"".into());
+        }
+        for c in &self.ca {
+            match (&c.key, &c.key_uri) {
+                (Some(_), None) => {}
+                (None, Some(_)) if self.hsm.is_some() => {}
+                (None, Some(_)) => {
+                    return bad(format!("CA {}: key_uri needs an [hsm] section (module, token)", c.name))
+                }
+                _ => return bad(format!("CA {}: give exactly one of key (a file) or key_uri (a PKCS#11 key)", c.name)),
+            }
         }
         for l in &self.label {
             match self.ca.iter().find(|c| c.name == l.ca) {

@@ -30,6 +30,8 @@ pub enum AuthorityError {
     Store(StoreError),
     /// A cryptographic or encoding step failed.
     Core(iotpki_core::Error),
+    /// The PKCS#11 token (HSM) holding the CA keys failed or refused.
+    Hsm(iotpki_hsm::HsmError),
 }
 
 impl AuthorityError {
@@ -40,7 +42,7 @@ impl AuthorityError {
             Self::Unauthorized(_) => 401,
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
-            Self::Config(_) | Self::Io { .. } | Self::Store(_) | Self::Core(_) => 500,
+            Self::Config(_) | Self::Io { .. } | Self::Store(_) | Self::Core(_) | Self::Hsm(_) => 500,
         }
     }
 
@@ -78,6 +80,7 @@ impl fmt::Display for AuthorityError {
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
             Self::Store(e) => write!(f, "store: {e}"),
             Self::Core(e) => write!(f, "{e}"),
+            Self::Hsm(e) => write!(f, "HSM: {e}"),
         }
     }
 }
@@ -88,6 +91,7 @@ impl std::error::Error for AuthorityError {
             Self::Io { error, .. } => Some(error),
             Self::Store(e) => Some(e),
             Self::Core(e) => Some(e),
+            // Hsm: its message is already in ours (no source, or `{:#}` would say it twice).
             _ => None,
         }
     }
@@ -119,6 +123,12 @@ impl From<StoreError> for AuthorityError {
             StoreError::SyncOutOfOrder { .. } => Self::Forbidden(e.to_string()),
             other => Self::Store(other),
         }
+    }
+}
+
+impl From<iotpki_hsm::HsmError> for AuthorityError {
+    fn from(e: iotpki_hsm::HsmError) -> Self {
+        Self::Hsm(e)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Everything is made in a sibling directory `DIR.partial-XXXX` and renamed
 //! into place at the end, so a failure (or a kill) never leaves a half
-//! authority at `DIR`.
+//! authority at `DIR`. With an HSM, the CA keys are generated inside the
+//! token, and deleted from it again if init fails.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::NameBuilder;
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{pem, serial};
+use iotpki_hsm::{HsmKey, Pin, Pkcs11Uri, Token};
 use iotpki_store::postgres::PgStore;
 use iotpki_store::sqlite::SqliteStore;
 use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Store};
@@ -19,7 +21,9 @@ use spki::der::Decode;
 use x509_cert::name::Name;
 
 use crate::clock::Clock;
-use crate::config::{CaConfig, CaRole, Config, LabelConfig, ServerConfig, StoreConfig, TokenConfig, CONFIG_FILE};
+use crate::config::{
+    CaConfig, CaRole, Config, HsmConfig, LabelConfig, ServerConfig, StoreConfig, TokenConfig, CONFIG_FILE,
+};
 use crate::keyfile::{self, Passphrase};
 use crate::AuthorityError;
 
@@ -44,6 +48,19 @@ pub struct InitOptions {
     /// A PostgreSQL database for the state (written to the config), instead
     /// of `store.db` in the directory. It must hold no authority's state yet.
     pub database: Option<String>,
+    /// Generate the CA keys in this PKCS#11 token instead of key files.
+    pub hsm: Option<HsmInit>,
+}
+
+/// Where `init` generates the CA keys when they live in an HSM.
+#[derive(Clone, Debug)]
+pub struct HsmInit {
+    /// The vendor's PKCS#11 module.
+    pub module: PathBuf,
+    /// The token: `pkcs11:token=LABEL`.
+    pub token: Pkcs11Uri,
+    /// The token's user PIN.
+    pub pin: Pin,
 }
 
 impl Default for InitOptions {
@@ -56,6 +73,7 @@ impl Default for InitOptions {
             http_listen: Some("127.0.0.1:8080".into()),
             public_http_url: Some("http://127.0.0.1:8080".into()),
             database: None,
+            hsm: None,
         }
     }
 }
@@ -114,16 +132,68 @@ pub fn init(
     let base = dir.file_name().and_then(|n| n.to_str()).unwrap_or("authority");
     let partial = parent.join(format!(".{base}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
-    let result = build(&partial, opts, pass, clock, shared).and_then(|()| {
+    // Refuse a token we cannot use before anything is made.
+    let token = match &opts.hsm {
+        Some(h) => {
+            let t = Token::open(&h.module, &h.token)?;
+            t.check_pin(&h.pin)?;
+            if !t.supports(opts.key_type)? {
+                return Err(AuthorityError::Config(format!(
+                    "token {:?} cannot generate and sign with {} keys (for Ed25519 it must offer CKM_EDDSA); \
+                     choose another --key-type",
+                    t.label(),
+                    opts.key_type
+                )));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let mut keys = KeyMaker { hsm: token.as_ref().zip(opts.hsm.as_ref()), made: Vec::new() };
+    let result = build(&partial, opts, pass, clock, shared, &mut keys).and_then(|()| {
         // An empty `dir` is replaced by the rename; a non-empty one was refused above.
         std::fs::rename(&partial, dir).map_err(|e| AuthorityError::io(dir, e))?;
         std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| AuthorityError::io(parent, e))
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
+        for k in keys.made.drain(..) {
+            if let Err(e) = k.destroy() {
+                tracing::error!(key = %k.uri(), error = %e, "init failed and could not delete the key it made in the token");
+            }
+        }
     }
     result?;
     Ok(InitReport { dir: dir.to_path_buf(), root_cert: dir.join("ca/root.crt") })
+}
+
+/// Makes the CA keys: key files, or keys in the token (remembered so that a
+/// failed init can delete them).
+struct KeyMaker<'a> {
+    hsm: Option<(&'a Token, &'a HsmInit)>,
+    made: Vec<Arc<HsmKey>>,
+}
+
+/// A new CA key and where the config says it is.
+struct NewKey {
+    signer: Arc<dyn Signer>,
+    soft: Option<Arc<SoftKey>>,
+    uri: Option<String>,
+}
+
+impl KeyMaker<'_> {
+    fn generate(&mut self, kt: KeyType, name: &str) -> Result<NewKey, AuthorityError> {
+        let Some((token, h)) = self.hsm else {
+            let k = Arc::new(SoftKey::generate(kt)?);
+            return Ok(NewKey { signer: k.clone(), soft: Some(k), uri: None });
+        };
+        let mut tag = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut tag).map_err(|_| AuthorityError::Config("the system RNG failed".into()))?;
+        let label = format!("iotpki-{name}-{}", hex::encode(tag));
+        let key = Arc::new(HsmKey::generate(token, &h.pin, kt, &label)?);
+        self.made.push(key.clone());
+        Ok(NewKey { uri: Some(key.uri().to_string()), signer: key, soft: None })
+    }
 }
 
 fn build(
@@ -132,6 +202,7 @@ fn build(
     pass: &Passphrase,
     clock: &dyn Clock,
     shared: Option<Arc<dyn Store>>,
+    keys: &mut KeyMaker<'_>,
 ) -> Result<(), AuthorityError> {
     for d in ["", "ca", "tls"] {
         let p = dir.join(d);
@@ -145,38 +216,45 @@ fn build(
     };
     let mut records = Vec::new();
 
-    let root_key = SoftKey::generate(opts.key_type)?;
+    let root_key = keys.generate(opts.key_type, "root")?;
     let root_name = NameBuilder::default().organization(org)?.common_name(&format!("{org} Root CA"))?.build();
-    let root_spki = spki_of(&root_key)?;
+    let root_spki = spki_of(root_key.signer.as_ref())?;
     let root_kid = keys::key_identifier(&root_spki);
     let root_end = now + 25 * YEAR;
-    let root_issuer = Issuer { subject: &root_name, key_id: &root_kid, not_after: root_end, signer: &root_key };
-    let root =
-        make(Profile::Root, root_name.clone(), &root_key, now, root_end, vec![], &root_issuer, "root", &mut records)?;
-    save(dir, "ca/root", &root_key, &root.der, pass)?;
-
-    let mut cas = vec![CaConfig {
-        name: "root".into(),
-        cert: "ca/root.crt".into(),
-        key: "ca/root.key".into(),
-        role: CaRole::Root,
-    }];
+    let root_issuer =
+        Issuer { subject: &root_name, key_id: &root_kid, not_after: root_end, signer: root_key.signer.as_ref() };
+    let root = make(
+        Profile::Root,
+        root_name.clone(),
+        root_key.signer.as_ref(),
+        now,
+        root_end,
+        vec![],
+        &root_issuer,
+        "root",
+        &mut records,
+    )?;
+    let mut cas = vec![save(dir, "root", CaRole::Root, &root_key, &root.der, pass)?];
     let mut operational = None;
     // The manufacturing CA may delegate one level: stations' offline sub-CAs for a batch.
     for (name, title, profile) in [
         ("manufacturing", "Manufacturing CA", Profile::DelegatingCa),
         ("operational", "Operational CA", Profile::IssuingCa),
     ] {
-        let key = SoftKey::generate(opts.key_type)?;
+        let key = keys.generate(opts.key_type, name)?;
         let subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} {title}"))?.build();
-        let made = make(profile, subject, &key, now, now + 20 * YEAR, vec![], &root_issuer, "root", &mut records)?;
-        save(dir, &format!("ca/{name}"), &key, &made.der, pass)?;
-        cas.push(CaConfig {
-            name: name.into(),
-            cert: format!("ca/{name}.crt").into(),
-            key: format!("ca/{name}.key").into(),
-            role: CaRole::Issuing,
-        });
+        let made = make(
+            profile,
+            subject,
+            key.signer.as_ref(),
+            now,
+            now + 20 * YEAR,
+            vec![],
+            &root_issuer,
+            "root",
+            &mut records,
+        )?;
+        cas.push(save(dir, name, CaRole::Issuing, &key, &made.der, pass)?);
         if name == "operational" {
             operational = Some((key, made));
         }
@@ -189,7 +267,8 @@ fn build(
         check_server_name(n)?;
     }
     let server_subject = NameBuilder::default().organization(org)?.common_name(&format!("{org} EST server"))?.build();
-    let op_issuer = Issuer { subject: &op.name, key_id: &op.kid, not_after: op.not_after, signer: &op_key };
+    let op_issuer =
+        Issuer { subject: &op.name, key_id: &op.kid, not_after: op.not_after, signer: op_key.signer.as_ref() };
     let server = make(
         Profile::Server,
         server_subject,
@@ -220,6 +299,10 @@ fn build(
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
         limits: Default::default(),
+        hsm: opts.hsm.as_ref().map(|h| HsmConfig {
+            module: h.module.clone(),
+            token: Pkcs11Uri { token: h.token.token.clone(), ..Default::default() }.to_string(),
+        }),
         ca: cas,
         label: vec![
             LabelConfig {
@@ -327,7 +410,22 @@ fn make(
     Ok(Made { name: subject, kid, not_after: issued.not_after, der: issued.der })
 }
 
-fn save(dir: &Path, stem: &str, key: &SoftKey, der: &[u8], pass: &Passphrase) -> Result<(), AuthorityError> {
-    keyfile::write_encrypted(&dir.join(format!("{stem}.key")), key, pass)?;
-    keyfile::write_public(&dir.join(format!("{stem}.crt")), pem::encode("CERTIFICATE", der).as_bytes())
+/// Write the CA's certificate (and its key file, unless the key is in the token); its config entry.
+fn save(
+    dir: &Path,
+    name: &str,
+    role: CaRole,
+    key: &NewKey,
+    der: &[u8],
+    pass: &Passphrase,
+) -> Result<CaConfig, AuthorityError> {
+    let mut key_file = None;
+    if let Some(soft) = &key.soft {
+        let rel = PathBuf::from(format!("ca/{name}.key"));
+        keyfile::write_encrypted(&dir.join(&rel), soft, pass)?;
+        key_file = Some(rel);
+    }
+    let cert = PathBuf::from(format!("ca/{name}.crt"));
+    keyfile::write_public(&dir.join(&cert), pem::encode("CERTIFICATE", der).as_bytes())?;
+    Ok(CaConfig { name: name.into(), cert, key: key_file, key_uri: key.uri.clone(), role })
 }

@@ -40,6 +40,7 @@ use x509_cert::name::Name;
 pub use clock::{Clock, SystemClock};
 pub use config::Config;
 pub use error::AuthorityError;
+pub use iotpki_hsm::Pin;
 pub use keyfile::Passphrase;
 
 /// How long before "now" issued certificates start, for devices with slow clocks.
@@ -200,8 +201,10 @@ fn read_cert_pem(path: &Path) -> Result<Vec<Vec<u8>>, AuthorityError> {
 impl Authority {
     /// Open the authority at `dir`: read the config, unlock the issuing CA
     /// keys and the server key with `pass` (the root key stays locked), open the store.
+    /// When the CA keys are in a PKCS#11 token, its PIN comes from `$IOTPKI_PIN`
+    /// (see [`Authority::open_with_pin`]).
     pub fn open(dir: &Path, pass: &Passphrase, clock: Arc<dyn Clock>) -> Result<Self, AuthorityError> {
-        Self::open_with_config(dir, Config::load(dir)?, pass, clock)
+        Self::open_with(dir, Config::load(dir)?, pass, None, clock)
     }
 
     /// Like [`Authority::open`] with a config the caller read (and perhaps
@@ -212,18 +215,55 @@ impl Authority {
         pass: &Passphrase,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthorityError> {
-        let store = open_store(dir, &cfg)?;
-        Self::with_store(dir, cfg, pass, store, clock)
+        Self::open_with(dir, cfg, pass, None, clock)
     }
 
-    /// Like [`Authority::open`] with a store given by the caller.
+    /// Like [`Authority::open_with_config`], with the token's PIN when the CA
+    /// keys are in an HSM (`None`: from `$IOTPKI_PIN`, if the config names a token).
+    pub fn open_with(
+        dir: &Path,
+        cfg: Config,
+        pass: &Passphrase,
+        pin: Option<&Pin>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthorityError> {
+        let store = open_store(dir, &cfg)?;
+        Self::with_store(dir, cfg, pass, pin, store, clock)
+    }
+
+    /// Like [`Authority::open`], with the token's PIN when the CA keys are in
+    /// an HSM (`None`: from `$IOTPKI_PIN`, if the config names a token).
+    pub fn open_with_pin(
+        dir: &Path,
+        pass: &Passphrase,
+        pin: Option<&Pin>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthorityError> {
+        Self::open_with(dir, Config::load(dir)?, pass, pin, clock)
+    }
+
+    /// Like [`Authority::open_with_pin`] with a store given by the caller.
     pub fn with_store(
         dir: &Path,
         cfg: Config,
         pass: &Passphrase,
+        pin: Option<&Pin>,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthorityError> {
+        let token = match &cfg.hsm {
+            Some(h) => {
+                let pin = match pin {
+                    Some(p) => p.clone(),
+                    None => Pin::from_file_or_env(None)?,
+                };
+                let module = keyfile::resolve(dir, &h.module);
+                let token = iotpki_hsm::Token::open(&module, &iotpki_hsm::Pkcs11Uri::parse(&h.token)?)?;
+                token.check_pin(&pin)?;
+                Some((token, pin))
+            }
+            None => None,
+        };
         let mut root_der = None;
         let mut issuing = Vec::new();
         for ca in &cfg.ca {
@@ -232,7 +272,13 @@ impl Authority {
                 root_der = Some(cert_der);
                 continue;
             }
-            let key = keyfile::read_encrypted(&keyfile::resolve(dir, &ca.key), pass)?;
+            let key: Box<dyn Signer> = match (&ca.key, &ca.key_uri, &token) {
+                (Some(file), _, _) => Box::new(keyfile::read_encrypted(&keyfile::resolve(dir, file), pass)?),
+                (None, Some(uri), Some((token, pin))) => {
+                    Box::new(iotpki_hsm::HsmKey::open(token, pin, &iotpki_hsm::Pkcs11Uri::parse(uri)?)?)
+                }
+                _ => return Err(AuthorityError::Config(format!("CA {}: no key configured", ca.name))),
+            };
             let info = profile::cert_info(&cert_der)?;
             if keys::spki_fingerprint(key.public_key_der()) != info.spki_sha256 {
                 return Err(AuthorityError::Config(format!("CA {}: key does not match certificate", ca.name)));
@@ -245,7 +291,7 @@ impl Authority {
                 not_after: info.not_after,
                 key_id,
                 cert_der,
-                signer: Box::new(key),
+                signer: key,
                 urls: cfg.server.public_http_url.as_ref().map(|base| profile::RevocationUrls {
                     crl: format!("{base}/crl/{}.crl", ca.name),
                     ocsp: Some(format!("{base}/ocsp")),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use iotpki_authority::init::InitOptions;
-use iotpki_authority::{Passphrase, SystemClock};
+use iotpki_authority::SystemClock;
 use iotpki_core::keys::KeyType;
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
@@ -41,10 +41,36 @@ pub struct InitArgs {
     /// (default: http:// and the --http-listen address).
     #[arg(long)]
     public_http_url: Option<String>,
+    /// Generate the CA keys inside this PKCS#11 token (RFC 7512 URI: 'pkcs11:token=LABEL'); the
+    /// PIN comes from --pin-file or $IOTPKI_PIN.
+    #[arg(long, value_name = "URI")]
+    hsm: Option<String>,
+    /// The token vendor's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, value_name = "PATH", requires = "hsm")]
+    pkcs11_module: Option<PathBuf>,
 }
 
 pub fn init(a: InitArgs) -> anyhow::Result<()> {
-    let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
+    let pass = a.pass.passphrase()?;
+    let hsm = match &a.hsm {
+        Some(uri) => {
+            let token = iotpki_hsm::Pkcs11Uri::parse(uri)?;
+            token.token_label()?;
+            if token.object.is_some() || token.id.is_some() {
+                bail!("--hsm names the token only (pkcs11:token=LABEL): init generates the keys and names them");
+            }
+            let module = match (&a.pkcs11_module, &token.module_path) {
+                (Some(m), _) => m.clone(),
+                (None, Some(m)) => PathBuf::from(m),
+                (None, None) => bail!("--hsm needs --pkcs11-module PATH (the token vendor's PKCS#11 library)"),
+            };
+            // The config resolves relative paths against the authority's directory: record it absolute.
+            let module = std::path::absolute(&module)?;
+            let pin = iotpki_authority::Pin::from_file_or_env(a.pass.pin_file.as_deref())?;
+            Some(iotpki_authority::init::HsmInit { module, token, pin })
+        }
+        None => None,
+    };
     let opts = InitOptions {
         organization: a.org,
         key_type: KeyType::from_name(&a.key_type)?,
@@ -53,6 +79,7 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
         public_http_url: Some(a.public_http_url.unwrap_or_else(|| format!("http://{}", a.http_listen))),
         http_listen: Some(a.http_listen),
         database: a.dir.database.clone(),
+        hsm,
     };
     let r = iotpki_authority::init::init(&a.dir.dir, &opts, &pass, &SystemClock)?;
     println!("authority created in {}", r.dir.display());
@@ -77,8 +104,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let pass = Passphrase::from_file_or_env(a.pass.passphrase_file.as_deref())?;
-    let authority = Arc::new(a.dir.authority(&pass)?);
+    let authority = Arc::new(a.dir.authority(&a.pass)?);
     let listen: SocketAddr = match a.listen {
         Some(l) => l,
         None => authority.config().server.listen.parse().context("server.listen in the config")?,
@@ -421,4 +447,55 @@ pub fn db(c: DbCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `iotpki hsm ...`.
+#[derive(Subcommand, Debug)]
+pub enum HsmCmd {
+    /// Check every CA key the config names in the token: present, signs, and protected
+    /// (never readable or extractable, generated in the token). Fails if one is not.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Read the token's user PIN from this file (else from $IOTPKI_PIN).
+        #[arg(long, value_name = "FILE")]
+        pin_file: Option<PathBuf>,
+    },
+}
+
+pub fn hsm(c: HsmCmd) -> anyhow::Result<()> {
+    match c {
+        HsmCmd::Status { dir, pin_file } => {
+            let cfg = iotpki_authority::config::Config::load(&dir.dir)?;
+            let Some(h) = &cfg.hsm else {
+                bail!("{} keeps its CA keys in files, not in a PKCS#11 token", dir.dir.display());
+            };
+            let pin = iotpki_authority::Pin::from_file_or_env(pin_file.as_deref())?;
+            let module = iotpki_authority::keyfile::resolve(&dir.dir, &h.module);
+            let token = iotpki_hsm::Token::open(&module, &iotpki_hsm::Pkcs11Uri::parse(&h.token)?)?;
+            println!("token {:?} in {}", token.label(), module.display());
+            let mut weak = Vec::new();
+            for ca in &cfg.ca {
+                let Some(uri) = &ca.key_uri else {
+                    println!(
+                        "{}: key file {}",
+                        ca.name,
+                        ca.key.as_deref().unwrap_or(std::path::Path::new("?")).display()
+                    );
+                    continue;
+                };
+                let key = iotpki_hsm::HsmKey::open(&token, &pin, &iotpki_hsm::Pkcs11Uri::parse(uri)?)?;
+                let p = key.protection()?;
+                println!("{}: {} {}", ca.name, iotpki_core::keys::Signer::key_type(&key), key.uri());
+                println!("  signs: ok; {p}");
+                if !p.is_protected() {
+                    weak.push(ca.name.clone());
+                }
+            }
+            if !weak.is_empty() {
+                bail!("the private keys of {} are not protected by the token", weak.join(", "));
+            }
+            Ok(())
+        }
+    }
 }

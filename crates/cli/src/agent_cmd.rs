@@ -31,6 +31,16 @@ pub enum AgentCmd {
         /// Key type: p256, p384 or ed25519.
         #[arg(long, default_value = "p256")]
         key_type: String,
+        /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL') instead of key files;
+        /// recorded in the identity, so renewals use it too.
+        #[arg(long, value_name = "URI")]
+        keystore: Option<String>,
+        /// The token vendor's PKCS#11 module (with --keystore).
+        #[arg(long, value_name = "PATH", requires = "keystore")]
+        pkcs11_module: Option<PathBuf>,
+        /// Read the token's user PIN from this file (else $IOTPKI_PIN); the path is recorded for renewals.
+        #[arg(long, value_name = "FILE", requires = "keystore")]
+        pin_file: Option<PathBuf>,
     },
     /// Renew: a new key, re-enrolled over mutual TLS with the current certificate.
     Renew {
@@ -40,6 +50,9 @@ pub enum AgentCmd {
         /// Use this server instead of the one enrolled with.
         #[arg(long)]
         server: Option<String>,
+        /// The PKCS#11 token's PIN file, for a token keystore (else the one recorded at enrollment, else $IOTPKI_PIN).
+        #[arg(long, value_name = "FILE")]
+        pin_file: Option<PathBuf>,
     },
     /// Commission with the owner's server: the birth certificate (mutual TLS) gets an
     /// operational certificate for a fresh key. Also re-commissions after the
@@ -132,7 +145,43 @@ pub enum AgentCmd {
 
 pub fn run(c: AgentCmd) -> anyhow::Result<()> {
     match c {
-        AgentCmd::Enroll { state, server, serial, token, ca_cert, label, key_type } => {
+        AgentCmd::Enroll {
+            state,
+            server,
+            serial,
+            token,
+            ca_cert,
+            label,
+            key_type,
+            keystore,
+            pkcs11_module,
+            pin_file,
+        } => {
+            let keystore = match keystore {
+                Some(uri) => {
+                    let parsed = iotpki_hsm::Pkcs11Uri::parse(&uri)?;
+                    let label = parsed.token_label()?;
+                    if parsed.object.is_some() || parsed.id.is_some() {
+                        anyhow::bail!(
+                            "--keystore names the token only (pkcs11:token=LABEL): the agent makes and names its keys"
+                        );
+                    }
+                    let module = match (pkcs11_module, &parsed.module_path) {
+                        (Some(m), _) => m,
+                        (None, Some(m)) => PathBuf::from(m),
+                        (None, None) => {
+                            anyhow::bail!("--keystore needs --pkcs11-module PATH (the token vendor's PKCS#11 library)")
+                        }
+                    };
+                    let token =
+                        iotpki_hsm::Pkcs11Uri { token: Some(label.to_string()), ..Default::default() }.to_string();
+                    // Recorded as absolute paths: renewals may run from another directory.
+                    let module = std::path::absolute(&module)?;
+                    let pin_file = pin_file.map(|p| std::path::absolute(&p)).transpose()?;
+                    Some(iotpki_agent::keystore::KeystoreConfig::Pkcs11 { module, token, pin_file })
+                }
+                None => None,
+            };
             let opts = iotpki_agent::EnrollOptions {
                 state_dir: state.clone(),
                 server,
@@ -141,6 +190,8 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
                 anchor_pem: crate::admin::read_flag_file("--ca-cert", &ca_cert)?,
                 label,
                 key_type: KeyType::from_name(&key_type)?,
+                keystore,
+                pin_file: None,
             };
             let id = crate::runtime()?.block_on(iotpki_agent::enroll(&opts))?;
             let st = iotpki_agent::status(&state)?;
@@ -150,8 +201,8 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AgentCmd::Renew { state, server } => {
-            crate::runtime()?.block_on(iotpki_agent::renew(&state, server.as_deref()))?;
+        AgentCmd::Renew { state, server, pin_file } => {
+            crate::runtime()?.block_on(iotpki_agent::renew(&state, server.as_deref(), pin_file.as_deref()))?;
             let st = iotpki_agent::status(&state)?;
             println!("renewed {}: certificate {}, valid until {}", st.device_serial, st.cert_serial, st.not_after);
             Ok(())
@@ -261,7 +312,7 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
                 println!("subject:       {}", st.subject);
                 println!("issuer:        {}", st.issuer);
                 println!("certificate:   {}", st.cert_serial);
-                println!("key:           {}", st.key_type);
+                println!("key:           {} ({})", st.key_type, st.keystore);
                 println!("valid:         {} .. {}", st.not_before, st.not_after);
                 println!("days left:     {}", st.days_left);
                 println!("server:        {}", st.server);

@@ -330,38 +330,20 @@ pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
         VoucherCmd::Issue { dir, pass, device, to, expires, root_key, out } => {
             let serial = DeviceSerial::parse(&device).context("--device")?;
             let to_spki = read_spki(&to)?;
-            let passphrase = iotpki_authority::Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
-            let authority = iotpki_authority::Authority::open(&dir.dir, &passphrase, std::sync::Arc::new(SystemClock))?;
+            let authority = dir.authority(&pass)?;
             // The root key is needed only to extend a voucher that names this authority.
-            let root_key_path = match root_key {
-                Some(p) => p,
-                None => {
-                    let cfg = authority.config();
-                    let root = cfg
-                        .ca
-                        .iter()
-                        .find(|c| c.role == iotpki_authority::config::CaRole::Root)
-                        .context("no root CA in the config")?;
-                    iotpki_authority::keyfile::resolve(&dir.dir, &root.key)
-                }
-            };
-            let key = if authority.store().artifact(&iotpki_authority::trust::voucher_kind(serial.as_str()))?.is_some()
-            {
-                Some(iotpki_authority::keyfile::read_encrypted(&root_key_path, &passphrase)?)
-            } else {
-                None
+            let extends =
+                authority.store().artifact(&iotpki_authority::trust::voucher_kind(serial.as_str()))?.is_some();
+            let key: Option<Box<dyn iotpki_core::keys::Signer>> = match (extends, root_key) {
+                (false, _) => None,
+                (true, Some(p)) => Some(Box::new(read_key(&p, &pass)?)),
+                (true, None) => Some(root_signer(&dir.dir, authority.config(), &pass)?),
             };
             if out.exists() {
                 bail!("{} exists; pick another --out", out.display());
             }
             let expires_at = now().saturating_add(i64::try_from(expires).unwrap_or(i64::MAX));
-            let issued = authority.issue_voucher(
-                &serial,
-                &to_spki,
-                expires_at,
-                key.as_ref().map(|k| k as &dyn iotpki_core::keys::Signer),
-                "admin:cli",
-            )?;
+            let issued = authority.issue_voucher(&serial, &to_spki, expires_at, key.as_deref(), "admin:cli")?;
             iotpki_authority::keyfile::write_private(&out, &issued.bytes)?;
             println!(
                 "voucher for {serial} ({} entries) written to {}; {} operational certificate(s) revoked",
@@ -533,4 +515,33 @@ fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
     result?;
     fs::File::open(&dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// The authority's root key, as its config says: an encrypted key file or a key in its PKCS#11 token.
+fn root_signer(
+    dir: &Path,
+    cfg: &iotpki_authority::config::Config,
+    pass: &PassArg,
+) -> anyhow::Result<Box<dyn iotpki_core::keys::Signer>> {
+    let root =
+        cfg.ca.iter().find(|c| c.role == iotpki_authority::config::CaRole::Root).context("no root CA in the config")?;
+    match (&root.key, &root.key_uri, &cfg.hsm) {
+        (Some(file), _, _) => {
+            let passphrase = pass.passphrase()?;
+            Ok(Box::new(iotpki_authority::keyfile::read_encrypted(
+                &iotpki_authority::keyfile::resolve(dir, file),
+                &passphrase,
+            )?))
+        }
+        (None, Some(uri), Some(h)) => {
+            let pin = match pass.pin()? {
+                Some(p) => p,
+                None => iotpki_authority::Pin::from_file_or_env(None)?,
+            };
+            let module = iotpki_authority::keyfile::resolve(dir, &h.module);
+            let token = iotpki_hsm::Token::open(&module, &iotpki_hsm::Pkcs11Uri::parse(&h.token)?)?;
+            Ok(Box::new(iotpki_hsm::HsmKey::open(&token, &pin, &iotpki_hsm::Pkcs11Uri::parse(uri)?)?))
+        }
+        _ => bail!("the config names no key for the root CA"),
+    }
 }

@@ -125,6 +125,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 anchor_pem: anchor_pem.clone(),
                 label: None,
                 key_type,
+                keystore: None,
+                pin_file: None,
             };
             let bar = bar.clone();
             set.spawn(async move {
@@ -161,7 +163,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         for i in 1..=a.renew.min(a.devices) {
             let d = dev_dir.join(format!("DEMO-{i:05}"));
             if d.join("identity.json").exists() {
-                iotpki_agent::renew(&d, None).await?;
+                iotpki_agent::renew(&d, None, None).await?;
                 renewed += 1;
             }
         }
@@ -176,6 +178,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 anchor_pem: anchor_pem.clone(),
                 label: None,
                 key_type,
+                keystore: None,
+                pin_file: None,
             };
             match iotpki_agent::enroll(&opts).await {
                 Ok(_) => bail!("a replayed token was accepted: this is a bug"),

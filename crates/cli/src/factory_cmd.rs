@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpki_authority::factory::{self, NewBatch};
-use iotpki_authority::{Passphrase, SystemClock};
+use iotpki_authority::SystemClock;
 use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::time::rfc3339;
 use iotpki_store::{BatchRecord, BatchStatus, StationStatus};
@@ -217,7 +217,6 @@ pub enum StationCmd {
 pub fn station(c: StationCmd) -> anyhow::Result<()> {
     match c {
         StationCmd::Add { name, dir, pass, batches, out, server, key_type } => {
-            let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
             let authority = dir.authority(&pass)?;
             factory::check_name("station name", &name)?;
             // The key is made in the station's directory; only its public key goes to the authority.
@@ -228,7 +227,6 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             Ok(())
         }
         StationCmd::Delegate { name, dir, pass, batch, station_dir, key_type } => {
-            let pass = Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
             let authority = dir.authority(&pass)?;
             let station = iotpki_agent::state::load(&station_dir)?;
             if station.device_serial != name {

@@ -68,6 +68,9 @@ enum Cmd {
     /// Ownership vouchers: show, verify.
     #[command(subcommand)]
     Voucher(bundle_cmd::VoucherCmd),
+    /// The authority's CA keys in a PKCS#11 token.
+    #[command(subcommand)]
+    Hsm(admin::HsmCmd),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
     /// The shared PostgreSQL database.
@@ -102,19 +105,35 @@ impl DirArg {
         Ok(iotpki_authority::open_store(&self.dir, &self.config()?)?)
     }
 
-    /// The authority, its keys unlocked with `pass`.
-    pub fn authority(&self, pass: &iotpki_authority::Passphrase) -> anyhow::Result<iotpki_authority::Authority> {
+    /// The authority, its keys unlocked with the secrets `pass` names.
+    pub fn authority(&self, pass: &PassArg) -> anyhow::Result<iotpki_authority::Authority> {
         let clock = std::sync::Arc::new(iotpki_authority::SystemClock);
-        Ok(iotpki_authority::Authority::open_with_config(&self.dir, self.config()?, pass, clock)?)
+        let (p, pin) = (pass.passphrase()?, pass.pin()?);
+        Ok(iotpki_authority::Authority::open_with(&self.dir, self.config()?, &p, pin.as_ref(), clock)?)
     }
 }
 
-/// Where the passphrase comes from: a file, else `$IOTPKI_PASSPHRASE`. Never an argument.
+/// Where the secrets come from: a file, else the environment. Never an argument.
 #[derive(Args, Debug, Clone)]
 pub struct PassArg {
     /// Read the key passphrase from this file (else from $IOTPKI_PASSPHRASE).
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Read the HSM token's user PIN from this file (else from $IOTPKI_PIN), when the CA keys are in a PKCS#11 token.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+}
+
+impl PassArg {
+    /// The passphrase.
+    pub fn passphrase(&self) -> anyhow::Result<iotpki_authority::Passphrase> {
+        Ok(iotpki_authority::Passphrase::from_file_or_env(self.passphrase_file.as_deref())?)
+    }
+
+    /// The PIN from --pin-file, if given (else the authority reads $IOTPKI_PIN when it needs one).
+    pub fn pin(&self) -> anyhow::Result<Option<iotpki_authority::Pin>> {
+        Ok(self.pin_file.as_deref().map(|p| iotpki_authority::Pin::from_file_or_env(Some(p))).transpose()?)
+    }
 }
 
 fn init_tracing(default: &str) {
@@ -142,6 +161,7 @@ fn main() -> ExitCode {
         Cmd::Factory(c) => factory_cmd::factory(c),
         Cmd::Bundle(c) => bundle_cmd::run(c),
         Cmd::Voucher(c) => bundle_cmd::voucher(c),
+        Cmd::Hsm(c) => admin::hsm(c),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Db(c) => admin::db(c),
     };

@@ -92,8 +92,7 @@ pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
         }
         DeviceCmd::Claim { dir, voucher: Some(voucher), pass, .. } => {
             let bytes = std::fs::read(&voucher).with_context(|| format!("--voucher {}", voucher.display()))?;
-            let passphrase = iotpki_authority::Passphrase::from_file_or_env(pass.passphrase_file.as_deref())?;
-            let a = iotpki_authority::Authority::open(&dir.dir, &passphrase, std::sync::Arc::new(SystemClock))?;
+            let a = dir.authority(&pass)?;
             let serial = a.claim_by_voucher(&bytes, "admin:cli")?;
             println!("claimed {serial} by voucher: it may now commission here with its birth certificate");
         }

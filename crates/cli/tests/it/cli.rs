@@ -2,31 +2,9 @@
 //! token, agent enroll/renew/status, cert list/show, audit verify, demo.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use crate::util::{bin, run_fail, run_ok, PASS};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `iotpki serve` as a child process (killed on drop), and the URL it printed.
-fn serve(cmd: &mut Command) -> (Server, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    // Keep reading what the server prints later, so it never writes into a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
-    (Server(child), url)
-}
+use crate::util::{bin, run_fail, run_ok, serve, PASS};
 
 #[test]
 fn init_serve_enroll_renew_with_the_binary() {

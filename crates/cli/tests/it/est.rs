@@ -41,7 +41,7 @@ async fn enroll_renew_status_records_everything() {
     assert!(st.issuer.contains("Operational CA"));
 
     // Renewal: a new key and certificate, same subject, linked to the old one.
-    let renewed = iotpki_agent::renew(&state, None).await.unwrap();
+    let renewed = iotpki_agent::renew(&state, None, None).await.unwrap();
     assert_ne!(renewed.key_file, id.key_file);
     assert!(!state.join(&id.key_file).exists(), "old key removed");
     let new_cert = pem::decode_one("CERTIFICATE", &renewed.cert_pem).unwrap();
@@ -55,7 +55,7 @@ async fn enroll_renew_status_records_everything() {
     assert_eq!(iotpki_agent::status(&state).unwrap().renewals, 1);
 
     // And again, now authenticated by the renewed certificate.
-    iotpki_agent::renew(&state, None).await.unwrap();
+    iotpki_agent::renew(&state, None, None).await.unwrap();
     let all = ca
         .authority
         .store()
@@ -75,7 +75,7 @@ async fn every_device_key_type_enrolls() {
         opts.key_type = kt;
         iotpki_agent::enroll(&opts).await.unwrap();
         assert_eq!(iotpki_agent::status(&state).unwrap().key_type, kt.to_string());
-        iotpki_agent::renew(&state, None).await.unwrap();
+        iotpki_agent::renew(&state, None, None).await.unwrap();
     }
 }
 
@@ -91,7 +91,7 @@ async fn labels_pick_the_issuing_ca() {
     // A birth certificate lives as long as its CA (20 years here).
     assert!(st.days_left > 19 * 365, "{}", st.days_left);
     // Renewal stays under the label it was enrolled with.
-    iotpki_agent::renew(&state, None).await.unwrap();
+    iotpki_agent::renew(&state, None, None).await.unwrap();
     assert!(iotpki_agent::status(&state).unwrap().issuer.contains("Manufacturing CA"));
 
     let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
@@ -174,7 +174,7 @@ async fn a_lost_answer_is_recovered_by_enrolling_again() {
     assert_eq!(pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap(), issued, "the same certificate");
     assert_eq!(ca.cert_count(), count, "nothing new issued");
     iotpki_agent::status(&state).unwrap();
-    iotpki_agent::renew(&state, None).await.unwrap();
+    iotpki_agent::renew(&state, None, None).await.unwrap();
 
     // Someone else with that token (another key) is still refused.
     let err = iotpki_agent::enroll(&ca.enroll_opts(&ca.tmp.path().join("thief"), "LOST-1", &token)).await.unwrap_err();

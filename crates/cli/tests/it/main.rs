@@ -10,6 +10,7 @@ mod commission;
 mod crash;
 mod est;
 mod factory;
+mod hsm;
 mod interop;
 mod limits;
 mod loadgen;

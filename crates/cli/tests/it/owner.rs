@@ -186,7 +186,7 @@ async fn a_device_changes_owners_with_vouchers_and_only_the_named_owner_gets_it(
         .await
         .unwrap();
     }
-    let err = iotpki_agent::renew(&dev, None).await.unwrap_err();
+    let err = iotpki_agent::renew(&dev, None, None).await.unwrap_err();
     assert!(err.to_string().contains("revoked"), "operator 1's certificate no longer renews: {err}");
     iotpki_agent::flow::commission(&dev, Some(&op2.url), Some(&op2.root_pem), None).await.unwrap();
     assert_eq!(op2.last_audit().event.action, "commission");

@@ -182,6 +182,8 @@ async fn two_nodes_on_one_database_issue_exactly_the_quota_and_spend_each_token_
                 anchor_pem: c.root_pem.clone(),
                 label: None,
                 key_type: KeyType::EcdsaP256,
+                keystore: None,
+                pin_file: None,
             };
             let serial = serial.clone();
             set.spawn(async move { (serial, iotpki_agent::enroll(&opts).await.map_err(|e| e.to_string())) });
@@ -236,6 +238,8 @@ async fn a_revocation_is_seen_at_once_by_every_node() {
         anchor_pem: c.root_pem.clone(),
         label: None,
         key_type: KeyType::EcdsaP256,
+        keystore: None,
+        pin_file: None,
     };
     iotpki_agent::enroll(&opts).await.unwrap();
     let dev_pem = c.tmp.path().join("dev.pem");
@@ -295,7 +299,7 @@ async fn a_revocation_is_seen_at_once_by_every_node() {
     assert!(crl_after.contains(&format!("Serial Number: {serial}")), "node B's CRL lists it: {crl_after}");
     // The device can no longer renew through either node.
     for node in 0..2 {
-        let err = iotpki_agent::renew(&state, Some(&c.url(node))).await.unwrap_err();
+        let err = iotpki_agent::renew(&state, Some(&c.url(node)), None).await.unwrap_err();
         assert!(err.to_string().contains("revoked"), "{err}");
     }
     let out = run_ok(&mut c.cli(&["audit", "verify"], &[]));

@@ -356,7 +356,7 @@ async fn bad_reenrollments_are_refused_and_change_nothing() {
     check(&ca, &birth, cases, &[]).await;
 
     // The real renewal goes through, then the certificate expires (the authority's clock moves).
-    iotpki_agent::renew(&dev, None).await.unwrap();
+    iotpki_agent::renew(&dev, None, None).await.unwrap();
     let fresh = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&dev))).unwrap();
     ca.clock.advance(91 * 86_400);
     let cases = vec![Case {

@@ -30,9 +30,9 @@ async fn a_revoked_device_is_refused_and_listed_on_the_crl() {
     assert!(unknown.to_string().contains("not in the store"), "{unknown}");
 
     // The revoked device cannot renew; the other one can.
-    let err = iotpki_agent::renew(&dev, None).await.unwrap_err();
+    let err = iotpki_agent::renew(&dev, None, None).await.unwrap_err();
     assert!(err.to_string().contains("HTTP 403") && err.to_string().contains("revoked"), "{err}");
-    iotpki_agent::renew(&keep, None).await.unwrap();
+    iotpki_agent::renew(&keep, None, None).await.unwrap();
 
     // The CRL, over HTTP, checked by openssl and pkilint.
     let d = ca.tmp.path().join("crl");

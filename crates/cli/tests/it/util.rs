@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 
 use iotpki_agent::EnrollOptions;
@@ -76,6 +77,8 @@ impl Ca {
             anchor_pem: self.root_pem.clone(),
             label: None,
             key_type: KeyType::EcdsaP256,
+            keystore: None,
+            pin_file: None,
         }
     }
 
@@ -180,4 +183,108 @@ pub async fn born_devices(ca: &Ca, id: &str, serials: &[String]) -> Vec<PathBuf>
     let out = iotpki_agent::factory::run(st, &opts, duts, |_| {}).await.unwrap();
     assert!(out.iter().all(|p| p.result == "born"), "{out:?}");
     serials.iter().map(|s| dir.join(s)).collect()
+}
+
+/// A child process killed on drop.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `iotpki serve` as a child process (killed on drop), and the URL it printed.
+pub fn serve(cmd: &mut Command) -> (Server, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep reading what the server prints later, so it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    (Server(child), url)
+}
+
+/// SoftHSM2's PKCS#11 module as Debian installs it (`apt-get install softhsm2`).
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of every throwaway token.
+pub const TOKEN_PIN: &str = "1234";
+
+/// A throwaway SoftHSM2: its own token directory and softhsm2.conf, given to
+/// child processes as SOFTHSM2_CONF (this process never loads the module).
+pub struct SoftHsm {
+    pub dir: TempDir,
+    pub conf: PathBuf,
+    /// A file holding [`TOKEN_PIN`].
+    pub pin_file: PathBuf,
+}
+
+impl SoftHsm {
+    /// A token directory with one initialised token per label.
+    pub fn new(labels: &[&str]) -> SoftHsm {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, format!("directories.tokendir = {}\nlog.level = ERROR\n", tokens.display())).unwrap();
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, format!("{TOKEN_PIN}\n")).unwrap();
+        let hsm = SoftHsm { dir, conf, pin_file };
+        for l in labels {
+            hsm.init_token(l);
+        }
+        hsm
+    }
+
+    /// `softhsm2-util --init-token --free --label LABEL`.
+    pub fn init_token(&self, label: &str) {
+        run_ok(self.env(Command::new("softhsm2-util").args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            TOKEN_PIN,
+            "--so-pin",
+            "5678",
+        ])));
+    }
+
+    /// Point a command at this token directory.
+    pub fn env<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env("SOFTHSM2_CONF", &self.conf)
+    }
+
+    /// The `iotpki` binary with this token directory.
+    pub fn bin(&self) -> Command {
+        let mut c = bin();
+        c.env("SOFTHSM2_CONF", &self.conf).env_remove("IOTPKI_PIN");
+        c
+    }
+
+    /// `pkcs11-tool` (OpenSC) logged in to token `label`, with `args`.
+    pub fn tool(&self, label: &str, args: &[&str]) -> Output {
+        self.env(Command::new("pkcs11-tool").args([
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            label,
+            "--login",
+            "--pin",
+            TOKEN_PIN,
+        ]))
+        .args(args)
+        .output()
+        .expect("pkcs11-tool (apt-get install opensc)")
+    }
+
+    /// `pkcs11-tool --list-objects` on token `label`: stdout.
+    pub fn objects(&self, label: &str) -> String {
+        let out = self.tool(label, &["--list-objects"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
