@@ -68,5 +68,33 @@ fn main() {
     v.extend(&keys[1], keys[2].public_key_der(), NOW + 60, NOW + 86_400).unwrap();
     std::fs::create_dir_all(out.join("voucher")).unwrap();
     std::fs::write(out.join("voucher/chain.cbor"), v.encode()).unwrap();
-    println!("bundle and voucher seeds written to {}", out.display());
+
+    // A CA and two CRLs it signed, current at the crl target's fixed time (1_800_000_000).
+    let ca_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(ca_key.public_key_der()).unwrap();
+    let n = NameBuilder::default().organization("Seed").unwrap().common_name("Seed CRL CA").unwrap().build();
+    let kid = key_identifier(&spki);
+    let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_100_000_000, signer: &ca_key };
+    let p = CertParams {
+        profile: Profile::Root,
+        serial: iotpki_core::serial::system_random_serial(NOW).unwrap().0,
+        subject: n.clone(),
+        spki,
+        not_before: NOW,
+        not_after: 2_100_000_000,
+        dns_names: vec![],
+        ip_addrs: vec![],
+        permitted_subtree: None,
+    };
+    std::fs::create_dir_all(out.join("crl")).unwrap();
+    std::fs::write(out.join("crl/issuer.der"), issue(&p, &issuer).unwrap().der).unwrap();
+    let revoked = [
+        iotpki_core::crl::Revoked { serial: "01aa".into(), at: 1_799_000_000, reason: 1 },
+        iotpki_core::crl::Revoked { serial: "01bb".into(), at: 1_799_000_001, reason: 0 },
+    ];
+    let crl = iotpki_core::crl::build(&issuer, 7, 1_799_990_000, 1_800_086_400, &revoked).unwrap();
+    std::fs::write(out.join("crl/current.der"), crl).unwrap();
+    let empty = iotpki_core::crl::build(&issuer, 8, 1_799_990_000, 1_800_086_400, &[]).unwrap();
+    std::fs::write(out.join("crl/empty.der"), empty).unwrap();
+    println!("bundle, voucher and CRL seeds written to {}", out.display());
 }

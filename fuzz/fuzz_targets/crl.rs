@@ -1,0 +1,16 @@
+//! CRLs as a device takes them from a relay or a file (`iotpki agent apply`):
+//! checked against a fixed issuer; nothing may panic, and a CRL that passes
+//! must agree with its own number.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+/// A self-signed P-256 CA certificate (seeds/crl/issuer.der, built in).
+static ISSUER: &[u8] = include_bytes!("../seeds/crl/issuer.der");
+
+fuzz_target!(|data: &[u8]| {
+    let n = iotpki_core::crl::number(data);
+    if let Ok(c) = iotpki_core::crl::check(data, ISSUER, 1_800_000_000, 300) {
+        assert_eq!(n.ok(), Some(c.number));
+        assert!(c.next_update > 1_800_000_000);
+    }
+});
