@@ -24,6 +24,7 @@ pub mod flow;
 pub mod keystore;
 pub mod line;
 pub mod offline;
+pub mod relay;
 pub mod state;
 mod tls_key;
 pub mod trust;

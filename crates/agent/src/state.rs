@@ -179,7 +179,11 @@ pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
 /// Replace `dir/name` atomically: a temporary file written and fsynced,
 /// renamed over it, the directory fsynced. A power cut leaves the old or the new.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
-    let tmp = dir.join(format!("{name}.tmp"));
+    // A name of its own, so that two writers of one file (a relay's refresher and
+    // a request) never rename each other's temporary file away.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.{}-{n}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)

@@ -71,6 +71,8 @@ enum Cmd {
     /// The authority's CA keys in a PKCS#11 token.
     #[command(subcommand)]
     Hsm(admin::HsmCmd),
+    /// A cache of trust bundles, vouchers and CRLs for devices on a network without internet.
+    Relay(agent_cmd::RelayArgs),
     /// A whole lifecycle on a throwaway authority: init, serve, enroll a fleet, renew, verify.
     Demo(demo::DemoArgs),
     /// The shared PostgreSQL database.
@@ -154,6 +156,7 @@ fn main() -> ExitCode {
         Cmd::Revoke(a) => admin::revoke(a),
         Cmd::Trust(c) => owner_cmd::trust(c),
         Cmd::Loadgen(a) => loadgen::run(a),
+        Cmd::Relay(a) => agent_cmd::relay(a),
         Cmd::Device(c) => owner_cmd::device(c),
         Cmd::Agent(c) => agent_cmd::run(c),
         Cmd::Batch(c) => factory_cmd::batch(c),

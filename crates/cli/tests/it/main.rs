@@ -18,5 +18,6 @@ mod owner;
 mod pkilint;
 mod postgres;
 mod refusals;
+mod relay;
 mod revocation;
 mod util;
