@@ -26,6 +26,9 @@ pub enum AuthorityError {
         /// What happened.
         error: std::io::Error,
     },
+    /// The authority cannot record anything now (its store's disk is full or
+    /// read-only): nothing was issued; retry later (HTTP 503).
+    Unavailable(String),
     /// The store failed (not a refusal: those become the variants above).
     Store(StoreError),
     /// A cryptographic or encoding step failed.
@@ -42,6 +45,7 @@ impl AuthorityError {
             Self::Unauthorized(_) => 401,
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
+            Self::Unavailable(_) => 503,
             Self::Config(_) | Self::Io { .. } | Self::Store(_) | Self::Core(_) | Self::Hsm(_) => 500,
         }
     }
@@ -51,6 +55,10 @@ impl AuthorityError {
     pub fn public_message(&self) -> String {
         match self {
             Self::BadRequest(m) | Self::Unauthorized(m) | Self::Forbidden(m) | Self::NotFound(m) => one_line(m),
+            Self::Unavailable(m) => format!(
+                "the authority cannot record anything right now ({}); nothing was issued, retry later",
+                one_line(m)
+            ),
             _ => "internal error; the authority's log has the details".to_string(),
         }
     }
@@ -76,6 +84,7 @@ impl fmt::Display for AuthorityError {
             Self::Unauthorized(m) => write!(f, "unauthorized: {m}"),
             Self::Forbidden(m) => write!(f, "forbidden: {m}"),
             Self::NotFound(m) => write!(f, "not found: {m}"),
+            Self::Unavailable(m) => write!(f, "unavailable: {m}"),
             Self::Config(m) => write!(f, "configuration: {m}"),
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
             Self::Store(e) => write!(f, "store: {e}"),
@@ -121,6 +130,7 @@ impl From<StoreError> for AuthorityError {
             | StoreError::DelegationExists { .. }
             | StoreError::ManufacturerExists { .. } => Self::BadRequest(e.to_string()),
             StoreError::SyncOutOfOrder { .. } => Self::Forbidden(e.to_string()),
+            StoreError::Unavailable(m) => Self::Unavailable(m),
             other => Self::Store(other),
         }
     }

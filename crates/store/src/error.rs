@@ -153,6 +153,9 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The database cannot write now (disk full, read-only): nothing was
+    /// written; the operation may succeed once the cause is gone.
+    Unavailable(String),
     /// The database refused or failed.
     Database(String),
     /// The store was closed (its writer is gone).
@@ -205,6 +208,7 @@ impl fmt::Display for StoreError {
                 write!(f, "{kind} version {offered} is not newer than the published version {latest}")
             }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
+            Self::Unavailable(e) => write!(f, "the store cannot write now ({e}); nothing was recorded"),
             Self::Database(e) => write!(f, "database error: {e}"),
             Self::Closed => f.write_str("store is closed"),
         }

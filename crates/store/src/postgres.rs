@@ -117,11 +117,24 @@ fn msg(e: &postgres::Error) -> String {
 }
 
 fn db(e: postgres::Error) -> StoreError {
-    StoreError::Database(msg(&e))
+    unavailable(&e).unwrap_or_else(|| StoreError::Database(msg(&e)))
 }
 
 fn ctx(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{what}: {}", msg(&e)))
+    move |e| unavailable(&e).unwrap_or_else(|| StoreError::Database(format!("{what}: {}", msg(&e))))
+}
+
+/// A full disk or a read-only database server: the write can succeed later.
+fn unavailable(e: &postgres::Error) -> Option<StoreError> {
+    use postgres::error::SqlState;
+    let code = e.code()?;
+    if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
+        Some(StoreError::Unavailable("the database server is out of space".into()))
+    } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        Some(StoreError::Unavailable("the database is read-only".into()))
+    } else {
+        None
+    }
 }
 
 fn is_unique(e: &postgres::Error) -> bool {

@@ -45,11 +45,25 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    unavailable(&e).unwrap_or_else(|| StoreError::Database(e.to_string()))
 }
 
 fn ctx(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{what}: {e}"))
+    move |e| unavailable(&e).unwrap_or_else(|| StoreError::Database(format!("{what}: {e}")))
+}
+
+/// A full disk or a read-only database: the write can succeed later.
+fn unavailable(e: &rusqlite::Error) -> Option<StoreError> {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            C::DiskFull => Some(StoreError::Unavailable("the disk is full".into())),
+            C::ReadOnly => Some(StoreError::Unavailable("the database is read-only".into())),
+            C::SystemIoFailure => Some(StoreError::Unavailable(format!("the disk failed a write: {e}"))),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The SQLite store.

@@ -116,3 +116,40 @@ async fn killing_the_agent_at_random_moments_never_breaks_its_state() {
     tokio::task::spawn_blocking(move || run_ok(bin().args(["agent", "renew", "--state"]).arg(&s))).await.unwrap();
     assert!(killed_midway > 0, "no kill landed during a renewal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_apply_leaves_the_old_bundle_or_the_new_one() {
+    use iotpki_core::bundle::Bundle;
+    use iotpki_core::keys::{KeyType, SoftKey};
+    let ca = Ca::start().await;
+    let state = ca.enrolled_device("AP-1").await;
+    let keys: Vec<SoftKey> = (0..3).map(|_| SoftKey::generate(KeyType::EcdsaP256).unwrap()).collect();
+    let b1 = crate::util::signed_bundle(&ca, &keys, 1);
+    iotpki_agent::trust::apply(&state, &b1, true).unwrap();
+    for (i, point) in ["state.tmp-written", "state.renamed"].iter().enumerate() {
+        let next = crate::util::signed_bundle(&ca, &keys, 2 + i as u64);
+        let f = ca.tmp.path().join(format!("b{i}.cbor"));
+        std::fs::write(&f, &next).unwrap();
+        let installed_before = std::fs::read(state.join("bundle.cbor")).unwrap();
+        let (s, f2, p) = (state.clone(), f.clone(), point.to_string());
+        tokio::task::spawn_blocking(move || {
+            crashed(bin().args(["agent", "apply", "--state"]).arg(&s).arg(&f2).env("IOTPKI_CRASH_AT", &p))
+        })
+        .await
+        .unwrap();
+        let now = std::fs::read(state.join("bundle.cbor")).unwrap();
+        Bundle::decode(&now).expect("the installed bundle is whole");
+        if *point == "state.renamed" {
+            assert_eq!(now, next, "renamed: the new bundle is in place");
+        } else {
+            assert_eq!(now, installed_before, "before the rename: the old bundle is in place");
+        }
+        let s = state.clone();
+        let out =
+            tokio::task::spawn_blocking(move || run_ok(bin().args(["agent", "apply", "--state"]).arg(&s).arg(&f)))
+                .await
+                .unwrap();
+        assert!(out.contains("installed") || out.contains("unchanged"), "{out}");
+        assert_eq!(std::fs::read(state.join("bundle.cbor")).unwrap(), next);
+    }
+}

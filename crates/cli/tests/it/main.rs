@@ -8,6 +8,7 @@ mod bundle;
 mod cli;
 mod commission;
 mod crash;
+mod disk;
 mod est;
 mod factory;
 mod hsm;

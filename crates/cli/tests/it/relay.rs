@@ -6,28 +6,10 @@ use std::path::Path;
 
 use iotpki_agent::relay::Relay;
 use iotpki_agent::trust::{self, Applied};
-use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::pem;
 
-use crate::util::{born_devices, Ca};
-
-fn bundle(ca: &Ca, keys: &[SoftKey], version: u64) -> Vec<u8> {
-    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let content = BundleContent {
-        version,
-        issued_at: now,
-        expires_at: now + 30 * 86_400,
-        anchors: vec![ca.authority.root_der().to_vec()],
-        servers: vec!["127.0.0.1".into()],
-        threshold: 2,
-        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
-    };
-    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
-    b.add_signature(&keys[0]).unwrap();
-    b.add_signature(&keys[1]).unwrap();
-    b.encode()
-}
+use crate::util::{born_devices, signed_bundle as bundle, Ca};
 
 /// Start a relay on loopback; returns its URL.
 async fn start(relay: Relay) -> String {

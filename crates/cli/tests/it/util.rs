@@ -288,3 +288,22 @@ impl SoftHsm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// A trust bundle of `version` trusting `ca`'s root, signed by the first two of `keys` (threshold 2).
+pub fn signed_bundle(ca: &Ca, keys: &[iotpki_core::keys::SoftKey], version: u64) -> Vec<u8> {
+    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let content = BundleContent {
+        version,
+        issued_at: now,
+        expires_at: now + 30 * 86_400,
+        anchors: vec![ca.authority.root_der().to_vec()],
+        servers: vec!["127.0.0.1".into()],
+        threshold: 2,
+        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
+    };
+    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
+    b.add_signature(&keys[0]).unwrap();
+    b.add_signature(&keys[1]).unwrap();
+    b.encode()
+}
