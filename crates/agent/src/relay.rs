@@ -83,11 +83,11 @@ impl Relay {
             }
             Ok(Ok(None)) => Ok(None),
             Ok(Err(e)) => {
-                tracing_free_log(&format!("upstream {url}: {e}; serving the kept copy if any"));
+                tracing::info!(%url, error = %e, "upstream unreachable; serving the kept copy if any");
                 self.cached(path)
             }
             Err(_) => {
-                tracing_free_log(&format!("upstream {url}: no answer within {UPSTREAM_TIMEOUT:?}"));
+                tracing::info!(%url, "upstream did not answer in time; serving the kept copy if any");
                 self.cached(path)
             }
         }
@@ -130,10 +130,6 @@ impl Relay {
     pub fn cache_file(&self, path: &str) -> PathBuf {
         self.cache.join(cache_name(path))
     }
-}
-
-fn tracing_free_log(m: &str) {
-    eprintln!("relay: {m}");
 }
 
 async fn answer(relay: Arc<Relay>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -299,9 +299,90 @@ async fn field_life(
         Ok(_) => bail!("a revoked device renewed: this is a bug"),
         Err(e) => println!("     {serial} renewed by its daemon, then revoked by its owner: {e}"),
     }
+    trust_updates(&op, &born[1..], root, &http_url_of(&http)).await?;
     server.stop().await?;
     http.stop().await?;
     Ok(Field { claimed, commissioned })
+}
+
+fn http_url_of(r: &iotpki_server::Running) -> String {
+    format!("http://{}", r.addr)
+}
+
+/// Trust updates through an untrusted relay: the devices hold bundle 1 (put in
+/// at the factory); the owner publishes bundle 2 (2 of 3 signer keys); a relay
+/// that fetched it while online serves it to the devices after its upstream
+/// is gone; then a tampered copy on the relay is refused by every device.
+async fn trust_updates(
+    op: &Arc<Authority>,
+    devices: &[PathBuf],
+    root: &std::path::Path,
+    upstream: &str,
+) -> anyhow::Result<()> {
+    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+    let keys: Vec<iotpki_core::keys::SoftKey> =
+        (0..3).map(|_| iotpki_core::keys::SoftKey::generate(KeyType::EcdsaP256)).collect::<Result<_, _>>()?;
+    let now = op.clock().now();
+    let make = |version: u64| -> anyhow::Result<Vec<u8>> {
+        let content = BundleContent {
+            version,
+            issued_at: now,
+            expires_at: now + 365 * 86_400,
+            anchors: vec![op.root_der().to_vec()],
+            servers: vec!["127.0.0.1".into()],
+            threshold: 2,
+            signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
+        };
+        let mut b = Bundle::decode(&UnsignedBundle::new(content)?.encode())?;
+        b.add_signature(&keys[0])?;
+        b.add_signature(&keys[version as usize % 2 + 1])?;
+        Ok(b.encode())
+    };
+    let (b1, b2) = (make(1)?, make(2)?);
+    let store = op.store().clone();
+    iotpki_authority::trust::publish_bundle(store.as_ref(), &SystemClock, &b1, "admin:demo")?;
+    for d in devices {
+        iotpki_agent::trust::apply(d, &b1, true)?;
+    }
+    iotpki_authority::trust::publish_bundle(store.as_ref(), &SystemClock, &b2, "admin:demo")?;
+    let cache = root.join("relay-cache");
+    let relay = iotpki_agent::relay::Relay { upstream: upstream.into(), anchors: vec![], cache: cache.clone() };
+    relay.refresh().await;
+    // The relay is cut off from its upstream now, and serves its copy.
+    let offline = iotpki_agent::relay::Relay { upstream: "http://127.0.0.1:9".into(), anchors: vec![], cache };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_url = format!("http://{}", l.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(iotpki_agent::relay::serve(offline.clone(), l, Duration::from_secs(3600), async {
+        let _ = stopped.await;
+    }));
+    let mut updated = 0;
+    for d in devices {
+        for (_, r) in iotpki_agent::trust::fetch_and_apply(d, &relay_url).await? {
+            if matches!(r, Ok(iotpki_agent::trust::Applied::Bundle { version: 2 })) {
+                updated += 1;
+            }
+        }
+    }
+    let mut tampered = b2.clone();
+    if let Some(last) = tampered.last_mut() {
+        *last ^= 1;
+    }
+    std::fs::write(offline.cache_file("/.well-known/iotpki/bundle"), &tampered)?;
+    let mut refused = 0;
+    for d in devices {
+        for (path, r) in iotpki_agent::trust::fetch_and_apply(d, &relay_url).await? {
+            if path.ends_with("/bundle") && r.is_err() {
+                refused += 1;
+            }
+        }
+    }
+    let _ = stop.send(());
+    serving.await??;
+    println!(
+        "     trust bundle 2 (2 of 3 signers) reached {updated} devices through an offline relay; a tampered copy on the relay was refused by {refused}"
+    );
+    Ok(())
 }
 
 fn mfg_dir_file(a: &Authority, p: &std::path::Path) -> PathBuf {

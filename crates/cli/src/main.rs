@@ -146,7 +146,7 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.cmd, Cmd::Serve(_)) { "info" } else { "warn" });
+    init_tracing(if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) { "info" } else { "warn" });
     let result = match cli.cmd {
         Cmd::Init(a) => admin::init(a),
         Cmd::Serve(a) => admin::serve(a),
