@@ -233,10 +233,13 @@ pub async fn renew(
 
     let mut tls_chain = vec![cert.clone()];
     tls_chain.extend(chain.iter().cloned());
+    // The roots this device trusts: its anchor and those of its trust bundle
+    // (a bundle naming a new root is how a root rotation reaches the device).
+    let trusted = trusted_roots(state_dir, &anchor)?;
     let client = EstClient::new(
         &server,
         old.label.as_deref(),
-        std::slice::from_ref(&anchor),
+        &trusted,
         Some(ClientIdentity { chain: tls_chain, key: old_key.clone() }),
     )?;
     let (key_file, new_key) = keystore.new_key(old_key.key_type(), &old.device_serial)?;
@@ -257,10 +260,27 @@ pub async fn renew(
             return Err(e);
         }
     };
+    // Follow the server's current root if this device trusts it (after a root
+    // rotation): the new certificate must chain to it through the CAs it lists.
+    let (anchor_pem, chain_pem) = match client.cacerts().await {
+        Ok(cacerts) => match newer_root(&cacerts, &trusted, &anchor) {
+            Some(root) => {
+                let via: Vec<Vec<u8>> = cacerts.iter().filter(|c| **c != root).cloned().collect();
+                match check_issued(&new_cert, new_key.as_ref(), &via, &root) {
+                    Ok(()) => (pem::encode("CERTIFICATE", &root), pem_all(&via)),
+                    Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
+                }
+            }
+            None => (old.anchor_pem.clone(), old.chain_pem.clone()),
+        },
+        Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
+    };
     let old_key_file = old.key_file.clone();
     let id = Identity {
         key_file,
         cert_pem: pem::encode("CERTIFICATE", &new_cert),
+        anchor_pem,
+        chain_pem,
         server,
         updated_at: now(),
         renewals: old.renewals + 1,
@@ -269,6 +289,30 @@ pub async fn renew(
     state::store(state_dir, &id)?;
     keystore.retire(&id.key_file, Some(&old_key_file));
     Ok(id)
+}
+
+/// The roots the device in `dir` trusts: `anchor` and its trust bundle's anchors.
+pub fn trusted_roots(dir: &Path, anchor: &[u8]) -> Result<Vec<Vec<u8>>, AgentError> {
+    let mut out = vec![anchor.to_vec()];
+    if let Some(b) = crate::trust::installed_bundle(dir)? {
+        for a in &b.content().anchors {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A self-signed certificate in `cacerts` that is trusted and is not `current`.
+fn newer_root(cacerts: &[Vec<u8>], trusted: &[Vec<u8>], current: &[u8]) -> Option<Vec<u8>> {
+    cacerts
+        .iter()
+        .find(|c| c.as_slice() != current && trusted.contains(c))
+        .filter(|c| {
+            profile::cert_info(c).is_ok_and(|i| i.cert.tbs_certificate.subject == i.cert.tbs_certificate.issuer)
+        })
+        .cloned()
 }
 
 /// What `agent status` shows.
@@ -386,7 +430,7 @@ pub async fn commission(
     let client = EstClient::new(
         &server,
         label.as_deref(),
-        std::slice::from_ref(&anchor),
+        &trusted_roots(state_dir, &anchor)?,
         Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
     )?;
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;

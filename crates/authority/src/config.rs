@@ -142,8 +142,13 @@ pub struct CaConfig {
     /// ...or in the `[hsm]` token: the key's RFC 7512 URI (`pkcs11:token=..;object=..;id=..`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_uri: Option<String>,
-    /// `root` for the trust anchor, `issuing` for a CA that signs end entities.
+    /// `root` for the trust anchor, `issuing` for a CA that signs end entities,
+    /// `retiring` for a previous root still trusted until `iotpki ca retire`.
     pub role: CaRole,
+    /// Earlier certificates of this CA's key, under a retiring root (`iotpki ca rotate`):
+    /// chains through them are accepted until the retiring root is retired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older_certs: Vec<PathBuf>,
 }
 
 /// What a CA is for.
@@ -154,6 +159,9 @@ pub enum CaRole {
     Root,
     /// Signs end-entity certificates.
     Issuing,
+    /// A previous root, replaced by `iotpki ca rotate`: still trusted for the
+    /// certificates issued under it until `iotpki ca retire`.
+    Retiring,
 }
 
 /// An EST label (`/.well-known/est/LABEL/...`).

@@ -27,7 +27,7 @@ use crate::config::{
 use crate::keyfile::{self, Passphrase};
 use crate::AuthorityError;
 
-const YEAR: i64 = 365 * 24 * 3600;
+pub(crate) const YEAR: i64 = 365 * 24 * 3600;
 
 /// Choices for a new authority.
 #[derive(Clone, Debug)]
@@ -87,11 +87,11 @@ pub struct InitReport {
     pub root_cert: PathBuf,
 }
 
-struct Made {
-    name: Name,
-    kid: Vec<u8>,
-    not_after: i64,
-    der: Vec<u8>,
+pub(crate) struct Made {
+    pub(crate) name: Name,
+    pub(crate) kid: Vec<u8>,
+    pub(crate) not_after: i64,
+    pub(crate) der: Vec<u8>,
 }
 
 /// Create a new authority at `dir` (which must not exist, or be empty).
@@ -374,7 +374,23 @@ fn make(
     ca_name: &str,
     records: &mut Vec<(CertRecord, String)>,
 ) -> Result<Made, AuthorityError> {
-    let spki = spki_of(key)?;
+    make_for(profile, subject, spki_of(key)?, now, not_after, server_names, issuer, ca_name, records)
+}
+
+/// Like `make`, for a public key given as is (a CA certified again under a new root).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_for(
+    profile: Profile,
+    subject: Name,
+    spki: spki::SubjectPublicKeyInfoOwned,
+    now: i64,
+    not_after: i64,
+    server_names: Vec<String>,
+    issuer: &Issuer<'_>,
+    ca_name: &str,
+    records: &mut Vec<(CertRecord, String)>,
+) -> Result<Made, AuthorityError> {
+    let spki_der = spki::der::Encode::to_der(&spki).map_err(|e| AuthorityError::Config(format!("public key: {e}")))?;
     let kid = keys::key_identifier(&spki);
     let (sn, sn_hex) = serial::system_random_serial(now)?;
     let (ip_addrs, dns_names): (Vec<_>, Vec<_>) = server_names.into_iter().partition(|n| n.parse::<IpAddr>().is_ok());
@@ -400,7 +416,7 @@ fn make(
             not_before: issued.not_before,
             not_after: issued.not_after,
             issued_at: now,
-            spki_sha256: keys::spki_fingerprint(key.public_key_der()),
+            spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces: None,
             status: CertStatus::Good,
             der: issued.der.clone(),
@@ -427,5 +443,5 @@ fn save(
     }
     let cert = PathBuf::from(format!("ca/{name}.crt"));
     keyfile::write_public(&dir.join(&cert), pem::encode("CERTIFICATE", der).as_bytes())?;
-    Ok(CaConfig { name: name.into(), cert, key: key_file, key_uri: key.uri.clone(), role })
+    Ok(CaConfig { name: name.into(), cert, key: key_file, key_uri: key.uri.clone(), role, older_certs: vec![] })
 }

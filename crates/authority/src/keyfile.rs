@@ -98,6 +98,21 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), AuthorityError> {
     write_new(path, bytes, 0o644)
 }
 
+/// Replace a file atomically, keeping its mode (0644 if it is new): a
+/// temporary file written and fsynced, renamed over `path`, the directory fsynced.
+pub fn replace_public(path: &Path, bytes: &[u8]) -> Result<(), AuthorityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644);
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, bytes, mode)?;
+    fs::rename(&tmp, path).map_err(|e| AuthorityError::io(path, e))?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| AuthorityError::io(parent, e))?;
+    }
+    Ok(())
+}
+
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AuthorityError> {
     let mut f = fs::OpenOptions::new()
         .write(true)

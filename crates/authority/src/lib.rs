@@ -16,6 +16,7 @@ pub mod factory;
 pub mod init;
 pub mod keyfile;
 pub mod revocation;
+pub mod rotation;
 pub mod tokens;
 pub mod trust;
 
@@ -164,7 +165,9 @@ pub struct Authority {
     clock: Arc<dyn Clock>,
     server_chain: Vec<Vec<u8>>,
     server_key: Vec<u8>,
-    root_anchor: rustls_pki_types::TrustAnchor<'static>,
+    /// The root, then any retiring roots: what client certificates may chain to.
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    retiring: Vec<Vec<u8>>,
     intermediates: Vec<CertificateDer<'static>>,
     crls: std::sync::Mutex<HashMap<String, revocation::Cached>>,
     ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
@@ -265,12 +268,24 @@ impl Authority {
             None => None,
         };
         let mut root_der = None;
+        let mut retiring = Vec::new();
+        let mut older = Vec::new();
         let mut issuing = Vec::new();
         for ca in &cfg.ca {
             let cert_der = read_cert_pem(&keyfile::resolve(dir, &ca.cert))?.remove(0);
-            if ca.role == config::CaRole::Root {
-                root_der = Some(cert_der);
-                continue;
+            match ca.role {
+                config::CaRole::Root => {
+                    root_der = Some(cert_der);
+                    continue;
+                }
+                config::CaRole::Retiring => {
+                    retiring.push(cert_der);
+                    continue;
+                }
+                config::CaRole::Issuing => {}
+            }
+            for o in &ca.older_certs {
+                older.push(read_cert_pem(&keyfile::resolve(dir, o))?.remove(0));
             }
             let key: Box<dyn Signer> = match (&ca.key, &ca.key_uri, &token) {
                 (Some(file), _, _) => Box::new(keyfile::read_encrypted(&keyfile::resolve(dir, file), pass)?),
@@ -327,10 +342,19 @@ impl Authority {
         }
         let server_chain = read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
         let server_key = keyfile::read_encrypted(&keyfile::resolve(dir, &cfg.server.key), pass)?.to_pkcs8()?;
-        let root_anchor = webpki::anchor_from_trusted_cert(&CertificateDer::from(root_der.as_slice()))
-            .map_err(|e| AuthorityError::Config(format!("root certificate: {e}")))?
-            .to_owned();
-        let intermediates = issuing.iter().map(|c| CertificateDer::from(c.cert_der.clone())).collect();
+        let mut anchors = Vec::new();
+        for der in std::iter::once(&root_der).chain(retiring.iter()) {
+            anchors.push(
+                webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
+                    .map_err(|e| AuthorityError::Config(format!("root certificate: {e}")))?
+                    .to_owned(),
+            );
+        }
+        let intermediates = issuing
+            .iter()
+            .map(|c| CertificateDer::from(c.cert_der.clone()))
+            .chain(older.into_iter().map(CertificateDer::from))
+            .collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg,
@@ -341,7 +365,8 @@ impl Authority {
             clock,
             server_chain,
             server_key,
-            root_anchor,
+            anchors,
+            retiring,
             intermediates,
             crls: std::sync::Mutex::new(HashMap::new()),
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
@@ -372,6 +397,11 @@ impl Authority {
     /// The root CA certificate, DER: what devices trust.
     pub fn root_der(&self) -> &[u8] {
         &self.root_der
+    }
+
+    /// Previous roots still trusted (after `iotpki ca rotate`, until `iotpki ca retire`).
+    pub fn retiring_roots(&self) -> &[Vec<u8>] {
+        &self.retiring
     }
 
     /// Subjects (DER) of every CA, for the TLS CertificateRequest hint.
@@ -1164,7 +1194,7 @@ impl Authority {
         let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(&self.root_anchor),
+            &self.anchors,
             &self.intermediates,
             time,
             webpki::KeyUsage::client_auth(),

@@ -101,6 +101,16 @@ impl Authority {
         spki_of(&self.root_der)
     }
 
+    /// Whether `spki` (DER) is the key of this authority's root or of a retiring root.
+    fn is_our_root(&self, spki: &[u8]) -> Result<bool, AuthorityError> {
+        for r in std::iter::once(&self.root_der).chain(self.retiring.iter()) {
+            if spki_of(r)? == spki {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The birth certificate this authority (as manufacturer) issued to `serial`,
     /// online or through a station's delegated CA.
     fn birth_certificate(&self, serial: &str) -> Result<Vec<u8>, AuthorityError> {
@@ -145,7 +155,7 @@ impl Authority {
                 iotpki_core::keys::KeyType::of_spki(&k)
                     .map_err(|e| AuthorityError::BadRequest(format!("the next owner's key: {e}")))
             })?;
-        if to_spki == self.root_spki()?.as_slice() {
+        if self.is_our_root(to_spki)? {
             return Err(AuthorityError::BadRequest("the next owner is this authority itself".into()));
         }
         let kind = voucher_kind(serial.as_str());
@@ -226,7 +236,7 @@ impl Authority {
             (Some(f), Some(l)) => (*f, *l),
             _ => return Err(bad_voucher(voucher::VoucherError::Empty)),
         };
-        if v.owner() != self.root_spki()?.as_slice() {
+        if !self.is_our_root(v.owner())? {
             return Err(AuthorityError::Forbidden(
                 "the voucher hands the device to another owner, not this authority".into(),
             ));
@@ -279,7 +289,7 @@ impl Authority {
         })?;
         let verified = voucher::verify(&v.body, &spki_of(mfg_cert)?, serial, birth_der, self.clock.now())
             .map_err(|e| AuthorityError::Forbidden(format!("the device's voucher does not hold: {e}")))?;
-        if verified.owner_anchor != self.root_spki()? {
+        if !self.is_our_root(&verified.owner_anchor)? {
             return Err(AuthorityError::Forbidden("the device's voucher names another owner".into()));
         }
         Ok(())

@@ -42,6 +42,9 @@ enum Cmd {
     /// Manufacturers whose birth certificates this authority trusts.
     #[command(subcommand)]
     Trust(owner_cmd::TrustCmd),
+    /// The authority's CAs: root rotation.
+    #[command(subcommand)]
+    Ca(owner_cmd::CaCmd),
     /// Devices this authority owns.
     #[command(subcommand)]
     Device(owner_cmd::DeviceCmd),
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
         Cmd::Audit(c) => admin::audit(c),
         Cmd::Revoke(a) => admin::revoke(a),
         Cmd::Trust(c) => owner_cmd::trust(c),
+        Cmd::Ca(c) => owner_cmd::ca(c),
         Cmd::Loadgen(a) => loadgen::run(a),
         Cmd::Relay(a) => agent_cmd::relay(a),
         Cmd::Device(c) => owner_cmd::device(c),

@@ -126,3 +126,41 @@ pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `iotpki ca`.
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Make a new root and certify every issuing CA again under it (same keys); the old
+    /// root keeps being trusted ("retiring") until `ca retire`. Publish a trust bundle
+    /// naming both roots first, so that devices follow.
+    Rotate {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        pass: crate::PassArg,
+    },
+    /// Stop trusting the retiring root (once devices have renewed under the new one).
+    Retire {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+pub fn ca(c: CaCmd) -> anyhow::Result<()> {
+    match c {
+        CaCmd::Rotate { dir, pass } => {
+            let r = iotpki_authority::rotation::rotate(&dir.dir, &pass.passphrase()?, &SystemClock, "admin:cli")?;
+            println!(
+                "new root {} ({}); certified again under it: {}. Restart `serve` to use it.",
+                r.root,
+                r.root_cert.display(),
+                r.recertified.join(", ")
+            );
+        }
+        CaCmd::Retire { dir } => {
+            let gone = iotpki_authority::rotation::retire(&dir.dir, &SystemClock, "admin:cli")?;
+            println!("retired {}; restart `serve` to stop trusting it", gone.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -21,4 +21,5 @@ mod postgres;
 mod refusals;
 mod relay;
 mod revocation;
+mod rotation;
 mod util;

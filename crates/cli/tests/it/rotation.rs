@@ -1,0 +1,144 @@
+//! A full root rotation: a new root is introduced by trust bundle, the server
+//! switches to it, devices renew under it, and the old root is retired; the
+//! devices that followed the bundles never lose contact.
+
+use std::path::{Path, PathBuf};
+
+use iotpki_agent::trust::{self, Applied};
+use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::pem;
+
+use crate::util::{bin, run_ok, serve, Server, PASS};
+
+fn root_of(dir: &Path, file: &str) -> Vec<u8> {
+    pem::decode_one("CERTIFICATE", &std::fs::read_to_string(dir.join("ca").join(file)).unwrap()).unwrap()
+}
+
+fn bundle(keys: &[SoftKey], version: u64, anchors: Vec<Vec<u8>>) -> Vec<u8> {
+    let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
+    let content = BundleContent {
+        version,
+        issued_at: now,
+        expires_at: now + 30 * 86_400,
+        anchors,
+        servers: vec!["127.0.0.1".into()],
+        threshold: 2,
+        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
+    };
+    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
+    b.add_signature(&keys[0]).unwrap();
+    b.add_signature(&keys[2]).unwrap();
+    b.encode()
+}
+
+fn publish(dir: &Path, bytes: &[u8]) {
+    let f = dir.join(format!("publish-{}.cbor", rand_suffix()));
+    std::fs::write(&f, bytes).unwrap();
+    run_ok(bin().args(["bundle", "publish", "--dir"]).arg(dir).arg(&f));
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+struct Node {
+    dir: PathBuf,
+    listen: String,
+}
+
+impl Node {
+    fn start(&self) -> (Server, String) {
+        serve(
+            bin()
+                .args(["serve", "--listen", &self.listen, "--http-listen", "127.0.0.1:0", "--dir"])
+                .arg(&self.dir)
+                .env("IOTPKI_PASSPHRASE", PASS),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    run_ok(bin().args(["init", "--http-listen", "127.0.0.1:0", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let node = Node { dir: dir.clone(), listen: format!("127.0.0.1:{port}") };
+    let (server, url) = node.start();
+    let r1 = root_of(&dir, "root.crt");
+    let root_file = dir.join("ca/root.crt");
+    let enroll = |serial: &str| {
+        let token = run_ok(bin().args(["token", "create", "--serial", serial, "--dir"]).arg(&dir)).trim().to_string();
+        iotpki_agent::EnrollOptions {
+            state_dir: tmp.path().join("devices").join(serial),
+            server: url.clone(),
+            serial: serial.into(),
+            token,
+            anchor_pem: std::fs::read_to_string(&root_file).unwrap(),
+            label: None,
+            key_type: KeyType::EcdsaP256,
+            keystore: None,
+            pin_file: None,
+        }
+    };
+    let (a, b, laggard) = (enroll("RO-A"), enroll("RO-B"), enroll("RO-LAG"));
+    for o in [&a, &b, &laggard] {
+        iotpki_agent::enroll(o).await.unwrap();
+    }
+    let devices = [a.state_dir.clone(), b.state_dir.clone()];
+    let keys: Vec<SoftKey> = (0..3).map(|_| SoftKey::generate(KeyType::EcdsaP256).unwrap()).collect();
+    let b1 = bundle(&keys, 1, vec![r1.clone()]);
+    publish(&dir, &b1);
+    for d in devices.iter().chain(std::iter::once(&laggard.state_dir)) {
+        trust::apply(d, &b1, true).unwrap();
+    }
+
+    // 1. A new root; every issuing CA certified again under it (same keys).
+    let out = run_ok(bin().args(["ca", "rotate", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS));
+    assert!(out.contains("new root root-2") && out.contains("operational"), "{out}");
+    let r2 = root_of(&dir, "root-2.crt");
+    // 2. Devices learn it by bundle while the server still presents the old root.
+    publish(&dir, &bundle(&keys, 2, vec![r1.clone(), r2.clone()]));
+    for d in &devices {
+        let r = trust::fetch_and_apply(d, &url).await.unwrap();
+        assert!(r.iter().any(|(_, x)| matches!(x, Ok(Applied::Bundle { version: 2 }))), "{r:?}");
+    }
+    // 3. The server switches to the new root (same address).
+    drop(server);
+    let (server, url2) = node.start();
+    assert_eq!(url2, url);
+    // 4. Devices renew: still in contact, and now anchored at the new root.
+    for d in &devices {
+        let id = iotpki_agent::renew(d, None, None).await.unwrap();
+        assert_eq!(pem::decode_one("CERTIFICATE", &id.anchor_pem).unwrap(), r2, "the device follows the new root");
+        let chain = pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap();
+        let cert = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+        iotpki_core::chain::verify(&cert, &chain, &r2, iotpki_authority::Clock::now(&iotpki_authority::SystemClock), {
+            iotpki_core::asn1::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2")
+        })
+        .expect("the renewed certificate chains to the new root");
+    }
+    // A device that missed the bundle trusts only the old root: the new server chain is foreign to it.
+    let err = iotpki_agent::renew(&laggard.state_dir, None, None).await.unwrap_err();
+    assert!(err.to_string().contains("TLS") || err.to_string().contains("certificate"), "{err}");
+
+    // 5. The old root leaves the bundle, then the authority: devices keep renewing.
+    publish(&dir, &bundle(&keys, 3, vec![r2.clone()]));
+    for d in &devices {
+        trust::fetch_and_apply(d, &url).await.unwrap();
+        let installed = Bundle::decode(&std::fs::read(d.join("bundle.cbor")).unwrap()).unwrap();
+        assert_eq!(installed.content().anchors, vec![r2.clone()]);
+    }
+    let out = run_ok(bin().args(["ca", "retire", "--dir"]).arg(&dir));
+    assert!(out.contains("retired root"), "{out}");
+    drop(server);
+    let (_server, _) = node.start();
+    for d in &devices {
+        iotpki_agent::renew(d, None, None).await.unwrap();
+    }
+    let audit = run_ok(bin().args(["audit", "verify", "--dir"]).arg(&dir));
+    assert!(audit.contains("OK"), "{audit}");
+}
