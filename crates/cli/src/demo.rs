@@ -299,7 +299,8 @@ async fn field_life(
         Ok(_) => bail!("a revoked device renewed: this is a bug"),
         Err(e) => println!("     {serial} renewed by its daemon, then revoked by its owner: {e}"),
     }
-    trust_updates(&op, &born[1..], root, &http_url_of(&http)).await?;
+    let keys = trust_updates(&op, &born[1..], root, &http_url_of(&http)).await?;
+    let server = rotate_root(&op_dir, pass, server, op, &born[1..], &keys).await?;
     server.stop().await?;
     http.stop().await?;
     Ok(Field { claimed, commissioned })
@@ -318,26 +319,11 @@ async fn trust_updates(
     devices: &[PathBuf],
     root: &std::path::Path,
     upstream: &str,
-) -> anyhow::Result<()> {
-    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+) -> anyhow::Result<Vec<iotpki_core::keys::SoftKey>> {
     let keys: Vec<iotpki_core::keys::SoftKey> =
         (0..3).map(|_| iotpki_core::keys::SoftKey::generate(KeyType::EcdsaP256)).collect::<Result<_, _>>()?;
-    let now = op.clock().now();
-    let make = |version: u64| -> anyhow::Result<Vec<u8>> {
-        let content = BundleContent {
-            version,
-            issued_at: now,
-            expires_at: now + 365 * 86_400,
-            anchors: vec![op.root_der().to_vec()],
-            servers: vec!["127.0.0.1".into()],
-            threshold: 2,
-            signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
-        };
-        let mut b = Bundle::decode(&UnsignedBundle::new(content)?.encode())?;
-        b.add_signature(&keys[0])?;
-        b.add_signature(&keys[version as usize % 2 + 1])?;
-        Ok(b.encode())
-    };
+    let anchors = vec![op.root_der().to_vec()];
+    let make = |version: u64| demo_bundle(&keys, version, anchors.clone());
     let (b1, b2) = (make(1)?, make(2)?);
     let store = op.store().clone();
     iotpki_authority::trust::publish_bundle(store.as_ref(), &SystemClock, &b1, "admin:demo")?;
@@ -382,7 +368,79 @@ async fn trust_updates(
     println!(
         "     trust bundle 2 (2 of 3 signers) reached {updated} devices through an offline relay; a tampered copy on the relay was refused by {refused}"
     );
-    Ok(())
+    Ok(keys)
+}
+
+/// A trust bundle of `version` naming `anchors`, signed by two of the three `keys`.
+fn demo_bundle(keys: &[iotpki_core::keys::SoftKey], version: u64, anchors: Vec<Vec<u8>>) -> anyhow::Result<Vec<u8>> {
+    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+    let now = iotpki_authority::Clock::now(&SystemClock);
+    let content = BundleContent {
+        version,
+        issued_at: now,
+        expires_at: now + 365 * 86_400,
+        anchors,
+        servers: vec!["127.0.0.1".into()],
+        threshold: 2,
+        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
+    };
+    let mut b = Bundle::decode(&UnsignedBundle::new(content)?.encode())?;
+    b.add_signature(&keys[0])?;
+    b.add_signature(&keys[version as usize % 2 + 1])?;
+    Ok(b.encode())
+}
+
+/// A root rotation: a new root, announced by bundle 3 (both roots), the server
+/// switched to it, every device renewed under it, bundle 4 (the new root only),
+/// the old root retired, and every device renewed again: none loses contact.
+async fn rotate_root(
+    op_dir: &std::path::Path,
+    pass: &Passphrase,
+    server: iotpki_server::Running,
+    op: Arc<Authority>,
+    devices: &[PathBuf],
+    keys: &[iotpki_core::keys::SoftKey],
+) -> anyhow::Result<iotpki_server::Running> {
+    use iotpki_authority::{rotation, trust};
+    let addr = server.addr;
+    let url = server.url();
+    let r1 = op.root_der().to_vec();
+    let rotated = rotation::rotate(op_dir, pass, &SystemClock, "admin:demo")?;
+    let r2 = iotpki_core::pem::decode_one("CERTIFICATE", &std::fs::read_to_string(&rotated.root_cert)?)?;
+    let store = op.store().clone();
+    trust::publish_bundle(store.as_ref(), &SystemClock, &demo_bundle(keys, 3, vec![r1, r2.clone()])?, "admin:demo")?;
+    for d in devices {
+        iotpki_agent::trust::fetch_and_apply(d, &url).await?;
+    }
+    server.stop().await?;
+    drop(op);
+    let op = Arc::new(Authority::open(op_dir, pass, Arc::new(SystemClock))?);
+    let server = iotpki_server::Running::start(op.clone(), addr).await?;
+    let mut moved = 0;
+    for d in devices {
+        let id = iotpki_agent::renew(d, None, None).await?;
+        if iotpki_core::pem::decode_one("CERTIFICATE", &id.anchor_pem)? == r2 {
+            moved += 1;
+        }
+    }
+    trust::publish_bundle(store.as_ref(), &SystemClock, &demo_bundle(keys, 4, vec![r2])?, "admin:demo")?;
+    for d in devices {
+        iotpki_agent::trust::fetch_and_apply(d, &url).await?;
+    }
+    rotation::retire(op_dir, &SystemClock, "admin:demo")?;
+    server.stop().await?;
+    drop(op);
+    let op = Arc::new(Authority::open(op_dir, pass, Arc::new(SystemClock))?);
+    let server = iotpki_server::Running::start(op, addr).await?;
+    for d in devices {
+        iotpki_agent::renew(d, None, None).await?;
+    }
+    println!(
+        "     root rotation: {} announced by bundle, {moved} of {} devices renewed under it, the old root retired; all renewed again",
+        rotated.root,
+        devices.len()
+    );
+    Ok(server)
 }
 
 fn mfg_dir_file(a: &Authority, p: &std::path::Path) -> PathBuf {
