@@ -399,6 +399,11 @@ impl Authority {
         &self.root_der
     }
 
+    /// The names of the issuing CAs (each has a CRL).
+    pub fn issuing_ca_names(&self) -> Vec<String> {
+        self.issuing.iter().map(|c| c.name.clone()).collect()
+    }
+
     /// Previous roots still trusted (after `iotpki ca rotate`, until `iotpki ca retire`).
     pub fn retiring_roots(&self) -> &[Vec<u8>] {
         &self.retiring

@@ -95,7 +95,8 @@ pub enum AgentCmd {
         /// Exit after this many renewals or re-commissionings.
         #[arg(long)]
         exit_after: Option<u32>,
-        /// Look for trust bundles, vouchers and CRLs here each round (server, http listener or relay).
+        /// Look for trust bundles, vouchers and CRLs here each round (server, http listener or
+        /// relay; default: the server the device renews with).
         #[arg(long, value_name = "URL")]
         fetch_from: Option<String>,
     },
@@ -259,7 +260,11 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             opts.max_backoff = secs("--max-backoff", &max_backoff)?;
             opts.once = once;
             opts.exit_after = exit_after;
-            opts.fetch_from = fetch_from;
+            // By default the daemon looks for bundles, vouchers and CRLs where it renews.
+            opts.fetch_from = match fetch_from {
+                Some(u) => Some(u),
+                None => iotpki_agent::state::load(&opts.state_dir).ok().map(|id| id.server),
+            };
             let stamp = || {
                 iotpki_core::time::rfc3339(
                     std::time::SystemTime::now()

@@ -39,7 +39,9 @@ pub async fn serve(
     let tls = server_config(&authority).map_err(std::io::Error::other)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
+    let refresher = tokio::spawn(refresh_crls(authority.clone()));
     let app = router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
+    let _stop_refreshing = AbortOnDrop(refresher);
     accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
         let (acceptor, app, limits) = (acceptor.clone(), app.clone(), limits.clone());
         async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
@@ -65,6 +67,35 @@ pub async fn serve_http(
 }
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// How often the CRLs are looked at: each is made again once half its validity
+/// has passed (or after a revocation), whether or not anyone asked for it.
+const CRL_REFRESH: Duration = Duration::from_secs(600);
+
+/// Keep every issuing CA's CRL fresh on a schedule, not only on request.
+async fn refresh_crls(authority: Arc<Authority>) {
+    loop {
+        // First after a while: a CRL is made on the first request anyway.
+        tokio::time::sleep(CRL_REFRESH).await;
+        let a = authority.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for ca in a.issuing_ca_names() {
+                if let Err(e) = a.crl(&ca) {
+                    tracing::warn!(ca = %ca, error = %e, "could not refresh the CRL");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Accept connections until `shutdown`, each served by `conn` on its own
 /// task, at most `max` at once: one more is closed at once.
