@@ -262,6 +262,18 @@ impl EstClient {
         Ok(Answer { status, body })
     }
 
+    /// `METHOD path` (any path on the server) with a body: status and body, uninterpreted.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), AgentError> {
+        let a = self.exchange(method, path, content_type, Bytes::from(body), None).await?;
+        Ok((a.status, a.body))
+    }
+
     /// `GET path` (any path on the server): status and body, uninterpreted.
     pub async fn get(&self, path: &str) -> Result<(u16, Bytes), AgentError> {
         let a = self.exchange("GET", path, None, Bytes::new(), None).await?;

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod clock;
 pub mod commission;
 pub mod config;

@@ -286,7 +286,7 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
         }
         CertCmd::List { dir, device, ca, limit, json } => {
             let store = dir.store()?;
-            let q = CertQuery { device_serial: device, ca, expiring_before: None, limit };
+            let q = CertQuery { device_serial: device, ca, expiring_before: None, limit, profile: None };
             let rows = store.list_certificates(&q)?;
             if json {
                 for r in &rows {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admin_cmd;
 mod agent_cmd;
 mod bundle_cmd;
 mod demo;
@@ -48,6 +49,9 @@ enum Cmd {
     /// Devices this authority owns.
     #[command(subcommand)]
     Device(owner_cmd::DeviceCmd),
+    /// Admins of the admin API (mutual TLS with an admin certificate), and a client for it.
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCmd),
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(admin::AuditCmd),
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         Cmd::Token(c) => admin::token(c),
         Cmd::Cert(c) => admin::cert(c),
         Cmd::Audit(c) => admin::audit(c),
+        Cmd::Admin(c) => admin_cmd::run(c),
         Cmd::Revoke(a) => admin::revoke(a),
         Cmd::Trust(c) => owner_cmd::trust(c),
         Cmd::Ca(c) => owner_cmd::ca(c),

@@ -10,6 +10,7 @@
 //! | device      | critical, not CA        | digitalSignature           | clientAuth  |
 //! | server      | critical, not CA        | digitalSignature           | serverAuth  |
 //! | station     | critical, not CA        | digitalSignature           | clientAuth  |
+//! | admin       | critical, not CA        | digitalSignature           | clientAuth, [`ADMIN_ROLE`] |
 //! | OCSP signer | critical, not CA        | digitalSignature           | OCSPSigning, + id-pkix-ocsp-nocheck |
 //!
 //! Every certificate carries subjectKeyIdentifier and authorityKeyIdentifier
@@ -17,6 +18,12 @@
 //! A delegated CA (a factory station's offline sub-CA for one batch) also
 //! carries critical nameConstraints: it may only issue under
 //! [`CertParams::permitted_subtree`].
+//!
+//! An admin certificate authenticates a person or tool to the admin API
+//! (mutual TLS). Its role marker is an extended key usage of its own,
+//! [`ADMIN_ROLE`] (id-kp-cmcRA), next to clientAuth (which TLS client path
+//! validation needs): a device or station certificate never carries it, so
+//! the role is in the signed certificate, not only in the store's record.
 
 use std::net::IpAddr;
 
@@ -41,6 +48,13 @@ use crate::keys::{self, Signer};
 use crate::time::x509_time;
 use crate::Error;
 
+/// The extended key usage that marks an admin certificate: id-kp-cmcRA
+/// (RFC 6402 2.10, `1.3.6.1.5.5.7.3.28`), "the holder acts as a registration
+/// authority", which is what an admin of the authority does (approves
+/// enrollments with tokens and batches, asks for revocations). Devices and
+/// stations never carry it.
+pub const ADMIN_ROLE: const_oid::ObjectIdentifier = const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.28");
+
 /// The kinds of certificate we issue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Profile {
@@ -60,6 +74,8 @@ pub enum Profile {
     Station,
     /// A CA's delegated OCSP responder (RFC 6960 4.2.2.2).
     OcspSigner,
+    /// An administrator of the authority: a TLS client of the admin API.
+    Admin,
 }
 
 impl Profile {
@@ -74,6 +90,7 @@ impl Profile {
             Self::Server => "server",
             Self::Station => "station",
             Self::OcspSigner => "ocsp-signer",
+            Self::Admin => "admin",
         }
     }
 
@@ -190,7 +207,7 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
         Profile::Root => BasicConstraints { ca: true, path_len_constraint: None },
         Profile::IssuingCa | Profile::DelegatedCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
         Profile::DelegatingCa => BasicConstraints { ca: true, path_len_constraint: Some(1) },
-        Profile::Device | Profile::Server | Profile::Station | Profile::OcspSigner => {
+        Profile::Device | Profile::Server | Profile::Station | Profile::OcspSigner | Profile::Admin => {
             BasicConstraints { ca: false, path_len_constraint: None }
         }
     };
@@ -218,6 +235,7 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
             });
         }
         Profile::Server => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH]), false)?),
+        Profile::Admin => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH, ADMIN_ROLE]), false)?),
         Profile::Root | Profile::IssuingCa | Profile::DelegatingCa | Profile::DelegatedCa => {}
     }
     let ski = keys::key_identifier(&params.spki);
@@ -301,7 +319,28 @@ fn lint(tbs: &TbsCertificate, profile: Profile) -> Result<(), Error> {
             return Err(Error::Profile(format!("extension {oid} missing")));
         }
     }
+    // The admin role marker is on admin certificates, and only there, always with clientAuth.
+    let eku = ekus(exts)?;
+    let admin = eku.contains(&ADMIN_ROLE);
+    if admin != (profile == Profile::Admin) {
+        return Err(Error::Profile(format!("the admin role must be set exactly on admin certificates ({profile:?})")));
+    }
+    if admin && (!eku.contains(&rfc5280::ID_KP_CLIENT_AUTH) || profile.is_ca()) {
+        return Err(Error::Profile("an admin certificate is an end entity with clientAuth".into()));
+    }
     Ok(())
+}
+
+fn ekus(exts: &[Extension]) -> Result<Vec<const_oid::ObjectIdentifier>, Error> {
+    match exts.iter().find(|e| e.extn_id == ExtendedKeyUsage::OID) {
+        Some(e) => Ok(ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).map_err(|e| Error::der("extKeyUsage", e))?.0),
+        None => Ok(vec![]),
+    }
+}
+
+/// Whether a certificate carries the admin role ([`ADMIN_ROLE`] in its extKeyUsage).
+pub fn has_admin_role(cert: &Certificate) -> bool {
+    ekus(cert.tbs_certificate.extensions.as_deref().unwrap_or_default()).is_ok_and(|e| e.contains(&ADMIN_ROLE))
 }
 
 /// Build, lint and sign a certificate.
@@ -466,6 +505,39 @@ mod tests {
         let tbs = info.cert.tbs_certificate.to_der().unwrap();
         keys::verify(&root_spki, &info.cert.signature_algorithm, &tbs, info.cert.signature.raw_bytes()).unwrap();
         assert_eq!(cert_info(&root.der).unwrap().ski.unwrap(), root_kid);
+    }
+
+    #[test]
+    fn only_admin_certificates_carry_the_admin_role() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let n = NameBuilder::default().common_name("x").unwrap().build();
+        let kid = keys::key_identifier(&spki_of(&k));
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let params = |profile| CertParams {
+            profile,
+            serial: system_random_serial(1_700_000_000).unwrap().0,
+            subject: n.clone(),
+            spki: spki_of(&k),
+            not_before: 1_700_000_000,
+            not_after: 1_800_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let admin = cert_info(&issue(&params(Profile::Admin), &issuer).unwrap().der).unwrap();
+        assert!(has_admin_role(&admin.cert));
+        let eku = ekus(admin.cert.tbs_certificate.extensions.as_deref().unwrap()).unwrap();
+        assert_eq!(eku, vec![rfc5280::ID_KP_CLIENT_AUTH, ADMIN_ROLE]);
+        for p in [Profile::Device, Profile::Station, Profile::Server, Profile::OcspSigner] {
+            let c = cert_info(&issue(&params(p), &issuer).unwrap().der).unwrap();
+            assert!(!has_admin_role(&c.cert), "{p:?}");
+        }
+        // The lint refuses a role marker on any other profile.
+        let mut tbs = admin.cert.tbs_certificate.clone();
+        assert!(lint(&tbs, Profile::Admin).is_ok());
+        assert!(matches!(lint(&tbs, Profile::Device), Err(Error::Profile(m)) if m.contains("admin role")));
+        tbs.extensions.as_mut().unwrap().retain(|e| e.extn_id != ExtendedKeyUsage::OID);
+        assert!(matches!(lint(&tbs, Profile::Admin), Err(Error::Profile(_))));
     }
 
     #[test]

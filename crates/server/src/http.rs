@@ -33,10 +33,15 @@ impl PeerChain {
     pub(crate) fn leaf(&self) -> Option<&[u8]> {
         self.0.first().map(|c| c.as_ref())
     }
+
+    /// The whole chain, leaf first (empty without a client certificate).
+    pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.0
+    }
 }
 
 /// Every error answer: status, and one line of plain text for the client.
-struct ApiError(AuthorityError);
+pub(crate) struct ApiError(AuthorityError);
 
 impl From<AuthorityError> for ApiError {
     fn from(e: AuthorityError) -> Self {
@@ -127,6 +132,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route(BUNDLE_PATH, get(bundle))
         .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::admin::routes())
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(authority)
 }
@@ -273,7 +279,7 @@ struct SyncQuery {
     batch: String,
 }
 
-fn json(v: serde_json::Value) -> Response {
+pub(crate) fn json(v: serde_json::Value) -> Response {
     let mut r = v.to_string().into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

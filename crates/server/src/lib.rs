@@ -10,9 +10,12 @@
 //!   or a revoked one gets an HTTP 403 with a reason instead of a bare TLS alert.
 //! - Endpoints that need a certificate ([`Authority::simple_reenroll`]) then
 //!   run full path validation to our root and check the store's record.
+//! - The admin API (`/admin/v1/`, see the `admin` module) needs an admin
+//!   certificate ([`Authority::admin`]).
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod http;
 mod limits;
 mod tls;

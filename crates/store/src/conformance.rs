@@ -186,6 +186,7 @@ pub fn listing_filters(store: &dyn Store) {
         ca: ca.map(str::to_string),
         expiring_before: exp,
         limit,
+        profile: None,
     };
     let all = store.list_certificates(&q(None, None, None)).expect("list");
     assert_eq!(all.len(), 3);
@@ -193,6 +194,9 @@ pub fn listing_filters(store: &dyn Store) {
     assert_eq!(store.list_certificates(&q(Some("manufacturing"), None, None)).expect("list").len(), 1);
     assert_eq!(store.list_certificates(&q(None, Some(20_100), None)).expect("list").len(), 2);
     assert_eq!(store.list_certificates(&q(None, None, Some(1))).expect("list").len(), 1);
+    let by_profile = |p: &str| CertQuery { profile: Some(p.into()), ..q(None, None, None) };
+    assert_eq!(store.list_certificates(&by_profile("device")).expect("list").len(), 3);
+    assert!(store.list_certificates(&by_profile("admin")).expect("list").is_empty());
 }
 
 /// 16 threads race for one token: exactly one wins.

@@ -352,6 +352,8 @@ pub struct CertQuery {
     pub ca: Option<String>,
     /// Only certificates whose notAfter is at or before this time.
     pub expiring_before: Option<UnixTime>,
+    /// Only certificates of this profile (`device`, `station`, `admin`, ...).
+    pub profile: Option<String>,
     /// At most this many (newest first); `None` for all.
     pub limit: Option<u32>,
 }

@@ -1135,11 +1135,11 @@ impl Store for PgStore {
             let sql = format!(
                 "SELECT {CERT_COLS} FROM certificates
                  WHERE ($1::TEXT IS NULL OR device_serial = $1) AND ($2::TEXT IS NULL OR ca = $2)
-                   AND ($3::BIGINT IS NULL OR not_after <= $3)
+                   AND ($3::BIGINT IS NULL OR not_after <= $3) AND ($5::TEXT IS NULL OR profile = $5)
                  ORDER BY issued_at DESC, serial COLLATE \"C\" LIMIT $4"
             );
             let limit: Option<i64> = q.limit.map(i64::from);
-            let rows = d.all(&sql, &[&q.device_serial, &q.ca, &q.expiring_before, &limit]).map_err(db)?;
+            let rows = d.all(&sql, &[&q.device_serial, &q.ca, &q.expiring_before, &limit, &q.profile]).map_err(db)?;
             rows.iter().map(cert_row).collect()
         })
     }

@@ -941,11 +941,12 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {CERT_COLS} FROM certificates
                  WHERE (?1 IS NULL OR device_serial = ?1) AND (?2 IS NULL OR ca = ?2) AND (?3 IS NULL OR not_after <= ?3)
+                   AND (?5 IS NULL OR profile = ?5)
                  ORDER BY issued_at DESC, serial LIMIT ?4"
             );
             let limit = q.limit.map(i64::from).unwrap_or(-1);
             let mut st = c.prepare_cached(&sql).map_err(db)?;
-            let rows = st.query_map(params![q.device_serial, q.ca, q.expiring_before, limit], cert_row).map_err(db)?;
+            let rows = st.query_map(params![q.device_serial, q.ca, q.expiring_before, limit, q.profile], cert_row).map_err(db)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
     }

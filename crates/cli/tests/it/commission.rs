@@ -39,7 +39,7 @@ fn refused(r: Result<impl std::fmt::Debug, AgentError>, status: u16, needle: &st
     }
 }
 
-fn trust(op: &Ca, mfg: &Ca) {
+pub(crate) fn trust(op: &Ca, mfg: &Ca) {
     let out = run_ok(
         bin()
             .args(["trust", "add-manufacturer", "--name", "acme"])
@@ -50,7 +50,7 @@ fn trust(op: &Ca, mfg: &Ca) {
     assert!(out.contains("trusted manufacturer acme"), "{out}");
 }
 
-fn claim(op: &Ca, serials: &[&str]) -> String {
+pub(crate) fn claim(op: &Ca, serials: &[&str]) -> String {
     let f = op.tmp.path().join("claims.txt");
     std::fs::write(&f, format!("# claim list\n{}\n\n", serials.join("\n"))).unwrap();
     run_ok(bin().args(["device", "claim"]).arg("--dir").arg(&op.dir).arg("--serials").arg(&f))

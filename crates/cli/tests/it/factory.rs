@@ -122,7 +122,7 @@ async fn two_stations_racing_for_one_batch_mint_exactly_the_quota() {
     );
 }
 
-fn identity(dir: &Path) -> ClientIdentity {
+pub(crate) fn identity(dir: &Path) -> ClientIdentity {
     let id = iotpki_agent::state::load(dir).unwrap();
     let key: Arc<dyn Signer> = Arc::new(iotpki_agent::state::load_key(dir, &id).unwrap());
     let mut chain = vec![pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap()];

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent_crash;
+mod authz;
 mod bundle;
 mod cli;
 mod commission;
