@@ -114,9 +114,17 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
     let offline_der = iotpki_core::profile::issue(&params, &issuer).unwrap().der;
     let offline = d.join("offline.pem");
     std::fs::write(&offline, pem::encode("CERTIFICATE", &offline_der)).unwrap();
+    // An admin of the admin API.
+    let admin_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();
+    let (admin_der, _) = ca
+        .authority
+        .add_admin("lint-admin", iotpki_core::keys::Signer::public_key_der(&admin_key), None, "test")
+        .unwrap();
+    let admin = d.join("admin.pem");
+    std::fs::write(&admin, pem::encode("CERTIFICATE", &admin_der)).unwrap();
 
     tokio::task::spawn_blocking(move || {
-        for c in [&root, &mfg, &op, &device, &birth, &server, &station, &delegated, &offline] {
+        for c in [&root, &mfg, &op, &device, &birth, &server, &station, &delegated, &offline, &admin] {
             lint(&[c], "lint_pkix_cert");
         }
         for (issuer, subject) in [
@@ -127,6 +135,7 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
             (&op, &server),
             (&mfg, &birth),
             (&mfg, &station),
+            (&op, &admin),
         ] {
             lint(&[issuer, subject], "lint_pkix_signer_signee_cert_chain");
         }
