@@ -155,7 +155,8 @@ impl Authority {
     /// are audited as `refuse.admin`.
     pub fn admin(&self, chain: &[CertificateDer<'_>]) -> Result<Admin<'_>, AuthorityError> {
         let r = self.admin_inner(chain);
-        self.audit_refusal(&r, Credential::ClientCert(chain), None, "refuse.admin");
+        let cred = if chain.is_empty() { Credential::None } else { Credential::ClientCert(chain) };
+        self.audit_refusal(&r, cred, None, "refuse.admin");
         r
     }
 

@@ -195,6 +195,9 @@ pub enum CertCmd {
         /// Only from this CA.
         #[arg(long)]
         ca: Option<String>,
+        /// Only of this profile: device, station, admin, server, ocsp-signer, ...
+        #[arg(long)]
+        profile: Option<String>,
         /// At most this many.
         #[arg(long)]
         limit: Option<u32>,
@@ -284,9 +287,9 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CertCmd::List { dir, device, ca, limit, json } => {
+        CertCmd::List { dir, device, ca, profile, limit, json } => {
             let store = dir.store()?;
-            let q = CertQuery { device_serial: device, ca, expiring_before: None, limit, profile: None };
+            let q = CertQuery { device_serial: device, ca, expiring_before: None, limit, profile };
             let rows = store.list_certificates(&q)?;
             if json {
                 for r in &rows {

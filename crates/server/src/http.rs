@@ -490,4 +490,25 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(a.store().count_certificates().unwrap(), before);
     }
+
+    #[tokio::test]
+    async fn the_admin_api_refuses_a_caller_without_a_certificate() {
+        let (_tmp, a) = authority();
+        let app = router(a.clone());
+        for (method, path) in [("GET", "/admin/v1/whoami"), ("POST", "/admin/v1/tokens"), ("GET", "/admin/v1/audit")] {
+            let entries = a.store().verify_audit().unwrap().entries;
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::from(r#"{"serial":"SN-1"}"#))
+                .unwrap();
+            let (s, b) = call(app.clone(), req).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: {b}");
+            assert_eq!(b.trim_end().lines().count(), 1, "{b}");
+            assert!(b.contains("needs an admin certificate"), "{b}");
+            assert_eq!(a.store().verify_audit().unwrap().entries, entries + 1, "{path}: the refusal alone is audited");
+            let last = a.store().audit_entries(entries + 1, 1).unwrap().remove(0);
+            assert_eq!((last.event.actor.as_str(), last.event.action.as_str()), ("anonymous", "refuse.admin"));
+        }
+    }
 }

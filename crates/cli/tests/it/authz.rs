@@ -376,6 +376,16 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             csr_for("AZ-B1-2", &fresh),
             Refused(403, "not a factory station's"),
         ),
+        post(
+            "device",
+            "enroll again without a token",
+            Main,
+            Who::Device1,
+            "/.well-known/est/simpleenroll",
+            pkcs10,
+            csr_for("AZ-DEV-1", &fresh),
+            Refused(403, "trusts no manufacturer"),
+        ),
         // station: only its batches.
         post(
             "station",
@@ -679,6 +689,16 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             csr_for("AZ-B1-2", &fresh),
             Refused(403, "not a factory station's"),
         ),
+        post(
+            "admin",
+            "enroll with an admin certificate",
+            Main,
+            Who::Alice,
+            "/.well-known/est/simpleenroll",
+            pkcs10,
+            csr_for("AZ-DEV-9", &fresh),
+            Refused(403, "trusts no manufacturer"),
+        ),
         cell("admin", "revoked admin", Main, Who::RevokedAdmin, "GET", "/admin/v1/whoami", Refused(403, "is revoked")),
         post(
             "admin",
@@ -948,6 +968,9 @@ async fn admin_api_with_curl_and_admin_call() {
     assert_eq!(after.0, 403, "{after:?}");
     assert!(after.1.contains("is revoked"), "{after:?}");
     assert_eq!(ca.last_audit().event.action, "refuse.admin");
+    let certs = run_ok(bin().args(["cert", "list", "--profile", "admin", "--json", "--dir"]).arg(&ca.dir));
+    assert_eq!(certs.lines().count(), 1, "{certs}");
+    assert_eq!(json_body(certs.lines().next().unwrap())["profile"], "admin");
     let listed = run_ok(bin().args(["admin", "list", "--json", "--dir"]).arg(&ca.dir));
     assert!(json_body(listed.lines().next().unwrap())["status"].as_str().unwrap().starts_with("revoked"), "{listed}");
 }
