@@ -370,6 +370,7 @@ pub fn status(state_dir: &Path) -> Result<Status, AgentError> {
         keystore: match &id.keystore {
             None => "file".into(),
             Some(KeystoreConfig::Pkcs11 { token, .. }) => token.clone(),
+            Some(KeystoreConfig::Tpm { tcti }) => format!("tpm {tcti}"),
         },
         server: id.server,
         renewals: id.renewals,

@@ -1,11 +1,17 @@
 //! Where the device's private keys live: key files in the state directory
-//! (the default), or a PKCS#11 token (a secure element, an HSM, SoftHSM2).
-//! A TPM keystore is meant to be a third [`KeystoreConfig`] variant.
+//! (the default), a PKCS#11 token (a secure element, an HSM, SoftHSM2), or a
+//! TPM 2.0.
 //!
 //! A key is named by a string the identity records (`Identity::key_file`):
 //! the file name (`key-3.pem`) for key files, the key's RFC 7512 URI for a
-//! token. Either way a new key exists before the request that carries it
-//! leaves, so that a lost answer can be fetched again with the same key.
+//! token, the file name of its TPM-wrapped blob (`tpm-key-3.blob`) for a TPM.
+//! Either way a new key exists before the request that carries it leaves, so
+//! that a lost answer can be fetched again with the same key.
+//!
+//! A TPM key is made inside the TPM (fixedTPM, fixedParent,
+//! sensitiveDataOrigin, see [`iotpki_tpm`]) and kept as a loadable blob in
+//! the state directory, written like a key file (complete or absent); the
+//! blob is useless without this TPM. Deleting the blob forgets the key.
 
 use std::fs;
 use std::io::Write;
@@ -15,6 +21,7 @@ use std::sync::Arc;
 
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_hsm::{HsmKey, Pin, Pkcs11Uri, Token};
+use iotpki_tpm::Tpm;
 use serde::{Deserialize, Serialize};
 
 use crate::state;
@@ -40,6 +47,11 @@ pub enum KeystoreConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pin_file: Option<PathBuf>,
     },
+    /// A TPM 2.0.
+    Tpm {
+        /// The TCTI string that reaches it (`device:/dev/tpmrm0`, `swtpm:host=H,port=P`, ...).
+        tcti: String,
+    },
 }
 
 /// An opened keystore.
@@ -60,6 +72,13 @@ pub enum Keystore {
         /// What the identity records.
         config: KeystoreConfig,
     },
+    /// Keys made in a TPM, kept as TPM-wrapped blobs (`tpm-key-N.blob`) in the state directory.
+    Tpm {
+        /// The state directory.
+        dir: PathBuf,
+        /// The TPM.
+        tpm: Arc<Tpm>,
+    },
 }
 
 impl std::fmt::Debug for Keystore {
@@ -67,6 +86,7 @@ impl std::fmt::Debug for Keystore {
         match self {
             Self::File { dir } => write!(f, "Keystore::File({})", dir.display()),
             Self::Pkcs11 { token, .. } => write!(f, "Keystore::Pkcs11({token:?})"),
+            Self::Tpm { tpm, .. } => write!(f, "Keystore::Tpm({})", tpm.tcti()),
         }
     }
 }
@@ -88,6 +108,10 @@ impl Keystore {
                 token.check_pin(&pin).map_err(hsm)?;
                 Ok(Self::Pkcs11 { dir: dir.to_path_buf(), token, pin, config: c.clone() })
             }
+            Some(KeystoreConfig::Tpm { tcti }) => {
+                let tpm = Tpm::open(tcti).map_err(|e| AgentError::Keystore(e.to_string()))?;
+                Ok(Self::Tpm { dir: dir.to_path_buf(), tpm })
+            }
         }
     }
 
@@ -96,6 +120,7 @@ impl Keystore {
         match self {
             Self::File { .. } => None,
             Self::Pkcs11 { config, .. } => Some(config.clone()),
+            Self::Tpm { tpm, .. } => Some(KeystoreConfig::Tpm { tcti: tpm.tcti().to_string() }),
         }
     }
 
@@ -119,6 +144,16 @@ impl Keystore {
                 }
                 Ok((name, Arc::new(key)))
             }
+            Self::Tpm { dir, tpm } => {
+                if kt != KeyType::EcdsaP256 {
+                    return Err(AgentError::Keystore(format!(
+                        "a TPM keystore makes p256 keys, not {kt}: use --key-type p256"
+                    )));
+                }
+                let key = tpm.create_key().map_err(|e| AgentError::Keystore(e.to_string()))?;
+                let name = state::write_new_numbered(dir, state::TPM_KEY_PREFIX, state::TPM_KEY_SUFFIX, key.blob())?;
+                Ok((name, Arc::new(key)))
+            }
         }
     }
 
@@ -130,6 +165,7 @@ impl Keystore {
                 let uri = Pkcs11Uri::parse(name).map_err(hsm)?;
                 Ok(Arc::new(HsmKey::open(token, pin, &uri).map_err(hsm)?))
             }
+            Self::Tpm { dir, tpm } => Ok(Arc::new(load_tpm_key(dir, tpm, name)?)),
         }
     }
 
@@ -150,6 +186,19 @@ impl Keystore {
                     Err(_) => Ok(None),
                 }
             }
+            Self::Tpm { dir, .. } => {
+                if state::identity_path(dir).exists() {
+                    return Ok(None);
+                }
+                let Some(name) = state::newest_numbered(dir, state::TPM_KEY_PREFIX, state::TPM_KEY_SUFFIX) else {
+                    return Ok(None);
+                };
+                match self.load(&name) {
+                    Ok(k) => Ok(Some((name, k))),
+                    // Not loadable (another TPM, a cleared owner hierarchy): start again with a new key.
+                    Err(_) => Ok(None),
+                }
+            }
         }
     }
 
@@ -157,8 +206,8 @@ impl Keystore {
     /// names (`old`, the key it replaced, if any). Best effort.
     pub fn retire(&self, keep: &str, old: Option<&str>) {
         match self {
-            // state::store removed the key files no identity names (keeping the birth key).
-            Self::File { .. } => {}
+            // state::store removed the key files and blobs no identity names (keeping the birth key).
+            Self::File { .. } | Self::Tpm { .. } => {}
             Self::Pkcs11 { dir, .. } => {
                 let _ = fs::remove_file(dir.join(PENDING_PKCS11));
                 if let Some(old) = old.filter(|o| *o != keep) {
@@ -173,6 +222,12 @@ impl Keystore {
         match self {
             Self::File { dir } => {
                 if !name.contains('/') && name.starts_with("key-") {
+                    let _ = fs::remove_file(dir.join(name));
+                }
+            }
+            // Without its blob, the TPM key cannot be loaded again.
+            Self::Tpm { dir, .. } => {
+                if !name.contains('/') && name.starts_with(state::TPM_KEY_PREFIX) {
                     let _ = fs::remove_file(dir.join(name));
                 }
             }
@@ -199,4 +254,30 @@ fn write_note(dir: &Path, name: &str) -> Result<(), AgentError> {
         .map_err(|e| AgentError::io(&tmp, e))?;
     f.write_all(name.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
     fs::rename(&tmp, &p).map_err(|e| AgentError::io(&p, e))
+}
+
+/// Load the TPM key whose blob is `dir/name`, saying what to do when it cannot be.
+fn load_tpm_key(dir: &Path, tpm: &Arc<Tpm>, name: &str) -> Result<iotpki_tpm::TpmKey, AgentError> {
+    if name.contains('/') || name.starts_with('.') {
+        return Err(AgentError::State(format!("TPM key blob {name:?} must be a plain file name")));
+    }
+    let p = dir.join(name);
+    let blob = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AgentError::Keystore(format!(
+                "the TPM key blob {} is missing: without it the TPM cannot use the device key, which is lost; \
+                 restore the file from a backup of this device, or enroll again (a new token) or commission with \
+                 the birth certificate",
+                p.display()
+            )))
+        }
+        Err(e) => return Err(AgentError::io(&p, e)),
+    };
+    tpm.load_key(&blob).map_err(|e| {
+        AgentError::Keystore(format!(
+            "{}: {e}; restore the file from a backup of this device, or enroll again (a new token)",
+            p.display()
+        ))
+    })
 }

@@ -13,6 +13,11 @@ use crate::AgentError;
 /// File name of the identity inside the state directory.
 pub const IDENTITY_FILE: &str = "identity.json";
 
+/// TPM key blobs in the state directory: `tpm-key-<n>.blob`.
+pub const TPM_KEY_PREFIX: &str = "tpm-key-";
+/// See [`TPM_KEY_PREFIX`].
+pub const TPM_KEY_SUFFIX: &str = ".blob";
+
 /// Everything the device knows about its identity.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
@@ -73,7 +78,7 @@ pub fn load(dir: &Path) -> Result<Identity, AgentError> {
 /// Load the key file the identity names (a key-file identity).
 pub fn load_key(dir: &Path, id: &Identity) -> Result<SoftKey, AgentError> {
     if id.keystore.is_some() {
-        return Err(AgentError::State(format!("the key of {} is in a PKCS#11 token, not a file", dir.display())));
+        return Err(AgentError::State(format!("the key of {} is not in a key file (see its keystore)", dir.display())));
     }
     load_key_file(dir, &id.key_file)
 }
@@ -93,11 +98,17 @@ pub fn load_key_file(dir: &Path, name: &str) -> Result<SoftKey, AgentError> {
 /// Write a new key file (0600, fsync'd) and return its name. It is not in use
 /// until an identity that names it is stored.
 pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
-    fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     let pem = iotpki_core::pem::encode("PRIVATE KEY", &key.to_pkcs8()?);
+    write_new_numbered(dir, "key-", ".pem", pem.as_bytes())
+}
+
+/// Write `bytes` to a new file `{prefix}{n}{suffix}` (the first free `n`;
+/// 0600, fsync'd, the directory too) and return its name.
+pub fn write_new_numbered(dir: &Path, prefix: &str, suffix: &str, bytes: &[u8]) -> Result<String, AgentError> {
+    fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     // Written whole to a temporary file, then linked to a free name: a key
     // file is complete or absent, whenever the power goes.
-    let tmp = dir.join("key.pem.tmp");
+    let tmp = dir.join(format!("{prefix}new{suffix}.tmp"));
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -105,10 +116,10 @@ pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
     drop(f);
     for n in 0u32.. {
-        let name = format!("key-{n}.pem");
+        let name = format!("{prefix}{n}{suffix}");
         let p = dir.join(&name);
         match fs::hard_link(&tmp, &p) {
             Ok(()) => {
@@ -124,6 +135,22 @@ pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
     Err(AgentError::State("no free key file name".into()))
 }
 
+/// The name of the newest `{prefix}{n}{suffix}` file in `dir`, if any.
+pub fn newest_numbered(dir: &Path, prefix: &str, suffix: &str) -> Option<String> {
+    let entries = fs::read_dir(dir).ok()?;
+    let mut newest: Option<(u32, String)> = None;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let n = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)).and_then(|n| n.parse::<u32>().ok());
+        if let Some(n) = n {
+            if newest.as_ref().is_none_or(|(m, _)| n > *m) {
+                newest = Some((n, name));
+            }
+        }
+    }
+    newest.map(|(_, name)| name)
+}
+
 /// The key of an enrollment that was started but not finished (no identity
 /// yet, a key file written): its name and key, if there is one. A retry with
 /// the same token and this key gets the certificate the first attempt was
@@ -132,18 +159,7 @@ pub fn pending_key(dir: &Path) -> Result<Option<(String, SoftKey)>, AgentError> 
     if identity_path(dir).exists() {
         return Ok(None);
     }
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(None) };
-    let mut newest: Option<(u32, String)> = None;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let n = name.strip_prefix("key-").and_then(|r| r.strip_suffix(".pem")).and_then(|n| n.parse::<u32>().ok());
-        if let Some(n) = n {
-            if newest.as_ref().is_none_or(|(m, _)| n > *m) {
-                newest = Some((n, name));
-            }
-        }
-    }
-    let Some((_, name)) = newest else { return Ok(None) };
+    let Some(name) = newest_numbered(dir, "key-", ".pem") else { return Ok(None) };
     let p = dir.join(&name);
     let text = fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?;
     let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text)
@@ -204,7 +220,9 @@ pub fn remove_unused_keys(dir: &Path, keep: &[&str]) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("key-") && name.ends_with(".pem") && !keep.contains(&name.as_str()) {
+        let ours = (name.starts_with("key-") && name.ends_with(".pem"))
+            || (name.starts_with(TPM_KEY_PREFIX) && name.ends_with(TPM_KEY_SUFFIX));
+        if ours && !keep.contains(&name.as_str()) {
             let _ = fs::remove_file(e.path());
         }
     }

@@ -31,8 +31,10 @@ pub enum AgentCmd {
         /// Key type: p256, p384 or ed25519.
         #[arg(long, default_value = "p256")]
         key_type: String,
-        /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL') instead of key files;
-        /// recorded in the identity, so renewals use it too.
+        /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL'), or in a TPM 2.0
+        /// ('tpm:TCTI', e.g. 'tpm:device:/dev/tpmrm0' or 'tpm:swtpm:host=127.0.0.1,port=2321';
+        /// 'tpm' alone: device:/dev/tpmrm0), instead of key files; recorded in the identity,
+        /// so renewals use it too.
         #[arg(long, value_name = "URI")]
         keystore: Option<String>,
         /// The token vendor's PKCS#11 module (with --keystore).
@@ -159,6 +161,16 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             pin_file,
         } => {
             let keystore = match keystore {
+                Some(ks) if ks == "tpm" || ks.starts_with("tpm:") => {
+                    if pkcs11_module.is_some() || pin_file.is_some() {
+                        anyhow::bail!("--pkcs11-module and --pin-file are for a PKCS#11 keystore, not a TPM");
+                    }
+                    let tcti = ks.strip_prefix("tpm:").unwrap_or(iotpki_tpm::DEFAULT_TCTI);
+                    if tcti.is_empty() {
+                        anyhow::bail!("--keystore tpm:TCTI needs a TCTI after 'tpm:' (e.g. tpm:device:/dev/tpmrm0)");
+                    }
+                    Some(iotpki_agent::keystore::KeystoreConfig::Tpm { tcti: tcti.to_string() })
+                }
                 Some(uri) => {
                     let parsed = iotpki_hsm::Pkcs11Uri::parse(&uri)?;
                     let label = parsed.token_label()?;
