@@ -218,9 +218,12 @@ impl Station {
     /// the device makes its key and request, the station enrolls it, the
     /// device checks and stores what the station writes in.
     pub async fn birth(&self, batch: &str, dir: &Path, serial: &str, key_type: KeyType) -> Result<String, AgentError> {
-        let csr = crate::flow::begin_birth(dir, serial, key_type)?;
+        // A simulated device keeps its keys in files.
+        let keystore = crate::keystore::Keystore::open(dir, None, None)?;
+        let csr = crate::flow::begin_birth(dir, serial, key_type, &keystore)?;
         let (cert, chain) = self.obtain(&csr, batch).await?;
-        crate::flow::finish_birth(dir, serial, &cert, &chain, &self.anchor, &self.server, Some(BIRTH_LABEL))?;
+        let (anchor, server) = (&self.anchor, &self.server);
+        crate::flow::finish_birth(dir, serial, &cert, &chain, anchor, server, Some(BIRTH_LABEL), &keystore)?;
         Ok(iotpki_core::profile::cert_info(&cert)?.serial)
     }
 }

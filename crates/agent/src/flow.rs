@@ -2,10 +2,9 @@
 //! (mutual TLS with the current certificate), status.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::name::{self, DeviceSerial, NameBuilder};
 use iotpki_core::{csr, pem, profile};
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -147,29 +146,27 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
 }
 
 /// On the factory line, step 1 on the device: make the key pair in the
-/// device's keystore (state directory `dir`) and return a PKCS#10 request
-/// carrying its serial. The private key never leaves `dir`.
-pub fn begin_birth(dir: &Path, serial: &str, key_type: KeyType) -> Result<Vec<u8>, AgentError> {
+/// device's keystore (state directory `dir`: key files, a token or a TPM)
+/// and return a PKCS#10 request carrying its serial, signed by that key. The
+/// private key never leaves the keystore.
+pub fn begin_birth(dir: &Path, serial: &str, key_type: KeyType, keystore: &Keystore) -> Result<Vec<u8>, AgentError> {
     if state::identity_path(dir).exists() {
         return Err(AgentError::State(format!("{} already holds an identity", dir.display())));
     }
     let serial = DeviceSerial::parse(serial).map_err(|e| AgentError::Usage(e.to_string()))?;
-    let key = match state::pending_key(dir)? {
+    let key = match keystore.pending()? {
         Some((_, key)) if key.key_type() == key_type => key,
-        _ => {
-            let key = SoftKey::generate(key_type)?;
-            state::write_new_key(dir, &key)?;
-            key
-        }
+        _ => keystore.new_key(key_type, serial.as_str())?.1,
     };
     let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
-    Ok(csr::build(&subject, &key, vec![])?)
+    Ok(csr::build(&subject, key.as_ref(), vec![])?)
 }
 
 /// On the factory line, step 2 on the device: take the birth certificate, its
 /// chain and the trust anchor the station writes in, check that the
-/// certificate is for this device's key and serial and chains to the anchor,
-/// and store the identity atomically.
+/// certificate is for the key [`begin_birth`] made in `keystore` and for this
+/// serial, and chains to the anchor, and store the identity atomically.
+#[allow(clippy::too_many_arguments)]
 pub fn finish_birth(
     dir: &Path,
     serial: &str,
@@ -178,10 +175,11 @@ pub fn finish_birth(
     anchor: &[u8],
     server: &str,
     label: Option<&str>,
+    keystore: &Keystore,
 ) -> Result<Identity, AgentError> {
     let (key_file, key) =
-        state::pending_key(dir)?.ok_or_else(|| AgentError::State(format!("no key pending in {}", dir.display())))?;
-    check_issued(cert, &key, chain, anchor)?;
+        keystore.pending()?.ok_or_else(|| AgentError::State(format!("no key pending in {}", dir.display())))?;
+    check_issued(cert, key.as_ref(), chain, anchor)?;
     let issued = profile::cert_info(cert)?;
     if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
         return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
@@ -203,9 +201,10 @@ pub fn finish_birth(
         updated_at: now(),
         renewals: 0,
         birth: Some(birth),
-        keystore: None,
+        keystore: keystore.config(),
     };
     state::store(dir, &id)?;
+    keystore.retire(&id.key_file, None);
     Ok(id)
 }
 
@@ -275,7 +274,8 @@ pub async fn renew(
         },
         Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
     };
-    let old_key_file = old.key_file.clone();
+    // The key replaced is forgotten, unless it is the birth key (kept for re-commissioning).
+    let old_key_file = Some(old.key_file.clone()).filter(|k| old.birth.as_ref().is_none_or(|b| b.key_file != *k));
     let id = Identity {
         key_file,
         cert_pem: pem::encode("CERTIFICATE", &new_cert),
@@ -287,7 +287,7 @@ pub async fn renew(
         ..old
     };
     state::store(state_dir, &id)?;
-    keystore.retire(&id.key_file, Some(&old_key_file));
+    keystore.retire(&id.key_file, old_key_file.as_deref());
     Ok(id)
 }
 
@@ -395,7 +395,9 @@ pub async fn commission(
                 .into(),
         )
     })?;
-    let birth_key: Arc<dyn Signer> = Arc::new(state::load_key_file(state_dir, &birth.key_file)?);
+    // The birth key is in the keystore the device was born with (key files, a token, a TPM).
+    let keystore = Keystore::open(state_dir, old.keystore.as_ref(), None)?;
+    let birth_key = keystore.load(&birth.key_file)?;
     let birth_cert = pem::decode_one("CERTIFICATE", &birth.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let birth_chain = pem::decode_all("CERTIFICATE", &birth.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let anchor = match anchor_pem {
@@ -435,16 +437,27 @@ pub async fn commission(
         Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
     )?;
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;
-    let new_key = SoftKey::generate(birth_key.key_type())?;
-    let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
-    let csr_der = csr::build(&subject, &new_key, vec![])?;
-    let cert = client.simple_enroll_mtls(&csr_der).await?;
-    check_issued(&cert, &new_key, &chain, &anchor)?;
-    let issued = profile::cert_info(&cert)?;
-    if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
-        return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
-    }
-    let key_file = state::write_new_key(state_dir, &new_key)?;
+    let (key_file, new_key) = keystore.new_key(birth_key.key_type(), serial.as_str())?;
+    let attempt = async {
+        let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
+        let csr_der = csr::build(&subject, new_key.as_ref(), vec![])?;
+        let cert = client.simple_enroll_mtls(&csr_der).await?;
+        check_issued(&cert, new_key.as_ref(), &chain, &anchor)?;
+        let issued = profile::cert_info(&cert)?;
+        if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
+            return Err(AgentError::Untrusted("the certificate does not carry this device's serial".into()));
+        }
+        Ok(cert)
+    };
+    let cert = match attempt.await {
+        Ok(c) => c,
+        Err(e) => {
+            keystore.discard(&key_file);
+            return Err(e);
+        }
+    };
+    // The operational key replaced (re-commissioning) is forgotten; the birth key is kept.
+    let old_key_file = Some(old.key_file.clone()).filter(|k| *k != birth.key_file);
     let id = Identity {
         device_serial: serial.to_string(),
         server,
@@ -456,8 +469,9 @@ pub async fn commission(
         updated_at: now(),
         renewals: 0,
         birth: Some(birth),
-        keystore: None,
+        keystore: keystore.config(),
     };
     state::store(state_dir, &id)?;
+    keystore.retire(&id.key_file, old_key_file.as_deref());
     Ok(id)
 }

@@ -266,9 +266,9 @@ fn load_tpm_key(dir: &Path, tpm: &Arc<Tpm>, name: &str) -> Result<iotpki_tpm::Tp
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(AgentError::Keystore(format!(
-                "the TPM key blob {} is missing: without it the TPM cannot use the device key, which is lost; \
-                 restore the file from a backup of this device, or enroll again (a new token) or commission with \
-                 the birth certificate",
+                "the TPM key blob {} is missing: the TPM cannot use that key without it. Restore the file from a \
+                 backup of this device; else the key is lost: commission again with the birth certificate \
+                 (agent commission) or enroll again with a new token",
                 p.display()
             )))
         }
@@ -276,8 +276,11 @@ fn load_tpm_key(dir: &Path, tpm: &Arc<Tpm>, name: &str) -> Result<iotpki_tpm::Tp
     };
     tpm.load_key(&blob).map_err(|e| {
         AgentError::Keystore(format!(
-            "{}: {e}; restore the file from a backup of this device, or enroll again (a new token)",
-            p.display()
+            "{}: {e}. Check that the TCTI ({}) reaches the TPM this device's keys were made in; if that TPM was \
+             cleared or replaced, the key is lost: commission again with the birth certificate or enroll again \
+             with a new token",
+            p.display(),
+            tpm.tcti()
         ))
     })
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use iotpki_core::keys::KeyType;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::keystore::Keystore;
 use crate::AgentError;
 
 /// Largest payload of one frame.
@@ -138,13 +139,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: u8, payload: &[
 }
 
 /// The device end: answer one station's session on `stream` with the
-/// device at `state_dir` (serial `serial`). Returns the installed
+/// device at `state_dir` (serial `serial`), its keys made in `keystore`. Returns the installed
 /// certificate's serial once INSTALL succeeded; errors are also sent back as
 /// `ERROR` frames so the station can log why.
 pub async fn serve_device<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     state_dir: &Path,
     serial: &str,
+    keystore: &Keystore,
 ) -> Result<Option<String>, AgentError> {
     loop {
         let frame = match tokio::time::timeout(STEP_TIMEOUT * 4, read_frame(stream)).await {
@@ -158,12 +160,14 @@ pub async fn serve_device<S: AsyncRead + AsyncWrite + Unpin>(
             kind::KEYGEN => std::str::from_utf8(&frame.payload)
                 .map_err(|_| AgentError::Usage("KEYGEN: key type must be UTF-8".into()))
                 .and_then(|s| KeyType::from_name(s).map_err(AgentError::from))
-                .and_then(|kt| crate::flow::begin_birth(state_dir, serial, kt))
+                .and_then(|kt| crate::flow::begin_birth(state_dir, serial, kt, keystore))
                 .map(|csr| (kind::CSR, csr)),
             kind::INSTALL => Install::decode(&frame.payload)
                 .and_then(|i| {
                     let label = (!i.label.is_empty()).then_some(i.label.as_str());
-                    crate::flow::finish_birth(state_dir, serial, &i.cert, &i.chain, &i.anchor, &i.server, label)?;
+                    crate::flow::finish_birth(
+                        state_dir, serial, &i.cert, &i.chain, &i.anchor, &i.server, label, keystore,
+                    )?;
                     Ok(iotpki_core::profile::cert_info(&i.cert)?.serial)
                 })
                 .map(|s| (kind::INSTALLED, s.into_bytes())),

@@ -31,18 +31,8 @@ pub enum AgentCmd {
         /// Key type: p256, p384 or ed25519.
         #[arg(long, default_value = "p256")]
         key_type: String,
-        /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL'), or in a TPM 2.0
-        /// ('tpm:TCTI', e.g. 'tpm:device:/dev/tpmrm0' or 'tpm:swtpm:host=127.0.0.1,port=2321';
-        /// 'tpm' alone: device:/dev/tpmrm0), instead of key files; recorded in the identity,
-        /// so renewals use it too.
-        #[arg(long, value_name = "URI")]
-        keystore: Option<String>,
-        /// The token vendor's PKCS#11 module (with --keystore).
-        #[arg(long, value_name = "PATH", requires = "keystore")]
-        pkcs11_module: Option<PathBuf>,
-        /// Read the token's user PIN from this file (else $IOTPKI_PIN); the path is recorded for renewals.
-        #[arg(long, value_name = "FILE", requires = "keystore")]
-        pin_file: Option<PathBuf>,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
     },
     /// Renew: a new key, re-enrolled over mutual TLS with the current certificate.
     Renew {
@@ -134,6 +124,8 @@ pub enum AgentCmd {
         /// The device's serial number.
         #[arg(long)]
         serial: String,
+        #[command(flatten)]
+        keystore: KeystoreArgs,
     },
     /// Show the identity: subject, issuer, validity, days left.
     Status {
@@ -146,55 +138,71 @@ pub enum AgentCmd {
     },
 }
 
+/// Where a new device keeps its keys (`agent enroll`, `agent line`).
+#[derive(clap::Args, Debug)]
+pub struct KeystoreArgs {
+    /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL'), or in a TPM 2.0
+    /// ('tpm', see --tcti), instead of key files; recorded in the identity, so renewals and
+    /// commissioning use it too.
+    #[arg(long, value_name = "URI|tpm")]
+    keystore: Option<String>,
+    /// The token vendor's PKCS#11 module (with --keystore pkcs11:...).
+    #[arg(long, value_name = "PATH", requires = "keystore")]
+    pkcs11_module: Option<PathBuf>,
+    /// Read the token's user PIN from this file (else $IOTPKI_PIN); the path is recorded for renewals.
+    #[arg(long, value_name = "FILE", requires = "keystore")]
+    pin_file: Option<PathBuf>,
+    /// How to reach the TPM (with --keystore tpm), as a TSS TCTI string: 'device:/dev/tpmrm0'
+    /// (the default, the kernel's resource manager), 'device:/dev/tpm0', 'swtpm:host=H,port=P',
+    /// 'tabrmd'; recorded for renewals.
+    #[arg(long, value_name = "TCTI", requires = "keystore")]
+    tcti: Option<String>,
+}
+
+impl KeystoreArgs {
+    /// What the identity will record (`None`: key files).
+    fn config(self) -> anyhow::Result<Option<iotpki_agent::keystore::KeystoreConfig>> {
+        use iotpki_agent::keystore::KeystoreConfig;
+        let KeystoreArgs { keystore, pkcs11_module, pin_file, tcti } = self;
+        let Some(ks) = keystore else { return Ok(None) };
+        if ks == "tpm" {
+            if pkcs11_module.is_some() || pin_file.is_some() {
+                anyhow::bail!("--pkcs11-module and --pin-file are for a PKCS#11 keystore, not --keystore tpm");
+            }
+            let tcti = tcti.unwrap_or_else(|| iotpki_tpm::DEFAULT_TCTI.to_string());
+            if tcti.trim().is_empty() {
+                anyhow::bail!("--tcti is empty: give e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321");
+            }
+            return Ok(Some(KeystoreConfig::Tpm { tcti }));
+        }
+        if tcti.is_some() {
+            anyhow::bail!("--tcti is for --keystore tpm, not a PKCS#11 token");
+        }
+        if !ks.starts_with("pkcs11:") {
+            anyhow::bail!("--keystore {ks:?}: give a PKCS#11 token (pkcs11:token=LABEL) or 'tpm'");
+        }
+        let parsed = iotpki_hsm::Pkcs11Uri::parse(&ks)?;
+        let label = parsed.token_label()?;
+        if parsed.object.is_some() || parsed.id.is_some() {
+            anyhow::bail!("--keystore names the token only (pkcs11:token=LABEL): the agent makes and names its keys");
+        }
+        let module = match (pkcs11_module, &parsed.module_path) {
+            (Some(m), _) => m,
+            (None, Some(m)) => PathBuf::from(m),
+            (None, None) => anyhow::bail!("--keystore needs --pkcs11-module PATH (the token vendor's PKCS#11 library)"),
+        };
+        let token = iotpki_hsm::Pkcs11Uri { token: Some(label.to_string()), ..Default::default() }.to_string();
+        // Recorded as absolute paths: renewals may run from another directory.
+        let module = std::path::absolute(&module)?;
+        let pin_file = pin_file.map(|p| std::path::absolute(&p)).transpose()?;
+        Ok(Some(KeystoreConfig::Pkcs11 { module, token, pin_file }))
+    }
+}
+
 pub fn run(c: AgentCmd) -> anyhow::Result<()> {
     match c {
-        AgentCmd::Enroll {
-            state,
-            server,
-            serial,
-            token,
-            ca_cert,
-            label,
-            key_type,
-            keystore,
-            pkcs11_module,
-            pin_file,
-        } => {
-            let keystore = match keystore {
-                Some(ks) if ks == "tpm" || ks.starts_with("tpm:") => {
-                    if pkcs11_module.is_some() || pin_file.is_some() {
-                        anyhow::bail!("--pkcs11-module and --pin-file are for a PKCS#11 keystore, not a TPM");
-                    }
-                    let tcti = ks.strip_prefix("tpm:").unwrap_or(iotpki_tpm::DEFAULT_TCTI);
-                    if tcti.is_empty() {
-                        anyhow::bail!("--keystore tpm:TCTI needs a TCTI after 'tpm:' (e.g. tpm:device:/dev/tpmrm0)");
-                    }
-                    Some(iotpki_agent::keystore::KeystoreConfig::Tpm { tcti: tcti.to_string() })
-                }
-                Some(uri) => {
-                    let parsed = iotpki_hsm::Pkcs11Uri::parse(&uri)?;
-                    let label = parsed.token_label()?;
-                    if parsed.object.is_some() || parsed.id.is_some() {
-                        anyhow::bail!(
-                            "--keystore names the token only (pkcs11:token=LABEL): the agent makes and names its keys"
-                        );
-                    }
-                    let module = match (pkcs11_module, &parsed.module_path) {
-                        (Some(m), _) => m,
-                        (None, Some(m)) => PathBuf::from(m),
-                        (None, None) => {
-                            anyhow::bail!("--keystore needs --pkcs11-module PATH (the token vendor's PKCS#11 library)")
-                        }
-                    };
-                    let token =
-                        iotpki_hsm::Pkcs11Uri { token: Some(label.to_string()), ..Default::default() }.to_string();
-                    // Recorded as absolute paths: renewals may run from another directory.
-                    let module = std::path::absolute(&module)?;
-                    let pin_file = pin_file.map(|p| std::path::absolute(&p)).transpose()?;
-                    Some(iotpki_agent::keystore::KeystoreConfig::Pkcs11 { module, token, pin_file })
-                }
-                None => None,
-            };
+        AgentCmd::Enroll { state, server, serial, token, ca_cert, label, key_type, keystore } => {
+            let keystore = keystore.config()?;
             let opts = iotpki_agent::EnrollOptions {
                 state_dir: state.clone(),
                 server,
@@ -304,13 +312,15 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             println!("{} done: {n} renewal(s) or commissioning(s)", stamp());
             Ok(())
         }
-        AgentCmd::Line { listen, state, serial } => crate::runtime()?.block_on(async move {
+        AgentCmd::Line { listen, state, serial, keystore } => crate::runtime()?.block_on(async move {
+            // The keystore is opened (the token logged in, the TPM reached) before the station is let in.
+            let keystore = iotpki_agent::keystore::Keystore::open(&state, keystore.config()?.as_ref(), None)?;
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             println!("line listening on {}", listener.local_addr()?);
             // One station session at a time, until one installs a birth certificate.
             loop {
                 let (mut tcp, peer) = listener.accept().await?;
-                match iotpki_agent::line::serve_device(&mut tcp, &state, &serial).await {
+                match iotpki_agent::line::serve_device(&mut tcp, &state, &serial, &keystore).await {
                     Ok(Some(cert)) => {
                         println!("born: {serial} holds birth certificate {cert}");
                         return Ok(());

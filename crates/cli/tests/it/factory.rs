@@ -229,7 +229,8 @@ async fn line_device(dir: PathBuf, serial: &str) -> (String, tokio::task::JoinHa
     let serial = serial.to_string();
     let h = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
-        iotpki_agent::line::serve_device(&mut tcp, &dir, &serial).await.unwrap()
+        let keystore = iotpki_agent::keystore::Keystore::open(&dir, None, None).unwrap();
+        iotpki_agent::line::serve_device(&mut tcp, &dir, &serial, &keystore).await.unwrap()
     });
     (addr, h)
 }

@@ -23,4 +23,5 @@ mod refusals;
 mod relay;
 mod revocation;
 mod rotation;
+mod tpm;
 mod util;
