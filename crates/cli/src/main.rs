@@ -153,7 +153,16 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) { "info" } else { "warn" });
+    // The TPM Software Stack logs its own failures to stderr; ours say what to do.
+    // TSS2_LOG (e.g. all+debug) and RUST_LOG=tss_esapi=debug bring its words back.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+none");
+    }
+    init_tracing(if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) {
+        "info,tss_esapi=off"
+    } else {
+        "warn,tss_esapi=off"
+    });
     let result = match cli.cmd {
         Cmd::Init(a) => admin::init(a),
         Cmd::Serve(a) => admin::serve(a),

@@ -211,6 +211,11 @@ impl Tpm {
     pub fn open(tcti: &str) -> Result<Arc<Self>, TpmError> {
         let conf = TctiNameConf::from_str(tcti)
             .map_err(|e| TpmError::BadTcti { tcti: tcti.to_string(), detail: e.to_string() })?;
+        // The TSS says little more than "response code not recognized" when
+        // nothing is there: look first, to say what is missing.
+        if let Some(detail) = absent(tcti) {
+            return Err(TpmError::Unreachable { tcti: tcti.to_string(), detail });
+        }
         let mut ctx =
             Context::new(conf).map_err(|e| TpmError::Unreachable { tcti: tcti.to_string(), detail: e.to_string() })?;
         // A first command proves that a TPM answers (some TCTIs connect lazily).
@@ -279,6 +284,53 @@ impl Tpm {
             })
         })?;
         Ok(TpmKey { tpm: self.clone(), handle, spki, blob: blob.to_vec() })
+    }
+}
+
+/// Why nothing can be at `tcti`, when that can be seen without the TSS: a
+/// device file missing or not openable, nothing listening at a simulator's
+/// address. `None`: go ahead (or a TCTI we do not look into, such as tabrmd).
+fn absent(tcti: &str) -> Option<String> {
+    let (name, conf) = tcti.split_once(':').unwrap_or((tcti, ""));
+    match name {
+        "device" => {
+            let path = if conf.is_empty() { "/dev/tpm0" } else { conf };
+            match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(format!("{path} does not exist: this machine has no TPM, or its driver is not loaded"))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+                    "cannot open {path}: permission denied (run as a member of the group that owns it, usually tss)"
+                )),
+                // Busy (/dev/tpm0 has one user at a time) and the like: let the TSS say.
+                Err(_) => None,
+            }
+        }
+        "swtpm" | "mssim" => {
+            let (mut host, mut port) = ("localhost".to_string(), 2321u16);
+            for kv in conf.split(',').filter(|kv| !kv.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("host", h)) => host = h.to_string(),
+                    Some(("port", p)) => port = p.parse().ok()?,
+                    _ => return None,
+                }
+            }
+            let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port));
+            let addrs: Vec<_> = match addrs {
+                Ok(a) => a.collect(),
+                Err(e) => return Some(format!("cannot resolve {host}: {e}")),
+            };
+            let mut last = None;
+            for a in &addrs {
+                match std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(10)) {
+                    Ok(_) => return None,
+                    Err(e) => last = Some(e),
+                }
+            }
+            last.map(|e| format!("nothing answers at {host}:{port} ({e})"))
+        }
+        _ => None,
     }
 }
 

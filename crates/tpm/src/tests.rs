@@ -92,6 +92,9 @@ fn nothing_listening_says_the_tpm_is_not_reachable() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let e = Tpm::open(&format!("swtpm:host=127.0.0.1,port={port}")).unwrap_err().to_string();
     assert!(e.contains("not reachable") && e.contains("swtpm"), "{e}");
+    assert!(e.contains(&format!("nothing answers at 127.0.0.1:{port}")), "{e}");
+    let e = Tpm::open("device:/nonexistent/tpmrm0").unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/tpmrm0 does not exist: this machine has no TPM"), "{e}");
     let e = Tpm::open("nonsense:foo").unwrap_err().to_string();
     assert!(e.contains("not usable") || e.contains("not reachable"), "{e}");
 }
