@@ -24,6 +24,7 @@ pub mod profile;
 pub mod record;
 pub mod serial;
 pub mod time;
+pub mod tpm;
 pub mod voucher;
 
 pub use error::Error;

@@ -270,6 +270,46 @@ impl Tpm {
         self.load_key(&blob)
     }
 
+    /// The endorsement key's public key, as a DER subjectPublicKeyInfo: the
+    /// EK the TPM derives from its endorsement seed with the TCG default ECC
+    /// P-256 template (EK Credential Profile, template L-2), the one a
+    /// manufacturer registers for the device (`batch add-ek`).
+    pub fn ek_public(&self) -> Result<Vec<u8>, TpmError> {
+        let mut ctx = self.lock();
+        Self::with_ek(&mut ctx, |ctx, ek| {
+            let (public, _, _) = ctx.read_public(ek).map_err(cmd("reading the endorsement key"))?;
+            spki_of(&public)
+        })
+    }
+
+    /// Run `f` with the endorsement key loaded, flushing it afterwards.
+    fn with_ek<T>(
+        ctx: &mut Context,
+        f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let template = tss_esapi::abstraction::ek::create_ek_public_from_default_template(
+            tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Ecc,
+            None,
+        )
+        .map_err(cmd("building the endorsement key template"))?;
+        let ek = ctx
+            .execute_with_nullauth_session(|c| {
+                c.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+            })
+            .map_err(|e| TpmError::Command {
+                what: "creating the endorsement key (the endorsement hierarchy's authorisation must be empty)",
+                detail: e.to_string(),
+            })?
+            .key_handle;
+        let r = f(ctx, ek);
+        if let Err(e) = ctx.flush_context(ek.into()) {
+            if r.is_ok() {
+                return Err(cmd("flushing the endorsement key")(e));
+            }
+        }
+        r
+    }
+
     /// Load a key from its blob ([`TpmKey::blob`]).
     pub fn load_key(self: &Arc<Self>, blob: &[u8]) -> Result<TpmKey, TpmError> {
         let (public, private) = decode_blob(blob)?;
@@ -432,6 +472,64 @@ impl TpmKey {
     /// TPM can load it.
     pub fn blob(&self) -> &[u8] {
         &self.blob
+    }
+
+    /// The key's public area, a marshalled TPMT_PUBLIC (what its Name is the hash of).
+    pub fn public_area(&self) -> Result<Vec<u8>, TpmError> {
+        let (public, _) = decode_blob(&self.blob)?;
+        public.marshall().map_err(cmd("marshalling the public area"))
+    }
+
+    /// TPM2_ActivateCredential: recover the secret of a credential made for
+    /// this key's Name and this TPM's endorsement key
+    /// (`iotpki_core::tpm::make_credential`). Only this TPM, with this key
+    /// loaded, can: that proves to whoever made the credential that the key
+    /// is in the TPM whose EK they know.
+    pub fn activate_credential(&self, credential_blob: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+        use tss_esapi::constants::SessionType;
+        use tss_esapi::handles::SessionHandle;
+        use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+        use tss_esapi::structures::{EncryptedSecret, IdObject, SymmetricDefinition};
+        let blob = IdObject::try_from(credential_blob.to_vec())
+            .map_err(|e| TpmError::Unexpected(format!("credential blob: {e}")))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec())
+            .map_err(|e| TpmError::Unexpected(format!("encrypted secret: {e}")))?;
+        let mut ctx = self.tpm.lock();
+        Tpm::with_ek(&mut ctx, |ctx, ek| {
+            // The EK is used through its policy: PolicySecret(TPM_RH_ENDORSEMENT).
+            let session = ctx
+                .start_auth_session(
+                    None,
+                    None,
+                    None,
+                    SessionType::Policy,
+                    SymmetricDefinition::AES_128_CFB,
+                    HashingAlgorithm::Sha256,
+                )
+                .map_err(cmd("starting a policy session"))?
+                .ok_or_else(|| TpmError::Unexpected("no policy session".into()))?;
+            ctx.execute_with_temporary_object(SessionHandle::from(session).into(), |ctx, _| {
+                let policy = PolicySession::try_from(session)?;
+                ctx.execute_with_nullauth_session(|c| {
+                    c.policy_secret(
+                        policy,
+                        tss_esapi::handles::AuthHandle::Endorsement,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        None,
+                    )
+                })?;
+                ctx.execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
+                    c.activate_credential(self.handle, ek, blob, secret)
+                })
+            })
+            .map(|d| d.value().to_vec())
+            .map_err(|e| TpmError::Command {
+                what: "activating the credential (it was not made for this key and this TPM's endorsement key)",
+                detail: e.to_string(),
+            })
+        })
     }
 
     /// The key's object attributes as the TPM reports them (TPM2_ReadPublic).

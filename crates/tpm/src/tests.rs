@@ -98,3 +98,28 @@ fn nothing_listening_says_the_tpm_is_not_reachable() {
     let e = Tpm::open("nonsense:foo").unwrap_err().to_string();
     assert!(e.contains("not usable") || e.contains("not reachable"), "{e}");
 }
+
+#[test]
+fn a_credential_made_in_software_for_the_key_and_the_ek_is_activated_only_there() {
+    let (_d, _sw, tpm) = sim();
+    let ek = tpm.ek_public().unwrap();
+    assert_eq!(ek, tpm.ek_public().unwrap(), "the EK is derived again, the same");
+    let key = tpm.create_key().unwrap();
+    let public = iotpki_core::tpm::parse_ecc_public(&key.public_area().unwrap()).unwrap();
+    public.check_device_key().unwrap();
+    assert_eq!(public.spki_der().unwrap(), key.public_key_der());
+
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let c = iotpki_core::tpm::make_credential(&ek, &public.name, secret).unwrap();
+    assert_eq!(key.activate_credential(&c.credential_blob, &c.encrypted_secret).unwrap(), secret);
+
+    // For another key of this TPM, or for this key and another TPM's EK: refused.
+    let other = tpm.create_key().unwrap();
+    let e = other.activate_credential(&c.credential_blob, &c.encrypted_secret).unwrap_err().to_string();
+    assert!(e.contains("not made for this key"), "{e}");
+    let (_d2, _sw2, tpm2) = sim();
+    let c2 = iotpki_core::tpm::make_credential(&tpm2.ek_public().unwrap(), &public.name, secret).unwrap();
+    assert!(key.activate_credential(&c2.credential_blob, &c2.encrypted_secret).is_err());
+    // Still usable afterwards: nothing left loaded.
+    key.sign(b"x").unwrap();
+}
