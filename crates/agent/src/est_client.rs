@@ -129,17 +129,67 @@ impl EstClient {
         one_cert(certs_of(a)?)
     }
 
+    /// [`Self::simple_enroll_batch`] with the answer to a TPM attestation
+    /// challenge: its id and the secret the device's TPM recovered.
+    pub async fn simple_enroll_batch_attested(
+        &self,
+        csr_der: &[u8],
+        batch: &str,
+        activation: Option<(&str, &[u8])>,
+    ) -> Result<Vec<u8>, AgentError> {
+        check_batch_id(batch)?;
+        let headers = match activation {
+            Some((id, secret)) => vec![(
+                TPM_ACTIVATION_HEADER,
+                format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode(secret)),
+            )],
+            None => vec![],
+        };
+        let a = self.call_with("POST", &format!("simpleenroll?batch={batch}"), Some(csr_der), headers).await?;
+        one_cert(certs_of(a)?)
+    }
+
+    /// `POST /factory/tpm-challenge`: a TPM attestation challenge for the
+    /// device key whose TPMT_PUBLIC is `public_area` (`None`: the batch does
+    /// not require attestation). Answers the id, the credential blob and the
+    /// encrypted secret for TPM2_ActivateCredential.
+    pub async fn tpm_challenge(
+        &self,
+        batch: &str,
+        serial: &str,
+        public_area: &[u8],
+    ) -> Result<Option<(String, Vec<u8>, Vec<u8>)>, AgentError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({ "batch": batch, "serial": serial, "public": b64.encode(public_area) });
+        let a = self
+            .exchange("POST", "/factory/tpm-challenge", Some("application/json"), Bytes::from(body.to_string()), vec![])
+            .await?;
+        if a.status == 204 {
+            return Ok(None);
+        }
+        let a = refuse_unless_ok(a)?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&a.body).map_err(|e| AgentError::BadAnswer(format!("TPM challenge: {e}")))?;
+        let field = |k: &str| -> Result<Vec<u8>, AgentError> {
+            v[k].as_str()
+                .and_then(|s| b64.decode(s).ok())
+                .ok_or_else(|| AgentError::BadAnswer(format!("TPM challenge: no base64 {k}")))
+        };
+        let id = v["id"].as_str().ok_or_else(|| AgentError::BadAnswer("TPM challenge: no id".into()))?.to_string();
+        Ok(Some((id, field("credential_blob")?, field("encrypted_secret")?)))
+    }
+
     /// `GET /factory/batches/ID?unborn=N`: a station's view of its batch (JSON).
     pub async fn factory_batch(&self, batch: &str, unborn: u32) -> Result<serde_json::Value, AgentError> {
         let path = format!("/factory/batches/{batch}?unborn={unborn}");
-        let a = self.exchange("GET", &path, None, Bytes::new(), None).await?;
+        let a = self.exchange("GET", &path, None, Bytes::new(), vec![]).await?;
         let a = refuse_unless_ok(a)?;
         serde_json::from_slice(&a.body).map_err(|e| AgentError::BadAnswer(format!("batch view: {e}")))
     }
 
     /// `GET /factory/sync?batch=ID`: where this station's record was synced up to.
     pub async fn factory_sync_state(&self, batch: &str) -> Result<serde_json::Value, AgentError> {
-        let a = self.exchange("GET", &format!("/factory/sync?batch={batch}"), None, Bytes::new(), None).await?;
+        let a = self.exchange("GET", &format!("/factory/sync?batch={batch}"), None, Bytes::new(), vec![]).await?;
         serde_json::from_slice(&refuse_unless_ok(a)?.body)
             .map_err(|e| AgentError::BadAnswer(format!("sync state: {e}")))
     }
@@ -147,7 +197,7 @@ impl EstClient {
     /// `POST /factory/sync?batch=ID`: upload production record lines.
     pub async fn factory_sync(&self, batch: &str, lines: String) -> Result<serde_json::Value, AgentError> {
         let path = format!("/factory/sync?batch={batch}");
-        let a = self.exchange("POST", &path, Some("application/x-ndjson"), Bytes::from(lines), None).await?;
+        let a = self.exchange("POST", &path, Some("application/x-ndjson"), Bytes::from(lines), vec![]).await?;
         serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("sync: {e}")))
     }
 
@@ -177,7 +227,7 @@ impl EstClient {
         auth: Option<String>,
     ) -> Result<(u16, String), AgentError> {
         let path = format!("{}/{op}", self.prefix);
-        let a = self.exchange(method, &path, content_type, Bytes::from(body), auth).await?;
+        let a = self.exchange(method, &path, content_type, Bytes::from(body), auth_header(auth)).await?;
         Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
     }
 
@@ -188,12 +238,22 @@ impl EstClient {
         csr: Option<&[u8]>,
         auth: Option<String>,
     ) -> Result<Answer, AgentError> {
+        self.call_with(method, op, csr, auth_header(auth)).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        op: &str,
+        csr: Option<&[u8]>,
+        headers: Headers,
+    ) -> Result<Answer, AgentError> {
         let (ct, body) = match csr {
             Some(der) => (Some(est::CT_PKCS10), Bytes::from(est::encode_body(der))),
             None => (None, Bytes::new()),
         };
         let path = format!("{}/{op}", self.prefix);
-        refuse_unless_ok(self.exchange(method, &path, ct, body, auth).await?)
+        refuse_unless_ok(self.exchange(method, &path, ct, body, headers).await?)
     }
 
     async fn exchange(
@@ -202,12 +262,12 @@ impl EstClient {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
-        auth: Option<String>,
+        headers: Headers,
     ) -> Result<Answer, AgentError> {
         let what = format!("{}:{}", self.host, self.port);
         let fut = async {
             let mut sender = self.open().await?;
-            self.send_on(&mut sender, method, path, content_type, body, auth).await
+            self.send_on(&mut sender, method, path, content_type, body, headers).await
         };
         tokio::time::timeout(CALL_TIMEOUT, fut)
             .await
@@ -239,12 +299,12 @@ impl EstClient {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
-        auth: Option<String>,
+        headers: Headers,
     ) -> Result<Answer, AgentError> {
         let what = format!("{}:{}", self.host, self.port);
         let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, what.clone());
-        if let Some(a) = auth {
-            req = req.header(hyper::header::AUTHORIZATION, a);
+        for (k, v) in headers {
+            req = req.header(k, v);
         }
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
@@ -270,13 +330,13 @@ impl EstClient {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), AgentError> {
-        let a = self.exchange(method, path, content_type, Bytes::from(body), None).await?;
+        let a = self.exchange(method, path, content_type, Bytes::from(body), vec![]).await?;
         Ok((a.status, a.body))
     }
 
     /// `GET path` (any path on the server): status and body, uninterpreted.
     pub async fn get(&self, path: &str) -> Result<(u16, Bytes), AgentError> {
-        let a = self.exchange("GET", path, None, Bytes::new(), None).await?;
+        let a = self.exchange("GET", path, None, Bytes::new(), vec![]).await?;
         Ok((a.status, a.body))
     }
 
@@ -305,7 +365,10 @@ impl KeptConnection {
                     self.sender = Some(self.client.open().await?);
                 }
                 let Some(sender) = self.sender.as_mut() else { continue };
-                match self.client.send_on(sender, "POST", &path, Some(est::CT_PKCS10), body.clone(), auth.clone()).await
+                match self
+                    .client
+                    .send_on(sender, "POST", &path, Some(est::CT_PKCS10), body.clone(), auth_header(auth.clone()))
+                    .await
                 {
                     Ok(a) => return refuse_unless_ok(a),
                     Err(e) => {
@@ -339,6 +402,16 @@ impl KeptConnection {
     pub async fn simple_reenroll(&mut self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         one_cert(certs_of(self.call("simplereenroll", csr_der, None).await?)?)
     }
+}
+
+/// Extra request headers.
+type Headers = Vec<(&'static str, String)>;
+
+/// The header that carries a TPM challenge's answer (the server's `TPM_ACTIVATION_HEADER`).
+const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
+
+fn auth_header(auth: Option<String>) -> Headers {
+    auth.map(|a| vec![("authorization", a)]).unwrap_or_default()
 }
 
 fn check_batch_id(batch: &str) -> Result<(), AgentError> {

@@ -119,10 +119,54 @@ impl Station {
 
     /// A birth certificate for `csr`, and the chain the device should hold:
     /// from the authority over EST, or from the delegated CA when offline.
-    async fn obtain(&self, csr: &[u8], batch: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
+    async fn obtain(
+        &self,
+        csr: &[u8],
+        batch: &str,
+        activation: Option<(&str, &[u8])>,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
         match &self.offline {
             Some(off) => off.issue(csr, batch),
-            None => Ok((self.client.simple_enroll_batch(csr, batch).await?, self.chain.clone())),
+            None => Ok((self.client.simple_enroll_batch_attested(csr, batch, activation).await?, self.chain.clone())),
+        }
+    }
+
+    /// TPM attestation on the line, after KEYGEN: the device shows its new
+    /// key's TPM public area, the authority answers with a challenge (if the
+    /// batch requires attestation), the device's TPM recovers its secret.
+    /// `None`: no attestation (a device without a TPM, a batch that does not
+    /// ask for it, an offline station); the authority decides whether that will do.
+    async fn attest_on_line(
+        &self,
+        tcp: &mut tokio::net::TcpStream,
+        batch: &str,
+        serial: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, AgentError> {
+        use crate::line::{ask, kind};
+        if self.offline.is_some() {
+            return Ok(None);
+        }
+        let public = match ask(tcp, kind::ATTEST, &[], kind::KEYPUB).await {
+            Ok(p) => p,
+            // The device has no TPM key to show (or predates attestation): it said so.
+            Err(AgentError::Refused { status: 0, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some((id, blob, secret)) = self.client.tpm_challenge(batch, serial, &public).await? else {
+            return Ok(None);
+        };
+        let payload = crate::line::encode_fields(&[&blob, &secret]);
+        match ask(tcp, kind::ACTIVATE, &payload, kind::ACTIVATED).await {
+            Ok(recovered) => Ok(Some((id, recovered))),
+            // The device's TPM cannot open the challenge: not the TPM registered for it.
+            Err(AgentError::Refused { status: 0, reason }) => Err(AgentError::Refused {
+                status: 403,
+                reason: format!(
+                    "TPM attestation failed: the device's TPM is not the one whose EK is registered for {serial} \
+                     ({reason})"
+                ),
+            }),
+            Err(e) => Err(e),
         }
     }
 
@@ -193,7 +237,9 @@ impl Station {
                     reason: format!("the device announced serial {serial} but its request names {}", in_csr.join(", ")),
                 });
             }
-            let (cert, chain) = self.obtain(&csr, batch).await?;
+            let activation = self.attest_on_line(&mut tcp, batch, &serial).await?;
+            let activation = activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice()));
+            let (cert, chain) = self.obtain(&csr, batch, activation).await?;
             let cert_serial = iotpki_core::profile::cert_info(&cert)?.serial;
             let install = crate::line::Install {
                 cert,
@@ -221,7 +267,7 @@ impl Station {
         // A simulated device keeps its keys in files.
         let keystore = crate::keystore::Keystore::open(dir, None, None)?;
         let csr = crate::flow::begin_birth(dir, serial, key_type, &keystore)?;
-        let (cert, chain) = self.obtain(&csr, batch).await?;
+        let (cert, chain) = self.obtain(&csr, batch, None).await?;
         let (anchor, server) = (&self.anchor, &self.server);
         crate::flow::finish_birth(dir, serial, &cert, &chain, anchor, server, Some(BIRTH_LABEL), &keystore)?;
         Ok(iotpki_core::profile::cert_info(&cert)?.serial)

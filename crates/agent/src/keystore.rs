@@ -217,6 +217,27 @@ impl Keystore {
         }
     }
 
+    /// For TPM attestation: the public area (TPMT_PUBLIC) of the TPM key
+    /// `name`. Refused, saying so, for keys that are not in a TPM.
+    pub fn tpm_public_area(&self, name: &str) -> Result<Vec<u8>, AgentError> {
+        let Self::Tpm { dir, tpm } = self else { return Err(not_tpm()) };
+        load_tpm_key(dir, tpm, name)?.public_area().map_err(|e| AgentError::Keystore(e.to_string()))
+    }
+
+    /// For TPM attestation: TPM2_ActivateCredential with the TPM key `name`
+    /// and the TPM's endorsement key; the recovered secret.
+    pub fn tpm_activate(
+        &self,
+        name: &str,
+        credential_blob: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, AgentError> {
+        let Self::Tpm { dir, tpm } = self else { return Err(not_tpm()) };
+        load_tpm_key(dir, tpm, name)?
+            .activate_credential(credential_blob, encrypted_secret)
+            .map_err(|e| AgentError::Keystore(e.to_string()))
+    }
+
     /// Delete a key no identity names (a renewal that failed). Best effort.
     pub fn discard(&self, name: &str) {
         match self {
@@ -239,6 +260,12 @@ impl Keystore {
             }
         }
     }
+}
+
+fn not_tpm() -> AgentError {
+    AgentError::Keystore(
+        "this device's keys are not in a TPM (a key file or a PKCS#11 token): it cannot attest them".into(),
+    )
 }
 
 fn write_note(dir: &Path, name: &str) -> Result<(), AgentError> {

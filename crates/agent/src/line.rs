@@ -8,12 +8,20 @@
 //! |-----------------------------------|---------------------------------|
 //! | `HELLO` (empty)                   | `SERIAL` (its serial, UTF-8)    |
 //! | `KEYGEN` (key type name)          | `CSR` (PKCS#10 DER)             |
+//! | `ATTEST` (empty)                  | `KEYPUB` (the key's TPMT_PUBLIC) |
+//! | `ACTIVATE` (fields, see below)    | `ACTIVATED` (the secret)        |
 //! | `INSTALL` (fields, see below)     | `INSTALLED` (cert serial, hex)  |
 //! | anything the device cannot do     | `ERROR` (one line, UTF-8)       |
 //!
 //! `INSTALL` carries length-prefixed fields (4-octet big-endian length each):
 //! certificate, trust anchor, server URL, label, then the chain certificates.
 //! A birth costs three line round trips; the station adds one EST call.
+//!
+//! `ATTEST` and `ACTIVATE` are TPM attestation (see `iotpki_authority::attest`):
+//! a device whose new key is in a TPM answers `ATTEST` with the key's public
+//! area, then `ACTIVATE` (credential blob, encrypted secret: two fields as
+//! INSTALL's) with the secret its TPM recovers; a device without a TPM
+//! answers `ERROR`, and the station goes on without attestation.
 
 use std::path::Path;
 use std::time::Duration;
@@ -38,12 +46,20 @@ pub mod kind {
     pub const KEYGEN: u8 = 0x02;
     /// Station: here are your certificate, chain and trust anchor.
     pub const INSTALL: u8 = 0x03;
+    /// Station: show me your new key's TPM public area.
+    pub const ATTEST: u8 = 0x04;
+    /// Station: activate this credential with your TPM.
+    pub const ACTIVATE: u8 = 0x05;
     /// Device: my serial.
     pub const SERIAL: u8 = 0x81;
     /// Device: my PKCS#10 request.
     pub const CSR: u8 = 0x82;
     /// Device: installed; the certificate's serial.
     pub const INSTALLED: u8 = 0x83;
+    /// Device: my new key's TPMT_PUBLIC.
+    pub const KEYPUB: u8 = 0x84;
+    /// Device: the credential's secret.
+    pub const ACTIVATED: u8 = 0x85;
     /// Device: I cannot; why.
     pub const ERROR: u8 = 0xff;
 }
@@ -112,6 +128,35 @@ impl Install {
     }
 }
 
+/// Length-prefixed fields (4-octet big-endian length each), as INSTALL and ACTIVATE carry them.
+pub fn encode_fields(fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in fields {
+        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// See [`encode_fields`].
+pub fn decode_fields(mut b: &[u8], what: &str) -> Result<Vec<Vec<u8>>, AgentError> {
+    let bad = |m: &str| AgentError::BadAnswer(format!("{what}: {m}"));
+    let mut fields = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 4 {
+            return Err(bad("truncated field length"));
+        }
+        let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        b = &b[4..];
+        if n > b.len() {
+            return Err(bad("field longer than the frame"));
+        }
+        fields.push(b[..n].to_vec());
+        b = &b[n..];
+    }
+    Ok(fields)
+}
+
 /// Read one frame (refusing one over [`MAX_FRAME`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, AgentError> {
     let mut head = [0u8; 5];
@@ -162,6 +207,21 @@ pub async fn serve_device<S: AsyncRead + AsyncWrite + Unpin>(
                 .and_then(|s| KeyType::from_name(s).map_err(AgentError::from))
                 .and_then(|kt| crate::flow::begin_birth(state_dir, serial, kt, keystore))
                 .map(|csr| (kind::CSR, csr)),
+            kind::ATTEST => pending_name(keystore)
+                .and_then(|name| keystore.tpm_public_area(&name))
+                .map(|public| (kind::KEYPUB, public)),
+            kind::ACTIVATE => decode_fields(&frame.payload, "ACTIVATE")
+                .and_then(|f| match <[Vec<u8>; 2]>::try_from(f) {
+                    Ok([blob, secret]) => Ok((blob, secret)),
+                    Err(_) => Err(AgentError::BadAnswer("ACTIVATE: needs a credential blob and a secret".into())),
+                })
+                .and_then(|(blob, secret)| {
+                    let (name, _) = keystore
+                        .pending()?
+                        .ok_or_else(|| AgentError::State("no key made yet (KEYGEN first)".into()))?;
+                    keystore.tpm_activate(&name, &blob, &secret)
+                })
+                .map(|secret| (kind::ACTIVATED, secret)),
             kind::INSTALL => Install::decode(&frame.payload)
                 .and_then(|i| {
                     let label = (!i.label.is_empty()).then_some(i.label.as_str());
@@ -182,6 +242,18 @@ pub async fn serve_device<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => write_frame(stream, kind::ERROR, e.to_string().as_bytes()).await?,
         }
+    }
+}
+
+/// The name of the key KEYGEN made (the key itself unloaded again: a TPM
+/// without a resource manager has few object slots).
+fn pending_name(keystore: &Keystore) -> Result<String, AgentError> {
+    match keystore.pending()? {
+        Some((name, key)) => {
+            drop(key);
+            Ok(name)
+        }
+        None => Err(AgentError::State("no key made yet (KEYGEN first)".into())),
     }
 }
 

@@ -247,6 +247,7 @@ impl Authority {
             vec![Precondition::Owned { device_serial: birth.device.to_string() }],
             format!("device:{}", birth.device),
             "commission",
+            None,
         )
     }
 }

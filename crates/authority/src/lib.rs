@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod attest;
 pub mod clock;
 pub mod commission;
 pub mod config;
@@ -173,6 +174,8 @@ pub struct Authority {
     crls: std::sync::Mutex<HashMap<String, revocation::Cached>>,
     ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
     ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
+    /// TPM attestation challenges waiting for their answers.
+    tpm_challenges: attest::Challenges,
 }
 
 impl std::fmt::Debug for Authority {
@@ -372,6 +375,7 @@ impl Authority {
             crls: std::sync::Mutex::new(HashMap::new()),
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
             ocsp_cache: std::sync::Mutex::new(HashMap::new()),
+            tpm_challenges: attest::Challenges::default(),
         })
     }
 
@@ -612,11 +616,25 @@ impl Authority {
         batch: Option<&str>,
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
+        self.simple_enroll_attested(label, cred, batch, None, body)
+    }
+
+    /// [`Self::simple_enroll`], with the answer to a TPM attestation challenge
+    /// (its id and the secret the device's TPM recovered) for a station's
+    /// enrollment in a batch that requires attestation ([`attest`]).
+    pub fn simple_enroll_attested(
+        &self,
+        label: Option<&str>,
+        cred: Credential<'_>,
+        batch: Option<&str>,
+        activation: Option<(&str, &[u8])>,
+        body: &[u8],
+    ) -> Result<Enrolled, AuthorityError> {
         let (r, counted) = match (cred, batch) {
             (Credential::ClientCert(chain), Some(batch)) => match self.authenticate_station(chain) {
                 // Only an authenticated station's refusals count against the batch:
                 // anyone else could inflate its counters.
-                Ok(station) => (self.station_birth(label, station, batch, body), Some(batch)),
+                Ok(station) => (self.station_birth(label, station, batch, activation, body), Some(batch)),
                 Err(e) => (Err(e), None),
             },
             (_, Some(_)) => (
@@ -706,6 +724,7 @@ impl Authority {
             vec![Precondition::ConsumeToken { token_hash: token_hash.clone(), device_serial: device.to_string(), now }],
             format!("device:{device}"),
             "enroll",
+            None,
         );
         match issued {
             // Lost a race for this token to a request with the same key (a client retrying
@@ -768,6 +787,7 @@ impl Authority {
         label: Option<&str>,
         station: (StationRecord, DeviceIdentity),
         batch: &str,
+        activation: Option<(&str, &[u8])>,
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
         let label = self.label(label)?;
@@ -790,6 +810,28 @@ impl Authority {
         let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
         let subject = name::device_subject(&self.cfg.organization, &device)?;
         let now = self.clock.now();
+        // A batch that requires TPM attestation: the device proved, through a
+        // challenge, that this very key is in the TPM registered for its serial.
+        let mut note = None;
+        if attest::required(self.store.as_ref(), batch)? {
+            if !st_authorized(&station.0, batch) {
+                return Err(
+                    StoreError::StationNotAuthorized { station: station.0.name.clone(), batch: batch.into() }.into()
+                );
+            }
+            let (id, secret) = activation.ok_or_else(|| {
+                AuthorityError::Forbidden(format!(
+                    "batch {batch} requires TPM attestation and device {device} did not prove its key is in a TPM \
+                     (a key in a file or a PKCS#11 token cannot): give it a TPM keystore, with its EK registered \
+                     (batch add-ek)"
+                ))
+            })?;
+            let spki = iotpki_core::keys::spki_fingerprint(
+                &req.spki.to_der().map_err(|e| AuthorityError::BadRequest(e.to_string()))?,
+            );
+            let ek = self.tpm_challenges.check(now, id, secret, batch, device.as_str(), &spki)?;
+            note = Some(format!("tpm-ek={ek}"));
+        }
         self.issue_device(
             label,
             subject,
@@ -804,7 +846,44 @@ impl Authority {
             }],
             format!("station:{}", station.0.name),
             "birth",
+            note.as_deref(),
         )
+    }
+
+    /// A TPM attestation challenge for device `serial` of `batch`, asked by a
+    /// station for the key whose TPMT_PUBLIC is `public_area`; `None` when the
+    /// batch does not require attestation.
+    pub fn tpm_challenge(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+        serial: &str,
+        public_area: &[u8],
+    ) -> Result<Option<attest::Challenge>, AuthorityError> {
+        // Like a birth's, the refusal of an authorised station counts against the batch.
+        let (r, counted) = match self.authenticate_station(chain) {
+            Ok((st, _)) if !st_authorized(&st, batch) => {
+                (Err(StoreError::StationNotAuthorized { station: st.name, batch: batch.into() }.into()), None)
+            }
+            Ok(_) => (self.tpm_challenge_inner(batch, serial, public_area), Some(batch)),
+            Err(e) => (Err(e), None),
+        };
+        self.audit_refusal(&r, Credential::ClientCert(chain), counted, "refuse.tpm-challenge");
+        r
+    }
+
+    fn tpm_challenge_inner(
+        &self,
+        batch: &str,
+        serial: &str,
+        public_area: &[u8],
+    ) -> Result<Option<attest::Challenge>, AuthorityError> {
+        if !attest::required(self.store.as_ref(), batch)? {
+            return Ok(None);
+        }
+        let serial = DeviceSerial::parse(serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+        let now = self.clock.now();
+        Ok(Some(self.tpm_challenges.issue(self.store.as_ref(), now, batch, serial.as_str(), public_area)?))
     }
 
     /// A station authenticated by its certificate, with that certificate's identity.
@@ -917,6 +996,12 @@ impl Authority {
         actor: &str,
     ) -> Result<Delegated, AuthorityError> {
         let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
+        if attest::required(self.store.as_ref(), batch)? {
+            return Err(AuthorityError::Forbidden(format!(
+                "batch {batch} requires TPM attestation, which the authority checks online at each birth: \
+                 its stations cannot issue offline"
+            )));
+        }
         let ca = &self.label(Some("birth"))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
             .map_err(|e| AuthorityError::BadRequest(format!("delegated CA public key: {e}")))?;
@@ -1125,6 +1210,7 @@ impl Authority {
             vec![Precondition::CertIsGood { serial: old }],
             actor,
             "reenroll",
+            None,
         )
     }
 
@@ -1147,6 +1233,7 @@ impl Authority {
         preconditions: Vec<Precondition>,
         actor: String,
         action: &str,
+        note: Option<&str>,
     ) -> Result<Enrolled, AuthorityError> {
         let now = self.clock.now();
         let ca = &label.ca;
@@ -1170,10 +1257,13 @@ impl Authority {
             };
             let record = ca.sign(&params, sn_hex.clone(), device_serial.clone(), replaces.clone(), now)?;
             let der = record.der.clone();
-            let detail = match &replaces {
+            let mut detail = match &replaces {
                 Some(old) => format!("label={} key={} replaces={old}", label.name, req.key_type),
                 None => format!("label={} key={}", label.name, req.key_type),
             };
+            if let Some(note) = note {
+                detail = format!("{detail} {note}");
+            }
             let audit =
                 AuditEvent { at: now, actor: actor.clone(), action: action.into(), target: sn_hex.clone(), detail };
             match self.store.record_issuance(Issuance { cert: record, preconditions: preconditions.clone(), audit }) {
@@ -1252,4 +1342,9 @@ fn actor_of(cred: Credential<'_>) -> String {
             .unwrap_or_else(|| "client-cert".into()),
         Credential::None => "anonymous".into(),
     }
+}
+
+/// Whether station `st` may make devices of `batch`.
+fn st_authorized(st: &StationRecord, batch: &str) -> bool {
+    st.batches.iter().any(|b| b == batch)
 }

@@ -127,6 +127,13 @@ pub enum AgentCmd {
         #[command(flatten)]
         keystore: KeystoreArgs,
     },
+    /// Print the public key of this device's TPM endorsement key (ECC P-256, the TCG
+    /// default template), PEM: what the manufacturer registers with `batch add-ek`.
+    TpmEk {
+        /// How to reach the TPM (TCTI: device:/dev/tpmrm0, swtpm:host=H,port=P, ...).
+        #[arg(long, value_name = "TCTI", default_value = iotpki_tpm::DEFAULT_TCTI)]
+        tcti: String,
+    },
     /// Show the identity: subject, issuer, validity, days left.
     Status {
         /// The device's state directory.
@@ -330,6 +337,13 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
                 }
             }
         }),
+        AgentCmd::TpmEk { tcti } => {
+            let tpm = iotpki_tpm::Tpm::open(&tcti)?;
+            let ek = tpm.ek_public()?;
+            eprintln!("EK {} of the TPM at {tcti}", iotpki_core::keys::spki_fingerprint(&ek));
+            print!("{}", iotpki_core::pem::encode("PUBLIC KEY", &ek));
+            Ok(())
+        }
         AgentCmd::Status { state, json } => {
             let st = iotpki_agent::status(&state)?;
             if json {

@@ -45,6 +45,25 @@ pub enum BatchCmd {
         /// End of the window, RFC 3339 (default: 90 days after --from).
         #[arg(long, value_parser = parse_time)]
         until: Option<i64>,
+        /// Every birth must prove its key is in the TPM whose endorsement key is registered
+        /// for its serial (`batch add-ek`); a key in a file or a token is refused. Needs --id.
+        #[arg(long, requires = "id")]
+        require_tpm_attestation: bool,
+    },
+    /// Register the TPM endorsement key (EK) of a device in a batch that requires TPM
+    /// attestation (the public key `iotpki agent tpm-ek` prints, or the EK certificate's).
+    AddEk {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The batch id.
+        #[arg(long)]
+        batch: String,
+        /// The device's serial.
+        #[arg(long)]
+        serial: String,
+        /// The EK public key: PEM (PUBLIC KEY) or DER subjectPublicKeyInfo, ECC P-256.
+        #[arg(long, value_name = "FILE")]
+        ek: PathBuf,
     },
     /// List batches, newest first.
     List {
@@ -85,12 +104,16 @@ fn batch_json(b: &BatchRecord) -> serde_json::Value {
 
 pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
     match c {
-        BatchCmd::Create { dir, id, product, serials, quota, from, until } => {
+        BatchCmd::Create { dir, id, product, serials, quota, from, until, require_tpm_attestation } => {
             let store = dir.store()?;
             let allowlist =
                 std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
             let from = from.unwrap_or_else(|| iotpki_authority::Clock::now(&SystemClock));
             let until = until.unwrap_or(from + 90 * 86_400);
+            if let (true, Some(id)) = (require_tpm_attestation, &id) {
+                // Recorded before the batch exists, so no birth can come first.
+                iotpki_authority::attest::require(store.as_ref(), &SystemClock, id, "admin:cli")?;
+            }
             let nb = NewBatch { id, product, allowlist, quota, from, until };
             let b = factory::create_batch(store.as_ref(), &SystemClock, nb, "admin:cli")?;
             println!("{}", b.id);
@@ -136,7 +159,9 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
         BatchCmd::Show { dir, id, json } => {
             let store = dir.store()?;
             let b = store.batch(&id)?.ok_or_else(|| anyhow!("no batch {id}"))?;
-            let v = batch_json(&b);
+            let mut v = batch_json(&b);
+            v["tpm_attestation"] =
+                if iotpki_authority::attest::required(store.as_ref(), &id)? { "required" } else { "no" }.into();
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -144,6 +169,19 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
                     println!("{k:>10}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
                 }
             }
+            Ok(())
+        }
+        BatchCmd::AddEk { dir, batch, serial, ek } => {
+            let store = dir.store()?;
+            let bytes = std::fs::read(&ek).with_context(|| format!("--ek {}", ek.display()))?;
+            let der = match std::str::from_utf8(&bytes) {
+                Ok(t) if t.contains("-----BEGIN") => iotpki_core::pem::decode_one("PUBLIC KEY", t)
+                    .map_err(|e| anyhow!("--ek {}: {e} (a PEM PUBLIC KEY is expected)", ek.display()))?,
+                _ => bytes,
+            };
+            let fpr =
+                iotpki_authority::attest::add_ek(store.as_ref(), &SystemClock, &batch, &serial, &der, "admin:cli")?;
+            println!("EK {fpr} registered for {serial} in batch {batch}");
             Ok(())
         }
         BatchCmd::Close { dir, id } => {

@@ -230,6 +230,12 @@ fn p256_point(spki_der: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(point)
 }
 
+/// Refuse, saying why, unless `ek_spki_der` is a public key an endorsement
+/// key can have here: ECC P-256 (the TCG default template L-2).
+pub fn check_ek(ek_spki_der: &[u8]) -> Result<(), Error> {
+    p256_point(ek_spki_der).map(|_| ())
+}
+
 /// A credential for TPM2_ActivateCredential: the contents of its
 /// TPM2B_ID_OBJECT (`credential_blob`) and TPM2B_ENCRYPTED_SECRET
 /// (`encrypted_secret`, a TPMS_ECC_POINT).

@@ -125,6 +125,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             ),
         )
         .route("/factory/batches/{id}", get(station_batch))
+        .route("/factory/tpm-challenge", post(tpm_challenge))
         .route("/factory/sync", get(sync_state).post(sync_upload).layer(DefaultBodyLimit::max(SYNC_MAX_BODY)))
         .route("/crl/{file}", get(crl))
         .route("/ocsp", post(ocsp_post))
@@ -218,6 +219,52 @@ async fn station_batch(
         "refused": rec.refused, "flagged": rec.flagged, "valid_from": rec.valid_from,
         "valid_until": rec.valid_until, "open": rec.status == iotpki_store::BatchStatus::Open,
         "allowlist": rec.allowlist, "unborn": unborn,
+    });
+    let mut r = body.to_string().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// What a station sends to `/factory/tpm-challenge`.
+#[derive(serde::Deserialize)]
+struct TpmChallengeAsk {
+    batch: String,
+    serial: String,
+    /// The device key's TPMT_PUBLIC, base64.
+    public: String,
+}
+
+/// The header that carries a TPM challenge's answer on a station's
+/// simpleenroll: `ID:SECRET` (SECRET in base64).
+pub const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
+
+/// `POST /factory/tpm-challenge` (JSON `{batch, serial, public}`): a TPM
+/// attestation challenge for a device's key (JSON `{id, credential_blob,
+/// encrypted_secret}`, base64), or 204 when the batch does not require one.
+async fn tpm_challenge(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if peer.0.is_empty() {
+        return Err(
+            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
+        );
+    }
+    let ask: TpmChallengeAsk = serde_json::from_slice(&body)
+        .map_err(|e| AuthorityError::BadRequest(format!("TPM challenge request: {e} (JSON batch, serial, public)")))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let public = b64
+        .decode(&ask.public)
+        .map_err(|_| AuthorityError::BadRequest("TPM challenge: public is not base64".into()))?;
+    let c = tokio::task::spawn_blocking(move || a.tpm_challenge(&peer.0, &ask.batch, &ask.serial, &public))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let Some(c) = c else { return Ok(StatusCode::NO_CONTENT.into_response()) };
+    let body = serde_json::json!({
+        "id": c.id,
+        "credential_blob": b64.encode(&c.credential_blob),
+        "encrypted_secret": b64.encode(&c.encrypted_secret),
     });
     let mut r = body.to_string().into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -368,6 +415,15 @@ async fn enroll(
         }
     }
     let basic = basic_auth(&headers)?;
+    let activation = match headers.get(TPM_ACTIVATION_HEADER) {
+        None => None,
+        Some(v) => {
+            let bad = || AuthorityError::BadRequest(format!("malformed {TPM_ACTIVATION_HEADER} header (ID:BASE64)"));
+            let (id, secret) = v.to_str().map_err(|_| bad())?.split_once(':').ok_or_else(bad)?;
+            let secret = base64::engine::general_purpose::STANDARD.decode(secret.trim()).map_err(|_| bad())?;
+            Some((id.trim().to_string(), secret))
+        }
+    };
     // Signing and the durable store write block: keep them off the async workers.
     let enrolled = tokio::task::spawn_blocking(move || {
         let cred = match (&basic, peer.0.is_empty()) {
@@ -376,7 +432,10 @@ async fn enroll(
             (None, true) => Credential::None,
         };
         match op {
-            Op::Enroll => a.simple_enroll(label.as_deref(), cred, query.batch.as_deref(), &body),
+            Op::Enroll => {
+                let activation = activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice()));
+                a.simple_enroll_attested(label.as_deref(), cred, query.batch.as_deref(), activation, &body)
+            }
             Op::Reenroll => {
                 // Re-enrollment is by certificate only, even if a token is sent too.
                 let cred = if peer.0.is_empty() { Credential::None } else { Credential::ClientCert(&peer.0) };

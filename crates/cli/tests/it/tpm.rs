@@ -212,3 +212,109 @@ async fn device_keys_in_a_tpm_from_the_factory_line_to_renewal() {
         assert_eq!(op.cert_count(), certs + 1);
     });
 }
+
+/// `agent line` for `serial` with `keystore` flags (killed when dropped) and
+/// `factory run` of station `st` on batch `batch` against it: the run's
+/// stdout (it fails when a device fails).
+fn line_birth(tmp: &Path, st: &Path, batch: &str, serial: &str, keystore: &[&str]) -> String {
+    let dev = tmp.join(format!("dev-{serial}-{}", keystore.len()));
+    let mut child = bin()
+        .args(["agent", "line", "--listen", "127.0.0.1:0", "--state", s(&dev), "--serial", serial])
+        .args(keystore)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let _device = crate::util::Server(child);
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first.trim().trim_start_matches("line listening on ").to_string();
+    let o = bin().args(["factory", "run", "--station-dir", s(st), "--batch", batch, "--line", &addr]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_requires_tpm_attestation_takes_only_keys_in_the_registered_tpm() {
+    let ca = Ca::start().await;
+    let tmp = ca.tmp.path().to_path_buf();
+    let d = ca.dir.to_str().unwrap().to_string();
+    tokio::task::block_in_place(|| {
+        let serials = tmp.join("serials.csv");
+        std::fs::write(&serials, "TA-1\nTA-2\nTA-3\n").unwrap();
+        let create = ["batch", "create", "--dir", &d, "--product", "p", "--serials", s(&serials), "--quota", "3"];
+        let window = ["--from", "2020-01-01T00:00:00Z", "--until", "2099-01-01T00:00:00Z"];
+        let e = run_fail(bin().args(create).arg("--require-tpm-attestation"));
+        assert!(e.contains("--id"), "{e}");
+        run_ok(bin().args(create).args(window).args(["--id", "AB", "--require-tpm-attestation"]));
+        run_ok(bin().args(create).args(["--id", "PLAIN"]));
+        let show: serde_json::Value =
+            serde_json::from_str(&run_ok(bin().args(["batch", "show", "--dir", &d, "AB", "--json"]))).unwrap();
+        assert_eq!(show["tpm_attestation"], "required");
+
+        // The manufacturer reads the EK of the TPM that goes into TA-1 (and, by
+        // mistake, registers the same EK for TA-3, whose TPM is another).
+        let sw = SwTpm::start(&tmp.join("tpm")).unwrap();
+        let other = SwTpm::start(&tmp.join("other-tpm")).unwrap();
+        let ek_pem = run_ok(bin().args(["agent", "tpm-ek", "--tcti", &sw.tcti()]));
+        assert!(ek_pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{ek_pem}");
+        let ek_file = tmp.join("ek.pem");
+        std::fs::write(&ek_file, &ek_pem).unwrap();
+        let ek_der = pem::decode_one("PUBLIC KEY", &ek_pem).unwrap();
+        let ek_fpr = iotpki_core::keys::spki_fingerprint(&ek_der);
+        let add_ek = |batch: &str, serial: &str, file: &Path| {
+            let mut c = bin();
+            c.args(["batch", "add-ek", "--dir", &d, "--batch", batch, "--serial", serial, "--ek", s(file)]);
+            c
+        };
+        let out = run_ok(&mut add_ek("AB", "TA-1", &ek_file));
+        assert!(out.contains(&format!("EK {ek_fpr} registered for TA-1 in batch AB")), "{out}");
+        run_ok(&mut add_ek("AB", "TA-3", &ek_file));
+        // Refused: a second EK for a serial, an EK for a batch that does not check them, not an EK.
+        let other_ek = tmp.join("other-ek.pem");
+        std::fs::write(&other_ek, run_ok(bin().args(["agent", "tpm-ek", "--tcti", &other.tcti()]))).unwrap();
+        let e = run_fail(&mut add_ek("AB", "TA-1", &other_ek));
+        assert!(e.contains(&format!("serial TA-1 in batch AB already has EK {ek_fpr} registered")), "{e}");
+        let e = run_fail(&mut add_ek("PLAIN", "TA-1", &ek_file));
+        assert!(e.contains("batch PLAIN does not require TPM attestation"), "{e}");
+        let e = run_fail(&mut add_ek("AB", "TA-2", &serials));
+        assert!(e.contains("EK public key"), "{e}");
+
+        let st = station(&ca, "st-att", &["AB"]);
+        // A delegated CA would issue without the authority: not for this batch.
+        let e = ca.authority.delegate_station("st-att", "AB", &ek_der, "test").unwrap_err().to_string();
+        assert!(e.contains("requires TPM attestation") && e.contains("cannot issue offline"), "{e}");
+        let certs = ca.cert_count();
+        let tpm_a = ["--keystore", "tpm", "--tcti", &sw.tcti()];
+
+        // A key in a file cannot prove anything: refused, nothing issued.
+        let out = line_birth(&tmp, &st, "AB", "TA-2", &[]);
+        assert!(out.contains("0 born, 1 refused"), "{out}");
+        assert!(
+            out.contains("batch AB requires TPM attestation and device TA-2 did not prove its key is in a TPM"),
+            "{out}"
+        );
+        // A TPM whose EK nobody registered for that serial.
+        let out = line_birth(&tmp, &st, "AB", "TA-2", &tpm_a);
+        assert!(out.contains("0 born, 1 refused"), "{out}");
+        assert!(out.contains("no TPM endorsement key is registered for serial TA-2 in batch AB"), "{out}");
+        // A TPM other than the one registered for the serial cannot open the challenge.
+        let out = line_birth(&tmp, &st, "AB", "TA-3", &["--keystore", "tpm", "--tcti", &other.tcti()]);
+        assert!(out.contains("0 born, 1 refused"), "{out}");
+        assert!(out.contains("the device's TPM is not the one whose EK is registered for TA-3"), "{out}");
+        assert_eq!(ca.cert_count(), certs, "nothing issued");
+
+        // The registered TPM: born, and the audit entry names its EK.
+        let out = line_birth(&tmp, &st, "AB", "TA-1", &tpm_a);
+        assert!(out.contains("1 born, 0 refused, 0 failed"), "{out}");
+        assert_eq!(ca.cert_count(), certs + 1);
+        let last = ca.last_audit();
+        assert_eq!(last.event.action, "birth");
+        assert!(last.event.detail.contains(&format!("tpm-ek={ek_fpr}")), "{:?}", last.event);
+        let show: serde_json::Value =
+            serde_json::from_str(&run_ok(bin().args(["batch", "show", "--dir", &d, "AB", "--json"]))).unwrap();
+        // The authority refused two (the device that proved nothing, the serial without an EK);
+        // the third never came back to it.
+        assert_eq!((show["issued"].as_u64(), show["refused"].as_u64()), (Some(1), Some(2)));
+    });
+}
