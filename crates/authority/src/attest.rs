@@ -244,3 +244,99 @@ impl Challenges {
         Ok(p.ek_sha256)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use iotpki_core::keys::{KeyType, Signer, SoftKey};
+    use iotpki_core::tpm::attr;
+    use iotpki_store::sqlite::SqliteStore;
+
+    use super::*;
+    use crate::clock::FixedClock;
+
+    /// The uncompressed point of a P-256 subjectPublicKeyInfo.
+    fn point(spki: &[u8]) -> Vec<u8> {
+        let s = <spki::SubjectPublicKeyInfoOwned as spki::der::Decode>::from_der(spki).unwrap();
+        s.subject_public_key.raw_bytes().to_vec()
+    }
+
+    /// A TPMT_PUBLIC for an ECDSA P-256 key with `attributes` and the point of `spki`.
+    fn public_area(attributes: u32, spki: &[u8]) -> Vec<u8> {
+        let p = point(spki);
+        let mut v = vec![0x00, 0x23, 0x00, 0x0b];
+        v.extend_from_slice(&attributes.to_be_bytes());
+        v.extend_from_slice(&[0, 0]); // no policy
+        v.extend_from_slice(&[0x00, 0x10]); // symmetric: null
+        v.extend_from_slice(&[0x00, 0x18, 0x00, 0x0b]); // ECDSA with SHA-256
+        v.extend_from_slice(&[0x00, 0x03]); // P-256
+        v.extend_from_slice(&[0x00, 0x10]); // kdf: null
+        for c in [&p[1..33], &p[33..65]] {
+            v.extend_from_slice(&32u16.to_be_bytes());
+            v.extend_from_slice(c);
+        }
+        v
+    }
+
+    const DEVICE_KEY: u32 =
+        attr::FIXED_TPM | attr::FIXED_PARENT | attr::SENSITIVE_DATA_ORIGIN | attr::USER_WITH_AUTH | attr::SIGN;
+
+    #[test]
+    fn registrations_and_challenges_refuse_what_does_not_hold() {
+        let d = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&d.path().join("s.db")).unwrap();
+        let clock = FixedClock::new(1_800_000_000);
+        let ek = SoftKey::generate(KeyType::EcdsaP256).unwrap().public_key_der().to_vec();
+
+        let e = add_ek(&store, &clock, "B", "S-1", &ek, "t").unwrap_err().to_string();
+        assert!(e.contains("does not require TPM attestation"), "{e}");
+        assert!(!required(&store, "B").unwrap());
+        require(&store, &clock, "B", "t").unwrap();
+        require(&store, &clock, "B", "t").unwrap();
+        assert!(required(&store, "B").unwrap());
+        let ed = SoftKey::generate(KeyType::Ed25519).unwrap().public_key_der().to_vec();
+        let e = add_ek(&store, &clock, "B", "S-1", &ed, "t").unwrap_err().to_string();
+        assert!(e.contains("not an ECC P-256 key"), "{e}");
+        let fpr = add_ek(&store, &clock, "B", "S-1", &ek, "t").unwrap();
+        assert_eq!(add_ek(&store, &clock, "B", "S-1", &ek, "t").unwrap(), fpr, "the same EK again: fine");
+        let other = SoftKey::generate(KeyType::EcdsaP256).unwrap().public_key_der().to_vec();
+        let e = add_ek(&store, &clock, "B", "S-1", &other, "t").unwrap_err().to_string();
+        assert!(e.contains("already has EK"), "{e}");
+
+        let c = Challenges::default();
+        let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let spki = key.public_key_der().to_vec();
+        let key_fpr = spki_fingerprint(&spki);
+        let now = clock.now();
+        let e = c.issue(&store, now, "B", "S-2", &public_area(DEVICE_KEY, &spki)).unwrap_err().to_string();
+        assert!(e.contains("no TPM endorsement key is registered for serial S-2"), "{e}");
+        // A key that could leave the TPM, or a decryption key: refused, named.
+        let e = c
+            .issue(&store, now, "B", "S-1", &public_area(DEVICE_KEY & !attr::FIXED_TPM, &spki))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing: fixedTPM"), "{e}");
+        let e =
+            c.issue(&store, now, "B", "S-1", &public_area(DEVICE_KEY | attr::DECRYPT, &spki)).unwrap_err().to_string();
+        assert!(e.contains("not allowed: decrypt"), "{e}");
+        assert!(c.issue(&store, now, "B", "S-1", b"junk").is_err());
+
+        // Without the EK's private key the secret is unknown: a guess is refused, and the challenge is gone.
+        let ch = c.issue(&store, now, "B", "S-1", &public_area(DEVICE_KEY, &spki)).unwrap();
+        let e = c.check(now, &ch.id, &[0; 32], "B", "S-1", &key_fpr).unwrap_err().to_string();
+        assert!(e.contains("did not recover the challenge's secret"), "{e}");
+        let e = c.check(now, &ch.id, &[0; 32], "B", "S-1", &key_fpr).unwrap_err().to_string();
+        assert!(e.contains("unknown, used or expired"), "{e}");
+        // Another serial, another key, too late: refused.
+        let ch = c.issue(&store, now, "B", "S-1", &public_area(DEVICE_KEY, &spki)).unwrap();
+        let e = c.check(now, &ch.id, &[0; 32], "B", "S-9", &key_fpr).unwrap_err().to_string();
+        assert!(e.contains("was for serial S-1 in batch B"), "{e}");
+        let ch = c.issue(&store, now, "B", "S-1", &public_area(DEVICE_KEY, &spki)).unwrap();
+        let e = c.check(now, &ch.id, &[0; 32], "B", "S-1", "00").unwrap_err().to_string();
+        assert!(e.contains("not the TPM key that was attested"), "{e}");
+        let ch = c.issue(&store, now, "B", "S-1", &public_area(DEVICE_KEY, &spki)).unwrap();
+        let e = c.check(now + CHALLENGE_TTL, &ch.id, &[0; 32], "B", "S-1", &key_fpr).unwrap_err().to_string();
+        assert!(e.contains("expired"), "{e}");
+    }
+}
