@@ -128,7 +128,10 @@ fn lost_certificate(e: &AgentError) -> bool {
 /// Whether trying again later may help (the server away, busy or failing).
 fn transient(e: &AgentError) -> bool {
     match e {
-        AgentError::Connect(_) | AgentError::BadAnswer(_) | AgentError::Untrusted(_) => true,
+        AgentError::Connect(_)
+        | AgentError::BadAnswer(_)
+        | AgentError::Untrusted(_)
+        | AgentError::KeystoreUnreachable(_) => true,
         AgentError::Refused { status, .. } => *status >= 500 || *status == 429 || *status == 401 || *status == 403,
         _ => false,
     }
@@ -253,6 +256,9 @@ mod tests {
         assert!(transient(&AgentError::Connect("refused".into())));
         assert!(transient(&AgentError::Refused { status: 503, reason: String::new() }));
         assert!(!transient(&AgentError::State("damaged".into())));
+        // The TPM away (a resource manager restarting): later; a key blob gone: no.
+        assert!(transient(&AgentError::KeystoreUnreachable("no TPM answers".into())));
+        assert!(!transient(&AgentError::Keystore("the TPM key blob is missing".into())));
         assert!(lost_certificate(&AgentError::Refused { status: 403, reason: "revoked".into() }));
         assert!(!lost_certificate(&AgentError::Refused { status: 400, reason: String::new() }));
     }

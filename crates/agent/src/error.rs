@@ -29,8 +29,11 @@ pub enum AgentError {
         /// What happened.
         error: std::io::Error,
     },
-    /// The keystore (a PKCS#11 token) failed or refused.
+    /// The keystore (a PKCS#11 token, a TPM) failed or refused.
     Keystore(String),
+    /// The keystore cannot be reached now (no TPM answers at the TCTI): the
+    /// daemon tries again later.
+    KeystoreUnreachable(String),
     /// Bad usage (a URL, a serial).
     Usage(String),
     /// A core operation failed.
@@ -52,7 +55,7 @@ impl fmt::Display for AgentError {
             Self::Untrusted(m) => write!(f, "certificate not accepted: {m}"),
             Self::State(m) => write!(f, "device state: {m}"),
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
-            Self::Keystore(m) => write!(f, "keystore: {m}"),
+            Self::Keystore(m) | Self::KeystoreUnreachable(m) => write!(f, "keystore: {m}"),
             Self::Usage(m) => f.write_str(m),
             Self::Core(e) => write!(f, "{e}"),
         }

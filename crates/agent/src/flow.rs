@@ -109,6 +109,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     let anchor =
         pem::decode_one("CERTIFICATE", &opts.anchor_pem).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
     let keystore = Keystore::open(dir, opts.keystore.as_ref(), opts.pin_file.as_deref())?;
+    keystore.check_key_type(opts.key_type)?;
     let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;
 

@@ -109,7 +109,10 @@ impl Keystore {
                 Ok(Self::Pkcs11 { dir: dir.to_path_buf(), token, pin, config: c.clone() })
             }
             Some(KeystoreConfig::Tpm { tcti }) => {
-                let tpm = Tpm::open(tcti).map_err(|e| AgentError::Keystore(e.to_string()))?;
+                let tpm = Tpm::open(tcti).map_err(|e| match e {
+                    iotpki_tpm::TpmError::Unreachable { .. } => AgentError::KeystoreUnreachable(e.to_string()),
+                    e => AgentError::Keystore(e.to_string()),
+                })?;
                 Ok(Self::Tpm { dir: dir.to_path_buf(), tpm })
             }
         }
@@ -121,6 +124,16 @@ impl Keystore {
             Self::File { .. } => None,
             Self::Pkcs11 { config, .. } => Some(config.clone()),
             Self::Tpm { tpm, .. } => Some(KeystoreConfig::Tpm { tcti: tpm.tcti().to_string() }),
+        }
+    }
+
+    /// Refuse a key type this keystore cannot make (a TPM keystore makes P-256 keys).
+    pub fn check_key_type(&self, kt: KeyType) -> Result<(), AgentError> {
+        match self {
+            Self::Tpm { .. } if kt != KeyType::EcdsaP256 => {
+                Err(AgentError::Keystore(format!("a TPM keystore makes p256 keys, not {kt}: use --key-type p256")))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -145,11 +158,7 @@ impl Keystore {
                 Ok((name, Arc::new(key)))
             }
             Self::Tpm { dir, tpm } => {
-                if kt != KeyType::EcdsaP256 {
-                    return Err(AgentError::Keystore(format!(
-                        "a TPM keystore makes p256 keys, not {kt}: use --key-type p256"
-                    )));
-                }
+                self.check_key_type(kt)?;
                 let key = tpm.create_key().map_err(|e| AgentError::Keystore(e.to_string()))?;
                 let name = state::write_new_numbered(dir, state::TPM_KEY_PREFIX, state::TPM_KEY_SUFFIX, key.blob())?;
                 Ok((name, Arc::new(key)))

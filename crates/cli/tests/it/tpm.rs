@@ -203,13 +203,34 @@ async fn device_keys_in_a_tpm_from_the_factory_line_to_renewal() {
 
         // Another TPM at the same TCTI (a fresh one): the blobs do not load there.
         drop(sw);
-        let _other = SwTpm::start_at(&tmp.join("other-tpm"), port).unwrap();
+        let other = SwTpm::start_at(&tmp.join("other-tpm"), port).unwrap();
         let before = snapshot(&dev);
         let e = run_fail(bin().args(["agent", "renew", "--state", s(&dev)]));
         assert!(e.contains("this TPM refused to load it") && e.contains("another TPM"), "{e}");
         assert!(e.contains(&format!("Check that the TCTI ({tcti})")), "{e}");
         assert_eq!(snapshot(&dev), before);
         assert_eq!(op.cert_count(), certs + 1);
+
+        // A device enrolled with a token keeps its key in a TPM too (here the other one);
+        // a TPM keystore makes P-256 keys only, and says so before asking the server.
+        let token = op.token("TPM-2");
+        let dev2 = tmp.join("device-2");
+        let enroll = |key_type: &str| {
+            let mut c = bin();
+            c.args(["agent", "enroll", "--state", s(&dev2), "--server", &op.url, "--serial", "TPM-2"])
+                .args(["--token", &token, "--ca-cert", s(&op_root), "--key-type", key_type])
+                .args(["--keystore", "tpm", "--tcti", &tcti]);
+            c
+        };
+        let e = run_fail(&mut enroll("p384"));
+        assert!(e.contains("a TPM keystore makes p256 keys, not p384"), "{e}");
+        assert!(!dev2.join("identity.json").exists());
+        let out = run_ok(&mut enroll("p256"));
+        assert!(out.contains("enrolled TPM-2"), "{out}");
+        let id2 = identity(&dev2);
+        assert_eq!(id2["keystore"]["kind"], "tpm");
+        assert_eq!(names(&dev2), vec!["identity.json".to_string(), "tpm-key-0.blob".to_string()]);
+        drop(other);
     });
 }
 
