@@ -1,4 +1,4 @@
-//! Seed inputs for the `bundle` and `voucher` fuzz targets (run by `scripts/fuzz seeds`):
+//! Seed inputs for the `bundle`, `voucher`, `crl` and `tpm_public` fuzz targets (run by `scripts/fuzz seeds`):
 //! `cargo run -p iotpki-core --example fuzz_seeds -- fuzz/seeds`.
 //!
 //! Writes `bundle/draft.cbor` (no signatures), `bundle/signed.cbor` (2 of 3: P-384
@@ -96,5 +96,38 @@ fn main() {
     std::fs::write(out.join("crl/current.der"), crl).unwrap();
     let empty = iotpki_core::crl::build(&issuer, 8, 1_799_990_000, 1_800_086_400, &[]).unwrap();
     std::fs::write(out.join("crl/empty.der"), empty).unwrap();
-    println!("bundle, voucher and CRL seeds written to {}", out.display());
+
+    // TPM public areas (TPMT_PUBLIC) of P-256 keys: a device key as the TPM
+    // keystore makes it, and a restricted decryption key (an EK's shape).
+    std::fs::create_dir_all(out.join("tpm_public")).unwrap();
+    let device = 0x0000_0002 | 0x0000_0010 | 0x0000_0020 | 0x0000_0040 | 0x0004_0000;
+    let ek = 0x0000_0002 | 0x0000_0010 | 0x0000_0020 | 0x0000_0080 | 0x0001_0000 | 0x0002_0000;
+    std::fs::write(out.join("tpm_public/device-key.bin"), tpm_public(device, &keys[0], false)).unwrap();
+    std::fs::write(out.join("tpm_public/ek.bin"), tpm_public(ek, &keys[3], true)).unwrap();
+    println!("bundle, voucher, CRL and TPM public area seeds written to {}", out.display());
+}
+
+/// A marshalled TPMT_PUBLIC for the P-256 key `k`: ECDSA/SHA-256 signing, or
+/// (`ek`) restricted decryption with AES-128-CFB and the TCG EK policy digest.
+fn tpm_public(attributes: u32, k: &SoftKey, ek: bool) -> Vec<u8> {
+    let spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(k.public_key_der()).unwrap();
+    let point = spki.subject_public_key.raw_bytes().to_vec();
+    let mut v = vec![0x00, 0x23, 0x00, 0x0b];
+    v.extend_from_slice(&attributes.to_be_bytes());
+    if ek {
+        v.extend_from_slice(&32u16.to_be_bytes());
+        v.extend_from_slice(&[0x83; 32]);
+        v.extend_from_slice(&[0x00, 0x06, 0x00, 0x80, 0x00, 0x43]); // AES-128-CFB
+        v.extend_from_slice(&[0x00, 0x10]); // scheme: null
+    } else {
+        v.extend_from_slice(&[0, 0]); // no policy
+        v.extend_from_slice(&[0x00, 0x10]); // symmetric: null
+        v.extend_from_slice(&[0x00, 0x18, 0x00, 0x0b]); // ECDSA with SHA-256
+    }
+    v.extend_from_slice(&[0x00, 0x03, 0x00, 0x10]); // P-256, no KDF
+    for c in [&point[1..33], &point[33..65]] {
+        v.extend_from_slice(&32u16.to_be_bytes());
+        v.extend_from_slice(c);
+    }
+    v
 }
