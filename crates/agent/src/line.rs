@@ -91,31 +91,15 @@ pub struct Install {
 impl Install {
     /// Encode as INSTALL's payload.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let fields = [&self.cert[..], &self.anchor[..], self.server.as_bytes(), self.label.as_bytes()];
-        for f in fields.into_iter().chain(self.chain.iter().map(|c| &c[..])) {
-            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            out.extend_from_slice(f);
-        }
-        out
+        let mut fields = vec![&self.cert[..], &self.anchor[..], self.server.as_bytes(), self.label.as_bytes()];
+        fields.extend(self.chain.iter().map(|c| &c[..]));
+        encode_fields(&fields)
     }
 
     /// Decode INSTALL's payload.
-    pub fn decode(mut b: &[u8]) -> Result<Self, AgentError> {
+    pub fn decode(b: &[u8]) -> Result<Self, AgentError> {
         let bad = |m: &str| AgentError::BadAnswer(format!("INSTALL: {m}"));
-        let mut fields = Vec::new();
-        while !b.is_empty() {
-            if b.len() < 4 {
-                return Err(bad("truncated field length"));
-            }
-            let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            b = &b[4..];
-            if n > b.len() {
-                return Err(bad("field longer than the frame"));
-            }
-            fields.push(b[..n].to_vec());
-            b = &b[n..];
-        }
+        let fields = decode_fields(b, "INSTALL")?;
         if fields.len() < 4 {
             return Err(bad("needs certificate, anchor, server and label"));
         }
