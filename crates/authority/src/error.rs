@@ -27,7 +27,8 @@ pub enum AuthorityError {
         error: std::io::Error,
     },
     /// The authority cannot record anything now (its store's disk is full or
-    /// read-only): nothing was issued; retry later (HTTP 503).
+    /// read-only, its database away): retry later (HTTP 503). The message says whether
+    /// anything was recorded.
     Unavailable(String),
     /// The store failed (not a refusal: those become the variants above).
     Store(StoreError),
@@ -55,10 +56,9 @@ impl AuthorityError {
     pub fn public_message(&self) -> String {
         match self {
             Self::BadRequest(m) | Self::Unauthorized(m) | Self::Forbidden(m) | Self::NotFound(m) => one_line(m),
-            Self::Unavailable(m) => format!(
-                "the authority cannot record anything right now ({}); nothing was issued, retry later",
-                one_line(m)
-            ),
+            Self::Unavailable(m) => {
+                format!("the authority cannot record anything right now ({}); retry later", one_line(m))
+            }
             _ => "internal error; the authority's log has the details".to_string(),
         }
     }

@@ -208,7 +208,7 @@ impl fmt::Display for StoreError {
                 write!(f, "{kind} version {offered} is not newer than the published version {latest}")
             }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
-            Self::Unavailable(e) => write!(f, "the store cannot write now ({e}); nothing was recorded"),
+            Self::Unavailable(e) => write!(f, "the store cannot write now ({e})"),
             Self::Database(e) => write!(f, "database error: {e}"),
             Self::Closed => f.write_str("store is closed"),
         }

@@ -124,14 +124,27 @@ fn ctx(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
     move |e| unavailable(&e).unwrap_or_else(|| StoreError::Database(format!("{what}: {}", msg(&e))))
 }
 
-/// A full disk or a read-only database server: the write can succeed later.
+/// A full disk, a read-only database, a lost connection or a server shutting
+/// down: the write can succeed later (the connection is opened again).
 fn unavailable(e: &postgres::Error) -> Option<StoreError> {
     use postgres::error::SqlState;
+    if e.is_closed()
+        || (e.as_db_error().is_none() && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()))
+    {
+        return Some(StoreError::Unavailable(
+            "the connection to the database was lost; a write in flight may have been recorded".into(),
+        ));
+    }
     let code = e.code()?;
+    if [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code) {
+        return Some(StoreError::Unavailable(
+            "the database server is shutting down or starting; a write in flight may have been recorded".into(),
+        ));
+    }
     if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
-        Some(StoreError::Unavailable("the database server is out of space".into()))
+        Some(StoreError::Unavailable("the database server is out of space; nothing was recorded".into()))
     } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
-        Some(StoreError::Unavailable("the database is read-only".into()))
+        Some(StoreError::Unavailable("the database is read-only; nothing was recorded".into()))
     } else {
         None
     }
@@ -280,7 +293,7 @@ impl Pool {
             if st.open < READERS {
                 st.open += 1;
                 drop(st);
-                let c = connect(&self.url, false);
+                let c = connect(&self.url, false).map_err(reconnect_failed);
                 if c.is_err() {
                     if let Ok(mut st) = self.state.lock() {
                         st.open -= 1;
@@ -303,6 +316,18 @@ impl Pool {
             }
         }
         self.freed.notify_one();
+    }
+}
+
+/// A connection opened again while serving failed: the database is away for
+/// now. (Clients see this message: it names neither the database nor the
+/// cause; `serve` said where the database is when it started.)
+fn reconnect_failed(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Database(_) => {
+            StoreError::Unavailable("the database is not reachable; nothing was recorded".into())
+        }
+        other => other,
     }
 }
 
@@ -419,7 +444,7 @@ fn writer_loop(url: String, mut conn: Option<Conn>, rx: Receiver<Job>) {
         }
         if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             conn = None;
-            match connect(&url, true) {
+            match connect(&url, true).map_err(reconnect_failed) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     for job in batch {

@@ -57,9 +57,11 @@ fn unavailable(e: &rusqlite::Error) -> Option<StoreError> {
     use rusqlite::ErrorCode as C;
     match e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            C::DiskFull => Some(StoreError::Unavailable("the disk is full".into())),
-            C::ReadOnly => Some(StoreError::Unavailable("the database is read-only".into())),
-            C::SystemIoFailure => Some(StoreError::Unavailable(format!("the disk failed a write: {e}"))),
+            C::DiskFull => Some(StoreError::Unavailable("the disk is full; nothing was recorded".into())),
+            C::ReadOnly => Some(StoreError::Unavailable("the database is read-only; nothing was recorded".into())),
+            C::SystemIoFailure => {
+                Some(StoreError::Unavailable(format!("the disk failed a write: {e}; nothing was recorded")))
+            }
             _ => None,
         },
         _ => None,

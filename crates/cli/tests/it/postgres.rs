@@ -407,3 +407,105 @@ fn a_token_may_begin_with_a_hyphen() {
     let err = run_fail(bin().args(args).args(["--serial", "HY-1", "--token", "-MGehdQx", "--ca-cert", s(&ca)]));
     assert!(!err.contains("unexpected argument"), "{err}");
 }
+
+/// `psql URL -c SQL` (the Debian client), as the database's owner, in a
+/// session that may write even when the database's default is read-only.
+fn psql(url: &str, sql: &str) -> String {
+    run_ok(Command::new("psql").env("PGOPTIONS", "-c default_transaction_read_only=off").args([
+        "--no-psqlrc",
+        "--quiet",
+        "--tuples-only",
+        "--set",
+        "ON_ERROR_STOP=1",
+        url,
+        "-c",
+        sql,
+    ]))
+}
+
+/// Make the test database read-only (or writable again) for new sessions, and
+/// end every other session on it, as an operator failing over to a standby
+/// would: the nodes' connections are cut under them.
+fn set_read_only(url: &str, on: bool) {
+    let setting = if on { "SET default_transaction_read_only = on" } else { "RESET default_transaction_read_only" };
+    psql(url, &format!("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', current_database()); END $$"));
+    psql(
+        url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_or_lost_database_gets_503_records_nothing_and_recovers() {
+    let c = tokio::task::spawn_blocking(|| Cluster::start("it_read_only")).await.unwrap();
+    let token = run_ok(&mut c.cli(&["token", "create"], &["--serial", "PGRO-1"])).trim().to_string();
+    let enroll = |attempt: u32| {
+        let opts = EnrollOptions {
+            state_dir: c.tmp.path().join(format!("dev-{attempt}")),
+            server: c.url(0),
+            serial: "PGRO-1".into(),
+            token: token.clone(),
+            anchor_pem: c.root_pem.clone(),
+            label: None,
+            key_type: KeyType::EcdsaP256,
+            keystore: None,
+            pin_file: None,
+        };
+        async move { iotpki_agent::enroll(&opts).await }
+    };
+    // What the database holds, read with psql (a store would migrate on open, which a read-only database refuses).
+    let snapshot = || {
+        let url = c.database.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                psql(
+                    &url,
+                    "SELECT (SELECT count(*) FROM certificates), (SELECT count(*) FROM audit), \
+                     (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM tokens t)",
+                )
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let before = snapshot().await;
+
+    let url = c.database.clone();
+    tokio::task::spawn_blocking(move || set_read_only(&url, true)).await.unwrap();
+    // The node's cut connections answer 503 ("lost") until it has opened them
+    // again, on a database that is now read-only: 503 with that reason.
+    let mut reasons = Vec::new();
+    for attempt in 0..5 {
+        let err = enroll(attempt).await.unwrap_err().to_string();
+        assert!(err.contains("HTTP 503") && err.contains("retry later"), "{err}");
+        let read_only = err.contains("the database is read-only; nothing was recorded");
+        reasons.push(err);
+        if read_only {
+            break;
+        }
+    }
+    assert!(reasons.last().unwrap().contains("read-only"), "{reasons:#?}");
+    assert_eq!(snapshot().await, before, "nothing was recorded: {reasons:#?}");
+
+    let url = c.database.clone();
+    tokio::task::spawn_blocking(move || set_read_only(&url, false)).await.unwrap();
+    // Writable again: the same one-time token (never spent) enrolls, once the
+    // node has opened its connections again.
+    let mut enrolled = None;
+    for attempt in 10..15 {
+        match enroll(attempt).await {
+            Ok(id) => {
+                enrolled = Some(id);
+                break;
+            }
+            Err(e) => assert!(e.to_string().contains("HTTP 503"), "{e}"),
+        }
+    }
+    let id = enrolled.expect("the node recovers once the database is writable");
+    assert_eq!(id.device_serial, "PGRO-1");
+    let certs = |snap: &str| snap.split('|').next().unwrap().trim().parse::<u64>().unwrap();
+    assert_eq!(certs(&snapshot().await), certs(&before) + 1);
+    let out = run_ok(&mut c.cli(&["audit", "verify"], &[]));
+    assert!(out.starts_with("audit chain OK"), "{out}");
+}
