@@ -108,6 +108,15 @@ impl EstClient {
         Ok(Self { host, port, prefix, server_name, tls: Arc::new(tls) })
     }
 
+    /// The same client, but every new connection makes a full TLS 1.3 handshake:
+    /// no session is kept for resumption. A device's first enrollment never
+    /// resumes, so the load generator measures fresh enrollments this way.
+    pub fn without_resumption(&self) -> Self {
+        let mut tls = (*self.tls).clone();
+        tls.resumption = rustls::client::Resumption::disabled();
+        Self { tls: Arc::new(tls), ..self.clone() }
+    }
+
     /// `GET /cacerts`: the CA certificates (DER).
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
         let a = self.call("GET", "cacerts", None, None).await?;
@@ -454,5 +463,35 @@ mod tests {
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("https://x:1/other").is_err());
         assert!(parse_url("https://x:99999").is_err());
+    }
+
+    #[test]
+    fn without_resumption_keeps_no_sessions_and_leaves_the_original_alone() {
+        use der::Decode;
+        use iotpki_core::keys::{key_identifier, KeyType, SoftKey};
+        use iotpki_core::profile::{issue, CertParams, Issuer, Profile};
+        let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let name = iotpki_core::name::NameBuilder::default().common_name("Anchor").unwrap().build();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).unwrap();
+        let kid = key_identifier(&spki);
+        let issuer = Issuer { subject: &name, key_id: &kid, not_after: 9_000_000_000, signer: &key };
+        let params = CertParams {
+            profile: Profile::Root,
+            serial: iotpki_core::serial::system_random_serial(1_000).unwrap().0,
+            subject: name.clone(),
+            spki,
+            not_before: 1_000,
+            not_after: 9_000_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let anchor = issue(&params, &issuer).unwrap().der;
+        let c = EstClient::new("https://127.0.0.1:1", None, &[anchor], None).unwrap();
+        let fresh = c.without_resumption();
+        let store = |c: &EstClient| format!("{:?}", c.tls.resumption);
+        assert!(store(&fresh).contains("NoClientSessionStorage"), "{}", store(&fresh));
+        assert!(!store(&c).contains("NoClientSessionStorage"), "{}", store(&c));
+        assert_eq!((fresh.host.as_str(), fresh.port, fresh.prefix.as_str()), ("127.0.0.1", 1, "/.well-known/est"));
     }
 }

@@ -198,6 +198,9 @@ pub enum CertCmd {
         /// Only of this profile: device, station, admin, server, ocsp-signer, ...
         #[arg(long)]
         profile: Option<String>,
+        /// Only those that expire within this long from now (e.g. 7d), not the expired ones.
+        #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse_secs)]
+        expiring_within: Option<u64>,
         /// At most this many.
         #[arg(long)]
         limit: Option<u32>,
@@ -287,9 +290,21 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CertCmd::List { dir, device, ca, profile, limit, json } => {
+        CertCmd::List { dir, device, ca, profile, expiring_within, limit, json } => {
             let store = dir.store()?;
-            let q = CertQuery { device_serial: device, ca, expiring_before: None, limit, profile };
+            let (expiring_after, expiring_before) = match expiring_within {
+                Some(d) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .context("the system clock is before 1970")?
+                        .as_secs();
+                    let now = i64::try_from(now).context("the system clock is out of range")?;
+                    let d = i64::try_from(d).context("--expiring-within is too long")?;
+                    (Some(now), Some(now.saturating_add(d)))
+                }
+                None => (None, None),
+            };
+            let q = CertQuery { device_serial: device, ca, expiring_before, expiring_after, limit, profile };
             let rows = store.list_certificates(&q)?;
             if json {
                 for r in &rows {

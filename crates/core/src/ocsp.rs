@@ -83,6 +83,35 @@ pub fn issued_by(id: &CertId, issuer: &Certificate) -> bool {
         && aws_lc_rs::digest::digest(alg, key).as_ref() == id.issuer_key_hash.as_bytes()
 }
 
+/// An OCSPRequest (no nonce, unsigned) for one certificate issued by `issuer`,
+/// with a SHA-256 CertID: what a client sends to learn one certificate's status.
+pub fn request(cert_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, Error> {
+    let cert = Certificate::from_der(cert_der).map_err(|e| Error::der("certificate", e))?;
+    let issuer = Certificate::from_der(issuer_der).map_err(|e| Error::der("issuer certificate", e))?;
+    let name = issuer.tbs_certificate.subject.to_der().map_err(|e| Error::der("issuer name", e))?;
+    let key = issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
+    let hash = |b: &[u8]| {
+        OctetString::new(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec())
+            .map_err(|e| Error::der("CertID hash", e))
+    };
+    let req_cert = CertId {
+        hash_algorithm: spki::AlgorithmIdentifierOwned { oid: ID_SHA_256, parameters: None },
+        issuer_name_hash: hash(&name)?,
+        issuer_key_hash: hash(key)?,
+        serial_number: cert.tbs_certificate.serial_number.clone(),
+    };
+    let req = OcspRequest {
+        tbs_request: x509_ocsp::TbsRequest {
+            version: Version::V1,
+            requestor_name: None,
+            request_list: vec![x509_ocsp::Request { req_cert, single_request_extensions: None }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    };
+    req.to_der().map_err(|e| Error::der("OCSP request", e))
+}
+
 fn gt(unix: i64) -> Result<OcspGeneralizedTime, Error> {
     let secs = u64::try_from(unix).map_err(|_| Error::Profile(format!("time {unix}")))?;
     GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(secs))
@@ -166,4 +195,57 @@ pub fn unauthorized() -> Vec<u8> {
     OcspResponse { response_status: x509_ocsp::OcspResponseStatus::Unauthorized, response_bytes: None }
         .to_der()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{key_identifier, KeyType, SoftKey};
+    use crate::name::NameBuilder;
+    use crate::profile::{issue, CertParams, Issuer, Profile};
+
+    fn cert(profile: Profile, cn: &str, key: &SoftKey, issuer: &Issuer<'_>) -> Vec<u8> {
+        let p = CertParams {
+            profile,
+            serial: crate::serial::system_random_serial(1_000).unwrap().0,
+            subject: NameBuilder::default().common_name(cn).unwrap().build(),
+            spki: spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).unwrap(),
+            not_before: 1_000,
+            not_after: 9_000_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        issue(&p, issuer).unwrap().der
+    }
+
+    #[test]
+    fn a_built_request_names_the_certificate_and_only_its_issuer() {
+        let (ca_key, other_key, leaf_key) = (
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+        );
+        let spki_of = |k: &SoftKey| spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
+        let ca_name = NameBuilder::default().common_name("CA").unwrap().build();
+        let kid = key_identifier(&spki_of(&ca_key));
+        let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 9_000_000_000, signer: &ca_key };
+        let ca = cert(Profile::Root, "CA", &ca_key, &issuer);
+        let leaf = cert(Profile::Device, "dev-1", &leaf_key, &issuer);
+        // Same name, another key: not the issuer.
+        let other_kid = key_identifier(&spki_of(&other_key));
+        let other_issuer =
+            Issuer { subject: &ca_name, key_id: &other_kid, not_after: 9_000_000_000, signer: &other_key };
+        let other = cert(Profile::Root, "CA", &other_key, &other_issuer);
+
+        let der = request(&leaf, &ca).unwrap();
+        let req = parse_request(&der).unwrap();
+        assert_eq!(req.cert_ids.len(), 1);
+        assert!(req.nonce.is_none());
+        let leaf_cert = Certificate::from_der(&leaf).unwrap();
+        assert_eq!(req.cert_ids[0].serial_number, leaf_cert.tbs_certificate.serial_number);
+        assert!(issued_by(&req.cert_ids[0], &Certificate::from_der(&ca).unwrap()));
+        assert!(!issued_by(&req.cert_ids[0], &Certificate::from_der(&other).unwrap()));
+        assert!(request(b"not a certificate", &ca).is_err());
+    }
 }

@@ -123,8 +123,14 @@ async fn list_certs(
     Query(q): Query<CertsQuery>,
 ) -> Result<Response, ApiError> {
     as_admin(a, peer, move |adm| {
-        let q =
-            CertQuery { device_serial: q.device, ca: q.ca, expiring_before: None, limit: q.limit, profile: q.profile };
+        let q = CertQuery {
+            device_serial: q.device,
+            ca: q.ca,
+            expiring_before: None,
+            expiring_after: None,
+            limit: q.limit,
+            profile: q.profile,
+        };
         Ok(Value::Array(adm.certificates(q)?.iter().map(cert_json).collect()))
     })
     .await

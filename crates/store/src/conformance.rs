@@ -185,6 +185,7 @@ pub fn listing_filters(store: &dyn Store) {
         device_serial: Some(dev.clone()),
         ca: ca.map(str::to_string),
         expiring_before: exp,
+        expiring_after: None,
         limit,
         profile: None,
     };
@@ -193,7 +194,33 @@ pub fn listing_filters(store: &dyn Store) {
     assert!(all.windows(2).all(|w| w[0].issued_at >= w[1].issued_at), "newest first");
     assert_eq!(store.list_certificates(&q(Some("manufacturing"), None, None)).expect("list").len(), 1);
     assert_eq!(store.list_certificates(&q(None, Some(20_100), None)).expect("list").len(), 2);
-    assert_eq!(store.list_certificates(&q(None, None, Some(1))).expect("list").len(), 1);
+    let newest = store.list_certificates(&q(None, None, Some(1))).expect("list");
+    assert_eq!(newest.iter().map(|c| c.issued_at).collect::<Vec<_>>(), vec![10_002], "a limit keeps the newest");
+    // Ties on issuedAt: by serial, with and without a limit.
+    let tied = unique("LT-");
+    let mut serials = Vec::new();
+    for _ in 0..4 {
+        let mut c = cert(&tied);
+        c.issued_at = 30_000;
+        serials.push(c.serial.clone());
+        store.record_issuance(issuance(c, vec![])).expect("issue");
+    }
+    serials.sort();
+    let tq = |limit| CertQuery { device_serial: Some(tied.clone()), limit, ..Default::default() };
+    let got: Vec<String> = store.list_certificates(&tq(None)).expect("list").into_iter().map(|c| c.serial).collect();
+    assert_eq!(got, serials);
+    let got: Vec<String> = store.list_certificates(&tq(Some(2))).expect("list").into_iter().map(|c| c.serial).collect();
+    assert_eq!(got, serials[..2]);
+    // A window: notAfter in [20_050, 20_200] is only the last two (20_100, 20_200).
+    let window = CertQuery { expiring_after: Some(20_050), ..q(None, Some(20_200), None) };
+    let got = store.list_certificates(&window).expect("list");
+    assert_eq!(got.iter().map(|c| c.not_after).collect::<Vec<_>>(), vec![20_200, 20_100]);
+    // Both filters and a limit together, with the device filter off: the window
+    // still holds (other tests' certificates may fall in it, never outside it).
+    let wide = CertQuery { expiring_after: Some(20_050), expiring_before: Some(20_200), ..Default::default() };
+    let got = store.list_certificates(&wide).expect("list");
+    assert!(got.iter().all(|c| (20_050..=20_200).contains(&c.not_after)), "{got:?}");
+    assert!(got.iter().filter(|c| c.device_serial.as_deref() == Some(dev.as_str())).count() == 2);
     let by_profile = |p: &str| CertQuery { profile: Some(p.into()), ..q(None, None, None) };
     assert_eq!(store.list_certificates(&by_profile("device")).expect("list").len(), 3);
     assert!(store.list_certificates(&by_profile("admin")).expect("list").is_empty());

@@ -354,8 +354,16 @@ pub struct CertQuery {
     pub expiring_before: Option<UnixTime>,
     /// Only certificates of this profile (`device`, `station`, `admin`, ...).
     pub profile: Option<String>,
+    /// Only certificates whose notAfter is at or after this time (with
+    /// `expiring_before`: "expires in the next N days", not the expired ones).
+    pub expiring_after: Option<UnixTime>,
     /// At most this many (newest first); `None` for all.
     pub limit: Option<u32>,
+}
+
+/// The order of [`Store::list_certificates`]: newest first (issuedAt descending), then by serial.
+pub(crate) fn newest_first(rows: &mut [CertRecord]) {
+    rows.sort_unstable_by(|a, b| b.issued_at.cmp(&a.issued_at).then_with(|| a.serial.cmp(&b.serial)));
 }
 
 /// The authority's durable state. Implementations are safe to share between
@@ -379,7 +387,7 @@ pub trait Store: Send + Sync {
     /// One certificate by serial (lowercase hex).
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;
 
-    /// Certificates matching `query`, newest first.
+    /// Certificates matching `query`, newest first (issuedAt descending, then by serial).
     fn list_certificates(&self, query: &CertQuery) -> Result<Vec<CertRecord>, StoreError>;
 
     /// Number of certificates recorded.

@@ -1157,15 +1157,42 @@ impl Store for PgStore {
 
     fn list_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>, StoreError> {
         self.read(|d| {
-            let sql = format!(
-                "SELECT {CERT_COLS} FROM certificates
-                 WHERE ($1::TEXT IS NULL OR device_serial = $1) AND ($2::TEXT IS NULL OR ca = $2)
-                   AND ($3::BIGINT IS NULL OR not_after <= $3) AND ($5::TEXT IS NULL OR profile = $5)
-                 ORDER BY issued_at DESC, serial COLLATE \"C\" LIMIT $4"
-            );
+            // Only the filters given, so that the planner can use an index for them.
+            let mut args: Vec<P<'_>> = Vec::new();
+            let mut conds = Vec::new();
+            for (col, op, v) in [
+                ("device_serial", "=", q.device_serial.as_ref().map(|v| v as P<'_>)),
+                ("ca", "=", q.ca.as_ref().map(|v| v as P<'_>)),
+                ("not_after", "<=", q.expiring_before.as_ref().map(|v| v as P<'_>)),
+                ("not_after", ">=", q.expiring_after.as_ref().map(|v| v as P<'_>)),
+                ("profile", "=", q.profile.as_ref().map(|v| v as P<'_>)),
+            ] {
+                if let Some(v) = v {
+                    args.push(v);
+                    conds.push(format!("{col} {op} ${}", args.len()));
+                }
+            }
+            let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+            // Sorting whole rows (the DER with them) spills past work_mem for tens of
+            // thousands of certificates: all of them are sorted here, and a limited
+            // list sorts only the serials in SQL and reads just those rows.
             let limit: Option<i64> = q.limit.map(i64::from);
-            let rows = d.all(&sql, &[&q.device_serial, &q.ca, &q.expiring_before, &limit, &q.profile]).map_err(db)?;
-            rows.iter().map(cert_row).collect()
+            let sql = match limit {
+                None => format!("SELECT {CERT_COLS} FROM certificates {filter}"),
+                Some(_) => {
+                    args.push(&limit);
+                    format!(
+                        "SELECT {CERT_COLS} FROM certificates WHERE serial IN
+                           (SELECT serial FROM certificates {filter}
+                            ORDER BY issued_at DESC, serial COLLATE \"C\" LIMIT ${})",
+                        args.len()
+                    )
+                }
+            };
+            let rows = d.all(&sql, &args).map_err(db)?;
+            let mut rows = rows.iter().map(cert_row).collect::<Result<Vec<_>, _>>()?;
+            crate::newest_first(&mut rows);
+            Ok(rows)
         })
     }
 

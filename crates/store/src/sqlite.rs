@@ -940,16 +940,43 @@ impl Store for SqliteStore {
 
     fn list_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>, StoreError> {
         self.read(|c| {
-            let sql = format!(
-                "SELECT {CERT_COLS} FROM certificates
-                 WHERE (?1 IS NULL OR device_serial = ?1) AND (?2 IS NULL OR ca = ?2) AND (?3 IS NULL OR not_after <= ?3)
-                   AND (?5 IS NULL OR profile = ?5)
-                 ORDER BY issued_at DESC, serial LIMIT ?4"
-            );
-            let limit = q.limit.map(i64::from).unwrap_or(-1);
+            // Only the filters given, so that the planner can use an index for
+            // them (`?1 IS NULL OR ...` hides it: a scan of every certificate).
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+            let mut conds = Vec::new();
+            for (col, op, v) in [
+                ("device_serial", "=", q.device_serial.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                ("ca", "=", q.ca.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                ("not_after", "<=", q.expiring_before.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                ("not_after", ">=", q.expiring_after.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+                ("profile", "=", q.profile.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+            ] {
+                if let Some(v) = v {
+                    args.push(v);
+                    conds.push(format!("{col} {op} ?{}", args.len()));
+                }
+            }
+            let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+            // SQLite sorts whole rows (the DER with them): 4x the CPU of reading them
+            // for 20,000 certificates. So all of them are sorted here, and a limited
+            // list sorts only the rowids in SQL and reads just those rows.
+            let limit = q.limit.map(i64::from);
+            let sql = match limit {
+                None => format!("SELECT {CERT_COLS} FROM certificates {filter}"),
+                Some(_) => {
+                    args.push(&limit);
+                    format!(
+                        "SELECT {CERT_COLS} FROM certificates WHERE rowid IN
+                           (SELECT rowid FROM certificates {filter} ORDER BY issued_at DESC, serial LIMIT ?{})",
+                        args.len()
+                    )
+                }
+            };
             let mut st = c.prepare_cached(&sql).map_err(db)?;
-            let rows = st.query_map(params![q.device_serial, q.ca, q.expiring_before, limit, q.profile], cert_row).map_err(db)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+            let rows = st.query_map(args.as_slice(), cert_row).map_err(db)?;
+            let mut rows = rows.collect::<Result<Vec<_>, _>>().map_err(db)?;
+            crate::newest_first(&mut rows);
+            Ok(rows)
         })
     }
 

@@ -106,6 +106,15 @@ fn init_serve_enroll_renew_with_the_binary() {
 
     let list = run_ok(bin().args(["cert", "list", "--dir", d, "--device", "CLI-1", "--json"]));
     assert_eq!(list.lines().count(), 2, "{list}");
+    // Both are valid for longer than a day, and both expire within ten years.
+    let soon =
+        run_ok(bin().args(["cert", "list", "--dir", d, "--device", "CLI-1", "--expiring-within", "1d", "--json"]));
+    assert_eq!(soon.lines().count(), 0, "{soon}");
+    let all =
+        run_ok(bin().args(["cert", "list", "--dir", d, "--device", "CLI-1", "--expiring-within", "3650d", "--json"]));
+    assert_eq!(all.lines().count(), 2, "{all}");
+    let err = run_fail(bin().args(["cert", "list", "--dir", d, "--expiring-within", "soon"]));
+    assert!(err.contains("--expiring-within"), "{err}");
     let show = run_ok(bin().args(["cert", "show", "--dir", d, &serial, "--pem"]));
     assert!(show.starts_with("-----BEGIN CERTIFICATE-----"));
     let err = run_fail(bin().args(["cert", "show", "--dir", d, "00ff"]));

@@ -86,3 +86,74 @@ async fn loadgen_refuses_a_server_its_anchor_does_not_vouch_for() {
     .unwrap();
     assert!(err.contains("invalid peer certificate"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_handshakes_asks_ocsp_from_cache_and_spreads_over_servers() {
+    let ca = Ca::start().await;
+    let before = ca.cert_count();
+    let (dir, url, http) = (ca.dir.clone(), ca.url.clone(), ca.http_url.clone());
+    let me = std::process::id().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        // The same node given twice: the workers alternate between the two clients.
+        run_ok(bin().arg("loadgen").arg("--dir").arg(&dir).args([
+            "--server",
+            &url,
+            "--server",
+            &url,
+            "--devices",
+            "12",
+            "--concurrency",
+            "4",
+            "--handshakes",
+            "--ocsp",
+            &http,
+            "--ocsp-requests",
+            "30",
+            "--watch-pid",
+            &me,
+            "--json",
+        ]))
+    })
+    .await
+    .unwrap();
+    let v = json(&out);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["servers"], 2, "{v}");
+    assert_eq!(v["enroll"]["ok"], 12, "{v}");
+    assert_eq!(v["handshake"]["ok"], 12, "{v}");
+    assert_eq!(v["ocsp_same"]["ok"], 30, "{v}");
+    assert_eq!(v["ocsp_distinct"]["ok"], 30, "{v}");
+    for k in ["handshakes_per_s", "ocsp_same_per_s", "ocsp_distinct_per_s"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
+    }
+    for p in ["enroll", "handshake", "ocsp_same", "ocsp_distinct"] {
+        for k in ["client_cpu_ms_per_op", "server_cpu_ms_per_op"] {
+            assert!(v[p][k].as_f64().is_some_and(|x| x >= 0.0), "{p}.{k} in {v}");
+        }
+    }
+    assert!(v.get("renew").is_none(), "no renewals without --renew: {v}");
+    // Twelve devices, and the responder's delegated OCSP signer (made on first use):
+    // the handshakes and OCSP requests issue nothing more.
+    assert_eq!(ca.cert_count(), before + 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_refuses_an_ocsp_url_that_is_not_plain_http() {
+    let ca = Ca::start().await;
+    let (dir, url) = (ca.dir.clone(), ca.url.clone());
+    let err = tokio::task::spawn_blocking(move || {
+        run_fail(bin().arg("loadgen").arg("--dir").arg(&dir).args([
+            "--server",
+            &url,
+            "--devices",
+            "2",
+            "--concurrency",
+            "1",
+            "--ocsp",
+            &url,
+        ]))
+    })
+    .await
+    .unwrap();
+    assert!(err.contains("--ocsp takes the plain-HTTP base URL"), "{err}");
+}
