@@ -176,6 +176,39 @@ pub struct Authority {
     ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
     /// TPM attestation challenges waiting for their answers.
     tpm_challenges: attest::Challenges,
+    /// Client certificates whose paths to our anchors verified recently.
+    verified_paths: VerifiedPaths,
+}
+
+/// Client certificates whose certification paths verified recently: SHA-256 of
+/// the leaf → the span (unix seconds) in which that verdict stands. A station
+/// on a kept-alive connection presents the same certificate with every
+/// request; its path (two signature checks) is verified once, not each time.
+/// Only the path is remembered: whether the certificate is the one recorded
+/// and not revoked is asked of the store every time.
+#[derive(Default)]
+struct VerifiedPaths(std::sync::Mutex<HashMap<[u8; 32], (i64, i64)>>);
+
+impl VerifiedPaths {
+    /// How long a verdict stands at most.
+    const TTL_SECS: i64 = 300;
+    /// Most verdicts kept (all are forgotten when it is full).
+    const MAX: usize = 16_384;
+
+    fn holds(&self, leaf: &[u8; 32], now: i64) -> bool {
+        self.0.lock().ok().and_then(|m| m.get(leaf).copied()).is_some_and(|(from, until)| from <= now && now < until)
+    }
+
+    /// Remember that `leaf` verified at `now`; the verdict ends with the
+    /// leaf's notAfter (no later than its issuers', as we issue) or the TTL.
+    fn remember(&self, leaf: [u8; 32], now: i64, not_after: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(leaf, (now, not_after.min(now + Self::TTL_SECS)));
+        }
+    }
 }
 
 impl std::fmt::Debug for Authority {
@@ -376,6 +409,7 @@ impl Authority {
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
             ocsp_cache: std::sync::Mutex::new(HashMap::new()),
             tpm_challenges: attest::Challenges::default(),
+            verified_paths: VerifiedPaths::default(),
         })
     }
 
@@ -1287,28 +1321,16 @@ impl Authority {
         let ee = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
         let now = self.clock.now();
-        let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
-            &self.intermediates,
-            time,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| {
-            AuthorityError::Forbidden(match e {
-                // A CA of another authority with the same name as ours shows up as a bad signature.
-                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
-                    "client certificate was not issued by this authority".to_string()
-                }
-                webpki::Error::CertExpired { .. } => "client certificate has expired".to_string(),
-                webpki::Error::CertNotValidYet { .. } => "client certificate is not valid yet".to_string(),
-                other => format!("client certificate rejected: {other}"),
-            })
-        })?;
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(leaf.as_ref()).into();
+        let path_verified = self.verified_paths.holds(&digest, now);
+        if !path_verified {
+            self.verify_path(&ee, now)?;
+        }
         let info = profile::cert_info(leaf)?;
+        if !path_verified {
+            let not_after = iotpki_core::time::unix(&info.cert.tbs_certificate.validity.not_after);
+            self.verified_paths.remember(digest, now, not_after);
+        }
         let record = self.store.certificate(&info.serial)?.ok_or_else(|| {
             AuthorityError::Forbidden(format!("client certificate {} is not known to this authority", info.serial))
         })?;
@@ -1322,6 +1344,32 @@ impl Authority {
             return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", info.serial)));
         }
         Ok(DeviceIdentity { record, cert: info.cert })
+    }
+
+    /// The client certificate's path to one of our anchors, at `time`, for clientAuth.
+    fn verify_path(&self, ee: &webpki::EndEntityCert<'_>, now: i64) -> Result<(), AuthorityError> {
+        let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            &self.intermediates,
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            AuthorityError::Forbidden(match e {
+                // A CA of another authority with the same name as ours shows up as a bad signature.
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                    "client certificate was not issued by this authority".to_string()
+                }
+                webpki::Error::CertExpired { .. } => "client certificate has expired".to_string(),
+                webpki::Error::CertNotValidYet { .. } => "client certificate is not valid yet".to_string(),
+                other => format!("client certificate rejected: {other}"),
+            })
+        })
     }
 }
 

@@ -180,3 +180,39 @@ async fn a_lost_answer_is_recovered_by_enrolling_again() {
     let err = iotpki_agent::enroll(&ca.enroll_opts(&ca.tmp.path().join("thief"), "LOST-1", &token)).await.unwrap_err();
     assert!(err.to_string().contains("already used"), "{err}");
 }
+
+/// The authority remembers client certificates whose paths verified (a station
+/// on a kept-alive connection presents the same one with every request), but
+/// a remembered certificate is still refused once it has expired or been
+/// revoked, and one never verified is not taken for one that was.
+#[tokio::test]
+async fn a_remembered_client_certificate_is_refused_once_expired_or_revoked() {
+    use iotpki_authority::revocation::{self, Target};
+    use rustls::pki_types::CertificateDer;
+    let ca = Ca::start().await;
+    let chain_of = |state: &std::path::Path| {
+        let id = iotpki_agent::state::load(state).unwrap();
+        vec![CertificateDer::from(pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap())]
+    };
+    let (a, b) = (ca.enrolled_device("SN-PATH-1").await, ca.enrolled_device("SN-PATH-2").await);
+    let (a, b) = (chain_of(&a), chain_of(&b));
+    for chain in [&a, &a, &b] {
+        ca.authority.authenticate(chain).unwrap();
+    }
+    // Revoked: refused at once, though its path was verified a moment ago.
+    let serial = profile::cert_info(&b[0]).unwrap().serial;
+    revocation::revoke(ca.authority.store().as_ref(), ca.clock.as_ref(), Target::Serial(&serial), 1, "test").unwrap();
+    let e = ca.authority.authenticate(&b).unwrap_err().to_string();
+    assert!(e.contains("is revoked"), "{e}");
+    // The same certificate with one octet of its signature changed is another
+    // certificate: its path is verified, and fails.
+    let mut forged = a[0].to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let e = ca.authority.authenticate(&[CertificateDer::from(forged)]).unwrap_err().to_string();
+    assert!(e.contains("not issued by this authority") || e.contains("rejected"), "{e}");
+    // Expired: the remembered verdict ends with the certificate.
+    ca.clock.advance(91 * 86_400);
+    let e = ca.authority.authenticate(&a).unwrap_err().to_string();
+    assert!(e.contains("has expired"), "{e}");
+}
