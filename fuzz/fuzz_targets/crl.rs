@@ -12,5 +12,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(c) = iotpki_core::crl::check(data, ISSUER, 1_800_000_000, 300) {
         assert_eq!(n.ok(), Some(c.number));
         assert!(c.next_update > 1_800_000_000);
+        // A complete CRL covers every certificate; a partitioned one only those naming its scope.
+        assert_eq!(iotpki_core::crl::covers(&c, &[]), c.scope.is_none());
+        if let Some(scope) = &c.scope {
+            assert!(iotpki_core::crl::covers(&c, scope));
+        }
+    }
+    // The shard paths a relay and the server accept.
+    if let Ok(path) = std::str::from_utf8(data) {
+        if let Some((ca, s, k)) = iotpki_core::crl::parse_shard_path(path) {
+            assert!(k < s && iotpki_core::crl::valid_shard_count(s));
+            assert_eq!(iotpki_core::crl::shard_path(ca, s, k), format!("/crl/{path}"));
+        }
     }
 });

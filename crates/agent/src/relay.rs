@@ -48,7 +48,8 @@ pub fn allowed(path: &str) -> bool {
         return name_ok(serial);
     }
     if let Some(file) = path.strip_prefix("/crl/") {
-        return file.strip_suffix(".crl").is_some_and(name_ok);
+        return file.strip_suffix(".crl").is_some_and(name_ok)
+            || iotpki_core::crl::parse_shard_path(file).is_some_and(|(ca, _, _)| name_ok(ca));
     }
     false
 }
@@ -210,10 +211,14 @@ mod tests {
         assert!(allowed("/.well-known/iotpki/bundle"));
         assert!(allowed("/.well-known/iotpki/voucher/SN-1"));
         assert!(allowed("/crl/operational.crl"));
+        assert!(allowed("/crl/operational/64/7.crl"));
         for bad in [
             "/",
             "/.well-known/est/simpleenroll",
             "/crl/../iotpki.toml",
+            "/crl/operational/64/64.crl",
+            "/crl/../64/1.crl",
+            "/crl/operational/64/1.crl/x",
             "/crl/.hidden.crl",
             "/crl/op.pem",
             "/.well-known/iotpki/voucher/",

@@ -231,6 +231,14 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
             continue;
         }
         match crl::check(der, &ca, t, SKEW) {
+            Ok(checked) if !crl::covers(&checked, &crl_urls(dir)?) => {
+                // A shard of a partitioned CRL that is not the one our
+                // certificates name: it says nothing about them.
+                why = format!(
+                    "it is the partitioned CRL {}, which covers none of this device's certificates",
+                    checked.scope.unwrap_or_default().join(", ")
+                );
+            }
             Ok(checked) => {
                 let file = crl_file(&ca);
                 if let Ok(old) = std::fs::read(dir.join(&file)) {
@@ -337,8 +345,22 @@ fn split_url(url: &str, scheme: &str) -> Result<(String, String), AgentError> {
 }
 
 /// The paths of the CRLs that cover the device's certificates (from their
-/// cRLDistributionPoints), e.g. `/crl/operational.crl`.
+/// cRLDistributionPoints), e.g. `/crl/operational.crl` or, for a partitioned
+/// CRL, the certificate's shard `/crl/operational/64/7.crl`.
 fn crl_paths(dir: &Path) -> Result<Vec<String>, AgentError> {
+    let mut out = Vec::new();
+    for url in crl_urls(dir)? {
+        if let Ok((_, path)) = split_url(&url, "http://") {
+            if !out.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The cRLDistributionPoints URLs of the device's certificates and their chains.
+fn crl_urls(dir: &Path) -> Result<Vec<String>, AgentError> {
     use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
     use x509_cert::ext::pkix::CrlDistributionPoints;
     let id = state::load(dir)?;
@@ -359,10 +381,9 @@ fn crl_paths(dir: &Path) -> Result<Vec<String>, AgentError> {
                     if let Some(DistributionPointName::FullName(names)) = dp.distribution_point {
                         for n in names {
                             if let GeneralName::UniformResourceIdentifier(u) = n {
-                                if let Ok((_, path)) = split_url(u.as_str(), "http://") {
-                                    if !out.contains(&path) {
-                                        out.push(path);
-                                    }
+                                let u = u.to_string();
+                                if !out.contains(&u) {
+                                    out.push(u);
                                 }
                             }
                         }

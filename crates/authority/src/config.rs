@@ -149,6 +149,12 @@ pub struct CaConfig {
     /// chains through them are accepted until the retiring root is retired.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub older_certs: Vec<PathBuf>,
+    /// An issuing CA's CRL split into this many shards (a power of two, 2 to
+    /// 1024; RFC 5280 partitioned CRLs): each certificate it issues from then
+    /// on names its shard's CRL, `/crl/CA/S/K.crl`, in its cRLDistributionPoints.
+    /// Unset: one CRL, `/crl/CA.crl`, which is served in any case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_shards: Option<u32>,
 }
 
 /// What a CA is for.
@@ -237,6 +243,26 @@ impl Config {
                 return bad(format!(
                     "server.public_http_url {u:?}: give a plain http://HOST:PORT (relying parties fetch CRLs and OCSP there)"
                 ));
+            }
+        }
+        for c in &self.ca {
+            if let Some(s) = c.crl_shards {
+                if !iotpki_core::crl::valid_shard_count(s) {
+                    return bad(format!(
+                        "CA {}: crl_shards = {s}: give a power of two from 2 to {}",
+                        c.name,
+                        iotpki_core::crl::MAX_SHARDS
+                    ));
+                }
+                if c.role != CaRole::Issuing {
+                    return bad(format!("CA {}: crl_shards is for issuing CAs only", c.name));
+                }
+                if self.server.public_http_url.is_none() {
+                    return bad(format!(
+                        "CA {}: crl_shards needs server.public_http_url (certificates name their shard's URL there)",
+                        c.name
+                    ));
+                }
             }
         }
         let l = &self.limits;

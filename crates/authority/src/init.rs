@@ -50,6 +50,8 @@ pub struct InitOptions {
     pub database: Option<String>,
     /// Generate the CA keys in this PKCS#11 token instead of key files.
     pub hsm: Option<HsmInit>,
+    /// Partition each issuing CA's CRL into this many shards (`crl_shards` in its config).
+    pub crl_shards: Option<u32>,
 }
 
 /// Where `init` generates the CA keys when they live in an HSM.
@@ -74,6 +76,7 @@ impl Default for InitOptions {
             public_http_url: Some("http://127.0.0.1:8080".into()),
             database: None,
             hsm: None,
+            crl_shards: None,
         }
     }
 }
@@ -107,6 +110,19 @@ pub fn init(
     if let Ok(mut it) = std::fs::read_dir(dir) {
         if it.next().is_some() {
             return Err(AuthorityError::Config(format!("{} exists and is not empty", dir.display())));
+        }
+    }
+    if let Some(s) = opts.crl_shards {
+        if !iotpki_core::crl::valid_shard_count(s) {
+            return Err(AuthorityError::Config(format!(
+                "--crl-shards {s}: give a power of two from 2 to {}",
+                iotpki_core::crl::MAX_SHARDS
+            )));
+        }
+        if opts.public_http_url.is_none() {
+            return Err(AuthorityError::Config(
+                "CRL shards need a public HTTP URL for their distribution points".into(),
+            ));
         }
     }
     // A shared database is checked before any key is made: it must be empty.
@@ -254,7 +270,9 @@ fn build(
             "root",
             &mut records,
         )?;
-        cas.push(save(dir, name, CaRole::Issuing, &key, &made.der, pass)?);
+        let mut entry = save(dir, name, CaRole::Issuing, &key, &made.der, pass)?;
+        entry.crl_shards = opts.crl_shards;
+        cas.push(entry);
         if name == "operational" {
             operational = Some((key, made));
         }
@@ -443,5 +461,13 @@ fn save(
     }
     let cert = PathBuf::from(format!("ca/{name}.crt"));
     keyfile::write_public(&dir.join(&cert), pem::encode("CERTIFICATE", der).as_bytes())?;
-    Ok(CaConfig { name: name.into(), cert, key: key_file, key_uri: key.uri.clone(), role, older_certs: vec![] })
+    Ok(CaConfig {
+        name: name.into(),
+        cert,
+        key: key_file,
+        key_uri: key.uri.clone(),
+        role,
+        older_certs: vec![],
+        crl_shards: None,
+    })
 }

@@ -60,12 +60,26 @@ pub struct CaKey {
     key_id: Vec<u8>,
     not_after: i64,
     signer: Box<dyn Signer>,
-    urls: Option<profile::RevocationUrls>,
+    /// `server.public_http_url`: where relying parties fetch CRLs and OCSP.
+    public_http_url: Option<String>,
+    /// The CA's CRL shard count, when its CRL is partitioned.
+    crl_shards: Option<u32>,
 }
 
 impl CaKey {
     fn issuer(&self) -> Issuer<'_> {
         Issuer { subject: &self.subject, key_id: &self.key_id, not_after: self.not_after, signer: self.signer.as_ref() }
+    }
+
+    /// The CRL (its shard's, when the CA's CRL is partitioned) and OCSP URLs
+    /// for the certificate with serial `serial_hex`.
+    fn revocation_urls(&self, serial_hex: &str) -> Option<profile::RevocationUrls> {
+        let base = self.public_http_url.as_ref()?;
+        let path = match self.crl_shards.and_then(|s| Some((s, iotpki_core::crl::shard_of(serial_hex, s)?))) {
+            Some((s, k)) => iotpki_core::crl::shard_path(&self.name, s, k),
+            None => format!("/crl/{}.crl", self.name),
+        };
+        Some(profile::RevocationUrls { crl: format!("{base}{path}"), ocsp: Some(format!("{base}/ocsp")) })
     }
 
     /// Sign `params` and describe the result as the store records it.
@@ -77,7 +91,8 @@ impl CaKey {
         replaces: Option<String>,
         now: i64,
     ) -> Result<CertRecord, AuthorityError> {
-        let issued = profile::issue_with(params, &self.issuer(), self.urls.as_ref())?;
+        let urls = self.revocation_urls(&serial_hex);
+        let issued = profile::issue_with(params, &self.issuer(), urls.as_ref())?;
         let spki_der = params.spki.to_der().map_err(|e| AuthorityError::Config(format!("public key: {e}")))?;
         Ok(CertRecord {
             serial: serial_hex,
@@ -172,6 +187,9 @@ pub struct Authority {
     retiring: Vec<Vec<u8>>,
     intermediates: Vec<CertificateDer<'static>>,
     crls: std::sync::Mutex<HashMap<String, revocation::Cached>>,
+    /// Per CA: its revoked certificates as of a revocation mark, so that the
+    /// shards of a partitioned CRL are cut from one read of the store.
+    revoked_lists: std::sync::Mutex<HashMap<String, revocation::RevokedList>>,
     ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
     ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
     /// TPM attestation challenges waiting for their answers.
@@ -344,10 +362,8 @@ impl Authority {
                 key_id,
                 cert_der,
                 signer: key,
-                urls: cfg.server.public_http_url.as_ref().map(|base| profile::RevocationUrls {
-                    crl: format!("{base}/crl/{}.crl", ca.name),
-                    ocsp: Some(format!("{base}/ocsp")),
-                }),
+                public_http_url: cfg.server.public_http_url.clone(),
+                crl_shards: ca.crl_shards,
             }));
         }
         let root_der = root_der.ok_or_else(|| AuthorityError::Config("no root CA".into()))?;
@@ -406,6 +422,7 @@ impl Authority {
             retiring,
             intermediates,
             crls: std::sync::Mutex::new(HashMap::new()),
+            revoked_lists: std::sync::Mutex::new(HashMap::new()),
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
             ocsp_cache: std::sync::Mutex::new(HashMap::new()),
             tpm_challenges: attest::Challenges::default(),
@@ -485,39 +502,134 @@ impl Authority {
         Ok(est::csr_attrs(kt)?)
     }
 
-    /// The current CRL (DER) of the issuing CA `ca`: cached, made again when
-    /// something was revoked since or half its validity has passed.
+    /// The current CRL (DER) of the issuing CA `ca`, complete (every
+    /// certificate it revoked): cached, made again when something was revoked
+    /// since or half its validity has passed.
     pub fn crl(&self, ca: &str) -> Result<Vec<u8>, AuthorityError> {
+        self.crl_scoped(ca, None)
+    }
+
+    /// The current CRL (DER) of shard `shard` of `shards` of the issuing CA
+    /// `ca` (a partitioned CRL, [`iotpki_core::crl::shard_path`]): the
+    /// revoked certificates of that shard, with a critical
+    /// issuingDistributionPoint naming its URL. Any valid shard count is
+    /// served, so certificates issued under an earlier count stay covered.
+    /// Made again only when its own entries changed or half its validity has passed.
+    pub fn crl_shard(&self, ca: &str, shards: u32, shard: u32) -> Result<Vec<u8>, AuthorityError> {
+        if !iotpki_core::crl::valid_shard_count(shards) || shard >= shards {
+            return Err(AuthorityError::NotFound(format!(
+                "no CRL shard {shard} of {shards}: shard counts are powers of two from 2 to {}",
+                iotpki_core::crl::MAX_SHARDS
+            )));
+        }
+        self.crl_scoped(ca, Some((shards, shard)))
+    }
+
+    fn crl_scoped(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
         let key = self
             .issuing
             .iter()
             .find(|c| c.name == ca)
             .ok_or_else(|| AuthorityError::NotFound(format!("no issuing CA named {ca:?}")))?;
+        let scope_url = match shard {
+            None => None,
+            Some((s, k)) => {
+                let base = key.public_http_url.as_ref().ok_or_else(|| {
+                    AuthorityError::NotFound(format!(
+                        "CA {ca} has no partitioned CRLs (the authority has no server.public_http_url)"
+                    ))
+                })?;
+                Some(format!("{base}{}", iotpki_core::crl::shard_path(ca, s, k)))
+            }
+        };
+        let cache_key = match shard {
+            None => ca.to_string(),
+            Some((s, k)) => format!("{ca}/{s}/{k}"),
+        };
         let now = self.clock.now();
         let mark = self.store.revocation_mark(ca)?;
+        let fresh = |c: &revocation::Cached| now < c.this_update + revocation::CRL_VALIDITY_SECS / 2;
         let mut cache = self.crls.lock().map_err(|_| AuthorityError::Config("CRL cache poisoned".into()))?;
-        if let Some(c) = cache.get(ca) {
-            if c.mark == mark && now < c.this_update + revocation::CRL_VALIDITY_SECS / 2 {
+        if let Some(c) = cache.get(&cache_key) {
+            if c.mark == mark && fresh(c) {
                 return Ok(c.der.clone());
             }
         }
-        let revoked: Vec<iotpki_core::crl::Revoked> = self
-            .store
-            .revoked(ca)?
-            .into_iter()
-            .map(|(serial, at, reason)| iotpki_core::crl::Revoked { serial, at, reason })
-            .collect();
+        let all = self.revoked_list(ca, mark)?;
+        let revoked: Vec<iotpki_core::crl::Revoked> = match shard {
+            None => all.to_vec(),
+            Some((s, k)) => {
+                all.iter().filter(|r| iotpki_core::crl::shard_of(&r.serial, s) == Some(k)).cloned().collect()
+            }
+        };
+        let digest = revocation::entries_digest(&revoked);
+        if let Some(c) = cache.get_mut(&cache_key) {
+            // A revocation in another shard: this one's entries are the same.
+            if c.entries == digest && fresh(c) {
+                c.mark = mark;
+                return Ok(c.der.clone());
+            }
+        }
         let audit = AuditEvent {
             at: now,
             actor: "authority".into(),
             action: "crl.issue".into(),
-            target: ca.into(),
+            target: cache_key.clone(),
             detail: format!("entries={}", revoked.len()),
         };
         let number = self.store.next_crl_number(ca, audit)?;
-        let der = iotpki_core::crl::build(&key.issuer(), number, now, now + revocation::CRL_VALIDITY_SECS, &revoked)?;
-        cache.insert(ca.into(), revocation::Cached { der: der.clone(), mark, this_update: now });
+        let der = iotpki_core::crl::build_scoped(
+            &key.issuer(),
+            number,
+            now,
+            now + revocation::CRL_VALIDITY_SECS,
+            &revoked,
+            scope_url.as_deref(),
+        )?;
+        cache.insert(cache_key, revocation::Cached { der: der.clone(), mark, this_update: now, entries: digest });
         Ok(der)
+    }
+
+    /// The CA's revoked certificates as of `mark`, read from the store once per mark.
+    fn revoked_list(&self, ca: &str, mark: (u64, i64)) -> Result<Arc<Vec<iotpki_core::crl::Revoked>>, AuthorityError> {
+        let mut lists =
+            self.revoked_lists.lock().map_err(|_| AuthorityError::Config("revoked list cache poisoned".into()))?;
+        if let Some(l) = lists.get(ca) {
+            if l.mark == mark {
+                return Ok(l.entries.clone());
+            }
+        }
+        let entries: Arc<Vec<iotpki_core::crl::Revoked>> = Arc::new(
+            self.store
+                .revoked(ca)?
+                .into_iter()
+                .map(|(serial, at, reason)| iotpki_core::crl::Revoked { serial, at, reason })
+                .collect(),
+        );
+        lists.insert(ca.into(), revocation::RevokedList { mark, entries: entries.clone() });
+        Ok(entries)
+    }
+
+    /// The CRLs this node has made and keeps fresh: the complete CRL of each
+    /// issuing CA, and every shard someone asked for (CA, shard count, shard).
+    pub fn crl_scopes(&self) -> Vec<(String, Option<(u32, u32)>)> {
+        let mut out: Vec<(String, Option<(u32, u32)>)> = self.issuing.iter().map(|c| (c.name.clone(), None)).collect();
+        if let Ok(cache) = self.crls.lock() {
+            for k in cache.keys() {
+                if let Some((ca, s, k)) = iotpki_core::crl::parse_shard_path(&format!("{k}.crl")) {
+                    out.push((ca.to_string(), Some((s, k))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Make a CRL again if it is due ([`Self::crl`] or [`Self::crl_shard`]).
+    pub fn refresh_crl(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
+        match shard {
+            None => self.crl(ca),
+            Some((s, k)) => self.crl_shard(ca, s, k),
+        }
     }
 
     /// Answer an OCSP request (DER) with an OCSP response (DER), always: a

@@ -90,6 +90,27 @@ pub(crate) struct Cached {
     pub(crate) der: Vec<u8>,
     pub(crate) mark: (u64, i64),
     pub(crate) this_update: i64,
+    /// [`entries_digest`] of its entries.
+    pub(crate) entries: [u8; 32],
+}
+
+/// A CA's revoked certificates as of a revocation mark.
+pub(crate) struct RevokedList {
+    pub(crate) mark: (u64, i64),
+    pub(crate) entries: std::sync::Arc<Vec<iotpki_core::crl::Revoked>>,
+}
+
+/// SHA-256 over a CRL's entries (serial, time, reason): equal digests, equal entries.
+pub(crate) fn entries_digest(entries: &[iotpki_core::crl::Revoked]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for r in entries {
+        h.update((r.serial.len() as u64).to_be_bytes());
+        h.update(r.serial.as_bytes());
+        h.update(r.at.to_be_bytes());
+        h.update([r.reason]);
+    }
+    h.finalize().into()
 }
 
 /// How long an OCSP answer is valid (thisUpdate to nextUpdate).

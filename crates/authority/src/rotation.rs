@@ -157,6 +157,7 @@ pub fn rotate(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str) -> 
             key_uri: None,
             role: CaRole::Root,
             older_certs: vec![],
+            crl_shards: None,
         },
     );
     // Recorded before anything uses them: the store knows every certificate.

@@ -41,6 +41,11 @@ pub struct InitArgs {
     /// (default: http:// and the --http-listen address).
     #[arg(long)]
     public_http_url: Option<String>,
+    /// Split each issuing CA's CRL into this many shards (partitioned CRLs, a
+    /// power of two from 2 to 1024): a certificate names its shard,
+    /// /crl/CA/S/K.crl, so a device fetches only that one. Default: one CRL per CA.
+    #[arg(long, value_name = "S")]
+    crl_shards: Option<u32>,
     /// Generate the CA keys inside this PKCS#11 token (RFC 7512 URI: 'pkcs11:token=LABEL'); the
     /// PIN comes from --pin-file or $IOTPKI_PIN.
     #[arg(long, value_name = "URI")]
@@ -80,6 +85,7 @@ pub fn init(a: InitArgs) -> anyhow::Result<()> {
         http_listen: Some(a.http_listen),
         database: a.dir.database.clone(),
         hsm,
+        crl_shards: a.crl_shards,
     };
     let r = iotpki_authority::init::init(&a.dir.dir, &opts, &pass, &SystemClock)?;
     println!("authority created in {}", r.dir.display());

@@ -87,17 +87,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(format!("{p}.issuer.der"), &ca_cert)?;
     }
 
-    // Shards: a certificate's shard is fixed at issuance (it is in its CRL DP URL);
-    // here by a hash of the serial, so shards fill evenly.
+    // Shards as the authority cuts them: a certificate's shard is fixed at
+    // issuance by its serial (crl::shard_of) and named in its CRL DP URL; each
+    // shard's CRL carries a critical issuingDistributionPoint with that URL.
+    let count = u32::try_from(shards)?;
+    if !crl::valid_shard_count(count) {
+        return Err(format!("{shards} shards: give a power of two from 2 to {}", crl::MAX_SHARDS).into());
+    }
     let mut parts: Vec<Vec<Revoked>> = vec![Vec::new(); shards];
     for r in &revoked {
-        let h = r.serial.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        parts[(h % shards as u64) as usize].push(r.clone());
+        let k = crl::shard_of(&r.serial, count).ok_or("serial is not hex")?;
+        parts[k as usize].push(r.clone());
     }
     let t = Instant::now();
     let mut built = Vec::with_capacity(shards);
-    for p in &parts {
-        built.push(crl::build(&issuer, 1, now, now + 7 * 86_400, p)?);
+    for (k, p) in parts.iter().enumerate() {
+        let url = format!("http://pki.example{}", crl::shard_path("operational", count, k as u32));
+        built.push(crl::build_scoped(&issuer, 1, now, now + 7 * 86_400, p, Some(&url))?);
     }
     let all = t.elapsed();
     // What a device pays for its one shard: crl::check (signature, profile, every entry).

@@ -96,6 +96,11 @@ fn main() {
     std::fs::write(out.join("crl/current.der"), crl).unwrap();
     let empty = iotpki_core::crl::build(&issuer, 8, 1_799_990_000, 1_800_086_400, &[]).unwrap();
     std::fs::write(out.join("crl/empty.der"), empty).unwrap();
+    // A shard of a partitioned CRL (critical issuingDistributionPoint), and a shard path.
+    let url = format!("http://pki.example{}", iotpki_core::crl::shard_path("operational", 64, 7));
+    let shard = iotpki_core::crl::build_scoped(&issuer, 9, 1_799_990_000, 1_800_086_400, &revoked, Some(&url)).unwrap();
+    std::fs::write(out.join("crl/shard.der"), shard).unwrap();
+    std::fs::write(out.join("crl/path.txt"), "operational/64/7.crl").unwrap();
 
     // TPM public areas (TPMT_PUBLIC) of P-256 keys: a device key as the TPM
     // keystore makes it, and a restricted decryption key (an EK's shape).

@@ -2,6 +2,14 @@
 //! authorityKeyIdentifier and cRLNumber extensions, and a reasonCode on
 //! each entry whose reason is not `unspecified` (RFC 5280 5.3.1 recommends
 //! omitting that one).
+//!
+//! Partitioned CRLs (RFC 5280 5.2.5): an issuing CA may split its revocations
+//! into `S` shards (a power of two). A certificate belongs to shard
+//! [`shard_of`] its serial, and its cRLDistributionPoints names that shard's
+//! URL ([`shard_path`]); the shard's CRL carries a critical
+//! issuingDistributionPoint naming the same URL, so one shard's CRL cannot
+//! stand in for another's ([`covers`]). The serial's low octets are random,
+//! so shards fill evenly.
 
 use const_oid::AssociatedOid;
 use der::asn1::{BitString, OctetString, Uint};
@@ -82,6 +90,56 @@ pub struct Revoked {
     pub reason: u8,
 }
 
+/// Most shards a CA's CRL may be split into.
+pub const MAX_SHARDS: u32 = 1024;
+
+/// id-ce-issuingDistributionPoint (RFC 5280 5.2.5). Spelled out here: the
+/// `AssociatedOid` of x509-cert 0.2's `IssuingDistributionPoint` is wrong
+/// (it names id-pe-subjectInfoAccess).
+pub const ID_CE_ISSUING_DISTRIBUTION_POINT: const_oid::ObjectIdentifier =
+    const_oid::ObjectIdentifier::new_unwrap("2.5.29.28");
+
+/// Whether `shards` is a shard count we make: a power of two from 2 to [`MAX_SHARDS`].
+pub fn valid_shard_count(shards: u32) -> bool {
+    (2..=MAX_SHARDS).contains(&shards) && shards.is_power_of_two()
+}
+
+/// The shard (of `shards`) the certificate with serial `serial_hex` belongs
+/// to: its last four octets (random in our serials) modulo `shards`. `None`
+/// when the serial is not hex or `shards` is not a valid count.
+pub fn shard_of(serial_hex: &str, shards: u32) -> Option<u32> {
+    if !valid_shard_count(shards) {
+        return None;
+    }
+    let bytes = hex::decode(serial_hex).ok()?;
+    let low = bytes.iter().rev().take(4).rev().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+    Some(low % shards)
+}
+
+/// The path of shard `shard` of `shards` of CA `ca`'s CRL: `/crl/CA/S/K.crl`.
+/// The shard count is in the path, so certificates issued while the CA had
+/// another count keep a URL that still names their shard.
+pub fn shard_path(ca: &str, shards: u32, shard: u32) -> String {
+    format!("/crl/{ca}/{shards}/{shard}.crl")
+}
+
+/// The inverse of [`shard_path`] for what follows `/crl/`: `CA/S/K.crl` gives
+/// `(CA, S, K)` when `S` is a valid shard count and `K < S`.
+pub fn parse_shard_path(rest: &str) -> Option<(&str, u32, u32)> {
+    let mut parts = rest.split('/');
+    let (ca, s, k) = (parts.next()?, parts.next()?, parts.next()?.strip_suffix(".crl")?);
+    if parts.next().is_some() || ca.is_empty() {
+        return None;
+    }
+    let canonical =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) && (t == "0" || !t.starts_with('0'));
+    if !canonical(s) || !canonical(k) {
+        return None;
+    }
+    let (s, k) = (s.parse().ok()?, k.parse().ok()?);
+    (valid_shard_count(s) && k < s).then_some((ca, s, k))
+}
+
 /// Build and sign the CRL number `number` of `issuer`, valid from `this_update` to `next_update`.
 pub fn build(
     issuer: &Issuer<'_>,
@@ -89,6 +147,20 @@ pub fn build(
     this_update: i64,
     next_update: i64,
     revoked: &[Revoked],
+) -> Result<Vec<u8>, Error> {
+    build_scoped(issuer, number, this_update, next_update, revoked, None)
+}
+
+/// [`build`], for a partitioned CRL when `scope_url` is given: it then carries
+/// a critical issuingDistributionPoint whose distributionPoint is that URL
+/// (the one in the cRLDistributionPoints of the certificates it covers).
+pub fn build_scoped(
+    issuer: &Issuer<'_>,
+    number: u64,
+    this_update: i64,
+    next_update: i64,
+    revoked: &[Revoked],
+    scope_url: Option<&str>,
 ) -> Result<Vec<u8>, Error> {
     let mut entries = Vec::with_capacity(revoked.len());
     for r in revoked {
@@ -108,6 +180,10 @@ pub fn build(
         authority_cert_serial_number: None,
     };
     let number = CrlNumber(Uint::new(&number.to_be_bytes()).map_err(|e| Error::der("CRL number", e))?);
+    let mut crl_extensions = vec![ext(&aki)?, ext(&number)?];
+    if let Some(url) = scope_url {
+        crl_extensions.push(idp_extension(url)?);
+    }
     let tbs = TbsCertList {
         version: Version::V2,
         signature: signature.clone(),
@@ -116,7 +192,7 @@ pub fn build(
         next_update: Some(x509_time(next_update)?),
         // RFC 5280 5.1.2.6: absent, not empty, when nothing is revoked.
         revoked_certificates: (!entries.is_empty()).then_some(entries),
-        crl_extensions: Some(vec![ext(&aki)?, ext(&number)?]),
+        crl_extensions: Some(crl_extensions),
     };
     let tbs_der = tbs.to_der().map_err(|e| Error::der("TBS CRL", e))?;
     let sig = issuer.signer.sign(&tbs_der)?;
@@ -126,6 +202,89 @@ pub fn build(
         signature: BitString::from_bytes(&sig).map_err(|e| Error::der("CRL signature", e))?,
     };
     crl.to_der().map_err(|e| Error::der("CRL", e))
+}
+
+fn idp_extension(url: &str) -> Result<Extension, Error> {
+    use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    if !url.starts_with("http://") || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Profile(format!("CRL scope {url:?} must be a plain http:// URL")));
+    }
+    let name =
+        GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(url).map_err(|e| Error::der("URI", e))?);
+    let idp = IssuingDistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![name])),
+        only_contains_user_certs: false,
+        only_contains_ca_certs: false,
+        only_some_reasons: None,
+        indirect_crl: false,
+        only_contains_attribute_certs: false,
+    };
+    Ok(Extension {
+        extn_id: ID_CE_ISSUING_DISTRIBUTION_POINT,
+        // Critical (RFC 5280 5.2.5; CA/Browser Forum ballot SC-58 for partitioned CRLs).
+        critical: true,
+        extn_value: OctetString::new(idp.to_der().map_err(|e| Error::der("issuingDistributionPoint", e))?)
+            .map_err(|e| Error::der("issuingDistributionPoint", e))?,
+    })
+}
+
+/// The scope a CRL's issuingDistributionPoint gives (its distributionPoint
+/// URIs), `None` when it has none (a complete CRL). Refuses what we do not
+/// handle: scopes by reason, indirect CRLs, attribute-certificate CRLs,
+/// user- or CA-only CRLs, and a scope named other than by URIs.
+fn scope_of(tbs: &TbsCertList) -> Result<Option<Vec<String>>, Error> {
+    use der::Decode;
+    use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+    let exts = tbs.crl_extensions.as_deref().unwrap_or_default();
+    let mut scope = None;
+    for e in exts {
+        if e.extn_id == ID_CE_ISSUING_DISTRIBUTION_POINT {
+            if scope.is_some() {
+                return Err(Error::Profile("the CRL has two issuingDistributionPoint extensions".into()));
+            }
+            let idp = IssuingDistributionPoint::from_der(e.extn_value.as_bytes())
+                .map_err(|e| Error::der("issuingDistributionPoint", e))?;
+            if idp.only_some_reasons.is_some()
+                || idp.indirect_crl
+                || idp.only_contains_attribute_certs
+                || idp.only_contains_user_certs
+                || idp.only_contains_ca_certs
+            {
+                return Err(Error::Profile(
+                    "the CRL's issuingDistributionPoint limits it by reason, issuer or kind of certificate: not supported"
+                        .into(),
+                ));
+            }
+            let Some(DistributionPointName::FullName(names)) = idp.distribution_point else {
+                return Err(Error::Profile("the CRL's issuingDistributionPoint names no URL".into()));
+            };
+            let mut urls = Vec::new();
+            for n in names {
+                if let GeneralName::UniformResourceIdentifier(u) = n {
+                    urls.push(u.to_string());
+                }
+            }
+            if urls.is_empty() {
+                return Err(Error::Profile("the CRL's issuingDistributionPoint names no URL".into()));
+            }
+            scope = Some(urls);
+        } else if e.critical && e.extn_id != CrlNumber::OID && e.extn_id != AuthorityKeyIdentifier::OID {
+            return Err(Error::Profile(format!("the CRL has an unknown critical extension {}", e.extn_id)));
+        }
+    }
+    Ok(scope)
+}
+
+/// Whether a checked CRL covers a certificate whose cRLDistributionPoints
+/// names `dp_urls`: a complete CRL covers every certificate of its issuer, a
+/// partitioned one only those whose distribution point it names.
+pub fn covers(crl: &CheckedCrl, dp_urls: &[String]) -> bool {
+    match &crl.scope {
+        None => true,
+        Some(scope) => scope.iter().any(|u| dp_urls.contains(u)),
+    }
 }
 
 fn number_of(tbs: &TbsCertList) -> Result<u64, Error> {
@@ -162,6 +321,9 @@ pub struct CheckedCrl {
     pub next_update: i64,
     /// The revoked serials, lowercase hex.
     pub revoked: Vec<String>,
+    /// The URLs of its issuingDistributionPoint: the certificates it covers
+    /// name one of them in their cRLDistributionPoints. `None`: a complete CRL.
+    pub scope: Option<Vec<String>>,
 }
 
 /// Largest CRL a device takes.
@@ -205,6 +367,7 @@ pub fn check(der: &[u8], issuer_cert_der: &[u8], now: i64, skew: i64) -> Result<
         )));
     }
     let number = number_of(tbs)?;
+    let scope = scope_of(tbs)?;
     let revoked = tbs
         .revoked_certificates
         .as_deref()
@@ -212,7 +375,7 @@ pub fn check(der: &[u8], issuer_cert_der: &[u8], now: i64, skew: i64) -> Result<
         .iter()
         .map(|r| crate::serial::serial_hex(&r.serial_number))
         .collect();
-    Ok(CheckedCrl { number, this_update, next_update, revoked })
+    Ok(CheckedCrl { number, this_update, next_update, revoked, scope })
 }
 
 #[cfg(test)]
@@ -291,5 +454,66 @@ mod tests {
         let i = bad.len() - 3;
         bad[i] ^= 1;
         assert!(check(&bad, &ca, 1_700_000_200, 300).is_err());
+    }
+
+    #[test]
+    fn shards_split_serials_evenly_and_paths_round_trip() {
+        assert!(valid_shard_count(2) && valid_shard_count(64) && valid_shard_count(MAX_SHARDS));
+        for bad in [0, 1, 3, 48, MAX_SHARDS * 2] {
+            assert!(!valid_shard_count(bad), "{bad}");
+            assert_eq!(shard_of("01aa", bad), None);
+        }
+        let mut counts = [0u32; 16];
+        for _ in 0..16_000 {
+            let (_, h) = crate::serial::system_random_serial(1_800_000_000).unwrap();
+            counts[shard_of(&h, 16).unwrap() as usize] += 1;
+        }
+        // 1,000 expected in each; 6 standard deviations (about 190) either side.
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        assert_eq!(shard_of("01020304050607", 1024), Some(0x0607 % 1024), "0x04050607 mod 1024");
+        assert_eq!(shard_of("0100000041", 64), Some(1), "the last four octets: 0x00000041 mod 64");
+        assert_eq!(shard_of("zz", 64), None);
+        assert_eq!(shard_path("operational", 64, 7), "/crl/operational/64/7.crl");
+        assert_eq!(parse_shard_path("operational/64/7.crl"), Some(("operational", 64, 7)));
+        for bad in [
+            "operational/64/64.crl",
+            "operational/48/1.crl",
+            "operational/64/07.crl",
+            "op/064/1.crl",
+            "op/64/1",
+            "op/64/1.crl/x",
+            "/64/1.crl",
+            "op/64/-1.crl",
+            "op/64/+1.crl",
+            "op/1/0.crl",
+            "op.crl",
+        ] {
+            assert_eq!(parse_shard_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_partitioned_crl_names_its_shard_and_covers_only_it() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (ca, n, kid) = self_signed(&k, "CA");
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let url = "http://pki.example:8080/crl/operational/64/7.crl";
+        let revoked = [Revoked { serial: "01aa".into(), at: 1_700_000_000, reason: 1 }];
+        let der = build_scoped(&issuer, 3, 1_700_000_100, 1_700_086_500, &revoked, Some(url)).unwrap();
+        let crl = CertificateList::from_der(&der).unwrap();
+        let idp =
+            crl.tbs_cert_list.crl_extensions.as_ref().unwrap().iter().find(|e| e.extn_id.to_string() == "2.5.29.28");
+        assert!(idp.is_some_and(|e| e.critical), "a critical issuingDistributionPoint");
+        let c = check(&der, &ca, 1_700_000_200, 300).unwrap();
+        assert_eq!(c.scope.as_deref(), Some([url.to_string()].as_slice()));
+        assert!(covers(&c, &[url.to_string()]));
+        assert!(!covers(&c, &["http://pki.example:8080/crl/operational/64/8.crl".to_string()]), "another shard");
+        assert!(!covers(&c, &[]), "a certificate with no distribution point");
+        let complete =
+            check(&build(&issuer, 4, 1_700_000_100, 1_700_086_500, &revoked).unwrap(), &ca, 1_700_000_200, 300)
+                .unwrap();
+        assert_eq!(complete.scope, None);
+        assert!(covers(&complete, &[url.to_string()]) && covers(&complete, &[]));
+        assert!(build_scoped(&issuer, 5, 1, 2, &[], Some("ftp://x/y.crl")).is_err());
     }
 }

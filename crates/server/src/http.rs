@@ -127,7 +127,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/factory/batches/{id}", get(station_batch))
         .route("/factory/tpm-challenge", post(tpm_challenge))
         .route("/factory/sync", get(sync_state).post(sync_upload).layer(DefaultBodyLimit::max(SYNC_MAX_BODY)))
-        .route("/crl/{file}", get(crl))
+        .route("/crl/{*file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
         .route(BUNDLE_PATH, get(bundle))
@@ -142,7 +142,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
 /// certificates lead here): CRLs and OCSP. Nothing that issues.
 pub fn public_router(authority: Arc<Authority>) -> Router {
     Router::new()
-        .route("/crl/{file}", get(crl))
+        .route("/crl/{*file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
         .route(BUNDLE_PATH, get(bundle))
@@ -271,18 +271,24 @@ async fn tpm_challenge(
     Ok(r)
 }
 
-/// `GET /crl/CA-NAME.crl`: the CA's CRL, DER (`application/pkix-crl`), or PEM
+/// `GET /crl/CA-NAME.crl`: the CA's complete CRL; `GET /crl/CA-NAME/S/K.crl`:
+/// shard K of S of its partitioned CRL. DER (`application/pkix-crl`), or PEM
 /// when the client asks for it in `Accept`.
 async fn crl(
     State(a): State<Arc<Authority>>,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ca = file
-        .strip_suffix(".crl")
-        .ok_or_else(|| AuthorityError::NotFound(format!("no CRL at {file:?} (try /crl/CA-NAME.crl)")))?
-        .to_string();
-    let der = tokio::task::spawn_blocking(move || a.crl(&ca))
+    let not_found =
+        || AuthorityError::NotFound(format!("no CRL at {file:?} (try /crl/CA-NAME.crl or /crl/CA-NAME/S/K.crl)"));
+    let scope = match file.strip_suffix(".crl") {
+        Some(ca) if !ca.contains('/') => (ca.to_string(), None),
+        _ => {
+            let (ca, s, k) = iotpki_core::crl::parse_shard_path(&file).ok_or_else(not_found)?;
+            (ca.to_string(), Some((s, k)))
+        }
+    };
+    let der = tokio::task::spawn_blocking(move || a.refresh_crl(&scope.0, scope.1))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
     let wants_pem = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("pem"));

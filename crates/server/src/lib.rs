@@ -75,16 +75,17 @@ type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// has passed (or after a revocation), whether or not anyone asked for it.
 const CRL_REFRESH: Duration = Duration::from_secs(600);
 
-/// Keep every issuing CA's CRL fresh on a schedule, not only on request.
+/// Keep every issuing CA's CRL, and every CRL shard asked for, fresh on a
+/// schedule, not only on request.
 async fn refresh_crls(authority: Arc<Authority>) {
     loop {
         // First after a while: a CRL is made on the first request anyway.
         tokio::time::sleep(CRL_REFRESH).await;
         let a = authority.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for ca in a.issuing_ca_names() {
-                if let Err(e) = a.crl(&ca) {
-                    tracing::warn!(ca = %ca, error = %e, "could not refresh the CRL");
+            for (ca, shard) in a.crl_scopes() {
+                if let Err(e) = a.refresh_crl(&ca, shard) {
+                    tracing::warn!(ca = %ca, shard = ?shard, error = %e, "could not refresh the CRL");
                 }
             }
         })

@@ -315,3 +315,37 @@ fn demo_runs_a_small_fleet() {
     ]));
     assert!(out.contains("audit chain OK"));
 }
+
+#[test]
+fn crl_shard_counts_that_cannot_work_are_refused_at_init_and_in_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    for bad in ["3", "1", "2048"] {
+        let err = run_fail(bin().args(["init", "--dir", d, "--crl-shards", bad]).env("IOTPKI_PASSPHRASE", PASS));
+        assert!(err.contains(&format!("--crl-shards {bad}")) && err.contains("power of two"), "{err}");
+        assert!(!dir.exists(), "nothing made");
+    }
+    run_ok(bin().args(["init", "--dir", d, "--crl-shards", "64"]).env("IOTPKI_PASSPHRASE", PASS));
+    let cfg_path = dir.join("iotpki.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert_eq!(cfg.matches("crl_shards = 64").count(), 2, "both issuing CAs: {cfg}");
+    let pass = iotpki_authority::Passphrase::new(PASS.into()).unwrap();
+    let open = || {
+        iotpki_authority::Authority::open(&dir, &pass, std::sync::Arc::new(iotpki_authority::clock::SystemClock))
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(open(), None);
+    // Edited by hand: a count that is not a power of two, shards on the root,
+    // shards without a public URL for the distribution points.
+    let bad_count = cfg.replacen("crl_shards = 64", "crl_shards = 48", 1);
+    std::fs::write(&cfg_path, &bad_count).unwrap();
+    assert!(open().is_some_and(|e| e.contains("crl_shards = 48") && e.contains("power of two")));
+    let on_root = cfg.replacen("role = \"root\"", "role = \"root\"\ncrl_shards = 4", 1);
+    std::fs::write(&cfg_path, &on_root).unwrap();
+    assert!(open().is_some_and(|e| e.contains("issuing CAs only")), "{:?}", open());
+    let no_url: String = cfg.lines().filter(|l| !l.starts_with("public_http_url")).collect::<Vec<_>>().join("\n");
+    std::fs::write(&cfg_path, &no_url).unwrap();
+    assert!(open().is_some_and(|e| e.contains("needs server.public_http_url")), "{:?}", open());
+}

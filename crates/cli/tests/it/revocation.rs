@@ -410,3 +410,147 @@ async fn issued_certificates_point_to_their_crl_and_ocsp_and_openssl_follows_the
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&est.stdout), "404");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_crl_lists_a_certificate_in_its_own_shard_only_and_peers_agree() {
+    use iotpki_core::crl::shard_of;
+    let opts = iotpki_authority::init::InitOptions { crl_shards: Some(2), ..Default::default() };
+    let ca = Ca::start_with(opts).await;
+    // Devices until both shards have one (each lands in either with probability 1/2).
+    let (mut a, mut b) = (None, None);
+    for i in 0..24 {
+        let dev = ca.enrolled_device(&format!("SH-{i}")).await;
+        let serial = iotpki_agent::status(&dev).unwrap().cert_serial;
+        let slot = if shard_of(&serial, 2) == Some(0) { &mut a } else { &mut b };
+        if slot.is_none() {
+            *slot = Some((dev, serial));
+        }
+        if a.is_some() && b.is_some() {
+            break;
+        }
+    }
+    let ((dev_a, serial_a), (dev_b, serial_b)) = (a.unwrap(), b.unwrap());
+    let d = ca.tmp.path().join("shards");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("a.pem"), iotpki_agent::state::load(&dev_a).unwrap().cert_pem).unwrap();
+    std::fs::write(d.join("b.pem"), iotpki_agent::state::load(&dev_b).unwrap().cert_pem).unwrap();
+    let http = ca.http_url.clone();
+    let b_before = ca.authority.crl_shard("operational", 2, 1).unwrap();
+
+    let sn = DeviceSerial::parse(&iotpki_agent::status(&dev_a).unwrap().device_serial).unwrap();
+    revocation::revoke(ca.authority.store().as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap();
+    // Shard 1 has the same entries as before: the same CRL, not signed again.
+    assert_eq!(ca.authority.crl_shard("operational", 2, 1).unwrap(), b_before);
+    let audit_before = ca.audit_len();
+    let _ = ca.authority.crl_shard("operational", 2, 0).unwrap();
+    assert_eq!(ca.audit_len(), audit_before + 1, "shard 0 changed: a new CRL, recorded");
+    assert_eq!(ca.last_audit().event.target, "operational/2/0");
+
+    let (root, op) = (ca.root_file(), ca.ca_file("operational"));
+    let dd = d.clone();
+    let upper = serial_a.to_uppercase();
+    tokio::task::spawn_blocking(move || {
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        for (pem, k) in [("a.pem", 0), ("b.pem", 1)] {
+            let dp = run_ok(
+                Command::new("openssl")
+                    .args(["x509", "-noout", "-ext", "crlDistributionPoints", "-in"])
+                    .arg(dd.join(pem)),
+            );
+            assert!(dp.contains(&format!("URI:{http}/crl/operational/2/{k}.crl")), "{dp}");
+            let der = curl(&[&format!("{http}/crl/operational/2/{k}.crl")]);
+            std::fs::write(dd.join(format!("{k}.crl")), &der).unwrap();
+            let pem_crl = Command::new("openssl")
+                .args(["crl", "-inform", "DER", "-in", &s(&dd.join(format!("{k}.crl"))), "-out"])
+                .arg(dd.join(format!("{k}.crl.pem")))
+                .output()
+                .unwrap();
+            assert!(pem_crl.status.success());
+        }
+        // Each shard verifies, names itself in a critical issuingDistributionPoint,
+        // and only shard 0 lists the revoked certificate.
+        for k in [0, 1] {
+            let out = Command::new("openssl")
+                .args(["crl", "-inform", "DER", "-in", &s(&dd.join(format!("{k}.crl"))), "-CAfile", &s(&op)])
+                .args(["-noout", "-verify", "-text"])
+                .output()
+                .unwrap();
+            let all = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && all.contains("verify OK"), "{all}");
+            assert!(all.contains("X509v3 Issuing Distribution Point: critical"), "{all}");
+            assert!(all.contains(&format!("URI:{http}/crl/operational/2/{k}.crl")), "{all}");
+            assert_eq!(all.contains(&upper), k == 0, "shard {k}: {all}");
+        }
+        let verify = |cert: &str, crl: &str| {
+            let o = Command::new("openssl")
+                .args(["verify", "-crl_check", "-CAfile", &s(&root), "-untrusted", &s(&op), "-CRLfile"])
+                .arg(dd.join(crl))
+                .arg(dd.join(cert))
+                .output()
+                .unwrap();
+            (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+        };
+        let (ok, said) = verify("a.pem", "0.crl.pem");
+        assert!(!ok && said.contains("certificate revoked"), "{said}");
+        let (ok, said) = verify("b.pem", "1.crl.pem");
+        assert!(ok, "{said}");
+        // openssl does not take another shard's CRL for a certificate: out of its scope.
+        let (ok, said) = verify("a.pem", "1.crl.pem");
+        assert!(!ok && said.contains("different CRL scope"), "{said}");
+        // openssl follows the distribution point to the shard.
+        let o = Command::new("openssl")
+            .args(["verify", "-crl_check", "-crl_download", "-CAfile", &s(&root), "-untrusted", &s(&op)])
+            .arg(dd.join("a.pem"))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && said.contains("certificate revoked"), "{said}");
+        // pkilint: no finding at WARNING or above.
+        let lint = std::env::var_os("IOTPKI_PKILINT_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin")
+            })
+            .join("lint_crl");
+        let l = run_ok(
+            Command::new(&lint)
+                .args(["lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", "--document-format", "DER"])
+                .arg(dd.join("0.crl")),
+        );
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+        // No such shard: 404, with the reason.
+        for bad in ["operational/2/2.crl", "operational/3/0.crl", "operational/2/01.crl", "nosuch/2/0.crl"] {
+            let o = Command::new("curl")
+                .args(["--silent", "-o", "/dev/null", "-w", "%{http_code}", &format!("{http}/crl/{bad}")])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "404", "{bad}");
+        }
+        // The complete CRL is still served, and lists it too.
+        let whole = curl(&[&format!("{http}/crl/operational.crl")]);
+        std::fs::write(dd.join("whole.crl"), &whole).unwrap();
+        let text = run_ok(
+            Command::new("openssl").args(["crl", "-inform", "DER", "-noout", "-text", "-in"]).arg(dd.join("whole.crl")),
+        );
+        assert!(text.contains(&upper) && !text.contains("Issuing Distribution Point"), "{text}");
+    })
+    .await
+    .unwrap();
+
+    // The devices: each takes its own shard only.
+    let shard0 = std::fs::read(d.join("0.crl")).unwrap();
+    let shard1 = std::fs::read(d.join("1.crl")).unwrap();
+    let before = std::fs::read_dir(&dev_b).unwrap().count();
+    let err = iotpki_agent::trust::apply(&dev_b, &shard0, false).unwrap_err().to_string();
+    assert!(err.contains("covers none of this device's certificates"), "{err}");
+    assert_eq!(std::fs::read_dir(&dev_b).unwrap().count(), before, "nothing installed");
+    match iotpki_agent::trust::apply(&dev_b, &shard1, false).unwrap() {
+        iotpki_agent::trust::Applied::Crl { own_revoked, .. } => assert!(!own_revoked),
+        other => panic!("{other:?}"),
+    }
+    let fetched = iotpki_agent::trust::fetch_and_apply(&dev_a, &ca.http_url).await.unwrap();
+    let crl = fetched.iter().find(|(p, _)| p.starts_with("/crl/")).expect("the shard was fetched");
+    assert_eq!(crl.0, "/crl/operational/2/0.crl");
+    assert!(matches!(crl.1, Ok(iotpki_agent::trust::Applied::Crl { own_revoked: true, .. })), "{crl:?}");
+    assert_ne!(serial_a, serial_b);
+}
