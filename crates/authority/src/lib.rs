@@ -556,12 +556,16 @@ impl Authority {
             }
         }
         let all = self.revoked_list(ca, mark)?;
-        let revoked: Vec<iotpki_core::crl::Revoked> = match shard {
-            None => all.to_vec(),
-            Some((s, k)) => {
-                all.iter().filter(|r| iotpki_core::crl::shard_of(&r.serial, s) == Some(k)).cloned().collect()
-            }
-        };
+        // An entry stays until its certificate has been expired for a while
+        // (RFC 5280 3.3: at least one regularly scheduled CRL after its expiry
+        // lists it); after that it leaves, so a CRL holds about one
+        // certificate lifetime of revocations, not every one ever made.
+        let revoked: Vec<iotpki_core::crl::Revoked> = all
+            .iter()
+            .filter(|r| r.not_after.saturating_add(revocation::EXPIRED_KEPT_SECS) > now)
+            .filter(|r| shard.is_none_or(|(s, k)| iotpki_core::crl::shard_of(&r.serial, s) == Some(k)))
+            .map(|r| iotpki_core::crl::Revoked { serial: r.serial.clone(), at: r.revoked_at, reason: r.reason })
+            .collect();
         let digest = revocation::entries_digest(&revoked);
         if let Some(c) = cache.get_mut(&cache_key) {
             // A revocation in another shard: this one's entries are the same.
@@ -591,7 +595,7 @@ impl Authority {
     }
 
     /// The CA's revoked certificates as of `mark`, read from the store once per mark.
-    fn revoked_list(&self, ca: &str, mark: (u64, i64)) -> Result<Arc<Vec<iotpki_core::crl::Revoked>>, AuthorityError> {
+    fn revoked_list(&self, ca: &str, mark: (u64, i64)) -> Result<Arc<Vec<iotpki_store::RevokedCert>>, AuthorityError> {
         let mut lists =
             self.revoked_lists.lock().map_err(|_| AuthorityError::Config("revoked list cache poisoned".into()))?;
         if let Some(l) = lists.get(ca) {
@@ -599,13 +603,7 @@ impl Authority {
                 return Ok(l.entries.clone());
             }
         }
-        let entries: Arc<Vec<iotpki_core::crl::Revoked>> = Arc::new(
-            self.store
-                .revoked(ca)?
-                .into_iter()
-                .map(|(serial, at, reason)| iotpki_core::crl::Revoked { serial, at, reason })
-                .collect(),
-        );
+        let entries = Arc::new(self.store.revoked(ca)?);
         lists.insert(ca.into(), revocation::RevokedList { mark, entries: entries.clone() });
         Ok(entries)
     }

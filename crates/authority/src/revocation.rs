@@ -27,6 +27,13 @@ use crate::AuthorityError;
 /// How long a CRL is valid (thisUpdate to nextUpdate).
 pub const CRL_VALIDITY_SECS: i64 = 24 * 3600;
 
+/// How long after its certificate's notAfter an entry stays on the CRLs.
+/// RFC 5280 3.3: an entry may leave once one regularly scheduled CRL issued
+/// after the certificate expired has listed it; CRLs are made again at half
+/// their validity (on request and by the server's schedule), so two
+/// validities leave room for several.
+pub const EXPIRED_KEPT_SECS: i64 = 2 * CRL_VALIDITY_SECS;
+
 /// What to revoke.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a> {
@@ -97,7 +104,7 @@ pub(crate) struct Cached {
 /// A CA's revoked certificates as of a revocation mark.
 pub(crate) struct RevokedList {
     pub(crate) mark: (u64, i64),
-    pub(crate) entries: std::sync::Arc<Vec<iotpki_core::crl::Revoked>>,
+    pub(crate) entries: std::sync::Arc<Vec<iotpki_store::RevokedCert>>,
 }
 
 /// SHA-256 over a CRL's entries (serial, time, reason): equal digests, equal entries.

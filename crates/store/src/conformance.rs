@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
     Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
-    OwnershipStatus, Precondition, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload,
-    TokenRecord,
+    OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry,
+    SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -530,7 +530,10 @@ pub fn revocation(store: &dyn Store) {
         store.revoke("00", 1, 1_300, event("revoke", "x")),
         Err(StoreError::CertUnknown { serial: "00".into() })
     );
-    assert_eq!(store.revoked(&ca).expect("list"), vec![(c.serial.clone(), 1_234, 1)]);
+    assert_eq!(
+        store.revoked(&ca).expect("list"),
+        vec![RevokedCert { serial: c.serial.clone(), revoked_at: 1_234, reason: 1, not_after: c.not_after }]
+    );
     assert_eq!(store.revocation_mark(&ca).expect("mark"), (1, 1_234));
     let a = store.next_crl_number(&ca, event("crl", &ca)).expect("number");
     let b = store.next_crl_number(&ca, event("crl", &ca)).expect("number");

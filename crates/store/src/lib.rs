@@ -44,6 +44,19 @@ pub enum CertStatus {
     },
 }
 
+/// A revoked certificate, as a CRL lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedCert {
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// When it was revoked.
+    pub revoked_at: UnixTime,
+    /// RFC 5280 reason code.
+    pub reason: u8,
+    /// Its notAfter: once it has passed, the entry may leave the CRL (RFC 5280 3.3).
+    pub not_after: UnixTime,
+}
+
 /// One issued certificate, as recorded before it is returned to anyone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertRecord {
@@ -453,8 +466,8 @@ pub trait Store: Send + Sync {
     /// Revoke a certificate (it must be recorded and good) with an RFC 5280 reason code.
     fn revoke(&self, serial: &str, reason: u8, at: UnixTime, audit: AuditEvent) -> Result<(), StoreError>;
 
-    /// A CA's revoked certificates: `(serial, revoked at, reason)`, oldest first.
-    fn revoked(&self, ca: &str) -> Result<Vec<(String, UnixTime, u8)>, StoreError>;
+    /// A CA's revoked certificates, oldest revocation first.
+    fn revoked(&self, ca: &str) -> Result<Vec<RevokedCert>, StoreError>;
 
     /// How many of a CA's certificates are revoked, and the latest revocation time:
     /// a cheap way to tell whether a CRL is stale.

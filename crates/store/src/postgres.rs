@@ -64,8 +64,8 @@ use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement, Tra
 use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, StationRecord,
-    StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, RevokedCert,
+    StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -1353,17 +1353,24 @@ impl Store for PgStore {
         self.submit_unit(Op::Revoke(serial.into(), reason, at, audit))
     }
 
-    fn revoked(&self, ca: &str) -> Result<Vec<(String, i64, u8)>, StoreError> {
+    fn revoked(&self, ca: &str) -> Result<Vec<RevokedCert>, StoreError> {
         self.read(|d| {
             let rows = d
                 .all(
-                    "SELECT serial, revoked_at, revocation_reason FROM certificates
+                    "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates
                      WHERE ca = $1 AND status = 'revoked' ORDER BY revoked_at, serial COLLATE \"C\"",
                     &[&ca],
                 )
                 .map_err(db)?;
             rows.iter()
-                .map(|r| Ok((col(r, 0)?, col::<Option<i64>>(r, 1)?.unwrap_or(0), reason_of(col(r, 2)?))))
+                .map(|r| {
+                    Ok(RevokedCert {
+                        serial: col(r, 0)?,
+                        revoked_at: col::<Option<i64>>(r, 1)?.unwrap_or(0),
+                        reason: reason_of(col(r, 2)?),
+                        not_after: col(r, 3)?,
+                    })
+                })
                 .collect()
         })
     }

@@ -22,8 +22,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, StationRecord,
-    StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, RevokedCert,
+    StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -1204,22 +1204,23 @@ impl Store for SqliteStore {
         self.submit_unit(Op::Revoke(serial.into(), reason, at, audit))
     }
 
-    fn revoked(&self, ca: &str) -> Result<Vec<(String, i64, u8)>, StoreError> {
+    fn revoked(&self, ca: &str) -> Result<Vec<RevokedCert>, StoreError> {
         self.read(|c| {
             let mut q = c
                 .prepare_cached(
-                    "SELECT serial, revoked_at, revocation_reason FROM certificates
+                    "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates
                      WHERE ca = ?1 AND status = 'revoked' ORDER BY revoked_at, serial",
                 )
                 .map_err(db)?;
             let rows = q
                 .query_map([ca], |r| {
                     let reason: Option<i64> = r.get(2)?;
-                    Ok((
-                        r.get(0)?,
-                        r.get::<_, Option<i64>>(1)?.unwrap_or(0),
-                        reason.and_then(|v| u8::try_from(v).ok()).unwrap_or(0),
-                    ))
+                    Ok(RevokedCert {
+                        serial: r.get(0)?,
+                        revoked_at: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                        reason: reason.and_then(|v| u8::try_from(v).ok()).unwrap_or(0),
+                        not_after: r.get(3)?,
+                    })
                 })
                 .map_err(db)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db)

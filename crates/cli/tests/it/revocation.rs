@@ -554,3 +554,40 @@ async fn a_partitioned_crl_lists_a_certificate_in_its_own_shard_only_and_peers_a
     assert!(matches!(crl.1, Ok(iotpki_agent::trust::Applied::Crl { own_revoked: true, .. })), "{crl:?}");
     assert_ne!(serial_a, serial_b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_leaves_the_crl_some_time_after_it_expires() {
+    use iotpki_authority::clock::Clock as _;
+    use iotpki_authority::revocation::EXPIRED_KEPT_SECS;
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("EX-1").await;
+    let keep = ca.enrolled_device("EX-2").await;
+    let serial = iotpki_agent::status(&dev).unwrap().cert_serial;
+    let keep_serial = iotpki_agent::status(&keep).unwrap().cert_serial;
+    let store = ca.authority.store().clone();
+    let not_after = store.certificate(&serial).unwrap().unwrap().not_after;
+    for s in [&serial, &keep_serial] {
+        revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial(s), 1, "test").unwrap();
+    }
+    let op = iotpki_core::pem::decode_one("CERTIFICATE", &std::fs::read_to_string(ca.ca_file("operational")).unwrap())
+        .unwrap();
+    let listed = |ca: &Ca| {
+        let der = ca.authority.crl("operational").unwrap();
+        let c = iotpki_core::crl::check(&der, &op, ca.clock.now(), 0).unwrap();
+        (c.revoked.contains(&serial), c.revoked.len())
+    };
+    assert_eq!(listed(&ca), (true, 2));
+    // Expired, but not long enough: still listed (RFC 5280 3.3).
+    ca.clock.advance(not_after + EXPIRED_KEPT_SECS - 1 - ca.clock.now());
+    assert_eq!(listed(&ca), (true, 2));
+    // Then it leaves every CRL, complete and partitioned, from the next one made
+    // (a cached CRL is kept for half its validity); the store still knows it.
+    ca.clock.advance(2);
+    let shard = iotpki_core::crl::shard_of(&serial, 2).unwrap();
+    let der = ca.authority.crl_shard("operational", 2, shard).unwrap();
+    assert!(!iotpki_core::crl::check(&der, &op, ca.clock.now(), 0).unwrap().revoked.contains(&serial));
+    ca.clock.advance(revocation::CRL_VALIDITY_SECS / 2);
+    assert_eq!(listed(&ca), (false, 0), "both certificates expired at the same time");
+    let rec = store.certificate(&serial).unwrap().unwrap();
+    assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }), "the store keeps it");
+}
