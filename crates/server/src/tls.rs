@@ -63,7 +63,9 @@ impl ClientCertVerifier for DeferredClientAuth {
 }
 
 /// The server's rustls configuration: TLS 1.3 only, aws-lc-rs (with the
-/// X25519MLKEM768 hybrid key exchange preferred), HTTP/1.1.
+/// X25519MLKEM768 hybrid key exchange preferred: rustls's `prefer-post-quantum`
+/// feature, tested in `interop::tls_key_exchange_is_hybrid_post_quantum_with_our_devices`),
+/// HTTP/1.1.
 pub fn server_config(authority: &Authority) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = DeferredClientAuth {
