@@ -247,7 +247,9 @@ async fn field_life(
     let opts = InitOptions {
         key_type,
         organization: "demo operator".into(),
-        public_http_url: Some(http_url),
+        public_http_url: Some(http_url.clone()),
+        // Partitioned CRLs: each device fetches only its own shard.
+        crl_shards: Some(16),
         ..InitOptions::default()
     };
     iotpki_authority::init::init(&op_dir, &opts, pass, &SystemClock)?;
@@ -298,6 +300,14 @@ async fn field_life(
     match daemon::step(&o).await {
         Ok(_) => bail!("a revoked device renewed: this is a bug"),
         Err(e) => println!("     {serial} renewed by its daemon, then revoked by its owner: {e}"),
+    }
+    // The device learns it from the CRL shard its certificate names (16 shards).
+    let fetched = iotpki_agent::trust::fetch_and_apply(first, &http_url).await?;
+    match fetched.iter().find(|(p, _)| p.starts_with("/crl/")) {
+        Some((path, Ok(iotpki_agent::trust::Applied::Crl { own_revoked: true, number, .. }))) => {
+            println!("     it fetched its CRL shard {path} (CRL number {number}): its own certificate is listed")
+        }
+        other => bail!("the revoked device did not find itself on its CRL shard: {other:?}"),
     }
     let keys = trust_updates(&op, &born[1..], root, &http_url_of(&http)).await?;
     let server = rotate_root(&op_dir, pass, server, op, &born[1..], &keys).await?;
