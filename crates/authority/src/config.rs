@@ -157,6 +157,15 @@ pub struct CaConfig {
     pub crl_shards: Option<u32>,
 }
 
+/// Why `shards` cannot be the CRL shard count of an authority's issuing CAs
+/// (`has_public_url`: it has a `server.public_http_url`), if it cannot.
+pub fn crl_shards_problem(shards: u32, has_public_url: bool) -> Option<String> {
+    if !iotpki_core::crl::valid_shard_count(shards) {
+        return Some(format!("give a power of two from 2 to {}", iotpki_core::crl::MAX_SHARDS));
+    }
+    (!has_public_url).then(|| "needs server.public_http_url (certificates name their shard's URL there)".into())
+}
+
 /// What a CA is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -247,21 +256,11 @@ impl Config {
         }
         for c in &self.ca {
             if let Some(s) = c.crl_shards {
-                if !iotpki_core::crl::valid_shard_count(s) {
-                    return bad(format!(
-                        "CA {}: crl_shards = {s}: give a power of two from 2 to {}",
-                        c.name,
-                        iotpki_core::crl::MAX_SHARDS
-                    ));
+                if let Some(why) = crl_shards_problem(s, self.server.public_http_url.is_some()) {
+                    return bad(format!("CA {}: crl_shards = {s}: {why}", c.name));
                 }
                 if c.role != CaRole::Issuing {
                     return bad(format!("CA {}: crl_shards is for issuing CAs only", c.name));
-                }
-                if self.server.public_http_url.is_none() {
-                    return bad(format!(
-                        "CA {}: crl_shards needs server.public_http_url (certificates name their shard's URL there)",
-                        c.name
-                    ));
                 }
             }
         }

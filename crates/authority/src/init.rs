@@ -113,16 +113,8 @@ pub fn init(
         }
     }
     if let Some(s) = opts.crl_shards {
-        if !iotpki_core::crl::valid_shard_count(s) {
-            return Err(AuthorityError::Config(format!(
-                "--crl-shards {s}: give a power of two from 2 to {}",
-                iotpki_core::crl::MAX_SHARDS
-            )));
-        }
-        if opts.public_http_url.is_none() {
-            return Err(AuthorityError::Config(
-                "CRL shards need a public HTTP URL for their distribution points".into(),
-            ));
+        if let Some(why) = crate::config::crl_shards_problem(s, opts.public_http_url.is_some()) {
+            return Err(AuthorityError::Config(format!("--crl-shards {s}: {why}")));
         }
     }
     // A shared database is checked before any key is made: it must be empty.
