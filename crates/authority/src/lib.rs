@@ -186,7 +186,7 @@ pub struct Authority {
     anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     retiring: Vec<Vec<u8>>,
     intermediates: Vec<CertificateDer<'static>>,
-    crls: std::sync::Mutex<HashMap<String, revocation::Cached>>,
+    crls: std::sync::Mutex<HashMap<CrlScope, revocation::Cached>>,
     /// Per CA: its revoked certificates as of a revocation mark, so that the
     /// shards of a partitioned CRL are cut from one read of the store.
     revoked_lists: std::sync::Mutex<HashMap<String, revocation::RevokedList>>,
@@ -196,6 +196,16 @@ pub struct Authority {
     tpm_challenges: attest::Challenges,
     /// Client certificates whose paths to our anchors verified recently.
     verified_paths: VerifiedPaths,
+}
+
+/// Which CRL of an issuing CA: the complete one (`shard` is `None`) or shard
+/// `k` of `s` of its partitioned CRL (`Some((s, k))`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CrlScope {
+    /// The issuing CA's name.
+    pub ca: String,
+    /// Shard count and shard.
+    pub shard: Option<(u32, u32)>,
 }
 
 /// Client certificates whose certification paths verified recently: SHA-256 of
@@ -455,11 +465,6 @@ impl Authority {
         &self.root_der
     }
 
-    /// The names of the issuing CAs (each has a CRL).
-    pub fn issuing_ca_names(&self) -> Vec<String> {
-        self.issuing.iter().map(|c| c.name.clone()).collect()
-    }
-
     /// Previous roots still trusted (after `iotpki ca rotate`, until `iotpki ca retire`).
     pub fn retiring_roots(&self) -> &[Vec<u8>] {
         &self.retiring
@@ -509,23 +514,22 @@ impl Authority {
         self.crl_scoped(ca, None)
     }
 
-    /// The current CRL (DER) of shard `shard` of `shards` of the issuing CA
-    /// `ca` (a partitioned CRL, [`iotpki_core::crl::shard_path`]): the
-    /// revoked certificates of that shard, with a critical
-    /// issuingDistributionPoint naming its URL. Any valid shard count is
-    /// served, so certificates issued under an earlier count stay covered.
-    /// Made again only when its own entries changed or half its validity has passed.
-    pub fn crl_shard(&self, ca: &str, shards: u32, shard: u32) -> Result<Vec<u8>, AuthorityError> {
-        if !iotpki_core::crl::valid_shard_count(shards) || shard >= shards {
-            return Err(AuthorityError::NotFound(format!(
-                "no CRL shard {shard} of {shards}: shard counts are powers of two from 2 to {}",
-                iotpki_core::crl::MAX_SHARDS
-            )));
+    /// The current CRL (DER) of the issuing CA `ca`: complete when `shard` is
+    /// `None`, else shard `k` of `s` of its partitioned CRL
+    /// ([`iotpki_core::crl::shard_path`]): the revoked certificates of that
+    /// shard, with a critical issuingDistributionPoint naming its URL. Any
+    /// valid shard count is served, so certificates issued under an earlier
+    /// count stay covered. Cached; made again when its own entries changed or
+    /// half its validity has passed.
+    pub fn crl_scoped(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
+        if let Some((s, k)) = shard {
+            if !iotpki_core::crl::valid_shard_count(s) || k >= s {
+                return Err(AuthorityError::NotFound(format!(
+                    "no CRL shard {k} of {s}: shard counts are powers of two from 2 to {}",
+                    iotpki_core::crl::MAX_SHARDS
+                )));
+            }
         }
-        self.crl_scoped(ca, Some((shards, shard)))
-    }
-
-    fn crl_scoped(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
         let key = self
             .issuing
             .iter()
@@ -542,10 +546,7 @@ impl Authority {
                 Some(format!("{base}{}", iotpki_core::crl::shard_path(ca, s, k)))
             }
         };
-        let cache_key = match shard {
-            None => ca.to_string(),
-            Some((s, k)) => format!("{ca}/{s}/{k}"),
-        };
+        let cache_key = CrlScope { ca: ca.to_string(), shard };
         let now = self.clock.now();
         let mark = self.store.revocation_mark(ca)?;
         let fresh = |c: &revocation::Cached| now < c.this_update + revocation::CRL_VALIDITY_SECS / 2;
@@ -578,7 +579,10 @@ impl Authority {
             at: now,
             actor: "authority".into(),
             action: "crl.issue".into(),
-            target: cache_key.clone(),
+            target: match shard {
+                None => ca.to_string(),
+                Some((s, k)) => format!("{ca}/{s}/{k}"),
+            },
             detail: format!("entries={}", revoked.len()),
         };
         let number = self.store.next_crl_number(ca, audit)?;
@@ -608,26 +612,15 @@ impl Authority {
         Ok(entries)
     }
 
-    /// The CRLs this node has made and keeps fresh: the complete CRL of each
-    /// issuing CA, and every shard someone asked for (CA, shard count, shard).
-    pub fn crl_scopes(&self) -> Vec<(String, Option<(u32, u32)>)> {
-        let mut out: Vec<(String, Option<(u32, u32)>)> = self.issuing.iter().map(|c| (c.name.clone(), None)).collect();
+    /// The CRLs this node keeps fresh ([`Self::crl_scoped`]): the complete CRL
+    /// of each issuing CA, and every shard someone asked for.
+    pub fn crl_scopes(&self) -> Vec<CrlScope> {
+        let mut out: Vec<CrlScope> =
+            self.issuing.iter().map(|c| CrlScope { ca: c.name.clone(), shard: None }).collect();
         if let Ok(cache) = self.crls.lock() {
-            for k in cache.keys() {
-                if let Some((ca, s, k)) = iotpki_core::crl::parse_shard_path(&format!("{k}.crl")) {
-                    out.push((ca.to_string(), Some((s, k))));
-                }
-            }
+            out.extend(cache.keys().filter(|k| k.shard.is_some()).cloned());
         }
         out
-    }
-
-    /// Make a CRL again if it is due ([`Self::crl`] or [`Self::crl_shard`]).
-    pub fn refresh_crl(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
-        match shard {
-            None => self.crl(ca),
-            Some((s, k)) => self.crl_shard(ca, s, k),
-        }
     }
 
     /// Answer an OCSP request (DER) with an OCSP response (DER), always: a

@@ -288,7 +288,7 @@ async fn crl(
             (ca.to_string(), Some((s, k)))
         }
     };
-    let der = tokio::task::spawn_blocking(move || a.refresh_crl(&scope.0, scope.1))
+    let der = tokio::task::spawn_blocking(move || a.crl_scoped(&scope.0, scope.1))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
     let wants_pem = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("pem"));

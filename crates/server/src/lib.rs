@@ -83,9 +83,9 @@ async fn refresh_crls(authority: Arc<Authority>) {
         tokio::time::sleep(CRL_REFRESH).await;
         let a = authority.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for (ca, shard) in a.crl_scopes() {
-                if let Err(e) = a.refresh_crl(&ca, shard) {
-                    tracing::warn!(ca = %ca, shard = ?shard, error = %e, "could not refresh the CRL");
+            for s in a.crl_scopes() {
+                if let Err(e) = a.crl_scoped(&s.ca, s.shard) {
+                    tracing::warn!(ca = %s.ca, shard = ?s.shard, error = %e, "could not refresh the CRL");
                 }
             }
         })

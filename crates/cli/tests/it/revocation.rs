@@ -435,20 +435,21 @@ async fn a_partitioned_crl_lists_a_certificate_in_its_own_shard_only_and_peers_a
     std::fs::write(d.join("a.pem"), iotpki_agent::state::load(&dev_a).unwrap().cert_pem).unwrap();
     std::fs::write(d.join("b.pem"), iotpki_agent::state::load(&dev_b).unwrap().cert_pem).unwrap();
     let http = ca.http_url.clone();
-    let b_before = ca.authority.crl_shard("operational", 2, 1).unwrap();
+    let b_before = ca.authority.crl_scoped("operational", Some((2, 1))).unwrap();
 
     let sn = DeviceSerial::parse(&iotpki_agent::status(&dev_a).unwrap().device_serial).unwrap();
     revocation::revoke(ca.authority.store().as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap();
     // Shard 1 has the same entries as before: the same CRL, not signed again.
-    assert_eq!(ca.authority.crl_shard("operational", 2, 1).unwrap(), b_before);
+    assert_eq!(ca.authority.crl_scoped("operational", Some((2, 1))).unwrap(), b_before);
     let audit_before = ca.audit_len();
-    let _ = ca.authority.crl_shard("operational", 2, 0).unwrap();
+    let _ = ca.authority.crl_scoped("operational", Some((2, 0))).unwrap();
     assert_eq!(ca.audit_len(), audit_before + 1, "shard 0 changed: a new CRL, recorded");
     assert_eq!(ca.last_audit().event.target, "operational/2/0");
 
     let (root, op) = (ca.root_file(), ca.ca_file("operational"));
     let dd = d.clone();
     let upper = serial_a.to_uppercase();
+    let upper_b = serial_b.to_uppercase();
     tokio::task::spawn_blocking(move || {
         let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
         for (pem, k) in [("a.pem", 0), ("b.pem", 1)] {
@@ -480,6 +481,7 @@ async fn a_partitioned_crl_lists_a_certificate_in_its_own_shard_only_and_peers_a
             assert!(all.contains("X509v3 Issuing Distribution Point: critical"), "{all}");
             assert!(all.contains(&format!("URI:{http}/crl/operational/2/{k}.crl")), "{all}");
             assert_eq!(all.contains(&upper), k == 0, "shard {k}: {all}");
+            assert!(!all.contains(&upper_b), "the good certificate is on no shard: {all}");
         }
         let verify = |cert: &str, crl: &str| {
             let o = Command::new("openssl")
@@ -552,7 +554,35 @@ async fn a_partitioned_crl_lists_a_certificate_in_its_own_shard_only_and_peers_a
     let crl = fetched.iter().find(|(p, _)| p.starts_with("/crl/")).expect("the shard was fetched");
     assert_eq!(crl.0, "/crl/operational/2/0.crl");
     assert!(matches!(crl.1, Ok(iotpki_agent::trust::Applied::Crl { own_revoked: true, .. })), "{crl:?}");
-    assert_ne!(serial_a, serial_b);
+}
+
+#[test]
+fn crl_shards_that_cannot_be_served_are_refused_with_the_reason() {
+    use iotpki_authority::clock::SystemClock;
+    use iotpki_authority::init::InitOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = iotpki_authority::Passphrase::new(crate::util::PASS.into()).unwrap();
+    // Shards need a URL to name in certificates: init refuses, and makes nothing.
+    let no_url = InitOptions { public_http_url: None, http_listen: None, ..InitOptions::default() };
+    let dir = tmp.path().join("ca");
+    let e =
+        iotpki_authority::init::init(&dir, &InitOptions { crl_shards: Some(4), ..no_url.clone() }, &pass, &SystemClock)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("--crl-shards 4") && e.contains("needs server.public_http_url"), "{e}");
+    assert!(!dir.exists());
+    // An authority without a URL serves its complete CRL, and no shards.
+    iotpki_authority::init::init(&dir, &no_url, &pass, &SystemClock).unwrap();
+    let a = iotpki_authority::Authority::open(&dir, &pass, std::sync::Arc::new(SystemClock)).unwrap();
+    assert!(a.crl("operational").is_ok());
+    let e = a.crl_scoped("operational", Some((2, 0))).unwrap_err().to_string();
+    assert!(e.contains("no partitioned CRLs"), "{e}");
+    // Counts and shards that do not exist, asked of the authority directly.
+    for (s, k) in [(3, 0), (2, 2), (2048, 0), (0, 0)] {
+        let e = a.crl_scoped("operational", Some((s, k))).unwrap_err().to_string();
+        assert!(e.contains(&format!("no CRL shard {k} of {s}")), "{e}");
+    }
+    assert!(a.crl_scoped("nosuch", None).unwrap_err().to_string().contains("no issuing CA named"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,7 +614,7 @@ async fn a_revoked_certificate_leaves_the_crl_some_time_after_it_expires() {
     // (a cached CRL is kept for half its validity); the store still knows it.
     ca.clock.advance(2);
     let shard = iotpki_core::crl::shard_of(&serial, 2).unwrap();
-    let der = ca.authority.crl_shard("operational", 2, shard).unwrap();
+    let der = ca.authority.crl_scoped("operational", Some((2, shard))).unwrap();
     assert!(!iotpki_core::crl::check(&der, &op, ca.clock.now(), 0).unwrap().revoked.contains(&serial));
     ca.clock.advance(revocation::CRL_VALIDITY_SECS / 2);
     assert_eq!(listed(&ca), (false, 0), "both certificates expired at the same time");
