@@ -206,14 +206,10 @@ pub fn build_scoped(
 
 fn idp_extension(url: &str) -> Result<Extension, Error> {
     use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
-    use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-    if !url.starts_with("http://") || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::Profile(format!("CRL scope {url:?} must be a plain http:// URL")));
-    }
-    let name =
-        GeneralName::UniformResourceIdentifier(der::asn1::Ia5String::new(url).map_err(|e| Error::der("URI", e))?);
+    use x509_cert::ext::pkix::name::DistributionPointName;
+    // The same URL as in the cRLDistributionPoints of the certificates it covers.
     let idp = IssuingDistributionPoint {
-        distribution_point: Some(DistributionPointName::FullName(vec![name])),
+        distribution_point: Some(DistributionPointName::FullName(vec![crate::profile::uri(url)?])),
         only_contains_user_certs: false,
         only_contains_ca_certs: false,
         only_some_reasons: None,
@@ -515,5 +511,64 @@ mod tests {
         assert_eq!(complete.scope, None);
         assert!(covers(&complete, &[url.to_string()]) && covers(&complete, &[]));
         assert!(build_scoped(&issuer, 5, 1, 2, &[], Some("ftp://x/y.crl")).is_err());
+    }
+
+    /// `der` with its CRL extensions changed by `f`, signed again by `k`.
+    fn resigned(der: &[u8], k: &SoftKey, f: impl FnOnce(&mut Vec<Extension>)) -> Vec<u8> {
+        let mut crl = CertificateList::from_der(der).unwrap();
+        f(crl.tbs_cert_list.crl_extensions.as_mut().unwrap());
+        let sig = k.sign(&crl.tbs_cert_list.to_der().unwrap()).unwrap();
+        crl.signature = BitString::from_bytes(&sig).unwrap();
+        crl.to_der().unwrap()
+    }
+
+    #[test]
+    fn a_relying_party_refuses_scopes_and_critical_extensions_it_does_not_handle() {
+        use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (ca, n, kid) = self_signed(&k, "CA");
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let url = "http://pki.example/crl/operational/2/0.crl";
+        let der = build_scoped(&issuer, 3, 1_700_000_100, 1_700_086_500, &[], Some(url)).unwrap();
+        let check_it = |d: &[u8]| check(d, &ca, 1_700_000_200, 300).map_err(|e| e.to_string());
+        assert!(check_it(&der).is_ok());
+        let other = |critical: bool| Extension {
+            extn_id: const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.99999.1"),
+            critical,
+            extn_value: OctetString::new(vec![0x05, 0x00]).unwrap(),
+        };
+        let e = check_it(&resigned(&der, &k, |x| x.push(other(true)))).unwrap_err();
+        assert!(e.contains("unknown critical extension 1.3.6.1.4.1.99999.1"), "{e}");
+        assert!(check_it(&resigned(&der, &k, |x| x.push(other(false)))).is_ok(), "a non-critical one is ignored");
+        let e = check_it(&resigned(&der, &k, |x| {
+            let idp = x.last().unwrap().clone();
+            x.push(idp)
+        }))
+        .unwrap_err();
+        assert!(e.contains("two issuingDistributionPoint"), "{e}");
+        let with_idp = |idp: IssuingDistributionPoint| {
+            resigned(&der, &k, |x| {
+                x.last_mut().unwrap().extn_value = OctetString::new(idp.to_der().unwrap()).unwrap();
+            })
+        };
+        let full = IssuingDistributionPoint::from_der(
+            CertificateList::from_der(&der)
+                .unwrap()
+                .tbs_cert_list
+                .crl_extensions
+                .unwrap()
+                .last()
+                .unwrap()
+                .extn_value
+                .as_bytes(),
+        )
+        .unwrap();
+        let e = check_it(&with_idp(IssuingDistributionPoint { only_contains_user_certs: true, ..full.clone() }))
+            .unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+        let e = check_it(&with_idp(IssuingDistributionPoint { indirect_crl: true, ..full.clone() })).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+        let e = check_it(&with_idp(IssuingDistributionPoint { distribution_point: None, ..full })).unwrap_err();
+        assert!(e.contains("names no URL"), "{e}");
     }
 }

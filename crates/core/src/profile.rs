@@ -167,7 +167,8 @@ fn ext<T: Encode + AssociatedOid>(value: &T, critical: bool) -> Result<Extension
     })
 }
 
-fn uri(u: &str) -> Result<GeneralName, Error> {
+/// A revocation URL (CRL or OCSP) as a GeneralName: plain `http://` only.
+pub(crate) fn uri(u: &str) -> Result<GeneralName, Error> {
     if !u.starts_with("http://") || u.len() > 1024 || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::Profile(format!("revocation URL {u:?} must be a plain http:// URL")));
     }
