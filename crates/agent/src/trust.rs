@@ -225,13 +225,14 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
     let issuer_name = list.tbs_cert_list.issuer.clone();
     let t = now();
     let mut why = format!("no CA this device knows is named {issuer_name}");
+    let dp_urls = crl_urls(dir)?;
     for ca in known_cas(dir)? {
         let Ok(c) = x509_cert::Certificate::from_der(&ca) else { continue };
         if c.tbs_certificate.subject != issuer_name {
             continue;
         }
         match crl::check(der, &ca, t, SKEW) {
-            Ok(checked) if !crl::covers(&checked, &crl_urls(dir)?) => {
+            Ok(checked) if !crl::covers(&checked, &dp_urls) => {
                 // A shard of a partitioned CRL that is not the one our
                 // certificates name: it says nothing about them.
                 why = format!(
