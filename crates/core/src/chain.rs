@@ -1,172 +1,979 @@
-//! Path validation for chains through a station's delegated CA.
+//! Certification path validation (RFC 5280 section 6).
 //!
 //! rustls-webpki rejects every certificate under a directoryName name
 //! constraint (it does not implement them; RFC 5280 allows rejecting). Our
 //! delegated CAs are constrained to their batch's namespace with exactly
-//! that, so their chains are validated here, with the rules that matter
-//! (RFC 5280 section 6, restricted to what our profiles use):
-//! - a path leaf → intermediates → anchor by names, every signature verified;
-//! - every certificate but the anchor valid at `now`;
-//! - every issuer a CA (basicConstraints), with keyCertSign when keyUsage is
-//!   present, and no more CAs below it than its pathLenConstraint;
-//! - directoryName permitted/excluded subtrees (RDN-prefix matching) applied
-//!   to every subject below the CA that carries them; any other constrained
-//!   name form is refused (fail closed);
-//! - an unknown critical extension is refused;
-//! - the leaf's extendedKeyUsage includes the usage asked for.
+//! that, so their chains are validated here. What is checked:
 //!
-//! The anchor is trusted as given (its constraints are not applied).
+//! - **Path building** from the leaf up through the given intermediates to
+//!   the trust anchor, issuers matched by name (RFC 5280 7.1 comparison) and
+//!   signature. Every candidate issuer is tried, with backtracking: a path
+//!   that dead-ends or fails a rule below does not hide another that holds.
+//!   The work is capped by a [`Budget`] (signature checks, path-building
+//!   steps, name-constraint comparisons), so a hostile pile of
+//!   intermediates costs a bounded amount.
+//! - **Every certificate**, the anchor included: well-formed, no extension
+//!   twice (RFC 5280 4.2), every extension we read well-formed (the
+//!   subjectAltName included), no critical extension we do not process,
+//!   valid at `now`; below the anchor, the inner and outer signature
+//!   algorithms equal (4.1.1.2) and the signature verified.
+//! - **The anchor and every intermediate** are CAs (basicConstraints cA),
+//!   with keyCertSign when keyUsage is present, and with
+//!   pathLenConstraint honoured as 6.1.4 (l, m) says (self-issued
+//!   intermediates do not count); an extendedKeyUsage on a CA restricts the
+//!   purposes below it.
+//! - **Name constraints** of the anchor and every intermediate, on every
+//!   certificate below (a self-issued intermediate's own names excepted,
+//!   6.1.3 b): directoryName on the subject and directoryName SANs (RDN
+//!   prefix, values compared as 7.1 says), dNSName, rfc822Name (and the
+//!   subject's emailAddress when there is no SAN), iPAddress and URI hosts.
+//!   A name must be in some permitted subtree of its form (when the CA
+//!   permits any of that form) and in no excluded one. directoryName
+//!   subtrees are looked up in a hash set of prefixes, so a CA with one
+//!   subtree per device (10,000 and more) costs the same per name as one
+//!   with a single subtree. A constraint on any other name form refuses the
+//!   certificates that carry a name of that form (fail closed, 4.2.1.10).
+//! - **The leaf** is an end entity (not cA), its extendedKeyUsage lists the
+//!   purpose asked for, and its keyUsage, when present, allows
+//!   digitalSignature (a TLS client or server signs).
+//!
+//! Not done here: revocation (CRLs and OCSP are checked by their own code),
+//! certificate policies (a critical policy extension is refused as
+//! unprocessed), DSA and other algorithms `keys::verify` does not know.
+//! NIST PKITS runs over this validator: crates/core/tests/pkits.rs lists
+//! each case it handles and each it does not, with the reason.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 
 use const_oid::db::rfc5280;
 use const_oid::{AssociatedOid, ObjectIdentifier};
-use der::{Decode, Encode};
-use x509_cert::ext::pkix::constraints::name::NameConstraints;
+use der::Decode;
+use x509_cert::ext::pkix::constraints::name::{GeneralSubtree, NameConstraints};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 use x509_cert::Certificate;
 
 use crate::keys;
-use crate::Error;
+use crate::name::{prepare, prepare_rdn, PreparedName, PreparedValue};
 
-/// Longest path accepted (leaf + intermediates + anchor).
-pub const MAX_DEPTH: usize = 5;
+/// Longest path accepted, counting the leaf, the intermediates and the
+/// anchor: a leaf, at most six intermediates, and the anchor.
+pub const MAX_DEPTH: usize = 8;
 
-fn fail(m: impl Into<String>) -> Error {
-    Error::Profile(format!("chain: {}", m.into()))
+/// Most intermediates a caller may hand in (the pool paths are built from).
+pub const MAX_INTERMEDIATES: usize = 256;
+
+/// The work one validation may do; exceeding any part refuses the path with
+/// [`ChainError::BudgetExceeded`]. Every part is far above what a genuine
+/// chain needs (ours: three signatures, a handful of steps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Signature verifications (each an RSA or ECDSA verify).
+    pub signatures: usize,
+    /// Issuer candidates considered while building paths.
+    pub build_steps: usize,
+    /// Name-constraint comparisons (one per subtree compared, one per
+    /// prefix looked up for directoryName).
+    pub name_comparisons: usize,
 }
 
-fn ext<T: for<'a> Decode<'a> + AssociatedOid>(c: &Certificate) -> Result<Option<T>, Error> {
-    match c.tbs_certificate.extensions.as_deref().unwrap_or_default().iter().find(|e| e.extn_id == T::OID) {
-        Some(e) => {
-            T::from_der(e.extn_value.as_bytes()).map(Some).map_err(|e| fail(format!("extension {}: {e}", T::OID)))
+impl Default for Budget {
+    fn default() -> Self {
+        Self { signatures: 100, build_steps: 400, name_comparisons: 250_000 }
+    }
+}
+
+/// What the leaf is to be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// The leaf must list this extendedKeyUsage (or anyExtendedKeyUsage), no
+    /// CA on the path may exclude it, and the leaf's keyUsage, if present,
+    /// must allow digitalSignature.
+    ExtendedKeyUsage(ObjectIdentifier),
+    /// RFC 5280 path validation only, no purpose (used to run NIST PKITS,
+    /// whose end entities carry no extendedKeyUsage).
+    AnyPurpose,
+}
+
+/// What to check a path against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The leaf's purpose.
+    pub purpose: Purpose,
+    /// The work cap.
+    pub budget: Budget,
+}
+
+impl Policy {
+    /// The default budget, for `purpose`.
+    pub fn new(purpose: Purpose) -> Self {
+        Self { purpose, budget: Budget::default() }
+    }
+}
+
+/// Which certificate of a path a [`ChainError`] is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Which {
+    /// Position: 0 is the leaf, the anchor is last.
+    pub depth: usize,
+    /// Whether it is the trust anchor.
+    pub anchor: bool,
+    /// Its subject, RFC 4514.
+    pub subject: String,
+}
+
+impl fmt::Display for Which {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.depth, self.anchor) {
+            (_, true) => write!(f, "the trust anchor ({})", self.subject),
+            (0, false) => write!(f, "the leaf ({})", self.subject),
+            (d, false) => write!(f, "intermediate {d} ({})", self.subject),
         }
-        None => Ok(None),
     }
 }
 
-fn known_critical(oid: &ObjectIdentifier) -> bool {
-    [BasicConstraints::OID, KeyUsage::OID, ExtendedKeyUsage::OID, NameConstraints::OID, SubjectAltName::OID]
-        .contains(oid)
-        || *oid == SubjectKeyIdentifier::OID
-        || *oid == AuthorityKeyIdentifier::OID
+/// Why a certification path was refused: one variant per rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// A certificate is not DER we can read.
+    Malformed {
+        /// What was being read ("leaf", "anchor", "intermediate 3").
+        what: String,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// More intermediates than [`MAX_INTERMEDIATES`] were handed in.
+    TooManyIntermediates {
+        /// How many.
+        given: usize,
+    },
+    /// A certificate carries one extension twice (RFC 5280 4.2).
+    DuplicateExtension {
+        /// The certificate.
+        cert: Which,
+        /// The extension.
+        oid: ObjectIdentifier,
+    },
+    /// An extension's value is malformed.
+    BadExtension {
+        /// The certificate.
+        cert: Which,
+        /// The extension.
+        oid: ObjectIdentifier,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// A critical extension this validator does not process.
+    UnknownCriticalExtension {
+        /// The certificate.
+        cert: Which,
+        /// The extension.
+        oid: ObjectIdentifier,
+    },
+    /// The signature algorithm inside the TBS differs from the outer one (RFC 5280 4.1.1.2).
+    SignatureAlgorithmMismatch {
+        /// The certificate.
+        cert: Which,
+    },
+    /// A certificate is not valid at the time of validation.
+    NotValidNow {
+        /// The certificate.
+        cert: Which,
+        /// notBefore, Unix seconds.
+        not_before: i64,
+        /// notAfter, Unix seconds.
+        not_after: i64,
+        /// The time of validation.
+        now: i64,
+    },
+    /// An issuer (intermediate or anchor) is not a CA.
+    NotACa {
+        /// The certificate.
+        cert: Which,
+    },
+    /// An issuer's keyUsage does not allow keyCertSign.
+    NoKeyCertSign {
+        /// The certificate.
+        cert: Which,
+    },
+    /// More non-self-issued intermediates below a CA than its pathLenConstraint allows.
+    PathLengthExceeded {
+        /// The intermediate that is one too many.
+        cert: Which,
+    },
+    /// A name is outside every permitted subtree of its form.
+    NameNotPermitted {
+        /// The constraining CA.
+        ca: Which,
+        /// The constrained certificate.
+        cert: Which,
+        /// The name.
+        name: String,
+    },
+    /// A name is inside an excluded subtree.
+    NameExcluded {
+        /// The constraining CA.
+        ca: Which,
+        /// The constrained certificate.
+        cert: Which,
+        /// The name.
+        name: String,
+    },
+    /// A name constraint this validator cannot apply meets a name of its form,
+    /// or a constraint is malformed.
+    UnsupportedNameConstraint {
+        /// The constraining CA.
+        ca: Which,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The leaf is a CA certificate, used as an end entity.
+    CaAsEndEntity {
+        /// The leaf.
+        cert: Which,
+    },
+    /// The leaf's extendedKeyUsage does not list the purpose, or a CA's excludes it.
+    PurposeNotAllowed {
+        /// The certificate.
+        cert: Which,
+        /// The purpose asked for.
+        purpose: ObjectIdentifier,
+    },
+    /// The leaf's keyUsage does not allow digitalSignature.
+    LeafKeyUsage {
+        /// The leaf.
+        cert: Which,
+    },
+    /// No issuer was found for a certificate (none in the pool or the anchor
+    /// whose name and signature fit).
+    NoIssuer {
+        /// The certificate without an issuer.
+        cert: Which,
+        /// Its issuer name.
+        issuer: String,
+    },
+    /// Every path would be longer than [`MAX_DEPTH`].
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// The work cap was reached before a path was found.
+    BudgetExceeded {
+        /// Which part ran out.
+        what: &'static str,
+    },
 }
 
-fn signed_by(child: &Certificate, issuer: &Certificate) -> bool {
-    if child.tbs_certificate.issuer != issuer.tbs_certificate.subject {
-        return false;
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed { what, detail } => write!(f, "the {what} certificate is malformed: {detail}"),
+            Self::TooManyIntermediates { given } => {
+                write!(f, "{given} intermediates given; at most {MAX_INTERMEDIATES} are read")
+            }
+            Self::DuplicateExtension { cert, oid } => write!(f, "{cert} carries extension {oid} twice"),
+            Self::BadExtension { cert, oid, detail } => write!(f, "{cert}: extension {oid} is malformed: {detail}"),
+            Self::UnknownCriticalExtension { cert, oid } => {
+                write!(f, "{cert} carries a critical extension this validator does not process: {oid}")
+            }
+            Self::SignatureAlgorithmMismatch { cert } => {
+                write!(f, "{cert}: the signature algorithm inside the certificate differs from the outer one")
+            }
+            Self::NotValidNow { cert, not_before, not_after, now } => write!(
+                f,
+                "{cert} is not valid at {} (valid {} to {})",
+                crate::time::rfc3339(*now),
+                crate::time::rfc3339(*not_before),
+                crate::time::rfc3339(*not_after)
+            ),
+            Self::NotACa { cert } => write!(f, "{cert} issues certificates but is not a CA (basicConstraints)"),
+            Self::NoKeyCertSign { cert } => write!(f, "{cert} may not sign certificates (keyUsage lacks keyCertSign)"),
+            Self::PathLengthExceeded { cert } => {
+                write!(f, "{cert} is one CA too many below a CA's path length constraint")
+            }
+            Self::NameNotPermitted { ca, cert, name } => {
+                write!(f, "{cert}: {name} is outside the permitted names of {ca}")
+            }
+            Self::NameExcluded { ca, cert, name } => write!(f, "{cert}: {name} is an excluded name of {ca}"),
+            Self::UnsupportedNameConstraint { ca, detail } => write!(f, "{ca}: name constraint: {detail}"),
+            Self::CaAsEndEntity { cert } => write!(f, "{cert} is a CA certificate, not an end entity"),
+            Self::PurposeNotAllowed { cert, purpose } => {
+                write!(f, "{cert}: its extendedKeyUsage does not allow {purpose}")
+            }
+            Self::LeafKeyUsage { cert } => write!(f, "{cert}: its keyUsage does not allow digitalSignature"),
+            Self::NoIssuer { cert, issuer } => {
+                write!(f, "no issuer found for {cert}: nothing named {issuer} signed it")
+            }
+            Self::TooDeep { max } => write!(f, "no path to the trust anchor within {max} certificates"),
+            Self::BudgetExceeded { what } => write!(f, "path validation gave up: too many {what}"),
+        }
     }
-    let Ok(tbs) = child.tbs_certificate.to_der() else { return false };
-    let Some(sig) = child.signature.as_bytes() else { return false };
-    keys::verify(&issuer.tbs_certificate.subject_public_key_info, &child.signature_algorithm, &tbs, sig).is_ok()
 }
 
-/// `name` is inside the subtree `base`: `base`'s RDNs are a prefix of `name`'s.
-fn within(name: &Name, base: &Name) -> bool {
-    base.0.len() <= name.0.len()
-        && base.0.iter().zip(name.0.iter()).all(|(b, n)| {
-            crate::name::equivalent(
-                &x509_cert::name::RdnSequence(vec![b.clone()]),
-                &x509_cert::name::RdnSequence(vec![n.clone()]),
-            )
-        })
+impl std::error::Error for ChainError {}
+
+impl From<ChainError> for crate::Error {
+    fn from(e: ChainError) -> Self {
+        crate::Error::Profile(format!("chain: {e}"))
+    }
 }
 
-/// Validate `leaf` (DER) up to `anchor` through `intermediates`, at `now`,
-/// for `usage` (an extendedKeyUsage purpose, e.g. clientAuth).
+/// Validate `leaf` (DER) up to `anchor` through `intermediates` (any order,
+/// any extras), at `now`, for the extendedKeyUsage `usage` (e.g. clientAuth),
+/// with the default [`Budget`].
 pub fn verify(
     leaf: &[u8],
     intermediates: &[Vec<u8>],
     anchor: &[u8],
     now: i64,
     usage: ObjectIdentifier,
-) -> Result<(), Error> {
-    let parse = |d: &[u8]| Certificate::from_der(d).map_err(|e| fail(format!("certificate: {e}")));
-    let leaf = parse(leaf)?;
-    let anchor = parse(anchor)?;
-    let pool = intermediates.iter().map(|d| parse(d)).collect::<Result<Vec<_>, _>>()?;
-    // Build: leaf, then issuers found in the pool, until the anchor signs.
-    let mut path = vec![leaf.clone()];
-    loop {
-        let last = path.last().ok_or_else(|| fail("empty path"))?;
-        if signed_by(last, &anchor) {
-            break;
-        }
-        if path.len() >= MAX_DEPTH {
-            return Err(fail("no path to the trust anchor within the depth limit"));
-        }
-        let next = pool.iter().find(|c| signed_by(last, c) && !path.contains(c)).ok_or_else(|| {
-            fail(format!("no issuer found for {}", crate::name::to_rfc4514(&last.tbs_certificate.issuer)))
-        })?;
-        path.push(next.clone());
+) -> Result<(), ChainError> {
+    verify_with(leaf, intermediates, anchor, now, &Policy::new(Purpose::ExtendedKeyUsage(usage)))
+}
+
+/// Like [`verify`], with the purpose and budget given by `policy`.
+pub fn verify_with(
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    anchor: &[u8],
+    now: i64,
+    policy: &Policy,
+) -> Result<(), ChainError> {
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(ChainError::TooManyIntermediates { given: intermediates.len() });
     }
-    for (i, c) in path.iter().enumerate() {
-        let tbs = &c.tbs_certificate;
-        let (nb, na) = (crate::time::unix(&tbs.validity.not_before), crate::time::unix(&tbs.validity.not_after));
-        if now < nb || now > na {
-            return Err(fail(format!("{} is not valid at {now}", crate::name::to_rfc4514(&tbs.subject))));
-        }
-        for e in tbs.extensions.as_deref().unwrap_or_default() {
-            if e.critical && !known_critical(&e.extn_id) {
-                return Err(fail(format!("unknown critical extension {}", e.extn_id)));
-            }
-        }
-        if i == 0 {
+    let leaf = Node::parse(leaf, "leaf")?;
+    let anchor = Node::parse(anchor, "trust anchor")?;
+    let mut pool = Vec::with_capacity(intermediates.len());
+    for (i, d) in intermediates.iter().enumerate() {
+        if d.as_slice() == leaf.der.as_slice() || d.as_slice() == anchor.der.as_slice() {
             continue;
         }
-        // An issuer: a CA that may sign certificates, with room below it.
-        let bc: Option<BasicConstraints> = ext(c)?;
-        let Some(bc) = bc.filter(|b| b.ca) else { return Err(fail("an issuer is not a CA")) };
-        if let Some(ku) = ext::<KeyUsage>(c)? {
-            if !ku.key_cert_sign() {
-                return Err(fail("an issuer may not sign certificates (keyUsage)"));
-            }
+        pool.push(Node::parse(d, &format!("intermediate {}", i + 1))?);
+    }
+    let mut by_subject: HashMap<PreparedName, Vec<usize>> = HashMap::new();
+    for (i, n) in pool.iter().enumerate() {
+        by_subject.entry(n.subject.clone()).or_default().push(i);
+    }
+    let mut b = Builder {
+        leaf,
+        anchor,
+        pool,
+        by_subject,
+        policy: *policy,
+        now,
+        used: Budget { signatures: 0, build_steps: 0, name_comparisons: 0 },
+        signed: HashMap::new(),
+        best: None,
+    };
+    let mut path = Vec::new();
+    if b.build(&mut path)? {
+        return Ok(());
+    }
+    Err(b.best.map(|(_, e)| e).unwrap_or(ChainError::TooDeep { max: MAX_DEPTH }))
+}
+
+/// Something wrong with one certificate whatever its place in a path.
+#[derive(Clone, Debug)]
+enum Problem {
+    Duplicate(ObjectIdentifier),
+    Bad(ObjectIdentifier, String),
+    UnknownCritical(ObjectIdentifier),
+    Constraint(String),
+}
+
+/// The extensions we read, each decoded once.
+#[derive(Default)]
+struct Exts {
+    bc: Option<BasicConstraints>,
+    ku: Option<KeyUsage>,
+    eku: Option<Vec<ObjectIdentifier>>,
+    nc: Option<Constraints>,
+    san: Option<Vec<GeneralName>>,
+}
+
+/// One side (permitted or excluded) of a name constraints extension, made
+/// ready for matching.
+#[derive(Default)]
+struct Subtrees {
+    /// directoryName bases, as prepared RDN sequences (prefix lookup).
+    dir: HashSet<Vec<Vec<(ObjectIdentifier, PreparedValue)>>>,
+    dir_any: bool,
+    dns: Vec<String>,
+    email: Vec<String>,
+    ip: Vec<(Vec<u8>, Vec<u8>)>,
+    uri: Vec<String>,
+    /// Name forms constrained that we cannot match (otherName, ediPartyName, registeredID).
+    other: Vec<&'static str>,
+}
+
+#[derive(Default)]
+struct Constraints {
+    permitted: Option<Subtrees>,
+    excluded: Subtrees,
+}
+
+struct Node {
+    der: Vec<u8>,
+    tbs: std::ops::Range<usize>,
+    cert: Certificate,
+    subject: PreparedName,
+    issuer: PreparedName,
+    self_issued: bool,
+    exts: Exts,
+    problem: Option<Problem>,
+    alg_mismatch: bool,
+}
+
+fn form(n: &GeneralName) -> &'static str {
+    match n {
+        GeneralName::OtherName(_) => "otherName",
+        GeneralName::Rfc822Name(_) => "rfc822Name",
+        GeneralName::DnsName(_) => "dNSName",
+        GeneralName::DirectoryName(_) => "directoryName",
+        GeneralName::EdiPartyName(_) => "ediPartyName",
+        GeneralName::UniformResourceIdentifier(_) => "uniformResourceIdentifier",
+        GeneralName::IpAddress(_) => "iPAddress",
+        GeneralName::RegisteredId(_) => "registeredID",
+    }
+}
+
+fn subtrees(list: &[GeneralSubtree]) -> Result<Subtrees, String> {
+    let mut s = Subtrees::default();
+    for t in list {
+        if t.minimum != 0 || t.maximum.is_some() {
+            return Err("a subtree with minimum or maximum (RFC 5280 4.2.1.10: MUST be 0 and absent)".into());
         }
-        let cas_below = i - 1; // intermediates strictly between this CA and the leaf
-        if let Some(max) = bc.path_len_constraint {
-            if cas_below > usize::from(max) {
-                return Err(fail("path length constraint exceeded"));
+        match &t.base {
+            GeneralName::DirectoryName(n) => {
+                s.dir_any = true;
+                s.dir.insert(prepare(n).0);
             }
-        }
-        if let Some(nc) = ext::<NameConstraints>(c)? {
-            for below in &path[..i] {
-                let subject = &below.tbs_certificate.subject;
-                if let Some(permitted) = &nc.permitted_subtrees {
-                    let mut ok = false;
-                    for t in permitted {
-                        match &t.base {
-                            GeneralName::DirectoryName(base) => ok |= within(subject, base),
-                            _ => return Err(fail("unsupported name constraint form")),
-                        }
-                    }
-                    if !ok {
-                        return Err(fail(format!(
-                            "{} is outside the permitted names",
-                            crate::name::to_rfc4514(subject)
-                        )));
-                    }
+            GeneralName::DnsName(d) => s.dns.push(d.as_str().to_ascii_lowercase()),
+            GeneralName::Rfc822Name(m) => s.email.push(m.as_str().to_owned()),
+            GeneralName::UniformResourceIdentifier(u) => s.uri.push(u.as_str().to_ascii_lowercase()),
+            GeneralName::IpAddress(ip) => {
+                let b = ip.as_bytes();
+                if b.len() != 8 && b.len() != 32 {
+                    return Err(format!("an iPAddress subtree of {} octets (8 or 32 expected)", b.len()));
                 }
-                for t in nc.excluded_subtrees.iter().flatten() {
-                    match &t.base {
-                        GeneralName::DirectoryName(base) if within(subject, base) => {
-                            return Err(fail(format!("{} is an excluded name", crate::name::to_rfc4514(subject))))
-                        }
-                        GeneralName::DirectoryName(_) => {}
-                        _ => return Err(fail("unsupported name constraint form")),
-                    }
-                }
+                let (addr, mask) = b.split_at(b.len() / 2);
+                s.ip.push((addr.to_vec(), mask.to_vec()));
             }
+            other => s.other.push(form(other)),
         }
     }
-    let eku: Option<ExtendedKeyUsage> = ext(&leaf)?;
-    if !eku.map(|e| e.0.contains(&usage) || e.0.contains(&rfc5280::ANY_EXTENDED_KEY_USAGE)).unwrap_or(false) {
-        return Err(fail(format!("the certificate is not for {usage}")));
+    Ok(s)
+}
+
+fn known_critical(oid: &ObjectIdentifier) -> bool {
+    [
+        BasicConstraints::OID,
+        KeyUsage::OID,
+        ExtendedKeyUsage::OID,
+        NameConstraints::OID,
+        SubjectAltName::OID,
+        SubjectKeyIdentifier::OID,
+        AuthorityKeyIdentifier::OID,
+    ]
+    .contains(oid)
+}
+
+fn decode<T: for<'a> Decode<'a> + AssociatedOid>(v: &[u8]) -> Result<T, Problem> {
+    T::from_der(v).map_err(|e| Problem::Bad(T::OID, e.to_string()))
+}
+
+fn read_exts(cert: &Certificate) -> Result<Exts, Problem> {
+    let list = cert.tbs_certificate.extensions.as_deref().unwrap_or_default();
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut x = Exts::default();
+    for e in list {
+        if !seen.insert(e.extn_id) {
+            return Err(Problem::Duplicate(e.extn_id));
+        }
+        let v = e.extn_value.as_bytes();
+        match e.extn_id {
+            BasicConstraints::OID => x.bc = Some(decode(v)?),
+            KeyUsage::OID => x.ku = Some(decode(v)?),
+            ExtendedKeyUsage::OID => x.eku = Some(decode::<ExtendedKeyUsage>(v)?.0),
+            SubjectAltName::OID => x.san = Some(decode::<SubjectAltName>(v)?.0),
+            NameConstraints::OID => {
+                let nc: NameConstraints = decode(v)?;
+                let permitted =
+                    nc.permitted_subtrees.as_deref().map(subtrees).transpose().map_err(Problem::Constraint)?;
+                let excluded =
+                    subtrees(nc.excluded_subtrees.as_deref().unwrap_or_default()).map_err(Problem::Constraint)?;
+                x.nc = Some(Constraints { permitted, excluded });
+            }
+            SubjectKeyIdentifier::OID => drop(decode::<SubjectKeyIdentifier>(v)?),
+            AuthorityKeyIdentifier::OID => drop(decode::<AuthorityKeyIdentifier>(v)?),
+            oid if e.critical => return Err(Problem::UnknownCritical(oid)),
+            _ => {}
+        }
+    }
+    // Every extension decoded: now the unknown critical ones (after duplicates, whatever the order).
+    debug_assert!(list.iter().all(|e| !e.critical || known_critical(&e.extn_id)));
+    Ok(x)
+}
+
+/// The byte range of the TBS inside the certificate's DER: the signature is
+/// over those bytes as sent, not over a re-encoding.
+fn tbs_range(der: &[u8]) -> Result<std::ops::Range<usize>, der::Error> {
+    use der::Reader;
+    let mut r = der::SliceReader::new(der)?;
+    let _outer = der::Header::decode(&mut r)?;
+    let start = usize::try_from(r.position())?;
+    let tbs = r.tlv_bytes()?;
+    Ok(start..start + tbs.len())
+}
+
+impl Node {
+    fn parse(der: &[u8], what: &str) -> Result<Self, ChainError> {
+        let bad = |e: der::Error| ChainError::Malformed { what: what.to_string(), detail: e.to_string() };
+        let cert = Certificate::from_der(der).map_err(bad)?;
+        let tbs = tbs_range(der).map_err(bad)?;
+        let (exts, problem) = match read_exts(&cert) {
+            Ok(x) => (x, None),
+            Err(p) => (Exts::default(), Some(p)),
+        };
+        let t = &cert.tbs_certificate;
+        let subject = prepare(&t.subject);
+        let issuer = prepare(&t.issuer);
+        Ok(Self {
+            der: der.to_vec(),
+            tbs,
+            self_issued: subject == issuer,
+            alg_mismatch: t.signature != cert.signature_algorithm,
+            subject,
+            issuer,
+            exts,
+            problem,
+            cert,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum At {
+    Leaf,
+    Pool(usize),
+    Anchor,
+}
+
+struct Builder {
+    leaf: Node,
+    anchor: Node,
+    pool: Vec<Node>,
+    by_subject: HashMap<PreparedName, Vec<usize>>,
+    policy: Policy,
+    now: i64,
+    used: Budget,
+    signed: HashMap<(At, At), bool>,
+    /// The most telling refusal so far: (rank, error); a complete path's
+    /// failure (2) beats a dead end (1).
+    best: Option<(u8, ChainError)>,
+}
+
+fn which(n: &Node, depth: usize, anchor: bool) -> Which {
+    Which { depth, anchor, subject: crate::name::to_rfc4514(&n.cert.tbs_certificate.subject) }
+}
+
+impl Builder {
+    fn node(&self, at: At) -> &Node {
+        match at {
+            At::Leaf => &self.leaf,
+            At::Pool(i) => &self.pool[i],
+            At::Anchor => &self.anchor,
+        }
+    }
+
+    fn note(&mut self, rank: u8, e: ChainError) {
+        if self.best.as_ref().is_none_or(|(r, _)| *r < rank) {
+            self.best = Some((rank, e));
+        }
+    }
+
+    fn step(&mut self) -> Result<(), ChainError> {
+        self.used.build_steps += 1;
+        if self.used.build_steps > self.policy.budget.build_steps {
+            return Err(ChainError::BudgetExceeded { what: "path-building steps" });
+        }
+        Ok(())
+    }
+
+    /// Whether `issuer` signed `child` (names already match).
+    fn signed_by(&mut self, child: At, issuer: At) -> Result<bool, ChainError> {
+        if let Some(v) = self.signed.get(&(child, issuer)) {
+            return Ok(*v);
+        }
+        self.used.signatures += 1;
+        if self.used.signatures > self.policy.budget.signatures {
+            return Err(ChainError::BudgetExceeded { what: "signature checks" });
+        }
+        let (c, i) = (self.node(child), self.node(issuer));
+        let ok = c.cert.signature.as_bytes().is_some_and(|sig| {
+            keys::verify(
+                &i.cert.tbs_certificate.subject_public_key_info,
+                &c.cert.signature_algorithm,
+                &c.der[c.tbs.clone()],
+                sig,
+            )
+            .is_ok()
+        });
+        self.signed.insert((child, issuer), ok);
+        Ok(ok)
+    }
+
+    /// Depth-first: extend `path` (pool indices above the leaf) until the
+    /// anchor signs and the whole path validates. Err only when the budget
+    /// runs out.
+    fn build(&mut self, path: &mut Vec<usize>) -> Result<bool, ChainError> {
+        let top = path.last().map_or(At::Leaf, |i| At::Pool(*i));
+        let mut issuer_found = false;
+        if self.node(top).issuer == self.anchor.subject {
+            self.step()?;
+            if self.signed_by(top, At::Anchor)? {
+                issuer_found = true;
+                match self.validate(path) {
+                    Ok(()) => return Ok(true),
+                    Err(e @ ChainError::BudgetExceeded { .. }) => return Err(e),
+                    Err(e) => self.note(2, e),
+                }
+            }
+        }
+        let candidates = self.by_subject.get(&self.node(top).issuer).cloned().unwrap_or_default();
+        // Certificates so far: the leaf, the path, one more intermediate, and the anchor.
+        if !candidates.is_empty() && path.len() + 3 > MAX_DEPTH {
+            self.note(1, ChainError::TooDeep { max: MAX_DEPTH });
+            return Ok(false);
+        }
+        for c in candidates {
+            self.step()?;
+            if path.contains(&c) || !self.signed_by(top, At::Pool(c))? {
+                continue;
+            }
+            issuer_found = true;
+            path.push(c);
+            if self.build(path)? {
+                return Ok(true);
+            }
+            path.pop();
+        }
+        if !issuer_found {
+            let n = self.node(top);
+            let e = ChainError::NoIssuer {
+                cert: which(n, path.len(), false),
+                issuer: crate::name::to_rfc4514(&n.cert.tbs_certificate.issuer),
+            };
+            self.note(1, e);
+        }
+        Ok(false)
+    }
+
+    /// RFC 5280 6.1 over one complete path: leaf, `path`, anchor.
+    fn validate(&mut self, path: &[usize]) -> Result<(), ChainError> {
+        let mut at = vec![At::Leaf];
+        at.extend(path.iter().map(|i| At::Pool(*i)));
+        at.push(At::Anchor);
+        let last = at.len() - 1;
+        let w = |s: &Self, i: usize| which(s.node(at[i]), i, i == last);
+        // Each certificate on its own.
+        for (i, &a) in at.iter().enumerate() {
+            let n = self.node(a);
+            if let Some(p) = &n.problem {
+                let cert = w(self, i);
+                return Err(match p.clone() {
+                    Problem::Duplicate(oid) => ChainError::DuplicateExtension { cert, oid },
+                    Problem::Bad(oid, detail) => ChainError::BadExtension { cert, oid, detail },
+                    Problem::UnknownCritical(oid) => ChainError::UnknownCriticalExtension { cert, oid },
+                    Problem::Constraint(detail) => ChainError::UnsupportedNameConstraint { ca: cert, detail },
+                });
+            }
+            if i != last && n.alg_mismatch {
+                return Err(ChainError::SignatureAlgorithmMismatch { cert: w(self, i) });
+            }
+            let v = &n.cert.tbs_certificate.validity;
+            let (nb, na) = (crate::time::unix(&v.not_before), crate::time::unix(&v.not_after));
+            if self.now < nb || self.now > na {
+                return Err(ChainError::NotValidNow { cert: w(self, i), not_before: nb, not_after: na, now: self.now });
+            }
+        }
+        // From the anchor down (6.1.2 to 6.1.4): the CAs' rules.
+        let mut max_path = usize::MAX;
+        let mut constraining: Vec<usize> = Vec::new();
+        for i in (1..=last).rev() {
+            let n = self.node(at[i]);
+            if i != last && !n.self_issued {
+                for &ca in &constraining {
+                    self.names_within(&at, ca, i, last)?;
+                }
+            }
+            let n = self.node(at[i]);
+            let Some(bc) = n.exts.bc.as_ref().filter(|b| b.ca) else {
+                return Err(ChainError::NotACa { cert: w(self, i) });
+            };
+            if n.exts.ku.as_ref().is_some_and(|k| !k.key_cert_sign()) {
+                return Err(ChainError::NoKeyCertSign { cert: w(self, i) });
+            }
+            if let (Purpose::ExtendedKeyUsage(p), Some(eku)) = (self.policy.purpose, &n.exts.eku) {
+                if !eku.contains(&p) && !eku.contains(&rfc5280::ANY_EXTENDED_KEY_USAGE) {
+                    return Err(ChainError::PurposeNotAllowed { cert: w(self, i), purpose: p });
+                }
+            }
+            if i != last && !n.self_issued {
+                if max_path == 0 {
+                    return Err(ChainError::PathLengthExceeded { cert: w(self, i) });
+                }
+                max_path -= 1;
+            }
+            if let Some(pl) = bc.path_len_constraint {
+                max_path = max_path.min(usize::from(pl));
+            }
+            if n.exts.nc.is_some() {
+                constraining.push(i);
+            }
+        }
+        // The leaf (6.1.3, 6.1.5).
+        for &ca in &constraining {
+            self.names_within(&at, ca, 0, last)?;
+        }
+        let n = &self.leaf;
+        if n.exts.bc.as_ref().is_some_and(|b| b.ca) {
+            return Err(ChainError::CaAsEndEntity { cert: w(self, 0) });
+        }
+        if let Purpose::ExtendedKeyUsage(p) = self.policy.purpose {
+            let eku = n.exts.eku.as_deref().unwrap_or_default();
+            if !eku.contains(&p) && !eku.contains(&rfc5280::ANY_EXTENDED_KEY_USAGE) {
+                return Err(ChainError::PurposeNotAllowed { cert: w(self, 0), purpose: p });
+            }
+            if n.exts.ku.as_ref().is_some_and(|k| !k.0.contains(KeyUsages::DigitalSignature)) {
+                return Err(ChainError::LeafKeyUsage { cert: w(self, 0) });
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of certificate `i` of the path against the name constraints of CA `ca`.
+    fn names_within(&mut self, at: &[At], ca: usize, i: usize, last: usize) -> Result<(), ChainError> {
+        let limit = self.policy.budget.name_comparisons;
+        let (c, n) = (self.node(at[ca]), self.node(at[i]));
+        let Some(nc) = &n_constraints(c) else { return Ok(()) };
+        let mut names: Vec<Named<'_>> = Vec::new();
+        let subject = &n.cert.tbs_certificate.subject;
+        if !subject.0.is_empty() {
+            names.push(Named::Dir(subject));
+        }
+        match &n.exts.san {
+            Some(san) => names.extend(san.iter().map(Named::General)),
+            None => {
+                // 4.2.1.10: without a SAN, rfc822Name constraints apply to the subject's emailAddress.
+                for atv in subject.0.iter().flat_map(|r| r.0.iter()) {
+                    if atv.oid == const_oid::db::rfc3280::EMAIL_ADDRESS {
+                        let v = der::asn1::Ia5StringRef::try_from(&atv.value).map(|s| s.as_str().to_owned());
+                        names.push(Named::Email(v.unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        let mut used = self.used.name_comparisons;
+        let mut verdict = Ok(());
+        for name in &names {
+            match check_name(nc, name, &mut used) {
+                Ok(()) => {}
+                Err(v) => {
+                    let (ca_w, cert_w) = (which(c, ca, ca == last), which(n, i, false));
+                    verdict = Err(match v {
+                        Verdict::NotPermitted(name) => ChainError::NameNotPermitted { ca: ca_w, cert: cert_w, name },
+                        Verdict::Excluded(name) => ChainError::NameExcluded { ca: ca_w, cert: cert_w, name },
+                        Verdict::Unsupported(detail) => ChainError::UnsupportedNameConstraint { ca: ca_w, detail },
+                    });
+                    break;
+                }
+            }
+            if used > limit {
+                verdict = Err(ChainError::BudgetExceeded { what: "name-constraint comparisons" });
+                break;
+            }
+        }
+        self.used.name_comparisons = used;
+        if self.used.name_comparisons > limit {
+            return Err(ChainError::BudgetExceeded { what: "name-constraint comparisons" });
+        }
+        verdict
+    }
+}
+
+fn n_constraints(n: &Node) -> &Option<Constraints> {
+    &n.exts.nc
+}
+
+enum Named<'a> {
+    Dir(&'a Name),
+    General(&'a GeneralName),
+    Email(String),
+}
+
+enum Verdict {
+    NotPermitted(String),
+    Excluded(String),
+    Unsupported(String),
+}
+
+fn check_name(nc: &Constraints, name: &Named<'_>, used: &mut usize) -> Result<(), Verdict> {
+    let shown = |s: &str, what: &str| format!("{what} {s:?}");
+    let (form_name, text): (&'static str, String) = match name {
+        Named::Dir(n) => ("directoryName", crate::name::to_rfc4514(n)),
+        Named::Email(e) => ("rfc822Name", e.clone()),
+        Named::General(g) => (form(g), String::new()),
+    };
+    // Unsupported constraint forms: refuse a name of that form.
+    for side in nc.permitted.iter().chain(std::iter::once(&nc.excluded)) {
+        if side.other.contains(&form_name) {
+            return Err(Verdict::Unsupported(format!(
+                "constraints on {form_name}, which this validator does not match"
+            )));
+        }
+    }
+    // (in the permitted side: some subtree of the form exists, and whether one matches)
+    let (has, matches, excluded, shown_name): (bool, bool, bool, String) = match name {
+        Named::Dir(n) => dir_verdict(nc, n, used),
+        Named::General(GeneralName::DirectoryName(n)) => dir_verdict(nc, n, used),
+        Named::Email(e) => email_verdict(nc, e, used, &text),
+        Named::General(GeneralName::Rfc822Name(e)) => email_verdict(nc, e.as_str(), used, e.as_str()),
+        Named::General(GeneralName::DnsName(d)) => {
+            let d = d.as_str().to_ascii_lowercase();
+            let f = |t: &Subtrees, used: &mut usize| {
+                t.dns.iter().any(|c| {
+                    *used += 1;
+                    dns_within(&d, c)
+                })
+            };
+            let p = nc.permitted.as_ref();
+            let has = p.is_some_and(|t| !t.dns.is_empty());
+            let m = has && p.is_some_and(|t| f(t, used));
+            (has, m, f(&nc.excluded, used), shown(&d, "dNSName"))
+        }
+        Named::General(GeneralName::UniformResourceIdentifier(u)) => {
+            let host = uri_host(u.as_str());
+            let f = |t: &Subtrees, used: &mut usize| {
+                t.uri.iter().any(|c| {
+                    *used += 1;
+                    host.as_deref().is_some_and(|h| host_within(h, c))
+                })
+            };
+            let p = nc.permitted.as_ref();
+            let has = p.is_some_and(|t| !t.uri.is_empty());
+            let m = has && p.is_some_and(|t| f(t, used));
+            (has, m, f(&nc.excluded, used), shown(u.as_str(), "URI"))
+        }
+        Named::General(GeneralName::IpAddress(ip)) => {
+            let ip = ip.as_bytes();
+            let f = |t: &Subtrees, used: &mut usize| {
+                t.ip.iter().any(|(a, m)| {
+                    *used += 1;
+                    a.len() == ip.len() && ip.iter().zip(a).zip(m).all(|((x, a), m)| x & m == a & m)
+                })
+            };
+            let p = nc.permitted.as_ref();
+            let has = p.is_some_and(|t| !t.ip.is_empty());
+            let m = has && p.is_some_and(|t| f(t, used));
+            (has, m, f(&nc.excluded, used), format!("iPAddress {}", hex::encode(ip)))
+        }
+        // otherName, ediPartyName, registeredID under no constraint of their form.
+        Named::General(_) => (false, false, false, String::new()),
+    };
+    if excluded {
+        return Err(Verdict::Excluded(shown_name));
+    }
+    if has && !matches {
+        return Err(Verdict::NotPermitted(shown_name));
     }
     Ok(())
 }
 
+fn dir_verdict(nc: &Constraints, n: &Name, used: &mut usize) -> (bool, bool, bool, String) {
+    // The name's RDN prefixes looked up in the subtree set: the cost is the
+    // name's length, whatever the number of subtrees.
+    let prepared: Vec<_> = n.0.iter().map(prepare_rdn).collect();
+    let within = |t: &Subtrees, used: &mut usize| {
+        (0..=prepared.len()).any(|k| {
+            *used += 1;
+            t.dir.contains(&prepared[..k])
+        })
+    };
+    let p = nc.permitted.as_ref();
+    let has = p.is_some_and(|t| t.dir_any);
+    let m = has && p.is_some_and(|t| within(t, used));
+    let x = nc.excluded.dir_any && within(&nc.excluded, used);
+    (has, m, x, format!("directoryName {:?}", crate::name::to_rfc4514(n)))
+}
+
+fn email_verdict(nc: &Constraints, e: &str, used: &mut usize, shown: &str) -> (bool, bool, bool, String) {
+    let f = |t: &Subtrees, used: &mut usize| {
+        t.email.iter().any(|c| {
+            *used += 1;
+            email_within(e, c)
+        })
+    };
+    let p = nc.permitted.as_ref();
+    let has = p.is_some_and(|t| !t.email.is_empty());
+    let m = has && p.is_some_and(|t| f(t, used));
+    (has, m, f(&nc.excluded, used), format!("rfc822Name {shown:?}"))
+}
+
+/// dNSName `d` (lowercase) within constraint `c` (lowercase): `c` itself or
+/// a name made by adding labels on its left; a leading dot means subdomains only.
+fn dns_within(d: &str, c: &str) -> bool {
+    let d = d.strip_suffix('.').unwrap_or(d);
+    let c = c.strip_suffix('.').unwrap_or(c);
+    if c.is_empty() {
+        return true;
+    }
+    if c.starts_with('.') {
+        return d.len() > c.len() && d.ends_with(c);
+    }
+    d == c || (d.len() > c.len() && d.ends_with(c) && d.as_bytes()[d.len() - c.len() - 1] == b'.')
+}
+
+/// A host (URI) within constraint `c`: that host, or with a leading dot, any host below it.
+fn host_within(h: &str, c: &str) -> bool {
+    if c.starts_with('.') {
+        h.len() > c.len() && h.ends_with(c)
+    } else {
+        h == c
+    }
+}
+
+/// An rfc822Name within constraint `c`: a whole mailbox, a host, or (leading dot) a domain.
+fn email_within(e: &str, c: &str) -> bool {
+    let Some((local, host)) = e.rsplit_once('@') else { return false };
+    if let Some((cl, ch)) = c.rsplit_once('@') {
+        return local == cl && host.eq_ignore_ascii_case(ch);
+    }
+    let host = host.to_ascii_lowercase();
+    let c = c.to_ascii_lowercase();
+    if c.starts_with('.') {
+        host.len() > c.len() && host.ends_with(&c)
+    } else {
+        host == c
+    }
+}
+
+/// The host of a URI with an authority (`scheme://[user@]host[:port]/...`), lowercase.
+fn uri_host(u: &str) -> Option<String> {
+    let (_, rest) = u.split_once("://")?;
+    let auth = rest.split(['/', '?', '#']).next()?;
+    let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let host =
+        if host.starts_with('[') { host.split(']').next()?.trim_start_matches('[') } else { host.split(':').next()? };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
