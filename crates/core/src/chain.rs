@@ -1457,7 +1457,7 @@ mod tests {
             purpose: Purpose::ExtendedKeyUsage(CLIENT),
             budget: Budget { signatures: 2, build_steps: 2, name_comparisons: 0 },
         };
-        verify_with(&leaf.der, &[real.der.clone()], &r.der, NOW, &tiny).unwrap();
+        verify_with(&leaf.der, std::slice::from_ref(&real.der), &r.der, NOW, &tiny).unwrap();
     }
 
     #[test]
@@ -1477,7 +1477,7 @@ mod tests {
             purpose: Purpose::ExtendedKeyUsage(CLIENT),
             budget: Budget { name_comparisons: 16, ..Budget::default() },
         };
-        let run = |leaf: &Made| verify_with(&leaf.der, &[sub.der.clone()], &r.der, NOW, &policy);
+        let run = |leaf: &Made| verify_with(&leaf.der, std::slice::from_ref(&sub.der), &r.der, NOW, &policy);
         for s in ["S-0", "S-4711", "S-9999"] {
             run(&born(s)).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
