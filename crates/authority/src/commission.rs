@@ -8,11 +8,19 @@
 //! certificate for a fresh key. Checked, in this order:
 //! - the birth chain validates (RFC 5280, with name constraints, by
 //!   [`iotpki_core::chain`]) up to a trusted manufacturing CA, now, for client auth;
+//! - the leaf is a birth certificate, not another certificate under the same CA
+//!   (`not_a_birth`), and the trusted CA is a manufacturing CA, never a root or
+//!   an operational CA (`add_manufacturer` refuses those);
 //! - if this authority issued the birth certificate itself, it is not revoked;
 //! - the request carries the birth certificate's serial and a key that is not the birth key;
 //! - in the issuance's transaction: the device is owned and neither revoked nor handed on.
 
 use iotpki_core::asn1::der::asn1::ObjectIdentifier;
+use iotpki_core::asn1::der::oid::AssociatedOid;
+use iotpki_core::asn1::der::Decode;
+use iotpki_core::asn1::x509_cert::ext::pkix::constraints::name::NameConstraints;
+use iotpki_core::asn1::x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+use iotpki_core::asn1::x509_cert::Certificate;
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile;
 use iotpki_core::{csr, est, keys, pem};
@@ -59,10 +67,11 @@ pub fn add_manufacturer(
         .next()
         .ok_or_else(|| AuthorityError::BadRequest("the file holds no certificate".into()))?;
     let info = profile::cert_info(&der)?;
-    if !info.is_ca {
+    if let Some(why) = not_a_manufacturing_ca(&info.cert) {
         return Err(AuthorityError::BadRequest(format!(
-            "{} is not a CA certificate: import the manufacturer's manufacturing CA",
-            info.cert.tbs_certificate.subject
+            "{} is not a manufacturing CA ({why}): import the manufacturer's manufacturing CA, the one that \
+             signs its birth certificates (ca/manufacturing.crt of its authority), not its root or operational CA",
+            name::to_rfc4514(&info.cert.tbs_certificate.subject)
         )));
     }
     let now = clock.now();
@@ -90,6 +99,89 @@ pub fn add_manufacturer(
     };
     store.add_manufacturer(rec.clone(), audit)?;
     Ok(rec)
+}
+
+/// Why `cert` is not a manufacturing (birth-issuing) CA as our profiles make
+/// one ([`profile::Profile::DelegatingCa`]): a CA under a root, not
+/// self-issued, with keyCertSign, pathLenConstraint 1 (it certifies births
+/// and, one level down, its stations' delegated CAs), and no
+/// extendedKeyUsage that excludes client authentication. A root would make
+/// every certificate of the maker a birth (its operational certificates
+/// too); an operational CA (pathLenConstraint 0) issues operational
+/// certificates, not births.
+fn not_a_manufacturing_ca(cert: &Certificate) -> Option<String> {
+    let tbs = &cert.tbs_certificate;
+    if name::rfc5280_equal(&tbs.subject, &tbs.issuer) {
+        return Some("it is self-issued: a root CA".into());
+    }
+    let bc = match extension::<BasicConstraints>(cert) {
+        Ok(Some(bc)) if bc.ca => bc,
+        Ok(_) => return Some("basicConstraints does not make it a CA".into()),
+        Err(e) => return Some(e),
+    };
+    if bc.path_len_constraint != Some(1) {
+        return Some(format!(
+            "pathLenConstraint {}, where a manufacturing CA has 1 (an operational CA has 0, a root none)",
+            bc.path_len_constraint.map_or("absent".to_string(), |p| p.to_string())
+        ));
+    }
+    match extension::<KeyUsage>(cert) {
+        Ok(Some(ku)) if ku.key_cert_sign() => {}
+        Ok(_) => return Some("its keyUsage lacks keyCertSign".into()),
+        Err(e) => return Some(e),
+    }
+    match extension::<ExtendedKeyUsage>(cert) {
+        Ok(Some(eku)) if !eku.0.contains(&CLIENT_AUTH) => {
+            Some("its extendedKeyUsage excludes client authentication".into())
+        }
+        Ok(_) => None,
+        Err(e) => Some(e),
+    }
+}
+
+fn extension<T: for<'a> Decode<'a> + AssociatedOid>(cert: &Certificate) -> Result<Option<T>, String> {
+    let mut found =
+        cert.tbs_certificate.extensions.as_deref().unwrap_or_default().iter().filter(|e| e.extn_id == T::OID);
+    let Some(e) = found.next() else { return Ok(None) };
+    if found.next().is_some() {
+        return Err(format!("extension {} appears twice", T::OID));
+    }
+    T::from_der(e.extn_value.as_bytes()).map(Some).map_err(|err| format!("extension {} is malformed: {err}", T::OID))
+}
+
+/// Why `leaf`, which chains to a trusted manufacturing CA, is not a birth
+/// certificate (an IEEE 802.1AR IDevID as our device profile makes it):
+/// keyUsage digitalSignature and no CA usage; extendedKeyUsage clientAuth
+/// and no other role; a subject naming one serial, as its CN and
+/// serialNumber; issued by the manufacturing CA itself or by a delegated CA
+/// (a station's name-constrained sub-CA). An operational certificate, a
+/// station's or a server's, is refused here even when it chains to the same CA.
+fn not_a_birth(leaf: &Certificate, inter: &[Certificate], anchor: &Certificate) -> Option<String> {
+    match extension::<KeyUsage>(leaf) {
+        Ok(Some(ku)) if ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign() => {}
+        Ok(_) => return Some("its keyUsage is not digitalSignature alone".into()),
+        Err(e) => return Some(e),
+    }
+    match extension::<ExtendedKeyUsage>(leaf) {
+        Ok(Some(eku)) if eku.0 == [CLIENT_AUTH] => {}
+        Ok(_) => return Some("its extendedKeyUsage is not clientAuth alone".into()),
+        Err(e) => return Some(e),
+    }
+    let subject = &leaf.tbs_certificate.subject;
+    let serials = name::serial_numbers(subject);
+    if serials.len() != 1 || name::attribute(subject, COMMON_NAME).as_deref() != Some(serials[0].as_str()) {
+        return Some("its subject does not name one serial as CN and serialNumber".into());
+    }
+    let issuer = &leaf.tbs_certificate.issuer;
+    if name::rfc5280_equal(issuer, &anchor.tbs_certificate.subject) {
+        return None;
+    }
+    let issuers: Vec<&Certificate> =
+        inter.iter().filter(|c| name::rfc5280_equal(&c.tbs_certificate.subject, issuer)).collect();
+    if !issuers.is_empty() && issuers.iter().all(|c| matches!(extension::<NameConstraints>(c), Ok(Some(_)))) {
+        return None;
+    }
+    Some("it was issued neither by the manufacturing CA nor by a station's delegated CA".into())
 }
 
 /// Take ownership of the devices listed in `text` (one serial a line;
@@ -168,6 +260,14 @@ impl Authority {
         };
         if info.is_ca {
             return Err(AuthorityError::Forbidden("a CA certificate is not a birth certificate".into()));
+        }
+        let parsed: Vec<Certificate> = inter.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
+        let anchor = Certificate::from_der(&manufacturer_cert)
+            .map_err(|e| AuthorityError::Forbidden(format!("the trusted manufacturing CA is unreadable: {e}")))?;
+        if let Some(why) = not_a_birth(&info.cert, &parsed, &anchor) {
+            return Err(AuthorityError::Forbidden(format!(
+                "the client certificate chains to manufacturer {manufacturer} but is not a birth certificate ({why})"
+            )));
         }
         // Issued here (the authority is its own manufacturer): our record must agree.
         if let Some(rec) = self.store.certificate(&info.serial)? {
