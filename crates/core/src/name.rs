@@ -362,4 +362,24 @@ mod tests {
         reordered.0.reverse();
         assert!(!equivalent(&a, &reordered));
     }
+
+    #[test]
+    fn rfc5280_comparison_ignores_case_spacing_and_string_type_not_order() {
+        let a = NameBuilder::default().organization("Maker").unwrap().common_name("S-1").unwrap().build();
+        let b = NameBuilder::default().organization("  maKER ").unwrap().common_name("s-1").unwrap().build();
+        assert!(rfc5280_equal(&a, &b));
+        assert!(!equivalent(&a, &b), "the exact comparison stays exact");
+        let mut c = a.clone();
+        c.0[0] = atv(rfc4519::O, Any::from(PrintableStringRef::new("MAKER").unwrap())).unwrap();
+        assert!(rfc5280_equal(&a, &c));
+        let inner = NameBuilder::default().organization("Ma ker").unwrap().common_name("S-1").unwrap().build();
+        let spaced = NameBuilder::default().organization("Ma   ker").unwrap().common_name("S-1").unwrap().build();
+        assert!(rfc5280_equal(&inner, &spaced));
+        assert!(!rfc5280_equal(&a, &inner));
+        let mut reordered = a.clone();
+        reordered.0.reverse();
+        assert!(!rfc5280_equal(&a, &reordered));
+        let other = NameBuilder::default().organization("Maker").unwrap().common_name("S-2").unwrap().build();
+        assert!(!rfc5280_equal(&a, &other));
+    }
 }
