@@ -19,7 +19,9 @@ use iotpki_core::asn1::der::asn1::ObjectIdentifier;
 use iotpki_core::asn1::der::oid::AssociatedOid;
 use iotpki_core::asn1::der::Decode;
 use iotpki_core::asn1::x509_cert::ext::pkix::constraints::name::NameConstraints;
+use iotpki_core::asn1::x509_cert::ext::pkix::name::GeneralName;
 use iotpki_core::asn1::x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+use iotpki_core::asn1::x509_cert::name::RdnSequence;
 use iotpki_core::asn1::x509_cert::Certificate;
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile;
@@ -167,10 +169,13 @@ fn not_a_birth(leaf: &Certificate, inter: &[Certificate], anchor: &Certificate) 
         Ok(_) => return Some("its extendedKeyUsage is not clientAuth alone".into()),
         Err(e) => return Some(e),
     }
+    // One CN and one serialNumber, equal: a name inside a delegated CA's subtree
+    // `O=org, OU=batch, CN=S-1` may carry more RDNs (`..., CN=S-1, serialNumber=V-1`).
     let subject = &leaf.tbs_certificate.subject;
     let serials = name::serial_numbers(subject);
-    if serials.len() != 1 || name::attribute(subject, COMMON_NAME).as_deref() != Some(serials[0].as_str()) {
-        return Some("its subject does not name one serial as CN and serialNumber".into());
+    let cns = subject.0.iter().flat_map(|r| r.0.iter()).filter(|a| a.oid == COMMON_NAME).count();
+    if serials.len() != 1 || cns != 1 || name::attribute(subject, COMMON_NAME).as_deref() != Some(serials[0].as_str()) {
+        return Some("its subject does not name exactly one serial, as its one CN and its one serialNumber".into());
     }
     let issuer = &leaf.tbs_certificate.issuer;
     if name::rfc5280_equal(issuer, &anchor.tbs_certificate.subject) {
@@ -178,10 +183,32 @@ fn not_a_birth(leaf: &Certificate, inter: &[Certificate], anchor: &Certificate) 
     }
     let issuers: Vec<&Certificate> =
         inter.iter().filter(|c| name::rfc5280_equal(&c.tbs_certificate.subject, issuer)).collect();
-    if !issuers.is_empty() && issuers.iter().all(|c| matches!(extension::<NameConstraints>(c), Ok(Some(_)))) {
-        return None;
+    if issuers.is_empty() {
+        return Some("it was issued neither by the manufacturing CA nor by a station's delegated CA".into());
     }
-    Some("it was issued neither by the manufacturing CA nor by a station's delegated CA".into())
+    // Issued by a delegated CA: path validation matched its subtrees as RFC 5280
+    // 7.1 asks (case and spaces folded); a birth must also be inside one exactly,
+    // so that a subtree for serial `S-1` never admits serial `s-1`.
+    for ca in issuers {
+        let permitted = match extension::<NameConstraints>(ca) {
+            Ok(Some(nc)) => nc.permitted_subtrees.unwrap_or_default(),
+            Ok(None) => {
+                return Some("it was issued neither by the manufacturing CA nor by a station's delegated CA".into())
+            }
+            Err(e) => return Some(e),
+        };
+        let exact = permitted.iter().any(|t| match &t.base {
+            GeneralName::DirectoryName(base) => {
+                base.0.len() <= subject.0.len()
+                    && name::equivalent(base, &RdnSequence(subject.0[..base.0.len()].to_vec()))
+            }
+            _ => false,
+        });
+        if !exact {
+            return Some("its subject is not exactly inside a subtree its delegated CA was given".into());
+        }
+    }
+    None
 }
 
 /// Take ownership of the devices listed in `text` (one serial a line;
@@ -349,5 +376,92 @@ impl Authority {
             "commission",
             None,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned;
+    use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
+    use iotpki_core::name::NameBuilder;
+    use iotpki_core::profile::{issue, CertParams, Issuer, Profile};
+    use iotpki_core::serial::system_random_serial;
+
+    fn spki(k: &SoftKey) -> SubjectPublicKeyInfoOwned {
+        SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap()
+    }
+
+    fn params(profile: Profile, subject: iotpki_core::asn1::x509_cert::name::Name, k: &SoftKey) -> CertParams {
+        CertParams {
+            profile,
+            serial: system_random_serial(1_000).unwrap().0,
+            subject,
+            spki: spki(k),
+            not_before: 1_000,
+            not_after: 9_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        }
+    }
+
+    #[test]
+    fn a_birth_must_name_one_serial_exactly_inside_its_delegated_cas_subtree() {
+        let (rk, mk, dk) = (
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+        );
+        let root_name = NameBuilder::default().organization("Maker").unwrap().common_name("Root").unwrap().build();
+        let rkid = keys::key_identifier(&spki(&rk));
+        let root_issuer = Issuer { subject: &root_name, key_id: &rkid, not_after: 9_000_000, signer: &rk };
+        let mfg_name = NameBuilder::default().organization("Maker").unwrap().common_name("Mfg").unwrap().build();
+        let mfg = issue(&params(Profile::DelegatingCa, mfg_name.clone(), &mk), &root_issuer).unwrap().der;
+        let mfg = Certificate::from_der(&mfg).unwrap();
+        assert_eq!(not_a_manufacturing_ca(&mfg), None);
+        let root = issue(&params(Profile::Root, root_name.clone(), &rk), &root_issuer).unwrap().der;
+        assert!(not_a_manufacturing_ca(&Certificate::from_der(&root).unwrap()).unwrap().contains("self-issued"));
+
+        let mkid = keys::key_identifier(&spki(&mk));
+        let mfg_issuer = Issuer { subject: &mfg_name, key_id: &mkid, not_after: 9_000_000, signer: &mk };
+        let sub_name = NameBuilder::default().organization("Maker").unwrap().common_name("line-1 B1").unwrap().build();
+        let subtree = NameBuilder::default()
+            .organization("Maker")
+            .unwrap()
+            .organizational_unit("B1")
+            .unwrap()
+            .common_name("S-1")
+            .unwrap()
+            .build();
+        let mut p = params(Profile::DelegatedCa, sub_name.clone(), &dk);
+        p.permitted_subtree = Some(subtree);
+        let sub = Certificate::from_der(&issue(&p, &mfg_issuer).unwrap().der).unwrap();
+        let dkid = keys::key_identifier(&spki(&dk));
+        let sub_issuer = Issuer { subject: &sub_name, key_id: &dkid, not_after: 9_000_000, signer: &dk };
+        let born = |cn: &str, sn: &str, extra_cn: bool| {
+            let mut b = NameBuilder::default().organization("Maker").unwrap().organizational_unit("B1").unwrap();
+            b = b.common_name(cn).unwrap();
+            if extra_cn {
+                b = b.common_name(sn).unwrap();
+            }
+            let b = b.serial_number(&DeviceSerial::parse(sn).unwrap()).unwrap();
+            let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+            let der = issue(&params(Profile::Device, b.build(), &k), &sub_issuer).unwrap().der;
+            Certificate::from_der(&der).unwrap()
+        };
+        let inter = [sub.clone(), mfg.clone()];
+        assert_eq!(not_a_birth(&born("S-1", "S-1", false), &inter, &mfg), None);
+        // Inside the subtree by RDN prefix, but naming another serial.
+        let why = not_a_birth(&born("S-1", "V-1", false), &inter, &mfg).unwrap();
+        assert!(why.contains("exactly one serial"), "{why}");
+        let why = not_a_birth(&born("S-1", "V-1", true), &inter, &mfg).unwrap();
+        assert!(why.contains("exactly one serial"), "{why}");
+        // Inside the subtree only after case folding: another serial, refused.
+        let why = not_a_birth(&born("s-1", "s-1", false), &inter, &mfg).unwrap();
+        assert!(why.contains("not exactly inside"), "{why}");
+        // An operational-looking certificate straight from a CA that is neither.
+        let why = not_a_birth(&born("S-1", "S-1", false), &[], &mfg).unwrap();
+        assert!(why.contains("neither by the manufacturing CA"), "{why}");
     }
 }
