@@ -446,6 +446,11 @@ fn form(n: &GeneralName) -> &'static str {
 
 fn subtrees(list: &[GeneralSubtree]) -> Result<Subtrees, String> {
     let mut s = Subtrees::default();
+    if list.is_empty() {
+        // GeneralSubtrees is SIZE (1..MAX): an empty list would permit nothing or
+        // everything depending on the reader; refuse it.
+        return Err("an empty list of subtrees (RFC 5280 4.2.1.10: SIZE 1..MAX)".into());
+    }
     for t in list {
         if t.minimum != 0 || t.maximum.is_some() {
             return Err("a subtree with minimum or maximum (RFC 5280 4.2.1.10: MUST be 0 and absent)".into());
@@ -507,8 +512,15 @@ fn read_exts(cert: &Certificate) -> Result<Exts, Problem> {
                 let nc: NameConstraints = decode(v)?;
                 let permitted =
                     nc.permitted_subtrees.as_deref().map(subtrees).transpose().map_err(Problem::Constraint)?;
-                let excluded =
-                    subtrees(nc.excluded_subtrees.as_deref().unwrap_or_default()).map_err(Problem::Constraint)?;
+                let excluded = match nc.excluded_subtrees.as_deref() {
+                    Some(list) => subtrees(list).map_err(Problem::Constraint)?,
+                    None => Subtrees::default(),
+                };
+                if permitted.is_none() && nc.excluded_subtrees.is_none() {
+                    return Err(Problem::Constraint(
+                        "neither permitted nor excluded subtrees (RFC 5280 4.2.1.10)".into(),
+                    ));
+                }
                 x.nc = Some(Constraints { permitted, excluded });
             }
             SubjectKeyIdentifier::OID => drop(decode::<SubjectKeyIdentifier>(v)?),
@@ -1343,6 +1355,17 @@ mod tests {
         let leaf = cert(&device("S-1"), Some(&sub), e);
         assert!(matches!(check(&leaf, &[&sub], &r), Err(ChainError::UnsupportedNameConstraint { .. })));
         check(&cert(&device("S-2"), Some(&sub), leaf_exts()), &[&sub], &r).unwrap();
+        // An empty nameConstraints, or an empty list of subtrees, is refused (fail closed).
+        for bad in [
+            nc(vec![], vec![]),
+            x(&NameConstraints { permitted_subtrees: Some(vec![]), excluded_subtrees: None }, true),
+        ] {
+            let mut e = ca_exts(Some(0));
+            e.push(bad);
+            let sub = cert(&n(&[("O", "Maker"), ("CN", "Empty")]), Some(&r), e);
+            let leaf = cert(&device("S-1"), Some(&sub), leaf_exts());
+            assert!(matches!(check(&leaf, &[&sub], &r), Err(ChainError::UnsupportedNameConstraint { .. })));
+        }
     }
 
     #[test]
