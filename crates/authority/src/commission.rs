@@ -8,11 +8,21 @@
 //! certificate for a fresh key. Checked, in this order:
 //! - the birth chain validates (RFC 5280, with name constraints, by
 //!   [`iotpki_core::chain`]) up to a trusted manufacturing CA, now, for client auth;
+//! - the leaf is a birth certificate, not another certificate under the same CA
+//!   (`not_a_birth`), and the trusted CA is a manufacturing CA, never a root or
+//!   an operational CA (`add_manufacturer` refuses those);
 //! - if this authority issued the birth certificate itself, it is not revoked;
 //! - the request carries the birth certificate's serial and a key that is not the birth key;
 //! - in the issuance's transaction: the device is owned and neither revoked nor handed on.
 
 use iotpki_core::asn1::der::asn1::ObjectIdentifier;
+use iotpki_core::asn1::der::oid::AssociatedOid;
+use iotpki_core::asn1::der::Decode;
+use iotpki_core::asn1::x509_cert::ext::pkix::constraints::name::NameConstraints;
+use iotpki_core::asn1::x509_cert::ext::pkix::name::GeneralName;
+use iotpki_core::asn1::x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+use iotpki_core::asn1::x509_cert::name::RdnSequence;
+use iotpki_core::asn1::x509_cert::Certificate;
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile;
 use iotpki_core::{csr, est, keys, pem};
@@ -59,10 +69,11 @@ pub fn add_manufacturer(
         .next()
         .ok_or_else(|| AuthorityError::BadRequest("the file holds no certificate".into()))?;
     let info = profile::cert_info(&der)?;
-    if !info.is_ca {
+    if let Some(why) = not_a_manufacturing_ca(&info.cert) {
         return Err(AuthorityError::BadRequest(format!(
-            "{} is not a CA certificate: import the manufacturer's manufacturing CA",
-            info.cert.tbs_certificate.subject
+            "{} is not a manufacturing CA ({why}): import the manufacturer's manufacturing CA, the one that \
+             signs its birth certificates (ca/manufacturing.crt of its authority), not its root or operational CA",
+            name::to_rfc4514(&info.cert.tbs_certificate.subject)
         )));
     }
     let now = clock.now();
@@ -90,6 +101,114 @@ pub fn add_manufacturer(
     };
     store.add_manufacturer(rec.clone(), audit)?;
     Ok(rec)
+}
+
+/// Why `cert` is not a manufacturing (birth-issuing) CA as our profiles make
+/// one ([`profile::Profile::DelegatingCa`]): a CA under a root, not
+/// self-issued, with keyCertSign, pathLenConstraint 1 (it certifies births
+/// and, one level down, its stations' delegated CAs), and no
+/// extendedKeyUsage that excludes client authentication. A root would make
+/// every certificate of the maker a birth (its operational certificates
+/// too); an operational CA (pathLenConstraint 0) issues operational
+/// certificates, not births.
+fn not_a_manufacturing_ca(cert: &Certificate) -> Option<String> {
+    let tbs = &cert.tbs_certificate;
+    if name::rfc5280_equal(&tbs.subject, &tbs.issuer) {
+        return Some("it is self-issued: a root CA".into());
+    }
+    let bc = match extension::<BasicConstraints>(cert) {
+        Ok(Some(bc)) if bc.ca => bc,
+        Ok(_) => return Some("basicConstraints does not make it a CA".into()),
+        Err(e) => return Some(e),
+    };
+    if bc.path_len_constraint != Some(1) {
+        return Some(format!(
+            "pathLenConstraint {}, where a manufacturing CA has 1 (an operational CA has 0, a root none)",
+            bc.path_len_constraint.map_or("absent".to_string(), |p| p.to_string())
+        ));
+    }
+    match extension::<KeyUsage>(cert) {
+        Ok(Some(ku)) if ku.key_cert_sign() => {}
+        Ok(_) => return Some("its keyUsage lacks keyCertSign".into()),
+        Err(e) => return Some(e),
+    }
+    match extension::<ExtendedKeyUsage>(cert) {
+        Ok(Some(eku)) if !eku.0.contains(&CLIENT_AUTH) => {
+            Some("its extendedKeyUsage excludes client authentication".into())
+        }
+        Ok(_) => None,
+        Err(e) => Some(e),
+    }
+}
+
+fn extension<T: for<'a> Decode<'a> + AssociatedOid>(cert: &Certificate) -> Result<Option<T>, String> {
+    let mut found =
+        cert.tbs_certificate.extensions.as_deref().unwrap_or_default().iter().filter(|e| e.extn_id == T::OID);
+    let Some(e) = found.next() else { return Ok(None) };
+    if found.next().is_some() {
+        return Err(format!("extension {} appears twice", T::OID));
+    }
+    T::from_der(e.extn_value.as_bytes()).map(Some).map_err(|err| format!("extension {} is malformed: {err}", T::OID))
+}
+
+/// Why `leaf`, which chains to a trusted manufacturing CA, is not a birth
+/// certificate (an IEEE 802.1AR IDevID as our device profile makes it):
+/// keyUsage digitalSignature and no CA usage; extendedKeyUsage clientAuth
+/// and no other role; a subject naming one serial, as its CN and
+/// serialNumber; issued by the manufacturing CA itself or by a delegated CA
+/// (a station's name-constrained sub-CA). An operational certificate, a
+/// station's or a server's, is refused here even when it chains to the same CA.
+fn not_a_birth(leaf: &Certificate, inter: &[Certificate], anchor: &Certificate) -> Option<String> {
+    match extension::<KeyUsage>(leaf) {
+        Ok(Some(ku)) if ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign() => {}
+        Ok(_) => return Some("its keyUsage is not digitalSignature alone".into()),
+        Err(e) => return Some(e),
+    }
+    match extension::<ExtendedKeyUsage>(leaf) {
+        Ok(Some(eku)) if eku.0 == [CLIENT_AUTH] => {}
+        Ok(_) => return Some("its extendedKeyUsage is not clientAuth alone".into()),
+        Err(e) => return Some(e),
+    }
+    // One CN and one serialNumber, equal: a name inside a delegated CA's subtree
+    // `O=org, OU=batch, CN=S-1` may carry more RDNs (`..., CN=S-1, serialNumber=V-1`).
+    let subject = &leaf.tbs_certificate.subject;
+    let serials = name::serial_numbers(subject);
+    let cns = subject.0.iter().flat_map(|r| r.0.iter()).filter(|a| a.oid == COMMON_NAME).count();
+    if serials.len() != 1 || cns != 1 || name::attribute(subject, COMMON_NAME).as_deref() != Some(serials[0].as_str()) {
+        return Some("its subject does not name exactly one serial, as its one CN and its one serialNumber".into());
+    }
+    let issuer = &leaf.tbs_certificate.issuer;
+    if name::rfc5280_equal(issuer, &anchor.tbs_certificate.subject) {
+        return None;
+    }
+    let issuers: Vec<&Certificate> =
+        inter.iter().filter(|c| name::rfc5280_equal(&c.tbs_certificate.subject, issuer)).collect();
+    if issuers.is_empty() {
+        return Some("it was issued neither by the manufacturing CA nor by a station's delegated CA".into());
+    }
+    // Issued by a delegated CA: path validation matched its subtrees as RFC 5280
+    // 7.1 asks (case and spaces folded); a birth must also be inside one exactly,
+    // so that a subtree for serial `S-1` never admits serial `s-1`.
+    for ca in issuers {
+        let permitted = match extension::<NameConstraints>(ca) {
+            Ok(Some(nc)) => nc.permitted_subtrees.unwrap_or_default(),
+            Ok(None) => {
+                return Some("it was issued neither by the manufacturing CA nor by a station's delegated CA".into())
+            }
+            Err(e) => return Some(e),
+        };
+        let exact = permitted.iter().any(|t| match &t.base {
+            GeneralName::DirectoryName(base) => {
+                base.0.len() <= subject.0.len()
+                    && name::equivalent(base, &RdnSequence(subject.0[..base.0.len()].to_vec()))
+            }
+            _ => false,
+        });
+        if !exact {
+            return Some("its subject is not exactly inside a subtree its delegated CA was given".into());
+        }
+    }
+    None
 }
 
 /// Take ownership of the devices listed in `text` (one serial a line;
@@ -168,6 +287,14 @@ impl Authority {
         };
         if info.is_ca {
             return Err(AuthorityError::Forbidden("a CA certificate is not a birth certificate".into()));
+        }
+        let parsed: Vec<Certificate> = inter.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
+        let anchor = Certificate::from_der(&manufacturer_cert)
+            .map_err(|e| AuthorityError::Forbidden(format!("the trusted manufacturing CA is unreadable: {e}")))?;
+        if let Some(why) = not_a_birth(&info.cert, &parsed, &anchor) {
+            return Err(AuthorityError::Forbidden(format!(
+                "the client certificate chains to manufacturer {manufacturer} but is not a birth certificate ({why})"
+            )));
         }
         // Issued here (the authority is its own manufacturer): our record must agree.
         if let Some(rec) = self.store.certificate(&info.serial)? {
@@ -249,5 +376,92 @@ impl Authority {
             "commission",
             None,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned;
+    use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
+    use iotpki_core::name::NameBuilder;
+    use iotpki_core::profile::{issue, CertParams, Issuer, Profile};
+    use iotpki_core::serial::system_random_serial;
+
+    fn spki(k: &SoftKey) -> SubjectPublicKeyInfoOwned {
+        SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap()
+    }
+
+    fn params(profile: Profile, subject: iotpki_core::asn1::x509_cert::name::Name, k: &SoftKey) -> CertParams {
+        CertParams {
+            profile,
+            serial: system_random_serial(1_000).unwrap().0,
+            subject,
+            spki: spki(k),
+            not_before: 1_000,
+            not_after: 9_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        }
+    }
+
+    #[test]
+    fn a_birth_must_name_one_serial_exactly_inside_its_delegated_cas_subtree() {
+        let (rk, mk, dk) = (
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+            SoftKey::generate(KeyType::EcdsaP256).unwrap(),
+        );
+        let root_name = NameBuilder::default().organization("Maker").unwrap().common_name("Root").unwrap().build();
+        let rkid = keys::key_identifier(&spki(&rk));
+        let root_issuer = Issuer { subject: &root_name, key_id: &rkid, not_after: 9_000_000, signer: &rk };
+        let mfg_name = NameBuilder::default().organization("Maker").unwrap().common_name("Mfg").unwrap().build();
+        let mfg = issue(&params(Profile::DelegatingCa, mfg_name.clone(), &mk), &root_issuer).unwrap().der;
+        let mfg = Certificate::from_der(&mfg).unwrap();
+        assert_eq!(not_a_manufacturing_ca(&mfg), None);
+        let root = issue(&params(Profile::Root, root_name.clone(), &rk), &root_issuer).unwrap().der;
+        assert!(not_a_manufacturing_ca(&Certificate::from_der(&root).unwrap()).unwrap().contains("self-issued"));
+
+        let mkid = keys::key_identifier(&spki(&mk));
+        let mfg_issuer = Issuer { subject: &mfg_name, key_id: &mkid, not_after: 9_000_000, signer: &mk };
+        let sub_name = NameBuilder::default().organization("Maker").unwrap().common_name("line-1 B1").unwrap().build();
+        let subtree = NameBuilder::default()
+            .organization("Maker")
+            .unwrap()
+            .organizational_unit("B1")
+            .unwrap()
+            .common_name("S-1")
+            .unwrap()
+            .build();
+        let mut p = params(Profile::DelegatedCa, sub_name.clone(), &dk);
+        p.permitted_subtree = Some(subtree);
+        let sub = Certificate::from_der(&issue(&p, &mfg_issuer).unwrap().der).unwrap();
+        let dkid = keys::key_identifier(&spki(&dk));
+        let sub_issuer = Issuer { subject: &sub_name, key_id: &dkid, not_after: 9_000_000, signer: &dk };
+        let born = |cn: &str, sn: &str, extra_cn: bool| {
+            let mut b = NameBuilder::default().organization("Maker").unwrap().organizational_unit("B1").unwrap();
+            b = b.common_name(cn).unwrap();
+            if extra_cn {
+                b = b.common_name(sn).unwrap();
+            }
+            let b = b.serial_number(&DeviceSerial::parse(sn).unwrap()).unwrap();
+            let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+            let der = issue(&params(Profile::Device, b.build(), &k), &sub_issuer).unwrap().der;
+            Certificate::from_der(&der).unwrap()
+        };
+        let inter = [sub.clone(), mfg.clone()];
+        assert_eq!(not_a_birth(&born("S-1", "S-1", false), &inter, &mfg), None);
+        // Inside the subtree by RDN prefix, but naming another serial.
+        let why = not_a_birth(&born("S-1", "V-1", false), &inter, &mfg).unwrap();
+        assert!(why.contains("exactly one serial"), "{why}");
+        let why = not_a_birth(&born("S-1", "V-1", true), &inter, &mfg).unwrap();
+        assert!(why.contains("exactly one serial"), "{why}");
+        // Inside the subtree only after case folding: another serial, refused.
+        let why = not_a_birth(&born("s-1", "s-1", false), &inter, &mfg).unwrap();
+        assert!(why.contains("not exactly inside"), "{why}");
+        // An operational-looking certificate straight from a CA that is neither.
+        let why = not_a_birth(&born("S-1", "S-1", false), &[], &mfg).unwrap();
+        assert!(why.contains("neither by the manufacturing CA"), "{why}");
     }
 }

@@ -213,6 +213,92 @@ pub fn equivalent(a: &Name, b: &Name) -> bool {
     a == b || matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// One attribute value made ready for comparison as RFC 5280 section 7.1
+/// asks: strings (PrintableString, UTF8String, IA5String, BMPString) after
+/// the LDAP StringPrep steps of RFC 4518 that matter for caseIgnoreMatch
+/// (whitespace and control characters mapped, insignificant spaces removed,
+/// case folded); any other type kept as its DER, compared byte for byte.
+/// Unicode normalisation (NFKC) is not applied: two values that differ only
+/// by it compare unequal, which refuses a match, never invents one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PreparedValue {
+    /// A string value, prepared.
+    Text(String),
+    /// A value of another type: its tag and content octets.
+    Raw(u8, Vec<u8>),
+}
+
+/// A distinguished name made ready for comparison (see [`PreparedValue`]):
+/// RDNs in order, the attributes of each RDN sorted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PreparedName(pub Vec<Vec<(const_oid::ObjectIdentifier, PreparedValue)>>);
+
+fn prepare_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for c in s.chars() {
+        // RFC 4518 2.2: soft hyphen, zero-width and other "mapped to nothing" characters go;
+        // every whitespace and control character becomes a space.
+        if matches!(c, '\u{00AD}' | '\u{1806}' | '\u{034F}' | '\u{180B}'..='\u{180D}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFFC}' | '\u{200B}')
+        {
+            continue;
+        }
+        if c.is_whitespace() || c.is_control() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+fn prepare_value(v: &Any) -> PreparedValue {
+    let text = match v.tag() {
+        Tag::PrintableString | Tag::Utf8String | Tag::Ia5String => {
+            std::str::from_utf8(v.value()).ok().map(str::to_owned)
+        }
+        Tag::BmpString => {
+            let b = v.value();
+            (b.len() % 2 == 0)
+                .then(|| {
+                    char::decode_utf16(b.chunks_exact(2).map(|p| u16::from_be_bytes([p[0], p[1]])))
+                        .collect::<Result<String, _>>()
+                        .ok()
+                })
+                .flatten()
+        }
+        _ => None,
+    };
+    match text {
+        Some(t) => PreparedValue::Text(prepare_text(&t)),
+        None => PreparedValue::Raw(v.tag().octet(), v.value().to_vec()),
+    }
+}
+
+/// Prepare one RDN (see [`PreparedName`]).
+pub fn prepare_rdn(rdn: &RelativeDistinguishedName) -> Vec<(const_oid::ObjectIdentifier, PreparedValue)> {
+    let mut v: Vec<_> = rdn.0.iter().map(|a| (a.oid, prepare_value(&a.value))).collect();
+    v.sort();
+    v
+}
+
+/// Prepare `name` for comparison (see [`PreparedName`]).
+pub fn prepare(name: &Name) -> PreparedName {
+    PreparedName(name.0.iter().map(prepare_rdn).collect())
+}
+
+/// True when `a` and `b` are the same name under the comparison RFC 5280
+/// section 7.1 asks for (case-insensitive, insignificant spaces ignored,
+/// whatever string type encodes a value). Looser than [`equivalent`]: use it
+/// where the RFC's rule is the one that must hold (path validation).
+pub fn rfc5280_equal(a: &Name, b: &Name) -> bool {
+    a == b || prepare(a) == prepare(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +361,25 @@ mod tests {
         let mut reordered = a.clone();
         reordered.0.reverse();
         assert!(!equivalent(&a, &reordered));
+    }
+
+    #[test]
+    fn rfc5280_comparison_ignores_case_spacing_and_string_type_not_order() {
+        let a = NameBuilder::default().organization("Maker").unwrap().common_name("S-1").unwrap().build();
+        let b = NameBuilder::default().organization("  maKER ").unwrap().common_name("s-1").unwrap().build();
+        assert!(rfc5280_equal(&a, &b));
+        assert!(!equivalent(&a, &b), "the exact comparison stays exact");
+        let mut c = a.clone();
+        c.0[0] = atv(rfc4519::O, Any::from(PrintableStringRef::new("MAKER").unwrap())).unwrap();
+        assert!(rfc5280_equal(&a, &c));
+        let inner = NameBuilder::default().organization("Ma ker").unwrap().common_name("S-1").unwrap().build();
+        let spaced = NameBuilder::default().organization("Ma   ker").unwrap().common_name("S-1").unwrap().build();
+        assert!(rfc5280_equal(&inner, &spaced));
+        assert!(!rfc5280_equal(&a, &inner));
+        let mut reordered = a.clone();
+        reordered.0.reverse();
+        assert!(!rfc5280_equal(&a, &reordered));
+        let other = NameBuilder::default().organization("Maker").unwrap().common_name("S-2").unwrap().build();
+        assert!(!rfc5280_equal(&a, &other));
     }
 }

@@ -181,3 +181,62 @@ async fn commissioning_requests_that_lie_are_refused() {
     client.simple_enroll_mtls(&csr_for("LI-1", &fresh)).await.unwrap();
     assert_eq!(op.cert_count(), certs + 1);
 }
+
+/// Present `chain` (leaf first) with `key` to `op`'s `simpleenroll` as a birth
+/// certificate, asking for an operational certificate for `serial`.
+async fn present_as_birth(
+    op: &Ca,
+    chain: Vec<Vec<u8>>,
+    key: Arc<dyn Signer>,
+    serial: &str,
+) -> Result<Vec<u8>, AgentError> {
+    let client =
+        EstClient::new(&op.url, None, &[op.authority.root_der().to_vec()], Some(ClientIdentity { chain, key }))
+            .unwrap();
+    let sn = DeviceSerial::parse(serial).unwrap();
+    let subject = NameBuilder::default().common_name(serial).unwrap().serial_number(&sn).unwrap().build();
+    let fresh = SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    client.simple_enroll_mtls(&csr::build(&subject, &fresh, vec![]).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_makers_root_or_operational_ca_is_no_manufacturer_and_its_other_certificates_are_no_births() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let audit = op.audit_len();
+    // The maker's root would make every certificate of the maker a birth; its operational
+    // CA issues operational certificates. Both refused, with the reason; nothing stored.
+    for (file, needle) in [(mfg.root_file(), "self-issued"), (mfg.ca_file("operational"), "pathLenConstraint 0")] {
+        let err =
+            run_fail(bin().args(["trust", "add-manufacturer", "--name", "acme"]).arg("--dir").arg(&op.dir).arg(&file));
+        assert!(err.contains("not a manufacturing CA") && err.contains(needle), "{err}");
+    }
+    assert!(op.authority.store().manufacturers().unwrap().is_empty(), "no manufacturer stored");
+    assert_eq!(op.audit_len(), audit, "nothing audited as added");
+
+    // With the manufacturing CA trusted and the serials claimed: an operational
+    // certificate the maker issued (token enrollment at the maker) is not a birth.
+    trust(&op, &mfg);
+    claim(&op, &["OPC-1", "OPC-2"]);
+    let certs = op.cert_count();
+    let dev = mfg.enrolled_device("OPC-1").await;
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    let key: Arc<dyn Signer> = Arc::new(iotpki_agent::state::load_key_file(&dev, &id.key_file).unwrap());
+    let mut chain = vec![pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap()];
+    chain.extend(pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap());
+    refused(present_as_birth(&op, chain, key, "OPC-1").await, 403, "does not chain to a trusted manufacturer");
+
+    // A station certificate the manufacturing CA itself signed chains to the trusted
+    // CA, and is still not a birth.
+    let dir = op.tmp.path().join("maker-station");
+    crate::util::batch(&mfg, "B", &["OPC-2".to_string()], 1);
+    let skey = iotpki_agent::factory::new_station_key(&dir, iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let (scert, schain) =
+        mfg.authority.add_station("OPC-2", &["B".to_string()], skey.public_key_der(), "test").unwrap();
+    let mut chain = vec![scert];
+    chain.extend(schain);
+    refused(present_as_birth(&op, chain, Arc::new(skey), "OPC-2").await, 403, "is not a birth certificate");
+
+    assert_eq!(op.cert_count(), certs, "nothing issued");
+    assert_eq!(op.last_audit().event.action, "refuse.enroll");
+}
