@@ -428,6 +428,7 @@ pub(crate) fn make_for(
             issued_at: now,
             spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces: None,
+            replaced_by: None,
             status: CertStatus::Good,
             der: issued.der.clone(),
         },

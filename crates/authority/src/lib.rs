@@ -105,6 +105,7 @@ impl CaKey {
             issued_at: now,
             spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces,
+            replaced_by: None,
             status: CertStatus::Good,
             der: issued.der,
         })
@@ -1264,6 +1265,7 @@ impl Authority {
                     issued_at: e.at,
                     spki_sha256: info.spki_sha256.clone(),
                     replaces: None,
+                    replaced_by: None,
                     status: CertStatus::Good,
                     der,
                 },
@@ -1310,7 +1312,16 @@ impl Authority {
                 ))
             }
         };
-        let id = self.authenticate(chain)?;
+        // A certificate renewed already is let in here, and only to get its
+        // successor again (a renewal whose answer was lost): see `renewal_replay`.
+        let id = self.authenticate_recorded(chain)?;
+        let superseded = match (&id.record.status, &id.record.replaced_by) {
+            (CertStatus::Good, _) => None,
+            (CertStatus::Revoked { reason: 4, .. }, Some(next)) => Some(next.clone()),
+            (CertStatus::Revoked { .. }, _) => {
+                return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)))
+            }
+        };
         if id.record.profile != Profile::Device.name() {
             return Err(AuthorityError::Forbidden(format!("a {} certificate cannot re-enroll", id.record.profile)));
         }
@@ -1322,6 +1333,9 @@ impl Authority {
         }
         let der = est::decode_body(body)?;
         let req = csr::parse_and_verify(&der)?;
+        if let Some(next) = superseded {
+            return self.renewal_replay(&id.record, &next, &req);
+        }
         self.check_key(label, req.key_type)?;
         let current_subject = &id.cert.tbs_certificate.subject;
         if !name::equivalent(&req.subject, current_subject) {
@@ -1338,17 +1352,66 @@ impl Authority {
         }
         let old = id.record.serial.clone();
         let actor = format!("device:{}", id.record.device_serial.clone().unwrap_or_default());
-        self.issue_device(
+        let issued = self.issue_device(
             label,
             current_subject.clone(),
             &req,
             id.record.device_serial.clone(),
             Some(old.clone()),
-            vec![Precondition::CertIsGood { serial: old }],
+            vec![Precondition::Supersede { serial: old.clone(), now: self.clock.now() }],
             actor,
             "reenroll",
             None,
-        )
+        );
+        match issued {
+            // Lost a race to another renewal of the same certificate (a client
+            // retrying before its first answer came): the same key gets that one.
+            Err(e) => match self.store.certificate(&old)?.and_then(|r| r.replaced_by.clone().map(|n| (r, n))) {
+                Some((rec, next)) => self.renewal_replay(&rec, &next, &req),
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    /// A renewal presented with a certificate that was renewed already: if
+    /// the request proves possession of the key its successor was issued for,
+    /// the answer is that successor again (the device never got the first
+    /// answer: network, power cut). Nothing new is issued, so a lost answer
+    /// neither costs the device its identity nor gives it two certificates.
+    /// Any other key is refused: a superseded certificate renews nothing.
+    fn renewal_replay(
+        &self,
+        old: &CertRecord,
+        next: &str,
+        req: &csr::VerifiedCsr,
+    ) -> Result<Enrolled, AuthorityError> {
+        let refused = || {
+            AuthorityError::Forbidden(format!(
+                "certificate {} was renewed already (its successor is {next}): renew with the successor, or \
+                 commission again with the birth certificate",
+                old.serial
+            ))
+        };
+        let Some(rec) = self.store.certificate(next)? else { return Err(refused()) };
+        if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der) || rec.device_serial != old.device_serial {
+            return Err(refused());
+        }
+        if let CertStatus::Revoked { .. } = rec.status {
+            return Err(AuthorityError::Forbidden(format!(
+                "certificate {} was renewed already; its successor {next} is revoked",
+                old.serial
+            )));
+        }
+        self.store.append_audit(AuditEvent {
+            at: self.clock.now(),
+            actor: format!("device:{}", old.device_serial.clone().unwrap_or_default()),
+            action: "reenroll.replay".into(),
+            target: rec.serial.clone(),
+            detail: format!("replaces={} same key: the renewal issued before is sent again", old.serial),
+        })?;
+        let pkcs7 = pkcs7::certs_only(&[&rec.der])?;
+        Ok(Enrolled { cert_der: rec.der, serial: rec.serial, pkcs7 })
     }
 
     fn check_key(&self, label: &Label, kt: KeyType) -> Result<(), AuthorityError> {
@@ -1420,6 +1483,16 @@ impl Authority {
     /// through one of our issuing CAs, be valid now for client auth, be the
     /// very certificate the store recorded, and not be revoked.
     pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
+        let id = self.authenticate_recorded(chain)?;
+        if let CertStatus::Revoked { .. } = id.record.status {
+            return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)));
+        }
+        Ok(id)
+    }
+
+    /// [`Self::authenticate`] without the revocation check: the path verifies
+    /// and the certificate is the one recorded, revoked or not.
+    fn authenticate_recorded(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
         let leaf = chain.first().ok_or_else(|| AuthorityError::Unauthorized("no client certificate".into()))?;
         let ee = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
@@ -1442,9 +1515,6 @@ impl Authority {
                 "client certificate {} differs from the one issued",
                 info.serial
             )));
-        }
-        if let CertStatus::Revoked { .. } = record.status {
-            return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", info.serial)));
         }
         Ok(DeviceIdentity { record, cert: info.cert })
     }

@@ -19,7 +19,8 @@
 //! nodes and there is no polling interval to tune.
 
 use iotpki_core::name::DeviceSerial;
-use iotpki_store::{AuditEvent, CertQuery, CertStatus, OwnershipStatus, Store};
+use iotpki_core::profile::Profile;
+use iotpki_store::{AuditEvent, DeviceRevocation, Store, StoreError};
 
 use crate::clock::Clock;
 use crate::AuthorityError;
@@ -44,6 +45,16 @@ pub enum Target<'a> {
 }
 
 /// Revoke (admin) with an RFC 5280 reason code; returns the serials revoked.
+///
+/// A device is revoked by one store operation ([`Store::revoke_device`]):
+/// its good certificates are listed and revoked in the same transaction, so
+/// a renewal or enrollment racing the revocation either committed before it
+/// (and is revoked by it) or comes after (and finds its predecessor revoked,
+/// or the device no longer owned).
+///
+/// A CA certificate (issued by a root) is not revoked here: the root's CRL
+/// (ARL) must be signed again with the root key, which the server never
+/// holds; `iotpki ca revoke` does both.
 pub fn revoke(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -52,43 +63,46 @@ pub fn revoke(
     actor: &str,
 ) -> Result<Vec<String>, AuthorityError> {
     let now = clock.now();
-    let serials = match target {
-        Target::Serial(s) => vec![s.to_ascii_lowercase()],
-        Target::Device(d) => {
-            let all =
-                store.list_certificates(&CertQuery { device_serial: Some(d.to_string()), ..Default::default() })?;
-            let good: Vec<String> =
-                all.into_iter().filter(|c| c.status == CertStatus::Good).map(|c| c.serial).collect();
-            // A device this authority owns is revoked as a device too: it can
-            // no longer commission again with its birth certificate.
-            let owned = store.ownership(d.as_str())?.is_some_and(|o| o.status == OwnershipStatus::Owned);
-            if good.is_empty() && !owned {
-                return Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")));
+    let detail = format!("reason={}", iotpki_core::crl::reason_name(reason));
+    match target {
+        Target::Serial(s) => {
+            let s = s.to_ascii_lowercase();
+            if let Some(rec) = store.certificate(&s)? {
+                if is_ca_profile(&rec.profile) {
+                    return Err(AuthorityError::BadRequest(format!(
+                        "certificate {s} is a CA certificate ({}) issued by {}: revoke it with `iotpki ca revoke \
+                         --serial {s}`, which also signs the root's revocation list again",
+                        rec.profile, rec.ca
+                    )));
+                }
             }
-            if owned {
-                let audit = AuditEvent {
-                    at: now,
-                    actor: actor.into(),
-                    action: "device.revoke".into(),
-                    target: format!("device:{d}"),
-                    detail: format!("reason={}", iotpki_core::crl::reason_name(reason)),
-                };
-                store.release_device(d.as_str(), OwnershipStatus::Revoked, now, audit)?;
-            }
-            good
+            let audit =
+                AuditEvent { at: now, actor: actor.into(), action: "revoke".into(), target: s.clone(), detail };
+            store.revoke(&s, reason, now, audit)?;
+            Ok(vec![s])
         }
-    };
-    for s in &serials {
-        let audit = AuditEvent {
-            at: now,
-            actor: actor.into(),
-            action: "revoke".into(),
-            target: s.clone(),
-            detail: format!("reason={}", iotpki_core::crl::reason_name(reason)),
-        };
-        store.revoke(s, reason, now, audit)?;
+        Target::Device(d) => {
+            let r = DeviceRevocation {
+                device_serial: d.to_string(),
+                reason,
+                at: now,
+                actor: actor.into(),
+                detail,
+            };
+            match store.revoke_device(r) {
+                Ok(out) => Ok(out.serials),
+                Err(StoreError::NothingToRevoke { .. }) => {
+                    Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
     }
-    Ok(serials)
+}
+
+/// Whether a certificate of this profile (as stored) is a CA's issued by a root.
+pub(crate) fn is_ca_profile(profile: &str) -> bool {
+    [Profile::IssuingCa, Profile::DelegatingCa].iter().any(|p| p.name() == profile)
 }
 
 /// A CRL made earlier, and what it was made from.
