@@ -75,11 +75,7 @@ impl CaKey {
     /// for the certificate with serial `serial_hex`.
     fn revocation_urls(&self, serial_hex: &str) -> Option<profile::RevocationUrls> {
         let base = self.public_http_url.as_ref()?;
-        let path = match self.crl_shards.and_then(|s| Some((s, iotpki_core::crl::shard_of(serial_hex, s)?))) {
-            Some((s, k)) => iotpki_core::crl::shard_path(&self.name, s, k),
-            None => format!("/crl/{}.crl", self.name),
-        };
-        Some(profile::RevocationUrls { crl: format!("{base}{path}"), ocsp: Some(format!("{base}/ocsp")) })
+        Some(revocation_urls(base, &self.name, self.crl_shards, serial_hex))
     }
 
     /// Sign `params` and describe the result as the store records it.
@@ -110,6 +106,18 @@ impl CaKey {
             der: issued.der,
         })
     }
+}
+
+/// The revocation URLs written into a certificate with serial `serial_hex`
+/// issued by CA `ca` (a root or an issuing CA), under the public base URL
+/// `base`: the CA's CRL (its shard's, when `shards` partitions it; a root's
+/// is its ARL at `/crl/ROOT.crl`) and the OCSP responder.
+pub(crate) fn revocation_urls(base: &str, ca: &str, shards: Option<u32>, serial_hex: &str) -> profile::RevocationUrls {
+    let path = match shards.and_then(|s| Some((s, iotpki_core::crl::shard_of(serial_hex, s)?))) {
+        Some((s, k)) => iotpki_core::crl::shard_path(ca, s, k),
+        None => format!("/crl/{ca}.crl"),
+    };
+    profile::RevocationUrls { crl: format!("{base}{path}"), ocsp: Some(format!("{base}/ocsp")) }
 }
 
 /// An EST label, resolved.
@@ -523,6 +531,9 @@ impl Authority {
     /// count stay covered. Cached; made again when its own entries changed or
     /// half its validity has passed.
     pub fn crl_scoped(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
+        if shard.is_none() && self.cfg.ca.iter().any(|c| c.name == ca && c.role != config::CaRole::Issuing) {
+            return self.arl(ca);
+        }
         if let Some((s, k)) = shard {
             if !iotpki_core::crl::valid_shard_count(s) || k >= s {
                 return Err(AuthorityError::NotFound(format!(
@@ -597,6 +608,29 @@ impl Authority {
         )?;
         cache.insert(cache_key, revocation::Cached { der: der.clone(), mark, this_update: now, entries: digest });
         Ok(der)
+    }
+
+    /// The ARL of root `root` (current or retiring), as `iotpki ca sign-arl`
+    /// (or init, or rotation) last signed and published it: the server never
+    /// holds a root key, so it serves the stored one, never makes one. A
+    /// stale one (past its nextUpdate) is still served, with a warning in
+    /// the log: the relying party decides, and the operator must sign again.
+    pub fn arl(&self, root: &str) -> Result<Vec<u8>, AuthorityError> {
+        let art = self.store.artifact(&revocation::arl_kind(root))?.ok_or_else(|| {
+            AuthorityError::NotFound(format!(
+                "root {root} has no revocation list yet: sign one with `iotpki ca sign-arl` (it needs the root key)"
+            ))
+        })?;
+        if let Ok(next) = iotpki_core::crl::next_update(&art.body) {
+            if next <= self.clock.now() {
+                tracing::warn!(
+                    root,
+                    next_update = next,
+                    "the root's ARL is past its nextUpdate: run `iotpki ca sign-arl`"
+                );
+            }
+        }
+        Ok(art.body)
     }
 
     /// The CA's revoked certificates as of `mark`, read from the store once per mark.
@@ -1380,12 +1414,7 @@ impl Authority {
     /// answer: network, power cut). Nothing new is issued, so a lost answer
     /// neither costs the device its identity nor gives it two certificates.
     /// Any other key is refused: a superseded certificate renews nothing.
-    fn renewal_replay(
-        &self,
-        old: &CertRecord,
-        next: &str,
-        req: &csr::VerifiedCsr,
-    ) -> Result<Enrolled, AuthorityError> {
+    fn renewal_replay(&self, old: &CertRecord, next: &str, req: &csr::VerifiedCsr) -> Result<Enrolled, AuthorityError> {
         let refused = || {
             AuthorityError::Forbidden(format!(
                 "certificate {} was renewed already (its successor is {next}): renew with the successor, or \

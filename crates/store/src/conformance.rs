@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, DeviceRevocation, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
-    OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry,
-    SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, DeviceRevocation, Issuance,
+    ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError,
+    SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -692,7 +692,10 @@ pub fn renewal_supersedes_once(store: &dyn Store) {
 
     let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
     let (again, r) = renewal(&old.serial, "SUP-1", 1_600);
-    assert_eq!(store.record_issuance(r), Err(StoreError::Superseded { serial: old.serial.clone(), by: new.serial.clone() }));
+    assert_eq!(
+        store.record_issuance(r),
+        Err(StoreError::Superseded { serial: old.serial.clone(), by: new.serial.clone() })
+    );
     let (_, r) = renewal("00", "SUP-1", 1_600);
     assert_eq!(store.record_issuance(r), Err(StoreError::CertUnknown { serial: "00".into() }));
     let mut revoked = cert("SUP-1");
@@ -701,7 +704,11 @@ pub fn renewal_supersedes_once(store: &dyn Store) {
     let (certs, audit) = (certs + 1, audit + 1);
     let (_, r) = renewal(&revoked.serial, "SUP-1", 1_600);
     assert_eq!(store.record_issuance(r), Err(StoreError::CertRevoked { serial: revoked.serial.clone() }));
-    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit), "refusals write nothing");
+    assert_eq!(
+        (store.count_certificates().expect("count"), audit_len(store)),
+        (certs, audit),
+        "refusals write nothing"
+    );
     assert!(store.certificate(&again.serial).expect("read").is_none());
     assert_eq!(store.certificate(&new.serial).expect("read").expect("there").status, CertStatus::Good);
     assert_eq!(store.certificate(&revoked.serial).expect("read").expect("there").replaced_by, None);
@@ -730,7 +737,8 @@ pub fn concurrent_renewals_of_one_certificate(store: &(dyn Store + 'static)) {
         "{results:?}"
     );
     let q = CertQuery { device_serial: Some("SUP-2".into()), ..Default::default() };
-    let good: Vec<_> = store.list_certificates(&q).expect("list").into_iter().filter(|c| c.status == CertStatus::Good).collect();
+    let good: Vec<_> =
+        store.list_certificates(&q).expect("list").into_iter().filter(|c| c.status == CertStatus::Good).collect();
     assert_eq!(good.len(), 1, "one good certificate: the successor");
     assert_eq!(&good[0].serial, won[0]);
 }
@@ -856,7 +864,11 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
         if issued.contains(&e.event.target) || renewals.iter().any(|c| c.contains(&e.event.target)) {
             before += 1;
             let c = store.certificate(&e.event.target).expect("read").expect("there");
-            assert!(c.status != CertStatus::Good, "{} was issued before the revocation committed and is still good", c.serial);
+            assert!(
+                c.status != CertStatus::Good,
+                "{} was issued before the revocation committed and is still good",
+                c.serial
+            );
         }
     }
     assert!(before >= 44, "the race ran: {before} issuances before the revocation");

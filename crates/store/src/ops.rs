@@ -3,8 +3,8 @@
 use std::sync::mpsc::SyncSender;
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, ManufacturerRecord, OwnershipStatus, StationRecord,
-    StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, ManufacturerRecord,
+    OwnershipStatus, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the writer.

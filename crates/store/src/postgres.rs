@@ -64,8 +64,9 @@ use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement, Tra
 use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, RevokedCert,
-    StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus,
+    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -596,7 +597,8 @@ fn check(tx: &mut Tx<'_, '_>, p: &Precondition, cert_serial: &str) -> Result<(),
             let row = tx
                 .opt("SELECT status, replaced_by FROM certificates WHERE serial = $1 FOR UPDATE", &[serial])
                 .map_err(db)?;
-            let row: Option<(String, Option<String>)> = row.map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?))).transpose()?;
+            let row: Option<(String, Option<String>)> =
+                row.map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?))).transpose()?;
             match row {
                 None => Err(StoreError::CertUnknown { serial: serial.clone() }),
                 Some((_, Some(by))) => Err(StoreError::Superseded { serial: serial.clone(), by }),
@@ -914,8 +916,13 @@ fn revoke_device(tx: &mut Tx<'_, '_>, r: &DeviceRevocation, head: &mut Head) -> 
     }
     for s in &serials {
         revoke(tx, s, r.reason, r.at)?;
-        let ev =
-            AuditEvent { at: r.at, actor: r.actor.clone(), action: "revoke".into(), target: s.clone(), detail: r.detail.clone() };
+        let ev = AuditEvent {
+            at: r.at,
+            actor: r.actor.clone(),
+            action: "revoke".into(),
+            target: s.clone(),
+            detail: r.detail.clone(),
+        };
         append(tx, &ev, head)?;
     }
     Ok(DeviceRevoked { serials, released: owned })

@@ -22,8 +22,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, RevokedCert,
-    StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus,
+    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -674,8 +675,13 @@ fn revoke_device(tx: &Transaction<'_>, r: &DeviceRevocation, head: &mut Head) ->
     }
     for s in &serials {
         revoke(tx, s, r.reason, r.at)?;
-        let ev =
-            AuditEvent { at: r.at, actor: r.actor.clone(), action: "revoke".into(), target: s.clone(), detail: r.detail.clone() };
+        let ev = AuditEvent {
+            at: r.at,
+            actor: r.actor.clone(),
+            action: "revoke".into(),
+            target: s.clone(),
+            detail: r.detail.clone(),
+        };
         append(tx, &ev, head)?;
     }
     Ok(DeviceRevoked { serials, released: owned })
