@@ -1367,9 +1367,6 @@ impl Authority {
         }
         let der = est::decode_body(body)?;
         let req = csr::parse_and_verify(&der)?;
-        if let Some(next) = superseded {
-            return self.renewal_replay(&id.record, &next, &req);
-        }
         self.check_key(label, req.key_type)?;
         let current_subject = &id.cert.tbs_certificate.subject;
         if !name::equivalent(&req.subject, current_subject) {
@@ -1383,6 +1380,11 @@ impl Authority {
             return Err(AuthorityError::Forbidden(
                 "the request's subjectAltName differs from the current certificate's".into(),
             ));
+        }
+        // The request is one this certificate could make: if it was renewed
+        // already, the answer is that renewal again (same key) or a refusal.
+        if let Some(next) = superseded {
+            return self.renewal_replay(&id.record, &next, &req);
         }
         let old = id.record.serial.clone();
         let actor = format!("device:{}", id.record.device_serial.clone().unwrap_or_default());

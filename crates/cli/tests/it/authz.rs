@@ -333,16 +333,6 @@ async fn authz_matrix_every_role_allowed_and_refused() {
         // device: only its own identity.
         post(
             "device",
-            "re-enroll itself",
-            Main,
-            Who::Device1,
-            "/.well-known/est/simplereenroll",
-            pkcs10,
-            reenroll_csr(&dev1),
-            Allowed(new_cert_for("AZ-DEV-1")),
-        ),
-        post(
-            "device",
             "re-enroll as another device",
             Main,
             Who::Device1,
@@ -389,6 +379,17 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             pkcs10,
             csr_for("AZ-DEV-1", &fresh),
             Refused(403, "trusts no manufacturer"),
+        ),
+        // Last of the device's cells: the renewal supersedes the certificate the others present.
+        post(
+            "device",
+            "re-enroll itself",
+            Main,
+            Who::Device1,
+            "/.well-known/est/simplereenroll",
+            pkcs10,
+            reenroll_csr(&dev1),
+            Allowed(new_cert_for("AZ-DEV-1")),
         ),
         // station: only its batches.
         post(
@@ -867,7 +868,9 @@ async fn authz_matrix_every_role_allowed_and_refused() {
     // The device cell refused to revoke AZ-DEV-2: it is still good; the revoked ones are exactly those the admin revoked.
     let st = w.main.authority.store();
     assert_eq!(st.certificate(&dev2_serial).unwrap().unwrap().status, CertStatus::Good);
-    assert_eq!(st.certificate(&dev1_serial).unwrap().unwrap().status, CertStatus::Good);
+    // AZ-DEV-1's first certificate was renewed: superseded (reason 4), naming its successor.
+    let dev1 = st.certificate(&dev1_serial).unwrap().unwrap();
+    assert!(matches!(dev1.status, CertStatus::Revoked { reason: 4, .. }) && dev1.replaced_by.is_some(), "{dev1:?}");
     // The chain holds after all of it.
     st.verify_audit().unwrap();
     w.op.authority.store().verify_audit().unwrap();
