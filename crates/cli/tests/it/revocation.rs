@@ -1080,3 +1080,52 @@ async fn revoke_device_under_concurrent_renewals_leaves_no_good_certificate() {
     let good: Vec<_> = all.iter().filter(|c| c.status == iotpki_store::CertStatus::Good).map(|c| &c.serial).collect();
     assert!(good.is_empty(), "good certificates left after revoke --device: {good:?}");
 }
+
+#[test]
+fn a_root_in_an_hsm_signs_its_arl_at_init_and_on_request_and_a_wrong_pin_signs_nothing() {
+    use crate::util::{run_fail, SoftHsm, PASS, SOFTHSM_MODULE};
+    let hsm = SoftHsm::new(&["arl"]);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let dir = hsm.dir.path().join("ca");
+    let pass_file = hsm.dir.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    run_ok(
+        hsm.bin()
+            .args(["init", "--dir", &s(&dir), "--hsm", "pkcs11:token=arl", "--pkcs11-module", SOFTHSM_MODULE])
+            .args(["--pin-file", &s(&hsm.pin_file), "--passphrase-file", &s(&pass_file)])
+            .args(["--http-listen", "127.0.0.1:0", "--public-http-url", "http://127.0.0.1:9"]),
+    );
+    let arl = |n: u64| {
+        let store = iotpki_store::sqlite::SqliteStore::open(&dir.join("store.db")).unwrap();
+        let a = iotpki_store::Store::artifact(&store, "arl/root").unwrap().expect("an ARL");
+        assert_eq!(a.version, n);
+        let f = hsm.dir.path().join(format!("root-{n}.crl"));
+        std::fs::write(&f, &a.body).unwrap();
+        let (ok, out) = text_of(Command::new("openssl").args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s(&f),
+            "-CAfile",
+            &s(&dir.join("ca/root.crt")),
+            "-noout",
+            "-verify",
+        ]));
+        assert!(ok && out.contains("verify OK"), "{out}");
+    };
+    arl(1);
+    let bad_pin = hsm.dir.path().join("bad-pin");
+    std::fs::write(&bad_pin, "0000\n").unwrap();
+    let sign = |pin: &std::path::Path| {
+        let mut c = hsm.bin();
+        c.args(["ca", "sign-arl", "--dir", &s(&dir), "--passphrase-file", &s(&pass_file), "--pin-file", &s(pin)]);
+        c
+    };
+    let e = run_fail(&mut sign(&bad_pin));
+    assert!(e.to_lowercase().contains("pin"), "{e}");
+    arl(1);
+    let out = run_ok(&mut sign(&hsm.pin_file));
+    assert!(out.contains("ARL of root: number 2"), "{out}");
+    arl(2);
+}
