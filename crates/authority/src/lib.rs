@@ -201,6 +201,9 @@ pub struct Authority {
     revoked_lists: std::sync::Mutex<HashMap<String, revocation::RevokedList>>,
     ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
     ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
+    /// When a root's ARL was last found stale or close to its nextUpdate
+    /// (Unix seconds): the warning is logged at most once an hour.
+    arl_warned: std::sync::atomic::AtomicI64,
     /// TPM attestation challenges waiting for their answers.
     tpm_challenges: attest::Challenges,
     /// Client certificates whose paths to our anchors verified recently.
@@ -444,6 +447,7 @@ impl Authority {
             revoked_lists: std::sync::Mutex::new(HashMap::new()),
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
             ocsp_cache: std::sync::Mutex::new(HashMap::new()),
+            arl_warned: std::sync::atomic::AtomicI64::new(i64::MIN),
             tpm_challenges: attest::Challenges::default(),
             verified_paths: VerifiedPaths::default(),
         })
@@ -613,20 +617,25 @@ impl Authority {
     /// The ARL of root `root` (current or retiring), as `iotpki ca sign-arl`
     /// (or init, or rotation) last signed and published it: the server never
     /// holds a root key, so it serves the stored one, never makes one. A
-    /// stale one (past its nextUpdate) is still served, with a warning in
-    /// the log: the relying party decides, and the operator must sign again.
+    /// stale one (past its nextUpdate) is still served: the relying party
+    /// decides. Within [`revocation::ARL_WARN_SECS`] of its nextUpdate, or
+    /// past it, the log says so (at most hourly) so that an operator signs
+    /// the next.
     pub fn arl(&self, root: &str) -> Result<Vec<u8>, AuthorityError> {
         let art = self.store.artifact(&revocation::arl_kind(root))?.ok_or_else(|| {
             AuthorityError::NotFound(format!(
                 "root {root} has no revocation list yet: sign one with `iotpki ca sign-arl` (it needs the root key)"
             ))
         })?;
+        let now = self.clock.now();
         if let Ok(next) = iotpki_core::crl::next_update(&art.body) {
-            if next <= self.clock.now() {
+            let last = self.arl_warned.load(std::sync::atomic::Ordering::Relaxed);
+            if next <= now.saturating_add(revocation::ARL_WARN_SECS) && now.saturating_sub(last) >= 3600 {
+                self.arl_warned.store(now, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     root,
-                    next_update = next,
-                    "the root's ARL is past its nextUpdate: run `iotpki ca sign-arl`"
+                    next_update = %iotpki_core::time::rfc3339(next),
+                    "the root's ARL is stale or nearly so: sign the next with `iotpki ca sign-arl`"
                 );
             }
         }
@@ -648,10 +657,18 @@ impl Authority {
     }
 
     /// The CRLs this node keeps fresh ([`Self::crl_scoped`]): the complete CRL
-    /// of each issuing CA, and every shard someone asked for.
+    /// of each issuing CA, and every shard someone asked for; and each root's
+    /// ARL, which it cannot sign but looks at (a warning in the log when it
+    /// is missing or within [`revocation::ARL_WARN_SECS`] of its nextUpdate).
     pub fn crl_scopes(&self) -> Vec<CrlScope> {
-        let mut out: Vec<CrlScope> =
-            self.issuing.iter().map(|c| CrlScope { ca: c.name.clone(), shard: None }).collect();
+        let mut out: Vec<CrlScope> = self
+            .cfg
+            .ca
+            .iter()
+            .filter(|c| c.role != config::CaRole::Issuing)
+            .map(|c| CrlScope { ca: c.name.clone(), shard: None })
+            .chain(self.issuing.iter().map(|c| CrlScope { ca: c.name.clone(), shard: None }))
+            .collect();
         if let Ok(cache) = self.crls.lock() {
             out.extend(cache.keys().filter(|k| k.shard.is_some()).cloned());
         }

@@ -1,4 +1,9 @@
-//! Revocation: `iotpki revoke`, and a CRL per issuing CA.
+//! Revocation: `iotpki revoke`, a CRL per issuing CA, and each root's ARL.
+//!
+//! A root's CRL (ARL) lists the CA certificates it revoked. The root key is
+//! never loaded by the server, so the ARL is signed by an admin command that
+//! unlocks it ([`sign_arl`], [`revoke_ca`]; `init` and `ca rotate` sign the
+//! first), published in the store, and served as stored.
 //!
 //! A CRL is made on request and cached. It is made again when a revocation
 //! happened since (the store's revocation mark changed, whichever process
@@ -159,6 +164,10 @@ pub(crate) struct CachedOcsp {
 /// revoked (`iotpki ca revoke` does it). A year keeps that a yearly ceremony;
 /// a relying party refuses a stale one, so the date is explicit.
 pub const ARL_VALIDITY_SECS: i64 = 365 * 86_400;
+
+/// How long before an ARL's nextUpdate the server starts warning (in its
+/// log, at most hourly) that the next must be signed.
+pub const ARL_WARN_SECS: i64 = 30 * 86_400;
 
 /// Shortest and longest ARL validity `ca sign-arl --validity-days` takes.
 pub const ARL_VALIDITY_RANGE: std::ops::RangeInclusive<i64> = 86_400..=5 * 365 * 86_400;
