@@ -1774,6 +1774,34 @@ mod tests {
     }
 
     #[test]
+    fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
+        let (tdb, s) = fresh("m7");
+        let (c1, mut c2, c3) = (conformance::cert("M7"), conformance::cert("M7"), conformance::cert("M7"));
+        c2.replaces = Some(c1.serial.clone());
+        for c in [&c1, &c2, &c3] {
+            s.record_issuance(Issuance {
+                cert: c.clone(),
+                preconditions: vec![],
+                audit: AuditEvent { target: c.serial.clone(), ..ev(1) },
+            })
+            .unwrap();
+        }
+        drop(s);
+        // The database as version 6 left it: no replaced_by column.
+        let mut raw = Client::connect(&tdb.url, NoTls).unwrap();
+        raw.batch_execute(
+            "ALTER TABLE certificates DROP COLUMN replaced_by; DELETE FROM schema_migrations WHERE version = 7",
+        )
+        .unwrap();
+        drop(raw);
+        let s = PgStore::open(&tdb.url).unwrap();
+        let get = |serial: &str| s.certificate(serial).unwrap().unwrap();
+        assert_eq!(get(&c1.serial).replaced_by.as_deref(), Some(c2.serial.as_str()));
+        assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
+        assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
+    }
+
+    #[test]
     fn tampering_is_detected_at_the_edited_entry() {
         let (tdb, s) = fresh("tamper");
         let url = tdb.url.clone();

@@ -1353,6 +1353,39 @@ mod tests {
     }
 
     #[test]
+    fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("store.db");
+        let (c1, mut c2, c3) = (conformance::cert("M7"), conformance::cert("M7"), conformance::cert("M7"));
+        c2.replaces = Some(c1.serial.clone());
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            for c in [&c1, &c2, &c3] {
+                let audit = AuditEvent {
+                    at: 1,
+                    actor: "a".into(),
+                    action: "issue".into(),
+                    target: c.serial.clone(),
+                    detail: String::new(),
+                };
+                s.record_issuance(Issuance { cert: c.clone(), preconditions: vec![], audit }).unwrap();
+            }
+        }
+        // The store as version 6 left it: no replaced_by column.
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "ALTER TABLE certificates DROP COLUMN replaced_by; DELETE FROM schema_migrations WHERE version = 7",
+        )
+        .unwrap();
+        drop(raw);
+        let s = SqliteStore::open(&path).unwrap();
+        let get = |serial: &str| s.certificate(serial).unwrap().unwrap();
+        assert_eq!(get(&c1.serial).replaced_by.as_deref(), Some(c2.serial.as_str()));
+        assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
+        assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
+    }
+
+    #[test]
     fn tampering_is_detected_at_the_edited_entry() {
         let (d, s) = fresh();
         for i in 0..5 {
