@@ -502,6 +502,12 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             Allowed(Box::new(|w, b| {
                 let v = json_body(b);
                 assert_eq!(v.as_array().unwrap().len(), 2, "issued and renewed: {v}");
+                // The registry says which one is current: the renewal; the first names it.
+                let current: Vec<_> = v.as_array().unwrap().iter().filter(|c| c["current"] == true).collect();
+                assert_eq!(current.len(), 1, "{v}");
+                let first = v.as_array().unwrap().iter().find(|c| c["current"] == false).unwrap();
+                assert_eq!(first["replaced_by"], current[0]["serial"], "{v}");
+                assert!(first["status"].as_str().unwrap().contains("superseded"), "{v}");
                 w.audited_by_alice("admin.cert.list", "device:AZ-DEV-1");
             })),
         ),
