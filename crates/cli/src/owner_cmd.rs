@@ -231,6 +231,10 @@ pub fn ca(c: CaCmd) -> anyhow::Result<()> {
             )?;
             println!("revoked {serial} ({})", iotpki_core::crl::reason_name(reason));
             print_arl(&arl);
+            println!(
+                "relying parties refuse its chains once they fetch this ARL; if the CA still issues here, \
+                 take it out of iotpki.toml's labels (or rotate) and restart `serve`"
+            );
         }
     }
     Ok(())
