@@ -242,7 +242,13 @@ pub async fn renew(
         &trusted,
         Some(ClientIdentity { chain: tls_chain, key: old_key.clone() }),
     )?;
-    let (key_file, new_key) = keystore.new_key(old_key.key_type(), &old.device_serial)?;
+    // A renewal whose answer was lost (its certificate was issued, and the
+    // current one superseded) left its key: the retry uses it, and the server
+    // answers with the certificate it issued then.
+    let (key_file, new_key) = match keystore.pending_renewal(&old)? {
+        Some((name, key)) if key.key_type() == old_key.key_type() => (name, key),
+        _ => keystore.new_key(old_key.key_type(), &old.device_serial)?,
+    };
     let attempt = async {
         let csr_der = csr::build(&current.cert.tbs_certificate.subject, new_key.as_ref(), vec![])?;
         let new_cert = client.simple_reenroll(&csr_der).await?;
@@ -255,6 +261,8 @@ pub async fn renew(
     };
     let new_cert = match attempt.await {
         Ok(c) => c,
+        // No answer: the server may have issued it; the key is kept for the retry.
+        Err(e @ (AgentError::Connect(_) | AgentError::BadAnswer(_))) => return Err(e),
         Err(e) => {
             keystore.discard(&key_file);
             return Err(e);

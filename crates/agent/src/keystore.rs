@@ -178,6 +178,19 @@ impl Keystore {
         }
     }
 
+    /// The key of a renewal of `current` started but not finished (the
+    /// request left, the answer never came), if there is one: a retry with it
+    /// gets the certificate the server issued then. File keystores only (the
+    /// newest key file, if no identity names it); others make a new key.
+    pub fn pending_renewal(&self, current: &state::Identity) -> Result<Option<NamedKey>, AgentError> {
+        let Self::File { dir } = self else { return Ok(None) };
+        let Some(name) = state::newest_numbered(dir, "key-", ".pem") else { return Ok(None) };
+        if name == current.key_file || current.birth.as_ref().is_some_and(|b| b.key_file == name) {
+            return Ok(None);
+        }
+        Ok(Some((name.clone(), Arc::new(state::load_key_file(dir, &name)?))))
+    }
+
     /// The key of an enrollment started but not finished, if there is one.
     pub fn pending(&self) -> Result<Option<NamedKey>, AgentError> {
         match self {

@@ -113,7 +113,10 @@ impl From<StoreError> for AuthorityError {
             | StoreError::TokenWrongSerial
             | StoreError::TokenUsed { .. }
             | StoreError::TokenExpired { .. } => Self::Unauthorized(e.to_string()),
-            StoreError::CertUnknown { .. } | StoreError::CertRevoked { .. } => Self::Forbidden(e.to_string()),
+            StoreError::CertUnknown { .. } | StoreError::CertRevoked { .. } | StoreError::Superseded { .. } => {
+                Self::Forbidden(e.to_string())
+            }
+            StoreError::NothingToRevoke { .. } => Self::NotFound(e.to_string()),
             StoreError::StationUnknown { .. }
             | StoreError::StationRevoked { .. }
             | StoreError::StationNotAuthorized { .. }

@@ -240,9 +240,12 @@ fn build(
         vec![],
         &root_issuer,
         "root",
+        None,
         &mut records,
     )?;
     let mut cas = vec![save(dir, "root", CaRole::Root, &root_key, &root.der, pass)?];
+    // The CA certificates name the root's CRL (its ARL, signed below).
+    let root_revocation = opts.public_http_url.as_deref().map(|base| Revocation { base, shards: None });
     let mut operational = None;
     // The manufacturing CA may delegate one level: stations' offline sub-CAs for a batch.
     for (name, title, profile) in [
@@ -260,6 +263,7 @@ fn build(
             vec![],
             &root_issuer,
             "root",
+            root_revocation,
             &mut records,
         )?;
         let mut entry = save(dir, name, CaRole::Issuing, &key, &made.der, pass)?;
@@ -288,6 +292,7 @@ fn build(
         opts.server_names.clone(),
         &op_issuer,
         "operational",
+        opts.public_http_url.as_deref().map(|base| Revocation { base, shards: opts.crl_shards }),
         &mut records,
     )?;
     keyfile::write_encrypted(&dir.join("tls/server.key"), &server_key, pass)?;
@@ -342,6 +347,16 @@ fn build(
             preconditions: vec![],
         })?;
     }
+    // The root's first ARL (empty), so strict relying parties find a CRL for
+    // every CA certificate from the start; `iotpki ca sign-arl` signs the next.
+    crate::revocation::publish_arl(
+        store.as_ref(),
+        "root",
+        &root_issuer,
+        now,
+        crate::revocation::ARL_VALIDITY_SECS,
+        "admin",
+    )?;
     Ok(())
 }
 
@@ -382,9 +397,20 @@ fn make(
     server_names: Vec<String>,
     issuer: &Issuer<'_>,
     ca_name: &str,
+    revocation: Option<Revocation<'_>>,
     records: &mut Vec<(CertRecord, String)>,
 ) -> Result<Made, AuthorityError> {
-    make_for(profile, subject, spki_of(key)?, now, not_after, server_names, issuer, ca_name, records)
+    make_for(profile, subject, spki_of(key)?, now, not_after, server_names, issuer, ca_name, revocation, records)
+}
+
+/// Where the certificates an issuer signs point relying parties for their
+/// status: the authority's public base URL (`server.public_http_url`) and the
+/// issuer's CRL shard count. The URLs follow [`crate::revocation_urls`]: a
+/// root's CRL (its ARL) is `/crl/ROOT.crl`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Revocation<'a> {
+    pub(crate) base: &'a str,
+    pub(crate) shards: Option<u32>,
 }
 
 /// Like `make`, for a public key given as is (a CA certified again under a new root).
@@ -398,6 +424,7 @@ pub(crate) fn make_for(
     server_names: Vec<String>,
     issuer: &Issuer<'_>,
     ca_name: &str,
+    revocation: Option<Revocation<'_>>,
     records: &mut Vec<(CertRecord, String)>,
 ) -> Result<Made, AuthorityError> {
     let spki_der = spki::der::Encode::to_der(&spki).map_err(|e| AuthorityError::Config(format!("public key: {e}")))?;
@@ -415,7 +442,9 @@ pub(crate) fn make_for(
         ip_addrs: ip_addrs.iter().filter_map(|s| s.parse().ok()).collect(),
         permitted_subtree: None,
     };
-    let issued = profile::issue(&params, issuer)?;
+    // The issuer's CRL (and OCSP, for an end entity) in every certificate but a root's.
+    let urls = revocation.map(|r| crate::revocation_urls(r.base, ca_name, r.shards, &sn_hex));
+    let issued = profile::issue_with(&params, issuer, urls.as_ref())?;
     records.push((
         CertRecord {
             serial: sn_hex.clone(),
@@ -428,6 +457,7 @@ pub(crate) fn make_for(
             issued_at: now,
             spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces: None,
+            replaced_by: None,
             status: CertStatus::Good,
             der: issued.der.clone(),
         },

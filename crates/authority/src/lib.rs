@@ -75,11 +75,7 @@ impl CaKey {
     /// for the certificate with serial `serial_hex`.
     fn revocation_urls(&self, serial_hex: &str) -> Option<profile::RevocationUrls> {
         let base = self.public_http_url.as_ref()?;
-        let path = match self.crl_shards.and_then(|s| Some((s, iotpki_core::crl::shard_of(serial_hex, s)?))) {
-            Some((s, k)) => iotpki_core::crl::shard_path(&self.name, s, k),
-            None => format!("/crl/{}.crl", self.name),
-        };
-        Some(profile::RevocationUrls { crl: format!("{base}{path}"), ocsp: Some(format!("{base}/ocsp")) })
+        Some(revocation_urls(base, &self.name, self.crl_shards, serial_hex))
     }
 
     /// Sign `params` and describe the result as the store records it.
@@ -105,10 +101,23 @@ impl CaKey {
             issued_at: now,
             spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces,
+            replaced_by: None,
             status: CertStatus::Good,
             der: issued.der,
         })
     }
+}
+
+/// The revocation URLs written into a certificate with serial `serial_hex`
+/// issued by CA `ca` (a root or an issuing CA), under the public base URL
+/// `base`: the CA's CRL (its shard's, when `shards` partitions it; a root's
+/// is its ARL at `/crl/ROOT.crl`) and the OCSP responder.
+pub(crate) fn revocation_urls(base: &str, ca: &str, shards: Option<u32>, serial_hex: &str) -> profile::RevocationUrls {
+    let path = match shards.and_then(|s| Some((s, iotpki_core::crl::shard_of(serial_hex, s)?))) {
+        Some((s, k)) => iotpki_core::crl::shard_path(ca, s, k),
+        None => format!("/crl/{ca}.crl"),
+    };
+    profile::RevocationUrls { crl: format!("{base}{path}"), ocsp: Some(format!("{base}/ocsp")) }
 }
 
 /// An EST label, resolved.
@@ -192,6 +201,9 @@ pub struct Authority {
     revoked_lists: std::sync::Mutex<HashMap<String, revocation::RevokedList>>,
     ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
     ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
+    /// When a root's ARL was last found stale or close to its nextUpdate
+    /// (Unix seconds): the warning is logged at most once an hour.
+    arl_warned: std::sync::atomic::AtomicI64,
     /// TPM attestation challenges waiting for their answers.
     tpm_challenges: attest::Challenges,
     /// Client certificates whose paths to our anchors verified recently.
@@ -435,6 +447,7 @@ impl Authority {
             revoked_lists: std::sync::Mutex::new(HashMap::new()),
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
             ocsp_cache: std::sync::Mutex::new(HashMap::new()),
+            arl_warned: std::sync::atomic::AtomicI64::new(i64::MIN),
             tpm_challenges: attest::Challenges::default(),
             verified_paths: VerifiedPaths::default(),
         })
@@ -522,6 +535,9 @@ impl Authority {
     /// count stay covered. Cached; made again when its own entries changed or
     /// half its validity has passed.
     pub fn crl_scoped(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
+        if shard.is_none() && self.cfg.ca.iter().any(|c| c.name == ca && c.role != config::CaRole::Issuing) {
+            return self.arl(ca);
+        }
         if let Some((s, k)) = shard {
             if !iotpki_core::crl::valid_shard_count(s) || k >= s {
                 return Err(AuthorityError::NotFound(format!(
@@ -598,6 +614,34 @@ impl Authority {
         Ok(der)
     }
 
+    /// The ARL of root `root` (current or retiring), as `iotpki ca sign-arl`
+    /// (or init, or rotation) last signed and published it: the server never
+    /// holds a root key, so it serves the stored one, never makes one. A
+    /// stale one (past its nextUpdate) is still served: the relying party
+    /// decides. Within [`revocation::ARL_WARN_SECS`] of its nextUpdate, or
+    /// past it, the log says so (at most hourly) so that an operator signs
+    /// the next.
+    pub fn arl(&self, root: &str) -> Result<Vec<u8>, AuthorityError> {
+        let art = self.store.artifact(&revocation::arl_kind(root))?.ok_or_else(|| {
+            AuthorityError::NotFound(format!(
+                "root {root} has no revocation list yet: sign one with `iotpki ca sign-arl` (it needs the root key)"
+            ))
+        })?;
+        let now = self.clock.now();
+        if let Ok(next) = iotpki_core::crl::next_update(&art.body) {
+            let last = self.arl_warned.load(std::sync::atomic::Ordering::Relaxed);
+            if next <= now.saturating_add(revocation::ARL_WARN_SECS) && now.saturating_sub(last) >= 3600 {
+                self.arl_warned.store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    root,
+                    next_update = %iotpki_core::time::rfc3339(next),
+                    "the root's ARL is stale or nearly so: sign the next with `iotpki ca sign-arl`"
+                );
+            }
+        }
+        Ok(art.body)
+    }
+
     /// The CA's revoked certificates as of `mark`, read from the store once per mark.
     fn revoked_list(&self, ca: &str, mark: (u64, i64)) -> Result<Arc<Vec<iotpki_store::RevokedCert>>, AuthorityError> {
         let mut lists =
@@ -613,10 +657,18 @@ impl Authority {
     }
 
     /// The CRLs this node keeps fresh ([`Self::crl_scoped`]): the complete CRL
-    /// of each issuing CA, and every shard someone asked for.
+    /// of each issuing CA, and every shard someone asked for; and each root's
+    /// ARL, which it cannot sign but looks at (a warning in the log when it
+    /// is missing or within [`revocation::ARL_WARN_SECS`] of its nextUpdate).
     pub fn crl_scopes(&self) -> Vec<CrlScope> {
-        let mut out: Vec<CrlScope> =
-            self.issuing.iter().map(|c| CrlScope { ca: c.name.clone(), shard: None }).collect();
+        let mut out: Vec<CrlScope> = self
+            .cfg
+            .ca
+            .iter()
+            .filter(|c| c.role != config::CaRole::Issuing)
+            .map(|c| CrlScope { ca: c.name.clone(), shard: None })
+            .chain(self.issuing.iter().map(|c| CrlScope { ca: c.name.clone(), shard: None }))
+            .collect();
         if let Ok(cache) = self.crls.lock() {
             out.extend(cache.keys().filter(|k| k.shard.is_some()).cloned());
         }
@@ -1264,6 +1316,7 @@ impl Authority {
                     issued_at: e.at,
                     spki_sha256: info.spki_sha256.clone(),
                     replaces: None,
+                    replaced_by: None,
                     status: CertStatus::Good,
                     der,
                 },
@@ -1310,7 +1363,16 @@ impl Authority {
                 ))
             }
         };
-        let id = self.authenticate(chain)?;
+        // A certificate renewed already is let in here, and only to get its
+        // successor again (a renewal whose answer was lost): see `renewal_replay`.
+        let id = self.authenticate_recorded(chain)?;
+        let superseded = match (&id.record.status, &id.record.replaced_by) {
+            (CertStatus::Good, _) => None,
+            (CertStatus::Revoked { reason: 4, .. }, Some(next)) => Some(next.clone()),
+            (CertStatus::Revoked { .. }, _) => {
+                return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)))
+            }
+        };
         if id.record.profile != Profile::Device.name() {
             return Err(AuthorityError::Forbidden(format!("a {} certificate cannot re-enroll", id.record.profile)));
         }
@@ -1336,19 +1398,68 @@ impl Authority {
                 "the request's subjectAltName differs from the current certificate's".into(),
             ));
         }
+        // The request is one this certificate could make: if it was renewed
+        // already, the answer is that renewal again (same key) or a refusal.
+        if let Some(next) = superseded {
+            return self.renewal_replay(&id.record, &next, &req);
+        }
         let old = id.record.serial.clone();
         let actor = format!("device:{}", id.record.device_serial.clone().unwrap_or_default());
-        self.issue_device(
+        let issued = self.issue_device(
             label,
             current_subject.clone(),
             &req,
             id.record.device_serial.clone(),
             Some(old.clone()),
-            vec![Precondition::CertIsGood { serial: old }],
+            vec![Precondition::Supersede { serial: old.clone(), now: self.clock.now() }],
             actor,
             "reenroll",
             None,
-        )
+        );
+        match issued {
+            // Lost a race to another renewal of the same certificate (a client
+            // retrying before its first answer came): the same key gets that one.
+            Err(e) => match self.store.certificate(&old)?.and_then(|r| r.replaced_by.clone().map(|n| (r, n))) {
+                Some((rec, next)) => self.renewal_replay(&rec, &next, &req),
+                None => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    /// A renewal presented with a certificate that was renewed already: if
+    /// the request proves possession of the key its successor was issued for,
+    /// the answer is that successor again (the device never got the first
+    /// answer: network, power cut). Nothing new is issued, so a lost answer
+    /// neither costs the device its identity nor gives it two certificates.
+    /// Any other key is refused: a superseded certificate renews nothing.
+    fn renewal_replay(&self, old: &CertRecord, next: &str, req: &csr::VerifiedCsr) -> Result<Enrolled, AuthorityError> {
+        let refused = || {
+            AuthorityError::Forbidden(format!(
+                "certificate {} was renewed already (its successor is {next}): renew with the successor, or \
+                 commission again with the birth certificate",
+                old.serial
+            ))
+        };
+        let Some(rec) = self.store.certificate(next)? else { return Err(refused()) };
+        if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der) || rec.device_serial != old.device_serial {
+            return Err(refused());
+        }
+        if let CertStatus::Revoked { .. } = rec.status {
+            return Err(AuthorityError::Forbidden(format!(
+                "certificate {} was renewed already; its successor {next} is revoked",
+                old.serial
+            )));
+        }
+        self.store.append_audit(AuditEvent {
+            at: self.clock.now(),
+            actor: format!("device:{}", old.device_serial.clone().unwrap_or_default()),
+            action: "reenroll.replay".into(),
+            target: rec.serial.clone(),
+            detail: format!("replaces={} same key: the renewal issued before is sent again", old.serial),
+        })?;
+        let pkcs7 = pkcs7::certs_only(&[&rec.der])?;
+        Ok(Enrolled { cert_der: rec.der, serial: rec.serial, pkcs7 })
     }
 
     fn check_key(&self, label: &Label, kt: KeyType) -> Result<(), AuthorityError> {
@@ -1420,6 +1531,16 @@ impl Authority {
     /// through one of our issuing CAs, be valid now for client auth, be the
     /// very certificate the store recorded, and not be revoked.
     pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
+        let id = self.authenticate_recorded(chain)?;
+        if let CertStatus::Revoked { .. } = id.record.status {
+            return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)));
+        }
+        Ok(id)
+    }
+
+    /// [`Self::authenticate`] without the revocation check: the path verifies
+    /// and the certificate is the one recorded, revoked or not.
+    fn authenticate_recorded(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
         let leaf = chain.first().ok_or_else(|| AuthorityError::Unauthorized("no client certificate".into()))?;
         let ee = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
@@ -1442,9 +1563,6 @@ impl Authority {
                 "client certificate {} differs from the one issued",
                 info.serial
             )));
-        }
-        if let CertStatus::Revoked { .. } = record.status {
-            return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", info.serial)));
         }
         Ok(DeviceIdentity { record, cert: info.cert })
     }

@@ -1,4 +1,9 @@
-//! Revocation: `iotpki revoke`, and a CRL per issuing CA.
+//! Revocation: `iotpki revoke`, a CRL per issuing CA, and each root's ARL.
+//!
+//! A root's CRL (ARL) lists the CA certificates it revoked. The root key is
+//! never loaded by the server, so the ARL is signed by an admin command that
+//! unlocks it ([`sign_arl`], [`revoke_ca`]; `init` and `ca rotate` sign the
+//! first), published in the store, and served as stored.
 //!
 //! A CRL is made on request and cached. It is made again when a revocation
 //! happened since (the store's revocation mark changed, whichever process
@@ -19,7 +24,8 @@
 //! nodes and there is no polling interval to tune.
 
 use iotpki_core::name::DeviceSerial;
-use iotpki_store::{AuditEvent, CertQuery, CertStatus, OwnershipStatus, Store};
+use iotpki_core::profile::Profile;
+use iotpki_store::{AuditEvent, DeviceRevocation, Store, StoreError};
 
 use crate::clock::Clock;
 use crate::AuthorityError;
@@ -44,6 +50,16 @@ pub enum Target<'a> {
 }
 
 /// Revoke (admin) with an RFC 5280 reason code; returns the serials revoked.
+///
+/// A device is revoked by one store operation ([`Store::revoke_device`]):
+/// its good certificates are listed and revoked in the same transaction, so
+/// a renewal or enrollment racing the revocation either committed before it
+/// (and is revoked by it) or comes after (and finds its predecessor revoked,
+/// or the device no longer owned).
+///
+/// A CA certificate (issued by a root) is not revoked here: the root's CRL
+/// (ARL) must be signed again with the root key, which the server never
+/// holds; `iotpki ca revoke` does both.
 pub fn revoke(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -52,43 +68,39 @@ pub fn revoke(
     actor: &str,
 ) -> Result<Vec<String>, AuthorityError> {
     let now = clock.now();
-    let serials = match target {
-        Target::Serial(s) => vec![s.to_ascii_lowercase()],
-        Target::Device(d) => {
-            let all =
-                store.list_certificates(&CertQuery { device_serial: Some(d.to_string()), ..Default::default() })?;
-            let good: Vec<String> =
-                all.into_iter().filter(|c| c.status == CertStatus::Good).map(|c| c.serial).collect();
-            // A device this authority owns is revoked as a device too: it can
-            // no longer commission again with its birth certificate.
-            let owned = store.ownership(d.as_str())?.is_some_and(|o| o.status == OwnershipStatus::Owned);
-            if good.is_empty() && !owned {
-                return Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")));
+    let detail = format!("reason={}", iotpki_core::crl::reason_name(reason));
+    match target {
+        Target::Serial(s) => {
+            let s = s.to_ascii_lowercase();
+            if let Some(rec) = store.certificate(&s)? {
+                if is_ca_profile(&rec.profile) {
+                    return Err(AuthorityError::BadRequest(format!(
+                        "certificate {s} is a CA certificate ({}) issued by {}: revoke it with `iotpki ca revoke \
+                         --serial {s}`, which also signs the root's revocation list again",
+                        rec.profile, rec.ca
+                    )));
+                }
             }
-            if owned {
-                let audit = AuditEvent {
-                    at: now,
-                    actor: actor.into(),
-                    action: "device.revoke".into(),
-                    target: format!("device:{d}"),
-                    detail: format!("reason={}", iotpki_core::crl::reason_name(reason)),
-                };
-                store.release_device(d.as_str(), OwnershipStatus::Revoked, now, audit)?;
-            }
-            good
+            let audit = AuditEvent { at: now, actor: actor.into(), action: "revoke".into(), target: s.clone(), detail };
+            store.revoke(&s, reason, now, audit)?;
+            Ok(vec![s])
         }
-    };
-    for s in &serials {
-        let audit = AuditEvent {
-            at: now,
-            actor: actor.into(),
-            action: "revoke".into(),
-            target: s.clone(),
-            detail: format!("reason={}", iotpki_core::crl::reason_name(reason)),
-        };
-        store.revoke(s, reason, now, audit)?;
+        Target::Device(d) => {
+            let r = DeviceRevocation { device_serial: d.to_string(), reason, at: now, actor: actor.into(), detail };
+            match store.revoke_device(r) {
+                Ok(out) => Ok(out.serials),
+                Err(StoreError::NothingToRevoke { .. }) => {
+                    Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
     }
-    Ok(serials)
+}
+
+/// Whether a certificate of this profile (as stored) is a CA's issued by a root.
+pub(crate) fn is_ca_profile(profile: &str) -> bool {
+    [Profile::IssuingCa, Profile::DelegatingCa].iter().any(|p| p.name() == profile)
 }
 
 /// A CRL made earlier, and what it was made from.
@@ -143,4 +155,259 @@ pub(crate) struct CachedOcsp {
     pub(crate) ca: String,
     pub(crate) mark: (u64, i64),
     pub(crate) produced: i64,
+}
+
+/// How long a root's ARL is valid by default (thisUpdate to nextUpdate). The
+/// root key is locked (the server never holds it), so the ARL cannot be made
+/// on request like an issuing CA's CRL: an operator signs it with `iotpki ca
+/// sign-arl`, at least once per this period, and whenever a CA certificate is
+/// revoked (`iotpki ca revoke` does it). A year keeps that a yearly ceremony;
+/// a relying party refuses a stale one, so the date is explicit.
+pub const ARL_VALIDITY_SECS: i64 = 365 * 86_400;
+
+/// How long before an ARL's nextUpdate the server starts warning (in its
+/// log, at most hourly) that the next must be signed.
+pub const ARL_WARN_SECS: i64 = 30 * 86_400;
+
+/// Shortest and longest ARL validity `ca sign-arl --validity-days` takes.
+pub const ARL_VALIDITY_RANGE: std::ops::RangeInclusive<i64> = 86_400..=5 * 365 * 86_400;
+
+/// The artifact kind under which root `root`'s ARL is published in the store.
+pub fn arl_kind(root: &str) -> String {
+    format!("arl/{root}")
+}
+
+/// A root's ARL, as signed and published.
+#[derive(Clone, Debug)]
+pub struct SignedArl {
+    /// The root's name in the config.
+    pub root: String,
+    /// Its cRLNumber.
+    pub number: u64,
+    /// Its nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// How many CA certificates it lists.
+    pub entries: usize,
+    /// The ARL, DER.
+    pub der: Vec<u8>,
+}
+
+/// Sign root `root`'s ARL (every CA certificate it revoked; RFC 5280 5: a
+/// complete CRL of the root, which issues only CA certificates) with the next
+/// CRL number, valid for `validity_secs` (clamped to the root's notAfter),
+/// and publish it in the store (artifact [`arl_kind`]), audited.
+pub(crate) fn publish_arl(
+    store: &dyn Store,
+    root: &str,
+    issuer: &iotpki_core::profile::Issuer<'_>,
+    now: i64,
+    validity_secs: i64,
+    actor: &str,
+) -> Result<SignedArl, AuthorityError> {
+    if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
+        return Err(AuthorityError::BadRequest(format!(
+            "an ARL validity of {} days is outside 1 to {} days",
+            validity_secs / 86_400,
+            ARL_VALIDITY_RANGE.end() / 86_400
+        )));
+    }
+    let next_update = (now + validity_secs).min(issuer.not_after);
+    if next_update <= now {
+        return Err(AuthorityError::Config(format!("root {root} has expired: it can sign no revocation list")));
+    }
+    let revoked: Vec<iotpki_core::crl::Revoked> = store
+        .revoked(root)?
+        .into_iter()
+        .filter(|r| r.not_after.saturating_add(EXPIRED_KEPT_SECS) > now)
+        .map(|r| iotpki_core::crl::Revoked { serial: r.serial, at: r.revoked_at, reason: r.reason })
+        .collect();
+    let number = store.next_crl_number(
+        root,
+        AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "arl.number".into(),
+            target: root.into(),
+            detail: format!("entries={}", revoked.len()),
+        },
+    )?;
+    let der = iotpki_core::crl::build(issuer, number, now, next_update, &revoked)?;
+    store.publish_artifact(
+        iotpki_store::Artifact { kind: arl_kind(root), version: number, body: der.clone(), published_at: now },
+        AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "arl.sign".into(),
+            target: root.into(),
+            detail: format!(
+                "number={number} entries={} next_update={}",
+                revoked.len(),
+                iotpki_core::time::rfc3339(next_update)
+            ),
+        },
+    )?;
+    Ok(SignedArl { root: root.into(), number, next_update, entries: revoked.len(), der })
+}
+
+/// A root with its key unlocked.
+struct UnlockedRoot {
+    name: String,
+    subject: x509_cert::name::Name,
+    key_id: Vec<u8>,
+    not_after: i64,
+    signer: Box<dyn iotpki_core::keys::Signer>,
+}
+
+impl UnlockedRoot {
+    fn issuer(&self) -> iotpki_core::profile::Issuer<'_> {
+        iotpki_core::profile::Issuer {
+            subject: &self.subject,
+            key_id: &self.key_id,
+            not_after: self.not_after,
+            signer: self.signer.as_ref(),
+        }
+    }
+}
+
+/// Unlock the keys of the roots named by `which` (every root, current and
+/// retiring, when `None`): key files with the passphrase, keys in the `[hsm]`
+/// token with its PIN (`pin`, else `$IOTPKI_PIN`). Each key must match its
+/// certificate. Nothing is written.
+fn unlock_roots(
+    dir: &std::path::Path,
+    cfg: &crate::Config,
+    which: Option<&str>,
+    pass: &crate::Passphrase,
+    pin: Option<&crate::Pin>,
+) -> Result<Vec<UnlockedRoot>, AuthorityError> {
+    use crate::config::CaRole;
+    use crate::keyfile;
+    let roots: Vec<_> =
+        cfg.ca.iter().filter(|c| c.role != CaRole::Issuing && which.is_none_or(|w| w == c.name)).collect();
+    if roots.is_empty() {
+        return Err(AuthorityError::NotFound(match which {
+            Some(w) => format!("no root named {w:?} in the config"),
+            None => "the config names no root".into(),
+        }));
+    }
+    let token = match (&cfg.hsm, roots.iter().any(|c| c.key.is_none())) {
+        (Some(h), true) => {
+            let pin = match pin {
+                Some(p) => p.clone(),
+                None => crate::Pin::from_file_or_env(None)?,
+            };
+            let module = keyfile::resolve(dir, &h.module);
+            let token = iotpki_hsm::Token::open(&module, &iotpki_hsm::Pkcs11Uri::parse(&h.token)?)?;
+            token.check_pin(&pin)?;
+            Some((token, pin))
+        }
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for ca in roots {
+        let path = keyfile::resolve(dir, &ca.cert);
+        let text = std::fs::read_to_string(&path).map_err(|e| AuthorityError::io(&path, e))?;
+        let der = iotpki_core::pem::decode_one("CERTIFICATE", &text)
+            .map_err(|e| AuthorityError::Config(format!("{}: {e}", path.display())))?;
+        let signer: Box<dyn iotpki_core::keys::Signer> = match (&ca.key, &ca.key_uri, &token) {
+            (Some(file), _, _) => Box::new(keyfile::read_encrypted(&keyfile::resolve(dir, file), pass)?),
+            (None, Some(uri), Some((token, pin))) => {
+                Box::new(iotpki_hsm::HsmKey::open(token, pin, &iotpki_hsm::Pkcs11Uri::parse(uri)?)?)
+            }
+            _ => return Err(AuthorityError::Config(format!("root {}: no key configured", ca.name))),
+        };
+        let info = iotpki_core::profile::cert_info(&der)?;
+        if iotpki_core::keys::spki_fingerprint(signer.public_key_der()) != info.spki_sha256 {
+            return Err(AuthorityError::Config(format!("root {}: key does not match certificate", ca.name)));
+        }
+        let key_id = info.ski.clone().ok_or_else(|| AuthorityError::Config(format!("root {}: no SKI", ca.name)))?;
+        out.push(UnlockedRoot {
+            name: ca.name.clone(),
+            subject: info.cert.tbs_certificate.subject.clone(),
+            key_id,
+            not_after: info.not_after,
+            signer,
+        });
+    }
+    Ok(out)
+}
+
+/// `iotpki ca sign-arl`: unlock each root's key (current and retiring, or
+/// only `root`) and sign and publish its ARL, valid for `validity_secs`.
+/// `serve` serves the latest at `/crl/ROOT.crl` (what the CA certificates
+/// name in their cRLDistributionPoints).
+pub fn sign_arl(
+    dir: &std::path::Path,
+    root: Option<&str>,
+    pass: &crate::Passphrase,
+    pin: Option<&crate::Pin>,
+    clock: &dyn Clock,
+    validity_secs: i64,
+    actor: &str,
+) -> Result<Vec<SignedArl>, AuthorityError> {
+    if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
+        return Err(AuthorityError::BadRequest(format!(
+            "--validity-days {}: an ARL is valid from 1 to {} days",
+            validity_secs / 86_400,
+            ARL_VALIDITY_RANGE.end() / 86_400
+        )));
+    }
+    let cfg = crate::Config::load(dir)?;
+    let roots = unlock_roots(dir, &cfg, root, pass, pin)?;
+    let store = crate::open_store(dir, &cfg)?;
+    let now = clock.now();
+    roots.iter().map(|r| publish_arl(store.as_ref(), &r.name, &r.issuer(), now, validity_secs, actor)).collect()
+}
+
+/// `iotpki ca revoke`: revoke a CA certificate issued by a root (an issuing
+/// CA's, under the current or a retiring root) and sign that root's ARL again
+/// at once. The root key is unlocked first: a wrong passphrase or PIN
+/// changes nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn revoke_ca(
+    dir: &std::path::Path,
+    serial: &str,
+    reason: u8,
+    pass: &crate::Passphrase,
+    pin: Option<&crate::Pin>,
+    clock: &dyn Clock,
+    validity_secs: i64,
+    actor: &str,
+) -> Result<SignedArl, AuthorityError> {
+    let serial = serial.to_ascii_lowercase();
+    let cfg = crate::Config::load(dir)?;
+    let store = crate::open_store(dir, &cfg)?;
+    let rec = store
+        .certificate(&serial)?
+        .ok_or_else(|| AuthorityError::NotFound(format!("certificate {serial} is not in the store")))?;
+    if !is_ca_profile(&rec.profile)
+        || !cfg.ca.iter().any(|c| c.name == rec.ca && c.role != crate::config::CaRole::Issuing)
+    {
+        return Err(AuthorityError::BadRequest(format!(
+            "certificate {serial} is a {} certificate from {}, not a CA certificate from a root: use `iotpki revoke`",
+            rec.profile, rec.ca
+        )));
+    }
+    let root = unlock_roots(dir, &cfg, Some(&rec.ca), pass, pin)?.remove(0);
+    let now = clock.now();
+    if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
+        return Err(AuthorityError::BadRequest(format!(
+            "--validity-days {}: an ARL is valid from 1 to {} days",
+            validity_secs / 86_400,
+            ARL_VALIDITY_RANGE.end() / 86_400
+        )));
+    }
+    store.revoke(
+        &serial,
+        reason,
+        now,
+        AuditEvent {
+            at: now,
+            actor: actor.into(),
+            action: "ca.revoke".into(),
+            target: serial.clone(),
+            detail: format!("{} {} reason={}", rec.profile, rec.subject, iotpki_core::crl::reason_name(reason)),
+        },
+    )?;
+    publish_arl(store.as_ref(), &root.name, &root.issuer(), now, validity_secs, actor)
 }

@@ -29,7 +29,7 @@ use x509_cert::ext::pkix::BasicConstraints;
 
 use crate::clock::Clock;
 use crate::config::{CaRole, Config, CONFIG_FILE};
-use crate::init::{make_for, YEAR};
+use crate::init::{make_for, Revocation, YEAR};
 use crate::{keyfile, open_store, AuthorityError, Passphrase};
 
 /// What `rotate` made.
@@ -95,7 +95,11 @@ pub fn rotate(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str) -> 
     let end = now + 25 * YEAR;
     let issuer = Issuer { subject: &subject, key_id: &kid, not_after: end, signer: &key };
     let mut records = Vec::new();
-    let root = make_for(Profile::Root, subject.clone(), spki, now, end, vec![], &issuer, &root_name, &mut records)?;
+    let root =
+        make_for(Profile::Root, subject.clone(), spki, now, end, vec![], &issuer, &root_name, None, &mut records)?;
+    // The CA certificates under the new root name its ARL (published below).
+    let revocation = cfg.server.public_http_url.clone();
+    let revocation = revocation.as_deref().map(|base| Revocation { base, shards: None });
 
     // Every issuing CA again, same key and subject, under the new root.
     let mut writes: Vec<(PathBuf, Vec<u8>)> = Vec::new();
@@ -115,6 +119,7 @@ pub fn rotate(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str) -> 
             vec![],
             &issuer,
             &root_name,
+            revocation,
             &mut records,
         )?;
         let rel = PathBuf::from(format!("ca/{}-{generation}.crt", ca.name));
@@ -174,6 +179,15 @@ pub fn rotate(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str) -> 
             preconditions: vec![],
         })?;
     }
+    // The new root's first ARL, before anything can point at it.
+    crate::revocation::publish_arl(
+        store.as_ref(),
+        &root_name,
+        &issuer,
+        now,
+        crate::revocation::ARL_VALIDITY_SECS,
+        actor,
+    )?;
     keyfile::replace_public(&chain_path, new_chain.as_bytes())?;
     keyfile::replace_public(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
     Ok(Rotated { root: root_name, root_cert: dir.join(root_rel), recertified })

@@ -240,7 +240,19 @@ pub enum CertCmd {
 fn status_text(s: &CertStatus) -> String {
     match s {
         CertStatus::Good => "good".into(),
-        CertStatus::Revoked { at, reason } => format!("revoked {} (reason {reason})", rfc3339(*at)),
+        CertStatus::Revoked { at, reason } => {
+            format!("revoked {} ({})", rfc3339(*at), iotpki_core::crl::reason_name(*reason))
+        }
+    }
+}
+
+/// The status column: a renewed certificate names its successor; the current
+/// one (good, not renewed) says so.
+fn status_line(r: &iotpki_store::CertRecord) -> String {
+    match (&r.status, &r.replaced_by) {
+        (_, Some(next)) => format!("{}, renewed by {next}", status_text(&r.status)),
+        (CertStatus::Good, None) => "good, current".into(),
+        (_, None) => status_text(&r.status),
     }
 }
 
@@ -249,6 +261,7 @@ fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
         "serial": r.serial, "ca": r.ca, "profile": r.profile, "subject": r.subject,
         "device_serial": r.device_serial, "not_before": rfc3339(r.not_before), "not_after": rfc3339(r.not_after),
         "issued_at": rfc3339(r.issued_at), "spki_sha256": r.spki_sha256, "replaces": r.replaces,
+        "replaced_by": r.replaced_by, "current": r.status == CertStatus::Good && r.replaced_by.is_none(),
         "status": status_text(&r.status),
     })
 }
@@ -330,7 +343,7 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
                     r.profile,
                     r.device_serial.as_deref().unwrap_or("-"),
                     rfc3339(r.not_after),
-                    status_text(&r.status)
+                    status_line(r)
                 );
             }
             eprintln!("{} certificate(s)", rows.len());

@@ -144,6 +144,50 @@ pub enum CaCmd {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// Sign the root's revocation list (ARL) again with the root key (every root, current
+    /// and retiring, unless --root): `serve` publishes it at /crl/ROOT.crl, which every CA
+    /// certificate names. Run it before the current one's nextUpdate (init signs the first).
+    SignArl {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        pass: crate::PassArg,
+        /// Only this root (its name in iotpki.toml: root, root-2, ...).
+        #[arg(long)]
+        root: Option<String>,
+        /// Days until its nextUpdate (1 to 1825).
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+    },
+    /// Revoke a CA certificate issued by a root (an issuing CA's), and sign that root's
+    /// ARL again at once (it needs the root key).
+    Revoke {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        pass: crate::PassArg,
+        /// The CA certificate's serial (hex; `iotpki cert list --profile issuing-ca`).
+        #[arg(long)]
+        serial: String,
+        /// RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
+        /// superseded, cessationOfOperation, privilegeWithdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Days until the new ARL's nextUpdate (1 to 1825).
+        #[arg(long, default_value_t = 365)]
+        validity_days: u32,
+    },
+}
+
+fn print_arl(a: &iotpki_authority::revocation::SignedArl) {
+    println!(
+        "ARL of {}: number {}, {} revoked CA certificate(s), next update {}; served at /crl/{}.crl",
+        a.root,
+        a.number,
+        a.entries,
+        iotpki_core::time::rfc3339(a.next_update),
+        a.root
+    );
 }
 
 pub fn ca(c: CaCmd) -> anyhow::Result<()> {
@@ -160,6 +204,37 @@ pub fn ca(c: CaCmd) -> anyhow::Result<()> {
         CaCmd::Retire { dir } => {
             let gone = iotpki_authority::rotation::retire(&dir.dir, &SystemClock, "admin:cli")?;
             println!("retired {}; restart `serve` to stop trusting it", gone.join(", "));
+        }
+        CaCmd::SignArl { dir, pass, root, validity_days } => {
+            let signed = iotpki_authority::revocation::sign_arl(
+                &dir.dir,
+                root.as_deref(),
+                &pass.passphrase()?,
+                pass.pin()?.as_ref(),
+                &SystemClock,
+                i64::from(validity_days) * 86_400,
+                "admin:cli",
+            )?;
+            signed.iter().for_each(print_arl);
+        }
+        CaCmd::Revoke { dir, pass, serial, reason, validity_days } => {
+            let reason = iotpki_core::crl::reason_code(&reason)?;
+            let arl = iotpki_authority::revocation::revoke_ca(
+                &dir.dir,
+                &serial,
+                reason,
+                &pass.passphrase()?,
+                pass.pin()?.as_ref(),
+                &SystemClock,
+                i64::from(validity_days) * 86_400,
+                "admin:cli",
+            )?;
+            println!("revoked {serial} ({})", iotpki_core::crl::reason_name(reason));
+            print_arl(&arl);
+            println!(
+                "relying parties refuse its chains once they fetch this ARL; if the CA still issues here, \
+                 take it out of iotpki.toml's labels (or rotate) and restart `serve`"
+            );
         }
     }
     Ok(())

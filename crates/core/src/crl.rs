@@ -306,6 +306,17 @@ pub fn number(der: &[u8]) -> Result<u64, Error> {
     number_of(&CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?.tbs_cert_list)
 }
 
+/// The nextUpdate of a DER CRL (Unix seconds), without checking anything
+/// else; an error when it has none (we never make one without).
+pub fn next_update(der: &[u8]) -> Result<i64, Error> {
+    use der::Decode;
+    let crl = CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?;
+    crl.tbs_cert_list
+        .next_update
+        .map(|t| crate::time::unix(&t))
+        .ok_or_else(|| Error::Profile("the CRL has no nextUpdate".into()))
+}
+
 /// What a relying party learns from a CRL that checks out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedCrl {

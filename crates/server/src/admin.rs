@@ -89,6 +89,7 @@ fn cert_json(r: &CertRecord) -> Value {
         "serial": r.serial, "ca": r.ca, "profile": r.profile, "subject": r.subject,
         "device_serial": r.device_serial, "not_before": rfc3339(r.not_before), "not_after": rfc3339(r.not_after),
         "issued_at": rfc3339(r.issued_at), "spki_sha256": r.spki_sha256, "replaces": r.replaces,
+        "replaced_by": r.replaced_by, "current": r.status == CertStatus::Good && r.replaced_by.is_none(),
         "status": status_text(&r.status),
     })
 }

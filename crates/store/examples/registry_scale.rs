@@ -205,6 +205,7 @@ fn record(run: &str, i: usize, n: usize, now: i64, der_len: usize) -> CertRecord
         issued_at,
         spki_sha256: format!("{:016x}{:016x}{:016x}{:016x}", rand_u64(), rand_u64(), rand_u64(), rand_u64()),
         replaces: None,
+        replaced_by: None,
         status: CertStatus::Good,
         der,
     }

@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
-    OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry,
-    SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, DeviceRevocation, Issuance,
+    ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError,
+    SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -29,6 +29,7 @@ pub fn cert(device: &str) -> CertRecord {
         issued_at: 1_000,
         spki_sha256: unique("ab"),
         replaces: None,
+        replaced_by: None,
         status: CertStatus::Good,
         der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
     }
@@ -82,6 +83,10 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     revocation(store);
     ownership(store);
     artifacts(store);
+    renewal_supersedes_once(store);
+    concurrent_renewals_of_one_certificate(store);
+    revoke_device_in_one_transaction(store);
+    revoke_device_races_renewals_and_issuance(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -651,4 +656,220 @@ pub fn artifacts(store: &dyn Store) {
     ));
     assert_eq!(store.artifact(&format!("voucher/{dev}")).expect("read").expect("row").version, 3, "nothing published");
     assert_eq!(audit_len(store), before);
+}
+
+fn renewal(old: &str, device: &str, now: i64) -> (CertRecord, Issuance) {
+    let mut c = cert(device);
+    c.replaces = Some(old.into());
+    let pre = vec![Precondition::Supersede { serial: old.into(), now }];
+    (c.clone(), issuance(c, pre))
+}
+
+fn device_revocation(device: &str, reason: u8, at: i64) -> DeviceRevocation {
+    DeviceRevocation {
+        device_serial: device.into(),
+        reason,
+        at,
+        actor: "test".into(),
+        detail: format!("reason={reason}"),
+    }
+}
+
+/// A renewal supersedes its predecessor in its own transaction: the old one
+/// is revoked (reason superseded) and points at its successor; a second
+/// renewal of the same certificate, of an unknown or of a revoked one, is
+/// refused and writes nothing.
+pub fn renewal_supersedes_once(store: &dyn Store) {
+    let old = cert("SUP-1");
+    store.record_issuance(issuance(old.clone(), vec![])).expect("issue");
+    let (new, r) = renewal(&old.serial, "SUP-1", 1_500);
+    store.record_issuance(r).expect("renew");
+    let o = store.certificate(&old.serial).expect("read").expect("there");
+    assert_eq!(o.status, CertStatus::Revoked { at: 1_500, reason: 4 }, "superseded at the renewal");
+    assert_eq!(o.replaced_by.as_deref(), Some(new.serial.as_str()), "the old one names its successor");
+    let n = store.certificate(&new.serial).expect("read").expect("there");
+    assert_eq!((n.status, n.replaced_by, n.replaces.as_deref()), (CertStatus::Good, None, Some(old.serial.as_str())));
+
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let (again, r) = renewal(&old.serial, "SUP-1", 1_600);
+    assert_eq!(
+        store.record_issuance(r),
+        Err(StoreError::Superseded { serial: old.serial.clone(), by: new.serial.clone() })
+    );
+    let (_, r) = renewal("00", "SUP-1", 1_600);
+    assert_eq!(store.record_issuance(r), Err(StoreError::CertUnknown { serial: "00".into() }));
+    let mut revoked = cert("SUP-1");
+    revoked.status = CertStatus::Revoked { at: 1_200, reason: 1 };
+    store.record_issuance(issuance(revoked.clone(), vec![])).expect("revoked");
+    let (certs, audit) = (certs + 1, audit + 1);
+    let (_, r) = renewal(&revoked.serial, "SUP-1", 1_600);
+    assert_eq!(store.record_issuance(r), Err(StoreError::CertRevoked { serial: revoked.serial.clone() }));
+    assert_eq!(
+        (store.count_certificates().expect("count"), audit_len(store)),
+        (certs, audit),
+        "refusals write nothing"
+    );
+    assert!(store.certificate(&again.serial).expect("read").is_none());
+    assert_eq!(store.certificate(&new.serial).expect("read").expect("there").status, CertStatus::Good);
+    assert_eq!(store.certificate(&revoked.serial).expect("read").expect("there").replaced_by, None);
+}
+
+/// 16 threads renew one certificate at once: exactly one successor.
+pub fn concurrent_renewals_of_one_certificate(store: &(dyn Store + 'static)) {
+    let old = cert("SUP-2");
+    store.record_issuance(issuance(old.clone(), vec![])).expect("issue");
+    let results: Vec<Result<String, StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                let old = old.serial.clone();
+                s.spawn(move || {
+                    let (c, r) = renewal(&old, "SUP-2", 1_500);
+                    store.record_issuance(r).map(|()| c.serial)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|j| j.join().expect("thread")).collect()
+    });
+    let won: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one renewal: {results:?}");
+    assert!(
+        results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::Superseded { by, .. }) if by == won[0])),
+        "{results:?}"
+    );
+    let q = CertQuery { device_serial: Some("SUP-2".into()), ..Default::default() };
+    let good: Vec<_> =
+        store.list_certificates(&q).expect("list").into_iter().filter(|c| c.status == CertStatus::Good).collect();
+    assert_eq!(good.len(), 1, "one good certificate: the successor");
+    assert_eq!(&good[0].serial, won[0]);
+}
+
+/// `revoke_device` revokes every good certificate and the ownership in one
+/// transaction, with an audit entry each; with nothing to revoke it writes nothing.
+pub fn revoke_device_in_one_transaction(store: &dyn Store) {
+    let d = unique("RD-");
+    let certs: Vec<CertRecord> = (0..3).map(|_| cert(&d)).collect();
+    for c in &certs {
+        store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    }
+    let mut gone = cert(&d);
+    gone.status = CertStatus::Revoked { at: 1_100, reason: 1 };
+    store.record_issuance(issuance(gone.clone(), vec![])).expect("revoked one");
+    store.claim_devices(vec![d.clone()], "claim", 1_000, event("claim", &d)).expect("claim");
+    let audit = audit_len(store);
+    let out = store.revoke_device(device_revocation(&d, 1, 1_700)).expect("revoke device");
+    let mut want: Vec<String> = certs.iter().map(|c| c.serial.clone()).collect();
+    let mut got = out.serials.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "every good certificate, not the revoked one");
+    assert!(out.released, "the owned device is revoked as a device too");
+    assert_eq!(audit_len(store), audit + 4, "one entry per certificate and one for the device");
+    for c in &certs {
+        assert_eq!(
+            store.certificate(&c.serial).expect("read").expect("there").status,
+            CertStatus::Revoked { at: 1_700, reason: 1 }
+        );
+    }
+    assert_eq!(store.certificate(&gone.serial).expect("read").expect("there").status, gone.status, "left as it was");
+    assert_eq!(store.ownership(&d).expect("read").expect("there").status, OwnershipStatus::Revoked);
+    let audit = audit_len(store);
+    assert_eq!(
+        store.revoke_device(device_revocation(&d, 1, 1_800)),
+        Err(StoreError::NothingToRevoke { device: d.clone() })
+    );
+    assert_eq!(audit_len(store), audit, "nothing written");
+    // A device only known by its certificates (not owned): they are revoked, nothing else.
+    let e = unique("RD-");
+    let c = cert(&e);
+    store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    let out = store.revoke_device(device_revocation(&e, 0, 1_700)).expect("revoke");
+    assert_eq!((out.serials, out.released), (vec![c.serial], false));
+    assert!(store.ownership(&e).expect("read").is_none());
+}
+
+/// `revoke_device` while other threads renew the device's certificates (four
+/// renewal chains) and issue new ones: afterwards no renewal chain has a good
+/// certificate (each renewal needs a good predecessor, and the revocation saw
+/// every one committed before it), and every certificate whose issuance was
+/// committed before the revocation (by audit order) is revoked.
+pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) {
+    use std::sync::atomic::AtomicBool;
+    let d = unique("RR-");
+    let from = audit_len(store) + 1;
+    let firsts: Vec<CertRecord> = (0..4).map(|_| cert(&d)).collect();
+    for c in &firsts {
+        store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    }
+    let renewed = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (renewals, issued): (Vec<Vec<String>>, Vec<String>) = std::thread::scope(|s| {
+        let chains: Vec<_> = firsts
+            .iter()
+            .map(|first| {
+                let (d, renewed) = (d.clone(), &renewed);
+                let mut prev = first.serial.clone();
+                s.spawn(move || {
+                    let mut chain = vec![prev.clone()];
+                    for _ in 0..10_000 {
+                        let (c, r) = renewal(&prev, &d, 1_500);
+                        match store.record_issuance(r) {
+                            Ok(()) => {
+                                renewed.fetch_add(1, Ordering::SeqCst);
+                                chain.push(c.serial.clone());
+                                prev = c.serial;
+                            }
+                            Err(StoreError::CertRevoked { .. }) => break,
+                            Err(e) => panic!("renewal: {e}"),
+                        }
+                    }
+                    chain
+                })
+            })
+            .collect();
+        let fresh = {
+            let (d, stop) = (d.clone(), &stop);
+            s.spawn(move || {
+                let mut out = Vec::new();
+                while !stop.load(Ordering::SeqCst) && out.len() < 10_000 {
+                    let c = cert(&d);
+                    store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+                    out.push(c.serial);
+                }
+                out
+            })
+        };
+        while renewed.load(Ordering::SeqCst) < 40 {
+            std::thread::yield_now();
+        }
+        let out = store.revoke_device(device_revocation(&d, 1, 1_900)).expect("revoke device");
+        assert!(!out.serials.is_empty());
+        stop.store(true, Ordering::SeqCst);
+        (chains.into_iter().map(|j| j.join().expect("thread")).collect(), fresh.join().expect("thread"))
+    });
+    for chain in &renewals {
+        for serial in chain {
+            let c = store.certificate(serial).expect("read").expect("there");
+            assert!(c.status != CertStatus::Good, "renewal chain certificate {serial} still good after revoke_device");
+        }
+    }
+    // Audit order is commit order: find the revocation, then every issuance before it.
+    let entries = store.audit_entries(from, u32::MAX).expect("audit");
+    let revoked_at = entries
+        .iter()
+        .find(|e| e.event.action == "revoke" && e.event.at == 1_900)
+        .map(|e| e.seq)
+        .expect("the revocation is audited");
+    let mut before = 0;
+    for e in entries.iter().filter(|e| e.event.action == "issue" && e.seq < revoked_at) {
+        if issued.contains(&e.event.target) || renewals.iter().any(|c| c.contains(&e.event.target)) {
+            before += 1;
+            let c = store.certificate(&e.event.target).expect("read").expect("there");
+            assert!(
+                c.status != CertStatus::Good,
+                "{} was issued before the revocation committed and is still good",
+                c.serial
+            );
+        }
+    }
+    assert!(before >= 44, "the race ran: {before} issuances before the revocation");
 }

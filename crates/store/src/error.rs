@@ -34,6 +34,18 @@ pub enum StoreError {
         /// Its serial.
         serial: String,
     },
+    /// The certificate was renewed already: `by` is its successor.
+    Superseded {
+        /// Its serial.
+        serial: String,
+        /// The certificate that renewed it.
+        by: String,
+    },
+    /// A device revocation found nothing to revoke.
+    NothingToRevoke {
+        /// The device serial.
+        device: String,
+    },
     /// A certificate with this serial is recorded already.
     DuplicateSerial {
         /// The serial.
@@ -172,6 +184,12 @@ impl fmt::Display for StoreError {
             Self::TokenExists => f.write_str("a token with this value exists already"),
             Self::CertUnknown { serial } => write!(f, "certificate {serial} is not in the store"),
             Self::CertRevoked { serial } => write!(f, "certificate {serial} is revoked"),
+            Self::Superseded { serial, by } => {
+                write!(f, "certificate {serial} was renewed already: its successor is {by}")
+            }
+            Self::NothingToRevoke { device } => {
+                write!(f, "device {device} has no certificate that is not revoked and is not owned")
+            }
             Self::DuplicateSerial { serial } => write!(f, "serial number {serial} is already recorded"),
             Self::BatchUnknown { batch } => write!(f, "batch {batch} does not exist"),
             Self::BatchExists { batch } => write!(f, "batch {batch} exists already"),

@@ -80,6 +80,11 @@ pub struct CertRecord {
     pub spki_sha256: String,
     /// Serial of the certificate this one renews, if any.
     pub replaces: Option<String>,
+    /// Serial of the certificate that renewed this one (its successor), if
+    /// any: set by the store in the renewal's transaction
+    /// ([`Precondition::Supersede`]); ignored when a certificate is recorded.
+    /// A device's current certificate is its good one with no successor.
+    pub replaced_by: Option<String>,
     /// Revocation state.
     pub status: CertStatus,
     /// The certificate, DER.
@@ -134,6 +139,18 @@ pub enum Precondition {
         station: String,
         /// The device serial.
         device_serial: String,
+        /// The authority's clock.
+        now: UnixTime,
+    },
+    /// Renewal: the certificate `serial` must be recorded, good and not renewed
+    /// yet. The write revokes it with reason superseded (RFC 5280 reason 4)
+    /// at `now` and records the new certificate as its successor
+    /// ([`CertRecord::replaced_by`]), in the same transaction: there is never
+    /// a moment with two good certificates from one renewal, nor a renewal
+    /// recorded without its predecessor superseded.
+    Supersede {
+        /// Serial (lowercase hex) of the certificate renewed.
+        serial: String,
         /// The authority's clock.
         now: UnixTime,
     },
@@ -356,6 +373,30 @@ pub struct Issuance {
     pub audit: AuditEvent,
 }
 
+/// What [`Store::revoke_device`] revokes, and how it audits it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRevocation {
+    /// The device serial.
+    pub device_serial: String,
+    /// RFC 5280 reason code for every certificate revoked.
+    pub reason: u8,
+    /// When.
+    pub at: UnixTime,
+    /// Who asked (audit actor).
+    pub actor: String,
+    /// Audit detail of each entry (e.g. `reason=keyCompromise`).
+    pub detail: String,
+}
+
+/// What [`Store::revoke_device`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceRevoked {
+    /// The certificates revoked (all that were good), by serial.
+    pub serials: Vec<String>,
+    /// Whether the device's ownership went from owned to revoked.
+    pub released: bool,
+}
+
 /// Filter for [`Store::list_certificates`].
 #[derive(Clone, Debug, Default)]
 pub struct CertQuery {
@@ -465,6 +506,15 @@ pub trait Store: Send + Sync {
 
     /// Revoke a certificate (it must be recorded and good) with an RFC 5280 reason code.
     fn revoke(&self, serial: &str, reason: u8, at: UnixTime, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Revoke a device, atomically: every certificate of it that is good now
+    /// (each with an audit entry `revoke`), and its ownership when this
+    /// authority owns it (audit entry `device.revoke`; it can no longer
+    /// commission). One transaction, so that every certificate recorded for
+    /// the device before it commits is revoked by it, whatever issues
+    /// concurrently. [`StoreError::NothingToRevoke`] (nothing written) when
+    /// the device has no good certificate and is not owned.
+    fn revoke_device(&self, revocation: DeviceRevocation) -> Result<DeviceRevoked, StoreError>;
 
     /// A CA's revoked certificates, oldest revocation first.
     fn revoked(&self, ca: &str) -> Result<Vec<RevokedCert>, StoreError>;

@@ -3,8 +3,8 @@
 use std::sync::mpsc::SyncSender;
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, CertRecord, Issuance, ManufacturerRecord, OwnershipStatus, StationRecord,
-    StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, ManufacturerRecord,
+    OwnershipStatus, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the writer.
@@ -20,6 +20,7 @@ pub(crate) enum Op {
     Delegation(String, String, Box<CertRecord>, AuditEvent),
     Sync(Box<SyncUpload>),
     Revoke(String, u8, i64, AuditEvent),
+    RevokeDevice(Box<DeviceRevocation>),
     CrlNumber(String, AuditEvent),
     AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
     Claim(Vec<String>, String, i64, AuditEvent),
@@ -35,6 +36,7 @@ pub(crate) enum Done {
     Synced(SyncOutcome),
     CrlNumber(u64),
     Count(u64),
+    DeviceRevoked(DeviceRevoked),
 }
 
 pub(crate) struct Job {

@@ -64,8 +64,9 @@ use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement, Tra
 use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, RevokedCert,
-    StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus,
+    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -88,6 +89,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "0004_revocation.sql", include_str!("../migrations/postgres/0004_revocation.sql")),
     (5, "0005_ownership.sql", include_str!("../migrations/postgres/0005_ownership.sql")),
     (6, "0006_artifacts.sql", include_str!("../migrations/postgres/0006_artifacts.sql")),
+    (7, "0007_current.sql", include_str!("../migrations/postgres/0007_current.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -535,6 +537,7 @@ fn run_one(tx: &mut Tx<'_, '_>, op: &Op, head: &mut Head) -> Result<Result<Done,
             unit(delegation(tx, station, batch, cert).and_then(|()| append(tx, a, head)))
         }
         Op::Revoke(serial, reason, at, a) => unit(revoke(tx, serial, *reason, *at).and_then(|()| append(tx, a, head))),
+        Op::RevokeDevice(r) => revoke_device(tx, r, head).map(Done::DeviceRevoked),
         Op::CrlNumber(ca, a) => crl_number(tx, ca).and_then(|n| append(tx, a, head).map(|()| Done::CrlNumber(n))),
         Op::Sync(sync) => apply_sync(tx, sync).and_then(|o| append(tx, &sync.audit, head).map(|()| Done::Synced(o))),
         Op::AddManufacturer(m, a) => unit(add_manufacturer(tx, m).and_then(|()| append(tx, a, head))),
@@ -590,6 +593,27 @@ fn check(tx: &mut Tx<'_, '_>, p: &Precondition, cert_serial: &str) -> Result<(),
             birth(tx, batch, station, device_serial, *now, cert_serial)
         }
         Precondition::Owned { device_serial } => owned(tx, device_serial),
+        Precondition::Supersede { serial, now } => {
+            let row = tx
+                .opt("SELECT status, replaced_by FROM certificates WHERE serial = $1 FOR UPDATE", &[serial])
+                .map_err(db)?;
+            let row: Option<(String, Option<String>)> =
+                row.map(|r| Ok::<_, StoreError>((col(&r, 0)?, col(&r, 1)?))).transpose()?;
+            match row {
+                None => Err(StoreError::CertUnknown { serial: serial.clone() }),
+                Some((_, Some(by))) => Err(StoreError::Superseded { serial: serial.clone(), by }),
+                Some((status, None)) if status != "good" => Err(StoreError::CertRevoked { serial: serial.clone() }),
+                Some(_) => {
+                    tx.exec(
+                        "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4,
+                         replaced_by = $2 WHERE serial = $3",
+                        &[now, &cert_serial, serial],
+                    )
+                    .map_err(db)?;
+                    Ok(())
+                }
+            }
+        }
         Precondition::CertIsGood { serial } => {
             let row = tx.opt("SELECT status FROM certificates WHERE serial = $1", &[serial]).map_err(db)?;
             let status: Option<String> = row.map(|r| col(&r, 0)).transpose()?;
@@ -863,6 +887,47 @@ fn revoke(tx: &mut Tx<'_, '_>, serial: &str, reason: u8, at: i64) -> Result<(), 
     }
 }
 
+/// Every good certificate of the device, and its ownership when owned, in
+/// this transaction (which holds the audit head lock: no issuance of any node
+/// commits between the listing and the revocations).
+fn revoke_device(tx: &mut Tx<'_, '_>, r: &DeviceRevocation, head: &mut Head) -> Result<DeviceRevoked, StoreError> {
+    let rows = tx
+        .all(
+            "SELECT serial FROM certificates WHERE device_serial = $1 AND status = 'good'
+             ORDER BY issued_at, serial COLLATE \"C\" FOR UPDATE",
+            &[&r.device_serial],
+        )
+        .map_err(db)?;
+    let serials = rows.iter().map(|row| col(row, 0)).collect::<Result<Vec<String>, _>>()?;
+    let owned = ownership_of(tx, &r.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
+    if serials.is_empty() && !owned {
+        return Err(StoreError::NothingToRevoke { device: r.device_serial.clone() });
+    }
+    if owned {
+        release(tx, &r.device_serial, OwnershipStatus::Revoked, r.at)?;
+        let ev = AuditEvent {
+            at: r.at,
+            actor: r.actor.clone(),
+            action: "device.revoke".into(),
+            target: format!("device:{}", r.device_serial),
+            detail: r.detail.clone(),
+        };
+        append(tx, &ev, head)?;
+    }
+    for s in &serials {
+        revoke(tx, s, r.reason, r.at)?;
+        let ev = AuditEvent {
+            at: r.at,
+            actor: r.actor.clone(),
+            action: "revoke".into(),
+            target: s.clone(),
+            detail: r.detail.clone(),
+        };
+        append(tx, &ev, head)?;
+    }
+    Ok(DeviceRevoked { serials, released: owned })
+}
+
 fn add_manufacturer(tx: &mut Tx<'_, '_>, m: &ManufacturerRecord) -> Result<(), StoreError> {
     let row = tx
         .opt("SELECT name FROM manufacturers WHERE name = $1 OR spki_sha256 = $2", &[&m.name, &m.spki_sha256])
@@ -1083,7 +1148,7 @@ fn station_query<C: GenericClient>(
     Ok(Some(StationRecord { name, cert_serial, batches, status, created_at }))
 }
 
-const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der";
+const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by";
 
 fn reason_of(v: Option<i32>) -> u8 {
     v.and_then(|v| u8::try_from(v).ok()).unwrap_or(0)
@@ -1107,6 +1172,7 @@ fn cert_row(r: &Row) -> Result<CertRecord, StoreError> {
         issued_at: col(r, 7)?,
         spki_sha256: col(r, 8)?,
         replaces: col(r, 9)?,
+        replaced_by: col(r, 14)?,
         status,
         der: col(r, 13)?,
     })
@@ -1351,6 +1417,13 @@ impl Store for PgStore {
 
     fn revoke(&self, serial: &str, reason: u8, at: i64, audit: AuditEvent) -> Result<(), StoreError> {
         self.submit_unit(Op::Revoke(serial.into(), reason, at, audit))
+    }
+
+    fn revoke_device(&self, revocation: DeviceRevocation) -> Result<DeviceRevoked, StoreError> {
+        match self.submit(Op::RevokeDevice(Box::new(revocation)))? {
+            Done::DeviceRevoked(d) => Ok(d),
+            other => Err(StoreError::Database(format!("unexpected answer {other:?}"))),
+        }
     }
 
     fn revoked(&self, ca: &str) -> Result<Vec<RevokedCert>, StoreError> {
@@ -1668,6 +1741,10 @@ mod tests {
         revocation,
         ownership,
         artifacts,
+        renewal_supersedes_once,
+        concurrent_renewals_of_one_certificate,
+        revoke_device_in_one_transaction,
+        revoke_device_races_renewals_and_issuance,
     );
 
     #[test]
@@ -1694,6 +1771,34 @@ mod tests {
         let n = a.read(|d| count(&d.one("SELECT COUNT(*) FROM schema_migrations", &[]).map_err(db)?, 0)).unwrap();
         assert_eq!(n, MIGRATIONS.len() as u64);
         assert_eq!(a.verify_audit().unwrap().entries, 1);
+    }
+
+    #[test]
+    fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
+        let (tdb, s) = fresh("m7");
+        let (c1, mut c2, c3) = (conformance::cert("M7"), conformance::cert("M7"), conformance::cert("M7"));
+        c2.replaces = Some(c1.serial.clone());
+        for c in [&c1, &c2, &c3] {
+            s.record_issuance(Issuance {
+                cert: c.clone(),
+                preconditions: vec![],
+                audit: AuditEvent { target: c.serial.clone(), ..ev(1) },
+            })
+            .unwrap();
+        }
+        drop(s);
+        // The database as version 6 left it: no replaced_by column.
+        let mut raw = Client::connect(&tdb.url, NoTls).unwrap();
+        raw.batch_execute(
+            "ALTER TABLE certificates DROP COLUMN replaced_by; DELETE FROM schema_migrations WHERE version = 7",
+        )
+        .unwrap();
+        drop(raw);
+        let s = PgStore::open(&tdb.url).unwrap();
+        let get = |serial: &str| s.certificate(serial).unwrap().unwrap();
+        assert_eq!(get(&c1.serial).replaced_by.as_deref(), Some(c2.serial.as_str()));
+        assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
+        assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
     }
 
     #[test]

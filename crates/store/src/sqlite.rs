@@ -22,8 +22,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use crate::ops::{Done, Job, Op};
 use crate::{
     audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus, Precondition, RevokedCert,
-    StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord, GENESIS_HASH,
+    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus,
+    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_revocation.sql")),
     (5, include_str!("../migrations/sqlite/0005_ownership.sql")),
     (6, include_str!("../migrations/sqlite/0006_artifacts.sql")),
+    (7, include_str!("../migrations/sqlite/0007_current.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -279,6 +281,7 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<Done
             unit(delegation(tx, station, batch, cert).and_then(|()| append(tx, a, head)))
         }
         Op::Revoke(serial, reason, at, a) => unit(revoke(tx, serial, *reason, *at).and_then(|()| append(tx, a, head))),
+        Op::RevokeDevice(r) => revoke_device(tx, r, head).map(Done::DeviceRevoked),
         Op::CrlNumber(ca, a) => crl_number(tx, ca).and_then(|n| append(tx, a, head).map(|()| Done::CrlNumber(n))),
         Op::AddManufacturer(m, a) => unit(add_manufacturer(tx, m).and_then(|()| append(tx, a, head))),
         Op::Claim(serials, via, at, a) => {
@@ -333,6 +336,26 @@ fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<()
             birth(tx, batch, station, device_serial, *now, cert_serial)
         }
         Precondition::Owned { device_serial } => owned(tx, device_serial),
+        Precondition::Supersede { serial, now } => {
+            let row: Option<(String, Option<String>)> = tx
+                .prepare_cached("SELECT status, replaced_by FROM certificates WHERE serial = ?1")
+                .and_then(|mut st| st.query_row([serial], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(db)?;
+            match row {
+                None => Err(StoreError::CertUnknown { serial: serial.clone() }),
+                Some((_, Some(by))) => Err(StoreError::Superseded { serial: serial.clone(), by }),
+                Some((status, None)) if status != "good" => Err(StoreError::CertRevoked { serial: serial.clone() }),
+                Some(_) => {
+                    tx.prepare_cached(
+                        "UPDATE certificates SET status = 'revoked', revoked_at = ?1, revocation_reason = 4,
+                         replaced_by = ?2 WHERE serial = ?3",
+                    )
+                    .and_then(|mut st| st.execute(params![now, cert_serial, serial]))
+                    .map_err(db)?;
+                    Ok(())
+                }
+            }
+        }
         Precondition::CertIsGood { serial } => {
             let status: Option<String> = tx
                 .prepare_cached("SELECT status FROM certificates WHERE serial = ?1")
@@ -627,6 +650,43 @@ fn revoke(tx: &Transaction<'_>, serial: &str, reason: u8, at: i64) -> Result<(),
     }
 }
 
+/// Every good certificate of the device, and its ownership when owned, in this transaction.
+fn revoke_device(tx: &Transaction<'_>, r: &DeviceRevocation, head: &mut Head) -> Result<DeviceRevoked, StoreError> {
+    let serials: Vec<String> = tx
+        .prepare_cached(
+            "SELECT serial FROM certificates WHERE device_serial = ?1 AND status = 'good' ORDER BY issued_at, serial",
+        )
+        .and_then(|mut q| q.query_map([&r.device_serial], |row| row.get(0))?.collect())
+        .map_err(db)?;
+    let owned = ownership_query(tx, &r.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
+    if serials.is_empty() && !owned {
+        return Err(StoreError::NothingToRevoke { device: r.device_serial.clone() });
+    }
+    if owned {
+        release(tx, &r.device_serial, OwnershipStatus::Revoked, r.at)?;
+        let ev = AuditEvent {
+            at: r.at,
+            actor: r.actor.clone(),
+            action: "device.revoke".into(),
+            target: format!("device:{}", r.device_serial),
+            detail: r.detail.clone(),
+        };
+        append(tx, &ev, head)?;
+    }
+    for s in &serials {
+        revoke(tx, s, r.reason, r.at)?;
+        let ev = AuditEvent {
+            at: r.at,
+            actor: r.actor.clone(),
+            action: "revoke".into(),
+            target: s.clone(),
+            detail: r.detail.clone(),
+        };
+        append(tx, &ev, head)?;
+    }
+    Ok(DeviceRevoked { serials, released: owned })
+}
+
 fn add_manufacturer(tx: &Transaction<'_>, m: &ManufacturerRecord) -> Result<(), StoreError> {
     let r = tx
         .prepare_cached("INSERT INTO manufacturers (name, cert_der, spki_sha256, added_at) VALUES (?1, ?2, ?3, ?4)")
@@ -856,7 +916,7 @@ fn station_query(c: &Connection, column: &'static str, value: &str) -> Result<Op
     Ok(Some(StationRecord { name, cert_serial, batches, status, created_at }))
 }
 
-const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der";
+const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by";
 
 fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
     let status: String = r.get(10)?;
@@ -880,6 +940,7 @@ fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
         issued_at: r.get(7)?,
         spki_sha256: r.get(8)?,
         replaces: r.get(9)?,
+        replaced_by: r.get(14)?,
         status,
         der: r.get(13)?,
     })
@@ -1204,6 +1265,13 @@ impl Store for SqliteStore {
         self.submit_unit(Op::Revoke(serial.into(), reason, at, audit))
     }
 
+    fn revoke_device(&self, revocation: DeviceRevocation) -> Result<DeviceRevoked, StoreError> {
+        match self.submit(Op::RevokeDevice(Box::new(revocation)))? {
+            Done::DeviceRevoked(d) => Ok(d),
+            other => Err(StoreError::Database(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     fn revoked(&self, ca: &str) -> Result<Vec<RevokedCert>, StoreError> {
         self.read(|c| {
             let mut q = c
@@ -1282,6 +1350,39 @@ mod tests {
     fn conformance_suite() {
         let (_d, s) = fresh();
         conformance::run_all(&s);
+    }
+
+    #[test]
+    fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("store.db");
+        let (c1, mut c2, c3) = (conformance::cert("M7"), conformance::cert("M7"), conformance::cert("M7"));
+        c2.replaces = Some(c1.serial.clone());
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            for c in [&c1, &c2, &c3] {
+                let audit = AuditEvent {
+                    at: 1,
+                    actor: "a".into(),
+                    action: "issue".into(),
+                    target: c.serial.clone(),
+                    detail: String::new(),
+                };
+                s.record_issuance(Issuance { cert: c.clone(), preconditions: vec![], audit }).unwrap();
+            }
+        }
+        // The store as version 6 left it: no replaced_by column.
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "ALTER TABLE certificates DROP COLUMN replaced_by; DELETE FROM schema_migrations WHERE version = 7",
+        )
+        .unwrap();
+        drop(raw);
+        let s = SqliteStore::open(&path).unwrap();
+        let get = |serial: &str| s.certificate(serial).unwrap().unwrap();
+        assert_eq!(get(&c1.serial).replaced_by.as_deref(), Some(c2.serial.as_str()));
+        assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
+        assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
     }
 
     #[test]

@@ -333,16 +333,6 @@ async fn authz_matrix_every_role_allowed_and_refused() {
         // device: only its own identity.
         post(
             "device",
-            "re-enroll itself",
-            Main,
-            Who::Device1,
-            "/.well-known/est/simplereenroll",
-            pkcs10,
-            reenroll_csr(&dev1),
-            Allowed(new_cert_for("AZ-DEV-1")),
-        ),
-        post(
-            "device",
             "re-enroll as another device",
             Main,
             Who::Device1,
@@ -389,6 +379,17 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             pkcs10,
             csr_for("AZ-DEV-1", &fresh),
             Refused(403, "trusts no manufacturer"),
+        ),
+        // Last of the device's cells: the renewal supersedes the certificate the others present.
+        post(
+            "device",
+            "re-enroll itself",
+            Main,
+            Who::Device1,
+            "/.well-known/est/simplereenroll",
+            pkcs10,
+            reenroll_csr(&dev1),
+            Allowed(new_cert_for("AZ-DEV-1")),
         ),
         // station: only its batches.
         post(
@@ -501,6 +502,12 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             Allowed(Box::new(|w, b| {
                 let v = json_body(b);
                 assert_eq!(v.as_array().unwrap().len(), 2, "issued and renewed: {v}");
+                // The registry says which one is current: the renewal; the first names it.
+                let current: Vec<_> = v.as_array().unwrap().iter().filter(|c| c["current"] == true).collect();
+                assert_eq!(current.len(), 1, "{v}");
+                let first = v.as_array().unwrap().iter().find(|c| c["current"] == false).unwrap();
+                assert_eq!(first["replaced_by"], current[0]["serial"], "{v}");
+                assert!(first["status"].as_str().unwrap().contains("superseded"), "{v}");
                 w.audited_by_alice("admin.cert.list", "device:AZ-DEV-1");
             })),
         ),
@@ -867,7 +874,9 @@ async fn authz_matrix_every_role_allowed_and_refused() {
     // The device cell refused to revoke AZ-DEV-2: it is still good; the revoked ones are exactly those the admin revoked.
     let st = w.main.authority.store();
     assert_eq!(st.certificate(&dev2_serial).unwrap().unwrap().status, CertStatus::Good);
-    assert_eq!(st.certificate(&dev1_serial).unwrap().unwrap().status, CertStatus::Good);
+    // AZ-DEV-1's first certificate was renewed: superseded (reason 4), naming its successor.
+    let dev1 = st.certificate(&dev1_serial).unwrap().unwrap();
+    assert!(matches!(dev1.status, CertStatus::Revoked { reason: 4, .. }) && dev1.replaced_by.is_some(), "{dev1:?}");
     // The chain holds after all of it.
     st.verify_audit().unwrap();
     w.op.authority.store().verify_audit().unwrap();

@@ -16,6 +16,7 @@ mod hsm;
 mod interop;
 mod limits;
 mod loadgen;
+mod nginx;
 mod owner;
 mod pkilint;
 mod postgres;

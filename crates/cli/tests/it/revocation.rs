@@ -621,3 +621,511 @@ async fn a_revoked_certificate_leaves_the_crl_some_time_after_it_expires() {
     let rec = store.certificate(&serial).unwrap().unwrap();
     assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }), "the store keeps it");
 }
+
+fn pkilint_tool(tool: &str) -> std::path::PathBuf {
+    std::env::var_os("IOTPKI_PKILINT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin")
+        })
+        .join(tool)
+}
+
+fn text_of(cmd: &mut Command) -> (bool, String) {
+    let o = cmd.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+}
+
+/// The number of the root's ARL as the server serves it.
+fn arl_number(http: &str) -> u64 {
+    iotpki_core::crl::number(&curl(&[&format!("{http}/crl/root.crl")])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_arl_is_served_lints_clean_and_a_revoked_ca_fails_strict_verification() {
+    let ca = Ca::start().await;
+    let op_dev = ca.enrolled_device("ARL-1").await;
+    let birth_state = ca.tmp.path().join("birth");
+    let mut opts = ca.enroll_opts(&birth_state, "ARL-2", &ca.token("ARL-2"));
+    opts.label = Some("birth".into());
+    iotpki_agent::enroll(&opts).await.unwrap();
+    let d = ca.tmp.path().join("arl");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("op-dev.pem"), iotpki_agent::state::load(&op_dev).unwrap().cert_pem).unwrap();
+    std::fs::write(d.join("birth.pem"), iotpki_agent::state::load(&birth_state).unwrap().cert_pem).unwrap();
+    let pass_file = ca.tmp.path().join("pass");
+    std::fs::write(&pass_file, crate::util::PASS).unwrap();
+    let wrong_pass = ca.tmp.path().join("wrong");
+    std::fs::write(&wrong_pass, "not the passphrase").unwrap();
+    let (dir, http, root) = (ca.dir.clone(), ca.http_url.clone(), ca.root_file());
+    let (mfg, op) = (ca.ca_file("manufacturing"), ca.ca_file("operational"));
+    let store = ca.authority.store().clone();
+    let mfg_serial = iotpki_core::profile::cert_info(
+        &iotpki_core::pem::decode_one("CERTIFICATE", &std::fs::read_to_string(&mfg).unwrap()).unwrap(),
+    )
+    .unwrap()
+    .serial;
+    tokio::task::spawn_blocking(move || {
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        // Every CA certificate names the root's ARL; the server's names its issuer's CRL and OCSP.
+        for c in [&mfg, &op] {
+            let dp =
+                run_ok(Command::new("openssl").args(["x509", "-noout", "-ext", "crlDistributionPoints", "-in", &s(c)]));
+            assert!(dp.contains(&format!("URI:{http}/crl/root.crl")), "{dp}");
+        }
+        let server_chain = std::fs::read_to_string(dir.join("tls/server.crt")).unwrap();
+        let leaf = iotpki_core::pem::decode_all("CERTIFICATE", &server_chain).unwrap().remove(0);
+        std::fs::write(d.join("server.pem"), iotpki_core::pem::encode("CERTIFICATE", &leaf)).unwrap();
+        let text = run_ok(Command::new("openssl").args(["x509", "-noout", "-text", "-in", &s(&d.join("server.pem"))]));
+        assert!(
+            text.contains("X509v3 CRL Distribution Points")
+                && text.contains(&format!("URI:{http}/crl/operational.crl")),
+            "{text}"
+        );
+        assert!(
+            text.contains("Authority Information Access") && text.contains(&format!("OCSP - URI:{http}/ocsp")),
+            "{text}"
+        );
+
+        // The ARL: signed by the root, one year, empty, lints clean as an ARL.
+        let der = curl(&[&format!("{http}/crl/root.crl")]);
+        std::fs::write(d.join("root.crl"), &der).unwrap();
+        let (ok, out) = text_of(Command::new("openssl").args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s(&d.join("root.crl")),
+            "-CAfile",
+            &s(&root),
+            "-noout",
+            "-verify",
+            "-text",
+        ]));
+        assert!(ok && out.contains("verify OK") && out.contains("No Revoked Certificates"), "{out}");
+        let next = iotpki_core::crl::next_update(&der).unwrap();
+        let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
+        assert!((next - now - 365 * 86_400).abs() < 3600, "a year ahead, explicit: {next}");
+        let l = run_ok(Command::new(pkilint_tool("lint_crl")).args([
+            "lint",
+            "-t",
+            "ARL",
+            "-p",
+            "PKIX",
+            "-s",
+            "WARNING",
+            "--document-format",
+            "DER",
+            &s(&d.join("root.crl")),
+        ]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+        let crls = |name: &str| {
+            let p = d.join(name);
+            let mut all = curl(&["-H", "Accept: application/x-pem-file", &format!("{http}/crl/root.crl")]);
+            all.extend(curl(&["-H", "Accept: application/x-pem-file", &format!("{http}/crl/operational.crl")]));
+            all.extend(curl(&["-H", "Accept: application/x-pem-file", &format!("{http}/crl/manufacturing.crl")]));
+            std::fs::write(&p, all).unwrap();
+            p
+        };
+        let verify = |leaf: &str, via: &std::path::Path, crls: &std::path::Path| {
+            text_of(Command::new("openssl").args([
+                "verify",
+                "-crl_check_all",
+                "-CAfile",
+                &s(&root),
+                "-untrusted",
+                &s(via),
+                "-CRLfile",
+                &s(crls),
+                &s(&d.join(leaf)),
+            ]))
+        };
+        let before = crls("before.pem");
+        for (leaf, via) in [("op-dev.pem", &op), ("birth.pem", &mfg)] {
+            let (ok, out) = verify(leaf, via, &before);
+            assert!(ok, "{leaf}: {out}");
+        }
+
+        // A CA certificate is not revoked by plain `revoke`, nor without the root key: nothing changes.
+        let revoked_before = store.revocation_mark("root").unwrap();
+        let e = crate::util::run_fail(crate::util::bin().args(["revoke", "--serial", &mfg_serial, "--dir", &s(&dir)]));
+        assert!(e.contains("iotpki ca revoke"), "{e}");
+        let e = crate::util::run_fail(crate::util::bin().args([
+            "ca",
+            "revoke",
+            "--serial",
+            &mfg_serial,
+            "--dir",
+            &s(&dir),
+            "--passphrase-file",
+            &s(&wrong_pass),
+        ]));
+        assert!(e.to_lowercase().contains("passphrase") || e.contains("decrypt"), "{e}");
+        let e = crate::util::run_fail(crate::util::bin().args([
+            "ca",
+            "sign-arl",
+            "--dir",
+            &s(&dir),
+            "--passphrase-file",
+            &s(&pass_file),
+            "--validity-days",
+            "4000",
+        ]));
+        assert!(e.contains("1 to 1825 days"), "{e}");
+        assert_eq!(store.revocation_mark("root").unwrap(), revoked_before, "nothing revoked");
+        assert_eq!(arl_number(&http), 1, "no ARL signed");
+
+        // Signed again on request, then with the manufacturing CA revoked: its births fail, the rest passes.
+        let out =
+            run_ok(crate::util::bin().args(["ca", "sign-arl", "--dir", &s(&dir), "--passphrase-file", &s(&pass_file)]));
+        assert!(out.contains("ARL of root: number 2"), "{out}");
+        assert_eq!(arl_number(&http), 2);
+        let out = run_ok(crate::util::bin().args([
+            "ca",
+            "revoke",
+            "--serial",
+            &mfg_serial,
+            "--reason",
+            "cACompromise",
+            "--dir",
+            &s(&dir),
+            "--passphrase-file",
+            &s(&pass_file),
+        ]));
+        assert!(out.contains("ARL of root: number 3, 1 revoked"), "{out}");
+        let after = crls("after.pem");
+        let (ok, out) = verify("birth.pem", &mfg, &after);
+        assert!(!ok && out.contains("certificate revoked"), "a birth under a revoked CA: {out}");
+        let (ok, out) = verify("op-dev.pem", &op, &after);
+        assert!(ok, "{out}");
+        let der = curl(&[&format!("{http}/crl/root.crl")]);
+        std::fs::write(d.join("root3.crl"), &der).unwrap();
+        let (ok, out) = text_of(Command::new("openssl").args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s(&d.join("root3.crl")),
+            "-CAfile",
+            &s(&root),
+            "-noout",
+            "-verify",
+            "-text",
+        ]));
+        assert!(ok && out.contains("CA Compromise") && out.to_lowercase().contains(&mfg_serial), "{out}");
+        let l = run_ok(Command::new(pkilint_tool("lint_crl")).args([
+            "lint",
+            "-t",
+            "ARL",
+            "-p",
+            "PKIX",
+            "-s",
+            "WARNING",
+            "--document-format",
+            "DER",
+            &s(&d.join("root3.crl")),
+        ]));
+        assert!(l.trim().is_empty(), "pkilint: {l}");
+    })
+    .await
+    .unwrap();
+    let audit: Vec<String> =
+        ca.authority.store().audit_entries(1, 10_000).unwrap().into_iter().map(|e| e.event.action).collect();
+    assert!(
+        audit.iter().filter(|a| *a == "arl.sign").count() == 3 && audit.contains(&"ca.revoke".to_string()),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_root_publishes_its_own_arl_and_its_ca_certificates_name_it() {
+    let ca = Ca::start().await;
+    let pass = iotpki_authority::Passphrase::new(crate::util::PASS.into()).unwrap();
+    let r = iotpki_authority::rotation::rotate(&ca.dir, &pass, ca.clock.as_ref(), "test").unwrap();
+    assert_eq!(r.root, "root-2");
+    let (dir, http) = (ca.dir.clone(), ca.http_url.clone());
+    let arl = ca.authority.store().artifact("arl/root-2").unwrap().expect("the new root's ARL is published");
+    let d = ca.tmp.path().join("rot");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("root-2.crl"), &arl.body).unwrap();
+    let pass_file = ca.tmp.path().join("pass");
+    std::fs::write(&pass_file, crate::util::PASS).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let (ok, out) = text_of(Command::new("openssl").args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s(&d.join("root-2.crl")),
+            "-CAfile",
+            &s(&dir.join("ca/root-2.crt")),
+            "-noout",
+            "-verify",
+        ]));
+        assert!(ok && out.contains("verify OK"), "{out}");
+        for c in ["operational-2.crt", "manufacturing-2.crt"] {
+            let dp = run_ok(Command::new("openssl").args([
+                "x509",
+                "-noout",
+                "-ext",
+                "crlDistributionPoints",
+                "-in",
+                &s(&dir.join("ca").join(c)),
+            ]));
+            assert!(dp.contains(&format!("URI:{http}/crl/root-2.crl")), "{c}: {dp}");
+        }
+        // sign-arl signs both roots while the old one retires.
+        let out =
+            run_ok(crate::util::bin().args(["ca", "sign-arl", "--dir", &s(&dir), "--passphrase-file", &s(&pass_file)]));
+        assert!(out.contains("ARL of root: number 2") && out.contains("ARL of root-2: number 2"), "{out}");
+    })
+    .await
+    .unwrap();
+    // A server started on the rotated directory serves both.
+    let clock =
+        std::sync::Arc::new(iotpki_authority::clock::FixedClock::new(iotpki_authority::Clock::now(ca.clock.as_ref())));
+    let a = iotpki_authority::Authority::open(&ca.dir, &pass, clock).unwrap();
+    assert_eq!(iotpki_core::crl::number(&a.crl("root-2").unwrap()).unwrap(), 2);
+    assert_eq!(iotpki_core::crl::number(&a.crl("root").unwrap()).unwrap(), 2);
+}
+
+/// An EST simplereenroll over mutual TLS with curl: (HTTP status, body).
+fn reenroll_with_curl(
+    url: &str,
+    root: &std::path::Path,
+    chain: &std::path::Path,
+    key: &std::path::Path,
+    csr_b64: &std::path::Path,
+) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["--silent", "--cacert"])
+        .arg(root)
+        .arg("--cert")
+        .arg(chain)
+        .arg("--key")
+        .arg(key)
+        .args(["-H", "Content-Type: application/pkcs10", "--data-binary"])
+        .arg(format!("@{}", csr_b64.display()))
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("{url}/.well-known/est/simplereenroll"))
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|b| *b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[nl + 1..]).into_owned();
+    body.truncate(nl);
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_supersedes_the_old_certificate_and_a_lost_answer_gets_the_same_certificate_again() {
+    use base64::Engine as _;
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("SUP-1").await;
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    let old_der = iotpki_core::pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+    let old = iotpki_core::profile::cert_info(&old_der).unwrap();
+    let d = ca.tmp.path().join("sup");
+    std::fs::create_dir_all(&d).unwrap();
+    let chain = d.join("old.chain.pem");
+    std::fs::write(&chain, format!("{}{}", id.cert_pem, id.chain_pem)).unwrap();
+    std::fs::write(d.join("old.pem"), &id.cert_pem).unwrap();
+    let old_key = dev.join(&id.key_file);
+    // The agent's first step of a renewal: a new key in its state directory, then the request.
+    let new_key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    iotpki_agent::state::write_new_key(&dev, &new_key).unwrap();
+    let csr = iotpki_core::csr::build(&old.cert.tbs_certificate.subject, &new_key, vec![]).unwrap();
+    std::fs::write(d.join("csr.b64"), base64::engine::general_purpose::STANDARD.encode(&csr)).unwrap();
+    let other_key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let other = iotpki_core::csr::build(&old.cert.tbs_certificate.subject, &other_key, vec![]).unwrap();
+    std::fs::write(d.join("other.b64"), base64::engine::general_purpose::STANDARD.encode(&other)).unwrap();
+    let (url, root) = (ca.url.clone(), ca.root_file());
+    let store = ca.authority.store().clone();
+
+    let (dd, url1, root1, chain1, key1) = (d.clone(), url.clone(), root.clone(), chain.clone(), old_key.clone());
+    let (first, again, refused) = tokio::task::spawn_blocking(move || {
+        let first = reenroll_with_curl(&url1, &root1, &chain1, &key1, &dd.join("csr.b64"));
+        // The answer is "lost": the device asks again with its old certificate and the same request.
+        let again = reenroll_with_curl(&url1, &root1, &chain1, &key1, &dd.join("csr.b64"));
+        let refused = reenroll_with_curl(&url1, &root1, &chain1, &key1, &dd.join("other.b64"));
+        (first, again, refused)
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.0, "200", "{}", String::from_utf8_lossy(&first.1));
+    assert_eq!(again.0, "200", "{}", String::from_utf8_lossy(&again.1));
+    assert_eq!(first.1, again.1, "the same certificate, not a second one");
+    assert_eq!(refused.0, "403", "another key with a superseded certificate: {}", String::from_utf8_lossy(&refused.1));
+    assert!(String::from_utf8_lossy(&refused.1).contains("renewed already"), "{}", String::from_utf8_lossy(&refused.1));
+    let p7 = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(&first.1).split_whitespace().collect::<String>())
+        .unwrap();
+    let new_der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
+    let new = iotpki_core::profile::cert_info(&new_der).unwrap();
+    let q = iotpki_store::CertQuery { device_serial: Some("SUP-1".into()), ..Default::default() };
+    let all = store.list_certificates(&q).unwrap();
+    assert_eq!(all.len(), 2, "one renewal, however many retries: {all:?}");
+    let o = store.certificate(&old.serial).unwrap().unwrap();
+    assert_eq!(o.replaced_by.as_deref(), Some(new.serial.as_str()), "the registry names the successor");
+    assert!(matches!(o.status, iotpki_store::CertStatus::Revoked { reason: 4, .. }), "{:?}", o.status);
+    let n = store.certificate(&new.serial).unwrap().unwrap();
+    assert_eq!(
+        (n.replaces.as_deref(), n.replaced_by.clone(), n.status.clone()),
+        (Some(old.serial.as_str()), None, iotpki_store::CertStatus::Good)
+    );
+    assert!(ca.last_audit().event.action == "refuse.reenroll");
+    let replays =
+        store.audit_entries(1, 10_000).unwrap().into_iter().filter(|e| e.event.action == "reenroll.replay").count();
+    assert_eq!(replays, 1);
+
+    // The agent, retrying with the key it kept, gets that same certificate and installs it.
+    let id2 = iotpki_agent::renew(&dev, None, None).await.unwrap();
+    assert_eq!(iotpki_core::pem::decode_one("CERTIFICATE", &id2.cert_pem).unwrap(), new_der);
+    assert_eq!(store.list_certificates(&q).unwrap().len(), 2);
+
+    // OCSP says superseded; the registry (CLI) says which one is current.
+    std::fs::write(d.join("new.pem"), &id2.cert_pem).unwrap();
+    let (root2, op, dir, old_serial, new_serial) =
+        (root.clone(), ca.ca_file("operational"), ca.dir.clone(), old.serial.clone(), new.serial.clone());
+    tokio::task::spawn_blocking(move || {
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let (_, out) = text_of(Command::new("openssl").args([
+            "ocsp",
+            "-issuer",
+            &s(&op),
+            "-CAfile",
+            &s(&root2),
+            "-url",
+            &format!("{url}/ocsp"),
+            "-cert",
+            &s(&d.join("old.pem")),
+            "-cert",
+            &s(&d.join("new.pem")),
+        ]));
+        assert!(
+            out.contains("Response verify OK")
+                && out.contains("old.pem: revoked")
+                && out.contains("Reason: superseded"),
+            "{out}"
+        );
+        assert!(out.contains("new.pem: good"), "{out}");
+        let list = run_ok(crate::util::bin().args(["cert", "list", "--device", "SUP-1", "--dir", &s(&dir)]));
+        let line = |serial: &str| list.lines().find(|l| l.starts_with(serial)).unwrap_or_default().to_string();
+        assert!(line(&old_serial).contains(&format!("superseded), renewed by {new_serial}")), "{list}");
+        assert!(line(&new_serial).contains("good, current"), "{list}");
+        let show = run_ok(crate::util::bin().args(["cert", "show", "--json", &old_serial, "--dir", &s(&dir)]));
+        let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+        assert_eq!((v["replaced_by"].as_str(), v["current"].as_bool()), (Some(new_serial.as_str()), Some(false)));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_device_under_concurrent_renewals_leaves_no_good_certificate() {
+    use base64::Engine as _;
+    use rustls::pki_types::CertificateDer;
+    let ca = Ca::start().await;
+    // Four good certificates for one device (four enrollments), each renewed over and over in its own thread.
+    let mut states = Vec::new();
+    for i in 0..4 {
+        let state = ca.tmp.path().join(format!("race-{i}"));
+        iotpki_agent::enroll(&ca.enroll_opts(&state, "RACE-1", &ca.token("RACE-1"))).await.unwrap();
+        states.push(state);
+    }
+    let op_der =
+        iotpki_core::pem::decode_one("CERTIFICATE", &std::fs::read_to_string(ca.ca_file("operational")).unwrap())
+            .unwrap();
+    let renewed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for state in &states {
+        let id = iotpki_agent::state::load(state).unwrap();
+        let (a, op_der, renewed) = (ca.authority.clone(), op_der.clone(), renewed.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut cert = iotpki_core::pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+            let subject = iotpki_core::profile::cert_info(&cert).unwrap().cert.tbs_certificate.subject;
+            for _ in 0..1_000 {
+                let key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+                let csr = iotpki_core::csr::build(&subject, &key, vec![]).unwrap();
+                let body = base64::engine::general_purpose::STANDARD.encode(&csr);
+                let chain = [CertificateDer::from(cert.clone()), CertificateDer::from(op_der.clone())];
+                match a.simple_reenroll(None, iotpki_authority::Credential::ClientCert(&chain), body.as_bytes()) {
+                    Ok(e) => {
+                        renewed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        cert = e.cert_der;
+                    }
+                    Err(e) => {
+                        assert!(e.to_string().contains("revoked"), "{e}");
+                        return;
+                    }
+                }
+            }
+            panic!("the renewals never saw the revocation");
+        }));
+    }
+    while renewed.load(std::sync::atomic::Ordering::SeqCst) < 12 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let sn = DeviceSerial::parse("RACE-1").unwrap();
+    let gone =
+        revocation::revoke(ca.authority.store().as_ref(), ca.clock.as_ref(), Target::Device(&sn), 1, "test").unwrap();
+    assert!(!gone.is_empty());
+    for t in threads {
+        t.join().unwrap();
+    }
+    let q = iotpki_store::CertQuery { device_serial: Some("RACE-1".into()), ..Default::default() };
+    let all = ca.authority.store().list_certificates(&q).unwrap();
+    assert!(all.len() >= 16, "the renewals ran: {}", all.len());
+    let good: Vec<_> = all.iter().filter(|c| c.status == iotpki_store::CertStatus::Good).map(|c| &c.serial).collect();
+    assert!(good.is_empty(), "good certificates left after revoke --device: {good:?}");
+}
+
+#[test]
+fn a_root_in_an_hsm_signs_its_arl_at_init_and_on_request_and_a_wrong_pin_signs_nothing() {
+    use crate::util::{run_fail, SoftHsm, PASS, SOFTHSM_MODULE};
+    let hsm = SoftHsm::new(&["arl"]);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let dir = hsm.dir.path().join("ca");
+    let pass_file = hsm.dir.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    run_ok(
+        hsm.bin()
+            .args(["init", "--dir", &s(&dir), "--hsm", "pkcs11:token=arl", "--pkcs11-module", SOFTHSM_MODULE])
+            .args(["--pin-file", &s(&hsm.pin_file), "--passphrase-file", &s(&pass_file)])
+            .args(["--http-listen", "127.0.0.1:0", "--public-http-url", "http://127.0.0.1:9"]),
+    );
+    let arl = |n: u64| {
+        let store = iotpki_store::sqlite::SqliteStore::open(&dir.join("store.db")).unwrap();
+        let a = iotpki_store::Store::artifact(&store, "arl/root").unwrap().expect("an ARL");
+        assert_eq!(a.version, n);
+        let f = hsm.dir.path().join(format!("root-{n}.crl"));
+        std::fs::write(&f, &a.body).unwrap();
+        let (ok, out) = text_of(Command::new("openssl").args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &s(&f),
+            "-CAfile",
+            &s(&dir.join("ca/root.crt")),
+            "-noout",
+            "-verify",
+        ]));
+        assert!(ok && out.contains("verify OK"), "{out}");
+    };
+    arl(1);
+    let bad_pin = hsm.dir.path().join("bad-pin");
+    std::fs::write(&bad_pin, "0000\n").unwrap();
+    let sign = |pin: &std::path::Path| {
+        let mut c = hsm.bin();
+        c.args(["ca", "sign-arl", "--dir", &s(&dir), "--passphrase-file", &s(&pass_file), "--pin-file", &s(pin)]);
+        c
+    };
+    let e = run_fail(&mut sign(&bad_pin));
+    assert!(e.to_lowercase().contains("pin"), "{e}");
+    arl(1);
+    let out = run_ok(&mut sign(&hsm.pin_file));
+    assert!(out.contains("ARL of root: number 2"), "{out}");
+    arl(2);
+}
