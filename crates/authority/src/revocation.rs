@@ -127,20 +127,9 @@ pub const OCSP_VALIDITY_SECS: i64 = 3600;
 /// when less than a quarter of that is left.
 pub const OCSP_SIGNER_SECS: i64 = 30 * 86_400;
 
-/// Most cached OCSP answers; the cache is emptied when full.
-pub(crate) const OCSP_CACHE_MAX: usize = 100_000;
-
 /// A CA's delegated OCSP responder.
 pub(crate) struct OcspSigner {
     pub(crate) key: iotpki_core::keys::SoftKey,
     pub(crate) cert_der: Vec<u8>,
     pub(crate) not_after: i64,
-}
-
-/// An OCSP answer made earlier (no nonce), and what it was made from.
-pub(crate) struct CachedOcsp {
-    pub(crate) der: Vec<u8>,
-    pub(crate) ca: String,
-    pub(crate) mark: (u64, i64),
-    pub(crate) produced: i64,
 }

@@ -139,14 +139,16 @@ async fn a_body_that_never_finishes_gets_408() {
     let t = Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         // Announce 100 bytes and send 4 (curl waits for the answer; the server gives up after 1 s).
+        // To an endpoint that reads bodies from anyone (OCSP): an enrollment without
+        // credentials is refused before its body is read (gate_*).
         let body = std::env::temp_dir().join(format!("iotpki-short-body-{}", std::process::id()));
         std::fs::write(&body, "MAAA").unwrap();
         let out = Command::new("curl")
             .args(["--silent", "--max-time", "10", "--output", "/dev/null", "--write-out", "%{http_code}", "--cacert"])
             .arg(root)
-            .args(["-H", "Content-Type: application/pkcs10", "-H", "Content-Length: 100", "--data-binary"])
+            .args(["-H", "Content-Type: application/ocsp-request", "-H", "Content-Length: 100", "--data-binary"])
             .arg(format!("@{}", body.display()))
-            .arg(format!("{url}/.well-known/est/simpleenroll"))
+            .arg(format!("{url}/ocsp"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
