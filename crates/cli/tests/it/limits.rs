@@ -550,3 +550,70 @@ async fn junk_ocsp_requests_leave_the_cache_bounded() {
     assert!(out.ends_with("413") && out.contains("at most 8192 bytes"), "{out}");
     assert_eq!(ca.authority.ocsp_cache_size().0, 1);
 }
+
+/// Issue 12 item 9 (local user): `agent enroll` takes its token from a file
+/// or `$IOTPKI_TOKEN`, out of the process list; `--token` still works but
+/// warns that other users can read it; a file and a flag together are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_token_comes_from_a_file_or_the_environment_and_a_command_line_token_is_warned_about() {
+    use crate::util::bin;
+    let ca = Ca::start().await;
+    let root = ca.root_file();
+    let (url, tmp) = (ca.url.clone(), ca.tmp.path().to_path_buf());
+    let tokens: Vec<String> = ["TF-1", "TF-2", "TF-3"].iter().map(|s| ca.token(s)).collect();
+    let outs = tokio::task::spawn_blocking(move || {
+        let enroll = |serial: &str| {
+            let mut c = bin();
+            c.args(["agent", "enroll", "--server", &url, "--serial", serial, "--ca-cert"]).arg(&root);
+            c.arg("--state").arg(tmp.join(format!("dev-{serial}")));
+            c.env_remove("IOTPKI_TOKEN");
+            c
+        };
+        let file = tmp.join("token.txt");
+        std::fs::write(&file, format!("{}\n", tokens[0])).unwrap();
+        let by_file = enroll("TF-1").arg("--token-file").arg(&file).output().unwrap();
+        let by_env = enroll("TF-2").env("IOTPKI_TOKEN", &tokens[1]).output().unwrap();
+        let by_flag = enroll("TF-3").args(["--token", &tokens[2]]).output().unwrap();
+        let both = enroll("TF-4").arg("--token-file").arg(&file).args(["--token", "x"]).output().unwrap();
+        let none = enroll("TF-5").output().unwrap();
+        [by_file, by_env, by_flag, both, none]
+    })
+    .await
+    .unwrap();
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    for (o, serial) in outs[..3].iter().zip(["TF-1", "TF-2", "TF-3"]) {
+        assert!(o.status.success(), "{serial}: {}", err(o));
+        let certs = ca
+            .authority
+            .store()
+            .list_certificates(&iotpki_store::CertQuery { device_serial: Some(serial.into()), ..Default::default() })
+            .unwrap();
+        assert_eq!(certs.len(), 1, "{serial} enrolled");
+    }
+    assert!(!err(&outs[0]).contains("warning"), "{}", err(&outs[0]));
+    assert!(!err(&outs[1]).contains("warning"), "{}", err(&outs[1]));
+    assert!(err(&outs[2]).contains("process list"), "{}", err(&outs[2]));
+    assert!(!outs[3].status.success() && err(&outs[3]).contains("--token"), "{}", err(&outs[3]));
+    assert!(!outs[4].status.success() && err(&outs[4]).contains("--token-file"), "{}", err(&outs[4]));
+}
+
+/// Issue 12 item 9 (local user): `iotpki init` makes the authority's
+/// directories 0700 and its store (with WAL and SHM once served) 0600.
+#[test]
+fn an_authority_directory_and_its_store_are_its_owners_only() {
+    use crate::util::{bin, run_ok, PASS};
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    run_ok(bin().args(["init", "--dir", dir.to_str().unwrap()]).env("IOTPKI_PASSPHRASE", PASS));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in ["", "ca", "tls"] {
+        assert_eq!(mode(&dir.join(d)), 0o700, "{d:?}");
+    }
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        let p = dir.join(f);
+        if p.exists() || f == "store.db" {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+}
