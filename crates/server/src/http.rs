@@ -51,7 +51,9 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         } else {
-            tracing::info!(status = status.as_u16(), reason = %self.0, "request refused");
+            // A refusal's reason may quote the request: bounded and printable in the log.
+            let reason = iotpki_authority::refusals::clean(&self.0.to_string(), iotpki_authority::refusals::MAX_DETAIL);
+            tracing::info!(status = status.as_u16(), %reason, "request refused");
         }
         let mut resp = (status, format!("{}\n", self.0.public_message())).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

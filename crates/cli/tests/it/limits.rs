@@ -432,7 +432,10 @@ async fn pipelining_without_reading_is_cut<S: tokio::io::AsyncWrite + Unpin>(s: 
     while t.elapsed() < Duration::from_secs(60) {
         match tokio::time::timeout(Duration::from_secs(60), s.write_all(&batch)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return true,
+            Ok(Err(e)) => {
+                eprintln!("closed by the server after {:?}: {e}", t.elapsed());
+                return true;
+            }
             Err(_) => return false,
         }
     }
