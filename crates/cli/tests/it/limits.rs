@@ -620,3 +620,96 @@ fn an_authority_directory_and_its_store_are_its_owners_only() {
         }
     }
 }
+
+/// Issue 12 item 4: an authenticated station's upload is capped while it
+/// streams: chunked (no Content-Length) past the sync limit gets 413 with the
+/// limit; announced past it, 413 before anything is read; nothing is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stations_upload_over_the_sync_limit_is_cut_off_while_streaming() {
+    use iotpki_core::keys::Signer as _;
+    let ca = Ca::start().await;
+    crate::util::batch(&ca, "SL1", &["SL-1".to_string()], 1);
+    let key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let (cert, chain) = ca.authority.add_station("st-sl", &["SL1".to_string()], key.public_key_der(), "test").unwrap();
+    let mut certs = vec![rustls::pki_types::CertificateDer::from(cert)];
+    certs.extend(chain.into_iter().map(rustls::pki_types::CertificateDer::from));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.authority.root_der().to_vec())).unwrap();
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(key.to_pkcs8().unwrap());
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, pkcs8.into())
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(ca.server.addr).await.unwrap();
+        connector.connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+    };
+    let (certs_before, audit_before) = (ca.cert_count(), ca.audit_len());
+    // Admitted (the station is who it says), then cut at 16 MiB of a chunked body.
+    let (mut rd, mut wr) = tokio::io::split(connect().await);
+    let writer = async move {
+        let head = "POST /factory/sync?batch=SL1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = [b"10000\r\n".as_slice(), &[b'{'; 0x10000], b"\r\n"].concat();
+        for _ in 0..(17 * 16) {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.write_all(b"0\r\n\r\n").await;
+    };
+    let reader = async move {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).to_string()
+    };
+    let ((), answer) = tokio::join!(writer, reader);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.contains("at most 16777216 bytes"), "{answer:?}");
+    // Announced over the limit: refused at the headers.
+    let st = send_streaming(
+        connect().await,
+        "POST /factory/sync?batch=SL1 HTTP/1.1\r\nHost: x\r\nContent-Length: 16777217\r\n\r\n".into(),
+        16 * 1024 * 1024 + 1,
+    )
+    .await;
+    assert!(st.contains(" 413"), "{st:?}");
+    let synced = ca.authority.store().sync_state("st-sl", "SL1").unwrap();
+    assert_eq!(synced.0, 0, "nothing synced: {synced:?}");
+    assert_eq!(ca.cert_count(), certs_before);
+    assert_eq!(ca.audit_len(), audit_before, "a size refusal writes nothing");
+}
+
+/// Issue 12 item 5: the summed-up refusals are written by the server on its
+/// schedule (every window), not only when another refusal or the shutdown comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summed_up_refusals_are_written_on_the_servers_schedule() {
+    let ca = ca_with(|l| {
+        l.refusal_audit_individual = 1;
+        l.refusal_audit_window_secs = 1;
+        l.client_rate_per_s = 0.0;
+    })
+    .await;
+    let anchor = ca.authority.root_der().to_vec();
+    let client = iotpki_agent::est_client::EstClient::new(&ca.url, None, &[anchor], None).unwrap();
+    let audit = ca.audit_len();
+    for i in 0..5 {
+        let (status, _) = client
+            .raw("POST", "simpleenroll", Some(iotpki_core::est::CT_PKCS10), b"MAA=".to_vec(), junk_basic(i, 16))
+            .await
+            .unwrap();
+        assert_eq!(status, 401);
+    }
+    // The authority's clock stands still in tests: only the server's schedule writes the sum.
+    let t = Instant::now();
+    while ca.audit_len() < audit + 2 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ca.audit_len(), audit + 2, "one single entry, then one sum");
+    assert!(ca.last_audit().event.detail.starts_with("4 refusals (HTTP 401)"), "{:?}", ca.last_audit());
+}
