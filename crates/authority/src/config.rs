@@ -302,6 +302,13 @@ impl Config {
         {
             return bad("limits: connections and timeouts must be at least 1".into());
         }
+        if l.idle_timeout_secs < l.request_timeout_secs {
+            return bad(format!(
+                "limits: idle_timeout_secs ({}) must be at least request_timeout_secs ({}): a request being worked on \
+                 is not idle",
+                l.idle_timeout_secs, l.request_timeout_secs
+            ));
+        }
         if !(l.client_rate_per_s >= 0.0 && l.station_rate_per_s >= 0.0 && l.refusal_rate_per_s >= 0.0)
             || l.client_burst == 0
             || l.station_burst == 0
