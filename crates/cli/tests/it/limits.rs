@@ -392,14 +392,17 @@ async fn a_refusal_flood_from_many_addresses_is_summed_up_in_the_audit_log() {
     assert_eq!(ca.authority.flush_refusals(), 0, "flushed once");
 }
 
-/// Issue 12 item 5: a 350 KB Basic user is refused by the HTTP layer (431)
-/// before any handler, rate limiter or audit sees it.
+/// Issue 12 item 5: a huge Basic user is refused by the HTTP layer (431,
+/// headers over 64 KiB) before any handler, rate limiter or audit sees it.
+/// 280 KB rather than the issue's 350 KB: its header (373 KB of base64) fits
+/// hyper's default 400 KB buffer, which the server used before, so this
+/// request did reach the audit log then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_350_kb_username_is_refused_before_it_is_stored() {
+async fn a_huge_username_is_refused_at_the_headers_before_it_is_stored() {
     use base64::Engine as _;
     let ca = Ca::start().await;
     let audit = ca.audit_len();
-    let user = "u".repeat(350 * 1024);
+    let user = "u".repeat(280 * 1024);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:nope"));
     let s = tls_connect(ca.server.addr, ca.authority.root_der()).await;
     let head = format!(
