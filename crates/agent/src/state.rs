@@ -89,16 +89,20 @@ pub fn load_key_file(dir: &Path, name: &str) -> Result<SoftKey, AgentError> {
         return Err(AgentError::State(format!("key file {name:?} must be a plain file name")));
     }
     let p = dir.join(name);
-    let text = fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?;
-    let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text)
-        .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
+    // The key file's text and DER are the private key: wiped when dropped.
+    let text = zeroize::Zeroizing::new(fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?);
+    let der = zeroize::Zeroizing::new(
+        iotpki_core::pem::decode_one("PRIVATE KEY", &text)
+            .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?,
+    );
     Ok(SoftKey::from_pkcs8(&der)?)
 }
 
 /// Write a new key file (0600, fsync'd) and return its name. It is not in use
 /// until an identity that names it is stored.
 pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
-    let pem = iotpki_core::pem::encode("PRIVATE KEY", &key.to_pkcs8()?);
+    let der = zeroize::Zeroizing::new(key.to_pkcs8()?);
+    let pem = zeroize::Zeroizing::new(iotpki_core::pem::encode("PRIVATE KEY", &der));
     write_new_numbered(dir, "key-", ".pem", pem.as_bytes())
 }
 
@@ -161,9 +165,11 @@ pub fn pending_key(dir: &Path) -> Result<Option<(String, SoftKey)>, AgentError> 
     }
     let Some(name) = newest_numbered(dir, "key-", ".pem") else { return Ok(None) };
     let p = dir.join(&name);
-    let text = fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?;
-    let der = iotpki_core::pem::decode_one("PRIVATE KEY", &text)
-        .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
+    let text = zeroize::Zeroizing::new(fs::read_to_string(&p).map_err(|e| AgentError::io(&p, e))?);
+    let der = zeroize::Zeroizing::new(
+        iotpki_core::pem::decode_one("PRIVATE KEY", &text)
+            .map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?,
+    );
     Ok(Some((name, SoftKey::from_pkcs8(&der)?)))
 }
 

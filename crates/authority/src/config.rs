@@ -57,6 +57,23 @@ pub struct LimitsConfig {
     pub station_rate_per_s: f64,
     /// Requests a station may burst.
     pub station_burst: u32,
+    /// Refused requests (4xx) per second per client address, counted before
+    /// any per-name bucket; 0: no limit.
+    pub refusal_rate_per_s: f64,
+    /// Refused requests an address may burst.
+    pub refusal_burst: u32,
+    /// Seconds of one refusal-audit window (see `refusals`).
+    pub refusal_audit_window_secs: u64,
+    /// Refusals written one entry each per window; past it they are summed up.
+    pub refusal_audit_individual: u32,
+    /// Seconds a write to a client may block (a peer that does not read).
+    pub write_timeout_secs: u64,
+    /// Seconds a connection may be idle (no byte read or written) between requests.
+    pub idle_timeout_secs: u64,
+    /// Seconds a connection may live at most, however busy.
+    pub connection_lifetime_secs: u64,
+    /// Requests served on one connection; the last answer closes it.
+    pub max_requests_per_connection: u32,
 }
 
 impl Default for LimitsConfig {
@@ -70,6 +87,14 @@ impl Default for LimitsConfig {
             client_burst: 40,
             station_rate_per_s: 20_000.0,
             station_burst: 40_000,
+            refusal_rate_per_s: 2.0,
+            refusal_burst: 60,
+            refusal_audit_window_secs: 60,
+            refusal_audit_individual: 100,
+            write_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            connection_lifetime_secs: 600,
+            max_requests_per_connection: 10_000,
         }
     }
 }
@@ -269,10 +294,26 @@ impl Config {
             || l.handshake_timeout_secs == 0
             || l.header_timeout_secs == 0
             || l.request_timeout_secs == 0
+            || l.write_timeout_secs == 0
+            || l.idle_timeout_secs == 0
+            || l.connection_lifetime_secs == 0
+            || l.max_requests_per_connection == 0
+            || l.refusal_audit_window_secs == 0
         {
             return bad("limits: connections and timeouts must be at least 1".into());
         }
-        if !(l.client_rate_per_s >= 0.0 && l.station_rate_per_s >= 0.0) || l.client_burst == 0 || l.station_burst == 0 {
+        if l.idle_timeout_secs < l.request_timeout_secs {
+            return bad(format!(
+                "limits: idle_timeout_secs ({}) must be at least request_timeout_secs ({}): a request being worked on \
+                 is not idle",
+                l.idle_timeout_secs, l.request_timeout_secs
+            ));
+        }
+        if !(l.client_rate_per_s >= 0.0 && l.station_rate_per_s >= 0.0 && l.refusal_rate_per_s >= 0.0)
+            || l.client_burst == 0
+            || l.station_burst == 0
+            || l.refusal_burst == 0
+        {
             return bad("limits: rates must be >= 0 (0 switches limiting off) and bursts at least 1".into());
         }
         if let Some(url) = &self.store.database {

@@ -214,7 +214,12 @@ fn build(
 ) -> Result<(), AuthorityError> {
     for d in ["", "ca", "tls"] {
         let p = dir.join(d);
-        std::fs::create_dir_all(&p).map_err(|e| AuthorityError::io(&p, e))?;
+        // The authority's directory holds its keys and store: its owner's only.
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(&p).map_err(|e| AuthorityError::io(&p, e))?;
     }
     let now = clock.now();
     let org = opts.organization.as_str();

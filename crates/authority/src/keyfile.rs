@@ -18,8 +18,9 @@ use crate::AuthorityError;
 /// PBKDF2 iterations: OWASP's 2023 figure for PBKDF2-HMAC-SHA256.
 const PBKDF2_ITERATIONS: u32 = 600_000;
 
-/// The passphrase that unlocks the authority's keys. Never printed.
-#[derive(Clone)]
+/// The passphrase that unlocks the authority's keys. Never printed; wiped
+/// from memory when dropped (every clone too).
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct Passphrase(String);
 
 impl std::fmt::Debug for Passphrase {
@@ -31,17 +32,18 @@ impl std::fmt::Debug for Passphrase {
 impl Passphrase {
     /// Wrap a passphrase; refuses an empty or short one.
     pub fn new(s: String) -> Result<Self, AuthorityError> {
-        let s = s.trim_end_matches(['\r', '\n']).to_string();
-        if s.chars().count() < 8 {
+        let s = zeroize::Zeroizing::new(s);
+        let s = Self(s.trim_end_matches(['\r', '\n']).to_string());
+        if s.0.chars().count() < 8 {
             return Err(AuthorityError::Config("the passphrase must be at least 8 characters".into()));
         }
-        Ok(Self(s))
+        Ok(s)
     }
 
     /// From the file `path` (its first line), or else from `$IOTPKI_PASSPHRASE`.
     pub fn from_file_or_env(path: Option<&Path>) -> Result<Self, AuthorityError> {
         if let Some(p) = path {
-            let text = fs::read_to_string(p).map_err(|e| AuthorityError::io(p, e))?;
+            let text = zeroize::Zeroizing::new(fs::read_to_string(p).map_err(|e| AuthorityError::io(p, e))?);
             return Self::new(text.lines().next().unwrap_or_default().to_string());
         }
         match std::env::var("IOTPKI_PASSPHRASE") {
@@ -59,7 +61,7 @@ impl Passphrase {
 
 /// Write `key` encrypted under `pass` to `path` (created, mode 0600, fsync'd; never overwritten).
 pub fn write_encrypted(path: &Path, key: &SoftKey, pass: &Passphrase) -> Result<(), AuthorityError> {
-    let plain = key.to_pkcs8()?;
+    let plain = zeroize::Zeroizing::new(key.to_pkcs8()?);
     let info = PrivateKeyInfo::from_der(&plain).map_err(|e| AuthorityError::Config(format!("PKCS#8: {e}")))?;
     let rng = SystemRandom::new();
     let mut salt = [0u8; 16];
@@ -154,5 +156,16 @@ mod tests {
         assert!(err.to_string().contains("wrong passphrase"), "{err}");
         assert!(write_encrypted(&p, &key, &pass).is_err(), "never overwrites a key");
         assert!(Passphrase::new("short".into()).is_err());
+    }
+
+    #[test]
+    fn a_passphrase_is_wiped_when_dropped() {
+        // The type promises it (a bound the compiler checks) ...
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<Passphrase>();
+        // ... and zeroizing one in place leaves nothing of it.
+        let mut p = Passphrase::new("correct horse battery".into()).unwrap();
+        zeroize::Zeroize::zeroize(&mut p);
+        assert!(p.bytes().is_empty());
     }
 }

@@ -17,6 +17,8 @@ mod error;
 pub mod factory;
 pub mod init;
 pub mod keyfile;
+pub mod ocsp_cache;
+pub mod refusals;
 pub mod revocation;
 pub mod rotation;
 pub mod tokens;
@@ -131,6 +133,19 @@ pub struct Label {
     cacerts: Vec<u8>,
 }
 
+/// Who an endpoint needs, checked by [`Authority::admit`] before the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// A factory station's certificate; refusals audited as the action named.
+    Station(&'static str),
+    /// One of our certificates (re-enrollment); refusals audited as the action named.
+    Certificate(&'static str),
+    /// A one-time token for a device serial, or a birth certificate (simpleenroll).
+    Enroll,
+    /// An admin's certificate.
+    Admin,
+}
+
 /// How the caller authenticated.
 #[derive(Clone, Copy, Debug)]
 pub enum Credential<'a> {
@@ -200,7 +215,7 @@ pub struct Authority {
     /// shards of a partitioned CRL are cut from one read of the store.
     revoked_lists: std::sync::Mutex<HashMap<String, revocation::RevokedList>>,
     ocsp_signers: std::sync::Mutex<HashMap<String, Arc<revocation::OcspSigner>>>,
-    ocsp_cache: std::sync::Mutex<HashMap<Vec<u8>, revocation::CachedOcsp>>,
+    ocsp_cache: std::sync::Mutex<ocsp_cache::OcspCache>,
     /// When a root's ARL was last found stale or close to its nextUpdate
     /// (Unix seconds): the warning is logged at most once an hour.
     arl_warned: std::sync::atomic::AtomicI64,
@@ -208,6 +223,8 @@ pub struct Authority {
     tpm_challenges: attest::Challenges,
     /// Client certificates whose paths to our anchors verified recently.
     verified_paths: VerifiedPaths,
+    /// Refusals written to the audit log, with a bound per window.
+    refusals: refusals::RefusalAudit,
 }
 
 /// Which CRL of an issuing CA: the complete one (`shard` is `None`) or shard
@@ -248,6 +265,13 @@ impl VerifiedPaths {
             }
             m.insert(leaf, (now, not_after.min(now + Self::TTL_SECS)));
         }
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        // Refusals counted in the current window are not lost at an orderly end.
+        self.flush_refusals();
     }
 }
 
@@ -430,6 +454,8 @@ impl Authority {
             .map(|c| CertificateDer::from(c.cert_der.clone()))
             .chain(older.into_iter().map(CertificateDer::from))
             .collect();
+        let refusals =
+            refusals::RefusalAudit::new(cfg.limits.refusal_audit_window_secs, cfg.limits.refusal_audit_individual);
         Ok(Self {
             dir: dir.to_path_buf(),
             cfg,
@@ -446,10 +472,11 @@ impl Authority {
             crls: std::sync::Mutex::new(HashMap::new()),
             revoked_lists: std::sync::Mutex::new(HashMap::new()),
             ocsp_signers: std::sync::Mutex::new(HashMap::new()),
-            ocsp_cache: std::sync::Mutex::new(HashMap::new()),
+            ocsp_cache: std::sync::Mutex::new(ocsp_cache::OcspCache::default()),
             arl_warned: std::sync::atomic::AtomicI64::new(i64::MIN),
             tpm_challenges: attest::Challenges::default(),
             verified_paths: VerifiedPaths::default(),
+            refusals,
         })
     }
 
@@ -697,15 +724,19 @@ impl Authority {
         let Some(ca) = found.cloned() else { return Ok(iotpki_core::ocsp::unauthorized()) };
         let now = self.clock.now();
         let mark = self.store.revocation_mark(&ca.name)?;
-        if req.nonce.is_none() {
+        // Only one certificate's answer, without a nonce, is cached, keyed by its CertID.
+        let cache_key = match (req.nonce.is_none(), req.cert_ids.as_slice()) {
+            (true, [id]) => id.to_der().ok(),
+            _ => None,
+        };
+        if let Some(key) = &cache_key {
             let cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
-            if let Some(c) = cache.get(request) {
+            if let Some(c) = cache.get(key) {
                 if c.ca == ca.name && c.mark == mark && now < c.produced + revocation::OCSP_VALIDITY_SECS / 2 {
                     return Ok(c.der.clone());
                 }
             }
         }
-        let cacheable = req.nonce.is_none();
         let mut answers = Vec::with_capacity(req.cert_ids.len());
         for id in &req.cert_ids {
             let serial = hex::encode(id.serial_number.as_bytes());
@@ -718,6 +749,8 @@ impl Authority {
             };
             answers.push((id.clone(), status));
         }
+        // An answer about a serial we never issued is not kept: anyone can ask about any number.
+        let known = answers.iter().all(|(_, s)| !matches!(s, iotpki_core::ocsp::Status::Unknown));
         let signer = self.ocsp_signer(&ca, now)?;
         let der = iotpki_core::ocsp::respond(
             &signer.key,
@@ -727,17 +760,16 @@ impl Authority {
             &answers,
             req.nonce,
         )?;
-        if cacheable {
+        if let (Some(key), true) = (cache_key, known) {
             let mut cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
-            if cache.len() >= revocation::OCSP_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(
-                request.to_vec(),
-                revocation::CachedOcsp { der: der.clone(), ca: ca.name.clone(), mark, produced: now },
-            );
+            cache.insert(key, ocsp_cache::Cached { der: der.clone(), ca: ca.name.clone(), mark, produced: now });
         }
         Ok(der)
+    }
+
+    /// Answers in the OCSP cache, and their bytes (for tests and metrics).
+    pub fn ocsp_cache_size(&self) -> (usize, usize) {
+        self.ocsp_cache.lock().map(|c| c.size()).unwrap_or_default()
     }
 
     /// The CA's delegated OCSP signer, made (and recorded) when first needed
@@ -855,7 +887,8 @@ impl Authority {
     }
 
     /// Write a refusal (never our own failures) to the audit log, counted
-    /// against `batch` when the request named one.
+    /// against `batch` when the request named one; past the window's budget
+    /// of single entries, counted for a summary ([`refusals`]).
     fn audit_refusal<T>(&self, r: &Result<T, AuthorityError>, cred: Credential<'_>, batch: Option<&str>, action: &str) {
         let Err(e) = r else { return };
         if !e.is_refusal() {
@@ -868,8 +901,73 @@ impl Authority {
             target: batch.map(|b| format!("batch:{b}")).unwrap_or_default(),
             detail: e.public_message(),
         };
-        if let Err(se) = self.store.record_refusal(batch, ev) {
-            tracing::error!(error = %se, "could not audit a refusal");
+        self.refusals.record(self.store.as_ref(), batch, ev, e.http_status());
+    }
+
+    /// Write the refusals counted in the current window to the audit log now
+    /// (the server calls this every window and when it shuts down); returns
+    /// how many refusals the entries written sum up.
+    pub fn flush_refusals(&self) -> u64 {
+        self.refusals.flush(self.store.as_ref())
+    }
+
+    /// Whether the caller of an endpoint is who the endpoint needs, before
+    /// its request body is read: the server asks this first, so that no byte
+    /// of a body is buffered for a caller that will be refused anyway. The
+    /// full check runs again with the body; a refusal here is audited as the
+    /// endpoint's (`refuse.enroll`, `refuse.sync`, ...).
+    pub fn admit(&self, gate: Gate, cred: Credential<'_>) -> Result<(), AuthorityError> {
+        let (r, action) = match gate {
+            Gate::Station(action) => {
+                let r = match cred {
+                    Credential::ClientCert(chain) => self.authenticate_station(chain).map(|_| ()),
+                    _ => Err(AuthorityError::Unauthorized(
+                        "a factory station's certificate is needed (mutual TLS)".into(),
+                    )),
+                };
+                (r, action)
+            }
+            Gate::Certificate(action) => {
+                let r = match cred {
+                    Credential::ClientCert(chain) => self.authenticate(chain).map(|_| ()),
+                    _ => Err(AuthorityError::Unauthorized(
+                        "re-enrollment needs the current certificate as the TLS client certificate".into(),
+                    )),
+                };
+                (r, action)
+            }
+            Gate::Admin => {
+                let chain = match cred {
+                    Credential::ClientCert(chain) => chain,
+                    _ => &[],
+                };
+                // Audits its own refusal as refuse.admin.
+                return self.admin(chain).map(|_| ());
+            }
+            Gate::Enroll => (self.admit_enroll(cred), "refuse.enroll"),
+        };
+        self.audit_refusal(&r, cred, None, action);
+        r
+    }
+
+    /// A first enrollment's caller: a token that may still be used for the
+    /// device named, or a birth certificate that chains to a trusted manufacturer.
+    fn admit_enroll(&self, cred: Credential<'_>) -> Result<(), AuthorityError> {
+        match cred {
+            Credential::Token { user, password } => {
+                let device = DeviceSerial::parse(user).map_err(|_| {
+                    AuthorityError::Unauthorized(format!(
+                        "the Basic user must be a device serial (1 to 64 printable characters; got {} bytes)",
+                        user.len()
+                    ))
+                })?;
+                tokens::precheck(self.store.as_ref(), &tokens::hash(password), &device, self.clock.now()).map(|_| ())
+            }
+            Credential::ClientCert(chain) => self.check_birth(chain).map(|_| ()),
+            Credential::None => Err(AuthorityError::Unauthorized(
+                "enrollment needs a one-time token: HTTP Basic with the device serial as user and the token as password"
+                    .into(),
+            )),
         }
     }
 
@@ -1603,7 +1701,11 @@ fn x509_ocsp_internal_error() -> Vec<u8> {
 /// token, `cert:SERIAL` for a client certificate, else `anonymous`.
 fn actor_of(cred: Credential<'_>) -> String {
     match cred {
-        Credential::Token { user, .. } => format!("device:{user}"),
+        Credential::Token { user, .. } => match DeviceSerial::parse(user) {
+            Ok(d) => format!("device:{d}"),
+            // Never the claimed name itself: it came from the request, unchecked.
+            Err(_) => format!("device:(not a serial, {} bytes)", user.len()),
+        },
         Credential::ClientCert(chain) => chain
             .first()
             .and_then(|c| profile::cert_info(c).ok())

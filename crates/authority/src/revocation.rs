@@ -139,9 +139,6 @@ pub const OCSP_VALIDITY_SECS: i64 = 3600;
 /// when less than a quarter of that is left.
 pub const OCSP_SIGNER_SECS: i64 = 30 * 86_400;
 
-/// Most cached OCSP answers; the cache is emptied when full.
-pub(crate) const OCSP_CACHE_MAX: usize = 100_000;
-
 /// A CA's delegated OCSP responder.
 pub(crate) struct OcspSigner {
     pub(crate) key: iotpki_core::keys::SoftKey,
@@ -149,13 +146,6 @@ pub(crate) struct OcspSigner {
     pub(crate) not_after: i64,
 }
 
-/// An OCSP answer made earlier (no nonce), and what it was made from.
-pub(crate) struct CachedOcsp {
-    pub(crate) der: Vec<u8>,
-    pub(crate) ca: String,
-    pub(crate) mark: (u64, i64),
-    pub(crate) produced: i64,
-}
 
 /// How long a root's ARL is valid by default (thisUpdate to nextUpdate). The
 /// root key is locked (the server never holds it), so the ARL cannot be made

@@ -19,9 +19,15 @@ pub enum AgentCmd {
         /// The device serial number.
         #[arg(long)]
         serial: String,
-        /// The one-time enrollment token (`iotpki token create`). Base64url: it may begin with `-`.
-        #[arg(long, env = "IOTPKI_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
-        token: String,
+        /// Read the one-time enrollment token (`iotpki token create`) from this file
+        /// (its first line); else it is taken from $IOTPKI_TOKEN.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The token itself, on the command line: every local user can read it in the
+        /// process list while the agent runs. Kept for compatibility; prefer --token-file
+        /// or $IOTPKI_TOKEN. Base64url: it may begin with `-`.
+        #[arg(long, allow_hyphen_values = true)]
+        token: Option<String>,
         /// The trust anchor (root CA certificate, PEM), obtained out of band.
         #[arg(long, value_name = "FILE")]
         ca_cert: PathBuf,
@@ -206,9 +212,39 @@ impl KeystoreArgs {
     }
 }
 
+/// The enrollment token: from `--token-file`, else `--token` (with a warning:
+/// the process list shows it), else `$IOTPKI_TOKEN`.
+fn enrollment_token(file: Option<&PathBuf>, flag: Option<String>, env: Option<String>) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        let text = zeroize::Zeroizing::new(crate::admin::read_flag_file("--token-file", f)?);
+        let t = text.lines().next().unwrap_or_default().trim().to_string();
+        if t.is_empty() {
+            anyhow::bail!(
+                "--token-file {}: the file is empty (put the token from `iotpki token create` in it)",
+                f.display()
+            );
+        }
+        return Ok(t);
+    }
+    if let Some(t) = flag {
+        eprintln!(
+            "warning: --token puts the enrollment token in the process list, where every local user can read it; \
+             use --token-file FILE or $IOTPKI_TOKEN"
+        );
+        return Ok(t);
+    }
+    match env {
+        Some(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => anyhow::bail!(
+            "no enrollment token: give --token-file FILE (or set IOTPKI_TOKEN) with the token from `iotpki token create`"
+        ),
+    }
+}
+
 pub fn run(c: AgentCmd) -> anyhow::Result<()> {
     match c {
-        AgentCmd::Enroll { state, server, serial, token, ca_cert, label, key_type, keystore } => {
+        AgentCmd::Enroll { state, server, serial, token_file, token, ca_cert, label, key_type, keystore } => {
+            let token = enrollment_token(token_file.as_ref(), token, std::env::var("IOTPKI_TOKEN").ok())?;
             let keystore = keystore.config()?;
             let opts = iotpki_agent::EnrollOptions {
                 state_dir: state.clone(),

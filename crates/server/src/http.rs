@@ -20,10 +20,6 @@ use tower::ServiceExt as _;
 use crate::limits::PeerAddr;
 use crate::Limits;
 
-/// Largest production record upload (stations upload in chunks well under it);
-/// every other route keeps `est::MAX_BODY`.
-const SYNC_MAX_BODY: usize = 16 * 1024 * 1024;
-
 /// The TLS client certificate chain of the connection a request came on.
 #[derive(Clone, Default)]
 pub(crate) struct PeerChain(Arc<Vec<CertificateDer<'static>>>);
@@ -55,7 +51,9 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "request failed");
         } else {
-            tracing::info!(status = status.as_u16(), reason = %self.0, "request refused");
+            // A refusal's reason may quote the request: bounded and printable in the log.
+            let reason = iotpki_authority::refusals::clean(&self.0.to_string(), iotpki_authority::refusals::MAX_DETAIL);
+            tracing::info!(status = status.as_u16(), %reason, "request refused");
         }
         let mut resp = (status, format!("{}\n", self.0.public_message())).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -126,7 +124,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route("/factory/batches/{id}", get(station_batch))
         .route("/factory/tpm-challenge", post(tpm_challenge))
-        .route("/factory/sync", get(sync_state).post(sync_upload).layer(DefaultBodyLimit::max(SYNC_MAX_BODY)))
+        .route("/factory/sync", get(sync_state).post(sync_upload))
         .route("/crl/{*file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
@@ -134,7 +132,9 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::admin::routes())
-        .layer(DefaultBodyLimit::max(est::MAX_BODY))
+        // The gate reads bodies (after the caller is known, capped per endpoint).
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::gate::gate))
         .with_state(authority)
 }
 
@@ -148,7 +148,8 @@ pub fn public_router(authority: Arc<Authority>) -> Router {
         .route(BUNDLE_PATH, get(bundle))
         .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
         .route("/healthz", get(|| async { "ok\n" }))
-        .layer(DefaultBodyLimit::max(est::MAX_BODY))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::gate::public_gate))
         .with_state(authority)
 }
 
@@ -388,7 +389,7 @@ enum Op {
 }
 
 /// HTTP Basic credentials, if the header is there and well-formed.
-fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthorityError> {
+pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthorityError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let bad = || AuthorityError::Unauthorized("malformed Authorization header (expected Basic)".into());
     let v = v.to_str().map_err(|_| bad())?;
@@ -411,15 +412,7 @@ async fn enroll(
     label: Option<String>,
     op: Op,
 ) -> Result<Response, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default();
-        let mime = ct.split(';').next().unwrap_or_default().trim();
-        if !mime.eq_ignore_ascii_case(est::CT_PKCS10) {
-            let msg = format!("Content-Type must be {} (got {ct})\n", est::CT_PKCS10);
-            tracing::info!(status = 415, reason = %msg.trim_end(), "request refused");
-            return Ok((StatusCode::UNSUPPORTED_MEDIA_TYPE, msg).into_response());
-        }
-    }
+    // Content-Type, the size and the caller were checked before the body (crate::gate).
     let basic = basic_auth(&headers)?;
     let activation = match headers.get(TPM_ACTIVATION_HEADER) {
         None => None,
@@ -463,6 +456,7 @@ pub(crate) async fn serve_connection(
     app: Router,
     limits: &Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = tokio::time::Instant::now();
     let tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| format!("TLS handshake from {peer} timed out"))??;
@@ -473,33 +467,82 @@ pub(crate) async fn serve_connection(
         .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
         .unwrap_or_default();
     let peer_chain = PeerChain(Arc::new(chain));
-    let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+    let app = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer_chain.clone());
-        req.extensions_mut().insert(PeerAddr(peer));
         req
     });
-    let svc = hyper_util::service::TowerToHyperService::new(svc);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    builder.serve_connection(TokioIo::new(tls), svc).await?;
-    Ok(())
+    run_http(tls, peer, app, limits, started).await
 }
 
-/// One plain-HTTP connection (the public routes): same header timeout, no TLS.
+/// One plain-HTTP connection (the public routes): the same limits, no TLS.
 pub(crate) async fn serve_plain_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: &Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        req
-    });
+    let started = tokio::time::Instant::now();
+    run_http(tcp, peer, app.map_request(|r: axum::http::Request<hyper::body::Incoming>| r), limits, started).await
+}
+
+/// Largest buffer hyper keeps per connection: request head, and pipelined
+/// requests read ahead (so a 350 KB header is refused, 431, unread).
+const MAX_BUF: usize = 64 * 1024;
+
+/// HTTP/1.1 on `io` with every connection limit: the header timeout, the
+/// write and idle timeouts ([`crate::io::TimedIo`]), a bounded read-ahead
+/// (pipelined requests are answered one at a time from a buffer of at most
+/// [`MAX_BUF`]), at most `max_requests_per_connection` requests (the last
+/// answer says `Connection: close`), and a lifetime cap counted from `started`.
+async fn run_http<IO, S>(
+    io: IO,
+    peer: SocketAddr,
+    app: S,
+    limits: &Limits,
+    started: tokio::time::Instant,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let max_requests = limits.max_requests_per_connection.max(1);
+    let svc = app
+        .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            req
+        })
+        .map_response(move |mut r: Response| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n >= max_requests {
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        });
     let svc = hyper_util::service::TowerToHyperService::new(svc);
+    let io = crate::io::TimedIo::new(io, limits.write_timeout, limits.idle_timeout);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    builder.serve_connection(TokioIo::new(tcp), svc).await?;
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_BUF)
+        .pipeline_flush(false);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let left = limits.connection_lifetime.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, conn).await {
+        Ok(r) => r?,
+        Err(_) => {
+            tracing::debug!(%peer, "connection closed at its lifetime cap");
+        }
+    }
     Ok(())
 }
 
@@ -539,9 +582,16 @@ mod tests {
         let (_tmp, a) = authority();
         let before = a.store().count_certificates().unwrap();
         let app = router(a.clone());
-        let big = vec![b'A'; est::MAX_BODY + 1];
-        let (s, _) = call(app.clone(), post("/.well-known/est/simpleenroll", est::CT_PKCS10, big)).await;
+        // Over the enrollment limit, announced: 413 before anything else, with the limit.
+        let big = vec![b'A'; crate::gate::ENROLL_MAX + 1];
+        let mut req = post("/.well-known/est/simpleenroll", est::CT_PKCS10, big.clone());
+        req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(big.len()));
+        let (s, b) = call(app.clone(), req).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(b.contains(&format!("at most {} bytes", crate::gate::ENROLL_MAX)), "{b}");
+        // Not announced, and no credentials: refused before the body is read.
+        let (s, _) = call(app.clone(), post("/.well-known/est/simpleenroll", est::CT_PKCS10, big)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
         let (s, b) = call(app.clone(), post("/.well-known/est/simpleenroll", "application/json", b"{}".to_vec())).await;
         assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(b.contains("application/pkcs10"), "{b}");

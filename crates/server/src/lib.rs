@@ -16,7 +16,9 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod gate;
 mod http;
+mod io;
 mod limits;
 mod tls;
 
@@ -43,13 +45,27 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
     let refresher = tokio::spawn(refresh_crls(authority.clone()));
-    let app = router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
+    let flusher = tokio::spawn(flush_refusals(authority.clone(), limits.refusal_flush));
+    let app = router(authority.clone()).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
     let _stop_refreshing = AbortOnDrop(refresher);
-    accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
+    let _stop_flushing = AbortOnDrop(flusher);
+    let r = accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
         let (acceptor, app, limits) = (acceptor.clone(), app.clone(), limits.clone());
         async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
     })
-    .await
+    .await;
+    // Refusals summed up in the current window are written before the end.
+    let _ = tokio::task::spawn_blocking(move || authority.flush_refusals()).await;
+    r
+}
+
+/// Write the refusals the authority summed up, every `every`.
+async fn flush_refusals(authority: Arc<Authority>, every: Duration) {
+    loop {
+        tokio::time::sleep(every.max(Duration::from_secs(1))).await;
+        let a = authority.clone();
+        let _ = tokio::task::spawn_blocking(move || a.flush_refusals()).await;
+    }
 }
 
 /// Serve the public routes ([`public_router`]: CRLs, OCSP) over plain HTTP
@@ -175,11 +191,18 @@ impl Running {
         Self::start_http_on(authority, TcpListener::bind(addr).await?)
     }
 
-    /// Serve the public routes over plain HTTP on a listener bound already.
+    /// Serve the public routes over plain HTTP on a listener bound already,
+    /// with the limits of the authority's config.
     pub fn start_http_on(authority: Arc<Authority>, listener: TcpListener) -> std::io::Result<Self> {
+        let limits = Limits::from(&authority.config().limits);
+        Self::start_http_with(authority, listener, limits)
+    }
+
+    /// Serve the public routes over plain HTTP on a listener bound already, with `limits`.
+    pub fn start_http_with(authority: Arc<Authority>, listener: TcpListener, limits: Limits) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_http(authority, listener, Limits::default(), async move {
+        let task = tokio::spawn(serve_http(authority, listener, limits, async move {
             let _ = rx.await;
         }));
         Ok(Self { addr, stop: Some(tx), task })

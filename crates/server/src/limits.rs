@@ -6,9 +6,13 @@
 //!   its request headers within `header_timeout` (slowloris).
 //! - Requests: each must be answered within `request_timeout`, body
 //!   included, or it gets 408 (a body sent a byte at a time).
+//! - Refusals: a token bucket per client IP address, taken from by every
+//!   answer 400-499 (but 429) and looked at before any other bucket: an
+//!   address whose bucket is empty gets 429 before its request is looked at,
+//!   whatever name it claims. Junk credentials cost the sender, not the audit log.
 //! - Rates: a token bucket per client. The client is its TLS certificate if
-//!   it has one, else the HTTP Basic user (the device serial a token is for),
-//!   else its IP address. Factory stations (`/factory/...` and
+//!   it has one, else the HTTP Basic user if it is a well-formed device serial
+//!   (the device a token is for), else its IP address. Factory stations (`/factory/...` and
 //!   `simpleenroll?batch=`) get their own, larger bucket. Past the bucket: 429
 //!   with Retry-After, before any work or audit write is done. CRLs, OCSP,
 //!   /cacerts, /csrattrs, bundles, vouchers and /healthz are reads and not rate limited.
@@ -44,6 +48,20 @@ pub struct Limits {
     pub station_rate: f64,
     /// A station's burst.
     pub station_burst: u32,
+    /// Refused requests per second per client address (before any per-name bucket).
+    pub refusal_rate: f64,
+    /// Refusals an address may burst.
+    pub refusal_burst: u32,
+    /// How often refusals summed up by the authority are written ([`iotpki_authority::Authority::flush_refusals`]).
+    pub refusal_flush: Duration,
+    /// A write to the peer may block this long (a peer that does not read).
+    pub write_timeout: Duration,
+    /// A connection may be idle (nothing read or written) this long.
+    pub idle_timeout: Duration,
+    /// A connection lives at most this long.
+    pub connection_lifetime: Duration,
+    /// Requests served on one connection.
+    pub max_requests_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -63,6 +81,13 @@ impl From<&iotpki_authority::config::LimitsConfig> for Limits {
             client_burst: c.client_burst,
             station_rate: c.station_rate_per_s,
             station_burst: c.station_burst,
+            refusal_rate: c.refusal_rate_per_s,
+            refusal_burst: c.refusal_burst,
+            refusal_flush: Duration::from_secs(c.refusal_audit_window_secs),
+            write_timeout: Duration::from_secs(c.write_timeout_secs),
+            idle_timeout: Duration::from_secs(c.idle_timeout_secs),
+            connection_lifetime: Duration::from_secs(c.connection_lifetime_secs),
+            max_requests_per_connection: c.max_requests_per_connection,
         }
     }
 }
@@ -98,6 +123,25 @@ impl RateLimiter {
         } else {
             (self.limits.client_rate, f64::from(self.limits.client_burst))
         };
+        self.bucket(&format!("{}{key}", if station { "station/" } else { "" }), rate, burst, 1.0)
+    }
+
+    /// Whether the address `ip` may still be refused (a token left in its
+    /// refusal bucket); when not, how long until it may.
+    pub(crate) fn refusals_left(&self, ip: &str) -> Result<(), Duration> {
+        let (rate, burst) = (self.limits.refusal_rate, f64::from(self.limits.refusal_burst));
+        self.bucket(&format!("refusals/{ip}"), rate, burst, 0.0)
+    }
+
+    /// Count a refusal against the address `ip`.
+    pub(crate) fn refused(&self, ip: &str) {
+        let (rate, burst) = (self.limits.refusal_rate, f64::from(self.limits.refusal_burst));
+        let _ = self.bucket(&format!("refusals/{ip}"), rate, burst, 1.0);
+    }
+
+    /// The bucket `key` (refilled at `rate` up to `burst`): take `cost` if a
+    /// whole token is there, else say how long until one is.
+    fn bucket(&self, key: &str, rate: f64, burst: f64, cost: f64) -> Result<(), Duration> {
         if rate <= 0.0 {
             return Ok(()); // limiting switched off
         }
@@ -107,13 +151,11 @@ impl RateLimiter {
         if map.len() >= PRUNE_AT {
             map.retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
         }
-        let b = map
-            .entry(format!("{}{key}", if station { "station/" } else { "" }))
-            .or_insert(Bucket { tokens: burst, last: now });
+        let b = map.entry(key.to_string()).or_insert(Bucket { tokens: burst, last: now });
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
         b.last = now;
         if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+            b.tokens -= cost;
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
@@ -133,14 +175,26 @@ fn client_key(req: &Request, chain: Option<&[u8]>) -> String {
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
         .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|up| up.split_once(':').map(|(u, _)| u.to_string()));
+        .and_then(|up| up.split_once(':').map(|(u, _)| u.to_string()))
+        // Only a name that could be a device's is a key (and may reach a log line).
+        .filter(|u| iotpki_core::name::DeviceSerial::parse(u).is_ok());
     if let Some(u) = basic_user {
         return format!("user:{u}");
     }
+    ip_key(req)
+}
+
+fn ip_key(req: &Request) -> String {
     match req.extensions().get::<PeerAddr>() {
         Some(p) => format!("ip:{}", p.0.ip()),
         None => "ip:unknown".into(),
     }
+}
+
+fn too_many(secs: u64, what: &str) -> Response {
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, format!("too many {what}; retry after {secs} s\n")).into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
 }
 
 /// Cached reads that write nothing: CRLs, OCSP, the CA certificates and CSR attributes.
@@ -161,21 +215,28 @@ fn is_station(req: &Request) -> bool {
 
 /// The middleware: rate limit, then answer within the request timeout.
 pub(crate) async fn guard(State(limiter): State<std::sync::Arc<RateLimiter>>, req: Request, next: Next) -> Response {
-    if !exempt(req.uri().path()) {
+    let limited = !exempt(req.uri().path());
+    let ip = ip_key(&req);
+    if limited {
+        // The address first: a refused client cannot start afresh under another name.
+        if let Err(wait) = limiter.refusals_left(&ip) {
+            tracing::info!(client = %ip, "refusals rate limited");
+            return too_many(wait.as_secs().max(1), "refused requests from this address");
+        }
         let leaf = req.extensions().get::<crate::http::PeerChain>().and_then(|c| c.leaf().map(<[u8]>::to_vec));
         let key = client_key(&req, leaf.as_deref());
         if let Err(wait) = limiter.take(&key, is_station(&req)) {
-            let secs = wait.as_secs().max(1);
             tracing::info!(client = %key, "rate limited");
-            let mut r =
-                (StatusCode::TOO_MANY_REQUESTS, format!("too many requests from this client; retry after {secs} s\n"))
-                    .into_response();
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
+            return too_many(wait.as_secs().max(1), "requests from this client");
         }
     }
     match tokio::time::timeout(limiter.limits.request_timeout, next.run(req)).await {
-        Ok(r) => r,
+        Ok(r) => {
+            if limited && r.status().is_client_error() && r.status() != StatusCode::TOO_MANY_REQUESTS {
+                limiter.refused(&ip);
+            }
+            r
+        }
         Err(_) => (
             StatusCode::REQUEST_TIMEOUT,
             format!("the request was not complete within {} s\n", limiter.limits.request_timeout.as_secs()),

@@ -94,6 +94,36 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
+/// The store holds every token hash, certificate and audit entry: readable
+/// by its owner only. A new file is made 0600 before SQLite opens it (SQLite
+/// would make it 0644, and gives the WAL and SHM files the database file's
+/// mode); an existing file, WAL or SHM that others may read is made 0600.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let io = |p: &Path, e: std::io::Error| StoreError::Database(format!("{}: {e}", p.display()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(path, e)),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if let Ok(meta) = std::fs::metadata(&p) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| io(&p, e))?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     let mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(ctx("journal mode"))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -126,6 +156,7 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
 impl SqliteStore {
     /// Open (creating and migrating when needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        owner_only(path)?;
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut w = connect(path, rw)?;
         migrate(&mut w)?;
@@ -1350,6 +1381,33 @@ mod tests {
     fn conformance_suite() {
         let (_d, s) = fresh();
         conformance::run_all(&s);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_and_its_wal_and_shm_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let (d, s) = fresh();
+        s.append_audit(AuditEvent {
+            at: 1,
+            actor: "a".into(),
+            action: "x".into(),
+            target: "".into(),
+            detail: "".into(),
+        })
+        .unwrap();
+        for f in ["store.db", "store.db-wal", "store.db-shm"] {
+            assert_eq!(mode(&d.path().join(f)), 0o600, "{f}");
+        }
+        drop(s);
+        // One made 0644 before (an older release): tightened when opened.
+        let old = d.path().join("old.db");
+        drop(SqliteStore::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = SqliteStore::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        drop(s);
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! Before a body: who may send one, and how big it may be.
+//!
+//! One table ([`rule`]) says, per endpoint, which caller it needs and the
+//! largest body it takes. For every request, in this order and before any
+//! byte of its body is read:
+//!
+//! 1. the URI is at most [`MAX_URI`] bytes (else 414);
+//! 2. a `Content-Length` over the endpoint's limit is answered 413 at once;
+//! 3. an enrollment's `Content-Type`, when given, must be PKCS#10 (else 415);
+//! 4. the caller is authenticated where the endpoint needs it
+//!    ([`Authority::admit`]: station, certificate, token or birth
+//!    certificate, admin), else 401/403, audited;
+//! 5. only then is the body read, through a reader capped at the limit
+//!    (413 past it, whatever `Content-Length` said or did not say).
+//!
+//! | endpoint | caller | largest body |
+//! |---|---|---|
+//! | `POST …/simpleenroll` | one-time token or birth certificate | [`ENROLL_MAX`] |
+//! | `POST …/simpleenroll?batch=` | factory station | [`ENROLL_MAX`] |
+//! | `POST …/simplereenroll` | a certificate of ours | [`ENROLL_MAX`] |
+//! | `POST /factory/tpm-challenge` | factory station | [`SMALL_JSON_MAX`] |
+//! | `POST /factory/sync` | factory station | [`SYNC_MAX`] |
+//! | `POST /admin/v1/batches` | admin | [`BATCH_MAX`] |
+//! | `POST /admin/v1/…` (other) | admin | [`SMALL_JSON_MAX`] |
+//! | `POST /ocsp` | anyone | [`iotpki_core::ocsp::MAX_REQUEST_LEN`] |
+//! | `GET /factory/…` | factory station | 0 |
+//! | any other POST | (its handler decides) | [`SMALL_JSON_MAX`] |
+//! | any other method | as its POST | 0 |
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use iotpki_authority::{Authority, AuthorityError, Credential, Gate};
+use iotpki_core::est;
+
+use crate::http::{basic_auth, ApiError, PeerChain};
+
+/// Longest request URI (path and query), in bytes.
+pub const MAX_URI: usize = 12 * 1024;
+/// An EST enrollment: base64 of one PKCS#10 request (an RSA-4096 CSR is about 2.5 KB).
+pub const ENROLL_MAX: usize = 16 * 1024;
+/// A small JSON request (TPM challenge, admin actions).
+pub const SMALL_JSON_MAX: usize = 64 * 1024;
+/// A batch with its allowlist (up to a million serials).
+pub const BATCH_MAX: usize = 32 * 1024 * 1024;
+/// One production record upload (stations upload in chunks well under it).
+pub const SYNC_MAX: usize = 16 * 1024 * 1024;
+
+/// What an endpoint needs before its body.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Rule {
+    /// Who must be calling (`None`: the handler decides, or anyone).
+    pub(crate) caller: Option<Gate>,
+    /// The largest body taken.
+    pub(crate) max_body: usize,
+    /// Whether the body, if typed, must be a PKCS#10 request.
+    pub(crate) pkcs10: bool,
+}
+
+/// The rule of the request `method path?query`. The caller an endpoint needs
+/// does not depend on the method (a GET of `/admin/v1/...` needs an admin as a
+/// POST does); only POST requests carry bodies, every other method's limit is 0.
+pub(crate) fn rule(method: &Method, path: &str, query: Option<&str>) -> Rule {
+    let est = path.strip_prefix("/.well-known/est/").map(|rest| rest.rsplit('/').next().unwrap_or(rest));
+    let batch = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("batch=")));
+    let (caller, max_body, pkcs10) = match (est, path) {
+        (Some("simpleenroll"), _) => {
+            (Some(if batch { Gate::Station("refuse.enroll") } else { Gate::Enroll }), ENROLL_MAX, true)
+        }
+        (Some("simplereenroll"), _) => (Some(Gate::Certificate("refuse.reenroll")), ENROLL_MAX, true),
+        (_, "/factory/tpm-challenge") => (Some(Gate::Station("refuse.tpm-challenge")), SMALL_JSON_MAX, false),
+        (_, "/factory/sync") => (Some(Gate::Station("refuse.sync")), SYNC_MAX, false),
+        (_, p) if p.starts_with("/factory/") => (Some(Gate::Station("refuse.station")), SMALL_JSON_MAX, false),
+        (_, "/admin/v1/batches") => (Some(Gate::Admin), BATCH_MAX, false),
+        (_, p) if p.starts_with("/admin/") => (Some(Gate::Admin), SMALL_JSON_MAX, false),
+        (_, "/ocsp") => (None, iotpki_core::ocsp::MAX_REQUEST_LEN, false),
+        _ => (None, SMALL_JSON_MAX, false),
+    };
+    let max_body = if method == Method::POST { max_body } else { 0 };
+    Rule { caller, max_body, pkcs10 }
+}
+
+fn plain(status: StatusCode, msg: String) -> Response {
+    tracing::info!(status = status.as_u16(), reason = %msg, "request refused");
+    (status, format!("{msg}\n")).into_response()
+}
+
+fn too_large(method: &Method, path: &str, max: usize) -> Response {
+    // The path is at most MAX_URI bytes here; cut it further for the one-line answer.
+    let shown: String = path.chars().take(80).collect();
+    plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body of {method} {shown} may be at most {max} bytes; send less (or in parts)"),
+    )
+}
+
+/// The middleware: steps 1 to 5 above.
+pub(crate) async fn gate(State(a): State<Arc<Authority>>, req: Request, next: Next) -> Response {
+    gate_with(a, req, next, true).await
+}
+
+/// The middleware of the public (plain-HTTP) routes: sizes only, as no route
+/// there needs a caller (the others answer 404, unaudited).
+pub(crate) async fn public_gate(State(a): State<Arc<Authority>>, req: Request, next: Next) -> Response {
+    gate_with(a, req, next, false).await
+}
+
+async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI {
+        return plain(StatusCode::URI_TOO_LONG, format!("the request URI is {uri_len} bytes; at most {MAX_URI}"));
+    }
+    let path = req.uri().path().to_string();
+    let mut r = rule(req.method(), &path, req.uri().query());
+    if !callers {
+        r.caller = None;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > r.max_body as u64) {
+        return too_large(req.method(), &path, r.max_body);
+    }
+    if r.pkcs10 {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = String::from_utf8_lossy(ct.as_bytes()).into_owned();
+            let mime = ct.split(';').next().unwrap_or_default().trim();
+            if !mime.eq_ignore_ascii_case(est::CT_PKCS10) {
+                let shown: String = ct.chars().take(80).collect();
+                return plain(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type must be {} (got {shown})", est::CT_PKCS10),
+                );
+            }
+        }
+    }
+    if let Some(gate) = r.caller {
+        let chain = req.extensions().get::<PeerChain>().cloned().unwrap_or_default();
+        let basic = match basic_auth(req.headers()) {
+            Ok(b) => b,
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+        let admitted = tokio::task::spawn_blocking(move || {
+            // As the handlers take it: a token if one is sent, else the certificate.
+            let cred = match (&basic, gate) {
+                (Some((u, p)), Gate::Enroll) => Credential::Token { user: u, password: p },
+                _ if !chain.chain().is_empty() => Credential::ClientCert(chain.chain()),
+                _ => Credential::None,
+            };
+            a.admit(gate, cred)
+        })
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")));
+        match admitted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let bytes = match http_body_util::Limited::new(body, r.max_body).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(&method, &path, r.max_body),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")),
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_a_caller_and_a_limit_for_every_endpoint_with_a_body() {
+        let post = |p: &str, q: Option<&str>| rule(&Method::POST, p, q);
+        assert_eq!(post("/.well-known/est/simpleenroll", None).caller, Some(Gate::Enroll));
+        assert_eq!(
+            post("/.well-known/est/lbl/simpleenroll", Some("batch=B1")).caller,
+            Some(Gate::Station("refuse.enroll"))
+        );
+        assert_eq!(post("/.well-known/est/lbl/simplereenroll", None).max_body, ENROLL_MAX);
+        assert_eq!(post("/factory/sync", Some("batch=B1")).max_body, SYNC_MAX);
+        assert_eq!(post("/factory/sync", None).caller, Some(Gate::Station("refuse.sync")));
+        assert_eq!(post("/admin/v1/tokens", None).caller, Some(Gate::Admin));
+        assert_eq!(post("/ocsp", None), Rule { caller: None, max_body: 8 * 1024, pkcs10: false });
+        assert_eq!(rule(&Method::GET, "/factory/sync", None).max_body, 0);
+        assert_eq!(rule(&Method::GET, "/admin/v1/audit", None).caller, Some(Gate::Admin));
+        assert_eq!(rule(&Method::GET, "/factory/batches/B1", None).caller, Some(Gate::Station("refuse.station")));
+        assert_eq!(rule(&Method::GET, "/.well-known/est/cacerts", None).caller, None);
+    }
+}
