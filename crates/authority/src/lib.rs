@@ -929,7 +929,9 @@ impl Authority {
             }
             Gate::Certificate(action) => {
                 let r = match cred {
-                    Credential::ClientCert(chain) => self.authenticate(chain).map(|_| ()),
+                    // A superseded certificate passes here; the re-enrollment only
+                    // gives it its successor again (see `authenticate_renewable`).
+                    Credential::ClientCert(chain) => self.authenticate_renewable(chain).map(|_| ()),
                     _ => Err(AuthorityError::Unauthorized(
                         "re-enrollment needs the current certificate as the TLS client certificate".into(),
                     )),
@@ -1463,14 +1465,7 @@ impl Authority {
         };
         // A certificate renewed already is let in here, and only to get its
         // successor again (a renewal whose answer was lost): see `renewal_replay`.
-        let id = self.authenticate_recorded(chain)?;
-        let superseded = match (&id.record.status, &id.record.replaced_by) {
-            (CertStatus::Good, _) => None,
-            (CertStatus::Revoked { reason: 4, .. }, Some(next)) => Some(next.clone()),
-            (CertStatus::Revoked { .. }, _) => {
-                return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)))
-            }
-        };
+        let (id, superseded) = self.authenticate_renewable(chain)?;
         if id.record.profile != Profile::Device.name() {
             return Err(AuthorityError::Forbidden(format!("a {} certificate cannot re-enroll", id.record.profile)));
         }
@@ -1634,6 +1629,24 @@ impl Authority {
             return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)));
         }
         Ok(id)
+    }
+
+    /// A re-enrollment's caller: [`Self::authenticate`], but a certificate
+    /// superseded by a renewal is let in too, with its successor's serial, and
+    /// only to get that successor again (a renewal whose answer was lost).
+    fn authenticate_renewable(
+        &self,
+        chain: &[CertificateDer<'_>],
+    ) -> Result<(DeviceIdentity, Option<String>), AuthorityError> {
+        let id = self.authenticate_recorded(chain)?;
+        let superseded = match (&id.record.status, &id.record.replaced_by) {
+            (CertStatus::Good, _) => None,
+            (CertStatus::Revoked { reason: 4, .. }, Some(next)) => Some(next.clone()),
+            (CertStatus::Revoked { .. }, _) => {
+                return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)))
+            }
+        };
+        Ok((id, superseded))
     }
 
     /// [`Self::authenticate`] without the revocation check: the path verifies

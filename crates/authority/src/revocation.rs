@@ -146,7 +146,6 @@ pub(crate) struct OcspSigner {
     pub(crate) not_after: i64,
 }
 
-
 /// How long a root's ARL is valid by default (thisUpdate to nextUpdate). The
 /// root key is locked (the server never holds it), so the ARL cannot be made
 /// on request like an issuing CA's CRL: an operator signs it with `iotpki ca
