@@ -203,6 +203,14 @@ impl Authority {
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
         let label = self.label(label)?;
+        if self.is_birth_ca(&label.ca.name) {
+            return Err(AuthorityError::Forbidden(format!(
+                "label {} issues birth certificates: commissioning gives an operational certificate \
+                 (use an operational label); {}",
+                label.name,
+                crate::BIRTH_ONLY_ON_THE_LINE
+            )));
+        }
         let birth = self.check_birth(chain)?;
         // Cheap refusal before any signature work; the transaction checks again.
         match self.store.ownership(birth.device.as_str())? {

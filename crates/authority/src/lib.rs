@@ -46,6 +46,15 @@ pub use error::AuthorityError;
 pub use iotpki_hsm::Pin;
 pub use keyfile::Passphrase;
 
+/// The EST label whose CA (the manufacturing CA) issues birth certificates.
+pub const BIRTH_LABEL: &str = "birth";
+
+/// Why a device may not renew its birth certificate (or get one any way but
+/// from a station): the refusal every such path answers with.
+pub(crate) const BIRTH_ONLY_ON_THE_LINE: &str = "birth certificates are issued only to a factory station on the line, \
+     under its batch's rules (allowlist, quota, window, attestation); a device never renews its birth \
+     certificate and a token, an owner or an admin cannot make one";
+
 /// How long before "now" issued certificates start, for devices with slow clocks.
 const BACKDATE_SECS: i64 = 60;
 
@@ -495,6 +504,14 @@ impl Authority {
         self.labels.get(n).ok_or_else(|| AuthorityError::NotFound(format!("no EST label {n:?}")))
     }
 
+    /// Whether `ca` (a CA name) issues birth certificates: the CA of the
+    /// `birth` label (the manufacturing CA). Its device certificates come only
+    /// from [`Self::station_birth`], under a batch's rules; every other path
+    /// that would sign under it is refused ([`Self::issue_device`] checks).
+    pub fn is_birth_ca(&self, ca: &str) -> bool {
+        self.labels.get(BIRTH_LABEL).is_some_and(|l| l.ca.name == ca)
+    }
+
     /// `/cacerts`: the label's issuing CA and the root, PKCS#7 certs-only.
     pub fn cacerts(&self, label: Option<&str>) -> Result<&[u8], AuthorityError> {
         Ok(&self.label(label)?.cacerts)
@@ -823,6 +840,12 @@ impl Authority {
 
     fn enroll_inner(&self, label: Option<&str>, cred: Credential<'_>, body: &[u8]) -> Result<Enrolled, AuthorityError> {
         let label = self.label(label)?;
+        if self.is_birth_ca(&label.ca.name) {
+            return Err(AuthorityError::Forbidden(format!(
+                "label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}",
+                label.name
+            )));
+        }
         let (user, password) = match cred {
             Credential::Token { user, password } => (user, password),
             _ => {
@@ -1079,7 +1102,7 @@ impl Authority {
         for b in batches {
             factory::check_name("batch id", b)?;
         }
-        let ca = &self.label(Some("birth"))?.ca;
+        let ca = &self.label(Some(BIRTH_LABEL))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
             .map_err(|e| AuthorityError::BadRequest(format!("station public key: {e}")))?;
         let now = self.clock.now();
@@ -1139,7 +1162,7 @@ impl Authority {
                  its stations cannot issue offline"
             )));
         }
-        let ca = &self.label(Some("birth"))?.ca;
+        let ca = &self.label(Some(BIRTH_LABEL))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
             .map_err(|e| AuthorityError::BadRequest(format!("delegated CA public key: {e}")))?;
         let now = self.clock.now();
@@ -1314,6 +1337,11 @@ impl Authority {
         if id.record.profile != Profile::Device.name() {
             return Err(AuthorityError::Forbidden(format!("a {} certificate cannot re-enroll", id.record.profile)));
         }
+        if self.is_birth_ca(&id.record.ca) || self.is_birth_ca(&label.ca.name) {
+            return Err(AuthorityError::Forbidden(format!(
+                "a birth certificate is never renewed and nothing renews into one: {BIRTH_ONLY_ON_THE_LINE}"
+            )));
+        }
         if id.record.ca != label.ca.name {
             return Err(AuthorityError::Forbidden(format!(
                 "the current certificate is from CA {}; label {} issues from CA {}",
@@ -1372,6 +1400,16 @@ impl Authority {
         action: &str,
         note: Option<&str>,
     ) -> Result<Enrolled, AuthorityError> {
+        // The one gate: under the birth CA, only a station's birth (whose
+        // transaction checks the batch's rules) is ever signed.
+        let is_birth = preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
+        if self.is_birth_ca(&label.ca.name) != is_birth {
+            return Err(AuthorityError::Forbidden(if is_birth {
+                format!("label {} does not issue birth certificates", label.name)
+            } else {
+                format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", label.name)
+            }));
+        }
         let now = self.clock.now();
         let ca = &label.ca;
         let not_after = match label.validity_secs {

@@ -497,3 +497,96 @@ async fn a_device_asking_for_another_serial_is_refused_by_the_station() {
     assert!(liar.await.unwrap());
     assert_eq!(issued(&ca, "LB").0, 0, "nothing issued");
 }
+
+/// Issue 12 item 3: a device cannot clone itself a new birth certificate.
+/// The exact attack (its birth certificate over mutual TLS, `simplereenroll`
+/// under `birth`, a CSR for a fresh key with the birth's own subject) and every
+/// other way into the birth CA that skips the station and its batch: enroll
+/// with the birth certificate under `birth`, a one-time token under `birth`,
+/// renewal of a birth certificate under the operational label. Each is refused
+/// with the reason; no certificate, no batch count and no status changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_certificate_is_never_renewed_or_cloned_by_the_device() {
+    let ca = Ca::start().await;
+    let devs = crate::util::born_devices(&ca, "CLB", &["CL-1".to_string()]).await;
+    let birth_id = iotpki_agent::state::load(&devs[0]).unwrap();
+    let birth_der = pem::decode_one("CERTIFICATE", &birth_id.cert_pem).unwrap();
+    let birth_serial = iotpki_core::profile::cert_info(&birth_der).unwrap().serial;
+    let subject = iotpki_core::profile::cert_info(&birth_der).unwrap().cert.tbs_certificate.subject;
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let under = |label: Option<&str>, id: Option<ClientIdentity>| {
+        EstClient::new(&ca.url, label, std::slice::from_ref(&anchor), id).unwrap()
+    };
+    let fresh = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let clone_csr = est::encode_body(&csr::build(&subject, &fresh, vec![]).unwrap()).into_bytes();
+    let token = ca.token("CL-2");
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("CL-2:{token}"))
+    );
+    let ct = Some(est::CT_PKCS10);
+    // (what, label, with the birth certificate, op, HTTP Basic, reason)
+    type Case<'a> = (&'a str, Option<&'a str>, bool, &'a str, Option<String>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "simplereenroll under birth with the birth certificate (the clone)",
+            Some("birth"),
+            true,
+            "simplereenroll",
+            None,
+            "a birth certificate is never renewed",
+        ),
+        (
+            "simplereenroll under the operational label with the birth certificate",
+            None,
+            true,
+            "simplereenroll",
+            None,
+            "a birth certificate is never renewed",
+        ),
+        (
+            "simpleenroll under birth with the birth certificate",
+            Some("birth"),
+            true,
+            "simpleenroll",
+            None,
+            "label birth issues birth certificates",
+        ),
+        (
+            "simpleenroll under birth with a one-time token",
+            Some("birth"),
+            false,
+            "simpleenroll",
+            Some(basic),
+            "label birth issues birth certificates",
+        ),
+    ];
+    for (what, label, mtls, op, auth, reason) in cases {
+        let (certs, batch, audit) = (ca.cert_count(), issued(&ca, "CLB"), ca.audit_len());
+        let client = under(label, mtls.then(|| identity(&devs[0])));
+        let body = if auth.is_some() {
+            let n = NameBuilder::default()
+                .common_name("CL-2")
+                .unwrap()
+                .serial_number(&DeviceSerial::parse("CL-2").unwrap())
+                .unwrap()
+                .build();
+            est::encode_body(&csr::build(&n, &fresh, vec![]).unwrap()).into_bytes()
+        } else {
+            clone_csr.clone()
+        };
+        let (s, text) = client.raw("POST", op, ct, body, auth).await.unwrap();
+        assert_eq!(s, 403, "{what}: {text}");
+        assert!(text.contains(reason), "{what}: {text:?} lacks {reason:?}");
+        assert!(text.contains("only to a factory station"), "{what}: {text:?} names no way forward");
+        assert_eq!(ca.cert_count(), certs, "{what}: nothing issued");
+        assert_eq!(issued(&ca, "CLB"), batch, "{what}: the batch's counts are untouched");
+        assert_eq!(ca.audit_len(), audit + 1, "{what}: the refusal is audited");
+        let rec = ca.authority.store().certificate(&birth_serial).unwrap().unwrap();
+        assert_eq!(rec.status, iotpki_store::CertStatus::Good, "{what}: the birth certificate is unchanged");
+        assert_eq!(rec.der, birth_der, "{what}");
+    }
+    // The token was not spent by the refusal.
+    assert!(ca.authority.store().token(&iotpki_authority::tokens::hash(&token)).unwrap().unwrap().used_at.is_none());
+    assert_eq!(iotpki_agent::state::load(&devs[0]).unwrap().cert_pem, birth_id.cert_pem);
+}
