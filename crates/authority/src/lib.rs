@@ -167,7 +167,8 @@ pub struct Delegated {
     pub chain: Vec<Vec<u8>>,
     /// The batch as it stands now (quota left = quota - issued).
     pub batch: BatchRecord,
-    /// The batch's serials not born yet, in order: the station's allowlist.
+    /// The serials the delegated CA may give birth to, in order: the station's
+    /// allowlist, signed into the certificate (one permitted subtree each).
     pub allowlist: Vec<String>,
 }
 
@@ -1143,16 +1144,37 @@ impl Authority {
         Ok((der, vec![ca.cert_der.clone()]))
     }
 
-    /// Certify a station's offline sub-CA for `batch` (admin): issued by the
-    /// `birth` label's CA, path length 0, valid only inside the batch's window,
-    /// constrained to the batch's namespace (`O=org, OU=batch`). Its key was
-    /// made on the station; only `spki_der` comes here. Returns the
-    /// certificate and its issuing chain, and the batch's terms for the station.
+    /// Certify a station's offline sub-CA for `batch` (admin), for all the
+    /// batch's serials not born yet: see [`Self::delegate_station_serials`].
     pub fn delegate_station(
         &self,
         station: &str,
         batch: &str,
         spki_der: &[u8],
+        actor: &str,
+    ) -> Result<Delegated, AuthorityError> {
+        self.delegate_station_serials(station, batch, spki_der, None, actor)
+    }
+
+    /// Certify a station's offline sub-CA for `batch` (admin): issued by the
+    /// `birth` label's CA, path length 0, valid only inside the batch's window,
+    /// and name-constrained to exactly the device names of the serials it may
+    /// give birth to (`O=org, OU=batch, CN=serial, serialNumber=serial`, one
+    /// permitted directoryName subtree per serial), so that any RFC 5280
+    /// validator refuses a birth it signs for any other serial. The serials are
+    /// `serials` (a slice of the batch's allowlist, none born yet) or, when
+    /// `None`, every serial of the batch not born yet; at most
+    /// [`factory::MAX_DELEGATED_SERIALS`], and the certificate at most
+    /// [`factory::MAX_DELEGATED_CERT_BYTES`] (above either: refused, delegate
+    /// slices). Its key was made on the station; only `spki_der` comes here.
+    /// Returns the certificate and its issuing chain, and the batch's terms for
+    /// the station.
+    pub fn delegate_station_serials(
+        &self,
+        station: &str,
+        batch: &str,
+        spki_der: &[u8],
+        serials: Option<&[String]>,
         actor: &str,
     ) -> Result<Delegated, AuthorityError> {
         let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
@@ -1174,6 +1196,15 @@ impl Authority {
             }
             .into());
         }
+        let unborn = self.store.unborn_serials(batch, u32::try_from(factory::MAX_ALLOWLIST).unwrap_or(u32::MAX))?;
+        let allowlist = factory::delegation_slice(batch, &unborn, serials)?;
+        let subtrees = allowlist
+            .iter()
+            .map(|sn| {
+                let sn = DeviceSerial::parse(sn).map_err(|e| AuthorityError::Config(format!("allowlist: {e}")))?;
+                Ok(name::batch_device_subject(&self.cfg.organization, batch, &sn)?)
+            })
+            .collect::<Result<Vec<_>, AuthorityError>>()?;
         let (sn, sn_hex) = serial::system_random_serial(now)?;
         let subject = name::NameBuilder::default()
             .organization(&self.cfg.organization)?
@@ -1189,20 +1220,33 @@ impl Authority {
             not_after: rec.valid_until,
             dns_names: vec![],
             ip_addrs: vec![],
-            permitted_subtree: Some(name::batch_namespace(&self.cfg.organization, batch)?),
+            permitted_subtree: Some(subtrees),
         };
         let cert = ca.sign(&params, sn_hex.clone(), None, None, now)?;
+        if cert.der.len() > factory::MAX_DELEGATED_CERT_BYTES {
+            return Err(AuthorityError::BadRequest(format!(
+                "the delegated CA for {} serials of batch {batch} would take {} bytes, above the {} a device's TLS \
+                 chain can carry: delegate fewer serials at once (--serials FILE with a slice of the allowlist)",
+                allowlist.len(),
+                cert.der.len(),
+                factory::MAX_DELEGATED_CERT_BYTES
+            )));
+        }
         let audit = AuditEvent {
             at: now,
             actor: actor.into(),
             action: "station.delegate".into(),
             target: station.into(),
-            detail: format!("batch={batch} cert={sn_hex}"),
+            detail: format!(
+                "batch={batch} cert={sn_hex} serials={} first={} last={}",
+                allowlist.len(),
+                allowlist.first().map(String::as_str).unwrap_or_default(),
+                allowlist.last().map(String::as_str).unwrap_or_default()
+            ),
         };
         let der = cert.der.clone();
         self.store.add_delegation(station, batch, cert, audit)?;
-        let serials = self.store.unborn_serials(batch, u32::try_from(factory::MAX_ALLOWLIST).unwrap_or(u32::MAX))?;
-        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist: serials })
+        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist })
     }
 
     /// A station uploads its production record for `batch` (the entries after
