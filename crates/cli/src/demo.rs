@@ -276,8 +276,10 @@ async fn field_life(
         }
     }
     born.sort();
-    let claims: String =
-        born.iter().filter_map(|p| p.file_name()).map(|n| format!("{}\n", n.to_string_lossy())).collect();
+    // The factory's births file for the devices sold: each bound to its birth certificate.
+    let serials: Vec<String> =
+        born.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+    let claims = mfg.export_births(Some(&serials))?;
     let (_, claimed) = commission::claim_devices(store.as_ref(), &SystemClock, &claims, "admin:demo")?;
     let mut commissioned = 0;
     for d in &born {

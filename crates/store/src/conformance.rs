@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Issuance, ManufacturerRecord,
-    OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry,
-    SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, Issuance,
+    ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError,
+    SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -572,10 +572,33 @@ pub fn ownership(store: &dyn Store) {
         Err(StoreError::NotOwned { .. })
     ));
     assert_eq!(store.certificate(&c.serial).expect("read"), None, "nothing recorded for a device not owned");
-    assert_eq!(store.claim_devices(vec![a.clone(), b.clone()], "claim", 1_000, event("claim", "2")).expect("claim"), 2);
-    assert_eq!(store.claim_devices(vec![a.clone()], "claim", 2_000, event("claim", "1")).expect("claim again"), 0);
+    let bound = |s: &str, birth: &str| Claim {
+        device_serial: s.to_string(),
+        manufacturer_spki: "ab".repeat(32),
+        birth_sha256: birth.repeat(32),
+    };
+    assert_eq!(
+        store
+            .claim_devices(vec![bound(&a, "a1"), bound(&b, "b1")], "claim", 1_000, event("claim", "2"))
+            .expect("claim"),
+        2
+    );
+    assert_eq!(
+        store.claim_devices(vec![bound(&a, "a1")], "claim", 2_000, event("claim", "1")).expect("claim again"),
+        0
+    );
     let o = store.ownership(&a).expect("read").expect("owned");
     assert_eq!((o.status, o.since, o.via.as_str()), (OwnershipStatus::Owned, 1_000, "claim"));
+    assert_eq!((o.birth_sha256, o.manufacturer_spki), (Some("a1".repeat(32)), Some("ab".repeat(32))));
+    // Another birth for a claimed serial: the whole claim is refused, the new serial in it too.
+    let (fresh, audit_before) = (unique("OWN-"), audit_len(store));
+    assert!(matches!(
+        store.claim_devices(vec![bound(&fresh, "c1"), bound(&a, "ff")], "claim", 2_500, event("claim", "2")),
+        Err(StoreError::ClaimConflict { .. })
+    ));
+    assert_eq!(store.ownership(&fresh).expect("read"), None, "a refused claim writes nothing");
+    assert_eq!(store.ownership(&a).expect("read").expect("row").birth_sha256, Some("a1".repeat(32)));
+    assert_eq!(audit_len(store), audit_before);
     store
         .record_issuance(issuance(c.clone(), vec![Precondition::Owned { device_serial: a.clone() }]))
         .expect("an owned device is issued to");
@@ -594,7 +617,7 @@ pub fn ownership(store: &dyn Store) {
         ),
         "a revoked device cannot be handed on"
     );
-    assert_eq!(store.claim_devices(vec![a.clone()], "claim", 5_000, event("claim", "1")).expect("claim"), 0);
+    assert_eq!(store.claim_devices(vec![bound(&a, "a1")], "claim", 5_000, event("claim", "1")).expect("claim"), 0);
     assert_eq!(
         store.ownership(&a).expect("read").expect("row").status,
         OwnershipStatus::Revoked,
