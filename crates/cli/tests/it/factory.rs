@@ -590,3 +590,55 @@ async fn a_birth_certificate_is_never_renewed_or_cloned_by_the_device() {
     assert!(ca.authority.store().token(&iotpki_authority::tokens::hash(&token)).unwrap().unwrap().used_at.is_none());
     assert_eq!(iotpki_agent::state::load(&devs[0]).unwrap().cert_pem, birth_id.cert_pem);
 }
+
+/// The allowlist signed into a delegation has a cap: a delegated CA names at
+/// most `MAX_DELEGATED_SERIALS` serials and takes at most
+/// `MAX_DELEGATED_CERT_BYTES`; above either the delegation is refused with
+/// the reason and nothing is recorded. And a station whose `delegation.json`
+/// allowlist was tampered with still signs only the serials its delegated
+/// certificate names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
+    let ca = Ca::start().await;
+    let short = serials("D", factory::MAX_DELEGATED_SERIALS + 1);
+    batch(&ca, "DB", &short, short.len() as u64);
+    let long: Vec<String> = (0..factory::MAX_DELEGATED_SERIALS).map(|i| format!("{i:0>64}")).collect();
+    batch(&ca, "DL", &long, long.len() as u64);
+    let st_dir = station(&ca, "line-d", &["DB", "DL"]);
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let certs = ca.cert_count();
+    let e = ca.authority.delegate_station("line-d", "DB", key.public_key_der(), "test").unwrap_err().to_string();
+    assert!(e.contains("at most 256 serials") && e.contains("--serials"), "{e}");
+    let e = ca.authority.delegate_station("line-d", "DL", key.public_key_der(), "test").unwrap_err().to_string();
+    assert!(e.contains("bytes, above the 32768"), "{e}");
+    assert_eq!(ca.cert_count(), certs, "a refused delegation records nothing");
+    // The largest slice of short serials fits.
+    let slice = &short[..factory::MAX_DELEGATED_SERIALS];
+    let d = ca.authority.delegate_station_serials("line-d", "DB", key.public_key_der(), Some(slice), "test").unwrap();
+    eprintln!("a delegated CA naming {} serials like {:?}: {} bytes", slice.len(), slice[0], d.cert.len());
+    assert!(d.cert.len() <= factory::MAX_DELEGATED_CERT_BYTES);
+
+    // Tampered allowlist: the station's own check of its certificate refuses.
+    let t_dir = station(&ca, "line-t", &["DB"]);
+    let k = iotpki_agent::offline::new_delegate_key(&t_dir, "DB", KeyType::EcdsaP256).unwrap();
+    let one = vec![short[256].clone()];
+    let d = ca.authority.delegate_station_serials("line-t", "DB", k.public_key_der(), Some(&one), "test").unwrap();
+    let mut allow = d.allowlist.clone();
+    allow.push(short[0].clone());
+    let delegation = iotpki_agent::offline::Delegation {
+        batch: "DB".into(),
+        organization: "iotpki".into(),
+        quota: 2,
+        valid_from: d.batch.valid_from,
+        valid_until: d.batch.valid_until,
+        allowlist: allow,
+        cert_pem: pem::encode("CERTIFICATE", &d.cert),
+        chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+    };
+    iotpki_agent::offline::store_delegation(&t_dir, &delegation).unwrap();
+    let st = Station::open_offline(&t_dir, "DB").unwrap();
+    let e = st.birth("DB", &ca.tmp.path().join("t-dev"), &short[0], KeyType::EcdsaP256).await.unwrap_err();
+    assert!(e.to_string().contains("outside the names the delegated CA"), "{e}");
+    assert!(!iotpki_agent::offline::record_path(&t_dir, "DB").exists(), "nothing recorded");
+    st.birth("DB", &ca.tmp.path().join("t-ok"), &short[256], KeyType::EcdsaP256).await.unwrap();
+}
