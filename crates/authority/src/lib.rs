@@ -120,6 +120,26 @@ impl CaKey {
     }
 }
 
+/// How long a delegated CA's CRL is valid while its batch is open: the
+/// station signs a new one at each sync.
+pub const DELEGATED_CRL_SECS: i64 = 7 * 86_400;
+
+/// Where the CRL of station `station`'s delegated CA for `batch` is served.
+pub fn delegated_crl_path(station: &str, batch: &str) -> String {
+    format!("/crl/delegated/{station}/{batch}.crl")
+}
+
+/// What a station's next CRL for its delegated CA must say.
+#[derive(Clone, Debug)]
+pub struct DelegatedCrlTerms {
+    /// Its cRLNumber.
+    pub number: u64,
+    /// Its latest nextUpdate.
+    pub next_update: i64,
+    /// The births the authority revoked under the delegated CA.
+    pub revoked: Vec<iotpki_core::crl::Revoked>,
+}
+
 /// An EST label, resolved.
 pub struct Label {
     /// Its name.
@@ -170,6 +190,9 @@ pub struct Delegated {
     /// The serials the delegated CA may give birth to, in order: the station's
     /// allowlist, signed into the certificate (one permitted subtree each).
     pub allowlist: Vec<String>,
+    /// Where the delegated CA's CRL is served (the births it signs name it as
+    /// their cRLDistributionPoint), when the authority has a public HTTP URL.
+    pub crl_url: Option<String>,
 }
 
 /// A device authenticated by its certificate.
@@ -1246,7 +1269,126 @@ impl Authority {
         };
         let der = cert.der.clone();
         self.store.add_delegation(station, batch, cert, audit)?;
-        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist })
+        let crl_url = ca.public_http_url.as_ref().map(|b| format!("{b}{}", delegated_crl_path(station, batch)));
+        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist, crl_url })
+    }
+
+    /// The station's delegated CA for `batch`: its store name and certificate.
+    fn delegate_of(&self, station: &str, batch: &str) -> Result<(String, Vec<u8>), AuthorityError> {
+        let serial = self.store.delegation(station, batch)?.ok_or_else(|| {
+            AuthorityError::Forbidden(format!("station {station} has no delegated CA for batch {batch}"))
+        })?;
+        let rec = self
+            .store
+            .certificate(&serial)?
+            .ok_or_else(|| AuthorityError::Config(format!("delegated CA {serial} is not in the store")))?;
+        Ok((format!("delegated:{station}:{batch}"), rec.der))
+    }
+
+    /// What the station's next CRL for its delegated CA of `batch` must say:
+    /// the births the authority revoked under it, its cRLNumber, and its
+    /// nextUpdate (a week on, or the delegated CA's notAfter once the batch is
+    /// closed: the final CRL, which must outlive every birth it covers).
+    pub fn delegated_crl_terms(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+    ) -> Result<DelegatedCrlTerms, AuthorityError> {
+        let (station, _) = self.authenticate_station(chain)?;
+        let (ca, der) = self.delegate_of(&station.name, batch)?;
+        let not_after = profile::cert_info(&der)?.not_after;
+        let now = self.clock.now();
+        let closed = self.store.batch(batch)?.is_some_and(|b| b.status == iotpki_store::BatchStatus::Closed);
+        let next_update = if closed { not_after } else { (now + DELEGATED_CRL_SECS).min(not_after) };
+        let number = self.store.artifact(&format!("crl/{ca}"))?.map(|a| a.version).unwrap_or(0) + 1;
+        let revoked = self
+            .store
+            .revoked(&ca)?
+            .into_iter()
+            .map(|r| iotpki_core::crl::Revoked { serial: r.serial, at: r.revoked_at, reason: r.reason })
+            .collect();
+        Ok(DelegatedCrlTerms { number, next_update, revoked })
+    }
+
+    /// A station uploads the CRL it signed with its delegated CA for `batch`:
+    /// checked against the delegated certificate (issuer, signature, current),
+    /// its number above the last one, its nextUpdate no later than the terms
+    /// allow, and its entries exactly the births the authority revoked under
+    /// that CA (a station cannot leave one off). Then it is what
+    /// `/crl/delegated/STATION/BATCH.crl` serves.
+    pub fn upload_delegated_crl(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+        der: &[u8],
+    ) -> Result<u64, AuthorityError> {
+        let r = (|| {
+            let (station, _) = self.authenticate_station(chain)?;
+            let terms = self.delegated_crl_terms(chain, batch)?;
+            let (ca, cert) = self.delegate_of(&station.name, batch)?;
+            let now = self.clock.now();
+            let bad = |m: String| AuthorityError::Forbidden(format!("delegated CA CRL for batch {batch}: {m}"));
+            let checked = iotpki_core::crl::check(der, &cert, now, BACKDATE_SECS).map_err(|e| bad(e.to_string()))?;
+            if checked.number < terms.number {
+                return Err(bad(format!(
+                    "cRLNumber {} is not above the last one ({})",
+                    checked.number,
+                    terms.number - 1
+                )));
+            }
+            if checked.next_update > terms.next_update {
+                return Err(bad(format!(
+                    "nextUpdate {} is later than {} allows",
+                    checked.next_update, terms.next_update
+                )));
+            }
+            if checked.scope.is_some() {
+                return Err(bad("a delegated CA's CRL is complete (no issuingDistributionPoint)".into()));
+            }
+            let mut want: Vec<&str> = terms.revoked.iter().map(|r| r.serial.as_str()).collect();
+            let mut got: Vec<&str> = checked.revoked.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            if want != got {
+                return Err(bad(format!(
+                    "it lists {} certificates; the authority revoked {} under this CA (exactly those must be listed)",
+                    got.len(),
+                    want.len()
+                )));
+            }
+            let audit = AuditEvent {
+                at: now,
+                actor: format!("station:{}", station.name),
+                action: "factory.crl".into(),
+                target: format!("batch:{batch}"),
+                detail: format!("number={} revoked={} next_update={}", checked.number, got.len(), checked.next_update),
+            };
+            let art = iotpki_store::Artifact {
+                kind: format!("crl/{ca}"),
+                version: checked.number,
+                body: der.to_vec(),
+                published_at: now,
+            };
+            self.store.publish_artifact(art, audit)?;
+            Ok(checked.number)
+        })();
+        self.audit_refusal(&r, Credential::ClientCert(chain), None, "refuse.factory-crl");
+        r
+    }
+
+    /// The latest CRL a station uploaded for its delegated CA: `rest` is
+    /// `STATION/BATCH.crl` (the path after `/crl/delegated/`).
+    pub fn delegated_crl(&self, rest: &str) -> Result<Vec<u8>, AuthorityError> {
+        let not_found = || AuthorityError::NotFound(format!("no delegated CA CRL at {rest:?}"));
+        let (station, batch) = rest.strip_suffix(".crl").and_then(|r| r.split_once('/')).ok_or_else(not_found)?;
+        factory::check_name("station", station).map_err(|_| not_found())?;
+        factory::check_name("batch", batch).map_err(|_| not_found())?;
+        let a = self.store.artifact(&format!("crl/delegated:{station}:{batch}"))?.ok_or_else(|| {
+            AuthorityError::NotFound(format!(
+                "station {station} has uploaded no CRL for batch {batch} yet (it does at each factory sync)"
+            ))
+        })?;
+        Ok(a.body)
     }
 
     /// A station uploads its production record for `batch` (the entries after

@@ -516,6 +516,7 @@ async fn factory_line(
             allowlist: d.allowlist,
             cert_pem: iotpki_core::pem::encode("CERTIFICATE", &d.cert),
             chain_pem: d.chain.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect(),
+            crl_url: d.crl_url.clone(),
         },
     )?;
     let offline = Arc::new(Station::open_offline(&st_dir, "DEMO-OFF")?);

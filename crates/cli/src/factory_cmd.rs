@@ -283,7 +283,7 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             }
             factory::check_name("batch id", &batch)?;
             let key = iotpki_agent::offline::new_delegate_key(&station_dir, &batch, KeyType::from_name(&key_type)?)?;
-            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist } = authority
+            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } = authority
                 .delegate_station_serials(&name, &batch, key.public_key_der(), slice.as_deref(), "admin:cli")?;
             let pem_all =
                 |v: &[Vec<u8>]| v.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect::<String>();
@@ -296,6 +296,7 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
                 allowlist,
                 cert_pem: iotpki_core::pem::encode("CERTIFICATE", &cert),
                 chain_pem: pem_all(&chain),
+                crl_url,
             };
             iotpki_agent::offline::store_delegation(&station_dir, &d)?;
             println!(

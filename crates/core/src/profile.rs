@@ -6,7 +6,7 @@
 //! | root        | critical, CA            | keyCertSign, cRLSign       | -           |
 //! | issuing CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign       | -           |
 //! | delegating CA | critical, CA, pathLen 1 | keyCertSign, cRLSign     | -           |
-//! | delegated CA  | critical, CA, pathLen 0 | keyCertSign              | -           |
+//! | delegated CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign     | -           |
 //! | device      | critical, not CA        | digitalSignature           | clientAuth  |
 //! | server      | critical, not CA        | digitalSignature           | serverAuth  |
 //! | station     | critical, not CA        | digitalSignature           | clientAuth  |
@@ -215,10 +215,9 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
         }
     };
     out.push(ext(&bc, true)?);
-    let ku = if p == Profile::DelegatedCa {
-        // A station issues certificates offline; it never signs CRLs.
-        KeyUsage(KeyUsages::KeyCertSign.into())
-    } else if p.is_ca() {
+    // A delegated CA (a station's offline sub-CA) signs its own CRL too: the
+    // station signs it at each sync with the authority's revocations.
+    let ku = if p.is_ca() {
         KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
     } else {
         KeyUsage(KeyUsages::DigitalSignature.into())

@@ -231,6 +231,7 @@ async fn a_stolen_delegated_ca_key_mints_no_birth_an_owner_commissions() {
         allowlist: d.allowlist.clone(),
         cert_pem: pem::encode("CERTIFICATE", &d.cert),
         chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url: d.crl_url.clone(),
     };
     iotpki_agent::offline::store_delegation(&st_dir, &delegation).unwrap();
     // The genuine offline birth of S-1, synced to the manufacturer.

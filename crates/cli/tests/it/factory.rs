@@ -274,7 +274,7 @@ async fn devices_on_a_line_link_are_born_through_the_station() {
 
 fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
     let key = iotpki_agent::offline::new_delegate_key(st_dir, batch_id, KeyType::EcdsaP256).unwrap();
-    let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist } =
+    let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } =
         ca.authority.delegate_station(name, batch_id, key.public_key_der(), "test").unwrap();
     let d = iotpki_agent::offline::Delegation {
         batch: batch_id.into(),
@@ -285,6 +285,7 @@ fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
         allowlist,
         cert_pem: pem::encode("CERTIFICATE", &cert),
         chain_pem: chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url,
     };
     iotpki_agent::offline::store_delegation(st_dir, &d).unwrap();
 }
@@ -604,7 +605,7 @@ async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
     batch(&ca, "DB", &short, short.len() as u64);
     let long: Vec<String> = (0..factory::MAX_DELEGATED_SERIALS).map(|i| format!("{i:0>64}")).collect();
     batch(&ca, "DL", &long, long.len() as u64);
-    let st_dir = station(&ca, "line-d", &["DB", "DL"]);
+    station(&ca, "line-d", &["DB", "DL"]);
     let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
     let certs = ca.cert_count();
     let e = ca.authority.delegate_station("line-d", "DB", key.public_key_der(), "test").unwrap_err().to_string();
@@ -634,6 +635,7 @@ async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
         allowlist: allow,
         cert_pem: pem::encode("CERTIFICATE", &d.cert),
         chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url: d.crl_url.clone(),
     };
     iotpki_agent::offline::store_delegation(&t_dir, &delegation).unwrap();
     let st = Station::open_offline(&t_dir, "DB").unwrap();
@@ -641,4 +643,98 @@ async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
     assert!(e.to_string().contains("outside the names the delegated CA"), "{e}");
     assert!(!iotpki_agent::offline::record_path(&t_dir, "DB").exists(), "nothing recorded");
     st.birth("DB", &ca.tmp.path().join("t-ok"), &short[256], KeyType::EcdsaP256).await.unwrap();
+}
+
+fn curl_get(url: &str, out: &Path) -> u16 {
+    let o = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "-w", "%{http_code}", "-o"])
+        .arg(out)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
+}
+
+/// A station's delegated CA publishes a CRL: births it signs name
+/// `/crl/delegated/STATION/BATCH.crl`; at each sync the station signs a CRL
+/// with the authority's revocations under its CA and uploads it. openssl
+/// verify -crl_check with that CRL: a good birth is OK; after the authority
+/// revokes it and the station syncs, it is revoked. A CRL that leaves the
+/// revoked birth off is refused and the served CRL stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
+    let ca = Ca::start().await;
+    batch(&ca, "CB", &["C-1".to_string(), "C-2".to_string()], 2);
+    let st_dir = station(&ca, "line-c", &["CB"]);
+    delegate(&ca, &st_dir, "line-c", "CB");
+    let st = Station::open_offline(&st_dir, "CB").unwrap();
+    let dev = ca.tmp.path().join("c1");
+    st.birth("CB", &dev, "C-1", KeyType::EcdsaP256).await.unwrap();
+    st.sync(&st_dir, "CB").await.unwrap();
+
+    let d = ca.tmp.path().join("crlcheck");
+    std::fs::create_dir_all(&d).unwrap();
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    std::fs::write(d.join("birth.pem"), &id.cert_pem).unwrap();
+    std::fs::write(d.join("chain.pem"), &id.chain_pem).unwrap();
+    let birth = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+    let text =
+        openssl(&["x509", "-noout", "-ext", "crlDistributionPoints", "-in", d.join("birth.pem").to_str().unwrap()]);
+    let url = format!("{}/crl/delegated/line-c/CB.crl", ca.http_url);
+    assert!(text.contains(&url), "the birth names its CA's CRL: {text}");
+    let (root, crl_der, crl_pem) = (ca.root_file(), d.join("crl.der"), d.join("crl.pem"));
+    let verify = || {
+        assert_eq!(curl_get(&url, &crl_der), 200);
+        openssl(&["crl", "-inform", "DER", "-in", crl_der.to_str().unwrap(), "-out", crl_pem.to_str().unwrap()]);
+        let o = std::process::Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(&root)
+            .args(["-untrusted", d.join("chain.pem").to_str().unwrap(), "-CRLfile", crl_pem.to_str().unwrap()])
+            .arg(d.join("birth.pem"))
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let out = verify();
+    assert!(out.contains(": OK"), "{out}");
+
+    // The authority revokes the birth; until the station syncs, the served CRL is the old one.
+    let serial = iotpki_core::profile::cert_info(&birth).unwrap().serial;
+    iotpki_authority::revocation::revoke(
+        ca.authority.store().as_ref(),
+        ca.clock.as_ref(),
+        iotpki_authority::revocation::Target::Serial(&serial),
+        1,
+        "test",
+    )
+    .unwrap();
+    // A station that leaves the revoked birth off its CRL: refused, nothing served changes.
+    let before = std::fs::read(&crl_der).unwrap();
+    let (_, sub_key) =
+        iotpki_agent::state::pending_key(&iotpki_agent::offline::batch_dir(&st_dir, "CB")).unwrap().unwrap();
+    let sub = iotpki_core::profile::cert_info(&pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap()[0]).unwrap();
+    let kid = sub.ski.clone().unwrap();
+    let issuer = iotpki_core::profile::Issuer {
+        subject: &sub.cert.tbs_certificate.subject,
+        key_id: &kid,
+        not_after: sub.not_after,
+        signer: &sub_key,
+    };
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let liar = iotpki_core::crl::build(&issuer, 2, now - 10, now + 3600, &[]).unwrap();
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    match client.factory_crl_upload("CB", liar).await {
+        Err(iotpki_agent::AgentError::Refused { status, reason }) => {
+            assert_eq!(status, 403, "{reason}");
+            assert!(reason.contains("exactly those must be listed"), "{reason}");
+        }
+        other => panic!("a CRL without the revoked birth was accepted: {other:?}"),
+    }
+    assert_eq!(curl_get(&url, &crl_der), 200);
+    assert_eq!(std::fs::read(&crl_der).unwrap(), before, "the served CRL is unchanged");
+
+    st.sync(&st_dir, "CB").await.unwrap();
+    let out = verify();
+    assert!(out.contains("certificate revoked"), "{out}");
 }
