@@ -664,7 +664,17 @@ fn curl_get(url: &str, out: &Path) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
     let ca = Ca::start().await;
-    batch(&ca, "CB", &["C-1".to_string(), "C-2".to_string()], 2);
+    // A window of 30 days: longer than the week an open batch's CRL lasts.
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let nb = factory::NewBatch {
+        id: Some("CB".into()),
+        product: "widget".into(),
+        allowlist: "C-1\nC-2".into(),
+        quota: 2,
+        from: now - 60,
+        until: now + 30 * 86_400,
+    };
+    factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let st_dir = station(&ca, "line-c", &["CB"]);
     delegate(&ca, &st_dir, "line-c", "CB");
     let st = Station::open_offline(&st_dir, "CB").unwrap();
@@ -737,4 +747,14 @@ async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
     st.sync(&st_dir, "CB").await.unwrap();
     let out = verify();
     assert!(out.contains("certificate revoked"), "{out}");
+    let next = |f: &Path| openssl(&["crl", "-noout", "-nextupdate", "-in", f.to_str().unwrap()]);
+    let ca_end = openssl(&["x509", "-noout", "-enddate", "-in", d.join("chain.pem").to_str().unwrap()]);
+    let end = |t: &str| t.trim().split_once('=').map(|(_, v)| v.to_string()).unwrap();
+    assert_ne!(end(&next(&crl_pem)), end(&ca_end), "while the batch is open a CRL lasts a week, not the CA's life");
+
+    // The batch closes: the station's last CRL lasts as long as its delegated CA (and every birth it signed).
+    factory::close_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), "CB", "test").unwrap();
+    st.sync(&st_dir, "CB").await.unwrap();
+    assert!(verify().contains("certificate revoked"));
+    assert_eq!(end(&next(&crl_pem)), end(&ca_end));
 }
