@@ -108,31 +108,6 @@ fn refused(reason: String) -> AgentError {
     AgentError::Refused { status: 403, reason: format!("offline: {reason}") }
 }
 
-/// Whether the delegated CA `ca` may name `subject`: some permitted
-/// directoryName subtree of its nameConstraints is a prefix of it (RFC 5280
-/// 4.2.1.10). The authority signs the allowlist into the delegation this way;
-/// the station checks it too, so a tampered `delegation.json` allowlist does
-/// not make it sign what every validator would refuse. No constraint at all:
-/// refused (every delegation carries one).
-fn permitted_by(ca: &x509_cert::Certificate, subject: &x509_cert::name::Name) -> Result<bool, AgentError> {
-    use der::Decode as _;
-    use x509_cert::ext::pkix::constraints::name::NameConstraints;
-    use x509_cert::ext::pkix::name::GeneralName;
-    let oid = <NameConstraints as x509_cert::der::oid::AssociatedOid>::OID;
-    let Some(e) = ca.tbs_certificate.extensions.as_deref().unwrap_or_default().iter().find(|e| e.extn_id == oid) else {
-        return Ok(false);
-    };
-    let nc = NameConstraints::from_der(e.extn_value.as_bytes())
-        .map_err(|e| AgentError::State(format!("delegated CA name constraints: {e}")))?;
-    Ok(nc.permitted_subtrees.iter().flatten().any(|t| match &t.base {
-        GeneralName::DirectoryName(base) => {
-            base.0.len() <= subject.0.len()
-                && name::equivalent(base, &x509_cert::name::RdnSequence(subject.0[..base.0.len()].to_vec()))
-        }
-        _ => false,
-    }))
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -227,7 +202,7 @@ impl Offline {
         let ca = profile::cert_info(&self.ca_cert)?;
         let subject = name::batch_device_subject(&self.d.organization, batch, &sn)?;
         // Defence in depth: the allowlist signed into the delegation, not only the JSON beside it.
-        if !permitted_by(&ca.cert, &subject)? {
+        if !name::permitted_by(&ca.cert, &subject)? {
             return Err(refused(format!(
                 "serial {sn} is outside the names the delegated CA for batch {batch} was certified for"
             )));

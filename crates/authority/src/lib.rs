@@ -1460,7 +1460,10 @@ impl Authority {
             if serials != vec![e.serial.clone()] || !within {
                 return Err(bad(format!("the certificate does not name device {} inside batch {batch}", e.serial)));
             }
+            // Outside the serials signed into the delegation: flagged, whatever the batch's allowlist says.
+            let outside_delegation = !name::permitted_by(&delegate.cert, &tbs.subject)?;
             out.push(SyncEntry {
+                outside_delegation,
                 device_serial: e.serial.clone(),
                 cert: CertRecord {
                     serial: info.serial.clone(),

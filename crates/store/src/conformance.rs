@@ -461,7 +461,8 @@ pub fn offline_sync(store: &dyn Store) {
     assert_eq!(store.delegation(&st, &other).expect("read"), None);
     assert_eq!(store.sync_state(&st, &b).expect("state"), (0, crate::GENESIS_HASH.to_string()));
 
-    let entry = |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial) };
+    let entry =
+        |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial), outside_delegation: false };
     let entries = vec![entry(&listed[0]), entry(&listed[0]), entry("NOT-LISTED"), entry(&listed[1]), entry(&listed[2])];
     let serials: Vec<String> = entries.iter().map(|e| e.cert.serial.clone()).collect();
     let upload = |from: u64, prev: &str, to: u64, head: &str, entries: Vec<SyncEntry>| SyncUpload {
@@ -508,6 +509,10 @@ pub fn offline_sync(store: &dyn Store) {
     // The next entry continues the chain.
     let out = store.apply_sync(upload(6, "h5", 6, "h6", fresh)).expect("continue");
     assert_eq!(out.flagged.len(), 1, "the quota is used up: overbuild");
+    // A serial on the batch's allowlist but outside the delegated CA's permitted names: off-allowlist.
+    let outside = SyncEntry { outside_delegation: true, ..entry(&listed[2]) };
+    let out = store.apply_sync(upload(7, "h6", 7, "h7", vec![outside.clone()])).expect("continue");
+    assert_eq!(out.flagged, vec![(outside.cert.serial.clone(), crate::Flag::OffAllowlist)]);
 }
 
 /// Revocation: once, of a known certificate; listed per CA; CRL numbers only grow.

@@ -309,6 +309,10 @@ pub struct SyncEntry {
     pub device_serial: String,
     /// The certificate (status Good; the store revokes it if it flags it).
     pub cert: CertRecord,
+    /// Its name is outside the delegated CA's permitted names (the serials
+    /// signed into the delegation): flagged off-allowlist even when the serial
+    /// is on the batch's allowlist.
+    pub outside_delegation: bool,
 }
 
 /// An upload of production record entries `from_seq..=to_seq`.

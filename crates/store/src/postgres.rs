@@ -801,7 +801,7 @@ fn apply_sync(tx: &mut Tx<'_, '_>, s: &SyncUpload) -> Result<SyncOutcome, StoreE
     for e in &s.entries {
         let on_list = listed(tx, &s.batch, &e.device_serial)?;
         let was_born = born(tx, &e.device_serial)?.is_some();
-        let flag = if !on_list {
+        let flag = if !on_list || e.outside_delegation {
             Some(Flag::OffAllowlist)
         } else if was_born {
             Some(Flag::Clone)

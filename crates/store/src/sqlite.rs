@@ -563,7 +563,7 @@ fn apply_sync(tx: &Transaction<'_>, s: &SyncUpload) -> Result<SyncOutcome, Store
         let born: Option<String> = opt(tx
             .prepare_cached("SELECT cert_serial FROM births WHERE device_serial = ?1")
             .and_then(|mut q| q.query_row([&e.device_serial], |r| r.get(0))))?;
-        let flag = if listed.is_none() {
+        let flag = if listed.is_none() || e.outside_delegation {
             Some(Flag::OffAllowlist)
         } else if born.is_some() {
             Some(Flag::Clone)

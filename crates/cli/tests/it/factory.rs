@@ -758,3 +758,40 @@ async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
     assert!(verify().contains("certificate revoked"));
     assert_eq!(end(&next(&crl_pem)), end(&ca_end));
 }
+
+/// A station delegated a slice of its batch signs a birth for a serial on the
+/// batch's allowlist but outside its slice (outside the names signed into its
+/// delegated CA): the sync records it, flags it off-allowlist and revokes it;
+/// it never counts as a birth (nor shows in the births file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_outside_the_delegated_slice_is_flagged_at_sync() {
+    use iotpki_core::record::Entry;
+    let ca = Ca::start().await;
+    let list = serials("SL", 3);
+    batch(&ca, "SLB", &list, 3);
+    let st_dir = station(&ca, "line-s", &["SLB"]);
+    let dkey = iotpki_agent::offline::new_delegate_key(&st_dir, "SLB", KeyType::EcdsaP256).unwrap();
+    let d = ca
+        .authority
+        .delegate_station_serials("line-s", "SLB", dkey.public_key_der(), Some(&list[..1]), "test")
+        .unwrap();
+    let sid = iotpki_agent::state::load(&st_dir).unwrap();
+    let skey = iotpki_agent::state::load_key(&st_dir, &sid).unwrap();
+    let mut entries: Vec<Entry> = Vec::new();
+    for serial in [&list[0], &list[1]] {
+        let cert = forge_cert(&d.cert, &dkey, "SLB", serial);
+        entries.push(Entry::next(entries.last(), 1_000, "SLB", serial, &cert, &skey).unwrap());
+    }
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    let text: String = entries.iter().map(|e| e.to_line() + "\n").collect();
+    let out = client.factory_sync("SLB", text).await.unwrap();
+    assert_eq!(out["born"], 1, "{out}");
+    let flagged = out["flagged"].as_array().unwrap();
+    assert_eq!(flagged.len(), 1, "{out}");
+    assert_eq!(flagged[0]["reason"], "off-allowlist");
+    let rec = ca.authority.store().certificate(flagged[0]["cert_serial"].as_str().unwrap()).unwrap().unwrap();
+    assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }));
+    let births = ca.authority.export_births(None).unwrap();
+    assert!(births.contains(&format!("\n{},", list[0])) && !births.contains(&format!("\n{},", list[1])), "{births}");
+}
