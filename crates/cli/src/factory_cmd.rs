@@ -282,9 +282,16 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
                 bail!("{} is the directory of station {}, not {name}", station_dir.display(), station.device_serial);
             }
             factory::check_name("batch id", &batch)?;
+            let batch_dir = iotpki_agent::offline::batch_dir(&station_dir, &batch);
+            let fresh_dir = !batch_dir.exists();
             let key = iotpki_agent::offline::new_delegate_key(&station_dir, &batch, KeyType::from_name(&key_type)?)?;
-            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } = authority
-                .delegate_station_serials(&name, &batch, key.public_key_der(), slice.as_deref(), "admin:cli")?;
+            let delegated =
+                authority.delegate_station_serials(&name, &batch, key.public_key_der(), slice.as_deref(), "admin:cli");
+            if delegated.is_err() && fresh_dir {
+                // Refused: the key made for it goes, so that a retry makes (and uses) a new one.
+                let _ = std::fs::remove_dir_all(&batch_dir);
+            }
+            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } = delegated?;
             let pem_all =
                 |v: &[Vec<u8>]| v.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect::<String>();
             let d = iotpki_agent::offline::Delegation {

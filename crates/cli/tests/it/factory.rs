@@ -795,3 +795,44 @@ async fn a_birth_outside_the_delegated_slice_is_flagged_at_sync() {
     let births = ca.authority.export_births(None).unwrap();
     assert!(births.contains(&format!("\n{},", list[0])) && !births.contains(&format!("\n{},", list[1])), "{births}");
 }
+
+/// `station delegate` on a batch with more unborn serials than a delegated
+/// CA may name is refused with what to do, leaves no key behind, and a
+/// retry with `--serials` (a slice) delegates exactly that slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_delegate_above_the_cap_is_refused_and_a_slice_is_delegated() {
+    let ca = Ca::start().await;
+    let list = serials("CAP", factory::MAX_DELEGATED_SERIALS + 4);
+    batch(&ca, "CAPB", &list, list.len() as u64);
+    let st_dir = station(&ca, "line-cap", &["CAPB"]);
+    let delegate_cmd = |extra: &[&str]| {
+        let mut c = crate::util::bin();
+        c.env("IOTPKI_PASSPHRASE", crate::util::PASS)
+            .args(["station", "delegate", "line-cap", "--batch", "CAPB", "--dir"])
+            .arg(&ca.dir)
+            .arg("--station-dir")
+            .arg(&st_dir)
+            .args(extra);
+        c
+    };
+    let certs = ca.cert_count();
+    let e = crate::util::run_fail(&mut delegate_cmd(&[]));
+    assert!(e.contains("at most 256 serials") && e.contains("--serials"), "{e}");
+    assert!(!iotpki_agent::offline::batch_dir(&st_dir, "CAPB").exists(), "no key left behind");
+    assert_eq!(ca.cert_count(), certs);
+    let slice = ca.tmp.path().join("slice.txt");
+    std::fs::write(&slice, list[..3].join("\n")).unwrap();
+    let out = crate::util::run_ok(&mut delegate_cmd(&["--serials", slice.to_str().unwrap()]));
+    assert!(out.contains("3 births of 3 serials"), "{out}");
+    let st = Station::open_offline(&st_dir, "CAPB").unwrap();
+    assert_eq!(st_unborn(&st_dir), list[..3].to_vec());
+    st.birth("CAPB", &ca.tmp.path().join("cap-0"), &list[0], KeyType::EcdsaP256).await.unwrap();
+}
+
+fn st_unborn(st_dir: &Path) -> Vec<String> {
+    let d: iotpki_agent::offline::Delegation = serde_json::from_str(
+        &std::fs::read_to_string(iotpki_agent::offline::batch_dir(st_dir, "CAPB").join("delegation.json")).unwrap(),
+    )
+    .unwrap();
+    d.allowlist
+}
