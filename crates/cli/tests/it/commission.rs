@@ -414,3 +414,31 @@ async fn a_claim_binds_the_birth_certificate_not_a_bare_serial() {
     commission(&devs[0], &op).await.unwrap();
     commission(&devs[1], &op).await.unwrap();
 }
+
+/// A claim made by bare serial before claims named the birth (a row as the
+/// version-6 store left it, written here with the sqlite3 tool) binds no
+/// birth: commissioning is refused with what to do and issues nothing;
+/// claiming again with the births file binds it and the device commissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_serial_claim_from_an_older_store_commissions_nothing_until_claimed_with_the_birth() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let devs = born_devices(&mfg, "LGB", &["LG-1".to_string()]).await;
+    trust(&op, &mfg);
+    let db = op.dir.join(&op.authority.config().store.sqlite);
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("INSERT INTO owned_devices (device_serial, via, since) VALUES ('LG-1', 'claim', 1)")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let certs = op.cert_count();
+    refused(commission(&devs[0], &op).await, 403, "claimed by bare serial");
+    assert_eq!(op.cert_count(), certs, "nothing issued");
+    let out = claim(&op, &mfg, &["LG-1"]);
+    assert!(out.contains("claimed 0 new device(s) of 1 listed"), "{out}");
+    let o = op.authority.store().ownership("LG-1").unwrap().unwrap();
+    assert_eq!(o.since, 1, "the claim is the same, now bound to the birth");
+    assert!(o.birth_sha256.is_some());
+    commission(&devs[0], &op).await.unwrap();
+}
