@@ -442,3 +442,52 @@ async fn a_bare_serial_claim_from_an_older_store_commissions_nothing_until_claim
     assert!(o.birth_sha256.is_some());
     commission(&devs[0], &op).await.unwrap();
 }
+
+/// The largest delegation (256 serials signed into the delegated CA, about
+/// 18 KB) still fits a device's TLS chain: a birth it signed commissions over
+/// mutual TLS 1.3 at its owner's, and openssl verifies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_under_the_largest_delegation_commissions_over_tls() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let list: Vec<String> =
+        (0..iotpki_authority::factory::MAX_DELEGATED_SERIALS).map(|i| format!("BIG-{i:04}")).collect();
+    crate::util::batch(&mfg, "BIG", &list, list.len() as u64);
+    let st_dir = crate::util::station(&mfg, "line-big", &["BIG"]);
+    let key = iotpki_agent::offline::new_delegate_key(&st_dir, "BIG", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let d = mfg.authority.delegate_station("line-big", "BIG", key.public_key_der(), "test").unwrap();
+    assert_eq!(d.allowlist.len(), list.len());
+    assert!(d.cert.len() > 16_000, "{}", d.cert.len());
+    let delegation = iotpki_agent::offline::Delegation {
+        batch: "BIG".into(),
+        organization: "iotpki".into(),
+        quota: 1,
+        valid_from: d.batch.valid_from,
+        valid_until: d.batch.valid_until,
+        allowlist: d.allowlist.clone(),
+        cert_pem: pem::encode("CERTIFICATE", &d.cert),
+        chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url: d.crl_url.clone(),
+    };
+    iotpki_agent::offline::store_delegation(&st_dir, &delegation).unwrap();
+    let st = iotpki_agent::factory::Station::open_offline(&st_dir, "BIG").unwrap();
+    let dev = mfg.tmp.path().join("big-last");
+    st.birth("BIG", &dev, &list[255], iotpki_core::keys::KeyType::EcdsaP256).await.unwrap();
+    st.sync(&st_dir, "BIG").await.unwrap();
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    let (leaf, chain) = (mfg.tmp.path().join("big.pem"), mfg.tmp.path().join("big-chain.pem"));
+    std::fs::write(&leaf, &id.cert_pem).unwrap();
+    std::fs::write(&chain, &id.chain_pem).unwrap();
+    let out = openssl(&[
+        "verify",
+        "-CAfile",
+        mfg.root_file().to_str().unwrap(),
+        "-untrusted",
+        chain.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
+    assert!(out.contains(": OK"), "{out}");
+    trust(&op, &mfg);
+    claim(&op, &mfg, &[list[255].as_str()]);
+    commission(&dev, &op).await.unwrap();
+}

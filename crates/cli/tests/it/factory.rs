@@ -612,6 +612,7 @@ async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
     assert!(e.contains("at most 256 serials") && e.contains("--serials"), "{e}");
     let e = ca.authority.delegate_station("line-d", "DL", key.public_key_der(), "test").unwrap_err().to_string();
     assert!(e.contains("bytes, above the 32768"), "{e}");
+    eprintln!("256 serials of 64 characters: {e}");
     assert_eq!(ca.cert_count(), certs, "a refused delegation records nothing");
     // The largest slice of short serials fits.
     let slice = &short[..factory::MAX_DELEGATED_SERIALS];
