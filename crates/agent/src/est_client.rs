@@ -210,6 +210,20 @@ impl EstClient {
         serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("sync: {e}")))
     }
 
+    /// `GET /factory/crl?batch=ID`: what the next CRL of this station's delegated CA must say.
+    pub async fn factory_crl_terms(&self, batch: &str) -> Result<serde_json::Value, AgentError> {
+        let a = self.exchange("GET", &format!("/factory/crl?batch={batch}"), None, Bytes::new(), vec![]).await?;
+        serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("CRL terms: {e}")))
+    }
+
+    /// `POST /factory/crl?batch=ID`: upload the delegated CA's CRL (DER).
+    pub async fn factory_crl_upload(&self, batch: &str, der: Vec<u8>) -> Result<serde_json::Value, AgentError> {
+        let path = format!("/factory/crl?batch={batch}");
+        let a = self.exchange("POST", &path, Some("application/pkix-crl"), Bytes::from(der), vec![]).await?;
+        serde_json::from_slice(&refuse_unless_ok(a)?.body)
+            .map_err(|e| AgentError::BadAnswer(format!("CRL upload: {e}")))
+    }
+
     /// `POST /simpleenroll` authenticated by the TLS client certificate alone
     /// (commissioning with the birth certificate).
     pub async fn simple_enroll_mtls(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {

@@ -191,7 +191,34 @@ impl Station {
                 ));
             }
         }
+        if let Some(offline) = &self.offline {
+            self.publish_crl(offline, batch).await?;
+        }
         Ok((born, flagged))
+    }
+
+    /// Sign the delegated CA's CRL with what the authority revoked under it
+    /// (flagged births included) and upload it: the authority serves it where
+    /// the births' cRLDistributionPoint points.
+    async fn publish_crl(&self, offline: &crate::offline::Offline, batch: &str) -> Result<(), AgentError> {
+        let t = self.client.factory_crl_terms(batch).await?;
+        let bad = |m: &str| AgentError::BadAnswer(format!("CRL terms: {m}"));
+        let number = t["number"].as_u64().ok_or_else(|| bad("no number"))?;
+        let next_update = t["next_update"].as_i64().ok_or_else(|| bad("no next_update"))?;
+        let mut revoked = Vec::new();
+        for r in t["revoked"].as_array().ok_or_else(|| bad("no revoked list"))? {
+            revoked.push(iotpki_core::crl::Revoked {
+                serial: r["serial"].as_str().ok_or_else(|| bad("an entry without serial"))?.to_string(),
+                at: r["at"].as_i64().ok_or_else(|| bad("an entry without time"))?,
+                reason: r["reason"]
+                    .as_u64()
+                    .and_then(|x| u8::try_from(x).ok())
+                    .ok_or_else(|| bad("an entry without reason"))?,
+            });
+        }
+        let der = offline.sign_crl(number, next_update, &revoked)?;
+        self.client.factory_crl_upload(batch, der).await?;
+        Ok(())
     }
 
     /// The batch as the authority shows it to this station, with up to `unborn` serials not born yet.

@@ -43,6 +43,10 @@ pub struct Delegation {
     pub cert_pem: String,
     /// The certificates above it (the manufacturing CA), PEM.
     pub chain_pem: String,
+    /// Where the delegated CA's CRL is served: the births it signs name it as
+    /// their cRLDistributionPoint (none when the authority has no public URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_url: Option<String>,
 }
 
 /// The directory of a batch's offline material.
@@ -143,6 +147,23 @@ impl Offline {
         Ok(Self { d, station_key, ca_key, ca_cert, chain, record, progress })
     }
 
+    /// Sign the delegated CA's CRL: number `number`, valid until `next_update`,
+    /// listing `revoked` (what the authority revoked under it; it checks the
+    /// upload lists exactly those).
+    pub fn sign_crl(
+        &self,
+        number: u64,
+        next_update: i64,
+        revoked: &[iotpki_core::crl::Revoked],
+    ) -> Result<Vec<u8>, AgentError> {
+        let ca = profile::cert_info(&self.ca_cert)?;
+        let key_id = ca.ski.clone().unwrap_or_default();
+        let subject = ca.cert.tbs_certificate.subject.clone();
+        let issuer = Issuer { subject: &subject, key_id: &key_id, not_after: ca.not_after, signer: &self.ca_key };
+        let t = now();
+        Ok(iotpki_core::crl::build(&issuer, number, (t - 60).max(ca.not_before), next_update, revoked)?)
+    }
+
     /// Up to `n` serials of the allowlist not born here yet, in order.
     pub fn unborn(&self, n: usize) -> Vec<String> {
         let born = self.progress.lock().map(|p| p.born.clone()).unwrap_or_default();
@@ -179,13 +200,20 @@ impl Offline {
             return Err(refused(format!("batch {batch} has used up this station's quota of {}", self.d.quota)));
         }
         let ca = profile::cert_info(&self.ca_cert)?;
+        let subject = name::batch_device_subject(&self.d.organization, batch, &sn)?;
+        // Defence in depth: the allowlist signed into the delegation, not only the JSON beside it.
+        if !name::permitted_by(&ca.cert, &subject)? {
+            return Err(refused(format!(
+                "serial {sn} is outside the names the delegated CA for batch {batch} was certified for"
+            )));
+        }
         let ca_subject = ca.cert.tbs_certificate.subject.clone();
         let key_id = ca.ski.clone().unwrap_or_default();
         let issuer = Issuer { subject: &ca_subject, key_id: &key_id, not_after: ca.not_after, signer: &self.ca_key };
         let params = CertParams {
             profile: Profile::Device,
             serial: serial::system_random_serial(t)?.0,
-            subject: name::batch_device_subject(&self.d.organization, batch, &sn)?,
+            subject,
             spki: req.spki.clone(),
             not_before: t - 60,
             not_after: ca.not_after,
@@ -193,7 +221,8 @@ impl Offline {
             ip_addrs: vec![],
             permitted_subtree: None,
         };
-        let issued = profile::issue(&params, &issuer)?;
+        let urls = self.d.crl_url.as_ref().map(|u| profile::RevocationUrls { crl: u.clone(), ocsp: None });
+        let issued = profile::issue_with(&params, &issuer, urls.as_ref())?;
         // Recorded (and fsync'd) before the device ever sees it.
         let entry = Entry::next(p.last.as_ref(), t, batch, sn.as_str(), &issued.der, &self.station_key)?;
         let mut f = std::fs::OpenOptions::new()

@@ -26,7 +26,7 @@ use iotpki_core::asn1::x509_cert::Certificate;
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile;
 use iotpki_core::{csr, est, keys, pem};
-use iotpki_store::{AuditEvent, CertStatus, ManufacturerRecord, OwnershipStatus, Precondition, Store};
+use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipStatus, Precondition, Store};
 use rustls_pki_types::CertificateDer;
 
 use crate::clock::Clock;
@@ -52,6 +52,10 @@ pub struct Birth {
     pub manufacturer_cert: Vec<u8>,
     /// SHA-256 of the birth key (subjectPublicKeyInfo).
     pub spki_sha256: String,
+    /// SHA-256 (hex) of the manufacturing CA's subjectPublicKeyInfo.
+    pub manufacturer_spki: String,
+    /// SHA-256 (hex) of the birth certificate's DER.
+    pub birth_sha256: String,
 }
 
 /// Trust the manufacturing CA in `pem_text` (the first certificate) as a
@@ -211,46 +215,142 @@ fn not_a_birth(leaf: &Certificate, inter: &[Certificate], anchor: &Certificate) 
     None
 }
 
-/// Take ownership of the devices listed in `text` (one serial a line;
-/// blank lines and `#` comments are skipped). Answers `(listed, new)`.
+/// The first line of a births file (`iotpki device export-births`).
+pub const BIRTHS_HEADER: &str = "# iotpki births v1";
+
+/// The column line of a births file.
+pub const BIRTHS_COLUMNS: &str = "serial,birth_sha256,manufacturer_ca_sha256";
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parse a births file: after [`BIRTHS_HEADER`] and [`BIRTHS_COLUMNS`], one
+/// device a line, `SERIAL,SHA256 OF THE BIRTH CERTIFICATE (DER),SHA256 OF THE
+/// MANUFACTURING CA'S subjectPublicKeyInfo`, lowercase hex; blank lines and
+/// `#` comments skipped; a serial at most once.
+pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, l)) if l.trim() == BIRTHS_HEADER => {}
+        _ => {
+            return Err(AuthorityError::BadRequest(format!(
+                "a births file starts with {BIRTHS_HEADER:?} (make it with `iotpki device export-births` at the \
+                 manufacturer); a list of bare serials no longer claims devices"
+            )))
+        }
+    }
+    for (i, line) in lines {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line == BIRTHS_COLUMNS {
+            continue;
+        }
+        let bad = |m: String| AuthorityError::BadRequest(format!("births line {}: {m}", i + 1));
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [serial, birth, mfg] = f.as_slice() else {
+            return Err(bad(format!("expected {BIRTHS_COLUMNS}, found {} fields", f.len())));
+        };
+        let s = DeviceSerial::parse(serial).map_err(|e| bad(e.to_string()))?;
+        if !is_sha256_hex(birth) || !is_sha256_hex(mfg) {
+            return Err(bad("the hashes are 64 lowercase hex digits (SHA-256)".into()));
+        }
+        if !seen.insert(s.to_string()) {
+            return Err(bad(format!("serial {s} is listed twice")));
+        }
+        out.push(Claim {
+            device_serial: s.to_string(),
+            birth_sha256: birth.to_string(),
+            manufacturer_spki: mfg.to_string(),
+        });
+        if out.len() > MAX_CLAIM {
+            return Err(AuthorityError::BadRequest(format!("claim at most {MAX_CLAIM} devices at once")));
+        }
+    }
+    if out.is_empty() {
+        return Err(AuthorityError::BadRequest("the births file names no device".into()));
+    }
+    Ok(out)
+}
+
+/// Take ownership of the devices in the births file `text` (see
+/// [`parse_births`]): each bound to its birth certificate and its
+/// manufacturing CA, which must be a trusted manufacturer. Commissioning then
+/// accepts exactly that birth certificate for the serial, no other. Answers
+/// `(listed, new)`. A bare serial does not claim: a key that chains to the
+/// manufacturer (a station's delegated CA, say) could present any birth for it.
 pub fn claim_devices(
     store: &dyn Store,
     clock: &dyn Clock,
     text: &str,
     actor: &str,
 ) -> Result<(usize, u64), AuthorityError> {
-    let mut serials = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let s = DeviceSerial::parse(line).map_err(|e| AuthorityError::BadRequest(format!("line {}: {e}", i + 1)))?;
-        if seen.insert(s.to_string()) {
-            serials.push(s.to_string());
-        }
+    let claims = parse_births(text)?;
+    let trusted: std::collections::HashSet<String> =
+        store.manufacturers()?.into_iter().map(|m| m.spki_sha256).collect();
+    if let Some(c) = claims.iter().find(|c| !trusted.contains(&c.manufacturer_spki)) {
+        return Err(AuthorityError::BadRequest(format!(
+            "device {} was born under manufacturing CA {}, which this authority does not trust \
+             (`iotpki trust add-manufacturer` first)",
+            c.device_serial, c.manufacturer_spki
+        )));
     }
-    if serials.is_empty() {
-        return Err(AuthorityError::BadRequest("the claim list names no serial".into()));
-    }
-    if serials.len() > MAX_CLAIM {
-        return Err(AuthorityError::BadRequest(format!("claim at most {MAX_CLAIM} serials at once")));
-    }
-    let listed = serials.len();
+    let listed = claims.len();
     let now = clock.now();
     let audit = AuditEvent {
         at: now,
         actor: actor.into(),
         action: "device.claim".into(),
-        target: format!("{listed} serials"),
-        detail: format!("first={} last={}", serials[0], serials[listed - 1]),
+        target: format!("{listed} devices"),
+        detail: format!(
+            "first={} birth={} last={} birth={}",
+            claims[0].device_serial,
+            claims[0].birth_sha256,
+            claims[listed - 1].device_serial,
+            claims[listed - 1].birth_sha256
+        ),
     };
-    let new = store.claim_devices(serials, "claim", now, audit)?;
+    let new = store.claim_devices(claims, "claim", now, audit)?;
     Ok((listed, new))
 }
 
 impl Authority {
+    /// A births file (see [`parse_births`]) for the devices born here, online
+    /// or offline (synced from a station), whose birth certificate is good:
+    /// all, or the serials in `serials` (each must have one). What a
+    /// manufacturer hands an operator with the devices it sells; the operator
+    /// feeds it to `device claim --births`.
+    pub fn export_births(&self, serials: Option<&[String]>) -> Result<String, AuthorityError> {
+        let ca = &self.label(Some(crate::BIRTH_LABEL))?.ca;
+        let mfg = profile::cert_info(&ca.cert_der)?.spki_sha256;
+        let q = iotpki_store::CertQuery { profile: Some(profile::Profile::Device.name().into()), ..Default::default() };
+        // Newest first: the first good birth of a serial is its current one.
+        let mut births = std::collections::BTreeMap::new();
+        for c in self.store.list_certificates(&q)? {
+            let ours = c.ca == ca.name || c.ca.starts_with("delegated:");
+            if let (true, CertStatus::Good, Some(sn)) = (ours, &c.status, &c.device_serial) {
+                births.entry(sn.clone()).or_insert_with(|| keys::sha256_hex(&c.der));
+            }
+        }
+        let mut out = format!("{BIRTHS_HEADER}\n{BIRTHS_COLUMNS}\n");
+        let mut line = |sn: &str, h: &str| out.push_str(&format!("{sn},{h},{mfg}\n"));
+        match serials {
+            None => births.iter().for_each(|(sn, h)| line(sn, h)),
+            Some(list) => {
+                for sn in list {
+                    let h = births.get(sn).ok_or_else(|| {
+                        AuthorityError::NotFound(format!(
+                            "device {sn} has no good birth certificate from this authority"
+                        ))
+                    })?;
+                    line(sn, h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Check a birth certificate chain (leaf first) as presented in the TLS handshake.
     pub fn check_birth(&self, chain: &[CertificateDer<'_>]) -> Result<Birth, AuthorityError> {
         let leaf = chain.first().ok_or_else(|| {
@@ -273,13 +373,13 @@ impl Authority {
         for m in &manufacturers {
             match iotpki_core::chain::verify(leaf, &inter, &m.cert_der, now, CLIENT_AUTH) {
                 Ok(()) => {
-                    found = Some((m.name.clone(), m.cert_der.clone()));
+                    found = Some((m.name.clone(), m.cert_der.clone(), m.spki_sha256.clone()));
                     break;
                 }
                 Err(e) => why.push(e.to_string()),
             }
         }
-        let Some((manufacturer, manufacturer_cert)) = found else {
+        let Some((manufacturer, manufacturer_cert, manufacturer_spki)) = found else {
             let detail = if manufacturers.len() == 1 { format!(" ({})", why.join("; ")) } else { String::new() };
             return Err(AuthorityError::Forbidden(format!(
                 "the birth certificate does not chain to a trusted manufacturer{detail}"
@@ -318,7 +418,15 @@ impl Authority {
             )));
         };
         let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
-        Ok(Birth { device, manufacturer, manufacturer_cert, spki_sha256: info.spki_sha256 })
+        let birth_sha256 = keys::sha256_hex(leaf.as_ref());
+        Ok(Birth {
+            device,
+            manufacturer,
+            manufacturer_cert,
+            spki_sha256: info.spki_sha256,
+            manufacturer_spki,
+            birth_sha256,
+        })
     }
 
     /// `simpleenroll` with a birth certificate: an operational certificate for
@@ -330,6 +438,14 @@ impl Authority {
         body: &[u8],
     ) -> Result<Enrolled, AuthorityError> {
         let label = self.label(label)?;
+        if self.is_birth_ca(&label.ca.name) {
+            return Err(AuthorityError::Forbidden(format!(
+                "label {} issues birth certificates: commissioning gives an operational certificate \
+                 (use an operational label); {}",
+                label.name,
+                crate::BIRTH_ONLY_ON_THE_LINE
+            )));
+        }
         let birth = self.check_birth(chain)?;
         // Cheap refusal before any signature work; the transaction checks again.
         match self.store.ownership(birth.device.as_str())? {
@@ -346,7 +462,28 @@ impl Authority {
                 // this very birth certificate to this authority, must hold now.
                 self.check_voucher(&birth.device, chain[0].as_ref(), &birth.manufacturer_cert)?;
             }
-            Some(_) => {}
+            // Owned by claim: exactly the birth certificate claimed, from the
+            // manufacturer claimed (a claim never changes to another birth).
+            Some(o) => match (&o.birth_sha256, &o.manufacturer_spki) {
+                (Some(b), Some(m)) if *b == birth.birth_sha256 && *m == birth.manufacturer_spki => {}
+                (Some(b), Some(_)) => {
+                    return Err(AuthorityError::Forbidden(format!(
+                        "device {} is claimed with birth certificate sha256 {b} from manufacturing CA {}; this \
+                         one (sha256 {}, manufacturer {}) is not it: a clone, a forgery or a device born twice",
+                        birth.device,
+                        o.manufacturer_spki.as_deref().unwrap_or_default(),
+                        birth.birth_sha256,
+                        birth.manufacturer
+                    )))
+                }
+                _ => {
+                    return Err(AuthorityError::Forbidden(format!(
+                        "device {} was claimed by bare serial, which binds no birth: claim it again with the \
+                         manufacturer's births file (`iotpki device claim --births`)",
+                        birth.device
+                    )))
+                }
+            },
         }
         let der = est::decode_body(body)?;
         let req = csr::parse_and_verify(&der)?;
@@ -435,7 +572,7 @@ mod tests {
             .unwrap()
             .build();
         let mut p = params(Profile::DelegatedCa, sub_name.clone(), &dk);
-        p.permitted_subtree = Some(subtree);
+        p.permitted_subtree = Some(vec![subtree]);
         let sub = Certificate::from_der(&issue(&p, &mfg_issuer).unwrap().der).unwrap();
         let dkid = keys::key_identifier(&spki(&dk));
         let sub_issuer = Issuer { subject: &sub_name, key_id: &dkid, not_after: 9_000_000, signer: &dk };

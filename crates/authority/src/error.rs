@@ -131,7 +131,8 @@ impl From<StoreError> for AuthorityError {
             StoreError::BatchExists { .. }
             | StoreError::StationExists { .. }
             | StoreError::DelegationExists { .. }
-            | StoreError::ManufacturerExists { .. } => Self::BadRequest(e.to_string()),
+            | StoreError::ManufacturerExists { .. }
+            | StoreError::ClaimConflict { .. } => Self::BadRequest(e.to_string()),
             StoreError::SyncOutOfOrder { .. } => Self::Forbidden(e.to_string()),
             StoreError::Unavailable(m) => Self::Unavailable(m),
             other => Self::Store(other),

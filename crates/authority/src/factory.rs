@@ -17,6 +17,58 @@ use crate::AuthorityError;
 /// Most serials one batch may list.
 pub const MAX_ALLOWLIST: usize = 1_000_000;
 
+/// Most serials one delegated CA (a station's offline sub-CA) may name. Its
+/// allowlist is signed into it, one permitted directoryName subtree per
+/// serial (about 80 bytes each for short names), and the certificate travels
+/// in every birth chain a device presents: TLS 1.3 implementations cap a
+/// handshake message near 64 KiB (rustls: 0xffff), and small devices store
+/// the chain. A batch with more unborn serials is delegated in slices
+/// (`station delegate --serials FILE`); a larger request is refused.
+pub const MAX_DELEGATED_SERIALS: usize = 256;
+
+/// Most octets a delegated CA certificate may take (long serials and batch
+/// names make each subtree larger): above it the delegation is refused.
+pub const MAX_DELEGATED_CERT_BYTES: usize = 32 * 1024;
+
+/// The serials a delegation names: `wanted` (each on the batch's allowlist
+/// and not born yet, none twice) or, when `None`, every unborn serial; at
+/// least one and at most [`MAX_DELEGATED_SERIALS`].
+pub fn delegation_slice(
+    batch: &str,
+    unborn: &[String],
+    wanted: Option<&[String]>,
+) -> Result<Vec<String>, AuthorityError> {
+    let out = match wanted {
+        None => unborn.to_vec(),
+        Some(w) => {
+            let pool: std::collections::HashSet<&str> = unborn.iter().map(String::as_str).collect();
+            let mut seen = std::collections::HashSet::new();
+            for s in w {
+                if !pool.contains(s.as_str()) {
+                    return Err(AuthorityError::BadRequest(format!(
+                        "serial {s} is not a serial of batch {batch} still to be born (off its allowlist, or born already)"
+                    )));
+                }
+                if !seen.insert(s.as_str()) {
+                    return Err(AuthorityError::BadRequest(format!("serial {s} is listed twice")));
+                }
+            }
+            w.to_vec()
+        }
+    };
+    if out.is_empty() {
+        return Err(AuthorityError::BadRequest(format!("batch {batch} has no serial left to delegate")));
+    }
+    if out.len() > MAX_DELEGATED_SERIALS {
+        return Err(AuthorityError::BadRequest(format!(
+            "a delegated CA names at most {MAX_DELEGATED_SERIALS} serials (signed into its name constraints) and \
+             {} were asked for batch {batch}: delegate a slice of the allowlist (--serials FILE)",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
 /// What `iotpki batch create` asks for.
 #[derive(Clone, Debug)]
 pub struct NewBatch {

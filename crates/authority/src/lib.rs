@@ -48,6 +48,15 @@ pub use error::AuthorityError;
 pub use iotpki_hsm::Pin;
 pub use keyfile::Passphrase;
 
+/// The EST label whose CA (the manufacturing CA) issues birth certificates.
+pub const BIRTH_LABEL: &str = "birth";
+
+/// Why a device may not renew its birth certificate (or get one any way but
+/// from a station): the refusal every such path answers with.
+pub(crate) const BIRTH_ONLY_ON_THE_LINE: &str = "birth certificates are issued only to a factory station on the line, \
+     under its batch's rules (allowlist, quota, window, attestation); a device never renews its birth \
+     certificate and a token, an owner or an admin cannot make one";
+
 /// How long before "now" issued certificates start, for devices with slow clocks.
 const BACKDATE_SECS: i64 = 60;
 
@@ -122,6 +131,26 @@ pub(crate) fn revocation_urls(base: &str, ca: &str, shards: Option<u32>, serial_
     profile::RevocationUrls { crl: format!("{base}{path}"), ocsp: Some(format!("{base}/ocsp")) }
 }
 
+/// How long a delegated CA's CRL is valid while its batch is open: the
+/// station signs a new one at each sync.
+pub const DELEGATED_CRL_SECS: i64 = 7 * 86_400;
+
+/// Where the CRL of station `station`'s delegated CA for `batch` is served.
+pub fn delegated_crl_path(station: &str, batch: &str) -> String {
+    format!("/crl/delegated/{station}/{batch}.crl")
+}
+
+/// What a station's next CRL for its delegated CA must say.
+#[derive(Clone, Debug)]
+pub struct DelegatedCrlTerms {
+    /// Its cRLNumber.
+    pub number: u64,
+    /// Its latest nextUpdate.
+    pub next_update: i64,
+    /// The births the authority revoked under the delegated CA.
+    pub revoked: Vec<iotpki_core::crl::Revoked>,
+}
+
 /// An EST label, resolved.
 pub struct Label {
     /// Its name.
@@ -182,8 +211,12 @@ pub struct Delegated {
     pub chain: Vec<Vec<u8>>,
     /// The batch as it stands now (quota left = quota - issued).
     pub batch: BatchRecord,
-    /// The batch's serials not born yet, in order: the station's allowlist.
+    /// The serials the delegated CA may give birth to, in order: the station's
+    /// allowlist, signed into the certificate (one permitted subtree each).
     pub allowlist: Vec<String>,
+    /// Where the delegated CA's CRL is served (the births it signs name it as
+    /// their cRLDistributionPoint), when the authority has a public HTTP URL.
+    pub crl_url: Option<String>,
 }
 
 /// A device authenticated by its certificate.
@@ -533,6 +566,14 @@ impl Authority {
     pub fn label(&self, name: Option<&str>) -> Result<&Label, AuthorityError> {
         let n = name.unwrap_or(&self.cfg.default_label);
         self.labels.get(n).ok_or_else(|| AuthorityError::NotFound(format!("no EST label {n:?}")))
+    }
+
+    /// Whether `ca` (a CA name) issues birth certificates: the CA of the
+    /// `birth` label (the manufacturing CA). Its device certificates come only
+    /// from [`Self::station_birth`], under a batch's rules; every other path
+    /// that would sign under it is refused ([`Self::issue_device`] checks).
+    pub fn is_birth_ca(&self, ca: &str) -> bool {
+        self.labels.get(BIRTH_LABEL).is_some_and(|l| l.ca.name == ca)
     }
 
     /// `/cacerts`: the label's issuing CA and the root, PKCS#7 certs-only.
@@ -975,6 +1016,12 @@ impl Authority {
 
     fn enroll_inner(&self, label: Option<&str>, cred: Credential<'_>, body: &[u8]) -> Result<Enrolled, AuthorityError> {
         let label = self.label(label)?;
+        if self.is_birth_ca(&label.ca.name) {
+            return Err(AuthorityError::Forbidden(format!(
+                "label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}",
+                label.name
+            )));
+        }
         let (user, password) = match cred {
             Credential::Token { user, password } => (user, password),
             _ => {
@@ -1231,7 +1278,7 @@ impl Authority {
         for b in batches {
             factory::check_name("batch id", b)?;
         }
-        let ca = &self.label(Some("birth"))?.ca;
+        let ca = &self.label(Some(BIRTH_LABEL))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
             .map_err(|e| AuthorityError::BadRequest(format!("station public key: {e}")))?;
         let now = self.clock.now();
@@ -1272,16 +1319,37 @@ impl Authority {
         Ok((der, vec![ca.cert_der.clone()]))
     }
 
-    /// Certify a station's offline sub-CA for `batch` (admin): issued by the
-    /// `birth` label's CA, path length 0, valid only inside the batch's window,
-    /// constrained to the batch's namespace (`O=org, OU=batch`). Its key was
-    /// made on the station; only `spki_der` comes here. Returns the
-    /// certificate and its issuing chain, and the batch's terms for the station.
+    /// Certify a station's offline sub-CA for `batch` (admin), for all the
+    /// batch's serials not born yet: see [`Self::delegate_station_serials`].
     pub fn delegate_station(
         &self,
         station: &str,
         batch: &str,
         spki_der: &[u8],
+        actor: &str,
+    ) -> Result<Delegated, AuthorityError> {
+        self.delegate_station_serials(station, batch, spki_der, None, actor)
+    }
+
+    /// Certify a station's offline sub-CA for `batch` (admin): issued by the
+    /// `birth` label's CA, path length 0, valid only inside the batch's window,
+    /// and name-constrained to exactly the device names of the serials it may
+    /// give birth to (`O=org, OU=batch, CN=serial, serialNumber=serial`, one
+    /// permitted directoryName subtree per serial), so that any RFC 5280
+    /// validator refuses a birth it signs for any other serial. The serials are
+    /// `serials` (a slice of the batch's allowlist, none born yet) or, when
+    /// `None`, every serial of the batch not born yet; at most
+    /// [`factory::MAX_DELEGATED_SERIALS`], and the certificate at most
+    /// [`factory::MAX_DELEGATED_CERT_BYTES`] (above either: refused, delegate
+    /// slices). Its key was made on the station; only `spki_der` comes here.
+    /// Returns the certificate and its issuing chain, and the batch's terms for
+    /// the station.
+    pub fn delegate_station_serials(
+        &self,
+        station: &str,
+        batch: &str,
+        spki_der: &[u8],
+        serials: Option<&[String]>,
         actor: &str,
     ) -> Result<Delegated, AuthorityError> {
         let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
@@ -1291,7 +1359,7 @@ impl Authority {
                  its stations cannot issue offline"
             )));
         }
-        let ca = &self.label(Some("birth"))?.ca;
+        let ca = &self.label(Some(BIRTH_LABEL))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
             .map_err(|e| AuthorityError::BadRequest(format!("delegated CA public key: {e}")))?;
         let now = self.clock.now();
@@ -1303,6 +1371,15 @@ impl Authority {
             }
             .into());
         }
+        let unborn = self.store.unborn_serials(batch, u32::try_from(factory::MAX_ALLOWLIST).unwrap_or(u32::MAX))?;
+        let allowlist = factory::delegation_slice(batch, &unborn, serials)?;
+        let subtrees = allowlist
+            .iter()
+            .map(|sn| {
+                let sn = DeviceSerial::parse(sn).map_err(|e| AuthorityError::Config(format!("allowlist: {e}")))?;
+                Ok(name::batch_device_subject(&self.cfg.organization, batch, &sn)?)
+            })
+            .collect::<Result<Vec<_>, AuthorityError>>()?;
         let (sn, sn_hex) = serial::system_random_serial(now)?;
         let subject = name::NameBuilder::default()
             .organization(&self.cfg.organization)?
@@ -1318,20 +1395,152 @@ impl Authority {
             not_after: rec.valid_until,
             dns_names: vec![],
             ip_addrs: vec![],
-            permitted_subtree: Some(name::batch_namespace(&self.cfg.organization, batch)?),
+            permitted_subtree: Some(subtrees),
         };
         let cert = ca.sign(&params, sn_hex.clone(), None, None, now)?;
+        if cert.der.len() > factory::MAX_DELEGATED_CERT_BYTES {
+            return Err(AuthorityError::BadRequest(format!(
+                "the delegated CA for {} serials of batch {batch} would take {} bytes, above the {} a device's TLS \
+                 chain can carry: delegate fewer serials at once (--serials FILE with a slice of the allowlist)",
+                allowlist.len(),
+                cert.der.len(),
+                factory::MAX_DELEGATED_CERT_BYTES
+            )));
+        }
         let audit = AuditEvent {
             at: now,
             actor: actor.into(),
             action: "station.delegate".into(),
             target: station.into(),
-            detail: format!("batch={batch} cert={sn_hex}"),
+            detail: format!(
+                "batch={batch} cert={sn_hex} serials={} first={} last={}",
+                allowlist.len(),
+                allowlist.first().map(String::as_str).unwrap_or_default(),
+                allowlist.last().map(String::as_str).unwrap_or_default()
+            ),
         };
         let der = cert.der.clone();
         self.store.add_delegation(station, batch, cert, audit)?;
-        let serials = self.store.unborn_serials(batch, u32::try_from(factory::MAX_ALLOWLIST).unwrap_or(u32::MAX))?;
-        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist: serials })
+        let crl_url = ca.public_http_url.as_ref().map(|b| format!("{b}{}", delegated_crl_path(station, batch)));
+        Ok(Delegated { cert: der, chain: vec![ca.cert_der.clone()], batch: rec, allowlist, crl_url })
+    }
+
+    /// The station's delegated CA for `batch`: its store name and certificate.
+    fn delegate_of(&self, station: &str, batch: &str) -> Result<(String, Vec<u8>), AuthorityError> {
+        let serial = self.store.delegation(station, batch)?.ok_or_else(|| {
+            AuthorityError::Forbidden(format!("station {station} has no delegated CA for batch {batch}"))
+        })?;
+        let rec = self
+            .store
+            .certificate(&serial)?
+            .ok_or_else(|| AuthorityError::Config(format!("delegated CA {serial} is not in the store")))?;
+        Ok((format!("delegated:{station}:{batch}"), rec.der))
+    }
+
+    /// What the station's next CRL for its delegated CA of `batch` must say:
+    /// the births the authority revoked under it, its cRLNumber, and its
+    /// nextUpdate (a week on, or the delegated CA's notAfter once the batch is
+    /// closed: the final CRL, which must outlive every birth it covers).
+    pub fn delegated_crl_terms(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+    ) -> Result<DelegatedCrlTerms, AuthorityError> {
+        let (station, _) = self.authenticate_station(chain)?;
+        let (ca, der) = self.delegate_of(&station.name, batch)?;
+        let not_after = profile::cert_info(&der)?.not_after;
+        let now = self.clock.now();
+        let closed = self.store.batch(batch)?.is_some_and(|b| b.status == iotpki_store::BatchStatus::Closed);
+        let next_update = if closed { not_after } else { (now + DELEGATED_CRL_SECS).min(not_after) };
+        let number = self.store.artifact(&format!("crl/{ca}"))?.map(|a| a.version).unwrap_or(0) + 1;
+        let revoked = self
+            .store
+            .revoked(&ca)?
+            .into_iter()
+            .map(|r| iotpki_core::crl::Revoked { serial: r.serial, at: r.revoked_at, reason: r.reason })
+            .collect();
+        Ok(DelegatedCrlTerms { number, next_update, revoked })
+    }
+
+    /// A station uploads the CRL it signed with its delegated CA for `batch`:
+    /// checked against the delegated certificate (issuer, signature, current),
+    /// its number above the last one, its nextUpdate no later than the terms
+    /// allow, and its entries exactly the births the authority revoked under
+    /// that CA (a station cannot leave one off). Then it is what
+    /// `/crl/delegated/STATION/BATCH.crl` serves.
+    pub fn upload_delegated_crl(
+        &self,
+        chain: &[CertificateDer<'_>],
+        batch: &str,
+        der: &[u8],
+    ) -> Result<u64, AuthorityError> {
+        let r = (|| {
+            let (station, _) = self.authenticate_station(chain)?;
+            let terms = self.delegated_crl_terms(chain, batch)?;
+            let (ca, cert) = self.delegate_of(&station.name, batch)?;
+            let now = self.clock.now();
+            let bad = |m: String| AuthorityError::Forbidden(format!("delegated CA CRL for batch {batch}: {m}"));
+            let checked = iotpki_core::crl::check(der, &cert, now, BACKDATE_SECS).map_err(|e| bad(e.to_string()))?;
+            if checked.number < terms.number {
+                return Err(bad(format!(
+                    "cRLNumber {} is not above the last one ({})",
+                    checked.number,
+                    terms.number - 1
+                )));
+            }
+            if checked.next_update > terms.next_update {
+                return Err(bad(format!(
+                    "nextUpdate {} is later than {} allows",
+                    checked.next_update, terms.next_update
+                )));
+            }
+            if checked.scope.is_some() {
+                return Err(bad("a delegated CA's CRL is complete (no issuingDistributionPoint)".into()));
+            }
+            let mut want: Vec<&str> = terms.revoked.iter().map(|r| r.serial.as_str()).collect();
+            let mut got: Vec<&str> = checked.revoked.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            if want != got {
+                return Err(bad(format!(
+                    "it lists {} certificates; the authority revoked {} under this CA (exactly those must be listed)",
+                    got.len(),
+                    want.len()
+                )));
+            }
+            let audit = AuditEvent {
+                at: now,
+                actor: format!("station:{}", station.name),
+                action: "factory.crl".into(),
+                target: format!("batch:{batch}"),
+                detail: format!("number={} revoked={} next_update={}", checked.number, got.len(), checked.next_update),
+            };
+            let art = iotpki_store::Artifact {
+                kind: format!("crl/{ca}"),
+                version: checked.number,
+                body: der.to_vec(),
+                published_at: now,
+            };
+            self.store.publish_artifact(art, audit)?;
+            Ok(checked.number)
+        })();
+        self.audit_refusal(&r, Credential::ClientCert(chain), None, "refuse.factory-crl");
+        r
+    }
+
+    /// The latest CRL a station uploaded for its delegated CA: `rest` is
+    /// `STATION/BATCH.crl` (the path after `/crl/delegated/`).
+    pub fn delegated_crl(&self, rest: &str) -> Result<Vec<u8>, AuthorityError> {
+        let not_found = || AuthorityError::NotFound(format!("no delegated CA CRL at {rest:?}"));
+        let (station, batch) = rest.strip_suffix(".crl").and_then(|r| r.split_once('/')).ok_or_else(not_found)?;
+        factory::check_name("station", station).map_err(|_| not_found())?;
+        factory::check_name("batch", batch).map_err(|_| not_found())?;
+        let a = self.store.artifact(&format!("crl/delegated:{station}:{batch}"))?.ok_or_else(|| {
+            AuthorityError::NotFound(format!(
+                "station {station} has uploaded no CRL for batch {batch} yet (it does at each factory sync)"
+            ))
+        })?;
+        Ok(a.body)
     }
 
     /// A station uploads its production record for `batch` (the entries after
@@ -1403,7 +1612,10 @@ impl Authority {
             if serials != vec![e.serial.clone()] || !within {
                 return Err(bad(format!("the certificate does not name device {} inside batch {batch}", e.serial)));
             }
+            // Outside the serials signed into the delegation: flagged, whatever the batch's allowlist says.
+            let outside_delegation = !name::permitted_by(&delegate.cert, &tbs.subject)?;
             out.push(SyncEntry {
+                outside_delegation,
                 device_serial: e.serial.clone(),
                 cert: CertRecord {
                     serial: info.serial.clone(),
@@ -1468,6 +1680,11 @@ impl Authority {
         let (id, superseded) = self.authenticate_renewable(chain)?;
         if id.record.profile != Profile::Device.name() {
             return Err(AuthorityError::Forbidden(format!("a {} certificate cannot re-enroll", id.record.profile)));
+        }
+        if self.is_birth_ca(&id.record.ca) || self.is_birth_ca(&label.ca.name) {
+            return Err(AuthorityError::Forbidden(format!(
+                "a birth certificate is never renewed and nothing renews into one: {BIRTH_ONLY_ON_THE_LINE}"
+            )));
         }
         if id.record.ca != label.ca.name {
             return Err(AuthorityError::Forbidden(format!(
@@ -1576,6 +1793,16 @@ impl Authority {
         action: &str,
         note: Option<&str>,
     ) -> Result<Enrolled, AuthorityError> {
+        // The one gate: under the birth CA, only a station's birth (whose
+        // transaction checks the batch's rules) is ever signed.
+        let is_birth = preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
+        if self.is_birth_ca(&label.ca.name) != is_birth {
+            return Err(AuthorityError::Forbidden(if is_birth {
+                format!("label {} does not issue birth certificates", label.name)
+            } else {
+                format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", label.name)
+            }));
+        }
         let now = self.clock.now();
         let ca = &label.ca;
         let not_after = match label.validity_secs {

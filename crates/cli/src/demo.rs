@@ -276,8 +276,10 @@ async fn field_life(
         }
     }
     born.sort();
-    let claims: String =
-        born.iter().filter_map(|p| p.file_name()).map(|n| format!("{}\n", n.to_string_lossy())).collect();
+    // The factory's births file for the devices sold: each bound to its birth certificate.
+    let serials: Vec<String> =
+        born.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+    let claims = mfg.export_births(Some(&serials))?;
     let (_, claimed) = commission::claim_devices(store.as_ref(), &SystemClock, &claims, "admin:demo")?;
     let mut commissioned = 0;
     for d in &born {
@@ -514,6 +516,7 @@ async fn factory_line(
             allowlist: d.allowlist,
             cert_pem: iotpki_core::pem::encode("CERTIFICATE", &d.cert),
             chain_pem: d.chain.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect(),
+            crl_url: d.crl_url.clone(),
         },
     )?;
     let offline = Arc::new(Station::open_offline(&st_dir, "DEMO-OFF")?);

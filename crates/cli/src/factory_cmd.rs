@@ -218,7 +218,8 @@ pub enum StationCmd {
         key_type: String,
     },
     /// Give a station an offline sub-CA for one batch (path length 0, the batch's window,
-    /// name-constrained to the batch); its key is made in the station's directory.
+    /// name-constrained to exactly the serials it may give birth to); its key is made in the
+    /// station's directory.
     Delegate {
         /// The station's name.
         name: String,
@@ -235,6 +236,10 @@ pub enum StationCmd {
         /// Key type of the sub-CA's key.
         #[arg(long, default_value = "p256")]
         key_type: String,
+        /// Only these serials of the batch (one a line, like an allowlist), for a batch with
+        /// more unborn serials than one delegated CA may name (256); default: all unborn.
+        #[arg(long)]
+        serials: Option<PathBuf>,
     },
     /// Revoke a station: it and its certificate are refused from now on.
     Revoke {
@@ -264,32 +269,47 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             println!("station {name} certified for {}; its directory is {}", batches.join(","), out.display());
             Ok(())
         }
-        StationCmd::Delegate { name, dir, pass, batch, station_dir, key_type } => {
+        StationCmd::Delegate { name, dir, pass, batch, station_dir, key_type, serials } => {
+            let slice = match &serials {
+                Some(p) => Some(factory::parse_allowlist(
+                    &std::fs::read_to_string(p).with_context(|| format!("--serials {}", p.display()))?,
+                )?),
+                None => None,
+            };
             let authority = dir.authority(&pass)?;
             let station = iotpki_agent::state::load(&station_dir)?;
             if station.device_serial != name {
                 bail!("{} is the directory of station {}, not {name}", station_dir.display(), station.device_serial);
             }
             factory::check_name("batch id", &batch)?;
+            let batch_dir = iotpki_agent::offline::batch_dir(&station_dir, &batch);
+            let fresh_dir = !batch_dir.exists();
             let key = iotpki_agent::offline::new_delegate_key(&station_dir, &batch, KeyType::from_name(&key_type)?)?;
-            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist } =
-                authority.delegate_station(&name, &batch, key.public_key_der(), "admin:cli")?;
+            let delegated =
+                authority.delegate_station_serials(&name, &batch, key.public_key_der(), slice.as_deref(), "admin:cli");
+            if delegated.is_err() && fresh_dir {
+                // Refused: the key made for it goes, so that a retry makes (and uses) a new one.
+                let _ = std::fs::remove_dir_all(&batch_dir);
+            }
+            let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } = delegated?;
             let pem_all =
                 |v: &[Vec<u8>]| v.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect::<String>();
             let d = iotpki_agent::offline::Delegation {
                 batch: batch.clone(),
                 organization: authority.config().organization.clone(),
-                quota: rec.quota.saturating_sub(rec.issued),
+                quota: rec.quota.saturating_sub(rec.issued).min(allowlist.len() as u64),
                 valid_from: rec.valid_from,
                 valid_until: rec.valid_until,
                 allowlist,
                 cert_pem: iotpki_core::pem::encode("CERTIFICATE", &cert),
                 chain_pem: pem_all(&chain),
+                crl_url,
             };
             iotpki_agent::offline::store_delegation(&station_dir, &d)?;
             println!(
-                "station {name} may issue offline for batch {batch}: {} births, until {}",
+                "station {name} may issue offline for batch {batch}: {} births of {} serials, until {}",
                 d.quota,
+                d.allowlist.len(),
                 rfc3339(d.valid_until)
             );
             Ok(())

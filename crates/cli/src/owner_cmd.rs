@@ -59,17 +59,36 @@ pub fn trust(c: TrustCmd) -> anyhow::Result<()> {
 /// `iotpki device`.
 #[derive(Subcommand, Debug)]
 pub enum DeviceCmd {
-    /// Take ownership of devices: they may then commission with their birth certificates.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["serials", "voucher"])))]
+    /// Take ownership of devices: they may then commission with exactly the birth
+    /// certificates named (a births file), or by an ownership voucher.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["births", "serials", "voucher"])))]
     Claim {
         #[command(flatten)]
         dir: DirArg,
-        /// A file with one device serial a line (`#` comments and blank lines skipped).
+        /// A births file from the manufacturer (`iotpki device export-births`): each device's
+        /// serial, birth certificate hash and manufacturing CA.
         #[arg(long)]
+        births: Option<PathBuf>,
+        /// Refused: a bare serial binds no birth (kept to say so and what to use instead).
+        #[arg(long, hide = true)]
         serials: Option<PathBuf>,
         /// An ownership voucher that hands a device to this authority (its last entry names our root key).
         #[arg(long)]
         voucher: Option<PathBuf>,
+        #[command(flatten)]
+        pass: crate::PassArg,
+    },
+    /// At the manufacturer: write the births file of devices born here (online or synced from a
+    /// station), for their buyer's `device claim --births`.
+    ExportBirths {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Only these serials (one a line); default: every device with a good birth certificate.
+        #[arg(long)]
+        serials: Option<PathBuf>,
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         pass: crate::PassArg,
     },
@@ -84,11 +103,37 @@ pub enum DeviceCmd {
 
 pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
     match c {
-        DeviceCmd::Claim { dir, serials: Some(serials), .. } => {
-            let text = std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
+        DeviceCmd::Claim { dir, births: Some(births), .. } => {
+            let text = std::fs::read_to_string(&births).with_context(|| format!("--births {}", births.display()))?;
             let store = dir.store()?;
             let (listed, new) = commission::claim_devices(store.as_ref(), &SystemClock, &text, "admin:cli")?;
-            println!("claimed {new} new device(s) of {listed} listed");
+            println!("claimed {new} new device(s) of {listed} listed, each bound to its birth certificate");
+        }
+        DeviceCmd::Claim { serials: Some(_), .. } => anyhow::bail!(
+            "--serials is refused: a bare serial binds no birth certificate, so anyone holding a key that chains to \
+             the manufacturer could commission that serial. Ask the manufacturer for the births file \
+             (`iotpki device export-births`) and give --births FILE"
+        ),
+        DeviceCmd::ExportBirths { dir, serials, out, pass } => {
+            let list = match &serials {
+                Some(p) => Some(iotpki_authority::factory::parse_allowlist(
+                    &std::fs::read_to_string(p).with_context(|| format!("--serials {}", p.display()))?,
+                )?),
+                None => None,
+            };
+            let a = dir.authority(&pass)?;
+            let text = a.export_births(list.as_deref())?;
+            match out {
+                Some(p) => {
+                    std::fs::write(&p, &text).with_context(|| format!("--out {}", p.display()))?;
+                    eprintln!(
+                        "wrote the births of {} device(s) to {}",
+                        text.lines().count().saturating_sub(2),
+                        p.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
         }
         DeviceCmd::Claim { dir, voucher: Some(voucher), pass, .. } => {
             let bytes = std::fs::read(&voucher).with_context(|| format!("--voucher {}", voucher.display()))?;
@@ -96,15 +141,16 @@ pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
             let serial = a.claim_by_voucher(&bytes, "admin:cli")?;
             println!("claimed {serial} by voucher: it may now commission here with its birth certificate");
         }
-        DeviceCmd::Claim { .. } => anyhow::bail!("give --serials FILE or --voucher FILE"),
+        DeviceCmd::Claim { .. } => anyhow::bail!("give --births FILE or --voucher FILE"),
         DeviceCmd::Show { dir, serial } => {
             let store = dir.store()?;
             match store.ownership(&serial)? {
                 Some(o) => println!(
-                    "ownership: {} since {} via {}",
+                    "ownership: {} since {} via {}{}",
                     o.status.as_str(),
                     iotpki_core::time::rfc3339(o.since),
-                    o.via
+                    o.via,
+                    o.birth_sha256.map(|b| format!(" (birth certificate sha256 {b})")).unwrap_or_default()
                 ),
                 None => println!("ownership: not owned by this authority"),
             }

@@ -1016,7 +1016,7 @@ mod tests {
             not_after: 9_000_000_000,
             dns_names: vec![],
             ip_addrs: vec![],
-            permitted_subtree: subtree,
+            permitted_subtree: subtree.map(|n| vec![n]),
         };
         let der = match parent {
             Some(pa) => {

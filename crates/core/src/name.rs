@@ -115,6 +115,28 @@ pub fn batch_device_subject(org: &str, batch: &str, serial: &DeviceSerial) -> Re
         .build())
 }
 
+/// Whether the CA certificate `ca` may name `subject` under its permitted
+/// directoryName subtrees (RFC 5280 4.2.1.10: some subtree's RDNs are a
+/// prefix of `subject`'s). A CA without nameConstraints, or without permitted
+/// directoryName subtrees, permits nothing here: this is for delegated CAs,
+/// which always carry them (the allowlist signed into the delegation).
+pub fn permitted_by(ca: &x509_cert::Certificate, subject: &Name) -> Result<bool, Error> {
+    use der::Decode as _;
+    use x509_cert::ext::pkix::constraints::name::NameConstraints;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let oid = <NameConstraints as const_oid::AssociatedOid>::OID;
+    let Some(e) = ca.tbs_certificate.extensions.as_deref().unwrap_or_default().iter().find(|e| e.extn_id == oid) else {
+        return Ok(false);
+    };
+    let nc = NameConstraints::from_der(e.extn_value.as_bytes()).map_err(|e| Error::der("nameConstraints", e))?;
+    Ok(nc.permitted_subtrees.iter().flatten().any(|t| match &t.base {
+        GeneralName::DirectoryName(base) => {
+            base.0.len() <= subject.0.len() && equivalent(base, &RdnSequence(subject.0[..base.0.len()].to_vec()))
+        }
+        _ => false,
+    }))
+}
+
 /// The first value of attribute `oid` in `name`, if it is a string type we read.
 pub fn attribute(name: &Name, oid: const_oid::ObjectIdentifier) -> Option<String> {
     name.0.iter().flat_map(|rdn| rdn.0.iter()).find(|a| a.oid == oid).and_then(|a| any_string(&a.value))

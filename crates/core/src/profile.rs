@@ -6,7 +6,7 @@
 //! | root        | critical, CA            | keyCertSign, cRLSign       | -           |
 //! | issuing CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign       | -           |
 //! | delegating CA | critical, CA, pathLen 1 | keyCertSign, cRLSign     | -           |
-//! | delegated CA  | critical, CA, pathLen 0 | keyCertSign              | -           |
+//! | delegated CA  | critical, CA, pathLen 0 | keyCertSign, cRLSign     | -           |
 //! | device      | critical, not CA        | digitalSignature           | clientAuth  |
 //! | server      | critical, not CA        | digitalSignature           | serverAuth  |
 //! | station     | critical, not CA        | digitalSignature           | clientAuth  |
@@ -17,7 +17,8 @@
 //! (RFC 7093 method 1 key identifiers). notAfter is clamped to the issuer's.
 //! A delegated CA (a factory station's offline sub-CA for one batch) also
 //! carries critical nameConstraints: it may only issue under
-//! [`CertParams::permitted_subtree`].
+//! [`CertParams::permitted_subtree`] (one directoryName subtree per device
+//! name its batch allows it).
 //!
 //! An admin certificate authenticates a person or tool to the admin API
 //! (mutual TLS). Its role marker is an extended key usage of its own,
@@ -143,8 +144,9 @@ pub struct CertParams {
     pub dns_names: Vec<String>,
     /// IP addresses for the subjectAltName.
     pub ip_addrs: Vec<IpAddr>,
-    /// For a delegated CA: the only subtree of directory names it may issue under.
-    pub permitted_subtree: Option<Name>,
+    /// For a delegated CA: the subtrees of directory names it may issue under
+    /// (one per allowed device name); it needs at least one. `None` elsewhere.
+    pub permitted_subtree: Option<Vec<Name>>,
 }
 
 /// A signed certificate and the facts the store records about it.
@@ -213,10 +215,9 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
         }
     };
     out.push(ext(&bc, true)?);
-    let ku = if p == Profile::DelegatedCa {
-        // A station issues certificates offline; it never signs CRLs.
-        KeyUsage(KeyUsages::KeyCertSign.into())
-    } else if p.is_ca() {
+    // A delegated CA (a station's offline sub-CA) signs its own CRL too: the
+    // station signs it at each sync with the authority's revocations.
+    let ku = if p.is_ca() {
         KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
     } else {
         KeyUsage(KeyUsages::DigitalSignature.into())
@@ -264,19 +265,16 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
         out.push(ext(&SubjectAltName(names), false)?);
     }
     match (p, &params.permitted_subtree) {
-        (Profile::DelegatedCa, Some(base)) => {
-            let nc = NameConstraints {
-                permitted_subtrees: Some(vec![GeneralSubtree {
-                    base: GeneralName::DirectoryName(base.clone()),
-                    minimum: 0,
-                    maximum: None,
-                }]),
-                excluded_subtrees: None,
-            };
+        (Profile::DelegatedCa, Some(bases)) if !bases.is_empty() => {
+            let subtrees = bases
+                .iter()
+                .map(|b| GeneralSubtree { base: GeneralName::DirectoryName(b.clone()), minimum: 0, maximum: None })
+                .collect();
+            let nc = NameConstraints { permitted_subtrees: Some(subtrees), excluded_subtrees: None };
             // RFC 5280 4.2.1.10: conforming CAs MUST mark this extension critical.
             out.push(ext(&nc, true)?);
         }
-        (Profile::DelegatedCa, None) => return Err(Error::Profile("a delegated CA needs a permitted subtree".into())),
+        (Profile::DelegatedCa, _) => return Err(Error::Profile("a delegated CA needs a permitted subtree".into())),
         (_, Some(_)) => return Err(Error::Profile("only a delegated CA carries name constraints".into())),
         (_, None) => {}
     }

@@ -75,6 +75,7 @@ pub(crate) fn rule(method: &Method, path: &str, query: Option<&str>) -> Rule {
         (Some("simplereenroll"), _) => (Some(Gate::Certificate("refuse.reenroll")), ENROLL_MAX, true),
         (_, "/factory/tpm-challenge") => (Some(Gate::Station("refuse.tpm-challenge")), SMALL_JSON_MAX, false),
         (_, "/factory/sync") => (Some(Gate::Station("refuse.sync")), SYNC_MAX, false),
+        (_, "/factory/crl") => (Some(Gate::Station("refuse.station")), iotpki_core::crl::MAX_CRL_BYTES, false),
         (_, p) if p.starts_with("/factory/") => (Some(Gate::Station("refuse.station")), SMALL_JSON_MAX, false),
         (_, "/admin/v1/batches") => (Some(Gate::Admin), BATCH_MAX, false),
         (_, p) if p.starts_with("/admin/") => (Some(Gate::Admin), SMALL_JSON_MAX, false),

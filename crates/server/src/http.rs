@@ -125,6 +125,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/factory/batches/{id}", get(station_batch))
         .route("/factory/tpm-challenge", post(tpm_challenge))
         .route("/factory/sync", get(sync_state).post(sync_upload))
+        .route("/factory/crl", get(factory_crl_terms).post(factory_crl_upload))
         .route("/crl/{*file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
@@ -282,6 +283,16 @@ async fn crl(
 ) -> Result<Response, ApiError> {
     let not_found =
         || AuthorityError::NotFound(format!("no CRL at {file:?} (try /crl/CA-NAME.crl or /crl/CA-NAME/S/K.crl)"));
+    // A station's delegated CA: the CRL the station signed and uploaded.
+    if let Some(rest) = file.strip_prefix("delegated/") {
+        let (a, rest) = (a.clone(), rest.to_string());
+        let der = tokio::task::spawn_blocking(move || a.delegated_crl(&rest))
+            .await
+            .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+        let mut r = der.into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));
+        return Ok(r);
+    }
     let scope = match file.strip_suffix(".crl") {
         Some(ca) if !ca.contains('/') => (ca.to_string(), None),
         _ => {
@@ -380,6 +391,35 @@ async fn sync_upload(
         .map(|(serial, f)| serde_json::json!({ "cert_serial": serial, "reason": f.name() }))
         .collect();
     Ok(json(serde_json::json!({ "born": out.born, "flagged": flagged })))
+}
+
+/// `GET /factory/crl?batch=ID`: what the station's next CRL for its delegated CA must say.
+async fn factory_crl_terms(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    Query(q): Query<SyncQuery>,
+) -> Result<Response, ApiError> {
+    station_chain(&peer)?;
+    let t = tokio::task::spawn_blocking(move || a.delegated_crl_terms(&peer.0, &q.batch))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let revoked: Vec<serde_json::Value> =
+        t.revoked.iter().map(|r| serde_json::json!({ "serial": r.serial, "at": r.at, "reason": r.reason })).collect();
+    Ok(json(serde_json::json!({ "number": t.number, "next_update": t.next_update, "revoked": revoked })))
+}
+
+/// `POST /factory/crl?batch=ID`: the station's CRL (DER) for its delegated CA.
+async fn factory_crl_upload(
+    State(a): State<Arc<Authority>>,
+    Extension(peer): Extension<PeerChain>,
+    Query(q): Query<SyncQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    station_chain(&peer)?;
+    let n = tokio::task::spawn_blocking(move || a.upload_delegated_crl(&peer.0, &q.batch, &body))
+        .await
+        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    Ok(json(serde_json::json!({ "number": n })))
 }
 
 #[derive(Clone, Copy)]

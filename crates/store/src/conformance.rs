@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, DeviceRevocation, Issuance,
+    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation, Issuance,
     ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError,
     SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
@@ -466,7 +466,8 @@ pub fn offline_sync(store: &dyn Store) {
     assert_eq!(store.delegation(&st, &other).expect("read"), None);
     assert_eq!(store.sync_state(&st, &b).expect("state"), (0, crate::GENESIS_HASH.to_string()));
 
-    let entry = |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial) };
+    let entry =
+        |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial), outside_delegation: false };
     let entries = vec![entry(&listed[0]), entry(&listed[0]), entry("NOT-LISTED"), entry(&listed[1]), entry(&listed[2])];
     let serials: Vec<String> = entries.iter().map(|e| e.cert.serial.clone()).collect();
     let upload = |from: u64, prev: &str, to: u64, head: &str, entries: Vec<SyncEntry>| SyncUpload {
@@ -513,6 +514,10 @@ pub fn offline_sync(store: &dyn Store) {
     // The next entry continues the chain.
     let out = store.apply_sync(upload(6, "h5", 6, "h6", fresh)).expect("continue");
     assert_eq!(out.flagged.len(), 1, "the quota is used up: overbuild");
+    // A serial on the batch's allowlist but outside the delegated CA's permitted names: off-allowlist.
+    let outside = SyncEntry { outside_delegation: true, ..entry(&listed[2]) };
+    let out = store.apply_sync(upload(7, "h6", 7, "h7", vec![outside.clone()])).expect("continue");
+    assert_eq!(out.flagged, vec![(outside.cert.serial.clone(), crate::Flag::OffAllowlist)]);
 }
 
 /// Revocation: once, of a known certificate; listed per CA; CRL numbers only grow.
@@ -577,10 +582,33 @@ pub fn ownership(store: &dyn Store) {
         Err(StoreError::NotOwned { .. })
     ));
     assert_eq!(store.certificate(&c.serial).expect("read"), None, "nothing recorded for a device not owned");
-    assert_eq!(store.claim_devices(vec![a.clone(), b.clone()], "claim", 1_000, event("claim", "2")).expect("claim"), 2);
-    assert_eq!(store.claim_devices(vec![a.clone()], "claim", 2_000, event("claim", "1")).expect("claim again"), 0);
+    let bound = |s: &str, birth: &str| Claim {
+        device_serial: s.to_string(),
+        manufacturer_spki: "ab".repeat(32),
+        birth_sha256: birth.repeat(32),
+    };
+    assert_eq!(
+        store
+            .claim_devices(vec![bound(&a, "a1"), bound(&b, "b1")], "claim", 1_000, event("claim", "2"))
+            .expect("claim"),
+        2
+    );
+    assert_eq!(
+        store.claim_devices(vec![bound(&a, "a1")], "claim", 2_000, event("claim", "1")).expect("claim again"),
+        0
+    );
     let o = store.ownership(&a).expect("read").expect("owned");
     assert_eq!((o.status, o.since, o.via.as_str()), (OwnershipStatus::Owned, 1_000, "claim"));
+    assert_eq!((o.birth_sha256, o.manufacturer_spki), (Some("a1".repeat(32)), Some("ab".repeat(32))));
+    // Another birth for a claimed serial: the whole claim is refused, the new serial in it too.
+    let (fresh, audit_before) = (unique("OWN-"), audit_len(store));
+    assert!(matches!(
+        store.claim_devices(vec![bound(&fresh, "c1"), bound(&a, "ff")], "claim", 2_500, event("claim", "2")),
+        Err(StoreError::ClaimConflict { .. })
+    ));
+    assert_eq!(store.ownership(&fresh).expect("read"), None, "a refused claim writes nothing");
+    assert_eq!(store.ownership(&a).expect("read").expect("row").birth_sha256, Some("a1".repeat(32)));
+    assert_eq!(audit_len(store), audit_before);
     store
         .record_issuance(issuance(c.clone(), vec![Precondition::Owned { device_serial: a.clone() }]))
         .expect("an owned device is issued to");
@@ -599,7 +627,7 @@ pub fn ownership(store: &dyn Store) {
         ),
         "a revoked device cannot be handed on"
     );
-    assert_eq!(store.claim_devices(vec![a.clone()], "claim", 5_000, event("claim", "1")).expect("claim"), 0);
+    assert_eq!(store.claim_devices(vec![bound(&a, "a1")], "claim", 5_000, event("claim", "1")).expect("claim"), 0);
     assert_eq!(
         store.ownership(&a).expect("read").expect("row").status,
         OwnershipStatus::Revoked,
@@ -754,7 +782,8 @@ pub fn revoke_device_in_one_transaction(store: &dyn Store) {
     let mut gone = cert(&d);
     gone.status = CertStatus::Revoked { at: 1_100, reason: 1 };
     store.record_issuance(issuance(gone.clone(), vec![])).expect("revoked one");
-    store.claim_devices(vec![d.clone()], "claim", 1_000, event("claim", &d)).expect("claim");
+    let claim = Claim { device_serial: d.clone(), manufacturer_spki: "ab".repeat(32), birth_sha256: "cd".repeat(32) };
+    store.claim_devices(vec![claim], "claim", 1_000, event("claim", &d)).expect("claim");
     let audit = audit_len(store);
     let out = store.revoke_device(device_revocation(&d, 1, 1_700)).expect("revoke device");
     let mut want: Vec<String> = certs.iter().map(|c| c.serial.clone()).collect();

@@ -132,6 +132,13 @@ pub enum StoreError {
         /// The batch.
         batch: String,
     },
+    /// A claim names another birth certificate than the one the device is claimed with.
+    ClaimConflict {
+        /// The device serial.
+        device: String,
+        /// SHA-256 of the birth certificate it is claimed with.
+        claimed: String,
+    },
     /// This authority does not own the device.
     NotOwned {
         /// The device serial.
@@ -216,6 +223,11 @@ impl fmt::Display for StoreError {
             Self::DelegationExists { station, batch } => {
                 write!(f, "station {station} already has a delegated CA for batch {batch}")
             }
+            Self::ClaimConflict { device, claimed } => write!(
+                f,
+                "device {device} is claimed already with birth certificate sha256 {claimed}; a claim cannot bind it \
+                 to another birth (revoke the device first if the manufacturer really made it twice)"
+            ),
             Self::NotOwned { device } => write!(
                 f,
                 "device {device} is not owned by this authority (claim it with `iotpki device claim` or present an ownership voucher)"

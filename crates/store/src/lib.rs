@@ -234,6 +234,41 @@ pub struct Ownership {
     pub status: OwnershipStatus,
     /// When the status last changed away from owned.
     pub changed_at: Option<UnixTime>,
+    /// For a claim: SHA-256 (hex) of the subjectPublicKeyInfo of the
+    /// manufacturing CA the birth chains to. `None` by voucher (the voucher
+    /// binds it) or for a bare-serial claim of an older version (it no longer
+    /// commissions).
+    pub manufacturer_spki: Option<String>,
+    /// For a claim: SHA-256 (hex) of the birth certificate's DER.
+    pub birth_sha256: Option<String>,
+}
+
+/// One device an operator claims: bound to its birth, not to a bare serial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The device serial.
+    pub device_serial: String,
+    /// SHA-256 (hex) of the manufacturing CA's subjectPublicKeyInfo.
+    pub manufacturer_spki: String,
+    /// SHA-256 (hex) of the birth certificate's DER.
+    pub birth_sha256: String,
+}
+
+/// In a claim's transaction: an existing claim of this serial must name the
+/// same birth (a claim never rebinds a device to another birth certificate).
+pub(crate) fn check_claim(o: &Ownership, c: &Claim) -> Result<(), StoreError> {
+    if o.via != "claim" {
+        return Ok(());
+    }
+    if o.birth_sha256.as_deref() != Some(c.birth_sha256.as_str())
+        || o.manufacturer_spki.as_deref() != Some(c.manufacturer_spki.as_str())
+    {
+        return Err(StoreError::ClaimConflict {
+            device: c.device_serial.clone(),
+            claimed: o.birth_sha256.clone().unwrap_or_default(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a batch still issues.
@@ -291,6 +326,10 @@ pub struct SyncEntry {
     pub device_serial: String,
     /// The certificate (status Good; the store revokes it if it flags it).
     pub cert: CertRecord,
+    /// Its name is outside the delegated CA's permitted names (the serials
+    /// signed into the delegation): flagged off-allowlist even when the serial
+    /// is on the batch's allowlist.
+    pub outside_delegation: bool,
 }
 
 /// An upload of production record entries `from_seq..=to_seq`.
@@ -532,16 +571,13 @@ pub trait Store: Send + Sync {
     /// Every trusted manufacturer, by name.
     fn manufacturers(&self) -> Result<Vec<ManufacturerRecord>, StoreError>;
 
-    /// Take ownership of devices, atomically with one audit event. Serials this
-    /// authority knows already (owned, revoked or handed on) are left as they
-    /// are; answers how many were new.
-    fn claim_devices(
-        &self,
-        serials: Vec<String>,
-        via: &str,
-        at: UnixTime,
-        audit: AuditEvent,
-    ) -> Result<u64, StoreError>;
+    /// Take ownership of devices, each bound to its birth, atomically with one
+    /// audit event. Serials this authority knows already (owned, revoked or
+    /// handed on) are left as they are, except a bare-serial claim of an older
+    /// version, which is bound to the birth now; a claim naming another birth
+    /// than the one a serial is claimed with fails the whole call
+    /// ([`StoreError::ClaimConflict`]). Answers how many were new.
+    fn claim_devices(&self, claims: Vec<Claim>, via: &str, at: UnixTime, audit: AuditEvent) -> Result<u64, StoreError>;
 
     /// This authority's ownership of a device, if it ever had it.
     fn ownership(&self, device_serial: &str) -> Result<Option<Ownership>, StoreError>;

@@ -23,7 +23,7 @@ pub(crate) enum Op {
     RevokeDevice(Box<DeviceRevocation>),
     CrlNumber(String, AuditEvent),
     AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
-    Claim(Vec<String>, String, i64, AuditEvent),
+    Claim(Vec<crate::Claim>, String, i64, AuditEvent),
     Release(String, OwnershipStatus, i64, AuditEvent),
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, AuditEvent),

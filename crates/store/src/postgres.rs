@@ -63,10 +63,10 @@ use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement, Tra
 
 use crate::ops::{Done, Job, Op};
 use crate::{
-    audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus,
-    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    GENESIS_HASH,
+    audit_hash, check_claim, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery,
+    CertRecord, CertStatus, Claim, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership,
+    OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome,
+    SyncUpload, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -90,6 +90,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "0005_ownership.sql", include_str!("../migrations/postgres/0005_ownership.sql")),
     (6, "0006_artifacts.sql", include_str!("../migrations/postgres/0006_artifacts.sql")),
     (7, "0007_current.sql", include_str!("../migrations/postgres/0007_current.sql")),
+    (8, "0008_claims.sql", include_str!("../migrations/postgres/0008_claims.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -824,7 +825,7 @@ fn apply_sync(tx: &mut Tx<'_, '_>, s: &SyncUpload) -> Result<SyncOutcome, StoreE
     for e in &s.entries {
         let on_list = listed(tx, &s.batch, &e.device_serial)?;
         let was_born = born(tx, &e.device_serial)?.is_some();
-        let flag = if !on_list {
+        let flag = if !on_list || e.outside_delegation {
             Some(Flag::OffAllowlist)
         } else if was_born {
             Some(Flag::Clone)
@@ -943,15 +944,30 @@ fn add_manufacturer(tx: &mut Tx<'_, '_>, m: &ManufacturerRecord) -> Result<(), S
     Ok(())
 }
 
-fn claim(tx: &mut Tx<'_, '_>, serials: &[String], via: &str, at: i64) -> Result<u64, StoreError> {
+fn claim(tx: &mut Tx<'_, '_>, claims: &[Claim], via: &str, at: i64) -> Result<u64, StoreError> {
     let mut n = 0;
-    for s in serials {
-        n += tx
+    for c in claims {
+        let new = tx
             .exec(
-                "INSERT INTO owned_devices (device_serial, via, since) VALUES ($1, $2, $3) ON CONFLICT (device_serial) DO NOTHING",
-                &[s, &via, &at],
+                "INSERT INTO owned_devices (device_serial, via, since, manufacturer_spki, birth_sha256) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_serial) DO NOTHING",
+                &[&c.device_serial, &via, &at, &c.manufacturer_spki, &c.birth_sha256],
             )
             .map_err(db)?;
+        if new == 1 {
+            n += 1;
+            continue;
+        }
+        // A claim made by bare serial before claims named the birth: bound now.
+        tx.exec(
+            "UPDATE owned_devices SET manufacturer_spki = $1, birth_sha256 = $2 \
+             WHERE device_serial = $3 AND via = 'claim' AND birth_sha256 IS NULL",
+            &[&c.manufacturer_spki, &c.birth_sha256, &c.device_serial],
+        )
+        .map_err(db)?;
+        if let Some(o) = ownership_of(tx, &c.device_serial)? {
+            check_claim(&o, c)?;
+        }
     }
     Ok(n)
 }
@@ -959,7 +975,8 @@ fn claim(tx: &mut Tx<'_, '_>, serials: &[String], via: &str, at: i64) -> Result<
 fn ownership_of<C: GenericClient>(d: &mut Db<'_, C>, serial: &str) -> Result<Option<Ownership>, StoreError> {
     let row = d
         .opt(
-            "SELECT device_serial, via, since, status, changed_at FROM owned_devices WHERE device_serial = $1",
+            "SELECT device_serial, via, since, status, changed_at, manufacturer_spki, birth_sha256 \
+             FROM owned_devices WHERE device_serial = $1",
             &[&serial],
         )
         .map_err(db)?;
@@ -970,6 +987,8 @@ fn ownership_of<C: GenericClient>(d: &mut Db<'_, C>, serial: &str) -> Result<Opt
             since: col(&r, 2)?,
             status: OwnershipStatus::parse(&col::<String>(&r, 3)?)?,
             changed_at: col(&r, 4)?,
+            manufacturer_spki: col(&r, 5)?,
+            birth_sha256: col(&r, 6)?,
         })
     })
     .transpose()
@@ -1482,8 +1501,8 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_devices(&self, serials: Vec<String>, via: &str, at: i64, audit: AuditEvent) -> Result<u64, StoreError> {
-        match self.submit(Op::Claim(serials, via.into(), at, audit))? {
+    fn claim_devices(&self, claims: Vec<Claim>, via: &str, at: i64, audit: AuditEvent) -> Result<u64, StoreError> {
+        match self.submit(Op::Claim(claims, via.into(), at, audit))? {
             Done::Count(n) => Ok(n),
             other => Err(StoreError::Database(format!("a claim answered {other:?}"))),
         }

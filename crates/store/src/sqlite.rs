@@ -21,10 +21,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::ops::{Done, Job, Op};
 use crate::{
-    audit_hash, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery, CertRecord,
-    CertStatus, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership, OwnershipStatus,
-    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    GENESIS_HASH,
+    audit_hash, check_claim, Artifact, AuditEntry, AuditEvent, AuditReport, BatchRecord, BatchStatus, CertQuery,
+    CertRecord, CertStatus, Claim, DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, Ownership,
+    OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncOutcome,
+    SyncUpload, TokenRecord, GENESIS_HASH,
 };
 
 /// Most operations committed in one transaction.
@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_ownership.sql")),
     (6, include_str!("../migrations/sqlite/0006_artifacts.sql")),
     (7, include_str!("../migrations/sqlite/0007_current.sql")),
+    (8, include_str!("../migrations/sqlite/0008_claims.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -616,7 +617,7 @@ fn apply_sync(tx: &Transaction<'_>, s: &SyncUpload) -> Result<SyncOutcome, Store
         let born: Option<String> = opt(tx
             .prepare_cached("SELECT cert_serial FROM births WHERE device_serial = ?1")
             .and_then(|mut q| q.query_row([&e.device_serial], |r| r.get(0))))?;
-        let flag = if listed.is_none() {
+        let flag = if listed.is_none() || e.outside_delegation {
             Some(Flag::OffAllowlist)
         } else if born.is_some() {
             Some(Flag::Clone)
@@ -734,31 +735,57 @@ fn add_manufacturer(tx: &Transaction<'_>, m: &ManufacturerRecord) -> Result<(), 
     }
 }
 
-fn claim(tx: &Transaction<'_>, serials: &[String], via: &str, at: i64) -> Result<u64, StoreError> {
-    let mut st = tx
-        .prepare_cached(
-            "INSERT INTO owned_devices (device_serial, via, since) VALUES (?1, ?2, ?3) ON CONFLICT (device_serial) DO NOTHING",
-        )
-        .map_err(db)?;
+fn claim(tx: &Transaction<'_>, claims: &[Claim], via: &str, at: i64) -> Result<u64, StoreError> {
     let mut n = 0u64;
-    for s in serials {
-        n += st.execute(params![s, via, at]).map_err(db)? as u64;
+    for c in claims {
+        let new = tx
+            .prepare_cached(
+                "INSERT INTO owned_devices (device_serial, via, since, manufacturer_spki, birth_sha256) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (device_serial) DO NOTHING",
+            )
+            .and_then(|mut q| q.execute(params![c.device_serial, via, at, c.manufacturer_spki, c.birth_sha256]))
+            .map_err(db)?;
+        if new == 1 {
+            n += 1;
+            continue;
+        }
+        // A claim made by bare serial before claims named the birth: bound now.
+        tx.prepare_cached(
+            "UPDATE owned_devices SET manufacturer_spki = ?1, birth_sha256 = ?2 \
+             WHERE device_serial = ?3 AND via = 'claim' AND birth_sha256 IS NULL",
+        )
+        .and_then(|mut q| q.execute(params![c.manufacturer_spki, c.birth_sha256, c.device_serial]))
+        .map_err(db)?;
+        if let Some(o) = ownership_query(tx, &c.device_serial)? {
+            check_claim(&o, c)?;
+        }
     }
     Ok(n)
 }
 
-fn ownership_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, String, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+type OwnershipRow = (String, String, i64, String, Option<i64>, Option<String>, Option<String>);
+
+fn ownership_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OwnershipRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }
 
 fn ownership_query(c: &Connection, serial: &str) -> Result<Option<Ownership>, StoreError> {
     let row = opt(c
         .prepare_cached(
-            "SELECT device_serial, via, since, status, changed_at FROM owned_devices WHERE device_serial = ?1",
+            "SELECT device_serial, via, since, status, changed_at, manufacturer_spki, birth_sha256 \
+             FROM owned_devices WHERE device_serial = ?1",
         )
         .and_then(|mut q| q.query_row([serial], ownership_row)))?;
-    row.map(|(device_serial, via, since, status, changed_at)| {
-        Ok(Ownership { device_serial, via, since, status: OwnershipStatus::parse(&status)?, changed_at })
+    row.map(|(device_serial, via, since, status, changed_at, manufacturer_spki, birth_sha256)| {
+        Ok(Ownership {
+            device_serial,
+            via,
+            since,
+            status: OwnershipStatus::parse(&status)?,
+            changed_at,
+            manufacturer_spki,
+            birth_sha256,
+        })
     })
     .transpose()
 }
@@ -1238,8 +1265,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim_devices(&self, serials: Vec<String>, via: &str, at: i64, audit: AuditEvent) -> Result<u64, StoreError> {
-        match self.submit(Op::Claim(serials, via.into(), at, audit))? {
+    fn claim_devices(&self, claims: Vec<Claim>, via: &str, at: i64, audit: AuditEvent) -> Result<u64, StoreError> {
+        match self.submit(Op::Claim(claims, via.into(), at, audit))? {
             Done::Count(n) => Ok(n),
             other => Err(StoreError::Database(format!("a claim answered {other:?}"))),
         }

@@ -255,7 +255,7 @@ async fn authz_matrix_every_role_allowed_and_refused() {
     // Devices born here, one of them owned by the operator.
     let born = born_devices(&main, "AZO", &["AZ-OWN-1".to_string(), "AZ-OWN-2".to_string()]).await;
     trust(&op, &main);
-    claim(&op, &["AZ-OWN-1"]);
+    claim(&op, &main, &["AZ-OWN-1"]);
     // Admins: alice; bob, revoked; carol, whose certificate lives a minute; oscar, the operator's.
     let alice = add_admin(&main, "alice", &[]);
     let bob = add_admin(&main, "bob", &[]);

@@ -11,9 +11,9 @@ use iotpki_agent::AgentError;
 use iotpki_authority::revocation::{self, Target};
 use iotpki_core::keys::{Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
-use iotpki_core::{csr, pem, profile};
+use iotpki_core::{csr, est, pem, profile};
 
-use crate::util::{bin, born_devices, run_fail, run_ok, Ca};
+use crate::util::{bin, born_devices, openssl, run_fail, run_ok, Ca};
 
 fn state_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("identity.json")).unwrap()
@@ -50,10 +50,12 @@ pub(crate) fn trust(op: &Ca, mfg: &Ca) {
     assert!(out.contains("trusted manufacturer acme"), "{out}");
 }
 
-pub(crate) fn claim(op: &Ca, serials: &[&str]) -> String {
-    let f = op.tmp.path().join("claims.txt");
-    std::fs::write(&f, format!("# claim list\n{}\n\n", serials.join("\n"))).unwrap();
-    run_ok(bin().args(["device", "claim"]).arg("--dir").arg(&op.dir).arg("--serials").arg(&f))
+/// `op` claims `serials` with the births file `mfg` exports for them.
+pub(crate) fn claim(op: &Ca, mfg: &Ca, serials: &[&str]) -> String {
+    let f = op.tmp.path().join("births.csv");
+    let list: Vec<String> = serials.iter().map(|s| s.to_string()).collect();
+    std::fs::write(&f, mfg.authority.export_births(Some(&list)).unwrap()).unwrap();
+    run_ok(bin().args(["device", "claim"]).arg("--dir").arg(&op.dir).arg("--births").arg(&f))
 }
 
 fn daemon_once(dev: &Path) -> RunOptions {
@@ -86,7 +88,7 @@ async fn an_owner_commissions_devices_born_elsewhere_and_only_those() {
     assert_eq!(op.cert_count(), certs, "and the authority's store");
     assert_eq!(op.last_audit().event.action, "refuse.enroll");
 
-    let out = claim(&op, &["CM-1"]);
+    let out = claim(&op, &mfg, &["CM-1"]);
     assert!(out.contains("claimed 1 new device(s) of 1 listed"), "{out}");
     let id = commission(dev, &op).await.unwrap();
     assert_eq!(id.server, op.url);
@@ -119,7 +121,7 @@ async fn a_lost_certificate_is_recovered_with_the_birth_certificate_unless_the_d
     let devs = born_devices(&mfg, "RCB", &["RC-1".to_string()]).await;
     let dev = &devs[0];
     trust(&op, &mfg);
-    claim(&op, &["RC-1"]);
+    claim(&op, &mfg, &["RC-1"]);
 
     commission(dev, &op).await.unwrap();
     let first = iotpki_agent::state::load(dev).unwrap();
@@ -153,7 +155,7 @@ async fn commissioning_requests_that_lie_are_refused() {
     let op = Ca::start().await;
     let devs = born_devices(&mfg, "LB", &["LI-1".to_string(), "LI-2".to_string()]).await;
     trust(&op, &mfg);
-    claim(&op, &["LI-1", "LI-2"]);
+    claim(&op, &mfg, &["LI-1", "LI-2"]);
     let id = iotpki_agent::state::load(&devs[0]).unwrap();
     let birth = id.birth.clone().unwrap();
     let key: Arc<dyn Signer> = Arc::new(iotpki_agent::state::load_key_file(&devs[0], &birth.key_file).unwrap());
@@ -216,8 +218,10 @@ async fn a_makers_root_or_operational_ca_is_no_manufacturer_and_its_other_certif
 
     // With the manufacturing CA trusted and the serials claimed: an operational
     // certificate the maker issued (token enrollment at the maker) is not a birth.
+    // (Both serials are born at the maker, so the owner can claim their births.)
+    born_devices(&mfg, "OPB", &["OPC-1".to_string(), "OPC-2".to_string()]).await;
     trust(&op, &mfg);
-    claim(&op, &["OPC-1", "OPC-2"]);
+    claim(&op, &mfg, &["OPC-1", "OPC-2"]);
     let certs = op.cert_count();
     let dev = mfg.enrolled_device("OPC-1").await;
     let id = iotpki_agent::state::load(&dev).unwrap();
@@ -229,7 +233,7 @@ async fn a_makers_root_or_operational_ca_is_no_manufacturer_and_its_other_certif
     // A station certificate the manufacturing CA itself signed chains to the trusted
     // CA, and is still not a birth.
     let dir = op.tmp.path().join("maker-station");
-    crate::util::batch(&mfg, "B", &["OPC-2".to_string()], 1);
+    crate::util::batch(&mfg, "B", &["OPC-9".to_string()], 1);
     let skey = iotpki_agent::factory::new_station_key(&dir, iotpki_core::keys::KeyType::EcdsaP256).unwrap();
     let (scert, schain) =
         mfg.authority.add_station("OPC-2", &["B".to_string()], skey.public_key_der(), "test").unwrap();
@@ -239,4 +243,312 @@ async fn a_makers_root_or_operational_ca_is_no_manufacturer_and_its_other_certif
 
     assert_eq!(op.cert_count(), certs, "nothing issued");
     assert_eq!(op.last_audit().event.action, "refuse.enroll");
+}
+
+fn curl_enroll(url: &str, root: &Path, chain: &Path, key: &Path, csr_b64: &Path) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--tlsv1.3", "-w", "\n%{http_code}", "--cacert"])
+        .arg(root)
+        .arg("--cert")
+        .arg(chain)
+        .arg("--key")
+        .arg(key)
+        .args(["-H", "Content-Type: application/pkcs10", "-H", "Content-Transfer-Encoding: base64", "--data-binary"])
+        .arg(format!("@{}", csr_b64.display()))
+        .arg(format!("{url}/.well-known/est/simpleenroll"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Issue 12 item 2, end to end as the attacker does it: a station delegated
+/// for two serials of batch B1 has its delegated CA key stolen; openssl signs
+/// with it a birth for V-1 (another batch's serial), for S-3 (batch B1, never
+/// delegated) and for S-1 (delegated, but not the birth the owner claimed);
+/// curl presents each chain with the attacker's key to the owner's
+/// `simpleenroll`. openssl verify refuses the first two (the allowlist is
+/// signed into the delegation as name constraints), the owner refuses all
+/// three with the reason, nothing is stored and no ownership changes; the
+/// genuine births still commission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_delegated_ca_key_mints_no_birth_an_owner_commissions() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let v1 = born_devices(&mfg, "B2", &["V-1".to_string()]).await;
+    crate::util::batch(&mfg, "B1", &["S-1".into(), "S-2".into(), "S-3".into()], 3);
+    let st_dir = crate::util::station(&mfg, "line-1", &["B1"]);
+    let key = iotpki_agent::offline::new_delegate_key(&st_dir, "B1", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let slice = vec!["S-1".to_string(), "S-2".to_string()];
+    let d = mfg.authority.delegate_station_serials("line-1", "B1", key.public_key_der(), Some(&slice), "test").unwrap();
+    assert_eq!(d.allowlist, slice);
+    let delegation = iotpki_agent::offline::Delegation {
+        batch: "B1".into(),
+        organization: "iotpki".into(),
+        quota: 2,
+        valid_from: d.batch.valid_from,
+        valid_until: d.batch.valid_until,
+        allowlist: d.allowlist.clone(),
+        cert_pem: pem::encode("CERTIFICATE", &d.cert),
+        chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url: d.crl_url.clone(),
+    };
+    iotpki_agent::offline::store_delegation(&st_dir, &delegation).unwrap();
+    // The genuine offline birth of S-1, synced to the manufacturer.
+    let st = iotpki_agent::factory::Station::open_offline(&st_dir, "B1").unwrap();
+    let s1 = mfg.tmp.path().join("born-S-1");
+    st.birth("B1", &s1, "S-1", iotpki_core::keys::KeyType::EcdsaP256).await.unwrap();
+    // The station itself refuses a serial its delegation does not name (defence in depth).
+    let e = st.birth("B1", &mfg.tmp.path().join("born-S-3"), "S-3", iotpki_core::keys::KeyType::EcdsaP256).await;
+    assert!(format!("{e:?}").contains("not on the allowlist"), "{e:?}");
+    st.sync(&st_dir, "B1").await.unwrap();
+    trust(&op, &mfg);
+    claim(&op, &mfg, &["V-1", "S-1"]);
+
+    let d_dir = op.tmp.path().join("attack");
+    std::fs::create_dir_all(&d_dir).unwrap();
+    let p = |n: &str| d_dir.join(n);
+    let sp = |n: &str| p(n).to_str().unwrap().to_string();
+    std::fs::write(p("delegated.pem"), &delegation.cert_pem).unwrap();
+    std::fs::write(p("untrusted.pem"), format!("{}{}", delegation.cert_pem, delegation.chain_pem)).unwrap();
+    let stolen = st_dir.join("offline/B1/key-0.pem");
+    assert!(stolen.exists());
+    std::fs::write(
+        p("ext.cnf"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n\
+         subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &sp("attacker.pem")]);
+    let mfg_root = mfg.root_file();
+    let op_root = op.root_file();
+    let ownership = |s: &str| op.authority.store().ownership(s).unwrap();
+    let before = (ownership("V-1"), ownership("S-1"), ownership("S-3"));
+    // openssl's certificates start at the wall clock's now: the owner's test clock catches up with it.
+    let catch_up = || {
+        use iotpki_authority::Clock as _;
+        op.clock.advance(iotpki_authority::SystemClock.now() - op.clock.now() + 1)
+    };
+
+    // (serial, openssl verify refuses it, the owner's reason)
+    let cases = [
+        ("V-1", true, "outside the permitted names"),
+        ("S-3", true, "outside the permitted names"),
+        ("S-1", false, "is not it"),
+    ];
+    for (serial, nc_refuses, reason) in cases {
+        let subj = format!("/O=iotpki/OU=B1/CN={serial}/serialNumber={serial}");
+        let csr = sp(&format!("{serial}.csr"));
+        let cert = sp(&format!("{serial}.pem"));
+        openssl(&["req", "-new", "-key", &sp("attacker.pem"), "-subj", &subj, "-out", &csr]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &sp("delegated.pem"),
+            "-CAkey",
+            stolen.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            &sp("ext.cnf"),
+            "-out",
+            &cert,
+        ]);
+        // An independent RFC 5280 validator.
+        let v = std::process::Command::new("openssl")
+            .args(["verify", "-purpose", "sslclient", "-CAfile"])
+            .arg(&mfg_root)
+            .args(["-untrusted", &sp("untrusted.pem"), &cert])
+            .output()
+            .unwrap();
+        let vtext = format!("{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+        assert_eq!(!v.status.success(), nc_refuses, "{serial}: openssl verify said {vtext}");
+        if nc_refuses {
+            assert!(vtext.contains("permitted subtree violation"), "{serial}: {vtext}");
+        }
+        // The CSR the device would send to its owner: base64 DER.
+        let der = p(&format!("{serial}.der"));
+        openssl(&["req", "-in", &csr, "-outform", "DER", "-out", der.to_str().unwrap()]);
+        std::fs::write(p(&format!("{serial}.b64")), est::encode_body(&std::fs::read(&der).unwrap())).unwrap();
+        std::fs::write(
+            p(&format!("{serial}-chain.pem")),
+            format!(
+                "{}{}",
+                std::fs::read_to_string(&cert).unwrap(),
+                std::fs::read_to_string(p("untrusted.pem")).unwrap()
+            ),
+        )
+        .unwrap();
+        let (certs, audit) = (op.cert_count(), op.audit_len());
+        catch_up();
+        let (url, root, chain, key, body) = (
+            op.url.clone(),
+            op_root.clone(),
+            p(&format!("{serial}-chain.pem")),
+            p("attacker.pem"),
+            p(&format!("{serial}.b64")),
+        );
+        let (code, text) =
+            tokio::task::spawn_blocking(move || curl_enroll(&url, &root, &chain, &key, &body)).await.unwrap();
+        assert_eq!(code, 403, "{serial}: {text}");
+        assert!(text.contains(reason), "{serial}: {text:?} lacks {reason:?}");
+        assert_eq!(op.cert_count(), certs, "{serial}: nothing issued");
+        assert_eq!(op.audit_len(), audit + 1, "{serial}: the refusal is audited");
+        assert_eq!((ownership("V-1"), ownership("S-1"), ownership("S-3")), before, "{serial}: no ownership changed");
+    }
+    // The genuine births commission.
+    commission(&v1[0], &op).await.unwrap();
+    commission(&s1, &op).await.unwrap();
+    // And the genuine S-1 birth passes openssl verify too.
+    let s1_pem = p("s1-birth.pem");
+    std::fs::write(&s1_pem, iotpki_agent::state::load(&s1).unwrap().birth.unwrap().cert_pem).unwrap();
+    let out = openssl(&[
+        "verify",
+        "-CAfile",
+        mfg_root.to_str().unwrap(),
+        "-untrusted",
+        &sp("untrusted.pem"),
+        s1_pem.to_str().unwrap(),
+    ]);
+    assert!(out.contains("OK"), "{out}");
+}
+
+/// A claim binds the birth, not a bare serial: `--serials` is refused with
+/// what to use instead; the births file comes from `device export-births` at
+/// the manufacturer; a births file naming an untrusted manufacturing CA, or a
+/// second, different birth for a claimed serial, is refused whole and
+/// changes nothing; a device claimed for one birth does not commission with
+/// another genuine birth of the same serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_binds_the_birth_certificate_not_a_bare_serial() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let devs = born_devices(&mfg, "BB", &["BB-1".to_string(), "BB-2".to_string()]).await;
+    let births = op.tmp.path().join("births.csv");
+    let pass = |c: &mut std::process::Command| {
+        c.env("IOTPKI_PASSPHRASE", crate::util::PASS);
+    };
+    let mut export = bin();
+    export.args(["device", "export-births", "--dir"]).arg(&mfg.dir).arg("--out").arg(&births);
+    pass(&mut export);
+    run_ok(&mut export);
+    let text = std::fs::read_to_string(&births).unwrap();
+    assert!(text.starts_with("# iotpki births v1\nserial,birth_sha256,manufacturer_ca_sha256\n"), "{text}");
+    for (dev, sn) in devs.iter().zip(["BB-1", "BB-2"]) {
+        let der = pem::decode_one("CERTIFICATE", &iotpki_agent::state::load(dev).unwrap().cert_pem).unwrap();
+        let h = iotpki_core::keys::sha256_hex(&der);
+        assert!(text.contains(&format!("{sn},{h},")), "{text} lacks {sn}");
+    }
+    let claim_file = |f: &Path| run_fail(bin().args(["device", "claim", "--dir"]).arg(&op.dir).arg("--births").arg(f));
+    let audit = op.audit_len();
+    // Not trusted yet: refused whole.
+    let e = claim_file(&births);
+    assert!(e.contains("does not trust"), "{e}");
+    let plain = op.tmp.path().join("serials.txt");
+    std::fs::write(&plain, "BB-1\n").unwrap();
+    let e = run_fail(bin().args(["device", "claim", "--dir"]).arg(&op.dir).arg("--serials").arg(&plain));
+    assert!(e.contains("a bare serial binds no birth certificate") && e.contains("--births"), "{e}");
+    let e = claim_file(&plain);
+    assert!(e.contains("export-births"), "{e}");
+    assert_eq!(op.audit_len(), audit, "refused claims write nothing");
+    assert_eq!(op.authority.store().ownership("BB-1").unwrap(), None);
+    trust(&op, &mfg);
+    let out = run_ok(bin().args(["device", "claim", "--dir"]).arg(&op.dir).arg("--births").arg(&births));
+    assert!(out.contains("claimed 2 new device(s) of 2 listed"), "{out}");
+    // The same serial again with another birth: refused, nothing changes.
+    let owned = op.authority.store().ownership("BB-1").unwrap();
+    let other = text.replace(&text.lines().nth(2).unwrap()[5..69], &"0".repeat(64));
+    let forged = op.tmp.path().join("other.csv");
+    std::fs::write(&forged, other).unwrap();
+    let audit = op.audit_len();
+    let e = claim_file(&forged);
+    assert!(e.contains("cannot bind it to another birth"), "{e}");
+    assert_eq!(op.authority.store().ownership("BB-1").unwrap(), owned);
+    assert_eq!(op.audit_len(), audit);
+    // The claimed births commission.
+    commission(&devs[0], &op).await.unwrap();
+    commission(&devs[1], &op).await.unwrap();
+}
+
+/// A claim made by bare serial before claims named the birth (a row as the
+/// version-6 store left it, written here with the sqlite3 tool) binds no
+/// birth: commissioning is refused with what to do and issues nothing;
+/// claiming again with the births file binds it and the device commissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_serial_claim_from_an_older_store_commissions_nothing_until_claimed_with_the_birth() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let devs = born_devices(&mfg, "LGB", &["LG-1".to_string()]).await;
+    trust(&op, &mfg);
+    let db = op.dir.join(&op.authority.config().store.sqlite);
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("INSERT INTO owned_devices (device_serial, via, since) VALUES ('LG-1', 'claim', 1)")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let certs = op.cert_count();
+    refused(commission(&devs[0], &op).await, 403, "claimed by bare serial");
+    assert_eq!(op.cert_count(), certs, "nothing issued");
+    let out = claim(&op, &mfg, &["LG-1"]);
+    assert!(out.contains("claimed 0 new device(s) of 1 listed"), "{out}");
+    let o = op.authority.store().ownership("LG-1").unwrap().unwrap();
+    assert_eq!(o.since, 1, "the claim is the same, now bound to the birth");
+    assert!(o.birth_sha256.is_some());
+    commission(&devs[0], &op).await.unwrap();
+}
+
+/// The largest delegation (256 serials signed into the delegated CA, about
+/// 18 KB) still fits a device's TLS chain: a birth it signed commissions over
+/// mutual TLS 1.3 at its owner's, and openssl verifies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_under_the_largest_delegation_commissions_over_tls() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let list: Vec<String> =
+        (0..iotpki_authority::factory::MAX_DELEGATED_SERIALS).map(|i| format!("BIG-{i:04}")).collect();
+    crate::util::batch(&mfg, "BIG", &list, list.len() as u64);
+    let st_dir = crate::util::station(&mfg, "line-big", &["BIG"]);
+    let key = iotpki_agent::offline::new_delegate_key(&st_dir, "BIG", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let d = mfg.authority.delegate_station("line-big", "BIG", key.public_key_der(), "test").unwrap();
+    assert_eq!(d.allowlist.len(), list.len());
+    assert!(d.cert.len() > 16_000, "{}", d.cert.len());
+    let delegation = iotpki_agent::offline::Delegation {
+        batch: "BIG".into(),
+        organization: "iotpki".into(),
+        quota: 1,
+        valid_from: d.batch.valid_from,
+        valid_until: d.batch.valid_until,
+        allowlist: d.allowlist.clone(),
+        cert_pem: pem::encode("CERTIFICATE", &d.cert),
+        chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url: d.crl_url.clone(),
+    };
+    iotpki_agent::offline::store_delegation(&st_dir, &delegation).unwrap();
+    let st = iotpki_agent::factory::Station::open_offline(&st_dir, "BIG").unwrap();
+    let dev = mfg.tmp.path().join("big-last");
+    st.birth("BIG", &dev, &list[255], iotpki_core::keys::KeyType::EcdsaP256).await.unwrap();
+    st.sync(&st_dir, "BIG").await.unwrap();
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    let (leaf, chain) = (mfg.tmp.path().join("big.pem"), mfg.tmp.path().join("big-chain.pem"));
+    std::fs::write(&leaf, &id.cert_pem).unwrap();
+    std::fs::write(&chain, &id.chain_pem).unwrap();
+    let out = openssl(&[
+        "verify",
+        "-CAfile",
+        mfg.root_file().to_str().unwrap(),
+        "-untrusted",
+        chain.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
+    assert!(out.contains(": OK"), "{out}");
+    trust(&op, &mfg);
+    claim(&op, &mfg, &[list[255].as_str()]);
+    commission(&dev, &op).await.unwrap();
 }

@@ -82,17 +82,20 @@ async fn every_device_key_type_enrolls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_pick_the_issuing_ca() {
     let ca = Ca::start().await;
+    // A token cannot make a birth certificate (only a station on the line can: issue 12 item 3).
     let state = ca.tmp.path().join("born");
     let mut opts = ca.enroll_opts(&state, "BIRTH-1", &ca.token("BIRTH-1"));
     opts.label = Some("birth".into());
-    iotpki_agent::enroll(&opts).await.unwrap();
-    let st = iotpki_agent::status(&state).unwrap();
+    let e = iotpki_agent::enroll(&opts).await.unwrap_err().to_string();
+    assert!(e.contains("label birth issues birth certificates"), "{e}");
+    let born = crate::util::born_devices(&ca, "LBL", &["BIRTH-2".to_string()]).await;
+    let st = iotpki_agent::status(&born[0]).unwrap();
     assert!(st.issuer.contains("Manufacturing CA"), "{}", st.issuer);
     // A birth certificate lives as long as its CA (20 years here).
     assert!(st.days_left > 19 * 365, "{}", st.days_left);
-    // Renewal stays under the label it was enrolled with.
-    iotpki_agent::renew(&state, None, None).await.unwrap();
-    assert!(iotpki_agent::status(&state).unwrap().issuer.contains("Manufacturing CA"));
+    // An operational certificate under the default label comes from the operational CA.
+    let op = ca.enrolled_device("OP-1").await;
+    assert!(iotpki_agent::status(&op).unwrap().issuer.contains("Operational CA"));
 
     let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
     let birth = EstClient::new(&ca.url, Some("birth"), std::slice::from_ref(&anchor), None).unwrap();

@@ -274,7 +274,7 @@ async fn devices_on_a_line_link_are_born_through_the_station() {
 
 fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
     let key = iotpki_agent::offline::new_delegate_key(st_dir, batch_id, KeyType::EcdsaP256).unwrap();
-    let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist } =
+    let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } =
         ca.authority.delegate_station(name, batch_id, key.public_key_der(), "test").unwrap();
     let d = iotpki_agent::offline::Delegation {
         batch: batch_id.into(),
@@ -285,6 +285,7 @@ fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
         allowlist,
         cert_pem: pem::encode("CERTIFICATE", &cert),
         chain_pem: chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url,
     };
     iotpki_agent::offline::store_delegation(st_dir, &d).unwrap();
 }
@@ -496,4 +497,343 @@ async fn a_device_asking_for_another_serial_is_refused_by_the_station() {
     );
     assert!(liar.await.unwrap());
     assert_eq!(issued(&ca, "LB").0, 0, "nothing issued");
+}
+
+/// Issue 12 item 3: a device cannot clone itself a new birth certificate.
+/// The exact attack (its birth certificate over mutual TLS, `simplereenroll`
+/// under `birth`, a CSR for a fresh key with the birth's own subject) and every
+/// other way into the birth CA that skips the station and its batch: enroll
+/// with the birth certificate under `birth`, a one-time token under `birth`,
+/// renewal of a birth certificate under the operational label. Each is refused
+/// with the reason; no certificate, no batch count and no status changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_certificate_is_never_renewed_or_cloned_by_the_device() {
+    let ca = Ca::start().await;
+    let devs = crate::util::born_devices(&ca, "CLB", &["CL-1".to_string()]).await;
+    let birth_id = iotpki_agent::state::load(&devs[0]).unwrap();
+    let birth_der = pem::decode_one("CERTIFICATE", &birth_id.cert_pem).unwrap();
+    let birth_serial = iotpki_core::profile::cert_info(&birth_der).unwrap().serial;
+    let subject = iotpki_core::profile::cert_info(&birth_der).unwrap().cert.tbs_certificate.subject;
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let under = |label: Option<&str>, id: Option<ClientIdentity>| {
+        EstClient::new(&ca.url, label, std::slice::from_ref(&anchor), id).unwrap()
+    };
+    let fresh = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let clone_csr = est::encode_body(&csr::build(&subject, &fresh, vec![]).unwrap()).into_bytes();
+    let token = ca.token("CL-2");
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("CL-2:{token}"))
+    );
+    let ct = Some(est::CT_PKCS10);
+    // (what, label, with the birth certificate, op, HTTP Basic, reason)
+    type Case<'a> = (&'a str, Option<&'a str>, bool, &'a str, Option<String>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "simplereenroll under birth with the birth certificate (the clone)",
+            Some("birth"),
+            true,
+            "simplereenroll",
+            None,
+            "a birth certificate is never renewed",
+        ),
+        (
+            "simplereenroll under the operational label with the birth certificate",
+            None,
+            true,
+            "simplereenroll",
+            None,
+            "a birth certificate is never renewed",
+        ),
+        (
+            "simpleenroll under birth with the birth certificate",
+            Some("birth"),
+            true,
+            "simpleenroll",
+            None,
+            "label birth issues birth certificates",
+        ),
+        (
+            "simpleenroll under birth with a one-time token",
+            Some("birth"),
+            false,
+            "simpleenroll",
+            Some(basic),
+            "label birth issues birth certificates",
+        ),
+    ];
+    for (what, label, mtls, op, auth, reason) in cases {
+        let (certs, batch, audit) = (ca.cert_count(), issued(&ca, "CLB"), ca.audit_len());
+        let client = under(label, mtls.then(|| identity(&devs[0])));
+        let body = if auth.is_some() {
+            let n = NameBuilder::default()
+                .common_name("CL-2")
+                .unwrap()
+                .serial_number(&DeviceSerial::parse("CL-2").unwrap())
+                .unwrap()
+                .build();
+            est::encode_body(&csr::build(&n, &fresh, vec![]).unwrap()).into_bytes()
+        } else {
+            clone_csr.clone()
+        };
+        let (s, text) = client.raw("POST", op, ct, body, auth).await.unwrap();
+        assert_eq!(s, 403, "{what}: {text}");
+        assert!(text.contains(reason), "{what}: {text:?} lacks {reason:?}");
+        assert!(text.contains("only to a factory station"), "{what}: {text:?} names no way forward");
+        assert_eq!(ca.cert_count(), certs, "{what}: nothing issued");
+        assert_eq!(issued(&ca, "CLB"), batch, "{what}: the batch's counts are untouched");
+        assert_eq!(ca.audit_len(), audit + 1, "{what}: the refusal is audited");
+        let rec = ca.authority.store().certificate(&birth_serial).unwrap().unwrap();
+        assert_eq!(rec.status, iotpki_store::CertStatus::Good, "{what}: the birth certificate is unchanged");
+        assert_eq!(rec.der, birth_der, "{what}");
+    }
+    // The token was not spent by the refusal.
+    assert!(ca.authority.store().token(&iotpki_authority::tokens::hash(&token)).unwrap().unwrap().used_at.is_none());
+    assert_eq!(iotpki_agent::state::load(&devs[0]).unwrap().cert_pem, birth_id.cert_pem);
+}
+
+/// The allowlist signed into a delegation has a cap: a delegated CA names at
+/// most `MAX_DELEGATED_SERIALS` serials and takes at most
+/// `MAX_DELEGATED_CERT_BYTES`; above either the delegation is refused with
+/// the reason and nothing is recorded. And a station whose `delegation.json`
+/// allowlist was tampered with still signs only the serials its delegated
+/// certificate names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
+    let ca = Ca::start().await;
+    let short = serials("D", factory::MAX_DELEGATED_SERIALS + 1);
+    batch(&ca, "DB", &short, short.len() as u64);
+    let long: Vec<String> = (0..factory::MAX_DELEGATED_SERIALS).map(|i| format!("{i:0>64}")).collect();
+    batch(&ca, "DL", &long, long.len() as u64);
+    station(&ca, "line-d", &["DB", "DL"]);
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let certs = ca.cert_count();
+    let e = ca.authority.delegate_station("line-d", "DB", key.public_key_der(), "test").unwrap_err().to_string();
+    assert!(e.contains("at most 256 serials") && e.contains("--serials"), "{e}");
+    let e = ca.authority.delegate_station("line-d", "DL", key.public_key_der(), "test").unwrap_err().to_string();
+    assert!(e.contains("bytes, above the 32768"), "{e}");
+    eprintln!("256 serials of 64 characters: {e}");
+    assert_eq!(ca.cert_count(), certs, "a refused delegation records nothing");
+    // The largest slice of short serials fits.
+    let slice = &short[..factory::MAX_DELEGATED_SERIALS];
+    let d = ca.authority.delegate_station_serials("line-d", "DB", key.public_key_der(), Some(slice), "test").unwrap();
+    eprintln!("a delegated CA naming {} serials like {:?}: {} bytes", slice.len(), slice[0], d.cert.len());
+    assert!(d.cert.len() <= factory::MAX_DELEGATED_CERT_BYTES);
+
+    // Tampered allowlist: the station's own check of its certificate refuses.
+    let t_dir = station(&ca, "line-t", &["DB"]);
+    let k = iotpki_agent::offline::new_delegate_key(&t_dir, "DB", KeyType::EcdsaP256).unwrap();
+    let one = vec![short[256].clone()];
+    let d = ca.authority.delegate_station_serials("line-t", "DB", k.public_key_der(), Some(&one), "test").unwrap();
+    let mut allow = d.allowlist.clone();
+    allow.push(short[0].clone());
+    let delegation = iotpki_agent::offline::Delegation {
+        batch: "DB".into(),
+        organization: "iotpki".into(),
+        quota: 2,
+        valid_from: d.batch.valid_from,
+        valid_until: d.batch.valid_until,
+        allowlist: allow,
+        cert_pem: pem::encode("CERTIFICATE", &d.cert),
+        chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
+        crl_url: d.crl_url.clone(),
+    };
+    iotpki_agent::offline::store_delegation(&t_dir, &delegation).unwrap();
+    let st = Station::open_offline(&t_dir, "DB").unwrap();
+    let e = st.birth("DB", &ca.tmp.path().join("t-dev"), &short[0], KeyType::EcdsaP256).await.unwrap_err();
+    assert!(e.to_string().contains("outside the names the delegated CA"), "{e}");
+    assert!(!iotpki_agent::offline::record_path(&t_dir, "DB").exists(), "nothing recorded");
+    st.birth("DB", &ca.tmp.path().join("t-ok"), &short[256], KeyType::EcdsaP256).await.unwrap();
+}
+
+fn curl_get(url: &str, out: &Path) -> u16 {
+    let o = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "-w", "%{http_code}", "-o"])
+        .arg(out)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
+}
+
+/// A station's delegated CA publishes a CRL: births it signs name
+/// `/crl/delegated/STATION/BATCH.crl`; at each sync the station signs a CRL
+/// with the authority's revocations under its CA and uploads it. openssl
+/// verify -crl_check with that CRL: a good birth is OK; after the authority
+/// revokes it and the station syncs, it is revoked. A CRL that leaves the
+/// revoked birth off is refused and the served CRL stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
+    let ca = Ca::start().await;
+    // A window of 30 days: longer than the week an open batch's CRL lasts.
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let nb = factory::NewBatch {
+        id: Some("CB".into()),
+        product: "widget".into(),
+        allowlist: "C-1\nC-2".into(),
+        quota: 2,
+        from: now - 60,
+        until: now + 30 * 86_400,
+    };
+    factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
+    let st_dir = station(&ca, "line-c", &["CB"]);
+    delegate(&ca, &st_dir, "line-c", "CB");
+    let st = Station::open_offline(&st_dir, "CB").unwrap();
+    let dev = ca.tmp.path().join("c1");
+    st.birth("CB", &dev, "C-1", KeyType::EcdsaP256).await.unwrap();
+    st.sync(&st_dir, "CB").await.unwrap();
+
+    let d = ca.tmp.path().join("crlcheck");
+    std::fs::create_dir_all(&d).unwrap();
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    std::fs::write(d.join("birth.pem"), &id.cert_pem).unwrap();
+    std::fs::write(d.join("chain.pem"), &id.chain_pem).unwrap();
+    let birth = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+    let text =
+        openssl(&["x509", "-noout", "-ext", "crlDistributionPoints", "-in", d.join("birth.pem").to_str().unwrap()]);
+    let url = format!("{}/crl/delegated/line-c/CB.crl", ca.http_url);
+    assert!(text.contains(&url), "the birth names its CA's CRL: {text}");
+    let (root, crl_der, crl_pem) = (ca.root_file(), d.join("crl.der"), d.join("crl.pem"));
+    let verify = || {
+        assert_eq!(curl_get(&url, &crl_der), 200);
+        openssl(&["crl", "-inform", "DER", "-in", crl_der.to_str().unwrap(), "-out", crl_pem.to_str().unwrap()]);
+        let o = std::process::Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(&root)
+            .args(["-untrusted", d.join("chain.pem").to_str().unwrap(), "-CRLfile", crl_pem.to_str().unwrap()])
+            .arg(d.join("birth.pem"))
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let out = verify();
+    assert!(out.contains(": OK"), "{out}");
+
+    // The authority revokes the birth; until the station syncs, the served CRL is the old one.
+    let serial = iotpki_core::profile::cert_info(&birth).unwrap().serial;
+    iotpki_authority::revocation::revoke(
+        ca.authority.store().as_ref(),
+        ca.clock.as_ref(),
+        iotpki_authority::revocation::Target::Serial(&serial),
+        1,
+        "test",
+    )
+    .unwrap();
+    // A station that leaves the revoked birth off its CRL: refused, nothing served changes.
+    let before = std::fs::read(&crl_der).unwrap();
+    let (_, sub_key) =
+        iotpki_agent::state::pending_key(&iotpki_agent::offline::batch_dir(&st_dir, "CB")).unwrap().unwrap();
+    let sub = iotpki_core::profile::cert_info(&pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap()[0]).unwrap();
+    let kid = sub.ski.clone().unwrap();
+    let issuer = iotpki_core::profile::Issuer {
+        subject: &sub.cert.tbs_certificate.subject,
+        key_id: &kid,
+        not_after: sub.not_after,
+        signer: &sub_key,
+    };
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let liar = iotpki_core::crl::build(&issuer, 2, now - 10, now + 3600, &[]).unwrap();
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    match client.factory_crl_upload("CB", liar).await {
+        Err(iotpki_agent::AgentError::Refused { status, reason }) => {
+            assert_eq!(status, 403, "{reason}");
+            assert!(reason.contains("exactly those must be listed"), "{reason}");
+        }
+        other => panic!("a CRL without the revoked birth was accepted: {other:?}"),
+    }
+    assert_eq!(curl_get(&url, &crl_der), 200);
+    assert_eq!(std::fs::read(&crl_der).unwrap(), before, "the served CRL is unchanged");
+
+    st.sync(&st_dir, "CB").await.unwrap();
+    let out = verify();
+    assert!(out.contains("certificate revoked"), "{out}");
+    let next = |f: &Path| openssl(&["crl", "-noout", "-nextupdate", "-in", f.to_str().unwrap()]);
+    let ca_end = openssl(&["x509", "-noout", "-enddate", "-in", d.join("chain.pem").to_str().unwrap()]);
+    let end = |t: &str| t.trim().split_once('=').map(|(_, v)| v.to_string()).unwrap();
+    assert_ne!(end(&next(&crl_pem)), end(&ca_end), "while the batch is open a CRL lasts a week, not the CA's life");
+
+    // The batch closes: the station's last CRL lasts as long as its delegated CA (and every birth it signed).
+    factory::close_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), "CB", "test").unwrap();
+    st.sync(&st_dir, "CB").await.unwrap();
+    assert!(verify().contains("certificate revoked"));
+    assert_eq!(end(&next(&crl_pem)), end(&ca_end));
+}
+
+/// A station delegated a slice of its batch signs a birth for a serial on the
+/// batch's allowlist but outside its slice (outside the names signed into its
+/// delegated CA): the sync records it, flags it off-allowlist and revokes it;
+/// it never counts as a birth (nor shows in the births file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_outside_the_delegated_slice_is_flagged_at_sync() {
+    use iotpki_core::record::Entry;
+    let ca = Ca::start().await;
+    let list = serials("SL", 3);
+    batch(&ca, "SLB", &list, 3);
+    let st_dir = station(&ca, "line-s", &["SLB"]);
+    let dkey = iotpki_agent::offline::new_delegate_key(&st_dir, "SLB", KeyType::EcdsaP256).unwrap();
+    let d = ca
+        .authority
+        .delegate_station_serials("line-s", "SLB", dkey.public_key_der(), Some(&list[..1]), "test")
+        .unwrap();
+    let sid = iotpki_agent::state::load(&st_dir).unwrap();
+    let skey = iotpki_agent::state::load_key(&st_dir, &sid).unwrap();
+    let mut entries: Vec<Entry> = Vec::new();
+    for serial in [&list[0], &list[1]] {
+        let cert = forge_cert(&d.cert, &dkey, "SLB", serial);
+        entries.push(Entry::next(entries.last(), 1_000, "SLB", serial, &cert, &skey).unwrap());
+    }
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    let text: String = entries.iter().map(|e| e.to_line() + "\n").collect();
+    let out = client.factory_sync("SLB", text).await.unwrap();
+    assert_eq!(out["born"], 1, "{out}");
+    let flagged = out["flagged"].as_array().unwrap();
+    assert_eq!(flagged.len(), 1, "{out}");
+    assert_eq!(flagged[0]["reason"], "off-allowlist");
+    let rec = ca.authority.store().certificate(flagged[0]["cert_serial"].as_str().unwrap()).unwrap().unwrap();
+    assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }));
+    let births = ca.authority.export_births(None).unwrap();
+    assert!(births.contains(&format!("\n{},", list[0])) && !births.contains(&format!("\n{},", list[1])), "{births}");
+}
+
+/// `station delegate` on a batch with more unborn serials than a delegated
+/// CA may name is refused with what to do, leaves no key behind, and a
+/// retry with `--serials` (a slice) delegates exactly that slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_delegate_above_the_cap_is_refused_and_a_slice_is_delegated() {
+    let ca = Ca::start().await;
+    let list = serials("CAP", factory::MAX_DELEGATED_SERIALS + 4);
+    batch(&ca, "CAPB", &list, list.len() as u64);
+    let st_dir = station(&ca, "line-cap", &["CAPB"]);
+    let delegate_cmd = |extra: &[&str]| {
+        let mut c = crate::util::bin();
+        c.env("IOTPKI_PASSPHRASE", crate::util::PASS)
+            .args(["station", "delegate", "line-cap", "--batch", "CAPB", "--dir"])
+            .arg(&ca.dir)
+            .arg("--station-dir")
+            .arg(&st_dir)
+            .args(extra);
+        c
+    };
+    let certs = ca.cert_count();
+    let e = crate::util::run_fail(&mut delegate_cmd(&[]));
+    assert!(e.contains("at most 256 serials") && e.contains("--serials"), "{e}");
+    assert!(!iotpki_agent::offline::batch_dir(&st_dir, "CAPB").exists(), "no key left behind");
+    assert_eq!(ca.cert_count(), certs);
+    let slice = ca.tmp.path().join("slice.txt");
+    std::fs::write(&slice, list[..3].join("\n")).unwrap();
+    let out = crate::util::run_ok(&mut delegate_cmd(&["--serials", slice.to_str().unwrap()]));
+    assert!(out.contains("3 births of 3 serials"), "{out}");
+    let st = Station::open_offline(&st_dir, "CAPB").unwrap();
+    assert_eq!(st_unborn(&st_dir), list[..3].to_vec());
+    st.birth("CAPB", &ca.tmp.path().join("cap-0"), &list[0], KeyType::EcdsaP256).await.unwrap();
+}
+
+fn st_unborn(st_dir: &Path) -> Vec<String> {
+    let d: iotpki_agent::offline::Delegation = serde_json::from_str(
+        &std::fs::read_to_string(iotpki_agent::offline::batch_dir(st_dir, "CAPB").join("delegation.json")).unwrap(),
+    )
+    .unwrap();
+    d.allowlist
 }

@@ -40,11 +40,15 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
     })
     .await;
     let op_dev = ca.enrolled_device("LINT-1").await;
+    // A birth certificate, born on the line through a station (the only way to one).
     let birth_state = ca.tmp.path().join("birth");
-    let mut opts = ca.enroll_opts(&birth_state, "LINT-2", &ca.token("LINT-2"));
-    opts.label = Some("birth".into());
-    opts.key_type = kt;
-    iotpki_agent::enroll(&opts).await.unwrap();
+    crate::util::batch(&ca, "LINTB", &["LINT-2".to_string()], 1);
+    let line = crate::util::station(&ca, "lint-line", &["LINTB"]);
+    iotpki_agent::factory::Station::open(&line, None)
+        .unwrap()
+        .birth("LINTB", &birth_state, "LINT-2", kt)
+        .await
+        .unwrap();
 
     let d = ca.tmp.path().join("lint");
     std::fs::create_dir_all(&d).unwrap();

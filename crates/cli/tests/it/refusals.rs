@@ -344,13 +344,13 @@ async fn bad_reenrollments_are_refused_and_change_nothing() {
     }];
     check(&ca, &theirs, cases, &[]).await;
     let cases = vec![Case {
-        name: "other label's CA",
+        name: "other label's CA (the birth CA)",
         op: "simplereenroll",
         content_type: ct,
         body: b64(&same),
         auth: None,
         status: 403,
-        reason: "issues from CA manufacturing",
+        reason: "nothing renews into one",
         audited: true,
     }];
     check(&ca, &birth, cases, &[]).await;

@@ -78,9 +78,6 @@ async fn device_keys_in_a_tpm_from_the_factory_line_to_renewal() {
                 .args(["trust", "add-manufacturer", "--name", "acme", "--dir", s(&op.dir)])
                 .arg(mfg.ca_file("manufacturing")),
         );
-        let claims = tmp.join("claims.txt");
-        std::fs::write(&claims, "TPM-1\n").unwrap();
-        run_ok(bin().args(["device", "claim", "--dir", s(&op.dir), "--serials", s(&claims)]));
 
         // No TPM at the TCTI: the line device says so before it lets a station in.
         let dead = format!("swtpm:host=127.0.0.1,port={}", dead_port());
@@ -126,6 +123,10 @@ async fn device_keys_in_a_tpm_from_the_factory_line_to_renewal() {
         assert!(std::fs::read(dev.join(&birth_blob)).unwrap().starts_with(b"iotpki-tpm-key-v1\n"));
         assert_eq!(tpm_key(&tcti, &dev, &birth_blob), cert_key(&born["cert_pem"]));
 
+        // The owner claims it with the manufacturer's births file.
+        let claims = tmp.join("births.csv");
+        std::fs::write(&claims, mfg.authority.export_births(Some(&["TPM-1".to_string()])).unwrap()).unwrap();
+        run_ok(bin().args(["device", "claim", "--dir", s(&op.dir), "--births", s(&claims)]));
         // Commissioning: the birth key (in the TPM) signs the TLS handshake, a
         // new TPM key the request; the birth blob is kept.
         let op_root = op.root_file();
