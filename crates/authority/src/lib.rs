@@ -957,7 +957,8 @@ impl Authority {
     /// of a body is buffered for a caller that will be refused anyway. The
     /// full check runs again with the body; a refusal here is audited as the
     /// endpoint's (`refuse.enroll`, `refuse.sync`, ...).
-    pub fn admit(&self, gate: Gate, cred: Credential<'_>) -> Result<(), AuthorityError> {
+    /// `label` is the EST label the request names, if any.
+    pub fn admit(&self, gate: Gate, label: Option<&str>, cred: Credential<'_>) -> Result<(), AuthorityError> {
         let (r, action) = match gate {
             Gate::Station(action) => {
                 let r = match cred {
@@ -987,10 +988,27 @@ impl Authority {
                 // Audits its own refusal as refuse.admin.
                 return self.admin(chain).map(|_| ());
             }
-            Gate::Enroll => (self.admit_enroll(cred), "refuse.enroll"),
+            Gate::Enroll => (self.admit_label(label, cred).and_then(|()| self.admit_enroll(cred)), "refuse.enroll"),
         };
         self.audit_refusal(&r, cred, None, action);
         r
+    }
+
+    /// A first enrollment's label: it must exist and must not be the birth
+    /// label (births come only from a station on the line), whoever calls.
+    fn admit_label(&self, label: Option<&str>, cred: Credential<'_>) -> Result<(), AuthorityError> {
+        let label = self.label(label)?;
+        if !self.is_birth_ca(&label.ca.name) {
+            return Ok(());
+        }
+        Err(AuthorityError::Forbidden(match cred {
+            Credential::ClientCert(_) => format!(
+                "label {} issues birth certificates: commissioning gives an operational certificate \
+                 (use an operational label); {BIRTH_ONLY_ON_THE_LINE}",
+                label.name
+            ),
+            _ => format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", label.name),
+        }))
     }
 
     /// A first enrollment's caller: a token that may still be used for the

@@ -86,6 +86,12 @@ pub(crate) fn rule(method: &Method, path: &str, query: Option<&str>) -> Rule {
     Rule { caller, max_body, pkcs10 }
 }
 
+/// The EST label a path names: `/.well-known/est/LABEL/OPERATION`.
+fn est_label(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/.well-known/est/")?;
+    rest.rsplit_once('/').map(|(label, _)| label)
+}
+
 fn plain(status: StatusCode, msg: String) -> Response {
     tracing::info!(status = status.as_u16(), reason = %msg, "request refused");
     (status, format!("{msg}\n")).into_response()
@@ -143,6 +149,7 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
         }
     }
     if let Some(gate) = r.caller {
+        let label = est_label(&path).map(str::to_string);
         let chain = req.extensions().get::<PeerChain>().cloned().unwrap_or_default();
         let basic = match basic_auth(req.headers()) {
             Ok(b) => b,
@@ -155,7 +162,7 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
                 _ if !chain.chain().is_empty() => Credential::ClientCert(chain.chain()),
                 _ => Credential::None,
             };
-            a.admit(gate, cred)
+            a.admit(gate, label.as_deref(), cred)
         })
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")));

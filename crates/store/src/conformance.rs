@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation, Issuance,
-    ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError,
-    SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation,
+    Issuance, ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store,
+    StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
