@@ -19,6 +19,7 @@ pub mod init;
 pub mod keyfile;
 pub mod revocation;
 pub mod rotation;
+pub mod servers;
 pub mod tokens;
 pub mod trust;
 

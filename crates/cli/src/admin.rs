@@ -227,6 +227,12 @@ pub enum CertCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a key and a server certificate for one of the fleet's servers (an MQTT broker, an
+    /// HTTPS backend, a gateway): from the operational CA, recorded and audited.
+    IssueServer(crate::server_cert::IssueServerArgs),
+    /// Renew a server certificate issued by issue-server: a new key, the same names; the old
+    /// certificate is superseded.
+    RenewServer(crate::server_cert::RenewServerArgs),
     /// Check a client's list of received certificates against the store: each
     /// must be recorded, byte for byte, and none received twice. Exits non-zero otherwise.
     Reconcile {
@@ -268,6 +274,8 @@ fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
 
 pub fn cert(c: CertCmd) -> anyhow::Result<()> {
     match c {
+        CertCmd::IssueServer(a) => crate::server_cert::issue(a),
+        CertCmd::RenewServer(a) => crate::server_cert::renew(a),
         CertCmd::Reconcile { dir, file } => {
             use base64::Engine as _;
             let store = dir.store()?;

@@ -12,6 +12,7 @@ mod duration;
 mod factory_cmd;
 mod loadgen;
 mod owner_cmd;
+mod server_cert;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

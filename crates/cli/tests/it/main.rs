@@ -24,5 +24,6 @@ mod refusals;
 mod relay;
 mod revocation;
 mod rotation;
+mod servers;
 mod tpm;
 mod util;
