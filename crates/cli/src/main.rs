@@ -146,10 +146,11 @@ impl PassArg {
     }
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { fmt.json().flatten_event(true).try_init() } else { fmt.try_init() };
 }
 
 fn main() -> ExitCode {
@@ -159,11 +160,11 @@ fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
     }
-    init_tracing(if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) {
-        "info,tss_esapi=off"
-    } else {
-        "warn,tss_esapi=off"
-    });
+    let json_log = matches!(&cli.cmd, Cmd::Serve(a) if a.log_format == admin::LogFormat::Json);
+    init_tracing(
+        if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) { "info,tss_esapi=off" } else { "warn,tss_esapi=off" },
+        json_log,
+    );
     let result = match cli.cmd {
         Cmd::Init(a) => admin::init(a),
         Cmd::Serve(a) => admin::serve(a),

@@ -25,5 +25,6 @@ mod relay;
 mod revocation;
 mod rotation;
 mod servers;
+mod service;
 mod tpm;
 mod util;
