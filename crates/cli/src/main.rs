@@ -86,6 +86,17 @@ enum Cmd {
     /// The shared PostgreSQL database.
     #[command(subcommand)]
     Db(admin::DbCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for iotpki.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, iotpki.1 and one per subcommand (iotpki-serve.1, ...), into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Options every admin command shares.
@@ -187,6 +198,13 @@ fn main() -> ExitCode {
         Cmd::Hsm(c) => admin::hsm(c),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Db(c) => admin::db(c),
+        Cmd::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "iotpki", &mut buf);
+            std::io::Write::write_all(&mut std::io::stdout(), &buf).map_err(anyhow::Error::from)
+        }
+        Cmd::Man { out } => man(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,6 +213,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The man pages, from the same clap definitions as `--help`.
+fn man(out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), out)
+        .with_context(|| format!("cannot write the man pages into {}", out.display()))?;
+    println!("man pages written to {}", out.display());
+    Ok(())
 }
 
 /// A multi-threaded tokio runtime for the commands that do network I/O.

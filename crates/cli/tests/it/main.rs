@@ -18,6 +18,7 @@ mod limits;
 mod loadgen;
 mod nginx;
 mod owner;
+mod package;
 mod pkilint;
 mod postgres;
 mod refusals;
