@@ -154,7 +154,15 @@ fn serve_reloads_its_certificate_on_sighup_and_keeps_open_connections_and_logs_j
     // Before the signal, new connections still get the old certificate.
     assert_eq!(Conn::open(&addr, &root_der).server_serial(), old_serial);
 
+    // A limit changed too: not applied by a reload, and the log says so.
+    let toml = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
+    assert!(toml.contains("max_connections = 4096\n"));
+    std::fs::write(dir.join("iotpki.toml"), toml.replace("max_connections = 4096\n", "max_connections = 100\n"))
+        .unwrap();
+
     run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let v = wait_log(&lines, "restart iotpki serve to apply");
+    assert_eq!((v["level"].as_str(), v["changed"].as_str()), (Some("WARN"), Some("limits")), "{v}");
     let v = wait_log(&lines, "reloaded");
     assert_eq!(v["server_cert"], new_serial.as_str(), "{v}");
     let mut fresh = Conn::open(&addr, &root_der);
