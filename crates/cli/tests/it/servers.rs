@@ -285,7 +285,7 @@ async fn renew_server_gives_a_new_key_and_the_same_names_and_supersedes_the_old_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_server_refuses_bad_names_a_device_certificate_and_an_existing_key_and_records_nothing() {
+async fn server_certificate_refusals_bad_names_a_device_or_forged_certificate_an_existing_key_record_nothing() {
     let ca = Ca::start().await;
     let dev = ca.enrolled_device("SRV-DEV").await;
     let (count, audit) = (ca.cert_count(), ca.audit_len());
@@ -316,6 +316,17 @@ async fn issue_server_refuses_bad_names_a_device_certificate_and_an_existing_key
     assert!(!out.exists(), "a refusal writes nothing");
     // A key in --out is never overwritten.
     run_ok(&mut cert_cmd(&ca, "issue-server", &["--name", "a.example.com", "--out", s(&out)]));
+    // A forged copy of a recorded server certificate (same serial, other bytes) is not renewed.
+    let mut forged = first_cert(&out.join("server.crt"));
+    *forged.last_mut().unwrap() ^= 0x01;
+    let forged_file = ca.tmp.path().join("forged.pem");
+    std::fs::write(&forged_file, pem::encode("CERTIFICATE", &forged)).unwrap();
+    let elsewhere = ca.tmp.path().join("elsewhere");
+    let (c, a) = (ca.cert_count(), ca.audit_len());
+    let err = run_fail(&mut cert_cmd(&ca, "renew-server", &["--cert", s(&forged_file), "--out", s(&elsewhere)]));
+    assert!(err.contains("differs from the one recorded"), "{err}");
+    assert_eq!((ca.cert_count(), ca.audit_len()), (c, a));
+    assert!(!elsewhere.exists());
     let key = std::fs::read(out.join("server.key")).unwrap();
     let (count, audit) = (ca.cert_count(), ca.audit_len());
     let err = run_fail(&mut cert_cmd(&ca, "issue-server", &["--name", "b.example.com", "--out", s(&out)]));
