@@ -78,7 +78,7 @@ impl Broker {
             let conf = format!(
                 "user root\npersistence false\nlog_dest file {log}\nlog_type all\nper_listener_settings false\n\
                  allow_anonymous true\nlistener {port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\ncafile {root}\n\
-                 require_certificate true\nuse_identity_as_username true\ncrlfile {crls}\ntls_version tlsv1.2\n",
+                 require_certificate true\nuse_identity_as_username true\ncrlfile {crls}\n",
                 log = s(&log),
                 cert = s(&server.join("fullchain.pem")),
                 key = s(&server.join("server.key")),
