@@ -367,7 +367,7 @@ fn build(
 
 /// A server name is an IP address or a fully qualified DNS name in preferred
 /// name syntax (RFC 1034 section 3.5, lowercase LDH labels).
-fn check_server_name(n: &str) -> Result<(), AuthorityError> {
+pub(crate) fn check_server_name(n: &str) -> Result<(), AuthorityError> {
     if n.parse::<IpAddr>().is_ok() {
         return Ok(());
     }

@@ -21,6 +21,7 @@ pub mod ocsp_cache;
 pub mod refusals;
 pub mod revocation;
 pub mod rotation;
+pub mod servers;
 pub mod tokens;
 pub mod trust;
 

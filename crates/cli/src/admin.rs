@@ -107,6 +107,18 @@ pub struct ServeArgs {
     /// Plain-HTTP address for CRLs and OCSP (default: the config's `server.http_listen`).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// Log lines as text, or as one JSON object per line (for journald or a log shipper).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `serve` writes its log (stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -149,7 +161,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let limits = iotpki_server::Limits::from(&authority.config().limits);
-        let r = iotpki_server::serve(authority, listener, limits, shutdown).await;
+        let tls = iotpki_server::TlsConfigs::new(iotpki_server::server_config(&authority)?);
+        let reloader = tokio::spawn(reload_on_hangup(authority.clone(), tls.clone(), a.dir.clone(), a.pass.clone(), a.listen, a.http_listen));
+        let r = iotpki_server::serve_with(authority, listener, limits, tls, shutdown).await;
+        reloader.abort();
         let _ = stop_tx.send(true);
         if let Some(h) = http {
             h.await??;
@@ -157,6 +172,91 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         r?;
         Ok(())
     })
+}
+
+/// On each SIGHUP: read the config and the server's certificate and key
+/// again; new connections get the new certificate, open ones keep theirs.
+/// What needs a restart (listen addresses, the store, limits) is logged as such.
+/// A reload that fails leaves the running configuration as it was.
+async fn reload_on_hangup(
+    authority: Arc<iotpki_authority::Authority>,
+    tls: iotpki_server::TlsConfigs,
+    dir: DirArg,
+    pass: PassArg,
+    listen_arg: Option<SocketAddr>,
+    http_listen_arg: Option<SocketAddr>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reloading needs a restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config and the server certificate");
+        let (a, t, d, p) = (authority.clone(), tls.clone(), dir.clone(), pass.clone());
+        let r = tokio::task::spawn_blocking(move || reload(&a, &t, &d, &p, listen_arg, http_listen_arg)).await;
+        match r {
+            Ok(Ok(serial)) => {
+                tracing::info!(server_cert = %serial, "reloaded: new connections use this server certificate")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed: still serving with the previous configuration")
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed: still serving with the previous configuration"),
+        }
+    }
+}
+
+fn reload(
+    authority: &iotpki_authority::Authority,
+    tls: &iotpki_server::TlsConfigs,
+    dir: &DirArg,
+    pass: &PassArg,
+    listen_arg: Option<SocketAddr>,
+    http_listen_arg: Option<SocketAddr>,
+) -> anyhow::Result<String> {
+    let cfg = dir.config()?;
+    let running = authority.config();
+    let differs = |a: &dyn erased::Json, b: &dyn erased::Json| a.json() != b.json();
+    let mut restart = Vec::new();
+    if listen_arg.is_none() && cfg.server.listen != running.server.listen {
+        restart.push("server.listen");
+    }
+    if http_listen_arg.is_none() && cfg.server.http_listen != running.server.http_listen {
+        restart.push("server.http_listen");
+    }
+    if differs(&cfg.store, &running.store) {
+        restart.push("store");
+    }
+    if differs(&cfg.limits, &running.limits) {
+        restart.push("limits");
+    }
+    if differs(&cfg.ca, &running.ca) || differs(&cfg.label, &running.label) || differs(&cfg.tokens, &running.tokens) {
+        restart.push("ca, label or tokens");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(changed = %restart.join(", "), "changed in the config but not reloaded: restart iotpki serve to apply");
+    }
+    let (chain, key) = iotpki_authority::servers::load_server_tls(authority.dir(), &cfg, &pass.passphrase()?)?;
+    let serial =
+        chain.first().and_then(|c| iotpki_core::profile::cert_info(c).ok()).map(|i| i.serial).unwrap_or_default();
+    tls.replace(iotpki_server::server_config_with(authority, chain, key).context("the server certificate and key")?);
+    Ok(serial)
+}
+
+/// Config sections compared by their serialized form (the config types have no `PartialEq`).
+mod erased {
+    pub trait Json {
+        fn json(&self) -> Option<serde_json::Value>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> Option<serde_json::Value> {
+            serde_json::to_value(self).ok()
+        }
+    }
 }
 
 /// `iotpki token ...`.
@@ -227,6 +327,12 @@ pub enum CertCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a key and a server certificate for one of the fleet's servers (an MQTT broker, an
+    /// HTTPS backend, a gateway): from the operational CA, recorded and audited.
+    IssueServer(crate::server_cert::IssueServerArgs),
+    /// Renew a server certificate issued by issue-server: a new key, the same names; the old
+    /// certificate is superseded.
+    RenewServer(crate::server_cert::RenewServerArgs),
     /// Check a client's list of received certificates against the store: each
     /// must be recorded, byte for byte, and none received twice. Exits non-zero otherwise.
     Reconcile {
@@ -268,6 +374,8 @@ fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
 
 pub fn cert(c: CertCmd) -> anyhow::Result<()> {
     match c {
+        CertCmd::IssueServer(a) => crate::server_cert::issue(a),
+        CertCmd::RenewServer(a) => crate::server_cert::renew(a),
         CertCmd::Reconcile { dir, file } => {
             use base64::Engine as _;
             let store = dir.store()?;

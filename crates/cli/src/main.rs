@@ -12,6 +12,7 @@ mod duration;
 mod factory_cmd;
 mod loadgen;
 mod owner_cmd;
+mod server_cert;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,17 @@ enum Cmd {
     /// The shared PostgreSQL database.
     #[command(subcommand)]
     Db(admin::DbCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for iotpki.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, iotpki.1 and one per subcommand (iotpki-serve.1, ...), into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Options every admin command shares.
@@ -145,10 +157,11 @@ impl PassArg {
     }
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { fmt.json().flatten_event(true).try_init() } else { fmt.try_init() };
 }
 
 fn main() -> ExitCode {
@@ -158,11 +171,11 @@ fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+none");
     }
-    init_tracing(if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) {
-        "info,tss_esapi=off"
-    } else {
-        "warn,tss_esapi=off"
-    });
+    let json_log = matches!(&cli.cmd, Cmd::Serve(a) if a.log_format == admin::LogFormat::Json);
+    init_tracing(
+        if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Relay(_)) { "info,tss_esapi=off" } else { "warn,tss_esapi=off" },
+        json_log,
+    );
     let result = match cli.cmd {
         Cmd::Init(a) => admin::init(a),
         Cmd::Serve(a) => admin::serve(a),
@@ -185,6 +198,13 @@ fn main() -> ExitCode {
         Cmd::Hsm(c) => admin::hsm(c),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Db(c) => admin::db(c),
+        Cmd::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "iotpki", &mut buf);
+            std::io::Write::write_all(&mut std::io::stdout(), &buf).map_err(anyhow::Error::from)
+        }
+        Cmd::Man { out } => man(&out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +213,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The man pages, from the same clap definitions as `--help`.
+fn man(out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), out)
+        .with_context(|| format!("cannot write the man pages into {}", out.display()))?;
+    println!("man pages written to {}", out.display());
+    Ok(())
 }
 
 /// A multi-threaded tokio runtime for the commands that do network I/O.

@@ -32,7 +32,37 @@ use tokio::net::TcpListener;
 
 pub use http::{public_router, router};
 pub use limits::Limits;
-pub use tls::server_config;
+pub use tls::{server_config, server_config_with};
+
+/// The TLS configuration that new connections get. A reload (`iotpki serve`
+/// on SIGHUP) replaces it; a connection keeps the one it began with, so
+/// kept-alive connections are not dropped.
+#[derive(Clone, Debug)]
+pub struct TlsConfigs(Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>);
+
+impl TlsConfigs {
+    /// Start with `cfg`.
+    pub fn new(cfg: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(cfg)))
+    }
+
+    /// The configuration a connection accepted now gets.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        // A poisoned lock still holds a whole Arc: the writer only assigns it.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// From now on, new connections get `cfg`.
+    pub fn replace(&self, cfg: Arc<rustls::ServerConfig>) {
+        match self.0.write() {
+            Ok(mut g) => *g = cfg,
+            Err(p) => *p.into_inner() = cfg,
+        }
+    }
+}
 
 /// Serve EST on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -41,8 +71,19 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let tls = server_config(&authority).map_err(std::io::Error::other)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tls = TlsConfigs::new(server_config(&authority).map_err(std::io::Error::other)?);
+    serve_with(authority, listener, limits, tls, shutdown).await
+}
+
+/// [`serve`], with the TLS configuration taken from `tls` for each new
+/// connection (so that it can be replaced while serving).
+pub async fn serve_with(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    limits: Limits,
+    tls: TlsConfigs,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
     let refresher = tokio::spawn(refresh_crls(authority.clone()));
     let flusher = tokio::spawn(flush_refusals(authority.clone(), limits.refusal_flush));
@@ -50,7 +91,7 @@ pub async fn serve(
     let _stop_refreshing = AbortOnDrop(refresher);
     let _stop_flushing = AbortOnDrop(flusher);
     let r = accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
-        let (acceptor, app, limits) = (acceptor.clone(), app.clone(), limits.clone());
+        let (acceptor, app, limits) = (tokio_rustls::TlsAcceptor::from(tls.current()), app.clone(), limits.clone());
         async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
     })
     .await;

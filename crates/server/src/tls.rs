@@ -67,12 +67,23 @@ impl ClientCertVerifier for DeferredClientAuth {
 /// feature, tested in `interop::tls_key_exchange_is_hybrid_post_quantum_with_our_devices`),
 /// HTTP/1.1.
 pub fn server_config(authority: &Authority) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let (chain, key) = authority.server_tls();
+    server_config_with(authority, chain, key)
+}
+
+/// [`server_config`] with another certificate chain and key (a reload: the
+/// files replaced on disk since the authority was opened). Refused when the
+/// key does not match the certificate.
+pub fn server_config_with(
+    authority: &Authority,
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = DeferredClientAuth {
         hints: authority.ca_subjects().into_iter().map(DistinguishedName::from).collect(),
         algs: provider.signature_verification_algorithms,
     };
-    let (chain, key) = authority.server_tls();
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))

@@ -22,7 +22,7 @@ fn pkilint_bin(name: &str) -> PathBuf {
     p
 }
 
-fn lint(args: &[&Path], tool: &str) {
+pub(crate) fn lint(args: &[&Path], tool: &str) {
     let out = Command::new(pkilint_bin(tool))
         .args(["lint", "-s", "WARNING", "--document-format", "PEM"])
         .args(args)

@@ -1,0 +1,182 @@
+//! `iotpki serve` run like a service: SIGHUP reloads the server certificate
+//! without dropping kept-alive connections, and `--log-format json` writes one
+//! JSON object per line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iotpki_authority::keyfile;
+use iotpki_core::keys::SoftKey;
+use iotpki_core::pem;
+
+use crate::util::{bin, run_ok, Server, PASS};
+
+/// A TLS 1.3 connection to the server, kept alive across requests.
+struct Conn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+impl Conn {
+    fn open(addr: &str, root_der: &[u8]) -> Conn {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(root_der.to_vec())).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        Conn(s)
+    }
+
+    /// GET /.well-known/est/cacerts on this connection; the HTTP status.
+    fn cacerts(&mut self) -> u16 {
+        self.0.write_all(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.0.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .expect("content-length");
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        head[9..12].parse().unwrap()
+    }
+
+    /// The serial of the certificate the server presented on this connection.
+    fn server_serial(&self) -> String {
+        let certs = self.0.conn.peer_certificates().unwrap();
+        iotpki_core::profile::cert_info(&certs[0]).unwrap().serial
+    }
+}
+
+fn serial_of_pem(path: &Path) -> String {
+    let der = pem::decode_all("CERTIFICATE", &std::fs::read_to_string(path).unwrap()).unwrap().remove(0);
+    iotpki_core::profile::cert_info(&der).unwrap().serial
+}
+
+/// Wait for a log line containing `what`; every line must be a JSON object.
+fn wait_log(lines: &mpsc::Receiver<String>, what: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {what:?}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        assert!(v.is_object() && v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        if line.contains(what) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn serve_reloads_its_certificate_on_sighup_and_keeps_open_connections_and_logs_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    let pass_file = tmp.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf, "--server-name", "127.0.0.1"]));
+    let root_der =
+        pem::decode_all("CERTIFICATE", &std::fs::read_to_string(dir.join("ca/root.crt")).unwrap()).unwrap().remove(0);
+
+    let mut child = bin()
+        .args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--passphrase-file", pf, "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let pid = child.id().to_string();
+    let _server = Server(child);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = line.trim().trim_start_matches("listening on https://").to_string();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // JSON logs: one object per line, the message a field of it.
+    let v = wait_log(&lines, "EST server listening");
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["addr"], addr.as_str(), "{v}");
+
+    let old_serial = serial_of_pem(&dir.join("tls/server.crt"));
+    let mut kept = Conn::open(&addr, &root_der);
+    assert_eq!(kept.cacerts(), 200);
+    assert_eq!(kept.server_serial(), old_serial);
+
+    // A new certificate for the EST server, put in place as an operator would.
+    let out_dir = tmp.path().join("new-tls");
+    run_ok(
+        bin()
+            .args(["cert", "issue-server", "--dir", d, "--name", "127.0.0.1", "--out", out_dir.to_str().unwrap()])
+            .args(["--passphrase-file", pf]),
+    );
+    let plain = pem::decode_all("PRIVATE KEY", &std::fs::read_to_string(out_dir.join("server.key")).unwrap())
+        .unwrap()
+        .remove(0);
+    let key = SoftKey::from_pkcs8(&plain).unwrap();
+    std::fs::remove_file(dir.join("tls/server.key")).unwrap();
+    keyfile::write_encrypted(
+        &dir.join("tls/server.key"),
+        &key,
+        &iotpki_authority::Passphrase::new(PASS.into()).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(out_dir.join("fullchain.pem"), dir.join("tls/server.crt")).unwrap();
+    let new_serial = serial_of_pem(&dir.join("tls/server.crt"));
+    assert_ne!(new_serial, old_serial);
+    // Before the signal, new connections still get the old certificate.
+    assert_eq!(Conn::open(&addr, &root_der).server_serial(), old_serial);
+
+    // A limit changed too: not applied by a reload, and the log says so.
+    let toml = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
+    assert!(toml.contains("max_connections = 4096\n"));
+    std::fs::write(dir.join("iotpki.toml"), toml.replace("max_connections = 4096\n", "max_connections = 100\n"))
+        .unwrap();
+
+    run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let v = wait_log(&lines, "restart iotpki serve to apply");
+    assert_eq!((v["level"].as_str(), v["changed"].as_str()), (Some("WARN"), Some("limits")), "{v}");
+    let v = wait_log(&lines, "reloaded");
+    assert_eq!(v["server_cert"], new_serial.as_str(), "{v}");
+    let mut fresh = Conn::open(&addr, &root_der);
+    assert_eq!(fresh.server_serial(), new_serial, "a new connection gets the reloaded certificate");
+    assert_eq!(fresh.cacerts(), 200);
+    // The kept-alive connection was not dropped and still answers.
+    assert_eq!(kept.cacerts(), 200);
+    assert_eq!(kept.server_serial(), old_serial);
+
+    // A broken certificate file: the reload is refused and the server goes on with what it had.
+    std::fs::write(dir.join("tls/server.crt"), "not a certificate\n").unwrap();
+    run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let v = wait_log(&lines, "reload failed");
+    assert_eq!(v["level"], "ERROR", "{v}");
+    assert_eq!(Conn::open(&addr, &root_der).server_serial(), new_serial);
+    assert_eq!(kept.cacerts(), 200);
+}
