@@ -9,8 +9,10 @@
 //!   factory ([`apply`] with `initial`).
 //! - A voucher is verified from the manufacturing CA in the device's birth
 //!   chain to its last owner ([`voucher::verify`]), for this device's serial
-//!   and birth certificate; a voucher with fewer entries than the installed
-//!   one is a rollback. The owner it names is what commissioning then trusts.
+//!   and birth certificate, and must extend the installed one
+//!   ([`voucher::check_extends`]: the installed entries octet for octet, then
+//!   new ones, times not going back), so a past owner's fork from an older copy
+//!   and a rollback are refused. The owner it names is what commissioning then trusts.
 //! - A CRL must be signed by a CA the device knows, current (a stale one past
 //!   its nextUpdate is refused), and not older than the installed one.
 //!
@@ -173,17 +175,16 @@ fn verify_voucher(dir: &Path, bytes: &[u8]) -> Result<voucher::Verified, AgentEr
 fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     let v = verify_voucher(dir, bytes)?;
     let p = dir.join(VOUCHER_FILE);
-    if let Ok(old) = std::fs::read(&p) {
-        if old == bytes {
-            return Ok(Applied::Unchanged("this voucher is installed already".into()));
-        }
-        let had = voucher::Voucher::decode(&old).map(|o| o.entries().len()).unwrap_or(0);
-        if v.entries.len() <= had {
-            return Err(AgentError::Untrusted(format!(
-                "ownership voucher refused: it has {} entries, the installed one {had} (a rollback)",
-                v.entries.len()
-            )));
-        }
+    match std::fs::read(&p) {
+        Ok(old) => match voucher::check_extends(&old, bytes, now()) {
+            Ok(voucher::Extension::Unchanged) => {
+                return Ok(Applied::Unchanged("this voucher is installed already".into()))
+            }
+            Ok(voucher::Extension::Extended { .. }) => {}
+            Err(e) => return Err(AgentError::Untrusted(format!("ownership voucher refused: {e}"))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AgentError::io(&p, e)),
     }
     state::write_atomic(dir, VOUCHER_FILE, bytes)?;
     Ok(Applied::Voucher { entries: v.entries.len(), owner: iotpki_core::keys::spki_fingerprint(&v.owner_anchor) })

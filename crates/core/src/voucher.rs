@@ -842,13 +842,13 @@ mod tests {
         let v = chain(&w);
         let installed = v.encode();
         let signers: [&SoftKey; 3] = [&w.maker, &w.owners[0], &w.owners[1]];
-        for i in 0..3 {
+        for (i, signer) in signers.iter().enumerate() {
             let mut e = v.entries[..i].to_vec();
             let prev = e.last().map(|(_, b)| cose::sha256(b)).unwrap_or(GENESIS);
             let created = NOW - 3 * DAY + i as i64 * DAY;
             // Entry i made again by the one who had to sign it, to another owner (owners[3]).
             let forked = sign_entry(
-                signers[i],
+                *signer,
                 &w.serial,
                 cose::sha256(BIRTH),
                 w.owners[3].public_key_der(),
