@@ -10,6 +10,17 @@
 //!   (revoked), and the device has a birth certificate, it commissions again
 //!   with that (re-commissioning). A device the owner revoked is refused there
 //!   too, and keeps retrying at the longest backoff.
+//! - Every round it asks the OCSP responder its certificate names about that
+//!   certificate ([`crate::ocsp::check_own`], a verified answer with a fresh
+//!   nonce). On `revoked` it says so (an [`Event::Ocsp`]) and acts at once,
+//!   without waiting for the renewal to be refused: an operational certificate
+//!   is replaced by commissioning again with the birth certificate; a device
+//!   with nothing to come back with (enrolled by token, or its birth
+//!   certificate revoked) stops with [`AgentError::Revoked`], since every
+//!   server will refuse it. An OCSP failure (responder away, an answer that does
+//!   not verify) is reported and the round goes on: CRLs, the servers' own
+//!   checks and renewal still hold; a forged answer can never make the device
+//!   believe it is good or revoked, only fail to learn.
 //! - Every change of state on disk goes through [`crate::state::store`]:
 //!   write, fsync, rename, fsync of the directory.
 
@@ -41,6 +52,8 @@ pub struct RunOptions {
     /// Where to look for trust bundles, vouchers and CRLs each round (the
     /// server, its plain-HTTP listener or a relay); None: not looked for.
     pub fetch_from: Option<String>,
+    /// Ask the OCSP responder about the certificate every round.
+    pub check_ocsp: bool,
 }
 
 impl RunOptions {
@@ -55,6 +68,7 @@ impl RunOptions {
             once: false,
             exit_after: None,
             fetch_from: None,
+            check_ocsp: true,
         }
     }
 
@@ -98,6 +112,8 @@ pub enum Event<'a> {
         /// What happened.
         result: &'a Result<crate::trust::Applied, AgentError>,
     },
+    /// The OCSP responder was asked about the certificate: its verified answer, or why there is none.
+    Ocsp(&'a Result<crate::ocsp::OcspReport, AgentError>),
     /// A step failed; the next try is after `retry_in`.
     Failed {
         /// What went wrong.
@@ -169,6 +185,35 @@ pub async fn step(opts: &RunOptions) -> Result<Step, AgentError> {
     }
 }
 
+/// Ask about the certificate; on `revoked`, what to do instead of the usual
+/// step (`Some`: re-commissioned or why not). Errors end the daemon.
+async fn ocsp_round(
+    opts: &RunOptions,
+    report: &mut impl FnMut(Event<'_>),
+) -> Result<Option<Result<Step, AgentError>>, AgentError> {
+    let dir = &opts.state_dir;
+    let answer = match crate::ocsp::check_own(dir, None).await {
+        Ok(None) => return Ok(None),
+        Ok(Some(r)) => Ok(r),
+        Err(e) => Err(e),
+    };
+    report(Event::Ocsp(&answer));
+    let Ok(r) = answer else { return Ok(None) };
+    let iotpki_core::ocsp::Status::Revoked { at, reason } = r.checked.status else { return Ok(None) };
+    let id = state::load(dir)?;
+    if id.birth.is_none() || r.is_birth {
+        return Err(AgentError::Revoked(format!(
+            "certificate {} was revoked at {} ({}) and there is no {} to commission again with; \
+             it must be enrolled anew",
+            r.cert_serial,
+            iotpki_core::time::rfc3339(at),
+            crate::ocsp::reason_name(reason),
+            if r.is_birth { "other birth certificate" } else { "birth certificate" }
+        )));
+    }
+    Ok(Some(flow::commission(dir, None, None, None).await.map(|id| Step::Recommissioned(Box::new(id)))))
+}
+
 /// Run until stopped (or per `once` / `exit_after`); answers how many
 /// renewals and re-commissionings were made. Fatal errors (state, usage)
 /// end it; network failures and refusals are retried with backoff.
@@ -187,7 +232,12 @@ pub async fn run(opts: &RunOptions, mut report: impl FnMut(Event<'_>)) -> Result
                 Err(e) => report(Event::Fetched { what: base, result: &Err(e) }),
             }
         }
-        match step(opts).await {
+        let revoked_step = if opts.check_ocsp { ocsp_round(opts, &mut report).await? } else { None };
+        let result = match revoked_step {
+            Some(r) => r,
+            None => step(opts).await,
+        };
+        match result {
             Ok(s) => {
                 report(Event::Step(&s));
                 backoff = opts.min_backoff;

@@ -38,6 +38,9 @@ pub enum AgentError {
     Usage(String),
     /// A core operation failed.
     Core(iotpki_core::Error),
+    /// The device's own certificate is revoked (a verified OCSP answer says so)
+    /// and there is no birth certificate to come back with.
+    Revoked(String),
 }
 
 impl AgentError {
@@ -58,6 +61,7 @@ impl fmt::Display for AgentError {
             Self::Keystore(m) | Self::KeystoreUnreachable(m) => write!(f, "keystore: {m}"),
             Self::Usage(m) => f.write_str(m),
             Self::Core(e) => write!(f, "{e}"),
+            Self::Revoked(m) => write!(f, "this device's certificate is revoked: {m}"),
         }
     }
 }

@@ -230,6 +230,7 @@ pub async fn renew(
         return Err(AgentError::State("the stored key does not match the stored certificate".into()));
     }
     let server = server_override.unwrap_or(&old.server).to_string();
+    crate::trust::check_server(state_dir, &server)?;
 
     let mut tls_chain = vec![cert.clone()];
     tls_chain.extend(chain.iter().cloned());
@@ -419,6 +420,8 @@ pub async fn commission(
             x509_cert::Certificate::from_der(&anchor).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
         let spki =
             cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::Usage(e.to_string()))?;
+        // Keys are compared in their one canonical form (the voucher's is checked to be).
+        iotpki_core::keys::canonical_spki(&spki).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
         if spki != owner {
             return Err(AgentError::Untrusted(format!(
                 "the ownership voucher hands this device to key {}, not to the anchor given ({})",
@@ -428,6 +431,7 @@ pub async fn commission(
         }
     }
     let server = server.unwrap_or(&old.server).to_string();
+    crate::trust::check_server(state_dir, &server)?;
     let label = label.map(str::to_string).or_else(|| {
         if old.birth.as_ref().map(|b| &b.cert_pem) == Some(&old.cert_pem) {
             None

@@ -23,6 +23,7 @@ pub mod factory;
 pub mod flow;
 pub mod keystore;
 pub mod line;
+pub mod ocsp;
 pub mod offline;
 pub mod relay;
 pub mod state;

@@ -9,8 +9,10 @@
 //!   factory ([`apply`] with `initial`).
 //! - A voucher is verified from the manufacturing CA in the device's birth
 //!   chain to its last owner ([`voucher::verify`]), for this device's serial
-//!   and birth certificate; a voucher with fewer entries than the installed
-//!   one is a rollback. The owner it names is what commissioning then trusts.
+//!   and birth certificate, and must extend the installed one
+//!   ([`voucher::check_extends`]: the installed entries octet for octet, then
+//!   new ones, times not going back), so a past owner's fork from an older copy
+//!   and a rollback are refused. The owner it names is what commissioning then trusts.
 //! - A CRL must be signed by a CA the device knows, current (a stale one past
 //!   its nextUpdate is refused), and not older than the installed one.
 //!
@@ -104,6 +106,41 @@ pub fn installed_bundle(dir: &Path) -> Result<Option<Bundle>, AgentError> {
     }
 }
 
+/// The host (lowercase, IPv6 without brackets) and `host:port` of an `https://` or `http://` URL.
+fn url_host(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split('/').next()?.to_ascii_lowercase();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?.to_string(),
+        None => authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h).to_string(),
+    };
+    (!host.is_empty()).then_some((host, authority))
+}
+
+/// The trust bundle's `servers` rule (docs/trust-bundle.md): when the installed
+/// bundle names servers, the device talks to a server (EST: renewal,
+/// commissioning) only if its URL's host is one of them (or its `host:port` is
+/// listed exactly), case-insensitively. No bundle, or an empty list: any server
+/// the device is told of (its trust anchors still decide whom it trusts).
+pub fn check_server(dir: &Path, server_url: &str) -> Result<(), AgentError> {
+    let Some(b) = installed_bundle(dir)? else { return Ok(()) };
+    let servers = &b.content().servers;
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let (host, authority) =
+        url_host(server_url).ok_or_else(|| AgentError::Usage(format!("no host in the server URL {server_url:?}")))?;
+    if servers.iter().any(|s| s.eq_ignore_ascii_case(&host) || s.eq_ignore_ascii_case(&authority)) {
+        return Ok(());
+    }
+    Err(AgentError::Untrusted(format!(
+        "the trust bundle (version {}) lets this device talk only to {}, not to {host}: use one of those, \
+         or install a bundle that names this server",
+        b.content().version,
+        servers.join(", ")
+    )))
+}
+
 fn apply_bundle(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, AgentError> {
     let refused = |e: bundle::BundleError| AgentError::Untrusted(format!("trust bundle refused: {e}"));
     let installed = installed_bundle(dir)?;
@@ -173,17 +210,16 @@ fn verify_voucher(dir: &Path, bytes: &[u8]) -> Result<voucher::Verified, AgentEr
 fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     let v = verify_voucher(dir, bytes)?;
     let p = dir.join(VOUCHER_FILE);
-    if let Ok(old) = std::fs::read(&p) {
-        if old == bytes {
-            return Ok(Applied::Unchanged("this voucher is installed already".into()));
-        }
-        let had = voucher::Voucher::decode(&old).map(|o| o.entries().len()).unwrap_or(0);
-        if v.entries.len() <= had {
-            return Err(AgentError::Untrusted(format!(
-                "ownership voucher refused: it has {} entries, the installed one {had} (a rollback)",
-                v.entries.len()
-            )));
-        }
+    match std::fs::read(&p) {
+        Ok(old) => match voucher::check_extends(&old, bytes, now()) {
+            Ok(voucher::Extension::Unchanged) => {
+                return Ok(Applied::Unchanged("this voucher is installed already".into()))
+            }
+            Ok(voucher::Extension::Extended { .. }) => {}
+            Err(e) => return Err(AgentError::Untrusted(format!("ownership voucher refused: {e}"))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AgentError::io(&p, e)),
     }
     state::write_atomic(dir, VOUCHER_FILE, bytes)?;
     Ok(Applied::Voucher { entries: v.entries.len(), owner: iotpki_core::keys::spki_fingerprint(&v.owner_anchor) })
@@ -281,13 +317,30 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
 /// `Ok(None)` for a 404 (nothing published). Over https the server must
 /// chain to one of `anchors`. Bodies are bounded.
 pub async fn fetch(url: &str, anchors: &[Vec<u8>]) -> Result<Option<Vec<u8>>, AgentError> {
-    use http_body_util::{BodyExt, Full};
     const MAX: usize = crl::MAX_CRL_BYTES;
+    let (status, body) = exchange("GET", url, None, Vec::new(), anchors, MAX).await?;
+    answer(status, body, MAX)
+}
+
+/// `method` `url` (http:// or https://) with `body`: the status and at most `max`
+/// octets of the answer, within 30 s. Over https the server must chain to one of `anchors`.
+pub async fn exchange(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    anchors: &[Vec<u8>],
+    max: usize,
+) -> Result<(u16, Vec<u8>), AgentError> {
+    use http_body_util::{BodyExt, Full};
     if url.starts_with("https://") {
         let (base, path) = split_url(url, "https://")?;
         let c = crate::est_client::EstClient::new(&base, None, anchors, None)?;
-        let (status, body) = c.get(&path).await?;
-        return answer(status, body.to_vec(), MAX);
+        let (status, body) = c.request(method, &path, content_type, body).await?;
+        if body.len() > max {
+            return Err(AgentError::BadAnswer(format!("answer of {} octets is too large", body.len())));
+        }
+        return Ok((status, body.to_vec()));
     }
     let (base, path) = split_url(url, "http://")?;
     let host = base.trim_start_matches("http://").to_string();
@@ -299,25 +352,24 @@ pub async fn fetch(url: &str, anchors: &[Vec<u8>]) -> Result<Option<Vec<u8>>, Ag
             .await
             .map_err(|e| AgentError::Connect(format!("HTTP with {host}: {e}")))?;
         tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method("GET")
-            .uri(path.as_str())
-            .header(hyper::header::HOST, host.as_str())
-            .body(Full::new(bytes::Bytes::new()))
-            .map_err(|e| AgentError::Usage(e.to_string()))?;
+        let mut req =
+            hyper::Request::builder().method(method).uri(path.as_str()).header(hyper::header::HOST, host.as_str());
+        if let Some(ct) = content_type {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from(body))).map_err(|e| AgentError::Usage(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{host}: {e}")))?;
         let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX)
+        let body = http_body_util::Limited::new(resp.into_body(), max)
             .collect()
             .await
             .map_err(|e| AgentError::Connect(format!("reading from {host}: {e}")))?
             .to_bytes();
         Ok::<_, AgentError>((status, body.to_vec()))
     };
-    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+    tokio::time::timeout(std::time::Duration::from_secs(30), fut)
         .await
-        .map_err(|_| AgentError::Connect(format!("{host}: no answer within 30 s")))??;
-    answer(status, body, MAX)
+        .map_err(|_| AgentError::Connect(format!("{host}: no answer within 30 s")))?
 }
 
 fn answer(status: u16, body: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, AgentError> {
@@ -432,6 +484,17 @@ pub async fn fetch_and_apply(dir: &Path, base: &str) -> Result<Vec<(String, Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_hosts_are_read_from_urls() {
+        let h = |u: &str| url_host(u).map(|(h, a)| format!("{h} {a}"));
+        assert_eq!(h("https://EST.example.com:8443").as_deref(), Some("est.example.com est.example.com:8443"));
+        assert_eq!(h("https://est.example.com/x").as_deref(), Some("est.example.com est.example.com"));
+        assert_eq!(h("https://[::1]:443").as_deref(), Some("::1 [::1]:443"));
+        assert_eq!(h("http://127.0.0.1:80").as_deref(), Some("127.0.0.1 127.0.0.1:80"));
+        assert_eq!(h("ftp://x"), None);
+        assert_eq!(h("https://:443"), None);
+    }
 
     #[test]
     fn kinds_are_told_apart() {

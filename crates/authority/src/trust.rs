@@ -258,6 +258,14 @@ impl Authority {
             ));
         }
         let serial = first.serial.clone();
+        // Ownership only moves forward: a voucher for a device this authority
+        // has a voucher of must extend that one (else a past owner's fork from
+        // an older copy would be recorded); nothing is stored on refusal.
+        if let Some(held) = self.store.artifact(&voucher_kind(serial.as_str()))? {
+            // (The same voucher again is left to the store, which refuses it as not newer.)
+            voucher::check_extends(&held.body, bytes, now)
+                .map_err(|e| AuthorityError::Forbidden(format!("voucher refused: {e}")))?;
+        }
         let hash = keys::sha256_hex(bytes);
         let audit = AuditEvent {
             at: now,

@@ -97,6 +97,9 @@ pub enum AgentCmd {
         /// relay; default: the server the device renews with).
         #[arg(long, value_name = "URL")]
         fetch_from: Option<String>,
+        /// Do not ask the OCSP responder about the certificate each round.
+        #[arg(long)]
+        no_ocsp: bool,
     },
     /// Apply a trust bundle, an ownership voucher or a CRL brought by any intermediary
     /// (the kind is told from the file). Refused, with the state unchanged, unless its signatures hold.
@@ -148,6 +151,17 @@ pub enum AgentCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask the OCSP responder the certificate names (authorityInfoAccess) about the device's
+    /// own certificate, with a nonce, and verify the answer. Exit 0 if good; 1 if revoked or
+    /// unknown, or if no verified answer could be had (the reason is printed).
+    Ocsp {
+        /// The device's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Ask this responder instead (http:// or https://, the full URL, e.g. a relay's).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
 }
 
@@ -309,7 +323,7 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AgentCmd::Run { state, renew_at, jitter, min_backoff, max_backoff, once, exit_after, fetch_from } => {
+        AgentCmd::Run { state, renew_at, jitter, min_backoff, max_backoff, once, exit_after, fetch_from, no_ocsp } => {
             use iotpki_agent::daemon::{self, Event, Step};
             let secs = |flag: &str, v: &str| {
                 crate::duration::parse_secs(v)
@@ -323,6 +337,7 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             opts.max_backoff = secs("--max-backoff", &max_backoff)?;
             opts.once = once;
             opts.exit_after = exit_after;
+            opts.check_ocsp = !no_ocsp;
             // By default the daemon looks for bundles, vouchers and CRLs where it renews.
             opts.fetch_from = match fetch_from {
                 Some(u) => Some(u),
@@ -348,6 +363,11 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
                 }
                 Event::Fetched { what, result: Ok(a) } => println!("{} {what}: {}", stamp(), applied_text(a)),
                 Event::Fetched { what, result: Err(e) } => eprintln!("{} {what}: refused: {e}", stamp()),
+                Event::Ocsp(Ok(r)) => match r.checked.status {
+                    iotpki_core::ocsp::Status::Revoked { .. } => eprintln!("{} {}", stamp(), r.describe()),
+                    _ => println!("{} {}", stamp(), r.describe()),
+                },
+                Event::Ocsp(Err(e)) => eprintln!("{} OCSP: no verified answer: {e}", stamp()),
                 Event::Failed { error, retry_in } => {
                     eprintln!("{} {error}; retrying in {}s", stamp(), retry_in.as_secs())
                 }
@@ -379,6 +399,19 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             eprintln!("EK {} of the TPM at {tcti}", iotpki_core::keys::spki_fingerprint(&ek));
             print!("{}", iotpki_core::pem::encode("PUBLIC KEY", &ek));
             Ok(())
+        }
+        AgentCmd::Ocsp { state, url } => {
+            let report = crate::runtime()?.block_on(iotpki_agent::ocsp::check_own(&state, url.as_deref()))?;
+            let Some(r) = report else {
+                anyhow::bail!("the certificate names no OCSP responder (authorityInfoAccess); give one with --url")
+            };
+            match r.checked.status {
+                iotpki_core::ocsp::Status::Good => {
+                    println!("{}", r.describe());
+                    Ok(())
+                }
+                _ => anyhow::bail!("{}", r.describe()),
+            }
         }
         AgentCmd::Status { state, json } => {
             let st = iotpki_agent::status(&state)?;

@@ -140,6 +140,10 @@ pub enum VoucherCmd {
         /// The device's birth certificate, PEM or DER.
         #[arg(long, value_name = "CERT.pem")]
         birth_cert: PathBuf,
+        /// The voucher the device holds now: the file must extend it (its entries octet for
+        /// octet, then new ones), as the device requires; a fork or a rollback is refused.
+        #[arg(long, value_name = "FILE")]
+        installed: Option<PathBuf>,
     },
 }
 
@@ -353,7 +357,7 @@ pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        VoucherCmd::Verify { file, manufacturer, serial, birth_cert } => {
+        VoucherCmd::Verify { file, manufacturer, serial, birth_cert, installed } => {
             let bytes = read(&file)?;
             let maker = read_spki(&manufacturer)?;
             let serial = DeviceSerial::parse(&serial).context("--serial")?;
@@ -361,8 +365,22 @@ pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
             let [birth] = birth.as_slice() else { bail!("{}: expected one certificate", birth_cert.display()) };
             let ok = voucher::verify(&bytes, &maker, &serial, birth, now())
                 .with_context(|| format!("{}", file.display()))?;
+            let extends = match installed {
+                None => String::new(),
+                Some(p) => {
+                    let held = read(&p)?;
+                    match voucher::check_extends(&held, &bytes, now())
+                        .with_context(|| format!("{} against --installed {}", file.display(), p.display()))?
+                    {
+                        voucher::Extension::Unchanged => " (the installed voucher itself)".to_string(),
+                        voucher::Extension::Extended { added } => {
+                            format!(" (extends the installed voucher by {added} entries)")
+                        }
+                    }
+                }
+            };
             println!(
-                "voucher is valid: {} entries; the device's owner is key {} ({})",
+                "voucher is valid{extends}: {} entries; the device's owner is key {} ({})",
                 ok.entries.len(),
                 hex::encode(key_id(&ok.owner_anchor)),
                 key_type_name(&ok.owner_anchor)

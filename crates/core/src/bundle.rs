@@ -231,10 +231,13 @@ fn check_anchor(der: &[u8]) -> Result<(), String> {
         .map(|e| BasicConstraints::from_der(e.extn_value.as_bytes()))
         .transpose()
         .map_err(|e| format!("basicConstraints: {e}"))?;
-    match bc {
-        Some(bc) if bc.ca => Ok(()),
-        _ => Err("not a CA certificate (basicConstraints cA is not set)".into()),
+    if !bc.is_some_and(|bc| bc.ca) {
+        return Err("not a CA certificate (basicConstraints cA is not set)".into());
     }
+    // Keys are compared in one form only (an anchor's key is what chains are checked against).
+    let spki = der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info).map_err(|e| e.to_string())?;
+    crate::keys::canonical_spki(&spki).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Bundle content that passed [`UnsignedBundle::new`]'s checks, ready to encode.
@@ -795,6 +798,59 @@ mod tests {
         assert_eq!(Bundle::decode(&twice).unwrap().signatures().len(), 2);
         let err = verify_initial(&twice, NOW).unwrap_err();
         assert_eq!(err, BundleError::BelowThreshold { have: 1, need: 2, whose: Whose::Own });
+    }
+
+    /// A COSE_Sign over `c` (not checked) with one signature per (kid, signing key).
+    fn hand_built(c: &BundleContent, sigs: &[(KeyId, &SoftKey)]) -> Vec<u8> {
+        let mut cose = CoseSign {
+            protected: body_protected(),
+            unprotected: Header::default(),
+            payload: Some(cbor::to_vec(&c.to_value())),
+            signatures: Vec::new(),
+        };
+        for (kid, key) in sigs {
+            let alg = CoseAlg::for_key(key.key_type()).unwrap();
+            let mut sig = CoseSignature {
+                protected: signature_protected(alg, kid),
+                unprotected: Header::default(),
+                signature: Vec::new(),
+            };
+            sig.signature = cose::sign(*key, &cose.tbs_data(&[], &sig)).unwrap().1;
+            cose.signatures.push(sig);
+        }
+        cose_bytes(cose)
+    }
+
+    #[test]
+    fn one_key_compressed_and_uncompressed_does_not_meet_a_threshold_of_two() {
+        let k = keys();
+        let key = &k[0];
+        let twin = crate::keys::compressed_spki(key.public_key_der());
+        let mut c = content(1, &[key], 2);
+        c.signers.push(twin.clone());
+        let err = UnsignedBundle::new(c.clone()).unwrap_err();
+        assert!(
+            matches!(&err, BundleError::Invalid(d) if d.contains("signer key 2") && d.contains("compressed")),
+            "{err}"
+        );
+        // Hand-built: the one key signs once under each encoding's kid. Before
+        // canonical keys this counted as two signers; now the file is refused.
+        let sigs = [(cose::key_id(key.public_key_der()), key), (cose::key_id(&twin), key)];
+        let bytes = hand_built(&c, &sigs);
+        for err in [verify_initial(&bytes, NOW).unwrap_err(), Bundle::decode(&bytes).unwrap_err()] {
+            assert!(matches!(&err, BundleError::Malformed(d) if d.contains("compressed")), "{err}");
+        }
+        // As an update: the current bundle names the key once with threshold 2 of
+        // {key, k1}; the offered one names the twin and is signed under both kids.
+        let current = Bundle::decode(&signed(content(1, &[key, &k[1]], 2), &[key, &k[1]])).unwrap();
+        let mut next = content(2, &[key], 2);
+        next.signers.push(twin.clone());
+        let err = verify_update(&current, &hand_built(&next, &sigs), NOW).unwrap_err();
+        assert!(matches!(&err, BundleError::Malformed(d) if d.contains("compressed")), "{err}");
+        // And a bundle that names the key once, signed under the twin's kid too: the twin counts for nothing.
+        let only = content(2, &[key, &k[1]], 2);
+        let err = verify_update(&current, &hand_built(&only, &sigs), NOW).unwrap_err();
+        assert!(matches!(err, BundleError::UnknownSigner { have: 1, need: 2, .. }), "{err}");
     }
 
     #[test]

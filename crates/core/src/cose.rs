@@ -18,7 +18,9 @@ use spki::SubjectPublicKeyInfoOwned;
 
 use crate::keys::{self, KeyType, Signer};
 
-/// A key identifier: the SHA-256 of the signer's DER subjectPublicKeyInfo.
+/// A key identifier: the SHA-256 of the signer's DER subjectPublicKeyInfo, in
+/// its one canonical form ([`keys::canonical_spki`]; every key a bundle or
+/// voucher names is checked to be in it, so one key has one kid).
 ///
 /// The same octets, in hex, are the key's fingerprint everywhere else in iotpki
 /// ([`keys::spki_fingerprint`]), so a `kid` in a file can be matched by eye.
@@ -106,13 +108,12 @@ impl fmt::Display for CoseAlg {
 
 /// Parse a DER subjectPublicKeyInfo of a key type we verify COSE signatures with.
 pub(crate) fn parse_signer_key(spki_der: &[u8]) -> Result<(SubjectPublicKeyInfoOwned, CoseAlg), String> {
+    // One key, one encoding: the kid is a hash of these octets, and signers are
+    // counted by kid (a compressed twin of a key would count twice).
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der).map_err(|e| format!("not a subjectPublicKeyInfo: {e}"))?;
+    keys::canonical_spki(spki_der).map_err(|e| e.to_string())?;
     let kt = KeyType::of_spki(&spki).map_err(|e| e.to_string())?;
     let alg = CoseAlg::for_key(kt).ok_or_else(|| format!("a {kt} key cannot sign here (use p256, p384 or ed25519)"))?;
-    // Re-encoding must give the same octets: the kid is a hash of them.
-    if spki.to_der().ok().as_deref() != Some(spki_der) {
-        return Err("subjectPublicKeyInfo is not in DER".into());
-    }
     Ok((spki, alg))
 }
 

@@ -63,6 +63,9 @@ pub fn parse_and_verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
         }
     }
     let spki_der = req.info.public_key.to_der().map_err(|e| Error::der("public key", e))?;
+    // The key is named by the hash of these octets ("one key, one device", leaked
+    // keys): only its one canonical encoding is certified.
+    keys::canonical_spki(&spki_der)?;
     Ok(VerifiedCsr { subject: req.info.subject, spki: req.info.public_key, spki_der, key_type, requested_san })
 }
 

@@ -102,6 +102,15 @@ fn rsa_modulus_bits(pk: &[u8]) -> Option<usize> {
     Some(m.len().saturating_sub(1) * 8 + lead)
 }
 
+fn rsa_is_der(pk: &[u8]) -> bool {
+    #[derive(der::Sequence)]
+    struct RsaPub<'a> {
+        modulus: der::asn1::UintRef<'a>,
+        e: der::asn1::UintRef<'a>,
+    }
+    RsaPub::from_der(pk).ok().and_then(|k| k.to_der().ok()).as_deref() == Some(pk)
+}
+
 /// A private key that can sign: a key file, an HSM object, a TPM key.
 ///
 /// Signatures are returned in the form X.509 and PKCS#10 carry them: DER
@@ -240,7 +249,89 @@ fn spki_der(alg: ObjectIdentifier, param: Option<ObjectIdentifier>, key: &[u8]) 
     spki.to_der().map_err(|e| Error::der("subjectPublicKeyInfo", e))
 }
 
+/// Check that `der` is a subjectPublicKeyInfo in the one form iotpki compares,
+/// counts and names keys in, and return those octets.
+///
+/// A key has many encodings (an EC point compressed or uncompressed, DER or BER
+/// lengths, parameters absent or NULL, trailing octets); hashing or comparing
+/// octets then counts one key as several (a k-of-n threshold met by one signer
+/// twice, a blocked key slipping through re-encoded). So every place that
+/// compares or counts keys (bundle signers, voucher owners and key ids,
+/// fingerprints) takes only this form and refuses the others: nothing is
+/// silently converted, the sender is told what to send.
+///
+/// The canonical form is exact DER (re-encoding gives the same octets, nothing
+/// after the structure) of a key type we know, with its algorithm's parameters
+/// exactly as RFC 5480 / RFC 8410 / RFC 3279 say:
+/// - EC (`id-ecPublicKey`, namedCurve P-256 or P-384): the point uncompressed
+///   (`04 || x || y`, 65 or 97 octets) and on the curve;
+/// - Ed25519: no parameters, 32 octets;
+/// - RSA (`rsaEncryption`, NULL parameters): a DER RSAPublicKey that parses
+///   (recognised so it can be refused by name elsewhere, and still compared in one form).
+pub fn canonical_spki(der: &[u8]) -> Result<Vec<u8>, Error> {
+    let bad = |d: String| Error::Key(format!("public key not in canonical form: {d}"));
+    let spki =
+        SubjectPublicKeyInfoOwned::from_der(der).map_err(|e| bad(format!("not a DER subjectPublicKeyInfo: {e}")))?;
+    if spki.to_der().ok().as_deref() != Some(der) {
+        return Err(bad("not in DER (its re-encoding differs: non-minimal lengths or other BER)".into()));
+    }
+    let key =
+        spki.subject_public_key.as_bytes().ok_or_else(|| bad("the public key BIT STRING has unused bits".into()))?;
+    let alg = &spki.algorithm;
+    let params_der = alg.parameters.as_ref().map(|p| p.to_der()).transpose().map_err(|e| bad(e.to_string()))?;
+    let kt = KeyType::of_spki(&spki).map_err(|e| bad(e.to_string()))?;
+    let (want_params, verifier): (Option<Vec<u8>>, Option<&'static dyn sig::VerificationAlgorithm>) = match kt {
+        KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
+            let (curve, len, v): (_, usize, &'static dyn sig::VerificationAlgorithm) = if kt == KeyType::EcdsaP256 {
+                (rfc5912::SECP_256_R_1, 65, &sig::ECDSA_P256_SHA256_ASN1)
+            } else {
+                (rfc5912::SECP_384_R_1, 97, &sig::ECDSA_P384_SHA384_ASN1)
+            };
+            match key.first() {
+                Some(0x04) if key.len() == len => {}
+                Some(0x02 | 0x03) => {
+                    return Err(bad(format!(
+                        "the {kt} point is compressed; send it uncompressed (04 || x || y, {len} octets)"
+                    )))
+                }
+                _ => return Err(bad(format!("a {kt} point must be uncompressed: 04 || x || y, {len} octets"))),
+            }
+            (Some(curve.to_der().map_err(|e| bad(e.to_string()))?), Some(v))
+        }
+        KeyType::Ed25519 => {
+            if key.len() != 32 {
+                return Err(bad(format!("an Ed25519 key is 32 octets, this one {}", key.len())));
+            }
+            (None, Some(&sig::ED25519))
+        }
+        KeyType::Rsa(_) => {
+            // Any size: the profiles refuse RSA by name; here it only has to have one encoding.
+            if rsa_modulus_bits(key).is_none() || !rsa_is_der(key) {
+                return Err(bad("the RSA key is not a DER RSAPublicKey".into()));
+            }
+            (Some(der::asn1::Null.to_der().map_err(|e| bad(e.to_string()))?), None)
+        }
+    };
+    if params_der != want_params {
+        return Err(bad(format!("the {kt} algorithm parameters are not the ones RFC 5480/8410/3279 prescribe")));
+    }
+    if let Some(v) = verifier {
+        sig::ParsedPublicKey::new(v, key).map_err(|e| bad(format!("the {kt} key itself is invalid: {e}")))?;
+    }
+    Ok(der.to_vec())
+}
+
+/// The fingerprint of a key in its canonical form ([`canonical_spki`]): the one
+/// to compare keys by (blocked keys, "one key, one device"), refusing other encodings.
+pub fn canonical_fingerprint(spki_der: &[u8]) -> Result<String, Error> {
+    canonical_spki(spki_der).map(|c| sha256_hex(&c))
+}
+
 /// SHA-256 of a DER subjectPublicKeyInfo, hex: how the store names a key.
+///
+/// The octets are hashed as given: call it on keys that passed [`canonical_spki`]
+/// (every key iotpki makes or accepts into a certificate, bundle or voucher), or
+/// use [`canonical_fingerprint`] on keys from outside.
 pub fn spki_fingerprint(spki_der: &[u8]) -> String {
     sha256_hex(spki_der)
 }
@@ -282,9 +373,78 @@ pub fn verify(
         .map_err(|_| Error::BadSignature { what: "message" })
 }
 
+/// The same EC key with its point compressed (02/03 || x): a test's second encoding of one key.
+#[cfg(test)]
+pub(crate) fn compressed_spki(der: &[u8]) -> Vec<u8> {
+    let spki = SubjectPublicKeyInfoOwned::from_der(der).unwrap();
+    let p = spki.subject_public_key.raw_bytes();
+    let n = (p.len() - 1) / 2;
+    let mut c = vec![0x02 | (p[2 * n] & 1)];
+    c.extend_from_slice(&p[1..=n]);
+    let curve: ObjectIdentifier = spki.algorithm.parameters.as_ref().unwrap().decode_as().unwrap();
+    spki_der(rfc5912::ID_EC_PUBLIC_KEY, Some(curve), &c).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_spki_accepts_the_keys_we_make() {
+        for kt in KeyType::SIGNING {
+            let k = SoftKey::generate(kt).unwrap();
+            assert_eq!(canonical_spki(k.public_key_der()).unwrap(), k.public_key_der());
+            assert_eq!(canonical_fingerprint(k.public_key_der()).unwrap(), spki_fingerprint(k.public_key_der()));
+        }
+    }
+
+    #[test]
+    fn canonical_spki_refuses_every_other_encoding_of_one_key() {
+        let refused = |der: &[u8], want: &str| {
+            let e = canonical_spki(der).unwrap_err().to_string();
+            assert!(e.contains("not in canonical form") && e.contains(want), "{e} lacks {want:?}");
+        };
+        for kt in [KeyType::EcdsaP256, KeyType::EcdsaP384] {
+            let k = SoftKey::generate(kt).unwrap();
+            let good = k.public_key_der();
+            // The same key, compressed: a valid key to aws-lc, another hash. Refused, not converted.
+            let c = compressed_spki(good);
+            assert_ne!(c, good);
+            refused(&c, "compressed");
+            // Trailing data.
+            let mut t = good.to_vec();
+            t.push(0);
+            refused(&t, "DER");
+            // A non-minimal length (0x81 0x59 for 0x59): BER, not DER.
+            let mut ber = vec![0x30, 0x81];
+            ber.extend_from_slice(&good[1..]);
+            refused(&ber, "DER");
+            // NULL where the curve must be, and no parameters at all.
+            let pk = SubjectPublicKeyInfoOwned::from_der(good).unwrap();
+            let mut no_curve = pk.clone();
+            no_curve.algorithm.parameters = None;
+            refused(&no_curve.to_der().unwrap(), "");
+            // A point off the curve.
+            let mut off = good.to_vec();
+            let last = off.len() - 1;
+            off[last] ^= 1;
+            refused(&off, "invalid");
+            // A hybrid point (06/07): refused by form.
+            let mut hybrid = good.to_vec();
+            let at = good.len() - if kt == KeyType::EcdsaP256 { 65 } else { 97 };
+            hybrid[at] = 0x06;
+            refused(&hybrid, "uncompressed");
+        }
+        let ed = SoftKey::generate(KeyType::Ed25519).unwrap();
+        let mut with_null = SubjectPublicKeyInfoOwned::from_der(ed.public_key_der()).unwrap();
+        with_null.algorithm.parameters = Some(der::Any::from(der::asn1::Null));
+        refused(&with_null.to_der().unwrap(), "parameters");
+        let short = spki_der(rfc8410::ID_ED_25519, None, &[7; 31]).unwrap();
+        refused(&short, "32 octets");
+        let unknown = spki_der(ObjectIdentifier::new_unwrap("1.2.3.4"), None, &[7; 32]).unwrap();
+        refused(&unknown, "1.2.3.4");
+        refused(b"junk", "DER");
+    }
 
     #[test]
     fn sign_verify_round_trip_each_type() {

@@ -86,6 +86,32 @@ pub fn issued_by(id: &CertId, issuer: &Certificate) -> bool {
 /// An OCSPRequest (no nonce, unsigned) for one certificate issued by `issuer`,
 /// with a SHA-256 CertID: what a client sends to learn one certificate's status.
 pub fn request(cert_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, Error> {
+    build_request(cert_der, issuer_der, None)
+}
+
+/// As [`request`], with a nonce extension (RFC 8954, 1 to 32 octets) that the
+/// answer must echo ([`verify_response`]): an answer recorded earlier cannot be replayed.
+pub fn request_with_nonce(cert_der: &[u8], issuer_der: &[u8], nonce: &[u8]) -> Result<Vec<u8>, Error> {
+    build_request(cert_der, issuer_der, Some(nonce_extension(nonce)?))
+}
+
+fn nonce_extension(nonce: &[u8]) -> Result<x509_cert::ext::Extension, Error> {
+    if nonce.is_empty() || nonce.len() > 32 {
+        return Err(Error::der("OCSP nonce", format!("{} octets (1 to 32)", nonce.len())));
+    }
+    let inner = OctetString::new(nonce).and_then(|o| o.to_der()).map_err(|e| Error::der("OCSP nonce", e))?;
+    Ok(x509_cert::ext::Extension {
+        extn_id: const_oid::db::rfc6960::ID_PKIX_OCSP_NONCE,
+        critical: false,
+        extn_value: OctetString::new(inner).map_err(|e| Error::der("OCSP nonce", e))?,
+    })
+}
+
+fn build_request(
+    cert_der: &[u8],
+    issuer_der: &[u8],
+    nonce: Option<x509_cert::ext::Extension>,
+) -> Result<Vec<u8>, Error> {
     let cert = Certificate::from_der(cert_der).map_err(|e| Error::der("certificate", e))?;
     let issuer = Certificate::from_der(issuer_der).map_err(|e| Error::der("issuer certificate", e))?;
     let name = issuer.tbs_certificate.subject.to_der().map_err(|e| Error::der("issuer name", e))?;
@@ -105,11 +131,233 @@ pub fn request(cert_der: &[u8], issuer_der: &[u8]) -> Result<Vec<u8>, Error> {
             version: Version::V1,
             requestor_name: None,
             request_list: vec![x509_ocsp::Request { req_cert, single_request_extensions: None }],
-            request_extensions: None,
+            request_extensions: nonce.map(|n| vec![n]),
         },
         optional_signature: None,
     };
     req.to_der().map_err(|e| Error::der("OCSP request", e))
+}
+
+/// Largest OCSP response a client reads.
+pub const MAX_RESPONSE_LEN: usize = 64 * 1024;
+/// Most certificates in a response a client looks at for its responder.
+const MAX_RESPONSE_CERTS: usize = 4;
+
+/// What a verified OCSP response says about one certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The status.
+    pub status: Status,
+    /// When the responder knew it to be so (thisUpdate), Unix seconds.
+    pub this_update: i64,
+    /// Until when the answer may be used (nextUpdate), Unix seconds.
+    pub next_update: i64,
+    /// Who signed: the issuing CA itself or its delegated OCSP signer (subject).
+    pub responder: String,
+}
+
+/// Why an OCSP response was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResponseError {
+    /// Not an OCSP response, or not a basic one, or too large.
+    Malformed(String),
+    /// The responder answered with an error status (malformedRequest, unauthorized, ...).
+    NotSuccessful(String),
+    /// Not signed by the issuer, nor by an OCSP signer the issuer certified and that is valid now.
+    Responder(String),
+    /// The signature does not verify with the responder's key.
+    BadSignature,
+    /// The nonce sent is not in the answer, or another one is: a replayed or made-up answer.
+    Nonce(String),
+    /// The answer says nothing about the certificate asked about.
+    NoAnswer,
+    /// thisUpdate is later than now (beyond the allowed clock skew).
+    NotYetValid {
+        /// Its thisUpdate.
+        this_update: i64,
+        /// The time it was checked at.
+        now: i64,
+    },
+    /// nextUpdate has passed (or is absent): the answer is stale.
+    Stale {
+        /// Its nextUpdate, if any.
+        next_update: Option<i64>,
+        /// The time it was checked at.
+        now: i64,
+    },
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = |s: &i64| crate::time::rfc3339(*s);
+        match self {
+            Self::Malformed(d) => write!(f, "malformed OCSP response: {d}"),
+            Self::NotSuccessful(s) => write!(f, "the OCSP responder answered {s}"),
+            Self::Responder(d) => write!(f, "the OCSP response is not signed by a responder for this issuer: {d}"),
+            Self::BadSignature => f.write_str("the OCSP response's signature does not verify (altered or forged)"),
+            Self::Nonce(d) => write!(f, "the OCSP response's nonce does not match the request: {d}"),
+            Self::NoAnswer => f.write_str("the OCSP response says nothing about this certificate"),
+            Self::NotYetValid { this_update, now } => write!(
+                f,
+                "the OCSP response is from the future (thisUpdate {}, now {}); check the clocks",
+                t(this_update),
+                t(now)
+            ),
+            Self::Stale { next_update: Some(n), now } => {
+                write!(f, "the OCSP response is stale (nextUpdate {}, now {})", t(n), t(now))
+            }
+            Self::Stale { next_update: None, .. } => f.write_str("the OCSP response has no nextUpdate"),
+        }
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+fn unix(t: &OcspGeneralizedTime) -> i64 {
+    i64::try_from(t.0.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+}
+
+fn extended_key_usage_has(cert: &Certificate, oid: const_oid::ObjectIdentifier) -> bool {
+    use x509_cert::ext::pkix::ExtendedKeyUsage;
+    cert.tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .filter(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_EXT_KEY_USAGE)
+        .filter_map(|e| ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok())
+        .any(|eku| eku.0.contains(&oid))
+}
+
+/// Whether `cert` was signed by `issuer`'s key.
+fn signed_by(cert: &Certificate, issuer: &Certificate) -> bool {
+    let (Ok(tbs), Some(sig)) = (cert.tbs_certificate.to_der(), cert.signature.as_bytes()) else { return false };
+    cert.tbs_certificate.issuer == issuer.tbs_certificate.subject
+        && crate::keys::verify(&issuer.tbs_certificate.subject_public_key_info, &cert.signature_algorithm, &tbs, sig)
+            .is_ok()
+}
+
+/// Verify an OCSP response about `cert_der` (issued by `issuer_der`) at `now`:
+/// what a client does before believing it (RFC 6960 section 3.2).
+///
+/// 1. it is a successful basic response of at most [`MAX_RESPONSE_LEN`] octets;
+/// 2. its signer is the one the ResponderID names: the issuer itself, or a
+///    certificate in the response that the issuer signed, with extendedKeyUsage
+///    id-kp-OCSPSigning, valid at `now` (± `skew`) (else [`ResponseError::Responder`]);
+/// 3. the signature over the ResponseData verifies with that key ([`ResponseError::BadSignature`]);
+/// 4. with `nonce` (the one sent with [`request_with_nonce`]), the answer carries
+///    exactly that nonce ([`ResponseError::Nonce`]);
+/// 5. one of its SingleResponses names this certificate (issuer name and key
+///    hash, serial) ([`ResponseError::NoAnswer`]);
+/// 6. thisUpdate <= now + skew ([`ResponseError::NotYetValid`]) and now < nextUpdate
+///    ([`ResponseError::Stale`]; an answer without nextUpdate is refused too).
+pub fn verify_response(
+    response_der: &[u8],
+    cert_der: &[u8],
+    issuer_der: &[u8],
+    nonce: Option<&[u8]>,
+    now: i64,
+    skew: i64,
+) -> Result<Checked, ResponseError> {
+    let m = |what: &str, e: &dyn std::fmt::Display| ResponseError::Malformed(format!("{what}: {e}"));
+    if response_der.len() > MAX_RESPONSE_LEN {
+        return Err(ResponseError::Malformed(format!("{} octets, at most {MAX_RESPONSE_LEN}", response_der.len())));
+    }
+    let cert = Certificate::from_der(cert_der).map_err(|e| m("certificate", &e))?;
+    let issuer = Certificate::from_der(issuer_der).map_err(|e| m("issuer certificate", &e))?;
+    let resp = OcspResponse::from_der(response_der).map_err(|e| m("OCSPResponse", &e))?;
+    if resp.response_status != x509_ocsp::OcspResponseStatus::Successful {
+        return Err(ResponseError::NotSuccessful(format!("{:?}", resp.response_status)));
+    }
+    let bytes = resp.response_bytes.ok_or_else(|| ResponseError::Malformed("no responseBytes".into()))?;
+    if bytes.response_type != const_oid::db::rfc6960::ID_PKIX_OCSP_BASIC {
+        return Err(ResponseError::Malformed(format!(
+            "response type {} is not id-pkix-ocsp-basic",
+            bytes.response_type
+        )));
+    }
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes()).map_err(|e| m("BasicOCSPResponse", &e))?;
+    let data = &basic.tbs_response_data;
+    let names = |c: &Certificate| match &data.responder_id {
+        ResponderId::ByName(n) => *n == c.tbs_certificate.subject,
+        ResponderId::ByKey(h) => {
+            let key = c.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, key).as_ref() == h.as_bytes()
+        }
+    };
+    let certs = basic.certs.as_deref().unwrap_or_default();
+    if certs.len() > MAX_RESPONSE_CERTS {
+        return Err(ResponseError::Malformed(format!("{} certificates, at most {MAX_RESPONSE_CERTS}", certs.len())));
+    }
+    let responder = if names(&issuer) {
+        issuer.clone()
+    } else {
+        let c = certs.iter().find(|c| names(c)).ok_or_else(|| {
+            ResponseError::Responder(
+                "the ResponderID names neither the issuer nor a certificate in the response".into(),
+            )
+        })?;
+        if !signed_by(c, &issuer) {
+            return Err(ResponseError::Responder(format!(
+                "{} is not certified by the issuer {}",
+                c.tbs_certificate.subject, issuer.tbs_certificate.subject
+            )));
+        }
+        if !extended_key_usage_has(c, const_oid::db::rfc5280::ID_KP_OCSP_SIGNING) {
+            return Err(ResponseError::Responder(format!(
+                "{} is not an OCSP signer (no id-kp-OCSPSigning)",
+                c.tbs_certificate.subject
+            )));
+        }
+        let v = &c.tbs_certificate.validity;
+        let (nb, na) = (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs());
+        let (nb, na) = (i64::try_from(nb).unwrap_or(i64::MAX), i64::try_from(na).unwrap_or(i64::MAX));
+        if now.saturating_add(skew) < nb || now > na {
+            return Err(ResponseError::Responder(format!(
+                "the OCSP signer {} is not valid now",
+                c.tbs_certificate.subject
+            )));
+        }
+        c.clone()
+    };
+    let tbs = data.to_der().map_err(|e| m("ResponseData", &e))?;
+    let sig = basic.signature.as_bytes().ok_or(ResponseError::BadSignature)?;
+    crate::keys::verify(&responder.tbs_certificate.subject_public_key_info, &basic.signature_algorithm, &tbs, sig)
+        .map_err(|_| ResponseError::BadSignature)?;
+    if let Some(n) = nonce {
+        let want = nonce_extension(n).map_err(|e| ResponseError::Nonce(e.to_string()))?;
+        let got =
+            data.response_extensions.iter().flatten().find(|e| e.extn_id == const_oid::db::rfc6960::ID_PKIX_OCSP_NONCE);
+        match got {
+            None => return Err(ResponseError::Nonce("the answer carries no nonce (a replayed answer?)".into())),
+            Some(e) if e.extn_value != want.extn_value => {
+                return Err(ResponseError::Nonce("the answer carries another nonce (a replayed answer?)".into()))
+            }
+            Some(_) => {}
+        }
+    }
+    let single = data
+        .responses
+        .iter()
+        .find(|r| r.cert_id.serial_number == cert.tbs_certificate.serial_number && issued_by(&r.cert_id, &issuer))
+        .ok_or(ResponseError::NoAnswer)?;
+    let this_update = unix(&single.this_update);
+    if this_update > now.saturating_add(skew) {
+        return Err(ResponseError::NotYetValid { this_update, now });
+    }
+    let next_update = single.next_update.as_ref().map(unix);
+    let next_update = match next_update {
+        Some(n) if now < n => n,
+        _ => return Err(ResponseError::Stale { next_update, now }),
+    };
+    let status = match &single.cert_status {
+        CertStatus::Good(_) => Status::Good,
+        CertStatus::Unknown(_) => Status::Unknown,
+        CertStatus::Revoked(r) => {
+            Status::Revoked { at: unix(&r.revocation_time), reason: r.revocation_reason.map(|c| c as u8).unwrap_or(0) }
+        }
+    };
+    Ok(Checked { status, this_update, next_update, responder: responder.tbs_certificate.subject.to_string() })
 }
 
 fn gt(unix: i64) -> Result<OcspGeneralizedTime, Error> {
@@ -247,5 +495,101 @@ mod tests {
         assert!(issued_by(&req.cert_ids[0], &Certificate::from_der(&ca).unwrap()));
         assert!(!issued_by(&req.cert_ids[0], &Certificate::from_der(&other).unwrap()));
         assert!(request(b"not a certificate", &ca).is_err());
+    }
+
+    struct Pki {
+        ca_key: SoftKey,
+        ca: Vec<u8>,
+        leaf: Vec<u8>,
+        signer_key: SoftKey,
+        signer: Vec<u8>,
+    }
+
+    fn pki() -> Pki {
+        let ca_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let ca_spki = spki::SubjectPublicKeyInfoOwned::from_der(ca_key.public_key_der()).unwrap();
+        let ca_name = NameBuilder::default().common_name("CA").unwrap().build();
+        let kid = key_identifier(&ca_spki);
+        let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 9_000_000_000, signer: &ca_key };
+        let ca = cert(Profile::Root, "CA", &ca_key, &issuer);
+        let leaf = cert(Profile::Device, "dev-1", &SoftKey::generate(KeyType::EcdsaP256).unwrap(), &issuer);
+        let signer_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let signer = cert(Profile::OcspSigner, "CA OCSP", &signer_key, &issuer);
+        Pki { ca_key, ca, leaf, signer_key, signer }
+    }
+
+    const T: i64 = 1_750_000_000;
+
+    fn answer(p: &Pki, signer: (&dyn Signer, &[u8]), status: Status, req: &[u8], at: i64) -> Vec<u8> {
+        let r = parse_request(req).unwrap();
+        let answers: Vec<_> = r.cert_ids.into_iter().map(|id| (id, status)).collect();
+        let _ = p;
+        respond(signer.0, signer.1, at, at + 3600, &answers, r.nonce).unwrap()
+    }
+
+    #[test]
+    fn a_client_verifies_good_and_revoked_answers_with_its_nonce() {
+        let p = pki();
+        let nonce = [7u8; 16];
+        let req = request_with_nonce(&p.leaf, &p.ca, &nonce).unwrap();
+        assert!(parse_request(&req).unwrap().nonce.is_some());
+        let good = answer(&p, (&p.signer_key, &p.signer), Status::Good, &req, T);
+        let c = verify_response(&good, &p.leaf, &p.ca, Some(&nonce), T + 10, 300).unwrap();
+        assert_eq!((c.status, c.this_update, c.next_update), (Status::Good, T, T + 3600));
+        assert!(c.responder.contains("CA OCSP"), "{}", c.responder);
+        let revoked = Status::Revoked { at: T - 5, reason: 1 };
+        let r = answer(&p, (&p.signer_key, &p.signer), revoked, &req, T);
+        assert_eq!(verify_response(&r, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap().status, revoked);
+        // Signed by the CA itself: accepted too (RFC 6960 4.2.2.2).
+        let by_ca = answer(&p, (&p.ca_key, &p.ca), Status::Good, &req, T);
+        assert_eq!(verify_response(&by_ca, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap().status, Status::Good);
+    }
+
+    #[test]
+    fn a_client_refuses_replayed_forged_stale_or_foreign_answers() {
+        let p = pki();
+        let nonce = [7u8; 16];
+        let req = request_with_nonce(&p.leaf, &p.ca, &nonce).unwrap();
+        let good = answer(&p, (&p.signer_key, &p.signer), Status::Good, &req, T);
+        // Another nonce (a replay of an answer to another request), or none at all.
+        let err = verify_response(&good, &p.leaf, &p.ca, Some(&[8u8; 16]), T, 300).unwrap_err();
+        assert!(matches!(err, ResponseError::Nonce(_)), "{err}");
+        let plain = answer(&p, (&p.signer_key, &p.signer), Status::Good, &request(&p.leaf, &p.ca).unwrap(), T);
+        let err = verify_response(&plain, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap_err();
+        assert!(matches!(&err, ResponseError::Nonce(d) if d.contains("no nonce")), "{err}");
+        // Any octet of the answer changed: refused (never panics).
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            assert!(verify_response(&bad, &p.leaf, &p.ca, Some(&nonce), T, 300).is_err(), "octet {i}");
+        }
+        // Stale, from the future.
+        let err = verify_response(&good, &p.leaf, &p.ca, Some(&nonce), T + 3600, 300).unwrap_err();
+        assert_eq!(err, ResponseError::Stale { next_update: Some(T + 3600), now: T + 3600 });
+        let err = verify_response(&good, &p.leaf, &p.ca, Some(&nonce), T - 301, 300).unwrap_err();
+        assert!(matches!(err, ResponseError::NotYetValid { .. }), "{err}");
+        // A responder the issuer did not certify (another CA's OCSP signer, or a self-made one).
+        let q = pki();
+        let foreign = answer(&p, (&q.signer_key, &q.signer), Status::Good, &req, T);
+        let err = verify_response(&foreign, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap_err();
+        assert!(matches!(&err, ResponseError::Responder(d) if d.contains("not certified")), "{err}");
+        // A certificate the issuer made that is not an OCSP signer (the device's own, say).
+        let leaf_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let ca_spki = spki::SubjectPublicKeyInfoOwned::from_der(p.ca_key.public_key_der()).unwrap();
+        let ca_name = NameBuilder::default().common_name("CA").unwrap().build();
+        let kid = key_identifier(&ca_spki);
+        let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 9_000_000_000, signer: &p.ca_key };
+        let not_signer = cert(Profile::Device, "dev-2", &leaf_key, &issuer);
+        let r = answer(&p, (&leaf_key, &not_signer), Status::Good, &req, T);
+        let err = verify_response(&r, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap_err();
+        assert!(matches!(&err, ResponseError::Responder(d) if d.contains("not an OCSP signer")), "{err}");
+        // An answer about another certificate.
+        let other = request_with_nonce(&q.leaf, &q.ca, &nonce).unwrap();
+        let r = answer(&q, (&q.signer_key, &q.signer), Status::Good, &other, T);
+        assert!(verify_response(&r, &p.leaf, &p.ca, Some(&nonce), T, 300).is_err());
+        // Error statuses and junk.
+        let err = verify_response(&unauthorized(), &p.leaf, &p.ca, None, T, 300).unwrap_err();
+        assert!(matches!(err, ResponseError::NotSuccessful(_)), "{err}");
+        assert!(matches!(verify_response(b"junk", &p.leaf, &p.ca, None, T, 300), Err(ResponseError::Malformed(_))));
     }
 }

@@ -233,7 +233,9 @@ fn p256_point(spki_der: &[u8]) -> Result<Vec<u8>, Error> {
 /// Refuse, saying why, unless `ek_spki_der` is a public key an endorsement
 /// key can have here: ECC P-256 (the TCG default template L-2).
 pub fn check_ek(ek_spki_der: &[u8]) -> Result<(), Error> {
-    p256_point(ek_spki_der).map(|_| ())
+    p256_point(ek_spki_der)?;
+    // EKs are registered and matched by fingerprint: only the one encoding of a key.
+    crate::keys::canonical_spki(ek_spki_der).map(|_| ())
 }
 
 /// A credential for TPM2_ActivateCredential: the contents of its

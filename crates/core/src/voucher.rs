@@ -381,6 +381,62 @@ pub fn verify(
     Ok(Verified { owner_anchor: last.next_owner.clone(), entries: v.entries.into_iter().map(|(e, _)| e).collect() })
 }
 
+/// How an offered voucher relates to the one a device (or an authority) holds: see [`check_extends`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extension {
+    /// The same voucher, octet for octet: nothing to change.
+    Unchanged,
+    /// The installed entries, unchanged, followed by this many new ones.
+    Extended {
+        /// Entries added.
+        added: usize,
+    },
+}
+
+/// Check that `offered` only *extends* `installed`: ownership moves forward, never sideways.
+///
+/// `verify` alone cannot see a fork: an owner who handed the device on still
+/// holds the voucher from before the hand-over and can extend *that* one
+/// (to a second key of its own and back), making a longer voucher that chains
+/// correctly from the manufacturer to itself. What tells the fork apart is the
+/// voucher the device already holds. So the offered voucher is accepted only if
+/// - its first N entries are the N installed entries, octet for octet (the
+///   encoded COSE_Sign1s, signatures included), else [`VoucherError::Diverges`]
+///   naming the first index that differs, or [`VoucherError::Shorter`] if it
+///   has fewer entries (a rollback);
+/// - each new entry's `created_at` is not before the entry it follows (else
+///   [`VoucherError::TimeGoesBack`]) and not more than [`MAX_CLOCK_SKEW`] after
+///   `now` (else [`VoucherError::CreatedInFuture`]).
+///
+/// Pure and cheap (decoding only, no signature checks): the caller still
+/// [`verify`]s the offered voucher for the device. Both inputs are bounded by [`Voucher::decode`].
+pub fn check_extends(installed: &[u8], offered: &[u8], now: i64) -> Result<Extension, VoucherError> {
+    let old = Voucher::decode(installed).map_err(|e| VoucherError::Malformed(format!("the installed voucher: {e}")))?;
+    let new = Voucher::decode(offered)?;
+    for (index, (o, n)) in old.entries.iter().zip(&new.entries).enumerate() {
+        if o.1 != n.1 {
+            return Err(VoucherError::Diverges { index, installed: old.entries.len(), offered: new.entries.len() });
+        }
+    }
+    if new.entries.len() < old.entries.len() {
+        return Err(VoucherError::Shorter { installed: old.entries.len(), offered: new.entries.len() });
+    }
+    let added = new.entries.len() - old.entries.len();
+    if added == 0 {
+        return Ok(Extension::Unchanged);
+    }
+    for index in old.entries.len()..new.entries.len() {
+        let (e, prev) = (&new.entries[index].0, &new.entries[index - 1].0);
+        if e.created_at < prev.created_at {
+            return Err(VoucherError::TimeGoesBack { index, created_at: e.created_at, before: prev.created_at });
+        }
+        if e.created_at > now.saturating_add(MAX_CLOCK_SKEW) {
+            return Err(VoucherError::CreatedInFuture { index, created_at: e.created_at, now });
+        }
+    }
+    Ok(Extension::Extended { added })
+}
+
 /// Why a voucher was refused, or could not be made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -441,6 +497,32 @@ pub enum VoucherError {
         /// The time it was checked at.
         now: i64,
     },
+    /// The offered voucher is not an extension of the one held: entry `index`
+    /// differs from the held one (a fork: someone extended an older copy).
+    Diverges {
+        /// The first entry (from 0) that differs.
+        index: usize,
+        /// Entries in the held voucher.
+        installed: usize,
+        /// Entries in the offered one.
+        offered: usize,
+    },
+    /// The offered voucher has fewer entries than the one held (a rollback).
+    Shorter {
+        /// Entries in the held voucher.
+        installed: usize,
+        /// Entries in the offered one.
+        offered: usize,
+    },
+    /// A new entry was made before the entry it follows.
+    TimeGoesBack {
+        /// The entry (from 0).
+        index: usize,
+        /// Its `created_at`.
+        created_at: i64,
+        /// The `created_at` of the entry before it.
+        before: i64,
+    },
     /// [`Voucher::first`] or [`Voucher::extend`] was given something that breaks a rule.
     Invalid(String),
     /// The signer could not sign.
@@ -476,6 +558,22 @@ impl fmt::Display for VoucherError {
                 "voucher entry {index} is made at {}, more than {MAX_CLOCK_SKEW} s after now ({}); check the clocks",
                 t(created_at),
                 t(now)
+            ),
+            Self::Diverges { index, installed, offered } => write!(
+                f,
+                "the voucher ({offered} entries) does not extend the installed one ({installed} entries): \
+                 entry {index} differs (a fork from an older copy; ownership only moves forward, \
+                 ask the current owner for a voucher that extends the installed one)"
+            ),
+            Self::Shorter { installed, offered } => write!(
+                f,
+                "the voucher has {offered} entries, the installed one {installed}: a rollback to an earlier owner"
+            ),
+            Self::TimeGoesBack { index, created_at, before } => write!(
+                f,
+                "voucher entry {index} is made at {}, before the entry it follows ({}): time does not go back",
+                t(created_at),
+                t(before)
             ),
             Self::Invalid(d) => write!(f, "cannot make the voucher entry: {d}"),
             Self::Signer(d) => write!(f, "cannot sign the voucher entry: {d}"),
@@ -708,6 +806,151 @@ mod tests {
         let err = v.extend(&w.maker, w.maker.public_key_der(), NOW, NOW + DAY).unwrap_err();
         assert!(matches!(&err, VoucherError::Invalid(d) if d.contains("already has")), "{err}");
         check(&w, &v.encode(), NOW).unwrap();
+    }
+
+    #[test]
+    fn extends_an_equal_voucher_is_unchanged_and_a_longer_one_extends() {
+        let w = world();
+        let v = chain(&w);
+        let installed = v.encode();
+        assert_eq!(check_extends(&installed, &installed, NOW).unwrap(), Extension::Unchanged);
+        let mut longer = v.clone();
+        longer.extend(&w.owners[2], w.owners[3].public_key_der(), NOW, NOW + DAY).unwrap();
+        longer.extend(&w.owners[3], w.owners[0].public_key_der(), NOW, NOW + DAY).unwrap();
+        assert_eq!(check_extends(&installed, &longer.encode(), NOW).unwrap(), Extension::Extended { added: 2 });
+    }
+
+    #[test]
+    fn extends_refuses_a_shorter_voucher() {
+        let w = world();
+        let v = chain(&w);
+        for keep in 1..3 {
+            let short = from_entries(v.entries[..keep].to_vec());
+            let err = check_extends(&v.encode(), &short, NOW).unwrap_err();
+            assert_eq!(err, VoucherError::Shorter { installed: 3, offered: keep });
+            assert!(err.to_string().contains("rollback"), "{err}");
+        }
+    }
+
+    /// For each index i of a 3-entry installed voucher, a voucher that keeps
+    /// entries 0..i, replaces entry i and then grows past the installed length:
+    /// refused, naming i. At i = 0 the maker re-signs; later, the owner who
+    /// signed entry i hands the device elsewhere from a saved copy (the fork).
+    #[test]
+    fn extends_refuses_divergence_at_every_index() {
+        let w = world();
+        let v = chain(&w);
+        let installed = v.encode();
+        let signers: [&SoftKey; 3] = [&w.maker, &w.owners[0], &w.owners[1]];
+        for (i, signer) in signers.iter().enumerate() {
+            let mut e = v.entries[..i].to_vec();
+            let prev = e.last().map(|(_, b)| cose::sha256(b)).unwrap_or(GENESIS);
+            let created = NOW - 3 * DAY + i as i64 * DAY;
+            // Entry i made again by the one who had to sign it, to another owner (owners[3]).
+            let forked = sign_entry(
+                *signer,
+                &w.serial,
+                cose::sha256(BIRTH),
+                w.owners[3].public_key_der(),
+                created,
+                NOW + DAY,
+                prev,
+            )
+            .unwrap();
+            e.push(forked);
+            let mut fork = Voucher { entries: e };
+            // ... and extended until longer than the installed one, back to a past owner.
+            while fork.entries.len() <= 3 {
+                fork.extend(&w.owners[3], w.owners[3].public_key_der(), NOW, NOW + DAY).unwrap();
+            }
+            let bytes = fork.encode();
+            // The fork is a well-formed chain from the manufacturer: verify alone accepts it.
+            check(&w, &bytes, NOW).unwrap();
+            let err = check_extends(&installed, &bytes, NOW).unwrap_err();
+            assert_eq!(err, VoucherError::Diverges { index: i, installed: 3, offered: 4 }, "fork at {i}");
+            assert!(err.to_string().contains(&format!("entry {i} differs")), "{err}");
+        }
+        // The same content signed again (a fresh ECDSA P-384 signature) is another entry too: octets, not meaning.
+        let mut e = v.entries.clone();
+        e[1] = sign_entry(
+            &w.owners[0],
+            &w.serial,
+            cose::sha256(BIRTH),
+            w.owners[1].public_key_der(),
+            NOW - 2 * DAY,
+            NOW + 28 * DAY,
+            cose::sha256(&e[0].1),
+        )
+        .unwrap();
+        assert_eq!(e[1].0, v.entries[1].0);
+        assert_ne!(e[1].1, v.entries[1].1);
+        let err = check_extends(&installed, &from_entries(e), NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::Diverges { index: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn extends_refuses_time_going_back_or_a_future_entry() {
+        let w = world();
+        let v = chain(&w);
+        let installed = v.encode();
+        let next = |created_at: i64| {
+            let mut e = v.entries.clone();
+            let prev = cose::sha256(&e[2].1);
+            e.push(
+                sign_entry(
+                    &w.owners[2],
+                    &w.serial,
+                    cose::sha256(BIRTH),
+                    w.owners[3].public_key_der(),
+                    created_at,
+                    NOW + DAY,
+                    prev,
+                )
+                .unwrap(),
+            );
+            from_entries(e)
+        };
+        // Entry 2 was made at NOW - DAY: a successor dated before it goes back in time.
+        let err = check_extends(&installed, &next(NOW - DAY - 1), NOW).unwrap_err();
+        assert_eq!(err, VoucherError::TimeGoesBack { index: 3, created_at: NOW - DAY - 1, before: NOW - DAY });
+        assert!(err.to_string().contains("time does not go back"), "{err}");
+        let err = check_extends(&installed, &next(NOW + MAX_CLOCK_SKEW + 1), NOW).unwrap_err();
+        assert!(matches!(err, VoucherError::CreatedInFuture { index: 3, .. }), "{err}");
+        assert_eq!(check_extends(&installed, &next(NOW - DAY), NOW).unwrap(), Extension::Extended { added: 1 });
+    }
+
+    #[test]
+    fn extends_refuses_a_malformed_installed_or_offered_voucher() {
+        let w = world();
+        let good = chain(&w).encode();
+        let err = check_extends(b"junk", &good, NOW).unwrap_err();
+        assert!(matches!(&err, VoucherError::Malformed(d) if d.contains("installed")), "{err}");
+        assert!(matches!(check_extends(&good, b"junk", NOW).unwrap_err(), VoucherError::Malformed(_)));
+    }
+
+    #[test]
+    fn a_compressed_owner_key_is_refused() {
+        let w = world();
+        let p256 = &w.owners[2];
+        let compressed = crate::keys::compressed_spki(p256.public_key_der());
+        let err = Voucher::first(&w.maker, &w.serial, BIRTH, &compressed, NOW, NOW + DAY).unwrap_err();
+        assert!(matches!(&err, VoucherError::Invalid(d) if d.contains("compressed")), "{err}");
+        // Hand-built: an entry naming the compressed twin decodes as malformed.
+        let forged =
+            sign_entry(&w.maker, &w.serial, cose::sha256(BIRTH), p256.public_key_der(), NOW, NOW + DAY, GENESIS)
+                .unwrap();
+        let (mut entry, _) = forged;
+        entry.next_owner = compressed;
+        let mut c = CoseSign1 {
+            protected: protected(entry.alg, &entry.signer_kid),
+            unprotected: Header::default(),
+            payload: Some(entry.payload()),
+            signature: Vec::new(),
+        };
+        c.signature = cose::sign(&w.maker, &c.tbs_data(&[])).unwrap().1;
+        let bytes = from_entries(vec![(entry, c.to_tagged_vec().unwrap())]);
+        let err = check(&w, &bytes, NOW).unwrap_err();
+        assert!(matches!(&err, VoucherError::Malformed(d) if d.contains("compressed")), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent_crash;
+mod agent_ocsp;
 mod authz;
 mod bundle;
 mod cli;

@@ -225,3 +225,357 @@ async fn a_device_changes_owners_with_vouchers_and_only_the_named_owner_gets_it(
     .unwrap();
     assert_eq!(op2.cert_count(), certs);
 }
+
+fn voucher_issue(dir: &Path, device: &str, to: &Path, out: &Path) -> String {
+    run_ok(
+        root_key_env(bin().args(["voucher", "issue", "--device", device, "--dir"]).arg(dir))
+            .arg("--to")
+            .arg(to)
+            .arg("--out")
+            .arg(out),
+    )
+}
+
+fn claim(dir: &Path, voucher: &Path) -> Command {
+    let mut c = bin();
+    root_key_env(c.args(["device", "claim", "--dir"]).arg(dir)).arg("--voucher").arg(voucher);
+    c
+}
+
+/// Issue 12, item 1: M→A, A→B applied (the owner is B). From a saved copy of A's
+/// directory, A→A2, then A2→A: a three-entry voucher that chains correctly from
+/// the manufacturer back to A. The device refuses it (it does not extend the
+/// installed voucher: entry 1 differs), `voucher verify --installed` refuses it,
+/// A's authority refuses to record it, and nothing changes anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_owner_cannot_take_a_device_back_with_a_forked_voucher() {
+    let mfg = Ca::start().await;
+    let (a, b, a2) = (Ca::start().await, Ca::start().await, Ca::start().await);
+    let devs = born_devices(&mfg, "FB", &["FK-1".to_string()]).await;
+    let dev = devs[0].clone();
+    let t = mfg.tmp.path().to_path_buf();
+    for op in [&a, &b, &a2] {
+        run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
+    }
+    let (mdir, adir, bdir, a2dir) = (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), a2.dir.clone());
+    let (aroot, broot, a2root) = (a.root_file(), b.root_file(), a2.root_file());
+    let saved = a.tmp.path().join("saved-copy-of-a");
+    let mfg_cert = mfg.ca_file("manufacturing");
+    let birth = dev.join("birth.pem");
+    let birth_pem = iotpki_agent::state::load(&dev).unwrap().birth.unwrap().cert_pem;
+    std::fs::write(&birth, birth_pem).unwrap();
+    let dev2 = dev.clone();
+    tokio::task::spawn_blocking(move || {
+        let v = |n: &str| t.join(n);
+        // M→A, applied and claimed; A keeps a copy of its directory.
+        voucher_issue(&mdir, "FK-1", &aroot, &v("m-a.cbor"));
+        run_ok(&mut claim(&adir, &v("m-a.cbor")));
+        run_ok(&mut apply(&dev, &v("m-a.cbor"), false));
+        let cp = Command::new("cp").arg("-a").arg(&adir).arg(&saved).status().unwrap();
+        assert!(cp.success());
+        // A→B, applied and claimed: the owner is B.
+        voucher_issue(&adir, "FK-1", &broot, &v("a-b.cbor"));
+        run_ok(&mut claim(&bdir, &v("a-b.cbor")));
+        let out = run_ok(&mut apply(&dev, &v("a-b.cbor"), false));
+        assert!(out.contains("(2 entries)"), "{out}");
+        // From the saved copy: A→A2, claimed by A2, then A2→A.
+        let out = voucher_issue(&saved, "FK-1", &a2root, &v("a-a2.cbor"));
+        assert!(out.contains("2 entries"), "{out}");
+        run_ok(&mut claim(&a2dir, &v("a-a2.cbor")));
+        let out = voucher_issue(&a2dir, "FK-1", &aroot, &v("fork.cbor"));
+        assert!(out.contains("3 entries"), "{out}");
+
+        let installed = std::fs::read(dev.join("voucher.cbor")).unwrap();
+        let identity = std::fs::read(dev.join("identity.json")).unwrap();
+        // The device refuses the fork, naming where it diverges; its state is unchanged.
+        let err = run_fail(&mut apply(&dev, &v("fork.cbor"), false));
+        assert!(err.contains("ownership voucher refused") && err.contains("entry 1 differs"), "{err}");
+        assert_eq!(std::fs::read(dev.join("voucher.cbor")).unwrap(), installed);
+        assert_eq!(std::fs::read(dev.join("identity.json")).unwrap(), identity);
+        // The older voucher too (a rollback), and the fork's first half.
+        for old in ["m-a.cbor", "a-a2.cbor"] {
+            let err = run_fail(&mut apply(&dev, &v(old), false));
+            assert!(err.contains("ownership voucher refused"), "{old}: {err}");
+        }
+        assert_eq!(std::fs::read(dev.join("voucher.cbor")).unwrap(), installed);
+
+        // `voucher verify`: a chain from the manufacturer on its own; with --installed, refused.
+        let verify = |file: &str, installed: Option<&Path>| {
+            let mut c = bin();
+            c.args(["voucher", "verify", "--serial", "FK-1", "--manufacturer"])
+                .arg(&mfg_cert)
+                .arg("--birth-cert")
+                .arg(&birth)
+                .arg(v(file));
+            if let Some(i) = installed {
+                c.arg("--installed").arg(i);
+            }
+            c
+        };
+        let held = dev.join("voucher.cbor");
+        run_ok(&mut verify("fork.cbor", None));
+        let err = run_fail(&mut verify("fork.cbor", Some(&held)));
+        assert!(err.contains("does not extend the installed one") && err.contains("entry 1 differs"), "{err}");
+        let err = run_fail(&mut verify("m-a.cbor", Some(&held)));
+        assert!(err.contains("rollback"), "{err}");
+        let out = run_ok(&mut verify("a-b.cbor", Some(&held)));
+        assert!(out.contains("the installed voucher itself"), "{out}");
+    })
+    .await
+    .unwrap();
+
+    // A's own authority (which recorded A→B) will not record the fork either; nothing stored.
+    let (audit, certs) = (a.audit_len(), a.cert_count());
+    let held = a.authority.store().artifact("voucher/FK-1").unwrap().unwrap();
+    let fork = mfg.tmp.path().join("fork.cbor");
+    let adir = a.dir.clone();
+    let err = tokio::task::spawn_blocking(move || run_fail(&mut claim(&adir, &fork))).await.unwrap();
+    assert!(err.contains("voucher refused") && err.contains("entry 1 differs"), "{err}");
+    assert_eq!(a.authority.store().artifact("voucher/FK-1").unwrap().unwrap(), held);
+    let o = a.authority.store().ownership("FK-1").unwrap().unwrap();
+    assert_eq!(o.status, iotpki_store::OwnershipStatus::Transferred);
+    // The device cannot commission with A (its voucher names B), and A has issued nothing.
+    let err = iotpki_agent::flow::commission(&dev2, Some(&a.url), Some(&a.root_pem), None).await.unwrap_err();
+    assert!(err.to_string().contains("ownership voucher hands this device to key"), "{err}");
+    assert_eq!((a.audit_len(), a.cert_count()), (audit, certs));
+}
+
+/// One key, twice: the same P-256 public key compressed by openssl (`-conv_form compressed`).
+fn compressed_twin(public_pem: &Path) -> (PathBuf, Vec<u8>) {
+    let out = public_pem.with_extension("compressed.pub");
+    crate::util::openssl(&[
+        "ec",
+        "-pubin",
+        "-in",
+        public_pem.to_str().unwrap(),
+        "-conv_form",
+        "compressed",
+        "-pubout",
+        "-out",
+        out.to_str().unwrap(),
+    ]);
+    let der = pem::decode_one("PUBLIC KEY", &std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(der.len(), 59, "a compressed P-256 SubjectPublicKeyInfo");
+    (out, der)
+}
+
+/// An ECDSA-Sig-Value (DER) as COSE's r || s, each `n` octets.
+fn ecdsa_fixed(der: &[u8], n: usize) -> Vec<u8> {
+    assert_eq!(der[0], 0x30);
+    let mut i = if der[1] & 0x80 != 0 { 2 + usize::from(der[1] & 0x7f) } else { 2 };
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[i], 0x02);
+        let len = usize::from(der[i + 1]);
+        let v = &der[i + 2..i + 2 + len];
+        let v = &v[v.iter().take_while(|b| **b == 0).count()..];
+        out.extend(std::iter::repeat_n(0u8, n - v.len()));
+        out.extend_from_slice(v);
+        i += 2 + len;
+    }
+    out
+}
+
+fn cose_es256(key: &SoftKey) -> impl Fn(&[u8]) -> Vec<u8> + '_ {
+    move |tbs| ecdsa_fixed(&key.sign(tbs).unwrap(), 32)
+}
+
+fn kid(spki: &[u8]) -> Vec<u8> {
+    hex::decode(iotpki_core::keys::sha256_hex(spki)).unwrap()
+}
+
+/// A trust bundle built by hand (as an attacker would, past every check of
+/// `bundle create`): `signers` named with threshold 2, one ES256 signature per
+/// `(signature kid, signing key)`.
+fn forged_bundle(anchor: &[u8], signers: &[Vec<u8>], sigs: &[(Vec<u8>, &SoftKey)]) -> Vec<u8> {
+    use ciborium::Value;
+    use coset::{iana, CoseSignBuilder, CoseSignatureBuilder, HeaderBuilder, TaggedCborSerializable};
+    let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
+    let int = |i: i64| Value::Integer(i.into());
+    let payload = Value::Map(vec![
+        (int(1), int(1)),
+        (int(2), int(now - 60)),
+        (int(3), int(now + 86_400)),
+        (int(4), Value::Array(vec![Value::Bytes(anchor.to_vec())])),
+        (int(5), Value::Array(vec![])),
+        (int(6), int(2)),
+        (int(7), Value::Array(signers.iter().cloned().map(Value::Bytes).collect())),
+    ]);
+    let mut p = Vec::new();
+    ciborium::ser::into_writer(&payload, &mut p).unwrap();
+    let body = HeaderBuilder::new().content_type("application/vnd.iotpki.trust-bundle+cbor".into()).build();
+    let mut b = CoseSignBuilder::new().protected(body).payload(p);
+    for (kid, key) in sigs {
+        let h = HeaderBuilder::new().algorithm(iana::Algorithm::ES256).key_id(kid.clone()).build();
+        b = b.add_created_signature(CoseSignatureBuilder::new().protected(h).build(), &[], cose_es256(key));
+    }
+    b.build().to_tagged_vec().unwrap()
+}
+
+/// Issue 12, item 6: one P-256 key presented twice, uncompressed and compressed,
+/// does not count as two signers of a threshold of 2. `bundle create` refuses the
+/// second encoding; a hand-built bundle signed by the one key under both key ids is
+/// refused by the authority (`bundle publish`: nothing stored) and by a device at
+/// the factory (`agent apply --initial`: nothing installed). The same forgery with
+/// two distinct keys is accepted, so the refusal is the key rule and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_compressed_and_uncompressed_does_not_meet_a_bundle_threshold_of_two() {
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("CK-1").await;
+    let keys = signer_keys(&ca.tmp.path().join("signers"));
+    let k0 =
+        SoftKey::from_pkcs8(&pem::decode_one("PRIVATE KEY", &std::fs::read_to_string(&keys[0].0).unwrap()).unwrap())
+            .unwrap();
+    let k1 =
+        SoftKey::from_pkcs8(&pem::decode_one("PRIVATE KEY", &std::fs::read_to_string(&keys[1].0).unwrap()).unwrap())
+            .unwrap();
+    let (twin_file, twin) = compressed_twin(&keys[0].1);
+    let root = ca.authority.root_der().to_vec();
+    let one = k0.public_key_der().to_vec();
+    let forged = forged_bundle(&root, &[one.clone(), twin.clone()], &[(kid(&one), &k0), (kid(&twin), &k0)]);
+    let control = forged_bundle(
+        &root,
+        &[one.clone(), k1.public_key_der().to_vec()],
+        &[(kid(&one), &k0), (kid(k1.public_key_der()), &k1)],
+    );
+    let t = ca.tmp.path().to_path_buf();
+    let (dir, dev2, root_file) = (ca.dir.clone(), dev.clone(), ca.root_file());
+    let audit = ca.audit_len();
+    tokio::task::spawn_blocking(move || {
+        // `bundle create` with the key and its twin.
+        let out = t.join("twice.cbor");
+        let err = run_fail(
+            bin()
+                .args(["bundle", "create", "--version", "1", "--threshold", "2", "--expires", "1d", "--anchor"])
+                .arg(&root_file)
+                .arg("--signer")
+                .arg(&keys[0].1)
+                .arg("--signer")
+                .arg(&twin_file)
+                .arg("--out")
+                .arg(&out),
+        );
+        assert!(err.contains("compressed"), "{err}");
+        assert!(!out.exists());
+        let f = t.join("forged.cbor");
+        std::fs::write(&f, &forged).unwrap();
+        let err = run_fail(bin().args(["bundle", "verify"]).arg(&f));
+        assert!(err.contains("compressed"), "{err}");
+        let err = run_fail(bin().args(["bundle", "publish", "--dir"]).arg(&dir).arg(&f));
+        assert!(err.contains("bundle refused") && err.contains("compressed"), "{err}");
+        let err = run_fail(&mut apply(&dev2, &f, true));
+        assert!(err.contains("trust bundle refused") && err.contains("compressed"), "{err}");
+        assert!(!dev2.join("bundle.cbor").exists());
+        // The control: two distinct keys, built the same way, pass.
+        let c = t.join("control.cbor");
+        std::fs::write(&c, &control).unwrap();
+        let out = run_ok(&mut apply(&dev2, &c, true));
+        assert!(out.contains("trust bundle version 1 installed"), "{out}");
+    })
+    .await
+    .unwrap();
+    assert!(ca.authority.store().artifact("bundle").unwrap().is_none(), "nothing published");
+    assert_eq!(ca.audit_len(), audit);
+}
+
+/// Issue 12, item 6: a voucher naming an owner key in another encoding than the
+/// canonical one (a compressed P-256 point) is refused: by `voucher issue`
+/// (nothing published), and, hand-built and signed by the real manufacturing CA
+/// key, by the device (`agent apply`: nothing installed), by `voucher verify`,
+/// and by the owner's authority (`device claim`: nothing stored). The same
+/// forgery naming the uncompressed key verifies, so the refusal is the key rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_naming_a_compressed_owner_key_is_refused_everywhere() {
+    use ciborium::Value;
+    use coset::{iana, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let devs = born_devices(&mfg, "CV", &["CV-1".to_string()]).await;
+    let dev = devs[0].clone();
+    let t = mfg.tmp.path().to_path_buf();
+    let op_pub = t.join("op.pub");
+    std::fs::write(
+        &op_pub,
+        pem::encode("PUBLIC KEY", &iotpki_authority::trust::spki_of(op.authority.root_der()).unwrap()),
+    )
+    .unwrap();
+    let (twin_file, twin) = compressed_twin(&op_pub);
+    let maker = iotpki_authority::keyfile::read_encrypted(
+        &mfg.dir.join("ca/manufacturing.key"),
+        &iotpki_authority::Passphrase::new(PASS.into()).unwrap(),
+    )
+    .unwrap();
+    let birth_pem = iotpki_agent::state::load(&dev).unwrap().birth.unwrap().cert_pem;
+    let birth = t.join("birth.pem");
+    std::fs::write(&birth, &birth_pem).unwrap();
+    let birth_der = pem::decode_one("CERTIFICATE", &birth_pem).unwrap();
+    let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
+    let forge = |owner: &[u8]| {
+        let int = |i: i64| Value::Integer(i.into());
+        let payload = Value::Map(vec![
+            (int(1), Value::Text("CV-1".into())),
+            (int(2), Value::Bytes(kid(&birth_der))),
+            (int(3), Value::Bytes(owner.to_vec())),
+            (int(4), int(now - 60)),
+            (int(5), int(now + 86_400)),
+            (int(6), Value::Bytes(vec![0; 32])),
+        ]);
+        let mut p = Vec::new();
+        ciborium::ser::into_writer(&payload, &mut p).unwrap();
+        let h = HeaderBuilder::new()
+            .algorithm(iana::Algorithm::ES256)
+            .content_type("application/vnd.iotpki.voucher-entry+cbor".into())
+            .key_id(kid(maker.public_key_der()))
+            .build();
+        let entry = CoseSign1Builder::new().protected(h).payload(p).create_signature(&[], cose_es256(&maker)).build();
+        let mut v = Vec::new();
+        ciborium::ser::into_writer(&Value::Array(vec![Value::Bytes(entry.to_tagged_vec().unwrap())]), &mut v).unwrap();
+        v
+    };
+    std::fs::write(t.join("forged.cbor"), forge(&twin)).unwrap();
+    std::fs::write(
+        t.join("control.cbor"),
+        forge(&pem::decode_one("PUBLIC KEY", &std::fs::read_to_string(&op_pub).unwrap()).unwrap()),
+    )
+    .unwrap();
+    run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
+    let (mdir, odir, mfg_cert) = (mfg.dir.clone(), op.dir.clone(), mfg.ca_file("manufacturing"));
+    let (m_audit, o_audit) = (mfg.audit_len(), op.audit_len());
+    let dev2 = dev.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = t.join("v.cbor");
+        let err = run_fail(
+            root_key_env(bin().args(["voucher", "issue", "--device", "CV-1", "--dir"]).arg(&mdir))
+                .arg("--to")
+                .arg(&twin_file)
+                .arg("--out")
+                .arg(&out),
+        );
+        assert!(err.contains("compressed"), "{err}");
+        assert!(!out.exists());
+        let verify = |f: &str| {
+            let mut c = bin();
+            c.args(["voucher", "verify", "--serial", "CV-1", "--manufacturer"])
+                .arg(&mfg_cert)
+                .arg("--birth-cert")
+                .arg(&birth)
+                .arg(t.join(f));
+            c
+        };
+        let out = run_ok(&mut verify("control.cbor"));
+        assert!(out.contains("voucher is valid: 1 entries"), "{out}");
+        let err = run_fail(&mut verify("forged.cbor"));
+        assert!(err.contains("compressed"), "{err}");
+        let err = run_fail(&mut apply(&dev2, &t.join("forged.cbor"), false));
+        assert!(err.contains("ownership voucher refused") && err.contains("compressed"), "{err}");
+        assert!(!dev2.join("voucher.cbor").exists());
+        let err = run_fail(&mut claim(&odir, &t.join("forged.cbor")));
+        assert!(err.contains("voucher refused") && err.contains("compressed"), "{err}");
+    })
+    .await
+    .unwrap();
+    assert!(mfg.authority.store().artifact("voucher/CV-1").unwrap().is_none());
+    assert!(op.authority.store().artifact("voucher/CV-1").unwrap().is_none());
+    assert!(op.authority.store().ownership("CV-1").unwrap().is_none());
+    assert_eq!((mfg.audit_len(), op.audit_len()), (m_audit, o_audit));
+}
