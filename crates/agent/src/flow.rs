@@ -262,8 +262,10 @@ pub async fn renew(
     };
     let new_cert = match attempt.await {
         Ok(c) => c,
-        // No answer: the server may have issued it; the key is kept for the retry.
+        // No answer, or "not now" (rate limited, busy, timed out): the server may
+        // have issued it on an earlier try; the key is kept for the retry.
         Err(e @ (AgentError::Connect(_) | AgentError::BadAnswer(_))) => return Err(e),
+        Err(e @ AgentError::Refused { status: 408 | 429 | 500..=599, .. }) => return Err(e),
         Err(e) => {
             keystore.discard(&key_file);
             return Err(e);

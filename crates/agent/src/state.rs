@@ -106,8 +106,9 @@ pub fn write_new_key(dir: &Path, key: &SoftKey) -> Result<String, AgentError> {
     write_new_numbered(dir, "key-", ".pem", pem.as_bytes())
 }
 
-/// Write `bytes` to a new file `{prefix}{n}{suffix}` (the first free `n`;
-/// 0600, fsync'd, the directory too) and return its name.
+/// Write `bytes` to a new file `{prefix}{n}{suffix}` (`n` above every
+/// number in use, so that [`newest_numbered`] finds the newest file even when
+/// an older one was removed; 0600, fsync'd, the directory too) and return its name.
 pub fn write_new_numbered(dir: &Path, prefix: &str, suffix: &str, bytes: &[u8]) -> Result<String, AgentError> {
     fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     // Written whole to a temporary file, then linked to a free name: a key
@@ -122,7 +123,10 @@ pub fn write_new_numbered(dir: &Path, prefix: &str, suffix: &str, bytes: &[u8]) 
         .map_err(|e| AgentError::io(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
     drop(f);
-    for n in 0u32.. {
+    let first = newest_numbered(dir, prefix, suffix)
+        .and_then(|n| n.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<u32>().ok())
+        .map_or(0, |n| n.saturating_add(1));
+    for n in first.. {
         let name = format!("{prefix}{n}{suffix}");
         let p = dir.join(&name);
         match fs::hard_link(&tmp, &p) {

@@ -131,8 +131,6 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "EST server listening (TLS 1.3)");
-        println!("listening on https://{addr}");
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -147,9 +145,18 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             (None, None) => None,
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let http = match http_listen {
+        // Both listeners are bound before the server says it is ready: the
+        // first line it prints is the signal that every listener answers.
+        let http_listener = match http_listen {
             Some(l) => {
-                let listener = tokio::net::TcpListener::bind(l).await.with_context(|| format!("cannot listen on {l}"))?;
+                Some(tokio::net::TcpListener::bind(l).await.with_context(|| format!("cannot listen on {l}"))?)
+            }
+            None => None,
+        };
+        tracing::info!(%addr, "EST server listening (TLS 1.3)");
+        println!("listening on https://{addr}");
+        let http = match http_listener {
+            Some(listener) => {
                 println!("CRL and OCSP on http://{}", listener.local_addr()?);
                 let mut rx = stop_rx.clone();
                 let stopped = async move {

@@ -197,6 +197,11 @@ impl Drop for Server {
 
 /// `iotpki serve` as a child process (killed on drop), and the URL it printed.
 pub fn serve(cmd: &mut Command) -> (Server, String) {
+    // No test listens on a fixed port: the plain-HTTP listener too is on a
+    // free one unless the test names it (the config's default is 8080).
+    if !cmd.get_args().any(|a| a == "--http-listen") {
+        cmd.args(["--http-listen", "127.0.0.1:0"]);
+    }
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
