@@ -21,7 +21,9 @@ mod pkilint;
 mod postgres;
 mod refusals;
 mod relay;
+mod release;
 mod revocation;
 mod rotation;
+#[cfg(feature = "tpm")]
 mod tpm;
 mod util;
