@@ -43,16 +43,23 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, Error> {
     LENIENT.decode(&compact).map_err(|e| Error::Base64(e.to_string()))
 }
 
-/// Encode DER as base64 in lines of 64 characters, each ending CRLF.
+/// Encode DER as an EST base64 body: one unbroken line of RFC 4648 section 4
+/// base64 (standard alphabet, padded), with no line breaks and no final newline.
+///
+/// Why this one form: RFC 8951 (section 3) replaced RFC 7030's MIME
+/// Content-Transfer-Encoding with plain base64 as RFC 4648 defines it, and
+/// RFC 4648 (section 3.1) says encoders MUST NOT add line feeds unless the
+/// referring specification directs a line length; neither EST document
+/// does. It is also the only form every decoder we met accepts: a strict
+/// one (the `est-ca` crate's client, `base64::STANDARD` over the trimmed
+/// body) refuses any line break ("Invalid symbol 13, offset 64" for the
+/// 64-column CRLF lines we used to send), GNU `base64 -d` refuses CR
+/// ("invalid input"), Python's `base64.b64decode` accepts everything.
+/// OpenSSL reads it with `openssl base64 -d -A` (-A: "the input is one
+/// line"; without -A OpenSSL's line reader stops at about 1 KB per line).
+/// Our own decoder ([`decode_body`]) stays liberal, as RFC 8951 asks.
 pub fn encode_body(der: &[u8]) -> String {
-    let flat = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::with_capacity(flat.len() + flat.len() / 32 + 2);
-    for chunk in flat.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push_str("\r\n");
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(der)
 }
 
 /// The /csrattrs answer (RFC 7030 section 4.5.2): the signature algorithm we
@@ -93,8 +100,9 @@ mod tests {
         assert_eq!(decode_body(flat.as_bytes()).unwrap(), der);
         assert_eq!(decode_body(format!("{flat}\n").as_bytes()).unwrap(), der);
         assert_eq!(decode_body(encode_body(&der).as_bytes()).unwrap(), der);
-        let lf = encode_body(&der).replace("\r\n", "\n");
-        assert_eq!(decode_body(lf.as_bytes()).unwrap(), der);
+        let wrapped: Vec<&str> = flat.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        assert_eq!(decode_body(wrapped.join("\n").as_bytes()).unwrap(), der);
+        assert_eq!(decode_body(wrapped.join("\r\n").as_bytes()).unwrap(), der);
         assert_eq!(decode_body(flat.trim_end_matches('=').as_bytes()).unwrap(), der);
     }
 
@@ -106,9 +114,12 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_64_wide() {
-        let s = encode_body(&[7u8; 300]);
-        assert!(s.split("\r\n").all(|l| l.len() <= 64));
+    fn answers_are_one_unbroken_line_a_strict_decoder_accepts() {
+        let der: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let s = encode_body(&der);
+        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)), "no line breaks, no spaces");
+        // What a strict client does (the est-ca crate: STANDARD over the body).
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).unwrap(), der);
     }
 
     #[test]

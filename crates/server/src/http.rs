@@ -478,9 +478,16 @@ pub(crate) async fn serve_connection(
         req.extensions_mut().insert(PeerAddr(peer));
         req
     });
+    // Header names in canonical case on the wire (crate::case).
+    let case = crate::case::extensions().await;
+    let svc = svc.map_response(move |mut r| {
+        r.extensions_mut().extend(case.clone());
+        r
+    });
     let svc = hyper_util::service::TowerToHyperService::new(svc);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.title_case_headers(true).preserve_header_case(true);
     builder.serve_connection(TokioIo::new(tls), svc).await?;
     Ok(())
 }

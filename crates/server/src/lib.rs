@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod case;
 mod http;
 mod limits;
 mod tls;

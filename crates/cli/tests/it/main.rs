@@ -7,6 +7,7 @@ mod agent_crash;
 mod authz;
 mod bundle;
 mod cli;
+mod clients;
 mod commission;
 mod crash;
 mod disk;

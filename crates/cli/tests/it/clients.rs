@@ -1,0 +1,246 @@
+//! What third-party EST clients meet on the wire: the raw bytes of our
+//! answers (header names in canonical case) and base64 bodies that strict and
+//! lenient decoders alike accept.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
+use iotpki_core::name::{DeviceSerial, NameBuilder};
+use iotpki_core::{csr, est, pkcs7};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::util::{run_ok, Ca};
+
+/// One request on a fresh TLS 1.3 connection (optionally with a client
+/// certificate), read to the end: the response head as sent, and the body.
+async fn raw(ca: &Ca, client: Option<(&[u8], &SoftKey)>, request: &[u8]) -> (String, Vec<u8>) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.authority.root_der().to_vec())).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from(cert.to_vec())],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.to_pkcs8().unwrap().into()),
+            )
+            .unwrap(),
+    };
+    let tcp = tokio::net::TcpStream::connect(ca.url.trim_start_matches("https://")).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    (String::from_utf8(all[..at + 2].to_vec()).unwrap(), all[at + 4..].to_vec())
+}
+
+fn post(path: &str, auth: Option<(&str, &str)>, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST /.well-known/est/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/pkcs10\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some((u, p)) = auth {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        r.push_str(&format!("Authorization: Basic {b}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut r = r.into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// The header names of a response head, exactly as sent.
+fn names(head: &str) -> Vec<&str> {
+    head.split("\r\n").skip(1).filter(|l| !l.is_empty()).map(|l| l.split(':').next().unwrap()).collect()
+}
+
+/// Every name in canonical case: each dash-separated word capitalised, except
+/// the names whose canonical form is spelled otherwise (WWW-Authenticate).
+fn assert_canonical(head: &str, must: &[&str]) {
+    for n in names(head) {
+        let ok = if n.eq_ignore_ascii_case("www-authenticate") {
+            n == "WWW-Authenticate"
+        } else {
+            n.split('-')
+                .all(|w| w.starts_with(|c: char| c.is_ascii_uppercase()) && !w[1..].contains(char::is_uppercase))
+        };
+        assert!(ok, "header name {n:?} is not in canonical case:\n{head}");
+    }
+    for m in must {
+        assert!(names(head).contains(m), "{m} missing (or in another case):\n{head}");
+    }
+}
+
+/// Decode `body` with GNU base64, openssl, Python and the est-ca crate's
+/// decoder; all four must succeed and agree. Returns the DER.
+fn decode_four_ways(dir: &Path, what: &str, body: &[u8]) -> Vec<u8> {
+    let f = dir.join(format!("{what}.b64"));
+    std::fs::write(&f, body).unwrap();
+    let f = f.to_str().unwrap();
+    let bytes = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{what}: {c:?}: {}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let gnu = bytes(Command::new("base64").args(["-d", f]));
+    // -A: the input is one line (OpenSSL's line reader stops at about 1 KB otherwise).
+    let ossl = bytes(Command::new("openssl").args(["base64", "-d", "-A", "-in", f]));
+    let py = bytes(Command::new("python3").args([
+        "-c",
+        "import base64, sys; sys.stdout.buffer.write(base64.b64decode(open(sys.argv[1], 'rb').read(), validate=True))",
+        f,
+    ]));
+    // est-ca 0.2's client (src/est/client.rs, unpack_pkcs7): base64's STANDARD
+    // engine (padding required, no whitespace allowed) over the trimmed body.
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let est_ca = base64::engine::general_purpose::STANDARD.decode(text.trim().as_bytes()).unwrap();
+    // ... and strict even without the trim: no final newline either.
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(body).unwrap(), est_ca, "{what}: untrimmed");
+    assert_eq!(gnu, est_ca, "{what}: GNU base64");
+    assert_eq!(ossl, est_ca, "{what}: openssl base64 -d -A");
+    assert_eq!(py, est_ca, "{what}: Python b64decode(validate=True)");
+    let certs = pkcs7::parse_certs_only(&est_ca).unwrap();
+    assert!(!certs.is_empty(), "{what}");
+    let der = dir.join(format!("{what}.p7"));
+    std::fs::write(&der, &est_ca).unwrap();
+    let text =
+        run_ok(Command::new("openssl").args(["pkcs7", "-inform", "DER", "-print_certs", "-in", der.to_str().unwrap()]));
+    assert!(text.contains("BEGIN CERTIFICATE"), "{what}: {text}");
+    est_ca
+}
+
+fn leaf_for(certs: &[Vec<u8>], key: &SoftKey) -> Vec<u8> {
+    certs
+        .iter()
+        .find(|c| {
+            iotpki_core::profile::cert_info(c).unwrap().spki_sha256
+                == iotpki_core::keys::spki_fingerprint(key.public_key_der())
+        })
+        .expect("the certificate for our key")
+        .clone()
+}
+
+/// cacerts, simpleenroll and simplereenroll answers are one unbroken line of
+/// RFC 4648 base64 that GNU `base64 -d`, `openssl base64 -d -A`, Python's
+/// `base64.b64decode(validate=True)` and the est-ca crate's strict decoder all
+/// read to the same PKCS#7; each answer's header names are in canonical case
+/// on the wire, and a 401 names `WWW-Authenticate` exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_decode_with_gnu_openssl_python_and_est_ca_and_headers_are_canonical() {
+    let ca = Ca::start().await;
+    let dir = ca.tmp.path().to_path_buf();
+
+    let (head, body) =
+        raw(&ca, None, b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_canonical(&head, &["Content-Type", "Content-Length"]);
+    decode_four_ways(&dir, "cacerts", &body);
+
+    // simpleenroll with a token.
+    let serial = DeviceSerial::parse("CLIENT-1").unwrap();
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let subject = iotpki_core::name::device_subject("iotpki", &serial).unwrap();
+    let req = est::encode_body(&csr::build(&subject, &key, vec![]).unwrap());
+    let token = ca.token("CLIENT-1");
+    let (head, body) = raw(&ca, None, &post("simpleenroll", Some(("CLIENT-1", &token)), req.as_bytes())).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_canonical(&head, &["Content-Type", "Content-Length"]);
+    let p7 = decode_four_ways(&dir, "simpleenroll", &body);
+    let cert = leaf_for(&pkcs7::parse_certs_only(&p7).unwrap(), &key);
+
+    // simplereenroll over mutual TLS with that certificate.
+    let key2 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let req2 = est::encode_body(&csr::build(&subject, &key2, vec![]).unwrap());
+    let (head, body) = raw(&ca, Some((&cert, &key)), &post("simplereenroll", None, req2.as_bytes())).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_canonical(&head, &["Content-Type", "Content-Length"]);
+    let p7 = decode_four_ways(&dir, "simplereenroll", &body);
+    leaf_for(&pkcs7::parse_certs_only(&p7).unwrap(), &key2);
+
+    // A request without credentials: 401 with WWW-Authenticate, spelled so.
+    let (head, _) = raw(&ca, None, &post("simpleenroll", None, req.as_bytes())).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert_canonical(&head, &["WWW-Authenticate", "Content-Type", "Content-Length"]);
+    assert!(head.contains("\r\nWWW-Authenticate: Basic realm="), "{head}");
+}
+
+fn cert_subject(p7: &[u8], key: &SoftKey) -> String {
+    let cert = leaf_for(&pkcs7::parse_certs_only(p7).unwrap(), key);
+    iotpki_core::name::to_rfc4514(&iotpki_core::profile::cert_info(&cert).unwrap().cert.tbs_certificate.subject)
+}
+
+/// A client that puts only a CN (or nothing) in its request is enrolled when
+/// the token or its client certificate binds the serial: the authority writes
+/// the subject. A request naming another serial is refused, with nothing
+/// stored and the token still good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_with_only_a_cn_or_no_subject_enrolls_and_one_naming_another_serial_is_refused() {
+    let ca = Ca::start().await;
+    let b64 = |subject: &iotpki_core::asn1::x509_cert::name::Name, key: &SoftKey| {
+        est::encode_body(&csr::build(subject, key, vec![]).unwrap()).into_bytes()
+    };
+    let body = |b: &[u8]| -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD.decode(std::str::from_utf8(b).unwrap().trim()).unwrap()
+    };
+
+    // CN only.
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let cn_only = NameBuilder::default().common_name("CN-ONLY-1").unwrap().build();
+    let t = ca.token("CN-ONLY-1");
+    let (head, p7) = raw(&ca, None, &post("simpleenroll", Some(("CN-ONLY-1", &t)), &b64(&cn_only, &key))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let p7 = body(&p7);
+    assert_eq!(cert_subject(&p7, &key), "SERIALNUMBER=CN-ONLY-1,CN=CN-ONLY-1,O=iotpki");
+    let cert = leaf_for(&pkcs7::parse_certs_only(&p7).unwrap(), &key);
+
+    // No subject at all.
+    let key2 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let t = ca.token("NO-SUBJECT-1");
+    let empty = NameBuilder::default().build();
+    let (head, p7) = raw(&ca, None, &post("simpleenroll", Some(("NO-SUBJECT-1", &t)), &b64(&empty, &key2))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(cert_subject(&body(&p7), &key2), "SERIALNUMBER=NO-SUBJECT-1,CN=NO-SUBJECT-1,O=iotpki");
+
+    // Another serial named: refused, nothing stored, the token still good.
+    let before = ca.cert_count();
+    let other = iotpki_core::name::device_subject("iotpki", &DeviceSerial::parse("SOMEONE-ELSE").unwrap()).unwrap();
+    let key3 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let t = ca.token("OTHER-1");
+    let (head, text) = raw(&ca, None, &post("simpleenroll", Some(("OTHER-1", &t)), &b64(&other, &key3))).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(text.contains("names serialNumber=SOMEONE-ELSE, but the token is for serial OTHER-1"), "{text}");
+    assert_eq!(ca.cert_count(), before, "nothing issued");
+    let (head, _) = raw(&ca, None, &post("simpleenroll", Some(("OTHER-1", &t)), &b64(&cn_only, &key3))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "the token was not spent: {head}");
+
+    // Re-enrollment naming another serial is refused, nothing stored.
+    let before = ca.cert_count();
+    let key5 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let (head, text) = raw(&ca, Some((&cert, &key)), &post("simplereenroll", None, &b64(&other, &key5))).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(text.contains("but the current certificate is for serial CN-ONLY-1"), "{text}");
+    assert_eq!(ca.cert_count(), before, "nothing issued");
+    // ... and one with a CN-only request keeps the current subject.
+    let key4 = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let (head, p7) = raw(&ca, Some((&cert, &key)), &post("simplereenroll", None, &b64(&cn_only, &key4))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(cert_subject(&body(&p7), &key4), "SERIALNUMBER=CN-ONLY-1,CN=CN-ONLY-1,O=iotpki");
+}
