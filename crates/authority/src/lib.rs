@@ -398,7 +398,7 @@ impl Authority {
                 .find(|c| c.name == l.ca)
                 .cloned()
                 .ok_or_else(|| AuthorityError::Config(format!("label {}: no CA {}", l.name, l.ca)))?;
-            let allowed = l.allowed_keys.iter().map(|k| KeyType::from_name(k)).collect::<Result<Vec<_>, _>>()?;
+            let allowed = l.allowed_keys.iter().map(|k| KeyType::from_policy_name(k)).collect::<Result<Vec<_>, _>>()?;
             let cacerts = pkcs7::certs_only(&[&ca.cert_der, &root_der])?;
             let validity_secs = (l.validity_days > 0).then(|| i64::from(l.validity_days) * 86_400);
             labels.insert(l.name.clone(), Label { name: l.name.clone(), ca, validity_secs, allowed, cacerts });

@@ -63,29 +63,45 @@ pub fn encode_body(der: &[u8]) -> String {
 }
 
 /// The /csrattrs answer (RFC 7030 section 4.5.2): the signature algorithm we
-/// want, the key type (id-ecPublicKey with its curve, or Ed25519), and that
-/// the subject must carry serialNumber.
+/// want, the key type (id-ecPublicKey with its curve, rsaEncryption with its
+/// size, or Ed25519), and that the subject should carry serialNumber.
 pub fn csr_attrs(key_type: KeyType) -> Result<Vec<u8>, Error> {
     #[derive(der::Sequence)]
     struct Attr {
         oid: ObjectIdentifier,
         values: der::asn1::SetOfVec<ObjectIdentifier>,
     }
-    #[derive(der::Choice)]
-    enum AttrOrOid {
-        Oid(ObjectIdentifier),
-        Attr(Attr),
+    #[derive(der::Sequence)]
+    struct IntAttr {
+        oid: ObjectIdentifier,
+        values: der::asn1::SetOfVec<u32>,
     }
-    let mut items = vec![AttrOrOid::Oid(key_type.signature_algorithm()?.oid)];
+    fn any(v: &impl Encode) -> Result<der::Any, Error> {
+        let d = v.to_der().map_err(|e| Error::der("csrattrs", e))?;
+        <der::Any as der::Decode>::from_der(&d).map_err(|e| Error::der("csrattrs", e))
+    }
+    let set = |e: der::Error| Error::der("csrattrs", e);
+    let sig = match key_type {
+        // Devices with RSA keys sign their requests with PKCS#1 v1.5 and SHA-256.
+        KeyType::Rsa(_) => rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+        k => k.signature_algorithm()?.oid,
+    };
+    let mut items = vec![any(&sig)?];
     match key_type {
         KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
             let curve = if key_type == KeyType::EcdsaP256 { rfc5912::SECP_256_R_1 } else { rfc5912::SECP_384_R_1 };
-            let values = der::asn1::SetOfVec::try_from(vec![curve]).map_err(|e| Error::der("csrattrs", e))?;
-            items.push(AttrOrOid::Attr(Attr { oid: rfc5912::ID_EC_PUBLIC_KEY, values }));
+            let values = der::asn1::SetOfVec::try_from(vec![curve]).map_err(set)?;
+            items.push(any(&Attr { oid: rfc5912::ID_EC_PUBLIC_KEY, values })?);
         }
-        KeyType::Ed25519 | KeyType::Rsa(_) => {}
+        KeyType::Rsa(bits) => {
+            // RFC 7030 4.5.2's example: rsaEncryption with the modulus size as an INTEGER.
+            let b = u32::try_from(bits).map_err(|_| Error::UnsupportedAlgorithm(format!("RSA of {bits} bits")))?;
+            let values = der::asn1::SetOfVec::try_from(vec![b]).map_err(set)?;
+            items.push(any(&IntAttr { oid: rfc5912::RSA_ENCRYPTION, values })?);
+        }
+        KeyType::Ed25519 => {}
     }
-    items.push(AttrOrOid::Oid(rfc4519::SERIAL_NUMBER));
+    items.push(any(&rfc4519::SERIAL_NUMBER)?);
     items.to_der().map_err(|e| Error::der("csrattrs", e))
 }
 
@@ -104,6 +120,24 @@ mod tests {
         assert_eq!(decode_body(wrapped.join("\n").as_bytes()).unwrap(), der);
         assert_eq!(decode_body(wrapped.join("\r\n").as_bytes()).unwrap(), der);
         assert_eq!(decode_body(flat.trim_end_matches('=').as_bytes()).unwrap(), der);
+    }
+
+    #[test]
+    fn csrattrs_for_rsa_name_sha256_with_rsa_and_the_size() {
+        let d = csr_attrs(KeyType::Rsa(3072)).unwrap();
+        let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+        // sha256WithRSAEncryption, rsaEncryption, INTEGER 3072, serialNumber.
+        assert!(has(&[6, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 0x0b]));
+        assert!(has(&[6, 9, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1]));
+        assert!(has(&[2, 2, 0x0c, 0x00]));
+        assert!(has(&[6, 3, 0x55, 4, 5]));
+        assert_eq!(KeyType::from_policy_name("rsa-2048").unwrap(), KeyType::Rsa(2048));
+        assert_eq!(KeyType::from_policy_name("RSA3072").unwrap(), KeyType::Rsa(3072));
+        for bad in ["rsa-1024", "rsa-4096", "rsa", "rsa-x"] {
+            let e = KeyType::from_policy_name(bad).unwrap_err().to_string();
+            assert!(e.contains("rsa-2048 or rsa-3072"), "{bad}: {e}");
+        }
+        assert!(KeyType::from_name("rsa-2048").is_err(), "we never make RSA keys");
     }
 
     #[test]

@@ -244,3 +244,100 @@ async fn a_csr_with_only_a_cn_or_no_subject_enrolls_and_one_naming_another_seria
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(cert_subject(&body(&p7), &key4), "SERIALNUMBER=CN-ONLY-1,CN=CN-ONLY-1,O=iotpki");
 }
+
+/// An authority whose `operational` label also allows RSA-2048 and RSA-3072
+/// device keys (the operator's edit of iotpki.toml), served on loopback.
+async fn rsa_ca() -> Ca {
+    use iotpki_authority::clock::{Clock as _, FixedClock, SystemClock};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let pass = iotpki_authority::Passphrase::new(crate::util::PASS.into()).unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_url = format!("http://{}", http_listener.local_addr().unwrap());
+    let opts = iotpki_authority::init::InitOptions { public_http_url: Some(http_url.clone()), ..Default::default() };
+    iotpki_authority::init::init(&dir, &opts, &pass, &SystemClock).unwrap();
+    let cfg_path = dir.join("iotpki.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let old = "allowed_keys = [\n    \"p256\",\n    \"p384\",\n    \"ed25519\",\n";
+    assert!(cfg.contains(old), "{cfg}");
+    let new = format!("{old}    \"rsa-2048\",\n    \"rsa-3072\",\n");
+    std::fs::write(&cfg_path, cfg.replacen(old, &new, 1)).unwrap();
+    let clock = Arc::new(FixedClock::new(SystemClock.now()));
+    let authority = Arc::new(iotpki_authority::Authority::open(&dir, &pass, clock.clone()).unwrap());
+    let server = iotpki_server::Running::start(authority.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = server.url();
+    let http = iotpki_server::Running::start_http_on(authority.clone(), http_listener).unwrap();
+    let root_pem = iotpki_core::pem::encode("CERTIFICATE", authority.root_der());
+    Ca { tmp, dir, authority, clock, server, url, http, http_url, root_pem }
+}
+
+/// An openssl-made RSA key of `bits` and a CSR for `cn` (CN only), base64 DER; and the key's SPKI fingerprint.
+fn openssl_rsa_csr(dir: &Path, bits: u32, cn: &str) -> (Vec<u8>, String) {
+    let key = dir.join(format!("rsa{bits}.pem"));
+    let k = key.to_str().unwrap();
+    run_ok(Command::new("openssl").args(["genrsa", "-out", k, &bits.to_string()]));
+    let csr = dir.join(format!("rsa{bits}.csr"));
+    let subj = format!("/CN={cn}");
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-sha256", "-key", k, "-subj", &subj, "-outform", "DER"])
+            .args(["-out", csr.to_str().unwrap()]),
+    );
+    let spki = Command::new("openssl").args(["pkey", "-in", k, "-pubout", "-outform", "DER"]).output().unwrap().stdout;
+    (est::encode_body(&std::fs::read(&csr).unwrap()).into_bytes(), iotpki_core::keys::spki_fingerprint(&spki))
+}
+
+/// RSA device keys are a label's option, off by default: an openssl-made
+/// RSA-2048 request is refused by the default label and enrolled where the
+/// label allows rsa-2048; RSA-1024 and RSA-4104 are refused with a reason
+/// that names the size, nothing is issued and the token stays good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_device_keys_enroll_where_a_label_allows_them_and_other_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa2048, fp2048) = openssl_rsa_csr(dir.path(), 2048, "RSA-1");
+
+    // Default configuration: not allowed.
+    let plain = Ca::start().await;
+    let t = plain.token("RSA-1");
+    let before = plain.cert_count();
+    let (head, text) = raw(&plain, None, &post("simpleenroll", Some(("RSA-1", &t)), &rsa2048)).await;
+    let text = String::from_utf8_lossy(&text);
+    assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(text.contains("key type rsa-2048 is not allowed by this profile (allowed: p256, p384, ed25519)"), "{text}");
+    assert_eq!(plain.cert_count(), before);
+
+    // A label that allows RSA: enrolled, for openssl's key, with our subject.
+    let ca = rsa_ca().await;
+    let t = ca.token("RSA-1");
+    let (head, p7) = raw(&ca, None, &post("simpleenroll", Some(("RSA-1", &t)), &rsa2048)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head} {}", String::from_utf8_lossy(&p7));
+    let p7 = base64::engine::general_purpose::STANDARD.decode(&p7).unwrap();
+    let certs = pkcs7::parse_certs_only(&p7).unwrap();
+    let info = certs.iter().map(|c| iotpki_core::profile::cert_info(c).unwrap()).find(|i| !i.is_ca).unwrap();
+    assert_eq!(info.spki_sha256, fp2048);
+    assert_eq!(
+        iotpki_core::name::to_rfc4514(&info.cert.tbs_certificate.subject),
+        "SERIALNUMBER=RSA-1,CN=RSA-1,O=iotpki"
+    );
+
+    // Too small and too large: refused, saying the size; nothing issued; the token still good.
+    let t = ca.token("RSA-2");
+    let before = ca.cert_count();
+    for (bits, needle) in [
+        (1024, "an RSA key of 1024 bits (RSA device keys are 2048 or 3072 bits"),
+        (4104, "key type rsa-4104 is not allowed by this profile (allowed: p256, p384, ed25519, rsa-2048, rsa-3072)"),
+    ] {
+        let (csr, _) = openssl_rsa_csr(dir.path(), bits, "RSA-2");
+        let (head, text) = raw(&ca, None, &post("simpleenroll", Some(("RSA-2", &t)), &csr)).await;
+        let text = String::from_utf8_lossy(&text);
+        assert!(!head.starts_with("HTTP/1.1 200"), "{bits}: {head}");
+        assert!(text.contains(needle), "{bits}: {text}");
+        assert_eq!(ca.cert_count(), before, "{bits}: nothing issued");
+    }
+    let (rsa3072, fp3072) = openssl_rsa_csr(dir.path(), 3072, "RSA-2");
+    let (head, p7) = raw(&ca, None, &post("simpleenroll", Some(("RSA-2", &t)), &rsa3072)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "the token was not spent: {head}");
+    let p7 = base64::engine::general_purpose::STANDARD.decode(&p7).unwrap();
+    let certs = pkcs7::parse_certs_only(&p7).unwrap();
+    assert!(certs.iter().any(|c| iotpki_core::profile::cert_info(c).unwrap().spki_sha256 == fp3072));
+}
