@@ -17,6 +17,11 @@ use crate::util::{run_ok, Ca};
 /// One request on a fresh TLS 1.3 connection (optionally with a client
 /// certificate), read to the end: the response head as sent, and the body.
 async fn raw(ca: &Ca, client: Option<(&[u8], &SoftKey)>, request: &[u8]) -> (String, Vec<u8>) {
+    raw_at(&ca.url, ca, client, request).await
+}
+
+/// [`raw`] to the server at `url` (another listener of the same authority).
+async fn raw_at(url: &str, ca: &Ca, client: Option<(&[u8], &SoftKey)>, request: &[u8]) -> (String, Vec<u8>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(ca.authority.root_der().to_vec())).unwrap();
     let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -32,7 +37,7 @@ async fn raw(ca: &Ca, client: Option<(&[u8], &SoftKey)>, request: &[u8]) -> (Str
             )
             .unwrap(),
     };
-    let tcp = tokio::net::TcpStream::connect(ca.url.trim_start_matches("https://")).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("https://")).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
     tls.write_all(request).await.unwrap();
@@ -340,4 +345,20 @@ async fn rsa_device_keys_enroll_where_a_label_allows_them_and_other_sizes_are_re
     let p7 = base64::engine::general_purpose::STANDARD.decode(&p7).unwrap();
     let certs = pkcs7::parse_certs_only(&p7).unwrap();
     assert!(certs.iter().any(|c| iotpki_core::profile::cert_info(c).unwrap().spki_sha256 == fp3072));
+}
+
+/// A client over its rate gets 429 with `Retry-After` spelled so on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_names_retry_after_in_canonical_case_on_the_wire() {
+    let ca = Ca::start().await;
+    let limits = iotpki_server::Limits { client_rate: 0.2, client_burst: 1, ..iotpki_server::Limits::default() };
+    let srv =
+        iotpki_server::Running::start_with(ca.authority.clone(), "127.0.0.1:0".parse().unwrap(), limits).await.unwrap();
+    let url = srv.url();
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        heads.push(raw_at(&url, &ca, None, &post("simpleenroll", Some(("RATE-1", "nope")), b"MAA=")).await.0);
+    }
+    let limited = heads.iter().find(|h| h.starts_with("HTTP/1.1 429")).unwrap_or_else(|| panic!("{heads:?}"));
+    assert_canonical(limited, &["Retry-After", "Content-Type", "Content-Length"]);
 }
