@@ -894,7 +894,8 @@ impl Authority {
         }
         if let CertStatus::Revoked { .. } = rec.status {
             return Err(AuthorityError::Forbidden(format!(
-                "enrollment token already used for certificate {cert_serial}, which is revoked"
+                "enrollment token already used for certificate {cert_serial}, which is revoked: ask the operator \
+                 for a new token (iotpki token create)"
             )));
         }
         self.store.append_audit(AuditEvent {
