@@ -488,14 +488,7 @@ impl Authority {
         let der = est::decode_body(body)?;
         let req = csr::parse_and_verify(&der)?;
         self.check_key(label, req.key_type)?;
-        let in_csr = name::serial_numbers(&req.subject);
-        if in_csr.len() != 1 || in_csr[0] != birth.device.as_str() {
-            return Err(AuthorityError::Forbidden(format!(
-                "the request's subject must carry serialNumber={} as the birth certificate does (found {})",
-                birth.device,
-                if in_csr.is_empty() { "none".to_string() } else { in_csr.join(", ") }
-            )));
-        }
+        crate::check_requested_serial(&req.subject, birth.device.as_str(), "the birth certificate")?;
         if keys::spki_fingerprint(&req.spki_der) == birth.spki_sha256 {
             return Err(AuthorityError::Forbidden(
                 "the request is for the birth key: an operational certificate needs a fresh key".into(),

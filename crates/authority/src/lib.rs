@@ -468,7 +468,7 @@ impl Authority {
                 .find(|c| c.name == l.ca)
                 .cloned()
                 .ok_or_else(|| AuthorityError::Config(format!("label {}: no CA {}", l.name, l.ca)))?;
-            let allowed = l.allowed_keys.iter().map(|k| KeyType::from_name(k)).collect::<Result<Vec<_>, _>>()?;
+            let allowed = l.allowed_keys.iter().map(|k| KeyType::from_policy_name(k)).collect::<Result<Vec<_>, _>>()?;
             let cacerts = pkcs7::certs_only(&[&ca.cert_der, &root_der])?;
             let validity_secs = (l.validity_days > 0).then(|| i64::from(l.validity_days) * 86_400);
             labels.insert(l.name.clone(), Label { name: l.name.clone(), ca, validity_secs, allowed, cacerts });
@@ -1062,13 +1062,7 @@ impl Authority {
             return self.replay(label, &device, &cert_serial, used_at, &req);
         }
         self.check_key(label, req.key_type)?;
-        let in_csr = name::serial_numbers(&req.subject);
-        if in_csr.len() != 1 || in_csr[0] != device.as_str() {
-            return Err(AuthorityError::Forbidden(format!(
-                "the request's subject must carry serialNumber={device} (found {})",
-                if in_csr.is_empty() { "none".to_string() } else { in_csr.join(", ") }
-            )));
-        }
+        check_requested_serial(&req.subject, device.as_str(), "the token")?;
         let subject = name::device_subject(&self.cfg.organization, &device)?;
         let issued = self.issue_device(
             label,
@@ -1118,7 +1112,8 @@ impl Authority {
         }
         if let CertStatus::Revoked { .. } = rec.status {
             return Err(AuthorityError::Forbidden(format!(
-                "enrollment token already used for certificate {cert_serial}, which is revoked"
+                "enrollment token already used for certificate {cert_serial}, which is revoked: ask the operator \
+                 for a new token (iotpki token create)"
             )));
         }
         self.store.append_audit(AuditEvent {
@@ -1714,19 +1709,20 @@ impl Authority {
         let der = est::decode_body(body)?;
         let req = csr::parse_and_verify(&der)?;
         self.check_key(label, req.key_type)?;
+        // The new certificate gets the current one's subject (and, like every
+        // device certificate, no subjectAltName), whatever the request says
+        // besides: RFC 7030 4.2.2 asks clients to repeat them, and some send only
+        // a CN or a DNS name. A request that names another serial is refused.
         let current_subject = &id.cert.tbs_certificate.subject;
-        if !name::equivalent(&req.subject, current_subject) {
+        let bound = name::serial_numbers(current_subject);
+        let [current_serial] = bound.as_slice() else {
             return Err(AuthorityError::Forbidden(format!(
-                "the request's subject ({}) differs from the current certificate's ({current_subject})",
-                req.subject
+                "the current certificate carries {} serialNumber attributes, not one: it cannot re-enroll; enroll \
+                 with a new token",
+                bound.len()
             )));
-        }
-        let current_san = profile::subject_alt_name(&id.cert)?;
-        if req.requested_san != current_san {
-            return Err(AuthorityError::Forbidden(
-                "the request's subjectAltName differs from the current certificate's".into(),
-            ));
-        }
+        };
+        check_requested_serial(&req.subject, current_serial, "the current certificate")?;
         // The request is one this certificate could make: if it was renewed
         // already, the answer is that renewal again (same key) or a refusal.
         if let Some(next) = superseded {
@@ -1943,11 +1939,35 @@ impl Authority {
                 webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
                     "client certificate was not issued by this authority".to_string()
                 }
-                webpki::Error::CertExpired { .. } => "client certificate has expired".to_string(),
-                webpki::Error::CertNotValidYet { .. } => "client certificate is not valid yet".to_string(),
+                webpki::Error::CertExpired { not_after, .. } => format!(
+                    "client certificate expired at {}: it authenticates nothing any more; get a new one (a device: \
+                     commission again with its birth certificate, or enroll with a new token)",
+                    iotpki_core::time::rfc3339(i64::try_from(not_after.as_secs()).unwrap_or(i64::MAX))
+                ),
+                webpki::Error::CertNotValidYet { not_before, .. } => format!(
+                    "client certificate is not valid until {}: check this device's clock",
+                    iotpki_core::time::rfc3339(i64::try_from(not_before.as_secs()).unwrap_or(i64::MAX))
+                ),
                 other => format!("client certificate rejected: {other}"),
             })
         })
+    }
+}
+
+/// RFC 7030 leaves the subject to the CA: a request that carries only a CN,
+/// or no subject at all, is enrolled when its credential (`bound_by`: the
+/// token, the birth or the current certificate) already binds the serial, and
+/// the certificate gets the subject the authority writes. Only a request
+/// that names another serial (a serialNumber attribute other than `device`)
+/// is refused.
+pub(crate) fn check_requested_serial(subject: &Name, device: &str, bound_by: &str) -> Result<(), AuthorityError> {
+    let in_csr = name::serial_numbers(subject);
+    match in_csr.iter().find(|s| s.as_str() != device) {
+        None => Ok(()),
+        Some(other) => Err(AuthorityError::Forbidden(format!(
+            "the request names serialNumber={other}, but {bound_by} is for serial {device}: request for {device}, \
+             or leave the subject to the authority (a CN alone will do)"
+        ))),
     }
 }
 

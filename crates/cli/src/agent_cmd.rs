@@ -137,7 +137,8 @@ pub enum AgentCmd {
         keystore: KeystoreArgs,
     },
     /// Print the public key of this device's TPM endorsement key (ECC P-256, the TCG
-    /// default template), PEM: what the manufacturer registers with `batch add-ek`.
+    /// default template), PEM: what the manufacturer registers with `batch add-ek`
+    /// (needs a build with --features tpm).
     TpmEk {
         /// How to reach the TPM (TCTI: device:/dev/tpmrm0, swtpm:host=H,port=P, ...).
         #[arg(long, value_name = "TCTI", default_value = iotpki_tpm::DEFAULT_TCTI)]
@@ -169,8 +170,8 @@ pub enum AgentCmd {
 #[derive(clap::Args, Debug)]
 pub struct KeystoreArgs {
     /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL'), or in a TPM 2.0
-    /// ('tpm', see --tcti), instead of key files; recorded in the identity, so renewals and
-    /// commissioning use it too.
+    /// ('tpm', see --tcti; needs a build with --features tpm), instead of key files; recorded
+    /// in the identity, so renewals and commissioning use it too.
     #[arg(long, value_name = "URI|tpm")]
     keystore: Option<String>,
     /// The token vendor's PKCS#11 module (with --keystore pkcs11:...).
@@ -193,6 +194,9 @@ impl KeystoreArgs {
         let KeystoreArgs { keystore, pkcs11_module, pin_file, tcti } = self;
         let Some(ks) = keystore else { return Ok(None) };
         if ks == "tpm" {
+            if !iotpki_tpm::BUILT_WITH_TPM {
+                anyhow::bail!("--keystore tpm: {}", iotpki_tpm::NOT_BUILT);
+            }
             if pkcs11_module.is_some() || pin_file.is_some() {
                 anyhow::bail!("--pkcs11-module and --pin-file are for a PKCS#11 keystore, not --keystore tpm");
             }

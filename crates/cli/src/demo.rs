@@ -205,7 +205,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!("  enrollment p50 / p99    {:>8.1?} / {:.1?}", pct(&lat, 0.5), pct(&lat, 0.99));
         println!("  throughput              {:>8.0} enrollments/s", lat.len() as f64 / wall.as_secs_f64());
         println!("  births on the line      {:>8} online, {} offline (synced)", line.online_born, line.offline_born);
-        println!("  refused at the quota    {:>8}", line.refused);
+        println!(
+            "  refused at the quota    {:>8} ({} online in DEMO-LINE, step 7; {} offline in DEMO-OFF, step 8)",
+            line.refused_online + line.refused_offline,
+            line.refused_online,
+            line.refused_offline
+        );
         println!("  commissioned by owner   {:>8} (of {} claimed)", field.commissioned, field.claimed);
         println!("  audit entries           {:>8}", report.entries);
         println!();
@@ -463,7 +468,10 @@ fn mfg_dir_file(a: &Authority, p: &std::path::Path) -> PathBuf {
 struct Line {
     online_born: usize,
     offline_born: u64,
-    refused: usize,
+    /// Devices of DEMO-LINE the authority refused at the batch quota (step 7).
+    refused_online: usize,
+    /// Devices of DEMO-OFF the offline station refused at its delegated quota (step 8).
+    refused_offline: usize,
 }
 
 /// The factory line: a batch born online through a station (its quota holds),
@@ -524,15 +532,12 @@ async fn factory_line(
     let duts = factory::simulated(&offline, "DEMO-OFF", 10, &root.join("offline")).await?;
     let out = factory::run(offline, &opts, duts, |_| {}).await?;
     let local = out.iter().filter(|p| p.result == "born").count();
+    let refused_offline = out.iter().filter(|p| p.result == "refused").count();
     let online = Station::open(&st_dir, None)?;
     let (synced, flagged) = online.sync(&st_dir, "DEMO-OFF").await?;
     println!(
-        "  8. offline line: {local} devices born with the station's delegated CA, production record synced: {synced} births, {} flagged",
+        "  8. offline line: {local} devices born with the station's delegated CA, {refused_offline} refused at its quota of 8; production record synced: {synced} births, {} flagged",
         flagged.len()
     );
-    Ok(Line {
-        online_born,
-        offline_born: synced,
-        refused: refused + out.iter().filter(|p| p.result == "refused").count(),
-    })
+    Ok(Line { online_born, offline_born: synced, refused_online: refused, refused_offline })
 }

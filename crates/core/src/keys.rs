@@ -41,6 +41,28 @@ impl KeyType {
         }
     }
 
+    /// RSA modulus sizes a label may allow for device keys (older stacks and
+    /// TPMs): `rsa-2048` and `rsa-3072`. Off unless a label's `allowed_keys`
+    /// names them; we never make or sign with RSA keys ourselves.
+    pub const DEVICE_RSA_BITS: [usize; 2] = [2048, 3072];
+
+    /// Parse a key type a label's `allowed_keys` may name: those of
+    /// [`KeyType::from_name`], and `rsa-2048` / `rsa-3072` for device keys.
+    pub fn from_policy_name(s: &str) -> Result<Self, Error> {
+        let l = s.to_ascii_lowercase();
+        if let Some(bits) = l.strip_prefix("rsa-").or_else(|| l.strip_prefix("rsa")) {
+            return match bits.parse::<usize>() {
+                Ok(b) if Self::DEVICE_RSA_BITS.contains(&b) => Ok(Self::Rsa(b)),
+                _ => Err(Error::UnsupportedAlgorithm(format!(
+                    "key type {s:?}: RSA device keys are rsa-2048 or rsa-3072"
+                ))),
+            };
+        }
+        Self::from_name(s).map_err(|_| {
+            Error::UnsupportedAlgorithm(format!("key type {s:?} (use p256, p384, ed25519, rsa-2048 or rsa-3072)"))
+        })
+    }
+
     /// The signature algorithm a key of this type signs certificates with.
     pub fn signature_algorithm(self) -> Result<AlgorithmIdentifierOwned, Error> {
         let oid = match self {
@@ -356,6 +378,14 @@ pub fn verify(
     signature: &[u8],
 ) -> Result<(), Error> {
     let kt = KeyType::of_spki(spki)?;
+    if let KeyType::Rsa(bits) = kt {
+        // Below 2048 bits is too weak; over 8192 is a cost an attacker chooses.
+        if !(2048..=8192).contains(&bits) {
+            return Err(Error::UnsupportedAlgorithm(format!(
+                "an RSA key of {bits} bits (RSA device keys are 2048 or 3072 bits, where a label allows them)"
+            )));
+        }
+    }
     let a = alg.oid;
     let algorithm: &dyn sig::VerificationAlgorithm = match kt {
         KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_256 => &sig::ECDSA_P256_SHA256_ASN1,

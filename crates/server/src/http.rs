@@ -554,6 +554,8 @@ where
 {
     let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let max_requests = limits.max_requests_per_connection.max(1);
+    // Header names in canonical case on the wire (crate::case), on both listeners.
+    let case = crate::case::extensions().await;
     let svc = app
         .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(PeerAddr(peer));
@@ -564,6 +566,7 @@ where
             if n >= max_requests {
                 r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
+            r.extensions_mut().extend(case.clone());
             r
         });
     let svc = hyper_util::service::TowerToHyperService::new(svc);
@@ -574,7 +577,9 @@ where
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_BUF)
-        .pipeline_flush(false);
+        .pipeline_flush(false)
+        .title_case_headers(true)
+        .preserve_header_case(true);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     let left = limits.connection_lifetime.saturating_sub(started.elapsed());
     match tokio::time::timeout(left, conn).await {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod case;
 mod gate;
 mod http;
 mod io;

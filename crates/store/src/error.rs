@@ -181,13 +181,35 @@ pub enum StoreError {
     Closed,
 }
 
+/// Unix seconds as RFC 3339 (UTC) for people; the number itself if out of range.
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
+
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TokenUnknown => f.write_str("unknown enrollment token"),
-            Self::TokenWrongSerial => f.write_str("enrollment token belongs to another device serial"),
-            Self::TokenUsed { used_at } => write!(f, "enrollment token already used (at {used_at})"),
-            Self::TokenExpired { expires_at } => write!(f, "enrollment token expired (at {expires_at})"),
+            Self::TokenUnknown => {
+                f.write_str("unknown enrollment token: check it was copied whole, or ask for a new one (iotpki token create)")
+            }
+            Self::TokenWrongSerial => f.write_str(
+                "enrollment token belongs to another device serial: enroll with the serial it was made for, or ask \
+                 for a token for this serial (iotpki token create --serial SERIAL)",
+            ),
+            Self::TokenUsed { used_at } => write!(
+                f,
+                "enrollment token already used at {}: a token enrolls once (the same key may fetch its certificate \
+                 again); ask for a new token (iotpki token create), or renew with the certificate",
+                rfc3339(*used_at)
+            ),
+            Self::TokenExpired { expires_at } => write!(
+                f,
+                "enrollment token expired at {}: ask for a new one (iotpki token create [--ttl DURATION])",
+                rfc3339(*expires_at)
+            ),
             Self::TokenExists => f.write_str("a token with this value exists already"),
             Self::CertUnknown { serial } => write!(f, "certificate {serial} is not in the store"),
             Self::CertRevoked { serial } => write!(f, "certificate {serial} is revoked"),
@@ -202,9 +224,19 @@ impl fmt::Display for StoreError {
             Self::BatchExists { batch } => write!(f, "batch {batch} exists already"),
             Self::BatchClosed { batch } => write!(f, "batch {batch} is closed"),
             Self::BatchOutsideWindow { batch, from, until } => {
-                write!(f, "batch {batch} issues only from {from} until {until} (Unix time)")
+                write!(
+                    f,
+                    "batch {batch} issues only from {} until {}: now is outside that window (check this machine's \
+                     clock, or make a batch for these dates)",
+                    rfc3339(*from),
+                    rfc3339(*until)
+                )
             }
-            Self::QuotaExhausted { batch, quota } => write!(f, "batch {batch} has used up its quota of {quota}"),
+            Self::QuotaExhausted { batch, quota } => write!(
+                f,
+                "batch {batch} has used up its quota of {quota}: more devices need a new batch from the \
+                 manufacturer (iotpki batch create)"
+            ),
             Self::SerialNotAllowed { batch, serial } => {
                 write!(f, "serial {serial} is not on the allowlist of batch {batch}")
             }
@@ -246,3 +278,28 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refusals name times in RFC 3339 and say what to do next.
+    #[test]
+    fn refusals_name_times_in_rfc3339_and_say_what_to_do() {
+        let used = StoreError::TokenUsed { used_at: 1_796_181_441 }.to_string();
+        assert!(used.starts_with("enrollment token already used at 2026-12-02T03:17:21Z: "), "{used}");
+        assert!(used.contains("iotpki token create"), "{used}");
+        let expired = StoreError::TokenExpired { expires_at: 1_796_181_441 }.to_string();
+        assert!(
+            expired.starts_with("enrollment token expired at 2026-12-02T03:17:21Z: ask for a new one"),
+            "{expired}"
+        );
+        let window = StoreError::BatchOutsideWindow { batch: "B-1".into(), from: 0, until: 1_796_181_441 }.to_string();
+        assert!(window.contains("from 1970-01-01T00:00:00Z until 2026-12-02T03:17:21Z"), "{window}");
+        assert!(!window.contains("Unix"), "{window}");
+        let quota = StoreError::QuotaExhausted { batch: "B-1".into(), quota: 16 }.to_string();
+        assert!(quota.contains("quota of 16: ") && quota.contains("iotpki batch create"), "{quota}");
+        // Out of range: the number, labelled.
+        assert_eq!(rfc3339(i64::MAX), format!("{} (Unix time)", i64::MAX));
+    }
+}

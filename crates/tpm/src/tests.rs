@@ -2,8 +2,8 @@ use der::Decode;
 use iotpki_core::keys::{verify, KeyType, Signer};
 use spki::SubjectPublicKeyInfoOwned;
 
-use super::swtpm::SwTpm;
 use super::*;
+use crate::swtpm::SwTpm;
 
 fn sim() -> (tempfile::TempDir, SwTpm, Arc<Tpm>) {
     let d = tempfile::tempdir().unwrap();

@@ -307,6 +307,9 @@ fn demo_runs_a_small_fleet() {
     assert!(out.contains("audit chain verified"), "{out}");
     assert!(out.contains("16 devices born online in batch DEMO-LINE, 4 refused at its quota of 16"), "{out}");
     assert!(out.contains("production record synced: 8 births, 0 flagged"), "{out}");
+    // The summary counts what the steps counted, and says which is which.
+    assert!(out.contains("8 devices born with the station's delegated CA, 2 refused at its quota of 8"), "{out}");
+    assert!(out.contains(" 6 (4 online in DEMO-LINE, step 7; 2 offline in DEMO-OFF, step 8)"), "{out}");
     let out = run_ok(Command::new(env!("CARGO_BIN_EXE_iotpki")).args([
         "audit",
         "verify",

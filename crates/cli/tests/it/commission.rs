@@ -176,7 +176,7 @@ async fn commissioning_requests_that_lie_are_refused() {
     };
     // Another device's serial (LI-2 is owned too), and the birth key itself.
     let fresh = SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
-    refused(client.simple_enroll_mtls(&csr_for("LI-2", &fresh)).await, 403, "serialNumber=LI-1");
+    refused(client.simple_enroll_mtls(&csr_for("LI-2", &fresh)).await, 403, "the birth certificate is for serial LI-1");
     refused(client.simple_enroll_mtls(&csr_for("LI-1", key.as_ref())).await, 403, "fresh key");
     assert_eq!(op.cert_count(), certs, "nothing issued");
     // The right request works.

@@ -217,5 +217,7 @@ async fn a_remembered_client_certificate_is_refused_once_expired_or_revoked() {
     // Expired: the remembered verdict ends with the certificate.
     ca.clock.advance(91 * 86_400);
     let e = ca.authority.authenticate(&a).unwrap_err().to_string();
-    assert!(e.contains("has expired"), "{e}");
+    // Said with an RFC 3339 time (not Unix seconds) and what to do.
+    let at = iotpki_core::time::rfc3339(iotpki_core::profile::cert_info(&a[0]).unwrap().not_after);
+    assert!(e.contains(&format!("client certificate expired at {at}: ")) && e.contains("get a new one"), "{e}");
 }

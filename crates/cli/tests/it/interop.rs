@@ -25,7 +25,7 @@ fn curl_openssl_session(
     let est = format!("{url}/.well-known/est");
     // cacerts: base64 PKCS#7 -> PEM certificates.
     curl(&["--cacert", s(&root), "-o", s(&d.join("cacerts.b64")), &format!("{est}/cacerts")]);
-    openssl(&["base64", "-d", "-in", s(&d.join("cacerts.b64")), "-out", s(&d.join("cacerts.p7"))]);
+    openssl(&["base64", "-d", "-A", "-in", s(&d.join("cacerts.b64")), "-out", s(&d.join("cacerts.p7"))]);
     let text = openssl(&["pkcs7", "-inform", "DER", "-in", s(&d.join("cacerts.p7")), "-print_certs"]);
     assert!(text.contains("Operational CA") && text.contains("Root CA"), "{text}");
 
@@ -59,7 +59,7 @@ fn curl_openssl_session(
         s(&d.join("cert.b64")),
         &format!("{est}/simpleenroll"),
     ]);
-    openssl(&["base64", "-d", "-in", s(&d.join("cert.b64")), "-out", s(&d.join("cert.p7"))]);
+    openssl(&["base64", "-d", "-A", "-in", s(&d.join("cert.b64")), "-out", s(&d.join("cert.p7"))]);
     openssl(&["pkcs7", "-inform", "DER", "-in", s(&d.join("cert.p7")), "-print_certs", "-out", s(&d.join("cert.pem"))]);
     let v = openssl(&[
         "verify",
@@ -113,7 +113,7 @@ fn curl_openssl_session(
         s(&d.join("cert2.b64")),
         &format!("{est}/simplereenroll"),
     ]);
-    openssl(&["base64", "-d", "-in", s(&d.join("cert2.b64")), "-out", s(&d.join("cert2.p7"))]);
+    openssl(&["base64", "-d", "-A", "-in", s(&d.join("cert2.b64")), "-out", s(&d.join("cert2.p7"))]);
     openssl(&[
         "pkcs7",
         "-inform",

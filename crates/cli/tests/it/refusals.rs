@@ -142,7 +142,7 @@ async fn bad_enrollments_are_refused_and_change_nothing() {
             body: b64(&device_csr("SN-9", &key)),
             auth: basic("SN-1", &token),
             status: 403,
-            reason: "serialNumber=SN-1",
+            reason: "names serialNumber=SN-9, but the token is for serial SN-1",
             audited: true,
         },
         Case {
@@ -312,7 +312,7 @@ async fn bad_reenrollments_are_refused_and_change_nothing() {
             body: b64(&device_csr("RE-2", &key)),
             auth: None,
             status: 403,
-            reason: "differs from the current certificate",
+            reason: "but the current certificate is for serial",
             audited: true,
         },
         Case {
