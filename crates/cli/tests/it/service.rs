@@ -21,6 +21,11 @@ struct Conn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 impl Conn {
     fn open(addr: &str, root_der: &[u8]) -> Conn {
+        Self::try_open(addr, root_der).unwrap()
+    }
+
+    /// A new connection, or why its TLS handshake failed.
+    fn try_open(addr: &str, root_der: &[u8]) -> Result<Conn, rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(rustls::pki_types::CertificateDer::from(root_der.to_vec())).unwrap();
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -34,9 +39,9 @@ impl Conn {
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
         while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock).unwrap();
+            s.conn.complete_io(&mut s.sock).map_err(|e| rustls::Error::General(e.to_string()))?;
         }
-        Conn(s)
+        Ok(Conn(s))
     }
 
     /// GET /.well-known/est/cacerts on this connection; the HTTP status.
@@ -279,6 +284,7 @@ fn serve_reloads_its_limits_on_sighup_on_both_listeners_keeps_open_connections_a
     assert_ne!(plain_get(&http_addr, "/nothing-here"), 429, "the plain-HTTP listener's own bucket");
     assert_eq!(plain_get(&http_addr, "/nothing-here"), 429, "the plain-HTTP listener has the new rate too");
 
+    let tight_toml = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
     // Broken configs: generous rates again, but with a value the loader refuses,
     // then TOML that does not parse. Nothing changes, and each is logged as an error.
     for (broken, why) in [(&[generous[0], generous[1], ("refusal_burst", "0")][..], "refusal_burst"), (&[][..], "TOML")]
@@ -295,4 +301,15 @@ fn serve_reloads_its_limits_on_sighup_on_both_listeners_keeps_open_connections_a
         assert_eq!(plain_get(&http_addr, "/nothing-here"), 429, "{why}: still the tight rate");
         assert_eq!(kept.cacerts(), 200, "{why}");
     }
+
+    // The connection cap is read at each accept: with one connection open
+    // (the kept one), a new one is closed before its handshake.
+    std::fs::write(dir.join("iotpki.toml"), tight_toml).unwrap();
+    set_limits(&dir, &[("max_connections", "1")]);
+    run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let v = wait_log(&lines, "limits reloaded");
+    assert_eq!(v["changed"], "limits.max_connections", "{v}");
+    assert!(Conn::try_open(&addr, &root_der).is_err(), "a connection past the new cap is closed");
+    assert_eq!(kept.cacerts(), 200, "the open connection still answers");
+    assert_eq!(plain_get(&http_addr, "/nothing-here"), 429, "the plain-HTTP listener counts its own connections");
 }
