@@ -30,7 +30,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 /// Limits on connections, requests and request rates.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// A TLS handshake must finish within this.
     pub handshake_timeout: Duration,
