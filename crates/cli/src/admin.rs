@@ -155,6 +155,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         };
         tracing::info!(%addr, "EST server listening (TLS 1.3)");
         println!("listening on https://{addr}");
+        // One set of limits for both listeners, replaced as a whole on SIGHUP.
+        let limits = iotpki_server::LimitsHandle::new(iotpki_server::Limits::from(&authority.config().limits));
         let http = match http_listener {
             Some(listener) => {
                 println!("CRL and OCSP on http://{}", listener.local_addr()?);
@@ -162,14 +164,14 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 let stopped = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                let limits = iotpki_server::Limits::from(&authority.config().limits);
-                Some(tokio::spawn(iotpki_server::serve_http(authority.clone(), listener, limits, stopped)))
+                Some(tokio::spawn(iotpki_server::serve_http_with(authority.clone(), listener, limits.clone(), stopped)))
             }
             None => None,
         };
-        let limits = iotpki_server::Limits::from(&authority.config().limits);
         let tls = iotpki_server::TlsConfigs::new(iotpki_server::server_config(&authority)?);
-        let reloader = tokio::spawn(reload_on_hangup(authority.clone(), tls.clone(), a.dir.clone(), a.pass.clone(), a.listen, a.http_listen));
+        let live = Live { tls: tls.clone(), limits: limits.clone() };
+        let reloader =
+            tokio::spawn(reload_on_hangup(authority.clone(), live, a.dir.clone(), a.pass.clone(), a.listen, a.http_listen));
         let r = iotpki_server::serve_with(authority, listener, limits, tls, shutdown).await;
         reloader.abort();
         let _ = stop_tx.send(true);
@@ -181,13 +183,29 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// What a reload replaces while serving.
+#[derive(Clone)]
+struct Live {
+    tls: iotpki_server::TlsConfigs,
+    limits: iotpki_server::LimitsHandle,
+}
+
 /// On each SIGHUP: read the config and the server's certificate and key
-/// again; new connections get the new certificate, open ones keep theirs.
-/// What needs a restart (listen addresses, the store, limits) is logged as such.
-/// A reload that fails leaves the running configuration as it was.
+/// again, check them all, then apply what can change live:
+/// - the server certificate and key: new connections get the new ones, open
+///   connections keep theirs;
+/// - `[limits]` (rates, bursts, timeouts, connection and request caps) on both
+///   listeners: new connections and new requests (on open connections too)
+///   get the new values; an open connection keeps the timeouts it began
+///   with; the rate limiter's buckets keep their tokens and refill at the new rates.
+///
+/// What needs a restart (listen addresses, the store, the CAs, labels and
+/// tokens, the refusal-audit window) is logged as such (WARN) and left as it runs.
+/// A reload that fails (bad TOML, a value the config loader refuses, an
+/// unreadable certificate or key) changes nothing and is logged at ERROR.
 async fn reload_on_hangup(
     authority: Arc<iotpki_authority::Authority>,
-    tls: iotpki_server::TlsConfigs,
+    live: Live,
     dir: DirArg,
     pass: PassArg,
     listen_arg: Option<SocketAddr>,
@@ -201,12 +219,15 @@ async fn reload_on_hangup(
             return;
         }
     };
+    // The limits in force, as configured (to say which ones a reload changes).
+    let mut applied = authority.config().limits.clone();
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config and the server certificate");
-        let (a, t, d, p) = (authority.clone(), tls.clone(), dir.clone(), pass.clone());
-        let r = tokio::task::spawn_blocking(move || reload(&a, &t, &d, &p, listen_arg, http_listen_arg)).await;
+        let (a, l, d, p, prev) = (authority.clone(), live.clone(), dir.clone(), pass.clone(), applied.clone());
+        let r = tokio::task::spawn_blocking(move || reload(&a, &l, &prev, &d, &p, listen_arg, http_listen_arg)).await;
         match r {
-            Ok(Ok(serial)) => {
+            Ok(Ok((serial, limits))) => {
+                applied = limits;
                 tracing::info!(server_cert = %serial, "reloaded: new connections use this server certificate")
             }
             Ok(Err(e)) => {
@@ -217,14 +238,17 @@ async fn reload_on_hangup(
     }
 }
 
+/// One reload: everything is read and checked before anything is replaced.
+/// Returns the new server certificate's serial and the limits now in force.
 fn reload(
     authority: &iotpki_authority::Authority,
-    tls: &iotpki_server::TlsConfigs,
+    live: &Live,
+    applied: &iotpki_authority::config::LimitsConfig,
     dir: &DirArg,
     pass: &PassArg,
     listen_arg: Option<SocketAddr>,
     http_listen_arg: Option<SocketAddr>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, iotpki_authority::config::LimitsConfig)> {
     let cfg = dir.config()?;
     let running = authority.config();
     let differs = |a: &dyn erased::Json, b: &dyn erased::Json| a.json() != b.json();
@@ -238,20 +262,34 @@ fn reload(
     if differs(&cfg.store, &running.store) {
         restart.push("store");
     }
-    if differs(&cfg.limits, &running.limits) {
-        restart.push("limits");
+    // The authority sums refusals up in windows set when it was opened.
+    if cfg.limits.refusal_audit_window_secs != running.limits.refusal_audit_window_secs
+        || cfg.limits.refusal_audit_individual != running.limits.refusal_audit_individual
+    {
+        restart.push("limits.refusal_audit_window_secs, limits.refusal_audit_individual");
     }
     if differs(&cfg.ca, &running.ca) || differs(&cfg.label, &running.label) || differs(&cfg.tokens, &running.tokens) {
         restart.push("ca, label or tokens");
     }
-    if !restart.is_empty() {
-        tracing::warn!(changed = %restart.join(", "), "changed in the config but not reloaded: restart iotpki serve to apply");
-    }
     let (chain, key) = iotpki_authority::servers::load_server_tls(authority.dir(), &cfg, &pass.passphrase()?)?;
     let serial =
         chain.first().and_then(|c| iotpki_core::profile::cert_info(c).ok()).map(|i| i.serial).unwrap_or_default();
-    tls.replace(iotpki_server::server_config_with(authority, chain, key).context("the server certificate and key")?);
-    Ok(serial)
+    let tls = iotpki_server::server_config_with(authority, chain, key).context("the server certificate and key")?;
+    // All read and checked: from here on nothing fails.
+    if !restart.is_empty() {
+        tracing::warn!(changed = %restart.join(", "), "changed in the config but not reloaded: restart iotpki serve to apply");
+    }
+    let mut changed = erased::changed_fields(applied, &cfg.limits);
+    changed.retain(|k| !k.starts_with("refusal_audit_"));
+    if !changed.is_empty() {
+        live.limits.replace(iotpki_server::Limits::from(&cfg.limits));
+        tracing::info!(
+            changed = %changed.iter().map(|k| format!("limits.{k}")).collect::<Vec<_>>().join(", "),
+            "limits reloaded: new connections and requests use them"
+        );
+    }
+    live.tls.replace(tls);
+    Ok((serial, cfg.limits))
 }
 
 /// Config sections compared by their serialized form (the config types have no `PartialEq`).
@@ -262,6 +300,21 @@ mod erased {
     impl<T: serde::Serialize> Json for T {
         fn json(&self) -> Option<serde_json::Value> {
             serde_json::to_value(self).ok()
+        }
+    }
+
+    /// The top-level fields whose values differ between `a` and `b`.
+    pub fn changed_fields(a: &dyn Json, b: &dyn Json) -> Vec<String> {
+        match (a.json(), b.json()) {
+            (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) => {
+                let mut keys: Vec<String> =
+                    a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+                keys.sort();
+                keys.dedup();
+                keys
+            }
+            (a, b) if a == b => Vec::new(),
+            _ => vec!["(all)".into()],
         }
     }
 }

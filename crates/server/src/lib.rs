@@ -25,6 +25,7 @@ mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use iotpki_authority::Authority;
 use tokio::net::TcpListener;
 
 pub use http::{public_router, router};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsHandle};
 pub use tls::{server_config, server_config_with};
 
 /// The TLS configuration that new connections get. A reload (`iotpki serve`
@@ -73,28 +74,37 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let tls = TlsConfigs::new(server_config(&authority).map_err(std::io::Error::other)?);
-    serve_with(authority, listener, limits, tls, shutdown).await
+    serve_with(authority, listener, LimitsHandle::new(limits), tls, shutdown).await
 }
 
 /// [`serve`], with the TLS configuration taken from `tls` for each new
-/// connection (so that it can be replaced while serving).
+/// connection and the limits from `limits` for each new connection and
+/// request (so that both can be replaced while serving).
 pub async fn serve_with(
     authority: Arc<Authority>,
     listener: TcpListener,
-    limits: Limits,
+    limits: LimitsHandle,
     tls: TlsConfigs,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
     let refresher = tokio::spawn(refresh_crls(authority.clone()));
-    let flusher = tokio::spawn(flush_refusals(authority.clone(), limits.refusal_flush));
+    // The window is the authority's (set when it was opened): not reloaded.
+    let flusher = tokio::spawn(flush_refusals(authority.clone(), limits.current().refusal_flush));
     let app = router(authority.clone()).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
     let _stop_refreshing = AbortOnDrop(refresher);
     let _stop_flushing = AbortOnDrop(flusher);
-    let r = accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
-        let (acceptor, app, limits) = (tokio_rustls::TlsAcceptor::from(tls.current()), app.clone(), limits.clone());
-        async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
-    })
+    let max = limits.clone();
+    let r = accept_loop(
+        listener,
+        move || max.current().max_connections,
+        shutdown,
+        move |tcp, peer| {
+            let (acceptor, app, limits) =
+                (tokio_rustls::TlsAcceptor::from(tls.current()), app.clone(), limits.current());
+            async move { http::serve_connection(acceptor, tcp, peer, app, &limits).await }
+        },
+    )
     .await;
     // Refusals summed up in the current window are written before the end.
     let _ = tokio::task::spawn_blocking(move || authority.flush_refusals()).await;
@@ -118,12 +128,29 @@ pub async fn serve_http(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_http_with(authority, listener, LimitsHandle::new(limits), shutdown).await
+}
+
+/// [`serve_http`], with the limits taken from `limits` for each new
+/// connection and request (so that they can be replaced while serving).
+pub async fn serve_http_with(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    limits: LimitsHandle,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
     let app = public_router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
-    accept_loop(listener, limits.max_connections, shutdown, move |tcp, peer| {
-        let (app, limits) = (app.clone(), limits.clone());
-        async move { http::serve_plain_connection(tcp, peer, app, &limits).await }
-    })
+    let max = limits.clone();
+    accept_loop(
+        listener,
+        move || max.current().max_connections,
+        shutdown,
+        move |tcp, peer| {
+            let (app, limits) = (app.clone(), limits.current());
+            async move { http::serve_plain_connection(tcp, peer, app, &limits).await }
+        },
+    )
     .await
 }
 
@@ -151,6 +178,22 @@ async fn refresh_crls(authority: Arc<Authority>) {
     }
 }
 
+/// One open connection, counted while it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -160,10 +203,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Accept connections until `shutdown`, each served by `conn` on its own
-/// task, at most `max` at once: one more is closed at once.
+/// task, at most `max()` at once (asked at each accept, so that a reload
+/// applies): one more is closed at once.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    max: usize,
+    max: impl Fn() -> usize,
     shutdown: impl Future<Output = ()>,
     conn: F,
 ) -> std::io::Result<()>
@@ -171,7 +215,7 @@ where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ConnResult> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -186,11 +230,14 @@ where
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let max = max().max(1);
+        // Only this loop adds to `open`, so the check and the add cannot race.
+        if open.load(Ordering::Acquire) >= max {
             tracing::warn!(%peer, max, "connection limit reached: closing a new connection");
             drop(tcp);
             continue;
-        };
+        }
+        let permit = Slot::take(&open);
         let _ = tcp.set_nodelay(true);
         let fut = conn(tcp, peer);
         tokio::spawn(async move {

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -92,6 +92,39 @@ impl From<&iotpki_authority::config::LimitsConfig> for Limits {
     }
 }
 
+/// The limits that new connections and new requests get. A reload
+/// (`iotpki serve` on SIGHUP) replaces them: a connection keeps the timeouts
+/// it began with, each request is judged by the limits current when it
+/// arrives, and the rate limiter keeps its buckets (their tokens) and refills
+/// them at the new rates.
+#[derive(Clone, Debug)]
+pub struct LimitsHandle(Arc<RwLock<Arc<Limits>>>);
+
+impl LimitsHandle {
+    /// Start with `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(limits))))
+    }
+
+    /// The limits in force now.
+    pub fn current(&self) -> Arc<Limits> {
+        // A poisoned lock still holds a whole Arc: the writer only assigns it.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// From now on, new connections and new requests get `limits`.
+    pub fn replace(&self, limits: Limits) {
+        let limits = Arc::new(limits);
+        match self.0.write() {
+            Ok(mut g) => *g = limits,
+            Err(p) => *p.into_inner() = limits,
+        }
+    }
+}
+
 /// The peer's address, put on every request by the connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeerAddr(pub SocketAddr);
@@ -108,20 +141,26 @@ const PRUNE_AT: usize = 8192;
 /// Token buckets per client key.
 pub(crate) struct RateLimiter {
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
-    limits: Limits,
+    limits: LimitsHandle,
 }
 
 impl RateLimiter {
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: LimitsHandle) -> Self {
         Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), limits }
+    }
+
+    /// The limits in force now.
+    fn limits(&self) -> Arc<Limits> {
+        self.limits.current()
     }
 
     /// Take one token for `key`; when none is left, how long until one is.
     pub(crate) fn take(&self, key: &str, station: bool) -> Result<(), Duration> {
+        let l = self.limits();
         let (rate, burst) = if station {
-            (self.limits.station_rate, f64::from(self.limits.station_burst))
+            (l.station_rate, f64::from(l.station_burst))
         } else {
-            (self.limits.client_rate, f64::from(self.limits.client_burst))
+            (l.client_rate, f64::from(l.client_burst))
         };
         self.bucket(&format!("{}{key}", if station { "station/" } else { "" }), rate, burst, 1.0)
     }
@@ -129,13 +168,15 @@ impl RateLimiter {
     /// Whether the address `ip` may still be refused (a token left in its
     /// refusal bucket); when not, how long until it may.
     pub(crate) fn refusals_left(&self, ip: &str) -> Result<(), Duration> {
-        let (rate, burst) = (self.limits.refusal_rate, f64::from(self.limits.refusal_burst));
+        let l = self.limits();
+        let (rate, burst) = (l.refusal_rate, f64::from(l.refusal_burst));
         self.bucket(&format!("refusals/{ip}"), rate, burst, 0.0)
     }
 
     /// Count a refusal against the address `ip`.
     pub(crate) fn refused(&self, ip: &str) {
-        let (rate, burst) = (self.limits.refusal_rate, f64::from(self.limits.refusal_burst));
+        let l = self.limits();
+        let (rate, burst) = (l.refusal_rate, f64::from(l.refusal_burst));
         let _ = self.bucket(&format!("refusals/{ip}"), rate, burst, 1.0);
     }
 
@@ -214,7 +255,8 @@ fn is_station(req: &Request) -> bool {
 }
 
 /// The middleware: rate limit, then answer within the request timeout.
-pub(crate) async fn guard(State(limiter): State<std::sync::Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+pub(crate) async fn guard(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+    let request_timeout = limiter.limits().request_timeout;
     let limited = !exempt(req.uri().path());
     let ip = ip_key(&req);
     if limited {
@@ -230,7 +272,7 @@ pub(crate) async fn guard(State(limiter): State<std::sync::Arc<RateLimiter>>, re
             return too_many(wait.as_secs().max(1), "requests from this client");
         }
     }
-    match tokio::time::timeout(limiter.limits.request_timeout, next.run(req)).await {
+    match tokio::time::timeout(request_timeout, next.run(req)).await {
         Ok(r) => {
             if limited && r.status().is_client_error() && r.status() != StatusCode::TOO_MANY_REQUESTS {
                 limiter.refused(&ip);
@@ -239,7 +281,7 @@ pub(crate) async fn guard(State(limiter): State<std::sync::Arc<RateLimiter>>, re
         }
         Err(_) => (
             StatusCode::REQUEST_TIMEOUT,
-            format!("the request was not complete within {} s\n", limiter.limits.request_timeout.as_secs()),
+            format!("the request was not complete within {} s\n", request_timeout.as_secs()),
         )
             .into_response(),
     }
@@ -252,7 +294,7 @@ mod tests {
     #[test]
     fn buckets_refill_at_their_rate_and_are_per_client() {
         let l = Limits { client_rate: 10.0, client_burst: 3, ..Limits::default() };
-        let r = RateLimiter::new(l);
+        let r = RateLimiter::new(LimitsHandle::new(l));
         for _ in 0..3 {
             r.take("a", false).unwrap();
         }
@@ -264,11 +306,29 @@ mod tests {
 
     #[test]
     fn idle_buckets_are_pruned() {
-        let r = RateLimiter::new(Limits { client_rate: 1e9, client_burst: 1, ..Limits::default() });
+        let r = RateLimiter::new(LimitsHandle::new(Limits { client_rate: 1e9, client_burst: 1, ..Limits::default() }));
         for i in 0..(PRUNE_AT * SHARDS * 2) {
             r.take(&format!("k{i}"), false).unwrap();
         }
         let total: usize = r.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= PRUNE_AT * SHARDS, "{total}");
+    }
+
+    #[test]
+    fn replaced_limits_apply_to_the_next_take_and_buckets_keep_their_tokens() {
+        let handle = LimitsHandle::new(Limits { client_rate: 1000.0, client_burst: 1000, ..Limits::default() });
+        let r = RateLimiter::new(handle.clone());
+        for _ in 0..5 {
+            r.take("a", false).unwrap();
+        }
+        // Tight now: "a" keeps its bucket (capped at the new burst) and refills at the new rate.
+        handle.replace(Limits { client_rate: 0.01, client_burst: 2, ..Limits::default() });
+        r.take("a", false).unwrap();
+        r.take("a", false).unwrap();
+        let wait = r.take("a", false).unwrap_err();
+        assert!(wait > Duration::from_secs(50), "refilled at the new rate: {wait:?}");
+        // Generous again: the same bucket, refilled at the new rate at once.
+        handle.replace(Limits { client_rate: 1e9, client_burst: 3, ..Limits::default() });
+        r.take("a", false).expect("the new rate applies to the bucket");
     }
 }

@@ -21,6 +21,11 @@ struct Conn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
 
 impl Conn {
     fn open(addr: &str, root_der: &[u8]) -> Conn {
+        Self::try_open(addr, root_der).unwrap()
+    }
+
+    /// A new connection, or why its TLS handshake failed.
+    fn try_open(addr: &str, root_der: &[u8]) -> Result<Conn, rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(rustls::pki_types::CertificateDer::from(root_der.to_vec())).unwrap();
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -34,28 +39,19 @@ impl Conn {
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
         while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock).unwrap();
+            s.conn.complete_io(&mut s.sock).map_err(|e| rustls::Error::General(e.to_string()))?;
         }
-        Conn(s)
+        Ok(Conn(s))
     }
 
     /// GET /.well-known/est/cacerts on this connection; the HTTP status.
     fn cacerts(&mut self) -> u16 {
-        self.0.write_all(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            self.0.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-            .expect("content-length");
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).unwrap();
-        head[9..12].parse().unwrap()
+        self.get("/.well-known/est/cacerts")
+    }
+
+    /// GET `path` on this connection, kept alive; the HTTP status.
+    fn get(&mut self, path: &str) -> u16 {
+        http_get(&mut self.0, path)
     }
 
     /// The serial of the certificate the server presented on this connection.
@@ -64,6 +60,28 @@ impl Conn {
         iotpki_core::profile::cert_info(&certs[0]).unwrap().serial
     }
 }
+
+/// GET `path` on `s` (the connection kept alive), the body read; the HTTP status.
+fn http_get(s: &mut impl ReadWrite, path: &str) -> u16 {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn serial_of_pem(path: &Path) -> String {
     let der = pem::decode_all("CERTIFICATE", &std::fs::read_to_string(path).unwrap()).unwrap().remove(0);
@@ -154,15 +172,16 @@ fn serve_reloads_its_certificate_on_sighup_and_keeps_open_connections_and_logs_j
     // Before the signal, new connections still get the old certificate.
     assert_eq!(Conn::open(&addr, &root_der).server_serial(), old_serial);
 
-    // A limit changed too: not applied by a reload, and the log says so.
-    let toml = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
-    assert!(toml.contains("max_connections = 4096\n"));
-    std::fs::write(dir.join("iotpki.toml"), toml.replace("max_connections = 4096\n", "max_connections = 100\n"))
-        .unwrap();
+    // A setting that needs a restart changed too: not applied by a reload, and the log says so.
+    set_limits(&dir, &[("refusal_audit_window_secs", "30")]);
 
     run_ok(Command::new("kill").args(["-HUP", &pid]));
     let v = wait_log(&lines, "restart iotpki serve to apply");
-    assert_eq!((v["level"].as_str(), v["changed"].as_str()), (Some("WARN"), Some("limits")), "{v}");
+    assert_eq!(
+        (v["level"].as_str(), v["changed"].as_str()),
+        (Some("WARN"), Some("limits.refusal_audit_window_secs, limits.refusal_audit_individual")),
+        "{v}"
+    );
     let v = wait_log(&lines, "reloaded");
     assert_eq!(v["server_cert"], new_serial.as_str(), "{v}");
     let mut fresh = Conn::open(&addr, &root_der);
@@ -179,4 +198,118 @@ fn serve_reloads_its_certificate_on_sighup_and_keeps_open_connections_and_logs_j
     assert_eq!(v["level"], "ERROR", "{v}");
     assert_eq!(Conn::open(&addr, &root_der).server_serial(), new_serial);
     assert_eq!(kept.cacerts(), 200);
+}
+
+/// Set `[limits]` values in the CA directory's config, as an operator would edit it.
+fn set_limits(dir: &Path, values: &[(&str, &str)]) {
+    let path = dir.join("iotpki.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    for (key, value) in values {
+        let start = toml.find(&format!("\n{key} = ")).unwrap_or_else(|| panic!("{key} in the config")) + 1;
+        let end = start + toml[start..].find('\n').unwrap();
+        toml.replace_range(start..end, &format!("{key} = {value}"));
+    }
+    std::fs::write(path, toml).unwrap();
+}
+
+/// A request on a new plain-HTTP connection; the HTTP status.
+fn plain_get(addr: &str, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    http_get(&mut s, path)
+}
+
+#[test]
+fn serve_reloads_its_limits_on_sighup_on_both_listeners_keeps_open_connections_and_ignores_a_broken_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    let pass_file = tmp.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf, "--server-name", "127.0.0.1"]));
+    let root_der =
+        pem::decode_all("CERTIFICATE", &std::fs::read_to_string(dir.join("ca/root.crt")).unwrap()).unwrap().remove(0);
+    let generous = [("client_rate_per_s", "1000.0"), ("client_burst", "1000")];
+    set_limits(&dir, &generous);
+
+    let mut child = bin()
+        .args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--passphrase-file", pf, "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let pid = child.id().to_string();
+    let _server = Server(child);
+    let (mut line, mut http_line) = (String::new(), String::new());
+    out.read_line(&mut line).unwrap();
+    out.read_line(&mut http_line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = line.trim().trim_start_matches("listening on https://").to_string();
+    let http_addr = http_line.trim().trim_start_matches("CRL and OCSP on http://").to_string();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    wait_log(&lines, "EST server listening");
+
+    // A rate-limited request (an enrollment without credentials: refused, but
+    // not for its rate) and one on the plain-HTTP listener (no such page).
+    const LIMITED: &str = "/.well-known/est/simpleenroll";
+    let mut kept = Conn::open(&addr, &root_der);
+    for _ in 0..4 {
+        assert_ne!(Conn::open(&addr, &root_der).get(LIMITED), 429, "the generous rate");
+        assert_ne!(kept.get(LIMITED), 429, "the generous rate");
+        assert_ne!(plain_get(&http_addr, "/nothing-here"), 429, "the generous rate");
+    }
+
+    // Tight now: one request, then none for 50 s.
+    let tight = [("client_rate_per_s", "0.02"), ("client_burst", "1")];
+    set_limits(&dir, &tight);
+    run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let v = wait_log(&lines, "limits reloaded");
+    assert_eq!(v["changed"], "limits.client_burst, limits.client_rate_per_s", "{v}");
+    wait_log(&lines, "reloaded: new connections");
+    assert_ne!(Conn::open(&addr, &root_der).get(LIMITED), 429, "the one request of the new burst");
+    assert_eq!(Conn::open(&addr, &root_der).get(LIMITED), 429, "a new connection is held to the new rate");
+    assert_eq!(kept.get(LIMITED), 429, "a new request on an open connection too");
+    assert_eq!(kept.cacerts(), 200, "the open connection was not dropped and still answers");
+    assert_ne!(plain_get(&http_addr, "/nothing-here"), 429, "the plain-HTTP listener's own bucket");
+    assert_eq!(plain_get(&http_addr, "/nothing-here"), 429, "the plain-HTTP listener has the new rate too");
+
+    let tight_toml = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
+    // Broken configs: generous rates again, but with a value the loader refuses,
+    // then TOML that does not parse. Nothing changes, and each is logged as an error.
+    for (broken, why) in [(&[generous[0], generous[1], ("refusal_burst", "0")][..], "refusal_burst"), (&[][..], "TOML")]
+    {
+        set_limits(&dir, broken);
+        if broken.is_empty() {
+            std::fs::write(dir.join("iotpki.toml"), "[limits\nclient_rate_per_s = 1000.0\n").unwrap();
+        }
+        run_ok(Command::new("kill").args(["-HUP", &pid]));
+        let v = wait_log(&lines, "reload failed");
+        assert_eq!(v["level"], "ERROR", "{why}: {v}");
+        assert_eq!(Conn::open(&addr, &root_der).get(LIMITED), 429, "{why}: still the tight rate");
+        assert_eq!(kept.get(LIMITED), 429, "{why}: still the tight rate");
+        assert_eq!(plain_get(&http_addr, "/nothing-here"), 429, "{why}: still the tight rate");
+        assert_eq!(kept.cacerts(), 200, "{why}");
+    }
+
+    // The connection cap is read at each accept: with one connection open
+    // (the kept one), a new one is closed before its handshake.
+    std::fs::write(dir.join("iotpki.toml"), tight_toml).unwrap();
+    set_limits(&dir, &[("max_connections", "1")]);
+    run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let v = wait_log(&lines, "limits reloaded");
+    assert_eq!(v["changed"], "limits.max_connections", "{v}");
+    assert!(Conn::try_open(&addr, &root_der).is_err(), "a connection past the new cap is closed");
+    assert_eq!(kept.cacerts(), 200, "the open connection still answers");
+    assert_eq!(plain_get(&http_addr, "/nothing-here"), 429, "the plain-HTTP listener counts its own connections");
 }
