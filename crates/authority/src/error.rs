@@ -126,7 +126,8 @@ impl From<StoreError> for AuthorityError {
             | StoreError::SerialNotAllowed { .. }
             | StoreError::AlreadyBorn { .. }
             | StoreError::NotOwned { .. }
-            | StoreError::DeviceReleased { .. } => Self::Forbidden(e.to_string()),
+            | StoreError::DeviceReleased { .. }
+            | StoreError::VoucherChanged { .. } => Self::Forbidden(e.to_string()),
             StoreError::BatchUnknown { .. } => Self::NotFound(e.to_string()),
             StoreError::BatchExists { .. }
             | StoreError::StationExists { .. }
