@@ -288,7 +288,14 @@ impl Authority {
             body: bytes.to_vec(),
             published_at: now,
         };
-        self.store.own_by_voucher(serial.as_str(), &format!("voucher:{hash}"), art, held, audit)?;
+        match self.store.own_by_voucher(serial.as_str(), &format!("voucher:{hash}"), art, held, audit) {
+            Ok(()) => {}
+            // This voucher or a longer one is held already: the caller's to fix.
+            Err(e @ iotpki_store::StoreError::NotNewer { .. }) => {
+                return Err(AuthorityError::Forbidden(format!("voucher refused: {e}")))
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(serial)
     }
 

@@ -283,8 +283,8 @@ impl fmt::Display for StoreError {
                 let name = |h: &Option<String>| h.as_deref().map_or("none".to_string(), |h| format!("sha256 {h}"));
                 write!(
                     f,
-                    "the held voucher for device {device} changed while this one was checked (checked against {}, \
-                     held now {}): fetch the current voucher and extend it",
+                    "device {device}: the held voucher changed while this one was checked: fetch the current voucher \
+                     and extend it (checked against {}, held now {})",
                     name(expected),
                     name(held)
                 )
