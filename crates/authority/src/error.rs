@@ -126,7 +126,8 @@ impl From<StoreError> for AuthorityError {
             | StoreError::SerialNotAllowed { .. }
             | StoreError::AlreadyBorn { .. }
             | StoreError::NotOwned { .. }
-            | StoreError::DeviceReleased { .. } => Self::Forbidden(e.to_string()),
+            | StoreError::DeviceReleased { .. }
+            | StoreError::VoucherChanged { .. } => Self::Forbidden(e.to_string()),
             StoreError::BatchUnknown { .. } => Self::NotFound(e.to_string()),
             StoreError::BatchExists { .. }
             | StoreError::StationExists { .. }
@@ -159,5 +160,25 @@ impl From<iotpki_core::Error> for AuthorityError {
             | E::BadName(_) => Self::BadRequest(e.to_string()),
             other => Self::Core(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A voucher claim refused because the held voucher changed under it is a
+    /// 403 that says what to do, not an internal error.
+    #[test]
+    fn a_changed_held_voucher_is_a_403_that_says_to_fetch_and_extend_it() {
+        let e = AuthorityError::from(StoreError::VoucherChanged {
+            device: "VR-1".into(),
+            expected: None,
+            held: Some("ab".repeat(32)),
+        });
+        assert_eq!(e.http_status(), 403);
+        let m = e.public_message();
+        assert!(m.contains("device VR-1") && m.contains(&"ab".repeat(32)), "{m}");
+        assert!(m.contains("changed while this one was checked: fetch the current voucher and extend it"), "{m}");
     }
 }

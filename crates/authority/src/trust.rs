@@ -13,7 +13,7 @@ use iotpki_core::bundle::{self, Bundle};
 use iotpki_core::keys::{self, Signer};
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::voucher::{self, Voucher};
-use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, OwnershipStatus, Store};
+use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, OwnershipStatus, Precondition, Store};
 use spki::der::{Decode, Encode};
 
 use crate::clock::Clock;
@@ -261,11 +261,19 @@ impl Authority {
         // Ownership only moves forward: a voucher for a device this authority
         // has a voucher of must extend that one (else a past owner's fork from
         // an older copy would be recorded); nothing is stored on refusal.
-        if let Some(held) = self.store.artifact(&voucher_kind(serial.as_str()))? {
+        // The store records it only if the held voucher is still the one
+        // checked here (`VoucherHeld`, in the writing transaction): of two
+        // claims racing against one held voucher, one is stored, not a fork.
+        let held = self.store.artifact(&voucher_kind(serial.as_str()))?;
+        if let Some(held) = &held {
             // (The same voucher again is left to the store, which refuses it as not newer.)
             voucher::check_extends(&held.body, bytes, now)
                 .map_err(|e| AuthorityError::Forbidden(format!("voucher refused: {e}")))?;
         }
+        let held = Precondition::VoucherHeld {
+            device_serial: serial.to_string(),
+            sha256: held.map(|h| keys::sha256_hex(&h.body)),
+        };
         let hash = keys::sha256_hex(bytes);
         let audit = AuditEvent {
             at: now,
@@ -280,7 +288,14 @@ impl Authority {
             body: bytes.to_vec(),
             published_at: now,
         };
-        self.store.own_by_voucher(serial.as_str(), &format!("voucher:{hash}"), art, audit)?;
+        match self.store.own_by_voucher(serial.as_str(), &format!("voucher:{hash}"), art, held, audit) {
+            Ok(()) => {}
+            // This voucher or a longer one is held already: the caller's to fix.
+            Err(e @ iotpki_store::StoreError::NotNewer { .. }) => {
+                return Err(AuthorityError::Forbidden(format!("voucher refused: {e}")))
+            }
+            Err(e) => return Err(e.into()),
+        }
         Ok(serial)
     }
 

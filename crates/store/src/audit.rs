@@ -63,6 +63,21 @@ pub fn audit_hash(prev_hash: &str, seq: u64, event: &AuditEvent) -> String {
     hex::encode(h.finalize())
 }
 
+/// Lowercase hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// [`crate::Precondition::VoucherHeld`], once for both backends: `body` is the
+/// latest voucher held for `device`, if any.
+pub(crate) fn voucher_held(device: &str, expected: Option<&str>, body: Option<&[u8]>) -> Result<(), crate::StoreError> {
+    let held = body.map(sha256_hex);
+    if held.as_deref() == expected {
+        return Ok(());
+    }
+    Err(crate::StoreError::VoucherChanged { device: device.into(), expected: expected.map(Into::into), held })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

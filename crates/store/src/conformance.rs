@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::audit::sha256_hex;
+
 use crate::{
     Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation,
     Issuance, ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store,
@@ -83,6 +85,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     revocation(store);
     ownership(store);
     artifacts(store);
+    voucher_claims_racing_against_one_held_voucher_store_one_and_no_fork(store);
     renewal_supersedes_once(store);
     concurrent_renewals_of_one_certificate(store);
     revoke_device_in_one_transaction(store);
@@ -666,24 +669,92 @@ pub fn artifacts(store: &dyn Store) {
     let dev = unique("VO-");
     let voucher =
         |v: u64| Artifact { kind: format!("voucher/{dev}"), version: v, body: vec![1, 2, 3], published_at: 7_000 };
-    store.own_by_voucher(&dev, "voucher:ab", voucher(1), event("claim", &dev)).expect("own by voucher");
+    let held = |h: Option<&[u8]>| Precondition::VoucherHeld { device_serial: dev.clone(), sha256: h.map(sha256_hex) };
+    store.own_by_voucher(&dev, "voucher:ab", voucher(1), held(None), event("claim", &dev)).expect("own by voucher");
     let o = store.ownership(&dev).expect("read").expect("row");
     assert_eq!((o.status, o.via.as_str()), (OwnershipStatus::Owned, "voucher:ab"));
     store.release_device(&dev, OwnershipStatus::Transferred, 8_000, event("voucher.issue", &dev)).expect("transfer");
-    store.own_by_voucher(&dev, "voucher:cd", voucher(3), event("claim", &dev)).expect("back again by a longer voucher");
+    store
+        .own_by_voucher(&dev, "voucher:cd", voucher(3), held(Some(&[1, 2, 3])), event("claim", &dev))
+        .expect("back again by a longer voucher");
     assert_eq!(store.ownership(&dev).expect("read").expect("row").status, OwnershipStatus::Owned);
+    // The held voucher unchanged does not lift the version rule.
     assert!(matches!(
-        store.own_by_voucher(&dev, "voucher:ef", voucher(2), event("claim", &dev)),
+        store.own_by_voucher(&dev, "voucher:ef", voucher(2), held(Some(&[1, 2, 3])), event("claim", &dev)),
         Err(StoreError::NotNewer { .. })
+    ));
+    // A precondition for another device is a caller's bug, refused.
+    let other = Precondition::VoucherHeld { device_serial: unique("VO-"), sha256: None };
+    assert!(matches!(
+        store.own_by_voucher(&dev, "voucher:ef", voucher(9), other, event("claim", &dev)),
+        Err(StoreError::Database(_))
     ));
     store.release_device(&dev, OwnershipStatus::Revoked, 9_000, event("device.revoke", &dev)).expect("revoke");
     let before = audit_len(store);
     assert!(matches!(
-        store.own_by_voucher(&dev, "voucher:gh", voucher(4), event("claim", &dev)),
+        store.own_by_voucher(&dev, "voucher:gh", voucher(4), held(Some(&[1, 2, 3])), event("claim", &dev)),
         Err(StoreError::DeviceReleased { status: "revoked", .. })
     ));
     assert_eq!(store.artifact(&format!("voucher/{dev}")).expect("read").expect("row").version, 3, "nothing published");
     assert_eq!(audit_len(store), before);
+}
+
+/// Voucher claims from 8 threads, each checked against the same held voucher
+/// and each extending it differently (other octets, other lengths), race to
+/// be stored: exactly one is, the others are refused as `VoucherChanged` (not
+/// merely as not newer: the longest would pass the version rule) and write
+/// nothing; the audit has one claim. Then the same from no voucher held.
+pub fn voucher_claims_racing_against_one_held_voucher_store_one_and_no_fork(store: &(dyn Store + 'static)) {
+    let dev = unique("VR-");
+    let kind = format!("voucher/{dev}");
+    let body = |i: u64| format!("voucher {dev} fork {i}").into_bytes();
+    let held = |h: Option<&[u8]>| Precondition::VoucherHeld { device_serial: dev.clone(), sha256: h.map(sha256_hex) };
+    let race = |base: u64, pre: Precondition| -> Vec<(u64, Result<(), StoreError>)> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (1..=8u64)
+                .map(|i| {
+                    let (dev, kind, pre) = (dev.clone(), kind.clone(), pre.clone());
+                    let art = Artifact { kind, version: base + i, body: body(base + i), published_at: 7_000 };
+                    s.spawn(move || {
+                        let via = format!("voucher:{}", sha256_hex(&art.body));
+                        (base + i, store.own_by_voucher(&dev, &via, art, pre, event("device.claim", &dev)))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|j| j.join().expect("thread")).collect()
+        })
+    };
+    let mut held_body: Option<Vec<u8>> = None;
+    for base in [0, 10] {
+        let before = audit_len(store);
+        let results = race(base, held(held_body.as_deref()));
+        let won: Vec<u64> = results.iter().filter(|(_, r)| r.is_ok()).map(|(v, _)| *v).collect();
+        assert_eq!(won.len(), 1, "exactly one claim stored: {results:?}");
+        assert!(
+            results.iter().all(|(_, r)| matches!(r, Ok(()) | Err(StoreError::VoucherChanged { .. }))),
+            "the others are refused as the held voucher changed: {results:?}"
+        );
+        let stored = store.artifact(&kind).expect("read").expect("a voucher is held");
+        assert_eq!((stored.version, &stored.body), (won[0], &body(won[0])), "the winner is what is held");
+        assert_eq!(audit_len(store), before + 1, "one audit entry: the winner's");
+        let last = store.audit_entries(before + 1, 10).expect("entries");
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].event.action, "device.claim");
+        let o = store.ownership(&dev).expect("read").expect("row");
+        assert_eq!((o.status, o.via), (OwnershipStatus::Owned, format!("voucher:{}", sha256_hex(&body(won[0])))));
+        held_body = Some(stored.body);
+    }
+    // A claim checked against a voucher held before: refused, naming both.
+    let before = audit_len(store);
+    let late = Artifact { kind: kind.clone(), version: 99, body: body(99), published_at: 7_000 };
+    match store.own_by_voucher(&dev, "voucher:late", late, held(None), event("device.claim", &dev)) {
+        Err(StoreError::VoucherChanged { expected: None, held: Some(h), .. }) => {
+            assert_eq!(Some(h), held_body.as_deref().map(sha256_hex));
+        }
+        other => panic!("a stale claim must be refused as VoucherChanged: {other:?}"),
+    }
+    assert_eq!(store.artifact(&kind).expect("read").map(|a| a.body), held_body, "nothing published");
+    assert_eq!(audit_len(store), before, "nothing audited");
 }
 
 fn renewal(old: &str, device: &str, now: i64) -> (CertRecord, Issuance) {

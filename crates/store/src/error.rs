@@ -165,6 +165,16 @@ pub enum StoreError {
         /// The version offered.
         offered: u64,
     },
+    /// The voucher held for a device is no longer the one a claim was checked
+    /// against ([`crate::Precondition::VoucherHeld`]).
+    VoucherChanged {
+        /// The device serial.
+        device: String,
+        /// SHA-256 of the voucher the claim was checked against (`None`: none).
+        expected: Option<String>,
+        /// SHA-256 of the voucher held now (`None`: none).
+        held: Option<String>,
+    },
     /// The audit chain does not verify at `seq`.
     AuditBroken {
         /// First entry that does not verify.
@@ -268,6 +278,16 @@ impl fmt::Display for StoreError {
             Self::ManufacturerExists { name } => write!(f, "manufacturer {name} is trusted already"),
             Self::NotNewer { kind, latest, offered } => {
                 write!(f, "{kind} version {offered} is not newer than the published version {latest}")
+            }
+            Self::VoucherChanged { device, expected, held } => {
+                let name = |h: &Option<String>| h.as_deref().map_or("none".to_string(), |h| format!("sha256 {h}"));
+                write!(
+                    f,
+                    "device {device}: the held voucher changed while this one was checked: fetch the current voucher \
+                     and extend it (checked against {}, held now {})",
+                    name(expected),
+                    name(held)
+                )
             }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),
             Self::Unavailable(e) => write!(f, "the store cannot write now ({e})"),

@@ -160,6 +160,18 @@ pub enum Precondition {
         /// The device serial.
         device_serial: String,
     },
+    /// A voucher claim: the voucher this authority holds for the device (the
+    /// latest artifact `voucher/SERIAL`) is still the one the offered voucher
+    /// was checked to extend, so two claims checked against one held voucher
+    /// cannot both be stored (a fork). Refused with
+    /// [`StoreError::VoucherChanged`].
+    VoucherHeld {
+        /// The device serial.
+        device_serial: String,
+        /// Lowercase hex SHA-256 of the held voucher's octets; `None` when
+        /// none was held.
+        sha256: Option<String>,
+    },
 }
 
 /// A signed thing the authority publishes: a trust bundle (kind `bundle`) or
@@ -590,12 +602,14 @@ pub trait Store: Send + Sync {
 
     /// Own a device by an ownership voucher, atomically: the ownership (new,
     /// or back from handed on; never a revoked device) and the voucher published
-    /// as artifact `voucher/SERIAL`.
+    /// as artifact `voucher/SERIAL`, once `held` holds in the same transaction
+    /// (its serial must be `device_serial`).
     fn own_by_voucher(
         &self,
         device_serial: &str,
         via: &str,
         voucher: Artifact,
+        held: Precondition,
         audit: AuditEvent,
     ) -> Result<(), StoreError>;
 

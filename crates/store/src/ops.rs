@@ -4,7 +4,7 @@ use std::sync::mpsc::SyncSender;
 
 use crate::{
     Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, ManufacturerRecord,
-    OwnershipStatus, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the writer.
@@ -26,7 +26,7 @@ pub(crate) enum Op {
     Claim(Vec<crate::Claim>, String, i64, AuditEvent),
     Release(String, OwnershipStatus, i64, AuditEvent),
     Publish(Box<Artifact>, AuditEvent),
-    OwnByVoucher(String, String, Box<Artifact>, AuditEvent),
+    OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
 }
 
 /// What a committed operation hands back to its caller.

@@ -549,8 +549,10 @@ fn run_one(tx: &mut Tx<'_, '_>, op: &Op, head: &mut Head) -> Result<Result<Done,
             unit(release(tx, serial, *status, *at).and_then(|()| append(tx, a, head)))
         }
         Op::Publish(art, a) => unit(publish(tx, art).and_then(|()| append(tx, a, head))),
-        Op::OwnByVoucher(serial, via, art, a) => unit(
-            own_by_voucher(tx, serial, via, art).and_then(|()| publish(tx, art)).and_then(|()| append(tx, a, head)),
+        Op::OwnByVoucher(serial, via, art, held, a) => unit(
+            own_by_voucher(tx, serial, via, art, held)
+                .and_then(|()| publish(tx, art))
+                .and_then(|()| append(tx, a, head)),
         ),
     };
     if r.is_err() {
@@ -594,6 +596,14 @@ fn check(tx: &mut Tx<'_, '_>, p: &Precondition, cert_serial: &str) -> Result<(),
             birth(tx, batch, station, device_serial, *now, cert_serial)
         }
         Precondition::Owned { device_serial } => owned(tx, device_serial),
+        Precondition::VoucherHeld { device_serial, sha256 } => {
+            let kind = format!("voucher/{device_serial}");
+            let row = tx
+                .opt("SELECT body FROM artifacts WHERE kind = $1 ORDER BY version DESC LIMIT 1", &[&kind])
+                .map_err(db)?;
+            let body: Option<Vec<u8>> = row.as_ref().map(|r| col(r, 0)).transpose()?;
+            crate::audit::voucher_held(device_serial, sha256.as_deref(), body.as_deref())
+        }
         Precondition::Supersede { serial, now } => {
             let row = tx
                 .opt("SELECT status, replaced_by FROM certificates WHERE serial = $1 FOR UPDATE", &[serial])
@@ -1033,7 +1043,17 @@ fn publish(tx: &mut Tx<'_, '_>, a: &Artifact) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn own_by_voucher(tx: &mut Tx<'_, '_>, serial: &str, via: &str, a: &Artifact) -> Result<(), StoreError> {
+fn own_by_voucher(
+    tx: &mut Tx<'_, '_>,
+    serial: &str,
+    via: &str,
+    a: &Artifact,
+    held: &Precondition,
+) -> Result<(), StoreError> {
+    match held {
+        Precondition::VoucherHeld { device_serial, .. } if device_serial == serial => check(tx, held, "")?,
+        _ => return Err(StoreError::Database(format!("own_by_voucher needs VoucherHeld for {serial}, not {held:?}"))),
+    }
     if let Some(o) = ownership_of(tx, serial)? {
         if o.status == OwnershipStatus::Revoked {
             return Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() });
@@ -1551,9 +1571,10 @@ impl Store for PgStore {
         device_serial: &str,
         via: &str,
         voucher: Artifact,
+        held: Precondition,
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
-        self.submit_unit(Op::OwnByVoucher(device_serial.into(), via.into(), Box::new(voucher), audit))
+        self.submit_unit(Op::OwnByVoucher(device_serial.into(), via.into(), Box::new(voucher), Box::new(held), audit))
     }
 
     fn next_crl_number(&self, ca: &str, audit: AuditEvent) -> Result<u64, StoreError> {
@@ -1760,6 +1781,7 @@ mod tests {
         revocation,
         ownership,
         artifacts,
+        voucher_claims_racing_against_one_held_voucher_store_one_and_no_fork,
         renewal_supersedes_once,
         concurrent_renewals_of_one_certificate,
         revoke_device_in_one_transaction,

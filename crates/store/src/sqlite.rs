@@ -323,8 +323,10 @@ fn run_one(tx: &Transaction<'_>, op: &Op, head: &mut Head) -> Result<Result<Done
             unit(release(tx, serial, *status, *at).and_then(|()| append(tx, a, head)))
         }
         Op::Publish(art, a) => unit(publish(tx, art).and_then(|()| append(tx, a, head))),
-        Op::OwnByVoucher(serial, via, art, a) => unit(
-            own_by_voucher(tx, serial, via, art).and_then(|()| publish(tx, art)).and_then(|()| append(tx, a, head)),
+        Op::OwnByVoucher(serial, via, art, held, a) => unit(
+            own_by_voucher(tx, serial, via, art, held)
+                .and_then(|()| publish(tx, art))
+                .and_then(|()| append(tx, a, head)),
         ),
         Op::Sync(sync) => apply_sync(tx, sync).and_then(|o| append(tx, &sync.audit, head).map(|()| Done::Synced(o))),
     };
@@ -368,6 +370,12 @@ fn check(tx: &Transaction<'_>, p: &Precondition, cert_serial: &str) -> Result<()
             birth(tx, batch, station, device_serial, *now, cert_serial)
         }
         Precondition::Owned { device_serial } => owned(tx, device_serial),
+        Precondition::VoucherHeld { device_serial, sha256 } => {
+            let body: Option<Vec<u8>> = opt(tx
+                .prepare_cached("SELECT body FROM artifacts WHERE kind = ?1 ORDER BY version DESC LIMIT 1")
+                .and_then(|mut q| q.query_row([format!("voucher/{device_serial}")], |r| r.get(0))))?;
+            crate::audit::voucher_held(device_serial, sha256.as_deref(), body.as_deref())
+        }
         Precondition::Supersede { serial, now } => {
             let row: Option<(String, Option<String>)> = tx
                 .prepare_cached("SELECT status, replaced_by FROM certificates WHERE serial = ?1")
@@ -826,7 +834,17 @@ fn publish(tx: &Transaction<'_>, a: &Artifact) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn own_by_voucher(tx: &Transaction<'_>, serial: &str, via: &str, a: &Artifact) -> Result<(), StoreError> {
+fn own_by_voucher(
+    tx: &Transaction<'_>,
+    serial: &str,
+    via: &str,
+    a: &Artifact,
+    held: &Precondition,
+) -> Result<(), StoreError> {
+    match held {
+        Precondition::VoucherHeld { device_serial, .. } if device_serial == serial => check(tx, held, "")?,
+        _ => return Err(StoreError::Database(format!("own_by_voucher needs VoucherHeld for {serial}, not {held:?}"))),
+    }
     if let Some(o) = ownership_query(tx, serial)? {
         if o.status == OwnershipStatus::Revoked {
             return Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() });
@@ -1314,9 +1332,10 @@ impl Store for SqliteStore {
         device_serial: &str,
         via: &str,
         voucher: Artifact,
+        held: Precondition,
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
-        self.submit_unit(Op::OwnByVoucher(device_serial.into(), via.into(), Box::new(voucher), audit))
+        self.submit_unit(Op::OwnByVoucher(device_serial.into(), via.into(), Box::new(voucher), Box::new(held), audit))
     }
 
     fn revoke(&self, serial: &str, reason: u8, at: i64, audit: AuditEvent) -> Result<(), StoreError> {

@@ -579,3 +579,91 @@ async fn a_voucher_naming_a_compressed_owner_key_is_refused_everywhere() {
     assert!(op.authority.store().ownership("CV-1").unwrap().is_none());
     assert_eq!((mfg.audit_len(), op.audit_len()), (m_audit, o_audit));
 }
+
+/// The voucher race left open by issue 12: A holds M→A. Two vouchers each
+/// extend it differently (M→A→B→A and M→A→C→A→C→A, made from two saved
+/// copies of A's directory; of different lengths, so the store's version rule
+/// alone would let the longer follow the shorter). Eight threads claim them at A's authority at once: exactly
+/// one is stored, every other claim is refused (403) as not extending the
+/// voucher now held or as the held voucher having changed while it was
+/// checked, and A's audit has one claim more: no fork is ever recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_owner_cannot_fork_the_held_voucher_with_two_racing_claims() {
+    let mfg = Ca::start().await;
+    let (a, b, c) = (Ca::start().await, Ca::start().await, Ca::start().await);
+    born_devices(&mfg, "RB", &["VR-1".to_string()]).await;
+    for op in [&a, &b, &c] {
+        run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
+    }
+    let t = mfg.tmp.path().to_path_buf();
+    let (mdir, adir, bdir, cdir) = (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), c.dir.clone());
+    let (aroot, broot, croot) = (a.root_file(), b.root_file(), c.root_file());
+    let saved = |n: &str| a.tmp.path().join(n);
+    let (s1, s2) = (saved("copy-1"), saved("copy-2"));
+    let forks = tokio::task::spawn_blocking(move || {
+        let v = |n: &str| t.join(n);
+        voucher_issue(&mdir, "VR-1", &aroot, &v("m-a.cbor"));
+        run_ok(&mut claim(&adir, &v("m-a.cbor")));
+        let mut forks = Vec::new();
+        for (copy, odir, oroot, name) in [(&s1, &bdir, &broot, "b"), (&s2, &cdir, &croot, "c")] {
+            assert!(Command::new("cp").arg("-a").arg(&adir).arg(copy).status().unwrap().success());
+            voucher_issue(copy, "VR-1", oroot, &v(&format!("a-{name}.cbor")));
+            run_ok(&mut claim(odir, &v(&format!("a-{name}.cbor"))));
+            let out = voucher_issue(odir, "VR-1", &aroot, &v(&format!("fork-{name}.cbor")));
+            assert!(out.contains("3 entries"), "{out}");
+            if name == "c" {
+                // Longer, so the version rule alone would not refuse it after
+                // the other: the copy takes it back and goes round once more.
+                std::fs::rename(v("fork-c.cbor"), v("c-a.cbor")).unwrap();
+                run_ok(&mut claim(copy, &v("c-a.cbor")));
+                voucher_issue(copy, "VR-1", oroot, &v("a-c-2.cbor"));
+                run_ok(&mut claim(odir, &v("a-c-2.cbor")));
+                let out = voucher_issue(odir, "VR-1", &aroot, &v("fork-c.cbor"));
+                assert!(out.contains("5 entries"), "{out}");
+            }
+            forks.push(std::fs::read(v(&format!("fork-{name}.cbor"))).unwrap());
+        }
+        forks
+    })
+    .await
+    .unwrap();
+    assert_ne!(forks[0], forks[1]);
+    let held = a.authority.store().artifact("voucher/VR-1").unwrap().unwrap();
+    assert_eq!(held.version, 1, "A holds M→A");
+    let (audit, certs) = (a.audit_len(), a.cert_count());
+
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let (auth, fork) = (&a.authority, &forks[i % 2]);
+                s.spawn(move || (i % 2, auth.claim_by_voucher(fork, "admin:test")))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<usize> = results.iter().filter(|(_, r)| r.is_ok()).map(|(i, _)| *i).collect();
+    assert_eq!(won.len(), 1, "exactly one claim stored: {results:?}");
+    for (_, r) in &results {
+        if let Err(e) = r {
+            let m = e.public_message();
+            assert_eq!(e.http_status(), 403, "{m}");
+            assert!(
+                m.contains("voucher refused")
+                    || m.contains("changed while this one was checked: fetch the current voucher and extend it"),
+                "{m}"
+            );
+        }
+    }
+    let now = a.authority.store().artifact("voucher/VR-1").unwrap().unwrap();
+    assert_eq!(now.body, forks[won[0]], "the winner is held, nothing else");
+    assert_eq!(now.version, [3, 5][won[0]]);
+    assert_eq!((a.audit_len(), a.cert_count()), (audit + 1, certs), "one claim audited, nothing issued");
+    // The loser, offered again now, no longer extends what A holds.
+    let err = a.authority.claim_by_voucher(&forks[1 - won[0]], "admin:test").unwrap_err();
+    assert!(err.to_string().contains("voucher refused"), "{err}");
+    // The winner again: refused as held already (403, not an internal error).
+    let err = a.authority.claim_by_voucher(&forks[won[0]], "admin:test").unwrap_err();
+    assert_eq!(err.http_status(), 403, "{err}");
+    assert!(err.public_message().contains("is not newer"), "{err}");
+    assert_eq!(a.authority.store().artifact("voucher/VR-1").unwrap().unwrap(), now);
+}
