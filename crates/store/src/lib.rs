@@ -439,6 +439,28 @@ pub struct DeviceRevocation {
     pub detail: String,
 }
 
+impl DeviceRevocation {
+    /// The audit entry of the device's ownership going to revoked.
+    pub(crate) fn device_event(&self) -> AuditEvent {
+        self.event("device.revoke", format!("device:{}", self.device_serial))
+    }
+
+    /// The audit entry of certificate `serial` being revoked.
+    pub(crate) fn cert_event(&self, serial: &str) -> AuditEvent {
+        self.event("revoke", serial.to_string())
+    }
+
+    fn event(&self, action: &str, target: String) -> AuditEvent {
+        AuditEvent {
+            at: self.at,
+            actor: self.actor.clone(),
+            action: action.into(),
+            target,
+            detail: self.detail.clone(),
+        }
+    }
+}
+
 /// What [`Store::revoke_device`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceRevoked {

@@ -704,25 +704,11 @@ fn revoke_device(tx: &Transaction<'_>, r: &DeviceRevocation, head: &mut Head) ->
     }
     if owned {
         release(tx, &r.device_serial, OwnershipStatus::Revoked, r.at)?;
-        let ev = AuditEvent {
-            at: r.at,
-            actor: r.actor.clone(),
-            action: "device.revoke".into(),
-            target: format!("device:{}", r.device_serial),
-            detail: r.detail.clone(),
-        };
-        append(tx, &ev, head)?;
+        append(tx, &r.device_event(), head)?;
     }
     for s in &serials {
         revoke(tx, s, r.reason, r.at)?;
-        let ev = AuditEvent {
-            at: r.at,
-            actor: r.actor.clone(),
-            action: "revoke".into(),
-            target: s.clone(),
-            detail: r.detail.clone(),
-        };
-        append(tx, &ev, head)?;
+        append(tx, &r.cert_event(s), head)?;
     }
     Ok(DeviceRevoked { serials, released: owned })
 }

@@ -5,10 +5,8 @@
 //! operational CA's CRL for the device. It accepts a good device, refuses a
 //! revoked one, and refuses every device when the ARL is missing.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use iotpki_authority::revocation::{self, Target};
 use iotpki_core::name::DeviceSerial;
@@ -72,8 +70,7 @@ impl Nginx {
                 cert.to_str().unwrap(),
             ]);
         }
-        for _attempt in 0..10 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (child, port, error_log) = crate::util::start_on_free_port("nginx", |port| {
             let error_log = prefix.join(format!("error-{port}.log"));
             let p = |x: &Path| x.to_str().unwrap().to_string();
             let conf = format!(
@@ -94,29 +91,15 @@ impl Nginx {
             );
             let conf_path = prefix.join("nginx.conf");
             std::fs::write(&conf_path, conf).unwrap();
-            let mut child = Command::new(NGINX)
+            let child = Command::new(NGINX)
                 .args(["-p", &p(prefix), "-c", &p(&conf_path), "-e", &p(&error_log)])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("nginx (apt-get install nginx-light)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    let log = std::fs::read_to_string(&error_log).unwrap_or_default();
-                    if log.contains("Address already in use") {
-                        break;
-                    }
-                    panic!("nginx exited ({status}):\n{log}");
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nginx { child, port, error_log };
-                }
-                assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("no free port for nginx after 10 tries");
+            (child, error_log)
+        });
+        Nginx { child, port, error_log }
     }
 
     /// The HTTP status nginx answers a client presenting `cert_chain` and `key`.

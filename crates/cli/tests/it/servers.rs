@@ -3,11 +3,9 @@
 //! MQTT broker, OpenSSL underneath) with `require_certificate true` and a
 //! `crlfile`, the mosquitto_pub client, openssl verify and pkilint.
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use iotpki_core::pem;
 use iotpki_store::CertStatus;
@@ -72,8 +70,7 @@ impl Broker {
     /// process took it meanwhile), requiring a client certificate that chains
     /// to `root` and is not on a CRL in `crls`.
     fn start(dir: &Path, server: &Path, root: &Path, crls: &Path) -> Broker {
-        for _attempt in 0..10 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (child, port, log) = crate::util::start_on_free_port("mosquitto", |port| {
             let log = dir.join(format!("mosquitto-{port}.log"));
             let conf = format!(
                 "user root\npersistence false\nlog_dest file {log}\nlog_type all\nper_listener_settings false\n\
@@ -87,29 +84,15 @@ impl Broker {
             );
             let conf_path = dir.join("mosquitto.conf");
             std::fs::write(&conf_path, conf).unwrap();
-            let mut child = Command::new(MOSQUITTO)
+            let child = Command::new(MOSQUITTO)
                 .args(["-c", s(&conf_path)])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("mosquitto (apt-get install mosquitto)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    if text.contains("Address already in use") {
-                        break;
-                    }
-                    panic!("mosquitto exited ({status}):\n{text}");
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Broker { child, port, log };
-                }
-                assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("no free port for mosquitto after 10 tries");
+            (child, log)
+        });
+        Broker { child, port, log }
     }
 
     /// mosquitto_pub as a device with `chain` (its certificate, then its CA) and

@@ -312,3 +312,32 @@ pub fn signed_bundle(ca: &Ca, keys: &[iotpki_core::keys::SoftKey], version: u64)
     b.add_signature(&keys[1]).unwrap();
     b.encode()
 }
+
+/// Start a daemon we did not write (nginx, mosquitto) on a free loopback port:
+/// `launch(port)` writes its configuration for `port`, spawns it and returns
+/// the child and its log file. The port is found by binding port 0 and
+/// releasing it, so another process may take it meanwhile: a daemon that
+/// exits saying "Address already in use" is tried again on another port. It
+/// is ready once its port accepts connections.
+pub fn start_on_free_port(what: &str, mut launch: impl FnMut(u16) -> (Child, PathBuf)) -> (Child, u16, PathBuf) {
+    for _attempt in 0..10 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (mut child, log) = launch(port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Address already in use") {
+                    break;
+                }
+                panic!("{what} exited ({status}):\n{text}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port, log);
+            }
+            assert!(std::time::Instant::now() < deadline, "{what} did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    panic!("no free port for {what} after 10 tries");
+}
