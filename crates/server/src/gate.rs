@@ -20,6 +20,7 @@
 //! | `POST …/simplereenroll` | a certificate of ours | [`ENROLL_MAX`] |
 //! | `POST /factory/tpm-challenge` | factory station | [`SMALL_JSON_MAX`] |
 //! | `POST /factory/sync` | factory station | [`SYNC_MAX`] |
+//! | `POST /factory/crl` | factory station (its delegated CA's CRL) | [`iotpki_core::crl::MAX_CRL_BYTES`] |
 //! | `POST /admin/v1/batches` | admin | [`BATCH_MAX`] |
 //! | `POST /admin/v1/…` (other) | admin | [`SMALL_JSON_MAX`] |
 //! | `POST /ocsp` | anyone | [`iotpki_core::ocsp::MAX_REQUEST_LEN`] |
@@ -196,6 +197,7 @@ mod tests {
         assert_eq!(post("/.well-known/est/lbl/simplereenroll", None).max_body, ENROLL_MAX);
         assert_eq!(post("/factory/sync", Some("batch=B1")).max_body, SYNC_MAX);
         assert_eq!(post("/factory/sync", None).caller, Some(Gate::Station("refuse.sync")));
+        assert_eq!(post("/factory/crl", Some("batch=B1")).max_body, iotpki_core::crl::MAX_CRL_BYTES);
         assert_eq!(post("/admin/v1/tokens", None).caller, Some(Gate::Admin));
         assert_eq!(post("/ocsp", None), Rule { caller: None, max_body: 8 * 1024, pkcs10: false });
         assert_eq!(rule(&Method::GET, "/factory/sync", None).max_body, 0);
