@@ -103,17 +103,27 @@ fn wait_log(lines: &mpsc::Receiver<String>, what: &str) -> serde_json::Value {
     }
 }
 
+/// An authority in `tmp/ca` for 127.0.0.1, its passphrase in a file: the
+/// directory, the passphrase file and the root certificate (DER).
+fn init_authority(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let dir = tmp.join("ca");
+    let pass_file = tmp.join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    run_ok(
+        bin()
+            .args(["init", "--dir", dir.to_str().unwrap(), "--passphrase-file", pass_file.to_str().unwrap()])
+            .args(["--server-name", "127.0.0.1"]),
+    );
+    let root_der =
+        pem::decode_all("CERTIFICATE", &std::fs::read_to_string(dir.join("ca/root.crt")).unwrap()).unwrap().remove(0);
+    (dir, pass_file, root_der)
+}
+
 #[test]
 fn serve_reloads_its_certificate_on_sighup_and_keeps_open_connections_and_logs_json() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ca");
-    let d = dir.to_str().unwrap();
-    let pass_file = tmp.path().join("pass");
-    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
-    let pf = pass_file.to_str().unwrap();
-    run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf, "--server-name", "127.0.0.1"]));
-    let root_der =
-        pem::decode_all("CERTIFICATE", &std::fs::read_to_string(dir.join("ca/root.crt")).unwrap()).unwrap().remove(0);
+    let (dir, pass_file, root_der) = init_authority(tmp.path());
+    let (d, pf) = (dir.to_str().unwrap(), pass_file.to_str().unwrap());
 
     let mut child = bin()
         .args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
@@ -222,14 +232,8 @@ fn plain_get(addr: &str, path: &str) -> u16 {
 #[test]
 fn serve_reloads_its_limits_on_sighup_on_both_listeners_keeps_open_connections_and_ignores_a_broken_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ca");
-    let d = dir.to_str().unwrap();
-    let pass_file = tmp.path().join("pass");
-    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
-    let pf = pass_file.to_str().unwrap();
-    run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf, "--server-name", "127.0.0.1"]));
-    let root_der =
-        pem::decode_all("CERTIFICATE", &std::fs::read_to_string(dir.join("ca/root.crt")).unwrap()).unwrap().remove(0);
+    let (dir, pass_file, root_der) = init_authority(tmp.path());
+    let (d, pf) = (dir.to_str().unwrap(), pass_file.to_str().unwrap());
     let generous = [("client_rate_per_s", "1000.0"), ("client_burst", "1000")];
     set_limits(&dir, &generous);
 
