@@ -73,3 +73,12 @@ impl From<iotpki_core::Error> for AgentError {
         Self::Core(e)
     }
 }
+
+impl From<iotpki_fs::Error> for AgentError {
+    fn from(e: iotpki_fs::Error) -> Self {
+        match e {
+            iotpki_fs::Error::Io { path, error } => Self::Io { path, error },
+            other => Self::State(other.to_string()),
+        }
+    }
+}

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod daemon;
 mod error;
 pub mod est_client;

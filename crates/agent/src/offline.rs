@@ -81,11 +81,7 @@ pub fn new_delegate_key(
 pub fn store_delegation(station_dir: &Path, d: &Delegation) -> Result<(), AgentError> {
     let dir = batch_dir(station_dir, &d.batch);
     let json = serde_json::to_vec_pretty(d).map_err(|e| AgentError::State(e.to_string()))?;
-    let tmp = dir.join("delegation.json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
-    std::fs::rename(&tmp, dir.join("delegation.json")).map_err(|e| AgentError::io(&dir, e))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| AgentError::io(&dir, e))
+    Ok(iotpki_fs::write_atomic(&dir.join("delegation.json"), &json, iotpki_fs::PUBLIC)?)
 }
 
 struct Progress {
