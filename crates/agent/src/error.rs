@@ -44,7 +44,8 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+    /// A file operation on `path` failed.
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io { path: path.into(), error }
     }
 }
