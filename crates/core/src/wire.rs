@@ -202,18 +202,35 @@ pub struct CertRecord {
     pub current: bool,
     /// `good`, or `revoked TIME (REASON)`.
     pub status: String,
-    /// When revoked, RFC 3339.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<String>,
-    /// The RFC 5280 CRLReason name, when revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The RFC 5280 CRLReason code, when revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason_code: Option<u8>,
+    /// When and why it was revoked (absent while it is not): its fields
+    /// `revoked_at`, `reason` and `reason_code` sit beside the others.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
     /// The certificate, PEM (when one certificate is shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pem: Option<String>,
+}
+
+/// When and why a certificate was revoked, in a [`CertRecord`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// RFC 3339.
+    pub revoked_at: String,
+    /// The RFC 5280 CRLReason name.
+    pub reason: String,
+    /// The RFC 5280 CRLReason code.
+    pub reason_code: u8,
+}
+
+impl Revocation {
+    /// Revoked at `at` (Unix seconds) for reason `code`.
+    pub fn new(at: i64, code: u8) -> Self {
+        Self {
+            revoked_at: crate::time::rfc3339(at),
+            reason: crate::crl::reason_name(code).to_string(),
+            reason_code: code,
+        }
+    }
 }
 
 /// A certificate's status as [`CertRecord::status`] writes it: `good`, or
@@ -361,6 +378,41 @@ mod tests {
         assert_eq!(r, serde_json::json!({"revoked": ["0b"], "reason": "keyCompromise", "reason_code": 1}));
         let e = RevokedEntry::new("0c".into(), 5, 4);
         assert_eq!((e.reason.as_str(), e.reason_code), ("superseded", 4));
+    }
+
+    #[test]
+    fn a_revoked_certificate_record_carries_its_reason_by_name_and_code() {
+        let good = CertRecord {
+            serial: "0a".into(),
+            ca: "operational".into(),
+            profile: "device".into(),
+            subject: "CN=S".into(),
+            device_serial: Some("S".into()),
+            not_before: "t0".into(),
+            not_after: "t1".into(),
+            issued_at: "t0".into(),
+            spki_sha256: "ab".into(),
+            replaces: None,
+            replaced_by: None,
+            current: true,
+            status: status_text(None),
+            revocation: None,
+            pem: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&to_string(&good)).unwrap();
+        assert!(v.get("reason").is_none() && v.get("revoked_at").is_none() && v["replaces"].is_null(), "{v}");
+        assert_eq!(from_slice::<CertRecord>("record", to_string(&good).as_bytes()).unwrap(), good);
+        let revoked = CertRecord {
+            current: false,
+            status: status_text(Some((0, 1))),
+            revocation: Some(Revocation::new(0, 1)),
+            ..good
+        };
+        let v: serde_json::Value = serde_json::from_str(&to_string(&revoked)).unwrap();
+        assert_eq!((v["reason"].as_str(), v["reason_code"].as_u64()), (Some("keyCompromise"), Some(1)), "{v}");
+        assert_eq!(v["revoked_at"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["status"], "revoked 1970-01-01T00:00:00Z (keyCompromise)");
+        assert_eq!(from_slice::<CertRecord>("record", to_string(&revoked).as_bytes()).unwrap(), revoked);
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //! | GET  | `/admin/v1/audit?from=&limit=` | audit entries |
 //! | GET  | `/admin/v1/audit/verify` | walk the audit chain |
 //! | POST | `/admin/v1/tokens` | a one-time enrollment token: `{"serial", "ttl_secs"}` |
+//!
+//! The answers are the types of [`iotpki_core::wire`] ([`wire::CertRecord`],
+//! [`wire::Batch`], [`wire::Revoked`], ...), rendered from the store's records
+//! by [`crate::views`], as the CLI's `--json` output is: a revoked certificate
+//! carries its reason by RFC 5280 name (`reason`) and code (`reason_code`).
 
 use std::sync::Arc;
 

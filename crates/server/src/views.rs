@@ -25,9 +25,7 @@ pub fn cert_record(r: &CertRecord) -> wire::CertRecord {
         replaced_by: r.replaced_by.clone(),
         current: revoked.is_none() && r.replaced_by.is_none(),
         status: wire::status_text(revoked),
-        revoked_at: revoked.map(|(at, _)| rfc3339(at)),
-        reason: revoked.map(|(_, code)| iotpki_core::crl::reason_name(code).to_string()),
-        reason_code: revoked.map(|(_, code)| code),
+        revocation: revoked.map(|(at, code)| wire::Revocation::new(at, code)),
         pem: None,
     }
 }

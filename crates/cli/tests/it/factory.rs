@@ -842,3 +842,64 @@ fn st_unborn(st_dir: &Path) -> Vec<String> {
     .unwrap();
     d.allowlist
 }
+
+/// A server whose answer to "where does your copy of my record end?" has no
+/// `last_seq`: the station refuses the answer with an error that names the
+/// field, and uploads nothing (a missing field is never read as 0, which
+/// would re-send the whole record).
+#[tokio::test]
+async fn a_sync_state_without_last_seq_is_refused_not_read_as_zero() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = Ca::start().await;
+    batch(&ca, "WB", &serials("WB", 1), 1);
+    let st_dir = station(&ca, "st-wire", &["WB"]);
+    let record = iotpki_station::offline::record_path(&st_dir, "WB");
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    std::fs::write(&record, "").unwrap();
+
+    // A server the station trusts (its certificate chains to the authority's root), saying too little.
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let issued = ca.authority.issue_server(&["127.0.0.1".into()], key.public_key_der(), None, "test").unwrap();
+    let mut chain = vec![CertificateDer::from(issued.cert.clone())];
+    chain.extend(issued.chain.iter().cloned().map(CertificateDer::from));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8().unwrap())))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut s) = acceptor.accept(tcp).await else { continue };
+            let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            log.lock().unwrap().push(String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string());
+            let body = r#"{"head":"00"}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+
+    let st = Station::open(&st_dir, Some(&url)).unwrap();
+    let err = st.sync(&st_dir, "WB").await.unwrap_err().to_string();
+    assert!(err.contains("sync state") && err.contains("missing field `last_seq`"), "{err}");
+    assert_eq!(*asked.lock().unwrap(), ["GET /factory/sync?batch=WB HTTP/1.1"], "nothing uploaded");
+}
