@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use iotpki_core::keys::Signer;
+use iotpki_core::wire::TPM_ACTIVATION_HEADER;
 use iotpki_core::{est, pkcs7};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -386,9 +387,6 @@ impl KeptConnection {
 
 /// Extra request headers.
 type Headers = Vec<(&'static str, String)>;
-
-/// The header that carries a TPM challenge's answer (the server's `TPM_ACTIVATION_HEADER`).
-const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
 
 fn auth_header(auth: Option<String>) -> Headers {
     auth.map(|a| vec![("authorization", a)]).unwrap_or_default()

@@ -145,6 +145,10 @@ pub struct TpmChallenge {
     pub encrypted_secret: String,
 }
 
+/// The HTTP header that carries a TPM challenge's answer on a station's
+/// simpleenroll: `ID:SECRET` (SECRET in base64).
+pub const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
+
 /// What the authority gave a station with its delegated CA (`delegation.json`
 /// in the station's directory, written by `iotpki station delegate`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -233,7 +233,7 @@ async fn station_batch(
 
 /// The header that carries a TPM challenge's answer on a station's
 /// simpleenroll: `ID:SECRET` (SECRET in base64).
-pub const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
+pub const TPM_ACTIVATION_HEADER: &str = wire::TPM_ACTIVATION_HEADER;
 
 /// `POST /factory/tpm-challenge` (JSON `{batch, serial, public}`): a TPM
 /// attestation challenge for a device's key (JSON `{id, credential_blob,
