@@ -30,6 +30,7 @@ use std::time::Duration;
 use iotpki_core::{pem, profile};
 use sha2::{Digest, Sha256};
 
+use crate::clock::now;
 use crate::{flow, state, AgentError, Identity};
 
 /// How the daemon behaves.
@@ -121,10 +122,6 @@ pub enum Event<'a> {
         /// The wait before the next try.
         retry_in: Duration,
     },
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// When the certificate with `serial` valid `not_before..not_after` is due for renewal.

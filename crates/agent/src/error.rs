@@ -44,7 +44,8 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+    /// A file operation on `path` failed.
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io { path: path.into(), error }
     }
 }
@@ -71,5 +72,14 @@ impl std::error::Error for AgentError {}
 impl From<iotpki_core::Error> for AgentError {
     fn from(e: iotpki_core::Error) -> Self {
         Self::Core(e)
+    }
+}
+
+impl From<iotpki_fs::Error> for AgentError {
+    fn from(e: iotpki_fs::Error) -> Self {
+        match e {
+            iotpki_fs::Error::Io { path, error } => Self::Io { path, error },
+            other => Self::State(other.to_string()),
+        }
     }
 }

@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use iotpki_core::keys::Signer;
+use iotpki_core::wire::TPM_ACTIVATION_HEADER;
 use iotpki_core::{est, pkcs7};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -158,70 +159,27 @@ impl EstClient {
         one_cert(certs_of(a)?)
     }
 
-    /// `POST /factory/tpm-challenge`: a TPM attestation challenge for the
-    /// device key whose TPMT_PUBLIC is `public_area` (`None`: the batch does
-    /// not require attestation). Answers the id, the credential blob and the
-    /// encrypted secret for TPM2_ActivateCredential.
-    pub async fn tpm_challenge(
+    /// `method path` outside EST (a station's factory API, over the same
+    /// TLS session), with `body` (its content type and bytes): the answer,
+    /// the JSON body `T` ([`iotpki_core::wire`]; `what` names it in errors),
+    /// or `None` for 204 No Content. Any other status is a refusal.
+    pub async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
-        batch: &str,
-        serial: &str,
-        public_area: &[u8],
-    ) -> Result<Option<(String, Vec<u8>, Vec<u8>)>, AgentError> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body = serde_json::json!({ "batch": batch, "serial": serial, "public": b64.encode(public_area) });
-        let a = self
-            .exchange("POST", "/factory/tpm-challenge", Some("application/json"), Bytes::from(body.to_string()), vec![])
-            .await?;
+        method: &str,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+        what: &str,
+    ) -> Result<Option<T>, AgentError> {
+        let (content_type, bytes) = match body {
+            Some((t, b)) => (Some(t), b),
+            None => (None, Bytes::new()),
+        };
+        let a = self.exchange(method, path, content_type, bytes, vec![]).await?;
         if a.status == 204 {
             return Ok(None);
         }
         let a = refuse_unless_ok(a)?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&a.body).map_err(|e| AgentError::BadAnswer(format!("TPM challenge: {e}")))?;
-        let field = |k: &str| -> Result<Vec<u8>, AgentError> {
-            v[k].as_str()
-                .and_then(|s| b64.decode(s).ok())
-                .ok_or_else(|| AgentError::BadAnswer(format!("TPM challenge: no base64 {k}")))
-        };
-        let id = v["id"].as_str().ok_or_else(|| AgentError::BadAnswer("TPM challenge: no id".into()))?.to_string();
-        Ok(Some((id, field("credential_blob")?, field("encrypted_secret")?)))
-    }
-
-    /// `GET /factory/batches/ID?unborn=N`: a station's view of its batch (JSON).
-    pub async fn factory_batch(&self, batch: &str, unborn: u32) -> Result<serde_json::Value, AgentError> {
-        let path = format!("/factory/batches/{batch}?unborn={unborn}");
-        let a = self.exchange("GET", &path, None, Bytes::new(), vec![]).await?;
-        let a = refuse_unless_ok(a)?;
-        serde_json::from_slice(&a.body).map_err(|e| AgentError::BadAnswer(format!("batch view: {e}")))
-    }
-
-    /// `GET /factory/sync?batch=ID`: where this station's record was synced up to.
-    pub async fn factory_sync_state(&self, batch: &str) -> Result<serde_json::Value, AgentError> {
-        let a = self.exchange("GET", &format!("/factory/sync?batch={batch}"), None, Bytes::new(), vec![]).await?;
-        serde_json::from_slice(&refuse_unless_ok(a)?.body)
-            .map_err(|e| AgentError::BadAnswer(format!("sync state: {e}")))
-    }
-
-    /// `POST /factory/sync?batch=ID`: upload production record lines.
-    pub async fn factory_sync(&self, batch: &str, lines: String) -> Result<serde_json::Value, AgentError> {
-        let path = format!("/factory/sync?batch={batch}");
-        let a = self.exchange("POST", &path, Some("application/x-ndjson"), Bytes::from(lines), vec![]).await?;
-        serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("sync: {e}")))
-    }
-
-    /// `GET /factory/crl?batch=ID`: what the next CRL of this station's delegated CA must say.
-    pub async fn factory_crl_terms(&self, batch: &str) -> Result<serde_json::Value, AgentError> {
-        let a = self.exchange("GET", &format!("/factory/crl?batch={batch}"), None, Bytes::new(), vec![]).await?;
-        serde_json::from_slice(&refuse_unless_ok(a)?.body).map_err(|e| AgentError::BadAnswer(format!("CRL terms: {e}")))
-    }
-
-    /// `POST /factory/crl?batch=ID`: upload the delegated CA's CRL (DER).
-    pub async fn factory_crl_upload(&self, batch: &str, der: Vec<u8>) -> Result<serde_json::Value, AgentError> {
-        let path = format!("/factory/crl?batch={batch}");
-        let a = self.exchange("POST", &path, Some("application/pkix-crl"), Bytes::from(der), vec![]).await?;
-        serde_json::from_slice(&refuse_unless_ok(a)?.body)
-            .map_err(|e| AgentError::BadAnswer(format!("CRL upload: {e}")))
+        iotpki_core::wire::from_slice(what, &a.body).map(Some).map_err(|e| AgentError::BadAnswer(e.to_string()))
     }
 
     /// `POST /simpleenroll` authenticated by the TLS client certificate alone
@@ -429,9 +387,6 @@ impl KeptConnection {
 
 /// Extra request headers.
 type Headers = Vec<(&'static str, String)>;
-
-/// The header that carries a TPM challenge's answer (the server's `TPM_ACTIVATION_HEADER`).
-const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
 
 fn auth_header(auth: Option<String>) -> Headers {
     auth.map(|a| vec![("authorization", a)]).unwrap_or_default()

@@ -10,6 +10,7 @@ use iotpki_core::{csr, pem, profile};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use spki::der::{Decode, Encode};
 
+use crate::clock::now;
 use crate::est_client::{ClientIdentity, EstClient};
 use crate::keystore::{Keystore, KeystoreConfig};
 use crate::state::{self, Identity};
@@ -36,10 +37,6 @@ pub struct EnrollOptions {
     pub keystore: Option<KeystoreConfig>,
     /// The keystore's PIN file (else `$IOTPKI_PIN`), for a token keystore.
     pub pin_file: Option<PathBuf>,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Check that `cert_der` carries `key`'s public key and chains to `anchor`

@@ -14,8 +14,6 @@
 //! blob is useless without this TPM. Deleting the blob forgets the key.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -292,17 +290,7 @@ fn not_tpm() -> AgentError {
 
 fn write_note(dir: &Path, name: &str) -> Result<(), AgentError> {
     fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-    let p = dir.join(PENDING_PKCS11);
-    let tmp = dir.join(format!("{PENDING_PKCS11}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(name.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
-    fs::rename(&tmp, &p).map_err(|e| AgentError::io(&p, e))
+    Ok(iotpki_fs::write_atomic(&dir.join(PENDING_PKCS11), name.as_bytes(), iotpki_fs::SECRET)?)
 }
 
 /// Load the TPM key whose blob is `dir/name`, saying what to do when it cannot be.

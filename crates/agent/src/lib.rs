@@ -16,16 +16,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod daemon;
 mod error;
 pub mod est_client;
-pub mod factory;
 pub mod flow;
 pub mod keystore;
 pub mod line;
 pub mod ocsp;
-pub mod offline;
-pub mod relay;
 pub mod state;
 mod tls_key;
 pub mod trust;

@@ -1,5 +1,7 @@
 //! The line link between a factory station and a device under test: a small
 //! framed protocol over any byte stream (TCP here; a UART is the same bytes).
+//! This is the device end and the frames both ends share; the station end
+//! (`ask`) is in the `iotpki-station` crate.
 //!
 //! A frame is `type (1 octet) || length (4 octets, big-endian) || payload`,
 //! at most [`MAX_FRAME`] octets of payload. The station asks, the device answers:
@@ -238,29 +240,6 @@ fn pending_name(keystore: &Keystore) -> Result<String, AgentError> {
             Ok(name)
         }
         None => Err(AgentError::State("no key made yet (KEYGEN first)".into())),
-    }
-}
-
-/// The station end: one request, one answer of kind `want` (an `ERROR` becomes an error).
-pub async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    kind_out: u8,
-    payload: &[u8],
-    want: u8,
-) -> Result<Vec<u8>, AgentError> {
-    let step = async {
-        write_frame(stream, kind_out, payload).await?;
-        read_frame(stream).await
-    };
-    let f = tokio::time::timeout(STEP_TIMEOUT, step)
-        .await
-        .map_err(|_| AgentError::Connect("line: the device did not answer in time".into()))??;
-    match f.kind {
-        k if k == want => Ok(f.payload),
-        kind::ERROR => {
-            Err(AgentError::Refused { status: 0, reason: format!("device: {}", String::from_utf8_lossy(&f.payload)) })
-        }
-        k => Err(AgentError::BadAnswer(format!("line: expected frame 0x{want:02x}, got 0x{k:02x}"))),
     }
 }
 

@@ -16,6 +16,7 @@ use std::path::Path;
 use iotpki_core::ocsp::{self, Checked, Status};
 use iotpki_core::pem;
 
+use crate::clock::now;
 use crate::{state, AgentError};
 
 /// Allowed clock difference for thisUpdate and the signer's validity.
@@ -90,10 +91,6 @@ pub fn responder_urls(cert_der: &[u8]) -> Vec<String> {
         }
     }
     out
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Ask the OCSP responder about the device's current certificate (`url`

@@ -1,8 +1,6 @@
 //! The device's identity on disk, replaced atomically.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use iotpki_core::keys::SoftKey;
@@ -115,14 +113,7 @@ pub fn write_new_numbered(dir: &Path, prefix: &str, suffix: &str, bytes: &[u8]) 
     // file is complete or absent, whenever the power goes.
     let tmp = dir.join(format!("{prefix}new{suffix}.tmp"));
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
-    drop(f);
+    iotpki_fs::write_new(&tmp, bytes, iotpki_fs::SECRET)?;
     let first = newest_numbered(dir, prefix, suffix)
         .and_then(|n| n.strip_prefix(prefix)?.strip_suffix(suffix)?.parse::<u32>().ok())
         .map_or(0, |n| n.saturating_add(1));
@@ -202,28 +193,16 @@ pub fn store(dir: &Path, id: &Identity) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Replace `dir/name` atomically: a temporary file written and fsynced,
-/// renamed over it, the directory fsynced. A power cut leaves the old or the new.
+/// Replace `dir/name` atomically ([`iotpki_fs::write_atomic`], mode 0600):
+/// a power cut leaves the old or the new. The crash points `state.tmp-written`
+/// and `state.renamed` stop between its steps.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
-    // A name of its own, so that two writers of one file (a relay's refresher and
-    // a request) never rename each other's temporary file away.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!("{name}.{}-{n}.tmp", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
-    drop(f);
-    crash_point("state.tmp-written");
-    let dst = dir.join(name);
-    fs::rename(&tmp, &dst).map_err(|e| AgentError::io(&dst, e))?;
-    crash_point("state.renamed");
-    sync_dir(dir)
+    iotpki_fs::write_atomic_observed(&dir.join(name), bytes, iotpki_fs::SECRET, |step| match step {
+        iotpki_fs::Step::TmpWritten => crash_point("state.tmp-written"),
+        iotpki_fs::Step::Renamed => crash_point("state.renamed"),
+        _ => {}
+    })
+    .map_err(AgentError::from)
 }
 
 pub fn remove_unused_keys(dir: &Path, keep: &[&str]) {
@@ -239,7 +218,7 @@ pub fn remove_unused_keys(dir: &Path, keep: &[&str]) {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AgentError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| AgentError::io(dir, e))
+    Ok(iotpki_fs::sync_dir(dir)?)
 }
 
 /// The path of the identity file.

@@ -26,6 +26,7 @@ use iotpki_core::name::DeviceSerial;
 use iotpki_core::{crl, pem, voucher};
 use spki::der::{Decode, Encode};
 
+use crate::clock::now;
 use crate::{state, AgentError};
 
 /// The installed trust bundle.
@@ -35,10 +36,6 @@ pub const VOUCHER_FILE: &str = "voucher.cbor";
 
 /// Allowed clock difference for "not in the future" checks.
 const SKEW: i64 = 300;
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
 
 /// What an apply did.
 #[derive(Clone, Debug, PartialEq, Eq)]

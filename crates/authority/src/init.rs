@@ -160,8 +160,7 @@ pub fn init(
     let mut keys = KeyMaker { hsm: token.as_ref().zip(opts.hsm.as_ref()), made: Vec::new() };
     let result = build(&partial, opts, pass, clock, shared, &mut keys).and_then(|()| {
         // An empty `dir` is replaced by the rename; a non-empty one was refused above.
-        std::fs::rename(&partial, dir).map_err(|e| AuthorityError::io(dir, e))?;
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| AuthorityError::io(parent, e))
+        Ok(iotpki_fs::rename_durable(&partial, dir)?)
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);

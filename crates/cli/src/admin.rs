@@ -11,6 +11,8 @@ use iotpki_authority::SystemClock;
 use iotpki_core::keys::KeyType;
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
+use iotpki_core::wire;
+use iotpki_server::views;
 use iotpki_store::{CertQuery, CertStatus};
 
 use crate::{DirArg, PassArg};
@@ -405,10 +407,8 @@ pub enum CertCmd {
 
 fn status_text(s: &CertStatus) -> String {
     match s {
-        CertStatus::Good => "good".into(),
-        CertStatus::Revoked { at, reason } => {
-            format!("revoked {} ({})", rfc3339(*at), iotpki_core::crl::reason_name(*reason))
-        }
+        CertStatus::Good => wire::status_text(None),
+        CertStatus::Revoked { at, reason } => wire::status_text(Some((*at, *reason))),
     }
 }
 
@@ -420,16 +420,6 @@ fn status_line(r: &iotpki_store::CertRecord) -> String {
         (CertStatus::Good, None) => "good, current".into(),
         (_, None) => status_text(&r.status),
     }
-}
-
-fn record_json(r: &iotpki_store::CertRecord) -> serde_json::Value {
-    serde_json::json!({
-        "serial": r.serial, "ca": r.ca, "profile": r.profile, "subject": r.subject,
-        "device_serial": r.device_serial, "not_before": rfc3339(r.not_before), "not_after": rfc3339(r.not_after),
-        "issued_at": rfc3339(r.issued_at), "spki_sha256": r.spki_sha256, "replaces": r.replaces,
-        "replaced_by": r.replaced_by, "current": r.status == CertStatus::Good && r.replaced_by.is_none(),
-        "status": status_text(&r.status),
-    })
 }
 
 pub fn cert(c: CertCmd) -> anyhow::Result<()> {
@@ -495,7 +485,7 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
             let rows = store.list_certificates(&q)?;
             if json {
                 for r in &rows {
-                    println!("{}", record_json(r));
+                    println!("{}", wire::to_string(&views::cert_record(r)));
                 }
                 return Ok(());
             }
@@ -526,11 +516,10 @@ pub fn cert(c: CertCmd) -> anyhow::Result<()> {
             if pem {
                 print!("{pem_text}");
             } else if json {
-                let mut v = record_json(&r);
-                v["pem"] = serde_json::Value::String(pem_text);
+                let v = wire::CertRecord { pem: Some(pem_text), ..views::cert_record(&r) };
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let v = record_json(&r);
+                let v = serde_json::to_value(views::cert_record(&r))?;
                 for (k, val) in v.as_object().into_iter().flatten() {
                     println!("{k:>13}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
                 }

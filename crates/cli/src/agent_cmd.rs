@@ -481,8 +481,8 @@ pub fn relay(a: RelayArgs) -> anyhow::Result<()> {
     let refresh = std::time::Duration::from_secs(
         crate::duration::parse_secs(&a.refresh).map_err(|e| anyhow::anyhow!("--refresh: {e}"))?,
     );
-    iotpki_agent::relay::prepare_cache(&a.cache)?;
-    let relay = iotpki_agent::relay::Relay { upstream: a.upstream.clone(), anchors, cache: a.cache.clone() };
+    iotpki_station::relay::prepare_cache(&a.cache)?;
+    let relay = iotpki_station::relay::Relay { upstream: a.upstream.clone(), anchors, cache: a.cache.clone() };
     crate::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
@@ -496,7 +496,7 @@ pub fn relay(a: RelayArgs) -> anyhow::Result<()> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        iotpki_agent::relay::serve(relay, listener, refresh, shutdown).await?;
+        iotpki_station::relay::serve(relay, listener, refresh, shutdown).await?;
         Ok(())
     })
 }

@@ -3,8 +3,6 @@
 //! live in `iotpki_core::{bundle, voucher}`; this only reads and writes files.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
@@ -147,10 +145,6 @@ pub enum VoucherCmd {
     },
 }
 
-fn now() -> i64 {
-    SystemClock.now()
-}
-
 pub fn run(c: BundleCmd) -> anyhow::Result<()> {
     match c {
         BundleCmd::Create(a) => create(a),
@@ -181,7 +175,7 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
         anchors.extend(read_certs(p)?);
     }
     let signers = a.signers.iter().map(|p| read_spki(p)).collect::<anyhow::Result<Vec<_>>>()?;
-    let issued_at = now();
+    let issued_at = SystemClock.now();
     let expires_at = issued_at.saturating_add(i64::try_from(a.expires).unwrap_or(i64::MAX));
     let content = BundleContent {
         version: a.version,
@@ -234,7 +228,7 @@ fn show(file: &Path, as_json: bool) -> anyhow::Result<()> {
     let bytes = read(file)?;
     let b = Bundle::decode(&bytes).with_context(|| format!("{}", file.display()))?;
     let c = b.content();
-    let now = now();
+    let now = SystemClock.now();
     let anchors: Vec<serde_json::Value> = c
         .anchors
         .iter()
@@ -314,7 +308,7 @@ fn show(file: &Path, as_json: bool) -> anyhow::Result<()> {
 
 fn verify(file: &Path, current: Option<&Path>) -> anyhow::Result<()> {
     let bytes = read(file)?;
-    let now = now();
+    let now = SystemClock.now();
     let b = match current {
         None => bundle::verify_initial(&bytes, now).with_context(|| format!("{}", file.display()))?,
         Some(cur) => {
@@ -346,7 +340,7 @@ pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
             if out.exists() {
                 bail!("{} exists; pick another --out", out.display());
             }
-            let expires_at = now().saturating_add(i64::try_from(expires).unwrap_or(i64::MAX));
+            let expires_at = SystemClock.now().saturating_add(i64::try_from(expires).unwrap_or(i64::MAX));
             let issued = authority.issue_voucher(&serial, &to_spki, expires_at, key.as_deref(), "admin:cli")?;
             iotpki_authority::keyfile::write_private(&out, &issued.bytes)?;
             println!(
@@ -363,13 +357,13 @@ pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
             let serial = DeviceSerial::parse(&serial).context("--serial")?;
             let birth = read_certs(&birth_cert)?;
             let [birth] = birth.as_slice() else { bail!("{}: expected one certificate", birth_cert.display()) };
-            let ok = voucher::verify(&bytes, &maker, &serial, birth, now())
+            let ok = voucher::verify(&bytes, &maker, &serial, birth, SystemClock.now())
                 .with_context(|| format!("{}", file.display()))?;
             let extends = match installed {
                 None => String::new(),
                 Some(p) => {
                     let held = read(&p)?;
-                    match voucher::check_extends(&held, &bytes, now())
+                    match voucher::check_extends(&held, &bytes, SystemClock.now())
                         .with_context(|| format!("{} against --installed {}", file.display(), p.display()))?
                     {
                         voucher::Extension::Unchanged => " (the installed voucher itself)".to_string(),
@@ -393,7 +387,7 @@ pub fn voucher(c: VoucherCmd) -> anyhow::Result<()> {
 fn voucher_show(file: &Path, as_json: bool) -> anyhow::Result<()> {
     let bytes = read(file)?;
     let v = Voucher::decode(&bytes).with_context(|| format!("{}", file.display()))?;
-    let now = now();
+    let now = SystemClock.now();
     let entries: Vec<serde_json::Value> = v
         .entries()
         .iter()
@@ -507,32 +501,13 @@ fn read_key(path: &Path, pass: &PassArg) -> anyhow::Result<SoftKey> {
 
 /// Write a new public file; refuse to overwrite.
 fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))
+    iotpki_fs::write_new(path, bytes, iotpki_fs::PUBLIC).with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// Replace `path` atomically: a temporary file beside it, fsync'd, renamed over
-/// it, the directory fsync'd. A crash leaves the old file or the new one.
+/// Replace `path` atomically ([`iotpki_fs::write_atomic`]): a crash leaves the old file or the new one.
 fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| anyhow!("{}: not a file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let result = write_new(&tmp, bytes)
-        .and_then(|_| fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display())));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    fs::File::open(&dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+    iotpki_fs::write_atomic(path, bytes, iotpki_fs::PUBLIC)
+        .with_context(|| format!("cannot replace {}", path.display()))
 }
 
 /// The authority's root key, as its config says: an encrypted key file or a key in its PKCS#11 token.

@@ -349,14 +349,14 @@ async fn trust_updates(
     }
     iotpki_authority::trust::publish_bundle(store.as_ref(), &SystemClock, &b2, "admin:demo")?;
     let cache = root.join("relay-cache");
-    let relay = iotpki_agent::relay::Relay { upstream: upstream.into(), anchors: vec![], cache: cache.clone() };
+    let relay = iotpki_station::relay::Relay { upstream: upstream.into(), anchors: vec![], cache: cache.clone() };
     relay.refresh().await;
     // The relay is cut off from its upstream now, and serves its copy.
-    let offline = iotpki_agent::relay::Relay { upstream: "http://127.0.0.1:9".into(), anchors: vec![], cache };
+    let offline = iotpki_station::relay::Relay { upstream: "http://127.0.0.1:9".into(), anchors: vec![], cache };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let relay_url = format!("http://{}", l.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(iotpki_agent::relay::serve(offline.clone(), l, Duration::from_secs(3600), async {
+    let serving = tokio::spawn(iotpki_station::relay::serve(offline.clone(), l, Duration::from_secs(3600), async {
         let _ = stopped.await;
     }));
     let mut updated = 0;
@@ -482,8 +482,8 @@ async fn factory_line(
     url: &str,
     key_type: KeyType,
 ) -> anyhow::Result<Line> {
-    use iotpki_agent::factory::{self, RunOptions, Station};
     use iotpki_authority::factory::{create_batch, NewBatch};
+    use iotpki_station::factory::{self, RunOptions, Station};
     let store = authority.store().clone();
     let clock = authority.clock().clone();
     let now = clock.now();
@@ -511,11 +511,11 @@ async fn factory_line(
     let refused = out.iter().filter(|p| p.result == "refused").count();
     println!("  7. factory station: {online_born} devices born online in batch DEMO-LINE, {refused} refused at its quota of 16");
 
-    let sub = iotpki_agent::offline::new_delegate_key(&st_dir, "DEMO-OFF", key_type)?;
+    let sub = iotpki_station::offline::new_delegate_key(&st_dir, "DEMO-OFF", key_type)?;
     let d = authority.delegate_station("demo-line-1", "DEMO-OFF", sub.public_key_der(), "admin:demo")?;
-    iotpki_agent::offline::store_delegation(
+    iotpki_station::offline::store_delegation(
         &st_dir,
-        &iotpki_agent::offline::Delegation {
+        &iotpki_core::wire::Delegation {
             batch: "DEMO-OFF".into(),
             organization: authority.config().organization.clone(),
             quota: d.batch.quota - d.batch.issued,

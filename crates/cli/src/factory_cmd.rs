@@ -10,7 +10,7 @@ use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::SystemClock;
 use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::time::rfc3339;
-use iotpki_store::{BatchRecord, BatchStatus, StationStatus};
+use iotpki_store::{BatchStatus, StationStatus};
 
 use crate::{DirArg, PassArg};
 
@@ -92,16 +92,6 @@ pub enum BatchCmd {
     },
 }
 
-fn batch_json(b: &BatchRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": b.id, "product": b.product, "quota": b.quota, "issued": b.issued, "refused": b.refused,
-        "flagged": b.flagged, "remaining": b.quota.saturating_sub(b.issued), "allowlist": b.allowlist,
-        "from": rfc3339(b.valid_from), "until": rfc3339(b.valid_until),
-        "status": if b.status == BatchStatus::Open { "open" } else { "closed" },
-        "created_at": rfc3339(b.created_at),
-    })
-}
-
 pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
     match c {
         BatchCmd::Create { dir, id, product, serials, quota, from, until, require_tpm_attestation } => {
@@ -132,7 +122,7 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
             let all = store.list_batches()?;
             if json {
                 for b in &all {
-                    println!("{}", batch_json(b));
+                    println!("{}", iotpki_core::wire::to_string(&iotpki_server::views::batch(b)));
                 }
                 return Ok(());
             }
@@ -159,9 +149,11 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
         BatchCmd::Show { dir, id, json } => {
             let store = dir.store()?;
             let b = store.batch(&id)?.ok_or_else(|| anyhow!("no batch {id}"))?;
-            let mut v = batch_json(&b);
-            v["tpm_attestation"] =
-                if iotpki_authority::attest::required(store.as_ref(), &id)? { "required" } else { "no" }.into();
+            let tpm = if iotpki_authority::attest::required(store.as_ref(), &id)? { "required" } else { "no" };
+            let v = serde_json::to_value(iotpki_core::wire::Batch {
+                tpm_attestation: Some(tpm.into()),
+                ..iotpki_server::views::batch(&b)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -263,9 +255,9 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             let authority = dir.authority(&pass)?;
             factory::check_name("station name", &name)?;
             // The key is made in the station's directory; only its public key goes to the authority.
-            let key = iotpki_agent::factory::new_station_key(&out, KeyType::from_name(&key_type)?)?;
+            let key = iotpki_station::factory::new_station_key(&out, KeyType::from_name(&key_type)?)?;
             let (cert, chain) = authority.add_station(&name, &batches, key.public_key_der(), "admin:cli")?;
-            iotpki_agent::factory::store_station(&out, &name, &server, &cert, &chain, authority.root_der())?;
+            iotpki_station::factory::store_station(&out, &name, &server, &cert, &chain, authority.root_der())?;
             println!("station {name} certified for {}; its directory is {}", batches.join(","), out.display());
             Ok(())
         }
@@ -282,9 +274,9 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
                 bail!("{} is the directory of station {}, not {name}", station_dir.display(), station.device_serial);
             }
             factory::check_name("batch id", &batch)?;
-            let batch_dir = iotpki_agent::offline::batch_dir(&station_dir, &batch);
+            let batch_dir = iotpki_station::offline::batch_dir(&station_dir, &batch);
             let fresh_dir = !batch_dir.exists();
-            let key = iotpki_agent::offline::new_delegate_key(&station_dir, &batch, KeyType::from_name(&key_type)?)?;
+            let key = iotpki_station::offline::new_delegate_key(&station_dir, &batch, KeyType::from_name(&key_type)?)?;
             let delegated =
                 authority.delegate_station_serials(&name, &batch, key.public_key_der(), slice.as_deref(), "admin:cli");
             if delegated.is_err() && fresh_dir {
@@ -294,7 +286,7 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
             let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } = delegated?;
             let pem_all =
                 |v: &[Vec<u8>]| v.iter().map(|c| iotpki_core::pem::encode("CERTIFICATE", c)).collect::<String>();
-            let d = iotpki_agent::offline::Delegation {
+            let d = iotpki_core::wire::Delegation {
                 batch: batch.clone(),
                 organization: authority.config().organization.clone(),
                 quota: rec.quota.saturating_sub(rec.issued).min(allowlist.len() as u64),
@@ -305,7 +297,7 @@ pub fn station(c: StationCmd) -> anyhow::Result<()> {
                 chain_pem: pem_all(&chain),
                 crl_url,
             };
-            iotpki_agent::offline::store_delegation(&station_dir, &d)?;
+            iotpki_station::offline::store_delegation(&station_dir, &d)?;
             println!(
                 "station {name} may issue offline for batch {batch}: {} births of {} serials, until {}",
                 d.quota,
@@ -397,7 +389,7 @@ pub fn factory(c: FactoryCmd) -> anyhow::Result<()> {
 }
 
 fn sync(a: StationBatch) -> anyhow::Result<()> {
-    let station = iotpki_agent::factory::Station::open(&a.station_dir, a.server.as_deref())?;
+    let station = iotpki_station::factory::Station::open(&a.station_dir, a.server.as_deref())?;
     let (born, flagged) = crate::runtime()?.block_on(station.sync(&a.station_dir, &a.batch))?;
     println!("synced: {born} born, {} flagged", flagged.len());
     for (serial, reason) in &flagged {
@@ -420,24 +412,24 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if simulate == Some(0) || parallel == 0 {
         bail!("--simulate and --parallel must be at least 1");
     }
-    let opts = iotpki_agent::factory::RunOptions {
+    let opts = iotpki_station::factory::RunOptions {
         batch: batch.clone(),
         parallel,
         log: log.unwrap_or_else(|| station_dir.join("production.jsonl")),
         key_type: KeyType::from_name(&key_type)?,
     };
     let station = Arc::new(if offline {
-        iotpki_agent::factory::Station::open_offline(&station_dir, &batch)?
+        iotpki_station::factory::Station::open_offline(&station_dir, &batch)?
     } else {
-        iotpki_agent::factory::Station::open(&station_dir, server.as_deref())?
+        iotpki_station::factory::Station::open(&station_dir, server.as_deref())?
     });
     let rt = crate::runtime()?;
     let duts = match simulate {
         Some(n) => {
             let dir = devices_dir.unwrap_or_else(|| station_dir.join("devices"));
-            rt.block_on(iotpki_agent::factory::simulated(&station, &batch, n, &dir))?
+            rt.block_on(iotpki_station::factory::simulated(&station, &batch, n, &dir))?
         }
-        None => line.into_iter().map(|addr| iotpki_agent::factory::Dut::Line { addr }).collect(),
+        None => line.into_iter().map(|addr| iotpki_station::factory::Dut::Line { addr }).collect(),
     };
     let bar = ProgressBar::new(duts.len() as u64);
     bar.set_style(
@@ -448,7 +440,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     bar.set_prefix(format!("{} / {batch}", station.name));
     let b2 = bar.clone();
     let t0 = std::time::Instant::now();
-    let out = rt.block_on(iotpki_agent::factory::run(station, &opts, duts, move |p| {
+    let out = rt.block_on(iotpki_station::factory::run(station, &opts, duts, move |p| {
         b2.inc(1);
         if p.result != "born" {
             b2.set_message(format!("last refusal: {} {}", p.serial, p.reason.as_deref().unwrap_or("")));

@@ -369,11 +369,8 @@ pub fn run(a: LoadgenArgs) -> anyhow::Result<()> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let n = u32::try_from(a.devices).context("--devices too large")?;
-            let view = rt.block_on(clients[0].factory_batch(&batch, n))?;
-            let serials: Vec<String> = view["unborn"]
-                .as_array()
-                .map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                .unwrap_or_default();
+            let api = iotpki_station::api::FactoryApi::new(clients[0].clone());
+            let serials = rt.block_on(api.batch(&batch, n))?.unborn;
             if serials.len() < a.devices {
                 bail!("batch {batch} has only {} serials not born yet; ask for fewer --devices", serials.len());
             }

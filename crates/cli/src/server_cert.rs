@@ -2,8 +2,6 @@
 //! and a server certificate from the authority (which decides, records and
 //! audits), written out as a broker or web server wants them.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
@@ -120,23 +118,9 @@ fn write_all(out: &Path, key: &SoftKey, issued: &IssuedServer) -> anyhow::Result
     Ok(())
 }
 
-/// Write `bytes` to a new temporary file with `mode` from creation, fsync it,
-/// rename it over `path`, fsync the directory.
+/// Replace `path` atomically with `bytes`, the file having `mode` ([`iotpki_fs::write_atomic`]).
 fn replace(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).ok();
-    }
-    Ok(())
+    iotpki_fs::write_atomic(path, bytes, mode).with_context(|| format!("cannot replace {}", path.display()))
 }
 
 fn report(out: &Path, issued: &IssuedServer, what: &str) {

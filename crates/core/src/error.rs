@@ -39,6 +39,13 @@ pub enum Error {
     Key(String),
     /// The certificate or request violates the profile.
     Profile(String),
+    /// A JSON body is not the one expected (a field missing, unknown or of the wrong type).
+    Json {
+        /// Which body.
+        what: String,
+        /// The parser's message (it names the field).
+        detail: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -56,6 +63,7 @@ impl fmt::Display for Error {
             Self::Signing(d) => write!(f, "signing failed: {d}"),
             Self::Key(d) => write!(f, "key error: {d}"),
             Self::Profile(d) => write!(f, "profile violation: {d}"),
+            Self::Json { what, detail } => write!(f, "malformed {what}: {detail}"),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod serial;
 pub mod time;
 pub mod tpm;
 pub mod voucher;
+pub mod wire;
 
 pub use error::Error;
 

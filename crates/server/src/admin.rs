@@ -17,6 +17,11 @@
 //! | GET  | `/admin/v1/audit?from=&limit=` | audit entries |
 //! | GET  | `/admin/v1/audit/verify` | walk the audit chain |
 //! | POST | `/admin/v1/tokens` | a one-time enrollment token: `{"serial", "ttl_secs"}` |
+//!
+//! The answers are the types of [`iotpki_core::wire`] ([`wire::CertRecord`],
+//! [`wire::Batch`], [`wire::Revoked`], ...), rendered from the store's records
+//! by [`crate::views`], as the CLI's `--json` output is: a revoked certificate
+//! carries its reason by RFC 5280 name (`reason`) and code (`reason_code`).
 
 use std::sync::Arc;
 
@@ -31,12 +36,13 @@ use iotpki_authority::revocation::Target;
 use iotpki_authority::{Authority, AuthorityError};
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
-use iotpki_store::{BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus};
+use iotpki_core::wire;
+use iotpki_store::CertQuery;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::http::{json as json_answer, ApiError, PeerChain};
+use crate::views;
 
 /// The admin routes (merged into the TLS router).
 pub(crate) fn routes() -> Router<Arc<Authority>> {
@@ -55,9 +61,10 @@ pub(crate) fn routes() -> Router<Arc<Authority>> {
 }
 
 /// Authenticate the admin, then run `f` off the async workers (the store blocks).
-async fn as_admin<F>(a: Arc<Authority>, peer: PeerChain, f: F) -> Result<Response, ApiError>
+async fn as_admin<F, T>(a: Arc<Authority>, peer: PeerChain, f: F) -> Result<Response, ApiError>
 where
-    F: FnOnce(&Admin<'_>) -> Result<Value, AuthorityError> + Send + 'static,
+    F: FnOnce(&Admin<'_>) -> Result<T, AuthorityError> + Send + 'static,
+    T: serde::Serialize + Send + 'static,
 {
     let v = tokio::task::spawn_blocking(move || {
         let admin = a.admin(peer.chain())?;
@@ -75,37 +82,10 @@ fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, AuthorityError> {
         .map_err(|e| AuthorityError::BadRequest(format!("the request body is not the JSON expected: {e}")))
 }
 
-fn status_text(s: &CertStatus) -> String {
-    match s {
-        CertStatus::Good => "good".into(),
-        CertStatus::Revoked { at, reason } => {
-            format!("revoked {} ({})", rfc3339(*at), iotpki_core::crl::reason_name(*reason))
-        }
-    }
-}
-
-fn cert_json(r: &CertRecord) -> Value {
-    json!({
-        "serial": r.serial, "ca": r.ca, "profile": r.profile, "subject": r.subject,
-        "device_serial": r.device_serial, "not_before": rfc3339(r.not_before), "not_after": rfc3339(r.not_after),
-        "issued_at": rfc3339(r.issued_at), "spki_sha256": r.spki_sha256, "replaces": r.replaces,
-        "replaced_by": r.replaced_by, "current": r.status == CertStatus::Good && r.replaced_by.is_none(),
-        "status": status_text(&r.status),
-    })
-}
-
-fn batch_json(b: &BatchRecord) -> Value {
-    json!({
-        "id": b.id, "product": b.product, "quota": b.quota, "issued": b.issued, "refused": b.refused,
-        "flagged": b.flagged, "allowlist": b.allowlist, "from": rfc3339(b.valid_from),
-        "until": rfc3339(b.valid_until), "status": if b.status == BatchStatus::Open { "open" } else { "closed" },
-    })
-}
-
 async fn whoami(State(a): State<Arc<Authority>>, Extension(peer): Extension<PeerChain>) -> Result<Response, ApiError> {
     as_admin(a, peer, |adm| {
         let (name, serial) = adm.whoami()?;
-        Ok(json!({ "admin": name, "cert_serial": serial }))
+        Ok(wire::Whoami { admin: name, cert_serial: serial })
     })
     .await
 }
@@ -132,7 +112,7 @@ async fn list_certs(
             limit: q.limit,
             profile: q.profile,
         };
-        Ok(Value::Array(adm.certificates(q)?.iter().map(cert_json).collect()))
+        Ok(adm.certificates(q)?.iter().map(views::cert_record).collect::<Vec<_>>())
     })
     .await
 }
@@ -144,9 +124,7 @@ async fn show_cert(
 ) -> Result<Response, ApiError> {
     as_admin(a, peer, move |adm| {
         let r = adm.certificate(&serial)?;
-        let mut v = cert_json(&r);
-        v["pem"] = Value::String(iotpki_core::pem::encode("CERTIFICATE", &r.der));
-        Ok(v)
+        Ok(wire::CertRecord { pem: Some(iotpki_core::pem::encode("CERTIFICATE", &r.der)), ..views::cert_record(&r) })
     })
     .await
 }
@@ -162,10 +140,6 @@ fn unspecified() -> String {
     "unspecified".into()
 }
 
-fn revoked_json(serials: Vec<String>, reason: u8) -> Value {
-    json!({ "revoked": serials, "reason": iotpki_core::crl::reason_name(reason) })
-}
-
 async fn revoke_cert(
     State(a): State<Arc<Authority>>,
     Extension(peer): Extension<PeerChain>,
@@ -176,7 +150,7 @@ async fn revoke_cert(
         let r: Result<u8, AuthorityError> =
             body::<RevokeBody>(&b).and_then(|rb| Ok(iotpki_core::crl::reason_code(&rb.reason)?));
         let reason = refuse_bad_input(adm, r, "revoke", &serial)?;
-        Ok(revoked_json(adm.revoke(Target::Serial(&serial), reason)?, reason))
+        Ok(wire::Revoked::new(adm.revoke(Target::Serial(&serial), reason)?, reason))
     })
     .await
 }
@@ -195,7 +169,7 @@ async fn revoke_device(
             Ok((reason, d))
         });
         let (reason, d) = refuse_bad_input(adm, r, "revoke", &format!("device:{serial}"))?;
-        Ok(revoked_json(adm.revoke(Target::Device(&d), reason)?, reason))
+        Ok(wire::Revoked::new(adm.revoke(Target::Device(&d), reason)?, reason))
     })
     .await
 }
@@ -217,7 +191,7 @@ async fn list_batches(
     State(a): State<Arc<Authority>>,
     Extension(peer): Extension<PeerChain>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| Ok(Value::Array(adm.batches()?.iter().map(batch_json).collect()))).await
+    as_admin(a, peer, |adm| Ok(adm.batches()?.iter().map(views::batch).collect::<Vec<_>>())).await
 }
 
 async fn show_batch(
@@ -225,7 +199,7 @@ async fn show_batch(
     Extension(peer): Extension<PeerChain>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| Ok(batch_json(&adm.batch(&id)?))).await
+    as_admin(a, peer, move |adm| Ok(views::batch(&adm.batch(&id)?))).await
 }
 
 #[derive(Deserialize)]
@@ -268,7 +242,7 @@ async fn create_batch(
             })
         });
         let nb = refuse_bad_input(adm, r, "batch.create", "")?;
-        Ok(batch_json(&adm.create_batch(nb)?))
+        Ok(views::batch(&adm.create_batch(nb)?))
     })
     .await
 }
@@ -280,7 +254,7 @@ async fn close_batch(
 ) -> Result<Response, ApiError> {
     as_admin(a, peer, move |adm| {
         adm.close_batch(&id)?;
-        Ok(json!({ "closed": id }))
+        Ok(wire::Closed { closed: id })
     })
     .await
 }
@@ -298,17 +272,18 @@ async fn audit_list(
 ) -> Result<Response, ApiError> {
     as_admin(a, peer, move |adm| {
         let entries = adm.audit_entries(q.from.unwrap_or(1), q.limit.unwrap_or(100))?;
-        Ok(Value::Array(
-            entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "seq": e.seq, "at": rfc3339(e.event.at), "actor": e.event.actor, "action": e.event.action,
-                        "target": e.event.target, "detail": e.event.detail, "hash": e.hash,
-                    })
-                })
-                .collect(),
-        ))
+        Ok(entries
+            .into_iter()
+            .map(|e| wire::AuditEntry {
+                seq: e.seq,
+                at: rfc3339(e.event.at),
+                actor: e.event.actor,
+                action: e.event.action,
+                target: e.event.target,
+                detail: e.event.detail,
+                hash: e.hash,
+            })
+            .collect::<Vec<_>>())
     })
     .await
 }
@@ -319,8 +294,8 @@ async fn audit_verify(
 ) -> Result<Response, ApiError> {
     as_admin(a, peer, |adm| {
         Ok(match adm.verify_audit()? {
-            Ok(r) => json!({ "ok": true, "entries": r.entries, "head": r.head }),
-            Err(problem) => json!({ "ok": false, "problem": problem }),
+            Ok(r) => wire::AuditVerified { ok: true, entries: Some(r.entries), head: Some(r.head), problem: None },
+            Err(problem) => wire::AuditVerified { ok: false, entries: None, head: None, problem: Some(problem) },
         })
     })
     .await
@@ -341,7 +316,7 @@ async fn create_token(
     as_admin(a, peer, move |adm| {
         let tb = refuse_bad_input(adm, body::<TokenBody>(&b), "token.create", "")?;
         let token = adm.create_token(&tb.serial, tb.ttl_secs)?;
-        Ok(json!({ "serial": tb.serial, "token": token }))
+        Ok(wire::TokenCreated { serial: tb.serial, token })
     })
     .await
 }

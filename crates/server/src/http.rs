@@ -13,7 +13,7 @@ use axum::{Extension, Router};
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use iotpki_authority::{Authority, AuthorityError, Credential};
-use iotpki_core::est;
+use iotpki_core::{est, wire};
 use rustls::pki_types::CertificateDer;
 use tower::ServiceExt as _;
 
@@ -216,29 +216,24 @@ async fn station_batch(
     let (rec, unborn) = tokio::task::spawn_blocking(move || a.station_batch(&peer.0, &id, q.unborn.unwrap_or(0)))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
-    let body = serde_json::json!({
-        "id": rec.id, "product": rec.product, "quota": rec.quota, "issued": rec.issued,
-        "refused": rec.refused, "flagged": rec.flagged, "valid_from": rec.valid_from,
-        "valid_until": rec.valid_until, "open": rec.status == iotpki_store::BatchStatus::Open,
-        "allowlist": rec.allowlist, "unborn": unborn,
-    });
-    let mut r = body.to_string().into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
-}
-
-/// What a station sends to `/factory/tpm-challenge`.
-#[derive(serde::Deserialize)]
-struct TpmChallengeAsk {
-    batch: String,
-    serial: String,
-    /// The device key's TPMT_PUBLIC, base64.
-    public: String,
+    Ok(json(wire::StationBatch {
+        id: rec.id,
+        product: rec.product,
+        quota: rec.quota,
+        issued: rec.issued,
+        refused: rec.refused,
+        flagged: rec.flagged,
+        valid_from: rec.valid_from,
+        valid_until: rec.valid_until,
+        open: rec.status == iotpki_store::BatchStatus::Open,
+        allowlist: rec.allowlist,
+        unborn,
+    }))
 }
 
 /// The header that carries a TPM challenge's answer on a station's
 /// simpleenroll: `ID:SECRET` (SECRET in base64).
-pub const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
+pub const TPM_ACTIVATION_HEADER: &str = wire::TPM_ACTIVATION_HEADER;
 
 /// `POST /factory/tpm-challenge` (JSON `{batch, serial, public}`): a TPM
 /// attestation challenge for a device's key (JSON `{id, credential_blob,
@@ -253,8 +248,8 @@ async fn tpm_challenge(
             AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
         );
     }
-    let ask: TpmChallengeAsk = serde_json::from_slice(&body)
-        .map_err(|e| AuthorityError::BadRequest(format!("TPM challenge request: {e} (JSON batch, serial, public)")))?;
+    let ask: wire::TpmChallengeRequest = wire::from_slice("TPM challenge request", &body)
+        .map_err(|e| AuthorityError::BadRequest(format!("{e} (JSON batch, serial, public)")))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let public = b64
         .decode(&ask.public)
@@ -263,14 +258,11 @@ async fn tpm_challenge(
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
     let Some(c) = c else { return Ok(StatusCode::NO_CONTENT.into_response()) };
-    let body = serde_json::json!({
-        "id": c.id,
-        "credential_blob": b64.encode(&c.credential_blob),
-        "encrypted_secret": b64.encode(&c.encrypted_secret),
-    });
-    let mut r = body.to_string().into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
+    Ok(json(wire::TpmChallenge {
+        id: c.id,
+        credential_blob: b64.encode(&c.credential_blob),
+        encrypted_secret: b64.encode(&c.encrypted_secret),
+    }))
 }
 
 /// `GET /crl/CA-NAME.crl`: the CA's complete CRL; `GET /crl/CA-NAME/S/K.crl`:
@@ -344,8 +336,8 @@ struct SyncQuery {
     batch: String,
 }
 
-pub(crate) fn json(v: serde_json::Value) -> Response {
-    let mut r = v.to_string().into_response();
+pub(crate) fn json<T: serde::Serialize>(v: T) -> Response {
+    let mut r = iotpki_core::wire::to_string(&v).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
@@ -369,7 +361,7 @@ async fn sync_state(
     let (seq, head) = tokio::task::spawn_blocking(move || a.sync_state(&peer.0, &q.batch))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
-    Ok(json(serde_json::json!({ "last_seq": seq, "head": head })))
+    Ok(json(wire::SyncState { last_seq: seq, head }))
 }
 
 /// `POST /factory/sync?batch=ID`: upload production record entries (JSON lines).
@@ -385,12 +377,12 @@ async fn sync_upload(
     let out = tokio::task::spawn_blocking(move || a.sync(&peer.0, &q.batch, &text))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
-    let flagged: Vec<serde_json::Value> = out
+    let flagged = out
         .flagged
         .iter()
-        .map(|(serial, f)| serde_json::json!({ "cert_serial": serial, "reason": f.name() }))
+        .map(|(serial, f)| wire::Flagged { cert_serial: serial.clone(), reason: f.name().to_string() })
         .collect();
-    Ok(json(serde_json::json!({ "born": out.born, "flagged": flagged })))
+    Ok(json(wire::SyncOutcome { born: out.born, flagged }))
 }
 
 /// `GET /factory/crl?batch=ID`: what the station's next CRL for its delegated CA must say.
@@ -403,9 +395,8 @@ async fn factory_crl_terms(
     let t = tokio::task::spawn_blocking(move || a.delegated_crl_terms(&peer.0, &q.batch))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
-    let revoked: Vec<serde_json::Value> =
-        t.revoked.iter().map(|r| serde_json::json!({ "serial": r.serial, "at": r.at, "reason": r.reason })).collect();
-    Ok(json(serde_json::json!({ "number": t.number, "next_update": t.next_update, "revoked": revoked })))
+    let revoked = t.revoked.into_iter().map(|r| wire::RevokedEntry::new(r.serial, r.at, r.reason)).collect();
+    Ok(json(wire::CrlTerms { number: t.number, next_update: t.next_update, revoked }))
 }
 
 /// `POST /factory/crl?batch=ID`: the station's CRL (DER) for its delegated CA.
@@ -419,7 +410,7 @@ async fn factory_crl_upload(
     let n = tokio::task::spawn_blocking(move || a.upload_delegated_crl(&peer.0, &q.batch, &body))
         .await
         .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
-    Ok(json(serde_json::json!({ "number": n })))
+    Ok(json(wire::CrlAccepted { number: n }))
 }
 
 #[derive(Clone, Copy)]

@@ -22,6 +22,7 @@ mod http;
 mod io;
 mod limits;
 mod tls;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;

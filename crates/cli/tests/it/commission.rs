@@ -234,7 +234,7 @@ async fn a_makers_root_or_operational_ca_is_no_manufacturer_and_its_other_certif
     // CA, and is still not a birth.
     let dir = op.tmp.path().join("maker-station");
     crate::util::batch(&mfg, "B", &["OPC-9".to_string()], 1);
-    let skey = iotpki_agent::factory::new_station_key(&dir, iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let skey = iotpki_station::factory::new_station_key(&dir, iotpki_core::keys::KeyType::EcdsaP256).unwrap();
     let (scert, schain) =
         mfg.authority.add_station("OPC-2", &["B".to_string()], skey.public_key_der(), "test").unwrap();
     let mut chain = vec![scert];
@@ -279,11 +279,11 @@ async fn a_stolen_delegated_ca_key_mints_no_birth_an_owner_commissions() {
     let v1 = born_devices(&mfg, "B2", &["V-1".to_string()]).await;
     crate::util::batch(&mfg, "B1", &["S-1".into(), "S-2".into(), "S-3".into()], 3);
     let st_dir = crate::util::station(&mfg, "line-1", &["B1"]);
-    let key = iotpki_agent::offline::new_delegate_key(&st_dir, "B1", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let key = iotpki_station::offline::new_delegate_key(&st_dir, "B1", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
     let slice = vec!["S-1".to_string(), "S-2".to_string()];
     let d = mfg.authority.delegate_station_serials("line-1", "B1", key.public_key_der(), Some(&slice), "test").unwrap();
     assert_eq!(d.allowlist, slice);
-    let delegation = iotpki_agent::offline::Delegation {
+    let delegation = iotpki_core::wire::Delegation {
         batch: "B1".into(),
         organization: "iotpki".into(),
         quota: 2,
@@ -294,9 +294,9 @@ async fn a_stolen_delegated_ca_key_mints_no_birth_an_owner_commissions() {
         chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
         crl_url: d.crl_url.clone(),
     };
-    iotpki_agent::offline::store_delegation(&st_dir, &delegation).unwrap();
+    iotpki_station::offline::store_delegation(&st_dir, &delegation).unwrap();
     // The genuine offline birth of S-1, synced to the manufacturer.
-    let st = iotpki_agent::factory::Station::open_offline(&st_dir, "B1").unwrap();
+    let st = iotpki_station::factory::Station::open_offline(&st_dir, "B1").unwrap();
     let s1 = mfg.tmp.path().join("born-S-1");
     st.birth("B1", &s1, "S-1", iotpki_core::keys::KeyType::EcdsaP256).await.unwrap();
     // The station itself refuses a serial its delegation does not name (defence in depth).
@@ -515,11 +515,11 @@ async fn a_birth_under_the_largest_delegation_commissions_over_tls() {
         (0..iotpki_authority::factory::MAX_DELEGATED_SERIALS).map(|i| format!("BIG-{i:04}")).collect();
     crate::util::batch(&mfg, "BIG", &list, list.len() as u64);
     let st_dir = crate::util::station(&mfg, "line-big", &["BIG"]);
-    let key = iotpki_agent::offline::new_delegate_key(&st_dir, "BIG", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+    let key = iotpki_station::offline::new_delegate_key(&st_dir, "BIG", iotpki_core::keys::KeyType::EcdsaP256).unwrap();
     let d = mfg.authority.delegate_station("line-big", "BIG", key.public_key_der(), "test").unwrap();
     assert_eq!(d.allowlist.len(), list.len());
     assert!(d.cert.len() > 16_000, "{}", d.cert.len());
-    let delegation = iotpki_agent::offline::Delegation {
+    let delegation = iotpki_core::wire::Delegation {
         batch: "BIG".into(),
         organization: "iotpki".into(),
         quota: 1,
@@ -530,8 +530,8 @@ async fn a_birth_under_the_largest_delegation_commissions_over_tls() {
         chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
         crl_url: d.crl_url.clone(),
     };
-    iotpki_agent::offline::store_delegation(&st_dir, &delegation).unwrap();
-    let st = iotpki_agent::factory::Station::open_offline(&st_dir, "BIG").unwrap();
+    iotpki_station::offline::store_delegation(&st_dir, &delegation).unwrap();
+    let st = iotpki_station::factory::Station::open_offline(&st_dir, "BIG").unwrap();
     let dev = mfg.tmp.path().join("big-last");
     st.birth("BIG", &dev, &list[255], iotpki_core::keys::KeyType::EcdsaP256).await.unwrap();
     st.sync(&st_dir, "BIG").await.unwrap();

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
-use iotpki_agent::factory::{Dut, Produced, RunOptions, Station};
 use iotpki_authority::factory;
 use iotpki_core::asn1::der::Decode as _;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
 use iotpki_core::{csr, est, pem};
+use iotpki_station::api::FactoryApi;
+use iotpki_station::factory::{Dut, Produced, RunOptions, Station};
 
 use crate::util::{batch, openssl, station, Ca};
 
@@ -36,8 +37,8 @@ fn run_opts(ca: &Ca, batch: &str, parallel: usize, tag: &str) -> Run {
 }
 
 async fn run_sim(st: Arc<Station>, run: &Run, n: usize) -> Vec<Produced> {
-    let duts = iotpki_agent::factory::simulated(&st, &run.opts.batch, n, &run.devices_dir).await.unwrap();
-    iotpki_agent::factory::run(st, &run.opts, duts, |_| {}).await.unwrap()
+    let duts = iotpki_station::factory::simulated(&st, &run.opts.batch, n, &run.devices_dir).await.unwrap();
+    iotpki_station::factory::run(st, &run.opts, duts, |_| {}).await.unwrap()
 }
 
 fn issued(ca: &Ca, batch: &str) -> (u64, u64) {
@@ -250,7 +251,7 @@ async fn devices_on_a_line_link_are_born_through_the_station() {
     }
     duts.push(Dut::Line { addr: "127.0.0.1:1".into() }); // nothing there
     let run = run_opts(&ca, "LB", 2, "line");
-    let out = iotpki_agent::factory::run(st, &run.opts, duts, |_| {}).await.unwrap();
+    let out = iotpki_station::factory::run(st, &run.opts, duts, |_| {}).await.unwrap();
     let by = |s: &str| out.iter().find(|p| p.serial == s).unwrap_or_else(|| panic!("{s} missing: {out:?}"));
     for serial in ["L-000", "L-001", "L-002"] {
         assert_eq!(by(serial).result, "born", "{:?}", by(serial));
@@ -273,10 +274,10 @@ async fn devices_on_a_line_link_are_born_through_the_station() {
 }
 
 fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
-    let key = iotpki_agent::offline::new_delegate_key(st_dir, batch_id, KeyType::EcdsaP256).unwrap();
+    let key = iotpki_station::offline::new_delegate_key(st_dir, batch_id, KeyType::EcdsaP256).unwrap();
     let iotpki_authority::Delegated { cert, chain, batch: rec, allowlist, crl_url } =
         ca.authority.delegate_station(name, batch_id, key.public_key_der(), "test").unwrap();
-    let d = iotpki_agent::offline::Delegation {
+    let d = iotpki_core::wire::Delegation {
         batch: batch_id.into(),
         organization: ca.authority.config().organization.clone(),
         quota: rec.quota - rec.issued,
@@ -287,7 +288,7 @@ fn delegate(ca: &Ca, st_dir: &Path, name: &str, batch_id: &str) {
         chain_pem: chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
         crl_url,
     };
-    iotpki_agent::offline::store_delegation(st_dir, &d).unwrap();
+    iotpki_station::offline::store_delegation(st_dir, &d).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,9 +311,9 @@ async fn an_offline_station_issues_within_its_terms_and_syncs() {
     std::fs::write(d.join("dev.pem"), &id.cert_pem).unwrap();
     std::fs::write(d.join("chain.pem"), &id.chain_pem).unwrap();
     // ...and a certificate the delegated CA signs outside its batch's namespace does not.
-    let dir = iotpki_agent::offline::batch_dir(&st_dir, "OB");
+    let dir = iotpki_station::offline::batch_dir(&st_dir, "OB");
     let (_, dkey) = iotpki_agent::state::pending_key(&dir).unwrap().unwrap();
-    let delegation: iotpki_agent::offline::Delegation =
+    let delegation: iotpki_core::wire::Delegation =
         serde_json::from_str(&std::fs::read_to_string(dir.join("delegation.json")).unwrap()).unwrap();
     let dcert = pem::decode_one("CERTIFICATE", &delegation.cert_pem).unwrap();
     let outside = forge_cert(&dcert, &dkey, "OTHER-BATCH", "OF-004");
@@ -394,9 +395,9 @@ async fn a_dishonest_station_is_caught_at_sync_and_forged_records_are_refused() 
     batch(&ca, "DB", &list, 2);
     let st_dir = station(&ca, "line-x", &["DB"]);
     delegate(&ca, &st_dir, "line-x", "DB");
-    let dir = iotpki_agent::offline::batch_dir(&st_dir, "DB");
+    let dir = iotpki_station::offline::batch_dir(&st_dir, "DB");
     let (_, dkey) = iotpki_agent::state::pending_key(&dir).unwrap().unwrap();
-    let d: iotpki_agent::offline::Delegation =
+    let d: iotpki_core::wire::Delegation =
         serde_json::from_str(&std::fs::read_to_string(dir.join("delegation.json")).unwrap()).unwrap();
     let dcert = pem::decode_one("CERTIFICATE", &d.cert_pem).unwrap();
     let sid = iotpki_agent::state::load(&st_dir).unwrap();
@@ -409,64 +410,67 @@ async fn a_dishonest_station_is_caught_at_sync_and_forged_records_are_refused() 
     }
     let text = |es: &[Entry]| es.iter().map(|e| e.to_line() + "\n").collect::<String>();
     let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
-    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
-    let refused = |r: Result<serde_json::Value, iotpki_agent::AgentError>| match r {
-        Err(iotpki_agent::AgentError::Refused { status, reason }) => (status, reason),
-        other => panic!("expected a refusal, got {other:?}"),
-    };
+    let client =
+        FactoryApi::new(EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap());
+    fn refused<T: std::fmt::Debug>(r: Result<T, iotpki_agent::AgentError>) -> (u16, String) {
+        match r {
+            Err(iotpki_agent::AgentError::Refused { status, reason }) => (status, reason),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
 
     // Forgeries first: each refused, nothing recorded.
     let certs = ca.cert_count();
     let mut edited = entries.clone();
     edited[1].serial = list[3].clone();
-    let (s, r) = refused(client.factory_sync("DB", text(&edited)).await);
+    let (s, r) = refused(client.sync("DB", text(&edited)).await);
     assert!(s == 403 && r.contains("edited"), "{s} {r}");
     let other_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
     let mut resigned: Vec<Entry> = Vec::new();
     for e in &entries {
         resigned.push(Entry::next(resigned.last(), e.at, "DB", &e.serial, &e.cert_der().unwrap(), &other_key).unwrap());
     }
-    let (s, r) = refused(client.factory_sync("DB", text(&resigned)).await);
+    let (s, r) = refused(client.sync("DB", text(&resigned)).await);
     assert!(s == 403 && r.contains("signature"), "{s} {r}");
-    let (s, r) = refused(client.factory_sync("DB", text(&entries[1..])).await);
+    let (s, r) = refused(client.sync("DB", text(&entries[1..])).await);
     assert!(s == 403 && r.contains("replayed or out of order"), "{s} {r}");
     let stranger = SoftKey::generate(KeyType::EcdsaP256).unwrap();
     let not_delegate =
         vec![Entry::next(None, 1_000, "DB", &list[0], &forge_cert(&dcert, &stranger, "DB", &list[0]), &skey).unwrap()];
-    let (s, r) = refused(client.factory_sync("DB", text(&not_delegate)).await);
+    let (s, r) = refused(client.sync("DB", text(&not_delegate)).await);
     assert!(s == 403 && r.contains("not issued by the station's delegated CA"), "{s} {r}");
     let wrong_ns =
         vec![
             Entry::next(None, 1_000, "DB", &list[0], &forge_cert(&dcert, &dkey, "ELSEWHERE", &list[0]), &skey).unwrap()
         ];
-    let (s, r) = refused(client.factory_sync("DB", text(&wrong_ns)).await);
+    let (s, r) = refused(client.sync("DB", text(&wrong_ns)).await);
     assert!(s == 403 && r.contains("inside batch DB"), "{s} {r}");
-    let (s, r) = refused(client.factory_sync("DB", String::new()).await);
+    let (s, r) = refused(client.sync("DB", String::new()).await);
     assert!(s == 400 && r.contains("empty"), "{s} {r}");
     let mut elsewhere = entries[..1].to_vec();
     elsewhere[0] = Entry::next(None, 1_000, "OTHER", &list[0], &entries[0].cert_der().unwrap(), &skey).unwrap();
-    let (s, r) = refused(client.factory_sync("DB", text(&elsewhere)).await);
+    let (s, r) = refused(client.sync("DB", text(&elsewhere)).await);
     assert!(s == 403 && r.contains("names batch OTHER"), "{s} {r}");
     // Without a station's certificate there is nothing to ask or upload.
-    let anonymous = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), None).unwrap();
-    let (s, r) = refused(anonymous.factory_sync_state("DB").await);
+    let anonymous = FactoryApi::new(EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), None).unwrap());
+    let (s, r) = refused(anonymous.sync_state("DB").await);
     assert!(s == 401 && r.contains("station's certificate"), "{s} {r}");
     assert_eq!(ca.cert_count(), certs, "no forgery recorded anything");
 
     // The genuine (if dishonest) record: every certificate recorded, the excess flagged and revoked.
-    let out = client.factory_sync("DB", text(&entries)).await.unwrap();
-    assert_eq!(out["born"], 2);
-    let reasons: Vec<&str> = out["flagged"].as_array().unwrap().iter().map(|f| f["reason"].as_str().unwrap()).collect();
+    let out = client.sync("DB", text(&entries)).await.unwrap();
+    assert_eq!(out.born, 2);
+    let reasons: Vec<&str> = out.flagged.iter().map(|f| f.reason.as_str()).collect();
     assert_eq!(reasons, vec!["overbuild", "clone", "off-allowlist"]);
     let b = ca.authority.store().batch("DB").unwrap().unwrap();
     assert_eq!((b.issued, b.flagged), (2, 3));
     assert_eq!(ca.cert_count(), certs + 5);
-    for f in out["flagged"].as_array().unwrap() {
-        let rec = ca.authority.store().certificate(f["cert_serial"].as_str().unwrap()).unwrap().unwrap();
+    for f in &out.flagged {
+        let rec = ca.authority.store().certificate(&f.cert_serial).unwrap().unwrap();
         assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }));
     }
     // Uploading it again is a replay.
-    let (s, r) = refused(client.factory_sync("DB", text(&entries)).await);
+    let (s, r) = refused(client.sync("DB", text(&entries)).await);
     assert!(s == 403 && r.contains("replayed"), "{s} {r}");
     ca.authority.store().verify_audit().unwrap();
 }
@@ -489,7 +493,7 @@ async fn a_device_asking_for_another_serial_is_refused_by_the_station() {
         read_frame(&mut tcp).await.is_err() // the station hangs up: no INSTALL
     });
     let run = run_opts(&ca, "LB", 1, "liar");
-    let out = iotpki_agent::factory::run(st, &run.opts, vec![Dut::Line { addr }], |_| {}).await.unwrap();
+    let out = iotpki_station::factory::run(st, &run.opts, vec![Dut::Line { addr }], |_| {}).await.unwrap();
     assert_eq!(out[0].result, "refused", "{out:?}");
     assert!(
         out[0].reason.as_deref().unwrap().contains("announced serial L-000 but its request names L-001"),
@@ -622,12 +626,12 @@ async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
 
     // Tampered allowlist: the station's own check of its certificate refuses.
     let t_dir = station(&ca, "line-t", &["DB"]);
-    let k = iotpki_agent::offline::new_delegate_key(&t_dir, "DB", KeyType::EcdsaP256).unwrap();
+    let k = iotpki_station::offline::new_delegate_key(&t_dir, "DB", KeyType::EcdsaP256).unwrap();
     let one = vec![short[256].clone()];
     let d = ca.authority.delegate_station_serials("line-t", "DB", k.public_key_der(), Some(&one), "test").unwrap();
     let mut allow = d.allowlist.clone();
     allow.push(short[0].clone());
-    let delegation = iotpki_agent::offline::Delegation {
+    let delegation = iotpki_core::wire::Delegation {
         batch: "DB".into(),
         organization: "iotpki".into(),
         quota: 2,
@@ -638,11 +642,11 @@ async fn a_delegation_is_capped_and_a_tampered_allowlist_signs_nothing_more() {
         chain_pem: d.chain.iter().map(|c| pem::encode("CERTIFICATE", c)).collect(),
         crl_url: d.crl_url.clone(),
     };
-    iotpki_agent::offline::store_delegation(&t_dir, &delegation).unwrap();
+    iotpki_station::offline::store_delegation(&t_dir, &delegation).unwrap();
     let st = Station::open_offline(&t_dir, "DB").unwrap();
     let e = st.birth("DB", &ca.tmp.path().join("t-dev"), &short[0], KeyType::EcdsaP256).await.unwrap_err();
     assert!(e.to_string().contains("outside the names the delegated CA"), "{e}");
-    assert!(!iotpki_agent::offline::record_path(&t_dir, "DB").exists(), "nothing recorded");
+    assert!(!iotpki_station::offline::record_path(&t_dir, "DB").exists(), "nothing recorded");
     st.birth("DB", &ca.tmp.path().join("t-ok"), &short[256], KeyType::EcdsaP256).await.unwrap();
 }
 
@@ -722,7 +726,7 @@ async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
     // A station that leaves the revoked birth off its CRL: refused, nothing served changes.
     let before = std::fs::read(&crl_der).unwrap();
     let (_, sub_key) =
-        iotpki_agent::state::pending_key(&iotpki_agent::offline::batch_dir(&st_dir, "CB")).unwrap().unwrap();
+        iotpki_agent::state::pending_key(&iotpki_station::offline::batch_dir(&st_dir, "CB")).unwrap().unwrap();
     let sub = iotpki_core::profile::cert_info(&pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap()[0]).unwrap();
     let kid = sub.ski.clone().unwrap();
     let issuer = iotpki_core::profile::Issuer {
@@ -734,8 +738,9 @@ async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
     let now = iotpki_authority::Clock::now(ca.clock.as_ref());
     let liar = iotpki_core::crl::build(&issuer, 2, now - 10, now + 3600, &[]).unwrap();
     let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
-    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
-    match client.factory_crl_upload("CB", liar).await {
+    let client =
+        FactoryApi::new(EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap());
+    match client.crl_upload("CB", liar).await {
         Err(iotpki_agent::AgentError::Refused { status, reason }) => {
             assert_eq!(status, 403, "{reason}");
             assert!(reason.contains("exactly those must be listed"), "{reason}");
@@ -771,7 +776,7 @@ async fn a_birth_outside_the_delegated_slice_is_flagged_at_sync() {
     let list = serials("SL", 3);
     batch(&ca, "SLB", &list, 3);
     let st_dir = station(&ca, "line-s", &["SLB"]);
-    let dkey = iotpki_agent::offline::new_delegate_key(&st_dir, "SLB", KeyType::EcdsaP256).unwrap();
+    let dkey = iotpki_station::offline::new_delegate_key(&st_dir, "SLB", KeyType::EcdsaP256).unwrap();
     let d = ca
         .authority
         .delegate_station_serials("line-s", "SLB", dkey.public_key_der(), Some(&list[..1]), "test")
@@ -784,14 +789,14 @@ async fn a_birth_outside_the_delegated_slice_is_flagged_at_sync() {
         entries.push(Entry::next(entries.last(), 1_000, "SLB", serial, &cert, &skey).unwrap());
     }
     let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
-    let client = EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap();
+    let client =
+        FactoryApi::new(EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap());
     let text: String = entries.iter().map(|e| e.to_line() + "\n").collect();
-    let out = client.factory_sync("SLB", text).await.unwrap();
-    assert_eq!(out["born"], 1, "{out}");
-    let flagged = out["flagged"].as_array().unwrap();
-    assert_eq!(flagged.len(), 1, "{out}");
-    assert_eq!(flagged[0]["reason"], "off-allowlist");
-    let rec = ca.authority.store().certificate(flagged[0]["cert_serial"].as_str().unwrap()).unwrap().unwrap();
+    let out = client.sync("SLB", text).await.unwrap();
+    assert_eq!(out.born, 1, "{out:?}");
+    assert_eq!(out.flagged.len(), 1, "{out:?}");
+    assert_eq!(out.flagged[0].reason, "off-allowlist");
+    let rec = ca.authority.store().certificate(&out.flagged[0].cert_serial).unwrap().unwrap();
     assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }));
     let births = ca.authority.export_births(None).unwrap();
     assert!(births.contains(&format!("\n{},", list[0])) && !births.contains(&format!("\n{},", list[1])), "{births}");
@@ -819,7 +824,7 @@ async fn station_delegate_above_the_cap_is_refused_and_a_slice_is_delegated() {
     let certs = ca.cert_count();
     let e = crate::util::run_fail(&mut delegate_cmd(&[]));
     assert!(e.contains("at most 256 serials") && e.contains("--serials"), "{e}");
-    assert!(!iotpki_agent::offline::batch_dir(&st_dir, "CAPB").exists(), "no key left behind");
+    assert!(!iotpki_station::offline::batch_dir(&st_dir, "CAPB").exists(), "no key left behind");
     assert_eq!(ca.cert_count(), certs);
     let slice = ca.tmp.path().join("slice.txt");
     std::fs::write(&slice, list[..3].join("\n")).unwrap();
@@ -831,9 +836,70 @@ async fn station_delegate_above_the_cap_is_refused_and_a_slice_is_delegated() {
 }
 
 fn st_unborn(st_dir: &Path) -> Vec<String> {
-    let d: iotpki_agent::offline::Delegation = serde_json::from_str(
-        &std::fs::read_to_string(iotpki_agent::offline::batch_dir(st_dir, "CAPB").join("delegation.json")).unwrap(),
+    let d: iotpki_core::wire::Delegation = serde_json::from_str(
+        &std::fs::read_to_string(iotpki_station::offline::batch_dir(st_dir, "CAPB").join("delegation.json")).unwrap(),
     )
     .unwrap();
     d.allowlist
+}
+
+/// A server whose answer to "where does your copy of my record end?" has no
+/// `last_seq`: the station refuses the answer with an error that names the
+/// field, and uploads nothing (a missing field is never read as 0, which
+/// would re-send the whole record).
+#[tokio::test]
+async fn a_sync_state_without_last_seq_is_refused_not_read_as_zero() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = Ca::start().await;
+    batch(&ca, "WB", &serials("WB", 1), 1);
+    let st_dir = station(&ca, "st-wire", &["WB"]);
+    let record = iotpki_station::offline::record_path(&st_dir, "WB");
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    std::fs::write(&record, "").unwrap();
+
+    // A server the station trusts (its certificate chains to the authority's root), saying too little.
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let issued = ca.authority.issue_server(&["127.0.0.1".into()], key.public_key_der(), None, "test").unwrap();
+    let mut chain = vec![CertificateDer::from(issued.cert.clone())];
+    chain.extend(issued.chain.iter().cloned().map(CertificateDer::from));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8().unwrap())))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut s) = acceptor.accept(tcp).await else { continue };
+            let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            log.lock().unwrap().push(String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string());
+            let body = r#"{"head":"00"}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+
+    let st = Station::open(&st_dir, Some(&url)).unwrap();
+    let err = st.sync(&st_dir, "WB").await.unwrap_err().to_string();
+    assert!(err.contains("sync state") && err.contains("missing field `last_seq`"), "{err}");
+    assert_eq!(*asked.lock().unwrap(), ["GET /factory/sync?batch=WB HTTP/1.1"], "nothing uploaded");
 }

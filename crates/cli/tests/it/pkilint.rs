@@ -44,7 +44,7 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
     let birth_state = ca.tmp.path().join("birth");
     crate::util::batch(&ca, "LINTB", &["LINT-2".to_string()], 1);
     let line = crate::util::station(&ca, "lint-line", &["LINTB"]);
-    iotpki_agent::factory::Station::open(&line, None)
+    iotpki_station::factory::Station::open(&line, None)
         .unwrap()
         .birth("LINTB", &birth_state, "LINT-2", kt)
         .await

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use iotpki_agent::factory::{Produced, RunOptions, Station};
 use iotpki_agent::EnrollOptions;
 use iotpki_core::keys::KeyType;
+use iotpki_station::factory::{Produced, RunOptions, Station};
 use iotpki_store::postgres::{create_test_database, test_base_url, PgStore, TestDatabase};
 use iotpki_store::Store;
 
@@ -134,7 +134,7 @@ async fn two_nodes_on_one_database_issue_exactly_the_quota_and_spend_each_token_
     let mut duts = Vec::new();
     for (i, st) in stations.iter().enumerate() {
         let devices = c.tmp.path().join("dut").join(i.to_string());
-        let d = iotpki_agent::factory::simulated(st, "PGQ", 40, &devices).await.unwrap();
+        let d = iotpki_station::factory::simulated(st, "PGQ", 40, &devices).await.unwrap();
         assert_eq!(d.len(), 40);
         duts.push(d);
     }
@@ -146,7 +146,7 @@ async fn two_nodes_on_one_database_issue_exactly_the_quota_and_spend_each_token_
             log: c.tmp.path().join(format!("run-{i}.jsonl")),
             key_type: KeyType::EcdsaP256,
         };
-        async move { iotpki_agent::factory::run(st, &opts, duts, |_| {}).await.unwrap() }
+        async move { iotpki_station::factory::run(st, &opts, duts, |_| {}).await.unwrap() }
     };
     let (db, da) = (duts.pop().unwrap(), duts.pop().unwrap());
     let (ra, rb) = tokio::join!(run(0, da), run(1, db));

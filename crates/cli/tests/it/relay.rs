@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use iotpki_agent::relay::Relay;
 use iotpki_agent::trust::{self, Applied};
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::pem;
+use iotpki_station::relay::Relay;
 
 use crate::util::{born_devices, signed_bundle as bundle, Ca};
 
@@ -15,7 +15,7 @@ use crate::util::{born_devices, signed_bundle as bundle, Ca};
 async fn start(relay: Relay) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(iotpki_agent::relay::serve(relay, l, std::time::Duration::from_secs(3600), std::future::pending()));
+    tokio::spawn(iotpki_station::relay::serve(relay, l, std::time::Duration::from_secs(3600), std::future::pending()));
     url
 }
 

@@ -160,10 +160,10 @@ pub fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
 /// A factory station `name` for `batches`, its state in `TMP/stations/NAME`.
 pub fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
     let dir = ca.tmp.path().join("stations").join(name);
-    let key = iotpki_agent::factory::new_station_key(&dir, KeyType::EcdsaP256).unwrap();
+    let key = iotpki_station::factory::new_station_key(&dir, KeyType::EcdsaP256).unwrap();
     let b: Vec<String> = batches.iter().map(|s| s.to_string()).collect();
     let (cert, chain) = ca.authority.add_station(name, &b, key.public_key_der(), "test").unwrap();
-    iotpki_agent::factory::store_station(&dir, name, &ca.url, &cert, &chain, ca.authority.root_der()).unwrap();
+    iotpki_station::factory::store_station(&dir, name, &ca.url, &cert, &chain, ca.authority.root_der()).unwrap();
     dir
 }
 
@@ -171,16 +171,16 @@ pub fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
 /// under `TMP/born/ID/SERIAL`, holding the birth identity. Returns those directories.
 pub async fn born_devices(ca: &Ca, id: &str, serials: &[String]) -> Vec<PathBuf> {
     batch(ca, id, serials, serials.len() as u64);
-    let st = Arc::new(iotpki_agent::factory::Station::open(&station(ca, &format!("st-{id}"), &[id]), None).unwrap());
-    let opts = iotpki_agent::factory::RunOptions {
+    let st = Arc::new(iotpki_station::factory::Station::open(&station(ca, &format!("st-{id}"), &[id]), None).unwrap());
+    let opts = iotpki_station::factory::RunOptions {
         batch: id.into(),
         parallel: 2,
         log: ca.tmp.path().join(format!("{id}.jsonl")),
         key_type: KeyType::EcdsaP256,
     };
     let dir = ca.tmp.path().join("born").join(id);
-    let duts = iotpki_agent::factory::simulated(&st, id, serials.len(), &dir).await.unwrap();
-    let out = iotpki_agent::factory::run(st, &opts, duts, |_| {}).await.unwrap();
+    let duts = iotpki_station::factory::simulated(&st, id, serials.len(), &dir).await.unwrap();
+    let out = iotpki_station::factory::run(st, &opts, duts, |_| {}).await.unwrap();
     assert!(out.iter().all(|p| p.result == "born"), "{out:?}");
     serials.iter().map(|s| dir.join(s)).collect()
 }

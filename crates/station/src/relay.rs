@@ -5,7 +5,7 @@
 //! the upstream is away it serves the copy. It serves only what devices
 //! verify themselves (trust bundles, ownership vouchers, CRLs), so it needs no
 //! trust: a relay that serves something tampered, rolled back, forged or
-//! stale is caught by the device ([`crate::trust`]).
+//! stale is caught by the device ([`iotpki_agent::trust`]).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::{state, trust, AgentError};
+use iotpki_agent::{trust, AgentError};
 
 /// How long the relay waits for its upstream before it serves its copy.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,7 +79,7 @@ impl Relay {
         match fetched {
             Ok(Ok(Some(body))) => {
                 std::fs::create_dir_all(&self.cache).map_err(|e| AgentError::io(&self.cache, e))?;
-                state::write_atomic(&self.cache, &cache_name(path), &body)?;
+                iotpki_fs::write_atomic(&self.cache.join(cache_name(path)), &body, iotpki_fs::PUBLIC)?;
                 Ok(Some((body, Source::Upstream)))
             }
             Ok(Ok(None)) => Ok(None),

@@ -8,7 +8,7 @@
 //!
 //! One device's birth costs the station one EST round trip to the authority;
 //! on the device side it is two steps of the same agent code as in the field
-//! ([`crate::flow::begin_birth`], [`crate::flow::finish_birth`]).
+//! ([`iotpki_agent::flow::begin_birth`], [`iotpki_agent::flow::finish_birth`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,14 @@ use std::time::Instant;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::pem;
 
-use crate::est_client::{ClientIdentity, EstClient};
-use crate::state::{self, Identity};
-use crate::AgentError;
+use iotpki_agent::est_client::{ClientIdentity, EstClient};
+use iotpki_agent::line::{self as link, kind};
+use iotpki_agent::state::{self, Identity};
+use iotpki_agent::AgentError;
+use iotpki_core::wire;
+
+use crate::api::FactoryApi;
+use crate::line::ask;
 
 /// The label station enrollments go to.
 pub const BIRTH_LABEL: &str = "birth";
@@ -77,6 +82,7 @@ pub struct Station {
     /// The server it talks to.
     pub server: String,
     client: EstClient,
+    api: FactoryApi,
     chain: Vec<Vec<u8>>,
     anchor: Vec<u8>,
     offline: Option<crate::offline::Offline>,
@@ -102,7 +108,8 @@ impl Station {
             std::slice::from_ref(&anchor),
             Some(ClientIdentity { chain: tls_chain, key }),
         )?;
-        Ok(Self { name: id.device_serial, server, client, chain, anchor, offline: None })
+        let api = FactoryApi::new(client.clone());
+        Ok(Self { name: id.device_serial, server, client, api, chain, anchor, offline: None })
     }
 
     /// Open the station to issue offline for `batch` with its delegated CA
@@ -142,7 +149,6 @@ impl Station {
         batch: &str,
         serial: &str,
     ) -> Result<Option<(String, Vec<u8>)>, AgentError> {
-        use crate::line::{ask, kind};
         if self.offline.is_some() {
             return Ok(None);
         }
@@ -152,10 +158,10 @@ impl Station {
             Err(AgentError::Refused { status: 0, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some((id, blob, secret)) = self.client.tpm_challenge(batch, serial, &public).await? else {
+        let Some((id, blob, secret)) = self.api.tpm_challenge(batch, serial, &public).await? else {
             return Ok(None);
         };
-        let payload = crate::line::encode_fields(&[&blob, &secret]);
+        let payload = link::encode_fields(&[&blob, &secret]);
         match ask(tcp, kind::ACTIVATE, &payload, kind::ACTIVATED).await {
             Ok(recovered) => Ok(Some((id, recovered))),
             // The device's TPM cannot open the challenge: not the TPM registered for it.
@@ -176,20 +182,14 @@ impl Station {
         let path = crate::offline::record_path(dir, batch);
         let text = std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?;
         let entries = iotpki_core::record::parse(&text)?;
-        let state = self.client.factory_sync_state(batch).await?;
-        let synced = state["last_seq"].as_u64().unwrap_or(0);
-        let rest: Vec<&iotpki_core::record::Entry> = entries.iter().filter(|e| e.seq > synced).collect();
+        let state = self.api.sync_state(batch).await?;
+        let rest: Vec<&iotpki_core::record::Entry> = entries.iter().filter(|e| e.seq > state.last_seq).collect();
         let (mut born, mut flagged) = (0, Vec::new());
         for chunk in rest.chunks(SYNC_CHUNK) {
             let body: String = chunk.iter().map(|e| e.to_line() + "\n").collect();
-            let out = self.client.factory_sync(batch, body).await?;
-            born += out["born"].as_u64().unwrap_or(0);
-            for f in out["flagged"].as_array().into_iter().flatten() {
-                flagged.push((
-                    f["cert_serial"].as_str().unwrap_or_default().to_string(),
-                    f["reason"].as_str().unwrap_or_default().to_string(),
-                ));
-            }
+            let out = self.api.sync(batch, body).await?;
+            born += out.born;
+            flagged.extend(out.flagged.into_iter().map(|f| (f.cert_serial, f.reason)));
         }
         if let Some(offline) = &self.offline {
             self.publish_crl(offline, batch).await?;
@@ -201,29 +201,20 @@ impl Station {
     /// (flagged births included) and upload it: the authority serves it where
     /// the births' cRLDistributionPoint points.
     async fn publish_crl(&self, offline: &crate::offline::Offline, batch: &str) -> Result<(), AgentError> {
-        let t = self.client.factory_crl_terms(batch).await?;
-        let bad = |m: &str| AgentError::BadAnswer(format!("CRL terms: {m}"));
-        let number = t["number"].as_u64().ok_or_else(|| bad("no number"))?;
-        let next_update = t["next_update"].as_i64().ok_or_else(|| bad("no next_update"))?;
-        let mut revoked = Vec::new();
-        for r in t["revoked"].as_array().ok_or_else(|| bad("no revoked list"))? {
-            revoked.push(iotpki_core::crl::Revoked {
-                serial: r["serial"].as_str().ok_or_else(|| bad("an entry without serial"))?.to_string(),
-                at: r["at"].as_i64().ok_or_else(|| bad("an entry without time"))?,
-                reason: r["reason"]
-                    .as_u64()
-                    .and_then(|x| u8::try_from(x).ok())
-                    .ok_or_else(|| bad("an entry without reason"))?,
-            });
-        }
-        let der = offline.sign_crl(number, next_update, &revoked)?;
-        self.client.factory_crl_upload(batch, der).await?;
+        let t = self.api.crl_terms(batch).await?;
+        let revoked: Vec<iotpki_core::crl::Revoked> = t
+            .revoked
+            .into_iter()
+            .map(|r| iotpki_core::crl::Revoked { serial: r.serial, at: r.at, reason: r.reason_code })
+            .collect();
+        let der = offline.sign_crl(t.number, t.next_update, &revoked)?;
+        self.api.crl_upload(batch, der).await?;
         Ok(())
     }
 
     /// The batch as the authority shows it to this station, with up to `unborn` serials not born yet.
-    pub async fn batch(&self, batch: &str, unborn: u32) -> Result<serde_json::Value, AgentError> {
-        self.client.factory_batch(batch, unborn).await
+    pub async fn batch(&self, batch: &str, unborn: u32) -> Result<wire::StationBatch, AgentError> {
+        self.api.batch(batch, unborn).await
     }
 
     /// Give birth to the device on the line at `addr`: ask its serial, have
@@ -241,7 +232,7 @@ impl Station {
             Err(e) => return (None, Err(AgentError::Connect(format!("line {addr}: {e}")))),
         };
         let _ = tcp.set_nodelay(true);
-        let serial = match crate::line::ask(&mut tcp, crate::line::kind::HELLO, &[], crate::line::kind::SERIAL).await {
+        let serial = match ask(&mut tcp, kind::HELLO, &[], kind::SERIAL).await {
             Ok(s) => match String::from_utf8(s)
                 .map_err(|_| AgentError::BadAnswer("the device's serial is not UTF-8".into()))
             {
@@ -252,8 +243,7 @@ impl Station {
         };
         let r = async {
             let kt = key_type.to_string();
-            let csr =
-                crate::line::ask(&mut tcp, crate::line::kind::KEYGEN, kt.as_bytes(), crate::line::kind::CSR).await?;
+            let csr = ask(&mut tcp, kind::KEYGEN, kt.as_bytes(), kind::CSR).await?;
             // The request must be for the device that introduced itself.
             let req = iotpki_core::csr::parse_and_verify(&csr)
                 .map_err(|e| AgentError::BadAnswer(format!("device request: {e}")))?;
@@ -268,16 +258,14 @@ impl Station {
             let activation = activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice()));
             let (cert, chain) = self.obtain(&csr, batch, activation).await?;
             let cert_serial = iotpki_core::profile::cert_info(&cert)?.serial;
-            let install = crate::line::Install {
+            let install = link::Install {
                 cert,
                 anchor: self.anchor.clone(),
                 server: self.server.clone(),
                 label: BIRTH_LABEL.into(),
                 chain,
             };
-            let ok =
-                crate::line::ask(&mut tcp, crate::line::kind::INSTALL, &install.encode(), crate::line::kind::INSTALLED)
-                    .await?;
+            let ok = ask(&mut tcp, kind::INSTALL, &install.encode(), kind::INSTALLED).await?;
             if ok != cert_serial.as_bytes() {
                 return Err(AgentError::BadAnswer("the device confirmed another certificate".into()));
             }
@@ -292,11 +280,11 @@ impl Station {
     /// device checks and stores what the station writes in.
     pub async fn birth(&self, batch: &str, dir: &Path, serial: &str, key_type: KeyType) -> Result<String, AgentError> {
         // A simulated device keeps its keys in files.
-        let keystore = crate::keystore::Keystore::open(dir, None, None)?;
-        let csr = crate::flow::begin_birth(dir, serial, key_type, &keystore)?;
+        let keystore = iotpki_agent::keystore::Keystore::open(dir, None, None)?;
+        let csr = iotpki_agent::flow::begin_birth(dir, serial, key_type, &keystore)?;
         let (cert, chain) = self.obtain(&csr, batch, None).await?;
         let (anchor, server) = (&self.anchor, &self.server);
-        crate::flow::finish_birth(dir, serial, &cert, &chain, anchor, server, Some(BIRTH_LABEL), &keystore)?;
+        iotpki_agent::flow::finish_birth(dir, serial, &cert, &chain, anchor, server, Some(BIRTH_LABEL), &keystore)?;
         Ok(iotpki_core::profile::cert_info(&cert)?.serial)
     }
 }
@@ -357,13 +345,7 @@ pub enum Dut {
 pub async fn simulated(station: &Station, batch: &str, n: usize, dir: &Path) -> Result<Vec<Dut>, AgentError> {
     let serials: Vec<String> = match &station.offline {
         Some(off) => off.unborn(n),
-        None => {
-            let view = station.batch(batch, u32::try_from(n).unwrap_or(u32::MAX)).await?;
-            view["unborn"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-                .unwrap_or_default()
-        }
+        None => station.batch(batch, u32::try_from(n).unwrap_or(u32::MAX)).await?.unborn,
     };
     if serials.is_empty() {
         return Err(AgentError::Usage(format!("batch {batch} has no serial left to give birth to")));
@@ -406,10 +388,7 @@ pub async fn run(
                 Err(e) => ("failed", None, Some(e.to_string())),
             };
             let p = Produced {
-                at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0),
+                at: iotpki_agent::clock::now(),
                 station: station.name.clone(),
                 batch,
                 serial,

@@ -18,36 +18,12 @@ use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::record::{self, Entry};
 use iotpki_core::{csr, pem, serial};
-use serde::{Deserialize, Serialize};
 use spki::der::Decode;
 
-use crate::state;
-use crate::AgentError;
-
-/// What the authority gave the station with its delegated CA.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Delegation {
-    /// The batch.
-    pub batch: String,
-    /// The organisation: births are named `O=org, OU=batch, CN=serial, serialNumber=serial`.
-    pub organization: String,
-    /// Births this station may still issue.
-    pub quota: u64,
-    /// First second it may issue in.
-    pub valid_from: i64,
-    /// First second it may no longer issue in.
-    pub valid_until: i64,
-    /// The serials it may give birth to.
-    pub allowlist: Vec<String>,
-    /// The delegated CA's certificate, PEM.
-    pub cert_pem: String,
-    /// The certificates above it (the manufacturing CA), PEM.
-    pub chain_pem: String,
-    /// Where the delegated CA's CRL is served: the births it signs name it as
-    /// their cRLDistributionPoint (none when the authority has no public URL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crl_url: Option<String>,
-}
+use iotpki_agent::clock::now;
+use iotpki_agent::state;
+use iotpki_agent::AgentError;
+use iotpki_core::wire::Delegation;
 
 /// The directory of a batch's offline material.
 pub fn batch_dir(station_dir: &Path, batch: &str) -> PathBuf {
@@ -81,11 +57,7 @@ pub fn new_delegate_key(
 pub fn store_delegation(station_dir: &Path, d: &Delegation) -> Result<(), AgentError> {
     let dir = batch_dir(station_dir, &d.batch);
     let json = serde_json::to_vec_pretty(d).map_err(|e| AgentError::State(e.to_string()))?;
-    let tmp = dir.join("delegation.json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-    f.write_all(&json).and_then(|_| f.sync_all()).map_err(|e| AgentError::io(&tmp, e))?;
-    std::fs::rename(&tmp, dir.join("delegation.json")).map_err(|e| AgentError::io(&dir, e))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| AgentError::io(&dir, e))
+    Ok(iotpki_fs::write_atomic(&dir.join("delegation.json"), &json, iotpki_fs::PUBLIC)?)
 }
 
 struct Progress {
@@ -108,10 +80,6 @@ fn refused(reason: String) -> AgentError {
     AgentError::Refused { status: 403, reason: format!("offline: {reason}") }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 impl Offline {
     /// Open the offline material of `batch`; the record is read and its chain
     /// and signatures checked against `station_key` (a damaged record is refused).
@@ -127,8 +95,9 @@ impl Offline {
         })?;
         let d: Delegation =
             serde_json::from_str(&text).map_err(|e| AgentError::State(format!("{}: {e}", p.display())))?;
-        let (_, ca_key) = state::pending_key(&dir)?
+        let ca_key_file = state::newest_numbered(&dir, "key-", ".pem")
             .ok_or_else(|| AgentError::State(format!("no delegated CA key in {}", dir.display())))?;
+        let ca_key = iotpki_fs::keyfile::read_key(&dir.join(ca_key_file), None)?;
         let ca_cert = pem::decode_one("CERTIFICATE", &d.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
         let mut chain = vec![ca_cert.clone()];
         chain.extend(pem::decode_all("CERTIFICATE", &d.chain_pem).map_err(|e| AgentError::State(e.to_string()))?);

@@ -1,0 +1,50 @@
+//! The store's records as the JSON the admin API answers ([`iotpki_core::wire`]),
+//! rendered here once: the server and the CLI's `--json` output use the same.
+
+use iotpki_core::time::rfc3339;
+use iotpki_core::wire;
+use iotpki_store::{BatchRecord, BatchStatus, CertRecord, CertStatus};
+
+/// A certificate record (without its PEM).
+pub fn cert_record(r: &CertRecord) -> wire::CertRecord {
+    let revoked = match r.status {
+        CertStatus::Good => None,
+        CertStatus::Revoked { at, reason } => Some((at, reason)),
+    };
+    wire::CertRecord {
+        serial: r.serial.clone(),
+        ca: r.ca.clone(),
+        profile: r.profile.clone(),
+        subject: r.subject.clone(),
+        device_serial: r.device_serial.clone(),
+        not_before: rfc3339(r.not_before),
+        not_after: rfc3339(r.not_after),
+        issued_at: rfc3339(r.issued_at),
+        spki_sha256: r.spki_sha256.clone(),
+        replaces: r.replaces.clone(),
+        replaced_by: r.replaced_by.clone(),
+        current: revoked.is_none() && r.replaced_by.is_none(),
+        status: wire::status_text(revoked),
+        revocation: revoked.map(|(at, code)| wire::Revocation::new(at, code)),
+        pem: None,
+    }
+}
+
+/// A production batch.
+pub fn batch(b: &BatchRecord) -> wire::Batch {
+    wire::Batch {
+        id: b.id.clone(),
+        product: b.product.clone(),
+        quota: b.quota,
+        issued: b.issued,
+        refused: b.refused,
+        flagged: b.flagged,
+        remaining: b.quota.saturating_sub(b.issued),
+        allowlist: b.allowlist,
+        from: rfc3339(b.valid_from),
+        until: rfc3339(b.valid_until),
+        status: if b.status == BatchStatus::Open { "open" } else { "closed" }.into(),
+        created_at: rfc3339(b.created_at),
+        tpm_attestation: None,
+    }
+}
