@@ -21,6 +21,7 @@ use iotpki_store::{
 use rustls_pki_types::CertificateDer;
 use spki::der::Decode;
 
+use crate::auth::{Caller, Who};
 use crate::clock::Clock;
 use crate::factory::{self, NewBatch};
 use crate::revocation::{self, Target};
@@ -156,8 +157,28 @@ impl Authority {
     pub fn admin(&self, chain: &[CertificateDer<'_>]) -> Result<Admin<'_>, AuthorityError> {
         let r = self.admin_inner(chain);
         let cred = if chain.is_empty() { Credential::None } else { Credential::ClientCert(chain) };
-        self.audit_refusal(&r, cred, None, "refuse.admin");
+        self.audit_refusal(&r, || crate::auth::actor_of(cred), None, "refuse.admin");
         r
+    }
+
+    /// The admin that [`Authority::admit`] found calling (no second
+    /// authentication); any other caller is refused (401), audited as `refuse.admin`.
+    pub fn admin_of(&self, caller: &Caller) -> Result<Admin<'_>, AuthorityError> {
+        match &caller.0 {
+            Who::Admin { name, serial } => Ok(Admin {
+                authority: self,
+                actor: format!("admin:{name}"),
+                name: name.clone(),
+                serial: serial.clone(),
+            }),
+            _ => {
+                let r = Err(AuthorityError::Unauthorized(
+                    "the admin API needs an admin certificate (mutual TLS; iotpki admin add)".into(),
+                ));
+                self.audit_refusal(&r, || caller.actor(), None, "refuse.admin");
+                r
+            }
+        }
     }
 
     fn admin_inner(&self, chain: &[CertificateDer<'_>]) -> Result<Admin<'_>, AuthorityError> {

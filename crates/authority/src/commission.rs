@@ -25,12 +25,12 @@ use iotpki_core::asn1::x509_cert::name::RdnSequence;
 use iotpki_core::asn1::x509_cert::Certificate;
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile;
-use iotpki_core::{csr, est, keys, pem};
-use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipStatus, Precondition, Store};
+use iotpki_core::{keys, pem};
+use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipStatus, Store};
 use rustls_pki_types::CertificateDer;
 
 use crate::clock::Clock;
-use crate::{Authority, AuthorityError, Enrolled};
+use crate::{Authority, AuthorityError};
 
 /// id-kp-clientAuth (RFC 5280 section 4.2.1.12).
 const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
@@ -56,6 +56,10 @@ pub struct Birth {
     pub manufacturer_spki: String,
     /// SHA-256 (hex) of the birth certificate's DER.
     pub birth_sha256: String,
+    /// The birth certificate's serial (hex).
+    pub cert_serial: String,
+    /// The birth certificate, DER.
+    pub cert_der: Vec<u8>,
 }
 
 /// Trust the manufacturing CA in `pem_text` (the first certificate) as a
@@ -426,86 +430,47 @@ impl Authority {
             spki_sha256: info.spki_sha256,
             manufacturer_spki,
             birth_sha256,
+            cert_serial: info.serial,
+            cert_der: leaf.to_vec(),
         })
     }
 
-    /// `simpleenroll` with a birth certificate: an operational certificate for
-    /// a fresh key of a device this authority owns.
-    pub(crate) fn commission(
-        &self,
-        label: Option<&str>,
-        chain: &[CertificateDer<'_>],
-        body: &[u8],
-    ) -> Result<Enrolled, AuthorityError> {
-        let label = self.label(label)?;
-        if self.is_birth_ca(&label.ca.name) {
-            return Err(AuthorityError::Forbidden(format!(
-                "label {} issues birth certificates: commissioning gives an operational certificate \
-                 (use an operational label); {}",
-                label.name,
-                crate::BIRTH_ONLY_ON_THE_LINE
-            )));
-        }
-        let birth = self.check_birth(chain)?;
-        // Cheap refusal before any signature work; the transaction checks again.
+    /// Whether this authority owns the device of `birth`, by a claim of
+    /// exactly this birth certificate or by a voucher chain that holds now:
+    /// the cheap refusal before any signature work (the issuance's
+    /// transaction checks ownership again).
+    pub(crate) fn check_owned(&self, birth: &Birth) -> Result<(), AuthorityError> {
         match self.store.ownership(birth.device.as_str())? {
-            None => return Err(iotpki_store::StoreError::NotOwned { device: birth.device.to_string() }.into()),
-            Some(o) if o.status != OwnershipStatus::Owned => {
-                return Err(iotpki_store::StoreError::DeviceReleased {
-                    device: birth.device.to_string(),
-                    status: o.status.as_str(),
-                }
-                .into())
+            None => Err(iotpki_store::StoreError::NotOwned { device: birth.device.to_string() }.into()),
+            Some(o) if o.status != OwnershipStatus::Owned => Err(iotpki_store::StoreError::DeviceReleased {
+                device: birth.device.to_string(),
+                status: o.status.as_str(),
             }
+            .into()),
             Some(o) if o.via.starts_with("voucher:") => {
                 // Owned by voucher: the whole chain, from the manufacturer that made
                 // this very birth certificate to this authority, must hold now.
-                self.check_voucher(&birth.device, chain[0].as_ref(), &birth.manufacturer_cert)?;
+                self.check_voucher(&birth.device, &birth.cert_der, &birth.manufacturer_cert)
             }
             // Owned by claim: exactly the birth certificate claimed, from the
             // manufacturer claimed (a claim never changes to another birth).
             Some(o) => match (&o.birth_sha256, &o.manufacturer_spki) {
-                (Some(b), Some(m)) if *b == birth.birth_sha256 && *m == birth.manufacturer_spki => {}
-                (Some(b), Some(_)) => {
-                    return Err(AuthorityError::Forbidden(format!(
-                        "device {} is claimed with birth certificate sha256 {b} from manufacturing CA {}; this \
-                         one (sha256 {}, manufacturer {}) is not it: a clone, a forgery or a device born twice",
-                        birth.device,
-                        o.manufacturer_spki.as_deref().unwrap_or_default(),
-                        birth.birth_sha256,
-                        birth.manufacturer
-                    )))
-                }
-                _ => {
-                    return Err(AuthorityError::Forbidden(format!(
-                        "device {} was claimed by bare serial, which binds no birth: claim it again with the \
-                         manufacturer's births file (`iotpki device claim --births`)",
-                        birth.device
-                    )))
-                }
+                (Some(b), Some(m)) if *b == birth.birth_sha256 && *m == birth.manufacturer_spki => Ok(()),
+                (Some(b), Some(_)) => Err(AuthorityError::Forbidden(format!(
+                    "device {} is claimed with birth certificate sha256 {b} from manufacturing CA {}; this \
+                     one (sha256 {}, manufacturer {}) is not it: a clone, a forgery or a device born twice",
+                    birth.device,
+                    o.manufacturer_spki.as_deref().unwrap_or_default(),
+                    birth.birth_sha256,
+                    birth.manufacturer
+                ))),
+                _ => Err(AuthorityError::Forbidden(format!(
+                    "device {} was claimed by bare serial, which binds no birth: claim it again with the \
+                     manufacturer's births file (`iotpki device claim --births`)",
+                    birth.device
+                ))),
             },
         }
-        let der = est::decode_body(body)?;
-        let req = csr::parse_and_verify(&der)?;
-        self.check_key(label, req.key_type)?;
-        crate::check_requested_serial(&req.subject, birth.device.as_str(), "the birth certificate")?;
-        if keys::spki_fingerprint(&req.spki_der) == birth.spki_sha256 {
-            return Err(AuthorityError::Forbidden(
-                "the request is for the birth key: an operational certificate needs a fresh key".into(),
-            ));
-        }
-        let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
-        self.issue_device(
-            label,
-            subject,
-            &req,
-            Some(birth.device.to_string()),
-            None,
-            vec![Precondition::Owned { device_serial: birth.device.to_string() }],
-            format!("device:{}", birth.device),
-            "commission",
-            None,
-        )
     }
 }
 

@@ -222,7 +222,7 @@ pub fn load_server_tls(
     cfg: &Config,
     pass: &Passphrase,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), AuthorityError> {
-    let chain = crate::read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
+    let chain = crate::open::read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
     let key = keyfile::read_encrypted(&keyfile::resolve(dir, &cfg.server.key), pass)?.to_pkcs8()?;
     Ok((chain.into_iter().map(CertificateDer::from).collect(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key))))
 }

@@ -28,7 +28,7 @@ use axum::{Extension, Router};
 use iotpki_authority::admin::Admin;
 use iotpki_authority::factory::NewBatch;
 use iotpki_authority::revocation::Target;
-use iotpki_authority::{Authority, AuthorityError};
+use iotpki_authority::{Authority, AuthorityError, Caller};
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
 use iotpki_store::{BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus};
@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{json as json_answer, ApiError, PeerChain};
+use crate::http::{blocking, json as json_answer, ApiError};
 
 /// The admin routes (merged into the TLS router).
 pub(crate) fn routes() -> Router<Arc<Authority>> {
@@ -54,17 +54,17 @@ pub(crate) fn routes() -> Router<Arc<Authority>> {
         .route("/admin/v1/tokens", post(create_token))
 }
 
-/// Authenticate the admin, then run `f` off the async workers (the store blocks).
-async fn as_admin<F>(a: Arc<Authority>, peer: PeerChain, f: F) -> Result<Response, ApiError>
+/// Run `f` as the admin the gate admitted (not authenticated again), off the
+/// async workers (the store blocks).
+async fn as_admin<F>(a: Arc<Authority>, caller: Caller, f: F) -> Result<Response, ApiError>
 where
     F: FnOnce(&Admin<'_>) -> Result<Value, AuthorityError> + Send + 'static,
 {
-    let v = tokio::task::spawn_blocking(move || {
-        let admin = a.admin(peer.chain())?;
+    let v = blocking(move || {
+        let admin = a.admin_of(&caller)?;
         f(&admin)
     })
-    .await
-    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    .await??;
     Ok(json_answer(v))
 }
 
@@ -102,8 +102,8 @@ fn batch_json(b: &BatchRecord) -> Value {
     })
 }
 
-async fn whoami(State(a): State<Arc<Authority>>, Extension(peer): Extension<PeerChain>) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| {
+async fn whoami(State(a): State<Arc<Authority>>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    as_admin(a, caller, |adm| {
         let (name, serial) = adm.whoami()?;
         Ok(json!({ "admin": name, "cert_serial": serial }))
     })
@@ -120,10 +120,10 @@ struct CertsQuery {
 
 async fn list_certs(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<CertsQuery>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let q = CertQuery {
             device_serial: q.device,
             ca: q.ca,
@@ -139,10 +139,10 @@ async fn list_certs(
 
 async fn show_cert(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(serial): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let r = adm.certificate(&serial)?;
         let mut v = cert_json(&r);
         v["pem"] = Value::String(iotpki_core::pem::encode("CERTIFICATE", &r.der));
@@ -168,11 +168,11 @@ fn revoked_json(serials: Vec<String>, reason: u8) -> Value {
 
 async fn revoke_cert(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(serial): Path<String>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let r: Result<u8, AuthorityError> =
             body::<RevokeBody>(&b).and_then(|rb| Ok(iotpki_core::crl::reason_code(&rb.reason)?));
         let reason = refuse_bad_input(adm, r, "revoke", &serial)?;
@@ -183,11 +183,11 @@ async fn revoke_cert(
 
 async fn revoke_device(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(serial): Path<String>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let r = body::<RevokeBody>(&b).and_then(|rb| {
             let reason = iotpki_core::crl::reason_code(&rb.reason)?;
             let d =
@@ -215,17 +215,17 @@ fn refuse_bad_input<T>(
 
 async fn list_batches(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| Ok(Value::Array(adm.batches()?.iter().map(batch_json).collect()))).await
+    as_admin(a, caller, |adm| Ok(Value::Array(adm.batches()?.iter().map(batch_json).collect()))).await
 }
 
 async fn show_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| Ok(batch_json(&adm.batch(&id)?))).await
+    as_admin(a, caller, move |adm| Ok(batch_json(&adm.batch(&id)?))).await
 }
 
 #[derive(Deserialize)]
@@ -247,10 +247,10 @@ fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
 
 async fn create_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a.clone(), peer, move |adm| {
+    as_admin(a.clone(), caller, move |adm| {
         let now = iotpki_authority::Clock::now(a.clock().as_ref());
         let r = body::<BatchBody>(&b).and_then(|bb| {
             let from = bb.from.as_deref().map(|s| parse_time("from", s)).transpose()?.unwrap_or(now);
@@ -275,10 +275,10 @@ async fn create_batch(
 
 async fn close_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         adm.close_batch(&id)?;
         Ok(json!({ "closed": id }))
     })
@@ -293,10 +293,10 @@ struct AuditQuery {
 
 async fn audit_list(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let entries = adm.audit_entries(q.from.unwrap_or(1), q.limit.unwrap_or(100))?;
         Ok(Value::Array(
             entries
@@ -315,9 +315,9 @@ async fn audit_list(
 
 async fn audit_verify(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| {
+    as_admin(a, caller, |adm| {
         Ok(match adm.verify_audit()? {
             Ok(r) => json!({ "ok": true, "entries": r.entries, "head": r.head }),
             Err(problem) => json!({ "ok": false, "problem": problem }),
@@ -335,10 +335,10 @@ struct TokenBody {
 
 async fn create_token(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let tb = refuse_bad_input(adm, body::<TokenBody>(&b), "token.create", "")?;
         let token = adm.create_token(&tb.serial, tb.ttl_secs)?;
         Ok(json!({ "serial": tb.serial, "token": token }))

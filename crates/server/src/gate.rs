@@ -36,10 +36,10 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
-use iotpki_authority::{Authority, AuthorityError, Credential, Gate};
+use iotpki_authority::{Authority, Credential, Gate};
 use iotpki_core::est;
 
-use crate::http::{basic_auth, ApiError, PeerChain};
+use crate::http::{basic_auth, blocking, ApiError, PeerChain};
 
 /// Longest request URI (path and query), in bytes.
 pub const MAX_URI: usize = 12 * 1024;
@@ -118,7 +118,7 @@ pub(crate) async fn public_gate(State(a): State<Arc<Authority>>, req: Request, n
     gate_with(a, req, next, false).await
 }
 
-async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -> Response {
+async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: bool) -> Response {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI {
         return plain(StatusCode::URI_TOO_LONG, format!("the request URI is {uri_len} bytes; at most {MAX_URI}"));
@@ -156,8 +156,8 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
             Ok(b) => b,
             Err(e) => return ApiError::from(e).into_response(),
         };
-        let admitted = tokio::task::spawn_blocking(move || {
-            // As the handlers take it: a token if one is sent, else the certificate.
+        let admitted = blocking(move || {
+            // A token if one is sent (a first enrollment), else the certificate.
             let cred = match (&basic, gate) {
                 (Some((u, p)), Gate::Enroll) => Credential::Token { user: u, password: p },
                 _ if !chain.chain().is_empty() => Credential::ClientCert(chain.chain()),
@@ -165,10 +165,12 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
             };
             a.admit(gate, label.as_deref(), cred)
         })
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")));
+        .await;
         match admitted {
-            Ok(Ok(())) => {}
+            // The handler gets who was admitted, and does not authenticate again.
+            Ok(Ok(caller)) => {
+                req.extensions_mut().insert(caller);
+            }
             Ok(Err(e)) | Err(e) => return ApiError::from(e).into_response(),
         }
     }

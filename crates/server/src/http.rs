@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use iotpki_authority::{Authority, AuthorityError, Credential};
-use iotpki_core::est;
+use iotpki_authority::{Authority, AuthorityError, Caller, EnrollRequest};
+use iotpki_core::{csr, est};
 use rustls::pki_types::CertificateDer;
 use tower::ServiceExt as _;
 
@@ -90,7 +90,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simpleenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+            post(|s: State<Arc<Authority>>, p: Extension<Caller>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
                 enroll(s, p, q, h, b, None, Op::Enroll)
             }),
         )
@@ -99,7 +99,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             post(
                 |s: State<Arc<Authority>>,
                  Path(l): Path<String>,
-                 p: Extension<PeerChain>,
+                 p: Extension<Caller>,
                  q: Query<EnrollQuery>,
                  h: HeaderMap,
                  b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Enroll) },
@@ -107,7 +107,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simplereenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+            post(|s: State<Arc<Authority>>, p: Extension<Caller>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
                 enroll(s, p, q, h, b, None, Op::Reenroll)
             }),
         )
@@ -116,7 +116,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             post(
                 |s: State<Arc<Authority>>,
                  Path(l): Path<String>,
-                 p: Extension<PeerChain>,
+                 p: Extension<Caller>,
                  q: Query<EnrollQuery>,
                  h: HeaderMap,
                  b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Reenroll) },
@@ -165,9 +165,7 @@ fn cose_answer(body: Vec<u8>) -> Response {
 
 /// `GET /.well-known/iotpki/bundle`: the latest published trust bundle (COSE_Sign).
 async fn bundle(State(a): State<Arc<Authority>>) -> Result<Response, ApiError> {
-    let body = tokio::task::spawn_blocking(move || a.published(iotpki_authority::trust::BUNDLE))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let body = blocking(move || a.published(iotpki_authority::trust::BUNDLE)).await??;
     Ok(cose_answer(body))
 }
 
@@ -175,9 +173,7 @@ async fn bundle(State(a): State<Arc<Authority>>) -> Result<Response, ApiError> {
 async fn voucher(State(a): State<Arc<Authority>>, Path(serial): Path<String>) -> Result<Response, ApiError> {
     iotpki_core::name::DeviceSerial::parse(&serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
     let kind = iotpki_authority::trust::voucher_kind(&serial);
-    let body = tokio::task::spawn_blocking(move || a.published(&kind))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let body = blocking(move || a.published(&kind)).await??;
     Ok(cose_answer(body))
 }
 
@@ -204,18 +200,11 @@ struct BatchQuery {
 /// `GET /factory/batches/ID`: a station's view of one of its batches (JSON).
 async fn station_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<BatchQuery>,
 ) -> Result<Response, ApiError> {
-    if peer.0.is_empty() {
-        return Err(
-            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
-        );
-    }
-    let (rec, unborn) = tokio::task::spawn_blocking(move || a.station_batch(&peer.0, &id, q.unborn.unwrap_or(0)))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let (rec, unborn) = blocking(move || a.station_batch(&caller, &id, q.unborn.unwrap_or(0))).await??;
     let body = serde_json::json!({
         "id": rec.id, "product": rec.product, "quota": rec.quota, "issued": rec.issued,
         "refused": rec.refused, "flagged": rec.flagged, "valid_from": rec.valid_from,
@@ -245,23 +234,16 @@ pub const TPM_ACTIVATION_HEADER: &str = "iotpki-tpm-activation";
 /// encrypted_secret}`, base64), or 204 when the batch does not require one.
 async fn tpm_challenge(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if peer.0.is_empty() {
-        return Err(
-            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
-        );
-    }
     let ask: TpmChallengeAsk = serde_json::from_slice(&body)
         .map_err(|e| AuthorityError::BadRequest(format!("TPM challenge request: {e} (JSON batch, serial, public)")))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let public = b64
         .decode(&ask.public)
         .map_err(|_| AuthorityError::BadRequest("TPM challenge: public is not base64".into()))?;
-    let c = tokio::task::spawn_blocking(move || a.tpm_challenge(&peer.0, &ask.batch, &ask.serial, &public))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let c = blocking(move || a.tpm_challenge(&caller, &ask.batch, &ask.serial, &public)).await??;
     let Some(c) = c else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     let body = serde_json::json!({
         "id": c.id,
@@ -286,9 +268,7 @@ async fn crl(
     // A station's delegated CA: the CRL the station signed and uploaded.
     if let Some(rest) = file.strip_prefix("delegated/") {
         let (a, rest) = (a.clone(), rest.to_string());
-        let der = tokio::task::spawn_blocking(move || a.delegated_crl(&rest))
-            .await
-            .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+        let der = blocking(move || a.delegated_crl(&rest)).await??;
         let mut r = der.into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));
         return Ok(r);
@@ -300,9 +280,7 @@ async fn crl(
             (ca.to_string(), Some((s, k)))
         }
     };
-    let der = tokio::task::spawn_blocking(move || a.crl_scoped(&scope.0, scope.1))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let der = blocking(move || a.crl_scoped(&scope.0, scope.1)).await??;
     let wants_pem = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("pem"));
     let mut r =
         if wants_pem { iotpki_core::pem::encode("X509 CRL", &der).into_response() } else { der.into_response() };
@@ -319,9 +297,7 @@ fn ocsp_answer(der: Vec<u8>) -> Response {
 
 /// `POST /ocsp` (RFC 6960 A.1): a DER OCSPRequest in the body.
 async fn ocsp_post(State(a): State<Arc<Authority>>, body: Bytes) -> Result<Response, ApiError> {
-    let der = tokio::task::spawn_blocking(move || a.ocsp(&body))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))?;
+    let der = blocking(move || a.ocsp(&body)).await?;
     Ok(ocsp_answer(der))
 }
 
@@ -332,9 +308,7 @@ async fn ocsp_get(State(a): State<Arc<Authority>>, Path(request): Path<String>) 
         .decode(&compact)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(compact.trim_end_matches('=')))
         .map_err(|_| AuthorityError::BadRequest("the OCSP request in the path is not base64".into()))?;
-    let der = tokio::task::spawn_blocking(move || a.ocsp(&der))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))?;
+    let der = blocking(move || a.ocsp(&der)).await?;
     Ok(ocsp_answer(der))
 }
 
@@ -350,41 +324,26 @@ pub(crate) fn json(v: serde_json::Value) -> Response {
     r
 }
 
-fn station_chain(peer: &PeerChain) -> Result<(), ApiError> {
-    if peer.0.is_empty() {
-        return Err(
-            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
-        );
-    }
-    Ok(())
-}
-
 /// `GET /factory/sync?batch=ID`: where this station's production record was synced up to.
 async fn sync_state(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
-    let (seq, head) = tokio::task::spawn_blocking(move || a.sync_state(&peer.0, &q.batch))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let (seq, head) = blocking(move || a.sync_state(&caller, &q.batch)).await??;
     Ok(json(serde_json::json!({ "last_seq": seq, "head": head })))
 }
 
 /// `POST /factory/sync?batch=ID`: upload production record entries (JSON lines).
 async fn sync_upload(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| AuthorityError::BadRequest("the production record must be UTF-8 JSON lines".into()))?;
-    let out = tokio::task::spawn_blocking(move || a.sync(&peer.0, &q.batch, &text))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let out = blocking(move || a.sync(&caller, &q.batch, &text)).await??;
     let flagged: Vec<serde_json::Value> = out
         .flagged
         .iter()
@@ -396,13 +355,10 @@ async fn sync_upload(
 /// `GET /factory/crl?batch=ID`: what the station's next CRL for its delegated CA must say.
 async fn factory_crl_terms(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
-    let t = tokio::task::spawn_blocking(move || a.delegated_crl_terms(&peer.0, &q.batch))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let t = blocking(move || a.delegated_crl_terms(&caller, &q.batch)).await??;
     let revoked: Vec<serde_json::Value> =
         t.revoked.iter().map(|r| serde_json::json!({ "serial": r.serial, "at": r.at, "reason": r.reason })).collect();
     Ok(json(serde_json::json!({ "number": t.number, "next_update": t.next_update, "revoked": revoked })))
@@ -411,14 +367,11 @@ async fn factory_crl_terms(
 /// `POST /factory/crl?batch=ID`: the station's CRL (DER) for its delegated CA.
 async fn factory_crl_upload(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
-    let n = tokio::task::spawn_blocking(move || a.upload_delegated_crl(&peer.0, &q.batch, &body))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let n = blocking(move || a.upload_delegated_crl(&caller, &q.batch, &body)).await??;
     Ok(json(serde_json::json!({ "number": n })))
 }
 
@@ -445,15 +398,15 @@ pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>
 
 async fn enroll(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<EnrollQuery>,
     headers: HeaderMap,
     body: Bytes,
     label: Option<String>,
     op: Op,
 ) -> Result<Response, ApiError> {
-    // Content-Type, the size and the caller were checked before the body (crate::gate).
-    let basic = basic_auth(&headers)?;
+    // Content-Type, the size and the caller were checked before the body
+    // (crate::gate): `caller` is who the gate admitted, not authenticated again.
     let activation = match headers.get(TPM_ACTIVATION_HEADER) {
         None => None,
         Some(v) => {
@@ -463,28 +416,35 @@ async fn enroll(
             Some((id.trim().to_string(), secret))
         }
     };
-    // Signing and the durable store write block: keep them off the async workers.
-    let enrolled = tokio::task::spawn_blocking(move || {
-        let cred = match (&basic, peer.0.is_empty()) {
-            (Some((u, p)), _) => Credential::Token { user: u, password: p },
-            (None, false) => Credential::ClientCert(&peer.0),
-            (None, true) => Credential::None,
+    // Verifying the request's signature, signing and the durable store write
+    // block: keep them off the async workers.
+    let enrolled = blocking(move || {
+        let req = match op {
+            Op::Enroll => EnrollRequest::Enroll {
+                batch: query.batch.as_deref(),
+                activation: activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice())),
+            },
+            Op::Reenroll => EnrollRequest::Reenroll,
         };
-        match op {
-            Op::Enroll => {
-                let activation = activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice()));
-                a.simple_enroll_attested(label.as_deref(), cred, query.batch.as_deref(), activation, &body)
-            }
-            Op::Reenroll => {
-                // Re-enrollment is by certificate only, even if a token is sent too.
-                let cred = if peer.0.is_empty() { Credential::None } else { Credential::ClientCert(&peer.0) };
-                a.simple_reenroll(label.as_deref(), cred, &body)
-            }
-        }
+        // The body is decoded and the request parsed once, here: the
+        // authority is handed the verified request.
+        let csr = est::decode_body(&body)
+            .and_then(|der| csr::parse_and_verify(&der))
+            .map_err(|e| a.refuse(&caller, req, e.into()))?;
+        a.enroll(label.as_deref(), &caller, req, &csr)
     })
-    .await
-    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    .await??;
     Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
+}
+
+/// Run blocking work (the store, signing, signature checks) off the async
+/// workers. A worker that panicked is our failure (500), logged.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, AuthorityError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))
 }
 
 /// Run one TLS connection: handshake (bounded in time), then HTTP/1.1 with

@@ -107,7 +107,9 @@ pub async fn serve_with(
     )
     .await;
     // Refusals summed up in the current window are written before the end.
-    let _ = tokio::task::spawn_blocking(move || authority.flush_refusals()).await;
+    if let Err(e) = http::blocking(move || authority.flush_refusals()).await {
+        tracing::error!(error = %e, "could not write the refusals summed up");
+    }
     r
 }
 
@@ -116,7 +118,9 @@ async fn flush_refusals(authority: Arc<Authority>, every: Duration) {
     loop {
         tokio::time::sleep(every.max(Duration::from_secs(1))).await;
         let a = authority.clone();
-        let _ = tokio::task::spawn_blocking(move || a.flush_refusals()).await;
+        if let Err(e) = http::blocking(move || a.flush_refusals()).await {
+            tracing::error!(error = %e, "could not write the refusals summed up");
+        }
     }
 }
 
@@ -167,7 +171,7 @@ async fn refresh_crls(authority: Arc<Authority>) {
         // First after a while: a CRL is made on the first request anyway.
         tokio::time::sleep(CRL_REFRESH).await;
         let a = authority.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let refreshed = http::blocking(move || {
             for s in a.crl_scopes() {
                 if let Err(e) = a.crl_scoped(&s.ca, s.shard) {
                     tracing::warn!(ca = %s.ca, shard = ?s.shard, error = %e, "could not refresh the CRL");
@@ -175,6 +179,9 @@ async fn refresh_crls(authority: Arc<Authority>) {
             }
         })
         .await;
+        if let Err(e) = refreshed {
+            tracing::error!(error = %e, "the CRL refresh failed");
+        }
     }
 }
 
