@@ -15,6 +15,7 @@ use iotpki_store::{AuditEvent, CertRecord, CertStatus, StationRecord, StationSta
 use rustls_pki_types::CertificateDer;
 
 use crate::commission::Birth;
+use crate::error::Refusal;
 use crate::tokens::{self, TokenState};
 use crate::{Authority, AuthorityError, BIRTH_ONLY_ON_THE_LINE};
 
@@ -125,7 +126,7 @@ impl Caller {
     pub(crate) fn station(&self) -> Result<&Station, AuthorityError> {
         match &self.0 {
             Who::Station(s) => Ok(s),
-            _ => Err(AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into())),
+            _ => Err(AuthorityError::unauthenticated("a factory station's certificate is needed (mutual TLS)".into())),
         }
     }
 }
@@ -200,7 +201,7 @@ impl Authority {
                     Credential::ClientCert(chain) => self
                         .authenticate_station(chain)
                         .map(|(record, id)| Caller(Who::Station(Box::new(Station { record, id })))),
-                    _ => Err(AuthorityError::Unauthorized(
+                    _ => Err(AuthorityError::unauthenticated(
                         "a factory station's certificate is needed (mutual TLS)".into(),
                     )),
                 };
@@ -213,7 +214,7 @@ impl Authority {
                     Credential::ClientCert(chain) => self
                         .authenticate_renewable(chain)
                         .map(|(id, superseded)| Caller(Who::Certificate { id: Box::new(id), superseded })),
-                    _ => Err(AuthorityError::Unauthorized(
+                    _ => Err(AuthorityError::unauthenticated(
                         "re-enrollment needs the current certificate as the TLS client certificate".into(),
                     )),
                 };
@@ -242,7 +243,7 @@ impl Authority {
         if !self.is_birth_ca(&label.ca.name) {
             return Ok(());
         }
-        Err(AuthorityError::Forbidden(match cred {
+        Err(AuthorityError::forbidden(match cred {
             Credential::ClientCert(_) => format!(
                 "label {} issues birth certificates: commissioning gives an operational certificate \
                  (use an operational label); {BIRTH_ONLY_ON_THE_LINE}",
@@ -258,7 +259,7 @@ impl Authority {
         match cred {
             Credential::Token { user, password } => {
                 let device = DeviceSerial::parse(user).map_err(|_| {
-                    AuthorityError::Unauthorized(format!(
+                    AuthorityError::unauthenticated(format!(
                         "the Basic user must be a device serial (1 to 64 printable characters; got {} bytes)",
                         user.len()
                     ))
@@ -269,7 +270,7 @@ impl Authority {
                 Ok(Caller(Who::Token(TokenHolder { device, token_hash, state })))
             }
             Credential::ClientCert(chain) => self.check_birth(chain).map(|b| Caller(Who::Birth(Box::new(b)))),
-            Credential::None => Err(AuthorityError::Unauthorized(
+            Credential::None => Err(AuthorityError::unauthenticated(
                 "enrollment needs a one-time token: HTTP Basic with the device serial as user and the token as password"
                     .into(),
             )),
@@ -283,15 +284,14 @@ impl Authority {
     ) -> Result<(StationRecord, DeviceIdentity), AuthorityError> {
         let id = self.authenticate(chain)?;
         if id.record.profile != Profile::Station.name() {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "a {} certificate is not a factory station's",
                 id.record.profile
-            )));
+            ))));
         }
-        let st = self
-            .store
-            .station_by_cert(&id.record.serial)?
-            .ok_or_else(|| AuthorityError::Forbidden(format!("no station holds certificate {}", id.record.serial)))?;
+        let st = self.store.station_by_cert(&id.record.serial)?.ok_or_else(|| {
+            AuthorityError::Refused(Refusal::Client(format!("no station holds certificate {}", id.record.serial)))
+        })?;
         if let StationStatus::Revoked { .. } = st.status {
             return Err(StoreError::StationRevoked { station: st.name }.into());
         }
@@ -304,7 +304,10 @@ impl Authority {
     pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
         let id = self.authenticate_recorded(chain)?;
         if let CertStatus::Revoked { .. } = id.record.status {
-            return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)));
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
+                "client certificate {} is revoked",
+                id.record.serial
+            ))));
         }
         Ok(id)
     }
@@ -321,7 +324,10 @@ impl Authority {
             (CertStatus::Good, _) => None,
             (CertStatus::Revoked { reason: 4, .. }, Some(next)) => Some(next.clone()),
             (CertStatus::Revoked { .. }, _) => {
-                return Err(AuthorityError::Forbidden(format!("client certificate {} is revoked", id.record.serial)))
+                return Err(AuthorityError::Refused(Refusal::Client(format!(
+                    "client certificate {} is revoked",
+                    id.record.serial
+                ))))
             }
         };
         Ok((id, superseded))
@@ -330,13 +336,14 @@ impl Authority {
     /// [`Self::authenticate`] without the revocation check: the path verifies
     /// and the certificate is the one recorded, revoked or not.
     fn authenticate_recorded(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
-        let leaf = chain.first().ok_or_else(|| AuthorityError::Unauthorized("no client certificate".into()))?;
+        let leaf = chain.first().ok_or_else(|| AuthorityError::unauthenticated("no client certificate".into()))?;
         let now = self.clock.now();
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(leaf.as_ref()).into();
         let path_verified = self.verified_paths.holds(&digest, now);
         if !path_verified {
-            let ee = webpki::EndEntityCert::try_from(leaf)
-                .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
+            let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+                AuthorityError::Refused(Refusal::Client(format!("client certificate is malformed: {e}")))
+            })?;
             self.verify_path(&ee, now)?;
         }
         let info = profile::cert_info(leaf)?;
@@ -345,13 +352,16 @@ impl Authority {
             self.verified_paths.remember(digest, now, not_after);
         }
         let record = self.store.certificate(&info.serial)?.ok_or_else(|| {
-            AuthorityError::Forbidden(format!("client certificate {} is not known to this authority", info.serial))
+            AuthorityError::Refused(Refusal::Client(format!(
+                "client certificate {} is not known to this authority",
+                info.serial
+            )))
         })?;
         if record.der != leaf.as_ref() {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "client certificate {} differs from the one issued",
                 info.serial
-            )));
+            ))));
         }
         Ok(DeviceIdentity { record, cert: info.cert })
     }
@@ -370,7 +380,7 @@ impl Authority {
         )
         .map(|_| ())
         .map_err(|e| {
-            AuthorityError::Forbidden(match e {
+            AuthorityError::Refused(Refusal::Client(match e {
                 // A CA of another authority with the same name as ours shows up as a bad signature.
                 webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
                     "client certificate was not issued by this authority".to_string()
@@ -385,7 +395,7 @@ impl Authority {
                     iotpki_core::time::rfc3339(i64::try_from(not_before.as_secs()).unwrap_or(i64::MAX))
                 ),
                 other => format!("client certificate rejected: {other}"),
-            })
+            }))
         })
     }
 }

@@ -30,6 +30,7 @@ use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipS
 use rustls_pki_types::CertificateDer;
 
 use crate::clock::Clock;
+use crate::error::Refusal;
 use crate::{Authority, AuthorityError};
 
 /// id-kp-clientAuth (RFC 5280 section 4.2.1.12).
@@ -72,13 +73,13 @@ pub fn add_manufacturer(
     actor: &str,
 ) -> Result<ManufacturerRecord, AuthorityError> {
     let der = pem::decode_all("CERTIFICATE", pem_text)
-        .map_err(|e| AuthorityError::BadRequest(format!("manufacturer certificate: {e}")))?
+        .map_err(|e| AuthorityError::malformed(format!("manufacturer certificate: {e}")))?
         .into_iter()
         .next()
-        .ok_or_else(|| AuthorityError::BadRequest("the file holds no certificate".into()))?;
+        .ok_or_else(|| AuthorityError::malformed("the file holds no certificate".into()))?;
     let info = profile::cert_info(&der)?;
     if let Some(why) = not_a_manufacturing_ca(&info.cert) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "{} is not a manufacturing CA ({why}): import the manufacturer's manufacturing CA, the one that \
              signs its birth certificates (ca/manufacturing.crt of its authority), not its root or operational CA",
             name::to_rfc4514(&info.cert.tbs_certificate.subject)
@@ -86,7 +87,7 @@ pub fn add_manufacturer(
     }
     let now = clock.now();
     if info.not_after <= now {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "the manufacturing CA expired at {}",
             iotpki_core::time::rfc3339(info.not_after)
         )));
@@ -94,10 +95,10 @@ pub fn add_manufacturer(
     let name = match name {
         Some(n) => n.to_string(),
         None => name::attribute(&info.cert.tbs_certificate.subject, COMMON_NAME)
-            .ok_or_else(|| AuthorityError::BadRequest("the CA has no common name: give --name".into()))?,
+            .ok_or_else(|| AuthorityError::malformed("the CA has no common name: give --name".into()))?,
     };
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-        return Err(AuthorityError::BadRequest("a manufacturer name is 1 to 128 printable characters".into()));
+        return Err(AuthorityError::malformed("a manufacturer name is 1 to 128 printable characters".into()));
     }
     let rec = ManufacturerRecord { name: name.clone(), cert_der: der, spki_sha256: info.spki_sha256, added_at: now };
     let audit = AuditEvent {
@@ -240,7 +241,7 @@ pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
     match lines.next() {
         Some((_, l)) if l.trim() == BIRTHS_HEADER => {}
         _ => {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "a births file starts with {BIRTHS_HEADER:?} (make it with `iotpki device export-births` at the \
                  manufacturer); a list of bare serials no longer claims devices"
             )))
@@ -251,7 +252,7 @@ pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
         if line.is_empty() || line.starts_with('#') || line == BIRTHS_COLUMNS {
             continue;
         }
-        let bad = |m: String| AuthorityError::BadRequest(format!("births line {}: {m}", i + 1));
+        let bad = |m: String| AuthorityError::malformed(format!("births line {}: {m}", i + 1));
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let [serial, birth, mfg] = f.as_slice() else {
             return Err(bad(format!("expected {BIRTHS_COLUMNS}, found {} fields", f.len())));
@@ -269,11 +270,11 @@ pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
             manufacturer_spki: mfg.to_string(),
         });
         if out.len() > MAX_CLAIM {
-            return Err(AuthorityError::BadRequest(format!("claim at most {MAX_CLAIM} devices at once")));
+            return Err(AuthorityError::malformed(format!("claim at most {MAX_CLAIM} devices at once")));
         }
     }
     if out.is_empty() {
-        return Err(AuthorityError::BadRequest("the births file names no device".into()));
+        return Err(AuthorityError::malformed("the births file names no device".into()));
     }
     Ok(out)
 }
@@ -294,7 +295,7 @@ pub fn claim_devices(
     let trusted: std::collections::HashSet<String> =
         store.manufacturers()?.into_iter().map(|m| m.spki_sha256).collect();
     if let Some(c) = claims.iter().find(|c| !trusted.contains(&c.manufacturer_spki)) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "device {} was born under manufacturing CA {}, which this authority does not trust \
              (`iotpki trust add-manufacturer` first)",
             c.device_serial, c.manufacturer_spki
@@ -344,7 +345,7 @@ impl Authority {
             Some(list) => {
                 for sn in list {
                     let h = births.get(sn).ok_or_else(|| {
-                        AuthorityError::NotFound(format!(
+                        AuthorityError::not_found(format!(
                             "device {sn} has no good birth certificate from this authority"
                         ))
                     })?;
@@ -358,19 +359,19 @@ impl Authority {
     /// Check a birth certificate chain (leaf first) as presented in the TLS handshake.
     pub fn check_birth(&self, chain: &[CertificateDer<'_>]) -> Result<Birth, AuthorityError> {
         let leaf = chain.first().ok_or_else(|| {
-            AuthorityError::Unauthorized(
+            AuthorityError::unauthenticated(
                 "commissioning needs the birth certificate as the TLS client certificate".into(),
             )
         })?;
         let info = profile::cert_info(leaf)
-            .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
+            .map_err(|e| AuthorityError::Refused(Refusal::Client(format!("client certificate is malformed: {e}"))))?;
         let inter: Vec<Vec<u8>> = chain[1..].iter().map(|c| c.to_vec()).collect();
         let now = self.clock.now();
         let manufacturers = self.store.manufacturers()?;
         if manufacturers.is_empty() {
-            return Err(AuthorityError::Forbidden(
+            return Err(AuthorityError::Refused(Refusal::Client(
                 "this authority trusts no manufacturer yet (`iotpki trust add-manufacturer`)".into(),
-            ));
+            )));
         }
         let mut why = Vec::new();
         let mut found = None;
@@ -385,43 +386,48 @@ impl Authority {
         }
         let Some((manufacturer, manufacturer_cert, manufacturer_spki)) = found else {
             let detail = if manufacturers.len() == 1 { format!(" ({})", why.join("; ")) } else { String::new() };
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "the birth certificate does not chain to a trusted manufacturer{detail}"
-            )));
+            ))));
         };
         if info.is_ca {
-            return Err(AuthorityError::Forbidden("a CA certificate is not a birth certificate".into()));
+            return Err(AuthorityError::Refused(Refusal::Client("a CA certificate is not a birth certificate".into())));
         }
         let parsed: Vec<Certificate> = inter.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
-        let anchor = Certificate::from_der(&manufacturer_cert)
-            .map_err(|e| AuthorityError::Forbidden(format!("the trusted manufacturing CA is unreadable: {e}")))?;
+        let anchor = Certificate::from_der(&manufacturer_cert).map_err(|e| {
+            AuthorityError::Refused(Refusal::Client(format!("the trusted manufacturing CA is unreadable: {e}")))
+        })?;
         if let Some(why) = not_a_birth(&info.cert, &parsed, &anchor) {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "the client certificate chains to manufacturer {manufacturer} but is not a birth certificate ({why})"
-            )));
+            ))));
         }
         // Issued here (the authority is its own manufacturer): our record must agree.
         if let Some(rec) = self.store.certificate(&info.serial)? {
             if rec.der == leaf.as_ref() {
                 if let CertStatus::Revoked { .. } = rec.status {
-                    return Err(AuthorityError::Forbidden(format!("birth certificate {} is revoked", info.serial)));
+                    return Err(AuthorityError::Refused(Refusal::Client(format!(
+                        "birth certificate {} is revoked",
+                        info.serial
+                    ))));
                 }
                 if rec.profile != profile::Profile::Device.name() {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::Refused(Refusal::Client(format!(
                         "a {} certificate is not a birth certificate",
                         rec.profile
-                    )));
+                    ))));
                 }
             }
         }
         let serials = name::serial_numbers(&info.cert.tbs_certificate.subject);
         let [serial] = serials.as_slice() else {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "a birth certificate names exactly one serialNumber (found {})",
                 serials.len()
-            )));
+            ))));
         };
-        let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
+        let device =
+            DeviceSerial::parse(serial).map_err(|e| AuthorityError::Refused(Refusal::Client(e.to_string())))?;
         let birth_sha256 = keys::sha256_hex(leaf.as_ref());
         Ok(Birth {
             device,
@@ -456,7 +462,7 @@ impl Authority {
             // manufacturer claimed (a claim never changes to another birth).
             Some(o) => match (&o.birth_sha256, &o.manufacturer_spki) {
                 (Some(b), Some(m)) if *b == birth.birth_sha256 && *m == birth.manufacturer_spki => Ok(()),
-                (Some(b), Some(_)) => Err(AuthorityError::Forbidden(format!(
+                (Some(b), Some(_)) => Err(AuthorityError::forbidden(format!(
                     "device {} is claimed with birth certificate sha256 {b} from manufacturing CA {}; this \
                      one (sha256 {}, manufacturer {}) is not it: a clone, a forgery or a device born twice",
                     birth.device,
@@ -464,7 +470,7 @@ impl Authority {
                     birth.birth_sha256,
                     birth.manufacturer
                 ))),
-                _ => Err(AuthorityError::Forbidden(format!(
+                _ => Err(AuthorityError::forbidden(format!(
                     "device {} was claimed by bare serial, which binds no birth: claim it again with the \
                      manufacturer's births file (`iotpki device claim --births`)",
                     birth.device

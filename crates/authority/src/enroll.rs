@@ -35,6 +35,7 @@ use x509_cert::name::Name;
 
 use crate::auth::{Caller, DeviceIdentity, Station, TokenHolder, Who};
 use crate::commission::Birth;
+use crate::error::{KeyRefusal, Refusal};
 use crate::tokens::{self, TokenState};
 use crate::{attest, Authority, AuthorityError, Enrolled, Label, BACKDATE_SECS, BIRTH_ONLY_ON_THE_LINE};
 
@@ -90,19 +91,19 @@ impl<'a> Enrollment<'a> {
             (EnrollRequest::Enroll { batch: Some(batch), activation }, Who::Station(station)) => {
                 Ok(Self::StationBirth { station, batch, activation })
             }
-            (EnrollRequest::Enroll { batch: Some(_), .. }, _) => Err(AuthorityError::Unauthorized(
+            (EnrollRequest::Enroll { batch: Some(_), .. }, _) => Err(AuthorityError::unauthenticated(
                 "an enrollment for a batch needs a factory station's certificate (mutual TLS)".into(),
             )),
             (EnrollRequest::Enroll { batch: None, .. }, Who::Token(t)) => Ok(Self::Token(t)),
             (EnrollRequest::Enroll { batch: None, .. }, Who::Birth(b)) => Ok(Self::Commissioning(b)),
-            (EnrollRequest::Enroll { batch: None, .. }, _) => Err(AuthorityError::Unauthorized(
+            (EnrollRequest::Enroll { batch: None, .. }, _) => Err(AuthorityError::unauthenticated(
                 "enrollment needs a one-time token: HTTP Basic with the device serial as user and the token as password"
                     .into(),
             )),
             (EnrollRequest::Reenroll, Who::Certificate { id, superseded }) => {
                 Ok(Self::Renewal { current: id, superseded: superseded.as_deref() })
             }
-            (EnrollRequest::Reenroll, _) => Err(AuthorityError::Unauthorized(
+            (EnrollRequest::Reenroll, _) => Err(AuthorityError::unauthenticated(
                 "re-enrollment needs the current certificate as the TLS client certificate".into(),
             )),
         }
@@ -158,6 +159,18 @@ pub(crate) enum Race {
     Token { device: DeviceSerial, token_hash: String },
     /// The certificate was renewed meanwhile: with the same key?
     Renewal { old: String },
+}
+
+impl Race {
+    /// Whether the store's refusal `e` may be this race: the token refused
+    /// (spent meanwhile), or any refusal of a renewal (superseded meanwhile).
+    fn follows(&self, e: &AuthorityError) -> bool {
+        match self {
+            Self::Refuse => false,
+            Self::Token { .. } => matches!(e.refusal(), Some(Refusal::Token(_))),
+            Self::Renewal { .. } => true,
+        }
+    }
 }
 
 /// A certificate to send again, and the audit entry that says so.
@@ -221,10 +234,11 @@ impl Authority {
         let race = plan.on_race.clone();
         match self.issue(plan) {
             Ok(e) => Ok(e),
-            Err(e) => match self.after_race(&race, label, csr)? {
+            Err(e) if race.follows(&e) => match self.after_race(&race, label, csr)? {
                 Some(r) => self.resend(r),
                 None => Err(e),
             },
+            Err(e) => Err(e),
         }
     }
 
@@ -240,7 +254,7 @@ impl Authority {
         match *way {
             Enrollment::Token(t) => {
                 if self.is_birth_ca(&label.ca.name) {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::forbidden(format!(
                         "label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}",
                         label.name
                     )));
@@ -273,7 +287,7 @@ impl Authority {
             }
             Enrollment::StationBirth { station, batch, activation } => {
                 if label.ca.name != station.id.record.ca {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::forbidden(format!(
                         "station enrollments go to a label of CA {} (label {} issues from CA {})",
                         station.id.record.ca, label.name, label.ca.name
                     )));
@@ -281,12 +295,12 @@ impl Authority {
                 self.check_key(label, csr.key_type)?;
                 let in_csr = name::serial_numbers(&csr.subject);
                 let [serial] = in_csr.as_slice() else {
-                    return Err(AuthorityError::BadRequest(format!(
+                    return Err(AuthorityError::malformed(format!(
                         "the device's request must carry exactly one serialNumber (found {})",
                         in_csr.len()
                     )));
                 };
-                let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+                let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
                 let subject = name::device_subject(&self.cfg.organization, &device)?;
                 // A batch that requires TPM attestation: the device proved, through a
                 // challenge, that this very key is in the TPM registered for its serial.
@@ -300,14 +314,14 @@ impl Authority {
                         .into());
                     }
                     let (id, secret) = activation.ok_or_else(|| {
-                        AuthorityError::Forbidden(format!(
+                        AuthorityError::forbidden(format!(
                             "batch {batch} requires TPM attestation and device {device} did not prove its key is in \
                              a TPM (a key in a file or a PKCS#11 token cannot): give it a TPM keystore, with its EK \
                              registered (batch add-ek)"
                         ))
                     })?;
                     let spki = keys::spki_fingerprint(
-                        &csr.spki.to_der().map_err(|e| AuthorityError::BadRequest(e.to_string()))?,
+                        &csr.spki.to_der().map_err(|e| AuthorityError::malformed(e.to_string()))?,
                     );
                     let ek = self.tpm_challenges.check(now, id, secret, batch, device.as_str(), &spki)?;
                     note = Some(format!("tpm-ek={ek}"));
@@ -335,7 +349,7 @@ impl Authority {
             }
             Enrollment::Commissioning(birth) => {
                 if self.is_birth_ca(&label.ca.name) {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::forbidden(format!(
                         "label {} issues birth certificates: commissioning gives an operational certificate \
                          (use an operational label); {BIRTH_ONLY_ON_THE_LINE}",
                         label.name
@@ -346,9 +360,7 @@ impl Authority {
                 self.check_key(label, csr.key_type)?;
                 check_requested_serial(&csr.subject, birth.device.as_str(), "the birth certificate")?;
                 if keys::spki_fingerprint(&csr.spki_der) == birth.spki_sha256 {
-                    return Err(AuthorityError::Forbidden(
-                        "the request is for the birth key: an operational certificate needs a fresh key".into(),
-                    ));
+                    return Err(Refusal::KeyPolicy(KeyRefusal::BirthKey).into());
                 }
                 let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
                 Ok(Decision::Issue(self.plan(
@@ -369,21 +381,21 @@ impl Authority {
             }
             Enrollment::Renewal { current, superseded } => {
                 if current.record.profile != Profile::Device.name() {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
                         "a {} certificate cannot re-enroll",
                         current.record.profile
-                    )));
+                    ))));
                 }
                 if self.is_birth_ca(&current.record.ca) || self.is_birth_ca(&label.ca.name) {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
                         "a birth certificate is never renewed and nothing renews into one: {BIRTH_ONLY_ON_THE_LINE}"
-                    )));
+                    ))));
                 }
                 if current.record.ca != label.ca.name {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
                         "the current certificate is from CA {}; label {} issues from CA {}",
                         current.record.ca, label.name, label.ca.name
-                    )));
+                    ))));
                 }
                 self.check_key(label, csr.key_type)?;
                 // The new certificate gets the current one's subject (and, like every
@@ -393,11 +405,11 @@ impl Authority {
                 let current_subject = &current.cert.tbs_certificate.subject;
                 let bound = name::serial_numbers(current_subject);
                 let [current_serial] = bound.as_slice() else {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
                         "the current certificate carries {} serialNumber attributes, not one: it cannot re-enroll; \
                          enroll with a new token",
                         bound.len()
-                    )));
+                    ))));
                 };
                 check_requested_serial(&csr.subject, current_serial, "the current certificate")?;
                 // The request is one this certificate could make: if it was renewed
@@ -460,7 +472,7 @@ impl Authority {
         // transaction checks the batch's rules) is ever signed.
         let is_birth = plan.preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
         if self.is_birth_ca(&label.ca.name) != is_birth {
-            return Err(AuthorityError::Forbidden(if is_birth {
+            return Err(AuthorityError::forbidden(if is_birth {
                 format!("label {} does not issue birth certificates", label.name)
             } else {
                 format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", label.name)
@@ -569,7 +581,7 @@ impl Authority {
             return Err(used());
         }
         if let CertStatus::Revoked { .. } = rec.status {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::forbidden(format!(
                 "enrollment token already used for certificate {cert_serial}, which is revoked: ask the operator \
                  for a new token (iotpki token create)"
             )));
@@ -592,21 +604,21 @@ impl Authority {
     /// Any other key is refused: a superseded certificate renews nothing.
     fn renewal_replay(&self, old: &CertRecord, next: &str, req: &VerifiedCsr) -> Result<Resend, AuthorityError> {
         let refused = || {
-            AuthorityError::Forbidden(format!(
+            AuthorityError::Refused(Refusal::Renewal(format!(
                 "certificate {} was renewed already (its successor is {next}): renew with the successor, or \
                  commission again with the birth certificate",
                 old.serial
-            ))
+            )))
         };
         let Some(rec) = self.store.certificate(next)? else { return Err(refused()) };
         if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der) || rec.device_serial != old.device_serial {
             return Err(refused());
         }
         if let CertStatus::Revoked { .. } = rec.status {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Renewal(format!(
                 "certificate {} was renewed already; its successor {next} is revoked",
                 old.serial
-            )));
+            ))));
         }
         let audit = AuditEvent {
             at: self.clock.now(),
@@ -650,7 +662,7 @@ pub(crate) fn check_requested_serial(subject: &Name, device: &str, bound_by: &st
     let in_csr = name::serial_numbers(subject);
     match in_csr.iter().find(|s| s.as_str() != device) {
         None => Ok(()),
-        Some(other) => Err(AuthorityError::Forbidden(format!(
+        Some(other) => Err(AuthorityError::forbidden(format!(
             "the request names serialNumber={other}, but {bound_by} is for serial {device}: request for {device}, \
              or leave the subject to the authority (a CN alone will do)"
         ))),

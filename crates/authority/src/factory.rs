@@ -56,22 +56,22 @@ pub fn delegation_slice(
             let mut seen = std::collections::HashSet::new();
             for s in w {
                 if !pool.contains(s.as_str()) {
-                    return Err(AuthorityError::BadRequest(format!(
+                    return Err(AuthorityError::malformed(format!(
                         "serial {s} is not a serial of batch {batch} still to be born (off its allowlist, or born already)"
                     )));
                 }
                 if !seen.insert(s.as_str()) {
-                    return Err(AuthorityError::BadRequest(format!("serial {s} is listed twice")));
+                    return Err(AuthorityError::malformed(format!("serial {s} is listed twice")));
                 }
             }
             w.to_vec()
         }
     };
     if out.is_empty() {
-        return Err(AuthorityError::BadRequest(format!("batch {batch} has no serial left to delegate")));
+        return Err(AuthorityError::malformed(format!("batch {batch} has no serial left to delegate")));
     }
     if out.len() > MAX_DELEGATED_SERIALS {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "a delegated CA names at most {MAX_DELEGATED_SERIALS} serials (signed into its name constraints) and \
              {} were asked for batch {batch}: delegate a slice of the allowlist (--serials FILE)",
             out.len()
@@ -101,7 +101,7 @@ pub struct NewBatch {
 /// A name for a batch or a station: 1 to 64 of `A-Z a-z 0-9 - _ .`.
 pub fn check_name(what: &str, s: &str) -> Result<(), AuthorityError> {
     if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(AuthorityError::BadRequest(format!("{what} {s:?} must be 1 to 64 of A-Z a-z 0-9 - _ .")));
+        return Err(AuthorityError::malformed(format!("{what} {s:?} must be 1 to 64 of A-Z a-z 0-9 - _ .")));
     }
     Ok(())
 }
@@ -116,17 +116,17 @@ pub fn parse_allowlist(text: &str) -> Result<Vec<String>, AuthorityError> {
             continue;
         }
         let sn = DeviceSerial::parse(field)
-            .map_err(|e| AuthorityError::BadRequest(format!("allowlist line {}: {e}", n + 1)))?;
+            .map_err(|e| AuthorityError::malformed(format!("allowlist line {}: {e}", n + 1)))?;
         if !seen.insert(sn.to_string()) {
-            return Err(AuthorityError::BadRequest(format!("allowlist line {}: serial {sn} is listed twice", n + 1)));
+            return Err(AuthorityError::malformed(format!("allowlist line {}: serial {sn} is listed twice", n + 1)));
         }
         out.push(sn.to_string());
         if out.len() > MAX_ALLOWLIST {
-            return Err(AuthorityError::BadRequest(format!("an allowlist holds at most {MAX_ALLOWLIST} serials")));
+            return Err(AuthorityError::malformed(format!("an allowlist holds at most {MAX_ALLOWLIST} serials")));
         }
     }
     if out.is_empty() {
-        return Err(AuthorityError::BadRequest("the allowlist names no serial".into()));
+        return Err(AuthorityError::malformed("the allowlist names no serial".into()));
     }
     Ok(out)
 }
@@ -150,17 +150,17 @@ pub fn create_batch(
     };
     check_name("batch id", &id)?;
     if nb.product.trim().is_empty() {
-        return Err(AuthorityError::BadRequest("--product must not be empty".into()));
+        return Err(AuthorityError::malformed("--product must not be empty".into()));
     }
     if nb.quota == 0 || nb.quota > serials.len() as u64 {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "the quota must be between 1 and the allowlist's {} serials (got {})",
             serials.len(),
             nb.quota
         )));
     }
     if nb.from >= nb.until {
-        return Err(AuthorityError::BadRequest("the window must end after it starts (--from before --until)".into()));
+        return Err(AuthorityError::malformed("the window must end after it starts (--from before --until)".into()));
     }
     let now = clock.now();
     let record = BatchRecord {
@@ -252,7 +252,7 @@ impl Authority {
         if !attest::required(self.store.as_ref(), batch)? {
             return Ok(None);
         }
-        let serial = DeviceSerial::parse(serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+        let serial = DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
         let now = self.clock.now();
         Ok(Some(self.tpm_challenges.issue(self.store.as_ref(), now, batch, serial.as_str(), public_area)?))
     }
@@ -288,14 +288,14 @@ impl Authority {
     ) -> Result<(Vec<u8>, Vec<Vec<u8>>), AuthorityError> {
         check_name("station name", name)?;
         if batches.is_empty() {
-            return Err(AuthorityError::BadRequest("a station needs at least one batch (--batches B1,B2)".into()));
+            return Err(AuthorityError::malformed("a station needs at least one batch (--batches B1,B2)".into()));
         }
         for b in batches {
             check_name("batch id", b)?;
         }
         let ca = &self.label(Some(BIRTH_LABEL))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
-            .map_err(|e| AuthorityError::BadRequest(format!("station public key: {e}")))?;
+            .map_err(|e| AuthorityError::malformed(format!("station public key: {e}")))?;
         let now = self.clock.now();
         let (sn, sn_hex) = serial::system_random_serial(now)?;
         let subject = name::NameBuilder::default()
@@ -369,14 +369,14 @@ impl Authority {
     ) -> Result<Delegated, AuthorityError> {
         let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
         if attest::required(self.store.as_ref(), batch)? {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::forbidden(format!(
                 "batch {batch} requires TPM attestation, which the authority checks online at each birth: \
                  its stations cannot issue offline"
             )));
         }
         let ca = &self.label(Some(BIRTH_LABEL))?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
-            .map_err(|e| AuthorityError::BadRequest(format!("delegated CA public key: {e}")))?;
+            .map_err(|e| AuthorityError::malformed(format!("delegated CA public key: {e}")))?;
         let now = self.clock.now();
         if now >= rec.valid_until {
             return Err(StoreError::BatchOutsideWindow {
@@ -414,7 +414,7 @@ impl Authority {
         };
         let cert = ca.sign(&params, sn_hex.clone(), None, None, now)?;
         if cert.der.len() > MAX_DELEGATED_CERT_BYTES {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "the delegated CA for {} serials of batch {batch} would take {} bytes, above the {} a device's TLS \
                  chain can carry: delegate fewer serials at once (--serials FILE with a slice of the allowlist)",
                 allowlist.len(),
@@ -443,7 +443,7 @@ impl Authority {
     /// The station's delegated CA for `batch`: its store name and certificate.
     fn delegate_of(&self, station: &str, batch: &str) -> Result<(String, Vec<u8>), AuthorityError> {
         let serial = self.store.delegation(station, batch)?.ok_or_else(|| {
-            AuthorityError::Forbidden(format!("station {station} has no delegated CA for batch {batch}"))
+            AuthorityError::forbidden(format!("station {station} has no delegated CA for batch {batch}"))
         })?;
         let rec = self
             .store
@@ -485,7 +485,7 @@ impl Authority {
             let terms = self.delegated_crl_terms(caller, batch)?;
             let (ca, cert) = self.delegate_of(&station.name, batch)?;
             let now = self.clock.now();
-            let bad = |m: String| AuthorityError::Forbidden(format!("delegated CA CRL for batch {batch}: {m}"));
+            let bad = |m: String| AuthorityError::forbidden(format!("delegated CA CRL for batch {batch}: {m}"));
             let checked = iotpki_core::crl::check(der, &cert, now, BACKDATE_SECS).map_err(|e| bad(e.to_string()))?;
             if checked.number < terms.number {
                 return Err(bad(format!(
@@ -537,12 +537,12 @@ impl Authority {
     /// The latest CRL a station uploaded for its delegated CA: `rest` is
     /// `STATION/BATCH.crl` (the path after `/crl/delegated/`).
     pub fn delegated_crl(&self, rest: &str) -> Result<Vec<u8>, AuthorityError> {
-        let not_found = || AuthorityError::NotFound(format!("no delegated CA CRL at {rest:?}"));
+        let not_found = || AuthorityError::not_found(format!("no delegated CA CRL at {rest:?}"));
         let (station, batch) = rest.strip_suffix(".crl").and_then(|r| r.split_once('/')).ok_or_else(not_found)?;
         check_name("station", station).map_err(|_| not_found())?;
         check_name("batch", batch).map_err(|_| not_found())?;
         let a = self.store.artifact(&format!("crl/delegated:{station}:{batch}"))?.ok_or_else(|| {
-            AuthorityError::NotFound(format!(
+            AuthorityError::not_found(format!(
                 "station {station} has uploaded no CRL for batch {batch} yet (it does at each factory sync)"
             ))
         })?;
@@ -567,16 +567,16 @@ impl Authority {
         let entries = iotpki_core::record::parse(record)?;
         let (first, last) = match (entries.first(), entries.last()) {
             (Some(f), Some(l)) => (f.clone(), l.clone()),
-            _ => return Err(AuthorityError::BadRequest("the production record upload is empty".into())),
+            _ => return Err(AuthorityError::malformed("the production record upload is empty".into())),
         };
         let (synced, head) = self.store.sync_state(&station.name, batch)?;
         if first.seq != synced + 1 {
             return Err(StoreError::SyncOutOfOrder { expected_seq: synced + 1, got_seq: first.seq }.into());
         }
         iotpki_core::record::verify(&entries, synced + 1, &head, &id.cert.tbs_certificate.subject_public_key_info)
-            .map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
+            .map_err(|e| AuthorityError::forbidden(e.to_string()))?;
         let delegate_serial = self.store.delegation(&station.name, batch)?.ok_or_else(|| {
-            AuthorityError::Forbidden(format!("station {} has no delegated CA for batch {batch}", station.name))
+            AuthorityError::forbidden(format!("station {} has no delegated CA for batch {batch}", station.name))
         })?;
         let delegate = self
             .store
@@ -587,7 +587,7 @@ impl Authority {
         let now = self.clock.now();
         let mut out = Vec::with_capacity(entries.len());
         for e in &entries {
-            let bad = |m: String| AuthorityError::Forbidden(format!("production record entry {}: {m}", e.seq));
+            let bad = |m: String| AuthorityError::forbidden(format!("production record entry {}: {m}", e.seq));
             if e.batch != batch {
                 return Err(bad(format!("names batch {}, not {batch}", e.batch)));
             }

@@ -43,7 +43,7 @@ pub use auth::{Caller, Credential, DeviceIdentity, Gate};
 pub use clock::{Clock, SystemClock};
 pub use config::Config;
 pub use enroll::EnrollRequest;
-pub use error::AuthorityError;
+pub use error::{AuthorityError, KeyRefusal, Refusal};
 pub use iotpki_hsm::Pin;
 pub use keyfile::Passphrase;
 pub use open::{open_store, CaKey};
@@ -227,7 +227,7 @@ impl Authority {
     /// Resolve a label (`None`: the default label).
     pub fn label(&self, name: Option<&str>) -> Result<&Label, AuthorityError> {
         let n = name.unwrap_or(&self.cfg.default_label);
-        self.labels.get(n).ok_or_else(|| AuthorityError::NotFound(format!("no EST label {n:?}")))
+        self.labels.get(n).ok_or_else(|| AuthorityError::not_found(format!("no EST label {n:?}")))
     }
 
     /// Whether `ca` (a CA name) issues birth certificates: the CA of the

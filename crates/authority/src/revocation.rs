@@ -79,7 +79,7 @@ pub fn revoke(
             let s = s.to_ascii_lowercase();
             if let Some(rec) = store.certificate(&s)? {
                 if is_ca_profile(&rec.profile) {
-                    return Err(AuthorityError::BadRequest(format!(
+                    return Err(AuthorityError::malformed(format!(
                         "certificate {s} is a CA certificate ({}) issued by {}: revoke it with `iotpki ca revoke \
                          --serial {s}`, which also signs the root's revocation list again",
                         rec.profile, rec.ca
@@ -95,7 +95,7 @@ pub fn revoke(
             match store.revoke_device(r) {
                 Ok(out) => Ok(out.serials),
                 Err(StoreError::NothingToRevoke { .. }) => {
-                    Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")))
+                    Err(AuthorityError::not_found(format!("device {d} has no certificate that is not revoked")))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -199,7 +199,7 @@ pub(crate) fn publish_arl(
     actor: &str,
 ) -> Result<SignedArl, AuthorityError> {
     if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "an ARL validity of {} days is outside 1 to {} days",
             validity_secs / 86_400,
             ARL_VALIDITY_RANGE.end() / 86_400
@@ -279,7 +279,7 @@ fn unlock_roots(
     let roots: Vec<_> =
         cfg.ca.iter().filter(|c| c.role != CaRole::Issuing && which.is_none_or(|w| w == c.name)).collect();
     if roots.is_empty() {
-        return Err(AuthorityError::NotFound(match which {
+        return Err(AuthorityError::not_found(match which {
             Some(w) => format!("no root named {w:?} in the config"),
             None => "the config names no root".into(),
         }));
@@ -340,7 +340,7 @@ pub fn sign_arl(
     actor: &str,
 ) -> Result<Vec<SignedArl>, AuthorityError> {
     if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "--validity-days {}: an ARL is valid from 1 to {} days",
             validity_secs / 86_400,
             ARL_VALIDITY_RANGE.end() / 86_400
@@ -373,11 +373,11 @@ pub fn revoke_ca(
     let store = crate::open_store(dir, &cfg)?;
     let rec = store
         .certificate(&serial)?
-        .ok_or_else(|| AuthorityError::NotFound(format!("certificate {serial} is not in the store")))?;
+        .ok_or_else(|| AuthorityError::not_found(format!("certificate {serial} is not in the store")))?;
     if !is_ca_profile(&rec.profile)
         || !cfg.ca.iter().any(|c| c.name == rec.ca && c.role != crate::config::CaRole::Issuing)
     {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "certificate {serial} is a {} certificate from {}, not a CA certificate from a root: use `iotpki revoke`",
             rec.profile, rec.ca
         )));
@@ -385,7 +385,7 @@ pub fn revoke_ca(
     let root = unlock_roots(dir, &cfg, Some(&rec.ca), pass, pin)?.remove(0);
     let now = clock.now();
     if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "--validity-days {}: an ARL is valid from 1 to {} days",
             validity_secs / 86_400,
             ARL_VALIDITY_RANGE.end() / 86_400
@@ -427,7 +427,7 @@ impl Authority {
         }
         if let Some((s, k)) = shard {
             if !iotpki_core::crl::valid_shard_count(s) || k >= s {
-                return Err(AuthorityError::NotFound(format!(
+                return Err(AuthorityError::not_found(format!(
                     "no CRL shard {k} of {s}: shard counts are powers of two from 2 to {}",
                     iotpki_core::crl::MAX_SHARDS
                 )));
@@ -437,12 +437,12 @@ impl Authority {
             .issuing
             .iter()
             .find(|c| c.name == ca)
-            .ok_or_else(|| AuthorityError::NotFound(format!("no issuing CA named {ca:?}")))?;
+            .ok_or_else(|| AuthorityError::not_found(format!("no issuing CA named {ca:?}")))?;
         let scope_url = match shard {
             None => None,
             Some((s, k)) => {
                 let base = key.public_http_url.as_ref().ok_or_else(|| {
-                    AuthorityError::NotFound(format!(
+                    AuthorityError::not_found(format!(
                         "CA {ca} has no partitioned CRLs (the authority has no server.public_http_url)"
                     ))
                 })?;
@@ -510,7 +510,7 @@ impl Authority {
     /// the next.
     pub fn arl(&self, root: &str) -> Result<Vec<u8>, AuthorityError> {
         let art = self.store.artifact(&arl_kind(root))?.ok_or_else(|| {
-            AuthorityError::NotFound(format!(
+            AuthorityError::not_found(format!(
                 "root {root} has no revocation list yet: sign one with `iotpki ca sign-arl` (it needs the root key)"
             ))
         })?;

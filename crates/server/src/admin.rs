@@ -72,7 +72,7 @@ where
 fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, AuthorityError> {
     let b = if b.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { b };
     serde_json::from_slice(b)
-        .map_err(|e| AuthorityError::BadRequest(format!("the request body is not the JSON expected: {e}")))
+        .map_err(|e| AuthorityError::malformed(format!("the request body is not the JSON expected: {e}")))
 }
 
 fn status_text(s: &CertStatus) -> String {
@@ -191,7 +191,7 @@ async fn revoke_device(
         let r = body::<RevokeBody>(&b).and_then(|rb| {
             let reason = iotpki_core::crl::reason_code(&rb.reason)?;
             let d =
-                DeviceSerial::parse(&serial).map_err(|e| AuthorityError::BadRequest(format!("device serial: {e}")))?;
+                DeviceSerial::parse(&serial).map_err(|e| AuthorityError::malformed(format!("device serial: {e}")))?;
             Ok((reason, d))
         });
         let (reason, d) = refuse_bad_input(adm, r, "revoke", &format!("device:{serial}"))?;
@@ -242,7 +242,7 @@ struct BatchBody {
 fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| AuthorityError::BadRequest(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
+        .map_err(|e| AuthorityError::malformed(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
 }
 
 async fn create_batch(
@@ -256,7 +256,7 @@ async fn create_batch(
             let from = bb.from.as_deref().map(|s| parse_time("from", s)).transpose()?.unwrap_or(now);
             let until = bb.until.as_deref().map(|s| parse_time("until", s)).transpose()?.unwrap_or(from + 90 * 86_400);
             if bb.serials.iter().any(|s| s.contains(['\n', '\r', ','])) {
-                return Err(AuthorityError::BadRequest("a serial in \"serials\" holds a line break or a comma".into()));
+                return Err(AuthorityError::malformed("a serial in \"serials\" holds a line break or a comma".into()));
             }
             Ok(NewBatch {
                 id: bb.id,

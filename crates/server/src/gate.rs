@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
@@ -93,18 +93,10 @@ fn est_label(path: &str) -> Option<&str> {
     rest.rsplit_once('/').map(|(label, _)| label)
 }
 
-fn plain(status: StatusCode, msg: String) -> Response {
-    tracing::info!(status = status.as_u16(), reason = %msg, "request refused");
-    (status, format!("{msg}\n")).into_response()
-}
-
 fn too_large(method: &Method, path: &str, max: usize) -> Response {
     // The path is at most MAX_URI bytes here; cut it further for the one-line answer.
     let shown: String = path.chars().take(80).collect();
-    plain(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the body of {method} {shown} may be at most {max} bytes; send less (or in parts)"),
-    )
+    ApiError::TooLarge { what: format!("{method} {shown}"), max }.into_response()
 }
 
 /// The middleware: steps 1 to 5 above.
@@ -121,7 +113,7 @@ pub(crate) async fn public_gate(State(a): State<Arc<Authority>>, req: Request, n
 async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: bool) -> Response {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI {
-        return plain(StatusCode::URI_TOO_LONG, format!("the request URI is {uri_len} bytes; at most {MAX_URI}"));
+        return ApiError::UriTooLong { len: uri_len }.into_response();
     }
     let path = req.uri().path().to_string();
     let mut r = rule(req.method(), &path, req.uri().query());
@@ -141,11 +133,7 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
             let ct = String::from_utf8_lossy(ct.as_bytes()).into_owned();
             let mime = ct.split(';').next().unwrap_or_default().trim();
             if !mime.eq_ignore_ascii_case(est::CT_PKCS10) {
-                let shown: String = ct.chars().take(80).collect();
-                return plain(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("Content-Type must be {} (got {shown})", est::CT_PKCS10),
-                );
+                return ApiError::UnsupportedMediaType { got: ct.chars().take(80).collect() }.into_response();
             }
         }
     }
@@ -179,7 +167,7 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
     let bytes = match http_body_util::Limited::new(body, r.max_body).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(&method, &path, r.max_body),
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")),
+        Err(e) => return ApiError::UnreadableBody(e.to_string()).into_response(),
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

@@ -36,26 +36,79 @@ impl PeerChain {
     }
 }
 
-/// Every error answer: status, and one line of plain text for the client.
-pub(crate) struct ApiError(AuthorityError);
+/// Every error answer, in one place: the authority's errors and refusals
+/// (status from [`iotpki_authority::Refusal::http_status`], 503 when the store
+/// cannot record, else 500 with a generic message and the details in the
+/// log), and what the server refuses itself before a body is read (URI too
+/// long, body too large, wrong Content-Type, unreadable body). One line of
+/// plain text for the client.
+pub(crate) enum ApiError {
+    /// The authority refused or failed.
+    Authority(AuthorityError),
+    /// The request URI is longer than [`crate::gate::MAX_URI`] (414).
+    UriTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The body is (or is announced) larger than the endpoint takes (413).
+    TooLarge {
+        /// `METHOD /path`, cut for the answer.
+        what: String,
+        /// The limit.
+        max: usize,
+    },
+    /// An enrollment whose Content-Type is not PKCS#10 (415).
+    UnsupportedMediaType {
+        /// The type sent, cut for the answer.
+        got: String,
+    },
+    /// The body could not be read (400).
+    UnreadableBody(String),
+}
 
 impl From<AuthorityError> for ApiError {
     fn from(e: AuthorityError) -> Self {
-        Self(e)
+        Self::Authority(e)
+    }
+}
+
+impl ApiError {
+    /// The status and the one line the client sees.
+    fn answer(&self) -> (StatusCode, String) {
+        match self {
+            Self::Authority(e) => {
+                (StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.public_message())
+            }
+            Self::UriTooLong { len } => {
+                (StatusCode::URI_TOO_LONG, format!("the request URI is {len} bytes; at most {}", crate::gate::MAX_URI))
+            }
+            Self::TooLarge { what, max } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body of {what} may be at most {max} bytes; send less (or in parts)"),
+            ),
+            Self::UnsupportedMediaType { got } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type must be {} (got {got})", est::CT_PKCS10))
+            }
+            Self::UnreadableBody(why) => {
+                (StatusCode::BAD_REQUEST, format!("the request body could not be read: {why}"))
+            }
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, "request failed");
-        } else {
-            // A refusal's reason may quote the request: bounded and printable in the log.
-            let reason = iotpki_authority::refusals::clean(&self.0.to_string(), iotpki_authority::refusals::MAX_DETAIL);
-            tracing::info!(status = status.as_u16(), %reason, "request refused");
+        let (status, message) = self.answer();
+        match &self {
+            Self::Authority(e) if status.is_server_error() => tracing::error!(error = %e, "request failed"),
+            Self::Authority(e) => {
+                // A refusal's reason may quote the request: bounded and printable in the log.
+                let reason = iotpki_authority::refusals::clean(&e.to_string(), iotpki_authority::refusals::MAX_DETAIL);
+                tracing::info!(status = status.as_u16(), %reason, "request refused");
+            }
+            _ => tracing::info!(status = status.as_u16(), reason = %message, "request refused"),
         }
-        let mut resp = (status, format!("{}\n", self.0.public_message())).into_response();
+        let mut resp = (status, format!("{message}\n")).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
@@ -171,7 +224,7 @@ async fn bundle(State(a): State<Arc<Authority>>) -> Result<Response, ApiError> {
 
 /// `GET /.well-known/iotpki/voucher/SERIAL`: the device's ownership voucher.
 async fn voucher(State(a): State<Arc<Authority>>, Path(serial): Path<String>) -> Result<Response, ApiError> {
-    iotpki_core::name::DeviceSerial::parse(&serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+    iotpki_core::name::DeviceSerial::parse(&serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
     let kind = iotpki_authority::trust::voucher_kind(&serial);
     let body = blocking(move || a.published(&kind)).await??;
     Ok(cose_answer(body))
@@ -238,11 +291,10 @@ async fn tpm_challenge(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ask: TpmChallengeAsk = serde_json::from_slice(&body)
-        .map_err(|e| AuthorityError::BadRequest(format!("TPM challenge request: {e} (JSON batch, serial, public)")))?;
+        .map_err(|e| AuthorityError::malformed(format!("TPM challenge request: {e} (JSON batch, serial, public)")))?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let public = b64
-        .decode(&ask.public)
-        .map_err(|_| AuthorityError::BadRequest("TPM challenge: public is not base64".into()))?;
+    let public =
+        b64.decode(&ask.public).map_err(|_| AuthorityError::malformed("TPM challenge: public is not base64".into()))?;
     let c = blocking(move || a.tpm_challenge(&caller, &ask.batch, &ask.serial, &public)).await??;
     let Some(c) = c else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     let body = serde_json::json!({
@@ -264,7 +316,7 @@ async fn crl(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found =
-        || AuthorityError::NotFound(format!("no CRL at {file:?} (try /crl/CA-NAME.crl or /crl/CA-NAME/S/K.crl)"));
+        || AuthorityError::not_found(format!("no CRL at {file:?} (try /crl/CA-NAME.crl or /crl/CA-NAME/S/K.crl)"));
     // A station's delegated CA: the CRL the station signed and uploaded.
     if let Some(rest) = file.strip_prefix("delegated/") {
         let (a, rest) = (a.clone(), rest.to_string());
@@ -307,7 +359,7 @@ async fn ocsp_get(State(a): State<Arc<Authority>>, Path(request): Path<String>) 
     let der = base64::engine::general_purpose::STANDARD
         .decode(&compact)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(compact.trim_end_matches('=')))
-        .map_err(|_| AuthorityError::BadRequest("the OCSP request in the path is not base64".into()))?;
+        .map_err(|_| AuthorityError::malformed("the OCSP request in the path is not base64".into()))?;
     let der = blocking(move || a.ocsp(&der)).await?;
     Ok(ocsp_answer(der))
 }
@@ -342,7 +394,7 @@ async fn sync_upload(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let text = String::from_utf8(body.to_vec())
-        .map_err(|_| AuthorityError::BadRequest("the production record must be UTF-8 JSON lines".into()))?;
+        .map_err(|_| AuthorityError::malformed("the production record must be UTF-8 JSON lines".into()))?;
     let out = blocking(move || a.sync(&caller, &q.batch, &text)).await??;
     let flagged: Vec<serde_json::Value> = out
         .flagged
@@ -384,11 +436,13 @@ enum Op {
 /// HTTP Basic credentials, if the header is there and well-formed.
 pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthorityError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let bad = || AuthorityError::Unauthorized("malformed Authorization header (expected Basic)".into());
+    let bad = || AuthorityError::unauthenticated("malformed Authorization header (expected Basic)".into());
     let v = v.to_str().map_err(|_| bad())?;
     let (scheme, rest) = v.split_once(' ').ok_or_else(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(AuthorityError::Unauthorized(format!("authorization scheme {scheme} is not supported; use Basic")));
+        return Err(AuthorityError::unauthenticated(format!(
+            "authorization scheme {scheme} is not supported; use Basic"
+        )));
     }
     let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
@@ -410,7 +464,7 @@ async fn enroll(
     let activation = match headers.get(TPM_ACTIVATION_HEADER) {
         None => None,
         Some(v) => {
-            let bad = || AuthorityError::BadRequest(format!("malformed {TPM_ACTIVATION_HEADER} header (ID:BASE64)"));
+            let bad = || AuthorityError::malformed(format!("malformed {TPM_ACTIVATION_HEADER} header (ID:BASE64)"));
             let (id, secret) = v.to_str().map_err(|_| bad())?.split_once(':').ok_or_else(bad)?;
             let secret = base64::engine::general_purpose::STANDARD.decode(secret.trim()).map_err(|_| bad())?;
             Some((id.trim().to_string(), secret))
