@@ -9,7 +9,9 @@
 //! 3. an enrollment's `Content-Type`, when given, must be PKCS#10 (else 415);
 //! 4. the caller is authenticated where the endpoint needs it
 //!    ([`Authority::admit`]: station, certificate, token or birth
-//!    certificate, admin), else 401/403, audited;
+//!    certificate, admin), else 401/403, audited; the [`Caller`](iotpki_authority::Caller) found goes
+//!    to the handler as a request extension, so that the handler does not
+//!    authenticate again (nor parse the client's certificate again);
 //! 5. only then is the body read, through a reader capped at the limit
 //!    (413 past it, whatever `Content-Length` said or did not say).
 //!
