@@ -251,7 +251,7 @@ impl Authority {
         csr: &VerifiedCsr,
     ) -> Result<Decision<'l>, AuthorityError> {
         let now = self.clock.now();
-        match *way {
+        let plan = match *way {
             Enrollment::Token(t) => {
                 if self.is_birth_ca(&label.ca.name) {
                     return Err(AuthorityError::forbidden(format!(
@@ -265,25 +265,20 @@ impl Authority {
                 self.check_key(label, csr.key_type)?;
                 check_requested_serial(&csr.subject, t.device.as_str(), "the token")?;
                 let subject = name::device_subject(&self.cfg.organization, &t.device)?;
-                Ok(Decision::Issue(self.plan(
-                    label,
-                    csr,
-                    now,
-                    PlanFor {
-                        subject,
-                        device: t.device.to_string(),
-                        replaces: None,
-                        precondition: Precondition::ConsumeToken {
-                            token_hash: t.token_hash.clone(),
-                            device_serial: t.device.to_string(),
-                            now,
-                        },
-                        actor: format!("device:{}", t.device),
-                        action: "enroll",
-                        note: None,
-                        on_race: Race::Token { device: t.device.clone(), token_hash: t.token_hash.clone() },
+                PlanFor {
+                    subject,
+                    device: t.device.to_string(),
+                    replaces: None,
+                    precondition: Precondition::ConsumeToken {
+                        token_hash: t.token_hash.clone(),
+                        device_serial: t.device.to_string(),
+                        now,
                     },
-                )))
+                    actor: format!("device:{}", t.device),
+                    action: "enroll",
+                    note: None,
+                    on_race: Race::Token { device: t.device.clone(), token_hash: t.token_hash.clone() },
+                }
             }
             Enrollment::StationBirth { station, batch, activation } => {
                 if label.ca.name != station.id.record.ca {
@@ -326,26 +321,21 @@ impl Authority {
                     let ek = self.tpm_challenges.check(now, id, secret, batch, device.as_str(), &spki)?;
                     note = Some(format!("tpm-ek={ek}"));
                 }
-                Ok(Decision::Issue(self.plan(
-                    label,
-                    csr,
-                    now,
-                    PlanFor {
-                        subject,
-                        device: device.to_string(),
-                        replaces: None,
-                        precondition: Precondition::Birth {
-                            batch: batch.to_string(),
-                            station: station.record.name.clone(),
-                            device_serial: device.to_string(),
-                            now,
-                        },
-                        actor: format!("station:{}", station.record.name),
-                        action: "birth",
-                        note,
-                        on_race: Race::Refuse,
+                PlanFor {
+                    subject,
+                    device: device.to_string(),
+                    replaces: None,
+                    precondition: Precondition::Birth {
+                        batch: batch.to_string(),
+                        station: station.record.name.clone(),
+                        device_serial: device.to_string(),
+                        now,
                     },
-                )))
+                    actor: format!("station:{}", station.record.name),
+                    action: "birth",
+                    note,
+                    on_race: Race::Refuse,
+                }
             }
             Enrollment::Commissioning(birth) => {
                 if self.is_birth_ca(&label.ca.name) {
@@ -363,21 +353,16 @@ impl Authority {
                     return Err(Refusal::KeyPolicy(KeyRefusal::BirthKey).into());
                 }
                 let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
-                Ok(Decision::Issue(self.plan(
-                    label,
-                    csr,
-                    now,
-                    PlanFor {
-                        subject,
-                        device: birth.device.to_string(),
-                        replaces: None,
-                        precondition: Precondition::Owned { device_serial: birth.device.to_string() },
-                        actor: format!("device:{}", birth.device),
-                        action: "commission",
-                        note: None,
-                        on_race: Race::Refuse,
-                    },
-                )))
+                PlanFor {
+                    subject,
+                    device: birth.device.to_string(),
+                    replaces: None,
+                    precondition: Precondition::Owned { device_serial: birth.device.to_string() },
+                    actor: format!("device:{}", birth.device),
+                    action: "commission",
+                    note: None,
+                    on_race: Race::Refuse,
+                }
             }
             Enrollment::Renewal { current, superseded } => {
                 if current.record.profile != Profile::Device.name() {
@@ -419,23 +404,19 @@ impl Authority {
                 }
                 let old = current.record.serial.clone();
                 let device = current.record.device_serial.clone().unwrap_or_default();
-                Ok(Decision::Issue(self.plan(
-                    label,
-                    csr,
-                    now,
-                    PlanFor {
-                        subject: current_subject.clone(),
-                        device: device.clone(),
-                        replaces: Some(old.clone()),
-                        precondition: Precondition::Supersede { serial: old.clone(), now },
-                        actor: format!("device:{device}"),
-                        action: "reenroll",
-                        note: None,
-                        on_race: Race::Renewal { old },
-                    },
-                )))
+                PlanFor {
+                    subject: current_subject.clone(),
+                    device: device.clone(),
+                    replaces: Some(old.clone()),
+                    precondition: Precondition::Supersede { serial: old.clone(), now },
+                    actor: format!("device:{device}"),
+                    action: "reenroll",
+                    note: None,
+                    on_race: Race::Renewal { old },
+                }
             }
-        }
+        };
+        Ok(Decision::Issue(self.plan(label, csr, now, plan)))
     }
 
     /// A plan for `csr` under `label` at `now`: the label's validity, a

@@ -5,6 +5,20 @@
 //! the request against the label's profile, signs, records the certificate
 //! durably in the store (with its audit entry, in one transaction) and only
 //! then returns it. Every refusal is written to the audit log with its reason.
+//!
+//! Where each part lives:
+//! - `open`: opening an authority (config, CA keys from files or an HSM,
+//!   store, trust anchors) and [`CaKey`];
+//! - `auth`: who is calling ([`Authority::admit`] → [`Caller`]), once per request;
+//! - `enroll`: the one enrollment pipeline ([`Authority::enroll`]): each way
+//!   in authorizes a verified request into a signing plan, one issue step signs
+//!   and records;
+//! - [`revocation`]: revoking, CRLs (sharded), ARLs and OCSP;
+//! - [`factory`]: batches, stations, delegated sub-CAs, production-record sync;
+//! - [`commission`], [`trust`], [`admin`], [`servers`], [`attest`], [`tokens`]:
+//!   ownership and commissioning, trust bundles and vouchers, the admin role,
+//!   service certificates, TPM attestation, one-time tokens;
+//! - [`AuthorityError`] with its [`Refusal`] families: why a request was refused.
 
 #![forbid(unsafe_code)]
 
@@ -232,8 +246,8 @@ impl Authority {
 
     /// Whether `ca` (a CA name) issues birth certificates: the CA of the
     /// `birth` label (the manufacturing CA). Its device certificates come only
-    /// from [`Self::station_birth`], under a batch's rules; every other path
-    /// that would sign under it is refused ([`Self::issue_device`] checks).
+    /// from a station's birth, under a batch's rules; every other path that
+    /// would sign under it is refused (the enrollment pipeline's one issue step checks).
     pub fn is_birth_ca(&self, ca: &str) -> bool {
         self.labels.get(BIRTH_LABEL).is_some_and(|l| l.ca.name == ca)
     }

@@ -8,8 +8,9 @@
 //!   against the leaf's public key (proof of possession). The chain itself is
 //!   not judged there, so that a certificate from an unknown CA, an expired
 //!   or a revoked one gets an HTTP 403 with a reason instead of a bare TLS alert.
-//! - Endpoints that need a certificate ([`Authority::simple_reenroll`]) then
-//!   run full path validation to our root and check the store's record.
+//! - Endpoints that need a certificate then run full path validation to our
+//!   root and check the store's record, once per request, before the body is
+//!   read ([`Authority::admit`]); the handler gets the caller found.
 //! - The admin API (`/admin/v1/`, see the `admin` module) needs an admin
 //!   certificate ([`Authority::admin`]).
 
