@@ -16,7 +16,7 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use iotpki_authority::clock::SystemClock;
 use iotpki_authority::init::{HsmInit, InitOptions};
-use iotpki_authority::{Authority, Credential, Passphrase, Pin};
+use iotpki_authority::{Authority, Credential, EnrollRequest, Gate, Passphrase, Pin};
 use iotpki_core::keys::{self, KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
@@ -135,8 +135,12 @@ impl Bench {
     }
 
     fn enroll(&self, job: &(String, String, Vec<u8>)) {
+        // As the server does: admit the caller, parse the body once, enroll.
         let cred = Credential::Token { user: &job.0, password: &job.1 };
-        self.authority.simple_enroll(None, cred, None, &job.2).unwrap();
+        let caller = self.authority.admit(Gate::Enroll, None, cred).unwrap();
+        let csr = csr::parse_and_verify(&est::decode_body(&job.2).unwrap()).unwrap();
+        let req = EnrollRequest::Enroll { batch: None, activation: None };
+        self.authority.enroll(None, &caller, req, &csr).unwrap();
     }
 }
 

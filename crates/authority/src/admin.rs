@@ -21,7 +21,9 @@ use iotpki_store::{
 use rustls_pki_types::CertificateDer;
 use spki::der::Decode;
 
+use crate::auth::{Caller, Who};
 use crate::clock::Clock;
+use crate::error::Refusal;
 use crate::factory::{self, NewBatch};
 use crate::revocation::{self, Target};
 use crate::{Authority, AuthorityError, Credential, BACKDATE_SECS};
@@ -77,7 +79,7 @@ pub fn revoke_admin(
         .map(|a| a.record.serial)
         .collect();
     if good.is_empty() {
-        return Err(AuthorityError::NotFound(format!("admin {name:?} has no certificate that is not revoked")));
+        return Err(AuthorityError::not_found(format!("admin {name:?} has no certificate that is not revoked")));
     }
     let mut out = Vec::new();
     for s in &good {
@@ -102,7 +104,7 @@ impl Authority {
         factory::check_name("admin name", admin)?;
         let validity = validity_secs.unwrap_or(DEFAULT_VALIDITY_SECS);
         if !(60..=MAX_VALIDITY_SECS).contains(&validity) {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "an admin certificate lives between 60 s and {} days",
                 MAX_VALIDITY_SECS / 86_400
             )));
@@ -112,14 +114,14 @@ impl Authority {
             .into_iter()
             .find(|a| a.name == admin && a.record.status == CertStatus::Good && a.record.not_after > now)
         {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "admin {admin} exists already (certificate {}); revoke it first (iotpki admin revoke {admin})",
                 a.record.serial
             )));
         }
         let ca = &self.label(None)?.ca;
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
-            .map_err(|e| AuthorityError::BadRequest(format!("admin public key: {e}")))?;
+            .map_err(|e| AuthorityError::malformed(format!("admin public key: {e}")))?;
         let (sn, sn_hex) = serial::system_random_serial(now)?;
         let subject = name::NameBuilder::default()
             .organization(&self.cfg.organization)?
@@ -156,25 +158,45 @@ impl Authority {
     pub fn admin(&self, chain: &[CertificateDer<'_>]) -> Result<Admin<'_>, AuthorityError> {
         let r = self.admin_inner(chain);
         let cred = if chain.is_empty() { Credential::None } else { Credential::ClientCert(chain) };
-        self.audit_refusal(&r, cred, None, "refuse.admin");
+        self.audit_refusal(&r, || crate::auth::actor_of(cred), None, "refuse.admin");
         r
+    }
+
+    /// The admin that [`Authority::admit`] found calling (no second
+    /// authentication); any other caller is refused (401), audited as `refuse.admin`.
+    pub fn admin_of(&self, caller: &Caller) -> Result<Admin<'_>, AuthorityError> {
+        match &caller.0 {
+            Who::Admin { name, serial } => Ok(Admin {
+                authority: self,
+                actor: format!("admin:{name}"),
+                name: name.clone(),
+                serial: serial.clone(),
+            }),
+            _ => {
+                let r = Err(AuthorityError::unauthenticated(
+                    "the admin API needs an admin certificate (mutual TLS; iotpki admin add)".into(),
+                ));
+                self.audit_refusal(&r, || caller.actor(), None, "refuse.admin");
+                r
+            }
+        }
     }
 
     fn admin_inner(&self, chain: &[CertificateDer<'_>]) -> Result<Admin<'_>, AuthorityError> {
         if chain.is_empty() {
-            return Err(AuthorityError::Unauthorized(
+            return Err(AuthorityError::unauthenticated(
                 "the admin API needs an admin certificate (mutual TLS; iotpki admin add)".into(),
             ));
         }
         let id = self.authenticate(chain)?;
         if id.record.profile != Profile::Admin.name() || !profile::has_admin_role(&id.cert) {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "a {} certificate is not an admin's: the admin API needs an admin certificate",
                 id.record.profile
-            )));
+            ))));
         }
         let name = name::attribute(&id.cert.tbs_certificate.subject, COMMON_NAME)
-            .ok_or_else(|| AuthorityError::Forbidden("the admin certificate names no admin".into()))?;
+            .ok_or_else(|| AuthorityError::Refused(Refusal::Client("the admin certificate names no admin".into())))?;
         Ok(Admin { authority: self, actor: format!("admin:{name}"), name, serial: id.record.serial })
     }
 }
@@ -279,7 +301,7 @@ impl Admin<'_> {
         let serial = serial.to_ascii_lowercase();
         let r =
             self.store().certificate(&serial).map_err(AuthorityError::from).and_then(|c| {
-                c.ok_or_else(|| AuthorityError::NotFound(format!("no certificate with serial {serial}")))
+                c.ok_or_else(|| AuthorityError::not_found(format!("no certificate with serial {serial}")))
             });
         self.audited(r, "cert.show", &serial)
     }
@@ -292,7 +314,7 @@ impl Admin<'_> {
         };
         let r = match target {
             Target::Serial(s) if self.store().certificate(&s.to_ascii_lowercase())?.is_none() => {
-                Err(AuthorityError::NotFound(format!("no certificate with serial {s}")))
+                Err(AuthorityError::not_found(format!("no certificate with serial {s}")))
             }
             _ => revocation::revoke(self.store(), self.clock(), target, reason, &self.actor),
         };
@@ -324,7 +346,7 @@ impl Admin<'_> {
             .store()
             .batch(id)
             .map_err(AuthorityError::from)
-            .and_then(|b| b.ok_or_else(|| AuthorityError::NotFound(format!("no batch {id}"))));
+            .and_then(|b| b.ok_or_else(|| AuthorityError::not_found(format!("no batch {id}"))));
         self.audited(r, "batch.show", &format!("batch:{id}"))
     }
 
@@ -347,7 +369,7 @@ impl Admin<'_> {
     /// A one-time enrollment token for device `serial`.
     pub fn create_token(&self, serial: &str, ttl_secs: Option<u64>) -> Result<String, AuthorityError> {
         let r = DeviceSerial::parse(serial)
-            .map_err(|e| AuthorityError::BadRequest(format!("device serial: {e}")))
+            .map_err(|e| AuthorityError::malformed(format!("device serial: {e}")))
             .and_then(|d| self.authority.create_token(&d, ttl_secs, &self.actor));
         self.refusal_audited(r, "token.create", &format!("device:{serial}"))
     }

@@ -89,19 +89,19 @@ pub fn add_ek(
 ) -> Result<String, AuthorityError> {
     crate::factory::check_name("batch id", batch)?;
     let serial =
-        iotpki_core::name::DeviceSerial::parse(serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+        iotpki_core::name::DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
     if !required(store, batch)? {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "batch {batch} does not require TPM attestation (batch create --require-tpm-attestation): its EKs would not be checked"
         )));
     }
-    iotpki_core::tpm::check_ek(ek_spki).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+    iotpki_core::tpm::check_ek(ek_spki).map_err(|e| AuthorityError::malformed(e.to_string()))?;
     let fpr = spki_fingerprint(ek_spki);
     if let Some(old) = registered_ek(store, batch, serial.as_str())? {
         if old == ek_spki {
             return Ok(fpr);
         }
-        return Err(AuthorityError::Forbidden(format!(
+        return Err(AuthorityError::forbidden(format!(
             "serial {serial} in batch {batch} already has EK {} registered; a device has one TPM",
             spki_fingerprint(&old)
         )));
@@ -117,7 +117,7 @@ pub fn add_ek(
     let kind = ek_kind(batch, serial.as_str());
     match store.publish_artifact(Artifact { kind, version: 1, body: ek_spki.to_vec(), published_at: now }, audit) {
         Ok(()) => Ok(fpr),
-        Err(StoreError::NotNewer { .. }) => Err(AuthorityError::Forbidden(format!(
+        Err(StoreError::NotNewer { .. }) => Err(AuthorityError::forbidden(format!(
             "serial {serial} in batch {batch} got an EK registered at the same time; check `batch show`"
         ))),
         Err(e) => Err(e.into()),
@@ -173,14 +173,14 @@ impl Challenges {
         public_area: &[u8],
     ) -> Result<Challenge, AuthorityError> {
         let ek = registered_ek(store, batch, serial)?.ok_or_else(|| {
-            AuthorityError::Forbidden(format!(
+            AuthorityError::forbidden(format!(
                 "no TPM endorsement key is registered for serial {serial} in batch {batch}: register it \
                  (iotpki batch add-ek) before this device's birth"
             ))
         })?;
         let public = iotpki_core::tpm::parse_ecc_public(public_area)
-            .map_err(|e| AuthorityError::BadRequest(format!("the device's TPM key: {e}")))?;
-        public.check_device_key().map_err(|e| AuthorityError::Forbidden(format!("the device's TPM key: {e}")))?;
+            .map_err(|e| AuthorityError::malformed(format!("the device's TPM key: {e}")))?;
+        public.check_device_key().map_err(|e| AuthorityError::forbidden(format!("the device's TPM key: {e}")))?;
         let spki = public.spki_der()?;
         let secret = random(32)?;
         let cred = iotpki_core::tpm::make_credential(&ek, &public.name, &secret)?;
@@ -220,22 +220,22 @@ impl Challenges {
     ) -> Result<String, AuthorityError> {
         let p = self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         let p = p.filter(|p| p.expires > now).ok_or_else(|| {
-            AuthorityError::Forbidden(format!(
+            AuthorityError::forbidden(format!(
                 "TPM challenge {id} is unknown, used or expired (answers within {CHALLENGE_TTL} s, on the node that \
                  issued it): start this birth again"
             ))
         })?;
         if p.batch != batch || p.serial != serial {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::forbidden(format!(
                 "TPM challenge {id} was for serial {} in batch {}, not {serial} in {batch}",
                 p.serial, p.batch
             )));
         }
         if p.spki_sha256 != spki_sha256 {
-            return Err(AuthorityError::Forbidden("the request's key is not the TPM key that was attested".into()));
+            return Err(AuthorityError::forbidden("the request's key is not the TPM key that was attested".into()));
         }
         if aws_lc_rs::constant_time::verify_slices_are_equal(&p.secret, secret).is_err() {
-            return Err(AuthorityError::Forbidden(
+            return Err(AuthorityError::forbidden(
                 "the TPM did not recover the challenge's secret: the key is not in the TPM whose EK is registered \
                  for this serial"
                     .into(),

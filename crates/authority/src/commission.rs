@@ -25,12 +25,13 @@ use iotpki_core::asn1::x509_cert::name::RdnSequence;
 use iotpki_core::asn1::x509_cert::Certificate;
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile;
-use iotpki_core::{csr, est, keys, pem};
-use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipStatus, Precondition, Store};
+use iotpki_core::{keys, pem};
+use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipStatus, Store};
 use rustls_pki_types::CertificateDer;
 
 use crate::clock::Clock;
-use crate::{Authority, AuthorityError, Enrolled};
+use crate::error::Refusal;
+use crate::{Authority, AuthorityError};
 
 /// id-kp-clientAuth (RFC 5280 section 4.2.1.12).
 const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
@@ -56,6 +57,10 @@ pub struct Birth {
     pub manufacturer_spki: String,
     /// SHA-256 (hex) of the birth certificate's DER.
     pub birth_sha256: String,
+    /// The birth certificate's serial (hex).
+    pub cert_serial: String,
+    /// The birth certificate, DER.
+    pub cert_der: Vec<u8>,
 }
 
 /// Trust the manufacturing CA in `pem_text` (the first certificate) as a
@@ -68,13 +73,13 @@ pub fn add_manufacturer(
     actor: &str,
 ) -> Result<ManufacturerRecord, AuthorityError> {
     let der = pem::decode_all("CERTIFICATE", pem_text)
-        .map_err(|e| AuthorityError::BadRequest(format!("manufacturer certificate: {e}")))?
+        .map_err(|e| AuthorityError::malformed(format!("manufacturer certificate: {e}")))?
         .into_iter()
         .next()
-        .ok_or_else(|| AuthorityError::BadRequest("the file holds no certificate".into()))?;
+        .ok_or_else(|| AuthorityError::malformed("the file holds no certificate".into()))?;
     let info = profile::cert_info(&der)?;
     if let Some(why) = not_a_manufacturing_ca(&info.cert) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "{} is not a manufacturing CA ({why}): import the manufacturer's manufacturing CA, the one that \
              signs its birth certificates (ca/manufacturing.crt of its authority), not its root or operational CA",
             name::to_rfc4514(&info.cert.tbs_certificate.subject)
@@ -82,7 +87,7 @@ pub fn add_manufacturer(
     }
     let now = clock.now();
     if info.not_after <= now {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "the manufacturing CA expired at {}",
             iotpki_core::time::rfc3339(info.not_after)
         )));
@@ -90,10 +95,10 @@ pub fn add_manufacturer(
     let name = match name {
         Some(n) => n.to_string(),
         None => name::attribute(&info.cert.tbs_certificate.subject, COMMON_NAME)
-            .ok_or_else(|| AuthorityError::BadRequest("the CA has no common name: give --name".into()))?,
+            .ok_or_else(|| AuthorityError::malformed("the CA has no common name: give --name".into()))?,
     };
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-        return Err(AuthorityError::BadRequest("a manufacturer name is 1 to 128 printable characters".into()));
+        return Err(AuthorityError::malformed("a manufacturer name is 1 to 128 printable characters".into()));
     }
     let rec = ManufacturerRecord { name: name.clone(), cert_der: der, spki_sha256: info.spki_sha256, added_at: now };
     let audit = AuditEvent {
@@ -236,7 +241,7 @@ pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
     match lines.next() {
         Some((_, l)) if l.trim() == BIRTHS_HEADER => {}
         _ => {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "a births file starts with {BIRTHS_HEADER:?} (make it with `iotpki device export-births` at the \
                  manufacturer); a list of bare serials no longer claims devices"
             )))
@@ -247,7 +252,7 @@ pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
         if line.is_empty() || line.starts_with('#') || line == BIRTHS_COLUMNS {
             continue;
         }
-        let bad = |m: String| AuthorityError::BadRequest(format!("births line {}: {m}", i + 1));
+        let bad = |m: String| AuthorityError::malformed(format!("births line {}: {m}", i + 1));
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let [serial, birth, mfg] = f.as_slice() else {
             return Err(bad(format!("expected {BIRTHS_COLUMNS}, found {} fields", f.len())));
@@ -265,11 +270,11 @@ pub fn parse_births(text: &str) -> Result<Vec<Claim>, AuthorityError> {
             manufacturer_spki: mfg.to_string(),
         });
         if out.len() > MAX_CLAIM {
-            return Err(AuthorityError::BadRequest(format!("claim at most {MAX_CLAIM} devices at once")));
+            return Err(AuthorityError::malformed(format!("claim at most {MAX_CLAIM} devices at once")));
         }
     }
     if out.is_empty() {
-        return Err(AuthorityError::BadRequest("the births file names no device".into()));
+        return Err(AuthorityError::malformed("the births file names no device".into()));
     }
     Ok(out)
 }
@@ -290,7 +295,7 @@ pub fn claim_devices(
     let trusted: std::collections::HashSet<String> =
         store.manufacturers()?.into_iter().map(|m| m.spki_sha256).collect();
     if let Some(c) = claims.iter().find(|c| !trusted.contains(&c.manufacturer_spki)) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "device {} was born under manufacturing CA {}, which this authority does not trust \
              (`iotpki trust add-manufacturer` first)",
             c.device_serial, c.manufacturer_spki
@@ -340,7 +345,7 @@ impl Authority {
             Some(list) => {
                 for sn in list {
                     let h = births.get(sn).ok_or_else(|| {
-                        AuthorityError::NotFound(format!(
+                        AuthorityError::not_found(format!(
                             "device {sn} has no good birth certificate from this authority"
                         ))
                     })?;
@@ -354,19 +359,19 @@ impl Authority {
     /// Check a birth certificate chain (leaf first) as presented in the TLS handshake.
     pub fn check_birth(&self, chain: &[CertificateDer<'_>]) -> Result<Birth, AuthorityError> {
         let leaf = chain.first().ok_or_else(|| {
-            AuthorityError::Unauthorized(
+            AuthorityError::unauthenticated(
                 "commissioning needs the birth certificate as the TLS client certificate".into(),
             )
         })?;
         let info = profile::cert_info(leaf)
-            .map_err(|e| AuthorityError::Forbidden(format!("client certificate is malformed: {e}")))?;
+            .map_err(|e| AuthorityError::Refused(Refusal::Client(format!("client certificate is malformed: {e}"))))?;
         let inter: Vec<Vec<u8>> = chain[1..].iter().map(|c| c.to_vec()).collect();
         let now = self.clock.now();
         let manufacturers = self.store.manufacturers()?;
         if manufacturers.is_empty() {
-            return Err(AuthorityError::Forbidden(
+            return Err(AuthorityError::Refused(Refusal::Client(
                 "this authority trusts no manufacturer yet (`iotpki trust add-manufacturer`)".into(),
-            ));
+            )));
         }
         let mut why = Vec::new();
         let mut found = None;
@@ -381,43 +386,48 @@ impl Authority {
         }
         let Some((manufacturer, manufacturer_cert, manufacturer_spki)) = found else {
             let detail = if manufacturers.len() == 1 { format!(" ({})", why.join("; ")) } else { String::new() };
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "the birth certificate does not chain to a trusted manufacturer{detail}"
-            )));
+            ))));
         };
         if info.is_ca {
-            return Err(AuthorityError::Forbidden("a CA certificate is not a birth certificate".into()));
+            return Err(AuthorityError::Refused(Refusal::Client("a CA certificate is not a birth certificate".into())));
         }
         let parsed: Vec<Certificate> = inter.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
-        let anchor = Certificate::from_der(&manufacturer_cert)
-            .map_err(|e| AuthorityError::Forbidden(format!("the trusted manufacturing CA is unreadable: {e}")))?;
+        let anchor = Certificate::from_der(&manufacturer_cert).map_err(|e| {
+            AuthorityError::Refused(Refusal::Client(format!("the trusted manufacturing CA is unreadable: {e}")))
+        })?;
         if let Some(why) = not_a_birth(&info.cert, &parsed, &anchor) {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "the client certificate chains to manufacturer {manufacturer} but is not a birth certificate ({why})"
-            )));
+            ))));
         }
         // Issued here (the authority is its own manufacturer): our record must agree.
         if let Some(rec) = self.store.certificate(&info.serial)? {
             if rec.der == leaf.as_ref() {
                 if let CertStatus::Revoked { .. } = rec.status {
-                    return Err(AuthorityError::Forbidden(format!("birth certificate {} is revoked", info.serial)));
+                    return Err(AuthorityError::Refused(Refusal::Client(format!(
+                        "birth certificate {} is revoked",
+                        info.serial
+                    ))));
                 }
                 if rec.profile != profile::Profile::Device.name() {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::Refused(Refusal::Client(format!(
                         "a {} certificate is not a birth certificate",
                         rec.profile
-                    )));
+                    ))));
                 }
             }
         }
         let serials = name::serial_numbers(&info.cert.tbs_certificate.subject);
         let [serial] = serials.as_slice() else {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "a birth certificate names exactly one serialNumber (found {})",
                 serials.len()
-            )));
+            ))));
         };
-        let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::Forbidden(e.to_string()))?;
+        let device =
+            DeviceSerial::parse(serial).map_err(|e| AuthorityError::Refused(Refusal::Client(e.to_string())))?;
         let birth_sha256 = keys::sha256_hex(leaf.as_ref());
         Ok(Birth {
             device,
@@ -426,86 +436,47 @@ impl Authority {
             spki_sha256: info.spki_sha256,
             manufacturer_spki,
             birth_sha256,
+            cert_serial: info.serial,
+            cert_der: leaf.to_vec(),
         })
     }
 
-    /// `simpleenroll` with a birth certificate: an operational certificate for
-    /// a fresh key of a device this authority owns.
-    pub(crate) fn commission(
-        &self,
-        label: Option<&str>,
-        chain: &[CertificateDer<'_>],
-        body: &[u8],
-    ) -> Result<Enrolled, AuthorityError> {
-        let label = self.label(label)?;
-        if self.is_birth_ca(&label.ca.name) {
-            return Err(AuthorityError::Forbidden(format!(
-                "label {} issues birth certificates: commissioning gives an operational certificate \
-                 (use an operational label); {}",
-                label.name,
-                crate::BIRTH_ONLY_ON_THE_LINE
-            )));
-        }
-        let birth = self.check_birth(chain)?;
-        // Cheap refusal before any signature work; the transaction checks again.
+    /// Whether this authority owns the device of `birth`, by a claim of
+    /// exactly this birth certificate or by a voucher chain that holds now:
+    /// the cheap refusal before any signature work (the issuance's
+    /// transaction checks ownership again).
+    pub(crate) fn check_owned(&self, birth: &Birth) -> Result<(), AuthorityError> {
         match self.store.ownership(birth.device.as_str())? {
-            None => return Err(iotpki_store::StoreError::NotOwned { device: birth.device.to_string() }.into()),
-            Some(o) if o.status != OwnershipStatus::Owned => {
-                return Err(iotpki_store::StoreError::DeviceReleased {
-                    device: birth.device.to_string(),
-                    status: o.status.as_str(),
-                }
-                .into())
+            None => Err(iotpki_store::StoreError::NotOwned { device: birth.device.to_string() }.into()),
+            Some(o) if o.status != OwnershipStatus::Owned => Err(iotpki_store::StoreError::DeviceReleased {
+                device: birth.device.to_string(),
+                status: o.status.as_str(),
             }
+            .into()),
             Some(o) if o.via.starts_with("voucher:") => {
                 // Owned by voucher: the whole chain, from the manufacturer that made
                 // this very birth certificate to this authority, must hold now.
-                self.check_voucher(&birth.device, chain[0].as_ref(), &birth.manufacturer_cert)?;
+                self.check_voucher(&birth.device, &birth.cert_der, &birth.manufacturer_cert)
             }
             // Owned by claim: exactly the birth certificate claimed, from the
             // manufacturer claimed (a claim never changes to another birth).
             Some(o) => match (&o.birth_sha256, &o.manufacturer_spki) {
-                (Some(b), Some(m)) if *b == birth.birth_sha256 && *m == birth.manufacturer_spki => {}
-                (Some(b), Some(_)) => {
-                    return Err(AuthorityError::Forbidden(format!(
-                        "device {} is claimed with birth certificate sha256 {b} from manufacturing CA {}; this \
-                         one (sha256 {}, manufacturer {}) is not it: a clone, a forgery or a device born twice",
-                        birth.device,
-                        o.manufacturer_spki.as_deref().unwrap_or_default(),
-                        birth.birth_sha256,
-                        birth.manufacturer
-                    )))
-                }
-                _ => {
-                    return Err(AuthorityError::Forbidden(format!(
-                        "device {} was claimed by bare serial, which binds no birth: claim it again with the \
-                         manufacturer's births file (`iotpki device claim --births`)",
-                        birth.device
-                    )))
-                }
+                (Some(b), Some(m)) if *b == birth.birth_sha256 && *m == birth.manufacturer_spki => Ok(()),
+                (Some(b), Some(_)) => Err(AuthorityError::forbidden(format!(
+                    "device {} is claimed with birth certificate sha256 {b} from manufacturing CA {}; this \
+                     one (sha256 {}, manufacturer {}) is not it: a clone, a forgery or a device born twice",
+                    birth.device,
+                    o.manufacturer_spki.as_deref().unwrap_or_default(),
+                    birth.birth_sha256,
+                    birth.manufacturer
+                ))),
+                _ => Err(AuthorityError::forbidden(format!(
+                    "device {} was claimed by bare serial, which binds no birth: claim it again with the \
+                     manufacturer's births file (`iotpki device claim --births`)",
+                    birth.device
+                ))),
             },
         }
-        let der = est::decode_body(body)?;
-        let req = csr::parse_and_verify(&der)?;
-        self.check_key(label, req.key_type)?;
-        crate::check_requested_serial(&req.subject, birth.device.as_str(), "the birth certificate")?;
-        if keys::spki_fingerprint(&req.spki_der) == birth.spki_sha256 {
-            return Err(AuthorityError::Forbidden(
-                "the request is for the birth key: an operational certificate needs a fresh key".into(),
-            ));
-        }
-        let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
-        self.issue_device(
-            label,
-            subject,
-            &req,
-            Some(birth.device.to_string()),
-            None,
-            vec![Precondition::Owned { device_serial: birth.device.to_string() }],
-            format!("device:{}", birth.device),
-            "commission",
-            None,
-        )
     }
 }
 

@@ -1,4 +1,9 @@
-//! The authority's error type: every refusal says what was wrong and maps to one HTTP status.
+//! The authority's error type: a refusal of the caller's request, by family
+//! and with its structure ([`Refusal`]), or our own failure.
+//!
+//! Which HTTP status each refusal answers with is [`Refusal::http_status`]
+//! (the audit log's summaries name it too); the server turns an
+//! [`AuthorityError`] into a response in one place (`iotpki_server`'s `ApiError`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,14 +14,8 @@ use iotpki_store::StoreError;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AuthorityError {
-    /// The request is malformed or asks for something no profile allows (HTTP 400).
-    BadRequest(String),
-    /// The caller did not authenticate, or its credential is bad (HTTP 401).
-    Unauthorized(String),
-    /// The caller authenticated but may not do this (HTTP 403).
-    Forbidden(String),
-    /// No such label, certificate or device (HTTP 404).
-    NotFound(String),
+    /// The caller's request was refused (a 4xx answer): see [`Refusal`].
+    Refused(Refusal),
     /// The authority's directory or config is wrong.
     Config(String),
     /// A file could not be read or written.
@@ -30,7 +29,7 @@ pub enum AuthorityError {
     /// read-only, its database away): retry later (HTTP 503). The message says whether
     /// anything was recorded.
     Unavailable(String),
-    /// The store failed (not a refusal: those become the variants above).
+    /// The store failed (not a refusal: those are [`Refusal`]s).
     Store(StoreError),
     /// A cryptographic or encoding step failed.
     Core(iotpki_core::Error),
@@ -38,14 +37,153 @@ pub enum AuthorityError {
     Hsm(iotpki_hsm::HsmError),
 }
 
-impl AuthorityError {
-    /// The HTTP status this error answers with.
+/// Why a caller's request was refused, by family. Refusals that the store
+/// decided (in the issuance's transaction) keep the store's own structured
+/// error; those the authority decides say what was wrong and what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request cannot be read: its body, a header, a parameter (400).
+    Malformed(String),
+    /// The request is well-formed but is no valid PKCS#10, base64, name, ...
+    /// (400): the parser's error, whole.
+    Request(iotpki_core::Error),
+    /// The caller did not authenticate: no credential, or one that cannot be
+    /// used here (401).
+    Unauthenticated(String),
+    /// A one-time token the store refused: unknown, for another device, used
+    /// or expired (401).
+    Token(StoreError),
+    /// A client certificate that authenticates nothing here: not ours,
+    /// expired, revoked, not the one recorded, of the wrong kind (403).
+    Client(String),
+    /// A factory station the store refused: unknown, revoked, not authorised
+    /// for the batch, its production record out of order (403).
+    Station(StoreError),
+    /// A batch's rules: closed, outside its window, its quota spent, a serial
+    /// not on its allowlist or born already (403); an unknown batch (404).
+    Batch(StoreError),
+    /// A renewal that may not be: of a certificate renewed already or
+    /// revoked, of a birth certificate, across CAs (403). From the store:
+    /// the certificate superseded or revoked in the transaction.
+    Renewal(String),
+    /// A certificate the store found unknown, revoked or superseded (403),
+    /// or nothing left to revoke (404).
+    Certificate(StoreError),
+    /// The label's key policy: a key type it does not allow (400), or the
+    /// birth key offered for an operational certificate (403).
+    KeyPolicy(KeyRefusal),
+    /// Ownership: a device not owned, handed on, claimed with another birth,
+    /// its voucher changed (403).
+    Ownership(StoreError),
+    /// Something that exists already, or a claim that conflicts (400).
+    Conflict(StoreError),
+    /// Any other rule of the authority, stated (403).
+    Forbidden(String),
+    /// No such label, CA, certificate, batch or file (404).
+    NotFound(String),
+}
+
+/// A key the label's policy refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyRefusal {
+    /// The key type is not one the label allows.
+    NotAllowed {
+        /// The key type offered.
+        offered: String,
+        /// The key types allowed, comma-separated.
+        allowed: String,
+    },
+    /// An operational certificate asked for the birth key: it needs a fresh one.
+    BirthKey,
+}
+
+impl Refusal {
+    /// The HTTP status this refusal answers with: the one table.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::BadRequest(_) => 400,
-            Self::Unauthorized(_) => 401,
-            Self::Forbidden(_) => 403,
-            Self::NotFound(_) => 404,
+            Self::Malformed(_)
+            | Self::Request(_)
+            | Self::Conflict(_)
+            | Self::KeyPolicy(KeyRefusal::NotAllowed { .. }) => 400,
+            Self::Unauthenticated(_) | Self::Token(_) => 401,
+            Self::Batch(StoreError::BatchUnknown { .. })
+            | Self::Certificate(StoreError::NothingToRevoke { .. })
+            | Self::NotFound(_) => 404,
+            Self::Client(_)
+            | Self::Station(_)
+            | Self::Batch(_)
+            | Self::Renewal(_)
+            | Self::Certificate(_)
+            | Self::KeyPolicy(KeyRefusal::BirthKey)
+            | Self::Ownership(_)
+            | Self::Forbidden(_) => 403,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(m)
+            | Self::Unauthenticated(m)
+            | Self::Client(m)
+            | Self::Renewal(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m) => f.write_str(m),
+            Self::Request(e) => write!(f, "{e}"),
+            Self::Token(e)
+            | Self::Station(e)
+            | Self::Batch(e)
+            | Self::Certificate(e)
+            | Self::Ownership(e)
+            | Self::Conflict(e) => write!(f, "{e}"),
+            Self::KeyPolicy(KeyRefusal::NotAllowed { offered, allowed }) => {
+                write!(f, "key type {offered} is not allowed by this profile (allowed: {allowed})")
+            }
+            Self::KeyPolicy(KeyRefusal::BirthKey) => {
+                f.write_str("the request is for the birth key: an operational certificate needs a fresh key")
+            }
+        }
+    }
+}
+
+impl AuthorityError {
+    /// A malformed request (400), saying what is wrong.
+    pub fn malformed(m: String) -> Self {
+        Self::Refused(Refusal::Malformed(m))
+    }
+
+    /// A caller that did not authenticate (401), saying what it must send.
+    pub fn unauthenticated(m: String) -> Self {
+        Self::Refused(Refusal::Unauthenticated(m))
+    }
+
+    /// A rule of the authority refuses this (403), saying which.
+    pub fn forbidden(m: String) -> Self {
+        Self::Refused(Refusal::Forbidden(m))
+    }
+
+    /// No such thing (404), saying what.
+    pub fn not_found(m: String) -> Self {
+        Self::Refused(Refusal::NotFound(m))
+    }
+
+    /// The refusal, when this is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status this error answers with: a refusal's
+    /// ([`Refusal::http_status`]), 503 when the store cannot record now,
+    /// else 500.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Refused(r) => r.http_status(),
             Self::Unavailable(_) => 503,
             Self::Config(_) | Self::Io { .. } | Self::Store(_) | Self::Core(_) | Self::Hsm(_) => 500,
         }
@@ -55,7 +193,7 @@ impl AuthorityError {
     /// something failed on our side; the details go to the log.
     pub fn public_message(&self) -> String {
         match self {
-            Self::BadRequest(m) | Self::Unauthorized(m) | Self::Forbidden(m) | Self::NotFound(m) => one_line(m),
+            Self::Refused(r) => one_line(&r.to_string()),
             Self::Unavailable(m) => {
                 format!("the authority cannot record anything right now ({}); retry later", one_line(m))
             }
@@ -65,11 +203,17 @@ impl AuthorityError {
 
     /// True when this is a refusal of the caller's request rather than our failure.
     pub fn is_refusal(&self) -> bool {
-        self.http_status() < 500
+        matches!(self, Self::Refused(_))
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io { path: path.into(), error }
+    }
+}
+
+impl From<Refusal> for AuthorityError {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(r)
     }
 }
 
@@ -80,10 +224,15 @@ fn one_line(m: &str) -> String {
 impl fmt::Display for AuthorityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadRequest(m) => write!(f, "bad request: {m}"),
-            Self::Unauthorized(m) => write!(f, "unauthorized: {m}"),
-            Self::Forbidden(m) => write!(f, "forbidden: {m}"),
-            Self::NotFound(m) => write!(f, "not found: {m}"),
+            Self::Refused(r) => {
+                let kind = match r.http_status() {
+                    400 => "bad request",
+                    401 => "unauthorized",
+                    404 => "not found",
+                    _ => "forbidden",
+                };
+                write!(f, "{kind}: {r}")
+            }
             Self::Unavailable(m) => write!(f, "unavailable: {m}"),
             Self::Config(m) => write!(f, "configuration: {m}"),
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
@@ -100,44 +249,43 @@ impl std::error::Error for AuthorityError {
             Self::Io { error, .. } => Some(error),
             Self::Store(e) => Some(e),
             Self::Core(e) => Some(e),
-            // Hsm: its message is already in ours (no source, or `{:#}` would say it twice).
+            // Refusals and Hsm: their message is already in ours (no source, or
+            // `{:#}` would say it twice).
             _ => None,
         }
     }
 }
 
 impl From<StoreError> for AuthorityError {
+    /// A refusal the store decided keeps its structure, in its family; the
+    /// store's failures stay failures.
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::TokenUnknown
-            | StoreError::TokenWrongSerial
-            | StoreError::TokenUsed { .. }
-            | StoreError::TokenExpired { .. } => Self::Unauthorized(e.to_string()),
-            StoreError::CertUnknown { .. } | StoreError::CertRevoked { .. } | StoreError::Superseded { .. } => {
-                Self::Forbidden(e.to_string())
+        use StoreError as E;
+        let r = match e {
+            E::TokenUnknown | E::TokenWrongSerial | E::TokenUsed { .. } | E::TokenExpired { .. } => Refusal::Token(e),
+            E::CertUnknown { .. } | E::CertRevoked { .. } | E::Superseded { .. } | E::NothingToRevoke { .. } => {
+                Refusal::Certificate(e)
             }
-            StoreError::NothingToRevoke { .. } => Self::NotFound(e.to_string()),
-            StoreError::StationUnknown { .. }
-            | StoreError::StationRevoked { .. }
-            | StoreError::StationNotAuthorized { .. }
-            | StoreError::BatchClosed { .. }
-            | StoreError::BatchOutsideWindow { .. }
-            | StoreError::QuotaExhausted { .. }
-            | StoreError::SerialNotAllowed { .. }
-            | StoreError::AlreadyBorn { .. }
-            | StoreError::NotOwned { .. }
-            | StoreError::DeviceReleased { .. }
-            | StoreError::VoucherChanged { .. } => Self::Forbidden(e.to_string()),
-            StoreError::BatchUnknown { .. } => Self::NotFound(e.to_string()),
-            StoreError::BatchExists { .. }
-            | StoreError::StationExists { .. }
-            | StoreError::DelegationExists { .. }
-            | StoreError::ManufacturerExists { .. }
-            | StoreError::ClaimConflict { .. } => Self::BadRequest(e.to_string()),
-            StoreError::SyncOutOfOrder { .. } => Self::Forbidden(e.to_string()),
-            StoreError::Unavailable(m) => Self::Unavailable(m),
-            other => Self::Store(other),
-        }
+            E::StationUnknown { .. }
+            | E::StationRevoked { .. }
+            | E::StationNotAuthorized { .. }
+            | E::SyncOutOfOrder { .. } => Refusal::Station(e),
+            E::BatchUnknown { .. }
+            | E::BatchClosed { .. }
+            | E::BatchOutsideWindow { .. }
+            | E::QuotaExhausted { .. }
+            | E::SerialNotAllowed { .. }
+            | E::AlreadyBorn { .. } => Refusal::Batch(e),
+            E::NotOwned { .. } | E::DeviceReleased { .. } | E::VoucherChanged { .. } => Refusal::Ownership(e),
+            E::BatchExists { .. }
+            | E::StationExists { .. }
+            | E::DelegationExists { .. }
+            | E::ManufacturerExists { .. }
+            | E::ClaimConflict { .. } => Refusal::Conflict(e),
+            E::Unavailable(m) => return Self::Unavailable(m),
+            other => return Self::Store(other),
+        };
+        Self::Refused(r)
     }
 }
 
@@ -151,13 +299,15 @@ impl From<iotpki_core::Error> for AuthorityError {
     fn from(e: iotpki_core::Error) -> Self {
         use iotpki_core::Error as E;
         match e {
+            E::KeyNotAllowed { offered, allowed } => {
+                Self::Refused(Refusal::KeyPolicy(KeyRefusal::NotAllowed { offered, allowed }))
+            }
             E::Base64(_)
             | E::Der { .. }
             | E::Pem(_)
             | E::BadSignature { .. }
             | E::UnsupportedAlgorithm(_)
-            | E::KeyNotAllowed { .. }
-            | E::BadName(_) => Self::BadRequest(e.to_string()),
+            | E::BadName(_) => Self::Refused(Refusal::Request(e)),
             other => Self::Core(other),
         }
     }

@@ -409,7 +409,7 @@ fn make(
 
 /// Where the certificates an issuer signs point relying parties for their
 /// status: the authority's public base URL (`server.public_http_url`) and the
-/// issuer's CRL shard count. The URLs follow [`crate::revocation_urls`]: a
+/// issuer's CRL shard count. The URLs follow [`crate::open::revocation_urls`]: a
 /// root's CRL (its ARL) is `/crl/ROOT.crl`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Revocation<'a> {
@@ -447,7 +447,7 @@ pub(crate) fn make_for(
         permitted_subtree: None,
     };
     // The issuer's CRL (and OCSP, for an end entity) in every certificate but a root's.
-    let urls = revocation.map(|r| crate::revocation_urls(r.base, ca_name, r.shards, &sn_hex));
+    let urls = revocation.map(|r| crate::open::revocation_urls(r.base, ca_name, r.shards, &sn_hex));
     let issued = profile::issue_with(&params, issuer, urls.as_ref())?;
     records.push((
         CertRecord {

@@ -23,12 +23,17 @@
 //! answered when it committed may still say good. Nothing is pushed between
 //! nodes and there is no polling interval to tune.
 
-use iotpki_core::name::DeviceSerial;
-use iotpki_core::profile::Profile;
-use iotpki_store::{AuditEvent, DeviceRevocation, Store, StoreError};
+use std::sync::Arc;
+
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::name::{self, DeviceSerial};
+use iotpki_core::profile::{CertParams, Profile};
+use iotpki_core::serial;
+use iotpki_store::{AuditEvent, CertStatus, DeviceRevocation, Issuance, Store, StoreError};
+use spki::der::{Decode, Encode};
 
 use crate::clock::Clock;
-use crate::AuthorityError;
+use crate::{config, ocsp_cache, Authority, AuthorityError, CaKey, CrlScope, BACKDATE_SECS};
 
 /// How long a CRL is valid (thisUpdate to nextUpdate).
 pub const CRL_VALIDITY_SECS: i64 = 24 * 3600;
@@ -74,7 +79,7 @@ pub fn revoke(
             let s = s.to_ascii_lowercase();
             if let Some(rec) = store.certificate(&s)? {
                 if is_ca_profile(&rec.profile) {
-                    return Err(AuthorityError::BadRequest(format!(
+                    return Err(AuthorityError::malformed(format!(
                         "certificate {s} is a CA certificate ({}) issued by {}: revoke it with `iotpki ca revoke \
                          --serial {s}`, which also signs the root's revocation list again",
                         rec.profile, rec.ca
@@ -90,7 +95,7 @@ pub fn revoke(
             match store.revoke_device(r) {
                 Ok(out) => Ok(out.serials),
                 Err(StoreError::NothingToRevoke { .. }) => {
-                    Err(AuthorityError::NotFound(format!("device {d} has no certificate that is not revoked")))
+                    Err(AuthorityError::not_found(format!("device {d} has no certificate that is not revoked")))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -194,7 +199,7 @@ pub(crate) fn publish_arl(
     actor: &str,
 ) -> Result<SignedArl, AuthorityError> {
     if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "an ARL validity of {} days is outside 1 to {} days",
             validity_secs / 86_400,
             ARL_VALIDITY_RANGE.end() / 86_400
@@ -274,7 +279,7 @@ fn unlock_roots(
     let roots: Vec<_> =
         cfg.ca.iter().filter(|c| c.role != CaRole::Issuing && which.is_none_or(|w| w == c.name)).collect();
     if roots.is_empty() {
-        return Err(AuthorityError::NotFound(match which {
+        return Err(AuthorityError::not_found(match which {
             Some(w) => format!("no root named {w:?} in the config"),
             None => "the config names no root".into(),
         }));
@@ -335,7 +340,7 @@ pub fn sign_arl(
     actor: &str,
 ) -> Result<Vec<SignedArl>, AuthorityError> {
     if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "--validity-days {}: an ARL is valid from 1 to {} days",
             validity_secs / 86_400,
             ARL_VALIDITY_RANGE.end() / 86_400
@@ -368,11 +373,11 @@ pub fn revoke_ca(
     let store = crate::open_store(dir, &cfg)?;
     let rec = store
         .certificate(&serial)?
-        .ok_or_else(|| AuthorityError::NotFound(format!("certificate {serial} is not in the store")))?;
+        .ok_or_else(|| AuthorityError::not_found(format!("certificate {serial} is not in the store")))?;
     if !is_ca_profile(&rec.profile)
         || !cfg.ca.iter().any(|c| c.name == rec.ca && c.role != crate::config::CaRole::Issuing)
     {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "certificate {serial} is a {} certificate from {}, not a CA certificate from a root: use `iotpki revoke`",
             rec.profile, rec.ca
         )));
@@ -380,7 +385,7 @@ pub fn revoke_ca(
     let root = unlock_roots(dir, &cfg, Some(&rec.ca), pass, pin)?.remove(0);
     let now = clock.now();
     if !ARL_VALIDITY_RANGE.contains(&validity_secs) {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "--validity-days {}: an ARL is valid from 1 to {} days",
             validity_secs / 86_400,
             ARL_VALIDITY_RANGE.end() / 86_400
@@ -399,4 +404,283 @@ pub fn revoke_ca(
         },
     )?;
     publish_arl(store.as_ref(), &root.name, &root.issuer(), now, validity_secs, actor)
+}
+
+impl Authority {
+    /// The current CRL (DER) of the issuing CA `ca`, complete (every
+    /// certificate it revoked): cached, made again when something was revoked
+    /// since or half its validity has passed.
+    pub fn crl(&self, ca: &str) -> Result<Vec<u8>, AuthorityError> {
+        self.crl_scoped(ca, None)
+    }
+
+    /// The current CRL (DER) of the issuing CA `ca`: complete when `shard` is
+    /// `None`, else shard `k` of `s` of its partitioned CRL
+    /// ([`iotpki_core::crl::shard_path`]): the revoked certificates of that
+    /// shard, with a critical issuingDistributionPoint naming its URL. Any
+    /// valid shard count is served, so certificates issued under an earlier
+    /// count stay covered. Cached; made again when its own entries changed or
+    /// half its validity has passed.
+    pub fn crl_scoped(&self, ca: &str, shard: Option<(u32, u32)>) -> Result<Vec<u8>, AuthorityError> {
+        if shard.is_none() && self.cfg.ca.iter().any(|c| c.name == ca && c.role != config::CaRole::Issuing) {
+            return self.arl(ca);
+        }
+        if let Some((s, k)) = shard {
+            if !iotpki_core::crl::valid_shard_count(s) || k >= s {
+                return Err(AuthorityError::not_found(format!(
+                    "no CRL shard {k} of {s}: shard counts are powers of two from 2 to {}",
+                    iotpki_core::crl::MAX_SHARDS
+                )));
+            }
+        }
+        let key = self
+            .issuing
+            .iter()
+            .find(|c| c.name == ca)
+            .ok_or_else(|| AuthorityError::not_found(format!("no issuing CA named {ca:?}")))?;
+        let scope_url = match shard {
+            None => None,
+            Some((s, k)) => {
+                let base = key.public_http_url.as_ref().ok_or_else(|| {
+                    AuthorityError::not_found(format!(
+                        "CA {ca} has no partitioned CRLs (the authority has no server.public_http_url)"
+                    ))
+                })?;
+                Some(format!("{base}{}", iotpki_core::crl::shard_path(ca, s, k)))
+            }
+        };
+        let cache_key = CrlScope { ca: ca.to_string(), shard };
+        let now = self.clock.now();
+        let mark = self.store.revocation_mark(ca)?;
+        let fresh = |c: &Cached| now < c.this_update + CRL_VALIDITY_SECS / 2;
+        let mut cache = self.crls.lock().map_err(|_| AuthorityError::Config("CRL cache poisoned".into()))?;
+        if let Some(c) = cache.get(&cache_key) {
+            if c.mark == mark && fresh(c) {
+                return Ok(c.der.clone());
+            }
+        }
+        let all = self.revoked_list(ca, mark)?;
+        // An entry stays until its certificate has been expired for a while
+        // (RFC 5280 3.3: at least one regularly scheduled CRL after its expiry
+        // lists it); after that it leaves, so a CRL holds about one
+        // certificate lifetime of revocations, not every one ever made.
+        let revoked: Vec<iotpki_core::crl::Revoked> = all
+            .iter()
+            .filter(|r| r.not_after.saturating_add(EXPIRED_KEPT_SECS) > now)
+            .filter(|r| shard.is_none_or(|(s, k)| iotpki_core::crl::shard_of(&r.serial, s) == Some(k)))
+            .map(|r| iotpki_core::crl::Revoked { serial: r.serial.clone(), at: r.revoked_at, reason: r.reason })
+            .collect();
+        let digest = entries_digest(&revoked);
+        if let Some(c) = cache.get_mut(&cache_key) {
+            // A revocation in another shard: this one's entries are the same.
+            if c.entries == digest && fresh(c) {
+                c.mark = mark;
+                return Ok(c.der.clone());
+            }
+        }
+        let audit = AuditEvent {
+            at: now,
+            actor: "authority".into(),
+            action: "crl.issue".into(),
+            target: match shard {
+                None => ca.to_string(),
+                Some((s, k)) => format!("{ca}/{s}/{k}"),
+            },
+            detail: format!("entries={}", revoked.len()),
+        };
+        let number = self.store.next_crl_number(ca, audit)?;
+        let der = iotpki_core::crl::build_scoped(
+            &key.issuer(),
+            number,
+            now,
+            now + CRL_VALIDITY_SECS,
+            &revoked,
+            scope_url.as_deref(),
+        )?;
+        cache.insert(cache_key, Cached { der: der.clone(), mark, this_update: now, entries: digest });
+        Ok(der)
+    }
+
+    /// The ARL of root `root` (current or retiring), as `iotpki ca sign-arl`
+    /// (or init, or rotation) last signed and published it: the server never
+    /// holds a root key, so it serves the stored one, never makes one. A
+    /// stale one (past its nextUpdate) is still served: the relying party
+    /// decides. Within [`ARL_WARN_SECS`] of its nextUpdate, or
+    /// past it, the log says so (at most hourly) so that an operator signs
+    /// the next.
+    pub fn arl(&self, root: &str) -> Result<Vec<u8>, AuthorityError> {
+        let art = self.store.artifact(&arl_kind(root))?.ok_or_else(|| {
+            AuthorityError::not_found(format!(
+                "root {root} has no revocation list yet: sign one with `iotpki ca sign-arl` (it needs the root key)"
+            ))
+        })?;
+        let now = self.clock.now();
+        if let Ok(next) = iotpki_core::crl::next_update(&art.body) {
+            let last = self.arl_warned.load(std::sync::atomic::Ordering::Relaxed);
+            if next <= now.saturating_add(ARL_WARN_SECS) && now.saturating_sub(last) >= 3600 {
+                self.arl_warned.store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    root,
+                    next_update = %iotpki_core::time::rfc3339(next),
+                    "the root's ARL is stale or nearly so: sign the next with `iotpki ca sign-arl`"
+                );
+            }
+        }
+        Ok(art.body)
+    }
+
+    /// The CA's revoked certificates as of `mark`, read from the store once per mark.
+    pub(crate) fn revoked_list(
+        &self,
+        ca: &str,
+        mark: (u64, i64),
+    ) -> Result<Arc<Vec<iotpki_store::RevokedCert>>, AuthorityError> {
+        let mut lists =
+            self.revoked_lists.lock().map_err(|_| AuthorityError::Config("revoked list cache poisoned".into()))?;
+        if let Some(l) = lists.get(ca) {
+            if l.mark == mark {
+                return Ok(l.entries.clone());
+            }
+        }
+        let entries = Arc::new(self.store.revoked(ca)?);
+        lists.insert(ca.into(), RevokedList { mark, entries: entries.clone() });
+        Ok(entries)
+    }
+
+    /// The CRLs this node keeps fresh ([`Self::crl_scoped`]): the complete CRL
+    /// of each issuing CA, and every shard someone asked for; and each root's
+    /// ARL, which it cannot sign but looks at (a warning in the log when it
+    /// is missing or within [`ARL_WARN_SECS`] of its nextUpdate).
+    pub fn crl_scopes(&self) -> Vec<CrlScope> {
+        let mut out: Vec<CrlScope> = self
+            .cfg
+            .ca
+            .iter()
+            .filter(|c| c.role != config::CaRole::Issuing)
+            .map(|c| CrlScope { ca: c.name.clone(), shard: None })
+            .chain(self.issuing.iter().map(|c| CrlScope { ca: c.name.clone(), shard: None }))
+            .collect();
+        if let Ok(cache) = self.crls.lock() {
+            out.extend(cache.keys().filter(|k| k.shard.is_some()).cloned());
+        }
+        out
+    }
+
+    /// Answer an OCSP request (DER) with an OCSP response (DER), always: a
+    /// malformed request gets `malformedRequest`, one about a CA we do not
+    /// serve `unauthorized`, our own failure `internalError` (logged).
+    /// Answers without a nonce are cached until something is revoked or half
+    /// their validity has passed.
+    pub fn ocsp(&self, request: &[u8]) -> Vec<u8> {
+        match self.ocsp_inner(request) {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::error!(error = %e, "OCSP answer failed");
+                x509_ocsp_internal_error()
+            }
+        }
+    }
+
+    pub(crate) fn ocsp_inner(&self, request: &[u8]) -> Result<Vec<u8>, AuthorityError> {
+        let Ok(req) = iotpki_core::ocsp::parse_request(request) else { return Ok(iotpki_core::ocsp::malformed()) };
+        let found =
+            self.issuing.iter().find(|c| req.cert_ids.iter().all(|id| iotpki_core::ocsp::issued_by(id, &c.cert)));
+        let Some(ca) = found.cloned() else { return Ok(iotpki_core::ocsp::unauthorized()) };
+        let now = self.clock.now();
+        let mark = self.store.revocation_mark(&ca.name)?;
+        // Only one certificate's answer, without a nonce, is cached, keyed by its CertID.
+        let cache_key = match (req.nonce.is_none(), req.cert_ids.as_slice()) {
+            (true, [id]) => id.to_der().ok(),
+            _ => None,
+        };
+        if let Some(key) = &cache_key {
+            let cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
+            if let Some(c) = cache.get(key) {
+                if c.ca == ca.name && c.mark == mark && now < c.produced + OCSP_VALIDITY_SECS / 2 {
+                    return Ok(c.der.clone());
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(req.cert_ids.len());
+        for id in &req.cert_ids {
+            let serial = hex::encode(id.serial_number.as_bytes());
+            let status = match self.store.certificate(&serial)? {
+                Some(rec) if rec.ca == ca.name => match rec.status {
+                    CertStatus::Good => iotpki_core::ocsp::Status::Good,
+                    CertStatus::Revoked { at, reason } => iotpki_core::ocsp::Status::Revoked { at, reason },
+                },
+                _ => iotpki_core::ocsp::Status::Unknown,
+            };
+            answers.push((id.clone(), status));
+        }
+        // An answer about a serial we never issued is not kept: anyone can ask about any number.
+        let known = answers.iter().all(|(_, s)| !matches!(s, iotpki_core::ocsp::Status::Unknown));
+        let signer = self.ocsp_signer(&ca, now)?;
+        let der = iotpki_core::ocsp::respond(
+            &signer.key,
+            &signer.cert_der,
+            now,
+            now + OCSP_VALIDITY_SECS,
+            &answers,
+            req.nonce,
+        )?;
+        if let (Some(key), true) = (cache_key, known) {
+            let mut cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
+            cache.insert(key, ocsp_cache::Cached { der: der.clone(), ca: ca.name.clone(), mark, produced: now });
+        }
+        Ok(der)
+    }
+
+    /// Answers in the OCSP cache, and their bytes (for tests and metrics).
+    pub fn ocsp_cache_size(&self) -> (usize, usize) {
+        self.ocsp_cache.lock().map(|c| c.size()).unwrap_or_default()
+    }
+
+    /// The CA's delegated OCSP signer, made (and recorded) when first needed
+    /// or when its certificate has less than a quarter of its life left.
+    pub(crate) fn ocsp_signer(&self, ca: &Arc<CaKey>, now: i64) -> Result<Arc<OcspSigner>, AuthorityError> {
+        let mut signers =
+            self.ocsp_signers.lock().map_err(|_| AuthorityError::Config("OCSP signers poisoned".into()))?;
+        if let Some(s) = signers.get(&ca.name) {
+            if now < s.not_after - OCSP_SIGNER_SECS / 4 {
+                return Ok(s.clone());
+            }
+        }
+        let key = SoftKey::generate(KeyType::from_name(&self.cfg.key_type)?)?;
+        let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+            .map_err(|e| AuthorityError::Config(format!("OCSP key: {e}")))?;
+        let (sn, sn_hex) = serial::system_random_serial(now)?;
+        let subject = name::NameBuilder::default()
+            .organization(&self.cfg.organization)?
+            .common_name(&format!("{} {} OCSP responder", self.cfg.organization, ca.name))?
+            .build();
+        let params = CertParams {
+            profile: Profile::OcspSigner,
+            serial: sn,
+            subject,
+            spki,
+            not_before: now - BACKDATE_SECS,
+            not_after: now + OCSP_SIGNER_SECS,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let record = ca.sign(&params, sn_hex.clone(), None, None, now)?;
+        let signer = Arc::new(OcspSigner { key, cert_der: record.der.clone(), not_after: record.not_after });
+        let audit = AuditEvent {
+            at: now,
+            actor: "authority".into(),
+            action: "ocsp.signer".into(),
+            target: sn_hex,
+            detail: format!("ca={}", ca.name),
+        };
+        self.store.record_issuance(Issuance { cert: record, preconditions: vec![], audit })?;
+        signers.insert(ca.name.clone(), signer.clone());
+        Ok(signer)
+    }
+}
+
+fn x509_ocsp_internal_error() -> Vec<u8> {
+    // OCSPResponse { responseStatus internalError (2) }
+    vec![0x30, 0x03, 0x0a, 0x01, 0x02]
 }

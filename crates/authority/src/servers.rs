@@ -66,33 +66,33 @@ impl Authority {
         actor: &str,
     ) -> Result<IssuedServer, AuthorityError> {
         let info = profile::cert_info(old_der)
-            .map_err(|e| AuthorityError::BadRequest(format!("the certificate to renew: {e}")))?;
+            .map_err(|e| AuthorityError::malformed(format!("the certificate to renew: {e}")))?;
         let rec = self.store.certificate(&info.serial)?.ok_or_else(|| {
-            AuthorityError::NotFound(format!(
+            AuthorityError::not_found(format!(
                 "certificate {} is not one this authority issued (check --dir and --cert)",
                 info.serial
             ))
         })?;
         if rec.der != old_der {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "certificate {} differs from the one recorded under its serial: not ours",
                 info.serial
             )));
         }
         if rec.profile != Profile::Server.name() {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "certificate {} is a {} certificate, not a server's: renew-server renews only what issue-server issued",
                 info.serial, rec.profile
             )));
         }
         if let CertStatus::Revoked { .. } = rec.status {
-            return Err(AuthorityError::Forbidden(format!(
+            return Err(AuthorityError::forbidden(format!(
                 "certificate {} is revoked: issue a new one (iotpki cert issue-server)",
                 info.serial
             )));
         }
         if let Some(next) = &rec.replaced_by {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "certificate {} was renewed already, by {next}: renew that one",
                 info.serial
             )));
@@ -110,33 +110,33 @@ impl Authority {
         actor: &str,
     ) -> Result<IssuedServer, AuthorityError> {
         if names.is_empty() {
-            return Err(AuthorityError::BadRequest(
+            return Err(AuthorityError::malformed(
                 "a server certificate needs at least one name (--name mqtt.example.com, --name 192.0.2.10)".into(),
             ));
         }
         if names.len() > MAX_NAMES {
-            return Err(AuthorityError::BadRequest(format!("at most {MAX_NAMES} names per server certificate")));
+            return Err(AuthorityError::malformed(format!("at most {MAX_NAMES} names per server certificate")));
         }
         for (i, n) in names.iter().enumerate() {
             crate::init::check_server_name(n).map_err(|_| {
-                AuthorityError::BadRequest(format!(
+                AuthorityError::malformed(format!(
                     "server name {n:?} must be an IP address or a fully qualified lowercase DNS name such as \
                      mqtt.example.com"
                 ))
             })?;
             if names[..i].contains(n) {
-                return Err(AuthorityError::BadRequest(format!("server name {n:?} is given twice")));
+                return Err(AuthorityError::malformed(format!("server name {n:?} is given twice")));
             }
         }
         let validity = validity_secs.unwrap_or(DEFAULT_VALIDITY_SECS);
         if !(3600..=MAX_VALIDITY_SECS).contains(&validity) {
-            return Err(AuthorityError::BadRequest(format!(
+            return Err(AuthorityError::malformed(format!(
                 "a server certificate lives between 1 hour and {} days",
                 MAX_VALIDITY_SECS / 86_400
             )));
         }
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
-            .map_err(|e| AuthorityError::BadRequest(format!("server public key: {e}")))?;
+            .map_err(|e| AuthorityError::malformed(format!("server public key: {e}")))?;
         let ca = &self.label(None)?.ca;
         let now = self.clock.now();
         let (sn, sn_hex) = serial::system_random_serial(now)?;
@@ -188,7 +188,7 @@ impl Authority {
 /// The DNS names and IP addresses of a certificate's subjectAltName, in order.
 pub fn san_names(cert: &x509_cert::Certificate) -> Result<Vec<String>, AuthorityError> {
     let san = profile::subject_alt_name(cert)?
-        .ok_or_else(|| AuthorityError::BadRequest("the certificate names no server (no subjectAltName)".into()))?;
+        .ok_or_else(|| AuthorityError::malformed("the certificate names no server (no subjectAltName)".into()))?;
     let mut out = Vec::new();
     for g in san.0 {
         match g {
@@ -211,7 +211,7 @@ pub fn san_names(cert: &x509_cert::Certificate) -> Result<Vec<String>, Authority
 }
 
 fn bad_ip() -> AuthorityError {
-    AuthorityError::BadRequest("the certificate's subjectAltName holds a malformed IP address".into())
+    AuthorityError::malformed("the certificate's subjectAltName holds a malformed IP address".into())
 }
 
 /// Read the EST server's own TLS certificate chain and key as the config in
@@ -222,7 +222,7 @@ pub fn load_server_tls(
     cfg: &Config,
     pass: &Passphrase,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), AuthorityError> {
-    let chain = crate::read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
+    let chain = crate::open::read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
     let key = keyfile::read_encrypted(&keyfile::resolve(dir, &cfg.server.key), pass)?.to_pkcs8()?;
     Ok((chain.into_iter().map(CertificateDer::from).collect(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key))))
 }

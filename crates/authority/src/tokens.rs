@@ -28,7 +28,7 @@ pub fn create(
 ) -> Result<String, AuthorityError> {
     let ttl = ttl_secs.unwrap_or(cfg.tokens.default_ttl_secs);
     if ttl == 0 || ttl > cfg.tokens.max_ttl_secs {
-        return Err(AuthorityError::BadRequest(format!(
+        return Err(AuthorityError::malformed(format!(
             "token lifetime must be between 1 s and {} s",
             cfg.tokens.max_ttl_secs
         )));

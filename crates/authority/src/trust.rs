@@ -28,11 +28,11 @@ pub fn voucher_kind(serial: &str) -> String {
 }
 
 fn bad_bundle(e: bundle::BundleError) -> AuthorityError {
-    AuthorityError::BadRequest(format!("bundle refused: {e}"))
+    AuthorityError::malformed(format!("bundle refused: {e}"))
 }
 
 fn bad_voucher(e: voucher::VoucherError) -> AuthorityError {
-    AuthorityError::BadRequest(format!("voucher refused: {e}"))
+    AuthorityError::malformed(format!("voucher refused: {e}"))
 }
 
 /// Publish a signed trust bundle: it must be one that devices trusting the
@@ -69,11 +69,11 @@ pub fn publish_bundle(
 /// The DER subjectPublicKeyInfo of a certificate.
 pub fn spki_of(cert_der: &[u8]) -> Result<Vec<u8>, AuthorityError> {
     let c = x509_cert::Certificate::from_der(cert_der)
-        .map_err(|e| AuthorityError::BadRequest(format!("certificate: {e}")))?;
+        .map_err(|e| AuthorityError::malformed(format!("certificate: {e}")))?;
     c.tbs_certificate
         .subject_public_key_info
         .to_der()
-        .map_err(|e| AuthorityError::BadRequest(format!("public key: {e}")))
+        .map_err(|e| AuthorityError::malformed(format!("public key: {e}")))
 }
 
 /// A voucher issued: the file's octets and what else happened.
@@ -93,7 +93,7 @@ impl Authority {
         self.store
             .artifact(kind)?
             .map(|a| a.body)
-            .ok_or_else(|| AuthorityError::NotFound(format!("nothing published as {kind}")))
+            .ok_or_else(|| AuthorityError::not_found(format!("nothing published as {kind}")))
     }
 
     /// The root CA's subjectPublicKeyInfo (DER): this authority as an owner in vouchers.
@@ -124,7 +124,7 @@ impl Authority {
             .collect();
         births.sort_by_key(|c| c.issued_at);
         births.into_iter().next().map(|c| c.der).ok_or_else(|| {
-            AuthorityError::NotFound(format!(
+            AuthorityError::not_found(format!(
                 "device {serial} has no birth certificate from this authority, and no voucher of it names this authority"
             ))
         })
@@ -147,28 +147,28 @@ impl Authority {
     ) -> Result<IssuedVoucher, AuthorityError> {
         let now = self.clock.now();
         if expires_at <= now {
-            return Err(AuthorityError::BadRequest("the voucher would be expired already".into()));
+            return Err(AuthorityError::malformed("the voucher would be expired already".into()));
         }
         spki::SubjectPublicKeyInfoOwned::from_der(to_spki)
-            .map_err(|e| AuthorityError::BadRequest(format!("the next owner's key: {e}")))
+            .map_err(|e| AuthorityError::malformed(format!("the next owner's key: {e}")))
             .and_then(|k| {
                 iotpki_core::keys::KeyType::of_spki(&k)
-                    .map_err(|e| AuthorityError::BadRequest(format!("the next owner's key: {e}")))
+                    .map_err(|e| AuthorityError::malformed(format!("the next owner's key: {e}")))
             })?;
         if self.is_our_root(to_spki)? {
-            return Err(AuthorityError::BadRequest("the next owner is this authority itself".into()));
+            return Err(AuthorityError::malformed("the next owner is this authority itself".into()));
         }
         let kind = voucher_kind(serial.as_str());
         let voucher = match self.store.artifact(&kind)? {
             Some(prev) => {
                 let mut v = Voucher::decode(&prev.body).map_err(bad_voucher)?;
                 let key = owner_key.ok_or_else(|| {
-                    AuthorityError::BadRequest(
+                    AuthorityError::malformed(
                         "the device has a voucher: extending it needs this authority's root key (--root-key)".into(),
                     )
                 })?;
                 if v.owner() != key.public_key_der() {
-                    return Err(AuthorityError::Forbidden(format!(
+                    return Err(AuthorityError::forbidden(format!(
                         "the voucher of {serial} names another owner than this key: this authority does not own it"
                     )));
                 }
@@ -237,13 +237,13 @@ impl Authority {
             _ => return Err(bad_voucher(voucher::VoucherError::Empty)),
         };
         if !self.is_our_root(v.owner())? {
-            return Err(AuthorityError::Forbidden(
+            return Err(AuthorityError::forbidden(
                 "the voucher hands the device to another owner, not this authority".into(),
             ));
         }
         let now = self.clock.now();
         if now >= last.expires_at {
-            return Err(AuthorityError::Forbidden("the voucher has expired".into()));
+            return Err(AuthorityError::forbidden("the voucher has expired".into()));
         }
         let trusted = self
             .store
@@ -252,7 +252,7 @@ impl Authority {
             .filter_map(|m| spki_of(&m.cert_der).ok())
             .any(|spki| iotpki_core::cose::key_id(&spki) == first.signer_kid);
         if !trusted {
-            return Err(AuthorityError::Forbidden(
+            return Err(AuthorityError::forbidden(
                 "the voucher's first entry is not signed by a trusted manufacturer (`iotpki trust add-manufacturer`)"
                     .into(),
             ));
@@ -268,7 +268,7 @@ impl Authority {
         if let Some(held) = &held {
             // (The same voucher again is left to the store, which refuses it as not newer.)
             voucher::check_extends(&held.body, bytes, now)
-                .map_err(|e| AuthorityError::Forbidden(format!("voucher refused: {e}")))?;
+                .map_err(|e| AuthorityError::forbidden(format!("voucher refused: {e}")))?;
         }
         let held = Precondition::VoucherHeld {
             device_serial: serial.to_string(),
@@ -292,7 +292,7 @@ impl Authority {
             Ok(()) => {}
             // This voucher or a longer one is held already: the caller's to fix.
             Err(e @ iotpki_store::StoreError::NotNewer { .. }) => {
-                return Err(AuthorityError::Forbidden(format!("voucher refused: {e}")))
+                return Err(AuthorityError::forbidden(format!("voucher refused: {e}")))
             }
             Err(e) => return Err(e.into()),
         }
@@ -308,12 +308,12 @@ impl Authority {
         mfg_cert: &[u8],
     ) -> Result<(), AuthorityError> {
         let v = self.store.artifact(&voucher_kind(serial.as_str()))?.ok_or_else(|| {
-            AuthorityError::Forbidden(format!("device {serial} is owned by voucher but none is stored"))
+            AuthorityError::forbidden(format!("device {serial} is owned by voucher but none is stored"))
         })?;
         let verified = voucher::verify(&v.body, &spki_of(mfg_cert)?, serial, birth_der, self.clock.now())
-            .map_err(|e| AuthorityError::Forbidden(format!("the device's voucher does not hold: {e}")))?;
+            .map_err(|e| AuthorityError::forbidden(format!("the device's voucher does not hold: {e}")))?;
         if !self.is_our_root(&verified.owner_anchor)? {
-            return Err(AuthorityError::Forbidden("the device's voucher names another owner".into()));
+            return Err(AuthorityError::forbidden("the device's voucher names another owner".into()));
         }
         Ok(())
     }

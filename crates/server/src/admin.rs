@@ -33,7 +33,7 @@ use axum::{Extension, Router};
 use iotpki_authority::admin::Admin;
 use iotpki_authority::factory::NewBatch;
 use iotpki_authority::revocation::Target;
-use iotpki_authority::{Authority, AuthorityError};
+use iotpki_authority::{Authority, AuthorityError, Caller};
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::time::rfc3339;
 use iotpki_core::wire;
@@ -41,7 +41,7 @@ use iotpki_store::CertQuery;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::http::{json as json_answer, ApiError, PeerChain};
+use crate::http::{blocking, json as json_answer, ApiError};
 use crate::views;
 
 /// The admin routes (merged into the TLS router).
@@ -60,18 +60,18 @@ pub(crate) fn routes() -> Router<Arc<Authority>> {
         .route("/admin/v1/tokens", post(create_token))
 }
 
-/// Authenticate the admin, then run `f` off the async workers (the store blocks).
-async fn as_admin<F, T>(a: Arc<Authority>, peer: PeerChain, f: F) -> Result<Response, ApiError>
+/// Run `f` as the admin the gate admitted (not authenticated again), off the
+/// async workers (the store blocks).
+async fn as_admin<F, T>(a: Arc<Authority>, caller: Caller, f: F) -> Result<Response, ApiError>
 where
     F: FnOnce(&Admin<'_>) -> Result<T, AuthorityError> + Send + 'static,
     T: serde::Serialize + Send + 'static,
 {
-    let v = tokio::task::spawn_blocking(move || {
-        let admin = a.admin(peer.chain())?;
+    let v = blocking(move || {
+        let admin = a.admin_of(&caller)?;
         f(&admin)
     })
-    .await
-    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    .await??;
     Ok(json_answer(v))
 }
 
@@ -79,11 +79,11 @@ where
 fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, AuthorityError> {
     let b = if b.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { b };
     serde_json::from_slice(b)
-        .map_err(|e| AuthorityError::BadRequest(format!("the request body is not the JSON expected: {e}")))
+        .map_err(|e| AuthorityError::malformed(format!("the request body is not the JSON expected: {e}")))
 }
 
-async fn whoami(State(a): State<Arc<Authority>>, Extension(peer): Extension<PeerChain>) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| {
+async fn whoami(State(a): State<Arc<Authority>>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    as_admin(a, caller, |adm| {
         let (name, serial) = adm.whoami()?;
         Ok(wire::Whoami { admin: name, cert_serial: serial })
     })
@@ -100,10 +100,10 @@ struct CertsQuery {
 
 async fn list_certs(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<CertsQuery>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let q = CertQuery {
             device_serial: q.device,
             ca: q.ca,
@@ -119,10 +119,10 @@ async fn list_certs(
 
 async fn show_cert(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(serial): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let r = adm.certificate(&serial)?;
         Ok(wire::CertRecord { pem: Some(iotpki_core::pem::encode("CERTIFICATE", &r.der)), ..views::cert_record(&r) })
     })
@@ -142,11 +142,11 @@ fn unspecified() -> String {
 
 async fn revoke_cert(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(serial): Path<String>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let r: Result<u8, AuthorityError> =
             body::<RevokeBody>(&b).and_then(|rb| Ok(iotpki_core::crl::reason_code(&rb.reason)?));
         let reason = refuse_bad_input(adm, r, "revoke", &serial)?;
@@ -157,15 +157,15 @@ async fn revoke_cert(
 
 async fn revoke_device(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(serial): Path<String>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let r = body::<RevokeBody>(&b).and_then(|rb| {
             let reason = iotpki_core::crl::reason_code(&rb.reason)?;
             let d =
-                DeviceSerial::parse(&serial).map_err(|e| AuthorityError::BadRequest(format!("device serial: {e}")))?;
+                DeviceSerial::parse(&serial).map_err(|e| AuthorityError::malformed(format!("device serial: {e}")))?;
             Ok((reason, d))
         });
         let (reason, d) = refuse_bad_input(adm, r, "revoke", &format!("device:{serial}"))?;
@@ -189,17 +189,17 @@ fn refuse_bad_input<T>(
 
 async fn list_batches(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| Ok(adm.batches()?.iter().map(views::batch).collect::<Vec<_>>())).await
+    as_admin(a, caller, |adm| Ok(adm.batches()?.iter().map(views::batch).collect::<Vec<_>>())).await
 }
 
 async fn show_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| Ok(views::batch(&adm.batch(&id)?))).await
+    as_admin(a, caller, move |adm| Ok(views::batch(&adm.batch(&id)?))).await
 }
 
 #[derive(Deserialize)]
@@ -216,21 +216,21 @@ struct BatchBody {
 fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| AuthorityError::BadRequest(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
+        .map_err(|e| AuthorityError::malformed(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
 }
 
 async fn create_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a.clone(), peer, move |adm| {
+    as_admin(a.clone(), caller, move |adm| {
         let now = iotpki_authority::Clock::now(a.clock().as_ref());
         let r = body::<BatchBody>(&b).and_then(|bb| {
             let from = bb.from.as_deref().map(|s| parse_time("from", s)).transpose()?.unwrap_or(now);
             let until = bb.until.as_deref().map(|s| parse_time("until", s)).transpose()?.unwrap_or(from + 90 * 86_400);
             if bb.serials.iter().any(|s| s.contains(['\n', '\r', ','])) {
-                return Err(AuthorityError::BadRequest("a serial in \"serials\" holds a line break or a comma".into()));
+                return Err(AuthorityError::malformed("a serial in \"serials\" holds a line break or a comma".into()));
             }
             Ok(NewBatch {
                 id: bb.id,
@@ -249,10 +249,10 @@ async fn create_batch(
 
 async fn close_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         adm.close_batch(&id)?;
         Ok(wire::Closed { closed: id })
     })
@@ -267,10 +267,10 @@ struct AuditQuery {
 
 async fn audit_list(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let entries = adm.audit_entries(q.from.unwrap_or(1), q.limit.unwrap_or(100))?;
         Ok(entries
             .into_iter()
@@ -290,9 +290,9 @@ async fn audit_list(
 
 async fn audit_verify(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, |adm| {
+    as_admin(a, caller, |adm| {
         Ok(match adm.verify_audit()? {
             Ok(r) => wire::AuditVerified { ok: true, entries: Some(r.entries), head: Some(r.head), problem: None },
             Err(problem) => wire::AuditVerified { ok: false, entries: None, head: None, problem: Some(problem) },
@@ -310,10 +310,10 @@ struct TokenBody {
 
 async fn create_token(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    as_admin(a, peer, move |adm| {
+    as_admin(a, caller, move |adm| {
         let tb = refuse_bad_input(adm, body::<TokenBody>(&b), "token.create", "")?;
         let token = adm.create_token(&tb.serial, tb.ttl_secs)?;
         Ok(wire::TokenCreated { serial: tb.serial, token })

@@ -9,7 +9,9 @@
 //! 3. an enrollment's `Content-Type`, when given, must be PKCS#10 (else 415);
 //! 4. the caller is authenticated where the endpoint needs it
 //!    ([`Authority::admit`]: station, certificate, token or birth
-//!    certificate, admin), else 401/403, audited;
+//!    certificate, admin), else 401/403, audited; the [`Caller`](iotpki_authority::Caller) found goes
+//!    to the handler as a request extension, so that the handler does not
+//!    authenticate again (nor parse the client's certificate again);
 //! 5. only then is the body read, through a reader capped at the limit
 //!    (413 past it, whatever `Content-Length` said or did not say).
 //!
@@ -32,14 +34,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
-use iotpki_authority::{Authority, AuthorityError, Credential, Gate};
+use iotpki_authority::{Authority, Credential, Gate};
 use iotpki_core::est;
 
-use crate::http::{basic_auth, ApiError, PeerChain};
+use crate::http::{basic_auth, blocking, ApiError, PeerChain};
 
 /// Longest request URI (path and query), in bytes.
 pub const MAX_URI: usize = 12 * 1024;
@@ -93,18 +95,10 @@ fn est_label(path: &str) -> Option<&str> {
     rest.rsplit_once('/').map(|(label, _)| label)
 }
 
-fn plain(status: StatusCode, msg: String) -> Response {
-    tracing::info!(status = status.as_u16(), reason = %msg, "request refused");
-    (status, format!("{msg}\n")).into_response()
-}
-
 fn too_large(method: &Method, path: &str, max: usize) -> Response {
     // The path is at most MAX_URI bytes here; cut it further for the one-line answer.
     let shown: String = path.chars().take(80).collect();
-    plain(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the body of {method} {shown} may be at most {max} bytes; send less (or in parts)"),
-    )
+    ApiError::TooLarge { what: format!("{method} {shown}"), max }.into_response()
 }
 
 /// The middleware: steps 1 to 5 above.
@@ -118,10 +112,10 @@ pub(crate) async fn public_gate(State(a): State<Arc<Authority>>, req: Request, n
     gate_with(a, req, next, false).await
 }
 
-async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -> Response {
+async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: bool) -> Response {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI {
-        return plain(StatusCode::URI_TOO_LONG, format!("the request URI is {uri_len} bytes; at most {MAX_URI}"));
+        return ApiError::UriTooLong { len: uri_len }.into_response();
     }
     let path = req.uri().path().to_string();
     let mut r = rule(req.method(), &path, req.uri().query());
@@ -141,11 +135,7 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
             let ct = String::from_utf8_lossy(ct.as_bytes()).into_owned();
             let mime = ct.split(';').next().unwrap_or_default().trim();
             if !mime.eq_ignore_ascii_case(est::CT_PKCS10) {
-                let shown: String = ct.chars().take(80).collect();
-                return plain(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("Content-Type must be {} (got {shown})", est::CT_PKCS10),
-                );
+                return ApiError::UnsupportedMediaType { got: ct.chars().take(80).collect() }.into_response();
             }
         }
     }
@@ -156,8 +146,8 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
             Ok(b) => b,
             Err(e) => return ApiError::from(e).into_response(),
         };
-        let admitted = tokio::task::spawn_blocking(move || {
-            // As the handlers take it: a token if one is sent, else the certificate.
+        let admitted = blocking(move || {
+            // A token if one is sent (a first enrollment), else the certificate.
             let cred = match (&basic, gate) {
                 (Some((u, p)), Gate::Enroll) => Credential::Token { user: u, password: p },
                 _ if !chain.chain().is_empty() => Credential::ClientCert(chain.chain()),
@@ -165,10 +155,12 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
             };
             a.admit(gate, label.as_deref(), cred)
         })
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")));
+        .await;
         match admitted {
-            Ok(Ok(())) => {}
+            // The handler gets who was admitted, and does not authenticate again.
+            Ok(Ok(caller)) => {
+                req.extensions_mut().insert(caller);
+            }
             Ok(Err(e)) | Err(e) => return ApiError::from(e).into_response(),
         }
     }
@@ -177,7 +169,7 @@ async fn gate_with(a: Arc<Authority>, req: Request, next: Next, callers: bool) -
     let bytes = match http_body_util::Limited::new(body, r.max_body).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(&method, &path, r.max_body),
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")),
+        Err(e) => return ApiError::UnreadableBody(e.to_string()).into_response(),
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

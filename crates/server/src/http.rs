@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use iotpki_authority::{Authority, AuthorityError, Credential};
-use iotpki_core::{est, wire};
+use iotpki_authority::{Authority, AuthorityError, Caller, EnrollRequest};
+use iotpki_core::{csr, est, wire};
 use rustls::pki_types::CertificateDer;
 use tower::ServiceExt as _;
 
@@ -36,26 +36,79 @@ impl PeerChain {
     }
 }
 
-/// Every error answer: status, and one line of plain text for the client.
-pub(crate) struct ApiError(AuthorityError);
+/// Every error answer, in one place: the authority's errors and refusals
+/// (status from [`iotpki_authority::Refusal::http_status`], 503 when the store
+/// cannot record, else 500 with a generic message and the details in the
+/// log), and what the server refuses itself before a body is read (URI too
+/// long, body too large, wrong Content-Type, unreadable body). One line of
+/// plain text for the client.
+pub(crate) enum ApiError {
+    /// The authority refused or failed.
+    Authority(AuthorityError),
+    /// The request URI is longer than [`crate::gate::MAX_URI`] (414).
+    UriTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The body is (or is announced) larger than the endpoint takes (413).
+    TooLarge {
+        /// `METHOD /path`, cut for the answer.
+        what: String,
+        /// The limit.
+        max: usize,
+    },
+    /// An enrollment whose Content-Type is not PKCS#10 (415).
+    UnsupportedMediaType {
+        /// The type sent, cut for the answer.
+        got: String,
+    },
+    /// The body could not be read (400).
+    UnreadableBody(String),
+}
 
 impl From<AuthorityError> for ApiError {
     fn from(e: AuthorityError) -> Self {
-        Self(e)
+        Self::Authority(e)
+    }
+}
+
+impl ApiError {
+    /// The status and the one line the client sees.
+    fn answer(&self) -> (StatusCode, String) {
+        match self {
+            Self::Authority(e) => {
+                (StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.public_message())
+            }
+            Self::UriTooLong { len } => {
+                (StatusCode::URI_TOO_LONG, format!("the request URI is {len} bytes; at most {}", crate::gate::MAX_URI))
+            }
+            Self::TooLarge { what, max } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body of {what} may be at most {max} bytes; send less (or in parts)"),
+            ),
+            Self::UnsupportedMediaType { got } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type must be {} (got {got})", est::CT_PKCS10))
+            }
+            Self::UnreadableBody(why) => {
+                (StatusCode::BAD_REQUEST, format!("the request body could not be read: {why}"))
+            }
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, "request failed");
-        } else {
-            // A refusal's reason may quote the request: bounded and printable in the log.
-            let reason = iotpki_authority::refusals::clean(&self.0.to_string(), iotpki_authority::refusals::MAX_DETAIL);
-            tracing::info!(status = status.as_u16(), %reason, "request refused");
+        let (status, message) = self.answer();
+        match &self {
+            Self::Authority(e) if status.is_server_error() => tracing::error!(error = %e, "request failed"),
+            Self::Authority(e) => {
+                // A refusal's reason may quote the request: bounded and printable in the log.
+                let reason = iotpki_authority::refusals::clean(&e.to_string(), iotpki_authority::refusals::MAX_DETAIL);
+                tracing::info!(status = status.as_u16(), %reason, "request refused");
+            }
+            _ => tracing::info!(status = status.as_u16(), reason = %message, "request refused"),
         }
-        let mut resp = (status, format!("{}\n", self.0.public_message())).into_response();
+        let mut resp = (status, format!("{message}\n")).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
@@ -90,7 +143,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simpleenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+            post(|s: State<Arc<Authority>>, p: Extension<Caller>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
                 enroll(s, p, q, h, b, None, Op::Enroll)
             }),
         )
@@ -99,7 +152,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             post(
                 |s: State<Arc<Authority>>,
                  Path(l): Path<String>,
-                 p: Extension<PeerChain>,
+                 p: Extension<Caller>,
                  q: Query<EnrollQuery>,
                  h: HeaderMap,
                  b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Enroll) },
@@ -107,7 +160,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simplereenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<PeerChain>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+            post(|s: State<Arc<Authority>>, p: Extension<Caller>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
                 enroll(s, p, q, h, b, None, Op::Reenroll)
             }),
         )
@@ -116,7 +169,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             post(
                 |s: State<Arc<Authority>>,
                  Path(l): Path<String>,
-                 p: Extension<PeerChain>,
+                 p: Extension<Caller>,
                  q: Query<EnrollQuery>,
                  h: HeaderMap,
                  b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Reenroll) },
@@ -165,19 +218,15 @@ fn cose_answer(body: Vec<u8>) -> Response {
 
 /// `GET /.well-known/iotpki/bundle`: the latest published trust bundle (COSE_Sign).
 async fn bundle(State(a): State<Arc<Authority>>) -> Result<Response, ApiError> {
-    let body = tokio::task::spawn_blocking(move || a.published(iotpki_authority::trust::BUNDLE))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let body = blocking(move || a.published(iotpki_authority::trust::BUNDLE)).await??;
     Ok(cose_answer(body))
 }
 
 /// `GET /.well-known/iotpki/voucher/SERIAL`: the device's ownership voucher.
 async fn voucher(State(a): State<Arc<Authority>>, Path(serial): Path<String>) -> Result<Response, ApiError> {
-    iotpki_core::name::DeviceSerial::parse(&serial).map_err(|e| AuthorityError::BadRequest(e.to_string()))?;
+    iotpki_core::name::DeviceSerial::parse(&serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
     let kind = iotpki_authority::trust::voucher_kind(&serial);
-    let body = tokio::task::spawn_blocking(move || a.published(&kind))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let body = blocking(move || a.published(&kind)).await??;
     Ok(cose_answer(body))
 }
 
@@ -204,18 +253,11 @@ struct BatchQuery {
 /// `GET /factory/batches/ID`: a station's view of one of its batches (JSON).
 async fn station_batch(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<BatchQuery>,
 ) -> Result<Response, ApiError> {
-    if peer.0.is_empty() {
-        return Err(
-            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
-        );
-    }
-    let (rec, unborn) = tokio::task::spawn_blocking(move || a.station_batch(&peer.0, &id, q.unborn.unwrap_or(0)))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let (rec, unborn) = blocking(move || a.station_batch(&caller, &id, q.unborn.unwrap_or(0))).await??;
     Ok(json(wire::StationBatch {
         id: rec.id,
         product: rec.product,
@@ -240,23 +282,15 @@ pub const TPM_ACTIVATION_HEADER: &str = wire::TPM_ACTIVATION_HEADER;
 /// encrypted_secret}`, base64), or 204 when the batch does not require one.
 async fn tpm_challenge(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if peer.0.is_empty() {
-        return Err(
-            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
-        );
-    }
     let ask: wire::TpmChallengeRequest = wire::from_slice("TPM challenge request", &body)
-        .map_err(|e| AuthorityError::BadRequest(format!("{e} (JSON batch, serial, public)")))?;
+        .map_err(|e| AuthorityError::malformed(format!("{e} (JSON batch, serial, public)")))?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let public = b64
-        .decode(&ask.public)
-        .map_err(|_| AuthorityError::BadRequest("TPM challenge: public is not base64".into()))?;
-    let c = tokio::task::spawn_blocking(move || a.tpm_challenge(&peer.0, &ask.batch, &ask.serial, &public))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let public =
+        b64.decode(&ask.public).map_err(|_| AuthorityError::malformed("TPM challenge: public is not base64".into()))?;
+    let c = blocking(move || a.tpm_challenge(&caller, &ask.batch, &ask.serial, &public)).await??;
     let Some(c) = c else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     Ok(json(wire::TpmChallenge {
         id: c.id,
@@ -274,13 +308,11 @@ async fn crl(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found =
-        || AuthorityError::NotFound(format!("no CRL at {file:?} (try /crl/CA-NAME.crl or /crl/CA-NAME/S/K.crl)"));
+        || AuthorityError::not_found(format!("no CRL at {file:?} (try /crl/CA-NAME.crl or /crl/CA-NAME/S/K.crl)"));
     // A station's delegated CA: the CRL the station signed and uploaded.
     if let Some(rest) = file.strip_prefix("delegated/") {
         let (a, rest) = (a.clone(), rest.to_string());
-        let der = tokio::task::spawn_blocking(move || a.delegated_crl(&rest))
-            .await
-            .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+        let der = blocking(move || a.delegated_crl(&rest)).await??;
         let mut r = der.into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));
         return Ok(r);
@@ -292,9 +324,7 @@ async fn crl(
             (ca.to_string(), Some((s, k)))
         }
     };
-    let der = tokio::task::spawn_blocking(move || a.crl_scoped(&scope.0, scope.1))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let der = blocking(move || a.crl_scoped(&scope.0, scope.1)).await??;
     let wants_pem = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("pem"));
     let mut r =
         if wants_pem { iotpki_core::pem::encode("X509 CRL", &der).into_response() } else { der.into_response() };
@@ -311,9 +341,7 @@ fn ocsp_answer(der: Vec<u8>) -> Response {
 
 /// `POST /ocsp` (RFC 6960 A.1): a DER OCSPRequest in the body.
 async fn ocsp_post(State(a): State<Arc<Authority>>, body: Bytes) -> Result<Response, ApiError> {
-    let der = tokio::task::spawn_blocking(move || a.ocsp(&body))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))?;
+    let der = blocking(move || a.ocsp(&body)).await?;
     Ok(ocsp_answer(der))
 }
 
@@ -323,10 +351,8 @@ async fn ocsp_get(State(a): State<Arc<Authority>>, Path(request): Path<String>) 
     let der = base64::engine::general_purpose::STANDARD
         .decode(&compact)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(compact.trim_end_matches('=')))
-        .map_err(|_| AuthorityError::BadRequest("the OCSP request in the path is not base64".into()))?;
-    let der = tokio::task::spawn_blocking(move || a.ocsp(&der))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))?;
+        .map_err(|_| AuthorityError::malformed("the OCSP request in the path is not base64".into()))?;
+    let der = blocking(move || a.ocsp(&der)).await?;
     Ok(ocsp_answer(der))
 }
 
@@ -342,41 +368,26 @@ pub(crate) fn json<T: serde::Serialize>(v: T) -> Response {
     r
 }
 
-fn station_chain(peer: &PeerChain) -> Result<(), ApiError> {
-    if peer.0.is_empty() {
-        return Err(
-            AuthorityError::Unauthorized("a factory station's certificate is needed (mutual TLS)".into()).into()
-        );
-    }
-    Ok(())
-}
-
 /// `GET /factory/sync?batch=ID`: where this station's production record was synced up to.
 async fn sync_state(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
-    let (seq, head) = tokio::task::spawn_blocking(move || a.sync_state(&peer.0, &q.batch))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let (seq, head) = blocking(move || a.sync_state(&caller, &q.batch)).await??;
     Ok(json(wire::SyncState { last_seq: seq, head }))
 }
 
 /// `POST /factory/sync?batch=ID`: upload production record entries (JSON lines).
 async fn sync_upload(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
     let text = String::from_utf8(body.to_vec())
-        .map_err(|_| AuthorityError::BadRequest("the production record must be UTF-8 JSON lines".into()))?;
-    let out = tokio::task::spawn_blocking(move || a.sync(&peer.0, &q.batch, &text))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+        .map_err(|_| AuthorityError::malformed("the production record must be UTF-8 JSON lines".into()))?;
+    let out = blocking(move || a.sync(&caller, &q.batch, &text)).await??;
     let flagged = out
         .flagged
         .iter()
@@ -388,13 +399,10 @@ async fn sync_upload(
 /// `GET /factory/crl?batch=ID`: what the station's next CRL for its delegated CA must say.
 async fn factory_crl_terms(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
-    let t = tokio::task::spawn_blocking(move || a.delegated_crl_terms(&peer.0, &q.batch))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let t = blocking(move || a.delegated_crl_terms(&caller, &q.batch)).await??;
     let revoked = t.revoked.into_iter().map(|r| wire::RevokedEntry::new(r.serial, r.at, r.reason)).collect();
     Ok(json(wire::CrlTerms { number: t.number, next_update: t.next_update, revoked }))
 }
@@ -402,14 +410,11 @@ async fn factory_crl_terms(
 /// `POST /factory/crl?batch=ID`: the station's CRL (DER) for its delegated CA.
 async fn factory_crl_upload(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SyncQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    station_chain(&peer)?;
-    let n = tokio::task::spawn_blocking(move || a.upload_delegated_crl(&peer.0, &q.batch, &body))
-        .await
-        .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    let n = blocking(move || a.upload_delegated_crl(&caller, &q.batch, &body)).await??;
     Ok(json(wire::CrlAccepted { number: n }))
 }
 
@@ -422,11 +427,13 @@ enum Op {
 /// HTTP Basic credentials, if the header is there and well-formed.
 pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthorityError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let bad = || AuthorityError::Unauthorized("malformed Authorization header (expected Basic)".into());
+    let bad = || AuthorityError::unauthenticated("malformed Authorization header (expected Basic)".into());
     let v = v.to_str().map_err(|_| bad())?;
     let (scheme, rest) = v.split_once(' ').ok_or_else(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(AuthorityError::Unauthorized(format!("authorization scheme {scheme} is not supported; use Basic")));
+        return Err(AuthorityError::unauthenticated(format!(
+            "authorization scheme {scheme} is not supported; use Basic"
+        )));
     }
     let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
@@ -436,46 +443,53 @@ pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>
 
 async fn enroll(
     State(a): State<Arc<Authority>>,
-    Extension(peer): Extension<PeerChain>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<EnrollQuery>,
     headers: HeaderMap,
     body: Bytes,
     label: Option<String>,
     op: Op,
 ) -> Result<Response, ApiError> {
-    // Content-Type, the size and the caller were checked before the body (crate::gate).
-    let basic = basic_auth(&headers)?;
+    // Content-Type, the size and the caller were checked before the body
+    // (crate::gate): `caller` is who the gate admitted, not authenticated again.
     let activation = match headers.get(TPM_ACTIVATION_HEADER) {
         None => None,
         Some(v) => {
-            let bad = || AuthorityError::BadRequest(format!("malformed {TPM_ACTIVATION_HEADER} header (ID:BASE64)"));
+            let bad = || AuthorityError::malformed(format!("malformed {TPM_ACTIVATION_HEADER} header (ID:BASE64)"));
             let (id, secret) = v.to_str().map_err(|_| bad())?.split_once(':').ok_or_else(bad)?;
             let secret = base64::engine::general_purpose::STANDARD.decode(secret.trim()).map_err(|_| bad())?;
             Some((id.trim().to_string(), secret))
         }
     };
-    // Signing and the durable store write block: keep them off the async workers.
-    let enrolled = tokio::task::spawn_blocking(move || {
-        let cred = match (&basic, peer.0.is_empty()) {
-            (Some((u, p)), _) => Credential::Token { user: u, password: p },
-            (None, false) => Credential::ClientCert(&peer.0),
-            (None, true) => Credential::None,
+    // Verifying the request's signature, signing and the durable store write
+    // block: keep them off the async workers.
+    let enrolled = blocking(move || {
+        let req = match op {
+            Op::Enroll => EnrollRequest::Enroll {
+                batch: query.batch.as_deref(),
+                activation: activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice())),
+            },
+            Op::Reenroll => EnrollRequest::Reenroll,
         };
-        match op {
-            Op::Enroll => {
-                let activation = activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice()));
-                a.simple_enroll_attested(label.as_deref(), cred, query.batch.as_deref(), activation, &body)
-            }
-            Op::Reenroll => {
-                // Re-enrollment is by certificate only, even if a token is sent too.
-                let cred = if peer.0.is_empty() { Credential::None } else { Credential::ClientCert(&peer.0) };
-                a.simple_reenroll(label.as_deref(), cred, &body)
-            }
-        }
+        // The body is decoded and the request parsed once, here: the
+        // authority is handed the verified request.
+        let csr = est::decode_body(&body)
+            .and_then(|der| csr::parse_and_verify(&der))
+            .map_err(|e| a.refuse(&caller, req, e.into()))?;
+        a.enroll(label.as_deref(), &caller, req, &csr)
     })
-    .await
-    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))??;
+    .await??;
     Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
+}
+
+/// Run blocking work (the store, signing, signature checks) off the async
+/// workers. A worker that panicked is our failure (500), logged.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, AuthorityError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))
 }
 
 /// Run one TLS connection: handshake (bounded in time), then HTTP/1.1 with

@@ -8,8 +8,9 @@
 //!   against the leaf's public key (proof of possession). The chain itself is
 //!   not judged there, so that a certificate from an unknown CA, an expired
 //!   or a revoked one gets an HTTP 403 with a reason instead of a bare TLS alert.
-//! - Endpoints that need a certificate ([`Authority::simple_reenroll`]) then
-//!   run full path validation to our root and check the store's record.
+//! - Endpoints that need a certificate then run full path validation to our
+//!   root and check the store's record, once per request, before the body is
+//!   read ([`Authority::admit`]); the handler gets the caller found.
 //! - The admin API (`/admin/v1/`, see the `admin` module) needs an admin
 //!   certificate ([`Authority::admin`]).
 
@@ -108,7 +109,9 @@ pub async fn serve_with(
     )
     .await;
     // Refusals summed up in the current window are written before the end.
-    let _ = tokio::task::spawn_blocking(move || authority.flush_refusals()).await;
+    if let Err(e) = http::blocking(move || authority.flush_refusals()).await {
+        tracing::error!(error = %e, "could not write the refusals summed up");
+    }
     r
 }
 
@@ -117,7 +120,9 @@ async fn flush_refusals(authority: Arc<Authority>, every: Duration) {
     loop {
         tokio::time::sleep(every.max(Duration::from_secs(1))).await;
         let a = authority.clone();
-        let _ = tokio::task::spawn_blocking(move || a.flush_refusals()).await;
+        if let Err(e) = http::blocking(move || a.flush_refusals()).await {
+            tracing::error!(error = %e, "could not write the refusals summed up");
+        }
     }
 }
 
@@ -168,7 +173,7 @@ async fn refresh_crls(authority: Arc<Authority>) {
         // First after a while: a CRL is made on the first request anyway.
         tokio::time::sleep(CRL_REFRESH).await;
         let a = authority.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let refreshed = http::blocking(move || {
             for s in a.crl_scopes() {
                 if let Err(e) = a.crl_scoped(&s.ca, s.shard) {
                     tracing::warn!(ca = %s.ca, shard = ?s.shard, error = %e, "could not refresh the CRL");
@@ -176,6 +181,9 @@ async fn refresh_crls(authority: Arc<Authority>) {
             }
         })
         .await;
+        if let Err(e) = refreshed {
+            tracing::error!(error = %e, "the CRL refresh failed");
+        }
     }
 }
 

@@ -1022,7 +1022,6 @@ async fn a_renewal_supersedes_the_old_certificate_and_a_lost_answer_gets_the_sam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_device_under_concurrent_renewals_leaves_no_good_certificate() {
-    use base64::Engine as _;
     use rustls::pki_types::CertificateDer;
     let ca = Ca::start().await;
     // Four good certificates for one device (four enrollments), each renewed over and over in its own thread.
@@ -1046,9 +1045,13 @@ async fn revoke_device_under_concurrent_renewals_leaves_no_good_certificate() {
             for _ in 0..1_000 {
                 let key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
                 let csr = iotpki_core::csr::build(&subject, &key, vec![]).unwrap();
-                let body = base64::engine::general_purpose::STANDARD.encode(&csr);
+                let csr = iotpki_core::csr::parse_and_verify(&csr).unwrap();
                 let chain = [CertificateDer::from(cert.clone()), CertificateDer::from(op_der.clone())];
-                match a.simple_reenroll(None, iotpki_authority::Credential::ClientCert(&chain), body.as_bytes()) {
+                let cred = iotpki_authority::Credential::ClientCert(&chain);
+                let renewed_or_refused = a
+                    .admit(iotpki_authority::Gate::Certificate("refuse.reenroll"), None, cred)
+                    .and_then(|caller| a.enroll(None, &caller, iotpki_authority::EnrollRequest::Reenroll, &csr));
+                match renewed_or_refused {
                     Ok(e) => {
                         renewed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         cert = e.cert_der;

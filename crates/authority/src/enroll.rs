@@ -1,0 +1,651 @@
+//! The enrollment pipeline: every way a device gets a certificate, one path.
+//!
+//! ```text
+//!   Caller (authenticated once, by Authority::admit)
+//!     └─ Enrollment::of(caller, request)      the way in: token, station birth
+//!          │                                   (TPM-attested when its batch says so),
+//!          │                                   commissioning, renewal
+//!          └─ Authority::authorize(way, label, VerifiedCsr)
+//!               ├─ Decision::Resend   a retry whose answer was lost: the
+//!               │                     certificate issued before, again
+//!               └─ Decision::Issue(Plan)
+//!                    └─ Authority::issue(plan): sign, record (certificate,
+//!                       store preconditions and audit entry in one
+//!                       transaction), answer
+//! ```
+//!
+//! Each way in has its own rules in [`Authority::authorize`]; what is signed
+//! is decided there, whole, as a [`Plan`]: the label (CA, key types,
+//! validity), subject, key, store preconditions (token consumed, batch
+//! rules, ownership, supersession), audit event, and what to do when the
+//! store's transaction finds the request lost a race to its own retry. The
+//! one [`Authority::issue`] carries out any plan; nothing else signs a
+//! device certificate. A new way in (EST-coaps, the next issues) is a new
+//! [`Enrollment`] variant and its arm of `authorize`.
+
+use iotpki_core::csr::VerifiedCsr;
+use iotpki_core::keys::{self, KeyType};
+use iotpki_core::name::{self, DeviceSerial};
+use iotpki_core::profile::{CertParams, Profile};
+use iotpki_core::{pkcs7, serial};
+use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, StoreError};
+use spki::der::Encode;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::name::Name;
+
+use crate::auth::{Caller, DeviceIdentity, Station, TokenHolder, Who};
+use crate::commission::Birth;
+use crate::error::{KeyRefusal, Refusal};
+use crate::tokens::{self, TokenState};
+use crate::{attest, Authority, AuthorityError, Enrolled, Label, BACKDATE_SECS, BIRTH_ONLY_ON_THE_LINE};
+
+/// What the client asked for, besides its certificate request.
+#[derive(Clone, Copy, Debug)]
+pub enum EnrollRequest<'a> {
+    /// EST `simpleenroll`. `batch` (`?batch=`) makes it a station's request
+    /// for a birth certificate; `activation` is the answer to a TPM
+    /// attestation challenge (its id and the secret the device's TPM
+    /// recovered), for a batch that requires attestation ([`attest`]).
+    Enroll {
+        /// The batch a station enrolls a device of.
+        batch: Option<&'a str>,
+        /// A TPM challenge's id and recovered secret.
+        activation: Option<(&'a str, &'a [u8])>,
+    },
+    /// EST `simplereenroll`: renewal with the current certificate.
+    Reenroll,
+}
+
+impl EnrollRequest<'_> {
+    /// How a refusal of this request is audited.
+    fn refusal_action(&self) -> &'static str {
+        match self {
+            Self::Enroll { .. } => "refuse.enroll",
+            Self::Reenroll => "refuse.reenroll",
+        }
+    }
+}
+
+/// The ways in: how a caller may get a device certificate.
+#[derive(Debug)]
+pub(crate) enum Enrollment<'a> {
+    /// A device with a one-time token (HTTP Basic): a first operational certificate.
+    Token(&'a TokenHolder),
+    /// A factory station asking, for a device of `batch` on its line, for
+    /// the device's birth certificate; with a TPM challenge's answer when the
+    /// batch requires attestation.
+    StationBirth { station: &'a Station, batch: &'a str, activation: Option<(&'a str, &'a [u8])> },
+    /// A device with its birth certificate, owned by this authority: an
+    /// operational certificate for a fresh key.
+    Commissioning(&'a Birth),
+    /// A device renewing its current certificate (`superseded`: renewed
+    /// already, with that successor).
+    Renewal { current: &'a DeviceIdentity, superseded: Option<&'a str> },
+}
+
+impl<'a> Enrollment<'a> {
+    /// The way in of `caller` asking `req`, or the refusal of a caller that
+    /// has none.
+    pub(crate) fn of(caller: &'a Caller, req: EnrollRequest<'a>) -> Result<Self, AuthorityError> {
+        match (req, &caller.0) {
+            (EnrollRequest::Enroll { batch: Some(batch), activation }, Who::Station(station)) => {
+                Ok(Self::StationBirth { station, batch, activation })
+            }
+            (EnrollRequest::Enroll { batch: Some(_), .. }, _) => Err(AuthorityError::unauthenticated(
+                "an enrollment for a batch needs a factory station's certificate (mutual TLS)".into(),
+            )),
+            (EnrollRequest::Enroll { batch: None, .. }, Who::Token(t)) => Ok(Self::Token(t)),
+            (EnrollRequest::Enroll { batch: None, .. }, Who::Birth(b)) => Ok(Self::Commissioning(b)),
+            (EnrollRequest::Enroll { batch: None, .. }, _) => Err(AuthorityError::unauthenticated(
+                "enrollment needs a one-time token: HTTP Basic with the device serial as user and the token as password"
+                    .into(),
+            )),
+            (EnrollRequest::Reenroll, Who::Certificate { id, superseded }) => {
+                Ok(Self::Renewal { current: id, superseded: superseded.as_deref() })
+            }
+            (EnrollRequest::Reenroll, _) => Err(AuthorityError::unauthenticated(
+                "re-enrollment needs the current certificate as the TLS client certificate".into(),
+            )),
+        }
+    }
+}
+
+/// What [`Authority::authorize`] decided.
+pub(crate) enum Decision<'l> {
+    /// Sign and record this.
+    Issue(Plan<'l>),
+    /// Send a certificate issued before again (nothing new is signed).
+    Resend(Resend),
+}
+
+/// Everything one issuance signs and records, decided.
+pub(crate) struct Plan<'l> {
+    /// The label: the CA that signs and the name in the audit.
+    pub(crate) label: &'l Label,
+    /// The certificate's profile (its extensions).
+    pub(crate) profile: Profile,
+    /// The subject the authority writes.
+    pub(crate) subject: Name,
+    /// The key certified.
+    pub(crate) spki: SubjectPublicKeyInfoOwned,
+    /// Its type (for the audit).
+    pub(crate) key_type: KeyType,
+    /// notBefore and notAfter.
+    pub(crate) validity: (i64, i64),
+    /// When the plan was made (the record's issued_at, the audit's time).
+    pub(crate) now: i64,
+    /// The device serial the record carries.
+    pub(crate) device_serial: String,
+    /// The certificate it supersedes (a renewal).
+    pub(crate) replaces: Option<String>,
+    /// What the store checks in the issuance's transaction.
+    pub(crate) preconditions: Vec<Precondition>,
+    /// The audit entry's actor and action, and a note for its detail.
+    pub(crate) actor: String,
+    pub(crate) action: &'static str,
+    pub(crate) note: Option<String>,
+    /// What a refusal by the store may mean: a race lost to a retry of the
+    /// same request, whose certificate is the answer.
+    pub(crate) on_race: Race,
+}
+
+/// A retry that lost the race to its own first attempt (the client sent the
+/// request again before the first answer came) gets that attempt's answer.
+#[derive(Clone, Debug)]
+pub(crate) enum Race {
+    /// Nothing to recover: the store's refusal is the answer.
+    Refuse,
+    /// The token was spent meanwhile: by a request with the same key?
+    Token { device: DeviceSerial, token_hash: String },
+    /// The certificate was renewed meanwhile: with the same key?
+    Renewal { old: String },
+}
+
+impl Race {
+    /// Whether the store's refusal `e` may be this race: the token refused
+    /// (spent meanwhile), or any refusal of a renewal (superseded meanwhile).
+    fn follows(&self, e: &AuthorityError) -> bool {
+        match self {
+            Self::Refuse => false,
+            Self::Token { .. } => matches!(e.refusal(), Some(Refusal::Token(_))),
+            Self::Renewal { .. } => true,
+        }
+    }
+}
+
+/// A certificate to send again, and the audit entry that says so.
+#[derive(Debug)]
+pub(crate) struct Resend {
+    pub(crate) record: CertRecord,
+    pub(crate) audit: AuditEvent,
+}
+
+impl Authority {
+    /// EST `simpleenroll` or `simplereenroll` for `caller` (from
+    /// [`Authority::admit`]) with its verified request `csr`: authorized by
+    /// the rules of the caller's way in, issued and recorded, or refused
+    /// (refusals audited, a station's counted against its batch).
+    pub fn enroll(
+        &self,
+        label: Option<&str>,
+        caller: &Caller,
+        req: EnrollRequest<'_>,
+        csr: &VerifiedCsr,
+    ) -> Result<Enrolled, AuthorityError> {
+        let r = Enrollment::of(caller, req).and_then(|way| self.enroll_by(label, &way, csr));
+        self.refused_request(&r, caller, req);
+        r
+    }
+
+    /// Audit the refusal of `caller`'s request `req` for a reason found
+    /// outside the authority (its body is no PKCS#10 request, or its
+    /// signature does not verify); returns `e`.
+    pub fn refuse(&self, caller: &Caller, req: EnrollRequest<'_>, e: AuthorityError) -> AuthorityError {
+        let r: Result<std::convert::Infallible, _> = Err(e);
+        self.refused_request(&r, caller, req);
+        match r {
+            Err(e) => e,
+            Ok(never) => match never {},
+        }
+    }
+
+    fn refused_request<T>(&self, r: &Result<T, AuthorityError>, caller: &Caller, req: EnrollRequest<'_>) {
+        // Only an authenticated station's refusals count against its batch:
+        // anyone else could inflate the batch's counters.
+        let counted = match (req, &caller.0) {
+            (EnrollRequest::Enroll { batch: Some(batch), .. }, Who::Station(_)) => Some(batch),
+            _ => None,
+        };
+        self.audit_refusal(r, || caller.actor(), counted, req.refusal_action());
+    }
+
+    /// Authorize and issue (or send again) one enrollment.
+    pub(crate) fn enroll_by(
+        &self,
+        label: Option<&str>,
+        way: &Enrollment<'_>,
+        csr: &VerifiedCsr,
+    ) -> Result<Enrolled, AuthorityError> {
+        let label = self.label(label)?;
+        let plan = match self.authorize(way, label, csr)? {
+            Decision::Resend(r) => return self.resend(r),
+            Decision::Issue(plan) => plan,
+        };
+        let race = plan.on_race.clone();
+        match self.issue(plan) {
+            Ok(e) => Ok(e),
+            Err(e) if race.follows(&e) => match self.after_race(&race, label, csr)? {
+                Some(r) => self.resend(r),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The rules of each way in: a plan for what to sign, a certificate to
+    /// send again, or the refusal.
+    pub(crate) fn authorize<'l>(
+        &self,
+        way: &Enrollment<'_>,
+        label: &'l Label,
+        csr: &VerifiedCsr,
+    ) -> Result<Decision<'l>, AuthorityError> {
+        let now = self.clock.now();
+        let plan = match *way {
+            Enrollment::Token(t) => {
+                if self.is_birth_ca(&label.ca.name) {
+                    return Err(AuthorityError::forbidden(format!(
+                        "label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}",
+                        label.name
+                    )));
+                }
+                if let TokenState::Spent { cert_serial, used_at } = &t.state {
+                    return self.token_replay(label, &t.device, cert_serial, *used_at, csr).map(Decision::Resend);
+                }
+                self.check_key(label, csr.key_type)?;
+                check_requested_serial(&csr.subject, t.device.as_str(), "the token")?;
+                let subject = name::device_subject(&self.cfg.organization, &t.device)?;
+                PlanFor {
+                    subject,
+                    device: t.device.to_string(),
+                    replaces: None,
+                    precondition: Precondition::ConsumeToken {
+                        token_hash: t.token_hash.clone(),
+                        device_serial: t.device.to_string(),
+                        now,
+                    },
+                    actor: format!("device:{}", t.device),
+                    action: "enroll",
+                    note: None,
+                    on_race: Race::Token { device: t.device.clone(), token_hash: t.token_hash.clone() },
+                }
+            }
+            Enrollment::StationBirth { station, batch, activation } => {
+                if label.ca.name != station.id.record.ca {
+                    return Err(AuthorityError::forbidden(format!(
+                        "station enrollments go to a label of CA {} (label {} issues from CA {})",
+                        station.id.record.ca, label.name, label.ca.name
+                    )));
+                }
+                self.check_key(label, csr.key_type)?;
+                let in_csr = name::serial_numbers(&csr.subject);
+                let [serial] = in_csr.as_slice() else {
+                    return Err(AuthorityError::malformed(format!(
+                        "the device's request must carry exactly one serialNumber (found {})",
+                        in_csr.len()
+                    )));
+                };
+                let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
+                let subject = name::device_subject(&self.cfg.organization, &device)?;
+                // A batch that requires TPM attestation: the device proved, through a
+                // challenge, that this very key is in the TPM registered for its serial.
+                let mut note = None;
+                if attest::required(self.store.as_ref(), batch)? {
+                    if !station.may_make(batch) {
+                        return Err(StoreError::StationNotAuthorized {
+                            station: station.record.name.clone(),
+                            batch: batch.into(),
+                        }
+                        .into());
+                    }
+                    let (id, secret) = activation.ok_or_else(|| {
+                        AuthorityError::forbidden(format!(
+                            "batch {batch} requires TPM attestation and device {device} did not prove its key is in \
+                             a TPM (a key in a file or a PKCS#11 token cannot): give it a TPM keystore, with its EK \
+                             registered (batch add-ek)"
+                        ))
+                    })?;
+                    let spki = keys::spki_fingerprint(
+                        &csr.spki.to_der().map_err(|e| AuthorityError::malformed(e.to_string()))?,
+                    );
+                    let ek = self.tpm_challenges.check(now, id, secret, batch, device.as_str(), &spki)?;
+                    note = Some(format!("tpm-ek={ek}"));
+                }
+                PlanFor {
+                    subject,
+                    device: device.to_string(),
+                    replaces: None,
+                    precondition: Precondition::Birth {
+                        batch: batch.to_string(),
+                        station: station.record.name.clone(),
+                        device_serial: device.to_string(),
+                        now,
+                    },
+                    actor: format!("station:{}", station.record.name),
+                    action: "birth",
+                    note,
+                    on_race: Race::Refuse,
+                }
+            }
+            Enrollment::Commissioning(birth) => {
+                if self.is_birth_ca(&label.ca.name) {
+                    return Err(AuthorityError::forbidden(format!(
+                        "label {} issues birth certificates: commissioning gives an operational certificate \
+                         (use an operational label); {BIRTH_ONLY_ON_THE_LINE}",
+                        label.name
+                    )));
+                }
+                // Cheap refusal before any signature work; the transaction checks again.
+                self.check_owned(birth)?;
+                self.check_key(label, csr.key_type)?;
+                check_requested_serial(&csr.subject, birth.device.as_str(), "the birth certificate")?;
+                if keys::spki_fingerprint(&csr.spki_der) == birth.spki_sha256 {
+                    return Err(Refusal::KeyPolicy(KeyRefusal::BirthKey).into());
+                }
+                let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
+                PlanFor {
+                    subject,
+                    device: birth.device.to_string(),
+                    replaces: None,
+                    precondition: Precondition::Owned { device_serial: birth.device.to_string() },
+                    actor: format!("device:{}", birth.device),
+                    action: "commission",
+                    note: None,
+                    on_race: Race::Refuse,
+                }
+            }
+            Enrollment::Renewal { current, superseded } => {
+                if current.record.profile != Profile::Device.name() {
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
+                        "a {} certificate cannot re-enroll",
+                        current.record.profile
+                    ))));
+                }
+                if self.is_birth_ca(&current.record.ca) || self.is_birth_ca(&label.ca.name) {
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
+                        "a birth certificate is never renewed and nothing renews into one: {BIRTH_ONLY_ON_THE_LINE}"
+                    ))));
+                }
+                if current.record.ca != label.ca.name {
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
+                        "the current certificate is from CA {}; label {} issues from CA {}",
+                        current.record.ca, label.name, label.ca.name
+                    ))));
+                }
+                self.check_key(label, csr.key_type)?;
+                // The new certificate gets the current one's subject (and, like every
+                // device certificate, no subjectAltName), whatever the request says
+                // besides: RFC 7030 4.2.2 asks clients to repeat them, and some send only
+                // a CN or a DNS name. A request that names another serial is refused.
+                let current_subject = &current.cert.tbs_certificate.subject;
+                let bound = name::serial_numbers(current_subject);
+                let [current_serial] = bound.as_slice() else {
+                    return Err(AuthorityError::Refused(Refusal::Renewal(format!(
+                        "the current certificate carries {} serialNumber attributes, not one: it cannot re-enroll; \
+                         enroll with a new token",
+                        bound.len()
+                    ))));
+                };
+                check_requested_serial(&csr.subject, current_serial, "the current certificate")?;
+                // The request is one this certificate could make: if it was renewed
+                // already, the answer is that renewal again (same key) or a refusal.
+                if let Some(next) = superseded {
+                    return self.renewal_replay(&current.record, next, csr).map(Decision::Resend);
+                }
+                let old = current.record.serial.clone();
+                let device = current.record.device_serial.clone().unwrap_or_default();
+                PlanFor {
+                    subject: current_subject.clone(),
+                    device: device.clone(),
+                    replaces: Some(old.clone()),
+                    precondition: Precondition::Supersede { serial: old.clone(), now },
+                    actor: format!("device:{device}"),
+                    action: "reenroll",
+                    note: None,
+                    on_race: Race::Renewal { old },
+                }
+            }
+        };
+        Ok(Decision::Issue(self.plan(label, csr, now, plan)))
+    }
+
+    /// A plan for `csr` under `label` at `now`: the label's validity, a
+    /// device certificate.
+    fn plan<'l>(&self, label: &'l Label, csr: &VerifiedCsr, now: i64, f: PlanFor) -> Plan<'l> {
+        let not_after = match label.validity_secs {
+            Some(v) => now + v,
+            None => label.ca.not_after,
+        };
+        Plan {
+            label,
+            profile: Profile::Device,
+            subject: f.subject,
+            spki: csr.spki.clone(),
+            key_type: csr.key_type,
+            validity: (now - BACKDATE_SECS, not_after),
+            now,
+            device_serial: f.device,
+            replaces: f.replaces,
+            preconditions: vec![f.precondition],
+            actor: f.actor,
+            action: f.action,
+            note: f.note,
+            on_race: f.on_race,
+        }
+    }
+
+    /// Carry out a plan: sign, and record the certificate with its
+    /// preconditions and audit entry in one transaction; only then answer.
+    /// The one place a device certificate is signed.
+    pub(crate) fn issue(&self, plan: Plan<'_>) -> Result<Enrolled, AuthorityError> {
+        let label = plan.label;
+        // The one gate: under the birth CA, only a station's birth (whose
+        // transaction checks the batch's rules) is ever signed.
+        let is_birth = plan.preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
+        if self.is_birth_ca(&label.ca.name) != is_birth {
+            return Err(AuthorityError::forbidden(if is_birth {
+                format!("label {} does not issue birth certificates", label.name)
+            } else {
+                format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", label.name)
+            }));
+        }
+        let now = plan.now;
+        let mut detail = match &plan.replaces {
+            Some(old) => format!("label={} key={} replaces={old}", label.name, plan.key_type),
+            None => format!("label={} key={}", label.name, plan.key_type),
+        };
+        if let Some(note) = &plan.note {
+            detail = format!("{detail} {note}");
+        }
+        // A serial collision (2^-127 odds) is retried once with a fresh serial.
+        for attempt in 0..2 {
+            let (sn, sn_hex) = serial::system_random_serial(now)?;
+            let params = CertParams {
+                profile: plan.profile,
+                serial: sn,
+                subject: plan.subject.clone(),
+                spki: plan.spki.clone(),
+                not_before: plan.validity.0,
+                not_after: plan.validity.1,
+                dns_names: vec![],
+                ip_addrs: vec![],
+                permitted_subtree: None,
+            };
+            let record =
+                label.ca.sign(&params, sn_hex.clone(), Some(plan.device_serial.clone()), plan.replaces.clone(), now)?;
+            let der = record.der.clone();
+            let audit = AuditEvent {
+                at: now,
+                actor: plan.actor.clone(),
+                action: plan.action.into(),
+                target: sn_hex.clone(),
+                detail: detail.clone(),
+            };
+            match self.store.record_issuance(Issuance {
+                cert: record,
+                preconditions: plan.preconditions.clone(),
+                audit,
+            }) {
+                Ok(()) => {
+                    let pkcs7 = pkcs7::certs_only(&[&der])?;
+                    tracing::info!(serial = %sn_hex, action = plan.action, label = %label.name, "issued");
+                    return Ok(Enrolled { cert_der: der, serial: sn_hex, pkcs7 });
+                }
+                Err(StoreError::DuplicateSerial { .. }) if attempt == 0 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AuthorityError::Store(StoreError::Database("serial number collision twice".into())))
+    }
+
+    /// After the store refused a plan: was it a race lost to a retry of the
+    /// same request (same key), whose certificate is then the answer?
+    fn after_race(&self, race: &Race, label: &Label, csr: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
+        match race {
+            Race::Refuse => Ok(None),
+            // Lost a race for this token to a request with the same key (a client retrying
+            // before its first answer came): answer with the certificate that request got.
+            Race::Token { device, token_hash } => {
+                match tokens::precheck(self.store.as_ref(), token_hash, device, self.clock.now())? {
+                    TokenState::Spent { cert_serial, used_at } => {
+                        self.token_replay(label, device, &cert_serial, used_at, csr).map(Some)
+                    }
+                    TokenState::Fresh => Ok(None),
+                }
+            }
+            // Lost a race to another renewal of the same certificate (a client
+            // retrying before its first answer came): the same key gets that one.
+            Race::Renewal { old } => {
+                match self.store.certificate(old)?.and_then(|r| r.replaced_by.clone().map(|n| (r, n))) {
+                    Some((rec, next)) => self.renewal_replay(&rec, &next, csr).map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Send a certificate issued before again, audited.
+    fn resend(&self, r: Resend) -> Result<Enrolled, AuthorityError> {
+        self.store.append_audit(r.audit)?;
+        let pkcs7 = pkcs7::certs_only(&[&r.record.der])?;
+        Ok(Enrolled { cert_der: r.record.der, serial: r.record.serial, pkcs7 })
+    }
+
+    /// A retry with a spent token: if the request proves possession of the
+    /// very key the token's certificate was issued for (same device, same
+    /// label), the answer is that certificate again. Nothing new is issued;
+    /// an answer lost on the way (network, power cut) is not a lost identity.
+    fn token_replay(
+        &self,
+        label: &Label,
+        device: &DeviceSerial,
+        cert_serial: &str,
+        used_at: i64,
+        req: &VerifiedCsr,
+    ) -> Result<Resend, AuthorityError> {
+        let used = || AuthorityError::from(StoreError::TokenUsed { used_at });
+        let Some(rec) = self.store.certificate(cert_serial)? else { return Err(used()) };
+        if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der)
+            || rec.ca != label.ca.name
+            || rec.device_serial.as_deref() != Some(device.as_str())
+        {
+            return Err(used());
+        }
+        if let CertStatus::Revoked { .. } = rec.status {
+            return Err(AuthorityError::forbidden(format!(
+                "enrollment token already used for certificate {cert_serial}, which is revoked: ask the operator \
+                 for a new token (iotpki token create)"
+            )));
+        }
+        let audit = AuditEvent {
+            at: self.clock.now(),
+            actor: format!("device:{device}"),
+            action: "enroll.replay".into(),
+            target: rec.serial.clone(),
+            detail: "same token and key: the certificate issued before is sent again".into(),
+        };
+        Ok(Resend { record: rec, audit })
+    }
+
+    /// A renewal presented with a certificate that was renewed already: if
+    /// the request proves possession of the key its successor was issued for,
+    /// the answer is that successor again (the device never got the first
+    /// answer: network, power cut). Nothing new is issued, so a lost answer
+    /// neither costs the device its identity nor gives it two certificates.
+    /// Any other key is refused: a superseded certificate renews nothing.
+    fn renewal_replay(&self, old: &CertRecord, next: &str, req: &VerifiedCsr) -> Result<Resend, AuthorityError> {
+        let refused = || {
+            AuthorityError::Refused(Refusal::Renewal(format!(
+                "certificate {} was renewed already (its successor is {next}): renew with the successor, or \
+                 commission again with the birth certificate",
+                old.serial
+            )))
+        };
+        let Some(rec) = self.store.certificate(next)? else { return Err(refused()) };
+        if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der) || rec.device_serial != old.device_serial {
+            return Err(refused());
+        }
+        if let CertStatus::Revoked { .. } = rec.status {
+            return Err(AuthorityError::Refused(Refusal::Renewal(format!(
+                "certificate {} was renewed already; its successor {next} is revoked",
+                old.serial
+            ))));
+        }
+        let audit = AuditEvent {
+            at: self.clock.now(),
+            actor: format!("device:{}", old.device_serial.clone().unwrap_or_default()),
+            action: "reenroll.replay".into(),
+            target: rec.serial.clone(),
+            detail: format!("replaces={} same key: the renewal issued before is sent again", old.serial),
+        };
+        Ok(Resend { record: rec, audit })
+    }
+
+    /// The label's key policy: the request's key type must be one it allows.
+    pub(crate) fn check_key(&self, label: &Label, kt: KeyType) -> Result<(), AuthorityError> {
+        if label.allowed.contains(&kt) {
+            return Ok(());
+        }
+        let allowed = label.allowed.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
+        Err(iotpki_core::Error::KeyNotAllowed { offered: kt.to_string(), allowed }.into())
+    }
+}
+
+/// What differs between the plans of the ways in.
+struct PlanFor {
+    subject: Name,
+    device: String,
+    replaces: Option<String>,
+    precondition: Precondition,
+    actor: String,
+    action: &'static str,
+    note: Option<String>,
+    on_race: Race,
+}
+
+/// RFC 7030 leaves the subject to the CA: a request that carries only a CN,
+/// or no subject at all, is enrolled when its credential (`bound_by`: the
+/// token, the birth or the current certificate) already binds the serial, and
+/// the certificate gets the subject the authority writes. Only a request
+/// that names another serial (a serialNumber attribute other than `device`)
+/// is refused.
+pub(crate) fn check_requested_serial(subject: &Name, device: &str, bound_by: &str) -> Result<(), AuthorityError> {
+    let in_csr = name::serial_numbers(subject);
+    match in_csr.iter().find(|s| s.as_str() != device) {
+        None => Ok(()),
+        Some(other) => Err(AuthorityError::forbidden(format!(
+            "the request names serialNumber={other}, but {bound_by} is for serial {device}: request for {device}, \
+             or leave the subject to the authority (a CN alone will do)"
+        ))),
+    }
+}

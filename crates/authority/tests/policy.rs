@@ -1,0 +1,458 @@
+//! The authority's enrollment policy without a socket: one test per rule.
+//!
+//! Each test opens an authority in a temporary directory with a clock that
+//! moves only when told, admits a caller as the server's gate does
+//! ([`Authority::admit`]), hands [`Authority::enroll`] a verified request
+//! and checks the answer: the refusal's family and status, and that a
+//! refusal recorded no certificate.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use iotpki_authority::clock::{Clock, FixedClock, SystemClock};
+use iotpki_authority::factory::{self, NewBatch};
+use iotpki_authority::revocation::{self, Target};
+use iotpki_authority::{
+    Authority, AuthorityError, Caller, Config, Credential, EnrollRequest, Enrolled, Gate, KeyRefusal, Passphrase,
+    Refusal,
+};
+use iotpki_core::csr::{self, VerifiedCsr};
+use iotpki_core::keys::{KeyType, Signer, SoftKey};
+use iotpki_core::name::{DeviceSerial, NameBuilder};
+use iotpki_store::StoreError;
+use rustls_pki_types::CertificateDer;
+
+const PASS: &str = "authority policy test passphrase";
+
+struct Ca {
+    _tmp: tempfile::TempDir,
+    a: Authority,
+    clock: Arc<FixedClock>,
+}
+
+/// A fresh authority; `adjust` may change its config before it opens.
+fn ca_with(adjust: impl FnOnce(&mut Config)) -> Ca {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let pass = Passphrase::new(PASS.into()).unwrap();
+    iotpki_authority::init::init(&dir, &Default::default(), &pass, &SystemClock).unwrap();
+    let mut cfg = Config::load(&dir).unwrap();
+    adjust(&mut cfg);
+    let clock = Arc::new(FixedClock::new(SystemClock.now()));
+    let a = Authority::open_with_config(&dir, cfg, &pass, clock.clone()).unwrap();
+    Ca { _tmp: tmp, a, clock }
+}
+
+fn ca() -> Ca {
+    ca_with(|_| {})
+}
+
+fn key() -> SoftKey {
+    SoftKey::generate(KeyType::EcdsaP256).unwrap()
+}
+
+/// A verified request for device `serial` (a CN alone when `None`).
+fn csr_for(serial: Option<&str>, key: &SoftKey) -> VerifiedCsr {
+    let mut b = NameBuilder::default().common_name(serial.unwrap_or("device")).unwrap();
+    if let Some(s) = serial {
+        b = b.serial_number(&DeviceSerial::parse(s).unwrap()).unwrap();
+    }
+    csr::parse_and_verify(&csr::build(&b.build(), key, vec![]).unwrap()).unwrap()
+}
+
+const ENROLL: EnrollRequest<'static> = EnrollRequest::Enroll { batch: None, activation: None };
+
+fn births(batch: &str) -> EnrollRequest<'_> {
+    EnrollRequest::Enroll { batch: Some(batch), activation: None }
+}
+
+impl Ca {
+    fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    fn certs(&self) -> u64 {
+        self.a.store().count_certificates().unwrap()
+    }
+
+    fn token(&self, serial: &str, ttl: Option<u64>) -> String {
+        self.a.create_token(&DeviceSerial::parse(serial).unwrap(), ttl, "test").unwrap()
+    }
+
+    fn token_caller(&self, serial: &str, token: &str) -> Result<Caller, AuthorityError> {
+        self.a.admit(Gate::Enroll, None, Credential::Token { user: serial, password: token })
+    }
+
+    /// Enroll device `serial` with a new token and `key`.
+    fn enrolled(&self, serial: &str, key: &SoftKey) -> Enrolled {
+        let caller = self.token_caller(serial, &self.token(serial, None)).unwrap();
+        self.a.enroll(None, &caller, ENROLL, &csr_for(Some(serial), key)).unwrap()
+    }
+
+    /// The chain a device presents with certificate `der` (operational CA).
+    fn chain(&self, der: &[u8], ca: &str) -> Vec<CertificateDer<'static>> {
+        let ca_der = iotpki_core::pem::decode_one(
+            "CERTIFICATE",
+            &std::fs::read_to_string(self.a.dir().join("ca").join(format!("{ca}.crt"))).unwrap(),
+        )
+        .unwrap();
+        vec![CertificateDer::from(der.to_vec()), CertificateDer::from(ca_der)]
+    }
+
+    fn renewing(&self, der: &[u8]) -> Result<Caller, AuthorityError> {
+        let chain = self.chain(der, "operational");
+        self.a.admit(Gate::Certificate("refuse.reenroll"), None, Credential::ClientCert(&chain))
+    }
+
+    fn batch(&self, id: &str, serials: &[&str], quota: u64) {
+        let nb = NewBatch {
+            id: Some(id.into()),
+            product: "widget".into(),
+            allowlist: serials.join("\n"),
+            quota,
+            from: self.now() - 60,
+            until: self.now() + 86_400,
+        };
+        factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
+    }
+
+    /// A station for `batches`, admitted as the gate admits a birth's caller.
+    fn station(&self, name: &str, batches: &[&str]) -> Vec<CertificateDer<'static>> {
+        let b: Vec<String> = batches.iter().map(|s| s.to_string()).collect();
+        let (cert, chain) = self.a.add_station(name, &b, key().public_key_der(), "test").unwrap();
+        std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()
+    }
+
+    fn station_caller(&self, chain: &[CertificateDer<'_>]) -> Result<Caller, AuthorityError> {
+        self.a.admit(Gate::Station("refuse.enroll"), None, Credential::ClientCert(chain))
+    }
+
+    fn birth(&self, st: &Caller, batch: &str, serial: &str) -> Result<Enrolled, AuthorityError> {
+        self.a.enroll(Some("birth"), st, births(batch), &csr_for(Some(serial), &key()))
+    }
+}
+
+/// The refusal in `r`, with its status.
+fn refusal<T: std::fmt::Debug>(r: Result<T, AuthorityError>) -> (Refusal, u16) {
+    match r {
+        Err(AuthorityError::Refused(x)) => {
+            let s = x.http_status();
+            (x, s)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+// ---- tokens -------------------------------------------------------------
+
+#[test]
+fn a_token_enrolls_once_and_another_key_with_it_is_refused() {
+    let ca = ca();
+    let token = ca.token("T-1", None);
+    let caller = ca.token_caller("T-1", &token).unwrap();
+    ca.a.enroll(None, &caller, ENROLL, &csr_for(Some("T-1"), &key())).unwrap();
+    let before = ca.certs();
+    let again = ca.token_caller("T-1", &token).unwrap();
+    let (r, status) = refusal(ca.a.enroll(None, &again, ENROLL, &csr_for(Some("T-1"), &key())));
+    assert!(matches!(r, Refusal::Token(StoreError::TokenUsed { .. })), "{r:?}");
+    assert_eq!(status, 401);
+    assert_eq!(ca.certs(), before);
+}
+
+#[test]
+fn a_retry_with_the_spent_token_and_the_same_key_gets_the_same_certificate() {
+    let ca = ca();
+    let (token, k) = (ca.token("T-2", None), key());
+    let first = ca.a.enroll(None, &ca.token_caller("T-2", &token).unwrap(), ENROLL, &csr_for(Some("T-2"), &k));
+    let first = first.unwrap();
+    let before = ca.certs();
+    let again = ca.a.enroll(None, &ca.token_caller("T-2", &token).unwrap(), ENROLL, &csr_for(Some("T-2"), &k));
+    let again = again.unwrap();
+    assert_eq!((again.serial.as_str(), again.cert_der.as_slice()), (first.serial.as_str(), first.cert_der.as_slice()));
+    assert_eq!(ca.certs(), before, "nothing new is issued");
+    let last = ca.a.store().audit_entries(ca.a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
+    assert_eq!(last.event.action, "enroll.replay");
+}
+
+#[test]
+fn an_expired_token_is_refused_before_the_body() {
+    let ca = ca();
+    let token = ca.token("T-3", Some(60));
+    ca.clock.advance(61);
+    let (r, status) = refusal(ca.token_caller("T-3", &token));
+    assert!(matches!(r, Refusal::Token(StoreError::TokenExpired { .. })), "{r:?}");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_token_for_another_serial_or_an_unknown_one_is_refused() {
+    let ca = ca();
+    let token = ca.token("T-4", None);
+    let (r, _) = refusal(ca.token_caller("T-5", &token));
+    assert!(matches!(r, Refusal::Token(StoreError::TokenWrongSerial)), "{r:?}");
+    let (r, _) = refusal(ca.token_caller("T-4", "not-the-token"));
+    assert!(matches!(r, Refusal::Token(StoreError::TokenUnknown)), "{r:?}");
+    let (r, status) = refusal(ca.token_caller("", &token));
+    assert!(matches!(r, Refusal::Unauthenticated(_)), "{r:?}");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_token_gets_no_birth_certificate_and_names_no_other_serial() {
+    let ca = ca();
+    let token = ca.token("T-6", None);
+    let cred = Credential::Token { user: "T-6", password: &token };
+    let (r, status) = refusal(ca.a.admit(Gate::Enroll, Some("birth"), cred));
+    assert!(r.to_string().contains("issues birth certificates"), "{r}");
+    assert_eq!(status, 403);
+    // Admitted for its own label, the token still cannot sign under the birth label.
+    let caller = ca.token_caller("T-6", &token).unwrap();
+    let (r, _) = refusal(ca.a.enroll(Some("birth"), &caller, ENROLL, &csr_for(Some("T-6"), &key())));
+    assert!(r.to_string().contains("issues birth certificates"), "{r}");
+    let (r, status) = refusal(ca.a.enroll(None, &caller, ENROLL, &csr_for(Some("T-7"), &key())));
+    assert!(r.to_string().contains("names serialNumber=T-7"), "{r}");
+    assert_eq!(status, 403);
+    // A CN alone is enough: the token binds the serial.
+    ca.a.enroll(None, &caller, ENROLL, &csr_for(None, &key())).unwrap();
+}
+
+#[test]
+fn a_key_type_the_label_does_not_allow_is_refused() {
+    let ca = ca_with(|cfg| {
+        for l in &mut cfg.label {
+            l.allowed_keys = vec!["p384".into()];
+        }
+    });
+    let before = ca.certs();
+    let caller = ca.token_caller("K-1", &ca.token("K-1", None)).unwrap();
+    let (r, status) = refusal(ca.a.enroll(None, &caller, ENROLL, &csr_for(Some("K-1"), &key())));
+    assert!(matches!(r, Refusal::KeyPolicy(KeyRefusal::NotAllowed { .. })), "{r:?}");
+    assert_eq!(status, 400);
+    assert_eq!(ca.certs(), before);
+    let p384 = SoftKey::generate(KeyType::EcdsaP384).unwrap();
+    ca.a.enroll(None, &caller, ENROLL, &csr_for(Some("K-1"), &p384)).unwrap();
+}
+
+// ---- station births -------------------------------------------------------
+
+#[test]
+fn a_station_gives_birth_only_in_a_batch_it_holds() {
+    let ca = ca();
+    ca.batch("B1", &["S-1"], 1);
+    ca.batch("B2", &["S-2"], 1);
+    let st = ca.station_caller(&ca.station("line-1", &["B1"])).unwrap();
+    let before = ca.certs();
+    let (r, status) = refusal(ca.birth(&st, "B2", "S-2"));
+    assert!(matches!(r, Refusal::Station(StoreError::StationNotAuthorized { .. })), "{r:?}");
+    assert_eq!(status, 403);
+    assert_eq!(ca.certs(), before);
+    // Births go to a label of the station's CA.
+    let (r, _) = refusal(ca.a.enroll(None, &st, births("B1"), &csr_for(Some("S-1"), &key())));
+    assert!(r.to_string().contains("station enrollments go to a label of CA"), "{r}");
+    ca.birth(&st, "B1", "S-1").unwrap();
+    // A token holder cannot ask for a batch, and a birth goes to the birth label only.
+    let t = ca.token_caller("S-1", &ca.token("S-1", None)).unwrap();
+    let (r, status) = refusal(ca.a.enroll(Some("birth"), &t, births("B1"), &csr_for(Some("S-1"), &key())));
+    assert!(r.to_string().contains("needs a factory station's certificate"), "{r}");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_batch_gives_no_more_births_than_its_quota() {
+    let ca = ca();
+    ca.batch("BQ", &["Q-1", "Q-2"], 1);
+    let st = ca.station_caller(&ca.station("line-q", &["BQ"])).unwrap();
+    ca.birth(&st, "BQ", "Q-1").unwrap();
+    let before = ca.certs();
+    let (r, _) = refusal(ca.birth(&st, "BQ", "Q-2"));
+    assert!(matches!(r, Refusal::Batch(StoreError::QuotaExhausted { .. })), "{r:?}");
+    assert_eq!(ca.certs(), before);
+    // The authenticated station's refusal counts against its batch.
+    assert_eq!(ca.a.store().batch("BQ").unwrap().unwrap().refused, 1);
+}
+
+#[test]
+fn a_serial_off_the_allowlist_or_born_already_gets_no_birth() {
+    let ca = ca();
+    ca.batch("BS", &["A-1", "A-2"], 2);
+    let st = ca.station_caller(&ca.station("line-s", &["BS"])).unwrap();
+    let (r, _) = refusal(ca.birth(&st, "BS", "Z-9"));
+    assert!(matches!(r, Refusal::Batch(StoreError::SerialNotAllowed { .. })), "{r:?}");
+    ca.birth(&st, "BS", "A-1").unwrap();
+    let before = ca.certs();
+    let (r, status) = refusal(ca.birth(&st, "BS", "A-1"));
+    assert!(matches!(r, Refusal::Batch(StoreError::AlreadyBorn { .. })), "{r:?}");
+    assert_eq!(status, 403);
+    assert_eq!(ca.certs(), before);
+    // A device request that names no serial, or two, is malformed.
+    let (r, status) = refusal(ca.a.enroll(Some("birth"), &st, births("BS"), &csr_for(None, &key())));
+    assert!(r.to_string().contains("exactly one serialNumber"), "{r}");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn a_batch_that_requires_attestation_gives_no_birth_without_it() {
+    let ca = ca();
+    ca.batch("BT", &["P-1"], 1);
+    iotpki_authority::attest::require(ca.a.store().as_ref(), ca.clock.as_ref(), "BT", "test").unwrap();
+    let st = ca.station_caller(&ca.station("line-t", &["BT"])).unwrap();
+    let before = ca.certs();
+    let (r, status) = refusal(ca.birth(&st, "BT", "P-1"));
+    assert!(r.to_string().contains("requires TPM attestation"), "{r}");
+    assert_eq!(status, 403);
+    let (r, _) = refusal(ca.a.enroll(
+        Some("birth"),
+        &st,
+        EnrollRequest::Enroll { batch: Some("BT"), activation: Some(("no-such-challenge", b"secret")) },
+        &csr_for(Some("P-1"), &key()),
+    ));
+    assert_eq!(r.http_status(), 403, "{r}");
+    assert_eq!(ca.certs(), before);
+    // Nor offline: a station cannot be delegated such a batch.
+    let (r, _) = refusal(ca.a.delegate_station("line-t", "BT", key().public_key_der(), "test"));
+    assert!(r.to_string().contains("requires TPM attestation"), "{r}");
+}
+
+#[test]
+fn a_revoked_station_is_refused_before_the_body() {
+    let ca = ca();
+    ca.batch("BR", &["R-1"], 1);
+    let chain = ca.station("line-r", &["BR"]);
+    ca.station_caller(&chain).unwrap();
+    factory::revoke_station(ca.a.store().as_ref(), ca.clock.as_ref(), "line-r", "test").unwrap();
+    // Its certificate is revoked with it: refused at admission, audited.
+    let (r, status) = refusal(ca.station_caller(&chain));
+    assert!(r.to_string().contains("revoked"), "{r:?}");
+    assert_eq!(status, 403);
+    let last = ca.a.store().audit_entries(ca.a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
+    assert_eq!(last.event.action, "refuse.enroll");
+}
+
+#[test]
+fn a_device_certificate_is_not_a_station() {
+    let ca = ca();
+    let e = ca.enrolled("D-1", &key());
+    let chain = ca.chain(&e.cert_der, "operational");
+    let (r, status) = refusal(ca.station_caller(&chain));
+    assert!(matches!(r, Refusal::Client(_)) && r.to_string().contains("not a factory station's"), "{r:?}");
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn a_delegation_names_only_unborn_serials_of_its_batch() {
+    let ca = ca();
+    ca.batch("BD", &["D-1", "D-2"], 2);
+    ca.station("line-d", &["BD"]);
+    let st = ca.station_caller(&ca.station("line-e", &["BD"])).unwrap();
+    ca.birth(&st, "BD", "D-1").unwrap();
+    let spki = key();
+    let d = |serials: &[&str]| {
+        let s: Vec<String> = serials.iter().map(|s| s.to_string()).collect();
+        ca.a.delegate_station_serials("line-d", "BD", spki.public_key_der(), Some(&s), "test")
+    };
+    let (r, status) = refusal(d(&["X-1"]));
+    assert!(r.to_string().contains("not a serial of batch BD still to be born"), "{r}");
+    assert_eq!(status, 400);
+    let (r, _) = refusal(d(&["D-1"]));
+    assert!(r.to_string().contains("not a serial of batch BD still to be born"), "{r}");
+    let (r, _) = refusal(d(&["D-2", "D-2"]));
+    assert!(r.to_string().contains("listed twice"), "{r}");
+    let ok = d(&["D-2"]).unwrap();
+    assert_eq!(ok.allowlist, vec!["D-2".to_string()]);
+}
+
+// ---- renewal --------------------------------------------------------------
+
+#[test]
+fn a_renewal_supersedes_and_a_retry_with_the_same_key_gets_the_same_successor() {
+    let ca = ca();
+    let e = ca.enrolled("N-1", &key());
+    let caller = ca.renewing(&e.cert_der).unwrap();
+    let k = key();
+    let next = ca.a.enroll(None, &caller, EnrollRequest::Reenroll, &csr_for(Some("N-1"), &k)).unwrap();
+    let before = ca.certs();
+    // The old certificate again (its answer was lost): the same successor, for the same key only.
+    let old = ca.renewing(&e.cert_der).unwrap();
+    let again = ca.a.enroll(None, &old, EnrollRequest::Reenroll, &csr_for(Some("N-1"), &k)).unwrap();
+    assert_eq!(again.serial, next.serial);
+    let (r, status) = refusal(ca.a.enroll(None, &old, EnrollRequest::Reenroll, &csr_for(Some("N-1"), &key())));
+    assert!(matches!(r, Refusal::Renewal(_)) && r.to_string().contains("was renewed already"), "{r:?}");
+    assert_eq!(status, 403);
+    assert_eq!(ca.certs(), before);
+}
+
+#[test]
+fn a_revoked_certificate_renews_nothing() {
+    let ca = ca();
+    let e = ca.enrolled("N-2", &key());
+    revocation::revoke(ca.a.store().as_ref(), ca.clock.as_ref(), Target::Serial(&e.serial), 1, "test").unwrap();
+    let (r, status) = refusal(ca.renewing(&e.cert_der));
+    assert!(matches!(r, Refusal::Client(_)) && r.to_string().contains("is revoked"), "{r:?}");
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn a_superseded_certificate_whose_successor_is_revoked_renews_nothing() {
+    let ca = ca();
+    let e = ca.enrolled("N-3", &key());
+    let k = key();
+    let caller = ca.renewing(&e.cert_der).unwrap();
+    let next = ca.a.enroll(None, &caller, EnrollRequest::Reenroll, &csr_for(Some("N-3"), &k)).unwrap();
+    revocation::revoke(ca.a.store().as_ref(), ca.clock.as_ref(), Target::Serial(&next.serial), 1, "test").unwrap();
+    let old = ca.renewing(&e.cert_der).unwrap();
+    let (r, _) = refusal(ca.a.enroll(None, &old, EnrollRequest::Reenroll, &csr_for(Some("N-3"), &k)));
+    assert!(r.to_string().contains("its successor") && r.to_string().contains("is revoked"), "{r}");
+}
+
+#[test]
+fn an_expired_certificate_renews_nothing() {
+    let ca = ca();
+    let e = ca.enrolled("N-4", &key());
+    ca.clock.advance(91 * 86_400);
+    let (r, status) = refusal(ca.renewing(&e.cert_der));
+    assert!(r.to_string().contains("expired at"), "{r}");
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn a_renewal_keeps_its_serial_and_a_birth_certificate_never_renews() {
+    let ca = ca();
+    let e = ca.enrolled("N-5", &key());
+    let caller = ca.renewing(&e.cert_der).unwrap();
+    let (r, _) = refusal(ca.a.enroll(None, &caller, EnrollRequest::Reenroll, &csr_for(Some("N-6"), &key())));
+    assert!(r.to_string().contains("names serialNumber=N-6"), "{r}");
+    let (r, _) = refusal(ca.a.enroll(Some("birth"), &caller, EnrollRequest::Reenroll, &csr_for(Some("N-5"), &key())));
+    assert!(matches!(r, Refusal::Renewal(_)) && r.to_string().contains("never renewed"), "{r:?}");
+    // A birth certificate presented for renewal.
+    ca.batch("BN", &["N-7"], 1);
+    let st = ca.station_caller(&ca.station("line-n", &["BN"])).unwrap();
+    let birth = ca.birth(&st, "BN", "N-7").unwrap();
+    let chain = ca.chain(&birth.cert_der, "manufacturing");
+    let b = ca.a.admit(Gate::Certificate("refuse.reenroll"), None, Credential::ClientCert(&chain)).unwrap();
+    let (r, _) = refusal(ca.a.enroll(None, &b, EnrollRequest::Reenroll, &csr_for(Some("N-7"), &key())));
+    assert!(r.to_string().contains("never renewed"), "{r}");
+    // A token holder cannot re-enroll.
+    let t = ca.token_caller("N-8", &ca.token("N-8", None)).unwrap();
+    let (r, status) = refusal(ca.a.enroll(None, &t, EnrollRequest::Reenroll, &csr_for(Some("N-8"), &key())));
+    assert!(matches!(r, Refusal::Unauthenticated(_)), "{r:?}");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_refusal_after_admission_is_audited_as_the_callers() {
+    let ca = ca();
+    let e = ca.enrolled("U-1", &key());
+    let caller = ca.renewing(&e.cert_der).unwrap();
+    let r = ca.a.enroll(None, &caller, EnrollRequest::Reenroll, &csr_for(Some("U-2"), &key()));
+    assert!(r.is_err());
+    let last = ca.a.store().audit_entries(ca.a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
+    assert_eq!(last.event.action, "refuse.reenroll");
+    assert_eq!(last.event.actor, format!("cert:{}", e.serial));
+    // A body that is no PKCS#10 request, refused by the server's parse, is audited too.
+    let bad = iotpki_core::csr::parse_and_verify(b"not a request").unwrap_err();
+    let e2 = ca.a.refuse(&caller, EnrollRequest::Reenroll, bad.into());
+    assert_eq!(e2.http_status(), 400);
+    let last = ca.a.store().audit_entries(ca.a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
+    assert_eq!(last.event.action, "refuse.reenroll");
+}
