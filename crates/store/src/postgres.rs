@@ -595,10 +595,9 @@ pub fn test_base_url() -> String {
 mod tests {
     use super::*;
     use crate::conformance;
-    use crate::engine::{run_batch, SqlExt as _};
-    use crate::ops::{Done, Op};
+    use crate::engine::{checks, SqlExt as _};
     use crate::prelude::*;
-    use crate::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, TokenRecord};
+    use crate::{AuditEvent, Issuance, Precondition, TokenRecord};
 
     /// A store on a database of its own (dropped after the store: bind both).
     fn fresh(name: &str) -> (TestDatabase, PgStore) {
@@ -736,50 +735,17 @@ mod tests {
 
     #[test]
     fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
-        let (tdb, s) = fresh("m7");
-        let (c1, mut c2, c3) = (conformance::cert("M7"), conformance::cert("M7"), conformance::cert("M7"));
-        c2.replaces = Some(c1.serial.clone());
-        for c in [&c1, &c2, &c3] {
-            s.record_issuance(Issuance {
-                cert: c.clone(),
-                preconditions: vec![],
-                audit: AuditEvent { target: c.serial.clone(), ..ev(1) },
-            })
-            .unwrap();
-        }
-        drop(s);
-        // The database as version 6 left it: no replaced_by column.
-        let mut raw = Client::connect(&tdb.url, NoTls).unwrap();
-        raw.batch_execute(
-            "ALTER TABLE certificates DROP COLUMN replaced_by; DELETE FROM schema_migrations WHERE version = 7",
-        )
-        .unwrap();
-        drop(raw);
-        let s = PgStore::open(&tdb.url).unwrap();
-        let get = |serial: &str| s.certificate(serial).unwrap().unwrap();
-        assert_eq!(get(&c1.serial).replaced_by.as_deref(), Some(c2.serial.as_str()));
-        assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
-        assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
+        let tdb = create_test_database(&test_base_url(), "store_m7").unwrap();
+        checks::migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing(
+            &|| Box::new(PgStore::open(&tdb.url).unwrap()),
+            &|sql| raw(&tdb.url, sql),
+        );
     }
 
     #[test]
     fn tampering_is_detected_at_the_edited_entry() {
         let (tdb, s) = fresh("tamper");
-        let url = tdb.url.clone();
-        for i in 0..5 {
-            s.append_audit(ev(i)).unwrap();
-        }
-        assert_eq!(s.verify_audit().unwrap().entries, 5);
-        let mut raw = Client::connect(&url, NoTls).unwrap();
-        raw.execute("UPDATE audit SET detail = 'edited' WHERE seq = 3", &[]).unwrap();
-        assert_eq!(
-            s.verify_audit().unwrap_err(),
-            StoreError::AuditBroken { seq: 3, reason: "hash does not match its content".into() }
-        );
-        raw.execute("UPDATE audit SET detail = 'd' WHERE seq = 3", &[]).unwrap();
-        raw.execute("DELETE FROM audit WHERE seq = 4", &[]).unwrap();
-        assert!(matches!(s.verify_audit(), Err(StoreError::AuditBroken { seq: 4, .. })));
-        close(vec![Conn { client: raw, stmts: HashMap::new() }]);
+        checks::tampering_is_detected_at_the_edited_entry(&s, &mut |sql| raw(&tdb.url, sql));
     }
 
     /// Two stores (two writers, two pools: as two nodes would have) on one
@@ -870,90 +836,27 @@ mod tests {
     #[test]
     fn a_failing_op_does_not_spoil_its_batch() {
         let (_u, s) = fresh("spoil");
-        let dup = conformance::cert("B-1");
-        let mk = |c: CertRecord| Issuance {
-            audit: AuditEvent { target: c.serial.clone(), ..ev(1) },
-            cert: c,
-            preconditions: vec![],
-        };
-        s.record_issuance(mk(dup.clone())).unwrap();
-        let results: Vec<bool> = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..64)
-                .map(|i| {
-                    let (s, dup) = (&s, dup.clone());
-                    sc.spawn(move || {
-                        let c = if i % 4 == 0 { dup } else { conformance::cert("B-2") };
-                        s.record_issuance(mk(c)).is_ok()
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert_eq!(results.iter().filter(|ok| !**ok).count(), 16);
-        assert_eq!(s.count_certificates().unwrap(), 1 + 48);
-        assert_eq!(s.verify_audit().unwrap().entries, 1 + 48);
+        checks::a_failing_op_does_not_spoil_its_batch(&s);
     }
 
-    /// Deterministic: one hand-built batch through the engine's [`run_batch`], mixing
-    /// successes with every kind of refusal; the head row ends where the chain does.
+    /// The engine's check; and the head row ends where the chain does.
     #[test]
     fn one_batch_with_refusals_commits_the_rest_on_one_chain() {
-        let tdb = create_test_database(&test_base_url(), "store_onebatch").unwrap();
-        let url = tdb.url.clone();
-        let mut conn = connect(&url, true).unwrap();
-        migrate(&mut conn.client).unwrap();
-        let mut conn = PgWriter { url: url.clone(), conn: Some(conn) };
-        let e = |target: &str| AuditEvent { target: target.into(), ..ev(1) };
-        let tok = TokenRecord {
-            token_hash: "70aa".into(),
-            device_serial: "D-1".into(),
-            created_at: 1,
-            expires_at: 5_000,
-            used_at: None,
-            cert_serial: None,
-        };
-        let consume = Precondition::ConsumeToken { token_hash: "70aa".into(), device_serial: "D-1".into(), now: 1_500 };
-        let issue = |c: &CertRecord, pre: Vec<Precondition>| {
-            Op::Issue(Box::new(Issuance { cert: c.clone(), preconditions: pre, audit: e(&c.serial) }))
-        };
-        let (c1, c2, c3, c4) =
-            (conformance::cert("D-1"), conformance::cert("D-1"), conformance::cert("D-1"), conformance::cert("D-1"));
-        let ops = vec![
-            Op::Token(tok.clone(), e("token")),
-            issue(&c1, vec![consume.clone()]),
-            issue(&c2, vec![consume]),
-            issue(&CertRecord { serial: c1.serial.clone(), ..c3.clone() }, vec![]),
-            issue(&c3, vec![Precondition::CertIsGood { serial: "00".into() }]),
-            Op::Audit(e("admin")),
-            Op::Token(tok, e("token again")),
-            issue(&c4, vec![]),
-        ];
-        let results = run_batch(&mut conn, &ops);
-        assert_eq!(
-            results,
-            vec![
-                Ok(Done::Unit),
-                Ok(Done::Unit),
-                Err(StoreError::TokenUsed { used_at: 1_500 }),
-                Err(StoreError::DuplicateSerial { serial: c1.serial.clone() }),
-                Err(StoreError::CertUnknown { serial: "00".into() }),
-                Ok(Done::Unit),
-                Err(StoreError::TokenExists),
-                Ok(Done::Unit),
-            ]
-        );
-        close(conn.conn.take().into_iter().collect());
-        let s = PgStore::open(&url).unwrap();
-        assert_eq!(s.count_certificates().unwrap(), 2);
-        assert_eq!(s.token("70aa").unwrap().unwrap().cert_serial, Some(c1.serial.clone()));
-        let report = s.verify_audit().unwrap();
-        assert_eq!(report.entries, 4);
+        let (tdb, s) = fresh("onebatch");
+        let mut w = PgWriter { url: tdb.url.clone(), conn: None };
+        checks::one_batch_with_refusals_commits_the_rest_on_one_chain(&mut w, &s);
+        close(w.conn.take().into_iter().collect());
         let head = s.engine.backend.read(|db| {
             let mut r = db.opt("SELECT seq, hash FROM audit_head WHERE id = 1", &[])?.unwrap();
             Ok((r.count(0)?, r.text(1)?))
         });
-        assert_eq!(head.unwrap(), (4, report.head));
-        let targets: Vec<String> = s.audit_entries(1, 10).unwrap().into_iter().map(|e| e.event.target).collect();
-        assert_eq!(targets, vec!["token".to_string(), c1.serial, "admin".into(), c4.serial]);
+        assert_eq!(head.unwrap(), (4, s.verify_audit().unwrap().head));
+    }
+
+    /// Run `sql` on the database at `url`, on a connection of its own.
+    fn raw(url: &str, sql: &str) {
+        let mut c = connect(url, false).unwrap();
+        c.client.batch_execute(sql).unwrap();
+        close(vec![c]);
     }
 }

@@ -139,16 +139,26 @@ const STATEMENTS: usize = 128;
 /// (SQLite compares text bytewise), no row locks (the write lock covers the
 /// file), and `rowid` for a limited listing's keys.
 fn dialect(sql: &str) -> String {
-    let sql = sql.replace("{c}", "").replace("{lock}", "").replace("{key}", "rowid");
     let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(ch) = chars.next() {
-        if ch == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
+    let mut rest = sql;
+    while let Some(i) = rest.find(['$', '{']) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let (put, skip) = if rest.starts_with('$') {
+            ("?", 1)
+        } else if rest.starts_with("{c}") {
+            ("", 3)
+        } else if rest.starts_with("{lock}") {
+            ("", 6)
+        } else if rest.starts_with("{key}") {
+            ("rowid", 5)
         } else {
-            out.push(ch);
-        }
+            ("{", 1)
+        };
+        out.push_str(put);
+        rest = &rest[skip..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -312,10 +322,9 @@ impl SqliteStore {
 mod tests {
     use super::*;
     use crate::conformance;
-    use crate::engine::{run_batch, SqlExt as _};
-    use crate::ops::{Done, Op};
+    use crate::engine::{checks, SqlExt as _};
     use crate::prelude::*;
-    use crate::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, TokenRecord};
+    use crate::{AuditEvent, Issuance};
 
     fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let d = tempfile::tempdir().unwrap();
@@ -360,58 +369,17 @@ mod tests {
     fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("store.db");
-        let (c1, mut c2, c3) = (conformance::cert("M7"), conformance::cert("M7"), conformance::cert("M7"));
-        c2.replaces = Some(c1.serial.clone());
-        {
-            let s = SqliteStore::open(&path).unwrap();
-            for c in [&c1, &c2, &c3] {
-                let audit = AuditEvent {
-                    at: 1,
-                    actor: "a".into(),
-                    action: "issue".into(),
-                    target: c.serial.clone(),
-                    detail: String::new(),
-                };
-                s.record_issuance(Issuance { cert: c.clone(), preconditions: vec![], audit }).unwrap();
-            }
-        }
-        // The store as version 6 left it: no replaced_by column.
-        let raw = Connection::open(&path).unwrap();
-        raw.execute_batch(
-            "ALTER TABLE certificates DROP COLUMN replaced_by; DELETE FROM schema_migrations WHERE version = 7",
-        )
-        .unwrap();
-        drop(raw);
-        let s = SqliteStore::open(&path).unwrap();
-        let get = |serial: &str| s.certificate(serial).unwrap().unwrap();
-        assert_eq!(get(&c1.serial).replaced_by.as_deref(), Some(c2.serial.as_str()));
-        assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
-        assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
+        checks::migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing(
+            &|| Box::new(SqliteStore::open(&path).unwrap()),
+            &|sql| Connection::open(&path).unwrap().execute_batch(sql).unwrap(),
+        );
     }
 
     #[test]
     fn tampering_is_detected_at_the_edited_entry() {
         let (d, s) = fresh();
-        for i in 0..5 {
-            s.append_audit(AuditEvent {
-                at: i,
-                actor: "a".into(),
-                action: "x".into(),
-                target: "t".into(),
-                detail: "d".into(),
-            })
-            .unwrap();
-        }
-        assert_eq!(s.verify_audit().unwrap().entries, 5);
         let raw = Connection::open(d.path().join("store.db")).unwrap();
-        raw.execute("UPDATE audit SET detail = 'edited' WHERE seq = 3", []).unwrap();
-        assert_eq!(
-            s.verify_audit().unwrap_err(),
-            StoreError::AuditBroken { seq: 3, reason: "hash does not match its content".into() }
-        );
-        raw.execute("UPDATE audit SET detail = 'd' WHERE seq = 3", []).unwrap();
-        raw.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
-        assert!(matches!(s.verify_audit(), Err(StoreError::AuditBroken { seq: 4, .. })));
+        checks::tampering_is_detected_at_the_edited_entry(&s, &mut |sql| raw.execute_batch(sql).unwrap());
     }
 
     #[test]
@@ -465,98 +433,24 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_op_does_not_spoil_its_batch() {
-        let (_d, s) = fresh();
-        let dup = conformance::cert("B-1");
-        let mk = |c: CertRecord| Issuance {
-            audit: AuditEvent {
-                at: 1,
-                actor: "a".into(),
-                action: "issue".into(),
-                target: c.serial.clone(),
-                detail: String::new(),
-            },
-            cert: c,
-            preconditions: vec![],
-        };
-        s.record_issuance(mk(dup.clone())).unwrap();
-        // Many writers at once so that good and failing ops share batches.
-        let results: Vec<bool> = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..64)
-                .map(|i| {
-                    let (s, dup) = (&s, dup.clone());
-                    sc.spawn(move || {
-                        let c = if i % 4 == 0 { dup } else { conformance::cert("B-2") };
-                        s.record_issuance(mk(c)).is_ok()
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert_eq!(results.iter().filter(|ok| !**ok).count(), 16);
-        assert_eq!(s.count_certificates().unwrap(), 1 + 48);
-        assert_eq!(s.verify_audit().unwrap().entries, 1 + 48);
+    fn the_dialect_numbers_arguments_and_drops_what_sqlite_does_without() {
+        assert_eq!(
+            dialect("SELECT {key} FROM t WHERE a = $1 AND b = $12 ORDER BY c{c}{lock}"),
+            "SELECT rowid FROM t WHERE a = ?1 AND b = ?12 ORDER BY c"
+        );
+        assert_eq!(dialect("x = '{'"), "x = '{'");
     }
 
-    /// The same as above, but deterministic: one hand-built batch through
-    /// the engine's [`run_batch`], mixing successes with every kind of refusal.
+    #[test]
+    fn a_failing_op_does_not_spoil_its_batch() {
+        let (_d, s) = fresh();
+        checks::a_failing_op_does_not_spoil_its_batch(&s);
+    }
+
     #[test]
     fn one_batch_with_refusals_commits_the_rest_on_one_chain() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("store.db");
-        let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE).unwrap();
-        migrate(&mut conn).unwrap();
-        let ev = |target: &str| AuditEvent {
-            at: 1,
-            actor: "a".into(),
-            action: "x".into(),
-            target: target.into(),
-            detail: String::new(),
-        };
-        let tok = TokenRecord {
-            token_hash: "70aa".into(),
-            device_serial: "D-1".into(),
-            created_at: 1,
-            expires_at: 5_000,
-            used_at: None,
-            cert_serial: None,
-        };
-        let consume = Precondition::ConsumeToken { token_hash: "70aa".into(), device_serial: "D-1".into(), now: 1_500 };
-        let issue = |c: &CertRecord, pre: Vec<Precondition>| {
-            Op::Issue(Box::new(Issuance { cert: c.clone(), preconditions: pre, audit: ev(&c.serial) }))
-        };
-        let (c1, c2, c3, c4) =
-            (conformance::cert("D-1"), conformance::cert("D-1"), conformance::cert("D-1"), conformance::cert("D-1"));
-        let ops = vec![
-            Op::Token(tok.clone(), ev("token")),
-            issue(&c1, vec![consume.clone()]),
-            issue(&c2, vec![consume]),
-            issue(&CertRecord { serial: c1.serial.clone(), ..c3.clone() }, vec![]),
-            issue(&c3, vec![Precondition::CertIsGood { serial: "00".into() }]),
-            Op::Audit(ev("admin")),
-            Op::Token(tok, ev("token again")),
-            issue(&c4, vec![]),
-        ];
-        let results = run_batch(&mut conn, &ops);
-        assert_eq!(
-            results,
-            vec![
-                Ok(Done::Unit),
-                Ok(Done::Unit),
-                Err(StoreError::TokenUsed { used_at: 1_500 }),
-                Err(StoreError::DuplicateSerial { serial: c1.serial.clone() }),
-                Err(StoreError::CertUnknown { serial: "00".into() }),
-                Ok(Done::Unit),
-                Err(StoreError::TokenExists),
-                Ok(Done::Unit),
-            ]
-        );
-        drop(conn);
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.count_certificates().unwrap(), 2);
-        assert_eq!(s.token("70aa").unwrap().unwrap().cert_serial, Some(c1.serial.clone()));
-        assert_eq!(s.verify_audit().unwrap().entries, 4);
-        let targets: Vec<String> = s.audit_entries(1, 10).unwrap().into_iter().map(|e| e.event.target).collect();
-        assert_eq!(targets, vec!["token".to_string(), c1.serial, "admin".into(), c4.serial]);
+        let (d, s) = fresh();
+        let mut w = connect(&d.path().join("store.db"), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+        checks::one_batch_with_refusals_commits_the_rest_on_one_chain(&mut w, &s);
     }
 }

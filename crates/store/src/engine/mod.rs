@@ -21,6 +21,8 @@
 //! writer thread and back. An operation that fails is rolled back to its
 //! savepoint and gets its own error; the others in its batch are unaffected.
 
+#[cfg(test)]
+pub(crate) mod checks;
 mod reads;
 mod writes;
 
