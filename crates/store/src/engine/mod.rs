@@ -405,3 +405,93 @@ pub(crate) fn run_batch(w: &mut dyn Writer, ops: &[Op]) -> Vec<Result<Done, Stor
     }
     results
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AuditEvent;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    /// A database that only counts: transactions begun, and audit rows per INSERT.
+    struct Counting {
+        begins: Arc<AtomicUsize>,
+        rows: Arc<Mutex<Vec<usize>>>,
+        /// The first transaction waits for this.
+        gate: Option<mpsc::Receiver<()>>,
+    }
+
+    impl Sql for Counting {
+        fn query(&mut self, _: &str, _: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
+            Ok(Vec::new())
+        }
+
+        fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, SqlError> {
+            assert!(sql.starts_with("INSERT INTO audit"), "{sql}");
+            lock(&self.rows).push(args.len() / 8);
+            Ok(1)
+        }
+    }
+
+    impl Writer for Counting {
+        fn begin(&mut self) -> Result<Head, StoreError> {
+            if let Some(gate) = self.gate.take() {
+                gate.recv().unwrap();
+            }
+            self.begins.fetch_add(1, Ordering::SeqCst);
+            Ok(Head { seq: 0, hash: crate::GENESIS_HASH.into() })
+        }
+
+        fn savepoint(&mut self, _: bool) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        fn commit(&mut self, _: &Head, _: &Head) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        fn rollback(&mut self) {}
+    }
+
+    struct NoReads;
+
+    impl Backend for NoReads {
+        type Writer = Counting;
+
+        fn read<T>(&self, _: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>) -> Result<T, StoreError> {
+            Err(StoreError::Closed)
+        }
+    }
+
+    fn ev() -> AuditEvent {
+        AuditEvent { at: 1, actor: "a".into(), action: "x".into(), target: String::new(), detail: String::new() }
+    }
+
+    /// The first caller leads; the callers that queue while it commits are
+    /// committed together, in one transaction, by the first of them.
+    #[test]
+    fn callers_queued_behind_a_commit_are_committed_in_one_transaction_by_the_next_leader() {
+        let (begins, rows) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let (open, gate) = mpsc::channel();
+        let writer = Counting { begins: Arc::clone(&begins), rows: Arc::clone(&rows), gate: Some(gate) };
+        let engine = Engine::new(NoReads, writer);
+        let results = std::thread::scope(|sc| {
+            let first = sc.spawn(|| engine.submit(Op::Audit(ev())));
+            while !lock(&engine.queue).pending.is_empty() {
+                std::thread::yield_now();
+            }
+            let rest: Vec<_> = (0..20).map(|_| sc.spawn(|| engine.submit(Op::Audit(ev())))).collect();
+            while lock(&engine.queue).pending.len() < 20 {
+                std::thread::yield_now();
+            }
+            open.send(()).unwrap();
+            let mut all = vec![first.join().unwrap()];
+            all.extend(rest.into_iter().map(|h| h.join().unwrap()));
+            all
+        });
+        assert!(results.iter().all(|r| *r == Ok(Done::Unit)), "{results:?}");
+        assert_eq!(begins.load(Ordering::SeqCst), 2, "one transaction for the leader, one for the 20 queued");
+        assert_eq!(*lock(&rows), vec![1, 20], "the group's audit entries in one INSERT");
+        assert!(!lock(&engine.queue).leading, "the lead ends with the queue");
+    }
+}
