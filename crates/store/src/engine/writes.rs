@@ -209,18 +209,6 @@ impl<'a> Tx<'a> {
         Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() })
     }
 
-    fn listed(&mut self, batch: &str, serial: &str) -> Result<bool, StoreError> {
-        self.w.exists(
-            "SELECT 1 FROM batch_serials WHERE batch_id = $1 AND device_serial = $2",
-            &[batch.into(), serial.into()],
-        )
-    }
-
-    fn born(&mut self, serial: &str) -> Result<Option<String>, StoreError> {
-        let row = self.w.opt("SELECT cert_serial FROM births WHERE device_serial = $1", &[serial.into()])?;
-        row.map(|mut r| r.text(0)).transpose()
-    }
-
     fn insert_birth(
         &mut self,
         serial: &str,
@@ -236,15 +224,29 @@ impl<'a> Tx<'a> {
         )
     }
 
-    /// The factory-line checks, in the order a station would want to hear them.
+    /// The factory-line checks, in the order a station would want to hear
+    /// them, on what one statement reads: the station, the batch, the
+    /// station's right to it, the allowlist and any earlier birth.
     fn birth(&mut self, batch: &str, station: &str, serial: &str, now: i64, cert: &str) -> Result<(), StoreError> {
-        self.station_active(station)?;
-        let row = self
-            .w
-            .opt("SELECT quota, issued, valid_from, valid_until, status FROM batches WHERE id = $1", &[batch.into()])?;
-        let Some(mut row) = row else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
-        let (quota, issued, from, until, status) = (row.int(0)?, row.int(1)?, row.int(2)?, row.int(3)?, row.text(4)?);
-        self.station_authorized(station, batch)?;
+        let row = self.w.opt(
+            "SELECT s.status, b.quota, b.issued, b.valid_from, b.valid_until, b.status,
+                    (SELECT 1 FROM station_batches WHERE station = $1 AND batch_id = $2),
+                    (SELECT 1 FROM batch_serials WHERE batch_id = $2 AND device_serial = $3),
+                    (SELECT cert_serial FROM births WHERE device_serial = $3)
+             FROM (SELECT 1 AS one) o LEFT JOIN stations s ON s.name = $1 LEFT JOIN batches b ON b.id = $2",
+            &[station.into(), batch.into(), serial.into()],
+        )?;
+        let mut r = row.ok_or_else(|| StoreError::Database("the birth checks read no row".into()))?;
+        match r.opt_text(0)?.as_deref() {
+            None => return Err(StoreError::StationUnknown { station: station.into() }),
+            Some("active") => {}
+            Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+        }
+        let Some(quota) = r.opt_int(1)? else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
+        let (issued, from, until, status) = (r.int(2)?, r.int(3)?, r.int(4)?, r.text(5)?);
+        if r.opt_int(6)?.is_none() {
+            return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
+        }
         if status != "open" {
             return Err(StoreError::BatchClosed { batch: batch.into() });
         }
@@ -255,10 +257,10 @@ impl<'a> Tx<'a> {
         if issued >= quota {
             return Err(exhausted());
         }
-        if !self.listed(batch, serial)? {
+        if r.opt_int(7)?.is_none() {
             return Err(StoreError::SerialNotAllowed { batch: batch.into(), serial: serial.into() });
         }
-        if let Some(cert) = self.born(serial)? {
+        if let Some(cert) = r.opt_text(8)? {
             return Err(StoreError::AlreadyBorn { serial: serial.into(), cert });
         }
         // The quota once more, in the statement that counts the birth.
@@ -373,8 +375,15 @@ impl<'a> Tx<'a> {
         let (quota, mut issued) = (row.int(0)?, row.int(1)?);
         let mut out = SyncOutcome::default();
         for e in &s.entries {
-            let on_list = self.listed(&s.batch, &e.device_serial)?;
-            let was_born = self.born(&e.device_serial)?.is_some();
+            let mut r = self
+                .w
+                .opt(
+                    "SELECT (SELECT 1 FROM batch_serials WHERE batch_id = $1 AND device_serial = $2),
+                            (SELECT cert_serial FROM births WHERE device_serial = $2)",
+                    &[(&s.batch).into(), (&e.device_serial).into()],
+                )?
+                .ok_or_else(|| StoreError::Database("the sync checks read no row".into()))?;
+            let (on_list, was_born) = (r.opt_int(0)?.is_some(), r.opt_text(1)?.is_some());
             let flag = if !on_list || e.outside_delegation {
                 Some(Flag::OffAllowlist)
             } else if was_born {
