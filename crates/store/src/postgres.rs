@@ -1,7 +1,7 @@
 //! The shared store: PostgreSQL, for several authority nodes on one database.
 //!
 //! Same contract as [`crate::sqlite::SqliteStore`], the same engine
-//! ([`crate::engine`]: every rule, every statement, the group commit) and
+//! (`src/engine/`: every rule, every statement, the group commit) and
 //! the same conformance suite. This file holds what is PostgreSQL's own:
 //!
 //! - **Writes**: the engine's group commit runs its operations, each in its
@@ -34,13 +34,15 @@
 //!   idle ones kept): our own `Mutex` + `Condvar`, about forty lines, because
 //!   the store needs nothing of a general pool (no async, no health checks
 //!   beyond dropping a closed connection) and one dependency less is worth it.
-//!   Reads run on the caller's thread and see every committed write.
+//!   Reads run on the caller's thread and see every committed write; so do
+//!   writes, on the thread of the caller that leads the group commit.
 //!   Text ties in listings sort bytewise (`COLLATE "C"`), as SQLite sorts
 //!   them, whatever the database's locale.
 //!
 //! The `postgres` client is synchronous: it runs a small tokio runtime of its
 //! own and must not be called on a thread that drives async tasks (the
-//! server calls the authority through `spawn_blocking`). Dropping the store
+//! server calls the authority through `spawn_blocking`): neither a read nor
+//! a write of this store. Dropping the store
 //! closes its connections on threads of their own, so that the last handle
 //! may be dropped anywhere.
 //!

@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file, WAL journal, `synchronous=FULL`.
 //!
-//! The engine ([`crate::engine`]) runs every rule and commits in groups; this
+//! The engine (`src/engine/`) runs every rule and commits in groups; this
 //! file holds what is SQLite's own: the connections (one writer, a few
 //! readers), the migrations, the dialect (`?1` arguments), the mapping of
 //! values and errors, and how a group's transaction starts: `BEGIN IMMEDIATE`
