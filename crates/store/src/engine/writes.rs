@@ -158,7 +158,17 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Spend the token in one statement when every condition holds; when it
+    /// does not, read the token to say which condition failed.
     fn consume_token(&mut self, hash: &str, device: &str, now: i64, cert_serial: &str) -> Result<(), StoreError> {
+        let spent = self.w.run(
+            "UPDATE tokens SET used_at = $1, cert_serial = $2
+             WHERE token_hash = $3 AND device_serial = $4 AND used_at IS NULL AND expires_at > $1",
+            &[Arg::Int(now), cert_serial.into(), hash.into(), device.into()],
+        )?;
+        if spent == 1 {
+            return Ok(());
+        }
         let row = self
             .w
             .opt("SELECT device_serial, expires_at, used_at FROM tokens WHERE token_hash = $1", &[hash.into()])?;
@@ -173,14 +183,7 @@ impl<'a> Tx<'a> {
         if expires_at <= now {
             return Err(StoreError::TokenExpired { expires_at });
         }
-        let n = self.w.run(
-            "UPDATE tokens SET used_at = $1, cert_serial = $2 WHERE token_hash = $3 AND used_at IS NULL",
-            &[Arg::Int(now), cert_serial.into(), hash.into()],
-        )?;
-        if n != 1 {
-            return Err(StoreError::TokenUsed { used_at: now });
-        }
-        Ok(())
+        Err(StoreError::Database("a token was neither spent nor refused".into()))
     }
 
     fn cert_status(&mut self, serial: &str) -> Result<Option<String>, StoreError> {
