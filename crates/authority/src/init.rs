@@ -15,8 +15,9 @@ use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::{pem, serial};
 use iotpki_hsm::{HsmKey, Pin, Pkcs11Uri, Token};
 use iotpki_store::postgres::PgStore;
+use iotpki_store::prelude::*;
 use iotpki_store::sqlite::SqliteStore;
-use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Store};
+use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance};
 use spki::der::Decode;
 use x509_cert::name::Name;
 

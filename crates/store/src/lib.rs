@@ -5,7 +5,7 @@
 //! plain records. Every write that the authority relies on (an issuance, a
 //! token) is committed durably (fsync) before the call returns.
 //!
-//! Writes go through [`Store::record_issuance`] and friends with explicit
+//! Writes go through [`Certificates::record_issuance`] and friends with explicit
 //! [`Precondition`]s that the store checks *inside* the same transaction as the
 //! insert, so that concurrent requests (threads or processes) cannot both
 //! consume one token or both pass a check that only one may pass.
@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod engine;
 mod error;
 mod ops;
 pub mod postgres;
@@ -424,7 +425,7 @@ pub struct Issuance {
     pub audit: AuditEvent,
 }
 
-/// What [`Store::revoke_device`] revokes, and how it audits it.
+/// What [`Revocations::revoke_device`] revokes, and how it audits it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRevocation {
     /// The device serial.
@@ -461,7 +462,7 @@ impl DeviceRevocation {
     }
 }
 
-/// What [`Store::revoke_device`] did.
+/// What [`Revocations::revoke_device`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceRevoked {
     /// The certificates revoked (all that were good), by serial.
@@ -470,7 +471,7 @@ pub struct DeviceRevoked {
     pub released: bool,
 }
 
-/// Filter for [`Store::list_certificates`].
+/// Filter for [`Certificates::list_certificates`].
 #[derive(Clone, Debug, Default)]
 pub struct CertQuery {
     /// Only certificates for this device serial.
@@ -488,28 +489,40 @@ pub struct CertQuery {
     pub limit: Option<u32>,
 }
 
-/// The order of [`Store::list_certificates`]: newest first (issuedAt descending), then by serial.
+/// The order of [`Certificates::list_certificates`]: newest first (issuedAt descending), then by serial.
 pub(crate) fn newest_first(rows: &mut [CertRecord]) {
     rows.sort_unstable_by(|a, b| b.issued_at.cmp(&a.issued_at).then_with(|| a.serial.cmp(&b.serial)));
 }
 
-/// The authority's durable state. Implementations are safe to share between
-/// threads; every method blocks until its work is durable (writes) or read.
-pub trait Store: Send + Sync {
+/// The authority's durable state, every role in one: what the authority and
+/// the CLI hold (`Arc<dyn Store>`). Implemented for anything that implements
+/// every role; bring the roles' methods into scope with
+/// `use iotpki_store::prelude::*`.
+pub trait Store:
+    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Send + Sync
+{
+}
+
+impl<T> Store for T where
+    T: Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Send + Sync + ?Sized
+{
+}
+
+/// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
+pub mod prelude {
+    pub use crate::{Artifacts, AuditLog, Batches, Certificates, Owners, Revocations, Stations, Store, Tokens};
+}
+
+// Each role below: every method blocks until its work is durable (writes) or read;
+// implementations are safe to share between threads.
+
+/// Issued certificates: recording one under its preconditions, and reading them.
+pub trait Certificates {
     /// Atomically: check every precondition, insert the certificate (its
     /// serial must be new), apply the preconditions' effects (mark a token
     /// used) and append the audit event. Durable when it returns `Ok`.
     /// On any error nothing is written.
     fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError>;
-
-    /// Record a new token and its audit event, atomically and durably.
-    fn create_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<(), StoreError>;
-
-    /// Look a token up by its hash (read-only; used for a cheap pre-check).
-    fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
-
-    /// Append one audit event (refusals, admin actions), durably.
-    fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
 
     /// One certificate by serial (lowercase hex).
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;
@@ -519,13 +532,31 @@ pub trait Store: Send + Sync {
 
     /// Number of certificates recorded.
     fn count_certificates(&self) -> Result<u64, StoreError>;
+}
+
+/// One-time enrollment tokens.
+pub trait Tokens {
+    /// Record a new token and its audit event, atomically and durably.
+    fn create_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Look a token up by its hash (read-only; used for a cheap pre-check).
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+}
+
+/// The hash-chained audit log.
+pub trait AuditLog {
+    /// Append one audit event (refusals, admin actions), durably.
+    fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
 
     /// Audit entries with `seq >= from`, in order, at most `limit`.
     fn audit_entries(&self, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Walk the whole audit chain and check every link.
     fn verify_audit(&self) -> Result<AuditReport, StoreError>;
+}
 
+/// Production batches: quotas, allowlists, refusals and flags.
+pub trait Batches {
     /// Create a batch with its serial allowlist (ids and serials must be new to it).
     fn create_batch(&self, batch: BatchRecord, serials: Vec<String>, audit: AuditEvent) -> Result<(), StoreError>;
 
@@ -541,6 +572,15 @@ pub trait Store: Send + Sync {
     /// Serials on a batch's allowlist that have no birth certificate yet, in order, at most `limit`.
     fn unborn_serials(&self, id: &str, limit: u32) -> Result<Vec<String>, StoreError>;
 
+    /// Audit a refused request and count it against `batch`, if it names one that exists.
+    fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// The certificates flagged in a batch, with why.
+    fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError>;
+}
+
+/// Factory stations: their certificates, delegated sub-CAs and production record syncs.
+pub trait Stations {
     /// Record a station with its certificate, atomically. Its batches must exist.
     fn add_station(&self, station: StationRecord, cert: CertRecord, audit: AuditEvent) -> Result<(), StoreError>;
 
@@ -552,9 +592,6 @@ pub trait Store: Send + Sync {
 
     /// Revoke a station and its certificate (reason: cessationOfOperation).
     fn revoke_station(&self, name: &str, at: UnixTime, audit: AuditEvent) -> Result<(), StoreError>;
-
-    /// Audit a refused request and count it against `batch`, if it names one that exists.
-    fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError>;
 
     /// Record a station's delegated sub-CA for a batch (one per station and
     /// batch; the station must be active and authorised for it).
@@ -573,10 +610,10 @@ pub trait Store: Send + Sync {
     /// recorded; one within the batch's rights counts as a birth, the others
     /// are flagged and revoked.
     fn apply_sync(&self, sync: SyncUpload) -> Result<SyncOutcome, StoreError>;
+}
 
-    /// The certificates flagged in a batch, with why.
-    fn flagged(&self, batch: &str) -> Result<Vec<(String, Flag)>, StoreError>;
-
+/// Revocation: of certificates and devices, and the CRL numbers.
+pub trait Revocations {
     /// Revoke a certificate (it must be recorded and good) with an RFC 5280 reason code.
     fn revoke(&self, serial: &str, reason: u8, at: UnixTime, audit: AuditEvent) -> Result<(), StoreError>;
 
@@ -598,7 +635,10 @@ pub trait Store: Send + Sync {
 
     /// Take the next CRL number of a CA (1, 2, ...), durably, with its audit event.
     fn next_crl_number(&self, ca: &str, audit: AuditEvent) -> Result<u64, StoreError>;
+}
 
+/// Ownership: trusted manufacturers, claims, vouchers and releases.
+pub trait Owners {
     /// Trust a manufacturer's CA as a birth issuer (name and key must be new).
     fn add_manufacturer(&self, m: ManufacturerRecord, audit: AuditEvent) -> Result<(), StoreError>;
 
@@ -615,12 +655,6 @@ pub trait Store: Send + Sync {
 
     /// This authority's ownership of a device, if it ever had it.
     fn ownership(&self, device_serial: &str) -> Result<Option<Ownership>, StoreError>;
-
-    /// Publish an artifact; its version must be above every published one of its kind.
-    fn publish_artifact(&self, artifact: Artifact, audit: AuditEvent) -> Result<(), StoreError>;
-
-    /// The latest artifact of a kind.
-    fn artifact(&self, kind: &str) -> Result<Option<Artifact>, StoreError>;
 
     /// Own a device by an ownership voucher, atomically: the ownership (new,
     /// or back from handed on; never a revoked device) and the voucher published
@@ -643,4 +677,13 @@ pub trait Store: Send + Sync {
         at: UnixTime,
         audit: AuditEvent,
     ) -> Result<(), StoreError>;
+}
+
+/// Published artifacts: trust bundles, vouchers, ARLs.
+pub trait Artifacts {
+    /// Publish an artifact; its version must be above every published one of its kind.
+    fn publish_artifact(&self, artifact: Artifact, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// The latest artifact of a kind.
+    fn artifact(&self, kind: &str) -> Result<Option<Artifact>, StoreError>;
 }

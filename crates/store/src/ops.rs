@@ -1,13 +1,11 @@
-//! The write operations both backends queue to their writer thread.
-
-use std::sync::mpsc::SyncSender;
+//! The write operations callers queue for the engine's group commit.
 
 use crate::{
     Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, ManufacturerRecord,
-    OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    OwnershipStatus, Precondition, StationRecord, SyncOutcome, SyncUpload, TokenRecord,
 };
 
-/// One write, as a caller hands it to the writer.
+/// One write, as a caller hands it to the engine.
 pub(crate) enum Op {
     Issue(Box<Issuance>),
     Token(TokenRecord, AuditEvent),
@@ -37,9 +35,4 @@ pub(crate) enum Done {
     CrlNumber(u64),
     Count(u64),
     DeviceRevoked(DeviceRevoked),
-}
-
-pub(crate) struct Job {
-    pub(crate) op: Op,
-    pub(crate) reply: SyncSender<Result<Done, StoreError>>,
 }

@@ -15,7 +15,7 @@ use iotpki_agent::EnrollOptions;
 use iotpki_core::keys::KeyType;
 use iotpki_station::factory::{Produced, RunOptions, Station};
 use iotpki_store::postgres::{create_test_database, test_base_url, PgStore, TestDatabase};
-use iotpki_store::Store;
+use iotpki_store::prelude::*;
 
 use crate::util::{bin, run_fail, run_ok, PASS};
 

@@ -1098,7 +1098,7 @@ fn a_root_in_an_hsm_signs_its_arl_at_init_and_on_request_and_a_wrong_pin_signs_n
     );
     let arl = |n: u64| {
         let store = iotpki_store::sqlite::SqliteStore::open(&dir.join("store.db")).unwrap();
-        let a = iotpki_store::Store::artifact(&store, "arl/root").unwrap().expect("an ARL");
+        let a = iotpki_store::Artifacts::artifact(&store, "arl/root").unwrap().expect("an ARL");
         assert_eq!(a.version, n);
         let f = hsm.dir.path().join(format!("root-{n}.crl"));
         std::fs::write(&f, &a.body).unwrap();

@@ -1,0 +1,667 @@
+//! Every write rule, once: the operations, their preconditions, the birth,
+//! quota and flag rules, sync, device revocation and the audit chain's append.
+
+use super::reads::{ownership_of, sync_state_of};
+use super::{Arg, Head, SqlExt as _, Writer};
+use crate::ops::{Done, Op};
+use crate::{
+    audit_hash, check_claim, Artifact, AuditEvent, BatchRecord, BatchStatus, CertRecord, CertStatus, Claim,
+    DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, OwnershipStatus, Precondition, StationRecord,
+    StoreError, SyncOutcome, SyncUpload, TokenRecord,
+};
+
+/// Most audit entries in one INSERT.
+const AUDIT_ROWS: usize = 64;
+
+pub(super) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// One group commit's transaction: the write connection, the chain's head
+/// as the operations so far moved it, and their audit entries, inserted all
+/// at once when the group commits.
+pub(crate) struct Tx<'a> {
+    w: &'a mut dyn Writer,
+    head: Head,
+    audit: Vec<(i64, AuditEvent, String, String)>,
+}
+
+impl<'a> Tx<'a> {
+    pub(super) fn new(w: &'a mut dyn Writer, head: Head) -> Self {
+        Self { w, head, audit: Vec::new() }
+    }
+
+    /// Run one operation in its own savepoint. The inner result is the
+    /// operation's own (on error its writes are undone, its audit entries
+    /// dropped and the head restored); the outer error means the savepoint
+    /// failed, and the whole transaction must be abandoned.
+    pub(super) fn run_one(&mut self, op: &Op, last: bool) -> Result<Result<Done, StoreError>, StoreError> {
+        let (saved, entries) = (self.head.clone(), self.audit.len());
+        let r = self.op(op);
+        if r.is_err() {
+            self.w.savepoint(false)?;
+            self.head = saved;
+            self.audit.truncate(entries);
+        } else if !last {
+            self.w.savepoint(true)?;
+        }
+        Ok(r)
+    }
+
+    pub(super) fn abandon(self) {
+        self.w.rollback();
+    }
+
+    /// Insert the audit entries and commit.
+    pub(super) fn finish(self, start: &Head) -> Result<(), StoreError> {
+        let Tx { w, head, audit } = self;
+        let r = insert_audit(w, &audit).and_then(|()| w.commit(start, &head));
+        if r.is_err() {
+            w.rollback();
+        }
+        r
+    }
+
+    fn op(&mut self, op: &Op) -> Result<Done, StoreError> {
+        let unit = |r: Result<(), StoreError>| r.map(|()| Done::Unit);
+        match op {
+            Op::Issue(i) => unit(self.issue(i)),
+            Op::Token(t, a) => unit(self.token(t).and_then(|()| self.append(a))),
+            Op::Audit(a) => unit(self.append(a)),
+            Op::CreateBatch(b, serials, a) => unit(self.create_batch(b, serials).and_then(|()| self.append(a))),
+            Op::CloseBatch(id, a) => unit(self.close_batch(id).and_then(|()| self.append(a))),
+            Op::AddStation(st, cert, a) => unit(self.add_station(st, cert).and_then(|()| self.append(a))),
+            Op::RevokeStation(name, at, a) => unit(self.revoke_station(name, *at).and_then(|()| self.append(a))),
+            Op::Refusal(batch, a) => unit(self.refusal(batch.as_deref()).and_then(|()| self.append(a))),
+            Op::Delegation(station, batch, cert, a) => {
+                unit(self.delegation(station, batch, cert).and_then(|()| self.append(a)))
+            }
+            Op::Revoke(serial, reason, at, a) => unit(self.revoke(serial, *reason, *at).and_then(|()| self.append(a))),
+            Op::RevokeDevice(r) => self.revoke_device(r).map(Done::DeviceRevoked),
+            Op::CrlNumber(ca, a) => self.crl_number(ca).and_then(|n| self.append(a).map(|()| Done::CrlNumber(n))),
+            Op::AddManufacturer(m, a) => unit(self.add_manufacturer(m).and_then(|()| self.append(a))),
+            Op::Claim(claims, via, at, a) => {
+                self.claim(claims, via, *at).and_then(|n| self.append(a).map(|()| Done::Count(n)))
+            }
+            Op::Release(serial, status, at, a) => {
+                unit(self.release(serial, *status, *at).and_then(|()| self.append(a)))
+            }
+            Op::Publish(art, a) => unit(self.publish(art).and_then(|()| self.append(a))),
+            Op::OwnByVoucher(serial, via, art, held, a) => unit(
+                self.own_by_voucher(serial, via, art, held)
+                    .and_then(|()| self.publish(art))
+                    .and_then(|()| self.append(a)),
+            ),
+            Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
+        }
+    }
+
+    /// Append to the chain after the head (taken under the write lock) and advance it.
+    fn append(&mut self, ev: &AuditEvent) -> Result<(), StoreError> {
+        let seq = self.head.seq + 1;
+        let seq_u = u64::try_from(seq).map_err(|_| StoreError::Database(format!("negative audit seq {seq}")))?;
+        let hash = audit_hash(&self.head.hash, seq_u, ev);
+        let prev = std::mem::replace(&mut self.head, Head { seq, hash: hash.clone() });
+        self.audit.push((seq, ev.clone(), prev.hash, hash));
+        Ok(())
+    }
+
+    fn issue(&mut self, i: &Issuance) -> Result<(), StoreError> {
+        for p in &i.preconditions {
+            self.check(p, &i.cert.serial)?;
+        }
+        self.insert_cert(&i.cert)?;
+        self.append(&i.audit)
+    }
+
+    fn check(&mut self, p: &Precondition, cert_serial: &str) -> Result<(), StoreError> {
+        match p {
+            Precondition::ConsumeToken { token_hash, device_serial, now } => {
+                self.consume_token(token_hash, device_serial, *now, cert_serial)
+            }
+            Precondition::Birth { batch, station, device_serial, now } => {
+                self.birth(batch, station, device_serial, *now, cert_serial)
+            }
+            Precondition::Owned { device_serial } => self.owned(device_serial),
+            Precondition::VoucherHeld { device_serial, sha256 } => {
+                let kind = format!("voucher/{device_serial}");
+                let row = self.w.opt(
+                    "SELECT body FROM artifacts WHERE kind = $1 ORDER BY version DESC LIMIT 1",
+                    &[(&kind).into()],
+                )?;
+                let body = row.map(|mut r| r.blob(0)).transpose()?;
+                crate::audit::voucher_held(device_serial, sha256.as_deref(), body.as_deref())
+            }
+            Precondition::Supersede { serial, now } => {
+                let row = self
+                    .w
+                    .opt("SELECT status, replaced_by FROM certificates WHERE serial = $1{lock}", &[serial.into()])?;
+                let Some(mut row) = row else { return Err(StoreError::CertUnknown { serial: serial.clone() }) };
+                if let Some(by) = row.opt_text(1)? {
+                    return Err(StoreError::Superseded { serial: serial.clone(), by });
+                }
+                if row.text(0)? != "good" {
+                    return Err(StoreError::CertRevoked { serial: serial.clone() });
+                }
+                self.w.run(
+                    "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = 4,
+                     replaced_by = $2 WHERE serial = $3",
+                    &[Arg::Int(*now), cert_serial.into(), serial.into()],
+                )?;
+                Ok(())
+            }
+            Precondition::CertIsGood { serial } => match self.cert_status(serial)?.as_deref() {
+                None => Err(StoreError::CertUnknown { serial: serial.clone() }),
+                Some("good") => Ok(()),
+                Some(_) => Err(StoreError::CertRevoked { serial: serial.clone() }),
+            },
+        }
+    }
+
+    /// Spend the token in one statement when every condition holds; when it
+    /// does not, read the token to say which condition failed.
+    fn consume_token(&mut self, hash: &str, device: &str, now: i64, cert_serial: &str) -> Result<(), StoreError> {
+        let spent = self.w.run(
+            "UPDATE tokens SET used_at = $1, cert_serial = $2
+             WHERE token_hash = $3 AND device_serial = $4 AND used_at IS NULL AND expires_at > $1",
+            &[Arg::Int(now), cert_serial.into(), hash.into(), device.into()],
+        )?;
+        if spent == 1 {
+            return Ok(());
+        }
+        let row = self
+            .w
+            .opt("SELECT device_serial, expires_at, used_at FROM tokens WHERE token_hash = $1", &[hash.into()])?;
+        let mut row = row.ok_or(StoreError::TokenUnknown)?;
+        if row.text(0)? != device {
+            return Err(StoreError::TokenWrongSerial);
+        }
+        if let Some(used_at) = row.opt_int(2)? {
+            return Err(StoreError::TokenUsed { used_at });
+        }
+        let expires_at = row.int(1)?;
+        if expires_at <= now {
+            return Err(StoreError::TokenExpired { expires_at });
+        }
+        Err(StoreError::Database("a token was neither spent nor refused".into()))
+    }
+
+    fn cert_status(&mut self, serial: &str) -> Result<Option<String>, StoreError> {
+        let row = self.w.opt("SELECT status FROM certificates WHERE serial = $1", &[serial.into()])?;
+        row.map(|mut r| r.text(0)).transpose()
+    }
+
+    /// The station exists and is not revoked.
+    fn station_active(&mut self, station: &str) -> Result<(), StoreError> {
+        let row = self.w.opt("SELECT status FROM stations WHERE name = $1", &[station.into()])?;
+        match row.map(|mut r| r.text(0)).transpose()?.as_deref() {
+            None => Err(StoreError::StationUnknown { station: station.into() }),
+            Some("active") => Ok(()),
+            Some(_) => Err(StoreError::StationRevoked { station: station.into() }),
+        }
+    }
+
+    /// The station may serve the batch.
+    fn station_authorized(&mut self, station: &str, batch: &str) -> Result<(), StoreError> {
+        if self.w.exists(
+            "SELECT 1 FROM station_batches WHERE station = $1 AND batch_id = $2",
+            &[station.into(), batch.into()],
+        )? {
+            return Ok(());
+        }
+        Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() })
+    }
+
+    fn insert_birth(
+        &mut self,
+        serial: &str,
+        cert: &str,
+        batch: &str,
+        station: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.w.insert(
+            "INSERT INTO births (device_serial, cert_serial, batch_id, station, born_at) VALUES ($1, $2, $3, $4, $5)",
+            &[serial.into(), cert.into(), batch.into(), station.into(), Arg::Int(at)],
+            || StoreError::AlreadyBorn { serial: serial.into(), cert: String::new() },
+        )
+    }
+
+    /// The factory-line checks, in the order a station would want to hear
+    /// them, on what one statement reads: the station, the batch, the
+    /// station's right to it, the allowlist and any earlier birth.
+    fn birth(&mut self, batch: &str, station: &str, serial: &str, now: i64, cert: &str) -> Result<(), StoreError> {
+        let row = self.w.opt(
+            "SELECT s.status, b.quota, b.issued, b.valid_from, b.valid_until, b.status,
+                    (SELECT 1 FROM station_batches WHERE station = $1 AND batch_id = $2),
+                    (SELECT 1 FROM batch_serials WHERE batch_id = $2 AND device_serial = $3),
+                    (SELECT cert_serial FROM births WHERE device_serial = $3)
+             FROM (SELECT 1 AS one) o LEFT JOIN stations s ON s.name = $1 LEFT JOIN batches b ON b.id = $2",
+            &[station.into(), batch.into(), serial.into()],
+        )?;
+        let mut r = row.ok_or_else(|| StoreError::Database("the birth checks read no row".into()))?;
+        match r.opt_text(0)?.as_deref() {
+            None => return Err(StoreError::StationUnknown { station: station.into() }),
+            Some("active") => {}
+            Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+        }
+        let Some(quota) = r.opt_int(1)? else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
+        let (issued, from, until, status) = (r.int(2)?, r.int(3)?, r.int(4)?, r.text(5)?);
+        if r.opt_int(6)?.is_none() {
+            return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
+        }
+        if status != "open" {
+            return Err(StoreError::BatchClosed { batch: batch.into() });
+        }
+        if now < from || now >= until {
+            return Err(StoreError::BatchOutsideWindow { batch: batch.into(), from, until });
+        }
+        let exhausted = || StoreError::QuotaExhausted { batch: batch.into(), quota: u64::try_from(quota).unwrap_or(0) };
+        if issued >= quota {
+            return Err(exhausted());
+        }
+        if r.opt_int(7)?.is_none() {
+            return Err(StoreError::SerialNotAllowed { batch: batch.into(), serial: serial.into() });
+        }
+        if let Some(cert) = r.opt_text(8)? {
+            return Err(StoreError::AlreadyBorn { serial: serial.into(), cert });
+        }
+        // The quota once more, in the statement that counts the birth.
+        if self.w.run("UPDATE batches SET issued = issued + 1 WHERE id = $1 AND issued < quota", &[batch.into()])? != 1
+        {
+            return Err(exhausted());
+        }
+        self.insert_birth(serial, cert, batch, station, now)
+    }
+
+    fn create_batch(&mut self, b: &BatchRecord, serials: &[String]) -> Result<(), StoreError> {
+        let status = if b.status == BatchStatus::Open { "open" } else { "closed" };
+        self.w.insert(
+            "INSERT INTO batches (id, product, quota, issued, refused, flagged, valid_from, valid_until, status, created_at)
+             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7)",
+            &[
+                (&b.id).into(),
+                (&b.product).into(),
+                Arg::Int(to_i64(b.quota)),
+                Arg::Int(b.valid_from),
+                Arg::Int(b.valid_until),
+                status.into(),
+                Arg::Int(b.created_at),
+            ],
+            || StoreError::BatchExists { batch: b.id.clone() },
+        )?;
+        for (i, s) in serials.iter().enumerate() {
+            let args = [(&b.id).into(), s.into(), Arg::Int(to_i64(i as u64))];
+            self.w
+                .exec("INSERT INTO batch_serials (batch_id, device_serial, position) VALUES ($1, $2, $3)", &args)
+                .map_err(|e| StoreError::Database(format!("allowlist serial {s}: {}", e.detail())))?;
+        }
+        Ok(())
+    }
+
+    fn close_batch(&mut self, id: &str) -> Result<(), StoreError> {
+        if self.w.run("UPDATE batches SET status = 'closed' WHERE id = $1", &[id.into()])? == 0 {
+            return Err(StoreError::BatchUnknown { batch: id.into() });
+        }
+        Ok(())
+    }
+
+    fn add_station(&mut self, st: &StationRecord, cert: &CertRecord) -> Result<(), StoreError> {
+        for b in &st.batches {
+            if !self.w.exists("SELECT 1 FROM batches WHERE id = $1", &[b.into()])? {
+                return Err(StoreError::BatchUnknown { batch: b.clone() });
+            }
+        }
+        self.w.insert(
+            "INSERT INTO stations (name, cert_serial, status, created_at) VALUES ($1, $2, 'active', $3)",
+            &[(&st.name).into(), (&st.cert_serial).into(), Arg::Int(st.created_at)],
+            || StoreError::StationExists { station: st.name.clone() },
+        )?;
+        for b in &st.batches {
+            self.w.run(
+                "INSERT INTO station_batches (station, batch_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[(&st.name).into(), b.into()],
+            )?;
+        }
+        self.insert_cert(cert)
+    }
+
+    fn revoke_station(&mut self, name: &str, at: i64) -> Result<(), StoreError> {
+        let row = self.w.opt("SELECT status, cert_serial FROM stations WHERE name = $1", &[name.into()])?;
+        let Some(mut row) = row else { return Err(StoreError::StationUnknown { station: name.into() }) };
+        if row.text(0)? != "active" {
+            return Err(StoreError::StationRevoked { station: name.into() });
+        }
+        let cert = row.text(1)?;
+        self.w.run(
+            "UPDATE stations SET status = 'revoked', revoked_at = $1 WHERE name = $2",
+            &[Arg::Int(at), name.into()],
+        )?;
+        // RFC 5280 CRLReason cessationOfOperation (5).
+        self.set_revoked(&cert, 5, at)
+    }
+
+    fn set_revoked(&mut self, serial: &str, reason: u8, at: i64) -> Result<(), StoreError> {
+        self.w.run(
+            "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = $2 WHERE serial = $3",
+            &[Arg::Int(at), Arg::Int(i64::from(reason)), serial.into()],
+        )?;
+        Ok(())
+    }
+
+    fn refusal(&mut self, batch: Option<&str>) -> Result<(), StoreError> {
+        if let Some(b) = batch {
+            self.w.run("UPDATE batches SET refused = refused + 1 WHERE id = $1", &[b.into()])?;
+        }
+        Ok(())
+    }
+
+    fn delegation(&mut self, station: &str, batch: &str, cert: &CertRecord) -> Result<(), StoreError> {
+        self.station_active(station)?;
+        self.station_authorized(station, batch)?;
+        self.insert_cert(cert)?;
+        self.w.insert(
+            "INSERT INTO delegations (cert_serial, station, batch_id, created_at) VALUES ($1, $2, $3, $4)",
+            &[(&cert.serial).into(), station.into(), batch.into(), Arg::Int(cert.issued_at)],
+            || StoreError::DelegationExists { station: station.into(), batch: batch.into() },
+        )
+    }
+
+    /// Record a production record upload: see [`crate::Stations::apply_sync`].
+    fn apply_sync(&mut self, s: &SyncUpload) -> Result<SyncOutcome, StoreError> {
+        let (last, head) = sync_state_of(self.w, &s.station, &s.batch)?;
+        if s.from_seq != last + 1 || s.from_head != head {
+            return Err(StoreError::SyncOutOfOrder { expected_seq: last + 1, got_seq: s.from_seq });
+        }
+        let row = self.w.opt("SELECT quota, issued FROM batches WHERE id = $1", &[(&s.batch).into()])?;
+        let Some(mut row) = row else { return Err(StoreError::BatchUnknown { batch: s.batch.clone() }) };
+        let (quota, mut issued) = (row.int(0)?, row.int(1)?);
+        let mut out = SyncOutcome::default();
+        for e in &s.entries {
+            let mut r = self
+                .w
+                .opt(
+                    "SELECT (SELECT 1 FROM batch_serials WHERE batch_id = $1 AND device_serial = $2),
+                            (SELECT cert_serial FROM births WHERE device_serial = $2)",
+                    &[(&s.batch).into(), (&e.device_serial).into()],
+                )?
+                .ok_or_else(|| StoreError::Database("the sync checks read no row".into()))?;
+            let (on_list, was_born) = (r.opt_int(0)?.is_some(), r.opt_text(1)?.is_some());
+            let flag = if !on_list || e.outside_delegation {
+                Some(Flag::OffAllowlist)
+            } else if was_born {
+                Some(Flag::Clone)
+            } else if issued >= quota {
+                Some(Flag::Overbuild)
+            } else {
+                None
+            };
+            let mut cert = e.cert.clone();
+            match flag {
+                None => {
+                    self.insert_cert(&cert)?;
+                    self.insert_birth(&e.device_serial, &cert.serial, &s.batch, &s.station, cert.issued_at)?;
+                    issued += 1;
+                    out.born += 1;
+                }
+                Some(f) => {
+                    // Recorded (the store knows every certificate) and revoked at once (RFC 5280: unspecified).
+                    cert.status = CertStatus::Revoked { at: s.now, reason: 0 };
+                    self.insert_cert(&cert)?;
+                    self.w.run(
+                        "INSERT INTO flags (cert_serial, batch_id, reason, flagged_at) VALUES ($1, $2, $3, $4)",
+                        &[(&cert.serial).into(), (&s.batch).into(), f.name().into(), Arg::Int(s.now)],
+                    )?;
+                    out.flagged.push((cert.serial, f));
+                }
+            }
+        }
+        let flagged = to_i64(out.flagged.len() as u64);
+        self.w.run(
+            "UPDATE batches SET issued = $1, flagged = flagged + $2 WHERE id = $3",
+            &[Arg::Int(issued), Arg::Int(flagged), (&s.batch).into()],
+        )?;
+        self.w.run(
+            "INSERT INTO syncs (station, batch_id, last_seq, head) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (station, batch_id) DO UPDATE SET last_seq = excluded.last_seq, head = excluded.head",
+            &[(&s.station).into(), (&s.batch).into(), Arg::Int(to_i64(s.to_seq)), (&s.to_head).into()],
+        )?;
+        Ok(out)
+    }
+
+    fn revoke(&mut self, serial: &str, reason: u8, at: i64) -> Result<(), StoreError> {
+        match self.cert_status(serial)?.as_deref() {
+            None => Err(StoreError::CertUnknown { serial: serial.into() }),
+            Some("good") => self.set_revoked(serial, reason, at),
+            Some(_) => Err(StoreError::CertRevoked { serial: serial.into() }),
+        }
+    }
+
+    /// Every good certificate of the device, and its ownership when owned, in
+    /// this transaction (which excludes every other writer: no issuance
+    /// commits between the listing and the revocations).
+    fn revoke_device(&mut self, r: &DeviceRevocation) -> Result<DeviceRevoked, StoreError> {
+        let rows = self.w.all(
+            "SELECT serial FROM certificates WHERE device_serial = $1 AND status = 'good'
+             ORDER BY issued_at, serial{c}{lock}",
+            &[(&r.device_serial).into()],
+        )?;
+        let serials = rows.into_iter().map(|mut row| row.text(0)).collect::<Result<Vec<_>, _>>()?;
+        let owned = ownership_of(self.w, &r.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
+        if serials.is_empty() && !owned {
+            return Err(StoreError::NothingToRevoke { device: r.device_serial.clone() });
+        }
+        if owned {
+            self.release(&r.device_serial, OwnershipStatus::Revoked, r.at)?;
+            self.append(&r.device_event())?;
+        }
+        for s in &serials {
+            self.revoke(s, r.reason, r.at)?;
+            self.append(&r.cert_event(s))?;
+        }
+        Ok(DeviceRevoked { serials, released: owned })
+    }
+
+    fn add_manufacturer(&mut self, m: &ManufacturerRecord) -> Result<(), StoreError> {
+        let row = self.w.opt(
+            "SELECT name FROM manufacturers WHERE name = $1 OR spki_sha256 = $2",
+            &[(&m.name).into(), (&m.spki_sha256).into()],
+        )?;
+        if let Some(mut r) = row {
+            return Err(StoreError::ManufacturerExists { name: r.text(0)? });
+        }
+        self.w.insert(
+            "INSERT INTO manufacturers (name, cert_der, spki_sha256, added_at) VALUES ($1, $2, $3, $4)",
+            &[(&m.name).into(), Arg::Blob(&m.cert_der), (&m.spki_sha256).into(), Arg::Int(m.added_at)],
+            || StoreError::ManufacturerExists { name: m.name.clone() },
+        )
+    }
+
+    fn claim(&mut self, claims: &[Claim], via: &str, at: i64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for c in claims {
+            let new = self.w.run(
+                "INSERT INTO owned_devices (device_serial, via, since, manufacturer_spki, birth_sha256) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_serial) DO NOTHING",
+                &[
+                    (&c.device_serial).into(),
+                    via.into(),
+                    Arg::Int(at),
+                    (&c.manufacturer_spki).into(),
+                    (&c.birth_sha256).into(),
+                ],
+            )?;
+            if new == 1 {
+                n += 1;
+                continue;
+            }
+            // A claim made by bare serial before claims named the birth: bound now.
+            self.w.run(
+                "UPDATE owned_devices SET manufacturer_spki = $1, birth_sha256 = $2 \
+                 WHERE device_serial = $3 AND via = 'claim' AND birth_sha256 IS NULL",
+                &[(&c.manufacturer_spki).into(), (&c.birth_sha256).into(), (&c.device_serial).into()],
+            )?;
+            if let Some(o) = ownership_of(self.w, &c.device_serial)? {
+                check_claim(&o, c)?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn owned(&mut self, serial: &str) -> Result<(), StoreError> {
+        match ownership_of(self.w, serial)? {
+            None => Err(StoreError::NotOwned { device: serial.into() }),
+            Some(o) if o.status == OwnershipStatus::Owned => Ok(()),
+            Some(o) => Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() }),
+        }
+    }
+
+    fn release(&mut self, serial: &str, status: OwnershipStatus, at: i64) -> Result<(), StoreError> {
+        if status == OwnershipStatus::Owned {
+            return Err(StoreError::Database("release_device needs revoked or transferred".into()));
+        }
+        self.owned(serial)?;
+        self.w.run(
+            "UPDATE owned_devices SET status = $1, changed_at = $2 WHERE device_serial = $3",
+            &[status.as_str().into(), Arg::Int(at), serial.into()],
+        )?;
+        Ok(())
+    }
+
+    fn publish(&mut self, a: &Artifact) -> Result<(), StoreError> {
+        let row = self.w.opt("SELECT MAX(version) FROM artifacts WHERE kind = $1", &[(&a.kind).into()])?;
+        let latest = match row {
+            Some(mut r) => r.opt_int(0)?,
+            None => None,
+        };
+        let version = i64::try_from(a.version).map_err(|_| StoreError::Database("version out of range".into()))?;
+        if let Some(latest) = latest {
+            if version <= latest {
+                return Err(StoreError::NotNewer { kind: a.kind.clone(), latest: latest as u64, offered: a.version });
+            }
+        }
+        self.w.run(
+            "INSERT INTO artifacts (kind, version, body, published_at) VALUES ($1, $2, $3, $4)",
+            &[(&a.kind).into(), Arg::Int(version), Arg::Blob(&a.body), Arg::Int(a.published_at)],
+        )?;
+        Ok(())
+    }
+
+    fn own_by_voucher(&mut self, serial: &str, via: &str, a: &Artifact, held: &Precondition) -> Result<(), StoreError> {
+        match held {
+            Precondition::VoucherHeld { device_serial, .. } if device_serial == serial => self.check(held, "")?,
+            _ => {
+                return Err(StoreError::Database(format!(
+                    "own_by_voucher needs VoucherHeld for {serial}, not {held:?}"
+                )))
+            }
+        }
+        if let Some(o) = ownership_of(self.w, serial)? {
+            if o.status == OwnershipStatus::Revoked {
+                return Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() });
+            }
+        }
+        self.w.run(
+            "INSERT INTO owned_devices (device_serial, via, since) VALUES ($1, $2, $3)
+             ON CONFLICT (device_serial) DO UPDATE SET via = excluded.via, since = excluded.since, status = 'owned', changed_at = NULL",
+            &[serial.into(), via.into(), Arg::Int(a.published_at)],
+        )?;
+        Ok(())
+    }
+
+    fn crl_number(&mut self, ca: &str) -> Result<u64, StoreError> {
+        let row = self.w.opt(
+            "INSERT INTO crl_numbers (ca, last) VALUES ($1, 1)
+             ON CONFLICT (ca) DO UPDATE SET last = crl_numbers.last + 1 RETURNING last",
+            &[ca.into()],
+        )?;
+        let mut row = row.ok_or_else(|| StoreError::Database("a CRL number was not returned".into()))?;
+        row.count(0)
+    }
+
+    fn insert_cert(&mut self, c: &CertRecord) -> Result<(), StoreError> {
+        let (status, revoked_at, reason) = match c.status {
+            CertStatus::Good => ("good", Arg::Null, Arg::Null),
+            CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
+        };
+        self.w.insert(
+            "INSERT INTO certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at,
+             spki_sha256, replaces, status, revoked_at, revocation_reason, der)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                (&c.serial).into(),
+                (&c.ca).into(),
+                (&c.profile).into(),
+                (&c.subject).into(),
+                c.device_serial.as_ref().into(),
+                Arg::Int(c.not_before),
+                Arg::Int(c.not_after),
+                Arg::Int(c.issued_at),
+                (&c.spki_sha256).into(),
+                c.replaces.as_ref().into(),
+                status.into(),
+                revoked_at,
+                reason,
+                Arg::Blob(&c.der),
+            ],
+            || StoreError::DuplicateSerial { serial: c.serial.clone() },
+        )
+    }
+
+    fn token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.w.insert(
+            "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at, cert_serial)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                (&t.token_hash).into(),
+                (&t.device_serial).into(),
+                Arg::Int(t.created_at),
+                Arg::Int(t.expires_at),
+                t.used_at.into(),
+                t.cert_serial.as_ref().into(),
+            ],
+            || StoreError::TokenExists,
+        )
+    }
+}
+
+/// The group's audit entries, [`AUDIT_ROWS`] to a statement.
+fn insert_audit(w: &mut dyn Writer, entries: &[(i64, AuditEvent, String, String)]) -> Result<(), StoreError> {
+    for chunk in entries.chunks(AUDIT_ROWS) {
+        let mut sql =
+            String::from("INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash) VALUES ");
+        let mut args = Vec::with_capacity(chunk.len() * 8);
+        for (i, (seq, ev, prev, hash)) in chunk.iter().enumerate() {
+            let p = i * 8;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8
+            ));
+            args.extend([
+                Arg::Int(*seq),
+                Arg::Int(ev.at),
+                (&ev.actor).into(),
+                (&ev.action).into(),
+                (&ev.target).into(),
+                (&ev.detail).into(),
+                prev.into(),
+                hash.into(),
+            ]);
+        }
+        w.run(&sql, &args).map_err(|e| match e {
+            StoreError::Database(m) => StoreError::Database(format!("append audit: {m}")),
+            e => e,
+        })?;
+    }
+    Ok(())
+}
