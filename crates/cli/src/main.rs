@@ -19,6 +19,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the server allocates and frees many small
+/// buffers per request (DER, TLS records, rows) across threads (BENCHMARKS.md, issue #14).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// iotpki: device identities for IoT fleets.
 #[derive(Parser, Debug)]
 #[command(name = "iotpki", version, about, propagate_version = true)]
