@@ -642,7 +642,8 @@ mod tests {
         let ca_name = NameBuilder::default().organization("Acme").unwrap().common_name("Acme CA").unwrap().build();
         let kid = keys::key_identifier(&spki_of(&ca_key));
         let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 2_000_000_000, signer: &ca_key };
-        let urls = RevocationUrls { crl: "http://ca.example/crl/1.crl".into(), ocsp: Some("http://ca.example/ocsp".into()) };
+        let urls =
+            RevocationUrls { crl: "http://ca.example/crl/1.crl".into(), ocsp: Some("http://ca.example/ocsp".into()) };
         let dev = NameBuilder::default().organization("Acme").unwrap().common_name("SN-1").unwrap().build();
         for (profile, subtree) in [
             (Profile::Root, None),
