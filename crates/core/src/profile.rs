@@ -591,17 +591,7 @@ mod tests {
         let n = NameBuilder::default().common_name("x").unwrap().build();
         let kid = keys::key_identifier(&spki_of(&k));
         let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
-        let params = |profile| CertParams {
-            profile,
-            serial: system_random_serial(1_700_000_000).unwrap().0,
-            subject: n.clone(),
-            spki: spki_of(&k),
-            not_before: 1_700_000_000,
-            not_after: 1_800_000_000,
-            dns_names: vec![],
-            ip_addrs: vec![],
-            permitted_subtree: None,
-        };
+        let params = |profile| params_for(profile, &n, &k);
         let admin = cert_info(&issue(&params(Profile::Admin), &issuer).unwrap().der).unwrap();
         assert!(has_admin_role(&admin.cert));
         let eku = ekus(admin.cert.tbs_certificate.extensions.as_deref().unwrap()).unwrap();
@@ -616,6 +606,21 @@ mod tests {
         assert!(matches!(lint_tbs(&tbs, Profile::Device), Err(Error::Profile(m)) if m.contains("admin role")));
         tbs.extensions.as_mut().unwrap().retain(|e| e.extn_id != ExtendedKeyUsage::OID);
         assert!(matches!(lint_tbs(&tbs, Profile::Admin), Err(Error::Profile(_))));
+    }
+
+    /// A certificate of `profile` for `subject` and `key`'s public key, valid 1.7e9 to 1.8e9.
+    fn params_for(profile: Profile, subject: &Name, key: &SoftKey) -> CertParams {
+        CertParams {
+            profile,
+            serial: system_random_serial(1_700_000_000).unwrap().0,
+            subject: subject.clone(),
+            spki: spki_of(key),
+            not_before: 1_700_000_000,
+            not_after: 1_800_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        }
     }
 
     fn lint_tbs(t: &x509_cert::TbsCertificate, p: Profile) -> Result<(), Error> {
@@ -657,16 +662,12 @@ mod tests {
             (Profile::OcspSigner, None),
         ] {
             let key = SoftKey::generate(KeyType::Ed25519).unwrap();
+            let server = profile == Profile::Server;
             let params = CertParams {
-                profile,
-                serial: system_random_serial(1_700_000_000).unwrap().0,
-                subject: dev.clone(),
-                spki: spki_of(&key),
-                not_before: 1_700_000_000,
-                not_after: 1_800_000_000,
-                dns_names: if profile == Profile::Server { vec!["ca.example".into()] } else { vec![] },
-                ip_addrs: if profile == Profile::Server { vec!["127.0.0.1".parse().unwrap()] } else { vec![] },
+                dns_names: if server { vec!["ca.example".into()] } else { vec![] },
+                ip_addrs: if server { vec!["127.0.0.1".parse().unwrap()] } else { vec![] },
                 permitted_subtree: subtree,
+                ..params_for(profile, &dev, &key)
             };
             for u in [None, Some(&urls)] {
                 let issued = issue_with(&params, &issuer, u).unwrap();
