@@ -129,7 +129,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(l) => l,
         None => authority.config().server.listen.parse().context("server.listen in the config")?,
     };
-    let rt = crate::runtime()?;
+    let rt = crate::server_runtime(authority.config().store.database.is_none())?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;

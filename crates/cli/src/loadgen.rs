@@ -134,13 +134,19 @@ struct Phase {
     /// CPU milliseconds the `--watch-pid` processes spent per successful operation.
     #[serde(skip_serializing_if = "Option::is_none")]
     server_cpu_ms_per_op: Option<f64>,
+    /// Context switches (voluntary and not, all their threads) of the `--watch-pid`
+    /// processes per successful operation: the thread hand-offs an operation costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_switches_per_op: Option<f64>,
 }
 
-/// CPU seconds (user + system) used so far: by this process, and by the watched ones.
+/// CPU seconds (user + system) used so far: by this process, and by the watched ones;
+/// and the watched ones' context switches.
 #[derive(Clone, Copy, Debug)]
 struct Cpu {
     own: Option<f64>,
     watched: Option<f64>,
+    switches: Option<u64>,
 }
 
 /// The CPU ticks (utime + stime, all threads) in the text of `/proc/PID/stat`.
@@ -159,13 +165,34 @@ fn proc_cpu_s(pid: &str) -> Option<f64> {
     Some(stat_ticks(&stat)? as f64 / TICKS_PER_S)
 }
 
+/// The context switches in the text of a `/proc/PID/task/TID/status`.
+fn status_switches(status: &str) -> Option<u64> {
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+    Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
+}
+
+/// Context switches so far of every live thread of `pid` (a thread that has exited is not counted).
+fn proc_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut n = 0;
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("status")) {
+            n += status_switches(&s)?;
+        }
+    }
+    Some(n)
+}
+
 impl Cpu {
     fn now(watch: &[u32]) -> Self {
-        let watched = match watch {
-            [] => None,
-            pids => pids.iter().map(|p| proc_cpu_s(&p.to_string())).sum::<Option<f64>>(),
+        let (watched, switches) = match watch {
+            [] => (None, None),
+            pids => (
+                pids.iter().map(|p| proc_cpu_s(&p.to_string())).sum::<Option<f64>>(),
+                pids.iter().map(|p| proc_switches(*p)).sum::<Option<u64>>(),
+            ),
         };
-        Self { own: proc_cpu_s("self"), watched }
+        Self { own: proc_cpu_s("self"), watched, switches }
     }
 
     /// `p` with the CPU per operation spent since `self`.
@@ -177,6 +204,10 @@ impl Cpu {
         };
         p.client_cpu_ms_per_op = per_op(self.own, after.own);
         p.server_cpu_ms_per_op = per_op(self.watched, after.watched);
+        p.server_switches_per_op = match (self.switches, after.switches) {
+            (Some(a), Some(b)) if p.ok > 0 => Some(b.saturating_sub(a) as f64 / p.ok as f64),
+            _ => None,
+        };
         p
     }
 }
@@ -202,6 +233,7 @@ fn phase(mut lat: Vec<Duration>, errors: usize, wall: Duration) -> Phase {
         max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
         client_cpu_ms_per_op: None,
         server_cpu_ms_per_op: None,
+        server_switches_per_op: None,
     }
 }
 
@@ -866,5 +898,20 @@ mod tests {
         let p = Cpu::now(&[std::process::id()])
             .charge(&[std::process::id()], phase(vec![Duration::from_millis(1)], 0, Duration::from_millis(5)));
         assert!(p.client_cpu_ms_per_op.is_some() && p.server_cpu_ms_per_op.is_some(), "{p:?}");
+        assert!(p.server_switches_per_op.is_some(), "{p:?}");
+        assert!(Cpu::now(&[u32::MAX]).switches.is_none());
+    }
+
+    #[test]
+    fn context_switches_are_the_sum_of_voluntary_and_involuntary() {
+        let status =
+            "Name:\tiotpki\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t1200\nnonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(status_switches(status), Some(1234));
+        assert_eq!(status_switches("Name:\tiotpki\nvoluntary_ctxt_switches:\t1200\n"), None, "one of the two missing");
+        // This process's threads: the test thread has switched at least once to get here.
+        let spawned = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(5)));
+        let during = proc_switches(std::process::id()).unwrap();
+        spawned.join().unwrap();
+        assert!(during >= 1);
     }
 }

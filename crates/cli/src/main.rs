@@ -19,6 +19,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the server allocates and frees many small
+/// buffers per request (DER, TLS records, rows) across threads (BENCHMARKS.md, issue #14).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// iotpki: device identities for IoT fleets.
 #[derive(Parser, Debug)]
 #[command(name = "iotpki", version, about, propagate_version = true)]
@@ -228,4 +233,27 @@ fn man(out: &std::path::Path) -> anyhow::Result<()> {
 /// A multi-threaded tokio runtime for the commands that do network I/O.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Blocking threads per core of `serve`'s runtime on SQLite.
+const BLOCKING_THREADS_PER_CORE: usize = 8;
+
+/// `serve`'s runtime: one worker per core it may run on (tokio follows the affinity
+/// mask, so a server pinned to one core has one worker). On SQLite (`sqlite`), at most
+/// [`BLOCKING_THREADS_PER_CORE`] blocking threads per core instead of tokio's 512: each
+/// request's store and signing work runs on a blocking thread, and that work is CPU on
+/// this machine; with 64 requests in flight on one core, 64 threads time-sliced each
+/// other (10 context switches per kept-alive birth); 8 per core halve that and lift
+/// kept-alive births per second by about a third (BENCHMARKS.md, issue #14). Requests
+/// beyond the cap wait in tokio's queue, not on a thread. On PostgreSQL the blocking
+/// threads mostly wait on round trips to the database, and the same cap cost 18% of
+/// the births per second: there tokio's default stays.
+pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(cores);
+    if sqlite {
+        b.max_blocking_threads(BLOCKING_THREADS_PER_CORE * cores);
+    }
+    Ok(b.enable_all().build()?)
 }

@@ -3,13 +3,15 @@
 //! Bytes and values in, bytes and values out: CSR parsing and proof-of-possession
 //! checks, certificate profiles and TBS building, PKCS#7 certs-only encoding,
 //! the EST wire rules (RFC 7030 as clarified by RFC 8951), trust bundles and
-//! ownership vouchers (COSE over CBOR). No sockets, files,
-//! databases or clock: the caller passes `now` and a [`keys::Signer`].
+//! ownership vouchers (COSE over CBOR). No sockets, files or databases; the
+//! time and the randomness for our own decisions are passed in (`now`, a
+//! [`clock::Clock`], a [`random::RandomSource`]), with a [`keys::Signer`].
 
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod chain;
+pub mod clock;
 pub mod cose;
 pub mod crl;
 pub mod csr;
@@ -21,6 +23,7 @@ pub mod ocsp;
 pub mod pem;
 pub mod pkcs7;
 pub mod profile;
+pub mod random;
 pub mod record;
 pub mod serial;
 pub mod time;

@@ -30,10 +30,10 @@ use std::net::IpAddr;
 
 use const_oid::db::rfc5280;
 use const_oid::AssociatedOid;
-use der::asn1::{BitString, Ia5String, OctetString};
-use der::{Decode, Encode};
-use spki::SubjectPublicKeyInfoOwned;
-use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use der::asn1::{BitStringRef, ContextSpecificRef, Ia5String, OctetString};
+use der::{Decode, Encode, TagMode, TagNumber};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use x509_cert::certificate::{Certificate, Version};
 use x509_cert::ext::pkix::constraints::name::{GeneralSubtree, NameConstraints};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
@@ -281,11 +281,94 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     Ok(out)
 }
 
+/// A TBS certificate that borrows its parts: it is linted and encoded into one
+/// buffer without cloning the names and the key (x509-cert's `TbsCertificate`
+/// owns them), and encodes to the same DER (version 3, no unique identifiers).
+struct TbsRef<'a> {
+    serial: &'a SerialNumber,
+    signature: &'a AlgorithmIdentifierOwned,
+    issuer: &'a Name,
+    validity: &'a Validity,
+    subject: &'a Name,
+    spki: &'a SubjectPublicKeyInfoOwned,
+    extensions: &'a Vec<Extension>,
+}
+
+impl TbsRef<'_> {
+    /// version [0] EXPLICIT and extensions [3] EXPLICIT (RFC 5280 4.1).
+    fn tagged(&self) -> (ContextSpecificRef<'_, Version>, ContextSpecificRef<'_, Vec<Extension>>) {
+        (
+            ContextSpecificRef { tag_number: TagNumber::N0, tag_mode: TagMode::Explicit, value: &Version::V3 },
+            ContextSpecificRef { tag_number: TagNumber::N3, tag_mode: TagMode::Explicit, value: self.extensions },
+        )
+    }
+}
+
+impl der::FixedTag for TbsRef<'_> {
+    const TAG: der::Tag = der::Tag::Sequence;
+}
+
+impl der::EncodeValue for TbsRef<'_> {
+    fn value_len(&self) -> der::Result<der::Length> {
+        let (version, extensions) = self.tagged();
+        [
+            version.encoded_len()?,
+            self.serial.encoded_len()?,
+            self.signature.encoded_len()?,
+            self.issuer.encoded_len()?,
+            self.validity.encoded_len()?,
+            self.subject.encoded_len()?,
+            self.spki.encoded_len()?,
+            extensions.encoded_len()?,
+        ]
+        .into_iter()
+        .try_fold(der::Length::ZERO, |sum, l| sum + l)
+    }
+
+    fn encode_value(&self, w: &mut impl der::Writer) -> der::Result<()> {
+        let (version, extensions) = self.tagged();
+        version.encode(w)?;
+        self.serial.encode(w)?;
+        self.signature.encode(w)?;
+        self.issuer.encode(w)?;
+        self.validity.encode(w)?;
+        self.subject.encode(w)?;
+        self.spki.encode(w)?;
+        extensions.encode(w)
+    }
+}
+
+/// A certificate around an already encoded TBS: the TBS octets are copied, not
+/// encoded a second time.
+struct CertRef<'a> {
+    tbs_der: &'a [u8],
+    signature_algorithm: &'a AlgorithmIdentifierOwned,
+    signature: BitStringRef<'a>,
+}
+
+impl der::FixedTag for CertRef<'_> {
+    const TAG: der::Tag = der::Tag::Sequence;
+}
+
+impl der::EncodeValue for CertRef<'_> {
+    fn value_len(&self) -> der::Result<der::Length> {
+        der::Length::try_from(self.tbs_der.len())?
+            + self.signature_algorithm.encoded_len()?
+            + self.signature.encoded_len()?
+    }
+
+    fn encode_value(&self, w: &mut impl der::Writer) -> der::Result<()> {
+        w.write(self.tbs_der)?;
+        self.signature_algorithm.encode(w)?;
+        self.signature.encode(w)
+    }
+}
+
 /// Check the TBS against the rules of RFC 5280 that our profiles rely on,
 /// before anything is signed. A failure here is a bug or a bad profile, never
 /// a certificate.
-fn lint(tbs: &TbsCertificate, profile: Profile) -> Result<(), Error> {
-    let sn = tbs.serial_number.as_bytes();
+fn lint(tbs: &TbsRef<'_>, profile: Profile) -> Result<(), Error> {
+    let sn = tbs.serial.as_bytes();
     if sn.is_empty() || sn.len() > 20 || sn[0] & 0x80 != 0 {
         return Err(Error::Profile("serial number must be positive and at most 20 octets".into()));
     }
@@ -297,7 +380,7 @@ fn lint(tbs: &TbsCertificate, profile: Profile) -> Result<(), Error> {
     if tbs.subject.0.is_empty() {
         return Err(Error::Profile("empty subject".into()));
     }
-    let exts = tbs.extensions.as_deref().unwrap_or_default();
+    let exts = tbs.extensions.as_slice();
     let mut seen = std::collections::HashSet::new();
     for e in exts {
         if !seen.insert(e.extn_id) {
@@ -351,31 +434,27 @@ pub fn issue(params: &CertParams, issuer: &Issuer<'_>) -> Result<Issued, Error> 
 pub fn issue_with(params: &CertParams, issuer: &Issuer<'_>, urls: Option<&RevocationUrls>) -> Result<Issued, Error> {
     let not_after = params.not_after.min(issuer.not_after);
     let signature = issuer.signer.key_type().signature_algorithm()?;
-    let tbs = TbsCertificate {
-        version: Version::V3,
-        serial_number: params.serial.clone(),
-        signature: signature.clone(),
-        issuer: issuer.subject.clone(),
-        validity: Validity { not_before: x509_time(params.not_before)?, not_after: x509_time(not_after)? },
-        subject: params.subject.clone(),
-        subject_public_key_info: params.spki.clone(),
-        issuer_unique_id: None,
-        subject_unique_id: None,
-        extensions: Some({
-            let mut e = extensions(params, issuer.key_id)?;
-            if let Some(u) = urls {
-                revocation_extensions(params.profile, u, &mut e)?;
-            }
-            e
-        }),
+    let validity = Validity { not_before: x509_time(params.not_before)?, not_after: x509_time(not_after)? };
+    let mut extensions = extensions(params, issuer.key_id)?;
+    if let Some(u) = urls {
+        revocation_extensions(params.profile, u, &mut extensions)?;
+    }
+    let tbs = TbsRef {
+        serial: &params.serial,
+        signature: &signature,
+        issuer: issuer.subject,
+        validity: &validity,
+        subject: &params.subject,
+        spki: &params.spki,
+        extensions: &extensions,
     };
     lint(&tbs, params.profile)?;
     let tbs_der = tbs.to_der().map_err(|e| Error::der("TBS certificate", e))?;
     let sig = issuer.signer.sign(&tbs_der)?;
-    let cert = Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm: signature,
-        signature: BitString::from_bytes(&sig).map_err(|e| Error::der("signature", e))?,
+    let cert = CertRef {
+        tbs_der: &tbs_der,
+        signature_algorithm: &signature,
+        signature: BitStringRef::from_bytes(&sig).map_err(|e| Error::der("signature", e))?,
     };
     let der = cert.to_der().map_err(|e| Error::der("certificate", e))?;
     Ok(Issued { der, not_before: params.not_before, not_after })
@@ -512,17 +591,7 @@ mod tests {
         let n = NameBuilder::default().common_name("x").unwrap().build();
         let kid = keys::key_identifier(&spki_of(&k));
         let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
-        let params = |profile| CertParams {
-            profile,
-            serial: system_random_serial(1_700_000_000).unwrap().0,
-            subject: n.clone(),
-            spki: spki_of(&k),
-            not_before: 1_700_000_000,
-            not_after: 1_800_000_000,
-            dns_names: vec![],
-            ip_addrs: vec![],
-            permitted_subtree: None,
-        };
+        let params = |profile| params_for(profile, &n, &k);
         let admin = cert_info(&issue(&params(Profile::Admin), &issuer).unwrap().der).unwrap();
         assert!(has_admin_role(&admin.cert));
         let eku = ekus(admin.cert.tbs_certificate.extensions.as_deref().unwrap()).unwrap();
@@ -533,10 +602,84 @@ mod tests {
         }
         // The lint refuses a role marker on any other profile.
         let mut tbs = admin.cert.tbs_certificate.clone();
-        assert!(lint(&tbs, Profile::Admin).is_ok());
-        assert!(matches!(lint(&tbs, Profile::Device), Err(Error::Profile(m)) if m.contains("admin role")));
+        assert!(lint_tbs(&tbs, Profile::Admin).is_ok());
+        assert!(matches!(lint_tbs(&tbs, Profile::Device), Err(Error::Profile(m)) if m.contains("admin role")));
         tbs.extensions.as_mut().unwrap().retain(|e| e.extn_id != ExtendedKeyUsage::OID);
-        assert!(matches!(lint(&tbs, Profile::Admin), Err(Error::Profile(_))));
+        assert!(matches!(lint_tbs(&tbs, Profile::Admin), Err(Error::Profile(_))));
+    }
+
+    /// A certificate of `profile` for `subject` and `key`'s public key, valid 1.7e9 to 1.8e9.
+    fn params_for(profile: Profile, subject: &Name, key: &SoftKey) -> CertParams {
+        CertParams {
+            profile,
+            serial: system_random_serial(1_700_000_000).unwrap().0,
+            subject: subject.clone(),
+            spki: spki_of(key),
+            not_before: 1_700_000_000,
+            not_after: 1_800_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        }
+    }
+
+    fn lint_tbs(t: &x509_cert::TbsCertificate, p: Profile) -> Result<(), Error> {
+        let none = Vec::new();
+        lint(
+            &TbsRef {
+                serial: &t.serial_number,
+                signature: &t.signature,
+                issuer: &t.issuer,
+                validity: &t.validity,
+                subject: &t.subject,
+                spki: &t.subject_public_key_info,
+                extensions: t.extensions.as_ref().unwrap_or(&none),
+            },
+            p,
+        )
+    }
+
+    /// The TBS and the certificate written by hand into one buffer each are exactly
+    /// the DER of x509-cert's structures, for every profile and the optional parts.
+    #[test]
+    fn the_certificate_built_in_one_buffer_is_the_der_of_the_x509_structures() {
+        let ca_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let ca_name = NameBuilder::default().organization("Acme").unwrap().common_name("Acme CA").unwrap().build();
+        let kid = keys::key_identifier(&spki_of(&ca_key));
+        let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 2_000_000_000, signer: &ca_key };
+        let urls =
+            RevocationUrls { crl: "http://ca.example/crl/1.crl".into(), ocsp: Some("http://ca.example/ocsp".into()) };
+        let dev = NameBuilder::default().organization("Acme").unwrap().common_name("SN-1").unwrap().build();
+        for (profile, subtree) in [
+            (Profile::Root, None),
+            (Profile::IssuingCa, None),
+            (Profile::DelegatingCa, None),
+            (Profile::DelegatedCa, Some(vec![dev.clone()])),
+            (Profile::Device, None),
+            (Profile::Server, None),
+            (Profile::Station, None),
+            (Profile::Admin, None),
+            (Profile::OcspSigner, None),
+        ] {
+            let key = SoftKey::generate(KeyType::Ed25519).unwrap();
+            let server = profile == Profile::Server;
+            let params = CertParams {
+                dns_names: if server { vec!["ca.example".into()] } else { vec![] },
+                ip_addrs: if server { vec!["127.0.0.1".parse().unwrap()] } else { vec![] },
+                permitted_subtree: subtree,
+                ..params_for(profile, &dev, &key)
+            };
+            for u in [None, Some(&urls)] {
+                let issued = issue_with(&params, &issuer, u).unwrap();
+                let cert = Certificate::from_der(&issued.der).unwrap();
+                assert_eq!(cert.to_der().unwrap(), issued.der, "{profile:?}");
+                let tbs = cert.tbs_certificate.to_der().unwrap();
+                assert_eq!(cert.tbs_certificate.version, Version::V3);
+                assert_eq!(cert.tbs_certificate.subject, dev);
+                assert_eq!(cert.tbs_certificate.issuer, ca_name);
+                keys::verify(&spki_of(&ca_key), &cert.signature_algorithm, &tbs, cert.signature.raw_bytes()).unwrap();
+            }
+        }
     }
 
     #[test]
