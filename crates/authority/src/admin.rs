@@ -22,11 +22,11 @@ use rustls_pki_types::CertificateDer;
 use spki::der::Decode;
 
 use crate::auth::{Caller, Who};
-use crate::clock::Clock;
 use crate::error::Refusal;
 use crate::factory::{self, NewBatch};
 use crate::revocation::{self, Target};
 use crate::{Authority, AuthorityError, Credential, BACKDATE_SECS};
+use iotpki_core::clock::Clock;
 
 /// id-at-commonName: an admin certificate names its admin there.
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");

@@ -30,8 +30,8 @@ use std::sync::Mutex;
 use iotpki_core::keys::spki_fingerprint;
 use iotpki_store::{Artifact, AuditEvent, Store, StoreError};
 
-use crate::clock::Clock;
 use crate::AuthorityError;
+use iotpki_core::clock::Clock;
 
 /// How long a challenge may be answered, in seconds.
 pub const CHALLENGE_TTL: i64 = 300;
@@ -254,7 +254,7 @@ mod tests {
     use iotpki_store::sqlite::SqliteStore;
 
     use super::*;
-    use crate::clock::FixedClock;
+    use iotpki_core::clock::FixedClock;
 
     /// The uncompressed point of a P-256 subjectPublicKeyInfo.
     fn point(spki: &[u8]) -> Vec<u8> {

@@ -29,9 +29,9 @@ use iotpki_core::{keys, pem};
 use iotpki_store::{AuditEvent, CertStatus, Claim, ManufacturerRecord, OwnershipStatus, Store};
 use rustls_pki_types::CertificateDer;
 
-use crate::clock::Clock;
 use crate::error::Refusal;
 use crate::{Authority, AuthorityError};
+use iotpki_core::clock::Clock;
 
 /// id-kp-clientAuth (RFC 5280 section 4.2.1.12).
 const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");

@@ -19,11 +19,11 @@ use iotpki_store::{
 use spki::der::{Decode, Encode};
 
 use crate::auth::Station;
-use crate::clock::Clock;
 use crate::{
     attest, delegated_crl_path, Authority, AuthorityError, Caller, Delegated, DelegatedCrlTerms, BACKDATE_SECS,
     BIRTH_LABEL, DELEGATED_CRL_SECS,
 };
+use iotpki_core::clock::Clock;
 
 /// Most serials one batch may list.
 pub const MAX_ALLOWLIST: usize = 1_000_000;

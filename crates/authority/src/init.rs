@@ -21,12 +21,12 @@ use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance};
 use spki::der::Decode;
 use x509_cert::name::Name;
 
-use crate::clock::Clock;
 use crate::config::{
     CaConfig, CaRole, Config, HsmConfig, LabelConfig, ServerConfig, StoreConfig, TokenConfig, CONFIG_FILE,
 };
 use crate::keyfile::{self, Passphrase};
 use crate::AuthorityError;
+use iotpki_core::clock::Clock;
 
 pub(crate) const YEAR: i64 = 365 * 24 * 3600;
 

@@ -25,7 +25,6 @@
 pub mod admin;
 pub mod attest;
 mod auth;
-pub mod clock;
 pub mod commission;
 pub mod config;
 mod enroll;
@@ -54,10 +53,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spki::der::Encode;
 
 pub use auth::{Caller, Credential, DeviceIdentity, Gate};
-pub use clock::{Clock, SystemClock};
 pub use config::Config;
 pub use enroll::EnrollRequest;
 pub use error::{AuthorityError, KeyRefusal, Refusal};
+pub use iotpki_core::clock::{Clock, SystemClock};
 pub use iotpki_hsm::Pin;
 pub use keyfile::Passphrase;
 pub use open::{open_store, CaKey};

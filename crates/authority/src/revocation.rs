@@ -32,8 +32,8 @@ use iotpki_core::serial;
 use iotpki_store::{AuditEvent, CertStatus, DeviceRevocation, Issuance, Store, StoreError};
 use spki::der::{Decode, Encode};
 
-use crate::clock::Clock;
 use crate::{config, ocsp_cache, Authority, AuthorityError, CaKey, CrlScope, BACKDATE_SECS};
+use iotpki_core::clock::Clock;
 
 /// How long a CRL is valid (thisUpdate to nextUpdate).
 pub const CRL_VALIDITY_SECS: i64 = 24 * 3600;

@@ -27,10 +27,10 @@ use iotpki_store::{AuditEvent, Issuance};
 use spki::der;
 use x509_cert::ext::pkix::BasicConstraints;
 
-use crate::clock::Clock;
 use crate::config::{CaRole, Config, CONFIG_FILE};
 use crate::init::{make_for, Revocation, YEAR};
 use crate::{keyfile, open_store, AuthorityError, Passphrase};
+use iotpki_core::clock::Clock;
 
 /// What `rotate` made.
 #[derive(Clone, Debug)]

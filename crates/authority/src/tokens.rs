@@ -6,9 +6,9 @@ use iotpki_core::name::DeviceSerial;
 use iotpki_store::{AuditEvent, Store, TokenRecord};
 use sha2::{Digest, Sha256};
 
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::AuthorityError;
+use iotpki_core::clock::Clock;
 
 /// SHA-256 of a token, hex: the only form the store keeps.
 pub fn hash(token: &str) -> String {

@@ -16,8 +16,8 @@ use iotpki_core::voucher::{self, Voucher};
 use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, OwnershipStatus, Precondition, Store};
 use spki::der::{Decode, Encode};
 
-use crate::clock::Clock;
 use crate::{Authority, AuthorityError};
+use iotpki_core::clock::Clock;
 
 /// The artifact kind of trust bundles.
 pub const BUNDLE: &str = "bundle";

@@ -10,13 +10,13 @@
 
 use std::sync::Arc;
 
-use iotpki_authority::clock::{Clock, FixedClock, SystemClock};
 use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::revocation::{self, Target};
 use iotpki_authority::{
     Authority, AuthorityError, Caller, Config, Credential, EnrollRequest, Enrolled, Gate, KeyRefusal, Passphrase,
     Refusal,
 };
+use iotpki_core::clock::{Clock, FixedClock, SystemClock};
 use iotpki_core::csr::{self, VerifiedCsr};
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};

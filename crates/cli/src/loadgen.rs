@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
-use iotpki_authority::clock::SystemClock;
+use iotpki_core::clock::SystemClock;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
 use iotpki_core::{csr, pem};

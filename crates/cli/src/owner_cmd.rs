@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use iotpki_authority::clock::SystemClock;
 use iotpki_authority::commission;
+use iotpki_core::clock::SystemClock;
 
 use crate::DirArg;
 

@@ -601,8 +601,8 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use http_body_util::BodyExt as _;
-    use iotpki_authority::clock::SystemClock;
     use iotpki_authority::Passphrase;
+    use iotpki_core::clock::SystemClock;
 
     /// The router without a socket (tower `oneshot`), with a real authority behind it.
     async fn call(app: Router, req: axum::http::Request<Body>) -> (StatusCode, String) {

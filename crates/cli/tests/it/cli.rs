@@ -335,7 +335,7 @@ fn crl_shard_counts_that_cannot_work_are_refused_at_init_and_in_the_config() {
     assert_eq!(cfg.matches("crl_shards = 64").count(), 2, "both issuing CAs: {cfg}");
     let pass = iotpki_authority::Passphrase::new(PASS.into()).unwrap();
     let open = || {
-        iotpki_authority::Authority::open(&dir, &pass, std::sync::Arc::new(iotpki_authority::clock::SystemClock))
+        iotpki_authority::Authority::open(&dir, &pass, std::sync::Arc::new(iotpki_core::clock::SystemClock))
             .err()
             .map(|e| e.to_string())
     };

@@ -253,7 +253,7 @@ async fn a_csr_with_only_a_cn_or_no_subject_enrolls_and_one_naming_another_seria
 /// An authority whose `operational` label also allows RSA-2048 and RSA-3072
 /// device keys (the operator's edit of iotpki.toml), served on loopback.
 async fn rsa_ca() -> Ca {
-    use iotpki_authority::clock::{Clock as _, FixedClock, SystemClock};
+    use iotpki_core::clock::{Clock as _, FixedClock, SystemClock};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
     let pass = iotpki_authority::Passphrase::new(crate::util::PASS.into()).unwrap();

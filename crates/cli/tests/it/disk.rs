@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use iotpki_agent::AgentError;
-use iotpki_authority::clock::{Clock, FixedClock, SystemClock};
 use iotpki_authority::init::InitOptions;
 use iotpki_authority::{Authority, Passphrase};
+use iotpki_core::clock::{Clock, FixedClock, SystemClock};
 use iotpki_core::name::DeviceSerial;
 use iotpki_server::Running;
 

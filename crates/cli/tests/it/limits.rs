@@ -303,7 +303,7 @@ async fn unauthenticated_16_mib_uploads_are_refused_unread_and_server_memory_sta
 /// An authority whose config's `[limits]` are edited by `edit`, served on
 /// loopback like [`Ca::start`] (the server with the config's limits).
 async fn ca_with(edit: impl Fn(&mut iotpki_authority::config::LimitsConfig)) -> Ca {
-    use iotpki_authority::clock::{Clock as _, FixedClock, SystemClock};
+    use iotpki_core::clock::{Clock as _, FixedClock, SystemClock};
     let tmp = tempfile::tempdir().unwrap();
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_url = format!("http://{}", http_listener.local_addr().unwrap());

@@ -558,8 +558,8 @@ async fn a_partitioned_crl_lists_a_certificate_in_its_own_shard_only_and_peers_a
 
 #[test]
 fn crl_shards_that_cannot_be_served_are_refused_with_the_reason() {
-    use iotpki_authority::clock::SystemClock;
     use iotpki_authority::init::InitOptions;
+    use iotpki_core::clock::SystemClock;
     let tmp = tempfile::tempdir().unwrap();
     let pass = iotpki_authority::Passphrase::new(crate::util::PASS.into()).unwrap();
     // Shards need a URL to name in certificates: init refuses, and makes nothing.
@@ -587,8 +587,8 @@ fn crl_shards_that_cannot_be_served_are_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_leaves_the_crl_some_time_after_it_expires() {
-    use iotpki_authority::clock::Clock as _;
     use iotpki_authority::revocation::EXPIRED_KEPT_SECS;
+    use iotpki_core::clock::Clock as _;
     let ca = Ca::start().await;
     let dev = ca.enrolled_device("EX-1").await;
     let keep = ca.enrolled_device("EX-2").await;
@@ -882,7 +882,7 @@ async fn a_rotated_root_publishes_its_own_arl_and_its_ca_certificates_name_it() 
     .unwrap();
     // A server started on the rotated directory serves both.
     let clock =
-        std::sync::Arc::new(iotpki_authority::clock::FixedClock::new(iotpki_authority::Clock::now(ca.clock.as_ref())));
+        std::sync::Arc::new(iotpki_core::clock::FixedClock::new(iotpki_authority::Clock::now(ca.clock.as_ref())));
     let a = iotpki_authority::Authority::open(&ca.dir, &pass, clock).unwrap();
     assert_eq!(iotpki_core::crl::number(&a.crl("root-2").unwrap()).unwrap(), 2);
     assert_eq!(iotpki_core::crl::number(&a.crl("root").unwrap()).unwrap(), 2);

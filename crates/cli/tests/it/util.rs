@@ -8,9 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 
 use iotpki_agent::EnrollOptions;
-use iotpki_authority::clock::{Clock, FixedClock, SystemClock};
 use iotpki_authority::init::InitOptions;
 use iotpki_authority::{Authority, Passphrase};
+use iotpki_core::clock::{Clock, FixedClock, SystemClock};
 use iotpki_core::keys::{KeyType, Signer as _};
 use iotpki_core::name::DeviceSerial;
 use iotpki_server::Running;
