@@ -65,7 +65,7 @@ impl ClientCertVerifier for DeferredClientAuth {
 /// The server's rustls configuration: TLS 1.3 only, aws-lc-rs (with the
 /// X25519MLKEM768 hybrid key exchange preferred: rustls's `prefer-post-quantum`
 /// feature, tested in `interop::tls_key_exchange_is_hybrid_post_quantum_with_our_devices`),
-/// HTTP/1.1.
+/// the cipher suites in [`provider`]'s order whatever the client prefers, HTTP/1.1.
 pub fn server_config(authority: &Authority) -> Result<Arc<ServerConfig>, rustls::Error> {
     let (chain, key) = authority.server_tls();
     server_config_with(authority, chain, key)
@@ -79,7 +79,7 @@ pub fn server_config_with(
     chain: Vec<CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(provider());
     let verifier = DeferredClientAuth {
         hints: authority.ca_subjects().into_iter().map(DistinguishedName::from).collect(),
         algs: provider.signature_verification_algorithms,
@@ -89,5 +89,21 @@ pub fn server_config_with(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
+}
+
+/// rustls's aws-lc-rs provider with TLS_AES_128_GCM_SHA256 first (the server
+/// chooses). rustls lists TLS_AES_256_GCM_SHA384 first, and most clients
+/// follow; its key schedule and transcript run on SHA-384, which has no
+/// instruction of its own on x86 (aws-lc runs it in portable C on AMD
+/// processors) while SHA-256 has the SHA extensions: 5% of the server's CPU per
+/// fresh enrollment on the benchmark machine (BENCHMARKS.md, issue #14). AES-128
+/// matches the 128-bit strength of the P-256 keys the handshake is
+/// authenticated with, and is NIST's post-quantum category 1 with the hybrid
+/// key exchange. A client that offers only the others still gets them.
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    p
 }

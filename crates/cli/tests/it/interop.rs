@@ -130,13 +130,16 @@ fn curl_openssl_session(
     let b = openssl(&["pkey", "-in", s(&d.join("key2.pem")), "-pubout"]);
     assert_eq!(a, b);
 
-    // openssl s_client speaks TLS 1.3 with the authority and verifies its certificate.
+    // openssl s_client speaks TLS 1.3 with the authority and verifies its
+    // certificate; it prefers AES-256, the server chooses AES-128 (SHA-256).
     let out = Command::new("openssl")
         .args([
             "s_client",
             "-connect",
             url.trim_start_matches("https://"),
             "-tls1_3",
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
             "-CAfile",
             s(&root),
             "-verify_return_error",
@@ -147,6 +150,7 @@ fn curl_openssl_session(
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLSv1.3") && err.contains("Verification: OK"), "{err}");
+    assert!(err.contains("Ciphersuite: TLS_AES_128_GCM_SHA256"), "{err}");
     // And refuses TLS 1.2.
     let out = Command::new("openssl")
         .args(["s_client", "-connect", url.trim_start_matches("https://"), "-tls1_2", "-CAfile", s(&root)])
@@ -226,6 +230,38 @@ async fn tls_key_exchange_is_hybrid_post_quantum_with_our_devices() {
             tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name())
         }
     };
+    // The cipher suite is the server's choice: SHA-256's key schedule first.
+    let suite = |suites: Vec<rustls::SupportedCipherSuite>| {
+        let (addr, root) = (addr.clone(), ca.authority.root_der().to_vec());
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(rustls::pki_types::CertificateDer::from(root)).unwrap();
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: suites,
+                ..rustls::crypto::aws_lc_rs::default_provider()
+            };
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite())
+        }
+    };
+    use rustls::crypto::aws_lc_rs::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    assert_eq!(
+        suite(vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256]).await,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+        "the server's order, not the client's"
+    );
+    assert_eq!(
+        suite(vec![TLS13_AES_256_GCM_SHA384]).await,
+        Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+        "a client without AES-128 still connects"
+    );
     // What the agent uses: rustls's aws-lc-rs provider as our build configures it.
     let ours = rustls::crypto::aws_lc_rs::default_provider();
     assert_eq!(ours.kx_groups[0].name(), rustls::NamedGroup::X25519MLKEM768, "preferred by our devices");
