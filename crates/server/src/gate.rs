@@ -9,11 +9,17 @@
 //! 3. an enrollment's `Content-Type`, when given, must be PKCS#10 (else 415);
 //! 4. the caller is authenticated where the endpoint needs it
 //!    ([`Authority::admit`]: station, certificate, token or birth
-//!    certificate, admin), else 401/403, audited; the [`Caller`](iotpki_authority::Caller) found goes
+//!    certificate, admin), else 401/403, audited; the [`Caller`] found goes
 //!    to the handler as a request extension, so that the handler does not
 //!    authenticate again (nor parse the client's certificate again);
 //! 5. only then is the body read, through a reader capped at the limit
 //!    (413 past it, whatever `Content-Length` said or did not say).
+//!
+//! An enrollment (a body of at most [`ENROLL_MAX`]) is the exception to the
+//! order of 4 and 5: its handler gets an [`Admission`] and authenticates the
+//! caller in the same worker call as the enrollment, so that a request costs
+//! one hand-off to a blocking thread instead of two (issue #14's benchmark);
+//! the refusals and their audit entries are the same.
 //!
 //! | endpoint | caller | largest body |
 //! |---|---|---|
@@ -38,7 +44,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
-use iotpki_authority::{Authority, Credential, Gate};
+use iotpki_authority::{Authority, AuthorityError, Caller, Credential, Gate};
 use iotpki_core::est;
 
 use crate::http::{basic_auth, blocking, ApiError, PeerChain};
@@ -140,28 +146,28 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
         }
     }
     if let Some(gate) = r.caller {
-        let label = est_label(&path).map(str::to_string);
-        let chain = req.extensions().get::<PeerChain>().cloned().unwrap_or_default();
         let basic = match basic_auth(req.headers()) {
             Ok(b) => b,
             Err(e) => return ApiError::from(e).into_response(),
         };
-        let admitted = blocking(move || {
-            // A token if one is sent (a first enrollment), else the certificate.
-            let cred = match (&basic, gate) {
-                (Some((u, p)), Gate::Enroll) => Credential::Token { user: u, password: p },
-                _ if !chain.chain().is_empty() => Credential::ClientCert(chain.chain()),
-                _ => Credential::None,
-            };
-            a.admit(gate, label.as_deref(), cred)
-        })
-        .await;
-        match admitted {
-            // The handler gets who was admitted, and does not authenticate again.
-            Ok(Ok(caller)) => {
-                req.extensions_mut().insert(caller);
+        let admission = Admission {
+            gate,
+            label: est_label(&path).map(str::to_string),
+            basic,
+            chain: req.extensions().get::<PeerChain>().cloned().unwrap_or_default(),
+        };
+        if r.pkcs10 {
+            // An enrollment (at most ENROLL_MAX bytes) is admitted in the
+            // same worker call as the enrollment: one thread hand-off, not two.
+            req.extensions_mut().insert(admission);
+        } else {
+            match blocking(move || admission.admit(&a)).await {
+                // The handler gets who was admitted, and does not authenticate again.
+                Ok(Ok(caller)) => {
+                    req.extensions_mut().insert(caller);
+                }
+                Ok(Err(e)) | Err(e) => return ApiError::from(e).into_response(),
             }
-            Ok(Err(e)) | Err(e) => return ApiError::from(e).into_response(),
         }
     }
     let (parts, body) = req.into_parts();
@@ -172,6 +178,30 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
         Err(e) => return ApiError::UnreadableBody(e.to_string()).into_response(),
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// What the gate found to authenticate a caller with (step 4). An
+/// enrollment's handler is given this rather than a [`Caller`]: the only way
+/// to a caller is [`Admission::admit`], which it runs in its worker call.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    gate: Gate,
+    label: Option<String>,
+    basic: Option<(String, String)>,
+    chain: PeerChain,
+}
+
+impl Admission {
+    /// [`Authority::admit`] (blocks: the store, and a refusal's audit entry).
+    pub(crate) fn admit(&self, a: &Authority) -> Result<Caller, AuthorityError> {
+        // A token if one is sent (a first enrollment), else the certificate.
+        let cred = match (&self.basic, self.gate) {
+            (Some((u, p)), Gate::Enroll) => Credential::Token { user: u, password: p },
+            _ if !self.chain.chain().is_empty() => Credential::ClientCert(self.chain.chain()),
+            _ => Credential::None,
+        };
+        a.admit(self.gate, self.label.as_deref(), cred)
+    }
 }
 
 #[cfg(test)]

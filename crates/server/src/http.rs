@@ -17,6 +17,7 @@ use iotpki_core::{csr, est, wire};
 use rustls::pki_types::CertificateDer;
 use tower::ServiceExt as _;
 
+use crate::gate::Admission;
 use crate::limits::PeerAddr;
 use crate::Limits;
 
@@ -143,7 +144,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simpleenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<Caller>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+            post(|s: State<Arc<Authority>>, p: Extension<Admission>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
                 enroll(s, p, q, h, b, None, Op::Enroll)
             }),
         )
@@ -152,7 +153,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             post(
                 |s: State<Arc<Authority>>,
                  Path(l): Path<String>,
-                 p: Extension<Caller>,
+                 p: Extension<Admission>,
                  q: Query<EnrollQuery>,
                  h: HeaderMap,
                  b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Enroll) },
@@ -160,7 +161,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         )
         .route(
             "/.well-known/est/simplereenroll",
-            post(|s: State<Arc<Authority>>, p: Extension<Caller>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
+            post(|s: State<Arc<Authority>>, p: Extension<Admission>, q: Query<EnrollQuery>, h: HeaderMap, b: Bytes| {
                 enroll(s, p, q, h, b, None, Op::Reenroll)
             }),
         )
@@ -169,7 +170,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
             post(
                 |s: State<Arc<Authority>>,
                  Path(l): Path<String>,
-                 p: Extension<Caller>,
+                 p: Extension<Admission>,
                  q: Query<EnrollQuery>,
                  h: HeaderMap,
                  b: Bytes| { enroll(s, p, q, h, b, Some(l), Op::Reenroll) },
@@ -443,15 +444,15 @@ pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>
 
 async fn enroll(
     State(a): State<Arc<Authority>>,
-    Extension(caller): Extension<Caller>,
+    Extension(admission): Extension<Admission>,
     Query(query): Query<EnrollQuery>,
     headers: HeaderMap,
     body: Bytes,
     label: Option<String>,
     op: Op,
 ) -> Result<Response, ApiError> {
-    // Content-Type, the size and the caller were checked before the body
-    // (crate::gate): `caller` is who the gate admitted, not authenticated again.
+    // Content-Type and the size were checked before the body (crate::gate);
+    // the caller is authenticated once, in the worker call below.
     let activation = match headers.get(TPM_ACTIVATION_HEADER) {
         None => None,
         Some(v) => {
@@ -464,6 +465,7 @@ async fn enroll(
     // Verifying the request's signature, signing and the durable store write
     // block: keep them off the async workers.
     let enrolled = blocking(move || {
+        let caller = admission.admit(&a)?;
         let req = match op {
             Op::Enroll => EnrollRequest::Enroll {
                 batch: query.batch.as_deref(),
