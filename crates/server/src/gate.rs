@@ -15,11 +15,14 @@
 //! 5. only then is the body read, through a reader capped at the limit
 //!    (413 past it, whatever `Content-Length` said or did not say).
 //!
-//! An enrollment (a body of at most [`ENROLL_MAX`]) is the exception to the
-//! order of 4 and 5: its handler gets an [`Admission`] and authenticates the
-//! caller in the same worker call as the enrollment, so that a request costs
-//! one hand-off to a blocking thread instead of two (issue #14's benchmark);
-//! the refusals and their audit entries are the same.
+//! An enrollment that presents a credential (a token, or a client
+//! certificate) is the exception to the order of 4 and 5: its body, at most
+//! [`ENROLL_MAX`], is read first, and its handler gets an [`Admission`] and
+//! authenticates the caller in the same worker call as the enrollment, so
+//! that a request costs one hand-off to a blocking thread instead of two
+//! (issue #14's benchmark). The refusals and their audit entries are the
+//! same; a false credential costs the server reading those 16 KiB at most. An
+//! enrollment without any credential is refused at step 4, unread.
 //!
 //! | endpoint | caller | largest body |
 //! |---|---|---|
@@ -156,9 +159,10 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
             basic,
             chain: req.extensions().get::<PeerChain>().cloned().unwrap_or_default(),
         };
-        if r.pkcs10 {
-            // An enrollment (at most ENROLL_MAX bytes) is admitted in the
-            // same worker call as the enrollment: one thread hand-off, not two.
+        if r.pkcs10 && admission.presents_credential() {
+            // An enrollment (at most ENROLL_MAX bytes) with a credential is
+            // admitted in the same worker call as the enrollment: one thread
+            // hand-off, not two. One without is refused here, unread.
             req.extensions_mut().insert(admission);
         } else {
             match blocking(move || admission.admit(&a)).await {
@@ -192,6 +196,11 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
+    /// Whether the caller sent anything to be authenticated by.
+    fn presents_credential(&self) -> bool {
+        self.basic.is_some() || !self.chain.chain().is_empty()
+    }
+
     /// [`Authority::admit`] (blocks: the store, and a refusal's audit entry).
     pub(crate) fn admit(&self, a: &Authority) -> Result<Caller, AuthorityError> {
         // A token if one is sent (a first enrollment), else the certificate.

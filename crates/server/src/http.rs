@@ -650,6 +650,13 @@ mod tests {
         let (s, b) = call(app.clone(), post("/.well-known/est/simpleenroll", est::CT_PKCS10, b"AAAA".to_vec())).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert_eq!(b.lines().count(), 1);
+        // A false token is refused the same way, by the enrollment's worker call.
+        let mut req = post("/.well-known/est/simpleenroll", est::CT_PKCS10, b"AAAA".to_vec());
+        let junk = base64::engine::general_purpose::STANDARD.encode("SN-1:not-a-token");
+        req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {junk}")).unwrap());
+        let (s, b) = call(app.clone(), req).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+        assert!(b.contains("token"), "{b}");
         let (s, _) =
             call(app.clone(), axum::http::Request::get("/.well-known/est/cacerts").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK);

@@ -209,12 +209,15 @@ async fn authority_keys_are_encrypted_pkcs8_that_openssl_reads() {
 /// Devices live 15 years: what they say over TLS today must stay secret from a
 /// future quantum computer. Our client (the agent's rustls configuration) and
 /// our server agree on the hybrid X25519MLKEM768; a peer without it gets X25519.
+/// The server picks TLS_AES_128_GCM_SHA256 whatever the client prefers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_key_exchange_is_hybrid_post_quantum_with_our_devices() {
     use std::sync::Arc;
     let ca = Ca::start().await;
     let addr = ca.url.trim_start_matches("https://").to_string();
-    let group = |provider: rustls::crypto::CryptoProvider| {
+    // A handshake of a rustls client with `provider`: the key exchange group and
+    // the cipher suite the server chose.
+    let handshake = |provider: rustls::crypto::CryptoProvider| {
         let (addr, root) = (addr.clone(), ca.authority.root_der().to_vec());
         async move {
             let mut roots = rustls::RootCertStore::empty();
@@ -227,48 +230,33 @@ async fn tls_key_exchange_is_hybrid_post_quantum_with_our_devices() {
             let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
             let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
-            tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name())
+            let c = tls.get_ref().1;
+            (c.negotiated_key_exchange_group().map(|g| g.name()), c.negotiated_cipher_suite().map(|s| s.suite()))
         }
     };
     // The cipher suite is the server's choice: SHA-256's key schedule first.
-    let suite = |suites: Vec<rustls::SupportedCipherSuite>| {
-        let (addr, root) = (addr.clone(), ca.authority.root_der().to_vec());
-        async move {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(rustls::pki_types::CertificateDer::from(root)).unwrap();
-            let provider = rustls::crypto::CryptoProvider {
-                cipher_suites: suites,
-                ..rustls::crypto::aws_lc_rs::default_provider()
-            };
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
-            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite())
-        }
+    let suites = |cipher_suites| rustls::crypto::CryptoProvider {
+        cipher_suites,
+        ..rustls::crypto::aws_lc_rs::default_provider()
     };
     use rustls::crypto::aws_lc_rs::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
     assert_eq!(
-        suite(vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256]).await,
+        handshake(suites(vec![TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256])).await.1,
         Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
         "the server's order, not the client's"
     );
     assert_eq!(
-        suite(vec![TLS13_AES_256_GCM_SHA384]).await,
+        handshake(suites(vec![TLS13_AES_256_GCM_SHA384])).await.1,
         Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
         "a client without AES-128 still connects"
     );
     // What the agent uses: rustls's aws-lc-rs provider as our build configures it.
     let ours = rustls::crypto::aws_lc_rs::default_provider();
     assert_eq!(ours.kx_groups[0].name(), rustls::NamedGroup::X25519MLKEM768, "preferred by our devices");
-    assert_eq!(group(ours).await, Some(rustls::NamedGroup::X25519MLKEM768));
+    assert_eq!(handshake(ours).await.0, Some(rustls::NamedGroup::X25519MLKEM768));
     let classic = rustls::crypto::CryptoProvider {
         kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
         ..rustls::crypto::aws_lc_rs::default_provider()
     };
-    assert_eq!(group(classic).await, Some(rustls::NamedGroup::X25519), "an older peer still connects");
+    assert_eq!(handshake(classic).await.0, Some(rustls::NamedGroup::X25519), "an older peer still connects");
 }
