@@ -191,7 +191,8 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
 pub(crate) struct Admission {
     gate: Gate,
     label: Option<String>,
-    basic: Option<(String, String)>,
+    /// HTTP Basic's user and password (zeroised when dropped).
+    basic: Option<(String, zeroize::Zeroizing<String>)>,
     chain: PeerChain,
 }
 

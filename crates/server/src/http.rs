@@ -20,6 +20,7 @@ use tower::ServiceExt as _;
 use crate::gate::Admission;
 use crate::limits::PeerAddr;
 use crate::Limits;
+use zeroize::Zeroizing;
 
 /// The TLS client certificate chain of the connection a request came on.
 #[derive(Clone, Default)]
@@ -426,7 +427,9 @@ enum Op {
 }
 
 /// HTTP Basic credentials, if the header is there and well-formed.
-pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>, AuthorityError> {
+/// HTTP Basic's user and password (a one-time token: zeroised when dropped,
+/// as are the decoded bytes it came from).
+pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, Zeroizing<String>)>, AuthorityError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let bad = || AuthorityError::unauthenticated("malformed Authorization header (expected Basic)".into());
     let v = v.to_str().map_err(|_| bad())?;
@@ -436,10 +439,10 @@ pub(crate) fn basic_auth(headers: &HeaderMap) -> Result<Option<(String, String)>
             "authorization scheme {scheme} is not supported; use Basic"
         )));
     }
-    let raw = base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let raw = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(rest.trim()).map_err(|_| bad())?);
+    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
     let (u, p) = text.split_once(':').ok_or_else(bad)?;
-    Ok(Some((u.to_string(), p.to_string())))
+    Ok(Some((u.to_string(), Zeroizing::new(p.to_string()))))
 }
 
 async fn enroll(
