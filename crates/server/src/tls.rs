@@ -95,9 +95,9 @@ pub fn server_config_with(
 
 /// rustls's aws-lc-rs provider with TLS_AES_128_GCM_SHA256 first (the server
 /// chooses). rustls lists TLS_AES_256_GCM_SHA384 first, and most clients
-/// follow; its key schedule and transcript run on SHA-384, which has no
-/// instruction of its own on x86 (aws-lc runs it in portable C on AMD
-/// processors) while SHA-256 has the SHA extensions: 5% of the server's CPU per
+/// follow; its key schedule and transcript run on SHA-384, for which aws-lc
+/// has no SHA-extension path on x86 (it runs in portable C on AMD processors)
+/// while SHA-256 runs on the SHA extensions: 5% of the server's CPU per
 /// fresh enrollment on the benchmark machine (BENCHMARKS.md, issue #14). AES-128
 /// matches the 128-bit strength of the P-256 keys the handshake is
 /// authenticated with, and is NIST's post-quantum category 1 with the hybrid
