@@ -105,9 +105,11 @@ impl Row {
         self.opt_int(i)?.ok_or_else(|| Self::mismatch(i, "an integer", &Value::Null))
     }
 
-    /// A count or other non-negative integer.
+    /// A count or other non-negative integer (a negative one is a damaged
+    /// row, refused, not read as 0).
     pub(crate) fn count(&mut self, i: usize) -> Result<u64, StoreError> {
-        Ok(u64::try_from(self.int(i)?).unwrap_or(0))
+        let v = self.int(i)?;
+        u64::try_from(v).map_err(|_| Self::mismatch(i, "a non-negative integer", &Value::Int(v)))
     }
 
     pub(crate) fn opt_text(&mut self, i: usize) -> Result<Option<String>, StoreError> {
@@ -412,6 +414,15 @@ mod tests {
     use crate::AuditEvent;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
+
+    #[test]
+    fn a_negative_count_is_a_damaged_row_not_zero() {
+        let mut r = Row(vec![Value::Int(-1), Value::Int(7), Value::Null]);
+        let e = r.count(0).unwrap_err();
+        assert!(e.to_string().contains("non-negative"), "{e}");
+        assert_eq!(r.count(1).unwrap(), 7);
+        assert!(r.count(2).is_err(), "a missing count is not 0 either");
+    }
 
     /// A database that only counts: transactions begun, and audit rows per INSERT.
     struct Counting {
