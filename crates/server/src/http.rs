@@ -660,6 +660,13 @@ mod tests {
         let (s, b) = call(app.clone(), req).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
         assert!(b.contains("token"), "{b}");
+        // What a false token can make the server read is bounded by the
+        // enrollment's limit: past it, 413 (the body unannounced), nothing stored.
+        let oversize = vec![b'A'; crate::gate::ENROLL_MAX + 1];
+        let mut req = post("/.well-known/est/simpleenroll", est::CT_PKCS10, oversize);
+        req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {junk}")).unwrap());
+        let (s, b) = call(app.clone(), req).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
         let (s, _) =
             call(app.clone(), axum::http::Request::get("/.well-known/est/cacerts").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::OK);
