@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use spki::der::{Decode, Encode};
 
 use crate::clock::now;
+use crate::coaps_client::{self, CoapsClient};
 use crate::est_client::{ClientIdentity, EstClient};
 use crate::keystore::{Keystore, KeystoreConfig};
 use crate::state::{self, Identity};
@@ -21,7 +22,7 @@ use crate::AgentError;
 pub struct EnrollOptions {
     /// The device's state directory.
     pub state_dir: PathBuf,
-    /// The EST server, `https://host:port`.
+    /// The EST server, `https://host:port` or `coaps://host:port` (EST over secure CoAP).
     pub server: String,
     /// The device serial number.
     pub serial: String,
@@ -88,6 +89,85 @@ fn issuing_chain(cacerts: Vec<Vec<u8>>, anchor: &[u8]) -> Result<Vec<Vec<u8>>, A
     Ok(cacerts.into_iter().filter(|c| c != anchor).collect())
 }
 
+/// An EST server over HTTPS or over secure CoAP (`coaps://`), as the URL says.
+enum Est {
+    Https(EstClient),
+    Coaps(CoapsClient),
+}
+
+impl Est {
+    /// A client of `server`; `intermediates` complete the server's path
+    /// over coaps (DTLS carries one certificate). Over coaps a client
+    /// certificate is needed (`identity`).
+    fn new(
+        server: &str,
+        label: Option<&str>,
+        anchors: &[Vec<u8>],
+        intermediates: &[Vec<u8>],
+        identity: Option<ClientIdentity>,
+    ) -> Result<Self, AgentError> {
+        if coaps_client::is_coaps(server) {
+            let identity = identity.ok_or_else(|| {
+                AgentError::Usage("EST over secure CoAP needs a client certificate for the DTLS handshake".into())
+            })?;
+            Ok(Self::Coaps(CoapsClient::new(server, label, anchors, intermediates, identity)?))
+        } else {
+            Ok(Self::Https(EstClient::new(server, label, anchors, identity)?))
+        }
+    }
+
+    async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
+        match self {
+            Self::Https(c) => c.cacerts().await,
+            Self::Coaps(c) => c.cacerts().await,
+        }
+    }
+
+    /// A first enrollment authenticated by the client certificate (a birth certificate).
+    async fn simple_enroll_mtls(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        match self {
+            Self::Https(c) => c.simple_enroll_mtls(csr_der).await,
+            Self::Coaps(c) => c.simple_enroll(csr_der).await,
+        }
+    }
+
+    async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        match self {
+            Self::Https(c) => c.simple_reenroll(csr_der).await,
+            Self::Coaps(c) => c.simple_reenroll(csr_der).await,
+        }
+    }
+}
+
+/// [`enroll`] over secure CoAP: the key is made first, the DTLS handshake
+/// is authenticated by a self-signed certificate of it, and the request
+/// carries `SERIAL:TOKEN` in its challengePassword (docs/coaps.md).
+async fn enroll_coaps(
+    opts: &EnrollOptions,
+    serial: &DeviceSerial,
+    anchor: &[u8],
+    keystore: &Keystore,
+) -> Result<(String, std::sync::Arc<dyn Signer>, Vec<u8>, Vec<Vec<u8>>), AgentError> {
+    let (key_file, key) = match keystore.pending()? {
+        Some((name, key)) if key.key_type() == opts.key_type => (name, key),
+        _ => keystore.new_key(opts.key_type, serial.as_str())?,
+    };
+    let self_signed = coaps_client::self_signed(key.as_ref(), serial)?;
+    let client = CoapsClient::new(
+        &opts.server,
+        opts.label.as_deref(),
+        &[anchor.to_vec()],
+        &[],
+        ClientIdentity { chain: vec![self_signed], key: key.clone() },
+    )?;
+    let chain = issuing_chain(client.cacerts().await?, anchor)?;
+    let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(serial)?.build();
+    let challenge = zeroize::Zeroizing::new(format!("{serial}:{}", opts.token));
+    let csr_der = csr::build_with_challenge(&subject, key.as_ref(), vec![], Some(&challenge))?;
+    let cert = client.simple_enroll(&csr_der).await?;
+    Ok((key_file, key, cert, chain))
+}
+
 fn pem_all(certs: &[Vec<u8>]) -> String {
     certs.iter().map(|c| pem::encode("CERTIFICATE", c)).collect()
 }
@@ -107,19 +187,24 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
         pem::decode_one("CERTIFICATE", &opts.anchor_pem).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
     let keystore = Keystore::open(dir, opts.keystore.as_ref(), opts.pin_file.as_deref())?;
     keystore.check_key_type(opts.key_type)?;
-    let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
-    let chain = issuing_chain(client.cacerts().await?, &anchor)?;
+    let (key_file, key, cert, chain) = if coaps_client::is_coaps(&opts.server) {
+        enroll_coaps(opts, &serial, &anchor, &keystore).await?
+    } else {
+        let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
+        let chain = issuing_chain(client.cacerts().await?, &anchor)?;
 
-    // The key exists (on disk, or in the token and noted on disk) before the request
-    // leaves: if the answer is lost (network, power cut), running enroll again with
-    // the same token gets the same certificate.
-    let (key_file, key) = match keystore.pending()? {
-        Some((name, key)) if key.key_type() == opts.key_type => (name, key),
-        _ => keystore.new_key(opts.key_type, serial.as_str())?,
+        // The key exists (on disk, or in the token and noted on disk) before the request
+        // leaves: if the answer is lost (network, power cut), running enroll again with
+        // the same token gets the same certificate.
+        let (key_file, key) = match keystore.pending()? {
+            Some((name, key)) if key.key_type() == opts.key_type => (name, key),
+            _ => keystore.new_key(opts.key_type, serial.as_str())?,
+        };
+        let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
+        let csr_der = csr::build(&subject, key.as_ref(), vec![])?;
+        let cert = client.simple_enroll(&csr_der, serial.as_str(), &opts.token).await?;
+        (key_file, key, cert, chain)
     };
-    let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(&serial)?.build();
-    let csr_der = csr::build(&subject, key.as_ref(), vec![])?;
-    let cert = client.simple_enroll(&csr_der, serial.as_str(), &opts.token).await?;
     check_issued(&cert, key.as_ref(), &chain, &anchor)?;
     let issued = profile::cert_info(&cert)?;
     if name::serial_numbers(&issued.cert.tbs_certificate.subject) != vec![serial.to_string()] {
@@ -234,10 +319,11 @@ pub async fn renew(
     // The roots this device trusts: its anchor and those of its trust bundle
     // (a bundle naming a new root is how a root rotation reaches the device).
     let trusted = trusted_roots(state_dir, &anchor)?;
-    let client = EstClient::new(
+    let client = Est::new(
         &server,
         old.label.as_deref(),
         &trusted,
+        &chain,
         Some(ClientIdentity { chain: tls_chain, key: old_key.clone() }),
     )?;
     // A renewal whose answer was lost (its certificate was issued, and the
@@ -442,10 +528,11 @@ pub async fn commission(
 
     let mut tls_chain = vec![birth_cert];
     tls_chain.extend(birth_chain);
-    let client = EstClient::new(
+    let client = Est::new(
         &server,
         label.as_deref(),
         &trusted_roots(state_dir, &anchor)?,
+        &[],
         Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
     )?;
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;

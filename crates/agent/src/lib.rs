@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod coaps_client;
 pub mod daemon;
 mod error;
 pub mod est_client;

@@ -105,7 +105,10 @@ pub fn installed_bundle(dir: &Path) -> Result<Option<Bundle>, AgentError> {
 
 /// The host (lowercase, IPv6 without brackets) and `host:port` of an `https://` or `http://` URL.
 fn url_host(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .or_else(|| url.strip_prefix("coaps://"))?;
     let authority = rest.split('/').next()?.to_ascii_lowercase();
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next()?.to_string(),

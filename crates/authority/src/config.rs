@@ -74,6 +74,16 @@ pub struct LimitsConfig {
     pub connection_lifetime_secs: u64,
     /// Requests served on one connection; the last answer closes it.
     pub max_requests_per_connection: u32,
+    /// EST over secure CoAP (UDP): DTLS handshakes in progress at once, all
+    /// peers together; past it, the oldest that never got past its first
+    /// datagram makes room, else the new ClientHello is dropped.
+    pub udp_max_handshakes: usize,
+    /// DTLS sessions (handshaking or established) one IP address may hold.
+    pub udp_sessions_per_address: usize,
+    /// Datagrams per second one IP address may send before they are dropped unread; 0: no limit.
+    pub udp_datagram_rate_per_s: f64,
+    /// Datagrams an address may burst.
+    pub udp_datagram_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -95,6 +105,10 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 60,
             connection_lifetime_secs: 600,
             max_requests_per_connection: 10_000,
+            udp_max_handshakes: 512,
+            udp_sessions_per_address: 64,
+            udp_datagram_rate_per_s: 200.0,
+            udp_datagram_burst: 400,
         }
     }
 }
@@ -130,6 +144,13 @@ pub struct ServerConfig {
     /// (`/crl/CA.crl`) and OCSP (`/ocsp`). None: no such pointers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_http_url: Option<String>,
+    /// Where to serve EST over secure CoAP (RFC 9148, UDP, DTLS 1.3), `HOST:PORT`
+    /// (none: not served; `iotpki serve --coaps-listen` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coaps_listen: Option<String>,
+    /// Accept DTLS 1.2 on that listener too, for device stacks without 1.3 (default: 1.3 only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub coaps_dtls12: bool,
 }
 
 /// The PKCS#11 token (HSM) that holds the CA keys. Its PIN is never in the

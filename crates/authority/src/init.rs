@@ -316,6 +316,8 @@ fn build(
             key: "tls/server.key".into(),
             http_listen: opts.http_listen.clone(),
             public_http_url: opts.public_http_url.clone(),
+            coaps_listen: None,
+            coaps_dtls12: false,
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
         limits: Default::default(),

@@ -109,6 +109,12 @@ pub struct ServeArgs {
     /// Plain-HTTP address for CRLs and OCSP (default: the config's `server.http_listen`).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// UDP address for EST over secure CoAP (RFC 9148, DTLS 1.3) (default: the config's `server.coaps_listen`).
+    #[arg(long)]
+    coaps_listen: Option<SocketAddr>,
+    /// Accept DTLS 1.2 on the coaps listener too (default: the config's `server.coaps_dtls12`).
+    #[arg(long)]
+    coaps_dtls12: bool,
     /// Log lines as text, or as one JSON object per line (for journald or a log shipper).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -155,8 +161,20 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let coaps_listen = match (a.coaps_listen, &authority.config().server.coaps_listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => Some(l.parse::<SocketAddr>().context("server.coaps_listen in the config")?),
+            (None, None) => None,
+        };
+        let coaps_socket = match coaps_listen {
+            Some(l) => Some(tokio::net::UdpSocket::bind(l).await.with_context(|| format!("cannot listen on UDP {l}"))?),
+            None => None,
+        };
         tracing::info!(%addr, "EST server listening (TLS 1.3)");
         println!("listening on https://{addr}");
+        if let Some(u) = &coaps_socket {
+            println!("EST-coaps on coaps://{}", u.local_addr()?);
+        }
         // One set of limits for both listeners, replaced as a whole on SIGHUP.
         let limits = iotpki_server::LimitsHandle::new(iotpki_server::Limits::from(&authority.config().limits));
         let http = match http_listener {
@@ -170,8 +188,30 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let dtls = iotpki_server::coaps::DtlsIdentity::of(&authority);
+        let coaps = match coaps_socket {
+            Some(socket) => {
+                let options = iotpki_server::coaps::CoapsOptions {
+                    dtls12: a.coaps_dtls12 || authority.config().server.coaps_dtls12,
+                    ..Default::default()
+                };
+                let mut rx = stop_rx.clone();
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                Some(tokio::spawn(iotpki_server::coaps::serve_coaps(
+                    authority.clone(),
+                    socket,
+                    limits.clone(),
+                    dtls.clone(),
+                    options,
+                    stopped,
+                )))
+            }
+            None => None,
+        };
         let tls = iotpki_server::TlsConfigs::new(iotpki_server::server_config(&authority)?);
-        let live = Live { tls: tls.clone(), limits: limits.clone() };
+        let live = Live { tls: tls.clone(), limits: limits.clone(), dtls };
         let reloader =
             tokio::spawn(reload_on_hangup(authority.clone(), live, a.dir.clone(), a.pass.clone(), a.listen, a.http_listen));
         let r = iotpki_server::serve_with(authority, listener, limits, tls, shutdown).await;
@@ -179,6 +219,16 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         if let Some(h) = http {
             h.await??;
+        }
+        if let Some(h) = coaps {
+            let stats = h.await??;
+            tracing::info!(
+                datagrams = stats.datagrams_in,
+                dropped = stats.dropped,
+                handshakes = stats.handshakes,
+                failed = stats.failed,
+                "EST-coaps stopped"
+            );
         }
         r?;
         Ok(())
@@ -190,6 +240,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
 struct Live {
     tls: iotpki_server::TlsConfigs,
     limits: iotpki_server::LimitsHandle,
+    /// The coaps listener's certificate and key.
+    dtls: iotpki_server::coaps::DtlsIdentity,
 }
 
 /// On each SIGHUP: read the config and the server's certificate and key
@@ -276,6 +328,10 @@ fn reload(
     let (chain, key) = iotpki_authority::servers::load_server_tls(authority.dir(), &cfg, &pass.passphrase()?)?;
     let serial =
         chain.first().and_then(|c| iotpki_core::profile::cert_info(c).ok()).map(|i| i.serial).unwrap_or_default();
+    let dtls = iotpki_server::coaps::DtlsIdentity::new(
+        chain.first().map(|c| c.to_vec()).unwrap_or_default(),
+        key.secret_der().to_vec(),
+    );
     let tls = iotpki_server::server_config_with(authority, chain, key).context("the server certificate and key")?;
     // All read and checked: from here on nothing fails.
     if !restart.is_empty() {
@@ -291,6 +347,7 @@ fn reload(
         );
     }
     live.tls.replace(tls);
+    live.dtls.replace(&dtls);
     Ok((serial, cfg.limits))
 }
 

@@ -69,9 +69,59 @@ pub fn parse_and_verify(der: &[u8]) -> Result<VerifiedCsr, Error> {
     Ok(VerifiedCsr { subject: req.info.subject, spki: req.info.public_key, spki_der, key_type, requested_san })
 }
 
+/// The challengePassword attribute (PKCS#9, RFC 2985 §5.4.1): EST over
+/// secure CoAP carries a device's one-time token in it (`SERIAL:TOKEN`, what
+/// HTTP Basic carries over HTTPS), see docs/coaps.md.
+pub const CHALLENGE_PASSWORD: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+
+/// The challengePassword of a DER PKCS#10 request, if it has one, read
+/// without checking the request's signature (so that a wrong token costs no
+/// signature check; the request is verified with [`parse_and_verify`] before
+/// anything is issued). Refused: more than one, or one that is not a
+/// PrintableString or UTF8String (RFC 2985's DirectoryString choices in use).
+pub fn challenge_password(der: &[u8]) -> Result<Option<zeroize::Zeroizing<String>>, Error> {
+    if der.len() > MAX_CSR_LEN {
+        return Err(Error::der("PKCS#10 request", format!("{} bytes is over the {MAX_CSR_LEN}-byte limit", der.len())));
+    }
+    let req = CertReq::from_der(der).map_err(|e| Error::der("PKCS#10 request", e))?;
+    let mut found = None;
+    for attr in req.info.attributes.iter().filter(|a| a.oid == CHALLENGE_PASSWORD) {
+        for v in attr.values.iter() {
+            if found.is_some() {
+                return Err(Error::der("challengePassword attribute", "more than one value"));
+            }
+            let text = match der::Tagged::tag(v) {
+                der::Tag::PrintableString | der::Tag::Utf8String => std::str::from_utf8(v.value())
+                    .map_err(|_| Error::der("challengePassword attribute", "not UTF-8"))?,
+                t => {
+                    return Err(Error::der(
+                        "challengePassword attribute",
+                        format!("a {t} (a PrintableString or UTF8String is needed)"),
+                    ))
+                }
+            };
+            found = Some(zeroize::Zeroizing::new(text.to_string()));
+        }
+    }
+    Ok(found)
+}
+
 /// Build and sign a PKCS#10 request for `subject` with `signer` (on the device).
 /// `extensions` go into an extensionRequest attribute when not empty.
 pub fn build(subject: &Name, signer: &dyn Signer, extensions: Vec<Extension>) -> Result<Vec<u8>, Error> {
+    build_with_challenge(subject, signer, extensions, None)
+}
+
+/// [`build`], with a challengePassword attribute (a UTF8String) when
+/// `challenge` is given: the one-time token of a first enrollment over
+/// secure CoAP ([`challenge_password`]).
+pub fn build_with_challenge(
+    subject: &Name,
+    signer: &dyn Signer,
+    extensions: Vec<Extension>,
+    challenge: Option<&str>,
+) -> Result<Vec<u8>, Error> {
     let public_key =
         SubjectPublicKeyInfoOwned::from_der(signer.public_key_der()).map_err(|e| Error::der("signer public key", e))?;
     let mut attributes = der::asn1::SetOfVec::new();
@@ -80,6 +130,15 @@ pub fn build(subject: &Name, signer: &dyn Signer, extensions: Vec<Extension>) ->
         let values = der::asn1::SetOfVec::try_from(vec![value]).map_err(|e| Error::der("extensionRequest", e))?;
         attributes
             .insert(x509_cert::attr::Attribute { oid: rfc5912::ID_EXTENSION_REQ, values })
+            .map_err(|e| Error::der("attributes", e))?;
+    }
+    if let Some(c) = challenge {
+        let value =
+            der::Any::encode_from(&der::asn1::Utf8StringRef::new(c).map_err(|e| Error::der("challengePassword", e))?)
+                .map_err(|e| Error::der("challengePassword", e))?;
+        let values = der::asn1::SetOfVec::try_from(vec![value]).map_err(|e| Error::der("challengePassword", e))?;
+        attributes
+            .insert(x509_cert::attr::Attribute { oid: CHALLENGE_PASSWORD, values })
             .map_err(|e| Error::der("attributes", e))?;
     }
     let info = CertReqInfo { version: Version::V1, subject: subject.clone(), public_key, attributes };
@@ -98,6 +157,29 @@ mod tests {
     use super::*;
     use crate::keys::SoftKey;
     use crate::name::{device_subject, serial_numbers, DeviceSerial};
+
+    #[test]
+    fn a_challenge_password_is_read_back_and_the_request_still_verifies() {
+        let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let subject = device_subject("Acme", &DeviceSerial::parse("SN1").unwrap()).unwrap();
+        let plain = build(&subject, &key, vec![]).unwrap();
+        assert!(challenge_password(&plain).unwrap().is_none());
+        let der = build_with_challenge(&subject, &key, vec![], Some("SN1:s3cr3t")).unwrap();
+        assert_eq!(challenge_password(&der).unwrap().as_deref().map(String::as_str), Some("SN1:s3cr3t"));
+        parse_and_verify(&der).expect("the attribute is signed with the rest");
+        // openssl's own encoding of the attribute (a PrintableString) reads too.
+        let ours = der::asn1::Utf8StringRef::new("SN1:s3cr3t").unwrap().to_der().unwrap();
+        let mut printable = ours.clone();
+        printable[0] = 0x13;
+        let mut patched = der.clone();
+        let at = patched.windows(ours.len()).position(|w| w == ours).unwrap();
+        patched[at..at + ours.len()].copy_from_slice(&printable);
+        assert_eq!(challenge_password(&patched).unwrap().as_deref().map(String::as_str), Some("SN1:s3cr3t"));
+        // Another string type is refused, with the reason.
+        patched[at] = 0x16; // IA5String
+        let e = challenge_password(&patched).unwrap_err().to_string();
+        assert!(e.contains("PrintableString or UTF8String"), "{e}");
+    }
 
     #[test]
     fn build_then_verify_each_key_type() {

@@ -76,7 +76,7 @@ impl From<AuthorityError> for ApiError {
 
 impl ApiError {
     /// The status and the one line the client sees.
-    fn answer(&self) -> (StatusCode, String) {
+    pub(crate) fn answer(&self) -> (StatusCode, String) {
         match self {
             Self::Authority(e) => {
                 (StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.public_message())

@@ -18,6 +18,7 @@
 
 mod admin;
 mod case;
+pub mod coaps;
 mod gate;
 mod http;
 mod io;
@@ -304,6 +305,32 @@ impl Running {
             let _ = rx.await;
         }));
         Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    /// Serve EST over secure CoAP on UDP `addr` (port 0 picks a free port) with `limits` and `options`.
+    pub async fn start_coaps(
+        authority: Arc<Authority>,
+        addr: SocketAddr,
+        limits: Limits,
+        options: coaps::CoapsOptions,
+    ) -> std::io::Result<Self> {
+        let socket = tokio::net::UdpSocket::bind(addr).await?;
+        let addr = socket.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let identity = coaps::DtlsIdentity::of(&authority);
+        let task = tokio::spawn(async move {
+            coaps::serve_coaps(authority, socket, LimitsHandle::new(limits), identity, options, async move {
+                let _ = rx.await;
+            })
+            .await
+            .map(|_| ())
+        });
+        Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    /// The coaps URL of a listener from [`Running::start_coaps`], `coaps://127.0.0.1:PORT`.
+    pub fn coaps_url(&self) -> String {
+        format!("coaps://{}", self.addr)
     }
 
     /// The base URL, `https://127.0.0.1:PORT`.

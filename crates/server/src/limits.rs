@@ -62,6 +62,14 @@ pub struct Limits {
     pub connection_lifetime: Duration,
     /// Requests served on one connection.
     pub max_requests_per_connection: u32,
+    /// DTLS handshakes in progress at once (EST over secure CoAP).
+    pub udp_max_handshakes: usize,
+    /// DTLS sessions one IP address may hold.
+    pub udp_sessions_per_address: usize,
+    /// Datagrams per second per IP address (0: no limit).
+    pub udp_datagram_rate: f64,
+    /// Datagrams an address may burst.
+    pub udp_datagram_burst: u32,
 }
 
 impl Default for Limits {
@@ -88,6 +96,10 @@ impl From<&iotpki_authority::config::LimitsConfig> for Limits {
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             connection_lifetime: Duration::from_secs(c.connection_lifetime_secs),
             max_requests_per_connection: c.max_requests_per_connection,
+            udp_max_handshakes: c.udp_max_handshakes,
+            udp_sessions_per_address: c.udp_sessions_per_address,
+            udp_datagram_rate: c.udp_datagram_rate_per_s,
+            udp_datagram_burst: c.udp_datagram_burst,
         }
     }
 }
@@ -163,6 +175,13 @@ impl RateLimiter {
             (l.client_rate, f64::from(l.client_burst))
         };
         self.bucket(&format!("{}{key}", if station { "station/" } else { "" }), rate, burst, 1.0)
+    }
+
+    /// Take one token from the datagram bucket of the address `ip` (EST
+    /// over secure CoAP): a datagram past it is dropped unread.
+    pub(crate) fn datagram(&self, ip: &str) -> Result<(), Duration> {
+        let l = self.limits();
+        self.bucket(&format!("udp/{ip}"), l.udp_datagram_rate, f64::from(l.udp_datagram_burst), 1.0)
     }
 
     /// Whether the address `ip` may still be refused (a token left in its

@@ -9,6 +9,7 @@ mod authz;
 mod bundle;
 mod cli;
 mod clients;
+mod coaps;
 mod commission;
 mod crash;
 mod disk;

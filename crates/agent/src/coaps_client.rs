@@ -1,0 +1,640 @@
+//! EST over secure CoAP (RFC 9148) for the device: one DTLS 1.3 session
+//! (`dimpl`) per call, CoAP confirmable requests with block-wise transfer
+//! (`iotpki-coap`), binary DER bodies.
+//!
+//! - The server is authenticated by its certificate: dimpl shows its leaf,
+//!   and nothing is sent before that leaf chains to one of the device's
+//!   anchors for serverAuth and names the host of the URL. DTLS carries one
+//!   certificate, so the path is completed with the intermediates the device
+//!   already holds, or, at first contact, with `/crts` fetched on the same
+//!   session first (public, and only a candidate: the path must still end
+//!   at our anchor).
+//! - The device authenticates with its certificate (birth or operational)
+//!   and its key wherever the keystore holds it: the handshake's signature
+//!   is made by the [`Signer`] ([`KeyHandles`]), never by a copy of the key.
+//! - A first enrollment with a token presents a self-signed certificate of
+//!   the new key and carries `SERIAL:TOKEN` in the request's
+//!   challengePassword (docs/coaps.md).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dimpl::crypto::{Buf, CryptoProvider, HashAlgorithm, KeyProvider, SignatureAlgorithm, SigningKey};
+use dimpl::{CryptoError, Dtls, DtlsCertificate, NamedGroup, Output};
+use iotpki_coap::client::{Exchange, Progress, Retransmission};
+use iotpki_coap::est as coap_est;
+use iotpki_coap::msg::Code;
+use iotpki_core::keys::{KeyType, Signer};
+use iotpki_core::pkcs7;
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use tokio::net::UdpSocket;
+
+use crate::est_client::ClientIdentity;
+use crate::AgentError;
+
+/// Time allowed for one whole call (handshake, request, answer).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The block size asked for (SZX 6: 1024 bytes), and the datagram size.
+const SZX: u8 = 6;
+const MTU: usize = 1152;
+
+/// Byte counts of the last call (for the benchmark and the tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// UDP payload bytes sent.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received.
+    pub bytes_received: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+}
+
+/// An EST-coaps server at one `coaps://HOST:PORT` and label.
+#[derive(Clone)]
+pub struct CoapsClient {
+    host: String,
+    addr: SocketAddr,
+    label: Option<String>,
+    anchors: Vec<Vec<u8>>,
+    /// Intermediates the device holds (its issuing chain), to complete the server's path.
+    intermediates: Vec<Vec<u8>>,
+    identity: Arc<ClientIdentity>,
+    dtls12: bool,
+    traffic: Arc<Mutex<Traffic>>,
+}
+
+/// Whether `url` is a `coaps://` URL.
+pub fn is_coaps(url: &str) -> bool {
+    url.starts_with("coaps://")
+}
+
+fn parse_url(url: &str) -> Result<(String, u16), AgentError> {
+    let rest = url
+        .strip_prefix("coaps://")
+        .ok_or_else(|| AgentError::Usage(format!("server URL {url:?} must start with coaps://")))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if !rest[authority.len()..].trim_matches('/').is_empty() {
+        return Err(AgentError::Usage(format!(
+            "server URL {url:?} must have no path (EST lives under /.well-known/est)"
+        )));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or_else(|| AgentError::Usage(format!("bad IPv6 address in {url:?}")))?;
+        (h.to_string(), p.strip_prefix(':').unwrap_or("5684").to_string())
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (authority.to_string(), "5684".to_string()),
+        }
+    };
+    let port = port.parse::<u16>().map_err(|_| AgentError::Usage(format!("bad port in {url:?}")))?;
+    if host.is_empty() {
+        return Err(AgentError::Usage(format!("no host in {url:?}")));
+    }
+    Ok((host, port))
+}
+
+impl CoapsClient {
+    /// A client for `server_url` (`coaps://host[:port]`, port 5684 by
+    /// default) trusting only `anchors` (DER), authenticating with
+    /// `identity` (DTLS needs a client certificate: see [`self_signed`]).
+    /// `intermediates`: CA certificates the device holds that may complete
+    /// the server's path.
+    pub fn new(
+        server_url: &str,
+        label: Option<&str>,
+        anchors: &[Vec<u8>],
+        intermediates: &[Vec<u8>],
+        identity: ClientIdentity,
+    ) -> Result<Self, AgentError> {
+        let (host, port) = parse_url(server_url)?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map_err(|e| AgentError::Connect(format!("{host}: {e}")))?
+            .next()
+            .ok_or_else(|| AgentError::Connect(format!("{host}: no address")))?;
+        match identity.key.key_type() {
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 => {}
+            other => {
+                return Err(AgentError::Usage(format!(
+                    "EST over secure CoAP needs an ECDSA P-256 or P-384 key (DTLS with this key type: {other:?} is not offered)"
+                )))
+            }
+        }
+        Ok(Self {
+            host,
+            addr,
+            label: label.map(str::to_string),
+            anchors: anchors.to_vec(),
+            intermediates: intermediates.to_vec(),
+            identity: Arc::new(identity),
+            dtls12: std::env::var_os("IOTPKI_COAPS_DTLS12").is_some_and(|v| v == "1"),
+            traffic: Arc::new(Mutex::new(Traffic::default())),
+        })
+    }
+
+    /// Offer DTLS 1.2 as well (for a server that has only that); default 1.3 only.
+    pub fn with_dtls12(mut self, on: bool) -> Self {
+        self.dtls12 = on;
+        self
+    }
+
+    /// What the calls so far sent and received.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    fn path(&self, op: &str) -> String {
+        match &self.label {
+            Some(l) => format!("/.well-known/est/{l}/{op}"),
+            None => format!("/.well-known/est/{op}"),
+        }
+    }
+
+    /// `GET /crts`: the CA certificates (DER).
+    pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
+        let path = self.path("crts");
+        let answer = self.call(Code::GET, &path, None, Some(coap_est::CT_PKCS7_CERTS_ONLY), Vec::new()).await?;
+        expect_format(&answer, coap_est::CT_PKCS7_CERTS_ONLY)?;
+        pkcs7::parse_certs_only(&answer.payload).map_err(|e| AgentError::BadAnswer(format!("/crts: {e}")))
+    }
+
+    /// `POST /sen`: a first enrollment (the request carries the token in its
+    /// challengePassword, or the client certificate is a birth certificate).
+    pub async fn simple_enroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        self.enroll("sen", csr_der).await
+    }
+
+    /// `POST /sren`: renewal with the current certificate.
+    pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        self.enroll("sren", csr_der).await
+    }
+
+    /// Any request on a new session, its answer as it came (4.xx and 5.xx
+    /// included): for tests and load generators that send what a correct
+    /// client never would. `path` may carry a query (`/a?b=c`).
+    pub async fn raw(
+        &self,
+        method: Code,
+        path: &str,
+        content_format: Option<u16>,
+        accept: Option<u16>,
+        payload: Vec<u8>,
+    ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        let r = self.call_inner(method, path, content_format, accept, payload);
+        tokio::time::timeout(CALL_TIMEOUT, r)
+            .await
+            .map_err(|_| AgentError::Connect(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))?
+    }
+
+    async fn enroll(&self, op: &str, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+        let path = self.path(op);
+        // The bare certificate (287): the device holds its chain already, and it is the fewest bytes.
+        let answer = self
+            .call(Code::POST, &path, Some(coap_est::CT_PKCS10), Some(coap_est::CT_PKIX_CERT), csr_der.to_vec())
+            .await?;
+        expect_format(&answer, coap_est::CT_PKIX_CERT)?;
+        Ok(answer.payload)
+    }
+
+    /// One request on a new DTLS session.
+    async fn call(
+        &self,
+        method: Code,
+        path: &str,
+        content_format: Option<u16>,
+        accept: Option<u16>,
+        payload: Vec<u8>,
+    ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        let r =
+            tokio::time::timeout(CALL_TIMEOUT, self.call_inner(method, path, content_format, accept, payload)).await;
+        let answer = r.map_err(|_| AgentError::Connect(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))??;
+        if answer.code.class() != 2 {
+            let reason = String::from_utf8_lossy(&answer.payload).trim().to_string();
+            return Err(AgentError::Refused {
+                status: http_equivalent(answer.code),
+                reason: format!("{} {reason}", answer.code),
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn call_inner(
+        &self,
+        method: Code,
+        path: &str,
+        content_format: Option<u16>,
+        accept: Option<u16>,
+        payload: Vec<u8>,
+    ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        let bind: SocketAddr = if self.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|e| AgentError::Connect(format!("{e}")))?;
+        let socket = UdpSocket::bind(bind).await.map_err(|e| AgentError::Connect(format!("UDP: {e}")))?;
+        socket.connect(self.addr).await.map_err(|e| AgentError::Connect(format!("{}: {e}", self.addr)))?;
+        let mut session = Session::open(self, socket)?;
+        let leaf = session.handshake().await?;
+        // Nothing is sent before the server's certificate is judged.
+        if let Err(first) = self.check_server(&leaf, &self.intermediates) {
+            // First contact: the device may not hold the server's issuing CA; /crts (public) may complete the path.
+            let crts = session
+                .request(Code::GET, &self.path("crts"), None, Some(coap_est::CT_PKCS7_CERTS_ONLY), Vec::new())
+                .await?;
+            let extra = pkcs7::parse_certs_only(&crts.payload).unwrap_or_default();
+            let mut pool = self.intermediates.clone();
+            pool.extend(extra);
+            self.check_server(&leaf, &pool).map_err(|_| first)?;
+        }
+        let r = session.request(method, path, content_format, accept, payload).await;
+        session.close();
+        r
+    }
+
+    /// The server's leaf must chain to an anchor for serverAuth and name our host.
+    fn check_server(&self, leaf: &[u8], intermediates: &[Vec<u8>]) -> Result<(), AgentError> {
+        let der = CertificateDer::from(leaf);
+        let ee = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| AgentError::Untrusted(format!("the server's certificate is malformed: {e}")))?;
+        let anchor_ders: Vec<CertificateDer<'_>> =
+            self.anchors.iter().map(|a| CertificateDer::from(a.as_slice())).collect();
+        let anchors: Vec<TrustAnchor<'_>> = anchor_ders
+            .iter()
+            .map(|a| {
+                webpki::anchor_from_trusted_cert(a).map_err(|e| AgentError::Untrusted(format!("trust anchor: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let inter: Vec<CertificateDer<'_>> = intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+        let now = UnixTime::now();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &inter,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| AgentError::Untrusted(format!("the server's certificate does not chain to our anchor: {e}")))?;
+        let name = ServerName::try_from(self.host.as_str())
+            .map_err(|e| AgentError::Usage(format!("server name {:?}: {e}", self.host)))?;
+        ee.verify_is_valid_for_subject_name(&name)
+            .map_err(|e| AgentError::Untrusted(format!("the server's certificate is not for {}: {e}", self.host)))
+    }
+}
+
+fn expect_format(a: &iotpki_coap::client::ClientResponse, want: u16) -> Result<(), AgentError> {
+    if a.content_format != Some(want) {
+        return Err(AgentError::BadAnswer(format!("content format {:?}, expected {want}", a.content_format)));
+    }
+    Ok(())
+}
+
+/// The HTTP status a CoAP response code stands for (4.03 → 403, 5.03 → 503):
+/// the agent's retry rules are written in HTTP statuses.
+pub fn http_equivalent(code: Code) -> u16 {
+    u16::from(code.class()) * 100 + u16::from(code.detail())
+}
+
+/// One DTLS session on a connected socket.
+struct Session<'a> {
+    client: &'a CoapsClient,
+    socket: UdpSocket,
+    dtls: Dtls,
+    out: Vec<u8>,
+    inbuf: Vec<u8>,
+    next_timeout: Option<Instant>,
+    peer_leaf: Option<Vec<u8>>,
+    connected: bool,
+    received: Vec<Vec<u8>>,
+    message_id: u16,
+    _handle: KeyHandle,
+}
+
+impl<'a> Session<'a> {
+    fn open(client: &'a CoapsClient, socket: UdpSocket) -> Result<Self, AgentError> {
+        let handle = KeyHandles::register(client.identity.key.clone());
+        let provider = CryptoProvider { key_provider: &KEY_HANDLES, ..dimpl::crypto::aws_lc_rs::default_provider() };
+        let config = dimpl::Config::builder()
+            .mtu(MTU)
+            .with_crypto_provider(provider)
+            .build()
+            .map_err(|e| AgentError::Connect(format!("DTLS configuration: {e}")))?;
+        let cert = DtlsCertificate {
+            certificate: client.identity.chain.first().cloned().unwrap_or_default(),
+            private_key: handle.der(),
+        };
+        let now = Instant::now();
+        let mut dtls = if client.dtls12 {
+            Dtls::new_auto(Arc::new(config), cert, now)
+        } else {
+            Dtls::new_13(Arc::new(config), cert, now)
+        };
+        dtls.set_active(true);
+        // dimpl starts (its first flight, its random) on the first timeout.
+        dtls.handle_timeout(now).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+        let message_id = (rand::random::<u16>()) | 1;
+        Ok(Self {
+            client,
+            socket,
+            dtls,
+            out: vec![0u8; 64 * 1024],
+            inbuf: vec![0u8; 4096],
+            next_timeout: None,
+            peer_leaf: None,
+            connected: false,
+            received: Vec::new(),
+            message_id,
+            _handle: handle,
+        })
+    }
+
+    /// Send what dimpl has; note what it says.
+    fn flush(&mut self) -> Result<(), AgentError> {
+        loop {
+            match self.dtls.poll_output(&mut self.out) {
+                Output::Packet(p) => {
+                    let n = p.len() as u64;
+                    match self.socket.try_send(p) {
+                        Ok(_) => {
+                            if let Ok(mut t) = self.client.traffic.lock() {
+                                t.bytes_sent += n;
+                                t.datagrams_sent += 1;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(AgentError::Connect(format!("UDP send: {e}"))),
+                    }
+                }
+                Output::BufferTooSmall { needed } => self.out.resize(needed.min(1 << 20), 0),
+                Output::Timeout(t) => {
+                    self.next_timeout = Some(t);
+                    return Ok(());
+                }
+                Output::Connected => self.connected = true,
+                Output::PeerCert(der) => self.peer_leaf = Some(der.to_vec()),
+                Output::ApplicationData(d) => self.received.push(d.to_vec()),
+                Output::CloseNotify => return Err(AgentError::Connect("the server closed the DTLS session".into())),
+                _ => {}
+            }
+        }
+    }
+
+    /// Wait for a datagram or the next timer, and feed it to dimpl.
+    async fn step(&mut self) -> Result<(), AgentError> {
+        let wake = self.next_timeout.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            r = self.socket.recv(&mut self.inbuf) => {
+                let n = r.map_err(|e| AgentError::Connect(format!("UDP receive: {e}")))?;
+                if let Ok(mut t) = self.client.traffic.lock() {
+                    t.bytes_received += n as u64;
+                    t.datagrams_received += 1;
+                }
+                let data = self.inbuf[..n].to_vec();
+                self.dtls.handle_packet(&data).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                self.dtls.handle_timeout(Instant::now()).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+            }
+        }
+        self.flush()
+    }
+
+    /// The handshake; the server's leaf certificate.
+    async fn handshake(&mut self) -> Result<Vec<u8>, AgentError> {
+        self.flush()?;
+        while !self.connected {
+            self.step().await?;
+        }
+        self.peer_leaf.clone().ok_or_else(|| AgentError::Connect("the server showed no certificate".into()))
+    }
+
+    /// One confirmable request, with block-wise transfer both ways and
+    /// CoAP retransmission (RFC 7252 §4.2) on top of DTLS.
+    async fn request(
+        &mut self,
+        method: Code,
+        path: &str,
+        content_format: Option<u16>,
+        accept: Option<u16>,
+        payload: Vec<u8>,
+    ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        let token: Vec<u8> = rand::random::<[u8; 4]>().to_vec();
+        self.message_id = self.message_id.wrapping_add(1);
+        let mut ex = Exchange::new(method, path, content_format, accept, payload, SZX, self.message_id, token)
+            .map_err(|e| AgentError::Usage(format!("CoAP request {path}: {e}")))?;
+        let mut retry = Retransmission::new(rand::random::<f64>());
+        let mut datagram = ex.datagram();
+        self.send_app(&datagram)?;
+        // None: acknowledged, the answer comes on its own (no more retransmissions).
+        let mut deadline = Some(Instant::now() + retry.timeout());
+        let separate_deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            for d in std::mem::take(&mut self.received) {
+                let progress = ex.receive(&d);
+                if let Some(ack) = ex.take_ack() {
+                    self.send_app(&ack)?;
+                }
+                match progress {
+                    Progress::Send => {
+                        self.message_id = ex.message_id();
+                        datagram = ex.datagram();
+                        self.send_app(&datagram)?;
+                        retry = Retransmission::new(rand::random::<f64>());
+                        deadline = Some(Instant::now() + retry.timeout());
+                    }
+                    Progress::Acknowledged => deadline = None,
+                    Progress::Done(r) => {
+                        self.message_id = ex.message_id();
+                        return Ok(r);
+                    }
+                    Progress::Ignored => {}
+                    Progress::Failed(why) => return Err(AgentError::BadAnswer(why)),
+                }
+            }
+            let deadline_or_end = deadline.unwrap_or(separate_deadline);
+            let wake = self.next_timeout.map_or(deadline_or_end, |t| t.min(deadline_or_end));
+            tokio::select! {
+                r = self.socket.recv(&mut self.inbuf) => {
+                    let n = r.map_err(|e| AgentError::Connect(format!("UDP receive: {e}")))?;
+                    if let Ok(mut t) = self.client.traffic.lock() {
+                        t.bytes_received += n as u64;
+                        t.datagrams_received += 1;
+                    }
+                    let data = self.inbuf[..n].to_vec();
+                    self.dtls.handle_packet(&data).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+                    self.flush()?;
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let now = Instant::now();
+                    if self.next_timeout.is_some_and(|t| t <= now) {
+                        self.dtls.handle_timeout(now).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+                        self.flush()?;
+                    }
+                    if deadline_or_end <= now {
+                        if deadline.is_none() || !retry.on_timeout() {
+                            return Err(AgentError::Connect(format!("no CoAP answer from {} for {path}", self.client.addr)));
+                        }
+                        self.send_app(&datagram)?;
+                        deadline = Some(now + retry.timeout());
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_app(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+        self.dtls.send_application_data(bytes).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+        self.flush()
+    }
+
+    fn close(&mut self) {
+        let _ = self.dtls.close();
+        let _ = self.flush();
+    }
+}
+
+/// Device keys for dimpl, by handle: dimpl asks its key provider to "load"
+/// the key from the bytes given as the private key; for us those bytes name
+/// a [`Signer`] registered for the session (a key file, a PKCS#11 token, a
+/// TPM), which makes the handshake's signature. No key material is copied.
+#[derive(Debug)]
+struct KeyHandles {
+    keys: Mutex<Option<HashMap<u64, Registered>>>,
+}
+
+static KEY_HANDLES: KeyHandles = KeyHandles { keys: Mutex::new(None) };
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
+const HANDLE_PREFIX: &[u8] = b"iotpki-key-handle:";
+
+struct Registered(Arc<dyn Signer>);
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+/// A registered key; unregistered when dropped.
+struct KeyHandle(u64);
+
+impl KeyHandle {
+    fn der(&self) -> Vec<u8> {
+        let mut v = HANDLE_PREFIX.to_vec();
+        v.extend_from_slice(&self.0.to_be_bytes());
+        v
+    }
+}
+
+impl Drop for KeyHandle {
+    fn drop(&mut self) {
+        if let Ok(mut g) = KEY_HANDLES.keys.lock() {
+            if let Some(m) = g.as_mut() {
+                m.remove(&self.0);
+            }
+        }
+    }
+}
+
+impl KeyHandles {
+    fn register(key: Arc<dyn Signer>) -> KeyHandle {
+        let id = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut g) = KEY_HANDLES.keys.lock() {
+            g.get_or_insert_with(HashMap::new).insert(id, Registered(key));
+        }
+        KeyHandle(id)
+    }
+}
+
+impl KeyProvider for KeyHandles {
+    fn load_private_key(&self, key_der: &[u8]) -> Result<Box<dyn SigningKey>, CryptoError> {
+        let id = key_der
+            .strip_prefix(HANDLE_PREFIX)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or(CryptoError::InvalidPrivateKey)?;
+        let key = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().and_then(|m| m.get(&id).map(|r| r.0.clone())))
+            .ok_or(CryptoError::InvalidPrivateKey)?;
+        let hash = match key.key_type() {
+            KeyType::EcdsaP256 => HashAlgorithm::SHA256,
+            KeyType::EcdsaP384 => HashAlgorithm::SHA384,
+            _ => return Err(CryptoError::InvalidPrivateKey),
+        };
+        Ok(Box::new(DeviceSigningKey { key: std::panic::AssertUnwindSafe(key), hash }))
+    }
+}
+
+struct DeviceSigningKey {
+    key: std::panic::AssertUnwindSafe<Arc<dyn Signer>>,
+    hash: HashAlgorithm,
+}
+
+impl std::fmt::Debug for DeviceSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceSigningKey(..)")
+    }
+}
+
+impl SigningKey for DeviceSigningKey {
+    fn sign(&mut self, data: &[u8], hash_alg: HashAlgorithm, out: &mut Buf) -> Result<(), CryptoError> {
+        if hash_alg != self.hash {
+            let group = if self.hash == HashAlgorithm::SHA384 { NamedGroup::Secp384r1 } else { NamedGroup::Secp256r1 };
+            return Err(CryptoError::SigningKeyUnsupportedHash { group, hash: hash_alg });
+        }
+        // Signer hashes as its key type says (SHA-256 for P-256, SHA-384 for P-384) and answers DER ECDSA.
+        let sig = self.key.sign(data).map_err(|_| CryptoError::InvalidPrivateKey)?;
+        out.clear();
+        out.extend_from_slice(&sig);
+        Ok(())
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::ECDSA
+    }
+
+    fn hash_algorithm(&self) -> HashAlgorithm {
+        self.hash
+    }
+
+    fn supported_hash_algorithms(&self) -> &[HashAlgorithm] {
+        if self.hash == HashAlgorithm::SHA384 {
+            &[HashAlgorithm::SHA384]
+        } else {
+            &[HashAlgorithm::SHA256]
+        }
+    }
+}
+
+/// A self-signed certificate of `key` for `serial`, valid for a day: what a
+/// device without any certificate yet presents in the DTLS handshake of its
+/// first enrollment (the server checks it is for the key in the request).
+pub fn self_signed(key: &dyn Signer, serial: &iotpki_core::name::DeviceSerial) -> Result<Vec<u8>, AgentError> {
+    use iotpki_core::profile::{self, CertParams, Issuer, Profile};
+    use spki::der::Decode;
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+        .map_err(|e| AgentError::Usage(format!("public key: {e}")))?;
+    let subject = iotpki_core::name::NameBuilder::default().common_name(serial.as_str())?.build();
+    let now = crate::clock::now();
+    let (serial_number, _) = iotpki_core::serial::random_serial(&iotpki_core::random::SystemRandomSource::new(), now)?;
+    let key_id = iotpki_core::keys::key_identifier(&spki);
+    let params = CertParams {
+        profile: Profile::Device,
+        serial: serial_number,
+        subject: subject.clone(),
+        spki,
+        not_before: now - 300,
+        not_after: now + 86_400,
+        dns_names: vec![],
+        ip_addrs: vec![],
+        permitted_subtree: None,
+    };
+    let issuer = Issuer { subject: &subject, key_id: &key_id, not_after: now + 86_400, signer: key };
+    Ok(profile::issue(&params, &issuer)?.der)
+}

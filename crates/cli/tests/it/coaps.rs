@@ -1,0 +1,297 @@
+//! EST over secure CoAP (RFC 9148) on DTLS 1.3: the same authority, policy,
+//! store and audit as HTTPS, and what UDP adds (cookies, per-peer state,
+//! block-wise transfer) bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iotpki_agent::coaps_client::{self, CoapsClient};
+use iotpki_agent::est_client::ClientIdentity;
+use iotpki_coap::msg::Code;
+use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
+use iotpki_core::name::{DeviceSerial, NameBuilder};
+use iotpki_server::coaps::CoapsOptions;
+use iotpki_server::{Limits, Running};
+use tokio::net::UdpSocket;
+
+use crate::util::Ca;
+
+async fn coaps(ca: &Ca, options: CoapsOptions) -> Running {
+    let limits = Limits::from(&ca.authority.config().limits);
+    Running::start_coaps(ca.authority.clone(), "127.0.0.1:0".parse().unwrap(), limits, options).await.unwrap()
+}
+
+async fn coaps_with(ca: &Ca, limits: Limits) -> Running {
+    Running::start_coaps(ca.authority.clone(), "127.0.0.1:0".parse().unwrap(), limits, CoapsOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_enrolls_with_a_token_and_renews_over_coaps_as_over_https() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions::default()).await;
+    let state = ca.tmp.path().join("dev");
+    let token = ca.token("COAP-1");
+    let mut opts = ca.enroll_opts(&state, "COAP-1", &token);
+    opts.server = udp.coaps_url();
+    let before = ca.cert_count();
+    let id = iotpki_agent::enroll(&opts).await.expect("enrollment over coaps");
+    assert_eq!(ca.cert_count(), before + 1);
+    assert_eq!(ca.last_audit().event.action, "enroll");
+    assert_eq!(ca.last_audit().event.actor, "device:COAP-1");
+    assert!(id.server.starts_with("coaps://"));
+    // The token is spent: a second enrollment with it is refused, as over HTTPS.
+    let again = iotpki_agent::enroll(&iotpki_agent::EnrollOptions {
+        state_dir: ca.tmp.path().join("dev-again"),
+        ..opts.clone()
+    })
+    .await
+    .expect_err("a spent token");
+    assert!(again.to_string().contains("403") || again.to_string().contains("401"), "{again}");
+
+    let renewed = iotpki_agent::renew(&state, None, None).await.expect("renewal over coaps");
+    assert_eq!(renewed.renewals, 1);
+    assert_eq!(ca.last_audit().event.action, "reenroll");
+    assert_eq!(ca.cert_count(), before + 2);
+    // The renewed identity renews over HTTPS too: one authority, two transports.
+    iotpki_agent::renew(&state, Some(&ca.url), None).await.expect("the same device over HTTPS");
+}
+
+/// A device key and the self-signed certificate a first enrollment shows in the handshake.
+fn device_key(serial: &str) -> (Arc<SoftKey>, Vec<u8>) {
+    let key = Arc::new(SoftKey::generate(KeyType::EcdsaP256).unwrap());
+    let cert = coaps_client::self_signed(key.as_ref(), &DeviceSerial::parse(serial).unwrap()).unwrap();
+    (key, cert)
+}
+
+fn csr_with_token(key: &SoftKey, serial: &str, challenge: &str) -> Vec<u8> {
+    let s = DeviceSerial::parse(serial).unwrap();
+    let subject = NameBuilder::default().common_name(s.as_str()).unwrap().serial_number(&s).unwrap().build();
+    iotpki_core::csr::build_with_challenge(&subject, key, vec![], Some(challenge)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_coaps_is_spent_only_by_the_key_of_the_handshake() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions::default()).await;
+    let token = ca.token("COAP-2");
+    let (k1, cert1) = device_key("COAP-2");
+    let (k2, _) = device_key("COAP-2");
+    let client = CoapsClient::new(
+        &udp.coaps_url(),
+        None,
+        &[ca.authority.root_der().to_vec()],
+        &[],
+        ClientIdentity { chain: vec![cert1], key: k1.clone() },
+    )
+    .unwrap();
+    let before = (ca.cert_count(), ca.audit_len());
+    // Someone who saw the token (not its key's holder) asks for a certificate of another key.
+    let e = client
+        .simple_enroll(&csr_with_token(&k2, "COAP-2", &format!("COAP-2:{token}")))
+        .await
+        .expect_err("another key than the handshake's");
+    assert!(e.to_string().contains("4.03") && e.to_string().contains("key"), "{e}");
+    assert_eq!(ca.cert_count(), before.0, "nothing issued");
+    assert_eq!(ca.last_audit().event.action, "refuse.enroll");
+    // A wrong token: 4.01 or 4.03, nothing issued, and no signature was needed to say so.
+    let e =
+        client.simple_enroll(&csr_with_token(&k1, "COAP-2", "COAP-2:not-the-token")).await.expect_err("a wrong token");
+    assert!(e.to_string().contains("4.0"), "{e}");
+    // No token at all and a self-signed certificate: not a birth certificate either.
+    let e = client.simple_enroll(&csr_with_token(&k1, "COAP-2", "no-colon")).await.expect_err("no serial");
+    assert!(e.to_string().contains("SERIAL:TOKEN"), "{e}");
+    assert_eq!(ca.cert_count(), before.0);
+    // The token still works for the key that holds it.
+    let cert = client.simple_enroll(&csr_with_token(&k1, "COAP-2", &format!("COAP-2:{token}"))).await.unwrap();
+    let info = iotpki_core::profile::cert_info(&cert).unwrap();
+    assert_eq!(info.spki_sha256, iotpki_core::keys::spki_fingerprint(k1.public_key_der()));
+}
+
+/// The first flight of a DTLS client (dimpl), as bytes: a ClientHello.
+fn client_hello(dtls12: bool) -> Vec<u8> {
+    let (key, cert) = device_key("HELLO-1");
+    let der = key.to_pkcs8().unwrap();
+    let cfg = Arc::new(dimpl::Config::default());
+    let c = dimpl::DtlsCertificate { certificate: cert, private_key: der.to_vec() };
+    let mut d =
+        if dtls12 { dimpl::Dtls::new_12(cfg, c, Instant::now()) } else { dimpl::Dtls::new_13(cfg, c, Instant::now()) };
+    d.set_active(true);
+    d.handle_timeout(Instant::now()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match d.poll_output(&mut buf) {
+            dimpl::Output::Packet(p) => return p.to_vec(),
+            dimpl::Output::Timeout(_) => panic!("no ClientHello"),
+            _ => {}
+        }
+    }
+}
+
+async fn answers(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_client_hello_gets_no_more_bytes_than_it_sent() {
+    let ca = Ca::start().await;
+    for dtls12 in [false, true] {
+        let udp = coaps(&ca, CoapsOptions { dtls12, ..Default::default() }).await;
+        let hello = client_hello(dtls12);
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(udp.addr).await.unwrap();
+        sock.send(&hello).await.unwrap();
+        // Wait out a retransmission too: a spoofed source gets it as well.
+        let got = answers(&sock, Duration::from_millis(2500)).await;
+        assert!(!got.is_empty(), "the cookie exchange answers (DTLS 1.{})", if dtls12 { 2 } else { 3 });
+        let first = &got[0];
+        assert!(
+            first.len() <= hello.len(),
+            "DTLS 1.{}: {} bytes answered to a ClientHello of {}",
+            if dtls12 { 2 } else { 3 },
+            first.len(),
+            hello.len()
+        );
+        // A handshake record: HelloRetryRequest (a ServerHello, type 2) in 1.3, HelloVerifyRequest (3) in 1.2.
+        assert_eq!(first[0], 22, "a handshake record");
+        assert_eq!(first[13], if dtls12 { 3 } else { 2 });
+        let total: usize = got.iter().map(Vec::len).sum();
+        assert!(total <= hello.len() * got.len(), "{total} bytes in {} datagrams", got.len());
+        udp.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_udp_is_dropped_unanswered_and_stores_nothing() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions::default()).await;
+    let before = (ca.cert_count(), ca.audit_len());
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(udp.addr).await.unwrap();
+    let hello = client_hello(false);
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 3],
+        vec![22, 0xfe, 0xfd],                                           // a truncated record header
+        hello[..hello.len() / 2].to_vec(),                              // a truncated ClientHello
+        vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4], // application data, epoch 1, no session
+        vec![0x40, 0x01, 0x12, 0x34, 0xff],                             // plain CoAP, no DTLS
+        vec![0u8; 3000],                                                // over the datagram limit
+    ];
+    let mut wrong_epoch = hello.clone();
+    wrong_epoch[3] = 0;
+    wrong_epoch[4] = 7; // a ClientHello can only be epoch 0
+    junk.push(wrong_epoch);
+    for j in &junk {
+        sock.send(j).await.unwrap();
+    }
+    let got = answers(&sock, Duration::from_millis(1500)).await;
+    assert!(got.is_empty(), "junk answered: {:?}", got.iter().map(Vec::len).collect::<Vec<_>>());
+    assert_eq!((ca.cert_count(), ca.audit_len()), before);
+    // The listener still serves.
+    let st = ca.tmp.path().join("after-junk");
+    let mut opts = ca.enroll_opts(&st, "COAP-3", &ca.token("COAP-3"));
+    opts.server = udp.coaps_url();
+    iotpki_agent::enroll(&opts).await.expect("serves after junk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_dtls_sessions_than_its_share() {
+    let ca = Ca::start().await;
+    let limits = Limits { udp_sessions_per_address: 4, ..Limits::from(&ca.authority.config().limits) };
+    let udp = coaps_with(&ca, limits).await;
+    let hello = client_hello(false);
+    let mut socks = Vec::new();
+    for _ in 0..8 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(udp.addr).await.unwrap();
+        s.send(&hello).await.unwrap();
+        socks.push(s);
+    }
+    let mut answered = 0;
+    for s in &socks {
+        if !answers(s, Duration::from_millis(300)).await.is_empty() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 4, "sessions past the address's share get no answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_datagram_rate_of_an_address_is_bounded() {
+    let ca = Ca::start().await;
+    let limits =
+        Limits { udp_datagram_rate: 1.0, udp_datagram_burst: 3, ..Limits::from(&ca.authority.config().limits) };
+    let udp = coaps_with(&ca, limits).await;
+    let hello = client_hello(false);
+    let mut answered = 0;
+    for _ in 0..10 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(udp.addr).await.unwrap();
+        s.send(&hello).await.unwrap();
+        if !answers(&s, Duration::from_millis(200)).await.is_empty() {
+            answered += 1;
+        }
+    }
+    assert!((3..=5).contains(&answered), "{answered} of 10 answered with a burst of 3 at 1/s");
+}
+
+/// A DTLS session of our own client, to send CoAP the agent never would.
+async fn raw_session(ca: &Ca, udp: &Running) -> (CoapsClient, SocketAddr) {
+    let (k, c) = device_key("RAW-1");
+    let client = CoapsClient::new(
+        &udp.coaps_url(),
+        None,
+        &[ca.authority.root_der().to_vec()],
+        &[],
+        ClientIdentity { chain: vec![c], key: k },
+    )
+    .unwrap();
+    (client, udp.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn est_coaps_resources_answer_with_their_content_formats_and_errors_with_coap_codes() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions::default()).await;
+    let (client, _) = raw_session(&ca, &udp).await;
+    // /crts: PKCS#7 certs-only (281), the same certificates as /cacerts over HTTPS, binary.
+    let certs = client.cacerts().await.unwrap();
+    assert!(certs.iter().any(|c| c == ca.authority.root_der()));
+    let r = client.raw(Code::GET, "/.well-known/core?rt=ace.est*", None, None, vec![]).await.unwrap();
+    assert_eq!(r.code, Code::CONTENT);
+    assert_eq!(r.content_format, Some(iotpki_coap::est::CT_LINK_FORMAT));
+    let links = String::from_utf8(r.payload).unwrap();
+    assert!(links.contains("ace.est.sen") && links.contains("ace.est.crts"), "{links}");
+    let r = client.raw(Code::GET, "/.well-known/est/att", None, None, vec![]).await.unwrap();
+    assert_eq!((r.code, r.content_format), (Code::CONTENT, Some(iotpki_coap::est::CT_CSRATTRS)));
+    for (method, path, cf, accept, want) in [
+        (Code::GET, "/.well-known/est/nope", None, None, "4.04"),
+        (Code::GET, "/.well-known/est/sen", None, None, "4.05"),
+        (Code::POST, "/.well-known/est/sen", Some(42u16), None, "4.15"),
+        (Code::GET, "/.well-known/est/crts", None, Some(50u16), "4.06"),
+        (Code::POST, "/.well-known/est/skg", Some(286), None, "4.04"),
+        (Code::POST, "/.well-known/est/sen", Some(286), None, "4.0"), // an empty body is no request
+        (Code::POST, "/.well-known/est/sren", Some(286), None, "4.0"), // a self-signed certificate renews nothing
+        (Code::GET, "/.well-known/est/nolabel/crts", None, None, "4.04"),
+    ] {
+        let r = client.raw(method, path, cf, accept, vec![]).await.unwrap();
+        assert!(
+            r.code.to_string().starts_with(want),
+            "{method} {path}: {} {:?}",
+            r.code,
+            String::from_utf8_lossy(&r.payload)
+        );
+        assert_eq!(r.content_format, None, "a diagnostic payload has no content format");
+    }
+    // A request over the enrollment limit is refused after 16 KiB, with Size1 (block-wise).
+    let r = client.raw(Code::POST, "/.well-known/est/sen", Some(286), None, vec![0x30; 20_000]).await.unwrap();
+    assert_eq!(r.code, Code::REQUEST_ENTITY_TOO_LARGE);
+}
