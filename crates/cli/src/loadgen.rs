@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use iotpki_agent::coaps_client::{self, CoapsClient};
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
 use iotpki_core::clock::SystemClock;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
@@ -24,8 +25,10 @@ use iotpki_core::{csr, pem};
 /// `iotpki loadgen`.
 #[derive(Args, Debug)]
 pub struct LoadgenArgs {
-    /// The server, https://HOST:PORT. Give it more than once to spread the load over
-    /// several nodes of one authority (worker and device N go to server N mod count).
+    /// The server, https://HOST:PORT, or coaps://HOST:PORT for EST over secure CoAP
+    /// (DTLS 1.3; token enrollments and renewals, a new DTLS session each). Give it more
+    /// than once to spread the load over several nodes of one authority (worker and
+    /// device N go to server N mod count).
     #[arg(long, required = true)]
     server: Vec<String>,
     /// How many devices to enroll.
@@ -115,6 +118,9 @@ struct Device {
     key: Arc<SoftKey>,
     csr: Vec<u8>,
     cert: Option<Vec<u8>>,
+    /// Over coaps: the self-signed certificate of the key, for the DTLS handshake of
+    /// the first enrollment (the request carries the token in its challengePassword).
+    hello: Option<Vec<u8>>,
 }
 
 /// What a phase measured.
@@ -252,7 +258,11 @@ fn bar(n: usize, what: &str, hidden: bool) -> ProgressBar {
 
 /// Make a key and a request for each `(serial, token, current certificate)`
 /// on all cores; a renewal's request carries the current certificate's subject.
-fn make_devices(serials: Vec<(String, Option<String>, Option<Vec<u8>>)>, kt: KeyType) -> anyhow::Result<Vec<Device>> {
+fn make_devices(
+    serials: Vec<(String, Option<String>, Option<Vec<u8>>)>,
+    kt: KeyType,
+    coaps: bool,
+) -> anyhow::Result<Vec<Device>> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let chunk = serials.len().div_ceil(threads).max(1);
     let mut out = Vec::with_capacity(serials.len());
@@ -269,13 +279,20 @@ fn make_devices(serials: Vec<(String, Option<String>, Option<Vec<u8>>)>, kt: Key
                                 Some(c) => iotpki_core::profile::cert_info(c)?.cert.tbs_certificate.subject,
                                 None => NameBuilder::default().common_name(serial)?.serial_number(&sn)?.build(),
                             };
-                            let csr = csr::build(&subject, &key, vec![])?;
+                            let (csr, hello) = match (coaps, token) {
+                                (true, Some(t)) => (
+                                    csr::build_with_challenge(&subject, &key, vec![], Some(&format!("{serial}:{t}")))?,
+                                    Some(coaps_client::self_signed(&key, &sn)?),
+                                ),
+                                _ => (csr::build(&subject, &key, vec![])?, None),
+                            };
                             Ok(Device {
                                 serial: serial.clone(),
                                 token: token.clone(),
                                 key: Arc::new(key),
                                 csr,
                                 cert: None,
+                                hello,
                             })
                         })
                         .collect()
@@ -352,6 +369,13 @@ pub fn run(a: LoadgenArgs) -> anyhow::Result<()> {
         }
     }
     let kt = KeyType::from_name(&a.key_type)?;
+    let coaps = a.server.iter().any(|s| coaps_client::is_coaps(s));
+    if coaps && !a.server.iter().all(|s| coaps_client::is_coaps(s)) {
+        bail!("give only coaps:// servers or only https:// ones");
+    }
+    if coaps && (a.station_dir.is_some() || a.reuse_connections || a.handshakes || a.ocsp.is_some()) {
+        bail!("over coaps the load generator enrolls with tokens and renews (no --station-dir, --reuse-connections, --handshakes or --ocsp)");
+    }
     let rt = crate::runtime()?;
     let quiet = a.json;
 
@@ -373,7 +397,11 @@ pub fn run(a: LoadgenArgs) -> anyhow::Result<()> {
             let clients = a
                 .server
                 .iter()
-                .map(|s| EstClient::new(s, None, std::slice::from_ref(&anchor), None).map(|c| c.without_resumption()))
+                .map(|s| {
+                    // The coaps clients are made per device; this one only serves /cacerts below.
+                    let s = if coaps { "https://127.0.0.1:1" } else { s.as_str() };
+                    EstClient::new(s, None, std::slice::from_ref(&anchor), None).map(|c| c.without_resumption())
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             (clients, anchor, None, serials, tokens.into_iter().map(Some).collect::<Vec<_>>())
         }
@@ -412,11 +440,24 @@ pub fn run(a: LoadgenArgs) -> anyhow::Result<()> {
         _ => bail!("give --dir (tokens minted through the store) or --station-dir with --batch"),
     };
     let t = Instant::now();
-    let devices = make_devices(serials.into_iter().zip(tokens).map(|(s, t)| (s, t, None)).collect(), kt)?;
+    let devices = make_devices(serials.into_iter().zip(tokens).map(|(s, t)| (s, t, None)).collect(), kt, coaps)?;
     if !quiet {
         eprintln!("made {} device keys and requests in {:.2?} (untimed)", devices.len(), t.elapsed());
     }
-    let chain = rt.block_on(clients[0].cacerts())?.into_iter().filter(|c| *c != anchor).collect::<Vec<_>>();
+    let cacerts = match devices.first().and_then(|d| d.hello.clone().map(|h| (h, d.key.clone()))) {
+        Some((hello, key)) if coaps => {
+            let c = CoapsClient::new(
+                &a.server[0],
+                None,
+                std::slice::from_ref(&anchor),
+                &[],
+                ClientIdentity { chain: vec![hello], key },
+            )?;
+            rt.block_on(c.cacerts())?
+        }
+        _ => rt.block_on(clients[0].cacerts())?,
+    };
+    let chain = cacerts.into_iter().filter(|c| *c != anchor).collect::<Vec<_>>();
     let _ = label;
 
     let devices = Arc::new(Mutex::new(devices));
@@ -455,6 +496,45 @@ fn device_client(
     let key: Arc<dyn Signer> = d.key.clone();
     let server = &a.server[i % a.server.len()];
     Ok(EstClient::new(server, None, &[anchor.to_vec()], Some(ClientIdentity { chain: tls_chain, key }))?)
+}
+
+/// A renewing device's client: over HTTPS, or over coaps (a new DTLS session each call).
+enum Renewer {
+    Https(EstClient),
+    Coaps(CoapsClient),
+}
+
+impl Renewer {
+    fn new(
+        a: &LoadgenArgs,
+        i: usize,
+        d: &Device,
+        cert: &[u8],
+        chain: &[Vec<u8>],
+        anchor: &[u8],
+    ) -> anyhow::Result<Self> {
+        let server = &a.server[i % a.server.len()];
+        if !coaps_client::is_coaps(server) {
+            return Ok(Self::Https(device_client(a, i, d, cert, chain, anchor)?));
+        }
+        let mut dtls_chain = vec![cert.to_vec()];
+        dtls_chain.extend(chain.iter().cloned());
+        let key: Arc<dyn Signer> = d.key.clone();
+        Ok(Self::Coaps(CoapsClient::new(
+            server,
+            None,
+            &[anchor.to_vec()],
+            chain,
+            ClientIdentity { chain: dtls_chain, key },
+        )?))
+    }
+
+    async fn simple_reenroll(&self, csr: &[u8]) -> Result<Vec<u8>, iotpki_agent::AgentError> {
+        match self {
+            Self::Https(c) => c.simple_reenroll(csr).await,
+            Self::Coaps(c) => c.simple_reenroll(csr).await,
+        }
+    }
 }
 
 /// Every enrolled device: a new mutual-TLS connection and `GET /healthz`.
@@ -674,20 +754,34 @@ async fn enroll_phase(
         let (devices, next, pb, rec) = (devices.clone(), next.clone(), pb.clone(), rec.clone());
         let (chain, anchor, batch, reuse) =
             (chain.to_vec(), anchor.to_vec(), station_batch.clone(), a.reuse_connections);
+        let servers = a.server.clone();
         set.spawn(async move {
             let mut kept = reuse.then(|| client.keep_alive());
             let mut out: Outcome = (Vec::new(), Vec::new());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((serial, token, key, csr)) = devices
-                    .lock()
-                    .ok()
-                    .and_then(|d| d.get(i).map(|d| (d.serial.clone(), d.token.clone(), d.key.clone(), d.csr.clone())))
-                else {
+                let Some((serial, token, key, csr, hello)) = devices.lock().ok().and_then(|d| {
+                    d.get(i).map(|d| (d.serial.clone(), d.token.clone(), d.key.clone(), d.csr.clone(), d.hello.clone()))
+                }) else {
                     return out;
                 };
                 let t0 = Instant::now();
                 let r = match (&mut kept, &batch, &token) {
+                    // Over coaps: a new DTLS session with the key's self-signed certificate.
+                    (_, None, Some(_)) if hello.is_some() => {
+                        let k: Arc<dyn Signer> = key.clone();
+                        let id = ClientIdentity { chain: hello.clone().into_iter().collect(), key: k };
+                        match CoapsClient::new(
+                            &servers[i % servers.len()],
+                            None,
+                            std::slice::from_ref(&anchor),
+                            &chain,
+                            id,
+                        ) {
+                            Ok(c) => c.simple_enroll(&csr).await,
+                            Err(e) => Err(e),
+                        }
+                    }
                     (Some(k), Some(b), _) => k.simple_enroll_batch(&csr, b).await,
                     (Some(k), None, Some(t)) => k.simple_enroll(&csr, &serial, t).await,
                     (None, Some(b), _) => client.simple_enroll_batch(&csr, b).await,
@@ -758,9 +852,9 @@ async fn renew_phase(
     for (i, d) in devices.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter().enumerate() {
         let Some(cert) = &d.cert else { continue };
         current.push((d.serial.clone(), None, Some(cert.clone())));
-        jobs.push((d.serial.clone(), device_client(a, i, d, cert, chain, anchor)?));
+        jobs.push((d.serial.clone(), Renewer::new(a, i, d, cert, chain, anchor)?));
     }
-    let fresh = make_devices(current, kt)?;
+    let fresh = make_devices(current, kt, false)?;
     let jobs: Arc<Vec<_>> = Arc::new(jobs.into_iter().zip(fresh).map(|((s, c), f)| (s, c, f.key, f.csr)).collect());
     let pb = bar(jobs.len(), "renewing", quiet);
     let next = Arc::new(AtomicUsize::new(0));

@@ -295,3 +295,101 @@ async fn est_coaps_resources_answer_with_their_content_formats_and_errors_with_c
     let r = client.raw(Code::POST, "/.well-known/est/sen", Some(286), None, vec![0x30; 20_000]).await.unwrap();
     assert_eq!(r.code, Code::REQUEST_ENTITY_TOO_LARGE);
 }
+
+/// libcoap's `coap-client-openssl` (Debian's libcoap3-bin: OpenSSL, DTLS 1.2
+/// with certificates), a CoAP and DTLS stack we did not write: GET /crts and
+/// POST /sren with a certificate we issued, and a certificate comes back for
+/// its new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions { dtls12: true, ..Default::default() }).await;
+    let state = ca.enrolled_device("LIBCOAP-1").await;
+    let id: iotpki_agent::Identity =
+        serde_json::from_slice(&std::fs::read(state.join("identity.json")).unwrap()).unwrap();
+    let t = ca.tmp.path();
+    std::fs::write(t.join("dev.pem"), &id.cert_pem).unwrap();
+    // The trusted roots, with the issuing CA that signed the server certificate (DTLS sends one certificate).
+    std::fs::write(t.join("cas.pem"), format!("{}{}", ca.root_pem, id.chain_pem)).unwrap();
+    let key = state.join(&id.key_file);
+    let url = udp.coaps_url();
+    let client = |args: Vec<String>| {
+        let out = std::process::Command::new("coap-client-openssl").args(&args).output().expect("coap-client-openssl");
+        assert!(out.status.success(), "coap-client-openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let dir = t.to_path_buf();
+    let (dev, cas) = (dir.join("dev.pem"), dir.join("cas.pem"));
+    let common = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["-c", dev.to_str().unwrap(), "-j", key.to_str().unwrap(), "-R", cas.to_str().unwrap(), "-B", "20"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let crts = format!("{url}/.well-known/est/crts");
+    let args = common(&["-m", "get", "-A", "281", "-o", dir.join("crts.p7").to_str().unwrap(), &crts]);
+    tokio::task::spawn_blocking(move || client(args)).await.unwrap();
+    let certs = iotpki_core::pkcs7::parse_certs_only(&std::fs::read(dir.join("crts.p7")).unwrap()).unwrap();
+    assert!(certs.iter().any(|c| c == ca.authority.root_der()), "the root in /crts as libcoap got it");
+
+    // A new key and its request, made by openssl; renewed with the current certificate.
+    crate::util::openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        dir.join("new.pem").to_str().unwrap(),
+    ]);
+    crate::util::openssl(&[
+        "req",
+        "-new",
+        "-key",
+        dir.join("new.pem").to_str().unwrap(),
+        "-subj",
+        "/CN=LIBCOAP-1/serialNumber=LIBCOAP-1",
+        "-outform",
+        "DER",
+        "-out",
+        dir.join("csr.der").to_str().unwrap(),
+    ]);
+    let before = ca.cert_count();
+    let sren = format!("{url}/.well-known/est/sren");
+    let args = common(&[
+        "-m",
+        "post",
+        "-t",
+        "286",
+        "-A",
+        "287",
+        "-f",
+        dir.join("csr.der").to_str().unwrap(),
+        "-o",
+        dir.join("new.der").to_str().unwrap(),
+        &sren,
+    ]);
+    // -b: libcoap sends the 300-byte request in 64-byte blocks (Block1), and takes the answer in blocks (Block2).
+    let mut args = args;
+    args.splice(0..0, ["-b".to_string(), "64".to_string()]);
+    tokio::task::spawn_blocking(move || client(args)).await.unwrap();
+    assert_eq!(ca.cert_count(), before + 1);
+    assert_eq!(ca.last_audit().event.action, "reenroll");
+    let new = std::fs::read(dir.join("new.der")).unwrap();
+    let info = iotpki_core::profile::cert_info(&new).expect("a bare certificate (287)");
+    crate::util::openssl(&[
+        "pkey",
+        "-in",
+        dir.join("new.pem").to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+        "-out",
+        dir.join("new.spki").to_str().unwrap(),
+    ]);
+    let spki = std::fs::read(dir.join("new.spki")).unwrap();
+    assert_eq!(info.spki_sha256, iotpki_core::keys::spki_fingerprint(&spki), "issued for openssl's new key");
+}

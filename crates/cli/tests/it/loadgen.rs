@@ -157,3 +157,46 @@ async fn loadgen_refuses_an_ocsp_url_that_is_not_plain_http() {
     .unwrap();
     assert!(err.contains("--ocsp takes the plain-HTTP base URL"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_drives_coaps_enrollments_and_renewals() {
+    let ca = Ca::start().await;
+    let limits = iotpki_server::Limits::from(&ca.authority.config().limits);
+    let udp = iotpki_server::Running::start_coaps(
+        ca.authority.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        limits,
+        iotpki_server::coaps::CoapsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let before = ca.cert_count();
+    let (dir, url) = (ca.dir.clone(), udp.coaps_url());
+    let out = tokio::task::spawn_blocking(move || {
+        run_ok(bin().arg("loadgen").arg("--dir").arg(&dir).args([
+            "--server",
+            &url,
+            "--devices",
+            "20",
+            "--concurrency",
+            "4",
+            "--renew",
+            "--json",
+        ]))
+    })
+    .await
+    .unwrap();
+    let v = json(&out);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["enroll"]["ok"], 20, "{v}");
+    assert_eq!(v["renew"]["ok"], 20, "{v}");
+    assert_eq!(ca.cert_count(), before + 40, "every certificate the generator counted is in the store");
+    // Station births are not offered over coaps: refused with the reason, before any work.
+    let e = run_fail(bin().arg("loadgen").arg("--station-dir").arg(ca.tmp.path()).args([
+        "--batch",
+        "X",
+        "--server",
+        &udp.coaps_url(),
+    ]));
+    assert!(e.contains("coaps"), "{e}");
+}
