@@ -393,3 +393,121 @@ async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
     let spki = std::fs::read(dir.join("new.spki")).unwrap();
     assert_eq!(info.spki_sha256, iotpki_core::keys::spki_fingerprint(&spki), "issued for openssl's new key");
 }
+
+/// The wolfSSL peer (interop/wolfssl-peer, built by scripts/test): its path.
+fn wolfssl_peer() -> std::path::PathBuf {
+    let p = std::env::var_os("IOTPKI_WOLFSSL_PEER").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../interop/wolfssl-peer/target/release/wolfssl-estcoaps")
+    });
+    assert!(
+        p.exists(),
+        "{} not found: run ./scripts/test, which builds the wolfSSL peer (or set IOTPKI_WOLFSSL_PEER)",
+        p.display()
+    );
+    p
+}
+
+/// A DTLS 1.3 client on wolfSSL, a DTLS implementation we did not write: the
+/// handshake with certificates both ways, /crts, and a renewal with a
+/// certificate we issued (and DTLS 1.2 when the server allows it). wolfSSL
+/// verifies the server's chain against the CA file; its name check takes DNS
+/// names only (`--server-name 127.0.0.1` fails in wolfSSL's setup), so the
+/// name is not checked here (our own client checks it: `coaps_client`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wolfssl_dtls_1_3_client_gets_crts_and_renews() {
+    let peer = wolfssl_peer();
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions { dtls12: true, ..Default::default() }).await;
+    let state = ca.enrolled_device("WOLF-1").await;
+    let id: iotpki_agent::Identity =
+        serde_json::from_slice(&std::fs::read(state.join("identity.json")).unwrap()).unwrap();
+    let dir = ca.tmp.path().to_path_buf();
+    std::fs::write(dir.join("dev.pem"), &id.cert_pem).unwrap();
+    std::fs::write(dir.join("cas.pem"), format!("{}{}", ca.root_pem, id.chain_pem)).unwrap();
+    let key = state.join(&id.key_file);
+    let server = udp.addr.to_string();
+    let run = |extra: Vec<String>| {
+        let mut args: Vec<String> = vec![
+            "--server".into(),
+            server.clone(),
+            "--ca".into(),
+            dir.join("cas.pem").display().to_string(),
+            "--cert".into(),
+            dir.join("dev.pem").display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ];
+        args.extend(extra);
+        let peer = peer.clone();
+        async move {
+            let out =
+                tokio::task::spawn_blocking(move || std::process::Command::new(&peer).args(&args).output().unwrap())
+                    .await
+                    .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(out.status.success(), "wolfssl-estcoaps: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+            stdout
+        }
+    };
+    for (v, flag) in [("DTLSv1.3", None), ("DTLSv1.2", Some("--dtls12"))] {
+        let mut args = vec![
+            "--get".to_string(),
+            "/.well-known/est/crts".into(),
+            "--accept".into(),
+            "281".into(),
+            "--out".into(),
+            dir.join("crts.p7").display().to_string(),
+        ];
+        args.extend(flag.map(String::from));
+        let out = run(args).await;
+        assert!(out.contains(&format!("version={v}")) && out.contains("code=2.05"), "{out}");
+        let certs = iotpki_core::pkcs7::parse_certs_only(&std::fs::read(dir.join("crts.p7")).unwrap()).unwrap();
+        assert!(certs.iter().any(|c| c == ca.authority.root_der()));
+    }
+    // A renewal over DTLS 1.3: a new key made by openssl, its request sent by wolfSSL.
+    crate::util::openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        dir.join("wnew.pem").to_str().unwrap(),
+    ]);
+    crate::util::openssl(&[
+        "req",
+        "-new",
+        "-key",
+        dir.join("wnew.pem").to_str().unwrap(),
+        "-subj",
+        "/CN=WOLF-1/serialNumber=WOLF-1",
+        "-outform",
+        "DER",
+        "-out",
+        dir.join("wcsr.der").to_str().unwrap(),
+    ]);
+    let before = ca.cert_count();
+    let out = run(vec![
+        "--post".into(),
+        "/.well-known/est/sren".into(),
+        "--content-format".into(),
+        "286".into(),
+        "--accept".into(),
+        "287".into(),
+        "--body".into(),
+        dir.join("wcsr.der").display().to_string(),
+        "--out".into(),
+        dir.join("wnew.der").display().to_string(),
+    ])
+    .await;
+    assert!(out.contains("version=DTLSv1.3") && out.contains("code=2.05"), "{out}");
+    assert_eq!(ca.cert_count(), before + 1);
+    assert_eq!(ca.last_audit().event.action, "reenroll");
+    let info = iotpki_core::profile::cert_info(&std::fs::read(dir.join("wnew.der")).unwrap()).unwrap();
+    assert_eq!(
+        info.serial,
+        ca.last_audit().event.target.trim_start_matches("cert:"),
+        "the certificate the audit names"
+    );
+}
