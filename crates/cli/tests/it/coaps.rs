@@ -511,3 +511,34 @@ async fn a_wolfssl_dtls_1_3_client_gets_crts_and_renews() {
         "the certificate the audit names"
     );
 }
+
+/// A device born at a manufacturer commissions over coaps with its birth
+/// certificate (the same refusals as over HTTPS first), then renews over coaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_birth_certificate_commissions_over_coaps_with_the_refusals_of_https() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let udp = coaps(&op, CoapsOptions::default()).await;
+    let devs = crate::util::born_devices(&mfg, "CPB", &["CP-1".to_string(), "CP-2".to_string()]).await;
+    let commission = |dev: std::path::PathBuf| {
+        let (url, root) = (udp.coaps_url(), op.root_pem.clone());
+        async move { iotpki_agent::flow::commission(&dev, Some(&url), Some(&root), None).await }
+    };
+    let certs = op.cert_count();
+    let e = commission(devs[0].clone()).await.expect_err("no manufacturer trusted yet");
+    assert!(e.to_string().contains("4.03") && e.to_string().contains("trusts no manufacturer"), "{e}");
+    crate::commission::trust(&op, &mfg);
+    let e = commission(devs[0].clone()).await.expect_err("not claimed");
+    assert!(e.to_string().contains("not owned by this authority"), "{e}");
+    assert_eq!(op.last_audit().event.action, "refuse.enroll");
+    crate::commission::claim(&op, &mfg, &["CP-1"]);
+    let id = commission(devs[0].clone()).await.expect("commissioned over coaps");
+    assert_eq!(op.last_audit().event.action, "commission");
+    assert_eq!(op.cert_count(), certs + 1);
+    assert!(id.birth.is_some());
+    iotpki_agent::renew(&devs[0], None, None).await.expect("renewed over coaps");
+    assert_eq!(op.last_audit().event.action, "reenroll");
+    // The other device is not claimed: refused, nothing issued.
+    assert!(commission(devs[1].clone()).await.is_err());
+    assert_eq!(op.cert_count(), certs + 2);
+}
