@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// Accept DTLS 1.2 on the coaps listener too (default: the config's `server.coaps_dtls12`).
     #[arg(long)]
     coaps_dtls12: bool,
+    /// Benchmarks only: no cookie exchange before a DTLS handshake, which makes the
+    /// listener an amplifier for spoofed addresses (a round trip fewer per handshake; logged).
+    #[arg(long, hide = true)]
+    coaps_no_cookie: bool,
     /// Log lines as text, or as one JSON object per line (for journald or a log shipper).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -191,8 +195,12 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let dtls = iotpki_server::coaps::DtlsIdentity::of(&authority);
         let coaps = match coaps_socket {
             Some(socket) => {
+                if a.coaps_no_cookie {
+                    tracing::warn!("--coaps-no-cookie: DTLS handshakes without a cookie exchange (benchmarks only)");
+                }
                 let options = iotpki_server::coaps::CoapsOptions {
                     dtls12: a.coaps_dtls12 || authority.config().server.coaps_dtls12,
+                    cookie: !a.coaps_no_cookie,
                     ..Default::default()
                 };
                 let mut rx = stop_rx.clone();

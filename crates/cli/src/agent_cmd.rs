@@ -13,7 +13,8 @@ pub enum AgentCmd {
         /// The device's state directory.
         #[arg(long)]
         state: PathBuf,
-        /// The EST server, https://HOST:PORT.
+        /// The EST server, https://HOST:PORT, or coaps://HOST:PORT for EST over secure
+        /// CoAP (DTLS 1.3; the token goes in the request's challengePassword, docs/coaps.md).
         #[arg(long)]
         server: String,
         /// The device serial number.
@@ -45,7 +46,7 @@ pub enum AgentCmd {
         /// The device's state directory.
         #[arg(long)]
         state: PathBuf,
-        /// Use this server instead of the one enrolled with.
+        /// Use this server instead of the one enrolled with (https:// or coaps://).
         #[arg(long)]
         server: Option<String>,
         /// The PKCS#11 token's PIN file, for a token keystore (else the one recorded at enrollment, else $IOTPKI_PIN).
@@ -59,7 +60,7 @@ pub enum AgentCmd {
         /// The device's state directory.
         #[arg(long)]
         state: PathBuf,
-        /// The owner's EST server, https://HOST:PORT (default: the one in the state).
+        /// The owner's EST server, https://HOST:PORT or coaps://HOST:PORT (default: the one in the state).
         #[arg(long)]
         server: Option<String>,
         /// The owner's trust anchor (root CA certificate, PEM; default: the one in the state).

@@ -542,3 +542,55 @@ async fn a_birth_certificate_commissions_over_coaps_with_the_refusals_of_https()
     assert!(commission(devs[1].clone()).await.is_err());
     assert_eq!(op.cert_count(), certs + 2);
 }
+
+/// The binary: `serve --coaps-listen` says it is ready only once the UDP
+/// socket is bound (a line naming it), and `agent enroll` and `agent renew`
+/// take the coaps:// URL it printed.
+#[test]
+fn serve_listens_on_coaps_and_the_agent_binary_enrolls_and_renews_there() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("ca");
+    let dir = d.to_str().unwrap();
+    crate::util::run_ok(crate::util::bin().args(["init", "--dir", dir]).env("IOTPKI_PASSPHRASE", crate::util::PASS));
+    let mut child = crate::util::bin()
+        .args(["serve", "--dir", dir, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--coaps-listen", "127.0.0.1:0"])
+        .env("IOTPKI_PASSPHRASE", crate::util::PASS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _server = crate::util::Server(child);
+    let mut coaps = None;
+    for _ in 0..3 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if let Some(u) = line.trim().strip_prefix("EST-coaps on ") {
+            coaps = Some(u.to_string());
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = coaps.expect("serve names its coaps listener");
+    assert!(url.starts_with("coaps://127.0.0.1:"), "{url}");
+    let token = crate::util::run_ok(crate::util::bin().args(["token", "create", "--dir", dir, "--serial", "BIN-C1"]));
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let state = tmp.path().join("dev");
+    let root = d.join("ca/root.crt");
+    let enrolled = crate::util::run_ok(
+        crate::util::bin().args(["agent", "enroll", "--serial", "BIN-C1", "--server", &url]).args([
+            "--state",
+            state.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--ca-cert",
+            root.to_str().unwrap(),
+        ]),
+    );
+    assert!(enrolled.contains("BIN-C1"), "{enrolled}");
+    let renewed = crate::util::run_ok(crate::util::bin().args(["agent", "renew", "--state", state.to_str().unwrap()]));
+    assert!(renewed.contains("renewed BIN-C1"), "{renewed}");
+}
