@@ -39,7 +39,39 @@ use crate::AgentError;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The block size asked for (SZX 6: 1024 bytes), and the datagram size.
 const SZX: u8 = 6;
-const MTU: usize = 1152;
+/// The largest datagram the device sends: the UDP payload that fits the 576
+/// bytes every IPv4 host reassembles. dimpl pads the ClientHello to it (RFC
+/// 7685, against amplification by servers without a cookie exchange), so this
+/// is what each ClientHello costs on a link where every byte counts; the
+/// device's other flights are split to fit.
+const MTU: usize = 548;
+/// The largest datagram read (a larger one is cut, and fails its record's check).
+const INBUF: usize = 4096;
+/// Records dimpl holds before it refuses more.
+const RX_QUEUE: usize = 16;
+
+/// Which DTLS versions the client offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versions {
+    /// DTLS 1.3 only (the default).
+    Dtls13,
+    /// DTLS 1.3, or 1.2 if the server has only that (one hybrid ClientHello).
+    Auto,
+    /// DTLS 1.2 only (a server without 1.3; measurements).
+    Dtls12,
+}
+
+impl Versions {
+    /// From `$IOTPKI_COAPS_DTLS`: `1.3` (or unset), `auto`, or `1.2`.
+    pub fn from_env() -> Result<Self, AgentError> {
+        match std::env::var("IOTPKI_COAPS_DTLS").as_deref() {
+            Err(_) | Ok("") | Ok("1.3") => Ok(Self::Dtls13),
+            Ok("auto") => Ok(Self::Auto),
+            Ok("1.2") => Ok(Self::Dtls12),
+            Ok(other) => Err(AgentError::Usage(format!("IOTPKI_COAPS_DTLS={other:?}: give 1.3, auto or 1.2"))),
+        }
+    }
+}
 
 /// Byte counts of the last call (for the benchmark and the tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +84,8 @@ pub struct Traffic {
     pub datagrams_sent: u64,
     /// Datagrams received.
     pub datagrams_received: u64,
+    /// The DTLS version of the last session (`DTLSv1.3`, `DTLSv1.2`).
+    pub version: Option<&'static str>,
 }
 
 /// An EST-coaps server at one `coaps://HOST:PORT` and label.
@@ -64,7 +98,7 @@ pub struct CoapsClient {
     /// Intermediates the device holds (its issuing chain), to complete the server's path.
     intermediates: Vec<Vec<u8>>,
     identity: Arc<ClientIdentity>,
-    dtls12: bool,
+    versions: Versions,
     traffic: Arc<Mutex<Traffic>>,
 }
 
@@ -132,14 +166,14 @@ impl CoapsClient {
             anchors: anchors.to_vec(),
             intermediates: intermediates.to_vec(),
             identity: Arc::new(identity),
-            dtls12: std::env::var_os("IOTPKI_COAPS_DTLS12").is_some_and(|v| v == "1"),
+            versions: Versions::from_env()?,
             traffic: Arc::new(Mutex::new(Traffic::default())),
         })
     }
 
-    /// Offer DTLS 1.2 as well (for a server that has only that); default 1.3 only.
-    pub fn with_dtls12(mut self, on: bool) -> Self {
-        self.dtls12 = on;
+    /// Offer these DTLS versions (default: `$IOTPKI_COAPS_DTLS`, else 1.3 only).
+    pub fn with_versions(mut self, versions: Versions) -> Self {
+        self.versions = versions;
         self
     }
 
@@ -250,7 +284,7 @@ impl CoapsClient {
             self.check_server(&leaf, &pool).map_err(|_| first)?;
         }
         let r = session.request(method, path, content_format, accept, payload).await;
-        session.close();
+        session.close().await;
         r
     }
 
@@ -320,6 +354,9 @@ impl<'a> Session<'a> {
         let provider = CryptoProvider { key_provider: &KEY_HANDLES, ..dimpl::crypto::aws_lc_rs::default_provider() };
         let config = dimpl::Config::builder()
             .mtu(MTU)
+            // At most RX_QUEUE datagrams of INBUF bytes are held: the server's
+            // certificate, which dimpl copies into `out` whole, fits there.
+            .max_queue_rx(RX_QUEUE)
             .with_crypto_provider(provider)
             .build()
             .map_err(|e| AgentError::Connect(format!("DTLS configuration: {e}")))?;
@@ -328,10 +365,10 @@ impl<'a> Session<'a> {
             private_key: handle.der(),
         };
         let now = Instant::now();
-        let mut dtls = if client.dtls12 {
-            Dtls::new_auto(Arc::new(config), cert, now)
-        } else {
-            Dtls::new_13(Arc::new(config), cert, now)
+        let mut dtls = match client.versions {
+            Versions::Dtls13 => Dtls::new_13(Arc::new(config), cert, now),
+            Versions::Auto => Dtls::new_auto(Arc::new(config), cert, now),
+            Versions::Dtls12 => Dtls::new_12(Arc::new(config), cert, now),
         };
         dtls.set_active(true);
         // dimpl starts (its first flight, its random) on the first timeout.
@@ -341,8 +378,8 @@ impl<'a> Session<'a> {
             client,
             socket,
             dtls,
-            out: vec![0u8; 64 * 1024],
-            inbuf: vec![0u8; 4096],
+            out: vec![0u8; RX_QUEUE * INBUF + 4096],
+            inbuf: vec![0u8; INBUF],
             next_timeout: None,
             peer_leaf: None,
             connected: false,
@@ -353,28 +390,37 @@ impl<'a> Session<'a> {
     }
 
     /// Send what dimpl has; note what it says.
-    fn flush(&mut self) -> Result<(), AgentError> {
+    async fn flush(&mut self) -> Result<(), AgentError> {
         loop {
             match self.dtls.poll_output(&mut self.out) {
                 Output::Packet(p) => {
-                    let n = p.len() as u64;
-                    match self.socket.try_send(p) {
-                        Ok(_) => {
-                            if let Ok(mut t) = self.client.traffic.lock() {
-                                t.bytes_sent += n;
-                                t.datagrams_sent += 1;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(AgentError::Connect(format!("UDP send: {e}"))),
+                    // Awaited, not tried: a new socket is not known to be writable
+                    // yet, and a dropped first flight would cost a retransmission timeout.
+                    let p = p.to_vec();
+                    self.socket.send(&p).await.map_err(|e| AgentError::Connect(format!("UDP send: {e}")))?;
+                    if let Ok(mut t) = self.client.traffic.lock() {
+                        t.bytes_sent += p.len() as u64;
+                        t.datagrams_sent += 1;
                     }
                 }
-                Output::BufferTooSmall { needed } => self.out.resize(needed.min(1 << 20), 0),
+                Output::BufferTooSmall { needed } if needed <= 1 << 20 => self.out.resize(needed, 0),
+                Output::BufferTooSmall { needed } => {
+                    return Err(AgentError::Connect(format!("DTLS wants a {needed}-byte output buffer")))
+                }
                 Output::Timeout(t) => {
                     self.next_timeout = Some(t);
                     return Ok(());
                 }
-                Output::Connected => self.connected = true,
+                Output::Connected => {
+                    self.connected = true;
+                    let v = match self.dtls.protocol_version() {
+                        Some(dimpl::ProtocolVersion::DTLS1_2) => "DTLSv1.2",
+                        _ => "DTLSv1.3",
+                    };
+                    if let Ok(mut t) = self.client.traffic.lock() {
+                        t.version = Some(v);
+                    }
+                }
                 Output::PeerCert(der) => self.peer_leaf = Some(der.to_vec()),
                 Output::ApplicationData(d) => self.received.push(d.to_vec()),
                 Output::CloseNotify => return Err(AgentError::Connect("the server closed the DTLS session".into())),
@@ -400,12 +446,12 @@ impl<'a> Session<'a> {
                 self.dtls.handle_timeout(Instant::now()).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
             }
         }
-        self.flush()
+        self.flush().await
     }
 
     /// The handshake; the server's leaf certificate.
     async fn handshake(&mut self) -> Result<Vec<u8>, AgentError> {
-        self.flush()?;
+        self.flush().await?;
         while !self.connected {
             self.step().await?;
         }
@@ -428,7 +474,7 @@ impl<'a> Session<'a> {
             .map_err(|e| AgentError::Usage(format!("CoAP request {path}: {e}")))?;
         let mut retry = Retransmission::new(rand::random::<f64>());
         let mut datagram = ex.datagram();
-        self.send_app(&datagram)?;
+        self.send_app(&datagram).await?;
         // None: acknowledged, the answer comes on its own (no more retransmissions).
         let mut deadline = Some(Instant::now() + retry.timeout());
         let separate_deadline = Instant::now() + CALL_TIMEOUT;
@@ -436,13 +482,13 @@ impl<'a> Session<'a> {
             for d in std::mem::take(&mut self.received) {
                 let progress = ex.receive(&d);
                 if let Some(ack) = ex.take_ack() {
-                    self.send_app(&ack)?;
+                    self.send_app(&ack).await?;
                 }
                 match progress {
                     Progress::Send => {
                         self.message_id = ex.message_id();
                         datagram = ex.datagram();
-                        self.send_app(&datagram)?;
+                        self.send_app(&datagram).await?;
                         retry = Retransmission::new(rand::random::<f64>());
                         deadline = Some(Instant::now() + retry.timeout());
                     }
@@ -466,19 +512,19 @@ impl<'a> Session<'a> {
                     }
                     let data = self.inbuf[..n].to_vec();
                     self.dtls.handle_packet(&data).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
-                    self.flush()?;
+                    self.flush().await?;
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                     let now = Instant::now();
                     if self.next_timeout.is_some_and(|t| t <= now) {
                         self.dtls.handle_timeout(now).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
-                        self.flush()?;
+                        self.flush().await?;
                     }
                     if deadline_or_end <= now {
                         if deadline.is_none() || !retry.on_timeout() {
                             return Err(AgentError::Connect(format!("no CoAP answer from {} for {path}", self.client.addr)));
                         }
-                        self.send_app(&datagram)?;
+                        self.send_app(&datagram).await?;
                         deadline = Some(now + retry.timeout());
                     }
                 }
@@ -486,14 +532,14 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn send_app(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+    async fn send_app(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
         self.dtls.send_application_data(bytes).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
-        self.flush()
+        self.flush().await
     }
 
-    fn close(&mut self) {
+    async fn close(&mut self) {
         let _ = self.dtls.close();
-        let _ = self.flush();
+        let _ = self.flush().await;
     }
 }
 

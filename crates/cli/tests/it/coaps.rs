@@ -139,6 +139,38 @@ async fn answers(sock: &UdpSocket, wait: Duration) -> Vec<Vec<u8>> {
     out
 }
 
+/// DTLS 1.2 for stacks without 1.3: only when the server allows it, and then
+/// with the same admission (a renewal with our client offering 1.2 only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtls_1_2_is_served_only_when_configured() {
+    let ca = Ca::start().await;
+    let state = ca.enrolled_device("D12-1").await;
+    let id = iotpki_agent::state::load(&state).unwrap();
+    let key: Arc<dyn iotpki_core::keys::Signer> = Arc::new(iotpki_agent::state::load_key(&state, &id).unwrap());
+    let cert = iotpki_core::pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+    let chain = iotpki_core::pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap();
+    for (allowed, offered) in [(false, coaps_client::Versions::Dtls12), (true, coaps_client::Versions::Dtls12)] {
+        let udp = coaps(&ca, CoapsOptions { dtls12: allowed, ..Default::default() }).await;
+        let client = CoapsClient::new(
+            &udp.coaps_url(),
+            None,
+            &[ca.authority.root_der().to_vec()],
+            &chain,
+            ClientIdentity { chain: vec![cert.clone()], key: key.clone() },
+        )
+        .unwrap()
+        .with_versions(offered);
+        let r = tokio::time::timeout(Duration::from_secs(8), client.cacerts()).await;
+        if allowed {
+            r.expect("answered").expect("DTLS 1.2 when allowed");
+            assert_eq!(client.traffic().version, Some("DTLSv1.2"));
+        } else {
+            assert!(!matches!(r, Ok(Ok(_))), "DTLS 1.2 is refused unless configured");
+        }
+        udp.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_client_hello_gets_no_more_bytes_than_it_sent() {
     let ca = Ca::start().await;

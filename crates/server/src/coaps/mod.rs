@@ -161,7 +161,12 @@ pub async fn serve_coaps(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<CoapsStats> {
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(1024);
-    let mut server = Server::new(authority, socket, limits, identity, options, done_tx)?;
+    // Sends go straight to the socket (non-blocking): tokio's try_send would
+    // refuse while the reactor has not yet reported the socket writable.
+    let std_socket = socket.into_std()?;
+    let sender = std_socket.try_clone()?;
+    let socket = UdpSocket::from_std(std_socket)?;
+    let mut server = Server::new(authority, socket, sender, limits, identity, options, done_tx)?;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +191,8 @@ pub async fn serve_coaps(
 struct Server {
     authority: Arc<Authority>,
     socket: Arc<UdpSocket>,
+    /// The same socket, for sends.
+    sender: std::net::UdpSocket,
     limits: LimitsHandle,
     limiter: Arc<RateLimiter>,
     identity: DtlsIdentity,
@@ -208,6 +215,7 @@ impl Server {
     fn new(
         authority: Arc<Authority>,
         socket: UdpSocket,
+        sender: std::net::UdpSocket,
         limits: LimitsHandle,
         identity: DtlsIdentity,
         options: CoapsOptions,
@@ -227,6 +235,7 @@ impl Server {
             labels,
             authority,
             socket: Arc::new(socket),
+            sender,
             limiter: Arc::new(RateLimiter::new(limits.clone())),
             limits,
             identity,
@@ -354,7 +363,7 @@ impl Server {
                     Output::Packet(p) => {
                         // UDP: a full send buffer loses the datagram, as the network may;
                         // the DTLS and CoAP retransmissions recover.
-                        if let Err(e) = self.socket.try_send_to(p, peer) {
+                        if let Err(e) = self.sender.send_to(p, peer) {
                             tracing::debug!(%peer, error = %e, "UDP send");
                         }
                     }
