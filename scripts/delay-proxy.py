@@ -47,8 +47,8 @@ client received it), and a summary:
     after a timeout is no new round trip (it shows in the span, not here);
   - span_ms: the client's first byte sent to its last byte received; span_rtts = span / RTT;
   - per connection (TCP) or client address (UDP): whether the first ClientHello offered a
-    TLS 1.3 pre_shared_key (resumption), whether the server's answer accepted it, and
-    whether a cookie exchange happened (DTLS 1.2 HelloVerifyRequest, TLS/DTLS 1.3
+    TLS 1.3 pre_shared_key (resumption), whether the server's answer accepted it, the
+    version the ServerHello chose, and whether a cookie exchange happened (DTLS 1.2 HelloVerifyRequest, TLS/DTLS 1.3
     HelloRetryRequest).
 """
 
@@ -67,6 +67,8 @@ SEGMENT = 1460
 # RFC 8446 4.1.3: the Random of a HelloRetryRequest.
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 EXT_PRE_SHARED_KEY = 41
+EXT_SUPPORTED_VERSIONS = 43
+VERSIONS = {0x0303: "TLS 1.2", 0x0304: "TLS 1.3", 0xFEFD: "DTLS 1.2", 0xFEFC: "DTLS 1.3"}
 
 
 def parse_hostport(s):
@@ -80,7 +82,9 @@ def inspect_handshake(data, dtls):
     """The first handshake message of a TLS (stream) or DTLS (datagram) record.
 
     Returns a dict {"msg": "client_hello"|"server_hello"|"hello_retry_request"|
-    "hello_verify_request", "psk": bool} or None when it is not one we read.
+    "hello_verify_request", "psk": bool, "version": str} or None when it is not one we
+    read. "version" is what a ServerHello chose (its supported_versions, else its
+    legacy_version): "TLS 1.2", "TLS 1.3", "DTLS 1.2", "DTLS 1.3"; None for the others.
     """
     rec_hdr = 13 if dtls else 5
     hs_hdr = 12 if dtls else 4
@@ -93,10 +97,11 @@ def inspect_handshake(data, dtls):
     kind = rec[0]
     body = rec[hs_hdr:]
     if kind == 3:
-        return {"msg": "hello_verify_request", "psk": False}
+        return {"msg": "hello_verify_request", "psk": False, "version": None}
     if kind not in (1, 2):
         return None
     try:
+        version = int.from_bytes(body[0:2], "big")
         i = 2
         rnd = body[i : i + 32]
         i += 32
@@ -119,14 +124,16 @@ def inspect_handshake(data, dtls):
                 n = int.from_bytes(body[i + 2 : i + 4], "big")
                 if ext == EXT_PRE_SHARED_KEY:
                     psk = True
+                if ext == EXT_SUPPORTED_VERSIONS and kind == 2 and n == 2:
+                    version = int.from_bytes(body[i + 4 : i + 6], "big")
                 i += 4 + n
     except IndexError:
         return None
     if kind == 1:
-        return {"msg": "client_hello", "psk": psk}
+        return {"msg": "client_hello", "psk": psk, "version": None}
     if rnd == HRR_RANDOM:
-        return {"msg": "hello_retry_request", "psk": False}
-    return {"msg": "server_hello", "psk": psk}
+        return {"msg": "hello_retry_request", "psk": False, "version": None}
+    return {"msg": "server_hello", "psk": psk, "version": VERSIONS.get(version, hex(version))}
 
 
 class Relay:
@@ -151,7 +158,7 @@ class Relay:
 
     def conn(self, proto, peer):
         c = {"id": self.next_id, "proto": proto, "client": f"{peer[0]}:{peer[1]}",
-             "client_hello_psk": None, "server_accepted_psk": None, "cookie_exchange": False,
+             "client_hello_psk": None, "server_accepted_psk": None, "version": None, "cookie_exchange": False,
              "client_hellos": 0}
         self.next_id += 1
         self.conns.append(c)
@@ -172,6 +179,7 @@ class Relay:
                 c["client_hello_psk"] = h["psk"]
         elif h["msg"] == "server_hello" and direction == "s2c" and c["server_accepted_psk"] is None:
             c["server_accepted_psk"] = h["psk"]
+            c["version"] = h["version"]
         elif h["msg"] in ("hello_retry_request", "hello_verify_request") and direction == "s2c":
             c["cookie_exchange"] = True
 
