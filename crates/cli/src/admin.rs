@@ -115,9 +115,10 @@ pub struct ServeArgs {
     /// Accept DTLS 1.2 on the coaps listener too (default: the config's `server.coaps_dtls12`).
     #[arg(long)]
     coaps_dtls12: bool,
-    /// Benchmarks only: no cookie exchange before a DTLS handshake, which makes the
-    /// listener an amplifier for spoofed addresses (a round trip fewer per handshake; logged).
-    #[arg(long, hide = true)]
+    /// For benchmarks only: no cookie exchange before a DTLS handshake (a round trip
+    /// fewer), which lets a spoofed address make the listener send a whole server
+    /// flight; logged as a warning.
+    #[arg(long)]
     coaps_no_cookie: bool,
     /// Log lines as text, or as one JSON object per line (for journald or a log shipper).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
