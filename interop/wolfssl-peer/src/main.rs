@@ -74,7 +74,7 @@ const USAGE: &str = "\
 wolfssl-estcoaps --server ADDR:PORT --ca CA --cert CERT --key KEY [--dtls12]
     (--get PATH --out FILE | --post PATH --content-format N --accept N --body FILE --out FILE)
     [--accept N] [--report JSON_FILE] [--server-name NAME] [--cipher-list LIST]
-    [--groups P-256,X25519] [--mtu N] [--handshake-timeout SECS]
+    [--groups P-256,X25519] [--mtu N] [--block-size 16..1024] [--handshake-timeout SECS]
 CA, CERT and KEY: PEM or DER (detected by a '-----BEGIN ' line).
 stdout: 'version=DTLSv1.3' and 'code=2.05'. Exit: 0 on 2.xx, 4 on another code,
 3 on a handshake failure, 5 on other failures, 2 on a usage error.";
@@ -98,6 +98,7 @@ struct Args {
     cipher_list: Option<String>,
     groups: Vec<Group>,
     mtu: Option<u16>,
+    block_size: Option<Block>,
     handshake_timeout: Duration,
 }
 
@@ -113,7 +114,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, PeerError>
     let mut get = None;
     let mut post = None;
     let (mut content_format, mut accept) = (None, None);
-    let (mut server_name, mut cipher_list, mut mtu) = (None, None, None);
+    let (mut server_name, mut cipher_list, mut mtu, mut block_size) = (None, None, None, None);
     let mut groups = Vec::new();
     let mut handshake_timeout = Duration::from_secs(30);
     while let Some(flag) = it.next() {
@@ -145,6 +146,13 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, PeerError>
             "--server-name" => server_name = Some(val),
             "--cipher-list" => cipher_list = Some(val),
             "--mtu" => mtu = Some(parse_num(&flag, &val)?),
+            "--block-size" => {
+                let size: usize = parse_num(&flag, &val)?;
+                let szx = (0u8..=6)
+                    .find(|x| 16usize << x == size)
+                    .ok_or_else(|| PeerError::Usage(format!("--block-size: 16, 32, ... or 1024, not {size}")))?;
+                block_size = Some(Block { num: 0, more: false, szx });
+            }
             "--handshake-timeout" => handshake_timeout = Duration::from_secs(parse_num(&flag, &val)?),
             "--groups" => {
                 for g in val.split(',') {
@@ -191,6 +199,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, PeerError>
         cipher_list,
         groups,
         mtu,
+        block_size,
         handshake_timeout,
     })
 }
@@ -280,17 +289,19 @@ fn exchange(client: &mut Client, req: &Request<'_>) -> Result<coap::Message, Pee
     }
 }
 
-/// The request, with Block2 (RFC 7959, 2.4) followed to the last block. For a POST,
+/// The request, with Block2 (RFC 7959, 2.4) followed to the last block; with
+/// `--block-size` the first request already carries Block2 NUM=0 with that size
+/// ("early negotiation", RFC 7959, 2.4), for a path MTU too small for 1024. For a POST,
 /// requests for blocks after the first carry no payload (RFC 7959, 3.3, and the
 /// EST-coaps examples of RFC 9148, Appendix A): the server already has the request.
 fn request(client: &mut Client, args: &Args, body: &[u8]) -> Result<Outcome, PeerError> {
     let path = coap::split_path(&args.path).map_err(|e| PeerError::Usage(e.to_string()))?;
     let mut mid = random_u64(1) as u16;
     let mut payload = Vec::new();
-    let mut next: Option<Block> = None;
+    let mut next: Option<Block> = args.block_size;
+    let mut first = true;
     loop {
         let token = random_u64(u64::from(mid)).to_be_bytes();
-        let first = next.is_none();
         let req = Request {
             method: args.method,
             message_id: mid,
@@ -303,16 +314,24 @@ fn request(client: &mut Client, args: &Args, body: &[u8]) -> Result<Outcome, Pee
         };
         let resp = exchange(client, &req)?;
         mid = mid.wrapping_add(1);
+        first = false;
         if !resp.code.is_success() {
             return Ok(Outcome { code: resp.code, payload: resp.payload });
         }
         let Some(b) = resp.block2 else {
-            if !first {
+            if next.is_some_and(|n| n.num > 0) {
                 return Err(PeerError::Coap("a block-wise transfer's later response has no Block2".into()));
             }
             return Ok(Outcome { code: resp.code, payload: resp.payload });
         };
         let want = next.map(|n| n.num).unwrap_or(0);
+        if let Some(asked) = next.filter(|n| b.szx > n.szx) {
+            return Err(PeerError::Coap(format!(
+                "asked for blocks of {} bytes, got {} (RFC 7959, 2.4: the same or smaller)",
+                asked.size(),
+                b.size()
+            )));
+        }
         if b.num != want {
             return Err(PeerError::Coap(format!("asked for block {want}, got block {}", b.num)));
         }
@@ -454,6 +473,9 @@ mod tests {
         assert_eq!(a.method, Method::Post);
         assert_eq!(a.version, Version::Dtls12);
         assert_eq!((a.content_format, a.accept), (Some(286), Some(281)));
+        let a = parse_args(argv("--server 127.0.0.1:5684 --ca a --cert b --key c --get /x --out o --block-size 256"))
+            .unwrap();
+        assert_eq!(a.block_size, Some(Block { num: 0, more: false, szx: 4 }));
     }
 
     #[test]
@@ -465,6 +487,8 @@ mod tests {
             "--server 127.0.0.1:1 --ca a --cert b --key c --post /y --out o",
             "--server nohost --ca a --cert b --key c --get /x --out o",
             "--server 127.0.0.1:1 --ca a --cert b --key c --get /x --out o --groups P-521",
+            "--server 127.0.0.1:1 --ca a --cert b --key c --get /x --out o --block-size 1000",
+            "--server 127.0.0.1:1 --ca a --cert b --key c --get /x --out o --block-size 2048",
         ] {
             assert!(matches!(parse_args(argv(bad)), Err(PeerError::Usage(_))), "{bad}");
         }
