@@ -31,6 +31,8 @@ pub struct Counters {
 pub struct UdpIo {
     socket: UdpSocket,
     counters: Counters,
+    /// The last socket error, which wolfSSL reports only as "error state on socket".
+    last_error: Option<String>,
 }
 
 impl UdpIo {
@@ -61,7 +63,10 @@ impl IOCallbacks for UdpIo {
                 IOCallbackResult::Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => IOCallbackResult::WouldBlock,
-            Err(e) => IOCallbackResult::Err(e),
+            Err(e) => {
+                self.last_error = Some(format!("recv: {e}"));
+                IOCallbackResult::Err(e)
+            }
         }
     }
 
@@ -73,7 +78,10 @@ impl IOCallbacks for UdpIo {
                 IOCallbackResult::Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => IOCallbackResult::WouldBlock,
-            Err(e) => IOCallbackResult::Err(e),
+            Err(e) => {
+                self.last_error = Some(format!("send: {e}"));
+                IOCallbackResult::Err(e)
+            }
         }
     }
 }
@@ -181,7 +189,7 @@ impl Client {
             .map_err(|e| PeerError::Io("bind".into(), e))?;
         socket.connect(opts.server).map_err(|e| PeerError::Io(format!("connect {}", opts.server), e))?;
         socket.set_nonblocking(true).map_err(|e| PeerError::Io("set_nonblocking".into(), e))?;
-        let io = UdpIo { socket, counters: Counters::default() };
+        let io = UdpIo { socket, counters: Counters::default(), last_error: None };
         let config = SessionConfig::new(io)
             .with_dtls_nonblocking(true)
             .with_ssl_verify_mode(SslVerifyMode::SslVerifyPeer)
@@ -222,8 +230,16 @@ impl Client {
                         }
                     }
                 }
-                Err(e) => return Err(PeerError::Handshake(e.to_string())),
+                Err(e) => return Err(PeerError::Handshake(self.with_socket_error(e))),
             }
+        }
+    }
+
+    /// wolfSSL's error, with the socket error behind it if there was one.
+    fn with_socket_error(&self, e: wolfssl::Error) -> String {
+        match &self.session.io_cb().last_error {
+            Some(io) => format!("{e} ({io})"),
+            None => e.to_string(),
         }
     }
 
@@ -266,7 +282,7 @@ impl Client {
                         .wait_readable(Duration::from_millis(10))
                         .map_err(|e| PeerError::Dtls(format!("socket: {e}")))?;
                 }
-                Err(e) => return Err(PeerError::Dtls(format!("write: {e}"))),
+                Err(e) => return Err(PeerError::Dtls(format!("write: {}", self.with_socket_error(e)))),
             }
         }
     }
@@ -289,7 +305,7 @@ impl Client {
                         .wait_readable(deadline - now)
                         .map_err(|e| PeerError::Dtls(format!("socket: {e}")))?;
                 }
-                Err(e) => return Err(PeerError::Dtls(format!("read: {e}"))),
+                Err(e) => return Err(PeerError::Dtls(format!("read: {}", self.with_socket_error(e)))),
             }
         }
     }
