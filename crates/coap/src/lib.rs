@@ -32,6 +32,8 @@
 pub mod block;
 pub mod client;
 pub mod est;
+#[doc(hidden)]
+pub mod internal;
 pub mod msg;
 pub mod option;
 pub mod server;
