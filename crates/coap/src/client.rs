@@ -105,6 +105,7 @@ enum Phase {
         code: Code,
         content_format: Option<u16>,
         max_age: Option<u32>,
+        etag: Option<Vec<u8>>,
         body: Vec<u8>,
     },
     Finished,
@@ -340,13 +341,16 @@ impl Exchange {
                 }
                 self.first_response(msg, block2)
             }
-            Phase::Download { num, code, content_format, max_age, mut body } => {
+            Phase::Download { num, code, content_format, max_age, etag, mut body } => {
                 if !msg.code.is_success() {
                     return Progress::Done(self.done(msg));
                 }
                 let Some(b2) = block2 else {
                     return self.fail("a block of the response without Block2".to_owned());
                 };
+                if msg.option(option::ETAG) != etag.as_deref() {
+                    return self.fail("the response changed during the block-wise transfer (ETag)".to_owned());
+                }
                 if b2.num() != num || b2.offset() != body.len() {
                     return self.fail(format!("asked for block {num}, got block {} of size {}", b2.num(), b2.size()));
                 }
@@ -364,7 +368,7 @@ impl Exchange {
                 let Ok(next) = u32::try_from(body.len() / b2.size()) else {
                     return self.fail("response too large for block numbers".to_owned());
                 };
-                self.phase = Phase::Download { num: next, code, content_format, max_age, body };
+                self.phase = Phase::Download { num: next, code, content_format, max_age, etag, body };
                 self.next()
             }
         }
@@ -395,6 +399,7 @@ impl Exchange {
             code: msg.code,
             content_format: opt_uint(&msg, option::CONTENT_FORMAT, 2).map(|v| v as u16),
             max_age: opt_uint(&msg, option::MAX_AGE, 4),
+            etag: msg.option(option::ETAG).map(<[u8]>::to_vec),
             body: msg.payload,
         };
         self.next()

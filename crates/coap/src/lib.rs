@@ -17,6 +17,41 @@
 //! - [`est`]: the EST-coaps resources, routes, content formats and the
 //!   `/.well-known/core` discovery answer.
 //!
+//! # Use
+//!
+//! ```
+//! use std::time::Instant;
+//! use iotpki_coap::client::{Exchange, Progress};
+//! use iotpki_coap::est::{self, Op};
+//! use iotpki_coap::msg::Code;
+//! use iotpki_coap::server::{Endpoint, Limits, Received, Response};
+//!
+//! let mut server = Endpoint::new(Limits::default()); // one per DTLS session
+//! let csr = vec![0x30; 2500]; // block-wise: 3 blocks of 1024
+//! let mut device = Exchange::new(
+//!     Code::POST, "/.well-known/est/sren", Some(est::CT_PKCS10), Some(est::CT_PKCS7_CERTS_ONLY),
+//!     csr.clone(), 6, 0x4000, vec![1, 2, 3, 4],
+//! ).unwrap();
+//! let response = loop {
+//!     // The device sends `device.datagram()` over DTLS (again on a timeout).
+//!     let answer = match server.receive(&device.datagram(), Instant::now()) {
+//!         Received::Reply(bytes) => bytes,
+//!         Received::Request(req) => {
+//!             assert_eq!(est::route(&req.path).unwrap().op, Op::Sren);
+//!             assert_eq!(req.payload, csr);
+//!             server.respond(&req, Response::with(Code::CHANGED, est::CT_PKCS7_CERTS_ONLY, vec![0x30; 1500]))
+//!         }
+//!         Received::Nothing => continue,
+//!     };
+//!     match device.receive(&answer) {
+//!         Progress::Send => continue,
+//!         Progress::Done(r) => break r,
+//!         other => panic!("{other:?}"),
+//!     }
+//! };
+//! assert_eq!((response.code, response.payload.len()), (Code::CHANGED, 1500));
+//! ```
+//!
 //! # Threat model (the network)
 //!
 //! A peer that completed the DTLS handshake may still send anything. The
@@ -32,6 +67,8 @@
 pub mod block;
 pub mod client;
 pub mod est;
+#[doc(hidden)]
+pub mod internal;
 pub mod msg;
 pub mod option;
 pub mod server;

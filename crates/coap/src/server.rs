@@ -18,8 +18,9 @@
 //! body to the application, and the final response echoes it in Block1.
 //!
 //! A response larger than the block size (the smaller of the client's Block2
-//! SZX and ours) is sent as block 0 with Block2 (M=1) and Size2, and its body
-//! is held: the client asks for block N with the same method, path and query
+//! SZX and ours) is sent as block 0 with Block2 (M=1), Size2 and an ETag of
+//! its own (in every block, so that a client notices a body replaced under
+//! it), and its body is held: the client asks for block N with the same method, path and query
 //! and Block2 NUM=N (for a POST with an empty payload and no Block1, as in
 //! RFC 7959 §3.2 and RFC 9148's examples); [`Endpoint::receive`] answers
 //! those itself. A Block2 NUM>0 request for a body we do not hold goes to the
@@ -143,6 +144,7 @@ struct Held {
     content_format: Option<u16>,
     max_age: Option<u32>,
     body: Vec<u8>,
+    etag: [u8; 4],
     at: Instant,
 }
 
@@ -232,6 +234,7 @@ pub enum Received {
 pub struct Endpoint {
     limits: Limits,
     next_message_id: u16,
+    next_etag: u32,
     recent: VecDeque<Recent>,
     upload: Option<Upload>,
     held: VecDeque<Held>,
@@ -350,7 +353,14 @@ impl Endpoint {
     /// An endpoint with no state.
     pub fn new(limits: Limits) -> Endpoint {
         let limits = Limits { preferred_szx: limits.preferred_szx.min(block::MAX_SZX), ..limits };
-        Endpoint { limits, next_message_id: 0, recent: VecDeque::new(), upload: None, held: VecDeque::new() }
+        Endpoint {
+            limits,
+            next_message_id: 0,
+            next_etag: 1,
+            recent: VecDeque::new(),
+            upload: None,
+            held: VecDeque::new(),
+        }
     }
 
     /// Sets the message id of the next Non-confirmable answer (pick it at
@@ -476,6 +486,7 @@ impl Endpoint {
             m = self.answer_to(&header, Code::INTERNAL_SERVER_ERROR);
         } else {
             let key = request.key();
+            self.next_etag = self.next_etag.wrapping_add(1);
             self.held.retain(|h| h.key != key);
             while !self.held.is_empty() && self.held.len() >= self.limits.max_cached_responses {
                 self.held.pop_front();
@@ -485,6 +496,7 @@ impl Endpoint {
                 code: response.code,
                 content_format: response.content_format,
                 max_age: response.max_age,
+                etag: self.next_etag.to_be_bytes(),
                 body: response.payload,
                 at: request.received,
             };
@@ -538,6 +550,7 @@ impl Endpoint {
         if let Ok(b) = Block::new(num, more, szx) {
             m.add_option(option::BLOCK2, b.encode());
         }
+        m.add_option(option::ETAG, held.etag.to_vec());
         m.add_uint_option(option::SIZE2, u32::try_from(held.body.len()).unwrap_or(u32::MAX));
         m.payload = held.body[offset..end].to_vec();
         m

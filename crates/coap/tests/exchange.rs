@@ -527,3 +527,28 @@ fn memory_stays_bounded_under_a_flood() {
     }
     assert!(max > 3000, "the flood did hold something ({max})");
 }
+
+#[test]
+fn body_replaced_during_download_fails_the_client() {
+    let mut ep = Endpoint::new(Limits::default());
+    let now = Instant::now();
+    let mut ex = Exchange::new(Code::GET, "/est/crts", None, None, vec![], 6, 1, vec![1]).unwrap();
+    let Received::Request(req) = ep.receive(&ex.datagram(), now) else { panic!() };
+    let block0 = ep.respond(&req, Response::with(Code::CONTENT, 281, vec![1; 3000]));
+    let etag0 = Message::decode(&block0).unwrap().option(option::ETAG).unwrap().to_vec();
+    assert_eq!(ex.receive(&block0), Progress::Send);
+    // Another GET of the same resource (say, a second exchange of the
+    // peer) replaces the held body.
+    let other = con(Code::GET, 50, &["est", "crts"]);
+    let Received::Request(req2) = ep.receive(&other.encode(), now) else { panic!() };
+    let other0 = Message::decode(&ep.respond(&req2, Response::with(Code::CONTENT, 281, vec![2; 3000]))).unwrap();
+    assert_ne!(other0.option(option::ETAG).unwrap(), etag0.as_slice());
+    // Block 1 now comes from the other body: the client refuses to stitch.
+    let Received::Reply(block1) = ep.receive(&ex.datagram(), now) else { panic!() };
+    let m = Message::decode(&block1).unwrap();
+    assert_eq!(m.payload, vec![2; 1024]);
+    match ex.receive(&block1) {
+        Progress::Failed(why) => assert!(why.contains("ETag"), "{why}"),
+        p => panic!("{p:?}"),
+    }
+}
