@@ -626,3 +626,55 @@ fn serve_listens_on_coaps_and_the_agent_binary_enrolls_and_renews_there() {
     let renewed = crate::util::run_ok(crate::util::bin().args(["agent", "renew", "--state", state.to_str().unwrap()]));
     assert!(renewed.contains("renewed BIN-C1"), "{renewed}");
 }
+
+/// A relay on loopback that records what the device sends.
+async fn recording_relay(server: SocketAddr) -> (SocketAddr, Arc<UdpSocket>, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(server).await.unwrap();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let device = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let (f, b, r, d) = (front.clone(), back.clone(), recorded.clone(), device.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *d.lock().unwrap() = Some(from);
+            r.lock().unwrap().push(buf[..n].to_vec());
+            let _ = b.send(&buf[..n]).await;
+        }
+    });
+    let (f, b) = (front.clone(), back.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = b.recv(&mut buf).await {
+            let to = *device.lock().unwrap();
+            if let Some(to) = to {
+                let _ = f.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    (front.local_addr().unwrap(), back, recorded)
+}
+
+/// A recorded renewal, replayed datagram by datagram from the same address,
+/// issues nothing: the replayed handshake cannot finish against the server's
+/// fresh randomness, and no request is read outside a finished handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_coaps_renewal_replayed_issues_nothing() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions::default()).await;
+    let state = ca.enrolled_device("REPLAY-1").await;
+    let (relay, back, recorded) = recording_relay(udp.addr).await;
+    iotpki_agent::renew(&state, Some(&format!("coaps://{relay}")), None).await.expect("renewal through the relay");
+    let (certs, audit) = (ca.cert_count(), ca.audit_len());
+    let datagrams = recorded.lock().unwrap().clone();
+    assert!(datagrams.len() >= 4, "{} datagrams recorded", datagrams.len());
+    for _ in 0..2 {
+        for d in &datagrams {
+            back.send(d).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!((ca.cert_count(), ca.audit_len()), (certs, audit), "a replay issued or audited something");
+}
