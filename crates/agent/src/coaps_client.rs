@@ -107,32 +107,6 @@ pub fn is_coaps(url: &str) -> bool {
     url.starts_with("coaps://")
 }
 
-fn parse_url(url: &str) -> Result<(String, u16), AgentError> {
-    let rest = url
-        .strip_prefix("coaps://")
-        .ok_or_else(|| AgentError::Usage(format!("server URL {url:?} must start with coaps://")))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if !rest[authority.len()..].trim_matches('/').is_empty() {
-        return Err(AgentError::Usage(format!(
-            "server URL {url:?} must have no path (EST lives under /.well-known/est)"
-        )));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or_else(|| AgentError::Usage(format!("bad IPv6 address in {url:?}")))?;
-        (h.to_string(), p.strip_prefix(':').unwrap_or("5684").to_string())
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.to_string()),
-            None => (authority.to_string(), "5684".to_string()),
-        }
-    };
-    let port = port.parse::<u16>().map_err(|_| AgentError::Usage(format!("bad port in {url:?}")))?;
-    if host.is_empty() {
-        return Err(AgentError::Usage(format!("no host in {url:?}")));
-    }
-    Ok((host, port))
-}
-
 impl CoapsClient {
     /// A client for `server_url` (`coaps://host[:port]`, port 5684 by
     /// default) trusting only `anchors` (DER), authenticating with
@@ -146,7 +120,7 @@ impl CoapsClient {
         intermediates: &[Vec<u8>],
         identity: ClientIdentity,
     ) -> Result<Self, AgentError> {
-        let (host, port) = parse_url(server_url)?;
+        let (host, port) = crate::est_client::server_url(server_url, "coaps", 5684)?;
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
             .map_err(|e| AgentError::Connect(format!("{host}: {e}")))?
             .next()
@@ -433,20 +407,23 @@ impl<'a> Session<'a> {
     async fn step(&mut self) -> Result<(), AgentError> {
         let wake = self.next_timeout.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
-            r = self.socket.recv(&mut self.inbuf) => {
-                let n = r.map_err(|e| AgentError::Connect(format!("UDP receive: {e}")))?;
-                if let Ok(mut t) = self.client.traffic.lock() {
-                    t.bytes_received += n as u64;
-                    t.datagrams_received += 1;
-                }
-                let data = self.inbuf[..n].to_vec();
-                self.dtls.handle_packet(&data).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
-            }
+            r = self.socket.recv(&mut self.inbuf) => self.received_datagram(r)?,
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 self.dtls.handle_timeout(Instant::now()).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
             }
         }
         self.flush().await
+    }
+
+    /// A datagram read (`r`: its length): counted, and fed to dimpl.
+    fn received_datagram(&mut self, r: std::io::Result<usize>) -> Result<(), AgentError> {
+        let n = r.map_err(|e| AgentError::Connect(format!("UDP receive: {e}")))?;
+        if let Ok(mut t) = self.client.traffic.lock() {
+            t.bytes_received += n as u64;
+            t.datagrams_received += 1;
+        }
+        let data = self.inbuf[..n].to_vec();
+        self.dtls.handle_packet(&data).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))
     }
 
     /// The handshake; the server's leaf certificate.
@@ -505,13 +482,7 @@ impl<'a> Session<'a> {
             let wake = self.next_timeout.map_or(deadline_or_end, |t| t.min(deadline_or_end));
             tokio::select! {
                 r = self.socket.recv(&mut self.inbuf) => {
-                    let n = r.map_err(|e| AgentError::Connect(format!("UDP receive: {e}")))?;
-                    if let Ok(mut t) = self.client.traffic.lock() {
-                        t.bytes_received += n as u64;
-                        t.datagrams_received += 1;
-                    }
-                    let data = self.inbuf[..n].to_vec();
-                    self.dtls.handle_packet(&data).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
+                    self.received_datagram(r)?;
                     self.flush().await?;
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {

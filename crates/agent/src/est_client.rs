@@ -46,9 +46,16 @@ struct Answer {
 }
 
 fn parse_url(url: &str) -> Result<(String, u16), AgentError> {
+    server_url(url, "https", 443)
+}
+
+/// The host and port of an EST server URL `SCHEME://HOST[:PORT]` (no path:
+/// EST lives under /.well-known/est); `port` when none is given.
+pub(crate) fn server_url(url: &str, scheme: &str, port: u16) -> Result<(String, u16), AgentError> {
     let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| AgentError::Usage(format!("server URL {url:?} must start with https://")))?;
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| AgentError::Usage(format!("server URL {url:?} must start with {scheme}://")))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if !rest[authority.len()..].trim_matches('/').is_empty() {
         return Err(AgentError::Usage(format!(
@@ -57,14 +64,14 @@ fn parse_url(url: &str) -> Result<(String, u16), AgentError> {
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, p) = v6.split_once(']').ok_or_else(|| AgentError::Usage(format!("bad IPv6 address in {url:?}")))?;
-        (h.to_string(), p.strip_prefix(':').unwrap_or("443").to_string())
+        (h.to_string(), p.strip_prefix(':').map_or(Ok(port), str::parse))
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.to_string()),
-            None => (authority.to_string(), "443".to_string()),
+            Some((h, p)) => (h.to_string(), p.parse::<u16>()),
+            None => (authority.to_string(), Ok(port)),
         }
     };
-    let port = port.parse::<u16>().map_err(|_| AgentError::Usage(format!("bad port in {url:?}")))?;
+    let port = port.map_err(|_| AgentError::Usage(format!("bad port in {url:?}")))?;
     if host.is_empty() {
         return Err(AgentError::Usage(format!("no host in {url:?}")));
     }
@@ -432,6 +439,9 @@ mod tests {
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("https://x:1/other").is_err());
         assert!(parse_url("https://x:99999").is_err());
+        assert_eq!(server_url("coaps://[::1]", "coaps", 5684).unwrap(), ("::1".into(), 5684));
+        assert_eq!(server_url("coaps://h:7", "coaps", 5684).unwrap(), ("h".into(), 7));
+        assert!(server_url("https://h:7", "coaps", 5684).is_err());
     }
 
     #[test]

@@ -328,6 +328,38 @@ async fn est_coaps_resources_answer_with_their_content_formats_and_errors_with_c
     assert_eq!(r.code, Code::REQUEST_ENTITY_TOO_LARGE);
 }
 
+/// An enrolled device's files for a peer we did not write: its certificate
+/// (`dev.pem`), the CAs to trust (`cas.pem`: the root and the issuing CA that
+/// signed the server certificate, as DTLS sends one certificate) and its key.
+async fn peer_files(ca: &Ca, serial: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let state = ca.enrolled_device(serial).await;
+    let id = iotpki_agent::state::load(&state).unwrap();
+    let dir = ca.tmp.path();
+    std::fs::write(dir.join("dev.pem"), &id.cert_pem).unwrap();
+    std::fs::write(dir.join("cas.pem"), format!("{}{}", ca.root_pem, id.chain_pem)).unwrap();
+    (dir.join("dev.pem"), dir.join("cas.pem"), state.join(&id.key_file))
+}
+
+/// A new P-256 key made by openssl in `dir/NAME.pem` and its request for `serial` in `dir/NAME.der`.
+fn openssl_request(dir: &std::path::Path, name: &str, serial: &str) {
+    let (key, csr) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.der")));
+    crate::util::openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key.to_str().unwrap()]);
+    let subj = format!("/CN={serial}/serialNumber={serial}");
+    let args = [
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        &subj,
+        "-outform",
+        "DER",
+        "-out",
+        csr.to_str().unwrap(),
+    ];
+    crate::util::openssl(&args);
+}
+
 /// libcoap's `coap-client-openssl` (Debian's libcoap3-bin: OpenSSL, DTLS 1.2
 /// with certificates), a CoAP and DTLS stack we did not write: GET /crts and
 /// POST /sren with a certificate we issued, and a certificate comes back for
@@ -336,14 +368,8 @@ async fn est_coaps_resources_answer_with_their_content_formats_and_errors_with_c
 async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
     let ca = Ca::start().await;
     let udp = coaps(&ca, CoapsOptions { dtls12: true, ..Default::default() }).await;
-    let state = ca.enrolled_device("LIBCOAP-1").await;
-    let id: iotpki_agent::Identity =
-        serde_json::from_slice(&std::fs::read(state.join("identity.json")).unwrap()).unwrap();
+    let (dev, cas, key) = peer_files(&ca, "LIBCOAP-1").await;
     let t = ca.tmp.path();
-    std::fs::write(t.join("dev.pem"), &id.cert_pem).unwrap();
-    // The trusted roots, with the issuing CA that signed the server certificate (DTLS sends one certificate).
-    std::fs::write(t.join("cas.pem"), format!("{}{}", ca.root_pem, id.chain_pem)).unwrap();
-    let key = state.join(&id.key_file);
     let url = udp.coaps_url();
     let client = |args: Vec<String>| {
         let out = std::process::Command::new("coap-client-openssl").args(&args).output().expect("coap-client-openssl");
@@ -351,7 +377,6 @@ async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
         out
     };
     let dir = t.to_path_buf();
-    let (dev, cas) = (dir.join("dev.pem"), dir.join("cas.pem"));
     let common = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> =
             ["-c", dev.to_str().unwrap(), "-j", key.to_str().unwrap(), "-R", cas.to_str().unwrap(), "-B", "20"]
@@ -368,27 +393,7 @@ async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
     assert!(certs.iter().any(|c| c == ca.authority.root_der()), "the root in /crts as libcoap got it");
 
     // A new key and its request, made by openssl; renewed with the current certificate.
-    crate::util::openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        dir.join("new.pem").to_str().unwrap(),
-    ]);
-    crate::util::openssl(&[
-        "req",
-        "-new",
-        "-key",
-        dir.join("new.pem").to_str().unwrap(),
-        "-subj",
-        "/CN=LIBCOAP-1/serialNumber=LIBCOAP-1",
-        "-outform",
-        "DER",
-        "-out",
-        dir.join("csr.der").to_str().unwrap(),
-    ]);
+    openssl_request(&dir, "new", "LIBCOAP-1");
     let before = ca.cert_count();
     let sren = format!("{url}/.well-known/est/sren");
     let args = common(&[
@@ -399,9 +404,9 @@ async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
         "-A",
         "287",
         "-f",
-        dir.join("csr.der").to_str().unwrap(),
-        "-o",
         dir.join("new.der").to_str().unwrap(),
+        "-o",
+        dir.join("renewed.der").to_str().unwrap(),
         &sren,
     ]);
     // -b: libcoap sends the 300-byte request in 64-byte blocks (Block1), and takes the answer in blocks (Block2).
@@ -410,7 +415,7 @@ async fn libcoap_gets_crts_and_renews_over_dtls_1_2() {
     tokio::task::spawn_blocking(move || client(args)).await.unwrap();
     assert_eq!(ca.cert_count(), before + 1);
     assert_eq!(ca.last_audit().event.action, "reenroll");
-    let new = std::fs::read(dir.join("new.der")).unwrap();
+    let new = std::fs::read(dir.join("renewed.der")).unwrap();
     let info = iotpki_core::profile::cert_info(&new).expect("a bare certificate (287)");
     crate::util::openssl(&[
         "pkey",
@@ -451,22 +456,17 @@ async fn a_wolfssl_dtls_1_3_client_gets_crts_and_renews() {
     let peer = wolfssl_peer();
     let ca = Ca::start().await;
     let udp = coaps(&ca, CoapsOptions { dtls12: true, ..Default::default() }).await;
-    let state = ca.enrolled_device("WOLF-1").await;
-    let id: iotpki_agent::Identity =
-        serde_json::from_slice(&std::fs::read(state.join("identity.json")).unwrap()).unwrap();
+    let (dev, cas, key) = peer_files(&ca, "WOLF-1").await;
     let dir = ca.tmp.path().to_path_buf();
-    std::fs::write(dir.join("dev.pem"), &id.cert_pem).unwrap();
-    std::fs::write(dir.join("cas.pem"), format!("{}{}", ca.root_pem, id.chain_pem)).unwrap();
-    let key = state.join(&id.key_file);
     let server = udp.addr.to_string();
     let run = |extra: Vec<String>| {
         let mut args: Vec<String> = vec![
             "--server".into(),
             server.clone(),
             "--ca".into(),
-            dir.join("cas.pem").display().to_string(),
+            cas.display().to_string(),
             "--cert".into(),
-            dir.join("dev.pem").display().to_string(),
+            dev.display().to_string(),
             "--key".into(),
             key.display().to_string(),
         ];
@@ -498,27 +498,7 @@ async fn a_wolfssl_dtls_1_3_client_gets_crts_and_renews() {
         assert!(certs.iter().any(|c| c == ca.authority.root_der()));
     }
     // A renewal over DTLS 1.3: a new key made by openssl, its request sent by wolfSSL.
-    crate::util::openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        dir.join("wnew.pem").to_str().unwrap(),
-    ]);
-    crate::util::openssl(&[
-        "req",
-        "-new",
-        "-key",
-        dir.join("wnew.pem").to_str().unwrap(),
-        "-subj",
-        "/CN=WOLF-1/serialNumber=WOLF-1",
-        "-outform",
-        "DER",
-        "-out",
-        dir.join("wcsr.der").to_str().unwrap(),
-    ]);
+    openssl_request(&dir, "wnew", "WOLF-1");
     let before = ca.cert_count();
     let out = run(vec![
         "--post".into(),
@@ -528,15 +508,15 @@ async fn a_wolfssl_dtls_1_3_client_gets_crts_and_renews() {
         "--accept".into(),
         "287".into(),
         "--body".into(),
-        dir.join("wcsr.der").display().to_string(),
-        "--out".into(),
         dir.join("wnew.der").display().to_string(),
+        "--out".into(),
+        dir.join("wcert.der").display().to_string(),
     ])
     .await;
     assert!(out.contains("version=DTLSv1.3") && out.contains("code=2.05"), "{out}");
     assert_eq!(ca.cert_count(), before + 1);
     assert_eq!(ca.last_audit().event.action, "reenroll");
-    let info = iotpki_core::profile::cert_info(&std::fs::read(dir.join("wnew.der")).unwrap()).unwrap();
+    let info = iotpki_core::profile::cert_info(&std::fs::read(dir.join("wcert.der")).unwrap()).unwrap();
     assert_eq!(
         info.serial,
         ca.last_audit().event.target.trim_start_matches("cert:"),

@@ -306,6 +306,10 @@ impl Server {
         } else {
             Dtls::new_13(self.config.clone(), cert, now)
         };
+        let mut endpoint =
+            Endpoint::new(iotpki_coap::server::Limits { max_body: crate::gate::ENROLL_MAX, ..Default::default() });
+        // The message ids of our own (NON) messages start anywhere (RFC 7252 §4.4).
+        endpoint.set_next_message_id(rand::random());
         let mut dtls = dtls;
         // dimpl starts its clock (and makes its random) on the first timeout.
         if dtls.handle_timeout(now).is_err() {
@@ -324,10 +328,7 @@ impl Server {
                 leaf: None,
                 connected: false,
                 datagrams: 0,
-                endpoint: Endpoint::new(iotpki_coap::server::Limits {
-                    max_body: crate::gate::ENROLL_MAX,
-                    ..Default::default()
-                }),
+                endpoint,
                 busy: false,
                 requests: 0,
                 version: None,
