@@ -343,10 +343,14 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             opts.once = once;
             opts.exit_after = exit_after;
             opts.check_ocsp = !no_ocsp;
-            // By default the daemon looks for bundles, vouchers and CRLs where it renews.
+            // By default the daemon looks for bundles, vouchers and CRLs where it renews,
+            // when that is HTTPS: EST-coaps serves EST only (give --fetch-from for those).
             opts.fetch_from = match fetch_from {
                 Some(u) => Some(u),
-                None => iotpki_agent::state::load(&opts.state_dir).ok().map(|id| id.server),
+                None => iotpki_agent::state::load(&opts.state_dir)
+                    .ok()
+                    .map(|id| id.server)
+                    .filter(|s| !iotpki_agent::coaps_client::is_coaps(s)),
             };
             let stamp = || {
                 iotpki_core::time::rfc3339(

@@ -546,3 +546,96 @@ fn looks_like_client_hello(d: &[u8]) -> bool {
         && d[4] == 0
         && d[13] == 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotpki_authority::Passphrase;
+    use iotpki_core::clock::SystemClock;
+
+    fn authority() -> (tempfile::TempDir, Arc<Authority>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let pass = Passphrase::new("coaps unit test passphrase".into()).unwrap();
+        iotpki_authority::init::init(&dir, &Default::default(), &pass, &SystemClock).unwrap();
+        let a = Arc::new(Authority::open(&dir, &pass, Arc::new(SystemClock)).unwrap());
+        (tmp, a)
+    }
+
+    /// A DTLS 1.3 ClientHello from a dimpl client with a throwaway certificate.
+    fn client_hello() -> Vec<u8> {
+        let key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+        let (_tmp, a) = authority();
+        // Any certificate will do for the ClientHello: the server's own.
+        let (chain, _) = a.server_tls();
+        let cert = DtlsCertificate { certificate: chain[0].to_vec(), private_key: key.to_pkcs8().unwrap() };
+        let mut d = Dtls::new_13(Arc::new(dimpl::Config::default()), cert, Instant::now());
+        d.set_active(true);
+        d.handle_timeout(Instant::now()).unwrap();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match d.poll_output(&mut buf) {
+                Output::Packet(p) => return p.to_vec(),
+                Output::Timeout(_) => panic!("no ClientHello"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn server(limits: crate::Limits) -> (tempfile::TempDir, Server) {
+        let (tmp, a) = authority();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let std_socket = socket.into_std().unwrap();
+        let sender = std_socket.try_clone().unwrap();
+        let socket = UdpSocket::from_std(std_socket).unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        let identity = DtlsIdentity::of(&a);
+        let s =
+            Server::new(a, socket, sender, LimitsHandle::new(limits), identity, CoapsOptions::default(), tx).unwrap();
+        (tmp, s)
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_progress_are_capped_and_the_oldest_unanswered_makes_room() {
+        let limits = crate::Limits { udp_max_handshakes: 3, udp_datagram_rate: 0.0, ..Default::default() };
+        let (_tmp, mut s) = server(limits).await;
+        let hello = client_hello();
+        // Ten spoofed sources, one ClientHello each: never more than three sessions held,
+        // and the newest are the ones kept (a flood cannot lock out the next real device).
+        for port in 1..=10u16 {
+            s.datagram(SocketAddr::from(([127, 0, 0, 2], port)), &hello);
+            assert!(s.sessions.len() <= 3 && s.handshaking <= 3, "{} sessions", s.sessions.len());
+        }
+        let mut kept: Vec<u16> = s.sessions.keys().map(|p| p.port()).collect();
+        kept.sort();
+        assert_eq!(kept, vec![8, 9, 10]);
+        // A session that answered our cookie (a second datagram) is not evicted for a new one.
+        let answered = SocketAddr::from(([127, 0, 0, 2], 10));
+        s.sessions.get_mut(&answered).unwrap().datagrams = 2;
+        for port in 11..=20u16 {
+            s.datagram(SocketAddr::from(([127, 0, 0, 3], port)), &hello);
+        }
+        assert!(s.sessions.contains_key(&answered), "a peer past the cookie keeps its session");
+        assert_eq!(s.sessions.len(), 3);
+        // When every held handshake answered its cookie, a new ClientHello is dropped.
+        for sess in s.sessions.values_mut() {
+            sess.datagrams = 2;
+        }
+        let dropped = s.stats.dropped;
+        s.datagram(SocketAddr::from(([127, 0, 0, 4], 1)), &hello);
+        assert_eq!(s.stats.dropped, dropped + 1);
+        assert_eq!(s.sessions.len(), 3);
+        assert_eq!(s.per_address.values().sum::<usize>(), 3, "the per-address counts follow the evictions");
+    }
+
+    #[tokio::test]
+    async fn sessions_that_never_finish_their_handshake_are_dropped_after_the_handshake_timeout() {
+        let limits = crate::Limits { handshake_timeout: Duration::from_millis(50), ..Default::default() };
+        let (_tmp, mut s) = server(limits).await;
+        s.datagram(SocketAddr::from(([127, 0, 0, 5], 1)), &client_hello());
+        assert_eq!(s.sessions.len(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        s.tick(Instant::now());
+        assert!(s.sessions.is_empty() && s.handshaking == 0 && s.per_address.is_empty());
+    }
+}
