@@ -163,7 +163,8 @@ async fn enroll_coaps(
     let chain = issuing_chain(client.cacerts().await?, anchor)?;
     let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(serial)?.build();
     let challenge = zeroize::Zeroizing::new(format!("{serial}:{}", opts.token));
-    let csr_der = csr::build_with_challenge(&subject, key.as_ref(), vec![], Some(&challenge))?;
+    // The request carries the token: wiped when dropped, like the token.
+    let csr_der = zeroize::Zeroizing::new(csr::build_with_challenge(&subject, key.as_ref(), vec![], Some(&challenge))?);
     let cert = client.simple_enroll(&csr_der).await?;
     Ok((key_file, key, cert, chain))
 }

@@ -38,7 +38,8 @@ pub(super) enum Work {
     /// `/att`: the CSR attributes.
     Att { label: Option<String> },
     /// `/sen` or `/sren`.
-    Enroll { label: Option<String>, reenroll: bool, csr: Vec<u8>, leaf: Arc<Vec<u8>>, single: bool },
+    /// The request may carry a one-time token (its challengePassword): wiped when dropped.
+    Enroll { label: Option<String>, reenroll: bool, csr: zeroize::Zeroizing<Vec<u8>>, leaf: Arc<Vec<u8>>, single: bool },
 }
 
 impl Work {
@@ -124,7 +125,7 @@ impl Work {
         if let Err(wait) = limiter.take(&key, false) {
             return Err(too_many(wait.as_secs().max(1), "requests from this client"));
         }
-        Ok(Self::Enroll { label, reenroll, csr: request.payload.clone(), leaf, single })
+        Ok(Self::Enroll { label, reenroll, csr: zeroize::Zeroizing::new(request.payload.clone()), leaf, single })
     }
 
     /// Do it (on the blocking pool) and say the answer.
