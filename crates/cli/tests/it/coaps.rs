@@ -550,9 +550,18 @@ async fn a_birth_certificate_commissions_over_coaps_with_the_refusals_of_https()
     assert!(id.birth.is_some());
     iotpki_agent::renew(&devs[0], None, None).await.expect("renewed over coaps");
     assert_eq!(op.last_audit().event.action, "reenroll");
+    // The daemon renews there too (due at once), and asks no coaps:// URL for bundles.
+    let mut run = iotpki_agent::daemon::RunOptions::new(devs[0].clone());
+    run.renew_share = 1e-7;
+    run.jitter_share = 0.0;
+    run.once = true;
+    run.check_ocsp = false;
+    assert_eq!(iotpki_agent::daemon::run(&run, |_| {}).await.expect("agent run over coaps"), 1);
+    assert_eq!(op.last_audit().event.action, "reenroll");
+    assert!(iotpki_agent::state::load(&devs[0]).unwrap().server.starts_with("coaps://"));
     // The other device is not claimed: refused, nothing issued.
     assert!(commission(devs[1].clone()).await.is_err());
-    assert_eq!(op.cert_count(), certs + 2);
+    assert_eq!(op.cert_count(), certs + 3);
 }
 
 /// The binary: `serve --coaps-listen` says it is ready only once the UDP
