@@ -424,6 +424,10 @@ impl Server {
                 let ip = peer.ip().to_string();
                 match est::Work::of(&request, s.leaf.clone(), &self.limiter, &ip, &self.labels) {
                     Err(response) => {
+                        // As over HTTPS, every 4.xx but 4.29 counts against the address.
+                        if est::counts_as_refusal(&response) {
+                            self.limiter.refused(&ip);
+                        }
                         let bytes = s.endpoint.respond(&request, response);
                         self.send(peer, &bytes, now);
                     }
