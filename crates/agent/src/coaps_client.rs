@@ -218,9 +218,7 @@ impl CoapsClient {
         accept: Option<u16>,
         payload: Vec<u8>,
     ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
-        let r =
-            tokio::time::timeout(CALL_TIMEOUT, self.call_inner(method, path, content_format, accept, payload)).await;
-        let answer = r.map_err(|_| AgentError::Connect(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))??;
+        let answer = self.raw(method, path, content_format, accept, payload).await?;
         if answer.code.class() != 2 {
             let reason = String::from_utf8_lossy(&answer.payload).trim().to_string();
             return Err(AgentError::Refused {

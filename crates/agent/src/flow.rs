@@ -89,9 +89,12 @@ fn issuing_chain(cacerts: Vec<Vec<u8>>, anchor: &[u8]) -> Result<Vec<Vec<u8>>, A
     Ok(cacerts.into_iter().filter(|c| c != anchor).collect())
 }
 
-/// An EST server over HTTPS or over secure CoAP (`coaps://`), as the URL says.
-enum Est {
+/// An EST server over HTTPS or over secure CoAP (`coaps://`), as the URL says:
+/// what the flows here and the load generator renew and commission through.
+pub enum Est {
+    /// EST over TLS 1.3.
     Https(EstClient),
+    /// EST over secure CoAP (DTLS 1.3).
     Coaps(CoapsClient),
 }
 
@@ -99,7 +102,7 @@ impl Est {
     /// A client of `server`; `intermediates` complete the server's path
     /// over coaps (DTLS carries one certificate). Over coaps a client
     /// certificate is needed (`identity`).
-    fn new(
+    pub fn new(
         server: &str,
         label: Option<&str>,
         anchors: &[Vec<u8>],
@@ -116,7 +119,8 @@ impl Est {
         }
     }
 
-    async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
+    /// The CA certificates (DER).
+    pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
         match self {
             Self::Https(c) => c.cacerts().await,
             Self::Coaps(c) => c.cacerts().await,
@@ -124,14 +128,15 @@ impl Est {
     }
 
     /// A first enrollment authenticated by the client certificate (a birth certificate).
-    async fn simple_enroll_mtls(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+    pub async fn simple_enroll_mtls(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         match self {
             Self::Https(c) => c.simple_enroll_mtls(csr_der).await,
             Self::Coaps(c) => c.simple_enroll(csr_der).await,
         }
     }
 
-    async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
+    /// Renewal with the client certificate: the new certificate (DER).
+    pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         match self {
             Self::Https(c) => c.simple_reenroll(csr_der).await,
             Self::Coaps(c) => c.simple_reenroll(csr_der).await,

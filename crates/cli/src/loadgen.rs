@@ -17,6 +17,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use iotpki_agent::coaps_client::{self, CoapsClient};
 use iotpki_agent::est_client::{ClientIdentity, EstClient};
+use iotpki_agent::flow::Est;
 use iotpki_core::clock::SystemClock;
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
 use iotpki_core::name::{DeviceSerial, NameBuilder};
@@ -498,43 +499,21 @@ fn device_client(
     Ok(EstClient::new(server, None, &[anchor.to_vec()], Some(ClientIdentity { chain: tls_chain, key }))?)
 }
 
-/// A renewing device's client: over HTTPS, or over coaps (a new DTLS session each call).
-enum Renewer {
-    Https(EstClient),
-    Coaps(CoapsClient),
-}
-
-impl Renewer {
-    fn new(
-        a: &LoadgenArgs,
-        i: usize,
-        d: &Device,
-        cert: &[u8],
-        chain: &[Vec<u8>],
-        anchor: &[u8],
-    ) -> anyhow::Result<Self> {
-        let server = &a.server[i % a.server.len()];
-        if !coaps_client::is_coaps(server) {
-            return Ok(Self::Https(device_client(a, i, d, cert, chain, anchor)?));
-        }
-        let mut dtls_chain = vec![cert.to_vec()];
-        dtls_chain.extend(chain.iter().cloned());
-        let key: Arc<dyn Signer> = d.key.clone();
-        Ok(Self::Coaps(CoapsClient::new(
-            server,
-            None,
-            &[anchor.to_vec()],
-            chain,
-            ClientIdentity { chain: dtls_chain, key },
-        )?))
-    }
-
-    async fn simple_reenroll(&self, csr: &[u8]) -> Result<Vec<u8>, iotpki_agent::AgentError> {
-        match self {
-            Self::Https(c) => c.simple_reenroll(csr).await,
-            Self::Coaps(c) => c.simple_reenroll(csr).await,
-        }
-    }
+/// A renewing device's client, over HTTPS or over coaps (a new DTLS session
+/// each call) as its server's URL says: the agent's own.
+fn renewer(
+    a: &LoadgenArgs,
+    i: usize,
+    d: &Device,
+    cert: &[u8],
+    chain: &[Vec<u8>],
+    anchor: &[u8],
+) -> anyhow::Result<Est> {
+    let mut dev_chain = vec![cert.to_vec()];
+    dev_chain.extend(chain.iter().cloned());
+    let key: Arc<dyn Signer> = d.key.clone();
+    let server = &a.server[i % a.server.len()];
+    Ok(Est::new(server, None, &[anchor.to_vec()], chain, Some(ClientIdentity { chain: dev_chain, key }))?)
 }
 
 /// Every enrolled device: a new mutual-TLS connection and `GET /healthz`.
@@ -852,7 +831,7 @@ async fn renew_phase(
     for (i, d) in devices.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter().enumerate() {
         let Some(cert) = &d.cert else { continue };
         current.push((d.serial.clone(), None, Some(cert.clone())));
-        jobs.push((d.serial.clone(), Renewer::new(a, i, d, cert, chain, anchor)?));
+        jobs.push((d.serial.clone(), renewer(a, i, d, cert, chain, anchor)?));
     }
     let fresh = make_devices(current, kt, false)?;
     let jobs: Arc<Vec<_>> = Arc::new(jobs.into_iter().zip(fresh).map(|((s, c), f)| (s, c, f.key, f.csr)).collect());

@@ -309,6 +309,8 @@ async fn est_coaps_resources_answer_with_their_content_formats_and_errors_with_c
         (Code::GET, "/.well-known/est/sen", None, None, "4.05"),
         (Code::POST, "/.well-known/est/sen", Some(42u16), None, "4.15"),
         (Code::GET, "/.well-known/est/crts", None, Some(50u16), "4.06"),
+        // A bare certificate (287) only when the CA certificates are one: here root and issuing CA.
+        (Code::GET, "/.well-known/est/crts", None, Some(287u16), "4.06"),
         (Code::POST, "/.well-known/est/skg", Some(286), None, "4.04"),
         (Code::POST, "/.well-known/est/sen", Some(286), None, "4.0"), // an empty body is no request
         (Code::POST, "/.well-known/est/sren", Some(286), None, "4.0"), // a self-signed certificate renews nothing
