@@ -102,10 +102,7 @@ pub struct CoapsClient {
     traffic: Arc<Mutex<Traffic>>,
 }
 
-/// Whether `url` is a `coaps://` URL.
-pub fn is_coaps(url: &str) -> bool {
-    url.starts_with("coaps://")
-}
+pub use crate::flow::is_coaps;
 
 impl CoapsClient {
     /// A client for `server_url` (`coaps://host[:port]`, port 5684 by

@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use spki::der::{Decode, Encode};
 
 use crate::clock::now;
+#[cfg(feature = "coaps")]
 use crate::coaps_client::{self, CoapsClient};
 use crate::est_client::{ClientIdentity, EstClient};
 use crate::keystore::{Keystore, KeystoreConfig};
@@ -95,8 +96,19 @@ pub enum Est {
     /// EST over TLS 1.3.
     Https(EstClient),
     /// EST over secure CoAP (DTLS 1.3).
+    #[cfg(feature = "coaps")]
     Coaps(CoapsClient),
 }
+
+/// Whether `url` is a `coaps://` URL.
+pub fn is_coaps(url: &str) -> bool {
+    url.starts_with("coaps://")
+}
+
+/// What a build without the `coaps` feature says of a `coaps://` server.
+#[cfg(not(feature = "coaps"))]
+pub const NO_COAPS: &str =
+    "this build has no EST over secure CoAP (built without the `coaps` feature): use an https:// server";
 
 impl Est {
     /// A client of `server`; `intermediates` complete the server's path
@@ -109,11 +121,18 @@ impl Est {
         intermediates: &[Vec<u8>],
         identity: Option<ClientIdentity>,
     ) -> Result<Self, AgentError> {
-        if coaps_client::is_coaps(server) {
+        if is_coaps(server) {
+            #[cfg(not(feature = "coaps"))]
+            return {
+                let _ = intermediates;
+                Err(AgentError::Usage(NO_COAPS.into()))
+            };
+            #[cfg(feature = "coaps")]
             let identity = identity.ok_or_else(|| {
                 AgentError::Usage("EST over secure CoAP needs a client certificate for the DTLS handshake".into())
             })?;
-            Ok(Self::Coaps(CoapsClient::new(server, label, anchors, intermediates, identity)?))
+            #[cfg(feature = "coaps")]
+            return Ok(Self::Coaps(CoapsClient::new(server, label, anchors, intermediates, identity)?));
         } else {
             Ok(Self::Https(EstClient::new(server, label, anchors, identity)?))
         }
@@ -123,6 +142,7 @@ impl Est {
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
         match self {
             Self::Https(c) => c.cacerts().await,
+            #[cfg(feature = "coaps")]
             Self::Coaps(c) => c.cacerts().await,
         }
     }
@@ -131,6 +151,7 @@ impl Est {
     pub async fn simple_enroll_mtls(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         match self {
             Self::Https(c) => c.simple_enroll_mtls(csr_der).await,
+            #[cfg(feature = "coaps")]
             Self::Coaps(c) => c.simple_enroll(csr_der).await,
         }
     }
@@ -139,6 +160,7 @@ impl Est {
     pub async fn simple_reenroll(&self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
         match self {
             Self::Https(c) => c.simple_reenroll(csr_der).await,
+            #[cfg(feature = "coaps")]
             Self::Coaps(c) => c.simple_reenroll(csr_der).await,
         }
     }
@@ -147,6 +169,7 @@ impl Est {
 /// [`enroll`] over secure CoAP: the key is made first, the DTLS handshake
 /// is authenticated by a self-signed certificate of it, and the request
 /// carries `SERIAL:TOKEN` in its challengePassword (docs/coaps.md).
+#[cfg(feature = "coaps")]
 async fn enroll_coaps(
     opts: &EnrollOptions,
     serial: &DeviceSerial,
@@ -193,7 +216,10 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
         pem::decode_one("CERTIFICATE", &opts.anchor_pem).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
     let keystore = Keystore::open(dir, opts.keystore.as_ref(), opts.pin_file.as_deref())?;
     keystore.check_key_type(opts.key_type)?;
-    let (key_file, key, cert, chain) = if coaps_client::is_coaps(&opts.server) {
+    let (key_file, key, cert, chain) = if is_coaps(&opts.server) {
+        #[cfg(not(feature = "coaps"))]
+        return Err(AgentError::Usage(NO_COAPS.into()));
+        #[cfg(feature = "coaps")]
         enroll_coaps(opts, &serial, &anchor, &keystore).await?
     } else {
         let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;

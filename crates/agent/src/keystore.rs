@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iotpki_core::keys::{KeyType, Signer, SoftKey};
+#[cfg(feature = "pkcs11")]
 use iotpki_hsm::{HsmKey, Pin, Pkcs11Uri, Token};
 use iotpki_tpm::Tpm;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,13 @@ use crate::state;
 use crate::AgentError;
 
 /// File that names the token key of an enrollment in progress.
+#[cfg(feature = "pkcs11")]
 const PENDING_PKCS11: &str = "pending-key.uri";
+
+/// What a build without the `pkcs11` feature says of a PKCS#11 keystore.
+#[cfg(not(feature = "pkcs11"))]
+pub const NO_PKCS11: &str =
+    "this build has no PKCS#11 keystore (built without the `pkcs11` feature): use a build with it, or key files";
 
 /// A key and its name (the file name, or the token key's URI).
 pub type NamedKey = (String, Arc<dyn Signer>);
@@ -60,6 +67,7 @@ pub enum Keystore {
         dir: PathBuf,
     },
     /// Keys generated in a PKCS#11 token; they never leave it.
+    #[cfg(feature = "pkcs11")]
     Pkcs11 {
         /// The state directory (for the pending-key note).
         dir: PathBuf,
@@ -83,12 +91,14 @@ impl std::fmt::Debug for Keystore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File { dir } => write!(f, "Keystore::File({})", dir.display()),
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { token, .. } => write!(f, "Keystore::Pkcs11({token:?})"),
             Self::Tpm { tpm, .. } => write!(f, "Keystore::Tpm({})", tpm.tcti()),
         }
     }
 }
 
+#[cfg(feature = "pkcs11")]
 fn hsm(e: iotpki_hsm::HsmError) -> AgentError {
     AgentError::Keystore(e.to_string())
 }
@@ -99,6 +109,12 @@ impl Keystore {
     pub fn open(dir: &Path, config: Option<&KeystoreConfig>, pin_file: Option<&Path>) -> Result<Self, AgentError> {
         match config {
             None => Ok(Self::File { dir: dir.to_path_buf() }),
+            #[cfg(not(feature = "pkcs11"))]
+            Some(KeystoreConfig::Pkcs11 { .. }) => {
+                let _ = pin_file;
+                Err(AgentError::Keystore(NO_PKCS11.into()))
+            }
+            #[cfg(feature = "pkcs11")]
             Some(c @ KeystoreConfig::Pkcs11 { module, token, pin_file: recorded }) => {
                 let uri = Pkcs11Uri::parse(token).map_err(hsm)?;
                 let token = Token::open(module, &uri).map_err(hsm)?;
@@ -120,6 +136,7 @@ impl Keystore {
     pub fn config(&self) -> Option<KeystoreConfig> {
         match self {
             Self::File { .. } => None,
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { config, .. } => Some(config.clone()),
             Self::Tpm { tpm, .. } => Some(KeystoreConfig::Tpm { tcti: tpm.tcti().to_string() }),
         }
@@ -137,12 +154,15 @@ impl Keystore {
 
     /// Make a new key and name it. `serial` goes into a token key's label.
     pub fn new_key(&self, kt: KeyType, serial: &str) -> Result<NamedKey, AgentError> {
+        #[cfg(not(feature = "pkcs11"))]
+        let _ = serial;
         match self {
             Self::File { dir } => {
                 let key = SoftKey::generate(kt)?;
                 let name = state::write_new_key(dir, &key)?;
                 Ok((name, Arc::new(key)))
             }
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { dir, token, pin, .. } => {
                 let mut tag = [0u8; 4];
                 aws_lc_rs::rand::fill(&mut tag).map_err(|_| AgentError::Keystore("the system RNG failed".into()))?;
@@ -168,6 +188,7 @@ impl Keystore {
     pub fn load(&self, name: &str) -> Result<Arc<dyn Signer>, AgentError> {
         match self {
             Self::File { dir } => Ok(Arc::new(state::load_key_file(dir, name)?)),
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { token, pin, .. } => {
                 let uri = Pkcs11Uri::parse(name).map_err(hsm)?;
                 Ok(Arc::new(HsmKey::open(token, pin, &uri).map_err(hsm)?))
@@ -193,6 +214,7 @@ impl Keystore {
     pub fn pending(&self) -> Result<Option<NamedKey>, AgentError> {
         match self {
             Self::File { dir } => Ok(state::pending_key(dir)?.map(|(n, k)| (n, Arc::new(k) as Arc<dyn Signer>))),
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { dir, .. } => {
                 if state::identity_path(dir).exists() {
                     return Ok(None);
@@ -225,9 +247,12 @@ impl Keystore {
     /// After a new identity naming `keep` was stored: forget what no identity
     /// names (`old`, the key it replaced, if any). Best effort.
     pub fn retire(&self, keep: &str, old: Option<&str>) {
+        #[cfg(not(feature = "pkcs11"))]
+        let _ = (keep, old);
         match self {
             // state::store removed the key files and blobs no identity names (keeping the birth key).
             Self::File { .. } | Self::Tpm { .. } => {}
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { dir, .. } => {
                 let _ = fs::remove_file(dir.join(PENDING_PKCS11));
                 if let Some(old) = old.filter(|o| *o != keep) {
@@ -272,6 +297,7 @@ impl Keystore {
                     let _ = fs::remove_file(dir.join(name));
                 }
             }
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11 { token, pin, .. } => {
                 let gone = Pkcs11Uri::parse(name).and_then(|u| HsmKey::open(token, pin, &u)).and_then(|k| k.destroy());
                 if let Err(e) = gone {
@@ -288,6 +314,7 @@ fn not_tpm() -> AgentError {
     )
 }
 
+#[cfg(feature = "pkcs11")]
 fn write_note(dir: &Path, name: &str) -> Result<(), AgentError> {
     fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
     Ok(iotpki_fs::write_atomic(&dir.join(PENDING_PKCS11), name.as_bytes(), iotpki_fs::SECRET)?)

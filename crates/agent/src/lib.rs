@@ -16,7 +16,10 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
+#[cfg(feature = "coaps")]
 pub mod coaps_client;
 pub mod daemon;
 mod error;

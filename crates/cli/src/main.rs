@@ -63,7 +63,7 @@ enum Cmd {
     Audit(admin::AuditCmd),
     /// The device side: enroll, renew, status.
     #[command(subcommand)]
-    Agent(agent_cmd::AgentCmd),
+    Agent(iotpki_agent::cli::AgentCmd),
     /// Production batches: serial allowlists, quotas, windows.
     #[command(subcommand)]
     Batch(factory_cmd::BatchCmd),
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
         Cmd::Loadgen(a) => loadgen::run(a),
         Cmd::Relay(a) => agent_cmd::relay(a),
         Cmd::Device(c) => owner_cmd::device(c),
-        Cmd::Agent(c) => agent_cmd::run(c),
+        Cmd::Agent(c) => iotpki_agent::cli::run(c),
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Station(c) => factory_cmd::station(c),
         Cmd::Factory(c) => factory_cmd::factory(c),
