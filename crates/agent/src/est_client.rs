@@ -78,6 +78,78 @@ pub(crate) fn server_url(url: &str, scheme: &str, port: u16) -> Result<(String, 
     Ok((host, port))
 }
 
+/// The TLS 1.3 suites, groups and signature algorithms a device offers and
+/// accepts, named one by one rather than taken from the provider's defaults:
+/// what is not named here is not linked into the device binary (issue #16).
+/// Hybrid post-quantum key exchange first, as before.
+fn tls_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        signature_verification_algorithms: SIGNATURE_ALGORITHMS,
+        secure_random: &SystemRng,
+        key_provider: &NoKeyLoading,
+    }
+}
+
+/// The server signatures a device accepts: ECDSA on P-256 and P-384, Ed25519
+/// (the key types the authority makes) and RSA with SHA-256 or SHA-384
+/// (PKCS#1 v1.5 and PSS), for a server certificate from another CA.
+static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
+    use rustls::SignatureScheme as S;
+    use webpki::aws_lc_rs as w;
+    rustls::crypto::WebPkiSupportedAlgorithms {
+        all: &[
+            w::ECDSA_P256_SHA256,
+            w::ECDSA_P256_SHA384,
+            w::ECDSA_P384_SHA256,
+            w::ECDSA_P384_SHA384,
+            w::ED25519,
+            w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            w::RSA_PKCS1_2048_8192_SHA256,
+            w::RSA_PKCS1_2048_8192_SHA384,
+        ],
+        mapping: &[
+            (S::ECDSA_NISTP384_SHA384, &[w::ECDSA_P384_SHA384, w::ECDSA_P256_SHA384]),
+            (S::ECDSA_NISTP256_SHA256, &[w::ECDSA_P256_SHA256, w::ECDSA_P384_SHA256]),
+            (S::ED25519, &[w::ED25519]),
+            (S::RSA_PSS_SHA384, &[w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY]),
+            (S::RSA_PSS_SHA256, &[w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY]),
+            (S::RSA_PKCS1_SHA384, &[w::RSA_PKCS1_2048_8192_SHA384]),
+            (S::RSA_PKCS1_SHA256, &[w::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    }
+};
+
+/// The system's random numbers, through aws-lc.
+#[derive(Debug)]
+struct SystemRng;
+
+impl rustls::crypto::SecureRandom for SystemRng {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        aws_lc_rs::rand::fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+/// The device's keys sign through [`crate::tls_key`]; rustls never loads one.
+#[derive(Debug)]
+struct NoKeyLoading;
+
+impl rustls::crypto::KeyProvider for NoKeyLoading {
+    fn load_private_key(
+        &self,
+        _: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        Err(rustls::Error::General("the device's keys are not loaded by the TLS stack".into()))
+    }
+}
+
 impl EstClient {
     /// A client for `server_url` (`https://host:port`) trusting only
     /// `anchors` (DER), optionally authenticating with `identity`.
@@ -96,7 +168,7 @@ impl EstClient {
                 .add(CertificateDer::from(a.clone()))
                 .map_err(|e| AgentError::Untrusted(format!("trust anchor: {e}")))?;
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(tls_provider());
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| AgentError::Connect(e.to_string()))?
