@@ -12,6 +12,7 @@ mod clients;
 mod coaps;
 mod commission;
 mod crash;
+mod device;
 mod disk;
 mod est;
 mod factory;

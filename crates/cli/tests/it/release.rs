@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 /// What a binary may link on Linux: glibc's own libraries, the dynamic loader
 /// and the vDSO, and the GCC runtime (unwinding).
-const ALLOWED: &[&str] =
+pub const ALLOWED: &[&str] =
     &["linux-vdso.so", "ld-linux", "libc.so", "libm.so", "libgcc_s.so", "libpthread.so", "libdl.so", "librt.so"];
 
 /// `cargo build --release` of the `iotpki` binary with default features and
