@@ -256,10 +256,17 @@ fn crl_file(issuer_cert: &[u8]) -> String {
 }
 
 fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
-    let list = x509_cert::crl::CertificateList::from_der(der)
-        .map_err(|e| AgentError::Untrusted(format!("CRL refused: not a CRL: {e}")))?;
-    let issuer_name = list.tbs_cert_list.issuer.clone();
+    // Read without decoding its entries (a CRL may list many): its issuer first.
+    let issuer_name = crl::issuer(der).map_err(|e| AgentError::Untrusted(format!("CRL refused: {e}")))?;
     let t = now();
+    // The device's own certificate: the one serial it asks the CRL about.
+    let id = state::load(dir)?;
+    let own: Vec<String> = pem::decode_one("CERTIFICATE", &id.cert_pem)
+        .ok()
+        .and_then(|c| iotpki_core::profile::cert_info(&c).ok())
+        .map(|i| i.serial)
+        .into_iter()
+        .collect();
     let mut why = format!("no CA this device knows is named {issuer_name}");
     let dp_urls = crl_urls(dir)?;
     for ca in known_cas(dir)? {
@@ -267,7 +274,7 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
         if c.tbs_certificate.subject != issuer_name {
             continue;
         }
-        match crl::check(der, &ca, t, SKEW) {
+        match crl::check_for(der, &ca, t, SKEW, &own) {
             Ok(checked) if !crl::covers(&checked, &dp_urls) => {
                 // A shard of a partitioned CRL that is not the one our
                 // certificates name: it says nothing about them.
@@ -295,16 +302,11 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
                         }
                     }
                 }
-                let id = state::load(dir)?;
-                let own = pem::decode_one("CERTIFICATE", &id.cert_pem)
-                    .ok()
-                    .and_then(|c| iotpki_core::profile::cert_info(&c).ok())
-                    .map(|i| i.serial);
                 state::write_atomic(dir, &file, der)?;
                 return Ok(Applied::Crl {
                     issuer: issuer_name.to_string(),
                     number: checked.number,
-                    own_revoked: own.is_some_and(|s| checked.revoked.contains(&s)),
+                    own_revoked: !checked.revoked.is_empty(),
                 });
             }
             Err(e) => why = e.to_string(),

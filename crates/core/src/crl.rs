@@ -229,11 +229,10 @@ fn idp_extension(url: &str) -> Result<Extension, Error> {
 /// URIs), `None` when it has none (a complete CRL). Refuses what we do not
 /// handle: scopes by reason, indirect CRLs, attribute-certificate CRLs,
 /// user- or CA-only CRLs, and a scope named other than by URIs.
-fn scope_of(tbs: &TbsCertList) -> Result<Option<Vec<String>>, Error> {
+fn scope_of(exts: &[Extension]) -> Result<Option<Vec<String>>, Error> {
     use der::Decode;
     use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
     use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-    let exts = tbs.crl_extensions.as_deref().unwrap_or_default();
     let mut scope = None;
     for e in exts {
         if e.extn_id == ID_CE_ISSUING_DISTRIBUTION_POINT {
@@ -283,12 +282,9 @@ pub fn covers(crl: &CheckedCrl, dp_urls: &[String]) -> bool {
     }
 }
 
-fn number_of(tbs: &TbsCertList) -> Result<u64, Error> {
+fn number_of(exts: &[Extension]) -> Result<u64, Error> {
     use der::Decode;
-    Ok(tbs
-        .crl_extensions
-        .as_deref()
-        .unwrap_or_default()
+    Ok(exts
         .iter()
         .find(|e| e.extn_id == CrlNumber::OID)
         .map(|e| {
@@ -300,18 +296,114 @@ fn number_of(tbs: &TbsCertList) -> Result<u64, Error> {
         .unwrap_or(0))
 }
 
+/// A DER CRL read without decoding its entries: the fields a relying party
+/// checks, owned (they are small), and the entries left as the octets of the
+/// revokedCertificates SEQUENCE, walked one at a time by [`View::entries`].
+/// A device checking a CRL of N entries for its own serial so needs memory for
+/// the CRL's octets, not for N decoded entries (about ten times as much).
+struct View<'a> {
+    /// The TBSCertList's encoding: what the signature covers.
+    tbs_der: &'a [u8],
+    inner_algorithm: spki::AlgorithmIdentifierOwned,
+    algorithm: spki::AlgorithmIdentifierOwned,
+    signature: &'a [u8],
+    issuer: x509_cert::name::Name,
+    this_update: x509_cert::time::Time,
+    next_update: Option<x509_cert::time::Time>,
+    entries: &'a [u8],
+    extensions: Vec<Extension>,
+}
+
+impl<'a> View<'a> {
+    fn read(der: &'a [u8]) -> Result<Self, Error> {
+        Self::read_der(der).map_err(|e| Error::der("CRL", e))
+    }
+
+    fn read_der(der: &'a [u8]) -> der::Result<Self> {
+        use der::asn1::{AnyRef, BitStringRef, ContextSpecific};
+        use der::{Decode, Reader, SliceReader, Tag, TagNumber, Tagged};
+        let mut outer = SliceReader::new(der)?;
+        let (tbs_der, algorithm, signature) = outer.sequence(|r| {
+            let tbs = AnyRef::decode(r)?;
+            tbs.tag().assert_eq(Tag::Sequence)?;
+            let algorithm = spki::AlgorithmIdentifierOwned::decode(r)?;
+            let sig = BitStringRef::decode(r)?;
+            Ok((tbs, algorithm, sig))
+        })?;
+        outer.finish(())?;
+        let signature = signature.as_bytes().ok_or_else(|| Tag::BitString.value_error())?;
+        let tbs_value = tbs_der.value();
+        // The TBSCertList's own header and value, as they stand in `der` (DER's
+        // lengths are minimal, so the header re-encodes to the same octets).
+        let tbs_len = usize::try_from(tbs_der.encoded_len()?)?;
+        let start = usize::try_from(der::Header::decode(&mut SliceReader::new(der)?)?.encoded_len()?)?;
+        let tbs_der = der.get(start..start + tbs_len).ok_or_else(|| Tag::Sequence.length_error())?;
+
+        let mut r = SliceReader::new(tbs_value)?;
+        if r.peek_tag()? == Tag::Integer {
+            // Only v2 has a version field; v1 CRLs have neither it nor extensions.
+            if Version::decode(&mut r)? != Version::V2 {
+                return Err(Tag::Integer.value_error());
+            }
+        }
+        let inner_algorithm = spki::AlgorithmIdentifierOwned::decode(&mut r)?;
+        let issuer = x509_cert::name::Name::decode(&mut r)?;
+        let this_update = x509_cert::time::Time::decode(&mut r)?;
+        let next_update = match r.is_finished() {
+            false if matches!(r.peek_tag()?, Tag::UtcTime | Tag::GeneralizedTime) => {
+                Some(x509_cert::time::Time::decode(&mut r)?)
+            }
+            _ => None,
+        };
+        let entries = match r.is_finished() {
+            false if r.peek_tag()? == Tag::Sequence => AnyRef::decode(&mut r)?.value(),
+            _ => &[],
+        };
+        let extensions = ContextSpecific::<Vec<Extension>>::decode_explicit(&mut r, TagNumber::N0)?
+            .map(|c| c.value)
+            .unwrap_or_default();
+        r.finish(())?;
+        Ok(Self {
+            tbs_der,
+            inner_algorithm,
+            algorithm,
+            signature,
+            issuer,
+            this_update,
+            next_update,
+            entries,
+            extensions,
+        })
+    }
+
+    /// Each entry's serial (lowercase hex), decoded and dropped one at a time.
+    fn for_each_serial(&self, mut f: impl FnMut(String)) -> Result<(), Error> {
+        use der::{Decode, Reader, SliceReader};
+        let mut walk = || -> der::Result<()> {
+            let mut r = SliceReader::new(self.entries)?;
+            while !r.is_finished() {
+                f(crate::serial::serial_hex(&RevokedCert::decode(&mut r)?.serial_number));
+            }
+            Ok(())
+        };
+        walk().map_err(|e| Error::der("CRL entry", e))
+    }
+}
+
 /// The cRLNumber of a DER CRL (0 when absent), without checking anything else.
 pub fn number(der: &[u8]) -> Result<u64, Error> {
-    use der::Decode;
-    number_of(&CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?.tbs_cert_list)
+    number_of(&View::read(der)?.extensions)
+}
+
+/// The issuer named in a DER CRL, without checking anything else.
+pub fn issuer(der: &[u8]) -> Result<x509_cert::name::Name, Error> {
+    Ok(View::read(der)?.issuer)
 }
 
 /// The nextUpdate of a DER CRL (Unix seconds), without checking anything
 /// else; an error when it has none (we never make one without).
 pub fn next_update(der: &[u8]) -> Result<i64, Error> {
-    use der::Decode;
-    let crl = CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?;
-    crl.tbs_cert_list
+    View::read(der)?
         .next_update
         .map(|t| crate::time::unix(&t))
         .ok_or_else(|| Error::Profile("the CRL has no nextUpdate".into()))
@@ -340,26 +432,51 @@ pub const MAX_CRL_BYTES: usize = 4 * 1024 * 1024;
 /// and signature) by `issuer_cert_der`, current at `now` (thisUpdate not in the
 /// future beyond `skew`; nextUpdate present and not passed: a stale CRL is refused).
 pub fn check(der: &[u8], issuer_cert_der: &[u8], now: i64, skew: i64) -> Result<CheckedCrl, Error> {
+    check_listing(der, issuer_cert_der, now, skew, |_| true)
+}
+
+/// [`check`], keeping in [`CheckedCrl::revoked`] only those of `serials`
+/// (lowercase hex) that the CRL lists: what a device asks of a CRL about its
+/// own certificates. Every entry is still decoded (a malformed one refuses the
+/// CRL), one at a time, so memory does not grow with the number of entries.
+pub fn check_for(
+    der: &[u8],
+    issuer_cert_der: &[u8],
+    now: i64,
+    skew: i64,
+    serials: &[String],
+) -> Result<CheckedCrl, Error> {
+    check_listing(der, issuer_cert_der, now, skew, |s| serials.iter().any(|w| w == s))
+}
+
+fn check_listing(
+    der: &[u8],
+    issuer_cert_der: &[u8],
+    now: i64,
+    skew: i64,
+    keep: impl Fn(&str) -> bool,
+) -> Result<CheckedCrl, Error> {
     use der::Decode;
     if der.len() > MAX_CRL_BYTES {
         return Err(Error::Profile(format!("CRL of {} octets is larger than {MAX_CRL_BYTES}", der.len())));
     }
-    let crl = CertificateList::from_der(der).map_err(|e| Error::der("CRL", e))?;
+    let crl = View::read(der)?;
     let issuer = x509_cert::Certificate::from_der(issuer_cert_der).map_err(|e| Error::der("CRL issuer", e))?;
-    let tbs = &crl.tbs_cert_list;
-    if tbs.issuer != issuer.tbs_certificate.subject {
+    if crl.issuer != issuer.tbs_certificate.subject {
         return Err(Error::Profile(format!(
             "the CRL is issued by {}, not by {}",
-            crate::name::to_rfc4514(&tbs.issuer),
+            crate::name::to_rfc4514(&crl.issuer),
             crate::name::to_rfc4514(&issuer.tbs_certificate.subject)
         )));
     }
-    let tbs_der = tbs.to_der().map_err(|e| Error::der("CRL", e))?;
-    let sig = crl.signature.as_bytes().ok_or_else(|| Error::Profile("CRL signature is not whole octets".into()))?;
-    crate::keys::verify(&issuer.tbs_certificate.subject_public_key_info, &crl.signature_algorithm, &tbs_der, sig)
+    if crl.inner_algorithm != crl.algorithm {
+        // RFC 5280 5.1.1.2: the two must be the same.
+        return Err(Error::Profile("the CRL names two different signature algorithms".into()));
+    }
+    crate::keys::verify(&issuer.tbs_certificate.subject_public_key_info, &crl.algorithm, crl.tbs_der, crl.signature)
         .map_err(|_| Error::Profile("the CRL's signature does not verify with its issuer's key".into()))?;
-    let this_update = crate::time::unix(&tbs.this_update);
-    let next_update = tbs
+    let this_update = crate::time::unix(&crl.this_update);
+    let next_update = crl
         .next_update
         .as_ref()
         .map(crate::time::unix)
@@ -373,15 +490,14 @@ pub fn check(der: &[u8], issuer_cert_der: &[u8], now: i64, skew: i64) -> Result<
             crate::time::rfc3339(next_update)
         )));
     }
-    let number = number_of(tbs)?;
-    let scope = scope_of(tbs)?;
-    let revoked = tbs
-        .revoked_certificates
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| crate::serial::serial_hex(&r.serial_number))
-        .collect();
+    let number = number_of(&crl.extensions)?;
+    let scope = scope_of(&crl.extensions)?;
+    let mut revoked = Vec::new();
+    crl.for_each_serial(|s| {
+        if keep(&s) {
+            revoked.push(s)
+        }
+    })?;
     Ok(CheckedCrl { number, this_update, next_update, revoked, scope })
 }
 
@@ -461,6 +577,77 @@ mod tests {
         let i = bad.len() - 3;
         bad[i] ^= 1;
         assert!(check(&bad, &ca, 1_700_000_200, 300).is_err());
+    }
+
+    /// The entry-by-entry reader agrees with x509-cert's whole decode, keeps
+    /// only the serials asked about, and refuses what x509-cert refuses plus a
+    /// TBSCertList whose signature algorithm is not the outer one.
+    fn whole_alg(der: &[u8]) -> Vec<u8> {
+        CertificateList::from_der(der).unwrap().signature_algorithm.to_der().unwrap()
+    }
+
+    #[test]
+    fn a_device_reads_entries_one_at_a_time_and_keeps_only_its_own() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (ca, n, kid) = self_signed(&k, "CA");
+        let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let revoked: Vec<Revoked> = (0..300u32)
+            .map(|i| Revoked { serial: format!("01{i:08x}"), at: 1_700_000_000, reason: u8::from(i % 2 == 1) })
+            .collect();
+        let der = build(&issuer, 12, 1_700_000_100, 1_700_086_500, &revoked).unwrap();
+        let all = check(&der, &ca, 1_700_000_200, 300).unwrap();
+        let whole = CertificateList::from_der(&der).unwrap();
+        let listed: Vec<String> = whole
+            .tbs_cert_list
+            .revoked_certificates
+            .unwrap()
+            .iter()
+            .map(|r| crate::serial::serial_hex(&r.serial_number))
+            .collect();
+        assert_eq!(all.revoked, listed);
+        assert_eq!(all.revoked.len(), 300);
+        let wanted = ["0100000007".to_string(), "01deadbeef".to_string(), "010000012b".to_string()];
+        let mine = check_for(&der, &ca, 1_700_000_200, 300, &wanted).unwrap();
+        assert_eq!(mine.revoked, ["0100000007", "010000012b"]);
+        assert_eq!((mine.number, mine.next_update, &mine.scope), (all.number, all.next_update, &all.scope));
+        assert_eq!(super::issuer(&der).unwrap(), n);
+        assert_eq!(next_update(&der).unwrap(), 1_700_086_500);
+        // Trailing octets, after the CRL or inside it, are refused.
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(check(&trailing, &ca, 1_700_000_200, 300).unwrap_err().to_string().contains("malformed CRL"));
+        // A damaged entry (its serial's INTEGER tag made a BOOLEAN), signed by the
+        // issuer all the same, refuses the whole CRL, whichever serial is asked about.
+        let at = der.windows(6).position(|w| w == [0x02, 0x05, 0x01, 0x00, 0x00, 0x00]).unwrap();
+        let mut damaged = der.clone();
+        damaged[at] = 0x01;
+        let damaged = {
+            use der::{asn1::AnyRef, Decode, Header, Length, Reader, SliceReader, Tag};
+            let h = usize::try_from(
+                Header::decode(&mut SliceReader::new(&damaged).unwrap()).unwrap().encoded_len().unwrap(),
+            )
+            .unwrap();
+            let mut r = SliceReader::new(&damaged[h..]).unwrap();
+            let tbs_len = usize::try_from(AnyRef::decode(&mut r).unwrap().encoded_len().unwrap()).unwrap();
+            let tbs = &damaged[h..h + tbs_len];
+            assert!(r.peek_tag().is_ok());
+            let alg = whole_alg(&der);
+            let sig = BitString::from_bytes(&k.sign(tbs).unwrap()).unwrap().to_der().unwrap();
+            let body = [tbs, &alg, &sig].concat();
+            let mut out = Header::new(Tag::Sequence, Length::try_from(body.len()).unwrap()).unwrap().to_der().unwrap();
+            out.extend(body);
+            out
+        };
+        for asked in [&wanted[..], &[]] {
+            let e = check_for(&damaged, &ca, 1_700_000_200, 300, asked).unwrap_err().to_string();
+            assert!(e.contains("malformed CRL entry"), "{e}");
+        }
+        // The TBSCertList's algorithm must be the outer one (RFC 5280 5.1.1.2).
+        let mut two = CertificateList::from_der(&der).unwrap();
+        two.tbs_cert_list.signature.oid = const_oid::db::rfc5912::ECDSA_WITH_SHA_384;
+        two.signature = BitString::from_bytes(&k.sign(&two.tbs_cert_list.to_der().unwrap()).unwrap()).unwrap();
+        let e = check(&two.to_der().unwrap(), &ca, 1_700_000_200, 300).unwrap_err().to_string();
+        assert!(e.contains("two different signature algorithms"), "{e}");
     }
 
     #[test]
