@@ -9,6 +9,7 @@
  *
  * docs/device-c-api.md walks through it.
  */
+#define _POSIX_C_SOURCE 200809L /* strdup */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

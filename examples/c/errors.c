@@ -12,6 +12,7 @@
  * TOKEN_A enrolls ERR-A with key files, TOKEN_B enrolls ERR-B with key
  * callbacks (both one-time tokens for those serials).
  */
+#define _POSIX_C_SOURCE 200809L /* strdup */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -48,7 +48,7 @@ fn compile(src: &str, lib: &Path, out: &Path, extra: &[&str]) {
     let header = std::fs::read_to_string(root().join("include/iotpki_device.h")).unwrap();
     assert!(header.contains(LIBS), "the header documents the link flags the test uses ({LIBS})");
     let mut cc = Command::new("cc");
-    cc.args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Werror", "-g"])
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
         .args(extra)
         .arg("-o")
         .arg(out)
@@ -130,6 +130,57 @@ async fn the_c_example_enrolls_and_renews_with_its_key_behind_callbacks() {
     assert_eq!(files, ["ext-key-1.spki", "identity.json"], "no key file; the old key's record gone");
     let err = blocking(move || run_fail(agent().args(["renew", "--state"]).arg(&state))).await;
     assert!(err.contains("held outside the agent") && err.contains("key callbacks"), "{err}");
+}
+
+/// examples/c/commission.c: a device born on a line (key files) is refused by
+/// an owner that has not claimed it, with the agent's words; claimed, it is
+/// commissioned through the C API and renews at the owner's server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_born_device_is_commissioned_from_c_by_its_owner() {
+    let (a, _) = blocking(device_libs).await;
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let dev = crate::util::born_devices(&mfg, "CCB", &["CC-1".to_string()]).await.remove(0);
+    crate::commission::trust(&op, &mfg);
+    let exe = op.tmp.path().join("commission");
+    let (url, root) = (op.url.clone(), op.root_file());
+    let certs = op.cert_count();
+    let (c_err, agent_err) = {
+        let (exe, dev, url, root) = (exe.clone(), dev.clone(), url.clone(), root.clone());
+        blocking(move || {
+            compile("commission.c", &a, &exe, &[]);
+            let c_err = run_fail(Command::new(&exe).arg(&dev).arg(&url).arg(&root));
+            let agent_err = agent_says(&[
+                "commission".into(),
+                "--state".into(),
+                dev.into_os_string(),
+                "--server".into(),
+                url.into(),
+                "--ca-cert".into(),
+                root.into_os_string(),
+            ]);
+            (c_err, agent_err)
+        })
+        .await
+    };
+    assert_eq!(c_err.trim_end(), format!("commission failed: IOTPKI_ERR_REFUSED: {agent_err}"));
+    assert!(agent_err.contains("not owned"), "{agent_err}");
+    assert_eq!(op.cert_count(), certs, "nothing issued");
+
+    crate::commission::claim(&op, &mfg, &["CC-1"]);
+    let (out, status) = blocking(move || {
+        let out = run_ok(Command::new(&exe).arg(&dev).arg(&url).arg(&root));
+        (out, run_ok(agent().args(["status", "--json", "--state"]).arg(&dev)))
+    })
+    .await;
+    assert!(out.starts_with("commissioned: {"), "{out}");
+    let renewed = out.split("renewed: ").nth(1).unwrap();
+    assert_eq!(renewed.trim_end(), status.trim_end(), "the status from C is the agent's");
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(st["issuer"].as_str().unwrap().contains("Operational CA"), "{st}");
+    assert_eq!(st["server"], op.url.as_str());
+    assert_eq!(st["renewals"], 1);
+    assert_eq!(op.cert_count(), certs + 2, "commissioned, then renewed");
 }
 
 /// `case NAME CODE MESSAGE` lines of errors.c.
