@@ -18,9 +18,10 @@
  * Blocking: enroll, renew and commission do network I/O and block the
  * calling thread until the server answers or the time-out passes (30 s
  * for each exchange with the server, connecting included; an enrollment is
- * two exchanges, a renewal one or two). status and apply read and write the state
- * directory only. Nothing runs in the background: there are no threads of
- * the library's own.
+ * two exchanges, a renewal one or two). status and apply read and write the
+ * state directory only. Nothing happens between calls; the one helper
+ * thread is tokio's for resolving a host name (getaddrinfo), which ends
+ * after 10 s idle and never runs a callback.
  *
  * Threads: no global state. A context may be used from any thread, one call
  * at a time: a call that meets another in progress on the same context
