@@ -309,7 +309,7 @@ enum iotpki_status iotpki_device_commission(struct iotpki_device *ctx,
  * returns `IOTPKI_ERR_BUFFER_TOO_SMALL`. Reads the state directory; no network.
  *
  * # Safety
- * `ctx` is NULL or a live context; `buf` is NULL or writable for `cap` bytes; `len` is NULL or writable.
+ * `ctx` is NULL or a live context; `buf` is writable for `cap` bytes (NULL is refused); `len` is NULL or writable.
  */
 enum iotpki_status iotpki_device_status(struct iotpki_device *ctx,
                                         char *buf,

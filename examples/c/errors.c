@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -124,6 +126,31 @@ static void keys_free(struct keys *k) {
     for (int i = 0; i < 8; i++) EVP_PKEY_free(k->key[i]);
 }
 
+/* --- threads ------------------------------------------------------------ */
+
+/* One context shared by two threads, one more per thread: each call on the
+   shared one is done or refused as busy, never anything else; the threads'
+   own contexts are never busy. */
+struct worker {
+    iotpki_device *shared, *own;
+    unsigned ok, busy, other;
+};
+
+static void *work(void *arg) {
+    struct worker *w = arg;
+    char buf[4096];
+    for (int i = 0; i < 200; i++) {
+        iotpki_status rc = iotpki_device_status(w->shared, buf, sizeof buf, NULL);
+        if (rc == IOTPKI_OK) w->ok++;
+        else if (rc == IOTPKI_ERR_BUSY) w->busy++;
+        else w->other++;
+        if (iotpki_device_status(w->own, buf, sizeof buf, NULL) != IOTPKI_OK) w->other++;
+        char msg[256];
+        iotpki_device_last_error(w->shared, msg, sizeof msg); /* any thread, any time */
+    }
+    return NULL;
+}
+
 /* --- the cases ---------------------------------------------------------- */
 
 int main(int argc, char **argv) {
@@ -226,6 +253,24 @@ int main(int argc, char **argv) {
     size_t again = iotpki_device_last_error(dev, small, sizeof small);
     if (full != again || strlen(small) != sizeof small - 1) failures++;
     iotpki_device_free(dev);
+
+    /* Threads: three contexts on the enrolled directory, two threads. */
+    cfg = CONFIG(DIR("a"), NULL, NULL, NULL);
+    iotpki_device *shared = NULL, *own1 = NULL, *own2 = NULL;
+    if (iotpki_device_new(&cfg, &shared, msg, sizeof msg) || iotpki_device_new(&cfg, &own1, msg, sizeof msg) ||
+        iotpki_device_new(&cfg, &own2, msg, sizeof msg))
+        return fprintf(stderr, "new: %s\n", msg), 1;
+    struct worker w1 = {.shared = shared, .own = own1}, w2 = {.shared = shared, .own = own2};
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, work, &w1);
+    pthread_create(&t2, NULL, work, &w2);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    snprintf(msg, sizeof msg, "ok %u busy %u other %u", w1.ok + w2.ok, w1.busy + w2.busy, w1.other + w2.other);
+    report("threads", w1.other + w2.other == 0 && w1.ok + w2.ok > 0 ? IOTPKI_OK : IOTPKI_ERR_OTHER, IOTPKI_OK, msg);
+    iotpki_device_free(shared);
+    iotpki_device_free(own1);
+    iotpki_device_free(own2);
 
     /* The same directory opened with key callbacks: not theirs. */
     iotpki_key_callbacks cbs = {.user_data = &k, .generate = cb_generate, .public_key = cb_public_key,

@@ -621,7 +621,7 @@ fn status_json(inner: &Inner) -> Result<String, Failure> {
 /// returns `IOTPKI_ERR_BUFFER_TOO_SMALL`. Reads the state directory; no network.
 ///
 /// # Safety
-/// `ctx` is NULL or a live context; `buf` is NULL or writable for `cap` bytes; `len` is NULL or writable.
+/// `ctx` is NULL or a live context; `buf` is writable for `cap` bytes (NULL is refused); `len` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn iotpki_device_status(
     ctx: *mut iotpki_device,

@@ -332,6 +332,7 @@ async fn every_refusal_reaches_c_with_its_code_and_the_agents_words() {
         ("enroll-sign-fails", "IOTPKI_ERR_CRYPTO", "the sign callback failed (returned -9)"),
         ("enroll-bad-signature", "IOTPKI_ERR_CRYPTO", "does not verify with its public key"),
         ("enroll-with-callbacks", "IOTPKI_OK", ""),
+        ("threads", "IOTPKI_OK", "other 0"),
         ("callback-reenters", "IOTPKI_ERR_BUSY", ""),
         ("renew-key-lost", "IOTPKI_ERR_KEYSTORE", "the public_key callback failed"),
     ] {
