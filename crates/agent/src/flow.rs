@@ -204,6 +204,17 @@ fn pem_all(certs: &[Vec<u8>]) -> String {
 /// First enrollment: generate the key on the device, enroll with the token,
 /// check the answer, store the identity atomically.
 pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
+    enroll_in(opts, None).await
+}
+
+/// [`enroll`] with the keys in `keystore` (an [`crate::keystore::ExternalKeys`]
+/// holder, say) instead of the one `opts.keystore` names: the same checks, in
+/// the same order, with the same refusals.
+pub async fn enroll_with_keystore(opts: &EnrollOptions, keystore: &Keystore) -> Result<Identity, AgentError> {
+    enroll_in(opts, Some(keystore)).await
+}
+
+async fn enroll_in(opts: &EnrollOptions, given: Option<&Keystore>) -> Result<Identity, AgentError> {
     let dir = &opts.state_dir;
     if state::identity_path(dir).exists() {
         return Err(AgentError::State(format!(
@@ -214,13 +225,20 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Identity, AgentError> {
     let serial = DeviceSerial::parse(&opts.serial).map_err(|e| AgentError::Usage(e.to_string()))?;
     let anchor =
         pem::decode_one("CERTIFICATE", &opts.anchor_pem).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
-    let keystore = Keystore::open(dir, opts.keystore.as_ref(), opts.pin_file.as_deref())?;
+    let opened;
+    let keystore = match given {
+        Some(k) => k,
+        None => {
+            opened = Keystore::open(dir, opts.keystore.as_ref(), opts.pin_file.as_deref())?;
+            &opened
+        }
+    };
     keystore.check_key_type(opts.key_type)?;
     let (key_file, key, cert, chain) = if is_coaps(&opts.server) {
         #[cfg(not(feature = "coaps"))]
         return Err(AgentError::Usage(NO_COAPS.into()));
         #[cfg(feature = "coaps")]
-        enroll_coaps(opts, &serial, &anchor, &keystore).await?
+        enroll_coaps(opts, &serial, &anchor, keystore).await?
     } else {
         let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
         let chain = issuing_chain(client.cacerts().await?, &anchor)?;
@@ -335,6 +353,26 @@ pub async fn renew(
 ) -> Result<Identity, AgentError> {
     let old = state::load(state_dir)?;
     let keystore = Keystore::open(state_dir, old.keystore.as_ref(), pin_file)?;
+    renew_from(state_dir, old, server_override, &keystore).await
+}
+
+/// [`renew`] with the keys in `keystore`, which must be the keystore the identity records.
+pub async fn renew_with_keystore(
+    state_dir: &Path,
+    server_override: Option<&str>,
+    keystore: &Keystore,
+) -> Result<Identity, AgentError> {
+    let old = state::load(state_dir)?;
+    keystore.check_holds(&old)?;
+    renew_from(state_dir, old, server_override, keystore).await
+}
+
+async fn renew_from(
+    state_dir: &Path,
+    old: Identity,
+    server_override: Option<&str>,
+    keystore: &Keystore,
+) -> Result<Identity, AgentError> {
     let old_key = keystore.load(&old.key_file)?;
     let cert = pem::decode_one("CERTIFICATE", &old.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let chain = pem::decode_all("CERTIFICATE", &old.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
@@ -502,6 +540,7 @@ pub fn status(state_dir: &Path) -> Result<Status, AgentError> {
             None => "file".into(),
             Some(KeystoreConfig::Pkcs11 { token, .. }) => token.clone(),
             Some(KeystoreConfig::Tpm { tcti }) => format!("tpm {tcti}"),
+            Some(KeystoreConfig::External {}) => "external".into(),
         },
         server: id.server,
         renewals: id.renewals,
@@ -520,14 +559,44 @@ pub async fn commission(
     label: Option<&str>,
 ) -> Result<Identity, AgentError> {
     let old = state::load(state_dir)?;
-    let birth = old.birth.clone().ok_or_else(|| {
+    let birth = no_birth(&old)?;
+    // The birth key is in the keystore the device was born with (key files, a token, a TPM).
+    let keystore = Keystore::open(state_dir, old.keystore.as_ref(), None)?;
+    commission_from(state_dir, old, birth, server, anchor_pem, label, &keystore).await
+}
+
+fn no_birth(old: &Identity) -> Result<state::BirthCredential, AgentError> {
+    old.birth.clone().ok_or_else(|| {
         AgentError::State(
             "this device has no birth certificate (it was not born on a factory line): enroll with a token instead"
                 .into(),
         )
-    })?;
-    // The birth key is in the keystore the device was born with (key files, a token, a TPM).
-    let keystore = Keystore::open(state_dir, old.keystore.as_ref(), None)?;
+    })
+}
+
+/// [`commission`] with the keys in `keystore`, which must be the keystore the identity records.
+pub async fn commission_with_keystore(
+    state_dir: &Path,
+    server: Option<&str>,
+    anchor_pem: Option<&str>,
+    label: Option<&str>,
+    keystore: &Keystore,
+) -> Result<Identity, AgentError> {
+    let old = state::load(state_dir)?;
+    let birth = no_birth(&old)?;
+    keystore.check_holds(&old)?;
+    commission_from(state_dir, old, birth, server, anchor_pem, label, keystore).await
+}
+
+async fn commission_from(
+    state_dir: &Path,
+    old: Identity,
+    birth: state::BirthCredential,
+    server: Option<&str>,
+    anchor_pem: Option<&str>,
+    label: Option<&str>,
+    keystore: &Keystore,
+) -> Result<Identity, AgentError> {
     let birth_key = keystore.load(&birth.key_file)?;
     let birth_cert = pem::decode_one("CERTIFICATE", &birth.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let birth_chain = pem::decode_all("CERTIFICATE", &birth.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;

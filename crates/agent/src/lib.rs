@@ -34,4 +34,5 @@ pub mod trust;
 
 pub use error::AgentError;
 pub use flow::{enroll, renew, status, EnrollOptions, Status};
+pub use keystore::ExternalKeys;
 pub use state::Identity;

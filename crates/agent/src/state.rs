@@ -211,7 +211,15 @@ pub fn remove_unused_keys(dir: &Path, keep: &[&str]) {
         let name = e.file_name().to_string_lossy().to_string();
         let ours = (name.starts_with("key-") && name.ends_with(".pem"))
             || (name.starts_with(TPM_KEY_PREFIX) && name.ends_with(TPM_KEY_SUFFIX));
-        if ours && !keep.contains(&name.as_str()) {
+        // An external key's record is named after the key (`ext-key-3` in `ext-key-3.spki`).
+        let external = name
+            .strip_suffix(crate::keystore::EXT_KEY_SUFFIX)
+            .filter(|stem| stem.starts_with(crate::keystore::EXT_KEY_PREFIX));
+        if let Some(stem) = external {
+            if !keep.contains(&stem) {
+                let _ = fs::remove_file(e.path());
+            }
+        } else if ours && !keep.contains(&name.as_str()) {
             let _ = fs::remove_file(e.path());
         }
     }

@@ -13,6 +13,7 @@ mod coaps;
 mod commission;
 mod crash;
 mod device;
+mod device_c;
 mod disk;
 mod est;
 mod factory;
