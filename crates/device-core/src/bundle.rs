@@ -191,8 +191,8 @@ fn content(payload: &[u8]) -> Result<BundleContent, &'static str> {
         .iter()
         .map(|s| s.text("server: expected a text string").map(String::from))
         .collect::<Result<Vec<_>, _>>()?;
-    let threshold = u8::try_from(f[5].uint("threshold: expected an unsigned integer")?)
-        .map_err(|_| "threshold: more than 255")?;
+    let threshold =
+        u8::try_from(f[5].uint("threshold: expected an unsigned integer")?).map_err(|_| "threshold: more than 255")?;
     let signers = f[6]
         .array("signers: expected an array of at most 16", MAX_SIGNERS)?
         .iter()
@@ -250,7 +250,10 @@ fn check_anchor(der: &[u8]) -> Result<(), &'static str> {
     let mut bc = None;
     for e in cert.tbs_certificate.extensions.as_deref().unwrap_or_default() {
         if e.extn_id == <BasicConstraints as const_oid::AssociatedOid>::OID {
-            bc = Some(BasicConstraints::from_der(e.extn_value.as_bytes()).map_err(|_| "an anchor's basicConstraints is malformed")?);
+            bc = Some(
+                BasicConstraints::from_der(e.extn_value.as_bytes())
+                    .map_err(|_| "an anchor's basicConstraints is malformed")?,
+            );
             break;
         }
     }

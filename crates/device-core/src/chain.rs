@@ -170,7 +170,9 @@ impl fmt::Display for ChainError {
                 write!(f, "{w} carries a name constraint other than directoryName, which is not applied here")
             }
             Self::CaAsEndEntity => f.write_str("the leaf is a CA certificate, not an end entity"),
-            Self::PurposeNotAllowed(w) => write!(f, "{w}: its extendedKeyUsage does not allow TLS client authentication"),
+            Self::PurposeNotAllowed(w) => {
+                write!(f, "{w}: its extendedKeyUsage does not allow TLS client authentication")
+            }
             Self::LeafKeyUsage => f.write_str("the leaf's keyUsage does not allow digitalSignature"),
             Self::UnsupportedKey(w) => write!(f, "{w} has a key of a type not verified here (P-256, P-384, Ed25519)"),
             Self::NoIssuer(w) => {
@@ -243,7 +245,8 @@ impl<'a> Node<'a> {
             return Err(ChainError::SignatureAlgorithmMismatch(which));
         }
         let v = &self.cert.tbs_certificate.validity;
-        let (not_before, not_after) = (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs());
+        let (not_before, not_after) =
+            (v.not_before.to_unix_duration().as_secs(), v.not_after.to_unix_duration().as_secs());
         if now < not_before || now > not_after {
             return Err(ChainError::NotValidNow { cert: which, not_before, not_after, now });
         }

@@ -76,7 +76,13 @@ pub enum Verdict {
 /// `covered_urls`: the cRLDistributionPoints URLs of the device's
 /// certificates (a partitioned CRL must name one). `last`: what the device
 /// holds from this issuer, if anything.
-pub fn verify(der: &[u8], issuer_cert: &[u8], now: u64, covered_urls: &[&str], last: Option<&Last>) -> Result<Verdict, Error> {
+pub fn verify(
+    der: &[u8],
+    issuer_cert: &[u8],
+    now: u64,
+    covered_urls: &[&str],
+    last: Option<&Last>,
+) -> Result<Verdict, Error> {
     let checked = check(der, issuer_cert, now)?;
     if let Some(scope) = &checked.scope {
         if !scope.iter().any(|u| covered_urls.contains(&u.as_str())) {
@@ -124,7 +130,8 @@ pub fn check(der: &[u8], issuer_cert: &[u8], now: u64) -> Result<CheckedCrl, Err
     let mut scope = None;
     for e in tbs.crl_extensions.as_deref().unwrap_or_default() {
         if e.extn_id == CrlNumber::OID {
-            let n = CrlNumber::from_der(e.extn_value.as_bytes()).map_err(|_| CrlError::Unsupported("a malformed cRLNumber"))?;
+            let n = CrlNumber::from_der(e.extn_value.as_bytes())
+                .map_err(|_| CrlError::Unsupported("a malformed cRLNumber"))?;
             number = n.0.as_bytes().iter().fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b)));
         } else if e.extn_id == ID_CE_IDP {
             if scope.is_some() {
@@ -146,14 +153,17 @@ pub fn check(der: &[u8], issuer_cert: &[u8], now: u64) -> Result<CheckedCrl, Err
 }
 
 fn idp_urls(v: &[u8]) -> Result<Vec<String>, CrlError> {
-    let idp = IssuingDistributionPoint::from_der(v).map_err(|_| CrlError::Unsupported("a malformed issuingDistributionPoint"))?;
+    let idp = IssuingDistributionPoint::from_der(v)
+        .map_err(|_| CrlError::Unsupported("a malformed issuingDistributionPoint"))?;
     if idp.only_some_reasons.is_some()
         || idp.indirect_crl
         || idp.only_contains_attribute_certs
         || idp.only_contains_user_certs
         || idp.only_contains_ca_certs
     {
-        return Err(CrlError::Unsupported("an issuingDistributionPoint limited by reason, issuer or kind of certificate"));
+        return Err(CrlError::Unsupported(
+            "an issuingDistributionPoint limited by reason, issuer or kind of certificate",
+        ));
     }
     let Some(DistributionPointName::FullName(names)) = idp.distribution_point else {
         return Err(CrlError::Unsupported("an issuingDistributionPoint that names no URL"));

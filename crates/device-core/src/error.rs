@@ -62,9 +62,7 @@ impl fmt::Display for Error {
             Self::Signer(d) => write!(f, "the signer failed: {d}"),
             Self::BadSerial(d) => write!(f, "device serial refused: {d}"),
             Self::CertificateCount { found } => write!(f, "expected one certificate, got {found}"),
-            Self::AnchorNotOffered => {
-                f.write_str("the server's CA certificates do not include our trust anchor")
-            }
+            Self::AnchorNotOffered => f.write_str("the server's CA certificates do not include our trust anchor"),
             Self::WrongKey => f.write_str("the certificate is not for this device's key"),
             Self::WrongSubject => f.write_str("the certificate does not carry this device's serial"),
             Self::Chain(e) => write!(f, "does not chain to the trust anchor: {e}"),

@@ -69,7 +69,8 @@ impl PublicKey {
     }
 
     pub(crate) fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, Error> {
-        let key = spki.subject_public_key.as_bytes().ok_or(Error::UnsupportedKey("the key BIT STRING has unused bits"))?;
+        let key =
+            spki.subject_public_key.as_bytes().ok_or(Error::UnsupportedKey("the key BIT STRING has unused bits"))?;
         let alg = &spki.algorithm;
         let kind = if alg.oid == rfc5912::ID_EC_PUBLIC_KEY {
             let curve: ObjectIdentifier = alg

@@ -175,7 +175,8 @@ pub fn verify(
             return Err(VoucherError::WrongSigner { index, expected, found: e.kid }.into());
         }
         let tbs = cose::sig_structure(&e.protected, None, &e.payload);
-        cose::verify(signer, e.alg, &tbs, &e.signature).map_err(|detail| VoucherError::BadSignature { index, detail })?;
+        cose::verify(signer, e.alg, &tbs, &e.signature)
+            .map_err(|detail| VoucherError::BadSignature { index, detail })?;
         if e.serial != serial.as_bytes() {
             return Err(VoucherError::WrongDevice { index, detail: "it is for another serial" }.into());
         }
