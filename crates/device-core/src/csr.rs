@@ -6,17 +6,15 @@
 //! ```
 //! # fn main() -> Result<(), iotpki_device_core::Error> {
 //! use iotpki_device_core::csr::{self, Signature, Subject};
-//! # use p256::pkcs8::EncodePublicKey;
-//! # use p256::ecdsa::signature::Signer as _;
-//! # let key = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
-//! # let spki = key.verifying_key().to_public_key_der().unwrap();
+//! # use iotpki_core::keys::Signer as _;
+//! # let key = iotpki_core::keys::SoftKey::generate(iotpki_core::keys::KeyType::EcdsaP256).unwrap();
+//! # let spki = key.public_key_der().to_vec();
 //! // `spki`: the device key's DER subjectPublicKeyInfo (from the secure element).
-//! let request = csr::build(&Subject::Serial("SN-0001"), spki.as_bytes(), |tbs| {
-//!     // The secure element signs `tbs`; here a software key does.
-//!     let sig: p256::ecdsa::Signature = key.sign(tbs);
-//!     Ok(Signature::Fixed(sig.to_bytes().to_vec()))
+//! let request = csr::build(&Subject::Serial("SN-0001"), &spki, |tbs| {
+//!     // The secure element signs `tbs` (here a software key, DER ECDSA).
+//!     key.sign(tbs).map(Signature::Der).map_err(|_| "the secure element refused")
 //! })?;
-//! assert_eq!(request[0], 0x30);
+//! assert!(iotpki_core::csr::parse_and_verify(&request).is_ok());
 //! # Ok(()) }
 //! ```
 

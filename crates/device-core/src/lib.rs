@@ -2,7 +2,7 @@
 //! PKI without an operating system.
 //!
 //! - [`csr::build`]: a PKCS#10 request for the device's key, signed through a
-//!   [`csr::Signer`] (a secure element, a software key): the same request the
+//!   callback (a secure element, a software key; [`csr::Signature`]): the same request the
 //!   agent sends, accepted by the authority's checks as the agent's is.
 //! - [`est`]: the answer to `/simpleenroll` and `/simplereenroll` (base64 of a
 //!   PKCS#7 certs-only message) and of `/cacerts`, and [`est::check_issued`]:
