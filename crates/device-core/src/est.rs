@@ -50,11 +50,12 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, Error> {
     if compact.is_empty() {
         return Err(bad("empty"));
     }
+    // Padding may be whole, short or absent, never more than the data needs.
     let pad = compact.iter().rev().take_while(|b| **b == b'=').count();
-    if pad > 2 || (pad > 0 && compact.len() % 4 != 0) {
+    compact.truncate(compact.len() - pad);
+    if pad > (4 - compact.len() % 4) % 4 {
         return Err(bad("wrong padding"));
     }
-    compact.truncate(compact.len() - pad);
     base64ct::Base64Unpadded::decode_vec(core::str::from_utf8(&compact).map_err(|_| bad("not ASCII"))?)
         .map_err(|_| bad("not base64 (RFC 4648, standard alphabet)"))
 }

@@ -219,6 +219,19 @@ fn answers_from_elsewhere_or_out_of_time_are_refused() {
     assert!(matches!(est::enroll_answer(b"not*base64"), Err(Error::Malformed { .. })));
     assert!(matches!(est::enroll_answer(b" \r\n"), Err(Error::Malformed { .. })));
     assert!(matches!(est::enroll_answer(b"MAMCAQA="), Err(Error::Malformed { .. })));
+    // Padding as the core takes it: whole, short or absent; never too much.
+    for (body, ok) in [
+        (&b"QQ=="[..], true),
+        (b"QQ=", true),
+        (b"QQ", true),
+        (b"QUJD", true),
+        (b"QUJD=", false),
+        (b"QQ===", false),
+        (b"Q", false),
+    ] {
+        assert_eq!(est::decode_body(body).is_ok(), ok, "{body:?}");
+        assert_eq!(iotpki_core::est::decode_body(body).is_ok(), ok, "the core, {body:?}");
+    }
 }
 
 // ---- trust bundles ----
