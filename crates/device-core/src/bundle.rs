@@ -264,9 +264,21 @@ fn check_anchor(der: &[u8]) -> Result<(), &'static str> {
     let rsa = cert.tbs_certificate.subject_public_key_info.algorithm.oid == const_oid::db::rfc5912::RSA_ENCRYPTION;
     if rsa {
         // An RSA anchor (another PKI's root) is carried, not verified with here: its one DER form is enough.
+        #[derive(der::Sequence)]
+        struct RsaPub<'a> {
+            modulus: der::asn1::UintRef<'a>,
+            e: der::asn1::UintRef<'a>,
+        }
+        let k = &cert.tbs_certificate.subject_public_key_info;
+        let params = k.algorithm.parameters.as_ref().and_then(|p| der::Encode::to_der(p).ok());
+        let key = k.subject_public_key.as_bytes().unwrap_or_default();
         let again = spki::SubjectPublicKeyInfoOwned::from_der(&spki).and_then(|k| der::Encode::to_der(&k));
-        if again.ok().as_deref() != Some(&spki[..]) {
-            return Err("an anchor's RSA key is not in DER");
+        let key_again = RsaPub::from_der(key).and_then(|r| der::Encode::to_der(&r));
+        if again.ok().as_deref() != Some(&spki[..])
+            || params.as_deref() != Some(&[0x05, 0x00][..])
+            || key_again.ok().as_deref() != Some(key)
+        {
+            return Err("an anchor's RSA key is not in DER (rsaEncryption, NULL parameters, a DER RSAPublicKey)");
         }
     } else {
         crate::keys::PublicKey::from_spki_der(&spki)

@@ -52,7 +52,9 @@ pub struct PublicKey {
 enum Inner {
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
-    Ed25519(ed25519_dalek::VerifyingKey),
+    /// Kept as its octets: like the core (aws-lc), any 32 octets are a key
+    /// until a signature is checked with it.
+    Ed25519([u8; 32]),
 }
 
 impl PublicKey {
@@ -100,10 +102,7 @@ impl PublicKey {
                 return Err(Error::UnsupportedKey("an Ed25519 key with algorithm parameters"));
             }
             let raw: [u8; 32] = key.try_into().map_err(|_| Error::UnsupportedKey("an Ed25519 key not of 32 octets"))?;
-            Inner::Ed25519(
-                ed25519_dalek::VerifyingKey::from_bytes(&raw)
-                    .map_err(|_| Error::UnsupportedKey("an Ed25519 key that is not a curve point"))?,
-            )
+            Inner::Ed25519(raw)
         } else {
             return Err(Error::UnsupportedKey("a key algorithm other than EC and Ed25519"));
         };
@@ -151,8 +150,7 @@ impl PublicKey {
                 if alg.oid != rfc8410::ID_ED_25519 || alg.parameters.is_some() {
                     return Err(());
                 }
-                let s = ed25519_dalek::Signature::from_slice(sig).map_err(|_| ())?;
-                k.verify_strict(msg, &s).map_err(|_| ())
+                ed25519(k, msg, sig)
             }
         }
     }
@@ -164,11 +162,14 @@ impl PublicKey {
         match &self.kind {
             Inner::P256(k) => k.verify(msg, &p256::ecdsa::Signature::from_slice(sig).map_err(|_| ())?).map_err(|_| ()),
             Inner::P384(k) => k.verify(msg, &p384::ecdsa::Signature::from_slice(sig).map_err(|_| ())?).map_err(|_| ()),
-            Inner::Ed25519(k) => {
-                k.verify_strict(msg, &ed25519_dalek::Signature::from_slice(sig).map_err(|_| ())?).map_err(|_| ())
-            }
+            Inner::Ed25519(k) => ed25519(k, msg, sig),
         }
     }
+}
+
+fn ed25519(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> Result<(), ()> {
+    let k = ed25519_dalek::VerifyingKey::from_bytes(key).map_err(|_| ())?;
+    k.verify_strict(msg, &ed25519_dalek::Signature::from_slice(sig).map_err(|_| ())?).map_err(|_| ())
 }
 
 /// SHA-256 of `data`: key ids (of a DER subjectPublicKeyInfo), birth certificate hashes.
