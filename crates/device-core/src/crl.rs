@@ -126,13 +126,21 @@ pub fn check(der: &[u8], issuer_cert: &[u8], now: u64) -> Result<CheckedCrl, Err
     if next_update <= now {
         return Err(CrlError::Stale { next_update, now }.into());
     }
-    let mut number = 0;
+    let exts = tbs.crl_extensions.as_deref().unwrap_or_default();
+    // The first cRLNumber counts (as the core reads it).
+    let number = match exts.iter().find(|e| e.extn_id == CrlNumber::OID) {
+        Some(e) => CrlNumber::from_der(e.extn_value.as_bytes())
+            .map_err(|_| CrlError::Unsupported("a malformed cRLNumber"))?
+            .0
+            .as_bytes()
+            .iter()
+            .fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b))),
+        None => 0,
+    };
     let mut scope = None;
-    for e in tbs.crl_extensions.as_deref().unwrap_or_default() {
+    for e in exts {
         if e.extn_id == CrlNumber::OID {
-            let n = CrlNumber::from_der(e.extn_value.as_bytes())
-                .map_err(|_| CrlError::Unsupported("a malformed cRLNumber"))?;
-            number = n.0.as_bytes().iter().fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b)));
+            continue;
         } else if e.extn_id == ID_CE_IDP {
             if scope.is_some() {
                 return Err(CrlError::Unsupported("two issuingDistributionPoint extensions").into());
