@@ -201,3 +201,34 @@ pub(crate) fn put_text(out: &mut Vec<u8>, t: &str) {
     put_head(out, 3, t.len() as u64);
     out.extend_from_slice(t.as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_deterministic_encoding_is_read() {
+        assert_eq!(decode(&[0x18, 0x18]), Ok(Value::Uint(24)));
+        assert!(decode(&[0x18, 0x17]).is_err(), "23 fits the initial byte");
+        assert!(decode(&[0x19, 0x00, 0xff]).is_err(), "255 fits one octet");
+        assert!(decode(&[0x5f, 0xff]).is_err(), "indefinite length");
+        assert!(decode(&[0xf9, 0x3c, 0x00]).is_err(), "a float");
+        assert!(decode(&[0x01, 0x00]).is_err(), "a second item");
+        assert!(decode(&[0x62, 0xff, 0xfe]).is_err(), "text that is not UTF-8");
+        assert!(decode(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err(), "a huge array");
+        let mut out = Vec::new();
+        for n in [0u64, 23, 24, 255, 256, 65_535, 65_536, u64::from(u32::MAX), u64::MAX] {
+            out.clear();
+            put_head(&mut out, 0, n);
+            assert_eq!(decode(&out), Ok(Value::Uint(n)), "{n}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = [alloc::vec![0x81u8; 16], alloc::vec![0x00]].concat();
+        assert!(decode(&deep).is_ok());
+        let deeper = [alloc::vec![0x81u8; 17], alloc::vec![0x00]].concat();
+        assert!(decode(&deeper).is_err());
+    }
+}
