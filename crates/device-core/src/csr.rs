@@ -1,7 +1,8 @@
 //! PKCS#10 requests, as the agent makes them: the subject `CN=serial,
 //! serialNumber=serial` (UTF8String, PrintableString) for a first enrollment
-//! or the current certificate's subject for a renewal, no attributes, signed
-//! by the device's key through a callback.
+//! or the current certificate's subject for a renewal, no attributes (or,
+//! over EST-coaps, the token in a challengePassword), signed by the device's
+//! key through a callback.
 //!
 //! ```
 //! # fn main() -> Result<(), iotpki_device_core::Error> {
@@ -56,7 +57,26 @@ pub enum Subject<'a> {
 /// signature it returns is checked with the public key before the request
 /// is made, so a secure element that signs with another key, or badly, is
 /// caught on the device ([`Error::Signer`]).
-pub fn build<F>(subject: &Subject<'_>, public_key: &[u8], mut sign: F) -> Result<Vec<u8>, Error>
+pub fn build<F>(subject: &Subject<'_>, public_key: &[u8], sign: F) -> Result<Vec<u8>, Error>
+where
+    F: FnMut(&[u8]) -> Result<Signature, &'static str>,
+{
+    build_with_challenge(subject, public_key, None, sign)
+}
+
+/// The challengePassword attribute (PKCS#9, RFC 2985 5.4.1).
+const CHALLENGE_PASSWORD: const_oid::ObjectIdentifier = const_oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.7");
+
+/// [`build`], with a challengePassword attribute (a UTF8String) when
+/// `challenge` is given: a first enrollment over EST-coaps carries the
+/// one-time token in it as `SERIAL:TOKEN` (docs/coaps.md), as the agent's does.
+/// The request then holds the token: wipe it after use.
+pub fn build_with_challenge<F>(
+    subject: &Subject<'_>,
+    public_key: &[u8],
+    challenge: Option<&str>,
+    mut sign: F,
+) -> Result<Vec<u8>, Error>
 where
     F: FnMut(&[u8]) -> Result<Signature, &'static str>,
 {
@@ -66,7 +86,15 @@ where
         Subject::Serial(s) => serial_subject(s)?,
         Subject::Name(der) => Name::from_der(der).map_err(|e| Error::der("subject name", e))?,
     };
-    let info = CertReqInfo { version: Version::V1, subject, public_key: spki, attributes: SetOfVec::new() };
+    let mut attributes = SetOfVec::new();
+    if let Some(c) = challenge {
+        let value = Any::from(Utf8StringRef::new(c).map_err(|e| Error::der("challengePassword", e))?);
+        let values = SetOfVec::try_from(alloc::vec![value]).map_err(|e| Error::der("challengePassword", e))?;
+        attributes
+            .insert(x509_cert::attr::Attribute { oid: CHALLENGE_PASSWORD, values })
+            .map_err(|e| Error::der("challengePassword", e))?;
+    }
+    let info = CertReqInfo { version: Version::V1, subject, public_key: spki, attributes };
     let info_der = info.to_der().map_err(|e| Error::der("request info", e))?;
     let kt = key.key_type();
     let signature = match (sign(&info_der).map_err(Error::Signer)?, kt.field_len()) {

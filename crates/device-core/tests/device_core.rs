@@ -152,6 +152,35 @@ fn requests_pass_the_authority_and_answers_chain_for_each_key_type() {
 }
 
 #[test]
+fn a_first_enrollment_over_coaps_carries_the_token_as_the_agent_puts_it() {
+    for kt in CoreKeyType::SIGNING {
+        let key = SoftKey::generate(kt).unwrap();
+        let req = csr::build_with_challenge(
+            &Subject::Serial("SN1"),
+            key.public_key_der(),
+            Some("SN1:s3cr3t"),
+            sign_with(&key, true),
+        )
+        .unwrap();
+        iotpki_core::csr::parse_and_verify(&req).unwrap();
+        let got = iotpki_core::csr::challenge_password(&req).unwrap();
+        assert_eq!(got.as_deref().map(String::as_str), Some("SN1:s3cr3t"));
+        let subject = iotpki_core::name::NameBuilder::default()
+            .common_name("SN1")
+            .unwrap()
+            .serial_number(&DeviceSerial::parse("SN1").unwrap())
+            .unwrap()
+            .build();
+        let agents = iotpki_core::csr::build_with_challenge(&subject, &key, vec![], Some("SN1:s3cr3t")).unwrap();
+        let info = |d: &[u8]| {
+            use iotpki_core::asn1::der::{Decode, Encode};
+            iotpki_core::asn1::x509_cert::request::CertReq::from_der(d).unwrap().info.to_der().unwrap()
+        };
+        assert_eq!(info(&req), info(&agents), "{kt:?}");
+    }
+}
+
+#[test]
 fn a_signer_that_signs_badly_or_with_another_key_is_caught_on_the_device() {
     let key = SoftKey::generate(CoreKeyType::EcdsaP256).unwrap();
     let other = SoftKey::generate(CoreKeyType::EcdsaP256).unwrap();
