@@ -5,7 +5,7 @@
 //! and refuses what the agent refuses with the very same messages.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use iotpki_core::keys::{KeyType, SoftKey};
 
@@ -14,25 +14,10 @@ use crate::util::{bin, run_fail, run_ok, signed_bundle, Ca};
 /// `cargo build --profile device -p iotpki-device --bin iotpki-device` (the
 /// default device features, pkg-config out of reach); the binary's path.
 pub fn device_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .env("PKG_CONFIG", "/bin/false")
-        .env("PKG_CONFIG_PATH", "")
-        .args(["build", "--profile", "device", "--locked", "-p", "iotpki-device", "--bin", "iotpki-device"])
-        .arg("--message-format=json")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "the device build must succeed without pkg-config");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .find(|p| p.file_name().is_some_and(|n| n == "iotpki-device"))
-        .expect("cargo names the iotpki-device executable")
+    crate::util::cargo_build_bin(
+        &["--profile", "device", "-p", "iotpki-device", "--bin", "iotpki-device"],
+        "iotpki-device",
+    )
 }
 
 fn device(exe: &Path) -> Command {

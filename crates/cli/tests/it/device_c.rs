@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::util::{bin, run_fail, run_ok, Ca};
 
@@ -20,25 +20,12 @@ fn root() -> PathBuf {
 
 /// `cargo build --profile device -p iotpki-device --lib`: the static and shared libraries' paths.
 fn device_libs() -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root())
-        .env("PKG_CONFIG", "/bin/false")
-        .env("PKG_CONFIG_PATH", "")
-        .args(["build", "--profile", "device", "--locked", "-p", "iotpki-device", "--lib"])
-        .arg("--message-format=json")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "the device library must build without pkg-config");
-    let files: Vec<PathBuf> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == "iotpki_device")
-        .flat_map(|v| v["filenames"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .collect();
+    let files: Vec<PathBuf> =
+        crate::util::cargo_build(&["--profile", "device", "-p", "iotpki-device", "--lib"], "the device library")
+            .into_iter()
+            .filter(|(n, _)| n == "iotpki_device")
+            .flat_map(|(_, files)| files)
+            .collect();
     let find = |ext: &str| files.iter().find(|f| f.extension().is_some_and(|e| e == ext)).cloned().unwrap();
     (find("a"), find("so"))
 }

@@ -3,8 +3,8 @@
 //! release binary links nothing beyond the C library. scripts/test builds it
 //! with the same command before the tests, so here the build is a no-op.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
 /// What a binary may link on Linux: glibc's own libraries, the dynamic loader
 /// and the vDSO, and the GCC runtime (unwinding).
@@ -14,24 +14,7 @@ pub const ALLOWED: &[&str] =
 /// `cargo build --release` of the `iotpki` binary with default features and
 /// pkg-config out of reach (what scripts/test runs); its path.
 fn default_release_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .env("PKG_CONFIG", "/bin/false")
-        .env("PKG_CONFIG_PATH", "")
-        .args(["build", "--release", "--locked", "-p", "iotpki-cli", "--bin", "iotpki", "--message-format=json"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "the default release build must succeed without pkg-config");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .find(|p| p.file_name().is_some_and(|n| n == "iotpki"))
-        .expect("cargo names the iotpki executable")
+    crate::util::cargo_build_bin(&["--release", "-p", "iotpki-cli", "--bin", "iotpki"], "iotpki")
 }
 
 /// The default release binary builds without pkg-config (no libtss2 headers)

@@ -111,6 +111,46 @@ impl Ca {
 }
 
 /// The `iotpki` binary built for these tests.
+/// `cargo build ARGS --locked --message-format=json` in the workspace as
+/// scripts/test runs it (pkg-config out of reach, so nothing may need a system
+/// library's headers): the files of the artifacts it names, per target name.
+/// `what` says what failed to build.
+pub fn cargo_build(args: &[&str], what: &str) -> Vec<(String, Vec<PathBuf>)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .env("PKG_CONFIG", "/bin/false")
+        .env("PKG_CONFIG_PATH", "")
+        .arg("build")
+        .args(args)
+        .args(["--locked", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{what} must build without pkg-config");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact")
+        .map(|v| {
+            let name = v["target"]["name"].as_str().unwrap_or_default().to_string();
+            let files = v["filenames"].as_array().cloned().unwrap_or_default();
+            (name, files.iter().filter_map(|f| f.as_str().map(PathBuf::from)).collect())
+        })
+        .collect()
+}
+
+/// The executable `name` that [`cargo_build`] with `args` makes.
+pub fn cargo_build_bin(args: &[&str], name: &str) -> PathBuf {
+    cargo_build(args, name)
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .flat_map(|(_, files)| files)
+        .find(|p| p.file_name().is_some_and(|n| n == name))
+        .unwrap_or_else(|| panic!("cargo names the {name} executable"))
+}
+
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_iotpki"));
     c.env_remove("IOTPKI_PASSPHRASE");
