@@ -1,5 +1,5 @@
 //! Seed inputs for the `coap_message` and `coap_block` fuzz targets (run by
-//! `scripts/fuzz seeds`): `cargo run -p iotpki-coap --example fuzz_seeds -- fuzz/seeds`.
+//! `scripts/fuzz seeds`): `cargo run -p iotpki-coap --example coap_fuzz_seeds -- fuzz/seeds`.
 //!
 //! `coap_message/`: the RFC 7252 Appendix A request and answer (bytes
 //! written from the figure), a Block1 request and a Block2 answer as our

@@ -1,5 +1,5 @@
 //! Fuzzing hooks, not part of the API: the `coap_block` fuzz target and the
-//! seed generator (`examples/fuzz_seeds.rs`) share the script format here.
+//! seed generator (`examples/coap_fuzz_seeds.rs`) share the script format here.
 //!
 //! A block script drives one [`Endpoint`] with [`script_limits`]: byte 0
 //! picks the preferred SZX (mod 7), then each step is a control byte `c`:
@@ -135,7 +135,7 @@ mod tests {
         out
     }
 
-    /// The committed seeds (made by `examples/fuzz_seeds.rs`) still decode
+    /// The committed seeds (made by `examples/coap_fuzz_seeds.rs`) still decode
     /// and still drive an endpoint into holding something.
     #[test]
     fn committed_seeds() {
