@@ -638,6 +638,19 @@ mod tests {
             out.extend(body);
             out
         };
+        // Octets after the signature, inside the CRL's SEQUENCE: refused too.
+        let padded = {
+            use der::{asn1::AnyRef, Decode, Header, Length, Reader, SliceReader, Tag};
+            let mut r = SliceReader::new(&der).unwrap();
+            let body = AnyRef::decode(&mut r).unwrap().value().to_vec();
+            let body = [&body[..], &[0x05, 0x00]].concat();
+            let mut out = Header::new(Tag::Sequence, Length::try_from(body.len()).unwrap()).unwrap().to_der().unwrap();
+            out.extend(body);
+            assert!(r.is_finished());
+            out
+        };
+        let e = check(&padded, &ca, 1_700_000_200, 300).unwrap_err().to_string();
+        assert!(e.contains("malformed CRL"), "{e}");
         for asked in [&wanted[..], &[]] {
             let e = check_for(&damaged, &ca, 1_700_000_200, 300, asked).unwrap_err().to_string();
             assert!(e.contains("malformed CRL entry"), "{e}");
