@@ -185,6 +185,11 @@ async fn the_device_binary_refuses_what_the_agent_refuses_with_the_same_messages
             assert_eq!(a.status.code(), d.status.code(), "{args:?}");
         }
 
+        // The garbage starts as DER does, so it is read as a CRL, and refused as one
+        // (by the entry-by-entry reader, before anything is checked or stored).
+        let err = run_fail(device(&exe).args(["apply", "--state", &s(&enrolled), &s(&garbage)]));
+        assert!(err.contains("CRL refused: malformed CRL"), "{err}");
+
         // Left out of the default device build: said so, nothing made.
         let other = s(&tmp.join("other"));
         let base = ["enroll", "--state", &other, "--serial", "DEV-4", "--token", "x", "--ca-cert", &s(&root)];

@@ -203,23 +203,7 @@ async fn run_errors(exe: PathBuf, env: &[(&str, &str)]) -> (Ca, u64, PathBuf, St
         .args([ca.token("ERR-A"), ca.token("ERR-B")])
         .envs(env.iter().copied());
     let out = blocking(move || {
-        crate::util::openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=not ours",
-            "-days",
-            "1",
-            "-keyout",
-            "/dev/null",
-            "-out",
-            other.to_str().unwrap(),
-        ]);
+        crate::util::openssl_self_signed("/CN=not ours", "/dev/null", other.to_str().unwrap());
         let o = c.output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(o.status.success(), "{c:?}:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));

@@ -52,23 +52,7 @@ impl Nginx {
         let key = prefix.join("server.key");
         let cert = prefix.join("server.crt");
         if !cert.exists() {
-            openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-days",
-                "1",
-                "-keyout",
-                key.to_str().unwrap(),
-                "-out",
-                cert.to_str().unwrap(),
-            ]);
+            crate::util::openssl_self_signed("/CN=127.0.0.1", key.to_str().unwrap(), cert.to_str().unwrap());
         }
         let (child, port, error_log) = crate::util::start_on_free_port("nginx", |port| {
             let error_log = prefix.join(format!("error-{port}.log"));

@@ -195,23 +195,7 @@ async fn mosquitto_with_an_issued_server_certificate_accepts_an_enrolled_device_
         // A client certificate from elsewhere is refused: the broker really requires ours.
         let stranger_key = d.join("stranger.key");
         let stranger = d.join("stranger.pem");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=STRANGER",
-            "-days",
-            "1",
-            "-keyout",
-            s(&stranger_key),
-            "-out",
-            s(&stranger),
-        ]);
+        crate::util::openssl_self_signed("/CN=STRANGER", s(&stranger_key), s(&stranger));
         assert!(b.publish(&root, &stranger, &stranger_key).is_err(), "a stranger's certificate was accepted");
 
         // Revoke one device with the CLI, refresh the CRL file, restart the broker.

@@ -179,6 +179,28 @@ pub fn openssl(args: &[&str]) -> String {
 }
 
 /// Write the PEM text of a DER certificate to a file.
+/// A self-signed P-256 certificate for `subject` (`/CN=...`), valid one day, made
+/// by openssl: a stranger's certificate, or a server's for a peer's listener.
+pub fn openssl_self_signed(subject: &str, key_out: &str, cert_out: &str) {
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        subject,
+        "-days",
+        "1",
+        "-keyout",
+        key_out,
+        "-out",
+        cert_out,
+    ]);
+}
+
 pub fn write_pem(path: &Path, der: &[u8]) {
     std::fs::write(path, iotpki_core::pem::encode("CERTIFICATE", der)).unwrap();
 }
