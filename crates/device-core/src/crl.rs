@@ -111,6 +111,10 @@ pub fn check(der: &[u8], issuer_cert: &[u8], now: u64) -> Result<CheckedCrl, Err
     if tbs.issuer != issuer.tbs_certificate.subject {
         return Err(CrlError::WrongIssuer.into());
     }
+    if tbs.signature != crl.signature_algorithm {
+        // RFC 5280 5.1.1.2: the two must be the same (the core refuses it too).
+        return Err(CrlError::Unsupported("two different signature algorithms").into());
+    }
     let key = PublicKey::from_spki(&issuer.tbs_certificate.subject_public_key_info)?;
     let (Some(tbs_der), Some(sig)) = (crate::derx::signed_part(der), crl.signature.as_bytes()) else {
         return Err(CrlError::NotACrl.into());

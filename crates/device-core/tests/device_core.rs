@@ -520,6 +520,43 @@ fn crls_from_the_authority_verify_and_are_refused_as_the_agent_refuses_them() {
     assert_eq!(e, Error::Crl(CrlError::NotCovering));
 }
 
+/// A CRL whose TBSCertList names another signature algorithm than the outer one,
+/// signed all the same by its issuer: refused here as the core refuses it.
+#[test]
+fn a_crl_naming_two_signature_algorithms_is_refused_as_the_core_refuses_it() {
+    use der::{Decode, Encode};
+    use iotpki_core::profile::{issue, CertParams, Issuer, Profile};
+    let k = SoftKey::generate(CoreKeyType::EcdsaP256).unwrap();
+    let n = iotpki_core::name::NameBuilder::default().common_name("CA").unwrap().build();
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
+    let kid = iotpki_core::keys::key_identifier(&spki);
+    let issuer = Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+    let params = CertParams {
+        profile: Profile::Root,
+        serial: iotpki_core::serial::system_random_serial(1_700_000_000).unwrap().0,
+        subject: n.clone(),
+        spki,
+        not_before: 1_600_000_000,
+        not_after: 2_000_000_000,
+        dns_names: vec![],
+        ip_addrs: vec![],
+        permitted_subtree: None,
+    };
+    let ca = issue(&params, &issuer).unwrap().der;
+    let good = iotpki_core::crl::build(&issuer, 3, 1_700_000_100, 1_700_086_500, &[]).unwrap();
+    let now = 1_700_000_200u64;
+    assert!(crl::check(&good, &ca, now).is_ok());
+    let mut two = x509_cert::crl::CertificateList::from_der(&good).unwrap();
+    two.tbs_cert_list.signature.oid = const_oid::db::rfc5912::ECDSA_WITH_SHA_384;
+    two.signature = der::asn1::BitString::from_bytes(&k.sign(&two.tbs_cert_list.to_der().unwrap()).unwrap()).unwrap();
+    let two = two.to_der().unwrap();
+    assert_eq!(
+        crl::check(&two, &ca, now).unwrap_err(),
+        Error::Crl(CrlError::Unsupported("two different signature algorithms"))
+    );
+    assert!(iotpki_core::crl::check(&two, &ca, now as i64, 300).is_err());
+}
+
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
