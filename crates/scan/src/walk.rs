@@ -1,0 +1,3 @@
+//! Opening images, archives and filesystems, recursively, within limits.
+//!
+//! (Skeleton: the walker lands in the next commits.)
