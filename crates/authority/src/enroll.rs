@@ -216,7 +216,14 @@ impl Authority {
             (EnrollRequest::Enroll { batch: Some(batch), .. }, Who::Station(_)) => Some(batch),
             _ => None,
         };
-        self.audit_refusal(r, || caller.actor(), counted, req.refusal_action());
+        // A clone (a key certified for another device) or a blocked key is
+        // audited under its own action, so that an operator finds them.
+        let action = match r {
+            Err(AuthorityError::Refused(Refusal::Key(StoreError::KeyInUse { .. }))) => "refuse.clone",
+            Err(AuthorityError::Refused(Refusal::Key(StoreError::KeyBlocked { .. }))) => "refuse.blocked-key",
+            _ => req.refusal_action(),
+        };
+        self.audit_refusal(r, || caller.actor(), counted, action);
     }
 
     /// Authorize and issue (or send again) one enrollment.

@@ -76,6 +76,9 @@ pub enum Refusal {
     /// Ownership: a device not owned, handed on, claimed with another birth,
     /// its voucher changed (403).
     Ownership(StoreError),
+    /// The key registry refused the request's key: blocked as compromised,
+    /// or certified already for another device (a clone).
+    Key(StoreError),
     /// Something that exists already, or a claim that conflicts (400).
     Conflict(StoreError),
     /// Any other rule of the authority, stated (403).
@@ -118,6 +121,7 @@ impl Refusal {
             | Self::Certificate(_)
             | Self::KeyPolicy(KeyRefusal::BirthKey)
             | Self::Ownership(_)
+            | Self::Key(_)
             | Self::Forbidden(_) => 403,
         }
     }
@@ -138,7 +142,8 @@ impl fmt::Display for Refusal {
             | Self::Batch(e)
             | Self::Certificate(e)
             | Self::Ownership(e)
-            | Self::Conflict(e) => write!(f, "{e}"),
+            | Self::Conflict(e)
+            | Self::Key(e) => write!(f, "{e}"),
             Self::KeyPolicy(KeyRefusal::NotAllowed { offered, allowed }) => {
                 write!(f, "key type {offered} is not allowed by this profile (allowed: {allowed})")
             }
@@ -277,6 +282,7 @@ impl From<StoreError> for AuthorityError {
             | E::SerialNotAllowed { .. }
             | E::AlreadyBorn { .. } => Refusal::Batch(e),
             E::NotOwned { .. } | E::DeviceReleased { .. } | E::VoucherChanged { .. } => Refusal::Ownership(e),
+            E::KeyBlocked { .. } | E::KeyInUse { .. } => Refusal::Key(e),
             E::BatchExists { .. }
             | E::StationExists { .. }
             | E::DelegationExists { .. }

@@ -31,6 +31,7 @@ mod enroll;
 mod error;
 pub mod factory;
 pub mod init;
+pub mod key_registry;
 pub mod keyfile;
 pub mod ocsp_cache;
 mod open;

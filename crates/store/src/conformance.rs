@@ -90,6 +90,10 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     concurrent_renewals_of_one_certificate(store);
     revoke_device_in_one_transaction(store);
     revoke_device_races_renewals_and_issuance(store);
+    a_key_is_certified_for_one_device_only(store);
+    blocked_keys_are_refused_on_every_path(store);
+    blocking_revokes_the_keys_certificates_once(store);
+    clones_racing_with_one_key_get_one_certificate(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -972,4 +976,199 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
         }
     }
     assert!(before >= 44, "the race ran: {before} issuances before the revocation");
+}
+
+fn blocked(spki: &str) -> crate::BlockedKey {
+    crate::BlockedKey {
+        spki_sha256: spki.into(),
+        reason: "found in fw.bin".into(),
+        source: "firmware scan".into(),
+        blocked_at: 3_000,
+        blocked_by: "test".into(),
+    }
+}
+
+/// A key certified for one device is refused for another (and for a device
+/// when a station holds it), writing nothing; the same device may renew
+/// with it; certificates are found by key.
+pub fn a_key_is_certified_for_one_device_only(store: &dyn Store) {
+    let first = cert(&unique("K1-"));
+    store.record_issuance(issuance(first.clone(), vec![])).expect("first");
+    let renewal = CertRecord { serial: unique("5e"), ..first.clone() };
+    store.record_issuance(issuance(renewal.clone(), vec![])).expect("the same device renews with its key");
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let clone = CertRecord { serial: unique("5e"), device_serial: Some(unique("K2-")), ..first.clone() };
+    assert_eq!(
+        store.record_issuance(issuance(clone, vec![])),
+        Err(StoreError::KeyInUse {
+            spki_sha256: first.spki_sha256.clone(),
+            device: first.device_serial.clone(),
+            serial: first.serial.clone(),
+        })
+    );
+    let st = station(store, &unique("KS-"), &[]);
+    let mut with_station_key = cert(&unique("K3-"));
+    with_station_key.spki_sha256 = st.spki_sha256.clone();
+    assert!(matches!(
+        store.record_issuance(issuance(with_station_key, vec![])),
+        Err(StoreError::KeyInUse { device: None, .. })
+    ));
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store) - 1), (certs + 1, audit));
+    let by_key: Vec<String> =
+        store.certificates_by_key(&first.spki_sha256).expect("read").into_iter().map(|c| c.serial).collect();
+    let mut want = vec![first.serial, renewal.serial];
+    want.sort();
+    let mut got = by_key.clone();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(store.certificates_by_key("00").expect("read").is_empty());
+}
+
+/// A blocked key: refused for a device, a station, a delegated CA; a
+/// station's offline birth with it is recorded, flagged and revoked.
+pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
+    let key = unique("bb");
+    let done = store
+        .block_keys(crate::KeyBlock { keys: vec![blocked(&key)], revoke: true, spare_profiles: vec![] })
+        .expect("block");
+    assert_eq!((done.blocked, done.revoked.len()), (vec![key.clone()], 0));
+    assert_eq!(store.blocked_key(&key).expect("read"), Some(blocked(&key)));
+    assert!(store.blocked_keys().expect("list").contains(&blocked(&key)));
+    let refused = Err(StoreError::KeyBlocked { spki_sha256: key.clone(), reason: "found in fw.bin".into() });
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let mut c = cert(&unique("KB-"));
+    c.spki_sha256 = key.clone();
+    assert_eq!(store.record_issuance(issuance(c.clone(), vec![])), refused);
+    let b = unique("KBB-");
+    let listed = vec![format!("{b}-0"), format!("{b}-1")];
+    batch(store, &b, 10, &listed);
+    let mut st_cert = cert("station");
+    st_cert.device_serial = None;
+    st_cert.spki_sha256 = key.clone();
+    let name = unique("KBS-");
+    let st = StationRecord {
+        name: name.clone(),
+        cert_serial: st_cert.serial.clone(),
+        batches: vec![b.clone()],
+        status: StationStatus::Active,
+        created_at: 1,
+    };
+    assert_eq!(store.add_station(st, st_cert, event("station.add", &name)), refused);
+    assert_eq!(store.station(&name).expect("read"), None, "nothing of the station is written");
+    let st = unique("KBS-");
+    station(store, &st, &[&b]);
+    let mut ca = cert("delegate");
+    (ca.profile, ca.device_serial, ca.spki_sha256) = ("delegated-ca".into(), None, key.clone());
+    assert_eq!(store.add_delegation(&st, &b, ca, event("station.delegate", &st)), refused);
+    assert_eq!(store.delegation(&st, &b).expect("read"), None);
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store) - 2), (certs + 1, audit));
+
+    // Born offline with the blocked key, and with another device's key: flagged, revoked (keyCompromise).
+    let other = cert(&unique("KO-"));
+    store.record_issuance(issuance(other.clone(), vec![])).expect("other device");
+    let mut a = cert(&listed[0]);
+    a.spki_sha256 = key.clone();
+    let mut s2 = cert(&listed[1]);
+    s2.spki_sha256 = other.spki_sha256.clone();
+    let entries = [&a, &s2]
+        .iter()
+        .map(|c| SyncEntry {
+            device_serial: c.device_serial.clone().expect("device"),
+            cert: (*c).clone(),
+            outside_delegation: false,
+        })
+        .collect();
+    let out = store
+        .apply_sync(SyncUpload {
+            station: st.clone(),
+            batch: b.clone(),
+            from_seq: 1,
+            from_head: crate::GENESIS_HASH.into(),
+            to_seq: 2,
+            to_head: "h2".into(),
+            entries,
+            now: 500,
+            audit: event("factory.sync", &b),
+        })
+        .expect("sync");
+    assert_eq!(
+        out.flagged,
+        vec![(a.serial.clone(), crate::Flag::BlockedKey), (s2.serial.clone(), crate::Flag::SharedKey)]
+    );
+    for c in [&a, &s2] {
+        let rec = store.certificate(&c.serial).expect("read").expect("recorded");
+        assert_eq!(rec.status, CertStatus::Revoked { at: 500, reason: 1 });
+    }
+    let flags: Vec<crate::Flag> = store.flagged(&b).expect("flags").into_iter().map(|(_, f)| f).collect();
+    assert_eq!(flags.len(), 2);
+    assert!(flags.contains(&crate::Flag::BlockedKey) && flags.contains(&crate::Flag::SharedKey), "{flags:?}");
+    assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
+}
+
+/// Blocking a key revokes its good certificates (keyCompromise), but those of
+/// spared profiles, each audited; blocking it again revokes nothing more.
+pub fn blocking_revokes_the_keys_certificates_once(store: &dyn Store) {
+    let dev = cert(&unique("KR-"));
+    store.record_issuance(issuance(dev.clone(), vec![])).expect("issue");
+    let renewal = CertRecord { serial: unique("5e"), ..dev.clone() };
+    store.record_issuance(issuance(renewal.clone(), vec![])).expect("renew");
+    let mut ca = cert("ca");
+    (ca.profile, ca.device_serial) = ("issuing-ca".into(), None);
+    store.record_issuance(issuance(ca.clone(), vec![])).expect("ca");
+    let untouched = cert(&unique("KU-"));
+    store.record_issuance(issuance(untouched.clone(), vec![])).expect("issue");
+    let audit = audit_len(store);
+    let block = |keys: Vec<crate::BlockedKey>, revoke: bool| crate::KeyBlock {
+        keys,
+        revoke,
+        spare_profiles: vec!["issuing-ca".into()],
+    };
+    // Without revoke: blocked, the certificates reported as left alone.
+    let done = store.block_keys(block(vec![blocked(&dev.spki_sha256)], false)).expect("block");
+    assert_eq!(done.revoked, Vec::<String>::new());
+    assert_eq!(done.spared.len(), 2);
+    let done = store
+        .block_keys(block(vec![blocked(&dev.spki_sha256), blocked(&ca.spki_sha256)], true))
+        .expect("block and revoke");
+    assert_eq!(done.already, vec![dev.spki_sha256.clone()]);
+    assert_eq!(done.blocked, vec![ca.spki_sha256.clone()]);
+    let mut revoked = done.revoked.clone();
+    revoked.sort();
+    let mut want = vec![dev.serial.clone(), renewal.serial.clone()];
+    want.sort();
+    assert_eq!(revoked, want);
+    assert_eq!(done.spared, vec![ca.serial.clone()]);
+    for s in &want {
+        let rec = store.certificate(s).expect("read").expect("recorded");
+        assert_eq!(rec.status, CertStatus::Revoked { at: 3_000, reason: 1 });
+    }
+    assert_eq!(store.certificate(&ca.serial).expect("read").expect("ca").status, CertStatus::Good);
+    assert_eq!(store.certificate(&untouched.serial).expect("read").expect("other").status, CertStatus::Good);
+    // One key.block for each new key, one revoke for each certificate.
+    assert_eq!(audit_len(store), audit + 1 + 1 + 2);
+    let again = store.block_keys(block(vec![blocked(&dev.spki_sha256)], true)).expect("again");
+    assert_eq!((again.blocked.len(), again.already.len(), again.revoked.len()), (0, 1, 0));
+    assert_eq!(audit_len(store), audit + 4, "blocking again writes nothing");
+}
+
+/// Sixteen devices racing to certify one key: one certificate, fifteen
+/// clone refusals.
+pub fn clones_racing_with_one_key_get_one_certificate(store: &(dyn Store + 'static)) {
+    let key = unique("cc");
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let key = key.clone();
+                s.spawn(move || {
+                    let mut c = cert(&format!("{key}-{i}"));
+                    c.spki_sha256 = key;
+                    store.record_issuance(issuance(c, vec![]))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::KeyInUse { .. }))), "{results:?}");
+    assert_eq!(store.certificates_by_key(&key).expect("read").len(), 1);
 }

@@ -175,6 +175,23 @@ pub enum StoreError {
         /// SHA-256 of the voucher held now (`None`: none).
         held: Option<String>,
     },
+    /// The key is blocked (compromised): no certificate is issued for it.
+    KeyBlocked {
+        /// SHA-256 of its subjectPublicKeyInfo.
+        spki_sha256: String,
+        /// Why it was blocked.
+        reason: String,
+    },
+    /// The key is certified already for another device (or for a CA, a
+    /// station, a server): the request comes from a clone.
+    KeyInUse {
+        /// SHA-256 of its subjectPublicKeyInfo.
+        spki_sha256: String,
+        /// The device it is certified for (`None`: not a device's key).
+        device: Option<String>,
+        /// A certificate of it.
+        serial: String,
+    },
     /// The audit chain does not verify at `seq`.
     AuditBroken {
         /// First entry that does not verify.
@@ -287,6 +304,22 @@ impl fmt::Display for StoreError {
                      and extend it (checked against {}, held now {})",
                     name(expected),
                     name(held)
+                )
+            }
+            Self::KeyBlocked { spki_sha256, reason } => write!(
+                f,
+                "the key (subjectPublicKeyInfo sha256 {spki_sha256}) is blocked as compromised ({reason}): no \
+                 certificate is issued for it again; the device needs a fresh key (and firmware that does not ship one)"
+            ),
+            Self::KeyInUse { spki_sha256, device, serial } => {
+                let holder = device.as_deref().map_or("a certificate that is not a device's".to_string(), |d| {
+                    format!("device {d}")
+                });
+                write!(
+                    f,
+                    "the key (subjectPublicKeyInfo sha256 {spki_sha256}) is certified already for {holder} \
+                     (certificate {serial}): one key belongs to one device, so this request comes from a clone or a \
+                     copied key; generate a fresh key on the device"
                 )
             }
             Self::AuditBroken { seq, reason } => write!(f, "audit chain broken at entry {seq}: {reason}"),

@@ -377,6 +377,10 @@ pub enum Flag {
     Clone,
     /// The batch's quota was used up (overbuild).
     Overbuild,
+    /// Its key is blocked as compromised.
+    BlockedKey,
+    /// Its key is certified already for another device (a cloned key).
+    SharedKey,
 }
 
 impl Flag {
@@ -386,6 +390,8 @@ impl Flag {
             Self::OffAllowlist => "off-allowlist",
             Self::Clone => "clone",
             Self::Overbuild => "overbuild",
+            Self::BlockedKey => "blocked-key",
+            Self::SharedKey => "shared-key",
         }
     }
 }
@@ -499,18 +505,29 @@ pub(crate) fn newest_first(rows: &mut [CertRecord]) {
 /// every role; bring the roles' methods into scope with
 /// `use iotpki_store::prelude::*`.
 pub trait Store:
-    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Send + Sync
+    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Keys + Send + Sync
 {
 }
 
 impl<T> Store for T where
-    T: Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Send + Sync + ?Sized
+    T: Certificates
+        + Tokens
+        + AuditLog
+        + Batches
+        + Stations
+        + Revocations
+        + Owners
+        + Artifacts
+        + Keys
+        + Send
+        + Sync
+        + ?Sized
 {
 }
 
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
-    pub use crate::{Artifacts, AuditLog, Batches, Certificates, Owners, Revocations, Stations, Store, Tokens};
+    pub use crate::{Artifacts, AuditLog, Batches, Certificates, Keys, Owners, Revocations, Stations, Store, Tokens};
 }
 
 // Each role below: every method blocks until its work is durable (writes) or read;
@@ -686,4 +703,67 @@ pub trait Artifacts {
 
     /// The latest artifact of a kind.
     fn artifact(&self, kind: &str) -> Result<Option<Artifact>, StoreError>;
+}
+
+/// A key no issuance path certifies again (found in a firmware image,
+/// leaked, compromised), by the SHA-256 of its subjectPublicKeyInfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockedKey {
+    /// Lowercase hex SHA-256 of the DER subjectPublicKeyInfo.
+    pub spki_sha256: String,
+    /// Why (said back to whoever asks for a certificate for it).
+    pub reason: String,
+    /// Where the key was seen: a firmware image, a file, an imported list.
+    pub source: String,
+    /// When it was blocked.
+    pub blocked_at: UnixTime,
+    /// Who blocked it (audit actor).
+    pub blocked_by: String,
+}
+
+/// What [`Keys::block_keys`] blocks, and whether it revokes their certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyBlock {
+    /// The keys, each audited (`key.block`) with its reason and source.
+    pub keys: Vec<BlockedKey>,
+    /// Revoke every good certificate of these keys (reason keyCompromise),
+    /// in the same transaction, each audited (`revoke`).
+    pub revoke: bool,
+    /// Profiles not revoked here (a CA's certificate is revoked with the
+    /// root's revocation list signed again, which the store cannot do):
+    /// reported in [`KeysBlocked::spared`].
+    pub spare_profiles: Vec<String>,
+}
+
+/// What [`Keys::block_keys`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysBlocked {
+    /// Keys blocked now.
+    pub blocked: Vec<String>,
+    /// Keys that were blocked already (left as they were).
+    pub already: Vec<String>,
+    /// Certificates revoked, by serial.
+    pub revoked: Vec<String>,
+    /// Good certificates of these keys left alone: of a spared profile, or
+    /// every one when `revoke` is off.
+    pub spared: Vec<String>,
+}
+
+/// The key registry: every certificate by its key, and the blocked keys.
+/// Every issuance (and every station upload) is checked against both in the
+/// transaction that records it: a blocked key is refused, and a key
+/// certified for one device (or for no device: a CA, a station, a server) is
+/// refused for another (a clone).
+pub trait Keys {
+    /// Block keys (and revoke their certificates when asked), atomically.
+    fn block_keys(&self, block: KeyBlock) -> Result<KeysBlocked, StoreError>;
+
+    /// A blocked key by hash.
+    fn blocked_key(&self, spki_sha256: &str) -> Result<Option<BlockedKey>, StoreError>;
+
+    /// Every blocked key, oldest first.
+    fn blocked_keys(&self) -> Result<Vec<BlockedKey>, StoreError>;
+
+    /// Every certificate of a key, newest first.
+    fn certificates_by_key(&self, spki_sha256: &str) -> Result<Vec<CertRecord>, StoreError>;
 }

@@ -1,8 +1,8 @@
 //! The write operations callers queue for the engine's group commit.
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, ManufacturerRecord,
-    OwnershipStatus, Precondition, StationRecord, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, KeyBlock, KeysBlocked,
+    ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the engine.
@@ -25,6 +25,7 @@ pub(crate) enum Op {
     Release(String, OwnershipStatus, i64, AuditEvent),
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
+    BlockKeys(Box<KeyBlock>),
 }
 
 /// What a committed operation hands back to its caller.
@@ -35,4 +36,5 @@ pub(crate) enum Done {
     CrlNumber(u64),
     Count(u64),
     DeviceRevoked(DeviceRevoked),
+    KeysBlocked(KeysBlocked),
 }

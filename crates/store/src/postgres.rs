@@ -87,6 +87,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "0006_artifacts.sql", include_str!("../migrations/postgres/0006_artifacts.sql")),
     (7, "0007_current.sql", include_str!("../migrations/postgres/0007_current.sql")),
     (8, "0008_claims.sql", include_str!("../migrations/postgres/0008_claims.sql")),
+    (9, "0009_keys.sql", include_str!("../migrations/postgres/0009_keys.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -707,6 +708,10 @@ mod tests {
         concurrent_renewals_of_one_certificate,
         revoke_device_in_one_transaction,
         revoke_device_races_renewals_and_issuance,
+        a_key_is_certified_for_one_device_only,
+        blocked_keys_are_refused_on_every_path,
+        blocking_revokes_the_keys_certificates_once,
+        clones_racing_with_one_key_get_one_certificate,
     );
 
     #[test]

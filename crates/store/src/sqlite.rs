@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/sqlite/0006_artifacts.sql")),
     (7, include_str!("../migrations/sqlite/0007_current.sql")),
     (8, include_str!("../migrations/sqlite/0008_claims.sql")),
+    (9, include_str!("../migrations/sqlite/0009_keys.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {

@@ -6,9 +6,10 @@ use super::{Arg, Backend as _, HasEngine, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchRecord, BatchStatus, Batches,
-    CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation, DeviceRevoked, Flag, Issuance,
-    ManufacturerRecord, Owners, Ownership, OwnershipStatus, Precondition, Revocations, RevokedCert, StationRecord,
-    StationStatus, Stations, StoreError, SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, GENESIS_HASH,
+    BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation, DeviceRevoked, Flag,
+    Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership, OwnershipStatus, Precondition,
+    Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    Tokens, UnixTime, GENESIS_HASH,
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \
@@ -341,6 +342,8 @@ impl<E: HasEngine> Batches for E {
                 let f = match r.text(1)?.as_str() {
                     "off-allowlist" => Flag::OffAllowlist,
                     "clone" => Flag::Clone,
+                    "blocked-key" => Flag::BlockedKey,
+                    "shared-key" => Flag::SharedKey,
                     _ => Flag::Overbuild,
                 };
                 Ok((r.text(0)?, f))
@@ -518,4 +521,45 @@ impl<E: HasEngine> Artifacts for E {
             .transpose()
         })
     }
+}
+
+impl<E: HasEngine> Keys for E {
+    fn block_keys(&self, block: KeyBlock) -> Result<KeysBlocked, StoreError> {
+        match submit(self, Op::BlockKeys(Box::new(block)))? {
+            Done::KeysBlocked(k) => Ok(k),
+            other => Err(unexpected("blocking keys", other)),
+        }
+    }
+
+    fn blocked_key(&self, spki_sha256: &str) -> Result<Option<BlockedKey>, StoreError> {
+        let sql = format!("SELECT {BLOCKED_COLS} FROM blocked_keys WHERE spki_sha256 = $1");
+        read(self, |db| db.opt(&sql, &[spki_sha256.into()])?.map(blocked_row).transpose())
+    }
+
+    fn blocked_keys(&self) -> Result<Vec<BlockedKey>, StoreError> {
+        let sql = format!("SELECT {BLOCKED_COLS} FROM blocked_keys ORDER BY blocked_at, spki_sha256{{c}}");
+        read(self, |db| db.all(&sql, &[])?.into_iter().map(blocked_row).collect())
+    }
+
+    fn certificates_by_key(&self, spki_sha256: &str) -> Result<Vec<CertRecord>, StoreError> {
+        let sql = format!("SELECT {CERT_COLS} FROM certificates WHERE spki_sha256 = $1");
+        read(self, |db| {
+            let mut rows =
+                db.all(&sql, &[spki_sha256.into()])?.into_iter().map(cert_row).collect::<Result<Vec<_>, _>>()?;
+            crate::newest_first(&mut rows);
+            Ok(rows)
+        })
+    }
+}
+
+const BLOCKED_COLS: &str = "spki_sha256, reason, source, blocked_at, blocked_by";
+
+fn blocked_row(mut r: Row) -> Result<BlockedKey, StoreError> {
+    Ok(BlockedKey {
+        spki_sha256: r.text(0)?,
+        reason: r.text(1)?,
+        source: r.text(2)?,
+        blocked_at: r.int(3)?,
+        blocked_by: r.text(4)?,
+    })
 }

@@ -6,8 +6,8 @@ use super::{Arg, Head, SqlExt as _, Writer};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, check_claim, Artifact, AuditEvent, BatchRecord, BatchStatus, CertRecord, CertStatus, Claim,
-    DeviceRevocation, DeviceRevoked, Flag, Issuance, ManufacturerRecord, OwnershipStatus, Precondition, StationRecord,
-    StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    DeviceRevocation, DeviceRevoked, Flag, Issuance, KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus,
+    Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 /// Most audit entries in one INSERT.
@@ -92,6 +92,7 @@ impl<'a> Tx<'a> {
                     .and_then(|()| self.publish(art))
                     .and_then(|()| self.append(a)),
             ),
+            Op::BlockKeys(b) => self.block_keys(b).map(Done::KeysBlocked),
             Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
         }
     }
@@ -110,6 +111,7 @@ impl<'a> Tx<'a> {
         for p in &i.preconditions {
             self.check(p, &i.cert.serial)?;
         }
+        self.key_free(&i.cert)?;
         self.insert_cert(&i.cert)?;
         self.append(&i.audit)
     }
@@ -323,6 +325,7 @@ impl<'a> Tx<'a> {
                 &[(&st.name).into(), b.into()],
             )?;
         }
+        self.key_free(cert)?;
         self.insert_cert(cert)
     }
 
@@ -359,6 +362,7 @@ impl<'a> Tx<'a> {
     fn delegation(&mut self, station: &str, batch: &str, cert: &CertRecord) -> Result<(), StoreError> {
         self.station_active(station)?;
         self.station_authorized(station, batch)?;
+        self.key_free(cert)?;
         self.insert_cert(cert)?;
         self.w.insert(
             "INSERT INTO delegations (cert_serial, station, batch_id, created_at) VALUES ($1, $2, $3, $4)",
@@ -389,6 +393,9 @@ impl<'a> Tx<'a> {
             let (on_list, was_born) = (r.opt_int(0)?.is_some(), r.opt_text(1)?.is_some());
             let flag = if !on_list || e.outside_delegation {
                 Some(Flag::OffAllowlist)
+            } else if let Err(k) = self.key_free(&e.cert) {
+                // Born offline with a blocked or another device's key: recorded, flagged and revoked.
+                Some(if matches!(k, StoreError::KeyBlocked { .. }) { Flag::BlockedKey } else { Flag::SharedKey })
             } else if was_born {
                 Some(Flag::Clone)
             } else if issued >= quota {
@@ -405,8 +412,10 @@ impl<'a> Tx<'a> {
                     out.born += 1;
                 }
                 Some(f) => {
-                    // Recorded (the store knows every certificate) and revoked at once (RFC 5280: unspecified).
-                    cert.status = CertStatus::Revoked { at: s.now, reason: 0 };
+                    // Recorded (the store knows every certificate) and revoked at once (RFC 5280:
+                    // keyCompromise for a key that is not the device's own, else unspecified).
+                    let reason = if matches!(f, Flag::BlockedKey | Flag::SharedKey) { 1 } else { 0 };
+                    cert.status = CertStatus::Revoked { at: s.now, reason };
                     self.insert_cert(&cert)?;
                     self.w.run(
                         "INSERT INTO flags (cert_serial, batch_id, reason, flagged_at) VALUES ($1, $2, $3, $4)",
@@ -577,6 +586,83 @@ impl<'a> Tx<'a> {
         )?;
         let mut row = row.ok_or_else(|| StoreError::Database("a CRL number was not returned".into()))?;
         row.count(0)
+    }
+
+    /// The key registry's rules for a certificate about to be recorded: its
+    /// key is not blocked, and is certified for no other device (nor, for a
+    /// device, for something that is not one). Under the writers' lock, so
+    /// two clones racing on two nodes cannot both pass.
+    fn key_free(&mut self, c: &CertRecord) -> Result<(), StoreError> {
+        let spki: &str = &c.spki_sha256;
+        if let Some(mut r) = self.w.opt("SELECT reason FROM blocked_keys WHERE spki_sha256 = $1", &[spki.into()])? {
+            return Err(StoreError::KeyBlocked { spki_sha256: spki.into(), reason: r.text(0)? });
+        }
+        // The other holder, if any: a row whose device differs (NULL included).
+        let rows = self.w.all(
+            "SELECT serial, device_serial FROM certificates WHERE spki_sha256 = $1 ORDER BY issued_at, serial{c}",
+            &[spki.into()],
+        )?;
+        for mut r in rows {
+            let device = r.opt_text(1)?;
+            if device != c.device_serial {
+                return Err(StoreError::KeyInUse { spki_sha256: spki.into(), device, serial: r.text(0)? });
+            }
+        }
+        Ok(())
+    }
+
+    /// Block keys; with `revoke`, revoke their good certificates (but those
+    /// of a spared profile) with reason keyCompromise.
+    fn block_keys(&mut self, b: &KeyBlock) -> Result<KeysBlocked, StoreError> {
+        let mut out = KeysBlocked::default();
+        for k in &b.keys {
+            let key: &str = &k.spki_sha256;
+            if self.w.exists("SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1", &[key.into()])? {
+                out.already.push(key.into());
+            } else {
+                self.w.run(
+                    "INSERT INTO blocked_keys (spki_sha256, reason, source, blocked_at, blocked_by)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        key.into(),
+                        (&k.reason).into(),
+                        (&k.source).into(),
+                        Arg::Int(k.blocked_at),
+                        (&k.blocked_by).into(),
+                    ],
+                )?;
+                out.blocked.push(key.into());
+                self.append(&AuditEvent {
+                    at: k.blocked_at,
+                    actor: k.blocked_by.clone(),
+                    action: "key.block".into(),
+                    target: format!("key:{key}"),
+                    detail: format!("reason={} source={}", k.reason, k.source),
+                })?;
+            }
+            let rows = self.w.all(
+                "SELECT serial, profile FROM certificates WHERE spki_sha256 = $1 AND status = 'good'
+                 ORDER BY issued_at, serial{c}{lock}",
+                &[key.into()],
+            )?;
+            for mut r in rows {
+                let (serial, profile) = (r.text(0)?, r.text(1)?);
+                if !b.revoke || b.spare_profiles.contains(&profile) {
+                    out.spared.push(serial);
+                    continue;
+                }
+                self.set_revoked(&serial, 1, k.blocked_at)?;
+                self.append(&AuditEvent {
+                    at: k.blocked_at,
+                    actor: k.blocked_by.clone(),
+                    action: "revoke".into(),
+                    target: serial.clone(),
+                    detail: format!("reason=keyCompromise key={key}"),
+                })?;
+                out.revoked.push(serial);
+            }
+        }
+        Ok(out)
     }
 
     fn insert_cert(&mut self, c: &CertRecord) -> Result<(), StoreError> {

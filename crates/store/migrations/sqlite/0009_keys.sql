@@ -1,0 +1,27 @@
+-- iotpki store, version 9: the key registry. Every certificate is found by
+-- the SHA-256 of its subjectPublicKeyInfo (a key certified for one device is
+-- refused for another: a clone), and keys known to be compromised (found in a
+-- firmware image, leaked) are blocked: no issuance path certifies them again.
+CREATE INDEX certificates_spki ON certificates (spki_sha256);
+CREATE TABLE blocked_keys (
+    spki_sha256 TEXT PRIMARY KEY,
+    reason      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    blocked_at  BIGINT NOT NULL,
+    blocked_by  TEXT NOT NULL
+);
+
+-- A station's offline birth with a blocked key, or with another device's key,
+-- is flagged (and revoked) as such. SQLite cannot alter a CHECK: the table is
+-- made again with the two new reasons.
+CREATE TABLE flags_v9 (
+    cert_serial TEXT   PRIMARY KEY,
+    batch_id    TEXT   NOT NULL REFERENCES batches (id),
+    reason      TEXT   NOT NULL
+                CHECK (reason IN ('off-allowlist', 'clone', 'overbuild', 'blocked-key', 'shared-key')),
+    flagged_at  BIGINT NOT NULL
+);
+INSERT INTO flags_v9 (cert_serial, batch_id, reason, flagged_at)
+    SELECT cert_serial, batch_id, reason, flagged_at FROM flags;
+DROP TABLE flags;
+ALTER TABLE flags_v9 RENAME TO flags;
