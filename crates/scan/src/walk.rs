@@ -936,7 +936,8 @@ impl<'l, 's> Walker<'l, 's> {
         let out = format!("{cloc}|xz");
         let mut br = BufReader::with_capacity(64 * 1024, r.reader());
         let kb = u32::try_from(self.limits.max_xz_memory / 1024).unwrap_or(u32::MAX);
-        let mut dec = lzma_rust2::XzReader::new_mem_limit(&mut br, false, kb);
+        // Small reads: the decoder drops what it decoded in a call that ends in an error.
+        let mut dec = Small(lzma_rust2::XzReader::new_mem_limit(&mut br, false, kb));
         let end = self.stream(&out, Input::Reader(&mut dec), depth + 1, false);
         drop(dec);
         let consumed = br.get_ref().pos - br.buffer().len() as u64;
@@ -1272,6 +1273,16 @@ impl<'l, 's> Walker<'l, 's> {
             }
         }
         Open::Done(extent)
+    }
+}
+
+/// Reads at most 64 KiB at a time.
+struct Small<R>(R);
+
+impl<R: Read> Read for Small<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(64 * 1024);
+        self.0.read(&mut buf[..n])
     }
 }
 
