@@ -643,6 +643,7 @@ impl<'l, 's> Walker<'l, 's> {
         let mut begun = false;
         let mut err = None;
         let mut cut = false;
+        let mut ended = false;
         loop {
             if self.check_time(loc, pos) {
                 break;
@@ -768,10 +769,12 @@ impl<'l, 's> Walker<'l, 's> {
                 hold = Some(h);
             }
             if eof {
+                ended = true;
                 break;
             }
         }
-        if !begun && err.is_none() {
+        // An empty stream is a stream too (not one stopped before its first byte).
+        if !begun && err.is_none() && ended {
             self.sink.begin(loc);
             begun = true;
         }
@@ -1033,6 +1036,8 @@ impl<'l, 's> Walker<'l, 's> {
                 b'0' | 0 | b'7' | b'S' => {
                     entries += 1;
                     if !self.entry_allowed(cloc, entries, off) {
+                        // The rest is not read, nor carved.
+                        off = r.len;
                         break;
                     }
                     let name = long_name.take().or(pax_path.take()).unwrap_or_else(|| ustar_name(&h));
@@ -1137,6 +1142,7 @@ impl<'l, 's> Walker<'l, 's> {
             if mode & 0o170000 == 0o100000 {
                 entries += 1;
                 if !self.entry_allowed(cloc, entries, off) {
+                    off = r.len;
                     break;
                 }
                 let mloc = member(cloc, &String::from_utf8_lossy(&name));

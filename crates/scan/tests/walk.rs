@@ -487,3 +487,62 @@ fn memory_stays_bounded_on_a_long_stream() {
     let grew = vm_hwm_kib().saturating_sub(before);
     assert!(grew < 64 * 1024, "peak memory grew by {grew} KiB");
 }
+
+#[test]
+fn other_dialects_odc_cpio_v7_tar_zip64_lz4_squashfs_and_an_initramfs() {
+    let (_d, p) = tmp();
+    let k = payload("dialect", 5000);
+    fs::write(p.join("k.pem"), &k).unwrap();
+    fs::create_dir(p.join("r")).unwrap();
+    fs::write(p.join("r/k.pem"), &k).unwrap();
+    sh(
+        &p,
+        "echo k.pem | cpio -o -H odc --quiet > odc.cpio
+         tar --format=v7 -cf v7.tar k.pem
+         zip -q -fz z64.zip k.pem
+         mksquashfs r lz4.sqsh -comp lz4 -noappend -all-root -quiet >/dev/null
+         echo k.pem | cpio -o -H newc --quiet > early.cpio
+         cp early.cpio main.cpio && gzip -n main.cpio
+         cat early.cpio main.cpio.gz > initrd",
+    );
+    for (file, inner) in [("odc.cpio", "!k.pem"), ("v7.tar", "!k.pem"), ("z64.zip", "!k.pem"), ("lz4.sqsh", "!/k.pem")]
+    {
+        let img = p.join(file);
+        let (rec, report) = walk(&img, &Limits::default());
+        assert_eq!(rec.get(&format!("{}{inner}", img.display())), k.as_slice(), "{file}");
+        assert!(report.skipped.is_empty(), "{file}: {:#?}", report.skipped);
+    }
+    // An initramfs: an early cpio, then a gzipped cpio right after it.
+    let img = p.join("initrd");
+    let (rec, report) = walk(&img, &Limits::default());
+    let base = img.display().to_string();
+    let at = fs::metadata(p.join("early.cpio")).unwrap().len();
+    assert_eq!(rec.get(&format!("{base}!k.pem")), k.as_slice());
+    assert_eq!(rec.get(&format!("{base}@{at:#x}(gzip)|gzip!k.pem")), k.as_slice());
+    assert!(report.skipped.is_empty(), "{:#?}", report.skipped);
+}
+
+#[test]
+fn the_entry_container_and_time_limits_hold() {
+    let (_d, p) = tmp();
+    for i in 0..5 {
+        fs::write(p.join(format!("f{i}")), payload(&format!("f{i}"), 100)).unwrap();
+    }
+    sh(&p, "tar cf five.tar f0 f1 f2 f3 f4 && gzip -k five.tar && tar cf two.tar five.tar five.tar.gz");
+    let img = p.join("five.tar");
+    let (rec, report) = walk(&img, &Limits { max_entries: 2, ..Limits::default() });
+    let base = img.display().to_string();
+    assert_eq!(rec.streams.len(), 3, "{:#?}", rec.names());
+    skipped_with(&report, &base, "more than 2 entries");
+
+    let img = p.join("two.tar");
+    let (rec, report) = walk(&img, &Limits { max_containers: 2, ..Limits::default() });
+    let base = img.display().to_string();
+    rec.get(&format!("{base}!five.tar!f4"));
+    assert_eq!(report.containers, 2);
+    skipped_with(&report, &format!("{base}!five.tar.gz"), "containers limit (2) reached");
+
+    let (rec, report) = walk(&img, &Limits { timeout: Some(std::time::Duration::ZERO), ..Limits::default() });
+    assert!(rec.streams.is_empty());
+    skipped_with(&report, &base, "time limit (0s) reached");
+}
