@@ -50,7 +50,9 @@
 //!
 //! Every stream's SHA-256 is kept: a stream that holds containers and has the
 //! same content as one seen before is delivered but not opened again ("same
-//! content as LOCATION"), which ends archive quines and cycles.
+//! content as LOCATION"), which ends archive quines and cycles. Inputs are
+//! not hashed (hashing is most of the walker's cost on a raw image): a quine
+//! given as input is cut one level down, at its first copy of itself.
 //!
 //! Everything not read says so in [`Report::skipped`]: bombs and limits,
 //! cycles, truncated or corrupt containers, encrypted entries, formats not
@@ -703,7 +705,9 @@ impl<'l, 's> Walker<'l, 's> {
                     begun = true;
                 }
                 self.sink.data(new);
-                hasher.update(new);
+                if !top {
+                    hasher.update(new);
+                }
                 if let Some(h) = hold.as_mut() {
                     h.push(new);
                 }
@@ -804,11 +808,14 @@ impl<'l, 's> Walker<'l, 's> {
 
         if !cands.is_empty() {
             let digest: [u8; 32] = hasher.finalize().into();
-            if let Some(first) = self.seen.get(&digest) {
+            let seen = if top { None } else { self.seen.get(&digest) };
+            if let Some(first) = seen {
                 let reason = format!("same content as {first}: its containers not opened again");
                 self.skip(loc, 0, reason);
             } else {
-                self.seen.insert(digest, loc.to_string());
+                if !top {
+                    self.seen.insert(digest, loc.to_string());
+                }
                 match (region, hold) {
                     (Some(r), _) => self.examine(loc, r, 0, cands, depth),
                     (None, Some(h)) => match &h.failed {
