@@ -81,8 +81,9 @@ const OVERLAP: usize = 1024;
 const AHEAD: usize = 512;
 /// A held stream stays in memory up to this size, then goes to a temporary file.
 const HOLD_MEM: usize = 1 << 20;
-/// Container signatures remembered per stream (each costs a few bytes).
-const MAX_CANDIDATES: usize = 65_536;
+/// Container signatures remembered per stream, 16 bytes each (a tar holds
+/// one per member; those inside an opened container are then passed over).
+const MAX_CANDIDATES: usize = 1 << 18;
 
 /// What a scan may cost. The defaults suit a workstation scanning untrusted
 /// firmware; every bound holds whatever the input.
@@ -848,9 +849,20 @@ impl<'l, 's> Walker<'l, 's> {
             match c.fmt {
                 Fmt::ZipLocal => zip_local_at_0 = true,
                 Fmt::ZipEnd => {
-                    if let Some((start, end)) = zip_extent(&view, c.off - base) {
+                    if let Some((start, end, total)) = zip_extent(&view, c.off - base) {
                         let start = start + base;
                         zip_at_0 |= start == 0;
+                        if total > self.limits.max_entries {
+                            // Its central directory is read whole to list it: not opened.
+                            let cloc = if start == 0 { loc.to_string() } else { format!("{loc}@{start:#x}(zip)") };
+                            let max = self.limits.max_entries;
+                            self.skip(
+                                &cloc,
+                                0,
+                                format!("zip archive claims {total} entries, more than the limit ({max}): not opened"),
+                            );
+                            continue;
+                        }
                         list.push((start, Fmt::ZipEnd, end + base));
                     }
                 }
@@ -1379,8 +1391,9 @@ fn squashfs_sane(sb: &[u8], r: &Region<'_>, limits: &Limits) -> Result<(), Strin
     Ok(())
 }
 
-/// The start and end (offsets in `view`) of the zip whose end record is at `eocd`.
-fn zip_extent(view: &Region<'_>, eocd: u64) -> Option<(u64, u64)> {
+/// The start and end (offsets in `view`) of the zip whose end record is at
+/// `eocd`, and the number of entries it claims.
+fn zip_extent(view: &Region<'_>, eocd: u64) -> Option<(u64, u64, u64)> {
     let mut e = [0u8; 22];
     if view.read_full_at(eocd, &mut e).ok()? != 22 {
         return None;
@@ -1419,7 +1432,7 @@ fn zip_extent(view: &Region<'_>, eocd: u64) -> Option<(u64, u64)> {
     if &sig != b"PK\x01\x02" {
         return None;
     }
-    Some((start, end))
+    Some((start, end, total))
 }
 
 /// A tar size field: octal, or GNU base-256 (first byte's high bit set).

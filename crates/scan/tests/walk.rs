@@ -528,12 +528,17 @@ fn the_entry_container_and_time_limits_hold() {
     for i in 0..5 {
         fs::write(p.join(format!("f{i}")), payload(&format!("f{i}"), 100)).unwrap();
     }
-    sh(&p, "tar cf five.tar f0 f1 f2 f3 f4 && gzip -k five.tar && tar cf two.tar five.tar five.tar.gz");
+    sh(&p, "tar cf five.tar f0 f1 f2 f3 f4 && gzip -k five.tar && tar cf two.tar five.tar five.tar.gz && zip -q five.zip f0 f1 f2 f3 f4");
     let img = p.join("five.tar");
     let (rec, report) = walk(&img, &Limits { max_entries: 2, ..Limits::default() });
     let base = img.display().to_string();
     assert_eq!(rec.streams.len(), 3, "{:#?}", rec.names());
     skipped_with(&report, &base, "more than 2 entries");
+    // A zip's central directory is read whole: one that claims too many entries is not opened.
+    let img = p.join("five.zip");
+    let (rec, report) = walk(&img, &Limits { max_entries: 2, ..Limits::default() });
+    assert_eq!(rec.streams.len(), 1, "{:#?}", rec.names());
+    skipped_with(&report, &img.display().to_string(), "zip archive claims 5 entries, more than the limit (2)");
 
     let img = p.join("two.tar");
     let (rec, report) = walk(&img, &Limits { max_containers: 2, ..Limits::default() });
