@@ -673,7 +673,8 @@ impl<'l, 's> Walker<'l, 's> {
                 (Some(r), _) => match r.read_full_at(pos, &mut win[have..have + want]) {
                     Ok(k) => {
                         n = k;
-                        eof = pos + k as u64 >= r.len;
+                        // A short read is the end too (a file that shrank while read).
+                        eof = k < want || pos + k as u64 >= r.len;
                     }
                     Err(e) => {
                         err = Some(e);

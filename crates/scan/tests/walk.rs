@@ -551,3 +551,78 @@ fn the_entry_container_and_time_limits_hold() {
     assert!(rec.streams.is_empty());
     skipped_with(&report, &base, "time limit (0s) reached");
 }
+
+/// Checks what the limits promise, stream by stream (as the fuzz targets do).
+struct Bounded {
+    limits: Limits,
+    open: Option<(String, u64)>,
+    expanded: u64,
+}
+
+impl Sink for Bounded {
+    fn begin(&mut self, location: &str) {
+        assert!(self.open.is_none());
+        let depth = location.matches(['!', '|']).count() as u32;
+        assert!(depth <= self.limits.max_depth, "{location}");
+        self.open = Some((location.to_string(), 0));
+    }
+    fn data(&mut self, chunk: &[u8]) {
+        let (loc, n) = self.open.as_mut().unwrap();
+        *n += chunk.len() as u64;
+        if loc != "img" {
+            self.expanded += chunk.len() as u64;
+            assert!(*n <= self.limits.max_file_bytes);
+        }
+    }
+    fn end(&mut self) {
+        self.open = None;
+    }
+}
+
+#[test]
+fn mangled_images_never_panic_and_stay_within_the_limits() {
+    let (_d, p) = tmp();
+    fs::create_dir_all(p.join("r/etc")).unwrap();
+    fs::write(p.join("r/etc/k.pem"), payload("m", 3000)).unwrap();
+    sh(
+        &p,
+        "tar cf a.tar -C r etc && gzip -k a.tar && xz -k a.tar
+         (cd r && find etc | cpio -o -H newc --quiet) > a.cpio
+         (cd r && zip -q -r ../a.zip etc)
+         mksquashfs r a.sqsh -comp gzip -noappend -all-root -quiet >/dev/null",
+    );
+    let limits = Limits {
+        max_depth: 3,
+        expanded_floor: 1 << 20,
+        expansion_ratio: 0,
+        max_file_bytes: 256 << 10,
+        max_entries: 32,
+        max_containers: 32,
+        max_xz_memory: 16 << 20,
+        max_squashfs_metadata: 1 << 20,
+        ..Limits::default()
+    };
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for file in ["a.tar", "a.tar.gz", "a.tar.xz", "a.cpio", "a.zip", "a.sqsh"] {
+        let good = fs::read(p.join(file)).unwrap();
+        for _ in 0..400 {
+            let mut v = good.clone();
+            for _ in 0..1 + next() % 8 {
+                let at = (next() % v.len() as u64) as usize;
+                v[at] = next() as u8;
+            }
+            if next() % 4 == 0 {
+                v.truncate((next() % v.len() as u64) as usize);
+            }
+            let mut sink = Bounded { limits: limits.clone(), open: None, expanded: 0 };
+            let _ = walk_reader("img", v.as_slice(), &limits, &mut sink);
+            assert!(sink.expanded <= 1 << 20);
+        }
+    }
+}
