@@ -10,6 +10,7 @@ mod bundle_cmd;
 mod demo;
 mod duration;
 mod factory_cmd;
+mod key_cmd;
 mod loadgen;
 mod owner_cmd;
 mod server_cert;
@@ -41,6 +42,12 @@ enum Cmd {
     /// One-time enrollment tokens.
     #[command(subcommand)]
     Token(admin::TokenCmd),
+    /// The key registry: blocked (compromised) keys, and whose a key is.
+    #[command(subcommand)]
+    Key(key_cmd::KeyCmd),
+    /// Firmware images: find leaked private keys, name their devices, revoke and block them.
+    #[command(subcommand)]
+    Firmware(key_cmd::FirmwareCmd),
     /// Certificates in the store.
     #[command(subcommand)]
     Cert(admin::CertCmd),
@@ -189,6 +196,8 @@ fn main() -> ExitCode {
         Cmd::Audit(c) => admin::audit(c),
         Cmd::Admin(c) => admin_cmd::run(c),
         Cmd::Revoke(a) => admin::revoke(a),
+        Cmd::Key(c) => key_cmd::key(c),
+        Cmd::Firmware(c) => key_cmd::firmware(c),
         Cmd::Trust(c) => owner_cmd::trust(c),
         Cmd::Ca(c) => owner_cmd::ca(c),
         Cmd::Loadgen(a) => loadgen::run(a),

@@ -17,6 +17,7 @@ mod device_c;
 mod disk;
 mod est;
 mod factory;
+mod firmware;
 mod hsm;
 mod interop;
 mod limits;
