@@ -164,6 +164,23 @@ async fn a_scan_names_the_leaked_devices_and_revoke_blocks_exactly_their_keys() 
         "-out",
         &s(&w.join("rootfs/etc/ssl/private/backup.key")),
     ]);
+    // The operational CA's key (decrypted, as a careless build would ship it) and a station's key.
+    let ca_key = w.join("rootfs/etc/ssl/private/ca.pem");
+    openssl(&[
+        "pkey",
+        "-in",
+        &s(&ca.dir.join("ca/operational.key")),
+        "-passin",
+        &format!("pass:{}", crate::util::PASS),
+        "-out",
+        &s(&ca_key),
+    ]);
+    let ca_spki = spki_hash(&ca_key);
+    crate::util::batch(&ca, "FWB", &["FWB-1".to_string()], 1);
+    let station_dir = crate::util::station(&ca, "fw-station", &["FWB"]);
+    let station_key = station_dir.join("key-0.pem");
+    let station_spki = spki_hash(&station_key);
+    std::fs::copy(&station_key, w.join("rootfs/opt/app/line.key")).unwrap();
     let token = ca.token("FW-9");
     std::fs::write(w.join("rootfs/etc/iotpki/enroll.conf"), format!("serial = FW-9\ntoken = {token}\n")).unwrap();
     // The firmware: a header of random bytes, then the squashfs at 0x10000 (found by carving).
@@ -195,7 +212,25 @@ async fn a_scan_names_the_leaked_devices_and_revoke_blocks_exactly_their_keys() 
         report["private_keys"].as_array().unwrap().iter().filter(|k| k["encrypted"] == true).collect();
     assert_eq!(encrypted.len(), 1, "{report:#}");
     assert!(encrypted[0]["spki_sha256"].is_null() && locations(encrypted[0]).contains("backup.key"));
-    assert_eq!(report["private_keys"].as_array().unwrap().len(), 6, "4 devices, the decoy, the encrypted one");
+    let k = key_with(&report, &ca_spki);
+    let ca_subject = ca.authority.store().certificates_by_key(&ca_spki).unwrap()[0].subject.clone();
+    assert!(ca_subject.contains("Operational CA"), "{ca_subject}");
+    assert_eq!(
+        (k["registry"]["role"].as_str(), k["registry"]["name"].as_str()),
+        (Some("ca"), Some(ca_subject.as_str())),
+        "{k:#}"
+    );
+    let k = key_with(&report, &station_spki);
+    assert_eq!(k["registry"]["role"], "station", "{k:#}");
+    assert_eq!(
+        report["private_keys"].as_array().unwrap().len(),
+        8,
+        "4 devices, the CA, the station, the decoy, the encrypted one"
+    );
+    // For people: a CA key is said loudly, with where the procedure is.
+    let text = run_ok(bin().args(["firmware", "scan", "--dir", &s(&ca.dir), &s(&fw)]));
+    assert!(text.contains("!!! THIS IS A CA KEY OF THIS AUTHORITY") && text.contains("docs/leaked-keys.md"), "{text}");
+    assert!(text.contains("registry: device FW-1: certificates"), "{text}");
     let tokens = report["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 1, "{report:#}");
     assert_eq!((tokens[0]["device_serial"].as_str(), tokens[0]["used"].as_bool()), (Some("FW-9"), Some(false)));
@@ -241,8 +276,24 @@ async fn a_scan_names_the_leaked_devices_and_revoke_blocks_exactly_their_keys() 
     revoked.sort();
     let mut want: Vec<String> = devices[..4].iter().map(|d| d.3.clone()).collect();
     want.sort();
-    assert_eq!(revoked, want);
-    assert_eq!(report["blocked"].as_array().unwrap().len(), 5, "four devices' keys and the decoy");
+    let station_cert = store
+        .list_certificates(&iotpki_store::CertQuery { profile: Some("station".into()), ..Default::default() })
+        .unwrap();
+    assert_eq!(station_cert.len(), 1);
+    want.push(station_cert[0].serial.clone());
+    want.sort();
+    assert_eq!(revoked, want, "the devices' and the station's certificates");
+    assert_eq!(
+        report["blocked"].as_array().unwrap().len(),
+        7,
+        "four devices' keys, the CA's, the station's and the decoy"
+    );
+    // The CA's certificate is not revoked here (its ARL needs the root key): named instead.
+    let ca_certs: Vec<String> = store.certificates_by_key(&ca_spki).unwrap().into_iter().map(|c| c.serial).collect();
+    assert_eq!(
+        report["not_revoked"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>(),
+        ca_certs
+    );
     for (i, (serial, _, pem, _, _)) in devices.iter().enumerate() {
         let status = ocsp_status(&ca, pem, &d);
         if i < 4 {
@@ -255,13 +306,13 @@ async fn a_scan_names_the_leaked_devices_and_revoke_blocks_exactly_their_keys() 
         let rec = store.certificate(serial).unwrap().unwrap();
         assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { reason: 1, .. }), "{rec:?}");
     }
-    // One operation: 5 key.block entries and 4 revocations, audited as the scan's.
+    // One operation: 7 key.block entries and 5 revocations, audited as the scan's.
     let after = store.audit_entries(before + 1, 100).unwrap();
-    assert_eq!(after.iter().filter(|a| a.event.action == "key.block").count(), 5, "{after:?}");
-    assert_eq!(after.iter().filter(|a| a.event.action == "revoke").count(), 4);
+    assert_eq!(after.iter().filter(|a| a.event.action == "key.block").count(), 7, "{after:?}");
+    assert_eq!(after.iter().filter(|a| a.event.action == "revoke").count(), 5);
     assert!(after.iter().all(|a| a.event.actor == "admin:firmware-scan"));
     let listed = run_ok(bin().args(["key", "list-blocked", "--dir", &s(&ca.dir)]));
-    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert_eq!(listed.lines().count(), 7, "{listed}");
     assert!(listed.contains(&decoy));
     // Scanning again revokes nothing more.
     let again = scan(&ca, &[&fw, &zip], &["--revoke"]);
