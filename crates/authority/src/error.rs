@@ -267,7 +267,11 @@ impl From<StoreError> for AuthorityError {
     fn from(e: StoreError) -> Self {
         use StoreError as E;
         let r = match e {
-            E::TokenUnknown | E::TokenWrongSerial | E::TokenUsed { .. } | E::TokenExpired { .. } => Refusal::Token(e),
+            E::TokenUnknown
+            | E::TokenWrongSerial
+            | E::TokenUsed { .. }
+            | E::TokenExpired { .. }
+            | E::TokenWithdrawn { .. } => Refusal::Token(e),
             E::CertUnknown { .. } | E::CertRevoked { .. } | E::Superseded { .. } | E::NothingToRevoke { .. } => {
                 Refusal::Certificate(e)
             }

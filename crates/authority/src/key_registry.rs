@@ -126,12 +126,14 @@ pub fn lookup(store: &dyn Store, spki_sha256: &str) -> Result<KeyInfo, Authority
 }
 
 /// Block `keys` (hash and where each was seen) with `reason`; with `revoke`,
-/// revoke every good certificate of them (keyCompromise) but a CA's, in one
-/// transaction, every step audited as `actor`'s.
+/// revoke every good certificate of them (keyCompromise) but a CA's; and
+/// withdraw the unused enrollment tokens among `tokens` (SHA-256 of each);
+/// in one transaction, every step audited as `actor`'s.
 pub fn block(
     store: &dyn Store,
     clock: &dyn Clock,
     keys: &[(String, String)],
+    tokens: &[String],
     reason: &str,
     revoke: bool,
     actor: &str,
@@ -150,10 +152,18 @@ pub fn block(
             })
         })
         .collect::<Result<Vec<_>, AuthorityError>>()?;
-    if keys.is_empty() {
-        return Err(AuthorityError::malformed("no key to block".into()));
+    if keys.is_empty() && tokens.is_empty() {
+        return Err(AuthorityError::malformed("no key to block and no token to withdraw".into()));
     }
-    Ok(store.block_keys(KeyBlock { keys, revoke, spare_profiles: spared_profiles() })?)
+    Ok(store.block_keys(KeyBlock {
+        keys,
+        tokens: tokens.to_vec(),
+        reason,
+        at: now,
+        actor: actor.into(),
+        revoke,
+        spare_profiles: spared_profiles(),
+    })?)
 }
 
 #[cfg(test)]

@@ -100,8 +100,9 @@ pub enum FirmwareCmd {
         /// The report as one JSON document.
         #[arg(long)]
         json: bool,
-        /// Block every private key found and revoke every certificate of them (reason
-        /// keyCompromise), in one audited operation (needs --dir).
+        /// Block every private key found, revoke every certificate of them (reason
+        /// keyCompromise) and withdraw every unused enrollment token found, in one audited
+        /// operation (needs --dir).
         #[arg(long)]
         revoke: bool,
         /// Exit with status 3 when any private key is found (a release gate for firmware CI).
@@ -134,7 +135,7 @@ pub fn key(c: KeyCmd) -> anyhow::Result<()> {
                 bail!("name a key: --spki-hash H, --cert FILE or --key FILE");
             }
             let store = dir.store()?;
-            let done = key_registry::block(store.as_ref(), &SystemClock, &keys, &reason, revoke, "admin:cli")?;
+            let done = key_registry::block(store.as_ref(), &SystemClock, &keys, &[], &reason, revoke, "admin:cli")?;
             print_blocked(&done, revoke);
             Ok(())
         }
@@ -163,7 +164,7 @@ pub fn key(c: KeyCmd) -> anyhow::Result<()> {
                 bail!("{} names no key (one SHA-256 per line)", file.display());
             }
             let store = dir.store()?;
-            let done = key_registry::block(store.as_ref(), &SystemClock, &keys, &reason, revoke, "admin:cli")?;
+            let done = key_registry::block(store.as_ref(), &SystemClock, &keys, &[], &reason, revoke, "admin:cli")?;
             print_blocked(&done, revoke);
             Ok(())
         }
@@ -411,6 +412,8 @@ struct ScanJson {
     blocked: Vec<String>,
     revoked: Vec<String>,
     not_revoked: Vec<String>,
+    /// Devices whose unused enrollment token (found in the images) was withdrawn.
+    tokens_withdrawn: Vec<String>,
 }
 
 pub fn firmware(c: FirmwareCmd) -> anyhow::Result<()> {
@@ -438,18 +441,21 @@ pub fn firmware(c: FirmwareCmd) -> anyhow::Result<()> {
                 Some((h, format!("firmware scan of {names}: {at}")))
             })
             .collect();
-        if !keys.is_empty() {
+        let tokens: Vec<String> = out.tokens.iter().filter(|t| !t.used).map(|t| t.token_sha256.clone()).collect();
+        if !keys.is_empty() || !tokens.is_empty() {
             let done = key_registry::block(
                 store,
                 &SystemClock,
                 &keys,
-                "private key found in a firmware image",
+                &tokens,
+                "found in a firmware image",
                 true,
                 "admin:firmware-scan",
             )?;
             out.blocked = done.blocked.iter().chain(&done.already).cloned().collect();
             out.revoked = done.revoked;
             out.not_revoked = done.spared;
+            out.tokens_withdrawn = done.withdrawn;
         }
     }
     if json {
@@ -548,6 +554,7 @@ fn assemble(report: &Report, store: Option<&dyn iotpki_store::Store>, images: &[
         blocked: vec![],
         revoked: vec![],
         not_revoked: vec![],
+        tokens_withdrawn: vec![],
     })
 }
 
@@ -598,8 +605,8 @@ fn print_scan(
         for p in &t.locations {
             println!("  found at {} (offset {})", p.location, p.offset);
         }
-        if !t.used {
-            println!("  anyone holding it can enroll as {}: see {DOC}", t.device_serial);
+        if !t.used && !revoke {
+            println!("  anyone holding it can enroll as {}: --revoke withdraws it", t.device_serial);
         }
     }
     if !report.skipped.is_empty() {
@@ -618,7 +625,15 @@ fn print_scan(
         out.tokens.len()
     );
     if revoke {
-        println!("blocked {} key(s); revoked {} certificate(s)", out.blocked.len(), out.revoked.len());
+        println!(
+            "blocked {} key(s); revoked {} certificate(s); withdrew {} enrollment token(s)",
+            out.blocked.len(),
+            out.revoked.len(),
+            out.tokens_withdrawn.len()
+        );
+        for d in &out.tokens_withdrawn {
+            println!("  withdrew the enrollment token of {d}");
+        }
         for s in &out.revoked {
             println!("  revoked {s} (keyCompromise)");
         }
@@ -628,8 +643,10 @@ fn print_scan(
                 out.not_revoked.join(", ")
             );
         }
-    } else if store.is_some() && out.private_keys.iter().any(|k| k.spki_sha256.is_some()) {
-        println!("to block these keys and revoke their certificates: the same command with --revoke");
+    } else if store.is_some() && (out.private_keys.iter().any(|k| k.spki_sha256.is_some()) || !out.tokens.is_empty()) {
+        println!(
+            "to block these keys, revoke their certificates and withdraw the tokens: the same command with --revoke"
+        );
     }
     Ok(())
 }

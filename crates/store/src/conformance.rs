@@ -93,6 +93,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     a_key_is_certified_for_one_device_only(store);
     blocked_keys_are_refused_on_every_path(store);
     blocking_revokes_the_keys_certificates_once(store);
+    a_withdrawn_token_enrolls_nothing(store);
     clones_racing_with_one_key_get_one_certificate(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
@@ -978,6 +979,18 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
     assert!(before >= 44, "the race ran: {before} issuances before the revocation");
 }
 
+fn key_block(keys: Vec<crate::BlockedKey>, tokens: Vec<String>, revoke: bool, spare: Vec<String>) -> crate::KeyBlock {
+    crate::KeyBlock {
+        keys,
+        tokens,
+        reason: "found in fw.bin".into(),
+        at: 3_000,
+        actor: "test".into(),
+        revoke,
+        spare_profiles: spare,
+    }
+}
+
 fn blocked(spki: &str) -> crate::BlockedKey {
     crate::BlockedKey {
         spki_sha256: spki.into(),
@@ -1028,9 +1041,7 @@ pub fn a_key_is_certified_for_one_device_only(store: &dyn Store) {
 /// station's offline birth with it is recorded, flagged and revoked.
 pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     let key = unique("bb");
-    let done = store
-        .block_keys(crate::KeyBlock { keys: vec![blocked(&key)], revoke: true, spare_profiles: vec![] })
-        .expect("block");
+    let done = store.block_keys(key_block(vec![blocked(&key)], vec![], true, vec![])).expect("block");
     assert_eq!((done.blocked, done.revoked.len()), (vec![key.clone()], 0));
     assert_eq!(store.blocked_key(&key).expect("read"), Some(blocked(&key)));
     assert!(store.blocked_keys().expect("list").contains(&blocked(&key)));
@@ -1118,11 +1129,7 @@ pub fn blocking_revokes_the_keys_certificates_once(store: &dyn Store) {
     let untouched = cert(&unique("KU-"));
     store.record_issuance(issuance(untouched.clone(), vec![])).expect("issue");
     let audit = audit_len(store);
-    let block = |keys: Vec<crate::BlockedKey>, revoke: bool| crate::KeyBlock {
-        keys,
-        revoke,
-        spare_profiles: vec!["issuing-ca".into()],
-    };
+    let block = |keys: Vec<crate::BlockedKey>, revoke: bool| key_block(keys, vec![], revoke, vec!["issuing-ca".into()]);
     // Without revoke: blocked, the certificates reported as left alone.
     let done = store.block_keys(block(vec![blocked(&dev.spki_sha256)], false)).expect("block");
     assert_eq!(done.revoked, Vec::<String>::new());
@@ -1171,4 +1178,28 @@ pub fn clones_racing_with_one_key_get_one_certificate(store: &(dyn Store + 'stat
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::KeyInUse { .. }))), "{results:?}");
     assert_eq!(store.certificates_by_key(&key).expect("read").len(), 1);
+}
+
+/// A token withdrawn (found in a firmware image) is refused with the reason,
+/// and writes nothing; a used, an unknown or an already withdrawn token is
+/// left as it is.
+pub fn a_withdrawn_token_enrolls_nothing(store: &dyn Store) {
+    let (d, used_d) = (unique("WT-"), unique("WU-"));
+    let (fresh, used) = (new_token(store, &d, 5_000), new_token(store, &used_d, 5_000));
+    store.record_issuance(issuance(cert(&used_d), vec![consume(&used, &used_d, 1_500)])).expect("spend");
+    let audit = audit_len(store);
+    let done = store
+        .block_keys(key_block(vec![], vec![fresh.clone(), used.clone(), "00".repeat(32)], false, vec![]))
+        .expect("withdraw");
+    assert_eq!(done.withdrawn, vec![d.clone()]);
+    assert_eq!(audit_len(store), audit + 1, "one token.withdraw");
+    let again = store.block_keys(key_block(vec![], vec![fresh.clone()], false, vec![])).expect("again");
+    assert!(again.withdrawn.is_empty());
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    assert_eq!(
+        store.record_issuance(issuance(cert(&d), vec![consume(&fresh, &d, 1_600)])),
+        Err(StoreError::TokenWithdrawn { at: 3_000, reason: "found in fw.bin".into() })
+    );
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
+    assert_eq!(store.token(&fresh).expect("read").expect("kept").used_at, None);
 }

@@ -24,6 +24,13 @@ pub enum StoreError {
     },
     /// A token with this hash exists already.
     TokenExists,
+    /// The token was withdrawn (found where it should not be).
+    TokenWithdrawn {
+        /// When.
+        at: UnixTime,
+        /// Why.
+        reason: String,
+    },
     /// The certificate is not in the store.
     CertUnknown {
         /// Its serial.
@@ -238,6 +245,11 @@ impl fmt::Display for StoreError {
                 rfc3339(*expires_at)
             ),
             Self::TokenExists => f.write_str("a token with this value exists already"),
+            Self::TokenWithdrawn { at, reason } => write!(
+                f,
+                "enrollment token withdrawn at {} ({reason}): ask for a new one (iotpki token create)",
+                rfc3339(*at)
+            ),
             Self::CertUnknown { serial } => write!(f, "certificate {serial} is not in the store"),
             Self::CertRevoked { serial } => write!(f, "certificate {serial} is revoked"),
             Self::Superseded { serial, by } => {

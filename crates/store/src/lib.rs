@@ -729,6 +729,16 @@ pub struct KeyBlock {
     /// Revoke every good certificate of these keys (reason keyCompromise),
     /// in the same transaction, each audited (`revoke`).
     pub revoke: bool,
+    /// Unused enrollment tokens to withdraw (by hash), each audited
+    /// (`token.withdraw`) with `reason`, `at` and `actor`: they enroll
+    /// nothing from then on.
+    pub tokens: Vec<String>,
+    /// Why the tokens are withdrawn.
+    pub reason: String,
+    /// When.
+    pub at: UnixTime,
+    /// Who asked (audit actor).
+    pub actor: String,
     /// Profiles not revoked here (a CA's certificate is revoked with the
     /// root's revocation list signed again, which the store cannot do):
     /// reported in [`KeysBlocked::spared`].
@@ -747,6 +757,9 @@ pub struct KeysBlocked {
     /// Good certificates of these keys left alone: of a spared profile, or
     /// every one when `revoke` is off.
     pub spared: Vec<String>,
+    /// The device serials of the tokens withdrawn now (unknown, used and
+    /// already withdrawn ones are left as they are).
+    pub withdrawn: Vec<String>,
 }
 
 /// The key registry: every certificate by its key, and the blocked keys.

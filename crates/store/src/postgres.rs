@@ -711,6 +711,7 @@ mod tests {
         a_key_is_certified_for_one_device_only,
         blocked_keys_are_refused_on_every_path,
         blocking_revokes_the_keys_certificates_once,
+        a_withdrawn_token_enrolls_nothing,
         clones_racing_with_one_key_get_one_certificate,
     );
 

@@ -314,6 +314,11 @@ async fn a_scan_names_the_leaked_devices_and_revoke_blocks_exactly_their_keys() 
     let listed = run_ok(bin().args(["key", "list-blocked", "--dir", &s(&ca.dir)]));
     assert_eq!(listed.lines().count(), 7, "{listed}");
     assert!(listed.contains(&decoy));
+    // The leaked token was withdrawn: it enrolls nothing.
+    assert_eq!(report["tokens_withdrawn"], serde_json::json!(["FW-9"]));
+    let leaked = ca.tmp.path().join("leaked-token");
+    let e = iotpki_agent::enroll(&ca.enroll_opts(&leaked, "FW-9", &token)).await.unwrap_err().to_string();
+    assert!(e.contains("enrollment token withdrawn at") && e.contains("found in a firmware image"), "{e}");
     // Scanning again revokes nothing more.
     let again = scan(&ca, &[&fw, &zip], &["--revoke"]);
     assert_eq!(again["revoked"].as_array().unwrap().len(), 0);

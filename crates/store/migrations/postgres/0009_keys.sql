@@ -16,3 +16,11 @@ CREATE TABLE blocked_keys (
 ALTER TABLE flags DROP CONSTRAINT flags_reason_check;
 ALTER TABLE flags ADD CONSTRAINT flags_reason_check
     CHECK (reason IN ('off-allowlist', 'clone', 'overbuild', 'blocked-key', 'shared-key'));
+
+-- An enrollment token found where it should not be (a firmware image) is
+-- withdrawn: it enrolls nothing from then on.
+CREATE TABLE withdrawn_tokens (
+    token_hash   TEXT   PRIMARY KEY REFERENCES tokens (token_hash),
+    withdrawn_at BIGINT NOT NULL,
+    reason       TEXT   NOT NULL
+);

@@ -25,3 +25,11 @@ INSERT INTO flags_v9 (cert_serial, batch_id, reason, flagged_at)
     SELECT cert_serial, batch_id, reason, flagged_at FROM flags;
 DROP TABLE flags;
 ALTER TABLE flags_v9 RENAME TO flags;
+
+-- An enrollment token found where it should not be (a firmware image) is
+-- withdrawn: it enrolls nothing from then on.
+CREATE TABLE withdrawn_tokens (
+    token_hash   TEXT   PRIMARY KEY REFERENCES tokens (token_hash),
+    withdrawn_at BIGINT NOT NULL,
+    reason       TEXT   NOT NULL
+);

@@ -165,7 +165,8 @@ impl<'a> Tx<'a> {
     fn consume_token(&mut self, hash: &str, device: &str, now: i64, cert_serial: &str) -> Result<(), StoreError> {
         let spent = self.w.run(
             "UPDATE tokens SET used_at = $1, cert_serial = $2
-             WHERE token_hash = $3 AND device_serial = $4 AND used_at IS NULL AND expires_at > $1",
+             WHERE token_hash = $3 AND device_serial = $4 AND used_at IS NULL AND expires_at > $1
+               AND NOT EXISTS (SELECT 1 FROM withdrawn_tokens w WHERE w.token_hash = $3)",
             &[Arg::Int(now), cert_serial.into(), hash.into(), device.into()],
         )?;
         if spent == 1 {
@@ -177,6 +178,11 @@ impl<'a> Tx<'a> {
         let mut row = row.ok_or(StoreError::TokenUnknown)?;
         if row.text(0)? != device {
             return Err(StoreError::TokenWrongSerial);
+        }
+        let withdrawn =
+            self.w.opt("SELECT withdrawn_at, reason FROM withdrawn_tokens WHERE token_hash = $1", &[hash.into()])?;
+        if let Some(mut w) = withdrawn {
+            return Err(StoreError::TokenWithdrawn { at: w.int(0)?, reason: w.text(1)? });
         }
         if let Some(used_at) = row.opt_int(2)? {
             return Err(StoreError::TokenUsed { used_at });
@@ -661,6 +667,28 @@ impl<'a> Tx<'a> {
                 })?;
                 out.revoked.push(serial);
             }
+        }
+        let (at, actor, reason) = (b.at, &b.actor, &b.reason);
+        for hash in &b.tokens {
+            let row = self.w.opt(
+                "SELECT t.device_serial FROM tokens t WHERE t.token_hash = $1 AND t.used_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM withdrawn_tokens w WHERE w.token_hash = t.token_hash)",
+                &[hash.into()],
+            )?;
+            let Some(mut row) = row else { continue };
+            let device = row.text(0)?;
+            self.w.run(
+                "INSERT INTO withdrawn_tokens (token_hash, withdrawn_at, reason) VALUES ($1, $2, $3)",
+                &[hash.into(), Arg::Int(at), reason.into()],
+            )?;
+            self.append(&AuditEvent {
+                at,
+                actor: actor.clone(),
+                action: "token.withdraw".into(),
+                target: device.clone(),
+                detail: format!("reason={reason} token_sha256={}", &hash[..hash.len().min(16)]),
+            })?;
+            out.withdrawn.push(device);
         }
         Ok(out)
     }
