@@ -373,4 +373,30 @@ impl Admin<'_> {
             .and_then(|d| self.authority.create_token(&d, ttl_secs, &self.actor));
         self.refusal_audited(r, "token.create", &format!("device:{serial}"))
     }
+
+    /// The blocked keys, oldest first.
+    pub fn blocked_keys(&self) -> Result<Vec<iotpki_store::BlockedKey>, AuthorityError> {
+        let r = self.store().blocked_keys().map_err(AuthorityError::from);
+        self.audited(r, "key.list", "")
+    }
+
+    /// Whose key `spki_sha256` is.
+    pub fn key(&self, spki_sha256: &str) -> Result<crate::key_registry::KeyInfo, AuthorityError> {
+        let r = crate::key_registry::parse_spki_hash(spki_sha256)
+            .and_then(|h| crate::key_registry::lookup(self.store(), &h));
+        self.audited(r, "key.show", &format!("key:{}", crate::refusals::clean(spki_sha256, 80)))
+    }
+
+    /// Block keys by hash (and revoke their certificates when asked).
+    pub fn block_keys(
+        &self,
+        hashes: &[String],
+        reason: &str,
+        revoke: bool,
+    ) -> Result<iotpki_store::KeysBlocked, AuthorityError> {
+        let keys: Vec<(String, String)> =
+            hashes.iter().map(|h| (h.clone(), format!("admin API, {}", self.name))).collect();
+        let r = crate::key_registry::block(self.store(), self.clock(), &keys, &[], reason, revoke, &self.actor);
+        self.refusal_audited(r, "key.block", "")
+    }
 }

@@ -9,7 +9,9 @@ use clap::Subcommand;
 use iotpki_authority::key_registry::{self, Holder, KeyInfo};
 use iotpki_authority::SystemClock;
 use iotpki_core::time::rfc3339;
+use iotpki_core::wire;
 use iotpki_scan::{FindingKind, Report};
+use iotpki_server::views;
 use iotpki_store::{CertRecord, CertStatus, KeysBlocked};
 use serde::Serialize;
 
@@ -173,11 +175,7 @@ pub fn key(c: KeyCmd) -> anyhow::Result<()> {
             let keys = store.blocked_keys()?;
             for k in &keys {
                 if json {
-                    let v = serde_json::json!({
-                        "spki_sha256": k.spki_sha256, "reason": k.reason, "source": k.source,
-                        "blocked_at": rfc3339(k.blocked_at), "blocked_by": k.blocked_by,
-                    });
-                    println!("{v}");
+                    println!("{}", serde_json::to_string(&views::blocked_key(k))?);
                 } else {
                     println!(
                         "{}  {}  {}  {} ({})",
@@ -198,7 +196,7 @@ pub fn key(c: KeyCmd) -> anyhow::Result<()> {
             let store = dir.store()?;
             let info = key_registry::lookup(store.as_ref(), &key_registry::parse_spki_hash(&spki_hash)?)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&RegistryJson::of(&info))?);
+                println!("{}", serde_json::to_string_pretty(&views::key_registry(&info))?);
             } else {
                 print_registry(&info, "  ");
             }
@@ -250,65 +248,6 @@ fn print_blocked(done: &KeysBlocked, revoke: bool) {
             );
         } else {
             println!("certificates of these keys still good (add --revoke to revoke them): {}", done.spared.join(", "));
-        }
-    }
-}
-
-/// A certificate in reports.
-#[derive(Serialize)]
-struct CertJson {
-    serial: String,
-    profile: String,
-    subject: String,
-    device_serial: Option<String>,
-    ca: String,
-    status: &'static str,
-    not_after: String,
-}
-
-impl CertJson {
-    fn of(c: &CertRecord) -> Self {
-        CertJson {
-            serial: c.serial.clone(),
-            profile: c.profile.clone(),
-            subject: c.subject.clone(),
-            device_serial: c.device_serial.clone(),
-            ca: c.ca.clone(),
-            status: match c.status {
-                CertStatus::Good => "good",
-                CertStatus::Revoked { .. } => "revoked",
-            },
-            not_after: rfc3339(c.not_after),
-        }
-    }
-}
-
-/// What the registry knows of a key, in reports.
-#[derive(Serialize)]
-struct RegistryJson {
-    role: &'static str,
-    /// The device, station, CA or manufacturer it names.
-    name: Option<String>,
-    certificates: Vec<CertJson>,
-    blocked: bool,
-}
-
-impl RegistryJson {
-    fn of(info: &KeyInfo) -> Self {
-        let name = match &info.holder {
-            Holder::Ca { subject, .. }
-            | Holder::DelegatedCa { subject }
-            | Holder::Station { subject }
-            | Holder::Other { subject, .. } => Some(subject.clone()),
-            Holder::Device { device } => Some(device.clone()),
-            Holder::Manufacturer { name } => Some(name.clone()),
-            Holder::Unknown => None,
-        };
-        RegistryJson {
-            role: info.holder.role(),
-            name,
-            certificates: info.certificates.iter().map(CertJson::of).collect(),
-            blocked: info.blocked.is_some(),
         }
     }
 }
@@ -369,7 +308,7 @@ struct KeyJson {
     encrypted: bool,
     note: Option<String>,
     locations: Vec<Place>,
-    registry: Option<RegistryJson>,
+    registry: Option<wire::KeyRegistry>,
 }
 
 #[derive(Serialize, Clone)]
@@ -386,7 +325,7 @@ struct CertFoundJson {
     issuer: String,
     locations: Vec<Place>,
     /// The certificate of ours with this serial and key, if any.
-    ours: Option<CertJson>,
+    ours: Option<wire::CertRecord>,
 }
 
 #[derive(Serialize)]
@@ -522,12 +461,15 @@ fn assemble(report: &Report, store: Option<&dyn iotpki_store::Store>, images: &[
     if let Some(store) = store {
         for k in keys.values_mut() {
             if let Some(h) = &k.spki_sha256 {
-                k.registry = Some(RegistryJson::of(&key_registry::lookup(store, h)?));
+                k.registry = Some(views::key_registry(&key_registry::lookup(store, h)?));
             }
         }
         for c in certs.values_mut() {
-            c.ours =
-                store.certificate(&c.serial)?.filter(|r| r.spki_sha256 == c.spki_sha256).as_ref().map(CertJson::of);
+            c.ours = store
+                .certificate(&c.serial)?
+                .filter(|r| r.spki_sha256 == c.spki_sha256)
+                .as_ref()
+                .map(views::cert_record);
         }
         for (h, places) in tokens {
             if let Some(t) = store.token(&h)? {

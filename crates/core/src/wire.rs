@@ -356,6 +356,51 @@ pub struct TokenCreated {
     pub token: String,
 }
 
+// --- the key registry (admin API, `iotpki key ... --json`, `firmware scan --json`) ---
+
+/// A blocked key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedKey {
+    /// SHA-256 of its subjectPublicKeyInfo, hex.
+    pub spki_sha256: String,
+    /// Why it was blocked.
+    pub reason: String,
+    /// Where it was seen.
+    pub source: String,
+    /// When, RFC 3339.
+    pub blocked_at: String,
+    /// Who blocked it.
+    pub blocked_by: String,
+}
+
+/// `GET /admin/v1/keys/HASH`: whose key it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRegistry {
+    /// SHA-256 of its subjectPublicKeyInfo, hex.
+    pub spki_sha256: String,
+    /// `ca`, `delegated-ca`, `station`, `device`, `manufacturer`, `other` or `unknown`.
+    pub role: String,
+    /// The device serial, the CA's, station's or certificate's subject, the manufacturer's name.
+    pub name: Option<String>,
+    /// Blocked, and why.
+    pub blocked: Option<BlockedKey>,
+    /// Every certificate of the key, newest first.
+    pub certificates: Vec<CertRecord>,
+}
+
+/// `POST /admin/v1/keys/block`: what was done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysBlocked {
+    /// Keys blocked now.
+    pub blocked: Vec<String>,
+    /// Keys that were blocked already.
+    pub already: Vec<String>,
+    /// Certificates revoked (keyCompromise).
+    pub revoked: Vec<String>,
+    /// Good certificates of these keys not revoked (a CA's, or all without `revoke`).
+    pub not_revoked: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,9 @@
 //! | GET  | `/admin/v1/audit?from=&limit=` | audit entries |
 //! | GET  | `/admin/v1/audit/verify` | walk the audit chain |
 //! | POST | `/admin/v1/tokens` | a one-time enrollment token: `{"serial", "ttl_secs"}` |
+//! | GET  | `/admin/v1/keys/blocked` | the blocked keys |
+//! | POST | `/admin/v1/keys/block` | block keys: `{"spki_sha256": [..], "reason", "revoke"}` (docs/leaked-keys.md) |
+//! | GET  | `/admin/v1/keys/HASH` | whose key it is, its certificates, whether it is blocked |
 //!
 //! The answers are the types of [`iotpki_core::wire`] ([`wire::CertRecord`],
 //! [`wire::Batch`], [`wire::Revoked`], ...), rendered from the store's records
@@ -58,6 +61,9 @@ pub(crate) fn routes() -> Router<Arc<Authority>> {
         .route("/admin/v1/audit", get(audit_list))
         .route("/admin/v1/audit/verify", get(audit_verify))
         .route("/admin/v1/tokens", post(create_token))
+        .route("/admin/v1/keys/blocked", get(blocked_keys))
+        .route("/admin/v1/keys/block", post(block_keys))
+        .route("/admin/v1/keys/{hash}", get(show_key))
 }
 
 /// Run `f` as the admin the gate admitted (not authenticated again), off the
@@ -317,6 +323,47 @@ async fn create_token(
         let tb = refuse_bad_input(adm, body::<TokenBody>(&b), "token.create", "")?;
         let token = adm.create_token(&tb.serial, tb.ttl_secs)?;
         Ok(wire::TokenCreated { serial: tb.serial, token })
+    })
+    .await
+}
+
+async fn blocked_keys(
+    State(a): State<Arc<Authority>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    as_admin(a, caller, |adm| Ok(adm.blocked_keys()?.iter().map(views::blocked_key).collect::<Vec<_>>())).await
+}
+
+async fn show_key(
+    State(a): State<Arc<Authority>>,
+    Extension(caller): Extension<Caller>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    as_admin(a, caller, move |adm| Ok(views::key_registry(&adm.key(&hash)?))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockBody {
+    spki_sha256: Vec<String>,
+    #[serde(default = "compromised")]
+    reason: String,
+    #[serde(default)]
+    revoke: bool,
+}
+
+fn compromised() -> String {
+    "compromised".into()
+}
+
+async fn block_keys(
+    State(a): State<Arc<Authority>>,
+    Extension(caller): Extension<Caller>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    as_admin(a, caller, move |adm| {
+        let bb = refuse_bad_input(adm, body::<BlockBody>(&b), "key.block", "")?;
+        Ok(views::keys_blocked(&adm.block_keys(&bb.spki_sha256, &bb.reason, bb.revoke)?))
     })
     .await
 }

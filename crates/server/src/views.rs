@@ -1,9 +1,10 @@
 //! The store's records as the JSON the admin API answers ([`iotpki_core::wire`]),
 //! rendered here once: the server and the CLI's `--json` output use the same.
 
+use iotpki_authority::key_registry::{Holder, KeyInfo};
 use iotpki_core::time::rfc3339;
 use iotpki_core::wire;
-use iotpki_store::{BatchRecord, BatchStatus, CertRecord, CertStatus};
+use iotpki_store::{BatchRecord, BatchStatus, BlockedKey, CertRecord, CertStatus, KeysBlocked};
 
 /// A certificate record (without its PEM).
 pub fn cert_record(r: &CertRecord) -> wire::CertRecord {
@@ -46,5 +47,46 @@ pub fn batch(b: &BatchRecord) -> wire::Batch {
         status: if b.status == BatchStatus::Open { "open" } else { "closed" }.into(),
         created_at: rfc3339(b.created_at),
         tpm_attestation: None,
+    }
+}
+
+/// A blocked key.
+pub fn blocked_key(k: &BlockedKey) -> wire::BlockedKey {
+    wire::BlockedKey {
+        spki_sha256: k.spki_sha256.clone(),
+        reason: k.reason.clone(),
+        source: k.source.clone(),
+        blocked_at: rfc3339(k.blocked_at),
+        blocked_by: k.blocked_by.clone(),
+    }
+}
+
+/// What the registry knows of a key.
+pub fn key_registry(info: &KeyInfo) -> wire::KeyRegistry {
+    let name = match &info.holder {
+        Holder::Ca { subject, .. }
+        | Holder::DelegatedCa { subject }
+        | Holder::Station { subject }
+        | Holder::Other { subject, .. } => Some(subject.clone()),
+        Holder::Device { device } => Some(device.clone()),
+        Holder::Manufacturer { name } => Some(name.clone()),
+        Holder::Unknown => None,
+    };
+    wire::KeyRegistry {
+        spki_sha256: info.spki_sha256.clone(),
+        role: info.holder.role().into(),
+        name,
+        blocked: info.blocked.as_ref().map(blocked_key),
+        certificates: info.certificates.iter().map(cert_record).collect(),
+    }
+}
+
+/// What a key block did.
+pub fn keys_blocked(k: &KeysBlocked) -> wire::KeysBlocked {
+    wire::KeysBlocked {
+        blocked: k.blocked.clone(),
+        already: k.already.clone(),
+        revoked: k.revoked.clone(),
+        not_revoked: k.spared.clone(),
     }
 }

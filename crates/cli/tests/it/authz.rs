@@ -1016,3 +1016,48 @@ fn curl_admin(url: &str, dir: &Path, with_cert: bool, path: &str, extra: &[&str]
     a.push(&u);
     curl(&a)
 }
+
+/// The key registry over the admin API: block a device's key by hash (and revoke),
+/// see whose it is and the list; a bad hash is refused with the reason and audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_blocks_keys_and_names_their_holders() {
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("AK-1").await;
+    let serial = cert_serial(&dev);
+    let spki = ca.authority.store().certificate(&serial).unwrap().unwrap().spki_sha256;
+    let d = add_admin(&ca, "key-ops", &[]);
+    sync_clock(&ca);
+    let call = |args: &[&str]| {
+        let mut c = bin();
+        c.args(["admin", "call", "--admin-dir"]).arg(&d).args(["--server", &ca.url]).args(args);
+        c
+    };
+    let block = format!(r#"{{"spki_sha256":["{spki}"],"reason":"found in fw-3.bin","revoke":true}}"#);
+    let (mut c1, mut c2, mut c3, mut c4) = (
+        call(&["POST", "/admin/v1/keys/block", "--data", &block]),
+        call(&["GET", &format!("/admin/v1/keys/{spki}")]),
+        call(&["GET", "/admin/v1/keys/blocked"]),
+        call(&["POST", "/admin/v1/keys/block", "--data", r#"{"spki_sha256":["abc"]}"#]),
+    );
+    let (blocked, shown, listed, bad) =
+        tokio::task::spawn_blocking(move || (run_ok(&mut c1), run_ok(&mut c2), run_ok(&mut c3), run_fail(&mut c4)))
+            .await
+            .unwrap();
+    let blocked = json_body(&blocked);
+    assert_eq!(
+        (blocked["blocked"][0].as_str(), blocked["revoked"][0].as_str()),
+        (Some(spki.as_str()), Some(serial.as_str()))
+    );
+    let status = ca.authority.store().certificate(&serial).unwrap().unwrap().status;
+    assert!(matches!(status, CertStatus::Revoked { reason: 1, .. }), "{status:?}");
+    let shown = json_body(&shown);
+    assert_eq!((shown["role"].as_str(), shown["name"].as_str()), (Some("device"), Some("AK-1")));
+    assert_eq!(shown["blocked"]["reason"], "found in fw-3.bin");
+    assert_eq!(shown["blocked"]["blocked_by"], "admin:key-ops");
+    assert_eq!(shown["certificates"][0]["serial"], serial.as_str());
+    assert_eq!(json_body(&listed).as_array().unwrap().len(), 1);
+    assert!(bad.contains("HTTP 400") && bad.contains("64 hex digits"), "{bad}");
+    let last = ca.last_audit().event;
+    assert_eq!((last.action.as_str(), last.actor.as_str()), ("refuse.admin", "admin:key-ops"));
+    assert!(last.detail.starts_with("key.block: "), "{last:?}");
+}

@@ -367,8 +367,8 @@ async fn keys_are_blocked_by_hash_certificate_key_file_and_list() {
     let shown = run_ok(bin().args(["key", "show", "--dir", &dir, "--spki-hash", &spki, "--json"]));
     let shown: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(
-        (shown["role"].as_str(), shown["name"].as_str(), shown["blocked"].as_bool()),
-        (Some("device"), Some("KB-1"), Some(true))
+        (shown["role"].as_str(), shown["name"].as_str(), shown["blocked"]["reason"].as_str()),
+        (Some("device"), Some("KB-1"), Some("test"))
     );
     // Bad input: the reason, nothing written.
     let n = ca.audit_len();
