@@ -95,6 +95,9 @@ pub struct Finder {
     pem_blocks: Vec<(u64, u64)>,
     end_cache: EndCache,
     tokens: usize,
+    /// [`MAX_OBJECT`] and [`STEP`] unless made smaller for fuzzing.
+    max_object: usize,
+    step: usize,
     begin: memmem::Finder<'static>,
     end: memmem::Finder<'static>,
     int_version: memmem::Finder<'static>,
@@ -115,7 +118,13 @@ impl Drop for Finder {
 
 impl Finder {
     pub fn new() -> Self {
+        Self::with_limits(MAX_OBJECT, STEP)
+    }
+
+    fn with_limits(max_object: usize, step: usize) -> Self {
         Finder {
+            max_object: max_object.max(LOOKBEHIND),
+            step: step.max(1),
             buf: Vec::new(),
             base: 0,
             next: 0,
@@ -133,14 +142,14 @@ impl Finder {
     /// Feed the next chunk of the stream. What is found is appended to `out`
     /// with its offset from the start of the stream.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<(u64, FindingKind)>) {
-        const FULL: usize = LOOKBEHIND + MAX_OBJECT + STEP;
+        let full = LOOKBEHIND + self.max_object + self.step;
         while !chunk.is_empty() {
-            let n = chunk.len().min(FULL.saturating_sub(self.buf.len()).max(1));
+            let n = chunk.len().min(full.saturating_sub(self.buf.len()).max(1));
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
-            if self.buf.len() >= FULL {
+            if self.buf.len() >= full {
                 let end = self.base + self.buf.len() as u64;
-                self.round(end - MAX_OBJECT as u64, out);
+                self.round(end - self.max_object as u64, out);
             }
         }
     }
@@ -184,7 +193,7 @@ impl Finder {
     /// The bytes a candidate starting at `start` is judged on.
     fn window(&self, start: u64) -> &[u8] {
         let i = self.idx(start);
-        &self.buf[i..self.buf.len().min(i + MAX_OBJECT)]
+        &self.buf[i..self.buf.len().min(i + self.max_object)]
     }
 
     fn pem(&mut self, from: u64, to: u64, found: &mut Vec<(u64, FindingKind)>) {
@@ -197,7 +206,7 @@ impl Finder {
             let Some((_, body_start)) = pem::begin(self.window(start)) else { continue };
             let Some(end) = self.first_end(start + body_start as u64, window_end) else { continue };
             let i = self.idx(start);
-            let w = &self.buf[i..self.buf.len().min(i + MAX_OBJECT)];
+            let w = &self.buf[i..self.buf.len().min(i + self.max_object)];
             if let Some((len, finding)) = pem::block(w, (end - start) as usize) {
                 self.pem_blocks.push((start, start + len as u64));
                 if let Some(f) = finding {
@@ -292,7 +301,7 @@ impl Finder {
                 continue;
             }
             let i = (start - self.base) as usize;
-            let w = &self.buf[i..self.buf.len().min(i + MAX_OBJECT)];
+            let w = &self.buf[i..self.buf.len().min(i + self.max_object)];
             let Some(t) = der::tlv(w) else { continue };
             let obj = t.raw;
             let mut got: Vec<FindingKind> = Vec::new();
@@ -389,4 +398,26 @@ pub fn find_all(bytes: &[u8]) -> Vec<(u64, FindingKind)> {
     f.feed(bytes, &mut out);
     f.finish(&mut out);
     out
+}
+
+/// Hooks for the fuzz target: a finder with a small window and small rounds,
+/// so that small inputs cross the boundaries between rounds.
+#[doc(hidden)]
+pub mod internal {
+    use super::{Finder, FindingKind};
+
+    /// A finder judging candidates on `max_object` octets (at least 64), in
+    /// rounds of `step` new octets.
+    pub fn finder(max_object: usize, step: usize) -> Finder {
+        Finder::with_limits(max_object, step)
+    }
+
+    /// [`super::find_all`] with those limits.
+    pub fn find_all(bytes: &[u8], max_object: usize, step: usize) -> Vec<(u64, FindingKind)> {
+        let mut out = Vec::new();
+        let mut f = finder(max_object, step);
+        f.feed(bytes, &mut out);
+        f.finish(&mut out);
+        out
+    }
 }
