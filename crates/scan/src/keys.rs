@@ -82,7 +82,9 @@ struct EndCache {
 
 /// Finds keys in one stream fed chunk by chunk, holding at most a bounded
 /// tail between chunks (an encoding split across two chunks is still found).
-#[derive(Debug)]
+///
+/// The tail it holds may be a private key: it is wiped when dropped, and
+/// `Debug` shows offsets only.
 pub struct Finder {
     /// Stream bytes from `base` on.
     buf: Vec<u8>,
@@ -102,6 +104,17 @@ pub struct Finder {
     end: memmem::Finder<'static>,
     int_version: memmem::Finder<'static>,
     pkcs_arc: memmem::Finder<'static>,
+}
+
+impl std::fmt::Debug for Finder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finder")
+            .field("held_from", &self.base)
+            .field("held", &self.buf.len())
+            .field("next", &self.next)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Finder {
@@ -143,6 +156,10 @@ impl Finder {
     /// with its offset from the start of the stream.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<(u64, FindingKind)>) {
         let full = LOOKBEHIND + self.max_object + self.step;
+        if self.buf.capacity() < full {
+            // Once, while empty: the buffer never moves (and leaves no copy behind) later.
+            self.buf.reserve_exact(full - self.buf.len());
+        }
         while !chunk.is_empty() {
             let n = chunk.len().min(full.saturating_sub(self.buf.len()).max(1));
             self.buf.extend_from_slice(&chunk[..n]);

@@ -510,3 +510,34 @@ fn unknown_algorithms_are_reported_as_such() {
     assert_eq!(keys(&found)[0].algorithm, "unknown");
     assert!(note_of(&found).is_some_and(|n| n.contains("1.3.6.1.4.1.99999.1")), "{found:?}");
 }
+
+#[test]
+fn a_hand_made_key_agrees_with_openssl_and_json_escapes_are_read() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path();
+    // SEC1 P-256 with d = 1 (its public key is the generator): no secret.
+    let g = "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+    let der_hex = format!("307702010104200000000000000000000000000000000000000000000000000000000000000001a00a06082a8648ce3d030107a144034200{g}");
+    let der = hex::decode(der_hex).expect("hex");
+    std::fs::write(dir.join("d1.der"), &der).expect("write");
+    let expected = sh_str(dir, "openssl pkey -inform DER -in d1.der -pubout -outform DER | sha256sum | cut -d' ' -f1");
+    let found = find_all(&embed(&der, 17, 17));
+    assert_eq!(keys(&found).len(), 1, "{found:?}");
+    assert_eq!(keys(&found)[0].spki.as_deref(), Some(expected.as_str()));
+    // The same key in PEM inside JSON that escapes '/' and newlines.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    assert!(b64.contains('/') || b64.contains('+'));
+    let json = format!(
+        "{{\"k\":\"-----BEGIN EC PRIVATE KEY-----\\n{}\\n-----END EC PRIVATE KEY-----\\n\"}}",
+        b64.replace('/', "\\/")
+    );
+    let found = find_all(json.as_bytes());
+    assert_eq!(keys(&found).len(), 1, "{found:?}");
+    assert_eq!(keys(&found)[0].spki.as_deref(), Some(expected.as_str()));
+    // What the finder holds is never shown.
+    let mut f = Finder::new();
+    let mut out = Vec::new();
+    f.feed(&der, &mut out);
+    let shown = format!("{f:?}");
+    assert!(!shown.contains("0, 0, 0, 1") && shown.len() < 200, "{shown}");
+}

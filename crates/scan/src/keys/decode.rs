@@ -304,11 +304,12 @@ pub(crate) fn rsa_checked(n: &[u8], e: &[u8], primes: &[&[u8]]) -> Option<Derive
     {
         return None;
     }
-    let mut product = vec![1u32];
+    // The primes and their partial products are secret: wiped when dropped.
+    let mut product = Zeroizing::new(vec![1u32]);
     for prime in primes {
-        product = mul(&product, &limbs(prime));
+        product = Zeroizing::new(mul(&product, &Zeroizing::new(limbs(prime))));
     }
-    if trim(product) != trim(limbs(n)) {
+    if trim(std::mem::take(&mut *product)) != trim(limbs(n)) {
         return None;
     }
     let bits = n.len() * 8 - n[0].leading_zeros() as usize;
