@@ -29,7 +29,7 @@ use crate::{FindingKind, KeyFormat};
 /// The largest encoding looked for: anything larger is not a key we look for.
 pub const MAX_OBJECT: usize = 64 * 1024;
 /// New bytes per round: amortises the tail kept between rounds.
-const STEP: usize = 1 << 20;
+const STEP: usize = 256 << 10;
 /// Bytes kept before a round's first candidate (DER headers before their
 /// anchor, the character before a token).
 const LOOKBEHIND: usize = 64;
@@ -156,12 +156,9 @@ impl Finder {
     /// with its offset from the start of the stream.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<(u64, FindingKind)>) {
         let full = LOOKBEHIND + self.max_object + self.step;
-        if self.buf.capacity() < full {
-            // Once, while empty: the buffer never moves (and leaves no copy behind) later.
-            self.buf.reserve_exact(full - self.buf.len());
-        }
         while !chunk.is_empty() {
             let n = chunk.len().min(full.saturating_sub(self.buf.len()).max(1));
+            self.reserve(n, full);
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             if self.buf.len() >= full {
@@ -169,6 +166,20 @@ impl Finder {
                 self.round(end - self.max_object as u64, out);
             }
         }
+    }
+
+    /// Room for `n` more octets. The buffer grows by hand, never by `Vec`'s
+    /// reallocation, so no copy of what it held is left behind unwiped; a
+    /// small stream gets a small buffer.
+    fn reserve(&mut self, n: usize, full: usize) {
+        let need = self.buf.len() + n;
+        if need <= self.buf.capacity() {
+            return;
+        }
+        let mut grown = Vec::with_capacity(need.max(self.buf.capacity() * 2).clamp(4096, full.max(need)));
+        grown.extend_from_slice(&self.buf);
+        self.buf.zeroize();
+        self.buf = grown;
     }
 
     /// The stream ended: examine what is still held.
