@@ -9,7 +9,8 @@
 //! The hot path is bytes that hold nothing. Candidates are found with SIMD
 //! substring search (`memchr::memmem`) for a few anchors: `-----BEGIN ` for
 //! PEM; `02 01` (the INTEGER version that opens PKCS#1, PKCS#8, SEC1 and PFX,
-//! and a certificate's `[0] 02 01 02`); the PKCS OID arc for encrypted PKCS#8.
+//! and a certificate's `[0] 02 01 02`); `30 82` for version 1 certificates;
+//! the PKCS OID arc for encrypted PKCS#8.
 //! Token candidates are found by sampling every 43rd byte: a run of 43
 //! base64url characters always covers one sample.
 
@@ -104,6 +105,7 @@ pub struct Finder {
     end: memmem::Finder<'static>,
     int_version: memmem::Finder<'static>,
     pkcs_arc: memmem::Finder<'static>,
+    long_sequence: memmem::Finder<'static>,
 }
 
 impl std::fmt::Debug for Finder {
@@ -149,6 +151,7 @@ impl Finder {
             end: memmem::Finder::new(pem::END),
             int_version: memmem::Finder::new(&[0x02, 0x01]),
             pkcs_arc: memmem::Finder::new(PKCS_ARC),
+            long_sequence: memmem::Finder::new(&[0x30, 0x82]),
         }
     }
 
@@ -305,6 +308,14 @@ impl Finder {
                     seq_before(t, &mut starts, 0);
                     cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::Certificate)));
                 }
+            }
+        }
+        for q in self.long_sequence.find_iter(&buf[lo..hi]).map(|q| lo + q) {
+            // A version 1 certificate: Certificate { TBSCertificate { INTEGER serial, ...
+            // (no `[0]` version to anchor on).
+            let v1 = matches!(buf.get(q + 4..q + 9), Some([0x30, 0x82, _, _, 0x02]) | Some([0x30, 0x81, _, 0x02, _]));
+            if v1 && der::header(&buf[q..]).is_some_and(|(h, _)| h == 4) {
+                cands.push((self.base + q as u64, Candidate::Certificate));
             }
         }
         for p in self.pkcs_arc.find_iter(&buf[lo..hi]).map(|p| lo + p) {

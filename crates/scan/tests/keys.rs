@@ -380,8 +380,11 @@ fn certificates_carry_spki_serial_subject_and_issuer() {
     let dir = t.path();
     sh(dir, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem");
     sh(dir, "openssl req -x509 -key k.pem -subj '/O=Acme/CN=dev-1' -set_serial 0x0163f0a1b2c3d4e5f60718293a4b5c6d -days 2 -out c.pem && openssl x509 -in c.pem -outform DER -out c.der");
+    // Version 1 (no extensions, no `[0]` version field).
+    sh(dir, "openssl req -new -key k.pem -subj '/O=Acme/CN=dev-1' -out r.csr && openssl x509 -req -in r.csr -signkey k.pem -set_serial 0x0163f0a1b2c3d4e5f60718293a4b5c6d -days 2 -outform DER -out v1.der 2>/dev/null");
+    sh(dir, "openssl x509 -inform DER -in v1.der -noout -text | grep -q 'Version: 1 '");
     let spki = openssl_spki(dir, "k.pem");
-    for file in ["c.pem", "c.der"] {
+    for file in ["c.pem", "c.der", "v1.der"] {
         let found = find_all(&embed(&read(dir, file), 99, 8));
         assert_eq!(found.len(), 1, "{file}: {found:?}");
         let FindingKind::Certificate { spki_sha256, serial, subject, issuer } = &found[0].1 else {
