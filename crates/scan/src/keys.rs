@@ -179,7 +179,7 @@ impl Finder {
         if need <= self.buf.capacity() {
             return;
         }
-        let mut grown = Vec::with_capacity(need.max(self.buf.capacity() * 2).clamp(4096, full.max(need)));
+        let mut grown = Vec::with_capacity((self.buf.capacity() * 2).max(need).max(4096).min(full.max(need)));
         grown.extend_from_slice(&self.buf);
         self.buf.zeroize();
         self.buf = grown;

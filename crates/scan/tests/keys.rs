@@ -544,3 +544,17 @@ fn a_hand_made_key_agrees_with_openssl_and_json_escapes_are_read() {
     let shown = format!("{f:?}");
     assert!(!shown.contains("0, 0, 0, 1") && shown.len() < 200, "{shown}");
 }
+
+/// Found by the scan_keys fuzz target: small rounds made the buffer's growth panic.
+#[test]
+fn small_rounds_grow_the_buffer_without_panicking() {
+    let bytes = noise(3, 5000);
+    let whole = iotpki_scan::keys::internal::find_all(&bytes, 64, 1);
+    let mut f = iotpki_scan::keys::internal::finder(64, 1);
+    let mut out = Vec::new();
+    for c in bytes.chunks(633) {
+        f.feed(c, &mut out);
+    }
+    f.finish(&mut out);
+    assert_eq!(out, whole);
+}
