@@ -141,6 +141,10 @@ fn every_key_format_in_pem_and_der_matches_openssls_spki() {
                 assert_one_key(&read(dir, "t.der"), at + 3, KeyFormat::Sec1, alg, &spki, "DER");
                 // Without its public key: derived from the scalar.
                 assert_one_key(&read(dir, "np.der"), at + 5, KeyFormat::Sec1, alg, &spki, "DER");
+                // Explicit curve parameters: the SPKI still names the curve, as certificates do.
+                sh(dir, "openssl ec -in k.pem -param_enc explicit -outform DER -out x.der 2>/dev/null && openssl pkcs8 -topk8 -nocrypt -in x.der -inform DER -outform DER -out x8.der");
+                assert_one_key(&read(dir, "x.der"), at + 6, KeyFormat::Sec1, alg, &spki, "DER");
+                assert_one_key(&read(dir, "x8.der"), at + 7, KeyFormat::Pkcs8, alg, &spki, "DER");
             }
             "rsa" => {
                 sh(dir, "openssl rsa -in k.pem -traditional -out t.pem 2>/dev/null && openssl rsa -in k.pem -traditional -outform DER -out t.der 2>/dev/null");
