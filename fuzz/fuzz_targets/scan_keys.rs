@@ -16,7 +16,10 @@ fn check(found: &[(u64, FindingKind)], len: usize) {
         match f {
             FindingKind::PrivateKey { algorithm, spki_sha256, encoding, note, .. } => {
                 assert!(spki_sha256.as_deref().is_none_or(is_hash));
-                assert!(algorithm.len() <= 16 && algorithm.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'), "{algorithm}");
+                assert!(
+                    algorithm.len() <= 16 && algorithm.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'),
+                    "{algorithm}"
+                );
                 assert!(encoding == "PEM" || encoding == "DER");
                 // Notes are the scanner's own sentences (at most an OID or a cipher name from the input).
                 assert!(note.as_deref().is_none_or(|n| n.len() < 400));
