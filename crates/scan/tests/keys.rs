@@ -562,3 +562,26 @@ fn small_rounds_grow_the_buffer_without_panicking() {
     f.finish(&mut out);
     assert_eq!(out, whole);
 }
+
+#[test]
+fn pkcs8_v2_with_its_public_key_is_read() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path();
+    sh(dir, "openssl genpkey -algorithm ed25519 -outform DER -out k.der && openssl pkey -inform DER -in k.der -pubout -outform DER -out pub.der");
+    let spki = sh_str(dir, "sha256sum pub.der | cut -d' ' -f1");
+    let v1 = read(dir, "k.der");
+    let public = read(dir, "pub.der");
+    // OneAsymmetricKey: version 1, then [1] IMPLICIT BIT STRING publicKey.
+    assert_eq!(&v1[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+    let mut v2 = vec![0x30, 0x2e + 35, 0x02, 0x01, 0x01];
+    v2.extend_from_slice(&v1[5..]);
+    v2.extend_from_slice(&[0x81, 0x21, 0x00]);
+    v2.extend_from_slice(&public[public.len() - 32..]);
+    assert_one_key(&v2, 64, KeyFormat::Pkcs8, "ed25519", &spki, "DER");
+    // A public key that is not the private key's: the private key decides, and says so.
+    let last = v2.len() - 1;
+    v2[last] ^= 1;
+    let found = find_all(&embed(&v2, 64, 1));
+    assert_eq!(keys(&found)[0].spki.as_deref(), Some(spki.as_str()));
+    assert!(note_of(&found).is_some_and(|n| n.contains("does not match")), "{found:?}");
+}
