@@ -1,6 +1,6 @@
 //! Finding keys, certificates and token candidates in a stream of bytes.
 //!
-//! The stream is read in rounds of up to [`STEP`] new bytes. Each round looks
+//! The stream is read in rounds of up to 256 KiB of new bytes. Each round looks
 //! for candidates that *start* in its range, and judges each candidate on at
 //! most [`MAX_OBJECT`] bytes from its start (plus a few before it): the bytes
 //! a candidate is judged on never depend on how the stream was chunked, so a
