@@ -271,42 +271,40 @@ impl Finder {
         let hi = (self.idx(to) + ANCHOR_SLACK).min(self.buf.len());
         let buf = &self.buf;
         let mut cands: Vec<(u64, Candidate)> = Vec::new();
-        let seq_before = |end: usize, cands: &mut Vec<(usize, usize)>, h: usize| {
+        let seq_before = |end: usize, cands: &mut Vec<usize>| {
             // A SEQUENCE header of 2 to 4 octets that ends at `end`.
             for k in 2..=4 {
                 if end >= k
                     && buf[end - k] == der::SEQUENCE
                     && der::header(&buf[end - k..]).is_some_and(|(len, _)| len == k)
                 {
-                    cands.push((end - k, h));
+                    cands.push(end - k);
                 }
             }
         };
-        let mut starts: Vec<(usize, usize)> = Vec::new();
+        let mut starts: Vec<usize> = Vec::new();
         for q in self.int_version.find_iter(&buf[lo..hi]).map(|q| lo + q) {
             let (Some(&v), Some(&next)) = (buf.get(q + 2), buf.get(q + 3)) else { continue };
             starts.clear();
             match (v, next) {
                 (0, 0x30) | (0, 0x02) | (1, 0x30) | (1, 0x04) | (1, 0x02) => {
-                    seq_before(q, &mut starts, 0);
-                    cands.extend(
-                        starts.iter().map(|&(s, _)| (s, Candidate::Key)).map(|(s, c)| (self.base + s as u64, c)),
-                    );
+                    seq_before(q, &mut starts);
+                    cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::Key)));
                 }
                 (3, 0x30) => {
-                    seq_before(q, &mut starts, 0);
-                    cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::Pfx)));
+                    seq_before(q, &mut starts);
+                    cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::Pfx)));
                 }
                 _ => {}
             }
             if v <= 2 && q >= 2 && buf[q - 2] == 0xa0 && buf[q - 1] == 0x03 {
                 // Certificate { TBSCertificate { [0] { INTEGER version } ...
                 let mut tbs = Vec::new();
-                seq_before(q - 2, &mut tbs, 0);
-                for (t, _) in tbs {
+                seq_before(q - 2, &mut tbs);
+                for t in tbs {
                     starts.clear();
-                    seq_before(t, &mut starts, 0);
-                    cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::Certificate)));
+                    seq_before(t, &mut starts);
+                    cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::Certificate)));
                 }
             }
         }
@@ -325,11 +323,11 @@ impl Finder {
                 continue;
             }
             let mut algs = Vec::new();
-            seq_before(p - 2, &mut algs, 0);
-            for (a, _) in algs {
+            seq_before(p - 2, &mut algs);
+            for a in algs {
                 starts.clear();
-                seq_before(a, &mut starts, 0);
-                cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::EncryptedPkcs8)));
+                seq_before(a, &mut starts);
+                cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::EncryptedPkcs8)));
             }
         }
         cands.retain(|&(s, _)| s >= from && s < to);
