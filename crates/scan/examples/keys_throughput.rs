@@ -1,7 +1,7 @@
 //! Throughput of the key finder alone, one core, 1 MiB chunks.
 //!
-//! `cargo run --release -p iotpki-scan --example keys_throughput [MiB]`
-//! (default 512 MiB per kind of data). The data is made before the clock
+//! `cargo run --release -p iotpki-scan --example keys_throughput [MiB [CHUNK]]`
+//! (default 512 MiB per kind of data, 1 MiB chunks). The data is made before the clock
 //! starts: pseudo-random bytes (xorshift, deterministic), zero bytes, ASCII
 //! text (this crate's own source, repeated) and a mix of the three with a few
 //! keys in it.
@@ -60,13 +60,13 @@ fn mix(n: usize) -> Vec<u8> {
     v
 }
 
-fn run(name: &str, pool: &[u8], total: usize) {
+fn run(name: &str, pool: &[u8], total: usize, chunk: usize) {
     let mut out = Vec::new();
     let mut f = Finder::new();
     let started = Instant::now();
     let mut fed = 0;
     while fed < total {
-        for c in pool.chunks(CHUNK) {
+        for c in pool.chunks(chunk) {
             if fed >= total {
                 break;
             }
@@ -87,9 +87,11 @@ fn run(name: &str, pool: &[u8], total: usize) {
 fn main() {
     let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(512);
     let total = mib << 20;
+    let chunk: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(CHUNK);
     let pool = POOL.min(total);
-    run("random", &noise(1, pool), total);
-    run("zeros", &vec![0u8; pool], total);
-    run("text", &text(pool), total);
-    run("mix", &mix(pool), total);
+    println!("{mib} MiB of each, in chunks of {chunk} octets");
+    run("random", &noise(1, pool), total, chunk);
+    run("zeros", &vec![0u8; pool], total, chunk);
+    run("text", &text(pool), total, chunk);
+    run("mix", &mix(pool), total, chunk);
 }

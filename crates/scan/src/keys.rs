@@ -1,6 +1,6 @@
 //! Finding keys, certificates and token candidates in a stream of bytes.
 //!
-//! The stream is read in rounds of up to [`STEP`] new bytes. Each round looks
+//! The stream is read in rounds of up to 256 KiB of new bytes. Each round looks
 //! for candidates that *start* in its range, and judges each candidate on at
 //! most [`MAX_OBJECT`] bytes from its start (plus a few before it): the bytes
 //! a candidate is judged on never depend on how the stream was chunked, so a
@@ -9,7 +9,8 @@
 //! The hot path is bytes that hold nothing. Candidates are found with SIMD
 //! substring search (`memchr::memmem`) for a few anchors: `-----BEGIN ` for
 //! PEM; `02 01` (the INTEGER version that opens PKCS#1, PKCS#8, SEC1 and PFX,
-//! and a certificate's `[0] 02 01 02`); the PKCS OID arc for encrypted PKCS#8.
+//! and a certificate's `[0] 02 01 02`); `30 82` for version 1 certificates;
+//! the PKCS OID arc for encrypted PKCS#8.
 //! Token candidates are found by sampling every 43rd byte: a run of 43
 //! base64url characters always covers one sample.
 
@@ -29,7 +30,7 @@ use crate::{FindingKind, KeyFormat};
 /// The largest encoding looked for: anything larger is not a key we look for.
 pub const MAX_OBJECT: usize = 64 * 1024;
 /// New bytes per round: amortises the tail kept between rounds.
-const STEP: usize = 1 << 20;
+const STEP: usize = 256 << 10;
 /// Bytes kept before a round's first candidate (DER headers before their
 /// anchor, the character before a token).
 const LOOKBEHIND: usize = 64;
@@ -82,7 +83,9 @@ struct EndCache {
 
 /// Finds keys in one stream fed chunk by chunk, holding at most a bounded
 /// tail between chunks (an encoding split across two chunks is still found).
-#[derive(Debug)]
+///
+/// The tail it holds may be a private key: it is wiped when dropped, and
+/// `Debug` shows offsets only.
 pub struct Finder {
     /// Stream bytes from `base` on.
     buf: Vec<u8>,
@@ -95,10 +98,25 @@ pub struct Finder {
     pem_blocks: Vec<(u64, u64)>,
     end_cache: EndCache,
     tokens: usize,
+    /// [`MAX_OBJECT`] and [`STEP`] unless made smaller for fuzzing.
+    max_object: usize,
+    step: usize,
     begin: memmem::Finder<'static>,
     end: memmem::Finder<'static>,
     int_version: memmem::Finder<'static>,
     pkcs_arc: memmem::Finder<'static>,
+    long_sequence: memmem::Finder<'static>,
+}
+
+impl std::fmt::Debug for Finder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finder")
+            .field("held_from", &self.base)
+            .field("held", &self.buf.len())
+            .field("next", &self.next)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Finder {
@@ -115,7 +133,13 @@ impl Drop for Finder {
 
 impl Finder {
     pub fn new() -> Self {
+        Self::with_limits(MAX_OBJECT, STEP)
+    }
+
+    fn with_limits(max_object: usize, step: usize) -> Self {
         Finder {
+            max_object: max_object.max(LOOKBEHIND),
+            step: step.max(1),
             buf: Vec::new(),
             base: 0,
             next: 0,
@@ -127,22 +151,38 @@ impl Finder {
             end: memmem::Finder::new(pem::END),
             int_version: memmem::Finder::new(&[0x02, 0x01]),
             pkcs_arc: memmem::Finder::new(PKCS_ARC),
+            long_sequence: memmem::Finder::new(&[0x30, 0x82]),
         }
     }
 
     /// Feed the next chunk of the stream. What is found is appended to `out`
     /// with its offset from the start of the stream.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut Vec<(u64, FindingKind)>) {
-        const FULL: usize = LOOKBEHIND + MAX_OBJECT + STEP;
+        let full = LOOKBEHIND + self.max_object + self.step;
         while !chunk.is_empty() {
-            let n = chunk.len().min(FULL.saturating_sub(self.buf.len()).max(1));
+            let n = chunk.len().min(full.saturating_sub(self.buf.len()).max(1));
+            self.reserve(n, full);
             self.buf.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
-            if self.buf.len() >= FULL {
+            if self.buf.len() >= full {
                 let end = self.base + self.buf.len() as u64;
-                self.round(end - MAX_OBJECT as u64, out);
+                self.round(end - self.max_object as u64, out);
             }
         }
+    }
+
+    /// Room for `n` more octets. The buffer grows by hand, never by `Vec`'s
+    /// reallocation, so no copy of what it held is left behind unwiped; a
+    /// small stream gets a small buffer.
+    fn reserve(&mut self, n: usize, full: usize) {
+        let need = self.buf.len() + n;
+        if need <= self.buf.capacity() {
+            return;
+        }
+        let mut grown = Vec::with_capacity((self.buf.capacity() * 2).max(need).max(4096).min(full.max(need)));
+        grown.extend_from_slice(&self.buf);
+        self.buf.zeroize();
+        self.buf = grown;
     }
 
     /// The stream ended: examine what is still held.
@@ -184,7 +224,7 @@ impl Finder {
     /// The bytes a candidate starting at `start` is judged on.
     fn window(&self, start: u64) -> &[u8] {
         let i = self.idx(start);
-        &self.buf[i..self.buf.len().min(i + MAX_OBJECT)]
+        &self.buf[i..self.buf.len().min(i + self.max_object)]
     }
 
     fn pem(&mut self, from: u64, to: u64, found: &mut Vec<(u64, FindingKind)>) {
@@ -197,7 +237,7 @@ impl Finder {
             let Some((_, body_start)) = pem::begin(self.window(start)) else { continue };
             let Some(end) = self.first_end(start + body_start as u64, window_end) else { continue };
             let i = self.idx(start);
-            let w = &self.buf[i..self.buf.len().min(i + MAX_OBJECT)];
+            let w = &self.buf[i..self.buf.len().min(i + self.max_object)];
             if let Some((len, finding)) = pem::block(w, (end - start) as usize) {
                 self.pem_blocks.push((start, start + len as u64));
                 if let Some(f) = finding {
@@ -231,43 +271,49 @@ impl Finder {
         let hi = (self.idx(to) + ANCHOR_SLACK).min(self.buf.len());
         let buf = &self.buf;
         let mut cands: Vec<(u64, Candidate)> = Vec::new();
-        let seq_before = |end: usize, cands: &mut Vec<(usize, usize)>, h: usize| {
+        let seq_before = |end: usize, cands: &mut Vec<usize>| {
             // A SEQUENCE header of 2 to 4 octets that ends at `end`.
             for k in 2..=4 {
                 if end >= k
                     && buf[end - k] == der::SEQUENCE
                     && der::header(&buf[end - k..]).is_some_and(|(len, _)| len == k)
                 {
-                    cands.push((end - k, h));
+                    cands.push(end - k);
                 }
             }
         };
-        let mut starts: Vec<(usize, usize)> = Vec::new();
+        let mut starts: Vec<usize> = Vec::new();
         for q in self.int_version.find_iter(&buf[lo..hi]).map(|q| lo + q) {
             let (Some(&v), Some(&next)) = (buf.get(q + 2), buf.get(q + 3)) else { continue };
             starts.clear();
             match (v, next) {
                 (0, 0x30) | (0, 0x02) | (1, 0x30) | (1, 0x04) | (1, 0x02) => {
-                    seq_before(q, &mut starts, 0);
-                    cands.extend(
-                        starts.iter().map(|&(s, _)| (s, Candidate::Key)).map(|(s, c)| (self.base + s as u64, c)),
-                    );
+                    seq_before(q, &mut starts);
+                    cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::Key)));
                 }
                 (3, 0x30) => {
-                    seq_before(q, &mut starts, 0);
-                    cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::Pfx)));
+                    seq_before(q, &mut starts);
+                    cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::Pfx)));
                 }
                 _ => {}
             }
             if v <= 2 && q >= 2 && buf[q - 2] == 0xa0 && buf[q - 1] == 0x03 {
                 // Certificate { TBSCertificate { [0] { INTEGER version } ...
                 let mut tbs = Vec::new();
-                seq_before(q - 2, &mut tbs, 0);
-                for (t, _) in tbs {
+                seq_before(q - 2, &mut tbs);
+                for t in tbs {
                     starts.clear();
-                    seq_before(t, &mut starts, 0);
-                    cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::Certificate)));
+                    seq_before(t, &mut starts);
+                    cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::Certificate)));
                 }
+            }
+        }
+        for q in self.long_sequence.find_iter(&buf[lo..hi]).map(|q| lo + q) {
+            // A version 1 certificate: Certificate { TBSCertificate { INTEGER serial, ...
+            // (no `[0]` version to anchor on).
+            let v1 = matches!(buf.get(q + 4..q + 9), Some([0x30, 0x82, _, _, 0x02]) | Some([0x30, 0x81, _, 0x02, _]));
+            if v1 && der::header(&buf[q..]).is_some_and(|(h, _)| h == 4) {
+                cands.push((self.base + q as u64, Candidate::Certificate));
             }
         }
         for p in self.pkcs_arc.find_iter(&buf[lo..hi]).map(|p| lo + p) {
@@ -277,11 +323,11 @@ impl Finder {
                 continue;
             }
             let mut algs = Vec::new();
-            seq_before(p - 2, &mut algs, 0);
-            for (a, _) in algs {
+            seq_before(p - 2, &mut algs);
+            for a in algs {
                 starts.clear();
-                seq_before(a, &mut starts, 0);
-                cands.extend(starts.iter().map(|&(s, _)| (self.base + s as u64, Candidate::EncryptedPkcs8)));
+                seq_before(a, &mut starts);
+                cands.extend(starts.iter().map(|&s| (self.base + s as u64, Candidate::EncryptedPkcs8)));
             }
         }
         cands.retain(|&(s, _)| s >= from && s < to);
@@ -292,7 +338,7 @@ impl Finder {
                 continue;
             }
             let i = (start - self.base) as usize;
-            let w = &self.buf[i..self.buf.len().min(i + MAX_OBJECT)];
+            let w = &self.buf[i..self.buf.len().min(i + self.max_object)];
             let Some(t) = der::tlv(w) else { continue };
             let obj = t.raw;
             let mut got: Vec<FindingKind> = Vec::new();
@@ -389,4 +435,26 @@ pub fn find_all(bytes: &[u8]) -> Vec<(u64, FindingKind)> {
     f.feed(bytes, &mut out);
     f.finish(&mut out);
     out
+}
+
+/// Hooks for the fuzz target: a finder with a small window and small rounds,
+/// so that small inputs cross the boundaries between rounds.
+#[doc(hidden)]
+pub mod internal {
+    use super::{Finder, FindingKind};
+
+    /// A finder judging candidates on `max_object` octets (at least 64), in
+    /// rounds of `step` new octets.
+    pub fn finder(max_object: usize, step: usize) -> Finder {
+        Finder::with_limits(max_object, step)
+    }
+
+    /// [`super::find_all`] with those limits.
+    pub fn find_all(bytes: &[u8], max_object: usize, step: usize) -> Vec<(u64, FindingKind)> {
+        let mut out = Vec::new();
+        let mut f = finder(max_object, step);
+        f.feed(bytes, &mut out);
+        f.finish(&mut out);
+        out
+    }
 }

@@ -141,6 +141,10 @@ fn every_key_format_in_pem_and_der_matches_openssls_spki() {
                 assert_one_key(&read(dir, "t.der"), at + 3, KeyFormat::Sec1, alg, &spki, "DER");
                 // Without its public key: derived from the scalar.
                 assert_one_key(&read(dir, "np.der"), at + 5, KeyFormat::Sec1, alg, &spki, "DER");
+                // Explicit curve parameters: the SPKI still names the curve, as certificates do.
+                sh(dir, "openssl ec -in k.pem -param_enc explicit -outform DER -out x.der 2>/dev/null && openssl pkcs8 -topk8 -nocrypt -in x.der -inform DER -outform DER -out x8.der");
+                assert_one_key(&read(dir, "x.der"), at + 6, KeyFormat::Sec1, alg, &spki, "DER");
+                assert_one_key(&read(dir, "x8.der"), at + 7, KeyFormat::Pkcs8, alg, &spki, "DER");
             }
             "rsa" => {
                 sh(dir, "openssl rsa -in k.pem -traditional -out t.pem 2>/dev/null && openssl rsa -in k.pem -traditional -outform DER -out t.der 2>/dev/null");
@@ -380,8 +384,11 @@ fn certificates_carry_spki_serial_subject_and_issuer() {
     let dir = t.path();
     sh(dir, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem");
     sh(dir, "openssl req -x509 -key k.pem -subj '/O=Acme/CN=dev-1' -set_serial 0x0163f0a1b2c3d4e5f60718293a4b5c6d -days 2 -out c.pem && openssl x509 -in c.pem -outform DER -out c.der");
+    // Version 1 (no extensions, no `[0]` version field).
+    sh(dir, "openssl req -new -key k.pem -subj '/O=Acme/CN=dev-1' -out r.csr && openssl x509 -req -in r.csr -signkey k.pem -set_serial 0x0163f0a1b2c3d4e5f60718293a4b5c6d -days 2 -outform DER -out v1.der 2>/dev/null");
+    sh(dir, "openssl x509 -inform DER -in v1.der -noout -text | grep -q 'Version: 1 '");
     let spki = openssl_spki(dir, "k.pem");
-    for file in ["c.pem", "c.der"] {
+    for file in ["c.pem", "c.der", "v1.der"] {
         let found = find_all(&embed(&read(dir, file), 99, 8));
         assert_eq!(found.len(), 1, "{file}: {found:?}");
         let FindingKind::Certificate { spki_sha256, serial, subject, issuer } = &found[0].1 else {
@@ -509,4 +516,72 @@ fn unknown_algorithms_are_reported_as_such() {
     assert_eq!(keys(&found).len(), 1, "{found:?}");
     assert_eq!(keys(&found)[0].algorithm, "unknown");
     assert!(note_of(&found).is_some_and(|n| n.contains("1.3.6.1.4.1.99999.1")), "{found:?}");
+}
+
+#[test]
+fn a_hand_made_key_agrees_with_openssl_and_json_escapes_are_read() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path();
+    // SEC1 P-256 with d = 1 (its public key is the generator): no secret.
+    let g = "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+    let der_hex = format!("307702010104200000000000000000000000000000000000000000000000000000000000000001a00a06082a8648ce3d030107a144034200{g}");
+    let der = hex::decode(der_hex).expect("hex");
+    std::fs::write(dir.join("d1.der"), &der).expect("write");
+    let expected = sh_str(dir, "openssl pkey -inform DER -in d1.der -pubout -outform DER | sha256sum | cut -d' ' -f1");
+    let found = find_all(&embed(&der, 17, 17));
+    assert_eq!(keys(&found).len(), 1, "{found:?}");
+    assert_eq!(keys(&found)[0].spki.as_deref(), Some(expected.as_str()));
+    // The same key in PEM inside JSON that escapes '/' and newlines.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    assert!(b64.contains('/') || b64.contains('+'));
+    let json = format!(
+        "{{\"k\":\"-----BEGIN EC PRIVATE KEY-----\\n{}\\n-----END EC PRIVATE KEY-----\\n\"}}",
+        b64.replace('/', "\\/")
+    );
+    let found = find_all(json.as_bytes());
+    assert_eq!(keys(&found).len(), 1, "{found:?}");
+    assert_eq!(keys(&found)[0].spki.as_deref(), Some(expected.as_str()));
+    // What the finder holds is never shown.
+    let mut f = Finder::new();
+    let mut out = Vec::new();
+    f.feed(&der, &mut out);
+    let shown = format!("{f:?}");
+    assert!(!shown.contains("0, 0, 0, 1") && shown.len() < 200, "{shown}");
+}
+
+/// Found by the scan_keys fuzz target: small rounds made the buffer's growth panic.
+#[test]
+fn small_rounds_grow_the_buffer_without_panicking() {
+    let bytes = noise(3, 5000);
+    let whole = iotpki_scan::keys::internal::find_all(&bytes, 64, 1);
+    let mut f = iotpki_scan::keys::internal::finder(64, 1);
+    let mut out = Vec::new();
+    for c in bytes.chunks(633) {
+        f.feed(c, &mut out);
+    }
+    f.finish(&mut out);
+    assert_eq!(out, whole);
+}
+
+#[test]
+fn pkcs8_v2_with_its_public_key_is_read() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path();
+    sh(dir, "openssl genpkey -algorithm ed25519 -outform DER -out k.der && openssl pkey -inform DER -in k.der -pubout -outform DER -out pub.der");
+    let spki = sh_str(dir, "sha256sum pub.der | cut -d' ' -f1");
+    let v1 = read(dir, "k.der");
+    let public = read(dir, "pub.der");
+    // OneAsymmetricKey: version 1, then [1] IMPLICIT BIT STRING publicKey.
+    assert_eq!(&v1[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+    let mut v2 = vec![0x30, 0x2e + 35, 0x02, 0x01, 0x01];
+    v2.extend_from_slice(&v1[5..]);
+    v2.extend_from_slice(&[0x81, 0x21, 0x00]);
+    v2.extend_from_slice(&public[public.len() - 32..]);
+    assert_one_key(&v2, 64, KeyFormat::Pkcs8, "ed25519", &spki, "DER");
+    // A public key that is not the private key's: the private key decides, and says so.
+    let last = v2.len() - 1;
+    v2[last] ^= 1;
+    let found = find_all(&embed(&v2, 64, 1));
+    assert_eq!(keys(&found)[0].spki.as_deref(), Some(spki.as_str()));
+    assert!(note_of(&found).is_some_and(|n| n.contains("does not match")), "{found:?}");
 }

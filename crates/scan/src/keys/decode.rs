@@ -138,6 +138,40 @@ impl Curve {
     }
 }
 
+/// The namedCurve OID of EC parameters: a namedCurve itself, or explicit
+/// ECParameters whose group order is that of a curve we know (an old
+/// OpenSSL's `-param_enc explicit`); the SPKI is then written with the named
+/// curve, as certificates carry it. Explicit parameters of other curves: `None`.
+fn curve_oid(params: d::Tlv<'_>) -> Option<&[u8]> {
+    use p256::elliptic_curve::bigint::ArrayEncoding;
+    use p256::elliptic_curve::Curve as _;
+    match params.tag {
+        d::OID => Some(params.content),
+        d::SEQUENCE => {
+            // ECParameters { version, fieldID, curve, base, order, cofactor OPTIONAL }
+            let mut r = Reader::new(params.content);
+            if r.small()? != 1 {
+                return None;
+            }
+            r.expect(d::SEQUENCE)?;
+            r.expect(d::SEQUENCE)?;
+            r.expect(d::OCTET_STRING)?;
+            let order = r.positive()?;
+            let is = |n: &[u8]| n[n.iter().take_while(|&&b| b == 0).count()..] == *order;
+            if is(&p256::NistP256::ORDER.to_be_byte_array()) {
+                Some(OID_P256)
+            } else if is(&p384::NistP384::ORDER.to_be_byte_array()) {
+                Some(OID_P384)
+            } else if is(&p521::NistP521::ORDER.to_be_byte_array()) {
+                Some(OID_P521)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 /// id-ecPublicKey with a namedCurve OID.
 fn ec_algorithm_identifier(curve_oid: &[u8]) -> Vec<u8> {
     let mut c = d::encode(d::OID, OID_EC_PUBLIC_KEY);
@@ -158,11 +192,11 @@ pub(crate) fn sec1(der: &[u8], outer_curve: Option<&[u8]>) -> Option<Derived> {
     let scalar = r.expect(d::OCTET_STRING)?.content;
     let params = match r.optional(0xa0) {
         Some(t) => {
-            let oid = d::tlv(t.content)?;
-            if oid.tag != d::OID || oid.raw.len() != t.content.len() {
+            let inner = d::tlv(t.content)?;
+            if inner.raw.len() != t.content.len() {
                 return None;
             }
-            Some(oid.content)
+            Some(curve_oid(inner)?)
         }
         None => None,
     };
@@ -304,11 +338,12 @@ pub(crate) fn rsa_checked(n: &[u8], e: &[u8], primes: &[&[u8]]) -> Option<Derive
     {
         return None;
     }
-    let mut product = vec![1u32];
+    // The primes and their partial products are secret: wiped when dropped.
+    let mut product = Zeroizing::new(vec![1u32]);
     for prime in primes {
-        product = mul(&product, &limbs(prime));
+        product = Zeroizing::new(mul(&product, &Zeroizing::new(limbs(prime))));
     }
-    if trim(product) != trim(limbs(n)) {
+    if trim(std::mem::take(&mut *product)) != trim(limbs(n)) {
         return None;
     }
     let bits = n.len() * 8 - n[0].leading_zeros() as usize;
@@ -394,13 +429,7 @@ pub(crate) fn pkcs8(der: &[u8]) -> Option<Derived> {
             }
             pkcs1(private)
         }
-        OID_EC_PUBLIC_KEY => {
-            let curve = params?;
-            if curve.tag != d::OID {
-                return None;
-            }
-            sec1(private, Some(curve.content))
-        }
+        OID_EC_PUBLIC_KEY => sec1(private, Some(curve_oid(params?)?)),
         OID_ED25519 => {
             let seed = d::tlv(private)?;
             if params.is_some() || seed.tag != d::OCTET_STRING || seed.raw.len() != private.len() {

@@ -1,5 +1,5 @@
 //! PEM blocks as firmware holds them: CRLF or LF, indented, lines of any
-//! width, and also escaped inside JSON or C string literals (`"...\n"`).
+//! width, and also escaped inside JSON or C string literals (`"...\n"`, `\/`).
 
 use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine;
@@ -58,6 +58,8 @@ fn decode_body(body: &[u8]) -> Option<Decoded> {
             b'\\' => {
                 match body.get(i + 1) {
                     Some(b'n') => text.push(b'\n'),
+                    // JSON may escape the solidus.
+                    Some(b'/') => text.push(b'/'),
                     Some(b'r') | Some(b't') => {}
                     _ => return None,
                 }

@@ -91,37 +91,43 @@ pub(crate) fn pfx(der: &[u8]) -> Option<Vec<FindingKind>> {
 
 fn bags(contents: &[u8], candidates: &[(&[u8], &[u8])], depth: usize, out: &mut Vec<FindingKind>) {
     let Ok(list) = Vec::<pkcs12::safe_bag::SafeBag>::from_der(contents) else { return };
-    for bag in list {
-        let Some(value) = d::tlv(&bag.bag_value).filter(|t| t.tag == 0xa0).map(|t| t.content) else { continue };
-        match bag.bag_id.to_string().as_str() {
-            OID_KEY_BAG => {
-                if let Some(k) = decode::pkcs8(value) {
-                    out.push(k.into_finding(KeyFormat::Pkcs12, "DER"));
-                }
+    for mut bag in list {
+        scan_bag(&bag, candidates, depth, out);
+        // A key bag's value is a clear private key.
+        zeroize::Zeroize::zeroize(&mut bag.bag_value);
+    }
+}
+
+fn scan_bag(bag: &pkcs12::safe_bag::SafeBag, candidates: &[(&[u8], &[u8])], depth: usize, out: &mut Vec<FindingKind>) {
+    let Some(value) = d::tlv(&bag.bag_value).filter(|t| t.tag == 0xa0).map(|t| t.content) else { return };
+    match bag.bag_id.to_string().as_str() {
+        OID_KEY_BAG => {
+            if let Some(k) = decode::pkcs8(value) {
+                out.push(k.into_finding(KeyFormat::Pkcs12, "DER"));
             }
-            OID_SHROUDED_KEY_BAG => {
-                let mut r = Reader::new(d::tlv(value).filter(|t| t.tag == d::SEQUENCE).map_or(&[][..], |t| t.content));
-                let (Some(alg), Some(ct)) = (r.expect(d::SEQUENCE), r.expect(d::OCTET_STRING)) else { continue };
-                match candidates.iter().find_map(|p| decrypt(alg.raw, ct.content, *p)) {
-                    Some(plain) => {
-                        if let Some(k) = decode::pkcs8(&plain) {
-                            out.push(k.into_finding(KeyFormat::Pkcs12, "DER"));
-                        }
-                    }
-                    None => out.push(protected("PKCS#12 key bag protected by a password: not opened")),
-                }
-            }
-            OID_CERT_BAG => {
-                let Ok(cert) = pkcs12::cert_type::CertBag::from_der(value) else { continue };
-                if cert.cert_id.to_string() == OID_X509_CERT {
-                    if let Some(c) = decode::certificate(cert.cert_value.as_bytes()) {
-                        out.push(c);
-                    }
-                }
-            }
-            OID_SAFE_CONTENTS_BAG if depth < MAX_DEPTH => bags(value, candidates, depth + 1, out),
-            _ => {}
         }
+        OID_SHROUDED_KEY_BAG => {
+            let mut r = Reader::new(d::tlv(value).filter(|t| t.tag == d::SEQUENCE).map_or(&[][..], |t| t.content));
+            let (Some(alg), Some(ct)) = (r.expect(d::SEQUENCE), r.expect(d::OCTET_STRING)) else { return };
+            match candidates.iter().find_map(|p| decrypt(alg.raw, ct.content, *p)) {
+                Some(plain) => {
+                    if let Some(k) = decode::pkcs8(&plain) {
+                        out.push(k.into_finding(KeyFormat::Pkcs12, "DER"));
+                    }
+                }
+                None => out.push(protected("PKCS#12 key bag protected by a password: not opened")),
+            }
+        }
+        OID_CERT_BAG => {
+            let Ok(cert) = pkcs12::cert_type::CertBag::from_der(value) else { return };
+            if cert.cert_id.to_string() == OID_X509_CERT {
+                if let Some(c) = decode::certificate(cert.cert_value.as_bytes()) {
+                    out.push(c);
+                }
+            }
+        }
+        OID_SAFE_CONTENTS_BAG if depth < MAX_DEPTH => bags(value, candidates, depth + 1, out),
+        _ => {}
     }
 }
 
