@@ -53,7 +53,8 @@ pub enum FindingKind {
     /// An X.509 certificate.
     Certificate {
         spki_sha256: String,
-        /// Lowercase hex of the serial number's magnitude (no leading zeros), as the store keeps it.
+        /// Lowercase hex of the serial's INTEGER content octets (a leading 00
+        /// kept when the high bit is set), as the store keeps it.
         serial: String,
         subject: String,
         issuer: String,
