@@ -569,8 +569,10 @@ struct Walker<'l, 's> {
     expanded: u64,
     budget: u64,
     deadline: Option<Instant>,
-    /// Set when the scan must stop (time or decompressed bytes): the reason.
+    /// Set when the scan must stop (its time is up): the reason.
     halted: Option<String>,
+    /// The decompressed-bytes budget is spent: inputs are still read, no container is opened.
+    spent: bool,
     containers_full: bool,
 }
 
@@ -588,8 +590,14 @@ impl<'l, 's> Walker<'l, 's> {
             budget: limits.expanded_budget(input_bytes),
             deadline: limits.timeout.map(|t| Instant::now() + t),
             halted: None,
+            spent: false,
             containers_full: false,
         }
+    }
+
+    /// No more containers are opened (time is up, or the budget is spent).
+    fn stopped(&self) -> bool {
+        self.halted.is_some() || self.spent
     }
 
     fn skip(&mut self, location: &str, offset: u64, reason: String) {
@@ -797,8 +805,8 @@ impl<'l, 's> Walker<'l, 's> {
         if cut {
             if allowed == budget_left && budget_left < file_cap {
                 let reason = format!("decompressed bytes limit ({}) reached", human(self.budget));
-                self.skip(loc, pos, format!("{reason}: rest of {loc} not read"));
-                self.halted = Some(reason);
+                self.skip(loc, pos, format!("{reason}: rest of {loc} not read, no further container opened"));
+                self.spent = true;
             } else {
                 self.skip(
                     loc,
@@ -839,6 +847,13 @@ impl<'l, 's> Walker<'l, 's> {
 
     /// Opens the containers of a stream whose bytes from stream offset `base` are `view`.
     fn examine(&mut self, loc: &str, view: Region<'_>, base: u64, cands: Vec<Cand>, depth: u32) {
+        if self.spent {
+            if depth == 0 {
+                let budget = human(self.budget);
+                self.skip(loc, 0, format!("decompressed bytes limit ({budget}) reached earlier in the scan: containers in {loc} not opened"));
+            }
+            return;
+        }
         // Resolve zip end records to the archive's start.
         let mut list: Vec<(u64, Fmt, u64)> = Vec::new(); // (start, fmt, zip end)
         let mut zip_at_0 = false;
@@ -919,7 +934,7 @@ impl<'l, 's> Walker<'l, 's> {
             if let Open::Done(extent) = opened {
                 covered = covered.max(start.saturating_add(extent));
             }
-            if self.halted.is_some() {
+            if self.stopped() {
                 return;
             }
         }
@@ -992,7 +1007,7 @@ impl<'l, 's> Walker<'l, 's> {
         let mut pax_path: Option<Vec<u8>> = None;
         let mut entries = 0u64;
         loop {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             match r.read_full_at(off, &mut h) {
@@ -1088,7 +1103,7 @@ impl<'l, 's> Walker<'l, 's> {
         let mut entries = 0u64;
         let mut h = [0u8; 110];
         loop {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             let got = match r.read_full_at(off, &mut h) {
@@ -1194,7 +1209,7 @@ impl<'l, 's> Walker<'l, 's> {
         self.report.containers += 1;
         let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
         for i in 0..za.len() {
-            if !self.entry_allowed(cloc, i as u64 + 1, 0) || self.halted.is_some() {
+            if !self.entry_allowed(cloc, i as u64 + 1, 0) || self.stopped() {
                 break;
             }
             let meta = match za.by_index_raw(i) {
@@ -1282,7 +1297,7 @@ impl<'l, 's> Walker<'l, 's> {
         self.report.containers += 1;
         let mut entries = 0u64;
         for node in fs.files() {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             let backhand::InnerNode::File(f) = &node.inner else { continue };

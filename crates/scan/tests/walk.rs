@@ -219,7 +219,10 @@ fn a_gzip_bomb_stops_at_the_limit_and_the_rest_is_still_read() {
     let (_d, p) = tmp();
     let good = payload("good", 5000);
     fs::write(p.join("good.pem"), &good).unwrap();
-    sh(&p, "head -c 300M /dev/zero | gzip -1 > bomb.gz && tar cf both.tar good.pem bomb.gz");
+    sh(
+        &p,
+        "head -c 300M /dev/zero | gzip -1 > bomb.gz && tar cf both.tar good.pem bomb.gz && tar cf good.tar good.pem",
+    );
     let limits = Limits { expanded_floor: 4 << 20, expansion_ratio: 0, ..Limits::default() };
     let img = p.join("both.tar");
     let (rec, report) = walk(&img, &limits);
@@ -231,6 +234,12 @@ fn a_gzip_bomb_stops_at_the_limit_and_the_rest_is_still_read() {
     assert!(expanded <= 4 << 20, "{expanded} bytes expanded");
     // The bomb's own bytes (a tar member) count too; the rest went to its output.
     assert!(rec.get(&bomb).len() > 1 << 20);
+    // A later input is still read (a key in its raw bytes is found), its containers not opened.
+    let mut rec = Rec::default();
+    let report = walk_paths(&[img.clone(), p.join("good.tar")], &limits, &mut rec);
+    let later = p.join("good.tar").display().to_string();
+    assert_eq!(rec.get(&later), fs::read(p.join("good.tar")).unwrap().as_slice());
+    skipped_with(&report, &later, "reached earlier in the scan: containers in");
 }
 
 #[test]
