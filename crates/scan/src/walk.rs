@@ -927,7 +927,7 @@ impl<'l, 's> Walker<'l, 's> {
                 Fmt::Xz => self.open_xz(&cloc, r, depth, carved),
                 Fmt::Tar => self.open_tar(&cloc, r, depth),
                 Fmt::Cpio => self.open_cpio(&cloc, r, depth),
-                Fmt::ZipEnd => self.open_zip(&cloc, r.sub(0, zip_end - start), depth, carved),
+                Fmt::ZipEnd => self.open_zip(&cloc, r.sub(0, zip_end - start), depth),
                 Fmt::Squashfs => self.open_squashfs(&cloc, r, depth),
                 Fmt::ZipLocal => Open::Rejected,
             };
@@ -1196,14 +1196,14 @@ impl<'l, 's> Walker<'l, 's> {
         Open::Done(off.max(6))
     }
 
-    fn open_zip(&mut self, cloc: &str, r: Region<'_>, depth: u32, carved: bool) -> Open {
+    fn open_zip(&mut self, cloc: &str, r: Region<'_>, depth: u32) -> Open {
+        // Its end record, central directory and first local header were found
+        // where they point to each other: a zip that fails now is corrupt.
         let mut za = match zip::ZipArchive::new(BufReader::new(r.reader())) {
             Ok(z) => z,
             Err(e) => {
-                if !carved {
-                    self.skip(cloc, 0, format!("zip archive corrupt: {e}"));
-                }
-                return if carved { Open::Rejected } else { Open::Done(r.len) };
+                self.skip(cloc, 0, format!("zip archive corrupt: {e}"));
+                return Open::Done(r.len);
             }
         };
         self.report.containers += 1;
