@@ -27,9 +27,13 @@
 //! Detected by magic bytes, never by file names: gzip, xz, tar (ustar and GNU;
 //! old v7 tar only at offset 0, where its header checksum is checked), cpio
 //! (newc `070701`, crc `070702`, odc `070707`), zip (zip64 too; found by its
-//! end-of-central-directory record), squashfs 4.0 with gzip (lzma, lzo, xz,
-//! zstd and lz4 filesystems are reported as skipped: backhand decodes xz and
-//! zstd with C libraries, and its lz4 path panics on a corrupt block).
+//! end-of-central-directory record), squashfs 4.0 with gzip, xz or lz4
+//! (lzma, lzo and zstd filesystems are reported as skipped: no pure-Rust
+//! decoder here). backhand lists the filesystem; its blocks are decoded by
+//! our [`Decoders`]: bounded to the 1 MiB a squashfs block holds (backhand's
+//! own gzip path reads a block to its end, however far it expands), xz by
+//! lzma-rust2 (backhand's needs liblzma) and lz4 by lz4_flex (backhand's
+//! panics on a corrupt block).
 //! tar and cpio are read by our own small readers: the tar crate reads GNU
 //! long names and pax headers whole into memory, whatever size they claim,
 //! and no maintained cpio crate reads all three cpio formats.
@@ -1282,7 +1286,8 @@ impl<'l, 's> Walker<'l, 's> {
         }
         let fs_region = r.sub(0, bytes_used);
         let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            backhand::FilesystemReader::from_reader(BufReader::new(fs_region.reader()))
+            let kind = backhand::kind::Kind::new(&DECODERS);
+            backhand::FilesystemReader::from_reader_with_offset_and_kind(BufReader::new(fs_region.reader()), 0, kind)
         }));
         let fs = match parsed {
             Ok(Ok(fs)) => fs,
@@ -1315,6 +1320,69 @@ impl<'l, 's> Walker<'l, 's> {
             }
         }
         Open::Done(extent)
+    }
+}
+
+/// Squashfs block decoders, each bounded to a block's size.
+struct Decoders;
+
+static DECODERS: Decoders = Decoders;
+
+/// The most a squashfs block (data, fragment or metadata) holds.
+const SQUASHFS_BLOCK_MAX: usize = 1 << 20;
+
+impl backhand::compression::CompressionAction for Decoders {
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        compressor: backhand::compression::Compressor,
+    ) -> Result<(), backhand::BackhandError> {
+        use backhand::compression::Compressor;
+        let start = out.len();
+        let bounded = |r: &mut dyn Read, out: &mut Vec<u8>| -> io::Result<()> {
+            r.take(SQUASHFS_BLOCK_MAX as u64 + 1).read_to_end(out)?;
+            if out.len() - start > SQUASHFS_BLOCK_MAX {
+                return Err(io::Error::other("a squashfs block expands beyond 1 MiB"));
+            }
+            Ok(())
+        };
+        match compressor {
+            Compressor::None => out.extend_from_slice(bytes),
+            Compressor::Gzip => bounded(&mut flate2::read::ZlibDecoder::new(bytes), out)?,
+            // mksquashfs makes the dictionary at most the block size.
+            Compressor::Xz => bounded(&mut lzma_rust2::XzReader::new_mem_limit(bytes, true, 16 * 1024), out)?,
+            Compressor::Lz4 => {
+                out.resize(start + SQUASHFS_BLOCK_MAX, 0);
+                match lz4_flex::block::decompress_into(bytes, &mut out[start..]) {
+                    Ok(n) => out.truncate(start + n),
+                    Err(_) => {
+                        out.truncate(start);
+                        return Err(backhand::BackhandError::CorruptedOrInvalidSquashfs);
+                    }
+                }
+            }
+            other => return Err(backhand::BackhandError::UnsupportedCompression(other)),
+        }
+        Ok(())
+    }
+
+    fn compress(
+        &self,
+        _: &[u8],
+        _: backhand::FilesystemCompressor,
+        _: u32,
+    ) -> Result<Vec<u8>, backhand::BackhandError> {
+        Err(backhand::BackhandError::UnsupportedCompression(backhand::compression::Compressor::None))
+    }
+
+    fn compression_options(
+        &self,
+        _: &mut backhand::SuperBlock,
+        _: &backhand::kind::Kind,
+        _: backhand::FilesystemCompressor,
+    ) -> Result<Vec<u8>, backhand::BackhandError> {
+        Err(backhand::BackhandError::UnsupportedCompression(backhand::compression::Compressor::None))
     }
 }
 
@@ -1352,7 +1420,7 @@ fn squashfs_sane(sb: &[u8], r: &Region<'_>, limits: &Limits) -> Result<(), Strin
         6 => "zstd",
         _ => "an unknown compressor",
     };
-    if compressor != 1 {
+    if !matches!(compressor, 1 | 4 | 5) {
         return Err(format!("squashfs compressed with {name}: not supported (no pure-Rust decoder built in)"));
     }
     let bytes_used = le64(sb, 40);
