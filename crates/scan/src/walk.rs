@@ -30,7 +30,7 @@
 //! end-of-central-directory record), squashfs 4.0 with gzip, xz or lz4
 //! (lzma, lzo and zstd filesystems are reported as skipped: no pure-Rust
 //! decoder here). backhand lists the filesystem; its blocks are decoded by
-//! our [`Decoders`]: bounded to the 1 MiB a squashfs block holds (backhand's
+//! our [`Decoders`]: bounded to what a squashfs block holds (backhand's
 //! own gzip path reads a block to its end, however far it expands), xz by
 //! lzma-rust2 (backhand's needs liblzma) and lz4 by lz4_flex (backhand's
 //! panics on a corrupt block).
@@ -1312,7 +1312,19 @@ impl<'l, 's> Walker<'l, 's> {
                 break;
             }
             let mloc = member(cloc, &node.fullpath.to_string_lossy());
-            let mut rd = Guarded(fs.file(f).reader());
+            // backhand indexes the fragment table with the inode's index unchecked.
+            let frags = fs.fragments.as_ref().map_or(0, Vec::len);
+            if f.frag_index() != 0xffff_ffff && f.frag_index() >= frags {
+                let reason = format!("squashfs file names fragment {} of {frags}: corrupt, not read", f.frag_index());
+                self.skip(&mloc, 0, reason);
+                continue;
+            }
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fs.file(f).reader()));
+            let Ok(rd) = made else {
+                self.skip(&mloc, 0, "squashfs file corrupt: its reader failed (panicked)".into());
+                continue;
+            };
+            let mut rd = Guarded(rd);
             let end = self.stream(&mloc, Input::Reader(&mut rd), depth + 1, false);
             if let Some(e) = end.err {
                 let what = if e.kind() == io::ErrorKind::UnexpectedEof { "truncated" } else { "corrupt" };
@@ -1323,7 +1335,8 @@ impl<'l, 's> Walker<'l, 's> {
     }
 }
 
-/// Squashfs block decoders, each bounded to a block's size.
+/// Squashfs block decoders, each bounded to a block's size (8 KiB of
+/// metadata, at most 1 MiB of data).
 struct Decoders;
 
 static DECODERS: Decoders = Decoders;
@@ -1340,10 +1353,13 @@ impl backhand::compression::CompressionAction for Decoders {
     ) -> Result<(), backhand::BackhandError> {
         use backhand::compression::Compressor;
         let start = out.len();
+        // backhand reserves what the block may hold: 8 KiB for metadata (what
+        // the metadata bound in `squashfs_sane` counts on), the block size for data.
+        let cap = (out.capacity() - start).clamp(8192, SQUASHFS_BLOCK_MAX);
         let bounded = |r: &mut dyn Read, out: &mut Vec<u8>| -> io::Result<()> {
-            r.take(SQUASHFS_BLOCK_MAX as u64 + 1).read_to_end(out)?;
-            if out.len() - start > SQUASHFS_BLOCK_MAX {
-                return Err(io::Error::other("a squashfs block expands beyond 1 MiB"));
+            r.take(cap as u64 + 1).read_to_end(out)?;
+            if out.len() - start > cap {
+                return Err(io::Error::other("a squashfs block expands beyond its size"));
             }
             Ok(())
         };
@@ -1353,7 +1369,7 @@ impl backhand::compression::CompressionAction for Decoders {
             // mksquashfs makes the dictionary at most the block size.
             Compressor::Xz => bounded(&mut lzma_rust2::XzReader::new_mem_limit(bytes, true, 16 * 1024), out)?,
             Compressor::Lz4 => {
-                out.resize(start + SQUASHFS_BLOCK_MAX, 0);
+                out.resize(start + cap, 0);
                 match lz4_flex::block::decompress_into(bytes, &mut out[start..]) {
                     Ok(n) => out.truncate(start + n),
                     Err(_) => {
