@@ -1301,6 +1301,17 @@ impl<'l, 's> Walker<'l, 's> {
             }
         };
         self.report.containers += 1;
+        // backhand allocates (and zeroes) what a block or fragment claims to
+        // hold before reading it: none may claim more than a block.
+        let block = fs.block_size;
+        if let Some(bad) = fs.fragments.iter().flatten().find(|fr| fr.size.size() > block) {
+            self.skip(
+                cloc,
+                0,
+                format!("squashfs corrupt: a fragment claims {} bytes, blocks hold {block}: not read", bad.size.size()),
+            );
+            return Open::Done(extent);
+        }
         let mut entries = 0u64;
         for node in fs.files() {
             if self.stopped() {
@@ -1316,6 +1327,14 @@ impl<'l, 's> Walker<'l, 's> {
             let frags = fs.fragments.as_ref().map_or(0, Vec::len);
             if f.frag_index() != 0xffff_ffff && f.frag_index() >= frags {
                 let reason = format!("squashfs file names fragment {} of {frags}: corrupt, not read", f.frag_index());
+                self.skip(&mloc, 0, reason);
+                continue;
+            }
+            if let Some(bad) = f.block_sizes().iter().find(|b| b.size() > block) {
+                let reason = format!(
+                    "squashfs file claims a block of {} bytes, blocks hold {block}: corrupt, not read",
+                    bad.size()
+                );
                 self.skip(&mloc, 0, reason);
                 continue;
             }
