@@ -30,7 +30,7 @@
 //! end-of-central-directory record), squashfs 4.0 with gzip, xz or lz4
 //! (lzma, lzo and zstd filesystems are reported as skipped: no pure-Rust
 //! decoder here). backhand lists the filesystem; its blocks are decoded by
-//! our [`Decoders`]: bounded to what a squashfs block holds (backhand's
+//! our own `Decoders`: bounded to what a squashfs block holds (backhand's
 //! own gzip path reads a block to its end, however far it expands), xz by
 //! lzma-rust2 (backhand's needs liblzma) and lz4 by lz4_flex (backhand's
 //! panics on a corrupt block).
@@ -48,7 +48,8 @@
 //! input file, and the members of tar, cpio and stored zip entries, are
 //! regions of what holds them: read in place, never copied. Memory is thus
 //! bounded by the nesting depth (about 2 MiB per level, plus an xz
-//! dictionary of at most [`Limits::max_xz_memory`]), whatever the size of
+//! dictionary of at most [`Limits::max_xz_memory`] and a squashfs's tables
+//! of at most [`Limits::max_squashfs_metadata`]), whatever the size of
 //! the image; temporary disk use by the bytes decompressed. An input read
 //! through [`scan_reader`] that holds a container signature is held too (on
 //! disk), since its containers can only be opened once it has been read.
