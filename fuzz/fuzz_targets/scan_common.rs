@@ -51,6 +51,13 @@ impl Sink for Check {
 }
 
 pub fn run(input: &[u8]) {
+    // backhand panics on some corrupt squashfs (an index out of bounds while
+    // reading a file's fragment) where we cannot check first: the walker
+    // catches those (a last resort). libfuzzer-sys's hook aborts on every
+    // panic, caught or not; this one only prints, and a panic that escapes
+    // the walker still aborts (libfuzzer-sys catches it and aborts).
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("panic (an abort follows unless the walker caught it): {info}"))));
     let limits = limits();
     let mut sink = Check { limits: limits.clone(), open: None, expanded: 0, delivered: 0 };
     let report = walk_reader(NAME, input, &limits, &mut sink);

@@ -655,3 +655,19 @@ fn mangled_images_never_panic_and_stay_within_the_limits() {
     let grew = vm_hwm_kib().saturating_sub(before);
     assert!(grew < 256 * 1024, "peak memory grew by {grew} KiB");
 }
+
+/// Inputs the scan_squashfs fuzz target found (tests/data/): backhand panicked on them.
+#[test]
+fn squashfs_that_made_backhand_panic_end_in_a_skip() {
+    for (file, words) in [
+        ("squashfs-fragment-out-of-range.bin", "squashfs file corrupt"),
+        ("squashfs-lz4-corrupt-block.bin", "squashfs corrupt"),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
+        let data = fs::read(&path).unwrap();
+        let mut rec = Rec::default();
+        let report = walk_reader("img", data.as_slice(), &Limits::default(), &mut rec);
+        assert_eq!(rec.get("img"), data.as_slice());
+        assert!(report.skipped.iter().any(|s| s.reason.contains(words)), "{file}: {:#?}", report.skipped);
+    }
+}
