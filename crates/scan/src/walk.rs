@@ -1339,6 +1339,15 @@ impl<'l, 's> Walker<'l, 's> {
                 self.skip(&mloc, 0, reason);
                 continue;
             }
+            if f.frag_index() != 0xffff_ffff {
+                // The file's tail sits in a fragment, a block at most: it must fit there.
+                let whole = f.block_sizes().len() as u64 * u64::from(block);
+                let tail = (f.file_len() as u64).saturating_sub(whole);
+                if u64::from(f.block_offset()) + tail > u64::from(block) {
+                    self.skip(&mloc, 0, "squashfs file's tail runs past its fragment: corrupt, not read".into());
+                    continue;
+                }
+            }
             let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fs.file(f).reader()));
             let Ok(rd) = made else {
                 self.skip(&mloc, 0, "squashfs file corrupt: its reader failed (panicked)".into());
