@@ -27,8 +27,13 @@
 //! Detected by magic bytes, never by file names: gzip, xz, tar (ustar and GNU;
 //! old v7 tar only at offset 0, where its header checksum is checked), cpio
 //! (newc `070701`, crc `070702`, odc `070707`), zip (zip64 too; found by its
-//! end-of-central-directory record), squashfs 4.0 (gzip and lz4; lzma, lzo, xz
-//! and zstd filesystems are reported as skipped: no pure-Rust decoder here).
+//! end-of-central-directory record), squashfs 4.0 with gzip, xz or lz4
+//! (lzma, lzo and zstd filesystems are reported as skipped: no pure-Rust
+//! decoder here). backhand lists the filesystem; its blocks are decoded by
+//! our own `Decoders`: bounded to what a squashfs block holds (backhand's
+//! own gzip path reads a block to its end, however far it expands), xz by
+//! lzma-rust2 (backhand's needs liblzma) and lz4 by lz4_flex (backhand's
+//! panics on a corrupt block).
 //! tar and cpio are read by our own small readers: the tar crate reads GNU
 //! long names and pax headers whole into memory, whatever size they claim,
 //! and no maintained cpio crate reads all three cpio formats.
@@ -43,7 +48,8 @@
 //! input file, and the members of tar, cpio and stored zip entries, are
 //! regions of what holds them: read in place, never copied. Memory is thus
 //! bounded by the nesting depth (about 2 MiB per level, plus an xz
-//! dictionary of at most [`Limits::max_xz_memory`]), whatever the size of
+//! dictionary of at most [`Limits::max_xz_memory`] and a squashfs's tables
+//! of at most [`Limits::max_squashfs_metadata`]), whatever the size of
 //! the image; temporary disk use by the bytes decompressed. An input read
 //! through [`scan_reader`] that holds a container signature is held too (on
 //! disk), since its containers can only be opened once it has been read.
@@ -569,8 +575,10 @@ struct Walker<'l, 's> {
     expanded: u64,
     budget: u64,
     deadline: Option<Instant>,
-    /// Set when the scan must stop (time or decompressed bytes): the reason.
+    /// Set when the scan must stop (its time is up): the reason.
     halted: Option<String>,
+    /// The decompressed-bytes budget is spent: inputs are still read, no container is opened.
+    spent: bool,
     containers_full: bool,
 }
 
@@ -588,8 +596,14 @@ impl<'l, 's> Walker<'l, 's> {
             budget: limits.expanded_budget(input_bytes),
             deadline: limits.timeout.map(|t| Instant::now() + t),
             halted: None,
+            spent: false,
             containers_full: false,
         }
+    }
+
+    /// No more containers are opened (time is up, or the budget is spent).
+    fn stopped(&self) -> bool {
+        self.halted.is_some() || self.spent
     }
 
     fn skip(&mut self, location: &str, offset: u64, reason: String) {
@@ -797,8 +811,8 @@ impl<'l, 's> Walker<'l, 's> {
         if cut {
             if allowed == budget_left && budget_left < file_cap {
                 let reason = format!("decompressed bytes limit ({}) reached", human(self.budget));
-                self.skip(loc, pos, format!("{reason}: rest of {loc} not read"));
-                self.halted = Some(reason);
+                self.skip(loc, pos, format!("{reason}: rest of {loc} not read, no further container opened"));
+                self.spent = true;
             } else {
                 self.skip(
                     loc,
@@ -839,6 +853,13 @@ impl<'l, 's> Walker<'l, 's> {
 
     /// Opens the containers of a stream whose bytes from stream offset `base` are `view`.
     fn examine(&mut self, loc: &str, view: Region<'_>, base: u64, cands: Vec<Cand>, depth: u32) {
+        if self.spent {
+            if depth == 0 {
+                let budget = human(self.budget);
+                self.skip(loc, 0, format!("decompressed bytes limit ({budget}) reached earlier in the scan: containers in {loc} not opened"));
+            }
+            return;
+        }
         // Resolve zip end records to the archive's start.
         let mut list: Vec<(u64, Fmt, u64)> = Vec::new(); // (start, fmt, zip end)
         let mut zip_at_0 = false;
@@ -912,14 +933,14 @@ impl<'l, 's> Walker<'l, 's> {
                 Fmt::Xz => self.open_xz(&cloc, r, depth, carved),
                 Fmt::Tar => self.open_tar(&cloc, r, depth),
                 Fmt::Cpio => self.open_cpio(&cloc, r, depth),
-                Fmt::ZipEnd => self.open_zip(&cloc, r.sub(0, zip_end - start), depth, carved),
+                Fmt::ZipEnd => self.open_zip(&cloc, r.sub(0, zip_end - start), depth),
                 Fmt::Squashfs => self.open_squashfs(&cloc, r, depth),
                 Fmt::ZipLocal => Open::Rejected,
             };
             if let Open::Done(extent) = opened {
                 covered = covered.max(start.saturating_add(extent));
             }
-            if self.halted.is_some() {
+            if self.stopped() {
                 return;
             }
         }
@@ -992,7 +1013,7 @@ impl<'l, 's> Walker<'l, 's> {
         let mut pax_path: Option<Vec<u8>> = None;
         let mut entries = 0u64;
         loop {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             match r.read_full_at(off, &mut h) {
@@ -1088,7 +1109,7 @@ impl<'l, 's> Walker<'l, 's> {
         let mut entries = 0u64;
         let mut h = [0u8; 110];
         loop {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             let got = match r.read_full_at(off, &mut h) {
@@ -1181,20 +1202,20 @@ impl<'l, 's> Walker<'l, 's> {
         Open::Done(off.max(6))
     }
 
-    fn open_zip(&mut self, cloc: &str, r: Region<'_>, depth: u32, carved: bool) -> Open {
+    fn open_zip(&mut self, cloc: &str, r: Region<'_>, depth: u32) -> Open {
+        // Its end record, central directory and first local header were found
+        // where they point to each other: a zip that fails now is corrupt.
         let mut za = match zip::ZipArchive::new(BufReader::new(r.reader())) {
             Ok(z) => z,
             Err(e) => {
-                if !carved {
-                    self.skip(cloc, 0, format!("zip archive corrupt: {e}"));
-                }
-                return if carved { Open::Rejected } else { Open::Done(r.len) };
+                self.skip(cloc, 0, format!("zip archive corrupt: {e}"));
+                return Open::Done(r.len);
             }
         };
         self.report.containers += 1;
         let mut ranges: BTreeMap<u64, u64> = BTreeMap::new();
         for i in 0..za.len() {
-            if !self.entry_allowed(cloc, i as u64 + 1, 0) || self.halted.is_some() {
+            if !self.entry_allowed(cloc, i as u64 + 1, 0) || self.stopped() {
                 break;
             }
             let meta = match za.by_index_raw(i) {
@@ -1266,7 +1287,8 @@ impl<'l, 's> Walker<'l, 's> {
         }
         let fs_region = r.sub(0, bytes_used);
         let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            backhand::FilesystemReader::from_reader(BufReader::new(fs_region.reader()))
+            let kind = backhand::kind::Kind::new(&DECODERS);
+            backhand::FilesystemReader::from_reader_with_offset_and_kind(BufReader::new(fs_region.reader()), 0, kind)
         }));
         let fs = match parsed {
             Ok(Ok(fs)) => fs,
@@ -1280,9 +1302,20 @@ impl<'l, 's> Walker<'l, 's> {
             }
         };
         self.report.containers += 1;
+        // backhand allocates (and zeroes) what a block or fragment claims to
+        // hold before reading it: none may claim more than a block.
+        let block = fs.block_size;
+        if let Some(bad) = fs.fragments.iter().flatten().find(|fr| fr.size.size() > block) {
+            self.skip(
+                cloc,
+                0,
+                format!("squashfs corrupt: a fragment claims {} bytes, blocks hold {block}: not read", bad.size.size()),
+            );
+            return Open::Done(extent);
+        }
         let mut entries = 0u64;
         for node in fs.files() {
-            if self.halted.is_some() {
+            if self.stopped() {
                 break;
             }
             let backhand::InnerNode::File(f) = &node.inner else { continue };
@@ -1291,7 +1324,36 @@ impl<'l, 's> Walker<'l, 's> {
                 break;
             }
             let mloc = member(cloc, &node.fullpath.to_string_lossy());
-            let mut rd = Guarded(fs.file(f).reader());
+            // backhand indexes the fragment table with the inode's index unchecked.
+            let frags = fs.fragments.as_ref().map_or(0, Vec::len);
+            if f.frag_index() != 0xffff_ffff && f.frag_index() >= frags {
+                let reason = format!("squashfs file names fragment {} of {frags}: corrupt, not read", f.frag_index());
+                self.skip(&mloc, 0, reason);
+                continue;
+            }
+            if let Some(bad) = f.block_sizes().iter().find(|b| b.size() > block) {
+                let reason = format!(
+                    "squashfs file claims a block of {} bytes, blocks hold {block}: corrupt, not read",
+                    bad.size()
+                );
+                self.skip(&mloc, 0, reason);
+                continue;
+            }
+            if f.frag_index() != 0xffff_ffff {
+                // The file's tail sits in a fragment, a block at most: it must fit there.
+                let whole = f.block_sizes().len() as u64 * u64::from(block);
+                let tail = (f.file_len() as u64).saturating_sub(whole);
+                if u64::from(f.block_offset()) + tail > u64::from(block) {
+                    self.skip(&mloc, 0, "squashfs file's tail runs past its fragment: corrupt, not read".into());
+                    continue;
+                }
+            }
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fs.file(f).reader()));
+            let Ok(rd) = made else {
+                self.skip(&mloc, 0, "squashfs file corrupt: its reader failed (panicked)".into());
+                continue;
+            };
+            let mut rd = Guarded(rd);
             let end = self.stream(&mloc, Input::Reader(&mut rd), depth + 1, false);
             if let Some(e) = end.err {
                 let what = if e.kind() == io::ErrorKind::UnexpectedEof { "truncated" } else { "corrupt" };
@@ -1299,6 +1361,73 @@ impl<'l, 's> Walker<'l, 's> {
             }
         }
         Open::Done(extent)
+    }
+}
+
+/// Squashfs block decoders, each bounded to a block's size (8 KiB of
+/// metadata, at most 1 MiB of data).
+struct Decoders;
+
+static DECODERS: Decoders = Decoders;
+
+/// The most a squashfs block (data, fragment or metadata) holds.
+const SQUASHFS_BLOCK_MAX: usize = 1 << 20;
+
+impl backhand::compression::CompressionAction for Decoders {
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        compressor: backhand::compression::Compressor,
+    ) -> Result<(), backhand::BackhandError> {
+        use backhand::compression::Compressor;
+        let start = out.len();
+        // backhand reserves what the block may hold: 8 KiB for metadata (what
+        // the metadata bound in `squashfs_sane` counts on), the block size for data.
+        let cap = (out.capacity() - start).clamp(8192, SQUASHFS_BLOCK_MAX);
+        let bounded = |r: &mut dyn Read, out: &mut Vec<u8>| -> io::Result<()> {
+            r.take(cap as u64 + 1).read_to_end(out)?;
+            if out.len() - start > cap {
+                return Err(io::Error::other("a squashfs block expands beyond its size"));
+            }
+            Ok(())
+        };
+        match compressor {
+            Compressor::None => out.extend_from_slice(bytes),
+            Compressor::Gzip => bounded(&mut flate2::read::ZlibDecoder::new(bytes), out)?,
+            // mksquashfs makes the dictionary at most the block size.
+            Compressor::Xz => bounded(&mut lzma_rust2::XzReader::new_mem_limit(bytes, true, 16 * 1024), out)?,
+            Compressor::Lz4 => {
+                out.resize(start + cap, 0);
+                match lz4_flex::block::decompress_into(bytes, &mut out[start..]) {
+                    Ok(n) => out.truncate(start + n),
+                    Err(_) => {
+                        out.truncate(start);
+                        return Err(backhand::BackhandError::CorruptedOrInvalidSquashfs);
+                    }
+                }
+            }
+            other => return Err(backhand::BackhandError::UnsupportedCompression(other)),
+        }
+        Ok(())
+    }
+
+    fn compress(
+        &self,
+        _: &[u8],
+        _: backhand::FilesystemCompressor,
+        _: u32,
+    ) -> Result<Vec<u8>, backhand::BackhandError> {
+        Err(backhand::BackhandError::UnsupportedCompression(backhand::compression::Compressor::None))
+    }
+
+    fn compression_options(
+        &self,
+        _: &mut backhand::SuperBlock,
+        _: &backhand::kind::Kind,
+        _: backhand::FilesystemCompressor,
+    ) -> Result<Vec<u8>, backhand::BackhandError> {
+        Err(backhand::BackhandError::UnsupportedCompression(backhand::compression::Compressor::None))
     }
 }
 
@@ -1336,7 +1465,7 @@ fn squashfs_sane(sb: &[u8], r: &Region<'_>, limits: &Limits) -> Result<(), Strin
         6 => "zstd",
         _ => "an unknown compressor",
     };
-    if !matches!(compressor, 1 | 5) {
+    if !matches!(compressor, 1 | 4 | 5) {
         return Err(format!("squashfs compressed with {name}: not supported (no pure-Rust decoder built in)"));
     }
     let bytes_used = le64(sb, 40);

@@ -219,7 +219,10 @@ fn a_gzip_bomb_stops_at_the_limit_and_the_rest_is_still_read() {
     let (_d, p) = tmp();
     let good = payload("good", 5000);
     fs::write(p.join("good.pem"), &good).unwrap();
-    sh(&p, "head -c 300M /dev/zero | gzip -1 > bomb.gz && tar cf both.tar good.pem bomb.gz");
+    sh(
+        &p,
+        "head -c 300M /dev/zero | gzip -1 > bomb.gz && tar cf both.tar good.pem bomb.gz && tar cf good.tar good.pem",
+    );
     let limits = Limits { expanded_floor: 4 << 20, expansion_ratio: 0, ..Limits::default() };
     let img = p.join("both.tar");
     let (rec, report) = walk(&img, &limits);
@@ -231,6 +234,12 @@ fn a_gzip_bomb_stops_at_the_limit_and_the_rest_is_still_read() {
     assert!(expanded <= 4 << 20, "{expanded} bytes expanded");
     // The bomb's own bytes (a tar member) count too; the rest went to its output.
     assert!(rec.get(&bomb).len() > 1 << 20);
+    // A later input is still read (a key in its raw bytes is found), its containers not opened.
+    let mut rec = Rec::default();
+    let report = walk_paths(&[img.clone(), p.join("good.tar")], &limits, &mut rec);
+    let later = p.join("good.tar").display().to_string();
+    assert_eq!(rec.get(&later), fs::read(p.join("good.tar")).unwrap().as_slice());
+    skipped_with(&report, &later, "reached earlier in the scan: containers in");
 }
 
 #[test]
@@ -372,12 +381,12 @@ fn a_corrupt_or_unsupported_squashfs_is_reported() {
     sh(
         &p,
         "mksquashfs r gz.sqsh -comp gzip -noappend -all-root -quiet >/dev/null
-         mksquashfs r xz.sqsh -comp xz -noappend -all-root -quiet >/dev/null",
+         mksquashfs r lzo.sqsh -comp lzo -noappend -all-root -quiet >/dev/null",
     );
-    let img = p.join("xz.sqsh");
+    let img = p.join("lzo.sqsh");
     let (rec, report) = walk(&img, &Limits::default());
     rec.get(&img.display().to_string());
-    skipped_with(&report, &img.display().to_string(), "squashfs compressed with xz: not supported");
+    skipped_with(&report, &img.display().to_string(), "squashfs compressed with lzo: not supported");
 
     let good = fs::read(p.join("gz.sqsh")).unwrap();
     // Absurd counts and tables outside the filesystem.
@@ -480,7 +489,8 @@ impl Read for Stream {
 fn memory_stays_bounded_on_a_long_stream() {
     let before = vm_hwm_kib();
     let mut sink = Count::default();
-    let n = 768u64 << 20;
+    // 384 MiB keeps a debug run short; scan_throughput walks 1 GiB (release) and prints VmHWM.
+    let n = 384u64 << 20;
     let report = walk_reader("stream", Stream { left: n, x: 0x9e37_79b9_7f4a_7c15 }, &Limits::default(), &mut sink);
     assert_eq!(sink.0, n);
     assert_eq!(report.bytes_scanned, n);
@@ -489,7 +499,7 @@ fn memory_stays_bounded_on_a_long_stream() {
 }
 
 #[test]
-fn other_dialects_odc_cpio_v7_tar_zip64_lz4_squashfs_and_an_initramfs() {
+fn other_dialects_odc_cpio_v7_tar_zip64_xz_and_lz4_squashfs_and_an_initramfs() {
     let (_d, p) = tmp();
     let k = payload("dialect", 5000);
     fs::write(p.join("k.pem"), &k).unwrap();
@@ -501,17 +511,29 @@ fn other_dialects_odc_cpio_v7_tar_zip64_lz4_squashfs_and_an_initramfs() {
          tar --format=v7 -cf v7.tar k.pem
          zip -q -fz z64.zip k.pem
          mksquashfs r lz4.sqsh -comp lz4 -noappend -all-root -quiet >/dev/null
+         mksquashfs r xz.sqsh -comp xz -noappend -all-root -quiet >/dev/null
+         mksquashfs r bcj.sqsh -comp xz -Xbcj x86,arm -noappend -all-root -quiet >/dev/null
+         mksquashfs r zstd.sqsh -comp zstd -noappend -all-root -quiet >/dev/null
          echo k.pem | cpio -o -H newc --quiet > early.cpio
          cp early.cpio main.cpio && gzip -n main.cpio
          cat early.cpio main.cpio.gz > initrd",
     );
-    for (file, inner) in [("odc.cpio", "!k.pem"), ("v7.tar", "!k.pem"), ("z64.zip", "!k.pem"), ("lz4.sqsh", "!/k.pem")]
-    {
+    for (file, inner) in [
+        ("odc.cpio", "!k.pem"),
+        ("v7.tar", "!k.pem"),
+        ("z64.zip", "!k.pem"),
+        ("lz4.sqsh", "!/k.pem"),
+        ("xz.sqsh", "!/k.pem"),
+        ("bcj.sqsh", "!/k.pem"),
+    ] {
         let img = p.join(file);
         let (rec, report) = walk(&img, &Limits::default());
         assert_eq!(rec.get(&format!("{}{inner}", img.display())), k.as_slice(), "{file}");
         assert!(report.skipped.is_empty(), "{file}: {:#?}", report.skipped);
     }
+    let img = p.join("zstd.sqsh");
+    let (_rec, report) = walk(&img, &Limits::default());
+    skipped_with(&report, &img.display().to_string(), "squashfs compressed with zstd: not supported");
     // An initramfs: an early cpio, then a gzipped cpio right after it.
     let img = p.join("initrd");
     let (rec, report) = walk(&img, &Limits::default());
@@ -589,7 +611,9 @@ fn mangled_images_never_panic_and_stay_within_the_limits() {
         "tar cf a.tar -C r etc && gzip -k a.tar && xz -k a.tar
          (cd r && find etc | cpio -o -H newc --quiet) > a.cpio
          (cd r && zip -q -r ../a.zip etc)
-         mksquashfs r a.sqsh -comp gzip -noappend -all-root -quiet >/dev/null",
+         mksquashfs r a.sqsh -comp gzip -noappend -all-root -quiet >/dev/null
+         mksquashfs r x.sqsh -comp xz -noappend -all-root -quiet >/dev/null
+         mksquashfs r l.sqsh -comp lz4 -noappend -all-root -quiet >/dev/null",
     );
     let limits = Limits {
         max_depth: 3,
@@ -602,6 +626,7 @@ fn mangled_images_never_panic_and_stay_within_the_limits() {
         max_squashfs_metadata: 1 << 20,
         ..Limits::default()
     };
+    let before = vm_hwm_kib();
     let mut x: u64 = 0x1234_5678_9abc_def1;
     let mut next = move || {
         x ^= x << 13;
@@ -609,9 +634,9 @@ fn mangled_images_never_panic_and_stay_within_the_limits() {
         x ^= x << 17;
         x
     };
-    for file in ["a.tar", "a.tar.gz", "a.tar.xz", "a.cpio", "a.zip", "a.sqsh"] {
+    for file in ["a.tar", "a.tar.gz", "a.tar.xz", "a.cpio", "a.zip", "a.sqsh", "x.sqsh", "l.sqsh"] {
         let good = fs::read(p.join(file)).unwrap();
-        for _ in 0..400 {
+        for _ in 0..250 {
             let mut v = good.clone();
             for _ in 0..1 + next() % 8 {
                 let at = (next() % v.len() as u64) as usize;
@@ -624,5 +649,25 @@ fn mangled_images_never_panic_and_stay_within_the_limits() {
             let _ = walk_reader("img", v.as_slice(), &limits, &mut sink);
             assert!(sink.expanded <= 1 << 20);
         }
+    }
+    // A squashfs block claiming 4 GiB once made backhand zero 4 GiB (the process's peak, shared
+    // with the tests running beside this one).
+    let grew = vm_hwm_kib().saturating_sub(before);
+    assert!(grew < 256 * 1024, "peak memory grew by {grew} KiB");
+}
+
+/// Inputs the scan_squashfs fuzz target found (tests/data/): backhand panicked on them.
+#[test]
+fn squashfs_that_made_backhand_panic_end_in_a_skip() {
+    for (file, words) in [
+        ("squashfs-fragment-out-of-range.bin", "squashfs file corrupt"),
+        ("squashfs-lz4-corrupt-block.bin", "squashfs corrupt"),
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file);
+        let data = fs::read(&path).unwrap();
+        let mut rec = Rec::default();
+        let report = walk_reader("img", data.as_slice(), &Limits::default(), &mut rec);
+        assert_eq!(rec.get("img"), data.as_slice());
+        assert!(report.skipped.iter().any(|s| s.reason.contains(words)), "{file}: {:#?}", report.skipped);
     }
 }
