@@ -363,7 +363,19 @@ impl Authority {
                 info.serial
             ))));
         }
+        // A certificate whose key is blocked (blocked without revoking it, or
+        // revoked after this request began) authenticates nothing: whoever
+        // holds the leaked key could otherwise renew into a key of their own.
+        self.refuse_blocked_key(&record.spki_sha256)?;
         Ok(DeviceIdentity { record, cert: info.cert })
+    }
+
+    /// Refuse a blocked key (as the store refuses it at issuance).
+    pub(crate) fn refuse_blocked_key(&self, spki_sha256: &str) -> Result<(), AuthorityError> {
+        match self.store.blocked_key(spki_sha256)? {
+            Some(b) => Err(StoreError::KeyBlocked { spki_sha256: b.spki_sha256, reason: b.reason }.into()),
+            None => Ok(()),
+        }
     }
 
     /// The client certificate's path to one of our anchors, at `time`, for clientAuth.

@@ -393,6 +393,9 @@ impl Authority {
         if info.is_ca {
             return Err(AuthorityError::Refused(Refusal::Client("a CA certificate is not a birth certificate".into())));
         }
+        // A birth key or a manufacturer's CA key found in a firmware image proves nothing.
+        self.refuse_blocked_key(&info.spki_sha256)?;
+        self.refuse_blocked_key(&manufacturer_spki)?;
         let parsed: Vec<Certificate> = inter.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
         let anchor = Certificate::from_der(&manufacturer_cert).map_err(|e| {
             AuthorityError::Refused(Refusal::Client(format!("the trusted manufacturing CA is unreadable: {e}")))

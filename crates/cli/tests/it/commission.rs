@@ -552,3 +552,38 @@ async fn a_birth_under_the_largest_delegation_commissions_over_tls() {
     claim(&op, &mfg, &[list[255].as_str()]);
     commission(&dev, &op).await.unwrap();
 }
+
+/// A birth key found in a firmware image (blocked at the owner, who never
+/// certified it), or the manufacturer's CA key blocked: the birth certificate
+/// commissions nothing, and the refusal says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_birth_key_or_manufacturer_key_commissions_nothing() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let serials: Vec<String> = ["BK-1", "BK-2"].iter().map(|s| s.to_string()).collect();
+    let devs = born_devices(&mfg, "BKB", &serials).await;
+    trust(&op, &mfg);
+    claim(&op, &mfg, &["BK-1", "BK-2"]);
+    let birth_key = iotpki_agent::state::load(&devs[0]).unwrap().key_file;
+    let certs = op.cert_count();
+    run_ok(
+        bin()
+            .args(["key", "block", "--reason", "found in fw.bin", "--dir"])
+            .arg(&op.dir)
+            .arg("--key")
+            .arg(devs[0].join(&birth_key)),
+    );
+    let before = state_bytes(&devs[0]);
+    refused(commission(&devs[0], &op).await, 403, "is blocked as compromised (found in fw.bin)");
+    assert_eq!(state_bytes(&devs[0]), before);
+    assert_eq!(op.cert_count(), certs);
+    // The other device commissions, until the manufacturer's CA key is blocked.
+    commission(&devs[1], &op).await.unwrap();
+    run_ok(bin().args(["key", "block", "--dir"]).arg(&op.dir).arg("--cert").arg(mfg.ca_file("manufacturing")));
+    let born = iotpki_agent::state::load(&devs[1]).unwrap().birth.expect("the birth is kept");
+    assert!(devs[1].join(&born.key_file).exists());
+    // Re-commissioning with the birth certificate (a lost operational certificate) is refused now.
+    let id = iotpki_agent::state::load(&devs[1]).unwrap();
+    std::fs::remove_file(devs[1].join(&id.key_file)).ok();
+    refused(commission(&devs[1], &op).await, 403, "is blocked as compromised");
+}

@@ -349,6 +349,13 @@ async fn keys_are_blocked_by_hash_certificate_key_file_and_list() {
     assert!(out.contains(&format!("blocked {spki}")) && out.contains("add --revoke"), "{out}");
     let store = ca.authority.store();
     assert_eq!(store.certificate(&cert_serial).unwrap().unwrap().status, iotpki_store::CertStatus::Good);
+    // Its certificate is still good, but authenticates nothing: whoever holds the
+    // leaked key cannot renew into a key of their own.
+    let (n, certs) = (ca.audit_len(), ca.cert_count());
+    let e = iotpki_agent::renew(&state, None, None).await.unwrap_err().to_string();
+    assert!(e.contains("is blocked as compromised (test)"), "{e}");
+    assert_eq!(ca.cert_count(), certs);
+    assert!(ca.audit_len() > n, "the refusal is audited");
     // By key file, with --revoke: already blocked, and now revoked.
     let out = run_ok(bin().args(["key", "block", "--dir", &dir, "--key", &s(&key), "--revoke"]));
     assert!(
