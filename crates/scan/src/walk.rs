@@ -968,8 +968,21 @@ impl<'l, 's> Walker<'l, 's> {
         let mut dec = flate2::bufread::GzDecoder::new(&mut br);
         let end = self.stream(&out, Input::Reader(&mut dec), depth + 1, false);
         drop(dec);
+        self.decoded_stream("gzip", &out, end, carved, &br)
+    }
+
+    /// A decompressed stream ended: whether it counts as the container
+    /// opened (and how many compressed bytes it took), or was no such stream.
+    fn decoded_stream(
+        &mut self,
+        kind: &str,
+        out: &str,
+        end: StreamEnd,
+        carved: bool,
+        br: &BufReader<Window<'_>>,
+    ) -> Open {
         let consumed = br.get_ref().pos - br.buffer().len() as u64;
-        if !self.decoded("gzip", &out, end, carved) {
+        if !self.decoded(kind, out, end, carved) {
             return Open::Rejected;
         }
         self.report.containers += 1;
@@ -984,12 +997,7 @@ impl<'l, 's> Walker<'l, 's> {
         let mut dec = Small(lzma_rust2::XzReader::new_mem_limit(&mut br, false, kb));
         let end = self.stream(&out, Input::Reader(&mut dec), depth + 1, false);
         drop(dec);
-        let consumed = br.get_ref().pos - br.buffer().len() as u64;
-        if !self.decoded("xz", &out, end, carved) {
-            return Open::Rejected;
-        }
-        self.report.containers += 1;
-        Open::Done(consumed.max(1))
+        self.decoded_stream("xz", &out, end, carved, &br)
     }
 
     /// Counts an entry of an archive; false (and reported) past the limit.
