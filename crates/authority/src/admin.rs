@@ -216,6 +216,14 @@ impl std::fmt::Debug for Admin<'_> {
     }
 }
 
+impl<'a> Admin<'a> {
+    /// `name`, authenticated otherwise than by its certificate on this
+    /// request (a console session); `serial` is its good admin certificate.
+    pub(crate) fn new(authority: &'a Authority, name: String, serial: String) -> Self {
+        Admin { authority, actor: format!("admin:{name}"), name, serial }
+    }
+}
+
 impl Admin<'_> {
     /// The admin's name.
     pub fn name(&self) -> &str {
@@ -229,6 +237,11 @@ impl Admin<'_> {
 
     fn store(&self) -> &dyn Store {
         self.authority.store.as_ref()
+    }
+
+    /// The authority's time now (Unix seconds).
+    pub fn now(&self) -> i64 {
+        self.clock().now()
     }
 
     fn clock(&self) -> &dyn Clock {
@@ -372,6 +385,19 @@ impl Admin<'_> {
             .map_err(|e| AuthorityError::malformed(format!("device serial: {e}")))
             .and_then(|d| self.authority.create_token(&d, ttl_secs, &self.actor));
         self.refusal_audited(r, "token.create", &format!("device:{serial}"))
+    }
+
+    /// The certificates flagged in batch `id` (overbuild, clones, keys): (serial, flag).
+    pub fn batch_flags(&self, id: &str) -> Result<Vec<(String, iotpki_store::Flag)>, AuthorityError> {
+        let r = self.store().flagged(id).map_err(AuthorityError::from);
+        self.audited(r, "batch.flags", &format!("batch:{id}"))
+    }
+
+    /// Claim the devices of a births file (see [`crate::commission::claim_devices`]):
+    /// `(listed, new)`.
+    pub fn claim_births(&self, births: &str) -> Result<(usize, u64), AuthorityError> {
+        let r = crate::commission::claim_devices(self.store(), self.clock(), births, &self.actor);
+        self.refusal_audited(r, "device.claim", "")
     }
 
     /// The blocked keys, oldest first.

@@ -95,6 +95,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     blocking_revokes_the_keys_certificates_once(store);
     a_withdrawn_token_enrolls_nothing(store);
     clones_racing_with_one_key_get_one_certificate(store);
+    a_console_link_opens_one_session_once(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -1202,4 +1203,45 @@ pub fn a_withdrawn_token_enrolls_nothing(store: &dyn Store) {
     );
     assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
     assert_eq!(store.token(&fresh).expect("read").expect("kept").used_at, None);
+}
+
+/// A console login link is spent once: of sixteen callers racing with it, one
+/// gets the link (and its audit entry); the others, a replay and an expired or
+/// unknown link are refused and record nothing.
+pub fn a_console_link_opens_one_session_once(store: &(dyn Store + 'static)) {
+    let link = |hash: &str, expires_at: i64| crate::ConsoleLink {
+        link_hash: hash.into(),
+        admin: "alice".into(),
+        role: "admin".into(),
+        created_at: 1_000,
+        expires_at,
+        used_at: None,
+    };
+    let login = || AuditEvent {
+        at: 1_500,
+        actor: "admin:alice".into(),
+        action: "console.login".into(),
+        target: "console".into(),
+        detail: String::new(),
+    };
+    let (live, old) = (unique("cl"), unique("cl"));
+    store.create_console_link(link(&live, 2_000), login()).expect("create");
+    store.create_console_link(link(&old, 1_200), login()).expect("create expired");
+    assert_eq!(store.create_console_link(link(&live, 2_000), login()), Err(StoreError::TokenExists));
+    let audit = audit_len(store);
+    let results: Vec<Result<crate::ConsoleLink, StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16).map(|_| s.spawn(|| store.use_console_link(&live, 1_500, login()))).collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    assert_eq!((won[0].admin.as_str(), won[0].role.as_str(), won[0].used_at), ("alice", "admin", Some(1_500)));
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::TokenUsed { used_at: 1_500 }))), "{results:?}");
+    assert_eq!(audit_len(store), audit + 1, "one console.login");
+    assert_eq!(store.use_console_link(&live, 1_600, login()), Err(StoreError::TokenUsed { used_at: 1_500 }));
+    assert_eq!(store.use_console_link(&old, 1_500, login()), Err(StoreError::TokenExpired { expires_at: 1_200 }));
+    assert_eq!(store.use_console_link(&unique("cl"), 1_500, login()), Err(StoreError::TokenUnknown));
+    assert_eq!(audit_len(store), audit + 1, "refusals record nothing");
+    assert_eq!(store.console_link(&live).expect("read").expect("kept").used_at, Some(1_500));
+    assert_eq!(store.console_link(&unique("cl")).expect("read"), None);
 }

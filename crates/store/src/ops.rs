@@ -26,6 +26,8 @@ pub(crate) enum Op {
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
     BlockKeys(Box<KeyBlock>),
+    ConsoleLink(Box<crate::ConsoleLink>, AuditEvent),
+    UseConsoleLink(String, i64, AuditEvent),
 }
 
 /// What a committed operation hands back to its caller.
@@ -37,4 +39,5 @@ pub(crate) enum Done {
     Count(u64),
     DeviceRevoked(DeviceRevoked),
     KeysBlocked(KeysBlocked),
+    ConsoleLink(crate::ConsoleLink),
 }

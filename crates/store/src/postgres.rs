@@ -88,6 +88,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "0007_current.sql", include_str!("../migrations/postgres/0007_current.sql")),
     (8, "0008_claims.sql", include_str!("../migrations/postgres/0008_claims.sql")),
     (9, "0009_keys.sql", include_str!("../migrations/postgres/0009_keys.sql")),
+    (10, "0010_console.sql", include_str!("../migrations/postgres/0010_console.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -713,6 +714,7 @@ mod tests {
         blocking_revokes_the_keys_certificates_once,
         a_withdrawn_token_enrolls_nothing,
         clones_racing_with_one_key_get_one_certificate,
+        a_console_link_opens_one_session_once,
     );
 
     #[test]

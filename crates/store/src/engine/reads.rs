@@ -249,6 +249,45 @@ impl<E: HasEngine> Tokens for E {
     }
 }
 
+impl<E: HasEngine> crate::ConsoleLinks for E {
+    fn create_console_link(&self, link: crate::ConsoleLink, audit: AuditEvent) -> Result<(), StoreError> {
+        unit(self, Op::ConsoleLink(Box::new(link), audit))
+    }
+
+    fn use_console_link(
+        &self,
+        link_hash: &str,
+        now: UnixTime,
+        audit: AuditEvent,
+    ) -> Result<crate::ConsoleLink, StoreError> {
+        match submit(self, Op::UseConsoleLink(link_hash.to_string(), now, audit))? {
+            Done::ConsoleLink(l) => Ok(l),
+            d => Err(unexpected("a console link", d)),
+        }
+    }
+
+    fn console_link(&self, link_hash: &str) -> Result<Option<crate::ConsoleLink>, StoreError> {
+        read(self, |db| {
+            let row = db.opt(
+                "SELECT link_hash, admin, role, created_at, expires_at, used_at FROM console_links \
+                 WHERE link_hash = $1",
+                &[link_hash.into()],
+            )?;
+            row.map(|mut r| {
+                Ok(crate::ConsoleLink {
+                    link_hash: r.text(0)?,
+                    admin: r.text(1)?,
+                    role: r.text(2)?,
+                    created_at: r.int(3)?,
+                    expires_at: r.int(4)?,
+                    used_at: r.opt_int(5)?,
+                })
+            })
+            .transpose()
+        })
+    }
+}
+
 impl<E: HasEngine> AuditLog for E {
     fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
         unit(self, Op::Audit(event))

@@ -93,6 +93,10 @@ impl<'a> Tx<'a> {
                     .and_then(|()| self.append(a)),
             ),
             Op::BlockKeys(b) => self.block_keys(b).map(Done::KeysBlocked),
+            Op::ConsoleLink(l, a) => unit(self.console_link(l).and_then(|()| self.append(a))),
+            Op::UseConsoleLink(hash, now, a) => {
+                self.use_console_link(hash, *now).and_then(|l| self.append(a).map(|()| Done::ConsoleLink(l)))
+            }
             Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
         }
     }
@@ -720,6 +724,51 @@ impl<'a> Tx<'a> {
             ],
             || StoreError::DuplicateSerial { serial: c.serial.clone() },
         )
+    }
+
+    fn console_link(&mut self, l: &crate::ConsoleLink) -> Result<(), StoreError> {
+        self.w.insert(
+            "INSERT INTO console_links (link_hash, admin, role, created_at, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                (&l.link_hash).into(),
+                (&l.admin).into(),
+                (&l.role).into(),
+                Arg::Int(l.created_at),
+                Arg::Int(l.expires_at),
+                l.used_at.into(),
+            ],
+            || StoreError::TokenExists,
+        )
+    }
+
+    /// Spend a console link in one statement when it is unused and not
+    /// expired; when not, read it to say why.
+    fn use_console_link(&mut self, hash: &str, now: i64) -> Result<crate::ConsoleLink, StoreError> {
+        let spent = self.w.run(
+            "UPDATE console_links SET used_at = $1 WHERE link_hash = $2 AND used_at IS NULL AND expires_at > $1",
+            &[Arg::Int(now), hash.into()],
+        )?;
+        let row = self.w.opt(
+            "SELECT link_hash, admin, role, created_at, expires_at, used_at FROM console_links WHERE link_hash = $1",
+            &[hash.into()],
+        )?;
+        let mut row = row.ok_or(StoreError::TokenUnknown)?;
+        let link = crate::ConsoleLink {
+            link_hash: row.text(0)?,
+            admin: row.text(1)?,
+            role: row.text(2)?,
+            created_at: row.int(3)?,
+            expires_at: row.int(4)?,
+            used_at: row.opt_int(5)?,
+        };
+        if spent == 1 {
+            return Ok(link);
+        }
+        match link.used_at {
+            Some(used_at) => Err(StoreError::TokenUsed { used_at }),
+            None => Err(StoreError::TokenExpired { expires_at: link.expires_at }),
+        }
     }
 
     fn token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
