@@ -27,6 +27,7 @@ pub mod attest;
 mod auth;
 pub mod commission;
 pub mod config;
+mod console;
 mod enroll;
 mod error;
 pub mod factory;

@@ -18,6 +18,7 @@
 mod audit;
 mod engine;
 mod error;
+mod fleet;
 mod ops;
 pub mod postgres;
 pub mod sqlite;
@@ -27,6 +28,10 @@ pub mod conformance;
 
 pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
 pub use error::StoreError;
+pub use fleet::{
+    day_of, refusals_in, AuditFilter, BatchProgress, CaRevocations, DayCount, DeviceStates, Fleet, FleetOverview,
+    StationActivity, DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS,
+};
 
 /// Seconds since the Unix epoch (UTC).
 pub type UnixTime = i64;
@@ -505,7 +510,7 @@ pub(crate) fn newest_first(rows: &mut [CertRecord]) {
 /// every role; bring the roles' methods into scope with
 /// `use iotpki_store::prelude::*`.
 pub trait Store:
-    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Keys + Send + Sync
+    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Keys + Fleet + Send + Sync
 {
 }
 
@@ -519,6 +524,7 @@ impl<T> Store for T where
         + Owners
         + Artifacts
         + Keys
+        + Fleet
         + Send
         + Sync
         + ?Sized
@@ -527,7 +533,9 @@ impl<T> Store for T where
 
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
-    pub use crate::{Artifacts, AuditLog, Batches, Certificates, Keys, Owners, Revocations, Stations, Store, Tokens};
+    pub use crate::{
+        Artifacts, AuditLog, Batches, Certificates, Fleet, Keys, Owners, Revocations, Stations, Store, Tokens,
+    };
 }
 
 // Each role below: every method blocks until its work is durable (writes) or read;

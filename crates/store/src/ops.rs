@@ -26,6 +26,9 @@ pub(crate) enum Op {
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
     BlockKeys(Box<KeyBlock>),
+    /// Build the fleet summaries from the registry: when they were never
+    /// built (a store migrated to version 11), or always (`true`).
+    FleetRebuild(bool),
 }
 
 /// What a committed operation hands back to its caller.
