@@ -8,7 +8,9 @@
 //! now, that the certificate is the one recorded, not revoked, of profile
 //! `admin` and carrying the role. What it then does goes through the same
 //! functions as the CLI, with `admin:NAME` as the actor in the audit chain;
-//! reads are audited too, and so is every refusal (`refuse.admin`).
+//! reads are audited too, and so is every refusal (`refuse.admin`), except
+//! the fleet console's reads (`fleet_overview`, `device_view`, ...: see
+//! `fleet.rs`), which a console polls: only their refusals are.
 
 use iotpki_core::asn1::der::asn1::ObjectIdentifier;
 use iotpki_core::keys;
@@ -27,6 +29,8 @@ use crate::factory::{self, NewBatch};
 use crate::revocation::{self, Target};
 use crate::{Authority, AuthorityError, Credential, BACKDATE_SECS};
 use iotpki_core::clock::Clock;
+
+pub use crate::fleet::{CaStatus, DeviceView, DEVICE_AUDIT, TIMELINE_DAYS};
 
 /// id-at-commonName: an admin certificate names its admin there.
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
@@ -242,6 +246,11 @@ impl Admin<'_> {
     /// The authority's time now (Unix seconds).
     pub fn now(&self) -> i64 {
         self.clock().now()
+    }
+
+    /// The authority it acts on (the console's reads, `crate::fleet`).
+    pub(crate) fn authority(&self) -> &Authority {
+        self.authority
     }
 
     fn clock(&self) -> &dyn Clock {

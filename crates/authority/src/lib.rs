@@ -28,6 +28,7 @@ mod auth;
 pub mod commission;
 pub mod config;
 pub mod console;
+mod fleet;
 mod enroll;
 mod error;
 pub mod factory;

@@ -18,6 +18,7 @@
 mod audit;
 mod engine;
 mod error;
+mod fleet;
 mod ops;
 pub mod postgres;
 pub mod sqlite;
@@ -27,6 +28,10 @@ pub mod conformance;
 
 pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
 pub use error::StoreError;
+pub use fleet::{
+    day_of, refusals_in, AuditFilter, BatchProgress, CaRevocations, DayCount, DeviceStates, Fleet, FleetOverview,
+    StationActivity, DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS,
+};
 
 /// Seconds since the Unix epoch (UTC).
 pub type UnixTime = i64;
@@ -533,6 +538,7 @@ pub trait Store:
     + Artifacts
     + Keys
     + ConsoleLinks
+    + Fleet
     + Send
     + Sync
 {
@@ -549,6 +555,7 @@ impl<T> Store for T where
         + Artifacts
         + Keys
         + ConsoleLinks
+        + Fleet
         + Send
         + Sync
         + ?Sized
@@ -558,7 +565,8 @@ impl<T> Store for T where
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
     pub use crate::{
-        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Keys, Owners, Revocations, Stations, Store, Tokens,
+        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Fleet, Keys, Owners, Revocations, Stations,
+        Store, Tokens,
     };
 }
 

@@ -28,6 +28,9 @@ pub(crate) enum Op {
     BlockKeys(Box<KeyBlock>),
     ConsoleLink(Box<crate::ConsoleLink>, AuditEvent),
     UseConsoleLink(String, i64, AuditEvent),
+    /// Build the fleet summaries from the registry: when they were never
+    /// built (a store migrated to version 11), or always (`true`).
+    FleetRebuild(bool),
 }
 
 /// What a committed operation hands back to its caller.

@@ -120,38 +120,38 @@ pub(super) fn sync_state_of<S: Sql + ?Sized>(
     }
 }
 
+pub(super) const AUDIT_COLS: &str = "seq, at, actor, action, target, detail, prev_hash, hash";
+
+pub(super) fn audit_row(mut r: Row) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: r.count(0)?,
+        event: AuditEvent {
+            at: r.int(1)?,
+            actor: r.text(2)?,
+            action: r.text(3)?,
+            target: r.text(4)?,
+            detail: r.text(5)?,
+        },
+        prev_hash: r.text(6)?,
+        hash: r.text(7)?,
+    })
+}
+
 fn audit_entries_of(db: &mut dyn Sql, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-    let rows = db.all(
-        "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        &[Arg::Int(to_i64(from)), Arg::Int(i64::from(limit))],
-    )?;
-    rows.into_iter()
-        .map(|mut r| {
-            Ok(AuditEntry {
-                seq: r.count(0)?,
-                event: AuditEvent {
-                    at: r.int(1)?,
-                    actor: r.text(2)?,
-                    action: r.text(3)?,
-                    target: r.text(4)?,
-                    detail: r.text(5)?,
-                },
-                prev_hash: r.text(6)?,
-                hash: r.text(7)?,
-            })
-        })
-        .collect()
+    let sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2");
+    let rows = db.all(&sql, &[Arg::Int(to_i64(from)), Arg::Int(i64::from(limit))])?;
+    rows.into_iter().map(audit_row).collect()
 }
 
 /// Read with the store's backend.
-fn read<E: HasEngine + ?Sized, T>(
+pub(super) fn read<E: HasEngine + ?Sized, T>(
     store: &E,
     f: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     store.engine().backend.read(f)
 }
 
-fn submit<E: HasEngine + ?Sized>(store: &E, op: Op) -> Result<Done, StoreError> {
+pub(super) fn submit<E: HasEngine + ?Sized>(store: &E, op: Op) -> Result<Done, StoreError> {
     store.engine().submit(op)
 }
 
