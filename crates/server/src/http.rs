@@ -188,6 +188,11 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::admin::routes())
+        .merge(if authority.config().console.enabled {
+            crate::console::routes(authority.clone())
+        } else {
+            Router::new()
+        })
         // The gate reads bodies (after the caller is known, capped per endpoint).
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::gate::gate))

@@ -19,6 +19,7 @@
 mod admin;
 mod case;
 pub mod coaps;
+mod console;
 mod gate;
 mod http;
 mod io;

@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod coaps;
 mod commission;
+mod console;
 mod crash;
 mod device;
 mod device_c;
