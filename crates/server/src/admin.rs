@@ -36,6 +36,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::handler::Handler;
 use axum::http::Method;
@@ -63,6 +64,8 @@ pub(crate) const OPENAPI_PATH: &str = "/admin/v1/openapi.json";
 
 /// One admin route: its method, its path (axum's syntax, which is OpenAPI's) and its handler.
 pub(crate) struct Route {
+    // Read by the tests that hold the table against the document and the gate.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) method: Method,
     pub(crate) path: &'static str,
     handler: MethodRouter<Arc<Authority>>,
@@ -118,6 +121,11 @@ where
     })
     .await??;
     Ok(json_answer(v))
+}
+
+/// The query, or a one-line 400 that says what is wrong with it.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| ApiError::from(AuthorityError::malformed(e.body_text())))
 }
 
 /// A JSON request body (an empty body is `{}`), refused with a one-line reason.
@@ -184,8 +192,9 @@ struct CertsQuery {
 async fn list_certs(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<CertsQuery>,
+    q: Result<Query<CertsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     as_admin(a, caller, move |adm| {
         let q = CertQuery {
             device_serial: q.device,
@@ -509,8 +518,9 @@ struct AuditQuery {
 async fn audit_list(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     as_admin(a, caller, move |adm| {
         let entries = adm.audit_entries(q.from.unwrap_or(1), q.limit.unwrap_or(100))?;
         Ok(entries
@@ -769,6 +779,8 @@ impl utoipa::Modify for Finish {
         }
         for item in doc.paths.paths.values_mut() {
             for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                // The rate limiter (crate::limits) stands before every admin route.
+                op.responses.responses.insert("429".into(), RefOr::T(too_many()));
                 if op.operation_id.as_deref().is_some_and(|id| OPTIONAL_BODY.contains(&id)) {
                     if let Some(body) = op.request_body.as_mut() {
                         body.required = Some(Required::False);
@@ -777,6 +789,26 @@ impl utoipa::Modify for Finish {
             }
         }
     }
+}
+
+/// The answer of the rate limiter ([`crate::limits`]), which stands before every admin route.
+fn too_many() -> utoipa::openapi::Response {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, ResponseBuilder};
+    ResponseBuilder::new()
+        .description("Too many requests from this client, or too many refused requests from this address: retry later.")
+        .content(
+            "text/plain",
+            ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String))).build(),
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
+        )
+        .build()
 }
 
 /// The admin API's OpenAPI document, JSON (what `GET /admin/v1/openapi.json` answers).
