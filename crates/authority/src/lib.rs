@@ -27,6 +27,8 @@ pub mod attest;
 mod auth;
 pub mod commission;
 pub mod config;
+pub mod console;
+mod fleet;
 mod enroll;
 mod error;
 pub mod factory;
