@@ -565,8 +565,8 @@ impl<T> Store for T where
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
     pub use crate::{
-        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Fleet, Keys, Owners, Revocations, Stations,
-        Store, Tokens,
+        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Fleet, Keys, Owners, Revocations, Stations, Store,
+        Tokens,
     };
 }
 
