@@ -99,6 +99,9 @@ pub enum AdminCmd {
         #[arg(long)]
         data: Option<String>,
     },
+    /// Print the admin API's OpenAPI 3.1 document (JSON), as the server serves it at
+    /// /admin/v1/openapi.json; needs no server.
+    Openapi,
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
@@ -187,6 +190,10 @@ pub fn run(c: AdminCmd) -> anyhow::Result<()> {
             if !json {
                 eprintln!("{} admin certificate(s)", all.len());
             }
+            Ok(())
+        }
+        AdminCmd::Openapi => {
+            println!("{}", iotpki_server::openapi_json());
             Ok(())
         }
         AdminCmd::ConsoleLink { dir, admin, role, ttl, url } => {

@@ -8,6 +8,10 @@
 //! Field names and values are part of the interface: scripts and the
 //! acceptance checks read them; add fields, never rename one.
 //!
+//! With the `openapi` feature (the server's), the admin API's types derive
+//! their JSON Schemas for the server's OpenAPI document; device builds leave
+//! it off.
+//!
 //! Times are Unix seconds where a program acts on them (the factory API) and
 //! RFC 3339 text where people read them (the admin API), as they always were.
 
@@ -179,6 +183,7 @@ pub struct Delegation {
 
 /// A certificate record: `GET /admin/v1/certificates[/SERIAL]`, `iotpki cert show --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertRecord {
     /// The certificate serial, hex.
     pub serial: String,
@@ -208,7 +213,10 @@ pub struct CertRecord {
     pub status: String,
     /// When and why it was revoked (absent while it is not): its fields
     /// `revoked_at`, `reason` and `reason_code` sit beside the others.
+    /// (The schema of the OpenAPI document, which cannot say "flattened when
+    /// present", lists these fields among the record's own as optional.)
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub revocation: Option<Revocation>,
     /// The certificate, PEM (when one certificate is shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,8 +225,9 @@ pub struct CertRecord {
 
 /// When and why a certificate was revoked, in a [`CertRecord`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revocation {
-    /// RFC 3339.
+    /// When it was revoked, RFC 3339.
     pub revoked_at: String,
     /// The RFC 5280 CRLReason name.
     pub reason: String,
@@ -248,6 +257,7 @@ pub fn status_text(revoked: Option<(i64, u8)>) -> String {
 
 /// A production batch: `GET /admin/v1/batches[/ID]`, `iotpki batch show`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Batch {
     /// The batch id.
     pub id: String,
@@ -280,6 +290,7 @@ pub struct Batch {
 
 /// `GET /admin/v1/whoami`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Whoami {
     /// The admin's name.
     pub admin: String,
@@ -289,6 +300,7 @@ pub struct Whoami {
 
 /// `POST /admin/v1/.../revoke`: what was revoked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revoked {
     /// The certificate serials revoked.
     pub revoked: Vec<String>,
@@ -307,6 +319,7 @@ impl Revoked {
 
 /// `POST /admin/v1/batches/ID/close`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Closed {
     /// The batch closed.
     pub closed: String,
@@ -314,6 +327,7 @@ pub struct Closed {
 
 /// One entry of `GET /admin/v1/audit`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Its place in the chain.
     pub seq: u64,
@@ -333,6 +347,7 @@ pub struct AuditEntry {
 
 /// `GET /admin/v1/audit/verify`: `ok` with the chain's length and head, or the problem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditVerified {
     /// Whether the chain verifies.
     pub ok: bool,
@@ -349,6 +364,7 @@ pub struct AuditVerified {
 
 /// `POST /admin/v1/tokens`: the token made (shown once).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// The device serial it is for.
     pub serial: String,
@@ -360,6 +376,7 @@ pub struct TokenCreated {
 
 /// A blocked key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlockedKey {
     /// SHA-256 of its subjectPublicKeyInfo, hex.
     pub spki_sha256: String,
@@ -375,6 +392,7 @@ pub struct BlockedKey {
 
 /// `GET /admin/v1/keys/HASH`: whose key it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyRegistry {
     /// SHA-256 of its subjectPublicKeyInfo, hex.
     pub spki_sha256: String,
@@ -390,6 +408,7 @@ pub struct KeyRegistry {
 
 /// `POST /admin/v1/keys/block`: what was done.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeysBlocked {
     /// Keys blocked now.
     pub blocked: Vec<String>,

@@ -20,6 +20,13 @@
 //! | GET  | `/admin/v1/keys/blocked` | the blocked keys |
 //! | POST | `/admin/v1/keys/block` | block keys: `{"spki_sha256": [..], "reason", "revoke"}` (docs/leaked-keys.md) |
 //! | GET  | `/admin/v1/keys/HASH` | whose key it is, its certificates, whether it is blocked |
+//! | GET  | `/admin/v1/openapi.json` | this API as an OpenAPI 3.1 document (any TLS client: it holds no fleet data) |
+//!
+//! The OpenAPI document is generated from this file ([`ApiDoc`]): each
+//! handler's `#[utoipa::path]` says its method, path, parameters, body and
+//! every status it answers with; the answers' schemas are derived from
+//! [`iotpki_core::wire`] (its `openapi` feature). [`table`] is the one list
+//! of routes; a test checks that the document describes exactly these.
 //!
 //! The answers are the types of [`iotpki_core::wire`] ([`wire::CertRecord`],
 //! [`wire::Batch`], [`wire::Revoked`], ...), rendered from the store's records
@@ -29,9 +36,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Router};
 use iotpki_authority::admin::Admin;
 use iotpki_authority::factory::NewBatch;
@@ -43,27 +53,59 @@ use iotpki_core::wire;
 use iotpki_store::CertQuery;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use utoipa::openapi::security::SecurityScheme;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::http::{blocking, json as json_answer, ApiError};
 use crate::views;
 
-/// The admin routes (merged into the TLS router).
+/// Where the OpenAPI document is served (to any TLS client: [`crate::gate`]).
+pub(crate) const OPENAPI_PATH: &str = "/admin/v1/openapi.json";
+
+/// One admin route: its method, its path (axum's syntax, which is OpenAPI's) and its handler.
+pub(crate) struct Route {
+    // Read by the tests that hold the table against the document and the gate.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    handler: MethodRouter<Arc<Authority>>,
+}
+
+fn get_route<H: Handler<T, Arc<Authority>>, T: 'static>(path: &'static str, h: H) -> Route {
+    Route { method: Method::GET, path, handler: get(h) }
+}
+
+fn post_route<H: Handler<T, Arc<Authority>>, T: 'static>(path: &'static str, h: H) -> Route {
+    Route { method: Method::POST, path, handler: post(h) }
+}
+
+/// Every admin route, the one list the router is built from. A route added
+/// here needs its `#[utoipa::path]` in [`ApiDoc`]: a test compares the two.
+pub(crate) fn table() -> Vec<Route> {
+    vec![
+        get_route("/admin/v1/whoami", whoami),
+        get_route("/admin/v1/certificates", list_certs),
+        get_route("/admin/v1/certificates/{serial}", show_cert),
+        post_route("/admin/v1/certificates/{serial}/revoke", revoke_cert),
+        post_route("/admin/v1/devices/{serial}/revoke", revoke_device),
+        get_route("/admin/v1/batches", list_batches),
+        post_route("/admin/v1/batches", create_batch),
+        get_route("/admin/v1/batches/{id}", show_batch),
+        post_route("/admin/v1/batches/{id}/close", close_batch),
+        get_route("/admin/v1/audit", audit_list),
+        get_route("/admin/v1/audit/verify", audit_verify),
+        post_route("/admin/v1/tokens", create_token),
+        get_route("/admin/v1/keys/blocked", blocked_keys),
+        post_route("/admin/v1/keys/block", block_keys),
+        get_route("/admin/v1/keys/{hash}", show_key),
+        get_route(OPENAPI_PATH, openapi),
+    ]
+}
+
+/// The admin routes (merged into the TLS router): those of [`table`]. Two
+/// routes of one path (GET and POST) are merged into one.
 pub(crate) fn routes() -> Router<Arc<Authority>> {
-    Router::new()
-        .route("/admin/v1/whoami", get(whoami))
-        .route("/admin/v1/certificates", get(list_certs))
-        .route("/admin/v1/certificates/{serial}", get(show_cert))
-        .route("/admin/v1/certificates/{serial}/revoke", post(revoke_cert))
-        .route("/admin/v1/devices/{serial}/revoke", post(revoke_device))
-        .route("/admin/v1/batches", get(list_batches).post(create_batch))
-        .route("/admin/v1/batches/{id}", get(show_batch))
-        .route("/admin/v1/batches/{id}/close", post(close_batch))
-        .route("/admin/v1/audit", get(audit_list))
-        .route("/admin/v1/audit/verify", get(audit_verify))
-        .route("/admin/v1/tokens", post(create_token))
-        .route("/admin/v1/keys/blocked", get(blocked_keys))
-        .route("/admin/v1/keys/block", post(block_keys))
-        .route("/admin/v1/keys/{hash}", get(show_key))
+    table().into_iter().fold(Router::new(), |r, route| r.route(route.path, route.handler))
 }
 
 /// Run `f` as the admin the gate admitted (not authenticated again), off the
@@ -81,6 +123,11 @@ where
     Ok(json_answer(v))
 }
 
+/// The query, or a one-line 400 that says what is wrong with it.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| ApiError::from(AuthorityError::malformed(e.body_text())))
+}
+
 /// A JSON request body (an empty body is `{}`), refused with a one-line reason.
 fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, AuthorityError> {
     let b = if b.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { b };
@@ -88,6 +135,21 @@ fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, AuthorityError> {
         .map_err(|e| AuthorityError::malformed(format!("the request body is not the JSON expected: {e}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/whoami",
+    operation_id = "whoami",
+    tag = "admin",
+    summary = "The admin calling",
+    responses(
+        (status = 200, description = "The admin's name and the serial of the certificate it called with.", body = wire::Whoami),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn whoami(State(a): State<Arc<Authority>>, Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
     as_admin(a, caller, |adm| {
         let (name, serial) = adm.whoami()?;
@@ -96,19 +158,43 @@ async fn whoami(State(a): State<Arc<Authority>>, Extension(caller): Extension<Ca
     .await
 }
 
-#[derive(Deserialize)]
+/// `GET /admin/v1/certificates`'s filters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CertsQuery {
+    /// Only the certificates of this device serial.
     device: Option<String>,
+    /// Only those issued by this CA (`manufacturing`, `operational`, ...).
     ca: Option<String>,
+    /// Only those of this profile (`device`, `birth`, `admin`, ...).
     profile: Option<String>,
+    /// At most this many.
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/certificates",
+    operation_id = "list_certs",
+    tag = "admin",
+    summary = "Certificates, newest first",
+    params(CertsQuery),
+    responses(
+        (status = 200, description = "The certificates that match, newest first (without their PEM).", body = Vec<wire::CertRecord>),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn list_certs(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<CertsQuery>,
+    q: Result<Query<CertsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     as_admin(a, caller, move |adm| {
         let q = CertQuery {
             device_serial: q.device,
@@ -123,6 +209,23 @@ async fn list_certs(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/certificates/{serial}",
+    operation_id = "show_cert",
+    tag = "admin",
+    summary = "One certificate, with its PEM",
+    params(("serial" = String, Path, description = "The certificate serial, hex.")),
+    responses(
+        (status = 200, description = "The certificate's record and its PEM.", body = wire::CertRecord),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 404, description = "No certificate with this serial.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn show_cert(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -135,10 +238,15 @@ async fn show_cert(
     .await
 }
 
-#[derive(Deserialize)]
+/// A revocation's body (optional: an empty body is `{}`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
+    /// The RFC 5280 CRLReason, by name (any case): `unspecified`, `keyCompromise`,
+    /// `cACompromise`, `affiliationChanged`, `superseded`, `cessationOfOperation`,
+    /// `certificateHold`, `removeFromCRL`, `privilegeWithdrawn`, `aACompromise`.
     #[serde(default = "unspecified")]
+    #[schema(default = "unspecified", example = "keyCompromise")]
     reason: String,
 }
 
@@ -146,6 +254,26 @@ fn unspecified() -> String {
     "unspecified".into()
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/certificates/{serial}/revoke",
+    operation_id = "revoke_cert",
+    tag = "admin",
+    summary = "Revoke a certificate",
+    params(("serial" = String, Path, description = "The certificate serial, hex.")),
+    request_body(content = RevokeBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was revoked, and why.", body = wire::Revoked),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 404, description = "No certificate with this serial.", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than the endpoint takes.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn revoke_cert(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -161,6 +289,26 @@ async fn revoke_cert(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/devices/{serial}/revoke",
+    operation_id = "revoke_device",
+    tag = "admin",
+    summary = "Revoke every certificate of a device (and its ownership)",
+    params(("serial" = String, Path, description = "The device serial.")),
+    request_body(content = RevokeBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was revoked, and why.", body = wire::Revoked),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 404, description = "The device has no certificate to revoke.", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than the endpoint takes.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn revoke_device(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -193,6 +341,21 @@ fn refuse_bad_input<T>(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/batches",
+    operation_id = "list_batches",
+    tag = "admin",
+    summary = "Production batches",
+    responses(
+        (status = 200, description = "Every batch.", body = Vec<wire::Batch>),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn list_batches(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -200,6 +363,23 @@ async fn list_batches(
     as_admin(a, caller, |adm| Ok(adm.batches()?.iter().map(views::batch).collect::<Vec<_>>())).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/batches/{id}",
+    operation_id = "show_batch",
+    tag = "admin",
+    summary = "One batch",
+    params(("id" = String, Path, description = "The batch id.")),
+    responses(
+        (status = 200, description = "The batch.", body = wire::Batch),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 404, description = "No batch with this id.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn show_batch(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -208,14 +388,21 @@ async fn show_batch(
     as_admin(a, caller, move |adm| Ok(views::batch(&adm.batch(&id)?))).await
 }
 
-#[derive(Deserialize)]
+/// A new production batch.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchBody {
+    /// Its id (one is made when absent).
     id: Option<String>,
+    /// The product.
     product: String,
+    /// The device serials it may give birth to (its allowlist).
     serials: Vec<String>,
+    /// Births allowed.
     quota: u64,
+    /// First second of its window, RFC 3339 (default: now).
     from: Option<String>,
+    /// First second after it, RFC 3339 (default: 90 days after `from`).
     until: Option<String>,
 }
 
@@ -225,6 +412,24 @@ pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
         .map_err(|e| AuthorityError::malformed(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/batches",
+    operation_id = "create_batch",
+    tag = "admin",
+    summary = "Create a production batch",
+    request_body(content = BatchBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The batch created.", body = wire::Batch),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than the endpoint takes.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn create_batch(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -253,6 +458,24 @@ async fn create_batch(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/batches/{id}/close",
+    operation_id = "close_batch",
+    tag = "admin",
+    summary = "Close a batch: no more births in it",
+    params(("id" = String, Path, description = "The batch id.")),
+    responses(
+        (status = 200, description = "The batch closed.", body = wire::Closed),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 404, description = "No batch with this id.", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than the endpoint takes.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn close_batch(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -265,17 +488,39 @@ async fn close_batch(
     .await
 }
 
-#[derive(Deserialize)]
+/// `GET /admin/v1/audit`'s range.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// The first entry's place in the chain (default 1).
     from: Option<u64>,
+    /// At most this many entries (default 100).
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/audit",
+    operation_id = "audit_list",
+    tag = "admin",
+    summary = "Audit entries",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The audit entries from `from` on, at most `limit`.", body = Vec<wire::AuditEntry>),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn audit_list(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     as_admin(a, caller, move |adm| {
         let entries = adm.audit_entries(q.from.unwrap_or(1), q.limit.unwrap_or(100))?;
         Ok(entries
@@ -294,6 +539,21 @@ async fn audit_list(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/audit/verify",
+    operation_id = "audit_verify",
+    tag = "admin",
+    summary = "Walk the audit chain",
+    responses(
+        (status = 200, description = "Whether the chain verifies: its length and head, or what is wrong.", body = wire::AuditVerified),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn audit_verify(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -307,13 +567,34 @@ async fn audit_verify(
     .await
 }
 
-#[derive(Deserialize)]
+/// A one-time enrollment token's request.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
+    /// The device serial it is for.
     serial: String,
+    /// How long it is valid, seconds (the authority's default when absent).
     ttl_secs: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/tokens",
+    operation_id = "create_token",
+    tag = "admin",
+    summary = "A one-time enrollment token for a device",
+    request_body(content = TokenBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The token (shown once).", body = wire::TokenCreated),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than the endpoint takes.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn create_token(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -327,6 +608,21 @@ async fn create_token(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/keys/blocked",
+    operation_id = "blocked_keys",
+    tag = "admin",
+    summary = "The blocked keys",
+    responses(
+        (status = 200, description = "Every blocked key.", body = Vec<wire::BlockedKey>),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn blocked_keys(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -334,6 +630,23 @@ async fn blocked_keys(
     as_admin(a, caller, |adm| Ok(adm.blocked_keys()?.iter().map(views::blocked_key).collect::<Vec<_>>())).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/keys/{hash}",
+    operation_id = "show_key",
+    tag = "admin",
+    summary = "Whose key it is, its certificates, whether it is blocked",
+    params(("hash" = String, Path, description = "SHA-256 of the key's SubjectPublicKeyInfo, 64 hex digits.")),
+    responses(
+        (status = 200, description = "What the key registry knows of the key.", body = wire::KeyRegistry),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn show_key(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -342,12 +655,17 @@ async fn show_key(
     as_admin(a, caller, move |adm| Ok(views::key_registry(&adm.key(&hash)?))).await
 }
 
-#[derive(Deserialize)]
+/// Keys to block.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BlockBody {
+    /// SHA-256 of each key's SubjectPublicKeyInfo, 64 hex digits.
     spki_sha256: Vec<String>,
+    /// Why (kept with each key).
     #[serde(default = "compromised")]
+    #[schema(default = "compromised")]
     reason: String,
+    /// Also revoke (keyCompromise) the good certificates of these keys that are not a CA's.
     #[serde(default)]
     revoke: bool,
 }
@@ -356,6 +674,24 @@ fn compromised() -> String {
     "compromised".into()
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/keys/block",
+    operation_id = "block_keys",
+    tag = "admin",
+    summary = "Block keys by the SHA-256 of their SubjectPublicKeyInfo (docs/leaked-keys.md)",
+    request_body(content = BlockBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was blocked and revoked.", body = wire::KeysBlocked),
+        (status = 400, description = "The request is malformed (its body, query or path): one line saying what was wrong.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No client certificate, or one this authority did not issue.", body = String, content_type = "text/plain"),
+        (status = 403, description = "The client certificate is not a valid admin certificate (another role's, revoked or expired), or the authority refuses the action.", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than the endpoint takes.", body = String, content_type = "text/plain"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The authority cannot record anything now (its store is away): retry later.", body = String, content_type = "text/plain",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn block_keys(
     State(a): State<Arc<Authority>>,
     Extension(caller): Extension<Caller>,
@@ -366,4 +702,184 @@ async fn block_keys(
         Ok(views::keys_blocked(&adm.block_keys(&bb.spki_sha256, &bb.reason, bb.revoke)?))
     })
     .await
+}
+
+/// The admin API's OpenAPI 3.1 document, generated from the handlers'
+/// `#[utoipa::path]` and the wire types' schemas.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "iotpki admin API",
+        description = "The admin API of an iotpki authority: JSON over its TLS listener (TLS 1.3), for admins \
+            with an admin certificate (`iotpki admin add`), mutual TLS. Errors are one line of text/plain. \
+            Every admin action is audited with the admin's name."
+    ),
+    paths(
+        whoami,
+        list_certs,
+        show_cert,
+        revoke_cert,
+        revoke_device,
+        list_batches,
+        create_batch,
+        show_batch,
+        close_batch,
+        audit_list,
+        audit_verify,
+        create_token,
+        blocked_keys,
+        block_keys,
+        show_key,
+        openapi
+    ),
+    modifiers(&Finish),
+    security(("mutualTLS" = [])),
+    tags((name = "admin", description = "Certificates, batches, tokens, the key registry and the audit log."))
+)]
+pub(crate) struct ApiDoc;
+
+/// What the derives cannot say: the `mutualTLS` security scheme every
+/// operation but the document's own needs; a certificate record's revocation
+/// fields (flattened when present, [`wire::CertRecord::revocation`]); and the
+/// bodies that may be empty (read as `{}`).
+struct Finish;
+
+/// The operations whose request body may be empty.
+const OPTIONAL_BODY: [&str; 2] = ["revoke_cert", "revoke_device"];
+
+impl utoipa::Modify for Finish {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Required, Schema};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "mutualTLS",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "An admin certificate (`iotpki admin add`) issued by this authority, not revoked nor expired."
+                        .into(),
+                ),
+                extensions: None,
+            },
+        );
+        let revocation = <wire::Revocation as utoipa::PartialSchema>::schema();
+        if let (Some(RefOr::T(Schema::Object(record))), RefOr::T(Schema::Object(revocation))) =
+            (components.schemas.get_mut("CertRecord"), revocation)
+        {
+            for (name, field) in revocation.properties {
+                let field = match field {
+                    RefOr::T(Schema::Object(mut o)) => {
+                        let d = o.description.take().unwrap_or_default();
+                        o.description = Some(format!("Only when revoked. {d}"));
+                        RefOr::T(Schema::Object(o))
+                    }
+                    other => other,
+                };
+                record.properties.insert(name, field);
+            }
+        }
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                // The rate limiter (crate::limits) stands before every admin route.
+                op.responses.responses.insert("429".into(), RefOr::T(too_many()));
+                if op.operation_id.as_deref().is_some_and(|id| OPTIONAL_BODY.contains(&id)) {
+                    if let Some(body) = op.request_body.as_mut() {
+                        body.required = Some(Required::False);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The answer of the rate limiter ([`crate::limits`]), which stands before every admin route.
+fn too_many() -> utoipa::openapi::Response {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, ResponseBuilder};
+    ResponseBuilder::new()
+        .description("Too many requests from this client, or too many refused requests from this address: retry later.")
+        .content(
+            "text/plain",
+            ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String))).build(),
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
+        )
+        .build()
+}
+
+/// The admin API's OpenAPI document, JSON (what `GET /admin/v1/openapi.json` answers).
+pub fn openapi_json() -> String {
+    // Serializing the document cannot fail: string keys and no floats.
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "admin",
+    summary = "This document",
+    security(()),
+    responses(
+        (status = 200, description = "The admin API's OpenAPI 3.1 document.", body = Object, content_type = "application/json"),
+        (status = 414, description = "The request URI (path and query) is longer than 12 KiB.", body = String, content_type = "text/plain"),
+    )
+)]
+async fn openapi() -> Response {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi_json);
+    let mut r = Response::new(axum::body::Body::from(DOC.as_str()));
+    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each `(METHOD, path)` of the document's operations, sorted.
+    fn documented(doc: &serde_json::Value) -> Vec<(String, String)> {
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(k, _)| k) {
+                if ["get", "put", "post", "delete", "options", "head", "patch", "trace"].contains(&method.as_str()) {
+                    ops.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        ops.sort();
+        ops
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_routes_of_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut routed: Vec<(String, String)> =
+            table().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+        routed.sort();
+        let n = routed.len();
+        routed.dedup();
+        assert_eq!(routed.len(), n, "a route is listed twice");
+        assert_eq!(documented(&doc), routed, "every admin route, and only those, has its operation in ApiDoc");
+    }
+
+    #[test]
+    fn every_operation_but_the_document_needs_an_admin_certificate() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        assert_eq!(doc["components"]["securitySchemes"]["mutualTLS"]["type"], "mutualTLS");
+        assert_eq!(doc["security"], serde_json::json!([{"mutualTLS": []}]));
+        for (method, path) in documented(&doc) {
+            let op = &doc["paths"][&path][method.to_lowercase()];
+            if path == OPENAPI_PATH {
+                assert_eq!(op["security"], serde_json::json!([{}]), "{path}");
+            } else {
+                assert!(op.get("security").is_none(), "{method} {path} overrides the admin certificate");
+                assert!(op["responses"]["401"].is_object() && op["responses"]["403"].is_object(), "{method} {path}");
+            }
+        }
+    }
 }

@@ -34,6 +34,7 @@
 //! | `POST /factory/crl` | factory station (its delegated CA's CRL) | [`iotpki_core::crl::MAX_CRL_BYTES`] |
 //! | `POST /admin/v1/batches` | admin | [`BATCH_MAX`] |
 //! | `POST /admin/v1/…` (other) | admin | [`SMALL_JSON_MAX`] |
+//! | `GET /admin/v1/openapi.json` | anyone (the API's description: no fleet data) | 0 |
 //! | `POST /ocsp` | anyone | [`iotpki_core::ocsp::MAX_REQUEST_LEN`] |
 //! | `POST /console/batches`, `/console/claims` | (the console's session or admin certificate) | [`BATCH_MAX`] |
 //! | `GET /factory/…` | factory station | 0 |
@@ -90,6 +91,9 @@ pub(crate) fn rule(method: &Method, path: &str, query: Option<&str>) -> Rule {
         (_, "/factory/sync") => (Some(Gate::Station("refuse.sync")), SYNC_MAX, false),
         (_, "/factory/crl") => (Some(Gate::Station("refuse.station")), iotpki_core::crl::MAX_CRL_BYTES, false),
         (_, p) if p.starts_with("/factory/") => (Some(Gate::Station("refuse.station")), SMALL_JSON_MAX, false),
+        // The OpenAPI document holds no fleet data: any TLS client may read it
+        // (this exact path only; every other one under /admin/ needs an admin).
+        (_, crate::admin::OPENAPI_PATH) => (None, 0, false),
         (_, "/admin/v1/batches") => (Some(Gate::Admin), BATCH_MAX, false),
         (_, p) if p.starts_with("/admin/") => (Some(Gate::Admin), SMALL_JSON_MAX, false),
         (_, "/ocsp") => (None, iotpki_core::ocsp::MAX_REQUEST_LEN, false),
@@ -237,6 +241,24 @@ mod tests {
         assert_eq!(post("/ocsp", None), Rule { caller: None, max_body: 8 * 1024, pkcs10: false });
         assert_eq!(rule(&Method::GET, "/factory/sync", None).max_body, 0);
         assert_eq!(rule(&Method::GET, "/admin/v1/audit", None).caller, Some(Gate::Admin));
+        // The OpenAPI document is the one admin path anyone may GET; no other is let through with it.
+        assert_eq!(
+            rule(&Method::GET, "/admin/v1/openapi.json", None),
+            Rule { caller: None, max_body: 0, pkcs10: false }
+        );
+        assert_eq!(rule(&Method::POST, "/admin/v1/openapi.json", None).max_body, 0);
+        for p in [
+            "/admin/v1/openapi.json/",
+            "/admin/v1/openapi.jsonx",
+            "/admin/v1/openapi.json/../whoami",
+            "/admin/v2/openapi.json",
+        ] {
+            assert_eq!(rule(&Method::GET, p, None).caller, Some(Gate::Admin), "{p}");
+        }
+        for r in crate::admin::table() {
+            let want = if r.path == crate::admin::OPENAPI_PATH { None } else { Some(Gate::Admin) };
+            assert_eq!(rule(&r.method, r.path, None).caller, want, "{} {}", r.method, r.path);
+        }
         assert_eq!(rule(&Method::GET, "/factory/batches/B1", None).caller, Some(Gate::Station("refuse.station")));
         assert_eq!(rule(&Method::GET, "/.well-known/est/cacerts", None).caller, None);
     }

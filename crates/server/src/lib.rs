@@ -12,7 +12,8 @@
 //!   root and check the store's record, once per request, before the body is
 //!   read ([`Authority::admit`]); the handler gets the caller found.
 //! - The admin API (`/admin/v1/`, see the `admin` module) needs an admin
-//!   certificate ([`Authority::admin`]).
+//!   certificate ([`Authority::admin`]), but for its OpenAPI document
+//!   (`/admin/v1/openapi.json`, no fleet data), which any TLS client may read.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ use std::time::Duration;
 use iotpki_authority::Authority;
 use tokio::net::TcpListener;
 
+pub use admin::openapi_json;
 pub use http::{public_router, router};
 pub use limits::{Limits, LimitsHandle};
 pub use tls::{server_config, server_config_with};

@@ -131,12 +131,12 @@ fn reenroll_csr(state: &Path) -> Vec<u8> {
     est::encode_body(&csr::build(&subject, &key, vec![]).unwrap()).into_bytes()
 }
 
-fn cert_serial(state: &Path) -> String {
+pub(crate) fn cert_serial(state: &Path) -> String {
     iotpki_agent::status(state).unwrap().cert_serial
 }
 
 /// An admin directory made with `iotpki admin add`.
-fn add_admin(ca: &Ca, name: &str, extra: &[&str]) -> PathBuf {
+pub(crate) fn add_admin(ca: &Ca, name: &str, extra: &[&str]) -> PathBuf {
     let out = ca.tmp.path().join("admins").join(name);
     let o = run_ok(
         bin()
@@ -160,7 +160,7 @@ fn admin_identity(dir: &Path) -> ClientIdentity {
 
 /// Bring the test's clock to the system's: certificates made by a CLI process
 /// (on the system clock) are valid from then, however long the setup took.
-fn sync_clock(ca: &Ca) {
+pub(crate) fn sync_clock(ca: &Ca) {
     use iotpki_authority::Clock as _;
     let behind = iotpki_authority::SystemClock.now() - ca.clock.now();
     ca.clock.advance(behind.max(0));

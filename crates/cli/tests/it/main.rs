@@ -24,6 +24,7 @@ mod interop;
 mod limits;
 mod loadgen;
 mod nginx;
+mod openapi;
 mod owner;
 mod package;
 mod pkilint;
