@@ -1,8 +1,9 @@
 //! The write operations callers queue for the engine's group commit.
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, KeyBlock, KeysBlocked,
-    ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan,
+    Issuance, KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, SyncOutcome,
+    SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the engine.
@@ -26,6 +27,13 @@ pub(crate) enum Op {
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
     BlockKeys(Box<KeyBlock>),
+    /// Webhook name, owner, now, lease until.
+    LeaseWebhook(String, String, i64, i64),
+    /// Webhook name, owner, seq, lease until.
+    AdvanceWebhook(String, String, u64, i64),
+    /// Webhook name, owner.
+    ReleaseWebhook(String, String),
+    NoteExpiring(Box<ExpiringScan>),
 }
 
 /// What a committed operation hands back to its caller.
@@ -37,4 +45,6 @@ pub(crate) enum Done {
     Count(u64),
     DeviceRevoked(DeviceRevoked),
     KeysBlocked(KeysBlocked),
+    Lease(Option<u64>),
+    Expiring(ExpiringNoted),
 }

@@ -88,6 +88,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "0007_current.sql", include_str!("../migrations/postgres/0007_current.sql")),
     (8, "0008_claims.sql", include_str!("../migrations/postgres/0008_claims.sql")),
     (9, "0009_keys.sql", include_str!("../migrations/postgres/0009_keys.sql")),
+    (10, "0010_events.sql", include_str!("../migrations/postgres/0010_events.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -713,6 +714,9 @@ mod tests {
         blocking_revokes_the_keys_certificates_once,
         a_withdrawn_token_enrolls_nothing,
         clones_racing_with_one_key_get_one_certificate,
+        events_are_recorded_with_their_change_and_only_then,
+        webhook_cursors_are_per_webhook_and_leased_to_one_owner,
+        expiring_certificates_are_announced_once_per_threshold_in_pages,
     );
 
     #[test]

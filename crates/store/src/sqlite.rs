@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/sqlite/0007_current.sql")),
     (8, include_str!("../migrations/sqlite/0008_claims.sql")),
     (9, include_str!("../migrations/sqlite/0009_keys.sql")),
+    (10, include_str!("../migrations/sqlite/0010_events.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
