@@ -18,6 +18,7 @@
 
 mod admin;
 mod case;
+pub mod events;
 pub mod coaps;
 mod gate;
 mod http;
