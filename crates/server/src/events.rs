@@ -92,7 +92,9 @@ impl Endpoint {
         };
         let authority = uri.authority().ok_or_else(|| format!("url {url:?} names no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("url {url:?}: credentials in the URL are not supported (the HMAC signs each delivery)"));
+            return Err(format!(
+                "url {url:?}: credentials in the URL are not supported (the HMAC signs each delivery)"
+            ));
         }
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
         if host.is_empty() {
@@ -211,14 +213,7 @@ fn load_one(dir: &Path, w: &WebhookConfig) -> Result<Webhook, String> {
         }
         Scheme::Https => Some(client_tls(dir, w.ca_file.as_deref())?),
     };
-    Ok(Webhook {
-        name: w.name.clone(),
-        endpoint,
-        secret,
-        kinds,
-        expiring_within_days: w.expiring_within_days,
-        tls,
-    })
+    Ok(Webhook { name: w.name.clone(), endpoint, secret, kinds, expiring_within_days: w.expiring_within_days, tls })
 }
 
 /// A webhook's secret: the file's bytes, a final newline dropped; refused
@@ -257,7 +252,8 @@ fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
 }
 
 /// Where Debian, Fedora and Alpine keep the system's CA bundle.
-const SYSTEM_ROOTS: &[&str] = &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+const SYSTEM_ROOTS: &[&str] =
+    &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
 
 /// TLS to an https receiver: its certificate must chain to `ca_file`'s
 /// certificates, or to the system's.
@@ -403,12 +399,10 @@ async fn post_once(w: &Webhook, ev: &EventRecord) -> Result<(), Failure> {
     let resp = match &w.tls {
         None => send(hyper_util::rt::TokioIo::new(tcp), req).await?,
         Some(cfg) => {
-            let name = rustls_pki_types::ServerName::try_from(w.endpoint.host.clone())
-                .map_err(|e| io("server name", &e))?;
-            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| io("TLS", &e))?;
+            let name =
+                rustls_pki_types::ServerName::try_from(w.endpoint.host.clone()).map_err(|e| io("server name", &e))?;
+            let tls =
+                tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await.map_err(|e| io("TLS", &e))?;
             send(hyper_util::rt::TokioIo::new(tls), req).await?
         }
     };
@@ -477,9 +471,26 @@ impl Deliveries {
     /// Start one delivery task per webhook and the expiring check, on the
     /// current tokio runtime. `owner` names this node in the leases (unique
     /// per process).
-    pub fn start(authority: Arc<Authority>, webhooks: Vec<Webhook>, owner: String) -> Self {
+    ///
+    /// A webhook seen for the first time gets its cursor here, at the last
+    /// event recorded, before the expiring check records anything: it is
+    /// given every event recorded from this start on.
+    pub async fn start(authority: Arc<Authority>, webhooks: Vec<Webhook>, owner: String) -> Result<Self, StoreError> {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let store = authority.store().clone();
+        for w in &webhooks {
+            let (s, n, o) = (store.clone(), w.name.clone(), owner.clone());
+            blocking(move || {
+                if s.webhook_cursor(&n)?.is_none() {
+                    // Creates the cursor; the lease taken is released at once.
+                    let now = now_unix();
+                    s.lease_webhook(&n, &o, now, now)?;
+                    s.release_webhook(&n, &o)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
         let mut tasks = Vec::new();
         let thresholds: BTreeSet<u32> =
             webhooks.iter().filter(|w| w.kinds.contains(EVENT_CERT_EXPIRING)).map(|w| w.expiring_within_days).collect();
@@ -489,7 +500,7 @@ impl Deliveries {
         for w in webhooks {
             tasks.push(tokio::spawn(deliver_loop(store.clone(), Arc::new(w), owner.clone(), rx.clone())));
         }
-        Self { stop, tasks }
+        Ok(Self { stop, tasks })
     }
 
     /// Stop: each task finishes the delivery in flight (bounded by the
@@ -511,7 +522,11 @@ pub fn lease_owner() -> String {
 
 /// At start and every [`EXPIRING_EVERY`]: record `certificate.expiring` for
 /// each threshold, page by page (each page one short transaction).
-async fn expiring_loop(authority: Arc<Authority>, thresholds: BTreeSet<u32>, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn expiring_loop(
+    authority: Arc<Authority>,
+    thresholds: BTreeSet<u32>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         for &days in &thresholds {
             let mut after = None;
@@ -524,7 +539,11 @@ async fn expiring_loop(authority: Arc<Authority>, thresholds: BTreeSet<u32>, mut
                 match blocking(move || store.note_expiring(scan)).await {
                     Ok(n) => {
                         if n.recorded > 0 {
-                            tracing::info!(within_days = days, recorded = n.recorded, "certificates expiring: events recorded");
+                            tracing::info!(
+                                within_days = days,
+                                recorded = n.recorded,
+                                "certificates expiring: events recorded"
+                            );
                         }
                         match n.next {
                             Some(next) => after = Some(next),
@@ -545,7 +564,12 @@ async fn expiring_loop(authority: Arc<Authority>, thresholds: BTreeSet<u32>, mut
 }
 
 /// Deliver one webhook's events, in order, until stopped.
-async fn deliver_loop(store: Arc<dyn Store>, w: Arc<Webhook>, owner: String, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn deliver_loop(
+    store: Arc<dyn Store>,
+    w: Arc<Webhook>,
+    owner: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let lease = LEASE.as_secs() as i64;
     let mut attempt: u32 = 0;
     'outer: loop {
@@ -722,7 +746,10 @@ mod tests {
     #[test]
     fn urls_are_parsed_or_refused_with_the_reason() {
         let e = Endpoint::parse("http://127.0.0.1:8080/hook?x=1").unwrap();
-        assert_eq!((e.scheme, e.host.as_str(), e.port, e.path.as_str()), (Scheme::Http, "127.0.0.1", 8080, "/hook?x=1"));
+        assert_eq!(
+            (e.scheme, e.host.as_str(), e.port, e.path.as_str()),
+            (Scheme::Http, "127.0.0.1", 8080, "/hook?x=1")
+        );
         assert_eq!(e.host_header(), "127.0.0.1:8080");
         let e = Endpoint::parse("https://hooks.example.com").unwrap();
         assert_eq!((e.port, e.path.as_str(), e.host_header().as_str()), (443, "/", "hooks.example.com"));
@@ -761,7 +788,8 @@ mod tests {
         assert!(!format!("{:?}", ok[0]).contains("random secret"), "Debug never shows the secret");
         let err = |f: &dyn Fn(&mut WebhookConfig)| load_webhooks(d.path(), &cfg(d.path(), f)).unwrap_err().0;
         assert!(err(&|w| w.url = "ftp://x/y".into()).contains("not http or https"));
-        assert!(err(&|w| w.events = Some(vec!["certificate.revokd".into()])).contains("unknown event type \"certificate.revokd\""));
+        assert!(err(&|w| w.events = Some(vec!["certificate.revokd".into()]))
+            .contains("unknown event type \"certificate.revokd\""));
         assert!(err(&|w| w.events = Some(vec![])).contains("events is empty"));
         assert!(err(&|w| w.secret_file = d.path().join("missing")).contains("secret_file"));
         assert!(err(&|w| w.name = "bad name".into()).contains("name must be"));

@@ -18,8 +18,8 @@
 
 mod admin;
 mod case;
-pub mod events;
 pub mod coaps;
+pub mod events;
 mod gate;
 mod http;
 mod io;
