@@ -327,3 +327,56 @@ fn a_webhook_gets_every_event_once_in_order_signed_across_a_restart() {
     assert_eq!(body(9)["data"]["station"], "ev-line-3");
     assert_eq!(store.webhook_cursor("ops").unwrap(), all.last().map(|e| e.seq), "the cursor is at the last one");
 }
+
+/// Two `serve` nodes on one PostgreSQL database, one webhook: its deliveries
+/// are leased to one node at a time, so the receiver gets each event once.
+#[test]
+fn two_nodes_on_one_database_deliver_each_event_once() {
+    use iotpki_store::postgres::{create_test_database, test_base_url, PgStore};
+    use std::os::unix::fs::PermissionsExt as _;
+    let db = create_test_database(&test_base_url(), "it_events_two").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    let pass_file = tmp.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf, "--database", &db.url]));
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let rx = Receiver::start();
+    let config = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
+    std::fs::write(
+        dir.join("iotpki.toml"),
+        format!("{config}{}", webhook_toml(&rx.url, Some("\"certificate.revoked\""))),
+    )
+    .unwrap();
+    let nodes: Vec<Server> = (0..2).map(|_| serve(&mut serve_cmd(d, pf)).0).collect();
+    let store = PgStore::open(&db.url).unwrap();
+    let before = store.last_event_seq().unwrap();
+    for i in 0..20 {
+        let c = conformance::cert(&format!("EV-TWO-{i}"));
+        let audit = |action: &str| iotpki_store::AuditEvent {
+            at: 1,
+            actor: "test".into(),
+            action: action.into(),
+            target: c.serial.clone(),
+            detail: String::new(),
+        };
+        store
+            .record_issuance(iotpki_store::Issuance { cert: c.clone(), preconditions: vec![], audit: audit("issue") })
+            .unwrap();
+        store.revoke(&c.serial, 0, 1_000, audit("revoke")).unwrap();
+    }
+    let want: Vec<String> = store.events_after(before, 100).unwrap().iter().map(|e| e.seq.to_string()).collect();
+    assert_eq!(want.len(), 20);
+    rx.wait(60, "20 revocations", |r| r.taken().len() >= 20);
+    std::thread::sleep(Duration::from_secs(3));
+    for n in nodes {
+        stop_cleanly(n);
+    }
+    let ids: Vec<String> = rx.taken().iter().map(|d| d.id.clone()).collect();
+    assert_eq!(ids, want, "each event once, in order, whichever node delivered it");
+    assert_eq!(store.webhook_cursor("ops").unwrap(), want.last().map(|s| s.parse().unwrap()));
+}
