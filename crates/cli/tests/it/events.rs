@@ -38,15 +38,28 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Self::start_with(None)
+    }
+
+    /// With `tls`, over TLS (an https:// webhook).
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hooks/iotpki?src=test", l.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/hooks/iotpki?src=test", l.local_addr().unwrap());
         let accept = Arc::new(AtomicBool::new(true));
         let got = Arc::new(Mutex::new(Vec::new()));
         let (a, g) = (accept.clone(), got.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let Ok(tcp) = conn else { continue };
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut conn: Box<dyn ReadWrite> = match &tls {
+                    None => Box::new(tcp),
+                    Some(cfg) => {
+                        let Ok(c) = rustls::ServerConnection::new(cfg.clone()) else { continue };
+                        Box::new(rustls::StreamOwned::new(c, tcp))
+                    }
+                };
                 let Some(d) = read_request(&mut conn) else { continue };
                 let taken = a.load(Ordering::SeqCst);
                 g.lock().unwrap().push(Delivery { taken, ..d });
@@ -56,6 +69,7 @@ impl Receiver {
                     "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 8\r\nConnection: close\r\n\r\nbusy now"
                 };
                 let _ = conn.write_all(answer.as_bytes());
+                let _ = conn.flush();
             }
         });
         Receiver { url, accept, got }
@@ -79,9 +93,12 @@ impl Receiver {
     }
 }
 
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
 /// One HTTP/1.1 request: the POST line, its headers, its body.
-fn read_request(conn: &mut std::net::TcpStream) -> Option<Delivery> {
-    let mut r = BufReader::new(conn.try_clone().ok()?);
+fn read_request(conn: &mut Box<dyn ReadWrite>) -> Option<Delivery> {
+    let mut r = BufReader::new(conn);
     let mut line = String::new();
     r.read_line(&mut line).ok()?;
     assert!(line.starts_with("POST /hooks/iotpki?src=test HTTP/1.1"), "{line}");
@@ -379,4 +396,77 @@ fn two_nodes_on_one_database_deliver_each_event_once() {
     let ids: Vec<String> = rx.taken().iter().map(|d| d.id.clone()).collect();
     assert_eq!(ids, want, "each event once, in order, whichever node delivered it");
     assert_eq!(store.webhook_cursor("ops").unwrap(), want.last().map(|s| s.parse().unwrap()));
+}
+
+/// An https:// webhook: the receiver's certificate (issued by the authority
+/// itself, for 127.0.0.1) is checked against the webhook's `ca_file`; without
+/// it (the system's CAs) the delivery is refused at the handshake and retried.
+#[test]
+fn an_https_webhook_is_checked_against_its_ca_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    let pass_file = tmp.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    run_ok(bin().args(["init", "--dir", d, "--passphrase-file", pf]));
+    let out = tmp.path().join("receiver");
+    run_ok(
+        bin()
+            .args(["cert", "issue-server", "--dir", d, "--name", "127.0.0.1", "--out", out.to_str().unwrap()])
+            .env("IOTPKI_PASSPHRASE", PASS),
+    );
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        iotpki_core::pem::decode_all("CERTIFICATE", &std::fs::read_to_string(out.join("fullchain.pem")).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(Into::into)
+            .collect();
+    let key =
+        iotpki_core::pem::decode_one("PRIVATE KEY", &std::fs::read_to_string(out.join("server.key")).unwrap()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let rx = Receiver::start_with(Some(Arc::new(cfg)));
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::copy(out.join("root.pem"), dir.join("hooks-ca.pem")).unwrap();
+    let config = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
+    let hooks = format!(
+        "{}ca_file = \"hooks-ca.pem\"\n\n[[events.webhook]]\nname = \"system-roots\"\nurl = \"{}\"\n\
+         secret_file = \"hook.secret\"\nevents = [\"station.revoked\"]\n",
+        webhook_toml(&rx.url, Some("\"station.revoked\"")),
+        rx.url
+    );
+    std::fs::write(dir.join("iotpki.toml"), format!("{config}{hooks}")).unwrap();
+    let store = iotpki_store::sqlite::SqliteStore::open(&dir.join("store.db")).unwrap();
+    conformance::batch(&store, "TLSB", 1, &["TLSB-1".to_string()]);
+    conformance::station(&store, "tls-line", &["TLSB"]);
+    let (server, _url) = serve(&mut serve_cmd(d, pf));
+    run_ok(bin().args(["station", "revoke", "tls-line", "--dir", d]));
+    rx.wait(30, "the delivery over TLS", |r| !r.taken().is_empty());
+    // The webhook on the system's CAs never got past the handshake: one delivery only.
+    std::thread::sleep(Duration::from_secs(3));
+    stop_cleanly(server);
+    let taken = rx.taken();
+    assert_eq!(taken.len(), 1, "{taken:#?}");
+    assert_eq!(taken[0].kind, "station.revoked");
+    assert!(iotpki_server::events::verify_signature(
+        SECRET.as_bytes(),
+        &taken[0].timestamp,
+        &taken[0].body,
+        &taken[0].signature
+    ));
+    let seq = store.last_event_seq().unwrap();
+    assert_eq!(store.webhook_cursor("ops").unwrap(), Some(seq));
+    assert!(
+        store.webhook_cursor("system-roots").unwrap() < Some(seq),
+        "not delivered: the receiver's CA is not a system one"
+    );
 }
