@@ -576,6 +576,26 @@ async fn deliver_loop(
         if *stop.borrow() {
             break;
         }
+        // Idle, look with reads only: the lease is a write (on PostgreSQL it
+        // waits for the writers' lock), taken only when there is work.
+        let (s, n) = (store.clone(), w.name.clone());
+        match blocking(move || Ok(s.last_event_seq()? > s.webhook_cursor(&n)?.unwrap_or(0))).await {
+            Ok(true) => {}
+            Ok(false) => {
+                if sleep_or_stop(POLL, &mut stop).await {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %w.name, error = %e, "cannot read the webhook's cursor");
+                if sleep_or_stop(backoff(attempt, rand::random()), &mut stop).await {
+                    break;
+                }
+                attempt = attempt.saturating_add(1);
+                continue;
+            }
+        }
         let (s, n, o) = (store.clone(), w.name.clone(), owner.clone());
         let now = now_unix();
         let cursor = match blocking(move || s.lease_webhook(&n, &o, now, now + lease)).await {

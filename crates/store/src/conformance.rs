@@ -1132,6 +1132,7 @@ pub fn blocking_revokes_the_keys_certificates_once(store: &dyn Store) {
     let untouched = cert(&unique("KU-"));
     store.record_issuance(issuance(untouched.clone(), vec![])).expect("issue");
     let audit = audit_len(store);
+    let events = store.last_event_seq().expect("last event");
     let block = |keys: Vec<crate::BlockedKey>, revoke: bool| key_block(keys, vec![], revoke, vec!["issuing-ca".into()]);
     // Without revoke: blocked, the certificates reported as left alone.
     let done = store.block_keys(block(vec![blocked(&dev.spki_sha256)], false)).expect("block");
@@ -1152,6 +1153,17 @@ pub fn blocking_revokes_the_keys_certificates_once(store: &dyn Store) {
         let rec = store.certificate(s).expect("read").expect("recorded");
         assert_eq!(rec.status, CertStatus::Revoked { at: 3_000, reason: 1 });
     }
+    // Each revocation is an event for the webhooks (keyCompromise); the spared CA's is not.
+    let mut evs: Vec<(String, String)> = events_since(store, events)
+        .into_iter()
+        .map(|(k, subject, d)| {
+            assert_eq!(d["reason_code"], 1);
+            (k, subject)
+        })
+        .collect();
+    evs.sort();
+    let cr = crate::EVENT_CERT_REVOKED.to_string();
+    assert_eq!(evs, want.iter().map(|s| (cr.clone(), s.clone())).collect::<Vec<_>>());
     assert_eq!(store.certificate(&ca.serial).expect("read").expect("ca").status, CertStatus::Good);
     assert_eq!(store.certificate(&untouched.serial).expect("read").expect("other").status, CertStatus::Good);
     // One key.block for each new key, one revoke for each certificate.
