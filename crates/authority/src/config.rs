@@ -38,6 +38,10 @@ pub struct Config {
     /// The web console under `/console/` (defaults when absent).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Events out: webhooks (none when absent). Checked by `iotpki serve`
+    /// when it starts (docs/events.md).
+    #[serde(default, skip_serializing_if = "EventsConfig::is_empty")]
+    pub events: EventsConfig,
 }
 
 /// The web console (`/console/` on the TLS listener; docs/console.md).
@@ -58,6 +62,51 @@ impl Default for ConsoleConfig {
     fn default() -> Self {
         Self { enabled: true, idle_timeout_secs: 15 * 60, session_lifetime_secs: 12 * 3600, max_sessions: 1000 }
     }
+}
+
+/// `[events]`: where the authority reports what happens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// `[[events.webhook]]`: each gets every event it asks for, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook: Vec<WebhookConfig>,
+}
+
+impl EventsConfig {
+    /// No webhook configured.
+    pub fn is_empty(&self) -> bool {
+        self.webhook.is_empty()
+    }
+}
+
+/// Days ahead a certificate is announced as expiring, unless a webhook says.
+pub const DEFAULT_EXPIRING_WITHIN_DAYS: u32 = 30;
+
+fn default_expiring_within_days() -> u32 {
+    DEFAULT_EXPIRING_WITHIN_DAYS
+}
+
+/// One `[[events.webhook]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Its name (unique): its deliveries' cursor in the store is kept under it.
+    pub name: String,
+    /// Where events are POSTed: `http://` or `https://`.
+    pub url: String,
+    /// The file holding the HMAC key that signs each delivery (owner-only).
+    pub secret_file: PathBuf,
+    /// The event types it gets; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// `certificate.expiring` is sent this many days before a certificate's notAfter.
+    #[serde(default = "default_expiring_within_days")]
+    pub expiring_within_days: u32,
+    /// For `https://`: the CA certificates (PEM) that the receiver's
+    /// certificate must chain to, instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Limits on connections, requests and request rates.

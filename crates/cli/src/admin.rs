@@ -140,6 +140,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(l) => l,
         None => authority.config().server.listen.parse().context("server.listen in the config")?,
     };
+    // Webhooks are checked before anything listens: a bad one stops the start.
+    let webhooks = iotpki_server::events::load_webhooks(authority.dir(), &authority.config().events).map_err(|e| {
+        anyhow!("events in {}: {e}", authority.dir().join(iotpki_authority::config::CONFIG_FILE).display())
+    })?;
     let rt = crate::server_runtime(authority.config().store.database.is_none())?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -174,6 +178,22 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let coaps_socket = match coaps_listen {
             Some(l) => Some(tokio::net::UdpSocket::bind(l).await.with_context(|| format!("cannot listen on UDP {l}"))?),
             None => None,
+        };
+        // Cursors of new webhooks are made before the server says it is ready.
+        let deliveries = if webhooks.is_empty() {
+            None
+        } else {
+            let names: Vec<&str> = webhooks.iter().map(|w| w.name()).collect();
+            tracing::info!(webhooks = %names.join(","), "delivering events");
+            Some(
+                iotpki_server::events::Deliveries::start(
+                    authority.clone(),
+                    webhooks,
+                    iotpki_server::events::lease_owner(),
+                )
+                .await
+                .context("starting the webhook deliveries")?,
+            )
         };
         tracing::info!(%addr, "EST server listening (TLS 1.3)");
         println!("listening on https://{addr}");
@@ -224,6 +244,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let reloader =
             tokio::spawn(reload_on_hangup(authority.clone(), live, a.dir.clone(), a.pass.clone(), a.listen, a.http_listen));
         let r = iotpki_server::serve_with(authority, listener, limits, tls, shutdown).await;
+        // The delivery in flight ends and its cursor is written before the server stops.
+        if let Some(d) = deliveries {
+            d.stop().await;
+        }
         reloader.abort();
         let _ = stop_tx.send(true);
         if let Some(h) = http {
@@ -330,6 +354,9 @@ fn reload(
         || cfg.limits.refusal_audit_individual != running.limits.refusal_audit_individual
     {
         restart.push("limits.refusal_audit_window_secs, limits.refusal_audit_individual");
+    }
+    if cfg.events != running.events {
+        restart.push("events");
     }
     if differs(&cfg.ca, &running.ca) || differs(&cfg.label, &running.label) || differs(&cfg.tokens, &running.tokens) {
         restart.push("ca, label or tokens");

@@ -21,6 +21,7 @@ mod admin;
 mod case;
 pub mod coaps;
 mod console;
+pub mod events;
 mod gate;
 mod http;
 mod io;

@@ -8,8 +8,8 @@ use crate::audit::sha256_hex;
 
 use crate::{
     Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation,
-    Issuance, ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert, StationRecord, StationStatus, Store,
-    StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
+    ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert,
+    StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -127,6 +127,9 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     audit_search_pages_and_filters(store);
     fleet_matches_rebuild(store);
+    events_are_recorded_with_their_change_and_only_then(store);
+    webhook_cursors_are_per_webhook_and_leased_to_one_owner(store);
+    expiring_certificates_are_announced_once_per_threshold_in_pages(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -1161,6 +1164,7 @@ pub fn blocking_revokes_the_keys_certificates_once(store: &dyn Store) {
     let untouched = cert(&unique("KU-"));
     store.record_issuance(issuance(untouched.clone(), vec![])).expect("issue");
     let audit = audit_len(store);
+    let events = store.last_event_seq().expect("last event");
     let block = |keys: Vec<crate::BlockedKey>, revoke: bool| key_block(keys, vec![], revoke, vec!["issuing-ca".into()]);
     // Without revoke: blocked, the certificates reported as left alone.
     let done = store.block_keys(block(vec![blocked(&dev.spki_sha256)], false)).expect("block");
@@ -1181,6 +1185,17 @@ pub fn blocking_revokes_the_keys_certificates_once(store: &dyn Store) {
         let rec = store.certificate(s).expect("read").expect("recorded");
         assert_eq!(rec.status, CertStatus::Revoked { at: 3_000, reason: 1 });
     }
+    // Each revocation is an event for the webhooks (keyCompromise); the spared CA's is not.
+    let mut evs: Vec<(String, String)> = events_since(store, events)
+        .into_iter()
+        .map(|(k, subject, d)| {
+            assert_eq!(d["reason_code"], 1);
+            (k, subject)
+        })
+        .collect();
+    evs.sort();
+    let cr = crate::EVENT_CERT_REVOKED.to_string();
+    assert_eq!(evs, want.iter().map(|s| (cr.clone(), s.clone())).collect::<Vec<_>>());
     assert_eq!(store.certificate(&ca.serial).expect("read").expect("ca").status, CertStatus::Good);
     assert_eq!(store.certificate(&untouched.serial).expect("read").expect("other").status, CertStatus::Good);
     // One key.block for each new key, one revoke for each certificate.
@@ -1459,4 +1474,193 @@ pub fn audit_search_pages_and_filters(store: &(dyn Store + 'static)) {
     let all = store.audit_search(&AuditFilter { limit: u32::MAX, ..Default::default() }).expect("unfiltered");
     assert_eq!(all.len(), crate::MAX_AUDIT_PAGE as usize);
     assert_eq!(all[0].seq, audit_len(store), "the newest first");
+}
+
+/// The events recorded after `from`: (kind, subject, data as JSON).
+fn events_since(store: &dyn Store, from: u64) -> Vec<(String, String, serde_json::Value)> {
+    store
+        .events_after(from, 10_000)
+        .expect("events")
+        .into_iter()
+        .map(|e| (e.kind, e.subject, serde_json::from_str(&e.data).expect("event data is JSON")))
+        .collect()
+}
+
+/// Each change a webhook reports writes its event in its own transaction;
+/// a change refused (rolled back) writes none. Seqs grow one by one.
+pub fn events_are_recorded_with_their_change_and_only_then(store: &dyn Store) {
+    let start = store.last_event_seq().expect("last seq");
+    // A certificate revoked.
+    let c = cert(&unique("EV-"));
+    store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    store.revoke(&c.serial, 1, 1_500, event("revoke", &c.serial)).expect("revoke");
+    // Refused changes: no event.
+    assert!(store.revoke(&c.serial, 1, 1_600, event("revoke", &c.serial)).is_err());
+    assert!(store.revoke("5eunknown", 1, 1_600, event("revoke", "x")).is_err());
+    let nobody = unique("EV-NOBODY-");
+    let rev = |d: &str| DeviceRevocation {
+        device_serial: d.into(),
+        reason: 0,
+        at: 1_700,
+        actor: "test".into(),
+        detail: String::new(),
+    };
+    assert!(matches!(store.revoke_device(rev(&nobody)), Err(StoreError::NothingToRevoke { .. })));
+    assert!(store.revoke_station(&unique("EV-NO-STATION-"), 1_700, event("x", "y")).is_err());
+    assert_eq!(events_since(store, start).len(), 1, "refusals recorded no event");
+    // A device revoked: each certificate, then the device.
+    let d = unique("EV-D-");
+    let (d1, d2) = (cert(&d), cert(&d));
+    store.record_issuance(issuance(d1.clone(), vec![])).expect("issue");
+    store.record_issuance(issuance(d2.clone(), vec![])).expect("issue");
+    store.revoke_device(rev(&d)).expect("revoke device");
+    // A station revoked.
+    let b = unique("EV-B-");
+    let listed = vec![format!("{b}-0")];
+    batch(store, &b, 1, &listed);
+    let st = unique("EV-ST-");
+    let st_cert = station(store, &st, &[&b]);
+    store.revoke_station(&st, 1_800, event("station.revoke", &st)).expect("revoke station");
+    // A sync flags a clone and an overbuild (a second station, same batch).
+    let st2 = unique("EV-ST2-");
+    station(store, &st2, &[&b]);
+    let entry =
+        |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial), outside_delegation: false };
+    let sync = |entries: Vec<SyncEntry>, from: u64| SyncUpload {
+        station: st2.clone(),
+        batch: b.clone(),
+        from_seq: from,
+        from_head: if from == 1 { crate::GENESIS_HASH.to_string() } else { "h1".into() },
+        to_seq: from + entries.len() as u64 - 1,
+        to_head: "h1".into(),
+        entries,
+        now: 1_900,
+        audit: event("sync", &b),
+    };
+    let out = store.apply_sync(sync(vec![entry(&listed[0]), entry(&listed[0])], 1)).expect("sync");
+    assert_eq!(out.flagged.len(), 1);
+    // Out of order: refused, no event.
+    assert!(store.apply_sync(sync(vec![entry(&listed[0])], 7)).is_err());
+
+    let evs = events_since(store, start);
+    let kinds: Vec<&str> = evs.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            crate::EVENT_CERT_REVOKED,
+            crate::EVENT_CERT_REVOKED,
+            crate::EVENT_CERT_REVOKED,
+            crate::EVENT_DEVICE_REVOKED,
+            crate::EVENT_STATION_REVOKED,
+            crate::EVENT_BATCH_FLAGGED,
+        ]
+    );
+    assert_eq!(evs[0].1, c.serial);
+    assert_eq!(evs[0].2["reason_code"], 1);
+    assert_eq!(evs[0].2["device_serial"], serde_json::json!(c.device_serial));
+    assert_eq!(evs[0].2["revoked_at"], "1970-01-01T00:25:00Z");
+    assert_eq!((evs[1].1.as_str(), evs[2].1.as_str()), (d1.serial.as_str(), d2.serial.as_str()));
+    assert_eq!(evs[3].1, d);
+    assert_eq!(evs[3].2["certificates"], serde_json::json!([d1.serial, d2.serial]));
+    assert_eq!(evs[4].1, st);
+    assert_eq!(evs[4].2["cert_serial"], st_cert.serial.as_str());
+    assert_eq!(evs[5].2["flag"], "clone");
+    assert_eq!(evs[5].2["cert_serial"], out.flagged[0].0.as_str());
+    assert_eq!(evs[5].2["station"], st2.as_str());
+    let seqs: Vec<u64> = store.events_after(start, 100).expect("events").iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (start + 1..=start + 6).collect::<Vec<_>>(), "seqs grow one by one");
+    assert_eq!(store.last_event_seq().expect("last"), start + 6);
+    assert_eq!(store.events_after(start, 2).expect("page").len(), 2, "a page holds at most its limit");
+}
+
+/// Each webhook has its own cursor; one owner at a time holds its lease
+/// (until it ends or is released); a cursor never moves back.
+pub fn webhook_cursors_are_per_webhook_and_leased_to_one_owner(store: &dyn Store) {
+    let (a, b) = (unique("hook-a-"), unique("hook-b-"));
+    let last = store.last_event_seq().expect("last");
+    assert_eq!(store.webhook_cursor(&a).expect("cursor"), None);
+    assert_eq!(store.lease_webhook(&a, "node1", 100, 160).expect("lease"), Some(last), "a new webhook starts now");
+    assert_eq!(store.lease_webhook(&a, "node2", 150, 210).expect("lease"), None, "held by node1 until 160");
+    assert_eq!(store.lease_webhook(&b, "node2", 150, 210).expect("lease"), Some(last), "another webhook is free");
+    // Something happens: both see it after their cursors.
+    let c = cert(&unique("EVC-"));
+    store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    store.revoke(&c.serial, 0, 1_000, event("revoke", &c.serial)).expect("revoke");
+    let seq = store.last_event_seq().expect("last");
+    assert_eq!(seq, last + 1);
+    store.advance_webhook(&a, "node1", seq, 170).expect("advance a");
+    assert_eq!(store.webhook_cursor(&a).expect("cursor"), Some(seq));
+    assert_eq!(store.webhook_cursor(&b).expect("cursor"), Some(last), "b's cursor is its own");
+    assert_eq!(
+        store.advance_webhook(&a, "node2", seq, 170),
+        Err(StoreError::WebhookLeaseLost { webhook: a.clone() }),
+        "only the lease holder advances"
+    );
+    store.advance_webhook(&a, "node1", last, 170).expect("advance back is a no-op");
+    assert_eq!(store.webhook_cursor(&a).expect("cursor"), Some(seq), "never back");
+    // The lease ended (170 < 171): node2 takes it, node1 has lost it.
+    assert_eq!(store.lease_webhook(&a, "node2", 171, 230).expect("lease"), Some(seq));
+    assert_eq!(store.advance_webhook(&a, "node1", seq, 240), Err(StoreError::WebhookLeaseLost { webhook: a.clone() }));
+    // Released: anyone may take it at once.
+    store.release_webhook(&a, "node2").expect("release");
+    assert_eq!(store.lease_webhook(&a, "node1", 172, 232).expect("lease"), Some(seq));
+    store.release_webhook(&a, "node2").expect("releasing a lease one does not hold changes nothing");
+    assert_eq!(store.lease_webhook(&a, "node2", 173, 233).expect("lease"), None);
+}
+
+/// Current certificates expiring within the threshold get one event per
+/// threshold, read in pages from a resume point; revoked and renewed ones,
+/// expired ones and those beyond the window get none.
+pub fn expiring_certificates_are_announced_once_per_threshold_in_pages(store: &dyn Store) {
+    // A time no other check uses.
+    let now: i64 = 4_000_000_000;
+    let day = 86_400;
+    let start = store.last_event_seq().expect("last");
+    let dev = unique("EXP-");
+    let mk = |not_after: i64| {
+        let mut c = cert(&dev);
+        c.not_after = not_after;
+        store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+        c
+    };
+    let soon: Vec<CertRecord> = (1..=5).map(|i| mk(now + i * day)).collect();
+    let _expired = mk(now - day);
+    let _far = mk(now + 40 * day);
+    let revoked = mk(now + 2 * day);
+    store.revoke(&revoked.serial, 0, now, event("revoke", &revoked.serial)).expect("revoke");
+    let old = mk(now + 3 * day);
+    let mut renewal = cert(&dev);
+    renewal.not_after = now + 300 * day;
+    store
+        .record_issuance(issuance(renewal, vec![Precondition::Supersede { serial: old.serial.clone(), now }]))
+        .expect("renew");
+    let after_setup = store.last_event_seq().expect("last");
+    assert_eq!(after_setup, start + 1, "only the revocation so far");
+    // Pages of 2: the window (now, now + 30 days] holds 7 certificates, 5 current.
+    let mut scan = ExpiringScan { now, within_days: 30, after: None, limit: 2 };
+    let mut recorded = 0;
+    let mut pages = 0;
+    loop {
+        let n = store.note_expiring(scan.clone()).expect("note");
+        recorded += n.recorded;
+        pages += 1;
+        match n.next {
+            Some(next) => scan.after = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(recorded, 5);
+    assert_eq!(pages, 4, "7 rows in pages of 2");
+    let evs = events_since(store, after_setup);
+    let serials: Vec<&str> = evs.iter().map(|(_, s, _)| s.as_str()).collect();
+    let want: Vec<&str> = soon.iter().map(|c| c.serial.as_str()).collect();
+    assert_eq!(serials, want, "in notAfter order, the current ones only");
+    assert!(evs.iter().all(|(k, _, d)| k == crate::EVENT_CERT_EXPIRING && d["within_days"] == 30));
+    // Again: nothing new. Another threshold: announced again, at it.
+    let n = store.note_expiring(ExpiringScan { now, within_days: 30, after: None, limit: 100 }).expect("again");
+    assert_eq!(n, ExpiringNoted { recorded: 0, next: None });
+    let n = store.note_expiring(ExpiringScan { now, within_days: 2, after: None, limit: 100 }).expect("7 days");
+    assert_eq!(n.recorded, 2, "the two current certificates within 2 days");
+    assert_eq!(store.last_event_seq().expect("last"), after_setup + 7);
 }

@@ -53,6 +53,11 @@ pub enum StoreError {
         /// The device serial.
         device: String,
     },
+    /// Another node holds the lease on this webhook's deliveries now.
+    WebhookLeaseLost {
+        /// The webhook.
+        webhook: String,
+    },
     /// A certificate with this serial is recorded already.
     DuplicateSerial {
         /// The serial.
@@ -254,6 +259,9 @@ impl fmt::Display for StoreError {
             Self::CertRevoked { serial } => write!(f, "certificate {serial} is revoked"),
             Self::Superseded { serial, by } => {
                 write!(f, "certificate {serial} was renewed already: its successor is {by}")
+            }
+            Self::WebhookLeaseLost { webhook } => {
+                write!(f, "webhook {webhook} is delivered by another node now (its lease was taken)")
             }
             Self::NothingToRevoke { device } => {
                 write!(f, "device {device} has no certificate that is not revoked and is not owned")

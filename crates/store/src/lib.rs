@@ -539,6 +539,7 @@ pub trait Store:
     + Keys
     + ConsoleLinks
     + Fleet
+    + Events
     + Send
     + Sync
 {
@@ -556,6 +557,7 @@ impl<T> Store for T where
         + Keys
         + ConsoleLinks
         + Fleet
+        + Events
         + Send
         + Sync
         + ?Sized
@@ -565,8 +567,8 @@ impl<T> Store for T where
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
     pub use crate::{
-        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Fleet, Keys, Owners, Revocations, Stations, Store,
-        Tokens,
+        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Events, Fleet, Keys, Owners, Revocations, Stations,
+        Store, Tokens,
     };
 }
 
@@ -834,4 +836,91 @@ pub trait Keys {
 
     /// Every certificate of a key, newest first.
     fn certificates_by_key(&self, spki_sha256: &str) -> Result<Vec<CertRecord>, StoreError>;
+}
+
+/// The kinds of event the store records for webhooks (see docs/events.md).
+pub const EVENT_KINDS: &[&str] =
+    &[EVENT_CERT_REVOKED, EVENT_DEVICE_REVOKED, EVENT_STATION_REVOKED, EVENT_BATCH_FLAGGED, EVENT_CERT_EXPIRING];
+/// A certificate was revoked (by serial, with its device, or with its blocked key).
+pub const EVENT_CERT_REVOKED: &str = "certificate.revoked";
+/// A device was revoked: its certificates and this authority's ownership.
+pub const EVENT_DEVICE_REVOKED: &str = "device.revoked";
+/// A factory station was revoked, with its certificate.
+pub const EVENT_STATION_REVOKED: &str = "station.revoked";
+/// A station's production record held a certificate it had no right to
+/// (overbuild, clone, off the allowlist, a blocked or shared key): flagged and revoked.
+pub const EVENT_BATCH_FLAGGED: &str = "batch.flagged";
+/// A current, unrevoked certificate expires within a webhook's threshold.
+pub const EVENT_CERT_EXPIRING: &str = "certificate.expiring";
+
+/// One event of the outbox, written in the transaction of the change it reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Its place in the outbox: grows with every event (commit order).
+    pub seq: u64,
+    /// One of [`EVENT_KINDS`].
+    pub kind: String,
+    /// What it is about: a certificate serial, a device serial, a station, a batch.
+    pub subject: String,
+    /// When the change happened, Unix seconds.
+    pub created_at: UnixTime,
+    /// Its data: a JSON object (see docs/events.md).
+    pub data: String,
+}
+
+/// What [`Events::note_expiring`] looks at: one page of the certificates
+/// whose notAfter falls in `(now, now + within_days]`, in notAfter order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiringScan {
+    /// The authority's clock.
+    pub now: UnixTime,
+    /// The threshold, in days.
+    pub within_days: u32,
+    /// Resume after this `(not_after, serial)` (the `next` of the page before).
+    pub after: Option<(UnixTime, String)>,
+    /// Most certificates read for this page.
+    pub limit: u32,
+}
+
+/// What [`Events::note_expiring`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpiringNoted {
+    /// Events recorded now (certificates not announced before at this threshold).
+    pub recorded: u64,
+    /// Where the next page starts; `None` when this page was the last.
+    pub next: Option<(UnixTime, String)>,
+}
+
+/// The events outbox and its deliveries: each webhook has a cursor (the last
+/// event it was given) and a lease (the one node delivering to it).
+pub trait Events {
+    /// Events with `seq > after`, in order, at most `limit`.
+    fn events_after(&self, after: u64, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// The last event's seq (0 when none).
+    fn last_event_seq(&self) -> Result<u64, StoreError>;
+
+    /// A webhook's cursor: the last event it was given, if it has one.
+    fn webhook_cursor(&self, name: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Take or keep the lease on webhook `name` for `owner` until `until`:
+    /// granted when nobody holds it, `owner` holds it, or the holder's lease
+    /// ended before `now`. A webhook seen for the first time starts at the
+    /// last event recorded (it is given what happens from now on). Answers
+    /// its cursor when granted, `None` when another owner holds it.
+    fn lease_webhook(&self, name: &str, owner: &str, now: UnixTime, until: UnixTime)
+        -> Result<Option<u64>, StoreError>;
+
+    /// Move webhook `name`'s cursor forward to `seq` (never back) and extend
+    /// the lease to `until`, if `owner` holds the lease; else
+    /// [`StoreError::WebhookLeaseLost`] and nothing changes.
+    fn advance_webhook(&self, name: &str, owner: &str, seq: u64, until: UnixTime) -> Result<(), StoreError>;
+
+    /// Give up the lease (a clean stop): another node may take it at once.
+    fn release_webhook(&self, name: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// Record a `certificate.expiring` event for each current (good, not
+    /// renewed) certificate of one page of [`ExpiringScan`] that was not
+    /// announced at this threshold before, atomically.
+    fn note_expiring(&self, scan: ExpiringScan) -> Result<ExpiringNoted, StoreError>;
 }

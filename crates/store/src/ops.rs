@@ -1,8 +1,9 @@
 //! The write operations callers queue for the engine's group commit.
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, Issuance, KeyBlock, KeysBlocked,
-    ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan,
+    Issuance, KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, SyncOutcome,
+    SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the engine.
@@ -31,6 +32,13 @@ pub(crate) enum Op {
     /// Build the fleet summaries from the registry: when they were never
     /// built (a store migrated to version 11), or always (`true`).
     FleetRebuild(bool),
+    /// Webhook name, owner, now, lease until.
+    LeaseWebhook(String, String, i64, i64),
+    /// Webhook name, owner, seq, lease until.
+    AdvanceWebhook(String, String, u64, i64),
+    /// Webhook name, owner.
+    ReleaseWebhook(String, String),
+    NoteExpiring(Box<ExpiringScan>),
 }
 
 /// What a committed operation hands back to its caller.
@@ -43,4 +51,6 @@ pub(crate) enum Done {
     DeviceRevoked(DeviceRevoked),
     KeysBlocked(KeysBlocked),
     ConsoleLink(crate::ConsoleLink),
+    Lease(Option<u64>),
+    Expiring(ExpiringNoted),
 }

@@ -90,6 +90,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "0009_keys.sql", include_str!("../migrations/postgres/0009_keys.sql")),
     (10, "0010_console.sql", include_str!("../migrations/postgres/0010_console.sql")),
     (11, "0011_fleet.sql", include_str!("../migrations/postgres/0011_fleet.sql")),
+    (12, "0012_events.sql", include_str!("../migrations/postgres/0012_events.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -724,6 +725,9 @@ mod tests {
         a_console_link_opens_one_session_once,
         fleet_overview_counts_every_state,
         audit_search_pages_and_filters,
+        events_are_recorded_with_their_change_and_only_then,
+        webhook_cursors_are_per_webhook_and_leased_to_one_owner,
+        expiring_certificates_are_announced_once_per_threshold_in_pages,
     );
 
     #[test]

@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/sqlite/0009_keys.sql")),
     (10, include_str!("../migrations/sqlite/0010_console.sql")),
     (11, include_str!("../migrations/sqlite/0011_fleet.sql")),
+    (12, include_str!("../migrations/sqlite/0012_events.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {

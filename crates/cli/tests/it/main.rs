@@ -17,6 +17,7 @@ mod device;
 mod device_c;
 mod disk;
 mod est;
+mod events;
 mod factory;
 mod firmware;
 mod hsm;

@@ -602,3 +602,68 @@ fn blocked_row(mut r: Row) -> Result<BlockedKey, StoreError> {
         blocked_by: r.text(4)?,
     })
 }
+
+impl<E: HasEngine> crate::Events for E {
+    fn events_after(&self, after: u64, limit: u32) -> Result<Vec<crate::EventRecord>, StoreError> {
+        read(self, |db| {
+            db.all(
+                "SELECT seq, kind, subject, created_at, body FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[Arg::Int(to_i64(after)), Arg::Int(i64::from(limit))],
+            )?
+            .into_iter()
+            .map(|mut r| {
+                Ok(crate::EventRecord {
+                    seq: r.count(0)?,
+                    kind: r.text(1)?,
+                    subject: r.text(2)?,
+                    created_at: r.int(3)?,
+                    data: r.text(4)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn last_event_seq(&self) -> Result<u64, StoreError> {
+        read(self, |db| match db.opt("SELECT COALESCE(MAX(seq), 0) FROM events", &[])? {
+            Some(mut r) => r.count(0),
+            None => Ok(0),
+        })
+    }
+
+    fn webhook_cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        read(self, |db| {
+            db.opt("SELECT delivered FROM webhook_cursors WHERE name = $1", &[name.into()])?
+                .map(|mut r| r.count(0))
+                .transpose()
+        })
+    }
+
+    fn lease_webhook(
+        &self,
+        name: &str,
+        owner: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> Result<Option<u64>, StoreError> {
+        match submit(self, Op::LeaseWebhook(name.into(), owner.into(), now, until))? {
+            Done::Lease(l) => Ok(l),
+            other => Err(unexpected("leasing a webhook", other)),
+        }
+    }
+
+    fn advance_webhook(&self, name: &str, owner: &str, seq: u64, until: UnixTime) -> Result<(), StoreError> {
+        unit(self, Op::AdvanceWebhook(name.into(), owner.into(), seq, until))
+    }
+
+    fn release_webhook(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        unit(self, Op::ReleaseWebhook(name.into(), owner.into()))
+    }
+
+    fn note_expiring(&self, scan: crate::ExpiringScan) -> Result<crate::ExpiringNoted, StoreError> {
+        match submit(self, Op::NoteExpiring(Box::new(scan)))? {
+            Done::Expiring(n) => Ok(n),
+            other => Err(unexpected("noting expiring certificates", other)),
+        }
+    }
+}

@@ -6,9 +6,11 @@ use super::{Arg, Head, SqlExt as _, Writer};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, check_claim, Artifact, AuditEvent, BatchRecord, BatchStatus, CertRecord, CertStatus, Claim,
-    DeviceRevocation, DeviceRevoked, Flag, Issuance, KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus,
-    Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, Issuance, KeyBlock, KeysBlocked,
+    ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
+    EVENT_BATCH_FLAGGED, EVENT_CERT_EXPIRING, EVENT_CERT_REVOKED, EVENT_DEVICE_REVOKED, EVENT_STATION_REVOKED,
 };
+use serde_json::json;
 
 /// Most audit entries in one INSERT.
 const AUDIT_ROWS: usize = 64;
@@ -101,6 +103,10 @@ impl<'a> Tx<'a> {
             Op::UseConsoleLink(hash, now, a) => {
                 self.use_console_link(hash, *now).and_then(|l| self.append(a).map(|()| Done::ConsoleLink(l)))
             }
+            Op::LeaseWebhook(name, owner, now, until) => self.lease_webhook(name, owner, *now, *until).map(Done::Lease),
+            Op::AdvanceWebhook(name, owner, seq, until) => unit(self.advance_webhook(name, owner, *seq, *until)),
+            Op::ReleaseWebhook(name, owner) => unit(self.release_webhook(name, owner)),
+            Op::NoteExpiring(scan) => self.note_expiring(scan).map(Done::Expiring),
             Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
             Op::FleetRebuild(force) => self.rebuild_fleet(*force).map(|()| Done::Unit),
         }
@@ -364,7 +370,9 @@ impl<'a> Tx<'a> {
             &[Arg::Int(at), name.into()],
         )?;
         // RFC 5280 CRLReason cessationOfOperation (5).
-        self.set_revoked(&cert, 5, at)
+        self.set_revoked(&cert, 5, at)?;
+        let data = json!({ "station": name, "cert_serial": cert, "revoked_at": rfc3339(at) });
+        self.event(EVENT_STATION_REVOKED, name, at, data)
     }
 
     fn set_revoked(&mut self, serial: &str, reason: u8, at: i64) -> Result<(), StoreError> {
@@ -444,6 +452,15 @@ impl<'a> Tx<'a> {
                         "INSERT INTO flags (cert_serial, batch_id, reason, flagged_at) VALUES ($1, $2, $3, $4)",
                         &[(&cert.serial).into(), (&s.batch).into(), f.name().into(), Arg::Int(s.now)],
                     )?;
+                    let data = json!({
+                        "batch": s.batch,
+                        "station": s.station,
+                        "flag": f.name(),
+                        "cert_serial": cert.serial,
+                        "device_serial": e.device_serial,
+                        "revoked": true,
+                    });
+                    self.event(EVENT_BATCH_FLAGGED, &s.batch, s.now, data)?;
                     out.flagged.push((cert.serial, f));
                 }
             }
@@ -465,9 +482,139 @@ impl<'a> Tx<'a> {
     fn revoke(&mut self, serial: &str, reason: u8, at: i64) -> Result<(), StoreError> {
         match self.cert_status(serial)?.as_deref() {
             None => Err(StoreError::CertUnknown { serial: serial.into() }),
-            Some("good") => self.set_revoked(serial, reason, at),
+            Some("good") => {
+                self.set_revoked(serial, reason, at)?;
+                self.cert_revoked_event(serial, reason, at)
+            }
             Some(_) => Err(StoreError::CertRevoked { serial: serial.into() }),
         }
+    }
+
+    /// Append an event to the outbox, in this transaction: it commits with
+    /// the change it reports, or not at all. Its seq is the next one (every
+    /// writer of every process or node waits for this transaction's write
+    /// lock, so seqs grow in commit order).
+    fn event(&mut self, kind: &str, subject: &str, at: i64, data: serde_json::Value) -> Result<(), StoreError> {
+        self.w.run(
+            "INSERT INTO events (seq, kind, subject, created_at, body)
+             SELECT COALESCE(MAX(seq), 0) + 1, CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS BIGINT),
+                    CAST($4 AS TEXT) FROM events",
+            &[kind.into(), subject.into(), Arg::Int(at), data.to_string().as_str().into()],
+        )?;
+        Ok(())
+    }
+
+    /// `certificate.revoked` for a certificate just revoked.
+    fn cert_revoked_event(&mut self, serial: &str, reason: u8, at: i64) -> Result<(), StoreError> {
+        let mut r = self
+            .w
+            .opt("SELECT ca, profile, subject, device_serial FROM certificates WHERE serial = $1", &[serial.into()])?
+            .ok_or_else(|| StoreError::CertUnknown { serial: serial.into() })?;
+        let data = json!({
+            "serial": serial,
+            "ca": r.text(0)?,
+            "profile": r.text(1)?,
+            "subject": r.text(2)?,
+            "device_serial": r.opt_text(3)?,
+            "reason_code": reason,
+            "revoked_at": rfc3339(at),
+        });
+        self.event(EVENT_CERT_REVOKED, serial, at, data)
+    }
+
+    /// Take or keep the lease on a webhook's deliveries: see [`crate::Events::lease_webhook`].
+    fn lease_webhook(&mut self, name: &str, owner: &str, now: i64, until: i64) -> Result<Option<u64>, StoreError> {
+        if !self.w.exists("SELECT 1 FROM webhook_cursors WHERE name = $1", &[name.into()])? {
+            let last = self.w.opt("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?;
+            let last = last.map(|mut r| r.int(0)).transpose()?.unwrap_or(0);
+            self.w.run(
+                "INSERT INTO webhook_cursors (name, delivered, lease_owner, lease_until) VALUES ($1, $2, NULL, 0)",
+                &[name.into(), Arg::Int(last)],
+            )?;
+        }
+        let took = self.w.run(
+            "UPDATE webhook_cursors SET lease_owner = $2, lease_until = $4
+             WHERE name = $1 AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < $3)",
+            &[name.into(), owner.into(), Arg::Int(now), Arg::Int(until)],
+        )?;
+        if took == 0 {
+            return Ok(None);
+        }
+        let mut r = self
+            .w
+            .opt("SELECT delivered FROM webhook_cursors WHERE name = $1", &[name.into()])?
+            .ok_or_else(|| StoreError::Database(format!("webhook {name}'s cursor vanished")))?;
+        r.count(0).map(Some)
+    }
+
+    fn advance_webhook(&mut self, name: &str, owner: &str, seq: u64, until: i64) -> Result<(), StoreError> {
+        let n = self.w.run(
+            "UPDATE webhook_cursors SET delivered = CASE WHEN delivered < $3 THEN $3 ELSE delivered END,
+                    lease_until = $4
+             WHERE name = $1 AND lease_owner = $2",
+            &[name.into(), owner.into(), Arg::Int(to_i64(seq)), Arg::Int(until)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::WebhookLeaseLost { webhook: name.into() });
+        }
+        Ok(())
+    }
+
+    fn release_webhook(&mut self, name: &str, owner: &str) -> Result<(), StoreError> {
+        self.w.run(
+            "UPDATE webhook_cursors SET lease_owner = NULL, lease_until = 0 WHERE name = $1 AND lease_owner = $2",
+            &[name.into(), owner.into()],
+        )?;
+        Ok(())
+    }
+
+    /// One page of the certificates expiring in the window, in (notAfter,
+    /// serial) order from the resume point (the notAfter index bounds the
+    /// read): each current one not announced at this threshold gets its
+    /// notice and its event.
+    fn note_expiring(&mut self, s: &ExpiringScan) -> Result<ExpiringNoted, StoreError> {
+        let until = s.now.saturating_add(i64::from(s.within_days) * 86_400);
+        let (after_t, after_s) = match &s.after {
+            Some((t, serial)) => (*t, serial.as_str()),
+            None => (s.now, ""),
+        };
+        let rows = self.w.all(
+            "SELECT serial, ca, profile, subject, device_serial, not_after, status, replaced_by FROM certificates
+             WHERE not_after > $1 AND not_after <= $2 AND (not_after > $3 OR (not_after = $3 AND serial{c} > $4))
+             ORDER BY not_after, serial{c} LIMIT $5",
+            &[Arg::Int(s.now), Arg::Int(until), Arg::Int(after_t), after_s.into(), Arg::Int(i64::from(s.limit))],
+        )?;
+        let full = rows.len() >= s.limit as usize;
+        let mut out = ExpiringNoted::default();
+        let mut last = None;
+        for mut r in rows {
+            let (serial, not_after) = (r.text(0)?, r.int(5)?);
+            last = Some((not_after, serial.clone()));
+            if r.text(6)? != "good" || r.opt_text(7)?.is_some() {
+                continue;
+            }
+            let new = self.w.run(
+                "INSERT INTO expiry_notices (cert_serial, within_days, noticed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (cert_serial, within_days) DO NOTHING",
+                &[(&serial).into(), Arg::Int(i64::from(s.within_days)), Arg::Int(s.now)],
+            )?;
+            if new == 0 {
+                continue;
+            }
+            let data = json!({
+                "serial": serial,
+                "ca": r.text(1)?,
+                "profile": r.text(2)?,
+                "subject": r.text(3)?,
+                "device_serial": r.opt_text(4)?,
+                "not_after": rfc3339(not_after),
+                "within_days": s.within_days,
+            });
+            self.event(EVENT_CERT_EXPIRING, &serial, s.now, data)?;
+            out.recorded += 1;
+        }
+        out.next = if full { last } else { None };
+        Ok(out)
     }
 
     /// Every good certificate of the device, and its ownership when owned, in
@@ -492,6 +639,14 @@ impl<'a> Tx<'a> {
             self.revoke(s, r.reason, r.at)?;
             self.append(&r.cert_event(s))?;
         }
+        let data = json!({
+            "device_serial": r.device_serial,
+            "reason_code": r.reason,
+            "certificates": serials,
+            "ownership_released": owned,
+            "revoked_at": rfc3339(r.at),
+        });
+        self.event(EVENT_DEVICE_REVOKED, &r.device_serial, r.at, data)?;
         Ok(DeviceRevoked { serials, released: owned })
     }
 
@@ -679,6 +834,7 @@ impl<'a> Tx<'a> {
                     continue;
                 }
                 self.set_revoked(&serial, 1, k.blocked_at)?;
+                self.cert_revoked_event(&serial, 1, k.blocked_at)?;
                 self.append(&AuditEvent {
                     at: k.blocked_at,
                     actor: k.blocked_by.clone(),
@@ -807,6 +963,14 @@ impl<'a> Tx<'a> {
             || StoreError::TokenExists,
         )
     }
+}
+
+/// Unix seconds as RFC 3339 (UTC), as events carry times.
+pub(crate) fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
 }
 
 /// The group's audit entries, [`AUDIT_ROWS`] to a statement.
