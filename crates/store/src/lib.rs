@@ -28,6 +28,8 @@ pub mod conformance;
 pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
 pub use error::StoreError;
 
+use std::sync::Arc;
+
 /// Seconds since the Unix epoch (UTC).
 pub type UnixTime = i64;
 
@@ -505,7 +507,7 @@ pub(crate) fn newest_first(rows: &mut [CertRecord]) {
 /// every role; bring the roles' methods into scope with
 /// `use iotpki_store::prelude::*`.
 pub trait Store:
-    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Keys + Send + Sync
+    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Keys + Health + Send + Sync
 {
 }
 
@@ -519,6 +521,7 @@ impl<T> Store for T where
         + Owners
         + Artifacts
         + Keys
+        + Health
         + Send
         + Sync
         + ?Sized
@@ -527,7 +530,9 @@ impl<T> Store for T where
 
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
-    pub use crate::{Artifacts, AuditLog, Batches, Certificates, Keys, Owners, Revocations, Stations, Store, Tokens};
+    pub use crate::{
+        Artifacts, AuditLog, Batches, Certificates, Health, Keys, Owners, Revocations, Stations, Store, Tokens,
+    };
 }
 
 // Each role below: every method blocks until its work is durable (writes) or read;
@@ -549,6 +554,42 @@ pub trait Certificates {
 
     /// Number of certificates recorded.
     fn count_certificates(&self) -> Result<u64, StoreError>;
+
+    /// Number of current certificates (good, not renewed) whose notAfter is
+    /// in `[from, until)`: read through the index on notAfter, so its cost
+    /// grows with the certificates in the window, not with all of them.
+    fn count_expiring(&self, from: UnixTime, until: UnixTime) -> Result<u64, StoreError>;
+}
+
+/// How the store is doing, for the metrics: a cheap probe, and what its
+/// group commit did so far.
+pub trait Health {
+    /// Read the schema version the database holds: one small query, which
+    /// fails when the database cannot be read.
+    fn probe(&self) -> Result<i64, StoreError>;
+
+    /// The group commit's batch sizes and commit latencies since the store was opened.
+    fn writer_stats(&self) -> Arc<WriterStats>;
+}
+
+/// What the store's group commit did, counted as it happens (a few relaxed
+/// atomic adds per transaction, none per read).
+#[derive(Debug)]
+pub struct WriterStats {
+    /// Operations committed per transaction.
+    pub batch_size: iotpki_metrics::Histogram,
+    /// Seconds per commit: the batch's audit rows and `COMMIT` (SQLite's
+    /// fsync of its WAL, PostgreSQL's WAL flush).
+    pub commit_seconds: iotpki_metrics::Histogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            batch_size: iotpki_metrics::Histogram::new(iotpki_metrics::BATCH_SIZES),
+            commit_seconds: iotpki_metrics::Histogram::new(iotpki_metrics::COMMIT_SECONDS),
+        }
+    }
 }
 
 /// One-time enrollment tokens.
