@@ -188,9 +188,7 @@ impl<M> Family<M> {
     /// The metric of the label set `values` (one value per label name; a
     /// missing one is empty), made when first asked for.
     pub fn with(&self, values: &[&str]) -> Arc<M> {
-        let same = |k: &[Box<str>], vs: &[&str]| {
-            k.len() == vs.len() && k.iter().zip(vs).all(|(a, b)| a.as_ref() == *b)
-        };
+        let same = |k: &[Box<str>], vs: &[&str]| k.len() == vs.len() && k.iter().zip(vs).all(|(a, b)| a.as_ref() == *b);
         let padded: Vec<&str>;
         let values = if values.len() == self.labels.len() {
             values
@@ -328,7 +326,8 @@ impl Text {
     pub fn counters(&mut self, name: &str, help: &str, family: &Family<Counter>) {
         self.header(name, help, "counter");
         for (values, c) in family.series() {
-            let labels: Vec<(&str, &str)> = family.labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
+            let labels: Vec<(&str, &str)> =
+                family.labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
             self.sample(name, &labels, c.get() as f64);
         }
     }
@@ -378,7 +377,8 @@ impl Text {
     pub fn histograms(&mut self, name: &str, help: &str, family: &Family<Histogram>) {
         self.header(name, help, "histogram");
         for (values, h) in family.series() {
-            let labels: Vec<(&str, &str)> = family.labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
+            let labels: Vec<(&str, &str)> =
+                family.labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
             self.histogram_samples(name, &labels, &h.snapshot());
         }
     }

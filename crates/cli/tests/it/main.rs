@@ -22,6 +22,7 @@ mod hsm;
 mod interop;
 mod limits;
 mod loadgen;
+mod metrics;
 mod nginx;
 mod owner;
 mod package;
