@@ -241,3 +241,50 @@ async fn metrics_listen_serves_the_scrape_alone_and_the_public_listener_not() {
     metrics.stop().await.unwrap();
     public.stop().await.unwrap();
 }
+
+/// `iotpki serve` with `[server] metrics_listen`: it binds that listener
+/// before it says it is ready, prints where, and serves /metrics there only.
+#[test]
+fn iotpki_serve_binds_metrics_listen_and_prints_it() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("ca");
+    let dir = d.to_str().unwrap();
+    crate::util::run_ok(crate::util::bin().args(["init", "--dir", dir]).env("IOTPKI_PASSPHRASE", PASS));
+    let toml = d.join("iotpki.toml");
+    let cfg = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, cfg.replace("[server]\n", "[server]\nmetrics_listen = \"127.0.0.1:0\"\n")).unwrap();
+    let mut child = crate::util::bin()
+        .args(["serve", "--dir", dir, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("IOTPKI_PASSPHRASE", PASS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _server = crate::util::Server(child);
+    let (mut http, mut metrics) = (None, None);
+    let mut line = String::new();
+    while http.is_none() || metrics.is_none() {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "serve ended before printing both listeners");
+        if let Some(u) = line.trim().strip_prefix("CRL and OCSP on ") {
+            http = Some(u.to_string());
+        }
+        if let Some(u) = line.trim().strip_prefix("metrics on ") {
+            metrics = Some(u.to_string());
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let (http, metrics) = (http.unwrap(), metrics.unwrap());
+    assert!(metrics.starts_with("http://127.0.0.1:") && metrics.ends_with("/metrics"), "{metrics}");
+    let (code, ct, body) = get(&metrics, &[]);
+    assert_eq!((code, ct.as_str()), (200, iotpki_metrics_content_type()), "{body}");
+    assert_eq!(sample(&body, "iotpki_store_up"), Some(1.0), "{body}");
+    assert_eq!(get(&format!("{http}/metrics"), &[]).0, 404, "not on the plain-HTTP listener");
+    assert_eq!(get(&format!("{http}/healthz"), &[]).0, 200, "which serves the rest");
+}
+
+fn iotpki_metrics_content_type() -> &'static str {
+    "text/plain; version=0.0.4; charset=utf-8"
+}
