@@ -8,7 +8,9 @@
 //! now, that the certificate is the one recorded, not revoked, of profile
 //! `admin` and carrying the role. What it then does goes through the same
 //! functions as the CLI, with `admin:NAME` as the actor in the audit chain;
-//! reads are audited too, and so is every refusal (`refuse.admin`).
+//! reads are audited too, and so is every refusal (`refuse.admin`), except
+//! the fleet console's reads (`fleet_overview`, `device_view`, ...: see
+//! `fleet.rs`), which a console polls: only their refusals are.
 
 use iotpki_core::asn1::der::asn1::ObjectIdentifier;
 use iotpki_core::keys;
@@ -27,6 +29,8 @@ use crate::factory::{self, NewBatch};
 use crate::revocation::{self, Target};
 use crate::{Authority, AuthorityError, Credential, BACKDATE_SECS};
 use iotpki_core::clock::Clock;
+
+pub use crate::fleet::{CaStatus, DeviceView, DEVICE_AUDIT, TIMELINE_DAYS};
 
 /// id-at-commonName: an admin certificate names its admin there.
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
@@ -217,6 +221,14 @@ impl std::fmt::Debug for Admin<'_> {
     }
 }
 
+impl<'a> Admin<'a> {
+    /// `name`, authenticated otherwise than by its certificate on this
+    /// request (a console session); `serial` is its good admin certificate.
+    pub(crate) fn new(authority: &'a Authority, name: String, serial: String) -> Self {
+        Admin { authority, actor: format!("admin:{name}"), name, serial }
+    }
+}
+
 impl Admin<'_> {
     /// The admin's name.
     pub fn name(&self) -> &str {
@@ -230,6 +242,16 @@ impl Admin<'_> {
 
     fn store(&self) -> &dyn Store {
         self.authority.store.as_ref()
+    }
+
+    /// The authority's time now (Unix seconds).
+    pub fn now(&self) -> i64 {
+        self.clock().now()
+    }
+
+    /// The authority it acts on (the console's reads, `crate::fleet`).
+    pub(crate) fn authority(&self) -> &Authority {
+        self.authority
     }
 
     fn clock(&self) -> &dyn Clock {
@@ -373,6 +395,19 @@ impl Admin<'_> {
             .map_err(|e| AuthorityError::malformed(format!("device serial: {e}")))
             .and_then(|d| self.authority.create_token(&d, ttl_secs, &self.actor));
         self.refusal_audited(r, "token.create", &format!("device:{serial}"))
+    }
+
+    /// The certificates flagged in batch `id` (overbuild, clones, keys): (serial, flag).
+    pub fn batch_flags(&self, id: &str) -> Result<Vec<(String, iotpki_store::Flag)>, AuthorityError> {
+        let r = self.store().flagged(id).map_err(AuthorityError::from);
+        self.audited(r, "batch.flags", &format!("batch:{id}"))
+    }
+
+    /// Claim the devices of a births file (see [`crate::commission::claim_devices`]):
+    /// `(listed, new)`.
+    pub fn claim_births(&self, births: &str) -> Result<(usize, u64), AuthorityError> {
+        let r = crate::commission::claim_devices(self.store(), self.clock(), births, &self.actor);
+        self.refusal_audited(r, "device.claim", "")
     }
 
     /// The blocked keys, oldest first.

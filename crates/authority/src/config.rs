@@ -35,6 +35,29 @@ pub struct Config {
     /// Limits on connections, requests and request rates (defaults when absent).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The web console under `/console/` (defaults when absent).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The web console (`/console/` on the TLS listener; docs/console.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Whether `/console/` is served at all.
+    pub enabled: bool,
+    /// A session unused this long ends, seconds.
+    pub idle_timeout_secs: u64,
+    /// A session ends this long after it opened, however used, seconds.
+    pub session_lifetime_secs: u64,
+    /// Sessions open at once; the oldest ends to make room.
+    pub max_sessions: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { enabled: true, idle_timeout_secs: 15 * 60, session_lifetime_secs: 12 * 3600, max_sessions: 1000 }
+    }
 }
 
 /// Limits on connections, requests and request rates.

@@ -322,6 +322,7 @@ fn build(
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
         limits: Default::default(),
+        console: Default::default(),
         hsm: opts.hsm.as_ref().map(|h| HsmConfig {
             module: h.module.clone(),
             token: Pkcs11Uri { token: h.token.token.clone(), ..Default::default() }.to_string(),

@@ -184,4 +184,28 @@ mod tests {
         assert!(c.ends_with("...(350000 bytes)"), "{c}");
         assert_eq!(clean("a\nb\u{7f}", MAX_NAME), "a?b?");
     }
+
+    /// The fleet overview counts the refusals a summed-up entry stands for
+    /// (`iotpki_store::refusals_in` reads the entry this file writes).
+    #[test]
+    fn a_summed_up_entry_counts_every_refusal_it_sums_in_the_fleet_overview() {
+        use iotpki_store::{AuditLog as _, Fleet as _};
+        let d = tempfile::tempdir().unwrap();
+        let s = iotpki_store::sqlite::SqliteStore::open(&d.path().join("s.db")).unwrap();
+        let r = RefusalAudit::new(60, 1);
+        for i in 0..4 {
+            let ev = AuditEvent {
+                at: 1_000_000 + i,
+                actor: "device:SN".into(),
+                action: "refuse.enroll".into(),
+                target: "SN".into(),
+                detail: "no".into(),
+            };
+            r.record(&s, None, ev, 403);
+        }
+        assert_eq!(r.flush(&s), 3);
+        assert_eq!(s.audit_entries(1, 10).unwrap().len(), 2, "one entry, and one summing up three");
+        let o = s.fleet_overview(1_000_100, 1).unwrap();
+        assert_eq!(o.refused_per_day[29].count, 4);
+    }
 }

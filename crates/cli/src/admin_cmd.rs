@@ -63,6 +63,25 @@ pub enum AdminCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time link that opens a web console session (`/console/`) acting as admin
+    /// NAME: it works once, for --ttl. Give it to the operator over a channel you trust.
+    ConsoleLink {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The admin the session acts as (it must hold a good admin certificate).
+        #[arg(long)]
+        admin: String,
+        /// `admin` (reads and actions) or `read` (reads only).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// How long the link works: 90s, 15m, 2h (default 15m, at most 24h).
+        #[arg(long, value_parser = crate::duration::parse_secs)]
+        ttl: Option<u64>,
+        /// The server as the operator's browser reaches it, https://HOST:PORT
+        /// (default: the config's listen address).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Call the admin API with an admin's certificate: prints the JSON answer; exits non-zero
     /// with the server's reason when refused. Example: `admin call GET /admin/v1/certificates`.
     Call {
@@ -170,6 +189,27 @@ pub fn run(c: AdminCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCmd::ConsoleLink { dir, admin, role, ttl, url } => {
+            let role = iotpki_authority::console::ConsoleRole::parse(&role)?;
+            let base = match url {
+                Some(u) => u,
+                None => default_console_base(&dir.config()?.server.listen)?,
+            };
+            let base = base.trim_end_matches('/');
+            if !base.starts_with("https://") {
+                bail!("--url {base}: the console is served over https://");
+            }
+            let store = dir.store()?;
+            let link =
+                iotpki_authority::console::make_link(store.as_ref(), &SystemClock, &admin, role, ttl, "admin:cli")?;
+            println!("{base}/console/login?link={}", link.secret.as_str());
+            eprintln!(
+                "one-time console link for admin {admin} (role {}), until {}: it opens one session",
+                role.name(),
+                rfc3339(link.expires_at)
+            );
+            Ok(())
+        }
         AdminCmd::Call { admin_dir, server, method, path, data } => {
             let method = method.to_ascii_uppercase();
             if !matches!(method.as_str(), "GET" | "POST") {
@@ -196,4 +236,16 @@ pub fn run(c: AdminCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `https://HOST:PORT` of a listen address; an unspecified host is `localhost`.
+fn default_console_base(listen: &str) -> anyhow::Result<String> {
+    let addr: std::net::SocketAddr =
+        listen.parse().with_context(|| format!("the config's listen address {listen:?}: give --url"))?;
+    if addr.port() == 0 {
+        bail!("the config listens on a port chosen at start (port 0): give --url https://HOST:PORT");
+    }
+    let host = if addr.ip().is_unspecified() { "localhost".to_string() } else { addr.ip().to_string() };
+    let host = if addr.is_ipv6() && !addr.ip().is_unspecified() { format!("[{host}]") } else { host };
+    Ok(format!("https://{host}:{}", addr.port()))
 }

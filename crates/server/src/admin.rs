@@ -219,7 +219,7 @@ struct BatchBody {
     until: Option<String>,
 }
 
-fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
+pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
         .map_err(|e| AuthorityError::malformed(format!("{field}: {s:?} is not an RFC 3339 time: {e}")))

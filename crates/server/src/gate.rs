@@ -35,6 +35,7 @@
 //! | `POST /admin/v1/batches` | admin | [`BATCH_MAX`] |
 //! | `POST /admin/v1/…` (other) | admin | [`SMALL_JSON_MAX`] |
 //! | `POST /ocsp` | anyone | [`iotpki_core::ocsp::MAX_REQUEST_LEN`] |
+//! | `POST /console/batches`, `/console/claims` | (the console's session or admin certificate) | [`BATCH_MAX`] |
 //! | `GET /factory/…` | factory station | 0 |
 //! | any other POST | (its handler decides) | [`SMALL_JSON_MAX`] |
 //! | any other method | as its POST | 0 |
@@ -92,6 +93,8 @@ pub(crate) fn rule(method: &Method, path: &str, query: Option<&str>) -> Rule {
         (_, "/admin/v1/batches") => (Some(Gate::Admin), BATCH_MAX, false),
         (_, p) if p.starts_with("/admin/") => (Some(Gate::Admin), SMALL_JSON_MAX, false),
         (_, "/ocsp") => (None, iotpki_core::ocsp::MAX_REQUEST_LEN, false),
+        // The console's forms that carry lists: a batch's allowlist, a births file.
+        (_, "/console/batches" | "/console/claims") => (None, BATCH_MAX, false),
         _ => (None, SMALL_JSON_MAX, false),
     };
     let max_body = if method == Method::POST { max_body } else { 0 };

@@ -68,34 +68,67 @@ fn audit_len(store: &dyn Store) -> u64 {
     store.verify_audit().expect("audit chain verifies").entries
 }
 
-/// Run every check.
+/// Run every check; after each, the fleet summaries kept by its writes
+/// must equal a rebuild from the registry.
 pub fn run_all(store: &(dyn Store + 'static)) {
     issuance_round_trip(store);
+    fleet_matches_rebuild(store);
     duplicate_serial_writes_nothing(store);
+    fleet_matches_rebuild(store);
     token_refusals_write_nothing(store);
+    fleet_matches_rebuild(store);
     token_works_once(store);
+    fleet_matches_rebuild(store);
     cert_is_good(store);
+    fleet_matches_rebuild(store);
     listing_filters(store);
+    fleet_matches_rebuild(store);
     concurrent_token_race(store);
+    fleet_matches_rebuild(store);
     concurrent_issuance(store);
+    fleet_matches_rebuild(store);
     factory_births_and_refusals(store);
+    fleet_matches_rebuild(store);
     quota_race(store);
+    fleet_matches_rebuild(store);
     clone_race(store);
+    fleet_matches_rebuild(store);
     offline_sync(store);
+    fleet_matches_rebuild(store);
     revocation(store);
+    fleet_matches_rebuild(store);
     ownership(store);
+    fleet_matches_rebuild(store);
     artifacts(store);
+    fleet_matches_rebuild(store);
     voucher_claims_racing_against_one_held_voucher_store_one_and_no_fork(store);
+    fleet_matches_rebuild(store);
     renewal_supersedes_once(store);
+    fleet_matches_rebuild(store);
     concurrent_renewals_of_one_certificate(store);
+    fleet_matches_rebuild(store);
     revoke_device_in_one_transaction(store);
+    fleet_matches_rebuild(store);
     revoke_device_races_renewals_and_issuance(store);
+    fleet_matches_rebuild(store);
     a_key_is_certified_for_one_device_only(store);
+    fleet_matches_rebuild(store);
     blocked_keys_are_refused_on_every_path(store);
+    fleet_matches_rebuild(store);
     blocking_revokes_the_keys_certificates_once(store);
+    fleet_matches_rebuild(store);
     a_withdrawn_token_enrolls_nothing(store);
+    fleet_matches_rebuild(store);
     clones_racing_with_one_key_get_one_certificate(store);
+    a_console_link_opens_one_session_once(store);
+    fleet_matches_rebuild(store);
+    fleet_matches_rebuild(store);
+    fleet_overview_counts_every_state(store);
+    fleet_matches_rebuild(store);
+    audit_search_pages_and_filters(store);
+    fleet_matches_rebuild(store);
     expiring_counts_current_certificates_in_the_window(store);
+    fleet_matches_rebuild(store);
     health_probe_and_writer_stats(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
@@ -1249,4 +1282,229 @@ pub fn health_probe_and_writer_stats(store: &dyn Store) {
     assert!(b.sum >= batches.sum + 1.0, "of at least one operation");
     assert_eq!(c.count, commits.count + 1, "one more commit timed");
     assert!(c.sum > commits.sum, "a commit takes some time");
+}
+
+/// A console login link is spent once: of sixteen callers racing with it, one
+/// gets the link (and its audit entry); the others, a replay and an expired or
+/// unknown link are refused and record nothing.
+pub fn a_console_link_opens_one_session_once(store: &(dyn Store + 'static)) {
+    let link = |hash: &str, expires_at: i64| crate::ConsoleLink {
+        link_hash: hash.into(),
+        admin: "alice".into(),
+        role: "admin".into(),
+        created_at: 1_000,
+        expires_at,
+        used_at: None,
+    };
+    let login = || AuditEvent {
+        at: 1_500,
+        actor: "admin:alice".into(),
+        action: "console.login".into(),
+        target: "console".into(),
+        detail: String::new(),
+    };
+    let (live, old) = (unique("cl"), unique("cl"));
+    store.create_console_link(link(&live, 2_000), login()).expect("create");
+    store.create_console_link(link(&old, 1_200), login()).expect("create expired");
+    assert_eq!(store.create_console_link(link(&live, 2_000), login()), Err(StoreError::TokenExists));
+    let audit = audit_len(store);
+    let results: Vec<Result<crate::ConsoleLink, StoreError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16).map(|_| s.spawn(|| store.use_console_link(&live, 1_500, login()))).collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    assert_eq!((won[0].admin.as_str(), won[0].role.as_str(), won[0].used_at), ("alice", "admin", Some(1_500)));
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(StoreError::TokenUsed { used_at: 1_500 }))), "{results:?}");
+    assert_eq!(audit_len(store), audit + 1, "one console.login");
+    assert_eq!(store.use_console_link(&live, 1_600, login()), Err(StoreError::TokenUsed { used_at: 1_500 }));
+    assert_eq!(store.use_console_link(&old, 1_500, login()), Err(StoreError::TokenExpired { expires_at: 1_200 }));
+    assert_eq!(store.use_console_link(&unique("cl"), 1_500, login()), Err(StoreError::TokenUnknown));
+    assert_eq!(audit_len(store), audit + 1, "refusals record nothing");
+    assert_eq!(store.console_link(&live).expect("read").expect("kept").used_at, Some(1_500));
+    assert_eq!(store.console_link(&unique("cl")).expect("read"), None);
+}
+
+// The fleet console (issue #18).
+
+/// A clock far from every other check's certificates (which expire by 20_000),
+/// not on a whole hour: the expiry buckets meet inside hours.
+const FLEET_NOW: i64 = 1_700_000_000 + 1_234;
+
+fn day(n: i64) -> i64 {
+    n * crate::DAY
+}
+
+fn states_delta(a: &crate::DeviceStates, b: &crate::DeviceStates) -> [i64; 7] {
+    let v = |s: &crate::DeviceStates| {
+        [s.born, s.commissioned, s.active, s.expiring, s.expired, s.revoked, s.total].map(|n| n as i64)
+    };
+    let (a, b) = (v(a), v(b));
+    std::array::from_fn(|i| b[i] - a[i])
+}
+
+fn fleet_cert(device: &str, issued_at: i64, not_after: i64) -> CertRecord {
+    CertRecord { issued_at, not_before: issued_at, not_after, ..cert(device) }
+}
+
+/// The summaries the writes kept equal a rebuild from the registry, at
+/// several clocks (every check of the suite is followed by this one).
+pub fn fleet_matches_rebuild(store: &dyn Store) {
+    let nows = [0, 1_500, 30_000, FLEET_NOW, FLEET_NOW + day(20)];
+    let kept: Vec<_> = nows.iter().map(|n| store.fleet_overview(*n, 400).expect("overview")).collect();
+    store.rebuild_fleet().expect("rebuild");
+    let rebuilt: Vec<_> = nows.iter().map(|n| store.fleet_overview(*n, 400).expect("overview")).collect();
+    for ((k, r), now) in kept.iter().zip(&rebuilt).zip(nows) {
+        assert_eq!(k, r, "the summaries kept by the writes equal the registry's at {now}");
+        let s = &k.states;
+        assert_eq!(s.total, s.born + s.commissioned + s.active + s.expiring + s.expired + s.revoked);
+        assert_eq!(k.expiring_per_day.len(), 400);
+        assert_eq!(k.expiring_per_day[..30].iter().sum::<u64>(), s.expiring, "the first 30 days are the expiring");
+    }
+}
+
+/// Every state counted exactly, through every kind of write that moves a
+/// device between states; the expiry timeline's buckets to the second; the
+/// per-day series.
+pub fn fleet_overview_counts_every_state(store: &dyn Store) {
+    let now = FLEET_NOW;
+    let o0 = store.fleet_overview(now, 365).expect("overview");
+    assert_eq!(o0.expiring_per_day.len(), 365);
+    assert_eq!(o0.issued_per_day.len(), 30);
+    assert_eq!(o0.issued_per_day[29].day, crate::day_of(now), "today last");
+    assert_eq!(o0.issued_per_day[0].day, crate::day_of(now) - day(29), "oldest first");
+    let dev = |s: &str| unique(&format!("FL{s}-"));
+    // born: a birth on the line, nothing else.
+    let (b_id, st) = (unique("flb-"), unique("fls-"));
+    let (born, born2) = (dev("born"), dev("born"));
+    batch(store, &b_id, 10, &[born.clone(), born2.clone()]);
+    station(store, &st, &[&b_id]);
+    store
+        .record_issuance(issuance(fleet_cert(&born, now, now + day(3650)), birth(&b_id, &st, &born, 5_000)))
+        .expect("birth");
+    // commissioned: born, then claimed.
+    store
+        .record_issuance(issuance(fleet_cert(&born2, now, now + day(3650)), birth(&b_id, &st, &born2, 5_000)))
+        .expect("birth");
+    let claim = |d: &str| Claim { device_serial: d.into(), manufacturer_spki: "f0".into(), birth_sha256: "b1".into() };
+    store.claim_devices(vec![claim(&born2)], "claim", now, event("device.claim", &born2)).expect("claim");
+    let o = store.fleet_overview(now, 365).expect("overview");
+    assert_eq!(states_delta(&o0.states, &o.states), [1, 1, 0, 0, 0, 0, 2], "a birth; a claimed birth");
+    // active, expiring, expired, with one renewal of the active one.
+    let (active, expiring, expired, revoked) = (dev("act"), dev("exp"), dev("old"), dev("rev"));
+    let a1 = fleet_cert(&active, now - day(2), now + day(40));
+    store.record_issuance(issuance(a1.clone(), vec![])).expect("enroll");
+    let (mut a2, _) = renewal(&a1.serial, &active, now);
+    a2 = CertRecord { issued_at: now - day(1), not_before: now - day(1), not_after: now + day(100), ..a2 };
+    let pre = vec![Precondition::Supersede { serial: a1.serial.clone(), now: now - day(1) }];
+    store.record_issuance(issuance(a2.clone(), pre)).expect("renew");
+    // Expires 10 days from now to the second: bucket 10; one second before: bucket 9.
+    store.record_issuance(issuance(fleet_cert(&expiring, now, now + day(10)), vec![])).expect("expiring");
+    let edge = dev("edge");
+    store.record_issuance(issuance(fleet_cert(&edge, now, now + day(10) - 1), vec![])).expect("edge");
+    store.record_issuance(issuance(fleet_cert(&expired, now - day(400), now - 1), vec![])).expect("expired");
+    let r1 = fleet_cert(&revoked, now, now + day(200));
+    store.record_issuance(issuance(r1.clone(), vec![])).expect("to revoke");
+    let o = store.fleet_overview(now, 365).expect("overview");
+    assert_eq!(states_delta(&o0.states, &o.states), [1, 1, 2, 2, 1, 0, 7]);
+    let before = |d: usize| o.expiring_per_day[d] - o0.expiring_per_day[d];
+    assert_eq!((before(9), before(10), before(11)), (1, 1, 0), "buckets to the second");
+    assert_eq!((before(40), before(99), before(100), before(200)), (0, 0, 1, 1), "the renewal's, not the old one's");
+    // The clock alone moves them: 11 days later the two expiring ones have expired.
+    let later = store.fleet_overview(now + day(11), 365).expect("overview");
+    let later0 = o0.states.expired + 3;
+    assert_eq!(later.states.expired, later0, "expired with time");
+    // revoked: the current certificate revoked; a claimed device revoked.
+    store.revoke(&r1.serial, 1, now, event("revoke", &r1.serial)).expect("revoke");
+    store.revoke_device(device_revocation(&born2, 1, now)).expect("revoke device");
+    let o = store.fleet_overview(now, 365).expect("overview");
+    assert_eq!(states_delta(&o0.states, &o.states), [1, 0, 1, 2, 1, 2, 7], "revoked: a certificate, a device");
+    // A renewal is counted once as issued and once as renewed; births are not issued.
+    let today = |v: &[crate::DayCount]| v[29].count;
+    let yesterday = |v: &[crate::DayCount]| v[28].count;
+    assert_eq!(today(&o.issued_per_day) - today(&o0.issued_per_day), 3, "3 enrolled today");
+    assert_eq!(yesterday(&o.issued_per_day) - yesterday(&o0.issued_per_day), 1, "the renewal, yesterday");
+    assert_eq!(yesterday(&o.renewed_per_day) - yesterday(&o0.renewed_per_day), 1);
+    assert_eq!(today(&o.renewed_per_day), today(&o0.renewed_per_day));
+    // Refusals: one by one, and summed up (counts what it sums).
+    let refusal = |actor: &str, detail: &str| AuditEvent {
+        at: now,
+        actor: actor.into(),
+        action: "refuse.enroll".into(),
+        target: String::new(),
+        detail: detail.into(),
+    };
+    store.record_refusal(Some(&b_id), refusal("station:x", "quota")).expect("refusal");
+    store.record_refusal(None, refusal("device:*", "5 refusals (HTTP 403) between a and b, summed up")).expect("sum");
+    store.append_audit(AuditEvent { action: "enroll".into(), ..refusal("device:x", "") }).expect("not a refusal");
+    let o = store.fleet_overview(now, 365).expect("overview");
+    assert_eq!(today(&o.refused_per_day) - today(&o0.refused_per_day), 6);
+    // Batches and stations.
+    let p = store.batch_progress().expect("progress");
+    let p = p.iter().find(|p| p.batch.id == b_id).expect("the batch");
+    assert_eq!((p.born, p.refusals, p.flags, p.batch.quota), (2, 1, 0, 10));
+    let a = store.stations_activity().expect("stations");
+    let a = a.iter().find(|a| a.name == st).expect("the station");
+    assert_eq!(
+        (a.births, a.last_activity, a.revoked_at, a.batches.clone()),
+        (2, Some(5_000), None, vec![b_id.clone()])
+    );
+    // Revocations per CA.
+    let stats = store.revocation_stats().expect("stats");
+    let op = stats.iter().find(|c| c.ca == "operational").expect("operational");
+    assert!(op.revoked >= 3 && op.last_revocation_at.is_some_and(|t| t >= now), "{op:?}");
+    let n = store.next_crl_number("fleet-ca", event("crl.issue", "fleet-ca")).expect("crl number");
+    let stats = store.revocation_stats().expect("stats");
+    let ca = stats.iter().find(|c| c.ca == "fleet-ca").expect("a CA with only a CRL number");
+    assert_eq!((ca.revoked, ca.crl_number, ca.last_revocation_at), (0, n, None));
+    fleet_matches_rebuild(store);
+}
+
+/// The audit log searched: by action prefix, actor and target, newest
+/// first, paged backwards; the page is capped.
+pub fn audit_search_pages_and_filters(store: &(dyn Store + 'static)) {
+    use crate::AuditFilter;
+    let (action, actor) = (unique("fleettest."), unique("admin:"));
+    for i in 0..5 {
+        let t = if i % 2 == 0 { "even" } else { "odd" };
+        store
+            .append_audit(AuditEvent { actor: actor.clone(), target: format!("{action}/{t}"), ..event(&action, "") })
+            .expect("append");
+    }
+    let f = |limit: u32, before: Option<u64>| AuditFilter {
+        action_prefix: Some(action[..action.len() - 3].to_string()),
+        actor: Some(actor.clone()),
+        limit,
+        before_seq: before,
+        ..Default::default()
+    };
+    let p1 = store.audit_search(&f(2, None)).expect("page 1");
+    assert_eq!(p1.len(), 2);
+    assert!(p1[0].seq > p1[1].seq, "newest first");
+    let p2 = store.audit_search(&f(2, Some(p1[1].seq))).expect("page 2");
+    let p3 = store.audit_search(&f(2, Some(p2[1].seq))).expect("page 3");
+    assert_eq!((p2.len(), p3.len()), (2, 1));
+    let all: Vec<u64> = p1.iter().chain(&p2).chain(&p3).map(|e| e.seq).collect();
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "pages follow each other: {all:?}");
+    assert!(p1.iter().chain(&p2).chain(&p3).all(|e| e.event.actor == actor && e.event.action == action));
+    assert!(store.audit_search(&f(0, None)).expect("none").is_empty());
+    let odd = AuditFilter { target: Some(format!("{action}/odd")), limit: 10, ..Default::default() };
+    assert_eq!(store.audit_search(&odd).expect("by target").len(), 2);
+    let other = AuditFilter { action_prefix: Some(format!("{action}x")), limit: 10, ..Default::default() };
+    assert!(store.audit_search(&other).expect("no match").is_empty());
+    // The cap: more than a page exists, a page is all that comes.
+    std::thread::scope(|sc| {
+        for _ in 0..16 {
+            sc.spawn(|| {
+                for _ in 0..63 {
+                    store.append_audit(event("fleettest.cap", "")).expect("append");
+                }
+            });
+        }
+    });
+    let cap = AuditFilter { action_prefix: Some("fleettest.cap".into()), limit: 5_000, ..Default::default() };
+    assert_eq!(store.audit_search(&cap).expect("capped").len(), crate::MAX_AUDIT_PAGE as usize);
+    let all = store.audit_search(&AuditFilter { limit: u32::MAX, ..Default::default() }).expect("unfiltered");
+    assert_eq!(all.len(), crate::MAX_AUDIT_PAGE as usize);
+    assert_eq!(all[0].seq, audit_len(store), "the newest first");
 }

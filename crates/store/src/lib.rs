@@ -18,6 +18,7 @@
 mod audit;
 mod engine;
 mod error;
+mod fleet;
 mod ops;
 pub mod postgres;
 pub mod sqlite;
@@ -27,6 +28,10 @@ pub mod conformance;
 
 pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
 pub use error::StoreError;
+pub use fleet::{
+    day_of, refusals_in, AuditFilter, BatchProgress, CaRevocations, DayCount, DeviceStates, Fleet, FleetOverview,
+    StationActivity, DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS,
+};
 
 use std::sync::Arc;
 
@@ -109,6 +114,24 @@ pub struct TokenRecord {
     pub used_at: Option<UnixTime>,
     /// The serial of the certificate it was used for, if it was.
     pub cert_serial: Option<String>,
+}
+
+/// A one-time login link of the web console (`iotpki admin console-link`).
+/// Only the SHA-256 of the link's secret is ever stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleLink {
+    /// Lowercase hex SHA-256 of the link's secret.
+    pub link_hash: String,
+    /// The admin the session opened with it acts as.
+    pub admin: String,
+    /// `read` (reads only) or `admin` (reads and actions).
+    pub role: String,
+    /// When it was made, Unix seconds.
+    pub created_at: UnixTime,
+    /// When it stops working, Unix seconds.
+    pub expires_at: UnixTime,
+    /// When it was used, if it was.
+    pub used_at: Option<UnixTime>,
 }
 
 /// A condition that must hold, checked in the same transaction as the write.
@@ -507,7 +530,20 @@ pub(crate) fn newest_first(rows: &mut [CertRecord]) {
 /// every role; bring the roles' methods into scope with
 /// `use iotpki_store::prelude::*`.
 pub trait Store:
-    Certificates + Tokens + AuditLog + Batches + Stations + Revocations + Owners + Artifacts + Keys + Health + Send + Sync
+    Certificates
+    + Tokens
+    + AuditLog
+    + Batches
+    + Stations
+    + Revocations
+    + Owners
+    + Artifacts
+    + Keys
+    + ConsoleLinks
+    + Fleet
+    + Health
+    + Send
+    + Sync
 {
 }
 
@@ -521,6 +557,8 @@ impl<T> Store for T where
         + Owners
         + Artifacts
         + Keys
+        + ConsoleLinks
+        + Fleet
         + Health
         + Send
         + Sync
@@ -531,12 +569,28 @@ impl<T> Store for T where
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
     pub use crate::{
-        Artifacts, AuditLog, Batches, Certificates, Health, Keys, Owners, Revocations, Stations, Store, Tokens,
+        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Fleet, Health, Keys, Owners, Revocations, Stations,
+        Store, Tokens,
     };
 }
 
 // Each role below: every method blocks until its work is durable (writes) or read;
 // implementations are safe to share between threads.
+
+/// The web console's one-time login links.
+pub trait ConsoleLinks {
+    /// Record a new link (and `audit`); refused with [`StoreError::TokenExists`] if its hash is taken.
+    fn create_console_link(&self, link: ConsoleLink, audit: AuditEvent) -> Result<(), StoreError>;
+
+    /// Spend the link `link_hash` at `now` (and record `audit`), in one
+    /// transaction: of callers racing with one link, one gets it. Refused with
+    /// [`StoreError::TokenUnknown`], [`StoreError::TokenUsed`] or
+    /// [`StoreError::TokenExpired`], recording nothing.
+    fn use_console_link(&self, link_hash: &str, now: UnixTime, audit: AuditEvent) -> Result<ConsoleLink, StoreError>;
+
+    /// The link `link_hash`, if there is one (a read: spends nothing).
+    fn console_link(&self, link_hash: &str) -> Result<Option<ConsoleLink>, StoreError>;
+}
 
 /// Issued certificates: recording one under its preconditions, and reading them.
 pub trait Certificates {

@@ -26,6 +26,11 @@ pub(crate) enum Op {
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
     BlockKeys(Box<KeyBlock>),
+    ConsoleLink(Box<crate::ConsoleLink>, AuditEvent),
+    UseConsoleLink(String, i64, AuditEvent),
+    /// Build the fleet summaries from the registry: when they were never
+    /// built (a store migrated to version 11), or always (`true`).
+    FleetRebuild(bool),
 }
 
 /// What a committed operation hands back to its caller.
@@ -37,4 +42,5 @@ pub(crate) enum Done {
     Count(u64),
     DeviceRevoked(DeviceRevoked),
     KeysBlocked(KeysBlocked),
+    ConsoleLink(crate::ConsoleLink),
 }

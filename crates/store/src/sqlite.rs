@@ -38,6 +38,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/sqlite/0007_current.sql")),
     (8, include_str!("../migrations/sqlite/0008_claims.sql")),
     (9, include_str!("../migrations/sqlite/0009_keys.sql")),
+    (10, include_str!("../migrations/sqlite/0010_console.sql")),
+    (11, include_str!("../migrations/sqlite/0011_fleet.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -310,7 +312,9 @@ impl SqliteStore {
             conns.push(Mutex::new(r));
         }
         let readers = Readers { conns, next: AtomicUsize::new(0) };
-        Ok(Self { path: path.to_path_buf(), engine: Engine::new(readers, w) })
+        let store = Self { path: path.to_path_buf(), engine: Engine::new(readers, w) };
+        crate::engine::fleet::ensure_built(&store)?;
+        Ok(store)
     }
 
     /// The database file.

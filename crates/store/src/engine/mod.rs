@@ -23,6 +23,7 @@
 
 #[cfg(test)]
 pub(crate) mod checks;
+pub(crate) mod fleet;
 mod reads;
 mod writes;
 

@@ -120,38 +120,38 @@ pub(super) fn sync_state_of<S: Sql + ?Sized>(
     }
 }
 
+pub(super) const AUDIT_COLS: &str = "seq, at, actor, action, target, detail, prev_hash, hash";
+
+pub(super) fn audit_row(mut r: Row) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: r.count(0)?,
+        event: AuditEvent {
+            at: r.int(1)?,
+            actor: r.text(2)?,
+            action: r.text(3)?,
+            target: r.text(4)?,
+            detail: r.text(5)?,
+        },
+        prev_hash: r.text(6)?,
+        hash: r.text(7)?,
+    })
+}
+
 fn audit_entries_of(db: &mut dyn Sql, from: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-    let rows = db.all(
-        "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        &[Arg::Int(to_i64(from)), Arg::Int(i64::from(limit))],
-    )?;
-    rows.into_iter()
-        .map(|mut r| {
-            Ok(AuditEntry {
-                seq: r.count(0)?,
-                event: AuditEvent {
-                    at: r.int(1)?,
-                    actor: r.text(2)?,
-                    action: r.text(3)?,
-                    target: r.text(4)?,
-                    detail: r.text(5)?,
-                },
-                prev_hash: r.text(6)?,
-                hash: r.text(7)?,
-            })
-        })
-        .collect()
+    let sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2");
+    let rows = db.all(&sql, &[Arg::Int(to_i64(from)), Arg::Int(i64::from(limit))])?;
+    rows.into_iter().map(audit_row).collect()
 }
 
 /// Read with the store's backend.
-fn read<E: HasEngine + ?Sized, T>(
+pub(super) fn read<E: HasEngine + ?Sized, T>(
     store: &E,
     f: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     store.engine().backend.read(f)
 }
 
-fn submit<E: HasEngine + ?Sized>(store: &E, op: Op) -> Result<Done, StoreError> {
+pub(super) fn submit<E: HasEngine + ?Sized>(store: &E, op: Op) -> Result<Done, StoreError> {
     store.engine().submit(op)
 }
 
@@ -269,6 +269,45 @@ impl<E: HasEngine> Tokens for E {
                     expires_at: r.int(3)?,
                     used_at: r.opt_int(4)?,
                     cert_serial: r.opt_text(5)?,
+                })
+            })
+            .transpose()
+        })
+    }
+}
+
+impl<E: HasEngine> crate::ConsoleLinks for E {
+    fn create_console_link(&self, link: crate::ConsoleLink, audit: AuditEvent) -> Result<(), StoreError> {
+        unit(self, Op::ConsoleLink(Box::new(link), audit))
+    }
+
+    fn use_console_link(
+        &self,
+        link_hash: &str,
+        now: UnixTime,
+        audit: AuditEvent,
+    ) -> Result<crate::ConsoleLink, StoreError> {
+        match submit(self, Op::UseConsoleLink(link_hash.to_string(), now, audit))? {
+            Done::ConsoleLink(l) => Ok(l),
+            d => Err(unexpected("a console link", d)),
+        }
+    }
+
+    fn console_link(&self, link_hash: &str) -> Result<Option<crate::ConsoleLink>, StoreError> {
+        read(self, |db| {
+            let row = db.opt(
+                "SELECT link_hash, admin, role, created_at, expires_at, used_at FROM console_links \
+                 WHERE link_hash = $1",
+                &[link_hash.into()],
+            )?;
+            row.map(|mut r| {
+                Ok(crate::ConsoleLink {
+                    link_hash: r.text(0)?,
+                    admin: r.text(1)?,
+                    role: r.text(2)?,
+                    created_at: r.int(3)?,
+                    expires_at: r.int(4)?,
+                    used_at: r.opt_int(5)?,
                 })
             })
             .transpose()

@@ -21,14 +21,17 @@ pub(super) fn to_i64(v: u64) -> i64 {
 /// as the operations so far moved it, and their audit entries, inserted all
 /// at once when the group commits.
 pub(crate) struct Tx<'a> {
-    w: &'a mut dyn Writer,
+    pub(super) w: &'a mut dyn Writer,
     head: Head,
     audit: Vec<(i64, AuditEvent, String, String)>,
+    /// Devices the running operation changed: their fleet summary is
+    /// recomputed before its savepoint is released.
+    pub(super) touched: Vec<String>,
 }
 
 impl<'a> Tx<'a> {
     pub(super) fn new(w: &'a mut dyn Writer, head: Head) -> Self {
-        Self { w, head, audit: Vec::new() }
+        Self { w, head, audit: Vec::new(), touched: Vec::new() }
     }
 
     /// Run one operation in its own savepoint. The inner result is the
@@ -37,7 +40,8 @@ impl<'a> Tx<'a> {
     /// failed, and the whole transaction must be abandoned.
     pub(super) fn run_one(&mut self, op: &Op, last: bool) -> Result<Result<Done, StoreError>, StoreError> {
         let (saved, entries) = (self.head.clone(), self.audit.len());
-        let r = self.op(op);
+        let r = self.op(op).and_then(|d| self.refresh_touched().map(|()| d));
+        self.touched.clear();
         if r.is_err() {
             self.w.savepoint(false)?;
             self.head = saved;
@@ -54,7 +58,7 @@ impl<'a> Tx<'a> {
 
     /// Insert the audit entries and commit.
     pub(super) fn finish(self, start: &Head) -> Result<(), StoreError> {
-        let Tx { w, head, audit } = self;
+        let Tx { w, head, audit, .. } = self;
         let r = insert_audit(w, &audit).and_then(|()| w.commit(start, &head));
         if r.is_err() {
             w.rollback();
@@ -93,7 +97,12 @@ impl<'a> Tx<'a> {
                     .and_then(|()| self.append(a)),
             ),
             Op::BlockKeys(b) => self.block_keys(b).map(Done::KeysBlocked),
+            Op::ConsoleLink(l, a) => unit(self.console_link(l).and_then(|()| self.append(a))),
+            Op::UseConsoleLink(hash, now, a) => {
+                self.use_console_link(hash, *now).and_then(|l| self.append(a).map(|()| Done::ConsoleLink(l)))
+            }
             Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
+            Op::FleetRebuild(force) => self.rebuild_fleet(*force).map(|()| Done::Unit),
         }
     }
 
@@ -104,6 +113,10 @@ impl<'a> Tx<'a> {
         let hash = audit_hash(&self.head.hash, seq_u, ev);
         let prev = std::mem::replace(&mut self.head, Head { seq, hash: hash.clone() });
         self.audit.push((seq, ev.clone(), prev.hash, hash));
+        let refused = crate::refusals_in(ev);
+        if refused > 0 {
+            self.count_day(ev.at, 0, 0, refused)?;
+        }
         Ok(())
     }
 
@@ -113,6 +126,10 @@ impl<'a> Tx<'a> {
         }
         self.key_free(&i.cert)?;
         self.insert_cert(&i.cert)?;
+        let birth = i.preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
+        if !birth && super::fleet::is_device_cert(&i.cert) {
+            self.count_day(i.cert.issued_at, 1, u64::from(i.cert.replaces.is_some()), 0)?;
+        }
         self.append(&i.audit)
     }
 
@@ -150,7 +167,7 @@ impl<'a> Tx<'a> {
                      replaced_by = $2 WHERE serial = $3",
                     &[Arg::Int(*now), cert_serial.into(), serial.into()],
                 )?;
-                Ok(())
+                self.touch_cert(serial)
             }
             Precondition::CertIsGood { serial } => match self.cert_status(serial)?.as_deref() {
                 None => Err(StoreError::CertUnknown { serial: serial.clone() }),
@@ -355,7 +372,7 @@ impl<'a> Tx<'a> {
             "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = $2 WHERE serial = $3",
             &[Arg::Int(at), Arg::Int(i64::from(reason)), serial.into()],
         )?;
-        Ok(())
+        self.touch_cert(serial)
     }
 
     fn refusal(&mut self, batch: Option<&str>) -> Result<(), StoreError> {
@@ -437,9 +454,10 @@ impl<'a> Tx<'a> {
             &[Arg::Int(issued), Arg::Int(flagged), (&s.batch).into()],
         )?;
         self.w.run(
-            "INSERT INTO syncs (station, batch_id, last_seq, head) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (station, batch_id) DO UPDATE SET last_seq = excluded.last_seq, head = excluded.head",
-            &[(&s.station).into(), (&s.batch).into(), Arg::Int(to_i64(s.to_seq)), (&s.to_head).into()],
+            "INSERT INTO syncs (station, batch_id, last_seq, head, synced_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (station, batch_id) DO UPDATE SET last_seq = excluded.last_seq, head = excluded.head,
+             synced_at = excluded.synced_at",
+            &[(&s.station).into(), (&s.batch).into(), Arg::Int(to_i64(s.to_seq)), (&s.to_head).into(), Arg::Int(s.now)],
         )?;
         Ok(out)
     }
@@ -506,6 +524,7 @@ impl<'a> Tx<'a> {
                     (&c.birth_sha256).into(),
                 ],
             )?;
+            self.touch(&c.device_serial);
             if new == 1 {
                 n += 1;
                 continue;
@@ -540,6 +559,7 @@ impl<'a> Tx<'a> {
             "UPDATE owned_devices SET status = $1, changed_at = $2 WHERE device_serial = $3",
             &[status.as_str().into(), Arg::Int(at), serial.into()],
         )?;
+        self.touch(serial);
         Ok(())
     }
 
@@ -581,6 +601,7 @@ impl<'a> Tx<'a> {
              ON CONFLICT (device_serial) DO UPDATE SET via = excluded.via, since = excluded.since, status = 'owned', changed_at = NULL",
             &[serial.into(), via.into(), Arg::Int(a.published_at)],
         )?;
+        self.touch(serial);
         Ok(())
     }
 
@@ -719,7 +740,56 @@ impl<'a> Tx<'a> {
                 Arg::Blob(&c.der),
             ],
             || StoreError::DuplicateSerial { serial: c.serial.clone() },
+        )?;
+        if let (true, Some(d)) = (super::fleet::is_device_cert(c), &c.device_serial) {
+            self.touch(d);
+        }
+        Ok(())
+    }
+
+    fn console_link(&mut self, l: &crate::ConsoleLink) -> Result<(), StoreError> {
+        self.w.insert(
+            "INSERT INTO console_links (link_hash, admin, role, created_at, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                (&l.link_hash).into(),
+                (&l.admin).into(),
+                (&l.role).into(),
+                Arg::Int(l.created_at),
+                Arg::Int(l.expires_at),
+                l.used_at.into(),
+            ],
+            || StoreError::TokenExists,
         )
+    }
+
+    /// Spend a console link in one statement when it is unused and not
+    /// expired; when not, read it to say why.
+    fn use_console_link(&mut self, hash: &str, now: i64) -> Result<crate::ConsoleLink, StoreError> {
+        let spent = self.w.run(
+            "UPDATE console_links SET used_at = $1 WHERE link_hash = $2 AND used_at IS NULL AND expires_at > $1",
+            &[Arg::Int(now), hash.into()],
+        )?;
+        let row = self.w.opt(
+            "SELECT link_hash, admin, role, created_at, expires_at, used_at FROM console_links WHERE link_hash = $1",
+            &[hash.into()],
+        )?;
+        let mut row = row.ok_or(StoreError::TokenUnknown)?;
+        let link = crate::ConsoleLink {
+            link_hash: row.text(0)?,
+            admin: row.text(1)?,
+            role: row.text(2)?,
+            created_at: row.int(3)?,
+            expires_at: row.int(4)?,
+            used_at: row.opt_int(5)?,
+        };
+        if spent == 1 {
+            return Ok(link);
+        }
+        match link.used_at {
+            Some(used_at) => Err(StoreError::TokenUsed { used_at }),
+            None => Err(StoreError::TokenExpired { expires_at: link.expires_at }),
+        }
     }
 
     fn token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
