@@ -153,6 +153,7 @@ impl Authority {
         };
         let der = cert.der.clone();
         self.store.record_issuance(Issuance { cert, preconditions: vec![], audit })?;
+        self.metrics.issued.with(&["admin.add"]).inc();
         Ok((der, vec![ca.cert_der.clone()]))
     }
 

@@ -173,10 +173,25 @@ impl Authority {
         batch: Option<&str>,
         action: &str,
     ) {
+        self.audit_refusal_as(r, actor, batch, action, action.trim_start_matches("refuse."));
+    }
+
+    /// [`Self::audit_refusal`], counted in the metrics under `path` (the
+    /// endpoint refused, where the audit action names a finer reason:
+    /// `refuse.clone` is a refused `enroll`).
+    pub(crate) fn audit_refusal_as<T>(
+        &self,
+        r: &Result<T, AuthorityError>,
+        actor: impl FnOnce() -> String,
+        batch: Option<&str>,
+        action: &str,
+        path: &str,
+    ) {
         let Err(e) = r else { return };
         if !e.is_refusal() {
             return;
         }
+        self.metrics.refusal(path, e);
         let ev = AuditEvent {
             at: self.clock.now(),
             actor: actor(),

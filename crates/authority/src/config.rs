@@ -223,6 +223,11 @@ pub struct ServerConfig {
     /// Accept DTLS 1.2 on that listener too, for device stacks without 1.3 (default: 1.3 only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub coaps_dtls12: bool,
+    /// Where to serve `GET /metrics` (Prometheus text format) over plain
+    /// HTTP, `HOST:PORT`, alone; it is then not served on the `http_listen`
+    /// listener (none: `/metrics` is on that listener, when there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The PKCS#11 token (HSM) that holds the CA keys. Its PIN is never in the

@@ -223,7 +223,13 @@ impl Authority {
             Err(AuthorityError::Refused(Refusal::Key(StoreError::KeyBlocked { .. }))) => "refuse.blocked-key",
             _ => req.refusal_action(),
         };
-        self.audit_refusal(r, || caller.actor(), counted, action);
+        self.audit_refusal_as(
+            r,
+            || caller.actor(),
+            counted,
+            action,
+            req.refusal_action().trim_start_matches("refuse."),
+        );
     }
 
     /// Authorize and issue (or send again) one enrollment.
@@ -504,6 +510,7 @@ impl Authority {
                 audit,
             }) {
                 Ok(()) => {
+                    self.metrics.issued.with(&[plan.action]).inc();
                     let pkcs7 = pkcs7::certs_only(&[&der])?;
                     tracing::info!(serial = %sn_hex, action = plan.action, label = %label.name, "issued");
                     return Ok(Enrolled { cert_der: der, serial: sn_hex, pkcs7 });

@@ -318,6 +318,7 @@ fn build(
             public_http_url: opts.public_http_url.clone(),
             coaps_listen: None,
             coaps_dtls12: false,
+            metrics_listen: None,
         },
         tokens: TokenConfig { default_ttl_secs: 3600, max_ttl_secs: 30 * 24 * 3600 },
         limits: Default::default(),

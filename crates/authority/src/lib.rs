@@ -35,6 +35,7 @@ mod fleet;
 pub mod init;
 pub mod key_registry;
 pub mod keyfile;
+pub mod metrics;
 pub mod ocsp_cache;
 mod open;
 pub mod refusals;
@@ -165,6 +166,8 @@ pub struct Authority {
     verified_paths: auth::VerifiedPaths,
     /// Refusals written to the audit log, with a bound per window.
     refusals: refusals::RefusalAudit,
+    /// What `/metrics` reports.
+    metrics: metrics::Metrics,
 }
 
 /// Which CRL of an issuing CA: the complete one (`shard` is `None`) or shard
@@ -191,6 +194,11 @@ impl std::fmt::Debug for Authority {
 }
 
 impl Authority {
+    /// What the authority counts for `/metrics` (the server adds its own there).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
     /// The authority's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -287,6 +287,7 @@ impl Authority {
             tpm_challenges: attest::Challenges::default(),
             verified_paths: VerifiedPaths::default(),
             refusals,
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 }

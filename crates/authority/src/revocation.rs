@@ -566,6 +566,21 @@ impl Authority {
         out
     }
 
+    /// Per CA with a CRL made on this node: seconds since the thisUpdate of
+    /// its oldest CRL (complete or shard) now served, sorted by CA.
+    pub fn crl_ages(&self) -> Vec<(String, i64)> {
+        let now = self.clock.now();
+        let mut oldest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        let Ok(cache) = self.crls.lock() else { return Vec::new() };
+        for (scope, c) in cache.iter() {
+            let e = oldest.entry(scope.ca.as_str()).or_insert(c.this_update);
+            *e = (*e).min(c.this_update);
+        }
+        let mut out: Vec<(String, i64)> = oldest.into_iter().map(|(ca, t)| (ca.to_string(), now - t)).collect();
+        out.sort();
+        out
+    }
+
     /// Answer an OCSP request (DER) with an OCSP response (DER), always: a
     /// malformed request gets `malformedRequest`, one about a CA we do not
     /// serve `unauthorized`, our own failure `internalError` (logged).
@@ -597,10 +612,12 @@ impl Authority {
             let cache = self.ocsp_cache.lock().map_err(|_| AuthorityError::Config("OCSP cache poisoned".into()))?;
             if let Some(c) = cache.get(key) {
                 if c.ca == ca.name && c.mark == mark && now < c.produced + OCSP_VALIDITY_SECS / 2 {
+                    self.metrics.ocsp_cache_hits.inc();
                     return Ok(c.der.clone());
                 }
             }
         }
+        self.metrics.ocsp_cache_misses.inc();
         let mut answers = Vec::with_capacity(req.cert_ids.len());
         for id in &req.cert_ids {
             let serial = hex::encode(id.serial_number.as_bytes());
@@ -675,6 +692,7 @@ impl Authority {
             detail: format!("ca={}", ca.name),
         };
         self.store.record_issuance(Issuance { cert: record, preconditions: vec![], audit })?;
+        self.metrics.issued.with(&["ocsp.signer"]).inc();
         signers.insert(ca.name.clone(), signer.clone());
         Ok(signer)
     }

@@ -175,6 +175,7 @@ impl Authority {
         };
         let der = cert.der.clone();
         self.store.record_issuance(Issuance { cert, preconditions, audit })?;
+        self.metrics.issued.with(&[action]).inc();
         Ok(IssuedServer {
             cert: der,
             chain: vec![ca.cert_der.clone()],

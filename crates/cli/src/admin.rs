@@ -175,6 +175,14 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             (None, Some(l)) => Some(l.parse::<SocketAddr>().context("server.coaps_listen in the config")?),
             (None, None) => None,
         };
+        // `[server] metrics_listen`: /metrics there alone (and not on the plain-HTTP listener).
+        let metrics_listener = match &authority.config().server.metrics_listen {
+            Some(l) => {
+                let l = l.parse::<SocketAddr>().context("server.metrics_listen in the config")?;
+                Some(tokio::net::TcpListener::bind(l).await.with_context(|| format!("cannot listen on {l}"))?)
+            }
+            None => None,
+        };
         let coaps_socket = match coaps_listen {
             Some(l) => Some(tokio::net::UdpSocket::bind(l).await.with_context(|| format!("cannot listen on UDP {l}"))?),
             None => None,
@@ -210,6 +218,17 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
                     let _ = rx.wait_for(|s| *s).await;
                 };
                 Some(tokio::spawn(iotpki_server::serve_http_with(authority.clone(), listener, limits.clone(), stopped)))
+            }
+            None => None,
+        };
+        let metrics = match metrics_listener {
+            Some(listener) => {
+                println!("metrics on http://{}/metrics", listener.local_addr()?);
+                let mut rx = stop_rx.clone();
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                Some(tokio::spawn(iotpki_server::serve_metrics_with(authority.clone(), listener, limits.clone(), stopped)))
             }
             None => None,
         };
@@ -251,6 +270,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         reloader.abort();
         let _ = stop_tx.send(true);
         if let Some(h) = http {
+            h.await??;
+        }
+        if let Some(h) = metrics {
             h.await??;
         }
         if let Some(h) = coaps {
@@ -345,6 +367,9 @@ fn reload(
     }
     if http_listen_arg.is_none() && cfg.server.http_listen != running.server.http_listen {
         restart.push("server.http_listen");
+    }
+    if cfg.server.metrics_listen != running.server.metrics_listen {
+        restart.push("server.metrics_listen");
     }
     if differs(&cfg.store, &running.store) {
         restart.push("store");

@@ -196,21 +196,38 @@ pub fn router(authority: Arc<Authority>) -> Router {
         // The gate reads bodies (after the caller is known, capped per endpoint).
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::gate::gate))
+        .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::metrics::track))
         .with_state(authority)
 }
 
 /// What anyone may fetch over plain HTTP (the revocation pointers in issued
 /// certificates lead here): CRLs and OCSP. Nothing that issues.
+///
+/// `GET /metrics` is here too, unless `[server] metrics_listen` is set (it is
+/// then served on that listener only: [`metrics_router`]).
 pub fn public_router(authority: Arc<Authority>) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/crl/{*file}", get(crl))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
         .route(BUNDLE_PATH, get(bundle))
         .route("/.well-known/iotpki/voucher/{serial}", get(voucher))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .layer(DefaultBodyLimit::disable())
+        .route("/healthz", get(|| async { "ok\n" }));
+    if authority.config().server.metrics_listen.is_none() {
+        r = r.route(crate::metrics::METRICS_PATH, get(crate::metrics::scrape));
+    }
+    r.layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::gate::public_gate))
+        .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::metrics::track))
+        .with_state(authority)
+}
+
+/// The routes of `[server] metrics_listen`: `GET /metrics` only.
+pub fn metrics_router(authority: Arc<Authority>) -> Router {
+    Router::new()
+        .route(crate::metrics::METRICS_PATH, get(crate::metrics::scrape))
+        .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::gate::public_gate))
+        .layer(axum::middleware::from_fn_with_state(authority.clone(), crate::metrics::track))
         .with_state(authority)
 }
 

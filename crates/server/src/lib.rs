@@ -26,12 +26,15 @@ mod gate;
 mod http;
 mod io;
 mod limits;
+pub mod metrics;
 mod tls;
 pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use iotpki_metrics::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +42,7 @@ use iotpki_authority::Authority;
 use tokio::net::TcpListener;
 
 pub use admin::openapi_json;
-pub use http::{public_router, router};
+pub use http::{metrics_router, public_router, router};
 pub use limits::{Limits, LimitsHandle};
 pub use tls::{server_config, server_config_with};
 
@@ -102,8 +105,10 @@ pub async fn serve_with(
     let _stop_refreshing = AbortOnDrop(refresher);
     let _stop_flushing = AbortOnDrop(flusher);
     let max = limits.clone();
+    let gauge = authority.metrics().open_connections.with(&["tls"]);
     let r = accept_loop(
         listener,
+        gauge,
         move || max.current().max_connections,
         shutdown,
         move |tcp, peer| {
@@ -150,11 +155,39 @@ pub async fn serve_http_with(
     limits: LimitsHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let gauge = authority.metrics().open_connections.with(&["http"]);
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
     let app = public_router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
     let max = limits.clone();
     accept_loop(
         listener,
+        gauge,
+        move || max.current().max_connections,
+        shutdown,
+        move |tcp, peer| {
+            let (app, limits) = (app.clone(), limits.current());
+            async move { http::serve_plain_connection(tcp, peer, app, &limits).await }
+        },
+    )
+    .await
+}
+
+/// Serve `GET /metrics` alone over plain HTTP on `listener` (`[server]
+/// metrics_listen`) until `shutdown` completes, with the same limits as the
+/// other listeners (from `limits`, replaceable while serving).
+pub async fn serve_metrics_with(
+    authority: Arc<Authority>,
+    listener: TcpListener,
+    limits: LimitsHandle,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let gauge = authority.metrics().open_connections.with(&["metrics"]);
+    let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
+    let app = metrics_router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
+    let max = limits.clone();
+    accept_loop(
+        listener,
+        gauge,
         move || max.current().max_connections,
         shutdown,
         move |tcp, peer| {
@@ -192,19 +225,22 @@ async fn refresh_crls(authority: Arc<Authority>) {
     }
 }
 
-/// One open connection, counted while it lives.
-struct Slot(Arc<AtomicUsize>);
+/// One open connection, counted while it lives (in the loop's count and in
+/// the listener's gauge for /metrics).
+struct Slot(Arc<AtomicUsize>, Arc<Gauge>);
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Self {
+    fn take(open: &Arc<AtomicUsize>, gauge: &Arc<Gauge>) -> Self {
         open.fetch_add(1, Ordering::AcqRel);
-        Self(open.clone())
+        gauge.inc();
+        Self(open.clone(), gauge.clone())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.dec();
     }
 }
 
@@ -221,6 +257,7 @@ impl Drop for AbortOnDrop {
 /// applies): one more is closed at once.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    gauge: Arc<Gauge>,
     max: impl Fn() -> usize,
     shutdown: impl Future<Output = ()>,
     conn: F,
@@ -251,7 +288,7 @@ where
             drop(tcp);
             continue;
         }
-        let permit = Slot::take(&open);
+        let permit = Slot::take(&open, &gauge);
         let _ = tcp.set_nodelay(true);
         let fut = conn(tcp, peer);
         tokio::spawn(async move {
@@ -306,6 +343,18 @@ impl Running {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve_http(authority, listener, limits, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    /// Serve `GET /metrics` alone over plain HTTP on a listener bound already,
+    /// with the limits of the authority's config (`[server] metrics_listen`).
+    pub fn start_metrics_on(authority: Arc<Authority>, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let limits = LimitsHandle::new(Limits::from(&authority.config().limits));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_metrics_with(authority, listener, limits, async move {
             let _ = rx.await;
         }));
         Ok(Self { addr, stop: Some(tx), task })

@@ -130,6 +130,9 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     events_are_recorded_with_their_change_and_only_then(store);
     webhook_cursors_are_per_webhook_and_leased_to_one_owner(store);
     expiring_certificates_are_announced_once_per_threshold_in_pages(store);
+    expiring_counts_current_certificates_in_the_window(store);
+    fleet_matches_rebuild(store);
+    health_probe_and_writer_stats(store);
     store.verify_audit().expect("audit chain verifies at the end");
 }
 
@@ -1249,6 +1252,51 @@ pub fn a_withdrawn_token_enrolls_nothing(store: &dyn Store) {
     );
     assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
     assert_eq!(store.token(&fresh).expect("read").expect("kept").used_at, None);
+}
+
+/// The certificates expiring in a window: current ones (good, not renewed)
+/// whose notAfter is in `[from, until)`, nothing else.
+pub fn expiring_counts_current_certificates_in_the_window(store: &dyn Store) {
+    // A window of its own, far from every other check's notAfter (2_000).
+    let base = 4_000_000_000 + i64::from(std::process::id() % 1_000_000) * 1_000;
+    let (from, until) = (base, base + 100);
+    let before = store.count_expiring(from, until).expect("count");
+    let at = |not_after: i64| {
+        let mut c = cert("EXP-1");
+        c.not_after = not_after;
+        c
+    };
+    for c in [at(base), at(base + 99), at(base + 100), at(base - 1)] {
+        store.record_issuance(issuance(c, vec![])).expect("issue");
+    }
+    assert_eq!(store.count_expiring(from, until).expect("count"), before + 2, "from is in, until is out");
+    let mut revoked = at(base + 10);
+    revoked.status = CertStatus::Revoked { at: 1_200, reason: 1 };
+    store.record_issuance(issuance(revoked, vec![])).expect("issue");
+    assert_eq!(store.count_expiring(from, until).expect("count"), before + 2, "a revoked one is not counted");
+    let old = at(base + 20);
+    store.record_issuance(issuance(old.clone(), vec![])).expect("issue");
+    assert_eq!(store.count_expiring(from, until).expect("count"), before + 3);
+    let (mut new, _) = renewal(&old.serial, "EXP-1", 1_500);
+    new.not_after = base + 500;
+    let pre = vec![Precondition::Supersede { serial: old.serial.clone(), now: 1_500 }];
+    store.record_issuance(issuance(new, pre)).expect("renew");
+    assert_eq!(store.count_expiring(from, until).expect("count"), before + 2, "a renewed one is not counted");
+    assert_eq!(store.count_expiring(until, from).expect("count"), 0, "an empty window counts nothing");
+}
+
+/// The probe reads the schema version; the writer's stats count every
+/// transaction's size and its commit.
+pub fn health_probe_and_writer_stats(store: &dyn Store) {
+    assert!(store.probe().expect("probe") >= 9, "the schema version, read from the database");
+    let stats = store.writer_stats();
+    let (batches, commits) = (stats.batch_size.snapshot(), stats.commit_seconds.snapshot());
+    store.append_audit(event("stats", "x")).expect("append");
+    let (b, c) = (stats.batch_size.snapshot(), stats.commit_seconds.snapshot());
+    assert_eq!(b.count, batches.count + 1, "one more transaction");
+    assert!(b.sum >= batches.sum + 1.0, "of at least one operation");
+    assert_eq!(c.count, commits.count + 1, "one more commit timed");
+    assert!(c.sum > commits.sum, "a commit takes some time");
 }
 
 /// A console login link is spent once: of sixteen callers racing with it, one

@@ -33,6 +33,8 @@ pub use fleet::{
     StationActivity, DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS,
 };
 
+use std::sync::Arc;
+
 /// Seconds since the Unix epoch (UTC).
 pub type UnixTime = i64;
 
@@ -540,6 +542,7 @@ pub trait Store:
     + ConsoleLinks
     + Fleet
     + Events
+    + Health
     + Send
     + Sync
 {
@@ -558,6 +561,7 @@ impl<T> Store for T where
         + ConsoleLinks
         + Fleet
         + Events
+        + Health
         + Send
         + Sync
         + ?Sized
@@ -567,8 +571,8 @@ impl<T> Store for T where
 /// The store's traits, to `use iotpki_store::prelude::*` wherever a store's methods are called.
 pub mod prelude {
     pub use crate::{
-        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Events, Fleet, Keys, Owners, Revocations, Stations,
-        Store, Tokens,
+        Artifacts, AuditLog, Batches, Certificates, ConsoleLinks, Events, Fleet, Health, Keys, Owners, Revocations,
+        Stations, Store, Tokens,
     };
 }
 
@@ -606,6 +610,42 @@ pub trait Certificates {
 
     /// Number of certificates recorded.
     fn count_certificates(&self) -> Result<u64, StoreError>;
+
+    /// Number of current certificates (good, not renewed) whose notAfter is
+    /// in `[from, until)`: read through the index on notAfter, so its cost
+    /// grows with the certificates in the window, not with all of them.
+    fn count_expiring(&self, from: UnixTime, until: UnixTime) -> Result<u64, StoreError>;
+}
+
+/// How the store is doing, for the metrics: a cheap probe, and what its
+/// group commit did so far.
+pub trait Health {
+    /// Read the schema version the database holds: one small query, which
+    /// fails when the database cannot be read.
+    fn probe(&self) -> Result<i64, StoreError>;
+
+    /// The group commit's batch sizes and commit latencies since the store was opened.
+    fn writer_stats(&self) -> Arc<WriterStats>;
+}
+
+/// What the store's group commit did, counted as it happens (a few relaxed
+/// atomic adds per transaction, none per read).
+#[derive(Debug)]
+pub struct WriterStats {
+    /// Operations committed per transaction.
+    pub batch_size: iotpki_metrics::Histogram,
+    /// Seconds per commit: the batch's audit rows and `COMMIT` (SQLite's
+    /// fsync of its WAL, PostgreSQL's WAL flush).
+    pub commit_seconds: iotpki_metrics::Histogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            batch_size: iotpki_metrics::Histogram::new(iotpki_metrics::BATCH_SIZES),
+            commit_seconds: iotpki_metrics::Histogram::new(iotpki_metrics::COMMIT_SECONDS),
+        }
+    }
 }
 
 /// One-time enrollment tokens.

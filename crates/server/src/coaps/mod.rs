@@ -166,6 +166,8 @@ pub async fn serve_coaps(
     let std_socket = socket.into_std()?;
     let sender = std_socket.try_clone()?;
     let socket = UdpSocket::from_std(std_socket)?;
+    // Open DTLS sessions, for /metrics: set after every event of the loop.
+    let open = authority.metrics().open_connections.with(&["coaps"]);
     let mut server = Server::new(authority, socket, sender, limits, identity, options, done_tx)?;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut tick = tokio::time::interval(TICK);
@@ -183,8 +185,10 @@ pub async fn serve_coaps(
             _ = tick.tick() => server.tick(Instant::now()),
             _ = &mut shutdown => break,
         }
+        open.set(i64::try_from(server.sessions.len()).unwrap_or(i64::MAX));
     }
     server.close_all();
+    open.set(0);
     Ok(server.stats)
 }
 

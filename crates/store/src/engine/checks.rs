@@ -65,7 +65,7 @@ pub(crate) fn one_batch_with_refusals_commits_the_rest_on_one_chain(w: &mut dyn 
         issue(&c4, vec![]),
     ];
     assert_eq!(
-        run_batch(w, &ops),
+        run_batch(w, &ops, None),
         vec![
             Ok(Done::Unit),
             Ok(Done::Unit),

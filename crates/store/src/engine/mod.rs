@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::ops::{Done, Op};
-use crate::StoreError;
+use crate::{StoreError, WriterStats};
 
 /// Most operations committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -255,6 +255,8 @@ pub(crate) struct Engine<B: Backend> {
     pub(crate) backend: B,
     writer: Mutex<B::Writer>,
     queue: Mutex<Queue>,
+    /// Batch sizes and commit latencies, for the metrics.
+    pub(crate) stats: Arc<WriterStats>,
 }
 
 #[derive(Default)]
@@ -306,7 +308,12 @@ impl Slot {
 
 impl<B: Backend> Engine<B> {
     pub(crate) fn new(backend: B, writer: B::Writer) -> Self {
-        Self { backend, writer: Mutex::new(writer), queue: Mutex::new(Queue::default()) }
+        Self {
+            backend,
+            writer: Mutex::new(writer),
+            queue: Mutex::new(Queue::default()),
+            stats: Arc::new(WriterStats::default()),
+        }
     }
 
     /// The write connection, for a backend's own use (closing it).
@@ -346,7 +353,10 @@ impl<B: Backend> Engine<B> {
         };
         let mut handoff = Handoff { queue: &self.queue, slots };
         let results = match self.writer.lock() {
-            Ok(mut w) => run_batch(&mut *w, &ops),
+            Ok(mut w) => {
+                self.stats.batch_size.observe(ops.len() as f64);
+                run_batch(&mut *w, &ops, Some(&self.stats))
+            }
             // A leader panicked in the middle of a transaction: the connection's
             // state is unknown, so this store writes no more.
             Err(_) => ops
@@ -381,7 +391,9 @@ impl Drop for Handoff<'_> {
 }
 
 /// One transaction for the whole batch; one savepoint per operation.
-pub(crate) fn run_batch(w: &mut dyn Writer, ops: &[Op]) -> Vec<Result<Done, StoreError>> {
+/// Run `ops` in one transaction; with `stats`, the commit's time (the audit
+/// rows and `COMMIT`: the fsync or WAL flush) is counted there.
+pub(crate) fn run_batch(w: &mut dyn Writer, ops: &[Op], stats: Option<&WriterStats>) -> Vec<Result<Done, StoreError>> {
     let fail_all = |e: StoreError| ops.iter().map(|_| Err(e.clone())).collect();
     let start = match w.begin() {
         Ok(h) => h,
@@ -403,7 +415,12 @@ pub(crate) fn run_batch(w: &mut dyn Writer, ops: &[Op]) -> Vec<Result<Done, Stor
             }
         }
     }
-    if let Err(e) = tx.finish(&start) {
+    let committing = std::time::Instant::now();
+    let r = tx.finish(&start);
+    if let Some(s) = stats {
+        s.commit_seconds.observe_duration(committing.elapsed());
+    }
+    if let Err(e) = r {
         return fail_all(e);
     }
     results

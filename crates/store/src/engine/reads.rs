@@ -6,10 +6,10 @@ use super::{Arg, Backend as _, HasEngine, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchRecord, BatchStatus, Batches,
-    BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation, DeviceRevoked, Flag,
+    BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation, DeviceRevoked, Flag, Health,
     Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership, OwnershipStatus, Precondition,
     Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    Tokens, UnixTime, GENESIS_HASH,
+    Tokens, UnixTime, WriterStats, GENESIS_HASH,
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \
@@ -219,6 +219,33 @@ impl<E: HasEngine> Certificates for E {
             Some(mut r) => r.count(0),
             None => Ok(0),
         })
+    }
+
+    fn count_expiring(&self, from: UnixTime, until: UnixTime) -> Result<u64, StoreError> {
+        // The range on not_after is what the index (certificates_not_after) answers.
+        read(self, |db| {
+            match db.opt(
+                "SELECT COUNT(*) FROM certificates WHERE not_after >= $1 AND not_after < $2 \
+                 AND status = 'good' AND replaced_by IS NULL",
+                &[Arg::Int(from), Arg::Int(until)],
+            )? {
+                Some(mut r) => r.count(0),
+                None => Ok(0),
+            }
+        })
+    }
+}
+
+impl<E: HasEngine> Health for E {
+    fn probe(&self) -> Result<i64, StoreError> {
+        read(self, |db| match db.opt("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])? {
+            Some(mut r) => r.int(0),
+            None => Ok(0),
+        })
+    }
+
+    fn writer_stats(&self) -> std::sync::Arc<WriterStats> {
+        self.engine().stats.clone()
     }
 }
 
