@@ -29,6 +29,8 @@ pub(crate) enum Op {
     /// Build the fleet summaries from the registry: when they were never
     /// built (a store migrated to version 11), or always (`true`).
     FleetRebuild(bool),
+    /// Rows for a benchmark, as they are ([`crate::BulkLoad`]).
+    BulkLoad(Box<crate::BulkLoad>),
 }
 
 /// What a committed operation hands back to its caller.

@@ -482,6 +482,13 @@ impl HasEngine for PgStore {
 }
 
 impl PgStore {
+    /// For benchmarks and tests only: write `load` as it is, without
+    /// preconditions, audit or fleet summaries (rebuild them afterwards).
+    #[doc(hidden)]
+    pub fn bulk_load(&self, load: crate::BulkLoad) -> Result<(), StoreError> {
+        crate::engine::fleet::bulk_load(self, load)
+    }
+
     /// Connect to the database at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`),
     /// and apply the migrations it lacks.
     pub fn open(url: &str) -> Result<Self, StoreError> {

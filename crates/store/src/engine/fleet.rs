@@ -259,6 +259,83 @@ impl Tx<'_> {
     }
 }
 
+/// Rows to a multi-row INSERT of [`Tx::bulk_load`].
+const BULK_ROWS: usize = 64;
+
+/// `INSERT INTO {head} VALUES (...), ...` of `rows` rows of `cols` arguments.
+fn multi_insert(head: &str, rows: usize, cols: usize) -> String {
+    let mut sql = format!("INSERT INTO {head} VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            sql.push_str(&format!("{}${}", if c == 0 { "" } else { ", " }, r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+impl Tx<'_> {
+    /// [`crate::BulkLoad`]: the rows as they are, nothing else.
+    pub(super) fn bulk_load(&mut self, b: &crate::BulkLoad) -> Result<(), StoreError> {
+        for chunk in b.certs.chunks(BULK_ROWS) {
+            let sql = multi_insert(
+                "certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, \
+                 spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by)",
+                chunk.len(),
+                15,
+            );
+            let mut args = Vec::with_capacity(chunk.len() * 15);
+            for c in chunk {
+                let (status, at, reason) = match c.status {
+                    crate::CertStatus::Good => ("good", Arg::Null, Arg::Null),
+                    crate::CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
+                };
+                args.extend([
+                    (&c.serial).into(),
+                    (&c.ca).into(),
+                    (&c.profile).into(),
+                    (&c.subject).into(),
+                    c.device_serial.as_ref().into(),
+                    Arg::Int(c.not_before),
+                    Arg::Int(c.not_after),
+                    Arg::Int(c.issued_at),
+                    (&c.spki_sha256).into(),
+                    c.replaces.as_ref().into(),
+                    status.into(),
+                    at,
+                    reason,
+                    Arg::Blob(&c.der),
+                    c.replaced_by.as_ref().into(),
+                ]);
+            }
+            self.w.run(&sql, &args)?;
+        }
+        for chunk in b.births.chunks(BULK_ROWS) {
+            let sql = multi_insert("births (device_serial, cert_serial, batch_id, station, born_at)", chunk.len(), 5);
+            let mut args = Vec::with_capacity(chunk.len() * 5);
+            for (d, c, batch, st, at) in chunk {
+                args.extend([d.into(), c.into(), batch.into(), st.into(), Arg::Int(*at)]);
+            }
+            self.w.run(&sql, &args)?;
+        }
+        for chunk in b.owned.chunks(BULK_ROWS) {
+            let sql = multi_insert("owned_devices (device_serial, via, since)", chunk.len(), 3);
+            let mut args = Vec::with_capacity(chunk.len() * 3);
+            for (d, at) in chunk {
+                args.extend([d.into(), "claim".into(), Arg::Int(*at)]);
+            }
+            self.w.run(&sql, &args)?;
+        }
+        Ok(())
+    }
+}
+
+/// For benchmarks: write `load` as it is ([`crate::BulkLoad`]).
+pub(crate) fn bulk_load<E: HasEngine + ?Sized>(store: &E, load: crate::BulkLoad) -> Result<(), StoreError> {
+    submit(store, Op::BulkLoad(Box::new(load))).map(|_| ())
+}
+
 /// Build the summaries of a store migrated to version 11 (nothing to do on
 /// any later open): called when a store is opened.
 pub(crate) fn ensure_built<E: HasEngine + ?Sized>(store: &E) -> Result<(), StoreError> {

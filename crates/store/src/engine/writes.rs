@@ -99,6 +99,7 @@ impl<'a> Tx<'a> {
             Op::BlockKeys(b) => self.block_keys(b).map(Done::KeysBlocked),
             Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
             Op::FleetRebuild(force) => self.rebuild_fleet(*force).map(|()| Done::Unit),
+            Op::BulkLoad(b) => self.bulk_load(b).map(|()| Done::Unit),
         }
     }
 
