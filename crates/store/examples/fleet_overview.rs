@@ -27,8 +27,8 @@
 use std::time::{Duration, Instant};
 
 use iotpki_store::{
-    AuditEvent, BatchRecord, BatchStatus, BulkLoad, CertRecord, CertStatus, FleetOverview, Issuance, Precondition,
-    StationRecord, StationStatus, Store,
+    AuditEvent, AuditFilter, BatchRecord, BatchStatus, BulkLoad, CertQuery, CertRecord, CertStatus, FleetOverview,
+    Issuance, Precondition, StationRecord, StationStatus, Store,
 };
 
 const DAY: i64 = 86_400;
@@ -159,6 +159,29 @@ fn run(
         o.renewed_per_day[29].count,
         o.refused_per_day[29].count
     );
+    // The console's other pages, once each (not the target; for the record).
+    let time =
+        |what: &str, f: &dyn Fn() -> Result<usize, iotpki_store::StoreError>| -> Result<(), iotpki_store::StoreError> {
+            let t = Instant::now();
+            let n = f()?;
+            println!("  {what}: {} ms ({n} rows)", ms(&t.elapsed()));
+            Ok(())
+        };
+    time("stations_activity", &|| store.stations_activity().map(|v| v.len()))?;
+    time("batch_progress", &|| store.batch_progress().map(|v| v.len()))?;
+    time("revocation_stats", &|| store.revocation_stats().map(|v| v.len()))?;
+    let refusals = AuditFilter { action_prefix: Some("refuse.".into()), limit: 100, ..Default::default() };
+    time("audit_search refuse.*, 100", &|| store.audit_search(&refusals).map(|v| v.len()))?;
+    time("a device's certificates and audit", &|| {
+        let q = CertQuery { device_serial: Some("SN-00000042".into()), limit: Some(1000), ..Default::default() };
+        let certs = store.list_certificates(&q)?;
+        let mut n = certs.len();
+        for c in &certs {
+            let f = AuditFilter { target: Some(c.serial.clone()), limit: 200, ..Default::default() };
+            n += store.audit_search(&f)?.len();
+        }
+        Ok(n)
+    })?;
     // The summaries the ordinary writes kept equal those rebuilt from the registry.
     store.rebuild_fleet()?;
     if store.fleet_overview(now, 365)? != o {
