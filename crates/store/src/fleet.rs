@@ -189,6 +189,21 @@ pub trait Fleet {
     fn rebuild_fleet(&self) -> Result<(), StoreError>;
 }
 
+/// For benchmarks and tests only: rows written as they are, without
+/// preconditions, audit entries or fleet summaries (call
+/// [`Fleet::rebuild_fleet`] afterwards). Births and ownership rows must name
+/// an existing batch and station.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct BulkLoad {
+    /// Certificates (`replaced_by` is written too).
+    pub certs: Vec<crate::CertRecord>,
+    /// Births: device serial, certificate serial, batch, station, when.
+    pub births: Vec<(String, String, String, String, UnixTime)>,
+    /// Devices owned (by claim) since when.
+    pub owned: Vec<(String, UnixTime)>,
+}
+
 /// How many refusals an audit entry records: 0 for an entry that is not a
 /// refusal (its action does not start with `refuse.`), N for an entry
 /// summing up N refusals of a window (actor `KIND:*`, detail starting `N

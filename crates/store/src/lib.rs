@@ -29,8 +29,8 @@ pub mod conformance;
 pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
 pub use error::StoreError;
 pub use fleet::{
-    day_of, refusals_in, AuditFilter, BatchProgress, CaRevocations, DayCount, DeviceStates, Fleet, FleetOverview,
-    StationActivity, DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS,
+    day_of, refusals_in, AuditFilter, BatchProgress, BulkLoad, CaRevocations, DayCount, DeviceStates, Fleet,
+    FleetOverview, StationActivity, DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS,
 };
 
 use std::sync::Arc;

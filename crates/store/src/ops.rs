@@ -39,6 +39,8 @@ pub(crate) enum Op {
     /// Webhook name, owner.
     ReleaseWebhook(String, String),
     NoteExpiring(Box<ExpiringScan>),
+    /// Rows for a benchmark, as they are ([`crate::BulkLoad`]).
+    BulkLoad(Box<crate::BulkLoad>),
 }
 
 /// What a committed operation hands back to its caller.

@@ -296,6 +296,13 @@ impl HasEngine for SqliteStore {
 }
 
 impl SqliteStore {
+    /// For benchmarks and tests only: write `load` as it is, without
+    /// preconditions, audit or fleet summaries (rebuild them afterwards).
+    #[doc(hidden)]
+    pub fn bulk_load(&self, load: crate::BulkLoad) -> Result<(), StoreError> {
+        crate::engine::fleet::bulk_load(self, load)
+    }
+
     /// Open (creating and migrating when needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         owner_only(path)?;

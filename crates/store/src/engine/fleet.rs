@@ -82,25 +82,77 @@ fn summarize(db: &mut dyn Sql, device: &str) -> Result<Option<Summary>, StoreErr
     Ok(Some(Summary { state, cert_serial, not_after }))
 }
 
-/// Add `n` to a counter row (`table` and `key` are ours, never a caller's).
-fn bump(db: &mut dyn Sql, table: &str, key: &str, k: Arg<'_>, n: i64) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO {table} ({key}, n) VALUES ($1, $2) ON CONFLICT ({key}) DO UPDATE SET n = {table}.n + excluded.n"
-    );
-    db.run(&sql, &[k, Arg::Int(n)])?;
-    Ok(())
+/// What operations moved the counters by (devices per state, certified
+/// devices per hour of expiry, issued/renewed/refused per day): kept in
+/// memory per operation, merged into the transaction's when the operation
+/// succeeds, written once when the group commits ([`Deltas::write`]).
+#[derive(Debug, Default)]
+pub(crate) struct Deltas {
+    /// The operation rebuilt every summary from the registry: what earlier
+    /// operations of the transaction moved is in the rebuild already.
+    reset: bool,
+    states: BTreeMap<&'static str, i64>,
+    hours: BTreeMap<i64, i64>,
+    days: BTreeMap<i64, [i64; 3]>,
 }
 
-fn add_state(db: &mut dyn Sql, s: &Summary, n: i64) -> Result<(), StoreError> {
-    bump(db, "fleet_states", "state", s.state.into(), n)?;
-    if let (Some(t), "certified") = (s.not_after, s.state) {
-        bump(db, "fleet_expiry", "hour", Arg::Int(hour_of(t)), n)?;
+impl Deltas {
+    fn add_state(&mut self, s: &Summary, n: i64) {
+        *self.states.entry(s.state).or_default() += n;
+        if let (Some(t), "certified") = (s.not_after, s.state) {
+            *self.hours.entry(hour_of(t)).or_default() += n;
+        }
     }
-    Ok(())
+
+    /// An operation's deltas, once it succeeded.
+    pub(super) fn merge(&mut self, op: Deltas) {
+        if op.reset {
+            *self = Deltas::default();
+        }
+        for (k, v) in op.states {
+            *self.states.entry(k).or_default() += v;
+        }
+        for (k, v) in op.hours {
+            *self.hours.entry(k).or_default() += v;
+        }
+        for (k, v) in op.days {
+            let d = self.days.entry(k).or_default();
+            for i in 0..3 {
+                d[i] += v[i];
+            }
+        }
+    }
+
+    /// Write the counters' moves (those that are not zero).
+    pub(super) fn write(&self, db: &mut dyn Sql) -> Result<(), StoreError> {
+        for (k, n) in self.states.iter().filter(|(_, n)| **n != 0) {
+            db.run(
+                "INSERT INTO fleet_states (state, n) VALUES ($1, $2)
+                 ON CONFLICT (state) DO UPDATE SET n = fleet_states.n + excluded.n",
+                &[(*k).into(), Arg::Int(*n)],
+            )?;
+        }
+        for (k, n) in self.hours.iter().filter(|(_, n)| **n != 0) {
+            db.run(
+                "INSERT INTO fleet_expiry (hour, n) VALUES ($1, $2)
+                 ON CONFLICT (hour) DO UPDATE SET n = fleet_expiry.n + excluded.n",
+                &[Arg::Int(*k), Arg::Int(*n)],
+            )?;
+        }
+        for (k, [i, r, f]) in self.days.iter().filter(|(_, v)| v.iter().any(|n| *n != 0)) {
+            db.run(
+                "INSERT INTO fleet_days (day, issued, renewed, refused) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (day) DO UPDATE SET issued = fleet_days.issued + excluded.issued,
+                 renewed = fleet_days.renewed + excluded.renewed, refused = fleet_days.refused + excluded.refused",
+                &[Arg::Int(*k), Arg::Int(*i), Arg::Int(*r), Arg::Int(*f)],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Recompute one device's summary and move the counters by the difference.
-fn refresh_device(db: &mut dyn Sql, device: &str) -> Result<(), StoreError> {
+fn refresh_device(db: &mut dyn Sql, device: &str, deltas: &mut Deltas) -> Result<(), StoreError> {
     let old = db
         .opt("SELECT state, cert_serial, not_after FROM fleet_devices WHERE device_serial = $1", &[device.into()])?
         .map(|mut r| -> Result<Summary, StoreError> {
@@ -118,11 +170,11 @@ fn refresh_device(db: &mut dyn Sql, device: &str) -> Result<(), StoreError> {
         return Ok(());
     }
     if let Some(o) = &old {
-        add_state(db, o, -1)?;
+        deltas.add_state(o, -1);
     }
     match &new {
         Some(s) => {
-            add_state(db, s, 1)?;
+            deltas.add_state(s, 1);
             db.run(
                 "INSERT INTO fleet_devices (device_serial, state, cert_serial, not_after) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (device_serial) DO UPDATE SET state = excluded.state, cert_serial = excluded.cert_serial,
@@ -193,19 +245,17 @@ impl Tx<'_> {
     /// Bring the summaries of the devices the operation touched up to date.
     pub(super) fn refresh_touched(&mut self) -> Result<(), StoreError> {
         for d in std::mem::take(&mut self.touched) {
-            refresh_device(self.w, &d)?;
+            refresh_device(self.w, &d, &mut self.op_deltas)?;
         }
         Ok(())
     }
 
     /// Count on the day of `at`.
     pub(super) fn count_day(&mut self, at: i64, issued: u64, renewed: u64, refused: u64) -> Result<(), StoreError> {
-        self.w.run(
-            "INSERT INTO fleet_days (day, issued, renewed, refused) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (day) DO UPDATE SET issued = fleet_days.issued + excluded.issued,
-             renewed = fleet_days.renewed + excluded.renewed, refused = fleet_days.refused + excluded.refused",
-            &[Arg::Int(day_of(at)), Arg::Int(to_i64(issued)), Arg::Int(to_i64(renewed)), Arg::Int(to_i64(refused))],
-        )?;
+        let d = self.op_deltas.days.entry(day_of(at)).or_default();
+        for (i, n) in [issued, renewed, refused].into_iter().enumerate() {
+            d[i] += to_i64(n);
+        }
         Ok(())
     }
 
@@ -215,6 +265,7 @@ impl Tx<'_> {
         if built == Some(1) && !force {
             return Ok(());
         }
+        self.op_deltas = Deltas { reset: true, ..Deltas::default() };
         for t in ["fleet_devices", "fleet_states", "fleet_expiry", "fleet_days"] {
             self.w.run(&format!("DELETE FROM {t}"), &[])?;
         }
@@ -257,6 +308,83 @@ impl Tx<'_> {
         self.w.run("UPDATE fleet_meta SET built = 1 WHERE id = 1", &[])?;
         Ok(())
     }
+}
+
+/// Rows to a multi-row INSERT of [`Tx::bulk_load`].
+const BULK_ROWS: usize = 64;
+
+/// `INSERT INTO {head} VALUES (...), ...` of `rows` rows of `cols` arguments.
+fn multi_insert(head: &str, rows: usize, cols: usize) -> String {
+    let mut sql = format!("INSERT INTO {head} VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            sql.push_str(&format!("{}${}", if c == 0 { "" } else { ", " }, r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+impl Tx<'_> {
+    /// [`crate::BulkLoad`]: the rows as they are, nothing else.
+    pub(super) fn bulk_load(&mut self, b: &crate::BulkLoad) -> Result<(), StoreError> {
+        for chunk in b.certs.chunks(BULK_ROWS) {
+            let sql = multi_insert(
+                "certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, \
+                 spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by)",
+                chunk.len(),
+                15,
+            );
+            let mut args = Vec::with_capacity(chunk.len() * 15);
+            for c in chunk {
+                let (status, at, reason) = match c.status {
+                    crate::CertStatus::Good => ("good", Arg::Null, Arg::Null),
+                    crate::CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
+                };
+                args.extend([
+                    (&c.serial).into(),
+                    (&c.ca).into(),
+                    (&c.profile).into(),
+                    (&c.subject).into(),
+                    c.device_serial.as_ref().into(),
+                    Arg::Int(c.not_before),
+                    Arg::Int(c.not_after),
+                    Arg::Int(c.issued_at),
+                    (&c.spki_sha256).into(),
+                    c.replaces.as_ref().into(),
+                    status.into(),
+                    at,
+                    reason,
+                    Arg::Blob(&c.der),
+                    c.replaced_by.as_ref().into(),
+                ]);
+            }
+            self.w.run(&sql, &args)?;
+        }
+        for chunk in b.births.chunks(BULK_ROWS) {
+            let sql = multi_insert("births (device_serial, cert_serial, batch_id, station, born_at)", chunk.len(), 5);
+            let mut args = Vec::with_capacity(chunk.len() * 5);
+            for (d, c, batch, st, at) in chunk {
+                args.extend([d.into(), c.into(), batch.into(), st.into(), Arg::Int(*at)]);
+            }
+            self.w.run(&sql, &args)?;
+        }
+        for chunk in b.owned.chunks(BULK_ROWS) {
+            let sql = multi_insert("owned_devices (device_serial, via, since)", chunk.len(), 3);
+            let mut args = Vec::with_capacity(chunk.len() * 3);
+            for (d, at) in chunk {
+                args.extend([d.into(), "claim".into(), Arg::Int(*at)]);
+            }
+            self.w.run(&sql, &args)?;
+        }
+        Ok(())
+    }
+}
+
+/// For benchmarks: write `load` as it is ([`crate::BulkLoad`]).
+pub(crate) fn bulk_load<E: HasEngine + ?Sized>(store: &E, load: crate::BulkLoad) -> Result<(), StoreError> {
+    submit(store, Op::BulkLoad(Box::new(load))).map(|_| ())
 }
 
 /// Build the summaries of a store migrated to version 11 (nothing to do on

@@ -29,11 +29,22 @@ pub(crate) struct Tx<'a> {
     /// Devices the running operation changed: their fleet summary is
     /// recomputed before its savepoint is released.
     pub(super) touched: Vec<String>,
+    /// The running operation's moves of the fleet counters.
+    pub(super) op_deltas: super::fleet::Deltas,
+    /// Those of the operations that succeeded, written when the group commits.
+    tx_deltas: super::fleet::Deltas,
 }
 
 impl<'a> Tx<'a> {
     pub(super) fn new(w: &'a mut dyn Writer, head: Head) -> Self {
-        Self { w, head, audit: Vec::new(), touched: Vec::new() }
+        Self {
+            w,
+            head,
+            audit: Vec::new(),
+            touched: Vec::new(),
+            op_deltas: Default::default(),
+            tx_deltas: Default::default(),
+        }
     }
 
     /// Run one operation in its own savepoint. The inner result is the
@@ -44,6 +55,10 @@ impl<'a> Tx<'a> {
         let (saved, entries) = (self.head.clone(), self.audit.len());
         let r = self.op(op).and_then(|d| self.refresh_touched().map(|()| d));
         self.touched.clear();
+        let moved = std::mem::take(&mut self.op_deltas);
+        if r.is_ok() {
+            self.tx_deltas.merge(moved);
+        }
         if r.is_err() {
             self.w.savepoint(false)?;
             self.head = saved;
@@ -60,8 +75,8 @@ impl<'a> Tx<'a> {
 
     /// Insert the audit entries and commit.
     pub(super) fn finish(self, start: &Head) -> Result<(), StoreError> {
-        let Tx { w, head, audit, .. } = self;
-        let r = insert_audit(w, &audit).and_then(|()| w.commit(start, &head));
+        let Tx { w, head, audit, tx_deltas, .. } = self;
+        let r = tx_deltas.write(w).and_then(|()| insert_audit(w, &audit)).and_then(|()| w.commit(start, &head));
         if r.is_err() {
             w.rollback();
         }
@@ -109,6 +124,7 @@ impl<'a> Tx<'a> {
             Op::NoteExpiring(scan) => self.note_expiring(scan).map(Done::Expiring),
             Op::Sync(sync) => self.apply_sync(sync).and_then(|o| self.append(&sync.audit).map(|()| Done::Synced(o))),
             Op::FleetRebuild(force) => self.rebuild_fleet(*force).map(|()| Done::Unit),
+            Op::BulkLoad(b) => self.bulk_load(b).map(|()| Done::Unit),
         }
     }
 
