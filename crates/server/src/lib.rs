@@ -156,20 +156,7 @@ pub async fn serve_http_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let gauge = authority.metrics().open_connections.with(&["http"]);
-    let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
-    let app = public_router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
-    let max = limits.clone();
-    accept_loop(
-        listener,
-        gauge,
-        move || max.current().max_connections,
-        shutdown,
-        move |tcp, peer| {
-            let (app, limits) = (app.clone(), limits.current());
-            async move { http::serve_plain_connection(tcp, peer, app, &limits).await }
-        },
-    )
-    .await
+    serve_plain(public_router(authority), gauge, listener, limits, shutdown).await
 }
 
 /// Serve `GET /metrics` alone over plain HTTP on `listener` (`[server]
@@ -182,8 +169,20 @@ pub async fn serve_metrics_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let gauge = authority.metrics().open_connections.with(&["metrics"]);
+    serve_plain(metrics_router(authority), gauge, listener, limits, shutdown).await
+}
+
+/// Serve `app` over plain HTTP on `listener` until `shutdown`, rate-limited
+/// and capped by `limits`, its open connections counted in `gauge`.
+async fn serve_plain(
+    app: axum::Router,
+    gauge: Arc<Gauge>,
+    listener: TcpListener,
+    limits: LimitsHandle,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let limiter = Arc::new(limits::RateLimiter::new(limits.clone()));
-    let app = metrics_router(authority).layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
+    let app = app.layer(axum::middleware::from_fn_with_state(limiter, limits::guard));
     let max = limits.clone();
     accept_loop(
         listener,
