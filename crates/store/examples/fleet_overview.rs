@@ -36,18 +36,22 @@ const CHUNK: usize = 20_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut devices: usize = 1_000_000;
+    let mut into: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--devices" => devices = args.next().ok_or("--devices N")?.replace('_', "").parse()?,
-            other => return Err(format!("unknown argument {other:?} (--devices N)").into()),
+            // Fill this SQLite store (an authority's store.db, for scripts/bench-console) and keep it.
+            "--store" => into = Some(args.next().ok_or("--store PATH")?.into()),
+            other => return Err(format!("unknown argument {other:?} (--devices N [--store PATH])").into()),
         }
     }
     let der_len: usize = std::env::var("IOTPKI_BENCH_DER_BYTES").ok().map(|s| s.parse()).transpose()?.unwrap_or(64);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
 
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("fleet.sqlite");
+    let keep = into.is_some();
+    let path = into.unwrap_or_else(|| dir.path().join("fleet.sqlite"));
     let sqlite = iotpki_store::sqlite::SqliteStore::open(&path)?;
     println!("SQLite ({}):", path.display());
     run(&sqlite, &|l| sqlite.bulk_load(l), devices, der_len, now)?;
@@ -55,6 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::metadata(&path)?.len() + std::fs::metadata(path.with_extension("sqlite-wal")).map_or(0, |m| m.len());
     println!("  store: {:.0} MiB", size as f64 / (1 << 20) as f64);
     drop(sqlite);
+    if keep {
+        return Ok(());
+    }
 
     if let Ok(base) = std::env::var("IOTPKI_TEST_PG") {
         let db = iotpki_store::postgres::create_test_database(&base, "bench_fleet")?;
