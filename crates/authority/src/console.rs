@@ -158,22 +158,13 @@ impl Authority {
     /// Spend a console link: the session it opens acts as the link's admin,
     /// with its role. Refused (403, audited as `refuse.console`) when the link
     /// is unknown, used already, expired, or its admin holds no good admin
-    /// certificate any more. Audited as `console.login` when it opens.
+    /// certificate any more (summed up past the refusal window's bound, as
+    /// every refusal). Audited as `console.login` when it opens.
     pub fn console_login(&self, secret: &str) -> Result<ConsoleLogin, AuthorityError> {
-        let hash = link_hash(secret);
-        let r = self.console_login_inner(&hash);
-        if let Err(e) = &r {
-            if e.is_refusal() {
-                let ev = AuditEvent {
-                    at: self.clock.now(),
-                    actor: "console".into(),
-                    action: "refuse.console".into(),
-                    target: format!("link:{}", &hash[..16]),
-                    detail: e.public_message(),
-                };
-                self.store.append_audit(ev)?;
-            }
-        }
+        let r = self.console_login_inner(&link_hash(secret));
+        // Counted and audited like every refusal: one entry each up to the
+        // window's bound, then summed up (bounded log growth under a flood).
+        self.audit_refusal(&r, || "console".into(), None, "refuse.console");
         r
     }
 
@@ -226,16 +217,10 @@ impl Authority {
         match self.good_admin_cert(name)? {
             Some(serial) => Ok(Admin::new(self, name.into(), serial)),
             None => {
-                let e = AuthorityError::forbidden(format!("admin {name} holds no good admin certificate any more"));
-                let ev = AuditEvent {
-                    at: self.clock.now(),
-                    actor: format!("admin:{name}"),
-                    action: "refuse.console".into(),
-                    target: "console".into(),
-                    detail: e.public_message(),
-                };
-                self.store.append_audit(ev)?;
-                Err(e)
+                let r =
+                    Err(AuthorityError::forbidden(format!("admin {name} holds no good admin certificate any more")));
+                self.audit_refusal(&r, || format!("admin:{name}"), None, "refuse.console");
+                r
             }
         }
     }
