@@ -219,6 +219,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!("    iotpki agent status --state {}", dev_dir.join("DEMO-00001").display());
         println!("    iotpki batch show --dir {} DEMO-LINE", ca_dir.display());
         println!("    iotpki audit verify --dir {}", ca_dir.display());
+        println!("  see the fleet in a browser (the console, docs/console.md):");
+        let (ca, pf) = (ca_dir.display(), pass_file.display());
+        println!("    iotpki admin add you --dir {ca} --passphrase-file {pf} --out {}", root.join("you").display());
+        println!("    iotpki serve --dir {ca} --passphrase-file {pf} &");
+        println!("    iotpki admin console-link --dir {ca} --admin you     # open the link it prints");
         if !failures.is_empty() {
             bail!("{} enrollments failed", failures.len());
         }
