@@ -16,7 +16,8 @@ import sys
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 LINK, BASE, TOTAL, DEVICE, CERT, SHOTS = (
     os.environ[k] for k in ("LINK", "BASE", "TOTAL", "DEVICE", "CERT", "SHOTS")
@@ -51,6 +52,14 @@ def h1():
     return d.find_element(By.TAG_NAME, "h1").text
 
 
+def click_and_load(element):
+    """Click what submits a form or follows a link, and wait for the next page."""
+    old = d.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(d, 60).until(EC.staleness_of(old))
+    WebDriverWait(d, 60).until(lambda drv: drv.execute_script("return document.readyState") == "complete")
+
+
 try:
     # Not signed in: the sign-in page, no fleet data.
     d.get(BASE + "/console/")
@@ -60,7 +69,7 @@ try:
     # The link asks for a confirmation, then opens a session.
     d.get(LINK)
     assert h1() == "Sign in", h1()
-    d.find_element(By.ID, "sign-in").click()
+    click_and_load(d.find_element(By.ID, "sign-in"))
     assert h1() == "Fleet overview", (h1(), d.page_source[:2000])
     total = d.find_element(By.CSS_SELECTOR, "#state-total .n").text
     assert total == TOTAL, f"overview shows {total} devices, expected {TOTAL}"
@@ -92,13 +101,13 @@ try:
     # Search a device, then revoke its certificate from its page.
     d.get(BASE + "/console/devices")
     d.find_element(By.ID, "serial").send_keys(DEVICE)
-    d.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    click_and_load(d.find_element(By.CSS_SELECTOR, "form.filters button"))
     assert d.find_element(By.ID, "device").text == DEVICE
     shot("device")
     form = d.find_element(By.CSS_SELECTOR, f"button[data-revoke='{CERT}']").find_element(By.XPATH, "./..")
     Select(form.find_element(By.NAME, "reason")).select_by_value("keyCompromise")
     form.find_element(By.NAME, "confirm").click()
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    click_and_load(form.find_element(By.CSS_SELECTOR, "button[type=submit]"))
     notice = d.find_element(By.CSS_SELECTOR, ".notice").text
     assert notice.startswith("Revoked") and CERT in notice and "keyCompromise" in notice, notice
     d.get(BASE + "/console/devices/" + DEVICE)
@@ -107,7 +116,7 @@ try:
     shot("device-revoked")
 
     # Sign out: the session is gone.
-    d.find_element(By.CSS_SELECTOR, ".who button").click()
+    click_and_load(d.find_element(By.CSS_SELECTOR, ".who button"))
     d.get(BASE + "/console/")
     assert h1() == "Sign in", h1()
 finally:
