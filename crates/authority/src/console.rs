@@ -64,6 +64,9 @@ pub struct ConsoleLogin {
     pub role: ConsoleRole,
     /// When the link stopped working (Unix seconds).
     pub link_expires_at: i64,
+    /// The admin's certificate that was good at login: the session is bound
+    /// to it ([`Authority::console_admin`] looks it up by serial on every request).
+    pub cert_serial: String,
 }
 
 /// A link made: its secret (shown once) and when it stops working.
@@ -173,9 +176,9 @@ impl Authority {
         let link =
             self.store.console_link(hash)?.ok_or_else(|| refused("this console link is not one of ours".into()))?;
         let role = ConsoleRole::parse(&link.role)?;
-        if self.good_admin_cert(&link.admin)?.is_none() {
+        let Some(cert_serial) = self.good_admin_cert(&link.admin)? else {
             return Err(refused(format!("admin {} holds no good admin certificate any more", link.admin)));
-        }
+        };
         let now = self.clock.now();
         let audit = AuditEvent {
             at: now,
@@ -185,7 +188,7 @@ impl Authority {
             detail: format!("role={}", role.name()),
         };
         match self.store.use_console_link(hash, now, audit) {
-            Ok(l) => Ok(ConsoleLogin { admin: l.admin, role, link_expires_at: l.expires_at }),
+            Ok(l) => Ok(ConsoleLogin { admin: l.admin, role, link_expires_at: l.expires_at, cert_serial }),
             Err(StoreError::TokenUsed { used_at }) => Err(refused(format!(
                 "this console link was used already ({}): ask for a new one (iotpki admin console-link)",
                 iotpki_core::time::rfc3339(used_at)
@@ -211,18 +214,23 @@ impl Authority {
         Ok(self.store.append_audit(ev)?)
     }
 
-    /// The admin a console session acts as, checked now: `name` must still
-    /// hold a good admin certificate (else 403, audited as `refuse.console`).
-    pub fn console_admin(&self, name: &str) -> Result<Admin<'_>, AuthorityError> {
-        match self.good_admin_cert(name)? {
-            Some(serial) => Ok(Admin::new(self, name.into(), serial)),
-            None => {
-                let r =
-                    Err(AuthorityError::forbidden(format!("admin {name} holds no good admin certificate any more")));
-                self.audit_refusal(&r, || format!("admin:{name}"), None, "refuse.console");
-                r
-            }
+    /// The admin a console session acts as, checked now: its certificate
+    /// `cert_serial` (the one good at login, found by serial: one indexed read,
+    /// whatever the registry's size) must still be an admin certificate, good
+    /// and not expired (else 403, audited as `refuse.console`).
+    pub fn console_admin(&self, name: &str, cert_serial: &str) -> Result<Admin<'_>, AuthorityError> {
+        let now = self.clock.now();
+        let good = self.store.certificate(cert_serial)?.is_some_and(|r| {
+            r.profile == iotpki_core::profile::Profile::Admin.name()
+                && r.status == CertStatus::Good
+                && r.not_after > now
+        });
+        if good {
+            return Ok(Admin::new(self, name.into(), cert_serial.into()));
         }
+        let r = Err(AuthorityError::forbidden(format!("admin {name} holds no good admin certificate any more")));
+        self.audit_refusal(&r, || format!("admin:{name}"), None, "refuse.console");
+        r
     }
 }
 

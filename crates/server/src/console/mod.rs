@@ -53,6 +53,8 @@ pub(crate) struct Console {
 
 struct Session {
     admin: String,
+    /// The admin certificate good at login (checked again on every request).
+    cert_serial: String,
     role: ConsoleRole,
     csrf: String,
     opened: Instant,
@@ -70,6 +72,8 @@ pub(crate) struct Viewer {
     pub(crate) csrf: String,
     /// Came by certificate (else by session).
     pub(crate) by_certificate: bool,
+    /// A session's admin certificate.
+    cert_serial: String,
     /// The certificate chain, for a certificate caller.
     chain: PeerChain,
 }
@@ -89,7 +93,7 @@ impl Viewer {
         if self.by_certificate {
             a.admin(self.chain.chain())
         } else {
-            a.console_admin(&self.admin)
+            a.console_admin(&self.admin, &self.cert_serial)
         }
     }
 }
@@ -142,7 +146,7 @@ impl Console {
     }
 
     /// Open a session; its cookie value.
-    fn open(&self, admin: String, role: ConsoleRole) -> String {
+    fn open(&self, admin: String, cert_serial: String, role: ConsoleRole) -> String {
         let id = random_id();
         let now = Instant::now();
         let mut s = self.lock();
@@ -155,12 +159,12 @@ impl Console {
                 None => break,
             };
         }
-        s.insert(sha256_hex(&id), Session { admin, role, csrf: random_id(), opened: now, seen: now });
+        s.insert(sha256_hex(&id), Session { admin, cert_serial, role, csrf: random_id(), opened: now, seen: now });
         id
     }
 
     /// The session of cookie value `id`, if it is open (and mark it used).
-    fn session(&self, id: &str) -> Option<(String, ConsoleRole, String)> {
+    fn session(&self, id: &str) -> Option<(String, ConsoleRole, String, String)> {
         let key = sha256_hex(id);
         let now = Instant::now();
         let mut s = self.lock();
@@ -174,7 +178,7 @@ impl Console {
         }
         let v = s.get_mut(&key)?;
         v.seen = now;
-        Some((v.admin.clone(), v.role, v.csrf.clone()))
+        Some((v.admin.clone(), v.role, v.csrf.clone(), v.cert_serial.clone()))
     }
 
     fn close(&self, id: &str) -> Option<String> {
@@ -203,8 +207,8 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 /// in [`Viewer::admin`] when the page is made), else nobody (the sign-in page).
 fn viewer(c: &Console, headers: &HeaderMap, chain: &PeerChain) -> Option<Viewer> {
     if let Some(id) = cookie(headers) {
-        if let Some((admin, role, csrf)) = c.session(&id) {
-            return Some(Viewer { admin, role, csrf, by_certificate: false, chain: PeerChain::default() });
+        if let Some((admin, role, csrf, cert_serial)) = c.session(&id) {
+            return Some(Viewer { admin, role, csrf, by_certificate: false, cert_serial, chain: PeerChain::default() });
         }
     }
     let leaf = chain.leaf()?;
@@ -217,6 +221,7 @@ fn viewer(c: &Console, headers: &HeaderMap, chain: &PeerChain) -> Option<Viewer>
         role: ConsoleRole::Admin,
         csrf: c.cert_csrf(leaf),
         by_certificate: true,
+        cert_serial: String::new(),
         chain: chain.clone(),
     })
 }
@@ -469,7 +474,7 @@ async fn login(ctx: Ctx, body: Bytes) -> Response {
     let a = ctx.a.clone();
     match blocking(move || a.console_login(&link)).await.and_then(|r| r) {
         Ok(login) => {
-            let id = ctx.c.open(login.admin, login.role);
+            let id = ctx.c.open(login.admin, login.cert_serial, login.role);
             let mut r = redirect("/console/");
             let cookie = format!("{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict");
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -486,7 +491,7 @@ async fn login(ctx: Ctx, body: Bytes) -> Response {
 /// `POST /console/logout`: end the session (its CSRF token required).
 async fn logout(ctx: Ctx, body: Bytes) -> Response {
     let Some(id) = cookie(&ctx.headers) else { return redirect("/console/login") };
-    let Some((admin, _, csrf)) = ctx.c.session(&id) else { return redirect("/console/login") };
+    let Some((admin, _, csrf, _)) = ctx.c.session(&id) else { return redirect("/console/login") };
     let ok = same_origin(&ctx.headers)
         && parse_form(&body).ok().and_then(|f| f.get("csrf").cloned()).is_some_and(|t| same(&t, &csrf));
     if !ok {
@@ -527,17 +532,17 @@ mod tests {
     #[test]
     fn sessions_end_when_idle_or_closed_and_the_oldest_makes_room() {
         let c = Console::new(ConsoleConfig { max_sessions: 2, ..ConsoleConfig::default() });
-        let a = c.open("alice".into(), ConsoleRole::Admin);
-        let b = c.open("bob".into(), ConsoleRole::Read);
+        let a = c.open("alice".into(), "01".into(), ConsoleRole::Admin);
+        let b = c.open("bob".into(), "02".into(), ConsoleRole::Read);
         assert_eq!(c.session(&a).map(|s| s.0), Some("alice".into()));
-        let d = c.open("dave".into(), ConsoleRole::Read);
+        let d = c.open("dave".into(), "03".into(), ConsoleRole::Read);
         assert!(c.session(&a).is_none(), "the oldest made room");
         assert_eq!(c.session(&b).map(|s| (s.0, s.1)), Some(("bob".into(), ConsoleRole::Read)));
         assert_eq!(c.close(&d), Some("dave".into()));
         assert!(c.session(&d).is_none());
         assert!(c.session("not-a-session").is_none());
         let idle = Console::new(ConsoleConfig { idle_timeout_secs: 1, ..ConsoleConfig::default() });
-        let s = idle.open("eve".into(), ConsoleRole::Admin);
+        let s = idle.open("eve".into(), "04".into(), ConsoleRole::Admin);
         std::thread::sleep(Duration::from_millis(1100));
         assert!(idle.session(&s).is_none(), "idle past its timeout");
     }
