@@ -81,16 +81,23 @@ pub(crate) fn server_url(url: &str, scheme: &str, port: u16) -> Result<(String, 
 /// The TLS 1.3 suites, groups and signature algorithms a device offers and
 /// accepts, named one by one rather than taken from the provider's defaults:
 /// what is not named here is not linked into the device binary (issue #16).
-/// Hybrid post-quantum key exchange first, as before.
+/// Hybrid post-quantum key exchange first, as before; in the ring build
+/// X25519MLKEM768 is ours ([`crate::hybrid_kx`]: ring has no ML-KEM).
 fn tls_provider() -> rustls::crypto::CryptoProvider {
-    use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group};
+    #[cfg(feature = "aws-lc")]
+    use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group, kx_group::X25519MLKEM768};
+    #[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+    use {
+        crate::hybrid_kx::X25519MLKEM768,
+        rustls::crypto::ring::{cipher_suite, kx_group},
+    };
     rustls::crypto::CryptoProvider {
         cipher_suites: vec![
             cipher_suite::TLS13_AES_128_GCM_SHA256,
             cipher_suite::TLS13_AES_256_GCM_SHA384,
             cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
         ],
-        kx_groups: vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        kx_groups: vec![X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
         signature_verification_algorithms: SIGNATURE_ALGORITHMS,
         secure_random: &SystemRng,
         key_provider: &NoKeyLoading,
@@ -102,7 +109,10 @@ fn tls_provider() -> rustls::crypto::CryptoProvider {
 /// (PKCS#1 v1.5 and PSS), for a server certificate from another CA.
 static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
     use rustls::SignatureScheme as S;
+    #[cfg(feature = "aws-lc")]
     use webpki::aws_lc_rs as w;
+    #[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+    use webpki::ring as w;
     rustls::crypto::WebPkiSupportedAlgorithms {
         all: &[
             w::ECDSA_P256_SHA256,
@@ -127,13 +137,13 @@ static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
     }
 };
 
-/// The system's random numbers, through aws-lc.
+/// The system's random numbers, through the crypto library.
 #[derive(Debug)]
 struct SystemRng;
 
 impl rustls::crypto::SecureRandom for SystemRng {
     fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
-        aws_lc_rs::rand::fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)
+        crate::fill_random(buf).map_err(|_| rustls::crypto::GetRandomFailed)
     }
 }
 

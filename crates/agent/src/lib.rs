@@ -25,11 +25,27 @@ pub mod daemon;
 mod error;
 pub mod est_client;
 pub mod flow;
+#[cfg(feature = "ring")]
+pub mod hybrid_kx;
 pub mod keystore;
 pub mod line;
 pub mod ocsp;
 pub mod state;
 mod tls_key;
+
+// The crypto library under TLS and randomness: aws-lc, or ring in the device's small build.
+#[cfg(feature = "aws-lc")]
+pub(crate) use aws_lc_rs as backend;
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+pub(crate) use ring as backend;
+#[cfg(not(any(feature = "aws-lc", feature = "ring")))]
+compile_error!("iotpki-agent needs a crypto library: enable its feature `aws-lc` or `ring`");
+
+/// Fill `buf` from the system's generator (through the crypto library).
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), ()> {
+    use backend::rand::SecureRandom as _;
+    backend::rand::SystemRandom::new().fill(buf).map_err(|_| ())
+}
 pub mod trust;
 
 pub use error::AgentError;

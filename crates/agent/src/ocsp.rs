@@ -117,7 +117,7 @@ pub async fn check_own(dir: &Path, url: Option<&str>) -> Result<Option<OcspRepor
         return Ok(None);
     };
     let mut nonce = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| AgentError::State("no randomness for the OCSP nonce".into()))?;
+    crate::fill_random(&mut nonce).map_err(|_| AgentError::State("no randomness for the OCSP nonce".into()))?;
     let req = ocsp::request_with_nonce(&cert, &issuer, &nonce)?;
     let anchors = crate::flow::trusted_roots(
         dir,

@@ -32,7 +32,7 @@ pub fn key_id(spki_der: &[u8]) -> KeyId {
 }
 
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let d = crate::backend::digest::digest(&crate::backend::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use crate::backend::rand::SystemRandom;
+use crate::backend::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
 use const_oid::db::{rfc5912, rfc8410};
 use const_oid::ObjectIdentifier;
 use der::asn1::{AnyRef, BitString};
@@ -151,12 +151,15 @@ enum SoftInner {
     Ed25519(Ed25519KeyPair),
 }
 
-/// A software key held in memory (aws-lc-rs), loaded from or saved to PKCS#8.
+/// A software key held in memory (aws-lc or ring), loaded from or saved to PKCS#8.
 pub struct SoftKey {
     inner: SoftInner,
     key_type: KeyType,
     spki: Vec<u8>,
     rng: SystemRandom,
+    /// ring cannot export a key: the PKCS#8 it was made from is kept (wiped on drop).
+    #[cfg(not(feature = "aws-lc"))]
+    pkcs8: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl fmt::Debug for SoftKey {
@@ -176,6 +179,7 @@ fn ecdsa_alg(kt: KeyType) -> Result<&'static sig::EcdsaSigningAlgorithm, Error> 
 
 impl SoftKey {
     /// Generate a fresh key of type `kt`.
+    #[cfg(feature = "aws-lc")]
     pub fn generate(kt: KeyType) -> Result<Self, Error> {
         match kt {
             KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
@@ -191,15 +195,50 @@ impl SoftKey {
         }
     }
 
+    /// Generate a fresh key of type `kt`.
+    #[cfg(not(feature = "aws-lc"))]
+    pub fn generate(kt: KeyType) -> Result<Self, Error> {
+        let rng = SystemRandom::new();
+        let doc = match kt {
+            KeyType::EcdsaP256 | KeyType::EcdsaP384 => EcdsaKeyPair::generate_pkcs8(ecdsa_alg(kt)?, &rng)
+                .map_err(|_| Error::Key("EC key generation failed".into()))?,
+            KeyType::Ed25519 => {
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| Error::Key("Ed25519 key generation failed".into()))?
+            }
+            KeyType::Rsa(_) => return Err(Error::UnsupportedAlgorithm("RSA key generation".into())),
+        };
+        Self::from_pkcs8(doc.as_ref())
+    }
+
+    #[cfg(feature = "aws-lc")]
     fn from_ecdsa(kp: EcdsaKeyPair, kt: KeyType) -> Result<Self, Error> {
         let curve = if kt == KeyType::EcdsaP256 { rfc5912::SECP_256_R_1 } else { rfc5912::SECP_384_R_1 };
         let spki = spki_der(rfc5912::ID_EC_PUBLIC_KEY, Some(curve), kp.public_key().as_ref())?;
         Ok(Self { inner: SoftInner::Ecdsa(kp), key_type: kt, spki, rng: SystemRandom::new() })
     }
 
+    #[cfg(feature = "aws-lc")]
     fn from_ed25519(kp: Ed25519KeyPair) -> Result<Self, Error> {
         let spki = spki_der(rfc8410::ID_ED_25519, None, kp.public_key().as_ref())?;
         Ok(Self { inner: SoftInner::Ed25519(kp), key_type: KeyType::Ed25519, spki, rng: SystemRandom::new() })
+    }
+
+    #[cfg(not(feature = "aws-lc"))]
+    fn from_ecdsa(kp: EcdsaKeyPair, kt: KeyType, pkcs8: &[u8]) -> Result<Self, Error> {
+        let curve = if kt == KeyType::EcdsaP256 { rfc5912::SECP_256_R_1 } else { rfc5912::SECP_384_R_1 };
+        let spki = spki_der(rfc5912::ID_EC_PUBLIC_KEY, Some(curve), kp.public_key().as_ref())?;
+        let pkcs8 = zeroize::Zeroizing::new(pkcs8.to_vec());
+        Ok(Self { inner: SoftInner::Ecdsa(kp), key_type: kt, spki, rng: SystemRandom::new(), pkcs8 })
+    }
+
+    #[cfg(not(feature = "aws-lc"))]
+    fn from_ed25519(kp: Ed25519KeyPair, pkcs8: &[u8]) -> Result<Self, Error> {
+        let spki = spki_der(rfc8410::ID_ED_25519, None, kp.public_key().as_ref())?;
+        // Kept as v1, what `to_pkcs8` promises (ring makes v2, with the public key).
+        let mut info = pkcs8::PrivateKeyInfo::from_der(pkcs8).map_err(|e| Error::der("PKCS#8 private key", e))?;
+        info.public_key = None;
+        let pkcs8 = zeroize::Zeroizing::new(info.to_der().map_err(|e| Error::der("PKCS#8 private key", e))?);
+        Ok(Self { inner: SoftInner::Ed25519(kp), key_type: KeyType::Ed25519, spki, rng: SystemRandom::new(), pkcs8 })
     }
 
     /// Load an unencrypted PKCS#8 (v1 or v2) private key.
@@ -209,7 +248,10 @@ impl SoftKey {
         if oid == rfc8410::ID_ED_25519 {
             let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
                 .map_err(|e| Error::Key(format!("Ed25519 PKCS#8: {e}")))?;
+            #[cfg(feature = "aws-lc")]
             return Self::from_ed25519(kp);
+            #[cfg(not(feature = "aws-lc"))]
+            return Self::from_ed25519(kp, der);
         }
         if oid != rfc5912::ID_EC_PUBLIC_KEY {
             return Err(Error::UnsupportedAlgorithm(format!("private key algorithm {oid}")));
@@ -227,11 +269,28 @@ impl SoftKey {
         } else {
             return Err(Error::UnsupportedAlgorithm(format!("EC curve {curve}")));
         };
-        let kp = EcdsaKeyPair::from_pkcs8(ecdsa_alg(kt)?, der).map_err(|e| Error::Key(format!("EC PKCS#8: {e}")))?;
-        Self::from_ecdsa(kp, kt)
+        #[cfg(feature = "aws-lc")]
+        {
+            let kp =
+                EcdsaKeyPair::from_pkcs8(ecdsa_alg(kt)?, der).map_err(|e| Error::Key(format!("EC PKCS#8: {e}")))?;
+            Self::from_ecdsa(kp, kt)
+        }
+        #[cfg(not(feature = "aws-lc"))]
+        {
+            let kp = EcdsaKeyPair::from_pkcs8(ecdsa_alg(kt)?, der, &SystemRandom::new())
+                .map_err(|e| Error::Key(format!("EC PKCS#8: {e}")))?;
+            Self::from_ecdsa(kp, kt, der)
+        }
     }
 
     /// The key as unencrypted PKCS#8 v1 DER. Handle with care: this is the secret.
+    #[cfg(not(feature = "aws-lc"))]
+    pub fn to_pkcs8(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.pkcs8.to_vec())
+    }
+
+    /// The key as unencrypted PKCS#8 v1 DER. Handle with care: this is the secret.
+    #[cfg(feature = "aws-lc")]
     pub fn to_pkcs8(&self) -> Result<Vec<u8>, Error> {
         let doc = match &self.inner {
             SoftInner::Ecdsa(kp) => kp.to_pkcs8v1(),
@@ -338,9 +397,33 @@ pub fn canonical_spki(der: &[u8]) -> Result<Vec<u8>, Error> {
         return Err(bad(format!("the {kt} algorithm parameters are not the ones RFC 5480/8410/3279 prescribe")));
     }
     if let Some(v) = verifier {
-        sig::ParsedPublicKey::new(v, key).map_err(|e| bad(format!("the {kt} key itself is invalid: {e}")))?;
+        check_public_key(kt, v, key).map_err(|e| bad(format!("the {kt} key itself is invalid: {e}")))?;
     }
     Ok(der.to_vec())
+}
+
+/// The key is one the library can use: for EC, a point on the curve.
+#[cfg(feature = "aws-lc")]
+fn check_public_key(_: KeyType, v: &'static dyn sig::VerificationAlgorithm, key: &[u8]) -> Result<(), String> {
+    sig::ParsedPublicKey::new(v, key).map(|_| ()).map_err(|_| "not a point on the curve".to_string())
+}
+
+/// The key is one the library can use: for EC, a point on the curve. ring parses
+/// public keys only inside an operation: an ECDH with a fresh key checks the
+/// point as aws-lc's parse does (on the curve, not the identity). An Ed25519 key
+/// is 32 octets to both libraries (checked above).
+#[cfg(not(feature = "aws-lc"))]
+fn check_public_key(kt: KeyType, _: &'static dyn sig::VerificationAlgorithm, key: &[u8]) -> Result<(), String> {
+    use crate::backend::agreement;
+    let alg = match kt {
+        KeyType::EcdsaP256 => &agreement::ECDH_P256,
+        KeyType::EcdsaP384 => &agreement::ECDH_P384,
+        _ => return Ok(()),
+    };
+    let mine = agreement::EphemeralPrivateKey::generate(alg, &SystemRandom::new())
+        .map_err(|_| "no randomness to check it with".to_string())?;
+    agreement::agree_ephemeral(mine, &agreement::UnparsedPublicKey::new(alg, key), |_| ())
+        .map_err(|_| "not a point on the curve".to_string())
 }
 
 /// The fingerprint of a key in its canonical form ([`canonical_spki`]): the one
@@ -360,13 +443,13 @@ pub fn spki_fingerprint(spki_der: &[u8]) -> String {
 
 /// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+    hex::encode(crate::backend::digest::digest(&crate::backend::digest::SHA256, bytes))
 }
 
 /// The key identifier we put in SKI/AKI: the leftmost 160 bits of the SHA-256
 /// of the subjectPublicKey bits (RFC 7093, section 2, method 1).
 pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.subject_public_key.raw_bytes());
+    let d = crate::backend::digest::digest(&crate::backend::digest::SHA256, spki.subject_public_key.raw_bytes());
     d.as_ref()[..20].to_vec()
 }
 

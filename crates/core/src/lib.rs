@@ -27,11 +27,22 @@ pub mod random;
 pub mod record;
 pub mod serial;
 pub mod time;
+#[cfg(feature = "aws-lc")]
 pub mod tpm;
 pub mod voucher;
 pub mod wire;
 
 pub use error::Error;
+
+// The crypto library (digests, randomness, signatures): aws-lc, or ring in the
+// device's small build. Their APIs are the same where core uses them, except key
+// generation, PKCS#8 export and public key checks (`keys`).
+#[cfg(feature = "aws-lc")]
+pub(crate) use aws_lc_rs as backend;
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+pub(crate) use ring as backend;
+#[cfg(not(any(feature = "aws-lc", feature = "ring")))]
+compile_error!("iotpki-core needs a crypto library: enable its feature `aws-lc` or `ring`");
 
 /// Re-exports of the ASN.1 crates our public types come from.
 pub mod asn1 {

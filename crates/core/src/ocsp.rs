@@ -71,16 +71,16 @@ pub fn parse_request(der: &[u8]) -> Result<Request, Error> {
 /// Whether `id` names a certificate issued by `issuer` (by name and key hash).
 pub fn issued_by(id: &CertId, issuer: &Certificate) -> bool {
     let alg = if id.hash_algorithm.oid == ID_SHA_1 {
-        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY
+        &crate::backend::digest::SHA1_FOR_LEGACY_USE_ONLY
     } else if id.hash_algorithm.oid == ID_SHA_256 {
-        &aws_lc_rs::digest::SHA256
+        &crate::backend::digest::SHA256
     } else {
         return false;
     };
     let Ok(name) = issuer.tbs_certificate.subject.to_der() else { return false };
     let key = issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
-    aws_lc_rs::digest::digest(alg, &name).as_ref() == id.issuer_name_hash.as_bytes()
-        && aws_lc_rs::digest::digest(alg, key).as_ref() == id.issuer_key_hash.as_bytes()
+    crate::backend::digest::digest(alg, &name).as_ref() == id.issuer_name_hash.as_bytes()
+        && crate::backend::digest::digest(alg, key).as_ref() == id.issuer_key_hash.as_bytes()
 }
 
 /// An OCSPRequest (no nonce, unsigned) for one certificate issued by `issuer`,
@@ -117,7 +117,7 @@ fn build_request(
     let name = issuer.tbs_certificate.subject.to_der().map_err(|e| Error::der("issuer name", e))?;
     let key = issuer.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
     let hash = |b: &[u8]| {
-        OctetString::new(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref().to_vec())
+        OctetString::new(crate::backend::digest::digest(&crate::backend::digest::SHA256, b).as_ref().to_vec())
             .map_err(|e| Error::der("CertID hash", e))
     };
     let req_cert = CertId {
@@ -282,7 +282,8 @@ pub fn verify_response(
         ResponderId::ByName(n) => *n == c.tbs_certificate.subject,
         ResponderId::ByKey(h) => {
             let key = c.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, key).as_ref() == h.as_bytes()
+            crate::backend::digest::digest(&crate::backend::digest::SHA1_FOR_LEGACY_USE_ONLY, key).as_ref()
+                == h.as_bytes()
         }
     };
     let certs = basic.certs.as_deref().unwrap_or_default();
@@ -380,7 +381,7 @@ pub fn respond(
 ) -> Result<Vec<u8>, Error> {
     let cert = Certificate::from_der(signer_cert).map_err(|e| Error::der("OCSP signer certificate", e))?;
     let key = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
-    let key_hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, key);
+    let key_hash = crate::backend::digest::digest(&crate::backend::digest::SHA1_FOR_LEGACY_USE_ONLY, key);
     let mut responses = Vec::with_capacity(answers.len());
     for (id, status) in answers {
         let cert_status = match status {

@@ -1,12 +1,12 @@
 //! Randomness for core's own decisions (today: the random part of serial
 //! numbers), passed in so that tests are deterministic.
 //!
-//! Key generation and signature nonces stay inside aws-lc with its own
+//! Key generation and signature nonces stay inside aws-lc (or ring) with its own
 //! generator: they are not decisions of ours, and must never be replayable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use crate::backend::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -17,9 +17,15 @@ pub trait RandomSource: Send + Sync {
     fn fill(&self, dest: &mut [u8]) -> Result<(), Error>;
 }
 
-/// The operating system's generator (through aws-lc): what production uses.
-#[derive(Debug, Default, Clone)]
+/// The operating system's generator (through aws-lc, or ring): what production uses.
+#[derive(Debug, Clone)]
 pub struct SystemRandomSource(SystemRandom);
+
+impl Default for SystemRandomSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl SystemRandomSource {
     /// The system generator.

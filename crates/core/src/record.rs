@@ -53,7 +53,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 /// The hash of an entry's content.
 pub fn entry_hash(prev: &str, seq: u64, at: i64, batch: &str, serial: &str, cert_der: &[u8]) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut ctx = crate::backend::digest::Context::new(&crate::backend::digest::SHA256);
     for field in [prev.as_bytes(), &seq.to_be_bytes(), &at.to_be_bytes(), batch.as_bytes(), serial.as_bytes(), cert_der]
     {
         ctx.update(&(field.len() as u64).to_be_bytes());

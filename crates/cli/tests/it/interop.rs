@@ -254,6 +254,13 @@ async fn tls_key_exchange_is_hybrid_post_quantum_with_our_devices() {
     let ours = rustls::crypto::aws_lc_rs::default_provider();
     assert_eq!(ours.kx_groups[0].name(), rustls::NamedGroup::X25519MLKEM768, "preferred by our devices");
     assert_eq!(handshake(ours).await.0, Some(rustls::NamedGroup::X25519MLKEM768));
+    // The device's small build (ring): the agent's own X25519MLKEM768 (ML-KEM from
+    // RustCrypto) against the server's (aws-lc's), and nothing else to fall back on.
+    let device = rustls::crypto::CryptoProvider {
+        kx_groups: vec![iotpki_agent::hybrid_kx::X25519MLKEM768],
+        ..rustls::crypto::ring::default_provider()
+    };
+    assert_eq!(handshake(device).await.0, Some(rustls::NamedGroup::X25519MLKEM768));
     let classic = rustls::crypto::CryptoProvider {
         kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
         ..rustls::crypto::aws_lc_rs::default_provider()
