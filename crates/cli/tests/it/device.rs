@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use iotpki_core::keys::{KeyType, SoftKey};
 
-use crate::util::{bin, run_fail, run_ok, signed_bundle, Ca};
+use crate::util::{bin, run_fail, run_ok, signed_bundle, Ca, DeadPort};
 
 /// `cargo build --profile device -p iotpki-device --bin iotpki-device` (the
 /// default device features, pkg-config out of reach); the binary's path.
@@ -137,7 +137,8 @@ async fn the_device_binary_refuses_what_the_agent_refuses_with_the_same_messages
         let enrolled = dev;
         let s = |p: &Path| p.to_str().unwrap().to_string();
         let fresh = s(&tmp.join("fresh"));
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let dead_port = DeadPort::new();
+        let dead = dead_port.1;
         let cases: Vec<Vec<String>> = vec![
             // A wrong token: the server refuses it.
             ["enroll", "--state", &fresh, "--server", &url, "--serial", "DEV-3", "--token-file", &s(&wrong)]

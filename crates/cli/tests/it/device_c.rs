@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{bin, run_fail, run_ok, Ca};
+use crate::util::{bin, run_fail, run_ok, Ca, DeadPort};
 
 /// The link flags the header documents (`rustc --print native-static-libs`, plus libcrypto for the example).
 const LIBS: &str = "-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc";
@@ -197,7 +197,8 @@ async fn run_errors(exe: PathBuf, env: &[(&str, &str)]) -> (Ca, u64, PathBuf, St
     let tmp = ca.tmp.path().join("c");
     std::fs::create_dir_all(&tmp).unwrap();
     let other = ca.tmp.path().join("other-root.pem");
-    let dead = format!("https://{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+    let dead_port = DeadPort::new();
+    let dead = format!("https://{}", dead_port.1);
     let mut c = Command::new(&exe);
     c.args([&ca.url, ca.root_file().to_str().unwrap(), other.to_str().unwrap(), &dead, tmp.to_str().unwrap()])
         .args([ca.token("ERR-A"), ca.token("ERR-B")])

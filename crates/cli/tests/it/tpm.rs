@@ -14,7 +14,7 @@ use iotpki_core::{pem, profile};
 use iotpki_tpm::swtpm::SwTpm;
 use iotpki_tpm::Tpm;
 
-use crate::util::{batch, bin, run_fail, run_ok, station, Ca};
+use crate::util::{batch, bin, run_fail, run_ok, station, Ca, DeadPort};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -57,10 +57,6 @@ fn tpm_key(tcti: &str, dev: &Path, name: &str) -> String {
 }
 
 /// A port nothing listens on.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_keys_in_a_tpm_from_the_factory_line_to_renewal() {
     let mfg = Ca::start().await;
@@ -80,7 +76,8 @@ async fn device_keys_in_a_tpm_from_the_factory_line_to_renewal() {
         );
 
         // No TPM at the TCTI: the line device says so before it lets a station in.
-        let dead = format!("swtpm:host=127.0.0.1,port={}", dead_port());
+        let dead_port = DeadPort::new();
+        let dead = format!("swtpm:host=127.0.0.1,port={}", dead_port.1.port());
         let e = run_fail(bin().args(["agent", "line", "--listen", "127.0.0.1:0", "--state", s(&dev)]).args([
             "--serial",
             "TPM-1",

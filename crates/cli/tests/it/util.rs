@@ -375,6 +375,20 @@ pub fn signed_bundle(ca: &Ca, keys: &[iotpki_core::keys::SoftKey], version: u64)
     b.encode()
 }
 
+/// A loopback TCP port where nothing listens, and nothing will while this lives:
+/// the socket is bound and never listens, so a connection is refused (a port
+/// bound and released could be taken meanwhile by a daemon another test starts).
+pub struct DeadPort(#[allow(dead_code)] tokio::net::TcpSocket, pub std::net::SocketAddr);
+
+impl DeadPort {
+    pub fn new() -> Self {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = s.local_addr().unwrap();
+        Self(s, addr)
+    }
+}
+
 /// Start a daemon we did not write (nginx, mosquitto) on a free loopback port:
 /// `launch(port)` writes its configuration for `port`, spawns it and returns
 /// the child and its log file. The port is found by binding port 0 and
