@@ -450,6 +450,7 @@ async fn create_batch(
                 quota: bb.quota,
                 from,
                 until,
+                profile: Default::default(),
             })
         });
         let nb = refuse_bad_input(adm, r, "batch.create", "")?;

@@ -237,6 +237,7 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
                 quota,
                 from,
                 until,
+                profile: Default::default(),
             })
         })();
         let nb = r.map_err(|e| adm.refused(e, "batch.create", ""))?;
