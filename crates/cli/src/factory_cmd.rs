@@ -10,7 +10,7 @@ use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::SystemClock;
 use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::time::rfc3339;
-use iotpki_store::{BatchStatus, StationStatus};
+use iotpki_store::{BatchProfile, BatchStatus, StationStatus};
 
 use crate::{DirArg, PassArg};
 
@@ -153,13 +153,19 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  UNTIL",
-                "ID", "PRODUCT", "QUOTA", "ISSUED", "REFUSED", "FLAGGED", "STATUS"
+                "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {:<20}  PROFILE",
+                "ID", "PRODUCT", "QUOTA", "ISSUED", "REFUSED", "FLAGGED", "STATUS", "UNTIL"
             );
             for b in &all {
                 let st = if b.status == BatchStatus::Open { "open" } else { "closed" };
+                let profile = match b.profile {
+                    BatchProfile::Device => "device".to_string(),
+                    BatchProfile::MatterDac { vendor_id, product_id } => {
+                        format!("matter-dac {vendor_id:04X}/{product_id:04X}")
+                    }
+                };
                 println!(
-                    "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {}",
+                    "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {:<20}  {profile}",
                     b.id,
                     b.product,
                     b.quota,

@@ -286,6 +286,20 @@ pub struct Batch {
     /// `required` or `no` (when one batch is shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_attestation: Option<String>,
+    /// What its births get: `device` (a birth certificate) or `matter-dac`
+    /// (a Matter Device Attestation Certificate; docs/matter.md).
+    #[serde(default = "device_profile")]
+    pub profile: String,
+    /// A `matter-dac` batch's Matter Vendor ID, four uppercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// A `matter-dac` batch's Matter Product ID, four uppercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<String>,
+}
+
+fn device_profile() -> String {
+    "device".into()
 }
 
 /// `GET /admin/v1/whoami`.
