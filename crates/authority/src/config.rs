@@ -454,11 +454,14 @@ impl Config {
         }
         if let Some(m) = &self.matter {
             if self.hsm.is_some() {
-                return bad("[matter]: Matter CAs are key files; an authority whose CA keys are in an HSM has none".into());
+                return bad(
+                    "[matter]: Matter CAs are key files; an authority whose CA keys are in an HSM has none".into()
+                );
             }
             for p in &m.pai {
                 let vid = p.vendor_id.as_deref().unwrap_or_default();
-                iotpki_core::matter::VendorId::parse(vid).map_err(|e| AuthorityError::Config(format!("PAI {}: {e}", p.name)))?;
+                iotpki_core::matter::VendorId::parse(vid)
+                    .map_err(|e| AuthorityError::Config(format!("PAI {}: {e}", p.name)))?;
                 if let Some(pid) = &p.product_id {
                     iotpki_core::matter::ProductId::parse(pid)
                         .map_err(|e| AuthorityError::Config(format!("PAI {}: {e}", p.name)))?;

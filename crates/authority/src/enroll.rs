@@ -25,14 +25,14 @@
 
 use iotpki_core::csr::VerifiedCsr;
 use iotpki_core::keys::{self, KeyType};
+use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{CertParams, Profile};
 use iotpki_core::{pkcs7, serial};
-use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_store::{AuditEvent, BatchProfile, CertRecord, CertStatus, Issuance, Precondition, StoreError};
-use std::sync::Arc;
 use spki::der::Encode;
 use spki::SubjectPublicKeyInfoOwned;
+use std::sync::Arc;
 use x509_cert::name::Name;
 
 use crate::auth::{Caller, DeviceIdentity, Station, TokenHolder, Who};
@@ -354,7 +354,10 @@ impl Authority {
                                 "the PAI of vendor id {vid} is bound to another product than {pid} (batch {batch})"
                             )));
                         }
-                        (iotpki_core::matter::dac_subject(&self.cfg.organization, &device, vid, pid)?, Some(pai.ca.clone()))
+                        (
+                            iotpki_core::matter::dac_subject(&self.cfg.organization, &device, vid, pid)?,
+                            Some(pai.ca.clone()),
+                        )
                     }
                 };
                 // A batch that requires TPM attestation: the device proved, through a

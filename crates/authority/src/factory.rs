@@ -9,13 +9,13 @@
 //! concurrency and across processes.
 
 use iotpki_core::keys;
+use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Profile};
 use iotpki_core::serial;
-use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_store::{
-    AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus, StationRecord, StationStatus, Store, StoreError,
-    SyncEntry, SyncOutcome, SyncUpload,
+    AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus, StationRecord, StationStatus, Store,
+    StoreError, SyncEntry, SyncOutcome, SyncUpload,
 };
 use spki::der::{Decode, Encode};
 
@@ -213,7 +213,8 @@ pub fn create_batch(
     if let BatchProfile::MatterDac { vendor_id, product_id } = nb.profile {
         // Parse again: a caller may build the profile by hand.
         let vid = VendorId::parse(&format!("{vendor_id:04X}")).map_err(|e| AuthorityError::malformed(e.to_string()))?;
-        let pid = ProductId::parse(&format!("{product_id:04X}")).map_err(|e| AuthorityError::malformed(e.to_string()))?;
+        let pid =
+            ProductId::parse(&format!("{product_id:04X}")).map_err(|e| AuthorityError::malformed(e.to_string()))?;
         if !pai_recorded(store, vid, pid)? {
             return Err(AuthorityError::malformed(format!(
                 "this authority has no PAI for vendor id {vid} that may sign product {pid}: make one first \

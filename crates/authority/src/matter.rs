@@ -103,7 +103,8 @@ pub fn create_paa(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str)
     let end = now + 25 * YEAR;
     let issuer = Issuer { subject: &subject, key_id: &kid, not_after: end, signer: &key };
     let mut records = Vec::new();
-    let made = make_for(Profile::MatterPaa, subject.clone(), spki, now, end, vec![], &issuer, PAA_NAME, None, &mut records)?;
+    let made =
+        make_for(Profile::MatterPaa, subject.clone(), spki, now, end, vec![], &issuer, PAA_NAME, None, &mut records)?;
     let cert = PathBuf::from(format!("ca/{PAA_NAME}.crt"));
     let key_rel = PathBuf::from(format!("ca/{PAA_NAME}.key"));
     keyfile::write_encrypted(&dir.join(&key_rel), &key, pass)?;
@@ -111,7 +112,13 @@ pub fn create_paa(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str)
     // Recorded before the config names it: the store knows every certificate.
     record(dir, &cfg, records, now, "matter.paa", actor)?;
     cfg.matter = Some(MatterConfig {
-        paa: MatterCaConfig { name: PAA_NAME.into(), cert: cert.clone(), key: key_rel, vendor_id: None, product_id: None },
+        paa: MatterCaConfig {
+            name: PAA_NAME.into(),
+            cert: cert.clone(),
+            key: key_rel,
+            vendor_id: None,
+            product_id: None,
+        },
         pai: vec![],
     });
     keyfile::replace_public(&dir.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
@@ -132,7 +139,10 @@ pub fn create_pai(
 ) -> Result<PathBuf, AuthorityError> {
     let mut cfg = Config::load(dir)?;
     refuse_hsm(&cfg)?;
-    let m = cfg.matter.as_ref().ok_or_else(|| bad("this authority has no Matter PAA yet: run `iotpki matter paa` first"))?;
+    let m = cfg
+        .matter
+        .as_ref()
+        .ok_or_else(|| bad("this authority has no Matter PAA yet: run `iotpki matter paa` first"))?;
     let name = pai_name(vid);
     if m.pai.iter().any(|p| p.name == name) {
         return Err(bad(format!("a PAI for vendor id {vid} exists already ({name})")));
@@ -149,8 +159,18 @@ pub fn create_pai(
     let key = SoftKey::generate(KeyType::EcdsaP256)?;
     let subject = spec::pai_subject(&cfg.organization, vid, pid)?;
     let mut records = Vec::new();
-    let made =
-        make_for(Profile::MatterPai, subject, spki_of(&key)?, now, now + 20 * YEAR, vec![], &issuer, PAA_NAME, None, &mut records)?;
+    let made = make_for(
+        Profile::MatterPai,
+        subject,
+        spki_of(&key)?,
+        now,
+        now + 20 * YEAR,
+        vec![],
+        &issuer,
+        PAA_NAME,
+        None,
+        &mut records,
+    )?;
     let cert = PathBuf::from(format!("ca/{name}.crt"));
     let key_rel = PathBuf::from(format!("ca/{name}.key"));
     keyfile::write_encrypted(&dir.join(&key_rel), &key, pass)?;

@@ -124,7 +124,8 @@ pub fn run(c: MatterCmd) -> anyhow::Result<()> {
             let one = |k: Kind| by_kind.iter().find(|(kind, _, _)| *kind == k).map(|(_, d, _)| d.as_slice());
             let mut broken = 0;
             let now = iotpki_authority::Clock::now(&SystemClock);
-            if let (Some(dac), Some(pai), Some(paa), 3) = (one(Kind::Dac), one(Kind::Pai), one(Kind::Paa), by_kind.len())
+            if let (Some(dac), Some(pai), Some(paa), 3) =
+                (one(Kind::Dac), one(Kind::Pai), one(Kind::Paa), by_kind.len())
             {
                 let v = matter::check_chain(dac, pai, paa, Some(now));
                 for x in &v {

@@ -124,6 +124,12 @@ pub struct StationBatch {
     pub allowlist: u64,
     /// Serials of the allowlist not born yet (as many as asked for).
     pub unborn: Vec<String>,
+    /// What its births get: `device` or `matter-dac` (docs/matter.md).
+    #[serde(default = "device_profile")]
+    pub profile: String,
+    /// A `matter-dac` batch: the PAI and then the PAA certificates (PEM) its DACs chain to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matter_chain: Vec<String>,
 }
 
 /// `POST /factory/tpm-challenge`: a station asks a challenge for a device's TPM key.

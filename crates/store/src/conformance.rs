@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::audit::sha256_hex;
 
 use crate::{
-    Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation,
-    ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert,
-    StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim,
+    DeviceRevocation, ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition,
+    RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);

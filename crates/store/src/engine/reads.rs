@@ -5,12 +5,11 @@ use super::writes::to_i64;
 use super::{Arg, Backend as _, HasEngine, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{
-    BatchProfile,
-    audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchRecord, BatchStatus, Batches,
-    BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation, DeviceRevoked, Flag, Health,
-    Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership, OwnershipStatus, Precondition,
-    Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    Tokens, UnixTime, WriterStats, GENESIS_HASH,
+    audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchProfile, BatchRecord,
+    BatchStatus, Batches, BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation,
+    DeviceRevoked, Flag, Health, Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership,
+    OwnershipStatus, Precondition, Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError,
+    SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats, GENESIS_HASH,
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \

@@ -5,9 +5,8 @@ use super::reads::{ownership_of, sync_state_of};
 use super::{Arg, Head, SqlExt as _, Writer};
 use crate::ops::{Done, Op};
 use crate::{
-    BatchProfile,
-    audit_hash, check_claim, Artifact, AuditEvent, BatchRecord, BatchStatus, CertRecord, CertStatus, Claim,
-    DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, Issuance, KeyBlock, KeysBlocked,
+    audit_hash, check_claim, Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus,
+    Claim, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, Issuance, KeyBlock, KeysBlocked,
     ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
     EVENT_BATCH_FLAGGED, EVENT_CERT_EXPIRING, EVENT_CERT_REVOKED, EVENT_DEVICE_REVOKED, EVENT_STATION_REVOKED,
 };
