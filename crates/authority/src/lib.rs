@@ -170,7 +170,7 @@ pub struct Authority {
     /// What `/metrics` reports.
     metrics: metrics::Metrics,
     /// Matter PAIs, keys unlocked, by vendor id; and the PAA's certificate.
-    matter_pais: HashMap<iotpki_core::matter::VendorId, matter::Pai>,
+    matter_pais: matter::Pais,
     matter_paa: Option<Vec<u8>>,
 }
 

@@ -205,12 +205,11 @@ pub(crate) struct Pai {
     pub(crate) product_id: Option<ProductId>,
 }
 
+/// The loaded PAIs, by vendor id.
+pub(crate) type Pais = std::collections::HashMap<VendorId, Pai>;
+
 /// The PAIs of `cfg`, keys unlocked with `pass`, by vendor id; and the PAA's certificate.
-pub(crate) fn load(
-    dir: &Path,
-    cfg: &Config,
-    pass: &Passphrase,
-) -> Result<(std::collections::HashMap<VendorId, Pai>, Option<Vec<u8>>), AuthorityError> {
+pub(crate) fn load(dir: &Path, cfg: &Config, pass: &Passphrase) -> Result<(Pais, Option<Vec<u8>>), AuthorityError> {
     let mut out = std::collections::HashMap::new();
     let Some(m) = &cfg.matter else { return Ok((out, None)) };
     let paa = read_cert(dir, &m.paa.cert)?;

@@ -254,7 +254,7 @@ fn id_attr(
     }
 }
 
-fn find<'c>(cert: &'c Certificate, oid: ObjectIdentifier) -> Vec<&'c x509_cert::ext::Extension> {
+fn find(cert: &Certificate, oid: ObjectIdentifier) -> Vec<&x509_cert::ext::Extension> {
     cert.tbs_certificate.extensions.as_deref().unwrap_or_default().iter().filter(|e| e.extn_id == oid).collect()
 }
 
