@@ -239,3 +239,71 @@ pub(crate) fn load(dir: &Path, cfg: &Config, pass: &Passphrase) -> Result<(Pais,
     }
     Ok((out, Some(paa)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HsmConfig;
+    use crate::init::{init, InitOptions};
+    use iotpki_core::clock::SystemClock;
+
+    fn pass() -> Passphrase {
+        Passphrase::new("matter unit test passphrase".into()).unwrap()
+    }
+
+    #[test]
+    fn paa_then_one_pai_per_vendor_recorded_audited_and_loaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        init(&dir, &InitOptions::default(), &pass(), &SystemClock).unwrap();
+        let vid = VendorId::parse("FFF1").unwrap();
+        let e = create_pai(&dir, &pass(), &SystemClock, vid, None, "test").unwrap_err();
+        assert!(e.to_string().contains("no Matter PAA yet"), "{e}");
+        create_paa(&dir, &pass(), &SystemClock, "test").unwrap();
+        assert!(create_paa(&dir, &pass(), &SystemClock, "test").unwrap_err().to_string().contains("already"));
+        let wrong = Passphrase::new("not the passphrase at all".into()).unwrap();
+        assert!(create_pai(&dir, &wrong, &SystemClock, vid, None, "test").is_err(), "the PAA key is locked");
+        create_pai(&dir, &pass(), &SystemClock, vid, Some(ProductId(0x8000)), "test").unwrap();
+        assert!(create_pai(&dir, &pass(), &SystemClock, vid, None, "test").unwrap_err().to_string().contains("exists"));
+        let cfg = Config::load(&dir).unwrap();
+        let store = open_store(&dir, &cfg).unwrap();
+        let audit = store.verify_audit().unwrap().entries;
+        let last: Vec<String> =
+            store.audit_entries(audit - 1, 2).unwrap().into_iter().map(|e| e.event.action).collect();
+        assert_eq!(last, vec!["matter.paa", "matter.pai"]);
+        let (pais, paa) = load(&dir, &cfg, &pass()).unwrap();
+        let pai = pais.get(&vid).unwrap();
+        assert_eq!(pai.product_id, Some(ProductId(0x8000)));
+        let paa = paa.unwrap();
+        assert!(store.certificate(&profile::cert_info(&paa).unwrap().serial).unwrap().is_some(), "the PAA is recorded");
+        assert!(store.certificate(&profile::cert_info(&pai.ca.cert_der).unwrap().serial).unwrap().is_some());
+        assert_eq!(spec::check(&pai.ca.cert_der, spec::Kind::Pai), vec![]);
+        assert_eq!(spec::check(&paa, spec::Kind::Paa), vec![]);
+    }
+
+    #[test]
+    fn an_authority_with_its_ca_keys_in_an_hsm_makes_no_matter_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        init(&dir, &InitOptions::default(), &pass(), &SystemClock).unwrap();
+        let mut cfg = Config::load(&dir).unwrap();
+        cfg.hsm = Some(HsmConfig { module: "/no/such/module.so".into(), token: "pkcs11:token=t".into() });
+        keyfile::replace_public(&dir.join(CONFIG_FILE), cfg.to_toml().unwrap().as_bytes()).unwrap();
+        let e = create_paa(&dir, &pass(), &SystemClock, "test").unwrap_err();
+        assert!(e.to_string().contains("HSM"), "{e}");
+        assert!(Config::load(&dir).unwrap().matter.is_none(), "nothing written");
+        // A config naming both is refused when it is read.
+        cfg.matter = Some(MatterConfig {
+            paa: MatterCaConfig {
+                name: PAA_NAME.into(),
+                cert: "ca/matter-paa.crt".into(),
+                key: "ca/matter-paa.key".into(),
+                vendor_id: None,
+                product_id: None,
+            },
+            pai: vec![],
+        });
+        keyfile::replace_public(&dir.join(CONFIG_FILE), cfg.to_toml().unwrap().as_bytes()).unwrap();
+        assert!(Config::load(&dir).unwrap_err().to_string().contains("HSM"));
+    }
+}
