@@ -173,6 +173,13 @@ async fn a_matter_batch_gives_birth_to_dacs_that_the_spec_checker_openssl_and_pk
     }
     crate::pkilint::lint(&[&pai_f, &dac_f], "lint_pkix_signer_signee_cert_chain");
     crate::pkilint::lint(&[&paa_f, &pai_f], "lint_pkix_signer_signee_cert_chain");
+
+    // A PAI is not revoked by `iotpki revoke` (no CRL is published for it): refused, unchanged.
+    let pai_serial = iotpki_core::profile::cert_info(&pai).unwrap().serial;
+    let e = run_fail(bin().args(["revoke", "--dir", &d, "--serial", &pai_serial]));
+    assert!(e.contains("revoking a PAA or a PAI is not supported"), "{e}");
+    let rec = ca.authority.store().certificate(&pai_serial).unwrap().unwrap();
+    assert_eq!(rec.status, iotpki_store::CertStatus::Good);
     ca.authority.store().verify_audit().unwrap();
 }
 
