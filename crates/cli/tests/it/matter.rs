@@ -174,6 +174,40 @@ async fn a_matter_batch_gives_birth_to_dacs_that_the_spec_checker_openssl_and_pk
     crate::pkilint::lint(&[&pai_f, &dac_f], "lint_pkix_signer_signee_cert_chain");
     crate::pkilint::lint(&[&paa_f, &pai_f], "lint_pkix_signer_signee_cert_chain");
 
+    // An admin sees the profile in the console's batch list, and creates a Matter batch
+    // through the admin API with the same fields as the CLI.
+    let admin = ca.tmp.path().join("admin-ops");
+    run_ok(bin().env("IOTPKI_PASSPHRASE", PASS).args(["admin", "add", "ops", "--dir", &d, "--out"]).arg(&admin));
+    let (crt, key) = (admin.join("admin.crt"), admin.join("admin.key"));
+    let curl = |method: &str, path: &str, body: Option<&str>| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["--silent", "--show-error", "--tlsv1.3", "--fail-with-body", "-X", method, "--cacert"])
+            .arg(ca.root_file())
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key);
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        run_ok(c.arg(format!("{}{path}", ca.url)))
+    };
+    let page = curl("GET", "/console/batches", None);
+    assert!(page.contains("matter-dac (VID FFF1, PID 8000)"), "{page}");
+    let made = curl(
+        "POST",
+        "/admin/v1/batches",
+        Some(
+            r#"{"id":"M2","product":"plug","serials":["M-101"],"quota":1,"profile":"matter-dac","vendor_id":"FFF1","product_id":"8001"}"#,
+        ),
+    );
+    let v: serde_json::Value = serde_json::from_str(&made).unwrap();
+    assert_eq!((v["profile"].as_str(), v["product_id"].as_str()), (Some("matter-dac"), Some("8001")), "{made}");
+    assert_eq!(
+        ca.authority.store().batch("M2").unwrap().unwrap().profile,
+        BatchProfile::MatterDac { vendor_id: 0xFFF1, product_id: 0x8001 }
+    );
+
     // A PAI is not revoked by `iotpki revoke` (no CRL is published for it): refused, unchanged.
     let pai_serial = iotpki_core::profile::cert_info(&pai).unwrap().serial;
     let e = run_fail(bin().args(["revoke", "--dir", &d, "--serial", &pai_serial]));
