@@ -365,3 +365,50 @@ async fn a_matter_batch_cannot_be_delegated_to_an_offline_station() {
     assert_eq!(state(&ca), start);
     assert!(ca.authority.store().delegation("mx-line", "MX").unwrap().is_none());
 }
+
+/// A PAI made while the server runs is in the store (a batch for its vendor can
+/// be created) but its key is not loaded: births are refused with what to do,
+/// nothing is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pai_made_after_the_server_started_signs_nothing_until_a_restart() {
+    let ca = matter_ca().await;
+    let d = ca.dir.to_str().unwrap().to_string();
+    run_ok(bin().env("IOTPKI_PASSPHRASE", PASS).args(["matter", "pai", "--dir", &d, "--vendor-id", "FFF2"]));
+    let list = serials_file(&ca, "late.csv", &["L-001"]);
+    run_ok(bin().args([
+        "batch",
+        "create",
+        "--dir",
+        &d,
+        "--id",
+        "LATE",
+        "--product",
+        "light",
+        "--serials",
+        list.to_str().unwrap(),
+        "--quota",
+        "1",
+        "--from",
+        FROM,
+        "--until",
+        UNTIL,
+        "--profile",
+        "matter-dac",
+        "--vendor-id",
+        "FFF2",
+        "--product-id",
+        "8000",
+    ]));
+    let st = Station::open(&station(&ca, "late-line", &["LATE"]), None).unwrap();
+    let certs = ca.cert_count();
+    let e = st.birth("LATE", &ca.tmp.path().join("dut-L"), "L-001", KeyType::EcdsaP256).await.unwrap_err();
+    match &e {
+        iotpki_agent::AgentError::Refused { status, reason } => {
+            assert_eq!(*status, 403, "{reason}");
+            assert!(reason.contains("no PAI for it loaded") && reason.contains("restart"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(ca.cert_count(), certs);
+    assert_eq!(ca.authority.store().batch("LATE").unwrap().unwrap().issued, 0);
+}
