@@ -42,6 +42,41 @@ pub struct Config {
     /// when it starts (docs/events.md).
     #[serde(default, skip_serializing_if = "EventsConfig::is_empty")]
     pub events: EventsConfig,
+    /// Matter device attestation: the PAA and the PAIs (`iotpki matter paa`,
+    /// `iotpki matter pai`; docs/matter.md). None until `iotpki matter paa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matter: Option<MatterConfig>,
+}
+
+/// `[matter]`: the Product Attestation Authority and its intermediates.
+/// Their keys are key files (encrypted like the other CA keys); the PAA's
+/// stays locked (like the root's), the PAIs' are unlocked when the authority opens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatterConfig {
+    /// The PAA (a self-signed root for Matter commissioners).
+    pub paa: MatterCaConfig,
+    /// One PAI per vendor id, under the PAA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pai: Vec<MatterCaConfig>,
+}
+
+/// One Matter CA: its certificate and key files, and the ids its subject carries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatterCaConfig {
+    /// Its name (`matter-paa`, `matter-pai-FFF1`): the `ca` of what it issues in the store.
+    pub name: String,
+    /// Its certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (encrypted PKCS#8 PEM).
+    pub key: PathBuf,
+    /// A PAI's Vendor ID, four hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// A PAI's Product ID when it is bound to one product, four hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<String>,
 }
 
 /// The web console (`/console/` on the TLS listener; docs/console.md).
@@ -416,6 +451,22 @@ impl Config {
         }
         if let Some(url) = &self.store.database {
             check_database(url)?;
+        }
+        if let Some(m) = &self.matter {
+            if self.hsm.is_some() {
+                return bad(
+                    "[matter]: Matter CAs are key files; an authority whose CA keys are in an HSM has none".into()
+                );
+            }
+            for p in &m.pai {
+                let vid = p.vendor_id.as_deref().unwrap_or_default();
+                iotpki_core::matter::VendorId::parse(vid)
+                    .map_err(|e| AuthorityError::Config(format!("PAI {}: {e}", p.name)))?;
+                if let Some(pid) = &p.product_id {
+                    iotpki_core::matter::ProductId::parse(pid)
+                        .map_err(|e| AuthorityError::Config(format!("PAI {}: {e}", p.name)))?;
+                }
+            }
         }
         if self.tokens.default_ttl_secs == 0 || self.tokens.default_ttl_secs > self.tokens.max_ttl_secs {
             return bad("tokens: need 0 < default_ttl_secs <= max_ttl_secs".into());

@@ -25,19 +25,21 @@
 
 use iotpki_core::csr::VerifiedCsr;
 use iotpki_core::keys::{self, KeyType};
+use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{CertParams, Profile};
 use iotpki_core::{pkcs7, serial};
-use iotpki_store::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, StoreError};
+use iotpki_store::{AuditEvent, BatchProfile, CertRecord, CertStatus, Issuance, Precondition, StoreError};
 use spki::der::Encode;
 use spki::SubjectPublicKeyInfoOwned;
+use std::sync::Arc;
 use x509_cert::name::Name;
 
 use crate::auth::{Caller, DeviceIdentity, Station, TokenHolder, Who};
 use crate::commission::Birth;
 use crate::error::{KeyRefusal, Refusal};
 use crate::tokens::{self, TokenState};
-use crate::{attest, Authority, AuthorityError, Enrolled, Label, BACKDATE_SECS, BIRTH_ONLY_ON_THE_LINE};
+use crate::{attest, Authority, AuthorityError, CaKey, Enrolled, Label, BACKDATE_SECS, BIRTH_ONLY_ON_THE_LINE};
 
 /// What the client asked for, besides its certificate request.
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +126,8 @@ pub(crate) struct Plan<'l> {
     pub(crate) label: &'l Label,
     /// The certificate's profile (its extensions).
     pub(crate) profile: Profile,
+    /// Who signs, when not the label's CA: a Matter DAC's PAI.
+    pub(crate) signer: Option<Arc<CaKey>>,
     /// The subject the authority writes.
     pub(crate) subject: Name,
     /// The key certified.
@@ -291,6 +295,7 @@ impl Authority {
                     action: "enroll",
                     note: None,
                     on_race: Race::Token { device: t.device.clone(), token_hash: t.token_hash.clone() },
+                    matter: None,
                 }
             }
             Enrollment::StationBirth { station, batch, activation } => {
@@ -300,7 +305,33 @@ impl Authority {
                         station.id.record.ca, label.name, label.ca.name
                     )));
                 }
-                self.check_key(label, csr.key_type)?;
+                // A Matter batch's births are DACs under its vendor's PAI (docs/matter.md).
+                let matter_ids = match self.store.batch(batch)?.map(|b| b.profile) {
+                    Some(BatchProfile::MatterDac { vendor_id, product_id }) => {
+                        if !station.may_make(batch) {
+                            return Err(StoreError::StationNotAuthorized {
+                                station: station.record.name.clone(),
+                                batch: batch.into(),
+                            }
+                            .into());
+                        }
+                        Some((VendorId(vendor_id), ProductId(product_id)))
+                    }
+                    _ => None,
+                };
+                match matter_ids {
+                    // Matter 6.2.2.3: a DAC certifies an EC P-256 key, whatever the label allows.
+                    Some(_) if csr.key_type != KeyType::EcdsaP256 => {
+                        return Err(iotpki_core::Error::KeyNotAllowed {
+                            offered: csr.key_type.to_string(),
+                            allowed: "p256 (a Matter DAC certifies a P-256 key: Matter core specification 6.2.2.3)"
+                                .into(),
+                        }
+                        .into())
+                    }
+                    Some(_) => {}
+                    None => self.check_key(label, csr.key_type)?,
+                }
                 let in_csr = name::serial_numbers(&csr.subject);
                 let [serial] = in_csr.as_slice() else {
                     return Err(AuthorityError::malformed(format!(
@@ -309,7 +340,26 @@ impl Authority {
                     )));
                 };
                 let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
-                let subject = name::device_subject(&self.cfg.organization, &device)?;
+                let (subject, matter) = match matter_ids {
+                    None => (name::device_subject(&self.cfg.organization, &device)?, None),
+                    Some((vid, pid)) => {
+                        let pai = self.matter_pais.get(&vid).ok_or_else(|| {
+                            AuthorityError::forbidden(format!(
+                                "batch {batch} issues Matter DACs of vendor id {vid}, and this authority has no PAI \
+                                 for it loaded: make one (iotpki matter pai --vendor-id {vid}) and restart the server"
+                            ))
+                        })?;
+                        if pai.product_id.is_some_and(|p| p != pid) {
+                            return Err(AuthorityError::forbidden(format!(
+                                "the PAI of vendor id {vid} is bound to another product than {pid} (batch {batch})"
+                            )));
+                        }
+                        (
+                            iotpki_core::matter::dac_subject(&self.cfg.organization, &device, vid, pid)?,
+                            Some(pai.ca.clone()),
+                        )
+                    }
+                };
                 // A batch that requires TPM attestation: the device proved, through a
                 // challenge, that this very key is in the TPM registered for its serial.
                 let mut note = None;
@@ -348,6 +398,7 @@ impl Authority {
                     action: "birth",
                     note,
                     on_race: Race::Refuse,
+                    matter,
                 }
             }
             Enrollment::Commissioning(birth) => {
@@ -375,6 +426,7 @@ impl Authority {
                     action: "commission",
                     note: None,
                     on_race: Race::Refuse,
+                    matter: None,
                 }
             }
             Enrollment::Renewal { current, superseded } => {
@@ -426,6 +478,7 @@ impl Authority {
                     action: "reenroll",
                     note: None,
                     on_race: Race::Renewal { old },
+                    matter: None,
                 }
             }
         };
@@ -435,13 +488,16 @@ impl Authority {
     /// A plan for `csr` under `label` at `now`: the label's validity, a
     /// device certificate.
     fn plan<'l>(&self, label: &'l Label, csr: &VerifiedCsr, now: i64, f: PlanFor) -> Plan<'l> {
-        let not_after = match label.validity_secs {
-            Some(v) => now + v,
-            None => label.ca.not_after,
+        let not_after = match (&f.matter, label.validity_secs) {
+            // A DAC lives as long as its PAI (Matter 6.2.2.3: within the PAI's validity).
+            (Some(pai), _) => pai.not_after,
+            (None, Some(v)) => now + v,
+            (None, None) => label.ca.not_after,
         };
         Plan {
             label,
-            profile: Profile::Device,
+            profile: if f.matter.is_some() { Profile::MatterDac } else { Profile::Device },
+            signer: f.matter,
             subject: f.subject,
             spki: csr.spki.clone(),
             key_type: csr.key_type,
@@ -473,12 +529,16 @@ impl Authority {
             }));
         }
         let now = plan.now;
+        let ca: &CaKey = plan.signer.as_deref().unwrap_or(&label.ca);
         let mut detail = match &plan.replaces {
             Some(old) => format!("label={} key={} replaces={old}", label.name, plan.key_type),
             None => format!("label={} key={}", label.name, plan.key_type),
         };
         if let Some(note) = &plan.note {
             detail = format!("{detail} {note}");
+        }
+        if plan.signer.is_some() {
+            detail = format!("{detail} profile={} issuer={}", plan.profile.name(), ca.name);
         }
         // A serial collision (2^-127 odds) is retried once with a fresh serial.
         for attempt in 0..2 {
@@ -495,7 +555,7 @@ impl Authority {
                 permitted_subtree: None,
             };
             let record =
-                label.ca.sign(&params, sn_hex.clone(), Some(plan.device_serial.clone()), plan.replaces.clone(), now)?;
+                ca.sign(&params, sn_hex.clone(), Some(plan.device_serial.clone()), plan.replaces.clone(), now)?;
             let der = record.der.clone();
             let audit = AuditEvent {
                 at: now,
@@ -645,6 +705,8 @@ struct PlanFor {
     action: &'static str,
     note: Option<String>,
     on_race: Race,
+    /// A Matter batch's birth: the PAI that signs its DAC.
+    matter: Option<Arc<CaKey>>,
 }
 
 /// RFC 7030 leaves the subject to the CA: a request that carries only a CN,

@@ -9,12 +9,13 @@
 //! concurrency and across processes.
 
 use iotpki_core::keys;
+use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Profile};
 use iotpki_core::serial;
 use iotpki_store::{
-    AuditEvent, BatchRecord, BatchStatus, CertRecord, CertStatus, StationRecord, StationStatus, Store, StoreError,
-    SyncEntry, SyncOutcome, SyncUpload,
+    AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus, StationRecord, StationStatus, Store,
+    StoreError, SyncEntry, SyncOutcome, SyncUpload,
 };
 use spki::der::{Decode, Encode};
 
@@ -96,6 +97,53 @@ pub struct NewBatch {
     pub from: i64,
     /// First second it no longer issues in.
     pub until: i64,
+    /// What its births are (default: birth certificates under the manufacturing CA).
+    pub profile: BatchProfile,
+}
+
+/// The profile `iotpki batch create` (or the admin API) asks for: `profile`
+/// (`device`, the default, or `matter-dac`) with the Matter vendor and
+/// product ids (four hex digits each), which only `matter-dac` takes and needs.
+pub fn batch_profile(
+    profile: Option<&str>,
+    vendor_id: Option<&str>,
+    product_id: Option<&str>,
+) -> Result<BatchProfile, AuthorityError> {
+    let bad = |e: iotpki_core::Error| AuthorityError::malformed(e.to_string());
+    match (profile.unwrap_or("device"), vendor_id, product_id) {
+        ("device", None, None) => Ok(BatchProfile::Device),
+        ("device", _, _) => Err(AuthorityError::malformed(
+            "--vendor-id and --product-id are for Matter batches: add --profile matter-dac".into(),
+        )),
+        ("matter-dac", Some(v), Some(p)) => Ok(BatchProfile::MatterDac {
+            vendor_id: VendorId::parse(v).map_err(bad)?.0,
+            product_id: ProductId::parse(p).map_err(bad)?.0,
+        }),
+        ("matter-dac", _, _) => Err(AuthorityError::malformed(
+            "a matter-dac batch needs --vendor-id and --product-id (four hex digits each, such as FFF1 and 8000)"
+                .into(),
+        )),
+        (other, _, _) => {
+            Err(AuthorityError::malformed(format!("batch profile {other:?}: give device (the default) or matter-dac")))
+        }
+    }
+}
+
+/// The store's good PAI certificates for `vid` that may sign a DAC of `pid`
+/// (their subject names `vid`, and no product or `pid`).
+fn pai_recorded(store: &dyn Store, vid: VendorId, pid: ProductId) -> Result<bool, AuthorityError> {
+    let q = iotpki_store::CertQuery { profile: Some(Profile::MatterPai.name().into()), ..Default::default() };
+    for rec in store.list_certificates(&q)? {
+        if rec.status != CertStatus::Good {
+            continue;
+        }
+        let info = profile::cert_info(&rec.der)?;
+        let (v, p) = iotpki_core::matter::ids_of(&info.cert.tbs_certificate.subject);
+        if v.as_deref() == Some(vid.to_string().as_str()) && p.as_deref().is_none_or(|p| p == pid.to_string()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A name for a batch or a station: 1 to 64 of `A-Z a-z 0-9 - _ .`.
@@ -162,6 +210,18 @@ pub fn create_batch(
     if nb.from >= nb.until {
         return Err(AuthorityError::malformed("the window must end after it starts (--from before --until)".into()));
     }
+    if let BatchProfile::MatterDac { vendor_id, product_id } = nb.profile {
+        // Parse again: a caller may build the profile by hand.
+        let vid = VendorId::parse(&format!("{vendor_id:04X}")).map_err(|e| AuthorityError::malformed(e.to_string()))?;
+        let pid =
+            ProductId::parse(&format!("{product_id:04X}")).map_err(|e| AuthorityError::malformed(e.to_string()))?;
+        if !pai_recorded(store, vid, pid)? {
+            return Err(AuthorityError::malformed(format!(
+                "this authority has no PAI for vendor id {vid} that may sign product {pid}: make one first \
+                 (iotpki matter paa, then iotpki matter pai --vendor-id {vid})"
+            )));
+        }
+    }
     let now = clock.now();
     let record = BatchRecord {
         id: id.clone(),
@@ -175,6 +235,13 @@ pub fn create_batch(
         status: BatchStatus::Open,
         created_at: now,
         allowlist: serials.len() as u64,
+        profile: nb.profile,
+    };
+    let matter = match nb.profile {
+        BatchProfile::Device => String::new(),
+        BatchProfile::MatterDac { vendor_id, product_id } => {
+            format!(" profile=matter-dac vendor_id={vendor_id:04X} product_id={product_id:04X}")
+        }
     };
     let audit = AuditEvent {
         at: now,
@@ -182,7 +249,7 @@ pub fn create_batch(
         action: "batch.create".into(),
         target: id.clone(),
         detail: format!(
-            "product={} quota={} serials={} window={}..{}",
+            "product={} quota={} serials={} window={}..{}{matter}",
             nb.product,
             nb.quota,
             serials.len(),
@@ -368,6 +435,13 @@ impl Authority {
         actor: &str,
     ) -> Result<Delegated, AuthorityError> {
         let rec = self.store.batch(batch)?.ok_or_else(|| StoreError::BatchUnknown { batch: batch.into() })?;
+        if let BatchProfile::MatterDac { vendor_id, .. } = rec.profile {
+            return Err(AuthorityError::forbidden(format!(
+                "batch {batch} issues Matter DACs, which only the PAI of vendor id {vendor_id:04X} signs (a PAI's \
+                 path length is 0, Matter 6.2.2.4: no delegated CA can sit under it): its stations give birth \
+                 online only"
+            )));
+        }
         if attest::required(self.store.as_ref(), batch)? {
             return Err(AuthorityError::forbidden(format!(
                 "batch {batch} requires TPM attestation, which the authority checks online at each birth: \

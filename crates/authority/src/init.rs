@@ -324,6 +324,7 @@ fn build(
         limits: Default::default(),
         console: Default::default(),
         events: Default::default(),
+        matter: None,
         hsm: opts.hsm.as_ref().map(|h| HsmConfig {
             module: h.module.clone(),
             token: Pkcs11Uri { token: h.token.token.clone(), ..Default::default() }.to_string(),

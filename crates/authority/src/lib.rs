@@ -35,6 +35,7 @@ mod fleet;
 pub mod init;
 pub mod key_registry;
 pub mod keyfile;
+pub mod matter;
 pub mod metrics;
 pub mod ocsp_cache;
 mod open;
@@ -168,6 +169,9 @@ pub struct Authority {
     refusals: refusals::RefusalAudit,
     /// What `/metrics` reports.
     metrics: metrics::Metrics,
+    /// Matter PAIs, keys unlocked, by vendor id; and the PAA's certificate.
+    matter_pais: matter::Pais,
+    matter_paa: Option<Vec<u8>>,
 }
 
 /// Which CRL of an issuing CA: the complete one (`shard` is `None`) or shard
@@ -282,6 +286,13 @@ impl Authority {
         actor: &str,
     ) -> Result<String, AuthorityError> {
         tokens::create(self.store.as_ref(), &self.cfg, self.clock.as_ref(), serial, ttl_secs, actor)
+    }
+
+    /// The Matter chain above a DAC of vendor `vid`: its PAI's certificate
+    /// and the PAA's (DER), when the authority has a PAI for `vid`.
+    pub fn matter_chain(&self, vid: iotpki_core::matter::VendorId) -> Option<(Vec<u8>, Vec<u8>)> {
+        let pai = self.matter_pais.get(&vid)?;
+        Some((pai.ca.cert_der.clone(), self.matter_paa.clone()?))
     }
 
     /// Write the refusals counted in the current window to the audit log now

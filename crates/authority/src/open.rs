@@ -264,6 +264,7 @@ impl Authority {
             .map(|c| CertificateDer::from(c.cert_der.clone()))
             .chain(older.into_iter().map(CertificateDer::from))
             .collect();
+        let (matter_pais, matter_paa) = crate::matter::load(dir, &cfg, pass)?;
         let refusals =
             refusals::RefusalAudit::new(cfg.limits.refusal_audit_window_secs, cfg.limits.refusal_audit_individual);
         Ok(Self {
@@ -288,6 +289,8 @@ impl Authority {
             verified_paths: VerifiedPaths::default(),
             refusals,
             metrics: crate::metrics::Metrics::default(),
+            matter_pais,
+            matter_paa,
         })
     }
 }

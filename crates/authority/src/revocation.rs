@@ -78,6 +78,13 @@ pub fn revoke(
         Target::Serial(s) => {
             let s = s.to_ascii_lowercase();
             if let Some(rec) = store.certificate(&s)? {
+                if [Profile::MatterPaa, Profile::MatterPai].iter().any(|p| p.name() == rec.profile) {
+                    return Err(AuthorityError::malformed(format!(
+                        "certificate {s} is a Matter {}: revoking a PAA or a PAI is not supported (no CRL is \
+                         published for them; docs/matter.md)",
+                        rec.profile
+                    )));
+                }
                 if is_ca_profile(&rec.profile) {
                     return Err(AuthorityError::malformed(format!(
                         "certificate {s} is a CA certificate ({}) issued by {}: revoke it with `iotpki ca revoke \

@@ -100,6 +100,7 @@ impl Ca {
             quota,
             from: self.clock.now() - 60,
             until: self.clock.now() + DAY,
+            profile: Default::default(),
         };
         factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
     }

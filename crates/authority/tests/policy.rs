@@ -113,6 +113,7 @@ impl Ca {
             quota,
             from: self.now() - 60,
             until: self.now() + 86_400,
+            profile: Default::default(),
         };
         factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
     }

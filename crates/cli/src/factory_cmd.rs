@@ -10,7 +10,7 @@ use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::SystemClock;
 use iotpki_core::keys::{KeyType, Signer};
 use iotpki_core::time::rfc3339;
-use iotpki_store::{BatchStatus, StationStatus};
+use iotpki_store::{BatchProfile, BatchStatus, StationStatus};
 
 use crate::{DirArg, PassArg};
 
@@ -49,6 +49,17 @@ pub enum BatchCmd {
         /// for its serial (`batch add-ek`); a key in a file or a token is refused. Needs --id.
         #[arg(long, requires = "id")]
         require_tpm_attestation: bool,
+        /// What its births get: `device` (a birth certificate under the manufacturing CA)
+        /// or `matter-dac` (a Matter Device Attestation Certificate under the PAI of
+        /// --vendor-id; docs/matter.md).
+        #[arg(long, default_value = "device", value_parser = ["device", "matter-dac"])]
+        profile: String,
+        /// A matter-dac batch's Matter Vendor ID: four hex digits (FFF1 to FFF4 are test ids).
+        #[arg(long, value_name = "HEX4")]
+        vendor_id: Option<String>,
+        /// A matter-dac batch's Matter Product ID: four hex digits.
+        #[arg(long, value_name = "HEX4")]
+        product_id: Option<String>,
     },
     /// Register the TPM endorsement key (EK) of a device in a batch that requires TPM
     /// attestation (the public key `iotpki agent tpm-ek` prints, or the EK certificate's).
@@ -94,7 +105,21 @@ pub enum BatchCmd {
 
 pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
     match c {
-        BatchCmd::Create { dir, id, product, serials, quota, from, until, require_tpm_attestation } => {
+        BatchCmd::Create {
+            dir,
+            id,
+            product,
+            serials,
+            quota,
+            from,
+            until,
+            require_tpm_attestation,
+            profile,
+            vendor_id,
+            product_id,
+        } => {
+            // Checked before anything is read or written.
+            let profile = factory::batch_profile(Some(&profile), vendor_id.as_deref(), product_id.as_deref())?;
             let store = dir.store()?;
             let allowlist =
                 std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
@@ -104,12 +129,13 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
                 // Recorded before the batch exists, so no birth can come first.
                 iotpki_authority::attest::require(store.as_ref(), &SystemClock, id, "admin:cli")?;
             }
-            let nb = NewBatch { id, product, allowlist, quota, from, until };
+            let nb = NewBatch { id, product, allowlist, quota, from, until, profile };
             let b = factory::create_batch(store.as_ref(), &SystemClock, nb, "admin:cli")?;
             println!("{}", b.id);
             eprintln!(
-                "batch {} created: {} serials, quota {}, {} .. {}",
+                "batch {} ({}) created: {} serials, quota {}, {} .. {}",
                 b.id,
+                b.profile.name(),
                 b.allowlist,
                 b.quota,
                 rfc3339(b.valid_from),
@@ -127,13 +153,19 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  UNTIL",
-                "ID", "PRODUCT", "QUOTA", "ISSUED", "REFUSED", "FLAGGED", "STATUS"
+                "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {:<20}  PROFILE",
+                "ID", "PRODUCT", "QUOTA", "ISSUED", "REFUSED", "FLAGGED", "STATUS", "UNTIL"
             );
             for b in &all {
                 let st = if b.status == BatchStatus::Open { "open" } else { "closed" };
+                let profile = match b.profile {
+                    BatchProfile::Device => "device".to_string(),
+                    BatchProfile::MatterDac { vendor_id, product_id } => {
+                        format!("matter-dac {vendor_id:04X}/{product_id:04X}")
+                    }
+                };
                 println!(
-                    "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {}",
+                    "{:<20} {:<16} {:>8} {:>8} {:>8} {:>8}  {:<6}  {:<20}  {profile}",
                     b.id,
                     b.product,
                     b.quota,

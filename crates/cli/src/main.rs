@@ -12,6 +12,7 @@ mod duration;
 mod factory_cmd;
 mod key_cmd;
 mod loadgen;
+mod matter_cmd;
 mod owner_cmd;
 mod server_cert;
 
@@ -74,6 +75,9 @@ enum Cmd {
     /// Production batches: serial allowlists, quotas, windows.
     #[command(subcommand)]
     Batch(factory_cmd::BatchCmd),
+    /// Matter device attestation: the PAA and PAIs, and a checker for DAC, PAI and PAA certificates.
+    #[command(subcommand)]
+    Matter(matter_cmd::MatterCmd),
     /// Factory stations.
     #[command(subcommand)]
     Station(factory_cmd::StationCmd),
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
         Cmd::Device(c) => owner_cmd::device(c),
         Cmd::Agent(c) => iotpki_agent::cli::run(c),
         Cmd::Batch(c) => factory_cmd::batch(c),
+        Cmd::Matter(c) => matter_cmd::run(c),
         Cmd::Station(c) => factory_cmd::station(c),
         Cmd::Factory(c) => factory_cmd::factory(c),
         Cmd::Bundle(c) => bundle_cmd::run(c),

@@ -18,6 +18,7 @@ pub mod csr;
 mod error;
 pub mod est;
 pub mod keys;
+pub mod matter;
 pub mod name;
 pub mod ocsp;
 pub mod pem;

@@ -12,6 +12,13 @@
 //! | station     | critical, not CA        | digitalSignature           | clientAuth  |
 //! | admin       | critical, not CA        | digitalSignature           | clientAuth, [`ADMIN_ROLE`] |
 //! | OCSP signer | critical, not CA        | digitalSignature           | OCSPSigning, + id-pkix-ocsp-nocheck |
+//! | Matter PAA  | critical, CA, pathLen 1 | keyCertSign, cRLSign       | -           |
+//! | Matter PAI  | critical, CA, pathLen 0 | keyCertSign, cRLSign       | -           |
+//! | Matter DAC  | critical, not CA        | digitalSignature           | -           |
+//!
+//! The three Matter profiles (device attestation, Matter core specification
+//! 6.2.2; see [`crate::matter`]) carry no revocation pointers and must be
+//! P-256 keys signed with ecdsa-with-SHA256 (the lint refuses anything else).
 //!
 //! Every certificate carries subjectKeyIdentifier and authorityKeyIdentifier
 //! (RFC 7093 method 1 key identifiers). notAfter is clamped to the issuer's.
@@ -77,6 +84,12 @@ pub enum Profile {
     OcspSigner,
     /// An administrator of the authority: a TLS client of the admin API.
     Admin,
+    /// A Matter Product Attestation Authority: a self-signed root (Matter core spec 6.2.2.5).
+    MatterPaa,
+    /// A Matter Product Attestation Intermediate for one vendor id (6.2.2.4).
+    MatterPai,
+    /// A Matter Device Attestation Certificate (6.2.2.3).
+    MatterDac,
 }
 
 impl Profile {
@@ -92,11 +105,22 @@ impl Profile {
             Self::Station => "station",
             Self::OcspSigner => "ocsp-signer",
             Self::Admin => "admin",
+            Self::MatterPaa => "matter-paa",
+            Self::MatterPai => "matter-pai",
+            Self::MatterDac => "matter-dac",
         }
     }
 
     fn is_ca(self) -> bool {
-        matches!(self, Self::Root | Self::IssuingCa | Self::DelegatingCa | Self::DelegatedCa)
+        matches!(
+            self,
+            Self::Root | Self::IssuingCa | Self::DelegatingCa | Self::DelegatedCa | Self::MatterPaa | Self::MatterPai
+        )
+    }
+
+    /// Whether this is one of the Matter device attestation profiles.
+    pub fn is_matter(self) -> bool {
+        matches!(self, Self::MatterPaa | Self::MatterPai | Self::MatterDac)
     }
 }
 
@@ -182,8 +206,9 @@ fn revocation_extensions(p: Profile, urls: &RevocationUrls, out: &mut Vec<Extens
     use x509_cert::ext::pkix::crl::dp::DistributionPoint;
     use x509_cert::ext::pkix::name::DistributionPointName;
     use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax, CrlDistributionPoints};
-    // The root's status is not on a CRL of ours; an OCSP signer is not checked (nocheck).
-    if matches!(p, Profile::Root | Profile::OcspSigner) {
+    // The root's status is not on a CRL of ours; an OCSP signer is not checked
+    // (nocheck); Matter attestation certificates carry no pointers (docs/matter.md).
+    if matches!(p, Profile::Root | Profile::OcspSigner) || p.is_matter() {
         return Ok(());
     }
     let dp = DistributionPoint {
@@ -208,11 +233,17 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
     let mut out = Vec::with_capacity(6);
     let bc = match p {
         Profile::Root => BasicConstraints { ca: true, path_len_constraint: None },
-        Profile::IssuingCa | Profile::DelegatedCa => BasicConstraints { ca: true, path_len_constraint: Some(0) },
-        Profile::DelegatingCa => BasicConstraints { ca: true, path_len_constraint: Some(1) },
-        Profile::Device | Profile::Server | Profile::Station | Profile::OcspSigner | Profile::Admin => {
-            BasicConstraints { ca: false, path_len_constraint: None }
+        Profile::IssuingCa | Profile::DelegatedCa | Profile::MatterPai => {
+            BasicConstraints { ca: true, path_len_constraint: Some(0) }
         }
+        // Matter 6.2.2.5: a PAA's path length constraint, when present, is 1.
+        Profile::DelegatingCa | Profile::MatterPaa => BasicConstraints { ca: true, path_len_constraint: Some(1) },
+        Profile::Device
+        | Profile::Server
+        | Profile::Station
+        | Profile::OcspSigner
+        | Profile::Admin
+        | Profile::MatterDac => BasicConstraints { ca: false, path_len_constraint: None },
     };
     out.push(ext(&bc, true)?);
     // A delegated CA (a station's offline sub-CA) signs its own CRL too: the
@@ -238,7 +269,14 @@ fn extensions(params: &CertParams, issuer_key_id: &[u8]) -> Result<Vec<Extension
         }
         Profile::Server => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH]), false)?),
         Profile::Admin => out.push(ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH, ADMIN_ROLE]), false)?),
-        Profile::Root | Profile::IssuingCa | Profile::DelegatingCa | Profile::DelegatedCa => {}
+        // Matter 6.2.2.3: a DAC needs no extKeyUsage; the attestation profiles carry none.
+        Profile::Root
+        | Profile::IssuingCa
+        | Profile::DelegatingCa
+        | Profile::DelegatedCa
+        | Profile::MatterPaa
+        | Profile::MatterPai
+        | Profile::MatterDac => {}
     }
     let ski = keys::key_identifier(&params.spki);
     out.push(ext(&SubjectKeyIdentifier(OctetString::new(ski).map_err(|e| Error::der("SKI", e))?), false)?);
@@ -409,6 +447,18 @@ fn lint(tbs: &TbsRef<'_>, profile: Profile) -> Result<(), Error> {
     }
     if admin && (!eku.contains(&rfc5280::ID_KP_CLIENT_AUTH) || profile.is_ca()) {
         return Err(Error::Profile("an admin certificate is an end entity with clientAuth".into()));
+    }
+    // Matter 6.2.2: attestation certificates are P-256 keys signed with ecdsa-with-SHA256.
+    if profile.is_matter() {
+        if tbs.signature.oid != const_oid::db::rfc5912::ECDSA_WITH_SHA_256 {
+            return Err(Error::Profile(format!(
+                "a Matter {} certificate is signed with ecdsa-with-SHA256 (its issuer's key must be P-256)",
+                profile.name()
+            )));
+        }
+        if keys::KeyType::of_spki(tbs.spki).ok() != Some(keys::KeyType::EcdsaP256) {
+            return Err(Error::Profile(format!("a Matter {} certificate certifies a P-256 key", profile.name())));
+        }
     }
     Ok(())
 }

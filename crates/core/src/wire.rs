@@ -124,6 +124,12 @@ pub struct StationBatch {
     pub allowlist: u64,
     /// Serials of the allowlist not born yet (as many as asked for).
     pub unborn: Vec<String>,
+    /// What its births get: `device` or `matter-dac` (docs/matter.md).
+    #[serde(default = "device_profile")]
+    pub profile: String,
+    /// A `matter-dac` batch: the PAI and then the PAA certificates (PEM) its DACs chain to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matter_chain: Vec<String>,
 }
 
 /// `POST /factory/tpm-challenge`: a station asks a challenge for a device's TPM key.
@@ -286,6 +292,20 @@ pub struct Batch {
     /// `required` or `no` (when one batch is shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_attestation: Option<String>,
+    /// What its births get: `device` (a birth certificate) or `matter-dac`
+    /// (a Matter Device Attestation Certificate; docs/matter.md).
+    #[serde(default = "device_profile")]
+    pub profile: String,
+    /// A `matter-dac` batch's Matter Vendor ID, four uppercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// A `matter-dac` batch's Matter Product ID, four uppercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<String>,
+}
+
+fn device_profile() -> String {
+    "device".into()
 }
 
 /// `GET /admin/v1/whoami`.

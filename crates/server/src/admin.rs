@@ -11,7 +11,7 @@
 //! | POST | `/admin/v1/certificates/SERIAL/revoke` | revoke it; body `{"reason": "keyCompromise"}` (optional) |
 //! | POST | `/admin/v1/devices/SERIAL/revoke` | revoke every certificate of a device (and its ownership) |
 //! | GET  | `/admin/v1/batches` | batches |
-//! | POST | `/admin/v1/batches` | create one: `{"id", "product", "serials": [..], "quota", "from", "until"}` (RFC 3339) |
+//! | POST | `/admin/v1/batches` | create one: `{"id", "product", "serials": [..], "quota", "from", "until"}` (RFC 3339), optionally `"profile": "matter-dac", "vendor_id", "product_id"` |
 //! | GET  | `/admin/v1/batches/ID` | one batch |
 //! | POST | `/admin/v1/batches/ID/close` | close it |
 //! | GET  | `/admin/v1/audit?from=&limit=` | audit entries |
@@ -44,7 +44,7 @@ use axum::response::Response;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Router};
 use iotpki_authority::admin::Admin;
-use iotpki_authority::factory::NewBatch;
+use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::revocation::Target;
 use iotpki_authority::{Authority, AuthorityError, Caller};
 use iotpki_core::name::DeviceSerial;
@@ -404,6 +404,12 @@ struct BatchBody {
     from: Option<String>,
     /// First second after it, RFC 3339 (default: 90 days after `from`).
     until: Option<String>,
+    /// What its births get: `device` (default) or `matter-dac` (docs/matter.md).
+    profile: Option<String>,
+    /// A `matter-dac` batch's Matter Vendor ID: four hex digits.
+    vendor_id: Option<String>,
+    /// A `matter-dac` batch's Matter Product ID: four hex digits.
+    product_id: Option<String>,
 }
 
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
@@ -443,6 +449,8 @@ async fn create_batch(
             if bb.serials.iter().any(|s| s.contains(['\n', '\r', ','])) {
                 return Err(AuthorityError::malformed("a serial in \"serials\" holds a line break or a comma".into()));
             }
+            let profile =
+                factory::batch_profile(bb.profile.as_deref(), bb.vendor_id.as_deref(), bb.product_id.as_deref())?;
             Ok(NewBatch {
                 id: bb.id,
                 product: bb.product,
@@ -450,6 +458,7 @@ async fn create_batch(
                 quota: bb.quota,
                 from,
                 until,
+                profile,
             })
         });
         let nb = refuse_bad_input(adm, r, "batch.create", "")?;

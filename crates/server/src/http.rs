@@ -281,8 +281,24 @@ async fn station_batch(
     Path(id): Path<String>,
     Query(q): Query<BatchQuery>,
 ) -> Result<Response, ApiError> {
-    let (rec, unborn) = blocking(move || a.station_batch(&caller, &id, q.unborn.unwrap_or(0))).await??;
+    let (rec, unborn, matter_chain) = blocking(move || {
+        let (rec, unborn) = a.station_batch(&caller, &id, q.unborn.unwrap_or(0))?;
+        // A Matter batch's births chain to its vendor's PAI and the PAA, not to the root.
+        let chain = match rec.profile {
+            iotpki_store::BatchProfile::MatterDac { vendor_id, .. } => a
+                .matter_chain(iotpki_core::matter::VendorId(vendor_id))
+                .map(|(pai, paa)| {
+                    vec![iotpki_core::pem::encode("CERTIFICATE", &pai), iotpki_core::pem::encode("CERTIFICATE", &paa)]
+                })
+                .unwrap_or_default(),
+            iotpki_store::BatchProfile::Device => vec![],
+        };
+        Ok::<_, iotpki_authority::AuthorityError>((rec, unborn, chain))
+    })
+    .await??;
     Ok(json(wire::StationBatch {
+        profile: rec.profile.name().into(),
+        matter_chain,
         id: rec.id,
         product: rec.product,
         quota: rec.quota,

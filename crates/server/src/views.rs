@@ -4,7 +4,7 @@
 use iotpki_authority::key_registry::{Holder, KeyInfo};
 use iotpki_core::time::rfc3339;
 use iotpki_core::wire;
-use iotpki_store::{BatchRecord, BatchStatus, BlockedKey, CertRecord, CertStatus, KeysBlocked};
+use iotpki_store::{BatchProfile, BatchRecord, BatchStatus, BlockedKey, CertRecord, CertStatus, KeysBlocked};
 
 /// A certificate record (without its PEM).
 pub fn cert_record(r: &CertRecord) -> wire::CertRecord {
@@ -47,6 +47,15 @@ pub fn batch(b: &BatchRecord) -> wire::Batch {
         status: if b.status == BatchStatus::Open { "open" } else { "closed" }.into(),
         created_at: rfc3339(b.created_at),
         tpm_attestation: None,
+        profile: b.profile.name().into(),
+        vendor_id: match b.profile {
+            BatchProfile::MatterDac { vendor_id, .. } => Some(format!("{vendor_id:04X}")),
+            BatchProfile::Device => None,
+        },
+        product_id: match b.profile {
+            BatchProfile::MatterDac { product_id, .. } => Some(format!("{product_id:04X}")),
+            BatchProfile::Device => None,
+        },
     }
 }
 

@@ -124,18 +124,35 @@ impl Station {
         Ok(st)
     }
 
-    /// A birth certificate for `csr`, and the chain the device should hold:
-    /// from the authority over EST, or from the delegated CA when offline.
+    /// A birth certificate for `csr`, the chain the device should hold and
+    /// the anchor it chains to: from the authority over EST, or from the
+    /// delegated CA when offline. A Matter batch's birth is a DAC: its chain
+    /// is the batch's PAI and its anchor the PAA (docs/matter.md).
     async fn obtain(
         &self,
         csr: &[u8],
         batch: &str,
         activation: Option<(&str, &[u8])>,
-    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
-        match &self.offline {
-            Some(off) => off.issue(csr, batch),
-            None => Ok((self.client.simple_enroll_batch_attested(csr, batch, activation).await?, self.chain.clone())),
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>, Vec<u8>), AgentError> {
+        let cert = match &self.offline {
+            Some(off) => return off.issue(csr, batch).map(|(cert, chain)| (cert, chain, self.anchor.clone())),
+            None => self.client.simple_enroll_batch_attested(csr, batch, activation).await?,
+        };
+        let info = iotpki_core::profile::cert_info(&cert)?;
+        if iotpki_core::matter::ids_of(&info.cert.tbs_certificate.subject).0.is_none() {
+            return Ok((cert, self.chain.clone(), self.anchor.clone()));
         }
+        let b = self.api.batch(batch, 0).await?;
+        let mut chain = Vec::with_capacity(2);
+        for p in &b.matter_chain {
+            chain.push(
+                pem::decode_one("CERTIFICATE", p).map_err(|e| AgentError::BadAnswer(format!("Matter chain: {e}")))?,
+            );
+        }
+        let [pai, paa]: [Vec<u8>; 2] = chain.try_into().map_err(|_| {
+            AgentError::BadAnswer(format!("the authority sent a Matter DAC for batch {batch} but not its PAI and PAA"))
+        })?;
+        Ok((cert, vec![pai], paa))
     }
 
     /// TPM attestation on the line, after KEYGEN: the device shows its new
@@ -256,15 +273,9 @@ impl Station {
             }
             let activation = self.attest_on_line(&mut tcp, batch, &serial).await?;
             let activation = activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice()));
-            let (cert, chain) = self.obtain(&csr, batch, activation).await?;
+            let (cert, chain, anchor) = self.obtain(&csr, batch, activation).await?;
             let cert_serial = iotpki_core::profile::cert_info(&cert)?.serial;
-            let install = link::Install {
-                cert,
-                anchor: self.anchor.clone(),
-                server: self.server.clone(),
-                label: BIRTH_LABEL.into(),
-                chain,
-            };
+            let install = link::Install { cert, anchor, server: self.server.clone(), label: BIRTH_LABEL.into(), chain };
             let ok = ask(&mut tcp, kind::INSTALL, &install.encode(), kind::INSTALLED).await?;
             if ok != cert_serial.as_bytes() {
                 return Err(AgentError::BadAnswer("the device confirmed another certificate".into()));
@@ -282,9 +293,9 @@ impl Station {
         // A simulated device keeps its keys in files.
         let keystore = iotpki_agent::keystore::Keystore::open(dir, None, None)?;
         let csr = iotpki_agent::flow::begin_birth(dir, serial, key_type, &keystore)?;
-        let (cert, chain) = self.obtain(&csr, batch, None).await?;
-        let (anchor, server) = (&self.anchor, &self.server);
-        iotpki_agent::flow::finish_birth(dir, serial, &cert, &chain, anchor, server, Some(BIRTH_LABEL), &keystore)?;
+        let (cert, chain, anchor) = self.obtain(&csr, batch, None).await?;
+        let server = &self.server;
+        iotpki_agent::flow::finish_birth(dir, serial, &cert, &chain, &anchor, server, Some(BIRTH_LABEL), &keystore)?;
         Ok(iotpki_core::profile::cert_info(&cert)?.serial)
     }
 }

@@ -102,6 +102,7 @@ fn run(
         status: BatchStatus::Open,
         created_at: now - 400 * DAY,
         allowlist: 0,
+        profile: Default::default(),
     };
     store.create_batch(batch, vec![], ev("batch.create", "B"))?;
     let st = cert("line-1", None, "station", now - 400 * DAY, now + 3650 * DAY, der_len);

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::audit::sha256_hex;
 
 use crate::{
-    Artifact, AuditEvent, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim, DeviceRevocation,
-    ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition, RevokedCert,
-    StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
+    Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim,
+    DeviceRevocation, ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition,
+    RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -88,6 +88,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     concurrent_issuance(store);
     fleet_matches_rebuild(store);
     factory_births_and_refusals(store);
+    fleet_matches_rebuild(store);
+    batch_profiles_round_trip(store);
     fleet_matches_rebuild(store);
     quota_race(store);
     fleet_matches_rebuild(store);
@@ -326,8 +328,44 @@ pub fn batch(store: &dyn Store, id: &str, quota: u64, serials: &[String]) {
         status: BatchStatus::Open,
         created_at: 1,
         allowlist: 0,
+        profile: BatchProfile::Device,
     };
     store.create_batch(b, serials.to_vec(), event("batch.create", id)).expect("create batch");
+}
+
+/// A batch's profile and Matter ids are kept as given and read back by
+/// `batch` and `list_batches`; a batch made without one is a device batch.
+pub fn batch_profiles_round_trip(store: &dyn Store) {
+    let plain = unique("BP-");
+    batch(store, &plain, 1, &[format!("{plain}-0")]);
+    assert_eq!(store.batch(&plain).expect("read").expect("exists").profile, BatchProfile::Device);
+    let matter = unique("BM-");
+    let profile = BatchProfile::MatterDac { vendor_id: 0xFFF1, product_id: 0x8000 };
+    let b = BatchRecord {
+        id: matter.clone(),
+        product: "light".into(),
+        quota: 1,
+        issued: 0,
+        refused: 0,
+        flagged: 0,
+        valid_from: 0,
+        valid_until: 10_000,
+        status: BatchStatus::Open,
+        created_at: 1,
+        allowlist: 0,
+        profile,
+    };
+    store.create_batch(b, vec![format!("{matter}-0")], event("batch.create", &matter)).expect("create batch");
+    assert_eq!(store.batch(&matter).expect("read").expect("exists").profile, profile);
+    let listed = store.list_batches().expect("list");
+    assert_eq!(listed.iter().find(|b| b.id == matter).expect("listed").profile, profile);
+    assert_eq!(listed.iter().find(|b| b.id == plain).expect("listed").profile, BatchProfile::Device);
+    // The largest ids survive the round trip (no sign or width trouble on either backend).
+    let top = unique("BT-");
+    let profile = BatchProfile::MatterDac { vendor_id: 0xFFF4, product_id: 0xFFFF };
+    let b = BatchRecord { id: top.clone(), profile, ..store.batch(&matter).expect("read").expect("exists") };
+    store.create_batch(b, vec![format!("{top}-0")], event("batch.create", &top)).expect("create batch");
+    assert_eq!(store.batch(&top).expect("read").expect("exists").profile, profile);
 }
 
 /// A station `name` authorised for `batches`.

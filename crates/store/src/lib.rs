@@ -343,6 +343,34 @@ pub struct BatchRecord {
     pub created_at: UnixTime,
     /// Size of its serial allowlist.
     pub allowlist: u64,
+    /// What its births are.
+    pub profile: BatchProfile,
+}
+
+/// What a batch's births are: which certificate a station's birth gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchProfile {
+    /// A birth certificate (IDevID) under the manufacturing CA.
+    #[default]
+    Device,
+    /// A Matter Device Attestation Certificate under the PAI of `vendor_id`,
+    /// carrying `vendor_id` and `product_id` (docs/matter.md).
+    MatterDac {
+        /// The Matter Vendor ID (0x0001..=0xFFF4).
+        vendor_id: u16,
+        /// The Matter Product ID (0x0001..=0xFFFF).
+        product_id: u16,
+    },
+}
+
+impl BatchProfile {
+    /// The profile's name as stored and shown: `device` or `matter-dac`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::MatterDac { .. } => "matter-dac",
+        }
+    }
 }
 
 /// Whether a station may still enroll.

@@ -91,6 +91,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "0010_console.sql", include_str!("../migrations/postgres/0010_console.sql")),
     (11, "0011_fleet.sql", include_str!("../migrations/postgres/0011_fleet.sql")),
     (12, "0012_events.sql", include_str!("../migrations/postgres/0012_events.sql")),
+    (13, "0013_batch_profile.sql", include_str!("../migrations/postgres/0013_batch_profile.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -712,6 +713,7 @@ mod tests {
         concurrent_token_race,
         concurrent_issuance,
         factory_births_and_refusals,
+        batch_profiles_round_trip,
         quota_race,
         clone_race,
         offline_sync,

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/sqlite/0010_console.sql")),
     (11, include_str!("../migrations/sqlite/0011_fleet.sql")),
     (12, include_str!("../migrations/sqlite/0012_events.sql")),
+    (13, include_str!("../migrations/sqlite/0013_batch_profile.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {

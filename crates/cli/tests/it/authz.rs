@@ -575,10 +575,31 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             br#"{"id":"AZB3","product":"gadget","serials":["AZ-B3-1","AZ-B3-2"],"quota":2}"#.to_vec(),
             Allowed(Box::new(|w, b| {
                 assert_eq!(json_body(b)["id"], "AZB3");
+                assert_eq!(json_body(b)["profile"], "device", "a batch without a profile is a device batch");
                 let rec = w.main.authority.store().batch("AZB3").unwrap().unwrap();
                 assert_eq!((rec.quota, rec.allowlist), (2, 2));
                 assert_eq!(w.main.last_audit().event.actor, "admin:alice");
             })),
+        ),
+        post(
+            "admin",
+            "create a Matter batch for a vendor without a PAI (docs/matter.md)",
+            Main,
+            Who::Alice,
+            "/admin/v1/batches",
+            json_ct,
+            br#"{"id":"AZB4","product":"light","serials":["AZ-B4-1"],"quota":1,"profile":"matter-dac","vendor_id":"FFF1","product_id":"8000"}"#.to_vec(),
+            Refused(400, "no PAI for vendor id FFF1"),
+        ),
+        post(
+            "admin",
+            "create a Matter batch with a reserved vendor id",
+            Main,
+            Who::Alice,
+            "/admin/v1/batches",
+            json_ct,
+            br#"{"id":"AZB4","product":"light","serials":["AZ-B4-1"],"quota":1,"profile":"matter-dac","vendor_id":"0000","product_id":"8000"}"#.to_vec(),
+            Refused(400, "vendor id 0000"),
         ),
         post(
             "admin",

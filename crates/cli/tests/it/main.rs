@@ -24,6 +24,7 @@ mod hsm;
 mod interop;
 mod limits;
 mod loadgen;
+mod matter;
 mod metrics;
 mod nginx;
 mod openapi;

@@ -73,6 +73,7 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
         quota: 1,
         from: now,
         until: now + 3600,
+        profile: Default::default(),
     };
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let station_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();

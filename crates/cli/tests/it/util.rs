@@ -215,6 +215,7 @@ pub fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
         quota,
         from: now - 60,
         until: now + 86_400,
+        profile: Default::default(),
     };
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
 }

@@ -142,12 +142,13 @@ pub(crate) async fn batches(ctx: Ctx) -> Response {
                     if b.flagged > 0 { format!("<span class=\"bad\">{}</span>", b.flagged) } else { "0".into() },
                     format!("{} – {}", esc(&html::day(b.valid_from)), esc(&html::day(b.valid_until))),
                     b.allowlist.to_string(),
+                    esc(&profile_text(&b.profile)),
                 ]
             })
             .collect();
         let mut h = html::table(
             "batches",
-            &["batch", "product", "status", "born / quota", "refused", "flagged", "issues", "allowlist"],
+            &["batch", "product", "status", "born / quota", "refused", "flagged", "issues", "allowlist", "profile"],
             &rows,
         );
         if v.role == iotpki_authority::console::ConsoleRole::Admin {
@@ -160,6 +161,10 @@ pub(crate) async fn batches(ctx: Ctx) -> Response {
                  <label>From (RFC 3339, empty: now)<input name=\"from\" placeholder=\"2027-01-01T00:00:00Z\"></label>\
                  <label>Until (RFC 3339, empty: 90 days later)<input name=\"until\"></label>\
                  <label>Serial allowlist, one per line<textarea name=\"serials\" rows=\"6\" required></textarea></label>\
+                 <label>Profile<select name=\"profile\"><option value=\"device\">device (birth certificate)</option>\
+                 <option value=\"matter-dac\">matter-dac (Matter DAC)</option></select></label>\
+                 <label>Matter vendor id (matter-dac only)<input name=\"vendor_id\" maxlength=\"4\" placeholder=\"FFF1\"></label>\
+                 <label>Matter product id (matter-dac only)<input name=\"product_id\" maxlength=\"4\" placeholder=\"8000\"></label>\
                  <button type=\"submit\">Create batch</button></form>",
                 html::csrf_field(&v.csrf)
             );
@@ -179,7 +184,8 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
              <tr><th>product</th><td>{}</td></tr><tr><th>status</th><td>{}</td></tr>\
              <tr><th>born / quota</th><td>{}</td></tr><tr><th>refused</th><td>{}</td></tr>\
              <tr><th>flagged</th><td>{}</td></tr><tr><th>issues</th><td>{} – {}</td></tr>\
-             <tr><th>allowlist</th><td>{} serials</td></tr><tr><th>created</th><td>{}</td></tr></tbody></table>",
+             <tr><th>allowlist</th><td>{} serials</td></tr><tr><th>created</th><td>{}</td></tr>\
+             <tr><th>profile</th><td>{}</td></tr></tbody></table>",
             esc(&b.id),
             esc(&b.product),
             if b.status == BatchStatus::Open { "open" } else { "closed" },
@@ -190,6 +196,7 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
             esc(&html::when(b.valid_until)),
             b.allowlist,
             esc(&html::when(b.created_at)),
+            esc(&profile_text(&b.profile)),
         );
         let rows: Vec<Vec<String>> =
             flags.iter().map(|(serial, f)| vec![format!("<code>{}</code>", esc(serial)), esc(f.name())]).collect();
@@ -212,6 +219,16 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
     .await
 }
 
+/// A batch's profile as the console shows it: `device`, or `matter-dac (VID FFF1, PID 8000)`.
+fn profile_text(p: &iotpki_store::BatchProfile) -> String {
+    match p {
+        iotpki_store::BatchProfile::Device => "device".into(),
+        iotpki_store::BatchProfile::MatterDac { vendor_id, product_id } => {
+            format!("matter-dac (VID {vendor_id:04X}, PID {product_id:04X})")
+        }
+    }
+}
+
 fn parse_time(what: &str, s: &str) -> Result<Option<i64>, AuthorityError> {
     if s.is_empty() {
         return Ok(None);
@@ -230,6 +247,9 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
                 .parse::<u64>()
                 .map_err(|_| AuthorityError::malformed("the quota is a whole number".into()))?;
             let id = f.get("id").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+            let opt = |k: &str| f.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+            let profile =
+                iotpki_authority::factory::batch_profile(opt("profile"), opt("vendor_id"), opt("product_id"))?;
             Ok(NewBatch {
                 id,
                 product: field(f, "product")?.to_string(),
@@ -237,6 +257,7 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
                 quota,
                 from,
                 until,
+                profile,
             })
         })();
         let nb = r.map_err(|e| adm.refused(e, "batch.create", ""))?;

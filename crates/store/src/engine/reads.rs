@@ -5,11 +5,11 @@ use super::writes::to_i64;
 use super::{Arg, Backend as _, HasEngine, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{
-    audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchRecord, BatchStatus, Batches,
-    BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation, DeviceRevoked, Flag, Health,
-    Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership, OwnershipStatus, Precondition,
-    Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    Tokens, UnixTime, WriterStats, GENESIS_HASH,
+    audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchProfile, BatchRecord,
+    BatchStatus, Batches, BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation,
+    DeviceRevoked, Flag, Health, Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership,
+    OwnershipStatus, Precondition, Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError,
+    SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats, GENESIS_HASH,
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \
@@ -17,7 +17,8 @@ const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before
 
 const BATCH_SELECT: &str = "SELECT b.id, b.product, b.quota, b.issued, b.refused, b.flagged, b.valid_from, \
                             b.valid_until, b.status, b.created_at, \
-                            (SELECT COUNT(*) FROM batch_serials s WHERE s.batch_id = b.id) FROM batches b";
+                            (SELECT COUNT(*) FROM batch_serials s WHERE s.batch_id = b.id), \
+                            b.profile, b.vendor_id, b.product_id FROM batches b";
 
 /// An RFC 5280 reason code as stored (0, unspecified, when unreadable).
 fn reason(v: Option<i64>) -> u8 {
@@ -60,7 +61,19 @@ fn batch_row(mut r: Row) -> Result<BatchRecord, StoreError> {
         status: if r.text(8)? == "open" { BatchStatus::Open } else { BatchStatus::Closed },
         created_at: r.int(9)?,
         allowlist: r.count(10)?,
+        profile: batch_profile(&mut r)?,
     })
+}
+
+/// Columns 11 to 13 of a batch row: its profile, and its Matter ids.
+fn batch_profile(r: &mut Row) -> Result<BatchProfile, StoreError> {
+    let profile = r.text(11)?;
+    let id = |v: Option<i64>| v.and_then(|v| u16::try_from(v).ok());
+    match (profile.as_str(), id(r.opt_int(12)?), id(r.opt_int(13)?)) {
+        ("device", None, None) => Ok(BatchProfile::Device),
+        ("matter-dac", Some(vendor_id), Some(product_id)) => Ok(BatchProfile::MatterDac { vendor_id, product_id }),
+        (p, v, d) => Err(StoreError::Database(format!("batch profile {p:?} with vendor id {v:?}, product id {d:?}"))),
+    }
 }
 
 /// A station by `name` or by `cert_serial` (the column is ours, never the caller's).

@@ -5,8 +5,8 @@ use super::reads::{ownership_of, sync_state_of};
 use super::{Arg, Head, SqlExt as _, Writer};
 use crate::ops::{Done, Op};
 use crate::{
-    audit_hash, check_claim, Artifact, AuditEvent, BatchRecord, BatchStatus, CertRecord, CertStatus, Claim,
-    DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, Issuance, KeyBlock, KeysBlocked,
+    audit_hash, check_claim, Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus,
+    Claim, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, Issuance, KeyBlock, KeysBlocked,
     ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
     EVENT_BATCH_FLAGGED, EVENT_CERT_EXPIRING, EVENT_CERT_REVOKED, EVENT_DEVICE_REVOKED, EVENT_STATION_REVOKED,
 };
@@ -324,8 +324,9 @@ impl<'a> Tx<'a> {
     fn create_batch(&mut self, b: &BatchRecord, serials: &[String]) -> Result<(), StoreError> {
         let status = if b.status == BatchStatus::Open { "open" } else { "closed" };
         self.w.insert(
-            "INSERT INTO batches (id, product, quota, issued, refused, flagged, valid_from, valid_until, status, created_at)
-             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7)",
+            "INSERT INTO batches (id, product, quota, issued, refused, flagged, valid_from, valid_until, status, created_at,
+                                  profile, vendor_id, product_id)
+             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 (&b.id).into(),
                 (&b.product).into(),
@@ -334,6 +335,9 @@ impl<'a> Tx<'a> {
                 Arg::Int(b.valid_until),
                 status.into(),
                 Arg::Int(b.created_at),
+                b.profile.name().into(),
+                matter_id(&b.profile, true),
+                matter_id(&b.profile, false),
             ],
             || StoreError::BatchExists { batch: b.id.clone() },
         )?;
@@ -1028,4 +1032,14 @@ fn insert_audit(w: &mut dyn Writer, entries: &[(i64, AuditEvent, String, String)
         })?;
     }
     Ok(())
+}
+
+/// A batch's Matter vendor id (`vendor`) or product id as stored: NULL for a device batch.
+fn matter_id(p: &BatchProfile, vendor: bool) -> Arg<'static> {
+    match p {
+        BatchProfile::Device => Arg::Null,
+        BatchProfile::MatterDac { vendor_id, product_id } => {
+            Arg::Int(i64::from(if vendor { *vendor_id } else { *product_id }))
+        }
+    }
 }
