@@ -273,7 +273,7 @@ impl CoapsClient {
         let inter: Vec<CertificateDer<'_>> = intermediates.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
         let now = UnixTime::now();
         ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
+            crate::est_client::SIGNATURE_ALGORITHMS.all,
             &anchors,
             &inter,
             now,

@@ -104,10 +104,12 @@ fn tls_provider() -> rustls::crypto::CryptoProvider {
     }
 }
 
-/// The server signatures a device accepts: ECDSA on P-256 and P-384, Ed25519
-/// (the key types the authority makes) and RSA with SHA-256 or SHA-384
-/// (PKCS#1 v1.5 and PSS), for a server certificate from another CA.
-static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
+/// The signatures a device accepts, in TLS and on the certificates it is
+/// issued: ECDSA on P-256 and P-384, Ed25519 (the key types the authority
+/// makes) and RSA with SHA-256 or SHA-384 (PKCS#1 v1.5 and PSS), for a server
+/// certificate from another CA. One crypto library's (webpki's
+/// `ALL_VERIFICATION_ALGS` would link both in a build that has both).
+pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
     use rustls::SignatureScheme as S;
     #[cfg(feature = "aws-lc")]
     use webpki::aws_lc_rs as w;

@@ -56,7 +56,7 @@ pub fn check_issued(cert_der: &[u8], key: &dyn Signer, chain: &[Vec<u8>], anchor
     let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| AgentError::BadAnswer(format!("certificate: {e}")))?;
     let t = UnixTime::since_unix_epoch(Duration::from_secs(now().max(0) as u64));
     match ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
+        crate::est_client::SIGNATURE_ALGORITHMS.all,
         &[ta],
         &inter,
         t,
