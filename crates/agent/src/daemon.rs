@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use iotpki_core::{pem, profile};
-use sha2::{Digest, Sha256};
 
 use crate::clock::now;
 use crate::{flow, state, AgentError, Identity};
@@ -127,7 +126,8 @@ pub enum Event<'a> {
 /// When the certificate with `serial` valid `not_before..not_after` is due for renewal.
 pub fn due_at(opts: &RunOptions, serial: &str, not_before: i64, not_after: i64) -> i64 {
     let life = (not_after - not_before).max(0) as f64;
-    let h = Sha256::digest(serial.as_bytes());
+    let h = crate::backend::digest::digest(&crate::backend::digest::SHA256, serial.as_bytes());
+    let h = h.as_ref();
     let frac = f64::from(u16::from_be_bytes([h[0], h[1]])) / 65_536.0;
     not_before + (life * (opts.renew_share + opts.jitter_share * frac)) as i64
 }
@@ -255,7 +255,10 @@ pub async fn run(opts: &RunOptions, mut report: impl FnMut(Event<'_>)) -> Result
                 }
             }
             Err(e) if transient(&e) && !opts.once => {
-                let stretch = 1.0 + rand::random::<f64>() * 0.5;
+                let mut r = [0u8; 2];
+                // No randomness: no stretch (the backoff still doubles).
+                let _ = crate::fill_random(&mut r);
+                let stretch = 1.0 + f64::from(u16::from_be_bytes(r)) / 65_536.0 * 0.5;
                 let wait = backoff.mul_f64(stretch).min(opts.max_backoff);
                 report(Event::Failed { error: &e, retry_in: wait });
                 tokio::time::sleep(wait).await;

@@ -93,10 +93,10 @@ impl Signer for ExternalKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, iotpki_core::Error> {
-        use sha2::Digest;
+        use crate::backend::digest;
         let digest = match self.kt {
-            KeyType::EcdsaP256 => sha2::Sha256::digest(message).to_vec(),
-            KeyType::EcdsaP384 => sha2::Sha384::digest(message).to_vec(),
+            KeyType::EcdsaP256 => digest::digest(&digest::SHA256, message).as_ref().to_vec(),
+            KeyType::EcdsaP384 => digest::digest(&digest::SHA384, message).as_ref().to_vec(),
             other => return Err(iotpki_core::Error::UnsupportedAlgorithm(format!("an external {other} key"))),
         };
         let external = |m: String| iotpki_core::Error::Signing(format!("external key {}: {m}", self.name));

@@ -58,6 +58,26 @@ async fn matter_ca() -> Ca {
 const FROM: &str = "2020-01-01T00:00:00Z";
 const UNTIL: &str = "2099-01-01T00:00:00Z";
 
+/// `iotpki batch create --profile matter-dac` in `dir`: the batch's id, as printed.
+fn matter_batch(dir: &str, id: &str, product: &str, list: &Path, quota: u32, vendor: &str, product_id: &str) -> String {
+    let quota = quota.to_string();
+    let list = list.to_str().unwrap();
+    run_ok(bin().args(["batch", "create", "--dir", dir, "--id", id, "--product", product, "--serials", list]).args([
+        "--quota",
+        &quota,
+        "--from",
+        FROM,
+        "--until",
+        UNTIL,
+        "--profile",
+        "matter-dac",
+        "--vendor-id",
+        vendor,
+        "--product-id",
+        product_id,
+    ]))
+}
+
 fn serials_file(ca: &Ca, name: &str, serials: &[&str]) -> PathBuf {
     let p = ca.tmp.path().join(name);
     std::fs::write(&p, serials.join("\n")).unwrap();
@@ -75,30 +95,7 @@ async fn a_matter_batch_gives_birth_to_dacs_that_the_spec_checker_openssl_and_pk
     let ca = matter_ca().await;
     let d = ca.dir.to_str().unwrap().to_string();
     let list = serials_file(&ca, "m.csv", &["M-001", "M-002"]);
-    let out = run_ok(bin().args([
-        "batch",
-        "create",
-        "--dir",
-        &d,
-        "--id",
-        "M1",
-        "--product",
-        "light",
-        "--serials",
-        list.to_str().unwrap(),
-        "--quota",
-        "2",
-        "--from",
-        FROM,
-        "--until",
-        UNTIL,
-        "--profile",
-        "matter-dac",
-        "--vendor-id",
-        "FFF1",
-        "--product-id",
-        "8000",
-    ]));
+    let out = matter_batch(&d, "M1", "light", &list, 2, "FFF1", "8000");
     assert_eq!(out.trim(), "M1");
     let b = ca.authority.store().batch("M1").unwrap().unwrap();
     assert_eq!(b.profile, BatchProfile::MatterDac { vendor_id: 0xFFF1, product_id: 0x8000 });
@@ -231,30 +228,7 @@ async fn two_batches() -> (Ca, Station, Station) {
     let ca = matter_ca().await;
     let d = ca.dir.to_str().unwrap().to_string();
     let list = serials_file(&ca, "m.csv", &["N-001", "N-002", "N-003"]);
-    run_ok(bin().args([
-        "batch",
-        "create",
-        "--dir",
-        &d,
-        "--id",
-        "MX",
-        "--product",
-        "light",
-        "--serials",
-        list.to_str().unwrap(),
-        "--quota",
-        "3",
-        "--from",
-        FROM,
-        "--until",
-        UNTIL,
-        "--profile",
-        "matter-dac",
-        "--vendor-id",
-        "FFF1",
-        "--product-id",
-        "8000",
-    ]));
+    matter_batch(&d, "MX", "light", &list, 3, "FFF1", "8000");
     crate::util::batch(&ca, "PLAIN", &["P-001".to_string()], 1);
     let plain = Station::open(&station(&ca, "plain-line", &["PLAIN"]), None).unwrap();
     let mx = Station::open(&station(&ca, "mx-line", &["MX"]), None).unwrap();
@@ -375,30 +349,7 @@ async fn a_pai_made_after_the_server_started_signs_nothing_until_a_restart() {
     let d = ca.dir.to_str().unwrap().to_string();
     run_ok(bin().env("IOTPKI_PASSPHRASE", PASS).args(["matter", "pai", "--dir", &d, "--vendor-id", "FFF2"]));
     let list = serials_file(&ca, "late.csv", &["L-001"]);
-    run_ok(bin().args([
-        "batch",
-        "create",
-        "--dir",
-        &d,
-        "--id",
-        "LATE",
-        "--product",
-        "light",
-        "--serials",
-        list.to_str().unwrap(),
-        "--quota",
-        "1",
-        "--from",
-        FROM,
-        "--until",
-        UNTIL,
-        "--profile",
-        "matter-dac",
-        "--vendor-id",
-        "FFF2",
-        "--product-id",
-        "8000",
-    ]));
+    matter_batch(&d, "LATE", "light", &list, 1, "FFF2", "8000");
     let st = Station::open(&station(&ca, "late-line", &["LATE"]), None).unwrap();
     let certs = ca.cert_count();
     let e = st.birth("LATE", &ca.tmp.path().join("dut-L"), "L-001", KeyType::EcdsaP256).await.unwrap_err();
