@@ -211,3 +211,43 @@ async fn the_device_binary_refuses_what_the_agent_refuses_with_the_same_messages
     assert_eq!(std::fs::read(enrolled.join("identity.json")).unwrap(), identity_before, "nothing changed");
     assert_eq!(ca.cert_count(), certs, "nothing issued");
 }
+
+/// A device moving between the two builds keeps its identity: keys the agent
+/// wrote (aws-lc) are loaded and used by the device binary (ring), and keys the
+/// device binary wrote by the agent, for every key type a device makes. Each
+/// renewal proves the old key in mutual TLS and writes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_written_on_aws_lc_serve_the_ring_build_and_back() {
+    let exe = blocking(device_binary).await;
+    let ca = Ca::start().await;
+    let tmp = ca.tmp.path().to_path_buf();
+    for (n, kt) in ["p256", "p384", "ed25519"].into_iter().enumerate() {
+        let serial = format!("MOVE-{n}");
+        let state = tmp.join(&serial);
+        let token = ca.token(&serial);
+        let (exe, url, root) = (exe.clone(), ca.url.clone(), ca.root_file());
+        blocking(move || {
+            let out = run_ok(agent().args(["enroll", "--server", &url, "--serial", &serial, "--key-type", kt]).args([
+                "--token".as_ref(),
+                token.as_ref(),
+                "--state".as_ref(),
+                state.as_os_str(),
+                "--ca-cert".as_ref(),
+                root.as_os_str(),
+            ]));
+            assert!(out.starts_with(&format!("enrolled {serial} as ")), "{kt}: {out}");
+            let mut seen = vec![cert_serial(&state)];
+            for (who, mut cmd) in [("device", device(&exe)), ("agent", agent()), ("device", device(&exe))] {
+                let out = run_ok(cmd.args(["renew", "--state"]).arg(&state));
+                assert!(out.starts_with(&format!("renewed {serial}: certificate ")), "{kt}, {who}: {out}");
+                let now = cert_serial(&state);
+                assert!(!seen.contains(&now), "{kt}, {who}: the same certificate again");
+                seen.push(now);
+            }
+            let st: serde_json::Value =
+                serde_json::from_str(&run_ok(device(&exe).args(["status", "--json", "--state"]).arg(&state))).unwrap();
+            assert_eq!(st["key_type"].as_str(), Some(kt), "{st}");
+        })
+        .await;
+    }
+}
