@@ -554,6 +554,12 @@ mod tests {
         refused(&with_null.to_der().unwrap(), "parameters");
         let short = spki_der(rfc8410::ID_ED_25519, None, &[7; 31]).unwrap();
         refused(&short, "32 octets");
+        // 32 octets that are no canonical point (y = 2^255 - 1, above the prime): aws-lc takes an
+        // Ed25519 key as 32 octets, as ring does; its signatures then never verify.
+        let mut not_a_point = [0xffu8; 32];
+        not_a_point[31] = 0x7f;
+        let odd = spki_der(rfc8410::ID_ED_25519, None, &not_a_point).unwrap();
+        assert_eq!(canonical_spki(&odd).unwrap(), odd, "both libraries take 32 octets");
         let unknown = spki_der(ObjectIdentifier::new_unwrap("1.2.3.4"), None, &[7; 32]).unwrap();
         refused(&unknown, "1.2.3.4");
         refused(b"junk", "DER");
