@@ -316,6 +316,11 @@ pub fn concurrent_issuance(store: &(dyn Store + 'static)) {
 
 /// A batch `id` of `quota` over `serials`, open from 0 until 10_000.
 pub fn batch(store: &dyn Store, id: &str, quota: u64, serials: &[String]) {
+    batch_of(store, id, quota, serials, BatchProfile::Device);
+}
+
+/// [`batch`] with a profile (a Matter DAC batch's ids).
+fn batch_of(store: &dyn Store, id: &str, quota: u64, serials: &[String], profile: BatchProfile) {
     let b = BatchRecord {
         id: id.into(),
         product: "widget".into(),
@@ -328,7 +333,7 @@ pub fn batch(store: &dyn Store, id: &str, quota: u64, serials: &[String]) {
         status: BatchStatus::Open,
         created_at: 1,
         allowlist: 0,
-        profile: BatchProfile::Device,
+        profile,
     };
     store.create_batch(b, serials.to_vec(), event("batch.create", id)).expect("create batch");
 }
@@ -341,21 +346,7 @@ pub fn batch_profiles_round_trip(store: &dyn Store) {
     assert_eq!(store.batch(&plain).expect("read").expect("exists").profile, BatchProfile::Device);
     let matter = unique("BM-");
     let profile = BatchProfile::MatterDac { vendor_id: 0xFFF1, product_id: 0x8000 };
-    let b = BatchRecord {
-        id: matter.clone(),
-        product: "light".into(),
-        quota: 1,
-        issued: 0,
-        refused: 0,
-        flagged: 0,
-        valid_from: 0,
-        valid_until: 10_000,
-        status: BatchStatus::Open,
-        created_at: 1,
-        allowlist: 0,
-        profile,
-    };
-    store.create_batch(b, vec![format!("{matter}-0")], event("batch.create", &matter)).expect("create batch");
+    batch_of(store, &matter, 1, &[format!("{matter}-0")], profile);
     assert_eq!(store.batch(&matter).expect("read").expect("exists").profile, profile);
     let listed = store.list_batches().expect("list");
     assert_eq!(listed.iter().find(|b| b.id == matter).expect("listed").profile, profile);
@@ -363,8 +354,7 @@ pub fn batch_profiles_round_trip(store: &dyn Store) {
     // The largest ids survive the round trip (no sign or width trouble on either backend).
     let top = unique("BT-");
     let profile = BatchProfile::MatterDac { vendor_id: 0xFFF4, product_id: 0xFFFF };
-    let b = BatchRecord { id: top.clone(), profile, ..store.batch(&matter).expect("read").expect("exists") };
-    store.create_batch(b, vec![format!("{top}-0")], event("batch.create", &top)).expect("create batch");
+    batch_of(store, &top, 1, &[format!("{top}-0")], profile);
     assert_eq!(store.batch(&top).expect("read").expect("exists").profile, profile);
 }
 
