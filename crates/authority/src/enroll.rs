@@ -306,7 +306,7 @@ impl Authority {
                     )));
                 }
                 // A Matter batch's births are DACs under its vendor's PAI (docs/matter.md).
-                let matter_ids = match self.store.batch(batch)?.map(|b| b.profile) {
+                let matter_ids = match self.batch_profile(batch)? {
                     Some(BatchProfile::MatterDac { vendor_id, product_id }) => {
                         if !station.may_make(batch) {
                             return Err(StoreError::StationNotAuthorized {
@@ -723,5 +723,26 @@ pub(crate) fn check_requested_serial(subject: &Name, device: &str, bound_by: &st
             "the request names serialNumber={other}, but {bound_by} is for serial {device}: request for {device}, \
              or leave the subject to the authority (a CN alone will do)"
         ))),
+    }
+}
+
+/// Most batch profiles [`Authority::batch_profile`] keeps (then it starts again).
+const MAX_CACHED_PROFILES: usize = 100_000;
+
+impl Authority {
+    /// A batch's profile (`None`: no such batch), from the store the first time
+    /// and from memory after: a birth's hot path reads it once per batch.
+    fn batch_profile(&self, batch: &str) -> Result<Option<BatchProfile>, AuthorityError> {
+        let cached = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner()).get(batch).copied();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let Some(profile) = self.store.batch(batch)?.map(|b| b.profile) else { return Ok(None) };
+        let mut map = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_CACHED_PROFILES {
+            map.clear();
+        }
+        map.insert(batch.to_string(), profile);
+        Ok(Some(profile))
     }
 }

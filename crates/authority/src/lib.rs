@@ -172,6 +172,9 @@ pub struct Authority {
     /// Matter PAIs, keys unlocked, by vendor id; and the PAA's certificate.
     matter_pais: matter::Pais,
     matter_paa: Option<Vec<u8>>,
+    /// Batches' profiles, read once per batch: a profile never changes after
+    /// creation, and a station birth needs it before the store's transaction.
+    batch_profiles: std::sync::Mutex<HashMap<String, iotpki_store::BatchProfile>>,
 }
 
 /// Which CRL of an issuing CA: the complete one (`shard` is `None`) or shard

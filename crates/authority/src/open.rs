@@ -291,6 +291,7 @@ impl Authority {
             metrics: crate::metrics::Metrics::default(),
             matter_pais,
             matter_paa,
+            batch_profiles: std::sync::Mutex::new(HashMap::new()),
         })
     }
 }
