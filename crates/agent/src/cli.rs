@@ -4,192 +4,413 @@
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
 use iotpki_core::keys::KeyType;
 
+use crate::argv::{Command, Flag, Kind, Matches, Parsed, Positional};
 use crate::keystore::KeystoreConfig;
 
-/// The device's commands (`iotpki agent ...`, `iotpki-device ...`).
-#[derive(Subcommand, Debug)]
+/// What `iotpki-device --help` (and `iotpki agent --help`) says first.
+pub const ABOUT: &str = "The device side of iotpki: enroll, commission, renew and keep the\n\
+device's identity; apply trust bundles, vouchers and CRLs.";
+
+const STATE: Flag = Flag::new("state", "STATE", Kind::Path, "The device's state directory.").required();
+
+/// Where a new device keeps its keys (`enroll`, `line`).
+const KEYSTORE: &[Flag] = &[
+    Flag::new(
+        "keystore",
+        "URI|tpm",
+        Kind::Text,
+        "Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL'), or in a TPM 2.0\n\
+         ('tpm', see --tcti; needs a build with --features tpm), instead of key files; recorded\n\
+         in the identity, so renewals and commissioning use it too.",
+    ),
+    Flag::new("pkcs11-module", "PATH", Kind::Path, "The token vendor's PKCS#11 module (with --keystore pkcs11:...).")
+        .requires("keystore"),
+    Flag::new(
+        "pin-file",
+        "FILE",
+        Kind::Path,
+        "Read the token's user PIN from this file (else $IOTPKI_PIN); the path is recorded for renewals.",
+    )
+    .requires("keystore"),
+    Flag::new(
+        "tcti",
+        "TCTI",
+        Kind::Text,
+        "How to reach the TPM (with --keystore tpm), as a TSS TCTI string: 'device:/dev/tpmrm0'\n\
+         (the default, the kernel's resource manager), 'device:/dev/tpm0', 'swtpm:host=H,port=P',\n\
+         'tabrmd'; recorded for renewals.",
+    )
+    .requires("keystore"),
+];
+
+/// The device's commands and their flags: the one definition both binaries
+/// parse with (`iotpki-device` with [`crate::argv::parse`], `iotpki agent` with
+/// clap definitions built from this table).
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "enroll",
+        about: "First enrollment: make a key on the device, enroll with a one-time token.",
+        flags: &[
+            &[
+                STATE,
+                Flag::new(
+                    "server",
+                    "SERVER",
+                    Kind::Text,
+                    "The EST server, https://HOST:PORT, or coaps://HOST:PORT for EST over secure\n\
+                     CoAP (DTLS 1.3; the token goes in the request's challengePassword, docs/coaps.md).",
+                )
+                .required(),
+                Flag::new("serial", "SERIAL", Kind::Text, "The device serial number.").required(),
+                Flag::new(
+                    "token-file",
+                    "FILE",
+                    Kind::Path,
+                    "Read the one-time enrollment token (`iotpki token create`) from this file\n\
+                     (its first line); else it is taken from $IOTPKI_TOKEN.",
+                )
+                .conflicts("token"),
+                Flag::new(
+                    "token",
+                    "TOKEN",
+                    Kind::Text,
+                    "The token itself, on the command line: every local user can read it in the\n\
+                     process list while the agent runs. Kept for compatibility; prefer --token-file\n\
+                     or $IOTPKI_TOKEN. Base64url: it may begin with `-`.",
+                )
+                .hyphen_values(),
+                Flag::new(
+                    "ca-cert",
+                    "FILE",
+                    Kind::Path,
+                    "The trust anchor (root CA certificate, PEM), obtained out of band.",
+                )
+                .required(),
+                Flag::new("label", "LABEL", Kind::Text, "EST label (default: the server's default)."),
+                Flag::new("key-type", "KEY_TYPE", Kind::Text, "Key type: p256, p384 or ed25519.").default("p256"),
+            ],
+            KEYSTORE,
+        ],
+        positional: None,
+    },
+    Command {
+        name: "renew",
+        about: "Renew: a new key, re-enrolled over mutual TLS with the current certificate.",
+        flags: &[&[
+            STATE,
+            Flag::new(
+                "server",
+                "SERVER",
+                Kind::Text,
+                "Use this server instead of the one enrolled with (https:// or coaps://).",
+            ),
+            Flag::new(
+                "pin-file",
+                "FILE",
+                Kind::Path,
+                "The PKCS#11 token's PIN file, for a token keystore (else the one recorded at enrollment, else $IOTPKI_PIN).",
+            ),
+        ]],
+        positional: None,
+    },
+    Command {
+        name: "commission",
+        about: "Commission with the owner's server: the birth certificate (mutual TLS) gets an\n\
+                operational certificate for a fresh key. Also re-commissions after the\n\
+                operational certificate expired or was revoked.",
+        flags: &[&[
+            STATE,
+            Flag::new(
+                "server",
+                "SERVER",
+                Kind::Text,
+                "The owner's EST server, https://HOST:PORT or coaps://HOST:PORT (default: the one in the state).",
+            ),
+            Flag::new(
+                "ca-cert",
+                "FILE",
+                Kind::Path,
+                "The owner's trust anchor (root CA certificate, PEM; default: the one in the state).",
+            ),
+            Flag::new("label", "LABEL", Kind::Text, "EST label (default: the server's default)."),
+        ]],
+        positional: None,
+    },
+    Command {
+        name: "run",
+        about: "The device daemon: renew when due (with jitter), back off while the server is\n\
+                away, re-commission with the birth certificate when the certificate is lost.",
+        flags: &[&[
+            STATE,
+            Flag::new("renew-at", "RENEW_AT", Kind::Share, "Renew when this share of the certificate's lifetime has passed.")
+                .default("0.6666666666666666"),
+            Flag::new(
+                "jitter",
+                "JITTER",
+                Kind::Share,
+                "Up to this share of the lifetime is added per certificate, so a fleet spreads out.",
+            )
+            .default("0.1"),
+            Flag::new("min-backoff", "MIN_BACKOFF", Kind::Text, "First wait after a failure (90s, 5m, ...).").default("2s"),
+            Flag::new("max-backoff", "MAX_BACKOFF", Kind::Text, "Longest wait after failures and between checks.")
+                .default("1h"),
+            Flag::switch("once", "Do what is due now (renew, re-commission) once and exit."),
+            Flag::new("exit-after", "EXIT_AFTER", Kind::Count, "Exit after this many renewals or re-commissionings."),
+            Flag::new(
+                "fetch-from",
+                "URL",
+                Kind::Text,
+                "Look for trust bundles, vouchers and CRLs here each round (server, http listener or\n\
+                 relay; default: the server the device renews with).",
+            ),
+            Flag::switch("no-ocsp", "Do not ask the OCSP responder about the certificate each round."),
+        ]],
+        positional: None,
+    },
+    Command {
+        name: "apply",
+        about: "Apply a trust bundle, an ownership voucher or a CRL brought by any intermediary\n\
+                (the kind is told from the file). Refused, with the state unchanged, unless its signatures hold.",
+        flags: &[&[
+            STATE,
+            Flag::switch(
+                "initial",
+                "Install a first trust bundle (at the factory): it must carry its own threshold of signatures.",
+            ),
+        ]],
+        positional: Some(Positional { name: "FILE", help: "The file." }),
+    },
+    Command {
+        name: "fetch",
+        about: "Fetch the trust bundle, this device's voucher and its CRLs from a server or a relay, and apply them.",
+        flags: &[&[
+            STATE,
+            Flag::new("from", "URL", Kind::Text, "Where from: https://server, http://listener or http://relay.").required(),
+        ]],
+        positional: None,
+    },
+    Command {
+        name: "line",
+        about: "On the factory line: wait for the station on a line link, make the key, take the birth certificate.",
+        flags: &[
+            &[
+                Flag::new(
+                    "listen",
+                    "LISTEN",
+                    Kind::Text,
+                    "Where to listen for the station (TCP; the frames are the same on a UART).",
+                )
+                .required(),
+                STATE,
+                Flag::new("serial", "SERIAL", Kind::Text, "The device's serial number.").required(),
+            ],
+            KEYSTORE,
+        ],
+        positional: None,
+    },
+    Command {
+        name: "tpm-ek",
+        about: "Print the public key of this device's TPM endorsement key (ECC P-256, the TCG\n\
+                default template), PEM: what the manufacturer registers with `batch add-ek`\n\
+                (needs a build with --features tpm).",
+        flags: &[&[Flag::new(
+            "tcti",
+            "TCTI",
+            Kind::Text,
+            "How to reach the TPM (TCTI: device:/dev/tpmrm0, swtpm:host=H,port=P, ...).",
+        )
+        .default(iotpki_tpm::DEFAULT_TCTI)]],
+        positional: None,
+    },
+    Command {
+        name: "status",
+        about: "Show the identity: subject, issuer, validity, days left.",
+        flags: &[&[STATE, Flag::switch("json", "Print JSON.")]],
+        positional: None,
+    },
+    Command {
+        name: "ocsp",
+        about: "Ask the OCSP responder the certificate names (authorityInfoAccess) about the device's\n\
+                own certificate, with a nonce, and verify the answer. Exit 0 if good; 1 if revoked or\n\
+                unknown, or if no verified answer could be had (the reason is printed).",
+        flags: &[&[
+            STATE,
+            Flag::new(
+                "url",
+                "URL",
+                Kind::Text,
+                "Ask this responder instead (http:// or https://, the full URL, e.g. a relay's).",
+            ),
+        ]],
+        positional: None,
+    },
+];
+
+/// One of the device's commands, with its arguments.
+#[derive(Debug)]
 pub enum AgentCmd {
-    /// First enrollment: make a key on the device, enroll with a one-time token.
     Enroll {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// The EST server, https://HOST:PORT, or coaps://HOST:PORT for EST over secure
-        /// CoAP (DTLS 1.3; the token goes in the request's challengePassword, docs/coaps.md).
-        #[arg(long)]
         server: String,
-        /// The device serial number.
-        #[arg(long)]
         serial: String,
-        /// Read the one-time enrollment token (`iotpki token create`) from this file
-        /// (its first line); else it is taken from $IOTPKI_TOKEN.
-        #[arg(long, value_name = "FILE", conflicts_with = "token")]
         token_file: Option<PathBuf>,
-        /// The token itself, on the command line: every local user can read it in the
-        /// process list while the agent runs. Kept for compatibility; prefer --token-file
-        /// or $IOTPKI_TOKEN. Base64url: it may begin with `-`.
-        #[arg(long, allow_hyphen_values = true)]
         token: Option<String>,
-        /// The trust anchor (root CA certificate, PEM), obtained out of band.
-        #[arg(long, value_name = "FILE")]
         ca_cert: PathBuf,
-        /// EST label (default: the server's default).
-        #[arg(long)]
         label: Option<String>,
-        /// Key type: p256, p384 or ed25519.
-        #[arg(long, default_value = "p256")]
         key_type: String,
-        #[command(flatten)]
         keystore: KeystoreArgs,
     },
-    /// Renew: a new key, re-enrolled over mutual TLS with the current certificate.
     Renew {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// Use this server instead of the one enrolled with (https:// or coaps://).
-        #[arg(long)]
         server: Option<String>,
-        /// The PKCS#11 token's PIN file, for a token keystore (else the one recorded at enrollment, else $IOTPKI_PIN).
-        #[arg(long, value_name = "FILE")]
         pin_file: Option<PathBuf>,
     },
-    /// Commission with the owner's server: the birth certificate (mutual TLS) gets an
-    /// operational certificate for a fresh key. Also re-commissions after the
-    /// operational certificate expired or was revoked.
     Commission {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// The owner's EST server, https://HOST:PORT or coaps://HOST:PORT (default: the one in the state).
-        #[arg(long)]
         server: Option<String>,
-        /// The owner's trust anchor (root CA certificate, PEM; default: the one in the state).
-        #[arg(long, value_name = "FILE")]
         ca_cert: Option<PathBuf>,
-        /// EST label (default: the server's default).
-        #[arg(long)]
         label: Option<String>,
     },
-    /// The device daemon: renew when due (with jitter), back off while the server is
-    /// away, re-commission with the birth certificate when the certificate is lost.
     Run {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// Renew when this share of the certificate's lifetime has passed.
-        #[arg(long, default_value_t = 2.0 / 3.0)]
         renew_at: f64,
-        /// Up to this share of the lifetime is added per certificate, so a fleet spreads out.
-        #[arg(long, default_value_t = 0.1)]
         jitter: f64,
-        /// First wait after a failure (90s, 5m, ...).
-        #[arg(long, default_value = "2s")]
         min_backoff: String,
-        /// Longest wait after failures and between checks.
-        #[arg(long, default_value = "1h")]
         max_backoff: String,
-        /// Do what is due now (renew, re-commission) once and exit.
-        #[arg(long)]
         once: bool,
-        /// Exit after this many renewals or re-commissionings.
-        #[arg(long)]
         exit_after: Option<u32>,
-        /// Look for trust bundles, vouchers and CRLs here each round (server, http listener or
-        /// relay; default: the server the device renews with).
-        #[arg(long, value_name = "URL")]
         fetch_from: Option<String>,
-        /// Do not ask the OCSP responder about the certificate each round.
-        #[arg(long)]
         no_ocsp: bool,
     },
-    /// Apply a trust bundle, an ownership voucher or a CRL brought by any intermediary
-    /// (the kind is told from the file). Refused, with the state unchanged, unless its signatures hold.
     Apply {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// The file.
         file: PathBuf,
-        /// Install a first trust bundle (at the factory): it must carry its own threshold of signatures.
-        #[arg(long)]
         initial: bool,
     },
-    /// Fetch the trust bundle, this device's voucher and its CRLs from a server or a relay, and apply them.
     Fetch {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// Where from: https://server, http://listener or http://relay.
-        #[arg(long, value_name = "URL")]
         from: String,
     },
-    /// On the factory line: wait for the station on a line link, make the key, take the birth certificate.
     Line {
-        /// Where to listen for the station (TCP; the frames are the same on a UART).
-        #[arg(long)]
         listen: String,
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// The device's serial number.
-        #[arg(long)]
         serial: String,
-        #[command(flatten)]
         keystore: KeystoreArgs,
     },
-    /// Print the public key of this device's TPM endorsement key (ECC P-256, the TCG
-    /// default template), PEM: what the manufacturer registers with `batch add-ek`
-    /// (needs a build with --features tpm).
     TpmEk {
-        /// How to reach the TPM (TCTI: device:/dev/tpmrm0, swtpm:host=H,port=P, ...).
-        #[arg(long, value_name = "TCTI", default_value = iotpki_tpm::DEFAULT_TCTI)]
         tcti: String,
     },
-    /// Show the identity: subject, issuer, validity, days left.
     Status {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
         json: bool,
     },
-    /// Ask the OCSP responder the certificate names (authorityInfoAccess) about the device's
-    /// own certificate, with a nonce, and verify the answer. Exit 0 if good; 1 if revoked or
-    /// unknown, or if no verified answer could be had (the reason is printed).
     Ocsp {
-        /// The device's state directory.
-        #[arg(long)]
         state: PathBuf,
-        /// Ask this responder instead (http:// or https://, the full URL, e.g. a relay's).
-        #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
 }
 
-/// Where a new device keeps its keys (`agent enroll`, `agent line`).
-#[derive(clap::Args, Debug)]
+/// Where a new device keeps its keys (`enroll`, `line`).
+#[derive(Debug)]
 pub struct KeystoreArgs {
-    /// Make the device keys in this PKCS#11 token ('pkcs11:token=LABEL'), or in a TPM 2.0
-    /// ('tpm', see --tcti; needs a build with --features tpm), instead of key files; recorded
-    /// in the identity, so renewals and commissioning use it too.
-    #[arg(long, value_name = "URI|tpm")]
     keystore: Option<String>,
-    /// The token vendor's PKCS#11 module (with --keystore pkcs11:...).
-    #[arg(long, value_name = "PATH", requires = "keystore")]
     pkcs11_module: Option<PathBuf>,
-    /// Read the token's user PIN from this file (else $IOTPKI_PIN); the path is recorded for renewals.
-    #[arg(long, value_name = "FILE", requires = "keystore")]
     pin_file: Option<PathBuf>,
-    /// How to reach the TPM (with --keystore tpm), as a TSS TCTI string: 'device:/dev/tpmrm0'
-    /// (the default, the kernel's resource manager), 'device:/dev/tpm0', 'swtpm:host=H,port=P',
-    /// 'tabrmd'; recorded for renewals.
-    #[arg(long, value_name = "TCTI", requires = "keystore")]
     tcti: Option<String>,
+}
+
+impl AgentCmd {
+    /// The command a parse of [`COMMANDS`] gave. Every required flag and default is
+    /// there (the parser checked): a missing one reads as empty and is refused later.
+    pub fn from_matches(m: &Matches) -> AgentCmd {
+        let state = || m.path("state").unwrap_or_default();
+        let text = |l: &str| m.text(l).unwrap_or_default();
+        let keystore = || KeystoreArgs {
+            keystore: m.text("keystore"),
+            pkcs11_module: m.path("pkcs11-module"),
+            pin_file: m.path("pin-file"),
+            tcti: m.text("tcti"),
+        };
+        match m.command {
+            "enroll" => AgentCmd::Enroll {
+                state: state(),
+                server: text("server"),
+                serial: text("serial"),
+                token_file: m.path("token-file"),
+                token: m.text("token"),
+                ca_cert: m.path("ca-cert").unwrap_or_default(),
+                label: m.text("label"),
+                key_type: text("key-type"),
+                keystore: keystore(),
+            },
+            "renew" => AgentCmd::Renew { state: state(), server: m.text("server"), pin_file: m.path("pin-file") },
+            "commission" => AgentCmd::Commission {
+                state: state(),
+                server: m.text("server"),
+                ca_cert: m.path("ca-cert"),
+                label: m.text("label"),
+            },
+            "run" => AgentCmd::Run {
+                state: state(),
+                renew_at: m.number("renew-at").unwrap_or(2.0 / 3.0),
+                jitter: m.number("jitter").unwrap_or(0.1),
+                min_backoff: text("min-backoff"),
+                max_backoff: text("max-backoff"),
+                once: m.switch("once"),
+                exit_after: m.number("exit-after"),
+                fetch_from: m.text("fetch-from"),
+                no_ocsp: m.switch("no-ocsp"),
+            },
+            "apply" => AgentCmd::Apply {
+                state: state(),
+                file: m.positional().unwrap_or_default(),
+                initial: m.switch("initial"),
+            },
+            "fetch" => AgentCmd::Fetch { state: state(), from: text("from") },
+            "line" => {
+                AgentCmd::Line { listen: text("listen"), state: state(), serial: text("serial"), keystore: keystore() }
+            }
+            "tpm-ek" => AgentCmd::TpmEk { tcti: text("tcti") },
+            "status" => AgentCmd::Status { state: state(), json: m.switch("json") },
+            _ => AgentCmd::Ocsp { state: state(), url: m.text("url") },
+        }
+    }
+}
+
+/// A whole device program: parse `args` (without the program's name) against
+/// [`COMMANDS`], run the command, and say how it went: help and `--version` on
+/// stdout (0), a usage error on stderr (2), a refusal as `error: ...` (1).
+/// `prog` names the program in help and errors.
+pub fn main(prog: &str, args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    match crate::argv::parse(prog, ABOUT, COMMANDS, args) {
+        Ok(Parsed::Help(h)) => {
+            print!("{h}");
+            ExitCode::SUCCESS
+        }
+        Ok(Parsed::Version) => {
+            println!("{prog} {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(2)
+        }
+        Ok(Parsed::Run(m)) => exit_code(run(AgentCmd::from_matches(&m))),
+    }
+}
+
+/// How a command's outcome ends the process: `error: ...` on stderr and 1 for a refusal.
+pub fn exit_code(r: anyhow::Result<()>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 impl KeystoreArgs {

@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "cli")]
+pub mod argv;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod clock;
 #[cfg(feature = "coaps")]

@@ -71,7 +71,7 @@ enum Cmd {
     Audit(admin::AuditCmd),
     /// The device side: enroll, renew, status.
     #[command(subcommand)]
-    Agent(iotpki_agent::cli::AgentCmd),
+    Agent(agent_cmd::AgentArgs),
     /// Production batches: serial allowlists, quotas, windows.
     #[command(subcommand)]
     Batch(factory_cmd::BatchCmd),
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
         Cmd::Loadgen(a) => loadgen::run(a),
         Cmd::Relay(a) => agent_cmd::relay(a),
         Cmd::Device(c) => owner_cmd::device(c),
-        Cmd::Agent(c) => iotpki_agent::cli::run(c),
+        Cmd::Agent(c) => iotpki_agent::cli::run(c.0),
         Cmd::Batch(c) => factory_cmd::batch(c),
         Cmd::Matter(c) => matter_cmd::run(c),
         Cmd::Station(c) => factory_cmd::station(c),

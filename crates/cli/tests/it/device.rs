@@ -186,6 +186,16 @@ async fn the_device_binary_refuses_what_the_agent_refuses_with_the_same_messages
             assert_eq!(a.status.code(), d.status.code(), "{args:?}");
         }
 
+        // A usage error: the same words from both parsers of the one table (clap in
+        // `iotpki agent`, the device's own), status 2.
+        for args in [vec!["enroll", "--state", &fresh, "--bogus"], vec!["run", "--state", &fresh, "--jitter", "x"]] {
+            let (a, d) = (fails(agent().args(&args)), fails(device(&exe).args(&args)));
+            let first = |o: &Output| String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or_default().to_string();
+            assert_eq!(first(&a), first(&d), "{args:?}");
+            assert!(first(&d).starts_with("error: "), "{args:?}: {}", first(&d));
+            assert_eq!((a.status.code(), d.status.code()), (Some(2), Some(2)), "{args:?}");
+        }
+
         // The garbage starts as DER does, so it is read as a CRL, and refused as one
         // (by the entry-by-entry reader, before anything is checked or stored).
         let err = run_fail(device(&exe).args(["apply", "--state", &s(&enrolled), &s(&garbage)]));
