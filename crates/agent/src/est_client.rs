@@ -5,21 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use iotpki_core::keys::Signer;
 use iotpki_core::wire::TPM_ACTIVATION_HEADER;
 use iotpki_core::{est, pkcs7};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
+use crate::http1;
 use crate::tls_key::DeviceCert;
 use crate::AgentError;
 
 /// Time allowed for one whole EST call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest answer taken by default: far above a certificate, a chain or a
+/// station's batch of work, bounded so that a server cannot fill a device's memory
+/// ([`EstClient::with_max_answer`] raises it for an operator's tools).
+pub const MAX_ANSWER: usize = 16 << 20;
+
+/// A TLS connection speaking HTTP/1.1.
+type Connection = http1::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// A device certificate chain with its key, for mutual TLS.
 pub struct ClientIdentity {
@@ -37,12 +42,13 @@ pub struct EstClient {
     prefix: String,
     server_name: ServerName<'static>,
     tls: Arc<ClientConfig>,
+    max_answer: usize,
 }
 
 /// An answer: status and body.
 struct Answer {
     status: u16,
-    body: Bytes,
+    body: Vec<u8>,
 }
 
 fn parse_url(url: &str) -> Result<(String, u16), AgentError> {
@@ -197,7 +203,7 @@ impl EstClient {
             Some(l) => format!("/.well-known/est/{l}"),
             None => "/.well-known/est".to_string(),
         };
-        Ok(Self { host, port, prefix, server_name, tls: Arc::new(tls) })
+        Ok(Self { host, port, prefix, server_name, tls: Arc::new(tls), max_answer: MAX_ANSWER })
     }
 
     /// The same client, but every new connection makes a full TLS 1.3 handshake:
@@ -258,14 +264,14 @@ impl EstClient {
         &self,
         method: &str,
         path: &str,
-        body: Option<(&str, Bytes)>,
+        body: Option<(&str, Vec<u8>)>,
         what: &str,
     ) -> Result<Option<T>, AgentError> {
         let (content_type, bytes) = match body {
             Some((t, b)) => (Some(t), b),
-            None => (None, Bytes::new()),
+            None => (None, Vec::new()),
         };
-        let a = self.exchange(method, path, content_type, bytes, vec![]).await?;
+        let a = self.exchange(method, path, content_type, &bytes, vec![]).await?;
         if a.status == 204 {
             return Ok(None);
         }
@@ -299,7 +305,7 @@ impl EstClient {
         auth: Option<String>,
     ) -> Result<(u16, String), AgentError> {
         let path = format!("{}/{op}", self.prefix);
-        let a = self.exchange(method, &path, content_type, Bytes::from(body), auth_header(auth)).await?;
+        let a = self.exchange(method, &path, content_type, &body, auth_header(auth)).await?;
         Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
     }
 
@@ -321,11 +327,11 @@ impl EstClient {
         headers: Headers,
     ) -> Result<Answer, AgentError> {
         let (ct, body) = match csr {
-            Some(der) => (Some(est::CT_PKCS10), Bytes::from(est::encode_body(der))),
-            None => (None, Bytes::new()),
+            Some(der) => (Some(est::CT_PKCS10), est::encode_body(der).into_bytes()),
+            None => (None, Vec::new()),
         };
         let path = format!("{}/{op}", self.prefix);
-        refuse_unless_ok(self.exchange(method, &path, ct, body, headers).await?)
+        refuse_unless_ok(self.exchange(method, &path, ct, &body, headers).await?)
     }
 
     async fn exchange(
@@ -333,13 +339,14 @@ impl EstClient {
         method: &str,
         path: &str,
         content_type: Option<&str>,
-        body: Bytes,
+        body: &[u8],
         headers: Headers,
     ) -> Result<Answer, AgentError> {
         let what = format!("{}:{}", self.host, self.port);
         let fut = async {
-            let mut sender = self.open().await?;
-            self.send_on(&mut sender, method, path, content_type, body, headers).await
+            let mut conn = self.open().await?;
+            let (a, _) = self.send_on(&mut conn, method, path, content_type, body, &headers).await?;
+            Ok(a)
         };
         tokio::time::timeout(CALL_TIMEOUT, fut)
             .await
@@ -347,7 +354,7 @@ impl EstClient {
     }
 
     /// A new TLS connection speaking HTTP/1.1.
-    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, AgentError> {
+    async fn open(&self) -> Result<Connection, AgentError> {
         let what = format!("{}:{}", self.host, self.port);
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -357,41 +364,30 @@ impl EstClient {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| AgentError::Connect(format!("TLS with {what}: {e}")))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| AgentError::Connect(format!("HTTP with {what}: {e}")))?;
-        tokio::spawn(conn);
-        Ok(sender)
+        Ok(http1::Connection::new(tls))
     }
 
+    /// One request on `conn`: the answer, and whether the connection may carry another.
     async fn send_on(
         &self,
-        sender: &mut SendRequest<Full<Bytes>>,
+        conn: &mut Connection,
         method: &str,
         path: &str,
         content_type: Option<&str>,
-        body: Bytes,
-        headers: Headers,
-    ) -> Result<Answer, AgentError> {
+        body: &[u8],
+        headers: &Headers,
+    ) -> Result<(Answer, bool), AgentError> {
         let what = format!("{}:{}", self.host, self.port);
-        let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, what.clone());
-        for (k, v) in headers {
-            req = req.header(k, v);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let req = http1::Request { method, path, host: &what, headers: &headers, content_type, body };
+        match conn.send(&req, self.max_answer).await {
+            Ok(r) => Ok((Answer { status: r.status, body: r.body }, r.reusable)),
+            Err(e @ http1::Error::Request(_)) => Err(AgentError::Usage(e.to_string())),
+            Err(e @ (http1::Error::TooLarge { .. } | http1::Error::Malformed(_))) => {
+                Err(AgentError::BadAnswer(format!("{what}: {e}")))
+            }
+            Err(e) => Err(AgentError::Connect(format!("{what}: {e}"))),
         }
-        if let Some(ct) = content_type {
-            req = req.header(hyper::header::CONTENT_TYPE, ct);
-        }
-        let req = req.body(Full::new(body)).map_err(|e| AgentError::Usage(e.to_string()))?;
-        sender.ready().await.map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
-        let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{what}: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| AgentError::Connect(format!("reading the answer from {what}: {e}")))?
-            .to_bytes();
-        Ok(Answer { status, body })
     }
 
     /// `METHOD path` (any path on the server) with a body: status and body, uninterpreted.
@@ -401,50 +397,58 @@ impl EstClient {
         path: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
-    ) -> Result<(u16, Bytes), AgentError> {
-        let a = self.exchange(method, path, content_type, Bytes::from(body), vec![]).await?;
+    ) -> Result<(u16, Vec<u8>), AgentError> {
+        let a = self.exchange(method, path, content_type, &body, vec![]).await?;
         Ok((a.status, a.body))
     }
 
     /// `GET path` (any path on the server): status and body, uninterpreted.
-    pub async fn get(&self, path: &str) -> Result<(u16, Bytes), AgentError> {
-        let a = self.exchange("GET", path, None, Bytes::new(), vec![]).await?;
+    pub async fn get(&self, path: &str) -> Result<(u16, Vec<u8>), AgentError> {
+        let a = self.exchange("GET", path, None, &[], vec![]).await?;
         Ok((a.status, a.body))
+    }
+
+    /// Take answers of up to `max` octets (default [`MAX_ANSWER`]).
+    pub fn with_max_answer(mut self, max: usize) -> Self {
+        self.max_answer = max;
+        self
     }
 
     /// A connection kept open across requests (HTTP/1.1 keep-alive), opened
     /// on first use and again when the server has closed it.
     pub fn keep_alive(&self) -> KeptConnection {
-        KeptConnection { client: self.clone(), sender: None }
+        KeptConnection { client: self.clone(), conn: None }
     }
 }
 
 /// One kept-alive connection: requests go one after the other on it.
 pub struct KeptConnection {
     client: EstClient,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    conn: Option<Connection>,
 }
 
 impl KeptConnection {
     async fn call(&mut self, op: &str, csr_der: &[u8], auth: Option<String>) -> Result<Answer, AgentError> {
         let path = format!("{}/{op}", self.client.prefix);
-        let body = Bytes::from(est::encode_body(csr_der));
+        let body = est::encode_body(csr_der).into_bytes();
+        let headers = auth_header(auth);
         let fut = async {
             // A connection the server closed (idle timeout) is opened again, once.
             for attempt in 0..2 {
-                let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
-                if !reused {
-                    self.sender = Some(self.client.open().await?);
-                }
-                let Some(sender) = self.sender.as_mut() else { continue };
-                match self
-                    .client
-                    .send_on(sender, "POST", &path, Some(est::CT_PKCS10), body.clone(), auth_header(auth.clone()))
-                    .await
-                {
-                    Ok(a) => return refuse_unless_ok(a),
+                let reused = self.conn.is_some();
+                let conn = match self.conn.as_mut() {
+                    Some(c) => c,
+                    None => self.conn.insert(self.client.open().await?),
+                };
+                match self.client.send_on(conn, "POST", &path, Some(est::CT_PKCS10), &body, &headers).await {
+                    Ok((a, reusable)) => {
+                        if !reusable {
+                            self.conn = None;
+                        }
+                        return refuse_unless_ok(a);
+                    }
                     Err(e) => {
-                        self.sender = None;
+                        self.conn = None;
                         if !reused || attempt == 1 {
                             return Err(e);
                         }

@@ -27,6 +27,7 @@ pub mod daemon;
 mod error;
 pub mod est_client;
 pub mod flow;
+pub mod http1;
 #[cfg(feature = "ring")]
 pub mod hybrid_kx;
 pub mod keystore;

@@ -334,15 +334,10 @@ pub async fn exchange(
     anchors: &[Vec<u8>],
     max: usize,
 ) -> Result<(u16, Vec<u8>), AgentError> {
-    use http_body_util::{BodyExt, Full};
     if url.starts_with("https://") {
         let (base, path) = split_url(url, "https://")?;
-        let c = crate::est_client::EstClient::new(&base, None, anchors, None)?;
-        let (status, body) = c.request(method, &path, content_type, body).await?;
-        if body.len() > max {
-            return Err(AgentError::BadAnswer(format!("answer of {} octets is too large", body.len())));
-        }
-        return Ok((status, body.to_vec()));
+        let c = crate::est_client::EstClient::new(&base, None, anchors, None)?.with_max_answer(max);
+        return c.request(method, &path, content_type, body).await;
     }
     let (base, path) = split_url(url, "http://")?;
     let host = base.trim_start_matches("http://").to_string();
@@ -350,24 +345,15 @@ pub async fn exchange(
         let tcp = tokio::net::TcpStream::connect(host.as_str())
             .await
             .map_err(|e| AgentError::Connect(format!("{host}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| AgentError::Connect(format!("HTTP with {host}: {e}")))?;
-        tokio::spawn(conn);
-        let mut req =
-            hyper::Request::builder().method(method).uri(path.as_str()).header(hyper::header::HOST, host.as_str());
-        if let Some(ct) = content_type {
-            req = req.header(hyper::header::CONTENT_TYPE, ct);
+        let req = crate::http1::Request { method, path: &path, host: &host, headers: &[], content_type, body: &body };
+        match crate::http1::Connection::new(tcp).send(&req, max).await {
+            Ok(r) => Ok((r.status, r.body)),
+            Err(e @ crate::http1::Error::Request(_)) => Err(AgentError::Usage(e.to_string())),
+            Err(e @ (crate::http1::Error::TooLarge { .. } | crate::http1::Error::Malformed(_))) => {
+                Err(AgentError::BadAnswer(format!("{host}: {e}")))
+            }
+            Err(e) => Err(AgentError::Connect(format!("{host}: {e}"))),
         }
-        let req = req.body(Full::new(bytes::Bytes::from(body))).map_err(|e| AgentError::Usage(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| AgentError::Connect(format!("{host}: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), max)
-            .collect()
-            .await
-            .map_err(|e| AgentError::Connect(format!("reading from {host}: {e}")))?
-            .to_bytes();
-        Ok::<_, AgentError>((status, body.to_vec()))
     };
     tokio::time::timeout(std::time::Duration::from_secs(30), fut)
         .await

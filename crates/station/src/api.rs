@@ -3,7 +3,7 @@
 //! refused with an error that names it.
 
 use base64::Engine as _;
-use bytes::Bytes;
+
 use iotpki_agent::est_client::EstClient;
 use iotpki_agent::AgentError;
 use iotpki_core::wire;
@@ -34,7 +34,7 @@ impl FactoryApi {
 
     /// `POST /factory/sync?batch=ID`: upload production record lines (JSON lines).
     pub async fn sync(&self, batch: &str, lines: String) -> Result<wire::SyncOutcome, AgentError> {
-        self.post(&format!("/factory/sync?batch={batch}"), "application/x-ndjson", Bytes::from(lines), "sync").await
+        self.post(&format!("/factory/sync?batch={batch}"), "application/x-ndjson", lines.into_bytes(), "sync").await
     }
 
     /// `GET /factory/crl?batch=ID`: what the next CRL of this station's delegated CA must say.
@@ -44,7 +44,7 @@ impl FactoryApi {
 
     /// `POST /factory/crl?batch=ID`: upload the delegated CA's CRL (DER).
     pub async fn crl_upload(&self, batch: &str, der: Vec<u8>) -> Result<wire::CrlAccepted, AgentError> {
-        self.post(&format!("/factory/crl?batch={batch}"), "application/pkix-crl", Bytes::from(der), "CRL upload").await
+        self.post(&format!("/factory/crl?batch={batch}"), "application/pkix-crl", der, "CRL upload").await
     }
 
     /// `POST /factory/tpm-challenge`: a TPM attestation challenge for the
@@ -60,7 +60,7 @@ impl FactoryApi {
         let b64 = base64::engine::general_purpose::STANDARD;
         let ask =
             wire::TpmChallengeRequest { batch: batch.into(), serial: serial.into(), public: b64.encode(public_area) };
-        let body = Some(("application/json", Bytes::from(wire::to_string(&ask))));
+        let body = Some(("application/json", wire::to_string(&ask).into_bytes()));
         let path = "/factory/tpm-challenge";
         let Some(c) = self.client.call_json::<wire::TpmChallenge>("POST", path, body, "TPM challenge").await? else {
             return Ok(None);
@@ -79,7 +79,7 @@ impl FactoryApi {
         &self,
         path: &str,
         content_type: &str,
-        body: Bytes,
+        body: Vec<u8>,
         what: &str,
     ) -> Result<T, AgentError> {
         required(self.client.call_json("POST", path, Some((content_type, body)), what).await?, what)
