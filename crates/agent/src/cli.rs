@@ -39,7 +39,7 @@ pub enum AgentCmd {
         /// EST label (default: the server's default).
         #[arg(long)]
         label: Option<String>,
-        /// Key type: p256, p384 or ed25519.
+        /// Key type: p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or ml-dsa-87 (ML-DSA: aws-lc build).
         #[arg(long, default_value = "p256")]
         key_type: String,
         #[command(flatten)]

@@ -1,0 +1,90 @@
+//! ML-DSA (FIPS 204, RFC 9881), issue #19: every key type through the flows a
+//! fleet runs, under CAs of each type: enroll and renew over TLS 1.3 (an
+//! ML-DSA client certificate signs the CertificateVerify; an ML-DSA server
+//! certificate, under an ML-DSA root, signs the server's), the chain the
+//! device holds, revocation on the CRL and in OCSP answers the agent checks.
+
+use iotpki_authority::init::InitOptions;
+use iotpki_authority::revocation::{self, Target};
+use iotpki_core::clock::Clock as _;
+use iotpki_core::keys::KeyType;
+use iotpki_core::{chain, pem, profile};
+
+use crate::util::{bin, run_fail, run_ok, Ca};
+
+/// id-kp-clientAuth.
+const CLIENT_AUTH: iotpki_core::asn1::der::asn1::ObjectIdentifier =
+    iotpki_core::asn1::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+
+/// The device key types of the matrix.
+const DEVICE_KEYS: [KeyType; 5] =
+    [KeyType::EcdsaP256, KeyType::Ed25519, KeyType::MlDsa44, KeyType::MlDsa65, KeyType::MlDsa87];
+
+fn pem_file(path: &std::path::Path) -> Vec<u8> {
+    pem::decode_one("CERTIFICATE", &std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// One authority per CA key type (root, issuing CAs and the TLS server key);
+/// under each, a device of every key type enrolls, renews twice (over mTLS
+/// with its own key), checks its certificate in OCSP, and is revoked: the
+/// CRL lists it, OCSP says so, renewal is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_key_type_enrolls_renews_and_is_revoked_under_p256_and_ml_dsa_cas() {
+    for ca_kt in [KeyType::EcdsaP256, KeyType::MlDsa65, KeyType::MlDsa44] {
+        let ca = Ca::start_with(InitOptions { key_type: ca_kt, ..Default::default() }).await;
+        let root = ca.authority.root_der().to_vec();
+        let root_info = profile::cert_info(&root).unwrap();
+        assert_eq!(KeyType::of_spki(&root_info.cert.tbs_certificate.subject_public_key_info).unwrap(), ca_kt);
+        let op = pem_file(&ca.ca_file("operational"));
+        for (i, dev_kt) in DEVICE_KEYS.into_iter().enumerate() {
+            let what = format!("CA {ca_kt}, device {dev_kt}");
+            let sn = format!("PQ-{i}");
+            let state = ca.tmp.path().join(&sn);
+            let mut opts = ca.enroll_opts(&state, &sn, &ca.token(&sn));
+            opts.key_type = dev_kt;
+            let before = ca.cert_count();
+            let id = iotpki_agent::enroll(&opts).await.unwrap_or_else(|e| panic!("{what}: enroll: {e}"));
+            assert_eq!(ca.cert_count(), before + 1, "{what}");
+            assert_eq!(iotpki_agent::status(&state).unwrap().key_type, dev_kt.to_string(), "{what}");
+            let leaf = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+            let info = profile::cert_info(&leaf).unwrap();
+            assert_eq!(KeyType::of_spki(&info.cert.tbs_certificate.subject_public_key_info).unwrap(), dev_kt);
+            // RFC 9881: the CA's own OID names the signature, no parameters.
+            assert_eq!(info.cert.signature_algorithm, ca_kt.signature_algorithm().unwrap(), "{what}");
+            let now = ca.clock.now();
+            chain::verify(&leaf, std::slice::from_ref(&op), &root, now, CLIENT_AUTH)
+                .unwrap_or_else(|e| panic!("{what}: chain: {e}"));
+
+            // Renewal authenticates with the device's certificate: TLS 1.3 with its key.
+            let renewed =
+                iotpki_agent::renew(&state, None, None).await.unwrap_or_else(|e| panic!("{what}: renew: {e}"));
+            let renewed_der = pem::decode_one("CERTIFICATE", &renewed.cert_pem).unwrap();
+            let serial = profile::cert_info(&renewed_der).unwrap().serial;
+            iotpki_agent::renew(&state, None, None).await.unwrap_or_else(|e| panic!("{what}: second renew: {e}"));
+            let serial_now = iotpki_agent::status(&state).unwrap().cert_serial;
+            assert_ne!(serial_now, serial, "{what}");
+
+            // OCSP: the agent asks the responder its certificate names.
+            let s = state.clone();
+            let out = blocking(move || run_ok(bin().args(["agent", "ocsp", "--state"]).arg(&s))).await;
+            assert!(out.contains(&format!("certificate {serial_now} is good")), "{what}: {out}");
+
+            // Revoked: on the CRL (checked against the CA's key), in OCSP, and no renewal.
+            let store = ca.authority.store().clone();
+            revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial(&serial_now), 1, "test").unwrap();
+            let crl = ca.authority.crl("operational").unwrap();
+            let checked = iotpki_core::crl::check(&crl, &op, ca.clock.now(), 0).unwrap();
+            assert!(checked.revoked.contains(&serial_now), "{what}");
+            let s = state.clone();
+            let err = blocking(move || run_fail(bin().args(["agent", "ocsp", "--state"]).arg(&s))).await;
+            assert!(err.contains("is REVOKED"), "{what}: {err}");
+            let err = iotpki_agent::renew(&state, None, None).await.unwrap_err();
+            assert!(err.to_string().contains("revoked"), "{what}: {err}");
+        }
+        ca.authority.store().verify_audit().unwrap();
+    }
+}
