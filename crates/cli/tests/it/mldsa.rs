@@ -88,3 +88,92 @@ async fn every_device_key_type_enrolls_renews_and_is_revoked_under_p256_and_ml_d
         ca.authority.store().verify_audit().unwrap();
     }
 }
+
+fn pyca(args: &[&std::path::Path]) -> (bool, String) {
+    let dir = std::env::var_os("IOTPKI_PKILINT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin")
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pyca_check.py");
+    let out = std::process::Command::new(dir.join("python")).arg(script).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// pyca/cryptography (>= 49, OpenSSL's ML-DSA) parses our RFC 9881
+/// certificates and verifies every signature along the chains (device and
+/// server), the CRL's and an OCSP answer's; a flipped signature octet fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyca_cryptography_verifies_ml_dsa_chains_crls_and_ocsp_answers() {
+    for (ca_kt, dev_kt) in [
+        (KeyType::MlDsa65, KeyType::MlDsa44),
+        (KeyType::MlDsa87, KeyType::EcdsaP256),
+        (KeyType::EcdsaP256, KeyType::MlDsa65),
+    ] {
+        let what = format!("CA {ca_kt}, device {dev_kt}");
+        let ca = Ca::start_with(InitOptions { key_type: ca_kt, ..Default::default() }).await;
+        let d = ca.tmp.path().join("pyca");
+        std::fs::create_dir_all(&d).unwrap();
+        let state = ca.tmp.path().join("dev");
+        let mut opts = ca.enroll_opts(&state, "PY-1", &ca.token("PY-1"));
+        opts.key_type = dev_kt;
+        let id = iotpki_agent::enroll(&opts).await.unwrap();
+        let leaf = d.join("leaf.pem");
+        std::fs::write(&leaf, &id.cert_pem).unwrap();
+        let server_chain = std::fs::read_to_string(ca.dir.join("tls/server.crt")).unwrap();
+        let server = d.join("server.pem");
+        let server_der = pem::decode_all("CERTIFICATE", &server_chain).unwrap()[0].clone();
+        std::fs::write(&server, pem::encode("CERTIFICATE", &server_der)).unwrap();
+        let (root, op) = (ca.ca_file("root"), ca.ca_file("operational"));
+        let chain_arg = std::path::PathBuf::from("chain");
+        for chain in [[&chain_arg, &root, &op, &leaf], [&chain_arg, &root, &op, &server]] {
+            let (ok, text) = pyca(&chain.map(|p| p.as_path()));
+            assert!(ok, "{what}: {text}");
+            assert_eq!(text.lines().count(), 3, "{what}: {text}");
+        }
+        let (_, text) = pyca(&[std::path::Path::new("chain"), &root, &op, &leaf]);
+        if let Some(level) = ca_kt.to_string().strip_prefix("ml-dsa-") {
+            let want = format!("MLDSA{level}PublicKey 2.16.840.1.101.3.4.3.");
+            assert!(text.lines().next().unwrap().starts_with(&want), "{what}: {text}");
+        }
+
+        // The CRL, with the device revoked; an OCSP answer about it.
+        let serial = iotpki_agent::status(&state).unwrap().cert_serial;
+        let store = ca.authority.store().clone();
+        revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial(&serial), 1, "test").unwrap();
+        let crl = d.join("op.crl");
+        std::fs::write(&crl, ca.authority.crl("operational").unwrap()).unwrap();
+        let (ok, text) = pyca(&[std::path::Path::new("crl"), &crl, &op, std::path::Path::new(&serial)]);
+        assert!(ok && text.contains(&serial), "{what}: {text}");
+        let req = d.join("req.der");
+        std::fs::write(
+            &req,
+            iotpki_core::ocsp::request(&pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap(), &pem_file(&op)).unwrap(),
+        )
+        .unwrap();
+        let out = std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--fail",
+                "-H",
+                "Content-Type: application/ocsp-request",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", req.display()))
+            .arg(format!("{}/ocsp", ca.http_url))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let resp = d.join("resp.der");
+        std::fs::write(&resp, &out.stdout).unwrap();
+        let (ok, text) = pyca(&[std::path::Path::new("ocsp"), &resp, &op]);
+        assert!(ok && text.contains("REVOKED"), "{what}: {text}");
+
+        // A flipped octet in the leaf's signature (its last octet): pyca refuses it.
+        let mut bad = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+        *bad.last_mut().unwrap() ^= 1;
+        std::fs::write(&leaf, pem::encode("CERTIFICATE", &bad)).unwrap();
+        let (ok, text) = pyca(&[std::path::Path::new("chain"), &root, &op, &leaf]);
+        assert!(!ok && text.contains("InvalidSignature"), "{what}: {text}");
+    }
+}
