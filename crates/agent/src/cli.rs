@@ -56,6 +56,10 @@ pub enum AgentCmd {
         /// The PKCS#11 token's PIN file, for a token keystore (else the one recorded at enrollment, else $IOTPKI_PIN).
         #[arg(long, value_name = "FILE")]
         pin_file: Option<PathBuf>,
+        /// Renew into a key of this type (default: the current key's): p256, p384, ed25519,
+        /// ml-dsa-44, ml-dsa-65 or ml-dsa-87. How a device moves to ML-DSA.
+        #[arg(long)]
+        key_type: Option<String>,
     },
     /// Commission with the owner's server: the birth certificate (mutual TLS) gets an
     /// operational certificate for a fresh key. Also re-commissions after the
@@ -304,8 +308,14 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AgentCmd::Renew { state, server, pin_file } => {
-            runtime()?.block_on(crate::renew(&state, server.as_deref(), pin_file.as_deref()))?;
+        AgentCmd::Renew { state, server, pin_file, key_type } => {
+            match key_type {
+                Some(kt) => {
+                    let kt = KeyType::from_name(&kt)?;
+                    runtime()?.block_on(crate::renew_into(&state, server.as_deref(), pin_file.as_deref(), kt))?
+                }
+                None => runtime()?.block_on(crate::renew(&state, server.as_deref(), pin_file.as_deref()))?,
+            };
             let st = crate::status(&state)?;
             println!("renewed {}: certificate {}, valid until {}", st.device_serial, st.cert_serial, st.not_after);
             Ok(())
