@@ -177,3 +177,38 @@ async fn pyca_cryptography_verifies_ml_dsa_chains_crls_and_ocsp_answers() {
         assert!(!ok && text.contains("InvalidSignature"), "{what}: {text}");
     }
 }
+
+/// The factory line and commissioning with ML-DSA: a station with an
+/// ML-DSA-44 key gives birth to ML-DSA-44 devices under an ML-DSA-65
+/// manufacturer; a P-256 owner commissions them over mutual TLS with their
+/// ML-DSA birth certificates (an ML-DSA-44 operational key, the birth's type),
+/// and the daemon renews one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_dsa_devices_are_born_on_the_line_and_commissioned_by_a_p256_owner() {
+    let mfg = Ca::start_with(InitOptions { key_type: KeyType::MlDsa65, ..Default::default() }).await;
+    let op = Ca::start().await;
+    let serials: Vec<String> = ["PQB-1", "PQB-2"].iter().map(|s| s.to_string()).collect();
+    let devs = crate::util::born_devices_kt(&mfg, "PQB", &serials, KeyType::MlDsa44).await;
+    let birth = iotpki_agent::state::load(&devs[0]).unwrap();
+    let birth_der = pem::decode_one("CERTIFICATE", &birth.cert_pem).unwrap();
+    let info = profile::cert_info(&birth_der).unwrap();
+    assert_eq!(KeyType::of_spki(&info.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa44);
+    assert_eq!(info.cert.signature_algorithm, KeyType::MlDsa65.signature_algorithm().unwrap());
+
+    crate::commission::trust(&op, &mfg);
+    crate::commission::claim(&op, &mfg, &["PQB-1"]);
+    let certs = op.cert_count();
+    let id = iotpki_agent::flow::commission(&devs[0], Some(&op.url), Some(&op.root_pem), None).await.unwrap();
+    assert_eq!(op.cert_count(), certs + 1);
+    let opc = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+    let opi = profile::cert_info(&opc).unwrap();
+    assert_eq!(KeyType::of_spki(&opi.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa44);
+    assert_eq!(opi.cert.signature_algorithm, KeyType::EcdsaP256.signature_algorithm().unwrap());
+    // The unclaimed one is refused, nothing issued.
+    let err = iotpki_agent::flow::commission(&devs[1], Some(&op.url), Some(&op.root_pem), None).await.unwrap_err();
+    assert!(err.to_string().contains("not owned"), "{err}");
+    assert_eq!(op.cert_count(), certs + 1);
+    let renewed = iotpki_agent::renew(&devs[0], None, None).await.unwrap();
+    assert_ne!(renewed.cert_pem, id.cert_pem);
+    assert_eq!(op.last_audit().event.action, "reenroll");
+}
