@@ -212,3 +212,166 @@ async fn ml_dsa_devices_are_born_on_the_line_and_commissioned_by_a_p256_owner() 
     assert_ne!(renewed.cert_pem, id.cert_pem);
     assert_eq!(op.last_audit().event.action, "reenroll");
 }
+
+/// Bytes each way through a TCP relay in front of the server.
+#[derive(Clone, Default)]
+struct Counted {
+    up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counted {
+    fn take(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.up.swap(0, SeqCst), self.down.swap(0, SeqCst))
+    }
+}
+
+/// A relay on 127.0.0.1:0 to `upstream` (`https://127.0.0.1:PORT`), counting
+/// payload bytes (TLS records) each way; returns its URL.
+async fn counting_relay(upstream: &str, counted: Counted) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = upstream.trim_start_matches("https://").to_string();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let s = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let ((cr, cw), (sr, sw)) = (c.into_split(), s.into_split());
+            for (mut r, mut w, n) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    counted.up.clone(),
+                ),
+                (Box::new(sr), Box::new(cw), counted.down.clone()),
+            ] {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(k) = r.read(&mut buf).await {
+                        if k == 0 || w.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        n.fetch_add(k as u64, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let _ = w.shutdown().await;
+                });
+            }
+        }
+    });
+    url
+}
+
+/// Issue #19's measurements, for BENCHMARKS.md: per key type (CA and device
+/// alike), the sizes of a device certificate and of the chains TLS sends, the
+/// cost of a CRL and of each of its entries, the bytes on the wire of an
+/// enrollment, a renewal and a bare mutual TLS 1.3 handshake, and how many
+/// device certificates one core signs per second. Printed as a table
+/// (`cargo test -p iotpki-cli --test it -- mldsa::sizes --nocapture`); the
+/// assertions hold what the table says: ML-DSA costs more bytes, never fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_and_issuance_rate_by_key_type() {
+    use iotpki_agent::est_client::{ClientIdentity, EstClient};
+    use iotpki_core::keys::{Signer, SoftKey};
+    let mut rows = Vec::new();
+    for kt in [KeyType::EcdsaP256, KeyType::MlDsa44, KeyType::MlDsa65] {
+        let ca = Ca::start_with(InitOptions { key_type: kt, ..Default::default() }).await;
+        let counted = Counted::default();
+        let relay = counting_relay(&ca.url, counted.clone()).await;
+        let state = ca.tmp.path().join("m");
+        let mut opts = ca.enroll_opts(&state, "SZ-1", &ca.token("SZ-1"));
+        opts.key_type = kt;
+        opts.server = relay.clone();
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(200));
+        let id = iotpki_agent::enroll(&opts).await.unwrap();
+        settle().await;
+        let enroll = counted.take();
+        iotpki_agent::renew(&state, None, None).await.unwrap();
+        settle().await;
+        let renew = counted.take();
+        // A bare mutual TLS 1.3 handshake (and GET /healthz), no resumption.
+        let id2 = iotpki_agent::state::load(&state).unwrap();
+        let leaf = pem::decode_one("CERTIFICATE", &id2.cert_pem).unwrap();
+        let chain = pem::decode_all("CERTIFICATE", &id2.chain_pem).unwrap();
+        let key = iotpki_agent::keystore::Keystore::open(&state, None, None).unwrap().load(&id2.key_file).unwrap();
+        let mut tls_chain = vec![leaf.clone()];
+        tls_chain.extend(chain.iter().cloned());
+        let identity = ClientIdentity { chain: tls_chain, key };
+        let client = EstClient::new(&relay, None, &[ca.authority.root_der().to_vec()], Some(identity))
+            .unwrap()
+            .without_resumption();
+        let (status, _) = client.get("/healthz").await.unwrap();
+        assert_eq!(status, 200);
+        settle().await;
+        let handshake = counted.take();
+        let op = pem_file(&ca.ca_file("operational"));
+        let device_chain = leaf.len() + op.len();
+        let server_chain = std::fs::read_to_string(ca.dir.join("tls/server.crt")).unwrap();
+        let server_chain: usize = pem::decode_all("CERTIFICATE", &server_chain).unwrap().iter().map(|c| c.len()).sum();
+        // CRLs signed by a key of this type: empty, and with 1000 entries.
+        let crl_key = SoftKey::generate(kt).unwrap();
+        let spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(crl_key.public_key_der()).unwrap();
+        let kid = iotpki_core::keys::key_identifier(&spki);
+        let name = iotpki_core::name::NameBuilder::default().common_name("CRL CA").unwrap().build();
+        let issuer = profile::Issuer { subject: &name, key_id: &kid, not_after: 2_000_000_000, signer: &crl_key };
+        let entries: Vec<_> = (0..1000u32)
+            .map(|i| iotpki_core::crl::Revoked {
+                serial: format!("01{:030x}", u128::from(i) * 7919 + 1),
+                at: 1_700_000_000,
+                reason: 1,
+            })
+            .collect();
+        let crl0 = iotpki_core::crl::build(&issuer, 1, 1_700_000_000, 1_700_086_400, &[]).unwrap().len();
+        let crl1000 = iotpki_core::crl::build(&issuer, 2, 1_700_000_000, 1_700_086_400, &entries).unwrap().len();
+        // Device certificates one core signs per second (the authority's signing step alone).
+        let dev_spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(
+            SoftKey::generate(kt).unwrap().public_key_der(),
+        )
+        .unwrap();
+        let n = 200;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let p = profile::CertParams {
+                profile: profile::Profile::Device,
+                serial: iotpki_core::serial::system_random_serial(1_700_000_000).unwrap().0,
+                subject: iotpki_core::name::NameBuilder::default().common_name(&format!("d{i}")).unwrap().build(),
+                spki: dev_spki.clone(),
+                not_before: 1_700_000_000,
+                not_after: 1_800_000_000,
+                dns_names: vec![],
+                ip_addrs: vec![],
+                permitted_subtree: None,
+            };
+            profile::issue(&p, &issuer).unwrap();
+        }
+        let rate = f64::from(n) / t.elapsed().as_secs_f64();
+        let _ = id;
+        rows.push((
+            kt,
+            leaf.len(),
+            device_chain,
+            server_chain,
+            crl0,
+            (crl1000 - crl0) as f64 / 1000.0,
+            enroll,
+            renew,
+            handshake,
+            rate,
+        ));
+    }
+    println!("| key type (CA and device) | device cert | device chain (leaf + CA) | server chain | empty CRL | per CRL entry | enrollment up / down | renewal up / down | mTLS handshake up / down | device certs signed / s (one core) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (kt, leaf, dc, sc, crl0, per, e, r, h, rate) in &rows {
+        println!(
+            "| {kt} | {leaf} | {dc} | {sc} | {crl0} | {per:.1} | {} / {} | {} / {} | {} / {} | {rate:.0} |",
+            e.0, e.1, r.0, r.1, h.0, h.1
+        );
+    }
+    let p256 = &rows[0];
+    for r in &rows[1..] {
+        assert!(r.1 > 3 * p256.1 && r.2 > 3 * p256.2 && r.7 .1 > 3 * p256.7 .1, "ML-DSA costs more bytes");
+        assert!(r.8 .0 > 2 * p256.8 .0 && r.8 .1 > 2 * p256.8 .1, "and more handshake bytes each way");
+        assert!((r.5 - p256.5).abs() < 1.0, "an entry is the same size whoever signs the CRL");
+    }
+    assert!(rows[2].1 > rows[1].1, "ML-DSA-65 is larger than ML-DSA-44");
+}
