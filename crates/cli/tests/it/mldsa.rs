@@ -375,3 +375,30 @@ async fn sizes_and_issuance_rate_by_key_type() {
     }
     assert!(rows[2].1 > rows[1].1, "ML-DSA-65 is larger than ML-DSA-44");
 }
+
+/// DTLS has no ML-DSA: an authority whose server key is ML-DSA refuses to
+/// serve EST over secure CoAP, saying why, before it binds a socket; and the
+/// agent refuses to enroll an ML-DSA key over coaps before it sends anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_dsa_is_refused_over_coaps_before_anything_is_issued() {
+    let ca = Ca::start_with(InitOptions { key_type: KeyType::MlDsa44, ..Default::default() }).await;
+    let err = iotpki_server::Running::start_coaps(
+        ca.authority.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("DTLS has no ml-dsa-44 signatures"), "{err}");
+    let before = ca.cert_count();
+    let state = ca.tmp.path().join("co");
+    let mut opts = ca.enroll_opts(&state, "CO-1", &ca.token("CO-1"));
+    opts.key_type = KeyType::MlDsa44;
+    opts.server = "coaps://127.0.0.1:9".into();
+    let err = iotpki_agent::enroll(&opts).await.unwrap_err();
+    assert!(err.to_string().contains("ECDSA P-256 or P-384"), "{err}");
+    assert_eq!(ca.cert_count(), before);
+    assert!(!state.join("identity.json").exists());
+}
