@@ -172,7 +172,11 @@ pub(crate) fn verify(spki_der: &[u8], alg: CoseAlg, tbs: &[u8], sig: &[u8]) -> R
         None => sig.to_vec(),
     };
     let x509_alg = alg.key_type().signature_algorithm().map_err(|e| e.to_string())?;
-    keys::verify(&spki, &x509_alg, tbs, &x509_sig).map_err(|_| "the signature does not verify".to_string())
+    keys::verify(&spki, &x509_alg, tbs, &x509_sig).map_err(|e| match e {
+        // Said by name (an ML-DSA signature in the ring build), not as a bad signature.
+        crate::Error::UnsupportedAlgorithm(m) => m,
+        _ => "the signature does not verify".to_string(),
+    })
 }
 
 #[derive(der::Sequence)]
@@ -336,6 +340,20 @@ mod tests {
             assert_eq!(CoseAlg::from_label(&Algorithm::Assigned(alg.iana())), Some(alg));
             assert_eq!(CoseAlg::for_key(alg.key_type()), Some(alg));
         }
+    }
+
+    /// The ring build reads an ML-DSA signer and says it cannot check it, by name.
+    #[cfg(not(feature = "aws-lc"))]
+    #[test]
+    fn ml_dsa_signatures_are_refused_by_name_on_ring() {
+        let spki = spki::SubjectPublicKeyInfoOwned {
+            algorithm: KeyType::MlDsa44.signature_algorithm().unwrap(),
+            subject_public_key: der::asn1::BitString::from_bytes(&[7; 1312]).unwrap(),
+        }
+        .to_der()
+        .unwrap();
+        let err = verify(&spki, CoseAlg::MlDsa44, b"m", &[0; 2420]).unwrap_err();
+        assert!(err.contains("aws-lc"), "{err}");
     }
 
     #[test]
