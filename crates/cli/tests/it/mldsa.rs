@@ -402,3 +402,49 @@ async fn ml_dsa_is_refused_over_coaps_before_anything_is_issued() {
     assert_eq!(ca.cert_count(), before);
     assert!(!state.join("identity.json").exists());
 }
+
+/// Vouchers across algorithms: an ML-DSA-87 manufacturer hands an ML-DSA-44
+/// device to an ML-DSA-65 owner by a COSE ML-DSA-signed voucher (`voucher
+/// issue` signs with the root key); the owner claims by it, the device installs
+/// it and commissions with that owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ml_dsa_manufacturer_hands_a_device_to_an_ml_dsa_owner_by_voucher() {
+    let mfg = Ca::start_with(InitOptions { key_type: KeyType::MlDsa87, ..Default::default() }).await;
+    let op = Ca::start_with(InitOptions { key_type: KeyType::MlDsa65, ..Default::default() }).await;
+    let devs = crate::util::born_devices_kt(&mfg, "PQV", &["PQV-1".to_string()], KeyType::MlDsa44).await;
+    let dev = devs[0].clone();
+    let v = mfg.tmp.path().join("v.cbor");
+    let (mdir, odir, oroot, mca, d2, v2) =
+        (mfg.dir.clone(), op.dir.clone(), op.root_file(), mfg.ca_file("manufacturing"), dev.clone(), v.clone());
+    tokio::task::spawn_blocking(move || {
+        let pass = |c: &mut std::process::Command| {
+            c.env("IOTPKI_PASSPHRASE", crate::util::PASS);
+        };
+        run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&odir).arg(&mca));
+        let mut c = bin();
+        c.args(["voucher", "issue", "--device", "PQV-1", "--dir"])
+            .arg(&mdir)
+            .arg("--to")
+            .arg(&oroot)
+            .arg("--out")
+            .arg(&v2);
+        pass(&mut c);
+        let out = run_ok(&mut c);
+        assert!(out.contains("1 entries"), "{out}");
+        let mut c = bin();
+        c.args(["device", "claim", "--dir"]).arg(&odir).arg("--voucher").arg(&v2);
+        pass(&mut c);
+        assert!(run_ok(&mut c).contains("claimed PQV-1 by voucher"));
+        let out = run_ok(bin().args(["agent", "apply", "--state"]).arg(&d2).arg(&v2));
+        assert!(out.contains("ownership voucher installed (1 entries)"), "{out}");
+    })
+    .await
+    .unwrap();
+    // The voucher's signature is COSE ML-DSA-87: alg (1) => -50 (0x38 0x31) in its protected header.
+    let voucher = std::fs::read(&v).unwrap();
+    assert!(voucher.windows(3).any(|w| w == [0x01, 0x38, 0x31]), "ML-DSA-87 alg label");
+    let id = iotpki_agent::flow::commission(&dev, Some(&op.url), Some(&op.root_pem), None).await.unwrap();
+    let info = profile::cert_info(&pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap()).unwrap();
+    assert_eq!(info.cert.signature_algorithm, KeyType::MlDsa65.signature_algorithm().unwrap());
+    assert_eq!(op.last_audit().event.action, "commission");
+}
