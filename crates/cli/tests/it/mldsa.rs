@@ -448,3 +448,70 @@ async fn an_ml_dsa_manufacturer_hands_a_device_to_an_ml_dsa_owner_by_voucher() {
     assert_eq!(info.cert.signature_algorithm, KeyType::MlDsa65.signature_algorithm().unwrap());
     assert_eq!(op.last_audit().event.action, "commission");
 }
+
+/// pyca/cryptography, with the COSE structures decoded by cbor2, verifies every
+/// signature of a trust bundle signed with COSE ML-DSA-44/65/87 and ES256 (the
+/// kid of each is the SHA-256 of its signer's SPKI); one flipped octet fails it.
+#[test]
+fn pyca_cryptography_verifies_cose_ml_dsa_bundle_signatures() {
+    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+    use iotpki_core::keys::{Signer, SoftKey};
+    let tmp = tempfile::tempdir().unwrap();
+    let keys: Vec<SoftKey> = [KeyType::MlDsa44, KeyType::MlDsa65, KeyType::MlDsa87, KeyType::EcdsaP256]
+        .into_iter()
+        .map(|k| SoftKey::generate(k).unwrap())
+        .collect();
+    let root = {
+        let k = SoftKey::generate(KeyType::MlDsa65).unwrap();
+        let spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::try_from(k.public_key_der()).unwrap();
+        let kid = iotpki_core::keys::key_identifier(&spki);
+        let n = iotpki_core::name::NameBuilder::default().common_name("PQ Root").unwrap().build();
+        let issuer = profile::Issuer { subject: &n, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let p = profile::CertParams {
+            profile: profile::Profile::Root,
+            serial: iotpki_core::serial::system_random_serial(1_700_000_000).unwrap().0,
+            subject: n.clone(),
+            spki,
+            not_before: 1_700_000_000,
+            not_after: 2_000_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        profile::issue(&p, &issuer).unwrap().der
+    };
+    let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
+    let content = BundleContent {
+        version: 1,
+        issued_at: now,
+        expires_at: now + 86_400,
+        anchors: vec![root],
+        servers: vec![],
+        threshold: 4,
+        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
+    };
+    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
+    for k in &keys {
+        b.add_signature(k).unwrap();
+    }
+    let file = tmp.path().join("bundle.cbor");
+    std::fs::write(&file, b.encode()).unwrap();
+    let mut args = vec![std::path::PathBuf::from("bundle"), file.clone()];
+    for (i, k) in keys.iter().enumerate() {
+        let p = tmp.path().join(format!("k{i}.der"));
+        std::fs::write(&p, k.public_key_der()).unwrap();
+        args.push(p);
+    }
+    let refs: Vec<&std::path::Path> = args.iter().map(|p| p.as_path()).collect();
+    let (ok, text) = pyca(&refs);
+    assert!(ok, "{text}");
+    for alg in ["alg -48 MLDSA44", "alg -49 MLDSA65", "alg -50 MLDSA87", "alg -7 "] {
+        assert!(text.contains(alg), "{alg}: {text}");
+    }
+    let mut bad = b.encode();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&file, bad).unwrap();
+    let (ok, text) = pyca(&refs);
+    assert!(!ok && text.contains("InvalidSignature"), "{text}");
+}

@@ -8,6 +8,10 @@ RFC 9881 certificates, CRLs and OCSP answers (crates/cli/tests/it/mldsa.rs).
   pyca_check.py ocsp RESP_DER ISSUER       the answer's signature verifies with its
                                            responder's key (the one it carries, itself
                                            issued by ISSUER, or ISSUER's)
+  pyca_check.py bundle FILE SPKI_DER...    every COSE signature of a trust bundle
+                                           (#6.98 COSE_Sign) verifies with the signer
+                                           key whose kid (SHA-256 of the SPKI) it names;
+                                           the COSE structures decoded with cbor2
 
 Prints one line per object checked ("KEYCLASS SIGALG-OID subject"); exits 1 with
 the reason on the first failure.
@@ -66,6 +70,33 @@ def main(argv):
         else:  # ML-DSA, Ed25519: the message itself
             key.verify(resp.signature, resp.tbs_response_bytes)
         print(f"OCSP {resp.signature_algorithm_oid.dotted_string} {resp.certificate_status.name} by {signer.subject.rfc4514_string()}")
+    elif mode == "bundle":
+        import hashlib
+
+        import cbor2
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        keys = {}
+        for p in argv[3:]:
+            spki = der(p)
+            keys[hashlib.sha256(spki).digest()] = serialization.load_der_public_key(spki)
+        tagged = cbor2.loads(der(argv[2]))
+        if tagged.tag != 98:
+            raise SystemExit(f"not a tagged COSE_Sign: tag {tagged.tag}")
+        body_protected, _, payload, signatures = tagged.value
+        for sign_protected, _, signature in signatures:
+            header = cbor2.loads(sign_protected)
+            alg, kid = header[1], header[4]
+            key = keys[kid]
+            tbs = cbor2.dumps(["Signature", body_protected, sign_protected, b"", payload])
+            if alg in (-7, -35):
+                n = len(signature) // 2
+                sig = encode_dss_signature(int.from_bytes(signature[:n], "big"), int.from_bytes(signature[n:], "big"))
+                key.verify(sig, tbs, ec.ECDSA(hashes.SHA256() if alg == -7 else hashes.SHA384()))
+            else:  # EdDSA (-8), ML-DSA-44/65/87 (-48/-49/-50): the message itself
+                key.verify(signature, tbs)
+            print(f"alg {alg} {type(key).__name__} kid {kid.hex()[:16]} verifies")
     else:
         raise SystemExit(f"unknown mode {mode}")
 
