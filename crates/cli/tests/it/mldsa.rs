@@ -515,3 +515,50 @@ fn pyca_cryptography_verifies_cose_ml_dsa_bundle_signatures() {
     let (ok, text) = pyca(&refs);
     assert!(!ok && text.contains("InvalidSignature"), "{text}");
 }
+
+/// The command line as the issue names it: `iotpki init --key-type ml-dsa-65`,
+/// `iotpki serve`, `iotpki agent enroll --key-type ml-dsa-44`, `agent renew`,
+/// `agent status`; a misspelt type is refused with the list of names.
+#[test]
+fn the_cli_inits_an_ml_dsa_authority_and_enrolls_an_ml_dsa_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = dir.to_str().unwrap();
+    let env = |c: &mut std::process::Command| {
+        c.env("IOTPKI_PASSPHRASE", crate::util::PASS);
+    };
+    let mut c = bin();
+    c.args(["init", "--dir", d, "--key-type", "ml-dsa-66", "--http-listen", "127.0.0.1:0"]);
+    env(&mut c);
+    let err = run_fail(&mut c);
+    assert!(err.contains("ml-dsa-44, ml-dsa-65 or ml-dsa-87"), "{err}");
+    assert!(!dir.exists(), "nothing made");
+    let mut c = bin();
+    c.args(["init", "--dir", d, "--key-type", "ml-dsa-65", "--http-listen", "127.0.0.1:0"]);
+    env(&mut c);
+    run_ok(&mut c);
+    let root = pem_file(&dir.join("ca/root.crt"));
+    let info = profile::cert_info(&root).unwrap();
+    assert_eq!(KeyType::of_spki(&info.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa65);
+    let mut c = bin();
+    c.args(["serve", "--dir", d, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    env(&mut c);
+    let (_server, url) = crate::util::serve(&mut c);
+    let token = run_ok(bin().args(["token", "create", "--dir", d, "--serial", "CLI-PQ"])).trim().to_string();
+    let state = tmp.path().join("dev");
+    let st = state.to_str().unwrap();
+    let out = run_ok(bin().args(["agent", "enroll", "--state", st, "--server", &url, "--serial", "CLI-PQ"]).args([
+        "--token",
+        &token,
+        "--ca-cert",
+        dir.join("ca/root.crt").to_str().unwrap(),
+        "--key-type",
+        "ml-dsa-44",
+    ]));
+    assert!(out.contains("enrolled CLI-PQ"), "{out}");
+    run_ok(bin().args(["agent", "renew", "--state", st]));
+    let status = run_ok(bin().args(["agent", "status", "--state", st, "--json"]));
+    assert!(status.contains("\"ml-dsa-44\""), "{status}");
+    let audit = run_ok(bin().args(["audit", "verify", "--dir", d]));
+    assert!(audit.contains("OK"), "{audit}");
+}
