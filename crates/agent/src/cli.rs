@@ -89,7 +89,13 @@ pub const COMMANDS: &[Command] = &[
                 )
                 .required(),
                 Flag::new("label", "LABEL", Kind::Text, "EST label (default: the server's default)."),
-                Flag::new("key-type", "KEY_TYPE", Kind::Text, "Key type: p256, p384 or ed25519.").default("p256"),
+                Flag::new(
+                    "key-type",
+                    "KEY_TYPE",
+                    Kind::Text,
+                    "Key type: p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or ml-dsa-87 (ML-DSA: aws-lc build).",
+                )
+                .default("p256"),
             ],
             KEYSTORE,
         ],
@@ -111,6 +117,13 @@ pub const COMMANDS: &[Command] = &[
                 "FILE",
                 Kind::Path,
                 "The PKCS#11 token's PIN file, for a token keystore (else the one recorded at enrollment, else $IOTPKI_PIN).",
+            ),
+            Flag::new(
+                "key-type",
+                "KEY_TYPE",
+                Kind::Text,
+                "Renew into a key of this type (default: the current key's): p256, p384, ed25519,\n\
+                 ml-dsa-44, ml-dsa-65 or ml-dsa-87. How a device moves to ML-DSA.",
             ),
         ]],
         positional: None,
@@ -266,6 +279,7 @@ pub enum AgentCmd {
         state: PathBuf,
         server: Option<String>,
         pin_file: Option<PathBuf>,
+        key_type: Option<String>,
     },
     Commission {
         state: PathBuf,
@@ -345,7 +359,12 @@ impl AgentCmd {
                 key_type: text("key-type"),
                 keystore: keystore(),
             },
-            "renew" => AgentCmd::Renew { state: state(), server: m.text("server"), pin_file: m.path("pin-file") },
+            "renew" => AgentCmd::Renew {
+                state: state(),
+                server: m.text("server"),
+                pin_file: m.path("pin-file"),
+                key_type: m.text("key-type"),
+            },
             "commission" => AgentCmd::Commission {
                 state: state(),
                 server: m.text("server"),
@@ -525,8 +544,14 @@ pub fn run(c: AgentCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AgentCmd::Renew { state, server, pin_file } => {
-            runtime()?.block_on(crate::renew(&state, server.as_deref(), pin_file.as_deref()))?;
+        AgentCmd::Renew { state, server, pin_file, key_type } => {
+            match key_type {
+                Some(kt) => {
+                    let kt = KeyType::from_name(&kt)?;
+                    runtime()?.block_on(crate::renew_into(&state, server.as_deref(), pin_file.as_deref(), kt))?
+                }
+                None => runtime()?.block_on(crate::renew(&state, server.as_deref(), pin_file.as_deref()))?,
+            };
             let st = crate::status(&state)?;
             println!("renewed {}: certificate {}, valid until {}", st.device_serial, st.cert_serial, st.not_after);
             Ok(())

@@ -113,8 +113,10 @@ fn tls_provider() -> rustls::crypto::CryptoProvider {
 /// The signatures a device accepts, in TLS and on the certificates it is
 /// issued: ECDSA on P-256 and P-384, Ed25519 (the key types the authority
 /// makes) and RSA with SHA-256 or SHA-384 (PKCS#1 v1.5 and PSS), for a server
-/// certificate from another CA. One crypto library's (webpki's
-/// `ALL_VERIFICATION_ALGS` would link both in a build that has both).
+/// certificate from another CA; in the aws-lc build also ML-DSA-44/65/87
+/// (RFC 9881 certificates, TLS 1.3 ML-DSA CertificateVerify: ring has no
+/// ML-DSA). One crypto library's (webpki's `ALL_VERIFICATION_ALGS` would
+/// link both in a build that has both).
 pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithms = {
     use rustls::SignatureScheme as S;
     #[cfg(feature = "aws-lc")]
@@ -132,6 +134,12 @@ pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithm
             w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
             w::RSA_PKCS1_2048_8192_SHA256,
             w::RSA_PKCS1_2048_8192_SHA384,
+            #[cfg(feature = "aws-lc")]
+            w::ML_DSA_44,
+            #[cfg(feature = "aws-lc")]
+            w::ML_DSA_65,
+            #[cfg(feature = "aws-lc")]
+            w::ML_DSA_87,
         ],
         mapping: &[
             (S::ECDSA_NISTP384_SHA384, &[w::ECDSA_P384_SHA384, w::ECDSA_P256_SHA384]),
@@ -141,6 +149,12 @@ pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithm
             (S::RSA_PSS_SHA256, &[w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY]),
             (S::RSA_PKCS1_SHA384, &[w::RSA_PKCS1_2048_8192_SHA384]),
             (S::RSA_PKCS1_SHA256, &[w::RSA_PKCS1_2048_8192_SHA256]),
+            #[cfg(feature = "aws-lc")]
+            (S::ML_DSA_44, &[w::ML_DSA_44]),
+            #[cfg(feature = "aws-lc")]
+            (S::ML_DSA_65, &[w::ML_DSA_65]),
+            #[cfg(feature = "aws-lc")]
+            (S::ML_DSA_87, &[w::ML_DSA_87]),
         ],
     }
 };

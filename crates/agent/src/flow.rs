@@ -353,7 +353,22 @@ pub async fn renew(
 ) -> Result<Identity, AgentError> {
     let old = state::load(state_dir)?;
     let keystore = Keystore::open(state_dir, old.keystore.as_ref(), pin_file)?;
-    renew_from(state_dir, old, server_override, &keystore).await
+    renew_from(state_dir, old, server_override, &keystore, None).await
+}
+
+/// [`renew`] into a key of another type: how a device moves from P-256 to
+/// ML-DSA (after a root rotation across algorithms, or at any renewal). The
+/// server's label must allow the type; the old key authenticates the request.
+pub async fn renew_into(
+    state_dir: &Path,
+    server_override: Option<&str>,
+    pin_file: Option<&Path>,
+    key_type: KeyType,
+) -> Result<Identity, AgentError> {
+    let old = state::load(state_dir)?;
+    let keystore = Keystore::open(state_dir, old.keystore.as_ref(), pin_file)?;
+    keystore.check_key_type(key_type)?;
+    renew_from(state_dir, old, server_override, &keystore, Some(key_type)).await
 }
 
 /// [`renew`] with the keys in `keystore`, which must be the keystore the identity records.
@@ -364,7 +379,7 @@ pub async fn renew_with_keystore(
 ) -> Result<Identity, AgentError> {
     let old = state::load(state_dir)?;
     keystore.check_holds(&old)?;
-    renew_from(state_dir, old, server_override, keystore).await
+    renew_from(state_dir, old, server_override, keystore, None).await
 }
 
 async fn renew_from(
@@ -372,8 +387,10 @@ async fn renew_from(
     old: Identity,
     server_override: Option<&str>,
     keystore: &Keystore,
+    key_type: Option<KeyType>,
 ) -> Result<Identity, AgentError> {
     let old_key = keystore.load(&old.key_file)?;
+    let new_type = key_type.unwrap_or(old_key.key_type());
     let cert = pem::decode_one("CERTIFICATE", &old.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let chain = pem::decode_all("CERTIFICATE", &old.chain_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let anchor = pem::decode_one("CERTIFICATE", &old.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
@@ -400,8 +417,8 @@ async fn renew_from(
     // current one superseded) left its key: the retry uses it, and the server
     // answers with the certificate it issued then.
     let (key_file, new_key) = match keystore.pending_renewal(&old)? {
-        Some((name, key)) if key.key_type() == old_key.key_type() => (name, key),
-        _ => keystore.new_key(old_key.key_type(), &old.device_serial)?,
+        Some((name, key)) if key.key_type() == new_type => (name, key),
+        _ => keystore.new_key(new_type, &old.device_serial)?,
     };
     let attempt = async {
         let csr_der = csr::build(&current.cert.tbs_certificate.subject, new_key.as_ref(), vec![])?;

@@ -52,6 +52,6 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), ()> {
 pub mod trust;
 
 pub use error::AgentError;
-pub use flow::{enroll, renew, status, EnrollOptions, Status};
+pub use flow::{enroll, renew, renew_into, status, EnrollOptions, Status};
 pub use keystore::ExternalKeys;
 pub use state::Identity;

@@ -15,6 +15,10 @@ fn scheme_of(kt: KeyType) -> Option<SignatureScheme> {
         KeyType::EcdsaP256 => Some(SignatureScheme::ECDSA_NISTP256_SHA256),
         KeyType::EcdsaP384 => Some(SignatureScheme::ECDSA_NISTP384_SHA384),
         KeyType::Ed25519 => Some(SignatureScheme::ED25519),
+        // TLS 1.3 only (draft-ietf-tls-mldsa), which is all a device speaks.
+        KeyType::MlDsa44 => Some(SignatureScheme::ML_DSA_44),
+        KeyType::MlDsa65 => Some(SignatureScheme::ML_DSA_65),
+        KeyType::MlDsa87 => Some(SignatureScheme::ML_DSA_87),
         KeyType::Rsa(_) => None,
     }
 }
@@ -50,6 +54,8 @@ impl SigningKey for TlsKey {
         match self.0.key_type() {
             KeyType::Ed25519 => SignatureAlgorithm::ED25519,
             KeyType::Rsa(_) => SignatureAlgorithm::RSA,
+            // rustls names no SignatureAlgorithm for ML-DSA (it is used for TLS 1.2 only).
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => SignatureAlgorithm::Unknown(0),
             _ => SignatureAlgorithm::ECDSA,
         }
     }

@@ -304,7 +304,9 @@ fn build(
     let chain = format!("{}{}", pem::encode("CERTIFICATE", &server.der), pem::encode("CERTIFICATE", &op.der));
     keyfile::write_public(&dir.join("tls/server.crt"), chain.as_bytes())?;
 
-    let all_keys: Vec<String> = KeyType::SIGNING.iter().map(|k| k.to_string()).collect();
+    // Every key type the authority signs and verifies with, ML-DSA included: a fleet can
+    // move to ML-DSA device keys (and a CA of any type certifies a key of any type).
+    let all_keys: Vec<String> = KeyType::soft_signing().iter().map(|k| k.to_string()).collect();
     let cfg = Config {
         organization: org.into(),
         key_type: opts.key_type.to_string(),

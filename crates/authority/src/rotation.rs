@@ -13,6 +13,11 @@
 //! server switches), then, after they have renewed (and so learned the new
 //! chain), one that names only the new root; `retire` then drops the old root.
 //!
+//! The new root may be of another key type than the old ([`rotate_to`]): a fleet
+//! moves from a P-256 root to an ML-DSA one by the same steps. The issuing CAs
+//! keep their keys (now certified by an ML-DSA signature), and devices may
+//! renew into ML-DSA keys of their own (`iotpki agent renew --key-type`).
+//!
 //! The config is written last and atomically: a failure before leaves the
 //! authority as it was.
 
@@ -71,6 +76,18 @@ fn read_one(dir: &Path, rel: &Path) -> Result<Vec<u8>, AuthorityError> {
 
 /// Make a new root and certify every issuing CA again under it (see the module doc).
 pub fn rotate(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str) -> Result<Rotated, AuthorityError> {
+    rotate_to(dir, pass, clock, actor, None)
+}
+
+/// [`rotate`], with a new root of key type `key_type` (by default the
+/// authority's configured key type, that of its first root).
+pub fn rotate_to(
+    dir: &Path,
+    pass: &Passphrase,
+    clock: &dyn Clock,
+    actor: &str,
+    key_type: Option<KeyType>,
+) -> Result<Rotated, AuthorityError> {
     let mut cfg = Config::load(dir)?;
     if cfg.ca.iter().any(|c| c.role == CaRole::Retiring) {
         return Err(bad("a previous root is still retiring: run `iotpki ca retire` first (once devices have moved)"));
@@ -82,7 +99,10 @@ pub fn rotate(dir: &Path, pass: &Passphrase, clock: &dyn Clock, actor: &str) -> 
     let now = clock.now();
     let generation = cfg.ca.iter().filter(|c| c.name.starts_with("root")).count() + 1;
     let root_name = format!("root-{generation}");
-    let kt = KeyType::from_name(&cfg.key_type)?;
+    let kt = match key_type {
+        Some(kt) => kt,
+        None => KeyType::from_name(&cfg.key_type)?,
+    };
     let org = cfg.organization.clone();
 
     // The new root.

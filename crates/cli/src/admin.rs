@@ -24,7 +24,7 @@ pub struct InitArgs {
     dir: DirArg,
     #[command(flatten)]
     pass: PassArg,
-    /// Key type of the CA and server keys: p256, p384 or ed25519.
+    /// Key type of the CA and server keys: p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or ml-dsa-87.
     #[arg(long, default_value = "p256")]
     key_type: String,
     /// Organisation named in every subject.

@@ -36,6 +36,11 @@ pub struct DemoArgs {
     /// Key type for the authority and the devices.
     #[arg(long, default_value = "p256")]
     key_type: String,
+    /// Post-quantum: the operator's root rotation moves the fleet across algorithms,
+    /// to an ML-DSA-65 root (announced by bundle, the old root retired) with the
+    /// devices renewing into ML-DSA-44 keys, without losing contact.
+    #[arg(long)]
+    pq: bool,
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -187,7 +192,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             }
         }
         let line = factory_line(&authority, &root, &url, key_type).await?;
-        let field = field_life(&authority, &root, &pass, key_type).await?;
+        let field = field_life(&authority, &root, &pass, key_type, a.pq).await?;
         server.stop().await?;
         http.stop().await?;
 
@@ -246,6 +251,7 @@ async fn field_life(
     root: &std::path::Path,
     pass: &Passphrase,
     key_type: KeyType,
+    pq: bool,
 ) -> anyhow::Result<Field> {
     use iotpki_agent::daemon;
     use iotpki_authority::commission;
@@ -322,7 +328,7 @@ async fn field_life(
         other => bail!("the revoked device did not find itself on its CRL shard: {other:?}"),
     }
     let keys = trust_updates(&op, &born[1..], root, &http_url_of(&http)).await?;
-    let server = rotate_root(&op_dir, pass, server, op, &born[1..], &keys).await?;
+    let server = rotate_root(&op_dir, pass, server, op, &born[1..], &keys, pq).await?;
     server.stop().await?;
     http.stop().await?;
     Ok(Field { claimed, commissioned })
@@ -415,6 +421,8 @@ fn demo_bundle(keys: &[iotpki_core::keys::SoftKey], version: u64, anchors: Vec<V
 /// A root rotation: a new root, announced by bundle 3 (both roots), the server
 /// switched to it, every device renewed under it, bundle 4 (the new root only),
 /// the old root retired, and every device renewed again: none loses contact.
+/// With `pq`, across algorithms: an ML-DSA-65 root, and the devices renew
+/// into ML-DSA-44 keys (then authenticate with them over TLS 1.3).
 async fn rotate_root(
     op_dir: &std::path::Path,
     pass: &Passphrase,
@@ -422,12 +430,17 @@ async fn rotate_root(
     op: Arc<Authority>,
     devices: &[PathBuf],
     keys: &[iotpki_core::keys::SoftKey],
+    pq: bool,
 ) -> anyhow::Result<iotpki_server::Running> {
     use iotpki_authority::{rotation, trust};
     let addr = server.addr;
     let url = server.url();
     let r1 = op.root_der().to_vec();
-    let rotated = rotation::rotate(op_dir, pass, &SystemClock, "admin:demo")?;
+    let old_type = iotpki_core::profile::cert_info(&r1)
+        .ok()
+        .and_then(|i| KeyType::of_spki(&i.cert.tbs_certificate.subject_public_key_info).ok());
+    let (root_type, device_type) = if pq { (Some(KeyType::MlDsa65), Some(KeyType::MlDsa44)) } else { (None, None) };
+    let rotated = rotation::rotate_to(op_dir, pass, &SystemClock, "admin:demo", root_type)?;
     let r2 = iotpki_core::pem::decode_one("CERTIFICATE", &std::fs::read_to_string(&rotated.root_cert)?)?;
     let store = op.store().clone();
     trust::publish_bundle(store.as_ref(), &SystemClock, &demo_bundle(keys, 3, vec![r1, r2.clone()])?, "admin:demo")?;
@@ -440,7 +453,10 @@ async fn rotate_root(
     let server = iotpki_server::Running::start(op.clone(), addr).await?;
     let mut moved = 0;
     for d in devices {
-        let id = iotpki_agent::renew(d, None, None).await?;
+        let id = match device_type {
+            Some(kt) => iotpki_agent::renew_into(d, None, None, kt).await?,
+            None => iotpki_agent::renew(d, None, None).await?,
+        };
         if iotpki_core::pem::decode_one("CERTIFICATE", &id.anchor_pem)? == r2 {
             moved += 1;
         }
@@ -454,14 +470,27 @@ async fn rotate_root(
     drop(op);
     let op = Arc::new(Authority::open(op_dir, pass, Arc::new(SystemClock))?);
     let server = iotpki_server::Running::start(op, addr).await?;
+    let mut pq_keys = 0;
     for d in devices {
-        iotpki_agent::renew(d, None, None).await?;
+        let id = iotpki_agent::renew(d, None, None).await?;
+        let key = iotpki_agent::status(d)?.key_type;
+        if device_type.is_some_and(|kt| kt.to_string() == key) && !id.cert_pem.is_empty() {
+            pq_keys += 1;
+        }
     }
-    println!(
-        "     root rotation: {} announced by bundle, {moved} of {} devices renewed under it, the old root retired; all renewed again",
-        rotated.root,
-        devices.len()
-    );
+    match (root_type, device_type) {
+        (Some(rt), Some(dt)) => println!(
+            "     post-quantum move: {} ({rt}, replacing a {} root) announced by bundle, {moved} of {} devices renewed under it into {dt} keys, the old root retired; {pq_keys} renewed again over TLS 1.3 with their {dt} certificates",
+            rotated.root,
+            old_type.map(|k| k.to_string()).unwrap_or_else(|| "classical".into()),
+            devices.len()
+        ),
+        _ => println!(
+            "     root rotation: {} announced by bundle, {moved} of {} devices renewed under it, the old root retired; all renewed again",
+            rotated.root,
+            devices.len()
+        ),
+    }
     Ok(server)
 }
 

@@ -69,7 +69,8 @@ pub struct LoadgenArgs {
     /// OCSP requests per timed OCSP phase.
     #[arg(long, default_value_t = 20_000)]
     ocsp_requests: usize,
-    /// Key type of the simulated devices.
+    /// Key type of the simulated devices: p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or
+    /// ml-dsa-87 (over coaps: p256 or p384).
     #[arg(long, default_value = "p256")]
     key_type: String,
     /// Also report the CPU time these processes (the servers under test, by process id)
@@ -373,6 +374,9 @@ pub fn run(a: LoadgenArgs) -> anyhow::Result<()> {
     let coaps = a.server.iter().any(|s| coaps_client::is_coaps(s));
     if coaps && !a.server.iter().all(|s| coaps_client::is_coaps(s)) {
         bail!("give only coaps:// servers or only https:// ones");
+    }
+    if coaps && !matches!(kt, KeyType::EcdsaP256 | KeyType::EcdsaP384) {
+        bail!("over coaps the devices need p256 or p384 keys (DTLS with {kt} is not offered)");
     }
     if coaps && (a.station_dir.is_some() || a.reuse_connections || a.handshakes || a.ocsp.is_some()) {
         bail!("over coaps the load generator enrolls with tokens and renews (no --station-dir, --reuse-connections, --handshakes or --ocsp)");

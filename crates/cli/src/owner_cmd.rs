@@ -184,6 +184,11 @@ pub enum CaCmd {
         dir: DirArg,
         #[command(flatten)]
         pass: crate::PassArg,
+        /// Key type of the new root (default: the authority's): p256, p384, ed25519,
+        /// ml-dsa-44, ml-dsa-65 or ml-dsa-87. Another type moves the fleet across
+        /// algorithms (P-256 to ML-DSA) by the same bundle, renew, retire steps.
+        #[arg(long)]
+        key_type: Option<String>,
     },
     /// Stop trusting the retiring root (once devices have renewed under the new one).
     Retire {
@@ -238,8 +243,10 @@ fn print_arl(a: &iotpki_authority::revocation::SignedArl) {
 
 pub fn ca(c: CaCmd) -> anyhow::Result<()> {
     match c {
-        CaCmd::Rotate { dir, pass } => {
-            let r = iotpki_authority::rotation::rotate(&dir.dir, &pass.passphrase()?, &SystemClock, "admin:cli")?;
+        CaCmd::Rotate { dir, pass, key_type } => {
+            let kt = key_type.as_deref().map(iotpki_core::keys::KeyType::from_name).transpose()?;
+            let r =
+                iotpki_authority::rotation::rotate_to(&dir.dir, &pass.passphrase()?, &SystemClock, "admin:cli", kt)?;
             println!(
                 "new root {} ({}); certified again under it: {}. Restart `serve` to use it.",
                 r.root,

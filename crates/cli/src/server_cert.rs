@@ -33,7 +33,7 @@ pub struct IssueServerArgs {
     /// chain.pem (issuing CA) and root.pem here. Refuses to overwrite a key.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Key type: p256, p384 or ed25519.
+    /// Key type: p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or ml-dsa-87 (ML-DSA: aws-lc build).
     #[arg(long, default_value = "p256")]
     key_type: String,
     /// Lifetime in days (1 to 397).
@@ -54,7 +54,7 @@ pub struct RenewServerArgs {
     /// Where to write the new files (default: the directory of --cert); existing ones are replaced atomically.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Key type of the new key: p256, p384 or ed25519.
+    /// Key type of the new key: p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or ml-dsa-87.
     #[arg(long, default_value = "p256")]
     key_type: String,
     /// Lifetime in days (1 to 397).

@@ -896,6 +896,31 @@ mod tests {
         assert!(matches!(verify_initial(&cose_bytes(cose), NOW), Err(BundleError::BadSignature { .. })));
     }
 
+    /// COSE ML-DSA (-48/-49/-50) signers count towards a threshold with
+    /// classical ones; a bundle names an ML-DSA root like any other anchor; a
+    /// damaged ML-DSA signature is caught.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn ml_dsa_signers_meet_a_threshold_with_classical_ones() {
+        let k: Vec<SoftKey> = [KeyType::MlDsa65, KeyType::EcdsaP256, KeyType::MlDsa44, KeyType::MlDsa87]
+            .into_iter()
+            .map(|kt| SoftKey::generate(kt).unwrap())
+            .collect();
+        let mut c = content(1, &[&k[0], &k[1], &k[2], &k[3]], 3);
+        c.anchors.push(ca("Root A"));
+        let good = signed(c.clone(), &[&k[0], &k[2], &k[3]]);
+        let b = verify_initial(&good, NOW).unwrap();
+        let algs: Vec<_> = b.signatures().iter().map(|s| s.alg).collect();
+        assert_eq!(algs, [CoseAlg::MlDsa65, CoseAlg::MlDsa44, CoseAlg::MlDsa87]);
+        for i in 0..3 {
+            let err = verify_initial(&corrupt_signature(&good, i), NOW).unwrap_err();
+            assert!(matches!(&err, BundleError::BadSignature { .. }), "{err}");
+        }
+        // Two of three: below the threshold.
+        let short = signed(c, &[&k[0], &k[1]]);
+        assert!(verify_initial(&short, NOW).is_err());
+    }
+
     #[test]
     fn time_rules() {
         let k = keys();

@@ -1005,7 +1005,11 @@ mod tests {
     }
 
     fn make(profile: Profile, name: Name, parent: Option<&Ca>, subtree: Option<Name>) -> Ca {
-        let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        make_with(KeyType::EcdsaP256, profile, name, parent, subtree)
+    }
+
+    fn make_with(kt: KeyType, profile: Profile, name: Name, parent: Option<&Ca>, subtree: Option<Name>) -> Ca {
+        let key = SoftKey::generate(kt).unwrap();
         let kid = keys::key_identifier(&spki(&key));
         let p = CertParams {
             profile,
@@ -1041,6 +1045,25 @@ mod tests {
             };
         }
         b.build()
+    }
+
+    /// RFC 9881 chains: ML-DSA roots over P-256 issuing CAs and devices, and
+    /// the other way round; a root of another key type is no issuer.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn ml_dsa_and_p256_chains_verify_across_algorithms() {
+        let (e, m44, m65, m87) = (KeyType::EcdsaP256, KeyType::MlDsa44, KeyType::MlDsa65, KeyType::MlDsa87);
+        for (root_kt, ca_kt, leaf_kt) in [(m65, e, e), (e, m65, m44), (m87, m65, m44), (m44, m44, e)] {
+            let root = make_with(root_kt, Profile::Root, n(&[("CN", "Root")]), None, None);
+            let ca = make_with(ca_kt, Profile::IssuingCa, n(&[("CN", "Issuing")]), Some(&root), None);
+            let leaf = make_with(leaf_kt, Profile::Device, n(&[("CN", "dev-1")]), Some(&ca), None);
+            verify(&leaf.der, std::slice::from_ref(&ca.der), &root.der, 2_000, rfc5280::ID_KP_CLIENT_AUTH)
+                .unwrap_or_else(|e| panic!("{root_kt}/{ca_kt}/{leaf_kt}: {e}"));
+            // The same names under a root with another key: the signature does not verify.
+            let other = make_with(root_kt, Profile::Root, n(&[("CN", "Root")]), None, None);
+            assert!(verify(&leaf.der, std::slice::from_ref(&ca.der), &other.der, 2_000, rfc5280::ID_KP_CLIENT_AUTH)
+                .is_err());
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! size (RFC 9053, section 2.1), where X.509 carries a DER `ECDSA-Sig-Value`; a
 //! [`Signer`] returns the latter, so signing converts DER to `r || s` and
 //! verification converts back before handing over to [`keys::verify`], the one
-//! verification path of the crate. Ed25519 signatures are the same 64 octets in both.
+//! verification path of the crate. Ed25519 signatures are the same 64 octets in both,
+//! and so are ML-DSA's (the FIPS 204 signature; COSE algorithms ML-DSA-44/65/87,
+//! -48/-49/-50, draft-ietf-cose-dilithium).
 
 use std::fmt;
 
@@ -39,6 +41,9 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// The COSE signature algorithms we sign and verify with: one per key type.
+///
+/// The ML-DSA ones sign and verify in the aws-lc build; the ring build parses
+/// them and refuses them by name ([`keys::verify`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CoseAlg {
     /// ECDSA with SHA-256 on P-256 (COSE `ES256`, -7).
@@ -47,6 +52,12 @@ pub enum CoseAlg {
     Es384,
     /// Ed25519 (COSE `EdDSA`, -8).
     EdDsa,
+    /// ML-DSA-44 (COSE `ML-DSA-44`, -48).
+    MlDsa44,
+    /// ML-DSA-65 (COSE `ML-DSA-65`, -49).
+    MlDsa65,
+    /// ML-DSA-87 (COSE `ML-DSA-87`, -50).
+    MlDsa87,
 }
 
 impl CoseAlg {
@@ -56,6 +67,9 @@ impl CoseAlg {
             KeyType::EcdsaP256 => Some(Self::Es256),
             KeyType::EcdsaP384 => Some(Self::Es384),
             KeyType::Ed25519 => Some(Self::EdDsa),
+            KeyType::MlDsa44 => Some(Self::MlDsa44),
+            KeyType::MlDsa65 => Some(Self::MlDsa65),
+            KeyType::MlDsa87 => Some(Self::MlDsa87),
             KeyType::Rsa(_) => None,
         }
     }
@@ -66,6 +80,9 @@ impl CoseAlg {
             Self::Es256 => KeyType::EcdsaP256,
             Self::Es384 => KeyType::EcdsaP384,
             Self::EdDsa => KeyType::Ed25519,
+            Self::MlDsa44 => KeyType::MlDsa44,
+            Self::MlDsa65 => KeyType::MlDsa65,
+            Self::MlDsa87 => KeyType::MlDsa87,
         }
     }
 
@@ -74,6 +91,9 @@ impl CoseAlg {
             Self::Es256 => iana::Algorithm::ES256,
             Self::Es384 => iana::Algorithm::ES384,
             Self::EdDsa => iana::Algorithm::EdDSA,
+            Self::MlDsa44 => iana::Algorithm::ML_DSA_44,
+            Self::MlDsa65 => iana::Algorithm::ML_DSA_65,
+            Self::MlDsa87 => iana::Algorithm::ML_DSA_87,
         }
     }
 
@@ -82,6 +102,9 @@ impl CoseAlg {
             RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES256) => Some(Self::Es256),
             RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES384) => Some(Self::Es384),
             RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA) => Some(Self::EdDsa),
+            RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ML_DSA_44) => Some(Self::MlDsa44),
+            RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ML_DSA_65) => Some(Self::MlDsa65),
+            RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ML_DSA_87) => Some(Self::MlDsa87),
             _ => None,
         }
     }
@@ -91,7 +114,7 @@ impl CoseAlg {
         match self {
             Self::Es256 => Some(32),
             Self::Es384 => Some(48),
-            Self::EdDsa => None,
+            Self::EdDsa | Self::MlDsa44 | Self::MlDsa65 | Self::MlDsa87 => None,
         }
     }
 }
@@ -102,6 +125,9 @@ impl fmt::Display for CoseAlg {
             Self::Es256 => "ES256",
             Self::Es384 => "ES384",
             Self::EdDsa => "EdDSA",
+            Self::MlDsa44 => "ML-DSA-44",
+            Self::MlDsa65 => "ML-DSA-65",
+            Self::MlDsa87 => "ML-DSA-87",
         })
     }
 }
@@ -113,7 +139,8 @@ pub(crate) fn parse_signer_key(spki_der: &[u8]) -> Result<(SubjectPublicKeyInfoO
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der).map_err(|e| format!("not a subjectPublicKeyInfo: {e}"))?;
     keys::canonical_spki(spki_der).map_err(|e| e.to_string())?;
     let kt = KeyType::of_spki(&spki).map_err(|e| e.to_string())?;
-    let alg = CoseAlg::for_key(kt).ok_or_else(|| format!("a {kt} key cannot sign here (use p256, p384 or ed25519)"))?;
+    let alg = CoseAlg::for_key(kt)
+        .ok_or_else(|| format!("a {kt} key cannot sign here (use p256, p384, ed25519 or ml-dsa-*)"))?;
     Ok((spki, alg))
 }
 
@@ -123,7 +150,8 @@ pub(crate) fn parse_signer_key(spki_der: &[u8]) -> Result<(SubjectPublicKeyInfoO
 /// cannot put a signature into a file that no device would accept.
 pub(crate) fn sign(signer: &dyn Signer, tbs: &[u8]) -> Result<(CoseAlg, Vec<u8>), String> {
     let kt = signer.key_type();
-    let alg = CoseAlg::for_key(kt).ok_or_else(|| format!("a {kt} key cannot sign here (use p256, p384 or ed25519)"))?;
+    let alg = CoseAlg::for_key(kt)
+        .ok_or_else(|| format!("a {kt} key cannot sign here (use p256, p384, ed25519 or ml-dsa-*)"))?;
     let sig = signer.sign(tbs).map_err(|e| e.to_string())?;
     let cose_sig = match alg.field_len() {
         Some(n) => ecdsa_der_to_fixed(&sig, n)?,
@@ -144,7 +172,11 @@ pub(crate) fn verify(spki_der: &[u8], alg: CoseAlg, tbs: &[u8], sig: &[u8]) -> R
         None => sig.to_vec(),
     };
     let x509_alg = alg.key_type().signature_algorithm().map_err(|e| e.to_string())?;
-    keys::verify(&spki, &x509_alg, tbs, &x509_sig).map_err(|_| "the signature does not verify".to_string())
+    keys::verify(&spki, &x509_alg, tbs, &x509_sig).map_err(|e| match e {
+        // Said by name (an ML-DSA signature in the ring build), not as a bad signature.
+        crate::Error::UnsupportedAlgorithm(m) => m,
+        _ => "the signature does not verify".to_string(),
+    })
 }
 
 #[derive(der::Sequence)]
@@ -274,7 +306,7 @@ mod tests {
 
     #[test]
     fn sign_and_verify_each_algorithm() {
-        for kt in KeyType::SIGNING {
+        for &kt in KeyType::soft_signing() {
             let k = SoftKey::generate(kt).unwrap();
             // Many signatures, so that short r or s (leading zero octets) are met and padded.
             for i in 0..64u8 {
@@ -298,6 +330,30 @@ mod tests {
         assert!(err.contains("the key is p256"), "{err}");
         let err = verify(k.public_key_der(), CoseAlg::Es256, b"m", &sig[..63]).unwrap_err();
         assert!(err.contains("64 octets"), "{err}");
+    }
+
+    #[test]
+    fn ml_dsa_cose_labels_are_the_draft_ones() {
+        // draft-ietf-cose-dilithium: ML-DSA-44 = -48, ML-DSA-65 = -49, ML-DSA-87 = -50.
+        for (alg, label) in [(CoseAlg::MlDsa44, -48), (CoseAlg::MlDsa65, -49), (CoseAlg::MlDsa87, -50)] {
+            assert_eq!(alg.iana() as i64, label);
+            assert_eq!(CoseAlg::from_label(&Algorithm::Assigned(alg.iana())), Some(alg));
+            assert_eq!(CoseAlg::for_key(alg.key_type()), Some(alg));
+        }
+    }
+
+    /// The ring build reads an ML-DSA signer and says it cannot check it, by name.
+    #[cfg(not(feature = "aws-lc"))]
+    #[test]
+    fn ml_dsa_signatures_are_refused_by_name_on_ring() {
+        let spki = spki::SubjectPublicKeyInfoOwned {
+            algorithm: KeyType::MlDsa44.signature_algorithm().unwrap(),
+            subject_public_key: der::asn1::BitString::from_bytes(&[7; 1312]).unwrap(),
+        }
+        .to_der()
+        .unwrap();
+        let err = verify(&spki, CoseAlg::MlDsa44, b"m", &[0; 2420]).unwrap_err();
+        assert!(err.contains("aws-lc"), "{err}");
     }
 
     #[test]

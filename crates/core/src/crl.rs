@@ -510,7 +510,13 @@ mod tests {
 
     #[test]
     fn builds_a_signed_v2_crl() {
-        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        for &kt in KeyType::soft_signing() {
+            builds_a_signed_v2_crl_with(kt);
+        }
+    }
+
+    fn builds_a_signed_v2_crl_with(kt: KeyType) {
+        let k = SoftKey::generate(kt).unwrap();
         let n = NameBuilder::default().common_name("CA").unwrap().build();
         let spki = spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
         let kid = keys::key_identifier(&spki);

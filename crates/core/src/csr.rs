@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn build_then_verify_each_key_type() {
-        for kt in KeyType::SIGNING {
+        for &kt in KeyType::soft_signing() {
             let key = SoftKey::generate(kt).unwrap();
             let subject = device_subject("Acme", &DeviceSerial::parse("SN1").unwrap()).unwrap();
             let der = build(&subject, &key, vec![]).unwrap();

@@ -99,7 +99,8 @@ pub fn csr_attrs(key_type: KeyType) -> Result<Vec<u8>, Error> {
             let values = der::asn1::SetOfVec::try_from(vec![b]).map_err(set)?;
             items.push(any(&IntAttr { oid: rfc5912::RSA_ENCRYPTION, values })?);
         }
-        KeyType::Ed25519 => {}
+        // The algorithm OID names the key type too (RFC 8410, RFC 9881).
+        KeyType::Ed25519 | KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {}
     }
     items.push(any(&rfc4519::SERIAL_NUMBER)?);
     items.to_der().map_err(|e| Error::der("csrattrs", e))

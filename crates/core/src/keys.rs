@@ -25,19 +25,93 @@ pub enum KeyType {
     Ed25519,
     /// RSA of the given modulus size: recognised so it can be refused by name.
     Rsa(usize),
+    /// ML-DSA-44 (FIPS 204, security category 2; RFC 9881 `id-ml-dsa-44`).
+    MlDsa44,
+    /// ML-DSA-65 (FIPS 204, security category 3; RFC 9881 `id-ml-dsa-65`).
+    MlDsa65,
+    /// ML-DSA-87 (FIPS 204, security category 5; RFC 9881 `id-ml-dsa-87`).
+    MlDsa87,
 }
+
+/// `id-ml-dsa-44` (RFC 9881, NIST sigAlgs 17): the key and the signature algorithm.
+pub const ID_ML_DSA_44: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.17");
+/// `id-ml-dsa-65` (RFC 9881, NIST sigAlgs 18).
+pub const ID_ML_DSA_65: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.18");
+/// `id-ml-dsa-87` (RFC 9881, NIST sigAlgs 19).
+pub const ID_ML_DSA_87: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.19");
+
+/// Why an ML-DSA operation is refused in the ring build: one message everywhere.
+#[cfg(not(feature = "aws-lc"))]
+const ML_DSA_NEEDS_AWS_LC: &str = "ML-DSA needs iotpki's aws-lc build (ring, the small device build, has no ML-DSA)";
 
 impl KeyType {
     /// The types we can generate and sign with.
+    /// These are the classical types, which every build (aws-lc and ring) and
+    /// every key backend (key file, PKCS#11, TPM where the curve fits) has;
+    /// the ML-DSA types ([`KeyType::ML_DSA`]) are software keys of the aws-lc build.
     pub const SIGNING: [KeyType; 3] = [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Ed25519];
 
-    /// Parse the CLI / config name (`p256`, `p384`, `ed25519`).
+    /// The ML-DSA (FIPS 204) types, in the order of their security categories.
+    pub const ML_DSA: [KeyType; 3] = [KeyType::MlDsa44, KeyType::MlDsa65, KeyType::MlDsa87];
+
+    /// Every type this build can generate and sign with as a software key
+    /// ([`KeyType::SIGNING`], and [`KeyType::ML_DSA`] in the aws-lc build).
+    pub fn soft_signing() -> &'static [KeyType] {
+        #[cfg(feature = "aws-lc")]
+        const ALL: [KeyType; 6] = [
+            KeyType::EcdsaP256,
+            KeyType::EcdsaP384,
+            KeyType::Ed25519,
+            KeyType::MlDsa44,
+            KeyType::MlDsa65,
+            KeyType::MlDsa87,
+        ];
+        #[cfg(not(feature = "aws-lc"))]
+        const ALL: [KeyType; 3] = KeyType::SIGNING;
+        &ALL
+    }
+
+    /// Whether this is one of the ML-DSA types.
+    pub fn is_ml_dsa(self) -> bool {
+        matches!(self, Self::MlDsa44 | Self::MlDsa65 | Self::MlDsa87)
+    }
+
+    /// The RFC 9881 OID of an ML-DSA type (its key and its signature algorithm alike).
+    pub fn ml_dsa_oid(self) -> Option<ObjectIdentifier> {
+        match self {
+            Self::MlDsa44 => Some(ID_ML_DSA_44),
+            Self::MlDsa65 => Some(ID_ML_DSA_65),
+            Self::MlDsa87 => Some(ID_ML_DSA_87),
+            _ => None,
+        }
+    }
+
+    /// The octets of an ML-DSA public key of this type (FIPS 204, table 2).
+    fn ml_dsa_public_key_len(self) -> Option<usize> {
+        match self {
+            Self::MlDsa44 => Some(1312),
+            Self::MlDsa65 => Some(1952),
+            Self::MlDsa87 => Some(2592),
+            _ => None,
+        }
+    }
+
+    fn of_ml_dsa_oid(oid: ObjectIdentifier) -> Option<Self> {
+        Self::ML_DSA.into_iter().find(|k| k.ml_dsa_oid() == Some(oid))
+    }
+
+    /// Parse the CLI / config name (`p256`, `p384`, `ed25519`, `ml-dsa-44`, `ml-dsa-65`, `ml-dsa-87`).
     pub fn from_name(s: &str) -> Result<Self, Error> {
         match s.to_ascii_lowercase().as_str() {
             "p256" | "ecdsa-p256" | "p-256" | "secp256r1" | "prime256v1" => Ok(Self::EcdsaP256),
             "p384" | "ecdsa-p384" | "p-384" | "secp384r1" => Ok(Self::EcdsaP384),
             "ed25519" => Ok(Self::Ed25519),
-            other => Err(Error::UnsupportedAlgorithm(format!("key type {other:?} (use p256, p384 or ed25519)"))),
+            "ml-dsa-44" | "mldsa44" | "ml-dsa44" => Ok(Self::MlDsa44),
+            "ml-dsa-65" | "mldsa65" | "ml-dsa65" => Ok(Self::MlDsa65),
+            "ml-dsa-87" | "mldsa87" | "ml-dsa87" => Ok(Self::MlDsa87),
+            other => Err(Error::UnsupportedAlgorithm(format!(
+                "key type {other:?} (use p256, p384, ed25519, ml-dsa-44, ml-dsa-65 or ml-dsa-87)"
+            ))),
         }
     }
 
@@ -59,7 +133,9 @@ impl KeyType {
             };
         }
         Self::from_name(s).map_err(|_| {
-            Error::UnsupportedAlgorithm(format!("key type {s:?} (use p256, p384, ed25519, rsa-2048 or rsa-3072)"))
+            Error::UnsupportedAlgorithm(format!(
+                "key type {s:?} (use p256, p384, ed25519, ml-dsa-44, ml-dsa-65, ml-dsa-87, rsa-2048 or rsa-3072)"
+            ))
         })
     }
 
@@ -70,6 +146,10 @@ impl KeyType {
             Self::EcdsaP384 => rfc5912::ECDSA_WITH_SHA_384,
             Self::Ed25519 => rfc8410::ID_ED_25519,
             Self::Rsa(_) => return Err(Error::UnsupportedAlgorithm("signing with RSA".into())),
+            // RFC 9881, section 2: the parameters are absent.
+            Self::MlDsa44 => ID_ML_DSA_44,
+            Self::MlDsa65 => ID_ML_DSA_65,
+            Self::MlDsa87 => ID_ML_DSA_87,
         };
         Ok(AlgorithmIdentifierOwned { oid, parameters: None })
     }
@@ -95,6 +175,8 @@ impl KeyType {
             // modulus size: RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
             let bits = rsa_modulus_bits(spki.subject_public_key.raw_bytes()).unwrap_or(0);
             Ok(Self::Rsa(bits))
+        } else if let Some(kt) = Self::of_ml_dsa_oid(alg.oid) {
+            Ok(kt)
         } else {
             Err(Error::UnsupportedAlgorithm(format!("public key algorithm {}", alg.oid)))
         }
@@ -108,6 +190,9 @@ impl fmt::Display for KeyType {
             Self::EcdsaP384 => f.write_str("p384"),
             Self::Ed25519 => f.write_str("ed25519"),
             Self::Rsa(bits) => write!(f, "rsa-{bits}"),
+            Self::MlDsa44 => f.write_str("ml-dsa-44"),
+            Self::MlDsa65 => f.write_str("ml-dsa-65"),
+            Self::MlDsa87 => f.write_str("ml-dsa-87"),
         }
     }
 }
@@ -136,7 +221,8 @@ fn rsa_is_der(pk: &[u8]) -> bool {
 /// A private key that can sign: a key file, an HSM object, a TPM key.
 ///
 /// Signatures are returned in the form X.509 and PKCS#10 carry them: DER
-/// `ECDSA-Sig-Value` for ECDSA, the raw 64 bytes for Ed25519.
+/// `ECDSA-Sig-Value` for ECDSA, the raw 64 bytes for Ed25519, the raw FIPS 204
+/// signature for ML-DSA (pure ML-DSA, empty context, as RFC 9881 says).
 pub trait Signer: Send + Sync {
     /// The key's type.
     fn key_type(&self) -> KeyType;
@@ -149,6 +235,8 @@ pub trait Signer: Send + Sync {
 enum SoftInner {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
+    #[cfg(feature = "aws-lc")]
+    MlDsa(sig::PqdsaKeyPair),
 }
 
 /// A software key held in memory (aws-lc or ring), loaded from or saved to PKCS#8.
@@ -166,6 +254,16 @@ impl fmt::Debug for SoftKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("SoftKey").field("key_type", &self.key_type).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "aws-lc")]
+fn ml_dsa_alg(kt: KeyType) -> Result<&'static sig::PqdsaSigningAlgorithm, Error> {
+    match kt {
+        KeyType::MlDsa44 => Ok(&sig::ML_DSA_44_SIGNING),
+        KeyType::MlDsa65 => Ok(&sig::ML_DSA_65_SIGNING),
+        KeyType::MlDsa87 => Ok(&sig::ML_DSA_87_SIGNING),
+        other => Err(Error::UnsupportedAlgorithm(format!("{other} is not ML-DSA"))),
     }
 }
 
@@ -192,6 +290,11 @@ impl SoftKey {
                 Self::from_ed25519(kp)
             }
             KeyType::Rsa(_) => Err(Error::UnsupportedAlgorithm("RSA key generation".into())),
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+                let kp = sig::PqdsaKeyPair::generate(ml_dsa_alg(kt)?)
+                    .map_err(|_| Error::Key(format!("{kt} key generation failed")))?;
+                Self::from_ml_dsa(kp, kt)
+            }
         }
     }
 
@@ -206,6 +309,9 @@ impl SoftKey {
                 Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| Error::Key("Ed25519 key generation failed".into()))?
             }
             KeyType::Rsa(_) => return Err(Error::UnsupportedAlgorithm("RSA key generation".into())),
+            KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+                return Err(Error::UnsupportedAlgorithm(format!("{kt}: {ML_DSA_NEEDS_AWS_LC}")))
+            }
         };
         Self::from_pkcs8(doc.as_ref())
     }
@@ -221,6 +327,14 @@ impl SoftKey {
     fn from_ed25519(kp: Ed25519KeyPair) -> Result<Self, Error> {
         let spki = spki_der(rfc8410::ID_ED_25519, None, kp.public_key().as_ref())?;
         Ok(Self { inner: SoftInner::Ed25519(kp), key_type: KeyType::Ed25519, spki, rng: SystemRandom::new() })
+    }
+
+    #[cfg(feature = "aws-lc")]
+    fn from_ml_dsa(kp: sig::PqdsaKeyPair, kt: KeyType) -> Result<Self, Error> {
+        // RFC 9881, section 4: the raw public key in the BIT STRING, no parameters.
+        let oid = kt.ml_dsa_oid().ok_or_else(|| Error::UnsupportedAlgorithm(format!("{kt} is not ML-DSA")))?;
+        let spki = spki_der(oid, None, kp.public_key().as_ref())?;
+        Ok(Self { inner: SoftInner::MlDsa(kp), key_type: kt, spki, rng: SystemRandom::new() })
     }
 
     #[cfg(not(feature = "aws-lc"))]
@@ -242,9 +356,26 @@ impl SoftKey {
     }
 
     /// Load an unencrypted PKCS#8 (v1 or v2) private key.
+    ///
+    /// An ML-DSA key (aws-lc build only) may be in any of RFC 9881's three
+    /// private key forms (seed, expanded key, both; both must agree); it is
+    /// written back ([`SoftKey::to_pkcs8`]) in the seed form RFC 9881 prefers.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, Error> {
         let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|e| Error::der("PKCS#8 private key", e))?;
         let oid = info.algorithm.oid;
+        if let Some(kt) = KeyType::of_ml_dsa_oid(oid) {
+            if info.algorithm.parameters.is_some() {
+                return Err(Error::Key(format!("{kt} PKCS#8: the algorithm parameters must be absent (RFC 9881)")));
+            }
+            #[cfg(feature = "aws-lc")]
+            {
+                let kp = sig::PqdsaKeyPair::from_pkcs8(ml_dsa_alg(kt)?, der)
+                    .map_err(|e| Error::Key(format!("{kt} PKCS#8: {e}")))?;
+                return Self::from_ml_dsa(kp, kt);
+            }
+            #[cfg(not(feature = "aws-lc"))]
+            return Err(Error::UnsupportedAlgorithm(format!("{kt}: {ML_DSA_NEEDS_AWS_LC}")));
+        }
         if oid == rfc8410::ID_ED_25519 {
             let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
                 .map_err(|e| Error::Key(format!("Ed25519 PKCS#8: {e}")))?;
@@ -295,6 +426,8 @@ impl SoftKey {
         let doc = match &self.inner {
             SoftInner::Ecdsa(kp) => kp.to_pkcs8v1(),
             SoftInner::Ed25519(kp) => kp.to_pkcs8v1(),
+            // The seed form (RFC 9881, section 6): 32 octets the whole key is derived from.
+            SoftInner::MlDsa(kp) => kp.to_pkcs8v1(),
         }
         .map_err(|_| Error::Key("PKCS#8 export failed".into()))?;
         Ok(doc.as_ref().to_vec())
@@ -317,6 +450,15 @@ impl Signer for SoftKey {
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|_| Error::Signing("ECDSA signing failed".into())),
             SoftInner::Ed25519(kp) => Ok(kp.sign(message).as_ref().to_vec()),
+            #[cfg(feature = "aws-lc")]
+            SoftInner::MlDsa(kp) => {
+                let mut out = vec![0u8; kp.algorithm().signature_len()];
+                let n = kp
+                    .sign(message, &mut out)
+                    .map_err(|_| Error::Signing(format!("{} signing failed", self.key_type)))?;
+                out.truncate(n);
+                Ok(out)
+            }
         }
     }
 }
@@ -347,6 +489,9 @@ fn spki_der(alg: ObjectIdentifier, param: Option<ObjectIdentifier>, key: &[u8]) 
 /// - EC (`id-ecPublicKey`, namedCurve P-256 or P-384): the point uncompressed
 ///   (`04 || x || y`, 65 or 97 octets) and on the curve;
 /// - Ed25519: no parameters, 32 octets;
+/// - ML-DSA (`id-ml-dsa-44/65/87`, RFC 9881): no parameters, the raw public key
+///   of its exact size (1312, 1952 or 2592 octets; every string of that size is
+///   a key, so the size is the whole check, the same in both builds);
 /// - RSA (`rsaEncryption`, NULL parameters): a DER RSAPublicKey that parses
 ///   (recognised so it can be refused by name elsewhere, and still compared in one form).
 pub fn canonical_spki(der: &[u8]) -> Result<Vec<u8>, Error> {
@@ -392,9 +537,16 @@ pub fn canonical_spki(der: &[u8]) -> Result<Vec<u8>, Error> {
             }
             (Some(der::asn1::Null.to_der().map_err(|e| bad(e.to_string()))?), None)
         }
+        KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
+            let len = kt.ml_dsa_public_key_len().unwrap_or(0);
+            if key.len() != len {
+                return Err(bad(format!("an {kt} key is {len} octets, this one {}", key.len())));
+            }
+            (None, None)
+        }
     };
     if params_der != want_params {
-        return Err(bad(format!("the {kt} algorithm parameters are not the ones RFC 5480/8410/3279 prescribe")));
+        return Err(bad(format!("the {kt} algorithm parameters are not the ones RFC 5480/8410/3279/9881 prescribe")));
     }
     if let Some(v) = verifier {
         check_public_key(kt, v, key).map_err(|e| bad(format!("the {kt} key itself is invalid: {e}")))?;
@@ -470,6 +622,9 @@ pub fn verify(
         }
     }
     let a = alg.oid;
+    if kt.is_ml_dsa() {
+        return verify_ml_dsa(kt, spki, alg, message, signature);
+    }
     let algorithm: &dyn sig::VerificationAlgorithm = match kt {
         KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_256 => &sig::ECDSA_P256_SHA256_ASN1,
         KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_384 => &sig::ECDSA_P256_SHA384_ASN1,
@@ -484,6 +639,38 @@ pub fn verify(
     sig::UnparsedPublicKey::new(algorithm, spki.subject_public_key.raw_bytes())
         .verify(message, signature)
         .map_err(|_| Error::BadSignature { what: "message" })
+}
+
+/// An ML-DSA signature: the algorithm is the key's own OID, with no parameters (RFC 9881).
+fn verify_ml_dsa(
+    kt: KeyType,
+    spki: &SubjectPublicKeyInfoOwned,
+    alg: &AlgorithmIdentifierOwned,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Error> {
+    if Some(alg.oid) != kt.ml_dsa_oid() || alg.parameters.is_some() {
+        return Err(Error::UnsupportedAlgorithm(format!(
+            "signature algorithm {} with a {kt} key (RFC 9881: the key's own OID, parameters absent)",
+            alg.oid
+        )));
+    }
+    #[cfg(feature = "aws-lc")]
+    {
+        let algorithm: &'static sig::PqdsaVerificationAlgorithm = match kt {
+            KeyType::MlDsa44 => &sig::ML_DSA_44,
+            KeyType::MlDsa65 => &sig::ML_DSA_65,
+            _ => &sig::ML_DSA_87,
+        };
+        sig::UnparsedPublicKey::new(algorithm, spki.subject_public_key.raw_bytes())
+            .verify(message, signature)
+            .map_err(|_| Error::BadSignature { what: "message" })
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        let _ = (spki, message, signature);
+        Err(Error::UnsupportedAlgorithm(format!("{kt} signature: {ML_DSA_NEEDS_AWS_LC}")))
+    }
 }
 
 /// The same EC key with its point compressed (02/03 || x): a test's second encoding of one key.
@@ -504,7 +691,7 @@ mod tests {
 
     #[test]
     fn canonical_spki_accepts_the_keys_we_make() {
-        for kt in KeyType::SIGNING {
+        for &kt in KeyType::soft_signing() {
             let k = SoftKey::generate(kt).unwrap();
             assert_eq!(canonical_spki(k.public_key_der()).unwrap(), k.public_key_der());
             assert_eq!(canonical_fingerprint(k.public_key_der()).unwrap(), spki_fingerprint(k.public_key_der()));
@@ -567,7 +754,7 @@ mod tests {
 
     #[test]
     fn sign_verify_round_trip_each_type() {
-        for kt in KeyType::SIGNING {
+        for &kt in KeyType::soft_signing() {
             let k = SoftKey::generate(kt).unwrap();
             let spki = SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
             assert_eq!(KeyType::of_spki(&spki).unwrap(), kt);
@@ -580,8 +767,100 @@ mod tests {
         }
     }
 
+    /// ML-DSA keys from a fixed seed: the public key and the seed-form PKCS#8
+    /// (RFC 9881, section 6) that OpenSSL 4 (through pyca/cryptography 50)
+    /// derives from seed 00..1f, checked against ours.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn ml_dsa_keys_from_a_seed_match_openssl() {
+        let seed: Vec<u8> = (0u8..32).collect();
+        let known = [
+            (KeyType::MlDsa44, 0x11, "837832708c5236d951581f1fddf2b79991b3424a0486d16da1ddad0fd69701be", 1334),
+            (KeyType::MlDsa65, 0x12, "b8b62131bfbe84433efb2273d7f5b87f7a22854a2cfd366fc2aead86d837c52d", 1974),
+            (KeyType::MlDsa87, 0x13, "07e57c4f14dbad1267f621ec3777b4e2e6c4fbc4c22fbb87510ff8e0b3c6a642", 2614),
+        ];
+        for (kt, last_arc, spki_sha256, spki_len) in known {
+            // PrivateKeyInfo { 0, { id-ml-dsa-NN }, OCTET STRING { [0] IMPLICIT seed } }
+            let mut p8 = hex::decode("3034020100300b06096086480165030403").unwrap();
+            p8.push(last_arc);
+            p8.extend_from_slice(&hex::decode("04228020").unwrap());
+            p8.extend_from_slice(&seed);
+            let k = SoftKey::from_pkcs8(&p8).unwrap();
+            assert_eq!(k.key_type(), kt);
+            assert_eq!(k.public_key_der().len(), spki_len, "{kt}");
+            assert_eq!(spki_fingerprint(k.public_key_der()), spki_sha256, "{kt}");
+            assert_eq!(k.to_pkcs8().unwrap(), p8, "{kt}: written back in the seed form");
+            // Parameters present (NULL) are refused: RFC 9881 says absent.
+            let mut with_null = p8.clone();
+            with_null[1] += 2;
+            with_null[6] += 2;
+            with_null.splice(18..18, [0x05, 0x00]);
+            assert!(pkcs8::PrivateKeyInfo::from_der(&with_null).is_ok());
+            assert!(SoftKey::from_pkcs8(&with_null).unwrap_err().to_string().contains("absent"), "{kt}");
+        }
+    }
+
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn ml_dsa_signatures_name_their_own_algorithm() {
+        let k = SoftKey::generate(KeyType::MlDsa65).unwrap();
+        let spki = SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap();
+        let s = k.sign(b"m").unwrap();
+        assert_eq!(s.len(), 3309);
+        verify(&spki, &KeyType::MlDsa65.signature_algorithm().unwrap(), b"m", &s).unwrap();
+        // Another level's OID, or parameters present: refused by name, not tried.
+        let other = KeyType::MlDsa44.signature_algorithm().unwrap();
+        assert!(matches!(verify(&spki, &other, b"m", &s), Err(Error::UnsupportedAlgorithm(_))));
+        let mut with_null = KeyType::MlDsa65.signature_algorithm().unwrap();
+        with_null.parameters = Some(der::Any::from(der::asn1::Null));
+        assert!(matches!(verify(&spki, &with_null, b"m", &s), Err(Error::UnsupportedAlgorithm(_))));
+        // An ML-DSA-65 key cannot verify a P-256 signature algorithm.
+        let ec = KeyType::EcdsaP256.signature_algorithm().unwrap();
+        assert!(verify(&spki, &ec, b"m", &s).is_err());
+    }
+
+    #[test]
+    fn ml_dsa_public_keys_are_canonical_by_size() {
+        for (kt, len) in [(KeyType::MlDsa44, 1312), (KeyType::MlDsa65, 1952), (KeyType::MlDsa87, 2592)] {
+            let oid = kt.ml_dsa_oid().unwrap();
+            let good = spki_der(oid, None, &vec![7; len]).unwrap();
+            assert_eq!(canonical_spki(&good).unwrap(), good);
+            let spki = SubjectPublicKeyInfoOwned::from_der(&good).unwrap();
+            assert_eq!(KeyType::of_spki(&spki).unwrap(), kt);
+            let short = spki_der(oid, None, &vec![7; len - 1]).unwrap();
+            assert!(canonical_spki(&short).unwrap_err().to_string().contains(&format!("{len} octets")));
+            let null = spki_der(oid, None, &vec![7; len]).unwrap();
+            let mut with_null = SubjectPublicKeyInfoOwned::from_der(&null).unwrap();
+            with_null.algorithm.parameters = Some(der::Any::from(der::asn1::Null));
+            assert!(canonical_spki(&with_null.to_der().unwrap()).unwrap_err().to_string().contains("parameters"));
+        }
+    }
+
+    /// The ring build names ML-DSA and refuses it with one clear message.
+    #[cfg(not(feature = "aws-lc"))]
+    #[test]
+    fn ml_dsa_is_refused_by_name_on_ring() {
+        for kt in KeyType::ML_DSA {
+            let e = SoftKey::generate(kt).unwrap_err().to_string();
+            assert!(e.contains("aws-lc") && e.contains(&kt.to_string()), "{e}");
+        }
+        let p8 = hex::decode(
+            "3034020100300b060960864801650304031104228020000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        )
+        .unwrap();
+        assert!(SoftKey::from_pkcs8(&p8).unwrap_err().to_string().contains("aws-lc"));
+        let spki = spki_der(ID_ML_DSA_44, None, &[7; 1312]).unwrap();
+        let spki = SubjectPublicKeyInfoOwned::from_der(&spki).unwrap();
+        let alg = KeyType::MlDsa44.signature_algorithm().unwrap();
+        assert!(verify(&spki, &alg, b"m", &[0; 2420]).unwrap_err().to_string().contains("aws-lc"));
+    }
+
     #[test]
     fn names_parse() {
+        for kt in KeyType::ML_DSA {
+            assert_eq!(KeyType::from_name(&kt.to_string()).unwrap(), kt);
+        }
+        assert_eq!(KeyType::from_name("ML-DSA-65").unwrap(), KeyType::MlDsa65);
         assert_eq!(KeyType::from_name("P384").unwrap(), KeyType::EcdsaP384);
         assert!(KeyType::from_name("rsa").is_err());
     }

@@ -507,14 +507,18 @@ mod tests {
     }
 
     fn pki() -> Pki {
-        let ca_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        pki_with(KeyType::EcdsaP256, KeyType::EcdsaP256, KeyType::EcdsaP256)
+    }
+
+    fn pki_with(ca: KeyType, leaf: KeyType, responder: KeyType) -> Pki {
+        let ca_key = SoftKey::generate(ca).unwrap();
         let ca_spki = spki::SubjectPublicKeyInfoOwned::from_der(ca_key.public_key_der()).unwrap();
         let ca_name = NameBuilder::default().common_name("CA").unwrap().build();
         let kid = key_identifier(&ca_spki);
         let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 9_000_000_000, signer: &ca_key };
         let ca = cert(Profile::Root, "CA", &ca_key, &issuer);
-        let leaf = cert(Profile::Device, "dev-1", &SoftKey::generate(KeyType::EcdsaP256).unwrap(), &issuer);
-        let signer_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let leaf = cert(Profile::Device, "dev-1", &SoftKey::generate(leaf).unwrap(), &issuer);
+        let signer_key = SoftKey::generate(responder).unwrap();
         let signer = cert(Profile::OcspSigner, "CA OCSP", &signer_key, &issuer);
         Pki { ca_key, ca, leaf, signer_key, signer }
     }
@@ -544,6 +548,33 @@ mod tests {
         // Signed by the CA itself: accepted too (RFC 6960 4.2.2.2).
         let by_ca = answer(&p, (&p.ca_key, &p.ca), Status::Good, &req, T);
         assert_eq!(verify_response(&by_ca, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap().status, Status::Good);
+    }
+
+    /// ML-DSA CAs, responders and devices, mixed with P-256: every answer
+    /// verifies, and a flipped signature octet is caught.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn ml_dsa_and_p256_mixed_answers_verify() {
+        let (e, m44, m65) = (KeyType::EcdsaP256, KeyType::MlDsa44, KeyType::MlDsa65);
+        for (ca, leaf, responder) in [(m65, e, m65), (e, m44, m44), (m65, m44, e), (KeyType::MlDsa87, m65, m65)] {
+            let p = pki_with(ca, leaf, responder);
+            let nonce = [9u8; 16];
+            let req = request_with_nonce(&p.leaf, &p.ca, &nonce).unwrap();
+            for signer in [(&p.signer_key as &dyn Signer, p.signer.as_slice()), (&p.ca_key, p.ca.as_slice())] {
+                let good = answer(&p, signer, Status::Good, &req, T);
+                let c = verify_response(&good, &p.leaf, &p.ca, Some(&nonce), T, 300).unwrap();
+                assert_eq!(c.status, Status::Good, "{ca}/{leaf}/{responder}");
+                // Flip one octet inside the response's own signature (the certificates follow it).
+                let resp = OcspResponse::from_der(&good).unwrap();
+                let basic = BasicOcspResponse::from_der(resp.response_bytes.unwrap().response.as_bytes()).unwrap();
+                let sig = basic.signature.raw_bytes();
+                let at = good.windows(sig.len()).position(|w| w == sig).unwrap() + sig.len() / 2;
+                let mut bad = good.clone();
+                bad[at] ^= 1;
+                let r = verify_response(&bad, &p.leaf, &p.ca, Some(&nonce), T, 300);
+                assert!(matches!(r, Err(ResponseError::BadSignature)), "{ca}/{leaf}/{responder}: {r:?}");
+            }
+        }
     }
 
     #[test]

@@ -627,6 +627,28 @@ mod tests {
         Voucher { entries }.encode()
     }
 
+    /// Vouchers signed with COSE ML-DSA: an ML-DSA-87 manufacturer, ML-DSA and
+    /// P-256 owners; a damaged signature refuses the voucher.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn ml_dsa_makers_and_owners_sign_vouchers() {
+        let w = World {
+            maker: SoftKey::generate(KeyType::MlDsa87).unwrap(),
+            owners: [KeyType::MlDsa44, KeyType::EcdsaP256, KeyType::MlDsa65]
+                .into_iter()
+                .map(|kt| SoftKey::generate(kt).unwrap())
+                .collect(),
+            serial: DeviceSerial::parse("SN-1").unwrap(),
+        };
+        let bytes = chain(&w).encode();
+        let ok = check(&w, &bytes, NOW).unwrap();
+        assert_eq!(ok.owner_anchor, w.owners[2].public_key_der());
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(check(&w, &bad, NOW).is_err());
+    }
+
     #[test]
     fn a_chain_to_the_manufacturer_is_accepted() {
         let w = world();

@@ -294,7 +294,8 @@ impl Token {
         let (generate, sign) = match kt {
             KeyType::EcdsaP256 | KeyType::EcdsaP384 => (MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA),
             KeyType::Ed25519 => (MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, MechanismType::EDDSA),
-            KeyType::Rsa(_) => return Ok(false),
+            // PKCS#11 3.2's CKM_ML_DSA is not in the cryptoki crate we build on.
+            KeyType::Rsa(_) | KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => return Ok(false),
         };
         Ok(self.offers(generate)? && self.offers(sign)?)
     }
@@ -306,6 +307,9 @@ fn curve_oid(kt: KeyType) -> Result<ObjectIdentifier, HsmError> {
         KeyType::EcdsaP384 => Ok(rfc5912::SECP_384_R_1),
         KeyType::Ed25519 => Ok(rfc8410::ID_ED_25519),
         KeyType::Rsa(_) => Err(HsmError::Unsupported("RSA keys are not supported; use p256, p384 or ed25519".into())),
+        KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => Err(HsmError::Unsupported(format!(
+            "{kt} keys in a PKCS#11 token are not supported (use p256, p384 or ed25519 there, or an ML-DSA key file)"
+        ))),
     }
 }
 
@@ -675,7 +679,7 @@ impl HsmKey {
                 let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
                 live.session.sign(&mech, live.private, message)
             }
-            KeyType::Rsa(_) => Err(CkError::NotSupported),
+            KeyType::Rsa(_) | KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => Err(CkError::NotSupported),
         }
     }
 }

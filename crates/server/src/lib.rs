@@ -366,6 +366,22 @@ impl Running {
         limits: Limits,
         options: coaps::CoapsOptions,
     ) -> std::io::Result<Self> {
+        // DTLS (dimpl) signs with ECDSA only: an ML-DSA server key is refused here,
+        // before a socket is bound, rather than at every device's handshake.
+        let (chain, _) = authority.server_tls();
+        let server_kt = chain
+            .first()
+            .and_then(|c| iotpki_core::profile::cert_info(c).ok())
+            .and_then(|i| iotpki_core::keys::KeyType::of_spki(&i.cert.tbs_certificate.subject_public_key_info).ok());
+        if let Some(kt) = server_kt.filter(|k| k.is_ml_dsa()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "EST over secure CoAP: DTLS has no {kt} signatures, and this authority's server key is {kt}; \
+                     serve coaps from an authority with a p256 or p384 server key (HTTPS carries ML-DSA)"
+                ),
+            ));
+        }
         let socket = tokio::net::UdpSocket::bind(addr).await?;
         let addr = socket.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

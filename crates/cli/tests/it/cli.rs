@@ -319,6 +319,26 @@ fn demo_runs_a_small_fleet() {
     assert!(out.contains("audit chain OK"));
 }
 
+/// Issue #19: `demo --pq`: the operator's P-256 fleet moves to an ML-DSA-65
+/// root and ML-DSA-44 device keys by bundle, renewal and retirement, and every
+/// device renews again with its ML-DSA certificate.
+#[test]
+fn demo_pq_moves_the_fleet_from_p256_to_ml_dsa() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("demo");
+    let out = run_ok(
+        bin()
+            .args(["demo", "--pq", "--devices", "4", "--renew", "1", "--dir", d.to_str().unwrap()])
+            .stdin(Stdio::null()),
+    );
+    let line = out.lines().find(|l| l.contains("post-quantum move")).unwrap_or_else(|| panic!("{out}"));
+    // The devices born on the line and offline, but the one its owner revoked.
+    assert!(line.contains("root-2 (ml-dsa-65, replacing a p256 root)"), "{line}");
+    assert!(line.contains("23 of 23 devices renewed under it into ml-dsa-44 keys"), "{line}");
+    assert!(line.contains("23 renewed again over TLS 1.3 with their ml-dsa-44 certificates"), "{line}");
+    assert!(out.contains("audit chain verified"), "{out}");
+}
+
 #[test]
 fn crl_shard_counts_that_cannot_work_are_refused_at_init_and_in_the_config() {
     let tmp = tempfile::tempdir().unwrap();

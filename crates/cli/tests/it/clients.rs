@@ -308,7 +308,7 @@ async fn rsa_device_keys_enroll_where_a_label_allows_them_and_other_sizes_are_re
     let (head, text) = raw(&plain, None, &post("simpleenroll", Some(("RSA-1", &t)), &rsa2048)).await;
     let text = String::from_utf8_lossy(&text);
     assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(text.contains("key type rsa-2048 is not allowed by this profile (allowed: p256, p384, ed25519)"), "{text}");
+    assert!(text.contains("key type rsa-2048 is not allowed by this profile (allowed: p256, p384, ed25519, ml-dsa-44, ml-dsa-65, ml-dsa-87)"), "{text}");
     assert_eq!(plain.cert_count(), before);
 
     // A label that allows RSA: enrolled, for openssl's key, with our subject.
@@ -330,7 +330,7 @@ async fn rsa_device_keys_enroll_where_a_label_allows_them_and_other_sizes_are_re
     let before = ca.cert_count();
     for (bits, needle) in [
         (1024, "an RSA key of 1024 bits (RSA device keys are 2048 or 3072 bits"),
-        (4104, "key type rsa-4104 is not allowed by this profile (allowed: p256, p384, ed25519, rsa-2048, rsa-3072)"),
+        (4104, "key type rsa-4104 is not allowed by this profile (allowed: p256, p384, ed25519, rsa-2048, rsa-3072, ml-dsa-44, ml-dsa-65, ml-dsa-87)"),
     ] {
         let (csr, _) = openssl_rsa_csr(dir.path(), bits, "RSA-2");
         let (head, text) = raw(&ca, None, &post("simpleenroll", Some(("RSA-2", &t)), &csr)).await;

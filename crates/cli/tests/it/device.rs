@@ -222,6 +222,9 @@ async fn the_device_binary_refuses_what_the_agent_refuses_with_the_same_messages
         assert!(err.contains("no PKCS#11 keystore") && err.contains("`pkcs11` feature"), "{err}");
         let err = run_fail(device(&exe).args(base).args(["--server", "coaps://127.0.0.1:5684"]));
         assert!(err.contains("no EST over secure CoAP") && err.contains("`coaps` feature"), "{err}");
+        // ML-DSA (issue #19): ring has none; the agent's aws-lc build has it.
+        let err = run_fail(device(&exe).args(base).args(["--server", &url, "--key-type", "ml-dsa-44"]));
+        assert!(err.contains("ml-dsa-44: ML-DSA needs iotpki's aws-lc build"), "{err}");
         assert!(!Path::new(&other).join("identity.json").exists());
         cases.len()
     })

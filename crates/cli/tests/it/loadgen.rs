@@ -200,3 +200,37 @@ async fn loadgen_drives_coaps_enrollments_and_renewals() {
     ]));
     assert!(e.contains("coaps"), "{e}");
 }
+
+/// Issue #19: `--key-type ml-dsa-44`: ML-DSA device keys enroll and renew
+/// (over mutual TLS with ML-DSA client certificates) under an ML-DSA-65
+/// authority; over coaps, ML-DSA is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_enrolls_and_renews_ml_dsa_devices() {
+    use iotpki_core::keys::KeyType;
+    let ca =
+        Ca::start_with(iotpki_authority::init::InitOptions { key_type: KeyType::MlDsa65, ..Default::default() }).await;
+    let before = ca.cert_count();
+    let (dir, url) = (ca.dir.clone(), ca.url.clone());
+    let (out, coaps) = tokio::task::spawn_blocking(move || {
+        let args = ["--server", &url, "--devices", "12", "--concurrency", "4", "--key-type", "ml-dsa-44"];
+        let out = run_ok(bin().arg("loadgen").arg("--dir").arg(&dir).args(args).args(["--renew", "--json"]));
+        let coaps = run_fail(bin().arg("loadgen").arg("--dir").arg(&dir).args([
+            "--server",
+            "coaps://127.0.0.1:9",
+            "--devices",
+            "1",
+            "--key-type",
+            "ml-dsa-44",
+        ]));
+        (out, coaps)
+    })
+    .await
+    .unwrap();
+    let v = json(&out);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["enroll"]["ok"], 12, "{v}");
+    assert_eq!(v["renew"]["ok"], 12, "{v}");
+    assert_eq!(ca.cert_count(), before + 24);
+    assert!(coaps.contains("p256 or p384"), "{coaps}");
+    assert_eq!(ca.cert_count(), before + 24, "nothing issued over coaps");
+}

@@ -26,6 +26,7 @@ mod limits;
 mod loadgen;
 mod matter;
 mod metrics;
+mod mldsa;
 mod nginx;
 mod openapi;
 mod owner;

@@ -163,3 +163,20 @@ async fn every_profile_is_clean_p384() {
 async fn every_profile_is_clean_ed25519() {
     lint_all(KeyType::Ed25519, &["127.0.0.1"]).await;
 }
+
+/// RFC 9881 certificates: every profile with ML-DSA-44 keys and signatures
+/// (the station's line birth and offline sub-CA included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_is_clean_ml_dsa_44() {
+    lint_all(KeyType::MlDsa44, &["127.0.0.1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_is_clean_ml_dsa_65() {
+    lint_all(KeyType::MlDsa65, &["est.iotpki.example", "127.0.0.1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_is_clean_ml_dsa_87() {
+    lint_all(KeyType::MlDsa87, &["127.0.0.1"]).await;
+}

@@ -142,3 +142,90 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
     let audit = run_ok(bin().args(["audit", "verify", "--dir"]).arg(&dir));
     assert!(audit.contains("OK"), "{audit}");
 }
+
+/// Issue #19: the fleet moves from P-256 to ML-DSA without downtime, by the
+/// same steps: `ca rotate --key-type ml-dsa-65` makes an ML-DSA root (the
+/// issuing CAs certified again under it, by ML-DSA signatures), a bundle
+/// announces it, the devices renew into it and into ML-DSA-44 keys of their
+/// own (`agent renew --key-type`), the old P-256 root retires, and they renew again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p256_fleet_moves_to_an_ml_dsa_root_and_ml_dsa_keys_without_losing_contact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    run_ok(bin().args(["init", "--http-listen", "127.0.0.1:0", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let node = Node { dir: dir.clone(), listen: format!("127.0.0.1:{port}") };
+    let (server, url) = node.start();
+    let r1 = root_of(&dir, "root.crt");
+    let mut devices = Vec::new();
+    for serial in ["PQ-A", "PQ-B"] {
+        let token = run_ok(bin().args(["token", "create", "--serial", serial, "--dir"]).arg(&dir)).trim().to_string();
+        let opts = iotpki_agent::EnrollOptions {
+            state_dir: tmp.path().join("devices").join(serial),
+            server: url.clone(),
+            serial: serial.into(),
+            token,
+            anchor_pem: pem::encode("CERTIFICATE", &r1),
+            label: None,
+            key_type: KeyType::EcdsaP256,
+            keystore: None,
+            pin_file: None,
+        };
+        iotpki_agent::enroll(&opts).await.unwrap();
+        devices.push(opts.state_dir);
+    }
+    // The bundle signers move too: two P-256 keys and one ML-DSA-65 key, two of three.
+    let keys: Vec<SoftKey> = [KeyType::MlDsa65, KeyType::EcdsaP256, KeyType::EcdsaP256]
+        .into_iter()
+        .map(|k| SoftKey::generate(k).unwrap())
+        .collect();
+    let b1 = bundle(&keys, 1, vec![r1.clone()]);
+    publish(&dir, &b1);
+    for d in &devices {
+        trust::apply(d, &b1, true).unwrap();
+    }
+
+    let out = run_ok(
+        bin().args(["ca", "rotate", "--key-type", "ml-dsa-65", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS),
+    );
+    assert!(out.contains("new root root-2"), "{out}");
+    let r2 = root_of(&dir, "root-2.crt");
+    let r2_info = iotpki_core::profile::cert_info(&r2).unwrap();
+    assert_eq!(KeyType::of_spki(&r2_info.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa65);
+    publish(&dir, &bundle(&keys, 2, vec![r1.clone(), r2.clone()]));
+    for d in &devices {
+        let r = trust::fetch_and_apply(d, &url).await.unwrap();
+        assert!(r.iter().any(|(_, x)| matches!(x, Ok(Applied::Bundle { version: 2 }))), "{r:?}");
+    }
+    drop(server);
+    let (server, _) = node.start();
+    let client_auth = iotpki_core::asn1::der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+    for d in &devices {
+        let id = iotpki_agent::renew_into(d, None, None, KeyType::MlDsa44).await.unwrap();
+        assert_eq!(pem::decode_one("CERTIFICATE", &id.anchor_pem).unwrap(), r2, "the device follows the ML-DSA root");
+        let cert = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+        let info = iotpki_core::profile::cert_info(&cert).unwrap();
+        assert_eq!(KeyType::of_spki(&info.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa44);
+        assert_eq!(iotpki_agent::status(d).unwrap().key_type, "ml-dsa-44");
+        let chain = pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap();
+        let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
+        iotpki_core::chain::verify(&cert, &chain, &r2, now, client_auth).expect("chains to the ML-DSA root");
+    }
+    publish(&dir, &bundle(&keys, 3, vec![r2.clone()]));
+    for d in &devices {
+        trust::fetch_and_apply(d, &url).await.unwrap();
+    }
+    let out = run_ok(bin().args(["ca", "retire", "--dir"]).arg(&dir));
+    assert!(out.contains("retired root"), "{out}");
+    drop(server);
+    let (_server, _) = node.start();
+    for d in &devices {
+        // Authenticated by the ML-DSA-44 key now; still ML-DSA-44 afterwards.
+        let id = iotpki_agent::renew(d, None, None).await.unwrap();
+        let cert = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+        let info = iotpki_core::profile::cert_info(&cert).unwrap();
+        assert_eq!(KeyType::of_spki(&info.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa44);
+    }
+    let audit = run_ok(bin().args(["audit", "verify", "--dir"]).arg(&dir));
+    assert!(audit.contains("OK"), "{audit}");
+}

@@ -222,8 +222,13 @@ pub fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
 
 /// A factory station `name` for `batches`, its state in `TMP/stations/NAME`.
 pub fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
+    station_kt(ca, name, batches, KeyType::EcdsaP256)
+}
+
+/// [`station`] with a station key of type `kt`.
+pub fn station_kt(ca: &Ca, name: &str, batches: &[&str], kt: KeyType) -> PathBuf {
     let dir = ca.tmp.path().join("stations").join(name);
-    let key = iotpki_station::factory::new_station_key(&dir, KeyType::EcdsaP256).unwrap();
+    let key = iotpki_station::factory::new_station_key(&dir, kt).unwrap();
     let b: Vec<String> = batches.iter().map(|s| s.to_string()).collect();
     let (cert, chain) = ca.authority.add_station(name, &b, key.public_key_der(), "test").unwrap();
     iotpki_station::factory::store_station(&dir, name, &ca.url, &cert, &chain, ca.authority.root_der()).unwrap();
@@ -233,13 +238,19 @@ pub fn station(ca: &Ca, name: &str, batches: &[&str]) -> PathBuf {
 /// Devices born on `ca`'s factory line in batch `id`: one state directory each
 /// under `TMP/born/ID/SERIAL`, holding the birth identity. Returns those directories.
 pub async fn born_devices(ca: &Ca, id: &str, serials: &[String]) -> Vec<PathBuf> {
+    born_devices_kt(ca, id, serials, KeyType::EcdsaP256).await
+}
+
+/// [`born_devices`] with station and device keys of type `kt`.
+pub async fn born_devices_kt(ca: &Ca, id: &str, serials: &[String], kt: KeyType) -> Vec<PathBuf> {
     batch(ca, id, serials, serials.len() as u64);
-    let st = Arc::new(iotpki_station::factory::Station::open(&station(ca, &format!("st-{id}"), &[id]), None).unwrap());
+    let station_dir = station_kt(ca, &format!("st-{id}"), &[id], kt);
+    let st = Arc::new(iotpki_station::factory::Station::open(&station_dir, None).unwrap());
     let opts = iotpki_station::factory::RunOptions {
         batch: id.into(),
         parallel: 2,
         log: ca.tmp.path().join(format!("{id}.jsonl")),
-        key_type: KeyType::EcdsaP256,
+        key_type: kt,
     };
     let dir = ca.tmp.path().join("born").join(id);
     let duts = iotpki_station::factory::simulated(&st, id, serials.len(), &dir).await.unwrap();
