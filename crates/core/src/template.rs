@@ -551,13 +551,15 @@ impl Template {
                         "keyAgreement" => Ku::KeyAgreement,
                         "encipherOnly" => Ku::EncipherOnly,
                         "decipherOnly" => Ku::DecipherOnly,
-                        "keyCertSign" | "cRLSign" => return Err(err(
-                            field,
-                            "RFC 5280 4.2.1.3",
-                            format!(
+                        "keyCertSign" | "cRLSign" => {
+                            return Err(err(
+                                field,
+                                "RFC 5280 4.2.1.3",
+                                format!(
                                 "{k} is for CA certificates (basicConstraints cA), and a template makes end entities"
                             ),
-                        )),
+                            ))
+                        }
                         other => return Err(err(field, "RFC 5280 4.2.1.3", format!("unknown keyUsage bit {other:?}"))),
                     };
                     if out.contains(&ku) {
