@@ -336,3 +336,66 @@ async fn enrollments_under_a_template_get_its_subject_sans_extensions_and_lifeti
     let der = iotpki_core::pem::decode_all("CERTIFICATE", &std::fs::read_to_string(&pem).unwrap()).unwrap().remove(0);
     iotpki_authority::templates::pkilint(&lint, &der).unwrap();
 }
+
+#[test]
+fn template_commands_list_show_and_check_and_token_and_batch_refuse_an_unknown_template() {
+    let lint = crate::pkilint::pkilint_bin("lint_pkix_cert");
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, _pf, config) = init(tmp.path());
+    std::fs::write(Path::new(&d).join("iotpki.toml"), format!("{config}{GOOD}")).unwrap();
+    let list = run_ok(bin().args(["template", "list", "--dir", &d]));
+    let names: Vec<&str> = list.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(names, ["device", "device-batch", "sensor"], "{list}");
+    assert!(list.contains("sensor\tconfig\tkeys=p256,ed25519\tlifetime=30d"), "{list}");
+    let show = run_ok(bin().args(["template", "show", "sensor", "--dir", &d]));
+    assert!(show.contains("[[template]]") && show.contains("name = \"sensor\""), "{show}");
+    assert!(run_fail(bin().args(["template", "show", "nope", "--dir", &d])).contains("no template named \"nope\""));
+    // check FILE: our checks and pkilint, before a template goes into a config.
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, GOOD).unwrap();
+    let out = run_ok(bin().args(["template", "check", s(&good), "--pkilint", s(&lint)]));
+    assert!(out.contains("template sensor: a p256 sample passes our lint and pkilint"), "{out}");
+    let urn = tmp.path().join("urn.toml");
+    std::fs::write(&urn, GOOD.replace("https://devices.example.com/d/{serial}", "urn:dev:sn:{serial}")).unwrap();
+    run_ok(bin().args(["template", "check", s(&urn)]).env_remove("IOTPKI_PKILINT"));
+    let err = run_fail(bin().args(["template", "check", s(&urn), "--pkilint", s(&lint)]));
+    assert!(err.contains("pkix.invalid_uri_syntax"), "{err}");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, GOOD.replace("\"C=DE\"", "\"C=Germany\"")).unwrap();
+    assert!(run_fail(bin().args(["template", "check", s(&bad)])).contains("template sensor: subject[0]"));
+    // A token or batch naming a template the config does not have: refused, nothing made.
+    let err = run_fail(bin().args(["token", "create", "--dir", &d, "--serial", "X-1", "--template", "nope"]));
+    assert!(err.contains("no certificate template named \"nope\""), "{err}");
+    run_ok(bin().args(["token", "create", "--dir", &d, "--serial", "X-1", "--template", "sensor"]));
+    let serials = tmp.path().join("serials");
+    std::fs::write(&serials, "B-1\n").unwrap();
+    let batch = |t: &str| {
+        let mut c = bin();
+        c.args(["batch", "create", "--dir", &d, "--id", "TB", "--product", "p", "--quota", "1"]);
+        c.args(["--serials", s(&serials), "--template", t]);
+        c
+    };
+    assert!(run_fail(&mut batch("nope")).contains("no certificate template named \"nope\""));
+    run_ok(&mut batch("sensor"));
+    let store = iotpki_store::sqlite::SqliteStore::open(&Path::new(&d).join("store.db")).unwrap();
+    let b = iotpki_store::Batches::batch(&store, "TB").unwrap().unwrap();
+    assert_eq!(b.template.as_deref(), Some("sensor"));
+}
+
+/// A label's template shapes every enrollment through that label.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_label_template_shapes_the_enrollments_through_that_label() {
+    let ca = crate::util::Ca::start_with_config(Default::default(), |c| {
+        *c = c.replace("validity_days = 90\n", "validity_days = 90\ntemplate = \"sensor\"\n");
+        c.push_str(GOOD);
+    })
+    .await;
+    let state = ca.enrolled_device("LBL-1").await;
+    let pem = iotpki_agent::state::load(&state).unwrap().cert_pem;
+    let der = iotpki_core::pem::decode_all("CERTIFICATE", &pem).unwrap().remove(0);
+    let info = iotpki_core::profile::cert_info(&der).unwrap();
+    let san = iotpki_core::profile::subject_alt_name(&info.cert).unwrap().expect("the template's SAN");
+    assert_eq!(san.0.len(), 2);
+    assert_eq!(info.not_after - info.not_before, 30 * 86_400 + 60);
+    assert!(ca.last_audit().event.detail.contains("template=sensor"), "{:?}", ca.last_audit());
+}
