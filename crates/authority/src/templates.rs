@@ -31,6 +31,9 @@ pub const PKILINT_ENV: &str = "IOTPKI_PKILINT";
 /// Most bytes of pkilint's report kept in a refusal.
 const MAX_REPORT: usize = 4096;
 
+/// Longest pkilint may take on one certificate before it is stopped.
+const PKILINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The config's templates and the built-in ones, by name, each checked.
 pub(crate) fn load(
     cfg: &Config,
@@ -138,9 +141,34 @@ pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(der).map_err(|e| format!("pkilint ({}): {e}", exe.display()))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("pkilint ({}): {e}", exe.display()))?;
-    let mut text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() && text.trim().is_empty() {
+    // Both pipes are drained while it runs (a full pipe would stall it), and it is
+    // stopped when it takes longer than PKILINT_TIMEOUT.
+    fn drain<R: std::io::Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out_t, err_t) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() < PKILINT_TIMEOUT => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("pkilint ({}) took longer than {PKILINT_TIMEOUT:?}", exe.display()));
+            }
+            Err(e) => return Err(format!("pkilint ({}): {e}", exe.display())),
+        }
+    };
+    let (stdout, stderr) = (out_t.join().unwrap_or_default(), err_t.join().unwrap_or_default());
+    let mut text = format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
+    if status.success() && text.trim().is_empty() {
         return Ok(());
     }
     if text.len() > MAX_REPORT {

@@ -743,25 +743,15 @@ impl Template {
         self.lifetime_secs
     }
 
-    /// Whether it reads `{batch}` or `{product}` (only a batch's births know them).
-    pub fn needs_batch(&self) -> bool {
-        self.subject
-            .iter()
-            .map(|(_, p)| p)
-            .chain(self.san.iter().map(|(_, p)| p))
-            .any(|p| p.0.iter().any(|x| matches!(x, Piece::Var(Var::Batch) | Piece::Var(Var::Product))))
-    }
-
     /// The request attributes it takes (`{csr.ATTR}`).
     fn csr_attrs(&self) -> Vec<Attr> {
-        let mut v: Vec<Attr> = self
-            .subject
-            .iter()
-            .map(|(_, p)| p)
-            .chain(self.san.iter().map(|(_, p)| p))
-            .flat_map(Pattern::csr_attrs)
-            .collect();
-        v.dedup();
+        let mut v: Vec<Attr> = Vec::new();
+        for a in self.subject.iter().map(|(_, p)| p).chain(self.san.iter().map(|(_, p)| p)).flat_map(Pattern::csr_attrs)
+        {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
         v
     }
 
