@@ -347,7 +347,11 @@ impl Admin<'_> {
     /// Create a production batch.
     pub fn create_batch(&self, nb: NewBatch) -> Result<BatchRecord, AuthorityError> {
         let target = nb.id.clone().map(|b| format!("batch:{b}")).unwrap_or_default();
-        let r = factory::create_batch(self.store(), self.clock(), nb, &self.actor);
+        let r = match &nb.template {
+            Some(t) => crate::templates::check_known(self.authority.config(), t),
+            None => Ok(()),
+        }
+        .and_then(|()| factory::create_batch(self.store(), self.clock(), nb, &self.actor));
         self.refusal_audited(r, "batch.create", &target)
     }
 

@@ -67,6 +67,8 @@ pub(crate) struct TokenHolder {
     pub(crate) token_hash: String,
     /// What the token's check found.
     pub(crate) state: TokenState,
+    /// The certificate template the token names, if any.
+    pub(crate) template: Option<String>,
 }
 
 /// A factory station authenticated by its certificate.
@@ -281,8 +283,9 @@ impl Authority {
                 })?;
                 let token_hash = tokens::hash(password);
                 // Cheap, so a bad token costs no signature; the store checks again in the issuance.
-                let state = tokens::precheck(self.store.as_ref(), &token_hash, &device, self.clock.now())?;
-                Ok(Caller(Who::Token(TokenHolder { device, token_hash, state })))
+                let (state, template) =
+                    tokens::precheck_with_template(self.store.as_ref(), &token_hash, &device, self.clock.now())?;
+                Ok(Caller(Who::Token(TokenHolder { device, token_hash, state, template })))
             }
             Credential::ClientCert(chain) => self.check_birth(chain).map(|b| Caller(Who::Birth(Box::new(b)))),
             Credential::None => Err(AuthorityError::unauthenticated(

@@ -46,6 +46,32 @@ pub struct Config {
     /// `iotpki matter pai`; docs/matter.md). None until `iotpki matter paa`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matter: Option<MatterConfig>,
+    /// Certificate templates (`[[template]]`, docs/templates.md): checked
+    /// against RFC 5280 when the config loads, and each sample certificate
+    /// linted when the authority opens (and by pkilint at `iotpki serve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub template: Vec<iotpki_core::template::TemplateSpec>,
+    /// `[lint]`: the linters we did not write that vet templates at `serve` start.
+    #[serde(default, skip_serializing_if = "LintConfig::is_empty")]
+    pub lint: LintConfig,
+}
+
+/// `[lint]`: external linters run on each template's sample certificates
+/// when `iotpki serve` starts (and by `iotpki template check`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LintConfig {
+    /// pkilint's `lint_pkix_cert` executable; `$IOTPKI_PKILINT` overrides it.
+    /// A template whose sample it finds anything in at WARNING or above is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkilint: Option<PathBuf>,
+}
+
+impl LintConfig {
+    /// No linter configured.
+    pub fn is_empty(&self) -> bool {
+        self.pkilint.is_none()
+    }
 }
 
 /// `[matter]`: the Product Attestation Authority and its intermediates.
@@ -349,6 +375,10 @@ pub struct LabelConfig {
     pub validity_days: u32,
     /// Key types a request may carry.
     pub allowed_keys: Vec<String>,
+    /// The certificate template its enrollments get when neither their token
+    /// nor their batch names one (none: the built-in device profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl Config {
@@ -399,6 +429,17 @@ impl Config {
             }
             if l.name.is_empty() || !l.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return bad(format!("label {:?}: use letters, digits, - and _", l.name));
+            }
+        }
+        let templates = iotpki_core::template::parse_specs(self.template.clone())
+            .map_err(|e| AuthorityError::Config(format!("{e}")))?;
+        for l in &self.label {
+            if let Some(t) = &l.template {
+                if !templates.iter().any(|x| x.name() == t)
+                    && !iotpki_core::template::builtins().iter().any(|x| x.name() == t)
+                {
+                    return bad(format!("label {}: no template named {t}", l.name));
+                }
             }
         }
         if !self.label.iter().any(|l| l.name == self.default_label) {

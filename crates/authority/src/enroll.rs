@@ -28,11 +28,13 @@ use iotpki_core::keys::{self, KeyType};
 use iotpki_core::matter::{ProductId, VendorId};
 use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{CertParams, Profile};
+use iotpki_core::template::{Context, Template};
 use iotpki_core::{pkcs7, serial};
 use iotpki_store::{AuditEvent, BatchProfile, CertRecord, CertStatus, Issuance, Precondition, StoreError};
 use spki::der::Encode;
 use spki::SubjectPublicKeyInfoOwned;
 use std::sync::Arc;
+use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 
 use crate::auth::{Caller, DeviceIdentity, Station, TokenHolder, Who};
@@ -130,6 +132,11 @@ pub(crate) struct Plan<'l> {
     pub(crate) signer: Option<Arc<CaKey>>,
     /// The subject the authority writes.
     pub(crate) subject: Name,
+    /// The certificate template's extensions, written over the device
+    /// profile's (docs/templates.md); none without a template.
+    pub(crate) extensions: Vec<Extension>,
+    /// The template's name, for the audit.
+    pub(crate) template: Option<String>,
     /// The key certified.
     pub(crate) spki: SubjectPublicKeyInfoOwned,
     /// Its type (for the audit).
@@ -281,9 +288,15 @@ impl Authority {
                 }
                 self.check_key(label, csr.key_type)?;
                 check_requested_serial(&csr.subject, t.device.as_str(), "the token")?;
-                let subject = name::device_subject(&self.cfg.organization, &t.device)?;
+                let template = self.template_for(t.template.as_deref(), label, "the token")?;
+                let (subject, extensions) = match &template {
+                    None => (name::device_subject(&self.cfg.organization, &t.device)?, vec![]),
+                    Some(tp) => self.apply_template(tp, &t.device, None, csr)?,
+                };
                 PlanFor {
                     subject,
+                    extensions,
+                    template,
                     device: t.device.to_string(),
                     replaces: None,
                     precondition: Precondition::ConsumeToken {
@@ -306,7 +319,8 @@ impl Authority {
                     )));
                 }
                 // A Matter batch's births are DACs under its vendor's PAI (docs/matter.md).
-                let matter_ids = match self.batch_profile(batch)? {
+                let rules = self.batch_rules(batch)?;
+                let matter_ids = match rules.as_ref().map(|r| r.profile) {
                     Some(BatchProfile::MatterDac { vendor_id, product_id }) => {
                         if !station.may_make(batch) {
                             return Err(StoreError::StationNotAuthorized {
@@ -340,8 +354,23 @@ impl Authority {
                     )));
                 };
                 let device = DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
+                // A batch's template, else the birth label's (never a Matter batch's: refused at its creation).
+                let template = match (&matter_ids, &rules) {
+                    (None, Some(r)) => self.template_for(r.template.as_deref(), label, "the batch")?,
+                    (None, None) => self.template_for(None, label, "the batch")?,
+                    (Some(_), _) => None,
+                };
+                let mut extensions = vec![];
                 let (subject, matter) = match matter_ids {
-                    None => (name::device_subject(&self.cfg.organization, &device)?, None),
+                    None => match &template {
+                        None => (name::device_subject(&self.cfg.organization, &device)?, None),
+                        Some(tp) => {
+                            let product = rules.as_ref().map(|r| r.product.as_str()).unwrap_or_default();
+                            let (s, x) = self.apply_template(tp, &device, Some((batch, product)), csr)?;
+                            extensions = x;
+                            (s, None)
+                        }
+                    },
                     Some((vid, pid)) => {
                         let pai = self.matter_pais.get(&vid).ok_or_else(|| {
                             AuthorityError::forbidden(format!(
@@ -386,6 +415,8 @@ impl Authority {
                 }
                 PlanFor {
                     subject,
+                    extensions,
+                    template,
                     device: device.to_string(),
                     replaces: None,
                     precondition: Precondition::Birth {
@@ -416,9 +447,15 @@ impl Authority {
                 if keys::spki_fingerprint(&csr.spki_der) == birth.spki_sha256 {
                     return Err(Refusal::KeyPolicy(KeyRefusal::BirthKey).into());
                 }
-                let subject = name::device_subject(&self.cfg.organization, &birth.device)?;
+                let template = self.template_for(None, label, "the label")?;
+                let (subject, extensions) = match &template {
+                    None => (name::device_subject(&self.cfg.organization, &birth.device)?, vec![]),
+                    Some(tp) => self.apply_template(tp, &birth.device, None, csr)?,
+                };
                 PlanFor {
                     subject,
+                    extensions,
+                    template,
                     device: birth.device.to_string(),
                     replaces: None,
                     precondition: Precondition::Owned { device_serial: birth.device.to_string() },
@@ -467,10 +504,20 @@ impl Authority {
                 if let Some(next) = superseded {
                     return self.renewal_replay(&current.record, next, csr).map(Decision::Resend);
                 }
+                // A renewal is the same certificate for a new key: its template's
+                // extensions are carried over; the label's template (if any) gives
+                // the key types and the lifetime.
+                let template = self.template_for(None, label, "the label")?;
+                if let Some(tp) = &template {
+                    tp.check_key(csr.key_type)?;
+                }
+                let extensions = carried_extensions(&current.cert);
                 let old = current.record.serial.clone();
                 let device = current.record.device_serial.clone().unwrap_or_default();
                 PlanFor {
                     subject: current_subject.clone(),
+                    extensions,
+                    template,
                     device: device.clone(),
                     replaces: Some(old.clone()),
                     precondition: Precondition::Supersede { serial: old.clone(), now },
@@ -488,7 +535,8 @@ impl Authority {
     /// A plan for `csr` under `label` at `now`: the label's validity, a
     /// device certificate.
     fn plan<'l>(&self, label: &'l Label, csr: &VerifiedCsr, now: i64, f: PlanFor) -> Plan<'l> {
-        let not_after = match (&f.matter, label.validity_secs) {
+        let validity = f.template.as_ref().and_then(|t| t.lifetime_secs()).or(label.validity_secs);
+        let not_after = match (&f.matter, validity) {
             // A DAC lives as long as its PAI (Matter 6.2.2.3: within the PAI's validity).
             (Some(pai), _) => pai.not_after,
             (None, Some(v)) => now + v,
@@ -499,6 +547,8 @@ impl Authority {
             profile: if f.matter.is_some() { Profile::MatterDac } else { Profile::Device },
             signer: f.matter,
             subject: f.subject,
+            extensions: f.extensions,
+            template: f.template.map(|t| t.name().to_string()),
             spki: csr.spki.clone(),
             key_type: csr.key_type,
             validity: (now - BACKDATE_SECS, not_after),
@@ -540,6 +590,9 @@ impl Authority {
         if plan.signer.is_some() {
             detail = format!("{detail} profile={} issuer={}", plan.profile.name(), ca.name);
         }
+        if let Some(t) = &plan.template {
+            detail = format!("{detail} template={t}");
+        }
         // A serial collision (2^-127 odds) is retried once with a fresh serial.
         for attempt in 0..2 {
             let (sn, sn_hex) = serial::system_random_serial(now)?;
@@ -554,8 +607,14 @@ impl Authority {
                 ip_addrs: vec![],
                 permitted_subtree: None,
             };
-            let record =
-                ca.sign(&params, sn_hex.clone(), Some(plan.device_serial.clone()), plan.replaces.clone(), now)?;
+            let record = ca.sign_templated(
+                &params,
+                &plan.extensions,
+                sn_hex.clone(),
+                Some(plan.device_serial.clone()),
+                plan.replaces.clone(),
+                now,
+            )?;
             let der = record.der.clone();
             let audit = AuditEvent {
                 at: now,
@@ -698,6 +757,10 @@ impl Authority {
 /// What differs between the plans of the ways in.
 struct PlanFor {
     subject: Name,
+    /// The template's extensions (none without a template).
+    extensions: Vec<Extension>,
+    /// The template, if the enrollment gets one.
+    template: Option<Arc<Template>>,
     device: String,
     replaces: Option<String>,
     precondition: Precondition,
@@ -726,23 +789,99 @@ pub(crate) fn check_requested_serial(subject: &Name, device: &str, bound_by: &st
     }
 }
 
-/// Most batch profiles [`Authority::batch_profile`] keeps (then it starts again).
+/// Most batches' rules [`Authority::batch_rules`] keeps (then it starts again).
 const MAX_CACHED_PROFILES: usize = 100_000;
 
+/// What a batch says about its births, fixed when it is created.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchRules {
+    /// Its profile.
+    pub(crate) profile: BatchProfile,
+    /// The template its births get, if it names one.
+    pub(crate) template: Option<String>,
+    /// Its product (a template's `{product}`).
+    pub(crate) product: String,
+}
+
 impl Authority {
-    /// A batch's profile (`None`: no such batch), from the store the first time
-    /// and from memory after: a birth's hot path reads it once per batch.
-    fn batch_profile(&self, batch: &str) -> Result<Option<BatchProfile>, AuthorityError> {
-        let cached = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner()).get(batch).copied();
+    /// A batch's rules (`None`: no such batch), from the store the first time
+    /// and from memory after: a birth's hot path reads them once per batch
+    /// (they never change after the batch's creation).
+    fn batch_rules(&self, batch: &str) -> Result<Option<BatchRules>, AuthorityError> {
+        let cached = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner()).get(batch).cloned();
         if cached.is_some() {
             return Ok(cached);
         }
-        let Some(profile) = self.store.batch(batch)?.map(|b| b.profile) else { return Ok(None) };
+        let Some(b) = self.store.batch(batch)? else { return Ok(None) };
+        let rules = BatchRules { profile: b.profile, template: b.template, product: b.product };
         let mut map = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_CACHED_PROFILES {
             map.clear();
         }
-        map.insert(batch.to_string(), profile);
-        Ok(Some(profile))
+        map.insert(batch.to_string(), rules.clone());
+        Ok(Some(rules))
     }
+
+    /// The template `named` by a token or batch (`by`), else the label's;
+    /// `None`: the built-in device profile. A name the config no longer has
+    /// is refused: nothing is issued from a template that was not checked.
+    fn template_for(
+        &self,
+        named: Option<&str>,
+        label: &Label,
+        by: &str,
+    ) -> Result<Option<Arc<Template>>, AuthorityError> {
+        match named {
+            Some(n) => self.templates.get(n).cloned().map(Some).ok_or_else(|| {
+                AuthorityError::forbidden(format!(
+                    "{by} names certificate template {n}, which this authority's config does not have: add it back \
+                     (docs/templates.md) and restart, or use another token or batch"
+                ))
+            }),
+            None => Ok(label.template.clone()),
+        }
+    }
+
+    /// Template `t` rendered for `device` (with its batch id and product, for
+    /// a birth): the subject and extensions, after refusing a key type it does
+    /// not allow and a request asking for what it does not give.
+    fn apply_template(
+        &self,
+        t: &Template,
+        device: &DeviceSerial,
+        batch: Option<(&str, &str)>,
+        csr: &VerifiedCsr,
+    ) -> Result<(Name, Vec<Extension>), AuthorityError> {
+        t.check_key(csr.key_type)?;
+        let ctx = Context {
+            organization: &self.cfg.organization,
+            serial: device,
+            batch: batch.map(|b| b.0),
+            product: batch.map(|b| b.1),
+            csr_subject: &csr.subject,
+        };
+        let r = t.render(&ctx)?;
+        // The built-in templates take the request as the built-in profile always did.
+        if !t.is_builtin() {
+            t.check_request(&csr.subject, csr.requested_san.as_ref(), device, &r)?;
+        }
+        Ok((r.subject, r.extensions))
+    }
+}
+
+/// The extensions a renewal carries over from the current certificate: all
+/// but those the device profile writes for every certificate anew
+/// (basicConstraints, key identifiers, revocation pointers). keyUsage and
+/// extKeyUsage replace the profile's in place, so a certificate made without
+/// a template renews byte for byte as before.
+fn carried_extensions(cert: &x509_cert::Certificate) -> Vec<Extension> {
+    use spki::der::oid::db::rfc5280 as r;
+    let anew = [
+        r::ID_CE_BASIC_CONSTRAINTS,
+        r::ID_CE_SUBJECT_KEY_IDENTIFIER,
+        r::ID_CE_AUTHORITY_KEY_IDENTIFIER,
+        r::ID_CE_CRL_DISTRIBUTION_POINTS,
+        r::ID_PE_AUTHORITY_INFO_ACCESS,
+    ];
+    cert.tbs_certificate.extensions.iter().flatten().filter(|e| !anew.contains(&e.extn_id)).cloned().collect()
 }

@@ -99,6 +99,10 @@ pub struct NewBatch {
     pub until: i64,
     /// What its births are (default: birth certificates under the manufacturing CA).
     pub profile: BatchProfile,
+    /// The certificate template its births get (docs/templates.md; none:
+    /// the birth label's, else the built-in device profile). The caller
+    /// checks the name against the config ([`crate::templates::check_known`]).
+    pub template: Option<String>,
 }
 
 /// The profile `iotpki batch create` (or the admin API) asks for: `profile`
@@ -222,6 +226,15 @@ pub fn create_batch(
             )));
         }
     }
+    if let Some(t) = &nb.template {
+        check_name("template", t)?;
+        if nb.profile != BatchProfile::Device {
+            return Err(AuthorityError::malformed(format!(
+                "a {} batch's births follow the Matter specification, not a template (--template {t})",
+                nb.profile.name()
+            )));
+        }
+    }
     let now = clock.now();
     let record = BatchRecord {
         id: id.clone(),
@@ -236,13 +249,17 @@ pub fn create_batch(
         created_at: now,
         allowlist: serials.len() as u64,
         profile: nb.profile,
+        template: nb.template.clone(),
     };
-    let matter = match nb.profile {
+    let mut matter = match nb.profile {
         BatchProfile::Device => String::new(),
         BatchProfile::MatterDac { vendor_id, product_id } => {
             format!(" profile=matter-dac vendor_id={vendor_id:04X} product_id={product_id:04X}")
         }
     };
+    if let Some(t) = &nb.template {
+        matter = format!("{matter} template={t}");
+    }
     let audit = AuditEvent {
         at: now,
         actor: actor.into(),

@@ -338,9 +338,18 @@ fn build(
                 ca: "operational".into(),
                 validity_days: 90,
                 allowed_keys: all_keys.clone(),
+                template: None,
             },
-            LabelConfig { name: "birth".into(), ca: "manufacturing".into(), validity_days: 0, allowed_keys: all_keys },
+            LabelConfig {
+                name: "birth".into(),
+                ca: "manufacturing".into(),
+                validity_days: 0,
+                allowed_keys: all_keys,
+                template: None,
+            },
         ],
+        template: vec![],
+        lint: Default::default(),
     };
     // A database URL with a password in it makes the config a secret.
     let secret = opts.database.as_deref().is_some_and(|u| iotpki_store::postgres::redact(u) != u);

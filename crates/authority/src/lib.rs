@@ -43,6 +43,7 @@ pub mod refusals;
 pub mod revocation;
 pub mod rotation;
 pub mod servers;
+pub mod templates;
 pub mod tokens;
 pub mod trust;
 
@@ -107,6 +108,8 @@ pub struct Label {
     validity_secs: Option<i64>,
     allowed: Vec<KeyType>,
     cacerts: Vec<u8>,
+    /// The template its enrollments get when their token or batch names none.
+    template: Option<Arc<iotpki_core::template::Template>>,
 }
 
 /// A certificate the authority issued and recorded.
@@ -174,7 +177,9 @@ pub struct Authority {
     matter_paa: Option<Vec<u8>>,
     /// Batches' profiles, read once per batch: a profile never changes after
     /// creation, and a station birth needs it before the store's transaction.
-    batch_profiles: std::sync::Mutex<HashMap<String, iotpki_store::BatchProfile>>,
+    batch_profiles: std::sync::Mutex<HashMap<String, enroll::BatchRules>>,
+    /// The certificate templates, built-in and configured, by name (`templates`).
+    templates: HashMap<String, Arc<iotpki_core::template::Template>>,
 }
 
 /// Which CRL of an issuing CA: the complete one (`shard` is `None`) or shard
@@ -289,6 +294,25 @@ impl Authority {
         actor: &str,
     ) -> Result<String, AuthorityError> {
         tokens::create(self.store.as_ref(), &self.cfg, self.clock.as_ref(), serial, ttl_secs, actor)
+    }
+
+    /// [`Authority::create_token`], its enrollment getting certificate template `template`.
+    pub fn create_token_with_template(
+        &self,
+        serial: &DeviceSerial,
+        ttl_secs: Option<u64>,
+        template: Option<&str>,
+        actor: &str,
+    ) -> Result<String, AuthorityError> {
+        tokens::create_with_template(
+            self.store.as_ref(),
+            &self.cfg,
+            self.clock.as_ref(),
+            serial,
+            ttl_secs,
+            template,
+            actor,
+        )
     }
 
     /// The Matter chain above a DAC of vendor `vid`: its PAI's certificate

@@ -58,8 +58,21 @@ impl CaKey {
         replaces: Option<String>,
         now: i64,
     ) -> Result<CertRecord, AuthorityError> {
+        self.sign_templated(params, &[], serial_hex, device_serial, replaces, now)
+    }
+
+    /// [`CaKey::sign`] with a template's extensions ([`profile::issue_templated`]).
+    pub(crate) fn sign_templated(
+        &self,
+        params: &CertParams,
+        extensions: &[x509_cert::ext::Extension],
+        serial_hex: String,
+        device_serial: Option<String>,
+        replaces: Option<String>,
+        now: i64,
+    ) -> Result<CertRecord, AuthorityError> {
         let urls = self.revocation_urls(&serial_hex);
-        let issued = profile::issue_with(params, &self.issuer(), urls.as_ref())?;
+        let issued = profile::issue_templated(params, &self.issuer(), urls.as_ref(), extensions)?;
         let spki_der = params.spki.to_der().map_err(|e| AuthorityError::Config(format!("public key: {e}")))?;
         Ok(CertRecord {
             serial: serial_hex,
@@ -237,6 +250,9 @@ impl Authority {
                 )))
             }
         }
+        // Every template is checked (RFC 5280, a linted sample per key type) before
+        // anything can be issued from it.
+        let templates = crate::templates::load(&cfg, &issuing, clock.now())?;
         let mut labels = HashMap::new();
         for l in &cfg.label {
             let ca = issuing
@@ -247,7 +263,17 @@ impl Authority {
             let allowed = l.allowed_keys.iter().map(|k| KeyType::from_policy_name(k)).collect::<Result<Vec<_>, _>>()?;
             let cacerts = pkcs7::certs_only(&[&ca.cert_der, &root_der])?;
             let validity_secs = (l.validity_days > 0).then(|| i64::from(l.validity_days) * 86_400);
-            labels.insert(l.name.clone(), Label { name: l.name.clone(), ca, validity_secs, allowed, cacerts });
+            let template = match &l.template {
+                Some(t) => Some(
+                    templates
+                        .get(t)
+                        .cloned()
+                        .ok_or_else(|| AuthorityError::Config(format!("label {}: no template named {t}", l.name)))?,
+                ),
+                None => None,
+            };
+            labels
+                .insert(l.name.clone(), Label { name: l.name.clone(), ca, validity_secs, allowed, cacerts, template });
         }
         let server_chain = read_cert_pem(&keyfile::resolve(dir, &cfg.server.cert))?;
         let server_key = keyfile::read_encrypted(&keyfile::resolve(dir, &cfg.server.key), pass)?.to_pkcs8()?;
@@ -292,6 +318,7 @@ impl Authority {
             matter_pais,
             matter_paa,
             batch_profiles: std::sync::Mutex::new(HashMap::new()),
+            templates,
         })
     }
 }

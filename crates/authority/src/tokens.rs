@@ -26,6 +26,23 @@ pub fn create(
     ttl_secs: Option<u64>,
     actor: &str,
 ) -> Result<String, AuthorityError> {
+    create_with_template(store, cfg, clock, serial, ttl_secs, None, actor)
+}
+
+/// [`create`], the token's enrollment getting certificate template
+/// `template` (docs/templates.md), which the config must have.
+pub fn create_with_template(
+    store: &dyn Store,
+    cfg: &Config,
+    clock: &dyn Clock,
+    serial: &DeviceSerial,
+    ttl_secs: Option<u64>,
+    template: Option<&str>,
+    actor: &str,
+) -> Result<String, AuthorityError> {
+    if let Some(t) = template {
+        crate::templates::check_known(cfg, t)?;
+    }
     let ttl = ttl_secs.unwrap_or(cfg.tokens.default_ttl_secs);
     if ttl == 0 || ttl > cfg.tokens.max_ttl_secs {
         return Err(AuthorityError::malformed(format!(
@@ -46,13 +63,17 @@ pub fn create(
             expires_at: now.saturating_add(ttl_i),
             used_at: None,
             cert_serial: None,
+            template: template.map(str::to_string),
         },
         AuditEvent {
             at: now,
             actor: actor.into(),
             action: "token.create".into(),
             target: serial.to_string(),
-            detail: format!("ttl={ttl}s"),
+            detail: match template {
+                Some(t) => format!("ttl={ttl}s template={t}"),
+                None => format!("ttl={ttl}s"),
+            },
         },
     )?;
     Ok(token)
@@ -79,19 +100,30 @@ pub fn precheck(
     serial: &DeviceSerial,
     now: i64,
 ) -> Result<TokenState, AuthorityError> {
+    precheck_with_template(store, token_hash, serial, now).map(|(s, _)| s)
+}
+
+/// [`precheck`], with the certificate template the token names, if any.
+pub fn precheck_with_template(
+    store: &dyn Store,
+    token_hash: &str,
+    serial: &DeviceSerial,
+    now: i64,
+) -> Result<(TokenState, Option<String>), AuthorityError> {
     use iotpki_store::StoreError as E;
     let t = store.token(token_hash)?.ok_or(E::TokenUnknown)?;
+    let template = t.template;
     if t.device_serial != serial.as_str() {
         return Err(E::TokenWrongSerial.into());
     }
     if let Some(used_at) = t.used_at {
         return match t.cert_serial {
-            Some(cert_serial) => Ok(TokenState::Spent { cert_serial, used_at }),
+            Some(cert_serial) => Ok((TokenState::Spent { cert_serial, used_at }, template)),
             None => Err(E::TokenUsed { used_at }.into()),
         };
     }
     if t.expires_at <= now {
         return Err(E::TokenExpired { expires_at: t.expires_at }.into());
     }
-    Ok(TokenState::Fresh)
+    Ok((TokenState::Fresh, template))
 }

@@ -101,6 +101,7 @@ impl Ca {
             from: self.clock.now() - 60,
             until: self.clock.now() + DAY,
             profile: Default::default(),
+            template: None,
         };
         factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
     }

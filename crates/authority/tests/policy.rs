@@ -114,6 +114,7 @@ impl Ca {
             from: self.now() - 60,
             until: self.now() + 86_400,
             profile: Default::default(),
+            template: None,
         };
         factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
     }

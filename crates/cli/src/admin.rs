@@ -144,6 +144,14 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let webhooks = iotpki_server::events::load_webhooks(authority.dir(), &authority.config().events).map_err(|e| {
         anyhow!("events in {}: {e}", authority.dir().join(iotpki_authority::config::CONFIG_FILE).display())
     })?;
+    // Templates were checked against RFC 5280 and our lint when the authority
+    // opened; pkilint, when configured, vets their samples before anything listens.
+    if let Some(exe) = iotpki_authority::templates::pkilint_exe(authority.dir(), authority.config()) {
+        let n = authority.lint_templates(&exe).map_err(|e| {
+            anyhow!("templates in {}: {e}", authority.dir().join(iotpki_authority::config::CONFIG_FILE).display())
+        })?;
+        tracing::info!(samples = n, pkilint = %exe.display(), "templates linted");
+    }
     let rt = crate::server_runtime(authority.config().store.database.is_none())?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -452,16 +460,28 @@ pub enum TokenCmd {
         /// Lifetime: 90s, 30m, 1h, 7d (default: the config's, 1h).
         #[arg(long, value_parser = crate::duration::parse_secs)]
         ttl: Option<u64>,
+        /// The certificate template the enrollment gets (a `[[template]]` of the
+        /// config, docs/templates.md; default: the label's, else the built-in profile).
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
     },
 }
 
 pub fn token(c: TokenCmd) -> anyhow::Result<()> {
     match c {
-        TokenCmd::Create { dir, serial, ttl } => {
+        TokenCmd::Create { dir, serial, ttl, template } => {
             let serial = DeviceSerial::parse(&serial).map_err(|e| anyhow!("--serial: {e}"))?;
             let cfg = dir.config()?;
             let store = iotpki_authority::open_store(&dir.dir, &cfg)?;
-            let t = iotpki_authority::tokens::create(store.as_ref(), &cfg, &SystemClock, &serial, ttl, "admin:cli")?;
+            let t = iotpki_authority::tokens::create_with_template(
+                store.as_ref(),
+                &cfg,
+                &SystemClock,
+                &serial,
+                ttl,
+                template.as_deref(),
+                "admin:cli",
+            )?;
             println!("{t}");
             Ok(())
         }

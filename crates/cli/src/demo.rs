@@ -529,6 +529,7 @@ async fn factory_line(
         from: now - 60,
         until: now + 30 * 86_400,
         profile: Default::default(),
+        template: None,
     };
     create_batch(store.as_ref(), clock.as_ref(), mk("DEMO-LINE", 20, 16), "admin:demo")?;
     create_batch(store.as_ref(), clock.as_ref(), mk("DEMO-OFF", 10, 8), "admin:demo")?;

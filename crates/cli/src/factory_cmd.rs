@@ -60,6 +60,10 @@ pub enum BatchCmd {
         /// A matter-dac batch's Matter Product ID: four hex digits.
         #[arg(long, value_name = "HEX4")]
         product_id: Option<String>,
+        /// The certificate template its births get (a `[[template]]` of the config,
+        /// docs/templates.md; default: the birth label's, else the built-in profile).
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
     },
     /// Register the TPM endorsement key (EK) of a device in a batch that requires TPM
     /// attestation (the public key `iotpki agent tpm-ek` prints, or the EK certificate's).
@@ -117,9 +121,13 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
             profile,
             vendor_id,
             product_id,
+            template,
         } => {
             // Checked before anything is read or written.
             let profile = factory::batch_profile(Some(&profile), vendor_id.as_deref(), product_id.as_deref())?;
+            if let Some(t) = &template {
+                iotpki_authority::templates::check_known(&dir.config()?, t)?;
+            }
             let store = dir.store()?;
             let allowlist =
                 std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
@@ -129,7 +137,7 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
                 // Recorded before the batch exists, so no birth can come first.
                 iotpki_authority::attest::require(store.as_ref(), &SystemClock, id, "admin:cli")?;
             }
-            let nb = NewBatch { id, product, allowlist, quota, from, until, profile };
+            let nb = NewBatch { id, product, allowlist, quota, from, until, profile, template };
             let b = factory::create_batch(store.as_ref(), &SystemClock, nb, "admin:cli")?;
             println!("{}", b.id);
             eprintln!(

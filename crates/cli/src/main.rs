@@ -15,6 +15,7 @@ mod loadgen;
 mod matter_cmd;
 mod owner_cmd;
 mod server_cert;
+mod template_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ enum Cmd {
     /// One-time enrollment tokens.
     #[command(subcommand)]
     Token(admin::TokenCmd),
+    /// Certificate templates: list, show, check a file (docs/templates.md).
+    #[command(subcommand)]
+    Template(template_cmd::TemplateCmd),
     /// The key registry: blocked (compromised) keys, and whose a key is.
     #[command(subcommand)]
     Key(key_cmd::KeyCmd),
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
         Cmd::Init(a) => admin::init(a),
         Cmd::Serve(a) => admin::serve(a),
         Cmd::Token(c) => admin::token(c),
+        Cmd::Template(c) => template_cmd::run(c),
         Cmd::Cert(c) => admin::cert(c),
         Cmd::Audit(c) => admin::audit(c),
         Cmd::Admin(c) => admin_cmd::run(c),

@@ -27,6 +27,7 @@ pub mod profile;
 pub mod random;
 pub mod record;
 pub mod serial;
+pub mod template;
 pub mod time;
 #[cfg(feature = "aws-lc")]
 pub mod tpm;

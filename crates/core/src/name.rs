@@ -88,6 +88,20 @@ impl NameBuilder {
         self.rdns.push(atv(rfc4519::SERIAL_NUMBER, Any::from(v))?);
         Ok(self)
     }
+    /// Any attribute as a UTF8String of 1 to 64 characters (a template's `L=`, `ST=`, ...).
+    pub fn utf8_attribute(mut self, oid: const_oid::ObjectIdentifier, v: &str) -> Result<Self, Error> {
+        self.rdns.push(atv(oid, utf8(v)?)?);
+        Ok(self)
+    }
+    /// Any attribute as a PrintableString of 1 to 64 characters (a template's `C=`).
+    pub fn printable_attribute(mut self, oid: const_oid::ObjectIdentifier, v: &str) -> Result<Self, Error> {
+        if v.is_empty() || v.len() > 64 {
+            return Err(Error::BadName(format!("attribute value {v:?} must be 1 to 64 characters")));
+        }
+        let p = PrintableStringRef::new(v).map_err(|e| Error::BadName(format!("{v:?}: {e}")))?;
+        self.rdns.push(atv(oid, Any::from(p))?);
+        Ok(self)
+    }
     /// The name.
     pub fn build(self) -> Name {
         RdnSequence(self.rdns)

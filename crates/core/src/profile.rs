@@ -482,12 +482,31 @@ pub fn issue(params: &CertParams, issuer: &Issuer<'_>) -> Result<Issued, Error> 
 
 /// Like [`issue`], with the issuer's revocation URLs written into the certificate.
 pub fn issue_with(params: &CertParams, issuer: &Issuer<'_>, urls: Option<&RevocationUrls>) -> Result<Issued, Error> {
+    issue_templated(params, issuer, urls, &[])
+}
+
+/// Like [`issue_with`], with a template's extensions ([`crate::template`]):
+/// each replaces the profile's extension of the same OID in its place (a
+/// template's keyUsage, extKeyUsage) or is appended after the profile's. The
+/// result goes through the same lint as every certificate.
+pub fn issue_templated(
+    params: &CertParams,
+    issuer: &Issuer<'_>,
+    urls: Option<&RevocationUrls>,
+    template_extensions: &[Extension],
+) -> Result<Issued, Error> {
     let not_after = params.not_after.min(issuer.not_after);
     let signature = issuer.signer.key_type().signature_algorithm()?;
     let validity = Validity { not_before: x509_time(params.not_before)?, not_after: x509_time(not_after)? };
     let mut extensions = extensions(params, issuer.key_id)?;
     if let Some(u) = urls {
         revocation_extensions(params.profile, u, &mut extensions)?;
+    }
+    for t in template_extensions {
+        match extensions.iter_mut().find(|e| e.extn_id == t.extn_id) {
+            Some(e) => *e = t.clone(),
+            None => extensions.push(t.clone()),
+        }
     }
     let tbs = TbsRef {
         serial: &params.serial,

@@ -459,6 +459,7 @@ async fn create_batch(
                 from,
                 until,
                 profile,
+                template: None,
             })
         });
         let nb = refuse_bad_input(adm, r, "batch.create", "")?;

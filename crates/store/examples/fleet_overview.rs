@@ -103,6 +103,7 @@ fn run(
         created_at: now - 400 * DAY,
         allowlist: 0,
         profile: Default::default(),
+        template: None,
     };
     store.create_batch(batch, vec![], ev("batch.create", "B"))?;
     let st = cert("line-1", None, "station", now - 400 * DAY, now + 3650 * DAY, der_len);

@@ -55,6 +55,7 @@ fn new_token(store: &dyn Store, device: &str, expires_at: i64) -> String {
         expires_at,
         used_at: None,
         cert_serial: None,
+        template: None,
     };
     store.create_token(t, event("token.create", device)).expect("create token");
     h
@@ -90,6 +91,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     factory_births_and_refusals(store);
     fleet_matches_rebuild(store);
     batch_profiles_round_trip(store);
+    fleet_matches_rebuild(store);
+    templates_round_trip(store);
     fleet_matches_rebuild(store);
     quota_race(store);
     fleet_matches_rebuild(store);
@@ -188,6 +191,7 @@ pub fn token_refusals_write_nothing(store: &dyn Store) {
         expires_at: 2,
         used_at: None,
         cert_serial: None,
+        template: None,
     };
     assert_eq!(store.create_token(t, event("token.create", "TK-1")), Err(StoreError::TokenExists));
 }
@@ -334,6 +338,7 @@ fn batch_of(store: &dyn Store, id: &str, quota: u64, serials: &[String], profile
         created_at: 1,
         allowlist: 0,
         profile,
+        template: None,
     };
     store.create_batch(b, serials.to_vec(), event("batch.create", id)).expect("create batch");
 }
@@ -356,6 +361,48 @@ pub fn batch_profiles_round_trip(store: &dyn Store) {
     let profile = BatchProfile::MatterDac { vendor_id: 0xFFF4, product_id: 0xFFFF };
     batch_of(store, &top, 1, &[format!("{top}-0")], profile);
     assert_eq!(store.batch(&top).expect("read").expect("exists").profile, profile);
+}
+
+/// The certificate template a batch or a token names is kept as given and
+/// read back (`batch`, `list_batches`, `token`); one made without names none.
+pub fn templates_round_trip(store: &dyn Store) {
+    let b = unique("BTPL-");
+    let rec = BatchRecord {
+        id: b.clone(),
+        product: "thermo".into(),
+        quota: 1,
+        issued: 0,
+        refused: 0,
+        flagged: 0,
+        valid_from: 0,
+        valid_until: 10_000,
+        status: BatchStatus::Open,
+        created_at: 1,
+        allowlist: 0,
+        profile: BatchProfile::Device,
+        template: Some("sensor-v2".into()),
+    };
+    store.create_batch(rec, vec![format!("{b}-0")], event("batch.create", &b)).expect("create batch");
+    assert_eq!(store.batch(&b).expect("read").expect("exists").template.as_deref(), Some("sensor-v2"));
+    let listed = store.list_batches().expect("list");
+    assert_eq!(listed.iter().find(|x| x.id == b).expect("listed").template.as_deref(), Some("sensor-v2"));
+    let plain = unique("BNT-");
+    batch(store, &plain, 1, &[format!("{plain}-0")]);
+    assert_eq!(store.batch(&plain).expect("read").expect("exists").template, None);
+    let h = unique("7e");
+    let t = TokenRecord {
+        token_hash: h.clone(),
+        device_serial: "TPL-1".into(),
+        created_at: 1_000,
+        expires_at: 2_000,
+        used_at: None,
+        cert_serial: None,
+        template: Some("sensor-v2".into()),
+    };
+    store.create_token(t.clone(), event("token.create", "TPL-1")).expect("create token");
+    assert_eq!(store.token(&h).expect("read"), Some(t));
+    let plain = new_token(store, "TPL-2", 2_000);
+    assert_eq!(store.token(&plain).expect("read").expect("exists").template, None);
 }
 
 /// A station `name` authorised for `batches`.

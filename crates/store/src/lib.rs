@@ -114,6 +114,8 @@ pub struct TokenRecord {
     pub used_at: Option<UnixTime>,
     /// The serial of the certificate it was used for, if it was.
     pub cert_serial: Option<String>,
+    /// The certificate template its enrollment gets (docs/templates.md), if it names one.
+    pub template: Option<String>,
 }
 
 /// A one-time login link of the web console (`iotpki admin console-link`).
@@ -345,6 +347,8 @@ pub struct BatchRecord {
     pub allowlist: u64,
     /// What its births are.
     pub profile: BatchProfile,
+    /// The certificate template its births get (docs/templates.md), if it names one.
+    pub template: Option<String>,
 }
 
 /// What a batch's births are: which certificate a station's birth gets.

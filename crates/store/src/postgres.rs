@@ -92,6 +92,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "0011_fleet.sql", include_str!("../migrations/postgres/0011_fleet.sql")),
     (12, "0012_events.sql", include_str!("../migrations/postgres/0012_events.sql")),
     (13, "0013_batch_profile.sql", include_str!("../migrations/postgres/0013_batch_profile.sql")),
+    (14, "0014_templates.sql", include_str!("../migrations/postgres/0014_templates.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -714,6 +715,7 @@ mod tests {
         concurrent_issuance,
         factory_births_and_refusals,
         batch_profiles_round_trip,
+        templates_round_trip,
         quota_race,
         clone_race,
         offline_sync,
@@ -837,6 +839,7 @@ mod tests {
             expires_at: 5_000,
             used_at: None,
             cert_serial: None,
+            template: None,
         };
         a.create_token(tok, ev(3)).unwrap();
         let wins = std::thread::scope(|sc| {

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../migrations/sqlite/0011_fleet.sql")),
     (12, include_str!("../migrations/sqlite/0012_events.sql")),
     (13, include_str!("../migrations/sqlite/0013_batch_profile.sql")),
+    (14, include_str!("../migrations/sqlite/0014_templates.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {

@@ -679,6 +679,7 @@ async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
         from: now - 60,
         until: now + 30 * 86_400,
         profile: Default::default(),
+        template: None,
     };
     factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let st_dir = station(&ca, "line-c", &["CB"]);

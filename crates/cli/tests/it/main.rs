@@ -40,6 +40,7 @@ mod revocation;
 mod rotation;
 mod servers;
 mod service;
+mod templates;
 mod threat_model;
 #[cfg(feature = "tpm")]
 mod tpm;

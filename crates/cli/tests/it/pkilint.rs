@@ -9,7 +9,7 @@ use iotpki_core::pem;
 
 use crate::util::Ca;
 
-fn pkilint_bin(name: &str) -> PathBuf {
+pub(crate) fn pkilint_bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("IOTPKI_PKILINT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/iotpki/venv/bin"));
@@ -74,6 +74,7 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
         from: now,
         until: now + 3600,
         profile: Default::default(),
+        template: None,
     };
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let station_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();

@@ -38,7 +38,12 @@ impl Ca {
         Self::start_with(InitOptions::default()).await
     }
 
-    pub async fn start_with(mut opts: InitOptions) -> Ca {
+    pub async fn start_with(opts: InitOptions) -> Ca {
+        Self::start_with_config(opts, |_| {}).await
+    }
+
+    /// [`Ca::start_with`], the config edited by `edit` (its TOML text) before the authority opens.
+    pub async fn start_with_config(mut opts: InitOptions, edit: impl FnOnce(&mut String)) -> Ca {
         let tmp = tempfile::tempdir().unwrap();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_url = format!("http://{}", http_listener.local_addr().unwrap());
@@ -46,6 +51,10 @@ impl Ca {
         let dir = tmp.path().join("ca");
         let pass = Passphrase::new(PASS.into()).unwrap();
         iotpki_authority::init::init(&dir, &opts, &pass, &SystemClock).unwrap();
+        let cfg_file = dir.join(iotpki_authority::config::CONFIG_FILE);
+        let mut cfg = std::fs::read_to_string(&cfg_file).unwrap();
+        edit(&mut cfg);
+        std::fs::write(&cfg_file, cfg).unwrap();
         let clock = Arc::new(FixedClock::new(SystemClock.now()));
         let authority = Arc::new(Authority::open(&dir, &pass, clock.clone()).unwrap());
         let server = Running::start(authority.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -216,6 +225,7 @@ pub fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
         from: now - 60,
         until: now + 86_400,
         profile: Default::default(),
+        template: None,
     };
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
 }

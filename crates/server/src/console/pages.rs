@@ -258,6 +258,7 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
                 from,
                 until,
                 profile,
+                template: None,
             })
         })();
         let nb = r.map_err(|e| adm.refused(e, "batch.create", ""))?;

@@ -49,6 +49,7 @@ pub(crate) fn one_batch_with_refusals_commits_the_rest_on_one_chain(w: &mut dyn 
         expires_at: 5_000,
         used_at: None,
         cert_serial: None,
+        template: None,
     };
     let consume = Precondition::ConsumeToken { token_hash: "70aa".into(), device_serial: "D-1".into(), now: 1_500 };
     let issue = |c: &CertRecord, pre: Vec<Precondition>| Op::Issue(Box::new(issuance(c, pre)));

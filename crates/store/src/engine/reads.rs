@@ -18,7 +18,7 @@ const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before
 const BATCH_SELECT: &str = "SELECT b.id, b.product, b.quota, b.issued, b.refused, b.flagged, b.valid_from, \
                             b.valid_until, b.status, b.created_at, \
                             (SELECT COUNT(*) FROM batch_serials s WHERE s.batch_id = b.id), \
-                            b.profile, b.vendor_id, b.product_id FROM batches b";
+                            b.profile, b.vendor_id, b.product_id, b.template FROM batches b";
 
 /// An RFC 5280 reason code as stored (0, unspecified, when unreadable).
 fn reason(v: Option<i64>) -> u8 {
@@ -62,6 +62,7 @@ fn batch_row(mut r: Row) -> Result<BatchRecord, StoreError> {
         created_at: r.int(9)?,
         allowlist: r.count(10)?,
         profile: batch_profile(&mut r)?,
+        template: r.opt_text(14)?,
     })
 }
 
@@ -270,7 +271,7 @@ impl<E: HasEngine> Tokens for E {
     fn token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         read(self, |db| {
             let row = db.opt(
-                "SELECT token_hash, device_serial, created_at, expires_at, used_at, cert_serial FROM tokens \
+                "SELECT token_hash, device_serial, created_at, expires_at, used_at, cert_serial, template FROM tokens \
                  WHERE token_hash = $1",
                 &[token_hash.into()],
             )?;
@@ -282,6 +283,7 @@ impl<E: HasEngine> Tokens for E {
                     expires_at: r.int(3)?,
                     used_at: r.opt_int(4)?,
                     cert_serial: r.opt_text(5)?,
+                    template: r.opt_text(6)?,
                 })
             })
             .transpose()

@@ -325,8 +325,8 @@ impl<'a> Tx<'a> {
         let status = if b.status == BatchStatus::Open { "open" } else { "closed" };
         self.w.insert(
             "INSERT INTO batches (id, product, quota, issued, refused, flagged, valid_from, valid_until, status, created_at,
-                                  profile, vendor_id, product_id)
-             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7, $8, $9, $10)",
+                                  profile, vendor_id, product_id, template)
+             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 (&b.id).into(),
                 (&b.product).into(),
@@ -338,6 +338,7 @@ impl<'a> Tx<'a> {
                 b.profile.name().into(),
                 matter_id(&b.profile, true),
                 matter_id(&b.profile, false),
+                b.template.as_ref().into(),
             ],
             || StoreError::BatchExists { batch: b.id.clone() },
         )?;
@@ -970,8 +971,8 @@ impl<'a> Tx<'a> {
 
     fn token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
         self.w.insert(
-            "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at, cert_serial)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO tokens (token_hash, device_serial, created_at, expires_at, used_at, cert_serial, template)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 (&t.token_hash).into(),
                 (&t.device_serial).into(),
@@ -979,6 +980,7 @@ impl<'a> Tx<'a> {
                 Arg::Int(t.expires_at),
                 t.used_at.into(),
                 t.cert_serial.as_ref().into(),
+                t.template.as_ref().into(),
             ],
             || StoreError::TokenExists,
         )
