@@ -395,9 +395,20 @@ impl Admin<'_> {
 
     /// A one-time enrollment token for device `serial`.
     pub fn create_token(&self, serial: &str, ttl_secs: Option<u64>) -> Result<String, AuthorityError> {
+        self.create_token_with_template(serial, ttl_secs, None)
+    }
+
+    /// [`Admin::create_token`], its enrollment getting certificate
+    /// template `template` (docs/templates.md), which the config must have.
+    pub fn create_token_with_template(
+        &self,
+        serial: &str,
+        ttl_secs: Option<u64>,
+        template: Option<&str>,
+    ) -> Result<String, AuthorityError> {
         let r = DeviceSerial::parse(serial)
             .map_err(|e| AuthorityError::malformed(format!("device serial: {e}")))
-            .and_then(|d| self.authority.create_token(&d, ttl_secs, &self.actor));
+            .and_then(|d| self.authority.create_token_with_template(&d, ttl_secs, template, &self.actor));
         self.refusal_audited(r, "token.create", &format!("device:{serial}"))
     }
 

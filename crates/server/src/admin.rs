@@ -410,6 +410,9 @@ struct BatchBody {
     vendor_id: Option<String>,
     /// A `matter-dac` batch's Matter Product ID: four hex digits.
     product_id: Option<String>,
+    /// The certificate template its births get (docs/templates.md; default: the
+    /// birth label's, else the built-in device profile). The config must have it.
+    template: Option<String>,
 }
 
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
@@ -459,7 +462,7 @@ async fn create_batch(
                 from,
                 until,
                 profile,
-                template: None,
+                template: bb.template,
             })
         });
         let nb = refuse_bad_input(adm, r, "batch.create", "")?;
@@ -585,6 +588,9 @@ struct TokenBody {
     serial: String,
     /// How long it is valid, seconds (the authority's default when absent).
     ttl_secs: Option<u64>,
+    /// The certificate template its enrollment gets (docs/templates.md; default:
+    /// the label's, else the built-in device profile). The config must have it.
+    template: Option<String>,
 }
 
 #[utoipa::path(
@@ -612,7 +618,7 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     as_admin(a, caller, move |adm| {
         let tb = refuse_bad_input(adm, body::<TokenBody>(&b), "token.create", "")?;
-        let token = adm.create_token(&tb.serial, tb.ttl_secs)?;
+        let token = adm.create_token_with_template(&tb.serial, tb.ttl_secs, tb.template.as_deref())?;
         Ok(wire::TokenCreated { serial: tb.serial, token })
     })
     .await

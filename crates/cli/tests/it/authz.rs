@@ -689,6 +689,41 @@ async fn authz_matrix_every_role_allowed_and_refused() {
         ),
         post(
             "admin",
+            "create a token naming a certificate template (docs/templates.md)",
+            Main,
+            Who::Alice,
+            "/admin/v1/tokens",
+            json_ct,
+            br#"{"serial":"AZ-DEV-10","template":"device"}"#.to_vec(),
+            Allowed(Box::new(|w, b| {
+                let token = json_body(b)["token"].as_str().unwrap().to_string();
+                let t = w.main.authority.store().token(&iotpki_authority::tokens::hash(&token)).unwrap().unwrap();
+                assert_eq!(t.template.as_deref(), Some("device"));
+                w.audited_by_alice("token.create", "AZ-DEV-10");
+            })),
+        ),
+        post(
+            "admin",
+            "create a token naming a template the config does not have",
+            Main,
+            Who::Alice,
+            "/admin/v1/tokens",
+            json_ct,
+            br#"{"serial":"AZ-DEV-11","template":"nope"}"#.to_vec(),
+            Refused(400, "no certificate template named \"nope\""),
+        ),
+        post(
+            "admin",
+            "create a batch naming a template the config does not have",
+            Main,
+            Who::Alice,
+            "/admin/v1/batches",
+            json_ct,
+            br#"{"id":"AZB5","product":"gadget","serials":["AZ-B5-1"],"quota":1,"template":"nope"}"#.to_vec(),
+            Refused(400, "no certificate template named \"nope\""),
+        ),
+        post(
+            "admin",
             "revoke a certificate that does not exist",
             Main,
             Who::Alice,
@@ -922,7 +957,7 @@ fn ocsp_request(ca: &Ca, state: &Path) -> (Vec<u8>, String) {
     (std::fs::read(&req).unwrap(), "/crl/operational.crl".to_string())
 }
 
-fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["--silent", "--show-error", "--tlsv1.3", "--write-out", "\n%{http_code}"])
         .args(args)

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::authz::curl;
 use crate::util::{bin, run_fail, run_ok, serve, PASS};
 
 /// A template that passes our RFC 5280 checks and pkilint.
@@ -144,21 +145,6 @@ uri = ["https://devices.example.com/{product}/{serial}"]
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// curl's HTTP status and body.
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--tlsv1.3", "--write-out", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (
-        code.trim().parse().unwrap_or_else(|_| panic!("curl: {text} {}", String::from_utf8_lossy(&out.stderr))),
-        body.into(),
-    )
 }
 
 /// An openssl key of `alg` (`P-256`, `P-384`, `ED25519`) and a CSR with `subj` and `extra` args, base64.
