@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWri
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The most headers an answer may have.
 const MAX_HEADERS: usize = 100;
+/// The most interim (1xx) answers before the answer, and empty lines before a status line.
+const MAX_INTERIM: usize = 8;
 
 /// Why an exchange failed.
 #[derive(Debug, PartialEq, Eq)]
@@ -146,10 +148,8 @@ pub async fn read_response<R: AsyncBufRead + Unpin>(
     head_request: bool,
     max_body: usize,
 ) -> Result<Response, Error> {
-    let mut first = true;
-    loop {
-        let head = read_head(r, first).await?;
-        first = false;
+    for interim in 0..=MAX_INTERIM {
+        let head = read_head(r, interim == 0).await?;
         let (status, http10, headers) = parse_head(&head)?;
         if (100..200).contains(&status) {
             if status == 101 {
@@ -218,15 +218,19 @@ pub async fn read_response<R: AsyncBufRead + Unpin>(
                 if n > max_body {
                     return Err(Error::TooLarge { limit: max_body });
                 }
-                let mut b = vec![0; n];
-                r.read_exact(&mut b).await.map_err(io)?;
+                // Grown as the octets arrive, not allocated at the length announced.
+                let mut b = Vec::with_capacity(n.min(64 * 1024));
+                (&mut *r).take(n as u64).read_to_end(&mut b).await.map_err(io)?;
+                if b.len() != n {
+                    return Err(Error::Io(format!("the answer ended after {} of its {n} octets", b.len())));
+                }
                 b
             }
             Framing::Chunked => read_chunked(r, max_body).await?,
             Framing::UntilClose => {
                 close = true;
                 let mut b = Vec::new();
-                let mut limited = r.take(max_body as u64 + 1);
+                let mut limited = r.take((max_body as u64).saturating_add(1));
                 limited.read_to_end(&mut b).await.map_err(io)?;
                 if b.len() > max_body {
                     return Err(Error::TooLarge { limit: max_body });
@@ -236,6 +240,7 @@ pub async fn read_response<R: AsyncBufRead + Unpin>(
         };
         return Ok(Response { status, content_type, body, reusable: !close });
     }
+    Err(malformed(format!("more than {MAX_INTERIM} interim (1xx) answers")))
 }
 
 /// Read one answer from bytes already in memory (fuzzing, tests): the same
@@ -252,6 +257,7 @@ pub fn response_from_bytes(bytes: &[u8], head_request: bool, max_body: usize) ->
 /// The status line and headers, up to the empty line, within [`MAX_HEAD`].
 async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R, first: bool) -> Result<Vec<u8>, Error> {
     let mut head = Vec::with_capacity(512);
+    let mut empty_lines = 0;
     loop {
         let before = head.len();
         let room = (MAX_HEAD + 1).saturating_sub(head.len()) as u64;
@@ -272,7 +278,11 @@ async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R, first: bool) -> Result<Ve
         let line = &head[before..];
         if line == b"\r\n" || line == b"\n" {
             if before == 0 {
-                // Tolerated before the status line (RFC 9112 2.2).
+                // A few are tolerated before the status line (RFC 9112 2.2).
+                empty_lines += 1;
+                if empty_lines > MAX_INTERIM {
+                    return Err(malformed("empty lines instead of a status line"));
+                }
                 head.clear();
                 continue;
             }
@@ -433,6 +443,18 @@ mod tests {
         }
         assert_eq!(answer(b"", 100), Err(Error::Closed));
         assert!(matches!(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", 100), Err(Error::Io(_))));
+        // Interim answers and empty lines are bounded too.
+        let interim =
+            [b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1), b"HTTP/1.1 200 OK\r\n\r\n".to_vec()].concat();
+        assert!(matches!(answer(&interim, 100), Err(Error::Malformed(_))));
+        let blank = [b"\r\n".repeat(MAX_INTERIM + 1), b"HTTP/1.1 200 OK\r\n\r\n".to_vec()].concat();
+        assert!(matches!(answer(&blank, 100), Err(Error::Malformed(_))));
+        let ok =
+            [b"\r\n".as_slice(), b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
+                .concat();
+        assert_eq!(answer(&ok, 100).unwrap().status, 200);
+        // No limit at all is no overflow.
+        assert_eq!(response_from_bytes(b"HTTP/1.1 200 OK\r\n\r\nabc", false, usize::MAX).unwrap().body, b"abc");
         let long_head = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; MAX_HEAD], b"\r\n\r\n"].concat();
         assert!(matches!(answer(&long_head, 100), Err(Error::Malformed(_))));
         let many = [b"HTTP/1.1 200 OK\r\n".as_slice(), &b"A: b\r\n".repeat(MAX_HEADERS + 1), b"\r\n"].concat();
