@@ -235,6 +235,12 @@ impl Admin<'_> {
         &self.name
     }
 
+    /// The names of the certificate templates a token or batch may name
+    /// (built-in first, then the config's): what the console's forms offer.
+    pub fn template_names(&self) -> Vec<String> {
+        self.authority.templates().iter().map(|t| t.name().to_string()).collect()
+    }
+
     /// The serial of the certificate it authenticated with.
     pub fn cert_serial(&self) -> &str {
         &self.serial

@@ -504,10 +504,21 @@ impl Authority {
                 if let Some(next) = superseded {
                     return self.renewal_replay(&current.record, next, csr).map(Decision::Resend);
                 }
-                // A renewal is the same certificate for a new key: its template's
-                // extensions are carried over; the label's template (if any) gives
-                // the key types and the lifetime.
-                let template = self.template_for(None, label, "the label")?;
+                // A renewal is the same certificate for a new key: the template it
+                // was issued under gives the key types and the lifetime, and its
+                // extensions are carried over. (A certificate recorded before store
+                // version 15 names none: the label's template, as it was then.)
+                let template = match current.record.template.as_deref() {
+                    None => self.template_for(None, label, "the label")?,
+                    Some(n) => Some(self.templates.get(n).cloned().ok_or_else(|| {
+                        AuthorityError::forbidden(format!(
+                            "certificate {} was issued under certificate template {n}, which this authority's \
+                             config no longer has: add it back (docs/templates.md) and restart, or enroll the \
+                             device again with a token",
+                            current.record.serial
+                        ))
+                    })?),
+                };
                 if let Some(tp) = &template {
                     tp.check_key(csr.key_type)?;
                 }
@@ -607,7 +618,7 @@ impl Authority {
                 ip_addrs: vec![],
                 permitted_subtree: None,
             };
-            let record = ca.sign_templated(
+            let mut record = ca.sign_templated(
                 &params,
                 &plan.extensions,
                 sn_hex.clone(),
@@ -615,6 +626,9 @@ impl Authority {
                 plan.replaces.clone(),
                 now,
             )?;
+            // Recorded, so its renewals follow it: a device certificate without
+            // a configured template was shaped by the built-in `device` one.
+            record.template = plan.template.clone().or_else(|| plan.signer.is_none().then(|| "device".to_string()));
             let der = record.der.clone();
             let audit = AuditEvent {
                 at: now,

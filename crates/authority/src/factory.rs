@@ -721,6 +721,7 @@ impl Authority {
                     spki_sha256: info.spki_sha256.clone(),
                     replaces: None,
                     replaced_by: None,
+                    template: None,
                     status: CertStatus::Good,
                     der,
                 },

@@ -480,6 +480,7 @@ pub(crate) fn make_for(
             spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces: None,
             replaced_by: None,
+            template: None,
             status: CertStatus::Good,
             der: issued.der.clone(),
         },

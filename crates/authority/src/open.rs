@@ -86,6 +86,7 @@ impl CaKey {
             spki_sha256: keys::spki_fingerprint(&spki_der),
             replaces,
             replaced_by: None,
+            template: None,
             status: CertStatus::Good,
             der: issued.der,
         })

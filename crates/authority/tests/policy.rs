@@ -407,6 +407,91 @@ fn a_superseded_certificate_whose_successor_is_revoked_renews_nothing() {
     assert!(r.to_string().contains("its successor") && r.to_string().contains("is revoked"), "{r}");
 }
 
+/// A config with templates `short` (P-256 only, 10 days) and `long` (P-256
+/// and P-384, 20 days), the operational label naming `long`.
+fn with_templates(c: &mut Config) {
+    let t = |name: &str, keys: &[&str], days: u32| iotpki_core::template::TemplateSpec {
+        name: name.into(),
+        subject: vec!["O={organization}".into(), "CN={serial}".into(), "serialNumber={serial}".into()],
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        lifetime_days: Some(days),
+        ..Default::default()
+    };
+    c.template = vec![t("short", &["p256"], 10), t("long", &["p256", "p384"], 20)];
+    for l in c.label.iter_mut().filter(|l| l.name == "operational") {
+        l.template = Some("long".into());
+        l.allowed_keys = vec!["p256".into(), "p384".into()];
+    }
+}
+
+impl Ca {
+    /// Device `serial` enrolled with a token naming `template`.
+    fn enrolled_under(&self, serial: &str, template: Option<&str>, key: &SoftKey) -> Enrolled {
+        let d = DeviceSerial::parse(serial).unwrap();
+        let token = self.a.create_token_with_template(&d, None, template, "test").unwrap();
+        self.a.enroll(None, &self.token_caller(serial, &token).unwrap(), ENROLL, &csr_for(Some(serial), key)).unwrap()
+    }
+
+    fn renew(&self, der: &[u8], serial: &str, k: &SoftKey) -> Result<Enrolled, AuthorityError> {
+        self.a.enroll(None, &self.renewing(der)?, EnrollRequest::Reenroll, &csr_for(Some(serial), k))
+    }
+
+    fn lifetime_days(&self, e: &Enrolled) -> i64 {
+        let info = iotpki_core::profile::cert_info(&e.cert_der).unwrap();
+        (info.not_after - info.not_before - 60) / 86_400
+    }
+
+    fn template_of(&self, e: &Enrolled) -> Option<String> {
+        self.a.store().certificate(&e.serial).unwrap().unwrap().template
+    }
+}
+
+#[test]
+fn a_renewal_follows_the_template_its_certificate_was_issued_under_not_the_labels() {
+    let ca = ca_with(with_templates);
+    // A token naming `short`: 10 days, recorded; its renewal is `short` again
+    // (10 days, P-256 only), though the label names `long` (20 days, P-384 too).
+    let first = ca.enrolled_under("TR-1", Some("short"), &key());
+    assert_eq!((ca.lifetime_days(&first), ca.template_of(&first).as_deref()), (10, Some("short")));
+    let next = ca.renew(&first.cert_der, "TR-1", &key()).unwrap();
+    assert_eq!((ca.lifetime_days(&next), ca.template_of(&next).as_deref()), (10, Some("short")));
+    let before = ca.certs();
+    let p384 = SoftKey::generate(KeyType::EcdsaP384).unwrap();
+    let (r, status) = refusal(ca.renew(&next.cert_der, "TR-1", &p384));
+    assert!(r.to_string().contains("template short"), "{r}");
+    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(ca.certs(), before, "the refusal stored nothing");
+    // Without a named template: the label's `long`, and its renewal too (P-384 allowed).
+    let plain = ca.enrolled_under("TR-2", None, &key());
+    assert_eq!((ca.lifetime_days(&plain), ca.template_of(&plain).as_deref()), (20, Some("long")));
+    let next = ca.renew(&plain.cert_der, "TR-2", &p384).unwrap();
+    assert_eq!((ca.lifetime_days(&next), ca.template_of(&next).as_deref()), (20, Some("long")));
+    // Without any template: the built-in `device` one, recorded by name.
+    let bare = self::ca();
+    let e = bare.enrolled("TR-3", &key());
+    assert_eq!(bare.template_of(&e).as_deref(), Some("device"));
+}
+
+#[test]
+fn a_renewal_whose_template_left_the_config_is_refused_and_stores_nothing() {
+    let Ca { _tmp, a, clock } = ca_with(with_templates);
+    let pass = Passphrase::new(PASS.into()).unwrap();
+    let dir = a.dir().to_path_buf();
+    let d = DeviceSerial::parse("TR-4").unwrap();
+    let token = a.create_token_with_template(&d, None, Some("short"), "test").unwrap();
+    let caller = a.admit(Gate::Enroll, None, Credential::Token { user: "TR-4", password: &token }).unwrap();
+    let e = a.enroll(None, &caller, ENROLL, &csr_for(Some("TR-4"), &key())).unwrap();
+    drop(a);
+    // The config on disk has no templates: `short` is gone.
+    let a = Authority::open_with_config(&dir, Config::load(&dir).unwrap(), &pass, clock.clone()).unwrap();
+    let ca = Ca { _tmp, a, clock };
+    let before = ca.certs();
+    let (r, status) = refusal(ca.renew(&e.cert_der, "TR-4", &key()));
+    assert!(r.to_string().contains("issued under certificate template short"), "{r}");
+    assert_eq!(status, 403);
+    assert_eq!(ca.certs(), before, "nothing issued from a template that was not checked");
+}
+
 #[test]
 fn an_expired_certificate_renews_nothing() {
     let ca = ca();

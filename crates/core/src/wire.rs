@@ -213,6 +213,10 @@ pub struct CertRecord {
     pub replaces: Option<String>,
     /// The certificate that renewed it.
     pub replaced_by: Option<String>,
+    /// The certificate template it was issued under (docs/templates.md);
+    /// null: the built-in profile. Its renewals follow the same one.
+    #[serde(default)]
+    pub template: Option<String>,
     /// Good and not renewed.
     pub current: bool,
     /// `good`, or `revoked TIME (REASON)`.
@@ -482,6 +486,7 @@ mod tests {
             spki_sha256: "ab".into(),
             replaces: None,
             replaced_by: None,
+            template: Some("sensor".into()),
             current: true,
             status: status_text(None),
             revocation: None,

@@ -24,6 +24,7 @@ pub fn cert_record(r: &CertRecord) -> wire::CertRecord {
         spki_sha256: r.spki_sha256.clone(),
         replaces: r.replaces.clone(),
         replaced_by: r.replaced_by.clone(),
+        template: r.template.clone(),
         current: revoked.is_none() && r.replaced_by.is_none(),
         status: wire::status_text(revoked),
         revocation: revoked.map(|(at, code)| wire::Revocation::new(at, code)),

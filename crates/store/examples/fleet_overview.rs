@@ -282,6 +282,7 @@ fn cert(name: &str, device: Option<&str>, profile: &str, issued_at: i64, not_aft
         spki_sha256: format!("{:016x}{k:048x}", mix(h)),
         replaces: None,
         replaced_by: None,
+        template: None,
         status: CertStatus::Good,
         der: vec![0x30; der_len],
     }

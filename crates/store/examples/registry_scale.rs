@@ -206,6 +206,7 @@ fn record(run: &str, i: usize, n: usize, now: i64, der_len: usize) -> CertRecord
         spki_sha256: format!("{:016x}{:016x}{:016x}{:016x}", rand_u64(), rand_u64(), rand_u64(), rand_u64()),
         replaces: None,
         replaced_by: None,
+        template: None,
         status: CertStatus::Good,
         der,
     }

@@ -44,6 +44,7 @@ fn cert(i: usize, gen: usize) -> CertRecord {
         spki_sha256: format!("{gen:02x}{i:062x}"),
         replaces: None,
         replaced_by: None,
+        template: None,
         status: CertStatus::Good,
         der: vec![0x30; 560],
     }

@@ -32,6 +32,7 @@ pub fn cert(device: &str) -> CertRecord {
         spki_sha256: unique("ab"),
         replaces: None,
         replaced_by: None,
+        template: None,
         status: CertStatus::Good,
         der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
     }

@@ -93,6 +93,9 @@ pub struct CertRecord {
     /// ([`Precondition::Supersede`]); ignored when a certificate is recorded.
     /// A device's current certificate is its good one with no successor.
     pub replaced_by: Option<String>,
+    /// The certificate template it was issued under (docs/templates.md);
+    /// `None`: the built-in profile. Its renewals follow the same template.
+    pub template: Option<String>,
     /// Revocation state.
     pub status: CertStatus,
     /// The certificate, DER.

@@ -93,6 +93,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "0012_events.sql", include_str!("../migrations/postgres/0012_events.sql")),
     (13, "0013_batch_profile.sql", include_str!("../migrations/postgres/0013_batch_profile.sql")),
     (14, "0014_templates.sql", include_str!("../migrations/postgres/0014_templates.sql")),
+    (15, "0015_cert_template.sql", include_str!("../migrations/postgres/0015_cert_template.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).

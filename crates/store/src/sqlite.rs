@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../migrations/sqlite/0012_events.sql")),
     (13, include_str!("../migrations/sqlite/0013_batch_profile.sql")),
     (14, include_str!("../migrations/sqlite/0014_templates.sql")),
+    (15, include_str!("../migrations/sqlite/0015_cert_template.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {

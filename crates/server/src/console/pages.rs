@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::response::Response;
+use iotpki_authority::admin::Admin;
 use iotpki_authority::factory::NewBatch;
 use iotpki_authority::revocation::Target;
 use iotpki_authority::AuthorityError;
@@ -165,8 +166,9 @@ pub(crate) async fn batches(ctx: Ctx) -> Response {
                  <option value=\"matter-dac\">matter-dac (Matter DAC)</option></select></label>\
                  <label>Matter vendor id (matter-dac only)<input name=\"vendor_id\" maxlength=\"4\" placeholder=\"FFF1\"></label>\
                  <label>Matter product id (matter-dac only)<input name=\"product_id\" maxlength=\"4\" placeholder=\"8000\"></label>\
-                 <button type=\"submit\">Create batch</button></form>",
-                html::csrf_field(&v.csrf)
+                 {}<button type=\"submit\">Create batch</button></form>",
+                html::csrf_field(&v.csrf),
+                template_select(&adm.template_names(), "not for matter-dac"),
             );
         }
         Ok(h)
@@ -185,7 +187,7 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
              <tr><th>born / quota</th><td>{}</td></tr><tr><th>refused</th><td>{}</td></tr>\
              <tr><th>flagged</th><td>{}</td></tr><tr><th>issues</th><td>{} – {}</td></tr>\
              <tr><th>allowlist</th><td>{} serials</td></tr><tr><th>created</th><td>{}</td></tr>\
-             <tr><th>profile</th><td>{}</td></tr></tbody></table>",
+             <tr><th>profile</th><td>{}</td></tr><tr><th>template</th><td>{}</td></tr></tbody></table>",
             esc(&b.id),
             esc(&b.product),
             if b.status == BatchStatus::Open { "open" } else { "closed" },
@@ -197,6 +199,7 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
             b.allowlist,
             esc(&html::when(b.created_at)),
             esc(&profile_text(&b.profile)),
+            esc(b.template.as_deref().unwrap_or("the label's")),
         );
         let rows: Vec<Vec<String>> =
             flags.iter().map(|(serial, f)| vec![format!("<code>{}</code>", esc(serial)), esc(f.name())]).collect();
@@ -217,6 +220,17 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
         Ok(h)
     })
     .await
+}
+
+/// The form field naming a certificate template (docs/templates.md): empty
+/// for the label's; `note` says where it does not apply.
+fn template_select(names: &[String], note: &str) -> String {
+    let mut options = String::from("<option value=\"\" selected>the label's (else device)</option>");
+    for n in names {
+        let _ = write!(options, "<option value=\"{0}\">{0}</option>", esc(n));
+    }
+    let note = if note.is_empty() { String::new() } else { format!(", {note}") };
+    format!("<label>Certificate template (docs/templates.md{note})<select name=\"template\">{options}</select></label>")
 }
 
 /// A batch's profile as the console shows it: `device`, or `matter-dac (VID FFF1, PID 8000)`.
@@ -258,7 +272,7 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
                 from,
                 until,
                 profile,
-                template: None,
+                template: opt("template").map(str::to_string),
             })
         })();
         let nb = r.map_err(|e| adm.refused(e, "batch.create", ""))?;
@@ -626,10 +640,10 @@ pub(crate) async fn audit_verify(ctx: Ctx) -> Response {
 
 /// `GET /console/tokens`: the form for a one-time enrollment token.
 pub(crate) async fn tokens(ctx: Ctx) -> Response {
-    view(ctx, "Enrollment tokens", "/console/tokens", |_, v| Ok(token_form(v))).await
+    view(ctx, "Enrollment tokens", "/console/tokens", |adm, v| Ok(token_form(adm, v))).await
 }
 
-fn token_form(v: &Viewer) -> String {
+fn token_form(adm: &Admin<'_>, v: &Viewer) -> String {
     if v.role != iotpki_authority::console::ConsoleRole::Admin {
         return "<p>This session may only read.</p>".into();
     }
@@ -637,8 +651,9 @@ fn token_form(v: &Viewer) -> String {
         "<form class=\"action\" method=\"post\" action=\"/console/tokens\">{}\
          <label>Device serial<input name=\"serial\" required maxlength=\"128\"></label>\
          <label>Lifetime, seconds (empty: the configured default)<input name=\"ttl_secs\" type=\"number\" min=\"1\"></label>\
-         <button type=\"submit\">Create token</button></form>",
-        html::csrf_field(&v.csrf)
+         {}<button type=\"submit\">Create token</button></form>",
+        html::csrf_field(&v.csrf),
+        template_select(&adm.template_names(), ""),
     )
 }
 
@@ -652,13 +667,14 @@ pub(crate) async fn create_token(ctx: Ctx, body: Bytes) -> Response {
             None => None,
         };
         let serial = field(f, "serial").map_err(|e| adm.refused(e, "token.create", ""))?.to_string();
-        let token = adm.create_token(&serial, ttl)?;
+        let template = f.get("template").map(|s| s.trim()).filter(|s| !s.is_empty());
+        let token = adm.create_token_with_template(&serial, ttl, template)?;
         Ok(format!(
             "{}<p>Token for <code>{}</code> (shown once; it is not kept):</p><p class=\"secret\"><code id=\"token\">{}</code></p>{}",
             html::notice("ok", "Token created."),
             esc(&serial),
             esc(&token),
-            token_form(v)
+            token_form(adm, v)
         ))
     })
     .await

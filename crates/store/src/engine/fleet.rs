@@ -332,11 +332,11 @@ impl Tx<'_> {
         for chunk in b.certs.chunks(BULK_ROWS) {
             let sql = multi_insert(
                 "certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, \
-                 spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by)",
+                 spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by, template)",
                 chunk.len(),
-                15,
+                16,
             );
-            let mut args = Vec::with_capacity(chunk.len() * 15);
+            let mut args = Vec::with_capacity(chunk.len() * 16);
             for c in chunk {
                 let (status, at, reason) = match c.status {
                     crate::CertStatus::Good => ("good", Arg::Null, Arg::Null),
@@ -358,6 +358,7 @@ impl Tx<'_> {
                     reason,
                     Arg::Blob(&c.der),
                     c.replaced_by.as_ref().into(),
+                    c.template.as_ref().into(),
                 ]);
             }
             self.w.run(&sql, &args)?;

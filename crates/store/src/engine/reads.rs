@@ -13,7 +13,7 @@ use crate::{
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \
-                         replaces, status, revoked_at, revocation_reason, der, replaced_by";
+                         replaces, status, revoked_at, revocation_reason, der, replaced_by, template";
 
 const BATCH_SELECT: &str = "SELECT b.id, b.product, b.quota, b.issued, b.refused, b.flagged, b.valid_from, \
                             b.valid_until, b.status, b.created_at, \
@@ -43,6 +43,7 @@ fn cert_row(mut r: Row) -> Result<CertRecord, StoreError> {
         spki_sha256: r.text(8)?,
         replaces: r.opt_text(9)?,
         replaced_by: r.opt_text(14)?,
+        template: r.opt_text(15)?,
         status,
         der: r.blob(13)?,
     })

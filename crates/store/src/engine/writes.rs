@@ -898,8 +898,8 @@ impl<'a> Tx<'a> {
         };
         self.w.insert(
             "INSERT INTO certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at,
-             spki_sha256, replaces, status, revoked_at, revocation_reason, der)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             spki_sha256, replaces, status, revoked_at, revocation_reason, der, template)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             &[
                 (&c.serial).into(),
                 (&c.ca).into(),
@@ -915,6 +915,7 @@ impl<'a> Tx<'a> {
                 revoked_at,
                 reason,
                 Arg::Blob(&c.der),
+                c.template.as_ref().into(),
             ],
             || StoreError::DuplicateSerial { serial: c.serial.clone() },
         )?;
