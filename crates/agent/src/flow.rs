@@ -423,14 +423,23 @@ async fn renew_from(
     let attempt = async {
         let csr_der = csr::build(&current.cert.tbs_certificate.subject, new_key.as_ref(), vec![])?;
         let new_cert = client.simple_reenroll(&csr_der).await?;
-        check_issued(&new_cert, new_key.as_ref(), &chain, &anchor)?;
+        // Issued through the current chain, or (its issuing CA succeeded by one
+        // with a key of its own: `ca rotate --new-issuing-keys`) through the CAs
+        // the server lists now, to a root this device trusts.
+        let rechained = match check_issued(&new_cert, new_key.as_ref(), &chain, &anchor) {
+            Ok(()) => None,
+            Err(e @ AgentError::Untrusted(_)) => {
+                Some(rechain(&new_cert, new_key.as_ref(), &client.cacerts().await?, &trusted).ok_or(e)?)
+            }
+            Err(e) => return Err(e),
+        };
         let issued = profile::cert_info(&new_cert)?;
         if issued.cert.tbs_certificate.subject != current.cert.tbs_certificate.subject {
             return Err(AgentError::Untrusted("the renewed certificate names another subject".into()));
         }
-        Ok(new_cert)
+        Ok((new_cert, rechained))
     };
-    let new_cert = match attempt.await {
+    let (new_cert, rechained) = match attempt.await {
         Ok(c) => c,
         // No answer, or "not now" (rate limited, busy, timed out): the server may
         // have issued it on an earlier try; the key is kept for the retry.
@@ -446,19 +455,22 @@ async fn renew_from(
     // A device that trusts no root but its anchor has none to follow: it asks
     // nothing more (a renewal is then one request, one connection or DTLS session).
     let other_root = trusted.iter().any(|t| *t != anchor);
-    let cacerts = if other_root { client.cacerts().await } else { Ok(Vec::new()) };
-    let (anchor_pem, chain_pem) = match cacerts {
-        Ok(cacerts) => match newer_root(&cacerts, &trusted, &anchor) {
-            Some(root) => {
-                let via: Vec<Vec<u8>> = cacerts.iter().filter(|c| **c != root).cloned().collect();
-                match check_issued(&new_cert, new_key.as_ref(), &via, &root) {
-                    Ok(()) => (pem::encode("CERTIFICATE", &root), pem_all(&via)),
-                    Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
+    let cacerts = if other_root && rechained.is_none() { client.cacerts().await } else { Ok(Vec::new()) };
+    let (anchor_pem, chain_pem) = match (rechained, cacerts) {
+        (Some((root, via)), _) => (pem::encode("CERTIFICATE", &root), pem_all(&via)),
+        (None, cacerts) => match cacerts {
+            Ok(cacerts) => match newer_root(&cacerts, &trusted, &anchor) {
+                Some(root) => {
+                    let via: Vec<Vec<u8>> = cacerts.iter().filter(|c| **c != root).cloned().collect();
+                    match check_issued(&new_cert, new_key.as_ref(), &via, &root) {
+                        Ok(()) => (pem::encode("CERTIFICATE", &root), pem_all(&via)),
+                        Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
+                    }
                 }
-            }
-            None => (old.anchor_pem.clone(), old.chain_pem.clone()),
+                None => (old.anchor_pem.clone(), old.chain_pem.clone()),
+            },
+            Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
         },
-        Err(_) => (old.anchor_pem.clone(), old.chain_pem.clone()),
     };
     // The key replaced is forgotten, unless it is the birth key (kept for re-commissioning).
     let old_key_file = Some(old.key_file.clone()).filter(|k| old.birth.as_ref().is_none_or(|b| b.key_file != *k));
@@ -475,6 +487,14 @@ async fn renew_from(
     state::store(state_dir, &id)?;
     keystore.retire(&id.key_file, old_key_file.as_deref());
     Ok(id)
+}
+
+/// The chain `cert` (for `key`) checks out on through the CAs `cacerts`
+/// lists (the server's `cacerts` answer), to one of the `trusted` roots, if
+/// one does: (that root, those CAs).
+fn rechain(cert: &[u8], key: &dyn Signer, cacerts: &[Vec<u8>], trusted: &[Vec<u8>]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let via: Vec<Vec<u8>> = cacerts.iter().filter(|c| !trusted.contains(c)).cloned().collect();
+    trusted.iter().find(|t| check_issued(cert, key, &via, t).is_ok()).map(|t| (t.clone(), via))
 }
 
 /// The roots the device in `dir` trusts: `anchor` and its trust bundle's anchors.

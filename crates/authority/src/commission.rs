@@ -327,19 +327,31 @@ impl Authority {
     /// manufacturer hands an operator with the devices it sells; the operator
     /// feeds it to `device claim --births`.
     pub fn export_births(&self, serials: Option<&[String]>) -> Result<String, AuthorityError> {
-        let ca = &self.label(Some(crate::BIRTH_LABEL))?.ca;
-        let mfg = profile::cert_info(&ca.cert_der)?.spki_sha256;
+        // The manufacturing CA each birth chains to: the birth CA, or one it
+        // succeeded (`ca rotate --new-issuing-keys`), directly or through a
+        // station's delegated CA.
+        let mut mfg_of: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
         let q = iotpki_store::CertQuery { profile: Some(profile::Profile::Device.name().into()), ..Default::default() };
         // Newest first: the first good birth of a serial is its current one.
         let mut births = std::collections::BTreeMap::new();
         for c in self.store.list_certificates(&q)? {
-            let ours = c.ca == ca.name || c.ca.starts_with("delegated:");
-            if let (true, CertStatus::Good, Some(sn)) = (ours, &c.status, &c.device_serial) {
-                births.entry(sn.clone()).or_insert_with(|| keys::sha256_hex(&c.der));
+            let (CertStatus::Good, Some(sn)) = (&c.status, &c.device_serial) else { continue };
+            if births.contains_key(sn) {
+                continue;
+            }
+            if !mfg_of.contains_key(&c.ca) {
+                let mfg = match self.birth_issuer(&c.ca)? {
+                    Some(ca) => Some(profile::cert_info(&ca.cert_der)?.spki_sha256),
+                    None => None,
+                };
+                mfg_of.insert(c.ca.clone(), mfg);
+            }
+            if let Some(Some(mfg)) = mfg_of.get(&c.ca) {
+                births.insert(sn.clone(), (keys::sha256_hex(&c.der), mfg.clone()));
             }
         }
         let mut out = format!("{BIRTHS_HEADER}\n{BIRTHS_COLUMNS}\n");
-        let mut line = |sn: &str, h: &str| out.push_str(&format!("{sn},{h},{mfg}\n"));
+        let mut line = |sn: &str, (h, mfg): &(String, String)| out.push_str(&format!("{sn},{h},{mfg}\n"));
         match serials {
             None => births.iter().for_each(|(sn, h)| line(sn, h)),
             Some(list) => {

@@ -339,6 +339,13 @@ pub struct CaConfig {
     /// Unset: one CRL, `/crl/CA.crl`, which is served in any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl_shards: Option<u32>,
+    /// The issuing CA that took over from this one with a key of its own
+    /// (`iotpki ca rotate --new-issuing-keys`): this one issues nothing more
+    /// (no label names it); it still signs the CRLs and OCSP answers of what
+    /// it issued, and those certificates still renew and commission, into
+    /// the successor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
 }
 
 /// Why `shards` cannot be the CRL shard count of an authority's issuing CAs
@@ -418,8 +425,36 @@ impl Config {
                 _ => return bad(format!("CA {}: give exactly one of key (a file) or key_uri (a PKCS#11 key)", c.name)),
             }
         }
+        for c in &self.ca {
+            if let Some(next) = &c.successor {
+                if c.role != CaRole::Issuing || !self.ca.iter().any(|n| &n.name == next && n.role == CaRole::Issuing) {
+                    return bad(format!("CA {}: its successor {next} must be an issuing CA, and it one too", c.name));
+                }
+            }
+        }
+        // Successors lead somewhere: no CA is its own successor, however far down.
+        for c in &self.ca {
+            let mut at = c;
+            for _ in 0..=self.ca.len() {
+                match at.successor.as_ref().and_then(|n| self.ca.iter().find(|x| &x.name == n)) {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            }
+            if at.successor.is_some() {
+                return bad(format!("CA {}: its successors run in a circle", c.name));
+            }
+        }
         for l in &self.label {
             match self.ca.iter().find(|c| c.name == l.ca) {
+                Some(c) if c.successor.is_some() => {
+                    return bad(format!(
+                        "label {}: CA {} was succeeded by CA {}: name that one",
+                        l.name,
+                        l.ca,
+                        c.successor.as_deref().unwrap_or_default()
+                    ))
+                }
                 Some(c) if c.role == CaRole::Issuing => {}
                 Some(_) => return bad(format!("label {}: CA {} is not an issuing CA", l.name, l.ca)),
                 None => return bad(format!("label {}: no CA named {}", l.name, l.ca)),

@@ -312,7 +312,7 @@ impl Authority {
                 }
             }
             Enrollment::StationBirth { station, batch, activation } => {
-                if label.ca.name != station.id.record.ca {
+                if label.ca.name != self.current_ca(&station.id.record.ca) {
                     return Err(AuthorityError::forbidden(format!(
                         "station enrollments go to a label of CA {} (label {} issues from CA {})",
                         station.id.record.ca, label.name, label.ca.name
@@ -478,7 +478,7 @@ impl Authority {
                         "a birth certificate is never renewed and nothing renews into one: {BIRTH_ONLY_ON_THE_LINE}"
                     ))));
                 }
-                if current.record.ca != label.ca.name {
+                if self.current_ca(&current.record.ca) != label.ca.name {
                     return Err(AuthorityError::Refused(Refusal::Renewal(format!(
                         "the current certificate is from CA {}; label {} issues from CA {}",
                         current.record.ca, label.name, label.ca.name
@@ -703,7 +703,7 @@ impl Authority {
         let used = || AuthorityError::from(StoreError::TokenUsed { used_at });
         let Some(rec) = self.store.certificate(cert_serial)? else { return Err(used()) };
         if rec.spki_sha256 != keys::spki_fingerprint(&req.spki_der)
-            || rec.ca != label.ca.name
+            || self.current_ca(&rec.ca) != label.ca.name
             || rec.device_serial.as_deref() != Some(device.as_str())
         {
             return Err(used());

@@ -514,5 +514,6 @@ fn save(
         role,
         older_certs: vec![],
         crl_shards: None,
+        successor: None,
     })
 }

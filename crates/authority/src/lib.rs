@@ -271,7 +271,22 @@ impl Authority {
     /// from a station's birth, under a batch's rules; every other path that
     /// would sign under it is refused (the enrollment pipeline's one issue step checks).
     pub fn is_birth_ca(&self, ca: &str) -> bool {
-        self.labels.get(BIRTH_LABEL).is_some_and(|l| l.ca.name == ca)
+        self.labels.get(BIRTH_LABEL).is_some_and(|l| l.ca.name == self.current_ca(ca))
+    }
+
+    /// The issuing CA that issues today in `ca`'s place: `ca` itself, or the
+    /// last of its successors (`iotpki ca rotate --new-issuing-keys`). What a
+    /// certificate of `ca` renews, commissions and is born into.
+    pub fn current_ca<'a>(&'a self, ca: &'a str) -> &'a str {
+        let mut at = ca;
+        // The config's check refuses a circle; the bound is for safety.
+        for _ in 0..=self.cfg.ca.len() {
+            match self.cfg.ca.iter().find(|c| c.name == at).and_then(|c| c.successor.as_deref()) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        at
     }
 
     /// `/cacerts`: the label's issuing CA and the root, PKCS#7 certs-only.

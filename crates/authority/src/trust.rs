@@ -16,6 +16,9 @@ use iotpki_core::voucher::{self, Voucher};
 use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, OwnershipStatus, Precondition, Store};
 use spki::der::{Decode, Encode};
 
+use std::sync::Arc;
+
+use crate::open::CaKey;
 use crate::{Authority, AuthorityError};
 use iotpki_core::clock::Clock;
 
@@ -112,22 +115,45 @@ impl Authority {
     }
 
     /// The birth certificate this authority (as manufacturer) issued to `serial`,
-    /// online or through a station's delegated CA.
-    fn birth_certificate(&self, serial: &str) -> Result<Vec<u8>, AuthorityError> {
-        let birth_ca = self.labels.get("birth").map(|l| l.ca.name.clone()).unwrap_or_default();
+    /// online or through a station's delegated CA, and the manufacturing CA it
+    /// chains to (the birth CA, or one it succeeded).
+    fn birth_certificate(&self, serial: &str) -> Result<(Vec<u8>, Arc<CaKey>), AuthorityError> {
         let q = CertQuery { device_serial: Some(serial.into()), ..Default::default() };
-        let mut births: Vec<_> = self
-            .store
-            .list_certificates(&q)?
-            .into_iter()
-            .filter(|c| c.status == CertStatus::Good && (c.ca == birth_ca || c.ca.starts_with("delegated:")))
-            .collect();
-        births.sort_by_key(|c| c.issued_at);
-        births.into_iter().next().map(|c| c.der).ok_or_else(|| {
+        let mut births = Vec::new();
+        for c in self.store.list_certificates(&q)? {
+            if c.status == CertStatus::Good {
+                if let Some(mfg) = self.birth_issuer(&c.ca)? {
+                    births.push((c.issued_at, c.der, mfg));
+                }
+            }
+        }
+        births.sort_by_key(|b| b.0);
+        births.into_iter().next().map(|(_, der, mfg)| (der, mfg)).ok_or_else(|| {
             AuthorityError::not_found(format!(
                 "device {serial} has no birth certificate from this authority, and no voucher of it names this authority"
             ))
         })
+    }
+
+    /// The manufacturing CA behind a certificate whose record names issuer
+    /// `ca`, if it is a birth certificate: `ca` itself when it is the birth CA
+    /// or one the birth CA succeeded (`ca rotate --new-issuing-keys`); for
+    /// `delegated:STATION:BATCH`, the CA that certified that delegated CA.
+    pub(crate) fn birth_issuer(&self, ca: &str) -> Result<Option<Arc<CaKey>>, AuthorityError> {
+        let name = match ca.strip_prefix("delegated:").and_then(|r| r.split_once(':')) {
+            Some((station, batch)) => match self.store.delegation(station, batch)? {
+                Some(serial) => match self.store.certificate(&serial)? {
+                    Some(r) => r.ca,
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+            None => ca.to_string(),
+        };
+        if !self.is_birth_ca(&name) {
+            return Ok(None);
+        }
+        Ok(self.issuing.iter().find(|c| c.name == name).cloned())
     }
 
     /// Hand `serial` to the owner whose key is `to_spki` (DER SPKI), until
@@ -176,10 +202,9 @@ impl Authority {
                 v
             }
             None => {
-                let birth = self.birth_certificate(serial.as_str())?;
-                let label = self.label(Some("birth"))?;
-                Voucher::first(label.ca.signer.as_ref(), serial, &birth, to_spki, now, expires_at)
-                    .map_err(bad_voucher)?
+                // Signed by the manufacturing CA the device's birth chain ends in.
+                let (birth, mfg) = self.birth_certificate(serial.as_str())?;
+                Voucher::first(mfg.signer.as_ref(), serial, &birth, to_spki, now, expires_at).map_err(bad_voucher)?
             }
         };
         let bytes = voucher.encode();
@@ -200,7 +225,7 @@ impl Authority {
         let q = CertQuery { device_serial: Some(serial.to_string()), ..Default::default() };
         let mut revoked = Vec::new();
         for c in self.store.list_certificates(&q)? {
-            if c.status == CertStatus::Good && c.ca != birth_ca && !c.ca.starts_with("delegated:") {
+            if c.status == CertStatus::Good && self.current_ca(&c.ca) != birth_ca && !c.ca.starts_with("delegated:") {
                 let audit = AuditEvent {
                     at: now,
                     actor: actor.into(),

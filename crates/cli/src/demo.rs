@@ -440,7 +440,9 @@ async fn rotate_root(
         .ok()
         .and_then(|i| KeyType::of_spki(&i.cert.tbs_certificate.subject_public_key_info).ok());
     let (root_type, device_type) = if pq { (Some(KeyType::MlDsa65), Some(KeyType::MlDsa44)) } else { (None, None) };
-    let rotated = rotation::rotate_to(op_dir, pass, &SystemClock, "admin:demo", root_type)?;
+    // With --pq the issuing CAs and the server move to ML-DSA-65 keys too: nothing P-256 signs after.
+    let opts = rotation::RotateOptions { key_type: root_type, new_issuing_keys: pq };
+    let rotated = rotation::rotate_with(op_dir, pass, &SystemClock, "admin:demo", &opts)?;
     let r2 = iotpki_core::pem::decode_one("CERTIFICATE", &std::fs::read_to_string(&rotated.root_cert)?)?;
     let store = op.store().clone();
     trust::publish_bundle(store.as_ref(), &SystemClock, &demo_bundle(keys, 3, vec![r1, r2.clone()])?, "admin:demo")?;
@@ -480,9 +482,10 @@ async fn rotate_root(
     }
     match (root_type, device_type) {
         (Some(rt), Some(dt)) => println!(
-            "     post-quantum move: {} ({rt}, replacing a {} root) announced by bundle, {moved} of {} devices renewed under it into {dt} keys, the old root retired; {pq_keys} renewed again over TLS 1.3 with their {dt} certificates",
+            "     post-quantum move: {} ({rt}, replacing a {} root) announced by bundle, issuing CAs succeeded by {rt} keys ({}), {moved} of {} devices renewed under it into {dt} keys, the old root retired; {pq_keys} renewed again over TLS 1.3 with their {dt} certificates",
             rotated.root,
             old_type.map(|k| k.to_string()).unwrap_or_else(|| "classical".into()),
+            rotated.successors.iter().map(|(o, n)| format!("{o} → {n}")).collect::<Vec<_>>().join(", "),
             devices.len()
         ),
         _ => println!(

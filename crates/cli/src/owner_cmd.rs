@@ -189,6 +189,13 @@ pub enum CaCmd {
         /// algorithms (P-256 to ML-DSA) by the same bundle, renew, retire steps.
         #[arg(long)]
         key_type: Option<String>,
+        /// Give every issuing CA a successor with a new key of the new root's type,
+        /// which issues in its place (labels move to it), and the server a new TLS key
+        /// from its CA's successor: the whole move to ML-DSA, not the root alone. The
+        /// old issuing CAs keep signing the CRLs and OCSP answers of what they issued;
+        /// their certificates renew and commission into the successors.
+        #[arg(long)]
+        new_issuing_keys: bool,
     },
     /// Stop trusting the retiring root (once devices have renewed under the new one).
     Retire {
@@ -243,16 +250,25 @@ fn print_arl(a: &iotpki_authority::revocation::SignedArl) {
 
 pub fn ca(c: CaCmd) -> anyhow::Result<()> {
     match c {
-        CaCmd::Rotate { dir, pass, key_type } => {
+        CaCmd::Rotate { dir, pass, key_type, new_issuing_keys } => {
             let kt = key_type.as_deref().map(iotpki_core::keys::KeyType::from_name).transpose()?;
-            let r =
-                iotpki_authority::rotation::rotate_to(&dir.dir, &pass.passphrase()?, &SystemClock, "admin:cli", kt)?;
+            let opts = iotpki_authority::rotation::RotateOptions { key_type: kt, new_issuing_keys };
+            let r = iotpki_authority::rotation::rotate_with(
+                &dir.dir,
+                &pass.passphrase()?,
+                &SystemClock,
+                "admin:cli",
+                &opts,
+            )?;
             println!(
                 "new root {} ({}); certified again under it: {}. Restart `serve` to use it.",
                 r.root,
                 r.root_cert.display(),
                 r.recertified.join(", ")
             );
+            for (old, next) in &r.successors {
+                println!("issuing CA {old} succeeded by {next} (a new key): its labels issue from {next} now");
+            }
         }
         CaCmd::Retire { dir } => {
             let gone = iotpki_authority::rotation::retire(&dir.dir, &SystemClock, "admin:cli")?;

@@ -103,6 +103,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     revocation(store);
     fleet_matches_rebuild(store);
+    templates_and_latest_not_after(store);
+    fleet_matches_rebuild(store);
     ownership(store);
     fleet_matches_rebuild(store);
     artifacts(store);
@@ -643,6 +645,27 @@ pub fn offline_sync(store: &dyn Store) {
 }
 
 /// Revocation: once, of a known certificate; listed per CA; CRL numbers only grow.
+/// A certificate's template round-trips; a CA's latest notAfter counts its
+/// good certificates only.
+pub fn templates_and_latest_not_after(store: &dyn Store) {
+    let ca = unique("CA-");
+    assert_eq!(store.latest_not_after(&ca).expect("read"), None, "a CA that issued nothing");
+    let mut a = cert("LN-1");
+    (a.ca, a.not_after, a.template) = (ca.clone(), 5_000, Some("sensor".into()));
+    let mut b = cert("LN-2");
+    (b.ca, b.not_after) = (ca.clone(), 9_000);
+    let mut other = cert("LN-3");
+    (other.ca, other.not_after) = (unique("CA-"), 20_000);
+    for c in [&a, &b, &other] {
+        store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    }
+    assert_eq!(store.certificate(&a.serial).expect("read").expect("there").template.as_deref(), Some("sensor"));
+    assert_eq!(store.certificate(&b.serial).expect("read").expect("there").template, None);
+    assert_eq!(store.latest_not_after(&ca).expect("read"), Some(9_000));
+    store.revoke(&b.serial, 1, 1_234, event("revoke", &b.serial)).expect("revoke");
+    assert_eq!(store.latest_not_after(&ca).expect("read"), Some(5_000), "a revoked certificate needs no CA");
+}
+
 pub fn revocation(store: &dyn Store) {
     let ca = unique("CA-");
     let mut c = cert("RV-1");

@@ -650,6 +650,10 @@ pub trait Certificates {
     /// in `[from, until)`: read through the index on notAfter, so its cost
     /// grows with the certificates in the window, not with all of them.
     fn count_expiring(&self, from: UnixTime, until: UnixTime) -> Result<u64, StoreError>;
+
+    /// The latest notAfter of the good (unrevoked) certificates issuing CA
+    /// `ca` issued, if it issued any: how long that CA must still be trusted.
+    fn latest_not_after(&self, ca: &str) -> Result<Option<UnixTime>, StoreError>;
 }
 
 /// How the store is doing, for the metrics: a cheap probe, and what its

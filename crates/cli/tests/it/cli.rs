@@ -334,6 +334,7 @@ fn demo_pq_moves_the_fleet_from_p256_to_ml_dsa() {
     let line = out.lines().find(|l| l.contains("post-quantum move")).unwrap_or_else(|| panic!("{out}"));
     // The devices born on the line and offline, but the one its owner revoked.
     assert!(line.contains("root-2 (ml-dsa-65, replacing a p256 root)"), "{line}");
+    assert!(line.contains("operational → operational-2") && line.contains("manufacturing → manufacturing-2"), "{line}");
     assert!(line.contains("23 of 23 devices renewed under it into ml-dsa-44 keys"), "{line}");
     assert!(line.contains("23 renewed again over TLS 1.3 with their ml-dsa-44 certificates"), "{line}");
     assert!(out.contains("audit chain verified"), "{out}");

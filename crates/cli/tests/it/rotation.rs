@@ -150,6 +150,20 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
 /// own (`agent renew --key-type`), the old P-256 root retires, and they renew again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_p256_fleet_moves_to_an_ml_dsa_root_and_ml_dsa_keys_without_losing_contact() {
+    moves_to_ml_dsa(false).await;
+}
+
+/// The same move with `ca rotate --new-issuing-keys`: the issuing CAs and the
+/// server's TLS key move to ML-DSA-65 too (successors `operational-2` and
+/// `manufacturing-2`), so that no P-256 key signs anything the fleet relies
+/// on once the old root retires; the devices renew from the old CA's
+/// certificates into the successor's without losing contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p256_fleet_moves_its_issuing_cas_and_server_to_ml_dsa_keys_without_losing_contact() {
+    moves_to_ml_dsa(true).await;
+}
+
+async fn moves_to_ml_dsa(new_issuing_keys: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
     run_ok(bin().args(["init", "--http-listen", "127.0.0.1:0", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS));
@@ -185,10 +199,14 @@ async fn a_p256_fleet_moves_to_an_ml_dsa_root_and_ml_dsa_keys_without_losing_con
         trust::apply(d, &b1, true).unwrap();
     }
 
-    let out = run_ok(
-        bin().args(["ca", "rotate", "--key-type", "ml-dsa-65", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS),
-    );
+    let mut rotate = bin();
+    rotate.args(["ca", "rotate", "--key-type", "ml-dsa-65", "--dir"]).arg(&dir).env("IOTPKI_PASSPHRASE", PASS);
+    if new_issuing_keys {
+        rotate.arg("--new-issuing-keys");
+    }
+    let out = run_ok(&mut rotate);
     assert!(out.contains("new root root-2"), "{out}");
+    assert_eq!(out.contains("issuing CA operational succeeded by operational-2"), new_issuing_keys, "{out}");
     let r2 = root_of(&dir, "root-2.crt");
     let r2_info = iotpki_core::profile::cert_info(&r2).unwrap();
     assert_eq!(KeyType::of_spki(&r2_info.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa65);
@@ -210,6 +228,18 @@ async fn a_p256_fleet_moves_to_an_ml_dsa_root_and_ml_dsa_keys_without_losing_con
         let chain = pem::decode_all("CERTIFICATE", &id.chain_pem).unwrap();
         let now = iotpki_authority::Clock::now(&iotpki_authority::SystemClock);
         iotpki_core::chain::verify(&cert, &chain, &r2, now, client_auth).expect("chains to the ML-DSA root");
+        // Its issuer: the same P-256 operational CA certified again, or its ML-DSA-65 successor.
+        let issuer = iotpki_core::profile::cert_info(&chain[0]).unwrap();
+        let issuer_kt = KeyType::of_spki(&issuer.cert.tbs_certificate.subject_public_key_info).unwrap();
+        let want = if new_issuing_keys { KeyType::MlDsa65 } else { KeyType::EcdsaP256 };
+        assert_eq!(issuer_kt, want);
+    }
+    if new_issuing_keys {
+        // The server's TLS key moved too: the device saw an ML-DSA-65 leaf.
+        let cfg = iotpki_authority::Config::load(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(&cfg.server.cert)).unwrap();
+        let leaf = iotpki_core::profile::cert_info(&pem::decode_all("CERTIFICATE", &text).unwrap()[0]).unwrap();
+        assert_eq!(KeyType::of_spki(&leaf.cert.tbs_certificate.subject_public_key_info).unwrap(), KeyType::MlDsa65);
     }
     publish(&dir, &bundle(&keys, 3, vec![r2.clone()]));
     for d in &devices {

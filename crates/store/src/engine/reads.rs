@@ -236,6 +236,15 @@ impl<E: HasEngine> Certificates for E {
         })
     }
 
+    fn latest_not_after(&self, ca: &str) -> Result<Option<UnixTime>, StoreError> {
+        read(self, |db| {
+            match db.opt("SELECT MAX(not_after) FROM certificates WHERE ca = $1 AND status = 'good'", &[ca.into()])? {
+                Some(mut r) => r.opt_int(0),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn count_expiring(&self, from: UnixTime, until: UnixTime) -> Result<u64, StoreError> {
         // The range on not_after is what the index (certificates_not_after) answers.
         read(self, |db| {
