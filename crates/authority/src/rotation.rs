@@ -134,6 +134,12 @@ pub fn rotate_with(
         None => KeyType::from_name(&cfg.key_type)?,
     };
     let org = cfg.organization.clone();
+    if opts.new_issuing_keys && kt.is_ml_dsa() && cfg.server.coaps_listen.is_some() {
+        return Err(bad(format!(
+            "the server would get a {kt} TLS key, and DTLS has no ML-DSA signatures: `serve` would refuse its \
+             coaps listener (server.coaps_listen). Remove it first, or rotate without --new-issuing-keys"
+        )));
+    }
 
     // The new root.
     let key = SoftKey::generate(kt)?;

@@ -105,6 +105,15 @@ fn issuing_cas_move_to_ml_dsa_keys_in_place_and_what_the_old_ones_issued_renews_
     drop(a);
 
     let opts = RotateOptions { key_type: Some(KeyType::MlDsa65), new_issuing_keys: true };
+    // Refused, changing nothing, while the server has a coaps listener (DTLS has no ML-DSA).
+    let config = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
+    let mut cfg = Config::load(&dir).unwrap();
+    cfg.server.coaps_listen = Some("127.0.0.1:0".into());
+    std::fs::write(dir.join("iotpki.toml"), cfg.to_toml().unwrap()).unwrap();
+    let e = rotation::rotate_with(&dir, &pass(), clock.as_ref(), "test", &opts).unwrap_err().to_string();
+    assert!(e.contains("DTLS has no ML-DSA"), "{e}");
+    assert!(!dir.join("ca/root-2.crt").exists());
+    std::fs::write(dir.join("iotpki.toml"), config).unwrap();
     let r = rotation::rotate_with(&dir, &pass(), clock.as_ref(), "test", &opts).unwrap();
     let mut succ = r.successors.clone();
     succ.sort();
