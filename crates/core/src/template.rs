@@ -688,7 +688,7 @@ impl Template {
         }
         let mut keys = Vec::new();
         for (i, k) in spec.keys.iter().enumerate() {
-            let kt = KeyType::from_name(k).map_err(|e| err(format!("keys[{i}]"), "iotpki", e.to_string()))?;
+            let kt = KeyType::from_policy_name(k).map_err(|e| err(format!("keys[{i}]"), "iotpki", e.to_string()))?;
             if keys.contains(&kt) {
                 return Err(err(format!("keys[{i}]"), "iotpki", format!("{kt} twice")));
             }
@@ -920,9 +920,9 @@ impl Template {
             csr_subject: &csr_subject,
         };
         let r = self.render(&ctx).map_err(|e| fail("subject/san", "RFC 5280 4.1.2.6 / 4.2.1.6", e.to_string()))?;
-        let key = crate::keys::SoftKey::generate(kt).map_err(|e| fail("keys", "iotpki", e.to_string()))?;
-        let spki = spki::SubjectPublicKeyInfoOwned::from_der(crate::keys::Signer::public_key_der(&key))
-            .map_err(|e| fail("keys", "iotpki", e.to_string()))?;
+        let spki =
+            spki::SubjectPublicKeyInfoOwned::from_der(&sample_public_key(kt).map_err(|e| fail("keys", "iotpki", e))?)
+                .map_err(|e| fail("keys", "iotpki", e.to_string()))?;
         let (sn, _) = crate::serial::system_random_serial(now).map_err(|e| fail("sample", "iotpki", e.to_string()))?;
         let params = CertParams {
             profile: Profile::Device,
@@ -1083,6 +1083,27 @@ pub fn parse_specs(specs: Vec<TemplateSpec>) -> Result<Vec<Template>, TemplateEr
         out.push(t);
     }
     Ok(out)
+}
+
+/// A public key of type `kt` for a sample certificate (DER SPKI): a fresh
+/// throwaway key, or for RSA (which the authority never makes: devices bring
+/// their own) a fixed public key of that size, whose private half was
+/// discarded when it was made (`openssl genrsa`), checked here to be of that size.
+fn sample_public_key(kt: KeyType) -> Result<Vec<u8>, String> {
+    let der: &[u8] = match kt {
+        KeyType::Rsa(2048) => include_bytes!("template/sample-rsa-2048.spki.der"),
+        KeyType::Rsa(3072) => include_bytes!("template/sample-rsa-3072.spki.der"),
+        KeyType::Rsa(bits) => return Err(format!("no RSA key of {bits} bits for samples")),
+        _ => {
+            let key = crate::keys::SoftKey::generate(kt).map_err(|e| e.to_string())?;
+            return Ok(crate::keys::Signer::public_key_der(&key).to_vec());
+        }
+    };
+    let spki = spki::SubjectPublicKeyInfoOwned::from_der(der).map_err(|e| e.to_string())?;
+    match KeyType::of_spki(&spki) {
+        Ok(t) if t == kt => Ok(der.to_vec()),
+        other => Err(format!("the sample key for {kt} is {other:?}")),
+    }
 }
 
 /// The built-in device subjects, as templates: `device` (a certificate from

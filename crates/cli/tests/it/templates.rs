@@ -26,6 +26,15 @@ oid = "1.3.6.1.4.1.55555.1"
 utf8 = "fw-2"
 "#;
 
+/// An RSA template (devices bring RSA keys; the samples use a fixed RSA public key).
+pub(crate) const LEGACY: &str = r#"
+[[template]]
+name = "legacy"
+subject = ["O={organization}", "CN={serial}", "serialNumber={serial}"]
+keys = ["rsa-2048"]
+key_usage = ["digitalSignature", "keyEncipherment"]
+"#;
+
 /// An authority directory with `extra` appended to its config.
 fn init(tmp: &Path) -> (String, String, String) {
     let dir = tmp.join("ca");
@@ -125,7 +134,7 @@ fn serve_refuses_a_template_pkilint_flags_with_pkilint_finding_as_the_reason() {
     std::fs::write(Path::new(&d).join("iotpki.toml"), format!("{config}{lint_toml}{flagged}")).unwrap();
     assert!(run_fail(&mut serve_cmd(&d, &pf)).contains("pkilint finds:"));
     // The good template passes pkilint: serve starts.
-    std::fs::write(Path::new(&d).join("iotpki.toml"), format!("{config}{lint_toml}{GOOD}")).unwrap();
+    std::fs::write(Path::new(&d).join("iotpki.toml"), format!("{config}{lint_toml}{GOOD}{LEGACY}")).unwrap();
     let (s, url) = serve(&mut serve_cmd(&d, &pf));
     assert!(url.starts_with("https://"));
     drop(s);
@@ -153,6 +162,8 @@ fn csr(d: &Path, name: &str, alg: &str, subj: &str, extra: &[&str]) -> (String, 
     let mut gen = vec!["genpkey", "-algorithm"];
     if alg == "ED25519" {
         gen.push("ED25519");
+    } else if alg == "RSA-2048" {
+        gen.extend(["RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
     } else {
         gen.extend(["EC", "-pkeyopt"]);
         gen.push(if alg == "P-256" { "ec_paramgen_curve:P-256" } else { "ec_paramgen_curve:P-384" });
@@ -201,8 +212,10 @@ fn post(url: &str, root: &Path, d: &Path, name: &str, b64: &str, path: &str, aut
 #[tokio::test(flavor = "multi_thread")]
 async fn enrollments_under_a_template_get_its_subject_sans_extensions_and_lifetime_and_refusals_store_nothing() {
     let ca = crate::util::Ca::start_with_config(Default::default(), |c| {
+        *c = c.replace("allowed_keys = [\n    \"p256\",", "allowed_keys = [\n    \"rsa-2048\",\n    \"p256\",");
         c.push_str(GOOD);
         c.push_str(BIRTH);
+        c.push_str(LEGACY);
     })
     .await;
     let d = ca.tmp.path().join("tpl");
@@ -218,6 +231,8 @@ async fn enrollments_under_a_template_get_its_subject_sans_extensions_and_lifeti
     let t3 = token("TPL-3", Some("sensor"));
     let t4 = token("TPL-4", Some("sensor"));
     let t5 = token("TPL-5", None);
+    let t6 = token("TPL-6", Some("legacy"));
+    let t7 = token("TPL-7", Some("legacy"));
     let before = ca.cert_count();
     let (d2, root2, url2, op2) = (d.clone(), root.clone(), url.clone(), op.clone());
     let pems = tokio::task::spawn_blocking(move || {
@@ -255,12 +270,19 @@ async fn enrollments_under_a_template_get_its_subject_sans_extensions_and_lifeti
         let (_, b) = csr(&d, "plain", "P-256", "/CN=TPL-5", &[]);
         let (code, plain) = post(&url, &root, &d, "plain", &b, "simpleenroll", &["-u", &auth("TPL-5", &t5)]);
         assert_eq!(code, 200, "{plain}");
+        // An RSA-2048 device under the RSA template; a P-256 key under it is refused.
+        let (_, b) = csr(&d, "rsa", "RSA-2048", "/CN=TPL-6/serialNumber=TPL-6", &[]);
+        let (code, rsa) = post(&url, &root, &d, "rsa", &b, "simpleenroll", &["-u", &auth("TPL-6", &t6)]);
+        assert_eq!(code, 200, "{rsa}");
+        let (_, b) = csr(&d, "ec7", "P-256", "/CN=TPL-7/serialNumber=TPL-7", &[]);
+        let (code, body) = post(&url, &root, &d, "ec7", &b, "simpleenroll", &["-u", &auth("TPL-7", &t7)]);
+        assert!((400..500).contains(&code) && body.contains("template legacy"), "{code} {body}");
         let _ = op2;
-        (pem, renewed, plain)
+        (pem, renewed, plain, rsa)
     })
     .await
     .unwrap();
-    assert_eq!(ca.cert_count(), before + 3, "three issued, the refusals stored nothing");
+    assert_eq!(ca.cert_count(), before + 4, "four issued, the refusals stored nothing");
     let lint = crate::pkilint::pkilint_bin("lint_pkix_cert");
     for (pem, days) in [(&pems.0, 30), (&pems.1, 30)] {
         let text = crate::util::openssl(&["x509", "-in", pem, "-noout", "-text"]);
@@ -285,6 +307,11 @@ async fn enrollments_under_a_template_get_its_subject_sans_extensions_and_lifeti
         assert!(v.contains(": OK"), "{v}");
         iotpki_authority::templates::pkilint(&lint, &der).unwrap();
     }
+    let text = crate::util::openssl(&["x509", "-in", &pems.3, "-noout", "-text"]);
+    assert!(text.contains("Public-Key: (2048 bit)") && text.contains("Key Encipherment"), "{text}");
+    let der =
+        iotpki_core::pem::decode_all("CERTIFICATE", &std::fs::read_to_string(&pems.3).unwrap()).unwrap().remove(0);
+    iotpki_authority::templates::pkilint(&lint, &der).unwrap();
     let text = crate::util::openssl(&["x509", "-in", &pems.2, "-noout", "-text"]);
     assert!(!text.contains("Alternative Name") && !text.contains("55555") && !text.contains("Server Auth"), "{text}");
     // A token naming a template the config does not have is refused when made.

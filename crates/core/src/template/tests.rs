@@ -253,3 +253,31 @@ fn two_templates_of_one_name_or_a_builtin_name_are_refused() {
     assert!(e.reason.contains("built-in"));
     assert_eq!(parse_specs(vec![spec()]).unwrap().len(), 1);
 }
+
+/// RSA sizes are template key types too (`rsa-2048`, `rsa-3072`): their
+/// samples carry an RSA key of that size and the keyUsage RSA may have; an
+/// RSA size a label cannot allow, and keyAgreement with RSA, are refused.
+#[test]
+fn rsa_sizes_are_template_key_types_with_samples_of_that_size() {
+    let rsa = TemplateSpec {
+        name: "legacy".into(),
+        subject: vec!["O={organization}".into(), "CN={serial}".into()],
+        key_usage: Some(vec!["digitalSignature".into(), "keyEncipherment".into()]),
+        keys: vec!["rsa-2048".into(), "rsa-3072".into()],
+        ..Default::default()
+    };
+    let t = Template::parse(rsa.clone()).unwrap();
+    assert_eq!(t.keys(), [KeyType::Rsa(2048), KeyType::Rsa(3072)]);
+    t.check_key(KeyType::Rsa(3072)).unwrap();
+    assert!(t.check_key(KeyType::EcdsaP256).is_err());
+    let (ca_key, ca_name, kid) = issuer_key();
+    let issuer = Issuer { subject: &ca_name, key_id: &kid, not_after: 2_000_000_000, signer: &ca_key };
+    for kt in t.keys() {
+        let s = t.sample("Acme", &issuer, *kt, 1_700_000_000).unwrap();
+        let c = x509_cert::Certificate::from_der(&s.der).unwrap();
+        assert_eq!(KeyType::of_spki(&c.tbs_certificate.subject_public_key_info).unwrap(), *kt);
+    }
+    refused(TemplateSpec { keys: vec!["rsa-1024".into()], ..rsa.clone() }, "keys[0]", "iotpki");
+    let agree = Some(vec!["digitalSignature".into(), "keyAgreement".into()]);
+    refused(TemplateSpec { key_usage: agree, ..rsa }, "key_usage", "RFC 3279 2.3.1");
+}
