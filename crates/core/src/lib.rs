@@ -15,6 +15,8 @@ pub mod clock;
 pub mod cose;
 pub mod crl;
 pub mod csr;
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+pub mod ec_p256;
 mod error;
 pub mod est;
 pub mod keys;
