@@ -18,8 +18,8 @@ use p256::elliptic_curve::sec1::{FromEncodedPoint as _, ToEncodedPoint as _};
 use p256::{AffinePoint, EncodedPoint, FieldBytes, ProjectivePoint, Scalar};
 use zeroize::Zeroize as _;
 
-use crate::backend::error::Unspecified;
-use crate::backend::rand::{SecureRandom, SystemRandom};
+use ring::error::Unspecified;
+use ring::rand::{SecureRandom, SystemRandom};
 
 /// An uncompressed point: 04 || x || y.
 pub const POINT_LEN: usize = 65;
