@@ -189,11 +189,9 @@ impl KeyPair {
 
     /// A key from PKCS#8 v1, refused where ring's `EcdsaKeyPair::from_pkcs8` refuses it.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyRejected> {
-        // PrivateKeyInfo (RFC 5208): all of the input, version 0, this algorithm.
-        let (info, rest) = tlv(der, 0x30).ok_or(INVALID_ENCODING)?;
-        if !rest.is_empty() {
-            return Err(INVALID_ENCODING);
-        }
+        // PrivateKeyInfo (RFC 5208): version 0, this algorithm, all of the input.
+        // ring checks what is inside a structure before what follows it: so here.
+        let (info, after_info) = tlv(der, 0x30).ok_or(INVALID_ENCODING)?;
         let (version, info) = small_integer(info).ok_or(INVALID_ENCODING)?;
         if version > 1 {
             return Err(VERSION_NOT_SUPPORTED);
@@ -209,14 +207,11 @@ impl KeyPair {
         if info.first() == Some(&0xa0) {
             info = tlv(info, 0xa0).ok_or(INVALID_ENCODING)?.1;
         }
-        if !info.is_empty() {
+        if !info.is_empty() || !after_info.is_empty() {
             return Err(INVALID_ENCODING);
         }
         // ECPrivateKey (RFC 5915, section 3): version 1, the scalar, [0] the curve, [1] the point.
-        let (ec, rest) = tlv(key, 0x30).ok_or(INVALID_ENCODING)?;
-        if !rest.is_empty() {
-            return Err(INVALID_ENCODING);
-        }
+        let (ec, after_ec) = tlv(key, 0x30).ok_or(INVALID_ENCODING)?;
         let (version, ec) = small_integer(ec).ok_or(INVALID_ENCODING)?;
         if version != 1 {
             return Err(VERSION_NOT_SUPPORTED);
@@ -238,6 +233,9 @@ impl KeyPair {
             ([0, public @ ..], []) => public,
             _ => return Err(INVALID_ENCODING),
         };
+        if !after_ec.is_empty() {
+            return Err(INVALID_ENCODING);
+        }
         if private.len() != 32 {
             return Err(INVALID_COMPONENT);
         }
@@ -379,6 +377,15 @@ mod tests {
             cases.push(good[..i].to_vec());
         }
         cases.push([&good[..], &[0]].concat());
+        // Found by the fuzz target: a wrong algorithm inside a SEQUENCE shorter than the
+        // input (ring names what is inside before what follows).
+        cases.push(vec![
+            0x30, 0x40, 0x02, 0x01, 0x00, 0x30, 0x01, 0xf7, 0xf0, 0xf0, 0xf0, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x20, 0x00, 0x02, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf0,
+            0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0x5e, 0xf0, 0xf0, 0xeb, 0xf0, 0x22, 0x00, 0x00, 0x00, 0x00,
+            0xe8, 0x01, 0x00, 0x71, 0xe8, 0xe8, 0xe8, 0xe8, 0xe8, 0xe8, 0xe8, 0x00, 0x00, 0x74, 0xe8, 0xe8, 0xe8,
+        ]);
+        cases.push([&good[..3], &good[3..8], &[0x06, 0x01, 0x00], &good[27..], &[0]].concat());
         // The curve repeated in [0] (accepted), or another one (refused); v2; a scalar of n or 0.
         let with_params = |oid: &[u8]| {
             let ec_body: Vec<u8> = [&good[31..68], &[0xa0, oid.len() as u8], oid, &good[68..]].concat();
