@@ -91,10 +91,12 @@ pub(crate) fn server_url(url: &str, scheme: &str, port: u16) -> Result<(String, 
 /// X25519MLKEM768 is ours ([`crate::hybrid_kx`]: ring has no ML-KEM).
 fn tls_provider() -> rustls::crypto::CryptoProvider {
     #[cfg(feature = "aws-lc")]
-    use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group, kx_group::X25519MLKEM768};
+    use rustls::crypto::aws_lc_rs::{cipher_suite, kx_group, kx_group as p256, kx_group::X25519MLKEM768};
+    // P-256 from crate::p256_tls (RustCrypto's arithmetic), not ring's table (issue #16).
     #[cfg(all(feature = "ring", not(feature = "aws-lc")))]
     use {
         crate::hybrid_kx::X25519MLKEM768,
+        crate::p256_tls as p256,
         rustls::crypto::ring::{cipher_suite, kx_group},
     };
     rustls::crypto::CryptoProvider {
@@ -103,7 +105,7 @@ fn tls_provider() -> rustls::crypto::CryptoProvider {
             cipher_suite::TLS13_AES_256_GCM_SHA384,
             cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
         ],
-        kx_groups: vec![X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        kx_groups: vec![X25519MLKEM768, kx_group::X25519, p256::SECP256R1, kx_group::SECP384R1],
         signature_verification_algorithms: SIGNATURE_ALGORITHMS,
         secure_random: &SystemRng,
         key_provider: &NoKeyLoading,
@@ -121,12 +123,17 @@ pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithm
     use rustls::SignatureScheme as S;
     #[cfg(feature = "aws-lc")]
     use webpki::aws_lc_rs as w;
+    #[cfg(feature = "aws-lc")]
+    use webpki::aws_lc_rs as p256;
     #[cfg(all(feature = "ring", not(feature = "aws-lc")))]
     use webpki::ring as w;
+    // P-256 from crate::p256_tls (RustCrypto's arithmetic), not ring's table (issue #16).
+    #[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+    use crate::p256_tls as p256;
     rustls::crypto::WebPkiSupportedAlgorithms {
         all: &[
-            w::ECDSA_P256_SHA256,
-            w::ECDSA_P256_SHA384,
+            p256::ECDSA_P256_SHA256,
+            p256::ECDSA_P256_SHA384,
             w::ECDSA_P384_SHA256,
             w::ECDSA_P384_SHA384,
             w::ED25519,
@@ -142,8 +149,8 @@ pub(crate) static SIGNATURE_ALGORITHMS: rustls::crypto::WebPkiSupportedAlgorithm
             w::ML_DSA_87,
         ],
         mapping: &[
-            (S::ECDSA_NISTP384_SHA384, &[w::ECDSA_P384_SHA384, w::ECDSA_P256_SHA384]),
-            (S::ECDSA_NISTP256_SHA256, &[w::ECDSA_P256_SHA256, w::ECDSA_P384_SHA256]),
+            (S::ECDSA_NISTP384_SHA384, &[w::ECDSA_P384_SHA384, p256::ECDSA_P256_SHA384]),
+            (S::ECDSA_NISTP256_SHA256, &[p256::ECDSA_P256_SHA256, w::ECDSA_P384_SHA256]),
             (S::ED25519, &[w::ED25519]),
             (S::RSA_PSS_SHA384, &[w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY]),
             (S::RSA_PSS_SHA256, &[w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY]),

@@ -33,6 +33,8 @@ pub mod hybrid_kx;
 pub mod keystore;
 pub mod line;
 pub mod ocsp;
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+pub mod p256_tls;
 pub mod state;
 mod tls_key;
 

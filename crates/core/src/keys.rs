@@ -234,6 +234,9 @@ pub trait Signer: Send + Sync {
 
 enum SoftInner {
     Ecdsa(EcdsaKeyPair),
+    /// P-256 in the ring build: RustCrypto's arithmetic, not ring's table ([`crate::ec_p256`]).
+    #[cfg(not(feature = "aws-lc"))]
+    P256(crate::ec_p256::KeyPair),
     Ed25519(Ed25519KeyPair),
     #[cfg(feature = "aws-lc")]
     MlDsa(sig::PqdsaKeyPair),
@@ -269,6 +272,7 @@ fn ml_dsa_alg(kt: KeyType) -> Result<&'static sig::PqdsaSigningAlgorithm, Error>
 
 fn ecdsa_alg(kt: KeyType) -> Result<&'static sig::EcdsaSigningAlgorithm, Error> {
     match kt {
+        #[cfg(feature = "aws-lc")]
         KeyType::EcdsaP256 => Ok(&sig::ECDSA_P256_SHA256_ASN1_SIGNING),
         KeyType::EcdsaP384 => Ok(&sig::ECDSA_P384_SHA384_ASN1_SIGNING),
         other => Err(Error::UnsupportedAlgorithm(format!("{other} is not ECDSA"))),
@@ -303,7 +307,12 @@ impl SoftKey {
     pub fn generate(kt: KeyType) -> Result<Self, Error> {
         let rng = SystemRandom::new();
         let doc = match kt {
-            KeyType::EcdsaP256 | KeyType::EcdsaP384 => EcdsaKeyPair::generate_pkcs8(ecdsa_alg(kt)?, &rng)
+            KeyType::EcdsaP256 => {
+                let doc = crate::ec_p256::KeyPair::generate_pkcs8()
+                    .map_err(|_| Error::Key("EC key generation failed".into()))?;
+                return Self::from_pkcs8(&doc);
+            }
+            KeyType::EcdsaP384 => EcdsaKeyPair::generate_pkcs8(ecdsa_alg(kt)?, &rng)
                 .map_err(|_| Error::Key("EC key generation failed".into()))?,
             KeyType::Ed25519 => {
                 Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| Error::Key("Ed25519 key generation failed".into()))?
@@ -407,6 +416,13 @@ impl SoftKey {
             Self::from_ecdsa(kp, kt)
         }
         #[cfg(not(feature = "aws-lc"))]
+        if kt == KeyType::EcdsaP256 {
+            let kp = crate::ec_p256::KeyPair::from_pkcs8(der).map_err(|e| Error::Key(format!("EC PKCS#8: {e}")))?;
+            let spki = spki_der(rfc5912::ID_EC_PUBLIC_KEY, Some(rfc5912::SECP_256_R_1), kp.public_key())?;
+            let pkcs8 = zeroize::Zeroizing::new(der.to_vec());
+            return Ok(Self { inner: SoftInner::P256(kp), key_type: kt, spki, rng: SystemRandom::new(), pkcs8 });
+        }
+        #[cfg(not(feature = "aws-lc"))]
         {
             let kp = EcdsaKeyPair::from_pkcs8(ecdsa_alg(kt)?, der, &SystemRandom::new())
                 .map_err(|e| Error::Key(format!("EC PKCS#8: {e}")))?;
@@ -449,6 +465,11 @@ impl Signer for SoftKey {
                 .sign(&self.rng, message)
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|_| Error::Signing("ECDSA signing failed".into())),
+            #[cfg(not(feature = "aws-lc"))]
+            SoftInner::P256(kp) => {
+                let hash = crate::backend::digest::digest(&crate::backend::digest::SHA256, message);
+                kp.sign_digest(&self.rng, hash.as_ref()).map_err(|_| Error::Signing("ECDSA signing failed".into()))
+            }
             SoftInner::Ed25519(kp) => Ok(kp.sign(message).as_ref().to_vec()),
             #[cfg(feature = "aws-lc")]
             SoftInner::MlDsa(kp) => {
@@ -506,13 +527,10 @@ pub fn canonical_spki(der: &[u8]) -> Result<Vec<u8>, Error> {
     let alg = &spki.algorithm;
     let params_der = alg.parameters.as_ref().map(|p| p.to_der()).transpose().map_err(|e| bad(e.to_string()))?;
     let kt = KeyType::of_spki(&spki).map_err(|e| bad(e.to_string()))?;
-    let (want_params, verifier): (Option<Vec<u8>>, Option<&'static dyn sig::VerificationAlgorithm>) = match kt {
+    let (want_params, check): (Option<Vec<u8>>, bool) = match kt {
         KeyType::EcdsaP256 | KeyType::EcdsaP384 => {
-            let (curve, len, v): (_, usize, &'static dyn sig::VerificationAlgorithm) = if kt == KeyType::EcdsaP256 {
-                (rfc5912::SECP_256_R_1, 65, &sig::ECDSA_P256_SHA256_ASN1)
-            } else {
-                (rfc5912::SECP_384_R_1, 97, &sig::ECDSA_P384_SHA384_ASN1)
-            };
+            let (curve, len) =
+                if kt == KeyType::EcdsaP256 { (rfc5912::SECP_256_R_1, 65) } else { (rfc5912::SECP_384_R_1, 97) };
             match key.first() {
                 Some(0x04) if key.len() == len => {}
                 Some(0x02 | 0x03) => {
@@ -522,53 +540,62 @@ pub fn canonical_spki(der: &[u8]) -> Result<Vec<u8>, Error> {
                 }
                 _ => return Err(bad(format!("a {kt} point must be uncompressed: 04 || x || y, {len} octets"))),
             }
-            (Some(curve.to_der().map_err(|e| bad(e.to_string()))?), Some(v))
+            (Some(curve.to_der().map_err(|e| bad(e.to_string()))?), true)
         }
         KeyType::Ed25519 => {
             if key.len() != 32 {
                 return Err(bad(format!("an Ed25519 key is 32 octets, this one {}", key.len())));
             }
-            (None, Some(&sig::ED25519))
+            (None, true)
         }
         KeyType::Rsa(_) => {
             // Any size: the profiles refuse RSA by name; here it only has to have one encoding.
             if rsa_modulus_bits(key).is_none() || !rsa_is_der(key) {
                 return Err(bad("the RSA key is not a DER RSAPublicKey".into()));
             }
-            (Some(der::asn1::Null.to_der().map_err(|e| bad(e.to_string()))?), None)
+            (Some(der::asn1::Null.to_der().map_err(|e| bad(e.to_string()))?), false)
         }
         KeyType::MlDsa44 | KeyType::MlDsa65 | KeyType::MlDsa87 => {
             let len = kt.ml_dsa_public_key_len().unwrap_or(0);
             if key.len() != len {
                 return Err(bad(format!("an {kt} key is {len} octets, this one {}", key.len())));
             }
-            (None, None)
+            (None, false)
         }
     };
     if params_der != want_params {
         return Err(bad(format!("the {kt} algorithm parameters are not the ones RFC 5480/8410/3279/9881 prescribe")));
     }
-    if let Some(v) = verifier {
-        check_public_key(kt, v, key).map_err(|e| bad(format!("the {kt} key itself is invalid: {e}")))?;
+    if check {
+        check_public_key(kt, key).map_err(|e| bad(format!("the {kt} key itself is invalid: {e}")))?;
     }
     Ok(der.to_vec())
 }
 
 /// The key is one the library can use: for EC, a point on the curve.
 #[cfg(feature = "aws-lc")]
-fn check_public_key(_: KeyType, v: &'static dyn sig::VerificationAlgorithm, key: &[u8]) -> Result<(), String> {
+fn check_public_key(kt: KeyType, key: &[u8]) -> Result<(), String> {
+    let v: &'static dyn sig::VerificationAlgorithm = match kt {
+        KeyType::EcdsaP256 => &sig::ECDSA_P256_SHA256_ASN1,
+        KeyType::EcdsaP384 => &sig::ECDSA_P384_SHA384_ASN1,
+        KeyType::Ed25519 => &sig::ED25519,
+        _ => return Ok(()),
+    };
     sig::ParsedPublicKey::new(v, key).map(|_| ()).map_err(|_| "not a point on the curve".to_string())
 }
 
 /// The key is one the library can use: for EC, a point on the curve. ring parses
 /// public keys only inside an operation: an ECDH with a fresh key checks the
 /// point as aws-lc's parse does (on the curve, not the identity). An Ed25519 key
-/// is 32 octets to both libraries (checked above).
+/// is 32 octets to both libraries (checked above). A P-256 point is checked by
+/// [`crate::ec_p256`] (on the curve, uncompressed), as ring's ECDH checked it.
 #[cfg(not(feature = "aws-lc"))]
-fn check_public_key(kt: KeyType, _: &'static dyn sig::VerificationAlgorithm, key: &[u8]) -> Result<(), String> {
+fn check_public_key(kt: KeyType, key: &[u8]) -> Result<(), String> {
     use crate::backend::agreement;
     let alg = match kt {
-        KeyType::EcdsaP256 => &agreement::ECDH_P256,
+        KeyType::EcdsaP256 => {
+            return crate::ec_p256::parse_point(key).map(|_| ()).ok_or_else(|| "not a point on the curve".to_string())
+        }
         KeyType::EcdsaP384 => &agreement::ECDH_P384,
         _ => return Ok(()),
     };
@@ -625,8 +652,21 @@ pub fn verify(
     if kt.is_ml_dsa() {
         return verify_ml_dsa(kt, spki, alg, message, signature);
     }
+    #[cfg(not(feature = "aws-lc"))]
+    if kt == KeyType::EcdsaP256 && (a == rfc5912::ECDSA_WITH_SHA_256 || a == rfc5912::ECDSA_WITH_SHA_384) {
+        use crate::backend::digest;
+        let alg = if a == rfc5912::ECDSA_WITH_SHA_256 { &digest::SHA256 } else { &digest::SHA384 };
+        let hash = digest::digest(alg, message);
+        return if crate::ec_p256::verify_digest(spki.subject_public_key.raw_bytes(), hash.as_ref(), signature) {
+            Ok(())
+        } else {
+            Err(Error::BadSignature { what: "message" })
+        };
+    }
     let algorithm: &dyn sig::VerificationAlgorithm = match kt {
+        #[cfg(feature = "aws-lc")]
         KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_256 => &sig::ECDSA_P256_SHA256_ASN1,
+        #[cfg(feature = "aws-lc")]
         KeyType::EcdsaP256 if a == rfc5912::ECDSA_WITH_SHA_384 => &sig::ECDSA_P256_SHA384_ASN1,
         KeyType::EcdsaP384 if a == rfc5912::ECDSA_WITH_SHA_384 => &sig::ECDSA_P384_SHA384_ASN1,
         KeyType::EcdsaP384 if a == rfc5912::ECDSA_WITH_SHA_256 => &sig::ECDSA_P384_SHA256_ASN1,
