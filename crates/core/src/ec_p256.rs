@@ -254,11 +254,12 @@ impl KeyPair {
         &self.public
     }
 
-    /// An ECDSA signature (DER, RFC 3279) of a message whose hash is `hash`, with a random nonce.
+    /// An ECDSA signature (DER, RFC 3279) of a message whose hash is `hash`,
+    /// with a hedged nonce ([`Self::nonce`]).
     pub fn sign_digest(&self, rng: &SystemRandom, hash: &[u8]) -> Result<Vec<u8>, Unspecified> {
         let z = hash_scalar(hash);
-        for _ in 0..64 {
-            let mut k = random_scalar(rng)?;
+        for attempt in 0..64u8 {
+            let mut k = self.nonce(rng, hash, attempt)?;
             let x = (ProjectivePoint::GENERATOR * k).to_affine().x();
             let r = Scalar::reduce_bytes(&x);
             let k_inv = Option::<Scalar>::from(k.invert());
@@ -276,6 +277,37 @@ impl KeyPair {
             out.push(body.len() as u8);
             out.extend_from_slice(&body);
             return Ok(out);
+        }
+        Err(Unspecified)
+    }
+}
+
+impl KeyPair {
+    /// A nonce in [1, n): SHA-512 of 32 fresh random octets, the private
+    /// scalar, the message's hash and `attempt`, its first 32 octets (a value
+    /// of n or more is skipped: odds below 2^-32). Hedged, as ring's nonces
+    /// are: a weak or repeating random source alone cannot repeat a nonce
+    /// for two messages, which would give the private key away.
+    fn nonce(&self, rng: &SystemRandom, hash: &[u8], attempt: u8) -> Result<Scalar, Unspecified> {
+        use ring::digest::{Context, SHA512};
+        for extra in 0..64u8 {
+            let mut fresh = [0u8; 32];
+            rng.fill(&mut fresh)?;
+            let mut d = self.d.to_repr();
+            let mut ctx = Context::new(&SHA512);
+            for part in [&fresh[..], d.as_slice(), hash, &[attempt, extra]] {
+                ctx.update(part);
+            }
+            fresh.zeroize();
+            d.zeroize();
+            let out = ctx.finish();
+            let mut b = FieldBytes::default();
+            b.copy_from_slice(&out.as_ref()[..32]);
+            let k = Option::<Scalar>::from(Scalar::from_repr(b));
+            b.zeroize();
+            if let Some(k) = k.filter(|k| !bool::from(k.is_zero())) {
+                return Ok(k);
+            }
         }
         Err(Unspecified)
     }
