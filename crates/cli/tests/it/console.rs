@@ -223,47 +223,21 @@ async fn console_sessions_open_once_and_refuse_what_they_must() {
             "{}",
             form.body
         );
-        let t = curl(
-            ca,
-            "POST",
-            "/console/tokens",
-            Some(&cookie),
-            Some(&format!("serial=CON-10&template=device&csrf={csrf}")),
-            &[],
-        );
+        let post =
+            |path: &str, form: &str| curl(ca, "POST", path, Some(&cookie), Some(&format!("{form}&csrf={csrf}")), &[]);
+        let t = post("/console/tokens", "serial=CON-10&template=device");
         assert_eq!(t.status, 200, "{}", t.body);
         let made = ca.authority.store().audit_entries(1, ca.audit_len() as u32).unwrap();
         let last = made.iter().rev().find(|e| e.event.action == "token.create").unwrap();
         assert!(last.event.detail.contains("template=device"), "{}", last.event.detail);
-        let t = curl(
-            ca,
-            "POST",
-            "/console/tokens",
-            Some(&cookie),
-            Some(&format!("serial=CON-11&template=nope&csrf={csrf}")),
-            &[],
-        );
+        let t = post("/console/tokens", "serial=CON-11&template=nope");
         assert_eq!(t.status, 400, "{}", t.body);
         assert!(t.body.contains("no certificate template named"), "{}", t.body);
-        let b = curl(
-            ca,
-            "POST",
-            "/console/batches",
-            Some(&cookie),
-            Some(&format!("id=CONB&product=p&quota=1&serials=CONB-1&template=device&csrf={csrf}")),
-            &[],
-        );
+        let b = post("/console/batches", "id=CONB&product=p&quota=1&serials=CONB-1&template=device");
         assert_eq!(b.status, 200, "{}", b.body);
         let page = curl(ca, "GET", "/console/batches/CONB", Some(&cookie), None, &[]);
         assert!(page.body.contains("<th>template</th><td>device</td>"), "{}", page.body);
-        let b = curl(
-            ca,
-            "POST",
-            "/console/batches",
-            Some(&cookie),
-            Some(&format!("id=CONC&product=p&quota=1&serials=CONC-1&template=nope&csrf={csrf}")),
-            &[],
-        );
+        let b = post("/console/batches", "id=CONC&product=p&quota=1&serials=CONC-1&template=nope");
         assert_eq!(b.status, 400, "{}", b.body);
         assert!(ca.authority.store().batch("CONC").unwrap().is_none(), "a refused batch is not made");
 
