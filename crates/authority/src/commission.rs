@@ -37,7 +37,7 @@ use iotpki_core::clock::Clock;
 const CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 
 /// id-at-commonName.
-const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+pub(crate) const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
 /// Longest claim list accepted in one go.
 pub const MAX_CLAIM: usize = 1_000_000;

@@ -369,9 +369,8 @@ fn successor(
     revocation: Option<Revocation<'_>>,
     records: &mut Vec<(iotpki_store::CertRecord, String)>,
 ) -> Result<Successor, AuthorityError> {
-    let cn =
-        iotpki_core::name::attribute(&old.tbs_certificate.subject, der::oid::ObjectIdentifier::new_unwrap("2.5.4.3"))
-            .unwrap_or_else(|| ca.name.clone());
+    let cn = iotpki_core::name::attribute(&old.tbs_certificate.subject, crate::commission::COMMON_NAME)
+        .unwrap_or_else(|| ca.name.clone());
     let base_cn = strip_generation(&cn, ' ');
     let name = format!("{}-{generation}", strip_generation(&ca.name, '-'));
     let key = SoftKey::generate(kt)?;

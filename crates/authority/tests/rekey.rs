@@ -178,9 +178,33 @@ fn issuing_cas_move_to_ml_dsa_keys_in_place_and_what_the_old_ones_issued_renews_
     let sn = DeviceSerial::parse("RK-2").unwrap();
     iotpki_core::voucher::verify(&v.unwrap().bytes, &old_mfg_spki, &sn, &born.cert_der, now).unwrap();
     // A label cannot go on issuing from a CA that was succeeded.
+    let cfg_text = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
     let mut cfg = Config::load(&dir).unwrap();
     cfg.label.iter_mut().find(|l| l.name == "operational").unwrap().ca = "operational".into();
     std::fs::write(dir.join("iotpki.toml"), cfg.to_toml().unwrap()).unwrap();
     let e = Config::load(&dir).unwrap_err().to_string();
     assert!(e.contains("was succeeded by CA operational-2"), "{e}");
+    // Successors that lead nowhere, or in a circle, are refused when the config loads.
+    let refused = |edit: &dyn Fn(&mut Config), want: &str| {
+        let mut cfg: Config = toml::from_str(&cfg_text).unwrap();
+        edit(&mut cfg);
+        std::fs::write(dir.join("iotpki.toml"), cfg.to_toml().unwrap()).unwrap();
+        let e = Config::load(&dir).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    };
+    let ca = |c: &mut Config, name: &str| c.ca.iter_mut().position(|x| x.name == name).unwrap();
+    refused(
+        &|c| {
+            let i = ca(c, "operational-2");
+            c.ca[i].successor = Some("nowhere".into());
+        },
+        "its successor nowhere must be an issuing CA",
+    );
+    refused(
+        &|c| {
+            let i = ca(c, "operational-2");
+            c.ca[i].successor = Some("operational".into());
+        },
+        "its successors run in a circle",
+    );
 }
