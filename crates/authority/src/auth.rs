@@ -16,6 +16,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::commission::Birth;
 use crate::error::Refusal;
+use crate::sigcheck;
 use crate::tokens::{self, TokenState};
 use crate::{Authority, AuthorityError, BIRTH_ONLY_ON_THE_LINE};
 
@@ -358,18 +359,22 @@ impl Authority {
         let now = self.clock.now();
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(leaf.as_ref()).into();
         let path_verified = self.verified_paths.holds(&digest, now);
-        if !path_verified {
-            let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+        let ee = match path_verified {
+            true => None,
+            false => Some(webpki::EndEntityCert::try_from(leaf).map_err(|e| {
                 AuthorityError::Refused(Refusal::Client(format!("client certificate is malformed: {e}")))
-            })?;
-            self.verify_path(&ee, now)?;
-        }
+            })?),
+        };
         let info = profile::cert_info(leaf)?;
-        if !path_verified {
+        let record = self.store.certificate(&info.serial)?;
+        if let Some(ee) = &ee {
+            // The record, when it is this very certificate, vouches for the leaf's signature (crate::sigcheck).
+            let exact = record.as_ref().filter(|r| r.der == leaf.as_ref());
+            self.verify_path(ee, now, exact.and_then(|r| self.recorded_signature(r, &info.cert)))?;
             let not_after = iotpki_core::time::unix(&info.cert.tbs_certificate.validity.not_after);
             self.verified_paths.remember(digest, now, not_after);
         }
-        let record = self.store.certificate(&info.serial)?.ok_or_else(|| {
+        let record = record.ok_or_else(|| {
             AuthorityError::Refused(Refusal::Client(format!(
                 "client certificate {} is not known to this authority",
                 info.serial
@@ -388,6 +393,31 @@ impl Authority {
         Ok(DeviceIdentity { record, cert: info.cert })
     }
 
+    /// The leaf's signature as the record vouches for it: `record` is the
+    /// leaf, octet for octet, and names one of our issuing CAs, whose key
+    /// identifier the leaf carries as its authorityKeyIdentifier. `None`
+    /// (the signature is checked) for anything else: a delegated CA's
+    /// certificate, a Matter DAC, a CA no longer configured.
+    fn recorded_signature<'a>(
+        &'a self,
+        record: &'a CertRecord,
+        cert: &x509_cert::Certificate,
+    ) -> Option<sigcheck::Recorded<'a>> {
+        use der::Decode;
+        use x509_cert::der::oid::AssociatedOid;
+        use x509_cert::ext::pkix::AuthorityKeyIdentifier;
+        let ca = self.issuing.iter().find(|c| c.name == record.ca)?;
+        let aki =
+            cert.tbs_certificate.extensions.as_deref()?.iter().find(|e| e.extn_id == AuthorityKeyIdentifier::OID)?;
+        let aki = AuthorityKeyIdentifier::from_der(aki.extn_value.as_bytes()).ok()?;
+        if aki.key_identifier?.as_bytes() != ca.key_id.as_slice() {
+            return None;
+        }
+        let (tbs, signature) = sigcheck::tbs_and_signature(&record.der)?;
+        let issuer_key = ca.cert.tbs_certificate.subject_public_key_info.subject_public_key.as_bytes()?;
+        Some(sigcheck::Recorded { issuer_key, tbs, signature })
+    }
+
     /// Refuse a blocked key (as the store refuses it at issuance).
     pub(crate) fn refuse_blocked_key(&self, spki_sha256: &str) -> Result<(), AuthorityError> {
         match self.store.blocked_key(spki_sha256)? {
@@ -397,18 +427,26 @@ impl Authority {
     }
 
     /// The client certificate's path to one of our anchors, at `time`, for clientAuth.
-    fn verify_path(&self, ee: &webpki::EndEntityCert<'_>, now: i64) -> Result<(), AuthorityError> {
+    /// `recorded`: the leaf's signature, taken on record (crate::sigcheck).
+    fn verify_path(
+        &self,
+        ee: &webpki::EndEntityCert<'_>,
+        now: i64,
+        recorded: Option<sigcheck::Recorded<'_>>,
+    ) -> Result<(), AuthorityError> {
         let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
-            &self.intermediates,
-            time,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map(|_| ())
+        sigcheck::with_algorithms(&self.signature_memo, recorded, |algs| {
+            ee.verify_for_usage(
+                algs,
+                &self.anchors,
+                &self.intermediates,
+                time,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map(|_| ())
+        })
         .map_err(|e| {
             AuthorityError::Refused(Refusal::Client(match e {
                 // A CA of another authority with the same name as ours shows up as a bad signature.

@@ -43,6 +43,7 @@ pub mod refusals;
 pub mod revocation;
 pub mod rotation;
 pub mod servers;
+mod sigcheck;
 pub mod templates;
 pub mod tokens;
 pub mod trust;
@@ -168,6 +169,8 @@ pub struct Authority {
     tpm_challenges: attest::Challenges,
     /// Client certificates whose paths to our anchors verified recently.
     verified_paths: auth::VerifiedPaths,
+    /// Signatures of certification paths that verified (the CAs' own, in practice).
+    signature_memo: sigcheck::SignatureMemo,
     /// Refusals written to the audit log, with a bound per window.
     refusals: refusals::RefusalAudit,
     /// What `/metrics` reports.

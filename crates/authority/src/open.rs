@@ -314,6 +314,7 @@ impl Authority {
             arl_warned: std::sync::atomic::AtomicI64::new(i64::MIN),
             tpm_challenges: attest::Challenges::default(),
             verified_paths: VerifiedPaths::default(),
+            signature_memo: Default::default(),
             refusals,
             metrics: crate::metrics::Metrics::default(),
             matter_pais,

@@ -493,6 +493,23 @@ fn a_renewal_whose_template_left_the_config_is_refused_and_stores_nothing() {
 }
 
 #[test]
+fn a_certificate_that_differs_from_the_record_in_its_signature_alone_authenticates_nothing() {
+    // The record vouches for the signature of the very certificate it holds
+    // (crate::sigcheck); one octet off in the signature, and it is checked.
+    let ca = ca();
+    let e = ca.enrolled("N-9", &key());
+    let mut forged = e.cert_der.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let (r, status) = refusal(ca.renewing(&forged));
+    assert!(r.to_string().contains("not issued by this authority"), "{r}");
+    assert_eq!(status, 403);
+    ca.renewing(&e.cert_der).unwrap();
+    // And the other way round: checked once and found wrong, it stays wrong.
+    let (r, _) = refusal(ca.renewing(&forged));
+    assert!(r.to_string().contains("not issued by this authority"), "{r}");
+}
+
+#[test]
 fn an_expired_certificate_renews_nothing() {
     let ca = ca();
     let e = ca.enrolled("N-4", &key());
