@@ -415,11 +415,13 @@ impl Sql for PgWriter {
 
 /// Every writing transaction first locks the one row of `audit_head`: see the module's documentation.
 impl Writer for PgWriter {
-    fn begin(&mut self) -> Result<Head, StoreError> {
-        let msgs = self.simple(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE; SAVEPOINT op",
-            "begin",
-        )?;
+    fn begin(&mut self, savepoint: bool) -> Result<Head, StoreError> {
+        const BEGIN: &str =
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+        let msgs = match savepoint {
+            true => self.simple(&format!("{BEGIN}; SAVEPOINT op"), "begin"),
+            false => self.simple(BEGIN, "begin"),
+        }?;
         let head = msgs.iter().find_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some((r.get(0).map(str::parse::<i64>), r.get(1).map(str::to_string))),
             _ => None,
@@ -885,7 +887,7 @@ mod tests {
             let mut r = db.opt("SELECT seq, hash FROM audit_head WHERE id = 1", &[])?.unwrap();
             Ok((r.count(0)?, r.text(1)?))
         });
-        assert_eq!(head.unwrap(), (4, s.verify_audit().unwrap().head));
+        assert_eq!(head.unwrap(), (6, s.verify_audit().unwrap().head));
     }
 
     /// Run `sql` on the database at `url`, on a connection of its own.

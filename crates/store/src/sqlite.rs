@@ -229,13 +229,15 @@ fn plain(c: &Connection, sql: &str) -> Result<(), StoreError> {
 }
 
 impl Writer for Connection {
-    fn begin(&mut self) -> Result<Head, StoreError> {
+    fn begin(&mut self, savepoint: bool) -> Result<Head, StoreError> {
         plain(self, "BEGIN IMMEDIATE")?;
         let head: Option<(i64, String)> = self
             .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(ctx("audit head"))?;
-        plain(self, "SAVEPOINT op")?;
+        if savepoint {
+            plain(self, "SAVEPOINT op")?;
+        }
         Ok(match head {
             Some((seq, hash)) => Head { seq, hash },
             None => Head { seq: 0, hash: crate::GENESIS_HASH.to_string() },

@@ -2,7 +2,7 @@
 //! connection, an edit behind the store's back, an older schema): each
 //! backend's tests run them under the same names.
 
-use super::{run_batch, Writer};
+use super::{run_batch, Arg, Head, Row, Sql, SqlError, Writer};
 use crate::conformance;
 use crate::ops::{Done, Op};
 use crate::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, Store, StoreError, TokenRecord};
@@ -37,11 +37,67 @@ pub(crate) fn a_failing_op_does_not_spoil_its_batch(s: &(dyn Store + 'static)) {
     assert_eq!(s.verify_audit().unwrap().entries, 1 + 48);
 }
 
+/// A write connection that notes how its transactions begin and end.
+struct Spy<'a> {
+    w: &'a mut dyn Writer,
+    log: Vec<&'static str>,
+}
+
+impl Sql for Spy<'_> {
+    fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
+        self.w.query(sql, args)
+    }
+
+    fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, SqlError> {
+        self.w.exec(sql, args)
+    }
+}
+
+impl Writer for Spy<'_> {
+    fn begin(&mut self, savepoint: bool) -> Result<Head, StoreError> {
+        self.log.push(if savepoint { "begin with savepoint" } else { "begin" });
+        self.w.begin(savepoint)
+    }
+
+    fn savepoint(&mut self, keep: bool) -> Result<(), StoreError> {
+        self.log.push(if keep { "release" } else { "roll back to savepoint" });
+        self.w.savepoint(keep)
+    }
+
+    fn commit(&mut self, start: &Head, end: &Head) -> Result<(), StoreError> {
+        self.log.push("commit");
+        self.w.commit(start, end)
+    }
+
+    fn rollback(&mut self) {
+        self.log.push("rollback");
+        self.w.rollback()
+    }
+}
+
 /// Deterministic: one hand-built batch through [`run_batch`] on the raw
 /// write connection `w` (of a fresh, migrated database), mixing successes
 /// with every kind of refusal; then, through `s` on the same database, what
-/// was committed: the successes, on one chain.
+/// was committed: the successes, on one chain. A batch runs without
+/// savepoints, and again with them only when an operation failed after it
+/// changed something.
 pub(crate) fn one_batch_with_refusals_commits_the_rest_on_one_chain(w: &mut dyn Writer, s: &dyn Store) {
+    let mut w = Spy { w, log: Vec::new() };
+    // Refusals decided on what was read: one transaction, no savepoint.
+    let unknown = Precondition::CertIsGood { serial: "00".into() };
+    let ops = vec![
+        Op::Audit(ev("before")),
+        Op::Issue(Box::new(issuance(&conformance::cert("D-0"), vec![unknown]))),
+        Op::Audit(ev("after")),
+    ];
+    assert_eq!(
+        run_batch(&mut w, &ops, None),
+        vec![Ok(Done::Unit), Err(StoreError::CertUnknown { serial: "00".into() }), Ok(Done::Unit)]
+    );
+    assert_eq!(std::mem::take(&mut w.log), ["begin", "commit"]);
+    assert_eq!(s.count_certificates().unwrap(), 0);
+    assert_eq!(s.verify_audit().unwrap().entries, 2);
+    let w = &mut w;
     let tok = TokenRecord {
         token_hash: "70aa".into(),
         device_serial: "D-1".into(),
@@ -78,11 +134,24 @@ pub(crate) fn one_batch_with_refusals_commits_the_rest_on_one_chain(w: &mut dyn 
             Ok(Done::Unit),
         ]
     );
+    // The duplicate serial failed in its INSERT, after its batch had changed
+    // rows: that transaction was abandoned and the batch ran again, each
+    // operation in a savepoint (none after the last).
+    assert_eq!(
+        w.log,
+        ["begin", "rollback", "begin with savepoint", "release", "release", "roll back to savepoint"]
+            .into_iter()
+            .chain(["roll back to savepoint", "roll back to savepoint", "release", "roll back to savepoint", "commit"])
+            .collect::<Vec<_>>()
+    );
     assert_eq!(s.count_certificates().unwrap(), 2);
     assert_eq!(s.token("70aa").unwrap().unwrap().cert_serial, Some(c1.serial.clone()));
-    assert_eq!(s.verify_audit().unwrap().entries, 4);
+    assert_eq!(s.verify_audit().unwrap().entries, 2 + 4);
     let targets: Vec<String> = s.audit_entries(1, 10).unwrap().into_iter().map(|e| e.event.target).collect();
-    assert_eq!(targets, vec!["token".to_string(), c1.serial, "admin".into(), c4.serial]);
+    assert_eq!(
+        targets,
+        vec!["before".to_string(), "after".into(), "token".into(), c1.serial, "admin".into(), c4.serial]
+    );
 }
 
 /// An audit entry edited or deleted behind the store's back (`edit` runs SQL

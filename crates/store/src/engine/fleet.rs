@@ -245,7 +245,7 @@ impl Tx<'_> {
     /// Bring the summaries of the devices the operation touched up to date.
     pub(super) fn refresh_touched(&mut self) -> Result<(), StoreError> {
         for d in std::mem::take(&mut self.touched) {
-            refresh_device(self.w, &d, &mut self.op_deltas)?;
+            refresh_device(&mut self.w, &d, &mut self.op_deltas)?;
         }
         Ok(())
     }

@@ -217,9 +217,9 @@ pub(crate) struct Head {
 /// of a group commit.
 pub(crate) trait Writer: Sql + Send {
     /// Begin a write transaction that excludes every other writer (of any
-    /// process or node) until it ends, read the audit chain's head, and open
-    /// the savepoint `op`.
-    fn begin(&mut self) -> Result<Head, StoreError>;
+    /// process or node) until it ends, read the audit chain's head, and
+    /// (with `savepoint`) open the savepoint `op`.
+    fn begin(&mut self, savepoint: bool) -> Result<Head, StoreError>;
 
     /// After one operation: `keep` its writes (release `op` and open it
     /// again for the next one) or undo them (roll back to `op`, which stays open).
@@ -390,28 +390,50 @@ impl Drop for Handoff<'_> {
     }
 }
 
-/// One transaction for the whole batch; one savepoint per operation.
-/// Run `ops` in one transaction; with `stats`, the commit's time (the audit
-/// rows and `COMMIT`: the fsync or WAL flush) is counted there.
+/// Run `ops` in one transaction, without savepoints first; when an
+/// operation fails after it changed something, the transaction is abandoned
+/// and the batch runs again with a savepoint per operation
+/// ([`writes::Isolation`]). With `stats`, the commit's time (the audit rows
+/// and `COMMIT`: the fsync or WAL flush) is counted there.
 pub(crate) fn run_batch(w: &mut dyn Writer, ops: &[Op], stats: Option<&WriterStats>) -> Vec<Result<Done, StoreError>> {
-    let fail_all = |e: StoreError| ops.iter().map(|_| Err(e.clone())).collect();
-    let start = match w.begin() {
+    match run_batch_as(w, ops, stats, writes::Isolation::Optimistic) {
+        Some(results) => results,
+        None => run_batch_as(w, ops, stats, writes::Isolation::Savepoints).unwrap_or_else(|| {
+            fail_all(ops, StoreError::Database("a batch asked to be run again with savepoints".into()))
+        }),
+    }
+}
+
+fn fail_all(ops: &[Op], e: StoreError) -> Vec<Result<Done, StoreError>> {
+    ops.iter().map(|_| Err(e.clone())).collect()
+}
+
+/// [`run_batch`] with `isolation`; `None`: run it again with savepoints.
+fn run_batch_as(
+    w: &mut dyn Writer,
+    ops: &[Op],
+    stats: Option<&WriterStats>,
+    isolation: writes::Isolation,
+) -> Option<Vec<Result<Done, StoreError>>> {
+    let start = match w.begin(isolation == writes::Isolation::Savepoints) {
         Ok(h) => h,
         Err(e) => {
             w.rollback();
-            return fail_all(e);
+            return Some(fail_all(ops, e));
         }
     };
-    let mut tx = writes::Tx::new(w, start.clone());
+    let mut tx = writes::Tx::new(w, start.clone(), isolation);
     let mut results = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         match tx.run_one(op, i + 1 == ops.len()) {
             Ok(r) => results.push(r),
-            // The savepoint machinery itself failed: what this op left behind is
-            // unknown, so nothing of the batch may be committed.
-            Err(e) => {
+            Err(writes::Abort::Redo) => {
                 tx.abandon();
-                return fail_all(e);
+                return None;
+            }
+            Err(writes::Abort::Failed(e)) => {
+                tx.abandon();
+                return Some(fail_all(ops, e));
             }
         }
     }
@@ -421,9 +443,9 @@ pub(crate) fn run_batch(w: &mut dyn Writer, ops: &[Op], stats: Option<&WriterSta
         s.commit_seconds.observe_duration(committing.elapsed());
     }
     if let Err(e) = r {
-        return fail_all(e);
+        return Some(fail_all(ops, e));
     }
-    results
+    Some(results)
 }
 
 #[cfg(test)]
@@ -463,7 +485,7 @@ mod tests {
     }
 
     impl Writer for Counting {
-        fn begin(&mut self) -> Result<Head, StoreError> {
+        fn begin(&mut self, _savepoint: bool) -> Result<Head, StoreError> {
             if let Some(gate) = self.gate.take() {
                 gate.recv().unwrap();
             }

@@ -2,7 +2,7 @@
 //! quota and flag rules, sync, device revocation and the audit chain's append.
 
 use super::reads::{ownership_of, sync_state_of};
-use super::{Arg, Head, SqlExt as _, Writer};
+use super::{Arg, Head, Row, Sql, SqlError, SqlExt as _, Writer};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, check_claim, Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus,
@@ -19,11 +19,62 @@ pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The write connection as a transaction's operations see it: it notes
+/// whether the running operation changed anything (a statement that is not a
+/// plain `SELECT`, or that changed rows) or met an error (PostgreSQL then
+/// refuses the rest of the transaction). An operation that fails after
+/// either must be undone in the database, not only in memory.
+pub(super) struct Watched<'a> {
+    w: &'a mut dyn Writer,
+    dirty: bool,
+}
+
+impl Sql for Watched<'_> {
+    fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
+        let reads_only = sql.trim_start().get(..6).is_some_and(|k| k.eq_ignore_ascii_case("select"));
+        self.dirty |= !reads_only;
+        let r = self.w.query(sql, args);
+        self.dirty |= r.is_err();
+        r
+    }
+
+    fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, SqlError> {
+        let r = self.w.exec(sql, args);
+        self.dirty |= !matches!(r, Ok(0));
+        r
+    }
+}
+
+/// How a group commit's operations are kept apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    /// No savepoints: an operation refused before it changed anything is
+    /// forgotten in memory; one that fails after a change asks for the
+    /// batch again with [`Isolation::Savepoints`] ([`Abort::Redo`]). Most
+    /// batches are all successes, and a savepoint costs a round trip on
+    /// PostgreSQL and a sub-journal of the pages it changes on SQLite.
+    Optimistic,
+    /// One savepoint per operation, rolled back when it fails.
+    Savepoints,
+}
+
+/// Why a transaction is given up.
+#[derive(Debug)]
+pub(crate) enum Abort {
+    /// The savepoint machinery failed: what the operation left behind is
+    /// unknown, and nothing of the batch may be committed.
+    Failed(StoreError),
+    /// An operation failed after it changed something, without a savepoint
+    /// to undo it: the batch is run again, with savepoints.
+    Redo,
+}
+
 /// One group commit's transaction: the write connection, the chain's head
 /// as the operations so far moved it, and their audit entries, inserted all
 /// at once when the group commits.
 pub(crate) struct Tx<'a> {
-    pub(super) w: &'a mut dyn Writer,
+    pub(super) w: Watched<'a>,
+    isolation: Isolation,
     head: Head,
     audit: Vec<(i64, AuditEvent, String, String)>,
     /// Devices the running operation changed: their fleet summary is
@@ -36,9 +87,10 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub(super) fn new(w: &'a mut dyn Writer, head: Head) -> Self {
+    pub(super) fn new(w: &'a mut dyn Writer, head: Head, isolation: Isolation) -> Self {
         Self {
-            w,
+            w: Watched { w, dirty: false },
+            isolation,
             head,
             audit: Vec::new(),
             touched: Vec::new(),
@@ -47,35 +99,39 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Run one operation in its own savepoint. The inner result is the
-    /// operation's own (on error its writes are undone, its audit entries
-    /// dropped and the head restored); the outer error means the savepoint
-    /// failed, and the whole transaction must be abandoned.
-    pub(super) fn run_one(&mut self, op: &Op, last: bool) -> Result<Result<Done, StoreError>, StoreError> {
+    /// Run one operation (in its own savepoint, with [`Isolation::Savepoints`]).
+    /// The inner result is the operation's own (on error its writes are
+    /// undone, its audit entries dropped and the head restored).
+    pub(super) fn run_one(&mut self, op: &Op, last: bool) -> Result<Result<Done, StoreError>, Abort> {
         let (saved, entries) = (self.head.clone(), self.audit.len());
+        self.w.dirty = false;
         let r = self.op(op).and_then(|d| self.refresh_touched().map(|()| d));
         self.touched.clear();
         let moved = std::mem::take(&mut self.op_deltas);
         if r.is_ok() {
             self.tx_deltas.merge(moved);
         }
+        match (&r, self.isolation) {
+            (Err(_), Isolation::Optimistic) if self.w.dirty => return Err(Abort::Redo),
+            (Err(_), Isolation::Optimistic) => {}
+            (Err(_), Isolation::Savepoints) => self.w.w.savepoint(false).map_err(Abort::Failed)?,
+            (Ok(_), Isolation::Savepoints) if !last => self.w.w.savepoint(true).map_err(Abort::Failed)?,
+            (Ok(_), _) => {}
+        }
         if r.is_err() {
-            self.w.savepoint(false)?;
             self.head = saved;
             self.audit.truncate(entries);
-        } else if !last {
-            self.w.savepoint(true)?;
         }
         Ok(r)
     }
 
     pub(super) fn abandon(self) {
-        self.w.rollback();
+        self.w.w.rollback();
     }
 
     /// Insert the audit entries and commit.
     pub(super) fn finish(self, start: &Head) -> Result<(), StoreError> {
-        let Tx { w, head, audit, tx_deltas, .. } = self;
+        let Tx { w: Watched { w, .. }, head, audit, tx_deltas, .. } = self;
         let r = tx_deltas.write(w).and_then(|()| insert_audit(w, &audit)).and_then(|()| w.commit(start, &head));
         if r.is_err() {
             w.rollback();
@@ -425,7 +481,7 @@ impl<'a> Tx<'a> {
 
     /// Record a production record upload: see [`crate::Stations::apply_sync`].
     fn apply_sync(&mut self, s: &SyncUpload) -> Result<SyncOutcome, StoreError> {
-        let (last, head) = sync_state_of(self.w, &s.station, &s.batch)?;
+        let (last, head) = sync_state_of(&mut self.w, &s.station, &s.batch)?;
         if s.from_seq != last + 1 || s.from_head != head {
             return Err(StoreError::SyncOutOfOrder { expected_seq: last + 1, got_seq: s.from_seq });
         }
@@ -648,7 +704,7 @@ impl<'a> Tx<'a> {
             &[(&r.device_serial).into()],
         )?;
         let serials = rows.into_iter().map(|mut row| row.text(0)).collect::<Result<Vec<_>, _>>()?;
-        let owned = ownership_of(self.w, &r.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
+        let owned = ownership_of(&mut self.w, &r.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
         if serials.is_empty() && !owned {
             return Err(StoreError::NothingToRevoke { device: r.device_serial.clone() });
         }
@@ -711,7 +767,7 @@ impl<'a> Tx<'a> {
                  WHERE device_serial = $3 AND via = 'claim' AND birth_sha256 IS NULL",
                 &[(&c.manufacturer_spki).into(), (&c.birth_sha256).into(), (&c.device_serial).into()],
             )?;
-            if let Some(o) = ownership_of(self.w, &c.device_serial)? {
+            if let Some(o) = ownership_of(&mut self.w, &c.device_serial)? {
                 check_claim(&o, c)?;
             }
         }
@@ -719,7 +775,7 @@ impl<'a> Tx<'a> {
     }
 
     fn owned(&mut self, serial: &str) -> Result<(), StoreError> {
-        match ownership_of(self.w, serial)? {
+        match ownership_of(&mut self.w, serial)? {
             None => Err(StoreError::NotOwned { device: serial.into() }),
             Some(o) if o.status == OwnershipStatus::Owned => Ok(()),
             Some(o) => Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() }),
@@ -767,7 +823,7 @@ impl<'a> Tx<'a> {
                 )))
             }
         }
-        if let Some(o) = ownership_of(self.w, serial)? {
+        if let Some(o) = ownership_of(&mut self.w, serial)? {
             if o.status == OwnershipStatus::Revoked {
                 return Err(StoreError::DeviceReleased { device: serial.into(), status: o.status.as_str() });
             }
