@@ -123,6 +123,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     blocked_keys_are_refused_on_every_path(store);
     fleet_matches_rebuild(store);
+    a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(store);
+    fleet_matches_rebuild(store);
     blocking_revokes_the_keys_certificates_once(store);
     fleet_matches_rebuild(store);
     a_withdrawn_token_enrolls_nothing(store);
@@ -1251,6 +1253,80 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     assert_eq!(flags.len(), 2);
     assert!(flags.contains(&crate::Flag::BlockedKey) && flags.contains(&crate::Flag::SharedKey), "{flags:?}");
     assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
+}
+
+/// A key other devices hold (a station's offline births may record a shared
+/// key): an issuance for a third device names the oldest holder, by issuedAt
+/// then serial compared bytewise; once the key is blocked, the block is what
+/// is refused, even though the key is in use.
+pub fn a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(store: &dyn Store) {
+    let first = cert(&unique("KH-"));
+    store.record_issuance(issuance(first.clone(), vec![])).expect("first holder");
+    let b = unique("KHB-");
+    let listed = vec![format!("{b}-0"), format!("{b}-1"), format!("{b}-2")];
+    batch(store, &b, 10, &listed);
+    let st = unique("KHS-");
+    station(store, &st, &[&b]);
+    // Born offline before the first holder's issuance, the same second; by
+    // serial, bytewise "B" comes before "a" (a locale's order puts "a" first).
+    let base = unique("5e");
+    let born = |device: &str, serial: String, issued_at: i64| CertRecord {
+        serial,
+        issued_at,
+        spki_sha256: first.spki_sha256.clone(),
+        ..cert(device)
+    };
+    let late = born(&listed[0], format!("{base}-0"), 950);
+    let lower = born(&listed[1], format!("{base}-a"), 900);
+    let upper = born(&listed[2], format!("{base}-B"), 900);
+    let entries = [&late, &lower, &upper]
+        .iter()
+        .map(|c| SyncEntry {
+            device_serial: c.device_serial.clone().expect("device"),
+            cert: (*c).clone(),
+            outside_delegation: false,
+        })
+        .collect();
+    store
+        .apply_sync(SyncUpload {
+            station: st.clone(),
+            batch: b.clone(),
+            from_seq: 1,
+            from_head: crate::GENESIS_HASH.into(),
+            to_seq: 3,
+            to_head: "h3".into(),
+            entries,
+            now: 500,
+            audit: event("factory.sync", &b),
+        })
+        .expect("sync");
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let third = cert(&unique("KH3-"));
+    let third = CertRecord { spki_sha256: first.spki_sha256.clone(), ..third };
+    assert_eq!(
+        store.record_issuance(issuance(third.clone(), vec![])),
+        Err(StoreError::KeyInUse {
+            spki_sha256: first.spki_sha256.clone(),
+            device: upper.device_serial.clone(),
+            serial: upper.serial.clone(),
+        })
+    );
+    // A holder's own device is not another: the next oldest is named.
+    let own = CertRecord { serial: unique("5e"), ..upper.clone() };
+    assert_eq!(
+        store.record_issuance(issuance(own, vec![])),
+        Err(StoreError::KeyInUse {
+            spki_sha256: first.spki_sha256.clone(),
+            device: lower.device_serial.clone(),
+            serial: lower.serial.clone(),
+        })
+    );
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
+    store.block_keys(key_block(vec![blocked(&first.spki_sha256)], vec![], false, vec![])).expect("block");
+    assert_eq!(
+        store.record_issuance(issuance(third, vec![])),
+        Err(StoreError::KeyBlocked { spki_sha256: first.spki_sha256.clone(), reason: "found in fw.bin".into() })
+    );
 }
 
 /// Blocking a key revokes its good certificates (keyCompromise), but those of

@@ -797,21 +797,36 @@ impl<'a> Tx<'a> {
     /// two clones racing on two nodes cannot both pass.
     fn key_free(&mut self, c: &CertRecord) -> Result<(), StoreError> {
         let spki: &str = &c.spki_sha256;
-        if let Some(mut r) = self.w.opt("SELECT reason FROM blocked_keys WHERE spki_sha256 = $1", &[spki.into()])? {
-            return Err(StoreError::KeyBlocked { spki_sha256: spki.into(), reason: r.text(0)? });
-        }
-        // The other holder, if any: a row whose device differs (NULL included).
+        // One statement: the key's block (on every row) and its certificates
+        // (one row of NULLs when it has none).
         let rows = self.w.all(
-            "SELECT serial, device_serial FROM certificates WHERE spki_sha256 = $1 ORDER BY issued_at, serial{c}",
+            "SELECT (SELECT reason FROM blocked_keys WHERE spki_sha256 = $1), c.serial, c.device_serial, c.issued_at
+             FROM (SELECT 1 AS one) o LEFT JOIN certificates c ON c.spki_sha256 = $1",
             &[spki.into()],
         )?;
-        for mut r in rows {
-            let device = r.opt_text(1)?;
-            if device != c.device_serial {
-                return Err(StoreError::KeyInUse { spki_sha256: spki.into(), device, serial: r.text(0)? });
+        let mut other: Option<(i64, String, Option<String>)> = None;
+        for (i, mut r) in rows.into_iter().enumerate() {
+            if i == 0 {
+                if let Some(reason) = r.opt_text(0)? {
+                    return Err(StoreError::KeyBlocked { spki_sha256: spki.into(), reason });
+                }
+            }
+            let Some(serial) = r.opt_text(1)? else { continue };
+            let device = r.opt_text(2)?;
+            // The other holder, if any: a row whose device differs (NULL
+            // included), the first by (issuedAt, serial bytewise).
+            if device == c.device_serial {
+                continue;
+            }
+            let issued = r.int(3)?;
+            if other.as_ref().is_none_or(|(t, s, _)| (issued, serial.as_str()) < (*t, s.as_str())) {
+                other = Some((issued, serial, device));
             }
         }
-        Ok(())
+        match other {
+            Some((_, serial, device)) => Err(StoreError::KeyInUse { spki_sha256: spki.into(), device, serial }),
+            None => Ok(()),
+        }
     }
 
     /// Block keys; with `revoke`, revoke their good certificates (but those
