@@ -113,6 +113,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     renewal_supersedes_once(store);
     fleet_matches_rebuild(store);
+    superseding_moves_the_superseded_devices_summary(store);
+    fleet_matches_rebuild(store);
     concurrent_renewals_of_one_certificate(store);
     fleet_matches_rebuild(store);
     revoke_device_in_one_transaction(store);
@@ -1253,6 +1255,24 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     assert_eq!(flags.len(), 2);
     assert!(flags.contains(&crate::Flag::BlockedKey) && flags.contains(&crate::Flag::SharedKey), "{flags:?}");
     assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
+}
+
+/// The certificate a renewal supersedes may be a device's while the new one
+/// is none's: that device's summary moves too (its certificate has a
+/// successor now: it is certified no longer), as [`run_all`]'s check of the
+/// summaries against a rebuild sees.
+pub fn superseding_moves_the_superseded_devices_summary(store: &dyn Store) {
+    let old = cert(&unique("SD-"));
+    store.record_issuance(issuance(old.clone(), vec![])).expect("device certificate");
+    let mut new = cert("server");
+    (new.profile, new.device_serial) = ("server".into(), None);
+    let pre = vec![Precondition::Supersede { serial: old.serial.clone(), now: 1_500 }];
+    store.record_issuance(issuance(new.clone(), pre)).expect("supersede");
+    assert_eq!(
+        store.certificate(&old.serial).expect("read").expect("there").replaced_by,
+        Some(new.serial),
+        "superseded"
+    );
 }
 
 /// A key other devices hold (a station's offline births may record a shared

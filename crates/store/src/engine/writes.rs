@@ -174,9 +174,11 @@ impl<'a> Tx<'a> {
                 crate::audit::voucher_held(device_serial, sha256.as_deref(), body.as_deref())
             }
             Precondition::Supersede { serial, now } => {
-                let row = self
-                    .w
-                    .opt("SELECT status, replaced_by FROM certificates WHERE serial = $1{lock}", &[serial.into()])?;
+                // With the device and profile `touch_cert` would read (the update changes neither).
+                let row = self.w.opt(
+                    "SELECT status, replaced_by, device_serial, profile FROM certificates WHERE serial = $1{lock}",
+                    &[serial.into()],
+                )?;
                 let Some(mut row) = row else { return Err(StoreError::CertUnknown { serial: serial.clone() }) };
                 if let Some(by) = row.opt_text(1)? {
                     return Err(StoreError::Superseded { serial: serial.clone(), by });
@@ -189,7 +191,10 @@ impl<'a> Tx<'a> {
                      replaced_by = $2 WHERE serial = $3",
                     &[Arg::Int(*now), cert_serial.into(), serial.into()],
                 )?;
-                self.touch_cert(serial)
+                if let (Some(d), "device") = (row.opt_text(2)?, row.text(3)?.as_str()) {
+                    self.touch(&d);
+                }
+                Ok(())
             }
             Precondition::CertIsGood { serial } => match self.cert_status(serial)?.as_deref() {
                 None => Err(StoreError::CertUnknown { serial: serial.clone() }),
