@@ -1283,7 +1283,7 @@ pub fn a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(stor
     let first = cert(&unique("KH-"));
     store.record_issuance(issuance(first.clone(), vec![])).expect("first holder");
     let b = unique("KHB-");
-    let listed = vec![format!("{b}-0"), format!("{b}-1"), format!("{b}-2")];
+    let listed = vec![format!("{b}-0"), format!("{b}-1"), format!("{b}-2"), format!("{b}-3")];
     batch(store, &b, 10, &listed);
     let st = unique("KHS-");
     station(store, &st, &[&b]);
@@ -1331,6 +1331,25 @@ pub fn a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(stor
             serial: upper.serial.clone(),
         })
     );
+    // Born on the line with the key: refused the same way, the birth's own
+    // refusals first, and nothing of the birth is written.
+    let birth = |serial: &str| {
+        vec![Precondition::Birth { batch: b.clone(), station: st.clone(), device_serial: serial.into(), now: 600 }]
+    };
+    let online = CertRecord { spki_sha256: first.spki_sha256.clone(), ..cert(&listed[3]) };
+    let in_use = Err(StoreError::KeyInUse {
+        spki_sha256: first.spki_sha256.clone(),
+        device: upper.device_serial.clone(),
+        serial: upper.serial.clone(),
+    });
+    assert_eq!(store.record_issuance(issuance(online.clone(), birth(&listed[3]))), in_use);
+    let off_list = format!("{b}-9");
+    let stray = CertRecord { spki_sha256: first.spki_sha256.clone(), ..cert(&off_list) };
+    assert_eq!(
+        store.record_issuance(issuance(stray, birth(&off_list))),
+        Err(StoreError::SerialNotAllowed { batch: b.clone(), serial: off_list.clone() })
+    );
+    assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
     // A holder's own device is not another: the next oldest is named.
     let own = CertRecord { serial: unique("5e"), ..upper.clone() };
     assert_eq!(
@@ -1343,10 +1362,11 @@ pub fn a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(stor
     );
     assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
     store.block_keys(key_block(vec![blocked(&first.spki_sha256)], vec![], false, vec![])).expect("block");
-    assert_eq!(
-        store.record_issuance(issuance(third, vec![])),
-        Err(StoreError::KeyBlocked { spki_sha256: first.spki_sha256.clone(), reason: "found in fw.bin".into() })
-    );
+    let blocked =
+        Err(StoreError::KeyBlocked { spki_sha256: first.spki_sha256.clone(), reason: "found in fw.bin".into() });
+    assert_eq!(store.record_issuance(issuance(third, vec![])), blocked);
+    assert_eq!(store.record_issuance(issuance(online, birth(&listed[3]))), blocked);
+    assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
 }
 
 /// Blocking a key revokes its good certificates (keyCompromise), but those of
