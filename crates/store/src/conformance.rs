@@ -113,6 +113,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     renewal_supersedes_once(store);
     fleet_matches_rebuild(store);
+    superseding_moves_the_superseded_devices_summary(store);
+    fleet_matches_rebuild(store);
     concurrent_renewals_of_one_certificate(store);
     fleet_matches_rebuild(store);
     revoke_device_in_one_transaction(store);
@@ -122,6 +124,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     a_key_is_certified_for_one_device_only(store);
     fleet_matches_rebuild(store);
     blocked_keys_are_refused_on_every_path(store);
+    fleet_matches_rebuild(store);
+    a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(store);
     fleet_matches_rebuild(store);
     blocking_revokes_the_keys_certificates_once(store);
     fleet_matches_rebuild(store);
@@ -1250,6 +1254,118 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     let flags: Vec<crate::Flag> = store.flagged(&b).expect("flags").into_iter().map(|(_, f)| f).collect();
     assert_eq!(flags.len(), 2);
     assert!(flags.contains(&crate::Flag::BlockedKey) && flags.contains(&crate::Flag::SharedKey), "{flags:?}");
+    assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
+}
+
+/// The certificate a renewal supersedes may be a device's while the new one
+/// is none's: that device's summary moves too (its certificate has a
+/// successor now: it is certified no longer), as [`run_all`]'s check of the
+/// summaries against a rebuild sees.
+pub fn superseding_moves_the_superseded_devices_summary(store: &dyn Store) {
+    let old = cert(&unique("SD-"));
+    store.record_issuance(issuance(old.clone(), vec![])).expect("device certificate");
+    let mut new = cert("server");
+    (new.profile, new.device_serial) = ("server".into(), None);
+    let pre = vec![Precondition::Supersede { serial: old.serial.clone(), now: 1_500 }];
+    store.record_issuance(issuance(new.clone(), pre)).expect("supersede");
+    assert_eq!(
+        store.certificate(&old.serial).expect("read").expect("there").replaced_by,
+        Some(new.serial),
+        "superseded"
+    );
+}
+
+/// A key other devices hold (a station's offline births may record a shared
+/// key): an issuance for a third device names the oldest holder, by issuedAt
+/// then serial compared bytewise; once the key is blocked, the block is what
+/// is refused, even though the key is in use.
+pub fn a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(store: &dyn Store) {
+    let first = cert(&unique("KH-"));
+    store.record_issuance(issuance(first.clone(), vec![])).expect("first holder");
+    let b = unique("KHB-");
+    let listed = vec![format!("{b}-0"), format!("{b}-1"), format!("{b}-2"), format!("{b}-3")];
+    batch(store, &b, 10, &listed);
+    let st = unique("KHS-");
+    station(store, &st, &[&b]);
+    // Born offline before the first holder's issuance, the same second; by
+    // serial, bytewise "B" comes before "a" (a locale's order puts "a" first).
+    let base = unique("5e");
+    let born = |device: &str, serial: String, issued_at: i64| CertRecord {
+        serial,
+        issued_at,
+        spki_sha256: first.spki_sha256.clone(),
+        ..cert(device)
+    };
+    let late = born(&listed[0], format!("{base}-0"), 950);
+    let lower = born(&listed[1], format!("{base}-a"), 900);
+    let upper = born(&listed[2], format!("{base}-B"), 900);
+    let entries = [&late, &lower, &upper]
+        .iter()
+        .map(|c| SyncEntry {
+            device_serial: c.device_serial.clone().expect("device"),
+            cert: (*c).clone(),
+            outside_delegation: false,
+        })
+        .collect();
+    store
+        .apply_sync(SyncUpload {
+            station: st.clone(),
+            batch: b.clone(),
+            from_seq: 1,
+            from_head: crate::GENESIS_HASH.into(),
+            to_seq: 3,
+            to_head: "h3".into(),
+            entries,
+            now: 500,
+            audit: event("factory.sync", &b),
+        })
+        .expect("sync");
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let third = cert(&unique("KH3-"));
+    let third = CertRecord { spki_sha256: first.spki_sha256.clone(), ..third };
+    assert_eq!(
+        store.record_issuance(issuance(third.clone(), vec![])),
+        Err(StoreError::KeyInUse {
+            spki_sha256: first.spki_sha256.clone(),
+            device: upper.device_serial.clone(),
+            serial: upper.serial.clone(),
+        })
+    );
+    // Born on the line with the key: refused the same way, the birth's own
+    // refusals first, and nothing of the birth is written.
+    let birth = |serial: &str| {
+        vec![Precondition::Birth { batch: b.clone(), station: st.clone(), device_serial: serial.into(), now: 600 }]
+    };
+    let online = CertRecord { spki_sha256: first.spki_sha256.clone(), ..cert(&listed[3]) };
+    let in_use = Err(StoreError::KeyInUse {
+        spki_sha256: first.spki_sha256.clone(),
+        device: upper.device_serial.clone(),
+        serial: upper.serial.clone(),
+    });
+    assert_eq!(store.record_issuance(issuance(online.clone(), birth(&listed[3]))), in_use);
+    let off_list = format!("{b}-9");
+    let stray = CertRecord { spki_sha256: first.spki_sha256.clone(), ..cert(&off_list) };
+    assert_eq!(
+        store.record_issuance(issuance(stray, birth(&off_list))),
+        Err(StoreError::SerialNotAllowed { batch: b.clone(), serial: off_list.clone() })
+    );
+    assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
+    // A holder's own device is not another: the next oldest is named.
+    let own = CertRecord { serial: unique("5e"), ..upper.clone() };
+    assert_eq!(
+        store.record_issuance(issuance(own, vec![])),
+        Err(StoreError::KeyInUse {
+            spki_sha256: first.spki_sha256.clone(),
+            device: lower.device_serial.clone(),
+            serial: lower.serial.clone(),
+        })
+    );
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
+    store.block_keys(key_block(vec![blocked(&first.spki_sha256)], vec![], false, vec![])).expect("block");
+    let blocked =
+        Err(StoreError::KeyBlocked { spki_sha256: first.spki_sha256.clone(), reason: "found in fw.bin".into() });
+    assert_eq!(store.record_issuance(issuance(third, vec![])), blocked);
+    assert_eq!(store.record_issuance(issuance(online, birth(&listed[3]))), blocked);
     assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
 }
 

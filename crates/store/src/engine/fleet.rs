@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::reads::{audit_row, read, submit, AUDIT_COLS};
 use super::writes::{to_i64, Tx};
-use super::{Arg, HasEngine, Sql, SqlExt as _};
+use super::{Arg, HasEngine, Row, Sql, SqlExt as _};
 use crate::fleet::{DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS};
 use crate::ops::Op;
 use crate::{
@@ -34,22 +34,18 @@ struct Summary {
 }
 
 /// The device's summary from its certificates, births and ownership (the
-/// rules of `crate::fleet`); `None` when the store does not know it.
-fn summarize(db: &mut dyn Sql, device: &str) -> Result<Option<Summary>, StoreError> {
-    let rows = db.all(
-        "SELECT c.serial, c.issued_at, c.not_after, c.status, c.replaced_by,
-                (SELECT 1 FROM births b WHERE b.device_serial = c.device_serial AND b.cert_serial = c.serial),
-                (SELECT 1 FROM flags f WHERE f.cert_serial = c.serial)
-         FROM certificates c WHERE c.device_serial = $1 AND c.profile = 'device'",
-        &[device.into()],
-    )?;
+/// rules of `crate::fleet`); `None` when the store does not know it. Each
+/// row's columns 0 to 6 are one certificate's ([`CERT_COLS`]; all NULL for
+/// none), `owner` the status of its ownership.
+fn summarize(rows: &mut [Row], owner: Option<&str>) -> Result<Option<Summary>, StoreError> {
     // Newest first by (issuedAt, serial): the current operational certificate, the newest birth.
     let mut current: Option<(i64, String, i64, bool)> = None;
     let mut birth: Option<(i64, String, bool)> = None;
     let mut any = false;
-    for mut r in rows {
+    for r in rows {
+        let Some(serial) = r.opt_text(0)? else { continue };
         any = true;
-        let (serial, issued, not_after, revoked) = (r.text(0)?, r.int(1)?, r.int(2)?, r.text(3)? == "revoked");
+        let (issued, not_after, revoked) = (r.int(1)?, r.int(2)?, r.text(3)? == "revoked");
         let successor = r.opt_text(4)?.is_some();
         let is_birth = r.opt_int(5)?.is_some() || r.opt_int(6)?.is_some();
         if is_birth {
@@ -61,10 +57,6 @@ fn summarize(db: &mut dyn Sql, device: &str) -> Result<Option<Summary>, StoreErr
             current = Some((issued, serial, not_after, revoked));
         }
     }
-    let owner = db
-        .opt("SELECT status FROM owned_devices WHERE device_serial = $1", &[device.into()])?
-        .map(|mut r| r.text(0))
-        .transpose()?;
     if !any && owner.is_none() {
         return Ok(None);
     }
@@ -72,7 +64,7 @@ fn summarize(db: &mut dyn Sql, device: &str) -> Result<Option<Summary>, StoreErr
         Some((_, s, n, _)) => (Some(s.clone()), Some(*n)),
         None => (None, None),
     };
-    let state = match (&current, owner.as_deref(), &birth) {
+    let state = match (&current, owner, &birth) {
         (Some((_, _, _, true)), _, _) => "revoked",
         (Some(_), _, _) => "certified",
         (None, Some("revoked"), _) | (None, _, Some((_, _, true))) => "revoked",
@@ -80,6 +72,42 @@ fn summarize(db: &mut dyn Sql, device: &str) -> Result<Option<Summary>, StoreErr
         _ => "born",
     };
     Ok(Some(Summary { state, cert_serial, not_after }))
+}
+
+/// The columns of a device certificate `c` that [`summarize`] reads.
+const CERT_COLS: &str = "c.serial, c.issued_at, c.not_after, c.status, c.replaced_by,
+    (SELECT 1 FROM births b WHERE b.device_serial = c.device_serial AND b.cert_serial = c.serial),
+    (SELECT 1 FROM flags f WHERE f.cert_serial = c.serial)";
+
+/// A device's summary as kept (its row of `fleet_devices`) and as its
+/// registry rows make it now, in one statement: one row per certificate of
+/// the device (one of NULLs when it has none), each with the device's
+/// ownership and kept summary.
+fn kept_and_summary(db: &mut dyn Sql, device: &str) -> Result<(Option<Summary>, Option<Summary>), StoreError> {
+    let mut rows = db.all(
+        &format!(
+            "SELECT {CERT_COLS},
+                    (SELECT status FROM owned_devices WHERE device_serial = $1), d.state, d.cert_serial, d.not_after
+             FROM (SELECT 1 AS one) o LEFT JOIN fleet_devices d ON d.device_serial = $1
+             LEFT JOIN certificates c ON c.device_serial = $1 AND c.profile = 'device'"
+        ),
+        &[device.into()],
+    )?;
+    let first = rows.first_mut().ok_or_else(|| StoreError::Database("the fleet summary read no row".into()))?;
+    let owner = first.opt_text(7)?;
+    let kept = match first.opt_text(8)? {
+        None => None,
+        Some(state) => {
+            let state = match state.as_str() {
+                "born" => "born",
+                "commissioned" => "commissioned",
+                "certified" => "certified",
+                _ => "revoked",
+            };
+            Some(Summary { state, cert_serial: first.opt_text(9)?, not_after: first.opt_int(10)? })
+        }
+    };
+    Ok((kept, summarize(&mut rows, owner.as_deref())?))
 }
 
 /// What operations moved the counters by (devices per state, certified
@@ -153,19 +181,7 @@ impl Deltas {
 
 /// Recompute one device's summary and move the counters by the difference.
 fn refresh_device(db: &mut dyn Sql, device: &str, deltas: &mut Deltas) -> Result<(), StoreError> {
-    let old = db
-        .opt("SELECT state, cert_serial, not_after FROM fleet_devices WHERE device_serial = $1", &[device.into()])?
-        .map(|mut r| -> Result<Summary, StoreError> {
-            let state = match r.text(0)?.as_str() {
-                "born" => "born",
-                "commissioned" => "commissioned",
-                "certified" => "certified",
-                _ => "revoked",
-            };
-            Ok(Summary { state, cert_serial: r.opt_text(1)?, not_after: r.opt_int(2)? })
-        })
-        .transpose()?;
-    let new = summarize(db, device)?;
+    let (old, new) = kept_and_summary(db, device)?;
     if old == new {
         return Ok(());
     }

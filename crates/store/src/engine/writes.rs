@@ -199,10 +199,21 @@ impl<'a> Tx<'a> {
     }
 
     fn issue(&mut self, i: &Issuance) -> Result<(), StoreError> {
+        // A birth's read carries what `key_free` reads of the key (nothing any
+        // precondition writes), judged where `key_free` would be.
+        let mut key = None;
         for p in &i.preconditions {
-            self.check(p, &i.cert.serial)?;
+            if let Precondition::Birth { batch, station, device_serial, now } = p {
+                let cert = (i.cert.serial.as_str(), Some(i.cert.spki_sha256.as_str()));
+                key = Some(self.birth(batch, station, device_serial, *now, cert)?);
+            } else {
+                self.check(p, &i.cert.serial)?;
+            }
         }
-        self.key_free(&i.cert)?;
+        match key {
+            Some(mut rows) => key_free_in(&mut rows, BIRTH_KEY_COL, &i.cert)?,
+            None => self.key_free(&i.cert)?,
+        }
         self.insert_cert(&i.cert)?;
         let birth = i.preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
         if !birth && super::fleet::is_device_cert(&i.cert) {
@@ -217,7 +228,7 @@ impl<'a> Tx<'a> {
                 self.consume_token(token_hash, device_serial, *now, cert_serial)
             }
             Precondition::Birth { batch, station, device_serial, now } => {
-                self.birth(batch, station, device_serial, *now, cert_serial)
+                self.birth(batch, station, device_serial, *now, (cert_serial, None)).map(drop)
             }
             Precondition::Owned { device_serial } => self.owned(device_serial),
             Precondition::VoucherHeld { device_serial, sha256 } => {
@@ -230,9 +241,11 @@ impl<'a> Tx<'a> {
                 crate::audit::voucher_held(device_serial, sha256.as_deref(), body.as_deref())
             }
             Precondition::Supersede { serial, now } => {
-                let row = self
-                    .w
-                    .opt("SELECT status, replaced_by FROM certificates WHERE serial = $1{lock}", &[serial.into()])?;
+                // With the device and profile `touch_cert` would read (the update changes neither).
+                let row = self.w.opt(
+                    "SELECT status, replaced_by, device_serial, profile FROM certificates WHERE serial = $1{lock}",
+                    &[serial.into()],
+                )?;
                 let Some(mut row) = row else { return Err(StoreError::CertUnknown { serial: serial.clone() }) };
                 if let Some(by) = row.opt_text(1)? {
                     return Err(StoreError::Superseded { serial: serial.clone(), by });
@@ -245,7 +258,10 @@ impl<'a> Tx<'a> {
                      replaced_by = $2 WHERE serial = $3",
                     &[Arg::Int(*now), cert_serial.into(), serial.into()],
                 )?;
-                self.touch_cert(serial)
+                if let (Some(d), "device") = (row.opt_text(2)?, row.text(3)?.as_str()) {
+                    self.touch(&d);
+                }
+                Ok(())
             }
             Precondition::CertIsGood { serial } => match self.cert_status(serial)?.as_deref() {
                 None => Err(StoreError::CertUnknown { serial: serial.clone() }),
@@ -332,17 +348,29 @@ impl<'a> Tx<'a> {
 
     /// The factory-line checks, in the order a station would want to hear
     /// them, on what one statement reads: the station, the batch, the
-    /// station's right to it, the allowlist and any earlier birth.
-    fn birth(&mut self, batch: &str, station: &str, serial: &str, now: i64, cert: &str) -> Result<(), StoreError> {
-        let row = self.w.opt(
+    /// station's right to it, the allowlist and any earlier birth. The same
+    /// statement reads what `key_free` reads of the certificate's key, if
+    /// given (`cert`: its serial and key): every row's columns from
+    /// [`BIRTH_KEY_COL`] on, for [`key_free_in`].
+    fn birth(
+        &mut self,
+        batch: &str,
+        station: &str,
+        serial: &str,
+        now: i64,
+        (cert, spki): (&str, Option<&str>),
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut rows = self.w.all(
             "SELECT s.status, b.quota, b.issued, b.valid_from, b.valid_until, b.status,
                     (SELECT 1 FROM station_batches WHERE station = $1 AND batch_id = $2),
                     (SELECT 1 FROM batch_serials WHERE batch_id = $2 AND device_serial = $3),
-                    (SELECT cert_serial FROM births WHERE device_serial = $3)
-             FROM (SELECT 1 AS one) o LEFT JOIN stations s ON s.name = $1 LEFT JOIN batches b ON b.id = $2",
-            &[station.into(), batch.into(), serial.into()],
+                    (SELECT cert_serial FROM births WHERE device_serial = $3),
+                    (SELECT reason FROM blocked_keys WHERE spki_sha256 = $4), k.serial, k.device_serial, k.issued_at
+             FROM (SELECT 1 AS one) o LEFT JOIN stations s ON s.name = $1 LEFT JOIN batches b ON b.id = $2
+             LEFT JOIN certificates k ON k.spki_sha256 = $4",
+            &[station.into(), batch.into(), serial.into(), spki.into()],
         )?;
-        let mut r = row.ok_or_else(|| StoreError::Database("the birth checks read no row".into()))?;
+        let r = rows.first_mut().ok_or_else(|| StoreError::Database("the birth checks read no row".into()))?;
         match r.opt_text(0)?.as_deref() {
             None => return Err(StoreError::StationUnknown { station: station.into() }),
             Some("active") => {}
@@ -374,7 +402,8 @@ impl<'a> Tx<'a> {
         {
             return Err(exhausted());
         }
-        self.insert_birth(serial, cert, batch, station, now)
+        self.insert_birth(serial, cert, batch, station, now)?;
+        Ok(rows)
     }
 
     fn create_batch(&mut self, b: &BatchRecord, serials: &[String]) -> Result<(), StoreError> {
@@ -852,22 +881,14 @@ impl<'a> Tx<'a> {
     /// device, for something that is not one). Under the writers' lock, so
     /// two clones racing on two nodes cannot both pass.
     fn key_free(&mut self, c: &CertRecord) -> Result<(), StoreError> {
-        let spki: &str = &c.spki_sha256;
-        if let Some(mut r) = self.w.opt("SELECT reason FROM blocked_keys WHERE spki_sha256 = $1", &[spki.into()])? {
-            return Err(StoreError::KeyBlocked { spki_sha256: spki.into(), reason: r.text(0)? });
-        }
-        // The other holder, if any: a row whose device differs (NULL included).
-        let rows = self.w.all(
-            "SELECT serial, device_serial FROM certificates WHERE spki_sha256 = $1 ORDER BY issued_at, serial{c}",
-            &[spki.into()],
+        // One statement: the key's block (on every row) and its certificates
+        // (one row of NULLs when it has none).
+        let mut rows = self.w.all(
+            "SELECT (SELECT reason FROM blocked_keys WHERE spki_sha256 = $1), k.serial, k.device_serial, k.issued_at
+             FROM (SELECT 1 AS one) o LEFT JOIN certificates k ON k.spki_sha256 = $1",
+            &[(&c.spki_sha256).into()],
         )?;
-        for mut r in rows {
-            let device = r.opt_text(1)?;
-            if device != c.device_serial {
-                return Err(StoreError::KeyInUse { spki_sha256: spki.into(), device, serial: r.text(0)? });
-            }
-        }
-        Ok(())
+        key_free_in(&mut rows, 0, c)
     }
 
     /// Block keys; with `revoke`, revoke their good certificates (but those
@@ -1050,6 +1071,40 @@ pub(crate) fn rfc3339(t: i64) -> String {
         .ok()
         .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| t.to_string())
+}
+
+/// The first column of what [`Tx::birth`] reads of the key.
+const BIRTH_KEY_COL: usize = 9;
+
+/// `c`'s key is neither blocked nor another device's, on what `key_free`
+/// reads: from column `at` on, the key's block (on every row), then the
+/// serial, device and issuedAt of one certificate of the key (NULL for none).
+/// KeyBlocked comes first; KeyInUse names the first other holder by
+/// (issuedAt, serial compared bytewise), a row whose device differs (NULL
+/// included).
+fn key_free_in(rows: &mut [Row], at: usize, c: &CertRecord) -> Result<(), StoreError> {
+    let spki: &str = &c.spki_sha256;
+    let mut other: Option<(i64, String, Option<String>)> = None;
+    for (i, r) in rows.iter_mut().enumerate() {
+        if i == 0 {
+            if let Some(reason) = r.opt_text(at)? {
+                return Err(StoreError::KeyBlocked { spki_sha256: spki.into(), reason });
+            }
+        }
+        let Some(serial) = r.opt_text(at + 1)? else { continue };
+        let device = r.opt_text(at + 2)?;
+        if device == c.device_serial {
+            continue;
+        }
+        let issued = r.int(at + 3)?;
+        if other.as_ref().is_none_or(|(t, s, _)| (issued, serial.as_str()) < (*t, s.as_str())) {
+            other = Some((issued, serial, device));
+        }
+    }
+    match other {
+        Some((_, serial, device)) => Err(StoreError::KeyInUse { spki_sha256: spki.into(), device, serial }),
+        None => Ok(()),
+    }
 }
 
 /// The group's audit entries, [`AUDIT_ROWS`] to a statement.
