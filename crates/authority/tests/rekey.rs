@@ -208,3 +208,38 @@ fn issuing_cas_move_to_ml_dsa_keys_in_place_and_what_the_old_ones_issued_renews_
         "its successors run in a circle",
     );
 }
+
+#[test]
+fn new_issuing_keys_are_refused_without_a_trace_when_a_successors_name_is_taken() {
+    // An operator's config already names a CA `operational-2` (say, by hand):
+    // the successor of `operational` would take that name. The rotation is
+    // refused before it writes anything: no new root, no key, the same config.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    iotpki_authority::init::init(&dir, &Default::default(), &pass(), &SystemClock).unwrap();
+    let clock = Arc::new(FixedClock::new(SystemClock.now()));
+    let mut cfg = Config::load(&dir).unwrap();
+    let mut taken = cfg.ca.iter().find(|c| c.name == "operational").unwrap().clone();
+    taken.name = "operational-2".into();
+    cfg.ca.push(taken);
+    std::fs::write(dir.join("iotpki.toml"), cfg.to_toml().unwrap()).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.join("ca"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.push(("iotpki.toml".into(), std::fs::read(d.join("iotpki.toml")).unwrap()));
+        v.sort();
+        v
+    };
+    let before = listing(&dir);
+    let opts = RotateOptions { key_type: Some(KeyType::MlDsa65), new_issuing_keys: true };
+    let e = rotation::rotate_with(&dir, &pass(), clock.as_ref(), "test", &opts).unwrap_err().to_string();
+    assert!(e.contains("its successor would be named operational-2, which the config has already"), "{e}");
+    assert_eq!(listing(&dir), before, "nothing written");
+    // Without new issuing keys there is no successor to name: the same config rotates.
+    let r = rotation::rotate_with(&dir, &pass(), clock.as_ref(), "test", &RotateOptions::default()).unwrap();
+    assert!(r.successors.is_empty());
+    assert!(dir.join("ca/root-2.crt").exists());
+}
