@@ -255,24 +255,29 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Blocking threads per core of `serve`'s runtime on SQLite.
-const BLOCKING_THREADS_PER_CORE: usize = 8;
+const BLOCKING_THREADS_PER_CORE: usize = 16;
 
 /// `serve`'s runtime: one worker per core it may run on (tokio follows the affinity
 /// mask, so a server pinned to one core has one worker). On SQLite (`sqlite`), at most
 /// [`BLOCKING_THREADS_PER_CORE`] blocking threads per core instead of tokio's 512: each
 /// request's store and signing work runs on a blocking thread, and that work is CPU on
 /// this machine; with 64 requests in flight on one core, 64 threads time-sliced each
-/// other (10 context switches per kept-alive birth); 8 per core halve that and lift
-/// kept-alive births per second by about a third (BENCHMARKS.md, issue #14). Requests
-/// beyond the cap wait in tokio's queue, not on a thread. On PostgreSQL the blocking
-/// threads mostly wait on round trips to the database, and the same cap cost 18% of
-/// the births per second: there tokio's default stays.
+/// other (10 context switches per kept-alive birth). Fewer threads cut the switches;
+/// too few cap how many births one group commit (one fsync) takes, since a thread
+/// waits out its commit. 16, with the blocking threads a little below the workers in
+/// the scheduler (iotpki_server's `sched`), is faster than 8 in every mode; at equal
+/// priority, 12, 16 or 32 helped kept-alive births and cost the new connections'
+/// handshakes (BENCHMARKS.md, issue #14). Requests beyond the cap wait in tokio's queue, not
+/// on a thread. On PostgreSQL the blocking threads mostly wait on round trips to the
+/// database, and a cap cost 18% of the births per second: there tokio's default stays,
+/// at the workers' priority.
 pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.worker_threads(cores);
     if sqlite {
         b.max_blocking_threads(BLOCKING_THREADS_PER_CORE * cores);
+        iotpki_server::lower_blocking_threads();
     }
     Ok(b.enable_all().build()?)
 }

@@ -526,13 +526,19 @@ async fn enroll(
 }
 
 /// Run blocking work (the store, signing, signature checks) off the async
-/// workers. A worker that panicked is our failure (500), logged.
+/// workers, on a thread a little below them in the scheduler
+/// ([`crate::sched`]). A worker that panicked is our failure (500), logged.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, AuthorityError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))
+    tokio::task::spawn_blocking(move || {
+        crate::sched::lower_this_thread();
+        f()
+    })
+    .await
+    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))
 }
 
 /// Run one TLS connection: handshake (bounded in time), then HTTP/1.1 with

@@ -27,6 +27,8 @@ mod http;
 mod io;
 mod limits;
 pub mod metrics;
+mod sched;
+pub use sched::lower_blocking_threads;
 mod tls;
 pub mod views;
 

@@ -1,0 +1,108 @@
+//! The blocking threads' place in the scheduler: a little below the async
+//! workers.
+//!
+//! Each request's CPU work (signature checks, signing, the store) runs on a
+//! blocking thread; the TLS handshakes, reads and writes of every connection
+//! run on the async workers (one per core). At equal priority, on a busy
+//! core, a blocking thread woken for the next request preempts the worker in
+//! the middle of a handshake, and each preemption is a context switch and a
+//! request that waits. A blocking thread runs [`NICE`] steps nicer than the
+//! process's main thread (CFS weights 1024 against about 500 at +3): the
+//! worker keeps the core while it has I/O to do, the blocking threads take
+//! it in longer slices. Measured with `scripts/bench-ab` (BENCHMARKS.md,
+//! issue #14): per renewal over a new connection 5.6 context switches down
+//! to 4.5 and up to half that at +5; a few percent more operations per
+//! second in every mode, none fewer.
+//!
+//! Only ever nicer: an unprivileged process cannot undo it, and does not
+//! need to (a blocking thread stays a blocking thread).
+//!
+//! Off until [`lower_blocking_threads`] turns it on: `iotpki serve` does on
+//! SQLite, where the blocking threads' work is CPU. On PostgreSQL they mostly
+//! wait on round trips, and the same A/B measured nothing to gain there.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// From now on, the blocking threads of this process's servers run
+/// [`NICE`] steps below its main thread (each as it next takes work).
+pub fn lower_blocking_threads() {
+    ON.store(true, Ordering::Relaxed);
+}
+
+/// How many nice steps a blocking thread runs below the main thread.
+pub(crate) const NICE: i32 = 3;
+
+/// The nice value blocking threads take: the main thread's plus [`NICE`],
+/// at most 19 (read once, so that a thread spawned by a blocking thread,
+/// which inherits its nice value, does not go lower still).
+fn target() -> Option<i32> {
+    static TARGET: OnceLock<Option<i32>> = OnceLock::new();
+    *TARGET.get_or_init(|| {
+        // For PRIO_PROCESS with the process ID, Linux answers the main thread's value.
+        rustix::process::getpriority_process(Some(rustix::process::getpid())).ok().map(|n| (n + NICE).min(19))
+    })
+}
+
+/// Put the calling (blocking) thread at its place, once per thread. A
+/// refusal of the kernel (a sandbox without setpriority) leaves it where it
+/// was: only the speed depends on it.
+pub(crate) fn lower_this_thread() {
+    thread_local! { static DONE: Cell<bool> = const { Cell::new(false) }; }
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
+    DONE.with(|done| {
+        if done.replace(true) {
+            return;
+        }
+        if let Some(nice) = target() {
+            if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+                tracing::debug!(error = %e, "could not lower a blocking thread's priority");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nice_of_this_thread() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn blocking_work_runs_nicer_than_the_workers_and_only_once_lower() {
+        lower_blocking_threads();
+        let worker = nice_of_this_thread();
+        let main = rustix::process::getpriority_process(Some(rustix::process::getpid())).unwrap();
+        let want = (main + NICE).min(19);
+        // Through the server's own helper, as every request's work runs.
+        let (first, again) = crate::http::blocking(|| {
+            let first = nice_of_this_thread();
+            lower_this_thread();
+            (first, nice_of_this_thread())
+        })
+        .await
+        .unwrap();
+        assert_eq!(first, want, "the blocking thread runs at the main thread's nice + {NICE}");
+        assert_eq!(again, want, "and no lower when asked again");
+        // A thread that blocking work spawns inherits the value; it does not sink further.
+        let nested = crate::http::blocking(|| {
+            std::thread::spawn(|| {
+                lower_this_thread();
+                nice_of_this_thread()
+            })
+            .join()
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(nested, want);
+        assert_eq!(nice_of_this_thread(), worker, "the thread driving the async tasks keeps its priority");
+    }
+}
