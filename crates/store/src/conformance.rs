@@ -1222,14 +1222,7 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     a.spki_sha256 = key.clone();
     let mut s2 = cert(&listed[1]);
     s2.spki_sha256 = other.spki_sha256.clone();
-    let entries = [&a, &s2]
-        .iter()
-        .map(|c| SyncEntry {
-            device_serial: c.device_serial.clone().expect("device"),
-            cert: (*c).clone(),
-            outside_delegation: false,
-        })
-        .collect();
+    let entries = synced(&[&a, &s2]);
     let out = store
         .apply_sync(SyncUpload {
             station: st.clone(),
@@ -1299,14 +1292,7 @@ pub fn a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(stor
     let late = born(&listed[0], format!("{base}-0"), 950);
     let lower = born(&listed[1], format!("{base}-a"), 900);
     let upper = born(&listed[2], format!("{base}-B"), 900);
-    let entries = [&late, &lower, &upper]
-        .iter()
-        .map(|c| SyncEntry {
-            device_serial: c.device_serial.clone().expect("device"),
-            cert: (*c).clone(),
-            outside_delegation: false,
-        })
-        .collect();
+    let entries = synced(&[&late, &lower, &upper]);
     store
         .apply_sync(SyncUpload {
             station: st.clone(),
@@ -1926,4 +1912,16 @@ pub fn expiring_certificates_are_announced_once_per_threshold_in_pages(store: &d
     let n = store.note_expiring(ExpiringScan { now, within_days: 2, after: None, limit: 100 }).expect("7 days");
     assert_eq!(n.recorded, 2, "the two current certificates within 2 days");
     assert_eq!(store.last_event_seq().expect("last"), after_setup + 7);
+}
+
+/// Production-record entries for `certs`, each inside its delegation.
+fn synced(certs: &[&CertRecord]) -> Vec<SyncEntry> {
+    certs
+        .iter()
+        .map(|c| SyncEntry {
+            device_serial: c.device_serial.clone().expect("device"),
+            cert: (*c).clone(),
+            outside_delegation: false,
+        })
+        .collect()
 }
