@@ -716,3 +716,83 @@ async fn commission_from(
     keystore.retire(&id.key_file, old_key_file.as_deref());
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iotpki_core::keys::SoftKey;
+    use iotpki_core::profile::{issue, CertParams, Issuer, Profile};
+    use x509_cert::name::Name;
+
+    /// A certificate and its key.
+    struct Made {
+        key: SoftKey,
+        name: Name,
+        kid: Vec<u8>,
+        der: Vec<u8>,
+    }
+
+    fn spki_of(k: &dyn Signer) -> spki::SubjectPublicKeyInfoOwned {
+        spki::SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap()
+    }
+
+    /// `profile` for `key`, named `cn`, signed by `by` (itself when `None`).
+    fn make(profile: Profile, cn: &str, key: SoftKey, by: Option<&Made>) -> Made {
+        let name = NameBuilder::default().common_name(cn).unwrap().build();
+        let kid = iotpki_core::keys::key_identifier(&spki_of(&key));
+        let p = CertParams {
+            profile,
+            serial: iotpki_core::serial::system_random_serial(1_000).unwrap().0,
+            subject: name.clone(),
+            spki: spki_of(&key),
+            not_before: 1_000,
+            not_after: 9_000_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let der = match by {
+            Some(b) => {
+                issue(&p, &Issuer { subject: &b.name, key_id: &b.kid, not_after: 9_000_000_000, signer: &b.key })
+            }
+            None => issue(&p, &Issuer { subject: &name, key_id: &kid, not_after: 9_000_000_000, signer: &key }),
+        }
+        .unwrap()
+        .der;
+        Made { key, name, kid, der }
+    }
+
+    fn key() -> SoftKey {
+        SoftKey::generate(KeyType::EcdsaP256).unwrap()
+    }
+
+    /// A renewal answered through CAs the device's current chain does not
+    /// hold (its issuing CA was succeeded): the device follows the server's
+    /// `cacerts` only to a root it already trusts, and only for its own key.
+    #[test]
+    fn a_renewal_is_rechained_only_to_a_trusted_root_and_only_for_the_devices_key() {
+        let root = make(Profile::Root, "Root", key(), None);
+        let successor = make(Profile::IssuingCa, "Operational 2", key(), Some(&root));
+        let device = key();
+        let cert = make(Profile::Device, "D-1", device, Some(&successor));
+        let trusted = vec![root.der.clone()];
+        // The server lists its root and the successor: the path is the successor alone.
+        let (to, via) = rechain(&cert.der, &cert.key, &[root.der.clone(), successor.der.clone()], &trusted).unwrap();
+        assert_eq!((to, via), (root.der.clone(), vec![successor.der.clone()]));
+        // Not for this device's key: nothing to follow.
+        assert_eq!(rechain(&cert.der, &key(), std::slice::from_ref(&successor.der), &trusted), None);
+        // The server (or whoever answered) lists CAs up to a root the device does
+        // not trust, with that root among them: it is no anchor for being listed.
+        let rogue_root = make(Profile::Root, "Root", key(), None);
+        let rogue_ca = make(Profile::IssuingCa, "Operational 2", key(), Some(&rogue_root));
+        let forged = make(Profile::Device, "D-1", cert.key, Some(&rogue_ca));
+        let listed = [rogue_root.der.clone(), rogue_ca.der.clone(), successor.der.clone()];
+        assert_eq!(rechain(&forged.der, &forged.key, &listed, &trusted), None);
+        // Nor does a CA of the same name as ours, listed without its path, lend it one.
+        assert_eq!(rechain(&forged.der, &forged.key, std::slice::from_ref(&successor.der), &trusted), None);
+        // Trusting the other root (a bundle naming it) is what makes it followable.
+        let both = vec![root.der.clone(), rogue_root.der.clone()];
+        let (to, _) = rechain(&forged.der, &forged.key, &listed, &both).unwrap();
+        assert_eq!(to, rogue_root.der);
+    }
+}
