@@ -155,8 +155,10 @@ fn issuing_cas_move_to_ml_dsa_keys_in_place_and_what_the_old_ones_issued_renews_
     assert_eq!(a.store().certificate(&b3.serial).unwrap().unwrap().ca, "manufacturing-2");
     // The birth under the old manufacturing CA commissions, into the successor's certificate.
     let caller = a.admit(Gate::Enroll, None, Credential::ClientCert(&chain(&born.cert_der, &old_mfg))).unwrap();
-    let op = a.enroll(None, &caller, EnrollRequest::Enroll { batch: None, activation: None }, &csr_for("RK-2", &key()));
-    assert_eq!(a.store().certificate(&op.unwrap().serial).unwrap().unwrap().ca, "operational-2");
+    let op = a
+        .enroll(None, &caller, EnrollRequest::Enroll { batch: None, activation: None }, &csr_for("RK-2", &key()))
+        .unwrap();
+    assert_eq!(a.store().certificate(&op.serial).unwrap().unwrap().ca, "operational-2");
     // A births file names each birth's own manufacturing CA key; the successor is trusted too.
     let births = a.export_births(None).unwrap();
     let spki = |der: &[u8]| iotpki_core::profile::cert_info(der).unwrap().spki_sha256;
@@ -172,11 +174,18 @@ fn issuing_cas_move_to_ml_dsa_keys_in_place_and_what_the_old_ones_issued_renews_
     // A voucher for the device born under the old manufacturing CA is signed by
     // that CA's key: the one its birth chain ends in, which the device checks.
     let next_owner = key();
-    let v =
-        a.issue_voucher(&DeviceSerial::parse("RK-2").unwrap(), next_owner.public_key_der(), now + 3600, None, "test");
+    let v = a
+        .issue_voucher(&DeviceSerial::parse("RK-2").unwrap(), next_owner.public_key_der(), now + 3600, None, "test")
+        .unwrap();
     let old_mfg_spki = iotpki_authority::trust::spki_of(&old_mfg).unwrap();
     let sn = DeviceSerial::parse("RK-2").unwrap();
-    iotpki_core::voucher::verify(&v.unwrap().bytes, &old_mfg_spki, &sn, &born.cert_der, now).unwrap();
+    iotpki_core::voucher::verify(&v.bytes, &old_mfg_spki, &sn, &born.cert_der, now).unwrap();
+    // The hand-over ends the operational certificate (the successor's), and
+    // keeps the birth certificate, though the CA that signed it was succeeded.
+    assert_eq!(v.revoked, vec![op.serial.clone()]);
+    let status = |serial: &str| a.store().certificate(serial).unwrap().unwrap().status;
+    assert!(matches!(status(&op.serial), iotpki_store::CertStatus::Revoked { reason: 3, .. }), "affiliationChanged");
+    assert_eq!(status(&born.serial), iotpki_store::CertStatus::Good);
     // A label cannot go on issuing from a CA that was succeeded.
     let cfg_text = std::fs::read_to_string(dir.join("iotpki.toml")).unwrap();
     let mut cfg = Config::load(&dir).unwrap();
