@@ -242,11 +242,16 @@ fn new_issuing_keys_are_refused_without_a_trace_when_a_successors_name_is_taken(
         v.sort();
         v
     };
-    let before = listing(&dir);
+    let recorded = || {
+        let store = iotpki_authority::open_store(&dir, &Config::load(&dir).unwrap()).unwrap();
+        (store.count_certificates().unwrap(), store.verify_audit().unwrap().entries)
+    };
+    let (before, in_store) = (listing(&dir), recorded());
     let opts = RotateOptions { key_type: Some(KeyType::MlDsa65), new_issuing_keys: true };
     let e = rotation::rotate_with(&dir, &pass(), clock.as_ref(), "test", &opts).unwrap_err().to_string();
     assert!(e.contains("its successor would be named operational-2, which the config has already"), "{e}");
     assert_eq!(listing(&dir), before, "nothing written");
+    assert_eq!(recorded(), in_store, "nothing recorded");
     // Without new issuing keys there is no successor to name: the same config rotates.
     let r = rotation::rotate_with(&dir, &pass(), clock.as_ref(), "test", &RotateOptions::default()).unwrap();
     assert!(r.successors.is_empty());

@@ -444,12 +444,7 @@ where
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(move || {
-        crate::sched::lower_this_thread();
-        f()
-    })
-    .await
-    .unwrap_or_else(|e| Err(StoreError::Database(format!("worker failed: {e}"))))
+    crate::sched::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::Database(format!("worker failed: {e}"))))
 }
 
 /// Sleep `d`, or less if `stop` turns true; answers whether it did.

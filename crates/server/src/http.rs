@@ -533,12 +533,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(move || {
-        crate::sched::lower_this_thread();
-        f()
-    })
-    .await
-    .map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))
+    crate::sched::spawn_blocking(f).await.map_err(|e| AuthorityError::Config(format!("worker failed: {e}")))
 }
 
 /// Run one TLS connection: handshake (bounded in time), then HTTP/1.1 with

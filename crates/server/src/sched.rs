@@ -48,10 +48,24 @@ fn target() -> Option<i32> {
     })
 }
 
+/// `f` on one of the runtime's blocking threads, put at its place first: the
+/// one way the server hands work to a blocking thread (`http::blocking`,
+/// `events::blocking` map the join error each into its own type).
+pub(crate) fn spawn_blocking<T, F>(f: F) -> tokio::task::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        lower_this_thread();
+        f()
+    })
+}
+
 /// Put the calling (blocking) thread at its place, once per thread. A
 /// refusal of the kernel (a sandbox without setpriority) leaves it where it
 /// was: only the speed depends on it.
-pub(crate) fn lower_this_thread() {
+fn lower_this_thread() {
     thread_local! { static DONE: Cell<bool> = const { Cell::new(false) }; }
     if !ON.load(Ordering::Relaxed) {
         return;
