@@ -77,6 +77,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     duplicate_serial_writes_nothing(store);
     fleet_matches_rebuild(store);
+    queued_issuances_resolve_as_waited_ones_do(store);
+    fleet_matches_rebuild(store);
     token_refusals_write_nothing(store);
     fleet_matches_rebuild(store);
     token_works_once(store);
@@ -172,6 +174,38 @@ pub fn duplicate_serial_writes_nothing(store: &dyn Store) {
     assert_eq!(err, StoreError::DuplicateSerial { serial: c.serial.clone() });
     assert_eq!(store.count_certificates().expect("count"), count, "nothing inserted");
     assert_eq!(audit_len(store), audit, "no audit entry for the rolled-back issuance");
+    assert_eq!(store.token(&h).expect("token").expect("exists").used_at, None, "token not consumed");
+}
+
+/// Issuances queued from many threads at once, as a server's requests
+/// queue them when its threads are scarce: each resolves once committed and
+/// is readable then; one whose serial is taken resolves refused, and writes
+/// nothing (the token it would have spent stays unspent).
+pub fn queued_issuances_resolve_as_waited_ones_do(store: &dyn Store) {
+    let taken = cert("QD-0");
+    store.record_issuance(issuance(taken.clone(), vec![])).expect("first");
+    let h = new_token(store, "QD-X", 5_000);
+    let (count, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let certs: Vec<CertRecord> = (1..=24).map(|i| cert(&format!("QD-{i}"))).collect();
+    std::thread::scope(|s| {
+        let queued: Vec<_> = certs
+            .iter()
+            .map(|c| s.spawn(move || store.record_issuance_queued(issuance(c.clone(), vec![])).wait()))
+            .collect();
+        let mut dup = cert("QD-X");
+        dup.serial = taken.serial.clone();
+        let refused = s.spawn(|| store.record_issuance_queued(issuance(dup, vec![consume(&h, "QD-X", 1_500)])).wait());
+        for q in queued {
+            q.join().expect("thread").expect("a queued issuance is recorded");
+        }
+        let err = refused.join().expect("thread").expect_err("a taken serial");
+        assert_eq!(err, StoreError::DuplicateSerial { serial: taken.serial.clone() });
+    });
+    for c in &certs {
+        assert_eq!(store.certificate(&c.serial).expect("read").as_ref(), Some(c), "readable once resolved");
+    }
+    assert_eq!(store.count_certificates().expect("count"), count + 24);
+    assert_eq!(audit_len(store), audit + 24, "one audit entry per recorded issuance, none for the refused one");
     assert_eq!(store.token(&h).expect("token").expect("exists").used_at, None, "token not consumed");
 }
 

@@ -27,6 +27,7 @@ pub mod sqlite;
 pub mod conformance;
 
 pub use audit::{audit_hash, AuditEntry, AuditEvent, AuditReport, GENESIS_HASH};
+pub use engine::Recording;
 pub use error::StoreError;
 pub use fleet::{
     day_of, refusals_in, AuditFilter, BatchProgress, BulkLoad, CaRevocations, DayCount, DeviceStates, Fleet,
@@ -636,6 +637,13 @@ pub trait Certificates {
     /// used) and append the audit event. Durable when it returns `Ok`.
     /// On any error nothing is written.
     fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError>;
+
+    /// [`Self::record_issuance`] without holding the calling thread: the
+    /// issuance is queued for the next group commit, and the [`Recording`]
+    /// resolves (or [`Recording::wait`]s) when that commit has answered:
+    /// durable when `Ok`, nothing written when `Err`. For a server, whose
+    /// threads sign the next request meanwhile.
+    fn record_issuance_queued(&self, issuance: Issuance) -> Recording;
 
     /// One certificate by serial (lowercase hex).
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;

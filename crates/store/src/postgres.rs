@@ -471,7 +471,7 @@ impl Backend for Pool {
 /// The PostgreSQL store.
 pub struct PgStore {
     url: String,
-    engine: Engine<Pool>,
+    engine: std::sync::Arc<Engine<Pool>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -483,7 +483,7 @@ impl std::fmt::Debug for PgStore {
 impl HasEngine for PgStore {
     type Backend = Pool;
 
-    fn engine(&self) -> &Engine<Pool> {
+    fn engine(&self) -> &std::sync::Arc<Engine<Pool>> {
         &self.engine
     }
 }

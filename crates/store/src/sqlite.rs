@@ -283,7 +283,7 @@ impl Backend for Readers {
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    engine: Engine<Readers>,
+    engine: std::sync::Arc<Engine<Readers>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -295,7 +295,7 @@ impl std::fmt::Debug for SqliteStore {
 impl HasEngine for SqliteStore {
     type Backend = Readers;
 
-    fn engine(&self) -> &Engine<Readers> {
+    fn engine(&self) -> &std::sync::Arc<Engine<Readers>> {
         &self.engine
     }
 }

@@ -20,6 +20,18 @@
 //! A caller alone commits its own write on its own thread: no hand-off to a
 //! writer thread and back. An operation that fails is rolled back to its
 //! savepoint and gets its own error; the others in its batch are unaffected.
+//!
+//! # Queued writes
+//!
+//! A caller that must not hold a thread while its commit runs (a server's
+//! request, between its signature and its answer) queues its write instead
+//! ([`Engine::queue`]) and gets a [`Recording`]: a future, resolved when the
+//! commit that carries the write has answered. Queued writes are led by the
+//! engine's commit thread, started with the first of them; a leader passes the
+//! lead to a caller waiting on a thread when there is one (that caller is
+//! blocked anyway), else to the commit thread. The thread that signed a
+//! request is free for the next request as soon as the write is queued, so a
+//! group commit takes every write in flight, not one per blocked thread.
 
 #[cfg(test)]
 pub(crate) mod checks;
@@ -28,7 +40,10 @@ mod reads;
 mod writes;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 
 use crate::ops::{Done, Op};
 use crate::{StoreError, WriterStats};
@@ -245,9 +260,9 @@ pub(crate) trait Backend: Send + Sync {
 /// ([`crate::sqlite::SqliteStore`], [`crate::postgres::PgStore`]) hold one and
 /// get every role of [`crate::Store`] from it.
 pub(crate) trait HasEngine: Send + Sync {
-    type Backend: Backend;
+    type Backend: Backend + 'static;
 
-    fn engine(&self) -> &Engine<Self::Backend>;
+    fn engine(&self) -> &Arc<Engine<Self::Backend>>;
 }
 
 /// The engine over one backend.
@@ -257,6 +272,10 @@ pub(crate) struct Engine<B: Backend> {
     queue: Mutex<Queue>,
     /// Batch sizes and commit latencies, for the metrics.
     pub(crate) stats: Arc<WriterStats>,
+    /// The commit thread's call to lead (queued writes).
+    call: Arc<Call>,
+    /// Whether the commit thread runs (set when the first write is queued).
+    committer: OnceLock<bool>,
 }
 
 #[derive(Default)]
@@ -267,10 +286,47 @@ struct Queue {
 }
 
 /// Where a queued caller waits for its result.
-#[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
     ready: Condvar,
+    /// The task to wake when the result is in (a [`Recording`] polled).
+    waker: Mutex<Option<Waker>>,
+    /// A thread waits on it, and may be handed the lead; else it is a [`Recording`]'s.
+    thread: bool,
+}
+
+/// The commit thread's call: lead the queued writes, or stop.
+#[derive(Default)]
+struct Call {
+    state: Mutex<CallState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct CallState {
+    lead: bool,
+    stop: bool,
+}
+
+impl Call {
+    fn set(&self, f: impl FnOnce(&mut CallState)) {
+        f(&mut lock(&self.state));
+        self.ready.notify_one();
+    }
+
+    /// Wait for the call to lead (`true`) or to stop (`false`).
+    fn wait(&self) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            if st.stop {
+                return false;
+            }
+            if std::mem::take(&mut st.lead) {
+                return true;
+            }
+            st = self.ready.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -289,9 +345,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Slot {
+    fn new(thread: bool) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(SlotState::Waiting), ready: Condvar::new(), waker: Mutex::new(None), thread })
+    }
+
     fn set(&self, s: SlotState) {
         *lock(&self.state) = s;
         self.ready.notify_one();
+        if let Some(w) = lock(&self.waker).take() {
+            w.wake();
+        }
     }
 
     /// Wait until the result is in, or this caller is to lead.
@@ -306,16 +369,116 @@ impl Slot {
     }
 }
 
-impl<B: Backend> Engine<B> {
-    pub(crate) fn new(backend: B, writer: B::Writer) -> Self {
-        Self {
+/// A write queued by [`Engine::queue`]: resolves once the group commit that
+/// carries it has answered (durable when `Ok`, nothing of it written when
+/// `Err`). Dropped unawaited, the write is committed all the same.
+pub struct Recording(Arc<Slot>);
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording").finish_non_exhaustive()
+    }
+}
+
+impl Recording {
+    /// A write answered already (committed on the caller's thread, or refused before it was queued).
+    pub fn answered(r: Result<(), StoreError>) -> Self {
+        let slot = Slot::new(false);
+        slot.set(SlotState::Done(r.map(|()| Done::Unit)));
+        Self(slot)
+    }
+
+    /// Block the calling thread until the commit answers.
+    pub fn wait(&mut self) -> Result<(), StoreError> {
+        match self.0.wait() {
+            SlotState::Done(r) => r.map(|_| ()),
+            _ => Err(StoreError::Database("a queued store write was handed the lead".into())),
+        }
+    }
+}
+
+impl Future for Recording {
+    type Output = Result<(), StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The waker first, then the state: a result set in between wakes this task.
+        *lock(&self.0.waker) = Some(cx.waker().clone());
+        let mut st = lock(&self.0.state);
+        match std::mem::take(&mut *st) {
+            SlotState::Done(r) => Poll::Ready(r.map(|_| ())),
+            SlotState::Waiting => Poll::Pending,
+            SlotState::Lead => {
+                Poll::Ready(Err(StoreError::Database("a queued store write was handed the lead".into())))
+            }
+        }
+    }
+}
+
+impl<B: Backend> Drop for Engine<B> {
+    fn drop(&mut self) {
+        self.call.set(|c| c.stop = true);
+    }
+}
+
+impl<B: Backend + 'static> Engine<B> {
+    pub(crate) fn new(backend: B, writer: B::Writer) -> Arc<Self> {
+        Arc::new(Self {
             backend,
             writer: Mutex::new(writer),
             queue: Mutex::new(Queue::default()),
             stats: Arc::new(WriterStats::default()),
-        }
+            call: Arc::new(Call::default()),
+            committer: OnceLock::new(),
+        })
     }
 
+    /// Queue `op` for the next group commit, without waiting for it: the
+    /// [`Recording`] resolves when its commit answers.
+    pub(crate) fn queue(self: &Arc<Self>, op: Op) -> Recording {
+        if !self.start_committer() {
+            // No commit thread (the system refused one): committed on this thread.
+            return Recording::answered(self.submit(op).map(|_| ()));
+        }
+        let slot = Slot::new(false);
+        let lead = {
+            let mut q = lock(&self.queue);
+            q.pending.push_back((op, Arc::clone(&slot)));
+            !std::mem::replace(&mut q.leading, true)
+        };
+        // With no commit under way, this caller commits at once, on its own
+        // thread (a hand-off to the commit thread would cost two context
+        // switches for one write); it passes the lead on after that one batch.
+        if lead {
+            self.lead();
+        }
+        Recording(slot)
+    }
+
+    /// Start the commit thread, once (it leads when called to, and ends with
+    /// the engine); whether it runs.
+    fn start_committer(self: &Arc<Self>) -> bool {
+        *self.committer.get_or_init(|| {
+            let (engine, call) = (Arc::downgrade(self), Arc::clone(&self.call));
+            std::thread::Builder::new()
+                .name("iotpki-commit".into())
+                .spawn(move || commit_thread(&engine, &call))
+                .is_ok()
+        })
+    }
+}
+
+/// The commit thread: leads whenever called to, while the engine lives. A
+/// panic in a commit is answered by the leader's [`Handoff`] (and leaves the
+/// write connection poisoned: every later write is refused), not the end of
+/// the thread.
+fn commit_thread<B: Backend + 'static>(engine: &Weak<Engine<B>>, call: &Call) {
+    while call.wait() {
+        let Some(e) = engine.upgrade() else { return };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.lead()));
+    }
+}
+
+impl<B: Backend> Engine<B> {
     /// The write connection, for a backend's own use (closing it).
     pub(crate) fn writer(&self) -> MutexGuard<'_, B::Writer> {
         lock(&self.writer)
@@ -323,24 +486,23 @@ impl<B: Backend> Engine<B> {
 
     /// Queue `op`, and lead the commit or wait for it; answers once the op is durable or refused.
     pub(crate) fn submit(&self, op: Op) -> Result<Done, StoreError> {
-        let slot = Arc::new(Slot::default());
+        let slot = Slot::new(true);
         let lead = {
             let mut q = lock(&self.queue);
             q.pending.push_back((op, Arc::clone(&slot)));
             !std::mem::replace(&mut q.leading, true)
         };
-        if !lead {
+        if lead {
+            self.lead();
+        }
+        // Queued writes ahead of this one may fill the batch led: then the
+        // lead comes back to this caller (the first thread queued).
+        loop {
             match slot.wait() {
                 SlotState::Done(r) => return r,
-                SlotState::Lead => {}
+                SlotState::Lead => self.lead(),
                 SlotState::Waiting => return Err(StoreError::Database("a store write lost its place".into())),
             }
-        }
-        // This caller's op is first in the queue: the batch led now carries it.
-        self.lead();
-        match slot.wait() {
-            SlotState::Done(r) => r,
-            _ => Err(StoreError::Database("a store write was left out of its commit".into())),
         }
     }
 
@@ -351,7 +513,7 @@ impl<B: Backend> Engine<B> {
             let n = q.pending.len().min(MAX_BATCH);
             q.pending.drain(..n).unzip()
         };
-        let mut handoff = Handoff { queue: &self.queue, slots };
+        let mut handoff = Handoff { queue: &self.queue, call: &self.call, slots };
         let results = match self.writer.lock() {
             Ok(mut w) => {
                 self.stats.batch_size.observe(ops.len() as f64);
@@ -370,10 +532,12 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// Answers what a leader left unanswered (it panicked) and passes the lead
-/// to the first caller still queued, or ends it.
+/// Answers what a leader left unanswered (it panicked) and passes the lead:
+/// to the first caller still queued on a thread, else (only queued writes
+/// left) to the commit thread, else ends it.
 struct Handoff<'a> {
     queue: &'a Mutex<Queue>,
+    call: &'a Call,
     slots: Vec<Arc<Slot>>,
 }
 
@@ -383,9 +547,12 @@ impl Drop for Handoff<'_> {
             slot.set(SlotState::Done(Err(StoreError::Database("a store write panicked".into()))));
         }
         let mut q = lock(self.queue);
-        match q.pending.front() {
-            Some((_, next)) => next.set(SlotState::Lead),
-            None => q.leading = false,
+        if let Some((_, next)) = q.pending.iter().find(|(_, s)| s.thread) {
+            next.set(SlotState::Lead);
+        } else if q.pending.is_empty() {
+            q.leading = false;
+        } else {
+            self.call.set(|c| c.lead = true);
         }
     }
 }
@@ -470,6 +637,14 @@ mod tests {
         rows: Arc<Mutex<Vec<usize>>>,
         /// The first transaction waits for this.
         gate: Option<mpsc::Receiver<()>>,
+        /// The name of the thread each transaction began on.
+        on: Threads,
+    }
+
+    impl Counting {
+        fn new(gate: Option<mpsc::Receiver<()>>) -> Self {
+            Self { begins: Arc::default(), rows: Arc::default(), gate, on: Arc::default() }
+        }
     }
 
     impl Sql for Counting {
@@ -489,6 +664,7 @@ mod tests {
             if let Some(gate) = self.gate.take() {
                 gate.recv().unwrap();
             }
+            lock(&self.on).push(std::thread::current().name().unwrap_or_default().to_string());
             self.begins.fetch_add(1, Ordering::SeqCst);
             Ok(Head { seq: 0, hash: crate::GENESIS_HASH.into() })
         }
@@ -522,9 +698,9 @@ mod tests {
     /// committed together, in one transaction, by the first of them.
     #[test]
     fn callers_queued_behind_a_commit_are_committed_in_one_transaction_by_the_next_leader() {
-        let (begins, rows) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
         let (open, gate) = mpsc::channel();
-        let writer = Counting { begins: Arc::clone(&begins), rows: Arc::clone(&rows), gate: Some(gate) };
+        let writer = Counting::new(Some(gate));
+        let (begins, rows) = (Arc::clone(&writer.begins), Arc::clone(&writer.rows));
         let engine = Engine::new(NoReads, writer);
         let results = std::thread::scope(|sc| {
             let first = sc.spawn(|| engine.submit(Op::Audit(ev())));
@@ -544,5 +720,117 @@ mod tests {
         assert_eq!(begins.load(Ordering::SeqCst), 2, "one transaction for the leader, one for the 20 queued");
         assert_eq!(*lock(&rows), vec![1, 20], "the group's audit entries in one INSERT");
         assert!(!lock(&engine.queue).leading, "the lead ends with the queue");
+    }
+
+    /// Run `f` to its end on this thread (a [`Recording`] polled as an async task is).
+    fn block_on<F: Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            match f.as_mut().poll(&mut cx) {
+                Poll::Ready(v) => return v,
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
+
+    fn pending(r: &mut Recording) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(r).poll(&mut cx).is_pending()
+    }
+
+    /// The names of the threads transactions began on.
+    type Threads = Arc<Mutex<Vec<String>>>;
+
+    /// A first write leads and is held in its transaction; `n` writes are queued meanwhile.
+    fn held_with_queued(n: usize) -> (Arc<Engine<NoReads>>, mpsc::Sender<()>, Vec<Recording>, Threads) {
+        let (open, gate) = mpsc::channel();
+        let writer = Counting::new(Some(gate));
+        let on = Arc::clone(&writer.on);
+        let engine = Engine::new(NoReads, writer);
+        let first = Arc::clone(&engine);
+        std::thread::Builder::new().name("first".into()).spawn(move || first.submit(Op::Audit(ev()))).unwrap();
+        while !lock(&engine.queue).pending.is_empty() || !lock(&engine.queue).leading {
+            std::thread::yield_now();
+        }
+        let queued = (0..n).map(|_| engine.queue(Op::Audit(ev()))).collect();
+        (engine, open, queued, on)
+    }
+
+    /// Writes queued while a commit runs are not waited for on a thread:
+    /// once that commit ends, the commit thread commits them, together, and
+    /// each recording resolves then, not before.
+    #[test]
+    fn queued_writes_resolve_once_the_commit_thread_has_committed_them_together() {
+        let (engine, open, mut queued, on) = held_with_queued(10);
+        assert!(queued.iter_mut().all(pending), "nothing is answered before its commit");
+        open.send(()).unwrap();
+        for r in queued {
+            assert_eq!(block_on(r), Ok(()));
+        }
+        assert_eq!(
+            *lock(&on),
+            vec!["first", "iotpki-commit"],
+            "the leader's own write, then the 10 in one transaction"
+        );
+        assert!(!lock(&engine.queue).leading, "the lead ends with the queue");
+    }
+
+    /// A caller waiting on its thread behind queued writes is handed the
+    /// lead (it is blocked anyway), and commits them with its own write.
+    #[test]
+    fn a_thread_waiting_behind_queued_writes_is_handed_the_lead() {
+        let (engine, open, queued, on) = held_with_queued(5);
+        let late = Arc::clone(&engine);
+        let waiting =
+            std::thread::Builder::new().name("waiting".into()).spawn(move || late.submit(Op::Audit(ev()))).unwrap();
+        while lock(&engine.queue).pending.len() < 6 {
+            std::thread::yield_now();
+        }
+        open.send(()).unwrap();
+        assert_eq!(waiting.join().unwrap(), Ok(Done::Unit));
+        for mut r in queued {
+            assert_eq!(r.wait(), Ok(()));
+        }
+        assert_eq!(*lock(&on), vec!["first", "waiting"], "the waiting thread led the queued writes and its own");
+    }
+
+    /// With no commit under way, a queued write is committed at once on the
+    /// caller's thread: no hand-off to the commit thread for one write.
+    #[test]
+    fn with_no_commit_under_way_a_queued_write_is_committed_on_its_callers_thread() {
+        let writer = Counting::new(None);
+        let on = Arc::clone(&writer.on);
+        let engine = Engine::new(NoReads, writer);
+        let mut r = engine.queue(Op::Audit(ev()));
+        assert!(!pending(&mut r), "answered when queue returns");
+        assert_eq!(lock(&on).len(), 1);
+        assert_ne!(lock(&on)[0], "iotpki-commit");
+    }
+
+    /// The commit thread holds the engine only while it commits: it ends
+    /// once the engine is dropped.
+    #[test]
+    fn the_commit_thread_ends_with_its_engine() {
+        let (engine, open, queued, _) = held_with_queued(3);
+        open.send(()).unwrap();
+        for mut r in queued {
+            r.wait().unwrap();
+        }
+        let call = Arc::clone(&engine.call);
+        assert_eq!(Arc::strong_count(&call), 3, "the engine, the commit thread and this test hold the call");
+        drop(engine);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&call) > 1 {
+            assert!(std::time::Instant::now() < until, "the commit thread did not end");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

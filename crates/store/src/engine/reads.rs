@@ -2,7 +2,7 @@
 //! writes are queued for the group commit, reads run on a read connection.
 
 use super::writes::to_i64;
-use super::{Arg, Backend as _, HasEngine, Row, Sql, SqlExt as _};
+use super::{Arg, Backend as _, HasEngine, Recording, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchProfile, BatchRecord,
@@ -182,6 +182,10 @@ fn unexpected(what: &str, d: Done) -> StoreError {
 impl<E: HasEngine> Certificates for E {
     fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError> {
         unit(self, Op::Issue(Box::new(issuance)))
+    }
+
+    fn record_issuance_queued(&self, issuance: Issuance) -> Recording {
+        self.engine().queue(Op::Issue(Box::new(issuance)))
     }
 
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
