@@ -9,17 +9,26 @@
 //!               ├─ Decision::Resend   a retry whose answer was lost: the
 //!               │                     certificate issued before, again
 //!               └─ Decision::Issue(Plan)
-//!                    └─ Authority::issue(plan): sign, record (certificate,
+//!                    └─ Authority::sign(plan): sign, and record (certificate,
 //!                       store preconditions and audit entry in one
-//!                       transaction), answer
+//!                       transaction) on this thread or queued
+//!                       └─ Authority::enroll_recorded: answer once
+//!                          recorded; a refusal by the store (a lost race, a
+//!                          serial collision) goes to enroll_unrecorded
 //! ```
+//!
+//! [`Authority::enroll`] runs it all on the calling thread. A server runs
+//! [`Authority::enroll_queued`] on a blocking thread, awaits the
+//! [`Queued`] record without holding that thread (the store's group commit
+//! takes every record in flight), and answers from the async worker; only a
+//! refusal by the store goes back to a blocking thread.
 //!
 //! Each way in has its own rules in [`Authority::authorize`]; what is signed
 //! is decided there, whole, as a [`Plan`]: the label (CA, key types,
 //! validity), subject, key, store preconditions (token consumed, batch
 //! rules, ownership, supersession), audit event, and what to do when the
 //! store's transaction finds the request lost a race to its own retry. The
-//! one [`Authority::issue`] carries out any plan; nothing else signs a
+//! one [`Authority::sign`] carries out any plan; nothing else signs a
 //! device certificate. A new way in (EST-coaps, the next issues) is a new
 //! [`Enrollment`] variant and its arm of `authorize`.
 
@@ -30,7 +39,7 @@ use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{CertParams, Profile};
 use iotpki_core::template::{Context, Template};
 use iotpki_core::{pkcs7, serial};
-use iotpki_store::{AuditEvent, BatchProfile, CertRecord, CertStatus, Issuance, Precondition, StoreError};
+use iotpki_store::{AuditEvent, BatchProfile, CertRecord, CertStatus, Issuance, Precondition, Recording, StoreError};
 use spki::der::Encode;
 use spki::SubjectPublicKeyInfoOwned;
 use std::sync::Arc;
@@ -115,17 +124,71 @@ impl<'a> Enrollment<'a> {
 }
 
 /// What [`Authority::authorize`] decided.
-pub(crate) enum Decision<'l> {
+pub(crate) enum Decision {
     /// Sign and record this.
-    Issue(Plan<'l>),
+    Issue(Plan),
     /// Send a certificate issued before again (nothing new is signed).
     Resend(Resend),
 }
 
+/// Where an issuance's record is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// On the calling thread, before [`Authority::sign`] returns.
+    Here,
+    /// Queued for the store's next group commit ([`iotpki_store::Recording`]).
+    Queued,
+}
+
+/// An enrollment under way ([`Authority::enroll_queued`]).
+#[derive(Debug)]
+pub enum Started {
+    /// Its answer: a certificate sent again, or the refusal (audited).
+    Answered(Result<Enrolled, AuthorityError>),
+    /// Signed, its record queued: await [`Queued::recording`], then hand
+    /// the outcome to [`Authority::enroll_recorded`].
+    Queued(Queued),
+}
+
+/// A certificate signed, whose record is queued for the store's next group commit.
+pub struct Queued {
+    plan: Box<Plan>,
+    enrolled: Enrolled,
+    recording: Recording,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued").field("serial", &self.enrolled.serial).finish_non_exhaustive()
+    }
+}
+
+impl Queued {
+    /// The record's commit: resolves once the store has answered.
+    pub fn recording(&mut self) -> &mut Recording {
+        &mut self.recording
+    }
+}
+
+/// A queued record the store refused (nothing of it was written), for
+/// [`Authority::enroll_unrecorded`].
+pub struct Unrecorded {
+    plan: Box<Plan>,
+    error: StoreError,
+}
+
+impl std::fmt::Debug for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unrecorded").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
 /// Everything one issuance signs and records, decided.
-pub(crate) struct Plan<'l> {
-    /// The label: the CA that signs and the name in the audit.
-    pub(crate) label: &'l Label,
+pub(crate) struct Plan {
+    /// The label's name, for the audit (and to find it again after a lost race).
+    pub(crate) label: String,
+    /// The label's CA: the one that signs, unless `signer` says otherwise.
+    pub(crate) ca: Arc<CaKey>,
     /// The certificate's profile (its extensions).
     pub(crate) profile: Profile,
     /// Who signs, when not the label's CA: a Matter DAC's PAI.
@@ -203,9 +266,80 @@ impl Authority {
         req: EnrollRequest<'_>,
         csr: &VerifiedCsr,
     ) -> Result<Enrolled, AuthorityError> {
-        let r = Enrollment::of(caller, req).and_then(|way| self.enroll_by(label, &way, csr));
+        match self.start(label, caller, req, csr, Commit::Here) {
+            Started::Answered(r) => r,
+            Started::Queued(mut q) => {
+                let outcome = q.recording.wait();
+                self.enroll_recorded(q, outcome).or_else(|u| self.enroll_unrecorded(u, caller, req, csr))
+            }
+        }
+    }
+
+    /// [`Self::enroll`] up to the record: authorized, signed, and its record
+    /// queued for the store's next group commit, without waiting for it
+    /// (or answered already: a refusal, audited, or a certificate sent again).
+    pub fn enroll_queued(
+        &self,
+        label: Option<&str>,
+        caller: &Caller,
+        req: EnrollRequest<'_>,
+        csr: &VerifiedCsr,
+    ) -> Started {
+        self.start(label, caller, req, csr, Commit::Queued)
+    }
+
+    /// The answer to a queued enrollment once its record's commit answered
+    /// `outcome`: the certificate, recorded; or what the store refused, for
+    /// [`Self::enroll_unrecorded`]. Does not block.
+    pub fn enroll_recorded(&self, q: Queued, outcome: Result<(), StoreError>) -> Result<Enrolled, Unrecorded> {
+        match outcome {
+            Ok(()) => Ok(self.issued(&q.plan, q.enrolled)),
+            Err(error) => Err(Unrecorded { plan: q.plan, error }),
+        }
+    }
+
+    /// After the store refused a queued enrollment's record: a serial
+    /// collision is signed again, a race lost to the request's own retry is
+    /// answered with that retry's certificate, anything else is the refusal
+    /// (audited). Blocks (the store): the same `caller`, `req` and `csr` as
+    /// the enrollment's.
+    pub fn enroll_unrecorded(
+        &self,
+        u: Unrecorded,
+        caller: &Caller,
+        req: EnrollRequest<'_>,
+        csr: &VerifiedCsr,
+    ) -> Result<Enrolled, AuthorityError> {
+        let r = self.after_unrecorded(u, csr);
         self.refused_request(&r, caller, req);
         r
+    }
+
+    /// Authorize, then answer (a refusal, audited; a certificate sent again)
+    /// or sign with the record committed as `commit` says.
+    fn start(
+        &self,
+        label: Option<&str>,
+        caller: &Caller,
+        req: EnrollRequest<'_>,
+        csr: &VerifiedCsr,
+        commit: Commit,
+    ) -> Started {
+        let r = Enrollment::of(caller, req).and_then(|way| {
+            let label = self.label(label)?;
+            match self.authorize(&way, label, csr)? {
+                Decision::Resend(r) => self.resend(r).map(|e| Started::Answered(Ok(e))),
+                Decision::Issue(plan) => self.sign(plan, commit).map(Started::Queued),
+            }
+        });
+        match r {
+            Ok(s) => s,
+            Err(e) => {
+                let r = Err(e);
+                self.refused_request(&r, caller, req);
+                Started::Answered(r)
+            }
+        }
     }
 
     /// Audit the refusal of `caller`'s request `req` for a reason found
@@ -243,37 +377,35 @@ impl Authority {
         );
     }
 
-    /// Authorize and issue (or send again) one enrollment.
-    pub(crate) fn enroll_by(
-        &self,
-        label: Option<&str>,
-        way: &Enrollment<'_>,
-        csr: &VerifiedCsr,
-    ) -> Result<Enrolled, AuthorityError> {
-        let label = self.label(label)?;
-        let plan = match self.authorize(way, label, csr)? {
-            Decision::Resend(r) => return self.resend(r),
-            Decision::Issue(plan) => plan,
-        };
-        let race = plan.on_race.clone();
-        match self.issue(plan) {
-            Ok(e) => Ok(e),
-            Err(e) if race.follows(&e) => match self.after_race(&race, label, csr)? {
-                Some(r) => self.resend(r),
-                None => Err(e),
-            },
-            Err(e) => Err(e),
+    /// What a refused record leads to (see [`Self::enroll_unrecorded`]).
+    fn after_unrecorded(&self, u: Unrecorded, csr: &VerifiedCsr) -> Result<Enrolled, AuthorityError> {
+        let Unrecorded { mut plan, mut error } = u;
+        if matches!(error, StoreError::DuplicateSerial { .. }) {
+            // A serial collision (2^-127 odds) is signed again, once, with a fresh serial.
+            let mut q = self.sign(*plan, Commit::Here)?;
+            match q.recording.wait() {
+                Ok(()) => return Ok(self.issued(&q.plan, q.enrolled)),
+                Err(e) => (plan, error) = (q.plan, e),
+            }
+        }
+        let e = AuthorityError::from(error);
+        if !plan.on_race.follows(&e) {
+            return Err(e);
+        }
+        match self.after_race(&plan.on_race, self.label(Some(&plan.label))?, csr)? {
+            Some(r) => self.resend(r),
+            None => Err(e),
         }
     }
 
     /// The rules of each way in: a plan for what to sign, a certificate to
     /// send again, or the refusal.
-    pub(crate) fn authorize<'l>(
+    pub(crate) fn authorize(
         &self,
         way: &Enrollment<'_>,
-        label: &'l Label,
+        label: &Label,
         csr: &VerifiedCsr,
-    ) -> Result<Decision<'l>, AuthorityError> {
+    ) -> Result<Decision, AuthorityError> {
         let now = self.clock.now();
         let plan = match *way {
             Enrollment::Token(t) => {
@@ -545,7 +677,7 @@ impl Authority {
 
     /// A plan for `csr` under `label` at `now`: the label's validity, a
     /// device certificate.
-    fn plan<'l>(&self, label: &'l Label, csr: &VerifiedCsr, now: i64, f: PlanFor) -> Plan<'l> {
+    fn plan(&self, label: &Label, csr: &VerifiedCsr, now: i64, f: PlanFor) -> Plan {
         let validity = f.template.as_ref().and_then(|t| t.lifetime_secs()).or(label.validity_secs);
         let not_after = match (&f.matter, validity) {
             // A DAC lives as long as its PAI (Matter 6.2.2.3: within the PAI's validity).
@@ -554,7 +686,8 @@ impl Authority {
             (None, None) => label.ca.not_after,
         };
         Plan {
-            label,
+            label: label.name.clone(),
+            ca: Arc::clone(&label.ca),
             profile: if f.matter.is_some() { Profile::MatterDac } else { Profile::Device },
             signer: f.matter,
             subject: f.subject,
@@ -575,25 +708,25 @@ impl Authority {
     }
 
     /// Carry out a plan: sign, and record the certificate with its
-    /// preconditions and audit entry in one transaction; only then answer.
-    /// The one place a device certificate is signed.
-    pub(crate) fn issue(&self, plan: Plan<'_>) -> Result<Enrolled, AuthorityError> {
-        let label = plan.label;
+    /// preconditions and audit entry in one transaction, committed as
+    /// `commit` says; the answer waits for the record. The one place a device
+    /// certificate is signed.
+    fn sign(&self, plan: Plan, commit: Commit) -> Result<Queued, AuthorityError> {
         // The one gate: under the birth CA, only a station's birth (whose
         // transaction checks the batch's rules) is ever signed.
         let is_birth = plan.preconditions.iter().any(|p| matches!(p, Precondition::Birth { .. }));
-        if self.is_birth_ca(&label.ca.name) != is_birth {
+        if self.is_birth_ca(&plan.ca.name) != is_birth {
             return Err(AuthorityError::forbidden(if is_birth {
-                format!("label {} does not issue birth certificates", label.name)
+                format!("label {} does not issue birth certificates", plan.label)
             } else {
-                format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", label.name)
+                format!("label {} issues birth certificates: {BIRTH_ONLY_ON_THE_LINE}", plan.label)
             }));
         }
         let now = plan.now;
-        let ca: &CaKey = plan.signer.as_deref().unwrap_or(&label.ca);
+        let ca: &CaKey = plan.signer.as_deref().unwrap_or(&plan.ca);
         let mut detail = match &plan.replaces {
-            Some(old) => format!("label={} key={} replaces={old}", label.name, plan.key_type),
-            None => format!("label={} key={}", label.name, plan.key_type),
+            Some(old) => format!("label={} key={} replaces={old}", plan.label, plan.key_type),
+            None => format!("label={} key={}", plan.label, plan.key_type),
         };
         if let Some(note) = &plan.note {
             detail = format!("{detail} {note}");
@@ -604,55 +737,46 @@ impl Authority {
         if let Some(t) = &plan.template {
             detail = format!("{detail} template={t}");
         }
-        // A serial collision (2^-127 odds) is retried once with a fresh serial.
-        for attempt in 0..2 {
-            let (sn, sn_hex) = serial::system_random_serial(now)?;
-            let params = CertParams {
-                profile: plan.profile,
-                serial: sn,
-                subject: plan.subject.clone(),
-                spki: plan.spki.clone(),
-                not_before: plan.validity.0,
-                not_after: plan.validity.1,
-                dns_names: vec![],
-                ip_addrs: vec![],
-                permitted_subtree: None,
-            };
-            let mut record = ca.sign_templated(
-                &params,
-                &plan.extensions,
-                sn_hex.clone(),
-                Some(plan.device_serial.clone()),
-                plan.replaces.clone(),
-                now,
-            )?;
-            // Recorded, so its renewals follow it: a device certificate without
-            // a configured template was shaped by the built-in `device` one.
-            record.template = plan.template.clone().or_else(|| plan.signer.is_none().then(|| "device".to_string()));
-            let der = record.der.clone();
-            let audit = AuditEvent {
-                at: now,
-                actor: plan.actor.clone(),
-                action: plan.action.into(),
-                target: sn_hex.clone(),
-                detail: detail.clone(),
-            };
-            match self.store.record_issuance(Issuance {
-                cert: record,
-                preconditions: plan.preconditions.clone(),
-                audit,
-            }) {
-                Ok(()) => {
-                    self.metrics.issued.with(&[plan.action]).inc();
-                    let pkcs7 = pkcs7::certs_only(&[&der])?;
-                    tracing::info!(serial = %sn_hex, action = plan.action, label = %label.name, "issued");
-                    return Ok(Enrolled { cert_der: der, serial: sn_hex, pkcs7 });
-                }
-                Err(StoreError::DuplicateSerial { .. }) if attempt == 0 => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(AuthorityError::Store(StoreError::Database("serial number collision twice".into())))
+        let (sn, sn_hex) = serial::system_random_serial(now)?;
+        let params = CertParams {
+            profile: plan.profile,
+            serial: sn,
+            subject: plan.subject.clone(),
+            spki: plan.spki.clone(),
+            not_before: plan.validity.0,
+            not_after: plan.validity.1,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let mut record = ca.sign_templated(
+            &params,
+            &plan.extensions,
+            sn_hex.clone(),
+            Some(plan.device_serial.clone()),
+            plan.replaces.clone(),
+            now,
+        )?;
+        // Recorded, so its renewals follow it: a device certificate without
+        // a configured template was shaped by the built-in `device` one.
+        record.template = plan.template.clone().or_else(|| plan.signer.is_none().then(|| "device".to_string()));
+        let pkcs7 = pkcs7::certs_only(&[&record.der])?;
+        let enrolled = Enrolled { cert_der: record.der.clone(), serial: sn_hex.clone(), pkcs7 };
+        let audit =
+            AuditEvent { at: now, actor: plan.actor.clone(), action: plan.action.into(), target: sn_hex, detail };
+        let issuance = Issuance { cert: record, preconditions: plan.preconditions.clone(), audit };
+        let recording = match commit {
+            Commit::Here => Recording::answered(self.store.record_issuance(issuance)),
+            Commit::Queued => self.store.record_issuance_queued(issuance),
+        };
+        Ok(Queued { plan: Box::new(plan), enrolled, recording })
+    }
+
+    /// A certificate of `plan`, recorded: counted, logged, answered.
+    fn issued(&self, plan: &Plan, enrolled: Enrolled) -> Enrolled {
+        self.metrics.issued.with(&[plan.action]).inc();
+        tracing::info!(serial = %enrolled.serial, action = plan.action, label = %plan.label, "issued");
+        enrolled
     }
 
     /// After the store refused a plan: was it a race lost to a retry of the

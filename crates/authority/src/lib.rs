@@ -61,7 +61,7 @@ use spki::der::Encode;
 
 pub use auth::{Caller, Credential, DeviceIdentity, Gate};
 pub use config::Config;
-pub use enroll::EnrollRequest;
+pub use enroll::{EnrollRequest, Queued, Started, Unrecorded};
 pub use error::{AuthorityError, KeyRefusal, Refusal};
 pub use iotpki_core::clock::{Clock, SystemClock};
 pub use iotpki_hsm::Pin;

@@ -14,7 +14,7 @@ use iotpki_authority::factory::{self, NewBatch};
 use iotpki_authority::revocation::{self, Target};
 use iotpki_authority::{
     Authority, AuthorityError, Caller, Config, Credential, EnrollRequest, Enrolled, Gate, KeyRefusal, Passphrase,
-    Refusal,
+    Refusal, Started,
 };
 use iotpki_core::clock::{Clock, FixedClock, SystemClock};
 use iotpki_core::csr::{self, VerifiedCsr};
@@ -559,4 +559,68 @@ fn a_refusal_after_admission_is_audited_as_the_callers() {
     assert_eq!(e2.http_status(), 400);
     let last = ca.a.store().audit_entries(ca.a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
     assert_eq!(last.event.action, "refuse.reenroll");
+}
+
+// ---- queued records (a server whose threads are scarce) -----------------
+
+/// [`Authority::enroll_queued`] to its answer, as the server runs it (the
+/// record waited for here rather than awaited); also, whether it was queued.
+fn queued(
+    a: &Authority,
+    label: Option<&str>,
+    caller: &Caller,
+    req: EnrollRequest<'_>,
+    csr: &VerifiedCsr,
+) -> (Result<Enrolled, AuthorityError>, bool) {
+    match a.enroll_queued(label, caller, req, csr) {
+        Started::Answered(r) => (r, false),
+        Started::Queued(mut q) => {
+            let outcome = q.recording().wait();
+            (a.enroll_recorded(q, outcome).or_else(|u| a.enroll_unrecorded(u, caller, req, csr)), true)
+        }
+    }
+}
+
+#[test]
+fn a_queued_birth_over_the_quota_is_refused_and_counted_as_one_waited_for() {
+    let ca = ca();
+    ca.batch("BQQ", &["QQ-1", "QQ-2"], 1);
+    let st = ca.station_caller(&ca.station("line-qq", &["BQQ"])).unwrap();
+    let (first, was_queued) = queued(&ca.a, Some("birth"), &st, births("BQQ"), &csr_for(Some("QQ-1"), &key()));
+    let first = first.unwrap();
+    assert!(was_queued);
+    assert!(ca.a.store().certificate(&first.serial).unwrap().is_some(), "recorded when answered");
+    let before = ca.certs();
+    // Signed and queued (the quota is the store's to check), then refused by the store.
+    let (r, was_queued) = queued(&ca.a, Some("birth"), &st, births("BQQ"), &csr_for(Some("QQ-2"), &key()));
+    assert!(was_queued);
+    let (r, status) = refusal(r);
+    assert!(matches!(r, Refusal::Batch(StoreError::QuotaExhausted { .. })), "{r:?}");
+    assert_eq!(status, 403);
+    assert_eq!(ca.certs(), before);
+    assert_eq!(ca.a.store().batch("BQQ").unwrap().unwrap().refused, 1, "counted against the batch");
+    let last = ca.a.store().audit_entries(ca.a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
+    assert_eq!(last.event.action, "refuse.enroll");
+}
+
+#[test]
+fn a_queued_enrollment_that_lost_its_token_to_its_own_retry_gets_the_retrys_certificate() {
+    let ca = ca();
+    let (token, k) = (ca.token("QT-1", None), key());
+    // Both admitted while the token is unspent: the second learns of the
+    // first only from the store's refusal of its record.
+    let (first_caller, retry) = (ca.token_caller("QT-1", &token).unwrap(), ca.token_caller("QT-1", &token).unwrap());
+    let thief = ca.token_caller("QT-1", &token).unwrap();
+    let first = queued(&ca.a, None, &first_caller, ENROLL, &csr_for(Some("QT-1"), &k)).0.unwrap();
+    let before = ca.certs();
+    let (again, was_queued) = queued(&ca.a, None, &retry, ENROLL, &csr_for(Some("QT-1"), &k));
+    assert!(was_queued, "signed and queued before the store refused the spent token");
+    let again = again.unwrap();
+    assert_eq!((again.serial.as_str(), again.cert_der.as_slice()), (first.serial.as_str(), first.cert_der.as_slice()));
+    assert_eq!(ca.certs(), before, "nothing new is recorded");
+    // Another key with the same token, raced the same way, is refused.
+    let (r, status) = refusal(queued(&ca.a, None, &thief, ENROLL, &csr_for(Some("QT-1"), &key())).0);
+    assert!(matches!(r, Refusal::Token(StoreError::TokenUsed { .. })), "{r:?}");
+    assert_eq!(status, 401);
+    assert_eq!(ca.certs(), before);
 }
