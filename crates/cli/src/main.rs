@@ -268,7 +268,8 @@ const BLOCKING_THREADS_PER_CORE: usize = 16;
 /// the scheduler (iotpki_server's `sched`), is faster than 8 in every mode; at equal
 /// priority, 12, 16 or 32 helped kept-alive births and cost the new connections'
 /// handshakes (BENCHMARKS.md, issue #14). Requests beyond the cap wait in tokio's queue, not
-/// on a thread. On PostgreSQL the blocking threads mostly wait on round trips to the
+/// on a thread; when the cap is reached, a station's birth queues its record for the store's
+/// group commit instead of holding its thread through it (iotpki_server's `sched`). On PostgreSQL the blocking threads mostly wait on round trips to the
 /// database, and a cap cost 18% of the births per second: there tokio's default stays,
 /// at the workers' priority.
 pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -277,6 +278,7 @@ pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     b.worker_threads(cores);
     if sqlite {
         b.max_blocking_threads(BLOCKING_THREADS_PER_CORE * cores);
+        iotpki_server::set_blocking_threads(BLOCKING_THREADS_PER_CORE * cores);
         iotpki_server::lower_blocking_threads();
     }
     Ok(b.enable_all().build()?)

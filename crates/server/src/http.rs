@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use iotpki_authority::{Authority, AuthorityError, Caller, EnrollRequest};
+use iotpki_authority::{Authority, AuthorityError, Caller, EnrollRequest, Enrolled, Queued, Started};
 use iotpki_core::{csr, est, wire};
 use rustls::pki_types::CertificateDer;
 use tower::ServiceExt as _;
@@ -503,26 +503,114 @@ async fn enroll(
             Some((id.trim().to_string(), secret))
         }
     };
+    let asked = Asked { op, batch: query.batch, activation };
     // Verifying the request's signature, signing and the durable store write
-    // block: keep them off the async workers.
-    let enrolled = blocking(move || {
-        let caller = admission.admit(&a)?;
-        let req = match op {
-            Op::Enroll => EnrollRequest::Enroll {
-                batch: query.batch.as_deref(),
-                activation: activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice())),
-            },
-            Op::Reenroll => EnrollRequest::Reenroll,
-        };
+    // block: keep them off the async workers. When every blocking thread is
+    // taken, the record is queued for the store's group commit and awaited
+    // here, holding no thread (crate::sched).
+    let a2 = Arc::clone(&a);
+    let step = blocking(move || {
+        let caller = admission.admit(&a2)?;
         // The body is decoded and the request parsed once, here: the
         // authority is handed the verified request.
         let csr = est::decode_body(&body)
             .and_then(|der| csr::parse_and_verify(&der))
-            .map_err(|e| a.refuse(&caller, req, e.into()))?;
-        a.enroll(label.as_deref(), &caller, req, &csr)
+            .map_err(|e| a2.refuse(&caller, asked.request(), e.into()))?;
+        // A station's births (a factory line, over kept-alive connections)
+        // are queued when threads are scarce; a device's own enrollment,
+        // whose connection's handshake keeps the async worker busy, waits
+        // on its thread (crate::sched).
+        if asked.batch.is_none() || !crate::sched::threads_scarce() {
+            return a2.enroll(label.as_deref(), &caller, asked.request(), &csr).map(Step::Answered);
+        }
+        Ok(match a2.enroll_queued(label.as_deref(), &caller, asked.request(), &csr) {
+            Started::Answered(r) => Step::Answered(r?),
+            Started::Queued(q) => Step::Queued(Box::new((q, caller, csr, asked))),
+        })
     })
     .await??;
+    let enrolled = match step {
+        Step::Answered(e) => e,
+        Step::Queued(queued) => Completion { a, queued: Some(queued) }.run().await?,
+    };
     Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
+}
+
+/// A queued record's wait and what follows it, carried to its end even when
+/// the client leaves first (hyper then drops the request's future): a
+/// certificate recorded is counted and logged, a refusal by the store is
+/// audited, as they are for a request that waited on its thread.
+struct Completion {
+    a: Arc<Authority>,
+    queued: Option<Box<(Queued, Caller, csr::VerifiedCsr, Asked)>>,
+}
+
+impl Completion {
+    async fn run(mut self) -> Result<Enrolled, AuthorityError> {
+        let outcome = match self.queued.as_mut() {
+            Some(q) => q.0.recording().await,
+            None => return Err(AuthorityError::Config("a queued record was answered twice".into())),
+        };
+        match self.queued.take() {
+            Some(queued) => finish(Arc::clone(&self.a), *queued, outcome).await,
+            None => Err(AuthorityError::Config("a queued record was answered twice".into())),
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let Some(queued) = self.queued.take() else { return };
+        // Outside a runtime (the server shutting down) the commit still happens; only the count is lost.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let a = Arc::clone(&self.a);
+            rt.spawn(async move {
+                let mut queued = *queued;
+                let outcome = queued.0.recording().await;
+                let _ = finish(a, queued, outcome).await;
+            });
+        }
+    }
+}
+
+/// A queued record's outcome to the answer: the certificate, or (refused by
+/// the store: a lost race, a serial collision, a quota) back to a blocking thread.
+async fn finish(
+    a: Arc<Authority>,
+    (q, caller, csr, asked): (Queued, Caller, csr::VerifiedCsr, Asked),
+    outcome: Result<(), iotpki_store::StoreError>,
+) -> Result<Enrolled, AuthorityError> {
+    match a.enroll_recorded(q, outcome) {
+        Ok(e) => Ok(e),
+        Err(u) => blocking(move || a.enroll_unrecorded(u, &caller, asked.request(), &csr)).await?,
+    }
+}
+
+/// Where an enrollment's blocking part left it.
+enum Step {
+    /// Answered (recorded, or sent again).
+    Answered(Enrolled),
+    /// Signed, its record queued: with what a refusal by the store needs.
+    Queued(Box<(Queued, Caller, csr::VerifiedCsr, Asked)>),
+}
+
+/// An enrollment's request, besides its CSR, owned (it crosses the await of the record).
+struct Asked {
+    op: Op,
+    batch: Option<String>,
+    activation: Option<(String, Vec<u8>)>,
+}
+
+impl Asked {
+    fn request(&self) -> EnrollRequest<'_> {
+        match self.op {
+            Op::Enroll => EnrollRequest::Enroll {
+                batch: self.batch.as_deref(),
+                activation: self.activation.as_ref().map(|(id, s)| (id.as_str(), s.as_slice())),
+            },
+            Op::Reenroll => EnrollRequest::Reenroll,
+        }
+    }
 }
 
 /// Run blocking work (the store, signing, signature checks) off the async
@@ -712,6 +800,70 @@ mod tests {
         let (s, _) = call(app.clone(), axum::http::Request::get("/nowhere").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(a.store().count_certificates().unwrap(), before);
+    }
+
+    /// When every blocking thread is taken, a station's births are queued
+    /// for the store's group commit and awaited on the async worker: each
+    /// answer comes once its certificate is recorded, and the one birth over
+    /// the batch's quota is refused, recording nothing.
+    #[tokio::test]
+    async fn station_births_queued_when_threads_are_scarce_are_answered_once_recorded() {
+        use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
+        use iotpki_core::name::{DeviceSerial, NameBuilder};
+        // No thread to spare: every birth takes the queued path (crate::sched).
+        crate::sched::set_blocking_threads(0);
+        let (_tmp, a) = authority();
+        let now = iotpki_core::clock::Clock::now(&SystemClock);
+        let nb = iotpki_authority::factory::NewBatch {
+            id: Some("BQ".into()),
+            product: "widget".into(),
+            allowlist: "Q-1\nQ-2\nQ-3\nQ-4\nQ-5".into(),
+            quota: 4,
+            from: now - 60,
+            until: now + 86_400,
+            profile: Default::default(),
+            template: None,
+        };
+        iotpki_authority::factory::create_batch(a.store().as_ref(), &SystemClock, nb, "test").unwrap();
+        let station_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (cert, chain) = a.add_station("line-q", &["BQ".into()], station_key.public_key_der(), "test").unwrap();
+        let peer = PeerChain(Arc::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()));
+        let app = router(a.clone());
+        let before = a.store().count_certificates().unwrap();
+        let births = (1..=5).map(|i| {
+            let (app, peer, a) = (app.clone(), peer.clone(), a.clone());
+            let serial = DeviceSerial::parse(&format!("Q-{i}")).unwrap();
+            let name = NameBuilder::default().common_name("device").unwrap().serial_number(&serial).unwrap().build();
+            let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+            let der = iotpki_core::csr::build(&name, &key, vec![]).unwrap();
+            let body = base64::engine::general_purpose::STANDARD.encode(der).into_bytes();
+            let mut req = post("/.well-known/est/birth/simpleenroll?batch=BQ", est::CT_PKCS10, body);
+            req.extensions_mut().insert(peer);
+            tokio::spawn(async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+                if status == StatusCode::OK {
+                    // The answer's certificate is in the store as the answer arrives.
+                    let p7 = base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap();
+                    let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
+                    let serial = iotpki_core::profile::cert_info(&der).unwrap().serial;
+                    assert!(a.store().certificate(&serial).unwrap().is_some(), "{serial} answered before recorded");
+                }
+                (status, body)
+            })
+        });
+        let mut answered = Vec::new();
+        for b in births.collect::<Vec<_>>() {
+            answered.push(b.await.unwrap());
+        }
+        assert_eq!(answered.iter().filter(|(s, _)| *s == StatusCode::OK).count(), 4, "{answered:?}");
+        let refused: Vec<_> = answered.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
+        assert_eq!(refused.len(), 1, "{answered:?}");
+        assert_eq!(refused[0].0, StatusCode::FORBIDDEN, "{refused:?}");
+        assert!(refused[0].1.contains("quota"), "{refused:?}");
+        assert_eq!(a.store().batch("BQ").unwrap().unwrap().refused, 1);
+        assert_eq!(a.store().count_certificates().unwrap(), before + 4);
     }
 
     #[tokio::test]

@@ -21,12 +21,62 @@
 //! Off until [`lower_blocking_threads`] turns it on: `iotpki serve` does on
 //! SQLite, where the blocking threads' work is CPU. On PostgreSQL they mostly
 //! wait on round trips, and the same A/B measured nothing to gain there.
+//!
+//! # Scarce threads
+//!
+//! The blocking work handed out is counted, and [`set_blocking_threads`]
+//! tells how many threads the runtime has for it: when every one is taken
+//! ([`threads_scarce`]), a station's birth does not hold its thread while its
+//! record is committed. It queues the record for the store's group commit
+//! (`Authority::enroll_queued`) and awaits it on the async worker; the thread
+//! signs the next request meanwhile, and one commit takes every birth in
+//! flight. Kept-alive births on one core: 0.85 of the server CPU per birth
+//! and 1.20 the births per second (`scripts/bench-ab`, BENCHMARKS.md, issue
+//! #14). A device's own enrollment or renewal comes with its connection's
+//! handshake, which keeps the async worker the busier side: there a queued
+//! record's second wake-up of the worker cost more than the thread it freed
+//! (0.93 in rate for renewals), so it waits on its thread, as does any
+//! request with threads to spare. Without [`set_blocking_threads`] (tests,
+//! embedders, PostgreSQL's uncapped pool) threads are never scarce.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static ON: AtomicBool = AtomicBool::new(false);
+
+/// Blocking work handed out and not finished (running, or waiting for a thread).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// The runtime's blocking threads, once told ([`usize::MAX`]: not told, never scarce).
+static THREADS: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The runtime's blocking threads are `n` (its builder's `max_blocking_threads`).
+pub fn set_blocking_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+/// Whether every blocking thread is taken (the caller's own included): work
+/// handed out now would wait for a thread.
+pub(crate) fn threads_scarce() -> bool {
+    IN_FLIGHT.load(Ordering::Relaxed) >= THREADS.load(Ordering::Relaxed)
+}
+
+/// Counts one piece of blocking work out while it lives (also when it panics).
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// From now on, the blocking threads of this process's servers run
 /// [`NICE`] steps below its main thread (each as it next takes work).
@@ -56,7 +106,9 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    let counted = InFlight::new();
     tokio::task::spawn_blocking(move || {
+        let _counted = counted;
         lower_this_thread();
         f()
     })
