@@ -439,19 +439,10 @@ impl<B: Backend + 'static> Engine<B> {
             // No commit thread (the system refused one): committed on this thread.
             return Recording::answered(self.submit(op).map(|_| ()));
         }
-        let slot = Slot::new(false);
-        let lead = {
-            let mut q = lock(&self.queue);
-            q.pending.push_back((op, Arc::clone(&slot)));
-            !std::mem::replace(&mut q.leading, true)
-        };
         // With no commit under way, this caller commits at once, on its own
         // thread (a hand-off to the commit thread would cost two context
         // switches for one write); it passes the lead on after that one batch.
-        if lead {
-            self.lead();
-        }
-        Recording(slot)
+        Recording(self.enqueue(op, false))
     }
 
     /// Start the commit thread, once (it leads when called to, and ends with
@@ -486,15 +477,7 @@ impl<B: Backend> Engine<B> {
 
     /// Queue `op`, and lead the commit or wait for it; answers once the op is durable or refused.
     pub(crate) fn submit(&self, op: Op) -> Result<Done, StoreError> {
-        let slot = Slot::new(true);
-        let lead = {
-            let mut q = lock(&self.queue);
-            q.pending.push_back((op, Arc::clone(&slot)));
-            !std::mem::replace(&mut q.leading, true)
-        };
-        if lead {
-            self.lead();
-        }
+        let slot = self.enqueue(op, true);
         // Queued writes ahead of this one may fill the batch led: then the
         // lead comes back to this caller (the first thread queued).
         loop {
@@ -504,6 +487,21 @@ impl<B: Backend> Engine<B> {
                 SlotState::Waiting => return Err(StoreError::Database("a store write lost its place".into())),
             }
         }
+    }
+
+    /// Queue `op` (waited for on a `thread`, or a [`Recording`]'s) and, if
+    /// no commit is under way, lead one now.
+    fn enqueue(&self, op: Op, thread: bool) -> Arc<Slot> {
+        let slot = Slot::new(thread);
+        let lead = {
+            let mut q = lock(&self.queue);
+            q.pending.push_back((op, Arc::clone(&slot)));
+            !std::mem::replace(&mut q.leading, true)
+        };
+        if lead {
+            self.lead();
+        }
+        slot
     }
 
     /// Commit the first [`MAX_BATCH`] queued ops, answer them, pass the lead on.
