@@ -525,21 +525,24 @@ async fn enroll(
         }
         Ok(match a2.enroll_queued(label.as_deref(), &caller, asked.request(), &csr) {
             Started::Answered(r) => Step::Answered(r?),
-            Started::Queued(q) => Step::Queued(Box::new((q, caller, csr, asked))),
+            // Made here, so that it is carried to its end also when the
+            // client leaves before this closure returns.
+            Started::Queued(q) => Step::Queued(Completion { a: a2, queued: Some(Box::new((q, caller, csr, asked))) }),
         })
     })
     .await??;
     let enrolled = match step {
         Step::Answered(e) => e,
-        Step::Queued(queued) => Completion { a, queued: Some(queued) }.run().await?,
+        Step::Queued(completion) => completion.run().await?,
     };
     Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
 }
 
 /// A queued record's wait and what follows it, carried to its end even when
-/// the client leaves first (hyper then drops the request's future): a
-/// certificate recorded is counted and logged, a refusal by the store is
-/// audited, as they are for a request that waited on its thread.
+/// the client leaves first (hyper then drops the request's future, and with
+/// it this, or the blocking task's answer holding this): a certificate
+/// recorded is counted and logged, a refusal by the store is audited, as
+/// they are for a request that waited on its thread.
 struct Completion {
     a: Arc<Authority>,
     queued: Option<Box<(Queued, Caller, csr::VerifiedCsr, Asked)>>,
@@ -590,8 +593,8 @@ async fn finish(
 enum Step {
     /// Answered (recorded, or sent again).
     Answered(Enrolled),
-    /// Signed, its record queued: with what a refusal by the store needs.
-    Queued(Box<(Queued, Caller, csr::VerifiedCsr, Asked)>),
+    /// Signed, its record queued.
+    Queued(Completion),
 }
 
 /// An enrollment's request, besides its CSR, owned (it crosses the await of the record).
@@ -864,6 +867,70 @@ mod tests {
         assert!(refused[0].1.contains("quota"), "{refused:?}");
         assert_eq!(a.store().batch("BQ").unwrap().unwrap().refused, 1);
         assert_eq!(a.store().count_certificates().unwrap(), before + 4);
+    }
+
+    /// A station whose client leaves while its queued birth waits for the
+    /// commit does not take the rest with it: the birth the store refuses
+    /// (over the quota) is refused, counted and audited all the same.
+    #[tokio::test]
+    async fn a_queued_birth_whose_client_left_is_still_carried_to_its_end() {
+        use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
+        use iotpki_core::name::{DeviceSerial, NameBuilder};
+        crate::sched::set_blocking_threads(0);
+        let (tmp, a) = authority();
+        let now = iotpki_core::clock::Clock::now(&SystemClock);
+        let nb = iotpki_authority::factory::NewBatch {
+            id: Some("BL".into()),
+            product: "widget".into(),
+            allowlist: "L-1\nL-2".into(),
+            quota: 1,
+            from: now - 60,
+            until: now + 86_400,
+            profile: Default::default(),
+            template: None,
+        };
+        iotpki_authority::factory::create_batch(a.store().as_ref(), &SystemClock, nb, "test").unwrap();
+        let station_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (cert, chain) = a.add_station("line-l", &["BL".into()], station_key.public_key_der(), "test").unwrap();
+        let peer = PeerChain(Arc::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()));
+        let app = router(a.clone());
+        let birth = |serial: &str| {
+            let serial = DeviceSerial::parse(serial).unwrap();
+            let name = NameBuilder::default().common_name("device").unwrap().serial_number(&serial).unwrap().build();
+            let der = iotpki_core::csr::build(&name, &SoftKey::generate(KeyType::EcdsaP256).unwrap(), vec![]).unwrap();
+            let body = base64::engine::general_purpose::STANDARD.encode(der).into_bytes();
+            let mut req = post("/.well-known/est/birth/simpleenroll?batch=BL", est::CT_PKCS10, body);
+            req.extensions_mut().insert(peer.clone());
+            tokio::spawn(app.clone().oneshot(req))
+        };
+        let (certs, audited) = (a.store().count_certificates().unwrap(), a.store().verify_audit().unwrap().entries);
+        // Another connection's write lock holds the next commit.
+        let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let batches = || a.store().writer_stats().batch_size.snapshot().count;
+        let led = batches();
+        // The first birth leads that commit (on its thread, waiting for the lock)...
+        let first = birth("L-1");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while batches() == led {
+            assert!(std::time::Instant::now() < until, "the first birth did not lead a commit");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // ...the second is queued behind it, and its client leaves before any answer.
+        let second = birth("L-2");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        while a.store().batch("BL").unwrap().unwrap().refused == 0 {
+            assert!(std::time::Instant::now() < until, "the left birth's refusal was not counted");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(a.store().count_certificates().unwrap(), certs + 1);
+        let entries = a.store().audit_entries(audited + 1, 10).unwrap();
+        let actions: Vec<_> = entries.iter().map(|e| e.event.action.as_str()).collect();
+        assert_eq!(actions, ["birth", "refuse.enroll"], "the birth, then the left one's refusal");
     }
 
     #[tokio::test]
