@@ -26,12 +26,13 @@
 //! A caller that must not hold a thread while its commit runs (a server's
 //! request, between its signature and its answer) queues its write instead
 //! ([`Engine::queue`]) and gets a [`Recording`]: a future, resolved when the
-//! commit that carries the write has answered. Queued writes are led by the
-//! engine's commit thread, started with the first of them; a leader passes the
-//! lead to a caller waiting on a thread when there is one (that caller is
-//! blocked anyway), else to the commit thread. The thread that signed a
-//! request is free for the next request as soon as the write is queued, so a
-//! group commit takes every write in flight, not one per blocked thread.
+//! commit that carries the write has answered. A caller that finds no commit
+//! under way commits its write at once, on its own thread; after that, a
+//! leader passes the lead to a caller waiting on a thread when there is one
+//! (that caller is blocked anyway), else to the engine's commit thread,
+//! started with the first queued write. The thread that signed a request is
+//! free for the next request as soon as the write is queued, so a group
+//! commit takes every write in flight, not one per blocked thread.
 
 #[cfg(test)]
 pub(crate) mod checks;
