@@ -805,43 +805,55 @@ mod tests {
         assert_eq!(a.store().count_certificates().unwrap(), before);
     }
 
-    /// When every blocking thread is taken, a station's births are queued
-    /// for the store's group commit and awaited on the async worker: each
-    /// answer comes once its certificate is recorded, and the one birth over
-    /// the batch's quota is refused, recording nothing.
-    #[tokio::test]
-    async fn station_births_queued_when_threads_are_scarce_are_answered_once_recorded() {
+    /// Batch `id` of `serials` with `quota`, and a station for it: the chain
+    /// its client presents (as the TLS layer hands it on).
+    fn station_line(a: &Authority, id: &str, serials: &[&str], quota: u64) -> PeerChain {
         use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
-        use iotpki_core::name::{DeviceSerial, NameBuilder};
-        // No thread to spare: every birth takes the queued path (crate::sched).
-        crate::sched::set_blocking_threads(0);
-        let (_tmp, a) = authority();
         let now = iotpki_core::clock::Clock::now(&SystemClock);
         let nb = iotpki_authority::factory::NewBatch {
-            id: Some("BQ".into()),
+            id: Some(id.into()),
             product: "widget".into(),
-            allowlist: "Q-1\nQ-2\nQ-3\nQ-4\nQ-5".into(),
-            quota: 4,
+            allowlist: serials.join("\n"),
+            quota,
             from: now - 60,
             until: now + 86_400,
             profile: Default::default(),
             template: None,
         };
         iotpki_authority::factory::create_batch(a.store().as_ref(), &SystemClock, nb, "test").unwrap();
-        let station_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
-        let (cert, chain) = a.add_station("line-q", &["BQ".into()], station_key.public_key_der(), "test").unwrap();
-        let peer = PeerChain(Arc::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()));
+        let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let (cert, chain) = a.add_station(&format!("line-{id}"), &[id.into()], key.public_key_der(), "test").unwrap();
+        PeerChain(Arc::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()))
+    }
+
+    /// A station's request for the birth of device `serial` in `batch`, over `peer`.
+    fn birth_request(serial: &str, batch: &str, peer: &PeerChain) -> axum::http::Request<Body> {
+        use iotpki_core::keys::{KeyType, SoftKey};
+        use iotpki_core::name::{DeviceSerial, NameBuilder};
+        let serial = DeviceSerial::parse(serial).unwrap();
+        let name = NameBuilder::default().common_name("device").unwrap().serial_number(&serial).unwrap().build();
+        let der = iotpki_core::csr::build(&name, &SoftKey::generate(KeyType::EcdsaP256).unwrap(), vec![]).unwrap();
+        let body = base64::engine::general_purpose::STANDARD.encode(der).into_bytes();
+        let mut req = post(&format!("/.well-known/est/birth/simpleenroll?batch={batch}"), est::CT_PKCS10, body);
+        req.extensions_mut().insert(peer.clone());
+        req
+    }
+
+    /// When every blocking thread is taken, a station's births are queued
+    /// for the store's group commit and awaited on the async worker: each
+    /// answer comes once its certificate is recorded, and the one birth over
+    /// the batch's quota is refused, recording nothing.
+    #[tokio::test]
+    async fn station_births_queued_when_threads_are_scarce_are_answered_once_recorded() {
+        // No thread to spare: every birth takes the queued path (crate::sched).
+        crate::sched::set_blocking_threads(0);
+        let (_tmp, a) = authority();
+        let peer = station_line(&a, "BQ", &["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"], 4);
         let app = router(a.clone());
         let before = a.store().count_certificates().unwrap();
         let births = (1..=5).map(|i| {
-            let (app, peer, a) = (app.clone(), peer.clone(), a.clone());
-            let serial = DeviceSerial::parse(&format!("Q-{i}")).unwrap();
-            let name = NameBuilder::default().common_name("device").unwrap().serial_number(&serial).unwrap().build();
-            let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
-            let der = iotpki_core::csr::build(&name, &key, vec![]).unwrap();
-            let body = base64::engine::general_purpose::STANDARD.encode(der).into_bytes();
-            let mut req = post("/.well-known/est/birth/simpleenroll?batch=BQ", est::CT_PKCS10, body);
-            req.extensions_mut().insert(peer);
+            let (app, a) = (app.clone(), a.clone());
+            let req = birth_request(&format!("Q-{i}"), "BQ", &peer);
             tokio::spawn(async move {
                 let resp = app.oneshot(req).await.unwrap();
                 let status = resp.status();
@@ -874,35 +886,11 @@ mod tests {
     /// (over the quota) is refused, counted and audited all the same.
     #[tokio::test]
     async fn a_queued_birth_whose_client_left_is_still_carried_to_its_end() {
-        use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
-        use iotpki_core::name::{DeviceSerial, NameBuilder};
         crate::sched::set_blocking_threads(0);
         let (tmp, a) = authority();
-        let now = iotpki_core::clock::Clock::now(&SystemClock);
-        let nb = iotpki_authority::factory::NewBatch {
-            id: Some("BL".into()),
-            product: "widget".into(),
-            allowlist: "L-1\nL-2".into(),
-            quota: 1,
-            from: now - 60,
-            until: now + 86_400,
-            profile: Default::default(),
-            template: None,
-        };
-        iotpki_authority::factory::create_batch(a.store().as_ref(), &SystemClock, nb, "test").unwrap();
-        let station_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
-        let (cert, chain) = a.add_station("line-l", &["BL".into()], station_key.public_key_der(), "test").unwrap();
-        let peer = PeerChain(Arc::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()));
+        let peer = station_line(&a, "BL", &["L-1", "L-2"], 1);
         let app = router(a.clone());
-        let birth = |serial: &str| {
-            let serial = DeviceSerial::parse(serial).unwrap();
-            let name = NameBuilder::default().common_name("device").unwrap().serial_number(&serial).unwrap().build();
-            let der = iotpki_core::csr::build(&name, &SoftKey::generate(KeyType::EcdsaP256).unwrap(), vec![]).unwrap();
-            let body = base64::engine::general_purpose::STANDARD.encode(der).into_bytes();
-            let mut req = post("/.well-known/est/birth/simpleenroll?batch=BL", est::CT_PKCS10, body);
-            req.extensions_mut().insert(peer.clone());
-            tokio::spawn(app.clone().oneshot(req))
-        };
+        let birth = |serial: &str| tokio::spawn(app.clone().oneshot(birth_request(serial, "BL", &peer)));
         let (certs, audited) = (a.store().count_certificates().unwrap(), a.store().verify_audit().unwrap().entries);
         // Another connection's write lock holds the next commit.
         let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
