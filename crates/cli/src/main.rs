@@ -269,9 +269,9 @@ const BLOCKING_THREADS_PER_CORE: usize = 16;
 /// priority, 12, 16 or 32 helped kept-alive births and cost the new connections'
 /// handshakes (BENCHMARKS.md, issue #14). Requests beyond the cap wait in tokio's queue, not
 /// on a thread; when the cap is reached, a station's birth queues its record for the store's
-/// group commit instead of holding its thread through it (iotpki_server's `sched`). On PostgreSQL the blocking threads mostly wait on round trips to the
-/// database, and a cap cost 18% of the births per second: there tokio's default stays,
-/// at the workers' priority.
+/// group commit instead of holding its thread through it (iotpki_server's `sched`). On
+/// PostgreSQL the blocking threads mostly wait on round trips to the database, and a cap
+/// cost 18% of the births per second: there tokio's default stays, at the workers' priority.
 pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut b = tokio::runtime::Builder::new_multi_thread();
