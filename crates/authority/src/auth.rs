@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::profile::{self, Profile};
-use iotpki_store::{AuditEvent, CertRecord, CertStatus, StationRecord, StationStatus, StoreError};
+use iotpki_store::{AuditEvent, CertRecord, CertStatus, Presented, StationRecord, StationStatus, StoreError};
 use rustls_pki_types::CertificateDer;
 
 use crate::commission::Birth;
@@ -301,14 +301,15 @@ impl Authority {
         &self,
         chain: &[CertificateDer<'_>],
     ) -> Result<(StationRecord, DeviceIdentity), AuthorityError> {
-        let id = self.authenticate(chain)?;
+        let (id, station) = self.authenticate_recorded(chain, true)?;
+        refuse_revoked(&id)?;
         if id.record.profile != Profile::Station.name() {
             return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "a {} certificate is not a factory station's",
                 id.record.profile
             ))));
         }
-        let st = self.store.station_by_cert(&id.record.serial)?.ok_or_else(|| {
+        let st = station.ok_or_else(|| {
             AuthorityError::Refused(Refusal::Client(format!("no station holds certificate {}", id.record.serial)))
         })?;
         if let StationStatus::Revoked { .. } = st.status {
@@ -321,13 +322,8 @@ impl Authority {
     /// through one of our issuing CAs, be valid now for client auth, be the
     /// very certificate the store recorded, and not be revoked.
     pub fn authenticate(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
-        let id = self.authenticate_recorded(chain)?;
-        if let CertStatus::Revoked { .. } = id.record.status {
-            return Err(AuthorityError::Refused(Refusal::Client(format!(
-                "client certificate {} is revoked",
-                id.record.serial
-            ))));
-        }
+        let (id, _) = self.authenticate_recorded(chain, false)?;
+        refuse_revoked(&id)?;
         Ok(id)
     }
 
@@ -338,7 +334,7 @@ impl Authority {
         &self,
         chain: &[CertificateDer<'_>],
     ) -> Result<(DeviceIdentity, Option<String>), AuthorityError> {
-        let id = self.authenticate_recorded(chain)?;
+        let (id, _) = self.authenticate_recorded(chain, false)?;
         let superseded = match (&id.record.status, &id.record.replaced_by) {
             (CertStatus::Good, _) => None,
             (CertStatus::Revoked { reason: 4, .. }, Some(next)) => Some(next.clone()),
@@ -354,7 +350,11 @@ impl Authority {
 
     /// [`Self::authenticate`] without the revocation check: the path verifies
     /// and the certificate is the one recorded, revoked or not.
-    fn authenticate_recorded(&self, chain: &[CertificateDer<'_>]) -> Result<DeviceIdentity, AuthorityError> {
+    fn authenticate_recorded(
+        &self,
+        chain: &[CertificateDer<'_>],
+        station: bool,
+    ) -> Result<(DeviceIdentity, Option<StationRecord>), AuthorityError> {
         let leaf = chain.first().ok_or_else(|| AuthorityError::unauthenticated("no client certificate".into()))?;
         let now = self.clock.now();
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(leaf.as_ref()).into();
@@ -366,20 +366,23 @@ impl Authority {
             })?),
         };
         let info = profile::cert_info(leaf)?;
-        let record = self.store.certificate(&info.serial)?;
+        // The record, the block on its key and (for a station) its station: one read.
+        let presented = self.store.presented(&info.serial, station)?;
+        let record = presented.as_ref().map(|p| &p.record);
         if let Some(ee) = &ee {
             // The record, when it is this very certificate, vouches for the leaf's signature (crate::sigcheck).
-            let exact = record.as_ref().filter(|r| r.der == leaf.as_ref());
+            let exact = record.filter(|r| r.der == leaf.as_ref());
             self.verify_path(ee, now, exact.and_then(|r| self.recorded_signature(r, &info.cert)))?;
             let not_after = iotpki_core::time::unix(&info.cert.tbs_certificate.validity.not_after);
             self.verified_paths.remember(digest, now, not_after);
         }
-        let record = record.ok_or_else(|| {
+        let presented = presented.ok_or_else(|| {
             AuthorityError::Refused(Refusal::Client(format!(
                 "client certificate {} is not known to this authority",
                 info.serial
             )))
         })?;
+        let Presented { record, key_blocked, station } = presented;
         if record.der != leaf.as_ref() {
             return Err(AuthorityError::Refused(Refusal::Client(format!(
                 "client certificate {} differs from the one issued",
@@ -389,8 +392,10 @@ impl Authority {
         // A certificate whose key is blocked (blocked without revoking it, or
         // revoked after this request began) authenticates nothing: whoever
         // holds the leaked key could otherwise renew into a key of their own.
-        self.refuse_blocked_key(&record.spki_sha256)?;
-        Ok(DeviceIdentity { record, cert: info.cert })
+        if let Some(b) = key_blocked {
+            return Err(StoreError::KeyBlocked { spki_sha256: b.spki_sha256, reason: b.reason }.into());
+        }
+        Ok((DeviceIdentity { record, cert: info.cert }, station))
     }
 
     /// The leaf's signature as the record vouches for it: `record` is the
@@ -483,5 +488,15 @@ pub(crate) fn actor_of(cred: Credential<'_>) -> String {
             .map(|i| format!("cert:{}", i.serial))
             .unwrap_or_else(|| "client-cert".into()),
         Credential::None => "anonymous".into(),
+    }
+}
+
+/// A revoked certificate authenticates nothing ([`Authority::authenticate`]).
+fn refuse_revoked(id: &DeviceIdentity) -> Result<(), AuthorityError> {
+    match id.record.status {
+        CertStatus::Revoked { .. } => {
+            Err(AuthorityError::Refused(Refusal::Client(format!("client certificate {} is revoked", id.record.serial))))
+        }
+        CertStatus::Good => Ok(()),
     }
 }

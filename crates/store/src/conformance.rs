@@ -127,6 +127,7 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     blocked_keys_are_refused_on_every_path(store);
     fleet_matches_rebuild(store);
+    a_presented_certificate_is_read_as_its_separate_reads_say(store);
     a_key_held_by_other_devices_names_the_oldest_and_a_block_comes_first(store);
     fleet_matches_rebuild(store);
     blocking_revokes_the_keys_certificates_once(store);
@@ -1174,6 +1175,68 @@ fn blocked(spki: &str) -> crate::BlockedKey {
         blocked_at: 3_000,
         blocked_by: "test".into(),
     }
+}
+
+/// [`crate::Certificates::presented`] answers, in one read, what the certificate,
+/// blocked-key and station reads answer one by one: for a device's certificate, a
+/// station's with several batches or none, a blocked key, a revoked station, an
+/// unknown serial.
+pub fn a_presented_certificate_is_read_as_its_separate_reads_say(store: &dyn Store) {
+    let separately = |serial: &str, station: bool| {
+        store.certificate(serial).expect("read").map(|record| crate::Presented {
+            key_blocked: store.blocked_key(&record.spki_sha256).expect("read"),
+            station: station.then(|| store.station_by_cert(serial).expect("read")).flatten(),
+            record,
+        })
+    };
+    let check = |serial: &str| {
+        for station in [false, true] {
+            assert_eq!(
+                store.presented(serial, station).expect("read"),
+                separately(serial, station),
+                "{serial} {station}"
+            );
+        }
+    };
+    let device = cert(&unique("PR-"));
+    store.record_issuance(issuance(device.clone(), vec![])).expect("issue");
+    let (b1, b2) = (unique("PB-"), unique("PB-"));
+    for b in [&b2, &b1] {
+        batch(store, b, 5, &[]);
+    }
+    let name = unique("PS-");
+    let busy = station(store, &name, &[&b2, &b1]);
+    let idle = station(store, &unique("PS-"), &[]);
+    for c in [&device, &busy, &idle] {
+        check(&c.serial);
+    }
+    let got = store.presented(&busy.serial, true).expect("read").expect("recorded");
+    let mut want = vec![b1.clone(), b2.clone()];
+    want.sort();
+    assert_eq!(
+        got.station.as_ref().map(|s| s.batches.clone()),
+        Some(want),
+        "the station's batches, once each, in order"
+    );
+    assert_eq!(store.presented(&busy.serial, false).expect("read").expect("recorded").station, None, "not asked");
+    assert_eq!(
+        store.presented(&idle.serial, true).expect("read").expect("recorded").station.map(|s| s.batches),
+        Some(vec![])
+    );
+    assert_eq!(store.presented(&device.serial, true).expect("read").expect("recorded").station, None);
+    // A block on the device's key, and on the station's; a revoked station.
+    store
+        .block_keys(key_block(vec![blocked(&device.spki_sha256), blocked(&busy.spki_sha256)], vec![], false, vec![]))
+        .expect("block");
+    store.revoke_station(&name, 4_000, event("station.revoke", &name)).expect("revoke station");
+    for c in [&device, &busy, &idle] {
+        check(&c.serial);
+    }
+    let got = store.presented(&busy.serial, true).expect("read").expect("recorded");
+    assert_eq!(got.key_blocked.map(|b| b.spki_sha256), Some(busy.spki_sha256.clone()));
+    assert!(matches!(got.station.map(|s| s.status), Some(StationStatus::Revoked { at: 4_000 })));
+    assert_eq!(store.presented(&unique("5e"), true).expect("read"), None);
+    assert_eq!(store.presented(&unique("5e"), false).expect("read"), None);
 }
 
 /// A key certified for one device is refused for another (and for a device

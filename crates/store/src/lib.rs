@@ -466,6 +466,16 @@ pub struct SyncOutcome {
     pub flagged: Vec<(String, Flag)>,
 }
 
+/// A certificate presented to authenticate: [`Certificates::presented`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presented {
+    pub record: CertRecord,
+    /// The block on the certificate's key ([`Keys::blocked_key`]).
+    pub key_blocked: Option<BlockedKey>,
+    /// The station whose certificate it is ([`Stations::station_by_cert`]), when asked.
+    pub station: Option<StationRecord>,
+}
+
 /// A factory station.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StationRecord {
@@ -647,6 +657,11 @@ pub trait Certificates {
 
     /// One certificate by serial (lowercase hex).
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError>;
+
+    /// A certificate presented to authenticate, as one read (one statement, so one
+    /// snapshot and, on PostgreSQL, one round trip): its record, the block on its
+    /// key if there is one, and with `station` the station holding it, if any.
+    fn presented(&self, serial: &str, station: bool) -> Result<Option<Presented>, StoreError>;
 
     /// Certificates matching `query`, newest first (issuedAt descending, then by serial).
     fn list_certificates(&self, query: &CertQuery) -> Result<Vec<CertRecord>, StoreError>;

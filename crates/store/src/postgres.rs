@@ -732,6 +732,7 @@ mod tests {
         revoke_device_races_renewals_and_issuance,
         a_key_is_certified_for_one_device_only,
         blocked_keys_are_refused_on_every_path,
+        a_presented_certificate_is_read_as_its_separate_reads_say,
         blocking_revokes_the_keys_certificates_once,
         a_withdrawn_token_enrolls_nothing,
         clones_racing_with_one_key_get_one_certificate,

@@ -1,6 +1,8 @@
 //! Every role of [`crate::Store`], once, for any store built on the engine:
 //! writes are queued for the group commit, reads run on a read connection.
 
+use std::sync::LazyLock;
+
 use super::writes::to_i64;
 use super::{Arg, Backend as _, HasEngine, Recording, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
@@ -8,12 +10,39 @@ use crate::{
     audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchProfile, BatchRecord,
     BatchStatus, Batches, BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation,
     DeviceRevoked, Flag, Health, Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership,
-    OwnershipStatus, Precondition, Revocations, RevokedCert, StationRecord, StationStatus, Stations, StoreError,
-    SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats, GENESIS_HASH,
+    OwnershipStatus, Precondition, Presented, Revocations, RevokedCert, StationRecord, StationStatus, Stations,
+    StoreError, SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats, GENESIS_HASH,
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \
                          replaces, status, revoked_at, revocation_reason, der, replaced_by, template";
+
+/// [`Certificates::presented`]: the certificate (columns 0 to 15) and its key's block
+/// (16 to 20) ...
+static PRESENTED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, {} FROM certificates c LEFT JOIN blocked_keys b ON b.spki_sha256 = c.spki_sha256 \
+         WHERE c.serial = $1",
+        prefixed("c", CERT_COLS),
+        prefixed("b", BLOCKED_COLS)
+    )
+});
+
+/// ... and the station holding it (21 to 24), on a row for each of its batches (25).
+static PRESENTED_STATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, {}, s.name, s.status, s.created_at, s.revoked_at, sb.batch_id FROM certificates c \
+         LEFT JOIN blocked_keys b ON b.spki_sha256 = c.spki_sha256 LEFT JOIN stations s ON s.cert_serial = c.serial \
+         LEFT JOIN station_batches sb ON sb.station = s.name WHERE c.serial = $1 ORDER BY sb.batch_id{{c}}",
+        prefixed("c", CERT_COLS),
+        prefixed("b", BLOCKED_COLS)
+    )
+});
+
+/// `cols` (comma-separated) each qualified by `table`.
+fn prefixed(table: &str, cols: &str) -> String {
+    cols.split(',').map(|c| format!("{table}.{}", c.trim())).collect::<Vec<_>>().join(", ")
+}
 
 const BATCH_SELECT: &str = "SELECT b.id, b.product, b.quota, b.issued, b.refused, b.flagged, b.valid_from, \
                             b.valid_until, b.status, b.created_at, \
@@ -26,6 +55,11 @@ fn reason(v: Option<i64>) -> u8 {
 }
 
 fn cert_row(mut r: Row) -> Result<CertRecord, StoreError> {
+    cert_cols(&mut r)
+}
+
+/// Columns 0 to 15 of a row: one certificate's ([`CERT_COLS`]).
+fn cert_cols(r: &mut Row) -> Result<CertRecord, StoreError> {
     let status = if r.text(10)? == "revoked" {
         CertStatus::Revoked { at: r.opt_int(11)?.unwrap_or(0), reason: reason(r.opt_int(12)?) }
     } else {
@@ -191,6 +225,40 @@ impl<E: HasEngine> Certificates for E {
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
         let sql = format!("SELECT {CERT_COLS} FROM certificates WHERE serial = $1");
         read(self, |db| db.opt(&sql, &[serial.into()])?.map(cert_row).transpose())
+    }
+
+    fn presented(&self, serial: &str, station: bool) -> Result<Option<Presented>, StoreError> {
+        let sql: &str = if station { &PRESENTED_STATION } else { &PRESENTED };
+        let rows = read(self, |db| db.all(sql, &[serial.into()]))?;
+        let mut rows = rows.into_iter();
+        let Some(mut first) = rows.next() else { return Ok(None) };
+        let record = cert_cols(&mut first)?;
+        let key_blocked = match first.opt_text(16)? {
+            None => None,
+            Some(spki_sha256) => Some(BlockedKey {
+                spki_sha256,
+                reason: first.text(17)?,
+                source: first.text(18)?,
+                blocked_at: first.int(19)?,
+                blocked_by: first.text(20)?,
+            }),
+        };
+        let station = match station.then(|| first.opt_text(21)).transpose()?.flatten() {
+            None => None,
+            Some(name) => {
+                let status = match first.text(22)?.as_str() {
+                    "active" => StationStatus::Active,
+                    _ => StationStatus::Revoked { at: first.opt_int(24)?.unwrap_or(0) },
+                };
+                let created_at = first.int(23)?;
+                let mut batches = Vec::new();
+                for mut r in std::iter::once(first).chain(rows) {
+                    batches.extend(r.opt_text(25)?);
+                }
+                Some(StationRecord { name, cert_serial: record.serial.clone(), batches, status, created_at })
+            }
+        };
+        Ok(Some(Presented { record, key_blocked, station }))
     }
 
     fn list_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>, StoreError> {
