@@ -233,16 +233,7 @@ impl<E: HasEngine> Certificates for E {
         let mut rows = rows.into_iter();
         let Some(mut first) = rows.next() else { return Ok(None) };
         let record = cert_cols(&mut first)?;
-        let key_blocked = match first.opt_text(16)? {
-            None => None,
-            Some(spki_sha256) => Some(BlockedKey {
-                spki_sha256,
-                reason: first.text(17)?,
-                source: first.text(18)?,
-                blocked_at: first.int(19)?,
-                blocked_by: first.text(20)?,
-            }),
-        };
+        let key_blocked = blocked_cols(&mut first, 16)?;
         let station = match station.then(|| first.opt_text(21)).transpose()?.flatten() {
             None => None,
             Some(name) => {
@@ -718,13 +709,20 @@ impl<E: HasEngine> Keys for E {
 const BLOCKED_COLS: &str = "spki_sha256, reason, source, blocked_at, blocked_by";
 
 fn blocked_row(mut r: Row) -> Result<BlockedKey, StoreError> {
-    Ok(BlockedKey {
-        spki_sha256: r.text(0)?,
-        reason: r.text(1)?,
-        source: r.text(2)?,
-        blocked_at: r.int(3)?,
-        blocked_by: r.text(4)?,
-    })
+    blocked_cols(&mut r, 0)?.ok_or_else(|| StoreError::Database("a blocked key row without its key".into()))
+}
+
+/// A blocked key from a row's columns `at` to `at + 4` ([`BLOCKED_COLS`]); `None`
+/// when they are NULL (a left join that found no block).
+fn blocked_cols(r: &mut Row, at: usize) -> Result<Option<BlockedKey>, StoreError> {
+    let Some(spki_sha256) = r.opt_text(at)? else { return Ok(None) };
+    Ok(Some(BlockedKey {
+        spki_sha256,
+        reason: r.text(at + 1)?,
+        source: r.text(at + 2)?,
+        blocked_at: r.int(at + 3)?,
+        blocked_by: r.text(at + 4)?,
+    }))
 }
 
 impl<E: HasEngine> crate::Events for E {
