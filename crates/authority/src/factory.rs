@@ -105,6 +105,23 @@ pub struct NewBatch {
     pub template: Option<String>,
 }
 
+impl NewBatch {
+    /// Batch `id` of the serials in `allowlist` (one per line) for `product`, at
+    /// most `quota` births from `from` until `until`: the default profile, no template.
+    pub fn open(id: &str, product: &str, allowlist: String, quota: u64, (from, until): (i64, i64)) -> Self {
+        NewBatch {
+            id: Some(id.into()),
+            product: product.into(),
+            allowlist,
+            quota,
+            from,
+            until,
+            profile: BatchProfile::default(),
+            template: None,
+        }
+    }
+}
+
 /// The profile `iotpki batch create` (or the admin API) asks for: `profile`
 /// (`device`, the default, or `matter-dac`) with the Matter vendor and
 /// product ids (four hex digits each), which only `matter-dac` takes and needs.

@@ -93,16 +93,8 @@ impl Ca {
     }
 
     fn batch(&self, id: &str, serials: &[&str], quota: u64) {
-        let nb = NewBatch {
-            id: Some(id.into()),
-            product: "widget".into(),
-            allowlist: serials.join("\n"),
-            quota,
-            from: self.clock.now() - 60,
-            until: self.clock.now() + DAY,
-            profile: Default::default(),
-            template: None,
-        };
+        let now = self.clock.now();
+        let nb = NewBatch::open(id, "widget", serials.join("\n"), quota, (now - 60, now + DAY));
         factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
     }
 }

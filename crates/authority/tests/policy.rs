@@ -106,16 +106,7 @@ impl Ca {
     }
 
     fn batch(&self, id: &str, serials: &[&str], quota: u64) {
-        let nb = NewBatch {
-            id: Some(id.into()),
-            product: "widget".into(),
-            allowlist: serials.join("\n"),
-            quota,
-            from: self.now() - 60,
-            until: self.now() + 86_400,
-            profile: Default::default(),
-            template: None,
-        };
+        let nb = NewBatch::open(id, "widget", serials.join("\n"), quota, (self.now() - 60, self.now() + 86_400));
         factory::create_batch(self.a.store().as_ref(), self.clock.as_ref(), nb, "test").unwrap();
     }
 

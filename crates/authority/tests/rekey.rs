@@ -85,16 +85,7 @@ fn issuing_cas_move_to_ml_dsa_keys_in_place_and_what_the_old_ones_issued_renews_
     let old_mfg = ca_file(&dir, "manufacturing");
     let dev = enrolled(&a, "RK-1");
     let doomed = enrolled(&a, "RK-4");
-    let nb = NewBatch {
-        id: Some("RKB".into()),
-        product: "widget".into(),
-        allowlist: "RK-2\nRK-3\n".into(),
-        quota: 2,
-        from: clock.now() - 60,
-        until: clock.now() + 86_400,
-        profile: Default::default(),
-        template: None,
-    };
+    let nb = NewBatch::open("RKB", "widget", "RK-2\nRK-3\n".into(), 2, (clock.now() - 60, clock.now() + 86_400));
     factory::create_batch(a.store().as_ref(), clock.as_ref(), nb, "test").unwrap();
     let st = station(&a, "line-rk", "RKB");
     let born = birth(&a, &st, "RKB", "RK-2");

@@ -524,15 +524,9 @@ async fn factory_line(
     let store = authority.store().clone();
     let clock = authority.clock().clone();
     let now = clock.now();
-    let mk = |id: &str, n: usize, quota: u64| NewBatch {
-        id: Some(id.into()),
-        product: "demo widget".into(),
-        allowlist: (1..=n).map(|i| format!("{id}-{i:03}")).collect::<Vec<_>>().join("\n"),
-        quota,
-        from: now - 60,
-        until: now + 30 * 86_400,
-        profile: Default::default(),
-        template: None,
+    let mk = |id: &str, n: usize, quota: u64| {
+        let allowlist = (1..=n).map(|i| format!("{id}-{i:03}")).collect::<Vec<_>>().join("\n");
+        NewBatch::open(id, "demo widget", allowlist, quota, (now - 60, now + 30 * 86_400))
     };
     create_batch(store.as_ref(), clock.as_ref(), mk("DEMO-LINE", 20, 16), "admin:demo")?;
     create_batch(store.as_ref(), clock.as_ref(), mk("DEMO-OFF", 10, 8), "admin:demo")?;

@@ -810,16 +810,13 @@ mod tests {
     fn station_line(a: &Authority, id: &str, serials: &[&str], quota: u64) -> PeerChain {
         use iotpki_core::keys::{KeyType, Signer as _, SoftKey};
         let now = iotpki_core::clock::Clock::now(&SystemClock);
-        let nb = iotpki_authority::factory::NewBatch {
-            id: Some(id.into()),
-            product: "widget".into(),
-            allowlist: serials.join("\n"),
+        let nb = iotpki_authority::factory::NewBatch::open(
+            id,
+            "widget",
+            serials.join("\n"),
             quota,
-            from: now - 60,
-            until: now + 86_400,
-            profile: Default::default(),
-            template: None,
-        };
+            (now - 60, now + 86_400),
+        );
         iotpki_authority::factory::create_batch(a.store().as_ref(), &SystemClock, nb, "test").unwrap();
         let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
         let (cert, chain) = a.add_station(&format!("line-{id}"), &[id.into()], key.public_key_der(), "test").unwrap();

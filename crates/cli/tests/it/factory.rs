@@ -671,16 +671,7 @@ async fn a_delegated_ca_publishes_a_crl_that_openssl_checks_births_against() {
     let ca = Ca::start().await;
     // A window of 30 days: longer than the week an open batch's CRL lasts.
     let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let nb = factory::NewBatch {
-        id: Some("CB".into()),
-        product: "widget".into(),
-        allowlist: "C-1\nC-2".into(),
-        quota: 2,
-        from: now - 60,
-        until: now + 30 * 86_400,
-        profile: Default::default(),
-        template: None,
-    };
+    let nb = factory::NewBatch::open("CB", "widget", "C-1\nC-2".into(), 2, (now - 60, now + 30 * 86_400));
     factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let st_dir = station(&ca, "line-c", &["CB"]);
     delegate(&ca, &st_dir, "line-c", "CB");

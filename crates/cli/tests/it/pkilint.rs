@@ -66,16 +66,7 @@ async fn lint_all(kt: KeyType, server_names: &[&str]) {
     let (root, mfg, op) = (ca.ca_file("root"), ca.ca_file("manufacturing"), ca.ca_file("operational"));
     // A factory station's certificate too.
     let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let nb = iotpki_authority::factory::NewBatch {
-        id: Some("LINT".into()),
-        product: "p".into(),
-        allowlist: "S-1".into(),
-        quota: 1,
-        from: now,
-        until: now + 3600,
-        profile: Default::default(),
-        template: None,
-    };
+    let nb = iotpki_authority::factory::NewBatch::open("LINT", "p", "S-1".into(), 1, (now, now + 3600));
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let station_key = iotpki_core::keys::SoftKey::generate(kt).unwrap();
     let (station_der, _) = ca

@@ -324,14 +324,8 @@ async fn enrollments_under_a_template_get_its_subject_sans_extensions_and_lifeti
     // A batch's template gives its births their subject and SAN (station on the line).
     let now = iotpki_authority::Clock::now(ca.clock.as_ref());
     let nb = iotpki_authority::factory::NewBatch {
-        id: Some("TPLB".into()),
-        product: "thermo".into(),
-        allowlist: "TPLB-1\n".into(),
-        quota: 1,
-        from: now - 60,
-        until: now + 3600,
-        profile: Default::default(),
         template: Some("sensor-birth".into()),
+        ..iotpki_authority::factory::NewBatch::open("TPLB", "thermo", "TPLB-1\n".into(), 1, (now - 60, now + 3600))
     };
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let line = crate::util::station(&ca, "tpl-line", &["TPLB"]);

@@ -217,16 +217,8 @@ pub fn write_pem(path: &Path, der: &[u8]) {
 /// A batch `id` of `serials` with `quota`, open for a day from now.
 pub fn batch(ca: &Ca, id: &str, serials: &[String], quota: u64) {
     let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let nb = iotpki_authority::factory::NewBatch {
-        id: Some(id.into()),
-        product: "widget".into(),
-        allowlist: serials.join("\n"),
-        quota,
-        from: now - 60,
-        until: now + 86_400,
-        profile: Default::default(),
-        template: None,
-    };
+    let nb =
+        iotpki_authority::factory::NewBatch::open(id, "widget", serials.join("\n"), quota, (now - 60, now + 86_400));
     iotpki_authority::factory::create_batch(ca.authority.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
 }
 
