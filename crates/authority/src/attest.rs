@@ -52,11 +52,16 @@ pub fn required(store: &dyn Store, batch: &str) -> Result<bool, AuthorityError> 
 }
 
 /// Make `batch` require TPM attestation (before the batch is created, so
-/// that no birth in it can come before the requirement).
+/// that no birth in it can come before the requirement). A batch that exists
+/// is refused, writing nothing: `batch create` on an existing id fails, and the
+/// requirement must not outlive that failure.
 pub fn require(store: &dyn Store, clock: &dyn Clock, batch: &str, actor: &str) -> Result<(), AuthorityError> {
     crate::factory::check_name("batch id", batch)?;
     if required(store, batch)? {
         return Ok(());
+    }
+    if store.batch(batch)?.is_some() {
+        return Err(StoreError::BatchExists { batch: batch.into() }.into());
     }
     let now = clock.now();
     let audit = AuditEvent {
@@ -295,6 +300,14 @@ mod tests {
         require(&store, &clock, "B", "t").unwrap();
         require(&store, &clock, "B", "t").unwrap();
         assert!(required(&store, "B").unwrap());
+        // A batch that exists gains no requirement: `batch create` on its id fails after this.
+        let nb = crate::factory::NewBatch::open("B2", "p", "S-1".into(), 1, (0, 2_000_000_000));
+        crate::factory::create_batch(&store, &clock, nb, "t").unwrap();
+        let audit = iotpki_store::AuditLog::verify_audit(&store).unwrap().entries;
+        let e = require(&store, &clock, "B2", "t").unwrap_err().to_string();
+        assert!(e.contains("batch B2 exists already"), "{e}");
+        assert!(!required(&store, "B2").unwrap());
+        assert_eq!(iotpki_store::AuditLog::verify_audit(&store).unwrap().entries, audit, "nothing written");
         let ed = SoftKey::generate(KeyType::Ed25519).unwrap().public_key_der().to_vec();
         let e = add_ek(&store, &clock, "B", "S-1", &ed, "t").unwrap_err().to_string();
         assert!(e.contains("not an ECC P-256 key"), "{e}");

@@ -46,7 +46,8 @@ pub enum BatchCmd {
         #[arg(long, value_parser = parse_time)]
         until: Option<i64>,
         /// Every birth must prove its key is in the TPM whose endorsement key is registered
-        /// for its serial (`batch add-ek`); a key in a file or a token is refused. Needs --id.
+        /// for its serial (`batch add-ek`); a key in a file or a token is refused. Needs --id, of a
+        /// batch that does not exist yet (nothing is written for one that does).
         #[arg(long, requires = "id")]
         require_tpm_attestation: bool,
         /// What its births get: `device` (a birth certificate under the manufacturing CA)
