@@ -270,6 +270,12 @@ async fn a_batch_that_requires_tpm_attestation_takes_only_keys_in_the_registered
         let show: serde_json::Value =
             serde_json::from_str(&run_ok(bin().args(["batch", "show", "--dir", &d, "AB", "--json"]))).unwrap();
         assert_eq!(show["tpm_attestation"], "required");
+        // Creating an existing batch again with the flag fails and leaves it as it was.
+        let e = run_fail(bin().args(create).args(window).args(["--id", "PLAIN", "--require-tpm-attestation"]));
+        assert!(e.contains("batch PLAIN exists already"), "{e}");
+        let show: serde_json::Value =
+            serde_json::from_str(&run_ok(bin().args(["batch", "show", "--dir", &d, "PLAIN", "--json"]))).unwrap();
+        assert_eq!(show["tpm_attestation"], "no");
 
         // The manufacturer reads the EK of the TPM that goes into TA-1 (and, by
         // mistake, registers the same EK for TA-3, whose TPM is another).
