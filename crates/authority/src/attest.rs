@@ -15,10 +15,11 @@
 //! request, whose key must be the attested one. The EK's fingerprint goes
 //! into the issuance's audit entry.
 //!
-//! The policy and the registrations are artifacts in the store:
-//! `tpm-attestation/BATCH` (the batch requires attestation) and
-//! `tpm-ek/BATCH/SERIAL` (the EK's subjectPublicKeyInfo), each published
-//! with an audit entry. Challenges live in the serving node's memory for
+//! The requirement is the batch's own (`BatchRecord::tpm_attestation`),
+//! fixed when the batch is created, in the same transaction: it can be
+//! neither added to a batch that has births nor taken from one. The
+//! registrations are artifacts in the store, `tpm-ek/BATCH/SERIAL` (the
+//! EK's subjectPublicKeyInfo), each published with an audit entry. Challenges live in the serving node's memory for
 //! [`CHALLENGE_TTL`] seconds and are used once: a birth is challenged and
 //! completed on the same node (behind a load balancer, pin a station's
 //! connection to one node), and a restart means the station starts that
@@ -38,42 +39,14 @@ pub const CHALLENGE_TTL: i64 = 300;
 /// Most challenges kept at once (a flood from a station is refused, not stored).
 pub const MAX_CHALLENGES: usize = 10_000;
 
-fn policy_kind(batch: &str) -> String {
-    format!("tpm-attestation/{batch}")
-}
-
 fn ek_kind(batch: &str, serial: &str) -> String {
     format!("tpm-ek/{batch}/{serial}")
 }
 
-/// Whether births in `batch` must prove their key is in a registered TPM.
+/// Whether births in `batch` must prove their key is in a registered TPM
+/// (`false` for a batch that does not exist).
 pub fn required(store: &dyn Store, batch: &str) -> Result<bool, AuthorityError> {
-    Ok(store.artifact(&policy_kind(batch))?.is_some())
-}
-
-/// Make `batch` require TPM attestation (before the batch is created, so
-/// that no birth in it can come before the requirement). A batch that exists
-/// is refused, writing nothing: `batch create` on an existing id fails, and the
-/// requirement must not outlive that failure.
-pub fn require(store: &dyn Store, clock: &dyn Clock, batch: &str, actor: &str) -> Result<(), AuthorityError> {
-    crate::factory::check_name("batch id", batch)?;
-    if required(store, batch)? {
-        return Ok(());
-    }
-    if store.batch(batch)?.is_some() {
-        return Err(StoreError::BatchExists { batch: batch.into() }.into());
-    }
-    let now = clock.now();
-    let audit = AuditEvent {
-        at: now,
-        actor: actor.into(),
-        action: "tpm.require".into(),
-        target: batch.into(),
-        detail: "births need TPM attestation with a registered EK".into(),
-    };
-    let body = b"births in this batch prove their key is in the TPM whose EK is registered for their serial".to_vec();
-    store.publish_artifact(Artifact { kind: policy_kind(batch), version: 1, body, published_at: now }, audit)?;
-    Ok(())
+    Ok(store.batch(batch)?.is_some_and(|b| b.tpm_attestation))
 }
 
 /// The EK public key registered for `serial` in `batch`, if any.
@@ -297,17 +270,24 @@ mod tests {
         let e = add_ek(&store, &clock, "B", "S-1", &ek, "t").unwrap_err().to_string();
         assert!(e.contains("does not require TPM attestation"), "{e}");
         assert!(!required(&store, "B").unwrap());
-        require(&store, &clock, "B", "t").unwrap();
-        require(&store, &clock, "B", "t").unwrap();
-        assert!(required(&store, "B").unwrap());
-        // A batch that exists gains no requirement: `batch create` on its id fails after this.
-        let nb = crate::factory::NewBatch::open("B2", "p", "S-1".into(), 1, (0, 2_000_000_000));
+        let nb = crate::factory::NewBatch {
+            tpm_attestation: true,
+            ..crate::factory::NewBatch::open("B", "p", "S-1\nS-2".into(), 2, (0, 2_000_000_000))
+        };
         crate::factory::create_batch(&store, &clock, nb, "t").unwrap();
+        assert!(required(&store, "B").unwrap());
+        // A batch made without the requirement does not check EKs, and a second
+        // create of its id with the requirement fails, writing nothing.
+        let nb = crate::factory::NewBatch::open("B2", "p", "S-1".into(), 1, (0, 2_000_000_000));
+        crate::factory::create_batch(&store, &clock, nb.clone(), "t").unwrap();
         let audit = iotpki_store::AuditLog::verify_audit(&store).unwrap().entries;
-        let e = require(&store, &clock, "B2", "t").unwrap_err().to_string();
+        let again = crate::factory::NewBatch { tpm_attestation: true, ..nb };
+        let e = crate::factory::create_batch(&store, &clock, again, "t").unwrap_err().to_string();
         assert!(e.contains("batch B2 exists already"), "{e}");
         assert!(!required(&store, "B2").unwrap());
         assert_eq!(iotpki_store::AuditLog::verify_audit(&store).unwrap().entries, audit, "nothing written");
+        let e = add_ek(&store, &clock, "B2", "S-1", &ek, "t").unwrap_err().to_string();
+        assert!(e.contains("does not require TPM attestation"), "{e}");
         let ed = SoftKey::generate(KeyType::Ed25519).unwrap().public_key_der().to_vec();
         let e = add_ek(&store, &clock, "B", "S-1", &ed, "t").unwrap_err().to_string();
         assert!(e.contains("not an ECC P-256 key"), "{e}");

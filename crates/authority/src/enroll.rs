@@ -50,7 +50,7 @@ use crate::auth::{Caller, DeviceIdentity, Station, TokenHolder, Who};
 use crate::commission::Birth;
 use crate::error::{KeyRefusal, Refusal};
 use crate::tokens::{self, TokenState};
-use crate::{attest, Authority, AuthorityError, CaKey, Enrolled, Label, BACKDATE_SECS, BIRTH_ONLY_ON_THE_LINE};
+use crate::{Authority, AuthorityError, CaKey, Enrolled, Label, BACKDATE_SECS, BIRTH_ONLY_ON_THE_LINE};
 
 /// What the client asked for, besides its certificate request.
 #[derive(Clone, Copy, Debug)]
@@ -524,7 +524,7 @@ impl Authority {
                 // A batch that requires TPM attestation: the device proved, through a
                 // challenge, that this very key is in the TPM registered for its serial.
                 let mut note = None;
-                if attest::required(self.store.as_ref(), batch)? {
+                if rules.as_ref().is_some_and(|r| r.tpm_attestation) {
                     if !station.may_make(batch) {
                         return Err(StoreError::StationNotAuthorized {
                             station: station.record.name.clone(),
@@ -939,19 +939,26 @@ pub(crate) struct BatchRules {
     pub(crate) template: Option<String>,
     /// Its product (a template's `{product}`).
     pub(crate) product: String,
+    /// Its births must prove their key is in the TPM registered for their serial.
+    pub(crate) tpm_attestation: bool,
 }
 
 impl Authority {
     /// A batch's rules (`None`: no such batch), from the store the first time
     /// and from memory after: a birth's hot path reads them once per batch
     /// (they never change after the batch's creation).
-    fn batch_rules(&self, batch: &str) -> Result<Option<BatchRules>, AuthorityError> {
+    pub(crate) fn batch_rules(&self, batch: &str) -> Result<Option<BatchRules>, AuthorityError> {
         let cached = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner()).get(batch).cloned();
         if cached.is_some() {
             return Ok(cached);
         }
         let Some(b) = self.store.batch(batch)? else { return Ok(None) };
-        let rules = BatchRules { profile: b.profile, template: b.template, product: b.product };
+        let rules = BatchRules {
+            profile: b.profile,
+            template: b.template,
+            product: b.product,
+            tpm_attestation: b.tpm_attestation,
+        };
         let mut map = self.batch_profiles.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_CACHED_PROFILES {
             map.clear();

@@ -103,6 +103,10 @@ pub struct NewBatch {
     /// the birth label's, else the built-in device profile). The caller
     /// checks the name against the config ([`crate::templates::check_known`]).
     pub template: Option<String>,
+    /// Its births must prove their key is in the TPM whose EK is registered
+    /// for their serial ([`crate::attest`]). Fixed with the batch, in the
+    /// same transaction: it can be neither added nor taken away later.
+    pub tpm_attestation: bool,
 }
 
 impl NewBatch {
@@ -118,6 +122,7 @@ impl NewBatch {
             until,
             profile: BatchProfile::default(),
             template: None,
+            tpm_attestation: false,
         }
     }
 }
@@ -267,6 +272,7 @@ pub fn create_batch(
         allowlist: serials.len() as u64,
         profile: nb.profile,
         template: nb.template.clone(),
+        tpm_attestation: nb.tpm_attestation,
     };
     let mut matter = match nb.profile {
         BatchProfile::Device => String::new(),
@@ -276,6 +282,9 @@ pub fn create_batch(
     };
     if let Some(t) = &nb.template {
         matter = format!("{matter} template={t}");
+    }
+    if nb.tpm_attestation {
+        matter.push_str(" tpm-attestation=required");
     }
     let audit = AuditEvent {
         at: now,
@@ -350,7 +359,7 @@ impl Authority {
         serial: &str,
         public_area: &[u8],
     ) -> Result<Option<attest::Challenge>, AuthorityError> {
-        if !attest::required(self.store.as_ref(), batch)? {
+        if !self.batch_rules(batch)?.is_some_and(|r| r.tpm_attestation) {
             return Ok(None);
         }
         let serial = DeviceSerial::parse(serial).map_err(|e| AuthorityError::malformed(e.to_string()))?;
@@ -476,7 +485,7 @@ impl Authority {
                  online only"
             )));
         }
-        if attest::required(self.store.as_ref(), batch)? {
+        if rec.tpm_attestation {
             return Err(AuthorityError::forbidden(format!(
                 "batch {batch} requires TPM attestation, which the authority checks online at each birth: \
                  its stations cannot issue offline"

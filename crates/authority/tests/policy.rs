@@ -287,9 +287,11 @@ fn a_serial_off_the_allowlist_or_born_already_gets_no_birth() {
 #[test]
 fn a_batch_that_requires_attestation_gives_no_birth_without_it() {
     let ca = ca();
-    // Required before the batch exists, as `batch create --require-tpm-attestation` does.
-    iotpki_authority::attest::require(ca.a.store().as_ref(), ca.clock.as_ref(), "BT", "test").unwrap();
-    ca.batch("BT", &["P-1"], 1);
+    // Required with the batch, as `batch create --require-tpm-attestation` does.
+    let now = ca.now();
+    let nb =
+        NewBatch { tpm_attestation: true, ..NewBatch::open("BT", "widget", "P-1".into(), 1, (now - 60, now + 86_400)) };
+    factory::create_batch(ca.a.store().as_ref(), ca.clock.as_ref(), nb, "test").unwrap();
     let st = ca.station_caller(&ca.station("line-t", &["BT"])).unwrap();
     let before = ca.certs();
     let (r, status) = refusal(ca.birth(&st, "BT", "P-1"));

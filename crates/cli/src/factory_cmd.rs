@@ -46,9 +46,9 @@ pub enum BatchCmd {
         #[arg(long, value_parser = parse_time)]
         until: Option<i64>,
         /// Every birth must prove its key is in the TPM whose endorsement key is registered
-        /// for its serial (`batch add-ek`); a key in a file or a token is refused. Needs --id, of a
-        /// batch that does not exist yet (nothing is written for one that does).
-        #[arg(long, requires = "id")]
+        /// for its serial (`batch add-ek`); a key in a file or a token is refused. Fixed with the
+        /// batch, in the same transaction: it can be neither added to nor taken from a batch later.
+        #[arg(long)]
         require_tpm_attestation: bool,
         /// What its births get: `device` (a birth certificate under the manufacturing CA)
         /// or `matter-dac` (a Matter Device Attestation Certificate under the PAI of
@@ -134,11 +134,17 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
                 std::fs::read_to_string(&serials).with_context(|| format!("--serials {}", serials.display()))?;
             let from = from.unwrap_or_else(|| iotpki_authority::Clock::now(&SystemClock));
             let until = until.unwrap_or(from + 90 * 86_400);
-            if let (true, Some(id)) = (require_tpm_attestation, &id) {
-                // Recorded before the batch exists, so no birth can come first.
-                iotpki_authority::attest::require(store.as_ref(), &SystemClock, id, "admin:cli")?;
-            }
-            let nb = NewBatch { id, product, allowlist, quota, from, until, profile, template };
+            let nb = NewBatch {
+                id,
+                product,
+                allowlist,
+                quota,
+                from,
+                until,
+                profile,
+                template,
+                tpm_attestation: require_tpm_attestation,
+            };
             let b = factory::create_batch(store.as_ref(), &SystemClock, nb, "admin:cli")?;
             println!("{}", b.id);
             eprintln!(
@@ -190,11 +196,7 @@ pub fn batch(c: BatchCmd) -> anyhow::Result<()> {
         BatchCmd::Show { dir, id, json } => {
             let store = dir.store()?;
             let b = store.batch(&id)?.ok_or_else(|| anyhow!("no batch {id}"))?;
-            let tpm = if iotpki_authority::attest::required(store.as_ref(), &id)? { "required" } else { "no" };
-            let v = serde_json::to_value(iotpki_core::wire::Batch {
-                tpm_attestation: Some(tpm.into()),
-                ..iotpki_server::views::batch(&b)
-            })?;
+            let v = serde_json::to_value(iotpki_server::views::batch(&b))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -293,7 +293,8 @@ pub struct Batch {
     pub status: String,
     /// RFC 3339.
     pub created_at: String,
-    /// `required` or `no` (when one batch is shown).
+    /// `required` or `no`: whether its births must prove their key is in the
+    /// TPM registered for their serial (absent from servers before 2026-12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_attestation: Option<String>,
     /// What its births get: `device` (a birth certificate) or `matter-dac`

@@ -413,6 +413,10 @@ struct BatchBody {
     /// The certificate template its births get (docs/templates.md; default: the
     /// birth label's, else the built-in device profile). The config must have it.
     template: Option<String>,
+    /// Its births must prove their key is in the TPM whose EK is registered
+    /// for their serial (docs/tpm.md; default: no). Fixed with the batch.
+    #[serde(default)]
+    require_tpm_attestation: bool,
 }
 
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<i64, AuthorityError> {
@@ -463,6 +467,7 @@ async fn create_batch(
                 until,
                 profile,
                 template: bb.template,
+                tpm_attestation: bb.require_tpm_attestation,
             })
         });
         let nb = refuse_bad_input(adm, r, "batch.create", "")?;

@@ -47,7 +47,7 @@ pub fn batch(b: &BatchRecord) -> wire::Batch {
         until: rfc3339(b.valid_until),
         status: if b.status == BatchStatus::Open { "open" } else { "closed" }.into(),
         created_at: rfc3339(b.created_at),
-        tpm_attestation: None,
+        tpm_attestation: Some(if b.tpm_attestation { "required" } else { "no" }.into()),
         profile: b.profile.name().into(),
         vendor_id: match b.profile {
             BatchProfile::MatterDac { vendor_id, .. } => Some(format!("{vendor_id:04X}")),

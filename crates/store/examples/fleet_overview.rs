@@ -104,6 +104,7 @@ fn run(
         allowlist: 0,
         profile: Default::default(),
         template: None,
+        tpm_attestation: false,
     };
     store.create_batch(batch, vec![], ev("batch.create", "B"))?;
     let st = cert("line-1", None, "station", now - 400 * DAY, now + 3650 * DAY, der_len);

@@ -14,7 +14,7 @@ use crate::{
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}{:016x}{:08x}", UNIQUE.fetch_add(1, Ordering::SeqCst), std::process::id())
 }
 
@@ -381,6 +381,7 @@ fn batch_of(store: &dyn Store, id: &str, quota: u64, serials: &[String], profile
         allowlist: 0,
         profile,
         template: None,
+        tpm_attestation: false,
     };
     store.create_batch(b, serials.to_vec(), event("batch.create", id)).expect("create batch");
 }
@@ -423,14 +424,19 @@ pub fn templates_round_trip(store: &dyn Store) {
         allowlist: 0,
         profile: BatchProfile::Device,
         template: Some("sensor-v2".into()),
+        tpm_attestation: true,
     };
     store.create_batch(rec, vec![format!("{b}-0")], event("batch.create", &b)).expect("create batch");
     assert_eq!(store.batch(&b).expect("read").expect("exists").template.as_deref(), Some("sensor-v2"));
     let listed = store.list_batches().expect("list");
     assert_eq!(listed.iter().find(|x| x.id == b).expect("listed").template.as_deref(), Some("sensor-v2"));
+    // The TPM-attestation requirement is kept with the batch, like its template.
+    assert!(store.batch(&b).expect("read").expect("exists").tpm_attestation);
+    assert!(listed.iter().find(|x| x.id == b).expect("listed").tpm_attestation);
     let plain = unique("BNT-");
     batch(store, &plain, 1, &[format!("{plain}-0")]);
     assert_eq!(store.batch(&plain).expect("read").expect("exists").template, None);
+    assert!(!store.batch(&plain).expect("read").expect("exists").tpm_attestation);
     let h = unique("7e");
     let t = TokenRecord {
         token_hash: h.clone(),

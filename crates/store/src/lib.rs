@@ -353,6 +353,9 @@ pub struct BatchRecord {
     pub profile: BatchProfile,
     /// The certificate template its births get (docs/templates.md), if it names one.
     pub template: Option<String>,
+    /// Its births must prove, by TPM credential activation, that their key is
+    /// in the TPM whose EK is registered for their serial. Fixed at creation.
+    pub tpm_attestation: bool,
 }
 
 /// What a batch's births are: which certificate a station's birth gets.

@@ -94,6 +94,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "0013_batch_profile.sql", include_str!("../migrations/postgres/0013_batch_profile.sql")),
     (14, "0014_templates.sql", include_str!("../migrations/postgres/0014_templates.sql")),
     (15, "0015_cert_template.sql", include_str!("../migrations/postgres/0015_cert_template.sql")),
+    (16, "0016_batch_tpm_attestation.sql", include_str!("../migrations/postgres/0016_batch_tpm_attestation.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
@@ -774,6 +775,15 @@ mod tests {
     fn migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing() {
         let tdb = create_test_database(&test_base_url(), "store_m7").unwrap();
         checks::migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing(
+            &|| Box::new(PgStore::open(&tdb.url).unwrap()),
+            &|sql| raw(&tdb.url, sql),
+        );
+    }
+
+    #[test]
+    fn migration_16_keeps_the_tpm_attestation_of_batches_that_required_it() {
+        let tdb = create_test_database(&test_base_url(), "store_m16").unwrap();
+        checks::migration_16_keeps_the_tpm_attestation_of_batches_that_required_it(
             &|| Box::new(PgStore::open(&tdb.url).unwrap()),
             &|sql| raw(&tdb.url, sql),
         );

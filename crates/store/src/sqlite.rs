@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../migrations/sqlite/0013_batch_profile.sql")),
     (14, include_str!("../migrations/sqlite/0014_templates.sql")),
     (15, include_str!("../migrations/sqlite/0015_cert_template.sql")),
+    (16, include_str!("../migrations/sqlite/0016_batch_tpm_attestation.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -388,6 +389,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("store.db");
         checks::migration_7_names_the_successor_of_renewals_recorded_before_it_and_revokes_nothing(
+            &|| Box::new(SqliteStore::open(&path).unwrap()),
+            &|sql| Connection::open(&path).unwrap().execute_batch(sql).unwrap(),
+        );
+    }
+
+    #[test]
+    fn migration_16_keeps_the_tpm_attestation_of_batches_that_required_it() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("store.db");
+        checks::migration_16_keeps_the_tpm_attestation_of_batches_that_required_it(
             &|| Box::new(SqliteStore::open(&path).unwrap()),
             &|sql| Connection::open(&path).unwrap().execute_batch(sql).unwrap(),
         );

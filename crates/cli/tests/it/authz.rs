@@ -572,12 +572,13 @@ async fn authz_matrix_every_role_allowed_and_refused() {
             Who::Alice,
             "/admin/v1/batches",
             json_ct,
-            br#"{"id":"AZB3","product":"gadget","serials":["AZ-B3-1","AZ-B3-2"],"quota":2}"#.to_vec(),
+            br#"{"id":"AZB3","product":"gadget","serials":["AZ-B3-1","AZ-B3-2"],"quota":2,"require_tpm_attestation":true}"#.to_vec(),
             Allowed(Box::new(|w, b| {
                 assert_eq!(json_body(b)["id"], "AZB3");
                 assert_eq!(json_body(b)["profile"], "device", "a batch without a profile is a device batch");
+                assert_eq!(json_body(b)["tpm_attestation"], "required");
                 let rec = w.main.authority.store().batch("AZB3").unwrap().unwrap();
-                assert_eq!((rec.quota, rec.allowlist), (2, 2));
+                assert_eq!((rec.quota, rec.allowlist, rec.tpm_attestation), (2, 2, true));
                 assert_eq!(w.main.last_audit().event.actor, "admin:alice");
             })),
         ),

@@ -233,10 +233,15 @@ async fn console_sessions_open_once_and_refuse_what_they_must() {
         let t = post("/console/tokens", "serial=CON-11&template=nope");
         assert_eq!(t.status, 400, "{}", t.body);
         assert!(t.body.contains("no certificate template named"), "{}", t.body);
-        let b = post("/console/batches", "id=CONB&product=p&quota=1&serials=CONB-1&template=device");
+        let b = post(
+            "/console/batches",
+            "id=CONB&product=p&quota=1&serials=CONB-1&template=device&tpm_attestation=required",
+        );
         assert_eq!(b.status, 200, "{}", b.body);
         let page = curl(ca, "GET", "/console/batches/CONB", Some(&cookie), None, &[]);
         assert!(page.body.contains("<th>template</th><td>device</td>"), "{}", page.body);
+        assert!(page.body.contains("<th>TPM attestation</th><td>required</td>"), "{}", page.body);
+        assert!(ca.authority.store().batch("CONB").unwrap().unwrap().tpm_attestation);
         let b = post("/console/batches", "id=CONC&product=p&quota=1&serials=CONC-1&template=nope");
         assert_eq!(b.status, 400, "{}", b.body);
         assert!(ca.authority.store().batch("CONC").unwrap().is_none(), "a refused batch is not made");

@@ -166,7 +166,9 @@ pub(crate) async fn batches(ctx: Ctx) -> Response {
                  <option value=\"matter-dac\">matter-dac (Matter DAC)</option></select></label>\
                  <label>Matter vendor id (matter-dac only)<input name=\"vendor_id\" maxlength=\"4\" placeholder=\"FFF1\"></label>\
                  <label>Matter product id (matter-dac only)<input name=\"product_id\" maxlength=\"4\" placeholder=\"8000\"></label>\
-                 {}<button type=\"submit\">Create batch</button></form>",
+                 {}<label><span><input type=\"checkbox\" name=\"tpm_attestation\" value=\"required\"> \
+                 Births must prove their key is in the TPM registered for their serial (fixed with the batch)\
+                 </span></label><button type=\"submit\">Create batch</button></form>",
                 html::csrf_field(&v.csrf),
                 template_select(&adm.template_names(), "not for matter-dac"),
             );
@@ -187,7 +189,8 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
              <tr><th>born / quota</th><td>{}</td></tr><tr><th>refused</th><td>{}</td></tr>\
              <tr><th>flagged</th><td>{}</td></tr><tr><th>issues</th><td>{} – {}</td></tr>\
              <tr><th>allowlist</th><td>{} serials</td></tr><tr><th>created</th><td>{}</td></tr>\
-             <tr><th>profile</th><td>{}</td></tr><tr><th>template</th><td>{}</td></tr></tbody></table>",
+             <tr><th>profile</th><td>{}</td></tr><tr><th>template</th><td>{}</td></tr>\
+             <tr><th>TPM attestation</th><td>{}</td></tr></tbody></table>",
             esc(&b.id),
             esc(&b.product),
             if b.status == BatchStatus::Open { "open" } else { "closed" },
@@ -200,6 +203,7 @@ pub(crate) async fn batch(ctx: Ctx, Path(id): Path<String>) -> Response {
             esc(&html::when(b.created_at)),
             esc(&profile_text(&b.profile)),
             esc(b.template.as_deref().unwrap_or("the label's")),
+            if b.tpm_attestation { "required" } else { "no" },
         );
         let rows: Vec<Vec<String>> =
             flags.iter().map(|(serial, f)| vec![format!("<code>{}</code>", esc(serial)), esc(f.name())]).collect();
@@ -273,6 +277,7 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
                 until,
                 profile,
                 template: opt("template").map(str::to_string),
+                tpm_attestation: opt("tpm_attestation") == Some("required"),
             })
         })();
         let nb = r.map_err(|e| adm.refused(e, "batch.create", ""))?;

@@ -192,3 +192,26 @@ pub(crate) fn migration_7_names_the_successor_of_renewals_recorded_before_it_and
     assert_eq!((get(&c2.serial).replaced_by, get(&c3.serial).replaced_by), (None, None));
     assert_eq!(get(&c1.serial).status, CertStatus::Good, "a past renewal is not revoked by the migration");
 }
+
+/// Batches made before migration 16 required TPM attestation through an
+/// artifact, `tpm-attestation/BATCH`: the migration moves that into the
+/// batch, and a batch without the artifact requires nothing.
+pub(crate) fn migration_16_keeps_the_tpm_attestation_of_batches_that_required_it(
+    open: &dyn Fn() -> Box<dyn Store>,
+    edit: &dyn Fn(&str),
+) {
+    let (required, plain) = (conformance::unique("M16A-"), conformance::unique("M16B-"));
+    let s = open();
+    conformance::batch(s.as_ref(), &required, 1, &[format!("{required}-0")]);
+    conformance::batch(s.as_ref(), &plain, 1, &[format!("{plain}-0")]);
+    let kind = format!("tpm-attestation/{required}");
+    let art = crate::Artifact { kind, version: 1, body: b"births prove their key".to_vec(), published_at: 1 };
+    s.publish_artifact(art, ev("tpm.require")).unwrap();
+    drop(s);
+    // The database as version 15 left it: no tpm_attestation column.
+    edit("ALTER TABLE batches DROP COLUMN tpm_attestation; DELETE FROM schema_migrations WHERE version = 16");
+    let s = open();
+    assert!(s.batch(&required).unwrap().unwrap().tpm_attestation, "the artifact's batch still requires it");
+    assert!(!s.batch(&plain).unwrap().unwrap().tpm_attestation);
+    s.verify_audit().unwrap();
+}

@@ -47,7 +47,7 @@ fn prefixed(table: &str, cols: &str) -> String {
 const BATCH_SELECT: &str = "SELECT b.id, b.product, b.quota, b.issued, b.refused, b.flagged, b.valid_from, \
                             b.valid_until, b.status, b.created_at, \
                             (SELECT COUNT(*) FROM batch_serials s WHERE s.batch_id = b.id), \
-                            b.profile, b.vendor_id, b.product_id, b.template FROM batches b";
+                            b.profile, b.vendor_id, b.product_id, b.template, b.tpm_attestation FROM batches b";
 
 /// An RFC 5280 reason code as stored (0, unspecified, when unreadable).
 fn reason(v: Option<i64>) -> u8 {
@@ -98,6 +98,7 @@ fn batch_row(mut r: Row) -> Result<BatchRecord, StoreError> {
         allowlist: r.count(10)?,
         profile: batch_profile(&mut r)?,
         template: r.opt_text(14)?,
+        tpm_attestation: r.int(15)? != 0,
     })
 }
 

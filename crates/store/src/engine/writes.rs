@@ -410,8 +410,8 @@ impl<'a> Tx<'a> {
         let status = if b.status == BatchStatus::Open { "open" } else { "closed" };
         self.w.insert(
             "INSERT INTO batches (id, product, quota, issued, refused, flagged, valid_from, valid_until, status, created_at,
-                                  profile, vendor_id, product_id, template)
-             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                  profile, vendor_id, product_id, template, tpm_attestation)
+             VALUES ($1, $2, $3, 0, 0, 0, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 (&b.id).into(),
                 (&b.product).into(),
@@ -424,6 +424,7 @@ impl<'a> Tx<'a> {
                 matter_id(&b.profile, true),
                 matter_id(&b.profile, false),
                 b.template.as_ref().into(),
+                Arg::Int(i64::from(b.tpm_attestation)),
             ],
             || StoreError::BatchExists { batch: b.id.clone() },
         )?;
