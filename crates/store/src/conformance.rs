@@ -469,7 +469,7 @@ pub fn station(store: &dyn Store, name: &str, batches: &[&str]) -> CertRecord {
     c
 }
 
-fn birth(batch: &str, station: &str, serial: &str, now: i64) -> Vec<Precondition> {
+pub(crate) fn birth(batch: &str, station: &str, serial: &str, now: i64) -> Vec<Precondition> {
     vec![Precondition::Birth { batch: batch.into(), station: station.into(), device_serial: serial.into(), now }]
 }
 
@@ -1161,7 +1161,12 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
     assert!(before >= 44, "the race ran: {before} issuances before the revocation");
 }
 
-fn key_block(keys: Vec<crate::BlockedKey>, tokens: Vec<String>, revoke: bool, spare: Vec<String>) -> crate::KeyBlock {
+pub(crate) fn key_block(
+    keys: Vec<crate::BlockedKey>,
+    tokens: Vec<String>,
+    revoke: bool,
+    spare: Vec<String>,
+) -> crate::KeyBlock {
     crate::KeyBlock {
         keys,
         tokens,
@@ -1173,7 +1178,7 @@ fn key_block(keys: Vec<crate::BlockedKey>, tokens: Vec<String>, revoke: bool, sp
     }
 }
 
-fn blocked(spki: &str) -> crate::BlockedKey {
+pub(crate) fn blocked(spki: &str) -> crate::BlockedKey {
     crate::BlockedKey {
         spki_sha256: spki.into(),
         reason: "found in fw.bin".into(),

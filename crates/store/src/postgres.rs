@@ -887,6 +887,15 @@ mod tests {
         checks::a_failing_op_does_not_spoil_its_batch(&s);
     }
 
+    #[test]
+    fn births_in_bulk_are_judged_as_one_by_one() {
+        let ((t1, s1), (t2, s2)) = (fresh("bulk1"), fresh("bulk2"));
+        let mut w1 = PgWriter { url: t1.url.clone(), conn: None };
+        let mut w2 = PgWriter { url: t2.url.clone(), conn: None };
+        checks::births_in_bulk_are_judged_as_one_by_one((&mut w1, &s1), (&mut w2, &s2));
+        close(w1.conn.take().into_iter().chain(w2.conn.take()).collect());
+    }
+
     /// The engine's check; and the head row ends where the chain does.
     #[test]
     fn one_batch_with_refusals_commits_the_rest_on_one_chain() {

@@ -477,6 +477,14 @@ mod tests {
     }
 
     #[test]
+    fn births_in_bulk_are_judged_as_one_by_one() {
+        let ((d1, s1), (d2, s2)) = (fresh(), fresh());
+        let mut w1 = connect(&d1.path().join("store.db"), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+        let mut w2 = connect(&d2.path().join("store.db"), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+        checks::births_in_bulk_are_judged_as_one_by_one((&mut w1, &s1), (&mut w2, &s2));
+    }
+
+    #[test]
     fn one_batch_with_refusals_commits_the_rest_on_one_chain() {
         let (d, s) = fresh();
         let mut w = connect(&d.path().join("store.db"), OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();

@@ -41,14 +41,18 @@ pub(crate) fn a_failing_op_does_not_spoil_its_batch(s: &(dyn Store + 'static)) {
 struct Spy<'a> {
     w: &'a mut dyn Writer,
     log: Vec<&'static str>,
+    /// Statements run (each a round trip on PostgreSQL).
+    statements: usize,
 }
 
 impl Sql for Spy<'_> {
     fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
+        self.statements += 1;
         self.w.query(sql, args)
     }
 
     fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, SqlError> {
+        self.statements += 1;
         self.w.exec(sql, args)
     }
 }
@@ -82,7 +86,7 @@ impl Writer for Spy<'_> {
 /// savepoints, and again with them only when an operation failed after it
 /// changed something.
 pub(crate) fn one_batch_with_refusals_commits_the_rest_on_one_chain(w: &mut dyn Writer, s: &dyn Store) {
-    let mut w = Spy { w, log: Vec::new() };
+    let mut w = Spy { w, log: Vec::new(), statements: 0 };
     // Refusals decided on what was read: one transaction, no savepoint.
     let unknown = Precondition::CertIsGood { serial: "00".into() };
     let ops = vec![
@@ -214,4 +218,133 @@ pub(crate) fn migration_16_keeps_the_tpm_attestation_of_batches_that_required_it
     assert!(s.batch(&required).unwrap().unwrap().tpm_attestation, "the artifact's batch still requires it");
     assert!(!s.batch(&plain).unwrap().unwrap().tpm_attestation);
     s.verify_audit().unwrap();
+}
+
+/// The same batches, stations, certificates and blocks on a store: what
+/// [`births_in_bulk_are_judged_as_one_by_one`]'s births meet.
+fn births_setup(s: &dyn Store, held: &CertRecord, before: &CertRecord, born: &CertRecord) {
+    let serials = |p: &str, n: usize| (0..n).map(|i| format!("{p}-{i}")).collect::<Vec<_>>();
+    conformance::batch(s, "BA", 3, &serials("A", 6));
+    conformance::batch(s, "BB", 10, &serials("B", 10));
+    conformance::batch(s, "BC", 5, &serials("C", 5));
+    s.close_batch("BC", ev("close")).unwrap();
+    let _ = conformance::station(s, "st-1", &["BA", "BB", "BC"]);
+    let _ = conformance::station(s, "st-2", &["BB"]);
+    s.revoke_station("st-2", 1_000, ev("revoke")).unwrap();
+    // A key another device holds, a blocked key, a device with an operational
+    // certificate before its birth, a device born already.
+    s.record_issuance(issuance(held, vec![])).unwrap();
+    s.block_keys(conformance::key_block(vec![conformance::blocked("b10c")], vec![], false, vec![])).unwrap();
+    s.record_issuance(issuance(before, vec![])).unwrap();
+    s.record_issuance(issuance(born, conformance::birth("BB", "st-1", "B-9", 1_000))).unwrap();
+}
+
+/// A group of births is judged in bulk as one by one would judge it: the same
+/// births, meeting every refusal a birth can meet (and a quota that the
+/// group's own births exhaust), go through [`run_batch`] as one group on `bulk`
+/// and one operation at a time on `one` (two fresh stores, set up alike). The
+/// results, the audit chains (to the head's hash), the batches' counts, the
+/// certificates and the fleet's summaries are the same; the group ran in one
+/// transaction, without savepoints.
+pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
+    (bulk_w, bulk): (&mut dyn Writer, &dyn Store),
+    (one_w, one): (&mut dyn Writer, &dyn Store),
+) {
+    let held = conformance::cert("X-1");
+    let before = CertRecord { issued_at: 900, ..conformance::cert("B-8") };
+    let born = conformance::cert("B-9");
+    for s in [bulk, one] {
+        births_setup(s, &held, &before, &born);
+    }
+    let births = [
+        ("A-0", "BA", "st-1", 1_000, None),
+        ("A-1", "BA", "st-1", 1_000, None),
+        ("B-0", "BB", "st-1", 1_000, None),
+        ("A-2", "BA", "st-1", 1_000, None),
+        ("A-3", "BA", "st-1", 1_000, None), // over the quota the three before took
+        ("B-1", "BB", "st-1", 1_000, Some(held.spki_sha256.as_str())),
+        ("B-2", "BB", "st-1", 1_000, Some("b10c")),
+        ("B-9", "BB", "st-1", 1_000, None),
+        ("Z-1", "BB", "st-1", 1_000, None),
+        ("B-3", "BB", "st-2", 1_000, None),
+        ("B-4", "NOPE", "st-1", 1_000, None),
+        ("C-0", "BC", "st-1", 1_000, None),
+        ("B-6", "BB", "st-1", 20_000, None),
+        ("B-7", "BB", "ghost", 1_000, None),
+        ("B-8", "BB", "st-1", 1_000, None),
+        ("B-5", "BB", "st-1", 1_000, None),
+    ];
+    let ops: Vec<Op> = births
+        .iter()
+        .enumerate()
+        .map(|(i, (device, batch, station, now, key))| {
+            let mut c = conformance::cert(device);
+            if let Some(k) = key {
+                c.spki_sha256 = k.to_string();
+            }
+            if i == 2 {
+                c.profile = "birth".into(); // a certificate the fleet does not count
+            }
+            Op::Issue(Box::new(issuance(&c, conformance::birth(batch, station, device, *now))))
+        })
+        .collect();
+    let mut spy = Spy { w: bulk_w, log: Vec::new(), statements: 0 };
+    let together = run_batch(&mut spy, &ops, None);
+    // One by one, the birth refused for its key (read after the birth's own
+    // writes) would have made the group run again with savepoints.
+    assert_eq!(spy.log, ["begin", "commit"], "one transaction, no savepoint");
+    // The 16 births' checks in one read, the 15 devices' summaries in another;
+    // the 6 recorded in a statement per batch's quota (2), births and
+    // certificates each in a chunk of 4 and one of 2 (4), the 4 summaries that
+    // moved in one (B-8's stays certified); the fleet's counter and the audit
+    // entries (2). One by one: over 60.
+    assert!(spy.statements <= 11, "{} statements", spy.statements);
+    let alone: Vec<_> = ops.iter().flat_map(|op| run_batch(one_w, std::slice::from_ref(op), None)).collect();
+    assert_eq!(together, alone);
+    let refused: Vec<&str> = together
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| match e {
+            StoreError::QuotaExhausted { .. } => "quota",
+            StoreError::KeyInUse { .. } => "key in use",
+            StoreError::KeyBlocked { .. } => "key blocked",
+            StoreError::AlreadyBorn { .. } => "born",
+            StoreError::SerialNotAllowed { .. } => "allowlist",
+            StoreError::StationRevoked { .. } => "station revoked",
+            StoreError::BatchUnknown { .. } => "batch unknown",
+            StoreError::BatchClosed { .. } => "closed",
+            StoreError::BatchOutsideWindow { .. } => "window",
+            StoreError::StationUnknown { .. } => "station unknown",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "quota",
+            "key in use",
+            "key blocked",
+            "born",
+            "allowlist",
+            "station revoked",
+            "batch unknown",
+            "closed",
+            "window",
+            "station unknown"
+        ]
+    );
+    assert_eq!(bulk.verify_audit().unwrap(), one.verify_audit().unwrap(), "the same entries, in the same order");
+    assert_eq!(bulk.list_batches().unwrap(), one.list_batches().unwrap());
+    assert_eq!(bulk.count_certificates().unwrap(), one.count_certificates().unwrap());
+    for op in &ops {
+        let Op::Issue(i) = op else { continue };
+        assert_eq!(bulk.certificate(&i.cert.serial).unwrap(), one.certificate(&i.cert.serial).unwrap());
+    }
+    for now in [1_000, 1_500, 2_500] {
+        assert_eq!(bulk.fleet_overview(now, 30).unwrap(), one.fleet_overview(now, 30).unwrap());
+    }
+    let o = bulk.fleet_overview(1_000, 30).unwrap();
+    assert_eq!(o.states.born, 5, "B-9 before, A-0, A-1, A-2 and B-5 now (B-0's certificate is not a device's)");
+    bulk.rebuild_fleet().unwrap();
+    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap(), one.fleet_overview(1_000, 30).unwrap(), "as rebuilt");
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::reads::{audit_row, read, submit, AUDIT_COLS};
-use super::writes::{to_i64, Tx};
-use super::{Arg, HasEngine, Row, Sql, SqlExt as _};
+use super::writes::{cert_args, multi_insert, to_i64, Tx, CERT_TABLE};
+use super::{Arg, HasEngine, Row, Sql, SqlExt as _, Value};
 use crate::fleet::{DAY, EXPIRING_SECS, HISTORY_DAYS, MAX_AUDIT_PAGE, MAX_OVERVIEW_DAYS};
 use crate::ops::Op;
 use crate::{
@@ -27,7 +27,7 @@ fn hour_of(t: i64) -> i64 {
 
 /// A device's row of `fleet_devices`.
 #[derive(Debug, PartialEq, Eq)]
-struct Summary {
+pub(super) struct Summary {
     state: &'static str,
     cert_serial: Option<String>,
     not_after: Option<i64>,
@@ -80,19 +80,38 @@ const CERT_COLS: &str = "c.serial, c.issued_at, c.not_after, c.status, c.replace
     (SELECT 1 FROM flags f WHERE f.cert_serial = c.serial)";
 
 /// A device's summary as kept (its row of `fleet_devices`) and as its
-/// registry rows make it now, in one statement: one row per certificate of
-/// the device (one of NULLs when it has none), each with the device's
-/// ownership and kept summary.
+/// registry rows make it now, for the device `{sn}`, from `{from}`: one row
+/// per certificate of the device (one of NULLs when it has none), each with
+/// the device's ownership and kept summary (columns 7 to 10).
+const SUMMARY_READ_OF: &str = "SELECT {CERT_COLS},
+        (SELECT status FROM owned_devices WHERE device_serial = {sn}), d.state, d.cert_serial, d.not_after{more}
+    FROM {from} LEFT JOIN fleet_devices d ON d.device_serial = {sn}
+    LEFT JOIN certificates c ON c.device_serial = {sn} AND c.profile = 'device'";
+
+/// [`SUMMARY_READ_OF`] from `from` for the device `sn`, with `more` columns.
+pub(super) fn summary_read(sn: &str, from: &str, more: &str) -> String {
+    SUMMARY_READ_OF
+        .replace("{CERT_COLS}", CERT_COLS)
+        .replace("{sn}", sn)
+        .replace("{from}", from)
+        .replace("{more}", more)
+}
+
+static SUMMARY_READ: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| summary_read("$1", "(SELECT 1 AS one) o", ""));
+
+/// A device's summary as kept and as made now ([`SUMMARY_READ_OF`]).
 fn kept_and_summary(db: &mut dyn Sql, device: &str) -> Result<(Option<Summary>, Option<Summary>), StoreError> {
-    let mut rows = db.all(
-        &format!(
-            "SELECT {CERT_COLS},
-                    (SELECT status FROM owned_devices WHERE device_serial = $1), d.state, d.cert_serial, d.not_after
-             FROM (SELECT 1 AS one) o LEFT JOIN fleet_devices d ON d.device_serial = $1
-             LEFT JOIN certificates c ON c.device_serial = $1 AND c.profile = 'device'"
-        ),
-        &[device.into()],
-    )?;
+    kept_and_summary_in(db.all(&SUMMARY_READ, &[device.into()])?, None)
+}
+
+/// A device's summary as kept and as made now, from its rows of
+/// [`SUMMARY_READ_OF`] and, with `new`, a certificate recorded after them (a
+/// birth's, if `birth`).
+pub(super) fn kept_and_summary_in(
+    mut rows: Vec<Row>,
+    new: Option<(&CertRecord, bool)>,
+) -> Result<(Option<Summary>, Option<Summary>), StoreError> {
     let first = rows.first_mut().ok_or_else(|| StoreError::Database("the fleet summary read no row".into()))?;
     let owner = first.opt_text(7)?;
     let kept = match first.opt_text(8)? {
@@ -107,6 +126,19 @@ fn kept_and_summary(db: &mut dyn Sql, device: &str) -> Result<(Option<Summary>, 
             Some(Summary { state, cert_serial: first.opt_text(9)?, not_after: first.opt_int(10)? })
         }
     };
+    if let Some((c, birth)) = new {
+        // As CERT_COLS would read it.
+        let status = if matches!(c.status, crate::CertStatus::Good) { "good" } else { "revoked" };
+        rows.push(Row(vec![
+            Value::Text(c.serial.clone()),
+            Value::Int(c.issued_at),
+            Value::Int(c.not_after),
+            Value::Text(status.into()),
+            c.replaced_by.clone().map_or(Value::Null, Value::Text),
+            if birth { Value::Int(1) } else { Value::Null },
+            Value::Null,
+        ]));
+    }
     Ok((kept, summarize(&mut rows, owner.as_deref())?))
 }
 
@@ -125,7 +157,7 @@ pub(crate) struct Deltas {
 }
 
 impl Deltas {
-    fn add_state(&mut self, s: &Summary, n: i64) {
+    pub(super) fn add_state(&mut self, s: &Summary, n: i64) {
         *self.states.entry(s.state).or_default() += n;
         if let (Some(t), "certified") = (s.not_after, s.state) {
             *self.hours.entry(hour_of(t)).or_default() += n;
@@ -182,27 +214,56 @@ impl Deltas {
 /// Recompute one device's summary and move the counters by the difference.
 fn refresh_device(db: &mut dyn Sql, device: &str, deltas: &mut Deltas) -> Result<(), StoreError> {
     let (old, new) = kept_and_summary(db, device)?;
-    if old == new {
-        return Ok(());
-    }
-    if let Some(o) = &old {
-        deltas.add_state(o, -1);
-    }
-    match &new {
-        Some(s) => {
-            deltas.add_state(s, 1);
-            db.run(
-                "INSERT INTO fleet_devices (device_serial, state, cert_serial, not_after) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (device_serial) DO UPDATE SET state = excluded.state, cert_serial = excluded.cert_serial,
-                 not_after = excluded.not_after",
-                &[device.into(), s.state.into(), s.cert_serial.as_ref().into(), s.not_after.into()],
-            )?;
+    match moved(old, new, deltas) {
+        Moved::Same => {}
+        Moved::To(s) => {
+            db.run(&UPSERT_DEVICES[0], &upsert_args(device, &s))?;
         }
-        None => {
+        Moved::Gone => {
             db.run("DELETE FROM fleet_devices WHERE device_serial = $1", &[device.into()])?;
         }
     }
     Ok(())
+}
+
+/// What a device's row of `fleet_devices` becomes.
+pub(super) enum Moved {
+    Same,
+    To(Summary),
+    Gone,
+}
+
+/// Move the counters from a device's summary as kept (`old`) to `new`.
+pub(super) fn moved(old: Option<Summary>, new: Option<Summary>, deltas: &mut Deltas) -> Moved {
+    if old == new {
+        return Moved::Same;
+    }
+    if let Some(o) = &old {
+        deltas.add_state(o, -1);
+    }
+    match new {
+        Some(s) => {
+            deltas.add_state(&s, 1);
+            Moved::To(s)
+        }
+        None => Moved::Gone,
+    }
+}
+
+/// `UPSERT_DEVICES[i]`: the upsert of 2^i devices' rows of `fleet_devices`.
+pub(super) static UPSERT_DEVICES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=super::bulk::MAX_SHIFT)
+        .map(|i| {
+            multi_insert("fleet_devices (device_serial, state, cert_serial, not_after)", 1 << i, 4)
+                + " ON CONFLICT (device_serial) DO UPDATE SET state = excluded.state, \
+                   cert_serial = excluded.cert_serial, not_after = excluded.not_after"
+        })
+        .collect()
+});
+
+/// A device's row of `fleet_devices`.
+pub(super) fn upsert_args<'a>(device: &'a str, s: &'a Summary) -> [Arg<'a>; 4] {
+    [device.into(), s.state.into(), s.cert_serial.as_ref().into(), s.not_after.into()]
 }
 
 /// The summaries of every device at once, from the registry: the rules of
@@ -329,54 +390,12 @@ impl Tx<'_> {
 /// Rows to a multi-row INSERT of [`Tx::bulk_load`].
 const BULK_ROWS: usize = 64;
 
-/// `INSERT INTO {head} VALUES (...), ...` of `rows` rows of `cols` arguments.
-fn multi_insert(head: &str, rows: usize, cols: usize) -> String {
-    let mut sql = format!("INSERT INTO {head} VALUES ");
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            sql.push_str(&format!("{}${}", if c == 0 { "" } else { ", " }, r * cols + c + 1));
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 impl Tx<'_> {
     /// [`crate::BulkLoad`]: the rows as they are, nothing else.
     pub(super) fn bulk_load(&mut self, b: &crate::BulkLoad) -> Result<(), StoreError> {
         for chunk in b.certs.chunks(BULK_ROWS) {
-            let sql = multi_insert(
-                "certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, \
-                 spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by, template)",
-                chunk.len(),
-                16,
-            );
-            let mut args = Vec::with_capacity(chunk.len() * 16);
-            for c in chunk {
-                let (status, at, reason) = match c.status {
-                    crate::CertStatus::Good => ("good", Arg::Null, Arg::Null),
-                    crate::CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
-                };
-                args.extend([
-                    (&c.serial).into(),
-                    (&c.ca).into(),
-                    (&c.profile).into(),
-                    (&c.subject).into(),
-                    c.device_serial.as_ref().into(),
-                    Arg::Int(c.not_before),
-                    Arg::Int(c.not_after),
-                    Arg::Int(c.issued_at),
-                    (&c.spki_sha256).into(),
-                    c.replaces.as_ref().into(),
-                    status.into(),
-                    at,
-                    reason,
-                    Arg::Blob(&c.der),
-                    c.replaced_by.as_ref().into(),
-                    c.template.as_ref().into(),
-                ]);
-            }
+            let sql = multi_insert(CERT_TABLE, chunk.len(), 16);
+            let args: Vec<Arg<'_>> = chunk.iter().flat_map(cert_args).collect();
             self.w.run(&sql, &args)?;
         }
         for chunk in b.births.chunks(BULK_ROWS) {

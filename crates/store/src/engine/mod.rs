@@ -34,6 +34,7 @@
 //! free for the next request as soon as the write is queued, so a group
 //! commit takes every write in flight, not one per blocked thread.
 
+mod bulk;
 #[cfg(test)]
 pub(crate) mod checks;
 pub(crate) mod fleet;
@@ -590,7 +591,19 @@ fn run_batch_as(
     };
     let mut tx = writes::Tx::new(w, start.clone(), isolation);
     let mut results = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
+    // A group of births alone, judged and written in bulk (`bulk`); a
+    // failure there is the one-by-one run's to sort out.
+    let births = if isolation == writes::Isolation::Optimistic { bulk::births(ops) } else { None };
+    if let Some(births) = births {
+        match tx.births_in_bulk(&births) {
+            Ok(r) => results = r,
+            Err(_) => {
+                tx.abandon();
+                return None;
+            }
+        }
+    }
+    for (i, op) in ops.iter().enumerate().skip(results.len()) {
         match tx.run_one(op, i + 1 == ops.len()) {
             Ok(r) => results.push(r),
             Err(writes::Abort::Redo) => {

@@ -75,15 +75,15 @@ pub(crate) enum Abort {
 pub(crate) struct Tx<'a> {
     pub(super) w: Watched<'a>,
     isolation: Isolation,
-    head: Head,
-    audit: Vec<(i64, AuditEvent, String, String)>,
+    pub(super) head: Head,
+    pub(super) audit: Vec<(i64, AuditEvent, String, String)>,
     /// Devices the running operation changed: their fleet summary is
     /// recomputed before its savepoint is released.
     pub(super) touched: Vec<String>,
     /// The running operation's moves of the fleet counters.
     pub(super) op_deltas: super::fleet::Deltas,
     /// Those of the operations that succeeded, written when the group commits.
-    tx_deltas: super::fleet::Deltas,
+    pub(super) tx_deltas: super::fleet::Deltas,
 }
 
 impl<'a> Tx<'a> {
@@ -185,7 +185,7 @@ impl<'a> Tx<'a> {
     }
 
     /// Append to the chain after the head (taken under the write lock) and advance it.
-    fn append(&mut self, ev: &AuditEvent) -> Result<(), StoreError> {
+    pub(super) fn append(&mut self, ev: &AuditEvent) -> Result<(), StoreError> {
         let seq = self.head.seq + 1;
         let seq_u = u64::try_from(seq).map_err(|_| StoreError::Database(format!("negative audit seq {seq}")))?;
         let hash = audit_hash(&self.head.hash, seq_u, ev);
@@ -347,11 +347,11 @@ impl<'a> Tx<'a> {
     }
 
     /// The factory-line checks, in the order a station would want to hear
-    /// them, on what one statement reads: the station, the batch, the
-    /// station's right to it, the allowlist and any earlier birth. The same
-    /// statement reads what `key_free` reads of the certificate's key, if
-    /// given (`cert`: its serial and key): every row's columns from
-    /// [`BIRTH_KEY_COL`] on, for [`key_free_in`].
+    /// them ([`judge_birth`]), on what one statement reads ([`BIRTH_READ`]):
+    /// the station, the batch, the station's right to it, the allowlist and
+    /// any earlier birth. The same statement reads what `key_free` reads of
+    /// the certificate's key, if given (`cert`: its serial and key): every
+    /// row's columns from [`BIRTH_KEY_COL`] on, for [`key_free_in`].
     fn birth(
         &mut self,
         batch: &str,
@@ -360,47 +360,13 @@ impl<'a> Tx<'a> {
         now: i64,
         (cert, spki): (&str, Option<&str>),
     ) -> Result<Vec<Row>, StoreError> {
-        let mut rows = self.w.all(
-            "SELECT s.status, b.quota, b.issued, b.valid_from, b.valid_until, b.status,
-                    (SELECT 1 FROM station_batches WHERE station = $1 AND batch_id = $2),
-                    (SELECT 1 FROM batch_serials WHERE batch_id = $2 AND device_serial = $3),
-                    (SELECT cert_serial FROM births WHERE device_serial = $3),
-                    (SELECT reason FROM blocked_keys WHERE spki_sha256 = $4), k.serial, k.device_serial, k.issued_at
-             FROM (SELECT 1 AS one) o LEFT JOIN stations s ON s.name = $1 LEFT JOIN batches b ON b.id = $2
-             LEFT JOIN certificates k ON k.spki_sha256 = $4",
-            &[station.into(), batch.into(), serial.into(), spki.into()],
-        )?;
+        let mut rows = self.w.all(&BIRTH_READ, &[station.into(), batch.into(), serial.into(), spki.into()])?;
         let r = rows.first_mut().ok_or_else(|| StoreError::Database("the birth checks read no row".into()))?;
-        match r.opt_text(0)?.as_deref() {
-            None => return Err(StoreError::StationUnknown { station: station.into() }),
-            Some("active") => {}
-            Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
-        }
-        let Some(quota) = r.opt_int(1)? else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
-        let (issued, from, until, status) = (r.int(2)?, r.int(3)?, r.int(4)?, r.text(5)?);
-        if r.opt_int(6)?.is_none() {
-            return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
-        }
-        if status != "open" {
-            return Err(StoreError::BatchClosed { batch: batch.into() });
-        }
-        if now < from || now >= until {
-            return Err(StoreError::BatchOutsideWindow { batch: batch.into(), from, until });
-        }
-        let exhausted = || StoreError::QuotaExhausted { batch: batch.into(), quota: u64::try_from(quota).unwrap_or(0) };
-        if issued >= quota {
-            return Err(exhausted());
-        }
-        if r.opt_int(7)?.is_none() {
-            return Err(StoreError::SerialNotAllowed { batch: batch.into(), serial: serial.into() });
-        }
-        if let Some(cert) = r.opt_text(8)? {
-            return Err(StoreError::AlreadyBorn { serial: serial.into(), cert });
-        }
+        let quota = judge_birth(r, (batch, station, serial), now, 0)?;
         // The quota once more, in the statement that counts the birth.
         if self.w.run("UPDATE batches SET issued = issued + 1 WHERE id = $1 AND issued < quota", &[batch.into()])? != 1
         {
-            return Err(exhausted());
+            return Err(quota_exhausted(batch, quota));
         }
         self.insert_birth(serial, cert, batch, station, now)?;
         Ok(rows)
@@ -970,33 +936,7 @@ impl<'a> Tx<'a> {
     }
 
     fn insert_cert(&mut self, c: &CertRecord) -> Result<(), StoreError> {
-        let (status, revoked_at, reason) = match c.status {
-            CertStatus::Good => ("good", Arg::Null, Arg::Null),
-            CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
-        };
-        self.w.insert(
-            "INSERT INTO certificates (serial, ca, profile, subject, device_serial, not_before, not_after, issued_at,
-             spki_sha256, replaces, status, revoked_at, revocation_reason, der, template)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            &[
-                (&c.serial).into(),
-                (&c.ca).into(),
-                (&c.profile).into(),
-                (&c.subject).into(),
-                c.device_serial.as_ref().into(),
-                Arg::Int(c.not_before),
-                Arg::Int(c.not_after),
-                Arg::Int(c.issued_at),
-                (&c.spki_sha256).into(),
-                c.replaces.as_ref().into(),
-                status.into(),
-                revoked_at,
-                reason,
-                Arg::Blob(&c.der),
-                c.template.as_ref().into(),
-            ],
-            || StoreError::DuplicateSerial { serial: c.serial.clone() },
-        )?;
+        self.w.insert(&CERT_INSERT, &cert_args(c), || StoreError::DuplicateSerial { serial: c.serial.clone() })?;
         if let (true, Some(d)) = (super::fleet::is_device_cert(c), &c.device_serial) {
             self.touch(d);
         }
@@ -1066,6 +1006,52 @@ impl<'a> Tx<'a> {
     }
 }
 
+/// The table and columns of a certificate's row, as [`cert_args`] gives them.
+pub(super) const CERT_TABLE: &str =
+    "certificates (serial, ca, profile, subject, device_serial, not_before, not_after, \
+    issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by, template)";
+
+/// A certificate's row: the arguments of [`CERT_TABLE`].
+pub(super) fn cert_args(c: &CertRecord) -> [Arg<'_>; 16] {
+    let (status, at, reason) = match c.status {
+        CertStatus::Good => ("good", Arg::Null, Arg::Null),
+        CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
+    };
+    [
+        (&c.serial).into(),
+        (&c.ca).into(),
+        (&c.profile).into(),
+        (&c.subject).into(),
+        c.device_serial.as_ref().into(),
+        Arg::Int(c.not_before),
+        Arg::Int(c.not_after),
+        Arg::Int(c.issued_at),
+        (&c.spki_sha256).into(),
+        c.replaces.as_ref().into(),
+        status.into(),
+        at,
+        reason,
+        Arg::Blob(&c.der),
+        c.replaced_by.as_ref().into(),
+        c.template.as_ref().into(),
+    ]
+}
+
+static CERT_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| multi_insert(CERT_TABLE, 1, 16));
+
+/// `INSERT INTO {head} VALUES (...), ...` of `rows` rows of `cols` arguments.
+pub(super) fn multi_insert(head: &str, rows: usize, cols: usize) -> String {
+    let mut sql = format!("INSERT INTO {head} VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            sql.push_str(&format!("{}${}", if c == 0 { "" } else { ", " }, r * cols + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Unix seconds as RFC 3339 (UTC), as events carry times.
 pub(crate) fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
@@ -1074,8 +1060,72 @@ pub(crate) fn rfc3339(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// The first column of what [`Tx::birth`] reads of the key.
-const BIRTH_KEY_COL: usize = 9;
+/// What a birth's checks read, for the station `{st}`, batch `{b}`, device
+/// `{sn}` and key `{spki}`, from `{from}`: one row, or one per certificate of
+/// the key. [`judge_birth`] reads columns 0 to 8, [`key_free_in`] the rest.
+pub(super) const BIRTH_READ_OF: &str = "SELECT s.status, b.quota, b.issued, b.valid_from, b.valid_until, b.status,
+        (SELECT 1 FROM station_batches WHERE station = {st} AND batch_id = {b}),
+        (SELECT 1 FROM batch_serials WHERE batch_id = {b} AND device_serial = {sn}),
+        (SELECT cert_serial FROM births WHERE device_serial = {sn}),
+        (SELECT reason FROM blocked_keys WHERE spki_sha256 = {spki}), k.serial, k.device_serial, k.issued_at{more}
+    FROM {from} LEFT JOIN stations s ON s.name = {st} LEFT JOIN batches b ON b.id = {b}
+    LEFT JOIN certificates k ON k.spki_sha256 = {spki}";
+
+/// [`BIRTH_READ_OF`] for one birth: `$1` the station, `$2` the batch, `$3` the device, `$4` the key.
+static BIRTH_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    BIRTH_READ_OF
+        .replace("{st}", "$1")
+        .replace("{b}", "$2")
+        .replace("{sn}", "$3")
+        .replace("{spki}", "$4")
+        .replace("{more}", "")
+        .replace("{from}", "(SELECT 1 AS one) o")
+});
+
+/// The first column of what [`BIRTH_READ_OF`] reads of the key.
+pub(super) const BIRTH_KEY_COL: usize = 9;
+
+/// The birth rules on one row of [`BIRTH_READ_OF`] (columns 0 to 8), in the
+/// order a station would want to hear them, for device `serial` of `batch`
+/// made by `station` at `now`, after `earlier` births of the batch that the
+/// same transaction counted but the row does not: the batch's quota.
+pub(super) fn judge_birth(
+    r: &mut Row,
+    (batch, station, serial): (&str, &str, &str),
+    now: i64,
+    earlier: i64,
+) -> Result<i64, StoreError> {
+    match r.opt_text(0)?.as_deref() {
+        None => return Err(StoreError::StationUnknown { station: station.into() }),
+        Some("active") => {}
+        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+    }
+    let Some(quota) = r.opt_int(1)? else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
+    let (issued, from, until, status) = (r.int(2)?, r.int(3)?, r.int(4)?, r.text(5)?);
+    if r.opt_int(6)?.is_none() {
+        return Err(StoreError::StationNotAuthorized { station: station.into(), batch: batch.into() });
+    }
+    if status != "open" {
+        return Err(StoreError::BatchClosed { batch: batch.into() });
+    }
+    if now < from || now >= until {
+        return Err(StoreError::BatchOutsideWindow { batch: batch.into(), from, until });
+    }
+    if issued + earlier >= quota {
+        return Err(quota_exhausted(batch, quota));
+    }
+    if r.opt_int(7)?.is_none() {
+        return Err(StoreError::SerialNotAllowed { batch: batch.into(), serial: serial.into() });
+    }
+    if let Some(cert) = r.opt_text(8)? {
+        return Err(StoreError::AlreadyBorn { serial: serial.into(), cert });
+    }
+    Ok(quota)
+}
+
+pub(super) fn quota_exhausted(batch: &str, quota: i64) -> StoreError {
+    StoreError::QuotaExhausted { batch: batch.into(), quota: u64::try_from(quota).unwrap_or(0) }
+}
 
 /// `c`'s key is neither blocked nor another device's, on what `key_free`
 /// reads: from column `at` on, the key's block (on every row), then the
@@ -1083,7 +1133,7 @@ const BIRTH_KEY_COL: usize = 9;
 /// KeyBlocked comes first; KeyInUse names the first other holder by
 /// (issuedAt, serial compared bytewise), a row whose device differs (NULL
 /// included).
-fn key_free_in(rows: &mut [Row], at: usize, c: &CertRecord) -> Result<(), StoreError> {
+pub(super) fn key_free_in(rows: &mut [Row], at: usize, c: &CertRecord) -> Result<(), StoreError> {
     let spki: &str = &c.spki_sha256;
     let mut other: Option<(i64, String, Option<String>)> = None;
     for (i, r) in rows.iter_mut().enumerate() {
