@@ -140,8 +140,9 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Statements prepared and kept per connection (the writer uses about forty).
-const STATEMENTS: usize = 128;
+/// Statements prepared and kept per connection: the writer's forty or so, and
+/// the shapes of its multi-row statements (audit entries, bulk births).
+const STATEMENTS: usize = 256;
 
 /// The engine's statement in SQLite's dialect: `?N` arguments, no collation
 /// (SQLite compares text bytewise), no row locks (the write lock covers the

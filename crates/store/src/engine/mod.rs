@@ -20,6 +20,9 @@
 //! A caller alone commits its own write on its own thread: no hand-off to a
 //! writer thread and back. An operation that fails is rolled back to its
 //! savepoint and gets its own error; the others in its batch are unaffected.
+//! (Savepoints are taken only once an operation failed after it changed
+//! something: [`writes::Isolation`].) A group of births alone is judged on
+//! two reads and written in multi-row statements (`bulk`).
 //!
 //! # Queued writes
 //!

@@ -127,12 +127,16 @@ fn station_by<S: Sql + ?Sized>(
         .into_iter()
         .map(|mut r| r.text(0))
         .collect::<Result<Vec<_>, _>>()?;
-    let status = if row.text(2)? == "active" {
-        StationStatus::Active
-    } else {
-        StationStatus::Revoked { at: row.opt_int(4)?.unwrap_or(0) }
-    };
+    let status = station_status(&row.text(2)?, row.opt_int(4)?);
     Ok(Some(StationRecord { name, cert_serial: row.text(1)?, batches, status, created_at: row.int(3)? }))
+}
+
+/// A station's status as stored: `active`, else revoked at `revoked_at`.
+fn station_status(status: &str, revoked_at: Option<i64>) -> StationStatus {
+    match status {
+        "active" => StationStatus::Active,
+        _ => StationStatus::Revoked { at: revoked_at.unwrap_or(0) },
+    }
 }
 
 pub(super) fn ownership_of<S: Sql + ?Sized>(db: &mut S, serial: &str) -> Result<Option<Ownership>, StoreError> {
@@ -238,10 +242,7 @@ impl<E: HasEngine> Certificates for E {
         let station = match station.then(|| first.opt_text(21)).transpose()?.flatten() {
             None => None,
             Some(name) => {
-                let status = match first.text(22)?.as_str() {
-                    "active" => StationStatus::Active,
-                    _ => StationStatus::Revoked { at: first.opt_int(24)?.unwrap_or(0) },
-                };
+                let status = station_status(&first.text(22)?, first.opt_int(24)?);
                 let created_at = first.int(23)?;
                 let mut batches = Vec::new();
                 for mut r in std::iter::once(first).chain(rows) {
