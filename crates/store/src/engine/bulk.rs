@@ -226,7 +226,7 @@ impl Tx<'_> {
                 })
                 .collect();
             self.w.run(&BIRTH_INSERTS[shift], &args).map_err(failed)?;
-            let args: Vec<Arg<'_>> = chunk.iter().flat_map(|b| cert_args(&b.issuance.cert)).collect();
+            let args: Vec<Arg<'_>> = chunk.iter().flat_map(|b| cert_args(&b.issuance.cert, false)).collect();
             self.w.run(&CERT_INSERTS[shift], &args).map_err(failed)?;
         }
         for (shift, chunk) in chunks(&upserts) {
@@ -255,7 +255,7 @@ impl Tx<'_> {
         let mut up = None;
         if fleet::is_device_cert(&b.issuance.cert) {
             let rows = summaries.remove(b.device).unwrap_or_default();
-            let (old, new) = kept_and_summary_in(rows, Some((&b.issuance.cert, true)))?;
+            let (old, new) = kept_and_summary_in(rows, Some(&b.issuance.cert))?;
             match moved(old, new, deltas) {
                 Moved::Same => {}
                 Moved::To(s) => up = Some(s),

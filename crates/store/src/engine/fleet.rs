@@ -106,11 +106,11 @@ fn kept_and_summary(db: &mut dyn Sql, device: &str) -> Result<(Option<Summary>, 
 }
 
 /// A device's summary as kept and as made now, from its rows of
-/// [`SUMMARY_READ_OF`] and, with `new`, a certificate recorded after them (a
-/// birth's, if `birth`).
+/// [`SUMMARY_READ_OF`] and, with `born`, the device's birth certificate
+/// recorded after them.
 pub(super) fn kept_and_summary_in(
     mut rows: Vec<Row>,
-    new: Option<(&CertRecord, bool)>,
+    born: Option<&CertRecord>,
 ) -> Result<(Option<Summary>, Option<Summary>), StoreError> {
     let first = rows.first_mut().ok_or_else(|| StoreError::Database("the fleet summary read no row".into()))?;
     let owner = first.opt_text(7)?;
@@ -126,16 +126,16 @@ pub(super) fn kept_and_summary_in(
             Some(Summary { state, cert_serial: first.opt_text(9)?, not_after: first.opt_int(10)? })
         }
     };
-    if let Some((c, birth)) = new {
-        // As CERT_COLS would read it.
+    if let Some(c) = born {
+        // As CERT_COLS would read it once recorded (with no successor yet: `cert_args`).
         let status = if matches!(c.status, crate::CertStatus::Good) { "good" } else { "revoked" };
         rows.push(Row(vec![
             Value::Text(c.serial.clone()),
             Value::Int(c.issued_at),
             Value::Int(c.not_after),
             Value::Text(status.into()),
-            c.replaced_by.clone().map_or(Value::Null, Value::Text),
-            if birth { Value::Int(1) } else { Value::Null },
+            Value::Null,
+            Value::Int(1),
             Value::Null,
         ]));
     }
@@ -157,7 +157,7 @@ pub(crate) struct Deltas {
 }
 
 impl Deltas {
-    pub(super) fn add_state(&mut self, s: &Summary, n: i64) {
+    fn add_state(&mut self, s: &Summary, n: i64) {
         *self.states.entry(s.state).or_default() += n;
         if let (Some(t), "certified") = (s.not_after, s.state) {
             *self.hours.entry(hour_of(t)).or_default() += n;
@@ -395,7 +395,7 @@ impl Tx<'_> {
     pub(super) fn bulk_load(&mut self, b: &crate::BulkLoad) -> Result<(), StoreError> {
         for chunk in b.certs.chunks(BULK_ROWS) {
             let sql = multi_insert(CERT_TABLE, chunk.len(), 16);
-            let args: Vec<Arg<'_>> = chunk.iter().flat_map(cert_args).collect();
+            let args: Vec<Arg<'_>> = chunk.iter().flat_map(|c| cert_args(c, true)).collect();
             self.w.run(&sql, &args)?;
         }
         for chunk in b.births.chunks(BULK_ROWS) {

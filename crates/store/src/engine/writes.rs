@@ -936,7 +936,8 @@ impl<'a> Tx<'a> {
     }
 
     fn insert_cert(&mut self, c: &CertRecord) -> Result<(), StoreError> {
-        self.w.insert(&CERT_INSERT, &cert_args(c), || StoreError::DuplicateSerial { serial: c.serial.clone() })?;
+        let args = cert_args(c, false);
+        self.w.insert(&CERT_INSERT, &args, || StoreError::DuplicateSerial { serial: c.serial.clone() })?;
         if let (true, Some(d)) = (super::fleet::is_device_cert(c), &c.device_serial) {
             self.touch(d);
         }
@@ -1011,8 +1012,10 @@ pub(super) const CERT_TABLE: &str =
     "certificates (serial, ca, profile, subject, device_serial, not_before, not_after, \
     issued_at, spki_sha256, replaces, status, revoked_at, revocation_reason, der, replaced_by, template)";
 
-/// A certificate's row: the arguments of [`CERT_TABLE`].
-pub(super) fn cert_args(c: &CertRecord) -> [Arg<'_>; 16] {
+/// A certificate's row: the arguments of [`CERT_TABLE`]. A certificate
+/// recorded as it is issued has no successor yet, whatever the record says
+/// (`successor`: keep the record's, as a bulk load of a registry does).
+pub(super) fn cert_args(c: &CertRecord, successor: bool) -> [Arg<'_>; 16] {
     let (status, at, reason) = match c.status {
         CertStatus::Good => ("good", Arg::Null, Arg::Null),
         CertStatus::Revoked { at, reason } => ("revoked", Arg::Int(at), Arg::Int(i64::from(reason))),
@@ -1032,7 +1035,7 @@ pub(super) fn cert_args(c: &CertRecord) -> [Arg<'_>; 16] {
         at,
         reason,
         Arg::Blob(&c.der),
-        c.replaced_by.as_ref().into(),
+        if successor { c.replaced_by.as_ref().into() } else { Arg::Null },
         c.template.as_ref().into(),
     ]
 }
