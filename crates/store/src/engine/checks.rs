@@ -227,8 +227,9 @@ fn births_setup(s: &dyn Store, held: &CertRecord, before: &CertRecord, born: &Ce
     conformance::batch(s, "BA", 3, &serials("A", 6));
     conformance::batch(s, "BB", 10, &serials("B", 10));
     conformance::batch(s, "BC", 5, &serials("C", 5));
+    conformance::batch(s, "BD", 70, &serials("D", 80));
     s.close_batch("BC", ev("close")).unwrap();
-    let _ = conformance::station(s, "st-1", &["BA", "BB", "BC"]);
+    let _ = conformance::station(s, "st-1", &["BA", "BB", "BC", "BD"]);
     let _ = conformance::station(s, "st-2", &["BB"]);
     s.revoke_station("st-2", 1_000, ev("revoke")).unwrap();
     // A key another device holds, a blocked key, a device with an operational
@@ -245,7 +246,8 @@ fn births_setup(s: &dyn Store, held: &CertRecord, before: &CertRecord, born: &Ce
 /// and one operation at a time on `one` (two fresh stores, set up alike). The
 /// results, the audit chains (to the head's hash), the batches' counts, the
 /// certificates and the fleet's summaries are the same; the group ran in one
-/// transaction, without savepoints.
+/// transaction, without savepoints. Then the same for a group of 75 births,
+/// more than one statement takes.
 pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
     (bulk_w, bulk): (&mut dyn Writer, &dyn Store),
     (one_w, one): (&mut dyn Writer, &dyn Store),
@@ -347,4 +349,39 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
     assert_eq!(o.states.born, 5, "B-9 before, A-0, A-1, A-2 and B-5 now (B-0's certificate is not a device's)");
     bulk.rebuild_fleet().unwrap();
     assert_eq!(bulk.fleet_overview(1_000, 30).unwrap(), one.fleet_overview(1_000, 30).unwrap(), "as rebuilt");
+
+    // A group larger than a statement takes (2^MAX_SHIFT rows): its checks
+    // and summaries are read in a chunk of 64 and a last one filled up to 16
+    // with its last device again; its writes go in chunks of 64, 4 and 2.
+    // Batch BD's quota (70) is exhausted by the group's own births, and its
+    // 11th birth is of a device off the allowlist.
+    let ops: Vec<Op> = (0..75)
+        .map(|i| {
+            let device = if i == 10 { "D-99".to_string() } else { format!("D-{i}") };
+            let c = conformance::cert(&device);
+            Op::Issue(Box::new(issuance(&c, conformance::birth("BD", "st-1", &device, 1_000))))
+        })
+        .collect();
+    let mut spy = Spy { w: bulk_w, log: Vec::new(), statements: 0 };
+    let together = run_batch(&mut spy, &ops, None);
+    assert_eq!(spy.log, ["begin", "commit"], "one transaction, no savepoint");
+    // Reads: checks 2, summaries 2. Writes: the quota 1; births and
+    // certificates in 64, 4 and 2 (6); summaries in 64, 4 and 2 (3); the
+    // fleet's counter 1 and the audit entries in 64 and 6 (2).
+    assert!(spy.statements <= 17, "{} statements", spy.statements);
+    let alone: Vec<_> = ops.iter().flat_map(|op| run_batch(one_w, std::slice::from_ref(op), None)).collect();
+    assert_eq!(together, alone);
+    assert!(matches!(together[10], Err(StoreError::SerialNotAllowed { .. })), "{together:?}");
+    assert!(together[..71].iter().enumerate().all(|(i, r)| i == 10 || r.is_ok()), "{together:?}");
+    assert!(together[71..].iter().all(|r| matches!(r, Err(StoreError::QuotaExhausted { .. }))), "{together:?}");
+    assert_eq!(bulk.verify_audit().unwrap(), one.verify_audit().unwrap(), "the same entries, in the same order");
+    assert_eq!(bulk.batch("BD").unwrap().map(|b| b.issued), Some(70));
+    assert_eq!(bulk.list_batches().unwrap(), one.list_batches().unwrap());
+    assert_eq!(bulk.count_certificates().unwrap(), one.count_certificates().unwrap());
+    for op in &ops {
+        let Op::Issue(i) = op else { continue };
+        assert_eq!(bulk.certificate(&i.cert.serial).unwrap(), one.certificate(&i.cert.serial).unwrap());
+    }
+    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap(), one.fleet_overview(1_000, 30).unwrap());
+    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap().states.born, 75, "5 before, and D-0 to D-70 but D-10");
 }
