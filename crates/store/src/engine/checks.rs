@@ -290,19 +290,15 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
             Op::Issue(Box::new(issuance(&c, conformance::birth(batch, station, device, *now))))
         })
         .collect();
-    let mut spy = Spy { w: bulk_w, log: Vec::new(), statements: 0 };
-    let together = run_batch(&mut spy, &ops, None);
     // One by one, the birth refused for its key (read after the birth's own
     // writes) would have made the group run again with savepoints.
-    assert_eq!(spy.log, ["begin", "commit"], "one transaction, no savepoint");
+    let (together, statements) = both_ways(&mut *bulk_w, &mut *one_w, &ops);
     // The 16 births' checks in one read, the 15 devices' summaries in another;
     // the 6 recorded in a statement per batch's quota (2), births and
     // certificates each in a chunk of 4 and one of 2 (4), the 4 summaries that
     // moved in one (B-8's stays certified); the fleet's counter and the audit
     // entries (2). One by one: over 60.
-    assert!(spy.statements <= 11, "{} statements", spy.statements);
-    let alone: Vec<_> = ops.iter().flat_map(|op| run_batch(one_w, std::slice::from_ref(op), None)).collect();
-    assert_eq!(together, alone);
+    assert!(statements <= 11, "{statements} statements");
     let refused: Vec<&str> = together
         .iter()
         .filter_map(|r| r.as_ref().err())
@@ -335,13 +331,7 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
             "station unknown"
         ]
     );
-    assert_eq!(bulk.verify_audit().unwrap(), one.verify_audit().unwrap(), "the same entries, in the same order");
-    assert_eq!(bulk.list_batches().unwrap(), one.list_batches().unwrap());
-    assert_eq!(bulk.count_certificates().unwrap(), one.count_certificates().unwrap());
-    for op in &ops {
-        let Op::Issue(i) = op else { continue };
-        assert_eq!(bulk.certificate(&i.cert.serial).unwrap(), one.certificate(&i.cert.serial).unwrap());
-    }
+    same_records(bulk, one, &ops);
     for now in [1_000, 1_500, 2_500] {
         assert_eq!(bulk.fleet_overview(now, 30).unwrap(), one.fleet_overview(now, 30).unwrap());
     }
@@ -362,26 +352,40 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
             Op::Issue(Box::new(issuance(&c, conformance::birth("BD", "st-1", &device, 1_000))))
         })
         .collect();
-    let mut spy = Spy { w: bulk_w, log: Vec::new(), statements: 0 };
-    let together = run_batch(&mut spy, &ops, None);
-    assert_eq!(spy.log, ["begin", "commit"], "one transaction, no savepoint");
+    let (together, statements) = both_ways(bulk_w, one_w, &ops);
     // Reads: checks 2, summaries 2. Writes: the quota 1; births and
     // certificates in 64, 4 and 2 (6); summaries in 64, 4 and 2 (3); the
     // fleet's counter 1 and the audit entries in 64 and 6 (2).
-    assert!(spy.statements <= 17, "{} statements", spy.statements);
-    let alone: Vec<_> = ops.iter().flat_map(|op| run_batch(one_w, std::slice::from_ref(op), None)).collect();
-    assert_eq!(together, alone);
+    assert!(statements <= 17, "{statements} statements");
     assert!(matches!(together[10], Err(StoreError::SerialNotAllowed { .. })), "{together:?}");
     assert!(together[..71].iter().enumerate().all(|(i, r)| i == 10 || r.is_ok()), "{together:?}");
     assert!(together[71..].iter().all(|r| matches!(r, Err(StoreError::QuotaExhausted { .. }))), "{together:?}");
-    assert_eq!(bulk.verify_audit().unwrap(), one.verify_audit().unwrap(), "the same entries, in the same order");
+    same_records(bulk, one, &ops);
     assert_eq!(bulk.batch("BD").unwrap().map(|b| b.issued), Some(70));
+    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap(), one.fleet_overview(1_000, 30).unwrap());
+    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap().states.born, 75, "5 before, and D-0 to D-70 but D-10");
+}
+
+/// `ops` run as one group on `bulk` (in one transaction, without savepoints)
+/// and one at a time on `one`, with the same results: those results, and the
+/// statements the group took.
+fn both_ways(bulk: &mut dyn Writer, one: &mut dyn Writer, ops: &[Op]) -> (Vec<Result<Done, StoreError>>, usize) {
+    let mut spy = Spy { w: bulk, log: Vec::new(), statements: 0 };
+    let together = run_batch(&mut spy, ops, None);
+    assert_eq!(spy.log, ["begin", "commit"], "one transaction, no savepoint");
+    let alone: Vec<_> = ops.iter().flat_map(|op| run_batch(one, std::slice::from_ref(op), None)).collect();
+    assert_eq!(together, alone);
+    (together, spy.statements)
+}
+
+/// The two stores of [`both_ways`] hold the same audit chain, batches and
+/// certificates of `ops`.
+fn same_records(bulk: &dyn Store, one: &dyn Store, ops: &[Op]) {
+    assert_eq!(bulk.verify_audit().unwrap(), one.verify_audit().unwrap(), "the same entries, in the same order");
     assert_eq!(bulk.list_batches().unwrap(), one.list_batches().unwrap());
     assert_eq!(bulk.count_certificates().unwrap(), one.count_certificates().unwrap());
-    for op in &ops {
+    for op in ops {
         let Op::Issue(i) = op else { continue };
         assert_eq!(bulk.certificate(&i.cert.serial).unwrap(), one.certificate(&i.cert.serial).unwrap());
     }
-    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap(), one.fleet_overview(1_000, 30).unwrap());
-    assert_eq!(bulk.fleet_overview(1_000, 30).unwrap().states.born, 75, "5 before, and D-0 to D-70 but D-10");
 }
