@@ -129,10 +129,14 @@ pub fn pkilint_exe(dir: &Path, cfg: &Config) -> Option<PathBuf> {
 }
 
 /// Run pkilint (`exe`, its `lint_pkix_cert`) on one certificate: its
-/// findings at WARNING or above, if any.
+/// findings at WARNING or above, if any. Anything it prints is a finding,
+/// but for Python's own warnings (a dependency's deprecation notice, such as
+/// pyca/cryptography 51's on DSA), which say nothing of the certificate:
+/// they are turned off.
 pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
     let mut child = Command::new(exe)
         .args(["lint", "-s", "WARNING", "--document-format", "DER", "-"])
+        .env("PYTHONWARNINGS", "ignore")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -277,4 +281,41 @@ pub fn check_file(text: &str, organization: &str, now: i64, exe: Option<&Path>) 
         }
     }
     Ok(lines)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A stand-in for pkilint: a shell script with `body`.
+    fn fake(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let p = dir.join(format!("lint-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        std::fs::write(&p, format!("#!/bin/sh\ncat > /dev/null\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn pkilint_findings_refuse_and_pythons_own_warnings_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(pkilint(&fake(tmp.path(), "exit 0"), b"der"), Ok(()));
+        // What pkilint prints at WARNING or above, with its exit status.
+        let e = pkilint(&fake(tmp.path(), "echo 'pkix.invalid_uri_syntax (ERROR)'; exit 1"), b"der").unwrap_err();
+        assert!(e.starts_with("pkilint finds: pkix.invalid_uri_syntax"), "{e}");
+        // Anything on stderr counts too (a certificate it cannot load), even with exit 0.
+        let e = pkilint(&fake(tmp.path(), "echo 'Failed to load certificate' >&2"), b"der").unwrap_err();
+        assert!(e.contains("Failed to load certificate"), "{e}");
+        // A Python warning is printed only when Python's warnings are on.
+        let warns =
+            fake(tmp.path(), "[ \"$PYTHONWARNINGS\" = ignore ] || echo 'CryptographyDeprecationWarning: DSA' >&2");
+        assert_eq!(pkilint(&warns, b"der"), Ok(()));
+        // Long reports are cut, and a missing tool says so.
+        let e = pkilint(&fake(tmp.path(), "yes finding | head -c 100000; exit 1"), b"der").unwrap_err();
+        assert!(e.len() < MAX_REPORT + 64 && e.ends_with("..."), "{}", e.len());
+        let e = pkilint(&tmp.path().join("absent"), b"der").unwrap_err();
+        assert!(e.contains("cannot run"), "{e}");
+    }
 }

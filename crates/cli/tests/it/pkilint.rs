@@ -23,9 +23,11 @@ pub(crate) fn pkilint_bin(name: &str) -> PathBuf {
 }
 
 pub(crate) fn lint(args: &[&Path], tool: &str) {
+    // Python's own warnings (a dependency's deprecation notice) are not findings.
     let out = Command::new(pkilint_bin(tool))
         .args(["lint", "-s", "WARNING", "--document-format", "PEM"])
         .args(args)
+        .env("PYTHONWARNINGS", "ignore")
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
