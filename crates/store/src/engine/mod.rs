@@ -709,6 +709,24 @@ mod tests {
         AuditEvent { at: 1, actor: "a".into(), action: "x".into(), target: String::new(), detail: String::new() }
     }
 
+    /// Wait until the one write submitted has been taken by its leader: a
+    /// commit is led and nothing is queued, read under one lock. An empty
+    /// queue alone is also what comes before the write is queued at all; and
+    /// writes queued before the leader takes its group would join it.
+    fn wait_for_the_lead_to_take_its_own<B: Backend>(engine: &Engine<B>) {
+        until(engine, "the leader to take its own write", |q| q.leading && q.pending.is_empty());
+    }
+
+    /// Wait until the queue is as `holds` says, read under its lock; a test
+    /// whose threads never get there fails, after 30 s, rather than hang.
+    fn until<B: Backend>(engine: &Engine<B>, what: &str, holds: impl Fn(&Queue) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !holds(&lock(&engine.queue)) {
+            assert!(std::time::Instant::now() < deadline, "waited 30 s for {what}");
+            std::thread::yield_now();
+        }
+    }
+
     /// The first caller leads; the callers that queue while it commits are
     /// committed together, in one transaction, by the first of them.
     #[test]
@@ -718,14 +736,12 @@ mod tests {
         let (begins, rows) = (Arc::clone(&writer.begins), Arc::clone(&writer.rows));
         let engine = Engine::new(NoReads, writer);
         let results = std::thread::scope(|sc| {
+            // Dropped if this thread panics, so that the leader's wait ends too.
+            let open = open;
             let first = sc.spawn(|| engine.submit(Op::Audit(ev())));
-            while !lock(&engine.queue).pending.is_empty() {
-                std::thread::yield_now();
-            }
+            wait_for_the_lead_to_take_its_own(&engine);
             let rest: Vec<_> = (0..20).map(|_| sc.spawn(|| engine.submit(Op::Audit(ev())))).collect();
-            while lock(&engine.queue).pending.len() < 20 {
-                std::thread::yield_now();
-            }
+            until(&engine, "20 writes queued", |q| q.pending.len() >= 20);
             open.send(()).unwrap();
             let mut all = vec![first.join().unwrap()];
             all.extend(rest.into_iter().map(|h| h.join().unwrap()));
@@ -772,9 +788,7 @@ mod tests {
         let engine = Engine::new(NoReads, writer);
         let first = Arc::clone(&engine);
         std::thread::Builder::new().name("first".into()).spawn(move || first.submit(Op::Audit(ev()))).unwrap();
-        while !lock(&engine.queue).pending.is_empty() || !lock(&engine.queue).leading {
-            std::thread::yield_now();
-        }
+        wait_for_the_lead_to_take_its_own(&engine);
         let queued = (0..n).map(|_| engine.queue(Op::Audit(ev()))).collect();
         (engine, open, queued, on)
     }
@@ -795,7 +809,8 @@ mod tests {
             vec!["first", "iotpki-commit"],
             "the leader's own write, then the 10 in one transaction"
         );
-        assert!(!lock(&engine.queue).leading, "the lead ends with the queue");
+        // The commit thread answers its writes, then gives up the lead.
+        until(&engine, "the lead to end with the queue", |q| !q.leading);
     }
 
     /// A caller waiting on its thread behind queued writes is handed the
@@ -806,9 +821,7 @@ mod tests {
         let late = Arc::clone(&engine);
         let waiting =
             std::thread::Builder::new().name("waiting".into()).spawn(move || late.submit(Op::Audit(ev()))).unwrap();
-        while lock(&engine.queue).pending.len() < 6 {
-            std::thread::yield_now();
-        }
+        until(&engine, "6 writes queued", |q| q.pending.len() >= 6);
         open.send(()).unwrap();
         assert_eq!(waiting.join().unwrap(), Ok(Done::Unit));
         for mut r in queued {
