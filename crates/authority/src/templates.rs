@@ -134,6 +134,12 @@ pub fn pkilint_exe(dir: &Path, cfg: &Config) -> Option<PathBuf> {
 /// pyca/cryptography 51's on DSA), which say nothing of the certificate:
 /// they are turned off.
 pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
+    pkilint_within(exe, der, PKILINT_TIMEOUT)
+}
+
+/// [`pkilint`], stopped once it has run for `limit`: a lint that hangs,
+/// or never reads the certificate, is a refusal that says so.
+fn pkilint_within(exe: &Path, der: &[u8], limit: std::time::Duration) -> Result<(), String> {
     let mut child = Command::new(exe)
         .args(["lint", "-s", "WARNING", "--document-format", "DER", "-"])
         .env("PYTHONWARNINGS", "ignore")
@@ -142,11 +148,13 @@ pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("pkilint ({}) cannot run: {e}", exe.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(der).map_err(|e| format!("pkilint ({}): {e}", exe.display()))?;
-    }
-    // Both pipes are drained while it runs (a full pipe would stall it), and it is
-    // stopped when it takes longer than PKILINT_TIMEOUT.
+    // The certificate is written, and both pipes drained, on their own threads while
+    // it runs (a full pipe would stall it, or us), and it is stopped when it takes
+    // longer than `limit`.
+    let writer = child.stdin.take().map(|mut stdin| {
+        let der = der.to_vec();
+        std::thread::spawn(move || stdin.write_all(&der))
+    });
     fn drain<R: std::io::Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -161,11 +169,11 @@ pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() < PKILINT_TIMEOUT => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(20)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("pkilint ({}) took longer than {PKILINT_TIMEOUT:?}", exe.display()));
+                return Err(format!("pkilint ({}) took longer than {limit:?}", exe.display()));
             }
             Err(e) => return Err(format!("pkilint ({}): {e}", exe.display())),
         }
@@ -173,7 +181,12 @@ pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
     let (stdout, stderr) = (out_t.join().unwrap_or_default(), err_t.join().unwrap_or_default());
     let mut text = format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
     if status.success() && text.trim().is_empty() {
-        return Ok(());
+        // It has exited, so the write has ended too: a lint that passes
+        // without reading the whole certificate has not linted it.
+        return match writer.map(std::thread::JoinHandle::join) {
+            Some(Ok(Err(e))) => Err(format!("pkilint ({}) did not read the certificate: {e}", exe.display())),
+            _ => Ok(()),
+        };
     }
     if text.len() > MAX_REPORT {
         let mut end = MAX_REPORT;
@@ -288,12 +301,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A stand-in for pkilint: a shell script with `body`.
+    /// A stand-in for pkilint: a shell script that reads the certificate, then runs `body`.
     fn fake(dir: &Path, body: &str) -> PathBuf {
+        bare(dir, &format!("cat > /dev/null\n{body}"))
+    }
+
+    /// A shell script with `body` alone, which may leave the certificate unread.
+    fn bare(dir: &Path, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt as _;
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let p = dir.join(format!("lint-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-        std::fs::write(&p, format!("#!/bin/sh\ncat > /dev/null\n{body}\n")).unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     }
@@ -317,5 +335,23 @@ mod tests {
         assert!(e.len() < MAX_REPORT + 64 && e.ends_with("..."), "{}", e.len());
         let e = pkilint(&tmp.path().join("absent"), b"der").unwrap_err();
         assert!(e.contains("cannot run"), "{e}");
+        // A lint that passes without reading the certificate has not linted it.
+        let e = pkilint(&bare(tmp.path(), "exit 0"), &[0x30; 1 << 20]).unwrap_err();
+        assert!(e.contains("did not read the certificate"), "{e}");
+    }
+
+    /// A lint that hangs is stopped at its limit, and so is one that never
+    /// reads a certificate larger than a pipe holds; neither stalls its caller.
+    #[test]
+    fn a_pkilint_that_hangs_is_stopped_and_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limit = std::time::Duration::from_millis(300);
+        let (hangs, deaf) = (fake(tmp.path(), "exec sleep 60"), bare(tmp.path(), "exec sleep 60"));
+        for (exe, der) in [(hangs, vec![0x30; 16]), (deaf, vec![0x30; 1 << 20])] {
+            let start = std::time::Instant::now();
+            let e = pkilint_within(&exe, &der, limit).unwrap_err();
+            assert!(e.contains("took longer than 300ms"), "{e}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "{:?}", start.elapsed());
+        }
     }
 }
