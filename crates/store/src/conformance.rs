@@ -1125,7 +1125,10 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
                 out
             })
         };
+        // A renewer that panics never counts: fail, bounded, rather than wait forever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while renewed.load(Ordering::SeqCst) < 40 {
+            assert!(std::time::Instant::now() < deadline, "40 renewals were not committed within 120 s");
             std::thread::yield_now();
         }
         let out = store.revoke_device(device_revocation(&d, 1, 1_900)).expect("revoke device");
