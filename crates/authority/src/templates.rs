@@ -137,8 +137,9 @@ pub fn pkilint(exe: &Path, der: &[u8]) -> Result<(), String> {
     pkilint_within(exe, der, PKILINT_TIMEOUT)
 }
 
-/// [`pkilint`], stopped once it has run for `limit`: a lint that hangs,
-/// or never reads the certificate, is a refusal that says so.
+/// [`pkilint`], stopped once it has run for `limit`: a lint that hangs, or
+/// never reads a certificate larger than its pipe holds, is a refusal that
+/// says so (a smaller one fits in the pipe, read or not).
 fn pkilint_within(exe: &Path, der: &[u8], limit: std::time::Duration) -> Result<(), String> {
     let mut child = Command::new(exe)
         .args(["lint", "-s", "WARNING", "--document-format", "DER", "-"])
