@@ -1,5 +1,6 @@
-//! A small EST client (RFC 7030) over TLS 1.3: one connection per call, or
-//! a kept-alive connection for many ([`EstClient::keep_alive`]).
+//! A small EST client (RFC 7030) over TLS 1.3: one connection per call, one
+//! connection for all of a client's calls ([`EstClient::one_connection`]: a
+//! device's flows), or a kept-alive connection for many ([`EstClient::keep_alive`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,10 @@ pub const MAX_ANSWER: usize = 16 << 20;
 /// A TLS connection speaking HTTP/1.1.
 type Connection = http1::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
+/// The connection a client keeps between its calls ([`EstClient::one_connection`]),
+/// shared by its clones: calls on it go one after the other.
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
 /// A device certificate chain with its key, for mutual TLS.
 pub struct ClientIdentity {
     /// Leaf first, then the issuing CAs.
@@ -43,6 +48,7 @@ pub struct EstClient {
     server_name: ServerName<'static>,
     tls: Arc<ClientConfig>,
     max_answer: usize,
+    kept: Option<Slot>,
 }
 
 /// An answer: status and body.
@@ -224,7 +230,7 @@ impl EstClient {
             Some(l) => format!("/.well-known/est/{l}"),
             None => "/.well-known/est".to_string(),
         };
-        Ok(Self { host, port, prefix, server_name, tls: Arc::new(tls), max_answer: MAX_ANSWER })
+        Ok(Self { host, port, prefix, server_name, tls: Arc::new(tls), max_answer: MAX_ANSWER, kept: None })
     }
 
     /// The same client, but every new connection makes a full TLS 1.3 handshake:
@@ -234,6 +240,15 @@ impl EstClient {
         let mut tls = (*self.tls).clone();
         tls.resumption = rustls::client::Resumption::disabled();
         Self { tls: Arc::new(tls), ..self.clone() }
+    }
+
+    /// The same client, but its calls (and its clones') share one kept-alive
+    /// connection, opened at the first call and again when the server has closed
+    /// it: a device's flow (`cacerts`, then `simpleenroll`) makes one TLS
+    /// handshake, not one per call (the server sends no session tickets to resume
+    /// with: `iotpki_server::tls`). Calls on it wait for each other.
+    pub fn one_connection(&self) -> Self {
+        Self { kept: Some(Arc::new(tokio::sync::Mutex::new(None))), ..self.clone() }
     }
 
     /// `GET /cacerts`: the CA certificates (DER).
@@ -365,13 +380,56 @@ impl EstClient {
     ) -> Result<Answer, AgentError> {
         let what = format!("{}:{}", self.host, self.port);
         let fut = async {
-            let mut conn = self.open().await?;
-            let (a, _) = self.send_on(&mut conn, method, path, content_type, body, &headers).await?;
-            Ok(a)
+            match &self.kept {
+                Some(slot) => self.send_kept(&mut *slot.lock().await, method, path, content_type, body, &headers).await,
+                None => {
+                    let mut conn = self.open().await?;
+                    let (a, _) = self.send_on(&mut conn, method, path, content_type, body, &headers).await?;
+                    Ok(a)
+                }
+            }
         };
         tokio::time::timeout(CALL_TIMEOUT, fut)
             .await
             .map_err(|_| AgentError::Connect(format!("{what}: no answer within {CALL_TIMEOUT:?}")))?
+    }
+
+    /// One request on the connection kept in `slot`, opened if there is none. A
+    /// kept connection that fails (the server closed it while idle) is replaced by
+    /// a new one, once: an EST request is safe to send again (the same token and
+    /// key, or the same renewal, get the certificate issued the first time). The
+    /// connection stays in `slot` while the server keeps it open.
+    async fn send_kept(
+        &self,
+        slot: &mut Option<Connection>,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+        headers: &Headers,
+    ) -> Result<Answer, AgentError> {
+        for attempt in 0..2 {
+            let reused = slot.is_some();
+            let conn = match slot.as_mut() {
+                Some(c) => c,
+                None => slot.insert(self.open().await?),
+            };
+            match self.send_on(conn, method, path, content_type, body, headers).await {
+                Ok((a, reusable)) => {
+                    if !reusable {
+                        *slot = None;
+                    }
+                    return Ok(a);
+                }
+                Err(e) => {
+                    *slot = None;
+                    if !reused || attempt == 1 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(AgentError::Connect("the connection closed twice".into()))
     }
 
     /// A new TLS connection speaking HTTP/1.1.
@@ -453,34 +511,12 @@ impl KeptConnection {
         let path = format!("{}/{op}", self.client.prefix);
         let body = est::encode_body(csr_der).into_bytes();
         let headers = auth_header(auth);
-        let fut = async {
-            // A connection the server closed (idle timeout) is opened again, once.
-            for attempt in 0..2 {
-                let reused = self.conn.is_some();
-                let conn = match self.conn.as_mut() {
-                    Some(c) => c,
-                    None => self.conn.insert(self.client.open().await?),
-                };
-                match self.client.send_on(conn, "POST", &path, Some(est::CT_PKCS10), &body, &headers).await {
-                    Ok((a, reusable)) => {
-                        if !reusable {
-                            self.conn = None;
-                        }
-                        return refuse_unless_ok(a);
-                    }
-                    Err(e) => {
-                        self.conn = None;
-                        if !reused || attempt == 1 {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            Err(AgentError::Connect("the connection closed twice".into()))
-        };
-        tokio::time::timeout(CALL_TIMEOUT, fut)
-            .await
-            .map_err(|_| AgentError::Connect(format!("no answer within {CALL_TIMEOUT:?}")))?
+        let fut = self.client.send_kept(&mut self.conn, "POST", &path, Some(est::CT_PKCS10), &body, &headers);
+        refuse_unless_ok(
+            tokio::time::timeout(CALL_TIMEOUT, fut)
+                .await
+                .map_err(|_| AgentError::Connect(format!("no answer within {CALL_TIMEOUT:?}")))??,
+        )
     }
 
     /// `simpleenroll` with a one-time token, on this connection.

@@ -138,6 +138,18 @@ impl Est {
         }
     }
 
+    /// The same client, its calls over HTTPS on one connection
+    /// ([`EstClient::one_connection`]): a flow's calls make one TLS handshake, and
+    /// the connection stays open while the client lives. Over coaps, unchanged:
+    /// a DTLS session per call.
+    pub fn one_connection(self) -> Self {
+        match self {
+            Self::Https(c) => Self::Https(c.one_connection()),
+            #[cfg(feature = "coaps")]
+            c @ Self::Coaps(_) => c,
+        }
+    }
+
     /// The CA certificates (DER).
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>, AgentError> {
         match self {
@@ -240,7 +252,9 @@ async fn enroll_in(opts: &EnrollOptions, given: Option<&Keystore>) -> Result<Ide
         #[cfg(feature = "coaps")]
         enroll_coaps(opts, &serial, &anchor, keystore).await?
     } else {
-        let client = EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?;
+        // cacerts and the enrollment on one connection: one TLS handshake per device.
+        let client =
+            EstClient::new(&opts.server, opts.label.as_deref(), std::slice::from_ref(&anchor), None)?.one_connection();
         let chain = issuing_chain(client.cacerts().await?, &anchor)?;
 
         // The key exists (on disk, or in the token and noted on disk) before the request
@@ -412,7 +426,8 @@ async fn renew_from(
         &trusted,
         &chain,
         Some(ClientIdentity { chain: tls_chain, key: old_key.clone() }),
-    )?;
+    )?
+    .one_connection();
     // A renewal whose answer was lost (its certificate was issued, and the
     // current one superseded) left its key: the retry uses it, and the server
     // answers with the certificate it issued then.
@@ -676,7 +691,8 @@ async fn commission_from(
         &trusted_roots(state_dir, &anchor)?,
         &[],
         Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
-    )?;
+    )?
+    .one_connection();
     let chain = issuing_chain(client.cacerts().await?, &anchor)?;
     let (key_file, new_key) = keystore.new_key(birth_key.key_type(), serial.as_str())?;
     let attempt = async {

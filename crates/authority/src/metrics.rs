@@ -42,6 +42,9 @@ pub struct Metrics {
     pub http_requests: Family<Histogram>,
     /// Open connections, by `listener` (`tls`, `http`, `metrics`): the server's.
     pub open_connections: Family<Gauge>,
+    /// Connections accepted since the start, by `listener` (`tls`, `http`,
+    /// `metrics`), those closed at once at the connection limit included: the server's.
+    pub accepted_connections: Family<Counter>,
     expiring: Mutex<Option<(Instant, Expiring)>>,
 }
 
@@ -65,6 +68,7 @@ impl Default for Metrics {
             ocsp_cache_misses: Counter::new(),
             http_requests: Family::new(&["route", "code"], MAX_SERIES, || Histogram::new(iotpki_metrics::SECONDS)),
             open_connections: Family::new(&["listener"], 16, Gauge::new),
+            accepted_connections: Family::new(&["listener"], 16, Counter::new),
             expiring: Mutex::new(None),
         }
     }

@@ -36,7 +36,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use iotpki_metrics::Gauge;
+use iotpki_metrics::{Counter, Gauge};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,10 +107,10 @@ pub async fn serve_with(
     let _stop_refreshing = AbortOnDrop(refresher);
     let _stop_flushing = AbortOnDrop(flusher);
     let max = limits.clone();
-    let gauge = authority.metrics().open_connections.with(&["tls"]);
+    let counted = ListenerMetrics::of(&authority, "tls");
     let r = accept_loop(
         listener,
-        gauge,
+        counted,
         move || max.current().max_connections,
         shutdown,
         move |tcp, peer| {
@@ -157,8 +157,8 @@ pub async fn serve_http_with(
     limits: LimitsHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let gauge = authority.metrics().open_connections.with(&["http"]);
-    serve_plain(public_router(authority), gauge, listener, limits, shutdown).await
+    let counted = ListenerMetrics::of(&authority, "http");
+    serve_plain(public_router(authority), counted, listener, limits, shutdown).await
 }
 
 /// Serve `GET /metrics` alone over plain HTTP on `listener` (`[server]
@@ -170,15 +170,15 @@ pub async fn serve_metrics_with(
     limits: LimitsHandle,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let gauge = authority.metrics().open_connections.with(&["metrics"]);
-    serve_plain(metrics_router(authority), gauge, listener, limits, shutdown).await
+    let counted = ListenerMetrics::of(&authority, "metrics");
+    serve_plain(metrics_router(authority), counted, listener, limits, shutdown).await
 }
 
 /// Serve `app` over plain HTTP on `listener` until `shutdown`, rate-limited
-/// and capped by `limits`, its open connections counted in `gauge`.
+/// and capped by `limits`, its connections counted in `counted`.
 async fn serve_plain(
     app: axum::Router,
-    gauge: Arc<Gauge>,
+    counted: ListenerMetrics,
     listener: TcpListener,
     limits: LimitsHandle,
     shutdown: impl Future<Output = ()>,
@@ -188,7 +188,7 @@ async fn serve_plain(
     let max = limits.clone();
     accept_loop(
         listener,
-        gauge,
+        counted,
         move || max.current().max_connections,
         shutdown,
         move |tcp, peer| {
@@ -228,6 +228,19 @@ async fn refresh_crls(authority: Arc<Authority>) {
 
 /// One open connection, counted while it lives (in the loop's count and in
 /// the listener's gauge for /metrics).
+/// A listener's connections in the metrics: open now, and accepted in all.
+struct ListenerMetrics {
+    open: Arc<Gauge>,
+    accepted: Arc<Counter>,
+}
+
+impl ListenerMetrics {
+    fn of(authority: &Authority, listener: &str) -> Self {
+        let m = authority.metrics();
+        Self { open: m.open_connections.with(&[listener]), accepted: m.accepted_connections.with(&[listener]) }
+    }
+}
+
 struct Slot(Arc<AtomicUsize>, Arc<Gauge>);
 
 impl Slot {
@@ -255,10 +268,10 @@ impl Drop for AbortOnDrop {
 
 /// Accept connections until `shutdown`, each served by `conn` on its own
 /// task, at most `max()` at once (asked at each accept, so that a reload
-/// applies): one more is closed at once.
+/// applies): one more is closed at once. Each is counted in `counted`.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    gauge: Arc<Gauge>,
+    counted: ListenerMetrics,
     max: impl Fn() -> usize,
     shutdown: impl Future<Output = ()>,
     conn: F,
@@ -282,6 +295,7 @@ where
                 }
             },
         };
+        counted.accepted.inc();
         let max = max().max(1);
         // Only this loop adds to `open`, so the check and the add cannot race.
         if open.load(Ordering::Acquire) >= max {
@@ -289,7 +303,7 @@ where
             drop(tcp);
             continue;
         }
-        let permit = Slot::take(&open, &gauge);
+        let permit = Slot::take(&open, &counted.open);
         let _ = tcp.set_nodelay(true);
         let fut = conn(tcp, peer);
         tokio::spawn(async move {

@@ -79,6 +79,11 @@ pub fn render(a: &Authority) -> String {
     let open: Vec<(String, f64)> =
         m.open_connections.series().into_iter().map(|(l, g)| (l.join(","), g.get() as f64)).collect();
     t.gauges("iotpki_open_connections", "Connections open now (coaps: DTLS sessions), by listener.", "listener", &open);
+    t.counters(
+        "iotpki_connections_accepted_total",
+        "TCP connections accepted, by listener (those closed at once at the connection limit included).",
+        &m.accepted_connections,
+    );
 
     let store = a.store();
     let stats = store.writer_stats();

@@ -491,6 +491,32 @@ async fn a_peer_that_never_reads_is_closed_on_both_listeners() {
     assert!(!c.cacerts().await.unwrap().is_empty());
 }
 
+/// A client that keeps one connection for its calls (`EstClient::one_connection`,
+/// the agent's flows) opens another when the server has closed the first: after
+/// the idle timeout, and after the request cap's `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_server_closed_is_opened_again() {
+    let ca = Ca::start().await;
+    let srv = start(&ca, Limits { max_requests_per_connection: 3, ..short_connections() }).await;
+    let accepted = || ca.authority.metrics().accepted_connections.get(&["tls"]);
+    let root = ca.authority.root_der().to_vec();
+    let c = iotpki_agent::est_client::EstClient::new(&srv.url(), None, &[root], None).unwrap().one_connection();
+    let before = accepted();
+    c.cacerts().await.unwrap();
+    c.cacerts().await.unwrap();
+    assert_eq!(accepted() - before, 1, "two calls, one connection");
+    // Idle past the server's idle timeout (2 s): it has closed the connection.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.cacerts().await.unwrap();
+    assert_eq!(accepted() - before, 2, "opened again after the idle timeout");
+    // Three requests a connection: the third answer closes it, the fourth call opens another.
+    c.cacerts().await.unwrap();
+    c.cacerts().await.unwrap();
+    assert_eq!(accepted() - before, 2);
+    c.cacerts().await.unwrap();
+    assert_eq!(accepted() - before, 3, "opened again after the request cap");
+}
+
 /// Issue 12 item 7: at most `max_requests_per_connection` requests on one
 /// connection: the last answer says `Connection: close` and the server closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

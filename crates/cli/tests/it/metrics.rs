@@ -288,3 +288,40 @@ fn iotpki_serve_binds_metrics_listen_and_prints_it() {
 fn iotpki_metrics_content_type() -> &'static str {
     "text/plain; version=0.0.4; charset=utf-8"
 }
+
+/// The agent's flows keep one TLS connection for all their calls: an
+/// enrollment (`cacerts`, then `simpleenroll`) and a renewal are one connection
+/// each, counted by `iotpki_connections_accepted_total`; a client that opens one
+/// per call is counted once per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_flow_makes_one_tls_connection_and_the_server_counts_each() {
+    let ca = Ca::start().await;
+    let accepted = || ca.authority.metrics().accepted_connections.get(&["tls"]);
+    let before = accepted();
+    let state = ca.enrolled_device("ONE-CONN-1").await;
+    assert_eq!(accepted() - before, 1, "cacerts and simpleenroll on one connection");
+    let before = accepted();
+    iotpki_agent::renew(&state, None, None).await.unwrap();
+    assert_eq!(accepted() - before, 1, "a renewal");
+
+    // One connection per call, as the client makes them by default, and on one when asked.
+    let anchor = ca.authority.root_der().to_vec();
+    let client = iotpki_agent::est_client::EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), None).unwrap();
+    let before = accepted();
+    client.cacerts().await.unwrap();
+    client.cacerts().await.unwrap();
+    assert_eq!(accepted() - before, 2);
+    let one = client.one_connection();
+    let before = accepted();
+    for _ in 0..3 {
+        one.clone().cacerts().await.unwrap();
+    }
+    assert_eq!(accepted() - before, 1, "the clones share the connection");
+
+    // The scrape says the same.
+    let http = ca.http_url.clone();
+    let m = tokio::task::spawn_blocking(move || get(&format!("{http}/metrics"), &[]).2).await.unwrap();
+    let tls = sample(&m, r#"iotpki_connections_accepted_total{listener="tls"}"#).expect("counted");
+    assert_eq!(tls, accepted() as f64, "{m}");
+    assert!(sample(&m, r#"iotpki_connections_accepted_total{listener="http"}"#).unwrap() >= 1.0, "{m}");
+}
