@@ -90,6 +90,15 @@ pub fn server_config_with(
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.ignore_client_order = true;
+    // No session tickets, so no resumption: a renewal is one request on one
+    // connection, and the agent's other flows (cacerts, then the enrollment) keep
+    // theirs for all their calls (`EstClient::one_connection`), so a ticket was
+    // never used; the two that rustls sends by default cost every connection one
+    // write more and 2% of a fresh enrollment's instructions (BENCHMARKS.md,
+    // issue #14). A client that opens a new connection per call (libest, curl)
+    // makes a full handshake each time: one server signature more.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
 }
 

@@ -206,6 +206,42 @@ async fn authority_keys_are_encrypted_pkcs8_that_openssl_reads() {
     .unwrap();
 }
 
+/// The server sends no TLS 1.3 session tickets, so a client that keeps what
+/// it is given (rustls's default cache) makes a full handshake on its next
+/// connection: a renewal is one connection, and the agent's other flows keep
+/// theirs for all their calls (`it::metrics::an_agents_flow_makes_one_tls_connection_and_the_server_counts_each`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sends_no_session_tickets_and_a_second_connection_makes_a_full_handshake() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = Ca::start().await;
+    let addr = ca.url.trim_start_matches("https://").to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.authority.root_der().to_vec())).unwrap();
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ); // Resumption as rustls has it by default: a cache of 256 sessions.
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        // A whole answer read: any ticket, sent before it, has reached the client's cache.
+        let req = "GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    }
+    let full = Some(rustls::HandshakeKind::Full);
+    assert_eq!(kinds, vec![full, full], "no ticket to resume with");
+}
+
 /// Devices live 15 years: what they say over TLS today must stay secret from a
 /// future quantum computer. Our client (the agent's rustls configuration) and
 /// our server agree on the hybrid X25519MLKEM768; a peer without it gets X25519.
