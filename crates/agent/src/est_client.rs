@@ -398,7 +398,10 @@ impl EstClient {
     /// kept connection that fails (the server closed it while idle) is replaced by
     /// a new one, once: an EST request is safe to send again (the same token and
     /// key, or the same renewal, get the certificate issued the first time). The
-    /// connection stays in `slot` while the server keeps it open.
+    /// connection is out of `slot` while its request is under way and goes back
+    /// only once its answer has been read whole and the server keeps it open: a
+    /// call given up halfway (its timeout) takes its connection with it, and the
+    /// next call cannot read the answer meant for that one.
     async fn send_kept(
         &self,
         slot: &mut Option<Connection>,
@@ -409,24 +412,19 @@ impl EstClient {
         headers: &Headers,
     ) -> Result<Answer, AgentError> {
         for attempt in 0..2 {
-            let reused = slot.is_some();
-            let conn = match slot.as_mut() {
-                Some(c) => c,
-                None => slot.insert(self.open().await?),
+            let (mut conn, reused) = match slot.take() {
+                Some(c) => (c, true),
+                None => (self.open().await?, false),
             };
-            match self.send_on(conn, method, path, content_type, body, headers).await {
+            match self.send_on(&mut conn, method, path, content_type, body, headers).await {
                 Ok((a, reusable)) => {
-                    if !reusable {
-                        *slot = None;
+                    if reusable {
+                        *slot = Some(conn);
                     }
                     return Ok(a);
                 }
-                Err(e) => {
-                    *slot = None;
-                    if !reused || attempt == 1 {
-                        return Err(e);
-                    }
-                }
+                Err(e) if !reused || attempt == 1 => return Err(e),
+                Err(_) => {}
             }
         }
         Err(AgentError::Connect("the connection closed twice".into()))

@@ -517,6 +517,67 @@ async fn a_kept_connection_the_server_closed_is_opened_again() {
     assert_eq!(accepted() - before, 3, "opened again after the request cap");
 }
 
+/// A call on a kept connection given up halfway (its timeout) leaves no
+/// connection behind: the next call opens another instead of reading the late
+/// answer meant for the call given up. The server here answers each request with
+/// its path, and holds back its first answer until the first call has given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_halfway_leaves_its_answer_to_no_other_call() {
+    let ca = Ca::start().await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(iotpki_server::server_config(&ca.authority).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let held = Arc::new(tokio::sync::Mutex::new(Some(held)));
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (acceptor, held) = (acceptor.clone(), held.clone());
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut buf = Vec::new();
+                loop {
+                    // One request head (no body), then its answer: the path.
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap().to_string();
+                    if let Some(h) = held.lock().await.take() {
+                        let _ = h.await;
+                    }
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+                    if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let root = ca.authority.root_der().to_vec();
+    let c = iotpki_agent::est_client::EstClient::new(&url, None, &[root], None).unwrap().one_connection();
+    let first = tokio::time::timeout(Duration::from_millis(500), c.get("/first")).await;
+    assert!(first.is_err(), "the first call is given up: {first:?}");
+    // The late answer to the first call reaches the first connection.
+    release.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = c.get("/second").await.unwrap();
+    assert_eq!((status, String::from_utf8_lossy(&body).to_string()), (200, "/second".to_string()));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2, "the second call on a new connection");
+    // And that one is kept.
+    assert_eq!(c.get("/third").await.unwrap().1, b"/third");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// Issue 12 item 7: at most `max_requests_per_connection` requests on one
 /// connection: the last answer says `Connection: close` and the server closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
