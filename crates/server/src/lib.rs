@@ -226,8 +226,6 @@ async fn refresh_crls(authority: Arc<Authority>) {
     }
 }
 
-/// One open connection, counted while it lives (in the loop's count and in
-/// the listener's gauge for /metrics).
 /// A listener's connections in the metrics: open now, and accepted in all.
 struct ListenerMetrics {
     open: Arc<Gauge>,
@@ -241,6 +239,8 @@ impl ListenerMetrics {
     }
 }
 
+/// One open connection, counted while it lives (in the loop's count and in
+/// the listener's gauge for /metrics).
 struct Slot(Arc<AtomicUsize>, Arc<Gauge>);
 
 impl Slot {
