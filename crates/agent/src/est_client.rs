@@ -1,6 +1,6 @@
-//! A small EST client (RFC 7030) over TLS 1.3: one connection per call, one
-//! connection for all of a client's calls ([`EstClient::one_connection`]: a
-//! device's flows), or a kept-alive connection for many ([`EstClient::keep_alive`]).
+//! A small EST client (RFC 7030) over TLS 1.3: one connection per call, or one
+//! kept-alive connection for all of a client's calls ([`EstClient::one_connection`]:
+//! a device's flows, a load generator's worker).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -411,23 +411,21 @@ impl EstClient {
         body: &[u8],
         headers: &Headers,
     ) -> Result<Answer, AgentError> {
-        for attempt in 0..2 {
-            let (mut conn, reused) = match slot.take() {
-                Some(c) => (c, true),
-                None => (self.open().await?, false),
-            };
-            match self.send_on(&mut conn, method, path, content_type, body, headers).await {
-                Ok((a, reusable)) => {
-                    if reusable {
-                        *slot = Some(conn);
-                    }
-                    return Ok(a);
+        if let Some(mut conn) = slot.take() {
+            // On failure, closed by the server while idle: once more, on a new connection.
+            if let Ok((a, reusable)) = self.send_on(&mut conn, method, path, content_type, body, headers).await {
+                if reusable {
+                    *slot = Some(conn);
                 }
-                Err(e) if !reused || attempt == 1 => return Err(e),
-                Err(_) => {}
+                return Ok(a);
             }
         }
-        Err(AgentError::Connect("the connection closed twice".into()))
+        let mut conn = self.open().await?;
+        let (a, reusable) = self.send_on(&mut conn, method, path, content_type, body, headers).await?;
+        if reusable {
+            *slot = Some(conn);
+        }
+        Ok(a)
     }
 
     /// A new TLS connection speaking HTTP/1.1.
@@ -489,49 +487,6 @@ impl EstClient {
     pub fn with_max_answer(mut self, max: usize) -> Self {
         self.max_answer = max;
         self
-    }
-
-    /// A connection kept open across requests (HTTP/1.1 keep-alive), opened
-    /// on first use and again when the server has closed it.
-    pub fn keep_alive(&self) -> KeptConnection {
-        KeptConnection { client: self.clone(), conn: None }
-    }
-}
-
-/// One kept-alive connection: requests go one after the other on it.
-pub struct KeptConnection {
-    client: EstClient,
-    conn: Option<Connection>,
-}
-
-impl KeptConnection {
-    async fn call(&mut self, op: &str, csr_der: &[u8], auth: Option<String>) -> Result<Answer, AgentError> {
-        let path = format!("{}/{op}", self.client.prefix);
-        let body = est::encode_body(csr_der).into_bytes();
-        let headers = auth_header(auth);
-        let fut = self.client.send_kept(&mut self.conn, "POST", &path, Some(est::CT_PKCS10), &body, &headers);
-        refuse_unless_ok(
-            tokio::time::timeout(CALL_TIMEOUT, fut)
-                .await
-                .map_err(|_| AgentError::Connect(format!("no answer within {CALL_TIMEOUT:?}")))??,
-        )
-    }
-
-    /// `simpleenroll` with a one-time token, on this connection.
-    pub async fn simple_enroll(&mut self, csr_der: &[u8], serial: &str, token: &str) -> Result<Vec<u8>, AgentError> {
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{serial}:{token}"));
-        one_cert(certs_of(self.call("simpleenroll", csr_der, Some(format!("Basic {basic}"))).await?)?)
-    }
-
-    /// `simpleenroll?batch=ID` with the station's certificate, on this connection.
-    pub async fn simple_enroll_batch(&mut self, csr_der: &[u8], batch: &str) -> Result<Vec<u8>, AgentError> {
-        check_batch_id(batch)?;
-        one_cert(certs_of(self.call(&format!("simpleenroll?batch={batch}"), csr_der, None).await?)?)
-    }
-
-    /// `simplereenroll` over this (mutual TLS) connection.
-    pub async fn simple_reenroll(&mut self, csr_der: &[u8]) -> Result<Vec<u8>, AgentError> {
-        one_cert(certs_of(self.call("simplereenroll", csr_der, None).await?)?)
     }
 }
 

@@ -739,7 +739,8 @@ async fn enroll_phase(
             (chain.to_vec(), anchor.to_vec(), station_batch.clone(), a.reuse_connections);
         let servers = a.server.clone();
         set.spawn(async move {
-            let mut kept = reuse.then(|| client.keep_alive());
+            // Kept alive: every request of this worker on one connection.
+            let client = if reuse { client.one_connection() } else { client };
             let mut out: Outcome = (Vec::new(), Vec::new());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -749,9 +750,9 @@ async fn enroll_phase(
                     return out;
                 };
                 let t0 = Instant::now();
-                let r = match (&mut kept, &batch, &token) {
+                let r = match (&batch, &token) {
                     // Over coaps: a new DTLS session with the key's self-signed certificate.
-                    (_, None, Some(_)) if hello.is_some() => {
+                    (None, Some(_)) if hello.is_some() => {
                         let k: Arc<dyn Signer> = key.clone();
                         let id = ClientIdentity { chain: hello.clone().into_iter().collect(), key: k };
                         match CoapsClient::new(
@@ -765,11 +766,9 @@ async fn enroll_phase(
                             Err(e) => Err(e),
                         }
                     }
-                    (Some(k), Some(b), _) => k.simple_enroll_batch(&csr, b).await,
-                    (Some(k), None, Some(t)) => k.simple_enroll(&csr, &serial, t).await,
-                    (None, Some(b), _) => client.simple_enroll_batch(&csr, b).await,
-                    (None, None, Some(t)) => client.simple_enroll(&csr, &serial, t).await,
-                    (_, None, None) => Err(iotpki_agent::AgentError::Usage("no token".into())),
+                    (Some(b), _) => client.simple_enroll_batch(&csr, b).await,
+                    (None, Some(t)) => client.simple_enroll(&csr, &serial, t).await,
+                    (None, None) => Err(iotpki_agent::AgentError::Usage("no token".into())),
                 };
                 let took = t0.elapsed();
                 if let Ok(c) = &r {
