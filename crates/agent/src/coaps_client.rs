@@ -1,6 +1,8 @@
-//! EST over secure CoAP (RFC 9148) for the device: one DTLS 1.3 session
-//! (`dimpl`) per call, CoAP confirmable requests with block-wise transfer
-//! (`iotpki-coap`), binary DER bodies.
+//! EST over secure CoAP (RFC 9148) for the device: DTLS 1.3 (`dimpl`), CoAP
+//! confirmable requests with block-wise transfer (`iotpki-coap`), binary DER
+//! bodies. A client makes one DTLS session per call, or, made with
+//! [`CoapsClient::one_session`], one for all of a flow's calls (an
+//! enrollment's `/crts` and `/sen`: one handshake, as over HTTPS).
 //!
 //! - The server is authenticated by its certificate: dimpl shows its leaf,
 //!   and nothing is sent before that leaf chains to one of the device's
@@ -49,6 +51,9 @@ const MTU: usize = 548;
 const INBUF: usize = 4096;
 /// Records dimpl holds before it refuses more.
 const RX_QUEUE: usize = 16;
+
+/// A DTLS session kept for the next call ([`CoapsClient::one_session`]).
+type Slot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
 /// Which DTLS versions the client offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +105,11 @@ pub struct CoapsClient {
     identity: Arc<ClientIdentity>,
     versions: Versions,
     traffic: Arc<Mutex<Traffic>>,
+    /// CA certificates from `/crts` that completed the server's path once: the
+    /// next sessions' paths are completed with them, without asking again.
+    learned: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The session the calls share, if [`Self::one_session`] made this client.
+    kept: Option<Slot>,
 }
 
 pub use crate::flow::is_coaps;
@@ -139,7 +149,23 @@ impl CoapsClient {
             identity: Arc::new(identity),
             versions: Versions::from_env()?,
             traffic: Arc::new(Mutex::new(Traffic::default())),
+            learned: Arc::new(Mutex::new(Vec::new())),
+            kept: None,
         })
+    }
+
+    /// The same client, its calls on one DTLS session (and its clones' calls:
+    /// they share it): a flow's calls make one handshake, and the session
+    /// stays open while a clone of the client lives (a close_notify is sent
+    /// when the last is dropped). A kept session the server has closed (a
+    /// close_notify read before the next call) or forgotten (no datagram at all
+    /// back before the request's first retransmission would be due) is replaced
+    /// by a new one, once: an EST request is safe to send again. The session is
+    /// out of the client while a call is under way, so a call given up halfway
+    /// takes it along (and CoAP's token ties each answer to its request).
+    pub fn one_session(mut self) -> Self {
+        self.kept = Some(Arc::new(tokio::sync::Mutex::new(None)));
+        self
     }
 
     /// Offer these DTLS versions (default: `$IOTPKI_COAPS_DTLS`, else 1.3 only).
@@ -179,7 +205,7 @@ impl CoapsClient {
         self.enroll("sren", csr_der).await
     }
 
-    /// Any request on a new session, its answer as it came (4.xx and 5.xx
+    /// Any request (on a new session, or the kept one), its answer as it came (4.xx and 5.xx
     /// included): for tests and load generators that send what a correct
     /// client never would. `path` may carry a query (`/a?b=c`).
     pub async fn raw(
@@ -206,7 +232,7 @@ impl CoapsClient {
         Ok(answer.payload)
     }
 
-    /// One request on a new DTLS session.
+    /// One request, its answer a success.
     async fn call(
         &self,
         method: Code,
@@ -234,27 +260,83 @@ impl CoapsClient {
         accept: Option<u16>,
         payload: Vec<u8>,
     ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        let request = Request { method, path, content_format, accept, payload };
+        let Some(slot) = &self.kept else {
+            // Dropped at the end: its close_notify goes.
+            let mut session = self.open().await?;
+            return self.answer(&mut session, &request, false).await;
+        };
+        let mut slot = slot.lock().await;
+        if let Some(mut session) = slot.take() {
+            if session.still_open() {
+                if let Ok(answer) = self.answer(&mut session, &request, true).await {
+                    *slot = Some(session);
+                    return Ok(answer);
+                }
+            }
+        }
+        let mut session = self.open().await?;
+        let answer = self.answer(&mut session, &request, false).await?;
+        *slot = Some(session);
+        Ok(answer)
+    }
+
+    /// A new DTLS session, its server judged: nothing is sent before the
+    /// server's certificate chains to our anchor and names our host.
+    async fn open(&self) -> Result<Session, AgentError> {
         let bind: SocketAddr = if self.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
             .map_err(|e| AgentError::Connect(format!("{e}")))?;
-        let socket = UdpSocket::bind(bind).await.map_err(|e| AgentError::Connect(format!("UDP: {e}")))?;
-        socket.connect(self.addr).await.map_err(|e| AgentError::Connect(format!("{}: {e}", self.addr)))?;
-        let mut session = Session::open(self, socket)?;
+        let udp = |e: std::io::Error| AgentError::Connect(format!("UDP: {e}"));
+        let socket = std::net::UdpSocket::bind(bind).map_err(udp)?;
+        socket.set_nonblocking(true).map_err(udp)?;
+        socket.connect(self.addr).map_err(|e| AgentError::Connect(format!("{}: {e}", self.addr)))?;
+        let plain = socket.try_clone().map_err(udp)?;
+        let socket = UdpSocket::from_std(socket).map_err(udp)?;
+        let mut session = Session::open(self, socket, plain)?;
         let leaf = session.handshake().await?;
-        // Nothing is sent before the server's certificate is judged.
-        if let Err(first) = self.check_server(&leaf, &self.intermediates) {
+        let mut pool = self.intermediates.clone();
+        pool.extend(self.learned.lock().map(|l| l.clone()).unwrap_or_default());
+        if let Err(first) = self.check_server(&leaf, &pool) {
             // First contact: the device may not hold the server's issuing CA; /crts (public) may complete the path.
             let crts = session
-                .request(Code::GET, &self.path("crts"), None, Some(coap_est::CT_PKCS7_CERTS_ONLY), Vec::new())
+                .request(Code::GET, &self.path("crts"), None, Some(coap_est::CT_PKCS7_CERTS_ONLY), Vec::new(), false)
                 .await?;
             let extra = pkcs7::parse_certs_only(&crts.payload).unwrap_or_default();
-            let mut pool = self.intermediates.clone();
-            pool.extend(extra);
+            pool.extend(extra.iter().cloned());
             self.check_server(&leaf, &pool).map_err(|_| first)?;
+            if let Ok(mut l) = self.learned.lock() {
+                *l = extra;
+            }
+            // Asked on this session after the server proved itself: the answer
+            // to this session's own `cacerts`, which need not ask again.
+            session.crts = Some(crts);
         }
-        let r = session.request(method, path, content_format, accept, payload).await;
-        session.close().await;
-        r
+        Ok(session)
+    }
+
+    /// `request`'s answer on `session`; `kept`: a session from an earlier call,
+    /// given up early if the server shows no sign of holding it still.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        request: &Request<'_>,
+        kept: bool,
+    ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        // The very request the path's completion sent, and nothing else (a raw
+        // call asking another format, say, goes to the server).
+        let crts = request.method == Code::GET
+            && request.path == self.path("crts")
+            && request.content_format.is_none()
+            && request.accept == Some(coap_est::CT_PKCS7_CERTS_ONLY)
+            && request.payload.is_empty();
+        if crts {
+            if let Some(answer) = session.crts.take() {
+                return Ok(answer);
+            }
+        }
+        let r = &request;
+        session.request(r.method, r.path, r.content_format, r.accept, r.payload.clone(), kept).await
     }
 
     /// The server's leaf must chain to an anchor for serverAuth and name our host.
@@ -302,11 +384,31 @@ pub fn http_equivalent(code: Code) -> u16 {
     u16::from(code.class()) * 100 + u16::from(code.detail())
 }
 
-/// One DTLS session on a connected socket.
-struct Session<'a> {
-    client: &'a CoapsClient,
+/// One call's request.
+struct Request<'a> {
+    method: Code,
+    path: &'a str,
+    content_format: Option<u16>,
+    accept: Option<u16>,
+    payload: Vec<u8>,
+}
+
+/// One DTLS session on a connected socket; dropped, it sends its close_notify.
+struct Session {
+    addr: SocketAddr,
+    traffic: Arc<Mutex<Traffic>>,
     socket: UdpSocket,
+    /// The same socket, used without the reactor (non-blocking): the
+    /// close_notify sent on drop (no await there), and what came while the
+    /// session was kept.
+    plain: std::net::UdpSocket,
     dtls: Dtls,
+    /// `/crts` as asked on this session to complete the server's path, for its `cacerts`.
+    crts: Option<iotpki_coap::client::ClientResponse>,
+    /// The server closed the session (its close_notify was read).
+    closed: bool,
+    /// Datagrams read on this session.
+    datagrams_in: u64,
     out: Vec<u8>,
     inbuf: Vec<u8>,
     next_timeout: Option<Instant>,
@@ -317,8 +419,8 @@ struct Session<'a> {
     _handle: KeyHandle,
 }
 
-impl<'a> Session<'a> {
-    fn open(client: &'a CoapsClient, socket: UdpSocket) -> Result<Self, AgentError> {
+impl Session {
+    fn open(client: &CoapsClient, socket: UdpSocket, plain: std::net::UdpSocket) -> Result<Self, AgentError> {
         let handle = KeyHandles::register(client.identity.key.clone());
         let provider = CryptoProvider { key_provider: &KEY_HANDLES, ..dimpl::crypto::aws_lc_rs::default_provider() };
         let config = dimpl::Config::builder()
@@ -344,9 +446,14 @@ impl<'a> Session<'a> {
         dtls.handle_timeout(now).map_err(|e| AgentError::Connect(format!("DTLS: {e}")))?;
         let message_id = (rand::random::<u16>()) | 1;
         Ok(Self {
-            client,
+            addr: client.addr,
+            traffic: client.traffic.clone(),
             socket,
+            plain,
             dtls,
+            crts: None,
+            closed: false,
+            datagrams_in: 0,
             out: vec![0u8; RX_QUEUE * INBUF + 4096],
             inbuf: vec![0u8; INBUF],
             next_timeout: None,
@@ -367,7 +474,7 @@ impl<'a> Session<'a> {
                     // yet, and a dropped first flight would cost a retransmission timeout.
                     let p = p.to_vec();
                     self.socket.send(&p).await.map_err(|e| AgentError::Connect(format!("UDP send: {e}")))?;
-                    if let Ok(mut t) = self.client.traffic.lock() {
+                    if let Ok(mut t) = self.traffic.lock() {
                         t.bytes_sent += p.len() as u64;
                         t.datagrams_sent += 1;
                     }
@@ -386,13 +493,16 @@ impl<'a> Session<'a> {
                         Some(dimpl::ProtocolVersion::DTLS1_2) => "DTLSv1.2",
                         _ => "DTLSv1.3",
                     };
-                    if let Ok(mut t) = self.client.traffic.lock() {
+                    if let Ok(mut t) = self.traffic.lock() {
                         t.version = Some(v);
                     }
                 }
                 Output::PeerCert(der) => self.peer_leaf = Some(der.to_vec()),
                 Output::ApplicationData(d) => self.received.push(d.to_vec()),
-                Output::CloseNotify => return Err(AgentError::Connect("the server closed the DTLS session".into())),
+                Output::CloseNotify => {
+                    self.closed = true;
+                    return Err(AgentError::Connect("the server closed the DTLS session".into()));
+                }
                 _ => {}
             }
         }
@@ -413,7 +523,8 @@ impl<'a> Session<'a> {
     /// A datagram read (`r`: its length): counted, and fed to dimpl.
     fn received_datagram(&mut self, r: std::io::Result<usize>) -> Result<(), AgentError> {
         let n = r.map_err(|e| AgentError::Connect(format!("UDP receive: {e}")))?;
-        if let Ok(mut t) = self.client.traffic.lock() {
+        self.datagrams_in += 1;
+        if let Ok(mut t) = self.traffic.lock() {
             t.bytes_received += n as u64;
             t.datagrams_received += 1;
         }
@@ -439,7 +550,9 @@ impl<'a> Session<'a> {
         content_format: Option<u16>,
         accept: Option<u16>,
         payload: Vec<u8>,
+        kept: bool,
     ) -> Result<iotpki_coap::client::ClientResponse, AgentError> {
+        let heard_before = self.datagrams_in;
         let token: Vec<u8> = rand::random::<[u8; 4]>().to_vec();
         self.message_id = self.message_id.wrapping_add(1);
         let mut ex = Exchange::new(method, path, content_format, accept, payload, SZX, self.message_id, token)
@@ -487,8 +600,15 @@ impl<'a> Session<'a> {
                         self.flush().await?;
                     }
                     if deadline_or_end <= now {
+                        if kept && deadline.is_some() && self.datagrams_in == heard_before {
+                            // Not a datagram back, not even an ACK: the server no longer
+                            // holds this session (its close_notify was lost), or the
+                            // link lost a datagram; either way a new session is cheaper
+                            // than the retransmissions' minute.
+                            return Err(AgentError::Connect(format!("{}: the kept DTLS session is silent", self.addr)));
+                        }
                         if deadline.is_none() || !retry.on_timeout() {
-                            return Err(AgentError::Connect(format!("no CoAP answer from {} for {path}", self.client.addr)));
+                            return Err(AgentError::Connect(format!("no CoAP answer from {} for {path}", self.addr)));
                         }
                         self.send_app(&datagram).await?;
                         deadline = Some(now + retry.timeout());
@@ -503,9 +623,78 @@ impl<'a> Session<'a> {
         self.flush().await
     }
 
-    async fn close(&mut self) {
-        let _ = self.dtls.close();
-        let _ = self.flush().await;
+    /// Whether a kept session may carry the next call: what came meanwhile
+    /// (a close_notify, say) is read first, without waiting.
+    fn still_open(&mut self) -> bool {
+        loop {
+            // The plain socket: tokio's try_recv would not look while the
+            // reactor has not reported the socket readable.
+            match self.plain.recv(&mut self.inbuf) {
+                Ok(n) => {
+                    if self.received_datagram(Ok(n)).is_err() {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+        }
+        self.drain_now();
+        // A late copy of an earlier answer: no later request's.
+        self.received.clear();
+        !self.closed
+    }
+
+    /// What dimpl has to send, sent without waiting; a close_notify noted.
+    fn drain_now(&mut self) {
+        let mut pending = Vec::new();
+        loop {
+            match self.dtls.poll_output(&mut self.out) {
+                Output::Packet(p) => pending.push(p.to_vec()),
+                Output::CloseNotify => self.closed = true,
+                Output::ApplicationData(d) => self.received.push(d.to_vec()),
+                Output::Timeout(t) => {
+                    self.next_timeout = Some(t);
+                    break;
+                }
+                Output::BufferTooSmall { .. } => break,
+                _ => {}
+            }
+        }
+        for p in pending {
+            self.send_now(&p);
+        }
+    }
+
+    /// A datagram sent without waiting (the socket has sent before: it is writable).
+    fn send_now(&self, p: &[u8]) {
+        if self.plain.send(p).is_ok() {
+            if let Ok(mut t) = self.traffic.lock() {
+                t.bytes_sent += p.len() as u64;
+                t.datagrams_sent += 1;
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    /// The close_notify, so that the server frees the session now rather than
+    /// at its idle timeout; not after a handshake that never finished (dimpl
+    /// then sends nothing) or a close by the server.
+    fn drop(&mut self) {
+        if !self.connected || self.closed || self.dtls.close().is_err() {
+            return;
+        }
+        loop {
+            match self.dtls.poll_output(&mut self.out) {
+                Output::Packet(p) => {
+                    let p = p.to_vec();
+                    self.send_now(&p);
+                }
+                Output::Timeout(_) | Output::BufferTooSmall { .. } => break,
+                _ => {}
+            }
+        }
     }
 }
 

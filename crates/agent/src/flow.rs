@@ -138,15 +138,14 @@ impl Est {
         }
     }
 
-    /// The same client, its calls over HTTPS on one connection
-    /// ([`EstClient::one_connection`]): a flow's calls make one TLS handshake, and
-    /// the connection stays open while the client lives. Over coaps, unchanged:
-    /// a DTLS session per call.
+    /// The same client, its calls on one connection ([`EstClient::one_connection`])
+    /// or one DTLS session ([`CoapsClient::one_session`]): a flow's calls make one
+    /// handshake, and the connection stays open while the client lives.
     pub fn one_connection(self) -> Self {
         match self {
             Self::Https(c) => Self::Https(c.one_connection()),
             #[cfg(feature = "coaps")]
-            c @ Self::Coaps(_) => c,
+            Self::Coaps(c) => Self::Coaps(c.one_session()),
         }
     }
 
@@ -199,7 +198,9 @@ async fn enroll_coaps(
         &[anchor.to_vec()],
         &[],
         ClientIdentity { chain: vec![self_signed], key: key.clone() },
-    )?;
+    )?
+    // /crts and /sen on one DTLS session: one handshake per device.
+    .one_session();
     let chain = issuing_chain(client.cacerts().await?, anchor)?;
     let subject = NameBuilder::default().common_name(serial.as_str())?.serial_number(serial)?.build();
     let challenge = zeroize::Zeroizing::new(format!("{serial}:{}", opts.token));

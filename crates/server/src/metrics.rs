@@ -81,7 +81,7 @@ pub fn render(a: &Authority) -> String {
     t.gauges("iotpki_open_connections", "Connections open now (coaps: DTLS sessions), by listener.", "listener", &open);
     t.counters(
         "iotpki_connections_accepted_total",
-        "TCP connections accepted, by listener (those closed at once at the connection limit included).",
+        "Connections accepted, by listener: TCP connections (those closed at once at the connection limit included); coaps: DTLS handshakes completed.",
         &m.accepted_connections,
     );
 

@@ -669,3 +669,164 @@ async fn a_recorded_coaps_renewal_replayed_issues_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!((ca.cert_count(), ca.audit_len()), (certs, audit), "a replay issued or audited something");
 }
+
+/// DTLS handshakes the coaps listener has completed.
+fn handshakes(ca: &Ca) -> u64 {
+    ca.authority.metrics().accepted_connections.get(&["coaps"])
+}
+
+/// DTLS sessions the coaps listener holds now.
+fn open_sessions(ca: &Ca) -> i64 {
+    ca.authority.metrics().open_connections.with(&["coaps"]).get()
+}
+
+/// Wait (at most 5 s) for the listener to hold no session.
+async fn until_no_session(ca: &Ca) -> i64 {
+    for _ in 0..100 {
+        if open_sessions(ca) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    open_sessions(ca)
+}
+
+/// An enrollment (`/crts` to complete the server's path and for the chain,
+/// then `/sen`) and a renewal each make one DTLS handshake, counted by
+/// `iotpki_connections_accepted_total{listener="coaps"}`, and end with a
+/// close_notify: the server holds no session after the flow, long before its
+/// idle timeout (60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coaps_flow_makes_one_dtls_handshake_and_closes_its_session() {
+    let ca = Ca::start().await;
+    let udp = coaps(&ca, CoapsOptions::default()).await;
+    let state = ca.tmp.path().join("dev");
+    let token = ca.token("ONE-S1");
+    let mut opts = ca.enroll_opts(&state, "ONE-S1", &token);
+    opts.server = udp.coaps_url();
+    let before = handshakes(&ca);
+    iotpki_agent::enroll(&opts).await.expect("enrollment over coaps");
+    assert_eq!(handshakes(&ca) - before, 1, "one DTLS handshake per enrollment");
+    assert_eq!(until_no_session(&ca).await, 0, "the session ends with the flow");
+    iotpki_agent::renew(&state, None, None).await.expect("renewal over coaps");
+    assert_eq!(handshakes(&ca) - before, 2, "one DTLS handshake per renewal");
+    assert_eq!(until_no_session(&ca).await, 0, "the session ends with the flow");
+    let scrape = iotpki_server::metrics::render(&ca.authority);
+    assert!(scrape.contains(r#"iotpki_connections_accepted_total{listener="coaps"}"#), "{scrape}");
+
+    // Clones of a one-session client share it: three calls, one handshake.
+    let (client, _) = raw_session(&ca, &udp).await;
+    let client = client.one_session();
+    let before = handshakes(&ca);
+    let (a, b) = (client.clone(), client.clone());
+    a.cacerts().await.unwrap();
+    b.cacerts().await.unwrap();
+    client.cacerts().await.unwrap();
+    assert_eq!(handshakes(&ca) - before, 1);
+    // A plain client: one per call.
+    let (plain, _) = raw_session(&ca, &udp).await;
+    plain.cacerts().await.unwrap();
+    plain.cacerts().await.unwrap();
+    assert_eq!(handshakes(&ca) - before, 3);
+    drop((a, b, client));
+    assert_eq!(until_no_session(&ca).await, 0, "the last clone's drop closes the session");
+}
+
+/// A server that ends every session after one request (`max_requests_per_connection
+/// = 1`, its close_notify read before the next call): the enrollment still
+/// completes, on a second session, whose path needs no second `/crts`; and a
+/// session the server closed as idle is opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_coaps_session_the_server_closed_is_opened_again() {
+    let ca = Ca::start().await;
+    let limits = Limits { max_requests_per_connection: 1, ..Limits::from(&ca.authority.config().limits) };
+    let udp = coaps_with(&ca, limits).await;
+    let state = ca.tmp.path().join("dev");
+    let token = ca.token("ONE-S2");
+    let mut opts = ca.enroll_opts(&state, "ONE-S2", &token);
+    opts.server = udp.coaps_url();
+    let before = handshakes(&ca);
+    iotpki_agent::enroll(&opts).await.expect("enrollment with a session per request");
+    assert_eq!(handshakes(&ca) - before, 2, "/crts on the first session, /sen on a second");
+    assert_eq!(ca.last_audit().event.action, "enroll");
+
+    let limits = Limits { idle_timeout: Duration::from_secs(1), ..Limits::from(&ca.authority.config().limits) };
+    let idle = coaps_with(&ca, limits).await;
+    let (client, _) = raw_session(&ca, &idle).await;
+    let client = client.one_session();
+    let before = handshakes(&ca);
+    client.cacerts().await.unwrap();
+    client.cacerts().await.unwrap();
+    assert_eq!(handshakes(&ca) - before, 1);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    client.cacerts().await.expect("a new session after the idle timeout");
+    assert_eq!(handshakes(&ca) - before, 2);
+}
+
+/// A relay that forwards both ways, except from the server while `mute` is set.
+async fn muting_relay(server: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let m = mute.clone();
+    let f = front.clone();
+    tokio::spawn(async move {
+        // One socket toward the server per device address (a new session is a new socket).
+        let mut backs = std::collections::HashMap::<SocketAddr, Arc<UdpSocket>>::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            let back = match backs.get(&from) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    b.connect(server).await.unwrap();
+                    let (b2, f2, m2) = (b.clone(), f.clone(), m.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok(n) = b2.recv(&mut buf).await {
+                            if !m2.load(std::sync::atomic::Ordering::SeqCst) {
+                                let _ = f2.send_to(&buf[..n], from).await;
+                            }
+                        }
+                    });
+                    backs.insert(from, b.clone());
+                    b
+                }
+            };
+            let _ = back.send(&buf[..n]).await;
+        }
+    });
+    (front.local_addr().unwrap(), mute)
+}
+
+/// A kept session the server dropped while its close_notify was lost: the
+/// next call hears nothing back, and is sent again on a new session after
+/// the first CoAP retransmission timeout (2 to 3 s), not after the minute
+/// the retransmissions would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_coaps_session_the_server_forgot_is_replaced_after_one_silence() {
+    let ca = Ca::start().await;
+    let limits = Limits { idle_timeout: Duration::from_secs(1), ..Limits::from(&ca.authority.config().limits) };
+    let udp = coaps_with(&ca, limits).await;
+    let (relay, mute) = muting_relay(udp.addr).await;
+    let (k, c) = device_key("SILENT-1");
+    let client = CoapsClient::new(
+        &format!("coaps://{relay}"),
+        None,
+        &[ca.authority.root_der().to_vec()],
+        &[],
+        ClientIdentity { chain: vec![c], key: k },
+    )
+    .unwrap()
+    .one_session();
+    let before = handshakes(&ca);
+    client.cacerts().await.unwrap();
+    mute.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The server ends the idle session; its close_notify goes nowhere.
+    assert_eq!(until_no_session(&ca).await, 0);
+    mute.store(false, std::sync::atomic::Ordering::SeqCst);
+    let t0 = Instant::now();
+    client.cacerts().await.expect("a new session after the silence");
+    let took = t0.elapsed();
+    assert_eq!(handshakes(&ca) - before, 2);
+    assert!(took < Duration::from_secs(15), "the kept session was given up after {took:?}");
+}

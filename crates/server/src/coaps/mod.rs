@@ -213,6 +213,8 @@ struct Server {
     /// at most RX_QUEUE datagrams of MAX_DATAGRAM bytes).
     out: Vec<u8>,
     stats: CoapsStats,
+    /// `iotpki_connections_accepted_total{listener="coaps"}`: handshakes completed.
+    accepted: Arc<iotpki_metrics::Counter>,
 }
 
 impl Server {
@@ -235,7 +237,9 @@ impl Server {
             .build()
             .map_err(|e| std::io::Error::other(format!("DTLS configuration: {e}")))?;
         let labels = authority.config().label.iter().map(|l| l.name.clone()).collect();
+        let accepted = authority.metrics().accepted_connections.with(&["coaps"]);
         Ok(Self {
+            accepted,
             labels,
             authority,
             socket: Arc::new(socket),
@@ -392,6 +396,7 @@ impl Server {
                         };
                         self.handshaking = self.handshaking.saturating_sub(1);
                         self.stats.handshakes += 1;
+                        self.accepted.inc();
                         tracing::debug!(%peer, version = s.version.unwrap_or("?"), "DTLS handshake done");
                     }
                     Output::PeerCert(der) => s.leaf = Some(Arc::new(der.to_vec())),
