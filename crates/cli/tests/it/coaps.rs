@@ -763,11 +763,15 @@ async fn a_kept_coaps_session_the_server_closed_is_opened_again() {
     assert_eq!(handshakes(&ca) - before, 2);
 }
 
-/// A relay that forwards both ways, except from the server while `mute` is set.
-async fn muting_relay(server: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+/// A relay that forwards both ways, except from the server while `mute` is
+/// set; it counts the datagrams it dropped.
+async fn muting_relay(
+    server: SocketAddr,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>, Arc<std::sync::atomic::AtomicUsize>) {
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let m = mute.clone();
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (m, dr) = (mute.clone(), dropped.clone());
     let f = front.clone();
     tokio::spawn(async move {
         // One socket toward the server per device address (a new session is a new socket).
@@ -779,11 +783,13 @@ async fn muting_relay(server: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic:
                 None => {
                     let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                     b.connect(server).await.unwrap();
-                    let (b2, f2, m2) = (b.clone(), f.clone(), m.clone());
+                    let (b2, f2, m2, d2) = (b.clone(), f.clone(), m.clone(), dr.clone());
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 65536];
                         while let Ok(n) = b2.recv(&mut buf).await {
-                            if !m2.load(std::sync::atomic::Ordering::SeqCst) {
+                            if m2.load(std::sync::atomic::Ordering::SeqCst) {
+                                d2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            } else {
                                 let _ = f2.send_to(&buf[..n], from).await;
                             }
                         }
@@ -795,7 +801,7 @@ async fn muting_relay(server: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic:
             let _ = back.send(&buf[..n]).await;
         }
     });
-    (front.local_addr().unwrap(), mute)
+    (front.local_addr().unwrap(), mute, dropped)
 }
 
 /// A kept session the server dropped while its close_notify was lost: the
@@ -807,7 +813,7 @@ async fn a_kept_coaps_session_the_server_forgot_is_replaced_after_one_silence() 
     let ca = Ca::start().await;
     let limits = Limits { idle_timeout: Duration::from_secs(1), ..Limits::from(&ca.authority.config().limits) };
     let udp = coaps_with(&ca, limits).await;
-    let (relay, mute) = muting_relay(udp.addr).await;
+    let (relay, mute, dropped) = muting_relay(udp.addr).await;
     let (k, c) = device_key("SILENT-1");
     let client = CoapsClient::new(
         &format!("coaps://{relay}"),
@@ -823,6 +829,15 @@ async fn a_kept_coaps_session_the_server_forgot_is_replaced_after_one_silence() 
     mute.store(true, std::sync::atomic::Ordering::SeqCst);
     // The server ends the idle session; its close_notify goes nowhere.
     assert_eq!(until_no_session(&ca).await, 0);
+    // Unmuted only once the relay has read (and dropped) the close_notify: it
+    // judges a datagram when it reads it, which may be after the server's close.
+    for _ in 0..100 {
+        if dropped.load(std::sync::atomic::Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the server's close_notify was not dropped");
     mute.store(false, std::sync::atomic::Ordering::SeqCst);
     let t0 = Instant::now();
     client.cacerts().await.expect("a new session after the silence");
