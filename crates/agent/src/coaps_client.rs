@@ -335,7 +335,7 @@ impl CoapsClient {
                 return Ok(answer);
             }
         }
-        let r = &request;
+        let r = request;
         session.request(r.method, r.path, r.content_format, r.accept, r.payload.clone(), kept).await
     }
 
@@ -600,7 +600,7 @@ impl Session {
                         self.flush().await?;
                     }
                     if deadline_or_end <= now {
-                        if kept && deadline.is_some() && self.datagrams_in == heard_before {
+                        if kept && self.datagrams_in == heard_before {
                             // Not a datagram back, not even an ACK: the server no longer
                             // holds this session (its close_notify was lost), or the
                             // link lost a datagram; either way a new session is cheaper

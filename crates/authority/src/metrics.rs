@@ -40,10 +40,12 @@ pub struct Metrics {
     pub ocsp_cache_misses: Counter,
     /// HTTP request latency, by `route` (the route template) and `code` (`2xx`, `4xx`, ...): the server's.
     pub http_requests: Family<Histogram>,
-    /// Open connections, by `listener` (`tls`, `http`, `metrics`): the server's.
+    /// Open connections, by `listener` (`tls`, `http`, `metrics`; `coaps`: DTLS
+    /// sessions): the server's.
     pub open_connections: Family<Gauge>,
     /// Connections accepted since the start, by `listener` (`tls`, `http`,
-    /// `metrics`), those closed at once at the connection limit included: the server's.
+    /// `metrics`: TCP connections, those closed at once at the connection limit
+    /// included; `coaps`: DTLS handshakes completed): the server's.
     pub accepted_connections: Family<Counter>,
     expiring: Mutex<Option<(Instant, Expiring)>>,
 }

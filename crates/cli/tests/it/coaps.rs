@@ -28,14 +28,20 @@ async fn coaps_with(ca: &Ca, limits: Limits) -> Running {
         .unwrap()
 }
 
+/// A device's state directory and its first enrollment's options, over coaps to `udp`.
+fn coaps_enrollment(ca: &Ca, udp: &Running, serial: &str) -> (std::path::PathBuf, iotpki_agent::EnrollOptions) {
+    let state = ca.tmp.path().join("dev");
+    let token = ca.token(serial);
+    let mut opts = ca.enroll_opts(&state, serial, &token);
+    opts.server = udp.coaps_url();
+    (state, opts)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_enrolls_with_a_token_and_renews_over_coaps_as_over_https() {
     let ca = Ca::start().await;
     let udp = coaps(&ca, CoapsOptions::default()).await;
-    let state = ca.tmp.path().join("dev");
-    let token = ca.token("COAP-1");
-    let mut opts = ca.enroll_opts(&state, "COAP-1", &token);
-    opts.server = udp.coaps_url();
+    let (state, opts) = coaps_enrollment(&ca, &udp, "COAP-1");
     let before = ca.cert_count();
     let id = iotpki_agent::enroll(&opts).await.expect("enrollment over coaps");
     assert_eq!(ca.cert_count(), before + 1);
@@ -700,10 +706,7 @@ async fn until_no_session(ca: &Ca) -> i64 {
 async fn a_coaps_flow_makes_one_dtls_handshake_and_closes_its_session() {
     let ca = Ca::start().await;
     let udp = coaps(&ca, CoapsOptions::default()).await;
-    let state = ca.tmp.path().join("dev");
-    let token = ca.token("ONE-S1");
-    let mut opts = ca.enroll_opts(&state, "ONE-S1", &token);
-    opts.server = udp.coaps_url();
+    let (state, opts) = coaps_enrollment(&ca, &udp, "ONE-S1");
     let before = handshakes(&ca);
     iotpki_agent::enroll(&opts).await.expect("enrollment over coaps");
     assert_eq!(handshakes(&ca) - before, 1, "one DTLS handshake per enrollment");
@@ -741,10 +744,7 @@ async fn a_kept_coaps_session_the_server_closed_is_opened_again() {
     let ca = Ca::start().await;
     let limits = Limits { max_requests_per_connection: 1, ..Limits::from(&ca.authority.config().limits) };
     let udp = coaps_with(&ca, limits).await;
-    let state = ca.tmp.path().join("dev");
-    let token = ca.token("ONE-S2");
-    let mut opts = ca.enroll_opts(&state, "ONE-S2", &token);
-    opts.server = udp.coaps_url();
+    let (_, opts) = coaps_enrollment(&ca, &udp, "ONE-S2");
     let before = handshakes(&ca);
     iotpki_agent::enroll(&opts).await.expect("enrollment with a session per request");
     assert_eq!(handshakes(&ca) - before, 2, "/crts on the first session, /sen on a second");
