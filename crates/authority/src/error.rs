@@ -277,6 +277,7 @@ impl From<StoreError> for AuthorityError {
             }
             E::StationUnknown { .. }
             | E::StationRevoked { .. }
+            | E::StationCertificate { .. }
             | E::StationNotAuthorized { .. }
             | E::SyncOutOfOrder { .. } => Refusal::Station(e),
             E::BatchUnknown { .. }

@@ -325,6 +325,62 @@ fn a_revoked_station_is_refused_before_the_body() {
     assert_eq!(last.event.action, "refuse.enroll");
 }
 
+/// A station let in whose certificate is then revoked alone, or whose key is
+/// then blocked (without revoking anything), makes nothing more with what
+/// it was let in with (a connection kept open, or a birth on its way): the
+/// transaction that would record the birth refuses it, records nothing and
+/// the refusal is audited. The next admission refuses it before the body.
+#[test]
+fn a_station_whose_certificate_is_revoked_or_its_key_blocked_after_admission_makes_nothing() {
+    use der::Encode as _;
+    let ca = ca();
+    ca.batch("BK", &["K-1", "K-2", "K-3"], 3);
+    for (name, serial, revoke) in [("line-rk", "K-1", true), ("line-bk", "K-2", false)] {
+        let chain = ca.station(name, &["BK"]);
+        let st = ca.station_caller(&chain).unwrap();
+        let info = iotpki_core::profile::cert_info(&chain[0]).unwrap();
+        let spki = info.cert.tbs_certificate.subject_public_key_info.to_der().unwrap();
+        let spki = iotpki_core::keys::spki_fingerprint(&spki);
+        let store = ca.a.store();
+        match revoke {
+            true => {
+                revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial(&info.serial), 1, "test").unwrap();
+            }
+            false => {
+                let keys = [(spki.clone(), "a firmware image".to_string())];
+                let done = iotpki_authority::key_registry::block(
+                    store.as_ref(),
+                    ca.clock.as_ref(),
+                    &keys,
+                    &[],
+                    "leaked",
+                    false,
+                    "test",
+                )
+                .unwrap();
+                assert!(done.revoked.is_empty());
+            }
+        }
+        let before = ca.certs();
+        let (r, status) = refusal(ca.birth(&st, "BK", serial));
+        assert!(matches!(r, Refusal::Station(StoreError::StationCertificate { .. })), "{r:?}");
+        let why = if revoke { "it is revoked".to_string() } else { format!("its key {spki} is blocked: leaked") };
+        assert_eq!(
+            r.to_string(),
+            format!("the certificate {} of station {name} authenticates nothing: {why}", info.serial)
+        );
+        assert_eq!(status, 403);
+        assert_eq!(ca.certs(), before, "nothing recorded");
+        assert_eq!(store.batch("BK").unwrap().unwrap().issued, 0);
+        let last = store.audit_entries(store.verify_audit().unwrap().entries, 1).unwrap().remove(0);
+        let actor = format!("cert:{}", info.serial);
+        assert_eq!((last.event.action.as_str(), last.event.actor.as_str()), ("refuse.enroll", actor.as_str()));
+        // Admitted again, it is refused before its body.
+        let (r, status) = refusal(ca.station_caller(&chain));
+        assert_eq!(status, 403, "{r}");
+    }
+}
+
 #[test]
 fn a_device_certificate_is_not_a_station() {
     let ca = ca();

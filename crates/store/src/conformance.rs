@@ -558,6 +558,27 @@ pub fn factory_births_and_refusals(store: &dyn Store) {
         Err(StoreError::StationRevoked { station: st2.clone() })
     );
     assert_eq!(store.revoke_station(&st2, 300, event("x", "y")), Err(StoreError::StationRevoked { station: st2 }));
+
+    // An active station whose certificate was revoked alone, or whose key was
+    // blocked (the certificate spared), makes nothing: its birth is refused in
+    // the transaction that would record it, and writes nothing.
+    let (st3, st4) = (unique("ST-"), unique("ST-"));
+    let st3_cert = station(store, &st3, &[&other]);
+    let st4_cert = station(store, &st4, &[&other]);
+    store.revoke(&st3_cert.serial, 1, 200, event("revoke", &st3_cert.serial)).expect("revoke");
+    let block = vec![blocked(&st4_cert.spki_sha256)];
+    store.block_keys(key_block(block, vec![], true, vec!["station".into()])).expect("block");
+    assert_eq!(store.certificate(&st4_cert.serial).expect("read").expect("recorded").status, CertStatus::Good);
+    let why = format!("its key {} is blocked: found in fw.bin", st4_cert.spki_sha256);
+    for (name, serial, why) in [(&st3, &st3_cert.serial, "it is revoked".to_string()), (&st4, &st4_cert.serial, why)] {
+        let before = (store.batch(&other).expect("read"), store.count_certificates().expect("count"), audit_len(store));
+        assert_eq!(
+            store.record_issuance(issuance(cert("C"), birth(&other, name, &format!("{other}-0"), 100))),
+            Err(StoreError::StationCertificate { station: name.clone(), serial: serial.clone(), why })
+        );
+        let after = (store.batch(&other).expect("read"), store.count_certificates().expect("count"), audit_len(store));
+        assert_eq!(before, after, "nothing written");
+    }
 }
 
 /// 40 requests with distinct allowed serials race for a quota of 5: exactly 5 are born.

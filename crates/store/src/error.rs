@@ -123,6 +123,16 @@ pub enum StoreError {
         /// The name.
         station: String,
     },
+    /// The certificate the station authenticates with authenticates nothing
+    /// any more: revoked, or its key blocked, since the station was let in.
+    StationCertificate {
+        /// The station.
+        station: String,
+        /// Its certificate's serial.
+        serial: String,
+        /// Why, for the station's operator.
+        why: String,
+    },
     /// The station may not serve this batch.
     StationNotAuthorized {
         /// The station.
@@ -291,6 +301,9 @@ impl fmt::Display for StoreError {
             Self::StationUnknown { station } => write!(f, "station {station} does not exist"),
             Self::StationExists { station } => write!(f, "station {station} exists already"),
             Self::StationRevoked { station } => write!(f, "station {station} is revoked"),
+            Self::StationCertificate { station, serial, why } => {
+                write!(f, "the certificate {serial} of station {station} authenticates nothing: {why}")
+            }
             Self::StationNotAuthorized { station, batch } => {
                 write!(f, "station {station} is not authorised for batch {batch}")
             }

@@ -123,7 +123,7 @@ static BIRTH_READS: LazyLock<Vec<String>> = LazyLock::new(|| {
 });
 
 /// The column of a [`BIRTH_READS`] row naming its birth's device.
-const BIRTH_DEVICE_COL: usize = 13;
+const BIRTH_DEVICE_COL: usize = 17;
 
 /// `SUMMARY_READS[shift]`: the fleet summaries of 2^`shift` devices, with the device last.
 static SUMMARY_READS: LazyLock<Vec<String>> = LazyLock::new(|| {

@@ -5,7 +5,10 @@
 use super::{run_batch, Arg, Head, Row, Sql, SqlError, Writer};
 use crate::conformance;
 use crate::ops::{Done, Op};
-use crate::{AuditEvent, CertRecord, CertStatus, Issuance, Precondition, Store, StoreError, TokenRecord};
+use crate::{
+    AuditEvent, CertRecord, CertStatus, Issuance, Precondition, StationRecord, StationStatus, Store, StoreError,
+    TokenRecord,
+};
 
 fn ev(target: &str) -> AuditEvent {
     AuditEvent { at: 1, actor: "a".into(), action: "x".into(), target: target.into(), detail: "d".into() }
@@ -222,7 +225,7 @@ pub(crate) fn migration_16_keeps_the_tpm_attestation_of_batches_that_required_it
 
 /// The same batches, stations, certificates and blocks on a store: what
 /// [`births_in_bulk_are_judged_as_one_by_one`]'s births meet.
-fn births_setup(s: &dyn Store, held: &CertRecord, before: &CertRecord, born: &CertRecord) {
+fn births_setup(s: &dyn Store, [held, before, born, revoked, blocked]: [&CertRecord; 5]) {
     let serials = |p: &str, n: usize| (0..n).map(|i| format!("{p}-{i}")).collect::<Vec<_>>();
     conformance::batch(s, "BA", 3, &serials("A", 6));
     conformance::batch(s, "BB", 10, &serials("B", 10));
@@ -232,6 +235,21 @@ fn births_setup(s: &dyn Store, held: &CertRecord, before: &CertRecord, born: &Ce
     let _ = conformance::station(s, "st-1", &["BA", "BB", "BC", "BD"]);
     let _ = conformance::station(s, "st-2", &["BB"]);
     s.revoke_station("st-2", 1_000, ev("revoke")).unwrap();
+    // Active stations whose certificate authenticates nothing: revoked
+    // alone, or its key blocked (and the certificate spared).
+    for (name, c) in [("st-3", revoked), ("st-4", blocked)] {
+        let st = StationRecord {
+            name: name.into(),
+            cert_serial: c.serial.clone(),
+            batches: vec!["BB".into()],
+            status: StationStatus::Active,
+            created_at: 1,
+        };
+        s.add_station(st, c.clone(), ev("station.add")).unwrap();
+    }
+    s.revoke(&revoked.serial, 1, 1_000, ev("revoke")).unwrap();
+    let block = vec![conformance::blocked(&blocked.spki_sha256)];
+    s.block_keys(conformance::key_block(block, vec![], true, vec!["station".into()])).unwrap();
     // A key another device holds, a blocked key, a device with an operational
     // certificate before its birth, a device born already.
     s.record_issuance(issuance(held, vec![])).unwrap();
@@ -255,8 +273,10 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
     let held = conformance::cert("X-1");
     let before = CertRecord { issued_at: 900, ..conformance::cert("B-8") };
     let born = conformance::cert("B-9");
+    let station = |name: &str| CertRecord { profile: "station".into(), device_serial: None, ..conformance::cert(name) };
+    let (revoked, blocked) = (station("st-3"), station("st-4"));
     for s in [bulk, one] {
-        births_setup(s, &held, &before, &born);
+        births_setup(s, [&held, &before, &born, &revoked, &blocked]);
     }
     let births = [
         ("A-0", "BA", "st-1", 1_000, None),
@@ -275,6 +295,8 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
         ("B-7", "BB", "ghost", 1_000, None),
         ("B-8", "BB", "st-1", 1_000, None),
         ("B-5", "BB", "st-1", 1_000, None),
+        ("Y-1", "BB", "st-3", 1_000, None),
+        ("Y-2", "BB", "st-4", 1_000, None),
     ];
     let ops: Vec<Op> = births
         .iter()
@@ -293,7 +315,7 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
     // One by one, the birth refused for its key (read after the birth's own
     // writes) would have made the group run again with savepoints.
     let (together, statements) = both_ways(&mut *bulk_w, &mut *one_w, &ops);
-    // The 16 births' checks in one read, the 15 devices' summaries in another;
+    // The 18 births' checks in one read, the 17 devices' summaries in another;
     // the 6 recorded in a statement per batch's quota (2), births and
     // certificates each in a chunk of 4 and one of 2 (4), the 4 summaries that
     // moved in one (B-8's stays certified); the fleet's counter and the audit
@@ -313,6 +335,10 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
             StoreError::BatchClosed { .. } => "closed",
             StoreError::BatchOutsideWindow { .. } => "window",
             StoreError::StationUnknown { .. } => "station unknown",
+            StoreError::StationCertificate { why, .. } if why == "it is revoked" => "station certificate revoked",
+            StoreError::StationCertificate { why, .. } if why.contains("is blocked: found in fw.bin") => {
+                "station key blocked"
+            }
             _ => "other",
         })
         .collect();
@@ -328,7 +354,9 @@ pub(crate) fn births_in_bulk_are_judged_as_one_by_one(
             "batch unknown",
             "closed",
             "window",
-            "station unknown"
+            "station unknown",
+            "station certificate revoked",
+            "station key blocked"
         ]
     );
     same_records(bulk, one, &ops);

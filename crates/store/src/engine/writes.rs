@@ -1065,14 +1065,17 @@ pub(crate) fn rfc3339(t: i64) -> String {
 
 /// What a birth's checks read, for the station `{st}`, batch `{b}`, device
 /// `{sn}` and key `{spki}`, from `{from}`: one row, or one per certificate of
-/// the key. [`judge_birth`] reads columns 0 to 8, [`key_free_in`] the rest.
+/// the key. [`judge_birth`] reads columns 0 to 12 (9 to 12: the certificate
+/// the station authenticates with, its status, its key and the block on that
+/// key), [`key_free_in`] the rest.
 pub(super) const BIRTH_READ_OF: &str = "SELECT s.status, b.quota, b.issued, b.valid_from, b.valid_until, b.status,
         (SELECT 1 FROM station_batches WHERE station = {st} AND batch_id = {b}),
         (SELECT 1 FROM batch_serials WHERE batch_id = {b} AND device_serial = {sn}),
         (SELECT cert_serial FROM births WHERE device_serial = {sn}),
+        s.cert_serial, sc.status, sc.spki_sha256, (SELECT reason FROM blocked_keys WHERE spki_sha256 = sc.spki_sha256),
         (SELECT reason FROM blocked_keys WHERE spki_sha256 = {spki}), k.serial, k.device_serial, k.issued_at{more}
-    FROM {from} LEFT JOIN stations s ON s.name = {st} LEFT JOIN batches b ON b.id = {b}
-    LEFT JOIN certificates k ON k.spki_sha256 = {spki}";
+    FROM {from} LEFT JOIN stations s ON s.name = {st} LEFT JOIN certificates sc ON sc.serial = s.cert_serial
+    LEFT JOIN batches b ON b.id = {b} LEFT JOIN certificates k ON k.spki_sha256 = {spki}";
 
 /// [`BIRTH_READ_OF`] for one birth: `$1` the station, `$2` the batch, `$3` the device, `$4` the key.
 static BIRTH_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -1086,12 +1089,17 @@ static BIRTH_READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The first column of what [`BIRTH_READ_OF`] reads of the key.
-pub(super) const BIRTH_KEY_COL: usize = 9;
+pub(super) const BIRTH_KEY_COL: usize = 13;
 
-/// The birth rules on one row of [`BIRTH_READ_OF`] (columns 0 to 8), in the
+/// The birth rules on one row of [`BIRTH_READ_OF`] (columns 0 to 12), in the
 /// order a station would want to hear them, for device `serial` of `batch`
 /// made by `station` at `now`, after `earlier` births of the batch that the
 /// same transaction counted but the row does not: the batch's quota.
+///
+/// The station's own certificate is judged here too, in the transaction that
+/// records the birth: revoked, or its key blocked, after the station was let
+/// in (on a connection kept open, or while this birth was on its way), it
+/// makes nothing more.
 pub(super) fn judge_birth(
     r: &mut Row,
     (batch, station, serial): (&str, &str, &str),
@@ -1102,6 +1110,17 @@ pub(super) fn judge_birth(
         None => return Err(StoreError::StationUnknown { station: station.into() }),
         Some("active") => {}
         Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+    }
+    let refused = |serial: String, why: String| StoreError::StationCertificate { station: station.into(), serial, why };
+    let cert = r.text(9)?;
+    match r.opt_text(10)?.as_deref() {
+        Some("good") => {}
+        Some(_) => return Err(refused(cert, "it is revoked".into())),
+        None => return Err(refused(cert, "it is not recorded".into())),
+    }
+    if let Some(reason) = r.opt_text(12)? {
+        let key = r.text(11)?;
+        return Err(refused(cert, format!("its key {key} is blocked: {reason}")));
     }
     let Some(quota) = r.opt_int(1)? else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
     let (issued, from, until, status) = (r.int(2)?, r.int(3)?, r.int(4)?, r.text(5)?);
