@@ -254,6 +254,23 @@ impl Authority {
         r
     }
 
+    /// Whether `caller`, admitted by [`Self::admit`] earlier on the same
+    /// connection (the same certificate chain), may ask for a birth of
+    /// `batch` now without being admitted again: a station whose certificate
+    /// is within its validity now, asking for a batch it held when admitted.
+    /// What can change while a connection stays open (its certificate's
+    /// revocation, a block on its key, the station's revocation, its right to
+    /// the batch) is judged again by the transaction that records the birth
+    /// (`Precondition::Birth`): a kept admission never outlives any of them.
+    /// The server drops a kept admission at the first refusal, so the next
+    /// request is admitted again, and refused before its body.
+    pub fn still_admitted(&self, caller: &Caller, batch: &str) -> bool {
+        let Who::Station(st) = &caller.0 else { return false };
+        let (now, r) = (self.clock.now(), &st.id.record);
+        // RFC 5280 4.1.2.5: valid from notBefore through notAfter, inclusive (as webpki judges it).
+        st.may_make(batch) && r.not_before <= now && now <= r.not_after
+    }
+
     /// A first enrollment's label: it must exist and must not be the birth
     /// label (births come only from a station on the line), whoever calls.
     fn admit_label(&self, label: Option<&str>, cred: Credential<'_>) -> Result<(), AuthorityError> {

@@ -9,7 +9,8 @@
 //! Where each part lives:
 //! - `open`: opening an authority (config, CA keys from files or an HSM,
 //!   store, trust anchors) and [`CaKey`];
-//! - `auth`: who is calling ([`Authority::admit`] → [`Caller`]), once per request;
+//! - `auth`: who is calling ([`Authority::admit`] → [`Caller`]), once per
+//!   request (a station's births: once per connection, [`Authority::still_admitted`]);
 //! - `enroll`: the one enrollment pipeline ([`Authority::enroll`]): each way
 //!   in authorizes a verified request into a signing plan, one issue step signs
 //!   and records;

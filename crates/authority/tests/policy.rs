@@ -381,6 +381,29 @@ fn a_station_whose_certificate_is_revoked_or_its_key_blocked_after_admission_mak
     }
 }
 
+/// A station's admission is taken again for its next births on the same
+/// connection only while its certificate is within its validity, and only
+/// for a batch it held when admitted; no other caller's admission is.
+#[test]
+fn a_stations_admission_is_kept_only_within_its_certificates_validity_and_batches() {
+    let ca = ca();
+    ca.batch("BV", &["V-1"], 1);
+    ca.batch("BW", &["W-1"], 1);
+    let chain = ca.station("line-v", &["BV"]);
+    let st = ca.station_caller(&chain).unwrap();
+    assert!(ca.a.still_admitted(&st, "BV"));
+    assert!(!ca.a.still_admitted(&st, "BW"), "a batch it did not hold when admitted");
+    let token = ca.token("D-1", None);
+    assert!(!ca.a.still_admitted(&ca.token_caller("D-1", &token).unwrap(), "BV"), "a token is not a station");
+    let info = iotpki_core::profile::cert_info(&chain[0]).unwrap();
+    let not_after = iotpki_core::time::unix(&info.cert.tbs_certificate.validity.not_after);
+    ca.clock.advance(not_after - ca.now());
+    assert!(ca.a.still_admitted(&st, "BV"), "the certificate's last second");
+    ca.clock.advance(1);
+    assert!(!ca.a.still_admitted(&st, "BV"), "expired: admitted again, and refused");
+    assert!(ca.station_caller(&chain).is_err());
+}
+
 #[test]
 fn a_device_certificate_is_not_a_station() {
     let ca = ca();

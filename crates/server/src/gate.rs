@@ -209,6 +209,27 @@ impl Admission {
         self.basic.is_some() || !self.chain.chain().is_empty()
     }
 
+    /// The connection the request came on.
+    pub(crate) fn peer(&self) -> PeerChain {
+        self.chain.clone()
+    }
+
+    /// [`Self::admit`], for an enrollment of `batch` (a station's birth when
+    /// given): the station admitted for an earlier birth on the same
+    /// connection is taken again, with no read of the store and no parse of
+    /// its certificate, while [`Authority::still_admitted`] says so; the
+    /// birth's own transaction judges what may have changed since. Else it is
+    /// admitted, and kept for the connection's next births.
+    pub(crate) fn admit_for(&self, a: &Authority, batch: Option<&str>) -> Result<Arc<Caller>, AuthorityError> {
+        let (Gate::Station(_), Some(batch)) = (self.gate, batch) else { return self.admit(a).map(Arc::new) };
+        if let Some(kept) = self.chain.kept().filter(|c| a.still_admitted(c, batch)) {
+            return Ok(kept);
+        }
+        let caller = Arc::new(self.admit(a)?);
+        self.chain.keep(Arc::clone(&caller));
+        Ok(caller)
+    }
+
     /// [`Authority::admit`] (blocks: the store, and a refusal's audit entry).
     pub(crate) fn admit(&self, a: &Authority) -> Result<Caller, AuthorityError> {
         // A token if one is sent (a first enrollment), else the certificate.

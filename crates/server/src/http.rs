@@ -22,19 +22,49 @@ use crate::limits::PeerAddr;
 use crate::Limits;
 use zeroize::Zeroizing;
 
-/// The TLS client certificate chain of the connection a request came on.
+/// The TLS client certificate chain of the connection a request came on,
+/// and the station admitted on that connection for its births
+/// ([`crate::gate::Admission::admit_for`]): one per connection, shared by its requests.
 #[derive(Clone, Default)]
-pub(crate) struct PeerChain(Arc<Vec<CertificateDer<'static>>>);
+pub(crate) struct PeerChain {
+    certs: Arc<Vec<CertificateDer<'static>>>,
+    kept: Arc<std::sync::Mutex<Option<Arc<Caller>>>>,
+}
 
 impl PeerChain {
+    /// A connection's chain, leaf first, with no admission kept yet.
+    pub(crate) fn new(certs: Vec<CertificateDer<'static>>) -> Self {
+        Self { certs: Arc::new(certs), kept: Arc::default() }
+    }
+
     /// The client's certificate, if it sent one.
     pub(crate) fn leaf(&self) -> Option<&[u8]> {
-        self.0.first().map(|c| c.as_ref())
+        self.certs.first().map(|c| c.as_ref())
     }
 
     /// The whole chain, leaf first (empty without a client certificate).
     pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
-        &self.0
+        &self.certs
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Caller>>> {
+        // Nothing can be left half-written in an Option: a poisoned lock is still sound.
+        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The admission kept on this connection, if any.
+    pub(crate) fn kept(&self) -> Option<Arc<Caller>> {
+        self.slot().clone()
+    }
+
+    /// Keep `caller` for this connection's next births.
+    pub(crate) fn keep(&self, caller: Arc<Caller>) {
+        *self.slot() = Some(caller);
+    }
+
+    /// Drop the kept admission: the next request is admitted afresh.
+    pub(crate) fn forget(&self) {
+        *self.slot() = None;
     }
 }
 
@@ -504,13 +534,28 @@ async fn enroll(
         }
     };
     let asked = Asked { op, batch: query.batch, activation };
+    // A station's admission kept on its connection is dropped at its first
+    // refusal: the next request is admitted afresh (crate::gate::Admission::admit_for).
+    let peer = admission.peer();
+    let enrolled = enrolled(a, admission, body, label, asked).await.inspect_err(|_| peer.forget())?;
+    Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
+}
+
+/// [`enroll`]'s work: admitted, verified, signed, recorded.
+async fn enrolled(
+    a: Arc<Authority>,
+    admission: Admission,
+    body: Bytes,
+    label: Option<String>,
+    asked: Asked,
+) -> Result<Enrolled, AuthorityError> {
     // Verifying the request's signature, signing and the durable store write
     // block: keep them off the async workers. When every blocking thread is
     // taken, the record is queued for the store's group commit and awaited
     // here, holding no thread (crate::sched).
     let a2 = Arc::clone(&a);
     let step = blocking(move || {
-        let caller = admission.admit(&a2)?;
+        let caller = admission.admit_for(&a2, asked.batch.as_deref())?;
         // The body is decoded and the request parsed once, here: the
         // authority is handed the verified request.
         let csr = est::decode_body(&body)
@@ -531,11 +576,10 @@ async fn enroll(
         })
     })
     .await??;
-    let enrolled = match step {
-        Step::Answered(e) => e,
-        Step::Queued(completion) => completion.run().await?,
-    };
-    Ok(base64_answer(est::CT_CERTS_ONLY, &enrolled.pkcs7))
+    match step {
+        Step::Answered(e) => Ok(e),
+        Step::Queued(completion) => completion.run().await,
+    }
 }
 
 /// A queued record's wait and what follows it, carried to its end even when
@@ -545,8 +589,11 @@ async fn enroll(
 /// they are for a request that waited on its thread.
 struct Completion {
     a: Arc<Authority>,
-    queued: Option<Box<(Queued, Caller, csr::VerifiedCsr, Asked)>>,
+    queued: Option<Box<Waiting>>,
 }
+
+/// A queued record, and what its end needs: who asked, and what.
+type Waiting = (Queued, Arc<Caller>, csr::VerifiedCsr, Asked);
 
 impl Completion {
     async fn run(mut self) -> Result<Enrolled, AuthorityError> {
@@ -580,7 +627,7 @@ impl Drop for Completion {
 /// the store: a lost race, a serial collision, a quota) back to a blocking thread.
 async fn finish(
     a: Arc<Authority>,
-    (q, caller, csr, asked): (Queued, Caller, csr::VerifiedCsr, Asked),
+    (q, caller, csr, asked): Waiting,
     outcome: Result<(), iotpki_store::StoreError>,
 ) -> Result<Enrolled, AuthorityError> {
     match a.enroll_recorded(q, outcome) {
@@ -646,7 +693,7 @@ pub(crate) async fn serve_connection(
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
         .unwrap_or_default();
-    let peer_chain = PeerChain(Arc::new(chain));
+    let peer_chain = PeerChain::new(chain);
     let app = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer_chain.clone());
         req
@@ -743,6 +790,11 @@ mod tests {
     async fn call(app: Router, req: axum::http::Request<Body>) -> (StatusCode, String) {
         let mut req = req;
         req.extensions_mut().insert(PeerChain::default());
+        call_on(app, req).await
+    }
+
+    /// [`call`], on the connection `req` names (its [`PeerChain`]).
+    async fn call_on(app: Router, req: axum::http::Request<Body>) -> (StatusCode, String) {
         let resp = app.oneshot(req).await.unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -820,7 +872,7 @@ mod tests {
         iotpki_authority::factory::create_batch(a.store().as_ref(), &SystemClock, nb, "test").unwrap();
         let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
         let (cert, chain) = a.add_station(&format!("line-{id}"), &[id.into()], key.public_key_der(), "test").unwrap();
-        PeerChain(Arc::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect()))
+        PeerChain::new(std::iter::once(cert).chain(chain).map(CertificateDer::from).collect())
     }
 
     /// A station's request for the birth of device `serial` in `batch`, over `peer`.
@@ -834,6 +886,61 @@ mod tests {
         let mut req = post(&format!("/.well-known/est/birth/simpleenroll?batch={batch}"), est::CT_PKCS10, body);
         req.extensions_mut().insert(peer.clone());
         req
+    }
+
+    /// A station's births on one connection are admitted once: the station
+    /// admitted for the first is taken again for the next ones. Its
+    /// certificate revoked alone, or its key blocked, while the connection
+    /// stays open: the next birth on it is refused by the transaction that
+    /// would record it (nothing recorded), the kept admission is dropped,
+    /// and the birth after that is refused at its admission.
+    #[tokio::test]
+    async fn a_station_admitted_on_a_connection_is_kept_until_a_refusal() {
+        let (_tmp, a) = authority();
+        let app = router(a.clone());
+        for (batch, revoke) in [("BR", true), ("BB", false)] {
+            let serials: Vec<String> = (1..=4).map(|n| format!("{batch}-{n}")).collect();
+            let peer = station_line(&a, batch, &serials.iter().map(String::as_str).collect::<Vec<_>>(), 4);
+            let birth = |n: u32| call_on(app.clone(), birth_request(&format!("{batch}-{n}"), batch, &peer));
+            assert_eq!(birth(1).await.0, StatusCode::OK);
+            let kept = peer.kept().expect("the station's admission is kept on its connection");
+            assert_eq!(birth(2).await.0, StatusCode::OK);
+            assert!(Arc::ptr_eq(&kept, &peer.kept().unwrap()), "the second birth was not admitted again");
+            let leaf = iotpki_core::profile::cert_info(peer.leaf().unwrap()).unwrap();
+            let store = a.store();
+            match revoke {
+                true => {
+                    let target = iotpki_authority::revocation::Target::Serial(&leaf.serial);
+                    iotpki_authority::revocation::revoke(store.as_ref(), &SystemClock, target, 1, "test").unwrap();
+                }
+                false => {
+                    use der::Encode as _;
+                    let spki = leaf.cert.tbs_certificate.subject_public_key_info.to_der().unwrap();
+                    let keys = [(iotpki_core::keys::spki_fingerprint(&spki), "a firmware image".to_string())];
+                    iotpki_authority::key_registry::block(
+                        store.as_ref(),
+                        &SystemClock,
+                        &keys,
+                        &[],
+                        "leaked",
+                        false,
+                        "test",
+                    )
+                    .unwrap();
+                }
+            }
+            let certs = store.count_certificates().unwrap();
+            let (s, b) = birth(3).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+            assert!(b.contains("authenticates nothing"), "{b}");
+            assert!(peer.kept().is_none(), "a refusal drops the kept admission");
+            let (s, b) = birth(4).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+            assert!(!b.contains("authenticates nothing") && (b.contains("revoked") || b.contains("blocked")), "{b}");
+            assert!(peer.kept().is_none());
+            assert_eq!(store.count_certificates().unwrap(), certs, "nothing recorded");
+            assert_eq!(store.batch(batch).unwrap().unwrap().issued, 2);
+        }
     }
 
     /// When every blocking thread is taken, a station's births are queued

@@ -10,7 +10,12 @@
 //!   or a revoked one gets an HTTP 403 with a reason instead of a bare TLS alert.
 //! - Endpoints that need a certificate then run full path validation to our
 //!   root and check the store's record, once per request, before the body is
-//!   read ([`Authority::admit`]); the handler gets the caller found.
+//!   read ([`Authority::admit`]); the handler gets the caller found. One
+//!   exception: a station's births on one connection are admitted once, at
+//!   the first, and each birth's own transaction judges again what may have
+//!   changed since (its certificate revoked, its key blocked, the station
+//!   revoked); the first refusal drops that admission
+//!   (`gate::Admission::admit_for`).
 //! - The admin API (`/admin/v1/`, see the `admin` module) needs an admin
 //!   certificate ([`Authority::admin`]), but for its OpenAPI document
 //!   (`/admin/v1/openapi.json`, no fleet data), which any TLS client may read.

@@ -82,6 +82,12 @@ pub struct Station {
     /// The server it talks to.
     pub server: String,
     client: EstClient,
+    /// Births' connections to the authority, each kept open between births:
+    /// a birth takes one (or opens another) and puts it back, so a line
+    /// keeps as many connections as it has births under way at once, and a
+    /// birth costs no TLS handshake of its own (the authority admits the
+    /// station once per connection).
+    idle: std::sync::Mutex<Vec<EstClient>>,
     api: FactoryApi,
     chain: Vec<Vec<u8>>,
     anchor: Vec<u8>,
@@ -109,7 +115,8 @@ impl Station {
             Some(ClientIdentity { chain: tls_chain, key }),
         )?;
         let api = FactoryApi::new(client.clone());
-        Ok(Self { name: id.device_serial, server, client, api, chain, anchor, offline: None })
+        let idle = std::sync::Mutex::default();
+        Ok(Self { name: id.device_serial, server, client, idle, api, chain, anchor, offline: None })
     }
 
     /// Open the station to issue offline for `batch` with its delegated CA
@@ -124,6 +131,11 @@ impl Station {
         Ok(st)
     }
 
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<EstClient>> {
+        // A Vec of clients is never left half-changed: a poisoned lock is still sound.
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A birth certificate for `csr`, the chain the device should hold and
     /// the anchor it chains to: from the authority over EST, or from the
     /// delegated CA when offline. A Matter batch's birth is a DAC: its chain
@@ -136,7 +148,13 @@ impl Station {
     ) -> Result<(Vec<u8>, Vec<Vec<u8>>, Vec<u8>), AgentError> {
         let cert = match &self.offline {
             Some(off) => return off.issue(csr, batch).map(|(cert, chain)| (cert, chain, self.anchor.clone())),
-            None => self.client.simple_enroll_batch_attested(csr, batch, activation).await?,
+            None => {
+                let client = self.idle().pop().unwrap_or_else(|| self.client.one_connection());
+                let cert = client.simple_enroll_batch_attested(csr, batch, activation).await;
+                // Back for the next birth, whatever the answer: a connection that failed is not kept in it.
+                self.idle().push(client);
+                cert?
+            }
         };
         let info = iotpki_core::profile::cert_info(&cert)?;
         if iotpki_core::matter::ids_of(&info.cert.tbs_certificate.subject).0.is_none() {

@@ -92,6 +92,50 @@ async fn a_station_gives_birth_within_its_quota() {
     ca.authority.store().verify_audit().unwrap();
 }
 
+/// A production run's births keep their connections to the authority: 12
+/// births, 4 at a time, open at most 4 (a mutual-TLS handshake each, the
+/// station admitted once per connection), not 12. The station's certificate
+/// then revoked alone mid-line (the station and its connections kept): no
+/// birth more, on those connections or new ones, and nothing recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stations_births_share_its_connections_and_a_revocation_mid_line_stops_them() {
+    let ca = Ca::start().await;
+    let list = serials("K", 20);
+    batch(&ca, "BK", &list, 20);
+    let st = Arc::new(Station::open(&station(&ca, "line-k", &["BK"]), None).unwrap());
+    let run = run_opts(&ca, "BK", 4, "kept");
+    let mut duts = iotpki_station::factory::simulated(&st, "BK", 20, &run.devices_dir).await.unwrap();
+    let later = duts.split_off(12);
+    let accepted = || ca.authority.metrics().accepted_connections.get(&["tls"]);
+    let before = accepted();
+    let out = iotpki_station::factory::run(st.clone(), &run.opts, duts, |_| {}).await.unwrap();
+    assert!(out.iter().all(|p| p.result == "born"), "{out:?}");
+    let opened = accepted() - before;
+    assert!((1..=4).contains(&opened), "12 births on {opened} connections");
+
+    let store = ca.authority.store();
+    let cert = store.station("line-k").unwrap().unwrap().cert_serial;
+    iotpki_authority::revocation::revoke(
+        store.as_ref(),
+        &iotpki_core::clock::SystemClock,
+        iotpki_authority::revocation::Target::Serial(&cert),
+        1,
+        "test",
+    )
+    .unwrap();
+    let certs = store.count_certificates().unwrap();
+    let out = iotpki_station::factory::run(st, &run.opts, later, |_| {}).await.unwrap();
+    assert_eq!(out.len(), 8);
+    for p in &out {
+        let reason = p.reason.as_deref().unwrap_or_default();
+        assert_eq!(p.result, "refused", "{out:?}");
+        assert!(reason.starts_with("HTTP 403") && reason.contains("revoked"), "{reason}");
+    }
+    assert!(out.iter().any(|p| p.reason.as_deref().unwrap_or_default().contains("authenticates nothing")), "{out:?}");
+    assert_eq!(store.count_certificates().unwrap(), certs, "nothing recorded");
+    assert_eq!(issued(&ca, "BK").0, 12);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stations_racing_for_one_batch_mint_exactly_the_quota() {
     let ca = Ca::start().await;
