@@ -632,7 +632,7 @@ pub fn offline_sync(store: &dyn Store) {
     let listed: Vec<String> = (0..3).map(|i| format!("{b}-{i}")).collect();
     batch(store, &b, 2, &listed);
     let st = unique("ST-");
-    station(store, &st, &[&b]);
+    let st_cert = station(store, &st, &[&b]);
     let mut ca = cert("delegate");
     ca.profile = "delegated-ca".into();
     ca.device_serial = None;
@@ -708,6 +708,27 @@ pub fn offline_sync(store: &dyn Store) {
     let outside = SyncEntry { outside_delegation: true, ..entry(&listed[2]) };
     let out = store.apply_sync(upload(7, "h6", 7, "h7", vec![outside.clone()])).expect("continue");
     assert_eq!(out.flagged, vec![(outside.cert.serial.clone(), crate::Flag::OffAllowlist)]);
+
+    // A station whose certificate was revoked, or which was revoked, after it
+    // was let in: its upload is refused in the transaction that would apply
+    // it, and writes nothing.
+    store.revoke(&st_cert.serial, 1, 600, event("revoke", &st_cert.serial)).expect("revoke");
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    let late = vec![entry(&format!("{b}-late"))];
+    let why = "it is revoked".to_string();
+    assert_eq!(
+        store.apply_sync(upload(8, "h7", 8, "h8", late.clone())),
+        Err(StoreError::StationCertificate { station: st.clone(), serial: st_cert.serial.clone(), why })
+    );
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
+    store.revoke_station(&st, 700, event("station.revoke", &st)).expect("revoke station");
+    let (certs, audit) = (store.count_certificates().expect("count"), audit_len(store));
+    assert_eq!(
+        store.apply_sync(upload(8, "h7", 8, "h8", late)),
+        Err(StoreError::StationRevoked { station: st.clone() })
+    );
+    assert_eq!((store.count_certificates().expect("count"), audit_len(store)), (certs, audit));
+    assert_eq!(store.sync_state(&st, &b).expect("state"), (7, "h7".to_string()));
 }
 
 /// Revocation: once, of a known certificate; listed per CA; CRL numbers only grow.

@@ -477,6 +477,11 @@ impl<'a> Tx<'a> {
 
     /// Record a production record upload: see [`crate::Stations::apply_sync`].
     fn apply_sync(&mut self, s: &SyncUpload) -> Result<SyncOutcome, StoreError> {
+        let mut station = self
+            .w
+            .opt(STATION_READ, &[(&s.station).into()])?
+            .ok_or_else(|| StoreError::Database("the station's checks read no row".into()))?;
+        judge_station(&mut station, [0, 1, 2, 3, 4], &s.station)?;
         let (last, head) = sync_state_of(&mut self.w, &s.station, &s.batch)?;
         if s.from_seq != last + 1 || s.from_head != head {
             return Err(StoreError::SyncOutOfOrder { expected_seq: last + 1, got_seq: s.from_seq });
@@ -1096,32 +1101,15 @@ pub(super) const BIRTH_KEY_COL: usize = 13;
 /// made by `station` at `now`, after `earlier` births of the batch that the
 /// same transaction counted but the row does not: the batch's quota.
 ///
-/// The station's own certificate is judged here too, in the transaction that
-/// records the birth: revoked, or its key blocked, after the station was let
-/// in (on a connection kept open, or while this birth was on its way), it
-/// makes nothing more.
+/// The station's own certificate is judged here too ([`judge_station`]), in
+/// the transaction that records the birth.
 pub(super) fn judge_birth(
     r: &mut Row,
     (batch, station, serial): (&str, &str, &str),
     now: i64,
     earlier: i64,
 ) -> Result<i64, StoreError> {
-    match r.opt_text(0)?.as_deref() {
-        None => return Err(StoreError::StationUnknown { station: station.into() }),
-        Some("active") => {}
-        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
-    }
-    let refused = |serial: String, why: String| StoreError::StationCertificate { station: station.into(), serial, why };
-    let cert = r.text(9)?;
-    match r.opt_text(10)?.as_deref() {
-        Some("good") => {}
-        Some(_) => return Err(refused(cert, "it is revoked".into())),
-        None => return Err(refused(cert, "it is not recorded".into())),
-    }
-    if let Some(reason) = r.opt_text(12)? {
-        let key = r.text(11)?;
-        return Err(refused(cert, format!("its key {key} is blocked: {reason}")));
-    }
+    judge_station(r, [0, 9, 10, 11, 12], station)?;
     let Some(quota) = r.opt_int(1)? else { return Err(StoreError::BatchUnknown { batch: batch.into() }) };
     let (issued, from, until, status) = (r.int(2)?, r.int(3)?, r.int(4)?, r.text(5)?);
     if r.opt_int(6)?.is_none() {
@@ -1143,6 +1131,38 @@ pub(super) fn judge_birth(
         return Err(StoreError::AlreadyBorn { serial: serial.into(), cert });
     }
     Ok(quota)
+}
+
+/// What [`judge_station`] reads of station `$1`, in one row: its status, its
+/// certificate's serial and status, that certificate's key and the block on it.
+const STATION_READ: &str = "SELECT s.status, s.cert_serial, sc.status, sc.spki_sha256,
+        (SELECT reason FROM blocked_keys WHERE spki_sha256 = sc.spki_sha256)
+    FROM (SELECT 1 AS one) o LEFT JOIN stations s ON s.name = $1 LEFT JOIN certificates sc ON sc.serial = s.cert_serial";
+
+/// Whether `station` may act now, on what `r` holds at columns `cols`: its
+/// status, its certificate's serial and status, that certificate's key and
+/// the block on it. The station exists and is active, and the certificate
+/// it authenticates with is good and its key not blocked: revoked, or the
+/// key blocked, after the station was let in (on a connection kept open, or
+/// while its request was on its way), it acts no more.
+pub(super) fn judge_station(r: &mut Row, cols: [usize; 5], station: &str) -> Result<(), StoreError> {
+    let [status, cert, cert_status, key, block] = cols;
+    match r.opt_text(status)?.as_deref() {
+        None => return Err(StoreError::StationUnknown { station: station.into() }),
+        Some("active") => {}
+        Some(_) => return Err(StoreError::StationRevoked { station: station.into() }),
+    }
+    let refused = |serial: String, why: String| StoreError::StationCertificate { station: station.into(), serial, why };
+    let serial = r.text(cert)?;
+    match r.opt_text(cert_status)?.as_deref() {
+        Some("good") => {}
+        Some(_) => return Err(refused(serial, "it is revoked".into())),
+        None => return Err(refused(serial, "it is not recorded".into())),
+    }
+    match r.opt_text(block)? {
+        Some(reason) => Err(refused(serial, format!("its key {} is blocked: {reason}", r.text(key)?))),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn quota_exhausted(batch: &str, quota: i64) -> StoreError {
