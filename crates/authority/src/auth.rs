@@ -263,7 +263,7 @@ impl Authority {
     /// the batch) is judged again by the transaction that records the birth
     /// (`Precondition::Birth`): a kept admission never outlives any of them.
     /// The server drops a kept admission at the first refusal, so the next
-    /// request is admitted again, and refused before its body.
+    /// request is admitted again, and refused there, before its request's signature is checked.
     pub fn still_admitted(&self, caller: &Caller, batch: &str) -> bool {
         let Who::Station(st) = &caller.0 else { return false };
         let (now, r) = (self.clock.now(), &st.id.record);
