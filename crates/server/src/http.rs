@@ -914,9 +914,9 @@ mod tests {
                     iotpki_authority::revocation::revoke(store.as_ref(), &SystemClock, target, 1, "test").unwrap();
                 }
                 false => {
-                    use der::Encode as _;
-                    let spki = leaf.cert.tbs_certificate.subject_public_key_info.to_der().unwrap();
-                    let keys = [(iotpki_core::keys::spki_fingerprint(&spki), "a firmware image".to_string())];
+                    // The key's hash as the store recorded it with the certificate.
+                    let spki = store.certificate(&leaf.serial).unwrap().unwrap().spki_sha256;
+                    let keys = [(spki, "a firmware image".to_string())];
                     iotpki_authority::key_registry::block(
                         store.as_ref(),
                         &SystemClock,
