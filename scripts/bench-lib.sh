@@ -81,6 +81,17 @@ bench_pg_db() {
   echo "postgres://iotpki@$hostport/$name"
 }
 
+# Before a timed run on database URL: its tables vacuumed and analyzed, and a
+# checkpoint, untimed. Without it, autovacuum and the timed checkpoints land in
+# some runs and not others: two runs of one build on two databases of one cluster
+# then differed up to 3-fold, round by round.
+bench_pg_settle() {
+  local url="$1" bin="${IOTPKI_PG_BIN:-/usr/lib/postgresql/15/bin}"
+  local hostport=${url#postgres://iotpki@}; hostport=${hostport%%/*}
+  local db=${url##*/}
+  "$bin/psql" -q -h "${hostport%:*}" -p "${hostport#*:}" -U iotpki -d "$db" -c "VACUUM (ANALYZE)" -c "CHECKPOINT" >/dev/null
+}
+
 # `--watch-pid P` for the given serve pids and, with a cluster, its postmaster and backends.
 bench_watch() {
   local w=("$@")
