@@ -10,7 +10,10 @@
 //! statement (per [`MAX_SHIFT`]-bounded chunk), the device summaries in
 //! another, judges each birth in order with the very rules the one-by-one path
 //! uses ([`judge_birth`], [`key_free_in`], the fleet's summary), and writes the
-//! births that passed in a few multi-row statements. A refused birth has
+//! births that passed in a few multi-row statements: chunks of powers of two
+//! on SQLite (few shapes to prepare), of their exact size on PostgreSQL (one
+//! round trip per table for a group of up to 64, [`super::Writer::exact_chunks`]).
+//! A refused birth has
 //! written nothing. A write that fails (a conflict no read showed) makes the
 //! group run again one by one, with savepoints ([`Abort::Redo`]).
 
@@ -25,10 +28,14 @@ use super::{Arg, Row, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{Issuance, Precondition, StoreError};
 
-/// Most rows in one statement: 2^`MAX_SHIFT`. Chunks are powers of two, so
-/// that each statement has one of a few shapes (each is prepared once per
-/// connection).
+/// Most rows in one statement: 2^`MAX_SHIFT`. A read's chunks are powers of
+/// two, so that each has one of a few shapes (each is prepared once per
+/// connection); so are a write's, unless the connection asks for exact sizes
+/// ([`super::Writer::exact_chunks`]).
 pub(super) const MAX_SHIFT: usize = 6;
+
+/// Most rows in one statement.
+pub(super) const MAX_ROWS: usize = 1 << MAX_SHIFT;
 
 /// One birth of the group.
 pub(super) struct Birth<'a> {
@@ -66,17 +73,20 @@ pub(super) fn births(ops: &[Op]) -> Option<Vec<Birth<'_>>> {
     Some(out)
 }
 
-/// `items` cut in chunks of powers of two, largest first: each with its shift.
-fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+/// `items` cut for writes: in chunks of powers of two, largest first, or
+/// (`exact`) of [`MAX_ROWS`] and the rest.
+fn chunks<T>(mut items: &[T], exact: bool) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {
             return None;
         }
-        let shift = (usize::BITS - 1 - items.len().leading_zeros()) as usize;
-        let shift = shift.min(MAX_SHIFT);
-        let (chunk, rest) = items.split_at(1 << shift);
+        let n = match exact {
+            true => items.len().min(MAX_ROWS),
+            false => 1 << (usize::BITS - 1 - items.len().leading_zeros()).min(MAX_SHIFT as u32),
+        };
+        let (chunk, rest) = items.split_at(n);
         items = rest;
-        Some((shift, chunk))
+        Some(chunk)
     })
 }
 
@@ -135,11 +145,13 @@ const SUMMARY_DEVICE_COL: usize = 11;
 
 const BIRTH_TABLE: &str = "births (device_serial, cert_serial, batch_id, station, born_at)";
 
+/// `BIRTH_INSERTS[n]`: the insert of `n` births (1 to [`MAX_ROWS`]).
 static BIRTH_INSERTS: LazyLock<Vec<String>> =
-    LazyLock::new(|| (0..=MAX_SHIFT).map(|shift| multi_insert(BIRTH_TABLE, 1 << shift, 5)).collect());
+    LazyLock::new(|| (0..=MAX_ROWS).map(|n| multi_insert(BIRTH_TABLE, n, 5)).collect());
 
+/// `CERT_INSERTS[n]`: the insert of `n` certificates (1 to [`MAX_ROWS`]).
 static CERT_INSERTS: LazyLock<Vec<String>> =
-    LazyLock::new(|| (0..=MAX_SHIFT).map(|shift| multi_insert(CERT_TABLE, 1 << shift, 16)).collect());
+    LazyLock::new(|| (0..=MAX_ROWS).map(|n| multi_insert(CERT_TABLE, n, 16)).collect());
 
 /// Rows read per device, by the column naming it.
 fn by_device(rows: Vec<Row>, col: usize, out: &mut HashMap<String, Vec<Row>>) -> Result<(), StoreError> {
@@ -217,7 +229,8 @@ impl Tx<'_> {
                 return Err(Abort::Redo);
             }
         }
-        for (shift, chunk) in chunks(&recorded) {
+        let exact = self.w.exact_chunks();
+        for chunk in chunks(&recorded, exact) {
             let args: Vec<Arg<'_>> = chunk
                 .iter()
                 .flat_map(|b| {
@@ -225,13 +238,13 @@ impl Tx<'_> {
                     [b.device.into(), cert.into(), b.batch.into(), b.station.into(), Arg::Int(b.now)]
                 })
                 .collect();
-            self.w.run(&BIRTH_INSERTS[shift], &args).map_err(failed)?;
+            self.w.run(&BIRTH_INSERTS[chunk.len()], &args).map_err(failed)?;
             let args: Vec<Arg<'_>> = chunk.iter().flat_map(|b| cert_args(&b.issuance.cert, false)).collect();
-            self.w.run(&CERT_INSERTS[shift], &args).map_err(failed)?;
+            self.w.run(&CERT_INSERTS[chunk.len()], &args).map_err(failed)?;
         }
-        for (shift, chunk) in chunks(&upserts) {
+        for chunk in chunks(&upserts, exact) {
             let args: Vec<Arg<'_>> = chunk.iter().flat_map(|(d, s)| upsert_args(d, s)).collect();
-            self.w.run(&UPSERT_DEVICES[shift], &args).map_err(failed)?;
+            self.w.run(&UPSERT_DEVICES[chunk.len()], &args).map_err(failed)?;
         }
         Ok(results)
     }
@@ -277,13 +290,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_are_powers_of_two_largest_first_and_cover_every_item() {
+    fn chunks_are_powers_of_two_largest_first_or_exact_and_cover_every_item() {
         let items: Vec<usize> = (0..203).collect();
-        let got: Vec<(usize, usize)> = chunks(&items).map(|(s, c)| (s, c.len())).collect();
-        assert_eq!(got, vec![(6, 64), (6, 64), (6, 64), (3, 8), (1, 2), (0, 1)]);
-        let flat: Vec<usize> = chunks(&items).flat_map(|(_, c)| c.iter().copied()).collect();
-        assert_eq!(flat, items);
-        assert_eq!(chunks::<u8>(&[]).count(), 0);
+        let sizes = |exact| chunks(&items, exact).map(<[usize]>::len).collect::<Vec<_>>();
+        assert_eq!(sizes(false), vec![64, 64, 64, 8, 2, 1]);
+        assert_eq!(sizes(true), vec![64, 64, 64, 11]);
+        for exact in [false, true] {
+            let flat: Vec<usize> = chunks(&items, exact).flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(flat, items);
+            assert_eq!(chunks::<u8>(&[], exact).count(), 0);
+        }
+        assert_eq!(chunks(&items[..13], true).map(<[usize]>::len).collect::<Vec<_>>(), vec![13]);
         let got: Vec<(usize, Vec<usize>)> =
             padded(&items[..67]).map(|(s, c)| (s, c.into_iter().copied().collect())).collect();
         assert_eq!(got.len(), 2);
@@ -296,6 +313,8 @@ mod tests {
     fn the_bulk_statements_number_their_arguments_in_order() {
         assert_eq!(values(&["a", "b"], 1), "WITH v(a, b) AS (VALUES ($1, $2), ($3, $4)) ");
         assert!(BIRTH_READS[2].contains("($13, $14, $15, $16))"), "{}", BIRTH_READS[2]);
-        assert!(BIRTH_INSERTS[0].ends_with("VALUES ($1, $2, $3, $4, $5)"), "{}", BIRTH_INSERTS[0]);
+        assert!(BIRTH_INSERTS[1].ends_with("VALUES ($1, $2, $3, $4, $5)"), "{}", BIRTH_INSERTS[1]);
+        assert!(CERT_INSERTS[3].ends_with(", $48)"), "{}", CERT_INSERTS[3]);
+        assert_eq!(UPSERT_DEVICES[13].matches('(').count(), 1 + 13 + 1, "the columns, 13 rows, the conflict's target");
     }
 }

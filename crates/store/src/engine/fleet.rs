@@ -217,7 +217,7 @@ fn refresh_device(db: &mut dyn Sql, device: &str, deltas: &mut Deltas) -> Result
     match moved(old, new, deltas) {
         Moved::Same => {}
         Moved::To(s) => {
-            db.run(&UPSERT_DEVICES[0], &upsert_args(device, &s))?;
+            db.run(&UPSERT_DEVICES[1], &upsert_args(device, &s))?;
         }
         Moved::Gone => {
             db.run("DELETE FROM fleet_devices WHERE device_serial = $1", &[device.into()])?;
@@ -250,11 +250,12 @@ pub(super) fn moved(old: Option<Summary>, new: Option<Summary>, deltas: &mut Del
     }
 }
 
-/// `UPSERT_DEVICES[i]`: the upsert of 2^i devices' rows of `fleet_devices`.
+/// `UPSERT_DEVICES[n]`: the upsert of `n` devices' rows of `fleet_devices`
+/// (1 to [`super::bulk::MAX_ROWS`]).
 pub(super) static UPSERT_DEVICES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    (0..=super::bulk::MAX_SHIFT)
-        .map(|i| {
-            multi_insert("fleet_devices (device_serial, state, cert_serial, not_after)", 1 << i, 4)
+    (0..=super::bulk::MAX_ROWS)
+        .map(|n| {
+            multi_insert("fleet_devices (device_serial, state, cert_serial, not_after)", n, 4)
                 + " ON CONFLICT (device_serial) DO UPDATE SET state = excluded.state, \
                    cert_serial = excluded.cert_serial, not_after = excluded.not_after"
         })

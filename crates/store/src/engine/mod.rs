@@ -250,6 +250,16 @@ pub(crate) trait Writer: Sql + Send {
 
     /// Abandon the transaction (nothing of it is written).
     fn rollback(&mut self);
+
+    /// Whether a group's multi-row writes go in statements of their exact
+    /// size (up to 64 rows each), rather than in chunks of powers of two.
+    /// Over a network each statement is a round trip, made while the group's
+    /// transaction holds the lock every writer takes; a database in the
+    /// process gains nothing from fewer statements, and keeps to a few shapes
+    /// prepared.
+    fn exact_chunks(&self) -> bool {
+        false
+    }
 }
 
 /// A database: its reads, and its write connection.

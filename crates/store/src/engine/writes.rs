@@ -29,6 +29,13 @@ pub(super) struct Watched<'a> {
     dirty: bool,
 }
 
+impl Watched<'_> {
+    /// [`Writer::exact_chunks`] of the write connection.
+    pub(super) fn exact_chunks(&self) -> bool {
+        self.w.exact_chunks()
+    }
+}
+
 impl Sql for Watched<'_> {
     fn query(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, SqlError> {
         let reads_only = sql.trim_start().get(..6).is_some_and(|k| k.eq_ignore_ascii_case("select"));
