@@ -12,10 +12,10 @@
 //! uses ([`judge_birth`], [`key_free_in`], the fleet's summary), and writes the
 //! births that passed in a few multi-row statements: chunks of powers of two
 //! on SQLite (few shapes to prepare), of their exact size on PostgreSQL (one
-//! round trip per table for a group of up to 64, [`super::Writer::exact_chunks`]).
-//! A refused birth has
-//! written nothing. A write that fails (a conflict no read showed) makes the
-//! group run again one by one, with savepoints ([`Abort::Redo`]).
+//! round trip per table for a group of up to 64,
+//! [`super::Writer::exact_chunks`]). A refused birth has written nothing. A
+//! write that fails (a conflict no read showed) makes the group run again one
+//! by one, with savepoints ([`Abort::Redo`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
@@ -145,11 +145,13 @@ const SUMMARY_DEVICE_COL: usize = 11;
 
 const BIRTH_TABLE: &str = "births (device_serial, cert_serial, batch_id, station, born_at)";
 
-/// `BIRTH_INSERTS[n]`: the insert of `n` births (1 to [`MAX_ROWS`]).
+/// `BIRTH_INSERTS[n]`: the insert of `n` births (1 to [`MAX_ROWS`]; 0 is
+/// never asked for).
 static BIRTH_INSERTS: LazyLock<Vec<String>> =
     LazyLock::new(|| (0..=MAX_ROWS).map(|n| multi_insert(BIRTH_TABLE, n, 5)).collect());
 
-/// `CERT_INSERTS[n]`: the insert of `n` certificates (1 to [`MAX_ROWS`]).
+/// `CERT_INSERTS[n]`: the insert of `n` certificates (1 to [`MAX_ROWS`]; 0 is
+/// never asked for).
 static CERT_INSERTS: LazyLock<Vec<String>> =
     LazyLock::new(|| (0..=MAX_ROWS).map(|n| multi_insert(CERT_TABLE, n, 16)).collect());
 

@@ -254,8 +254,9 @@ pub(crate) trait Writer: Sql + Send {
     /// Whether a group's multi-row writes go in statements of their exact
     /// size (up to 64 rows each), rather than in chunks of powers of two.
     /// Over a network each statement is a round trip, made while the group's
-    /// transaction holds the lock every writer takes; a database in the
-    /// process gains nothing from fewer statements, and keeps to a few shapes
+    /// transaction holds the lock every writer takes (the connection then
+    /// prepares up to 64 shapes per table, each once); a database in the
+    /// process gains little from fewer statements, and keeps to a few shapes
     /// prepared.
     fn exact_chunks(&self) -> bool {
         false
