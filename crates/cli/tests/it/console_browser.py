@@ -15,8 +15,8 @@ import os
 import sys
 
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 LINK, BASE, TOTAL, DEVICE, CERT, SHOTS = (
@@ -53,11 +53,21 @@ def h1():
 
 
 def click_and_load(element):
-    """Click what submits a form or follows a link, and wait for the next page."""
-    old = d.find_element(By.TAG_NAME, "html")
+    """Click what submits a form or follows a link, and wait for the next page.
+
+    The old page is marked by a variable on its window; a new page has a new window
+    object without it. Not selenium's staleness_of: asked while Chromium swaps the
+    documents, it can get "Node with given id does not belong to the document", an
+    error it does not take for staleness (a CI run failed on it). Errors during the
+    swap are waited through; only the new page, loaded, ends the wait.
+    """
+    d.execute_script("window.__iotpkiOldPage = true")
     element.click()
-    WebDriverWait(d, 60).until(EC.staleness_of(old))
-    WebDriverWait(d, 60).until(lambda drv: drv.execute_script("return document.readyState") == "complete")
+    WebDriverWait(d, 60, ignored_exceptions=(WebDriverException,)).until(
+        lambda drv: drv.execute_script(
+            "return window.__iotpkiOldPage === undefined && document.readyState === 'complete'"
+        )
+    )
 
 
 try:
