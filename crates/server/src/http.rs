@@ -26,30 +26,42 @@ use zeroize::Zeroizing;
 /// and the station admitted on that connection for its births
 /// ([`crate::gate::Admission::admit_for`]): one per connection, shared by its requests.
 #[derive(Clone, Default)]
-pub(crate) struct PeerChain {
-    certs: Arc<Vec<CertificateDer<'static>>>,
-    kept: Arc<std::sync::Mutex<Option<Arc<Caller>>>>,
+pub(crate) struct PeerChain(Arc<Peer>);
+
+#[derive(Default)]
+struct Peer {
+    certs: Vec<CertificateDer<'static>>,
+    kept: std::sync::Mutex<Option<Arc<Caller>>>,
+    /// The rate limiter's key for the leaf, hashed at the connection's first request.
+    rate_key: std::sync::OnceLock<String>,
 }
 
 impl PeerChain {
     /// A connection's chain, leaf first, with no admission kept yet.
     pub(crate) fn new(certs: Vec<CertificateDer<'static>>) -> Self {
-        Self { certs: Arc::new(certs), kept: Arc::default() }
+        Self(Arc::new(Peer { certs, ..Peer::default() }))
     }
 
     /// The client's certificate, if it sent one.
     pub(crate) fn leaf(&self) -> Option<&[u8]> {
-        self.certs.first().map(|c| c.as_ref())
+        self.0.certs.first().map(|c| c.as_ref())
     }
 
     /// The whole chain, leaf first (empty without a client certificate).
     pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
-        &self.certs
+        &self.0.certs
+    }
+
+    /// `key(leaf)` for the client's certificate, computed once per connection
+    /// (the leaf cannot change while it is open); `None` without a certificate.
+    pub(crate) fn leaf_key(&self, key: impl FnOnce(&[u8]) -> String) -> Option<&str> {
+        let leaf = self.leaf()?;
+        Some(self.0.rate_key.get_or_init(|| key(leaf)))
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Caller>>> {
         // Nothing can be left half-written in an Option: a poisoned lock is still sound.
-        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The admission kept on this connection, if any.
@@ -785,6 +797,24 @@ mod tests {
     use http_body_util::BodyExt as _;
     use iotpki_authority::Passphrase;
     use iotpki_core::clock::SystemClock;
+
+    #[test]
+    fn a_connections_leaf_is_keyed_once_and_shared_by_its_requests() {
+        let calls = std::cell::Cell::new(0);
+        let key = |leaf: &[u8]| {
+            calls.set(calls.get() + 1);
+            format!("k{}", leaf.len())
+        };
+        let conn = PeerChain::new(vec![CertificateDer::from(vec![1u8, 2, 3])]);
+        let (first, second) = (conn.clone(), conn.clone());
+        assert_eq!(first.leaf_key(key), Some("k3"));
+        assert_eq!(second.leaf_key(key), Some("k3"));
+        assert_eq!(calls.get(), 1, "the second request of a connection hashed its leaf again");
+        let other = PeerChain::new(vec![CertificateDer::from(vec![9u8; 5])]);
+        assert_eq!(other.leaf_key(key), Some("k5"), "another connection has its own key");
+        assert_eq!(PeerChain::default().leaf_key(key), None, "no certificate, no key");
+        assert_eq!(calls.get(), 2);
+    }
 
     /// The router without a socket (tower `oneshot`), with a real authority behind it.
     async fn call(app: Router, req: axum::http::Request<Body>) -> (StatusCode, String) {

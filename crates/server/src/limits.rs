@@ -223,10 +223,18 @@ impl RateLimiter {
     }
 }
 
-/// Who is asking: the certificate, the Basic user, or the address.
-fn client_key(req: &Request, chain: Option<&[u8]>) -> String {
-    if let Some(leaf) = chain {
-        return format!("cert:{}", hex::encode(Sha256::digest(leaf)));
+/// The rate limiter's key for a client certificate (its connection keeps it:
+/// [`crate::http::PeerChain::leaf_key`]).
+fn cert_key(leaf: &[u8]) -> String {
+    format!("cert:{}", hex::encode(Sha256::digest(leaf)))
+}
+
+/// The rate limiter's key for a request: its certificate's (`cert`, from
+/// [`cert_key`]), else its Basic user's when that could be a device serial,
+/// else its address.
+fn client_key(req: &Request, cert: Option<&str>) -> String {
+    if let Some(key) = cert {
+        return key.to_string();
     }
     let basic_user = req
         .headers()
@@ -284,8 +292,8 @@ pub(crate) async fn guard(State(limiter): State<Arc<RateLimiter>>, req: Request,
             tracing::info!(client = %ip, "refusals rate limited");
             return too_many(wait.as_secs().max(1), "refused requests from this address");
         }
-        let leaf = req.extensions().get::<crate::http::PeerChain>().and_then(|c| c.leaf().map(<[u8]>::to_vec));
-        let key = client_key(&req, leaf.as_deref());
+        let peer = req.extensions().get::<crate::http::PeerChain>();
+        let key = client_key(&req, peer.and_then(|p| p.leaf_key(cert_key)));
         if let Err(wait) = limiter.take(&key, is_station(&req)) {
             tracing::info!(client = %key, "rate limited");
             return too_many(wait.as_secs().max(1), "requests from this client");
@@ -321,6 +329,34 @@ mod tests {
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
         r.take("b", false).expect("another client has its own bucket");
         r.take("a", true).expect("the station bucket is separate and larger");
+    }
+
+    /// Behind the middleware, requests over mutual TLS are limited by their
+    /// certificate: on one connection or another, whatever their address,
+    /// and apart from another certificate's on the same address.
+    #[tokio::test]
+    async fn a_certificates_requests_share_one_bucket_across_its_connections() {
+        use crate::http::PeerChain;
+        use rustls::pki_types::CertificateDer;
+        use tower::ServiceExt as _;
+        let limits = LimitsHandle::new(Limits { client_rate: 0.001, client_burst: 2, ..Limits::default() });
+        let app = axum::Router::new()
+            .route("/x", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(RateLimiter::new(limits)), guard));
+        let status = |conn: &PeerChain, port: u16| {
+            let mut req = Request::get("/x").body(axum::body::Body::empty()).unwrap();
+            req.extensions_mut().insert(conn.clone());
+            req.extensions_mut().insert(PeerAddr(SocketAddr::from(([192, 0, 2, 1], port))));
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        let cert = |b: u8| PeerChain::new(vec![CertificateDer::from(vec![b; 40])]);
+        let (a1, a2, b) = (cert(1), cert(1), cert(2));
+        assert_eq!(status(&a1, 1000).await, StatusCode::OK);
+        assert_eq!(status(&a1, 1000).await, StatusCode::OK);
+        assert_eq!(status(&a1, 1000).await, StatusCode::TOO_MANY_REQUESTS, "over its burst on its connection");
+        assert_eq!(status(&a2, 1001).await, StatusCode::TOO_MANY_REQUESTS, "a new connection is the same client");
+        assert_eq!(status(&b, 1000).await, StatusCode::OK, "another certificate has its own bucket");
     }
 
     #[test]
