@@ -52,11 +52,12 @@ impl PeerChain {
         &self.0.certs
     }
 
-    /// `key(leaf)` for the client's certificate, computed once per connection
-    /// (the leaf cannot change while it is open); `None` without a certificate.
-    pub(crate) fn leaf_key(&self, key: impl FnOnce(&[u8]) -> String) -> Option<&str> {
+    /// The rate limiter's key for the client's certificate
+    /// ([`crate::limits::cert_key`]), computed at the connection's first
+    /// request: the leaf cannot change while it is open. `None` without a certificate.
+    pub(crate) fn rate_key(&self) -> Option<&str> {
         let leaf = self.leaf()?;
-        Some(self.0.rate_key.get_or_init(|| key(leaf)))
+        Some(self.0.rate_key.get_or_init(|| crate::limits::cert_key(leaf)))
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Caller>>> {
@@ -800,20 +801,18 @@ mod tests {
 
     #[test]
     fn a_connections_leaf_is_keyed_once_and_shared_by_its_requests() {
-        let calls = std::cell::Cell::new(0);
-        let key = |leaf: &[u8]| {
-            calls.set(calls.get() + 1);
-            format!("k{}", leaf.len())
-        };
-        let conn = PeerChain::new(vec![CertificateDer::from(vec![1u8, 2, 3])]);
+        let leaf = vec![1u8, 2, 3];
+        let conn = PeerChain::new(vec![CertificateDer::from(leaf.clone())]);
         let (first, second) = (conn.clone(), conn.clone());
-        assert_eq!(first.leaf_key(key), Some("k3"));
-        assert_eq!(second.leaf_key(key), Some("k3"));
-        assert_eq!(calls.get(), 1, "the second request of a connection hashed its leaf again");
+        let key = first.rate_key().expect("a certificate has a key");
+        assert_eq!(key, crate::limits::cert_key(&leaf));
+        assert!(
+            std::ptr::eq(key, second.rate_key().unwrap()),
+            "the second request of a connection hashed its leaf again"
+        );
         let other = PeerChain::new(vec![CertificateDer::from(vec![9u8; 5])]);
-        assert_eq!(other.leaf_key(key), Some("k5"), "another connection has its own key");
-        assert_eq!(PeerChain::default().leaf_key(key), None, "no certificate, no key");
-        assert_eq!(calls.get(), 2);
+        assert_ne!(other.rate_key(), Some(key), "another certificate has another key");
+        assert_eq!(PeerChain::default().rate_key(), None, "no certificate, no key");
     }
 
     /// The router without a socket (tower `oneshot`), with a real authority behind it.

@@ -17,7 +17,9 @@
 //!   with Retry-After, before any work or audit write is done. CRLs, OCSP,
 //!   /cacerts, /csrattrs, bundles, vouchers and /healthz are reads and not rate limited.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher as _, RandomState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -153,12 +155,16 @@ const PRUNE_AT: usize = 8192;
 /// Token buckets per client key.
 pub(crate) struct RateLimiter {
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    /// Picks a key's shard: SipHash with this process's random keys, so that
+    /// nobody can choose keys that all land in one shard.
+    shard_of: RandomState,
     limits: LimitsHandle,
 }
 
 impl RateLimiter {
     pub(crate) fn new(limits: LimitsHandle) -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), limits }
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Self { shards, shard_of: RandomState::new(), limits }
     }
 
     /// The limits in force now.
@@ -205,7 +211,7 @@ impl RateLimiter {
         if rate <= 0.0 {
             return Ok(()); // limiting switched off
         }
-        let shard = usize::from(Sha256::digest(key.as_bytes())[0]) % SHARDS;
+        let shard = (self.shard_of.hash_one(key) % SHARDS as u64) as usize;
         let Ok(mut map) = self.shards[shard].lock() else { return Ok(()) };
         let now = Instant::now();
         if map.len() >= PRUNE_AT {
@@ -224,17 +230,17 @@ impl RateLimiter {
 }
 
 /// The rate limiter's key for a client certificate (its connection keeps it:
-/// [`crate::http::PeerChain::leaf_key`]).
-fn cert_key(leaf: &[u8]) -> String {
+/// [`crate::http::PeerChain::rate_key`]).
+pub(crate) fn cert_key(leaf: &[u8]) -> String {
     format!("cert:{}", hex::encode(Sha256::digest(leaf)))
 }
 
 /// The rate limiter's key for a request: its certificate's (`cert`, from
 /// [`cert_key`]), else its Basic user's when that could be a device serial,
 /// else its address.
-fn client_key(req: &Request, cert: Option<&str>) -> String {
+fn client_key<'a>(req: &Request, cert: Option<&'a str>) -> Cow<'a, str> {
     if let Some(key) = cert {
-        return key.to_string();
+        return Cow::Borrowed(key);
     }
     let basic_user = req
         .headers()
@@ -247,9 +253,9 @@ fn client_key(req: &Request, cert: Option<&str>) -> String {
         // Only a name that could be a device's is a key (and may reach a log line).
         .filter(|u| iotpki_core::name::DeviceSerial::parse(u).is_ok());
     if let Some(u) = basic_user {
-        return format!("user:{u}");
+        return Cow::Owned(format!("user:{u}"));
     }
-    ip_key(req)
+    Cow::Owned(ip_key(req))
 }
 
 fn ip_key(req: &Request) -> String {
@@ -293,7 +299,7 @@ pub(crate) async fn guard(State(limiter): State<Arc<RateLimiter>>, req: Request,
             return too_many(wait.as_secs().max(1), "refused requests from this address");
         }
         let peer = req.extensions().get::<crate::http::PeerChain>();
-        let key = client_key(&req, peer.and_then(|p| p.leaf_key(cert_key)));
+        let key = client_key(&req, peer.and_then(crate::http::PeerChain::rate_key));
         if let Err(wait) = limiter.take(&key, is_station(&req)) {
             tracing::info!(client = %key, "rate limited");
             return too_many(wait.as_secs().max(1), "requests from this client");
@@ -357,6 +363,44 @@ mod tests {
         assert_eq!(status(&a1, 1000).await, StatusCode::TOO_MANY_REQUESTS, "over its burst on its connection");
         assert_eq!(status(&a2, 1001).await, StatusCode::TOO_MANY_REQUESTS, "a new connection is the same client");
         assert_eq!(status(&b, 1000).await, StatusCode::OK, "another certificate has its own bucket");
+    }
+
+    /// A client certificate is a credential anyone can make (the TLS layer takes
+    /// any chain whose key signs the handshake): one made afresh for every
+    /// request gets its own bucket, but its refusals still count against its
+    /// address, which is then refused before anything else.
+    #[tokio::test]
+    async fn certificates_made_afresh_for_each_request_do_not_get_past_the_address_refusal_limit() {
+        use crate::http::PeerChain;
+        use rustls::pki_types::CertificateDer;
+        use tower::ServiceExt as _;
+        let limits =
+            Limits { client_rate: 0.001, client_burst: 1, refusal_rate: 0.001, refusal_burst: 3, ..Limits::default() };
+        let app = axum::Router::new()
+            .route("/x", axum::routing::get(|| async { (StatusCode::UNAUTHORIZED, "unknown certificate") }))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(RateLimiter::new(LimitsHandle::new(limits))), guard));
+        let send = |i: u8, addr: [u8; 4]| {
+            let mut req = Request::get("/x").body(axum::body::Body::empty()).unwrap();
+            req.extensions_mut().insert(PeerChain::new(vec![CertificateDer::from(vec![i; 40])]));
+            req.extensions_mut().insert(PeerAddr(SocketAddr::from((addr, 4000 + u16::from(i)))));
+            let app = app.clone();
+            async move {
+                let r = app.oneshot(req).await.unwrap();
+                let status = r.status();
+                let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let attacker = [198, 51, 100, 7];
+        for i in 0..3 {
+            assert_eq!(send(i, attacker).await.0, StatusCode::UNAUTHORIZED, "certificate {i}");
+        }
+        for i in 3..10 {
+            let (status, body) = send(i, attacker).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "certificate {i}: {body}");
+            assert!(body.contains("refused requests from this address"), "{body}");
+        }
+        assert_eq!(send(10, [198, 51, 100, 8]).await.0, StatusCode::UNAUTHORIZED, "another address is not held back");
     }
 
     #[test]
