@@ -66,7 +66,8 @@ def click_and_load(element):
     WebDriverWait(d, 60, ignored_exceptions=(WebDriverException,)).until(
         lambda drv: drv.execute_script(
             "return window.__iotpkiOldPage === undefined && document.readyState === 'complete'"
-        )
+        ),
+        "no new page loaded within 60 s of the click",
     )
 
 
