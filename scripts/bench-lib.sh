@@ -92,6 +92,19 @@ bench_pg_settle() {
   "$bin/psql" -q -h "${hostport%:*}" -p "${hostport#*:}" -U iotpki -d "$db" -c "VACUUM (ANALYZE)" -c "CHECKPOINT" >/dev/null
 }
 
+# bench_pg_nodes BIN DIR DB SERIALS QUOTA BATCH STATION STATION_OUT: an authority in DIR on
+# the database URL DB, batch BATCH of the serials in the file SERIALS with QUOTA, two `serve`
+# nodes on it (logs DIR.node1.log and DIR.node2.log), and station STATION for BATCH, its
+# files in STATION_OUT; sets $bench_url1, $bench_url2, $bench_pid1 and $bench_pid2.
+bench_pg_nodes() {
+  local bin="$1" dir="$2" db="$3" serials="$4" quota="$5" batch="$6" station="$7" out="$8"
+  "$bin" init --dir "$dir" --database "$db" >/dev/null
+  "$bin" batch create --dir "$dir" --id "$batch" --product bench --serials "$serials" --quota "$quota" >/dev/null 2>&1
+  bench_serve "$bin" "$dir" "$dir.node1.log" --database "$db"; bench_url1=$bench_url; bench_pid1=$bench_pid
+  bench_serve "$bin" "$dir" "$dir.node2.log" --database "$db"; bench_url2=$bench_url; bench_pid2=$bench_pid
+  "$bin" station add "$station" --dir "$dir" --batches "$batch" --out "$out" --server "$bench_url1" >/dev/null
+}
+
 # `--watch-pid P` for the given serve pids and, with a cluster, its postmaster and backends.
 bench_watch() {
   local w=("$@")
