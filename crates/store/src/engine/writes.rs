@@ -1257,3 +1257,59 @@ fn matter_id(p: &BatchProfile, vendor: bool) -> Arg<'static> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Value;
+
+    /// A row as [`STATION_READ`] answers it: the station's status, its
+    /// certificate's serial and status, that certificate's key, the block on it.
+    fn station_row(status: Option<&str>, cert_status: Option<&str>, block: Option<&str>) -> Row {
+        let text = |v: Option<&str>| v.map_or(Value::Null, |s| Value::Text(s.into()));
+        Row(vec![
+            text(status),
+            text(status.map(|_| "0A11")),
+            text(cert_status),
+            text(cert_status.map(|_| "ab12")),
+            text(block),
+        ])
+    }
+
+    fn judged(status: Option<&str>, cert_status: Option<&str>, block: Option<&str>) -> Result<(), StoreError> {
+        judge_station(&mut station_row(status, cert_status, block), [0, 1, 2, 3, 4], "line-1")
+    }
+
+    fn why(r: Result<(), StoreError>) -> String {
+        match r {
+            Err(StoreError::StationCertificate { station, serial, why }) => {
+                assert_eq!((station.as_str(), serial.as_str()), ("line-1", "0A11"));
+                why
+            }
+            other => panic!("expected a refusal of the station's certificate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_active_station_with_a_good_certificate_and_a_free_key_may_act() {
+        judged(Some("active"), Some("good"), None).unwrap();
+    }
+
+    #[test]
+    fn a_station_that_is_not_there_or_not_active_is_refused_as_such() {
+        assert!(matches!(judged(None, None, None), Err(StoreError::StationUnknown { station }) if station == "line-1"));
+        assert!(matches!(
+            judged(Some("revoked"), Some("good"), None),
+            Err(StoreError::StationRevoked { station }) if station == "line-1"
+        ));
+    }
+
+    #[test]
+    fn a_stations_certificate_revoked_missing_or_with_its_key_blocked_refuses_it() {
+        assert_eq!(why(judged(Some("active"), Some("revoked"), None)), "it is revoked");
+        // The station row names a certificate the store does not hold (no
+        // foreign key ties them: a damaged or hand-edited store).
+        assert_eq!(why(judged(Some("active"), None, None)), "it is not recorded");
+        assert_eq!(why(judged(Some("active"), Some("good"), Some("leaked"))), "its key ab12 is blocked: leaked");
+    }
+}
