@@ -271,7 +271,9 @@ const BLOCKING_THREADS_PER_CORE: usize = 16;
 /// on a thread; when the cap is reached, a station's birth queues its record for the store's
 /// group commit instead of holding its thread through it (iotpki_server's `sched`). On
 /// PostgreSQL the blocking threads mostly wait on round trips to the database, and a cap
-/// cost 18% of the births per second: there tokio's default stays, at the workers' priority.
+/// cost 18% of the births per second: there tokio's default stays, at the workers' priority,
+/// and a station's births always queue their records (1.09 the births per second of two
+/// nodes on one core, BENCHMARKS.md).
 pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -280,6 +282,8 @@ pub fn server_runtime(sqlite: bool) -> anyhow::Result<tokio::runtime::Runtime> {
         b.max_blocking_threads(BLOCKING_THREADS_PER_CORE * cores);
         iotpki_server::set_blocking_threads(BLOCKING_THREADS_PER_CORE * cores);
         iotpki_server::lower_blocking_threads();
+    } else {
+        iotpki_server::queue_station_births();
     }
     Ok(b.enable_all().build()?)
 }

@@ -575,10 +575,10 @@ async fn enrolled(
             .and_then(|der| csr::parse_and_verify(&der))
             .map_err(|e| a2.refuse(&caller, asked.request(), e.into()))?;
         // A station's births (a factory line, over kept-alive connections)
-        // are queued when threads are scarce; a device's own enrollment,
-        // whose connection's handshake keeps the async worker busy, waits
-        // on its thread (crate::sched).
-        if asked.batch.is_none() || !crate::sched::threads_scarce() {
+        // are queued when threads are scarce, or always on PostgreSQL; a
+        // device's own enrollment, whose connection's handshake keeps the
+        // async worker busy, waits on its thread (crate::sched).
+        if asked.batch.is_none() || !crate::sched::queue_birth() {
             return a2.enroll(label.as_deref(), &caller, asked.request(), &csr).map(Step::Answered);
         }
         Ok(match a2.enroll_queued(label.as_deref(), &caller, asked.request(), &csr) {
@@ -980,6 +980,21 @@ mod tests {
     async fn station_births_queued_when_threads_are_scarce_are_answered_once_recorded() {
         // No thread to spare: every birth takes the queued path (crate::sched).
         crate::sched::set_blocking_threads(0);
+        queued_births_are_answered_once_recorded().await;
+    }
+
+    /// The same, with threads to spare, once births are queued whatever the
+    /// threads (as `iotpki serve` asks on PostgreSQL).
+    #[tokio::test]
+    async fn station_births_queued_whatever_the_threads_are_answered_once_recorded() {
+        crate::sched::queue_station_births();
+        assert!(!crate::sched::threads_scarce());
+        queued_births_are_answered_once_recorded().await;
+    }
+
+    /// Five births for a quota of four, queued (as `crate::sched` says): four
+    /// answered once recorded, one refused, recording nothing.
+    async fn queued_births_are_answered_once_recorded() {
         let (_tmp, a) = authority();
         let peer = station_line(&a, "BQ", &["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"], 4);
         let app = router(a.clone());

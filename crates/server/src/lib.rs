@@ -33,7 +33,7 @@ mod io;
 mod limits;
 pub mod metrics;
 mod sched;
-pub use sched::{lower_blocking_threads, set_blocking_threads};
+pub use sched::{lower_blocking_threads, queue_station_births, set_blocking_threads};
 mod tls;
 pub mod views;
 

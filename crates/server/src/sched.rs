@@ -38,6 +38,15 @@
 //! (0.93 in rate for renewals), so it waits on its thread, as does any
 //! request with threads to spare. Without [`set_blocking_threads`] (tests,
 //! embedders, PostgreSQL's uncapped pool) threads are never scarce.
+//!
+//! On PostgreSQL (`iotpki serve` calls [`queue_station_births`]) a station's
+//! births are queued whatever the threads: there a birth that waits on its
+//! thread waits out its group's round trips to the database. Two nodes on
+//! one core: 1.09 the births per second, 0.92 the server CPU per birth (the
+//! database's included), 7.2 context switches a birth down to 5.8
+//! (`scripts/bench-ab`, 10 rounds, BENCHMARKS.md, issue #14). On SQLite the
+//! same switch cost kept-alive births 5% of their rate: there the thread
+//! that waits mostly leads the commit itself.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -60,6 +69,25 @@ pub fn set_blocking_threads(n: usize) {
 /// handed out now would wait for a thread.
 pub(crate) fn threads_scarce() -> bool {
     IN_FLIGHT.load(Ordering::Relaxed) >= THREADS.load(Ordering::Relaxed)
+}
+
+/// A station's births queue their records whatever the threads ([`queue_station_births`]).
+static QUEUE_BIRTHS: AtomicBool = AtomicBool::new(false);
+
+/// From now on, a station's births queue their records for the store's
+/// group commit whether or not threads are scarce: for a store whose commit
+/// waits on a database's round trips (PostgreSQL), where a birth waiting on
+/// its thread holds that thread through every statement of its group's
+/// commit, and wakes with it.
+pub fn queue_station_births() {
+    QUEUE_BIRTHS.store(true, Ordering::Relaxed);
+}
+
+/// Whether a station's birth queues its record now rather than wait for its
+/// commit on its thread: always once [`queue_station_births`] was called,
+/// else when threads are scarce.
+pub(crate) fn queue_birth() -> bool {
+    QUEUE_BIRTHS.load(Ordering::Relaxed) || threads_scarce()
 }
 
 /// Counts one piece of blocking work out while it lives (also when it panics).
@@ -137,6 +165,18 @@ fn lower_this_thread() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stations_births_queue_when_threads_are_scarce_and_always_once_asked() {
+        set_blocking_threads(4);
+        assert!(!queue_birth(), "threads to spare, not asked: a birth waits on its thread");
+        let held: Vec<_> = (0..4).map(|_| InFlight::new()).collect();
+        assert!(queue_birth(), "every thread taken: queued");
+        drop(held);
+        assert!(!queue_birth());
+        queue_station_births();
+        assert!(queue_birth(), "asked (PostgreSQL): queued with threads to spare");
+    }
 
     fn nice_of_this_thread() -> i32 {
         rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
