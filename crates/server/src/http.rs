@@ -983,13 +983,53 @@ mod tests {
         queued_births_are_answered_once_recorded().await;
     }
 
-    /// The same, with threads to spare, once births are queued whatever the
-    /// threads (as `iotpki serve` asks on PostgreSQL).
+    /// With threads to spare, once births are queued whatever the threads
+    /// (as `iotpki serve` asks on PostgreSQL): while another connection
+    /// holds the store's write lock, the first birth leads the commit on its
+    /// thread and waits there for the lock; the four after it queue their
+    /// records and give their threads back (waiting on their threads, they
+    /// would hold four), and none is answered before its commit. Then four
+    /// are answered, recorded, and the one over the quota is refused.
     #[tokio::test]
-    async fn station_births_queued_whatever_the_threads_are_answered_once_recorded() {
+    async fn station_births_queued_whatever_the_threads_give_their_threads_back_and_are_answered_once_recorded() {
         crate::sched::queue_station_births();
         assert!(!crate::sched::threads_scarce());
-        queued_births_are_answered_once_recorded().await;
+        let (tmp, a) = authority();
+        let serials = ["W-1", "W-2", "W-3", "W-4", "W-5"];
+        let peer = station_line(&a, "BW", &serials, 4);
+        let app = router(a.clone());
+        let before = a.store().count_certificates().unwrap();
+        let birth = |serial: &str| spawn_birth(&app, &a, serial, "BW", &peer);
+        let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let batches = || a.store().writer_stats().batch_size.snapshot().count;
+        let led = batches();
+        let first = birth(serials[0]);
+        // Well within the store's busy timeout (30 s), which would fail the leader's commit.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while batches() == led {
+            assert!(std::time::Instant::now() < until, "the first birth did not lead a commit");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let handed = crate::sched::handed_out();
+        let rest: Vec<_> = serials[1..].iter().map(|s| birth(s)).collect();
+        // Each of the four takes a thread to be signed, then gives it back.
+        let (mut started, mut held) = (0, 0);
+        while started < 4 || held != 1 {
+            assert!(
+                std::time::Instant::now() < until,
+                "{started} of 4 births on a thread, {held} threads held: the leader's alone expected"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // Read in this order, a birth counted as started is in `held` until it gives its thread back.
+            started = crate::sched::handed_out() - handed;
+            held = crate::sched::in_flight();
+        }
+        // Signed (no request is left on a thread), not yet recorded: not answered.
+        assert!(!first.is_finished() && rest.iter().all(|b| !b.is_finished()), "answered before recorded");
+        assert_eq!(a.store().count_certificates().unwrap(), before);
+        other.execute_batch("ROLLBACK").unwrap();
+        four_born_one_over_the_quota(&a, "BW", std::iter::once(first).chain(rest).collect(), before).await;
     }
 
     /// Five births for a quota of four, queued (as `crate::sched` says): four
@@ -999,25 +1039,46 @@ mod tests {
         let peer = station_line(&a, "BQ", &["Q-1", "Q-2", "Q-3", "Q-4", "Q-5"], 4);
         let app = router(a.clone());
         let before = a.store().count_certificates().unwrap();
-        let births = (1..=5).map(|i| {
-            let (app, a) = (app.clone(), a.clone());
-            let req = birth_request(&format!("Q-{i}"), "BQ", &peer);
-            tokio::spawn(async move {
-                let resp = app.oneshot(req).await.unwrap();
-                let status = resp.status();
-                let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
-                if status == StatusCode::OK {
-                    // The answer's certificate is in the store as the answer arrives.
-                    let p7 = base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap();
-                    let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
-                    let serial = iotpki_core::profile::cert_info(&der).unwrap().serial;
-                    assert!(a.store().certificate(&serial).unwrap().is_some(), "{serial} answered before recorded");
-                }
-                (status, body)
-            })
-        });
+        let births: Vec<_> = (1..=5).map(|i| spawn_birth(&app, &a, &format!("Q-{i}"), "BQ", &peer)).collect();
+        four_born_one_over_the_quota(&a, "BQ", births, before).await;
+    }
+
+    /// A station's birth of `serial` in `batch` over `peer`, on a task of its
+    /// own: its status and body; a certificate answered is checked to be in
+    /// the store as the answer arrives.
+    fn spawn_birth(
+        app: &Router,
+        a: &Arc<Authority>,
+        serial: &str,
+        batch: &str,
+        peer: &PeerChain,
+    ) -> tokio::task::JoinHandle<(StatusCode, String)> {
+        let (app, a) = (app.clone(), a.clone());
+        let req = birth_request(serial, batch, peer);
+        tokio::spawn(async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+            if status == StatusCode::OK {
+                let p7 = base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap();
+                let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
+                let serial = iotpki_core::profile::cert_info(&der).unwrap().serial;
+                assert!(a.store().certificate(&serial).unwrap().is_some(), "{serial} answered before recorded");
+            }
+            (status, body)
+        })
+    }
+
+    /// Five `births` in `batch` (quota 4): four born, one refused over the
+    /// quota and counted; four certificates more than `before`.
+    async fn four_born_one_over_the_quota(
+        a: &Authority,
+        batch: &str,
+        births: Vec<tokio::task::JoinHandle<(StatusCode, String)>>,
+        before: u64,
+    ) {
         let mut answered = Vec::new();
-        for b in births.collect::<Vec<_>>() {
+        for b in births {
             answered.push(b.await.unwrap());
         }
         assert_eq!(answered.iter().filter(|(s, _)| *s == StatusCode::OK).count(), 4, "{answered:?}");
@@ -1025,7 +1086,7 @@ mod tests {
         assert_eq!(refused.len(), 1, "{answered:?}");
         assert_eq!(refused[0].0, StatusCode::FORBIDDEN, "{refused:?}");
         assert!(refused[0].1.contains("quota"), "{refused:?}");
-        assert_eq!(a.store().batch("BQ").unwrap().unwrap().refused, 1);
+        assert_eq!(a.store().batch(batch).unwrap().unwrap().refused, 1);
         assert_eq!(a.store().count_certificates().unwrap(), before + 4);
     }
 

@@ -71,6 +71,22 @@ pub(crate) fn threads_scarce() -> bool {
     IN_FLIGHT.load(Ordering::Relaxed) >= THREADS.load(Ordering::Relaxed)
 }
 
+/// The blocking work handed out and not finished (tests).
+#[cfg(test)]
+pub(crate) fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Blocking work handed out so far, finished or not (tests).
+#[cfg(test)]
+static HANDED_OUT: AtomicUsize = AtomicUsize::new(0);
+
+/// Blocking work handed out so far, finished or not (tests).
+#[cfg(test)]
+pub(crate) fn handed_out() -> usize {
+    HANDED_OUT.load(Ordering::Relaxed)
+}
+
 /// A station's births queue their records whatever the threads ([`queue_station_births`]).
 static QUEUE_BIRTHS: AtomicBool = AtomicBool::new(false);
 
@@ -96,6 +112,8 @@ struct InFlight;
 impl InFlight {
     fn new() -> Self {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        HANDED_OUT.fetch_add(1, Ordering::Relaxed);
         Self
     }
 }

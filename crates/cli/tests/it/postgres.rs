@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use iotpki_agent::EnrollOptions;
 use iotpki_core::keys::KeyType;
-use iotpki_station::factory::{Produced, RunOptions, Station};
+use iotpki_station::factory::{Dut, Produced, RunOptions, Station};
 use iotpki_store::postgres::{create_test_database, test_base_url, PgStore, TestDatabase};
 use iotpki_store::prelude::*;
 
@@ -454,6 +454,37 @@ async fn a_read_only_or_lost_database_gets_503_records_nothing_and_recovers() {
         };
         async move { iotpki_agent::enroll(&opts).await }
     };
+    // A station on node 0 with a batch of two serials, a quota of one. On
+    // PostgreSQL `serve` queues a station's births for the group commit
+    // (iotpki_server::queue_station_births): its record's refusal by the
+    // database comes back through that queue.
+    let list = c.tmp.path().join("serials.txt");
+    std::fs::write(&list, "PGRB-0\nPGRB-1\n").unwrap();
+    let window = ["--from", "2020-01-01T00:00:00Z", "--until", "2099-01-01T00:00:00Z"];
+    run_ok(
+        c.cli(&["batch", "create"], &["--id", "PGRB", "--product", "p", "--serials", s(&list), "--quota", "1"])
+            .args(window),
+    );
+    let station_dir = c.tmp.path().join("line-a");
+    let url0 = c.url(0);
+    let args = ["--batches", "PGRB", "--out", s(&station_dir), "--server", &url0, "--passphrase-file", s(&c.pass_file)];
+    run_ok(&mut c.cli(&["station", "add", "line-a"], &args));
+    let station = Arc::new(Station::open(&station_dir, None).unwrap());
+    let birth = |attempt: u32| {
+        let st = station.clone();
+        let opts = RunOptions {
+            batch: "PGRB".into(),
+            parallel: 1,
+            log: c.tmp.path().join("run.jsonl"),
+            key_type: KeyType::EcdsaP256,
+        };
+        let dut = Dut::Simulated { serial: "PGRB-0".into(), dir: c.tmp.path().join(format!("dut-{attempt}")) };
+        async move {
+            let mut out = iotpki_station::factory::run(st, &opts, vec![dut], |_| {}).await.unwrap();
+            assert_eq!(out.len(), 1);
+            out.pop().unwrap()
+        }
+    };
     // What the database holds, read with psql (a store would migrate on open, which a read-only database refuses).
     let snapshot = || {
         let url = c.database.clone();
@@ -462,7 +493,9 @@ async fn a_read_only_or_lost_database_gets_503_records_nothing_and_recovers() {
                 psql(
                     &url,
                     "SELECT (SELECT count(*) FROM certificates), (SELECT count(*) FROM audit), \
-                     (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM tokens t)",
+                     (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM tokens t), \
+                     (SELECT string_agg(b::text, ',' ORDER BY b.id) FROM batches b), \
+                     (SELECT count(*) FROM births)",
                 )
             })
             .await
@@ -487,6 +520,21 @@ async fn a_read_only_or_lost_database_gets_503_records_nothing_and_recovers() {
     }
     assert!(reasons.last().unwrap().contains("read-only"), "{reasons:#?}");
     assert_eq!(snapshot().await, before, "nothing was recorded: {reasons:#?}");
+    // A station's birth, its record queued: 503 too, its batch's quota not
+    // spent, no refusal counted, nothing recorded.
+    let mut births = Vec::new();
+    for attempt in 0..5 {
+        let p = birth(attempt).await;
+        assert_eq!(p.result, "refused", "{p:?}");
+        let reason = p.reason.clone().unwrap_or_default();
+        assert!(reason.contains("HTTP 503") && reason.contains("retry later"), "{p:?}");
+        births.push(p);
+        if reason.contains("the database is read-only; nothing was recorded") {
+            break;
+        }
+    }
+    assert!(births.last().unwrap().reason.as_deref().unwrap_or("").contains("read-only"), "{births:#?}");
+    assert_eq!(snapshot().await, before, "nothing was recorded: {births:#?}");
 
     let url = c.database.clone();
     tokio::task::spawn_blocking(move || set_read_only(&url, false)).await.unwrap();
@@ -504,8 +552,15 @@ async fn a_read_only_or_lost_database_gets_503_records_nothing_and_recovers() {
     }
     let id = enrolled.expect("the node recovers once the database is writable");
     assert_eq!(id.device_serial, "PGRO-1");
-    let certs = |snap: &str| snap.split('|').next().unwrap().trim().parse::<u64>().unwrap();
-    assert_eq!(certs(&snapshot().await), certs(&before) + 1);
+    // And the station's birth, the quota's one unit still there.
+    let born = birth(10).await;
+    assert_eq!(born.result, "born", "{born:?}");
+    let field = |snap: &str, i: usize| snap.split('|').nth(i).unwrap().trim().to_string();
+    let certs = |snap: &str| field(snap, 0).parse::<u64>().unwrap();
+    let after = snapshot().await;
+    assert_eq!(certs(&after), certs(&before) + 2, "the device's certificate and the birth certificate");
+    assert_eq!(field(&after, 4), "1", "one birth");
+    assert!(field(&after, 3).starts_with("(PGRB,p,1,1,0,"), "issued 1 of 1, no refusal counted: {after}");
     let out = run_ok(&mut c.cli(&["audit", "verify"], &[]));
     assert!(out.starts_with("audit chain OK"), "{out}");
 }
