@@ -233,6 +233,21 @@ pub(crate) enum Race {
     Token { device: DeviceSerial, token_hash: String },
     /// The certificate was renewed meanwhile: with the same key?
     Renewal { old: String },
+    /// The serial was born already (or, since its birth, its batch's quota
+    /// is spent, the batch closed or out of its window): by a request with
+    /// the same key, whose birth certificate is the answer?
+    Birth(Box<BirthRace>),
+}
+
+/// A station's birth, as [`Race::Birth`] looks for it.
+#[derive(Clone, Debug)]
+pub(crate) struct BirthRace {
+    device: String,
+    batch: String,
+    /// The station asking now (the audit's actor).
+    station: String,
+    /// The CA that signs the batch's births (a Matter batch's PAI).
+    ca: String,
 }
 
 impl Race {
@@ -243,6 +258,7 @@ impl Race {
             Self::Refuse => false,
             Self::Token { .. } => matches!(e.refusal(), Some(Refusal::Token(_))),
             Self::Renewal { .. } => true,
+            Self::Birth { .. } => matches!(e.refusal(), Some(Refusal::Batch(_))),
         }
     }
 }
@@ -560,7 +576,12 @@ impl Authority {
                     actor: format!("station:{}", station.record.name),
                     action: "birth",
                     note,
-                    on_race: Race::Refuse,
+                    on_race: Race::Birth(Box::new(BirthRace {
+                        device: device.to_string(),
+                        batch: batch.to_string(),
+                        station: station.record.name.clone(),
+                        ca: matter.as_ref().map_or_else(|| label.ca.name.clone(), |pai| pai.name.clone()),
+                    })),
                     matter,
                 }
             }
@@ -802,7 +823,47 @@ impl Authority {
                     None => Ok(None),
                 }
             }
+            Race::Birth(race) => self.birth_replay(race, csr),
         }
+    }
+
+    /// A station's birth refused for a serial born already (or, born, for a
+    /// batch whose quota that birth spent, or closed or out of its window
+    /// since): if the serial was born in the same batch, by the CA its births
+    /// come from, and the request proves possession of the very key its
+    /// birth certificate was issued for, the answer is that certificate
+    /// again. Its first answer was lost (a connection cut after the commit, a
+    /// database that failed over before acknowledging it, a station
+    /// restarted), and the device, which kept its key, would otherwise never
+    /// hold the one birth its serial gets. Nothing new is issued or counted.
+    /// Any other key or batch, a revoked birth certificate or a blocked key
+    /// keeps the refusal.
+    fn birth_replay(&self, race: &BirthRace, req: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
+        let Some(born) = self.store.born(&race.device)? else { return Ok(None) };
+        if born.batch != race.batch {
+            return Ok(None);
+        }
+        let Some(rec) = self.store.certificate(&born.cert_serial)? else { return Ok(None) };
+        let spki = keys::spki_fingerprint(&req.spki_der);
+        if rec.spki_sha256 != spki
+            || rec.device_serial.as_deref() != Some(race.device.as_str())
+            || self.current_ca(&rec.ca) != self.current_ca(&race.ca)
+            || matches!(rec.status, CertStatus::Revoked { .. })
+            || self.store.blocked_key(&spki)?.is_some()
+        {
+            return Ok(None);
+        }
+        let audit = AuditEvent {
+            at: self.clock.now(),
+            actor: format!("station:{}", race.station),
+            action: "birth.replay".into(),
+            target: rec.serial.clone(),
+            detail: format!(
+                "device={} batch={} same key: the birth certificate issued before (by station {}) is sent again",
+                race.device, race.batch, born.station
+            ),
+        };
+        Ok(Some(Resend { record: rec, audit }))
     }
 
     /// Send a certificate issued before again, audited.

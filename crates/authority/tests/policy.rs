@@ -696,3 +696,78 @@ fn a_queued_enrollment_that_lost_its_token_to_its_own_retry_gets_the_retrys_cert
     assert_eq!(status, 401);
     assert_eq!(ca.certs(), before);
 }
+
+/// The audit's last entry: (actor, action, target).
+fn last_audit(ca: &Ca) -> (String, String, String) {
+    let store = ca.a.store();
+    let e = store.audit_entries(store.verify_audit().unwrap().entries, 1).unwrap().remove(0).event;
+    (e.actor, e.action, e.target)
+}
+
+/// A station's birth whose answer was lost (its connection cut after the
+/// commit, a database failing over before it acknowledged it, the station
+/// restarted) is asked again with the key the device kept: the same birth
+/// certificate comes back, audited `birth.replay`, nothing issued or counted;
+/// on its thread and queued, by another station of the batch, once that birth
+/// spent the batch's quota and once the batch is closed. Another key, another
+/// batch listing the serial, a revoked birth certificate or a blocked key keep
+/// the refusal.
+#[test]
+fn a_birth_whose_answer_was_lost_is_sent_again_to_the_same_key_only() {
+    let ca = ca();
+    ca.batch("BL", &["L-1", "L-2", "L-3"], 2);
+    ca.batch("BM", &["L-1"], 1);
+    let st = ca.station_caller(&ca.station("line-l", &["BL", "BM"])).unwrap();
+    let other = ca.station_caller(&ca.station("line-o", &["BL"])).unwrap();
+    let k = key();
+    let first = ca.a.enroll(Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &k)).unwrap();
+    let certs = ca.certs();
+    let same = |e: &Enrolled| (e.serial.clone(), e.cert_der.clone(), e.pkcs7.clone());
+    let again = ca.a.enroll(Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &k)).unwrap();
+    assert_eq!(same(&again), same(&first));
+    assert_eq!(last_audit(&ca), ("station:line-l".into(), "birth.replay".into(), first.serial.clone()));
+    let (queued_again, was_queued) = queued(&ca.a, Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &k));
+    assert!(was_queued, "signed and queued, then refused by the store and answered from the birth");
+    assert_eq!(same(&queued_again.unwrap()), same(&first));
+    let by_other = ca.a.enroll(Some("birth"), &other, births("BL"), &csr_for(Some("L-1"), &k)).unwrap();
+    assert_eq!(same(&by_other), same(&first));
+    assert_eq!(last_audit(&ca).0, "station:line-o");
+    let batch = |id: &str| ca.a.store().batch(id).unwrap().unwrap();
+    assert_eq!((ca.certs(), batch("BL").issued, batch("BL").refused), (certs, 1, 0), "nothing issued or counted");
+
+    // Another key for the serial, or the same key in another batch listing it: refused, counted.
+    let (r, status) = refusal(ca.a.enroll(Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &key())));
+    assert!(matches!(r, Refusal::Batch(StoreError::AlreadyBorn { .. })), "{r:?}");
+    assert_eq!(status, 403);
+    let (r, _) = refusal(ca.a.enroll(Some("birth"), &st, births("BM"), &csr_for(Some("L-1"), &k)));
+    assert!(matches!(r, Refusal::Batch(StoreError::AlreadyBorn { .. })), "{r:?}");
+    assert_eq!((ca.certs(), batch("BL").refused, batch("BM").refused), (certs, 1, 1));
+
+    // The quota spent by another birth, then the batch closed: the store
+    // refuses for those reasons first, and the birth is still sent again.
+    ca.birth(&st, "BL", "L-2").unwrap();
+    let (r, _) = refusal(ca.birth(&st, "BL", "L-3"));
+    assert!(matches!(r, Refusal::Batch(StoreError::QuotaExhausted { .. })), "{r:?}");
+    let again = ca.a.enroll(Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &k)).unwrap();
+    assert_eq!(same(&again), same(&first));
+    factory::close_batch(ca.a.store().as_ref(), ca.clock.as_ref(), "BL", "test").unwrap();
+    let again = ca.a.enroll(Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &k)).unwrap();
+    assert_eq!(same(&again), same(&first));
+
+    // Its key blocked (without revoking anything), then the certificate revoked: refused.
+    let store = ca.a.store();
+    let spki = store.certificate(&first.serial).unwrap().unwrap().spki_sha256;
+    let keys = [(spki, "a firmware image".to_string())];
+    iotpki_authority::key_registry::block(store.as_ref(), ca.clock.as_ref(), &keys, &[], "leaked", false, "test")
+        .unwrap();
+    let (r, _) = refusal(ca.a.enroll(Some("birth"), &st, births("BL"), &csr_for(Some("L-1"), &k)));
+    assert!(matches!(r, Refusal::Batch(StoreError::BatchClosed { .. })), "{r:?}");
+    ca.batch("BN", &["N-1"], 1);
+    let st_n = ca.station_caller(&ca.station("line-n", &["BN"])).unwrap();
+    let kn = key();
+    let born = ca.a.enroll(Some("birth"), &st_n, births("BN"), &csr_for(Some("N-1"), &kn)).unwrap();
+    revocation::revoke(store.as_ref(), ca.clock.as_ref(), Target::Serial(&born.serial), 1, "test").unwrap();
+    let (r, _) = refusal(ca.a.enroll(Some("birth"), &st_n, births("BN"), &csr_for(Some("N-1"), &kn)));
+    assert!(matches!(r, Refusal::Batch(StoreError::QuotaExhausted { .. } | StoreError::AlreadyBorn { .. })), "{r:?}");
+    assert_eq!(last_audit(&ca).1, "refuse.enroll");
+}

@@ -907,10 +907,20 @@ mod tests {
     /// A station's request for the birth of device `serial` in `batch`, over `peer`.
     fn birth_request(serial: &str, batch: &str, peer: &PeerChain) -> axum::http::Request<Body> {
         use iotpki_core::keys::{KeyType, SoftKey};
+        birth_request_with(serial, batch, peer, &SoftKey::generate(KeyType::EcdsaP256).unwrap())
+    }
+
+    /// [`birth_request`] for the device's key `key`.
+    fn birth_request_with(
+        serial: &str,
+        batch: &str,
+        peer: &PeerChain,
+        key: &iotpki_core::keys::SoftKey,
+    ) -> axum::http::Request<Body> {
         use iotpki_core::name::{DeviceSerial, NameBuilder};
         let serial = DeviceSerial::parse(serial).unwrap();
         let name = NameBuilder::default().common_name("device").unwrap().serial_number(&serial).unwrap().build();
-        let der = iotpki_core::csr::build(&name, &SoftKey::generate(KeyType::EcdsaP256).unwrap(), vec![]).unwrap();
+        let der = iotpki_core::csr::build(&name, key, vec![]).unwrap();
         let body = base64::engine::general_purpose::STANDARD.encode(der).into_bytes();
         let mut req = post(&format!("/.well-known/est/birth/simpleenroll?batch={batch}"), est::CT_PKCS10, body);
         req.extensions_mut().insert(peer.clone());
@@ -1128,6 +1138,57 @@ mod tests {
         let entries = a.store().audit_entries(audited + 1, 10).unwrap();
         let actions: Vec<_> = entries.iter().map(|e| e.event.action.as_str()).collect();
         assert_eq!(actions, ["birth", "refuse.enroll"], "the birth, then the left one's refusal");
+    }
+
+    /// A station whose client leaves before its birth's answer (its
+    /// connection cut while the commit waits for the store's lock) asks again
+    /// for the same device with the key the device kept: the birth recorded
+    /// meanwhile is the answer, sent again (`birth.replay`), nothing issued
+    /// or counted. The same serial with another key is refused.
+    #[tokio::test]
+    async fn a_birth_whose_client_left_before_its_answer_is_sent_again_to_the_same_key() {
+        use iotpki_core::keys::{KeyType, SoftKey};
+        let (tmp, a) = authority();
+        let peer = station_line(&a, "BA", &["A-1"], 1);
+        let app = router(a.clone());
+        let certs = a.store().count_certificates().unwrap();
+        let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        // Another connection's write lock holds the birth's commit; its client leaves meanwhile.
+        let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let batches = || a.store().writer_stats().batch_size.snapshot().count;
+        let led = batches();
+        let first = tokio::spawn(app.clone().oneshot(birth_request_with("A-1", "BA", &peer, &key)));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while batches() == led {
+            assert!(std::time::Instant::now() < until, "the birth did not reach the store");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        other.execute_batch("ROLLBACK").unwrap();
+        while a.store().count_certificates().unwrap() == certs {
+            assert!(std::time::Instant::now() < until, "the birth whose client left was not recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let born = a.store().born("A-1").unwrap().expect("born");
+        // Asked again: the same certificate, nothing issued, no refusal counted.
+        let (s, body) = call_on(app.clone(), birth_request_with("A-1", "BA", &peer, &key)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let p7 = base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap();
+        let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
+        assert_eq!(iotpki_core::profile::cert_info(&der).unwrap().serial, born.cert_serial);
+        let batch = a.store().batch("BA").unwrap().unwrap();
+        assert_eq!((a.store().count_certificates().unwrap(), batch.issued, batch.refused), (certs + 1, 1, 0));
+        let last = a.store().audit_entries(a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
+        assert_eq!(
+            (last.event.action.as_str(), last.event.target.as_str()),
+            ("birth.replay", born.cert_serial.as_str())
+        );
+        // Another key for that serial: refused (over the quota, and born already).
+        let (s, body) = call_on(app.clone(), birth_request("A-1", "BA", &peer)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(a.store().count_certificates().unwrap(), certs + 1);
     }
 
     #[tokio::test]

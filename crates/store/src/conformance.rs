@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::audit::sha256_hex;
 
 use crate::{
-    Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertQuery, CertRecord, CertStatus, Claim,
+    Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, Born, CertQuery, CertRecord, CertStatus, Claim,
     DeviceRevocation, ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition,
     RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
 };
@@ -502,7 +502,14 @@ pub fn factory_births_and_refusals(store: &dyn Store) {
     );
 
     let ok = |serial: &str| store.record_issuance(issuance(cert(serial), birth(&b, &st, serial, 100)));
-    ok(&serials[0]).expect("first birth");
+    assert_eq!(store.born(&serials[0]).expect("read"), None);
+    let first = cert(&serials[0]);
+    let first_serial = first.serial.clone();
+    store.record_issuance(issuance(first, birth(&b, &st, &serials[0], 100))).expect("first birth");
+    assert_eq!(
+        store.born(&serials[0]).expect("read"),
+        Some(Born { cert_serial: first_serial, batch: b.clone(), station: st.clone(), born_at: 100 })
+    );
     assert_eq!(store.unborn_serials(&b, 10).expect("unborn"), serials[1..].to_vec());
 
     let refusals: Vec<(Vec<Precondition>, StoreError)> = vec![

@@ -324,6 +324,19 @@ pub enum BatchStatus {
     Closed,
 }
 
+/// A device serial's birth: its one birth certificate, and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Born {
+    /// The birth certificate's serial.
+    pub cert_serial: String,
+    /// The batch it was born in.
+    pub batch: String,
+    /// The station that gave it (online), or whose production record brought it (offline).
+    pub station: String,
+    /// When.
+    pub born_at: UnixTime,
+}
+
 /// A production batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchRecord {
@@ -750,6 +763,9 @@ pub trait Batches {
 
     /// Serials on a batch's allowlist that have no birth certificate yet, in order, at most `limit`.
     fn unborn_serials(&self, id: &str, limit: u32) -> Result<Vec<String>, StoreError>;
+
+    /// The birth of `device_serial`, if it has one.
+    fn born(&self, device_serial: &str) -> Result<Option<Born>, StoreError>;
 
     /// Audit a refused request and count it against `batch`, if it names one that exists.
     fn record_refusal(&self, batch: Option<&str>, audit: AuditEvent) -> Result<(), StoreError>;

@@ -8,7 +8,7 @@ use super::{Arg, Backend as _, HasEngine, Recording, Row, Sql, SqlExt as _};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchProfile, BatchRecord,
-    BatchStatus, Batches, BlockedKey, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation,
+    BatchStatus, Batches, BlockedKey, Born, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation,
     DeviceRevoked, Flag, Health, Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership,
     OwnershipStatus, Precondition, Presented, Revocations, RevokedCert, StationRecord, StationStatus, Stations,
     StoreError, SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats, GENESIS_HASH,
@@ -480,6 +480,17 @@ impl<E: HasEngine> Batches for E {
             .into_iter()
             .map(|mut r| r.text(0))
             .collect()
+        })
+    }
+
+    fn born(&self, device_serial: &str) -> Result<Option<Born>, StoreError> {
+        read(self, |db| {
+            let sql = "SELECT cert_serial, batch_id, station, born_at FROM births WHERE device_serial = $1";
+            db.opt(sql, &[device_serial.into()])?
+                .map(|mut r| {
+                    Ok(Born { cert_serial: r.text(0)?, batch: r.text(1)?, station: r.text(2)?, born_at: r.int(3)? })
+                })
+                .transpose()
         })
     }
 
