@@ -940,3 +940,55 @@ async fn a_sync_state_without_last_seq_is_refused_not_read_as_zero() {
     assert!(err.contains("sync state") && err.contains("missing field `last_seq`"), "{err}");
     assert_eq!(*asked.lock().unwrap(), ["GET /factory/sync?batch=WB HTTP/1.1"], "nothing uploaded");
 }
+
+/// `from` copied into `to`, recursively (a device's state directory, kept aside).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A device whose birth's answer never reached it (its station restarted,
+/// the connection cut after the commit) still holds the key it made; born
+/// again through a station of the batch (the same line or another), it gets
+/// the very birth certificate recorded for it, and the batch counts one birth
+/// and no refusal. Another device claiming that serial with its own key is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_birth_answer_was_lost_gets_the_same_certificate_again() {
+    let ca = Ca::start().await;
+    batch(&ca, "BLA", &serials("LA", 2), 2);
+    let st = Arc::new(Station::open(&station(&ca, "line-la", &["BLA"]), None).unwrap());
+    let other = Arc::new(Station::open(&station(&ca, "line-lb", &["BLA"]), None).unwrap());
+    let serial = "LA-000";
+    let dir = ca.tmp.path().join("dut-la");
+    // The device makes its key and request; the device as it is then, when
+    // the answer never comes, is kept aside.
+    let keystore = iotpki_agent::keystore::Keystore::open(&dir, None, None).unwrap();
+    iotpki_agent::flow::begin_birth(&dir, serial, KeyType::EcdsaP256, &keystore).unwrap();
+    drop(keystore);
+    let lost = ca.tmp.path().join("dut-la-lost");
+    copy_dir(&dir, &lost);
+    let first = st.birth("BLA", &dir, serial, KeyType::EcdsaP256).await.unwrap();
+    let again = other.birth("BLA", &lost, serial, KeyType::EcdsaP256).await.unwrap();
+    assert_eq!(again, first, "the same birth certificate");
+    let status = iotpki_agent::status(&lost).unwrap();
+    assert_eq!((status.device_serial.as_str(), status.cert_serial.as_str()), (serial, first.as_str()));
+    assert_eq!(issued(&ca, "BLA"), (1, 0));
+    let store = ca.authority.store();
+    let last = store.audit_entries(store.verify_audit().unwrap().entries, 1).unwrap().remove(0).event;
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str(), last.target.as_str()),
+        ("station:line-lb", "birth.replay", first.as_str())
+    );
+
+    let err = st.birth("BLA", &ca.tmp.path().join("dut-la-other"), serial, KeyType::EcdsaP256).await.unwrap_err();
+    assert!(err.to_string().contains("already has a birth certificate"), "{err}");
+    assert_eq!(issued(&ca, "BLA"), (1, 1));
+}
