@@ -235,19 +235,9 @@ pub(crate) enum Race {
     Renewal { old: String },
     /// The serial was born already (or, since its birth, its batch's quota
     /// is spent, the batch closed or out of its window): by a request with
-    /// the same key, whose birth certificate is the answer?
-    Birth(Box<BirthRace>),
-}
-
-/// A station's birth, as [`Race::Birth`] looks for it.
-#[derive(Clone, Debug)]
-pub(crate) struct BirthRace {
-    device: String,
-    batch: String,
-    /// The station asking now (the audit's actor).
-    station: String,
-    /// The CA that signs the batch's births (a Matter batch's PAI).
-    ca: String,
+    /// the same key, whose birth certificate is the answer? (The device,
+    /// batch, station and CA are the plan's own.)
+    Birth,
 }
 
 impl Race {
@@ -258,7 +248,7 @@ impl Race {
             Self::Refuse => false,
             Self::Token { .. } => matches!(e.refusal(), Some(Refusal::Token(_))),
             Self::Renewal { .. } => true,
-            Self::Birth { .. } => matches!(e.refusal(), Some(Refusal::Batch(_))),
+            Self::Birth => matches!(e.refusal(), Some(Refusal::Batch(_))),
         }
     }
 }
@@ -408,7 +398,7 @@ impl Authority {
         if !plan.on_race.follows(&e) {
             return Err(e);
         }
-        match self.after_race(&plan.on_race, self.label(Some(&plan.label))?, csr)? {
+        match self.after_race(&plan, csr)? {
             Some(r) => self.resend(r),
             None => Err(e),
         }
@@ -576,12 +566,7 @@ impl Authority {
                     actor: format!("station:{}", station.record.name),
                     action: "birth",
                     note,
-                    on_race: Race::Birth(Box::new(BirthRace {
-                        device: device.to_string(),
-                        batch: batch.to_string(),
-                        station: station.record.name.clone(),
-                        ca: matter.as_ref().map_or_else(|| label.ca.name.clone(), |pai| pai.name.clone()),
-                    })),
+                    on_race: Race::Birth,
                     matter,
                 }
             }
@@ -802,15 +787,15 @@ impl Authority {
 
     /// After the store refused a plan: was it a race lost to a retry of the
     /// same request (same key), whose certificate is then the answer?
-    fn after_race(&self, race: &Race, label: &Label, csr: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
-        match race {
+    fn after_race(&self, plan: &Plan, csr: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
+        match &plan.on_race {
             Race::Refuse => Ok(None),
             // Lost a race for this token to a request with the same key (a client retrying
             // before its first answer came): answer with the certificate that request got.
             Race::Token { device, token_hash } => {
                 match tokens::precheck(self.store.as_ref(), token_hash, device, self.clock.now())? {
                     TokenState::Spent { cert_serial, used_at } => {
-                        self.token_replay(label, device, &cert_serial, used_at, csr).map(Some)
+                        self.token_replay(self.label(Some(&plan.label))?, device, &cert_serial, used_at, csr).map(Some)
                     }
                     TokenState::Fresh => Ok(None),
                 }
@@ -823,7 +808,7 @@ impl Authority {
                     None => Ok(None),
                 }
             }
-            Race::Birth(race) => self.birth_replay(race, csr),
+            Race::Birth => self.birth_replay(plan, csr),
         }
     }
 
@@ -838,16 +823,24 @@ impl Authority {
     /// hold the one birth its serial gets. Nothing new is issued or counted.
     /// Any other key or batch, a revoked birth certificate or a blocked key
     /// keeps the refusal.
-    fn birth_replay(&self, race: &BirthRace, req: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
-        let Some(born) = self.store.born(&race.device)? else { return Ok(None) };
-        if born.batch != race.batch {
+    fn birth_replay(&self, plan: &Plan, req: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
+        let Some((batch, station, device)) = plan.preconditions.iter().find_map(|p| match p {
+            Precondition::Birth { batch, station, device_serial, .. } => Some((batch, station, device_serial)),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let Some(born) = self.store.born(device)? else { return Ok(None) };
+        if &born.batch != batch {
             return Ok(None);
         }
         let Some(rec) = self.store.certificate(&born.cert_serial)? else { return Ok(None) };
         let spki = keys::spki_fingerprint(&req.spki_der);
+        // The CA that signs the batch's births (a Matter batch's PAI), or its successor.
+        let ca = &plan.signer.as_deref().unwrap_or(&plan.ca).name;
         if rec.spki_sha256 != spki
-            || rec.device_serial.as_deref() != Some(race.device.as_str())
-            || self.current_ca(&rec.ca) != self.current_ca(&race.ca)
+            || rec.device_serial.as_deref() != Some(device.as_str())
+            || self.current_ca(&rec.ca) != self.current_ca(ca)
             || matches!(rec.status, CertStatus::Revoked { .. })
             || self.store.blocked_key(&spki)?.is_some()
         {
@@ -855,12 +848,13 @@ impl Authority {
         }
         let audit = AuditEvent {
             at: self.clock.now(),
-            actor: format!("station:{}", race.station),
+            actor: format!("station:{station}"),
             action: "birth.replay".into(),
             target: rec.serial.clone(),
             detail: format!(
-                "device={} batch={} same key: the birth certificate issued before (by station {}) is sent again",
-                race.device, race.batch, born.station
+                "device={device} batch={batch} same key: the birth certificate issued before (by station {}) is \
+                 sent again",
+                born.station
             ),
         };
         Ok(Some(Resend { record: rec, audit }))

@@ -1010,17 +1010,11 @@ mod tests {
         let app = router(a.clone());
         let before = a.store().count_certificates().unwrap();
         let birth = |serial: &str| spawn_birth(&app, &a, serial, "BW", &peer);
-        let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let batches = || a.store().writer_stats().batch_size.snapshot().count;
-        let led = batches();
+        let lock = WriteLock::hold(&tmp, &a);
         let first = birth(serials[0]);
         // Well within the store's busy timeout (30 s), which would fail the leader's commit.
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while batches() == led {
-            assert!(std::time::Instant::now() < until, "the first birth did not lead a commit");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        lock.until_a_commit_waits(&a, until, "the first birth did not lead a commit").await;
         let handed = crate::sched::handed_out();
         let rest: Vec<_> = serials[1..].iter().map(|s| birth(s)).collect();
         // Each of the four takes a thread to be signed, then gives it back.
@@ -1038,7 +1032,7 @@ mod tests {
         // Signed (no request is left on a thread), not yet recorded: not answered.
         assert!(!first.is_finished() && rest.iter().all(|b| !b.is_finished()), "answered before recorded");
         assert_eq!(a.store().count_certificates().unwrap(), before);
-        other.execute_batch("ROLLBACK").unwrap();
+        lock.release();
         four_born_one_over_the_quota(&a, "BW", std::iter::once(first).chain(rest).collect(), before).await;
     }
 
@@ -1051,6 +1045,42 @@ mod tests {
         let before = a.store().count_certificates().unwrap();
         let births: Vec<_> = (1..=5).map(|i| spawn_birth(&app, &a, &format!("Q-{i}"), "BQ", &peer)).collect();
         four_born_one_over_the_quota(&a, "BQ", births, before).await;
+    }
+
+    /// Another connection's write lock on the authority's SQLite store:
+    /// commits wait for it (up to the store's busy timeout, 30 s) until
+    /// [`WriteLock::release`].
+    struct WriteLock {
+        conn: rusqlite::Connection,
+        /// Commits led before the lock was taken.
+        led: u64,
+    }
+
+    impl WriteLock {
+        fn hold(tmp: &tempfile::TempDir, a: &Authority) -> Self {
+            let conn = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            Self { conn, led: a.store().writer_stats().batch_size.snapshot().count }
+        }
+
+        /// Until a commit has been led since the lock was taken (its leader now waits for the lock).
+        async fn until_a_commit_waits(&self, a: &Authority, until: std::time::Instant, what: &str) {
+            while a.store().writer_stats().batch_size.snapshot().count == self.led {
+                assert!(std::time::Instant::now() < until, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+
+        fn release(self) {
+            self.conn.execute_batch("ROLLBACK").unwrap();
+        }
+    }
+
+    /// The serial of the certificate in an EST answer's body.
+    fn answered_serial(body: &str) -> String {
+        let p7 = est::decode_body(body.as_bytes()).unwrap();
+        let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
+        iotpki_core::profile::cert_info(&der).unwrap().serial
     }
 
     /// A station's birth of `serial` in `batch` over `peer`, on a task of its
@@ -1070,9 +1100,7 @@ mod tests {
             let status = resp.status();
             let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
             if status == StatusCode::OK {
-                let p7 = base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap();
-                let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
-                let serial = iotpki_core::profile::cert_info(&der).unwrap().serial;
+                let serial = answered_serial(&body);
                 assert!(a.store().certificate(&serial).unwrap().is_some(), "{serial} answered before recorded");
             }
             (status, body)
@@ -1112,23 +1140,17 @@ mod tests {
         let birth = |serial: &str| tokio::spawn(app.clone().oneshot(birth_request(serial, "BL", &peer)));
         let (certs, audited) = (a.store().count_certificates().unwrap(), a.store().verify_audit().unwrap().entries);
         // Another connection's write lock holds the next commit.
-        let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let batches = || a.store().writer_stats().batch_size.snapshot().count;
-        let led = batches();
+        let lock = WriteLock::hold(&tmp, &a);
         // The first birth leads that commit (on its thread, waiting for the lock)...
         let first = birth("L-1");
         let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while batches() == led {
-            assert!(std::time::Instant::now() < until, "the first birth did not lead a commit");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        lock.until_a_commit_waits(&a, until, "the first birth did not lead a commit").await;
         // ...the second is queued behind it, and its client leaves before any answer.
         let second = birth("L-2");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         second.abort();
         assert!(second.await.unwrap_err().is_cancelled());
-        other.execute_batch("ROLLBACK").unwrap();
+        lock.release();
         assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
         while a.store().batch("BL").unwrap().unwrap().refused == 0 {
             assert!(std::time::Instant::now() < until, "the left birth's refusal was not counted");
@@ -1154,19 +1176,13 @@ mod tests {
         let certs = a.store().count_certificates().unwrap();
         let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
         // Another connection's write lock holds the birth's commit; its client leaves meanwhile.
-        let other = rusqlite::Connection::open(tmp.path().join("ca").join("store.db")).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let batches = || a.store().writer_stats().batch_size.snapshot().count;
-        let led = batches();
+        let lock = WriteLock::hold(&tmp, &a);
         let first = tokio::spawn(app.clone().oneshot(birth_request_with("A-1", "BA", &peer, &key)));
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while batches() == led {
-            assert!(std::time::Instant::now() < until, "the birth did not reach the store");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        lock.until_a_commit_waits(&a, until, "the birth did not reach the store").await;
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
-        other.execute_batch("ROLLBACK").unwrap();
+        lock.release();
         while a.store().count_certificates().unwrap() == certs {
             assert!(std::time::Instant::now() < until, "the birth whose client left was not recorded");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -1175,9 +1191,7 @@ mod tests {
         // Asked again: the same certificate, nothing issued, no refusal counted.
         let (s, body) = call_on(app.clone(), birth_request_with("A-1", "BA", &peer, &key)).await;
         assert_eq!(s, StatusCode::OK, "{body}");
-        let p7 = base64::engine::general_purpose::STANDARD.decode(body.replace(['\r', '\n'], "")).unwrap();
-        let der = iotpki_core::pkcs7::parse_certs_only(&p7).unwrap().remove(0);
-        assert_eq!(iotpki_core::profile::cert_info(&der).unwrap().serial, born.cert_serial);
+        assert_eq!(answered_serial(&body), born.cert_serial);
         let batch = a.store().batch("BA").unwrap().unwrap();
         assert_eq!((a.store().count_certificates().unwrap(), batch.issued, batch.refused), (certs + 1, 1, 0));
         let last = a.store().audit_entries(a.store().verify_audit().unwrap().entries, 1).unwrap().remove(0);
