@@ -8,7 +8,7 @@
 //! The station enforces the terms itself; the authority re-checks everything
 //! at `factory sync` and flags what a dishonest station issued beyond them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ use iotpki_core::name::{self, DeviceSerial};
 use iotpki_core::profile::{self, CertParams, Issuer, Profile};
 use iotpki_core::record::{self, Entry};
 use iotpki_core::{csr, pem, serial};
-use spki::der::Decode;
+use spki::der::{Decode, Encode};
 
 use iotpki_agent::clock::now;
 use iotpki_agent::state;
@@ -62,7 +62,8 @@ pub fn store_delegation(station_dir: &Path, d: &Delegation) -> Result<(), AgentE
 
 struct Progress {
     last: Option<Entry>,
-    born: HashSet<String>,
+    /// Each serial born here, with its birth certificate (DER).
+    born: HashMap<String, Vec<u8>>,
 }
 
 /// The offline issuer of one batch.
@@ -111,7 +112,7 @@ impl Offline {
             .map_err(|e| AgentError::State(e.to_string()))?;
         record::verify(&entries, 1, record::GENESIS, &spki)
             .map_err(|e| AgentError::State(format!("{}: {e}", record.display())))?;
-        let born = entries.iter().map(|e| e.serial.clone()).collect();
+        let born = entries.iter().map(|e| Ok((e.serial.clone(), e.cert_der()?))).collect::<Result<_, AgentError>>()?;
         let progress = Mutex::new(Progress { last: entries.last().cloned(), born });
         Ok(Self { d, station_key, ca_key, ca_cert, chain, record, progress })
     }
@@ -135,12 +136,42 @@ impl Offline {
 
     /// Up to `n` serials of the allowlist not born here yet, in order.
     pub fn unborn(&self, n: usize) -> Vec<String> {
-        let born = self.progress.lock().map(|p| p.born.clone()).unwrap_or_default();
-        self.d.allowlist.iter().filter(|s| !born.contains(*s)).take(n).cloned().collect()
+        // Progress is only changed whole under its lock: a poisoned lock is still sound.
+        let p = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.d.allowlist.iter().filter(|s| !p.born.contains_key(*s)).take(n).cloned().collect()
+    }
+
+    /// Whether the birth certificate `born`, recorded here, may be sent again
+    /// to a request for `spki`: for that very key, by the delegated CA this
+    /// station holds now (not one an earlier delegation certified), not
+    /// expired at `t`. Nothing is issued or recorded for it: the record holds
+    /// births, and a certificate is public; what it gives is only the answer
+    /// a device that proves its key already had coming. A revocation made
+    /// since the last sync is not known here (the authority's CRL lists it).
+    fn replayable(&self, born: &[u8], spki: &spki::SubjectPublicKeyInfoOwned, t: i64) -> Result<bool, AgentError> {
+        let cert = profile::cert_info(born)?;
+        let ca = profile::cert_info(&self.ca_cert)?;
+        let tbs = &cert.cert.tbs_certificate;
+        let same_key = &tbs.subject_public_key_info == spki;
+        let tbs_der = tbs.to_der().map_err(|e| AgentError::State(format!("recorded birth: {e}")))?;
+        let by_this_ca = tbs.issuer == ca.cert.tbs_certificate.subject
+            && cert.cert.signature.as_bytes().is_some_and(|sig| {
+                iotpki_core::keys::verify(
+                    &ca.cert.tbs_certificate.subject_public_key_info,
+                    &cert.cert.signature_algorithm,
+                    &tbs_der,
+                    sig,
+                )
+                .is_ok()
+            });
+        Ok(same_key && by_this_ca && t < cert.not_after)
     }
 
     /// Issue a birth certificate for `csr_der` within the delegation's terms,
-    /// record it (fsync'd), and return it with the chain the device holds.
+    /// record it (fsync'd), and return it with the chain the device holds. A
+    /// serial born here already is answered with its birth certificate again
+    /// when the request is for the same key ([`Self::replayable`]), and refused
+    /// otherwise.
     pub fn issue(&self, csr_der: &[u8], batch: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
         if batch != self.d.batch {
             return Err(AgentError::Usage(format!(
@@ -162,8 +193,13 @@ impl Offline {
         if !self.d.allowlist.iter().any(|s| s == sn.as_str()) {
             return Err(refused(format!("serial {sn} is not on the allowlist of batch {batch}")));
         }
-        if p.born.contains(sn.as_str()) {
-            return Err(refused(format!("serial {sn} already has a birth certificate")));
+        if let Some(born) = p.born.get(sn.as_str()) {
+            // A birth whose answer was lost (the station restarted, the line
+            // cut before INSTALL): the device kept its key and asks again.
+            return match self.replayable(born, &req.spki, t)? {
+                true => Ok((born.clone(), self.chain.clone())),
+                false => Err(refused(format!("serial {sn} already has a birth certificate"))),
+            };
         }
         if p.born.len() as u64 >= self.d.quota {
             return Err(refused(format!("batch {batch} has used up this station's quota of {}", self.d.quota)));
@@ -202,7 +238,7 @@ impl Offline {
         f.write_all((entry.to_line() + "\n").as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| AgentError::io(&self.record, e))?;
-        p.born.insert(sn.to_string());
+        p.born.insert(sn.to_string(), issued.der.clone());
         p.last = Some(entry);
         Ok((issued.der, self.chain.clone()))
     }

@@ -954,6 +954,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The audit's last entry: (actor, action, target).
+fn last_audit(ca: &Ca) -> (String, String, String) {
+    let store = ca.authority.store();
+    let e = store.audit_entries(store.verify_audit().unwrap().entries, 1).unwrap().remove(0).event;
+    (e.actor, e.action, e.target)
+}
+
 /// A device whose birth's answer never reached it (its station restarted,
 /// the connection cut after the commit) still holds the key it made; born
 /// again through a station of the batch (the same line or another), it gets
@@ -981,14 +988,84 @@ async fn a_device_whose_birth_answer_was_lost_gets_the_same_certificate_again() 
     let status = iotpki_agent::status(&lost).unwrap();
     assert_eq!((status.device_serial.as_str(), status.cert_serial.as_str()), (serial, first.as_str()));
     assert_eq!(issued(&ca, "BLA"), (1, 0));
-    let store = ca.authority.store();
-    let last = store.audit_entries(store.verify_audit().unwrap().entries, 1).unwrap().remove(0).event;
-    assert_eq!(
-        (last.actor.as_str(), last.action.as_str(), last.target.as_str()),
-        ("station:line-lb", "birth.replay", first.as_str())
-    );
+    assert_eq!(last_audit(&ca), ("station:line-lb".into(), "birth.replay".into(), first.clone()));
 
     let err = st.birth("BLA", &ca.tmp.path().join("dut-la-other"), serial, KeyType::EcdsaP256).await.unwrap_err();
     assert!(err.to_string().contains("already has a birth certificate"), "{err}");
     assert_eq!(issued(&ca, "BLA"), (1, 1));
+}
+
+/// The same, offline: a device whose birth by a station's delegated CA never
+/// reached it gets that birth certificate again from the station (restarted
+/// or not) with the key it kept, and the record gains no entry; another key
+/// is refused. Born offline, the serial asked again online is refused, not
+/// answered with a certificate the station's online chain does not verify
+/// (the authority's replay checks the CA). A birth by an earlier delegation's
+/// CA is not sent again under a new delegation's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_offline_birth_answer_was_lost_gets_it_again_from_its_station_only() {
+    let ca = Ca::start().await;
+    batch(&ca, "BLO", &serials("LO", 2), 2);
+    batch(&ca, "BLR", &serials("LR", 2), 2);
+    let st_dir = station(&ca, "line-lo", &["BLO", "BLR"]);
+    delegate(&ca, &st_dir, "line-lo", "BLO");
+    let serial = "LO-000";
+    let dir = ca.tmp.path().join("dut-lo");
+    let keystore = iotpki_agent::keystore::Keystore::open(&dir, None, None).unwrap();
+    iotpki_agent::flow::begin_birth(&dir, serial, KeyType::EcdsaP256, &keystore).unwrap();
+    drop(keystore);
+    let lost: Vec<PathBuf> = (0..3).map(|i| ca.tmp.path().join(format!("dut-lo-lost-{i}"))).collect();
+    for l in &lost {
+        copy_dir(&dir, l);
+    }
+    let off = Station::open_offline(&st_dir, "BLO").unwrap();
+    let first = off.birth("BLO", &dir, serial, KeyType::EcdsaP256).await.unwrap();
+    assert_eq!(off.birth("BLO", &lost[0], serial, KeyType::EcdsaP256).await.unwrap(), first);
+    drop(off);
+    let off = Station::open_offline(&st_dir, "BLO").unwrap();
+    assert_eq!(off.birth("BLO", &lost[1], serial, KeyType::EcdsaP256).await.unwrap(), first, "after a restart");
+    let status = iotpki_agent::status(&lost[1]).unwrap();
+    assert_eq!((status.device_serial.as_str(), status.cert_serial.as_str()), (serial, first.as_str()));
+    let err = off.birth("BLO", &ca.tmp.path().join("dut-lo-other"), serial, KeyType::EcdsaP256).await.unwrap_err();
+    assert!(err.to_string().contains("already has a birth certificate"), "{err}");
+    let record = std::fs::read_to_string(iotpki_station::offline::record_path(&st_dir, "BLO")).unwrap();
+    assert_eq!(record.lines().count(), 1, "one birth recorded, whatever was sent again");
+
+    let online = Station::open(&st_dir, None).unwrap();
+    assert_eq!(online.sync(&st_dir, "BLO").await.unwrap(), (1, vec![]));
+    assert_eq!(issued(&ca, "BLO"), (1, 0));
+    let err = online.birth("BLO", &lost[2], serial, KeyType::EcdsaP256).await.unwrap_err();
+    assert!(err.to_string().contains("already has a birth certificate"), "{err}");
+    assert_eq!(issued(&ca, "BLO"), (1, 1));
+    assert_eq!(last_audit(&ca).1, "refuse.enroll");
+    assert!(iotpki_agent::status(&lost[2]).is_err(), "the device holds no identity from that");
+
+    // Born by the station's delegated CA, whose key and delegation are then
+    // replaced by another delegated CA's (a backup of another station's,
+    // restored over it): the station no longer holds that birth's chain.
+    use iotpki_station::offline;
+    delegate(&ca, &st_dir, "line-lo", "BLR");
+    let other = station(&ca, "line-lr", &["BLR"]);
+    delegate(&ca, &other, "line-lr", "BLR");
+    let d = ca.tmp.path().join("dut-lr");
+    let keystore = iotpki_agent::keystore::Keystore::open(&d, None, None).unwrap();
+    iotpki_agent::flow::begin_birth(&d, "LR-000", KeyType::EcdsaP256, &keystore).unwrap();
+    drop(keystore);
+    let d_lost = ca.tmp.path().join("dut-lr-lost");
+    copy_dir(&d, &d_lost);
+    Station::open_offline(&st_dir, "BLR").unwrap().birth("BLR", &d, "LR-000", KeyType::EcdsaP256).await.unwrap();
+    let (mine, theirs) = (offline::batch_dir(&st_dir, "BLR"), offline::batch_dir(&other, "BLR"));
+    for e in std::fs::read_dir(&mine).unwrap() {
+        let p = e.unwrap().path();
+        if p != offline::record_path(&st_dir, "BLR") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    for e in std::fs::read_dir(&theirs).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), mine.join(e.file_name())).unwrap();
+    }
+    let off = Station::open_offline(&st_dir, "BLR").unwrap();
+    let err = off.birth("BLR", &d_lost, "LR-000", KeyType::EcdsaP256).await.unwrap_err();
+    assert!(err.to_string().contains("already has a birth certificate"), "{err}");
 }
