@@ -251,9 +251,10 @@ impl Authority {
     }
 
     /// Take ownership of a device with its voucher: the last entry must name
-    /// this authority's root key and the first must be signed by a trusted
-    /// manufacturer. The birth certificate it names is checked when the device
-    /// commissions (the chain is verified again then, in full).
+    /// this authority's root key, the first must be signed by a trusted
+    /// manufacturer, and every signature and link between them must hold
+    /// ([`voucher::verify_chain`]). The birth certificate it names is checked
+    /// when the device commissions (the chain is verified again then, in full).
     pub fn claim_by_voucher(&self, bytes: &[u8], actor: &str) -> Result<DeviceSerial, AuthorityError> {
         let v = Voucher::decode(bytes).map_err(bad_voucher)?;
         let entries = v.entries();
@@ -270,18 +271,22 @@ impl Authority {
         if now >= last.expires_at {
             return Err(AuthorityError::forbidden("the voucher has expired".into()));
         }
-        let trusted = self
+        let Some(mfg) = self
             .store
             .manufacturers()?
             .iter()
             .filter_map(|m| spki_of(&m.cert_der).ok())
-            .any(|spki| iotpki_core::cose::key_id(&spki) == first.signer_kid);
-        if !trusted {
+            .find(|spki| iotpki_core::cose::key_id(spki) == first.signer_kid)
+        else {
             return Err(AuthorityError::forbidden(
                 "the voucher's first entry is not signed by a trusted manufacturer (`iotpki trust add-manufacturer`)"
                     .into(),
             ));
-        }
+        };
+        // Every signature, from that manufacturer's key to this authority's:
+        // a key id is public, so naming the manufacturer's proves nothing.
+        voucher::verify_chain(bytes, &mfg, now)
+            .map_err(|e| AuthorityError::forbidden(format!("voucher refused: {e}")))?;
         let serial = first.serial.clone();
         // Ownership only moves forward: a voucher for a device this authority
         // has a voucher of must extend that one (else a past owner's fork from

@@ -335,8 +335,31 @@ pub fn verify(
     birth_cert_der: &[u8],
     now: i64,
 ) -> Result<Verified, VoucherError> {
+    verify_for(Voucher::decode(voucher)?, manufacturer_spki, device_serial, cose::sha256(birth_cert_der), now)
+}
+
+/// [`verify`] for whoever does not hold the device's birth certificate (an
+/// owner claiming the device with its voucher before it ever saw it): every
+/// entry must name the device and the birth certificate hash its first entry
+/// names, and every signature, link and time rule of [`verify`] holds. The
+/// birth certificate itself is checked against that hash when the device
+/// shows it.
+pub fn verify_chain(voucher: &[u8], manufacturer_spki: &[u8], now: i64) -> Result<Verified, VoucherError> {
     let v = Voucher::decode(voucher)?;
-    let birth = cose::sha256(birth_cert_der);
+    let (serial, birth) = match v.entries.first() {
+        Some((e, _)) => (e.serial.clone(), e.birth_cert_sha256),
+        None => return Err(VoucherError::Empty),
+    };
+    verify_for(v, manufacturer_spki, &serial, birth, now)
+}
+
+fn verify_for(
+    v: Voucher,
+    manufacturer_spki: &[u8],
+    device_serial: &DeviceSerial,
+    birth: [u8; 32],
+    now: i64,
+) -> Result<Verified, VoucherError> {
     let mut signer_spki = manufacturer_spki;
     let mut prev: Option<(&VoucherEntry, &[u8])> = None;
     for (index, (e, bytes)) in v.entries.iter().enumerate() {

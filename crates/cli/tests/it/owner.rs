@@ -667,3 +667,61 @@ async fn a_past_owner_cannot_fork_the_held_voucher_with_two_racing_claims() {
     assert!(err.public_message().contains("is not newer"), "{err}");
     assert_eq!(a.authority.store().artifact("voucher/VR-1").unwrap().unwrap(), now);
 }
+
+/// `bytes` with its last octet changed: in a voucher, the last entry's
+/// signature (a COSE_Sign1 ends with it), its key id and everything else intact.
+fn bad_last_signature(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    *v.last_mut().unwrap() ^= 0x01;
+    v
+}
+
+/// A key id is public: a voucher whose entry names the manufacturer's key id,
+/// or the current owner's, but whose signature is not that key's, is refused
+/// at `device claim --voucher` (403), and nothing is stored: neither a
+/// first-hand claim of a device, nor a past owner's store taken back to
+/// "owned" by an extension that its next owner never signed. The same
+/// vouchers with their genuine signatures are claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_whose_signature_is_not_the_named_keys_is_refused_and_stores_nothing() {
+    let mfg = Ca::start().await;
+    let a = Ca::start().await;
+    born_devices(&mfg, "SB", &["VS-1".to_string()]).await;
+    run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&a.dir).arg(mfg.ca_file("manufacturing")));
+    let t = mfg.tmp.path().to_path_buf();
+    let b_key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    std::fs::write(t.join("b.pub"), pem::encode("PUBLIC KEY", b_key.public_key_der())).unwrap();
+    let (mdir, adir, aroot) = (mfg.dir.clone(), a.dir.clone(), a.root_file());
+    let tt = t.clone();
+    tokio::task::spawn_blocking(move || voucher_issue(&mdir, "VS-1", &aroot, &tt.join("m-a.cbor"))).await.unwrap();
+    let m_a = std::fs::read(t.join("m-a.cbor")).unwrap();
+    let store = a.authority.store();
+    let state = || (store.artifact("voucher/VS-1").unwrap(), store.ownership("VS-1").unwrap(), a.audit_len());
+
+    // The manufacturer's entry, not its signature.
+    let before = state();
+    let err = a.authority.claim_by_voucher(&bad_last_signature(&m_a), "admin:test").unwrap_err();
+    assert_eq!(err.http_status(), 403, "{err}");
+    assert!(err.public_message().contains("signature"), "{err}");
+    assert_eq!(state(), before, "nothing stored, nothing audited");
+    a.authority.claim_by_voucher(&m_a, "admin:test").unwrap();
+
+    // A hands the device to B; an extension B→A that B never signed does not take it back.
+    let (adir2, tt) = (adir.clone(), t.clone());
+    tokio::task::spawn_blocking(move || voucher_issue(&adir2, "VS-1", &tt.join("b.pub"), &tt.join("a-b.cbor")))
+        .await
+        .unwrap();
+    let mut back = iotpki_core::voucher::Voucher::decode(&std::fs::read(t.join("a-b.cbor")).unwrap()).unwrap();
+    let now = back.entries().last().unwrap().created_at;
+    let a_spki = iotpki_authority::trust::spki_of(a.authority.root_der()).unwrap();
+    back.extend(&b_key, &a_spki, now, now + 3600).unwrap();
+    let back = back.encode();
+    let before = state();
+    assert_eq!(before.1.as_ref().map(|o| o.status), Some(iotpki_store::OwnershipStatus::Transferred));
+    let err = a.authority.claim_by_voucher(&bad_last_signature(&back), "admin:test").unwrap_err();
+    assert_eq!(err.http_status(), 403, "{err}");
+    assert!(err.public_message().contains("signature"), "{err}");
+    assert_eq!(state(), before, "still handed on, nothing stored");
+    a.authority.claim_by_voucher(&back, "admin:test").unwrap();
+    assert_eq!(state().1.map(|o| o.status), Some(iotpki_store::OwnershipStatus::Owned), "B's own hand-back");
+}
