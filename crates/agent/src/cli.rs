@@ -714,7 +714,11 @@ fn applied_text(a: &crate::trust::Applied) -> String {
         }
         Applied::Crl { issuer, number, own_revoked } => format!(
             "CRL {number} of {issuer} installed{}",
-            if *own_revoked { "; it lists this device's certificate: commission again" } else { "" }
+            if *own_revoked {
+                "; it lists this device's certificate (agent run renews or commissions again)"
+            } else {
+                ""
+            }
         ),
         Applied::Unchanged(why) => format!("unchanged: {why}"),
     }

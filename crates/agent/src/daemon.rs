@@ -17,14 +17,17 @@
 //!   is replaced by commissioning again with the birth certificate; a device
 //!   with nothing to come back with (enrolled by token, or its birth
 //!   certificate revoked) stops with [`AgentError::Revoked`], since every
-//!   server will refuse it. An OCSP failure (responder away, an answer that does
+//!   server will refuse it. `superseded` is the mark a renewal leaves on the
+//!   certificate it replaces: the device renews at once, and with the key it
+//!   kept from a renewal whose answer it lost, gets that new certificate again
+//!   (it neither stops nor commissions a second identity). An OCSP failure (responder away, an answer that does
 //!   not verify) is reported and the round goes on: CRLs, the servers' own
 //!   checks and renewal still hold; a forged answer can never make the device
 //!   believe it is good or revoked, only fail to learn.
 //! - Every change of state on disk goes through [`crate::state::store`]:
 //!   write, fsync, rename, fsync of the directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use iotpki_core::{pem, profile};
@@ -173,17 +176,27 @@ pub async fn step(opts: &RunOptions) -> Result<Step, AgentError> {
     if t < due {
         return Ok(Step::NotDue { due });
     }
+    renew_or_commission(dir, id.birth.is_some()).await
+}
+
+/// Renew; if the server no longer knows the certificate (revoked, or
+/// superseded by another key), commission again when the device has a birth
+/// certificate to do it with.
+async fn renew_or_commission(dir: &Path, has_birth: bool) -> Result<Step, AgentError> {
     match flow::renew(dir, None, None).await {
         Ok(id) => Ok(Step::Renewed(Box::new(id))),
-        Err(e) if lost_certificate(&e) && id.birth.is_some() => {
+        Err(e) if lost_certificate(&e) && has_birth => {
             Ok(Step::Recommissioned(Box::new(flow::commission(dir, None, None, None).await?)))
         }
         Err(e) => Err(e),
     }
 }
 
+/// RFC 5280's CRLReason superseded: what a renewal records for the certificate it replaces.
+const SUPERSEDED: u8 = 4;
+
 /// Ask about the certificate; on `revoked`, what to do instead of the usual
-/// step (`Some`: re-commissioned or why not). Errors end the daemon.
+/// step (`Some`: renewed, re-commissioned, or why not). Errors end the daemon.
 async fn ocsp_round(
     opts: &RunOptions,
     report: &mut impl FnMut(Event<'_>),
@@ -198,6 +211,14 @@ async fn ocsp_round(
     let Ok(r) = answer else { return Ok(None) };
     let iotpki_core::ocsp::Status::Revoked { at, reason } = r.checked.status else { return Ok(None) };
     let id = state::load(dir)?;
+    if reason == SUPERSEDED && !r.is_birth {
+        // A renewal of it was recorded: most likely this device's own, whose
+        // answer was lost (the connection cut, the power gone before the new
+        // identity was saved). Renewing again with the key it kept gets that
+        // certificate again; any other key is refused, and the device then
+        // commissions again if it can, as for any revocation.
+        return Ok(Some(renew_or_commission(dir, id.birth.is_some()).await));
+    }
     if id.birth.is_none() || r.is_birth {
         return Err(AgentError::Revoked(format!(
             "certificate {} was revoked at {} ({}) and there is no {} to commission again with; \

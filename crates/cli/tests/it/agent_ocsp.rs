@@ -239,3 +239,69 @@ async fn a_device_talks_only_to_the_servers_its_trust_bundle_names() {
     .await;
     assert_eq!(ca.cert_count(), certs + 1);
 }
+
+/// The device's good certificates other than its birth certificate, at `ca`.
+fn good_operational(ca: &Ca, device: &str) -> Vec<String> {
+    let q = iotpki_store::CertQuery { device_serial: Some(device.into()), ..Default::default() };
+    let certs = ca.authority.store().list_certificates(&q).unwrap();
+    certs
+        .into_iter()
+        .filter(|c| {
+            c.status == iotpki_store::CertStatus::Good && c.profile != "birth" && !c.ca.contains("manufacturing")
+        })
+        .map(|c| c.serial)
+        .collect()
+}
+
+/// A renewal whose answer the device lost (the power gone after the server
+/// recorded it, before the new identity was saved): OCSP then says the
+/// device's certificate is superseded. `agent run` renews at once with the key
+/// it kept and gets the recorded certificate again (`reenroll.replay`), for a
+/// device enrolled by token (which used to stop: "must be enrolled anew") and
+/// for a commissioned one (which used to commission a second identity, leaving
+/// the renewed certificate good and its key deleted): one good certificate
+/// each, the one the renewal recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_run_gets_a_renewal_whose_answer_was_lost_again_when_ocsp_says_superseded() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let token_dev = op.enrolled_device("OS-1").await;
+    let devs = born_devices(&mfg, "OSB", &["OS-2".to_string()]).await;
+    crate::commission::trust(&op, &mfg);
+    crate::commission::claim(&op, &mfg, &["OS-2"]);
+    iotpki_agent::flow::commission(&devs[0], Some(&op.url), Some(&op.root_pem), None).await.unwrap();
+    for (dev, serial) in [(token_dev, "OS-1"), (devs[0].clone(), "OS-2")] {
+        let old = serial_of(&dev);
+        let d = dev.clone();
+        blocking(move || {
+            let o = bin()
+                .args(["agent", "renew", "--state"])
+                .arg(&d)
+                .env("IOTPKI_CRASH_AT", "state.tmp-written")
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains("crash point"),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        })
+        .await;
+        assert_eq!(serial_of(&dev), old, "the old identity is in place");
+        let renewed = good_operational(&op, serial);
+        assert_eq!(renewed.len(), 1, "{renewed:?}");
+        assert_ne!(renewed[0], old, "the server recorded the renewal");
+        let d = dev.clone();
+        let out = blocking(move || {
+            let o = bin().args(["agent", "run", "--once", "--state"]).arg(&d).output().unwrap();
+            let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            assert!(o.status.success(), "{out}");
+            out
+        })
+        .await;
+        assert!(out.contains("superseded") && out.contains(&format!("renewed {serial}")), "{out}");
+        assert_eq!(serial_of(&dev), renewed[0], "the certificate the renewal recorded");
+        assert_eq!(good_operational(&op, serial), renewed, "no second identity");
+        assert_eq!(op.last_audit().event.action, "reenroll.replay");
+    }
+}
