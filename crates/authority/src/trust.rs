@@ -13,7 +13,7 @@ use iotpki_core::bundle::{self, Bundle};
 use iotpki_core::keys::{self, Signer};
 use iotpki_core::name::DeviceSerial;
 use iotpki_core::voucher::{self, Voucher};
-use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, OwnershipStatus, Precondition, Store};
+use iotpki_store::{Artifact, AuditEvent, CertQuery, CertStatus, HandOver, Precondition, Store};
 use spki::der::{Decode, Encode};
 
 use std::sync::Arc;
@@ -209,44 +209,22 @@ impl Authority {
         };
         let bytes = voucher.encode();
         let entries = voucher.entries().len();
-        let audit = AuditEvent {
+        // The hand-over, in one transaction: the voucher published, this
+        // authority's operational certificates ended (the birth certificate
+        // stays), its ownership transferred.
+        let birth_ca = self.labels.get("birth").map(|l| l.ca.name.clone()).unwrap_or_default();
+        let keep_cas = self.cfg.ca.iter().map(|c| c.name.clone()).filter(|n| self.current_ca(n) == birth_ca).collect();
+        let to = keys::spki_fingerprint(to_spki);
+        let done = self.store.hand_over(HandOver {
+            device_serial: serial.to_string(),
+            voucher: Artifact { kind, version: entries as u64, body: bytes.clone(), published_at: now },
+            keep_cas,
             at: now,
             actor: actor.into(),
-            action: "voucher.issue".into(),
-            target: format!("device:{serial}"),
-            detail: format!("entries={entries} to={} expires={expires_at}", keys::spki_fingerprint(to_spki)),
-        };
-        self.store.publish_artifact(
-            Artifact { kind, version: entries as u64, body: bytes.clone(), published_at: now },
-            audit,
-        )?;
-        // The hand-over: this authority's operational certificates end; the birth certificate stays.
-        let birth_ca = self.labels.get("birth").map(|l| l.ca.name.clone()).unwrap_or_default();
-        let q = CertQuery { device_serial: Some(serial.to_string()), ..Default::default() };
-        let mut revoked = Vec::new();
-        for c in self.store.list_certificates(&q)? {
-            if c.status == CertStatus::Good && self.current_ca(&c.ca) != birth_ca && !c.ca.starts_with("delegated:") {
-                let audit = AuditEvent {
-                    at: now,
-                    actor: actor.into(),
-                    action: "revoke".into(),
-                    target: c.serial.clone(),
-                    detail: "reason=affiliationChanged (ownership voucher)".into(),
-                };
-                self.store.revoke(&c.serial, 3, now, audit)?;
-                revoked.push(c.serial);
-            }
-        }
-        if self.store.ownership(serial.as_str())?.is_some_and(|o| o.status == OwnershipStatus::Owned) {
-            let audit = AuditEvent {
-                at: now,
-                actor: actor.into(),
-                action: "device.transfer".into(),
-                target: format!("device:{serial}"),
-                detail: format!("to={}", keys::spki_fingerprint(to_spki)),
-            };
-            self.store.release_device(serial.as_str(), OwnershipStatus::Transferred, now, audit)?;
-        }
+            detail: format!("entries={entries} to={to} expires={expires_at}"),
+            to,
+        })?;
+        let revoked = done.revoked;
         Ok(IssuedVoucher { bytes, entries, revoked })
     }
 

@@ -8,8 +8,9 @@ use crate::audit::sha256_hex;
 
 use crate::{
     Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, Born, CertQuery, CertRecord, CertStatus, Claim,
-    DeviceRevocation, ExpiringNoted, ExpiringScan, Issuance, ManufacturerRecord, OwnershipStatus, Precondition,
-    RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload, TokenRecord,
+    DeviceRevocation, ExpiringNoted, ExpiringScan, HandOver, Issuance, ManufacturerRecord, OwnershipStatus,
+    Precondition, RevokedCert, StationRecord, StationStatus, Store, StoreError, SyncEntry, SyncOutcome, SyncUpload,
+    TokenRecord,
 };
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -122,6 +123,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     revoke_device_in_one_transaction(store);
     fleet_matches_rebuild(store);
     revoke_device_races_renewals_and_issuance(store);
+    fleet_matches_rebuild(store);
+    a_hand_over_is_one_transaction_under_renewals(store);
     fleet_matches_rebuild(store);
     a_key_is_certified_for_one_device_only(store);
     fleet_matches_rebuild(store);
@@ -1121,6 +1124,104 @@ pub fn revoke_device_in_one_transaction(store: &dyn Store) {
     let out = store.revoke_device(device_revocation(&e, 0, 1_700)).expect("revoke");
     assert_eq!((out.serials, out.released), (vec![c.serial], false));
     assert!(store.ownership(&e).expect("read").is_none());
+}
+
+fn hand_over(device: &str, version: u64, at: i64) -> HandOver {
+    HandOver {
+        device_serial: device.into(),
+        voucher: Artifact {
+            kind: format!("voucher/{device}"),
+            version,
+            body: vec![version as u8; 8],
+            published_at: at,
+        },
+        keep_cas: vec!["birth".into()],
+        at,
+        actor: "test".into(),
+        detail: format!("entries={version}"),
+        to: "ef".repeat(32),
+    }
+}
+
+/// `hand_over` while four threads renew the device's operational
+/// certificates: it publishes the voucher, revokes every good certificate but
+/// the births (its birth CA's, a delegated CA's) and transfers the ownership
+/// in one transaction, so that no renewal chain keeps a good certificate (a
+/// renewal needs a good predecessor). A second hand-over with a voucher that
+/// is not newer is refused and writes nothing: no certificate revoked, no
+/// audit entry, the ownership as it was.
+pub fn a_hand_over_is_one_transaction_under_renewals(store: &(dyn Store + 'static)) {
+    let d = unique("HO-");
+    let mut birth = cert(&d);
+    birth.ca = "birth".into();
+    let mut offline = cert(&d);
+    offline.ca = "delegated:line-1:B1".into();
+    let firsts: Vec<CertRecord> = (0..4).map(|_| cert(&d)).collect();
+    for c in firsts.iter().chain([&birth, &offline]) {
+        store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    }
+    let claim = Claim { device_serial: d.clone(), manufacturer_spki: "ab".repeat(32), birth_sha256: "cd".repeat(32) };
+    store.claim_devices(vec![claim], "claim", 1_000, event("claim", &d)).expect("claim");
+    let renewed = AtomicU64::new(0);
+    let (chains, out) = std::thread::scope(|s| {
+        let chains: Vec<_> = firsts
+            .iter()
+            .map(|first| {
+                let (d, renewed) = (d.clone(), &renewed);
+                let mut prev = first.serial.clone();
+                s.spawn(move || {
+                    let mut chain = vec![prev.clone()];
+                    for _ in 0..10_000 {
+                        let (c, r) = renewal(&prev, &d, 1_500);
+                        match store.record_issuance(r) {
+                            Ok(()) => {
+                                renewed.fetch_add(1, Ordering::SeqCst);
+                                chain.push(c.serial.clone());
+                                prev = c.serial;
+                            }
+                            Err(StoreError::CertRevoked { .. }) => break,
+                            Err(e) => panic!("renewal: {e}"),
+                        }
+                    }
+                    chain
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while renewed.load(Ordering::SeqCst) < 20 {
+            assert!(std::time::Instant::now() < deadline, "20 renewals were not committed within 120 s");
+            std::thread::yield_now();
+        }
+        let out = store.hand_over(hand_over(&d, 1, 1_900)).expect("hand over");
+        (chains.into_iter().map(|j| j.join().expect("thread")).collect::<Vec<_>>(), out)
+    });
+    assert!(out.released, "owned, now transferred");
+    assert_eq!(out.revoked.len(), 4, "the head of each renewal chain: {out:?}");
+    for serial in chains.iter().flatten() {
+        let c = store.certificate(serial).expect("read").expect("there");
+        assert!(c.status != CertStatus::Good, "renewal chain certificate {serial} still good after the hand-over");
+    }
+    for serial in &out.revoked {
+        let c = store.certificate(serial).expect("read").expect("there");
+        assert_eq!(c.status, CertStatus::Revoked { at: 1_900, reason: 3 }, "affiliationChanged");
+    }
+    for kept in [&birth, &offline] {
+        assert_eq!(store.certificate(&kept.serial).expect("read").expect("there").status, CertStatus::Good);
+    }
+    assert_eq!(store.ownership(&d).expect("read").expect("there").status, OwnershipStatus::Transferred);
+    assert_eq!(store.artifact(&format!("voucher/{d}")).expect("read").expect("published").version, 1);
+    let tail = store.audit_entries(audit_len(store) - 5, 6).expect("audit");
+    let actions: Vec<&str> = tail.iter().map(|e| e.event.action.as_str()).collect();
+    assert_eq!(actions, ["voucher.issue", "revoke", "revoke", "revoke", "revoke", "device.transfer"]);
+
+    // Not newer: refused whole.
+    let fresh = cert(&d);
+    store.record_issuance(issuance(fresh.clone(), vec![])).expect("issue");
+    let audit = audit_len(store);
+    assert!(matches!(store.hand_over(hand_over(&d, 1, 2_000)), Err(StoreError::NotNewer { .. })));
+    assert_eq!(audit_len(store), audit, "nothing audited");
+    assert_eq!(store.certificate(&fresh.serial).expect("read").expect("there").status, CertStatus::Good);
+    assert_eq!(store.artifact(&format!("voucher/{d}")).expect("read").expect("there").published_at, 1_900);
 }
 
 /// `revoke_device` while other threads renew the device's certificates (four

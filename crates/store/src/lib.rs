@@ -564,6 +564,37 @@ pub struct DeviceRevoked {
     pub released: bool,
 }
 
+/// A device handed on to its next owner with a voucher: see [`Owners::hand_over`].
+#[derive(Clone, Debug)]
+pub struct HandOver {
+    /// The device serial.
+    pub device_serial: String,
+    /// The voucher naming the next owner, published as artifact `voucher/SERIAL`
+    /// (its version above every one published before).
+    pub voucher: Artifact,
+    /// Store names of the CAs whose certificates of the device stay good: those
+    /// its birth certificate comes from. Certificates of a station's delegated
+    /// CA (`delegated:…`) stay good too: they are births.
+    pub keep_cas: Vec<String>,
+    /// When.
+    pub at: UnixTime,
+    /// Who asked (audit actor).
+    pub actor: String,
+    /// The audit detail of the voucher's entry (`voucher.issue`).
+    pub detail: String,
+    /// The next owner's key fingerprint, for the `device.transfer` entry.
+    pub to: String,
+}
+
+/// What [`Owners::hand_over`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandedOver {
+    /// The device's certificates revoked (affiliationChanged), by serial.
+    pub revoked: Vec<String>,
+    /// Whether this authority's ownership went from owned to transferred.
+    pub released: bool,
+}
+
 /// Filter for [`Certificates::list_certificates`].
 #[derive(Clone, Debug, Default)]
 pub struct CertQuery {
@@ -863,6 +894,16 @@ pub trait Owners {
         held: Precondition,
         audit: AuditEvent,
     ) -> Result<(), StoreError>;
+
+    /// Hand a device on, atomically: publish its voucher (audit
+    /// `voucher.issue`), revoke every certificate of it that is good now
+    /// except its births (reason affiliationChanged, audit `revoke` each), and
+    /// mark its ownership transferred when this authority owns it (audit
+    /// `device.transfer`). One transaction, so that a renewal committing
+    /// concurrently is either revoked by it or refused after it, and a refusal
+    /// (a newer voucher published meanwhile: [`StoreError::NotNewer`]) leaves
+    /// everything as it was.
+    fn hand_over(&self, h: HandOver) -> Result<HandedOver, StoreError>;
 
     /// Mark an owned device revoked or transferred (it must be owned now).
     fn release_device(

@@ -2,8 +2,8 @@
 
 use crate::{
     Artifact, AuditEvent, BatchRecord, CertRecord, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan,
-    Issuance, KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, SyncOutcome,
-    SyncUpload, TokenRecord,
+    HandOver, HandedOver, Issuance, KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus, Precondition,
+    StationRecord, SyncOutcome, SyncUpload, TokenRecord,
 };
 
 /// One write, as a caller hands it to the engine.
@@ -24,6 +24,7 @@ pub(crate) enum Op {
     AddManufacturer(Box<ManufacturerRecord>, AuditEvent),
     Claim(Vec<crate::Claim>, String, i64, AuditEvent),
     Release(String, OwnershipStatus, i64, AuditEvent),
+    HandOver(Box<HandOver>),
     Publish(Box<Artifact>, AuditEvent),
     OwnByVoucher(String, String, Box<Artifact>, Box<Precondition>, AuditEvent),
     BlockKeys(Box<KeyBlock>),
@@ -51,6 +52,7 @@ pub(crate) enum Done {
     CrlNumber(u64),
     Count(u64),
     DeviceRevoked(DeviceRevoked),
+    HandedOver(HandedOver),
     KeysBlocked(KeysBlocked),
     ConsoleLink(crate::ConsoleLink),
     Lease(Option<u64>),

@@ -735,6 +735,7 @@ mod tests {
         concurrent_renewals_of_one_certificate,
         revoke_device_in_one_transaction,
         revoke_device_races_renewals_and_issuance,
+        a_hand_over_is_one_transaction_under_renewals,
         a_key_is_certified_for_one_device_only,
         blocked_keys_are_refused_on_every_path,
         a_presented_certificate_is_read_as_its_separate_reads_say,

@@ -9,9 +9,10 @@ use crate::ops::{Done, Op};
 use crate::{
     audit_hash, Artifact, Artifacts, AuditEntry, AuditEvent, AuditLog, AuditReport, BatchProfile, BatchRecord,
     BatchStatus, Batches, BlockedKey, Born, CertQuery, CertRecord, CertStatus, Certificates, Claim, DeviceRevocation,
-    DeviceRevoked, Flag, Health, Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord, Owners, Ownership,
-    OwnershipStatus, Precondition, Presented, Revocations, RevokedCert, StationRecord, StationStatus, Stations,
-    StoreError, SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats, GENESIS_HASH,
+    DeviceRevoked, Flag, HandOver, HandedOver, Health, Issuance, KeyBlock, Keys, KeysBlocked, ManufacturerRecord,
+    Owners, Ownership, OwnershipStatus, Precondition, Presented, Revocations, RevokedCert, StationRecord,
+    StationStatus, Stations, StoreError, SyncOutcome, SyncUpload, TokenRecord, Tokens, UnixTime, WriterStats,
+    GENESIS_HASH,
 };
 
 const CERT_COLS: &str = "serial, ca, profile, subject, device_serial, not_before, not_after, issued_at, spki_sha256, \
@@ -658,6 +659,13 @@ impl<E: HasEngine> Owners for E {
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         unit(self, Op::OwnByVoucher(device_serial.into(), via.into(), Box::new(voucher), Box::new(held), audit))
+    }
+
+    fn hand_over(&self, h: HandOver) -> Result<HandedOver, StoreError> {
+        match submit(self, Op::HandOver(Box::new(h)))? {
+            Done::HandedOver(d) => Ok(d),
+            other => Err(unexpected("a hand-over", other)),
+        }
     }
 
     fn release_device(

@@ -6,14 +6,18 @@ use super::{Arg, Head, Row, Sql, SqlError, SqlExt as _, Writer};
 use crate::ops::{Done, Op};
 use crate::{
     audit_hash, check_claim, Artifact, AuditEvent, BatchProfile, BatchRecord, BatchStatus, CertRecord, CertStatus,
-    Claim, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, Issuance, KeyBlock, KeysBlocked,
-    ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome, SyncUpload, TokenRecord,
-    EVENT_BATCH_FLAGGED, EVENT_CERT_EXPIRING, EVENT_CERT_REVOKED, EVENT_DEVICE_REVOKED, EVENT_STATION_REVOKED,
+    Claim, DeviceRevocation, DeviceRevoked, ExpiringNoted, ExpiringScan, Flag, HandOver, HandedOver, Issuance,
+    KeyBlock, KeysBlocked, ManufacturerRecord, OwnershipStatus, Precondition, StationRecord, StoreError, SyncOutcome,
+    SyncUpload, TokenRecord, EVENT_BATCH_FLAGGED, EVENT_CERT_EXPIRING, EVENT_CERT_REVOKED, EVENT_DEVICE_REVOKED,
+    EVENT_STATION_REVOKED,
 };
 use serde_json::json;
 
 /// Most audit entries in one INSERT.
 const AUDIT_ROWS: usize = 64;
+
+/// RFC 5280's CRLReason affiliationChanged: the device went to another owner.
+const AFFILIATION_CHANGED: u8 = 3;
 
 pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -170,6 +174,7 @@ impl<'a> Tx<'a> {
             Op::Release(serial, status, at, a) => {
                 unit(self.release(serial, *status, *at).and_then(|()| self.append(a)))
             }
+            Op::HandOver(h) => self.hand_over(h).map(Done::HandedOver),
             Op::Publish(art, a) => unit(self.publish(art).and_then(|()| self.append(a))),
             Op::OwnByVoucher(serial, via, art, held, a) => unit(
                 self.own_by_voucher(serial, via, art, held)
@@ -733,6 +738,43 @@ impl<'a> Tx<'a> {
         });
         self.event(EVENT_DEVICE_REVOKED, &r.device_serial, r.at, data)?;
         Ok(DeviceRevoked { serials, released: owned })
+    }
+
+    /// The voucher published, then every good certificate of the device but
+    /// its births revoked and its ownership transferred, in this transaction
+    /// (which excludes every other writer, as [`Self::revoke_device`]'s does).
+    fn hand_over(&mut self, h: &HandOver) -> Result<HandedOver, StoreError> {
+        self.publish(&h.voucher)?;
+        let event = |action: &str, target: String, detail: String| AuditEvent {
+            at: h.at,
+            actor: h.actor.clone(),
+            action: action.into(),
+            target,
+            detail,
+        };
+        self.append(&event("voucher.issue", format!("device:{}", h.device_serial), h.detail.clone()))?;
+        let rows = self.w.all(
+            "SELECT serial, ca FROM certificates WHERE device_serial = $1 AND status = 'good'
+             ORDER BY issued_at, serial{c}{lock}",
+            &[(&h.device_serial).into()],
+        )?;
+        let mut revoked = Vec::new();
+        for mut row in rows {
+            let (serial, ca) = (row.text(0)?, row.text(1)?);
+            if h.keep_cas.contains(&ca) || ca.starts_with("delegated:") {
+                continue;
+            }
+            self.revoke(&serial, AFFILIATION_CHANGED, h.at)?;
+            let detail = "reason=affiliationChanged (ownership voucher)".to_string();
+            self.append(&event("revoke", serial.clone(), detail))?;
+            revoked.push(serial);
+        }
+        let owned = ownership_of(&mut self.w, &h.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
+        if owned {
+            self.release(&h.device_serial, OwnershipStatus::Transferred, h.at)?;
+            self.append(&event("device.transfer", format!("device:{}", h.device_serial), format!("to={}", h.to)))?;
+        }
+        Ok(HandedOver { revoked, released: owned })
     }
 
     fn add_manufacturer(&mut self, m: &ManufacturerRecord) -> Result<(), StoreError> {
