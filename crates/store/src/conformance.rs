@@ -1126,6 +1126,24 @@ pub fn revoke_device_in_one_transaction(store: &dyn Store) {
     assert!(store.ownership(&e).expect("read").is_none());
 }
 
+/// Renew `first`, then its successor, and so on, counting each in `renewed`,
+/// until the store refuses one as revoked (or 10,000 renewals): the chain of serials.
+fn renew_until_revoked(store: &dyn Store, first: &str, device: &str, renewed: &AtomicU64) -> Vec<String> {
+    let mut chain = vec![first.to_string()];
+    for _ in 0..10_000 {
+        let (c, r) = renewal(chain.last().map_or(first, String::as_str), device, 1_500);
+        match store.record_issuance(r) {
+            Ok(()) => {
+                renewed.fetch_add(1, Ordering::SeqCst);
+                chain.push(c.serial);
+            }
+            Err(StoreError::CertRevoked { .. }) => break,
+            Err(e) => panic!("renewal: {e}"),
+        }
+    }
+    chain
+}
+
 fn hand_over(device: &str, version: u64, at: i64) -> HandOver {
     HandOver {
         device_serial: device.into(),
@@ -1168,23 +1186,7 @@ pub fn a_hand_over_is_one_transaction_under_renewals(store: &(dyn Store + 'stati
             .iter()
             .map(|first| {
                 let (d, renewed) = (d.clone(), &renewed);
-                let mut prev = first.serial.clone();
-                s.spawn(move || {
-                    let mut chain = vec![prev.clone()];
-                    for _ in 0..10_000 {
-                        let (c, r) = renewal(&prev, &d, 1_500);
-                        match store.record_issuance(r) {
-                            Ok(()) => {
-                                renewed.fetch_add(1, Ordering::SeqCst);
-                                chain.push(c.serial.clone());
-                                prev = c.serial;
-                            }
-                            Err(StoreError::CertRevoked { .. }) => break,
-                            Err(e) => panic!("renewal: {e}"),
-                        }
-                    }
-                    chain
-                })
+                s.spawn(move || renew_until_revoked(store, &first.serial, &d, renewed))
             })
             .collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -1244,23 +1246,7 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
             .iter()
             .map(|first| {
                 let (d, renewed) = (d.clone(), &renewed);
-                let mut prev = first.serial.clone();
-                s.spawn(move || {
-                    let mut chain = vec![prev.clone()];
-                    for _ in 0..10_000 {
-                        let (c, r) = renewal(&prev, &d, 1_500);
-                        match store.record_issuance(r) {
-                            Ok(()) => {
-                                renewed.fetch_add(1, Ordering::SeqCst);
-                                chain.push(c.serial.clone());
-                                prev = c.serial;
-                            }
-                            Err(StoreError::CertRevoked { .. }) => break,
-                            Err(e) => panic!("renewal: {e}"),
-                        }
-                    }
-                    chain
-                })
+                s.spawn(move || renew_until_revoked(store, &first.serial, &d, renewed))
             })
             .collect();
         let fresh = {
