@@ -182,7 +182,8 @@ fn spki_der(cert_der: &[u8]) -> Result<Vec<u8>, AgentError> {
     c.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::State(e.to_string()))
 }
 
-/// The installed voucher, verified again now: the owner key it names (DER SPKI), if any.
+/// The installed voucher, verified again now (but for its expiry, which only
+/// bounded when it could be installed): the owner key it names (DER SPKI), if any.
 pub fn voucher_owner(dir: &Path) -> Result<Option<Vec<u8>>, AgentError> {
     let p = dir.join(VOUCHER_FILE);
     let bytes = match std::fs::read(&p) {
@@ -190,10 +191,12 @@ pub fn voucher_owner(dir: &Path) -> Result<Option<Vec<u8>>, AgentError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(AgentError::io(&p, e)),
     };
-    Ok(Some(verify_voucher(dir, &bytes)?.owner_anchor))
+    Ok(Some(verify_voucher(dir, &bytes, voucher::verify_accepted)?.owner_anchor))
 }
 
-fn verify_voucher(dir: &Path, bytes: &[u8]) -> Result<voucher::Verified, AgentError> {
+type VerifyFn = fn(&[u8], &[u8], &DeviceSerial, &[u8], i64) -> Result<voucher::Verified, voucher::VoucherError>;
+
+fn verify_voucher(dir: &Path, bytes: &[u8], verify: VerifyFn) -> Result<voucher::Verified, AgentError> {
     let id = state::load(dir)?;
     let birth = id.birth.as_ref().ok_or_else(|| {
         AgentError::State(
@@ -203,13 +206,14 @@ fn verify_voucher(dir: &Path, bytes: &[u8]) -> Result<voucher::Verified, AgentEr
     let birth_der = pem::decode_one("CERTIFICATE", &birth.cert_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let maker = spki_der(&manufacturer_cert(birth)?)?;
     let serial = DeviceSerial::parse(&id.device_serial).map_err(|e| AgentError::State(e.to_string()))?;
-    voucher::verify(bytes, &maker, &serial, &birth_der, now())
+    verify(bytes, &maker, &serial, &birth_der, now())
         .map_err(|e| AgentError::Untrusted(format!("ownership voucher refused: {e}")))
 }
 
 fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
-    let v = verify_voucher(dir, bytes)?;
     let p = dir.join(VOUCHER_FILE);
+    // The installed voucher again is nothing to do, whatever its date; a
+    // longer one is verified in full below, its last entry valid now.
     match std::fs::read(&p) {
         Ok(old) => match voucher::check_extends(&old, bytes, now()) {
             Ok(voucher::Extension::Unchanged) => {
@@ -221,6 +225,7 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(AgentError::io(&p, e)),
     }
+    let v = verify_voucher(dir, bytes, voucher::verify)?;
     state::write_atomic(dir, VOUCHER_FILE, bytes)?;
     Ok(Applied::Voucher { entries: v.entries.len(), owner: iotpki_core::keys::spki_fingerprint(&v.owner_anchor) })
 }

@@ -181,7 +181,8 @@ impl Voucher {
     /// Append a hand-over from the current owner, who signs with `owner`, to
     /// `next_owner` (a DER SPKI). Refused, with nothing changed, if `owner` is not
     /// the key the last entry named ([`VoucherError::WrongSigner`]), if the last
-    /// entry had expired at `created_at` or was made after it, or if the voucher is full.
+    /// entry was made after `created_at`, or if the voucher is full. The last
+    /// entry may have expired: its owner accepted the device while it was valid.
     pub fn extend(
         &mut self,
         owner: &dyn Signer,
@@ -291,16 +292,16 @@ fn sign_entry(
     Ok((entry, bytes))
 }
 
-/// Entry `index` (made at `created_at`) may follow `prev` only if made while `prev` was valid.
+/// Entry `index` (made at `created_at`) may follow `prev` only if made after it.
+/// Not "while `prev` was valid": an entry's expiry bounds when the voucher
+/// ending in it may be accepted, not how long its owner owns the device, who
+/// may hand it on years later.
 fn check_succession(index: usize, prev: &VoucherEntry, created_at: i64) -> Result<(), VoucherError> {
     if created_at < prev.created_at {
         return Err(VoucherError::Gap {
             index,
             detail: format!("it was made at {created_at}, before the entry it extends ({})", prev.created_at),
         });
-    }
-    if created_at >= prev.expires_at {
-        return Err(VoucherError::Expired { index: index - 1, expires_at: prev.expires_at, at: created_at });
     }
     Ok(())
 }
@@ -324,10 +325,12 @@ pub struct Verified {
 /// verifies with that key (else [`VoucherError::BadSignature`]); it names this
 /// device (else [`VoucherError::WrongDevice`]); it was not made more than
 /// [`MAX_CLOCK_SKEW`] after `now` (else [`VoucherError::CreatedInFuture`]); and
-/// it was made while the entry before it was valid (else
-/// [`VoucherError::Expired`] for that entry, or [`VoucherError::Gap`] if made
-/// before it). Finally `now` must be before the last entry's `expires_at`
-/// ([`VoucherError::Expired`]): earlier entries are history and may have expired since.
+/// it was not made before the entry before it (else [`VoucherError::Gap`]).
+/// Finally `now` must be before the last entry's `expires_at`
+/// ([`VoucherError::Expired`]): a voucher is accepted (applied on the device,
+/// claimed by its owner's authority) only while its last entry is valid;
+/// earlier entries are history. Once accepted, it is checked again with
+/// [`verify_accepted`], which does not look at expiry.
 pub fn verify(
     voucher: &[u8],
     manufacturer_spki: &[u8],
@@ -335,7 +338,32 @@ pub fn verify(
     birth_cert_der: &[u8],
     now: i64,
 ) -> Result<Verified, VoucherError> {
-    verify_for(Voucher::decode(voucher)?, manufacturer_spki, device_serial, cose::sha256(birth_cert_der), now)
+    let birth = cose::sha256(birth_cert_der);
+    verify_for(Voucher::decode(voucher)?, manufacturer_spki, device_serial, birth, now, Expiry::Checked)
+}
+
+/// [`verify`] for a voucher accepted before (installed on the device, held by
+/// its owner's authority), checked again when the device commissions: every
+/// rule but the last entry's expiry, which bounded only when it could be
+/// accepted. An owner keeps the device after its voucher's date; what ends
+/// an ownership is a longer voucher (a hand-over) or a revocation.
+pub fn verify_accepted(
+    voucher: &[u8],
+    manufacturer_spki: &[u8],
+    device_serial: &DeviceSerial,
+    birth_cert_der: &[u8],
+    now: i64,
+) -> Result<Verified, VoucherError> {
+    let birth = cose::sha256(birth_cert_der);
+    verify_for(Voucher::decode(voucher)?, manufacturer_spki, device_serial, birth, now, Expiry::Accepted)
+}
+
+/// Whether the last entry's expiry is checked: when a voucher is accepted,
+/// not when one accepted before is checked again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    Checked,
+    Accepted,
 }
 
 /// [`verify`] for whoever does not hold the device's birth certificate (an
@@ -350,7 +378,7 @@ pub fn verify_chain(voucher: &[u8], manufacturer_spki: &[u8], now: i64) -> Resul
         Some((e, _)) => (e.serial.clone(), e.birth_cert_sha256),
         None => return Err(VoucherError::Empty),
     };
-    verify_for(v, manufacturer_spki, &serial, birth, now)
+    verify_for(v, manufacturer_spki, &serial, birth, now, Expiry::Checked)
 }
 
 fn verify_for(
@@ -359,6 +387,7 @@ fn verify_for(
     device_serial: &DeviceSerial,
     birth: [u8; 32],
     now: i64,
+    expiry: Expiry,
 ) -> Result<Verified, VoucherError> {
     let mut signer_spki = manufacturer_spki;
     let mut prev: Option<(&VoucherEntry, &[u8])> = None;
@@ -398,7 +427,7 @@ fn verify_for(
         signer_spki = &e.next_owner;
     }
     let (last, _) = v.entries.last().ok_or(VoucherError::Empty)?;
-    if now >= last.expires_at {
+    if expiry == Expiry::Checked && now >= last.expires_at {
         return Err(VoucherError::Expired { index: v.entries.len() - 1, expires_at: last.expires_at, at: now });
     }
     Ok(Verified { owner_anchor: last.next_owner.clone(), entries: v.entries.into_iter().map(|(e, _)| e).collect() })
@@ -501,8 +530,7 @@ pub enum VoucherError {
         /// Why.
         detail: String,
     },
-    /// An entry had expired when it was used: when the next one was made, or
-    /// (the last) now.
+    /// The last entry had expired when the voucher was offered for acceptance.
     Expired {
         /// The entry (from 0).
         index: usize,
@@ -795,6 +823,10 @@ mod tests {
         assert!(matches!(err, VoucherError::BadSignature { index: 1, .. }), "{err}");
     }
 
+    /// A voucher is accepted only while its last entry is valid; once
+    /// accepted it is checked again without its expiry (`verify_accepted`),
+    /// and its owner may hand the device on long after its own entry's date:
+    /// the expiry bounded when the voucher could be accepted, not the ownership.
     #[test]
     fn expiry_rules() {
         let w = world();
@@ -803,26 +835,23 @@ mod tests {
         check(&w, &bytes, NOW + 28 * DAY).unwrap();
         let err = check(&w, &bytes, NOW + 29 * DAY).unwrap_err();
         assert_eq!(err, VoucherError::Expired { index: 2, expires_at: NOW + 29 * DAY, at: NOW + 29 * DAY });
-        // An entry made after the one before it expired.
-        let mut v = Voucher::first(&w.maker, &w.serial, BIRTH, w.owners[0].public_key_der(), NOW - DAY, NOW).unwrap();
-        let err = v.extend(&w.owners[0], w.owners[1].public_key_der(), NOW, NOW + DAY).unwrap_err();
-        assert_eq!(err, VoucherError::Expired { index: 0, expires_at: NOW, at: NOW });
-        assert_eq!(v.entries.len(), 1, "nothing changed");
-        let late = sign_entry(
-            &w.owners[0],
-            &w.serial,
-            cose::sha256(BIRTH),
-            w.owners[1].public_key_der(),
-            NOW,
-            NOW + DAY,
-            v.entry_hash(0).unwrap(),
-        )
-        .unwrap();
-        let mut e = v.entries.clone();
-        e.push(late);
-        let err = check(&w, &from_entries(e), NOW).unwrap_err();
-        assert_eq!(err, VoucherError::Expired { index: 0, expires_at: NOW, at: NOW });
         assert!(err.to_string().contains("fresh one"), "{err}");
+        // Accepted before: still the device's owner years later.
+        let later = NOW + 3_650 * DAY;
+        let v = verify_accepted(&bytes, w.maker.public_key_der(), &w.serial, BIRTH, later).unwrap();
+        assert_eq!(v.owner_anchor, w.owners[2].public_key_der());
+        // Every other rule still holds for an accepted voucher.
+        let err = verify_accepted(&bytes, w.owners[0].public_key_der(), &w.serial, BIRTH, later).unwrap_err();
+        assert!(matches!(err, VoucherError::WrongSigner { index: 0, .. }), "{err}");
+        let err = verify_accepted(&bytes, w.maker.public_key_der(), &w.serial, b"another birth", later).unwrap_err();
+        assert!(matches!(err, VoucherError::WrongDevice { .. }), "{err}");
+        // Its owner hands it on after its own entry expired; the new voucher
+        // is accepted while its new last entry is valid.
+        let mut v = chain(&w);
+        v.extend(&w.owners[2], w.owners[3].public_key_der(), later, later + DAY).unwrap();
+        assert_eq!(check(&w, &v.encode(), later).unwrap().owner_anchor, w.owners[3].public_key_der());
+        let err = check(&w, &v.encode(), later + DAY).unwrap_err();
+        assert_eq!(err, VoucherError::Expired { index: 3, expires_at: later + DAY, at: later + DAY });
     }
 
     #[test]

@@ -128,13 +128,12 @@ fn secs(now: u64) -> i64 {
     i64::try_from(now).unwrap_or(i64::MAX)
 }
 
-/// Entry `index` (made at `created_at`) may follow `prev` only if made while `prev` was valid.
+/// Entry `index` (made at `created_at`) may follow `prev` only if made after
+/// it (not "while `prev` was valid": an owner may hand the device on after its
+/// own entry's date, as in the core).
 fn check_succession(index: usize, prev: &Entry, created_at: i64) -> Result<(), VoucherError> {
     if created_at < prev.created_at {
         return Err(VoucherError::Gap { index, detail: "it was made before the entry it extends" });
-    }
-    if created_at >= prev.expires_at {
-        return Err(VoucherError::Expired { index: index - 1, expires_at: prev.expires_at, at: created_at });
     }
     Ok(())
 }
@@ -147,7 +146,7 @@ fn check_succession(index: usize, prev: &Entry, created_at: i64) -> Result<(), V
 /// ([`VoucherError::BadSignature`]), it names this device
 /// ([`VoucherError::WrongDevice`]), it was not made more than
 /// [`MAX_CLOCK_SKEW`] after `now` ([`VoucherError::CreatedInFuture`]) and it
-/// was made while the entry before was valid; finally `now` is before the
+/// was not made before the entry before it; finally `now` is before the
 /// last entry's `expires_at` ([`VoucherError::Expired`]).
 pub fn verify(
     voucher: &[u8],

@@ -725,3 +725,73 @@ async fn a_voucher_whose_signature_is_not_the_named_keys_is_refused_and_stores_n
     a.authority.claim_by_voucher(&back, "admin:test").unwrap();
     assert_eq!(state().1.map(|o| o.status), Some(iotpki_store::OwnershipStatus::Owned), "B's own hand-back");
 }
+
+/// A voucher's expiry bounds when it may be accepted, not the ownership it
+/// gives: operator A takes a device by a voucher valid for 3 seconds; after
+/// that date the device still commissions again at A (its certificate
+/// revoked, it comes back with its birth certificate), and A hands it on to
+/// operator B, whose voucher the device accepts. (Both used to be refused as
+/// expired: the owner could neither bring the device back nor hand it on
+/// once its own entry's date had passed.) An expired voucher is still not
+/// accepted anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_keeps_a_device_past_its_vouchers_date_and_hands_it_on() {
+    let mfg = Ca::start().await;
+    let (a, b) = (Ca::start().await, Ca::start().await);
+    let devs = born_devices(&mfg, "EB", &["VE-1".to_string(), "VE-2".to_string()]).await;
+    for op in [&a, &b] {
+        run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
+    }
+    let t = mfg.tmp.path().to_path_buf();
+    let (mdir, adir, bdir, aroot, broot) =
+        (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), a.root_file(), b.root_file());
+    let (dev, other) = (devs[0].clone(), devs[1].clone());
+    let issue_short = |device: &str, out: &Path| {
+        run_ok(
+            root_key_env(bin().args(["voucher", "issue", "--device", device, "--expires", "3s", "--dir"]).arg(&mdir))
+                .arg("--to")
+                .arg(&aroot)
+                .arg("--out")
+                .arg(out),
+        )
+    };
+    let (tt, d) = (t.clone(), dev.clone());
+    tokio::task::block_in_place(|| {
+        issue_short("VE-1", &tt.join("m-a.cbor"));
+        issue_short("VE-2", &tt.join("m-a-2.cbor"));
+        run_ok(&mut claim(&adir, &tt.join("m-a.cbor")));
+        run_ok(&mut apply(&d, &tt.join("m-a.cbor"), false));
+    });
+    iotpki_agent::flow::commission(&dev, Some(&a.url), Some(&a.root_pem), None).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    a.clock.advance(60);
+
+    // Past the date: an expired voucher is not accepted anew...
+    let tt = t.clone();
+    let err = tokio::task::block_in_place(|| run_fail(&mut apply(&other, &tt.join("m-a-2.cbor"), false)));
+    assert!(err.contains("expired"), "{err}");
+    // ...but the device it was accepted for is still A's: it comes back after a revocation.
+    let first = iotpki_agent::status(&dev).unwrap().cert_serial;
+    iotpki_authority::revocation::revoke(
+        a.authority.store().as_ref(),
+        a.clock.as_ref(),
+        iotpki_authority::revocation::Target::Serial(&first),
+        1,
+        "test",
+    )
+    .unwrap();
+    iotpki_agent::flow::commission(&dev, None, None, None).await.unwrap();
+    assert_ne!(iotpki_agent::status(&dev).unwrap().cert_serial, first);
+    assert_eq!(a.last_audit().event.action, "commission");
+
+    // And A hands it on to B, whose voucher (valid now) the device accepts.
+    let (tt, d) = (t.clone(), dev.clone());
+    tokio::task::block_in_place(|| {
+        let out = voucher_issue(&adir, "VE-1", &broot, &tt.join("a-b.cbor"));
+        assert!(out.contains("2 entries"), "{out}");
+        run_ok(&mut claim(&bdir, &tt.join("a-b.cbor")));
+        run_ok(&mut apply(&d, &tt.join("a-b.cbor"), false));
+    });
+    iotpki_agent::flow::commission(&dev, Some(&b.url), Some(&b.root_pem), None).await.unwrap();
+    assert_eq!(b.last_audit().event.action, "commission");
+}
