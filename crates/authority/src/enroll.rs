@@ -893,6 +893,8 @@ impl Authority {
                  for a new token (iotpki token create)"
             )));
         }
+        // A key blocked since (found in a firmware image) gets no certificate, not even one issued before.
+        self.refuse_blocked_key(&rec.spki_sha256)?;
         let audit = AuditEvent {
             at: self.clock.now(),
             actor: format!("device:{device}"),
@@ -927,6 +929,7 @@ impl Authority {
                 old.serial
             ))));
         }
+        self.refuse_blocked_key(&rec.spki_sha256)?;
         let audit = AuditEvent {
             at: self.clock.now(),
             actor: format!("device:{}", old.device_serial.clone().unwrap_or_default()),

@@ -479,6 +479,45 @@ fn a_superseded_certificate_whose_successor_is_revoked_renews_nothing() {
     assert!(r.to_string().contains("its successor") && r.to_string().contains("is revoked"), "{r}");
 }
 
+/// A key blocked after its certificate was issued (found in a firmware
+/// image, blocked without revoking anything) is not sent that certificate
+/// again: neither by the spent token's replay nor by a renewal's. Both are
+/// refused as the key's block (403), and nothing is issued or sent again.
+#[test]
+fn a_blocked_key_is_not_sent_its_certificate_again() {
+    let ca = ca();
+    let block = |spki: String| {
+        let store = ca.a.store();
+        let keys = [(spki, "a firmware image".to_string())];
+        iotpki_authority::key_registry::block(store.as_ref(), ca.clock.as_ref(), &keys, &[], "leaked", false, "test")
+            .unwrap();
+    };
+    let spki_of = |serial: &str| ca.a.store().certificate(serial).unwrap().unwrap().spki_sha256;
+    // The token's replay.
+    let (token, k) = (ca.token("K-1", None), key());
+    let first = ca.a.enroll(None, &ca.token_caller("K-1", &token).unwrap(), ENROLL, &csr_for(Some("K-1"), &k));
+    block(spki_of(&first.unwrap().serial));
+    let r = ca.a.enroll(None, &ca.token_caller("K-1", &token).unwrap(), ENROLL, &csr_for(Some("K-1"), &k));
+    let (r, status) = refusal(r);
+    assert!(r.to_string().contains("blocked"), "{r}");
+    assert_eq!(status, 403);
+    // The renewal's replay: the old certificate (its key not blocked) renewed
+    // into a key blocked since, then presented again with that key.
+    let e = ca.enrolled("K-2", &key());
+    let k2 = key();
+    let renew =
+        || ca.a.enroll(None, &ca.renewing(&e.cert_der).unwrap(), EnrollRequest::Reenroll, &csr_for(Some("K-2"), &k2));
+    block(spki_of(&renew().unwrap().serial));
+    let certs = ca.certs();
+    let (r, status) = refusal(renew());
+    assert!(r.to_string().contains("blocked"), "{r}");
+    assert_eq!(status, 403);
+    assert_eq!(ca.certs(), certs, "nothing issued");
+    let store = ca.a.store();
+    let actions: Vec<String> = store.audit_entries(1, u32::MAX).unwrap().into_iter().map(|e| e.event.action).collect();
+    assert!(!actions.iter().any(|a| a.ends_with(".replay")), "nothing sent again: {actions:?}");
+}
+
 /// A config with templates `short` (P-256 only, 10 days) and `long` (P-256
 /// and P-384, 20 days), the operational label naming `long`.
 fn with_templates(c: &mut Config) {
