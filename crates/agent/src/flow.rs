@@ -286,6 +286,7 @@ async fn enroll_in(opts: &EnrollOptions, given: Option<&Keystore>) -> Result<Ide
         updated_at: now(),
         renewals: 0,
         birth: None,
+        owner: None,
         keystore: keystore.config(),
     };
     state::store(dir, &id)?;
@@ -349,6 +350,7 @@ pub fn finish_birth(
         updated_at: now(),
         renewals: 0,
         birth: Some(birth),
+        owner: None,
         keystore: keystore.config(),
     };
     state::store(dir, &id)?;
@@ -415,6 +417,7 @@ async fn renew_from(
     }
     let server = server_override.unwrap_or(&old.server).to_string();
     crate::trust::check_server(state_dir, &server)?;
+    check_still_owned(state_dir, &old, &anchor)?;
 
     let mut tls_chain = vec![cert.clone()];
     tls_chain.extend(chain.iter().cloned());
@@ -503,6 +506,30 @@ async fn renew_from(
     state::store(state_dir, &id)?;
     keystore.retire(&id.key_file, old_key_file.as_deref());
     Ok(id)
+}
+
+/// Refuse to renew an identity whose owner handed the device on: the
+/// installed voucher names another owner than the one it was commissioned
+/// with (its `owner`, or for an identity that did not record one, its
+/// anchor's key). Its server is the previous owner's: it is not asked.
+fn check_still_owned(state_dir: &Path, old: &Identity, anchor: &[u8]) -> Result<(), AgentError> {
+    let Some(owner) = crate::trust::voucher_owner(state_dir)? else { return Ok(()) };
+    let named = iotpki_core::keys::spki_fingerprint(&owner);
+    let ours = match &old.owner {
+        Some(o) => o.clone(),
+        None => {
+            let cert = x509_cert::Certificate::from_der(anchor).map_err(|e| AgentError::State(e.to_string()))?;
+            let spki =
+                cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::State(e.to_string()))?;
+            iotpki_core::keys::spki_fingerprint(&spki)
+        }
+    };
+    if named == ours {
+        return Ok(());
+    }
+    Err(AgentError::Untrusted(format!(
+        "the ownership voucher hands this device to key {named}, another owner than the one this identity is          from ({ours}): it is not renewed there; commission with the new owner (iotpki agent commission          --server URL --ca-cert ROOT)"
+    )))
 }
 
 /// The chain `cert` (for `key`) checks out on through the CAs `cacerts`
@@ -658,17 +685,18 @@ async fn commission_from(
         None => pem::decode_one("CERTIFICATE", &old.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?,
     };
     // With an ownership voucher installed, only the owner it names is trusted.
-    if let Some(owner) = crate::trust::voucher_owner(state_dir)? {
+    let voucher_owner = crate::trust::voucher_owner(state_dir)?;
+    if let Some(owner) = &voucher_owner {
         let cert =
             x509_cert::Certificate::from_der(&anchor).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
         let spki =
             cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::Usage(e.to_string()))?;
         // Keys are compared in their one canonical form (the voucher's is checked to be).
         iotpki_core::keys::canonical_spki(&spki).map_err(|e| AgentError::Usage(format!("--ca-cert: {e}")))?;
-        if spki != owner {
+        if spki != *owner {
             return Err(AgentError::Untrusted(format!(
                 "the ownership voucher hands this device to key {}, not to the anchor given ({})",
-                iotpki_core::keys::spki_fingerprint(&owner),
+                iotpki_core::keys::spki_fingerprint(owner),
                 iotpki_core::keys::spki_fingerprint(&spki)
             )));
         }
@@ -727,6 +755,7 @@ async fn commission_from(
         updated_at: now(),
         renewals: 0,
         birth: Some(birth),
+        owner: voucher_owner.as_deref().map(iotpki_core::keys::spki_fingerprint),
         keystore: keystore.config(),
     };
     state::store(state_dir, &id)?;

@@ -45,6 +45,12 @@ pub struct Identity {
     /// after the operational certificate is lost (expired, revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth: Option<BirthCredential>,
+    /// The owner this identity was commissioned with, by an ownership voucher:
+    /// the SHA-256 fingerprint of the key the installed voucher named then.
+    /// Once a voucher names another owner, this identity is the previous
+    /// owner's and is not renewed (the device commissions with the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The birth key and certificate the device got on the factory line.
@@ -253,6 +259,7 @@ mod tests {
             renewals: 0,
             birth: None,
             keystore: None,
+            owner: None,
         }
     }
 

@@ -69,6 +69,7 @@ pub fn store_station(
         updated_at: 0,
         renewals: 0,
         birth: None,
+        owner: None,
         keystore: None,
     };
     state::store(dir, &id)?;
