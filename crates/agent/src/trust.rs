@@ -256,7 +256,19 @@ fn known_cas(dir: &Path) -> Result<Vec<Vec<u8>>, AgentError> {
     Ok(out)
 }
 
-fn crl_file(issuer_cert: &[u8]) -> String {
+/// Where the CRL of the CA `issuer` is kept: named by the CA's name and key,
+/// not its certificate's octets, so that the CA certified again (a root
+/// rotation re-certifies the issuing CAs: same name and key, new octets) keeps
+/// its CRL number, and an older CRL is still a rollback.
+fn crl_file(issuer: &x509_cert::Certificate) -> Result<String, AgentError> {
+    let tbs = &issuer.tbs_certificate;
+    let mut id = tbs.subject.to_der().map_err(|e| AgentError::State(e.to_string()))?;
+    id.extend(tbs.subject_public_key_info.to_der().map_err(|e| AgentError::State(e.to_string()))?);
+    Ok(format!("crl-ca-{}.der", &iotpki_core::keys::sha256_hex(&id)[..16]))
+}
+
+/// The name an earlier version kept a CA's CRL under (its certificate's octets).
+fn legacy_crl_file(issuer_cert: &[u8]) -> String {
     format!("crl-{}.der", &iotpki_core::keys::sha256_hex(issuer_cert)[..16])
 }
 
@@ -289,8 +301,10 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
                 );
             }
             Ok(checked) => {
-                let file = crl_file(&ca);
-                if let Ok(old) = std::fs::read(dir.join(&file)) {
+                let file = crl_file(&c)?;
+                let installed =
+                    std::fs::read(dir.join(&file)).or_else(|_| std::fs::read(dir.join(legacy_crl_file(&ca))));
+                if let Ok(old) = installed {
                     if old == der {
                         return Ok(Applied::Unchanged(format!(
                             "CRL {} of {issuer_name} is installed already",

@@ -106,6 +106,21 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
         let r = trust::fetch_and_apply(d, &url).await.unwrap();
         assert!(r.iter().any(|(_, x)| matches!(x, Ok(Applied::Bundle { version: 2 }))), "{r:?}");
     }
+    // The operational CA's CRL a device holds now, then a newer one (a revocation since).
+    let operational_crl = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("crl-"))
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .find(|der| iotpki_core::crl::issuer(der).unwrap().to_string().contains("Operational"))
+            .expect("the operational CA's CRL is installed")
+    };
+    let older_crl = operational_crl(&devices[0]);
+    run_ok(bin().args(["revoke", "--device", "RO-LAG", "--reason", "keyCompromise", "--dir"]).arg(&dir));
+    trust::fetch_and_apply(&devices[0], &url).await.unwrap();
+    let newer = iotpki_core::crl::number(&operational_crl(&devices[0])).unwrap();
+    assert!(newer > iotpki_core::crl::number(&older_crl).unwrap(), "a newer CRL is installed");
     // 3. The server switches to the new root (same address).
     drop(server);
     let (server, url2) = node.start();
@@ -121,7 +136,11 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
         })
         .expect("the renewed certificate chains to the new root");
     }
-    // A device that missed the bundle trusts only the old root: the new server chain is foreign to it.
+    // Its issuing CA now certified again (new octets, same name and key), the
+    // device still refuses the older CRL as a rollback.
+    let err = trust::apply(&devices[0], &older_crl, false).unwrap_err();
+    assert!(err.to_string().contains("rollback"), "{err}");
+    // A device that missed the bundle trusts only the old root (and was revoked since): no renewal.
     let err = iotpki_agent::renew(&laggard.state_dir, None, None).await.unwrap_err();
     assert!(err.to_string().contains("TLS") || err.to_string().contains("certificate"), "{err}");
 
