@@ -421,8 +421,9 @@ async fn renew_from(
 
     let mut tls_chain = vec![cert.clone()];
     tls_chain.extend(chain.iter().cloned());
-    // The roots this device trusts: its anchor and those of its trust bundle
-    // (a bundle naming a new root is how a root rotation reaches the device).
+    // The roots this device trusts: its trust bundle's, or its anchor while it
+    // has none (a bundle naming a new root is how a root rotation reaches the
+    // device, and one that no longer names a root retires it).
     let trusted = trusted_roots(state_dir, &anchor)?;
     let client = Est::new(
         &server,
@@ -540,17 +541,27 @@ fn rechain(cert: &[u8], key: &dyn Signer, cacerts: &[Vec<u8>], trusted: &[Vec<u8
     trusted.iter().find(|t| check_issued(cert, key, &via, t).is_ok()).map(|t| (t.clone(), via))
 }
 
-/// The roots the device in `dir` trusts: `anchor` and its trust bundle's anchors.
+/// The roots the device in `dir` trusts: its trust bundle's anchors, or `anchor` (its
+/// identity's) while it has no bundle.
 pub fn trusted_roots(dir: &Path, anchor: &[u8]) -> Result<Vec<Vec<u8>>, AgentError> {
-    let mut out = vec![anchor.to_vec()];
-    if let Some(b) = crate::trust::installed_bundle(dir)? {
-        for a in &b.content().anchors {
-            if !out.contains(a) {
-                out.push(a.clone());
-            }
-        }
+    match crate::trust::installed_bundle(dir)? {
+        // The bundle decides: a root it no longer lists (a leaked one, retired
+        // by a rotation) is not trusted, even as this identity's own anchor.
+        Some(b) => Ok(b.content().anchors.clone()),
+        None => Ok(vec![anchor.to_vec()]),
     }
-    Ok(out)
+}
+
+/// The roots a commissioning trusts: [`trusted_roots`], and the owner's
+/// anchor when it is given for it (`agent commission --ca-cert`, checked
+/// against the installed voucher's owner), which a new owner's device has in
+/// no bundle yet.
+fn commission_roots(dir: &Path, anchor: &[u8], given: bool) -> Result<Vec<Vec<u8>>, AgentError> {
+    let mut roots = trusted_roots(dir, anchor)?;
+    if given && !roots.iter().any(|r| r.as_slice() == anchor) {
+        roots.push(anchor.to_vec());
+    }
+    Ok(roots)
 }
 
 /// A self-signed certificate in `cacerts` that is trusted and is not `current`.
@@ -717,7 +728,7 @@ async fn commission_from(
     let client = Est::new(
         &server,
         label.as_deref(),
-        &trusted_roots(state_dir, &anchor)?,
+        &commission_roots(state_dir, &anchor, anchor_pem.is_some())?,
         &[],
         Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
     )?

@@ -33,6 +33,9 @@ use crate::{state, AgentError};
 pub const BUNDLE_FILE: &str = "bundle.cbor";
 /// The installed ownership voucher.
 pub const VOUCHER_FILE: &str = "voucher.cbor";
+/// Where a hand-over sets aside the previous owner's trust bundle (kept to
+/// be looked at, never used).
+pub const PREVIOUS_OWNER_BUNDLE_FILE: &str = "bundle.previous-owner.cbor";
 
 /// Allowed clock difference for "not in the future" checks.
 const SKEW: i64 = 300;
@@ -154,7 +157,9 @@ fn apply_bundle(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, Agen
         (None, true) => bundle::verify_initial(bytes, now()).map_err(refused)?,
         (None, false) => {
             return Err(AgentError::Untrusted(
-                "this device has no trust bundle yet: the first one is put in at the factory (apply --initial)".into(),
+                "this device has no trust bundle yet: the first one is put in at the factory, or by its new owner \
+                 after a hand-over (apply --initial)"
+                    .into(),
             ))
         }
     };
@@ -214,18 +219,30 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     let p = dir.join(VOUCHER_FILE);
     // The installed voucher again is nothing to do, whatever its date; a
     // longer one is verified in full below, its last entry valid now.
-    match std::fs::read(&p) {
+    let previous_owner = match std::fs::read(&p) {
         Ok(old) => match voucher::check_extends(&old, bytes, now()) {
             Ok(voucher::Extension::Unchanged) => {
                 return Ok(Applied::Unchanged("this voucher is installed already".into()))
             }
-            Ok(voucher::Extension::Extended { .. }) => {}
+            Ok(voucher::Extension::Extended { .. }) => Some(
+                voucher::Voucher::decode(&old)
+                    .map(|v| v.owner().to_vec())
+                    .map_err(|e| AgentError::State(format!("the installed voucher: {e}")))?,
+            ),
             Err(e) => return Err(AgentError::Untrusted(format!("ownership voucher refused: {e}"))),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(AgentError::io(&p, e)),
-    }
+    };
     let v = verify_voucher(dir, bytes, voucher::verify)?;
+    // A hand-over: the trust bundle is the previous owner's (its signers, its
+    // roots, its servers). It no longer decides anything here; the new owner
+    // puts in its own (`apply --initial`, as at the factory). Set aside
+    // before the voucher is written: a power cut between the two leaves the
+    // device trusting less, not the previous owner more.
+    if previous_owner.is_some_and(|o| o != v.owner_anchor) && dir.join(BUNDLE_FILE).exists() {
+        iotpki_fs::rename_durable(&dir.join(BUNDLE_FILE), &dir.join(PREVIOUS_OWNER_BUNDLE_FILE))?;
+    }
     state::write_atomic(dir, VOUCHER_FILE, bytes)?;
     Ok(Applied::Voucher { entries: v.entries.len(), owner: iotpki_core::keys::spki_fingerprint(&v.owner_anchor) })
 }
@@ -466,11 +483,8 @@ fn const_oid_crl_dp() -> iotpki_core::asn1::der::asn1::ObjectIdentifier {
 pub async fn fetch_and_apply(dir: &Path, base: &str) -> Result<Vec<(String, Result<Applied, AgentError>)>, AgentError> {
     let id = state::load(dir)?;
     let base = base.trim_end_matches('/');
-    let mut anchors =
-        vec![pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?];
-    if let Some(b) = installed_bundle(dir)? {
-        anchors.extend(b.content().anchors.iter().cloned());
-    }
+    let anchor = pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let anchors = crate::flow::trusted_roots(dir, &anchor)?;
     let mut paths =
         vec!["/.well-known/iotpki/bundle".to_string(), format!("/.well-known/iotpki/voucher/{}", id.device_serial)];
     paths.extend(crl_paths(dir)?);

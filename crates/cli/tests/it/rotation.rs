@@ -84,8 +84,8 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
             pin_file: None,
         }
     };
-    let (a, b, laggard) = (enroll("RO-A"), enroll("RO-B"), enroll("RO-LAG"));
-    for o in [&a, &b, &laggard] {
+    let (a, b, laggard, ahead) = (enroll("RO-A"), enroll("RO-B"), enroll("RO-LAG"), enroll("RO-AHEAD"));
+    for o in [&a, &b, &laggard, &ahead] {
         iotpki_agent::enroll(o).await.unwrap();
     }
     let devices = [a.state_dir.clone(), b.state_dir.clone()];
@@ -106,6 +106,17 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
         let r = trust::fetch_and_apply(d, &url).await.unwrap();
         assert!(r.iter().any(|(_, x)| matches!(x, Ok(Applied::Bundle { version: 2 }))), "{r:?}");
     }
+    // A device given the bundle that retires the old root ahead of time (v3,
+    // naming only the new one): its identity's anchor is the old root, but the
+    // bundle decides, so a server presenting the old root is not trusted (as a
+    // leaked root's holder would present it), and it renews once the server
+    // presents the new one.
+    let b3 = bundle(&keys, 3, vec![r2.clone()]);
+    for v in [&b1, &bundle(&keys, 2, vec![r1.clone(), r2.clone()]), &b3] {
+        trust::apply(&ahead.state_dir, v, v == &b1).unwrap();
+    }
+    let err = iotpki_agent::renew(&ahead.state_dir, None, None).await.unwrap_err();
+    assert!(err.to_string().contains("TLS") || err.to_string().contains("certificate"), "{err}");
     // The operational CA's CRL a device holds now, then a newer one (a revocation since).
     let operational_crl = |d: &Path| {
         std::fs::read_dir(d)
@@ -136,6 +147,8 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
         })
         .expect("the renewed certificate chains to the new root");
     }
+    let id = iotpki_agent::renew(&ahead.state_dir, None, None).await.unwrap();
+    assert_eq!(pem::decode_one("CERTIFICATE", &id.anchor_pem).unwrap(), r2, "it follows the new root");
     // Its issuing CA now certified again (new octets, same name and key), the
     // device still refuses the older CRL as a rollback.
     let err = trust::apply(&devices[0], &older_crl, false).unwrap_err();
@@ -145,7 +158,7 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
     assert!(err.to_string().contains("TLS") || err.to_string().contains("certificate"), "{err}");
 
     // 5. The old root leaves the bundle, then the authority: devices keep renewing.
-    publish(&dir, &bundle(&keys, 3, vec![r2.clone()]));
+    publish(&dir, &b3);
     for d in &devices {
         trust::fetch_and_apply(d, &url).await.unwrap();
         let installed = Bundle::decode(&std::fs::read(d.join("bundle.cbor")).unwrap()).unwrap();
