@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use iotpki_authority::revocation::{self, Target};
-use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
 use iotpki_core::keys::{KeyType, SoftKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{bin, born_devices, run_fail, run_ok, Ca};
+use crate::util::{bin, born_devices, bundle_naming, run_fail, run_ok, Ca};
 
 fn ocsp(dev: &Path, url: Option<&str>) -> std::process::Command {
     let mut c = bin();
@@ -187,23 +186,6 @@ async fn a_replayed_or_tampered_ocsp_answer_is_refused() {
     assert!(tampered.contains("refused") && tampered.contains("signature"), "{tampered}");
     assert!(direct.contains("REVOKED"), "the real answer: {direct}");
     assert_eq!(std::fs::read(dev.join("identity.json")).unwrap(), before);
-}
-
-fn bundle_naming(ca: &Ca, keys: &[SoftKey], version: u64, servers: &[&str]) -> Vec<u8> {
-    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let content = BundleContent {
-        version,
-        issued_at: now,
-        expires_at: now + 30 * 86_400,
-        anchors: vec![ca.authority.root_der().to_vec()],
-        servers: servers.iter().map(|s| s.to_string()).collect(),
-        threshold: 2,
-        signers: keys.iter().map(|k| iotpki_core::keys::Signer::public_key_der(k).to_vec()).collect(),
-    };
-    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
-    b.add_signature(&keys[0]).unwrap();
-    b.add_signature(&keys[1]).unwrap();
-    b.encode()
 }
 
 /// docs/trust-bundle.md: the bundle's `servers` are the names the device may

@@ -801,25 +801,6 @@ async fn an_owner_keeps_a_device_past_its_vouchers_date_and_hands_it_on() {
     assert_eq!(b.last_audit().event.action, "commission");
 }
 
-/// A bundle of `ca`'s root, version `version`, naming `servers`, signed by two of `keys`.
-fn owner_bundle(ca: &Ca, keys: &[SoftKey], version: u64, servers: &[&str]) -> Vec<u8> {
-    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
-    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
-    let content = BundleContent {
-        version,
-        issued_at: now,
-        expires_at: now + 30 * 86_400,
-        anchors: vec![ca.authority.root_der().to_vec()],
-        servers: servers.iter().map(|s| s.to_string()).collect(),
-        threshold: 2,
-        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
-    };
-    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
-    b.add_signature(&keys[0]).unwrap();
-    b.add_signature(&keys[1]).unwrap();
-    b.encode()
-}
-
 /// A trust bundle is its owner's: operator A's bundle, naming only A's
 /// server, is installed on a device A owns. When the device installs A's
 /// hand-over to B, A's bundle is set aside: it no longer keeps the device from
@@ -846,7 +827,7 @@ async fn a_past_owners_trust_bundle_decides_nothing_after_the_hand_over() {
     iotpki_agent::flow::commission(&dev, Some(&a.url), Some(&a.root_pem), None).await.unwrap();
     let a_keys: Vec<SoftKey> = (0..3).map(|_| SoftKey::generate(KeyType::EcdsaP256).unwrap()).collect();
     let a_host = a.url.trim_start_matches("https://").to_string();
-    iotpki_agent::trust::apply(&dev, &owner_bundle(&a, &a_keys, 1, &[&a_host]), true).unwrap();
+    iotpki_agent::trust::apply(&dev, &crate::util::bundle_naming(&a, &a_keys, 1, &[&a_host]), true).unwrap();
 
     let (tt, d) = (t.clone(), dev.clone());
     tokio::task::block_in_place(|| {
@@ -857,10 +838,11 @@ async fn a_past_owners_trust_bundle_decides_nothing_after_the_hand_over() {
     iotpki_agent::flow::commission(&dev, Some(&b.url), Some(&b.root_pem), None).await.unwrap();
     assert!(!dev.join("bundle.cbor").exists() && dev.join("bundle.previous-owner.cbor").exists());
     assert_eq!(b.last_audit().event.action, "commission");
-    let err = iotpki_agent::trust::apply(&dev, &owner_bundle(&a, &a_keys, 2, &[&a_host]), false).unwrap_err();
+    let err =
+        iotpki_agent::trust::apply(&dev, &crate::util::bundle_naming(&a, &a_keys, 2, &[&a_host]), false).unwrap_err();
     assert!(err.to_string().contains("no trust bundle"), "{err}");
     let b_keys: Vec<SoftKey> = (0..3).map(|_| SoftKey::generate(KeyType::EcdsaP256).unwrap()).collect();
     let b_host = b.url.trim_start_matches("https://").to_string();
-    iotpki_agent::trust::apply(&dev, &owner_bundle(&b, &b_keys, 1, &[&b_host]), true).unwrap();
+    iotpki_agent::trust::apply(&dev, &crate::util::bundle_naming(&b, &b_keys, 1, &[&b_host]), true).unwrap();
     iotpki_agent::renew(&dev, None, None).await.unwrap();
 }

@@ -372,6 +372,11 @@ impl SoftHsm {
 
 /// A trust bundle of `version` trusting `ca`'s root, signed by the first two of `keys` (threshold 2).
 pub fn signed_bundle(ca: &Ca, keys: &[iotpki_core::keys::SoftKey], version: u64) -> Vec<u8> {
+    bundle_naming(ca, keys, version, &["127.0.0.1"])
+}
+
+/// [`signed_bundle`] naming `servers`.
+pub fn bundle_naming(ca: &Ca, keys: &[iotpki_core::keys::SoftKey], version: u64, servers: &[&str]) -> Vec<u8> {
     use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
     let now = iotpki_authority::Clock::now(ca.clock.as_ref());
     let content = BundleContent {
@@ -379,7 +384,7 @@ pub fn signed_bundle(ca: &Ca, keys: &[iotpki_core::keys::SoftKey], version: u64)
         issued_at: now,
         expires_at: now + 30 * 86_400,
         anchors: vec![ca.authority.root_der().to_vec()],
-        servers: vec!["127.0.0.1".into()],
+        servers: servers.iter().map(|s| s.to_string()).collect(),
         threshold: 2,
         signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
     };
