@@ -217,7 +217,16 @@ async fn ocsp_round(
         // identity was saved). Renewing again with the key it kept gets that
         // certificate again; any other key is refused, and the device then
         // commissions again if it can, as for any revocation.
-        return Ok(Some(renew_or_commission(dir, id.birth.is_some()).await));
+        return Ok(Some(match renew_or_commission(dir, id.birth.is_some()).await {
+            // Superseded by a renewal this device cannot get again (another key
+            // renewed it), and nothing to commission again with: as revoked.
+            Err(e) if lost_certificate(&e) => Err(AgentError::Revoked(format!(
+                "certificate {} was superseded by a renewal this device cannot get again ({e}); it must be \
+                 enrolled anew",
+                r.cert_serial
+            ))),
+            other => other,
+        }));
     }
     if id.birth.is_none() || r.is_birth {
         return Err(AgentError::Revoked(format!(

@@ -417,13 +417,13 @@ async fn renew_from(
     }
     let server = server_override.unwrap_or(&old.server).to_string();
     crate::trust::check_server(state_dir, &server)?;
-    check_still_owned(state_dir, &old, &anchor)?;
+    let owner = check_still_owned(state_dir, &old, &anchor)?;
 
     let mut tls_chain = vec![cert.clone()];
     tls_chain.extend(chain.iter().cloned());
-    // The roots this device trusts: its trust bundle's, or its anchor while it
-    // has none (a bundle naming a new root is how a root rotation reaches the
-    // device, and one that no longer names a root retires it).
+    // The roots this device trusts: its anchor and its trust bundle's, less
+    // those a bundle retired (a bundle naming a new root is how a root rotation
+    // reaches the device, and one that drops a root retires it).
     let trusted = trusted_roots(state_dir, &anchor)?;
     let client = Est::new(
         &server,
@@ -502,6 +502,7 @@ async fn renew_from(
         server,
         updated_at: now(),
         renewals: old.renewals + 1,
+        owner,
         ..old
     };
     state::store(state_dir, &id)?;
@@ -511,25 +512,26 @@ async fn renew_from(
 
 /// Refuse to renew an identity whose owner handed the device on: the
 /// installed voucher names another owner than the one it was commissioned
-/// with (its `owner`, or for an identity that did not record one, its
-/// anchor's key). Its server is the previous owner's: it is not asked.
-fn check_still_owned(state_dir: &Path, old: &Identity, anchor: &[u8]) -> Result<(), AgentError> {
-    let Some(owner) = crate::trust::voucher_owner(state_dir)? else { return Ok(()) };
+/// with (its `owner`). Its server is the previous owner's: it is not asked.
+/// An identity that recorded no owner (made before identities did) is
+/// renewed; it records the voucher's owner when that is its anchor's key.
+/// Answers the owner to record in the renewed identity.
+fn check_still_owned(state_dir: &Path, old: &Identity, anchor: &[u8]) -> Result<Option<String>, AgentError> {
+    let Some(owner) = crate::trust::voucher_owner(state_dir)? else { return Ok(old.owner.clone()) };
     let named = iotpki_core::keys::spki_fingerprint(&owner);
-    let ours = match &old.owner {
-        Some(o) => o.clone(),
-        None => {
-            let cert = x509_cert::Certificate::from_der(anchor).map_err(|e| AgentError::State(e.to_string()))?;
-            let spki =
-                cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::State(e.to_string()))?;
-            iotpki_core::keys::spki_fingerprint(&spki)
-        }
+    let Some(ours) = &old.owner else {
+        let cert = x509_cert::Certificate::from_der(anchor).map_err(|e| AgentError::State(e.to_string()))?;
+        let spki =
+            cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| AgentError::State(e.to_string()))?;
+        return Ok((spki == owner).then_some(named));
     };
-    if named == ours {
-        return Ok(());
+    if named == *ours {
+        return Ok(old.owner.clone());
     }
     Err(AgentError::Untrusted(format!(
-        "the ownership voucher hands this device to key {named}, another owner than the one this identity is          from ({ours}): it is not renewed there; commission with the new owner (iotpki agent commission          --server URL --ca-cert ROOT)"
+        "the ownership voucher hands this device to key {named}, another owner than the one this identity is from \
+         ({ours}): it is not renewed there; commission with the new owner (iotpki agent commission --server URL \
+         --ca-cert ROOT)"
     )))
 }
 
@@ -541,27 +543,21 @@ fn rechain(cert: &[u8], key: &dyn Signer, cacerts: &[Vec<u8>], trusted: &[Vec<u8
     trusted.iter().find(|t| check_issued(cert, key, &via, t).is_ok()).map(|t| (t.clone(), via))
 }
 
-/// The roots the device in `dir` trusts: its trust bundle's anchors, or `anchor` (its
-/// identity's) while it has no bundle.
+/// The roots the device in `dir` trusts: `anchor` (its identity's, or the
+/// owner's given for a commissioning) and its trust bundle's anchors, less
+/// every root a bundle update dropped (retired: a leaked root, or the old
+/// one at the end of a rotation), even when it is `anchor`.
 pub fn trusted_roots(dir: &Path, anchor: &[u8]) -> Result<Vec<Vec<u8>>, AgentError> {
-    match crate::trust::installed_bundle(dir)? {
-        // The bundle decides: a root it no longer lists (a leaked one, retired
-        // by a rotation) is not trusted, even as this identity's own anchor.
-        Some(b) => Ok(b.content().anchors.clone()),
-        None => Ok(vec![anchor.to_vec()]),
+    let retired = crate::trust::retired_roots(dir)?;
+    let mut out = Vec::new();
+    let bundle = crate::trust::installed_bundle(dir)?;
+    let anchors = bundle.as_ref().map(|b| b.content().anchors.as_slice()).unwrap_or_default();
+    for a in std::iter::once(anchor).chain(anchors.iter().map(Vec::as_slice)) {
+        if !retired.iter().any(|r| r.as_slice() == a) && !out.iter().any(|o: &Vec<u8>| o.as_slice() == a) {
+            out.push(a.to_vec());
+        }
     }
-}
-
-/// The roots a commissioning trusts: [`trusted_roots`], and the owner's
-/// anchor when it is given for it (`agent commission --ca-cert`, checked
-/// against the installed voucher's owner), which a new owner's device has in
-/// no bundle yet.
-fn commission_roots(dir: &Path, anchor: &[u8], given: bool) -> Result<Vec<Vec<u8>>, AgentError> {
-    let mut roots = trusted_roots(dir, anchor)?;
-    if given && !roots.iter().any(|r| r.as_slice() == anchor) {
-        roots.push(anchor.to_vec());
-    }
-    Ok(roots)
+    Ok(out)
 }
 
 /// A self-signed certificate in `cacerts` that is trusted and is not `current`.
@@ -728,7 +724,7 @@ async fn commission_from(
     let client = Est::new(
         &server,
         label.as_deref(),
-        &commission_roots(state_dir, &anchor, anchor_pem.is_some())?,
+        &trusted_roots(state_dir, &anchor)?,
         &[],
         Some(ClientIdentity { chain: tls_chain, key: birth_key.clone() }),
     )?

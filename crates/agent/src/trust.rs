@@ -36,6 +36,18 @@ pub const VOUCHER_FILE: &str = "voucher.cbor";
 /// Where a hand-over sets aside the previous owner's trust bundle (kept to
 /// be looked at, never used).
 pub const PREVIOUS_OWNER_BUNDLE_FILE: &str = "bundle.previous-owner.cbor";
+/// The roots bundle updates dropped (PEM): never trusted again.
+pub const RETIRED_ROOTS_FILE: &str = "retired-roots.pem";
+
+/// The roots a bundle update dropped: retired, whatever else names them.
+pub fn retired_roots(dir: &Path) -> Result<Vec<Vec<u8>>, AgentError> {
+    let p = dir.join(RETIRED_ROOTS_FILE);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => pem::decode_all("CERTIFICATE", &t).map_err(|e| AgentError::State(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(AgentError::io(&p, e)),
+    }
+}
 
 /// Allowed clock difference for "not in the future" checks.
 const SKEW: i64 = 300;
@@ -153,7 +165,21 @@ fn apply_bundle(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, Agen
         }
     }
     let b = match (&installed, initial) {
-        (Some(cur), _) => bundle::verify_update(cur, bytes, now()).map_err(refused)?,
+        (Some(cur), _) => {
+            let b = bundle::verify_update(cur, bytes, now()).map_err(refused)?;
+            // The roots it drops are retired, before it is installed: a power
+            // cut between the two leaves them retired under the older bundle
+            // (trusting less), and applying it again installs it.
+            let dropped: Vec<&Vec<u8>> =
+                cur.content().anchors.iter().filter(|a| !b.content().anchors.contains(a)).collect();
+            if !dropped.is_empty() {
+                let mut retired = retired_roots(dir)?;
+                retired.extend(dropped.into_iter().filter(|d| !retired.contains(d)).cloned().collect::<Vec<_>>());
+                let text: String = retired.iter().map(|r| pem::encode("CERTIFICATE", r)).collect();
+                state::write_atomic(dir, RETIRED_ROOTS_FILE, text.as_bytes())?;
+            }
+            b
+        }
         (None, true) => bundle::verify_initial(bytes, now()).map_err(refused)?,
         (None, false) => {
             return Err(AgentError::Untrusted(
@@ -239,7 +265,8 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     // roots, its servers). It no longer decides anything here; the new owner
     // puts in its own (`apply --initial`, as at the factory). Set aside
     // before the voucher is written: a power cut between the two leaves the
-    // device trusting less, not the previous owner more.
+    // device without the previous owner's bundle; the roots its updates
+    // retired stay retired (`retired_roots`).
     if previous_owner.is_some_and(|o| o != v.owner_anchor) && dir.join(BUNDLE_FILE).exists() {
         iotpki_fs::rename_durable(&dir.join(BUNDLE_FILE), &dir.join(PREVIOUS_OWNER_BUNDLE_FILE))?;
     }
@@ -319,8 +346,10 @@ fn apply_crl(dir: &Path, der: &[u8]) -> Result<Applied, AgentError> {
             }
             Ok(checked) => {
                 let file = crl_file(&c)?;
-                let installed =
-                    std::fs::read(dir.join(&file)).or_else(|_| std::fs::read(dir.join(legacy_crl_file(&ca))));
+                let installed = match std::fs::read(dir.join(&file)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::read(dir.join(legacy_crl_file(&ca))),
+                    r => r,
+                };
                 if let Ok(old) = installed {
                     if old == der {
                         return Ok(Applied::Unchanged(format!(

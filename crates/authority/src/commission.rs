@@ -457,7 +457,8 @@ impl Authority {
     }
 
     /// Whether this authority owns the device of `birth`, by a claim of
-    /// exactly this birth certificate or by a voucher chain that holds now:
+    /// exactly this birth certificate or by the voucher it claimed (its chain
+    /// checked again, but for the date that bounded only its claim):
     /// the cheap refusal before any signature work (the issuance's
     /// transaction checks ownership again).
     pub(crate) fn check_owned(&self, birth: &Birth) -> Result<(), AuthorityError> {

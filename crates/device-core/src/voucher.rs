@@ -155,6 +155,30 @@ pub fn verify(
     birth_cert_der: &[u8],
     now: u64,
 ) -> Result<Verified, Error> {
+    verify_at(voucher, manufacturer_spki, serial, birth_cert_der, now, true)
+}
+
+/// [`verify`] for a voucher accepted before (the one the device installed),
+/// checked again: every rule but the last entry's expiry, which bounded only
+/// when it could be accepted (as the core's `voucher::verify_accepted`).
+pub fn verify_accepted(
+    voucher: &[u8],
+    manufacturer_spki: &[u8],
+    serial: &str,
+    birth_cert_der: &[u8],
+    now: u64,
+) -> Result<Verified, Error> {
+    verify_at(voucher, manufacturer_spki, serial, birth_cert_der, now, false)
+}
+
+fn verify_at(
+    voucher: &[u8],
+    manufacturer_spki: &[u8],
+    serial: &str,
+    birth_cert_der: &[u8],
+    now: u64,
+    check_expiry: bool,
+) -> Result<Verified, Error> {
     let now = secs(now);
     let entries = decode(voucher)?;
     let birth = sha256(birth_cert_der);
@@ -192,7 +216,7 @@ pub fn verify(
         signer = &e.next_owner;
     }
     let last = entries.last().ok_or(VoucherError::Empty)?;
-    if now >= last.expires_at {
+    if check_expiry && now >= last.expires_at {
         return Err(VoucherError::Expired { index: entries.len() - 1, expires_at: last.expires_at, at: now }.into());
     }
     Ok(Verified { owner: last.next_owner.clone(), entries })
@@ -282,7 +306,7 @@ pub enum VoucherError {
         /// Why.
         detail: &'static str,
     },
-    /// An entry had expired when it was used (the next one made, or, the last, now).
+    /// The last entry had expired when the voucher was offered for acceptance.
     Expired {
         /// The entry (from 0).
         index: usize,

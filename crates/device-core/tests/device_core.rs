@@ -434,6 +434,12 @@ fn vouchers_verify_and_are_refused_as_the_agent_refuses_them() {
     assert!(matches!(both(&two, "SN-0002", &birth, now), Err(VoucherError::WrongDevice { index: 0, .. })));
     assert!(matches!(both(&two, "SN-0001", b"another birth", now), Err(VoucherError::WrongDevice { .. })));
     assert!(matches!(both(&two, "SN-0001", &birth, now + 86_400), Err(VoucherError::Expired { index: 1, .. })));
+    // Accepted before: checked again past its date, as the core does.
+    let later = now + 10 * 86_400;
+    let ours = voucher::verify_accepted(&two, mk, "SN-0001", &birth, later).unwrap();
+    let core = iotpki_core::voucher::verify_accepted(&two, mk, &serial, &birth, later as i64).unwrap();
+    assert_eq!(ours.owner, core.owner_anchor);
+    assert!(voucher::verify_accepted(&two, mk, "SN-0002", &birth, later).is_err());
     assert!(matches!(both(&two, "SN-0001", &birth, now - 1_000), Err(VoucherError::CreatedInFuture { .. })));
     // Signed by someone else than the manufacturer.
     let fake = Voucher::first(alice, &serial, &birth, carol.public_key_der(), t, t + 86_400).unwrap().encode();

@@ -1216,13 +1216,15 @@ pub fn a_hand_over_is_one_transaction_under_renewals(store: &(dyn Store + 'stati
     let actions: Vec<&str> = tail.iter().map(|e| e.event.action.as_str()).collect();
     assert_eq!(actions, ["voucher.issue", "revoke", "revoke", "revoke", "revoke", "device.transfer"]);
 
-    // Not newer: refused whole.
+    // Not newer: refused whole, the revocation it made before its voucher's
+    // refusal rolled back with it.
     let fresh = cert(&d);
     store.record_issuance(issuance(fresh.clone(), vec![])).expect("issue");
     let audit = audit_len(store);
     assert!(matches!(store.hand_over(hand_over(&d, 1, 2_000)), Err(StoreError::NotNewer { .. })));
     assert_eq!(audit_len(store), audit, "nothing audited");
     assert_eq!(store.certificate(&fresh.serial).expect("read").expect("there").status, CertStatus::Good);
+    assert!(store.revoked("operational").expect("read").iter().all(|r| r.serial != fresh.serial));
     assert_eq!(store.artifact(&format!("voucher/{d}")).expect("read").expect("there").published_at, 1_900);
 }
 

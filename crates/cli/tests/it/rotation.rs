@@ -85,7 +85,8 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
         }
     };
     let (a, b, laggard, ahead) = (enroll("RO-A"), enroll("RO-B"), enroll("RO-LAG"), enroll("RO-AHEAD"));
-    for o in [&a, &b, &laggard, &ahead] {
+    let revoked = enroll("RO-REV");
+    for o in [&a, &b, &laggard, &ahead, &revoked] {
         iotpki_agent::enroll(o).await.unwrap();
     }
     let devices = [a.state_dir.clone(), b.state_dir.clone()];
@@ -106,10 +107,10 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
         let r = trust::fetch_and_apply(d, &url).await.unwrap();
         assert!(r.iter().any(|(_, x)| matches!(x, Ok(Applied::Bundle { version: 2 }))), "{r:?}");
     }
-    // A device given the bundle that retires the old root ahead of time (v3,
-    // naming only the new one): its identity's anchor is the old root, but the
-    // bundle decides, so a server presenting the old root is not trusted (as a
-    // leaked root's holder would present it), and it renews once the server
+    // A device given the bundle that retires the old root ahead of time (v3
+    // drops it): its identity's anchor is the old root, but a root a bundle
+    // update dropped is retired, so a server presenting it is not trusted (as
+    // a leaked root's holder would present it), and it renews once the server
     // presents the new one.
     let b3 = bundle(&keys, 3, vec![r2.clone()]);
     for v in [&b1, &bundle(&keys, 2, vec![r1.clone(), r2.clone()]), &b3] {
@@ -128,7 +129,7 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
             .expect("the operational CA's CRL is installed")
     };
     let older_crl = operational_crl(&devices[0]);
-    run_ok(bin().args(["revoke", "--device", "RO-LAG", "--reason", "keyCompromise", "--dir"]).arg(&dir));
+    run_ok(bin().args(["revoke", "--device", "RO-REV", "--reason", "keyCompromise", "--dir"]).arg(&dir));
     trust::fetch_and_apply(&devices[0], &url).await.unwrap();
     let newer = iotpki_core::crl::number(&operational_crl(&devices[0])).unwrap();
     assert!(newer > iotpki_core::crl::number(&older_crl).unwrap(), "a newer CRL is installed");
@@ -153,7 +154,7 @@ async fn a_root_rotation_by_bundle_keeps_every_following_device_in_contact() {
     // device still refuses the older CRL as a rollback.
     let err = trust::apply(&devices[0], &older_crl, false).unwrap_err();
     assert!(err.to_string().contains("rollback"), "{err}");
-    // A device that missed the bundle trusts only the old root (and was revoked since): no renewal.
+    // A device that missed the bundle trusts only the old root: the new server chain is foreign to it.
     let err = iotpki_agent::renew(&laggard.state_dir, None, None).await.unwrap_err();
     assert!(err.to_string().contains("TLS") || err.to_string().contains("certificate"), "{err}");
 

@@ -740,11 +740,10 @@ impl<'a> Tx<'a> {
         Ok(DeviceRevoked { serials, released: owned })
     }
 
-    /// The voucher published, then every good certificate of the device but
-    /// its births revoked and its ownership transferred, in this transaction
+    /// Every good certificate of the device but its births revoked, its
+    /// ownership transferred and the voucher published, in this transaction
     /// (which excludes every other writer, as [`Self::revoke_device`]'s does).
     fn hand_over(&mut self, h: &HandOver) -> Result<HandedOver, StoreError> {
-        self.publish(&h.voucher)?;
         let event = |action: &str, target: String, detail: String| AuditEvent {
             at: h.at,
             actor: h.actor.clone(),
@@ -774,6 +773,9 @@ impl<'a> Tx<'a> {
             self.release(&h.device_serial, OwnershipStatus::Transferred, h.at)?;
             self.append(&event("device.transfer", format!("device:{}", h.device_serial), format!("to={}", h.to)))?;
         }
+        // Last: a voucher that is not newer than the one published refuses the
+        // whole transaction, the revocations and the transfer with it.
+        self.publish(&h.voucher)?;
         Ok(HandedOver { revoked, released: owned })
     }
 
