@@ -20,7 +20,9 @@
 //!   server will refuse it. `superseded` is the mark a renewal leaves on the
 //!   certificate it replaces: the device renews at once, and with the key it
 //!   kept from a renewal whose answer it lost, gets that new certificate again
-//!   (it neither stops nor commissions a second identity). An OCSP failure (responder away, an answer that does
+//!   (it neither stops nor commissions a second identity); if another key
+//!   renewed it, it commissions again or stops as above. An OCSP failure
+//!   (responder away, an answer that does
 //!   not verify) is reported and the round goes on: CRLs, the servers' own
 //!   checks and renewal still hold; a forged answer can never make the device
 //!   believe it is good or revoked, only fail to learn.
