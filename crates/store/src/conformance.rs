@@ -1144,6 +1144,16 @@ fn renew_until_revoked(store: &dyn Store, first: &str, device: &str, renewed: &A
     chain
 }
 
+/// Wait until `renewed` counts `n`. A renewer that panics never counts:
+/// fail, bounded, rather than wait forever.
+fn until_renewed(renewed: &AtomicU64, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while renewed.load(Ordering::SeqCst) < n {
+        assert!(std::time::Instant::now() < deadline, "{n} renewals were not committed within 120 s");
+        std::thread::yield_now();
+    }
+}
+
 fn hand_over(device: &str, version: u64, at: i64) -> HandOver {
     HandOver {
         device_serial: device.into(),
@@ -1189,11 +1199,7 @@ pub fn a_hand_over_is_one_transaction_under_renewals(store: &(dyn Store + 'stati
                 s.spawn(move || renew_until_revoked(store, &first.serial, &d, renewed))
             })
             .collect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while renewed.load(Ordering::SeqCst) < 20 {
-            assert!(std::time::Instant::now() < deadline, "20 renewals were not committed within 120 s");
-            std::thread::yield_now();
-        }
+        until_renewed(&renewed, 20);
         let out = store.hand_over(hand_over(&d, 1, 1_900)).expect("hand over");
         (chains.into_iter().map(|j| j.join().expect("thread")).collect::<Vec<_>>(), out)
     });
@@ -1263,12 +1269,7 @@ pub fn revoke_device_races_renewals_and_issuance(store: &(dyn Store + 'static)) 
                 out
             })
         };
-        // A renewer that panics never counts: fail, bounded, rather than wait forever.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while renewed.load(Ordering::SeqCst) < 40 {
-            assert!(std::time::Instant::now() < deadline, "40 renewals were not committed within 120 s");
-            std::thread::yield_now();
-        }
+        until_renewed(&renewed, 40);
         let out = store.revoke_device(device_revocation(&d, 1, 1_900)).expect("revoke device");
         assert!(!out.serials.is_empty());
         stop.store(true, Ordering::SeqCst);
