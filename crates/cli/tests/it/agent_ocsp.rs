@@ -287,3 +287,27 @@ async fn agent_run_gets_a_renewal_whose_answer_was_lost_again_when_ocsp_says_sup
         assert_eq!(op.last_audit().event.action, "reenroll.replay");
     }
 }
+
+/// A copy of a token-enrolled device's state taken before it renewed (a
+/// clone, or a backup restored) holds the old key only: OCSP says its
+/// certificate is superseded, `agent run` asks for the renewal with a new key,
+/// is refused (the successor is the other key's), and stops as revoked ("must
+/// be enrolled anew") rather than retrying forever; nothing is issued for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_run_stops_when_its_certificate_was_superseded_by_another_key() {
+    let ca = Ca::start().await;
+    let dev = ca.enrolled_device("OS-3").await;
+    let clone = ca.tmp.path().join("os-3-clone");
+    crate::factory::copy_dir(&dev, &clone);
+    iotpki_agent::renew(&dev, None, None).await.unwrap();
+    let device_certs = || {
+        let q = iotpki_store::CertQuery { device_serial: Some("OS-3".into()), ..Default::default() };
+        ca.authority.store().list_certificates(&q).unwrap().len()
+    };
+    let certs = device_certs();
+    let c = clone.clone();
+    let out = blocking(move || run_fail(bin().args(["agent", "run", "--once", "--state"]).arg(&c))).await;
+    assert!(out.contains("superseded") && out.contains("must be enrolled anew"), "{out}");
+    assert_eq!(device_certs(), certs, "nothing issued for the device");
+    assert_eq!(serial_of(&dev), good_operational(&ca, "OS-3")[0], "the renewed device keeps its certificate");
+}

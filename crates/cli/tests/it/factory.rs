@@ -942,7 +942,7 @@ async fn a_sync_state_without_last_seq_is_refused_not_read_as_zero() {
 }
 
 /// `from` copied into `to`, recursively (a device's state directory, kept aside).
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
