@@ -6,7 +6,9 @@
 //! - A bundle replaces the installed one only if [`bundle::verify_update`]
 //!   accepts it (threshold of distinct keys named in the installed bundle and
 //!   in its own, a higher version, not expired). The first one comes from the
-//!   factory ([`apply`] with `initial`).
+//!   factory ([`apply`] with `initial`), or, on a device with no bundle whose
+//!   voucher names an owner, from that owner: signed with the owner's key
+//!   ([`bundle::verify_owned`]), as after a hand-over.
 //! - A voucher is verified from the manufacturing CA in the device's birth
 //!   chain to its last owner ([`voucher::verify`]), for this device's serial
 //!   and birth certificate, and must extend the installed one
@@ -181,13 +183,18 @@ fn apply_bundle(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, Agen
             b
         }
         (None, true) => bundle::verify_initial(bytes, now()).map_err(refused)?,
-        (None, false) => {
-            return Err(AgentError::Untrusted(
-                "this device has no trust bundle yet: the first one is put in at the factory, or by its new owner \
-                 after a hand-over (apply --initial)"
-                    .into(),
-            ))
-        }
+        // Its owner's first: signed with the key its voucher names.
+        (None, false) => match voucher_owner(dir)? {
+            Some(owner) => bundle::verify_owned(bytes, &owner, now()).map_err(refused)?,
+            None => {
+                return Err(AgentError::Untrusted(
+                    "this device has no trust bundle yet and no ownership voucher: the first one is put in at \
+                     the factory (apply --initial), or, once a voucher names its owner, signed by that owner's \
+                     root key (iotpki bundle sign --dir)"
+                        .into(),
+                ))
+            }
+        },
     };
     state::write_atomic(dir, BUNDLE_FILE, bytes)?;
     Ok(Applied::Bundle { version: b.content().version })
@@ -263,7 +270,8 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     let v = verify_voucher(dir, bytes, voucher::verify)?;
     // A hand-over: the trust bundle is the previous owner's (its signers, its
     // roots, its servers). It no longer decides anything here; the new owner
-    // puts in its own (`apply --initial`, as at the factory). Set aside
+    // puts in its own, signed with the key this voucher names
+    // (`bundle::verify_owned`), or `apply --initial` as at the factory. Set aside
     // before the voucher is written: a power cut between the two leaves the
     // device without the previous owner's bundle; the roots its updates
     // retired stay retired (`retired_roots`).
@@ -514,8 +522,11 @@ pub async fn fetch_and_apply(dir: &Path, base: &str) -> Result<Vec<(String, Resu
     let base = base.trim_end_matches('/');
     let anchor = pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let anchors = crate::flow::trusted_roots(dir, &anchor)?;
+    // The voucher before the bundle: a hand-over it brings sets the previous
+    // owner's bundle aside, and the new owner's first bundle is then judged by
+    // the owner the voucher names.
     let mut paths =
-        vec!["/.well-known/iotpki/bundle".to_string(), format!("/.well-known/iotpki/voucher/{}", id.device_serial)];
+        vec![format!("/.well-known/iotpki/voucher/{}", id.device_serial), "/.well-known/iotpki/bundle".to_string()];
     paths.extend(crl_paths(dir)?);
     let mut out = Vec::new();
     for p in paths {

@@ -27,13 +27,24 @@ pub enum BundleCmd {
     /// Write a new, unsigned trust bundle (a draft: each signer then runs `bundle sign`).
     #[command(disable_version_flag = true)]
     Create(CreateArgs),
-    /// Add one signature to a bundle file, in place (atomically).
+    /// Add one signature to a bundle file, in place (atomically): with a signer's key
+    /// (--key), or with the root key of the authority in --dir, the owner key that
+    /// vouchers name (a handed-over device takes its new owner's first bundle only
+    /// with that signature).
+    #[command(group = clap::ArgGroup::new("signer").required(true).args(["key", "dir"]))]
     Sign {
         /// The bundle file.
         file: PathBuf,
         /// The signer's private key: PKCS#8 PEM, encrypted (needs the passphrase) or not.
         #[arg(long, value_name = "KEY.pem")]
-        key: PathBuf,
+        key: Option<PathBuf>,
+        /// Sign with the root key of the authority in this directory (a key file or its
+        /// PKCS#11 token, as its config says); recorded in its audit log.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// With --dir: its PostgreSQL database, if not the one its config names.
+        #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true, requires = "dir")]
+        database: Option<String>,
         #[command(flatten)]
         pass: PassArg,
     },
@@ -59,8 +70,12 @@ pub enum BundleCmd {
         /// The bundle file.
         file: PathBuf,
         /// The bundle the device holds now.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "owner")]
         current: Option<PathBuf>,
+        /// Check it as the first bundle of the owner whose key this is (a PUBLIC KEY or
+        /// CERTIFICATE PEM: its root), as a device holding that owner's voucher and no bundle does.
+        #[arg(long, value_name = "SPKI-or-cert.pem")]
+        owner: Option<PathBuf>,
     },
 }
 
@@ -148,9 +163,18 @@ pub enum VoucherCmd {
 pub fn run(c: BundleCmd) -> anyhow::Result<()> {
     match c {
         BundleCmd::Create(a) => create(a),
-        BundleCmd::Sign { file, key, pass } => sign(&file, &key, &pass),
+        BundleCmd::Sign { file, key, dir, database, pass } => match (key, dir) {
+            (Some(key), _) => sign(&file, &read_key(&key, &pass)?, None),
+            (None, Some(dir)) => {
+                let dir = crate::DirArg { dir, database };
+                let cfg = dir.config()?;
+                let key = root_signer(&dir.dir, &cfg, &pass)?;
+                sign(&file, key.as_ref(), Some(&dir))
+            }
+            (None, None) => bail!("give --key or --dir"),
+        },
         BundleCmd::Show { file, json } => show(&file, json),
-        BundleCmd::Verify { file, current } => verify(&file, current.as_deref()),
+        BundleCmd::Verify { file, current, owner } => verify(&file, current.as_deref(), owner.as_deref()),
         BundleCmd::Publish { dir, file } => {
             let bytes = read(&file)?;
             let store = dir.store()?;
@@ -164,9 +188,29 @@ pub fn run(c: BundleCmd) -> anyhow::Result<()> {
                 c.threshold,
                 iotpki_core::time::rfc3339(c.expires_at)
             );
+            if let Some(root) = root_spki(&dir)? {
+                if let Err(e) = bundle::verify_owned(&bytes, &root, SystemClock.now()) {
+                    eprintln!(
+                        "note: devices handed to this authority by a voucher, holding no bundle yet, will not take \
+                         it as their first ({e}); sign it with `iotpki bundle sign --dir` and publish the next \
+                         version"
+                    );
+                }
+            }
             Ok(())
         }
     }
+}
+
+/// The DER key of the root CA of the authority in `dir` (its certificate's), if its config names one.
+fn root_spki(dir: &crate::DirArg) -> anyhow::Result<Option<Vec<u8>>> {
+    let cfg = dir.config()?;
+    let Some(root) = cfg.ca.iter().find(|c| c.role == iotpki_authority::config::CaRole::Root) else {
+        return Ok(None);
+    };
+    let path = iotpki_authority::keyfile::resolve(&dir.dir, &root.cert);
+    let cert = read_certs(&path)?.into_iter().next().with_context(|| format!("{}: no certificate", path.display()))?;
+    Ok(Some(iotpki_authority::trust::spki_of(&cert)?))
 }
 
 fn create(a: CreateArgs) -> anyhow::Result<()> {
@@ -198,13 +242,25 @@ fn create(a: CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign(file: &Path, key_file: &Path, pass: &PassArg) -> anyhow::Result<()> {
+/// Add `key`'s signature to the bundle in `file`. With `authority` (its root
+/// key signs), the signature is recorded in that authority's audit log
+/// before the file is written.
+fn sign(file: &Path, key: &dyn Signer, authority: Option<&crate::DirArg>) -> anyhow::Result<()> {
     let bytes = read(file)?;
     let mut b = Bundle::decode(&bytes).with_context(|| format!("{}", file.display()))?;
-    let key = read_key(key_file, pass)?;
-    b.add_signature(&key).with_context(|| format!("{}", file.display()))?;
-    replace(file, &b.encode())?;
+    b.add_signature(key).with_context(|| format!("{}", file.display()))?;
     let kid = key_id(key.public_key_der());
+    if let Some(dir) = authority {
+        let c = b.content();
+        dir.store()?.append_audit(iotpki_store::AuditEvent {
+            at: SystemClock.now(),
+            actor: "admin:cli".into(),
+            action: "bundle.sign".into(),
+            target: format!("bundle v{}", c.version),
+            detail: format!("key={} (root) sha256={}", hex::encode(kid), iotpki_core::keys::sha256_hex(&b.encode())),
+        })?;
+    }
+    replace(file, &b.encode())?;
     let own = b.own_signers();
     let valid = own.iter().filter(|s| s.state == SignatureState::Valid).count();
     println!(
@@ -215,7 +271,13 @@ fn sign(file: &Path, key_file: &Path, pass: &PassArg) -> anyhow::Result<()> {
         own.len(),
         b.content().threshold
     );
-    if !own.iter().any(|s| s.kid == kid) {
+    if authority.is_some() {
+        println!(
+            "the authority's root key signed: devices whose ownership voucher names this authority take it as \
+             their first bundle from it (once {} of its own signer keys have signed)",
+            b.content().threshold
+        );
+    } else if !own.iter().any(|s| s.kid == kid) {
         eprintln!(
             "note: this key is not one of the bundle's own signers: its signature counts only toward the \
              threshold of the bundle this one replaces, if that bundle names it"
@@ -306,18 +368,24 @@ fn show(file: &Path, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(file: &Path, current: Option<&Path>) -> anyhow::Result<()> {
+fn verify(file: &Path, current: Option<&Path>, owner: Option<&Path>) -> anyhow::Result<()> {
     let bytes = read(file)?;
     let now = SystemClock.now();
-    let b = match current {
-        None => bundle::verify_initial(&bytes, now).with_context(|| format!("{}", file.display()))?,
-        Some(cur) => {
+    let (b, how) = match (current, owner) {
+        (Some(cur), _) => {
             let cur_bytes = read(cur)?;
             let cur_bundle = Bundle::decode(&cur_bytes).with_context(|| format!("{} (current)", cur.display()))?;
-            bundle::verify_update(&cur_bundle, &bytes, now).with_context(|| format!("{}", file.display()))?
+            let b = bundle::verify_update(&cur_bundle, &bytes, now).with_context(|| format!("{}", file.display()))?;
+            (b, "as an update of the current bundle")
+        }
+        (None, Some(o)) => {
+            let b = bundle::verify_owned(&bytes, &read_spki(o)?, now).with_context(|| format!("{}", file.display()))?;
+            (b, "as the owner's first bundle")
+        }
+        (None, None) => {
+            (bundle::verify_initial(&bytes, now).with_context(|| format!("{}", file.display()))?, "on its own")
         }
     };
-    let how = if current.is_some() { "as an update of the current bundle" } else { "on its own" };
     println!("trust bundle version {} is valid {how}, until {}", b.content().version, rfc3339(b.content().expires_at));
     Ok(())
 }

@@ -532,6 +532,36 @@ pub fn verify_initial(bytes: &[u8], now: i64) -> Result<Bundle, BundleError> {
     Ok(b)
 }
 
+/// Check the first bundle of a device's owner, taken without a factory: the
+/// device holds no bundle (it was handed over, and the previous owner's was
+/// set aside; or it was claimed without one) and an ownership voucher that
+/// names `owner_spki` (DER SubjectPublicKeyInfo, the owner's root key). The
+/// voucher's owner stands where a current bundle's signers stand in
+/// [`verify_update`]: accepted only if, in this order,
+/// 1. it decodes (else [`BundleError::Malformed`]);
+/// 2. every signature by the owner key or by a key it names verifies (else
+///    [`BundleError::BadSignature`]);
+/// 3. the owner key signed it (else [`BundleError::BelowThreshold`] or
+///    [`BundleError::UnknownSigner`], whose [`Whose::Owner`]): anyone can make
+///    a bundle that its own signers sign, only the owner can sign with the key
+///    the voucher names;
+/// 4. its own `threshold` of its own keys signed it (as [`verify_initial`]), so
+///    that its signers can sign the next update;
+/// 5. the time rules of [`verify_initial`].
+///
+/// There is no version rule: the device holds nothing to roll back from (the
+/// voucher bounds who, and a later bundle of this owner replaces this one by
+/// [`verify_update`]).
+pub fn verify_owned(bytes: &[u8], owner_spki: &[u8], now: i64) -> Result<Bundle, BundleError> {
+    let b = Bundle::decode(bytes)?;
+    let owner = [owner_spki.to_vec()];
+    let tally = b.tally(&key_map(&[&owner, &b.content.signers]))?;
+    tally.require(&owner, 1, Whose::Owner)?;
+    tally.require(&b.content.signers, b.content.threshold, Whose::Own)?;
+    b.check_time(now)?;
+    Ok(b)
+}
+
 /// Check a bundle offered to replace `current`, the one the device trusts.
 ///
 /// `current` is the bundle the device holds: checked when it was installed, and
@@ -569,6 +599,8 @@ pub enum Whose {
     Current,
     /// The bundle's own (the one being checked).
     Own,
+    /// The device's owner: the key its installed ownership voucher names ([`verify_owned`]).
+    Owner,
 }
 
 impl fmt::Display for Whose {
@@ -576,6 +608,7 @@ impl fmt::Display for Whose {
         f.write_str(match self {
             Self::Current => "the current bundle",
             Self::Own => "the offered bundle itself",
+            Self::Owner => "the device's ownership voucher (its owner's key)",
         })
     }
 }
@@ -967,6 +1000,44 @@ mod tests {
         let bytes = signed(content(2, &[&k[0], &k[1]], 1), &[&k[0], &k[4]]);
         let err = verify_update(&current, &bytes, NOW).unwrap_err();
         assert!(matches!(err, BundleError::UnknownSigner { have: 1, need: 2, whose: Whose::Current, .. }), "{err}");
+    }
+
+    #[test]
+    fn an_owners_first_bundle_needs_the_owner_key_and_its_own_threshold() {
+        let k = keys();
+        let owner = k[3].public_key_der();
+        let c = content(1, &[&k[0], &k[1], &k[2]], 2);
+        // Its own signers alone: anyone can make such a bundle.
+        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[1]]), owner, NOW).unwrap_err();
+        assert_eq!(err, BundleError::BelowThreshold { have: 0, need: 1, whose: Whose::Owner });
+        assert!(err.to_string().contains("ownership voucher"), "{err}");
+        // And a key that is not the owner's.
+        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[1], &k[4]]), owner, NOW).unwrap_err();
+        assert!(matches!(err, BundleError::UnknownSigner { have: 0, need: 1, whose: Whose::Owner, .. }), "{err}");
+        // The owner and a threshold of its own keys.
+        let bytes = signed(c.clone(), &[&k[0], &k[1], &k[3]]);
+        let b = verify_owned(&bytes, owner, NOW).unwrap();
+        assert_eq!(b.content(), &c);
+        assert_eq!(b.foreign_signatures(), vec![cose::key_id(owner)]);
+        assert!(verify_initial(&bytes, NOW).is_ok(), "a factory would take it too");
+        // The owner, below the bundle's own threshold: its signers could not sign the next one.
+        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[3]]), owner, NOW).unwrap_err();
+        assert_eq!(err, BundleError::BelowThreshold { have: 1, need: 2, whose: Whose::Own });
+        // The owner key named among the signers counts for both.
+        let named = content(1, &[&k[3], &k[0]], 1);
+        assert!(verify_owned(&signed(named, &[&k[3]]), owner, NOW).is_ok());
+        // The owner's signature damaged: an error, not a signature skipped.
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let err = verify_owned(&bad, owner, NOW).unwrap_err();
+        assert!(matches!(err, BundleError::BadSignature { kid, .. } if kid == cose::key_id(owner)), "{err}");
+        // Time rules as for the first bundle.
+        let err = verify_owned(&bytes, owner, NOW + 86_400).unwrap_err();
+        assert!(matches!(err, BundleError::Expired { .. }), "{err}");
+        // Another owner's key decides nothing.
+        let err = verify_owned(&bytes, k[4].public_key_der(), NOW).unwrap_err();
+        assert!(matches!(err, BundleError::UnknownSigner { whose: Whose::Owner, .. }), "{err}");
     }
 
     #[test]

@@ -325,6 +325,24 @@ pub fn verify_initial(bytes: &[u8], now: u64) -> Result<Bundle, Error> {
     Ok(b)
 }
 
+/// Check the first bundle of a device's owner, taken without a factory: the
+/// device holds no bundle and an ownership voucher naming `owner_spki` (the
+/// core's `bundle::verify_owned`). In this order: it decodes; every signature
+/// by the owner key or a key it names verifies ([`BundleError::BadSignature`]);
+/// the owner key signed it ([`BundleError::BelowThreshold`] or
+/// [`BundleError::UnknownSigner`], whose [`Whose::Owner`]); its own threshold of
+/// its own keys signed it; it is not expired at `now` nor issued more than
+/// [`MAX_CLOCK_SKEW`] after it.
+pub fn verify_owned(bytes: &[u8], owner_spki: &[u8], now: u64) -> Result<Bundle, Error> {
+    let b = Bundle::decode(bytes)?;
+    let owner = [owner_spki.to_vec()];
+    let tally = b.tally(&key_map(&[&owner, &b.content.signers]))?;
+    tally.require(&owner, 1, Whose::Owner)?;
+    tally.require(&b.content.signers, b.content.threshold, Whose::Own)?;
+    b.check_time(secs(now))?;
+    Ok(b)
+}
+
 /// What [`verify_update`] found.
 #[derive(Debug)]
 pub enum Update {
@@ -372,6 +390,8 @@ pub enum Whose {
     Current,
     /// The offered bundle's own.
     Own,
+    /// The device's owner: the key its installed voucher names ([`verify_owned`]).
+    Owner,
 }
 
 impl fmt::Display for Whose {
@@ -379,6 +399,7 @@ impl fmt::Display for Whose {
         f.write_str(match self {
             Self::Current => "the current bundle",
             Self::Own => "the offered bundle itself",
+            Self::Owner => "the device's ownership voucher (its owner's key)",
         })
     }
 }

@@ -840,9 +840,124 @@ async fn a_past_owners_trust_bundle_decides_nothing_after_the_hand_over() {
     assert_eq!(b.last_audit().event.action, "commission");
     let err =
         iotpki_agent::trust::apply(&dev, &crate::util::bundle_naming(&a, &a_keys, 2, &[&a_host]), false).unwrap_err();
-    assert!(err.to_string().contains("no trust bundle"), "{err}");
+    assert!(err.to_string().contains("ownership voucher"), "{err}");
     let b_keys: Vec<SoftKey> = (0..3).map(|_| SoftKey::generate(KeyType::EcdsaP256).unwrap()).collect();
     let b_host = b.url.trim_start_matches("https://").to_string();
     iotpki_agent::trust::apply(&dev, &crate::util::bundle_naming(&b, &b_keys, 1, &[&b_host]), true).unwrap();
     iotpki_agent::renew(&dev, None, None).await.unwrap();
+}
+
+/// `agent fetch --from URL` on `state`: what it said of the voucher and of the bundle.
+/// (The CRLs it also fetches are not looked at: the test authorities' CAs share
+/// their names, so one's CRL is refused as not signed by the other's CA.)
+fn fetch(state: &Path, from: &str) -> (String, String) {
+    let out = bin().args(["agent", "fetch", "--state"]).arg(state).args(["--from", from]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said = |path: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(path))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("nothing: {text}"))
+    };
+    (said("/.well-known/iotpki/voucher/"), said("/.well-known/iotpki/bundle: "))
+}
+
+fn sign_as_owner(dir: &Path, bundle: &Path) -> String {
+    run_ok(root_key_env(bin().args(["bundle", "sign"]).arg(bundle).arg("--dir").arg(dir)))
+}
+
+fn publish(dir: &Path, bundle: &Path) -> String {
+    let out = bin().args(["bundle", "publish", "--dir"]).arg(dir).arg(bundle).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A device with a voucher and no bundle takes its owner's first bundle from
+/// the owner's server when the owner's root key (the key the voucher names)
+/// signed it, without `--initial`: bundles its signers alone signed (anyone can
+/// make one), and bundles of a past owner signed with that owner's own root key,
+/// are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_voucher_key_signed_it() {
+    let mfg = Ca::start().await;
+    let (a, b) = (Ca::start().await, Ca::start().await);
+    let devs = born_devices(&mfg, "OB", &["VF-1".to_string()]).await;
+    let dev = devs[0].clone();
+    for op in [&a, &b] {
+        run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
+    }
+    let a_keys = signer_keys(&a.tmp.path().join("signers"));
+    let b_keys = signer_keys(&b.tmp.path().join("signers"));
+    // Drafts signed by two of each owner's three signer keys.
+    let (a1, a2, a3) =
+        (bundle(&a, &a_keys, 1, &[0, 1]), bundle(&a, &a_keys, 2, &[0, 1]), bundle(&a, &a_keys, 3, &[1, 2]));
+    let b1 = bundle(&b, &b_keys, 1, &[0, 2]);
+    let t = mfg.tmp.path().to_path_buf();
+    let (mdir, adir, bdir, aroot, broot) =
+        (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), a.root_file(), b.root_file());
+    let (a_http, b_http) = (a.http_url.clone(), b.http_url.clone());
+    let d = dev.clone();
+    tokio::task::block_in_place(|| {
+        // The manufacturer hands the device to A; it holds A's voucher and no bundle.
+        voucher_issue(&mdir, "VF-1", &aroot, &t.join("m-a.cbor"));
+        run_ok(&mut claim(&adir, &t.join("m-a.cbor")));
+        run_ok(&mut apply(&d, &t.join("m-a.cbor"), false));
+
+        // A bundle A's signers signed, but not A's root: anyone could have made it.
+        let note = publish(&adir, &a1);
+        assert!(note.contains("will not take it") && note.contains("bundle sign --dir"), "{note}");
+        let (voucher, bundle) = fetch(&d, &a_http);
+        assert!(voucher.contains("unchanged"), "{voucher}");
+        assert!(bundle.starts_with("REFUSED") && bundle.contains("ownership voucher"), "{bundle}");
+        assert!(!d.join("bundle.cbor").exists());
+
+        // Version 2, signed with A's root key too: taken from A's server.
+        let audit_before = a.audit_len();
+        let out = sign_as_owner(&adir, &a2);
+        assert!(out.contains("root key signed"), "{out}");
+        assert_eq!(a.audit_len(), audit_before + 1, "the root key's signature is audited");
+        assert_eq!(a.last_audit().event.action, "bundle.sign");
+        assert_eq!(publish(&adir, &a2), "", "no note: the root signed");
+        // `bundle verify --owner` judges both as the device does.
+        let verify = |f: &Path| {
+            let mut c = bin();
+            c.args(["bundle", "verify"]).arg(f).arg("--owner").arg(&aroot);
+            c
+        };
+        assert!(run_ok(&mut verify(&a2)).contains("valid as the owner's first bundle"));
+        assert!(run_fail(&mut verify(&a1)).contains("ownership voucher"));
+        let (_, bundle) = fetch(&d, &a_http);
+        assert_eq!(bundle, "trust bundle version 2 installed");
+        assert_eq!(std::fs::read(d.join("bundle.cbor")).unwrap(), std::fs::read(&a2).unwrap());
+
+        // A hands the device to B; the device learns it from A's own server:
+        // the voucher first, so A's bundle is set aside, and A's published
+        // bundle (A's root signed it) is refused now that B owns the device.
+        voucher_issue(&adir, "VF-1", &broot, &t.join("a-b.cbor"));
+        let (voucher, bundle) = fetch(&d, &a_http);
+        assert!(voucher.contains("voucher installed (2 entries)"), "{voucher}");
+        assert!(bundle.starts_with("REFUSED") && bundle.contains("ownership voucher"), "{bundle}");
+        assert!(!d.join("bundle.cbor").exists() && d.join("bundle.previous-owner.cbor").exists());
+
+        // The past owner's next bundle, its root's and its signers' signatures: refused.
+        sign_as_owner(&adir, &a3);
+        let err = run_fail(&mut apply(&d, &a3, false));
+        assert!(err.contains("trust bundle refused") && err.contains("ownership voucher"), "{err}");
+        assert!(!d.join("bundle.cbor").exists());
+
+        // B claims it and publishes its first bundle, its root signing: the device takes it.
+        run_ok(&mut claim(&bdir, &t.join("a-b.cbor")));
+        sign_as_owner(&bdir, &b1);
+        publish(&bdir, &b1);
+        let (voucher, bundle) = fetch(&d, &b_http);
+        assert!(voucher.contains("unchanged"), "{voucher}");
+        assert_eq!(bundle, "trust bundle version 1 installed");
+        assert_eq!(std::fs::read(d.join("bundle.cbor")).unwrap(), std::fs::read(&b1).unwrap());
+        // From then on, the past owner's bundles are updates the installed one's signers did not sign.
+        let err = run_fail(&mut apply(&d, &a3, false));
+        assert!(err.contains("trust bundle refused") && err.contains("current bundle"), "{err}");
+    });
+    // The device commissions with B (B's root, as its voucher names).
+    iotpki_agent::flow::commission(&dev, Some(&b.url), Some(&b.root_pem), None).await.unwrap();
+    assert_eq!(b.last_audit().event.action, "commission");
 }
