@@ -184,17 +184,7 @@ fn apply_bundle(dir: &Path, bytes: &[u8], initial: bool) -> Result<Applied, Agen
         }
         (None, true) => bundle::verify_initial(bytes, now()).map_err(refused)?,
         // Its owner's first: signed with the key its voucher names.
-        (None, false) => match voucher_owner(dir)? {
-            Some(owner) => bundle::verify_owned(bytes, &owner, now()).map_err(refused)?,
-            None => {
-                return Err(AgentError::Untrusted(
-                    "this device has no trust bundle yet and no ownership voucher: the first one is put in at \
-                     the factory (apply --initial), or, once a voucher names its owner, signed by that owner's \
-                     root key (iotpki bundle sign --dir)"
-                        .into(),
-                ))
-            }
-        },
+        (None, false) => owners_first_bundle(dir, bytes)?,
     };
     state::write_atomic(dir, BUNDLE_FILE, bytes)?;
     Ok(Applied::Bundle { version: b.content().version })
@@ -223,13 +213,43 @@ fn spki_der(cert_der: &[u8]) -> Result<Vec<u8>, AgentError> {
 /// The installed voucher, verified again now (but for its expiry, which only
 /// bounded when it could be installed): the owner key it names (DER SPKI), if any.
 pub fn voucher_owner(dir: &Path) -> Result<Option<Vec<u8>>, AgentError> {
+    Ok(installed_voucher(dir)?.map(|v| v.owner_anchor))
+}
+
+/// The installed voucher, verified again now as [`voucher_owner`] does.
+fn installed_voucher(dir: &Path) -> Result<Option<voucher::Verified>, AgentError> {
     let p = dir.join(VOUCHER_FILE);
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(AgentError::io(&p, e)),
     };
-    Ok(Some(verify_voucher(dir, &bytes, voucher::verify_accepted)?.owner_anchor))
+    verify_voucher(dir, &bytes, voucher::verify_accepted).map(Some)
+}
+
+/// The first bundle of the owner the installed voucher names: signed with
+/// that owner's key, issued since the voucher's last entry was made
+/// ([`bundle::verify_owned`]), and not by a root the device retired.
+fn owners_first_bundle(dir: &Path, bytes: &[u8]) -> Result<Bundle, AgentError> {
+    let Some(v) = installed_voucher(dir)? else {
+        return Err(AgentError::Untrusted(
+            "this device has no trust bundle yet and no ownership voucher: the first one is put in at \
+             the factory (apply --initial), or, once a voucher names its owner, signed by that owner's \
+             root key (iotpki bundle sign --dir)"
+                .into(),
+        ));
+    };
+    for r in retired_roots(dir)? {
+        if spki_der(&r)? == v.owner_anchor {
+            return Err(AgentError::Untrusted(
+                "trust bundle refused: the owner key the ownership voucher names is a root this device has retired"
+                    .into(),
+            ));
+        }
+    }
+    let since = v.entries.last().map_or(i64::MAX, |e| e.created_at);
+    bundle::verify_owned(bytes, &v.owner_anchor, since, now())
+        .map_err(|e| AgentError::Untrusted(format!("trust bundle refused: {e}")))
 }
 
 type VerifyFn = fn(&[u8], &[u8], &DeviceSerial, &[u8], i64) -> Result<voucher::Verified, voucher::VoucherError>;
@@ -268,6 +288,9 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
         Err(e) => return Err(AgentError::io(&p, e)),
     };
     let v = verify_voucher(dir, bytes, voucher::verify)?;
+    if previous_owner.is_none() {
+        check_first_voucher(dir, &v)?;
+    }
     // A hand-over: the trust bundle is the previous owner's (its signers, its
     // roots, its servers). It no longer decides anything here; the new owner
     // puts in its own, signed with the key this voucher names
@@ -280,6 +303,39 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     }
     state::write_atomic(dir, VOUCHER_FILE, bytes)?;
     Ok(Applied::Voucher { entries: v.entries.len(), owner: iotpki_core::keys::spki_fingerprint(&v.owner_anchor) })
+}
+
+/// A device's first voucher, when it was commissioned already (its
+/// operational certificate is not its birth certificate) by an owner other
+/// than its manufacturer: the voucher must carry that owner's consent, an
+/// entry naming the key of a root the device trusts (its identity's anchor, or
+/// its bundle's, none retired), every later entry then signed by that owner.
+/// Else the manufacturer, which alone signs a first entry, could hand on a
+/// device someone else owns (and the owner its voucher names could then put in
+/// its bundle, [`bundle::verify_owned`]). A device only born, or owned by its
+/// manufacturer's own PKI, has no other owner to ask: its first voucher is
+/// taken on first use.
+fn check_first_voucher(dir: &Path, v: &voucher::Verified) -> Result<(), AgentError> {
+    let id = state::load(dir)?;
+    let Some(birth) = &id.birth else { return Ok(()) };
+    let anchor = pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    let maker_root = pem::decode_one("CERTIFICATE", &birth.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
+    if id.cert_pem == birth.cert_pem || anchor == maker_root {
+        return Ok(());
+    }
+    let mut owners = Vec::new();
+    for root in crate::flow::trusted_roots(dir, &anchor)? {
+        owners.push(spki_der(&root)?);
+    }
+    if v.entries.iter().any(|e| owners.contains(&e.next_owner)) {
+        return Ok(());
+    }
+    Err(AgentError::Untrusted(format!(
+        "ownership voucher refused: this device is commissioned with the owner whose root key is {} and holds no \
+         voucher yet; its first voucher must name that owner (the manufacturer's entry handing the device to it), \
+         so that only its owner hands it on",
+        iotpki_core::keys::spki_fingerprint(&spki_der(&anchor)?)
+    )))
 }
 
 /// Every CA certificate the device knows: its anchors and the chains of its identities.

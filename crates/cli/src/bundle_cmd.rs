@@ -73,9 +73,14 @@ pub enum BundleCmd {
         #[arg(long, value_name = "FILE", conflicts_with = "owner")]
         current: Option<PathBuf>,
         /// Check it as the first bundle of the owner whose key this is (a PUBLIC KEY or
-        /// CERTIFICATE PEM: its root), as a device holding that owner's voucher and no bundle does.
-        #[arg(long, value_name = "SPKI-or-cert.pem")]
+        /// CERTIFICATE PEM: its root), signed by that key (a device also requires it issued
+        /// since its voucher's last entry: see --voucher).
+        #[arg(long, value_name = "SPKI-or-cert.pem", conflicts_with = "voucher")]
         owner: Option<PathBuf>,
+        /// Check it as a device holding this voucher and no bundle does: the first bundle of
+        /// the owner the voucher's last entry names, issued since that entry was made.
+        #[arg(long, value_name = "FILE", conflicts_with = "current")]
+        voucher: Option<PathBuf>,
     },
 }
 
@@ -169,12 +174,26 @@ pub fn run(c: BundleCmd) -> anyhow::Result<()> {
                 let dir = crate::DirArg { dir, database };
                 let cfg = dir.config()?;
                 let key = root_signer(&dir.dir, &cfg, &pass)?;
+                if root_spki(&dir)?.is_some_and(|r| r != key.public_key_der()) {
+                    bail!("the root key the config names is not the key of its root certificate");
+                }
                 sign(&file, key.as_ref(), Some(&dir))
             }
             (None, None) => bail!("give --key or --dir"),
         },
         BundleCmd::Show { file, json } => show(&file, json),
-        BundleCmd::Verify { file, current, owner } => verify(&file, current.as_deref(), owner.as_deref()),
+        BundleCmd::Verify { file, current, owner, voucher } => {
+            let owned = match (owner, voucher) {
+                (Some(o), _) => Some((read_spki(&o)?, i64::MIN)),
+                (None, Some(v)) => {
+                    let v = Voucher::decode(&read(&v)?).with_context(|| format!("{}", v.display()))?;
+                    let last = v.entries().last().map_or(i64::MAX, |e| e.created_at);
+                    Some((v.owner().to_vec(), last))
+                }
+                (None, None) => None,
+            };
+            verify(&file, current.as_deref(), owned)
+        }
         BundleCmd::Publish { dir, file } => {
             let bytes = read(&file)?;
             let store = dir.store()?;
@@ -188,14 +207,19 @@ pub fn run(c: BundleCmd) -> anyhow::Result<()> {
                 c.threshold,
                 iotpki_core::time::rfc3339(c.expires_at)
             );
-            if let Some(root) = root_spki(&dir)? {
-                if let Err(e) = bundle::verify_owned(&bytes, &root, SystemClock.now()) {
-                    eprintln!(
-                        "note: devices handed to this authority by a voucher, holding no bundle yet, will not take \
-                         it as their first ({e}); sign it with `iotpki bundle sign --dir` and publish the next \
-                         version"
-                    );
+            // Published already: a root that cannot be read only leaves the note out.
+            match root_spki(&dir) {
+                Ok(Some(root)) => {
+                    if let Err(e) = bundle::verify_owned(&bytes, &root, i64::MIN, SystemClock.now()) {
+                        eprintln!(
+                            "note: devices handed to this authority by a voucher, holding no bundle yet, will not \
+                             take it as their first ({e}); sign it with `iotpki bundle sign --dir` and publish the \
+                             next version"
+                        );
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => eprintln!("note: the root's key could not be read to check its signature: {e:#}"),
             }
             Ok(())
         }
@@ -368,18 +392,18 @@ fn show(file: &Path, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(file: &Path, current: Option<&Path>, owner: Option<&Path>) -> anyhow::Result<()> {
+fn verify(file: &Path, current: Option<&Path>, owned: Option<(Vec<u8>, i64)>) -> anyhow::Result<()> {
     let bytes = read(file)?;
     let now = SystemClock.now();
-    let (b, how) = match (current, owner) {
+    let (b, how) = match (current, owned) {
         (Some(cur), _) => {
             let cur_bytes = read(cur)?;
             let cur_bundle = Bundle::decode(&cur_bytes).with_context(|| format!("{} (current)", cur.display()))?;
             let b = bundle::verify_update(&cur_bundle, &bytes, now).with_context(|| format!("{}", file.display()))?;
             (b, "as an update of the current bundle")
         }
-        (None, Some(o)) => {
-            let b = bundle::verify_owned(&bytes, &read_spki(o)?, now).with_context(|| format!("{}", file.display()))?;
+        (None, Some((owner, since))) => {
+            let b = bundle::verify_owned(&bytes, &owner, since, now).with_context(|| format!("{}", file.display()))?;
             (b, "as the owner's first bundle")
         }
         (None, None) => {

@@ -140,6 +140,10 @@ pub fn device(c: DeviceCmd) -> anyhow::Result<()> {
             let a = dir.authority(&pass)?;
             let serial = a.claim_by_voucher(&bytes, "admin:cli")?;
             println!("claimed {serial} by voucher: it may now commission here with its birth certificate");
+            println!(
+                "  a device with no trust bundle takes as its first one a bundle signed by this authority's root key \
+                 and issued from now on (iotpki bundle create, sign --dir, publish)"
+            );
         }
         DeviceCmd::Claim { .. } => anyhow::bail!("give --births FILE or --voucher FILE"),
         DeviceCmd::Show { dir, serial } => {

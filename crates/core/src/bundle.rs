@@ -535,9 +535,10 @@ pub fn verify_initial(bytes: &[u8], now: i64) -> Result<Bundle, BundleError> {
 /// Check the first bundle of a device's owner, taken without a factory: the
 /// device holds no bundle (it was handed over, and the previous owner's was
 /// set aside; or it was claimed without one) and an ownership voucher that
-/// names `owner_spki` (DER SubjectPublicKeyInfo, the owner's root key). The
-/// voucher's owner stands where a current bundle's signers stand in
-/// [`verify_update`]: accepted only if, in this order,
+/// names `owner_spki` (DER SubjectPublicKeyInfo, the owner's root key), in
+/// the voucher's last entry, made at `owned_since`. The voucher's owner stands
+/// where a current bundle's signers stand in [`verify_update`]: accepted only
+/// if, in this order,
 /// 1. it decodes (else [`BundleError::Malformed`]);
 /// 2. every signature by the owner key or by a key it names verifies (else
 ///    [`BundleError::BadSignature`]);
@@ -547,17 +548,22 @@ pub fn verify_initial(bytes: &[u8], now: i64) -> Result<Bundle, BundleError> {
 ///    the voucher names;
 /// 4. its own `threshold` of its own keys signed it (as [`verify_initial`]), so
 ///    that its signers can sign the next update;
-/// 5. the time rules of [`verify_initial`].
+/// 5. it was issued at or after `owned_since` (else [`BundleError::BeforeOwnership`]):
+///    the device holds no version to roll back from, so this is what keeps an
+///    older bundle of the same owner (roots and signers it has dropped since,
+///    still within its expiry) from being replayed to a device it just got;
+/// 6. the time rules of [`verify_initial`].
 ///
-/// There is no version rule: the device holds nothing to roll back from (the
-/// voucher bounds who, and a later bundle of this owner replaces this one by
-/// [`verify_update`]).
-pub fn verify_owned(bytes: &[u8], owner_spki: &[u8], now: i64) -> Result<Bundle, BundleError> {
+/// A later bundle of this owner replaces this one by [`verify_update`].
+pub fn verify_owned(bytes: &[u8], owner_spki: &[u8], owned_since: i64, now: i64) -> Result<Bundle, BundleError> {
     let b = Bundle::decode(bytes)?;
     let owner = [owner_spki.to_vec()];
     let tally = b.tally(&key_map(&[&owner, &b.content.signers]))?;
     tally.require(&owner, 1, Whose::Owner)?;
     tally.require(&b.content.signers, b.content.threshold, Whose::Own)?;
+    if b.content.issued_at < owned_since {
+        return Err(BundleError::BeforeOwnership { issued_at: b.content.issued_at, owned_since });
+    }
     b.check_time(now)?;
     Ok(b)
 }
@@ -643,6 +649,14 @@ pub enum BundleError {
         /// The time it was checked at.
         now: i64,
     },
+    /// An owner's first bundle ([`verify_owned`]) issued before the voucher
+    /// entry that made it the device's owner.
+    BeforeOwnership {
+        /// Its `issued_at`.
+        issued_at: i64,
+        /// When the voucher's last entry was made.
+        owned_since: i64,
+    },
     /// Too few distinct keys signed.
     BelowThreshold {
         /// Distinct keys of the set that signed with a valid signature.
@@ -701,6 +715,14 @@ impl fmt::Display for BundleError {
                 "trust bundle is issued at {}, more than {MAX_CLOCK_SKEW} s after now ({}); check the clocks",
                 crate::time::rfc3339(*issued_at),
                 crate::time::rfc3339(*now)
+            ),
+            Self::BeforeOwnership { issued_at, owned_since } => write!(
+                f,
+                "trust bundle was issued at {}, before the voucher entry that made its signer the device's owner \
+                 ({}): a device takes as its owner's first bundle only one issued since (an older one may trust \
+                 roots or signers the owner has dropped); publish a new version (iotpki bundle create, sign, publish)",
+                crate::time::rfc3339(*issued_at),
+                crate::time::rfc3339(*owned_since)
             ),
             Self::BelowThreshold { have, need, whose } => write!(
                 f,
@@ -1006,37 +1028,44 @@ mod tests {
     fn an_owners_first_bundle_needs_the_owner_key_and_its_own_threshold() {
         let k = keys();
         let owner = k[3].public_key_der();
+        // The owner's voucher entry was made an hour before; the bundles, a minute before now.
+        const SINCE: i64 = NOW - 3600;
         let c = content(1, &[&k[0], &k[1], &k[2]], 2);
         // Its own signers alone: anyone can make such a bundle.
-        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[1]]), owner, NOW).unwrap_err();
+        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[1]]), owner, SINCE, NOW).unwrap_err();
         assert_eq!(err, BundleError::BelowThreshold { have: 0, need: 1, whose: Whose::Owner });
         assert!(err.to_string().contains("ownership voucher"), "{err}");
         // And a key that is not the owner's.
-        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[1], &k[4]]), owner, NOW).unwrap_err();
+        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[1], &k[4]]), owner, SINCE, NOW).unwrap_err();
         assert!(matches!(err, BundleError::UnknownSigner { have: 0, need: 1, whose: Whose::Owner, .. }), "{err}");
         // The owner and a threshold of its own keys.
         let bytes = signed(c.clone(), &[&k[0], &k[1], &k[3]]);
-        let b = verify_owned(&bytes, owner, NOW).unwrap();
+        let b = verify_owned(&bytes, owner, SINCE, NOW).unwrap();
         assert_eq!(b.content(), &c);
         assert_eq!(b.foreign_signatures(), vec![cose::key_id(owner)]);
         assert!(verify_initial(&bytes, NOW).is_ok(), "a factory would take it too");
         // The owner, below the bundle's own threshold: its signers could not sign the next one.
-        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[3]]), owner, NOW).unwrap_err();
+        let err = verify_owned(&signed(c.clone(), &[&k[0], &k[3]]), owner, SINCE, NOW).unwrap_err();
         assert_eq!(err, BundleError::BelowThreshold { have: 1, need: 2, whose: Whose::Own });
         // The owner key named among the signers counts for both.
         let named = content(1, &[&k[3], &k[0]], 1);
-        assert!(verify_owned(&signed(named, &[&k[3]]), owner, NOW).is_ok());
+        assert!(verify_owned(&signed(named, &[&k[3]]), owner, SINCE, NOW).is_ok());
         // The owner's signature damaged: an error, not a signature skipped.
         let mut bad = bytes.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        let err = verify_owned(&bad, owner, NOW).unwrap_err();
+        let err = verify_owned(&bad, owner, SINCE, NOW).unwrap_err();
         assert!(matches!(err, BundleError::BadSignature { kid, .. } if kid == cose::key_id(owner)), "{err}");
+        // Issued before the owner got the device (an older bundle of its own, replayed): refused.
+        let err = verify_owned(&bytes, owner, NOW - 59, NOW).unwrap_err();
+        assert_eq!(err, BundleError::BeforeOwnership { issued_at: NOW - 60, owned_since: NOW - 59 });
+        assert!(err.to_string().contains("before the voucher entry"), "{err}");
+        assert!(verify_owned(&bytes, owner, NOW - 60, NOW).is_ok(), "issued in the second the entry was made");
         // Time rules as for the first bundle.
-        let err = verify_owned(&bytes, owner, NOW + 86_400).unwrap_err();
+        let err = verify_owned(&bytes, owner, SINCE, NOW + 86_400).unwrap_err();
         assert!(matches!(err, BundleError::Expired { .. }), "{err}");
         // Another owner's key decides nothing.
-        let err = verify_owned(&bytes, k[4].public_key_der(), NOW).unwrap_err();
+        let err = verify_owned(&bytes, k[4].public_key_der(), SINCE, NOW).unwrap_err();
         assert!(matches!(err, BundleError::UnknownSigner { whose: Whose::Owner, .. }), "{err}");
     }
 

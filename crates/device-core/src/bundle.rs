@@ -331,14 +331,20 @@ pub fn verify_initial(bytes: &[u8], now: u64) -> Result<Bundle, Error> {
 /// by the owner key or a key it names verifies ([`BundleError::BadSignature`]);
 /// the owner key signed it ([`BundleError::BelowThreshold`] or
 /// [`BundleError::UnknownSigner`], whose [`Whose::Owner`]); its own threshold of
-/// its own keys signed it; it is not expired at `now` nor issued more than
-/// [`MAX_CLOCK_SKEW`] after it.
-pub fn verify_owned(bytes: &[u8], owner_spki: &[u8], now: u64) -> Result<Bundle, Error> {
+/// its own keys signed it; it was issued at or after `owned_since`, when the
+/// voucher's last entry was made ([`BundleError::BeforeOwnership`]: no older
+/// bundle of the owner is replayed); it is not expired at `now` nor issued
+/// more than [`MAX_CLOCK_SKEW`] after it.
+pub fn verify_owned(bytes: &[u8], owner_spki: &[u8], owned_since: u64, now: u64) -> Result<Bundle, Error> {
     let b = Bundle::decode(bytes)?;
     let owner = [owner_spki.to_vec()];
     let tally = b.tally(&key_map(&[&owner, &b.content.signers]))?;
     tally.require(&owner, 1, Whose::Owner)?;
     tally.require(&b.content.signers, b.content.threshold, Whose::Own)?;
+    let owned_since = secs(owned_since);
+    if b.content.issued_at < owned_since {
+        return Err(BundleError::BeforeOwnership { issued_at: b.content.issued_at, owned_since }.into());
+    }
     b.check_time(secs(now))?;
     Ok(b)
 }
@@ -431,6 +437,13 @@ pub enum BundleError {
         /// The time it was checked at.
         now: i64,
     },
+    /// An owner's first bundle issued before the voucher entry that made it the owner.
+    BeforeOwnership {
+        /// Its `issued_at`.
+        issued_at: i64,
+        /// When the voucher's last entry was made.
+        owned_since: i64,
+    },
     /// Too few distinct keys signed.
     BelowThreshold {
         /// Distinct keys of the set with a valid signature.
@@ -476,6 +489,11 @@ impl fmt::Display for BundleError {
             Self::IssuedInFuture { issued_at, now } => write!(
                 f,
                 "trust bundle is issued at {issued_at}, more than {MAX_CLOCK_SKEW} s after now ({now}); check the clocks"
+            ),
+            Self::BeforeOwnership { issued_at, owned_since } => write!(
+                f,
+                "trust bundle was issued at {issued_at}, before the voucher entry that made its signer the device's \
+                 owner ({owned_since}, Unix seconds): only one issued since is taken as the owner's first"
             ),
             Self::BelowThreshold { have, need, whose } => write!(
                 f,

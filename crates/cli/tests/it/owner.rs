@@ -847,6 +847,29 @@ async fn a_past_owners_trust_bundle_decides_nothing_after_the_hand_over() {
     iotpki_agent::renew(&dev, None, None).await.unwrap();
 }
 
+/// A bundle trusting `ca`'s root, issued `age` seconds ago, signed by two of
+/// three keys of its own.
+fn older_bundle(ca: &Ca, age: i64) -> PathBuf {
+    use iotpki_core::bundle::{Bundle, BundleContent, UnsignedBundle};
+    let keys: Vec<SoftKey> = (0..3).map(|_| SoftKey::generate(KeyType::EcdsaP256).unwrap()).collect();
+    let now = iotpki_authority::Clock::now(ca.clock.as_ref());
+    let content = BundleContent {
+        version: 1,
+        issued_at: now - age,
+        expires_at: now + 86_400,
+        anchors: vec![ca.authority.root_der().to_vec()],
+        servers: vec![],
+        threshold: 2,
+        signers: keys.iter().map(|k| k.public_key_der().to_vec()).collect(),
+    };
+    let mut b = Bundle::decode(&UnsignedBundle::new(content).unwrap().encode()).unwrap();
+    b.add_signature(&keys[0]).unwrap();
+    b.add_signature(&keys[1]).unwrap();
+    let out = ca.tmp.path().join(format!("older-{age}.cbor"));
+    std::fs::write(&out, b.encode()).unwrap();
+    out
+}
+
 /// `agent fetch --from URL` on `state`: what it said of the voucher and of the bundle.
 /// (The CRLs it also fetches are not looked at: the test authorities' CAs share
 /// their names, so one's CRL is refused as not signed by the other's CA.)
@@ -888,10 +911,8 @@ async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_vouche
     }
     let a_keys = signer_keys(&a.tmp.path().join("signers"));
     let b_keys = signer_keys(&b.tmp.path().join("signers"));
-    // Drafts signed by two of each owner's three signer keys.
-    let (a1, a2, a3) =
-        (bundle(&a, &a_keys, 1, &[0, 1]), bundle(&a, &a_keys, 2, &[0, 1]), bundle(&a, &a_keys, 3, &[1, 2]));
-    let b1 = bundle(&b, &b_keys, 1, &[0, 2]);
+    // B's bundle of an hour ago, B's root signing (below): older than B's ownership.
+    let b0 = older_bundle(&b, 3600);
     let t = mfg.tmp.path().to_path_buf();
     let (mdir, adir, bdir, aroot, broot) =
         (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), a.root_file(), b.root_file());
@@ -902,13 +923,16 @@ async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_vouche
         voucher_issue(&mdir, "VF-1", &aroot, &t.join("m-a.cbor"));
         run_ok(&mut claim(&adir, &t.join("m-a.cbor")));
         run_ok(&mut apply(&d, &t.join("m-a.cbor"), false));
+        // Bundles made since, signed by two of each owner's three signer keys.
+        let (a1, a2, a3) =
+            (bundle(&a, &a_keys, 1, &[0, 1]), bundle(&a, &a_keys, 2, &[0, 1]), bundle(&a, &a_keys, 3, &[1, 2]));
 
         // A bundle A's signers signed, but not A's root: anyone could have made it.
         let note = publish(&adir, &a1);
         assert!(note.contains("will not take it") && note.contains("bundle sign --dir"), "{note}");
-        let (voucher, bundle) = fetch(&d, &a_http);
+        let (voucher, said) = fetch(&d, &a_http);
         assert!(voucher.contains("unchanged"), "{voucher}");
-        assert!(bundle.starts_with("REFUSED") && bundle.contains("ownership voucher"), "{bundle}");
+        assert!(said.starts_with("REFUSED") && said.contains("ownership voucher"), "{said}");
         assert!(!d.join("bundle.cbor").exists());
 
         // Version 2, signed with A's root key too: taken from A's server.
@@ -926,17 +950,17 @@ async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_vouche
         };
         assert!(run_ok(&mut verify(&a2)).contains("valid as the owner's first bundle"));
         assert!(run_fail(&mut verify(&a1)).contains("ownership voucher"));
-        let (_, bundle) = fetch(&d, &a_http);
-        assert_eq!(bundle, "trust bundle version 2 installed");
+        let (_, said) = fetch(&d, &a_http);
+        assert_eq!(said, "trust bundle version 2 installed");
         assert_eq!(std::fs::read(d.join("bundle.cbor")).unwrap(), std::fs::read(&a2).unwrap());
 
         // A hands the device to B; the device learns it from A's own server:
         // the voucher first, so A's bundle is set aside, and A's published
         // bundle (A's root signed it) is refused now that B owns the device.
         voucher_issue(&adir, "VF-1", &broot, &t.join("a-b.cbor"));
-        let (voucher, bundle) = fetch(&d, &a_http);
+        let (voucher, said) = fetch(&d, &a_http);
         assert!(voucher.contains("voucher installed (2 entries)"), "{voucher}");
-        assert!(bundle.starts_with("REFUSED") && bundle.contains("ownership voucher"), "{bundle}");
+        assert!(said.starts_with("REFUSED") && said.contains("ownership voucher"), "{said}");
         assert!(!d.join("bundle.cbor").exists() && d.join("bundle.previous-owner.cbor").exists());
 
         // The past owner's next bundle, its root's and its signers' signatures: refused.
@@ -945,13 +969,25 @@ async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_vouche
         assert!(err.contains("trust bundle refused") && err.contains("ownership voucher"), "{err}");
         assert!(!d.join("bundle.cbor").exists());
 
+        // B's bundle from before the hand-over, B's root signing: refused (an older
+        // bundle of an owner may trust roots or signers it has dropped since).
+        sign_as_owner(&bdir, &b0);
+        let err = run_fail(&mut apply(&d, &b0, false));
+        assert!(err.contains("before the voucher entry"), "{err}");
+        assert!(!d.join("bundle.cbor").exists());
+
         // B claims it and publishes its first bundle, its root signing: the device takes it.
         run_ok(&mut claim(&bdir, &t.join("a-b.cbor")));
+        let b1 = bundle(&b, &b_keys, 1, &[0, 2]);
         sign_as_owner(&bdir, &b1);
+        let verify = run_ok(bin().args(["bundle", "verify"]).arg(&b1).arg("--voucher").arg(t.join("a-b.cbor")));
+        assert!(verify.contains("valid as the owner's first bundle"), "{verify}");
+        let err = run_fail(bin().args(["bundle", "verify"]).arg(&b0).arg("--voucher").arg(t.join("a-b.cbor")));
+        assert!(err.contains("before the voucher entry"), "{err}");
         publish(&bdir, &b1);
-        let (voucher, bundle) = fetch(&d, &b_http);
+        let (voucher, said) = fetch(&d, &b_http);
         assert!(voucher.contains("unchanged"), "{voucher}");
-        assert_eq!(bundle, "trust bundle version 1 installed");
+        assert_eq!(said, "trust bundle version 1 installed");
         assert_eq!(std::fs::read(d.join("bundle.cbor")).unwrap(), std::fs::read(&b1).unwrap());
         // From then on, the past owner's bundles are updates the installed one's signers did not sign.
         let err = run_fail(&mut apply(&d, &a3, false));
@@ -960,4 +996,62 @@ async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_vouche
     // The device commissions with B (B's root, as its voucher names).
     iotpki_agent::flow::commission(&dev, Some(&b.url), Some(&b.root_pem), None).await.unwrap();
     assert_eq!(b.last_audit().event.action, "commission");
+}
+
+/// A device its owner A claimed with a births file and commissioned holds no
+/// voucher. The manufacturer alone signs a first entry: a voucher handing the
+/// device from the manufacturer straight to B (the manufacturer's own key as
+/// B, or any key) is refused by the device, nothing changes, and B's bundle
+/// signed by B's root is not taken either. A voucher carrying A's consent (the
+/// manufacturer to A, then A to B, signed by A's root) is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manufacturer_cannot_hand_on_a_device_an_owner_commissioned_without_a_voucher() {
+    let mfg = Ca::start().await;
+    let (a, b) = (Ca::start().await, Ca::start().await);
+    let serials = ["VT-1".to_string(), "VT-2".to_string()];
+    let devs = born_devices(&mfg, "TB", &serials).await;
+    for op in [&a, &b] {
+        run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
+    }
+    crate::commission::claim(&a, &mfg, &["VT-1", "VT-2"]);
+    for d in &devs {
+        iotpki_agent::flow::commission(d, Some(&a.url), Some(&a.root_pem), None).await.unwrap();
+    }
+    let b_keys = signer_keys(&b.tmp.path().join("signers"));
+    let t = mfg.tmp.path().to_path_buf();
+    let (mdir, adir, bdir, aroot, broot) =
+        (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), a.root_file(), b.root_file());
+    let (d1, d2) = (devs[0].clone(), devs[1].clone());
+    tokio::task::block_in_place(|| {
+        // The manufacturer hands VT-1 straight to B: the device refuses it.
+        voucher_issue(&mdir, "VT-1", &broot, &t.join("m-b.cbor"));
+        let identity = std::fs::read(d1.join("identity.json")).unwrap();
+        let err = run_fail(&mut apply(&d1, &t.join("m-b.cbor"), false));
+        assert!(err.contains("ownership voucher refused") && err.contains("must name that owner"), "{err}");
+        assert!(!d1.join("voucher.cbor").exists());
+        assert_eq!(std::fs::read(d1.join("identity.json")).unwrap(), identity);
+        // So B's bundle, its root signing, is no first bundle for it either.
+        let b1 = bundle(&b, &b_keys, 1, &[0, 1]);
+        sign_as_owner(&bdir, &b1);
+        let err = run_fail(&mut apply(&d1, &b1, false));
+        assert!(err.contains("no ownership voucher"), "{err}");
+        assert!(!d1.join("bundle.cbor").exists());
+
+        // With A's consent: the manufacturer to A, claimed by A, then A to B.
+        voucher_issue(&mdir, "VT-2", &aroot, &t.join("m-a.cbor"));
+        run_ok(&mut claim(&adir, &t.join("m-a.cbor")));
+        // (The manufacturer to A alone is taken too: it names the device's owner.)
+        let out = run_ok(&mut apply(&d2, &t.join("m-a.cbor"), false));
+        assert!(out.contains("voucher installed (1 entries)"), "{out}");
+        voucher_issue(&adir, "VT-2", &broot, &t.join("a-b.cbor"));
+        let out = run_ok(&mut apply(&d2, &t.join("a-b.cbor"), false));
+        assert!(out.contains("voucher installed (2 entries)"), "{out}");
+        let b2 = bundle(&b, &b_keys, 2, &[0, 1]);
+        sign_as_owner(&bdir, &b2);
+        run_ok(&mut apply(&d2, &b2, false));
+        run_ok(&mut claim(&bdir, &t.join("a-b.cbor")));
+    });
+    // A renews VT-1 still; VT-2 commissions with B.
+    iotpki_agent::renew(&devs[0], None, None).await.unwrap();
+    iotpki_agent::flow::commission(&devs[1], Some(&b.url), Some(&b.root_pem), None).await.unwrap();
 }
