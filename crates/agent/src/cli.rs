@@ -190,7 +190,9 @@ pub const COMMANDS: &[Command] = &[
             STATE,
             Flag::switch(
                 "initial",
-                "Install a first trust bundle (at the factory): it must carry its own threshold of signatures.",
+                "Install a first trust bundle (at the factory): it must carry its own threshold of signatures. \
+                 Without it, a device holding no bundle takes only its owner's first: signed by the key its \
+                 ownership voucher names, issued since that voucher's last entry.",
             ),
         ]],
         positional: Some(Positional { name: "FILE", help: "The file." }),
