@@ -13,7 +13,7 @@
 //!   at our anchor).
 //! - The device authenticates with its certificate (birth or operational)
 //!   and its key wherever the keystore holds it: the handshake's signature
-//!   is made by the [`Signer`] ([`KeyHandles`]), never by a copy of the key.
+//!   is made by the [`Signer`] (`KeyHandles`), never by a copy of the key.
 //! - A first enrollment with a token presents a self-signed certificate of
 //!   the new key and carries `SERIAL:TOKEN` in the request's
 //!   challengePassword (docs/coaps.md).

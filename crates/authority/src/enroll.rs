@@ -58,7 +58,7 @@ pub enum EnrollRequest<'a> {
     /// EST `simpleenroll`. `batch` (`?batch=`) makes it a station's request
     /// for a birth certificate; `activation` is the answer to a TPM
     /// attestation challenge (its id and the secret the device's TPM
-    /// recovered), for a batch that requires attestation ([`attest`]).
+    /// recovered), for a batch that requires attestation ([`attest`](crate::attest)).
     Enroll {
         /// The batch a station enrolls a device of.
         batch: Option<&'a str>,

@@ -56,7 +56,7 @@ pub enum Target<'a> {
 
 /// Revoke (admin) with an RFC 5280 reason code; returns the serials revoked.
 ///
-/// A device is revoked by one store operation ([`Store::revoke_device`]):
+/// A device is revoked by one store operation ([`Store::revoke_device`](iotpki_store::Revocations::revoke_device)):
 /// its good certificates are listed and revoked in the same transaction, so
 /// a renewal or enrollment racing the revocation either committed before it
 /// (and is revoked by it) or comes after (and finds its predecessor revoked,

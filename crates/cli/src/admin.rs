@@ -764,7 +764,7 @@ pub fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
 pub enum DbCmd {
     /// Apply the migrations a PostgreSQL database lacks (idempotent) and print its schema version.
     Migrate {
-        /// The database: postgres://USER[:PASSWORD]@HOST:PORT/DATABASE.
+        /// The database: `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`.
         #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true)]
         database: String,
     },

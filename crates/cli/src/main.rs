@@ -125,7 +125,7 @@ pub struct DirArg {
     /// The authority's directory.
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
-    /// Keep the state in this PostgreSQL database (postgres://USER[:PASSWORD]@HOST:PORT/DATABASE)
+    /// Keep the state in this PostgreSQL database (`postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`)
     /// instead of the one the config names; several nodes may share it. Default: the config's store.
     #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true)]
     pub database: Option<String>,

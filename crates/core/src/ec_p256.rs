@@ -255,7 +255,7 @@ impl KeyPair {
     }
 
     /// An ECDSA signature (DER, RFC 3279) of a message whose hash is `hash`,
-    /// with a hedged nonce ([`Self::nonce`]).
+    /// with a hedged nonce (`nonce`).
     pub fn sign_digest(&self, rng: &SystemRandom, hash: &[u8]) -> Result<Vec<u8>, Unspecified> {
         let z = hash_scalar(hash);
         for attempt in 0..64u8 {

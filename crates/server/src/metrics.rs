@@ -9,7 +9,7 @@
 //! ([`iotpki_authority::metrics::EXPIRING_TTL`]). Nothing is done per
 //! certificate. The route takes no parameters: a query string is refused (400).
 //!
-//! Every request on every HTTP listener is timed here ([`track`]), by its
+//! Every request on every HTTP listener is timed here (`track`), by its
 //! route template (never the raw path, which a client chooses) and status class.
 
 use std::sync::Arc;

@@ -125,7 +125,7 @@ impl Drop for InFlight {
 }
 
 /// From now on, the blocking threads of this process's servers run
-/// [`NICE`] steps below its main thread (each as it next takes work).
+/// `NICE` steps below its main thread (each as it next takes work).
 pub fn lower_blocking_threads() {
     ON.store(true, Ordering::Relaxed);
 }

@@ -65,7 +65,7 @@ impl ClientCertVerifier for DeferredClientAuth {
 /// The server's rustls configuration: TLS 1.3 only, aws-lc-rs (with the
 /// X25519MLKEM768 hybrid key exchange preferred: rustls's `prefer-post-quantum`
 /// feature, tested in `interop::tls_key_exchange_is_hybrid_post_quantum_with_our_devices`),
-/// the cipher suites in [`provider`]'s order whatever the client prefers, HTTP/1.1.
+/// the cipher suites in `provider`'s order whatever the client prefers, HTTP/1.1.
 pub fn server_config(authority: &Authority) -> Result<Arc<ServerConfig>, rustls::Error> {
     let (chain, key) = authority.server_tls();
     server_config_with(authority, chain, key)

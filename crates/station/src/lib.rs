@@ -2,7 +2,7 @@
 //!
 //! A station holds a credential scoped to its batches. It drives devices
 //! under test through their birth ([`factory`]: simulated, or at the other
-//! end of the line link, [`line`]), enrolling each with the authority over
+//! end of the line link, [`line`](mod@line)), enrolling each with the authority over
 //! mutual TLS; or, offline, issues births itself with a delegated CA limited
 //! to one batch ([`offline`]), recording each in a signed, hash-chained
 //! production record that `factory sync` uploads later. [`relay`] serves a

@@ -170,7 +170,7 @@ impl Offline {
     /// Issue a birth certificate for `csr_der` within the delegation's terms,
     /// record it (fsync'd), and return it with the chain the device holds. A
     /// serial born here already is answered with its birth certificate again
-    /// when the request is for the same key ([`Self::replayable`]), and refused
+    /// when the request is for the same key (`replayable`), and refused
     /// otherwise.
     pub fn issue(&self, csr_der: &[u8], batch: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
         if batch != self.d.batch {

@@ -1,4 +1,4 @@
-//! Device keys in a TPM 2.0 behind the [`Signer`] trait, through the
+//! Device keys in a TPM 2.0 behind the [`Signer`](iotpki_core::keys::Signer) trait, through the
 //! `tss-esapi` crate (the TPM Software Stack's ESAPI).
 //!
 //! - [`Tpm`]: one connection to a TPM, named by a TCTI string

@@ -21,7 +21,7 @@
 //!   `handshake_timeout`, idle sessions dropped after `idle_timeout`, any
 //!   session after `connection_lifetime` or `max_requests_per_connection`;
 //! - datagrams over [`MAX_DATAGRAM`] bytes are dropped; dimpl queues at most
-//!   [`RX_QUEUE`] records per session; the CoAP endpoint holds one upload of
+//!   `RX_QUEUE` records per session; the CoAP endpoint holds one upload of
 //!   at most the enrollment limit (16 KiB) and a bounded set of answers;
 //! - one request in progress per session (CoAP's NSTART = 1): a second gets 5.03.
 //!

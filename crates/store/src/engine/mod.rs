@@ -385,7 +385,7 @@ impl Slot {
     }
 }
 
-/// A write queued by [`Engine::queue`]: resolves once the group commit that
+/// A write queued by `Engine::queue`: resolves once the group commit that
 /// carries it has answered (durable when `Ok`, nothing of it written when
 /// `Err`). Dropped unawaited, the write is committed all the same.
 pub struct Recording(Arc<Slot>);
