@@ -84,12 +84,18 @@ pub fn link_hash(secret: &str) -> String {
 }
 
 /// The admin `name`'s certificate that is good now (neither revoked nor
-/// expired), if it has one.
+/// expired, its key not blocked), if it has one.
 fn good_admin_cert(store: &dyn Store, now: i64, name: &str) -> Result<Option<String>, AuthorityError> {
-    Ok(admins(store)?
-        .into_iter()
-        .find(|a| a.name == name && a.record.status == CertStatus::Good && a.record.not_after > now)
-        .map(|a| a.record.serial))
+    for a in admins(store)? {
+        if a.name == name
+            && a.record.status == CertStatus::Good
+            && a.record.not_after > now
+            && store.blocked_key(&a.record.spki_sha256)?.is_none()
+        {
+            return Ok(Some(a.record.serial));
+        }
+    }
+    Ok(None)
 }
 
 /// Make a one-time console link for admin `name` (CLI: `iotpki admin
@@ -220,17 +226,31 @@ impl Authority {
     /// and not expired (else 403, audited as `refuse.console`).
     pub fn console_admin(&self, name: &str, cert_serial: &str) -> Result<Admin<'_>, AuthorityError> {
         let now = self.clock.now();
-        let good = self.store.certificate(cert_serial)?.is_some_and(|r| {
-            r.profile == iotpki_core::profile::Profile::Admin.name()
-                && r.status == CertStatus::Good
-                && r.not_after > now
-        });
+        // A key blocked without its certificate revoked authenticates
+        // nothing over mutual TLS; nor does a session opened with it.
+        let good = match self.store.certificate(cert_serial)? {
+            Some(r) => {
+                r.profile == iotpki_core::profile::Profile::Admin.name()
+                    && r.status == CertStatus::Good
+                    && r.not_after > now
+                    && self.store.blocked_key(&r.spki_sha256)?.is_none()
+            }
+            None => false,
+        };
         if good {
             return Ok(Admin::new(self, name.into(), cert_serial.into()));
         }
         let r = Err(AuthorityError::forbidden(format!("admin {name} holds no good admin certificate any more")));
         self.audit_refusal(&r, || format!("admin:{name}"), None, "refuse.console");
         r
+    }
+
+    /// A console action refused to admin `name` before it was done (a
+    /// session that may only read): audited as `refuse.console`, as every
+    /// refusal (summed up past the refusal window's bound).
+    pub fn console_refused(&self, name: &str, what: &str, why: &str) {
+        let r: Result<(), _> = Err(AuthorityError::forbidden(format!("{what}: {why}")));
+        self.audit_refusal(&r, || format!("admin:{name}"), None, "refuse.console");
     }
 }
 

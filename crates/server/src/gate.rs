@@ -60,6 +60,9 @@ pub const MAX_URI: usize = 12 * 1024;
 pub const ENROLL_MAX: usize = 16 * 1024;
 /// A small JSON request (TPM challenge, admin actions).
 pub const SMALL_JSON_MAX: usize = 64 * 1024;
+/// A request to an endpoint that names no caller (a console form, OCSP aside):
+/// what is read before anyone is known.
+pub const ANONYMOUS_MAX: usize = 16 * 1024;
 /// A batch with its allowlist (up to a million serials).
 pub const BATCH_MAX: usize = 32 * 1024 * 1024;
 /// One production record upload (stations upload in chunks well under it).
@@ -74,6 +77,10 @@ pub(crate) struct Rule {
     pub(crate) max_body: usize,
     /// Whether the body, if typed, must be a PKCS#10 request.
     pub(crate) pkcs10: bool,
+    /// The body is handed on unread (capped at `max_body`): the endpoint
+    /// knows its caller only after the gate, and reads it once it does (the
+    /// console's forms that carry lists, [`crate::console`]).
+    pub(crate) unread: bool,
 }
 
 /// The rule of the request `method path?query`. The caller an endpoint needs
@@ -97,12 +104,16 @@ pub(crate) fn rule(method: &Method, path: &str, query: Option<&str>) -> Rule {
         (_, "/admin/v1/batches") => (Some(Gate::Admin), BATCH_MAX, false),
         (_, p) if p.starts_with("/admin/") => (Some(Gate::Admin), SMALL_JSON_MAX, false),
         (_, "/ocsp") => (None, iotpki_core::ocsp::MAX_REQUEST_LEN, false),
-        // The console's forms that carry lists: a batch's allowlist, a births file.
-        (_, "/console/batches" | "/console/claims") => (None, BATCH_MAX, false),
-        _ => (None, SMALL_JSON_MAX, false),
+        // The console's forms that carry lists: a batch's allowlist, a births
+        // file. Read by the console once it knows an admin sent them.
+        (_, "/console/batches" | "/console/claims") => {
+            let max_body = if method == Method::POST { BATCH_MAX } else { 0 };
+            return Rule { caller: None, max_body, pkcs10: false, unread: true };
+        }
+        _ => (None, ANONYMOUS_MAX, false),
     };
     let max_body = if method == Method::POST { max_body } else { 0 };
-    Rule { caller, max_body, pkcs10 }
+    Rule { caller, max_body, pkcs10, unread: false }
 }
 
 /// The EST label a path names: `/.well-known/est/LABEL/OPERATION`.
@@ -182,6 +193,10 @@ async fn gate_with(a: Arc<Authority>, mut req: Request, next: Next, callers: boo
         }
     }
     let (parts, body) = req.into_parts();
+    if r.unread {
+        let body = Body::new(http_body_util::Limited::new(body, r.max_body));
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let method = parts.method.clone();
     let bytes = match http_body_util::Limited::new(body, r.max_body).collect().await {
         Ok(c) => c.to_bytes(),
@@ -259,13 +274,23 @@ mod tests {
         assert_eq!(post("/factory/sync", None).caller, Some(Gate::Station("refuse.sync")));
         assert_eq!(post("/factory/crl", Some("batch=B1")).max_body, iotpki_core::crl::MAX_CRL_BYTES);
         assert_eq!(post("/admin/v1/tokens", None).caller, Some(Gate::Admin));
-        assert_eq!(post("/ocsp", None), Rule { caller: None, max_body: 8 * 1024, pkcs10: false });
+        assert_eq!(post("/ocsp", None), Rule { caller: None, max_body: 8 * 1024, pkcs10: false, unread: false });
+        // No caller named: what is read before anyone is known is small...
+        assert_eq!(post("/console/login", None).max_body, ANONYMOUS_MAX);
+        assert_eq!(post("/no/such/path", Some("batch=B1")).max_body, ANONYMOUS_MAX);
+        // ...but for the console's lists, handed on unread to the console, which reads them for an admin only.
+        assert_eq!(
+            post("/console/batches", None),
+            Rule { caller: None, max_body: BATCH_MAX, pkcs10: false, unread: true }
+        );
+        assert!(post("/console/claims", None).unread);
+        assert_eq!(rule(&Method::GET, "/console/claims", None).max_body, 0);
         assert_eq!(rule(&Method::GET, "/factory/sync", None).max_body, 0);
         assert_eq!(rule(&Method::GET, "/admin/v1/audit", None).caller, Some(Gate::Admin));
         // The OpenAPI document is the one admin path anyone may GET; no other is let through with it.
         assert_eq!(
             rule(&Method::GET, "/admin/v1/openapi.json", None),
-            Rule { caller: None, max_body: 0, pkcs10: false }
+            Rule { caller: None, max_body: 0, pkcs10: false, unread: false }
         );
         assert_eq!(rule(&Method::POST, "/admin/v1/openapi.json", None).max_body, 0);
         for p in [

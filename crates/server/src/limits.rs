@@ -282,9 +282,21 @@ fn exempt(path: &str) -> bool {
         || path.starts_with("/.well-known/iotpki/")
 }
 
-fn is_station(req: &Request) -> bool {
-    req.uri().path().starts_with("/factory/")
-        || req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("batch=")))
+/// Whether the request takes a station's bucket: a station's endpoint (the
+/// gate's `Gate::Station` ones: `/factory/...`, a birth's `simpleenroll?batch=`)
+/// called with a client certificate, which a station must present. Decided
+/// before the caller is authenticated, so it is no more than what the gate
+/// then requires: anyone else there is refused by the gate, and its refusals
+/// count against its address. A `batch=` anywhere else takes a client's bucket.
+fn is_station(req: &Request, has_certificate: bool) -> bool {
+    if !has_certificate {
+        return false;
+    }
+    let path = req.uri().path();
+    let birth = path.starts_with("/.well-known/est/")
+        && path.ends_with("/simpleenroll")
+        && req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("batch=")));
+    path.starts_with("/factory/") || birth
 }
 
 /// The middleware: rate limit, then answer within the request timeout.
@@ -299,8 +311,10 @@ pub(crate) async fn guard(State(limiter): State<Arc<RateLimiter>>, req: Request,
             return too_many(wait.as_secs().max(1), "refused requests from this address");
         }
         let peer = req.extensions().get::<crate::http::PeerChain>();
-        let key = client_key(&req, peer.and_then(crate::http::PeerChain::rate_key));
-        if let Err(wait) = limiter.take(&key, is_station(&req)) {
+        let cert_key = peer.and_then(crate::http::PeerChain::rate_key);
+        let station = is_station(&req, cert_key.is_some());
+        let key = client_key(&req, cert_key);
+        if let Err(wait) = limiter.take(&key, station) {
             tracing::info!(client = %key, "rate limited");
             return too_many(wait.as_secs().max(1), "requests from this client");
         }
@@ -335,6 +349,61 @@ mod tests {
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO, "{wait:?}");
         r.take("b", false).expect("another client has its own bucket");
         r.take("a", true).expect("the station bucket is separate and larger");
+    }
+
+    /// A `batch=` query does not buy the station's bucket: only a station's
+    /// endpoint called with a client certificate takes it (the gate then
+    /// admits only a station there). Behind the middleware, a certificate's
+    /// re-enrollments and an anonymous read with `?batch=` get 429 past the
+    /// client's burst.
+    #[tokio::test]
+    async fn a_batch_query_gives_no_one_but_a_station_the_station_bucket() {
+        use crate::http::PeerChain;
+        use rustls::pki_types::CertificateDer;
+        use tower::ServiceExt as _;
+        let req = |uri: &str| Request::post(uri).body(axum::body::Body::empty()).unwrap();
+        for (uri, cert, station) in [
+            ("/.well-known/est/simpleenroll?batch=B1", true, true),
+            ("/.well-known/est/arm/simpleenroll?x=1&batch=B1", true, true),
+            ("/factory/sync", true, true),
+            ("/.well-known/est/simpleenroll?batch=B1", false, false),
+            ("/factory/sync", false, false),
+            ("/.well-known/est/simplereenroll?batch=x", true, false),
+            ("/.well-known/est/simpleenroll", true, false),
+            ("/admin/v1/openapi.json?batch=x", false, false),
+            ("/console/batches?batch=1", true, false),
+        ] {
+            assert_eq!(is_station(&req(uri), cert), station, "{uri} with a certificate: {cert}");
+        }
+        let limits = LimitsHandle::new(Limits { client_rate: 0.001, client_burst: 2, ..Limits::default() });
+        let app = axum::Router::new()
+            .fallback(|| async { "ok" })
+            .layer(axum::middleware::from_fn_with_state(Arc::new(RateLimiter::new(limits)), guard));
+        let status = |uri: &'static str, conn: Option<PeerChain>| {
+            let mut req = req(uri);
+            if let Some(c) = conn {
+                req.extensions_mut().insert(c);
+            }
+            req.extensions_mut().insert(PeerAddr(SocketAddr::from(([192, 0, 2, 7], 1000))));
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        let device = PeerChain::new(vec![CertificateDer::from(vec![3; 40])]);
+        for _ in 0..2 {
+            assert_eq!(status("/.well-known/est/simplereenroll?batch=x", Some(device.clone())).await, StatusCode::OK);
+        }
+        let r = status("/.well-known/est/simplereenroll?batch=x", Some(device.clone())).await;
+        assert_eq!(r, StatusCode::TOO_MANY_REQUESTS, "a device's re-enrollments are a client's");
+        for _ in 0..2 {
+            assert_eq!(status("/admin/v1/openapi.json?batch=x", None).await, StatusCode::OK);
+        }
+        let r = status("/admin/v1/openapi.json?batch=x", None).await;
+        assert_eq!(r, StatusCode::TOO_MANY_REQUESTS, "an anonymous client's reads are a client's");
+        let station = PeerChain::new(vec![CertificateDer::from(vec![4; 40])]);
+        for _ in 0..10 {
+            let r = status("/.well-known/est/simpleenroll?batch=B1", Some(station.clone())).await;
+            assert_eq!(r, StatusCode::OK, "a station's births take the station's bucket");
+        }
     }
 
     /// Behind the middleware, requests over mutual TLS are limited by their

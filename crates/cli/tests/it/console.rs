@@ -132,7 +132,7 @@ async fn console_sessions_open_once_and_refuse_what_they_must() {
     let (d1, d2) = (ca.enrolled_device("CON-1").await, ca.enrolled_device("CON-2").await);
     let (c1, c2) = (serial_of(&d1), serial_of(&d2));
     let ops_dir = add_admin(&ca, "ops");
-    add_admin(&ca, "auditor");
+    let auditor_dir = add_admin(&ca, "auditor");
     add_admin(&other, "ops");
     sync_clock(&ca);
     sync_clock(&other);
@@ -256,6 +256,7 @@ async fn console_sessions_open_once_and_refuse_what_they_must() {
         assert_eq!(page.status, 200);
         assert!(!page.body.contains("data-revoke"), "no revoke form for a reader");
         let ro_csrf = csrf_of(&page.body);
+        let refused_before = actions(ca).len();
         let a = curl(
             ca,
             "POST",
@@ -267,6 +268,34 @@ async fn console_sessions_open_once_and_refuse_what_they_must() {
         assert_eq!(a.status, 403);
         assert!(a.body.contains("only read"), "{}", a.body);
         assert_eq!(status(ca, &c2), CertStatus::Good);
+        // Audited, as every refusal, under the reader's name.
+        let after = actions(ca);
+        assert_eq!(after.len(), refused_before + 1, "{after:?}");
+        assert_eq!(after.last().unwrap(), &("refuse.console".to_string(), "admin:auditor".to_string()));
+        // A read session's list upload is refused unread too, and audited.
+        let a = curl(ca, "POST", "/console/claims", Some(&ro), Some(&format!("births=x&csrf={ro_csrf}")), &[]);
+        assert_eq!(a.status, 403, "{}", a.body);
+        assert!(a.body.contains("only read"), "{}", a.body);
+        let after = actions(ca);
+        assert_eq!(after.len(), refused_before + 2, "{after:?}");
+        assert_eq!(after.last().unwrap(), &("refuse.console".to_string(), "admin:auditor".to_string()));
+
+        // Blocking the reader's key, its certificate left good, ends its session
+        // and its links, as it ends its certificate's mutual TLS.
+        run_ok(
+            bin()
+                .args(["key", "block", "--reason", "lost laptop", "--dir"])
+                .arg(&ca.dir)
+                .arg("--cert")
+                .arg(auditor_dir.join("admin.crt")),
+        );
+        let a = curl(ca, "GET", "/console/", Some(&ro), None, &[]);
+        assert_eq!(a.status, 403, "{}", a.body);
+        assert!(a.body.contains("no good admin certificate"), "{}", a.body);
+        let err = run_fail(
+            bin().args(["admin", "console-link", "--dir"]).arg(&ca.dir).args(["--admin", "auditor", "--url", &ca.url]),
+        );
+        assert!(err.contains("no good admin certificate"), "{err}");
 
         // An expired link opens nothing.
         let old = link(ca, "ops", &["--ttl", "60s"]);

@@ -240,6 +240,25 @@ where
 /// (before the fix: 76 MB for six), and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_16_mib_uploads_are_refused_unread_and_server_memory_stays_flat() {
+    unread_uploads("/factory/sync?batch=B1", "application/x-ndjson", Some("refuse.sync")).await;
+}
+
+/// The console's forms that carry lists (a batch's allowlist, a births file,
+/// up to 32 MiB) are read only for a signed-in admin: without a session or a
+/// certificate, 16 MiB uploads to them are answered 401 unread (before the
+/// fix the gate buffered each whole body before the console looked for a
+/// session), the server's memory stays flat, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_console_uploads_are_refused_unread_and_server_memory_stays_flat() {
+    unread_uploads("/console/batches", "application/x-www-form-urlencoded", None).await;
+    unread_uploads("/console/claims", "application/x-www-form-urlencoded", None).await;
+}
+
+/// Six, then twelve, parallel 16 MiB POSTs to `target` from a client with
+/// no certificate and no session: each answered 401, the server's peak
+/// memory rising less than one body, nothing issued, and nothing audited
+/// but `audited` refusals (when given).
+async fn unread_uploads(target: &str, content_type: &str, audited: Option<&str>) {
     use crate::util::{bin, run_ok, serve, PASS};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ca");
@@ -273,30 +292,34 @@ async fn unauthenticated_16_mib_uploads_are_refused_unread_and_server_memory_sta
         let mut tasks = Vec::new();
         for _ in 0..parallel {
             let root = root.clone();
+            let head = format!(
+                "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {BODY}\r\n\r\n"
+            );
             tasks.push(tokio::spawn(async move {
                 let s = tls_connect(addr, &root).await;
-                let head = format!(
-                    "POST /factory/sync?batch=B1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
-                     Content-Length: {BODY}\r\n\r\n"
-                );
                 send_streaming(s, head, BODY).await
             }));
         }
         for t in tasks {
             let st = t.await.unwrap();
-            assert!(st.contains(" 401"), "refused as unauthenticated: {st:?}");
+            assert!(st.contains(" 401"), "{target}: refused as unauthenticated: {st:?}");
         }
     }
     let hwm_after = vm_kb(pid, "VmHWM");
     let rise_mb = (hwm_after.saturating_sub(hwm_before)) / 1024;
-    eprintln!("server VmHWM {hwm_before} kB -> {hwm_after} kB (+{rise_mb} MB) for 18 unread 16 MiB uploads");
-    assert!(rise_mb < 16, "the server read the bodies: its peak memory rose by {rise_mb} MB");
+    eprintln!(
+        "server VmHWM {hwm_before} kB -> {hwm_after} kB (+{rise_mb} MB) for 18 unread 16 MiB uploads to {target}"
+    );
+    assert!(rise_mb < 16, "the server read the bodies to {target}: its peak memory rose by {rise_mb} MB");
     drop(server);
     let cfg = iotpki_authority::Config::load(&dir).unwrap();
     let s = iotpki_authority::open_store(&dir, &cfg).unwrap();
     assert_eq!(s.count_certificates().unwrap(), store_before.0, "nothing issued");
     let entries = s.audit_entries(store_before.1 + 1, u32::MAX).unwrap();
-    assert!(entries.iter().all(|e| e.event.action == "refuse.sync"), "only the refusals are audited: {entries:?}");
+    assert!(
+        entries.iter().all(|e| Some(e.event.action.as_str()) == audited),
+        "only the refusals are audited: {entries:?}"
+    );
     assert!(entries.len() <= 18, "{}", entries.len());
 }
 

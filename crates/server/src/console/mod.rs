@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -383,6 +383,10 @@ where
         return refuse("This form carries no valid CSRF token (reload the page and try again).");
     }
     if v.role != ConsoleRole::Admin {
+        let (a, name) = (ctx.a.clone(), v.admin.clone());
+        let why = "this session may only read (console link of role read)";
+        // Audited as every refusal; the page says so whatever the store did.
+        let _ = blocking(move || a.console_refused(&name, active, why)).await;
         return refuse("This session may only read (console link of role read).");
     }
     let a = ctx.a.clone();
@@ -396,6 +400,52 @@ where
     match r {
         Ok(body) => html_response(StatusCode::OK, html::page(title, active, Some(&v.frame()), &body)),
         Err(e) => error_page(&v, active, &e),
+    }
+}
+
+/// [`act`] for a form that carries a list (a batch's allowlist, a births
+/// file): the gate hands its body on unread (capped), and it is read only for
+/// a caller who may act (a session of role admin, or an admin's certificate,
+/// checked now), from this origin. Anyone else is answered before a byte of
+/// it is buffered.
+async fn act_upload<F>(ctx: Ctx, body: Body, title: &'static str, active: &'static str, f: F) -> Response
+where
+    F: FnOnce(&Admin<'_>, &Viewer, &Form) -> Result<String, AuthorityError> + Send + 'static,
+{
+    let Some(v) = viewer(&ctx.c, &ctx.headers, &ctx.chain) else {
+        return refusal_page(StatusCode::UNAUTHORIZED, "Sign in with a console link.");
+    };
+    let refuse = |why: &str| {
+        html_response(StatusCode::FORBIDDEN, html::page(title, active, Some(&v.frame()), &html::notice("error", why)))
+    };
+    if !same_origin(&ctx.headers) {
+        return refuse("This request came from another site: refused.");
+    }
+    if v.role != ConsoleRole::Admin {
+        let (a, name) = (ctx.a.clone(), v.admin.clone());
+        let why = "this session may only read (console link of role read)";
+        let _ = blocking(move || a.console_refused(&name, active, why)).await;
+        return refuse("This session may only read (console link of role read).");
+    }
+    if v.by_certificate {
+        let (a, v2) = (ctx.a.clone(), v.clone());
+        if let Err(e) = blocking(move || v2.admin(&a).map(drop)).await.and_then(|r| r) {
+            return error_page(&v, active, &e);
+        }
+    }
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => act(ctx, bytes, title, active, f).await,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                return html_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    html::page(title, active, Some(&v.frame()), &html::notice("error", "This form is too large.")),
+                );
+            }
+            error_page(&v, active, &AuthorityError::malformed(format!("the form could not be read: {e}")))
+        }
     }
 }
 

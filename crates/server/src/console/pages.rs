@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query};
 use axum::response::Response;
 use iotpki_authority::admin::Admin;
@@ -16,7 +16,7 @@ use iotpki_store::{AuditEntry, AuditFilter, BatchStatus, CertQuery, CertRecord, 
 use serde::Deserialize;
 
 use super::html::{self, esc, url_part};
-use super::{act, view, Ctx, Form, Viewer};
+use super::{act, act_upload, view, Ctx, Form, Viewer};
 
 /// Most rows a list page shows at once.
 const PAGE_ROWS: u32 = 200;
@@ -255,9 +255,9 @@ fn parse_time(what: &str, s: &str) -> Result<Option<i64>, AuthorityError> {
 }
 
 /// `POST /console/batches`: create one.
-pub(crate) async fn create_batch(ctx: Ctx, body: Bytes) -> Response {
+pub(crate) async fn create_batch(ctx: Ctx, body: Body) -> Response {
     let now = iotpki_authority::Clock::now(ctx.a.clock().as_ref());
-    act(ctx, body, "Batch created", "/console/batches", move |adm, _, f| {
+    act_upload(ctx, body, "Batch created", "/console/batches", move |adm, _, f| {
         let r = (|| {
             let from = parse_time("from", f.get("from").map_or("", |s| s.trim()))?.unwrap_or(now);
             let until = parse_time("until", f.get("until").map_or("", |s| s.trim()))?.unwrap_or(from + 90 * 86_400);
@@ -706,8 +706,8 @@ fn claim_form(v: &Viewer) -> String {
 }
 
 /// `POST /console/claims`.
-pub(crate) async fn claim(ctx: Ctx, body: Bytes) -> Response {
-    act(ctx, body, "Claim devices", "/console/claims", |adm, v, f| {
+pub(crate) async fn claim(ctx: Ctx, body: Body) -> Response {
+    act_upload(ctx, body, "Claim devices", "/console/claims", |adm, v, f| {
         let births = field(f, "births").map_err(|e| adm.refused(e, "device.claim", ""))?.to_string();
         let (listed, new) = adm.claim_births(&births)?;
         Ok(format!(
