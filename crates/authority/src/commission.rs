@@ -377,6 +377,12 @@ impl Authority {
         })?;
         let info = profile::cert_info(leaf)
             .map_err(|e| AuthorityError::Refused(Refusal::Client(format!("client certificate is malformed: {e}"))))?;
+        // Before anything else: a key in another encoding (an EC point compressed, say) has a
+        // fingerprint that names no key, so the blocked-key and one-key-one-device checks
+        // below would compare nothing. No birth iotpki issues or records has one.
+        profile::key_canonical(&info.cert).map_err(|e| {
+            AuthorityError::Refused(Refusal::Client(format!("the birth certificate's key is refused: {e}")))
+        })?;
         let inter: Vec<Vec<u8>> = chain[1..].iter().map(|c| c.to_vec()).collect();
         let now = self.clock.now();
         let manufacturers = self.store.manufacturers()?;

@@ -732,8 +732,13 @@ impl Authority {
             }
             // Outside the serials signed into the delegation: flagged, whatever the batch's allowlist says.
             let outside_delegation = !name::permitted_by(&delegate.cert, &tbs.subject)?;
+            // A key in another encoding than its one canonical form (say an EC point compressed)
+            // hashes to no key the store compares: a blocked key or another device's would slip
+            // through. Recorded, flagged non-canonical-key and revoked, never a birth.
+            let key_not_canonical = profile::key_canonical(&info.cert).is_err();
             out.push(SyncEntry {
                 outside_delegation,
+                key_not_canonical,
                 device_serial: e.serial.clone(),
                 cert: CertRecord {
                     serial: info.serial.clone(),

@@ -542,7 +542,8 @@ pub struct CertInfo {
     pub not_after: i64,
     /// subjectKeyIdentifier, if present.
     pub ski: Option<Vec<u8>>,
-    /// SHA-256 of the subjectPublicKeyInfo, hex.
+    /// SHA-256 of the subjectPublicKeyInfo as the certificate encodes it, hex:
+    /// the key's fingerprint only when [`key_canonical`] holds.
     pub spki_sha256: String,
     /// Whether basicConstraints says it is a CA.
     pub is_ca: bool,
@@ -580,6 +581,15 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, Error> {
     })
 }
 
+/// A certificate's key is in its one canonical form ([`keys::canonical_spki`]),
+/// the only form whose fingerprint ([`CertInfo::spki_sha256`]) names the key:
+/// another encoding (an EC point compressed, say) hashes to no key a registry
+/// compares, blocked or certified. The error says what is wrong with it.
+pub fn key_canonical(cert: &Certificate) -> Result<(), Error> {
+    let der = cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| Error::der("public key", e))?;
+    keys::canonical_spki(&der).map(|_| ())
+}
+
 /// The subjectAltName of a certificate, if it has one.
 pub fn subject_alt_name(cert: &Certificate) -> Result<Option<SubjectAltName>, Error> {
     match cert
@@ -606,6 +616,36 @@ mod tests {
 
     fn spki_of(k: &SoftKey) -> SubjectPublicKeyInfoOwned {
         SubjectPublicKeyInfoOwned::from_der(k.public_key_der()).unwrap()
+    }
+
+    /// A certificate whose key is written in another encoding (here the EC
+    /// point compressed) names no key: `key_canonical` says so, and why.
+    #[test]
+    fn a_certificates_key_is_canonical_only_in_its_one_encoding() {
+        let k = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+        let name = NameBuilder::default().common_name("dev").unwrap().build();
+        let kid = keys::key_identifier(&spki_of(&k));
+        let issuer = Issuer { subject: &name, key_id: &kid, not_after: 2_000_000_000, signer: &k };
+        let params = CertParams {
+            profile: Profile::Root,
+            serial: system_random_serial(1_700_000_000).unwrap().0,
+            subject: name.clone(),
+            spki: spki_of(&k),
+            not_before: 1_700_000_000,
+            not_after: 2_000_000_000,
+            dns_names: vec![],
+            ip_addrs: vec![],
+            permitted_subtree: None,
+        };
+        let mut cert = cert_info(&issue(&params, &issuer).unwrap().der).unwrap().cert;
+        assert!(key_canonical(&cert).is_ok());
+        let point = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec();
+        let mut short = vec![2 | (point[64] & 1)];
+        short.extend_from_slice(&point[1..33]);
+        cert.tbs_certificate.subject_public_key_info.subject_public_key =
+            der::asn1::BitString::from_bytes(&short).unwrap();
+        let e = key_canonical(&cert).unwrap_err().to_string();
+        assert!(e.contains("compressed"), "{e}");
     }
 
     #[test]

@@ -666,8 +666,12 @@ pub fn offline_sync(store: &dyn Store) {
     assert_eq!(store.delegation(&st, &other).expect("read"), None);
     assert_eq!(store.sync_state(&st, &b).expect("state"), (0, crate::GENESIS_HASH.to_string()));
 
-    let entry =
-        |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial), outside_delegation: false };
+    let entry = |serial: &str| SyncEntry {
+        device_serial: serial.into(),
+        cert: cert(serial),
+        outside_delegation: false,
+        key_not_canonical: false,
+    };
     let entries = vec![entry(&listed[0]), entry(&listed[0]), entry("NOT-LISTED"), entry(&listed[1]), entry(&listed[2])];
     let serials: Vec<String> = entries.iter().map(|e| e.cert.serial.clone()).collect();
     let upload = |from: u64, prev: &str, to: u64, head: &str, entries: Vec<SyncEntry>| SyncUpload {
@@ -1429,7 +1433,8 @@ pub fn a_key_is_certified_for_one_device_only(store: &dyn Store) {
 }
 
 /// A blocked key: refused for a device, a station, a delegated CA; a
-/// station's offline birth with it is recorded, flagged and revoked.
+/// station's offline birth with it, with another device's key or with a key
+/// not in its canonical form is recorded, flagged and revoked.
 pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     let key = unique("bb");
     let done = store.block_keys(key_block(vec![blocked(&key)], vec![], true, vec![])).expect("block");
@@ -1442,7 +1447,7 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     c.spki_sha256 = key.clone();
     assert_eq!(store.record_issuance(issuance(c.clone(), vec![])), refused);
     let b = unique("KBB-");
-    let listed = vec![format!("{b}-0"), format!("{b}-1")];
+    let listed = vec![format!("{b}-0"), format!("{b}-1"), format!("{b}-2")];
     batch(store, &b, 10, &listed);
     let mut st_cert = cert("station");
     st_cert.device_serial = None;
@@ -1472,15 +1477,19 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
     a.spki_sha256 = key.clone();
     let mut s2 = cert(&listed[1]);
     s2.spki_sha256 = other.spki_sha256.clone();
-    let entries = synced(&[&a, &s2]);
+    // And with a key in another encoding (the station's authority found it not canonical):
+    // its fingerprint is nobody's, so it is flagged for what it is.
+    let odd = cert(&listed[2]);
+    let mut entries = synced(&[&a, &s2, &odd]);
+    entries[2].key_not_canonical = true;
     let out = store
         .apply_sync(SyncUpload {
             station: st.clone(),
             batch: b.clone(),
             from_seq: 1,
             from_head: crate::GENESIS_HASH.into(),
-            to_seq: 2,
-            to_head: "h2".into(),
+            to_seq: 3,
+            to_head: "h3".into(),
             entries,
             now: 500,
             audit: event("factory.sync", &b),
@@ -1488,15 +1497,20 @@ pub fn blocked_keys_are_refused_on_every_path(store: &dyn Store) {
         .expect("sync");
     assert_eq!(
         out.flagged,
-        vec![(a.serial.clone(), crate::Flag::BlockedKey), (s2.serial.clone(), crate::Flag::SharedKey)]
+        vec![
+            (a.serial.clone(), crate::Flag::BlockedKey),
+            (s2.serial.clone(), crate::Flag::SharedKey),
+            (odd.serial.clone(), crate::Flag::NonCanonicalKey)
+        ]
     );
-    for c in [&a, &s2] {
+    for c in [&a, &s2, &odd] {
         let rec = store.certificate(&c.serial).expect("read").expect("recorded");
         assert_eq!(rec.status, CertStatus::Revoked { at: 500, reason: 1 });
     }
     let flags: Vec<crate::Flag> = store.flagged(&b).expect("flags").into_iter().map(|(_, f)| f).collect();
-    assert_eq!(flags.len(), 2);
+    assert_eq!(flags.len(), 3);
     assert!(flags.contains(&crate::Flag::BlockedKey) && flags.contains(&crate::Flag::SharedKey), "{flags:?}");
+    assert!(flags.contains(&crate::Flag::NonCanonicalKey), "{flags:?}");
     assert_eq!(store.batch(&b).expect("read").expect("batch").issued, 0);
 }
 
@@ -2023,8 +2037,12 @@ pub fn events_are_recorded_with_their_change_and_only_then(store: &dyn Store) {
     // A sync flags a clone and an overbuild (a second station, same batch).
     let st2 = unique("EV-ST2-");
     station(store, &st2, &[&b]);
-    let entry =
-        |serial: &str| SyncEntry { device_serial: serial.into(), cert: cert(serial), outside_delegation: false };
+    let entry = |serial: &str| SyncEntry {
+        device_serial: serial.into(),
+        cert: cert(serial),
+        outside_delegation: false,
+        key_not_canonical: false,
+    };
     let sync = |entries: Vec<SyncEntry>, from: u64| SyncUpload {
         station: st2.clone(),
         batch: b.clone(),
@@ -2172,6 +2190,7 @@ fn synced(certs: &[&CertRecord]) -> Vec<SyncEntry> {
             device_serial: c.device_serial.clone().expect("device"),
             cert: (*c).clone(),
             outside_delegation: false,
+            key_not_canonical: false,
         })
         .collect()
 }

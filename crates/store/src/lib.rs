@@ -420,6 +420,11 @@ pub struct SyncEntry {
     /// signed into the delegation): flagged off-allowlist even when the serial
     /// is on the batch's allowlist.
     pub outside_delegation: bool,
+    /// Its key is not in the one canonical form (`iotpki_core::keys::canonical_spki`:
+    /// say an EC point compressed): its fingerprint names no key the store
+    /// compares, so it could hide a blocked key or another device's. Flagged
+    /// non-canonical-key and revoked (keyCompromise), never counted as a birth.
+    pub key_not_canonical: bool,
 }
 
 /// An upload of production record entries `from_seq..=to_seq`.
@@ -458,6 +463,9 @@ pub enum Flag {
     BlockedKey,
     /// Its key is certified already for another device (a cloned key).
     SharedKey,
+    /// Its key is not in its one canonical form (an EC point compressed, say):
+    /// another encoding of a key, maybe a blocked one or another device's.
+    NonCanonicalKey,
 }
 
 impl Flag {
@@ -469,6 +477,7 @@ impl Flag {
             Self::Overbuild => "overbuild",
             Self::BlockedKey => "blocked-key",
             Self::SharedKey => "shared-key",
+            Self::NonCanonicalKey => "non-canonical-key",
         }
     }
 }

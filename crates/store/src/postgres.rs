@@ -95,6 +95,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "0014_templates.sql", include_str!("../migrations/postgres/0014_templates.sql")),
     (15, "0015_cert_template.sql", include_str!("../migrations/postgres/0015_cert_template.sql")),
     (16, "0016_batch_tpm_attestation.sql", include_str!("../migrations/postgres/0016_batch_tpm_attestation.sql")),
+    (17, "0017_non_canonical_key.sql", include_str!("../migrations/postgres/0017_non_canonical_key.sql")),
 ];
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).

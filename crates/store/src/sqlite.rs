@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../migrations/sqlite/0014_templates.sql")),
     (15, include_str!("../migrations/sqlite/0015_cert_template.sql")),
     (16, include_str!("../migrations/sqlite/0016_batch_tpm_attestation.sql")),
+    (17, include_str!("../migrations/sqlite/0017_non_canonical_key.sql")),
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {

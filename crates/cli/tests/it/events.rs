@@ -231,6 +231,7 @@ fn a_webhook_gets_every_event_once_in_order_signed_across_a_restart() {
         device_serial: serial.into(),
         cert: conformance::cert(serial),
         outside_delegation: false,
+        key_not_canonical: false,
     };
     let out = store
         .apply_sync(SyncUpload {

@@ -407,9 +407,14 @@ async fn an_offline_station_issues_within_its_terms_and_syncs() {
 
 /// A device certificate signed by `ca_key` (whose certificate is `ca_der`) for `serial` in `batch`'s namespace.
 fn forge_cert(ca_der: &[u8], ca_key: &SoftKey, batch_id: &str, serial: &str) -> Vec<u8> {
+    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    forge_cert_for(ca_der, ca_key, batch_id, serial, key.public_key_der())
+}
+
+/// [`forge_cert`] for the key `spki_der`, encoded as given.
+fn forge_cert_for(ca_der: &[u8], ca_key: &SoftKey, batch_id: &str, serial: &str, spki_der: &[u8]) -> Vec<u8> {
     use iotpki_core::profile::{self, CertParams, Issuer, Profile};
     let info = profile::cert_info(ca_der).unwrap();
-    let key = SoftKey::generate(KeyType::EcdsaP256).unwrap();
     let sn = DeviceSerial::parse(serial).unwrap();
     let params = CertParams {
         profile: Profile::Device,
@@ -417,7 +422,7 @@ fn forge_cert(ca_der: &[u8], ca_key: &SoftKey, batch_id: &str, serial: &str) -> 
             .unwrap()
             .0,
         subject: iotpki_core::name::batch_device_subject("iotpki", batch_id, &sn).unwrap(),
-        spki: iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::from_der(key.public_key_der()).unwrap(),
+        spki: iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::from_der(spki_der).unwrap(),
         not_before: info.not_before,
         not_after: info.not_after,
         dns_names: vec![],
@@ -837,6 +842,131 @@ async fn a_birth_outside_the_delegated_slice_is_flagged_at_sync() {
     assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { .. }));
     let births = ca.authority.export_births(None).unwrap();
     assert!(births.contains(&format!("\n{},", list[0])) && !births.contains(&format!("\n{},", list[1])), "{births}");
+}
+
+/// The same P-256 key with its point compressed (`02/03 || x`): another
+/// encoding, another SHA-256.
+fn compressed(spki_der: &[u8]) -> Vec<u8> {
+    use iotpki_core::asn1::der::{asn1::BitString, Encode as _};
+    let mut spki = iotpki_core::asn1::spki::SubjectPublicKeyInfoOwned::from_der(spki_der).unwrap();
+    let p = spki.subject_public_key.raw_bytes().to_vec();
+    assert_eq!((p.len(), p[0]), (65, 4), "an uncompressed P-256 point");
+    let mut c = vec![2 | (p[64] & 1)];
+    c.extend_from_slice(&p[1..33]);
+    spki.subject_public_key = BitString::from_bytes(&c).unwrap();
+    spki.to_der().unwrap()
+}
+
+/// A rogue station signs offline births whose key is the compressed point
+/// (`02/03 || x`) of another device's key and of a blocked key: another
+/// encoding, another hash, so the shared-key and blocked-key checks would
+/// compare nothing. The sync records both, flags them non-canonical-key and
+/// revokes them (keyCompromise); they are no births (not in export-births),
+/// and such a birth certificate commissions nothing at an owner (403, nothing
+/// stored, the refusal says why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_birth_with_a_compressed_point_of_a_blocked_or_shared_key_is_flagged_at_sync() {
+    use iotpki_core::record::Entry;
+    let ca = Ca::start().await;
+    let list = serials("CK", 3);
+    batch(&ca, "CKB", &list, 3);
+    let st_dir = station(&ca, "line-c", &["CKB"]);
+    delegate(&ca, &st_dir, "line-c", "CKB");
+    // One honest offline birth: a device and its key.
+    let st = Arc::new(Station::open_offline(&st_dir, "CKB").unwrap());
+    let run = run_opts(&ca, "CKB", 1, "compressed");
+    let out = run_sim(st, &run, 1).await;
+    assert_eq!(out.iter().map(|p| p.result).collect::<Vec<_>>(), vec!["born"], "{out:?}");
+    let dev = run.devices_dir.join(&out[0].serial);
+    let id = iotpki_agent::state::load(&dev).unwrap();
+    let born = pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap();
+    let device_spki = {
+        use iotpki_core::asn1::der::Encode as _;
+        let info = iotpki_core::profile::cert_info(&born).unwrap();
+        info.cert.tbs_certificate.subject_public_key_info.to_der().unwrap()
+    };
+    // A key found in a firmware image, blocked.
+    let leaked = SoftKey::generate(KeyType::EcdsaP256).unwrap();
+    let leaked_hash = iotpki_core::keys::canonical_fingerprint(leaked.public_key_der()).unwrap();
+    iotpki_authority::key_registry::block(
+        ca.authority.store().as_ref(),
+        ca.clock.as_ref(),
+        &[(leaked_hash, "test".into())],
+        &[],
+        "found in fw.bin",
+        false,
+        "test",
+    )
+    .unwrap();
+
+    // The rogue station signs, with its delegated CA's key, a birth for each other serial:
+    // the device's key compressed, the blocked key compressed.
+    let dir = iotpki_station::offline::batch_dir(&st_dir, "CKB");
+    let (_, dkey) = iotpki_agent::state::pending_key(&dir).unwrap().unwrap();
+    let d: iotpki_core::wire::Delegation =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("delegation.json")).unwrap()).unwrap();
+    let dcert = pem::decode_one("CERTIFICATE", &d.cert_pem).unwrap();
+    let others: Vec<&String> = list.iter().filter(|s| **s != out[0].serial).collect();
+    let twin = forge_cert_for(&dcert, &dkey, "CKB", others[0], &compressed(&device_spki));
+    let blocked = forge_cert_for(&dcert, &dkey, "CKB", others[1], &compressed(leaked.public_key_der()));
+    let sid = iotpki_agent::state::load(&st_dir).unwrap();
+    let skey = iotpki_agent::state::load_key(&st_dir, &sid).unwrap();
+    let mut entries: Vec<Entry> = Vec::new();
+    for (serial, cert) in [(&out[0].serial, &born), (others[0], &twin), (others[1], &blocked)] {
+        entries.push(Entry::next(entries.last(), 1_000, "CKB", serial, cert, &skey).unwrap());
+    }
+    let anchor = pem::decode_one("CERTIFICATE", &ca.root_pem).unwrap();
+    let client =
+        FactoryApi::new(EstClient::new(&ca.url, None, std::slice::from_ref(&anchor), Some(identity(&st_dir))).unwrap());
+    let certs = ca.cert_count();
+    let synced = client.sync("CKB", entries.iter().map(|e| e.to_line() + "\n").collect()).await.unwrap();
+
+    // Recorded, flagged and revoked (keyCompromise): the honest birth alone counts.
+    assert_eq!(synced.born, 1, "{synced:?}");
+    let reasons: Vec<&str> = synced.flagged.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["non-canonical-key", "non-canonical-key"], "{synced:?}");
+    assert_eq!(ca.cert_count(), certs + 3, "every certificate is recorded");
+    let b = ca.authority.store().batch("CKB").unwrap().unwrap();
+    assert_eq!((b.issued, b.flagged), (1, 2));
+    for (f, der) in synced.flagged.iter().zip([&twin, &blocked]) {
+        let rec = ca.authority.store().certificate(&f.cert_serial).unwrap().unwrap();
+        assert_eq!(&rec.der, der);
+        assert!(matches!(rec.status, iotpki_store::CertStatus::Revoked { reason: 1, .. }), "{:?}", rec.status);
+    }
+    let births = ca.authority.export_births(None).unwrap();
+    assert!(births.contains(&format!("\n{},", out[0].serial)), "{births}");
+    for s in &others {
+        assert!(!births.contains(&format!("\n{s},")), "{births}");
+    }
+
+    // The device's twin, presenting the compressed birth certificate with the device's key:
+    // refused at an owner before anything else, nothing stored.
+    let op = Ca::start().await;
+    let mfg_pem = std::fs::read_to_string(ca.ca_file("manufacturing")).unwrap();
+    let store = op.authority.store();
+    iotpki_authority::commission::add_manufacturer(store.as_ref(), op.clock.as_ref(), None, &mfg_pem, "test").unwrap();
+    let rogue = ca.tmp.path().join("rogue").join(others[0]);
+    copy_dir(&dev, &rogue);
+    let state = rogue.join("identity.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let twin_pem = pem::encode("CERTIFICATE", &twin);
+    v["device_serial"] = others[0].as_str().into();
+    v["cert_pem"] = twin_pem.as_str().into();
+    v["birth"]["cert_pem"] = twin_pem.as_str().into();
+    std::fs::write(&state, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let before = std::fs::read(&state).unwrap();
+    let op_certs = op.cert_count();
+    match iotpki_agent::flow::commission(&rogue, Some(&op.url), Some(&op.root_pem), None).await {
+        Err(iotpki_agent::AgentError::Refused { status, reason }) => {
+            assert_eq!(status, 403, "{reason}");
+            assert!(reason.contains("compressed"), "{reason}");
+        }
+        other => panic!("expected a 403 refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&state).unwrap(), before, "the device's state is as it was");
+    assert_eq!(op.cert_count(), op_certs, "the owner stored nothing");
+    assert_eq!(op.last_audit().event.action, "refuse.enroll");
+    ca.authority.store().verify_audit().unwrap();
 }
 
 /// `station delegate` on a batch with more unborn serials than a delegated

@@ -505,12 +505,35 @@ pub(crate) fn encrypted_pkcs8(der: &[u8]) -> Option<Derived> {
     })
 }
 
+/// A certificate's key as the store names it: its one canonical form (the
+/// core's `canonical_spki`), so an EC point the certificate writes compressed
+/// is hashed uncompressed, as its private key's is: one key, one fingerprint,
+/// however a (rogue) issuer encoded it. A point not on its curve stays as written.
+fn canonical_spki(spki: &spki::SubjectPublicKeyInfoOwned) -> Option<Vec<u8>> {
+    let written = spki.to_der().ok()?;
+    if spki.algorithm.oid.as_bytes() != OID_EC_PUBLIC_KEY {
+        return Some(written);
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
+        .and_then(|o| Curve::from_oid(o.as_bytes()));
+    match (curve, spki.subject_public_key.as_bytes()) {
+        (Some(c), Some(point)) if matches!(point.first(), Some(0x02 | 0x03)) => {
+            Some(c.check_point(point).map_or(written, |p| ec_spki(c.oid(), &p)))
+        }
+        _ => Some(written),
+    }
+}
+
 /// An X.509 certificate, exactly `der`.
 pub(crate) fn certificate(der: &[u8]) -> Option<FindingKind> {
     use der::Decode;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     let tbs = &cert.tbs_certificate;
-    let spki = tbs.subject_public_key_info.to_der().ok()?;
+    let spki = canonical_spki(&tbs.subject_public_key_info)?;
     Some(FindingKind::Certificate {
         spki_sha256: super::sha256_hex(&spki),
         // As iotpki_core::serial::serial_hex: the INTEGER's content octets.
@@ -537,5 +560,17 @@ mod tests {
         assert!(Curve::P256.public_from_scalar(&[0xff; 32]).is_none());
         assert!(Curve::P256.public_from_scalar(&[0; 32]).is_none());
         assert!(Curve::P256.public_from_scalar(&[1]).is_some());
+    }
+
+    #[test]
+    fn a_compressed_point_is_hashed_as_its_uncompressed_form() {
+        use der::Decode;
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let public = p256::SecretKey::from_slice(&[7; 32]).unwrap().public_key();
+        let full = ec_spki(OID_P256, public.to_encoded_point(false).as_bytes());
+        let short = ec_spki(OID_P256, public.to_encoded_point(true).as_bytes());
+        let parse = |d: &[u8]| spki::SubjectPublicKeyInfoOwned::from_der(d).unwrap();
+        assert_eq!(canonical_spki(&parse(&short)).unwrap(), full);
+        assert_eq!(canonical_spki(&parse(&full)).unwrap(), full);
     }
 }

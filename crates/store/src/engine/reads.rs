@@ -512,6 +512,7 @@ impl<E: HasEngine> Batches for E {
                     "clone" => Flag::Clone,
                     "blocked-key" => Flag::BlockedKey,
                     "shared-key" => Flag::SharedKey,
+                    "non-canonical-key" => Flag::NonCanonicalKey,
                     _ => Flag::Overbuild,
                 };
                 Ok((r.text(0)?, f))

@@ -514,6 +514,9 @@ impl<'a> Tx<'a> {
             let (on_list, was_born) = (r.opt_int(0)?.is_some(), r.opt_text(1)?.is_some());
             let flag = if !on_list || e.outside_delegation {
                 Some(Flag::OffAllowlist)
+            } else if e.key_not_canonical {
+                // Another encoding of some key: its fingerprint is no key's, checked against nothing.
+                Some(Flag::NonCanonicalKey)
             } else if let Err(k) = self.key_free(&e.cert) {
                 // Born offline with a blocked or another device's key: recorded, flagged and revoked.
                 Some(if matches!(k, StoreError::KeyBlocked { .. }) { Flag::BlockedKey } else { Flag::SharedKey })
@@ -535,7 +538,8 @@ impl<'a> Tx<'a> {
                 Some(f) => {
                     // Recorded (the store knows every certificate) and revoked at once (RFC 5280:
                     // keyCompromise for a key that is not the device's own, else unspecified).
-                    let reason = if matches!(f, Flag::BlockedKey | Flag::SharedKey) { 1 } else { 0 };
+                    let reason =
+                        if matches!(f, Flag::BlockedKey | Flag::SharedKey | Flag::NonCanonicalKey) { 1 } else { 0 };
                     cert.status = CertStatus::Revoked { at: s.now, reason };
                     self.insert_cert(&cert)?;
                     self.w.run(
