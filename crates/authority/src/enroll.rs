@@ -227,8 +227,6 @@ pub(crate) struct Plan {
 /// request again before the first answer came) gets that attempt's answer.
 #[derive(Clone, Debug)]
 pub(crate) enum Race {
-    /// Nothing to recover: the store's refusal is the answer.
-    Refuse,
     /// The token was spent meanwhile: by a request with the same key?
     Token { device: DeviceSerial, token_hash: String },
     /// The certificate was renewed meanwhile: with the same key?
@@ -238,17 +236,23 @@ pub(crate) enum Race {
     /// the same key, whose birth certificate is the answer? (The device,
     /// batch, station and CA are the plan's own.)
     Birth,
+    /// The device was commissioned meanwhile: by a request with the same key,
+    /// whose certificate is the answer? (`used` names the birth certificate.)
+    Commission { device: DeviceSerial, used: String },
 }
 
 impl Race {
     /// Whether the store's refusal `e` may be this race: the token refused
-    /// (spent meanwhile), or any refusal of a renewal (superseded meanwhile).
+    /// (spent meanwhile), any refusal of a renewal (superseded meanwhile), a
+    /// commissioning refused for a key the device holds a certificate for.
     fn follows(&self, e: &AuthorityError) -> bool {
         match self {
-            Self::Refuse => false,
             Self::Token { .. } => matches!(e.refusal(), Some(Refusal::Token(_))),
             Self::Renewal { .. } => true,
             Self::Birth => matches!(e.refusal(), Some(Refusal::Batch(_))),
+            Self::Commission { .. } => {
+                matches!(e.refusal(), Some(Refusal::Certificate(StoreError::Commissioned { .. })))
+            }
         }
     }
 }
@@ -585,6 +589,13 @@ impl Authority {
                 if keys::spki_fingerprint(&csr.spki_der) == birth.spki_sha256 {
                     return Err(Refusal::KeyPolicy(KeyRefusal::BirthKey).into());
                 }
+                // Named in the audit entry of what it gets: which birth certificate was used.
+                let used = format!("birth={} birth_sha256={}", birth.cert_serial, birth.birth_sha256);
+                // The request is one this device made already (the same key), whose
+                // answer was lost: that certificate again, nothing revoked.
+                if let Some(r) = self.commission_replay(&birth.device, &used, label, csr)? {
+                    return Ok(Decision::Resend(r));
+                }
                 let template = self.template_for(None, label, "the label")?;
                 let (subject, extensions) = match &template {
                     None => (name::device_subject(&self.cfg.organization, &birth.device)?, vec![]),
@@ -596,11 +607,17 @@ impl Authority {
                     template,
                     device: birth.device.to_string(),
                     replaces: None,
-                    precondition: Precondition::Owned { device_serial: birth.device.to_string() },
+                    // Whoever holds the birth key gets one good operational certificate:
+                    // the device's earlier ones are revoked as this one is recorded.
+                    precondition: Precondition::Commission {
+                        device_serial: birth.device.to_string(),
+                        keep_cas: self.birth_cas(),
+                        now,
+                    },
                     actor: format!("device:{}", birth.device),
                     action: "commission",
-                    note: None,
-                    on_race: Race::Refuse,
+                    note: Some(used.clone()),
+                    on_race: Race::Commission { device: birth.device.clone(), used },
                     matter: None,
                 }
             }
@@ -789,7 +806,6 @@ impl Authority {
     /// same request (same key), whose certificate is then the answer?
     fn after_race(&self, plan: &Plan, csr: &VerifiedCsr) -> Result<Option<Resend>, AuthorityError> {
         match &plan.on_race {
-            Race::Refuse => Ok(None),
             // Lost a race for this token to a request with the same key (a client retrying
             // before its first answer came): answer with the certificate that request got.
             Race::Token { device, token_hash } => {
@@ -809,7 +825,45 @@ impl Authority {
                 }
             }
             Race::Birth => self.birth_replay(plan, csr),
+            Race::Commission { device, used } => {
+                self.commission_replay(device, used, self.label(Some(&plan.label))?, csr)
+            }
         }
+    }
+
+    /// A commissioning with a key the device holds a good operational
+    /// certificate of this label's CA for already: its first answer was lost
+    /// (a connection cut after the commit, a power cut before the device saved
+    /// it), and the answer is that certificate again. Nothing new is issued
+    /// and nothing revoked: the device does not end its own identity by
+    /// asking again. Any other key is a new commissioning, which supersedes it.
+    fn commission_replay(
+        &self,
+        device: &DeviceSerial,
+        used: &str,
+        label: &Label,
+        req: &VerifiedCsr,
+    ) -> Result<Option<Resend>, AuthorityError> {
+        let spki = keys::spki_fingerprint(&req.spki_der);
+        let births = self.birth_cas();
+        let found = self.store.certificates_by_key(&spki)?.into_iter().find(|r| {
+            r.device_serial.as_deref() == Some(device.as_str())
+                && r.status == CertStatus::Good
+                && !births.contains(&r.ca)
+                && !r.ca.starts_with("delegated:")
+                && self.current_ca(&r.ca) == label.ca.name
+        });
+        let Some(rec) = found else { return Ok(None) };
+        // A key blocked since gets no certificate, not even one issued before.
+        self.refuse_blocked_key(&rec.spki_sha256)?;
+        let audit = AuditEvent {
+            at: self.clock.now(),
+            actor: format!("device:{device}"),
+            action: "commission.replay".into(),
+            target: rec.serial.clone(),
+            detail: format!("{used} same key: the certificate issued before is sent again"),
+        };
+        Ok(Some(Resend { record: rec, audit }))
     }
 
     /// A station's birth refused for a serial born already (or, born, for a

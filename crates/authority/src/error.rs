@@ -272,9 +272,11 @@ impl From<StoreError> for AuthorityError {
             | E::TokenUsed { .. }
             | E::TokenExpired { .. }
             | E::TokenWithdrawn { .. } => Refusal::Token(e),
-            E::CertUnknown { .. } | E::CertRevoked { .. } | E::Superseded { .. } | E::NothingToRevoke { .. } => {
-                Refusal::Certificate(e)
-            }
+            E::CertUnknown { .. }
+            | E::CertRevoked { .. }
+            | E::Superseded { .. }
+            | E::Commissioned { .. }
+            | E::NothingToRevoke { .. } => Refusal::Certificate(e),
             E::StationUnknown { .. }
             | E::StationRevoked { .. }
             | E::StationCertificate { .. }

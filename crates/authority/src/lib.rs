@@ -278,6 +278,15 @@ impl Authority {
         self.labels.get(BIRTH_LABEL).is_some_and(|l| l.ca.name == self.current_ca(ca))
     }
 
+    /// Store names of the CAs whose certificates are births: the birth
+    /// label's CA and those it succeeded, and the Matter PAIs (a DAC is the
+    /// device's birth certificate). A device's certificates from them outlive
+    /// a hand-over and a commissioning; the others end there.
+    pub(crate) fn birth_cas(&self) -> Vec<String> {
+        let pais = self.matter_pais.values().map(|p| p.ca.name.clone());
+        self.cfg.ca.iter().map(|c| c.name.clone()).filter(|n| self.is_birth_ca(n)).chain(pais).collect()
+    }
+
     /// The issuing CA that issues today in `ca`'s place: `ca` itself, or the
     /// last of its successors (`iotpki ca rotate --new-issuing-keys`). What a
     /// certificate of `ca` renews, commissions and is born into.

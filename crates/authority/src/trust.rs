@@ -212,8 +212,7 @@ impl Authority {
         // The hand-over, in one transaction: the voucher published, this
         // authority's operational certificates ended (the birth certificate
         // stays), its ownership transferred.
-        let birth_ca = self.labels.get("birth").map(|l| l.ca.name.clone()).unwrap_or_default();
-        let keep_cas = self.cfg.ca.iter().map(|c| c.name.clone()).filter(|n| self.current_ca(n) == birth_ca).collect();
+        let keep_cas = self.birth_cas();
         let to = keys::spki_fingerprint(to_spki);
         let done = self.store.hand_over(HandOver {
             device_serial: serial.to_string(),

@@ -126,6 +126,8 @@ pub fn run_all(store: &(dyn Store + 'static)) {
     fleet_matches_rebuild(store);
     a_hand_over_is_one_transaction_under_renewals(store);
     fleet_matches_rebuild(store);
+    a_commissioning_supersedes_the_devices_other_certificates_but_its_births(store);
+    fleet_matches_rebuild(store);
     a_key_is_certified_for_one_device_only(store);
     fleet_matches_rebuild(store);
     blocked_keys_are_refused_on_every_path(store);
@@ -1236,6 +1238,91 @@ pub fn a_hand_over_is_one_transaction_under_renewals(store: &(dyn Store + 'stati
     assert_eq!(store.certificate(&fresh.serial).expect("read").expect("there").status, CertStatus::Good);
     assert!(store.revoked("operational").expect("read").iter().all(|r| r.serial != fresh.serial));
     assert_eq!(store.artifact(&format!("voucher/{d}")).expect("read").expect("there").published_at, 1_900);
+}
+
+/// A commissioning ([`Precondition::Commission`]) revokes, in the
+/// transaction that records its certificate, every other good certificate of
+/// the device but its births (its birth CA's, a delegated CA's), with reason
+/// superseded, and names them in its audit entry; one refused (device not
+/// owned) writes nothing. A commissioning for a key the device holds a good
+/// certificate for is refused ([`StoreError::Commissioned`], naming it) and
+/// writes nothing. Commissionings racing with fresh keys leave one good
+/// operational certificate.
+pub fn a_commissioning_supersedes_the_devices_other_certificates_but_its_births(store: &(dyn Store + 'static)) {
+    let d = unique("CO-");
+    let mut birth = cert(&d);
+    birth.ca = "birth".into();
+    let mut offline = cert(&d);
+    offline.ca = "delegated:line-1:B1".into();
+    let (op1, op2, gone) = (cert(&d), cert(&d), cert(&d));
+    for c in [&birth, &offline, &op1, &op2, &gone] {
+        store.record_issuance(issuance(c.clone(), vec![])).expect("issue");
+    }
+    store.revoke(&gone.serial, 1, 1_100, event("revoke", &gone.serial)).expect("revoke");
+    let commission = |c: &CertRecord, now: i64| {
+        let pre = Precondition::Commission { device_serial: d.clone(), keep_cas: vec!["birth".into()], now };
+        let mut i = issuance(c.clone(), vec![pre]);
+        i.audit.detail = "birth=b1".into();
+        store.record_issuance(i)
+    };
+    let status = |c: &CertRecord| store.certificate(&c.serial).expect("read").expect("there").status;
+
+    // Not owned: refused, nothing revoked or audited.
+    let (audit, c1) = (audit_len(store), cert(&d));
+    assert!(matches!(commission(&c1, 1_200), Err(StoreError::NotOwned { .. })));
+    assert_eq!(audit_len(store), audit, "a refused commissioning audits nothing");
+    assert_eq!(store.certificate(&c1.serial).expect("read"), None);
+    assert_eq!((status(&op1), status(&op2)), (CertStatus::Good, CertStatus::Good), "and revokes nothing");
+
+    let claim = Claim { device_serial: d.clone(), manufacturer_spki: "ab".repeat(32), birth_sha256: "cd".repeat(32) };
+    store.claim_devices(vec![claim], "claim", 1_000, event("claim", &d)).expect("claim");
+    commission(&c1, 1_500).expect("commission");
+    for c in [&op1, &op2] {
+        assert_eq!(status(c), CertStatus::Revoked { at: 1_500, reason: 4 }, "superseded");
+    }
+    assert_eq!(status(&gone), CertStatus::Revoked { at: 1_100, reason: 1 }, "a revoked one is left as it was");
+    for c in [&birth, &offline, &c1] {
+        assert_eq!(status(c), CertStatus::Good, "births and the new certificate stay good");
+    }
+    let tail = store.audit_entries(audit_len(store) - 2, 3).expect("audit");
+    let actions: Vec<(&str, &str)> = tail.iter().map(|e| (e.event.action.as_str(), e.event.target.as_str())).collect();
+    assert_eq!(
+        actions,
+        [("revoke", op1.serial.as_str()), ("revoke", op2.serial.as_str()), ("issue", c1.serial.as_str())]
+    );
+    let want = format!("birth=b1 superseded={},{}", op1.serial, op2.serial);
+    assert_eq!(tail[2].event.detail, want, "the commissioning names what it superseded");
+
+    // The same key again (a lost answer): refused, naming its certificate; nothing written.
+    let audit = audit_len(store);
+    let again = CertRecord { spki_sha256: c1.spki_sha256.clone(), ..cert(&d) };
+    match commission(&again, 1_600) {
+        Err(StoreError::Commissioned { serial, .. }) => assert_eq!(serial, c1.serial),
+        other => panic!("the same key commissions nothing new: {other:?}"),
+    }
+    assert_eq!(audit_len(store), audit);
+    assert_eq!(store.certificate(&again.serial).expect("read"), None);
+    assert_eq!(status(&c1), CertStatus::Good);
+
+    // Racing commissionings with fresh keys (threads, or nodes): one good operational certificate.
+    let racers: Vec<CertRecord> = (0..8).map(|_| cert(&d)).collect();
+    std::thread::scope(|s| {
+        for c in &racers {
+            s.spawn(move || commission(c, 1_700).expect("commission"));
+        }
+    });
+    let good: Vec<String> = store
+        .list_certificates(&CertQuery { device_serial: Some(d.clone()), ..Default::default() })
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.status == CertStatus::Good && c.ca == "operational")
+        .map(|c| c.serial)
+        .collect();
+    assert_eq!(good.len(), 1, "one good operational certificate after racing commissionings: {good:?}");
+    assert!(racers.iter().any(|c| c.serial == good[0]));
+    for c in [&birth, &offline] {
+        assert_eq!(status(c), CertStatus::Good);
+    }
 }
 
 /// `revoke_device` while other threads renew the device's certificates (four

@@ -48,6 +48,15 @@ pub enum StoreError {
         /// The certificate that renewed it.
         by: String,
     },
+    /// A commissioning for a key the device holds a good certificate for
+    /// already ([`crate::Precondition::Commission`]): a retry whose answer
+    /// was lost, answered with that certificate.
+    Commissioned {
+        /// The device serial.
+        device: String,
+        /// The good certificate of the key.
+        serial: String,
+    },
     /// A device revocation found nothing to revoke.
     NothingToRevoke {
         /// The device serial.
@@ -269,6 +278,9 @@ impl fmt::Display for StoreError {
             Self::CertRevoked { serial } => write!(f, "certificate {serial} is revoked"),
             Self::Superseded { serial, by } => {
                 write!(f, "certificate {serial} was renewed already: its successor is {by}")
+            }
+            Self::Commissioned { device, serial } => {
+                write!(f, "device {device} was commissioned already with this key: its certificate is {serial}")
             }
             Self::WebhookLeaseLost { webhook } => {
                 write!(f, "webhook {webhook} is delivered by another node now (its lease was taken)")

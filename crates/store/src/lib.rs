@@ -192,6 +192,27 @@ pub enum Precondition {
         /// The device serial.
         device_serial: String,
     },
+    /// Commissioning: what [`Precondition::Owned`] checks, and the device's
+    /// earlier identities ended: every good certificate of the device but
+    /// its births (those of `keep_cas`, or of a station's delegated CA,
+    /// `delegated:…`) is revoked with reason superseded (RFC 5280 reason 4)
+    /// at `now`, each with a `revoke` audit entry, in the same transaction as
+    /// the new certificate's record, whose audit entry names them
+    /// (`superseded=SERIAL,…`). Whoever holds the birth key and certificate
+    /// (the device, or a copy of its storage) gets one good operational
+    /// certificate at a time, never a second one beside the first. A good
+    /// certificate of the device for the very key being certified (a retry
+    /// whose answer was lost) refuses the write with
+    /// [`StoreError::Commissioned`]: that certificate is the answer.
+    Commission {
+        /// The device serial.
+        device_serial: String,
+        /// Store names of the CAs whose certificates of the device stay good:
+        /// those its birth certificates come from (as [`HandOver::keep_cas`]).
+        keep_cas: Vec<String>,
+        /// The authority's clock.
+        now: UnixTime,
+    },
     /// A voucher claim: the voucher this authority holds for the device (the
     /// latest artifact `voucher/SERIAL`) is still the one the offered voucher
     /// was checked to extend, so two claims checked against one held voucher

@@ -737,6 +737,7 @@ mod tests {
         revoke_device_in_one_transaction,
         revoke_device_races_renewals_and_issuance,
         a_hand_over_is_one_transaction_under_renewals,
+        a_commissioning_supersedes_the_devices_other_certificates_but_its_births,
         a_key_is_certified_for_one_device_only,
         blocked_keys_are_refused_on_every_path,
         a_presented_certificate_is_read_as_its_separate_reads_say,

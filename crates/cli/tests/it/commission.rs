@@ -149,6 +149,96 @@ async fn a_lost_certificate_is_recovered_with_the_birth_certificate_unless_the_d
     assert!(shown.starts_with("ownership: revoked"), "{shown}");
 }
 
+/// Anyone holding the birth key and certificate (a copy of the device's
+/// storage, a birth key leaked and not blocked yet) commissions with a fresh
+/// key: the device's earlier operational certificate is revoked (superseded)
+/// in the transaction that records the new one, so one serial never has two
+/// good operational identities; the birth certificate stays good, and the
+/// commissioning's audit entry names the birth certificate used and what it
+/// revoked. A commissioning whose answer was lost (the same key asks again)
+/// gets its certificate again and revokes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commissioning_again_leaves_one_good_operational_certificate() {
+    let mfg = Ca::start().await;
+    let op = Ca::start().await;
+    let devs = born_devices(&mfg, "OGB", &["OG-1".to_string()]).await;
+    let dev = &devs[0];
+    trust(&op, &mfg);
+    claim(&op, &mfg, &["OG-1"]);
+    let copy = op.tmp.path().join("og-1-copy");
+    crate::factory::copy_dir(dev, &copy);
+
+    let first = commission(dev, &op).await.unwrap();
+    let first_serial = iotpki_agent::status(dev).unwrap().cert_serial;
+    let second = commission(&copy, &op).await.unwrap();
+    let second_serial = iotpki_agent::status(&copy).unwrap().cert_serial;
+    assert_ne!(first_serial, second_serial);
+    assert_ne!(first.cert_pem, second.cert_pem, "a fresh key, a second certificate");
+
+    let store = op.authority.store();
+    let status = |serial: &str| store.certificate(serial).unwrap().expect("recorded").status;
+    match status(&first_serial) {
+        iotpki_store::CertStatus::Revoked { reason, .. } => assert_eq!(reason, 4, "superseded"),
+        other => panic!("the first operational certificate must be revoked, is {other:?}"),
+    }
+    assert_eq!(status(&second_serial), iotpki_store::CertStatus::Good);
+    let good: Vec<_> = store
+        .list_certificates(&iotpki_store::CertQuery { device_serial: Some("OG-1".into()), ..Default::default() })
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.status == iotpki_store::CertStatus::Good)
+        .map(|c| c.serial)
+        .collect();
+    assert_eq!(good, vec![second_serial.clone()], "one good certificate of the device at its owner");
+
+    // The birth certificate (at its manufacturer) is still good.
+    let birth = first.birth.clone().expect("born");
+    let birth_der = pem::decode_one("CERTIFICATE", &birth.cert_pem).unwrap();
+    let birth_sha = iotpki_core::keys::sha256_hex(&birth_der);
+    let info = profile::cert_info(&birth_der).unwrap();
+    let born = mfg.authority.store().certificate(&info.serial).unwrap().expect("the birth is recorded");
+    assert_eq!(born.status, iotpki_store::CertStatus::Good, "the birth certificate stays good");
+
+    // The audit: the commissioning names the birth certificate and what it revoked.
+    let entry = op.last_audit().event;
+    assert_eq!((entry.action.as_str(), entry.target.as_str()), ("commission", second_serial.as_str()));
+    assert!(entry.detail.contains(&format!("birth={}", info.serial)), "{}", entry.detail);
+    assert!(entry.detail.contains(&format!("birth_sha256={birth_sha}")), "{}", entry.detail);
+    assert!(entry.detail.contains(&format!("superseded={first_serial}")), "{}", entry.detail);
+    let n = op.audit_len();
+    let before = store.audit_entries(n - 1, 1).unwrap().remove(0).event;
+    assert_eq!((before.action.as_str(), before.target.as_str()), ("revoke", first_serial.as_str()));
+
+    // The device that was superseded learns it from OCSP and commissions again:
+    // the copy's certificate is revoked in turn, still one good.
+    let mut seen = Vec::new();
+    daemon::run(&daemon_once(dev), |e| seen.push(format!("{e:?}"))).await.unwrap();
+    assert!(seen.iter().any(|s| s.contains("Recommissioned")), "{seen:?}");
+    assert!(matches!(status(&second_serial), iotpki_store::CertStatus::Revoked { reason: 4, .. }));
+    let third_serial = iotpki_agent::status(dev).unwrap().cert_serial;
+    assert_eq!(status(&third_serial), iotpki_store::CertStatus::Good);
+
+    // A lost answer: the same key asks again and gets the same certificate; nothing revoked or issued.
+    let id = iotpki_agent::state::load(dev).unwrap();
+    let key = iotpki_agent::state::load_key_file(dev, &id.key_file).unwrap();
+    let birth_key = iotpki_agent::state::load_key_file(dev, &birth.key_file).unwrap();
+    let mut chain = vec![birth_der.clone()];
+    chain.extend(pem::decode_all("CERTIFICATE", &birth.chain_pem).unwrap());
+    let roots = [op.authority.root_der().to_vec()];
+    let client =
+        EstClient::new(&op.url, None, &roots, Some(ClientIdentity { chain, key: Arc::new(birth_key) })).unwrap();
+    let serial = DeviceSerial::parse("OG-1").unwrap();
+    let subject = NameBuilder::default().common_name("OG-1").unwrap().serial_number(&serial).unwrap().build();
+    let csr_der = csr::build(&subject, &key, vec![]).unwrap();
+    let certs = op.cert_count();
+    let again = client.simple_enroll_mtls(&csr_der).await.unwrap();
+    assert_eq!(again, pem::decode_one("CERTIFICATE", &id.cert_pem).unwrap(), "the recorded certificate again");
+    assert_eq!(op.cert_count(), certs, "nothing issued");
+    assert_eq!(status(&third_serial), iotpki_store::CertStatus::Good, "nothing revoked");
+    let entry = op.last_audit().event;
+    assert_eq!((entry.action.as_str(), entry.target.as_str()), ("commission.replay", third_serial.as_str()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commissioning_requests_that_lie_are_refused() {
     let mfg = Ca::start().await;

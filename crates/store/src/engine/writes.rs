@@ -19,6 +19,9 @@ const AUDIT_ROWS: usize = 64;
 /// RFC 5280's CRLReason affiliationChanged: the device went to another owner.
 const AFFILIATION_CHANGED: u8 = 3;
 
+/// RFC 5280's CRLReason superseded: the device's certificate replaced by another.
+const SUPERSEDED: u8 = 4;
+
 pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -214,12 +217,17 @@ impl<'a> Tx<'a> {
         // A birth's read carries what `key_free` reads of the key (nothing any
         // precondition writes), judged where `key_free` would be.
         let mut key = None;
+        let mut superseded = Vec::new();
         for p in &i.preconditions {
-            if let Precondition::Birth { batch, station, device_serial, now } = p {
-                let cert = (i.cert.serial.as_str(), Some(i.cert.spki_sha256.as_str()));
-                key = Some(self.birth(batch, station, device_serial, *now, cert)?);
-            } else {
-                self.check(p, &i.cert.serial)?;
+            match p {
+                Precondition::Birth { batch, station, device_serial, now } => {
+                    let cert = (i.cert.serial.as_str(), Some(i.cert.spki_sha256.as_str()));
+                    key = Some(self.birth(batch, station, device_serial, *now, cert)?);
+                }
+                Precondition::Commission { device_serial, keep_cas, now } => {
+                    superseded.extend(self.commission(device_serial, keep_cas, *now, &i.cert, &i.audit.actor)?);
+                }
+                _ => self.check(p, &i.cert.serial)?,
             }
         }
         match key {
@@ -231,7 +239,82 @@ impl<'a> Tx<'a> {
         if !birth && super::fleet::is_device_cert(&i.cert) {
             self.count_day(i.cert.issued_at, 1, u64::from(i.cert.replaces.is_some()), 0)?;
         }
-        self.append(&i.audit)
+        if superseded.is_empty() {
+            return self.append(&i.audit);
+        }
+        // The issuance's entry names what it ended (known only in this transaction).
+        let mut audit = i.audit.clone();
+        audit.detail = format!("{} superseded={}", audit.detail, superseded.join(","));
+        self.append(&audit)
+    }
+
+    /// [`Precondition::Commission`]: the device owned, and its good
+    /// certificates but its births revoked (superseded) for `cert`, which
+    /// must not certify a key one of them certifies already. The serials
+    /// revoked.
+    fn commission(
+        &mut self,
+        device: &str,
+        keep_cas: &[String],
+        now: i64,
+        cert: &CertRecord,
+        actor: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        self.owned(device)?;
+        let others = self.good_non_births(device, keep_cas)?;
+        if let Some((serial, _)) = others.iter().find(|(_, spki)| *spki == cert.spki_sha256) {
+            return Err(StoreError::Commissioned { device: device.into(), serial: serial.clone() });
+        }
+        // Superseded (RFC 5280 reason 4), not cessationOfOperation: the device
+        // goes on operating, under the new certificate (the same subject, a new
+        // key), as after a renewal; relying parties and the agent read reason 4
+        // as "replaced", and a device holding the revoked one commissions again.
+        let detail = format!("reason=superseded (commissioned again: {})", cert.serial);
+        let mut revoked = Vec::with_capacity(others.len());
+        for (serial, _) in others {
+            self.revoke_audited(&serial, SUPERSEDED, now, actor, &detail)?;
+            revoked.push(serial);
+        }
+        Ok(revoked)
+    }
+
+    /// The device's good certificates but its births (those of `keep_cas`, or
+    /// of a station's delegated CA), oldest first, with their keys' SHA-256;
+    /// locked until the transaction ends.
+    fn good_non_births(&mut self, device: &str, keep_cas: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.w.all(
+            "SELECT serial, ca, spki_sha256 FROM certificates WHERE device_serial = $1 AND status = 'good'
+             ORDER BY issued_at, serial{c}{lock}",
+            &[device.into()],
+        )?;
+        let mut out = Vec::new();
+        for mut row in rows {
+            let (serial, ca, spki) = (row.text(0)?, row.text(1)?, row.text(2)?);
+            if keep_cas.contains(&ca) || ca.starts_with("delegated:") {
+                continue;
+            }
+            out.push((serial, spki));
+        }
+        Ok(out)
+    }
+
+    /// Revoke a good certificate, with its `revoke` audit entry.
+    fn revoke_audited(
+        &mut self,
+        serial: &str,
+        reason: u8,
+        at: i64,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.revoke(serial, reason, at)?;
+        self.append(&AuditEvent {
+            at,
+            actor: actor.into(),
+            action: "revoke".into(),
+            target: serial.into(),
+            detail: detail.into(),
+        })
     }
 
     fn check(&mut self, p: &Precondition, cert_serial: &str) -> Result<(), StoreError> {
@@ -243,6 +326,9 @@ impl<'a> Tx<'a> {
                 self.birth(batch, station, device_serial, *now, (cert_serial, None)).map(drop)
             }
             Precondition::Owned { device_serial } => self.owned(device_serial),
+            Precondition::Commission { .. } => {
+                Err(StoreError::Database("a commissioning is checked with the certificate it records".into()))
+            }
             Precondition::VoucherHeld { device_serial, sha256 } => {
                 let kind = format!("voucher/{device_serial}");
                 let row = self.w.opt(
@@ -756,20 +842,10 @@ impl<'a> Tx<'a> {
             detail,
         };
         self.append(&event("voucher.issue", format!("device:{}", h.device_serial), h.detail.clone()))?;
-        let rows = self.w.all(
-            "SELECT serial, ca FROM certificates WHERE device_serial = $1 AND status = 'good'
-             ORDER BY issued_at, serial{c}{lock}",
-            &[(&h.device_serial).into()],
-        )?;
         let mut revoked = Vec::new();
-        for mut row in rows {
-            let (serial, ca) = (row.text(0)?, row.text(1)?);
-            if h.keep_cas.contains(&ca) || ca.starts_with("delegated:") {
-                continue;
-            }
-            self.revoke(&serial, AFFILIATION_CHANGED, h.at)?;
-            let detail = "reason=affiliationChanged (ownership voucher)".to_string();
-            self.append(&event("revoke", serial.clone(), detail))?;
+        for (serial, _) in self.good_non_births(&h.device_serial, &h.keep_cas)? {
+            let detail = "reason=affiliationChanged (ownership voucher)";
+            self.revoke_audited(&serial, AFFILIATION_CHANGED, h.at, &h.actor, detail)?;
             revoked.push(serial);
         }
         let owned = ownership_of(&mut self.w, &h.device_serial)?.is_some_and(|o| o.status == OwnershipStatus::Owned);
