@@ -339,7 +339,8 @@ void iotpki_string_free(char *s);
  * Apply an update: a trust bundle, an ownership voucher or a CRL (DER or
  * PEM), as `iotpki-device apply` does, checked before anything is replaced
  * (atomically). `initial` (non-zero): accept a first trust bundle (at the
- * factory). The bytes are read during the call only. An update already
+ * factory); without it, a device holding no bundle takes only its owner's
+ * first (signed by the key its voucher names, issued since). The bytes are read during the call only. An update already
  * installed is not an error. Reads and writes the state directory; no network.
  *
  * # Safety
