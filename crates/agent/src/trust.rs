@@ -288,9 +288,10 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
         Err(e) => return Err(AgentError::io(&p, e)),
     };
     let v = verify_voucher(dir, bytes, voucher::verify)?;
-    if previous_owner.is_none() {
-        check_first_voucher(dir, &v)?;
-    }
+    let handed_on = match &previous_owner {
+        Some(o) => *o != v.owner_anchor,
+        None => check_first_voucher(dir, &v)?,
+    };
     // A hand-over: the trust bundle is the previous owner's (its signers, its
     // roots, its servers). It no longer decides anything here; the new owner
     // puts in its own, signed with the key this voucher names
@@ -298,7 +299,7 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
     // before the voucher is written: a power cut between the two leaves the
     // device without the previous owner's bundle; the roots its updates
     // retired stay retired (`retired_roots`).
-    if previous_owner.is_some_and(|o| o != v.owner_anchor) && dir.join(BUNDLE_FILE).exists() {
+    if handed_on && dir.join(BUNDLE_FILE).exists() {
         iotpki_fs::rename_durable(&dir.join(BUNDLE_FILE), &dir.join(PREVIOUS_OWNER_BUNDLE_FILE))?;
     }
     state::write_atomic(dir, VOUCHER_FILE, bytes)?;
@@ -314,21 +315,22 @@ fn apply_voucher(dir: &Path, bytes: &[u8]) -> Result<Applied, AgentError> {
 /// device someone else owns (and the owner its voucher names could then put in
 /// its bundle, [`bundle::verify_owned`]). A device only born, or owned by its
 /// manufacturer's own PKI, has no other owner to ask: its first voucher is
-/// taken on first use.
-fn check_first_voucher(dir: &Path, v: &voucher::Verified) -> Result<(), AgentError> {
+/// taken on first use. Whether the voucher hands the device on (its last
+/// owner is none of those roots): its bundle is then the previous owner's.
+fn check_first_voucher(dir: &Path, v: &voucher::Verified) -> Result<bool, AgentError> {
     let id = state::load(dir)?;
-    let Some(birth) = &id.birth else { return Ok(()) };
+    let Some(birth) = &id.birth else { return Ok(false) };
     let anchor = pem::decode_one("CERTIFICATE", &id.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
     let maker_root = pem::decode_one("CERTIFICATE", &birth.anchor_pem).map_err(|e| AgentError::State(e.to_string()))?;
     if id.cert_pem == birth.cert_pem || anchor == maker_root {
-        return Ok(());
+        return Ok(false);
     }
     let mut owners = Vec::new();
     for root in crate::flow::trusted_roots(dir, &anchor)? {
         owners.push(spki_der(&root)?);
     }
     if v.entries.iter().any(|e| owners.contains(&e.next_owner)) {
-        return Ok(());
+        return Ok(!owners.contains(&v.owner_anchor));
     }
     Err(AgentError::Untrusted(format!(
         "ownership voucher refused: this device is commissioned with the owner whose root key is {} and holds no \

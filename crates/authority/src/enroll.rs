@@ -832,9 +832,11 @@ impl Authority {
     }
 
     /// A commissioning with a key the device holds a good operational
-    /// certificate of this label's CA for already: its first answer was lost
-    /// (a connection cut after the commit, a power cut before the device saved
-    /// it), and the answer is that certificate again. Nothing new is issued
+    /// certificate of this label's CA for already: a client that sent the same
+    /// request again (its first answer lost, a connection cut after the commit),
+    /// and the answer is that certificate again. (`iotpki agent commission`
+    /// makes a new key each time: its retry is a new commissioning, which
+    /// supersedes the certificate whose answer it lost.) Nothing new is issued
     /// and nothing revoked: the device does not end its own identity by
     /// asking again. Any other key is a new commissioning, which supersedes it.
     fn commission_replay(

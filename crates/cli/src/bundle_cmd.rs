@@ -42,8 +42,8 @@ pub enum BundleCmd {
         /// PKCS#11 token, as its config says); recorded in its audit log.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// With --dir: its PostgreSQL database, if not the one its config names.
-        #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true, requires = "dir")]
+        /// With --dir: its PostgreSQL database, if not the one its config names (ignored with --key).
+        #[arg(long, value_name = "URL", env = "IOTPKI_DATABASE", hide_env_values = true)]
         database: Option<String>,
         #[command(flatten)]
         pass: PassArg,

@@ -38,7 +38,10 @@ fn bundle(ca: &Ca, keys: &[(PathBuf, PathBuf)], version: u64, by: &[usize]) -> P
     }
     run_ok(&mut c);
     for i in by {
-        run_ok(bin().args(["bundle", "sign"]).arg(&out).arg("--key").arg(&keys[*i].0));
+        // A database in the environment (for `--dir`) does not stand in the way of `--key`.
+        let mut c = bin();
+        c.env("IOTPKI_DATABASE", "postgres://nobody@127.0.0.1:9/none");
+        run_ok(c.args(["bundle", "sign"]).arg(&out).arg("--key").arg(&keys[*i].0));
     }
     out
 }
@@ -1008,12 +1011,12 @@ async fn a_new_owners_first_bundle_is_taken_from_its_server_only_when_the_vouche
 async fn a_manufacturer_cannot_hand_on_a_device_an_owner_commissioned_without_a_voucher() {
     let mfg = Ca::start().await;
     let (a, b) = (Ca::start().await, Ca::start().await);
-    let serials = ["VT-1".to_string(), "VT-2".to_string()];
+    let serials = ["VT-1".to_string(), "VT-2".to_string(), "VT-3".to_string()];
     let devs = born_devices(&mfg, "TB", &serials).await;
     for op in [&a, &b] {
         run_ok(bin().args(["trust", "add-manufacturer"]).arg("--dir").arg(&op.dir).arg(mfg.ca_file("manufacturing")));
     }
-    crate::commission::claim(&a, &mfg, &["VT-1", "VT-2"]);
+    crate::commission::claim(&a, &mfg, &["VT-1", "VT-2", "VT-3"]);
     for d in &devs {
         iotpki_agent::flow::commission(d, Some(&a.url), Some(&a.root_pem), None).await.unwrap();
     }
@@ -1021,7 +1024,8 @@ async fn a_manufacturer_cannot_hand_on_a_device_an_owner_commissioned_without_a_
     let t = mfg.tmp.path().to_path_buf();
     let (mdir, adir, bdir, aroot, broot) =
         (mfg.dir.clone(), a.dir.clone(), b.dir.clone(), a.root_file(), b.root_file());
-    let (d1, d2) = (devs[0].clone(), devs[1].clone());
+    let (d1, d2, d3) = (devs[0].clone(), devs[1].clone(), devs[2].clone());
+    let a_keys = signer_keys(&a.tmp.path().join("signers"));
     tokio::task::block_in_place(|| {
         // The manufacturer hands VT-1 straight to B: the device refuses it.
         voucher_issue(&mdir, "VT-1", &broot, &t.join("m-b.cbor"));
@@ -1050,6 +1054,22 @@ async fn a_manufacturer_cannot_hand_on_a_device_an_owner_commissioned_without_a_
         sign_as_owner(&bdir, &b2);
         run_ok(&mut apply(&d2, &b2, false));
         run_ok(&mut claim(&bdir, &t.join("a-b.cbor")));
+
+        // VT-3 holds A's bundle (put in at A's site) and gets the whole voucher at
+        // once, the manufacturer to A to B: a hand-over, so A's bundle is set aside
+        // (its signers and servers decide nothing more) and B's first is taken.
+        let a1 = bundle(&a, &a_keys, 1, &[0, 1]);
+        run_ok(&mut apply(&d3, &a1, true));
+        voucher_issue(&mdir, "VT-3", &aroot, &t.join("m-a-3.cbor"));
+        run_ok(&mut claim(&adir, &t.join("m-a-3.cbor")));
+        voucher_issue(&adir, "VT-3", &broot, &t.join("a-b-3.cbor"));
+        let out = run_ok(&mut apply(&d3, &t.join("a-b-3.cbor"), false));
+        assert!(out.contains("voucher installed (2 entries)"), "{out}");
+        assert!(!d3.join("bundle.cbor").exists() && d3.join("bundle.previous-owner.cbor").exists());
+        let b3 = bundle(&b, &b_keys, 3, &[0, 1]);
+        sign_as_owner(&bdir, &b3);
+        run_ok(&mut apply(&d3, &b3, false));
+        assert_eq!(std::fs::read(d3.join("bundle.cbor")).unwrap(), std::fs::read(&b3).unwrap());
     });
     // A renews VT-1 still; VT-2 commissions with B.
     iotpki_agent::renew(&devs[0], None, None).await.unwrap();

@@ -427,11 +427,10 @@ where
         let _ = blocking(move || a.console_refused(&name, active, why)).await;
         return refuse("This session may only read (console link of role read).");
     }
-    if v.by_certificate {
-        let (a, v2) = (ctx.a.clone(), v.clone());
-        if let Err(e) = blocking(move || v2.admin(&a).map(drop)).await.and_then(|r| r) {
-            return error_page(&v, active, &e);
-        }
+    // The admin, checked now (a certificate, or a session's certificate revoked or its key blocked since).
+    let (a, v2) = (ctx.a.clone(), v.clone());
+    if let Err(e) = blocking(move || v2.admin(&a).map(drop)).await.and_then(|r| r) {
+        return error_page(&v, active, &e);
     }
     match axum::body::to_bytes(body, usize::MAX).await {
         Ok(bytes) => act(ctx, bytes, title, active, f).await,
