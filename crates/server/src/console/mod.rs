@@ -359,10 +359,14 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin.to_str().is_ok_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(&format!("https://{host}")))
 }
 
-/// Do an action for whoever is looking: a signed-in admin of role `admin`,
-/// whose form carries its CSRF token, from this origin. `f` makes the
-/// result page's body (on a worker).
-async fn act<F>(ctx: Ctx, body: Bytes, title: &'static str, active: &'static str, f: F) -> Response
+/// Do an action for whoever is looking: a signed-in admin of role `admin`
+/// (a session's certificate, or the admin certificate presented, checked
+/// now), from this origin, whose form carries its CSRF token. `f` makes the
+/// result page's body (on a worker). The body is read only once the caller
+/// may act: the gate hands the forms that carry lists (a batch's allowlist, a
+/// births file, up to 32 MiB) on unread, and anyone else is answered before a
+/// byte of them is buffered.
+async fn act<F>(ctx: Ctx, body: Body, title: &'static str, active: &'static str, f: F) -> Response
 where
     F: FnOnce(&Admin<'_>, &Viewer, &Form) -> Result<String, AuthorityError> + Send + 'static,
 {
@@ -375,19 +379,37 @@ where
     if !same_origin(&ctx.headers) {
         return refuse("This request came from another site: refused.");
     }
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return error_page(&v, active, &e),
-    };
-    if !form.get("csrf").is_some_and(|t| same(t, &v.csrf)) {
-        return refuse("This form carries no valid CSRF token (reload the page and try again).");
-    }
     if v.role != ConsoleRole::Admin {
         let (a, name) = (ctx.a.clone(), v.admin.clone());
         let why = "this session may only read (console link of role read)";
         // Audited as every refusal; the page says so whatever the store did.
         let _ = blocking(move || a.console_refused(&name, active, why)).await;
         return refuse("This session may only read (console link of role read).");
+    }
+    let (a, v2) = (ctx.a.clone(), v.clone());
+    if let Err(e) = blocking(move || v2.admin(&a).map(drop)).await.and_then(|r| r) {
+        return error_page(&v, active, &e);
+    }
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                return html_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    html::page(title, active, Some(&v.frame()), &html::notice("error", "This form is too large.")),
+                );
+            }
+            return error_page(&v, active, &AuthorityError::malformed(format!("the form could not be read: {e}")));
+        }
+    };
+    let form = match parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return error_page(&v, active, &e),
+    };
+    if !form.get("csrf").is_some_and(|t| same(t, &v.csrf)) {
+        return refuse("This form carries no valid CSRF token (reload the page and try again).");
     }
     let a = ctx.a.clone();
     let v2 = v.clone();
@@ -400,51 +422,6 @@ where
     match r {
         Ok(body) => html_response(StatusCode::OK, html::page(title, active, Some(&v.frame()), &body)),
         Err(e) => error_page(&v, active, &e),
-    }
-}
-
-/// [`act`] for a form that carries a list (a batch's allowlist, a births
-/// file): the gate hands its body on unread (capped), and it is read only for
-/// a caller who may act (a session of role admin, or an admin's certificate,
-/// checked now), from this origin. Anyone else is answered before a byte of
-/// it is buffered.
-async fn act_upload<F>(ctx: Ctx, body: Body, title: &'static str, active: &'static str, f: F) -> Response
-where
-    F: FnOnce(&Admin<'_>, &Viewer, &Form) -> Result<String, AuthorityError> + Send + 'static,
-{
-    let Some(v) = viewer(&ctx.c, &ctx.headers, &ctx.chain) else {
-        return refusal_page(StatusCode::UNAUTHORIZED, "Sign in with a console link.");
-    };
-    let refuse = |why: &str| {
-        html_response(StatusCode::FORBIDDEN, html::page(title, active, Some(&v.frame()), &html::notice("error", why)))
-    };
-    if !same_origin(&ctx.headers) {
-        return refuse("This request came from another site: refused.");
-    }
-    if v.role != ConsoleRole::Admin {
-        let (a, name) = (ctx.a.clone(), v.admin.clone());
-        let why = "this session may only read (console link of role read)";
-        let _ = blocking(move || a.console_refused(&name, active, why)).await;
-        return refuse("This session may only read (console link of role read).");
-    }
-    // The admin, checked now (a certificate, or a session's certificate revoked or its key blocked since).
-    let (a, v2) = (ctx.a.clone(), v.clone());
-    if let Err(e) = blocking(move || v2.admin(&a).map(drop)).await.and_then(|r| r) {
-        return error_page(&v, active, &e);
-    }
-    match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(bytes) => act(ctx, bytes, title, active, f).await,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                return html_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    html::page(title, active, Some(&v.frame()), &html::notice("error", "This form is too large.")),
-                );
-            }
-            error_page(&v, active, &AuthorityError::malformed(format!("the form could not be read: {e}")))
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query};
 use axum::response::Response;
 use iotpki_authority::admin::Admin;
@@ -16,7 +16,7 @@ use iotpki_store::{AuditEntry, AuditFilter, BatchStatus, CertQuery, CertRecord, 
 use serde::Deserialize;
 
 use super::html::{self, esc, url_part};
-use super::{act, act_upload, view, Ctx, Form, Viewer};
+use super::{act, view, Ctx, Form, Viewer};
 
 /// Most rows a list page shows at once.
 const PAGE_ROWS: u32 = 200;
@@ -257,7 +257,7 @@ fn parse_time(what: &str, s: &str) -> Result<Option<i64>, AuthorityError> {
 /// `POST /console/batches`: create one.
 pub(crate) async fn create_batch(ctx: Ctx, body: Body) -> Response {
     let now = iotpki_authority::Clock::now(ctx.a.clock().as_ref());
-    act_upload(ctx, body, "Batch created", "/console/batches", move |adm, _, f| {
+    act(ctx, body, "Batch created", "/console/batches", move |adm, _, f| {
         let r = (|| {
             let from = parse_time("from", f.get("from").map_or("", |s| s.trim()))?.unwrap_or(now);
             let until = parse_time("until", f.get("until").map_or("", |s| s.trim()))?.unwrap_or(from + 90 * 86_400);
@@ -292,7 +292,7 @@ pub(crate) async fn create_batch(ctx: Ctx, body: Body) -> Response {
 }
 
 /// `POST /console/batches/ID/close`.
-pub(crate) async fn close_batch(ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+pub(crate) async fn close_batch(ctx: Ctx, Path(id): Path<String>, body: Body) -> Response {
     act(ctx, body, "Batch closed", "/console/batches", move |adm, _, f| {
         confirmed(f).map_err(|e| adm.refused(e, "batch.close", &format!("batch:{id}")))?;
         adm.close_batch(&id)?;
@@ -480,7 +480,7 @@ fn voucher_chain(body: &[u8]) -> String {
 }
 
 /// `POST /console/certificates/SERIAL/revoke`.
-pub(crate) async fn revoke_cert(ctx: Ctx, Path(serial): Path<String>, body: Bytes) -> Response {
+pub(crate) async fn revoke_cert(ctx: Ctx, Path(serial): Path<String>, body: Body) -> Response {
     act(ctx, body, "Revoked", "/console/devices", move |adm, _, f| {
         let r = confirmed(f).and_then(|()| reason(f));
         let code = r.map_err(|e| adm.refused(e, "revoke", &serial))?;
@@ -497,7 +497,7 @@ pub(crate) async fn revoke_cert(ctx: Ctx, Path(serial): Path<String>, body: Byte
 }
 
 /// `POST /console/devices/SERIAL/revoke`: every certificate of the device.
-pub(crate) async fn revoke_device(ctx: Ctx, Path(serial): Path<String>, body: Bytes) -> Response {
+pub(crate) async fn revoke_device(ctx: Ctx, Path(serial): Path<String>, body: Body) -> Response {
     act(ctx, body, "Revoked", "/console/devices", move |adm, _, f| {
         let r = confirmed(f).and_then(|()| reason(f)).and_then(|code| {
             let sn =
@@ -663,7 +663,7 @@ fn token_form(adm: &Admin<'_>, v: &Viewer) -> String {
 }
 
 /// `POST /console/tokens`: make one and show it, once.
-pub(crate) async fn create_token(ctx: Ctx, body: Bytes) -> Response {
+pub(crate) async fn create_token(ctx: Ctx, body: Body) -> Response {
     act(ctx, body, "Enrollment token", "/console/tokens", |adm, v, f| {
         let ttl = match f.get("ttl_secs").map(|s| s.trim()).filter(|s| !s.is_empty()) {
             Some(t) => Some(t.parse::<u64>().map_err(|_| {
@@ -707,7 +707,7 @@ fn claim_form(v: &Viewer) -> String {
 
 /// `POST /console/claims`.
 pub(crate) async fn claim(ctx: Ctx, body: Body) -> Response {
-    act_upload(ctx, body, "Claim devices", "/console/claims", |adm, v, f| {
+    act(ctx, body, "Claim devices", "/console/claims", |adm, v, f| {
         let births = field(f, "births").map_err(|e| adm.refused(e, "device.claim", ""))?.to_string();
         let (listed, new) = adm.claim_births(&births)?;
         Ok(format!(
